@@ -1,0 +1,87 @@
+//! The JetStream streams and KV buckets of the mesh, with their configurations.
+//!
+//! The node-agent provisions these at start-up (create if missing, otherwise use as they are),
+//! so a fresh NATS server works without a separate setup step; the gateway only reads and writes.
+//! The definitions live here so both sides, and the tests, agree on names and limits.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, stream};
+
+/// Stream of job output records.
+pub const OUT_STREAM: &str = "MESH_OUT";
+/// Subjects of [`OUT_STREAM`].
+pub const OUT_SUBJECTS: &str = "mesh.v1.*.out.>";
+
+/// KV bucket of host heartbeats (per-key TTL).
+pub const PRESENCE_BUCKET: &str = "mesh_presence";
+/// KV bucket of host registrations and facts (no TTL).
+pub const FACTS_BUCKET: &str = "mesh_facts";
+/// KV bucket of job statuses.
+pub const JOBS_BUCKET: &str = "mesh_jobs";
+
+/// How long output is kept by default.
+pub const DEFAULT_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long job statuses are kept by default (a little longer than output, so a status
+/// outlives the output it describes and paging can say "expired" rather than "unknown").
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest single output record the agent publishes (a chunk plus its framing).
+pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
+/// Window in which a retried publish with the same `Nats-Msg-Id` is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The MESH_OUT stream: file storage, direct get enabled (paging reads through it).
+pub fn out_stream(retention: Duration, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: OUT_STREAM.to_string(),
+        description: Some("execmesh job output records".to_string()),
+        subjects: vec![OUT_SUBJECTS.to_string()],
+        storage: stream::StorageType::File,
+        max_age: retention,
+        max_message_size: MAX_RECORD_BYTES,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// `mesh_presence`: one heartbeat per host; keys expire by per-message TTL.
+pub fn presence_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: PRESENCE_BUCKET.to_string(),
+        description: "execmesh host heartbeats".to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        // Enables per-message TTL on the bucket's stream and leaves a delete marker when a
+        // heartbeat expires, so watchers see a host go away.
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+/// `mesh_facts`: the host's registration and fact pack.
+pub fn facts_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: FACTS_BUCKET.to_string(),
+        description: "execmesh host registrations and facts".to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// `mesh_jobs`: job statuses, updated with compare-and-set.
+pub fn jobs_bucket(retention: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: JOBS_BUCKET.to_string(),
+        description: "execmesh job statuses".to_string(),
+        history: 1,
+        max_age: retention,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,24 @@
+//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers.
+//!
+//! Nothing here acts; it names and validates. The gateway, the node-agent and the tests share these
+//! definitions so that a subject or a bucket is spelled in exactly one place.
+
+pub mod headers;
+pub mod jetstream;
+pub mod subject;
+
+/// Generated protobuf types (`execmesh.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/execmesh.v1.rs"));
+}
+
+pub use subject::{Token, TokenError};
+
+/// Milliseconds since the Unix epoch, the time unit of every timestamp in the protocol.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,202 @@
+//! The NATS subject grammar and the validated tokens (tenant, host, user, job) that fill it.
+//!
+//! Every identifier that becomes a subject token is lower-case `[a-z0-9-]{1,63}`: no dots, no
+//! wildcards, no whitespace. [`Token`] is the only way to build one, so a subject assembled from
+//! tokens can never address more than it names.
+
+use std::fmt;
+
+/// Protocol version segment of every subject.
+pub const ROOT: &str = "mesh.v1";
+
+/// The tenant used when none is configured.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Longest token, in bytes.
+pub const MAX_TOKEN_LEN: usize = 63;
+
+/// A validated subject token: `[a-z0-9-]{1,63}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(String);
+
+/// Why a string is not a valid subject token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} `{value}` is longer than {MAX_TOKEN_LEN} characters")]
+    TooLong { kind: &'static str, value: String },
+    #[error(
+        "{kind} `{value}` has `{ch}` at position {pos}; only lower-case letters, digits and `-` are allowed"
+    )]
+    BadChar {
+        kind: &'static str,
+        value: String,
+        ch: char,
+        pos: usize,
+    },
+}
+
+impl Token {
+    /// Validates `value` as a token; `kind` ("host id", "user", …) names it in the error.
+    pub fn parse(kind: &'static str, value: &str) -> Result<Self, TokenError> {
+        if value.is_empty() {
+            return Err(TokenError::Empty { kind });
+        }
+        if value.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong {
+                kind,
+                value: value.chars().take(80).collect(),
+            });
+        }
+        if let Some((pos, ch)) = value
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(TokenError::BadChar {
+                kind,
+                value: value.to_string(),
+                ch,
+                pos: pos + 1,
+            });
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    /// Turns free text (a hostname, a job title) into a token: lower-cased, every other
+    /// character replaced by `-`, runs of `-` folded, trimmed to `max` bytes. Returns `None`
+    /// when nothing usable is left.
+    pub fn sanitize(value: &str, max: usize) -> Option<Self> {
+        let mut out = String::with_capacity(value.len());
+        for c in value.chars() {
+            let c = c.to_ascii_lowercase();
+            let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            };
+            if c == '-' && (out.is_empty() || out.ends_with('-')) {
+                continue;
+            }
+            out.push(c);
+            if out.len() >= max.min(MAX_TOKEN_LEN) {
+                break;
+            }
+        }
+        while out.ends_with('-') {
+            out.pop();
+        }
+        if out.is_empty() { None } else { Some(Self(out)) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl AsRef<str> for Token {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `mesh.v1.<tenant>.host.<host>.exec.<user>`: gateway → agent requests run on behalf of `user`.
+pub fn exec(tenant: &Token, host: &Token, user: &Token) -> String {
+    format!("{ROOT}.{tenant}.host.{host}.exec.{user}")
+}
+
+/// `mesh.v1.<tenant>.host.<host>.exec.*`: what an agent subscribes to for requests of every user.
+pub fn exec_all_users(tenant: &Token, host: &Token) -> String {
+    format!("{ROOT}.{tenant}.host.{host}.exec.*")
+}
+
+/// `mesh.v1.<tenant>.host.<host>.ctl`: gateway → agent control requests (kill).
+pub fn ctl(tenant: &Token, host: &Token) -> String {
+    format!("{ROOT}.{tenant}.host.{host}.ctl")
+}
+
+/// `mesh.v1.<tenant>.out.<host>.<job>`: a job's output records in MESH_OUT.
+pub fn out(tenant: &Token, host: &Token, job: &Token) -> String {
+    format!("{ROOT}.{tenant}.out.{host}.{job}")
+}
+
+/// Key of a host in `mesh_presence` and `mesh_facts`: `<tenant>.<host>`.
+pub fn host_key(tenant: &Token, host: &Token) -> String {
+    format!("{tenant}.{host}")
+}
+
+/// Key of a job in `mesh_jobs`: `<tenant>.<host>.<job>`.
+pub fn job_key(tenant: &Token, host: &Token, job: &Token) -> String {
+    format!("{tenant}.{host}.{job}")
+}
+
+/// Splits a `mesh_jobs` key back into (tenant, host, job), validating each token.
+pub fn parse_job_key(key: &str) -> Result<(Token, Token, Token), TokenError> {
+    let mut parts = key.splitn(3, '.');
+    let tenant = Token::parse("tenant", parts.next().unwrap_or(""))?;
+    let host = Token::parse("host id", parts.next().unwrap_or(""))?;
+    let job = Token::parse("job id", parts.next().unwrap_or(""))?;
+    Ok((tenant, host, job))
+}
+
+/// Splits a `mesh_presence` / `mesh_facts` key back into (tenant, host).
+pub fn parse_host_key(key: &str) -> Result<(Token, Token), TokenError> {
+    let (tenant, host) = key.split_once('.').unwrap_or((key, ""));
+    Ok((Token::parse("tenant", tenant)?, Token::parse("host id", host)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_refuse_everything_that_could_widen_a_subject() {
+        for bad in ["", "a.b", "*", ">", "Web-1", "a b", "web_1", "ü", &"a".repeat(64)] {
+            assert!(Token::parse("host id", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["web-1", "a", "0", "x-y-z", &"a".repeat(63)] {
+            assert!(Token::parse("host id", good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn token_error_names_the_kind_and_position() {
+        let err = Token::parse("host id", "web.1").unwrap_err().to_string();
+        assert!(err.contains("host id `web.1`") && err.contains("position 4"), "{err}");
+    }
+
+    #[test]
+    fn sanitize_folds_free_text_into_a_token() {
+        let t = |s: &str| Token::sanitize(s, 24).map(|t| t.to_string());
+        assert_eq!(t("My Host.example.com"), Some("my-host-example-com".into()));
+        assert_eq!(t("--Build__Release!!"), Some("build-release".into()));
+        assert_eq!(t("..."), None);
+        assert_eq!(t(&"x".repeat(100)).map(|s| s.len()), Some(24));
+    }
+
+    #[test]
+    fn subjects_and_keys_round_trip() {
+        let tenant = Token::parse("tenant", DEFAULT_TENANT).unwrap();
+        let host = Token::parse("host id", "web-1").unwrap();
+        let user = Token::parse("user", "alice").unwrap();
+        let job = Token::parse("job id", "build-abc123").unwrap();
+        assert_eq!(exec(&tenant, &host, &user), "mesh.v1.default.host.web-1.exec.alice");
+        assert_eq!(out(&tenant, &host, &job), "mesh.v1.default.out.web-1.build-abc123");
+        let (t, h, j) = parse_job_key(&job_key(&tenant, &host, &job)).unwrap();
+        assert_eq!((t, h, j), (tenant.clone(), host.clone(), job));
+        assert_eq!(parse_host_key(&host_key(&tenant, &host)).unwrap(), (tenant, host));
+    }
+}
