@@ -1,0 +1,354 @@
+//! The gateway's configuration: a TOML file, overridden key by key by flags and `EXECMESH_*` env.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use execmesh_proto::Token;
+
+/// Command line of `execmesh-gateway`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "execmesh-gateway",
+    version,
+    about = "The execmesh gateway: a stateless MCP endpoint (/mcp) that turns tool calls into \
+             requests to node-agents over NATS and pages their output from JetStream.",
+    long_about = None
+)]
+pub struct Cli {
+    /// Settings; each may also come from the config file (same key, snake_case).
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over HTTP (the default).
+    Serve,
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new bearer token for USER, signed with the gateway key (created if missing).
+    Mint {
+        /// The user the token speaks for: lower-case letters, digits and `-`.
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 30m, 12h, 30d (at most 366d).
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
+}
+
+/// Every configurable key. All optional here; [`Config`] holds the resolved values.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Path of a TOML file with any of these keys.
+    #[arg(long, env = "EXECMESH_GATEWAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// NATS server URL [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "EXECMESH_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS credentials file (.creds) for this gateway.
+    #[arg(long, env = "EXECMESH_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding this gateway's NATS nkey seed.
+    #[arg(long, env = "EXECMESH_NATS_NKEY_SEED")]
+    pub nats_nkey_seed: Option<PathBuf>,
+    /// CA certificate for NATS over TLS (enables TLS).
+    #[arg(long, env = "EXECMESH_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Address to serve MCP on [default: 127.0.0.1:8420].
+    #[arg(long, env = "EXECMESH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// File with the Ed25519 token key (base64 seed; created on first start)
+    /// [default: .execmesh/gateway.key]. Every replica must use the same key.
+    #[arg(long, env = "EXECMESH_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Host names (or host:port) clients use to reach this gateway, accepted in the `Host`
+    /// header in addition to localhost / 127.0.0.1 / ::1. Comma separated.
+    #[arg(long, env = "EXECMESH_PUBLIC_NAMES", value_delimiter = ',')]
+    pub public_names: Option<Vec<String>>,
+    /// Browser origins allowed to call /mcp (e.g. https://app.example.com:443). Requests with
+    /// any other `Origin` are refused; requests without one (non-browser clients) pass.
+    #[arg(long, env = "EXECMESH_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Tenant token [default: default].
+    #[arg(long, env = "EXECMESH_TENANT")]
+    pub tenant: Option<String>,
+    /// How long `bash` waits for a job before returning its id, in ms [default: 2000].
+    #[arg(long, env = "EXECMESH_INLINE_WINDOW_MS")]
+    pub inline_window_ms: Option<u64>,
+    /// Most lines in one page of output [default: 1000].
+    #[arg(long, env = "EXECMESH_PAGE_MAX_LINES")]
+    pub page_max_lines: Option<usize>,
+    /// Most bytes in one page of output [default: 65536].
+    #[arg(long, env = "EXECMESH_PAGE_MAX_BYTES")]
+    pub page_max_bytes: Option<usize>,
+    /// Lines longer than this are clamped in pages, with a marker [default: 4096].
+    #[arg(long, env = "EXECMESH_MAX_LINE_BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// How long to wait for an agent's reply beyond the inline window, in ms [default: 5000].
+    #[arg(long, env = "EXECMESH_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Largest accepted MCP request body, in bytes [default: 4194304].
+    #[arg(long, env = "EXECMESH_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Log as JSON lines.
+    #[arg(long, env = "EXECMESH_LOG_JSON")]
+    pub log_json: Option<bool>,
+}
+
+/// Why the configuration is unusable. Every problem is listed, not just the first.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// The resolved configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    pub nats_creds: Option<PathBuf>,
+    pub nats_nkey_seed: Option<PathBuf>,
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Where `main` binds; `run` takes an already bound listener.
+    pub listen: SocketAddr,
+    /// The Ed25519 token key file, shared by every replica.
+    pub key_file: PathBuf,
+    /// Extra names accepted in the `Host` header.
+    pub public_names: Vec<String>,
+    /// Browser origins accepted in the `Origin` header.
+    pub allowed_origins: Vec<String>,
+    pub tenant: String,
+    /// Default inline window of `bash`.
+    pub inline_window: Duration,
+    pub page_max_lines: usize,
+    pub page_max_bytes: usize,
+    pub max_line_bytes: usize,
+    /// Added to a request's own wait when waiting for an agent's reply.
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub log_json: bool,
+}
+
+/// Hard ceilings on what a caller may ask of one page.
+pub const PAGE_LINES_CEILING: usize = 10_000;
+pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
+
+impl Config {
+    /// A configuration with defaults, for tests and embedding.
+    pub fn new(nats_url: &str, key_file: PathBuf) -> Self {
+        Self {
+            nats_url: nats_url.to_string(),
+            nats_creds: None,
+            nats_nkey_seed: None,
+            nats_tls_ca: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
+            key_file,
+            public_names: Vec::new(),
+            allowed_origins: Vec::new(),
+            tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
+            inline_window: Duration::from_secs(2),
+            page_max_lines: 1000,
+            page_max_bytes: 64 * 1024,
+            max_line_bytes: 4096,
+            request_timeout: Duration::from_secs(5),
+            max_body_bytes: 4 * 1024 * 1024,
+            log_json: false,
+        }
+    }
+
+    /// Resolves flags/env over the config file over defaults.
+    pub fn load(cli: &Settings) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        let pick = Settings::merge(cli.clone(), file);
+        let mut config = Self::new(
+            pick.nats_url.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+            pick.key_file
+                .unwrap_or_else(|| PathBuf::from(".execmesh/gateway.key")),
+        );
+        config.nats_creds = pick.nats_creds;
+        config.nats_nkey_seed = pick.nats_nkey_seed;
+        config.nats_tls_ca = pick.nats_tls_ca;
+        if let Some(v) = pick.listen {
+            config.listen = v;
+        }
+        if let Some(v) = pick.public_names {
+            config.public_names = v.into_iter().filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = pick.allowed_origins {
+            config.allowed_origins = v.into_iter().filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = pick.tenant {
+            config.tenant = v;
+        }
+        if let Some(v) = pick.inline_window_ms {
+            config.inline_window = Duration::from_millis(v);
+        }
+        if let Some(v) = pick.page_max_lines {
+            config.page_max_lines = v;
+        }
+        if let Some(v) = pick.page_max_bytes {
+            config.page_max_bytes = v;
+        }
+        if let Some(v) = pick.max_line_bytes {
+            config.max_line_bytes = v;
+        }
+        if let Some(v) = pick.request_timeout_ms {
+            config.request_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = pick.max_body_bytes {
+            config.max_body_bytes = v;
+        }
+        config.log_json = pick.log_json.unwrap_or(false);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if !self.nats_url.contains("://") && !self.nats_url.contains(':') {
+            problems.push(format!("nats_url `{}` is not a URL", self.nats_url));
+        }
+        if let Err(e) = Token::parse("tenant", &self.tenant) {
+            problems.push(e.to_string());
+        }
+        if !(1..=PAGE_LINES_CEILING).contains(&self.page_max_lines) {
+            problems.push(format!("page_max_lines must be 1..={PAGE_LINES_CEILING}"));
+        }
+        if !(1024..=PAGE_BYTES_CEILING).contains(&self.page_max_bytes) {
+            problems.push(format!(
+                "page_max_bytes must be 1024..={PAGE_BYTES_CEILING}"
+            ));
+        }
+        if !(80..=65536).contains(&self.max_line_bytes) {
+            problems.push("max_line_bytes must be 80..=65536".to_string());
+        }
+        if self.inline_window > Duration::from_secs(600) {
+            problems.push("inline_window_ms must be at most 600000".to_string());
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://")
+                || origin.starts_with("https://")
+                || origin == "null")
+            {
+                problems.push(format!(
+                    "allowed origin `{origin}` must start with http:// or https://"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![format!("cannot read config file {}: {e}", path.display())],
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError {
+        problems: vec![format!("config file {}: {e}", path.display())],
+    })
+}
+
+impl Settings {
+    /// Each key from `over` when set there, else from `under`.
+    fn merge(over: Self, under: Self) -> Self {
+        macro_rules! pick {
+            ($($field:ident),*) => { Self { config: over.config, $($field: over.$field.or(under.$field)),* } };
+        }
+        pick!(
+            nats_url,
+            nats_creds,
+            nats_nkey_seed,
+            nats_tls_ca,
+            listen,
+            key_file,
+            public_names,
+            allowed_origins,
+            tenant,
+            inline_window_ms,
+            page_max_lines,
+            page_max_bytes,
+            max_line_bytes,
+            request_timeout_ms,
+            max_body_bytes,
+            log_json
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(
+            &path,
+            "nats_url = \"nats://10.0.0.1:4222\"\npage_max_lines = 50\ntenant = \"acme\"\n",
+        )
+        .unwrap();
+        let cli = Settings {
+            config: Some(path),
+            page_max_lines: Some(70),
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(config.nats_url, "nats://10.0.0.1:4222");
+        assert_eq!(config.page_max_lines, 70);
+        assert_eq!(config.tenant, "acme");
+        assert_eq!(config.page_max_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let cli = Settings {
+            tenant: Some("Bad.Tenant".into()),
+            page_max_lines: Some(0),
+            allowed_origins: Some(vec!["example.com".into()]),
+            ..Default::default()
+        };
+        let err = Config::load(&cli).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, "nats_ulr = \"x\"\n").unwrap();
+        let cli = Settings {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(&cli)
+                .unwrap_err()
+                .to_string()
+                .contains("nats_ulr")
+        );
+    }
+}

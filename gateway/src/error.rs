@@ -1,0 +1,150 @@
+//! The one place where domain errors become MCP tool results a model can act on.
+//!
+//! Internals (NATS error chains, stream sequences) are logged here once and summarised for the
+//! caller; every message names the host or job it is about and, where there is one, the next step.
+
+use rmcp::model::{CallToolResult, ContentBlock};
+use tracing::warn;
+
+use execmesh_proto::{Token, pb};
+
+use crate::mesh::{DispatchError, MeshError};
+use crate::paging::CursorError;
+
+/// Why a tool call could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("invalid arguments for `{tool}`: {reason}")]
+    InvalidArguments { tool: String, reason: String },
+    #[error("unknown tool `{0}`; the tools are hosts, bash, job and whoami")]
+    UnknownTool(String),
+    #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
+    UnknownHost { host: String, known: Vec<String> },
+    #[error("host {host} is offline: its agent is not connected{}", last_seen(*.last_seen_ms))]
+    OfflineHost {
+        host: Token,
+        last_seen_ms: Option<u64>,
+    },
+    #[error("host {host} did not answer within {secs:.1} s; its agent may be overloaded or hung")]
+    HostTimeout { host: Token, secs: f64 },
+    #[error("host {host} refused the request: {message}")]
+    Refused {
+        host: Token,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "unknown job `{0}`: no host has a job with this id (ids look like `title-abc12def`; `job` with action `list` shows yours)"
+    )]
+    UnknownJob(String),
+    #[error(
+        "bad cursor: {0}. Pass the `next_cursor` of the previous page unchanged, or omit it to start at the beginning"
+    )]
+    BadCursor(#[from] CursorError),
+    #[error("the mesh is unavailable right now ({0}); try again shortly")]
+    Mesh(String),
+}
+
+impl ToolError {
+    /// A short machine-readable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidArguments { .. } => "invalid_arguments",
+            Self::UnknownTool(_) => "unknown_tool",
+            Self::UnknownHost { .. } => "unknown_host",
+            Self::OfflineHost { .. } => "offline",
+            Self::HostTimeout { .. } => "timeout",
+            Self::Refused { .. } => "refused",
+            Self::UnknownJob(_) => "unknown_job",
+            Self::BadCursor(_) => "bad_cursor",
+            Self::Mesh(_) => "unavailable",
+        }
+    }
+
+    /// The `isError` result the client sees.
+    pub fn into_result(self) -> CallToolResult {
+        let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
+        result.structured_content = Some(serde_json::json!({
+            "error": { "code": self.code(), "message": self.to_string() }
+        }));
+        result
+    }
+
+    pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidArguments {
+            tool: tool.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Maps an agent's refusal.
+    pub fn refused(host: &Token, error: pb::ExecError) -> Self {
+        let code = error
+            .code()
+            .as_str_name()
+            .trim_start_matches("ERROR_CODE_")
+            .to_lowercase();
+        if error.code() == pb::ErrorCode::UnknownJob {
+            return Self::UnknownJob(error.message);
+        }
+        Self::Refused {
+            host: host.clone(),
+            code,
+            message: error.message,
+        }
+    }
+}
+
+impl From<MeshError> for ToolError {
+    fn from(e: MeshError) -> Self {
+        warn!(error = %e, "mesh read failed");
+        match e {
+            MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
+            MeshError::Corrupt { .. } => Self::Mesh("a stored record could not be read".into()),
+            _ => Self::Mesh("NATS is not reachable".into()),
+        }
+    }
+}
+
+impl From<DispatchError> for ToolError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::NoResponders(host) => Self::OfflineHost {
+                host,
+                last_seen_ms: None,
+            },
+            DispatchError::TimedOut { host, after } => Self::HostTimeout {
+                host,
+                secs: after.as_secs_f64(),
+            },
+            other => {
+                warn!(error = %other, "dispatch failed");
+                Self::Mesh(other.to_string())
+            }
+        }
+    }
+}
+
+fn known_hosts(known: &[String]) -> String {
+    if known.is_empty() {
+        "; no hosts are registered yet".to_string()
+    } else {
+        let more = if known.len() > 10 {
+            format!(" and {} more", known.len() - 10)
+        } else {
+            String::new()
+        };
+        let list: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+        format!("; known hosts: {}{more}", list.join(", "))
+    }
+}
+
+fn last_seen(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => {
+            let ago = execmesh_proto::now_ms().saturating_sub(ms) / 1000;
+            format!(" (last seen {ago} s ago)")
+        }
+        None => String::new(),
+    }
+}

@@ -1,0 +1,28 @@
+//! execmesh gateway: the stateless MCP endpoint in front of the mesh.
+//!
+//! `run` serves `/mcp` on an already bound listener until the shutdown token is cancelled. Every
+//! replica is interchangeable: job state and output live in JetStream, tokens verify with the
+//! shared key file.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod mesh;
+pub mod paging;
+pub mod server;
+pub mod tools;
+pub mod trace;
+
+pub use config::Config;
+pub use server::run;
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Mesh(#[from] mesh::MeshError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}

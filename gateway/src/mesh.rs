@@ -1,0 +1,421 @@
+//! The gateway's view of the mesh over NATS: request/reply to agents, JetStream direct gets,
+//! and reads of the presence, facts and jobs buckets.
+//!
+//! Everything here is stateless: any replica reads the same streams and buckets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message as _;
+use serde::Serialize;
+use tracing::warn;
+
+use execmesh_proto::jetstream::{FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
+use execmesh_proto::{Token, headers, pb, subject};
+
+use crate::config::Config;
+
+/// A failure talking to NATS or reading the mesh's streams.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS request failed: {0}")]
+    Nats(String),
+    #[error("JetStream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("stored record at sequence {seq} is not readable: {reason}")]
+    Corrupt { seq: u64, reason: String },
+}
+
+/// How a request to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// Nobody subscribes to the host's subject: the agent is not running.
+    #[error("no agent answers for host {0}")]
+    NoResponders(Token),
+    #[error("host {host} did not answer within {after:?}")]
+    TimedOut { host: Token, after: Duration },
+    #[error("the reply from host {host} is malformed: {reason}")]
+    BadReply { host: Token, reason: String },
+    #[error("NATS request to host {host} failed: {reason}")]
+    Nats { host: Token, reason: String },
+}
+
+/// One message returned by a JetStream direct get.
+#[derive(Debug, Clone)]
+pub struct StoredMsg {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<HeaderMap>,
+    /// Messages matching the request after this one (server's `Nats-Num-Pending`).
+    pub pending: u64,
+}
+
+impl StoredMsg {
+    /// True for KV delete/purge markers and TTL expiry markers.
+    pub fn is_tombstone(&self) -> bool {
+        let Some(headers) = &self.headers else {
+            return false;
+        };
+        headers.get("KV-Operation").is_some() || headers.get("Nats-Marker-Reason").is_some()
+    }
+}
+
+/// A JetStream direct-get request (`$JS.API.DIRECT.GET.<stream>`), as the server reads it.
+#[derive(Debug, Default, Serialize)]
+pub struct DirectGet {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_last: Option<Vec<String>>,
+}
+
+/// What the gateway knows of one host.
+#[derive(Debug, Clone)]
+pub struct HostRecord {
+    pub host: Token,
+    pub facts: Option<pb::HostFacts>,
+    pub presence: Option<pb::Presence>,
+}
+
+/// How long a direct get may take before the gateway gives up.
+const JS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The gateway's NATS connection and the names it needs.
+#[derive(Clone)]
+pub struct Mesh {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub tenant: Token,
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    /// Connects to NATS as configured. Fails fast if the server cannot be reached at start;
+    /// afterwards the client reconnects on its own.
+    pub async fn connect(config: &Config) -> Result<Self, MeshError> {
+        let tenant =
+            Token::parse("tenant", &config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name("execmesh-gateway")
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match &event {
+                    async_nats::Event::ServerError(e) if e.to_string().contains("Permissions") => {
+                        warn!(error = %e, "NATS permission violation")
+                    }
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => warn!(event = %other, "NATS connection event"),
+                }
+            });
+        let connect_err = |e: std::io::Error| MeshError::Connect {
+            url: config.nats_url.clone(),
+            source: async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e),
+        };
+        if let Some(path) = &config.nats_creds {
+            options = options.credentials_file(path).await.map_err(connect_err)?;
+        }
+        if let Some(path) = &config.nats_nkey_seed {
+            let seed = std::fs::read_to_string(path).map_err(connect_err)?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        if let Some(ca) = &config.nats_tls_ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let client = options
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|source| MeshError::Connect {
+                url: config.nats_url.clone(),
+                source,
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js, tenant })
+    }
+
+    /// Sends a protobuf request to `subject` and decodes the protobuf reply.
+    pub async fn request<Req: prost::Message, Rep: prost::Message + Default>(
+        &self,
+        host: &Token,
+        subject: String,
+        request: &Req,
+        traceparent: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Rep, DispatchError> {
+        let mut headers = HeaderMap::new();
+        if let Some(tp) = traceparent {
+            headers.insert(headers::TRACEPARENT, tp);
+        }
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(request.encode_to_vec()))
+            .headers(headers)
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    DispatchError::NoResponders(host.clone())
+                }
+                async_nats::RequestErrorKind::TimedOut => DispatchError::TimedOut {
+                    host: host.clone(),
+                    after: timeout,
+                },
+                _ => DispatchError::Nats {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        Rep::decode(reply.payload).map_err(|e| DispatchError::BadReply {
+            host: host.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Runs one direct get and collects every message up to the server's end-of-batch.
+    pub async fn direct_get(
+        &self,
+        stream: &str,
+        request: &DirectGet,
+    ) -> Result<Vec<StoredMsg>, MeshError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let body = serde_json::to_vec(request).map_err(|e| MeshError::Nats(e.to_string()))?;
+        self.client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let single = request.batch.is_none() && request.multi_last.is_none();
+        let mut out = Vec::new();
+        loop {
+            let msg = match tokio::time::timeout(JS_TIMEOUT, sub.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(MeshError::Nats("subscription closed".into())),
+                Err(_) => return Err(MeshError::Timeout(JS_TIMEOUT)),
+            };
+            if let Some(status) = msg.status {
+                match status.as_u16() {
+                    // 204: end of batch; 404: nothing (more) matches.
+                    204 | 404 => break,
+                    code => {
+                        return Err(MeshError::Nats(format!(
+                            "direct get on {stream} answered {code} {}",
+                            msg.description.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let seq = header(headers::NATS_SEQUENCE)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| MeshError::Nats("direct get reply without Nats-Sequence".into()))?;
+            out.push(StoredMsg {
+                seq,
+                subject: header(headers::NATS_SUBJECT).unwrap_or_default(),
+                pending: header(headers::NATS_NUM_PENDING)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                payload: msg.payload,
+                headers: msg.headers,
+            });
+            if single {
+                break;
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(out)
+    }
+
+    /// The latest value of every key under `prefix` in a KV bucket, tombstones skipped.
+    async fn kv_last_values(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Bytes)>, MeshError> {
+        let subject_prefix = format!("$KV.{bucket}.");
+        let request = DirectGet {
+            multi_last: Some(vec![format!("{subject_prefix}{prefix}>")]),
+            batch: Some(100_000),
+            ..Default::default()
+        };
+        let msgs = self.direct_get(&format!("KV_{bucket}"), &request).await?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| !m.is_tombstone() && !m.payload.is_empty())
+            .filter_map(|m| {
+                let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
+                Some((key, m.payload))
+            })
+            .collect())
+    }
+
+    /// The latest value of one KV key, if any.
+    pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
+        let request = DirectGet {
+            last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+            ..Default::default()
+        };
+        let msg = self
+            .direct_get(&format!("KV_{bucket}"), &request)
+            .await?
+            .pop();
+        Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
+    }
+
+    /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id.
+    pub async fn hosts(&self) -> Result<BTreeMap<Token, HostRecord>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        let (facts, presence) = tokio::try_join!(
+            self.kv_last_values(FACTS_BUCKET, &prefix),
+            self.kv_last_values(PRESENCE_BUCKET, &prefix)
+        )?;
+        let mut hosts: BTreeMap<Token, HostRecord> = BTreeMap::new();
+        fn record<'a>(
+            hosts: &'a mut BTreeMap<Token, HostRecord>,
+            key: &str,
+        ) -> Option<&'a mut HostRecord> {
+            let (_, host) = subject::parse_host_key(key).ok()?;
+            Some(hosts.entry(host.clone()).or_insert_with(|| HostRecord {
+                host,
+                facts: None,
+                presence: None,
+            }))
+        }
+        for (key, value) in facts {
+            if let Some(r) = record(&mut hosts, &key) {
+                r.facts = pb::HostFacts::decode(value).ok();
+            }
+        }
+        for (key, value) in presence {
+            if let Some(r) = record(&mut hosts, &key) {
+                r.presence = pb::Presence::decode(value).ok();
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// One host's registration and presence; `None` if the mesh never heard of it.
+    pub async fn host(&self, host: &Token) -> Result<Option<HostRecord>, MeshError> {
+        let key = subject::host_key(&self.tenant, host);
+        let (facts, presence) = tokio::try_join!(
+            self.kv_get(FACTS_BUCKET, &key),
+            self.kv_get(PRESENCE_BUCKET, &key)
+        )?;
+        if facts.is_none() && presence.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(HostRecord {
+            host: host.clone(),
+            facts: facts.and_then(|m| pb::HostFacts::decode(m.payload).ok()),
+            presence: presence.and_then(|m| pb::Presence::decode(m.payload).ok()),
+        }))
+    }
+
+    /// The status of a job, if known.
+    pub async fn job_status(
+        &self,
+        host: &Token,
+        job: &Token,
+    ) -> Result<Option<pb::JobStatus>, MeshError> {
+        let key = subject::job_key(&self.tenant, host, job);
+        match self.kv_get(JOBS_BUCKET, &key).await? {
+            Some(msg) => pb::JobStatus::decode(msg.payload.clone())
+                .map(Some)
+                .map_err(|e| MeshError::Corrupt {
+                    seq: msg.seq,
+                    reason: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds the host that ran `job` (job ids are unique across the mesh).
+    pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
+        let request = DirectGet {
+            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
+            batch: Some(16),
+            ..Default::default()
+        };
+        let msgs = self
+            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| !m.is_tombstone())
+            .find_map(|m| pb::JobStatus::decode(m.payload).ok()))
+    }
+
+    /// Every job status of the tenant (latest value per job).
+    pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        let values = self.kv_last_values(JOBS_BUCKET, &prefix).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(_, v)| pb::JobStatus::decode(v).ok())
+            .collect())
+    }
+
+    /// Waits until the job leaves RUNNING or `timeout` passes; returns the last status seen.
+    pub async fn wait_job(
+        &self,
+        host: &Token,
+        job: &Token,
+        timeout: Duration,
+    ) -> Result<Option<pb::JobStatus>, MeshError> {
+        let kv = self
+            .js
+            .get_key_value(JOBS_BUCKET)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let key = subject::job_key(&self.tenant, host, job);
+        let mut watch = kv
+            .watch_with_history(&key)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Some(Ok(entry))) => {
+                    if let Ok(status) = pb::JobStatus::decode(entry.value) {
+                        let done = status.state() != pb::JobState::Running;
+                        last = Some(status);
+                        if done {
+                            return Ok(last);
+                        }
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(MeshError::Nats(e.to_string())),
+                Ok(None) | Err(_) => return Ok(last),
+            }
+        }
+    }
+}

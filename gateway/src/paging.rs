@@ -1,0 +1,344 @@
+//! Pages of job output read from MESH_OUT by stream position, forward from a cursor or from the tail.
+//!
+//! A cursor names a stream sequence and a line offset inside the record stored there, so reading
+//! the page at line 1,900,000 is one batch direct get from that sequence, the same cost as the
+//! first page, on any gateway replica. Tail reads find their start with a binary search over
+//! sequences (log₂ of the job's record count in direct gets).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message as _;
+
+use execmesh_proto::jetstream::OUT_STREAM;
+use execmesh_proto::{Token, pb, subject};
+
+use crate::mesh::{DirectGet, Mesh, MeshError, StoredMsg};
+
+/// Records asked for per direct get; the byte cap below usually ends the batch first.
+const BATCH_RECORDS: usize = 32;
+
+/// A position in a job's output: the record at `seq` (or the next one of the job after it),
+/// with its first `skip` lines already read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub host: Token,
+    pub job: Token,
+    pub seq: u64,
+    pub skip: u32,
+}
+
+/// Why a cursor could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("the cursor is not one this gateway issued (it must be passed back unchanged)")]
+    Malformed,
+    #[error("the cursor belongs to job {cursor_job}, not to job {job}")]
+    OtherJob { cursor_job: Token, job: Token },
+}
+
+// === impl Cursor ===
+
+impl Cursor {
+    /// The start of a job's output.
+    pub fn start(host: Token, job: Token) -> Self {
+        Self {
+            host,
+            job,
+            seq: 1,
+            skip: 0,
+        }
+    }
+
+    /// The opaque text handed to clients.
+    pub fn encode(&self) -> String {
+        let plain = format!("1:{}:{}:{}:{}", self.host, self.job, self.seq, self.skip);
+        URL_SAFE_NO_PAD.encode(plain)
+    }
+
+    pub fn decode(text: &str) -> Result<Self, CursorError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| CursorError::Malformed)?;
+        let plain = String::from_utf8(bytes).map_err(|_| CursorError::Malformed)?;
+        let mut parts = plain.split(':');
+        let (Some("1"), Some(host), Some(job), Some(seq), Some(skip), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(CursorError::Malformed);
+        };
+        Ok(Self {
+            host: Token::parse("host id", host).map_err(|_| CursorError::Malformed)?,
+            job: Token::parse("job id", job).map_err(|_| CursorError::Malformed)?,
+            seq: seq.parse().map_err(|_| CursorError::Malformed)?,
+            skip: skip.parse().map_err(|_| CursorError::Malformed)?,
+        })
+    }
+}
+
+/// Limits of one page.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimits {
+    pub max_lines: usize,
+    pub max_bytes: usize,
+    /// Longer lines are cut here and marked.
+    pub max_line_bytes: usize,
+}
+
+/// One page of output.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The lines, each ending in '\n' (except a job's unterminated last line).
+    pub text: String,
+    /// Number of lines in `text`.
+    pub lines: usize,
+    /// Job-wide number (from 0) of the first line in `text`.
+    pub first_line: u64,
+    /// Lines that were clamped.
+    pub clamped: usize,
+    /// Where the next page starts.
+    pub next: Cursor,
+    /// The job's exit record was reached: there is no more output, ever.
+    pub exit: Option<pb::JobStatus>,
+    /// Everything stored so far was read (the job may still be writing).
+    pub caught_up: bool,
+}
+
+/// Reads forward from `cursor`.
+pub async fn read(mesh: &Mesh, cursor: Cursor, limits: PageLimits) -> Result<Page, MeshError> {
+    let subject = subject::out(&mesh.tenant, &cursor.host, &cursor.job);
+    let mut page = Page {
+        text: String::new(),
+        lines: 0,
+        first_line: 0,
+        clamped: 0,
+        next: cursor.clone(),
+        exit: None,
+        caught_up: false,
+    };
+    let mut seq = cursor.seq.max(1);
+    let mut skip = cursor.skip as usize;
+    let mut first = true;
+    loop {
+        let request = DirectGet {
+            seq: Some(seq),
+            next_by_subj: Some(subject.clone()),
+            batch: Some(BATCH_RECORDS),
+            max_bytes: Some(limits.max_bytes * 2 + 64 * 1024),
+            ..Default::default()
+        };
+        let batch = mesh.direct_get(OUT_STREAM, &request).await?;
+        let Some(last_pending) = batch.last().map(|m| m.pending) else {
+            page.caught_up = true;
+            page.next = Cursor {
+                seq,
+                skip: skip as u32,
+                ..cursor
+            };
+            return Ok(page);
+        };
+        for msg in batch {
+            match decode(&msg)? {
+                pb::output_record::Body::Exit(exit) => {
+                    page.exit = Some(exit.status.unwrap_or_default());
+                    page.caught_up = true;
+                    page.next = Cursor {
+                        seq: msg.seq,
+                        skip: 0,
+                        ..cursor
+                    };
+                    return Ok(page);
+                }
+                pb::output_record::Body::Chunk(chunk) => {
+                    if first {
+                        page.first_line = chunk.first_line + skip as u64;
+                        first = false;
+                    }
+                    for (i, line) in chunk
+                        .data
+                        .split_inclusive(|b| *b == b'\n')
+                        .enumerate()
+                        .skip(skip)
+                    {
+                        let full = page.lines >= limits.max_lines
+                            || (page.lines > 0
+                                && page.text.len() + line.len().min(limits.max_line_bytes + 64)
+                                    > limits.max_bytes);
+                        if full {
+                            page.next = Cursor {
+                                seq: msg.seq,
+                                skip: i as u32,
+                                ..cursor
+                            };
+                            return Ok(page);
+                        }
+                        push_line(&mut page, line, limits.max_line_bytes);
+                    }
+                    seq = msg.seq + 1;
+                    skip = 0;
+                }
+            }
+        }
+        if last_pending == 0 {
+            page.caught_up = true;
+            page.next = Cursor {
+                seq,
+                skip: 0,
+                ..cursor
+            };
+            return Ok(page);
+        }
+    }
+}
+
+/// A cursor at the last `lines` lines of the job's output stored so far.
+pub async fn tail(mesh: &Mesh, host: Token, job: Token, lines: u64) -> Result<Cursor, MeshError> {
+    let subject = subject::out(&mesh.tenant, &host, &job);
+    let start = Cursor::start(host, job);
+    let last = mesh
+        .direct_get(
+            OUT_STREAM,
+            &DirectGet {
+                last_by_subj: Some(subject.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let Some(last) = last.into_iter().next() else {
+        return Ok(start);
+    };
+    let total = match decode(&last)? {
+        pb::output_record::Body::Chunk(c) => c.first_line + u64::from(c.line_count),
+        pb::output_record::Body::Exit(e) => e.status.map(|s| s.lines).unwrap_or(0),
+    };
+    let target = total.saturating_sub(lines);
+    if target == 0 {
+        return Ok(start);
+    }
+    // Find the last chunk whose first line is at or before `target`.
+    let probe = |from: u64| {
+        let subject = subject.clone();
+        async move {
+            let msg = mesh
+                .direct_get(
+                    OUT_STREAM,
+                    &DirectGet {
+                        seq: Some(from),
+                        next_by_subj: Some(subject),
+                        ..Default::default()
+                    },
+                )
+                .await?
+                .into_iter()
+                .next();
+            match msg {
+                Some(msg) => match decode(&msg)? {
+                    pb::output_record::Body::Chunk(c) => Ok(Some((msg.seq, Some(c.first_line)))),
+                    pb::output_record::Body::Exit(_) => Ok(Some((msg.seq, None))),
+                },
+                None => Ok::<_, MeshError>(None),
+            }
+        }
+    };
+    let Some((mut lo, Some(mut lo_line))) = probe(1).await? else {
+        return Ok(start);
+    };
+    let mut hi = last.seq;
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        match probe(mid).await? {
+            Some((seq, Some(first_line))) if first_line <= target && seq <= hi => {
+                lo = seq;
+                lo_line = first_line;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(Cursor {
+        seq: lo,
+        skip: (target - lo_line) as u32,
+        ..start
+    })
+}
+
+fn decode(msg: &StoredMsg) -> Result<pb::output_record::Body, MeshError> {
+    pb::OutputRecord::decode(msg.payload.clone())
+        .ok()
+        .and_then(|r| r.body)
+        .ok_or_else(|| MeshError::Corrupt {
+            seq: msg.seq,
+            reason: "not an output record".into(),
+        })
+}
+
+fn push_line(page: &mut Page, line: &[u8], max_line_bytes: usize) {
+    page.lines += 1;
+    if line.len() <= max_line_bytes {
+        page.text.push_str(&String::from_utf8_lossy(line));
+        return;
+    }
+    let mut cut = max_line_bytes;
+    // Never split a UTF-8 sequence: back up to a character boundary.
+    while cut > 0 && (line[cut] & 0b1100_0000) == 0b1000_0000 {
+        cut -= 1;
+    }
+    let rest = line.len() - cut - usize::from(line.ends_with(b"\n"));
+    page.text.push_str(&String::from_utf8_lossy(&line[..cut]));
+    page.text
+        .push_str(&format!(" … [line clamped: {rest} more bytes]\n"));
+    page.clamped += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor {
+            host: Token::parse("host id", "web-1").unwrap(),
+            job: Token::parse("job id", "build-x1").unwrap(),
+            seq: 1_900_000,
+            skip: 17,
+        }
+    }
+
+    #[test]
+    fn cursor_round_trips_and_refuses_garbage() {
+        let c = cursor();
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        for bad in [
+            "",
+            "!!!",
+            "MTox",
+            &URL_SAFE_NO_PAD.encode("1:web-1:job:x:0"),
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn long_lines_are_clamped_with_a_marker_on_a_char_boundary() {
+        let mut page = Page {
+            text: String::new(),
+            lines: 0,
+            first_line: 0,
+            clamped: 0,
+            next: cursor(),
+            exit: None,
+            caught_up: false,
+        };
+        let line = format!("{}\n", "é".repeat(100));
+        push_line(&mut page, line.as_bytes(), 81);
+        assert!(page.text.starts_with(&"é".repeat(40)));
+        assert!(
+            page.text.ends_with(" … [line clamped: 120 more bytes]\n"),
+            "{}",
+            page.text
+        );
+        assert_eq!(page.clamped, 1);
+    }
+}

@@ -1,0 +1,361 @@
+//! `bash`: run a command on one host as a job; short jobs answer inline, long ones by job id.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use execmesh_proto::{Token, pb, subject};
+
+use super::job::{JobView, outcome, view};
+use super::{Call, parse_args, seconds, structured};
+use crate::error::ToolError;
+use crate::mesh::DispatchError;
+use crate::paging::{self, Cursor, PageLimits};
+
+/// Longest command line accepted.
+const MAX_CMD_BYTES: usize = 64 * 1024;
+/// Most environment variables one call may set.
+const MAX_ENV: usize = 128;
+/// How long a request stays valid for the agent after it is sent.
+const REQUEST_VALIDITY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BashParams {
+    /// The host id to run on (see `hosts`).
+    pub host: String,
+    /// The command line, run with `bash -c` in its own process group. Stdin is empty.
+    pub cmd: String,
+    /// Working directory (default: the agent's).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Seconds after which the job is killed (default: the host's, normally 3600).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// Return at once with the job id instead of waiting.
+    #[serde(default)]
+    pub bg: Option<bool>,
+    /// Seconds to wait for the job before returning its id (default 2, at most 600).
+    #[serde(default)]
+    pub wait: Option<f64>,
+    /// A short title; it becomes the start of the job id.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Most output lines returned inline (default 1000).
+    #[serde(default)]
+    pub max_lines: Option<usize>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BashResult {
+    pub host: String,
+    pub job: String,
+    /// running, exited, timed_out, killed, lost or failed.
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub duration_ms: u64,
+    /// The output (stdout and stderr interleaved by line), or its first page.
+    pub output: String,
+    /// Lines in `output`.
+    pub output_lines: usize,
+    /// True when more output exists than `output` holds (or the job still runs).
+    pub truncated: bool,
+    /// Pass to `job` (action `poll`) as `cursor` to read on.
+    pub next_cursor: Option<String>,
+    pub status: JobView,
+    pub trace_id: String,
+}
+
+pub fn definition() -> Tool {
+    super::tool::<BashParams, BashResult>(
+        "bash",
+        "Run a command",
+        "Run a shell command on one host. Waits up to `wait` seconds (default 2): if the command \
+         finished, returns its output and exit code; otherwise returns a job id to follow with \
+         `job` (poll/wait/kill). `bg: true` returns at once. A non-zero exit code is a normal \
+         result. Confirm with the user before running commands that change the host.",
+        ToolAnnotations::new()
+            .read_only(false)
+            .destructive(true)
+            .idempotent(false)
+            .open_world(true),
+    )
+}
+
+pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
+    let params: BashParams = parse_args("bash", args)?;
+    let state = call.state;
+    let config = &state.config;
+    let host = Token::parse("host id", &params.host)
+        .map_err(|e| ToolError::invalid("bash", e.to_string()))?;
+    validate(&params)?;
+    let bg = params.bg.unwrap_or(false);
+    let window = match (bg, params.wait) {
+        (true, _) => Duration::ZERO,
+        (false, Some(w)) => seconds("bash", "wait", w, 600.0)?,
+        (false, None) => config.inline_window,
+    };
+    let timeout = params
+        .timeout
+        .map(|t| seconds("bash", "timeout", t, 30.0 * 86400.0))
+        .transpose()?;
+    let max_lines = params.max_lines.unwrap_or(config.page_max_lines);
+    if !(1..=crate::config::PAGE_LINES_CEILING).contains(&max_lines) {
+        return Err(ToolError::invalid(
+            "bash",
+            format!(
+                "`max_lines` must be 1..={}",
+                crate::config::PAGE_LINES_CEILING
+            ),
+        ));
+    }
+    let job = job_id(params.title.as_deref(), &params.cmd);
+    let tenant = &state.mesh.tenant;
+    let user = &call.identity.user;
+    tracing::Span::current().record("host", host.as_str());
+    let request = pb::ExecRequest {
+        tenant: tenant.to_string(),
+        host: host.to_string(),
+        job_id: job.to_string(),
+        user: user.to_string(),
+        expires_at_ms: execmesh_proto::now_ms() + REQUEST_VALIDITY.as_millis() as u64,
+        trace_id: call.trace.trace_id.clone(),
+        body: Some(pb::exec_request::Body::Run(pb::RunRequest {
+            cmd: params.cmd.clone(),
+            cwd: params.cwd.clone().unwrap_or_default(),
+            env: params.env.clone().unwrap_or_default().into_iter().collect(),
+            timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
+            inline_window_ms: window.as_millis() as u64,
+            bg,
+            title: params.title.clone().unwrap_or_default(),
+            inline_max_bytes: config.page_max_bytes as u64,
+        })),
+    };
+    let reply: pb::ExecReply = match state
+        .mesh
+        .request(
+            &host,
+            subject::exec(tenant, &host, user),
+            &request,
+            Some(&call.trace.traceparent()),
+            window + config.request_timeout,
+        )
+        .await
+    {
+        Ok(reply) => reply,
+        Err(DispatchError::NoResponders(host)) => return Err(offline_or_unknown(call, host).await),
+        Err(e) => return Err(e.into()),
+    };
+    let run = match reply.body {
+        Some(pb::exec_reply::Body::Run(run)) => run,
+        Some(pb::exec_reply::Body::Error(e)) => return Err(ToolError::refused(&host, e)),
+        None => return Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
+    };
+    let status = run.status.unwrap_or_default();
+    let running = status.state() == pb::JobState::Running;
+    let limits = PageLimits {
+        max_lines,
+        max_bytes: config.page_max_bytes,
+        max_line_bytes: config.max_line_bytes,
+    };
+    // The inline copy is used when it fits a page as is; otherwise the first page comes from
+    // the stream, which clamps long lines and caps the page.
+    let (output, lines, next_cursor, truncated) =
+        match run.inline_output.filter(|o| fits(o, &limits)) {
+            Some(inline) if !running => {
+                let text = String::from_utf8_lossy(&inline).into_owned();
+                let lines = text.split_inclusive('\n').count();
+                (text, lines, None, false)
+            }
+            _ => {
+                let page = paging::read(
+                    &state.mesh,
+                    Cursor::start(host.clone(), job.clone()),
+                    limits,
+                )
+                .await?;
+                let more = page.exit.is_none();
+                let next = more.then(|| page.next.encode());
+                (page.text, page.lines, next, more)
+            }
+        };
+    let status = view(&status);
+    let footer = if running {
+        format!(
+            "job {job} is still running on {host} (bg or longer than the {:.0} s wait). Follow it with \
+             `job`: action \"poll\" with cursor \"{}\", action \"wait\", or action \"kill\".",
+            window.as_secs_f64(),
+            next_cursor.as_deref().unwrap_or_default()
+        )
+    } else if truncated {
+        format!(
+            "{} on {host} (job {job}); {lines} line(s) shown of {}, more with `job` action \"poll\" cursor \"{}\"",
+            outcome(&status),
+            status.lines,
+            next_cursor.as_deref().unwrap_or_default()
+        )
+    } else {
+        format!("{} on {host} (job {job})", outcome(&status))
+    };
+    let result = BashResult {
+        host: host.to_string(),
+        job: job.to_string(),
+        state: status.state.clone(),
+        exit_code: status.exit_code,
+        signal: status.signal.clone(),
+        duration_ms: status.duration_ms,
+        output: output.clone(),
+        output_lines: lines,
+        truncated,
+        next_cursor,
+        status,
+        trace_id: call.trace.trace_id.clone(),
+    };
+    structured(&result, vec![output, footer])
+}
+
+/// After "no responders": a host the mesh knows is offline, any other is unknown.
+async fn offline_or_unknown(call: &Call<'_>, host: Token) -> ToolError {
+    match call.state.mesh.host(&host).await {
+        Ok(Some(record)) => ToolError::OfflineHost {
+            last_seen_ms: record
+                .presence
+                .map(|p| p.heartbeat_at_ms)
+                .or(record.facts.map(|f| f.collected_at_ms)),
+            host,
+        },
+        Ok(None) => {
+            let known = call
+                .state
+                .mesh
+                .hosts()
+                .await
+                .map(|hosts| hosts.keys().map(|h| h.to_string()).collect())
+                .unwrap_or_default();
+            ToolError::UnknownHost {
+                host: host.to_string(),
+                known,
+            }
+        }
+        Err(e) => e.into(),
+    }
+}
+
+fn validate(params: &BashParams) -> Result<(), ToolError> {
+    if params.cmd.trim().is_empty() {
+        return Err(ToolError::invalid("bash", "`cmd` is empty"));
+    }
+    if params.cmd.len() > MAX_CMD_BYTES {
+        return Err(ToolError::invalid(
+            "bash",
+            format!("`cmd` is longer than {MAX_CMD_BYTES} bytes"),
+        ));
+    }
+    if params.cmd.contains('\0') {
+        return Err(ToolError::invalid("bash", "`cmd` contains a NUL byte"));
+    }
+    if let Some(cwd) = &params.cwd
+        && (cwd.is_empty() || cwd.contains('\0'))
+    {
+        return Err(ToolError::invalid("bash", "`cwd` must be a non-empty path"));
+    }
+    if let Some(env) = &params.env {
+        if env.len() > MAX_ENV {
+            return Err(ToolError::invalid(
+                "bash",
+                format!("at most {MAX_ENV} `env` variables"),
+            ));
+        }
+        for (name, value) in env {
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(ToolError::invalid(
+                    "bash",
+                    format!("`env` name `{name}` is not a valid variable name"),
+                ));
+            }
+            if value.contains('\0') {
+                return Err(ToolError::invalid(
+                    "bash",
+                    format!("`env` value of `{name}` contains a NUL byte"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an inline copy can be shown as is: few enough lines, none too long.
+fn fits(output: &[u8], limits: &PageLimits) -> bool {
+    output.len() <= limits.max_bytes
+        && output.split(|b| *b == b'\n').count() <= limits.max_lines + 1
+        && output
+            .split(|b| *b == b'\n')
+            .all(|l| l.len() < limits.max_line_bytes)
+}
+
+/// `<title>-<random>`: the title (or the command's first word) made subject-safe, then 8
+/// random base32 characters so ids never collide.
+pub fn job_id(title: Option<&str>, cmd: &str) -> Token {
+    let first_word = cmd
+        .split_whitespace()
+        .next()
+        .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .unwrap_or("job");
+    let base = title
+        .and_then(|t| Token::sanitize(t, 24))
+        .or_else(|| Token::sanitize(first_word, 24))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "job".to_string());
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let random: String = rand::random::<[u8; 8]>()
+        .iter()
+        .map(|b| ALPHABET[(*b as usize) % 32] as char)
+        .collect();
+    // Sanitized parts and the alphabet are all token characters, so this cannot fail; fall
+    // back to a plain id rather than panic if that ever changes.
+    Token::parse("job id", &format!("{base}-{random}")).unwrap_or_else(|_| {
+        Token::sanitize(&format!("job-{random}"), 63).unwrap_or_else(|| job_id(None, "job"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_subject_safe_and_titled() {
+        let id = job_id(Some("Build Release!"), "make");
+        assert!(id.as_str().starts_with("build-release-"), "{id}");
+        let id = job_id(None, "/usr/bin/tail -f /var/log/syslog");
+        assert!(id.as_str().starts_with("tail-"), "{id}");
+        let id = job_id(None, "   ");
+        assert!(id.as_str().starts_with("job-"), "{id}");
+        assert_ne!(job_id(None, "x"), job_id(None, "x"));
+    }
+
+    #[test]
+    fn bad_env_names_are_refused() {
+        let params = BashParams {
+            host: "h".into(),
+            cmd: "true".into(),
+            cwd: None,
+            timeout: None,
+            bg: None,
+            wait: None,
+            title: None,
+            env: Some([("A-B".to_string(), "1".to_string())].into()),
+            max_lines: None,
+        };
+        assert!(validate(&params).unwrap_err().to_string().contains("A-B"));
+    }
+}

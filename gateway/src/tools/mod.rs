@@ -1,0 +1,186 @@
+//! The MCP tool surface: tool definitions and the per-request handler that dispatches calls.
+//!
+//! The handler is created per HTTP request (the server is stateless); it reads the caller's
+//! verified identity from the request's extensions, opens a span with the trace id, runs the
+//! tool, and turns a [`ToolError`] into an `isError` result.
+
+mod bash;
+mod hosts;
+mod job;
+mod whoami;
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    Implementation, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, info, info_span};
+
+use crate::auth::Identity;
+use crate::error::ToolError;
+use crate::server::AppState;
+use crate::trace::TraceContext;
+
+/// What a tool needs to serve one call.
+pub struct Call<'a> {
+    pub state: &'a AppState,
+    pub identity: &'a Identity,
+    pub trace: &'a TraceContext,
+}
+
+const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a fleet of servers. \
+Start with `hosts` to see which servers exist and are online. `bash` runs a command on one host; \
+short commands return their output at once, long ones return a job id: page its output with \
+`job` (action `poll`, passing `next_cursor` back), `wait` for it, or `kill` it. A non-zero exit \
+code is a normal result, not an error.";
+
+/// Every tool, in the order clients list them.
+pub fn definitions() -> Vec<Tool> {
+    vec![
+        hosts::definition(),
+        bash::definition(),
+        job::definition(),
+        whoami::definition(),
+    ]
+}
+
+/// The MCP server handler for one request.
+#[derive(Clone)]
+pub struct Handler {
+    state: Arc<AppState>,
+}
+
+impl Handler {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("execmesh", env!("CARGO_PKG_VERSION")).with_title("execmesh"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        // Per-user lists come with policy; mark the list private already so no cache shares it.
+        Ok(ListToolsResult::with_all_items(definitions()).with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let parts = context.extensions.get::<http::request::Parts>();
+        let identity = parts
+            .and_then(|p| p.extensions.get::<Identity>())
+            .cloned()
+            .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
+        let traceparent = parts
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let trace = TraceContext::continue_or_start(traceparent);
+        let tool = request.name.to_string();
+        let span = info_span!(
+            "tool_call",
+            tool = %tool,
+            user = %identity.user,
+            trace_id = %trace.trace_id,
+            host = tracing::field::Empty
+        );
+        let call = Call {
+            state: &self.state,
+            identity: &identity,
+            trace: &trace,
+        };
+        let args = request.arguments.unwrap_or_default();
+        let started = std::time::Instant::now();
+        let result = async {
+            match tool.as_str() {
+                "hosts" => hosts::call(&call, args).await,
+                "bash" => bash::call(&call, args).await,
+                "job" => job::call(&call, args).await,
+                "whoami" => whoami::call(&call, args).await,
+                other => Err(ToolError::UnknownTool(other.to_string())),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let _enter = span.enter();
+        let result = match result {
+            Ok(result) => {
+                info!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "tool call done"
+                );
+                result
+            }
+            Err(e) => {
+                info!(error = %e, code = e.code(), "tool call refused");
+                e.into_result()
+            }
+        };
+        Ok(result.into())
+    }
+}
+
+/// Parses a tool's arguments into its parameter type, naming the problem on failure.
+pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolError> {
+    serde_json::from_value(serde_json::Value::Object(args))
+        .map_err(|e| ToolError::invalid(tool, e.to_string()))
+}
+
+/// A result with text blocks for people and models and the same data as `structuredContent`.
+pub fn structured<T: Serialize>(value: &T, text: Vec<String>) -> Result<CallToolResult, ToolError> {
+    let structured = serde_json::to_value(value).map_err(|e| ToolError::Mesh(e.to_string()))?;
+    let mut result = CallToolResult::success(text.into_iter().map(ContentBlock::text).collect());
+    result.structured_content = Some(structured);
+    Ok(result)
+}
+
+/// Builds a tool definition from its parameter and output types.
+pub fn tool<P: rmcp::schemars::JsonSchema + 'static, O: rmcp::schemars::JsonSchema + 'static>(
+    name: &'static str,
+    title: &str,
+    description: &'static str,
+    annotations: rmcp::model::ToolAnnotations,
+) -> Tool {
+    Tool::new(
+        name,
+        description,
+        rmcp::handler::server::common::schema_for_type::<P>(),
+    )
+    .with_title(title)
+    .with_raw_output_schema(rmcp::handler::server::common::schema_for_output::<O>())
+    .with_annotations(annotations)
+}
+
+/// A number of seconds from a tool argument, checked against bounds.
+pub fn seconds(
+    tool: &str,
+    name: &str,
+    value: f64,
+    max: f64,
+) -> Result<std::time::Duration, ToolError> {
+    if !value.is_finite() || value < 0.0 || value > max {
+        return Err(ToolError::invalid(
+            tool,
+            format!("`{name}` must be between 0 and {max} seconds"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
