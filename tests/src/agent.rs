@@ -1,0 +1,299 @@
+//! The real `execmesh-node-agent` binary as a test's host: spawned, awaited until its presence is written, stopped or killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use execmesh_proto::pb;
+use tempfile::TempDir;
+
+use crate::Nats;
+use crate::presence::read_presence;
+use crate::process::{ChildProcess, workspace_binary};
+
+/// Name of the agent binary in the cargo target directory.
+pub const AGENT_BINARY: &str = "execmesh-node-agent";
+/// Default time an agent may take from spawn to its first acknowledged heartbeat.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGTERM'd agent may take to drain and exit.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Log lines shown when an agent fails.
+const TAIL: usize = 60;
+
+/// How to run one node-agent: its host id, labels and extra flags.
+///
+/// ```no_run
+/// # async fn scenario(nats: &execmesh_tests::Nats) {
+/// # use execmesh_tests::NodeAgent;
+/// let agent = NodeAgent::new(nats, "web-1").label("role", "web").start().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct NodeAgent {
+    /// URL of the test's nats-server.
+    nats_url: String,
+    /// The host id (a subject token).
+    host: String,
+    /// `--label k=v`, in order.
+    labels: Vec<(String, String)>,
+    /// Further command-line arguments, in order.
+    args: Vec<String>,
+    /// Environment variables set for the agent (the harness removes every inherited `EXECMESH_*`).
+    envs: Vec<(String, String)>,
+    /// How long [`NodeAgent::start`] waits for the first heartbeat.
+    ready_timeout: Duration,
+}
+
+/// A node-agent process started by [`NodeAgent::start`]; killed on drop. Its temp dir (working
+/// directory and logs) is removed then too, unless the test is failing: then it is kept and named.
+pub struct RunningAgent {
+    /// The process; `None` after stop or kill.
+    process: Option<ChildProcess>,
+    /// How it was started, so a restart repeats it exactly.
+    spec: NodeAgent,
+    /// Working directory of the agent and home of its log files (one per start).
+    dir: TempDir,
+    /// Starts so far.
+    starts: usize,
+    /// The heartbeat that proved the current (or last) start ready.
+    presence: pb::Presence,
+    /// JetStream over the harness's own connection, for readiness and presence reads.
+    js: jetstream::Context,
+}
+
+// === impl NodeAgent ===
+
+impl NodeAgent {
+    /// An agent for `host`, connected to `nats`.
+    pub fn new(nats: &Nats, host: &str) -> Self {
+        Self {
+            nats_url: nats.url(),
+            host: host.to_string(),
+            labels: Vec::new(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Adds `--label key=value`.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Adds `flag value` (for example `.arg("--config", path)`).
+    pub fn arg(mut self, flag: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.args.push(flag.to_string());
+        self.args
+            .push(value.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    /// Adds a flag that takes no value.
+    pub fn flag(mut self, flag: &str) -> Self {
+        self.args.push(flag.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the agent process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// How long `start` waits for the first heartbeat (default 20 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Spawns the agent and waits until its presence is in `mesh_presence`, which the agent
+    /// writes (acknowledged) before it subscribes for work.
+    pub async fn start(self) -> RunningAgent {
+        crate::init_tracing();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("execmesh-agent-{}-", self.host))
+            .tempdir()
+            .expect("create a temp dir for the node-agent");
+        let js = jetstream::new(crate::nats::connect(&self.nats_url).await);
+        let mut agent = RunningAgent {
+            spec: self,
+            dir,
+            process: None,
+            starts: 0,
+            presence: pb::Presence::default(),
+            js,
+        };
+        agent.launch().await;
+        agent
+    }
+
+    fn command(&self, cwd: &Path) -> Command {
+        let mut command = Command::new(workspace_binary(AGENT_BINARY));
+        // Every flag has an EXECMESH_* environment twin: a developer's shell must not leak in.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("EXECMESH_") {
+                command.env_remove(key);
+            }
+        }
+        // The test's own log filter, if any, is the agent's too (its `--log` / EXECMESH_LOG).
+        if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
+            command.env("EXECMESH_LOG", filter);
+        }
+        command
+            .current_dir(cwd)
+            .arg("--nats-url")
+            .arg(&self.nats_url)
+            .arg("--host-id")
+            .arg(&self.host);
+        for (key, value) in &self.labels {
+            command.arg("--label").arg(format!("{key}={value}"));
+        }
+        command.args(&self.args);
+        command.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
+    }
+}
+
+// === impl RunningAgent ===
+
+impl RunningAgent {
+    /// The host id.
+    pub fn host(&self) -> &str {
+        &self.spec.host
+    }
+
+    /// The pid of the running agent. Panics if it is stopped.
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .map(ChildProcess::pid)
+            .unwrap_or_else(|| panic!("node-agent {} is not running", self.spec.host))
+    }
+
+    /// The agent's working directory (a temp dir; a place for its config files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file of the current (or last) start.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("agent-{}.log", self.starts))
+    }
+
+    /// The last `lines` lines of the current (or last) start's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::log_tail(&self.log_path(), lines)
+    }
+
+    /// The `agent_instance` of the current (or last) start, from its first heartbeat.
+    pub fn instance(&self) -> &str {
+        &self.presence.agent_instance
+    }
+
+    /// The live heartbeat of this host, read now.
+    pub async fn presence(&self) -> Option<pb::Presence> {
+        read_presence(&self.js, &self.spec.host).await
+    }
+
+    /// The exit status if the agent has exited by itself (or was stopped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(ChildProcess::exited)
+    }
+
+    /// Kills the agent with SIGKILL and reaps it. Its presence key stays until its TTL expires.
+    pub async fn kill_hard(&mut self) -> ExitStatus {
+        let mut process = self.take_process();
+        process.kill().await
+    }
+
+    /// SIGTERM, and waits for a graceful exit. Panics (after a SIGKILL) if the agent does not
+    /// exit within 10 s.
+    pub async fn stop(&mut self) -> ExitStatus {
+        let mut process = self.take_process();
+        match process.terminate(STOP_GRACE).await {
+            Ok(status) => status,
+            Err(_) => panic!(
+                "node-agent {} did not exit within {STOP_GRACE:?} of SIGTERM; log {}:\n{}",
+                self.spec.host,
+                self.log_path().display(),
+                self.log_tail(TAIL)
+            ),
+        }
+    }
+
+    /// Starts the agent again with the same arguments (stopping it gracefully first if it runs)
+    /// and waits until the new process has written its own heartbeat. That also works after
+    /// [`RunningAgent::kill_hard`], when the old process's presence key is still there: readiness
+    /// is a heartbeat with a new `agent_instance`.
+    pub async fn restart(&mut self) {
+        if self.process.is_some() {
+            self.stop().await;
+        }
+        self.launch().await;
+    }
+
+    fn take_process(&mut self) -> ChildProcess {
+        self.process
+            .take()
+            .unwrap_or_else(|| panic!("node-agent {} is not running", self.spec.host))
+    }
+
+    /// Spawns the agent and waits for a heartbeat from an instance other than any present before.
+    async fn launch(&mut self) {
+        let host = self.spec.host.clone();
+        let previous = read_presence(&self.js, &host)
+            .await
+            .map(|p| p.agent_instance);
+        self.starts += 1;
+        let log = self.log_path();
+        let command = self.spec.command(self.dir.path());
+        let process = ChildProcess::spawn(format!("node-agent {host}"), command, &log)
+            .unwrap_or_else(|e| panic!("cannot start node-agent {host}: {e}"));
+        let process = self.process.insert(process);
+
+        let deadline = tokio::time::Instant::now() + self.spec.ready_timeout;
+        loop {
+            if let Some(presence) = read_presence(&self.js, &host).await
+                && previous.as_deref() != Some(presence.agent_instance.as_str())
+            {
+                tracing::debug!(%host, instance = %presence.agent_instance, "node-agent ready");
+                self.presence = presence;
+                return;
+            }
+            if let Some(status) = process.exited() {
+                panic!(
+                    "node-agent {host} exited ({status}) before it was ready; log {}:\n{}",
+                    log.display(),
+                    process.log_tail(TAIL)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "node-agent {host} wrote no presence within {:?}; log {}:\n{}",
+                    self.spec.ready_timeout,
+                    log.display(),
+                    process.log_tail(TAIL)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        if std::thread::panicking() {
+            // A failing test keeps the agent's logs for inspection.
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "node-agent {}: logs kept in {}",
+                self.spec.host,
+                self.dir.path().display()
+            );
+        }
+    }
+}

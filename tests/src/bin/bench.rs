@@ -1,0 +1,366 @@
+//! `execmesh-bench`: measures the mesh end to end on this machine and prints JSON.
+//!
+//! Scenarios (all by default, or name them): `roundtrip` (sequential `bash true` calls over HTTP,
+//! p50/p90/p99, and calls/s with 16 concurrent clients, next to a single-host peer: an MCP shell
+//! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
+//! 200,000 lines paged end to end at the default page size) and `memory` (node-agent RSS idle and
+//! while streaming 2 M lines). Build release binaries first:
+//!
+//!   cargo build --release --workspace --bins && target/release/execmesh-bench [roundtrip|paging|memory]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent};
+
+const SEQUENTIAL_CALLS: usize = 2000;
+const CONCURRENT_CLIENTS: usize = 16;
+const CONCURRENT_CALLS_PER_CLIENT: usize = 250;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!(
+            "usage: execmesh-bench [roundtrip] [paging] [memory]\n\n\
+             Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
+             measured figures as JSON. With no scenario, runs all. Needs release binaries: \
+             cargo build --release --workspace --bins"
+        );
+        return Ok(());
+    }
+    for a in &args {
+        if !["roundtrip", "paging", "memory"].contains(&a.as_str()) {
+            bail!("unknown scenario `{a}` (roundtrip, paging, memory)");
+        }
+    }
+    let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut report = json!({ "machine": machine() });
+        if wants("roundtrip") {
+            report["roundtrip"] = roundtrip().await?;
+        }
+        if wants("paging") {
+            report["paging"] = paging().await?;
+        }
+        if wants("memory") {
+            report["memory"] = memory().await?;
+        }
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(())
+    })
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> Value {
+    samples.sort();
+    let at = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i].as_secs_f64() * 1e6
+    };
+    json!({ "calls": samples.len(), "p50_us": at(0.50).round(), "p90_us": at(0.90).round(), "p99_us": at(0.99).round() })
+}
+
+/// Sequential latency and concurrent throughput of `call`.
+async fn measure<F, Fut>(call: F) -> anyhow::Result<Value>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    for i in 0..100 {
+        call(i).await?;
+    }
+    let mut samples = Vec::with_capacity(SEQUENTIAL_CALLS);
+    for i in 0..SEQUENTIAL_CALLS {
+        let started = Instant::now();
+        call(i).await?;
+        samples.push(started.elapsed());
+    }
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CONCURRENT_CLIENTS {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..CONCURRENT_CALLS_PER_CLIENT {
+                call(c * 1000 + i).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let total = CONCURRENT_CLIENTS * CONCURRENT_CALLS_PER_CLIENT;
+    let mut v = percentiles(samples);
+    v["concurrent"] = json!({
+        "clients": CONCURRENT_CLIENTS,
+        "calls": total,
+        "calls_per_sec": (total as f64 / started.elapsed().as_secs_f64()).round(),
+    });
+    Ok(v)
+}
+
+async fn roundtrip() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "bench-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint("bench");
+    let mut clients = Vec::new();
+    for _ in 0..CONCURRENT_CLIENTS {
+        clients.push(Arc::new(McpClient::new(&gw.url(), &token).await));
+    }
+    let clients = Arc::new(clients);
+    let mesh = measure(move |i| {
+        let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
+        async move {
+            let out = client
+                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
+                .await
+                .context("bash call")?;
+            if out.structured()["exit_code"] != 0 {
+                bail!("unexpected result: {}", out.text());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let peer = peer::measure().await?;
+    let ratio = mesh["p50_us"].as_f64().unwrap_or(0.0) / peer["p50_us"].as_f64().unwrap_or(1.0);
+    let speedup = mesh["concurrent"]["calls_per_sec"].as_f64().unwrap_or(0.0)
+        / peer["concurrent"]["calls_per_sec"].as_f64().unwrap_or(1.0);
+    Ok(json!({
+        "what": "bash `true` through MCP client -> gateway -> NATS -> agent -> client, over loopback HTTP",
+        "mesh": mesh,
+        "peer": peer,
+        "p50_ratio_mesh_over_peer": (ratio * 100.0).round() / 100.0,
+        "concurrent_throughput_mesh_over_peer": (speedup * 100.0).round() / 100.0,
+    }))
+}
+
+/// Pages a job from its start to its end; returns (lines, per-page durations).
+async fn page_through(client: &McpClient, job: &str) -> anyhow::Result<(usize, Vec<Duration>)> {
+    let mut cursor: Option<String> = None;
+    let mut lines = 0;
+    let mut times = Vec::new();
+    loop {
+        let mut args = json!({"action": "poll", "job": job});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let started = Instant::now();
+        let out = client.try_call("job", args).await.context("poll")?;
+        times.push(started.elapsed());
+        let s = out.structured();
+        lines += s["lines"].as_u64().unwrap_or(0) as usize;
+        if s["done"] == true {
+            return Ok((lines, times));
+        }
+        cursor = Some(s["next_cursor"].as_str().context("no cursor")?.to_string());
+    }
+}
+
+async fn finished_job(client: &McpClient, cmd: &str) -> anyhow::Result<String> {
+    let out = client
+        .try_call("bash", json!({"host": "bench-1", "cmd": cmd, "bg": true}))
+        .await?;
+    let job = out.structured()["job"]
+        .as_str()
+        .context("job id")?
+        .to_string();
+    loop {
+        let out = client
+            .try_call("job", json!({"action": "wait", "job": job, "timeout": 60}))
+            .await?;
+        if out.structured()["job"]["state"] != "running" {
+            return Ok(job);
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn paging() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "bench-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("bench").await;
+
+    let big = finished_job(&client, "seq 1 2000000").await?;
+    let (lines, times) = page_through(&client, &big).await?;
+    if lines != 2_000_000 {
+        bail!("2M-line job paged {lines} lines");
+    }
+    let n = times.len();
+    let first10 = median(times[..10].to_vec());
+    let last10 = median(times[n - 11..n - 1].to_vec());
+
+    let small = finished_job(&client, "seq 1 200000").await?;
+    let started = Instant::now();
+    let (lines, pages) = page_through(&client, &small).await?;
+    let elapsed = started.elapsed();
+    if lines != 200_000 {
+        bail!("200k-line job paged {lines} lines");
+    }
+    Ok(json!({
+        "job_2m": {
+            "lines": 2_000_000,
+            "pages": n,
+            "first_page_ms": ms(times[0]),
+            "last_page_ms": ms(times[n - 1]),
+            "median_first_10_pages_ms": ms(first10),
+            "median_last_10_pages_ms": ms(last10),
+            "all_pages_s": (times.iter().sum::<Duration>().as_secs_f64() * 1000.0).round() / 1000.0,
+        },
+        "job_200k": { "lines": 200_000, "pages": pages.len(), "end_to_end_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0 },
+    }))
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn memory() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let agent = NodeAgent::new(&nats, "bench-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("bench").await;
+    // Idle: after start-up and a few heartbeats.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = rss_kb(agent.pid(), "VmRSS:");
+    finished_job(&client, "seq 1 2000000").await?;
+    let peak = rss_kb(agent.pid(), "VmHWM:");
+    Ok(json!({ "agent_idle_rss_kb": idle, "agent_peak_rss_kb_streaming_2m_lines": peak }))
+}
+
+/// The single-host peer of DESIGN §11: an MCP server exposing a `bash` tool that runs the
+/// command itself, in-process, served by rmcp over the same HTTP transport.
+mod peer {
+    use std::sync::Arc;
+
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, InitializeResult,
+        ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    };
+    use rmcp::service::RequestContext;
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use rmcp::{ErrorData, RoleServer, ServerHandler};
+    use serde_json::{Value, json};
+
+    use execmesh_tests::McpClient;
+
+    #[derive(Clone)]
+    struct Shell;
+
+    impl ServerHandler for Shell {
+        fn get_info(&self) -> ServerConfig {
+            InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        }
+
+        async fn list_tools(
+            &self,
+            _: Option<PaginatedRequestParams>,
+            _: RequestContext<RoleServer>,
+        ) -> Result<ListToolsResult, ErrorData> {
+            let schema = json!({"type": "object", "properties": {"cmd": {"type": "string"}}});
+            let Value::Object(schema) = schema else {
+                unreachable!()
+            };
+            Ok(ListToolsResult::with_all_items(vec![Tool::new(
+                "bash",
+                "run a command",
+                Arc::new(schema),
+            )]))
+        }
+
+        async fn call_tool(
+            &self,
+            request: CallToolRequestParams,
+            _: RequestContext<RoleServer>,
+        ) -> Result<CallToolResponse, ErrorData> {
+            let cmd = request
+                .arguments
+                .and_then(|a| a.get("cmd").and_then(|c| c.as_str()).map(String::from))
+                .unwrap_or_default();
+            let out = tokio::process::Command::new("bash")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+            let mut result = CallToolResult::success(vec![ContentBlock::text(
+                String::from_utf8_lossy(&out.stdout),
+            )]);
+            result.structured_content = Some(json!({"exit_code": out.status.code()}));
+            Ok(result.into())
+        }
+    }
+
+    pub async fn measure() -> anyhow::Result<Value> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let service = StreamableHttpService::new(
+            || Ok(Shell),
+            Arc::new(NeverSessionManager::default()),
+            StreamableHttpServerConfig::default()
+                .with_legacy_session_mode(false)
+                .with_json_response(true),
+        );
+        let app = axum::Router::new().nest_service("/mcp", service);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let url = format!("http://{addr}/mcp");
+        let mut clients = Vec::new();
+        for _ in 0..super::CONCURRENT_CLIENTS {
+            clients.push(Arc::new(McpClient::new(&url, "unused").await));
+        }
+        let clients = Arc::new(clients);
+        let mut v = super::measure(move |i| {
+            let client = clients[i / 1000 % super::CONCURRENT_CLIENTS].clone();
+            async move {
+                let out = client.try_call("bash", json!({"cmd": "true"})).await?;
+                anyhow::ensure!(out.structured()["exit_code"] == 0, "peer call failed");
+                Ok(())
+            }
+        })
+        .await?;
+        v["what"] = json!("rmcp Streamable HTTP server that spawns `bash -c` itself");
+        Ok(v)
+    }
+}

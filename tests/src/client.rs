@@ -1,0 +1,222 @@
+//! An MCP client over Streamable HTTP with a bearer token, as an AI agent would connect to the gateway.
+
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion, Tool,
+};
+use rmcp::service::{ClientInitializeError, RoleClient, RunningService, ServiceError};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceExt};
+use serde_json::Value;
+
+/// How long one request may take before the client gives up (see [`McpClient::with_timeout`]).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected MCP client.
+///
+/// [`McpClient::new`] speaks the newest protocol (2026-07-28: `server/discover`, no
+/// `initialize`, no session); [`McpClient::legacy`] does the `initialize` handshake of an older
+/// revision, as clients from 2025 do.
+pub struct McpClient {
+    /// The rmcp client: the peer plus the task that drives the transport.
+    service: RunningService<RoleClient, ClientConfig>,
+    /// Limit for each request.
+    timeout: Duration,
+}
+
+/// The result of one `tools/call`.
+#[derive(Debug, Clone)]
+pub struct ToolOutput {
+    /// The result as the server sent it.
+    result: CallToolResult,
+}
+
+// === impl McpClient ===
+
+impl McpClient {
+    /// Connects with the newest protocol version. Panics if the connection fails.
+    pub async fn new(url: &str, token: &str) -> McpClient {
+        Self::connect(url, Some(token), None)
+            .await
+            .unwrap_or_else(|e| panic!("MCP client cannot connect to {url}: {e}"))
+    }
+
+    /// Connects with an `initialize` handshake offering `version` ("2025-06-18", …). Panics if the
+    /// connection fails.
+    pub async fn legacy(url: &str, token: &str, version: &str) -> McpClient {
+        Self::connect(url, Some(token), Some(version))
+            .await
+            .unwrap_or_else(|e| panic!("MCP client ({version}) cannot connect to {url}: {e}"))
+    }
+
+    /// Connects to `url`, with a bearer `token` if given, in the protocol `version` (the newest
+    /// when `None`). Versions before 2026-07-28 use the `initialize` handshake, later ones
+    /// `server/discover`.
+    pub async fn connect(
+        url: &str,
+        token: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<McpClient, ClientInitializeError> {
+        let mut transport = StreamableHttpClientTransportConfig::with_uri(url);
+        if let Some(token) = token {
+            // rmcp adds the `Bearer ` prefix.
+            transport = transport.auth_header(token);
+        }
+        let transport = StreamableHttpClientTransport::from_config(transport);
+        let version = match version {
+            Some(v) => serde_json::from_value::<ProtocolVersion>(Value::String(v.to_string()))
+                .expect("a protocol version is a string"),
+            None => ProtocolVersion::LATEST,
+        };
+        let info = ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("execmesh-tests", env!("CARGO_PKG_VERSION")),
+        )
+        .with_protocol_version(version.clone());
+        let service = if version.has_initialize() {
+            info.serve(transport).await?
+        } else {
+            info.serve_with_lifecycle(
+                transport,
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![version],
+                },
+            )
+            .await?
+        };
+        Ok(McpClient {
+            service,
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    /// Sets the limit for each request (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The protocol version the server agreed to.
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.service
+            .peer_info()
+            .map(|info| info.protocol_version.clone())
+            .expect("a connected client knows its server")
+    }
+
+    /// The rmcp client, for what this wrapper does not cover (progress, raw requests).
+    pub fn service(&self) -> &RunningService<RoleClient, ClientConfig> {
+        &self.service
+    }
+
+    /// Every tool the server lists for this user. Panics on a transport or protocol error.
+    pub async fn list_tools(&self) -> Vec<Tool> {
+        self.try_list_tools()
+            .await
+            .unwrap_or_else(|e| panic!("tools/list failed: {e}"))
+    }
+
+    /// Every tool the server lists for this user, following pagination.
+    pub async fn try_list_tools(&self) -> Result<Vec<Tool>, ServiceError> {
+        self.timed(self.service.list_all_tools()).await
+    }
+
+    /// Calls tool `name` with `arguments` (a JSON object). Panics on a transport or protocol
+    /// error; a tool-level failure comes back as a [`ToolOutput`] with `is_error()`.
+    pub async fn call(&self, name: &str, arguments: Value) -> ToolOutput {
+        let shown = arguments.to_string();
+        self.try_call(name, arguments)
+            .await
+            .unwrap_or_else(|e| panic!("tools/call {name} {shown} failed: {e}"))
+    }
+
+    /// Calls tool `name` with `arguments` (a JSON object).
+    pub async fn try_call(&self, name: &str, arguments: Value) -> Result<ToolOutput, ServiceError> {
+        let Value::Object(arguments) = arguments else {
+            panic!("tool arguments must be a JSON object, not {arguments}");
+        };
+        let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
+        let result = self.timed(self.service.call_tool(params)).await?;
+        Ok(ToolOutput { result })
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.service.cancel().await;
+    }
+
+    async fn timed<T>(
+        &self,
+        request: impl Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result,
+            Err(_) => Err(ServiceError::Timeout {
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+// === impl ToolOutput ===
+
+impl ToolOutput {
+    /// All text content blocks, concatenated.
+    pub fn text(&self) -> String {
+        self.result
+            .content
+            .iter()
+            .filter_map(|block| block.as_text())
+            .map(|text| text.text.as_str())
+            .collect()
+    }
+
+    /// The `structuredContent`. Panics if the result has none.
+    pub fn structured(&self) -> &Value {
+        self.result.structured_content.as_ref().unwrap_or_else(|| {
+            panic!(
+                "tool result has no structuredContent; text: {:?}",
+                self.text()
+            )
+        })
+    }
+
+    /// Whether the server flagged the result as a tool error (`isError`).
+    pub fn is_error(&self) -> bool {
+        self.result.is_error.unwrap_or(false)
+    }
+
+    /// The result as the server sent it.
+    pub fn raw(&self) -> &CallToolResult {
+        &self.result
+    }
+
+    /// The result as the server sent it, by value.
+    pub fn into_raw(self) -> CallToolResult {
+        self.result
+    }
+}
+
+/// POSTs a JSON-RPC `body` to `url` the way an MCP client would (JSON and SSE accepted), with an
+/// optional bearer token, and returns the response as it is, for tests of status codes and
+/// headers (401 with `WWW-Authenticate`, Origin checks).
+pub async fn post_raw(url: &str, token: Option<&str>, body: Value) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header(
+            reqwest::header::ACCEPT,
+            "application/json, text/event-stream",
+        )
+        .json(&body)
+        .timeout(REQUEST_TIMEOUT);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"))
+}

@@ -1,0 +1,236 @@
+//! The gateway in-process on a loopback port, with a signing key for minting bearer tokens, stopped on drop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use execmesh_gateway::auth::SigningKey;
+use execmesh_gateway::{Config, GatewayError};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::Nats;
+use crate::client::{McpClient, post_raw};
+
+/// How long a started gateway may take to answer its first HTTP request.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a stopping gateway may take to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of tokens minted by [`RunningGateway::mint`].
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// How to run one gateway replica.
+///
+/// ```no_run
+/// # async fn scenario(nats: &execmesh_tests::Nats) {
+/// # use execmesh_tests::Gateway;
+/// let gw = Gateway::new(nats).start().await;
+/// let replica = Gateway::new(nats).key_file(gw.key_file()).start().await; // accepts gw's tokens
+/// # }
+/// ```
+pub struct Gateway {
+    /// The configuration handed to `execmesh_gateway::run` (its `listen` is set at start).
+    config: Config,
+    /// The signing key file, when shared with another replica; a fresh one otherwise.
+    key_file: Option<PathBuf>,
+}
+
+/// A gateway serving on `127.0.0.1:<port>`; cancelled on drop.
+pub struct RunningGateway {
+    /// The bound address.
+    addr: SocketAddr,
+    /// The key that signs this gateway's tokens (loaded from the same file the gateway uses).
+    key: SigningKey,
+    /// The signing key file.
+    key_file: PathBuf,
+    /// Cancels `run`.
+    shutdown: CancellationToken,
+    /// The task running `execmesh_gateway::run`; `None` once stopped.
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
+    /// Holds a fresh key file; removed on drop (after the task is cancelled).
+    _dir: TempDir,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// A gateway on `nats` with the default configuration and a fresh signing key.
+    pub fn new(nats: &Nats) -> Self {
+        Self {
+            // The real key file is chosen at start; this placeholder is replaced there.
+            config: Config::new(&nats.url(), PathBuf::new()),
+            key_file: None,
+        }
+    }
+
+    /// Uses (and, if missing, creates) the signing key at `path`, so replicas sharing it accept
+    /// each other's tokens.
+    pub fn key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
+    }
+
+    /// Adds a public host name the gateway answers to (Host header validation).
+    pub fn public_name(mut self, name: &str) -> Self {
+        self.config.public_names.push(name.to_string());
+        self
+    }
+
+    /// Adds an allowed browser Origin.
+    pub fn allowed_origin(mut self, origin: &str) -> Self {
+        self.config.allowed_origins.push(origin.to_string());
+        self
+    }
+
+    /// Changes any other part of the configuration.
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Binds `127.0.0.1:0`, spawns `execmesh_gateway::run` on a task and waits until it answers
+    /// HTTP. Panics if the gateway stops before that.
+    pub async fn start(self) -> RunningGateway {
+        crate::init_tracing();
+        let dir = tempfile::Builder::new()
+            .prefix("execmesh-gateway-")
+            .tempdir()
+            .expect("create a temp dir for the gateway");
+        let key_file = self
+            .key_file
+            .unwrap_or_else(|| dir.path().join("signing.key"));
+        let key = SigningKey::load_or_create(&key_file)
+            .unwrap_or_else(|e| panic!("signing key {}: {e}", key_file.display()));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let mut config = self.config;
+        config.listen = addr;
+        config.key_file = key_file.clone();
+
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(execmesh_gateway::run(config, listener, shutdown.clone()));
+        let mut gateway = RunningGateway {
+            addr,
+            key,
+            key_file,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+        };
+        gateway.wait_serving().await;
+        tracing::debug!(%addr, "gateway ready");
+        gateway
+    }
+}
+
+// === impl RunningGateway ===
+
+impl RunningGateway {
+    /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The signing key file (pass it to [`Gateway::key_file`] for another replica).
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// A bearer token for `user`, valid for an hour.
+    pub fn mint(&self, user: &str) -> String {
+        self.mint_with_ttl(user, TOKEN_TTL)
+    }
+
+    /// A bearer token for `user`, valid for `ttl`.
+    pub fn mint_with_ttl(&self, user: &str, ttl: Duration) -> String {
+        self.key
+            .mint(user, ttl)
+            .unwrap_or_else(|e| panic!("mint a token for {user}: {e}"))
+    }
+
+    /// An MCP client (newest protocol) authenticated as `user`.
+    pub async fn client(&self, user: &str) -> McpClient {
+        McpClient::new(&self.url(), &self.mint(user)).await
+    }
+
+    /// An MCP client authenticated as `user` that uses the `initialize` handshake of `version`.
+    pub async fn legacy_client(&self, user: &str, version: &str) -> McpClient {
+        McpClient::legacy(&self.url(), &self.mint(user), version).await
+    }
+
+    /// POSTs `body` to the MCP endpoint as is (see [`post_raw`]).
+    pub async fn post_raw(&self, token: Option<&str>, body: Value) -> reqwest::Response {
+        post_raw(&self.url(), token, body).await
+    }
+
+    /// Cancels the gateway and waits for `run` to return. Panics if it returned an error or did
+    /// not finish within 10 s.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        match tokio::time::timeout(STOP_TIMEOUT, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("gateway {} failed: {e}", self.addr),
+            Ok(Err(e)) => panic!("gateway {} task failed: {e}", self.addr),
+            Err(_) => panic!("gateway {} did not stop within {STOP_TIMEOUT:?}", self.addr),
+        }
+    }
+
+    /// Waits until the gateway answers an HTTP request (any status), or panics with the reason it
+    /// stopped.
+    async fn wait_serving(&mut self) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("an HTTP client");
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if http.get(self.url()).send().await.is_ok() {
+                return;
+            }
+            if let Some(task) = self.task.as_mut()
+                && task.is_finished()
+            {
+                let outcome = match task.await {
+                    Ok(Ok(())) => "returned Ok(()) without serving".to_string(),
+                    Ok(Err(e)) => format!("failed: {e}"),
+                    Err(e) => format!("panicked: {e}"),
+                };
+                self.task = None;
+                panic!("gateway on {} stopped before serving: {outcome}", self.addr);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "gateway on {} not serving within {READY_TIMEOUT:?}",
+                    self.addr
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            // Drop cannot wait for a graceful finish (`stop` does); aborting makes sure no
+            // gateway task outlives the handle that owns it.
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The execmesh test harness: a real nats-server, real node-agents, in-process gateways and MCP clients, started like a deployment.
+//!
+//! ```no_run
+//! # use execmesh_tests::{Gateway, Nats, NodeAgent};
+//! # use serde_json::json;
+//! # async fn scenario() {
+//! let nats = Nats::start().await;
+//! let agent = NodeAgent::new(&nats, "web-1").label("role", "web").start().await;
+//! let gw = Gateway::new(&nats).start().await;
+//! let client = gw.client("alice").await;
+//! let out = client.call("bash", json!({"host": "web-1", "cmd": "echo hi"})).await;
+//! assert_eq!(out.text(), "hi\n");
+//! # }
+//! ```
+//!
+//! Everything a test starts is stopped and cleaned up when its handle is dropped, also when the
+//! test panics. Set `EXECMESH_TEST_LOG` (an `EnvFilter`, e.g. `execmesh=debug`) for more logs from
+//! the in-process services; it is passed on to spawned agents as `EXECMESH_LOG`.
+
+pub mod agent;
+pub mod client;
+pub mod eventually;
+pub mod gateway;
+pub mod nats;
+pub mod presence;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+pub use agent::{NodeAgent, RunningAgent};
+pub use client::{McpClient, ToolOutput, post_raw};
+pub use eventually::eventually;
+pub use gateway::{Gateway, RunningGateway};
+pub use nats::Nats;
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+}
+
+/// A path under the workspace root.
+pub fn workspace_path(relative: &str) -> PathBuf {
+    workspace_root().join(relative)
+}
+
+/// Installs a tracing subscriber for the test process once: `EXECMESH_TEST_LOG` as the filter
+/// (default `warn`), written through the test harness's captured output. The harness calls it
+/// when it starts anything; tests may call it too.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("EXECMESH_TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // Another subscriber may already be installed (a test's own); keep that one.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}

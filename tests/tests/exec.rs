@@ -1,0 +1,650 @@
+//! End-to-end: an MCP client runs commands on real agents through the gateway and reads their output.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
+
+/// Pages a job from its start (or `cursor`) to its end and returns every line.
+async fn read_all(client: &McpClient, job: &str, cursor: Option<String>) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut cursor = cursor;
+    let mut pages = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "paging {job} did not finish");
+        let mut args = json!({"action": "poll", "job": job});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let out = client.call("job", args).await;
+        assert!(!out.is_error(), "poll failed: {}", out.text());
+        let s = out.structured();
+        pages += 1;
+        let text = s["output"].as_str().unwrap_or_default();
+        lines.extend(text.lines().map(str::to_string));
+        if s["done"] == json!(true) {
+            return (lines, pages);
+        }
+        let next = s["next_cursor"]
+            .as_str()
+            .expect("a page before the end has a cursor")
+            .to_string();
+        if s["lines"] == json!(0) {
+            // Caught up with a running job: wait for more output without spinning hard.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cursor = Some(next);
+    }
+}
+
+/// Whether any process belongs to process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command's closing parenthesis: state ppid pgrp …
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
+            .is_some_and(|pgrp| pgrp == pgid.to_string())
+    })
+}
+
+fn numbers(from: u64, to: u64) -> Vec<String> {
+    (from..=to).map(|i| i.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_are_listed_with_schemas_and_annotations() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let tools = gw.client("alice").await.list_tools().await;
+    let names: BTreeSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(
+        names,
+        ["bash", "hosts", "job", "whoami"].map(String::from).into()
+    );
+    for tool in &tools {
+        assert!(
+            tool.output_schema.is_some(),
+            "{} has no outputSchema",
+            tool.name
+        );
+        assert!(
+            tool.annotations.is_some(),
+            "{} has no annotations",
+            tool.name
+        );
+        assert!(
+            tool.description.as_ref().is_some_and(|d| d.len() > 40),
+            "{} is undocumented",
+            tool.name
+        );
+    }
+    let hosts = tools.iter().find(|t| t.name == "hosts").unwrap();
+    assert_eq!(
+        hosts.annotations.as_ref().unwrap().read_only_hint,
+        Some(true)
+    );
+    let bash = tools.iter().find(|t| t.name == "bash").unwrap();
+    assert_eq!(
+        bash.annotations.as_ref().unwrap().read_only_hint,
+        Some(false)
+    );
+    let required = bash
+        .input_schema
+        .get("required")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        required.as_array().unwrap().contains(&json!("cmd")),
+        "{required}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let s = out.structured();
+    assert_eq!(s["output"], "hi\n");
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["state"], "exited");
+    assert_eq!(s["truncated"], false);
+    assert!(out.text().starts_with("hi\n"), "{}", out.text());
+    assert!(out.text().contains("exit 0"), "{}", out.text());
+    // The agent recorded the trace id of the call in the job status.
+    assert_eq!(s["status"]["trace_id"], s["trace_id"]);
+    assert_eq!(s["trace_id"].as_str().unwrap().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonzero_exit_is_a_result_not_an_error() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo out; echo oops >&2; exit 3"}),
+        )
+        .await;
+    assert!(
+        !out.is_error(),
+        "a non-zero exit must not be isError: {}",
+        out.text()
+    );
+    let s = out.structured();
+    assert_eq!(s["exit_code"], 3);
+    assert_eq!(s["state"], "exited");
+    let output = s["output"].as_str().unwrap();
+    assert!(
+        output.contains("out\n") && output.contains("oops\n"),
+        "{output}"
+    );
+    assert!(out.text().contains("exit 3"), "{}", out.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_and_whoami_describe_the_mesh_and_the_caller() {
+    let nats = Nats::start().await;
+    let _a = NodeAgent::new(&nats, "web-1")
+        .label("role", "web")
+        .start()
+        .await;
+    let _b = NodeAgent::new(&nats, "db-1")
+        .label("role", "db")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client.call("hosts", json!({})).await;
+    let hosts = out.structured()["hosts"].as_array().unwrap().clone();
+    assert_eq!(hosts.len(), 2, "{}", out.text());
+    let web = hosts.iter().find(|h| h["host"] == "web-1").unwrap();
+    assert_eq!(web["state"], "online");
+    assert_eq!(web["labels"]["role"], "web");
+    let only_web = client.call("hosts", json!({"selector": "web-*"})).await;
+    assert_eq!(only_web.structured()["hosts"].as_array().unwrap().len(), 1);
+    let me = client.call("whoami", json!({})).await;
+    assert_eq!(me.structured()["user"], "alice");
+    assert!(me.text().contains("alice"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_job_pages_to_the_end_with_every_line_once_in_order() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "seq 1 200000", "title": "count"}),
+        )
+        .await;
+    let s = out.structured();
+    let job = s["job"].as_str().unwrap().to_string();
+    assert!(job.starts_with("count-"), "{job}");
+    // The inline answer is the first page; the rest follows with the cursor.
+    assert_eq!(s["truncated"], true);
+    let first: Vec<String> = s["output"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(first.len(), 1000, "default page is 1000 lines");
+    let (rest, pages) = read_all(&client, &job, s["next_cursor"].as_str().map(String::from)).await;
+    let mut all = first;
+    all.extend(rest);
+    assert_eq!(all.len(), 200_000);
+    assert!(
+        all == numbers(1, 200_000),
+        "lines missing, repeated or out of order"
+    );
+    assert!(pages >= 199, "pages are capped: {pages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_page_and_page_caps() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "seq 1 50000"}))
+        .await;
+    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let tail = client
+        .call("job", json!({"action": "poll", "job": job, "tail": 10}))
+        .await;
+    let s = tail.structured();
+    assert_eq!(
+        s["output"].as_str().unwrap().lines().collect::<Vec<_>>(),
+        numbers(49_991, 50_000)
+    );
+    assert_eq!(s["first_line"], 49_990);
+    assert_eq!(s["done"], true);
+    // Line and byte caps.
+    let page = client
+        .call("job", json!({"action": "poll", "job": job, "max_lines": 7}))
+        .await;
+    assert_eq!(page.structured()["lines"], 7);
+    let page = client
+        .call(
+            "job",
+            json!({"action": "poll", "job": job, "max_bytes": 1024}),
+        )
+        .await;
+    let bytes = page.structured()["output"].as_str().unwrap().len();
+    assert!(bytes <= 1024 && bytes > 900, "{bytes}");
+    // A long line is clamped with a visible marker.
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "head -c 10000 /dev/zero | tr '\\0' x; echo"}),
+        )
+        .await;
+    let text = out.structured()["output"].as_str().unwrap().to_string();
+    assert!(
+        text.contains("[line clamped: 5904 more bytes]"),
+        "{}",
+        &text[text.len().saturating_sub(80)..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_window_versus_bg() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let cmd = "sleep 0.5; echo done";
+    let inline = client
+        .call("bash", json!({"host": "web-1", "cmd": cmd}))
+        .await;
+    assert_eq!(inline.structured()["state"], "exited", "{}", inline.text());
+    assert_eq!(inline.structured()["output"], "done\n");
+
+    let started = Instant::now();
+    let bg = client
+        .call("bash", json!({"host": "web-1", "cmd": cmd, "bg": true}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "bg must not wait for the job"
+    );
+    let s = bg.structured();
+    assert_eq!(s["state"], "running");
+    assert!(s["next_cursor"].is_string());
+    let job = s["job"].as_str().unwrap();
+    assert!(bg.text().contains(job));
+
+    let short_wait = client
+        .call("bash", json!({"host": "web-1", "cmd": cmd, "wait": 0.1}))
+        .await;
+    assert_eq!(short_wait.structured()["state"], "running");
+
+    let waited = client
+        .call("job", json!({"action": "wait", "job": job, "timeout": 10}))
+        .await;
+    assert_eq!(
+        waited.structured()["job"]["state"],
+        "exited",
+        "{}",
+        waited.text()
+    );
+    assert_eq!(waited.structured()["job"]["exit_code"], 0);
+    assert_eq!(waited.structured()["output"], "done\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_leaves_no_process_of_the_group() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "trap '' TERM; sleep 1000 & sleep 1000 & echo started; wait", "wait": 0.3}),
+        )
+        .await;
+    let s = out.structured();
+    assert_eq!(s["state"], "running", "{}", out.text());
+    let pgid = s["status"]["pid"].as_u64().unwrap() as u32;
+    assert!(group_alive(pgid));
+    let job = s["job"].as_str().unwrap();
+    let killed = client
+        .call("job", json!({"action": "kill", "job": job}))
+        .await;
+    assert!(!killed.is_error(), "{}", killed.text());
+    assert_eq!(
+        killed.structured()["job"]["state"],
+        "killed",
+        "{}",
+        killed.text()
+    );
+    eventually(Duration::from_secs(10), || async { !group_alive(pgid) }).await;
+    // Killing it again reports how it ended instead of failing.
+    let again = client
+        .call("job", json!({"action": "kill", "job": job}))
+        .await;
+    assert_eq!(again.structured()["job"]["state"], "killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    agent.stop().await;
+
+    let started = Instant::now();
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "true"}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(out.is_error());
+    assert!(
+        out.text().contains("web-1") && out.text().contains("offline"),
+        "{}",
+        out.text()
+    );
+    let hosts = client.call("hosts", json!({})).await;
+    assert_eq!(hosts.structured()["hosts"][0]["state"], "offline");
+
+    let out = client
+        .call("bash", json!({"host": "nope-9", "cmd": "true"}))
+        .await;
+    assert!(out.is_error());
+    assert!(
+        out.text().contains("unknown host `nope-9`") && out.text().contains("web-1"),
+        "{}",
+        out.text()
+    );
+
+    let out = client
+        .call("bash", json!({"host": "Bad.Host", "cmd": "true"}))
+        .await;
+    assert!(
+        out.is_error() && out.text().contains("Bad.Host"),
+        "{}",
+        out.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_job_and_bad_cursor_are_clear_errors() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    for action in ["poll", "wait", "kill"] {
+        let out = client
+            .call("job", json!({"action": action, "job": "nope-abcdefgh"}))
+            .await;
+        assert!(out.is_error(), "{action}");
+        assert!(
+            out.text().contains("unknown job `nope-abcdefgh`"),
+            "{}",
+            out.text()
+        );
+    }
+    let out = client
+        .call("job", json!({"action": "poll", "cursor": "not-a-cursor"}))
+        .await;
+    assert!(
+        out.is_error() && out.text().contains("bad cursor"),
+        "{}",
+        out.text()
+    );
+    let out = client.call("job", json!({"action": "explode"})).await;
+    assert!(
+        out.is_error() && out.text().contains("invalid arguments for `job`"),
+        "{}",
+        out.text()
+    );
+    let out = client.call("bash", json!({"host": "web-1"})).await;
+    assert!(
+        out.is_error() && out.text().contains("cmd"),
+        "{}",
+        out.text()
+    );
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "true", "cwd": "/does/not/exist"}),
+        )
+        .await;
+    assert!(
+        out.is_error() && out.text().contains("/does/not/exist"),
+        "{}",
+        out.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_started_on_one_replica_pages_on_another() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let one = Gateway::new(&nats).start().await;
+    let two = Gateway::new(&nats).key_file(one.key_file()).start().await;
+    let token = one.mint("alice");
+    let c1 = McpClient::new(&one.url(), &token).await;
+    let c2 = McpClient::new(&two.url(), &token).await;
+    let out = c1
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "seq 1 3000; sleep 0.3; seq 3001 6000", "bg": true}),
+        )
+        .await;
+    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let (lines, _) = read_all(&c2, &job, None).await;
+    assert!(lines == numbers(1, 6000));
+    let listed = c2.call("job", json!({"action": "list"})).await;
+    assert!(listed.text().contains(&job), "{}", listed.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restart_marks_its_running_job_lost_and_leaves_no_orphans() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "setsid sleep 1000 & sleep 1000; echo never", "wait": 0.3}))
+        .await;
+    let s = out.structured();
+    assert_eq!(s["state"], "running", "{}", out.text());
+    let job = s["job"].as_str().unwrap().to_string();
+    let pgid = s["status"]["pid"].as_u64().unwrap() as u32;
+    agent.kill_hard().await;
+    agent.restart().await;
+    let status = eventually(Duration::from_secs(10), || async {
+        let out = client
+            .call("job", json!({"action": "poll", "job": job}))
+            .await;
+        (out.structured()["job"]["state"] == "lost").then(|| out.structured().clone())
+    })
+    .await;
+    assert_eq!(status["done"], true);
+    eventually(Duration::from_secs(10), || async { !group_alive(pgid) }).await;
+    // Also the `setsid` child that left the group is gone: found by the job id in its environment.
+    assert!(
+        !job_processes_exist(&job),
+        "a process of job {job} survived the restart"
+    );
+}
+
+/// Whether a process carrying `EXECMESH_JOB=<job>` in its environment is alive.
+fn job_processes_exist(job: &str) -> bool {
+    let needle = format!("EXECMESH_JOB={job}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read(e.path().join("environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_job_loses_no_acknowledged_output() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    // 30,000 lines over about three seconds.
+    let cmd = "for i in $(seq 1 30); do seq $(( (i-1)*1000+1 )) $(( i*1000 )); sleep 0.1; done";
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": cmd, "bg": true}))
+        .await;
+    let job = out.structured()["job"].as_str().unwrap().to_string();
+    // Restart once some output is stored.
+    eventually(Duration::from_secs(10), || async {
+        let out = client
+            .call(
+                "job",
+                json!({"action": "poll", "job": job, "max_lines": 1, "tail": 1}),
+            )
+            .await;
+        out.structured()["first_line"]
+            .as_u64()
+            .is_some_and(|n| n > 3000)
+    })
+    .await;
+    nats.restart().await;
+    let waited = eventually(Duration::from_secs(30), || async {
+        let out = client
+            .try_call("job", json!({"action": "wait", "job": job, "timeout": 5}))
+            .await
+            .ok()?;
+        (out.structured()["job"]["state"] == "exited").then_some(out)
+    })
+    .await;
+    assert_eq!(waited.structured()["job"]["exit_code"], 0);
+    let (lines, _) = read_all(&client, &job, None).await;
+    assert_eq!(lines.len(), 30_000);
+    assert!(
+        lines == numbers(1, 30_000),
+        "output lost, repeated or reordered across the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_bad_tokens_get_401_with_a_challenge() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let other = Gateway::new(&nats).start().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    for (token, error) in [
+        (None, false),
+        (Some("garbage".to_string()), true),
+        (Some(other.mint("alice")), true),
+    ] {
+        let response = gw.post_raw(token.as_deref(), list.clone()).await;
+        assert_eq!(response.status(), 401);
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.starts_with("Bearer"), "{challenge}");
+        assert_eq!(challenge.contains("invalid_token"), error, "{challenge}");
+    }
+    let ok = gw.post_raw(Some(&gw.mint("alice")), list).await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_host_and_origin_headers_are_refused() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .public_name("mesh.example.com")
+        .allowed_origin("https://app.example.com")
+        .start()
+        .await;
+    let token = gw.mint("alice");
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let post = |host: Option<&'static str>, origin: Option<&'static str>| {
+        let mut request = reqwest::Client::new()
+            .post(gw.url())
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(h) = host {
+            request = request.header("host", h);
+        }
+        if let Some(o) = origin {
+            request = request.header("origin", o);
+        }
+        request.send()
+    };
+    assert_eq!(
+        post(Some("evil.example.net"), None).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        post(None, Some("https://evil.example.net"))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        post(Some("mesh.example.com"), None).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        post(None, Some("https://app.example.com"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_and_current_protocol_clients_both_work() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let current = gw.client("alice").await;
+    assert_eq!(current.protocol_version().to_string(), "2026-07-28");
+    for client in [
+        current,
+        gw.legacy_client("alice", "2025-03-26").await,
+        gw.legacy_client("alice", "2025-06-18").await,
+        gw.legacy_client("alice", "2025-11-25").await,
+    ] {
+        let version = client.protocol_version().to_string();
+        let out = client
+            .call("bash", json!({"host": "web-1", "cmd": "echo $((6*7))"}))
+            .await;
+        assert_eq!(out.structured()["output"], "42\n", "protocol {version}");
+        let value: Value = out.structured().clone();
+        assert_eq!(value["exit_code"], 0);
+    }
+}
