@@ -87,7 +87,11 @@ impl Token {
         while out.ends_with('-') {
             out.pop();
         }
-        if out.is_empty() { None } else { Some(Self(out)) }
+        if out.is_empty() {
+            None
+        } else {
+            Some(Self(out))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -155,7 +159,10 @@ pub fn parse_job_key(key: &str) -> Result<(Token, Token, Token), TokenError> {
 /// Splits a `mesh_presence` / `mesh_facts` key back into (tenant, host).
 pub fn parse_host_key(key: &str) -> Result<(Token, Token), TokenError> {
     let (tenant, host) = key.split_once('.').unwrap_or((key, ""));
-    Ok((Token::parse("tenant", tenant)?, Token::parse("host id", host)?))
+    Ok((
+        Token::parse("tenant", tenant)?,
+        Token::parse("host id", host)?,
+    ))
 }
 
 #[cfg(test)]
@@ -164,7 +171,17 @@ mod tests {
 
     #[test]
     fn tokens_refuse_everything_that_could_widen_a_subject() {
-        for bad in ["", "a.b", "*", ">", "Web-1", "a b", "web_1", "ü", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "a.b",
+            "*",
+            ">",
+            "Web-1",
+            "a b",
+            "web_1",
+            "ü",
+            &"a".repeat(64),
+        ] {
             assert!(Token::parse("host id", bad).is_err(), "{bad:?} accepted");
         }
         for good in ["web-1", "a", "0", "x-y-z", &"a".repeat(63)] {
@@ -175,7 +192,10 @@ mod tests {
     #[test]
     fn token_error_names_the_kind_and_position() {
         let err = Token::parse("host id", "web.1").unwrap_err().to_string();
-        assert!(err.contains("host id `web.1`") && err.contains("position 4"), "{err}");
+        assert!(
+            err.contains("host id `web.1`") && err.contains("position 4"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -193,10 +213,19 @@ mod tests {
         let host = Token::parse("host id", "web-1").unwrap();
         let user = Token::parse("user", "alice").unwrap();
         let job = Token::parse("job id", "build-abc123").unwrap();
-        assert_eq!(exec(&tenant, &host, &user), "mesh.v1.default.host.web-1.exec.alice");
-        assert_eq!(out(&tenant, &host, &job), "mesh.v1.default.out.web-1.build-abc123");
+        assert_eq!(
+            exec(&tenant, &host, &user),
+            "mesh.v1.default.host.web-1.exec.alice"
+        );
+        assert_eq!(
+            out(&tenant, &host, &job),
+            "mesh.v1.default.out.web-1.build-abc123"
+        );
         let (t, h, j) = parse_job_key(&job_key(&tenant, &host, &job)).unwrap();
         assert_eq!((t, h, j), (tenant.clone(), host.clone(), job));
-        assert_eq!(parse_host_key(&host_key(&tenant, &host)).unwrap(), (tenant, host));
+        assert_eq!(
+            parse_host_key(&host_key(&tenant, &host)).unwrap(),
+            (tenant, host)
+        );
     }
 }
