@@ -1,0 +1,154 @@
+//! The node-agent's command line: one flag (and one `EXECMESH_…` variable) per configuration key.
+//!
+//! Values stay strings here so that [`Config::load`](crate::Config::load) can check all of them
+//! together and name every bad one at once, whether it came from a flag, the environment or the
+//! TOML file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `execmesh-node-agent`: executes requests for this host and streams their output into JetStream.
+///
+/// Every setting can come from the TOML file given with `--config`, from an `EXECMESH_…`
+/// environment variable, or from a flag; a flag wins over the environment, which wins over the
+/// file. Durations are plain numbers whose unit is in the name (`…-secs`, `…-ms`).
+#[derive(Debug, Default, Clone, Parser)]
+#[command(name = "execmesh-node-agent", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file; its keys are the flag names with `_` instead of `-`
+    /// (for example `nats_url = "nats://10.0.0.5:4222"`, `[labels]` for labels).
+    #[arg(long, env = "EXECMESH_AGENT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// NATS server URL; several URLs separated by commas are tried in turn.
+    /// [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "EXECMESH_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+
+    /// Credentials file (JWT + nkey seed, `.creds`) to authenticate to NATS with.
+    #[arg(long, env = "EXECMESH_NATS_CREDS", value_name = "PATH")]
+    pub nats_creds: Option<String>,
+
+    /// File holding an nkey seed (`SU…`) to authenticate to NATS with.
+    #[arg(long, env = "EXECMESH_NATS_NKEY_SEED", value_name = "PATH")]
+    pub nats_nkey_seed: Option<String>,
+
+    /// CA certificate (PEM) to verify the NATS server with; setting it turns TLS on.
+    #[arg(long, env = "EXECMESH_NATS_TLS_CA", value_name = "PATH")]
+    pub nats_tls_ca: Option<String>,
+
+    /// Refuse to talk to NATS without TLS. [default: false]
+    #[arg(long, env = "EXECMESH_NATS_TLS_REQUIRED", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub nats_tls_required: Option<String>,
+
+    /// Tenant this host belongs to (`[a-z0-9-]{1,63}`). [default: default]
+    #[arg(long, env = "EXECMESH_TENANT", value_name = "TOKEN")]
+    pub tenant: Option<String>,
+
+    /// Host id in subjects and keys (`[a-z0-9-]{1,63}`). [default: the hostname, sanitized]
+    #[arg(long, env = "EXECMESH_HOST_ID", value_name = "TOKEN")]
+    pub host_id: Option<String>,
+
+    /// A label of this host, used by selectors (`role=web`); repeat the flag for more.
+    /// In the environment: comma-separated pairs.
+    #[arg(
+        long = "label",
+        env = "EXECMESH_LABELS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
+
+    /// Most jobs running at once; further requests are refused as busy. [default: 64]
+    #[arg(long, env = "EXECMESH_MAX_JOBS", value_name = "N")]
+    pub max_jobs: Option<String>,
+
+    /// Wall-clock limit of a job whose request names none. [default: 3600]
+    #[arg(long, env = "EXECMESH_DEFAULT_TIMEOUT_SECS", value_name = "SECS")]
+    pub default_timeout_secs: Option<String>,
+
+    /// Time between SIGTERM and SIGKILL when a job is stopped. [default: 5000]
+    #[arg(long, env = "EXECMESH_KILL_GRACE_MS", value_name = "MS")]
+    pub kill_grace_ms: Option<String>,
+
+    /// Time between presence heartbeats; the heartbeat expires after three intervals.
+    /// [default: 2000]
+    #[arg(long, env = "EXECMESH_HEARTBEAT_INTERVAL_MS", value_name = "MS")]
+    pub heartbeat_interval_ms: Option<String>,
+
+    /// How long MESH_OUT keeps output, when this agent creates the stream. [default: 86400]
+    #[arg(long, env = "EXECMESH_OUTPUT_RETENTION_SECS", value_name = "SECS")]
+    pub output_retention_secs: Option<String>,
+
+    /// How long `mesh_jobs` keeps job statuses, when this agent creates the bucket.
+    /// [default: 604800]
+    #[arg(long, env = "EXECMESH_JOB_RETENTION_SECS", value_name = "SECS")]
+    pub job_retention_secs: Option<String>,
+
+    /// Output bytes kept per job; past it output is counted and dropped. [default: 268435456]
+    #[arg(long, env = "EXECMESH_MAX_OUTPUT_BYTES_PER_JOB", value_name = "BYTES")]
+    pub max_output_bytes_per_job: Option<String>,
+
+    /// Target size of one output chunk (1024 to 32768); longer lines are cut at this size.
+    /// [default: 16384]
+    #[arg(long, env = "EXECMESH_CHUNK_BYTES", value_name = "BYTES")]
+    pub chunk_bytes: Option<String>,
+
+    /// Longest time output waits to be coalesced into a chunk before it is published.
+    /// [default: 20]
+    #[arg(long, env = "EXECMESH_COALESCE_MS", value_name = "MS")]
+    pub coalesce_ms: Option<String>,
+
+    /// On SIGTERM/SIGINT, how long running jobs may finish before they are killed.
+    /// [default: 10000]
+    #[arg(long, env = "EXECMESH_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<String>,
+
+    /// Shell that runs commands, as `<shell> -c <cmd>`. [default: /bin/bash]
+    #[arg(long, env = "EXECMESH_SHELL", value_name = "PATH")]
+    pub shell: Option<String>,
+
+    /// JetStream replicas of the streams and buckets this agent creates. [default: 1]
+    #[arg(long, env = "EXECMESH_REPLICAS", value_name = "N")]
+    pub replicas: Option<String>,
+
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,execmesh_node_agent=debug`).
+    /// [default: info]
+    #[arg(long, env = "EXECMESH_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Write logs as JSON lines instead of text. [default: false]
+    #[arg(long, env = "EXECMESH_LOG_JSON", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub log_json: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_repeat_and_booleans_take_optional_values() {
+        let cli = Cli::try_parse_from([
+            "execmesh-node-agent",
+            "--label",
+            "role=web",
+            "--label",
+            "dc=fra",
+            "--log-json",
+            "--nats-tls-required=false",
+        ])
+        .expect("parses");
+        assert_eq!(cli.labels, ["role=web", "dc=fra"]);
+        assert_eq!(cli.log_json.as_deref(), Some("true"));
+        assert_eq!(cli.nats_tls_required.as_deref(), Some("false"));
+    }
+}

@@ -1,0 +1,762 @@
+//! The node-agent's typed configuration: defaults, the TOML file, flag/environment overrides, checks.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
+use execmesh_proto::{Token, jetstream};
+
+use crate::cli::Cli;
+
+/// Largest output chunk the agent writes (the stream accepts larger records; this keeps pages
+/// and memory small).
+pub const MAX_CHUNK_BYTES: usize = 32 * 1024;
+/// Smallest chunk size that still makes sense.
+pub const MIN_CHUNK_BYTES: usize = 1024;
+
+/// Everything the node-agent needs to know to run. Build it with [`Config::load`] from the
+/// command line, or in code with [`Config::new`] and struct update syntax:
+///
+/// ```
+/// # use execmesh_node_agent::Config;
+/// let config = Config {
+///     max_jobs: 4,
+///     ..Config::new("nats://127.0.0.1:4222", "web-1").unwrap()
+/// };
+/// assert_eq!(config.host_id.as_str(), "web-1");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// NATS server URL, or several separated by commas.
+    pub nats_url: String,
+    /// `.creds` file (user JWT and nkey seed) to authenticate with.
+    pub nats_creds: Option<PathBuf>,
+    /// File with an nkey seed to authenticate with.
+    pub nats_nkey_seed: Option<PathBuf>,
+    /// CA certificate that verifies the server; setting it turns TLS on.
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Refuse plain-text connections.
+    pub nats_tls_required: bool,
+    /// Tenant of this host.
+    pub tenant: Token,
+    /// This host's id in subjects and keys.
+    pub host_id: Token,
+    /// Labels published in the host's registration, matched by selectors.
+    pub labels: BTreeMap<String, String>,
+    /// Most jobs running at once.
+    pub max_jobs: usize,
+    /// Timeout of a job whose request names none.
+    pub default_timeout_secs: u64,
+    /// Time between SIGTERM and SIGKILL when a job is stopped without a grace of its own.
+    pub kill_grace_ms: u64,
+    /// Time between presence heartbeats; a heartbeat lives three intervals.
+    pub heartbeat_interval_ms: u64,
+    /// Age limit of MESH_OUT when this agent creates it.
+    pub output_retention_secs: u64,
+    /// Age limit of `mesh_jobs` when this agent creates it.
+    pub job_retention_secs: u64,
+    /// Output bytes kept per job; the rest is counted and dropped.
+    pub max_output_bytes_per_job: u64,
+    /// Target chunk size (and longest line before it is cut).
+    pub chunk_bytes: usize,
+    /// Longest wait before pending output is published.
+    pub coalesce_ms: u64,
+    /// How long running jobs may finish after a shutdown signal before they are killed.
+    pub shutdown_grace_ms: u64,
+    /// Shell that runs each command as `<shell> -c <cmd>`.
+    pub shell: PathBuf,
+    /// Replicas of the streams and buckets this agent creates.
+    pub replicas: usize,
+    /// Log filter in `tracing_subscriber::EnvFilter` syntax.
+    pub log: String,
+    /// Log JSON lines instead of text.
+    pub log_json: bool,
+}
+
+/// Why a configuration cannot be used. [`ConfigError::Invalid`] lists every bad value at once.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` cannot be read.
+    #[error("cannot read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("configuration file {} is not valid TOML: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// Values that are out of range, of the wrong type, or unknown keys; one sentence each.
+    #[error("{}", Problems(problems))]
+    Invalid { problems: Vec<String> },
+}
+
+struct Problems<'a>(&'a [String]);
+
+impl fmt::Display for Problems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            [one] => f.write_str(one),
+            many => {
+                write!(f, "{} bad values:", many.len())?;
+                for p in many {
+                    write!(f, "\n  - {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_creds: None,
+            nats_nkey_seed: None,
+            nats_tls_ca: None,
+            nats_tls_required: false,
+            tenant: default_tenant(),
+            host_id: default_host_id(),
+            labels: BTreeMap::new(),
+            max_jobs: 64,
+            default_timeout_secs: 3600,
+            kill_grace_ms: 5000,
+            heartbeat_interval_ms: 2000,
+            output_retention_secs: jetstream::DEFAULT_OUTPUT_RETENTION.as_secs(),
+            job_retention_secs: jetstream::DEFAULT_JOB_RETENTION.as_secs(),
+            max_output_bytes_per_job: 256 * 1024 * 1024,
+            chunk_bytes: 16 * 1024,
+            coalesce_ms: 20,
+            shutdown_grace_ms: 10_000,
+            shell: PathBuf::from("/bin/bash"),
+            replicas: 1,
+            log: "info".to_string(),
+            log_json: false,
+        }
+    }
+}
+
+fn default_tenant() -> Token {
+    Token::sanitize(DEFAULT_TENANT, MAX_TOKEN_LEN).expect("the default tenant is a valid token")
+}
+
+/// The machine's hostname folded into a token, or `localhost` when nothing usable is left.
+pub fn default_host_id() -> Token {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| Token::sanitize(&h.to_string_lossy(), MAX_TOKEN_LEN))
+        .or_else(|| Token::sanitize("localhost", MAX_TOKEN_LEN))
+        .expect("`localhost` is a valid token")
+}
+
+// === impl Config ===
+
+impl Config {
+    /// A default configuration for `host_id` talking to `nats_url`; the common start for tests.
+    pub fn new(nats_url: &str, host_id: &str) -> Result<Config, ConfigError> {
+        let host_id = Token::parse("host id", host_id).map_err(|e| ConfigError::Invalid {
+            problems: vec![format!("host_id: {e}")],
+        })?;
+        Ok(Config {
+            nats_url: nats_url.to_string(),
+            host_id,
+            ..Config::default()
+        })
+    }
+
+    /// Builds the configuration from defaults, the TOML file named by `cli.config`, and the
+    /// flags/environment in `cli` (which win), then [validates](Config::validate) it. Every bad
+    /// value is reported, not just the first.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let (file, file_path) = match &cli.config {
+            Some(path) => (read_file(path)?, Some(path.clone())),
+            None => (toml::Table::new(), None),
+        };
+        let mut l = Layers {
+            file,
+            file_path,
+            problems: Vec::new(),
+        };
+        let d = Config::default();
+        let c = &cli;
+
+        let tenant_s: String = l.get("tenant", "--tenant", &c.tenant, d.tenant.to_string());
+        let host_s: Option<String> = l.get_opt("host_id", "--host-id", &c.host_id);
+        let mut config = Config {
+            nats_url: l.get("nats_url", "--nats-url", &c.nats_url, d.nats_url),
+            nats_creds: l.get_opt("nats_creds", "--nats-creds", &c.nats_creds),
+            nats_nkey_seed: l.get_opt("nats_nkey_seed", "--nats-nkey-seed", &c.nats_nkey_seed),
+            nats_tls_ca: l.get_opt("nats_tls_ca", "--nats-tls-ca", &c.nats_tls_ca),
+            nats_tls_required: l.get(
+                "nats_tls_required",
+                "--nats-tls-required",
+                &c.nats_tls_required,
+                d.nats_tls_required,
+            ),
+            tenant: d.tenant.clone(),
+            host_id: d.host_id.clone(),
+            labels: BTreeMap::new(),
+            max_jobs: l.get("max_jobs", "--max-jobs", &c.max_jobs, d.max_jobs),
+            default_timeout_secs: l.get(
+                "default_timeout_secs",
+                "--default-timeout-secs",
+                &c.default_timeout_secs,
+                d.default_timeout_secs,
+            ),
+            kill_grace_ms: l.get(
+                "kill_grace_ms",
+                "--kill-grace-ms",
+                &c.kill_grace_ms,
+                d.kill_grace_ms,
+            ),
+            heartbeat_interval_ms: l.get(
+                "heartbeat_interval_ms",
+                "--heartbeat-interval-ms",
+                &c.heartbeat_interval_ms,
+                d.heartbeat_interval_ms,
+            ),
+            output_retention_secs: l.get(
+                "output_retention_secs",
+                "--output-retention-secs",
+                &c.output_retention_secs,
+                d.output_retention_secs,
+            ),
+            job_retention_secs: l.get(
+                "job_retention_secs",
+                "--job-retention-secs",
+                &c.job_retention_secs,
+                d.job_retention_secs,
+            ),
+            max_output_bytes_per_job: l.get(
+                "max_output_bytes_per_job",
+                "--max-output-bytes-per-job",
+                &c.max_output_bytes_per_job,
+                d.max_output_bytes_per_job,
+            ),
+            chunk_bytes: l.get(
+                "chunk_bytes",
+                "--chunk-bytes",
+                &c.chunk_bytes,
+                d.chunk_bytes,
+            ),
+            coalesce_ms: l.get(
+                "coalesce_ms",
+                "--coalesce-ms",
+                &c.coalesce_ms,
+                d.coalesce_ms,
+            ),
+            shutdown_grace_ms: l.get(
+                "shutdown_grace_ms",
+                "--shutdown-grace-ms",
+                &c.shutdown_grace_ms,
+                d.shutdown_grace_ms,
+            ),
+            shell: l.get("shell", "--shell", &c.shell, d.shell),
+            replicas: l.get("replicas", "--replicas", &c.replicas, d.replicas),
+            log: l.get("log", "--log", &c.log, d.log),
+            log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
+        };
+
+        match Token::parse("tenant", &tenant_s) {
+            Ok(t) => config.tenant = t,
+            Err(e) => l.problems.push(format!("tenant: {e}")),
+        }
+        if let Some(host) = host_s {
+            match Token::parse("host id", &host) {
+                Ok(t) => config.host_id = t,
+                Err(e) => l.problems.push(format!("host_id: {e}")),
+            }
+        }
+        config.labels = l.labels(&cli.labels);
+        l.check_unknown_keys();
+
+        let mut problems = l.problems;
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    /// Checks values that types alone cannot (ranges, files, URLs); `run` calls it first, so a
+    /// configuration built in code is held to the same rules as one loaded from a file.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.nats_url.trim().is_empty() {
+            p.push("nats_url: is empty".to_string());
+        }
+        for url in self.nats_urls() {
+            if let Err(e) = url.parse::<async_nats::ServerAddr>() {
+                p.push(format!("nats_url: `{url}`: {e}"));
+            }
+        }
+        if self.nats_creds.is_some() && self.nats_nkey_seed.is_some() {
+            p.push("nats_creds and nats_nkey_seed: give one way to authenticate, not both".into());
+        }
+        for (key, path) in [
+            ("nats_creds", &self.nats_creds),
+            ("nats_nkey_seed", &self.nats_nkey_seed),
+            ("nats_tls_ca", &self.nats_tls_ca),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                p.push(format!("{key}: {} is not a readable file", path.display()));
+            }
+        }
+        let mut range = |key: &str, value: u64, min: u64, max: u64| {
+            if value < min || value > max {
+                p.push(format!("{key}: {value} is outside {min}..={max}"));
+            }
+        };
+        range("max_jobs", self.max_jobs as u64, 1, 100_000);
+        range(
+            "default_timeout_secs",
+            self.default_timeout_secs,
+            1,
+            366 * 24 * 3600,
+        );
+        range("kill_grace_ms", self.kill_grace_ms, 0, 3_600_000);
+        range(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            100,
+            600_000,
+        );
+        range(
+            "output_retention_secs",
+            self.output_retention_secs,
+            1,
+            u64::MAX,
+        );
+        range("job_retention_secs", self.job_retention_secs, 1, u64::MAX);
+        range(
+            "max_output_bytes_per_job",
+            self.max_output_bytes_per_job,
+            1,
+            u64::MAX,
+        );
+        range(
+            "chunk_bytes",
+            self.chunk_bytes as u64,
+            MIN_CHUNK_BYTES as u64,
+            MAX_CHUNK_BYTES as u64,
+        );
+        range("coalesce_ms", self.coalesce_ms, 0, 10_000);
+        range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000);
+        range("replicas", self.replicas as u64, 1, 5);
+        if !self.shell.is_absolute() {
+            p.push(format!(
+                "shell: {} is not an absolute path",
+                self.shell.display()
+            ));
+        } else if !self.shell.is_file() {
+            p.push(format!("shell: {} does not exist", self.shell.display()));
+        }
+        for (k, v) in &self.labels {
+            if let Err(e) = check_label(k, v) {
+                p.push(format!("label `{k}`: {e}"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            p.push(format!("log: `{}`: {e}", self.log));
+        }
+        p
+    }
+
+    /// The configured server URLs, split at commas.
+    pub fn nats_urls(&self) -> impl Iterator<Item = &str> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// [`Config::heartbeat_interval_ms`] as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    /// Lifetime of one heartbeat: three intervals, at least one second (the server's minimum).
+    pub fn presence_ttl(&self) -> Duration {
+        let ms = self.heartbeat_interval_ms.saturating_mul(3);
+        Duration::from_secs(ms.div_ceil(1000).max(1))
+    }
+
+    /// [`Config::default_timeout_secs`] as a duration.
+    pub fn default_timeout(&self) -> Duration {
+        Duration::from_secs(self.default_timeout_secs)
+    }
+
+    /// [`Config::kill_grace_ms`] as a duration.
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_millis(self.kill_grace_ms)
+    }
+
+    /// [`Config::coalesce_ms`] as a duration.
+    pub fn coalesce(&self) -> Duration {
+        Duration::from_millis(self.coalesce_ms)
+    }
+
+    /// [`Config::shutdown_grace_ms`] as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Label keys are short identifiers; values are free text without control characters.
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 63 {
+        return Err("keys are 1 to 63 characters".into());
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+    {
+        return Err(format!(
+            "key has `{c}`; allowed are letters, digits and `-_./`"
+        ));
+    }
+    if value.len() > 255 {
+        return Err("values are at most 255 bytes".into());
+    }
+    if value.chars().any(char::is_control) {
+        return Err("value has a control character".into());
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The file layer under the flag/environment layer, collecting problems as keys are read.
+struct Layers {
+    file: toml::Table,
+    file_path: Option<PathBuf>,
+    problems: Vec<String>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "nats_url",
+    "nats_creds",
+    "nats_nkey_seed",
+    "nats_tls_ca",
+    "nats_tls_required",
+    "tenant",
+    "host_id",
+    "labels",
+    "max_jobs",
+    "default_timeout_secs",
+    "kill_grace_ms",
+    "heartbeat_interval_ms",
+    "output_retention_secs",
+    "job_retention_secs",
+    "max_output_bytes_per_job",
+    "chunk_bytes",
+    "coalesce_ms",
+    "shutdown_grace_ms",
+    "shell",
+    "replicas",
+    "log",
+    "log_json",
+];
+
+impl Layers {
+    fn get<T: Setting>(&mut self, key: &str, flag: &str, cli: &Option<String>, default: T) -> T {
+        self.get_opt(key, flag, cli).unwrap_or(default)
+    }
+
+    fn get_opt<T: Setting>(&mut self, key: &str, flag: &str, cli: &Option<String>) -> Option<T> {
+        if let Some(raw) = cli {
+            return match T::from_text(raw) {
+                Ok(v) => Some(v),
+                Err(why) => {
+                    let env = format!("EXECMESH_{}", key.to_ascii_uppercase());
+                    self.problems
+                        .push(format!("{key} = `{raw}` (from {flag} or {env}): {why}"));
+                    None
+                }
+            };
+        }
+        let value = self.file.get(key)?;
+        match T::from_toml(value) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                let file = self.file_name();
+                self.problems
+                    .push(format!("{key} = {value} (in {file}): {why}"));
+                None
+            }
+        }
+    }
+
+    fn labels(&mut self, cli: &[String]) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        match self.file.get("labels") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::String(s) => {
+                            labels.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            let file = self.file_name();
+                            self.problems.push(format!(
+                                "labels.{k} = {other} (in {file}): label values are strings"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "labels = {other} (in {file}): expected a table such as `[labels]` / `role = \"web\"`"
+                ));
+            }
+        }
+        for pair in cli {
+            match pair.split_once('=') {
+                Some((k, v)) => {
+                    labels.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                None => self.problems.push(format!(
+                    "label `{pair}` (from --label or EXECMESH_LABELS): expected KEY=VALUE"
+                )),
+            }
+        }
+        labels
+    }
+
+    fn check_unknown_keys(&mut self) {
+        let unknown: Vec<String> = self
+            .file
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            let file = self.file_name();
+            self.problems.push(format!("unknown key `{key}` in {file}"));
+        }
+    }
+
+    fn file_name(&self) -> String {
+        self.file_path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "the configuration file".into())
+    }
+}
+
+/// A configuration value that can come from a flag/environment string or a TOML value.
+trait Setting: Sized {
+    fn from_text(s: &str) -> Result<Self, String>;
+    fn from_toml(v: &toml::Value) -> Result<Self, String>;
+}
+
+impl Setting for u64 {
+    fn from_text(s: &str) -> Result<Self, String> {
+        s.trim()
+            .replace('_', "")
+            .parse()
+            .map_err(|_| "not a whole number".to_string())
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(i) => u64::try_from(*i).map_err(|_| "is negative".to_string()),
+            _ => Err("expected a whole number".into()),
+        }
+    }
+}
+
+impl Setting for usize {
+    fn from_text(s: &str) -> Result<Self, String> {
+        u64::from_text(s).and_then(|v| usize::try_from(v).map_err(|_| "is too large".to_string()))
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        u64::from_toml(v).and_then(|v| usize::try_from(v).map_err(|_| "is too large".to_string()))
+    }
+}
+
+impl Setting for bool {
+    fn from_text(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" | "" => Ok(false),
+            _ => Err("expected true or false".into()),
+        }
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        v.as_bool().ok_or_else(|| "expected true or false".into())
+    }
+}
+
+impl Setting for String {
+    fn from_text(s: &str) -> Result<Self, String> {
+        Ok(s.to_string())
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| "expected a string".into())
+    }
+}
+
+impl Setting for PathBuf {
+    fn from_text(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        Ok(PathBuf::from(s))
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        String::from_toml(v).and_then(|s| Self::from_text(&s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(file: &str, cli: Cli) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(file.as_bytes()).expect("write");
+        Config::load(Cli {
+            config: Some(f.path().to_path_buf()),
+            ..cli
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::new("nats://127.0.0.1:4222", "web-1").expect("valid");
+        config.validate().expect("defaults validate");
+        assert_eq!(config.tenant.as_str(), "default");
+        assert_eq!(config.chunk_bytes, 16 * 1024);
+        assert_eq!(config.presence_ttl(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn new_refuses_a_host_id_that_is_not_a_token() {
+        let err = Config::new("nats://x", "Web.1").unwrap_err().to_string();
+        assert!(err.contains("host_id") && err.contains("Web.1"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let config = load(
+            "host_id = \"from-file\"\nmax_jobs = 3\nchunk_bytes = 4096\n[labels]\nrole = \"db\"\n",
+            Cli {
+                max_jobs: Some("7".into()),
+                labels: vec!["dc=fra".into()],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.host_id.as_str(), "from-file");
+        assert_eq!(config.max_jobs, 7);
+        assert_eq!(config.chunk_bytes, 4096);
+        assert_eq!(config.labels.get("role").map(String::as_str), Some("db"));
+        assert_eq!(config.labels.get("dc").map(String::as_str), Some("fra"));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let err = load(
+            "max_jobs = \"many\"\nchunk_bytes = 999999\ncolour = \"blue\"\n",
+            Cli {
+                host_id: Some("Bad Host".into()),
+                coalesce_ms: Some("soon".into()),
+                labels: vec!["novalue".into()],
+                ..Cli::default()
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "max_jobs",
+            "chunk_bytes",
+            "colour",
+            "host_id",
+            "coalesce_ms",
+            "novalue",
+        ] {
+            assert!(text.contains(needle), "`{needle}` missing from:\n{text}");
+        }
+        let ConfigError::Invalid { problems } = err else {
+            panic!("expected Invalid, got {text}");
+        };
+        assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_missing_file_names_its_path() {
+        let err = Config::load(Cli {
+            config: Some("/nonexistent/agent.toml".into()),
+            ..Cli::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_loads_to_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/node-agent.example.toml");
+        let config = Config::load(Cli {
+            config: Some(path.into()),
+            ..Cli::default()
+        })
+        .expect("the example is valid");
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn presence_ttl_rounds_up_to_whole_seconds() {
+        let config = Config {
+            heartbeat_interval_ms: 300,
+            ..Config::default()
+        };
+        assert_eq!(config.presence_ttl(), Duration::from_secs(1));
+        let config = Config {
+            heartbeat_interval_ms: 2500,
+            ..Config::default()
+        };
+        assert_eq!(config.presence_ttl(), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        assert!(check_label("role", "web").is_ok());
+        assert!(check_label("", "x").is_err());
+        assert!(check_label("a b", "x").is_err());
+        assert!(check_label("k", "line\nbreak").is_err());
+    }
+}

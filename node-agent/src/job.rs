@@ -1,0 +1,419 @@
+//! Runs one validated request as a job: status record, child process, timeout and kill, final status.
+
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use execmesh_proto::pb::{self, ErrorCode, JobState};
+use nix::sys::signal::Signal;
+use tokio::process::Child;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tracing::{Instrument, Span, info, warn};
+
+use crate::node::Node;
+use crate::output::{self, Limits, Output, Sink};
+use crate::process::{self, SpawnSpec, signal_group};
+use crate::registry::{Finished, JobHandle, KillOrder, Registered};
+use crate::request::{Refusal, RunSpec};
+use crate::status::{CreateStatusError, StatusRecord};
+
+/// How long pipes may stay open after the job's group was killed (a process that left the group
+/// can hold them); then the agent stops reading.
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+/// Bound on storing the end of a job that never started.
+const FAILED_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// A job that was started: where to learn that it runs and that it ended.
+pub struct Started {
+    /// The RUNNING status with the pid, once it is stored.
+    pub running: oneshot::Receiver<pb::JobStatus>,
+    /// The final status, once it is stored.
+    pub done: watch::Receiver<Option<Arc<Finished>>>,
+}
+
+/// Records the job, spawns its child and leaves it to a job task. Everything that can refuse the
+/// request happens here, before the reply; after this the job runs to its end on its own.
+///
+/// The first status write happens before the spawn so that a replayed request (same job id)
+/// is refused by the store and can never run its command twice.
+pub async fn start(
+    node: &Arc<Node>,
+    spec: RunSpec,
+    permit: OwnedSemaphorePermit,
+) -> Result<Started, Refusal> {
+    let host = node.host().clone();
+    let job = spec.job.clone();
+    let exists = || {
+        Refusal::new(
+            ErrorCode::Invalid,
+            format!("host {host}: job id {job} already exists"),
+        )
+    };
+
+    let (kill_tx, kill_rx) = mpsc::channel(1);
+    let (done_tx, done_rx) = watch::channel(None);
+    let registered = node
+        .registry
+        .insert(
+            job.clone(),
+            JobHandle {
+                kill: kill_tx,
+                done: done_rx.clone(),
+            },
+        )
+        .ok_or_else(exists)?;
+
+    let mut status = pb::JobStatus {
+        job_id: job.to_string(),
+        tenant: node.tenant().to_string(),
+        host: host.to_string(),
+        user: spec.user.to_string(),
+        cmd: spec.cmd.clone(),
+        title: spec.title.clone(),
+        state: JobState::Running as i32,
+        started_at_ms: execmesh_proto::now_ms(),
+        trace_id: spec.trace_id.clone(),
+        agent_instance: node.instance.clone(),
+        cwd: spec
+            .cwd
+            .as_ref()
+            .map(|c| c.display().to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let mut record = StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status)
+        .await
+        .map_err(|e| match e {
+            CreateStatusError::Exists => exists(),
+            CreateStatusError::Write(e) => Refusal::new(
+                ErrorCode::Internal,
+                format!("host {host}: cannot record the status of job {job}: {e}"),
+            ),
+        })?;
+
+    let sink = Sink {
+        js: node.js.clone(),
+        subject: node.out_subject(&job),
+        job: job.to_string(),
+        stop: node.hard_stop.clone(),
+    };
+    let spawned = process::spawn(&SpawnSpec {
+        shell: &node.config.shell,
+        cmd: &spec.cmd,
+        cwd: spec.cwd.as_deref(),
+        env: &spec.env,
+        job: &job,
+        host: &host,
+    });
+    tracing::info!(create_us = t0.elapsed().as_micros() as u64, "TIMING created+spawned");
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            warn!(error = %e, "job failed to start");
+            status.state = JobState::Failed as i32;
+            status.ended_at_ms = execmesh_proto::now_ms();
+            status.reason = e.to_string();
+            let store = async {
+                let _ = output::publish_exit(&sink, &status).await;
+                let _ = record.update(&status, &node.hard_stop).await;
+            };
+            if timeout(FAILED_WRITE_LIMIT, store).await.is_err() {
+                warn!("could not store the status of a job that failed to start");
+            }
+            return Err(Refusal::new(
+                ErrorCode::SpawnFailed,
+                format!("host {host}: job {job}: {e}"),
+            ));
+        }
+    };
+
+    let (running_tx, running_rx) = oneshot::channel();
+    let task = JobTask {
+        node: Arc::clone(node),
+        spec,
+        status,
+        record,
+        sink,
+        kill_rx,
+        running_tx,
+        done_tx,
+        _registered: registered,
+        _permit: permit,
+    };
+    node.jobs.spawn(task.run(child).instrument(Span::current()));
+    Ok(Started {
+        running: running_rx,
+        done: done_rx,
+    })
+}
+
+/// Why a job was stopped by the agent.
+#[derive(Debug)]
+enum Stop {
+    Timeout,
+    Kill(KillOrder),
+}
+
+/// How the child ended.
+#[derive(Debug)]
+struct End {
+    /// The shell's exit status, if it was reaped.
+    exit: Option<ExitStatus>,
+    /// Set when the agent stopped the job.
+    stop: Option<Stop>,
+    /// The shell had exited by itself before the agent stopped the job (its group lived on).
+    exited_first: bool,
+}
+
+/// A started job, owned by its task until it ended and was stored.
+struct JobTask {
+    node: Arc<Node>,
+    spec: RunSpec,
+    status: pb::JobStatus,
+    record: StatusRecord,
+    sink: Sink,
+    kill_rx: mpsc::Receiver<KillOrder>,
+    running_tx: oneshot::Sender<pb::JobStatus>,
+    done_tx: watch::Sender<Option<Arc<Finished>>>,
+    /// Leaves the registry when the task ends.
+    _registered: Registered,
+    /// Frees the job's slot when the task ends: after the child was reaped and its output and
+    /// final status were stored.
+    _permit: OwnedSemaphorePermit,
+}
+
+// === impl JobTask ===
+
+impl JobTask {
+    async fn run(self, mut child: Child) {
+        let JobTask {
+            node,
+            spec,
+            mut status,
+            mut record,
+            sink,
+            mut kill_rx,
+            running_tx,
+            done_tx,
+            _registered,
+            _permit,
+        } = self;
+        let pid = child.id().unwrap_or(0);
+        let deadline = Instant::now() + spec.timeout;
+        status.pid = pid;
+        info!(pid, cmd = %spec.cmd, "job started");
+
+        let max_payload = node.client.server_info().max_payload;
+        let inline_max = (!spec.bg).then(|| {
+            usize::try_from(spec.inline_max_bytes)
+                .unwrap_or(usize::MAX)
+                .min(max_payload)
+        });
+        let mut output = Output::start(
+            sink.clone(),
+            child.stdout.take(),
+            child.stderr.take(),
+            Limits {
+                chunk_bytes: node.config.chunk_bytes,
+                cap: node.config.max_output_bytes_per_job,
+                coalesce: node.config.coalesce(),
+                inline_max,
+            },
+        );
+
+        // Store the pid while the child already runs; the reply for `bg` waits for it.
+        let running = status.clone();
+        let announce = async {
+            let _ = record.update(&running, &node.hard_stop).await;
+            let _ = running_tx.send(running);
+        };
+        let supervise = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output);
+        let t0 = std::time::Instant::now();
+        let ((), end) = tokio::join!(announce, supervise);
+        let t_end = t0.elapsed().as_micros() as u64;
+        let report = output.finish().await;
+        let t_out = t0.elapsed().as_micros() as u64;
+        let status = final_status(status, &spec, &node, &end, &report);
+        info!(
+            state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
+            exit_code = ?status.exit_code,
+            signal = %status.signal,
+            bytes = status.bytes,
+            lines = status.lines,
+            dropped_bytes = status.dropped_bytes,
+            reason = %status.reason,
+            "job ended"
+        );
+        if !report.complete {
+            warn!("output publishing was abandoned at shutdown; MESH_OUT lacks some output");
+        }
+        if output::publish_exit(&sink, &status).await.is_err() {
+            warn!("exit record abandoned at shutdown");
+        }
+        if record.update(&status, &node.hard_stop).await.is_err() {
+            warn!("final status abandoned at shutdown; the next agent start marks the job lost");
+        }
+        tracing::info!(t_end, t_out, t_all = t0.elapsed().as_micros() as u64, "TIMING job");
+        let _ = done_tx.send(Some(Arc::new(Finished {
+            status,
+            inline: report.inline,
+        })));
+    }
+}
+
+/// The status a job ended with.
+fn final_status(
+    mut status: pb::JobStatus,
+    spec: &RunSpec,
+    node: &Node,
+    end: &End,
+    report: &output::Report,
+) -> pb::JobStatus {
+    status.ended_at_ms = execmesh_proto::now_ms();
+    status.bytes = report.totals.bytes;
+    status.lines = report.totals.lines;
+    status.dropped_bytes = report.totals.dropped_bytes;
+    if let Some(exit) = &end.exit {
+        status.exit_code = exit.code();
+        status.signal = process::signal_name(exit).unwrap_or_default();
+    }
+    let (state, reason) = match &end.stop {
+        None => (JobState::Exited, String::new()),
+        Some(Stop::Timeout) => {
+            let mut reason = format!("timed out after {}", seconds(spec.timeout));
+            if end.exited_first
+                && let Some(code) = status.exit_code
+            {
+                reason.push_str(&format!(
+                    " (the shell had exited with {code}; processes it left kept its output open)"
+                ));
+            }
+            (JobState::TimedOut, reason)
+        }
+        Some(Stop::Kill(order)) => (JobState::Killed, order.reason.clone()),
+    };
+    status.state = state as i32;
+    status.reason = reason;
+    if status.dropped_bytes > 0 {
+        let note = format!(
+            "output cap of {} bytes reached; {} bytes dropped",
+            node.config.max_output_bytes_per_job, status.dropped_bytes
+        );
+        status.reason = if status.reason.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", status.reason)
+        };
+    }
+    status
+}
+
+/// Waits for the job to end by itself, or stops it on timeout, kill request or shutdown.
+///
+/// A job ends when its shell exited *and* its output pipes closed: background processes that
+/// keep writing are still the job's output. Stopping signals the whole process group: SIGTERM,
+/// the grace period, SIGKILL, and SIGKILL once more after the shell is reaped for stragglers.
+async fn supervise(
+    node: &Node,
+    child: &mut Child,
+    pgid: u32,
+    deadline: Instant,
+    kill_rx: &mut mpsc::Receiver<KillOrder>,
+    output: &mut Output,
+) -> End {
+    let shutdown = || KillOrder {
+        grace: node.config.kill_grace(),
+        reason: "agent shut down".to_string(),
+    };
+    let mut exit = None;
+    let stop = tokio::select! {
+        status = child.wait() => {
+            exit = reaped(status);
+            None
+        }
+        _ = sleep_until(deadline) => Some(Stop::Timeout),
+        Some(order) = kill_rx.recv() => Some(Stop::Kill(order)),
+        _ = node.kill_all.cancelled() => Some(Stop::Kill(shutdown())),
+    };
+    let exited_first = stop.is_none();
+    let stop = match stop {
+        Some(stop) => stop,
+        None => tokio::select! {
+            _ = output.readers_done() => {
+                return End { exit, stop: None, exited_first };
+            }
+            _ = sleep_until(deadline) => Stop::Timeout,
+            Some(order) = kill_rx.recv() => Stop::Kill(order),
+            _ = node.kill_all.cancelled() => Stop::Kill(shutdown()),
+        },
+    };
+
+    let grace = match &stop {
+        Stop::Timeout => node.config.kill_grace(),
+        Stop::Kill(order) => order.grace,
+    };
+    info!(?stop, grace_ms = grace.as_millis() as u64, "stopping job");
+    signal(pgid, Signal::SIGTERM);
+    if exit.is_none() {
+        tokio::select! {
+            status = child.wait() => exit = reaped(status),
+            _ = sleep(grace) => {
+                signal(pgid, Signal::SIGKILL);
+                exit = reaped(child.wait().await);
+            }
+        }
+    } else {
+        tokio::select! {
+            _ = output.readers_done() => {}
+            _ = sleep(grace) => {}
+        }
+    }
+    signal(pgid, Signal::SIGKILL);
+    if timeout(PIPE_LINGER, output.readers_done()).await.is_err() {
+        warn!("output pipes still open after the job's group was killed; no longer reading");
+        output.abort_readers();
+    }
+    End {
+        exit,
+        stop: Some(stop),
+        exited_first,
+    }
+}
+
+fn reaped(status: std::io::Result<ExitStatus>) -> Option<ExitStatus> {
+    status
+        .inspect_err(|e| warn!(error = %e, "waiting for the job's shell failed"))
+        .ok()
+}
+
+fn signal(pgid: u32, signal: Signal) {
+    if let Err(e) = signal_group(pgid, signal) {
+        warn!(pgid, signal = signal.as_str(), error = %e, "signalling the job's process group failed");
+    }
+}
+
+/// `5s`, `1.5s`, `250ms`.
+fn seconds(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(seconds(Duration::from_secs(5)), "5s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(seconds(Duration::from_millis(250)), "250ms");
+    }
+}

@@ -1,0 +1,140 @@
+//! The execmesh node-agent: executes requests for its host and streams their output into JetStream.
+//!
+//! [`run`] connects to NATS, provisions the mesh's stream and buckets, recovers the jobs an
+//! earlier run left behind, registers the host, announces it with an acknowledged heartbeat, and
+//! then serves `mesh.v1.<tenant>.host.<host>.{exec.*,ctl}` until the shutdown token fires.
+
+mod chunker;
+pub mod cli;
+pub mod config;
+mod connection;
+mod dispatch;
+pub mod error;
+mod facts;
+mod job;
+mod lines;
+mod node;
+mod output;
+mod presence;
+mod process;
+mod provision;
+mod publish;
+mod recovery;
+mod registry;
+mod request;
+mod retry;
+mod status;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use cli::Cli;
+pub use config::{Config, ConfigError};
+pub use error::AgentError;
+pub use execmesh_proto::Token;
+pub use facts::AGENT_VERSION;
+
+use crate::node::Node;
+use crate::presence::Heartbeat;
+
+/// How long the last NATS writes at shutdown (presence removal, flush) may take.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(5);
+
+/// Told once the agent is serving: its presence is stored and its subscriptions are active.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The host id the agent serves.
+    pub host: Token,
+    /// The tenant the agent serves.
+    pub tenant: Token,
+    /// Random id of this agent run, as recorded in job statuses and heartbeats.
+    pub instance: String,
+}
+
+/// Runs the agent until `shutdown` is cancelled, then drains: no new jobs, running jobs get
+/// `shutdown_grace_ms` to finish before they are killed, the presence key is removed.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
+    run_with_ready(config, shutdown, None).await
+}
+
+/// [`run`], sending [`Ready`] on `ready` once the agent serves requests (for tests and
+/// embedders that must not guess when it is up).
+pub async fn run_with_ready(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<Ready>>,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let instance = format!("{:016x}", rand::random::<u64>());
+    let started_at_ms = execmesh_proto::now_ms();
+    info!(host = %config.host_id, tenant = %config.tenant, instance = %instance,
+          nats_url = %config.nats_url, version = AGENT_VERSION, "node-agent starting");
+
+    let client = connection::connect(&config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mesh = provision::provision(&js, &config).await?;
+    let node = Arc::new(Node::new(
+        config,
+        instance.clone(),
+        client.clone(),
+        mesh.jobs.clone(),
+        shutdown,
+    ));
+
+    let recovered = recovery::recover(&node).await?;
+    if recovered > 0 {
+        info!(recovered, "ended the jobs of an earlier run");
+    }
+    presence::register(&mesh.facts, &node.config).await?;
+    let heartbeat = Arc::new(Heartbeat::new(
+        js,
+        mesh.presence.clone(),
+        &node.config,
+        &instance,
+        started_at_ms,
+        Arc::clone(&node.permits),
+    ));
+    // Subscribe before the first heartbeat: once the heartbeat is acknowledged, the server has
+    // processed the subscriptions too, so a host that shows online can be reached.
+    let subscriptions = dispatch::subscribe(&node).await?;
+    heartbeat
+        .beat()
+        .await
+        .map_err(|source| AgentError::Register {
+            what: "presence",
+            source,
+        })?;
+    info!(host = %node.host(), max_jobs = node.config.max_jobs, "ready");
+    if let Some(ready) = ready {
+        let _ = ready.send(Ready {
+            host: node.host().clone(),
+            tenant: node.tenant().clone(),
+            instance: instance.clone(),
+        });
+    }
+
+    let beats_stop = CancellationToken::new();
+    let beats = tokio::spawn({
+        let heartbeat = Arc::clone(&heartbeat);
+        let stop = beats_stop.clone();
+        async move { heartbeat.run(stop).await }
+    });
+
+    dispatch::serve(Arc::clone(&node), subscriptions).await;
+
+    beats_stop.cancel();
+    let _ = beats.await;
+    match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
+        Err(_) => warn!("removing the presence key timed out"),
+    }
+    let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
+    info!(host = %node.host(), "node-agent stopped");
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! The agent's shared state: identity, NATS handles, job limits, the job registry, stop signals.
+
+use std::sync::Arc;
+
+use async_nats::Client;
+use async_nats::jetstream::{self, kv};
+use execmesh_proto::{Token, subject};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::registry::Registry;
+
+/// Everything a request handler or a job needs, shared behind an `Arc`.
+pub struct Node {
+    pub config: Config,
+    /// Random id of this agent process, recorded in job statuses and heartbeats; recovery uses
+    /// it to tell which run a job belonged to.
+    pub instance: String,
+    pub client: Client,
+    pub js: jetstream::Context,
+    /// `mesh_jobs`.
+    pub jobs_kv: kv::Store,
+    /// Bounds concurrent jobs. A request takes a permit before its child is spawned; the permit
+    /// is released when the child is reaped and its output and status are stored, not when the
+    /// reply is sent.
+    pub permits: Arc<Semaphore>,
+    pub registry: Arc<Registry>,
+    /// Fired on SIGTERM/SIGINT: take no new work.
+    pub stopping: CancellationToken,
+    /// Fired when the shutdown grace is over: kill every job still running.
+    pub kill_all: CancellationToken,
+    /// Fired when even killed jobs could not store their end: stop retrying NATS writes.
+    pub hard_stop: CancellationToken,
+    /// Job tasks (one per running job).
+    pub jobs: TaskTracker,
+    /// Request handler tasks (replies in flight).
+    pub handlers: TaskTracker,
+}
+
+// === impl Node ===
+
+impl Node {
+    pub fn new(
+        config: Config,
+        instance: String,
+        client: Client,
+        jobs_kv: kv::Store,
+        stopping: CancellationToken,
+    ) -> Self {
+        let js = jetstream::new(client.clone());
+        Self {
+            permits: Arc::new(Semaphore::new(config.max_jobs)),
+            config,
+            instance,
+            client,
+            js,
+            jobs_kv,
+            registry: Arc::new(Registry::default()),
+            stopping,
+            kill_all: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            jobs: TaskTracker::new(),
+            handlers: TaskTracker::new(),
+        }
+    }
+
+    pub fn host(&self) -> &Token {
+        &self.config.host_id
+    }
+
+    pub fn tenant(&self) -> &Token {
+        &self.config.tenant
+    }
+
+    /// `mesh.v1.<tenant>.out.<host>.<job>`.
+    pub fn out_subject(&self, job: &Token) -> String {
+        subject::out(self.tenant(), self.host(), job)
+    }
+
+    /// `<tenant>.<host>.<job>` in `mesh_jobs`.
+    pub fn job_key(&self, job: &Token) -> String {
+        subject::job_key(self.tenant(), self.host(), job)
+    }
+}

@@ -1,0 +1,203 @@
+//! Starts a job's shell in a process group of its own, and signals that group.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+
+use execmesh_proto::Token;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, getpgrp};
+use tokio::process::{Child, Command};
+
+/// Environment variable naming the job in every process it starts; recovery finds leftovers by it.
+pub const JOB_ENV: &str = "EXECMESH_JOB";
+/// Environment variable naming the host id.
+pub const HOST_ENV: &str = "EXECMESH_HOST";
+
+/// What to start.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    pub shell: &'a Path,
+    pub cmd: &'a str,
+    pub cwd: Option<&'a Path>,
+    pub env: &'a HashMap<String, String>,
+    pub job: &'a Token,
+    pub host: &'a Token,
+}
+
+/// Why the child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("working directory {} is not usable: {source}", cwd.display())]
+    Cwd { cwd: PathBuf, source: io::Error },
+    #[error("cannot start {}: {source}", shell.display())]
+    Exec { shell: PathBuf, source: io::Error },
+}
+
+/// Starts `<shell> -c <cmd>` as the leader of a new process group (pgid = pid), stdin from
+/// /dev/null, stdout and stderr piped. The agent's own `EXECMESH_*` settings are not passed on.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
+    if let Some(cwd) = spec.cwd {
+        match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(SpawnError::Cwd {
+                    cwd: cwd.to_path_buf(),
+                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+                });
+            }
+            Err(source) => {
+                return Err(SpawnError::Cwd {
+                    cwd: cwd.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+
+    let mut command = Command::new(spec.shell);
+    command
+        .arg("-c")
+        .arg(spec.cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EXECMESH_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .envs(spec.env)
+        .env(JOB_ENV, spec.job.as_str())
+        .env(HOST_ENV, spec.host.as_str());
+    if let Some(cwd) = spec.cwd {
+        command.current_dir(cwd);
+    }
+
+    let agent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // functions may be called; `die_with_agent` calls prctl and getppid only and does not
+    // allocate.
+    unsafe {
+        command.pre_exec(move || die_with_agent(agent));
+    }
+    command.spawn().map_err(|source| match spec.cwd {
+        Some(cwd) if source.kind() == io::ErrorKind::NotFound && !cwd.is_dir() => SpawnError::Cwd {
+            cwd: cwd.to_path_buf(),
+            source,
+        },
+        _ => SpawnError::Exec {
+            shell: spec.shell.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// In the child: ask the kernel for SIGKILL when the agent dies, so a crashed agent leaves no
+/// shell behind (grandchildren are found by recovery through [`JOB_ENV`]). The signal follows the
+/// *thread* that forked, which is a runtime worker living as long as the agent. If the agent died
+/// between fork and prctl, the parent is already someone else: give up instead of running.
+fn die_with_agent(agent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
+    // ours.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != agent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// Sends `signal` to process group `pgid`. Refuses group ids that could hit the agent or
+/// everything (0, 1, the agent's own group). A group that is gone already is fine.
+pub fn signal_group(pgid: u32, signal: Signal) -> nix::Result<()> {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return Ok(());
+    };
+    if raw <= 1 || Pid::from_raw(raw) == getpgrp() {
+        return Ok(());
+    }
+    match killpg(Pid::from_raw(raw), signal) {
+        Err(nix::errno::Errno::ESRCH) => Ok(()),
+        other => other,
+    }
+}
+
+/// Name of the signal that ended a process (`SIGKILL`), if one did.
+pub fn signal_name(status: &ExitStatus) -> Option<String> {
+    let raw = status.signal()?;
+    Some(match Signal::try_from(raw) {
+        Ok(signal) => signal.as_str().to_string(),
+        Err(_) => format!("SIG{raw}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_to_signal_its_own_group_or_init() {
+        let own = getpgrp().as_raw() as u32;
+        assert!(
+            signal_group(own, Signal::SIGKILL).is_ok(),
+            "must be a no-op, not a suicide"
+        );
+        assert!(signal_group(0, Signal::SIGKILL).is_ok());
+        assert!(signal_group(1, Signal::SIGKILL).is_ok());
+    }
+
+    #[tokio::test]
+    async fn child_runs_in_its_own_group_with_the_job_env() {
+        let job = Token::parse("job id", "t-1").expect("token");
+        let host = Token::parse("host id", "h-1").expect("token");
+        let env = HashMap::from([("GREETING".to_string(), "hi".to_string())]);
+        let spec = SpawnSpec {
+            shell: Path::new("/bin/sh"),
+            cmd: "echo \"$GREETING $EXECMESH_JOB $EXECMESH_HOST $(ps -o pgid= -p $$ | tr -d ' ') $$\"",
+            cwd: Some(Path::new("/")),
+            env: &env,
+            job: &job,
+            host: &host,
+        };
+        let child = spawn(&spec).expect("spawns");
+        let out = child.wait_with_output().await.expect("waits");
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(&fields[..3], ["hi", "t-1", "h-1"]);
+        if fields.len() == 5 {
+            assert_eq!(fields[3], fields[4], "pgid equals pid");
+        }
+    }
+
+    #[test]
+    fn a_missing_cwd_is_named() {
+        let job = Token::parse("job id", "t-1").expect("token");
+        let env = HashMap::new();
+        let spec = SpawnSpec {
+            shell: Path::new("/bin/sh"),
+            cmd: "true",
+            cwd: Some(Path::new("/nonexistent/dir")),
+            env: &env,
+            job: &job,
+            host: &job,
+        };
+        let err = spawn(&spec).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/dir"), "{err}");
+    }
+}

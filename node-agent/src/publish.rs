@@ -1,0 +1,57 @@
+//! Publishes one output record to MESH_OUT and retries it, same message id, until it is acked.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use bytes::Bytes;
+use execmesh_proto::{headers, pb};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::retry::{Backoff, GaveUp};
+
+/// Publishes `record` on `subject` with `Nats-Msg-Id: msg_id` and waits for the ack. A failed
+/// publish or a missing ack is retried with the same id, so a NATS restart loses nothing and
+/// the stream's duplicate window stores a record that did arrive only once. Gives up only when
+/// `stop` fires.
+pub async fn publish_acked(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    record: &pb::OutputRecord,
+    stop: &CancellationToken,
+) -> Result<(), GaveUp> {
+    let payload = Bytes::from(record.encode_to_vec());
+    let mut backoff = Backoff::default();
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::MSG_ID, msg_id);
+        let attempt = async {
+            js.publish_with_headers(subject.to_string(), headers, payload.clone())
+                .await?
+                .await
+        };
+        let result = tokio::select! {
+            _ = stop.cancelled() => return Err(GaveUp),
+            result = attempt => result,
+        };
+        match result {
+            Ok(_) => {
+                if backoff.attempts > 0 {
+                    info!(
+                        subject,
+                        msg_id,
+                        attempts = backoff.attempts + 1,
+                        "output record acked after retries"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                warn!(subject, msg_id, attempt = backoff.attempts + 1, error = %e,
+                      "publishing output record failed; retrying");
+                backoff.wait(stop).await?;
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Checks requests from the wire and turns them into validated job and kill orders.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use execmesh_proto::pb::{self, ErrorCode};
+use execmesh_proto::{Token, TokenError, headers};
+
+use crate::config::Config;
+
+/// Longest command accepted: Linux refuses a single exec argument longer than this (128 KiB).
+pub const MAX_CMD_BYTES: usize = 128 * 1024 - 1;
+/// Longest job title.
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// Longest working directory path.
+pub const MAX_CWD_BYTES: usize = 4096;
+/// Longest job timeout a request may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest grace period a kill request may ask for.
+pub const MAX_KILL_GRACE: Duration = Duration::from_secs(3600);
+
+/// A request the agent will not act on, with the code and sentence for the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_pb(&self) -> pb::ExecError {
+        pb::ExecError {
+            code: self.code as i32,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// A validated request to run a command.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub job: Token,
+    pub user: Token,
+    pub cmd: String,
+    pub cwd: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+    pub timeout: Duration,
+    pub bg: bool,
+    pub inline_window: Duration,
+    pub inline_max_bytes: u64,
+    pub title: String,
+    /// W3C trace id (32 lower-case hex) of the tool call, or empty.
+    pub trace_id: String,
+}
+
+/// A validated request to stop a job.
+#[derive(Debug, Clone)]
+pub struct KillSpec {
+    pub job: Token,
+    pub user: String,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+/// Checks an ExecRequest received on `…exec.<subject_user>` against this host and the clock.
+pub fn run_spec(
+    req: pb::ExecRequest,
+    subject_user: &str,
+    headers: Option<&HeaderMap>,
+    config: &Config,
+    now_ms: u64,
+) -> Result<RunSpec, Refusal> {
+    let host = &config.host_id;
+    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"));
+    let token = |kind: &'static str, value: &str| {
+        Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
+    };
+
+    let req_host = token("host id", &req.host)?;
+    if req_host != *host {
+        return Err(invalid(format!(
+            "the request is addressed to host {req_host}"
+        )));
+    }
+    let tenant = token("tenant", &req.tenant)?;
+    if tenant != config.tenant {
+        return Err(invalid(format!(
+            "the request is for tenant {tenant}, this host serves tenant {}",
+            config.tenant
+        )));
+    }
+    let job = token("job id", &req.job_id)?;
+    let user = token("user", &req.user)?;
+    if user.as_str() != subject_user {
+        return Err(invalid(format!(
+            "the request names user {user} but came on the subject of user {subject_user}"
+        )));
+    }
+    if req.expires_at_ms == 0 {
+        return Err(invalid(
+            "the request carries no expiry (expires_at_ms = 0)".into(),
+        ));
+    }
+    if req.expires_at_ms < now_ms {
+        return Err(Refusal::new(
+            ErrorCode::Expired,
+            format!(
+                "host {host}: the request for job {job} expired {} ms before it arrived",
+                now_ms - req.expires_at_ms
+            ),
+        ));
+    }
+    let Some(pb::exec_request::Body::Run(run)) = req.body else {
+        return Err(invalid(
+            "the request has no body this agent understands".into(),
+        ));
+    };
+
+    if run.cmd.trim().is_empty() {
+        return Err(invalid("the command is empty".into()));
+    }
+    if run.cmd.len() > MAX_CMD_BYTES {
+        return Err(invalid(format!(
+            "the command is {} bytes long; the most is {MAX_CMD_BYTES}",
+            run.cmd.len()
+        )));
+    }
+    if run.cmd.contains('\0') {
+        return Err(invalid("the command contains a NUL byte".into()));
+    }
+    if run.title.len() > MAX_TITLE_BYTES {
+        return Err(invalid(format!(
+            "the title is longer than {MAX_TITLE_BYTES} bytes"
+        )));
+    }
+    if run.cwd.len() > MAX_CWD_BYTES || run.cwd.contains('\0') {
+        return Err(invalid("the working directory is not a usable path".into()));
+    }
+    for (key, value) in &run.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(invalid(format!(
+                "environment variable `{}` is not valid (empty, `=` or NUL)",
+                key.escape_debug()
+            )));
+        }
+    }
+
+    let timeout = if run.timeout_ms == 0 {
+        config.default_timeout()
+    } else {
+        Duration::from_millis(run.timeout_ms).min(MAX_TIMEOUT)
+    };
+    let trace_id = if is_trace_id(&req.trace_id) {
+        req.trace_id
+    } else {
+        headers
+            .and_then(|h| h.get(headers::TRACEPARENT))
+            .and_then(|v| trace_id_of(v.as_str()))
+            .unwrap_or_default()
+    };
+
+    Ok(RunSpec {
+        job,
+        user,
+        cmd: run.cmd,
+        cwd: (!run.cwd.is_empty()).then(|| PathBuf::from(run.cwd)),
+        env: run.env,
+        timeout,
+        bg: run.bg,
+        inline_window: Duration::from_millis(run.inline_window_ms),
+        inline_max_bytes: run.inline_max_bytes,
+        title: run.title,
+        trace_id,
+    })
+}
+
+/// Checks a ControlRequest against this host.
+pub fn kill_spec(req: pb::ControlRequest, config: &Config) -> Result<KillSpec, Refusal> {
+    let host = &config.host_id;
+    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"));
+    let token = |kind: &'static str, value: &str| {
+        Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
+    };
+    let req_host = token("host id", &req.host)?;
+    if req_host != *host {
+        return Err(invalid(format!(
+            "the request is addressed to host {req_host}"
+        )));
+    }
+    let tenant = token("tenant", &req.tenant)?;
+    if tenant != config.tenant {
+        return Err(invalid(format!(
+            "the request is for tenant {tenant}, this host serves tenant {}",
+            config.tenant
+        )));
+    }
+    let job = token("job id", &req.job_id)?;
+    let Some(pb::control_request::Body::Kill(kill)) = req.body else {
+        return Err(invalid(
+            "the control request has no body this agent understands".into(),
+        ));
+    };
+    let grace = if kill.grace_ms == 0 {
+        config.kill_grace()
+    } else {
+        Duration::from_millis(kill.grace_ms).min(MAX_KILL_GRACE)
+    };
+    if !req.user.is_empty() {
+        token("user", &req.user)?;
+    }
+    Ok(KillSpec {
+        job,
+        user: req.user,
+        grace,
+    })
+}
+
+fn is_trace_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let _version = parts.next()?;
+    let trace = parts.next()?;
+    is_trace_id(trace).then(|| trace.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new("nats://127.0.0.1:4222", "web-1").expect("config")
+    }
+
+    fn request() -> pb::ExecRequest {
+        pb::ExecRequest {
+            tenant: "default".into(),
+            host: "web-1".into(),
+            job_id: "build-abc".into(),
+            user: "alice".into(),
+            expires_at_ms: 2_000,
+            trace_id: String::new(),
+            body: Some(pb::exec_request::Body::Run(pb::RunRequest {
+                cmd: "echo hi".into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn refuse(req: pb::ExecRequest, user: &str) -> Refusal {
+        run_spec(req, user, None, &config(), 1_000).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_request_becomes_a_spec_with_defaults() {
+        let spec = run_spec(request(), "alice", None, &config(), 1_000).expect("valid");
+        assert_eq!(spec.job.as_str(), "build-abc");
+        assert_eq!(spec.timeout, Duration::from_secs(3600));
+        assert!(spec.cwd.is_none());
+    }
+
+    #[test]
+    fn the_user_must_match_the_subject() {
+        let r = refuse(request(), "mallory");
+        assert_eq!(r.code, ErrorCode::Invalid);
+        assert!(
+            r.message.contains("web-1") && r.message.contains("mallory"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn another_host_or_bad_tokens_are_invalid() {
+        let mut req = request();
+        req.host = "web-2".into();
+        assert!(refuse(req, "alice").message.contains("web-2"));
+        let mut req = request();
+        req.job_id = "a.b".into();
+        assert_eq!(refuse(req, "alice").code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn an_expired_request_is_refused_as_expired() {
+        let mut req = request();
+        req.expires_at_ms = 999;
+        assert_eq!(refuse(req, "alice").code, ErrorCode::Expired);
+        let mut req = request();
+        req.expires_at_ms = 0;
+        assert_eq!(refuse(req, "alice").code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn trace_id_comes_from_the_request_or_the_traceparent_header() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            headers::TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        let spec = run_spec(request(), "alice", Some(&headers), &config(), 1_000).expect("ok");
+        assert_eq!(spec.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut req = request();
+        req.trace_id = "0af7651916cd43dd8448eb211c80319c".into();
+        let spec = run_spec(req, "alice", Some(&headers), &config(), 1_000).expect("ok");
+        assert_eq!(spec.trace_id, "0af7651916cd43dd8448eb211c80319c");
+    }
+}

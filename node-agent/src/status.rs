@@ -1,0 +1,120 @@
+//! A job's status record in KV `mesh_jobs`: created once, then updated with compare-and-set.
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use bytes::Bytes;
+use execmesh_proto::pb;
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::error::BoxError;
+use crate::retry::{Backoff, GaveUp};
+
+/// Why the first write of a status failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateStatusError {
+    /// A status under this key exists: the job id was used before.
+    #[error("job id already exists")]
+    Exists,
+    #[error("cannot write the job status: {0}")]
+    Write(BoxError),
+}
+
+/// The status key of one job and the revision this agent last wrote.
+#[derive(Debug)]
+pub struct StatusRecord {
+    kv: kv::Store,
+    key: String,
+    revision: u64,
+}
+
+// === impl StatusRecord ===
+
+impl StatusRecord {
+    /// Writes the first status; refuses if the key holds one already, so a replayed request
+    /// cannot start its job twice.
+    pub async fn create(
+        kv: &kv::Store,
+        key: String,
+        status: &pb::JobStatus,
+    ) -> Result<Self, CreateStatusError> {
+        let value = Bytes::from(status.encode_to_vec());
+        let revision = match kv.create(&key, value.clone()).await {
+            Ok(revision) => revision,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                return Err(CreateStatusError::Exists);
+            }
+            // The write may have landed with only its ack lost: then it is ours to continue.
+            Err(e) => match kv.entry(&key).await {
+                Ok(Some(entry)) if entry.operation == Operation::Put && entry.value == value => {
+                    entry.revision
+                }
+                _ => return Err(CreateStatusError::Write(Box::new(e))),
+            },
+        };
+        Ok(Self {
+            kv: kv.clone(),
+            key,
+            revision,
+        })
+    }
+
+    /// A record whose current revision is known (recovery read it).
+    pub fn at(kv: &kv::Store, key: String, revision: u64) -> Self {
+        Self {
+            kv: kv.clone(),
+            key,
+            revision,
+        }
+    }
+
+    /// Replaces the status at the revision this agent wrote last, retrying with backoff until
+    /// it is stored or `stop` fires. If someone else changed the record meanwhile (the gateway
+    /// marking the job lost while NATS was partitioned, say), this agent still knows best what
+    /// happened to its own job: it logs the conflict and writes over it.
+    pub async fn update(
+        &mut self,
+        status: &pb::JobStatus,
+        stop: &CancellationToken,
+    ) -> Result<(), GaveUp> {
+        let value = Bytes::from(status.encode_to_vec());
+        let mut backoff = Backoff::default();
+        loop {
+            match self
+                .kv
+                .update(&self.key, value.clone(), self.revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.revision = revision;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                    match self.kv.entry(&self.key).await {
+                        // A retry of a write that did land (its ack was lost).
+                        Ok(Some(entry))
+                            if entry.operation == Operation::Put && entry.value == value =>
+                        {
+                            self.revision = entry.revision;
+                            return Ok(());
+                        }
+                        Ok(entry) => {
+                            let found = entry.as_ref().map_or(0, |e| e.revision);
+                            warn!(key = %self.key, expected = self.revision, found,
+                                  "job status was changed by someone else; overwriting");
+                            self.revision = found;
+                        }
+                        Err(e) => {
+                            warn!(key = %self.key, error = %e, "reading job status failed; retrying");
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(key = %self.key, attempt = backoff.attempts + 1, error = %e,
+                          "writing job status failed; retrying");
+                }
+            }
+            backoff.wait(stop).await?;
+        }
+    }
+}

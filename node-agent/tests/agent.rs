@@ -1,0 +1,835 @@
+//! The node-agent against a real nats-server: requests, output in MESH_OUT, kills, recovery, restarts.
+//!
+//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/bin`, `/tmp/nsbt/bin`
+//! or `PATH`; without one the tests say so and pass.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::{self, kv};
+use execmesh_node_agent::{Config, Ready};
+use execmesh_proto::pb::{self, ErrorCode, JobState, OutputStream};
+use execmesh_proto::{Token, jetstream as layout, subject};
+use futures::StreamExt;
+use prost::Message as _;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+// === harness ===
+
+/// A nats-server with JetStream in a temp store, killed (and the store removed) on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    store: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+fn server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return Some(p.into());
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/nats-server");
+    let fixed = PathBuf::from("/tmp/nsbt/bin/nats-server");
+    for candidate in [local, fixed] {
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+impl Nats {
+    async fn start() -> Option<Nats> {
+        let Some(bin) = server_binary() else {
+            eprintln!("no nats-server binary found; skipping");
+            return None;
+        };
+        let store = tempfile::tempdir().expect("temp dir");
+        let (child, port) = Self::spawn(&bin, &store, None)
+            .await
+            .expect("nats-server starts");
+        Some(Nats {
+            child,
+            port,
+            store,
+            bin,
+        })
+    }
+
+    async fn spawn(
+        bin: &PathBuf,
+        store: &tempfile::TempDir,
+        port: Option<u16>,
+    ) -> Result<(Child, u16)> {
+        let ports = tempfile::tempdir()?;
+        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .arg(store.path().join("js"))
+            .arg("--ports_file_dir")
+            .arg(ports.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let file = ports
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let url = v["nats"][0].as_str().context("ports file")?;
+                let port = url.rsplit(':').next().context("port")?.parse()?;
+                return Ok((child, port));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("nats-server wrote no ports file")
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server, waits `down`, and starts it again on the same port and store.
+    async fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        let (child, _) = Self::spawn(&self.bin, &self.store, Some(self.port))
+            .await
+            .expect("nats-server restarts");
+        self.child = child;
+    }
+
+    async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("client connects")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in this process.
+struct Agent {
+    host: Token,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), execmesh_node_agent::AgentError>>,
+    ready: Ready,
+}
+
+/// Logs of the agents under test, when `EXECMESH_TEST_LOG` holds a filter.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl Agent {
+    async fn start(config: Config) -> Agent {
+        init_logs();
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = oneshot::channel();
+        let host = config.host_id.clone();
+        let task = tokio::spawn(execmesh_node_agent::run_with_ready(
+            config,
+            shutdown.clone(),
+            Some(tx),
+        ));
+        let ready = timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("agent ready in time")
+            .expect("agent reports ready");
+        Agent {
+            host,
+            shutdown,
+            task,
+            ready,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("agent stops in time")
+            .expect("agent task")
+            .expect("agent run");
+    }
+}
+
+fn config(nats: &Nats, host: &str) -> Config {
+    Config {
+        heartbeat_interval_ms: 500,
+        kill_grace_ms: 300,
+        shutdown_grace_ms: 500,
+        ..Config::new(&nats.url(), host).expect("config")
+    }
+}
+
+fn tenant() -> Token {
+    Token::parse("tenant", "default").expect("token")
+}
+
+fn tok(kind: &'static str, s: &str) -> Token {
+    Token::parse(kind, s).expect("token")
+}
+
+fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
+    pb::ExecRequest {
+        tenant: "default".into(),
+        host: host.to_string(),
+        job_id: job.into(),
+        user: "alice".into(),
+        expires_at_ms: execmesh_proto::now_ms() + 30_000,
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        body: Some(pb::exec_request::Body::Run(run)),
+    }
+}
+
+fn cmd(cmd: &str) -> pb::RunRequest {
+    pb::RunRequest {
+        cmd: cmd.into(),
+        inline_window_ms: 5_000,
+        inline_max_bytes: 64 * 1024,
+        ..Default::default()
+    }
+}
+
+async fn exec_raw(
+    client: &async_nats::Client,
+    host: &Token,
+    user: &str,
+    payload: Vec<u8>,
+) -> pb::ExecReply {
+    let subject = subject::exec(&tenant(), host, &tok("user", user));
+    let msg = timeout(
+        Duration::from_secs(20),
+        client.request(subject, payload.into()),
+    )
+    .await
+    .expect("reply in time")
+    .expect("request");
+    pb::ExecReply::decode(msg.payload.as_ref()).expect("ExecReply")
+}
+
+async fn exec(client: &async_nats::Client, req: pb::ExecRequest) -> pb::ExecReply {
+    let host = tok("host id", &req.host);
+    let user = req.user.clone();
+    exec_raw(client, &host, &user, req.encode_to_vec()).await
+}
+
+fn run_reply(reply: pb::ExecReply) -> pb::RunReply {
+    match reply.body {
+        Some(pb::exec_reply::Body::Run(run)) => run,
+        other => panic!("expected a run reply, got {other:?}"),
+    }
+}
+
+fn error_reply(reply: pb::ExecReply) -> pb::ExecError {
+    match reply.body {
+        Some(pb::exec_reply::Body::Error(e)) => e,
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+async fn kill(
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+    grace_ms: u64,
+) -> pb::ControlReply {
+    let req = pb::ControlRequest {
+        tenant: "default".into(),
+        host: host.to_string(),
+        job_id: job.into(),
+        user: "bob".into(),
+        body: Some(pb::control_request::Body::Kill(pb::KillRequest {
+            grace_ms,
+        })),
+    };
+    let msg = timeout(
+        Duration::from_secs(20),
+        client.request(subject::ctl(&tenant(), host), req.encode_to_vec().into()),
+    )
+    .await
+    .expect("reply in time")
+    .expect("request");
+    pb::ControlReply::decode(msg.payload.as_ref()).expect("ControlReply")
+}
+
+/// Every record of a job in MESH_OUT, up to and including its exit record.
+async fn records(
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+) -> Result<(Vec<pb::OutputChunk>, pb::JobStatus)> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(layout::OUT_STREAM).await?;
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: subject::out(&tenant(), host, &tok("job id", job)),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut chunks = Vec::new();
+    loop {
+        let msg = timeout(Duration::from_secs(20), messages.next())
+            .await
+            .context("waiting for output records")?
+            .ok_or_else(|| anyhow!("record stream ended"))??;
+        match pb::OutputRecord::decode(msg.payload.as_ref())?.body {
+            Some(pb::output_record::Body::Chunk(c)) => chunks.push(c),
+            Some(pb::output_record::Body::Exit(e)) => {
+                return Ok((chunks, e.status.context("exit status")?));
+            }
+            None => bail!("empty record"),
+        }
+    }
+}
+
+/// Checks numbering (index and first_line without gaps) and returns the concatenated data.
+fn check_chunks(chunks: &[pb::OutputChunk]) -> Vec<u8> {
+    let mut next_line = 0;
+    let mut data = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c.index, i as u64, "chunk index");
+        assert_eq!(c.first_line, next_line, "first_line of chunk {i}");
+        next_line += u64::from(c.line_count);
+        data.extend_from_slice(&c.data);
+    }
+    data
+}
+
+async fn job_status(client: &async_nats::Client, host: &Token, job: &str) -> Option<pb::JobStatus> {
+    let js = jetstream::new(client.clone());
+    let kv = js
+        .get_key_value(layout::JOBS_BUCKET)
+        .await
+        .expect("jobs bucket");
+    let bytes = kv
+        .get(subject::job_key(&tenant(), host, &tok("job id", job)))
+        .await
+        .expect("kv get")?;
+    Some(pb::JobStatus::decode(bytes.as_ref()).expect("JobStatus"))
+}
+
+/// Pids of processes whose environment names `job`.
+fn processes_of(job: &str) -> Vec<u32> {
+    let needle = format!("EXECMESH_JOB={job}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|v| v == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+fn state(status: &pb::JobStatus) -> JobState {
+    JobState::try_from(status.state).expect("known state")
+}
+
+// === scenarios ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_command_replies_inline_and_streams_chunks_then_an_exit_record() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let client = nats.client().await;
+
+    let reply = run_reply(
+        exec(
+            &client,
+            run_request(&agent.host, "hello-1", cmd("echo hi; echo there")),
+        )
+        .await,
+    );
+    let status = reply.status.expect("status");
+    assert_eq!(state(&status), JobState::Exited);
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(status.lines, 2);
+    assert_eq!(status.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(status.agent_instance, agent.ready.instance);
+    assert_eq!(reply.inline_output.as_deref(), Some(&b"hi\nthere\n"[..]));
+
+    let (chunks, exit) = records(&client, &agent.host, "hello-1")
+        .await
+        .expect("records");
+    assert_eq!(check_chunks(&chunks), b"hi\nthere\n");
+    assert_eq!(exit, status);
+    assert_eq!(
+        job_status(&client, &agent.host, "hello-1").await,
+        Some(status)
+    );
+
+    // Presence is there while the agent runs.
+    let js = jetstream::new(client.clone());
+    let presence: kv::Store = js
+        .get_key_value(layout::PRESENCE_BUCKET)
+        .await
+        .expect("bucket");
+    let key = subject::host_key(&tenant(), &agent.host);
+    let beat = presence.get(&key).await.expect("get").expect("presence");
+    let beat = pb::Presence::decode(beat.as_ref()).expect("Presence");
+    assert_eq!(beat.agent_instance, agent.ready.instance);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_lines_from_both_streams_arrive_complete_numbered_and_in_order() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let client = nats.client().await;
+
+    let script = "seq 1 200000; seq 1 1000 >&2; printf 'no newline'";
+    let reply = run_reply(exec(&client, run_request(&agent.host, "seq-1", cmd(script))).await);
+    let status = reply.status.expect("status");
+    assert_eq!(state(&status), JobState::Exited, "{status:?}");
+    assert_eq!(status.lines, 201_001);
+    assert_eq!(reply.inline_output, None, "too big for inline");
+
+    let (chunks, exit) = records(&client, &agent.host, "seq-1")
+        .await
+        .expect("records");
+    check_chunks(&chunks);
+    let stream_text = |s: OutputStream| -> String {
+        chunks
+            .iter()
+            .filter(|c| c.stream == s as i32)
+            .map(|c| String::from_utf8(c.data.clone()).expect("utf8"))
+            .collect()
+    };
+    let expected_out: String =
+        (1..=200_000).map(|i| format!("{i}\n")).collect::<String>() + "no newline";
+    let expected_err: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(stream_text(OutputStream::Stdout), expected_out);
+    assert_eq!(stream_text(OutputStream::Stderr), expected_err);
+    assert_eq!(exit.bytes, (expected_out.len() + expected_err.len()) as u64);
+    assert!(chunks.iter().all(|c| c.data.len() <= 16 * 1024 + 1));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_whole_process_group() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let client = nats.client().await;
+
+    let mut run = cmd("sleep 300 & sleep 300");
+    run.timeout_ms = 500;
+    let reply = run_reply(exec(&client, run_request(&agent.host, "slow-1", run)).await);
+    let status = reply.status.expect("status");
+    assert_eq!(state(&status), JobState::TimedOut, "{status:?}");
+    assert_eq!(status.reason, "timed out after 500ms");
+    assert_eq!(status.signal, "SIGTERM");
+    eventually("the group is gone", || processes_of("slow-1").is_empty()).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let client = nats.client().await;
+
+    let mut run = cmd("trap '' TERM; echo started; sleep 300");
+    run.bg = true;
+    let reply = run_reply(exec(&client, run_request(&agent.host, "stubborn-1", run)).await);
+    let running = reply.status.expect("status");
+    assert_eq!(state(&running), JobState::Running);
+    assert!(running.pid > 1);
+    assert_eq!(reply.inline_output, None);
+    // The trap is set once the shell runs `sleep`.
+    eventually("the job sleeps", || {
+        processes_of("stubborn-1").iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+        })
+    })
+    .await;
+
+    let killed = match kill(&client, &agent.host, "stubborn-1", 200).await.body {
+        Some(pb::control_reply::Body::Status(s)) => s,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(state(&killed), JobState::Killed);
+    assert_eq!(killed.signal, "SIGKILL");
+    assert_eq!(killed.reason, "killed on request of bob");
+    eventually("the group is gone", || {
+        processes_of("stubborn-1").is_empty()
+    })
+    .await;
+
+    // Killing it again reports how it ended; an unknown job is named.
+    match kill(&client, &agent.host, "stubborn-1", 0).await.body {
+        Some(pb::control_reply::Body::Status(s)) => assert_eq!(s, killed),
+        other => panic!("expected a status, got {other:?}"),
+    }
+    match kill(&client, &agent.host, "nope-1", 0).await.body {
+        Some(pb::control_reply::Body::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::UnknownJob as i32);
+            assert!(
+                e.message.contains("nope-1") && e.message.contains("web-1"),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let (chunks, _) = records(&client, &agent.host, "stubborn-1")
+        .await
+        .expect("records");
+    assert_eq!(check_chunks(&chunks), b"started\n");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(Config {
+        max_jobs: 1,
+        ..config(&nats, "web-1")
+    })
+    .await;
+    let client = nats.client().await;
+    let host = agent.host.clone();
+
+    let e = error_reply(exec_raw(&client, &host, "alice", b"\xff\xff\xff".to_vec()).await);
+    assert_eq!(e.code, ErrorCode::Invalid as i32);
+    assert!(e.message.contains("web-1"), "{e:?}");
+
+    let req = run_request(&host, "who-1", cmd("true"));
+    let e = error_reply(exec_raw(&client, &host, "mallory", req.encode_to_vec()).await);
+    assert_eq!(e.code, ErrorCode::Invalid as i32);
+
+    let mut req = run_request(&host, "late-1", cmd("true"));
+    req.expires_at_ms = 1;
+    assert_eq!(
+        error_reply(exec(&client, req).await).code,
+        ErrorCode::Expired as i32
+    );
+
+    let mut run = cmd("true");
+    run.cwd = "/nonexistent/place".into();
+    let e = error_reply(exec(&client, run_request(&host, "cwd-1", run)).await);
+    assert_eq!(e.code, ErrorCode::SpawnFailed as i32);
+    assert!(e.message.contains("/nonexistent/place"), "{e:?}");
+    let failed = job_status(&client, &host, "cwd-1").await.expect("status");
+    assert_eq!(state(&failed), JobState::Failed);
+
+    run_reply(exec(&client, run_request(&host, "once-1", cmd("true"))).await);
+    let e = error_reply(exec(&client, run_request(&host, "once-1", cmd("true"))).await);
+    assert_eq!(e.code, ErrorCode::Invalid as i32);
+    assert!(e.message.contains("already exists"), "{e:?}");
+
+    let mut run = cmd("sleep 300");
+    run.bg = true;
+    run_reply(exec(&client, run_request(&host, "hog-1", run)).await);
+    let e = error_reply(exec(&client, run_request(&host, "more-1", cmd("true"))).await);
+    assert_eq!(e.code, ErrorCode::Busy as i32);
+    assert_eq!(e.message, "host web-1 runs its maximum of 1 jobs");
+    kill(&client, &host, "hog-1", 100).await;
+    run_reply(exec(&client, run_request(&host, "more-1", cmd("true"))).await);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_past_the_cap_is_counted_dropped_and_marked() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(Config {
+        max_output_bytes_per_job: 1000,
+        ..config(&nats, "web-1")
+    })
+    .await;
+    let client = nats.client().await;
+
+    let reply = run_reply(
+        exec(
+            &client,
+            run_request(&agent.host, "loud-1", cmd("seq 1 10000")),
+        )
+        .await,
+    );
+    let status = reply.status.expect("status");
+    assert_eq!(state(&status), JobState::Exited);
+    let total: u64 = (1..=10000u64).map(|i| i.to_string().len() as u64 + 1).sum();
+    let (chunks, _) = records(&client, &agent.host, "loud-1")
+        .await
+        .expect("records");
+    let data = check_chunks(&chunks);
+    let last = chunks.last().expect("marker chunk");
+    assert_eq!(last.stream, OutputStream::Agent as i32);
+    assert!(String::from_utf8_lossy(&last.data).contains("output cap of 1000 bytes"));
+    let kept = data.len() as u64 - last.data.len() as u64;
+    assert!(kept <= 1000);
+    assert_eq!(kept + status.dropped_bytes, total);
+    assert!(status.reason.contains("output cap"), "{status:?}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_kills_running_jobs_and_withdraws_presence() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let client = nats.client().await;
+    let host = agent.host.clone();
+
+    let mut run = cmd("sleep 300");
+    run.bg = true;
+    run_reply(exec(&client, run_request(&host, "long-1", run)).await);
+    agent.stop().await;
+
+    let status = job_status(&client, &host, "long-1").await.expect("status");
+    assert_eq!(state(&status), JobState::Killed);
+    assert_eq!(status.reason, "agent shut down");
+    assert!(processes_of("long-1").is_empty());
+    let js = jetstream::new(client.clone());
+    let presence = js
+        .get_key_value(layout::PRESENCE_BUCKET)
+        .await
+        .expect("bucket");
+    assert_eq!(
+        presence
+            .get(subject::host_key(&tenant(), &host))
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    // A first run provisions the buckets.
+    Agent::start(config(&nats, "web-1")).await.stop().await;
+    let client = nats.client().await;
+    let host = tok("host id", "web-1");
+
+    // What a crashed agent leaves: a RUNNING status and a process carrying the job id.
+    let mut orphan = Command::new("/bin/sh")
+        .args(["-c", "sleep 300"])
+        .envs(HashMap::from([
+            ("EXECMESH_JOB", "crashed-1"),
+            ("EXECMESH_HOST", "web-1"),
+        ]))
+        .spawn()
+        .expect("orphan starts");
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
+    let status = pb::JobStatus {
+        job_id: "crashed-1".into(),
+        tenant: "default".into(),
+        host: "web-1".into(),
+        state: JobState::Running as i32,
+        pid: orphan.id(),
+        agent_instance: "deadbeef".into(),
+        ..Default::default()
+    };
+    kv.put(
+        subject::job_key(&tenant(), &host, &tok("job id", "crashed-1")),
+        status.encode_to_vec().into(),
+    )
+    .await
+    .expect("put");
+
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let lost = job_status(&client, &host, "crashed-1")
+        .await
+        .expect("status");
+    assert_eq!(state(&lost), JobState::Lost);
+    assert_eq!(
+        lost.reason,
+        format!(
+            "agent restarted (instance {} replaced deadbeef)",
+            agent.ready.instance
+        )
+    );
+    let exit = orphan.wait().expect("orphan reaped");
+    assert!(!exit.success(), "the orphan was killed");
+    let (_, exit_status) = records(&client, &host, "crashed-1").await.expect("records");
+    assert_eq!(exit_status, lost);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
+    let Some(mut nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let host = agent.host.clone();
+    {
+        let client = nats.client().await;
+        let mut run = cmd("for i in $(seq 1 80); do echo line-$i; sleep 0.025; done");
+        run.bg = true;
+        run_reply(exec(&client, run_request(&host, "steady-1", run)).await);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Down for longer than the publish ack timeout (5 s): acks are missed and the same records
+    // are published again; the duplicate window must store each once.
+    nats.restart(Duration::from_secs(6)).await;
+
+    let client = nats.client().await;
+    let (chunks, exit) = timeout(Duration::from_secs(60), records(&client, &host, "steady-1"))
+        .await
+        .expect("exit record in time")
+        .expect("records");
+    let text = String::from_utf8(check_chunks(&chunks)).expect("utf8");
+    let expected: String = (1..=80).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(text, expected);
+    assert_eq!(state(&exit), JobState::Exited);
+    assert_eq!(exit.lines, 80);
+    agent.stop().await;
+}
+
+// === the binary ===
+
+fn agent_binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_execmesh-node-agent"))
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    let out = agent_binary().arg("--no-such-flag").output().expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let out = agent_binary().arg("--help").output().expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--max-jobs"));
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_every_bad_value() {
+    let out = agent_binary()
+        .args([
+            "--max-jobs",
+            "lots",
+            "--host-id",
+            "Not.A.Token",
+            "--coalesce-ms",
+            "soon",
+        ])
+        .env_remove("EXECMESH_AGENT_CONFIG")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["max_jobs", "host_id", "coalesce_ms"] {
+        assert!(err.contains(key), "{key} missing from: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stops_it_cleanly() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let client = nats.client().await;
+    let start = || {
+        agent_binary()
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--host-id",
+                "bin-1",
+                "--heartbeat-interval-ms",
+                "300",
+            ])
+            .env("EXECMESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts")
+    };
+    let key = subject::host_key(&tenant(), &tok("host id", "bin-1"));
+    let presence = async || -> Option<bytes::Bytes> {
+        let js = jetstream::new(client.clone());
+        let kv = js.get_key_value(layout::PRESENCE_BUCKET).await.ok()?;
+        kv.get(&key).await.ok().flatten()
+    };
+    let wait_presence = async |want: bool, within: Duration| {
+        let deadline = tokio::time::Instant::now() + within;
+        while presence().await.is_some() != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "presence {want} not reached"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    let mut agent = start();
+    wait_presence(true, Duration::from_secs(10)).await;
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+    // TTL is 3 × 300 ms rounded up to 1 s; allow the server's expiry sweep some slack.
+    wait_presence(false, Duration::from_secs(5)).await;
+
+    let mut agent = start();
+    wait_presence(true, Duration::from_secs(10)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = tokio::task::spawn_blocking(move || agent.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        presence().await.is_none(),
+        "presence removed at once on a graceful stop"
+    );
+}
