@@ -82,7 +82,6 @@ pub async fn start(
             .unwrap_or_default(),
         ..Default::default()
     };
-    let t0 = std::time::Instant::now();
     let mut record = StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status)
         .await
         .map_err(|e| match e {
@@ -107,7 +106,6 @@ pub async fn start(
         job: &job,
         host: &host,
     });
-    tracing::info!(create_us = t0.elapsed().as_micros() as u64, "TIMING created+spawned");
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -230,11 +228,9 @@ impl JobTask {
             let _ = running_tx.send(running);
         };
         let supervise = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output);
-        let t0 = std::time::Instant::now();
         let ((), end) = tokio::join!(announce, supervise);
-        let t_end = t0.elapsed().as_micros() as u64;
+
         let report = output.finish().await;
-        let t_out = t0.elapsed().as_micros() as u64;
         let status = final_status(status, &spec, &node, &end, &report);
         info!(
             state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
@@ -255,7 +251,6 @@ impl JobTask {
         if record.update(&status, &node.hard_stop).await.is_err() {
             warn!("final status abandoned at shutdown; the next agent start marks the job lost");
         }
-        tracing::info!(t_end, t_out, t_all = t0.elapsed().as_micros() as u64, "TIMING job");
         let _ = done_tx.send(Some(Arc::new(Finished {
             status,
             inline: report.inline,
