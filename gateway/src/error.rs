@@ -25,8 +25,13 @@ pub enum ToolError {
         host: Token,
         last_seen_ms: Option<u64>,
     },
-    #[error("host {host} did not answer within {secs:.1} s; its agent may be overloaded or hung")]
-    HostTimeout { host: Token, secs: f64 },
+    #[error("host {host} did not answer within {secs:.1} s; its agent may be overloaded, hung or gone{}", job_hint(.job))]
+    HostTimeout {
+        host: Token,
+        secs: f64,
+        /// The job the request was to start, if any: it may exist.
+        job: Option<Token>,
+    },
     #[error("host {host} refused the request: {message}")]
     Refused {
         host: Token,
@@ -116,6 +121,7 @@ impl From<DispatchError> for ToolError {
             DispatchError::TimedOut { host, after } => Self::HostTimeout {
                 host,
                 secs: after.as_secs_f64(),
+                job: None,
             },
             other => {
                 warn!(error = %other, "dispatch failed");
@@ -136,6 +142,15 @@ fn known_hosts(known: &[String]) -> String {
         };
         let list: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
         format!("; known hosts: {}{more}", list.join(", "))
+    }
+}
+
+fn job_hint(job: &Option<Token>) -> String {
+    match job {
+        Some(job) => {
+            format!("; the job may have started: check `job` action \"poll\" with job \"{job}\"")
+        }
+        None => String::new(),
     }
 }
 

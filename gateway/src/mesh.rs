@@ -357,6 +357,57 @@ impl Mesh {
         }
     }
 
+    /// A RUNNING job whose host has no heartbeat any more (its presence expired) is lost: its
+    /// agent died and nobody will finish its status. Records that (compare-and-set, so an agent
+    /// that writes meanwhile wins) and returns the status as it now stands.
+    pub async fn settle_orphan(&self, status: pb::JobStatus) -> Result<pb::JobStatus, MeshError> {
+        if status.state() != pb::JobState::Running {
+            return Ok(status);
+        }
+        let (Ok(host), Ok(job)) = (
+            Token::parse("host id", &status.host),
+            Token::parse("job id", &status.job_id),
+        ) else {
+            return Ok(status);
+        };
+        let key = subject::host_key(&self.tenant, &host);
+        if self.kv_get(PRESENCE_BUCKET, &key).await?.is_some() {
+            return Ok(status);
+        }
+        let job_key = subject::job_key(&self.tenant, &host, &job);
+        let Some(current) = self.kv_get(JOBS_BUCKET, &job_key).await? else {
+            return Ok(status);
+        };
+        let mut lost =
+            pb::JobStatus::decode(current.payload.clone()).map_err(|e| MeshError::Corrupt {
+                seq: current.seq,
+                reason: e.to_string(),
+            })?;
+        if lost.state() != pb::JobState::Running {
+            return Ok(lost);
+        }
+        lost.state = pb::JobState::Lost as i32;
+        lost.ended_at_ms = execmesh_proto::now_ms();
+        lost.reason =
+            format!("the agent of host {host} stopped sending heartbeats while the job ran");
+        let kv = self
+            .js
+            .get_key_value(JOBS_BUCKET)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        match kv
+            .update(&job_key, lost.encode_to_vec().into(), current.seq)
+            .await
+        {
+            Ok(_) => {
+                warn!(host = %host, job = %job, "job marked lost: its agent is gone");
+                Ok(lost)
+            }
+            // Someone (the agent, another replica) wrote first: theirs stands.
+            Err(_) => Ok(self.job_status(&host, &job).await?.unwrap_or(lost)),
+        }
+    }
+
     /// Finds the host that ran `job` (job ids are unique across the mesh).
     pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
         let request = DirectGet {

@@ -648,3 +648,75 @@ async fn legacy_and_current_protocol_clients_both_work() {
         assert_eq!(value["exit_code"], 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_agent_dies_is_reported_lost_once_its_heartbeat_expires() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1")
+        .arg("--heartbeat-interval-ms", "300")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo before; sleep 1000", "bg": true}),
+        )
+        .await;
+    let job = out.structured()["job"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), || async {
+        let out = client
+            .call("job", json!({"action": "poll", "job": job}))
+            .await;
+        out.structured()["lines"] == 1
+    })
+    .await;
+    agent.kill_hard().await;
+    // `wait` notices the missing heartbeat instead of waiting out its timeout.
+    let started = Instant::now();
+    let waited = client
+        .call("job", json!({"action": "wait", "job": job, "timeout": 60}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        waited.structured()["job"]["state"],
+        "lost",
+        "{}",
+        waited.text()
+    );
+    assert!(waited.text().contains("web-1"), "{}", waited.text());
+    let polled = client
+        .call("job", json!({"action": "poll", "job": job}))
+        .await;
+    assert_eq!(polled.structured()["done"], true);
+    assert_eq!(polled.structured()["output"], "before\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_and_expired_tokens_are_refused() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.max_body_bytes = 64 * 1024)
+        .start()
+        .await;
+    let token = gw.mint("alice");
+    let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "bash", "arguments": {"host": "web-1", "cmd": "x".repeat(100_000)}}});
+    assert_eq!(gw.post_raw(Some(&token), huge).await.status(), 413);
+    let short = gw.mint_with_ttl("alice", Duration::from_secs(1));
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    assert_eq!(gw.post_raw(Some(&short), list.clone()).await.status(), 200);
+    eventually(Duration::from_secs(5), || async {
+        let response = gw.post_raw(Some(&short), list.clone()).await;
+        response.status() == 401
+            && response.headers()["www-authenticate"]
+                .to_str()
+                .is_ok_and(|c| c.contains("expired"))
+    })
+    .await;
+}

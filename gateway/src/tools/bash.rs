@@ -151,7 +151,16 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     {
         Ok(reply) => reply,
         Err(DispatchError::NoResponders(host)) => return Err(offline_or_unknown(call, host).await),
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            return Err(match ToolError::from(e) {
+                ToolError::HostTimeout { host, secs, .. } => ToolError::HostTimeout {
+                    host,
+                    secs,
+                    job: Some(job),
+                },
+                other => other,
+            });
+        }
     };
     let run = match reply.body {
         Some(pb::exec_reply::Body::Run(run)) => run,

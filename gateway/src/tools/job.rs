@@ -12,6 +12,9 @@ use super::{Call, parse_args, seconds, structured};
 use crate::error::ToolError;
 use crate::paging::{self, Cursor, CursorError, Page, PageLimits};
 
+/// How often `wait` checks that the job's host still heartbeats.
+const ORPHAN_CHECK: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobAction {
@@ -155,7 +158,7 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
                 .job_status(&cursor.host, &cursor.job)
                 .await?
                 .ok_or_else(|| ToolError::UnknownJob(cursor.job.to_string()))?;
-            (cursor, status)
+            (cursor, call.state.mesh.settle_orphan(status).await?)
         }
         None => {
             let status = find(call, params.job.as_deref(), "poll").await?;
@@ -205,14 +208,22 @@ async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
 
 async fn wait(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
     let timeout = seconds("job", "timeout", params.timeout.unwrap_or(30.0), 600.0)?;
-    let status = find(call, params.job.as_deref(), "wait").await?;
+    let mut status = find(call, params.job.as_deref(), "wait").await?;
     let (host, job) = ids(&status)?;
-    let status = call
-        .state
-        .mesh
-        .wait_job(&host, &job, timeout)
-        .await?
-        .unwrap_or(status);
+    // Wait in slices so a job whose agent died (no heartbeat) is noticed and reported lost
+    // instead of being waited on until the timeout.
+    let deadline = tokio::time::Instant::now() + timeout;
+    while status.state() == pb::JobState::Running {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let slice = left.min(ORPHAN_CHECK);
+        if let Some(newer) = call.state.mesh.wait_job(&host, &job, slice).await? {
+            status = newer;
+        }
+        status = call.state.mesh.settle_orphan(status).await?;
+    }
     let view = view(&status);
     let mut text = if status.state() == pb::JobState::Running {
         format!(
@@ -290,7 +301,8 @@ pub fn render_page(
     status: pb::JobStatus,
     page: Page,
 ) -> Result<CallToolResult, ToolError> {
-    let done = page.exit.is_some();
+    // A lost job has no exit record when its agent died; its status ends it.
+    let done = page.exit.is_some() || (page.caught_up && status.state() == pb::JobState::Lost);
     let view = view(&page.exit.clone().unwrap_or(status));
     let range = if page.lines == 0 {
         "no new lines".to_string()
@@ -370,11 +382,13 @@ async fn find(
     let job =
         job.ok_or_else(|| ToolError::invalid("job", format!("action `{action}` needs `job`")))?;
     let token = Token::parse("job id", job).map_err(|_| ToolError::UnknownJob(job.to_string()))?;
-    call.state
+    let status = call
+        .state
         .mesh
         .find_job(&token)
         .await?
-        .ok_or_else(|| ToolError::UnknownJob(job.to_string()))
+        .ok_or_else(|| ToolError::UnknownJob(job.to_string()))?;
+    Ok(call.state.mesh.settle_orphan(status).await?)
 }
 
 fn ids(status: &pb::JobStatus) -> Result<(Token, Token), ToolError> {
