@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
 
 /// Pages a job from its start (or `cursor`) to its end and returns every line.
 async fn read_all(client: &McpClient, job: &str, cursor: Option<String>) -> (Vec<String>, usize) {
@@ -54,6 +54,17 @@ fn group_alive(pgid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
             .is_some_and(|pgrp| pgrp == pgid.to_string())
     })
+}
+
+/// Asserts that a tool call was refused (`isError`) with a message containing `needle`.
+#[track_caller]
+fn assert_refused(out: &ToolOutput, needle: &str) {
+    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
+    assert!(
+        out.text().contains(needle),
+        "`{needle}` not in: {}",
+        out.text()
+    );
 }
 
 fn numbers(from: u64, to: u64) -> Vec<String> {
@@ -386,11 +397,7 @@ async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
     let out = client
         .call("bash", json!({"host": "Bad.Host", "cmd": "true"}))
         .await;
-    assert!(
-        out.is_error() && out.text().contains("Bad.Host"),
-        "{}",
-        out.text()
-    );
+    assert_refused(&out, "Bad.Host");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,34 +420,18 @@ async fn unknown_job_and_bad_cursor_are_clear_errors() {
     let out = client
         .call("job", json!({"action": "poll", "cursor": "not-a-cursor"}))
         .await;
-    assert!(
-        out.is_error() && out.text().contains("bad cursor"),
-        "{}",
-        out.text()
-    );
+    assert_refused(&out, "bad cursor");
     let out = client.call("job", json!({"action": "explode"})).await;
-    assert!(
-        out.is_error() && out.text().contains("invalid arguments for `job`"),
-        "{}",
-        out.text()
-    );
+    assert_refused(&out, "invalid arguments for `job`");
     let out = client.call("bash", json!({"host": "web-1"})).await;
-    assert!(
-        out.is_error() && out.text().contains("cmd"),
-        "{}",
-        out.text()
-    );
+    assert_refused(&out, "cmd");
     let out = client
         .call(
             "bash",
             json!({"host": "web-1", "cmd": "true", "cwd": "/does/not/exist"}),
         )
         .await;
-    assert!(
-        out.is_error() && out.text().contains("/does/not/exist"),
-        "{}",
-        out.text()
-    );
+    assert_refused(&out, "/does/not/exist");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
