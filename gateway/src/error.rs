@@ -16,7 +16,7 @@ use crate::paging::CursorError;
 pub enum ToolError {
     #[error("invalid arguments for `{tool}`: {reason}")]
     InvalidArguments { tool: String, reason: String },
-    #[error("unknown tool `{0}`; the tools are hosts, bash, job and whoami")]
+    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file and whoami")]
     UnknownTool(String),
     #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
     UnknownHost { host: String, known: Vec<String> },
@@ -69,8 +69,12 @@ impl ToolError {
     /// The `isError` result the client sees.
     pub fn into_result(self) -> CallToolResult {
         let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
+        let code = match &self {
+            Self::Refused { code, .. } => code.clone(),
+            other => other.code().to_string(),
+        };
         result.structured_content = Some(serde_json::json!({
-            "error": { "code": self.code(), "message": self.to_string() }
+            "error": { "code": code, "message": self.to_string() }
         }));
         result
     }

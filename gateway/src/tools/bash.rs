@@ -7,20 +7,17 @@ use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use execmesh_proto::{Token, pb, subject};
+use execmesh_proto::{Token, pb};
 
 use super::job::{JobView, outcome, view};
-use super::{Call, parse_args, seconds, structured};
+use super::{Call, dispatch, parse_args, seconds, structured};
 use crate::error::ToolError;
-use crate::mesh::DispatchError;
 use crate::paging::{self, Cursor, PageLimits};
 
 /// Longest command line accepted.
 const MAX_CMD_BYTES: usize = 64 * 1024;
 /// Most environment variables one call may set.
 const MAX_ENV: usize = 128;
-/// How long a request stays valid for the agent after it is sent.
-const REQUEST_VALIDITY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -117,55 +114,24 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
         ));
     }
     let job = job_id(params.title.as_deref(), &params.cmd);
-    let tenant = &state.mesh.tenant;
-    let user = &call.identity.user;
-    tracing::Span::current().record("host", host.as_str());
-    let request = pb::ExecRequest {
-        tenant: tenant.to_string(),
-        host: host.to_string(),
-        job_id: job.to_string(),
-        user: user.to_string(),
-        expires_at_ms: execmesh_proto::now_ms() + REQUEST_VALIDITY.as_millis() as u64,
-        trace_id: call.trace.trace_id.clone(),
-        body: Some(pb::exec_request::Body::Run(pb::RunRequest {
-            cmd: params.cmd.clone(),
-            cwd: params.cwd.clone().unwrap_or_default(),
-            env: params.env.clone().unwrap_or_default().into_iter().collect(),
-            timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
-            inline_window_ms: window.as_millis() as u64,
-            bg,
-            title: params.title.clone().unwrap_or_default(),
-            inline_max_bytes: config.page_max_bytes as u64,
-        })),
-    };
-    let reply: pb::ExecReply = match state
-        .mesh
-        .request(
-            &host,
-            subject::exec(tenant, &host, user),
-            &request,
-            Some(&call.trace.traceparent()),
-            window + config.request_timeout,
-        )
-        .await
+    let body = pb::exec_request::Body::Run(pb::RunRequest {
+        cmd: params.cmd.clone(),
+        cwd: params.cwd.clone().unwrap_or_default(),
+        env: params.env.clone().unwrap_or_default().into_iter().collect(),
+        timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
+        inline_window_ms: window.as_millis() as u64,
+        bg,
+        title: params.title.clone().unwrap_or_default(),
+        inline_max_bytes: config.page_max_bytes as u64,
+    });
+    let run = match dispatch::send(call, &host, &job, body, window + config.request_timeout).await?
     {
-        Ok(reply) => reply,
-        Err(DispatchError::NoResponders(host)) => return Err(offline_or_unknown(call, host).await),
-        Err(e) => {
-            return Err(match ToolError::from(e) {
-                ToolError::HostTimeout { host, secs, .. } => ToolError::HostTimeout {
-                    host,
-                    secs,
-                    job: Some(job),
-                },
-                other => other,
-            });
+        pb::exec_reply::Body::Run(run) => run,
+        _ => {
+            return Err(ToolError::Mesh(format!(
+                "host {host} answered a run request with something else"
+            )));
         }
-    };
-    let run = match reply.body {
-        Some(pb::exec_reply::Body::Run(run)) => run,
-        Some(pb::exec_reply::Body::Error(e)) => return Err(ToolError::refused(&host, e)),
-        None => return Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
     };
     let status = run.status.unwrap_or_default();
     let running = status.state() == pb::JobState::Running;
@@ -228,33 +194,6 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
         trace_id: call.trace.trace_id.clone(),
     };
     structured(&result, vec![output, footer])
-}
-
-/// After "no responders": a host the mesh knows is offline, any other is unknown.
-async fn offline_or_unknown(call: &Call<'_>, host: Token) -> ToolError {
-    match call.state.mesh.host(&host).await {
-        Ok(Some(record)) => ToolError::OfflineHost {
-            last_seen_ms: record
-                .presence
-                .map(|p| p.heartbeat_at_ms)
-                .or(record.facts.map(|f| f.collected_at_ms)),
-            host,
-        },
-        Ok(None) => {
-            let known = call
-                .state
-                .mesh
-                .hosts()
-                .await
-                .map(|hosts| hosts.keys().map(|h| h.to_string()).collect())
-                .unwrap_or_default();
-            ToolError::UnknownHost {
-                host: host.to_string(),
-                known,
-            }
-        }
-        Err(e) => e.into(),
-    }
 }
 
 fn validate(params: &BashParams) -> Result<(), ToolError> {
@@ -325,11 +264,7 @@ pub fn job_id(title: Option<&str>, cmd: &str) -> Token {
         .or_else(|| Token::sanitize(first_word, 24))
         .map(|t| t.to_string())
         .unwrap_or_else(|| "job".to_string());
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let random: String = rand::random::<[u8; 8]>()
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % 32] as char)
-        .collect();
+    let random = dispatch::random_suffix();
     // Sanitized parts and the alphabet are all token characters, so this cannot fail; fall
     // back to a plain id rather than panic if that ever changes.
     Token::parse("job id", &format!("{base}-{random}")).unwrap_or_else(|_| {

@@ -5,6 +5,8 @@
 //! tool, and turns a [`ToolError`] into an `isError` result.
 
 mod bash;
+mod dispatch;
+mod file;
 mod hosts;
 mod job;
 mod whoami;
@@ -38,7 +40,8 @@ const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a flee
 Start with `hosts` to see which servers exist and are online. `bash` runs a command on one host; \
 short commands return their output at once, long ones return a job id: page its output with \
 `job` (action `poll`, passing `next_cursor` back), `wait` for it, or `kill` it. A non-zero exit \
-code is a normal result, not an error.";
+code is a normal result, not an error. `file` reads (paged), lists, greps, writes and copies files \
+within the directories each host allows.";
 
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
@@ -46,6 +49,7 @@ pub fn definitions() -> Vec<Tool> {
         hosts::definition(),
         bash::definition(),
         job::definition(),
+        file::definition(),
         whoami::definition(),
     ]
 }
@@ -114,6 +118,7 @@ impl ServerHandler for Handler {
                 "hosts" => hosts::call(&call, args).await,
                 "bash" => bash::call(&call, args).await,
                 "job" => job::call(&call, args).await,
+                "file" => file::call(&call, args).await,
                 "whoami" => whoami::call(&call, args).await,
                 other => Err(ToolError::UnknownTool(other.to_string())),
             }
