@@ -3,10 +3,11 @@
 //! Scenarios (all by default, or name them): `roundtrip` (sequential `bash true` calls over HTTP,
 //! p50/p90/p99, and calls/s with 16 concurrent clients, next to a single-host peer: an MCP shell
 //! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
-//! 200,000 lines paged end to end at the default page size) and `memory` (node-agent RSS idle and
-//! while streaming 2 M lines). Build release binaries first:
+//! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
+//! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
+//! tool) and `copy` (a 100 MB file copied host to host, MB/s). Build release binaries first:
 //!
-//!   cargo build --release --workspace --bins && target/release/execmesh-bench [roundtrip|paging|memory]
+//!   cargo build --release --workspace --bins && target/release/execmesh-bench [SCENARIO…]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,9 @@ use serde_json::{Value, json};
 
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent};
 
+const SCENARIOS: [&str; 5] = ["roundtrip", "paging", "memory", "file-read", "copy"];
 const SEQUENTIAL_CALLS: usize = 2000;
+const FILE_BYTES: u64 = 100 * 1000 * 1000;
 const CONCURRENT_CLIENTS: usize = 16;
 const CONCURRENT_CALLS_PER_CLIENT: usize = 250;
 
@@ -24,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory]\n\n\
+            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. Needs release binaries: \
              cargo build --release --workspace --bins"
@@ -32,8 +35,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     for a in &args {
-        if !["roundtrip", "paging", "memory"].contains(&a.as_str()) {
-            bail!("unknown scenario `{a}` (roundtrip, paging, memory)");
+        if !SCENARIOS.contains(&a.as_str()) {
+            bail!("unknown scenario `{a}` ({})", SCENARIOS.join(", "));
         }
     }
     let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
@@ -50,6 +53,12 @@ fn main() -> anyhow::Result<()> {
         }
         if wants("memory") {
             report["memory"] = memory().await?;
+        }
+        if wants("file-read") {
+            report["file_read"] = file_read().await?;
+        }
+        if wants("copy") {
+            report["copy"] = copy().await?;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
@@ -265,6 +274,104 @@ async fn memory() -> anyhow::Result<Value> {
     finished_job(&client, "seq 1 2000000").await?;
     let peak = rss_kb(agent.pid(), "VmHWM:");
     Ok(json!({ "agent_idle_rss_kb": idle, "agent_peak_rss_kb_streaming_2m_lines": peak }))
+}
+
+/// Writes a text file of about `bytes` bytes of numbered lines; returns its line count.
+fn write_text_file(path: &std::path::Path, bytes: u64) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let (mut written, mut lines) = (0u64, 0u64);
+    while written < bytes {
+        let line = format!(
+            "{lines:012} the quick brown fox jumps over the lazy dog {}\n",
+            lines * 7919
+        );
+        w.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+        lines += 1;
+    }
+    w.flush()?;
+    Ok(lines)
+}
+
+async fn file_read() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let root = tempfile::tempdir()?;
+    let _agent = NodeAgent::new(&nats, "bench-1")
+        .arg("--file-root", root.path())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("bench").await;
+    let path = root.path().join("big.log");
+    let lines = write_text_file(&path, FILE_BYTES)?;
+    let mut cursor: Option<String> = None;
+    let (mut seen, mut pages, mut times) = (0u64, 0usize, Vec::new());
+    let started = Instant::now();
+    loop {
+        let mut args = json!({"host": "bench-1", "action": "read", "path": path, "max_lines": 10000, "max_bytes": 1048576});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let t = Instant::now();
+        let out = client.try_call("file", args).await?;
+        times.push(t.elapsed());
+        let s = out.structured();
+        seen += s["lines"].as_u64().unwrap_or(0);
+        pages += 1;
+        if s["eof"] == true {
+            break;
+        }
+        cursor = Some(s["next_cursor"].as_str().context("no cursor")?.to_string());
+    }
+    let elapsed = started.elapsed();
+    if seen != lines {
+        bail!("file-read saw {seen} of {lines} lines");
+    }
+    let n = times.len();
+    Ok(json!({
+        "bytes": FILE_BYTES, "lines": lines, "pages": pages,
+        "page": { "max_lines": 10000, "max_bytes": 1048576 },
+        "end_to_end_s": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "mb_per_s": (FILE_BYTES as f64 / 1e6 / elapsed.as_secs_f64()).round(),
+        "median_first_10_pages_ms": ms(median(times[..10.min(n)].to_vec())),
+        "median_last_10_pages_ms": ms(median(times[n.saturating_sub(10)..].to_vec())),
+    }))
+}
+
+async fn copy() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let (root_a, root_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let _a = NodeAgent::new(&nats, "bench-1")
+        .arg("--file-root", root_a.path())
+        .start()
+        .await;
+    let _b = NodeAgent::new(&nats, "bench-2")
+        .arg("--file-root", root_b.path())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw
+        .client("bench")
+        .await
+        .with_timeout(Duration::from_secs(600));
+    let src = root_a.path().join("data.log");
+    write_text_file(&src, FILE_BYTES)?;
+    let dst = root_b.path().join("data.log");
+    let started = Instant::now();
+    let out = client
+        .try_call("file", json!({"host": "bench-1", "action": "copy", "path": src, "to_host": "bench-2", "to": dst}))
+        .await?;
+    let elapsed = started.elapsed();
+    if out.is_error() {
+        bail!("copy failed: {}", out.text());
+    }
+    Ok(json!({
+        "bytes": FILE_BYTES,
+        "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        "mb_per_s": (FILE_BYTES as f64 / 1e6 / elapsed.as_secs_f64()).round(),
+        "sha256_verified": out.structured()["sha256"],
+    }))
 }
 
 /// The single-host peer of DESIGN §11: an MCP server exposing a `bash` tool that runs the
