@@ -79,7 +79,9 @@ async fn tools_are_listed_with_schemas_and_annotations() {
     let names: BTreeSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
     assert_eq!(
         names,
-        ["bash", "file", "hosts", "job", "whoami"].map(String::from).into()
+        ["bash", "file", "hosts", "job", "whoami"]
+            .map(String::from)
+            .into()
     );
     for tool in &tools {
         assert!(
