@@ -110,9 +110,42 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_SHELL", value_name = "PATH")]
     pub shell: Option<String>,
 
+    /// Shells kept started ahead of time, each waiting for a job, so a short command does not
+    /// wait for its shell to start (0 starts a fresh shell for every job). Idle ones are not
+    /// jobs and do not count against --max-jobs. Requests that set a variable the shell treats
+    /// specially (BASH_ENV, SHELLOPTS, IFS, …), use a relative working directory, or send a
+    /// command over 16 KiB get a fresh shell. [default: 2]
+    #[arg(long, env = "EXECMESH_WARM_SHELLS", value_name = "N")]
+    pub warm_shells: Option<String>,
+
     /// JetStream replicas of the streams and buckets this agent creates. [default: 1]
     #[arg(long, env = "EXECMESH_REPLICAS", value_name = "N")]
     pub replicas: Option<String>,
+
+    /// A directory the `file` tool may read and change (absolute; its symlinks are resolved
+    /// at start, and a missing one is skipped with a warning); repeat the flag for more. Paths
+    /// outside every root are refused, after `..` and symlinks are resolved. In the environment:
+    /// comma-separated paths. [default: /tmp, /var/log, /srv, /opt, /home]
+    #[arg(
+        long = "file-root",
+        env = "EXECMESH_FILE_ROOTS",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub file_roots: Vec<String>,
+
+    /// Most bytes one file read returns (a page of text or raw bytes); replies are also kept
+    /// under the NATS max payload. [default: 1048576]
+    #[arg(long, env = "EXECMESH_FILE_MAX_READ_BYTES", value_name = "BYTES")]
+    pub file_max_read_bytes: Option<String>,
+
+    /// Most bytes one file write or append may carry. [default: 67108864]
+    #[arg(long, env = "EXECMESH_FILE_MAX_WRITE_BYTES", value_name = "BYTES")]
+    pub file_max_write_bytes: Option<String>,
+
+    /// Most bytes one copy may write to this host. [default: 1073741824]
+    #[arg(long, env = "EXECMESH_FILE_MAX_COPY_BYTES", value_name = "BYTES")]
+    pub file_max_copy_bytes: Option<String>,
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info,execmesh_node_agent=debug`).
     /// [default: info]

@@ -9,6 +9,7 @@ use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
 use execmesh_proto::{Token, jetstream};
 
 use crate::cli::Cli;
+use crate::files::{DEFAULT_ROOTS, Limits};
 
 /// Largest output chunk the agent writes (the stream accepts larger records; this keeps pages
 /// and memory small).
@@ -67,8 +68,20 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Shell that runs each command as `<shell> -c <cmd>`.
     pub shell: PathBuf,
+    /// Shells kept started ahead of time, so a job does not wait for its shell to start; 0
+    /// starts a fresh shell for every job. Idle ones do not count against `max_jobs`.
+    pub warm_shells: usize,
     /// Replicas of the streams and buckets this agent creates.
     pub replicas: usize,
+    /// Directories the file tool may read and change; canonicalised at start, where a missing
+    /// one is skipped with a warning.
+    pub file_roots: Vec<PathBuf>,
+    /// Most bytes one file read returns (a text page or raw bytes).
+    pub file_max_read_bytes: u64,
+    /// Most bytes one file write or append carries.
+    pub file_max_write_bytes: u64,
+    /// Most bytes one copy may write to this host.
+    pub file_max_copy_bytes: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
     /// Log JSON lines instead of text.
@@ -134,7 +147,12 @@ impl Default for Config {
             coalesce_ms: 20,
             shutdown_grace_ms: 10_000,
             shell: PathBuf::from("/bin/bash"),
+            warm_shells: 2,
             replicas: 1,
+            file_roots: DEFAULT_ROOTS.iter().map(PathBuf::from).collect(),
+            file_max_read_bytes: 1024 * 1024,
+            file_max_write_bytes: 64 * 1024 * 1024,
+            file_max_copy_bytes: 1024 * 1024 * 1024,
             log: "info".to_string(),
             log_json: false,
         }
@@ -257,7 +275,32 @@ impl Config {
                 d.shutdown_grace_ms,
             ),
             shell: l.get("shell", "--shell", &c.shell, d.shell),
+            warm_shells: l.get(
+                "warm_shells",
+                "--warm-shells",
+                &c.warm_shells,
+                d.warm_shells,
+            ),
             replicas: l.get("replicas", "--replicas", &c.replicas, d.replicas),
+            file_roots: l.paths("file_roots", &c.file_roots, d.file_roots),
+            file_max_read_bytes: l.get(
+                "file_max_read_bytes",
+                "--file-max-read-bytes",
+                &c.file_max_read_bytes,
+                d.file_max_read_bytes,
+            ),
+            file_max_write_bytes: l.get(
+                "file_max_write_bytes",
+                "--file-max-write-bytes",
+                &c.file_max_write_bytes,
+                d.file_max_write_bytes,
+            ),
+            file_max_copy_bytes: l.get(
+                "file_max_copy_bytes",
+                "--file-max-copy-bytes",
+                &c.file_max_copy_bytes,
+                d.file_max_copy_bytes,
+            ),
             log: l.get("log", "--log", &c.log, d.log),
             log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
         };
@@ -360,6 +403,20 @@ impl Config {
         range("coalesce_ms", self.coalesce_ms, 0, 10_000);
         range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000);
         range("replicas", self.replicas as u64, 1, 5);
+        range(
+            "file_max_read_bytes",
+            self.file_max_read_bytes,
+            1024,
+            64 * 1024 * 1024,
+        );
+        range(
+            "file_max_write_bytes",
+            self.file_max_write_bytes,
+            1,
+            u64::MAX,
+        );
+        range("file_max_copy_bytes", self.file_max_copy_bytes, 1, u64::MAX);
+        range("warm_shells", self.warm_shells as u64, 0, 64);
         if !self.shell.is_absolute() {
             p.push(format!(
                 "shell: {} is not an absolute path",
@@ -367,6 +424,14 @@ impl Config {
             ));
         } else if !self.shell.is_file() {
             p.push(format!("shell: {} does not exist", self.shell.display()));
+        }
+        for root in &self.file_roots {
+            if !root.is_absolute() {
+                p.push(format!(
+                    "file_roots: {} is not an absolute path",
+                    root.display()
+                ));
+            }
         }
         for (k, v) in &self.labels {
             if let Err(e) = check_label(k, v) {
@@ -411,6 +476,15 @@ impl Config {
     /// [`Config::coalesce_ms`] as a duration.
     pub fn coalesce(&self) -> Duration {
         Duration::from_millis(self.coalesce_ms)
+    }
+
+    /// The file tool's limits.
+    pub fn file_limits(&self) -> Limits {
+        Limits {
+            max_read_bytes: self.file_max_read_bytes,
+            max_write_bytes: self.file_max_write_bytes,
+            max_copy_bytes: self.file_max_copy_bytes,
+        }
     }
 
     /// [`Config::shutdown_grace_ms`] as a duration.
@@ -480,7 +554,12 @@ const KNOWN_KEYS: &[&str] = &[
     "coalesce_ms",
     "shutdown_grace_ms",
     "shell",
+    "warm_shells",
     "replicas",
+    "file_roots",
+    "file_max_read_bytes",
+    "file_max_write_bytes",
+    "file_max_copy_bytes",
     "log",
     "log_json",
 ];
@@ -510,6 +589,44 @@ impl Layers {
                 self.problems
                     .push(format!("{key} = {value} (in {file}): {why}"));
                 None
+            }
+        }
+    }
+
+    /// A list of paths: the flag (repeated, or comma-separated in the environment) wins over
+    /// the file's array of strings.
+    fn paths(&mut self, key: &str, cli: &[String], default: Vec<PathBuf>) -> Vec<PathBuf> {
+        if !cli.is_empty() {
+            return cli
+                .iter()
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        match self.file.get(key) {
+            None => default,
+            Some(toml::Value::Array(items)) => {
+                let mut paths = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(s) if !s.is_empty() => paths.push(PathBuf::from(s)),
+                        _ => {
+                            let file = self.file_name();
+                            self.problems.push(format!(
+                                "{key}: {item} (in {file}): expected a non-empty path string"
+                            ));
+                        }
+                    }
+                }
+                paths
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "{key} = {other} (in {file}): expected an array of paths such as [\"/var/log\"]"
+                ));
+                default
             }
         }
     }
@@ -750,6 +867,44 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.presence_ttl(), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn file_roots_come_from_flags_or_the_file_and_must_be_absolute() {
+        assert_eq!(
+            Config::default().file_roots,
+            ["/tmp", "/var/log", "/srv", "/opt", "/home"].map(PathBuf::from)
+        );
+        let config = load(
+            "file_roots = [\"/srv/app\", \"/var/log\"]\nfile_max_read_bytes = 4096\n",
+            Cli::default(),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.file_roots,
+            ["/srv/app", "/var/log"].map(PathBuf::from)
+        );
+        assert_eq!(config.file_limits().max_read_bytes, 4096);
+        let config = load(
+            "file_roots = [\"/srv/app\"]\n",
+            Cli {
+                file_roots: vec!["/data".into(), "/backup".into()],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.file_roots, ["/data", "/backup"].map(PathBuf::from));
+        let err = load(
+            "file_roots = [\"relative/dir\", 3]\nfile_max_read_bytes = 0\n",
+            Cli::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["relative/dir", "file_roots: 3", "file_max_read_bytes"] {
+            assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+        }
+        let config = load("file_roots = []\n", Cli::default()).expect("valid");
+        assert!(config.file_roots.is_empty());
     }
 
     #[test]

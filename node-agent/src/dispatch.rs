@@ -14,10 +14,11 @@ use tokio::time::timeout;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::error::AgentError;
+use crate::files::{self, Budget};
 use crate::job;
 use crate::node::Node;
 use crate::registry::{Finished, KillOrder};
-use crate::request::{self, Refusal};
+use crate::request::{self, Order, Refusal};
 
 /// Extra time a kill request waits for the job's end, beyond its grace period.
 const KILL_REPLY_SLACK: Duration = Duration::from_secs(5);
@@ -134,7 +135,9 @@ fn spawn_exec(node: &Arc<Node>, msg: Message) {
     node.handlers.spawn(async move {
         let reply_to = msg.reply.clone();
         let reply = exec(&node2, msg).await;
+        crate::tmark!("y-reply");
         send_reply(&node2, reply_to, reply.encode_to_vec()).await;
+        crate::tmark!("z-sent");
     });
 }
 
@@ -183,6 +186,7 @@ fn run_reply(status: pb::JobStatus, inline_output: Option<Vec<u8>>) -> pb::ExecR
 
 /// Answers one ExecRequest.
 async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
+    crate::tmark!("a-recv");
     let host = node.host();
     let req = match pb::ExecRequest::decode(msg.payload.as_ref()) {
         Ok(req) => req,
@@ -195,22 +199,70 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
         }
     };
     let subject_user = msg.subject.rsplit('.').next().unwrap_or_default();
-    let spec = match request::run_spec(
+    let order = match request::order(
         req,
         subject_user,
         msg.headers.as_ref(),
         &node.config,
         execmesh_proto::now_ms(),
     ) {
-        Ok(spec) => spec,
+        Ok(order) => order,
         Err(refusal) => {
             warn!(subject = %msg.subject, reason = %refusal.message, "request refused");
             return exec_error(&refusal);
         }
     };
-    let span = info_span!("job", host = %host, job = %spec.job, user = %spec.user,
-                          trace_id = %spec.trace_id);
-    run(node, spec).instrument(span).await
+    match order {
+        Order::Run(spec) => {
+            let span = info_span!("job", host = %host, job = %spec.job, user = %spec.user,
+                                  trace_id = %spec.trace_id);
+            run(node, spec).instrument(span).await
+        }
+        Order::File(spec) => {
+            let span = info_span!("file", host = %host, job = %spec.job, user = %spec.user,
+                                  op = files::op_name(&spec.request),
+                                  path = %files::op_path(&spec.request),
+                                  trace_id = %spec.trace_id);
+            file(node, spec).instrument(span).await
+        }
+    }
+}
+
+/// Runs one file operation; the reply carries its result or a refusal naming the host, and
+/// always fits the server's max payload.
+async fn file(node: &Arc<Node>, spec: request::FileSpec) -> pb::ExecReply {
+    let host = node.host();
+    if node.stopping.is_cancelled() {
+        return exec_error(&Refusal::new(
+            ErrorCode::ShuttingDown,
+            format!("host {host} is shutting down and takes no new requests"),
+        ));
+    }
+    let max_payload = node.client.server_info().max_payload;
+    let budget = Budget::until_expiry(max_payload, spec.expires_at_ms);
+    match node.files.serve(spec.request, budget).await {
+        Ok(result) => {
+            let reply = pb::ExecReply {
+                body: Some(pb::exec_reply::Body::File(result)),
+            };
+            let len = reply.encoded_len();
+            if len > max_payload {
+                warn!(len, max_payload, "file reply over the max payload");
+                return exec_error(&Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "host {host}: the reply would be {len} bytes, over the NATS max payload of {max_payload}; ask for less"
+                    ),
+                ));
+            }
+            debug!("file request answered");
+            reply
+        }
+        Err(e) => {
+            info!(code = e.code().as_str_name(), reason = %e, "file request refused");
+            exec_error(&Refusal::new(e.code(), format!("host {host}: {e}")))
+        }
+    }
 }
 
 async fn run(node: &Arc<Node>, spec: request::RunSpec) -> pb::ExecReply {
@@ -239,6 +291,7 @@ async fn run(node: &Arc<Node>, spec: request::RunSpec) -> pb::ExecReply {
         Ok(started) => started,
         Err(refusal) => return refused(refusal),
     };
+    crate::tmark!("g-started");
     let Ok(running) = (&mut started.running).await else {
         return exec_error(&Refusal::new(
             ErrorCode::Internal,

@@ -13,10 +13,11 @@ use tracing::{Instrument, Span, info, warn};
 
 use crate::node::Node;
 use crate::output::{self, Limits, Output, Sink};
-use crate::process::{self, SpawnSpec, signal_group};
+use crate::process::{self, SpawnError, SpawnSpec, signal_group};
 use crate::registry::{Finished, JobHandle, KillOrder, Registered};
 use crate::request::{Refusal, RunSpec};
 use crate::status::{CreateStatusError, StatusRecord};
+use crate::warm::{self, WarmShell};
 
 /// How long pipes may stay open after the job's group was killed (a process that left the group
 /// can hold them); then the agent stops reading.
@@ -82,34 +83,57 @@ pub async fn start(
             .unwrap_or_default(),
         ..Default::default()
     };
-    let mut record = StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status)
-        .await
-        .map_err(|e| match e {
-            CreateStatusError::Exists => exists(),
-            CreateStatusError::Write(e) => Refusal::new(
-                ErrorCode::Internal,
-                format!("host {host}: cannot record the status of job {job}: {e}"),
-            ),
-        })?;
-
-    let sink = Sink {
-        js: node.js.clone(),
-        subject: node.out_subject(&job),
-        job: job.to_string(),
-        stop: node.hard_stop.clone(),
-    };
-    let spawned = process::spawn(&SpawnSpec {
+    let spawn_spec = SpawnSpec {
         shell: &node.config.shell,
         cmd: &spec.cmd,
         cwd: spec.cwd.as_deref(),
         env: &spec.env,
         job: &job,
         host: &host,
-    });
+    };
+    // A warm shell's pid is known before the job starts, so the first status carries it and
+    // no second write is needed to record it.
+    crate::tmark!("b-take");
+    let warm = node.warm.take(&spawn_spec);
+    crate::tmark!("c-taken");
+    status.pid = warm.as_ref().map_or(0, |(shell, _)| shell.pid());
+    let mut record = match StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status).await {
+        Ok(record) => record,
+        Err(e) => {
+            if let Some((shell, _)) = warm {
+                node.warm.put_back(shell);
+            }
+            return Err(match e {
+                CreateStatusError::Exists => exists(),
+                CreateStatusError::Write(e) => Refusal::new(
+                    ErrorCode::Internal,
+                    format!("host {host}: cannot record the status of job {job}: {e}"),
+                ),
+            });
+        }
+    };
+
+    crate::tmark!("d-created");
+    let sink = Sink {
+        js: node.js.clone(),
+        subject: node.out_subject(&job),
+        job: job.to_string(),
+        stop: node.hard_stop.clone(),
+    };
+    let (spawned, pid_recorded) = match warm {
+        Some((shell, script)) => match start_warm(node, &spawn_spec, shell, &script).await {
+            Ok(Some(child)) => (Ok(child), true),
+            Ok(None) => (process::spawn(&spawn_spec), false),
+            Err(e) => (Err(e), false),
+        },
+        None => (process::spawn(&spawn_spec), false),
+    };
+    crate::tmark!("e-spawned");
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
             warn!(error = %e, "job failed to start");
+            status.pid = 0;
             status.state = JobState::Failed as i32;
             status.ended_at_ms = execmesh_proto::now_ms();
             status.reason = e.to_string();
@@ -132,6 +156,7 @@ pub async fn start(
         node: Arc::clone(node),
         spec,
         status,
+        pid_recorded,
         record,
         sink,
         kill_rx,
@@ -145,6 +170,30 @@ pub async fn start(
         running: running_rx,
         done: done_rx,
     })
+}
+
+/// Gives a warm shell its job. `Ok(None)` when the shell could not take it (it died, say): the
+/// job then starts a shell of its own. A working directory the shell could not enter refuses
+/// the job as a fresh shell's spawn would, and the shell goes back to the pool unused.
+async fn start_warm(
+    node: &Node,
+    spec: &SpawnSpec<'_>,
+    shell: WarmShell,
+    script: &str,
+) -> Result<Option<Child>, SpawnError> {
+    if let Some(cwd) = spec.cwd
+        && let Err(e) = warm::check_usable_cwd(cwd)
+    {
+        node.warm.put_back(shell);
+        return Err(e);
+    }
+    match shell.start(script).await {
+        Ok(child) => Ok(Some(child)),
+        Err(e) => {
+            warn!(error = %e, "a warm shell did not take its job; starting a fresh shell");
+            Ok(None)
+        }
+    }
 }
 
 /// Why a job was stopped by the agent.
@@ -170,6 +219,8 @@ struct JobTask {
     node: Arc<Node>,
     spec: RunSpec,
     status: pb::JobStatus,
+    /// The first status write already carried the pid (a warm shell's).
+    pid_recorded: bool,
     record: StatusRecord,
     sink: Sink,
     kill_rx: mpsc::Receiver<KillOrder>,
@@ -190,6 +241,7 @@ impl JobTask {
             node,
             spec,
             mut status,
+            pid_recorded,
             mut record,
             sink,
             mut kill_rx,
@@ -224,13 +276,18 @@ impl JobTask {
         // Store the pid while the child already runs; the reply for `bg` waits for it.
         let running = status.clone();
         let announce = async {
-            let _ = record.update(&running, &node.hard_stop).await;
+            if !pid_recorded {
+                let _ = record.update(&running, &node.hard_stop).await;
+            }
             let _ = running_tx.send(running);
         };
         let supervise = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output);
+        crate::tmark!("h-task");
         let ((), end) = tokio::join!(announce, supervise);
+        crate::tmark!("i-supervised");
 
         let report = output.finish().await;
+        crate::tmark!("j-outputdone");
         let status = final_status(status, &spec, &node, &end, &report);
         info!(
             state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
@@ -245,16 +302,29 @@ impl JobTask {
         if !report.complete {
             warn!("output publishing was abandoned at shutdown; MESH_OUT lacks some output");
         }
-        if output::publish_exit(&sink, &status).await.is_err() {
+        // The exit record and the final status go out together: two round trips in parallel
+        // instead of one after the other. The exit record is polled first, so on one connection
+        // it is sent (and, on a single server, stored) before the status that says the job
+        // ended; the reply still waits for both, so whoever reads the status after the reply
+        // sees the job's end.
+        let (exit, stored) = tokio::join!(
+            output::publish_exit(&sink, &status),
+            record.update(&status, &node.hard_stop)
+        );
+        crate::tmark!("k-stored");
+        if exit.is_err() {
             warn!("exit record abandoned at shutdown");
         }
-        if record.update(&status, &node.hard_stop).await.is_err() {
+        if stored.is_err() {
             warn!("final status abandoned at shutdown; the next agent start marks the job lost");
         }
         let _ = done_tx.send(Some(Arc::new(Finished {
             status,
             inline: report.inline,
         })));
+        // Only now, off the reply's path, replace the warm shell this job (or another) took.
+        tokio::task::yield_now().await;
+        node.warm.replenish();
     }
 }
 
@@ -325,6 +395,7 @@ async fn supervise(
     let mut exit = None;
     let stop = tokio::select! {
         status = child.wait() => {
+            crate::tmark!("h2-reaped");
             exit = reaped(status);
             None
         }

@@ -11,6 +11,7 @@ mod connection;
 mod dispatch;
 pub mod error;
 mod facts;
+pub mod files;
 mod job;
 mod lines;
 mod node;
@@ -25,6 +26,24 @@ mod request;
 mod retry;
 mod status;
 pub mod telemetry;
+mod warm;
+#[doc(hidden)]
+pub static TMARK0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+#[macro_export]
+macro_rules! tmark {
+    ($n:expr) => {
+        if std::env::var_os("TMARK").is_some() {
+            eprintln!(
+                "TMARK {} {}",
+                $n,
+                $crate::TMARK0
+                    .get_or_init(std::time::Instant::now)
+                    .elapsed()
+                    .as_micros()
+            );
+        }
+    };
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,6 +109,8 @@ pub async fn run_with_ready(
     if recovered > 0 {
         info!(recovered, "ended the jobs of an earlier run");
     }
+    // After recovery, whose scan of /proc must not meet this run's own shells.
+    let warm = tokio::spawn(Arc::clone(&node.warm).run());
     presence::register(&mesh.facts, &node.config).await?;
     let heartbeat = Arc::new(Heartbeat::new(
         js,
@@ -119,6 +140,8 @@ pub async fn run_with_ready(
     }
 
     let beats_stop = CancellationToken::new();
+    // Removes abandoned copies while the agent runs, and every unfinished one when it stops.
+    let sweeper = tokio::spawn(Arc::clone(&node.files).sweep(beats_stop.clone()));
     let beats = tokio::spawn({
         let heartbeat = Arc::clone(&heartbeat);
         let stop = beats_stop.clone();
@@ -126,9 +149,12 @@ pub async fn run_with_ready(
     });
 
     dispatch::serve(Arc::clone(&node), subscriptions).await;
+    node.warm.close();
+    let _ = warm.await;
 
     beats_stop.cancel();
     let _ = beats.await;
+    let _ = sweeper.await;
     match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),

@@ -31,10 +31,12 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config);
 
-    // Two workers carry the agent; a small blocking pool covers the few file reads.
+    // Two workers carry the agent. The blocking pool runs file operations (at most
+    // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
+    // start on demand and end when idle.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(4)
+        .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
         .thread_name("execmesh-agent")
         .enable_all()
         .build()

@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::files::Files;
 use crate::registry::Registry;
+use crate::warm::WarmPool;
 
 /// Everything a request handler or a job needs, shared behind an `Arc`.
 pub struct Node {
@@ -37,6 +39,10 @@ pub struct Node {
     pub jobs: TaskTracker,
     /// Request handler tasks (replies in flight).
     pub handlers: TaskTracker,
+    /// The file tool: allowed roots, limits, copies in progress.
+    pub files: Arc<Files>,
+    /// Shells started ahead of time for the next jobs.
+    pub warm: Arc<WarmPool>,
 }
 
 // === impl Node ===
@@ -50,7 +56,15 @@ impl Node {
         stopping: CancellationToken,
     ) -> Self {
         let js = jetstream::new(client.clone());
+        let files = Arc::new(Files::new(&config));
+        let warm = Arc::new(WarmPool::new(
+            &config.shell,
+            config.host_id.clone(),
+            instance.clone(),
+            config.warm_shells,
+        ));
         Self {
+            warm,
             permits: Arc::new(Semaphore::new(config.max_jobs)),
             config,
             instance,
@@ -63,6 +77,7 @@ impl Node {
             hard_stop: CancellationToken::new(),
             jobs: TaskTracker::new(),
             handlers: TaskTracker::new(),
+            files,
         }
     }
 

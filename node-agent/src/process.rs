@@ -40,37 +40,11 @@ pub enum SpawnError {
 /// /dev/null, stdout and stderr piped. The agent's own `EXECMESH_*` settings are not passed on.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
     if let Some(cwd) = spec.cwd {
-        match std::fs::metadata(cwd) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(SpawnError::Cwd {
-                    cwd: cwd.to_path_buf(),
-                    source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-                });
-            }
-            Err(source) => {
-                return Err(SpawnError::Cwd {
-                    cwd: cwd.to_path_buf(),
-                    source,
-                });
-            }
-        }
+        check_cwd(cwd)?;
     }
 
-    let mut command = Command::new(spec.shell);
-    command
-        .arg("-c")
-        .arg(spec.cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EXECMESH_") {
-            command.env_remove(key);
-        }
-    }
+    let mut command = shell_command(spec.shell);
+    command.arg("-c").arg(spec.cmd);
     command
         .envs(spec.env)
         .env(JOB_ENV, spec.job.as_str())
@@ -98,11 +72,44 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
     })
 }
 
+/// `<shell>` as every job shell starts: its own process group, stdin from /dev/null, stdout
+/// and stderr piped, without the agent's `EXECMESH_*` settings, not killed when dropped.
+pub fn shell_command(shell: &Path) -> Command {
+    let mut command = Command::new(shell);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EXECMESH_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Refuses a working directory that is missing or not a directory, naming it.
+pub fn check_cwd(cwd: &Path) -> Result<(), SpawnError> {
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SpawnError::Cwd {
+            cwd: cwd.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        }),
+        Err(source) => Err(SpawnError::Cwd {
+            cwd: cwd.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// In the child: ask the kernel for SIGKILL when the agent dies, so a crashed agent leaves no
 /// shell behind (grandchildren are found by recovery through [`JOB_ENV`]). The signal follows the
 /// *thread* that forked, which is a runtime worker living as long as the agent. If the agent died
 /// between fork and prctl, the parent is already someone else: give up instead of running.
-fn die_with_agent(agent: u32) -> io::Result<()> {
+pub fn die_with_agent(agent: u32) -> io::Result<()> {
     // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
     // ours.
     unsafe {

@@ -1,6 +1,6 @@
 //! At start, ends the jobs an earlier run of this agent left RUNNING: kills leftovers, marks them lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
@@ -20,6 +20,7 @@ use crate::node::Node;
 use crate::output::{self, Sink};
 use crate::process::{HOST_ENV, JOB_ENV, signal_group};
 use crate::status::StatusRecord;
+use crate::warm::WARM_ENV;
 
 /// Longest wait for the next status while listing, and for storing each recovered job.
 const STEP_LIMIT: Duration = Duration::from_secs(10);
@@ -44,8 +45,16 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
     }
 
     let ids: HashSet<String> = leftovers.iter().map(|l| l.job.to_string()).collect();
+    let shells: HashMap<u32, (String, String)> = leftovers
+        .iter()
+        .filter(|l| l.status.pid > 1 && !l.status.agent_instance.is_empty())
+        .map(|l| {
+            let shell = (l.status.agent_instance.clone(), l.job.to_string());
+            (l.status.pid, shell)
+        })
+        .collect();
     let host = node.host().to_string();
-    let killed = tokio::task::spawn_blocking(move || kill_leftovers(&ids, &host))
+    let killed = tokio::task::spawn_blocking(move || kill_leftovers(&ids, &shells, &host))
         .await
         .unwrap_or_default();
 
@@ -159,9 +168,17 @@ async fn running_jobs(node: &Node) -> Result<Vec<Leftover>, BoxError> {
 }
 
 /// SIGKILLs every process (and its process group) whose environment names one of `jobs` on
-/// `host`. Only processes the agent's user may read are seen, which are the ones it started.
-/// Returns (pid, job) of each.
-fn kill_leftovers(jobs: &HashSet<String>, host: &str) -> Vec<(i32, String)> {
+/// `host`, and every warm shell that ran one of them: a warm shell exported `EXECMESH_JOB` only
+/// after it started, so its environment at exec (what /proc shows) lacks it; it is recognised
+/// by its pid in `shells` (pid → agent instance and job, from the statuses) and its marker naming
+/// that same agent instance, which a process that merely reused the pid does not carry. Only
+/// processes the agent's user may read are seen, which are the ones it started. Returns (pid,
+/// job) of each; a warm shell is reported under the job whose status named its pid.
+fn kill_leftovers(
+    jobs: &HashSet<String>,
+    shells: &HashMap<u32, (String, String)>,
+    host: &str,
+) -> Vec<(i32, String)> {
     let mut killed = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return killed;
@@ -181,12 +198,15 @@ fn kill_leftovers(jobs: &HashSet<String>, host: &str) -> Vec<(i32, String)> {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        let Some(job) = job_of(&environ, host) else {
-            continue;
-        };
-        if !jobs.contains(job) {
+        let marks = Marks::of(&environ);
+        if !marks.on_host(host) {
             continue;
         }
+        let job = match (marks.job, marks.warm, shells.get(&pid)) {
+            (Some(job), _, _) if jobs.contains(job) => job,
+            (_, Some(warm), Some((instance, job))) if warm == instance => job.as_str(),
+            _ => continue,
+        };
         let Ok(raw) = i32::try_from(pid) else {
             continue;
         };
@@ -200,21 +220,44 @@ fn kill_leftovers(jobs: &HashSet<String>, host: &str) -> Vec<(i32, String)> {
     killed
 }
 
-/// The job id in a NUL-separated environment, if it also names `host`.
-fn job_of<'a>(environ: &'a [u8], host: &str) -> Option<&'a str> {
-    let mut job = None;
-    let mut host_matches = false;
-    for var in environ.split(|&b| b == 0) {
-        let Ok(var) = std::str::from_utf8(var) else {
-            continue;
-        };
-        if let Some(value) = var.strip_prefix(JOB_ENV).and_then(|v| v.strip_prefix('=')) {
-            job = Some(value);
-        } else if let Some(value) = var.strip_prefix(HOST_ENV).and_then(|v| v.strip_prefix('=')) {
-            host_matches = value == host;
+/// The execmesh variables in a NUL-separated environment.
+#[derive(Debug, Default, PartialEq)]
+struct Marks<'a> {
+    job: Option<&'a str>,
+    host: Option<&'a str>,
+    warm: Option<&'a str>,
+}
+
+impl<'a> Marks<'a> {
+    fn of(environ: &'a [u8]) -> Self {
+        let mut marks = Marks::default();
+        for var in environ.split(|&b| b == 0) {
+            let Ok(var) = std::str::from_utf8(var) else {
+                continue;
+            };
+            let Some((name, value)) = var.split_once('=') else {
+                continue;
+            };
+            match name {
+                JOB_ENV => marks.job = Some(value),
+                HOST_ENV => marks.host = Some(value),
+                WARM_ENV => marks.warm = Some(value),
+                _ => {}
+            }
         }
+        marks
     }
-    job.filter(|_| host_matches)
+
+    fn on_host(&self, host: &str) -> bool {
+        self.host == Some(host)
+    }
+}
+
+/// The job id in a NUL-separated environment, if it also names `host`.
+#[cfg(test)]
+fn job_of<'a>(environ: &'a [u8], host: &str) -> Option<&'a str> {
+    let marks = Marks::of(environ);
+    marks.job.filter(|_| marks.on_host(host))
 }
 
 #[cfg(test)]

@@ -61,6 +61,26 @@ pub struct RunSpec {
     pub trace_id: String,
 }
 
+/// A validated file operation. Its paths are checked by the file tool, against the roots.
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    pub job: Token,
+    pub user: Token,
+    /// W3C trace id (32 lower-case hex) of the tool call, or empty.
+    pub trace_id: String,
+    /// Unix milliseconds after which the caller no longer waits: searches stop walking then.
+    pub expires_at_ms: u64,
+    /// Names an operation (checked).
+    pub request: pb::FileRequest,
+}
+
+/// What a valid ExecRequest asks for.
+#[derive(Debug, Clone)]
+pub enum Order {
+    Run(RunSpec),
+    File(FileSpec),
+}
+
 /// A validated request to stop a job.
 #[derive(Debug, Clone)]
 pub struct KillSpec {
@@ -70,7 +90,8 @@ pub struct KillSpec {
     pub grace: Duration,
 }
 
-/// Checks an ExecRequest received on `…exec.<subject_user>` against this host and the clock.
+/// [`order`] for a request that must run a command.
+#[cfg(test)]
 pub fn run_spec(
     req: pb::ExecRequest,
     subject_user: &str,
@@ -78,6 +99,26 @@ pub fn run_spec(
     config: &Config,
     now_ms: u64,
 ) -> Result<RunSpec, Refusal> {
+    match order(req, subject_user, headers, config, now_ms)? {
+        Order::Run(spec) => Ok(spec),
+        Order::File(_) => Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!(
+                "host {}: expected a command, got a file request",
+                config.host_id
+            ),
+        )),
+    }
+}
+
+/// Checks an ExecRequest received on `…exec.<subject_user>` against this host and the clock.
+pub fn order(
+    req: pb::ExecRequest,
+    subject_user: &str,
+    headers: Option<&HeaderMap>,
+    config: &Config,
+    now_ms: u64,
+) -> Result<Order, Refusal> {
     let host = &config.host_id;
     let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"));
     let token = |kind: &'static str, value: &str| {
@@ -118,10 +159,33 @@ pub fn run_spec(
             ),
         ));
     }
-    let Some(pb::exec_request::Body::Run(run)) = req.body else {
-        return Err(invalid(
-            "the request has no body this agent understands".into(),
-        ));
+    let trace_id = if is_trace_id(&req.trace_id) {
+        req.trace_id
+    } else {
+        headers
+            .and_then(|h| h.get(headers::TRACEPARENT))
+            .and_then(|v| trace_id_of(v.as_str()))
+            .unwrap_or_default()
+    };
+    let run = match req.body {
+        Some(pb::exec_request::Body::Run(run)) => run,
+        Some(pb::exec_request::Body::File(request)) => {
+            if request.op.is_none() {
+                return Err(invalid("the file request names no operation".into()));
+            }
+            return Ok(Order::File(FileSpec {
+                job,
+                user,
+                trace_id,
+                expires_at_ms: req.expires_at_ms,
+                request,
+            }));
+        }
+        None => {
+            return Err(invalid(
+                "the request has no body this agent understands".into(),
+            ));
+        }
     };
 
     if run.cmd.trim().is_empty() {
@@ -158,16 +222,8 @@ pub fn run_spec(
     } else {
         Duration::from_millis(run.timeout_ms).min(MAX_TIMEOUT)
     };
-    let trace_id = if is_trace_id(&req.trace_id) {
-        req.trace_id
-    } else {
-        headers
-            .and_then(|h| h.get(headers::TRACEPARENT))
-            .and_then(|v| trace_id_of(v.as_str()))
-            .unwrap_or_default()
-    };
 
-    Ok(RunSpec {
+    Ok(Order::Run(RunSpec {
         job,
         user,
         cmd: run.cmd,
@@ -179,7 +235,7 @@ pub fn run_spec(
         inline_max_bytes: run.inline_max_bytes,
         title: run.title,
         trace_id,
-    })
+    }))
 }
 
 /// Checks a ControlRequest against this host.
@@ -301,6 +357,29 @@ mod tests {
         let mut req = request();
         req.expires_at_ms = 0;
         assert_eq!(refuse(req, "alice").code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn a_file_request_is_checked_like_a_run_request() {
+        let file = |op: Option<pb::file_request::Op>| {
+            let mut req = request();
+            req.body = Some(pb::exec_request::Body::File(pb::FileRequest { op }));
+            req
+        };
+        let stat = Some(pb::file_request::Op::Stat(pb::FileStat {
+            path: "/tmp/x".into(),
+        }));
+        let Ok(Order::File(spec)) = order(file(stat.clone()), "alice", None, &config(), 1_000)
+        else {
+            panic!("a file order");
+        };
+        assert_eq!((spec.user.as_str(), spec.expires_at_ms), ("alice", 2_000));
+        let r = order(file(stat.clone()), "mallory", None, &config(), 1_000).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Invalid);
+        let r = order(file(stat), "alice", None, &config(), 2_001).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Expired);
+        let r = order(file(None), "alice", None, &config(), 1_000).unwrap_err();
+        assert!(r.message.contains("no operation"), "{r:?}");
     }
 
     #[test]

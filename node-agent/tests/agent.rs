@@ -1,7 +1,7 @@
 //! The node-agent against a real nats-server: requests, output in MESH_OUT, kills, recovery, restarts.
 //!
-//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/bin`, `/tmp/nsbt/bin`
-//! or `PATH`; without one the tests say so and pass.
+//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/nats/bin` (where
+//! `tests/run.sh` installs it) or `PATH`; without one the tests fail and say how to install it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,12 +35,10 @@ fn server_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
         return Some(p.into());
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/nats-server");
-    let fixed = PathBuf::from("/tmp/nsbt/bin/nats-server");
-    for candidate in [local, fixed] {
-        if candidate.is_file() {
-            return Some(candidate);
-        }
+    // Where `tests/run.sh` installs it.
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats/bin/nats-server");
+    if local.is_file() {
+        return Some(local);
     }
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -51,10 +49,10 @@ fn server_binary() -> Option<PathBuf> {
 
 impl Nats {
     async fn start() -> Option<Nats> {
-        let Some(bin) = server_binary() else {
-            eprintln!("no nats-server binary found; skipping");
-            return None;
-        };
+        // A missing server is a broken setup, not a reason to skip: run tests/run.sh, which
+        // installs it.
+        let bin = server_binary()
+            .expect("nats-server not found: run tests/run.sh (installs it into .tools/nats)");
         let store = tempfile::tempdir().expect("temp dir");
         let (child, port) = Self::spawn(&bin, &store, None)
             .await

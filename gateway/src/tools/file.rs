@@ -692,81 +692,91 @@ async fn copy(
     }
     let transfer = format!("copy-{}", dispatch::random_suffix());
     let started = std::time::Instant::now();
-    let mut hasher = Sha256::new();
-    let mut offset = 0u64;
-    let mut first_identity: Option<pb::FileIdentity> = None;
-    loop {
+    let read_at = |offset: u64| {
         let op = pb::file_request::Op::ChunkRead(pb::FileChunkRead {
             path: from.clone(),
             offset,
             len: COPY_CHUNK,
         });
-        let pb::file_reply::Result::ChunkRead(chunk) = send_file(call, host, op).await? else {
-            return Err(E::Mesh(format!(
-                "host {host} sent an unexpected reply to a chunk read"
-            )));
-        };
-        let identity = chunk.identity.unwrap_or_default();
-        match &first_identity {
-            None => first_identity = Some(identity),
-            Some(first) if first.ino != identity.ino || first.mtime_ns != identity.mtime_ns => {
-                return Err(E::invalid(
-                    "file",
-                    format!("{from} on {host} changed while it was being copied; copy it again"),
-                ));
+        async move {
+            match send_file(call, host, op).await? {
+                pb::file_reply::Result::ChunkRead(chunk) => Ok(chunk),
+                _ => Err(E::Mesh(format!(
+                    "host {host} sent an unexpected reply to a chunk read"
+                ))),
             }
-            Some(_) => {}
         }
-        hasher.update(&chunk.data);
-        let len = chunk.data.len() as u64;
-        let finish = chunk.eof;
-        let sha256 = if finish {
-            hex(&hasher.clone().finalize())
-        } else {
-            String::new()
-        };
+    };
+    let write_at = |offset: u64, data: Vec<u8>, sha256: Option<String>| {
         let op = pb::file_request::Op::ChunkWrite(pb::FileChunkWrite {
             path: to.clone(),
             transfer_id: transfer.clone(),
             offset,
-            data: chunk.data,
-            finish,
-            sha256,
+            data,
+            finish: sha256.is_some(),
+            sha256: sha256.unwrap_or_default(),
             create_dirs: params.create_dirs.unwrap_or(false),
             overwrite: params.overwrite.unwrap_or(false),
         });
-        let pb::file_reply::Result::ChunkWrite(written) = send_file(call, &to_host, op).await?
-        else {
-            return Err(E::Mesh(format!(
-                "host {to_host} sent an unexpected reply to a chunk write"
-            )));
-        };
-        offset += len;
-        if finish {
-            if !written.committed {
-                return Err(E::Mesh(format!("host {to_host} did not commit {to}")));
+        let to_host = to_host.clone();
+        async move {
+            match send_file(call, &to_host, op).await? {
+                pb::file_reply::Result::ChunkWrite(written) => Ok(written),
+                _ => Err(E::Mesh(format!(
+                    "host {to_host} sent an unexpected reply to a chunk write"
+                ))),
             }
-            let secs = started.elapsed().as_secs_f64().max(1e-6);
-            let mb_per_s = ((offset as f64 / 1e6 / secs) * 10.0).round() / 10.0;
-            let detail = format!(
-                "copied {from} on {host} to {to} on {to_host}: {offset} bytes, sha256 {} verified, {mb_per_s} MB/s",
-                written.sha256
-            );
-            let result = FileResult {
-                host: host.to_string(),
-                action: "copy".into(),
-                path: from,
-                size: Some(offset),
-                sha256: Some(written.sha256),
-                to_host: Some(to_host.to_string()),
-                to: Some(to),
-                mb_per_s: Some(mb_per_s),
-                detail: Some(detail.clone()),
-                ..Default::default()
-            };
-            return structured(&result, vec![detail]);
         }
+    };
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    let mut chunk = read_at(0).await?;
+    let first = chunk.identity.unwrap_or_default();
+    // Each chunk is written while the next one is read, so both hosts work at once.
+    let written = loop {
+        let identity = chunk.identity.unwrap_or_default();
+        if identity.ino != first.ino || identity.mtime_ns != first.mtime_ns {
+            return Err(E::invalid(
+                "file",
+                format!("{from} on {host} changed while it was being copied; copy it again"),
+            ));
+        }
+        hasher.update(&chunk.data);
+        let len = chunk.data.len() as u64;
+        if chunk.eof {
+            let sha256 = hex(&hasher.clone().finalize());
+            let written = write_at(offset, chunk.data, Some(sha256)).await?;
+            offset += len;
+            break written;
+        }
+        let (written, next) =
+            tokio::join!(write_at(offset, chunk.data, None), read_at(offset + len));
+        written?;
+        chunk = next?;
+        offset += len;
+    };
+    if !written.committed {
+        return Err(E::Mesh(format!("host {to_host} did not commit {to}")));
     }
+    let secs = started.elapsed().as_secs_f64().max(1e-6);
+    let mb_per_s = ((offset as f64 / 1e6 / secs) * 10.0).round() / 10.0;
+    let detail = format!(
+        "copied {from} on {host} to {to} on {to_host}: {offset} bytes, sha256 {} verified, {mb_per_s} MB/s",
+        written.sha256
+    );
+    let result = FileResult {
+        host: host.to_string(),
+        action: "copy".into(),
+        path: from.clone(),
+        size: Some(offset),
+        sha256: Some(written.sha256),
+        to_host: Some(to_host.to_string()),
+        to: Some(to.clone()),
+        mb_per_s: Some(mb_per_s),
+        detail: Some(detail.clone()),
+        ..Default::default()
+    };
+    structured(&result, vec![detail])
 }
 
 fn hex(bytes: &[u8]) -> String {

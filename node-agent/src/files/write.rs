@@ -1,0 +1,803 @@
+//! `FileWrite`, `FileMove` and `FileDelete`: changes made atomically where the file system allows it, never outside the roots.
+//!
+//! A write goes to a temp file in the destination's directory, is fsynced, takes the mode and
+//! owner of the file it replaces, and is renamed over it; the directory is fsynced after. A
+//! reader sees the old file or the new one, never a mix. Everything after the path check works
+//! through the verified directory's descriptor.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use execmesh_proto::pb;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+use sha2::{Digest, Sha256};
+
+use super::Files;
+use super::error::FileError;
+use super::read::read_at;
+use super::roots::{Final, Parents, Place, Roots};
+use super::stat::kind_of_mode;
+
+/// Mode of a new file when the request names none.
+pub const DEFAULT_MODE: u32 = 0o644;
+/// Deepest directory tree a recursive delete descends (one descriptor per level).
+const MAX_TREE_DEPTH: usize = 256;
+/// Longest part of the destination's name kept in a temp file's name.
+const TEMP_NAME_BYTES: usize = 200;
+
+/// Answers a `FileWrite`: replaces the file atomically, or appends to it.
+pub fn write(files: &Files, req: pb::FileWrite) -> Result<pb::FileWriteReply, FileError> {
+    let raw = req.path.as_str();
+    let size = req.content.len() as u64;
+    if size > files.limits.max_write_bytes {
+        return Err(FileError::too_large(
+            raw,
+            "the content",
+            size,
+            files.limits.max_write_bytes,
+        ));
+    }
+    if let Some(mode) = req.mode
+        && mode > 0o7777
+    {
+        return Err(FileError::invalid(
+            raw,
+            format!("mode {mode:o} has bits beyond 7777"),
+        ));
+    }
+    let place = files
+        .roots
+        .place(raw, Final::Follow, Parents::create_if(req.create_dirs))?;
+    if req.append {
+        append(files, place, &req)
+    } else {
+        replace(&files.roots, place, &req)
+    }
+}
+
+fn replace(
+    roots: &Roots,
+    place: Place,
+    req: &pb::FileWrite,
+) -> Result<pb::FileWriteReply, FileError> {
+    let existing = place.lstat()?;
+    let keep = match &existing {
+        Some(st) if is_dir(st) => {
+            return Err(FileError::is_a_directory(&place.shown, ""));
+        }
+        Some(st) if is_regular(st) => Some(st),
+        // A symlink here dangles (a live one was followed): it is replaced by the file.
+        _ => None,
+    };
+    let mode = keep.map_or(req.mode.unwrap_or(DEFAULT_MODE), |st| st.st_mode & 0o7777);
+    let path = place.path();
+    let mut temp = Temp::create(roots, place)?;
+    temp.fill(&req.content)?;
+    temp.finish(mode, keep.map(|st| (st.st_uid, st.st_gid)))?;
+    temp.commit(true)?;
+    Ok(pb::FileWriteReply {
+        path: path.display().to_string(),
+        size: req.content.len() as u64,
+        sha256: hex::encode(Sha256::digest(&req.content)),
+        created: existing.is_none(),
+    })
+}
+
+fn append(
+    files: &Files,
+    place: Place,
+    req: &pb::FileWrite,
+) -> Result<pb::FileWriteReply, FileError> {
+    let shown = place.shown.clone();
+    let existing = place.lstat()?;
+    if existing.as_ref().is_some_and(is_dir) {
+        return Err(FileError::is_a_directory(&shown, ""));
+    }
+    let mode = req.mode.unwrap_or(DEFAULT_MODE);
+    let mut file = place.open(
+        &files.roots,
+        OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT,
+        Mode::from_bits_truncate(mode),
+    )?;
+    let meta = file
+        .metadata()
+        .map_err(|e| FileError::io(&shown, "reading the status", e))?;
+    if !meta.is_file() {
+        return Err(FileError::invalid(&shown, "is not a regular file"));
+    }
+    let created = existing.is_none();
+    if created {
+        // The umask does not decide the mode of a file the caller asked for.
+        nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode))
+            .map_err(|e| FileError::errno(&shown, "setting the mode", e))?;
+    }
+    file.write_all(&req.content)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| FileError::io(&shown, "appending", e))?;
+    if created {
+        sync_dir(place.dir.fd.as_fd(), &shown)?;
+    }
+    let size = file
+        .metadata()
+        .map_err(|e| FileError::io(&shown, "reading the status", e))?
+        .len();
+    // Hashing a huge log after every append would cost more than the append: only files up
+    // to the write limit get a sha256.
+    let sha256 = if size <= files.limits.max_write_bytes {
+        sha256_of(&file).map_err(|e| FileError::io(&shown, "reading back", e))?
+    } else {
+        String::new()
+    };
+    Ok(pb::FileWriteReply {
+        path: place.path().display().to_string(),
+        size,
+        sha256,
+        created,
+    })
+}
+
+/// Answers a `FileMove`: a rename, or on another file system copy, fsync, rename and unlink.
+pub fn rename(files: &Files, req: pb::FileMove) -> Result<pb::FileChangeReply, FileError> {
+    let roots = &files.roots;
+    let from = roots.place(&req.from, Final::Keep, Parents::Existing)?;
+    refuse_root(roots, &from)?;
+    let st = from
+        .lstat()?
+        .ok_or_else(|| FileError::not_found(&req.from))?;
+    let to = roots.place(&req.to, Final::Keep, Parents::create_if(req.create_dirs))?;
+    refuse_root(roots, &to)?;
+    let (from_path, to_path) = (from.path(), to.path());
+    if from_path == to_path {
+        return Ok(change(
+            &to_path,
+            "nothing to do: source and destination are the same",
+        ));
+    }
+    let renamed = if req.overwrite {
+        nix::fcntl::renameat(
+            &from.dir.fd,
+            from.name.as_os_str(),
+            &to.dir.fd,
+            to.name.as_os_str(),
+        )
+        .map_err(io::Error::from)
+    } else {
+        rename_noreplace(from.dir.fd.as_fd(), &from.name, to.dir.fd.as_fd(), &to.name)
+    };
+    match renamed {
+        Ok(()) => {
+            sync_dir(to.dir.fd.as_fd(), &to.shown)?;
+            sync_dir(from.dir.fd.as_fd(), &from.shown)?;
+            Ok(change(
+                &to_path,
+                &format!("moved {} to {}", from_path.display(), to_path.display()),
+            ))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            move_across(roots, from, &st, to, req.overwrite)?;
+            Ok(change(
+                &to_path,
+                &format!(
+                    "moved {} to {} (copied across file systems, then removed)",
+                    from_path.display(),
+                    to_path.display()
+                ),
+            ))
+        }
+        Err(e) => Err(rename_error(&req.from, &req.to, e)),
+    }
+}
+
+/// Answers a `FileDelete`: a file or symlink, or a directory with everything in it when
+/// `recursive`. A root, or a directory holding one, is never deleted.
+pub fn delete(files: &Files, req: pb::FileDelete) -> Result<pb::FileChangeReply, FileError> {
+    let place = files
+        .roots
+        .place(&req.path, Final::Keep, Parents::Existing)?;
+    refuse_root(&files.roots, &place)?;
+    let st = place
+        .lstat()?
+        .ok_or_else(|| FileError::not_found(&req.path))?;
+    let path = place.path();
+    let detail = if is_dir(&st) {
+        if !req.recursive {
+            return Err(FileError::is_a_directory(
+                &req.path,
+                "; pass recursive to delete it and everything in it",
+            ));
+        }
+        let removed = remove_tree(place.dir.fd.as_fd(), &place.name, &path, 0)?;
+        format!(
+            "deleted directory {} and the {} entries in it",
+            path.display(),
+            removed - 1
+        )
+    } else {
+        nix::unistd::unlinkat(
+            &place.dir.fd,
+            place.name.as_os_str(),
+            UnlinkatFlags::NoRemoveDir,
+        )
+        .map_err(|e| FileError::errno(&req.path, "deleting", e))?;
+        format!("deleted {} {}", kind_of_mode(st.st_mode), path.display())
+    };
+    sync_dir(place.dir.fd.as_fd(), &req.path)?;
+    Ok(change(&path, &detail))
+}
+
+/// A temp file next to its destination (`.<name>.execmesh-<random>.tmp`), removed on drop
+/// unless it was committed.
+#[derive(Debug)]
+pub struct Temp {
+    /// The destination.
+    pub place: Place,
+    name: OsString,
+    pub file: File,
+    committed: bool,
+}
+
+impl Temp {
+    /// Creates the temp file (mode 0600 until [`Temp::finish`]) in the destination's directory.
+    pub fn create(roots: &Roots, place: Place) -> Result<Temp, FileError> {
+        let mut name = b".".to_vec();
+        let base = place.name.as_bytes();
+        name.extend_from_slice(&base[..base.len().min(TEMP_NAME_BYTES)]);
+        name.extend_from_slice(format!(".execmesh-{:016x}.tmp", rand::random::<u64>()).as_bytes());
+        let name = OsString::from_vec(name);
+        let fd = nix::fcntl::openat(
+            &place.dir.fd,
+            name.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| FileError::errno(&place.shown, "creating a temp file", e))?;
+        let temp = Temp {
+            file: File::from(fd),
+            name,
+            place,
+            committed: false,
+        };
+        roots.verify(temp.file.as_fd(), &temp.place.shown)?;
+        Ok(temp)
+    }
+
+    /// Appends `data`.
+    pub fn fill(&mut self, data: &[u8]) -> Result<(), FileError> {
+        self.file
+            .write_all(data)
+            .map_err(|e| FileError::io(&self.place.shown, "writing", e))
+    }
+
+    /// Sets the final mode and (when the agent may) owner, and fsyncs the data.
+    pub fn finish(&mut self, mode: u32, owner: Option<(u32, u32)>) -> Result<(), FileError> {
+        let shown = &self.place.shown;
+        if let Some((uid, gid)) = owner {
+            // Keeping another user's ownership needs privileges; without them the file
+            // belongs to the agent's user, as any file it creates.
+            match nix::unistd::fchown(
+                &self.file,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+            ) {
+                Ok(()) | Err(Errno::EPERM) => {}
+                Err(e) => return Err(FileError::errno(shown, "setting the owner", e)),
+            }
+        }
+        // After chown, which may clear set-id bits.
+        nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(mode))
+            .map_err(|e| FileError::errno(shown, "setting the mode", e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| FileError::io(shown, "syncing", e))
+    }
+
+    /// Renames the temp file over the destination (refusing an existing one unless
+    /// `overwrite`) and fsyncs the directory.
+    pub fn commit(mut self, overwrite: bool) -> Result<(), FileError> {
+        let dir = self.place.dir.fd.as_fd();
+        let renamed = if overwrite {
+            nix::fcntl::renameat(dir, self.name.as_os_str(), dir, self.place.name.as_os_str())
+                .map_err(io::Error::from)
+        } else {
+            rename_noreplace(dir, &self.name, dir, &self.place.name)
+        };
+        renamed.map_err(|e| FileError::io(&self.place.shown, "renaming into place", e))?;
+        self.committed = true;
+        sync_dir(dir, &self.place.shown)
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = nix::unistd::unlinkat(
+                &self.place.dir.fd,
+                self.name.as_os_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+/// Moves a regular file to another file system: copy to a temp file beside the destination,
+/// fsync, rename into place, then remove the source.
+fn move_across(
+    roots: &Roots,
+    from: Place,
+    st: &FileStat,
+    to: Place,
+    overwrite: bool,
+) -> Result<(), FileError> {
+    if !is_regular(st) {
+        return Err(FileError::invalid(
+            &from.shown,
+            format!(
+                "is a {} on another file system than {}; only regular files are moved across file systems",
+                kind_of_mode(st.st_mode),
+                to.shown
+            ),
+        ));
+    }
+    if !overwrite && to.lstat()?.is_some() {
+        return Err(FileError::already_exists(&to.shown));
+    }
+    let mut source = from.open(roots, OFlag::O_RDONLY, Mode::empty())?;
+    let mut temp = Temp::create(roots, to)?;
+    io::copy(&mut source, &mut temp.file).map_err(|e| FileError::io(&from.shown, "copying", e))?;
+    temp.finish(st.st_mode & 0o7777, Some((st.st_uid, st.st_gid)))?;
+    temp.commit(overwrite)?;
+    nix::unistd::unlinkat(
+        &from.dir.fd,
+        from.name.as_os_str(),
+        UnlinkatFlags::NoRemoveDir,
+    )
+    .map_err(|e| FileError::errno(&from.shown, "removing the source after copying", e))?;
+    sync_dir(from.dir.fd.as_fd(), &from.shown)
+}
+
+/// Deletes the directory `name` in `parent` and everything in it, through descriptors opened
+/// with `O_NOFOLLOW` (a symlink inside is removed, never followed). Returns the entries removed,
+/// the directory included.
+fn remove_tree(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    shown: &Path,
+    depth: usize,
+) -> Result<u64, FileError> {
+    if depth > MAX_TREE_DEPTH {
+        return Err(FileError::invalid(
+            shown,
+            format!("is more than {MAX_TREE_DEPTH} directories deep; not deleted"),
+        ));
+    }
+    let mut dir = nix::dir::Dir::openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FileError::errno(shown, "opening", e))?;
+    let entries: Vec<(OsString, Option<nix::dir::Type>)> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .map(|e| {
+            (
+                OsString::from_vec(e.file_name().to_bytes().to_vec()),
+                e.file_type(),
+            )
+        })
+        .collect();
+    let fd = dir.as_fd();
+    let mut removed = 0;
+    for (entry, kind) in entries {
+        let path = shown.join(&entry);
+        let is_dir = match kind {
+            Some(kind) => kind == nix::dir::Type::Directory,
+            None => nix::sys::stat::fstatat(
+                fd,
+                entry.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok_and(|st| is_dir(&st)),
+        };
+        if is_dir {
+            removed += remove_tree(fd, &entry, &path, depth + 1)?;
+        } else {
+            match nix::unistd::unlinkat(fd, entry.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => removed += 1,
+                Err(e) => return Err(FileError::errno(&path, "deleting", e)),
+            }
+        }
+    }
+    drop(dir);
+    nix::unistd::unlinkat(parent, name, UnlinkatFlags::RemoveDir)
+        .map_err(|e| FileError::errno(shown, "deleting", e))?;
+    Ok(removed + 1)
+}
+
+/// `renameat2(…, RENAME_NOREPLACE)`: fails with `EEXIST` instead of replacing.
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> io::Result<()> {
+    let from = CString::new(from.as_bytes())?;
+    let to = CString::new(to.as_bytes())?;
+    // SAFETY: both names are NUL-terminated strings that outlive the call, and both
+    // descriptors are open for its duration.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// fsync of a directory, so a rename or a new entry survives a crash.
+pub fn sync_dir(fd: BorrowedFd<'_>, shown: &str) -> Result<(), FileError> {
+    nix::unistd::fsync(fd).map_err(|e| FileError::errno(shown, "syncing the directory", e))
+}
+
+/// The sha256 (hex) of a whole open file.
+pub fn sha256_of(file: &File) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut offset = 0u64;
+    loop {
+        let chunk = read_at(file, offset, 256 * 1024)?;
+        if chunk.is_empty() {
+            break;
+        }
+        offset += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Refuses to move or delete a root or a directory holding one.
+fn refuse_root(roots: &Roots, place: &Place) -> Result<(), FileError> {
+    if roots.holds_root(&place.path()) {
+        return Err(FileError::invalid(
+            &place.shown,
+            "is an allowed root (or holds one); it is never moved, replaced or deleted",
+        ));
+    }
+    Ok(())
+}
+
+fn rename_error(from: &str, to: &str, e: io::Error) -> FileError {
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => FileError::already_exists(to),
+        Some(libc::ENOTEMPTY) => FileError::NotEmpty { path: to.into() },
+        Some(libc::EISDIR) => FileError::is_a_directory(to, ""),
+        Some(libc::ENOTDIR) => FileError::not_a_directory(to),
+        Some(libc::EINVAL) => FileError::invalid(
+            from,
+            format!("cannot be moved to {to} (into itself, or the file system refuses)"),
+        ),
+        _ => FileError::io(from, "moving", e),
+    }
+}
+
+fn change(path: &Path, detail: &str) -> pb::FileChangeReply {
+    pb::FileChangeReply {
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_regular(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+/// Reads a whole file (tests only).
+#[cfg(test)]
+fn contents(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    File::open(path).unwrap().read_to_end(&mut v).unwrap();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{Fixture, limits};
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn write_req(path: String, content: &[u8]) -> pb::FileWrite {
+        pb::FileWrite {
+            path,
+            content: content.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn leftovers(fx: &Fixture, dir: &str) -> Vec<String> {
+        std::fs::read_dir(fx.abs(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".execmesh-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_write_creates_a_file_with_its_mode_and_returns_size_and_sha256() {
+        let fx = Fixture::new();
+        let mut req = write_req(fx.path("new.txt"), b"hello\n");
+        req.mode = Some(0o600);
+        let reply = write(&fx.files, req).unwrap();
+        assert!(reply.created);
+        assert_eq!(reply.size, 6);
+        assert_eq!(
+            reply.sha256,
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
+        assert_eq!(contents(&fx.abs("new.txt")), b"hello\n");
+        assert_eq!(mode_of(&fx.abs("new.txt")), 0o600);
+        let reply = write(&fx.files, write_req(fx.path("default.txt"), b"")).unwrap();
+        assert_eq!(mode_of(&fx.abs("default.txt")), DEFAULT_MODE);
+        assert_eq!(reply.size, 0);
+        assert!(leftovers(&fx, "").is_empty());
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_mode_of_the_file_it_replaces() {
+        let fx = Fixture::new();
+        let path = fx.write("script.sh", "old");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let mut req = write_req(fx.path("script.sh"), b"#!/bin/sh\necho new\n");
+        req.mode = Some(0o600); // only for new files
+        let reply = write(&fx.files, req).unwrap();
+        assert!(!reply.created);
+        assert_eq!(mode_of(&path), 0o751);
+        assert_eq!(contents(&path), b"#!/bin/sh\necho new\n");
+    }
+
+    #[test]
+    fn a_write_through_a_symlink_inside_the_roots_lands_in_its_target() {
+        let fx = Fixture::new();
+        fx.write("real.conf", "v1");
+        symlink(fx.abs("real.conf"), fx.abs("current.conf")).unwrap();
+        write(&fx.files, write_req(fx.path("current.conf"), b"v2")).unwrap();
+        assert_eq!(contents(&fx.abs("real.conf")), b"v2");
+        assert!(
+            fx.abs("current.conf")
+                .symlink_metadata()
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A symlink out of the roots is refused.
+        symlink("/etc/hostname", fx.abs("host")).unwrap();
+        let err = write(&fx.files, write_req(fx.path("host"), b"x")).unwrap_err();
+        assert!(matches!(err, FileError::OutsideRoots { .. }), "{err}");
+    }
+
+    #[test]
+    fn writes_refuse_directories_oversize_content_and_missing_parents() {
+        let fx = Fixture::with_limits(super::super::Limits {
+            max_write_bytes: 10,
+            ..limits()
+        });
+        std::fs::create_dir(fx.abs("dir")).unwrap();
+        let err = write(&fx.files, write_req(fx.path("dir"), b"x")).unwrap_err();
+        assert!(matches!(err, FileError::IsADirectory { .. }), "{err}");
+        let err = write(&fx.files, write_req(fx.path("big"), &[b'x'; 11])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::TooLarge {
+                    size: 11,
+                    limit: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = write(&fx.files, write_req(fx.path("a/b/c"), b"x")).unwrap_err();
+        assert!(matches!(err, FileError::NotFound { .. }), "{err}");
+        let mut req = write_req(fx.path("a/b/c"), b"x");
+        req.create_dirs = true;
+        write(&fx.files, req).unwrap();
+        assert_eq!(contents(&fx.abs("a/b/c")), b"x");
+    }
+
+    #[test]
+    fn append_creates_then_extends_and_hashes_the_whole_file() {
+        let fx = Fixture::new();
+        let mut req = write_req(fx.path("log"), b"one\n");
+        req.append = true;
+        let first = write(&fx.files, req.clone()).unwrap();
+        assert!(first.created);
+        assert_eq!(mode_of(&fx.abs("log")), DEFAULT_MODE);
+        req.content = b"two\n".to_vec();
+        let second = write(&fx.files, req).unwrap();
+        assert!(!second.created);
+        assert_eq!(second.size, 8);
+        assert_eq!(second.sha256, hex::encode(Sha256::digest(b"one\ntwo\n")));
+        assert_eq!(contents(&fx.abs("log")), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn readers_never_see_a_half_written_file() {
+        let fx = Fixture::new();
+        let a = vec![b'a'; 4 * 1024 * 1024];
+        let b = vec![b'b'; 4 * 1024 * 1024];
+        fx.write("big", &a);
+        let path = fx.abs("big");
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (stop, path) = (Arc::clone(&stop), path.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let data = contents(&path);
+                    assert_eq!(data.len(), 4 * 1024 * 1024, "a reader saw a partial file");
+                    assert!(
+                        data.iter().all(|&c| c == data[0]),
+                        "a reader saw a mix of two versions"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        for i in 0..30 {
+            let content = if i % 2 == 0 { &b } else { &a };
+            write(&fx.files, write_req(fx.path("big"), content)).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let reads = reader.join().expect("reader saw only whole versions");
+        assert!(reads > 0);
+        assert!(leftovers(&fx, "").is_empty());
+    }
+
+    #[test]
+    fn move_renames_and_refuses_to_overwrite_unless_asked() {
+        let fx = Fixture::new();
+        fx.write("a", "A");
+        fx.write("b", "B");
+        let mv = |from: &str, to: &str, overwrite: bool| {
+            rename(
+                &fx.files,
+                pb::FileMove {
+                    from: fx.path(from),
+                    to: fx.path(to),
+                    overwrite,
+                    create_dirs: true,
+                },
+            )
+        };
+        let err = mv("a", "b", false).unwrap_err();
+        assert!(matches!(err, FileError::AlreadyExists { .. }), "{err}");
+        assert_eq!(contents(&fx.abs("b")), b"B");
+        mv("a", "b", true).unwrap();
+        assert_eq!(contents(&fx.abs("b")), b"A");
+        assert!(!fx.exists("a"));
+        let reply = mv("b", "sub/dir/c", false).unwrap();
+        assert!(reply.path.ends_with("sub/dir/c"));
+        assert!(reply.detail.contains("moved"));
+        assert!(matches!(
+            mv("nope", "x", false),
+            Err(FileError::NotFound { .. })
+        ));
+        let err = rename(
+            &fx.files,
+            pb::FileMove {
+                from: fx.path("sub/dir/c"),
+                to: "/etc/c".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, FileError::OutsideRoots { .. }), "{err}");
+        let err = rename(
+            &fx.files,
+            pb::FileMove {
+                from: fx.path(""),
+                to: fx.path("x"),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+    }
+
+    #[test]
+    fn move_across_file_systems_copies_and_removes_the_source() {
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm; skipping");
+            return;
+        };
+        let fx = Fixture::new();
+        let shm_root = std::fs::canonicalize(shm.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata(&shm_root).unwrap().dev() == std::fs::metadata(&fx.root).unwrap().dev()
+        {
+            eprintln!("/dev/shm is on the same file system; skipping");
+            return;
+        }
+        let files = Files::with(Roots::new(&[fx.root.clone(), shm_root.clone()]), limits());
+        let path = fx.write("moved.bin", "payload");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let reply = rename(
+            &files,
+            pb::FileMove {
+                from: fx.path("moved.bin"),
+                to: shm_root.join("moved.bin").display().to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            reply.detail.contains("across file systems"),
+            "{}",
+            reply.detail
+        );
+        assert!(!path.exists());
+        assert_eq!(contents(&shm_root.join("moved.bin")), b"payload");
+        assert_eq!(mode_of(&shm_root.join("moved.bin")), 0o640);
+    }
+
+    #[test]
+    fn delete_files_links_and_directories_only_when_recursive() {
+        let fx = Fixture::new();
+        fx.write("f", "x");
+        fx.write("d/sub/deep/file", "x");
+        fx.write("d/other", "x");
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "k").unwrap();
+        symlink(outside.path(), fx.abs("d/sub/link-out")).unwrap();
+        let del = |rel: &str, recursive: bool| {
+            delete(
+                &fx.files,
+                pb::FileDelete {
+                    path: fx.path(rel),
+                    recursive,
+                },
+            )
+        };
+        del("f", false).unwrap();
+        assert!(!fx.exists("f"));
+        let err = del("d", false).unwrap_err();
+        assert!(matches!(err, FileError::IsADirectory { .. }), "{err}");
+        assert!(err.to_string().contains("recursive"), "{err}");
+        let reply = del("d", true).unwrap();
+        assert!(!fx.exists("d"));
+        assert!(reply.detail.contains("5 entries"), "{}", reply.detail);
+        // The symlink was removed, not followed.
+        assert!(outside.path().join("keep").exists());
+        assert!(matches!(del("d", true), Err(FileError::NotFound { .. })));
+        let err = del("", true).unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        assert!(fx.root.exists());
+    }
+}

@@ -1,0 +1,544 @@
+//! The file tool of a node-agent against a real nats-server: every operation over request/reply, refusals naming the host, paging, payload limits.
+//!
+//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/nats/bin` (where
+//! `tests/run.sh` installs it) or `PATH`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use execmesh_node_agent::{Config, Ready};
+use execmesh_proto::pb::{self, ErrorCode, file_reply, file_request::Op};
+use execmesh_proto::{Token, subject};
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+// === harness ===
+
+/// A nats-server with JetStream in a temp store, killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return p.into();
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats/bin/nats-server");
+    if local.is_file() {
+        return local;
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("nats-server"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found ({} or PATH); run tests/run.sh, which installs it",
+                local.display()
+            )
+        })
+}
+
+impl Nats {
+    async fn start() -> Result<Nats> {
+        let store = tempfile::tempdir()?;
+        let ports = tempfile::tempdir()?;
+        let child = Command::new(server_binary())
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(store.path().join("js"))
+            .arg("--ports_file_dir")
+            .arg(ports.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let file = ports
+            .path()
+            .join(format!("nats-server_{}.ports", child.id()));
+        let mut nats = Nats {
+            child,
+            port: 0,
+            _store: store,
+        };
+        for _ in 0..400 {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let url = v["nats"][0].as_str().context("ports file")?;
+                nats.port = url.rsplit(':').next().context("port")?.parse()?;
+                return Ok(nats);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        bail!("nats-server wrote no ports file")
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in this process whose only file root is a fresh temp dir.
+struct Agent {
+    host: Token,
+    root: PathBuf,
+    _root_dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), execmesh_node_agent::AgentError>>,
+    client: async_nats::Client,
+}
+
+impl Agent {
+    async fn start(nats: &Nats, host: &str) -> Agent {
+        let root_dir = tempfile::tempdir().expect("temp dir");
+        let root = std::fs::canonicalize(root_dir.path()).expect("canonical root");
+        let config = Config {
+            heartbeat_interval_ms: 500,
+            shutdown_grace_ms: 500,
+            file_roots: vec![root.clone()],
+            ..Config::new(&nats.url(), host).expect("config")
+        };
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = oneshot::channel::<Ready>();
+        let task = tokio::spawn(execmesh_node_agent::run_with_ready(
+            config,
+            shutdown.clone(),
+            Some(tx),
+        ));
+        timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("agent ready in time")
+            .expect("agent reports ready");
+        Agent {
+            host: Token::parse("host id", host).expect("token"),
+            root,
+            _root_dir: root_dir,
+            shutdown,
+            task,
+            client: async_nats::connect(nats.url()).await.expect("client"),
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("agent stops in time")
+            .expect("agent task")
+            .expect("agent run");
+    }
+
+    /// `root/rel` as a request path.
+    fn path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    /// Sends one file operation as `user` (on `user`'s subject) and returns the reply.
+    async fn call_as(&self, user: &str, subject_user: &str, op: Op) -> pb::ExecReply {
+        let req = pb::ExecRequest {
+            tenant: "default".into(),
+            host: self.host.to_string(),
+            job_id: format!("file-{:08x}", rand::random::<u32>()),
+            user: user.into(),
+            expires_at_ms: execmesh_proto::now_ms() + 30_000,
+            trace_id: String::new(),
+            body: Some(pb::exec_request::Body::File(pb::FileRequest {
+                op: Some(op),
+            })),
+        };
+        self.send(subject_user, req).await
+    }
+
+    async fn send(&self, subject_user: &str, req: pb::ExecRequest) -> pb::ExecReply {
+        let tenant = Token::parse("tenant", "default").expect("token");
+        let user = Token::parse("user", subject_user).expect("token");
+        let msg = timeout(
+            Duration::from_secs(30),
+            self.client.request(
+                subject::exec(&tenant, &self.host, &user),
+                req.encode_to_vec().into(),
+            ),
+        )
+        .await
+        .expect("reply in time")
+        .expect("request");
+        pb::ExecReply::decode(msg.payload.as_ref()).expect("ExecReply")
+    }
+
+    async fn ok(&self, op: Op) -> file_reply::Result {
+        match self.call_as("alice", "alice", op).await.body {
+            Some(pb::exec_reply::Body::File(pb::FileReply {
+                result: Some(result),
+            })) => result,
+            other => panic!("expected a file reply, got {other:?}"),
+        }
+    }
+
+    async fn refused(&self, op: Op) -> pb::ExecError {
+        match self.call_as("alice", "alice", op).await.body {
+            Some(pb::exec_reply::Body::Error(e)) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+fn code(e: &pb::ExecError) -> ErrorCode {
+    ErrorCode::try_from(e.code).expect("known code")
+}
+
+macro_rules! expect {
+    ($value:expr, $variant:path) => {
+        match $value {
+            $variant(inner) => inner,
+            other => panic!("expected {}, got {other:?}", stringify!($variant)),
+        }
+    };
+}
+
+fn read_op(path: String, offset: u64, line: u64, max_lines: u32) -> Op {
+    Op::Read(pb::FileRead {
+        path,
+        offset,
+        line,
+        max_lines,
+        max_bytes: 1024 * 1024,
+        ..Default::default()
+    })
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_operation_answers_over_nats() {
+    let nats = Nats::start().await.expect("nats");
+    let agent = Agent::start(&nats, "files-1").await;
+
+    let w = agent
+        .ok(Op::Write(pb::FileWrite {
+            path: agent.path("etc/app.conf"),
+            content: b"a=1\n".to_vec(),
+            create_dirs: true,
+            mode: Some(0o640),
+            ..Default::default()
+        }))
+        .await;
+    let w = expect!(w, file_reply::Result::Write);
+    assert!(w.created);
+    assert_eq!(w.sha256, hex::encode(Sha256::digest(b"a=1\n")));
+
+    let a = agent
+        .ok(Op::Write(pb::FileWrite {
+            path: agent.path("etc/app.conf"),
+            content: b"b=2\n".to_vec(),
+            append: true,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(expect!(a, file_reply::Result::Write).size, 8);
+
+    let r = agent.ok(read_op(agent.path("etc/app.conf"), 0, 0, 0)).await;
+    let r = expect!(r, file_reply::Result::Read);
+    assert_eq!((r.text.as_str(), r.lines, r.eof), ("a=1\nb=2\n", 2, true));
+
+    let s = agent
+        .ok(Op::Stat(pb::FileStat {
+            path: agent.path("etc/app.conf"),
+        }))
+        .await;
+    let s = expect!(s, file_reply::Result::Stat);
+    assert_eq!((s.kind.as_str(), s.size, s.mode), ("file", 8, 0o640));
+
+    for i in 0..3 {
+        std::fs::write(
+            agent.root.join(format!("etc/n{i}.log")),
+            format!("ok\nERROR {i}\n"),
+        )
+        .expect("write");
+    }
+    let l = agent
+        .ok(Op::List(pb::FileList {
+            path: agent.path(""),
+            recursive: true,
+            ..Default::default()
+        }))
+        .await;
+    let l = expect!(l, file_reply::Result::List);
+    let names: Vec<_> = l.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "etc",
+            "etc/app.conf",
+            "etc/n0.log",
+            "etc/n1.log",
+            "etc/n2.log"
+        ]
+    );
+
+    let g = agent
+        .ok(Op::Grep(pb::FileGrep {
+            path: agent.path(""),
+            pattern: "error [12]".into(),
+            ignore_case: true,
+            context: 1,
+            globs: vec!["*.log".into()],
+            ..Default::default()
+        }))
+        .await;
+    let g = expect!(g, file_reply::Result::Grep);
+    assert_eq!(g.matches.len(), 2);
+    assert!(g.matches[0].path.ends_with("etc/n1.log"));
+    assert_eq!(
+        (g.matches[0].line, g.matches[0].before.clone()),
+        (2, vec!["ok".to_string()])
+    );
+    assert_eq!(g.files_searched, 3);
+
+    let m = agent
+        .ok(Op::Move(pb::FileMove {
+            from: agent.path("etc/app.conf"),
+            to: agent.path("moved/app.conf"),
+            create_dirs: true,
+            ..Default::default()
+        }))
+        .await;
+    assert!(
+        expect!(m, file_reply::Result::Change)
+            .detail
+            .contains("moved")
+    );
+    assert!(agent.root.join("moved/app.conf").is_file());
+
+    let e = agent
+        .refused(Op::Delete(pb::FileDelete {
+            path: agent.path("etc"),
+            recursive: false,
+        }))
+        .await;
+    assert_eq!(code(&e), ErrorCode::IsADirectory);
+    assert!(
+        e.message.contains("recursive") && e.message.contains("files-1"),
+        "{}",
+        e.message
+    );
+    agent
+        .ok(Op::Delete(pb::FileDelete {
+            path: agent.path("etc"),
+            recursive: true,
+        }))
+        .await;
+    assert!(!agent.root.join("etc").exists());
+
+    // A copy: chunk reads from the source, chunk writes to the destination, checked by sha256.
+    let data: Vec<u8> = (0..1_200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(agent.root.join("src.bin"), &data).expect("write");
+    let sha = hex::encode(Sha256::digest(&data));
+    let mut offset = 0u64;
+    loop {
+        let c = agent
+            .ok(Op::ChunkRead(pb::FileChunkRead {
+                path: agent.path("src.bin"),
+                offset,
+                len: 512 * 1024,
+            }))
+            .await;
+        let c = expect!(c, file_reply::Result::ChunkRead);
+        let w = agent
+            .ok(Op::ChunkWrite(pb::FileChunkWrite {
+                path: agent.path("copy/dst.bin"),
+                transfer_id: "copy-1".into(),
+                offset,
+                data: c.data.clone(),
+                finish: c.eof,
+                sha256: if c.eof { sha.clone() } else { String::new() },
+                create_dirs: true,
+                overwrite: false,
+            }))
+            .await;
+        let w = expect!(w, file_reply::Result::ChunkWrite);
+        offset += c.data.len() as u64;
+        assert_eq!(w.received, offset);
+        if c.eof {
+            assert!(w.committed);
+            assert_eq!(w.sha256, sha);
+            break;
+        }
+    }
+    assert_eq!(
+        std::fs::read(agent.root.join("copy/dst.bin")).expect("read"),
+        data
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_carry_their_code_and_name_the_host_and_path() {
+    let nats = Nats::start().await.expect("nats");
+    let agent = Agent::start(&nats, "files-2").await;
+    std::os::unix::fs::symlink("/etc", agent.root.join("etc-link")).expect("symlink");
+    let sibling = format!("{}2/x", agent.root.display());
+    for path in [
+        "/etc/passwd".to_string(),
+        format!("{}/../../etc/passwd", agent.root.display()),
+        agent.path("etc-link/passwd"),
+        sibling,
+    ] {
+        let e = agent.refused(read_op(path.clone(), 0, 0, 0)).await;
+        assert_eq!(code(&e), ErrorCode::OutsideRoots, "{}", e.message);
+        assert!(
+            e.message.contains("files-2") && e.message.contains(&path),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains(&agent.root.display().to_string()),
+            "lists the roots: {}",
+            e.message
+        );
+    }
+    let e = agent.refused(read_op("relative".into(), 0, 0, 0)).await;
+    assert_eq!(code(&e), ErrorCode::Invalid);
+    let e = agent.refused(read_op(agent.path("missing"), 0, 0, 0)).await;
+    assert_eq!(code(&e), ErrorCode::NotFound);
+
+    std::fs::write(agent.root.join("blob"), b"\x00\x01\x02").expect("write");
+    let e = agent.refused(read_op(agent.path("blob"), 0, 0, 0)).await;
+    assert_eq!(code(&e), ErrorCode::Binary);
+
+    // The user must match the subject, and an expired request is refused, as for commands.
+    let reply = agent
+        .call_as("mallory", "alice", read_op(agent.path("blob"), 0, 0, 0))
+        .await;
+    let e = expect!(reply.body, Some);
+    let e = expect!(e, pb::exec_reply::Body::Error);
+    assert_eq!(code(&e), ErrorCode::Invalid);
+    let mut req = pb::ExecRequest {
+        tenant: "default".into(),
+        host: "files-2".into(),
+        job_id: "file-old".into(),
+        user: "alice".into(),
+        expires_at_ms: execmesh_proto::now_ms() - 1_000,
+        trace_id: String::new(),
+        body: Some(pb::exec_request::Body::File(pb::FileRequest {
+            op: Some(read_op(agent.path("blob"), 0, 0, 0)),
+        })),
+    };
+    let e = expect!(agent.send("alice", req.clone()).await.body, Some);
+    assert_eq!(
+        code(&expect!(e, pb::exec_reply::Body::Error)),
+        ErrorCode::Expired
+    );
+    req.expires_at_ms = execmesh_proto::now_ms() + 10_000;
+    req.body = Some(pb::exec_request::Body::File(pb::FileRequest { op: None }));
+    let e = expect!(agent.send("alice", req).await.body, Some);
+    assert_eq!(
+        code(&expect!(e, pb::exec_reply::Body::Error)),
+        ErrorCode::Invalid
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_line_file_pages_to_the_end_at_a_flat_cost() {
+    let nats = Nats::start().await.expect("nats");
+    let agent = Agent::start(&nats, "files-3").await;
+    {
+        let file = std::fs::File::create(agent.root.join("big.log")).expect("create");
+        let mut w = std::io::BufWriter::new(file);
+        for i in 0..1_000_000u32 {
+            writeln!(w, "{i}").expect("write");
+        }
+    }
+    let (mut offset, mut line) = (0, 0);
+    let mut expected = 0u32;
+    let mut times = Vec::new();
+    loop {
+        let started = Instant::now();
+        let r = agent
+            .ok(read_op(agent.path("big.log"), offset, line, 2000))
+            .await;
+        times.push(started.elapsed());
+        let r = expect!(r, file_reply::Result::Read);
+        assert_eq!(r.first_line, line);
+        for text in r.text.lines() {
+            assert_eq!(text, expected.to_string());
+            expected += 1;
+        }
+        (offset, line) = (r.next_offset, r.next_line);
+        if r.eof {
+            break;
+        }
+    }
+    assert_eq!((expected, line), (1_000_000, 1_000_000));
+    assert_eq!(times.len(), 500);
+    // A page near the end costs what one near the start costs (generous bound for noisy CI).
+    let median = |ts: &[Duration]| {
+        let mut ts = ts.to_vec();
+        ts.sort();
+        ts[ts.len() / 2]
+    };
+    let (first, last) = (median(&times[..50]), median(&times[times.len() - 50..]));
+    assert!(
+        last <= first * 4 + Duration::from_millis(20),
+        "first pages {first:?}, last pages {last:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_stay_under_the_max_payload() {
+    let nats = Nats::start().await.expect("nats");
+    let agent = Agent::start(&nats, "files-4").await;
+    let max_payload = agent.client.server_info().max_payload;
+    let big = vec![b'x'; 3 * 1024 * 1024];
+    std::fs::write(agent.root.join("big.bin"), &big).expect("write");
+    let r = agent
+        .ok(Op::Read(pb::FileRead {
+            path: agent.path("big.bin"),
+            raw: true,
+            max_bytes: u32::MAX,
+            ..Default::default()
+        }))
+        .await;
+    let r = expect!(r, file_reply::Result::Read);
+    assert!(
+        !r.data.is_empty() && r.data.len() < max_payload,
+        "{}",
+        r.data.len()
+    );
+    assert_eq!(r.next_offset, r.data.len() as u64);
+    assert!(!r.eof);
+
+    // Many long matching lines: the search stops (truncated) before the reply gets too big.
+    let line = format!("match {}\n", "y".repeat(3000));
+    std::fs::write(agent.root.join("many.log"), line.repeat(2000)).expect("write");
+    let g = agent
+        .ok(Op::Grep(pb::FileGrep {
+            path: agent.path("many.log"),
+            pattern: "match".into(),
+            max_matches: 100_000,
+            max_line_bytes: 100_000,
+            ..Default::default()
+        }))
+        .await;
+    let g = expect!(g, file_reply::Result::Grep);
+    assert!(g.truncated);
+    assert!(!g.matches.is_empty() && g.matches.len() < 2000);
+    agent.stop().await;
+}
