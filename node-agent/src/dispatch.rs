@@ -135,9 +135,7 @@ fn spawn_exec(node: &Arc<Node>, msg: Message) {
     node.handlers.spawn(async move {
         let reply_to = msg.reply.clone();
         let reply = exec(&node2, msg).await;
-        crate::tmark!("y-reply");
         send_reply(&node2, reply_to, reply.encode_to_vec()).await;
-        crate::tmark!("z-sent");
     });
 }
 
@@ -186,7 +184,6 @@ fn run_reply(status: pb::JobStatus, inline_output: Option<Vec<u8>>) -> pb::ExecR
 
 /// Answers one ExecRequest.
 async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
-    crate::tmark!("a-recv");
     let host = node.host();
     let req = match pb::ExecRequest::decode(msg.payload.as_ref()) {
         Ok(req) => req,
@@ -291,7 +288,6 @@ async fn run(node: &Arc<Node>, spec: request::RunSpec) -> pb::ExecReply {
         Ok(started) => started,
         Err(refusal) => return refused(refusal),
     };
-    crate::tmark!("g-started");
     let Ok(running) = (&mut started.running).await else {
         return exec_error(&Refusal::new(
             ErrorCode::Internal,

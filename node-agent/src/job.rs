@@ -93,9 +93,7 @@ pub async fn start(
     };
     // A warm shell's pid is known before the job starts, so the first status carries it and
     // no second write is needed to record it.
-    crate::tmark!("b-take");
     let warm = node.warm.take(&spawn_spec);
-    crate::tmark!("c-taken");
     status.pid = warm.as_ref().map_or(0, |(shell, _)| shell.pid());
     let mut record = match StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status).await {
         Ok(record) => record,
@@ -113,7 +111,6 @@ pub async fn start(
         }
     };
 
-    crate::tmark!("d-created");
     let sink = Sink {
         js: node.js.clone(),
         subject: node.out_subject(&job),
@@ -128,7 +125,6 @@ pub async fn start(
         },
         None => (process::spawn(&spawn_spec), false),
     };
-    crate::tmark!("e-spawned");
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -282,12 +278,9 @@ impl JobTask {
             let _ = running_tx.send(running);
         };
         let supervise = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output);
-        crate::tmark!("h-task");
         let ((), end) = tokio::join!(announce, supervise);
-        crate::tmark!("i-supervised");
 
         let report = output.finish().await;
-        crate::tmark!("j-outputdone");
         let status = final_status(status, &spec, &node, &end, &report);
         info!(
             state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
@@ -311,7 +304,6 @@ impl JobTask {
             output::publish_exit(&sink, &status),
             record.update(&status, &node.hard_stop)
         );
-        crate::tmark!("k-stored");
         if exit.is_err() {
             warn!("exit record abandoned at shutdown");
         }
@@ -395,7 +387,6 @@ async fn supervise(
     let mut exit = None;
     let stop = tokio::select! {
         status = child.wait() => {
-            crate::tmark!("h2-reaped");
             exit = reaped(status);
             None
         }

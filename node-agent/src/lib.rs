@@ -27,23 +27,6 @@ mod retry;
 mod status;
 pub mod telemetry;
 mod warm;
-#[doc(hidden)]
-pub static TMARK0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-#[macro_export]
-macro_rules! tmark {
-    ($n:expr) => {
-        if std::env::var_os("TMARK").is_some() {
-            eprintln!(
-                "TMARK {} {}",
-                $n,
-                $crate::TMARK0
-                    .get_or_init(std::time::Instant::now)
-                    .elapsed()
-                    .as_micros()
-            );
-        }
-    };
-}
 
 use std::sync::Arc;
 use std::time::Duration;

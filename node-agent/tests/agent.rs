@@ -831,3 +831,346 @@ async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stop
         "presence removed at once on a graceful stop"
     );
 }
+
+// === warm shells ===
+
+/// Pids of the warm shells (idle or running a job) started by the agent run `instance`.
+fn warm_shells_of(instance: &str) -> Vec<u32> {
+    let needle = format!("EXECMESH_WARM={instance}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|v| v == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a warm shell (its command line is the boot script that closes fd 3).
+fn is_warm_shell(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.windows(9).any(|w| w == b"exec 3<&-"))
+}
+
+/// Whether any process belongs to process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|stat| {
+                // Fields after the command's closing parenthesis: state ppid pgrp …
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
+                    .is_some_and(|pgrp| pgrp == pgid.to_string())
+            })
+        })
+}
+
+/// Starts an agent and waits until its pool holds `shells` warm shells.
+async fn warm_agent(nats: &Nats, shells: usize) -> Agent {
+    let agent = Agent::start(Config {
+        warm_shells: shells,
+        ..config(nats, "web-1")
+    })
+    .await;
+    let instance = agent.ready.instance.clone();
+    eventually("the warm shells are up", || {
+        warm_shells_of(&instance).len() == shells
+    })
+    .await;
+    agent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_shell_runs_a_job_like_bash_c() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = warm_agent(&nats, 2).await;
+    let client = nats.client().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cwd = dir.path().canonicalize().expect("canonical");
+
+    let mut run = cmd(concat!(
+        // Split so that a fresh shell's command line (which holds this command) does not match.
+        "grep -qF 'exec 3<&''-' /proc/$$/cmdline && echo warm; ",
+        "echo \"$GREETING|$EXECMESH_JOB|$EXECMESH_HOST|$PWD|${EXECMESH_WARM-none}\"; ",
+        "env | grep -c '^EXECMESH_JOB=warm-1$'; ",
+        "ls /proc/$$/fd; ",
+        "echo oops >&2; exit 3"
+    ));
+    run.cwd = cwd.display().to_string();
+    run.env = HashMap::from([("GREETING".to_string(), "it's \"me\" $HOME".to_string())]);
+    let reply = run_reply(exec(&client, run_request(&agent.host, "warm-1", run)).await);
+    let status = reply.status.expect("status");
+    assert_eq!(state(&status), JobState::Exited, "{status:?}");
+    assert_eq!(status.exit_code, Some(3));
+    let text = String::from_utf8(reply.inline_output.expect("inline")).expect("utf8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "warm", "{text}");
+    assert_eq!(
+        lines[1],
+        format!("it's \"me\" $HOME|warm-1|web-1|{}|none", cwd.display())
+    );
+    assert_eq!(lines[2], "1", "EXECMESH_JOB is exported: {text}");
+    // The shell's own descriptors: the script pipe (fd 3) is closed before the command runs.
+    assert!(lines.contains(&"0") && !lines.contains(&"3"), "{text}");
+    assert_eq!(lines.last(), Some(&"oops"), "{text}");
+
+    // A syntax error exits 2, as `bash -c` does.
+    let reply = run_reply(
+        exec(
+            &client,
+            run_request(&agent.host, "syntax-1", cmd("echo a; if")),
+        )
+        .await,
+    );
+    assert_eq!(reply.status.expect("status").exit_code, Some(2));
+
+    // A working directory that cannot be entered is refused, naming it, and the shell survives.
+    let mut run = cmd("true");
+    run.cwd = "/nonexistent/warm".into();
+    let e = error_reply(exec(&client, run_request(&agent.host, "cwd-warm-1", run)).await);
+    assert_eq!(e.code, ErrorCode::SpawnFailed as i32);
+    assert!(e.message.contains("/nonexistent/warm"), "{e:?}");
+
+    let instance = agent.ready.instance.clone();
+    eventually("the pool is refilled", || {
+        warm_shells_of(&instance).len() == 2
+    })
+    .await;
+    agent.stop().await;
+    assert!(
+        warm_shells_of(&instance).is_empty(),
+        "idle warm shells outlived the agent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = warm_agent(&nats, 2).await;
+    let client = nats.client().await;
+
+    let mut pids = Vec::new();
+    for job in ["pair-1", "pair-2"] {
+        let mut run = cmd("trap '' TERM; sleep 300 & sleep 300");
+        run.bg = true;
+        let reply = run_reply(exec(&client, run_request(&agent.host, job, run)).await);
+        let status = reply.status.expect("status");
+        assert_eq!(state(&status), JobState::Running);
+        assert!(
+            is_warm_shell(status.pid),
+            "job {job} did not get a warm shell"
+        );
+        // The first status already carried the pid: no second write was needed.
+        let stored = job_status(&client, &agent.host, job).await.expect("status");
+        assert_eq!(stored.pid, status.pid);
+        pids.push(status.pid);
+    }
+    assert_ne!(pids[0], pids[1], "each job has a shell of its own");
+    eventually("both jobs sleep", || {
+        ["pair-1", "pair-2"].iter().all(|job| {
+            processes_of(job).iter().any(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+            })
+        })
+    })
+    .await;
+
+    let killed = match kill(&client, &agent.host, "pair-1", 200).await.body {
+        Some(pb::control_reply::Body::Status(s)) => s,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(state(&killed), JobState::Killed);
+    eventually("the killed job's group is gone", || !group_alive(pids[0])).await;
+    assert!(processes_of("pair-1").is_empty());
+    assert!(group_alive(pids[1]), "the other job runs on");
+    kill(&client, &agent.host, "pair-2", 200).await;
+    eventually("the second group is gone", || !group_alive(pids[1])).await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_warm_shells_every_job_starts_its_own_shell() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let agent = Agent::start(Config {
+        warm_shells: 0,
+        ..config(&nats, "web-1")
+    })
+    .await;
+    let client = nats.client().await;
+    let reply = run_reply(
+        exec(
+            &client,
+            run_request(
+                &agent.host,
+                "cold-1",
+                cmd("grep -qF 'exec 3<&''-' /proc/$$/cmdline && echo warm; echo $EXECMESH_JOB; exit 4"),
+            ),
+        )
+        .await,
+    );
+    let status = reply.status.expect("status");
+    assert_eq!(status.exit_code, Some(4));
+    assert_eq!(reply.inline_output.as_deref(), Some(&b"cold-1\n"[..]));
+    assert!(warm_shells_of(&agent.ready.instance).is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    Agent::start(config(&nats, "web-1")).await.stop().await;
+    let client = nats.client().await;
+    let host = tok("host id", "web-1");
+
+    // A warm shell that outlived its agent: its environment at exec names the agent run, not
+    // the job (the job id was exported later). A process with another run's marker at another
+    // pid is left alone.
+    let spawn = |instance: &str| {
+        Command::new("/bin/sleep")
+            .arg("300")
+            .env("EXECMESH_WARM", instance)
+            .env("EXECMESH_HOST", "web-1")
+            .spawn()
+            .expect("starts")
+    };
+    let mut shell = spawn("deadbeef");
+    let mut bystander = spawn("cafe");
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
+    let status = pb::JobStatus {
+        job_id: "warm-crashed-1".into(),
+        tenant: "default".into(),
+        host: "web-1".into(),
+        state: JobState::Running as i32,
+        pid: shell.id(),
+        agent_instance: "deadbeef".into(),
+        ..Default::default()
+    };
+    kv.put(
+        subject::job_key(&tenant(), &host, &tok("job id", "warm-crashed-1")),
+        status.encode_to_vec().into(),
+    )
+    .await
+    .expect("put");
+
+    let agent = Agent::start(config(&nats, "web-1")).await;
+    let lost = job_status(&client, &host, "warm-crashed-1")
+        .await
+        .expect("status");
+    assert_eq!(state(&lost), JobState::Lost);
+    let exit = shell.wait().expect("reaped");
+    assert!(!exit.success(), "the leftover warm shell was killed");
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "a process with another run's marker survives"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let client = nats.client().await;
+    let start = || {
+        agent_binary()
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--host-id",
+                "bin-2",
+                "--warm-shells",
+                "2",
+            ])
+            .env("EXECMESH_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("agent starts")
+    };
+    let host = tok("host id", "bin-2");
+    let mut agent = start();
+    // Ready once it answers; retry while it starts.
+    let mut reply = None;
+    for attempt in 0..100 {
+        let mut run = cmd("setsid sleep 300 & sleep 300");
+        run.bg = true;
+        let subject = subject::exec(&tenant(), &host, &tok("user", "alice"));
+        let req = run_request(&host, &format!("orphan-{attempt}"), run);
+        match timeout(
+            Duration::from_secs(2),
+            client.request(subject, req.encode_to_vec().into()),
+        )
+        .await
+        {
+            Ok(Ok(msg)) => {
+                reply = Some((
+                    format!("orphan-{attempt}"),
+                    run_reply(pb::ExecReply::decode(msg.payload.as_ref()).expect("reply")),
+                ));
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let (job, reply) = reply.expect("the agent answered");
+    let mut pgid = reply.status.expect("status").pid;
+    // The first answer may have come before the pool was filled; use a job a warm shell runs.
+    let mut job = job;
+    for attempt in 0..100 {
+        if is_warm_shell(pgid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut run = cmd("setsid sleep 300 & sleep 300");
+        run.bg = true;
+        job = format!("warm-orphan-{attempt}");
+        let reply = run_reply(exec(&client, run_request(&host, &job, run)).await);
+        pgid = reply.status.expect("status").pid;
+    }
+    assert!(is_warm_shell(pgid), "no job got a warm shell");
+    eventually("the job sleeps", || processes_of(&job).len() >= 2).await;
+
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+    let mut agent = start();
+    eventually("the job's group is gone", || !group_alive(pgid)).await;
+    eventually("no process of the job is left", || {
+        processes_of(&job).is_empty()
+    })
+    .await;
+    let lost = async {
+        loop {
+            if let Some(s) = job_status(&client, &host, &job).await
+                && state(&s) == JobState::Lost
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    timeout(Duration::from_secs(10), lost)
+        .await
+        .expect("the job is marked lost");
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reaped");
+}
