@@ -201,10 +201,15 @@ impl WarmPool {
         }
     }
 
-    /// Returns a shell that was taken but not given a job.
+    /// Returns a shell that was taken but not given a job. The refill task may have replaced it
+    /// meanwhile; a pool that is full again drops it (which kills it) rather than grow.
     pub fn put_back(&self, shell: WarmShell) {
-        if !self.closed.is_cancelled() && shell.script.is_some() {
-            self.lock().push(shell);
+        if self.closed.is_cancelled() || shell.script.is_none() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.size {
+            idle.push(shell);
         }
     }
 
