@@ -244,7 +244,7 @@ impl JobTask {
             running_tx,
             done_tx,
             _registered,
-            _permit,
+            _permit: permit,
         } = self;
         let pid = child.id().unwrap_or(0);
         let deadline = Instant::now() + spec.timeout;
@@ -310,6 +310,9 @@ impl JobTask {
         if stored.is_err() {
             warn!("final status abandoned at shutdown; the next agent start marks the job lost");
         }
+        // Free the job's slot before anyone learns it ended: a caller told "done" (a reply, a
+        // kill's answer) may send the next job at once and must not find the host busy.
+        drop(permit);
         let _ = done_tx.send(Some(Arc::new(Finished {
             status,
             inline: report.inline,

@@ -145,7 +145,12 @@ impl WarmPool {
                 match WarmShell::spawn(&self.shell, &self.host, &self.instance) {
                     Ok(shell) => {
                         debug!(pid = shell.pid(), "warm shell started");
-                        self.lock().push(shell);
+                        // A shell put back while this one started may have filled the slot;
+                        // then the new one is dropped (killed) so the pool keeps its size.
+                        let mut idle = self.lock();
+                        if idle.len() < self.size {
+                            idle.push(shell);
+                        }
                     }
                     Err(e) => {
                         warn!(shell = %self.shell.display(), error = %e,
