@@ -701,10 +701,11 @@ async fn oversized_requests_and_expired_tokens_are_refused() {
     let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "bash", "arguments": {"host": "web-1", "cmd": "x".repeat(100_000)}}});
     assert_eq!(gw.post_raw(Some(&token), huge).await.status(), 413);
-    let short = gw.mint_with_ttl("alice", Duration::from_secs(1));
+    // Expiry has one-second resolution: a two-second token is valid for at least one second.
+    let short = gw.mint_with_ttl("alice", Duration::from_secs(2));
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     assert_eq!(gw.post_raw(Some(&short), list.clone()).await.status(), 200);
-    eventually(Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(6), || async {
         let response = gw.post_raw(Some(&short), list.clone()).await;
         response.status() == 401
             && response.headers()["www-authenticate"]
