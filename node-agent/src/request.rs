@@ -111,6 +111,27 @@ pub fn run_spec(
     }
 }
 
+/// Refuses a request addressed to another host or tenant: subjects route by host, so this
+/// catches a mis-built or replayed request rather than a routing mistake.
+fn addressed_here(config: &Config, host: &str, tenant: &str) -> Result<(), Refusal> {
+    let this = &config.host_id;
+    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {this}: {what}"));
+    let req_host = Token::parse("host id", host).map_err(|e| invalid(e.to_string()))?;
+    if req_host != *this {
+        return Err(invalid(format!(
+            "the request is addressed to host {req_host}"
+        )));
+    }
+    let tenant = Token::parse("tenant", tenant).map_err(|e| invalid(e.to_string()))?;
+    if tenant != config.tenant {
+        return Err(invalid(format!(
+            "the request is for tenant {tenant}, this host serves tenant {}",
+            config.tenant
+        )));
+    }
+    Ok(())
+}
+
 /// Checks an ExecRequest received on `…exec.<subject_user>` against this host and the clock.
 pub fn order(
     req: pb::ExecRequest,
@@ -125,19 +146,7 @@ pub fn order(
         Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
     };
 
-    let req_host = token("host id", &req.host)?;
-    if req_host != *host {
-        return Err(invalid(format!(
-            "the request is addressed to host {req_host}"
-        )));
-    }
-    let tenant = token("tenant", &req.tenant)?;
-    if tenant != config.tenant {
-        return Err(invalid(format!(
-            "the request is for tenant {tenant}, this host serves tenant {}",
-            config.tenant
-        )));
-    }
+    addressed_here(config, &req.host, &req.tenant)?;
     let job = token("job id", &req.job_id)?;
     let user = token("user", &req.user)?;
     if user.as_str() != subject_user {
@@ -245,19 +254,7 @@ pub fn kill_spec(req: pb::ControlRequest, config: &Config) -> Result<KillSpec, R
     let token = |kind: &'static str, value: &str| {
         Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
     };
-    let req_host = token("host id", &req.host)?;
-    if req_host != *host {
-        return Err(invalid(format!(
-            "the request is addressed to host {req_host}"
-        )));
-    }
-    let tenant = token("tenant", &req.tenant)?;
-    if tenant != config.tenant {
-        return Err(invalid(format!(
-            "the request is for tenant {tenant}, this host serves tenant {}",
-            config.tenant
-        )));
-    }
+    addressed_here(config, &req.host, &req.tenant)?;
     let job = token("job id", &req.job_id)?;
     let Some(pb::control_request::Body::Kill(kill)) = req.body else {
         return Err(invalid(
