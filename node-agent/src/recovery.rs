@@ -37,14 +37,17 @@ struct Leftover {
 /// publishes an exit record for each (so pagers see the end) and marks them LOST. Returns how
 /// many jobs were recovered.
 pub async fn recover(node: &Node) -> Result<usize, AgentError> {
-    let leftovers = running_jobs(node)
+    let (leftovers, lost) = running_jobs(node)
         .await
         .map_err(|source| AgentError::Recovery { source })?;
-    if leftovers.is_empty() {
+    if leftovers.is_empty() && lost.is_empty() {
         return Ok(0);
     }
 
-    let ids: HashSet<String> = leftovers.iter().map(|l| l.job.to_string()).collect();
+    // Jobs already marked lost (by a gateway, after this host's heartbeat expired) may still
+    // have processes: they are killed too, only their statuses stay as they are.
+    let mut ids: HashSet<String> = leftovers.iter().map(|l| l.job.to_string()).collect();
+    ids.extend(lost);
     let shells: HashMap<u32, (String, String)> = leftovers
         .iter()
         .filter(|l| l.status.pid > 1 && !l.status.agent_instance.is_empty())
@@ -105,7 +108,7 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
 
 /// The RUNNING statuses under `<tenant>.<host>.*`, read with an ordered consumer filtered to this
 /// host (listing every key of the bucket would read the whole fleet's jobs).
-async fn running_jobs(node: &Node) -> Result<Vec<Leftover>, BoxError> {
+async fn running_jobs(node: &Node) -> Result<(Vec<Leftover>, HashSet<String>), BoxError> {
     let store: &kv::Store = &node.jobs_kv;
     let filter = format!("{}{}.{}.*", store.prefix, node.tenant(), node.host());
     let consumer = store
@@ -120,8 +123,9 @@ async fn running_jobs(node: &Node) -> Result<Vec<Leftover>, BoxError> {
         })
         .await?;
     let mut leftovers = Vec::new();
+    let mut lost = HashSet::new();
     if consumer.cached_info().num_pending == 0 {
-        return Ok(leftovers);
+        return Ok((leftovers, lost));
     }
     let mut messages = consumer.messages().await?;
     loop {
@@ -154,6 +158,9 @@ async fn running_jobs(node: &Node) -> Result<Vec<Leftover>, BoxError> {
                         status,
                     });
                 }
+                (Ok(status), Ok((_, _, job))) if status.state == JobState::Lost as i32 => {
+                    lost.insert(job.to_string());
+                }
                 (Ok(_), Ok(_)) => {}
                 (status, job) => {
                     warn!(key = %key, status_ok = status.is_ok(), key_ok = job.is_ok(),
@@ -162,7 +169,7 @@ async fn running_jobs(node: &Node) -> Result<Vec<Leftover>, BoxError> {
             }
         }
         if pending == 0 {
-            return Ok(leftovers);
+            return Ok((leftovers, lost));
         }
     }
 }

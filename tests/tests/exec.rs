@@ -688,6 +688,13 @@ async fn a_job_whose_agent_dies_is_reported_lost_once_its_heartbeat_expires() {
         .await;
     assert_eq!(polled.structured()["done"], true);
     assert_eq!(polled.structured()["output"], "before\n");
+    // The job's `sleep` outlived its agent; the agent's next start kills it.
+    assert!(job_processes_exist(&job));
+    agent.restart().await;
+    eventually(Duration::from_secs(10), || async {
+        !job_processes_exist(&job)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
