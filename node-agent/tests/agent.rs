@@ -334,6 +334,28 @@ async fn job_status(client: &async_nats::Client, host: &Token, job: &str) -> Opt
     Some(pb::JobStatus::decode(bytes.as_ref()).expect("JobStatus"))
 }
 
+/// Stores a RUNNING status for `job` on web-1, as an agent instance `deadbeef` that died
+/// would have left it.
+async fn plant_running_status(client: &async_nats::Client, host: &Token, job: &str, pid: u32) {
+    let js = jetstream::new(client.clone());
+    let kv = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
+    let status = pb::JobStatus {
+        job_id: job.into(),
+        tenant: "default".into(),
+        host: host.to_string(),
+        state: JobState::Running as i32,
+        pid,
+        agent_instance: "deadbeef".into(),
+        ..Default::default()
+    };
+    kv.put(
+        subject::job_key(&tenant(), host, &tok("job id", job)),
+        status.encode_to_vec().into(),
+    )
+    .await
+    .expect("put");
+}
+
 /// Pids of processes whose environment names `job`.
 fn processes_of(job: &str) -> Vec<u32> {
     let needle = format!("EXECMESH_JOB={job}");
@@ -664,23 +686,7 @@ async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes(
         ]))
         .spawn()
         .expect("orphan starts");
-    let js = jetstream::new(client.clone());
-    let kv = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
-    let status = pb::JobStatus {
-        job_id: "crashed-1".into(),
-        tenant: "default".into(),
-        host: "web-1".into(),
-        state: JobState::Running as i32,
-        pid: orphan.id(),
-        agent_instance: "deadbeef".into(),
-        ..Default::default()
-    };
-    kv.put(
-        subject::job_key(&tenant(), &host, &tok("job id", "crashed-1")),
-        status.encode_to_vec().into(),
-    )
-    .await
-    .expect("put");
+    plant_running_status(&client, &host, "crashed-1", orphan.id()).await;
 
     let agent = Agent::start(config(&nats, "web-1")).await;
     let lost = job_status(&client, &host, "crashed-1")
@@ -1051,23 +1057,7 @@ async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
     };
     let mut shell = spawn("deadbeef");
     let mut bystander = spawn("cafe");
-    let js = jetstream::new(client.clone());
-    let kv = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
-    let status = pb::JobStatus {
-        job_id: "warm-crashed-1".into(),
-        tenant: "default".into(),
-        host: "web-1".into(),
-        state: JobState::Running as i32,
-        pid: shell.id(),
-        agent_instance: "deadbeef".into(),
-        ..Default::default()
-    };
-    kv.put(
-        subject::job_key(&tenant(), &host, &tok("job id", "warm-crashed-1")),
-        status.encode_to_vec().into(),
-    )
-    .await
-    .expect("put");
+    plant_running_status(&client, &host, "warm-crashed-1", shell.id()).await;
 
     let agent = Agent::start(config(&nats, "web-1")).await;
     let lost = job_status(&client, &host, "warm-crashed-1")
