@@ -37,6 +37,7 @@ pub fn collect(config: &Config) -> pb::HostFacts {
             .unwrap_or(0),
         collected_at_ms: execmesh_proto::now_ms(),
         agent_version: AGENT_VERSION.to_string(),
+        ..Default::default()
     }
 }
 

@@ -190,6 +190,12 @@ pub fn order(
                 request,
             }));
         }
+        Some(pb::exec_request::Body::Grep(_) | pb::exec_request::Body::Facts(_)) => {
+            return Err(Refusal::new(
+                ErrorCode::Invalid,
+                format!("host {host}: this agent does not serve grep or facts requests yet"),
+            ));
+        }
         None => {
             return Err(invalid(
                 "the request has no body this agent understands".into(),
