@@ -13,6 +13,19 @@ pub const OUT_STREAM: &str = "MESH_OUT";
 /// Subjects of [`OUT_STREAM`].
 pub const OUT_SUBJECTS: &str = "mesh.v1.*.out.>";
 
+/// Stream of audit events, consumed by the audit-sink.
+pub const AUDIT_STREAM: &str = "AUDIT";
+/// Subjects of [`AUDIT_STREAM`]: `mesh.v1.<tenant>.audit.<source>.<kind>`.
+pub const AUDIT_SUBJECTS: &str = "mesh.v1.*.audit.>";
+/// The audit-sink's durable consumer on [`AUDIT_STREAM`].
+pub const AUDIT_CONSUMER: &str = "audit-sink";
+/// How long audit events stay in [`AUDIT_STREAM`]: the longest the audit-sink may be down
+/// without losing events. They stay after the sink stored them too (limits retention), so a
+/// second consumer (a SIEM forwarder) can read the same week.
+pub const AUDIT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest audit event (an event carries a redacted, shortened argument summary).
+pub const MAX_AUDIT_EVENT_BYTES: i32 = 64 * 1024;
+
 /// KV bucket of host heartbeats (per-key TTL).
 pub const PRESENCE_BUCKET: &str = "mesh_presence";
 /// KV bucket of host registrations and facts (no TTL).
@@ -41,6 +54,26 @@ pub fn out_stream(retention: Duration, replicas: usize) -> stream::Config {
         max_message_size: MAX_RECORD_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         allow_direct: true,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The AUDIT stream: file storage, [`AUDIT_RETENTION`], duplicate window for retried publishes.
+///
+/// Whoever starts first (gateway, agent or audit-sink) creates it with exactly this
+/// configuration, and nobody changes an existing one, so every process asks for the same stream
+/// and an operator's later edits (`nats stream edit AUDIT --max-age 30d`) stay.
+pub fn audit_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: AUDIT_STREAM.to_string(),
+        description: Some("execmesh audit events".to_string()),
+        subjects: vec![AUDIT_SUBJECTS.to_string()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_age: AUDIT_RETENTION,
+        max_message_size: MAX_AUDIT_EVENT_BYTES,
+        duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas,
         ..Default::default()
     }

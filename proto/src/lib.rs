@@ -22,3 +22,9 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// An audit event id (also its `Nats-Msg-Id`): 12 hex digits of `time_ms`, then 16 of `random`,
+/// so ids are unique without coordination and sort roughly by time.
+pub fn audit_event_id(time_ms: u64, random: u64) -> String {
+    format!("{:012x}{random:016x}", time_ms & 0xffff_ffff_ffff)
+}

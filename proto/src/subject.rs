@@ -137,6 +137,86 @@ pub fn out(tenant: &Token, host: &Token, job: &Token) -> String {
     format!("{ROOT}.{tenant}.out.{host}.{job}")
 }
 
+/// The `<source>` token of events the gateway publishes. Agents publish under their host id,
+/// so NATS permissions can confine each agent to `mesh.v1.<tenant>.audit.<its host>.*`; give no
+/// host the id `gateway` where permissions are per source.
+pub const AUDIT_GATEWAY_SOURCE: &str = "gateway";
+
+/// Event kinds: the last token of an audit subject and the `kind` of a stored record.
+pub mod audit_kind {
+    use crate::pb::audit_event::Body;
+
+    pub const CALL_RECEIVED: &str = "call-received";
+    pub const CALL_DENIED: &str = "call-denied";
+    pub const CALL_DISPATCHED: &str = "call-dispatched";
+    pub const CALL_COMPLETED: &str = "call-completed";
+    pub const JOB_STARTED: &str = "job-started";
+    pub const JOB_FINISHED: &str = "job-finished";
+    pub const FILE_CHANGED: &str = "file-changed";
+    /// An event without a body (from a newer publisher this build does not know).
+    pub const UNKNOWN: &str = "unknown";
+
+    /// Every kind this build knows.
+    pub const ALL: [&str; 7] = [
+        CALL_RECEIVED,
+        CALL_DENIED,
+        CALL_DISPATCHED,
+        CALL_COMPLETED,
+        JOB_STARTED,
+        JOB_FINISHED,
+        FILE_CHANGED,
+    ];
+
+    /// The kind of an event body.
+    pub fn of(body: Option<&Body>) -> &'static str {
+        match body {
+            Some(Body::CallReceived(_)) => CALL_RECEIVED,
+            Some(Body::CallDenied(_)) => CALL_DENIED,
+            Some(Body::CallDispatched(_)) => CALL_DISPATCHED,
+            Some(Body::CallCompleted(_)) => CALL_COMPLETED,
+            Some(Body::JobStarted(_)) => JOB_STARTED,
+            Some(Body::JobFinished(_)) => JOB_FINISHED,
+            Some(Body::FileChanged(_)) => FILE_CHANGED,
+            None => UNKNOWN,
+        }
+    }
+}
+
+/// `mesh.v1.<tenant>.audit.gateway.<kind>`: an event published by a gateway.
+pub fn audit_gateway(tenant: &Token, kind: &str) -> String {
+    format!("{ROOT}.{tenant}.audit.{AUDIT_GATEWAY_SOURCE}.{kind}")
+}
+
+/// `mesh.v1.<tenant>.audit.<host>.<kind>`: an event published by the agent of `host`.
+pub fn audit_agent(tenant: &Token, host: &Token, kind: &str) -> String {
+    format!("{ROOT}.{tenant}.audit.{host}.{kind}")
+}
+
+/// `mesh.v1.<tenant>.svc.audit.query`: AuditQuery → AuditQueryReply, answered by an audit-sink.
+pub fn audit_query(tenant: &Token) -> String {
+    format!("{ROOT}.{tenant}.svc.audit.query")
+}
+
+/// `mesh.v1.<tenant>.svc.audit.verify`: AuditVerifyRequest → AuditVerifyReply.
+pub fn audit_verify(tenant: &Token) -> String {
+    format!("{ROOT}.{tenant}.svc.audit.verify")
+}
+
+/// What an audit-sink subscribes to for queries of every tenant.
+pub const AUDIT_QUERY_ALL_TENANTS: &str = "mesh.v1.*.svc.audit.query";
+/// What an audit-sink subscribes to for verify requests of every tenant.
+pub const AUDIT_VERIFY_ALL_TENANTS: &str = "mesh.v1.*.svc.audit.verify";
+
+/// The tenant token of a `mesh.v1.<tenant>.…` subject.
+pub fn tenant_of(subject: &str) -> Result<Token, TokenError> {
+    let tenant = subject
+        .strip_prefix(ROOT)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or("");
+    Token::parse("tenant", tenant)
+}
+
 /// Key of a host in `mesh_presence` and `mesh_facts`: `<tenant>.<host>`.
 pub fn host_key(tenant: &Token, host: &Token) -> String {
     format!("{tenant}.{host}")
@@ -221,6 +301,16 @@ mod tests {
             out(&tenant, &host, &job),
             "mesh.v1.default.out.web-1.build-abc123"
         );
+        assert_eq!(
+            audit_agent(&tenant, &host, audit_kind::JOB_STARTED),
+            "mesh.v1.default.audit.web-1.job-started"
+        );
+        assert_eq!(
+            audit_gateway(&tenant, audit_kind::CALL_RECEIVED),
+            "mesh.v1.default.audit.gateway.call-received"
+        );
+        assert_eq!(tenant_of(&audit_query(&tenant)).unwrap(), tenant);
+        assert!(tenant_of("mesh.v1.*.svc.audit.query").is_err());
         let (t, h, j) = parse_job_key(&job_key(&tenant, &host, &job)).unwrap();
         assert_eq!((t, h, j), (tenant.clone(), host.clone(), job));
         assert_eq!(
