@@ -1,196 +1,26 @@
 //! The node-agent against a real nats-server: requests, output in MESH_OUT, kills, recovery, restarts.
 //!
-//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/nats/bin` (where
-//! `tests/run.sh` installs it) or `PATH`; without one the tests fail and say how to install it.
+//! The harness (a real nats-server, agents in this process) is in `support`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::{self, kv};
-use execmesh_node_agent::{Config, Ready};
+use execmesh_node_agent::Config;
 use execmesh_proto::pb::{self, ErrorCode, JobState, OutputStream};
 use execmesh_proto::{Token, jetstream as layout, subject};
 use futures::StreamExt;
 use prost::Message as _;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 // === harness ===
 
-/// A nats-server with JetStream in a temp store, killed (and the store removed) on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    store: tempfile::TempDir,
-    bin: PathBuf,
-}
+mod support;
 
-fn server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return Some(p.into());
-    }
-    // Where `tests/run.sh` installs it.
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats/bin/nats-server");
-    if local.is_file() {
-        return Some(local);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    })
-}
-
-impl Nats {
-    async fn start() -> Option<Nats> {
-        // A missing server is a broken setup, not a reason to skip: run tests/run.sh, which
-        // installs it.
-        let bin = server_binary()
-            .expect("nats-server not found: run tests/run.sh (installs it into .tools/nats)");
-        let store = tempfile::tempdir().expect("temp dir");
-        let (child, port) = Self::spawn(&bin, &store, None)
-            .await
-            .expect("nats-server starts");
-        Some(Nats {
-            child,
-            port,
-            store,
-            bin,
-        })
-    }
-
-    async fn spawn(
-        bin: &PathBuf,
-        store: &tempfile::TempDir,
-        port: Option<u16>,
-    ) -> Result<(Child, u16)> {
-        let ports = tempfile::tempdir()?;
-        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(store.path().join("js"))
-            .arg("--ports_file_dir")
-            .arg(ports.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let file = ports
-            .path()
-            .join(format!("nats-server_{}.ports", child.id()));
-        for _ in 0..200 {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                let url = v["nats"][0].as_str().context("ports file")?;
-                let port = url.rsplit(':').next().context("port")?.parse()?;
-                return Ok((child, port));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("nats-server wrote no ports file")
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server, waits `down`, and starts it again on the same port and store.
-    async fn restart(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        tokio::time::sleep(down).await;
-        let (child, _) = Self::spawn(&self.bin, &self.store, Some(self.port))
-            .await
-            .expect("nats-server restarts");
-        self.child = child;
-    }
-
-    async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("client connects")
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// An agent running in this process.
-struct Agent {
-    host: Token,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), execmesh_node_agent::AgentError>>,
-    ready: Ready,
-}
-
-/// Logs of the agents under test, when `EXECMESH_TEST_LOG` holds a filter.
-fn init_logs() {
-    if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_test_writer()
-            .try_init();
-    }
-}
-
-impl Agent {
-    async fn start(config: Config) -> Agent {
-        init_logs();
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = oneshot::channel();
-        let host = config.host_id.clone();
-        let task = tokio::spawn(execmesh_node_agent::run_with_ready(
-            config,
-            shutdown.clone(),
-            Some(tx),
-        ));
-        let ready = timeout(Duration::from_secs(10), rx)
-            .await
-            .expect("agent ready in time")
-            .expect("agent reports ready");
-        Agent {
-            host,
-            shutdown,
-            task,
-            ready,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("agent stops in time")
-            .expect("agent task")
-            .expect("agent run");
-    }
-}
-
-fn config(nats: &Nats, host: &str) -> Config {
-    Config {
-        heartbeat_interval_ms: 500,
-        kill_grace_ms: 300,
-        shutdown_grace_ms: 500,
-        ..Config::new(&nats.url(), host).expect("config")
-    }
-}
-
-fn tenant() -> Token {
-    Token::parse("tenant", "default").expect("token")
-}
-
-fn tok(kind: &'static str, s: &str) -> Token {
-    Token::parse(kind, s).expect("token")
-}
+use support::{Agent, Nats, config, error_reply, eventually, exec, exec_raw, tenant, tok};
 
 fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
     pb::ExecRequest {
@@ -213,40 +43,10 @@ fn cmd(cmd: &str) -> pb::RunRequest {
     }
 }
 
-async fn exec_raw(
-    client: &async_nats::Client,
-    host: &Token,
-    user: &str,
-    payload: Vec<u8>,
-) -> pb::ExecReply {
-    let subject = subject::exec(&tenant(), host, &tok("user", user));
-    let msg = timeout(
-        Duration::from_secs(20),
-        client.request(subject, payload.into()),
-    )
-    .await
-    .expect("reply in time")
-    .expect("request");
-    pb::ExecReply::decode(msg.payload.as_ref()).expect("ExecReply")
-}
-
-async fn exec(client: &async_nats::Client, req: pb::ExecRequest) -> pb::ExecReply {
-    let host = tok("host id", &req.host);
-    let user = req.user.clone();
-    exec_raw(client, &host, &user, req.encode_to_vec()).await
-}
-
 fn run_reply(reply: pb::ExecReply) -> pb::RunReply {
     match reply.body {
         Some(pb::exec_reply::Body::Run(run)) => run,
         other => panic!("expected a run reply, got {other:?}"),
-    }
-}
-
-fn error_reply(reply: pb::ExecReply) -> pb::ExecError {
-    match reply.body {
-        Some(pb::exec_reply::Body::Error(e)) => e,
-        other => panic!("expected an error reply, got {other:?}"),
     }
 }
 
@@ -373,16 +173,6 @@ fn processes_of(job: &str) -> Vec<u32> {
         .collect()
 }
 
-async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not happen within 5 s");
-}
-
 fn state(status: &pb::JobStatus) -> JobState {
     JobState::try_from(status.state).expect("known state")
 }
@@ -391,9 +181,7 @@ fn state(status: &pb::JobStatus) -> JobState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_command_replies_inline_and_streams_chunks_then_an_exit_record() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let client = nats.client().await;
 
@@ -437,9 +225,7 @@ async fn a_short_command_replies_inline_and_streams_chunks_then_an_exit_record()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_lines_from_both_streams_arrive_complete_numbered_and_in_order() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let client = nats.client().await;
 
@@ -473,9 +259,7 @@ async fn many_lines_from_both_streams_arrive_complete_numbered_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_the_whole_process_group() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let client = nats.client().await;
 
@@ -492,9 +276,7 @@ async fn a_timeout_kills_the_whole_process_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let client = nats.client().await;
 
@@ -549,9 +331,7 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(Config {
         max_jobs: 1,
         ..config(&nats, "web-1")
@@ -601,9 +381,7 @@ async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_past_the_cap_is_counted_dropped_and_marked() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(Config {
         max_output_bytes_per_job: 1000,
         ..config(&nats, "web-1")
@@ -637,9 +415,7 @@ async fn output_past_the_cap_is_counted_dropped_and_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_kills_running_jobs_and_withdraws_presence() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let client = nats.client().await;
     let host = agent.host.clone();
@@ -669,9 +445,7 @@ async fn graceful_shutdown_kills_running_jobs_and_withdraws_presence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     // A first run provisions the buckets.
     Agent::start(config(&nats, "web-1")).await.stop().await;
     let client = nats.client().await;
@@ -709,9 +483,7 @@ async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
-    let Some(mut nats) = Nats::start().await else {
-        return;
-    };
+    let mut nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let host = agent.host.clone();
     {
@@ -776,9 +548,7 @@ fn bad_configuration_exits_64_naming_every_bad_value() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stops_it_cleanly() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let client = nats.client().await;
     let start = || {
         agent_binary()
@@ -896,9 +666,7 @@ async fn warm_agent(nats: &Nats, shells: usize) -> Agent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_shell_runs_a_job_like_bash_c() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = warm_agent(&nats, 2).await;
     let client = nats.client().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -961,9 +729,7 @@ async fn a_warm_shell_runs_a_job_like_bash_c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = warm_agent(&nats, 2).await;
     let client = nats.client().await;
 
@@ -1008,9 +774,7 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_warm_shells_every_job_starts_its_own_shell() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let agent = Agent::start(Config {
         warm_shells: 0,
         ..config(&nats, "web-1")
@@ -1037,9 +801,7 @@ async fn without_warm_shells_every_job_starts_its_own_shell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     Agent::start(config(&nats, "web-1")).await.stop().await;
     let client = nats.client().await;
     let host = tok("host id", "web-1");
@@ -1077,9 +839,7 @@ async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart() {
-    let Some(nats) = Nats::start().await else {
-        return;
-    };
+    let nats = Nats::start().await;
     let client = nats.client().await;
     let start = || {
         agent_binary()

@@ -1,147 +1,51 @@
 //! The file tool of a node-agent against a real nats-server: every operation over request/reply, refusals naming the host, paging, payload limits.
 //!
-//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/nats/bin` (where
-//! `tests/run.sh` installs it) or `PATH`.
+//! The harness (a real nats-server, agents in this process) is in `support`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
-use execmesh_node_agent::{Config, Ready};
+use execmesh_node_agent::Config;
+use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, file_reply, file_request::Op};
-use execmesh_proto::{Token, subject};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio::time::timeout;
-use tokio_util::sync::CancellationToken;
 
 // === harness ===
 
-/// A nats-server with JetStream in a temp store, killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
+mod support;
 
-fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return p.into();
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats/bin/nats-server");
-    if local.is_file() {
-        return local;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("nats-server"))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found ({} or PATH); run tests/run.sh, which installs it",
-                local.display()
-            )
-        })
-}
-
-impl Nats {
-    async fn start() -> Result<Nats> {
-        let store = tempfile::tempdir()?;
-        let ports = tempfile::tempdir()?;
-        let child = Command::new(server_binary())
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(store.path().join("js"))
-            .arg("--ports_file_dir")
-            .arg(ports.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let file = ports
-            .path()
-            .join(format!("nats-server_{}.ports", child.id()));
-        let mut nats = Nats {
-            child,
-            port: 0,
-            _store: store,
-        };
-        for _ in 0..400 {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                let url = v["nats"][0].as_str().context("ports file")?;
-                nats.port = url.rsplit(':').next().context("port")?.parse()?;
-                return Ok(nats);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("nats-server wrote no ports file")
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{Nats, code};
 
 /// An agent running in this process whose only file root is a fresh temp dir.
 struct Agent {
+    agent: support::Agent,
     host: Token,
     root: PathBuf,
     _root_dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), execmesh_node_agent::AgentError>>,
     client: async_nats::Client,
 }
 
 impl Agent {
     async fn start(nats: &Nats, host: &str) -> Agent {
-        let root_dir = tempfile::tempdir().expect("temp dir");
-        let root = std::fs::canonicalize(root_dir.path()).expect("canonical root");
+        let (root_dir, root) = support::temp_root();
         let config = Config {
-            heartbeat_interval_ms: 500,
-            shutdown_grace_ms: 500,
             file_roots: vec![root.clone()],
-            ..Config::new(&nats.url(), host).expect("config")
+            ..support::config(nats, host)
         };
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = oneshot::channel::<Ready>();
-        let task = tokio::spawn(execmesh_node_agent::run_with_ready(
-            config,
-            shutdown.clone(),
-            Some(tx),
-        ));
-        timeout(Duration::from_secs(10), rx)
-            .await
-            .expect("agent ready in time")
-            .expect("agent reports ready");
+        let agent = support::Agent::start(config).await;
         Agent {
-            host: Token::parse("host id", host).expect("token"),
+            host: agent.host.clone(),
+            agent,
             root,
             _root_dir: root_dir,
-            shutdown,
-            task,
-            client: async_nats::connect(nats.url()).await.expect("client"),
+            client: nats.client().await,
         }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("agent stops in time")
-            .expect("agent task")
-            .expect("agent run");
+        self.agent.stop().await;
     }
 
     /// `root/rel` as a request path.
@@ -166,19 +70,7 @@ impl Agent {
     }
 
     async fn send(&self, subject_user: &str, req: pb::ExecRequest) -> pb::ExecReply {
-        let tenant = Token::parse("tenant", "default").expect("token");
-        let user = Token::parse("user", subject_user).expect("token");
-        let msg = timeout(
-            Duration::from_secs(30),
-            self.client.request(
-                subject::exec(&tenant, &self.host, &user),
-                req.encode_to_vec().into(),
-            ),
-        )
-        .await
-        .expect("reply in time")
-        .expect("request");
-        pb::ExecReply::decode(msg.payload.as_ref()).expect("ExecReply")
+        support::exec_raw(&self.client, &self.host, subject_user, req.encode_to_vec()).await
     }
 
     async fn ok(&self, op: Op) -> file_reply::Result {
@@ -198,19 +90,6 @@ impl Agent {
     }
 }
 
-fn code(e: &pb::ExecError) -> ErrorCode {
-    ErrorCode::try_from(e.code).expect("known code")
-}
-
-macro_rules! expect {
-    ($value:expr, $variant:path) => {
-        match $value {
-            $variant(inner) => inner,
-            other => panic!("expected {}, got {other:?}", stringify!($variant)),
-        }
-    };
-}
-
 fn read_op(path: String, offset: u64, line: u64, max_lines: u32) -> Op {
     Op::Read(pb::FileRead {
         path,
@@ -226,7 +105,7 @@ fn read_op(path: String, offset: u64, line: u64, max_lines: u32) -> Op {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_operation_answers_over_nats() {
-    let nats = Nats::start().await.expect("nats");
+    let nats = Nats::start().await;
     let agent = Agent::start(&nats, "files-1").await;
 
     let w = agent
@@ -389,7 +268,7 @@ async fn every_file_operation_answers_over_nats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_their_code_and_name_the_host_and_path() {
-    let nats = Nats::start().await.expect("nats");
+    let nats = Nats::start().await;
     let agent = Agent::start(&nats, "files-2").await;
     std::os::unix::fs::symlink("/etc", agent.root.join("etc-link")).expect("symlink");
     let sibling = format!("{}2/x", agent.root.display());
@@ -456,7 +335,7 @@ async fn refusals_carry_their_code_and_name_the_host_and_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_line_file_pages_to_the_end_at_a_flat_cost() {
-    let nats = Nats::start().await.expect("nats");
+    let nats = Nats::start().await;
     let agent = Agent::start(&nats, "files-3").await;
     {
         let file = std::fs::File::create(agent.root.join("big.log")).expect("create");
@@ -503,7 +382,7 @@ async fn a_million_line_file_pages_to_the_end_at_a_flat_cost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_stay_under_the_max_payload() {
-    let nats = Nats::start().await.expect("nats");
+    let nats = Nats::start().await;
     let agent = Agent::start(&nats, "files-4").await;
     let max_payload = agent.client.server_info().max_payload;
     let big = vec![b'x'; 3 * 1024 * 1024];
