@@ -33,6 +33,7 @@ async fn main() -> Result<()> {
             body: Some(pb::control_request::Body::Kill(pb::KillRequest {
                 grace_ms: 0,
             })),
+            ..Default::default()
         };
         let msg = client
             .request(subject::ctl(&tenant, &host), req.encode_to_vec().into())
@@ -57,6 +58,7 @@ async fn main() -> Result<()> {
             bg,
             ..Default::default()
         })),
+        ..Default::default()
     };
     let started = std::time::Instant::now();
     let msg = client

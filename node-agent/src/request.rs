@@ -317,6 +317,7 @@ mod tests {
                 cmd: "echo hi".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 

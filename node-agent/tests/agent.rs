@@ -31,6 +31,7 @@ fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest 
         expires_at_ms: execmesh_proto::now_ms() + 30_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         body: Some(pb::exec_request::Body::Run(run)),
+        ..Default::default()
     }
 }
 
@@ -64,6 +65,7 @@ async fn kill(
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
             grace_ms,
         })),
+        ..Default::default()
     };
     let msg = timeout(
         Duration::from_secs(20),

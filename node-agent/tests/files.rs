@@ -65,6 +65,7 @@ impl Agent {
             body: Some(pb::exec_request::Body::File(pb::FileRequest {
                 op: Some(op),
             })),
+            ..Default::default()
         };
         self.send(subject_user, req).await
     }
@@ -317,6 +318,7 @@ async fn refusals_carry_their_code_and_name_the_host_and_path() {
         body: Some(pb::exec_request::Body::File(pb::FileRequest {
             op: Some(read_op(agent.path("blob"), 0, 0, 0)),
         })),
+        ..Default::default()
     };
     let e = expect!(agent.send("alice", req.clone()).await.body, Some);
     assert_eq!(

@@ -33,6 +33,7 @@ pub async fn send(
         expires_at_ms: execmesh_proto::now_ms() + REQUEST_VALIDITY.as_millis() as u64,
         trace_id: call.trace.trace_id.clone(),
         body: Some(body),
+        ..Default::default()
     };
     let reply: pb::ExecReply = match mesh
         .request(

@@ -264,6 +264,7 @@ async fn kill(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
             body: Some(pb::control_request::Body::Kill(pb::KillRequest {
                 grace_ms: 0,
             })),
+            ..Default::default()
         };
         let reply: pb::ControlReply = call
             .state

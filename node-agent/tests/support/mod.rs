@@ -212,6 +212,7 @@ pub fn request(host: &Token, job: &str, body: pb::exec_request::Body) -> pb::Exe
         expires_at_ms: execmesh_proto::now_ms() + 30_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         body: Some(body),
+        ..Default::default()
     }
 }
 
