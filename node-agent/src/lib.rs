@@ -24,6 +24,7 @@ mod recovery;
 mod registry;
 mod request;
 mod retry;
+mod search;
 mod status;
 pub mod telemetry;
 mod warm;

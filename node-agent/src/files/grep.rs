@@ -1,29 +1,16 @@
-//! `FileGrep`: searches a file or a tree with ripgrep's crates (never a shell), in path order, capped.
-
-use std::fs;
-use std::path::Path;
-use std::sync::Arc;
+//! `FileGrep`: searches a file or a tree with the shared searcher, in path order, capped.
 
 use execmesh_proto::pb;
-use grep_regex::{RegexMatcher, RegexMatcherBuilder};
-use grep_searcher::{
-    BinaryDetection, Searcher, SearcherBuilder, Sink, SinkContext, SinkContextKind, SinkMatch,
-};
-use ignore::WalkBuilder;
-use ignore::overrides::OverrideBuilder;
 
 use super::clamp;
 use super::error::FileError;
-use super::list::stays_inside;
-use super::roots::Roots;
 use super::{Budget, Files};
+use crate::search::{self, Hits, Query, Search, Walked};
 
 /// Matches returned when the request names no limit.
 pub const DEFAULT_MAX_MATCHES: u32 = 1000;
 /// Most matches of one search.
 pub const MAX_MATCHES: u32 = 100_000;
-/// Most context lines before and after a match.
-pub const MAX_CONTEXT: u32 = 100;
 /// Longest line kept whole when the request names no limit.
 pub const DEFAULT_MAX_LINE_BYTES: u32 = 4096;
 /// Wire bytes of a match besides its strings.
@@ -38,23 +25,17 @@ pub fn grep(
     budget: &Budget,
 ) -> Result<pb::FileGrepReply, FileError> {
     let raw = req.path.as_str();
-    if req.pattern.is_empty() {
-        return Err(FileError::invalid(raw, "the pattern is empty"));
-    }
+    let query = Query {
+        pattern: &req.pattern,
+        fixed: req.fixed,
+        ignore_case: req.ignore_case,
+        context: req.context,
+        globs: &req.globs,
+        hidden: req.hidden,
+    };
+    let mut search = Search::new(&files.roots, &query, budget.deadline)
+        .map_err(|e| FileError::invalid(raw, e))?;
     let real = files.roots.resolve(raw)?;
-    let matcher = RegexMatcherBuilder::new()
-        .case_insensitive(req.ignore_case)
-        .fixed_strings(req.fixed)
-        .line_terminator(Some(b'\n'))
-        .build(&req.pattern)
-        .map_err(|e| FileError::invalid(raw, format!("the pattern is not a valid regex: {e}")))?;
-    let context = req.context.min(MAX_CONTEXT) as usize;
-    let mut searcher = SearcherBuilder::new()
-        .line_number(true)
-        .before_context(context)
-        .after_context(context)
-        .binary_detection(BinaryDetection::quit(0))
-        .build();
     let mut found = Found {
         reply: pb::FileGrepReply::default(),
         max_matches: match req.max_matches {
@@ -69,52 +50,13 @@ pub fn grep(
         bytes: 0,
         max_bytes: budget.reply_bytes,
         full: false,
+        path: String::new(),
+        first: 0,
+        bytes_before: 0,
+        before: Vec::new(),
     };
-    let meta = fs::metadata(&real).map_err(|e| FileError::io(raw, "reading the status", e))?;
-    if !meta.is_dir() {
-        found.search(&files.roots, &real, &mut searcher, &matcher);
-        return Ok(found.reply);
-    }
-
-    let mut walk = WalkBuilder::new(&real);
-    walk.standard_filters(false)
-        .hidden(!req.hidden)
-        .follow_links(false)
-        .sort_by_file_name(|a, b| a.cmp(b));
-    if !req.globs.is_empty() {
-        let mut globs = OverrideBuilder::new(&real);
-        for glob in &req.globs {
-            globs
-                .add(glob)
-                .map_err(|e| FileError::invalid(raw, format!("glob `{glob}`: {e}")))?;
-        }
-        let globs = globs
-            .build()
-            .map_err(|e| FileError::invalid(raw, format!("globs: {e}")))?;
-        walk.overrides(globs);
-    }
-    let roots = Arc::new(files.roots.clone());
-    let hidden = req.hidden;
-    // Hidden entries are filtered here too: a glob that matches one would otherwise let it in.
-    walk.filter_entry(move |entry| {
-        (hidden || entry.depth() == 0 || !entry.file_name().as_encoded_bytes().starts_with(b"."))
-            && stays_inside(&roots, entry)
-    });
-    for entry in walk.build() {
-        let Ok(entry) = entry else {
-            continue;
-        };
-        if !entry.file_type().is_some_and(|t| t.is_file()) {
-            continue;
-        }
-        if budget.expired() {
-            found.reply.truncated = true;
-            break;
-        }
-        found.search(&files.roots, entry.path(), &mut searcher, &matcher);
-        if found.full {
-            break;
-        }
+    if search.path(&real, raw, &mut found)? == Walked::TimedOut {
+        found.reply.truncated = true;
     }
     Ok(found.reply)
 }
@@ -129,124 +71,96 @@ struct Found {
     max_bytes: usize,
     /// A limit was hit: stop searching.
     full: bool,
+    /// The file being searched.
+    path: String,
+    /// Index of this file's first match in the reply, and the size before it.
+    first: usize,
+    bytes_before: usize,
+    /// Context lines waiting for the next match.
+    before: Vec<String>,
 }
 
 impl Found {
-    /// Searches one file, opened through the roots' checks (files that fail them, or that are
-    /// not regular, are passed over).
-    fn search(
-        &mut self,
-        roots: &Roots,
-        path: &Path,
-        searcher: &mut Searcher,
-        matcher: &RegexMatcher,
-    ) {
-        let shown = path.display().to_string();
-        let Ok(file) = roots.open_file(path, &shown) else {
-            return;
-        };
-        if !file.metadata().is_ok_and(|m| m.is_file()) {
-            return;
-        }
-        let first = self.reply.matches.len();
-        let bytes_before = self.bytes;
-        let mut sink = FileSink {
-            found: self,
-            path: shown,
-            first,
-            before: Vec::new(),
-            binary: false,
-        };
-        // A read error ends this file's search with what it found.
-        let _ = searcher.search_file(matcher, &file, &mut sink);
-        if sink.binary {
-            self.reply.matches.truncate(first);
-            self.bytes = bytes_before;
-            self.reply.binary_skipped += 1;
-            return;
-        }
-        self.reply.files_searched += 1;
-        if self.reply.matches.len() > first {
-            self.reply.files_matched += 1;
-        }
-    }
-
     fn line(&self, bytes: &[u8]) -> String {
-        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let bytes = search::trim_terminator(bytes);
         clamp::line_text(bytes, bytes.len() as u64, self.max_line_bytes).0
     }
+
+    fn stop(&mut self) -> bool {
+        self.reply.truncated = true;
+        self.full = true;
+        false
+    }
 }
 
-/// Collects the matches of one file into [`Found`].
-struct FileSink<'a> {
-    found: &'a mut Found,
-    path: String,
-    /// Index of this file's first match in the reply.
-    first: usize,
-    /// Context lines waiting for the next match.
-    before: Vec<String>,
-    binary: bool,
-}
+impl Hits for Found {
+    fn open(&mut self, path: &str) {
+        self.path = path.to_string();
+        self.first = self.reply.matches.len();
+        self.bytes_before = self.bytes;
+        self.before.clear();
+    }
 
-impl Sink for FileSink<'_> {
-    type Error = std::io::Error;
-
-    fn matched(&mut self, _: &Searcher, mat: &SinkMatch<'_>) -> Result<bool, Self::Error> {
-        let found = &mut *self.found;
-        if found.reply.matches.len() >= found.max_matches {
-            found.reply.truncated = true;
-            found.full = true;
-            return Ok(false);
+    fn matched(&mut self, line_number: u64, line: &[u8]) -> bool {
+        if self.reply.matches.len() >= self.max_matches {
+            return self.stop();
         }
-        let text = found.line(mat.bytes());
+        let text = self.line(line);
         let before = std::mem::take(&mut self.before);
         let size = MATCH_OVERHEAD
             + self.path.len()
             + text.len()
             + before.iter().map(|l| l.len() + 2).sum::<usize>();
-        if found.bytes + size > found.max_bytes {
-            found.reply.truncated = true;
-            found.full = true;
-            return Ok(false);
+        if self.bytes + size > self.max_bytes {
+            return self.stop();
         }
-        found.bytes += size;
-        found.reply.matches.push(pb::GrepMatch {
+        self.bytes += size;
+        self.reply.matches.push(pb::GrepMatch {
             path: self.path.clone(),
-            line: mat.line_number().unwrap_or(0),
+            line: line_number,
             text,
             before,
             after: Vec::new(),
         });
-        Ok(true)
+        true
     }
 
-    fn context(&mut self, _: &Searcher, ctx: &SinkContext<'_>) -> Result<bool, Self::Error> {
-        let text = self.found.line(ctx.bytes());
-        match ctx.kind() {
-            SinkContextKind::Before => self.before.push(text),
-            SinkContextKind::After => {
-                let found = &mut *self.found;
-                if found.bytes + text.len() + 2 > found.max_bytes {
-                    found.reply.truncated = true;
-                    found.full = true;
-                    return Ok(false);
-                }
-                if found.reply.matches.len() > self.first
-                    && let Some(last) = found.reply.matches.last_mut()
-                {
-                    found.bytes += text.len() + 2;
-                    last.after.push(text);
-                }
-            }
-            SinkContextKind::Other => {}
+    fn before(&mut self, line: &[u8]) -> bool {
+        let text = self.line(line);
+        self.before.push(text);
+        true
+    }
+
+    fn after(&mut self, line: &[u8]) -> bool {
+        let text = self.line(line);
+        if self.bytes + text.len() + 2 > self.max_bytes {
+            return self.stop();
         }
-        Ok(true)
+        if self.reply.matches.len() > self.first
+            && let Some(last) = self.reply.matches.last_mut()
+        {
+            self.bytes += text.len() + 2;
+            last.after.push(text);
+        }
+        true
     }
 
-    fn binary_data(&mut self, _: &Searcher, _offset: u64) -> Result<bool, Self::Error> {
-        self.binary = true;
-        Ok(false)
+    fn close(&mut self, binary: bool) {
+        if binary {
+            // The file tool shows text: a file that turns out binary contributes nothing.
+            self.reply.matches.truncate(self.first);
+            self.bytes = self.bytes_before;
+            self.reply.binary_skipped += 1;
+            return;
+        }
+        self.reply.files_searched += 1;
+        if self.reply.matches.len() > self.first {
+            self.reply.files_matched += 1;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.full
     }
 }
 

@@ -4,7 +4,7 @@
 //! a few at a time, so a flood of searches cannot take every thread. Every path goes through
 //! [`Roots`] first.
 
-mod clamp;
+pub(crate) mod clamp;
 mod copy;
 mod error;
 mod grep;
@@ -27,6 +27,7 @@ use crate::config::Config;
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
 pub use error::FileError;
+pub(crate) use list::stays_inside;
 pub use roots::{DEFAULT_ROOTS, Roots};
 
 /// File operations running at once; more wait for a turn.
@@ -125,27 +126,34 @@ impl Files {
         request: pb::FileRequest,
         budget: Budget,
     ) -> Result<pb::FileReply, FileError> {
+        self.run_blocking(move |files| files.handle(request, &budget))
+            .await
+            .unwrap_or_else(|e| {
+                Err(FileError::Io {
+                    path: String::new(),
+                    op: "the file task",
+                    source: e,
+                })
+            })
+    }
+
+    /// Runs `work` on the blocking pool once one of the [`FILE_WORKERS`] permits is free, so
+    /// file work (reads, searches) never takes every blocking thread from the jobs.
+    pub async fn run_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Files) -> T + Send + 'static,
+    ) -> io::Result<T> {
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
-            .map_err(|e| FileError::Io {
-                path: String::new(),
-                op: "waiting for a file worker",
-                source: io::Error::other(e),
-            })?;
+            .map_err(io::Error::other)?;
         let files = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            files.handle(request, &budget)
+            work(&files)
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(FileError::Io {
-                path: String::new(),
-                op: "the file task",
-                source: io::Error::other(e),
-            })
-        })
+        .map_err(io::Error::other)
     }
 
     /// Runs one request on this thread.
