@@ -147,6 +147,31 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_FILE_MAX_COPY_BYTES", value_name = "BYTES")]
     pub file_max_copy_bytes: Option<String>,
 
+    /// Seconds between collections of the host's fact pack (OS, memory, disks, ports, services,
+    /// packages) into `mesh_facts`; it is also collected at start and on a refresh request.
+    /// [default: 300]
+    #[arg(long, env = "EXECMESH_FACTS_INTERVAL_SECS", value_name = "SECS")]
+    pub facts_interval_secs: Option<String>,
+
+    /// Results (matches, or files in count / files mode) a grep returns when its request names
+    /// no limit; every match is still counted. [default: 200]
+    #[arg(long, env = "EXECMESH_GREP_DEFAULT_MAX_MATCHES", value_name = "N")]
+    pub grep_default_max_matches: Option<String>,
+
+    /// Most results a grep returns, whatever its request asks. [default: 10000]
+    #[arg(long, env = "EXECMESH_GREP_MAX_MATCHES", value_name = "N")]
+    pub grep_max_matches: Option<String>,
+
+    /// Longest a grep searches before it returns what it found; the request's expiry may cut
+    /// it shorter. [default: 30]
+    #[arg(long, env = "EXECMESH_GREP_TIMEOUT_SECS", value_name = "SECS")]
+    pub grep_timeout_secs: Option<String>,
+
+    /// Most bytes of results (matches, file counts, digest groups) in one grep reply; replies
+    /// also stay under the NATS max payload. [default: 524288]
+    #[arg(long, env = "EXECMESH_GREP_MAX_REPLY_BYTES", value_name = "BYTES")]
+    pub grep_max_reply_bytes: Option<String>,
+
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info,execmesh_node_agent=debug`).
     /// [default: info]
     #[arg(long, env = "EXECMESH_LOG", value_name = "FILTER")]

@@ -10,6 +10,7 @@ use execmesh_proto::{Token, jetstream};
 
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
+use crate::grep::GrepLimits;
 
 /// Largest output chunk the agent writes (the stream accepts larger records; this keeps pages
 /// and memory small).
@@ -82,6 +83,20 @@ pub struct Config {
     pub file_max_write_bytes: u64,
     /// Most bytes one copy may write to this host.
     pub file_max_copy_bytes: u64,
+    /// Seconds between collections of the host's fact pack (it is also collected at start and
+    /// on a refresh request).
+    pub facts_interval_secs: u64,
+    /// Results (matches, or files in count / files mode) a grep returns when its request names
+    /// no `max_matches`.
+    pub grep_default_max_matches: u64,
+    /// Most results a grep returns, whatever its request asks.
+    pub grep_max_matches: u64,
+    /// Longest a grep searches before it returns what it found (the request's expiry may cut
+    /// it shorter).
+    pub grep_timeout_secs: u64,
+    /// Most bytes of results (matches, file counts, digest groups) in one grep reply; replies
+    /// also stay under the NATS max payload.
+    pub grep_max_reply_bytes: u64,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
     /// Log JSON lines instead of text.
@@ -153,6 +168,11 @@ impl Default for Config {
             file_max_read_bytes: 1024 * 1024,
             file_max_write_bytes: 64 * 1024 * 1024,
             file_max_copy_bytes: 1024 * 1024 * 1024,
+            facts_interval_secs: 300,
+            grep_default_max_matches: 200,
+            grep_max_matches: 10_000,
+            grep_timeout_secs: 30,
+            grep_max_reply_bytes: 512 * 1024,
             log: "info".to_string(),
             log_json: false,
         }
@@ -301,6 +321,36 @@ impl Config {
                 &c.file_max_copy_bytes,
                 d.file_max_copy_bytes,
             ),
+            facts_interval_secs: l.get(
+                "facts_interval_secs",
+                "--facts-interval-secs",
+                &c.facts_interval_secs,
+                d.facts_interval_secs,
+            ),
+            grep_default_max_matches: l.get(
+                "grep_default_max_matches",
+                "--grep-default-max-matches",
+                &c.grep_default_max_matches,
+                d.grep_default_max_matches,
+            ),
+            grep_max_matches: l.get(
+                "grep_max_matches",
+                "--grep-max-matches",
+                &c.grep_max_matches,
+                d.grep_max_matches,
+            ),
+            grep_timeout_secs: l.get(
+                "grep_timeout_secs",
+                "--grep-timeout-secs",
+                &c.grep_timeout_secs,
+                d.grep_timeout_secs,
+            ),
+            grep_max_reply_bytes: l.get(
+                "grep_max_reply_bytes",
+                "--grep-max-reply-bytes",
+                &c.grep_max_reply_bytes,
+                d.grep_max_reply_bytes,
+            ),
             log: l.get("log", "--log", &c.log, d.log),
             log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
         };
@@ -417,6 +467,21 @@ impl Config {
         );
         range("file_max_copy_bytes", self.file_max_copy_bytes, 1, u64::MAX);
         range("warm_shells", self.warm_shells as u64, 0, 64);
+        range("facts_interval_secs", self.facts_interval_secs, 1, 86_400);
+        range("grep_max_matches", self.grep_max_matches, 1, 1_000_000);
+        range(
+            "grep_default_max_matches",
+            self.grep_default_max_matches,
+            1,
+            self.grep_max_matches.max(1),
+        );
+        range("grep_timeout_secs", self.grep_timeout_secs, 1, 3600);
+        range(
+            "grep_max_reply_bytes",
+            self.grep_max_reply_bytes,
+            16 * 1024,
+            64 * 1024 * 1024,
+        );
         if !self.shell.is_absolute() {
             p.push(format!(
                 "shell: {} is not an absolute path",
@@ -484,6 +549,22 @@ impl Config {
             max_read_bytes: self.file_max_read_bytes,
             max_write_bytes: self.file_max_write_bytes,
             max_copy_bytes: self.file_max_copy_bytes,
+        }
+    }
+
+    /// [`Config::facts_interval_secs`] as a duration.
+    pub fn facts_interval(&self) -> Duration {
+        Duration::from_secs(self.facts_interval_secs)
+    }
+
+    /// The grep limits.
+    pub fn grep_limits(&self) -> GrepLimits {
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        GrepLimits {
+            default_max_matches: clamp(self.grep_default_max_matches),
+            max_matches: clamp(self.grep_max_matches),
+            timeout: Duration::from_secs(self.grep_timeout_secs),
+            max_reply_bytes: usize::try_from(self.grep_max_reply_bytes).unwrap_or(usize::MAX),
         }
     }
 
@@ -560,6 +641,11 @@ const KNOWN_KEYS: &[&str] = &[
     "file_max_read_bytes",
     "file_max_write_bytes",
     "file_max_copy_bytes",
+    "facts_interval_secs",
+    "grep_default_max_matches",
+    "grep_max_matches",
+    "grep_timeout_secs",
+    "grep_max_reply_bytes",
     "log",
     "log_json",
 ];

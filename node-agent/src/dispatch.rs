@@ -1,7 +1,7 @@
 //! Receives requests on the host's subjects, answers them, and drains work at shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
@@ -24,6 +24,8 @@ use crate::request::{self, Order, Refusal};
 const KILL_REPLY_SLACK: Duration = Duration::from_secs(5);
 /// How long killed jobs may take to store their end before publishing is abandoned.
 const KILLED_STORE_LIMIT: Duration = Duration::from_secs(10);
+/// Time kept between a search's deadline and the request's expiry, for the reply to travel.
+const GREP_REPLY_MARGIN: Duration = Duration::from_millis(500);
 
 /// The host's request subscriptions.
 pub struct Subscriptions {
@@ -222,6 +224,105 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
                                   trace_id = %spec.trace_id);
             file(node, spec).instrument(span).await
         }
+        Order::Grep(spec) => {
+            let span = info_span!("grep", host = %host, job = %spec.job, user = %spec.user,
+                                  paths = spec.request.paths.len(),
+                                  digest = spec.request.digest,
+                                  trace_id = %spec.trace_id);
+            grep(node, spec).instrument(span).await
+        }
+        Order::Facts(spec) => {
+            let span = info_span!("facts", host = %host, job = %spec.job, user = %spec.user,
+                                  refresh = spec.refresh, trace_id = %spec.trace_id);
+            facts(node, spec).instrument(span).await
+        }
+    }
+}
+
+/// Runs one host's share of a fan-out grep on the blocking pool (with a file-worker permit, so
+/// searches never take every blocking thread), bounded by the request's expiry and the grep
+/// timeout; the reply always fits the server's max payload.
+async fn grep(node: &Arc<Node>, spec: request::GrepSpec) -> pb::ExecReply {
+    let host = node.host();
+    if node.stopping.is_cancelled() {
+        return exec_error(&Refusal::new(
+            ErrorCode::ShuttingDown,
+            format!("host {host} is shutting down and takes no new requests"),
+        ));
+    }
+    let max_payload = node.client.server_info().max_payload;
+    let limits = node.config.grep_limits();
+    // Stop searching a little before the request expires, so the partial answer still arrives
+    // while the caller waits.
+    let left = Duration::from_millis(spec.expires_at_ms.saturating_sub(execmesh_proto::now_ms()));
+    let left = left.saturating_sub((left / 10).min(GREP_REPLY_MARGIN));
+    let deadline = Instant::now() + left.min(limits.timeout);
+    let reply_bytes = Budget::new(max_payload, deadline).reply_bytes;
+    let work = node.files.run_blocking(move |files| {
+        crate::grep::grep(files, &limits, spec.request, reply_bytes, deadline)
+    });
+    // Waiting for a worker counts against the request's time too; a search that started
+    // returns by itself at the deadline.
+    let result = match tokio::time::timeout_at((deadline + GREP_REPLY_MARGIN).into(), work).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(e)) => {
+            return exec_error(&Refusal::new(
+                ErrorCode::Internal,
+                format!("host {host}: the search task failed: {e}"),
+            ));
+        }
+        Err(_) => {
+            return exec_error(&Refusal::new(
+                ErrorCode::Busy,
+                format!("host {host}: no search worker became free before the request expired"),
+            ));
+        }
+    };
+    match result {
+        Ok(result) => {
+            let reply = pb::ExecReply {
+                body: Some(pb::exec_reply::Body::Grep(result)),
+            };
+            let len = reply.encoded_len();
+            if len > max_payload {
+                warn!(len, max_payload, "grep reply over the max payload");
+                return exec_error(&Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "host {host}: the reply would be {len} bytes, over the NATS max payload of {max_payload}; ask for fewer matches"
+                    ),
+                ));
+            }
+            debug!("grep answered");
+            reply
+        }
+        Err(e) => {
+            info!(code = e.code().as_str_name(), reason = %e, "grep refused");
+            exec_error(&Refusal::new(e.code(), format!("host {host}: {e}")))
+        }
+    }
+}
+
+/// Answers with the cached fact pack, or collects, stores and answers with a fresh one.
+async fn facts(node: &Arc<Node>, spec: request::FactsSpec) -> pb::ExecReply {
+    let facts = if spec.refresh {
+        match node.facts.refresh().await {
+            Ok(facts) => facts,
+            Err(e) => {
+                warn!(error = %e, "refreshing the facts failed");
+                return exec_error(&Refusal::new(
+                    ErrorCode::Internal,
+                    format!("host {}: {e}", node.host()),
+                ));
+            }
+        }
+    } else {
+        node.facts.cached()
+    };
+    pb::ExecReply {
+        body: Some(pb::exec_reply::Body::Facts(pb::FactsReply {
+            facts: Some(facts),
+        })),
     }
 }
 

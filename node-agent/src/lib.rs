@@ -8,10 +8,12 @@ mod chunker;
 pub mod cli;
 pub mod config;
 mod connection;
+mod digest;
 mod dispatch;
 pub mod error;
 mod facts;
 pub mod files;
+mod grep;
 mod job;
 mod lines;
 mod node;
@@ -86,6 +88,7 @@ pub async fn run_with_ready(
         instance.clone(),
         client.clone(),
         mesh.jobs.clone(),
+        mesh.facts.clone(),
         shutdown,
     ));
 
@@ -95,7 +98,15 @@ pub async fn run_with_ready(
     }
     // After recovery, whose scan of /proc must not meet this run's own shells.
     let warm = tokio::spawn(Arc::clone(&node.warm).run());
-    presence::register(&mesh.facts, &node.config).await?;
+    // The full fact pack (with the labels) is the host's registration: written before the
+    // first heartbeat, so a host that shows online can be selected by its facts.
+    node.facts
+        .refresh()
+        .await
+        .map_err(|e| AgentError::Register {
+            what: "facts",
+            source: Box::new(e),
+        })?;
     let heartbeat = Arc::new(Heartbeat::new(
         js,
         mesh.presence.clone(),
@@ -126,6 +137,7 @@ pub async fn run_with_ready(
     let beats_stop = CancellationToken::new();
     // Removes abandoned copies while the agent runs, and every unfinished one when it stops.
     let sweeper = tokio::spawn(Arc::clone(&node.files).sweep(beats_stop.clone()));
+    let facts = tokio::spawn(Arc::clone(&node.facts).run(beats_stop.clone()));
     let beats = tokio::spawn({
         let heartbeat = Arc::clone(&heartbeat);
         let stop = beats_stop.clone();
@@ -139,6 +151,7 @@ pub async fn run_with_ready(
     beats_stop.cancel();
     let _ = beats.await;
     let _ = sweeper.await;
+    let _ = facts.await;
     match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::facts::Facts;
 use crate::files::Files;
 use crate::registry::Registry;
 use crate::warm::WarmPool;
@@ -43,6 +44,8 @@ pub struct Node {
     pub files: Arc<Files>,
     /// Shells started ahead of time for the next jobs.
     pub warm: Arc<WarmPool>,
+    /// The host's fact pack: collected, stored in `mesh_facts`, cached for requests.
+    pub facts: Arc<Facts>,
 }
 
 // === impl Node ===
@@ -53,10 +56,12 @@ impl Node {
         instance: String,
         client: Client,
         jobs_kv: kv::Store,
+        facts_kv: kv::Store,
         stopping: CancellationToken,
     ) -> Self {
         let js = jetstream::new(client.clone());
         let files = Arc::new(Files::new(&config));
+        let facts = Arc::new(Facts::new(facts_kv, &config));
         let warm = Arc::new(WarmPool::new(
             &config.shell,
             config.host_id.clone(),
@@ -78,6 +83,7 @@ impl Node {
             jobs: TaskTracker::new(),
             handlers: TaskTracker::new(),
             files,
+            facts,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The host's registration in `mesh_facts` and its heartbeat in `mesh_presence`.
+//! The host's heartbeat in `mesh_presence` (its registration in `mesh_facts` is the fact pack).
 //!
 //! async-nats 0.51 has no KV put with a TTL, so a heartbeat is a JetStream publish to the
 //! bucket's subject with a `Nats-TTL` header; the server expires the key three heartbeats later
@@ -17,22 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::error::{AgentError, BoxError};
-use crate::facts::{self, AGENT_VERSION};
-
-/// Writes the host's facts once; the registration is kept without TTL.
-pub async fn register(facts_kv: &kv::Store, config: &Config) -> Result<(), AgentError> {
-    let key = subject::host_key(&config.tenant, &config.host_id);
-    let facts = facts::collect(config);
-    facts_kv
-        .put(&key, Bytes::from(facts.encode_to_vec()))
-        .await
-        .map_err(|e| AgentError::Register {
-            what: "facts",
-            source: Box::new(e),
-        })?;
-    Ok(())
-}
+use crate::error::BoxError;
+use crate::facts::AGENT_VERSION;
 
 /// Publishes the agent's heartbeat.
 pub struct Heartbeat {

@@ -74,11 +74,36 @@ pub struct FileSpec {
     pub request: pb::FileRequest,
 }
 
+/// A validated fan-out grep share. Its paths, pattern and globs are checked by the search.
+#[derive(Debug, Clone)]
+pub struct GrepSpec {
+    pub job: Token,
+    pub user: Token,
+    /// W3C trace id (32 lower-case hex) of the tool call, or empty.
+    pub trace_id: String,
+    /// Unix milliseconds after which the caller no longer waits: the search stops then.
+    pub expires_at_ms: u64,
+    pub request: pb::GrepRequest,
+}
+
+/// A validated request for the host's fact pack.
+#[derive(Debug, Clone)]
+pub struct FactsSpec {
+    pub job: Token,
+    pub user: Token,
+    /// W3C trace id (32 lower-case hex) of the tool call, or empty.
+    pub trace_id: String,
+    /// Collect now (and store) rather than answer with the last pack.
+    pub refresh: bool,
+}
+
 /// What a valid ExecRequest asks for.
 #[derive(Debug, Clone)]
 pub enum Order {
     Run(RunSpec),
     File(FileSpec),
+    Grep(GrepSpec),
+    Facts(FactsSpec),
 }
 
 /// A validated request to stop a job.
@@ -101,10 +126,10 @@ pub fn run_spec(
 ) -> Result<RunSpec, Refusal> {
     match order(req, subject_user, headers, config, now_ms)? {
         Order::Run(spec) => Ok(spec),
-        Order::File(_) => Err(Refusal::new(
+        Order::File(_) | Order::Grep(_) | Order::Facts(_) => Err(Refusal::new(
             ErrorCode::Invalid,
             format!(
-                "host {}: expected a command, got a file request",
+                "host {}: expected a command, got another kind of request",
                 config.host_id
             ),
         )),
@@ -190,11 +215,22 @@ pub fn order(
                 request,
             }));
         }
-        Some(pb::exec_request::Body::Grep(_) | pb::exec_request::Body::Facts(_)) => {
-            return Err(Refusal::new(
-                ErrorCode::Invalid,
-                format!("host {host}: this agent does not serve grep or facts requests yet"),
-            ));
+        Some(pb::exec_request::Body::Grep(request)) => {
+            return Ok(Order::Grep(GrepSpec {
+                job,
+                user,
+                trace_id,
+                expires_at_ms: req.expires_at_ms,
+                request,
+            }));
+        }
+        Some(pb::exec_request::Body::Facts(facts)) => {
+            return Ok(Order::Facts(FactsSpec {
+                job,
+                user,
+                trace_id,
+                refresh: facts.refresh,
+            }));
         }
         None => {
             return Err(invalid(
@@ -384,6 +420,37 @@ mod tests {
         assert_eq!(r.code, ErrorCode::Expired);
         let r = order(file(None), "alice", None, &config(), 1_000).unwrap_err();
         assert!(r.message.contains("no operation"), "{r:?}");
+    }
+
+    #[test]
+    fn grep_and_facts_requests_become_orders_checked_like_the_others() {
+        let mut req = request();
+        req.body = Some(pb::exec_request::Body::Grep(pb::GrepRequest {
+            paths: vec!["/var/log".into()],
+            pattern: "ERROR".into(),
+            ..Default::default()
+        }));
+        let Ok(Order::Grep(spec)) = order(req.clone(), "alice", None, &config(), 1_000) else {
+            panic!("a grep order");
+        };
+        assert_eq!(
+            (spec.request.pattern.as_str(), spec.expires_at_ms),
+            ("ERROR", 2_000)
+        );
+        let r = order(req, "alice", None, &config(), 2_001).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Expired);
+
+        let mut req = request();
+        req.body = Some(pb::exec_request::Body::Facts(pb::FactsRequest {
+            refresh: true,
+        }));
+        let Ok(Order::Facts(spec)) = order(req.clone(), "alice", None, &config(), 1_000) else {
+            panic!("a facts order");
+        };
+        assert!(spec.refresh);
+        req.host = "web-2".into();
+        let r = order(req, "alice", None, &config(), 1_000).unwrap_err();
+        assert_eq!(r.code, ErrorCode::Invalid);
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! The host's fact pack ("server memory"): collected at start and every `facts_interval_secs`, stored in `mesh_facts`, served to `facts` requests.
+//!
+//! Collection reads files and may run a command (systemctl, rpm), so it runs on the blocking
+//! pool, one at a time; the pack is kept in memory for `facts` requests that do not ask for a
+//! refresh. The registration (host, labels, agent version) is part of every pack.
+
+mod sources;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use execmesh_proto::{pb, subject};
+use prost::Message as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+
+/// The agent's version, published in facts and heartbeats.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why a fact pack could not be collected or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsError {
+    /// The collection task panicked or was cancelled.
+    #[error("collecting the facts failed: {0}")]
+    Collect(#[from] tokio::task::JoinError),
+    /// The pack was collected but `mesh_facts` did not take it.
+    #[error("storing the facts in mesh_facts failed: {0}")]
+    Store(#[from] kv::PutError),
+}
+
+/// Collects, stores and serves this host's fact pack.
+pub struct Facts {
+    store: kv::Store,
+    /// `<tenant>.<host>`.
+    key: String,
+    /// What the agent itself contributes to every pack: host, labels, version, interval.
+    identity: pb::HostFacts,
+    interval: Duration,
+    /// The last pack collected (the registration alone until the first collection).
+    current: Mutex<pb::HostFacts>,
+    /// Held while a collection runs, so refreshes do not pile up collections.
+    collecting: tokio::sync::Mutex<()>,
+}
+
+// === impl Facts ===
+
+impl Facts {
+    pub fn new(store: kv::Store, config: &Config) -> Facts {
+        let identity = pb::HostFacts {
+            host: config.host_id.to_string(),
+            labels: config
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            agent_version: AGENT_VERSION.to_string(),
+            interval_secs: config.facts_interval_secs,
+            ..Default::default()
+        };
+        Facts {
+            store,
+            key: subject::host_key(&config.tenant, &config.host_id),
+            current: Mutex::new(identity.clone()),
+            identity,
+            interval: config.facts_interval(),
+            collecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The last pack collected.
+    pub fn cached(&self) -> pb::HostFacts {
+        self.current
+            .lock()
+            .map(|facts| facts.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Collects the pack now (off the async threads), stores it in `mesh_facts` and keeps it.
+    pub async fn refresh(&self) -> Result<pb::HostFacts, FactsError> {
+        let _turn = self.collecting.lock().await;
+        let identity = self.identity.clone();
+        let facts = tokio::task::spawn_blocking(move || collect(identity)).await?;
+        self.store
+            .put(&self.key, Bytes::from(facts.encode_to_vec()))
+            .await?;
+        match self.current.lock() {
+            Ok(mut current) => *current = facts.clone(),
+            Err(poisoned) => *poisoned.into_inner() = facts.clone(),
+        }
+        Ok(facts)
+    }
+
+    /// Refreshes every interval until `stop`; a failed refresh is logged and the next one tried.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // immediate; the agent collected at start
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match self.refresh().await {
+                Ok(_) => debug!(key = %self.key, "facts refreshed"),
+                Err(e) => warn!(key = %self.key, error = %e, "refreshing the facts failed"),
+            }
+        }
+    }
+}
+
+/// The full pack: `identity` plus what the system says. A missing source leaves its field
+/// empty; nothing here fails.
+fn collect(identity: pb::HostFacts) -> pb::HostFacts {
+    let uname = nix::sys::utsname::uname().ok();
+    let os = sources::os_release();
+    let memory = sources::memory();
+    let (load1, load5, load15) = sources::load();
+    let (package_count, package_manager) = sources::packages();
+    pb::HostFacts {
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        os: os
+            .pretty
+            .unwrap_or_else(|| std::env::consts::OS.to_string()),
+        os_id: os.id,
+        os_version: os.version,
+        kernel: uname
+            .as_ref()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpus: online_cpus(),
+        memory_bytes: memory.total,
+        memory_available_bytes: memory.available,
+        swap_total_bytes: memory.swap_total,
+        swap_free_bytes: memory.swap_free,
+        uptime_secs: sources::uptime_secs(),
+        load1,
+        load5,
+        load15,
+        disks: sources::disks(),
+        ip_addresses: sources::ip_addresses(),
+        listening_ports: sources::listening_ports(),
+        services: sources::services(),
+        package_count,
+        package_manager: package_manager.to_string(),
+        collected_at_ms: execmesh_proto::now_ms(),
+        ..identity
+    }
+}
+
+fn online_cpus() -> u32 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .and_then(|n| u32::try_from(n).ok())
+        .or_else(|| {
+            std::thread::available_parallelism()
+                .ok()
+                .and_then(|n| u32::try_from(n.get()).ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_collection_on_this_machine_has_the_basics_and_keeps_the_identity() {
+        let identity = pb::HostFacts {
+            host: "web-1".into(),
+            labels: [("role".to_string(), "web".to_string())].into(),
+            interval_secs: 300,
+            agent_version: AGENT_VERSION.into(),
+            ..Default::default()
+        };
+        let facts = collect(identity);
+        assert_eq!(facts.host, "web-1");
+        assert_eq!(facts.labels.get("role").map(String::as_str), Some("web"));
+        assert_eq!(facts.interval_secs, 300);
+        assert!(facts.cpus > 0 && facts.memory_bytes > 0, "{facts:?}");
+        assert!(!facts.kernel.is_empty() && !facts.arch.is_empty());
+        assert!(facts.collected_at_ms > 0);
+    }
+}
