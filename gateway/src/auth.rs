@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::Token;
 
-/// The issuer written into every token and required on verification.
-pub const ISSUER: &str = "execmesh";
-/// The audience of MCP access tokens.
-pub const AUDIENCE: &str = "execmesh-mcp";
+use crate::tier::Tier;
+
+/// The scope a token needs to use `/mcp`.
+pub const MCP_SCOPE: &str = "mcp";
 /// Longest lifetime `token mint` accepts.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -47,11 +47,108 @@ pub enum AuthError {
     BadSignature,
     #[error("the token expired {0} seconds ago")]
     Expired(u64),
-    #[error("the token was issued for `{0}`, not for this gateway")]
+    #[error("the token was issued by `{0}`, not by this gateway")]
+    WrongIssuer(String),
+    #[error("the token was issued for `{0}`, not for this resource")]
     WrongAudience(String),
+    #[error("the token was revoked")]
+    Revoked,
 }
 
-/// The verified identity carried by a request.
+/// Who issues tokens and for which resource: the authorization server's issuer identifier and
+/// the canonical URL of `/mcp` (RFC 8707). Every replica behind one public URL shares both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    /// `https://gateway.example.com` (no trailing slash).
+    pub issuer: String,
+    /// `https://gateway.example.com/mcp`.
+    pub resource: String,
+}
+
+// === impl Audience ===
+
+impl Audience {
+    /// Parses the public URL of `/mcp`: `http(s)://host[:port]/path`, no query or fragment.
+    pub fn parse(public_url: &str) -> Result<Self, String> {
+        let url = url::Url::parse(public_url).map_err(|e| format!("`{public_url}`: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "`{public_url}` must start with https:// or http://"
+            ));
+        }
+        if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "`{public_url}` must name a host and have no query or fragment"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("`{public_url}` must not carry credentials"));
+        }
+        let issuer = url.origin().ascii_serialization();
+        let path = url.path().trim_end_matches('/');
+        Ok(Self {
+            resource: format!("{issuer}{path}"),
+            issuer,
+        })
+    }
+
+    /// `http://<addr>/mcp`, with 127.0.0.1 (or ::1) for an unspecified address.
+    pub fn for_listen(addr: std::net::SocketAddr) -> Self {
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+            }
+            ip => ip,
+        };
+        let issuer = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+        Self {
+            resource: format!("{issuer}/mcp"),
+            issuer,
+        }
+    }
+
+    /// The resource's path, e.g. `/mcp`.
+    pub fn resource_path(&self) -> &str {
+        &self.resource[self.issuer.len()..]
+    }
+
+    /// The host name of the public URL (no port), for Host header validation.
+    pub fn host(&self) -> String {
+        url::Url::parse(&self.issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// What an access token says (besides who signed it).
+#[derive(Debug, Clone)]
+pub struct TokenSpec<'a> {
+    pub user: &'a str,
+    pub ttl: Duration,
+    /// Space-separated scopes; `mcp` to use the MCP endpoint.
+    pub scope: &'a str,
+    /// The highest tier the token may act with; the policy may grant less.
+    pub tier: Tier,
+    /// The OAuth client the token was issued to; `None` for `token mint`.
+    pub client_id: Option<&'a str>,
+}
+
+/// A freshly signed token and what was put in it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    /// The token's id (`jti`), the key of a revocation.
+    pub jti: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// The verified identity carried by a request: what the token says, then narrowed by the policy
+/// in force (see [`Identity::with_grant`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user, a subject-safe token.
@@ -60,6 +157,35 @@ pub struct Identity {
     pub expires_at: u64,
     /// The token's id, for revocation and audit.
     pub token_id: String,
+    /// The guard tier the caller acts with: the token's tier, capped by the policy's grant.
+    pub tier: Tier,
+    /// The token's scopes.
+    pub scopes: Vec<String>,
+    /// The OAuth client the token was issued to, if any.
+    pub client_id: Option<String>,
+    /// The caller's groups in the policy.
+    pub groups: Vec<String>,
+    /// Selectors of the hosts the caller may reach (`*`: all; empty: none).
+    pub reach: Vec<String>,
+    /// The unix account the policy maps the caller to, as a hint for the agents.
+    pub run_as: Option<String>,
+}
+
+impl Identity {
+    /// Narrows the token's identity to what the policy grants now: the lower of the two tiers,
+    /// and the policy's groups, reach and run-as.
+    pub fn with_grant(mut self, grant: &crate::policy::Grant) -> Self {
+        self.tier = self.tier.min(grant.tier);
+        self.groups = grant.groups.clone();
+        self.reach = grant.reach.clone();
+        self.run_as = grant.run_as.clone();
+        self
+    }
+
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +196,12 @@ struct Claims {
     iat: u64,
     exp: u64,
     jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tier: Option<Tier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
 }
 
 /// The gateway's token key. Cloning shares nothing mutable.
@@ -156,35 +288,43 @@ impl SigningKey {
         file.sync_all().map_err(err)
     }
 
-    /// Mints an access token for `user`, valid for `ttl`.
-    pub fn mint(&self, user: &str, ttl: Duration) -> Result<String, AuthError> {
-        let user = Token::parse("user", user)?;
-        if ttl.is_zero() || ttl > MAX_TTL {
+    /// Signs an access token for `audience` as `spec` says.
+    pub fn issue(&self, audience: &Audience, spec: &TokenSpec<'_>) -> Result<Issued, AuthError> {
+        let user = Token::parse("user", spec.user)?;
+        if spec.ttl.is_zero() || spec.ttl > MAX_TTL {
             return Err(AuthError::BadTtl);
         }
         let now = now_secs();
         let jti: [u8; 12] = rand::random();
         let claims = Claims {
-            iss: ISSUER.to_string(),
+            iss: audience.issuer.clone(),
             sub: user.to_string(),
-            aud: AUDIENCE.to_string(),
+            aud: audience.resource.clone(),
             iat: now,
-            exp: now + ttl.as_secs().max(1),
+            exp: now + spec.ttl.as_secs().max(1),
             jti: URL_SAFE_NO_PAD.encode(jti),
+            scope: Some(spec.scope.to_string()),
+            tier: Some(spec.tier),
+            client_id: spec.client_id.map(str::to_string),
         };
-        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"at+jwt"}"#);
         let payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).map_err(|_| AuthError::Malformed)?);
         let signing_input = format!("{header}.{payload}");
         let signature = self.key.sign(signing_input.as_bytes());
-        Ok(format!(
-            "{signing_input}.{}",
-            URL_SAFE_NO_PAD.encode(signature.to_bytes())
-        ))
+        Ok(Issued {
+            token: format!(
+                "{signing_input}.{}",
+                URL_SAFE_NO_PAD.encode(signature.to_bytes())
+            ),
+            jti: claims.jti,
+            expires_at: claims.exp,
+        })
     }
 
-    /// Verifies a token's signature, issuer, audience and expiry.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    /// Verifies a token's signature, issuer, audience and expiry. The identity's tier is the
+    /// token's; the caller narrows it with the policy ([`Identity::with_grant`]).
+    pub fn verify(&self, token: &str, audience: &Audience) -> Result<Identity, AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -214,10 +354,10 @@ impl SigningKey {
             .ok()
             .and_then(|p| serde_json::from_slice(&p).ok())
             .ok_or(AuthError::Malformed)?;
-        if claims.iss != ISSUER {
-            return Err(AuthError::Malformed);
+        if claims.iss != audience.issuer {
+            return Err(AuthError::WrongIssuer(claims.iss));
         }
-        if claims.aud != AUDIENCE {
+        if claims.aud != audience.resource {
             return Err(AuthError::WrongAudience(claims.aud));
         }
         let now = now_secs();
@@ -228,6 +368,19 @@ impl SigningKey {
             user: Token::parse("user", &claims.sub).map_err(|_| AuthError::Malformed)?,
             expires_at: claims.exp,
             token_id: claims.jti,
+            // A token without a tier claim is capped by the policy alone.
+            tier: claims.tier.unwrap_or(Tier::Dangerous),
+            scopes: claims
+                .scope
+                .as_deref()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            client_id: claims.client_id,
+            groups: Vec::new(),
+            reach: Vec::new(),
+            run_as: None,
         })
     }
 }
@@ -261,14 +414,34 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    fn audience() -> Audience {
+        Audience {
+            issuer: "http://127.0.0.1:8420".into(),
+            resource: "http://127.0.0.1:8420/mcp".into(),
+        }
+    }
+
+    fn mint(key: &SigningKey, user: &str, ttl: Duration) -> String {
+        let spec = TokenSpec {
+            user,
+            ttl,
+            scope: MCP_SCOPE,
+            tier: Tier::Standard,
+            client_id: None,
+        };
+        key.issue(&audience(), &spec).unwrap().token
+    }
+
     #[test]
     fn minted_token_verifies_with_the_same_key_only() {
         let key = SigningKey::generate();
-        let token = key.mint("alice", Duration::from_secs(60)).unwrap();
-        let id = key.verify(&token).unwrap();
+        let token = mint(&key, "alice", Duration::from_secs(60));
+        let id = key.verify(&token, &audience()).unwrap();
         assert_eq!(id.user.as_str(), "alice");
+        assert_eq!(id.tier, Tier::Standard);
+        assert!(id.has_scope(MCP_SCOPE));
         assert!(matches!(
-            SigningKey::generate().verify(&token),
+            SigningKey::generate().verify(&token, &audience()),
             Err(AuthError::BadSignature)
         ));
     }
@@ -276,18 +449,18 @@ mod tests {
     #[test]
     fn tampered_and_malformed_tokens_are_refused() {
         let key = SigningKey::generate();
-        let token = key.mint("alice", Duration::from_secs(60)).unwrap();
+        let token = mint(&key, "alice", Duration::from_secs(60));
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(
-            br#"{"iss":"execmesh","sub":"root","aud":"execmesh-mcp","iat":0,"exp":99999999999,"jti":"x"}"#,
+            br#"{"iss":"http://127.0.0.1:8420","sub":"root","aud":"http://127.0.0.1:8420/mcp","iat":0,"exp":99999999999,"jti":"x"}"#,
         );
         parts[1] = &forged;
         assert!(matches!(
-            key.verify(&parts.join(".")),
+            key.verify(&parts.join("."), &audience()),
             Err(AuthError::BadSignature)
         ));
         for bad in ["", "a.b", "a.b.c.d", "x.y.z"] {
-            assert!(key.verify(bad).is_err(), "{bad} accepted");
+            assert!(key.verify(bad, &audience()).is_err(), "{bad} accepted");
         }
     }
 
@@ -297,11 +470,46 @@ mod tests {
         let path = dir.path().join("state/gateway.key");
         let a = SigningKey::load_or_create(&path).unwrap();
         let b = SigningKey::load_or_create(&path).unwrap();
-        let token = a.mint("bob", Duration::from_secs(5)).unwrap();
-        assert!(b.verify(&token).is_ok());
+        let token = mint(&a, "bob", Duration::from_secs(5));
+        assert!(b.verify(&token, &audience()).is_ok());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn tokens_for_another_resource_or_issuer_are_refused() {
+        let key = SigningKey::generate();
+        let token = mint(&key, "alice", Duration::from_secs(60));
+        let mut other = audience();
+        other.resource = "http://127.0.0.1:9999/mcp".into();
+        assert!(matches!(
+            key.verify(&token, &other),
+            Err(AuthError::WrongAudience(_))
+        ));
+        let mut other = audience();
+        other.issuer = "https://evil.example".into();
+        assert!(matches!(
+            key.verify(&token, &other),
+            Err(AuthError::WrongIssuer(_))
+        ));
+    }
+
+    #[test]
+    fn public_urls_become_issuer_and_resource() {
+        let a = Audience::parse("https://Gw.Example.com:443/mcp/").unwrap();
+        assert_eq!(a.issuer, "https://gw.example.com");
+        assert_eq!(a.resource, "https://gw.example.com/mcp");
+        assert_eq!(a.resource_path(), "/mcp");
+        assert_eq!(a.host(), "gw.example.com");
+        assert_eq!(
+            Audience::parse("http://[::1]:80/mcp").unwrap().host(),
+            "[::1]"
+        );
+        assert!(Audience::parse("ftp://x/mcp").is_err());
+        assert!(Audience::parse("https://x/mcp?a=b").is_err());
+        let l = Audience::for_listen("0.0.0.0:8420".parse().unwrap());
+        assert_eq!(l.resource, "http://127.0.0.1:8420/mcp");
     }
 
     #[test]

@@ -33,6 +33,31 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage the users of the policy file.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add USER to the policy file (`policy_file`; created if missing), keeping the rest of the
+    /// file as it is. Without --password-stdin a random password is generated and printed once.
+    Add {
+        /// The user name: lower-case letters, digits and `-`.
+        name: String,
+        /// The user's own tier (readonly, standard, dangerous); without it the groups decide.
+        #[arg(long)]
+        tier: Option<String>,
+        /// A group the user belongs to (repeat for several); it must be defined in the policy.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Change an existing user: the password, and groups and tier when given.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +70,9 @@ pub enum TokenCommand {
         /// Lifetime, e.g. 30m, 12h, 30d (at most 366d).
         #[arg(long, default_value = "12h")]
         ttl: String,
+        /// Cap the token's tier below the user's (readonly, standard, dangerous).
+        #[arg(long)]
+        tier: Option<String>,
     },
 }
 
@@ -83,6 +111,24 @@ pub struct Settings {
     /// any other `Origin` are refused; requests without one (non-browser clients) pass.
     #[arg(long, env = "EXECMESH_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// The canonical public URL of the MCP endpoint, the OAuth resource and token audience; the
+    /// same on every replica [default: http://<listen>/mcp].
+    #[arg(long, env = "EXECMESH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The policy file (users, groups, tiers, reach). Without one the gateway runs in
+    /// development mode: every token holder is `dangerous` and reaches every host.
+    #[arg(long, env = "EXECMESH_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Lifetime of OAuth access tokens, in seconds [default: 900].
+    #[arg(long, env = "EXECMESH_ACCESS_TOKEN_TTL_SECS")]
+    pub access_token_ttl_secs: Option<u64>,
+    /// Lifetime of OAuth refresh tokens, in seconds [default: 2592000 (30 days)].
+    #[arg(long, env = "EXECMESH_REFRESH_TOKEN_TTL_SECS")]
+    pub refresh_token_ttl_secs: Option<u64>,
+    /// JetStream replicas of the KV buckets the gateway creates (`mesh_oauth`, `mesh_revoked`)
+    /// [default: 1].
+    #[arg(long, env = "EXECMESH_KV_REPLICAS")]
+    pub kv_replicas: Option<usize>,
     /// Tenant token [default: default].
     #[arg(long, env = "EXECMESH_TENANT")]
     pub tenant: Option<String>,
@@ -132,6 +178,16 @@ pub struct Config {
     pub public_names: Vec<String>,
     /// Browser origins accepted in the `Origin` header.
     pub allowed_origins: Vec<String>,
+    /// The public URL of `/mcp` (OAuth resource, token audience); `None`: `http://<listen>/mcp`.
+    pub public_url: Option<String>,
+    /// The policy file; `None`: development mode.
+    pub policy_file: Option<PathBuf>,
+    /// Lifetime of OAuth access tokens.
+    pub access_token_ttl: Duration,
+    /// Lifetime of OAuth refresh tokens (each refresh rotates the token and restarts it).
+    pub refresh_token_ttl: Duration,
+    /// Replicas of the buckets the gateway creates.
+    pub kv_replicas: usize,
     pub tenant: String,
     /// Default inline window of `bash`.
     pub inline_window: Duration,
@@ -149,6 +205,15 @@ pub const PAGE_LINES_CEILING: usize = 10_000;
 pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
 
 impl Config {
+    /// The issuer and resource of this gateway's tokens: from `public_url`, else
+    /// `http://<addr>/mcp` (127.0.0.1 when `addr` is unspecified), `addr` being where it listens.
+    pub fn audience(&self, addr: SocketAddr) -> crate::auth::Audience {
+        self.public_url
+            .as_deref()
+            .and_then(|url| crate::auth::Audience::parse(url).ok())
+            .unwrap_or_else(|| crate::auth::Audience::for_listen(addr))
+    }
+
     /// A configuration with defaults, for tests and embedding.
     pub fn new(nats_url: &str, key_file: PathBuf) -> Self {
         Self {
@@ -160,6 +225,11 @@ impl Config {
             key_file,
             public_names: Vec::new(),
             allowed_origins: Vec::new(),
+            public_url: None,
+            policy_file: None,
+            access_token_ttl: Duration::from_secs(900),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            kv_replicas: 1,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
             inline_window: Duration::from_secs(2),
             page_max_lines: 1000,
@@ -197,6 +267,17 @@ impl Config {
         }
         if let Some(v) = pick.tenant {
             config.tenant = v;
+        }
+        config.public_url = pick.public_url.filter(|s| !s.is_empty());
+        config.policy_file = pick.policy_file;
+        if let Some(v) = pick.access_token_ttl_secs {
+            config.access_token_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.refresh_token_ttl_secs {
+            config.refresh_token_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.kv_replicas {
+            config.kv_replicas = v;
         }
         if let Some(v) = pick.inline_window_ms {
             config.inline_window = Duration::from_millis(v);
@@ -244,6 +325,24 @@ impl Config {
         if self.inline_window > Duration::from_secs(600) {
             problems.push("inline_window_ms must be at most 600000".to_string());
         }
+        if let Some(url) = &self.public_url
+            && let Err(e) = crate::auth::Audience::parse(url)
+        {
+            problems.push(format!("public_url: {e}"));
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(24 * 3600))
+            .contains(&self.access_token_ttl)
+        {
+            problems.push("access_token_ttl_secs must be 10..=86400".to_string());
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(366 * 24 * 3600))
+            .contains(&self.refresh_token_ttl)
+        {
+            problems.push("refresh_token_ttl_secs must be 60..=31622400".to_string());
+        }
+        if !(1..=5).contains(&self.kv_replicas) {
+            problems.push("kv_replicas must be 1..=5".to_string());
+        }
         for origin in &self.allowed_origins {
             if !(origin.starts_with("http://")
                 || origin.starts_with("https://")
@@ -286,6 +385,11 @@ impl Settings {
             key_file,
             public_names,
             allowed_origins,
+            public_url,
+            policy_file,
+            access_token_ttl_secs,
+            refresh_token_ttl_secs,
+            kv_replicas,
             tenant,
             inline_window_ms,
             page_max_lines,

@@ -16,7 +16,7 @@ use crate::paging::CursorError;
 pub enum ToolError {
     #[error("invalid arguments for `{tool}`: {reason}")]
     InvalidArguments { tool: String, reason: String },
-    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file and whoami")]
+    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts and whoami")]
     UnknownTool(String),
     #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
     UnknownHost { host: String, known: Vec<String> },
@@ -48,6 +48,12 @@ pub enum ToolError {
     BadCursor(#[from] CursorError),
     #[error("the mesh is unavailable right now ({0}); try again shortly")]
     Mesh(String),
+    /// The call needs a higher guard tier than the caller's.
+    #[error(transparent)]
+    Tier(#[from] crate::tier::TierError),
+    /// The host is outside the hosts the caller may reach.
+    #[error("denied: host {host} is outside the hosts you may reach ({reach})")]
+    Denied { host: String, reach: String },
 }
 
 impl ToolError {
@@ -63,6 +69,8 @@ impl ToolError {
             Self::UnknownJob(_) => "unknown_job",
             Self::BadCursor(_) => "bad_cursor",
             Self::Mesh(_) => "unavailable",
+            Self::Tier(_) => "tier",
+            Self::Denied { .. } => "denied",
         }
     }
 

@@ -5,11 +5,15 @@
 //! shared key file.
 
 pub mod auth;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod mesh;
+pub mod oauth;
 pub mod paging;
+pub mod policy;
 pub mod server;
+pub mod tier;
 pub mod tools;
 pub mod trace;
 
@@ -23,6 +27,10 @@ pub enum GatewayError {
     Auth(#[from] auth::AuthError),
     #[error(transparent)]
     Mesh(#[from] mesh::MeshError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    OAuth(#[from] oauth::StoreError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -1,12 +1,12 @@
-//! `execmesh-gateway`: serve MCP, or mint a token.
+//! `execmesh-gateway`: serve MCP, mint a token, or add a user to the policy.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use execmesh_gateway::auth::{SigningKey, parse_ttl};
-use execmesh_gateway::config::{Cli, Command, Config, TokenCommand};
+use execmesh_gateway::commands::{self, CommandError};
+use execmesh_gateway::config::{Cli, Command, Config, TokenCommand, UserCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,29 +18,45 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Token(TokenCommand::Mint { user, ttl }) => mint(&config, &user, &ttl),
+        Command::Token(TokenCommand::Mint { user, ttl, tier }) => {
+            match commands::mint(&config, &user, &ttl, tier.as_deref()) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed("cannot mint token", &e),
+            }
+        }
+        Command::User(UserCommand::Add {
+            name,
+            tier,
+            groups,
+            password_stdin,
+            replace,
+        }) => {
+            let mut stdin = std::io::stdin();
+            let input = password_stdin.then_some(&mut stdin as &mut dyn std::io::Read);
+            match commands::add_user(&config, &name, tier.as_deref(), groups, input, replace) {
+                Ok(added) => {
+                    if let Some(password) = added.generated_password {
+                        // Shown once: only its hash is stored.
+                        println!("{password}");
+                    }
+                    eprintln!("user {name} saved (tier {})", added.tier);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed("cannot add user", &e),
+            }
+        }
         Command::Serve => serve(config),
     }
 }
 
-fn mint(config: &Config, user: &str, ttl: &str) -> ExitCode {
-    let ttl = match parse_ttl(ttl) {
-        Ok(ttl) => ttl,
-        Err(e) => {
-            eprintln!("invalid --ttl: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let token = SigningKey::load_or_create(&config.key_file).and_then(|key| key.mint(user, ttl));
-    match token {
-        Ok(token) => {
-            println!("{token}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cannot mint token: {e}");
-            ExitCode::from(1)
-        }
+fn failed(what: &str, e: &CommandError) -> ExitCode {
+    eprintln!("{what}: {e}");
+    match e {
+        CommandError::Usage(_) => ExitCode::from(64),
+        _ => ExitCode::from(1),
     }
 }
 

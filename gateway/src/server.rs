@@ -1,5 +1,7 @@
-//! The HTTP server: `/mcp` (stateless Streamable HTTP behind bearer auth) and `/healthz`.
+//! The HTTP server: `/mcp` (stateless Streamable HTTP behind bearer auth), the OAuth
+//! authorization server's endpoints, and `/healthz`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,9 +14,11 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::SigningKey;
+use crate::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
 use crate::config::Config;
 use crate::mesh::Mesh;
+use crate::oauth::OAuth;
+use crate::policy::LivePolicy;
 use crate::tools::Handler;
 
 /// What every request handler shares: read-only after start.
@@ -23,9 +27,15 @@ pub struct AppState {
     pub mesh: Mesh,
     /// Verifies bearer tokens.
     pub key: SigningKey,
+    /// The issuer and resource every token must name.
+    pub audience: Audience,
+    /// Users, groups, tiers and reach; reloaded in place.
+    pub policy: Arc<LivePolicy>,
+    /// The authorization server: its KV store, revocation list and rate limits.
+    pub oauth: OAuth,
 }
 
-/// The router: `/mcp` and `/healthz`.
+/// The router: `/mcp`, the OAuth endpoints and `/healthz`.
 pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
     let config = &state.config;
     let mut allowed_hosts = vec![
@@ -34,6 +44,7 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
         "::1".to_string(),
     ];
     allowed_hosts.extend(config.public_names.iter().cloned());
+    allowed_hosts.push(state.audience.host());
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -56,6 +67,7 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
             require_bearer,
         ))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+        .merge(crate::oauth::routes(&state).with_state(state.clone()))
 }
 
 /// Verifies the bearer token and puts the caller's [`crate::auth::Identity`] into the request.
@@ -73,35 +85,96 @@ async fn require_bearer(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let Some(token) = token else {
-        return unauthorized(None);
+        return unauthorized(&state, None);
     };
-    match state.key.verify(token.trim()) {
-        Ok(identity) => {
-            request.extensions_mut().insert(identity);
-            next.run(request).await
-        }
+    let identity = match state.key.verify(token.trim(), &state.audience) {
+        Ok(identity) => identity,
         Err(e) => {
             debug!(error = %e, "bearer token refused");
-            unauthorized(Some(&e.to_string()))
+            return unauthorized(&state, Some(&e));
+        }
+    };
+    match state.oauth.revocations.is_revoked(&identity.token_id).await {
+        Ok(false) => {}
+        Ok(true) => {
+            debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
+            return unauthorized(&state, Some(&AuthError::Revoked));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the revocation list; refusing the token");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway cannot check token revocation right now; try again\n",
+            )
+                .into_response();
         }
     }
+    if !identity.has_scope(MCP_SCOPE) {
+        debug!(user = %identity.user, "bearer token lacks the mcp scope");
+        return insufficient_scope(&state);
+    }
+    let policy = state.policy.current();
+    let Some(grant) = policy.grant(identity.user.as_str()) else {
+        debug!(user = %identity.user, "token of a user the policy does not know");
+        return unauthorized_challenge(
+            &state,
+            Some(&format!(
+                "user {} is not in this gateway's policy",
+                identity.user
+            )),
+        );
+    };
+    request.extensions_mut().insert(identity.with_grant(&grant));
+    next.run(request).await
 }
 
-/// 401 with a `WWW-Authenticate` challenge (RFC 6750).
-fn unauthorized(error: Option<&str>) -> Response {
+fn unauthorized(state: &AppState, error: Option<&AuthError>) -> Response {
+    unauthorized_challenge(state, error.map(|e| e.to_string()).as_deref())
+}
+
+/// Where clients find this resource's OAuth metadata (RFC 9728 §5.1).
+fn resource_metadata(state: &AppState) -> String {
+    format!(
+        "{}/.well-known/oauth-protected-resource{}",
+        state.audience.issuer,
+        state.audience.resource_path()
+    )
+}
+
+/// 403 for a valid token without the `mcp` scope (RFC 6750 §3.1).
+fn insufficient_scope(state: &AppState) -> Response {
+    let challenge = format!(
+        r#"Bearer error="insufficient_scope", scope="{MCP_SCOPE}", resource_metadata="{}", error_description="the token lacks the {MCP_SCOPE} scope""#,
+        resource_metadata(state)
+    );
+    challenge_response(
+        StatusCode::FORBIDDEN,
+        format!("insufficient scope: the token lacks the `{MCP_SCOPE}` scope\n"),
+        &challenge,
+    )
+}
+
+/// 401 with a `WWW-Authenticate` challenge (RFC 6750, RFC 9728 §5.1): where to find the
+/// authorization server, which scope to ask for, and what was wrong with the token.
+fn unauthorized_challenge(state: &AppState, error: Option<&str>) -> Response {
+    let metadata = resource_metadata(state);
     let challenge = match error {
-        None => r#"Bearer realm="execmesh""#.to_string(),
+        None => format!(r#"Bearer resource_metadata="{metadata}", scope="{MCP_SCOPE}""#),
         Some(description) => format!(
-            r#"Bearer realm="execmesh", error="invalid_token", error_description="{}""#,
-            description.replace('"', "'")
+            r#"Bearer resource_metadata="{metadata}", scope="{MCP_SCOPE}", error="invalid_token", error_description="{}""#,
+            description.replace(['"', '\\'], "'")
         ),
     };
     let body = match error {
-        None => "missing bearer token: send `Authorization: Bearer <token>` (execmesh-gateway token mint)\n".to_string(),
+        None => "missing bearer token: sign in through OAuth (see /.well-known/oauth-protected-resource) or send `Authorization: Bearer <token>` (execmesh-gateway token mint)\n".to_string(),
         Some(e) => format!("invalid bearer token: {e}\n"),
     };
-    let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
-    if let Ok(value) = HeaderValue::from_str(&challenge) {
+    challenge_response(StatusCode::UNAUTHORIZED, body, &challenge)
+}
+
+fn challenge_response(status: StatusCode, body: String, challenge: &str) -> Response {
+    let mut response = (status, body).into_response();
+    if let Ok(value) = HeaderValue::from_str(challenge) {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, value);
@@ -116,15 +189,30 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), crate::GatewayError> {
     let key = SigningKey::load_or_create(&config.key_file)?;
+    let policy = Arc::new(LivePolicy::load(config.policy_file.as_deref())?);
     let mesh = Mesh::connect(&config).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
-    let state = Arc::new(AppState { config, mesh, key });
-    let app = router(state, shutdown.clone());
+    let audience = config.audience(addr);
+    let oauth = OAuth::open(&mesh.js, config.kv_replicas).await?;
+    tokio::spawn(policy.clone().watch(shutdown.clone()));
+    info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
+    let state = Arc::new(AppState {
+        config,
+        mesh,
+        key,
+        audience,
+        policy,
+        oauth,
+    });
+    let app = router(state.clone(), shutdown.clone());
     info!(addr = %addr, "serving MCP at http://{addr}/mcp");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(crate::GatewayError::Serve)?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .map_err(crate::GatewayError::Serve)?;
     info!("gateway stopped");
     Ok(())
 }

@@ -32,6 +32,12 @@ pub const PRESENCE_BUCKET: &str = "mesh_presence";
 pub const FACTS_BUCKET: &str = "mesh_facts";
 /// KV bucket of job statuses.
 pub const JOBS_BUCKET: &str = "mesh_jobs";
+/// KV bucket of the gateway's OAuth state: authorization codes, hashed refresh tokens, token
+/// families, registered clients (per-key TTL). Created by the gateway.
+pub const OAUTH_BUCKET: &str = "mesh_oauth";
+/// KV bucket of revoked access tokens, keyed by `jti`, each kept until the token would have
+/// expired (per-key TTL). Created by the gateway; every replica honours it.
+pub const REVOKED_BUCKET: &str = "mesh_revoked";
 
 /// How long output is kept by default.
 pub const DEFAULT_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -115,6 +121,33 @@ pub fn jobs_bucket(retention: Duration, replicas: usize) -> kv::Config {
         max_age: retention,
         storage: stream::StorageType::File,
         num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// `mesh_oauth`: the gateway's OAuth grants; each key carries its own TTL.
+pub fn oauth_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: OAUTH_BUCKET.to_string(),
+        description: "execmesh OAuth codes, refresh tokens and clients".to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        // Enables per-message TTL (codes live a minute, refresh tokens weeks).
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+/// `mesh_revoked`: revoked token ids, each expiring with the token it revokes.
+pub fn revoked_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: REVOKED_BUCKET.to_string(),
+        description: "execmesh revoked access tokens".to_string(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        limit_markers: Some(Duration::from_secs(60)),
         ..Default::default()
     }
 }

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use execmesh_gateway::auth::SigningKey;
+use execmesh_gateway::auth::{Audience, MCP_SCOPE, SigningKey, TokenSpec};
+use execmesh_gateway::tier::Tier;
 use execmesh_gateway::{Config, GatewayError};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -35,6 +36,14 @@ pub struct Gateway {
     config: Config,
     /// The signing key file, when shared with another replica; a fresh one otherwise.
     key_file: Option<PathBuf>,
+    /// The policy: text written to a file at start, or a file to use as it is.
+    policy: Option<PolicySource>,
+}
+
+/// Where a test gateway's policy comes from.
+enum PolicySource {
+    Text(String),
+    File(PathBuf),
 }
 
 /// A gateway serving on `127.0.0.1:<port>`; cancelled on drop.
@@ -49,6 +58,10 @@ pub struct RunningGateway {
     shutdown: CancellationToken,
     /// The task running `execmesh_gateway::run`; `None` once stopped.
     task: Option<JoinHandle<Result<(), GatewayError>>>,
+    /// The issuer and resource its tokens name.
+    audience: Audience,
+    /// The policy file, if it has one.
+    policy_file: Option<PathBuf>,
     /// Holds a fresh key file; removed on drop (after the task is cancelled).
     _dir: TempDir,
 }
@@ -62,7 +75,22 @@ impl Gateway {
             // The real key file is chosen at start; this placeholder is replaced there.
             config: Config::new(&nats.url(), PathBuf::new()),
             key_file: None,
+            policy: None,
         }
+    }
+
+    /// Enforces the policy `text` (TOML, see `execmesh_gateway::policy`), written to a file in
+    /// the gateway's temp dir. Without a policy the gateway runs in development mode.
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy = Some(PolicySource::Text(text.to_string()));
+        self
+    }
+
+    /// Enforces the policy file at `path` (shared with another replica, or changed by the test
+    /// to see a reload).
+    pub fn policy_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.policy = Some(PolicySource::File(path.into()));
+        self
     }
 
     /// Uses (and, if missing, creates) the signing key at `path`, so replicas sharing it accept
@@ -113,6 +141,17 @@ impl Gateway {
         let mut config = self.config;
         config.listen = addr;
         config.key_file = key_file.clone();
+        let policy_file = match self.policy {
+            Some(PolicySource::Text(text)) => {
+                let path = dir.path().join("policy.toml");
+                std::fs::write(&path, text).expect("write the test policy");
+                Some(path)
+            }
+            Some(PolicySource::File(path)) => Some(path),
+            None => None,
+        };
+        config.policy_file = policy_file.clone();
+        let audience = config.audience(addr);
 
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(execmesh_gateway::run(config, listener, shutdown.clone()));
@@ -122,6 +161,8 @@ impl Gateway {
             key_file,
             shutdown,
             task: Some(task),
+            audience,
+            policy_file,
             _dir: dir,
         };
         gateway.wait_serving().await;
@@ -153,11 +194,40 @@ impl RunningGateway {
         self.mint_with_ttl(user, TOKEN_TTL)
     }
 
-    /// A bearer token for `user`, valid for `ttl`.
+    /// A bearer token for `user`, valid for `ttl` (as `token mint` makes them: scope `mcp`, the
+    /// tier left to the policy).
     pub fn mint_with_ttl(&self, user: &str, ttl: Duration) -> String {
+        self.issue(user, ttl, MCP_SCOPE, Tier::Dangerous)
+    }
+
+    /// A bearer token for `user` with the given lifetime, scope and tier cap.
+    pub fn issue(&self, user: &str, ttl: Duration, scope: &str, tier: Tier) -> String {
+        let spec = TokenSpec {
+            user,
+            ttl,
+            scope,
+            tier,
+            client_id: None,
+        };
         self.key
-            .mint(user, ttl)
+            .issue(&self.audience, &spec)
             .unwrap_or_else(|e| panic!("mint a token for {user}: {e}"))
+            .token
+    }
+
+    /// The issuer and resource of this gateway's tokens (`public_url`, else its own address).
+    pub fn audience(&self) -> &Audience {
+        &self.audience
+    }
+
+    /// `http://127.0.0.1:<port>`, where the OAuth endpoints are.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The policy file the gateway enforces, if any.
+    pub fn policy_path(&self) -> Option<&Path> {
+        self.policy_file.as_deref()
     }
 
     /// An MCP client (newest protocol) authenticated as `user`.

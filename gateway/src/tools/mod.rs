@@ -78,10 +78,16 @@ impl ServerHandler for Handler {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        // Per-user lists come with policy; mark the list private already so no cache shares it.
-        Ok(ListToolsResult::with_all_items(definitions()).with_cache_scope(CacheScope::Private))
+        let identity = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Identity>())
+            .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
+        // The list depends on the caller's tier: private, so no cache shares it between users.
+        let tools = crate::tier::tools_for(definitions(), identity.tier);
+        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
 
     async fn call_tool(
@@ -114,6 +120,9 @@ impl ServerHandler for Handler {
         let args = request.arguments.unwrap_or_default();
         let started = std::time::Instant::now();
         let result = async {
+            if crate::tier::is_known_tool(&tool) {
+                crate::tier::check(&tool, &args, identity.tier)?;
+            }
             match tool.as_str() {
                 "hosts" => hosts::call(&call, args).await,
                 "bash" => bash::call(&call, args).await,

@@ -16,10 +16,16 @@ pub struct WhoamiResult {
     pub user: String,
     /// Unix seconds at which the caller's token expires.
     pub token_expires_at: u64,
-    /// Guard tier of the caller.
+    /// Guard tier of the caller: readonly, standard or dangerous.
     pub tier: String,
-    /// Selector of the hosts the caller may reach.
-    pub reachable_hosts: String,
+    /// The caller's groups in the policy.
+    pub groups: Vec<String>,
+    /// Selectors of the hosts the caller may reach (`*`: every host; empty: none).
+    pub reachable_hosts: Vec<String>,
+    /// The unix account the policy maps the caller to, if any (the host's agent decides).
+    pub run_as: Option<String>,
+    /// Version (sha256) of the policy in force, or `development` without a policy file.
+    pub policy_version: String,
     /// SSH relays serving this user.
     pub relays: Vec<String>,
     pub tenant: String,
@@ -44,12 +50,15 @@ pub async fn call(
     args: JsonObject,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
     let _: WhoamiParams = parse_args("whoami", args)?;
+    let identity = call.identity;
     let result = WhoamiResult {
-        user: call.identity.user.to_string(),
-        token_expires_at: call.identity.expires_at,
-        // Without a policy file every authenticated user may use every tool on every host.
-        tier: "dangerous".to_string(),
-        reachable_hosts: "*".to_string(),
+        user: identity.user.to_string(),
+        token_expires_at: identity.expires_at,
+        tier: identity.tier.to_string(),
+        groups: identity.groups.clone(),
+        reachable_hosts: identity.reach.clone(),
+        run_as: identity.run_as.clone(),
+        policy_version: call.state.policy.current().version().to_string(),
         relays: Vec::new(),
         tenant: call.state.mesh.tenant.to_string(),
         gateway_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -58,12 +67,21 @@ pub async fn call(
     let left = result
         .token_expires_at
         .saturating_sub(execmesh_proto::now_ms() / 1000);
+    let reach = if result.reachable_hosts.is_empty() {
+        "no hosts".to_string()
+    } else {
+        format!("hosts `{}`", result.reachable_hosts.join("`, `"))
+    };
+    let groups = if result.groups.is_empty() {
+        String::new()
+    } else {
+        format!(", groups {}", result.groups.join(", "))
+    };
     let text = format!(
-        "user {} (tenant {}), tier {}, may reach hosts `{}`; token expires in {} min; no SSH relays",
+        "user {} (tenant {}), tier {}{groups}, may reach {reach}; token expires in {} min; no SSH relays",
         result.user,
         result.tenant,
         result.tier,
-        result.reachable_hosts,
         left / 60
     );
     structured(&result, vec![text])

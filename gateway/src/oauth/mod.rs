@@ -1,0 +1,200 @@
+//! The gateway as an OAuth 2.1 authorization server for its own `/mcp` resource (DESIGN §5).
+//!
+//! - `/.well-known/oauth-protected-resource[/<path>]`: RFC 9728 metadata naming the resource
+//!   and this gateway as its authorization server.
+//! - `/.well-known/oauth-authorization-server` (and `/.well-known/openid-configuration`):
+//!   RFC 8414 metadata.
+//! - `/authorize`: a login page; the password is checked against the policy's argon2 hash and
+//!   the browser is sent back with `code`, `state` and `iss` (RFC 9207).
+//! - `/token`: `authorization_code` with PKCE S256 (`plain` is refused) and `refresh_token`
+//!   with rotation; replaying a used code or refresh token revokes its whole family.
+//! - `/register`: dynamic client registration (RFC 7591); client ID metadata documents (an
+//!   `https` client_id) are fetched instead.
+//! - `/revoke`: RFC 7009.
+//!
+//! Access tokens are short-lived JWTs bound to the resource (RFC 8707 `aud`). Everything that
+//! must outlive a request lives in KV (`mesh_oauth`, `mesh_revoked`), so any replica serves
+//! any step of a flow.
+
+mod authorize;
+mod client;
+mod login;
+mod metadata;
+pub mod ratelimit;
+mod register;
+pub mod revocation;
+pub mod store;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::server::AppState;
+
+pub use ratelimit::RateLimiter;
+pub use revocation::Revocations;
+pub use store::{Store, StoreError};
+
+/// Scopes this server grants. `mcp` is what `/mcp` requires.
+pub const SCOPES_SUPPORTED: &[&str] = &[crate::auth::MCP_SCOPE];
+/// How long an authorization code may wait for its exchange.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// Failed logins per user per window before the user is held back.
+pub const LOGIN_FAILURES_PER_USER: u32 = 5;
+/// Login attempts per client address per window.
+pub const LOGINS_PER_ADDRESS: u32 = 20;
+/// Client registrations per client address per window.
+pub const REGISTRATIONS_PER_ADDRESS: u32 = 20;
+/// The window of the limits above.
+pub const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The authorization server's shared state on one replica.
+pub struct OAuth {
+    /// Codes, refresh tokens, families, clients.
+    pub store: Store,
+    /// The revocation list as `/mcp` checks it.
+    pub revocations: Revocations,
+    /// Failed logins per user.
+    pub failures_per_user: RateLimiter,
+    /// Login attempts per client address.
+    pub logins_per_address: RateLimiter,
+    /// Registrations per client address.
+    pub registrations_per_address: RateLimiter,
+    /// Fetches client ID metadata documents: no redirects, short timeout.
+    pub http: reqwest::Client,
+}
+
+// === impl OAuth ===
+
+impl OAuth {
+    /// Opens (creating if missing) the KV buckets and sets up the limiters.
+    pub async fn open(
+        js: &async_nats::jetstream::Context,
+        replicas: usize,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(js, replicas).await?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| StoreError::Open {
+                bucket: "(http client)".to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            revocations: Revocations::new(store.clone()),
+            store,
+            failures_per_user: RateLimiter::new(LOGIN_FAILURES_PER_USER, RATE_WINDOW),
+            logins_per_address: RateLimiter::new(LOGINS_PER_ADDRESS, RATE_WINDOW),
+            registrations_per_address: RateLimiter::new(REGISTRATIONS_PER_ADDRESS, RATE_WINDOW),
+            http,
+        })
+    }
+}
+
+/// The OAuth routes, to merge into the gateway's router.
+pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
+    let resource_path = state.audience.resource_path().to_string();
+    let mut router = Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::authorization_server),
+        )
+        .route("/authorize", get(authorize::show).post(authorize::submit))
+        .route("/token", post(token::token))
+        .route("/register", post(register::register))
+        .route("/revoke", post(token::revoke));
+    // RFC 9728 §3.1: the path-inserted form for the resource's own path, and for `/mcp` (where
+    // this gateway serves it) when a proxy publishes it elsewhere.
+    let mut paths = vec!["/mcp".to_string()];
+    if !resource_path.is_empty() && resource_path != "/mcp" {
+        paths.push(resource_path);
+    }
+    for path in paths {
+        router = router.route(
+            &format!("/.well-known/oauth-protected-resource{path}"),
+            get(metadata::protected_resource),
+        );
+    }
+    router
+}
+
+/// The client's address as the socket saw it (`unknown` in handler tests without a socket).
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "unknown".to_string()),
+        ))
+    }
+}
+
+/// Headers every response carrying secrets or a login form gets.
+pub fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// An OAuth error response (RFC 6749 §5.2): JSON `error` and `error_description`.
+pub fn error_json(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = (
+        status,
+        axum::Json(json!({ "error": error, "error_description": description })),
+    )
+        .into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+/// 429 with `Retry-After`.
+pub fn too_many(retry_after: Duration, what: &str) -> Response {
+    let secs = retry_after.as_secs().max(1);
+    let mut response = error_json(
+        StatusCode::TOO_MANY_REQUESTS,
+        "slow_down",
+        &format!("too many {what}; try again in {secs} s"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// 32 random bytes, base64url: codes, refresh tokens, client ids, family ids.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    execmesh_proto::now_ms() / 1000
+}

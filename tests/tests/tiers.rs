@@ -1,0 +1,259 @@
+//! Guard tiers and reach end to end: the policy decides which tools a user sees, which calls
+//! go through, and which hosts they reach; the policy reloads while the gateway runs.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use execmesh_gateway::tier::Tier;
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
+
+const POLICY: &str = r#"
+[groups.ops]
+tier = "standard"
+hosts = ["web-*"]
+
+[groups.oncall]
+tier = "dangerous"
+hosts = ["*"]
+
+[groups.contractors]
+tier = "readonly"
+hosts = ["web-*"]
+
+[users.alice]
+groups = ["oncall"]
+
+[users.bob]
+groups = ["ops"]
+
+[users.carol]
+groups = ["contractors"]
+"#;
+
+/// The names of the tools a client sees.
+async fn tool_names(client: &McpClient) -> Vec<String> {
+    client
+        .list_tools()
+        .await
+        .iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+/// The values the `action` property of a tool's input schema allows.
+async fn actions(client: &McpClient, tool: &str) -> Vec<String> {
+    let tools = client.list_tools().await;
+    let tool = tools
+        .iter()
+        .find(|t| t.name == tool)
+        .unwrap_or_else(|| panic!("{tool} is not listed"));
+    let schema = Value::Object((*tool.input_schema).clone());
+    let mut out = Vec::new();
+    collect(&schema["properties"]["action"], &schema, &mut out);
+    out
+}
+
+/// Every string an `enum`/`const` under `value` allows, following local `$ref`s.
+fn collect(value: &Value, schema: &Value, out: &mut Vec<String>) {
+    if let Some(name) = value["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+        collect(&schema["$defs"][name], schema, out);
+    }
+    for v in value["enum"].as_array().into_iter().flatten() {
+        out.extend(v.as_str().map(String::from));
+    }
+    if let Some(c) = value["const"].as_str() {
+        out.push(c.to_string());
+    }
+    for key in ["oneOf", "anyOf"] {
+        for variant in value[key].as_array().into_iter().flatten() {
+            collect(variant, schema, out);
+        }
+    }
+}
+
+/// Asserts a refusal (`isError`) whose structured error code is `code` and whose text has
+/// `needle`.
+#[track_caller]
+fn assert_refused(out: &ToolOutput, code: &str, needle: &str) {
+    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
+    assert_eq!(
+        out.structured()["error"]["code"],
+        json!(code),
+        "{}",
+        out.text()
+    );
+    assert!(
+        out.text().contains(needle),
+        "{needle:?} not in: {}",
+        out.text()
+    );
+}
+
+#[tokio::test]
+async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+
+    // alice is `dangerous`: every tool, every action.
+    let alice = gw.client("alice").await;
+    let everything = tool_names(&alice).await;
+    let all = actions(&alice, "file").await;
+    for action in ["move", "delete", "copy"] {
+        assert!(
+            all.contains(&action.to_string()),
+            "{action} missing: {all:?}"
+        );
+    }
+
+    // carol is `readonly`: every tool but bash, read actions only.
+    let carol = gw.client("carol").await;
+    let mut expected = everything.clone();
+    expected.retain(|t| t != "bash");
+    assert_eq!(tool_names(&carol).await, expected);
+    assert_eq!(
+        actions(&carol, "file").await,
+        ["read", "stat", "list", "grep"]
+    );
+    assert_eq!(actions(&carol, "job").await, ["poll", "list", "wait"]);
+    if everything.contains(&"facts".to_string()) {
+        assert_eq!(actions(&carol, "facts").await, ["get"]);
+    }
+
+    // bob is `standard`: bash, and writes but no moves or deletes.
+    let bob = gw.client("bob").await;
+    assert_eq!(tool_names(&bob).await, everything);
+    assert_eq!(
+        actions(&bob, "file").await,
+        ["read", "stat", "list", "grep", "write", "append"]
+    );
+    assert_eq!(actions(&bob, "job").await, ["poll", "list", "wait", "kill"]);
+}
+
+#[tokio::test]
+async fn tools_list_is_marked_private() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let token = gw.mint("carol");
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let reply: Value = gw
+        .post_raw(Some(&token), list)
+        .await
+        .json()
+        .await
+        .expect("a JSON reply");
+    let result = &reply["result"];
+    assert!(result["tools"].is_array(), "{reply}");
+    // Whatever the protocol revision calls it, the list says it must not be shared.
+    let text = result.to_string();
+    assert!(text.contains("private"), "{reply}");
+}
+
+#[tokio::test]
+async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
+    let nats = Nats::start().await;
+    let agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+
+    let carol = gw.client("carol").await;
+    let out = carol
+        .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
+        .await;
+    assert_refused(&out, "tier", "needs tier standard");
+    assert!(
+        out.text().contains("your tier is readonly"),
+        "{}",
+        out.text()
+    );
+    let out = carol
+        .call("job", json!({"action": "kill", "job": "x-12345678"}))
+        .await;
+    assert_refused(&out, "tier", "needs tier standard");
+
+    let bob = gw.client("bob").await;
+    let out = bob
+        .call(
+            "file",
+            json!({"host": agent.host(), "action": "delete", "path": "/tmp/x"}),
+        )
+        .await;
+    assert_refused(&out, "tier", "needs tier dangerous");
+    // Within the tier the call goes through.
+    let out = bob
+        .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["output"], json!("hi\n"), "{}", out.text());
+}
+
+#[tokio::test]
+async fn whoami_reports_the_policy_tier_groups_and_reach() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let out = gw.client("bob").await.call("whoami", json!({})).await;
+    let s = out.structured();
+    assert_eq!(s["user"], json!("bob"));
+    assert_eq!(s["tier"], json!("standard"));
+    assert_eq!(s["groups"], json!(["ops"]));
+    assert_eq!(s["reachable_hosts"], json!(["web-*"]));
+    assert_eq!(s["policy_version"].as_str().map(str::len), Some(64));
+}
+
+#[tokio::test]
+async fn a_token_tier_caps_the_policy_tier() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let token = gw.issue("alice", Duration::from_secs(600), "mcp", Tier::Readonly);
+    let client = McpClient::new(&gw.url(), &token).await;
+    assert!(!tool_names(&client).await.contains(&"bash".to_string()));
+    let out = client.call("whoami", json!({})).await;
+    assert_eq!(out.structured()["tier"], json!("readonly"));
+}
+
+#[tokio::test]
+async fn users_missing_from_the_policy_are_refused() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    let response = gw.post_raw(Some(&gw.mint("mallory")), list).await;
+    assert_eq!(response.status(), 401);
+    let body = response.text().await.unwrap_or_default();
+    assert!(body.contains("not in this gateway's policy"), "{body}");
+}
+
+#[tokio::test]
+async fn without_a_policy_every_user_is_dangerous_and_reaches_everything() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let out = gw.client("anyone").await.call("whoami", json!({})).await;
+    assert_eq!(out.structured()["tier"], json!("dangerous"));
+    assert_eq!(out.structured()["reachable_hosts"], json!(["*"]));
+    assert_eq!(out.structured()["policy_version"], json!("development"));
+}
+
+#[tokio::test]
+async fn policy_changes_apply_without_restart() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let path = gw.policy_path().expect("a policy file").to_path_buf();
+    let client = gw.client("carol").await;
+    let tier = || async {
+        client.call("whoami", json!({})).await.structured()["tier"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(tier().await.as_deref(), Some("readonly"));
+
+    // Written in place as an editor would: the gateway notices the change by itself.
+    let promoted = POLICY.replace(
+        "[users.carol]\ngroups = [\"contractors\"]",
+        "[users.carol]\ngroups = [\"contractors\"]\ntier = \"standard\"",
+    );
+    assert_ne!(promoted, POLICY);
+    std::fs::write(&path, &promoted).expect("rewrite the policy");
+    eventually(Duration::from_secs(10), || async {
+        tier().await.as_deref() == Some("standard")
+    })
+    .await;
+    assert!(tool_names(&client).await.contains(&"bash".to_string()));
+}
