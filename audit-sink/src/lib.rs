@@ -1,0 +1,108 @@
+//! The execmesh audit-sink: stores every event of the AUDIT stream once, in a hash chain, and answers audit queries.
+//!
+//! [`run`] opens the store (SQLite by default, or PostgreSQL), connects to NATS, creates the
+//! AUDIT stream if it is missing, consumes it with a durable pull consumer and serves the query
+//! service until the shutdown token fires. [`verify`] and [`export`] work on the store alone.
+
+pub mod chain;
+pub mod config;
+mod connection;
+mod consumer;
+pub mod record;
+pub mod service;
+pub mod store;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::{Cli, Command, Config, ConfigError};
+pub use store::{Filter, Store, StoreConfig, StoreError, VerifyReport};
+
+/// Why the audit-sink could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("cannot create or open {what}: {source}")]
+    Provision {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot start the audit query service: {0}")]
+    Service(String),
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// Runs the sink until `shutdown` is cancelled: the batch in hand is committed and acknowledged,
+/// answers in flight are sent, then it returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SinkError> {
+    info!(store = %store_name(&config.store), nats_url = %config.nats_url,
+          consumer = %config.consumer, "audit-sink starting");
+    let store = Arc::new(Store::open(&config.store).await?);
+    let client = connection::connect(&config).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = consumer::ensure_stream(&js, config.replicas).await?;
+    let consumer = consumer::Consumer::create(&stream, Arc::clone(&store), &config).await?;
+    let service =
+        service::Service::start(&client, Arc::clone(&store), config.query_max_limit).await?;
+    info!("ready: consuming AUDIT and answering audit queries");
+
+    let consuming = tokio::spawn(consumer.run(shutdown.clone()));
+    service.run(shutdown.clone()).await;
+    let _ = consuming.await;
+    // The last acknowledgements are queued publishes: send them before leaving.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), client.flush()).await;
+    info!("audit-sink stopped");
+    Ok(())
+}
+
+/// Recomputes the chain of the configured store.
+pub async fn verify(config: &Config) -> Result<VerifyReport, SinkError> {
+    let store = Store::open(&config.store).await?;
+    Ok(store.verify().await?)
+}
+
+/// Writes every record matching `filter` (its cursor and limit are ignored), oldest first, as
+/// JSON lines to `out`; returns how many.
+pub async fn export(
+    config: &Config,
+    filter: Filter,
+    out: &mut impl Write,
+) -> Result<u64, SinkError> {
+    let store = Store::open(&config.store).await?;
+    let mut filter = Filter {
+        limit: store::MAX_PAGE,
+        newest_first: false,
+        after_seq: None,
+        ..filter
+    };
+    let mut written = 0u64;
+    loop {
+        let page = store.query(&filter).await?;
+        for record in &page.records {
+            serde_json::to_writer(&mut *out, &record.to_json()).map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+        match page.records.last() {
+            Some(last) if page.next_cursor.is_some() => filter.after_seq = Some(last.row.seq),
+            _ => break,
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
+/// The store, for logs: `sqlite:<path>` or `postgres` (the URL may hold a password).
+fn store_name(store: &StoreConfig) -> String {
+    match store {
+        StoreConfig::Sqlite(path) => format!("sqlite:{}", path.display()),
+        StoreConfig::Postgres(_) => "postgres".to_string(),
+    }
+}

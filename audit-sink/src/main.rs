@@ -1,0 +1,175 @@
+//! The `execmesh-audit-sink` binary: command line, configuration, logging, runtime, signals; the work is in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use execmesh_audit_sink::{Cli, Command, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad command line or configuration (sysexits `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+/// `verify`: the chain does not verify.
+const EXIT_BROKEN: u8 = 1;
+/// The store or NATS failed (sysexits `EX_UNAVAILABLE`).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
+    let config = match Config::load(&cli.settings) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    let filter = match &command {
+        Command::Export(args) => match args.filter.to_filter() {
+            Ok(filter) => Some(filter),
+            Err(e) => {
+                eprintln!("invalid filter: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        _ => None,
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match command {
+            Command::Serve => serve(config).await,
+            Command::Verify => verify(&config).await,
+            Command::Export(args) => export(&config, args, filter.unwrap_or_default()).await,
+        }
+    })
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    if let Err(e) = watch_signals(shutdown.clone()) {
+        eprintln!("cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match execmesh_audit_sink::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "audit-sink failed");
+            eprintln!("execmesh-audit-sink: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// Prints the chain's state; exit 0 when intact, 1 naming the first bad record.
+async fn verify(config: &Config) -> ExitCode {
+    match execmesh_audit_sink::verify(config).await {
+        Ok(report) => match report.broken {
+            None => {
+                println!(
+                    "chain intact: {} records; head seq {} hash {}",
+                    report.records, report.head_seq, report.head_hash
+                );
+                ExitCode::SUCCESS
+            }
+            Some(broken) => {
+                println!(
+                    "chain broken at record {}: {}\n({} records before it verify; the last good one is seq {} hash {})",
+                    broken.seq, broken.problem, report.records, report.head_seq, report.head_hash
+                );
+                ExitCode::from(EXIT_BROKEN)
+            }
+        },
+        Err(e) => {
+            eprintln!("execmesh-audit-sink verify: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+async fn export(
+    config: &Config,
+    args: Box<execmesh_audit_sink::config::ExportArgs>,
+    filter: execmesh_audit_sink::Filter,
+) -> ExitCode {
+    let result = match &args.output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(file) => {
+                let mut out = std::io::BufWriter::new(file);
+                execmesh_audit_sink::export(config, filter, &mut out).await
+            }
+            Err(e) => {
+                eprintln!("cannot create {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            execmesh_audit_sink::export(config, filter, &mut out).await
+        }
+    };
+    match result {
+        Ok(n) => {
+            eprintln!("exported {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("execmesh-audit-sink export: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
+fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without finishing the batch");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Logs to stderr: the configured filter, text or JSON lines.
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
