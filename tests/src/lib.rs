@@ -18,10 +18,12 @@
 //! the in-process services; it is passed on to spawned agents as `EXECMESH_LOG`.
 
 pub mod agent;
+pub mod audit_sink;
 pub mod client;
 pub mod eventually;
 pub mod gateway;
 pub mod nats;
+pub mod postgres;
 pub mod presence;
 pub mod process;
 
@@ -29,10 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 pub use agent::{NodeAgent, RunningAgent};
+pub use audit_sink::{AuditSink, RunningAudit};
 pub use client::{McpClient, ToolOutput, post_raw};
 pub use eventually::eventually;
 pub use gateway::{Gateway, RunningGateway};
 pub use nats::Nats;
+pub use postgres::Postgres;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {
