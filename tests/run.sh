@@ -16,6 +16,21 @@ bash deploy/install-nats.sh >/dev/null
 
 # The SSH relay tests will need openssh-server (sshd): install it here when they land.
 
+# PostgreSQL, the audit-sink's second store: each audit test starts its own server from the
+# package's binaries (Debian keeps them in /usr/lib/postgresql/<version>/bin); the cluster the
+# package may create for itself is not used.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+    if ! command -v apt-get >/dev/null; then
+        echo "tests/run.sh: the audit tests need PostgreSQL (initdb, postgres); install it" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "installing PostgreSQL (apt) for the audit tests" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/execmesh-target}"
 
 # Scenario tests spawn the real binaries (execmesh-node-agent, …), which `cargo test` does not
