@@ -23,6 +23,7 @@ pub mod client;
 pub mod eventually;
 pub mod gateway;
 pub mod nats;
+pub mod oauth;
 pub mod postgres;
 pub mod presence;
 pub mod process;

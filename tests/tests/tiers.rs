@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use execmesh_gateway::tier::Tier;
+use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
 
 const POLICY: &str = r#"
@@ -256,4 +257,96 @@ async fn policy_changes_apply_without_restart() {
     })
     .await;
     assert!(tool_names(&client).await.contains(&"bash".to_string()));
+}
+
+#[tokio::test]
+async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let policy = dir.path().join("policy.toml");
+    let key = dir.path().join("gateway.key");
+    std::fs::write(
+        &policy,
+        "# the team\n[groups.ops]\ntier = \"standard\"\nhosts = [\"*\"]\n",
+    )
+    .expect("write a policy");
+    let gateway = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(workspace_binary("execmesh-gateway"));
+        command
+            .arg("--policy-file")
+            .arg(&policy)
+            .arg("--key-file")
+            .arg(&key)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let run = |mut command: tokio::process::Command, stdin: &'static str| async move {
+        let mut child = command.spawn().expect("run execmesh-gateway");
+        if let Some(mut input) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            input
+                .write_all(stdin.as_bytes())
+                .await
+                .expect("write stdin");
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("execmesh-gateway finished")
+            .expect("its output");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        )
+    };
+
+    let (code, _) = run(
+        gateway(&["user", "add", "dave", "--group", "ops", "--password-stdin"]),
+        "hunter2-but-longer\n",
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    let (code, generated) = run(gateway(&["user", "add", "erin", "--tier", "readonly"]), "").await;
+    assert_eq!(code, Some(0));
+    assert_eq!(generated.len(), 20, "a generated password is printed once");
+    let text = std::fs::read_to_string(&policy).expect("the policy");
+    assert!(text.starts_with("# the team\n"), "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains(&generated),
+        "{text}"
+    );
+    let parsed = execmesh_gateway::policy::Policy::parse(&text, &policy).expect("a valid policy");
+    let dave = parsed.user("dave").expect("dave");
+    assert!(execmesh_gateway::policy::password::verify(
+        dave.password_hash.as_deref(),
+        "hunter2-but-longer"
+    ));
+    let (code, _) = run(gateway(&["user", "add", "dave", "--password-stdin"]), "x\n").await;
+    assert_eq!(
+        code,
+        Some(1),
+        "an existing user is not overwritten without --replace"
+    );
+
+    let gw = Gateway::new(&nats)
+        .policy_file(&policy)
+        .key_file(&key)
+        .start()
+        .await;
+    let (code, token) = run(
+        gateway(&["--public-url", &gw.url(), "token", "mint", "--user", "dave"]),
+        "",
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    let out = McpClient::new(&gw.url(), &token)
+        .await
+        .call("whoami", json!({}))
+        .await;
+    assert_eq!(out.structured()["user"], json!("dave"));
+    assert_eq!(out.structured()["tier"], json!("standard"));
+    let (code, _) = run(gateway(&["token", "mint", "--user", "nobody"]), "").await;
+    assert_eq!(code, Some(64), "no tokens for users outside the policy");
 }
