@@ -547,6 +547,26 @@ mod tests {
     }
 
     #[test]
+    fn a_search_past_its_deadline_returns_what_it_has_and_says_why() {
+        let fx = fixture();
+        let req = pb::GrepRequest {
+            paths: vec![fx.path("app")],
+            pattern: "ERROR".into(),
+            ..Default::default()
+        };
+        let reply = grep(&fx.files, &limits(), req, 1 << 20, Instant::now()).unwrap();
+        assert_eq!((reply.total_matches, reply.files_searched), (0, 0));
+        assert!(reply.truncated);
+        assert!(
+            reply
+                .truncated_reason
+                .starts_with("the time limit was reached"),
+            "{}",
+            reply.truncated_reason
+        );
+    }
+
+    #[test]
     fn context_after_the_cap_is_not_attached_to_the_last_kept_match() {
         let fx = fixture();
         let reply = fx
