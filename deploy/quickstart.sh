@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Brings up a working execmesh on this machine: NATS with JetStream, the gateway on
-# 127.0.0.1:8420 and N node-agents; prints the MCP URL, a bearer token and a ready client line;
+# Brings up a working execmesh on this machine: NATS with JetStream, the audit-sink (SQLite in
+# .execmesh/audit.db), the gateway on 127.0.0.1:8420 and N node-agents; prints the MCP URL, a
+# bearer token and a ready client line;
 # writes .execmesh/quickstart.json; stays in the foreground and stops everything on Ctrl-C/SIGTERM.
 #
 #   deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
@@ -46,7 +47,7 @@ done
 nats_server="$(bash deploy/install-nats.sh)"
 
 echo "building release binaries (first build takes a few minutes)..." >&2
-cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent
+cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent -p execmesh-audit-sink
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 
 pids=()
@@ -74,6 +75,12 @@ nats_url="nats://127.0.0.1:$nats_port"
 "$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats" >"$state/logs/nats.log" 2>&1 &
 pids+=($!)
 wait_for 20 "nats-server (see $state/logs/nats.log)" port_busy "$nats_port"
+
+# The audit trail: every call, dispatch, job and file change, stored once in a hash chain. Started
+# right after NATS, so it is stopped right before it and stores the last events first.
+"$bin/execmesh-audit-sink" --nats-url "$nats_url" --sqlite-path "$state/audit.db" \
+  >"$state/logs/audit-sink.log" 2>&1 &
+pids+=($!)
 
 base_host="$(hostname | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' -e 's/--*/-/g' -e 's/^-//' -e 's/-$//' | cut -c1-50)"
 [ -n "$base_host" ] || base_host="localhost"
@@ -104,6 +111,7 @@ cat >"$state/quickstart.json" <<JSON
   "user": "$user",
   "nats_url": "$nats_url",
   "hosts": $hosts_json,
+  "audit_db": "$state/audit.db",
   "logs": "$state/logs"
 }
 JSON
@@ -116,6 +124,7 @@ execmesh is up.
   token:    $token   (user $user, valid 30 days)
   hosts:    ${hosts[*]}
   NATS:     $nats_url (JetStream state in $state/nats)
+  audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/
 
 Connect Claude Code:

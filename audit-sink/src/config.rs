@@ -469,6 +469,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let cli = Settings {
+            config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("audit-sink.example.toml")),
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap();
+        assert_eq!(
+            config.store,
+            StoreConfig::Sqlite(PathBuf::from("/var/lib/execmesh-audit/audit.db"))
+        );
+    }
+
+    #[test]
     fn times_are_rfc3339_or_unix_milliseconds() {
         assert_eq!(parse_time("1700000000123"), Some(1_700_000_000_123));
         assert_eq!(
