@@ -1,5 +1,6 @@
 //! The gateway's configuration: a TOML file, overridden key by key by flags and `EXECMESH_*` env.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub enum Command {
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the public half of the key that signs requests to the agents (`exec_signing_key`,
+    /// created if missing), as the agents' `gateway_keys` take it; its key id goes to stderr.
+    ExecKey,
     /// Manage the users of the policy file.
     #[command(subcommand)]
     User(UserCommand),
@@ -103,6 +107,11 @@ pub struct Settings {
     /// [default: .execmesh/gateway.key]. Every replica must use the same key.
     #[arg(long, env = "EXECMESH_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// File with the Ed25519 key that signs every request to the agents (base64 seed; created on
+    /// first start, its public half written to `<file>.pub` for the agents' `gateway_keys`)
+    /// [default: exec-signing.key beside key_file]. Every replica must use the same key.
+    #[arg(long, env = "EXECMESH_EXEC_SIGNING_KEY")]
+    pub exec_signing_key: Option<PathBuf>,
     /// Host names (or host:port) clients use to reach this gateway, accepted in the `Host`
     /// header in addition to localhost / 127.0.0.1 / ::1. Comma separated.
     #[arg(long, env = "EXECMESH_PUBLIC_NAMES", value_delimiter = ',')]
@@ -153,6 +162,25 @@ pub struct Settings {
     /// Log as JSON lines.
     #[arg(long, env = "EXECMESH_LOG_JSON")]
     pub log_json: Option<bool>,
+    /// Named host groups for selectors, `name = "selector"` (config file only), used as `@name`.
+    #[arg(skip)]
+    pub groups: Option<BTreeMap<String, String>>,
+    /// Most hosts a fan-out (`bash` with `hosts`, `grep`) contacts at once when the call sets no
+    /// `batch` [default: 256].
+    #[arg(long, env = "EXECMESH_FANOUT_WINDOW")]
+    pub fanout_window: Option<usize>,
+    /// Most hosts one fan-out may target [default: 10000].
+    #[arg(long, env = "EXECMESH_FANOUT_MAX_HOSTS")]
+    pub fanout_max_hosts: Option<usize>,
+    /// Extra regular expressions redacted from audited tool arguments, on top of the built-in
+    /// ones (tokens, passwords, keys); a group named `secret` limits the redaction to it.
+    /// Repeat the flag; in the environment, one pattern per line.
+    #[arg(
+        long = "audit-redact-pattern",
+        env = "EXECMESH_AUDIT_REDACT_PATTERNS",
+        value_delimiter = '\n'
+    )]
+    pub audit_redact_patterns: Option<Vec<String>>,
 }
 
 /// Why the configuration is unusable. Every problem is listed, not just the first.
@@ -174,6 +202,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The Ed25519 token key file, shared by every replica.
     pub key_file: PathBuf,
+    /// The Ed25519 key file that signs requests to agents, shared by every replica.
+    pub exec_signing_key: PathBuf,
     /// Extra names accepted in the `Host` header.
     pub public_names: Vec<String>,
     /// Browser origins accepted in the `Origin` header.
@@ -198,6 +228,14 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub log_json: bool,
+    /// Named host groups (`@name` in selectors), as selector text; checked at load.
+    pub groups: BTreeMap<String, String>,
+    /// Default sliding window of a fan-out: hosts contacted at once.
+    pub fanout_window: usize,
+    /// Most hosts one fan-out may target.
+    pub fanout_max_hosts: usize,
+    /// Redaction patterns for audit events, beyond the built-in ones.
+    pub audit_redact_patterns: Vec<String>,
 }
 
 /// Hard ceilings on what a caller may ask of one page.
@@ -222,6 +260,7 @@ impl Config {
             nats_nkey_seed: None,
             nats_tls_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
+            exec_signing_key: key_file.with_file_name("exec-signing.key"),
             key_file,
             public_names: Vec::new(),
             allowed_origins: Vec::new(),
@@ -238,6 +277,10 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
             log_json: false,
+            groups: BTreeMap::new(),
+            fanout_window: 256,
+            fanout_max_hosts: 10_000,
+            audit_redact_patterns: Vec::new(),
         }
     }
 
@@ -253,6 +296,9 @@ impl Config {
             pick.key_file
                 .unwrap_or_else(|| PathBuf::from(".execmesh/gateway.key")),
         );
+        if let Some(path) = pick.exec_signing_key {
+            config.exec_signing_key = path;
+        }
         config.nats_creds = pick.nats_creds;
         config.nats_nkey_seed = pick.nats_nkey_seed;
         config.nats_tls_ca = pick.nats_tls_ca;
@@ -298,6 +344,18 @@ impl Config {
             config.max_body_bytes = v;
         }
         config.log_json = pick.log_json.unwrap_or(false);
+        if let Some(v) = pick.groups {
+            config.groups = v;
+        }
+        if let Some(v) = pick.fanout_window {
+            config.fanout_window = v;
+        }
+        if let Some(v) = pick.fanout_max_hosts {
+            config.fanout_max_hosts = v;
+        }
+        if let Some(v) = pick.audit_redact_patterns {
+            config.audit_redact_patterns = v.into_iter().filter(|p| !p.is_empty()).collect();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -325,6 +383,15 @@ impl Config {
         if self.inline_window > Duration::from_secs(600) {
             problems.push("inline_window_ms must be at most 600000".to_string());
         }
+        if let Err(e) = crate::selector::Selector::check_groups(&self.groups) {
+            problems.push(e.to_string());
+        }
+        if !(1..=10_000).contains(&self.fanout_window) {
+            problems.push("fanout_window must be 1..=10000".to_string());
+        }
+        if !(1..=100_000).contains(&self.fanout_max_hosts) {
+            problems.push("fanout_max_hosts must be 1..=100000".to_string());
+        }
         if let Some(url) = &self.public_url
             && let Err(e) = crate::auth::Audience::parse(url)
         {
@@ -339,6 +406,9 @@ impl Config {
             .contains(&self.refresh_token_ttl)
         {
             problems.push("refresh_token_ttl_secs must be 60..=31622400".to_string());
+        }
+        if let Err(e) = crate::audit::Redactor::new(&self.audit_redact_patterns) {
+            problems.push(e.to_string());
         }
         if !(1..=5).contains(&self.kv_replicas) {
             problems.push("kv_replicas must be 1..=5".to_string());
@@ -383,6 +453,7 @@ impl Settings {
             nats_tls_ca,
             listen,
             key_file,
+            exec_signing_key,
             public_names,
             allowed_origins,
             public_url,
@@ -397,7 +468,11 @@ impl Settings {
             max_line_bytes,
             request_timeout_ms,
             max_body_bytes,
-            log_json
+            log_json,
+            groups,
+            fanout_window,
+            fanout_max_hosts,
+            audit_redact_patterns
         )
     }
 }

@@ -4,15 +4,19 @@
 //! replica is interchangeable: job state and output live in JetStream, tokens verify with the
 //! shared key file.
 
+pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fanout;
 pub mod mesh;
 pub mod oauth;
 pub mod paging;
 pub mod policy;
+pub mod selector;
 pub mod server;
+pub mod signer;
 pub mod tier;
 pub mod tools;
 pub mod trace;
@@ -23,6 +27,8 @@ pub use server::run;
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    #[error(transparent)]
+    Audit(#[from] audit::PatternError),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
     #[error(transparent)]

@@ -4,6 +4,7 @@
 //! Everything here is stateless: any replica reads the same streams and buckets.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -15,9 +16,11 @@ use serde::Serialize;
 use tracing::warn;
 
 use execmesh_proto::jetstream::{FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
+use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 
 use crate::config::Config;
+use crate::signer::{Signer, SignerError};
 
 /// A failure talking to NATS or reading the mesh's streams.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,9 @@ pub enum MeshError {
     Timeout(Duration),
     #[error("stored record at sequence {seq} is not readable: {reason}")]
     Corrupt { seq: u64, reason: String },
+    /// The command key that signs requests to agents cannot be loaded.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
 }
 
 /// How a request to an agent failed.
@@ -104,6 +110,8 @@ pub struct Mesh {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub tenant: Token,
+    /// Signs every request sent to an agent; agents refuse unsigned ones.
+    pub signer: Arc<Signer>,
 }
 
 // === impl Mesh ===
@@ -114,6 +122,10 @@ impl Mesh {
     pub async fn connect(config: &Config) -> Result<Self, MeshError> {
         let tenant =
             Token::parse("tenant", &config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let signer = Arc::new(Signer::load_or_create(&config.exec_signing_key)?);
+        tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
+                       path = %config.exec_signing_key.display(),
+                       "signing requests to agents with this key (agents list it in gateway_keys)");
         let mut options = async_nats::ConnectOptions::new()
             .name("execmesh-gateway")
             .max_reconnects(None)
@@ -148,11 +160,18 @@ impl Mesh {
                 source,
             })?;
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js, tenant })
+        Ok(Self {
+            client,
+            js,
+            tenant,
+            signer,
+        })
     }
 
-    /// Sends a protobuf request to `subject` and decodes the protobuf reply.
-    pub async fn request<Req: prost::Message, Rep: prost::Message + Default>(
+    /// Signs a request to an agent (with a fresh nonce), sends it to `subject` and decodes the
+    /// protobuf reply. The caller sets everything else the agent checks: host, user, tier,
+    /// run-as, expiry.
+    pub async fn request<Req: SignedRequest + Clone, Rep: prost::Message + Default>(
         &self,
         host: &Token,
         subject: String,
@@ -165,7 +184,7 @@ impl Mesh {
             headers.insert(headers::TRACEPARENT, tp);
         }
         let request = async_nats::Request::new()
-            .payload(Bytes::from(request.encode_to_vec()))
+            .payload(Bytes::from(self.signer.sign(request.clone())))
             .headers(headers)
             .timeout(Some(timeout));
         let reply = self
@@ -320,6 +339,34 @@ impl Mesh {
             }
         }
         Ok(hosts)
+    }
+
+    /// The hosts whose agent currently heartbeats (their presence key has not expired).
+    pub async fn present_hosts(&self) -> Result<std::collections::BTreeSet<Token>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        Ok(self
+            .kv_last_values(PRESENCE_BUCKET, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| subject::parse_host_key(&key).ok().map(|(_, host)| host))
+            .collect())
+    }
+
+    /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
+    pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
+        let request = DirectGet {
+            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
+            batch: Some(100_000),
+            ..Default::default()
+        };
+        let msgs = self
+            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| !m.is_tombstone())
+            .filter_map(|m| pb::JobStatus::decode(m.payload).ok())
+            .collect())
     }
 
     /// One host's registration and presence; `None` if the mesh never heard of it.

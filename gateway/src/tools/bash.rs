@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
+use super::bash_fanout::FanoutResult;
 use super::job::{JobView, outcome, view};
 use super::{Call, dispatch, parse_args, seconds, structured};
 use crate::error::ToolError;
+use crate::fanout::Amount;
 use crate::paging::{self, Cursor, PageLimits};
 
 /// Longest command line accepted.
@@ -22,14 +24,29 @@ const MAX_ENV: usize = 128;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BashParams {
-    /// The host id to run on (see `hosts`).
-    pub host: String,
+    /// The host id to run on (see `hosts`). Give either `host` or `hosts`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// A selector for a fan-out over many hosts: host globs (`web-*`), `key=value` on labels and
+    /// facts (`role=web`, `os_id=debian`, `cpus>=8`), `@group`, combined with `and`, `or`,
+    /// `not` and parentheses; `*` is every host you may reach. Every matching host gets one
+    /// status: ok, exit_nonzero, timeout, denied, offline, lost, not_started or error.
+    #[serde(default)]
+    pub hosts: Option<String>,
+    /// Fan-out: most hosts running the command at once, a count or a percentage ("25%").
+    #[serde(default)]
+    pub batch: Option<Amount>,
+    /// Fan-out: stop starting new hosts after this many failures (exit_nonzero, timeout, lost,
+    /// error), a count or a percentage; hosts not yet started are reported not_started.
+    #[serde(default)]
+    pub max_failures: Option<Amount>,
     /// The command line, run with `bash -c` in its own process group. Stdin is empty.
     pub cmd: String,
     /// Working directory (default: the agent's).
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Seconds after which the job is killed (default: the host's, normally 3600).
+    /// Seconds after which the job is killed (default: the host's, normally 3600; for a fan-out
+    /// 60 per host).
     #[serde(default)]
     pub timeout: Option<f64>,
     /// Return at once with the job id instead of waiting.
@@ -49,8 +66,18 @@ pub struct BashParams {
     pub max_lines: Option<usize>,
 }
 
+/// The result of `bash`: one host's run, or a fan-out's per-host statuses.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct BashResult {
+    #[serde(flatten)]
+    pub run: Option<RunResult>,
+    #[serde(flatten)]
+    pub fanout: Option<FanoutResult>,
+}
+
+/// One host's run.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunResult {
     pub host: String,
     pub job: String,
     /// running, exited, timed_out, killed, lost or failed.
@@ -74,10 +101,13 @@ pub fn definition() -> Tool {
     super::tool::<BashParams, BashResult>(
         "bash",
         "Run a command",
-        "Run a shell command on one host. Waits up to `wait` seconds (default 2): if the command \
-         finished, returns its output and exit code; otherwise returns a job id to follow with \
-         `job` (poll/wait/kill). `bg: true` returns at once. A non-zero exit code is a normal \
-         result. Confirm with the user before running commands that change the host.",
+        "Run a shell command on one host (`host`) or on every host a selector matches (`hosts`). \
+         One host: waits up to `wait` seconds (default 2): if the command finished, returns its \
+         output and exit code; otherwise returns a job id to follow with `job` (poll/wait/kill). \
+         `bg: true` returns at once. Many hosts: runs concurrently (`batch` limits how many at \
+         once, `max_failures` stops early), waits for each up to `timeout`, and returns every \
+         host once with its status and output (identical outputs grouped). A non-zero exit code \
+         is a normal result. Confirm with the user before running commands that change hosts.",
         ToolAnnotations::new()
             .read_only(false)
             .destructive(true)
@@ -88,11 +118,35 @@ pub fn definition() -> Tool {
 
 pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
     let params: BashParams = parse_args("bash", args)?;
+    validate(&params)?;
+    let host = match (&params.host, &params.hosts) {
+        (Some(host), None) => host.clone(),
+        (None, Some(selector)) => {
+            let (result, text) = super::bash_fanout::call(call, &params, selector).await?;
+            let result = BashResult {
+                run: None,
+                fanout: Some(result),
+            };
+            return structured(&result, text);
+        }
+        (Some(_), Some(_)) => {
+            return Err(ToolError::invalid(
+                "bash",
+                "give either `host` (one host) or `hosts` (a selector), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ToolError::invalid(
+                "bash",
+                "name where to run: `host` (one host id) or `hosts` (a selector such as `web-*`)",
+            ));
+        }
+    };
     let state = call.state;
     let config = &state.config;
-    let host = Token::parse("host id", &params.host)
-        .map_err(|e| ToolError::invalid("bash", e.to_string()))?;
-    validate(&params)?;
+    let host =
+        Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
+    super::reach::check(call, &host).await?;
     let bg = params.bg.unwrap_or(false);
     let window = match (bg, params.wait) {
         (true, _) => Duration::ZERO,
@@ -179,7 +233,7 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     } else {
         format!("{} on {host} (job {job})", outcome(&status))
     };
-    let result = BashResult {
+    let result = RunResult {
         host: host.to_string(),
         job: job.to_string(),
         state: status.state.clone(),
@@ -192,6 +246,10 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
         next_cursor,
         status,
         trace_id: call.trace.trace_id.clone(),
+    };
+    let result = BashResult {
+        run: Some(result),
+        fanout: None,
     };
     structured(&result, vec![output, footer])
 }
@@ -290,7 +348,10 @@ mod tests {
     #[test]
     fn bad_env_names_are_refused() {
         let params = BashParams {
-            host: "h".into(),
+            host: Some("h".into()),
+            hosts: None,
+            batch: None,
+            max_failures: None,
             cmd: "true".into(),
             cwd: None,
             timeout: None,

@@ -1,4 +1,5 @@
-//! `hosts`: which servers the mesh knows, whether each is online, and what it is.
+//! `hosts`: which servers a selector matches (the dry run of a fan-out), whether each is online,
+//! and what it is.
 
 use std::collections::BTreeMap;
 
@@ -10,20 +11,28 @@ use execmesh_proto::pb;
 
 use super::{Call, parse_args, structured};
 use crate::error::ToolError;
+use crate::fanout::{ResolveError, Targets};
 use crate::mesh::HostRecord;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostsParams {
-    /// Which hosts to show: a host-id glob such as `web-*` or `db-?`, or `*` (the default) for all.
+    /// Which hosts to show (default `*`): host globs (`web-*`, `db-?`), `key=value` on labels and
+    /// facts (`role=web`, `os_id=debian*`, `service=nginx*`, `cpus>=8`), `@group`, combined with
+    /// `and`, `or`, `not` and parentheses. The same selector in `bash`/`grep` `hosts` targets
+    /// exactly these hosts.
     #[serde(default)]
     pub selector: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HostsResult {
+    /// The selector as given.
+    pub selector: String,
     /// The matching hosts, sorted by id.
     pub hosts: Vec<HostView>,
+    /// Matching hosts outside the hosts you may reach: a fan-out reports them `denied`.
+    pub denied: Vec<String>,
     pub online: usize,
     pub stale: usize,
     pub offline: usize,
@@ -43,15 +52,21 @@ pub struct HostView {
     pub arch: Option<String>,
     pub cpus: Option<u32>,
     pub memory_mb: Option<u64>,
+    /// 1-minute load average, when facts are known.
+    pub load1: Option<f64>,
+    /// Seconds since the facts were collected.
+    pub facts_age_secs: Option<u64>,
 }
 
 pub fn definition() -> Tool {
     super::tool::<HostsParams, HostsResult>(
         "hosts",
         "List hosts",
-        "List the hosts of the mesh with their state (online, stale, offline), labels, \
-         last heartbeat, running jobs and platform. Use it to find a host id for `bash` and to \
-         check a host is online first.",
+        "Resolve a host selector: the matching hosts with their state (online, stale, offline), \
+         labels, last heartbeat, running jobs and platform. It is the dry run of a fan-out: \
+         `bash`/`grep`/`facts` with the same `hosts` selector target exactly these hosts. \
+         Selectors: host globs (`web-*`), `key=value` on labels and facts (`role=web`, \
+         `os_id=debian`, `cpus>=8`), `@group`, with `and`/`or`/`not`/parentheses; `*` is all.",
         ToolAnnotations::new()
             .read_only(true)
             .idempotent(true)
@@ -65,15 +80,26 @@ pub async fn call(
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
     let params: HostsParams = parse_args("hosts", args)?;
     let selector = params.selector.unwrap_or_else(|| "*".to_string());
-    let records = call.state.mesh.hosts().await?;
+    let reach = super::bash_fanout::reach_of(call);
+    let config = &call.state.config;
+    let targets = Targets::resolve(
+        &call.state.mesh,
+        &selector,
+        &config.groups,
+        &reach,
+        usize::MAX,
+    )
+    .await
+    .map_err(|e| match e {
+        ResolveError::Mesh(e) => ToolError::from(e),
+        other => ToolError::invalid("hosts", other.to_string()),
+    })?;
     let now = execmesh_proto::now_ms();
-    let hosts: Vec<HostView> = records
-        .values()
-        .filter(|r| glob_match(&selector, r.host.as_str()))
-        .map(|r| view(r, now))
-        .collect();
+    let hosts: Vec<HostView> = targets.hosts.values().map(|r| view(r, now)).collect();
     let count = |s: &str| hosts.iter().filter(|h| h.state == s).count();
     let result = HostsResult {
+        selector: selector.clone(),
+        denied: targets.denied.iter().map(|h| h.to_string()).collect(),
         online: count("online"),
         stale: count("stale"),
         offline: count("offline"),
@@ -86,6 +112,13 @@ pub async fn call(
         result.stale,
         result.offline
     );
+    if !result.denied.is_empty() {
+        text.push_str(&format!(
+            "{} more match but are outside the hosts you may reach (a fan-out reports them denied): {}\n",
+            result.denied.len(),
+            result.denied.join(", ")
+        ));
+    }
     for h in &result.hosts {
         let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let seen = h
@@ -144,46 +177,18 @@ fn view(r: &HostRecord, now: u64) -> HostView {
         memory_mb: facts
             .map(|f| f.memory_bytes / (1024 * 1024))
             .filter(|m| *m > 0),
+        load1: facts
+            .filter(|f| f.collected_at_ms > 0 && f.uptime_secs > 0)
+            .map(|f| f.load1),
+        facts_age_secs: facts
+            .filter(|f| f.collected_at_ms > 0)
+            .map(|f| now.saturating_sub(f.collected_at_ms) / 1000),
     }
-}
-
-/// Shell-style glob: `*` any run, `?` one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("*", "web-1"));
-        assert!(glob_match("web-*", "web-12"));
-        assert!(glob_match("db-?", "db-1"));
-        assert!(!glob_match("db-?", "db-10"));
-        assert!(glob_match("*-1", "web-1"));
-        assert!(!glob_match("web-*", "db-1"));
-        assert!(glob_match("w*b*1", "web-1"));
-    }
 
     #[test]
     fn late_heartbeat_is_stale() {

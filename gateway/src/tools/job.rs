@@ -9,11 +9,16 @@ use serde::{Deserialize, Serialize};
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Call, parse_args, seconds, structured};
+use crate::auth::Identity;
 use crate::error::ToolError;
 use crate::paging::{self, Cursor, CursorError, Page, PageLimits};
+use crate::server::AppState;
+use crate::trace::TraceContext;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
+/// How long a kill request stays valid for the agent after it is sent.
+const KILL_VALIDITY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -50,7 +55,8 @@ pub struct JobParams {
     /// `wait`: seconds to wait at most (default 30, at most 600).
     #[serde(default)]
     pub timeout: Option<f64>,
-    /// `list`: only jobs on this host.
+    /// The host of the job, for a fan-out group id (which names one job per host); `list`: only
+    /// jobs on this host.
     #[serde(default)]
     pub host: Option<String>,
     /// `list`: most jobs to return (default 20, at most 200).
@@ -152,6 +158,7 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
                 }
                 .into());
             }
+            super::reach::check(call, &cursor.host).await?;
             let status = call
                 .state
                 .mesh
@@ -161,8 +168,9 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
             (cursor, call.state.mesh.settle_orphan(status).await?)
         }
         None => {
-            let status = find(call, params.job.as_deref(), "poll").await?;
+            let status = find(call, params.job.as_deref(), params.host.as_deref(), "poll").await?;
             let (host, job) = ids(&status)?;
+            super::reach::check(call, &host).await?;
             let cursor = match params.tail {
                 Some(n) => paging::tail(&call.state.mesh, host, job, n).await?,
                 None => Cursor::start(host, job),
@@ -175,6 +183,13 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
 }
 
 async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
+    if let Some(group) = group_of(call, params.job.as_deref()).await? {
+        let group = group
+            .into_iter()
+            .filter(|s| params.host.as_deref().is_none_or(|h| s.host == h))
+            .collect();
+        return render_group(call, "list", group);
+    }
     let limit = params.limit.unwrap_or(20).clamp(1, 200);
     let mut jobs: Vec<pb::JobStatus> = call
         .state
@@ -208,8 +223,9 @@ async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
 
 async fn wait(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
     let timeout = seconds("job", "timeout", params.timeout.unwrap_or(30.0), 600.0)?;
-    let mut status = find(call, params.job.as_deref(), "wait").await?;
+    let mut status = find(call, params.job.as_deref(), params.host.as_deref(), "wait").await?;
     let (host, job) = ids(&status)?;
+    super::reach::check(call, &host).await?;
     // Wait in slices so a job whose agent died (no heartbeat) is noticed and reported lost
     // instead of being waited on until the timeout.
     let deadline = tokio::time::Instant::now() + timeout;
@@ -253,36 +269,16 @@ async fn wait(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
 }
 
 async fn kill(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
-    let status = find(call, params.job.as_deref(), "kill").await?;
+    if params.host.is_none()
+        && let Some(group) = group_of(call, params.job.as_deref()).await?
+    {
+        return kill_group(call, group).await;
+    }
+    let status = find(call, params.job.as_deref(), params.host.as_deref(), "kill").await?;
     let (host, job) = ids(&status)?;
+    super::reach::check(call, &host).await?;
     let status = if status.state() == pb::JobState::Running {
-        let request = pb::ControlRequest {
-            tenant: call.state.mesh.tenant.to_string(),
-            host: host.to_string(),
-            job_id: job.to_string(),
-            user: call.identity.user.to_string(),
-            body: Some(pb::control_request::Body::Kill(pb::KillRequest {
-                grace_ms: 0,
-            })),
-            ..Default::default()
-        };
-        let reply: pb::ControlReply = call
-            .state
-            .mesh
-            .request(
-                &host,
-                subject::ctl(&call.state.mesh.tenant, &host),
-                &request,
-                Some(&call.trace.traceparent()),
-                call.state.config.request_timeout + Duration::from_secs(10),
-            )
-            .await
-            .map_err(ToolError::from)?;
-        match reply.body {
-            Some(pb::control_reply::Body::Status(status)) => status,
-            Some(pb::control_reply::Body::Error(e)) => return Err(ToolError::refused(&host, e)),
-            None => return Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
-        }
+        kill_on(call.state, call.identity, call.trace, &host, &job).await?
     } else {
         status
     };
@@ -291,6 +287,144 @@ async fn kill(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
     let result = JobResult {
         action: "kill".into(),
         job: Some(view),
+        ..Default::default()
+    };
+    structured(&result, vec![text])
+}
+
+/// Asks `host`'s agent to kill `job` (SIGTERM to its process group, SIGKILL after the grace
+/// period) and returns the status it reports.
+pub async fn kill_on(
+    state: &AppState,
+    identity: &Identity,
+    trace: &TraceContext,
+    host: &Token,
+    job: &Token,
+) -> Result<pb::JobStatus, ToolError> {
+    let request = pb::ControlRequest {
+        tenant: state.mesh.tenant.to_string(),
+        host: host.to_string(),
+        job_id: job.to_string(),
+        user: identity.user.to_string(),
+        expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
+        // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
+        tier: crate::signer::tier(identity.tier) as i32,
+        body: Some(pb::control_request::Body::Kill(pb::KillRequest {
+            grace_ms: 0,
+        })),
+        ..Default::default()
+    };
+    let reply: pb::ControlReply = state
+        .mesh
+        .request(
+            host,
+            subject::ctl(&state.mesh.tenant, host),
+            &request,
+            Some(&trace.traceparent()),
+            state.config.request_timeout + Duration::from_secs(10),
+        )
+        .await
+        .map_err(ToolError::from)?;
+    match reply.body {
+        Some(pb::control_reply::Body::Status(status)) => Ok(status),
+        Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
+        None => Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
+    }
+}
+
+/// The statuses of a fan-out group: `job` names a job id that ran on more than one host.
+/// `None` for a single-host job (or an unknown id, which `find` reports).
+async fn group_of(
+    call: &Call<'_>,
+    job: Option<&str>,
+) -> Result<Option<Vec<pb::JobStatus>>, ToolError> {
+    let Some(job) = job else { return Ok(None) };
+    let Ok(token) = Token::parse("job id", job) else {
+        return Ok(None);
+    };
+    let mut statuses: Vec<pb::JobStatus> = call
+        .state
+        .mesh
+        .group_jobs(&token)
+        .await?
+        .into_iter()
+        .filter(|s| s.user == call.identity.user.as_str())
+        .collect();
+    if statuses.len() < 2 {
+        return Ok(None);
+    }
+    statuses.sort_by(|a, b| a.host.cmp(&b.host));
+    let mut settled = Vec::with_capacity(statuses.len());
+    for status in statuses {
+        settled.push(call.state.mesh.settle_orphan(status).await?);
+    }
+    Ok(Some(settled))
+}
+
+/// `kill` of a fan-out group: every host still running the job is asked to stop it.
+async fn kill_group(
+    call: &Call<'_>,
+    group: Vec<pb::JobStatus>,
+) -> Result<CallToolResult, ToolError> {
+    let kills = group.into_iter().map(|status| async move {
+        if status.state() != pb::JobState::Running {
+            return status;
+        }
+        let Ok((host, job)) = ids(&status) else {
+            return status;
+        };
+        if let Err(denied) = super::reach::check(call, &host).await {
+            let mut refused = status;
+            refused.reason = denied.to_string();
+            return refused;
+        }
+        match kill_on(call.state, call.identity, call.trace, &host, &job).await {
+            Ok(killed) => killed,
+            Err(e) => {
+                let mut failed = status;
+                failed.reason = format!("kill failed: {e}");
+                failed
+            }
+        }
+    });
+    let statuses = futures::future::join_all(kills).await;
+    render_group(call, "kill", statuses)
+}
+
+/// A group's statuses as a `list`-shaped result.
+fn render_group(
+    call: &Call<'_>,
+    action: &str,
+    statuses: Vec<pb::JobStatus>,
+) -> Result<CallToolResult, ToolError> {
+    let jobs: Vec<JobView> = statuses.iter().map(view).collect();
+    let group = jobs.first().map(|j| j.job.clone()).unwrap_or_default();
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for j in &jobs {
+        *counts.entry(j.state.clone()).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let mut text = format!(
+        "group {group} on {} host(s): {}\n",
+        jobs.len(),
+        counts.join(", ")
+    );
+    for j in &jobs {
+        let cursor = Cursor::start(
+            Token::parse("host id", &j.host).map_err(|e| ToolError::Mesh(e.to_string()))?,
+            Token::parse("job id", &j.job).map_err(|e| ToolError::Mesh(e.to_string()))?,
+        );
+        text.push_str(&format!(
+            "- {} [{}] output: poll with cursor \"{}\"\n",
+            j.host,
+            outcome(j),
+            cursor.encode()
+        ));
+    }
+    let _ = call;
+    let result = JobResult {
+        action: action.to_string(),
+        jobs: Some(jobs),
         ..Default::default()
     };
     structured(&result, vec![text])
@@ -374,21 +508,41 @@ fn limits(call: &Call<'_>, params: &JobParams) -> Result<PageLimits, ToolError> 
     })
 }
 
-/// Finds a job by id across the mesh.
+/// Finds a job by id: on `host` when given, else across the mesh. A fan-out group id names
+/// one job per host, so without `host` it is ambiguous and the caller is told which hosts ran it.
 async fn find(
     call: &Call<'_>,
     job: Option<&str>,
+    host: Option<&str>,
     action: &str,
 ) -> Result<pb::JobStatus, ToolError> {
     let job =
         job.ok_or_else(|| ToolError::invalid("job", format!("action `{action}` needs `job`")))?;
     let token = Token::parse("job id", job).map_err(|_| ToolError::UnknownJob(job.to_string()))?;
-    let status = call
-        .state
-        .mesh
-        .find_job(&token)
-        .await?
-        .ok_or_else(|| ToolError::UnknownJob(job.to_string()))?;
+    let status = match host {
+        Some(host) => {
+            let host = Token::parse("host id", host)
+                .map_err(|e| ToolError::invalid("job", e.to_string()))?;
+            call.state.mesh.job_status(&host, &token).await?
+        }
+        None => {
+            let mut all = call.state.mesh.group_jobs(&token).await?;
+            if all.len() > 1 {
+                let hosts: Vec<String> = all.iter().map(|s| s.host.clone()).collect();
+                return Err(ToolError::invalid(
+                    "job",
+                    format!(
+                        "job `{job}` is a fan-out group that ran on {} hosts ({}); pass `host` to \
+                         {action} one of them, or use action `list` (or `kill`) for the whole group",
+                        hosts.len(),
+                        clip(&hosts.join(", "), 300)
+                    ),
+                ));
+            }
+            all.pop()
+        }
+    }
+    .ok_or_else(|| ToolError::UnknownJob(job.to_string()))?;
     Ok(call.state.mesh.settle_orphan(status).await?)
 }
 

@@ -5,10 +5,15 @@
 //! tool, and turns a [`ToolError`] into an `isError` result.
 
 mod bash;
+mod bash_fanout;
 mod dispatch;
+mod facts;
 mod file;
-mod hosts;
+mod grep;
+pub mod hosts;
 mod job;
+mod progress;
+mod reach;
 mod whoami;
 
 use std::sync::Arc;
@@ -31,17 +36,27 @@ use crate::trace::TraceContext;
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
-    pub state: &'a AppState,
+    /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
+    /// fan-out jobs) can keep it.
+    pub state: &'a Arc<AppState>,
     pub identity: &'a Identity,
     pub trace: &'a TraceContext,
+    /// The MCP request: its peer (for progress notifications), its `_meta` (progress token)
+    /// and its cancellation token (cancelled when the client goes away).
+    pub context: &'a RequestContext<RoleServer>,
+    /// The call's audit trail: `dispatch::send` records each host request in it.
+    pub audit: &'a crate::audit::CallAudit<'a>,
 }
 
 const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a fleet of servers. \
-Start with `hosts` to see which servers exist and are online. `bash` runs a command on one host; \
-short commands return their output at once, long ones return a job id: page its output with \
-`job` (action `poll`, passing `next_cursor` back), `wait` for it, or `kill` it. A non-zero exit \
-code is a normal result, not an error. `file` reads (paged), lists, greps, writes and copies files \
-within the directories each host allows.";
+Start with `hosts` to see which servers exist and are online; it also resolves selectors \
+(`web-*`, `role=db and not @canary`, `os_id=debian`). `bash` runs a command on one `host` (short \
+commands return their output at once, long ones return a job id: page its output with `job` \
+action `poll`, passing `next_cursor` back, `wait` for it, or `kill` it) or on every host a \
+`hosts` selector matches, with one status per host. A non-zero exit code is a normal result, not \
+an error. `grep` searches files on many hosts at once; `digest: true` shows which lines are \
+unusual across the fleet. `facts` describes hosts (OS, memory, disks, services, ports). `file` \
+reads (paged), lists, greps, writes and copies files within the directories each host allows.";
 
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
@@ -50,6 +65,8 @@ pub fn definitions() -> Vec<Tool> {
         bash::definition(),
         job::definition(),
         file::definition(),
+        grep::definition(),
+        facts::definition(),
         whoami::definition(),
     ]
 }
@@ -112,12 +129,16 @@ impl ServerHandler for Handler {
             trace_id = %trace.trace_id,
             host = tracing::field::Empty
         );
+        let args = request.arguments.unwrap_or_default();
+        // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
+        let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
         let call = Call {
             state: &self.state,
             identity: &identity,
             trace: &trace,
+            context: &context,
+            audit: &audit,
         };
-        let args = request.arguments.unwrap_or_default();
         let started = std::time::Instant::now();
         let result = async {
             if crate::tier::is_known_tool(&tool) {
@@ -128,12 +149,15 @@ impl ServerHandler for Handler {
                 "bash" => bash::call(&call, args).await,
                 "job" => job::call(&call, args).await,
                 "file" => file::call(&call, args).await,
+                "grep" => grep::call(&call, args).await,
+                "facts" => facts::call(&call, args).await,
                 "whoami" => whoami::call(&call, args).await,
                 other => Err(ToolError::UnknownTool(other.to_string())),
             }
         }
         .instrument(span.clone())
         .await;
+        audit.finish(&result);
         let _enter = span.enter();
         let result = match result {
             Ok(result) => {
