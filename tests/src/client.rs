@@ -1,12 +1,16 @@
 //! An MCP client over Streamable HTTP with a bearer token, as an AI agent would connect to the gateway.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rmcp::ClientHandler;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProtocolVersion, Tool,
+    ProgressNotificationParam, ProtocolVersion, Tool,
 };
-use rmcp::service::{ClientInitializeError, RoleClient, RunningService, ServiceError};
+use rmcp::service::{
+    ClientInitializeError, NotificationContext, RoleClient, RunningService, ServiceError,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceExt};
@@ -22,9 +26,33 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// revision, as clients from 2025 do.
 pub struct McpClient {
     /// The rmcp client: the peer plus the task that drives the transport.
-    service: RunningService<RoleClient, ClientConfig>,
+    service: RunningService<RoleClient, Recorder>,
     /// Limit for each request.
     timeout: Duration,
+}
+
+/// The client side of the connection: announces the client and records the progress
+/// notifications the server sends.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    config: ClientConfig,
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+}
+
+impl ClientHandler for Recorder {
+    fn get_info(&self) -> ClientConfig {
+        self.config.clone()
+    }
+
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Ok(mut seen) = self.progress.lock() {
+            seen.push(params);
+        }
+    }
 }
 
 /// The result of one `tools/call`.
@@ -76,6 +104,10 @@ impl McpClient {
             Implementation::new("execmesh-tests", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(version.clone());
+        let info = Recorder {
+            config: info,
+            progress: Arc::default(),
+        };
         let service = if version.has_initialize() {
             info.serve(transport).await?
         } else {
@@ -108,7 +140,7 @@ impl McpClient {
     }
 
     /// The rmcp client, for what this wrapper does not cover (progress, raw requests).
-    pub fn service(&self) -> &RunningService<RoleClient, ClientConfig> {
+    pub fn service(&self) -> &RunningService<RoleClient, Recorder> {
         &self.service
     }
 
@@ -141,6 +173,37 @@ impl McpClient {
         let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
         let result = self.timed(self.service.call_tool(params)).await?;
         Ok(ToolOutput { result })
+    }
+
+    /// Calls tool `name` (rmcp's client asks for progress on every request) and returns the
+    /// result with the progress notifications received while it ran, in order. Calls of one
+    /// client must not overlap for this to be exact.
+    pub async fn call_with_progress(
+        &self,
+        name: &str,
+        arguments: Value,
+    ) -> (ToolOutput, Vec<ProgressNotificationParam>) {
+        let Value::Object(arguments) = arguments else {
+            panic!("tool arguments must be a JSON object, not {arguments}");
+        };
+        // rmcp's client gives every request a progress token of its own (replacing any in
+        // `_meta`), so the notifications of this call are those that arrive while it runs.
+        if let Ok(mut seen) = self.service.service().progress.lock() {
+            seen.clear();
+        }
+        let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
+        let result = self
+            .timed(self.service.call_tool(params))
+            .await
+            .unwrap_or_else(|e| panic!("tools/call {name} with progress failed: {e}"));
+        let seen = self
+            .service
+            .service()
+            .progress
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default();
+        (ToolOutput { result }, seen)
     }
 
     /// Closes the connection.
