@@ -16,6 +16,7 @@ use crate::output::{self, Limits, Output, Sink};
 use crate::process::{self, SpawnError, SpawnSpec, signal_group};
 use crate::registry::{Finished, JobHandle, KillOrder, Registered};
 use crate::request::{Refusal, RunSpec};
+use crate::runas;
 use crate::status::{CreateStatusError, StatusRecord};
 use crate::warm::{self, WarmShell};
 
@@ -81,15 +82,30 @@ pub async fn start(
             .as_ref()
             .map(|c| c.display().to_string())
             .unwrap_or_default(),
+        run_as: runas::name_of(spec.account.as_ref()),
+        uid: spec
+            .account
+            .as_ref()
+            .map_or_else(|| nix::unistd::geteuid().as_raw(), |a| a.uid),
+        gid: spec
+            .account
+            .as_ref()
+            .map_or_else(|| nix::unistd::getegid().as_raw(), |a| a.gid),
         ..Default::default()
     };
+    // A mapped account's login variables win over the request's.
+    let mut env = spec.env.clone();
+    if let Some(account) = &spec.account {
+        env.extend(account.login_env().map(|(k, v)| (k.to_string(), v)));
+    }
     let spawn_spec = SpawnSpec {
         shell: &node.config.shell,
         cmd: &spec.cmd,
         cwd: spec.cwd.as_deref(),
-        env: &spec.env,
+        env: &env,
         job: &job,
         host: &host,
+        account: spec.account.as_ref(),
     };
     // A warm shell's pid is known before the job starts, so the first status carries it and
     // no second write is needed to record it.
@@ -114,7 +130,6 @@ pub async fn start(
     let sink = Sink {
         js: node.js.clone(),
         subject: node.out_subject(&job),
-        job: job.to_string(),
         stop: node.hard_stop.clone(),
     };
     let (spawned, pid_recorded) = match warm {
@@ -133,6 +148,7 @@ pub async fn start(
             status.state = JobState::Failed as i32;
             status.ended_at_ms = execmesh_proto::now_ms();
             status.reason = e.to_string();
+            node.audit.job_finished(&status);
             let store = async {
                 let _ = output::publish_exit(&sink, &status).await;
                 let _ = record.update(&status, &node.hard_stop).await;
@@ -250,6 +266,7 @@ impl JobTask {
         let deadline = Instant::now() + spec.timeout;
         status.pid = pid;
         info!(pid, cmd = %spec.cmd, "job started");
+        node.audit.job_started(&status, spec.account.as_ref());
 
         let max_payload = node.client.server_info().max_payload;
         let inline_max = (!spec.bg).then(|| {
@@ -292,6 +309,7 @@ impl JobTask {
             reason = %status.reason,
             "job ended"
         );
+        node.audit.job_finished(&status);
         if !report.complete {
             warn!("output publishing was abandoned at shutdown; MESH_OUT lacks some output");
         }

@@ -32,10 +32,8 @@ const CHANNEL_PIECES: usize = 16;
 #[derive(Clone)]
 pub struct Sink {
     pub js: jetstream::Context,
-    /// `mesh.v1.<tenant>.out.<host>.<job>`.
+    /// `mesh.v1.<tenant>.out.<host>.<job>`, also the prefix of every `Nats-Msg-Id`.
     pub subject: String,
-    /// The job id, prefix of every `Nats-Msg-Id`.
-    pub job: String,
     /// Gives up retrying publishes.
     pub stop: CancellationToken,
 }
@@ -213,7 +211,9 @@ async fn pump(
 }
 
 async fn publish_chunk(sink: Sink, chunk: Chunk) -> Result<(), GaveUp> {
-    let msg_id = format!("{}.{}", sink.job, chunk.index);
+    // The subject names tenant, host and job: a fan-out gives every host the same job id, and
+    // the stream dedupes by message id across all subjects.
+    let msg_id = format!("{}.{}", sink.subject, chunk.index);
     let record = pb::OutputRecord {
         body: Some(pb::output_record::Body::Chunk(pb::OutputChunk {
             index: chunk.index,
@@ -233,6 +233,6 @@ pub async fn publish_exit(sink: &Sink, status: &pb::JobStatus) -> Result<(), Gav
             status: Some(status.clone()),
         })),
     };
-    let msg_id = format!("{}.exit", sink.job);
+    let msg_id = format!("{}.exit", sink.subject);
     publish_acked(&sink.js, &sink.subject, &msg_id, &record, &sink.stop).await
 }

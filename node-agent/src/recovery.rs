@@ -89,7 +89,6 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
         let sink = Sink {
             js: node.js.clone(),
             subject: node.out_subject(&job),
-            job: job.to_string(),
             stop: stop.clone(),
         };
         let mut record = StatusRecord::at(&node.jobs_kv, key, revision);
