@@ -5,7 +5,8 @@
 //! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
 //! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
 //! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
-//! tool) and `copy` (a 100 MB file copied host to host, MB/s). Build release binaries first:
+//! tool), `copy` (a 100 MB file copied host to host, MB/s) and `audit` (events/s the audit-sink
+//! persists with the hash chain, SQLite and PostgreSQL). Build release binaries first:
 //!
 //!   cargo build --release --workspace --bins && target/release/execmesh-bench [SCENARIO…]
 
@@ -17,7 +18,17 @@ use serde_json::{Value, json};
 
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent};
 
-const SCENARIOS: [&str; 5] = ["roundtrip", "paging", "memory", "file-read", "copy"];
+#[path = "bench/audit.rs"]
+mod audit;
+
+const SCENARIOS: [&str; 6] = [
+    "roundtrip",
+    "paging",
+    "memory",
+    "file-read",
+    "copy",
+    "audit",
+];
 const SEQUENTIAL_CALLS: usize = 2000;
 const FILE_BYTES: u64 = 100 * 1000 * 1000;
 const CONCURRENT_CLIENTS: usize = 16;
@@ -27,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy]\n\n\
+            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [audit]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. Needs release binaries: \
              cargo build --release --workspace --bins"
@@ -59,6 +70,9 @@ fn main() -> anyhow::Result<()> {
         }
         if wants("copy") {
             report["copy"] = copy().await?;
+        }
+        if wants("audit") {
+            report["audit"] = audit::audit().await?;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
