@@ -33,6 +33,8 @@ pub struct AppState {
     pub policy: Arc<LivePolicy>,
     /// The authorization server: its KV store, revocation list and rate limits.
     pub oauth: OAuth,
+    /// Publishes the audit events of every call.
+    pub audit: crate::audit::Audit,
 }
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
@@ -182,6 +184,9 @@ fn challenge_response(status: StatusCode, body: String, challenge: &str) -> Resp
     response
 }
 
+/// How long the audit events of the last calls may take to be published at shutdown.
+const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to NATS and serves until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
@@ -194,6 +199,11 @@ pub async fn run(
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh.js, config.kv_replicas).await?;
+    let audit = crate::audit::Audit::start(
+        mesh.client.clone(),
+        mesh.tenant.clone(),
+        &config.audit_redact_patterns,
+    )?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
@@ -203,6 +213,7 @@ pub async fn run(
         audience,
         policy,
         oauth,
+        audit,
     });
     let app = router(state.clone(), shutdown.clone());
     info!(addr = %addr, "serving MCP at http://{addr}/mcp");
@@ -213,6 +224,7 @@ pub async fn run(
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await
     .map_err(crate::GatewayError::Serve)?;
+    state.audit.close(AUDIT_FLUSH).await;
     info!("gateway stopped");
     Ok(())
 }

@@ -21,6 +21,20 @@ pub async fn send(
     body: pb::exec_request::Body,
     wait: Duration,
 ) -> Result<pb::exec_reply::Body, ToolError> {
+    let (request, started) = (crate::audit::request_name(&body), std::time::Instant::now());
+    let result = exchange(call, host, id, body, wait).await;
+    (call.audit).dispatched(host, id, &request, started.elapsed(), &result);
+    result
+}
+
+/// [`send`], unaudited.
+async fn exchange(
+    call: &Call<'_>,
+    host: &Token,
+    id: &Token,
+    body: pb::exec_request::Body,
+    wait: Duration,
+) -> Result<pb::exec_reply::Body, ToolError> {
     let mesh = &call.state.mesh;
     let user = &call.identity.user;
     tracing::Span::current().record("host", host.as_str());

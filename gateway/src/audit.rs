@@ -1,0 +1,662 @@
+//! Audit events of tool calls: built per call, redacted, and published to AUDIT by a background task, so a call never waits for the audit trail.
+//!
+//! Each call gets a [`CallAudit`]: `received` when it enters, `dispatched` per host request,
+//! and `denied` or `completed` when it ends, all with the call's trace id. Events go into a
+//! bounded queue; one task publishes them to `mesh.v1.<tenant>.audit.gateway.<kind>` with the
+//! event id as `Nats-Msg-Id` and retries each until JetStream acknowledges it. When the
+//! audit-sink is down the events wait in the stream; when NATS itself is unreachable they wait
+//! in the queue, and only a full queue drops events (counted and logged), never a tool call.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use prost::Message as _;
+use regex::Regex;
+use rmcp::model::{CallToolResult, JsonObject};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use execmesh_proto::pb::{self, audit_event::Body};
+use execmesh_proto::subject::{self, audit_kind};
+use execmesh_proto::{Token, headers, jetstream as layout};
+
+use crate::error::ToolError;
+
+/// Events waiting to be published; beyond this, new events are dropped (and counted).
+const QUEUE: usize = 16_384;
+/// Publishes awaiting their acknowledgement at once.
+const WINDOW: usize = 256;
+/// First and longest pause before a failed publish (or stream creation) is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest string kept whole in an argument summary.
+const MAX_VALUE_CHARS: usize = 256;
+/// Items kept of an array in an argument summary.
+const MAX_ITEMS: usize = 32;
+/// Longest argument summary.
+const MAX_SUMMARY_BYTES: usize = 8 * 1024;
+/// What replaces a secret.
+pub const REDACTED: &str = "[redacted]";
+
+/// Argument names whose values are secrets whatever they look like.
+const SECRET_KEYS: &str = r"(?i)(passw|passwd|secret|token|api[_-]?key|apikey|credential|private[_-]?key|cookie|authorization|bearer)";
+
+/// Patterns redacted wherever they appear in a string argument (a command line, a path). Where
+/// a pattern has a group named `secret`, only that group is replaced, so the summary still
+/// says what kind of secret was there (`password=[redacted]`).
+pub const DEFAULT_PATTERNS: &[&str] = &[
+    // HTTP credentials: `Authorization: Bearer x`, `-H 'Authorization: Basic x'`.
+    r#"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|digest)\s+)?(?P<secret>[^\s'"]+)"#,
+    r"(?i)\b(?:bearer|basic)\s+(?P<secret>[A-Za-z0-9._~+/=-]{8,})",
+    // `password=x`, `API_TOKEN=x cmd`, `--client-secret=x`, `"token": "x"`.
+    r#"(?i)(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*"?\s*[=:]\s*(?P<secret>"[^"]*"|'[^']*'|[^\s'"&;,)]+)"#,
+    // `--password x`, `--token x`.
+    r"(?i)--(?:passw(?:or)?d|token|secret|api-key|access-key|client-secret)\s+(?P<secret>[^\s-]\S*)",
+    // `sshpass -p x`, `mysql -px`.
+    r"(?i)\bsshpass\s+-p\s*(?P<secret>\S+)",
+    r"(?i)\bmysql(?:dump|admin)?\b[^|;&\n]*?\s-p(?P<secret>[^\s-]\S*)",
+    // Credentials in URLs: `https://user:pass@host`.
+    r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]+)@",
+    // Private keys.
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+    // Well-known token shapes: AWS, GitHub, Slack, JWTs, `sk-…` API keys.
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
+    r"\bgithub_pat_[A-Za-z0-9_]{22,}\b",
+    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
+    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
+    r"\bsk-[A-Za-z0-9_-]{20,}",
+];
+
+/// A redaction pattern that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("redaction pattern `{pattern}`: {source}")]
+pub struct PatternError {
+    pub pattern: String,
+    pub source: regex::Error,
+}
+
+/// Replaces secrets in tool arguments before they are recorded.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    /// [`DEFAULT_PATTERNS`] and the configured ones.
+    patterns: Vec<Regex>,
+    /// Names of arguments whose values are always secret.
+    secret_keys: Regex,
+}
+
+/// The gateway's audit publisher, shared by every call.
+pub struct Audit {
+    /// The publisher task's queue.
+    queue: mpsc::Sender<Outgoing>,
+    tenant: Token,
+    /// This gateway process, in every event (`source_instance`).
+    instance: String,
+    redactor: Redactor,
+    /// Events dropped because the queue was full.
+    dropped: AtomicU64,
+    /// The publisher task, taken by [`Audit::close`].
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Tells the task to publish what is queued and stop.
+    closing: CancellationToken,
+}
+
+/// One call's audit trail.
+pub struct CallAudit<'a> {
+    audit: &'a Audit,
+    tool: String,
+    user: String,
+    trace_id: String,
+    started: Instant,
+    /// Hosts dispatched to so far, in order (fan-out dispatches concurrently).
+    hosts: Mutex<Vec<String>>,
+}
+
+/// An event ready to publish.
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+}
+
+// === impl Redactor ===
+
+impl Redactor {
+    /// The default patterns plus `extra` (regular expressions; a group named `secret` limits
+    /// the replacement to that group).
+    pub fn new(extra: &[String]) -> Result<Redactor, PatternError> {
+        let compile = |pattern: &str| {
+            Regex::new(pattern).map_err(|source| PatternError {
+                pattern: pattern.to_string(),
+                source,
+            })
+        };
+        let patterns = DEFAULT_PATTERNS
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+            .map(compile)
+            .collect::<Result<_, _>>()?;
+        Ok(Redactor {
+            patterns,
+            secret_keys: compile(SECRET_KEYS)?,
+        })
+    }
+
+    /// `text` with every match of a pattern replaced by [`REDACTED`].
+    pub fn text(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for pattern in &self.patterns {
+            if !pattern.is_match(&out) {
+                continue;
+            }
+            out = pattern
+                .replace_all(&out, |caps: &regex::Captures<'_>| {
+                    let whole = caps.get(0).map_or("", |m| m.as_str());
+                    match (caps.get(0), caps.name("secret")) {
+                        (Some(m), Some(secret)) => {
+                            let (start, end) =
+                                (secret.start() - m.start(), secret.end() - m.start());
+                            format!("{}{REDACTED}{}", &whole[..start], &whole[end..])
+                        }
+                        _ => REDACTED.to_string(),
+                    }
+                })
+                .into_owned();
+        }
+        out
+    }
+
+    /// The arguments of a call as a JSON summary: secret-named arguments and every `env` value
+    /// replaced, file content reduced to its length, patterns redacted in every string, long
+    /// strings and arrays shortened, the whole capped at 8 KiB.
+    pub fn args(&self, args: &JsonObject) -> String {
+        let summary = Value::Object(self.object(args));
+        let mut text = summary.to_string();
+        if text.len() > MAX_SUMMARY_BYTES {
+            let cut = floor_char_boundary(&text, MAX_SUMMARY_BYTES);
+            text = serde_json::json!({ "truncated": &text[..cut] }).to_string();
+        }
+        text
+    }
+
+    fn object(&self, args: &Map<String, Value>) -> Map<String, Value> {
+        args.iter()
+            .map(|(key, value)| {
+                let value = if self.secret_keys.is_match(key) {
+                    Value::String(REDACTED.to_string())
+                } else if key == "env" {
+                    match value {
+                        Value::Object(env) => Value::Object(
+                            env.keys()
+                                .map(|k| (k.clone(), Value::String(REDACTED.to_string())))
+                                .collect(),
+                        ),
+                        _ => Value::String(REDACTED.to_string()),
+                    }
+                } else if matches!(key.as_str(), "content" | "data") {
+                    match value {
+                        Value::String(s) => Value::String(format!("[{} bytes]", s.len())),
+                        _ => Value::String("[content]".to_string()),
+                    }
+                } else {
+                    self.value(value)
+                };
+                (key.clone(), value)
+            })
+            .collect()
+    }
+
+    fn value(&self, value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(shorten(&self.text(s))),
+            Value::Array(items) => {
+                let mut out: Vec<Value> = items
+                    .iter()
+                    .take(MAX_ITEMS)
+                    .map(|v| self.value(v))
+                    .collect();
+                if items.len() > MAX_ITEMS {
+                    out.push(Value::String(format!("[{} more]", items.len() - MAX_ITEMS)));
+                }
+                Value::Array(out)
+            }
+            Value::Object(map) => Value::Object(self.object(map)),
+            other => other.clone(),
+        }
+    }
+}
+
+/// `s` cut to [`MAX_VALUE_CHARS`] characters, saying how much was left out.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(MAX_VALUE_CHARS) {
+        None => s.to_string(),
+        Some((cut, _)) => format!("{}…[+{} bytes]", &s[..cut], s.len() - cut),
+    }
+}
+
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+// === impl Audit ===
+
+impl Audit {
+    /// Starts the publisher task on `client`. The task creates the AUDIT stream if it is missing
+    /// (retrying while NATS is unreachable) before its first publish.
+    pub fn start(
+        client: async_nats::Client,
+        tenant: Token,
+        patterns: &[String],
+    ) -> Result<Audit, PatternError> {
+        let redactor = Redactor::new(patterns)?;
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(publish(jetstream::new(client), rx, closing.clone()));
+        Ok(Audit {
+            queue,
+            tenant,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            redactor,
+            dropped: AtomicU64::new(0),
+            task: Mutex::new(Some(task)),
+            closing,
+        })
+    }
+
+    /// The redactor (for tools that record more than their arguments).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Opens the audit trail of a call and records that it was received.
+    pub fn call(&self, tool: &str, user: &str, trace_id: &str, args: &JsonObject) -> CallAudit<'_> {
+        let call = CallAudit {
+            audit: self,
+            tool: tool.to_string(),
+            user: user.to_string(),
+            trace_id: trace_id.to_string(),
+            started: Instant::now(),
+            hosts: Mutex::new(Vec::new()),
+        };
+        call.emit(
+            "",
+            "",
+            "",
+            Body::CallReceived(pb::CallReceived {
+                args: self.redactor.args(args),
+                hosts: named_hosts(args),
+                action: args
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+        );
+        call
+    }
+
+    /// Stops taking events and waits up to `grace` for those queued to be published.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let Some(mut task) = task else { return };
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let left = self.queue.max_capacity() - self.queue.capacity();
+            warn!(events = left, "audit events not published at shutdown");
+        }
+    }
+
+    fn send(&self, event: pb::AuditEvent) {
+        let kind = audit_kind::of(event.body.as_ref());
+        let outgoing = Outgoing {
+            subject: subject::audit_gateway(&self.tenant, kind),
+            id: event.id.clone(),
+            payload: Bytes::from(event.encode_to_vec()),
+        };
+        if self.queue.try_send(outgoing).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Once per power of two, so a long outage does not flood the log.
+            if dropped.is_power_of_two() {
+                error!(
+                    dropped,
+                    kind, "audit queue full: events dropped (is NATS reachable?)"
+                );
+            }
+        }
+    }
+}
+
+/// The hosts a call's arguments name: `host`, `hosts` (a list or a selector), `to_host`,
+/// `selector`.
+fn named_hosts(args: &JsonObject) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for key in ["host", "hosts", "to_host", "selector"] {
+        match args.get(key) {
+            Some(Value::String(s)) => hosts.push(s.clone()),
+            Some(Value::Array(items)) => hosts.extend(
+                items
+                    .iter()
+                    .take(MAX_ITEMS)
+                    .filter_map(Value::as_str)
+                    .map(str::to_string),
+            ),
+            _ => {}
+        }
+    }
+    hosts
+}
+
+// === impl CallAudit ===
+
+impl CallAudit<'_> {
+    /// Records one request to `host`'s agent and how it went.
+    pub fn dispatched<T>(
+        &self,
+        host: &Token,
+        job: &Token,
+        request: &str,
+        elapsed: Duration,
+        result: &Result<T, ToolError>,
+    ) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.push(host.to_string());
+        }
+        let (outcome, error) = match result {
+            Ok(_) => ("ok", String::new()),
+            Err(e @ ToolError::OfflineHost { .. }) => ("offline", e.to_string()),
+            Err(e @ ToolError::HostTimeout { .. }) => ("timeout", e.to_string()),
+            Err(e @ ToolError::Refused { .. }) => ("refused", e.to_string()),
+            Err(e) => ("error", e.to_string()),
+        };
+        self.emit(
+            host.as_str(),
+            job.as_str(),
+            outcome,
+            Body::CallDispatched(pb::CallDispatched {
+                request: request.to_string(),
+                error,
+                duration_ms: elapsed.as_millis() as u64,
+            }),
+        );
+    }
+
+    /// Records that policy refused the call (or `host`'s part of it).
+    pub fn denied(&self, host: &str, by: &str, code: &str, reason: &str) {
+        self.emit(
+            host,
+            "",
+            "denied",
+            Body::CallDenied(pb::CallDenied {
+                reason: self.audit.redactor.text(reason),
+                by: by.to_string(),
+                code: code.to_string(),
+            }),
+        );
+    }
+
+    /// Records how the call ended: `denied` when policy refused it, else `completed`.
+    pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
+        let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        let (status, code, message) = match result {
+            Ok(r) if r.is_error == Some(true) => {
+                let code = r
+                    .structured_content
+                    .as_ref()
+                    .and_then(|s| s["error"]["code"].as_str())
+                    .unwrap_or("error");
+                ("error", code.to_string(), String::new())
+            }
+            Ok(_) => ("ok", String::new(), String::new()),
+            Err(e) => {
+                if let Some((by, code)) = denial(e) {
+                    self.denied(by, by, code, &e.to_string());
+                    return;
+                }
+                let code = match e {
+                    ToolError::Refused { code, .. } => code.clone(),
+                    other => other.code().to_string(),
+                };
+                ("error", code, e.to_string())
+            }
+        };
+        self.emit(
+            "",
+            "",
+            status,
+            Body::CallCompleted(pb::CallCompleted {
+                status: status.to_string(),
+                error_code: code,
+                error: self.audit.redactor.text(&message),
+                duration_ms: elapsed,
+                hosts,
+            }),
+        );
+    }
+
+    fn emit(&self, host: &str, job: &str, outcome: &str, body: Body) {
+        let time_ms = execmesh_proto::now_ms();
+        self.audit.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.audit.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.audit.instance.clone(),
+            trace_id: self.trace_id.clone(),
+            user: self.user.clone(),
+            host: host.to_string(),
+            job_id: job.to_string(),
+            tool: self.tool.clone(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        });
+    }
+}
+
+/// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for
+/// failures that are not policy decisions.
+fn denial(e: &ToolError) -> Option<(&str, &str)> {
+    match e {
+        ToolError::Tier(_) => Some(("gateway", "tier")),
+        ToolError::Denied { .. } => Some(("gateway", "denied")),
+        ToolError::Refused { host, code, .. }
+            if matches!(code.as_str(), "denied" | "outside_roots") =>
+        {
+            Some((host.as_str(), code.as_str()))
+        }
+        _ => None,
+    }
+}
+
+/// The name of an agent request for the audit trail: `run`, `file.write`, `grep`, `facts`.
+pub fn request_name(body: &pb::exec_request::Body) -> String {
+    use pb::exec_request::Body as B;
+    use pb::file_request::Op;
+    match body {
+        B::Run(_) => "run".to_string(),
+        B::Grep(_) => "grep".to_string(),
+        B::Facts(_) => "facts".to_string(),
+        B::File(file) => {
+            let op = match &file.op {
+                Some(Op::Read(_)) => "read",
+                Some(Op::Stat(_)) => "stat",
+                Some(Op::List(_)) => "list",
+                Some(Op::Grep(_)) => "grep",
+                Some(Op::Write(w)) if w.append => "append",
+                Some(Op::Write(_)) => "write",
+                Some(Op::Move(_)) => "move",
+                Some(Op::Delete(_)) => "delete",
+                Some(Op::ChunkRead(_)) => "chunk_read",
+                Some(Op::ChunkWrite(_)) => "chunk_write",
+                None => "none",
+            };
+            format!("file.{op}")
+        }
+        #[allow(unreachable_patterns)]
+        _ => "other".to_string(),
+    }
+}
+
+/// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
+/// [`WINDOW`], each retried with its own id until acknowledged. Once `closing` fires it takes no
+/// new events and ends when the queue is empty.
+async fn publish(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Outgoing>,
+    closing: CancellationToken,
+) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        match js.get_or_create_stream(layout::audit_stream(1)).await {
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %e, "cannot create the AUDIT stream yet; audit events wait");
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    let mut batch = Vec::with_capacity(WINDOW);
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, WINDOW) => received,
+            _ = closing.cancelled(), if !rx.is_closed() => {
+                // Queued events can still be received; new ones are refused.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
+        let mut delay = RETRY_FIRST;
+        while !pending.is_empty() {
+            let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
+                Vec::with_capacity(pending.len());
+            for event in pending.drain(..) {
+                let mut h = HeaderMap::new();
+                h.insert(headers::MSG_ID, event.id.as_str());
+                let sent = js
+                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                acks.push((event, sent));
+            }
+            for (event, sent) in acks {
+                let acked = match sent {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = acked {
+                    debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
+                    pending.push(event);
+                }
+            }
+            if !pending.is_empty() {
+                warn!(
+                    events = pending.len(),
+                    "audit events not acknowledged; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    info!("audit publisher stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redactor() -> Redactor {
+        Redactor::new(&[r"corp-[0-9]{6}".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn secrets_in_command_lines_are_redacted() {
+        let r = redactor();
+        let cases = [
+            (
+                r#"curl -H "Authorization: Bearer abcdef123456" https://x"#,
+                r#"curl -H "Authorization: Bearer [redacted]" https://x"#,
+            ),
+            (
+                "mysql -u root --password=hunter2 db",
+                "mysql -u root --password=[redacted] db",
+            ),
+            (
+                "API_TOKEN=s3cr3t ./deploy.sh",
+                "API_TOKEN=[redacted] ./deploy.sh",
+            ),
+            ("login --token abc123def", "login --token [redacted]"),
+            (
+                "git clone https://bob:pa55w0rd@git.example.com/r.git",
+                "git clone https://bob:[redacted]@git.example.com/r.git",
+            ),
+            (
+                "export AWS_KEY=AKIAABCDEFGHIJKLMNOP",
+                "export AWS_KEY=[redacted]",
+            ),
+            ("echo AKIAABCDEFGHIJKLMNOP", "echo [redacted]"),
+            (
+                "sshpass -p hunter2 ssh host",
+                "sshpass -p [redacted] ssh host",
+            ),
+            ("use corp-123456 here", "use [redacted] here"),
+            ("ls -la /var/log", "ls -la /var/log"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(r.text(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn argument_summaries_drop_env_values_content_and_secret_keys() {
+        let r = redactor();
+        let args = serde_json::json!({
+            "host": "web-1",
+            "cmd": "PGPASSWORD=x psql",
+            "env": {"API_KEY": "k1", "HOME": "/root"},
+            "password": "p",
+            "content": "line one\nline two\n",
+            "long": "y".repeat(1000),
+        });
+        let summary: Value = serde_json::from_str(&r.args(args.as_object().unwrap())).unwrap();
+        assert_eq!(summary["host"], "web-1");
+        assert_eq!(summary["cmd"], "PGPASSWORD=[redacted] psql");
+        assert_eq!(summary["env"]["API_KEY"], REDACTED);
+        assert_eq!(summary["env"]["HOME"], REDACTED);
+        assert_eq!(summary["password"], REDACTED);
+        assert_eq!(summary["content"], "[18 bytes]");
+        assert!(summary["long"].as_str().unwrap().ends_with("…[+744 bytes]"));
+    }
+
+    #[test]
+    fn a_bad_pattern_is_named() {
+        let err = Redactor::new(&["(unclosed".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("(unclosed"));
+    }
+}
