@@ -37,6 +37,8 @@ pub enum SinkError {
     Service(String),
     #[error("cannot write the export: {0}")]
     Write(#[from] std::io::Error),
+    #[error("there is no audit store at {0} (check --sqlite-path / --config)")]
+    NoStore(std::path::PathBuf),
 }
 
 /// Runs the sink until `shutdown` is cancelled: the batch in hand is committed and acknowledged,
@@ -64,7 +66,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
 
 /// Recomputes the chain of the configured store.
 pub async fn verify(config: &Config) -> Result<VerifyReport, SinkError> {
-    let store = Store::open(&config.store).await?;
+    let store = open_existing(&config.store).await?;
     Ok(store.verify().await?)
 }
 
@@ -75,7 +77,7 @@ pub async fn export(
     filter: Filter,
     out: &mut impl Write,
 ) -> Result<u64, SinkError> {
-    let store = Store::open(&config.store).await?;
+    let store = open_existing(&config.store).await?;
     let mut filter = Filter {
         limit: store::MAX_PAGE,
         newest_first: false,
@@ -97,6 +99,17 @@ pub async fn export(
     }
     out.flush()?;
     Ok(written)
+}
+
+/// Opens a store that must exist already: `verify` and `export` of a mistyped SQLite path
+/// should fail, not report an empty store they just created.
+async fn open_existing(config: &StoreConfig) -> Result<Store, SinkError> {
+    if let StoreConfig::Sqlite(path) = config
+        && !path.is_file()
+    {
+        return Err(SinkError::NoStore(path.clone()));
+    }
+    Ok(Store::open(config).await?)
 }
 
 /// The store, for logs: `sqlite:<path>` or `postgres` (the URL may hold a password).
