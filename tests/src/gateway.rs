@@ -28,7 +28,7 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// # async fn scenario(nats: &execmesh_tests::Nats) {
 /// # use execmesh_tests::Gateway;
 /// let gw = Gateway::new(nats).start().await;
-/// let replica = Gateway::new(nats).key_file(gw.key_file()).start().await; // accepts gw's tokens
+/// let replica = Gateway::new(nats).replica_of(&gw).start().await; // accepts gw's tokens
 /// # }
 /// ```
 pub struct Gateway {
@@ -77,6 +77,17 @@ impl Gateway {
             key_file: None,
             policy: None,
         }
+    }
+
+    /// Another replica of `gateway`: the same token key, public URL (token audience) and policy
+    /// file, so each accepts the other's tokens, as replicas behind one load balancer do.
+    pub fn replica_of(mut self, gateway: &RunningGateway) -> Self {
+        self.key_file = Some(gateway.key_file.clone());
+        self.config.public_url = Some(gateway.audience.resource.clone());
+        if let Some(path) = &gateway.policy_file {
+            self.policy = Some(PolicySource::File(path.clone()));
+        }
+        self
     }
 
     /// Enforces the policy `text` (TOML, see `execmesh_gateway::policy`), written to a file in

@@ -441,7 +441,7 @@ async fn a_job_started_on_one_replica_pages_on_another() {
     let nats = Nats::start().await;
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let one = Gateway::new(&nats).start().await;
-    let two = Gateway::new(&nats).key_file(one.key_file()).start().await;
+    let two = Gateway::new(&nats).replica_of(&one).start().await;
     let token = one.mint("alice");
     let c1 = McpClient::new(&one.url(), &token).await;
     let c2 = McpClient::new(&two.url(), &token).await;

@@ -493,12 +493,7 @@ async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
     let nats = Nats::start().await;
     let one = Gateway::new(&nats).policy(&policy()).start().await;
     // A second replica behind the same public URL, with the same key and policy.
-    let two = Gateway::new(&nats)
-        .key_file(one.key_file())
-        .policy(&policy())
-        .configure(|c| c.public_url = Some(one.url()))
-        .start()
-        .await;
+    let two = Gateway::new(&nats).replica_of(&one).start().await;
 
     let manager = signed_in(&one).await;
     let (client_id, access, _) = tokens(&manager).await;

@@ -188,6 +188,53 @@ async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
 }
 
 #[tokio::test]
+async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
+    let nats = Nats::start().await;
+    let web = NodeAgent::new(&nats, "web-1").start().await;
+    let db = NodeAgent::new(&nats, "db-1").start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let bob = gw.client("bob").await;
+
+    let marker = db.dir().join("touched");
+    let cmd = format!("touch {}", marker.display());
+    let out = bob
+        .call("bash", json!({"host": db.host(), "cmd": cmd}))
+        .await;
+    assert_refused(&out, "denied", "db-1");
+    assert!(!marker.exists(), "the denied command ran");
+    let out = bob
+        .call(
+            "file",
+            json!({"host": db.host(), "action": "stat", "path": "/tmp"}),
+        )
+        .await;
+    assert_refused(&out, "denied", "db-1");
+
+    let out = bob
+        .call("bash", json!({"host": web.host(), "cmd": "echo ok"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+
+    // A job on db-1 (alice reaches every host): bob cannot read or stop it by its id.
+    let alice = gw.client("alice").await;
+    let out = alice
+        .call(
+            "bash",
+            json!({"host": db.host(), "cmd": "echo secret", "title": "db"}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    for action in ["poll", "wait"] {
+        let out = bob.call("job", json!({"action": action, "job": job})).await;
+        assert_refused(&out, "denied", "db-1");
+    }
+}
+
+#[tokio::test]
 async fn whoami_reports_the_policy_tier_groups_and_reach() {
     let nats = Nats::start().await;
     let gw = Gateway::new(&nats).policy(POLICY).start().await;

@@ -236,6 +236,7 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     let params: FileParams = parse_args("file", args)?;
     let host =
         Token::parse("host id", &params.host).map_err(|e| E::invalid("file", e.to_string()))?;
+    super::reach::check(call, &host).await?;
     match params.action {
         FileAction::Read => read(call, &host, &params).await,
         FileAction::Copy => copy(call, &host, &params).await,
@@ -684,6 +685,9 @@ async fn copy(
         Some(h) => Token::parse("host id", h).map_err(|e| E::invalid("file", e.to_string()))?,
         None => host.clone(),
     };
+    if to_host != *host {
+        super::reach::check(call, &to_host).await?;
+    }
     if to_host == *host && to == from {
         return Err(E::invalid(
             "file",

@@ -1,0 +1,35 @@
+//! The reach check of single-host calls (`bash` with `host`, `file`, `job` kill): a host outside
+//! the hosts the policy lets the caller reach is refused as `denied`, naming the host, before
+//! anything is sent to it. Fan-outs check reach while resolving their targets.
+
+use execmesh_proto::Token;
+
+use super::Call;
+use super::hosts::state_of;
+use crate::error::ToolError;
+use crate::fanout::Reach;
+use crate::selector::Candidate;
+
+/// `Ok` when the caller may reach `host`. Costs one KV read unless the caller reaches `*`.
+pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {
+    let selectors = &call.identity.reach;
+    if selectors.iter().any(|s| s.trim() == "*") {
+        return Ok(());
+    }
+    let reach = Reach::of(selectors, &call.state.config.groups);
+    let record = call.state.mesh.host(host).await?;
+    let now = execmesh_proto::now_ms();
+    let candidate = Candidate {
+        host: host.as_str(),
+        facts: record.as_ref().and_then(|r| r.facts.as_ref()),
+        state: state_of(record.as_ref().and_then(|r| r.presence.as_ref()), now),
+    };
+    if reach.allows(&candidate) {
+        Ok(())
+    } else {
+        Err(ToolError::Denied {
+            host: host.to_string(),
+            reach: reach.text,
+        })
+    }
+}
