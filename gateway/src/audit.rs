@@ -412,9 +412,22 @@ impl CallAudit<'_> {
         );
     }
 
-    /// Records how the call ended: `denied` when policy refused it, else `completed`.
+    /// Records how the call ended: `denied` when policy refused it, else `completed` (after a
+    /// `denied` for each host of a fan-out that was refused).
     pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
         let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
+        if let Ok(r) = result {
+            for (host, reason) in denied_hosts(r) {
+                // A host that was asked refused by its own policy; one never asked was outside
+                // the caller's reach.
+                let by = if hosts.contains(&host) {
+                    host.as_str()
+                } else {
+                    "gateway"
+                };
+                self.denied(&host, by, "denied", &reason);
+            }
+        }
         let elapsed = self.started.elapsed().as_millis() as u64;
         let (status, code, message) = match result {
             Ok(r) if r.is_error == Some(true) => {
@@ -469,6 +482,21 @@ impl CallAudit<'_> {
             body: Some(body),
         });
     }
+}
+
+/// The hosts a fan-out result reports `denied` (`hosts: [{host, status, reason}]`), with why.
+fn denied_hosts(result: &CallToolResult) -> Vec<(String, String)> {
+    let Some(Value::Array(hosts)) = result.structured_content.as_ref().map(|s| &s["hosts"]) else {
+        return Vec::new();
+    };
+    hosts
+        .iter()
+        .filter(|h| h["status"] == "denied")
+        .filter_map(|h| {
+            let host = h["host"].as_str()?.to_string();
+            Some((host, h["reason"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect()
 }
 
 /// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for
