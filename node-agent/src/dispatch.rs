@@ -338,8 +338,17 @@ async fn file(node: &Arc<Node>, spec: request::FileSpec) -> pb::ExecReply {
     }
     let max_payload = node.client.server_info().max_payload;
     let budget = Budget::until_expiry(max_payload, spec.expires_at_ms);
+    let change = crate::audit::FileChange::of(&spec.request);
     match node.files.serve(spec.request, budget).await {
         Ok(result) => {
+            if let Some(change) = change {
+                let origin = crate::audit::Origin {
+                    job: spec.job.as_str(),
+                    user: spec.user.as_str(),
+                    trace_id: &spec.trace_id,
+                };
+                node.audit.file_changed(origin, change, &result);
+            }
             let reply = pb::ExecReply {
                 body: Some(pb::exec_reply::Body::File(result)),
             };

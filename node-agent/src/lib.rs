@@ -4,6 +4,7 @@
 //! earlier run left behind, registers the host, announces it with an acknowledged heartbeat, and
 //! then serves `mesh.v1.<tenant>.host.<host>.{exec.*,ctl}` until the shutdown token fires.
 
+mod audit;
 mod chunker;
 pub mod cli;
 pub mod config;
@@ -157,6 +158,8 @@ pub async fn run_with_ready(
         Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
         Err(_) => warn!("removing the presence key timed out"),
     }
+    // Job and file events of the last moments go out before the connection does.
+    node.audit.close(FAREWELL_LIMIT).await;
     let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
     info!(host = %node.host(), "node-agent stopped");
     Ok(())

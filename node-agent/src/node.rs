@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::facts::Facts;
 use crate::files::Files;
@@ -46,6 +47,8 @@ pub struct Node {
     pub warm: Arc<WarmPool>,
     /// The host's fact pack: collected, stored in `mesh_facts`, cached for requests.
     pub facts: Arc<Facts>,
+    /// Publishes job and file events to AUDIT.
+    pub audit: Audit,
 }
 
 // === impl Node ===
@@ -68,7 +71,15 @@ impl Node {
             instance.clone(),
             config.warm_shells,
         ));
+        let audit = Audit::start(
+            client.clone(),
+            config.tenant.clone(),
+            config.host_id.clone(),
+            instance.clone(),
+            config.replicas,
+        );
         Self {
+            audit,
             warm,
             permits: Arc::new(Semaphore::new(config.max_jobs)),
             config,

@@ -1,0 +1,358 @@
+//! The agent's audit events (job started and finished, file changed), published to AUDIT by a background task so a job never waits for the audit trail.
+//!
+//! Events go to `mesh.v1.<tenant>.audit.<host>.<kind>` with the event id as `Nats-Msg-Id`; each
+//! is retried until JetStream acknowledges it. They carry no command text, environment or file
+//! content: the gateway records the (redacted) arguments, the agent what it did with them.
+//! When the audit-sink is down events wait in the stream; when NATS is unreachable they wait in
+//! a bounded queue, and only a full queue drops events (counted and logged).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
+use execmesh_proto::subject::{self, audit_kind};
+use execmesh_proto::{Token, headers, jetstream as layout};
+use nix::unistd::{getegid, geteuid};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::runas::Account;
+
+/// Events waiting to be published; beyond this, new events are dropped (and counted).
+const QUEUE: usize = 8192;
+/// Publishes awaiting their acknowledgement at once.
+const WINDOW: usize = 128;
+/// First and longest pause before a failed publish (or stream creation) is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// The agent's audit publisher.
+pub struct Audit {
+    queue: mpsc::Sender<Outgoing>,
+    tenant: Token,
+    host: Token,
+    /// This agent run, in every event (`source_instance`).
+    instance: String,
+    /// Events dropped because the queue was full.
+    dropped: AtomicU64,
+    /// The publisher task, taken by [`Audit::close`].
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Tells the task to publish what is queued and stop.
+    closing: CancellationToken,
+}
+
+/// The file change a request asks for, noted before it runs: what [`Audit::file_changed`]
+/// records once it succeeded.
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    action: &'static str,
+    path: String,
+    to: String,
+}
+
+/// Who asked for an operation: the request's job id, user and trace.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub job: &'a str,
+    pub user: &'a str,
+    pub trace_id: &'a str,
+}
+
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+}
+
+// === impl Audit ===
+
+impl Audit {
+    /// Starts the publisher task. It creates the AUDIT stream (with `replicas`) if it is missing
+    /// before its first publish, retrying while NATS is unreachable.
+    pub fn start(
+        client: async_nats::Client,
+        tenant: Token,
+        host: Token,
+        instance: String,
+        replicas: usize,
+    ) -> Audit {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(publish(
+            jetstream::new(client),
+            rx,
+            replicas,
+            closing.clone(),
+        ));
+        Audit {
+            queue,
+            tenant,
+            host,
+            instance,
+            dropped: AtomicU64::new(0),
+            task: Mutex::new(Some(task)),
+            closing,
+        }
+    }
+
+    /// A job's process started, as `account` (the agent's own without one).
+    pub fn job_started(&self, status: &pb::JobStatus, account: Option<&Account>) {
+        let (uid, gid) = account.map_or_else(
+            || (geteuid().as_raw(), getegid().as_raw()),
+            |a| (a.uid, a.gid),
+        );
+        self.emit(
+            origin(status),
+            "",
+            Body::JobStarted(pb::JobStarted {
+                pid: status.pid,
+                uid,
+                gid,
+                cwd: status.cwd.clone(),
+                title: status.title.clone(),
+            }),
+        );
+    }
+
+    /// A job ended (or failed to start), as its final status says.
+    pub fn job_finished(&self, status: &pb::JobStatus) {
+        let state = status.state();
+        let outcome = match state {
+            JobState::Exited if status.exit_code == Some(0) => "ok",
+            JobState::Exited => "exit_nonzero",
+            JobState::TimedOut => "timed_out",
+            JobState::Killed => "killed",
+            JobState::Lost => "lost",
+            JobState::Failed | JobState::Running | JobState::Unspecified => "failed",
+        };
+        self.emit(
+            origin(status),
+            outcome,
+            Body::JobFinished(pb::JobFinished {
+                state: status.state,
+                exit_code: status.exit_code,
+                signal: status.signal.clone(),
+                duration_ms: status.ended_at_ms.saturating_sub(status.started_at_ms),
+                output_bytes: status.bytes,
+                output_lines: status.lines,
+                dropped_bytes: status.dropped_bytes,
+                reason: status.reason.clone(),
+            }),
+        );
+    }
+
+    /// A file operation that changes files succeeded: records what it did from its reply.
+    pub fn file_changed(&self, origin: Origin<'_>, change: FileChange, reply: &pb::FileReply) {
+        use file_reply::Result as R;
+        let (path, size, sha256, detail) = match &reply.result {
+            Some(R::Write(w)) => (w.path.clone(), w.size, w.sha256.clone(), String::new()),
+            Some(R::Change(c)) => (c.path.clone(), 0, String::new(), c.detail.clone()),
+            Some(R::ChunkWrite(c)) if c.committed => {
+                (c.path.clone(), c.received, c.sha256.clone(), String::new())
+            }
+            // A chunk of a copy still in progress changes nothing visible yet.
+            _ => return,
+        };
+        self.emit(
+            origin,
+            "ok",
+            Body::FileChanged(pb::FileChanged {
+                action: change.action.to_string(),
+                path: if path.is_empty() { change.path } else { path },
+                to: change.to,
+                size,
+                sha256,
+                detail,
+            }),
+        );
+    }
+
+    /// Stops taking events and waits up to `grace` for those queued to be published.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let Some(mut task) = task else { return };
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let left = self.queue.max_capacity() - self.queue.capacity();
+            warn!(events = left, "audit events not published at shutdown");
+        }
+    }
+
+    fn emit(&self, origin: Origin<'_>, outcome: &str, body: Body) {
+        let kind = audit_kind::of(Some(&body));
+        let time_ms = execmesh_proto::now_ms();
+        let event = pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Agent as i32,
+            source_instance: self.instance.clone(),
+            trace_id: origin.trace_id.to_string(),
+            user: origin.user.to_string(),
+            host: self.host.to_string(),
+            job_id: origin.job.to_string(),
+            tool: String::new(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        };
+        let outgoing = Outgoing {
+            subject: subject::audit_agent(&self.tenant, &self.host, kind),
+            id: event.id.clone(),
+            payload: Bytes::from(event.encode_to_vec()),
+        };
+        if self.queue.try_send(outgoing).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Once per power of two, so a long outage does not flood the log.
+            if dropped.is_power_of_two() {
+                error!(
+                    dropped,
+                    kind, "audit queue full: events dropped (is NATS reachable?)"
+                );
+            }
+        }
+    }
+}
+
+fn origin(status: &pb::JobStatus) -> Origin<'_> {
+    Origin {
+        job: &status.job_id,
+        user: &status.user,
+        trace_id: &status.trace_id,
+    }
+}
+
+// === impl FileChange ===
+
+impl FileChange {
+    /// The change `request` asks for; `None` for operations that only read.
+    pub fn of(request: &pb::FileRequest) -> Option<FileChange> {
+        use file_request::Op;
+        let change = |action, path: &str, to: &str| FileChange {
+            action,
+            path: path.to_string(),
+            to: to.to_string(),
+        };
+        match &request.op {
+            Some(Op::Write(w)) if w.append => Some(change("append", &w.path, "")),
+            Some(Op::Write(w)) => Some(change("write", &w.path, "")),
+            Some(Op::Move(m)) => Some(change("move", &m.from, &m.to)),
+            Some(Op::Delete(d)) => Some(change("delete", &d.path, "")),
+            Some(Op::ChunkWrite(c)) if c.finish => Some(change("copy", &c.path, "")),
+            _ => None,
+        }
+    }
+}
+
+/// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
+/// [`WINDOW`], each retried with its own id until acknowledged. Once `closing` fires it takes no
+/// new events and ends when the queue is empty.
+async fn publish(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Outgoing>,
+    replicas: usize,
+    closing: CancellationToken,
+) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        match js
+            .get_or_create_stream(layout::audit_stream(replicas))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %e, "cannot create the AUDIT stream yet; audit events wait");
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    let mut batch = Vec::with_capacity(WINDOW);
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, WINDOW) => received,
+            _ = closing.cancelled(), if !rx.is_closed() => {
+                // Queued events can still be received; new ones are refused.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
+        let mut delay = RETRY_FIRST;
+        while !pending.is_empty() {
+            let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
+                Vec::with_capacity(pending.len());
+            for event in pending.drain(..) {
+                let mut h = HeaderMap::new();
+                h.insert(headers::MSG_ID, event.id.as_str());
+                let sent = js
+                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                acks.push((event, sent));
+            }
+            for (event, sent) in acks {
+                let acked = match sent {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = acked {
+                    debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
+                    pending.push(event);
+                }
+            }
+            if !pending.is_empty() {
+                warn!(
+                    events = pending.len(),
+                    "audit events not acknowledged; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    info!("audit publisher stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changing_operations_are_file_changes() {
+        use file_request::Op;
+        let req = |op| pb::FileRequest { op: Some(op) };
+        let write = FileChange::of(&req(Op::Write(pb::FileWrite {
+            path: "/tmp/a".into(),
+            append: true,
+            ..Default::default()
+        })))
+        .unwrap();
+        assert_eq!((write.action, write.path.as_str()), ("append", "/tmp/a"));
+        let moved = FileChange::of(&req(Op::Move(pb::FileMove {
+            from: "/tmp/a".into(),
+            to: "/tmp/b".into(),
+            ..Default::default()
+        })))
+        .unwrap();
+        assert_eq!((moved.action, moved.to.as_str()), ("move", "/tmp/b"));
+        assert!(FileChange::of(&req(Op::Read(pb::FileRead::default()))).is_none());
+        assert!(
+            FileChange::of(&req(Op::ChunkWrite(pb::FileChunkWrite::default()))).is_none(),
+            "a copy's intermediate chunk"
+        );
+    }
+}
