@@ -1,0 +1,873 @@
+//! End-to-end audit: tool calls become events in AUDIT, the audit-sink stores each once in a verifiable hash chain, on SQLite and on PostgreSQL.
+//!
+//! Every scenario runs twice, once per store (`<scenario>::sqlite`, `<scenario>::postgres`),
+//! against a real nats-server, the real sink binary and, for PostgreSQL, a real server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use execmesh_proto::pb::{self, audit_event::Body};
+use execmesh_proto::subject::{self, audit_kind};
+use execmesh_proto::{Token, headers};
+use prost::Message as _;
+
+use execmesh_tests::audit_sink::Backend;
+use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, Postgres, eventually};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+/// Runs each scenario once per store, as `<scenario>::sqlite` and `<scenario>::postgres`.
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario(super::Store::sqlite().await).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$scenario(super::Store::postgres().await).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job,
+    secrets_are_redacted_before_events_are_published,
+    a_fan_out_is_recorded_per_host_and_policy_denials_name_who_refused,
+    tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_returns,
+    nothing_is_lost_or_duplicated_when_the_sink_is_killed_mid_stream,
+    verify_names_a_record_altered_or_removed_in_the_database,
+    queries_and_exports_filter_by_every_field_and_page_by_cursor,
+);
+
+/// The store a scenario runs on; holds the PostgreSQL server, if any, for the test's length.
+struct Store {
+    pg: Option<Postgres>,
+}
+
+impl Store {
+    async fn sqlite() -> Store {
+        Store { pg: None }
+    }
+
+    async fn postgres() -> Store {
+        Store {
+            pg: Some(Postgres::start().await),
+        }
+    }
+
+    /// A sink on this store.
+    fn sink(&self, nats: &Nats) -> AuditSink {
+        let sink = AuditSink::new(nats);
+        match &self.pg {
+            Some(pg) => sink.backend(Backend::Postgres(pg.url())),
+            None => sink.sqlite(),
+        }
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+/// 2023-11-14T22:13:20Z, a fixed base for event times.
+const BASE_MS: u64 = 1_700_000_000_000;
+
+/// A synthetic event as a publisher would make it; `n` makes the id unique.
+fn event(n: u64, kind: &str) -> pb::AuditEvent {
+    let body = match kind {
+        audit_kind::CALL_RECEIVED => Body::CallReceived(pb::CallReceived {
+            args: r#"{"cmd":"true"}"#.into(),
+            ..Default::default()
+        }),
+        audit_kind::CALL_COMPLETED => Body::CallCompleted(pb::CallCompleted {
+            status: "ok".into(),
+            ..Default::default()
+        }),
+        audit_kind::JOB_FINISHED => Body::JobFinished(pb::JobFinished {
+            state: pb::JobState::Exited as i32,
+            exit_code: Some(0),
+            ..Default::default()
+        }),
+        _ => Body::CallDenied(pb::CallDenied {
+            reason: "no".into(),
+            ..Default::default()
+        }),
+    };
+    pb::AuditEvent {
+        id: execmesh_proto::audit_event_id(BASE_MS + n, n),
+        time_ms: BASE_MS + n,
+        tenant: "default".into(),
+        source: pb::AuditSource::Gateway as i32,
+        user: "alice".into(),
+        tool: "bash".into(),
+        body: Some(body),
+        ..Default::default()
+    }
+}
+
+/// Publishes `events` to AUDIT (creating the stream if needed) and waits for every ack. With
+/// `msg_id` the stream dedupes retries; without it, it stores every copy (as for a publisher
+/// retrying after the duplicate window), leaving the dedupe to the sink.
+async fn publish(nats: &Nats, events: &[pb::AuditEvent], msg_id: bool) {
+    let js = nats.jetstream().await;
+    js.get_or_create_stream(execmesh_proto::jetstream::audit_stream(1))
+        .await
+        .expect("create AUDIT");
+    let mut acks = Vec::with_capacity(events.len());
+    for event in events {
+        let tenant = Token::parse("tenant", &event.tenant).expect("a tenant token");
+        let subject = match pb::AuditSource::try_from(event.source) {
+            Ok(pb::AuditSource::Agent) => subject::audit_agent(
+                &tenant,
+                &Token::parse("host", &event.host).expect("a host token"),
+                audit_kind::of(event.body.as_ref()),
+            ),
+            _ => subject::audit_gateway(&tenant, audit_kind::of(event.body.as_ref())),
+        };
+        let mut h = HeaderMap::new();
+        if msg_id {
+            h.insert(headers::MSG_ID, event.id.as_str());
+        }
+        let ack = js
+            .publish_with_headers(subject, h, Bytes::from(event.encode_to_vec()))
+            .await
+            .expect("publish an audit event");
+        acks.push(ack);
+        if acks.len() >= 256 {
+            for ack in acks.drain(..) {
+                ack.await.expect("AUDIT acknowledges the event");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("AUDIT acknowledges the event");
+    }
+}
+
+fn ids(records: &[pb::AuditRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r.event.as_ref().map(|e| e.id.clone()).unwrap_or_default())
+        .collect()
+}
+
+async fn nothing_is_lost_or_duplicated_when_the_sink_is_killed_mid_stream(store: Store) {
+    let nats = Nats::start().await;
+    // Small batches, so the kill lands between many commits.
+    let mut sink = store.sink(&nats).arg("--batch-size", 100).start().await;
+    let first: Vec<_> = (0..3000)
+        .map(|n| event(n, audit_kind::CALL_RECEIVED))
+        .collect();
+    publish(&nats, &first, true).await;
+    eventually(WAIT, || async { sink.head_seq().await >= 300 }).await;
+    sink.kill_hard().await;
+
+    // While the sink is down: more events, and copies of stored ones that the stream keeps
+    // (no Nats-Msg-Id), as a publisher retrying after the duplicate window would send.
+    let second: Vec<_> = (3000..4000)
+        .map(|n| event(n, audit_kind::CALL_COMPLETED))
+        .collect();
+    publish(&nats, &second, true).await;
+    publish(&nats, &first[..200], false).await;
+
+    sink.restart().await;
+    eventually(WAIT, || async { sink.head_seq().await >= 4000 }).await;
+    let stored = sink.query_all(pb::AuditQuery::default()).await;
+    let stored_ids = ids(&stored);
+    let unique: BTreeSet<&String> = stored_ids.iter().collect();
+    assert_eq!(stored.len(), 4000, "every event stored exactly once");
+    assert_eq!(unique.len(), 4000, "no event stored twice");
+    let published: BTreeSet<String> = first.iter().chain(&second).map(|e| e.id.clone()).collect();
+    assert_eq!(
+        unique.into_iter().cloned().collect::<BTreeSet<_>>(),
+        published
+    );
+    let seqs: Vec<u64> = stored.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=4000).collect::<Vec<_>>(),
+        "the chain has no gaps"
+    );
+    // Nothing more arrives later: the redelivered copies were skipped, not queued.
+    let page = sink
+        .query(pb::AuditQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(page.head_seq, 4000);
+
+    let (status, out) = sink.verify();
+    assert!(status.success(), "verify failed: {out}");
+    assert!(out.contains("chain intact: 4000 records"), "{out}");
+    let over_nats = sink.verify_over_nats().await;
+    assert!(over_nats.ok, "{over_nats:?}");
+    assert_eq!((over_nats.records, over_nats.head_seq), (4000, 4000));
+}
+
+async fn verify_names_a_record_altered_or_removed_in_the_database(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let events: Vec<_> = (0..20)
+        .map(|n| event(n, audit_kind::CALL_RECEIVED))
+        .collect();
+    publish(&nats, &events, true).await;
+    eventually(WAIT, || async { sink.head_seq().await == 20 }).await;
+    let (status, out) = sink.verify();
+    assert!(status.success(), "{out}");
+
+    // An intruder hides who ran record 7.
+    sink.execute_sql("UPDATE audit_events SET user_name = 'mallory' WHERE seq = 7")
+        .await;
+    let (status, out) = sink.verify();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("chain broken at record 7"), "{out}");
+    assert!(out.contains("changed"), "{out}");
+    let over_nats = sink.verify_over_nats().await;
+    assert!(!over_nats.ok);
+    assert_eq!(over_nats.first_bad_seq, 7);
+
+    // Put back, then remove record 12 instead.
+    sink.execute_sql("UPDATE audit_events SET user_name = 'alice' WHERE seq = 7")
+        .await;
+    let (status, out) = sink.verify();
+    assert!(status.success(), "{out}");
+    sink.execute_sql("DELETE FROM audit_events WHERE seq = 12")
+        .await;
+    let (status, out) = sink.verify();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("chain broken at record 12"), "{out}");
+    assert!(out.contains("missing"), "{out}");
+}
+
+/// One synthetic event with every filterable field chosen by `n`.
+fn varied(n: u64) -> pb::AuditEvent {
+    let kinds = [
+        audit_kind::CALL_RECEIVED,
+        audit_kind::CALL_COMPLETED,
+        audit_kind::JOB_FINISHED,
+        audit_kind::CALL_DENIED,
+    ];
+    let mut e = event(n, kinds[(n % 4) as usize]);
+    e.time_ms = BASE_MS + n * 1000;
+    e.user = ["alice", "bob", "carol"][(n % 3) as usize].into();
+    e.host = ["web-1", "web-2"][(n % 2) as usize].into();
+    e.job_id = format!("job-{}", n % 5);
+    e.tool = ["bash", "file", "grep"][(n % 3) as usize].into();
+    e.trace_id = format!("{:032x}", n % 7);
+    e.outcome = ["ok", "error", "denied", ""][(n % 4) as usize].into();
+    e
+}
+
+async fn queries_and_exports_filter_by_every_field_and_page_by_cursor(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let events: Vec<_> = (0..60).map(varied).collect();
+    publish(&nats, &events, true).await;
+    // Another tenant's event is never returned to this tenant's queries.
+    let mut foreign = varied(1000);
+    foreign.tenant = "acme".into();
+    publish(&nats, &[foreign.clone()], true).await;
+    eventually(WAIT, || async { sink.head_seq().await == 61 }).await;
+
+    type Pick = fn(&pb::AuditEvent) -> bool;
+    let cases: Vec<(&str, pb::AuditQuery, Vec<&str>, Pick)> = vec![
+        (
+            "user",
+            pb::AuditQuery {
+                user: "bob".into(),
+                ..Default::default()
+            },
+            vec!["--user", "bob"],
+            |e| e.user == "bob",
+        ),
+        (
+            "host",
+            pb::AuditQuery {
+                host: "web-2".into(),
+                ..Default::default()
+            },
+            vec!["--host", "web-2"],
+            |e| e.host == "web-2",
+        ),
+        (
+            "job",
+            pb::AuditQuery {
+                job_id: "job-3".into(),
+                ..Default::default()
+            },
+            vec!["--job", "job-3"],
+            |e| e.job_id == "job-3",
+        ),
+        (
+            "tool",
+            pb::AuditQuery {
+                tool: "file".into(),
+                ..Default::default()
+            },
+            vec!["--tool", "file"],
+            |e| e.tool == "file",
+        ),
+        (
+            "trace",
+            pb::AuditQuery {
+                trace_id: format!("{:032x}", 4),
+                ..Default::default()
+            },
+            vec!["--trace", "00000000000000000000000000000004"],
+            |e| e.trace_id == format!("{:032x}", 4),
+        ),
+        (
+            "outcome",
+            pb::AuditQuery {
+                outcome: "denied".into(),
+                ..Default::default()
+            },
+            vec!["--outcome", "denied"],
+            |e| e.outcome == "denied",
+        ),
+        (
+            "kind",
+            pb::AuditQuery {
+                kind: audit_kind::JOB_FINISHED.into(),
+                ..Default::default()
+            },
+            vec!["--kind", "job-finished"],
+            |e| matches!(e.body, Some(Body::JobFinished(_))),
+        ),
+        (
+            "time range",
+            pb::AuditQuery {
+                since_ms: BASE_MS + 10_000,
+                until_ms: BASE_MS + 25_000,
+                ..Default::default()
+            },
+            vec![
+                "--since",
+                "2023-11-14T22:13:30Z",
+                "--until",
+                "1700000025000",
+            ],
+            |e| (BASE_MS + 10_000..BASE_MS + 25_000).contains(&e.time_ms),
+        ),
+        (
+            "several at once",
+            pb::AuditQuery {
+                user: "alice".into(),
+                host: "web-1".into(),
+                since_ms: BASE_MS + 6_000,
+                ..Default::default()
+            },
+            vec![
+                "--user",
+                "alice",
+                "--host",
+                "web-1",
+                "--since",
+                "1700000006000",
+            ],
+            |e| e.user == "alice" && e.host == "web-1" && e.time_ms >= BASE_MS + 6_000,
+        ),
+    ];
+    for (name, query, flags, pick) in cases {
+        let expected: Vec<String> = events
+            .iter()
+            .filter(|e| pick(e))
+            .map(|e| e.id.clone())
+            .collect();
+        assert!(!expected.is_empty(), "{name}: the case selects something");
+        assert!(expected.len() < events.len(), "{name}: the case filters");
+        let got = ids(&sink.query_all(query).await);
+        assert_eq!(got, expected, "query by {name}");
+        let mut flags = flags;
+        flags.extend(["--tenant", "default"]);
+        let exported: Vec<String> = sink
+            .export(&flags)
+            .iter()
+            .map(|l| l["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(exported, expected, "export by {name}");
+    }
+
+    // Pages of 7, forwards and newest first, cover every record once and in order.
+    let mut cursor = String::new();
+    let mut pages = Vec::new();
+    loop {
+        let page = sink
+            .query(pb::AuditQuery {
+                limit: 7,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert!(page.records.len() <= 7);
+        pages.push(page.records.len());
+        cursor = page.next_cursor;
+        if cursor.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages.iter().sum::<usize>(), 60);
+    assert_eq!(pages.len(), 9);
+    let newest = ids(&sink
+        .query_all(pb::AuditQuery {
+            limit: 7,
+            newest_first: true,
+            ..Default::default()
+        })
+        .await);
+    let mut oldest: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    oldest.reverse();
+    assert_eq!(newest, oldest);
+
+    // A bad cursor is refused with a reason; the whole export holds both tenants' records.
+    let err = sink
+        .try_query(pb::AuditQuery {
+            cursor: "not-a-cursor".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.contains("bad cursor"), "{err}");
+    let all = sink.export(&[]);
+    assert_eq!(all.len(), 61);
+    let by_tenant: BTreeMap<String, usize> = all.iter().fold(BTreeMap::new(), |mut m, l| {
+        *m.entry(l["tenant"].as_str().unwrap_or_default().to_string())
+            .or_default() += 1;
+        m
+    });
+    assert_eq!(by_tenant.get("acme"), Some(&1));
+    assert_eq!(all[0]["hash"], all[1]["prev_hash"]);
+}
+
+// === scenarios with real tool calls ===
+
+/// The events of one trace, in chain order, once `count` of them are stored.
+async fn trace_events(
+    sink: &execmesh_tests::RunningAudit,
+    trace: &str,
+    count: usize,
+) -> Vec<pb::AuditRecord> {
+    let query = pb::AuditQuery {
+        trace_id: trace.to_string(),
+        ..Default::default()
+    };
+    eventually(WAIT, || async {
+        sink.query_all(query.clone()).await.len() >= count
+    })
+    .await;
+    let records = sink.query_all(query).await;
+    assert_eq!(records.len(), count, "{}", describe(&records));
+    records
+}
+
+fn describe(records: &[pb::AuditRecord]) -> String {
+    records
+        .iter()
+        .map(|r| {
+            let e = r.event.clone().unwrap_or_default();
+            format!(
+                "{} {} {} host={} job={} outcome={}",
+                r.seq, e.time_ms, r.kind, e.host, e.job_id, e.outcome
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The one record of `kind` among `records`.
+fn one<'a>(records: &'a [pb::AuditRecord], kind: &str) -> &'a pb::AuditEvent {
+    let found: Vec<_> = records.iter().filter(|r| r.kind == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind} in\n{}", describe(records));
+    found[0].event.as_ref().expect("a decodable event")
+}
+
+async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+
+    // 1. A command.
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let trace = out.structured()["trace_id"].as_str().unwrap().to_string();
+    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let records = trace_events(&sink, &trace, 5).await;
+    let kinds = |source: &str| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| {
+                r.event
+                    .as_ref()
+                    .is_some_and(|e| e.source == source_of(source))
+            })
+            .map(|r| r.kind.clone())
+            .collect()
+    };
+    assert_eq!(
+        kinds("gateway"),
+        ["call-received", "call-dispatched", "call-completed"]
+    );
+    assert_eq!(kinds("agent"), ["job-started", "job-finished"]);
+    let received = one(&records, audit_kind::CALL_RECEIVED);
+    let dispatched = one(&records, audit_kind::CALL_DISPATCHED);
+    let started = one(&records, audit_kind::JOB_STARTED);
+    let finished = one(&records, audit_kind::JOB_FINISHED);
+    let completed = one(&records, audit_kind::CALL_COMPLETED);
+    // Causal order, by the one clock of this machine.
+    let times = [received, started, finished, dispatched, completed].map(|e| e.time_ms);
+    assert!(times.is_sorted(), "{times:?}\n{}", describe(&records));
+    for e in [received, dispatched, started, finished, completed] {
+        assert_eq!(e.user, "alice");
+        assert_eq!(e.trace_id, trace);
+    }
+    for e in [dispatched, started, finished] {
+        assert_eq!(
+            (e.host.as_str(), e.job_id.as_str()),
+            ("web-1", job.as_str())
+        );
+    }
+    assert_eq!(
+        (received.tool.as_str(), completed.tool.as_str()),
+        ("bash", "bash")
+    );
+    let Some(Body::CallReceived(r)) = &received.body else {
+        unreachable!()
+    };
+    assert_eq!(r.hosts, ["web-1"]);
+    assert!(r.args.contains("echo hi"), "{}", r.args);
+    let Some(Body::JobStarted(s)) = &started.body else {
+        unreachable!()
+    };
+    assert!(s.pid > 0);
+    assert_eq!(s.uid, nix::unistd::geteuid().as_raw());
+    let Some(Body::JobFinished(f)) = &finished.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        (f.exit_code, f.output_bytes, f.output_lines),
+        (Some(0), 3, 1)
+    );
+    assert_eq!(finished.outcome, "ok");
+    assert_eq!(dispatched.outcome, "ok");
+    let Some(Body::CallCompleted(c)) = &completed.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        (c.status.as_str(), c.hosts.as_slice()),
+        ("ok", ["web-1".to_string()].as_slice())
+    );
+
+    // The job id finds the agent's events and the dispatch that started it.
+    let by_job = sink
+        .query_all(pb::AuditQuery {
+            job_id: job.clone(),
+            ..Default::default()
+        })
+        .await;
+    let kinds: Vec<&str> = by_job.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    for kind in ["call-dispatched", "job-started", "job-finished"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+
+    // 2. A failing command, 3. a file write, 4. a write outside the host's roots (denied).
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": "exit 3"}))
+        .await;
+    let failing = out.structured()["trace_id"].as_str().unwrap().to_string();
+    let records = trace_events(&sink, &failing, 5).await;
+    assert_eq!(
+        one(&records, audit_kind::JOB_FINISHED).outcome,
+        "exit_nonzero"
+    );
+    assert_eq!(
+        one(&records, audit_kind::CALL_COMPLETED).outcome,
+        "ok",
+        "a non-zero exit is a result"
+    );
+
+    let path = agent.dir().join("note.txt");
+    let content = "audited\n";
+    let out = client
+        .call(
+            "file",
+            json!({"action": "write", "host": "web-1", "path": path, "content": content}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let changed = eventually(WAIT, || async {
+        let records = sink
+            .query_all(pb::AuditQuery {
+                kind: audit_kind::FILE_CHANGED.into(),
+                ..Default::default()
+            })
+            .await;
+        (records.len() == 1).then(|| records[0].event.clone().expect("a decodable event"))
+    })
+    .await;
+    let Some(Body::FileChanged(fc)) = &changed.body else {
+        unreachable!()
+    };
+    assert_eq!(fc.action, "write");
+    assert!(fc.path.ends_with("note.txt"), "{}", fc.path);
+    assert_eq!(fc.size, content.len() as u64);
+    assert_eq!(fc.sha256, hex(&Sha256::digest(content)));
+    assert_eq!(
+        (changed.user.as_str(), changed.host.as_str()),
+        ("alice", "web-1")
+    );
+    let write_trace = changed.trace_id.clone();
+    let records = trace_events(&sink, &write_trace, 4).await;
+    let Some(Body::CallDispatched(d)) = &one(&records, audit_kind::CALL_DISPATCHED).body else {
+        unreachable!()
+    };
+    assert_eq!(d.request, "file.write");
+    assert_eq!(one(&records, audit_kind::CALL_RECEIVED).tool, "file");
+
+    let out = client
+        .call("file", json!({"action": "write", "host": "web-1", "path": "/proc/execmesh-audit", "content": "x"}))
+        .await;
+    assert!(out.is_error());
+    let denied = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                outcome: "denied".into(),
+                user: "alice".into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() == 1).then_some(r)
+    })
+    .await;
+    let denied = denied[0].event.clone().unwrap();
+    let Some(Body::CallDenied(d)) = &denied.body else {
+        panic!("{denied:?}")
+    };
+    assert_eq!((d.by.as_str(), d.code.as_str()), ("web-1", "outside_roots"));
+    assert!(d.reason.contains("/proc/execmesh-audit"), "{}", d.reason);
+    let records = trace_events(&sink, &denied.trace_id, 3).await;
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert_eq!(kinds, ["call-received", "call-dispatched", "call-denied"]);
+
+    let (status, out) = sink.verify();
+    assert!(status.success(), "{out}");
+}
+
+fn source_of(name: &str) -> i32 {
+    match name {
+        "gateway" => pb::AuditSource::Gateway as i32,
+        _ => pb::AuditSource::Agent as i32,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn secrets_are_redacted_before_events_are_published(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.audit_redact_patterns = vec![r"corp-[0-9]{4}".into()])
+        .start()
+        .await;
+    let client = gw.client("alice").await;
+    let cmd = "true --password=hunter2SECRET -H 'Authorization: Bearer abcdefSECRET42' \
+               https://bob:pwSECRET@example.com API_TOKEN=tokSECRET corp-1234";
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": cmd, "env": {"DB_URL": "postgres://u:envSECRET@db/x"}}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let trace = out.structured()["trace_id"].as_str().unwrap().to_string();
+    let records = trace_events(&sink, &trace, 5).await;
+
+    // Nothing secret ever reached the stream, let alone the store.
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream("AUDIT").await.expect("AUDIT exists");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.expect("a stored event");
+        let text = String::from_utf8_lossy(&msg.payload);
+        assert!(
+            !text.contains("SECRET"),
+            "event {seq} leaks a secret: {text}"
+        );
+        assert!(
+            !text.contains("corp-1234"),
+            "event {seq} leaks a configured pattern: {text}"
+        );
+    }
+    let Some(Body::CallReceived(r)) = &one(&records, audit_kind::CALL_RECEIVED).body else {
+        unreachable!()
+    };
+    let args: serde_json::Value = serde_json::from_str(&r.args).expect("the summary is JSON");
+    assert_eq!(
+        args["env"]["DB_URL"], "[redacted]",
+        "env values are never recorded"
+    );
+    let cmd = args["cmd"].as_str().unwrap();
+    for kept in [
+        "true",
+        "--password=[redacted]",
+        "Bearer [redacted]",
+        "bob:[redacted]@example.com",
+        "API_TOKEN=[redacted]",
+    ] {
+        assert!(cmd.contains(kept), "{kept} in {cmd}");
+    }
+    let exported = sink.export(&["--trace", &trace]);
+    assert_eq!(exported.len(), 5);
+    assert!(!serde_json::to_string(&exported).unwrap().contains("SECRET"));
+}
+
+async fn tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_returns(
+    store: Store,
+) {
+    let nats = Nats::start().await;
+    let mut sink = store.sink(&nats).start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let mut traces = Vec::new();
+    let run = async |n: usize| {
+        let out = client
+            .call(
+                "bash",
+                json!({"host": "web-1", "cmd": format!("echo call-{n}")}),
+            )
+            .await;
+        assert!(!out.is_error(), "{}", out.text());
+        assert_eq!(out.structured()["output"], format!("call-{n}\n"));
+        out.structured()["trace_id"].as_str().unwrap().to_string()
+    };
+    traces.push(run(0).await);
+    traces.push(run(1).await);
+    sink.kill_hard().await;
+    for n in 2..6 {
+        traces.push(run(n).await);
+    }
+    sink.restart().await;
+    for trace in &traces {
+        trace_events(&sink, trace, 5).await;
+    }
+    let all = sink.query_all(pb::AuditQuery::default()).await;
+    let unique: BTreeSet<String> = ids(&all).into_iter().collect();
+    assert_eq!(unique.len(), all.len(), "no event stored twice");
+    assert_eq!(all.len(), 30);
+    let (status, out) = sink.verify();
+    assert!(status.success(), "{out}");
+}
+
+async fn a_fan_out_is_recorded_per_host_and_policy_denials_name_who_refused(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let _prod = NodeAgent::new(&nats, "web-1")
+        .label("env", "prod")
+        .start()
+        .await;
+    let _dev = NodeAgent::new(&nats, "web-2")
+        .label("env", "dev")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats)
+        .policy(
+            r#"
+[groups.devs]
+tier = "standard"
+hosts = ["env=dev"]
+
+[groups.readers]
+tier = "readonly"
+hosts = ["*"]
+
+[users.dana]
+groups = ["devs"]
+
+[users.rita]
+groups = ["readers"]
+"#,
+        )
+        .start()
+        .await;
+
+    // dana may reach web-2 only: web-1 is denied by the gateway and never contacted.
+    let out = gw
+        .client("dana")
+        .await
+        .call("bash", json!({"hosts": "web-*", "cmd": "true"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let received = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                user: "dana".into(),
+                kind: audit_kind::CALL_RECEIVED.into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() == 1).then(|| r[0].event.clone().expect("a decodable event"))
+    })
+    .await;
+    let records = trace_events(&sink, &received.trace_id, 6).await;
+    let dispatched = one(&records, audit_kind::CALL_DISPATCHED);
+    assert_eq!(dispatched.host, "web-2");
+    assert_eq!(one(&records, audit_kind::JOB_STARTED).host, "web-2");
+    assert_eq!(
+        one(&records, audit_kind::JOB_FINISHED).job_id,
+        dispatched.job_id
+    );
+    let denied = one(&records, audit_kind::CALL_DENIED);
+    let Some(Body::CallDenied(d)) = &denied.body else {
+        unreachable!()
+    };
+    assert_eq!((denied.host.as_str(), d.by.as_str()), ("web-1", "gateway"));
+    let Some(Body::CallCompleted(c)) = &one(&records, audit_kind::CALL_COMPLETED).body else {
+        unreachable!()
+    };
+    assert_eq!(c.hosts, ["web-2"]);
+
+    // rita's tier does not allow commands: the call is denied before anything is sent.
+    let out = gw
+        .client("rita")
+        .await
+        .call("bash", json!({"host": "web-1", "cmd": "true"}))
+        .await;
+    assert!(out.is_error());
+    let denied = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                user: "rita".into(),
+                outcome: "denied".into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() == 1).then(|| r[0].event.clone().expect("a decodable event"))
+    })
+    .await;
+    let Some(Body::CallDenied(d)) = &denied.body else {
+        unreachable!()
+    };
+    assert_eq!((d.by.as_str(), d.code.as_str()), ("gateway", "tier"));
+    let kinds: Vec<String> = trace_events(&sink, &denied.trace_id, 2)
+        .await
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, ["call-received", "call-denied"]);
+}
