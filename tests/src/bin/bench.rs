@@ -5,8 +5,11 @@
 //! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
 //! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
 //! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
-//! tool), `copy` (a 100 MB file copied host to host, MB/s) and `audit` (events/s the audit-sink
-//! persists with the hash chain, SQLite and PostgreSQL). Build release binaries first:
+//! tool), `copy` (a 100 MB file copied host to host, MB/s), `fanout` (`grep` over 100 and 1,000
+//! simulated hosts and `bash true` over 100, p50/p99) and `scale` (10,000 simulated hosts
+//! connected to one nats-server, `hosts "*"` resolved), `audit` (events/s the audit-sink persists
+//! with the hash chain, SQLite and PostgreSQL). Simulated hosts are real node-agents
+//! run in this process, each with its own NATS connection. Build release binaries first:
 //!
 //!   cargo build --release --workspace --bins && target/release/execmesh-bench [SCENARIO…]
 
@@ -16,19 +19,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent};
+use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent};
 
 #[path = "bench/audit.rs"]
 mod audit;
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 8] = [
     "roundtrip",
     "paging",
     "memory",
     "file-read",
     "copy",
+    "fanout",
+    "scale",
     "audit",
 ];
+/// Calls per measured fan-out size.
+const FANOUT_CALLS: usize = 50;
+/// Hosts of the `scale` scenario.
+const SCALE_HOSTS: usize = 10_000;
 const SEQUENTIAL_CALLS: usize = 2000;
 const FILE_BYTES: u64 = 100 * 1000 * 1000;
 const CONCURRENT_CLIENTS: usize = 16;
@@ -38,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [audit]\n\n\
+            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. Needs release binaries: \
              cargo build --release --workspace --bins"
@@ -70,6 +79,12 @@ fn main() -> anyhow::Result<()> {
         }
         if wants("copy") {
             report["copy"] = copy().await?;
+        }
+        if wants("fanout") {
+            report["fanout"] = fanout().await?;
+        }
+        if wants("scale") {
+            report["scale"] = scale().await?;
         }
         if wants("audit") {
             report["audit"] = audit::audit().await?;
@@ -484,4 +499,161 @@ mod peer {
         v["what"] = json!("rmcp Streamable HTTP server that spawns `bash -c` itself");
         Ok(v)
     }
+}
+
+/// Writes the log file every simulated host serves: 2,000 lines of ordinary traffic with a few
+/// rare errors, so `grep` has matches and the digest has groups.
+fn fleet_log(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut text = String::new();
+    for i in 0..2000u32 {
+        let line = match i % 400 {
+            7 => format!(
+                "2026-11-21T10:{:02}:{:02}Z ERROR upstream 10.0.{}.{} timed out after {}ms",
+                i % 60,
+                i % 60,
+                i % 7,
+                i % 250,
+                1000 + i
+            ),
+            123 => format!(
+                "2026-11-21T10:{:02}:{:02}Z ERROR disk /dev/sda{} nearly full",
+                i % 60,
+                i % 60,
+                i % 4
+            ),
+            _ => format!(
+                "2026-11-21T10:{:02}:{:02}Z INFO request {i} served in {}ms",
+                i % 60,
+                i % 60,
+                i % 97
+            ),
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let path = logs.join("app.log");
+    std::fs::write(&path, text)?;
+    Ok(logs)
+}
+
+/// `grep` with a digest over `hosts` simulated hosts: per-call latency.
+async fn grep_over(
+    client: &McpClient,
+    logs: &std::path::Path,
+    hosts: usize,
+) -> anyhow::Result<Value> {
+    let args = json!({"hosts": "*", "pattern": "ERROR", "paths": [logs], "digest": true});
+    for _ in 0..3 {
+        client.try_call("grep", args.clone()).await?;
+    }
+    let mut samples = Vec::with_capacity(FANOUT_CALLS);
+    for _ in 0..FANOUT_CALLS {
+        let started = Instant::now();
+        let out = client.try_call("grep", args.clone()).await?;
+        samples.push(started.elapsed());
+        if out.structured()["counts"]["ok"] != json!(hosts) {
+            bail!("grep over {hosts} hosts: {}", out.structured()["summary"]);
+        }
+    }
+    Ok(percentiles(samples))
+}
+
+async fn fanout() -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let logs = fleet_log(dir.path())?;
+    let root = dir.path().to_path_buf();
+    let mut report = json!({
+        "what": "grep (pattern ERROR, digest) over one 2,000-line log per host, and bash `true`, \
+                 on simulated hosts: real node-agents in the benchmark process, one NATS \
+                 connection each",
+    });
+    for hosts in [100usize, 1000] {
+        let nats = Nats::start().await;
+        let fleet = Fleet::new(&nats, "sim", hosts)
+            .configure({
+                let root = root.clone();
+                move |c| c.file_roots = vec![root.clone()]
+            })
+            .start()
+            .await;
+        let gw = Gateway::new(&nats).start().await;
+        let client = McpClient::new(&gw.url(), &gw.mint("bench"))
+            .await
+            .with_timeout(Duration::from_secs(120));
+        let mut entry = json!({
+            "hosts": hosts,
+            "fleet_startup_s": (fleet.startup.as_secs_f64() * 10.0).round() / 10.0,
+            "grep": grep_over(&client, &logs, hosts).await?,
+        });
+        if hosts == 100 {
+            let mut samples = Vec::new();
+            for _ in 0..FANOUT_CALLS {
+                let started = Instant::now();
+                let out = client
+                    .try_call("bash", json!({"hosts": "*", "cmd": "true"}))
+                    .await?;
+                samples.push(started.elapsed());
+                if out.structured()["counts"]["ok"] != json!(hosts) {
+                    bail!("bash over {hosts} hosts: {}", out.structured()["summary"]);
+                }
+            }
+            entry["bash_true"] = percentiles(samples);
+        }
+        report[format!("hosts_{hosts}")] = entry;
+        fleet.stop().await;
+    }
+    Ok(report)
+}
+
+async fn scale() -> anyhow::Result<Value> {
+    raise_fd_limit(4 * SCALE_HOSTS as u64)?;
+    let nats = Nats::start().await;
+    let fleet = Fleet::new(&nats, "sim", SCALE_HOSTS)
+        .heartbeat(Duration::from_secs(30))
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = McpClient::new(&gw.url(), &gw.mint("bench"))
+        .await
+        .with_timeout(Duration::from_secs(120));
+    let mut samples = Vec::new();
+    let mut online = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = client.try_call("hosts", json!({"selector": "*"})).await?;
+        samples.push(started.elapsed());
+        online = out.structured()["online"].as_u64().unwrap_or(0);
+        if online != SCALE_HOSTS as u64 {
+            bail!("hosts \"*\" saw {online} of {SCALE_HOSTS} online");
+        }
+    }
+    let alive = fleet.alive();
+    let startup = fleet.startup;
+    fleet.stop().await;
+    Ok(json!({
+        "what": "10,000 simulated hosts (real node-agents in one process, one NATS connection each) \
+                 connected to one nats-server; `hosts \"*\"` resolved",
+        "hosts": SCALE_HOSTS,
+        "connected_and_online": online,
+        "agents_alive_at_end": alive,
+        "fleet_startup_s": (startup.as_secs_f64() * 10.0).round() / 10.0,
+        "hosts_star": percentiles(samples),
+    }))
+}
+
+/// Raises this process's open-file limit (inherited by the nats-server it starts) so thousands
+/// of connections fit.
+fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = want.min(hard);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    if target < want {
+        bail!("open-file limit is {hard}; {want} needed for the scale scenario");
+    }
+    Ok(())
 }
