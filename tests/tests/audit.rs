@@ -429,7 +429,7 @@ async fn queries_and_exports_filter_by_every_field_and_page_by_cursor(store: Sto
             ..Default::default()
         })
         .await
-        .unwrap_err();
+        .expect_err("a bad cursor is refused");
     assert!(err.contains("bad cursor"), "{err}");
     let all = sink.export(&[]);
     assert_eq!(all.len(), 61);
@@ -496,8 +496,14 @@ async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: S
         .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let trace = out.structured()["trace_id"].as_str().unwrap().to_string();
-    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let trace = out.structured()["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
     let records = trace_events(&sink, &trace, 5).await;
     let kinds = |source: &str| -> Vec<String> {
         records
@@ -581,7 +587,10 @@ async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: S
     let out = client
         .call("bash", json!({"host": "web-1", "cmd": "exit 3"}))
         .await;
-    let failing = out.structured()["trace_id"].as_str().unwrap().to_string();
+    let failing = out.structured()["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
     let records = trace_events(&sink, &failing, 5).await;
     assert_eq!(
         one(&records, audit_kind::JOB_FINISHED).outcome,
@@ -646,7 +655,7 @@ async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: S
         (r.len() == 1).then_some(r)
     })
     .await;
-    let denied = denied[0].event.clone().unwrap();
+    let denied = denied[0].event.clone().expect("a decodable event");
     let Some(Body::CallDenied(d)) = &denied.body else {
         panic!("{denied:?}")
     };
@@ -689,7 +698,10 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let trace = out.structured()["trace_id"].as_str().unwrap().to_string();
+    let trace = out.structured()["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
     let records = trace_events(&sink, &trace, 5).await;
 
     // Nothing secret ever reached the stream, let alone the store.
@@ -721,7 +733,7 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
         args["env"]["DB_URL"], "[redacted]",
         "env values are never recorded"
     );
-    let cmd = args["cmd"].as_str().unwrap();
+    let cmd = args["cmd"].as_str().expect("the command");
     for kept in [
         "true",
         "--password=[redacted]",
@@ -733,7 +745,11 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
     }
     let exported = sink.export(&["--trace", &trace]);
     assert_eq!(exported.len(), 5);
-    assert!(!serde_json::to_string(&exported).unwrap().contains("SECRET"));
+    assert!(
+        !serde_json::to_string(&exported)
+            .expect("JSON")
+            .contains("SECRET")
+    );
 }
 
 async fn tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_returns(
@@ -754,7 +770,10 @@ async fn tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_
             .await;
         assert!(!out.is_error(), "{}", out.text());
         assert_eq!(out.structured()["output"], format!("call-{n}\n"));
-        out.structured()["trace_id"].as_str().unwrap().to_string()
+        out.structured()["trace_id"]
+            .as_str()
+            .expect("a trace id")
+            .to_string()
     };
     traces.push(run(0).await);
     traces.push(run(1).await);
