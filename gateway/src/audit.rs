@@ -253,17 +253,23 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 // === impl Audit ===
 
 impl Audit {
-    /// Starts the publisher task on `client`. The task creates the AUDIT stream if it is missing
-    /// (retrying while NATS is unreachable) before its first publish.
+    /// Starts the publisher task on `client`. The task creates the AUDIT stream (with `replicas`)
+    /// if it is missing, retrying while NATS is unreachable, before its first publish.
     pub fn start(
         client: async_nats::Client,
         tenant: Token,
         patterns: &[String],
+        replicas: usize,
     ) -> Result<Audit, PatternError> {
         let redactor = Redactor::new(patterns)?;
         let (queue, rx) = mpsc::channel(QUEUE);
         let closing = CancellationToken::new();
-        let task = tokio::spawn(publish(jetstream::new(client), rx, closing.clone()));
+        let task = tokio::spawn(publish(
+            jetstream::new(client),
+            rx,
+            replicas,
+            closing.clone(),
+        ));
         Ok(Audit {
             queue,
             tenant,
@@ -549,11 +555,15 @@ pub fn request_name(body: &pb::exec_request::Body) -> String {
 async fn publish(
     js: jetstream::Context,
     mut rx: mpsc::Receiver<Outgoing>,
+    replicas: usize,
     closing: CancellationToken,
 ) {
     let mut delay = RETRY_FIRST;
     loop {
-        match js.get_or_create_stream(layout::audit_stream(1)).await {
+        match js
+            .get_or_create_stream(layout::audit_stream(replicas))
+            .await
+        {
             Ok(_) => break,
             Err(e) => {
                 warn!(error = %e, "cannot create the AUDIT stream yet; audit events wait");

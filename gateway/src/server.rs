@@ -203,6 +203,7 @@ pub async fn run(
         mesh.client.clone(),
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
+        config.kv_replicas,
     )?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
