@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Brings up a working execmesh on this machine: NATS with JetStream, the audit-sink (SQLite in
-# .execmesh/audit.db), the gateway on 127.0.0.1:8420 and N node-agents; prints the MCP URL, a
-# bearer token and a ready client line;
+# .execmesh/audit.db), the gateway on 127.0.0.1:8420 and N node-agents; on the first run creates
+# the policy (.execmesh/policy.toml) with you as its first user and prints your password once
+# (only its argon2 hash is kept); prints the MCP URL, a bearer token and ready client lines;
 # writes .execmesh/quickstart.json; stays in the foreground and stops everything on Ctrl-C/SIGTERM.
 #
 #   deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
@@ -93,15 +94,37 @@ for ((i=1; i<=agents; i++)); do
   pids+=($!)
 done
 
-"$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" \
+user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
+[ -n "$user" ] || user="operator"
+mcp_url="http://127.0.0.1:$port/mcp"
+# Who may do what: on the first run, one group that may do everything everywhere and you in it,
+# with a generated password shown once. Later runs keep the file (and your password).
+policy=(--policy-file "$state/policy.toml" --public-url "$mcp_url")
+password=""
+if [ ! -f "$state/policy.toml" ]; then
+  cat >"$state/policy.toml" <<'POLICY'
+# execmesh policy: who may do what (README "Policy"). The gateway reloads it on change.
+
+[groups.admins]
+tier = "dangerous"
+hosts = ["*"]
+POLICY
+  chmod 600 "$state/policy.toml"
+  password="$("$bin/execmesh-gateway" "${policy[@]}" user add "$user" --group admins)"
+fi
+
+"$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" "${policy[@]}" \
   --key-file "$state/gateway.key" >"$state/logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for 30 "the gateway (see $state/logs/gateway.log)" port_busy "$port"
 
-user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
-[ -n "$user" ] || user="operator"
-token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" token mint --user "$user" --ttl 30d)"
-mcp_url="http://127.0.0.1:$port/mcp"
+token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" "${policy[@]}" \
+  token mint --user "$user" --ttl 30d)"
+if [ -n "$password" ]; then
+  sign_in="user $user, password $password   (shown once: note it now; only its hash is stored)"
+else
+  sign_in="user $user, password as set before (new one: execmesh-gateway ${policy[*]} user add $user --replace)"
+fi
 
 hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
 cat >"$state/quickstart.json" <<JSON
@@ -121,13 +144,17 @@ cat <<TEXT
 
 execmesh is up.
   MCP URL:  $mcp_url
+  sign in:  $sign_in
+  policy:   $state/policy.toml
   token:    $token   (user $user, valid 30 days)
   hosts:    ${hosts[*]}
   NATS:     $nats_url (JetStream state in $state/nats)
   audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/
 
-Connect Claude Code:
+Connect Claude Code (it opens the login page in your browser: OAuth 2.1):
+  claude mcp add --transport http execmesh $mcp_url
+or headless (CI, scripts), with the token:
   claude mcp add --transport http execmesh $mcp_url --header "Authorization: Bearer $token"
 
 Details are in $state/quickstart.json. Ctrl-C stops everything.
