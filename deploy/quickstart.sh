@@ -85,12 +85,16 @@ pids+=($!)
 
 base_host="$(hostname | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' -e 's/--*/-/g' -e 's/^-//' -e 's/-$//' | cut -c1-50)"
 [ -n "$base_host" ] || base_host="localhost"
+# The key that signs every request to the agents: made once, its public half trusted by each agent.
+gateway_key="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" \
+  --exec-signing-key "$state/exec-signing.key" exec-key 2>/dev/null)"
+
 hosts=()
 for ((i=1; i<=agents; i++)); do
   if [ "$agents" -eq 1 ]; then host="$base_host"; else host="$base_host-$i"; fi
   hosts+=("$host")
   "$bin/execmesh-node-agent" --nats-url "$nats_url" --host-id "$host" --label "quickstart=true" \
-    >"$state/logs/agent-$host.log" 2>&1 &
+    --gateway-key "$gateway_key" >"$state/logs/agent-$host.log" 2>&1 &
   pids+=($!)
 done
 
@@ -114,7 +118,8 @@ POLICY
 fi
 
 "$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" "${policy[@]}" \
-  --key-file "$state/gateway.key" >"$state/logs/gateway.log" 2>&1 &
+  --key-file "$state/gateway.key" --exec-signing-key "$state/exec-signing.key" \
+  >"$state/logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for 30 "the gateway (see $state/logs/gateway.log)" port_busy "$port"
 

@@ -48,6 +48,23 @@ fn main() -> ExitCode {
                 Err(e) => failed("cannot add user", &e),
             }
         }
+        Command::ExecKey => {
+            match execmesh_gateway::signer::Signer::load_or_create(&config.exec_signing_key) {
+                Ok(signer) => {
+                    println!("{}", signer.public_key_base64());
+                    eprintln!(
+                        "key id {} ({})",
+                        signer.key_id(),
+                        config.exec_signing_key.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot load the exec signing key: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve => serve(config),
     }
 }

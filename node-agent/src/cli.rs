@@ -61,6 +61,36 @@ pub struct Cli {
     )]
     pub labels: Vec<String>,
 
+    /// A gateway public key this host trusts (base64 Ed25519, as in the gateway's
+    /// `exec-signing.key.pub`), or a file of such keys, one per line; repeat the flag for more.
+    /// Only requests signed by one of them are acted on; without any, every request is refused.
+    /// In the environment: comma-separated.
+    #[arg(
+        long = "gateway-key",
+        env = "EXECMESH_GATEWAY_KEYS",
+        value_name = "KEY|PATH",
+        value_delimiter = ','
+    )]
+    pub gateway_keys: Vec<String>,
+
+    /// Highest tier (readonly, standard, dangerous) any request acts with on this host, whatever
+    /// the gateway says: a request acts with the lower of its own tier and this one.
+    /// [default: dangerous]
+    #[arg(long, env = "EXECMESH_MAX_TIER", value_name = "TIER")]
+    pub max_tier: Option<String>,
+
+    /// Maps an MCP user to a unix account it runs as (`alice=alice`, `*=execmesh` for every
+    /// other user); repeat the flag for more, or for more accounts of one user (the first is its
+    /// default). Adds to the file's `[run_as]`. Without any mapping everything runs as the
+    /// agent's own account. In the environment: comma-separated pairs.
+    #[arg(
+        long = "run-as",
+        env = "EXECMESH_RUN_AS",
+        value_name = "USER=ACCOUNT",
+        value_delimiter = ','
+    )]
+    pub run_as: Vec<String>,
+
     /// Most jobs running at once; further requests are refused as busy. [default: 64]
     #[arg(long, env = "EXECMESH_MAX_JOBS", value_name = "N")]
     pub max_jobs: Option<String>,

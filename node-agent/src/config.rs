@@ -11,6 +11,7 @@ use execmesh_proto::{Token, jetstream};
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
 use crate::grep::GrepLimits;
+use crate::tier::Tier;
 
 /// Largest output chunk the agent writes (the stream accepts larger records; this keeps pages
 /// and memory small).
@@ -47,6 +48,15 @@ pub struct Config {
     pub host_id: Token,
     /// Labels published in the host's registration, matched by selectors.
     pub labels: BTreeMap<String, String>,
+    /// Public keys of the gateways whose signed requests this host acts on: each a base64
+    /// Ed25519 key, or a file of such keys, one per line (what the gateway writes to
+    /// `<exec_signing_key>.pub`). Without any, every request is refused as unsigned.
+    pub gateway_keys: Vec<String>,
+    /// The highest tier any request acts with on this host, whatever the gateway says.
+    pub max_tier: Tier,
+    /// MCP user (or `*` for every other user) → the unix accounts it may run as, the first being
+    /// its default. Empty: everything runs as the agent's own account (development only).
+    pub run_as: BTreeMap<String, Vec<String>>,
     /// Most jobs running at once.
     pub max_jobs: usize,
     /// Timeout of a job whose request names none.
@@ -151,6 +161,9 @@ impl Default for Config {
             tenant: default_tenant(),
             host_id: default_host_id(),
             labels: BTreeMap::new(),
+            gateway_keys: Vec::new(),
+            max_tier: Tier::default(),
+            run_as: BTreeMap::new(),
             max_jobs: 64,
             default_timeout_secs: 3600,
             kill_grace_ms: 5000,
@@ -239,6 +252,9 @@ impl Config {
             tenant: d.tenant.clone(),
             host_id: d.host_id.clone(),
             labels: BTreeMap::new(),
+            gateway_keys: l.strings("gateway_keys", &c.gateway_keys, d.gateway_keys),
+            max_tier: l.get("max_tier", "--max-tier", &c.max_tier, d.max_tier),
+            run_as: BTreeMap::new(),
             max_jobs: l.get("max_jobs", "--max-jobs", &c.max_jobs, d.max_jobs),
             default_timeout_secs: l.get(
                 "default_timeout_secs",
@@ -366,6 +382,7 @@ impl Config {
             }
         }
         config.labels = l.labels(&cli.labels);
+        config.run_as = l.run_as(&cli.run_as);
         l.check_unknown_keys();
 
         let mut problems = l.problems;
@@ -498,6 +515,12 @@ impl Config {
                 ));
             }
         }
+        for entry in &self.gateway_keys {
+            if let Err(e) = crate::signature::keys_of(entry) {
+                p.push(format!("gateway_keys: {e}"));
+            }
+        }
+        p.extend(crate::runas::check_mapping(&self.run_as));
         for (k, v) in &self.labels {
             if let Err(e) = check_label(k, v) {
                 p.push(format!("label `{k}`: {e}"));
@@ -624,6 +647,9 @@ const KNOWN_KEYS: &[&str] = &[
     "tenant",
     "host_id",
     "labels",
+    "gateway_keys",
+    "max_tier",
+    "run_as",
     "max_jobs",
     "default_timeout_secs",
     "kill_grace_ms",
@@ -715,6 +741,66 @@ impl Layers {
                 default
             }
         }
+    }
+
+    /// A list of strings (keys or paths): the flag (repeated, or comma-separated in the
+    /// environment) wins over the file's array.
+    fn strings(&mut self, key: &str, cli: &[String], default: Vec<String>) -> Vec<String> {
+        let default = default.iter().map(PathBuf::from).collect();
+        self.paths(key, cli, default)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// `[run_as]`: `user = "account"` or `user = ["account", …]`; then `--run-as user=account`
+    /// pairs (several for one user add accounts in order).
+    fn run_as(&mut self, cli: &[String]) -> BTreeMap<String, Vec<String>> {
+        let mut mapping: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        match self.file.get("run_as") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (user, accounts) in t {
+                    let accounts = match accounts {
+                        toml::Value::String(a) => Some(vec![a.clone()]),
+                        toml::Value::Array(items) => items
+                            .iter()
+                            .map(|i| i.as_str().map(str::to_string))
+                            .collect::<Option<Vec<_>>>(),
+                        _ => None,
+                    };
+                    match accounts {
+                        Some(accounts) => {
+                            mapping.insert(user.clone(), accounts);
+                        }
+                        None => {
+                            let file = self.file_name();
+                            self.problems.push(format!(
+                                "run_as.{user} (in {file}): expected an account name or a list of them"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "run_as = {other} (in {file}): expected a table such as `[run_as]` / `alice = \"alice\"`"
+                ));
+            }
+        }
+        for pair in cli {
+            match pair.split_once('=') {
+                Some((user, account)) => mapping
+                    .entry(user.trim().to_string())
+                    .or_default()
+                    .push(account.trim().to_string()),
+                None => self.problems.push(format!(
+                    "run-as `{pair}` (from --run-as or EXECMESH_RUN_AS): expected USER=ACCOUNT"
+                )),
+            }
+        }
+        mapping
     }
 
     fn labels(&mut self, cli: &[String]) -> BTreeMap<String, String> {
@@ -828,6 +914,16 @@ impl Setting for String {
         v.as_str()
             .map(str::to_string)
             .ok_or_else(|| "expected a string".into())
+    }
+}
+
+impl Setting for Tier {
+    fn from_text(s: &str) -> Result<Self, String> {
+        s.parse()
+            .map_err(|e: crate::tier::UnknownTier| e.to_string())
+    }
+    fn from_toml(v: &toml::Value) -> Result<Self, String> {
+        String::from_toml(v).and_then(|s| Self::from_text(&s))
     }
 }
 

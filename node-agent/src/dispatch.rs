@@ -19,6 +19,7 @@ use crate::job;
 use crate::node::Node;
 use crate::registry::{Finished, KillOrder};
 use crate::request::{self, Order, Refusal};
+use crate::runas::{Account, FsCredentials};
 
 /// Extra time a kill request waits for the job's end, beyond its grace period.
 const KILL_REPLY_SLACK: Duration = Duration::from_secs(5);
@@ -198,7 +199,8 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
         }
     };
     let subject_user = msg.subject.rsplit('.').next().unwrap_or_default();
-    let order = match request::order(
+    let order = match node.admission.exec(
+        &msg.payload,
         req,
         subject_user,
         msg.headers.as_ref(),
@@ -339,7 +341,7 @@ async fn file(node: &Arc<Node>, spec: request::FileSpec) -> pb::ExecReply {
     let max_payload = node.client.server_info().max_payload;
     let budget = Budget::until_expiry(max_payload, spec.expires_at_ms);
     let change = crate::audit::FileChange::of(&spec.request);
-    match node.files.serve(spec.request, budget).await {
+    match serve_file(node, spec.request, budget, spec.account).await {
         Ok(result) => {
             if let Some(change) = change {
                 let origin = crate::audit::Origin {
@@ -370,6 +372,36 @@ async fn file(node: &Arc<Node>, spec: request::FileSpec) -> pb::ExecReply {
             exec_error(&Refusal::new(e.code(), format!("host {host}: {e}")))
         }
     }
+}
+
+/// Runs a file operation on a file worker, acting as `account` when it is not the agent's own:
+/// the kernel checks access as the account and new files belong to it.
+async fn serve_file(
+    node: &Arc<Node>,
+    request: pb::FileRequest,
+    budget: Budget,
+    account: Option<Account>,
+) -> Result<pb::FileReply, files::FileError> {
+    let Some(account) = account.filter(Account::switches) else {
+        return node.files.serve(request, budget).await;
+    };
+    node.files
+        .run_blocking(move |files| {
+            let _as = FsCredentials::assume(&account).map_err(|source| files::FileError::Io {
+                path: String::new(),
+                op: "taking on the run-as account",
+                source,
+            })?;
+            files.handle(request, &budget)
+        })
+        .await
+        .unwrap_or_else(|source| {
+            Err(files::FileError::Io {
+                path: String::new(),
+                op: "the file task",
+                source,
+            })
+        })
 }
 
 async fn run(node: &Arc<Node>, spec: request::RunSpec) -> pb::ExecReply {
@@ -452,10 +484,17 @@ async fn control(node: &Node, msg: Message) -> pb::ControlReply {
             ));
         }
     };
-    let spec = match request::kill_spec(req, &node.config) {
-        Ok(spec) => spec,
-        Err(refusal) => return control_error(&refusal),
-    };
+    let spec =
+        match node
+            .admission
+            .control(&msg.payload, req, &node.config, execmesh_proto::now_ms())
+        {
+            Ok(spec) => spec,
+            Err(refusal) => {
+                warn!(subject = %msg.subject, reason = %refusal.message, "control request refused");
+                return control_error(&refusal);
+            }
+        };
     let span = info_span!("kill", host = %host, job = %spec.job, user = %spec.user);
     async {
         let job = &spec.job;

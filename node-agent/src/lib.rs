@@ -4,6 +4,7 @@
 //! earlier run left behind, registers the host, announces it with an acknowledged heartbeat, and
 //! then serves `mesh.v1.<tenant>.host.<host>.{exec.*,ctl}` until the shutdown token fires.
 
+mod admission;
 mod audit;
 mod chunker;
 pub mod cli;
@@ -27,9 +28,12 @@ mod recovery;
 mod registry;
 mod request;
 mod retry;
+pub mod runas;
 mod search;
+pub mod signature;
 mod status;
 pub mod telemetry;
+pub mod tier;
 mod warm;
 
 use std::sync::Arc;

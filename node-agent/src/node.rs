@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::facts::Facts;
@@ -45,6 +46,8 @@ pub struct Node {
     pub files: Arc<Files>,
     /// Shells started ahead of time for the next jobs.
     pub warm: Arc<WarmPool>,
+    /// Who may do what here: trusted gateway keys and replays, the tier cap, run-as, the guard.
+    pub admission: Admission,
     /// The host's fact pack: collected, stored in `mesh_facts`, cached for requests.
     pub facts: Arc<Facts>,
     /// Publishes job and file events to AUDIT.
@@ -80,6 +83,7 @@ impl Node {
         );
         Self {
             audit,
+            admission: Admission::new(&config),
             warm,
             permits: Arc::new(Semaphore::new(config.max_jobs)),
             config,

@@ -11,6 +11,8 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, getpgrp};
 use tokio::process::{Child, Command};
 
+use crate::runas::Account;
+
 /// Environment variable naming the job in every process it starts; recovery finds leftovers by it.
 pub const JOB_ENV: &str = "EXECMESH_JOB";
 /// Environment variable naming the host id.
@@ -25,6 +27,15 @@ pub struct SpawnSpec<'a> {
     pub env: &'a HashMap<String, String>,
     pub job: &'a Token,
     pub host: &'a Token,
+    /// The account to run as; `None` or the agent's own: no change of ids.
+    pub account: Option<&'a Account>,
+}
+
+impl SpawnSpec<'_> {
+    /// The account, when the child must change its ids to it.
+    pub fn switches_to(&self) -> Option<&Account> {
+        self.account.filter(|a| a.switches())
+    }
 }
 
 /// Why the child could not be started.
@@ -38,33 +49,79 @@ pub enum SpawnError {
 
 /// Starts `<shell> -c <cmd>` as the leader of a new process group (pgid = pid), stdin from
 /// /dev/null, stdout and stderr piped. The agent's own `EXECMESH_*` settings are not passed on.
+///
+/// For another account the child changes its groups, gid and uid before exec, and only then its
+/// working directory (so the directory is checked as the account); it starts from a clean
+/// environment (`PATH`, locale, `TZ` of the agent) instead of the agent's.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
-    if let Some(cwd) = spec.cwd {
+    let switch = spec.switches_to();
+    if let Some(cwd) = spec.cwd
+        && switch.is_none()
+    {
         check_cwd(cwd)?;
     }
 
     let mut command = shell_command(spec.shell);
     command.arg("-c").arg(spec.cmd);
+    if switch.is_some() {
+        command.env_clear().envs(Account::kept_env());
+    }
     command
         .envs(spec.env)
         .env(JOB_ENV, spec.job.as_str())
         .env(HOST_ENV, spec.host.as_str());
-    if let Some(cwd) = spec.cwd {
-        command.current_dir(cwd);
-    }
+    let credentials = match switch {
+        Some(account) => {
+            Some(
+                account
+                    .child_credentials(spec.cwd)
+                    .map_err(|source| SpawnError::Exec {
+                        shell: spec.shell.to_path_buf(),
+                        source,
+                    })?,
+            )
+        }
+        None => {
+            if let Some(cwd) = spec.cwd {
+                command.current_dir(cwd);
+            }
+            None
+        }
+    };
 
     let agent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // functions may be called; `die_with_agent` calls prctl and getppid only and does not
-    // allocate.
+    // functions may be called: `apply` makes setgroups/setgid/setuid/chdir calls on memory
+    // prepared before the fork, `die_with_agent` calls prctl and getppid; neither allocates.
+    // The parent-death signal is set after the ids change, which would clear it.
     unsafe {
-        command.pre_exec(move || die_with_agent(agent));
+        command.pre_exec(move || {
+            if let Some(credentials) = &credentials {
+                credentials.apply()?;
+            }
+            die_with_agent(agent)
+        });
     }
     command.spawn().map_err(|source| match spec.cwd {
         Some(cwd) if source.kind() == io::ErrorKind::NotFound && !cwd.is_dir() => SpawnError::Cwd {
             cwd: cwd.to_path_buf(),
             source,
         },
+        // The child's chdir, as the account, failed.
+        Some(cwd)
+            if switch.is_some()
+                && matches!(
+                    source.kind(),
+                    io::ErrorKind::PermissionDenied
+                        | io::ErrorKind::NotFound
+                        | io::ErrorKind::NotADirectory
+                ) =>
+        {
+            SpawnError::Cwd {
+                cwd: cwd.to_path_buf(),
+                source,
+            }
+        }
         _ => SpawnError::Exec {
             shell: spec.shell.to_path_buf(),
             source,
@@ -181,6 +238,7 @@ mod tests {
             env: &env,
             job: &job,
             host: &host,
+            account: None,
         };
         let child = spawn(&spec).expect("spawns");
         let out = child.wait_with_output().await.expect("waits");
@@ -203,6 +261,7 @@ mod tests {
             env: &env,
             job: &job,
             host: &job,
+            account: None,
         };
         let err = spawn(&spec).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/dir"), "{err}");

@@ -9,6 +9,7 @@ use execmesh_proto::pb::{self, ErrorCode};
 use execmesh_proto::{Token, TokenError, headers};
 
 use crate::config::Config;
+use crate::runas::Account;
 
 /// Longest command accepted: Linux refuses a single exec argument longer than this (128 KiB).
 pub const MAX_CMD_BYTES: usize = 128 * 1024 - 1;
@@ -59,6 +60,9 @@ pub struct RunSpec {
     pub title: String,
     /// W3C trace id (32 lower-case hex) of the tool call, or empty.
     pub trace_id: String,
+    /// The account the job runs as; `None`: the agent's own (no `[run_as]` mapping). Set by
+    /// admission after the mapping is consulted.
+    pub account: Option<Account>,
 }
 
 /// A validated file operation. Its paths are checked by the file tool, against the roots.
@@ -72,6 +76,8 @@ pub struct FileSpec {
     pub expires_at_ms: u64,
     /// Names an operation (checked).
     pub request: pb::FileRequest,
+    /// The account the operation acts as; `None`: the agent's own. Set by admission.
+    pub account: Option<Account>,
 }
 
 /// A validated fan-out grep share. Its paths, pattern and globs are checked by the search.
@@ -157,6 +163,33 @@ fn addressed_here(config: &Config, host: &str, tenant: &str) -> Result<(), Refus
     Ok(())
 }
 
+/// Refuses a request without an expiry or past it (`job` names it in the refusal).
+pub fn check_expiry(
+    config: &Config,
+    expires_at_ms: u64,
+    job: &str,
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let host = &config.host_id;
+    if expires_at_ms == 0 {
+        return Err(Refusal::new(
+            ErrorCode::Invalid,
+            format!("host {host}: the request carries no expiry (expires_at_ms = 0)"),
+        ));
+    }
+    if expires_at_ms < now_ms {
+        return Err(Refusal::new(
+            ErrorCode::Expired,
+            format!(
+                "host {host}: the request for job {} expired {} ms before it arrived",
+                job.escape_debug(),
+                now_ms - expires_at_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks an ExecRequest received on `…exec.<subject_user>` against this host and the clock.
 pub fn order(
     req: pb::ExecRequest,
@@ -179,20 +212,7 @@ pub fn order(
             "the request names user {user} but came on the subject of user {subject_user}"
         )));
     }
-    if req.expires_at_ms == 0 {
-        return Err(invalid(
-            "the request carries no expiry (expires_at_ms = 0)".into(),
-        ));
-    }
-    if req.expires_at_ms < now_ms {
-        return Err(Refusal::new(
-            ErrorCode::Expired,
-            format!(
-                "host {host}: the request for job {job} expired {} ms before it arrived",
-                now_ms - req.expires_at_ms
-            ),
-        ));
-    }
+    check_expiry(config, req.expires_at_ms, job.as_str(), now_ms)?;
     let trace_id = if is_trace_id(&req.trace_id) {
         req.trace_id
     } else {
@@ -213,6 +233,7 @@ pub fn order(
                 trace_id,
                 expires_at_ms: req.expires_at_ms,
                 request,
+                account: None,
             }));
         }
         Some(pb::exec_request::Body::Grep(request)) => {
@@ -286,6 +307,7 @@ pub fn order(
         inline_max_bytes: run.inline_max_bytes,
         title: run.title,
         trace_id,
+        account: None,
     }))
 }
 

@@ -172,9 +172,14 @@ impl WarmPool {
 
     /// An idle shell that can run `spec` as `<shell> -c` would, with the script to give it;
     /// `None` when the request needs a shell of its own or none is idle. Asks for a
-    /// replacement.
+    /// replacement. Warm shells run as the agent's account: a job for another account (run-as)
+    /// always starts a fresh shell, which takes on that account's ids before exec.
     pub fn take(&self, spec: &SpawnSpec<'_>) -> Option<(WarmShell, String)> {
-        if self.size == 0 || self.closed.is_cancelled() || spec.shell != self.shell {
+        if self.size == 0
+            || self.closed.is_cancelled()
+            || spec.shell != self.shell
+            || spec.switches_to().is_some()
+        {
             return None;
         }
         let script = script(spec)?;
@@ -448,6 +453,7 @@ mod tests {
             env,
             job: &ids.0,
             host: &ids.1,
+            account: None,
         }
     }
 

@@ -20,7 +20,7 @@ use tokio::time::timeout;
 
 mod support;
 
-use support::{Agent, Nats, config, error_reply, eventually, exec, exec_raw, tenant, tok};
+use support::{Agent, Nats, config, error_reply, eventually, exec, exec_raw, sign, tenant, tok};
 
 fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
     pb::ExecRequest {
@@ -30,6 +30,7 @@ fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest 
         user: "alice".into(),
         expires_at_ms: execmesh_proto::now_ms() + 30_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        tier: pb::Tier::Standard as i32,
         body: Some(pb::exec_request::Body::Run(run)),
         ..Default::default()
     }
@@ -62,6 +63,8 @@ async fn kill(
         host: host.to_string(),
         job_id: job.into(),
         user: "bob".into(),
+        expires_at_ms: execmesh_proto::now_ms() + 30_000,
+        tier: pb::Tier::Standard as i32,
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
             grace_ms,
         })),
@@ -69,7 +72,7 @@ async fn kill(
     };
     let msg = timeout(
         Duration::from_secs(20),
-        client.request(subject::ctl(&tenant(), host), req.encode_to_vec().into()),
+        client.request(subject::ctl(&tenant(), host), sign(req).into()),
     )
     .await
     .expect("reply in time")
@@ -347,7 +350,7 @@ async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
     assert!(e.message.contains("web-1"), "{e:?}");
 
     let req = run_request(&host, "who-1", cmd("true"));
-    let e = error_reply(exec_raw(&client, &host, "mallory", req.encode_to_vec()).await);
+    let e = error_reply(exec_raw(&client, &host, "mallory", sign(req)).await);
     assert_eq!(e.code, ErrorCode::Invalid as i32);
 
     let mut req = run_request(&host, "late-1", cmd("true"));
@@ -852,6 +855,8 @@ async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart()
                 "bin-2",
                 "--warm-shells",
                 "2",
+                "--gateway-key",
+                &support::gateway_public_key(),
             ])
             .env("EXECMESH_LOG", "warn")
             .stdout(Stdio::null())
@@ -870,7 +875,7 @@ async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart()
         let req = run_request(&host, &format!("orphan-{attempt}"), run);
         match timeout(
             Duration::from_secs(2),
-            client.request(subject, req.encode_to_vec().into()),
+            client.request(subject, sign(req).into()),
         )
         .await
         {

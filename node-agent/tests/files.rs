@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use execmesh_node_agent::Config;
 use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, file_reply, file_request::Op};
-use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 
 // === harness ===
@@ -56,6 +55,7 @@ impl Agent {
     /// Sends one file operation as `user` (on `user`'s subject) and returns the reply.
     async fn call_as(&self, user: &str, subject_user: &str, op: Op) -> pb::ExecReply {
         let req = pb::ExecRequest {
+            tier: pb::Tier::Dangerous as i32,
             tenant: "default".into(),
             host: self.host.to_string(),
             job_id: format!("file-{:08x}", rand::random::<u32>()),
@@ -71,7 +71,7 @@ impl Agent {
     }
 
     async fn send(&self, subject_user: &str, req: pb::ExecRequest) -> pb::ExecReply {
-        support::exec_raw(&self.client, &self.host, subject_user, req.encode_to_vec()).await
+        support::exec_raw(&self.client, &self.host, subject_user, support::sign(req)).await
     }
 
     async fn ok(&self, op: Op) -> file_reply::Result {
@@ -309,6 +309,7 @@ async fn refusals_carry_their_code_and_name_the_host_and_path() {
     let e = expect!(e, pb::exec_reply::Body::Error);
     assert_eq!(code(&e), ErrorCode::Invalid);
     let mut req = pb::ExecRequest {
+        tier: pb::Tier::Dangerous as i32,
         tenant: "default".into(),
         host: "files-2".into(),
         job_id: "file-old".into(),

@@ -5,6 +5,7 @@
 
 pub mod headers;
 pub mod jetstream;
+pub mod signing;
 pub mod subject;
 
 /// Generated protobuf types (`execmesh.v1`).

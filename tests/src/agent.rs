@@ -41,6 +41,8 @@ pub struct NodeAgent {
     args: Vec<String>,
     /// Environment variables set for the agent (the harness removes every inherited `EXECMESH_*`).
     envs: Vec<(String, String)>,
+    /// `--gateway-key` values: the test mesh's key unless a test says otherwise.
+    gateway_keys: Vec<String>,
     /// How long [`NodeAgent::start`] waits for the first heartbeat.
     ready_timeout: Duration,
 }
@@ -73,8 +75,16 @@ impl NodeAgent {
             labels: Vec::new(),
             args: Vec::new(),
             envs: Vec::new(),
+            gateway_keys: vec![nats.mesh_public_key().to_string()],
             ready_timeout: READY_TIMEOUT,
         }
+    }
+
+    /// Trusts these gateway keys (base64 keys or key files) instead of the test mesh's; an
+    /// empty list makes an agent that refuses every request.
+    pub fn gateway_keys(mut self, keys: &[&str]) -> Self {
+        self.gateway_keys = keys.iter().map(|k| k.to_string()).collect();
+        self
     }
 
     /// Adds `--label key=value`.
@@ -150,6 +160,9 @@ impl NodeAgent {
             .arg(&self.host);
         for (key, value) in &self.labels {
             command.arg("--label").arg(format!("{key}={value}"));
+        }
+        for key in &self.gateway_keys {
+            command.arg("--gateway-key").arg(key);
         }
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));

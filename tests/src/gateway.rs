@@ -73,7 +73,11 @@ impl Gateway {
     pub fn new(nats: &Nats) -> Self {
         Self {
             // The real key file is chosen at start; this placeholder is replaced there.
-            config: Config::new(&nats.url(), PathBuf::new()),
+            config: Config {
+                // The test mesh's command key, which its agents trust.
+                exec_signing_key: nats.mesh_signing_key(),
+                ..Config::new(&nats.url(), PathBuf::new())
+            },
             key_file: None,
             policy: None,
         }
@@ -101,6 +105,13 @@ impl Gateway {
     /// to see a reload).
     pub fn policy_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.policy = Some(PolicySource::File(path.into()));
+        self
+    }
+
+    /// Signs requests to agents with the key at `path` (created if missing) instead of the
+    /// test mesh's, which agents started by the harness trust.
+    pub fn exec_signing_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.exec_signing_key = path.into();
         self
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use execmesh_gateway::signer::Signer;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
@@ -22,6 +23,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const LISTENING: &str = "Listening for client connections on ";
 /// The log line written once everything, JetStream included, is up.
 const READY: &str = "Server is ready";
+/// File name of the test mesh's exec signing key in the server's temp dir.
+const MESH_SIGNING_KEY: &str = "mesh-signing.key";
 
 /// A nats-server with JetStream, private to one test.
 ///
@@ -44,6 +47,8 @@ pub struct Nats {
     starts: AtomicUsize,
     /// Extra command-line arguments, passed on every start.
     args: Vec<String>,
+    /// The public half of [`Nats::mesh_signing_key`], as agents' `gateway_keys` take it.
+    mesh_public_key: String,
 }
 
 /// Options for a [`Nats`] server beyond the defaults.
@@ -85,12 +90,17 @@ impl NatsBuilder {
             args.push("-c".into());
             args.push(path.display().to_string());
         }
+        // One command key per test mesh, made before anything starts: agents must trust it
+        // before the first gateway signs with it.
+        let signer = Signer::load_or_create(&dir.path().join(MESH_SIGNING_KEY))
+            .expect("create the mesh's exec signing key");
         let mut nats = Nats {
             port: 0,
             dir,
             server: Mutex::new(None),
             starts: AtomicUsize::new(0),
             args,
+            mesh_public_key: signer.public_key_base64(),
         };
         let (child, port) = nats.spawn(None).await;
         nats.port = port;
@@ -121,6 +131,17 @@ impl Nats {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The key file with which gateways of this test sign requests to agents (by default:
+    /// [`crate::Gateway::new`] uses it and [`crate::NodeAgent::new`] trusts it).
+    pub fn mesh_signing_key(&self) -> PathBuf {
+        self.dir.path().join(MESH_SIGNING_KEY)
+    }
+
+    /// The public half of [`Nats::mesh_signing_key`] (base64), as an agent's `--gateway-key`.
+    pub fn mesh_public_key(&self) -> &str {
+        &self.mesh_public_key
     }
 
     /// The JetStream store directory; it outlives restarts.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use execmesh_node_agent::{Config, Ready};
 use execmesh_proto::pb::{self, ErrorCode};
+use execmesh_proto::signing::{self, SignedRequest, SigningKey};
 use execmesh_proto::{Token, subject};
 use prost::Message as _;
 use tokio::sync::oneshot;
@@ -177,14 +178,31 @@ impl Agent {
     }
 }
 
-/// A test configuration: short heartbeats and grace periods.
+/// A test configuration: short heartbeats and grace periods; trusts the test gateway key.
 pub fn config(nats: &Nats, host: &str) -> Config {
     Config {
         heartbeat_interval_ms: 500,
         kill_grace_ms: 300,
         shutdown_grace_ms: 500,
+        gateway_keys: vec![gateway_public_key()],
         ..Config::new(&nats.url(), host).expect("config")
     }
+}
+
+/// The key the tests sign requests with, as a gateway would.
+pub fn gateway_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+/// [`gateway_key`]'s public half, as an agent's `gateway_keys` entry.
+pub fn gateway_public_key() -> String {
+    signing::public_key_to_base64(&gateway_key().verifying_key())
+}
+
+/// `req` with a fresh nonce, encoded and signed with [`gateway_key`].
+pub fn sign<R: SignedRequest>(mut req: R) -> Vec<u8> {
+    req.set_nonce(rand::random::<[u8; 16]>().to_vec());
+    signing::encode_signed(req, &gateway_key())
 }
 
 /// A directory for an agent's file root, with its canonical path.
@@ -211,6 +229,7 @@ pub fn request(host: &Token, job: &str, body: pb::exec_request::Body) -> pb::Exe
         user: "alice".into(),
         expires_at_ms: execmesh_proto::now_ms() + 30_000,
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        tier: pb::Tier::Dangerous as i32,
         body: Some(body),
         ..Default::default()
     }
@@ -234,11 +253,11 @@ pub async fn exec_raw(
     pb::ExecReply::decode(msg.payload.as_ref()).expect("ExecReply")
 }
 
-/// Sends `req` on the subject of its host and user.
+/// Signs `req` and sends it on the subject of its host and user.
 pub async fn exec(client: &async_nats::Client, req: pb::ExecRequest) -> pb::ExecReply {
     let host = tok("host id", &req.host);
     let user = req.user.clone();
-    exec_raw(client, &host, &user, req.encode_to_vec()).await
+    exec_raw(client, &host, &user, sign(req)).await
 }
 
 pub fn error_reply(reply: pb::ExecReply) -> pb::ExecError {

@@ -1,0 +1,107 @@
+//! Decides whether a request may act on this host: gateway signature and replay, tier, run-as account.
+//!
+//! The order matters. The signature is checked first, on the bytes as received, so nothing an
+//! unauthenticated sender wrote is acted on. Then the request is validated (host, tenant, user,
+//! expiry); only a valid, unexpired request spends a place in the replay cache. Then the tier
+//! and the account.
+
+use async_nats::HeaderMap;
+use execmesh_proto::Token;
+use execmesh_proto::pb;
+use tracing::info;
+
+use crate::config::Config;
+use crate::request::{self, KillSpec, Order, Refusal};
+use crate::runas::{Account, RunAs};
+use crate::signature::Verifier;
+use crate::tier::{self, Tier};
+
+/// The host's admission rules, built once at start from the configuration.
+pub struct Admission {
+    host: Token,
+    verifier: Verifier,
+    /// The host owner's cap on the tier any request acts with.
+    max_tier: Tier,
+    run_as: RunAs,
+}
+
+// === impl Admission ===
+
+impl Admission {
+    pub fn new(config: &Config) -> Self {
+        let admission = Self {
+            host: config.host_id.clone(),
+            verifier: Verifier::new(&config.gateway_keys),
+            max_tier: config.max_tier,
+            run_as: RunAs::new(&config.run_as),
+        };
+        info!(
+            gateway_keys = ?admission.verifier.key_ids(),
+            max_tier = %admission.max_tier,
+            run_as = if admission.run_as.is_configured() { "mapped" } else { "the agent's own account" },
+            "admission rules"
+        );
+        admission
+    }
+
+    /// Admits an ExecRequest received on `…exec.<subject_user>` as `payload` (decoded into
+    /// `req`): the validated order, with the account it runs as.
+    pub fn exec(
+        &self,
+        payload: &[u8],
+        req: pb::ExecRequest,
+        subject_user: &str,
+        headers: Option<&HeaderMap>,
+        config: &Config,
+        now_ms: u64,
+    ) -> Result<Order, Refusal> {
+        let host = &self.host;
+        self.verifier.verify(host, payload, &req)?;
+        let (nonce, tier, run_as) = (req.nonce.clone(), req.tier, req.run_as.clone());
+        let needed = tier::needed(req.body.as_ref());
+        let expires_at_ms = req.expires_at_ms;
+        let mut order = request::order(req, subject_user, headers, config, now_ms)?;
+        self.verifier
+            .remember(host, &nonce, expires_at_ms, now_ms)?;
+        tier::admit(host, tier, self.max_tier, needed)?;
+        match &mut order {
+            Order::Run(spec) => {
+                spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;
+                if spec.cwd.is_none() {
+                    spec.cwd = spec.account.as_ref().map(Account::default_cwd);
+                }
+            }
+            Order::File(spec) => {
+                spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;
+            }
+            // Fan-out grep and facts act as the agent, but a user without an account on this
+            // host is refused for them too.
+            Order::Grep(spec) => {
+                self.run_as.resolve(host, &spec.user, &run_as)?;
+            }
+            Order::Facts(spec) => {
+                self.run_as.resolve(host, &spec.user, &run_as)?;
+            }
+        }
+        Ok(order)
+    }
+
+    /// Admits a ControlRequest received as `payload` (decoded into `req`).
+    pub fn control(
+        &self,
+        payload: &[u8],
+        req: pb::ControlRequest,
+        config: &Config,
+        now_ms: u64,
+    ) -> Result<KillSpec, Refusal> {
+        let host = &self.host;
+        self.verifier.verify(host, payload, &req)?;
+        let (nonce, tier, expires_at_ms) = (req.nonce.clone(), req.tier, req.expires_at_ms);
+        request::check_expiry(config, expires_at_ms, &req.job_id, now_ms)?;
+        let spec = request::kill_spec(req, config)?;
+        self.verifier
+            .remember(host, &nonce, expires_at_ms, now_ms)?;
+        tier::admit(host, tier, self.max_tier, tier::KILL)?;
+        Ok(spec)
+    }
+}
