@@ -54,6 +54,8 @@ use crate::presence::Heartbeat;
 
 /// How long the last NATS writes at shutdown (presence removal, flush) may take.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(5);
+/// How long the audit events still queued at shutdown may take to be published.
+const AUDIT_FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
 /// Told once the agent is serving: its presence is stored and its subscriptions are active.
 #[derive(Debug, Clone)]
@@ -162,8 +164,9 @@ pub async fn run_with_ready(
         Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
         Err(_) => warn!("removing the presence key timed out"),
     }
-    // Job and file events of the last moments go out before the connection does.
-    node.audit.close(FAREWELL_LIMIT).await;
+    // Job and file events of the last moments go out before the connection does; with NATS
+    // unreachable they are given up soon, so the agent still stops within its unit's timeout.
+    node.audit.close(AUDIT_FLUSH_LIMIT).await;
     let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
     info!(host = %node.host(), "node-agent stopped");
     Ok(())
