@@ -1,9 +1,9 @@
-//! Decides whether a request may act on this host: gateway signature and replay, tier, run-as account.
+//! Decides whether a request may act on this host: gateway signature and replay, tier, run-as account, CommandGuard.
 //!
 //! The order matters. The signature is checked first, on the bytes as received, so nothing an
 //! unauthenticated sender wrote is acted on. Then the request is validated (host, tenant, user,
-//! expiry); only a valid, unexpired request spends a place in the replay cache. Then the tier
-//! and the account.
+//! expiry); only a valid, unexpired request spends a place in the replay cache. Then the tier,
+//! the account and — for commands — the guard.
 
 use async_nats::HeaderMap;
 use execmesh_proto::Token;
@@ -11,6 +11,7 @@ use execmesh_proto::pb;
 use tracing::info;
 
 use crate::config::Config;
+use crate::guard::Guard;
 use crate::request::{self, KillSpec, Order, Refusal};
 use crate::runas::{Account, RunAs};
 use crate::signature::Verifier;
@@ -23,6 +24,7 @@ pub struct Admission {
     /// The host owner's cap on the tier any request acts with.
     max_tier: Tier,
     run_as: RunAs,
+    guard: Guard,
 }
 
 // === impl Admission ===
@@ -34,11 +36,13 @@ impl Admission {
             verifier: Verifier::new(&config.gateway_keys),
             max_tier: config.max_tier,
             run_as: RunAs::new(&config.run_as),
+            guard: Guard::new(&config.guard),
         };
         info!(
             gateway_keys = ?admission.verifier.key_ids(),
             max_tier = %admission.max_tier,
             run_as = if admission.run_as.is_configured() { "mapped" } else { "the agent's own account" },
+            guard = admission.guard.enabled(),
             "admission rules"
         );
         admission
@@ -70,6 +74,9 @@ impl Admission {
                 if spec.cwd.is_none() {
                     spec.cwd = spec.account.as_ref().map(Account::default_cwd);
                 }
+                self.guard
+                    .check(&spec.cmd)
+                    .map_err(|e| Guard::refusal(host, &e))?;
             }
             Order::File(spec) => {
                 spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;

@@ -91,6 +91,12 @@ pub struct Cli {
     )]
     pub run_as: Vec<String>,
 
+    /// Check every command with the CommandGuard (the file's `[guard] enabled`).
+    /// [default: true]
+    #[arg(long, env = "EXECMESH_GUARD_ENABLED", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub guard_enabled: Option<String>,
+
     /// Most jobs running at once; further requests are refused as busy. [default: 64]
     #[arg(long, env = "EXECMESH_MAX_JOBS", value_name = "N")]
     pub max_jobs: Option<String>,

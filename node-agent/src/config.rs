@@ -11,6 +11,7 @@ use execmesh_proto::{Token, jetstream};
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
 use crate::grep::GrepLimits;
+use crate::guard::GuardConfig;
 use crate::tier::Tier;
 
 /// Largest output chunk the agent writes (the stream accepts larger records; this keeps pages
@@ -57,6 +58,8 @@ pub struct Config {
     /// MCP user (or `*` for every other user) → the unix accounts it may run as, the first being
     /// its default. Empty: everything runs as the agent's own account (development only).
     pub run_as: BTreeMap<String, Vec<String>>,
+    /// The CommandGuard: on or off, extra deny rules, default rules switched off.
+    pub guard: GuardConfig,
     /// Most jobs running at once.
     pub max_jobs: usize,
     /// Timeout of a job whose request names none.
@@ -164,6 +167,7 @@ impl Default for Config {
             gateway_keys: Vec::new(),
             max_tier: Tier::default(),
             run_as: BTreeMap::new(),
+            guard: GuardConfig::default(),
             max_jobs: 64,
             default_timeout_secs: 3600,
             kill_grace_ms: 5000,
@@ -255,6 +259,7 @@ impl Config {
             gateway_keys: l.strings("gateway_keys", &c.gateway_keys, d.gateway_keys),
             max_tier: l.get("max_tier", "--max-tier", &c.max_tier, d.max_tier),
             run_as: BTreeMap::new(),
+            guard: d.guard.clone(),
             max_jobs: l.get("max_jobs", "--max-jobs", &c.max_jobs, d.max_jobs),
             default_timeout_secs: l.get(
                 "default_timeout_secs",
@@ -383,6 +388,7 @@ impl Config {
         }
         config.labels = l.labels(&cli.labels);
         config.run_as = l.run_as(&cli.run_as);
+        config.guard = l.guard(&cli.guard_enabled, d.guard);
         l.check_unknown_keys();
 
         let mut problems = l.problems;
@@ -521,6 +527,7 @@ impl Config {
             }
         }
         p.extend(crate::runas::check_mapping(&self.run_as));
+        p.extend(self.guard.problems());
         for (k, v) in &self.labels {
             if let Err(e) = check_label(k, v) {
                 p.push(format!("label `{k}`: {e}"));
@@ -650,6 +657,7 @@ const KNOWN_KEYS: &[&str] = &[
     "gateway_keys",
     "max_tier",
     "run_as",
+    "guard",
     "max_jobs",
     "default_timeout_secs",
     "kill_grace_ms",
@@ -801,6 +809,53 @@ impl Layers {
             }
         }
         mapping
+    }
+
+    /// `[guard]`: `enabled`, `deny` and `disable`; `--guard-enabled` wins over `enabled`.
+    fn guard(&mut self, cli_enabled: &Option<String>, default: GuardConfig) -> GuardConfig {
+        let mut guard = default;
+        let file = self.file_name();
+        match self.file.get("guard").cloned() {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (key, value) in t {
+                    match (key.as_str(), value) {
+                        ("enabled", toml::Value::Boolean(b)) => guard.enabled = b,
+                        ("deny" | "disable", toml::Value::Array(items)) => {
+                            let list: Option<Vec<String>> = items
+                                .iter()
+                                .map(|i| i.as_str().map(str::to_string))
+                                .collect();
+                            match list {
+                                Some(list) if key == "deny" => guard.deny = list,
+                                Some(list) => guard.disable = list,
+                                None => self.problems.push(format!(
+                                    "guard.{key} (in {file}): expected a list of strings"
+                                )),
+                            }
+                        }
+                        (known @ ("enabled" | "deny" | "disable"), other) => self.problems.push(
+                            format!("guard.{known} = {other} (in {file}): wrong type"),
+                        ),
+                        (unknown, _) => self
+                            .problems
+                            .push(format!("unknown key `guard.{unknown}` in {file}")),
+                    }
+                }
+            }
+            Some(other) => self.problems.push(format!(
+                "guard = {other} (in {file}): expected a table such as `[guard]` / `deny = [\"iptables -F\"]`"
+            )),
+        }
+        if let Some(raw) = cli_enabled {
+            match bool::from_text(raw) {
+                Ok(b) => guard.enabled = b,
+                Err(why) => self.problems.push(format!(
+                    "guard_enabled = `{raw}` (from --guard-enabled or EXECMESH_GUARD_ENABLED): {why}"
+                )),
+            }
+        }
+        guard
     }
 
     fn labels(&mut self, cli: &[String]) -> BTreeMap<String, String> {
@@ -1087,6 +1142,53 @@ mod tests {
         }
         let config = load("file_roots = []\n", Cli::default()).expect("valid");
         assert!(config.file_roots.is_empty());
+    }
+
+    #[test]
+    fn keys_tier_run_as_and_guard_load_from_the_file_and_flags() {
+        use execmesh_proto::signing::{SigningKey, public_key_to_base64};
+        let key = public_key_to_base64(&SigningKey::from_bytes(&[1; 32]).verifying_key());
+        let config = load(
+            &format!(
+                "gateway_keys = [\"{key}\"]\nmax_tier = \"standard\"\n[run_as]\nalice = \"alice\"\n\
+                 bob = [\"bob\", \"deploy\"]\n[guard]\ndeny = [\"iptables -F\"]\n\
+                 disable = [\"power\"]\n"
+            ),
+            Cli {
+                run_as: vec!["carol=carol".into(), "bob=backup".into()],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.gateway_keys, [key]);
+        assert_eq!(config.max_tier, Tier::Standard);
+        assert_eq!(config.run_as["alice"], ["alice"]);
+        assert_eq!(config.run_as["bob"], ["bob", "deploy", "backup"]);
+        assert_eq!(config.run_as["carol"], ["carol"]);
+        assert!(config.guard.enabled);
+        assert_eq!(config.guard.deny, ["iptables -F"]);
+        assert_eq!(config.guard.disable, ["power"]);
+
+        let err = load(
+            "gateway_keys = [\"/nonexistent/key.pub\"]\nmax_tier = \"root\"\n[run_as]\nAlice = 3\n\
+             [guard]\ndeny = [\"rm [x\"]\ncolour = 1\n",
+            Cli {
+                guard_enabled: Some("maybe".into()),
+                ..Cli::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "/nonexistent/key.pub",
+            "max_tier",
+            "run_as.Alice",
+            "rm [x",
+            "guard.colour",
+            "guard_enabled",
+        ] {
+            assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+        }
     }
 
     #[test]

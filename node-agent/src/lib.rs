@@ -16,6 +16,7 @@ pub mod error;
 mod facts;
 pub mod files;
 mod grep;
+pub mod guard;
 mod job;
 mod lines;
 mod node;

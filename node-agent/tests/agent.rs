@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use async_nats::jetstream::{self, kv};
 use execmesh_node_agent::Config;
+use execmesh_node_agent::guard::GuardConfig;
 use execmesh_proto::pb::{self, ErrorCode, JobState, OutputStream};
 use execmesh_proto::{Token, jetstream as layout, subject};
 use futures::StreamExt;
@@ -658,6 +659,12 @@ fn group_alive(pgid: u32) -> bool {
 async fn warm_agent(nats: &Nats, shells: usize) -> Agent {
     let agent = Agent::start(Config {
         warm_shells: shells,
+        // These tests are about the shell itself, also with a command that does not parse,
+        // which the guard would refuse before any shell saw it.
+        guard: GuardConfig {
+            enabled: false,
+            ..GuardConfig::default()
+        },
         ..config(nats, "web-1")
     })
     .await;
