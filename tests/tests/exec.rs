@@ -79,7 +79,7 @@ async fn tools_are_listed_with_schemas_and_annotations() {
     let names: BTreeSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
     assert_eq!(
         names,
-        ["bash", "file", "hosts", "job", "whoami"]
+        ["bash", "facts", "file", "grep", "hosts", "job", "whoami"]
             .map(String::from)
             .into()
     );

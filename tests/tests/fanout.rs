@@ -37,8 +37,8 @@ fn statuses(out: &Value) -> BTreeMap<String, String> {
         .iter()
         .map(|h| {
             (
-                h["host"].as_str().unwrap().to_string(),
-                h["status"].as_str().unwrap().to_string(),
+                h["host"].as_str().expect("a host id").to_string(),
+                h["status"].as_str().expect("a status").to_string(),
             )
         })
         .collect()
@@ -47,7 +47,7 @@ fn statuses(out: &Value) -> BTreeMap<String, String> {
 fn host<'a>(out: &'a Value, id: &str) -> &'a Value {
     out["hosts"]
         .as_array()
-        .unwrap()
+        .expect("a hosts list")
         .iter()
         .find(|h| h["host"] == id)
         .unwrap_or_else(|| panic!("{id} missing from {out}"))
@@ -55,12 +55,15 @@ fn host<'a>(out: &'a Value, id: &str) -> &'a Value {
 
 /// The most intervals open at once, from `+1`/`-1` lines with nanosecond timestamps.
 fn peak_concurrency(log: &Path) -> i64 {
-    let text = std::fs::read_to_string(log).unwrap();
+    let text = std::fs::read_to_string(log).expect("the interval log");
     let mut events: Vec<(u128, i64)> = text
         .lines()
         .map(|l| {
-            let (ts, delta) = l.split_once(' ').unwrap();
-            (ts.parse().unwrap(), delta.parse().unwrap())
+            let (ts, delta) = l.split_once(' ').expect("`<ns> <delta>`");
+            (
+                ts.parse().expect("a timestamp"),
+                delta.parse().expect("a delta"),
+            )
         })
         .collect();
     // Ends before starts at the same instant, so back-to-back runs do not count as overlap.
@@ -472,9 +475,9 @@ async fn bad_selectors_and_arguments_are_refused_with_the_reason() {
 /// Writes `lines` into `<dir>/<host>/app.log` for a host's log, and returns the host's log dir.
 fn write_log(dir: &Path, host: &str, lines: &[String]) -> std::path::PathBuf {
     let logs = dir.join(host);
-    std::fs::create_dir_all(&logs).unwrap();
-    std::fs::write(logs.join("app.log"), lines.join("\n") + "\n").unwrap();
-    std::fs::write(logs.join("old.log.gz"), "ERROR compressed and ignored\n").unwrap();
+    std::fs::create_dir_all(&logs).expect("a log dir");
+    std::fs::write(logs.join("app.log"), lines.join("\n") + "\n").expect("app.log");
+    std::fs::write(logs.join("old.log.gz"), "ERROR compressed and ignored\n").expect("old.log.gz");
     logs
 }
 
