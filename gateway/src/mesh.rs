@@ -36,6 +36,9 @@ pub enum MeshError {
     Timeout(Duration),
     #[error("stored record at sequence {seq} is not readable: {reason}")]
     Corrupt { seq: u64, reason: String },
+    /// A `multi_last` direct get matched more subjects than the server answers at once.
+    #[error("direct get on {stream} matches more subjects than the server returns at once")]
+    TooManyResults { stream: String },
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -103,6 +106,8 @@ pub struct HostRecord {
 
 /// How long a direct get may take before the gateway gives up.
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading a whole large bucket through a watch may take.
+const STREAMED_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The gateway's NATS connection and the names it needs.
 #[derive(Clone)]
@@ -239,6 +244,11 @@ impl Mesh {
                 match status.as_u16() {
                     // 204: end of batch; 404: nothing (more) matches.
                     204 | 404 => break,
+                    413 => {
+                        return Err(MeshError::TooManyResults {
+                            stream: stream.to_string(),
+                        });
+                    }
                     code => {
                         return Err(MeshError::Nats(format!(
                             "direct get on {stream} answered {code} {}",
@@ -285,7 +295,17 @@ impl Mesh {
             batch: Some(100_000),
             ..Default::default()
         };
-        let msgs = self.direct_get(&format!("KV_{bucket}"), &request).await?;
+        let msgs = match self.direct_get(&format!("KV_{bucket}"), &request).await {
+            Ok(msgs) => msgs,
+            // Past the server's per-request limit (1,024 subjects), read the latest values
+            // with an ordered consumer instead: slower to start, no limit.
+            Err(MeshError::TooManyResults { .. }) => {
+                return self
+                    .kv_last_values_streamed(bucket, &format!("{prefix}>"))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         Ok(msgs
             .into_iter()
             .filter(|m| !m.is_tombstone() && !m.payload.is_empty())
@@ -294,6 +314,44 @@ impl Mesh {
                 Some((key, m.payload))
             })
             .collect())
+    }
+
+    /// For more keys than one direct get returns: the last value of every key matching
+    /// `filter` (a key pattern with `*`/`>`), through a watch that ends when it has delivered
+    /// every current key.
+    async fn kv_last_values_streamed(
+        &self,
+        bucket: &str,
+        filter: &str,
+    ) -> Result<Vec<(String, Bytes)>, MeshError> {
+        let kv = self
+            .js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut watch = kv
+            .watch_with_history(filter)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut values = Vec::new();
+        let read = async {
+            while let Some(entry) = watch.next().await {
+                let entry = entry.map_err(|e| MeshError::Nats(e.to_string()))?;
+                if entry.operation == async_nats::jetstream::kv::Operation::Put
+                    && !entry.value.is_empty()
+                {
+                    values.push((entry.key.clone(), entry.value.clone()));
+                }
+                if entry.delta == 0 {
+                    break;
+                }
+            }
+            Ok::<(), MeshError>(())
+        };
+        tokio::time::timeout(STREAMED_TIMEOUT, read)
+            .await
+            .map_err(|_| MeshError::Timeout(STREAMED_TIMEOUT))??;
+        Ok(values)
     }
 
     /// The latest value of one KV key, if any.
@@ -359,13 +417,26 @@ impl Mesh {
             batch: Some(100_000),
             ..Default::default()
         };
-        let msgs = self
+        let payloads: Vec<Bytes> = match self
             .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
-            .await?;
-        Ok(msgs
+            .await
+        {
+            Ok(msgs) => msgs
+                .into_iter()
+                .filter(|m| !m.is_tombstone())
+                .map(|m| m.payload)
+                .collect(),
+            Err(MeshError::TooManyResults { .. }) => self
+                .kv_last_values_streamed(JOBS_BUCKET, &format!("{}.*.{job}", self.tenant))
+                .await?
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect(),
+            Err(e) => return Err(e),
+        };
+        Ok(payloads
             .into_iter()
-            .filter(|m| !m.is_tombstone())
-            .filter_map(|m| pb::JobStatus::decode(m.payload).ok())
+            .filter_map(|p| pb::JobStatus::decode(p).ok())
             .collect())
     }
 

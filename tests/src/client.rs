@@ -196,13 +196,25 @@ impl McpClient {
             .timed(self.service.call_tool(params))
             .await
             .unwrap_or_else(|e| panic!("tools/call {name} with progress failed: {e}"));
-        let seen = self
-            .service
-            .service()
-            .progress
-            .lock()
-            .map(|seen| seen.clone())
-            .unwrap_or_default();
+        // Notifications are handled on the client's own task, so the last ones may still be on
+        // their way when the result is in: wait (boundedly) for the final one, which the
+        // gateway always sends (progress == total).
+        let recorded = || {
+            self.service
+                .service()
+                .progress
+                .lock()
+                .map(|seen| seen.clone())
+                .unwrap_or_default()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut seen = recorded();
+        while !seen.last().is_some_and(|p| Some(p.progress) == p.total)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen = recorded();
+        }
         (ToolOutput { result }, seen)
     }
 

@@ -726,3 +726,60 @@ groups = ["devs"]
     let dry = client.call("hosts", json!({"selector": "r-*"})).await;
     assert_eq!(dry.structured()["denied"], json!(["r-1", "r-2"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
+    use execmesh_proto::jetstream::FACTS_BUCKET;
+    use execmesh_proto::pb;
+    use prost::Message as _;
+
+    let nats = Nats::start().await;
+    // The agent provisions the buckets; 1,100 more hosts registered once and long gone.
+    let _agent = NodeAgent::new(&nats, "alive-1").start().await;
+    let js = nats.jetstream().await;
+    let facts = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
+    let puts = (1..=1100).map(|i| {
+        let facts = facts.clone();
+        async move {
+            let host = format!("ghost-{i}");
+            let pack = pb::HostFacts {
+                host: host.clone(),
+                collected_at_ms: 1,
+                ..Default::default()
+            };
+            facts
+                .put(format!("default.{host}"), pack.encode_to_vec().into())
+                .await
+                .expect("put facts");
+        }
+    });
+    join_all(puts).await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client.call("hosts", json!({"selector": "*"})).await;
+    let s = out.structured();
+    assert_eq!(
+        s["hosts"].as_array().expect("hosts").len(),
+        1101,
+        "{}",
+        s["online"]
+    );
+    assert_eq!(s["online"], 1);
+    assert_eq!(s["offline"], 1100);
+    // A fan-out over all of them settles every host, the offline ones without waiting.
+    let started = Instant::now();
+    let out = client
+        .call("bash", json!({"hosts": "*", "cmd": "echo here"}))
+        .await;
+    assert_eq!(
+        out.structured()["summary"],
+        "1101 host(s): 1 ok, 1100 offline",
+        "{}",
+        out.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
