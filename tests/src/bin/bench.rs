@@ -608,7 +608,9 @@ async fn fanout() -> anyhow::Result<Value> {
 }
 
 async fn scale() -> anyhow::Result<Value> {
-    raise_fd_limit(4 * SCALE_HOSTS as u64)?;
+    // One socket per agent here and one per connection in the nats-server (which inherits the
+    // limit), plus room for files, listeners and the gateway.
+    raise_fd_limit(SCALE_HOSTS as u64 + 4096)?;
     let nats = Nats::start().await;
     let fleet = Fleet::new(&nats, "sim", SCALE_HOSTS)
         .heartbeat(Duration::from_secs(30))
