@@ -93,7 +93,7 @@ impl Audience {
     }
 
     /// `http://<addr>/mcp`, with 127.0.0.1 (or ::1) for an unspecified address.
-    pub fn for_listen(addr: std::net::SocketAddr) -> Self {
+    pub fn for_listen(addr: std::net::SocketAddr, https: bool) -> Self {
         let ip = match addr.ip() {
             std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
                 std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
@@ -103,7 +103,8 @@ impl Audience {
             }
             ip => ip,
         };
-        let issuer = format!("http://{}", std::net::SocketAddr::new(ip, addr.port()));
+        let scheme = if https { "https" } else { "http" };
+        let issuer = format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()));
         Self {
             resource: format!("{issuer}/mcp"),
             issuer,
@@ -508,7 +509,7 @@ mod tests {
         );
         assert!(Audience::parse("ftp://x/mcp").is_err());
         assert!(Audience::parse("https://x/mcp?a=b").is_err());
-        let l = Audience::for_listen("0.0.0.0:8420".parse().unwrap());
+        let l = Audience::for_listen("0.0.0.0:8420".parse().unwrap(), false);
         assert_eq!(l.resource, "http://127.0.0.1:8420/mcp");
     }
 

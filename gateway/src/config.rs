@@ -103,6 +103,13 @@ pub struct Settings {
     /// Address to serve MCP on [default: 127.0.0.1:8420].
     #[arg(long, env = "EXECMESH_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) to serve HTTPS with; needs `tls_key`. Without both
+    /// the gateway serves plain HTTP (put it behind a TLS-terminating proxy then).
+    #[arg(long, env = "EXECMESH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "EXECMESH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// File with the Ed25519 token key (base64 seed; created on first start)
     /// [default: .execmesh/gateway.key]. Every replica must use the same key.
     #[arg(long, env = "EXECMESH_KEY_FILE")]
@@ -200,6 +207,8 @@ pub struct Config {
     pub nats_tls_ca: Option<PathBuf>,
     /// Where `main` binds; `run` takes an already bound listener.
     pub listen: SocketAddr,
+    /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
     /// The Ed25519 token key file, shared by every replica.
     pub key_file: PathBuf,
     /// The Ed25519 key file that signs requests to agents, shared by every replica.
@@ -238,6 +247,15 @@ pub struct Config {
     pub audit_redact_patterns: Vec<String>,
 }
 
+/// The PEM files the gateway serves HTTPS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The leaf's private key.
+    pub key: PathBuf,
+}
+
 /// Hard ceilings on what a caller may ask of one page.
 pub const PAGE_LINES_CEILING: usize = 10_000;
 pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
@@ -249,7 +267,7 @@ impl Config {
         self.public_url
             .as_deref()
             .and_then(|url| crate::auth::Audience::parse(url).ok())
-            .unwrap_or_else(|| crate::auth::Audience::for_listen(addr))
+            .unwrap_or_else(|| crate::auth::Audience::for_listen(addr, self.tls.is_some()))
     }
 
     /// A configuration with defaults, for tests and embedding.
@@ -260,6 +278,7 @@ impl Config {
             nats_nkey_seed: None,
             nats_tls_ca: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
+            tls: None,
             exec_signing_key: key_file.with_file_name("exec-signing.key"),
             key_file,
             public_names: Vec::new(),
@@ -315,6 +334,15 @@ impl Config {
             config.tenant = v;
         }
         config.public_url = pick.public_url.filter(|s| !s.is_empty());
+        match (pick.tls_cert, pick.tls_key) {
+            (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError {
+                    problems: vec!["tls_cert and tls_key go together: give both or neither".into()],
+                });
+            }
+        }
         config.policy_file = pick.policy_file;
         if let Some(v) = pick.access_token_ttl_secs {
             config.access_token_ttl = Duration::from_secs(v);
@@ -452,6 +480,8 @@ impl Settings {
             nats_nkey_seed,
             nats_tls_ca,
             listen,
+            tls_cert,
+            tls_key,
             key_file,
             exec_signing_key,
             public_names,
@@ -512,6 +542,28 @@ mod tests {
         };
         let err = Config::load(&cli).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let cli = Settings {
+            tls_cert: Some("gw.crt".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&cli).unwrap_err();
+        assert!(
+            err.to_string().contains("tls_cert and tls_key go together"),
+            "{err}"
+        );
+        let cli = Settings {
+            tls_cert: Some("gw.crt".into()),
+            tls_key: Some("gw.key".into()),
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap();
+        assert!(config.tls.is_some());
+        let audience = config.audience("127.0.0.1:8420".parse().unwrap());
+        assert_eq!(audience.resource, "https://127.0.0.1:8420/mcp");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod selector;
 pub mod server;
 pub mod signer;
 pub mod tier;
+pub mod tls;
 pub mod tools;
 pub mod trace;
 
@@ -37,6 +38,8 @@ pub enum GatewayError {
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
     OAuth(#[from] oauth::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -217,14 +218,33 @@ pub async fn run(
         audit,
     });
     let app = router(state.clone(), shutdown.clone());
-    info!(addr = %addr, "serving MCP at http://{addr}/mcp");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    .map_err(crate::GatewayError::Serve)?;
+    match &state.config.tls {
+        Some(files) => {
+            let tls = crate::tls::server_config(&files.cert, &files.key)?;
+            let listener = crate::tls::TlsListener::new(listener, tls)
+                .map_err(crate::GatewayError::Serve)?
+                // `tap_io` makes the peer address available as `ConnectInfo` like plain TCP.
+                .tap_io(|_| {});
+            info!(addr = %addr, "serving MCP at https://{addr}/mcp");
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(crate::GatewayError::Serve)?;
+        }
+        None => {
+            info!(addr = %addr, "serving MCP at http://{addr}/mcp");
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(crate::GatewayError::Serve)?;
+        }
+    }
     state.audit.close(AUDIT_FLUSH).await;
     info!("gateway stopped");
     Ok(())

@@ -38,6 +38,8 @@ pub struct Gateway {
     key_file: Option<PathBuf>,
     /// The policy: text written to a file at start, or a file to use as it is.
     policy: Option<PolicySource>,
+    /// Serve HTTPS with a certificate made for 127.0.0.1 at start.
+    https: bool,
 }
 
 /// Where a test gateway's policy comes from.
@@ -62,6 +64,8 @@ pub struct RunningGateway {
     audience: Audience,
     /// The policy file, if it has one.
     policy_file: Option<PathBuf>,
+    /// With HTTPS: the self-signed certificate (PEM) clients must trust.
+    certificate: Option<String>,
     /// Holds a fresh key file; removed on drop (after the task is cancelled).
     _dir: TempDir,
 }
@@ -80,6 +84,7 @@ impl Gateway {
             },
             key_file: None,
             policy: None,
+            https: false,
         }
     }
 
@@ -91,6 +96,13 @@ impl Gateway {
         if let Some(path) = &gateway.policy_file {
             self.policy = Some(PolicySource::File(path.clone()));
         }
+        self
+    }
+
+    /// Serves HTTPS with a self-signed certificate for 127.0.0.1 (see
+    /// [`RunningGateway::certificate`] and [`RunningGateway::http_client`]).
+    pub fn https(mut self) -> Self {
+        self.https = true;
         self
     }
 
@@ -173,6 +185,22 @@ impl Gateway {
             None => None,
         };
         config.policy_file = policy_file.clone();
+        let certificate = self.https.then(|| {
+            let cert = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_string(),
+                "localhost".to_string(),
+            ])
+            .expect("generate a test certificate");
+            let pem = cert.cert.pem();
+            let files = execmesh_gateway::config::TlsFiles {
+                cert: dir.path().join("tls.crt"),
+                key: dir.path().join("tls.key"),
+            };
+            std::fs::write(&files.cert, &pem).expect("write the test certificate");
+            std::fs::write(&files.key, cert.key_pair.serialize_pem()).expect("write the test key");
+            config.tls = Some(files);
+            pem
+        });
         let audience = config.audience(addr);
 
         let shutdown = CancellationToken::new();
@@ -185,6 +213,7 @@ impl Gateway {
             task: Some(task),
             audience,
             policy_file,
+            certificate,
             _dir: dir,
         };
         gateway.wait_serving().await;
@@ -198,7 +227,27 @@ impl Gateway {
 impl RunningGateway {
     /// The MCP endpoint, `http://127.0.0.1:<port>/mcp`.
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        format!("{}/mcp", self.base_url())
+    }
+
+    /// With HTTPS, the gateway's self-signed certificate (PEM), for clients to trust.
+    pub fn certificate(&self) -> Option<&str> {
+        self.certificate.as_deref()
+    }
+
+    /// A reqwest client for this gateway: it trusts the gateway's certificate under HTTPS.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http_client_with_timeout(Duration::from_secs(30))
+    }
+
+    fn http_client_with_timeout(&self, timeout: Duration) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder().timeout(timeout);
+        if let Some(pem) = &self.certificate {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                .expect("the test certificate parses");
+            builder = builder.add_root_certificate(cert);
+        }
+        builder.build().expect("an HTTP client")
     }
 
     /// The bound address.
@@ -244,7 +293,12 @@ impl RunningGateway {
 
     /// `http://127.0.0.1:<port>`, where the OAuth endpoints are.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.certificate.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The policy file the gateway enforces, if any.
@@ -285,10 +339,7 @@ impl RunningGateway {
     /// Waits until the gateway answers an HTTP request (any status), or panics with the reason it
     /// stopped.
     async fn wait_serving(&mut self) {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .expect("an HTTP client");
+        let http = self.http_client_with_timeout(Duration::from_secs(1));
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if http.get(self.url()).send().await.is_ok() {
