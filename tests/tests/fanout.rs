@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, Nats, NodeAgent, RunningAgent, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningAgent, eventually};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
 async fn fleet(
@@ -51,6 +51,22 @@ fn host<'a>(out: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|h| h["host"] == id)
         .unwrap_or_else(|| panic!("{id} missing from {out}"))
+}
+
+/// Waits until the caller's jobs show a fan-out group running on `hosts` hosts; its job id.
+async fn running_group(client: &McpClient, hosts: usize) -> String {
+    eventually(Duration::from_secs(15), || async {
+        let out = client.call("job", json!({"action": "list"})).await;
+        let jobs = out.structured()["jobs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
+        (running.len() == hosts)
+            .then(|| running[0]["job"].as_str().map(str::to_string))
+            .flatten()
+    })
+    .await
 }
 
 /// The most intervals open at once, from `+1`/`-1` lines with nanosecond timestamps.
@@ -278,16 +294,7 @@ async fn a_group_is_listed_polled_per_host_and_killed_as_one() {
         })
     };
     // The group shows in the user's jobs: one job id, three hosts.
-    let group = eventually(Duration::from_secs(15), || async {
-        let out = client.call("job", json!({"action": "list"})).await;
-        let jobs = out.structured()["jobs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
-        (running.len() == 3).then(|| running[0]["job"].as_str().unwrap().to_string())
-    })
-    .await;
+    let group = running_group(&client, 3).await;
     assert!(group.starts_with("soak-"), "{group}");
     let listed = client
         .call("job", json!({"action": "list", "job": group}))
@@ -377,16 +384,7 @@ async fn a_client_that_goes_away_cancels_the_work_on_the_nodes() {
             )
             .await
     });
-    let group = eventually(Duration::from_secs(15), || async {
-        let out = client.call("job", json!({"action": "list"})).await;
-        let jobs = out.structured()["jobs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let running: Vec<&Value> = jobs.iter().filter(|j| j["state"] == "running").collect();
-        (running.len() == 2).then(|| running[0]["job"].as_str().unwrap().to_string())
-    })
-    .await;
+    let group = running_group(&client, 2).await;
     // Dropping the in-flight request closes its HTTP connection.
     call.abort();
     let _ = call.await;
