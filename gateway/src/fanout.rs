@@ -329,6 +329,14 @@ impl<T> Report<T> {
             .collect()
     }
 
+    /// [`Report::counts`] keyed by status name, as tool results show them.
+    pub fn counts_by_name(&self) -> BTreeMap<String, usize> {
+        self.counts()
+            .into_iter()
+            .map(|(s, n)| (s.as_str().to_string(), n))
+            .collect()
+    }
+
     /// "40 hosts: 37 ok, 2 exit_nonzero, 1 offline".
     pub fn summary(&self) -> String {
         let parts: Vec<String> = self

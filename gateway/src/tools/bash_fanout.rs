@@ -160,11 +160,7 @@ pub async fn call(
         selector: selector.to_string(),
         group: group.to_string(),
         summary: report.summary(),
-        counts: report
-            .counts()
-            .into_iter()
-            .map(|(s, n)| (s.as_str().to_string(), n))
-            .collect(),
+        counts: report.counts_by_name(),
         hosts,
         stopped: report.stopped.clone(),
     };

@@ -329,14 +329,13 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     } else {
         (None, None)
     };
+    let summary = report.summary();
+    let counts = report.counts_by_name();
     let hosts: Vec<HostGrep> = report.outcomes.into_iter().map(host_grep).collect();
     let result = GrepResult {
         selector: params.hosts.clone(),
-        summary: format!(
-            "{}; {total_matches} matching line(s) on {hosts_matching} host(s)",
-            summary_of(&hosts, report.stopped.as_deref())
-        ),
-        counts: counts_of(&hosts),
+        summary: format!("{summary}; {total_matches} matching line(s) on {hosts_matching} host(s)"),
+        counts,
         total_matches,
         hosts,
         digest: digest_rows,
@@ -428,30 +427,6 @@ fn host_grep(o: Outcome<pb::GrepReply>) -> HostGrep {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
-}
-
-fn counts_of(hosts: &[HostGrep]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for h in hosts {
-        if let Some(s) = h.status {
-            *counts.entry(s.as_str().to_string()).or_default() += 1;
-        }
-    }
-    counts
-}
-
-fn summary_of(hosts: &[HostGrep], stopped: Option<&str>) -> String {
-    let parts: Vec<String> = HostStatus::ALL
-        .iter()
-        .map(|s| (s, hosts.iter().filter(|h| h.status == Some(*s)).count()))
-        .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| format!("{n} {}", s.as_str()))
-        .collect();
-    let mut text = format!("{} host(s): {}", hosts.len(), parts.join(", "));
-    if let Some(why) = stopped {
-        text.push_str(&format!(" ({why})"));
-    }
-    text
 }
 
 /// Merges every host's digest groups by pattern; rarest (fewest hosts, then fewest lines)
