@@ -8,11 +8,16 @@ pub mod jetstream;
 pub mod signing;
 pub mod subject;
 
-/// Generated protobuf types (`execmesh.v1`).
+/// Generated protobuf types (`execmesh.v1`), and the admin API's gRPC clients and servers
+/// (`pb::hosts_service_client::HostsServiceClient`, `pb::hosts_service_server::HostsService`, …).
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/execmesh.v1.rs"));
 }
+
+/// The encoded `FileDescriptorSet` of every `execmesh.v1` file, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/execmesh_descriptor.bin"));
 
 pub use subject::{Token, TokenError};
 
