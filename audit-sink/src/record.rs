@@ -185,6 +185,20 @@ fn body_json(body: Option<&Body>) -> Value {
             "sha256": b.sha256,
             "detail": b.detail,
         }),
+        Some(Body::ApprovalRequested(b)) => json!({
+            "approval_id": b.approval_id,
+            "summary": b.summary,
+            "hosts": b.hosts,
+            "request_hash": b.request_hash,
+            "expires_at_ms": b.expires_at_ms,
+        }),
+        Some(Body::ApprovalDecided(b)) => json!({
+            "approval_id": b.approval_id,
+            "decision": b.decision,
+            "by": b.by,
+            "reason": b.reason,
+            "requested_by": b.requested_by,
+        }),
         None => Value::Null,
     }
 }

@@ -188,6 +188,12 @@ impl Redactor {
         text
     }
 
+    /// The arguments redacted as for [`Redactor::args`], as JSON (not size-capped): what an
+    /// approver is shown.
+    pub fn args_value(&self, args: &JsonObject) -> Value {
+        Value::Object(self.object(args))
+    }
+
     fn object(&self, args: &Map<String, Value>) -> Map<String, Value> {
         args.iter()
             .map(|(key, value)| {
@@ -318,6 +324,29 @@ impl Audit {
         call
     }
 
+    /// Records an approver's decision on `record` (made outside any tool call, through the
+    /// admin API): the requester's trace is not known here, so the event carries none.
+    pub fn approval_decided(&self, record: &crate::approvals::ApprovalRecord, approver: &str) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: String::new(),
+            user: approver.to_string(),
+            host: String::new(),
+            job_id: String::new(),
+            tool: record.tool.clone(),
+            outcome: record.state.to_string(),
+            body: Some(crate::approvals::audit_body(
+                record,
+                &record.state.to_string(),
+            )),
+        });
+    }
+
     /// Stops taking events and waits up to `grace` for those queued to be published.
     pub async fn close(&self, grace: Duration) {
         self.closing.cancel();
@@ -404,6 +433,11 @@ impl CallAudit<'_> {
         );
     }
 
+    /// Records an approval step of this call: `requested` or `used`.
+    pub fn approval(&self, record: &crate::approvals::ApprovalRecord, step: &str) {
+        self.emit("", "", step, crate::approvals::audit_body(record, step));
+    }
+
     /// Records that policy refused the call (or `host`'s part of it).
     pub fn denied(&self, host: &str, by: &str, code: &str, reason: &str) {
         self.emit(
@@ -445,6 +479,10 @@ impl CallAudit<'_> {
                 ("error", code.to_string(), String::new())
             }
             Ok(_) => ("ok", String::new(), String::new()),
+            // Held for approval: not a failure; the approval-requested event says the rest.
+            Err(ToolError::ApprovalRequired { .. }) => {
+                ("held", "approval_required".to_string(), String::new())
+            }
             Err(e) => {
                 if let Some((by, code)) = denial(e) {
                     self.denied(by, by, code, &e.to_string());

@@ -145,6 +145,10 @@ pub struct Settings {
     /// [default: 1].
     #[arg(long, env = "EXECMESH_KV_REPLICAS")]
     pub kv_replicas: Option<usize>,
+    /// How long a call held for approval waits for a decision, and an approval for its use,
+    /// in seconds [default: 900].
+    #[arg(long, env = "EXECMESH_APPROVAL_TTL_SECS")]
+    pub approval_ttl_secs: Option<u64>,
     /// Tenant token [default: default].
     #[arg(long, env = "EXECMESH_TENANT")]
     pub tenant: Option<String>,
@@ -227,6 +231,8 @@ pub struct Config {
     pub refresh_token_ttl: Duration,
     /// Replicas of the buckets the gateway creates.
     pub kv_replicas: usize,
+    /// How long an approval request (and an approval) stays usable.
+    pub approval_ttl: Duration,
     pub tenant: String,
     /// Default inline window of `bash`.
     pub inline_window: Duration,
@@ -288,6 +294,7 @@ impl Config {
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             kv_replicas: 1,
+            approval_ttl: crate::approvals::DEFAULT_TTL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
             inline_window: Duration::from_secs(2),
             page_max_lines: 1000,
@@ -353,6 +360,9 @@ impl Config {
         if let Some(v) = pick.kv_replicas {
             config.kv_replicas = v;
         }
+        if let Some(v) = pick.approval_ttl_secs {
+            config.approval_ttl = Duration::from_secs(v);
+        }
         if let Some(v) = pick.inline_window_ms {
             config.inline_window = Duration::from_millis(v);
         }
@@ -407,6 +417,11 @@ impl Config {
         }
         if !(80..=65536).contains(&self.max_line_bytes) {
             problems.push("max_line_bytes must be 80..=65536".to_string());
+        }
+        if self.approval_ttl < Duration::from_secs(1)
+            || self.approval_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("approval_ttl_secs must be 1..=604800".to_string());
         }
         if self.inline_window > Duration::from_secs(600) {
             problems.push("inline_window_ms must be at most 600000".to_string());
@@ -491,6 +506,7 @@ impl Settings {
             access_token_ttl_secs,
             refresh_token_ttl_secs,
             kv_replicas,
+            approval_ttl_secs,
             tenant,
             inline_window_ms,
             page_max_lines,

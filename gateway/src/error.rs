@@ -54,6 +54,16 @@ pub enum ToolError {
     /// The host is outside the hosts the caller may reach.
     #[error("denied: host {host} is outside the hosts you may reach ({reach})")]
     Denied { host: String, reach: String },
+    /// Not a failure: the policy holds the call until a teammate approves it. The client sees
+    /// `result`, a normal (non-error) result with the approval id.
+    #[error("approval {id} required before this call runs")]
+    ApprovalRequired {
+        id: String,
+        result: Box<CallToolResult>,
+    },
+    /// The call carries an approval that cannot be used for it.
+    #[error("approval {id} cannot be used: {reason}")]
+    ApprovalUnusable { id: String, reason: String },
 }
 
 impl ToolError {
@@ -71,11 +81,16 @@ impl ToolError {
             Self::Mesh(_) => "unavailable",
             Self::Tier(_) => "tier",
             Self::Denied { .. } => "denied",
+            Self::ApprovalRequired { .. } => "approval_required",
+            Self::ApprovalUnusable { .. } => "approval_unusable",
         }
     }
 
     /// The `isError` result the client sees.
     pub fn into_result(self) -> CallToolResult {
+        if let Self::ApprovalRequired { result, .. } = self {
+            return *result;
+        }
         let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
         let code = match &self {
             Self::Refused { code, .. } => code.clone(),

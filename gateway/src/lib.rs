@@ -4,6 +4,7 @@
 //! replica is interchangeable: job state and output live in JetStream, tokens verify with the
 //! shared key file.
 
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod commands;
@@ -40,6 +41,8 @@ pub enum GatewayError {
     OAuth(#[from] oauth::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Approvals(#[from] approvals::ApprovalError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

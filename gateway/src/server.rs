@@ -35,7 +35,9 @@ pub struct AppState {
     /// The authorization server: its KV store, revocation list and rate limits.
     pub oauth: OAuth,
     /// Publishes the audit events of every call.
-    pub audit: crate::audit::Audit,
+    pub audit: Arc<crate::audit::Audit>,
+    /// Calls held for a teammate's approval, and the decisions.
+    pub approvals: crate::approvals::Approvals,
 }
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
@@ -206,6 +208,15 @@ pub async fn run(
         &config.audit_redact_patterns,
         config.kv_replicas,
     )?;
+    let audit = Arc::new(audit);
+    let approvals = crate::approvals::Approvals::open(
+        &mesh.js,
+        mesh.tenant.clone(),
+        config.kv_replicas,
+        config.approval_ttl,
+        audit.clone(),
+    )
+    .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
@@ -216,6 +227,7 @@ pub async fn run(
         policy,
         oauth,
         audit,
+        approvals,
     });
     let app = router(state.clone(), shutdown.clone());
     match &state.config.tls {

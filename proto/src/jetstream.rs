@@ -39,6 +39,12 @@ pub const OAUTH_BUCKET: &str = "mesh_oauth";
 /// expired (per-key TTL). Created by the gateway; every replica honours it.
 pub const REVOKED_BUCKET: &str = "mesh_revoked";
 
+/// KV bucket of approval requests and decisions, keyed `<tenant>.<approval id>`. Created by
+/// the gateway; records are kept a week after their last change for the record.
+pub const APPROVALS_BUCKET: &str = "mesh_approvals";
+/// How long an approval record is kept after its last change.
+pub const APPROVALS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How long output is kept by default.
 pub const DEFAULT_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How long job statuses are kept by default (a little longer than output, so a status
@@ -148,6 +154,20 @@ pub fn revoked_bucket(replicas: usize) -> kv::Config {
         storage: stream::StorageType::File,
         num_replicas: replicas,
         limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    }
+}
+
+/// `mesh_approvals`: approval records, changed by compare-and-set (history 1 is enough: the
+/// record carries its own decision trail, and the audit stream has every step).
+pub fn approvals_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: APPROVALS_BUCKET.to_string(),
+        description: "execmesh approval requests and decisions".to_string(),
+        history: 1,
+        max_age: APPROVALS_RETENTION,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     }
 }

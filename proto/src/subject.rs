@@ -153,11 +153,13 @@ pub mod audit_kind {
     pub const JOB_STARTED: &str = "job-started";
     pub const JOB_FINISHED: &str = "job-finished";
     pub const FILE_CHANGED: &str = "file-changed";
+    pub const APPROVAL_REQUESTED: &str = "approval-requested";
+    pub const APPROVAL_DECIDED: &str = "approval-decided";
     /// An event without a body (from a newer publisher this build does not know).
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -165,6 +167,8 @@ pub mod audit_kind {
         JOB_STARTED,
         JOB_FINISHED,
         FILE_CHANGED,
+        APPROVAL_REQUESTED,
+        APPROVAL_DECIDED,
     ];
 
     /// The kind of an event body.
@@ -177,6 +181,8 @@ pub mod audit_kind {
             Some(Body::JobStarted(_)) => JOB_STARTED,
             Some(Body::JobFinished(_)) => JOB_FINISHED,
             Some(Body::FileChanged(_)) => FILE_CHANGED,
+            Some(Body::ApprovalRequested(_)) => APPROVAL_REQUESTED,
+            Some(Body::ApprovalDecided(_)) => APPROVAL_DECIDED,
             None => UNKNOWN,
         }
     }

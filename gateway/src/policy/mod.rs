@@ -120,6 +120,22 @@ pub struct ApprovalRule {
     pub hosts: Option<String>,
 }
 
+/// Tools whose calls an approval rule can hold (the others only read the registry).
+pub const GATED_TOOLS: [&str; 5] = ["bash", "file", "grep", "facts", "job"];
+
+impl std::fmt::Display for ApprovalRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tool={}", self.tool)?;
+        if let Some(action) = &self.action {
+            write!(f, " action={action}")?;
+        }
+        if let Some(hosts) = &self.hosts {
+            write!(f, " hosts=`{hosts}`")?;
+        }
+        Ok(())
+    }
+}
+
 /// A user as the policy defines them.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -261,6 +277,17 @@ impl Policy {
             let what = format!("approvals[{i}]");
             if !tier::is_known_tool(&rule.tool) {
                 problems.push(format!("{what}: unknown tool `{}`", rule.tool));
+            } else if !GATED_TOOLS.contains(&rule.tool.as_str()) {
+                problems.push(format!(
+                    "{what}: `{}` only reads the registry and never needs approval; approvals \
+                     apply to {}",
+                    rule.tool,
+                    GATED_TOOLS.join(", ")
+                ));
+            } else if rule.tool == "job" && rule.action.as_deref() != Some("kill") {
+                problems.push(format!(
+                    "{what}: only `job` action `kill` can need approval; set action = \"kill\""
+                ));
             } else if let Some(action) = &rule.action
                 && tier::allowed_actions(&rule.tool, Tier::Dangerous)
                     .is_none_or(|actions| !actions.contains(&action.as_str()))

@@ -147,6 +147,10 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     let host =
         Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
     super::reach::check(call, &host).await?;
+    crate::approvals::gate_hosts(call, None, &[&host], || {
+        format!("bash `{}` on {host}", params.cmd)
+    })
+    .await?;
     let bg = params.bg.unwrap_or(false);
     let window = match (bg, params.wait) {
         (true, _) => Duration::ZERO,

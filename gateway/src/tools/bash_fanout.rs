@@ -115,6 +115,19 @@ pub async fn call(
             ),
         ));
     }
+    crate::approvals::gate(
+        call,
+        crate::approvals::Request {
+            action: None,
+            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
+            summary: format!(
+                "bash `{}` on {} host(s) matching `{selector}`",
+                params.cmd,
+                targets.hosts.len()
+            ),
+        },
+    )
+    .await?;
     let total = targets.len();
     let plan = plan(call, params, total)?;
     let group = super::bash::job_id(params.title.as_deref(), &params.cmd);

@@ -131,6 +131,22 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
         ResolveError::Mesh(e) => ToolError::from(e),
         other => ToolError::invalid("facts", other.to_string()),
     })?;
+    let action_name = match action {
+        FactsAction::Get => "get",
+        FactsAction::Refresh => "refresh",
+    };
+    crate::approvals::gate(
+        call,
+        crate::approvals::Request {
+            action: Some(action_name),
+            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
+            summary: format!(
+                "facts {action_name} on {} host(s) matching `{selector}`",
+                targets.hosts.len()
+            ),
+        },
+    )
+    .await?;
     let now = execmesh_proto::now_ms();
     let (hosts, summary) = match action {
         FactsAction::Get => {

@@ -237,6 +237,27 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     let host =
         Token::parse("host id", &params.host).map_err(|e| E::invalid("file", e.to_string()))?;
     super::reach::check(call, &host).await?;
+    let action = action_name(params.action);
+    // A copy is held for both ends; every other action names one host.
+    let to_host = match (params.action, &params.to_host) {
+        (FileAction::Copy, Some(h)) => {
+            Some(Token::parse("host id", h).map_err(|e| E::invalid("file", e.to_string()))?)
+        }
+        _ => None,
+    };
+    let mut hosts = vec![&host];
+    hosts.extend(to_host.as_ref().filter(|to| **to != host));
+    crate::approvals::gate_hosts(call, Some(&action), &hosts, || {
+        let path = params.path.as_deref().unwrap_or("(cursor)");
+        match (params.action, &params.to) {
+            (FileAction::Copy, Some(to)) => format!(
+                "file copy {host}:{path} to {}:{to}",
+                to_host.as_ref().unwrap_or(&host)
+            ),
+            _ => format!("file {action} {path} on {host}"),
+        }
+    })
+    .await?;
     match params.action {
         FileAction::Read => read(call, &host, &params).await,
         FileAction::Copy => copy(call, &host, &params).await,

@@ -242,6 +242,21 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
             ),
         ));
     }
+    crate::approvals::gate(
+        call,
+        crate::approvals::Request {
+            action: None,
+            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
+            summary: format!(
+                "grep `{}` in {} on {} host(s) matching `{}`",
+                params.pattern,
+                paths.join(" "),
+                targets.hosts.len(),
+                params.hosts
+            ),
+        },
+    )
+    .await?;
     let total = targets.len();
     let max_matches = match params.max_matches {
         Some(n) if (1..=MAX_MATCHES).contains(&n) => n,

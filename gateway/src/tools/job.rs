@@ -277,6 +277,10 @@ async fn kill(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
     let status = find(call, params.job.as_deref(), params.host.as_deref(), "kill").await?;
     let (host, job) = ids(&status)?;
     super::reach::check(call, &host).await?;
+    crate::approvals::gate_hosts(call, Some("kill"), &[&host], || {
+        format!("job kill {job} on {host}")
+    })
+    .await?;
     let status = if status.state() == pb::JobState::Running {
         kill_on(call.state, call.identity, call.trace, &host, &job).await?
     } else {
@@ -366,6 +370,18 @@ async fn kill_group(
     call: &Call<'_>,
     group: Vec<pb::JobStatus>,
 ) -> Result<CallToolResult, ToolError> {
+    let running: Vec<(Token, Token)> = group
+        .iter()
+        .filter(|s| s.state() == pb::JobState::Running)
+        .filter_map(|s| ids(s).ok())
+        .collect();
+    let hosts: Vec<&Token> = running.iter().map(|(host, _)| host).collect();
+    if let Some((_, job)) = running.first() {
+        crate::approvals::gate_hosts(call, Some("kill"), &hosts, || {
+            format!("job kill {job} on {} host(s)", hosts.len())
+        })
+        .await?;
+    }
     let kills = group.into_iter().map(|status| async move {
         if status.state() != pb::JobState::Running {
             return status;

@@ -11,7 +11,7 @@ mod facts;
 mod file;
 mod grep;
 pub mod hosts;
-mod job;
+pub(crate) mod job;
 mod progress;
 mod reach;
 mod whoami;
@@ -36,6 +36,13 @@ use crate::trace::TraceContext;
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
+    /// The tool called.
+    pub tool: &'a str,
+    /// The call's arguments without `approval_id`, as the client sent them: what an approval
+    /// is bound to.
+    pub args: &'a JsonObject,
+    /// The approval the caller presents, if any (see [`crate::approvals`]).
+    pub approval_id: Option<&'a str>,
     /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
     /// fan-out jobs) can keep it.
     pub state: &'a Arc<AppState>,
@@ -60,7 +67,7 @@ reads (paged), lists, greps, writes and copies files within the directories each
 
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
-    vec![
+    let mut tools = vec![
         hosts::definition(),
         bash::definition(),
         job::definition(),
@@ -68,7 +75,31 @@ pub fn definitions() -> Vec<Tool> {
         grep::definition(),
         facts::definition(),
         whoami::definition(),
-    ]
+    ];
+    for tool in &mut tools {
+        if crate::policy::GATED_TOOLS.contains(&tool.name.as_ref()) {
+            with_approval_id(tool);
+        }
+    }
+    tools
+}
+
+/// Adds the optional `approval_id` argument to a tool that policy can hold for approval. The
+/// handler takes it out before the tool parses its arguments, so it is declared here once.
+fn with_approval_id(tool: &mut Tool) {
+    let mut schema = (*tool.input_schema).clone();
+    if let Some(serde_json::Value::Object(properties)) = schema.get_mut("properties") {
+        properties.insert(
+            crate::approvals::ARG.to_string(),
+            serde_json::json!({
+                "type": "string",
+                "description": "Only when a previous call of this tool answered `approval_required`: \
+                    its `approval_id`, once a teammate has approved it. Repeat the arguments of \
+                    that call unchanged; the approval is spent by this call."
+            }),
+        );
+    }
+    tool.input_schema = Arc::new(schema);
 }
 
 /// The MCP server handler for one request.
@@ -129,10 +160,26 @@ impl ServerHandler for Handler {
             trace_id = %trace.trace_id,
             host = tracing::field::Empty
         );
-        let args = request.arguments.unwrap_or_default();
+        let mut args = request.arguments.unwrap_or_default();
+        let approval_id = args.remove(crate::approvals::ARG);
         // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
         let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
+        let (approval_id, approval_error) = match &approval_id {
+            None | Some(serde_json::Value::Null) => (None, None),
+            Some(serde_json::Value::String(id)) => (Some(id.as_str()), None),
+            Some(_) => (
+                None,
+                Some(ToolError::invalid(
+                    &tool,
+                    "`approval_id` must be the string id an approval-required result gave",
+                )),
+            ),
+        };
+        let call_args = args.clone();
         let call = Call {
+            tool: &tool,
+            args: &call_args,
+            approval_id,
             state: &self.state,
             identity: &identity,
             trace: &trace,
@@ -141,6 +188,9 @@ impl ServerHandler for Handler {
         };
         let started = std::time::Instant::now();
         let result = async {
+            if let Some(e) = approval_error {
+                return Err(e);
+            }
             if crate::tier::is_known_tool(&tool) {
                 crate::tier::check(&tool, &args, identity.tier)?;
             }

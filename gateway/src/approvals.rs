@@ -1,0 +1,783 @@
+//! Approvals: calls the policy marks wait for a teammate's decision.
+//!
+//! A marked call first returns an "approval required" result (not an error) with an approval id;
+//! the record, in the `mesh_approvals` bucket under `<tenant>.<id>`, binds a sha256 of the tool,
+//! the arguments, the resolved hosts, the user, the run-as account and the policy version. An
+//! approver (an admin-API caller other than the requester) approves or denies it; the requester
+//! re-calls with the same arguments plus `approval_id`, and the gateway runs the call only if
+//! the hash still matches, the approval is unexpired, and it can move the record from `approved`
+//! to `used` (a compare-and-set, so two replicas cannot both spend one approval).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use execmesh_proto::jetstream as layout;
+use execmesh_proto::{Token, pb};
+
+use crate::audit::Audit;
+use crate::error::ToolError;
+use crate::mesh::HostRecord;
+use crate::policy::ApprovalRule;
+use crate::selector::{Candidate, Groups, Selector};
+use crate::tools::Call;
+use crate::tools::hosts::state_of;
+
+/// How long a request waits for a decision, and an approval for its use, by default.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+/// The argument that carries an approval id on the re-call.
+pub const ARG: &str = "approval_id";
+/// Attempts at a compare-and-set before giving up (another replica writing the same record).
+const CAS_ATTEMPTS: usize = 5;
+/// Most approvals [`Approvals::list`] returns (newest first).
+const LIST_MAX: usize = 1000;
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    /// Waiting for an approver.
+    Pending,
+    /// Approved; the requester may run the call once.
+    Approved,
+    /// Refused by an approver, with a reason.
+    Denied,
+    /// Approved and spent by the call it was granted for.
+    Used,
+    /// Not decided (or not used) in time.
+    Expired,
+}
+
+impl fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Used => "used",
+            Self::Expired => "expired",
+        })
+    }
+}
+
+/// One approval request and its decision, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// `apr-<16 hex>`: a subject-safe token.
+    pub id: String,
+    pub state: ApprovalState,
+    pub tool: String,
+    pub action: Option<String>,
+    /// The resolved hosts the call targets, sorted.
+    pub hosts: Vec<String>,
+    /// Who asked.
+    pub user: String,
+    /// The unix account the policy maps the requester to.
+    pub run_as: Option<String>,
+    /// One line saying what is to be approved.
+    pub summary: String,
+    /// The call's arguments (without `approval_id`), redacted like audit events.
+    pub arguments: Value,
+    /// sha256 (hex) over tool, arguments, hosts, user, run-as and policy version.
+    pub request_hash: String,
+    /// The policy version the request was made under.
+    pub policy_version: String,
+    /// The approval rules that matched, as text.
+    pub rules: Vec<String>,
+    pub requested_at_ms: u64,
+    /// After this the request can no longer be decided, nor an approval used.
+    pub expires_at_ms: u64,
+    pub decided_by: Option<String>,
+    pub decided_at_ms: Option<u64>,
+    /// The approver's reason (required for a denial).
+    pub reason: Option<String>,
+    pub used_at_ms: Option<u64>,
+}
+
+impl ApprovalRecord {
+    /// The state as of `now_ms`: a pending or approved record past its expiry is expired.
+    pub fn effective_state(&self, now_ms: u64) -> ApprovalState {
+        match self.state {
+            ApprovalState::Pending | ApprovalState::Approved if now_ms >= self.expires_at_ms => {
+                ApprovalState::Expired
+            }
+            state => state,
+        }
+    }
+
+    fn with_effective_state(mut self, now_ms: u64) -> Self {
+        self.state = self.effective_state(now_ms);
+        self
+    }
+}
+
+/// Why an approval operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no approval `{id}` (it may have been cleaned up after 7 days)")]
+    NotFound { id: String },
+    #[error("approval `{id}` was requested by {user}, who may not approve their own request")]
+    SelfApproval { id: String, user: String },
+    #[error("approval `{id}` is already {state}")]
+    AlreadyDecided { id: String, state: ApprovalState },
+    #[error("approval `{id}` expired before it was decided")]
+    Expired { id: String },
+    #[error("`{0}` is not an approval id (they look like `apr-0123456789abcdef`)")]
+    InvalidId(String),
+    #[error("a denial needs a reason")]
+    MissingReason,
+    #[error("the approvals store is unavailable: {0}")]
+    Mesh(String),
+}
+
+/// The approvals of one tenant, in `mesh_approvals`.
+#[derive(Clone)]
+pub struct Approvals {
+    kv: kv::Store,
+    tenant: Token,
+    ttl: Duration,
+    /// Decisions are audited here (requests and uses through the call's own trail).
+    audit: Arc<Audit>,
+}
+
+// === impl Approvals ===
+
+impl Approvals {
+    /// Creates the bucket if missing (otherwise uses it as it is) and opens it.
+    pub async fn open(
+        js: &jetstream::Context,
+        tenant: Token,
+        replicas: usize,
+        ttl: Duration,
+        audit: Arc<Audit>,
+    ) -> Result<Self, ApprovalError> {
+        let config = layout::approvals_bucket(replicas);
+        let name = config.bucket.clone();
+        let kv = match js.create_key_value(config).await {
+            Ok(kv) => kv,
+            Err(create) => {
+                debug!(bucket = %name, error = %create, "create failed; opening the existing bucket");
+                js.get_key_value(&name).await.map_err(|open| {
+                    ApprovalError::Mesh(format!(
+                        "cannot open KV bucket {name}: create failed ({create}), open failed ({open})"
+                    ))
+                })?
+            }
+        };
+        Ok(Self {
+            kv,
+            tenant,
+            ttl,
+            audit,
+        })
+    }
+
+    /// How long a request waits for a decision.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Every approval of the tenant still stored, newest first (at most 1,000).
+    pub async fn list(&self) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        let prefix = format!("{}.", self.tenant);
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+        let mut ids = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+            if let Some(id) = key.strip_prefix(&prefix) {
+                ids.push(id.to_string());
+            }
+        }
+        let now = execmesh_proto::now_ms();
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.load(&id).await {
+                Ok((record, _)) => records.push(record.with_effective_state(now)),
+                // Purged between the listing and the read.
+                Err(ApprovalError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        records.sort_by(|a, b| {
+            b.requested_at_ms
+                .cmp(&a.requested_at_ms)
+                .then(b.id.cmp(&a.id))
+        });
+        records.truncate(LIST_MAX);
+        Ok(records)
+    }
+
+    /// One approval.
+    pub async fn get(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+        let (record, _) = self.load(id).await?;
+        Ok(record.with_effective_state(execmesh_proto::now_ms()))
+    }
+
+    /// Approves a pending request. The approver must not be the requester.
+    pub async fn approve(&self, id: &str, approver: &str) -> Result<ApprovalRecord, ApprovalError> {
+        self.decide(id, approver, ApprovalState::Approved, None)
+            .await
+    }
+
+    /// Denies a pending request, saying why.
+    pub async fn deny(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: &str,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        if reason.trim().is_empty() {
+            return Err(ApprovalError::MissingReason);
+        }
+        self.decide(id, approver, ApprovalState::Denied, Some(reason.trim()))
+            .await
+    }
+
+    /// Every change to the tenant's approvals from now on (new requests, decisions, uses).
+    pub async fn watch(
+        &self,
+    ) -> Result<BoxStream<'static, Result<ApprovalRecord, ApprovalError>>, ApprovalError> {
+        let watch = self
+            .kv
+            .watch(format!("{}.>", self.tenant))
+            .await
+            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+        let stream = watch.filter_map(|entry| async move {
+            match entry {
+                Err(e) => Some(Err(ApprovalError::Mesh(e.to_string()))),
+                Ok(entry) if entry.operation != kv::Operation::Put => None,
+                Ok(entry) => Some(
+                    serde_json::from_slice::<ApprovalRecord>(&entry.value)
+                        .map(|r| r.with_effective_state(execmesh_proto::now_ms()))
+                        .map_err(|e| {
+                            ApprovalError::Mesh(format!("record `{}` unreadable: {e}", entry.key))
+                        }),
+                ),
+            }
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approver: &str,
+        to: ApprovalState,
+        reason: Option<&str>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let record = self
+            .transition(id, |record, now| {
+                match record.effective_state(now) {
+                    ApprovalState::Pending => {}
+                    ApprovalState::Expired => {
+                        return Err(ApprovalError::Expired { id: id.to_string() });
+                    }
+                    state => {
+                        return Err(ApprovalError::AlreadyDecided {
+                            id: id.to_string(),
+                            state,
+                        });
+                    }
+                }
+                if record.user == approver {
+                    return Err(ApprovalError::SelfApproval {
+                        id: id.to_string(),
+                        user: approver.to_string(),
+                    });
+                }
+                record.state = to;
+                record.decided_by = Some(approver.to_string());
+                record.decided_at_ms = Some(now);
+                record.reason = reason.map(str::to_string);
+                Ok(())
+            })
+            .await?;
+        self.audit.approval_decided(&record, approver);
+        Ok(record)
+    }
+
+    /// Applies `change` to the stored record with compare-and-set, retrying on a concurrent
+    /// write.
+    async fn transition(
+        &self,
+        id: &str,
+        change: impl Fn(&mut ApprovalRecord, u64) -> Result<(), ApprovalError>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut record, revision) = self.load(id).await?;
+            let now = execmesh_proto::now_ms();
+            change(&mut record, now)?;
+            let bytes = encode(&record)?;
+            match self.kv.update(self.key(id), bytes, revision).await {
+                Ok(_) => {
+                    info!(approval = %id, state = %record.state, user = %record.user, "approval changed");
+                    return Ok(record);
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(ApprovalError::Mesh(e.to_string())),
+            }
+        }
+        Err(ApprovalError::Mesh(format!(
+            "approval `{id}` kept changing under concurrent writers; try again"
+        )))
+    }
+
+    async fn create(&self, record: &ApprovalRecord) -> Result<(), ApprovalError> {
+        self.kv
+            .create(self.key(&record.id), encode(record)?)
+            .await
+            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn load(&self, id: &str) -> Result<(ApprovalRecord, u64), ApprovalError> {
+        if !is_id(id) {
+            return Err(ApprovalError::InvalidId(id.to_string()));
+        }
+        let entry = self
+            .kv
+            .entry(self.key(id))
+            .await
+            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let record = serde_json::from_slice(&entry.value).map_err(|e| {
+                    ApprovalError::Mesh(format!("approval `{id}` is unreadable: {e}"))
+                })?;
+                Ok((record, entry.revision))
+            }
+            _ => Err(ApprovalError::NotFound { id: id.to_string() }),
+        }
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}.{id}", self.tenant)
+    }
+}
+
+fn encode(record: &ApprovalRecord) -> Result<Bytes, ApprovalError> {
+    serde_json::to_vec(record)
+        .map(Bytes::from)
+        .map_err(|e| ApprovalError::Mesh(e.to_string()))
+}
+
+/// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
+fn is_id(id: &str) -> bool {
+    id.strip_prefix("apr-").is_some_and(|hex| {
+        hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
+fn new_id() -> String {
+    format!("apr-{:016x}", rand::random::<u64>())
+}
+
+// === the gate tools pass through ===
+
+/// What a call would do, for the approval check.
+pub struct Request<'a> {
+    /// The tool's action (`file` delete, `facts` refresh), if it has one.
+    pub action: Option<&'a str>,
+    /// The hosts the call would be sent to, with what the mesh knows of them.
+    pub hosts: Vec<(&'a Token, Option<&'a HostRecord>)>,
+    /// One line for the approver: "bash `rm -rf /srv/old` on db-1".
+    pub summary: String,
+}
+
+/// [`gate`] for calls that name their hosts by id: the hosts' records are read only when a rule
+/// could hold the call.
+pub async fn gate_hosts(
+    call: &Call<'_>,
+    action: Option<&str>,
+    hosts: &[&Token],
+    summary: impl FnOnce() -> String,
+) -> Result<(), ToolError> {
+    let policy = call.state.policy.current();
+    if policy
+        .approval_rules_for(call.tool, action)
+        .next()
+        .is_none()
+    {
+        return Ok(());
+    }
+    let mut records = Vec::with_capacity(hosts.len());
+    for host in hosts {
+        records.push(call.state.mesh.host(host).await?);
+    }
+    let request = Request {
+        action,
+        hosts: hosts
+            .iter()
+            .zip(&records)
+            .map(|(host, record)| (*host, record.as_ref()))
+            .collect(),
+        summary: summary(),
+    };
+    gate(call, request).await
+}
+
+/// Checks a call against the policy's approval rules. `Ok`: the call may go on (no rule
+/// matched, or it carries a valid approval, now spent). [`ToolError::ApprovalRequired`]: the
+/// call is held (a new request, or one still pending), which the client sees as a normal
+/// result. Another error: the approval it carries cannot be used.
+pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError> {
+    let tool = call.tool;
+    let policy = call.state.policy.current();
+    let groups = &call.state.config.groups;
+    let rules: Vec<&ApprovalRule> = policy
+        .approval_rules_for(tool, request.action)
+        .filter(|rule| covers(rule, &request.hosts, groups))
+        .collect();
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let approvals = &call.state.approvals;
+    let mut hosts: Vec<String> = request.hosts.iter().map(|(h, _)| h.to_string()).collect();
+    hosts.sort();
+    hosts.dedup();
+    let user = call.identity.user.as_str();
+    let run_as = call.identity.run_as.as_deref();
+    let hash = request_hash(tool, call.args, &hosts, user, run_as, policy.version());
+    let Some(id) = call.approval_id else {
+        let now = execmesh_proto::now_ms();
+        let record = ApprovalRecord {
+            id: new_id(),
+            state: ApprovalState::Pending,
+            tool: tool.to_string(),
+            action: request.action.map(str::to_string),
+            hosts,
+            user: user.to_string(),
+            run_as: run_as.map(str::to_string),
+            summary: call.state.audit.redactor().text(&request.summary),
+            arguments: call.state.audit.redactor().args_value(call.args),
+            request_hash: hash,
+            policy_version: policy.version().to_string(),
+            rules: rules.iter().map(|r| r.to_string()).collect(),
+            requested_at_ms: now,
+            expires_at_ms: now + approvals.ttl().as_millis() as u64,
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+            used_at_ms: None,
+        };
+        approvals.create(&record).await.map_err(store_error)?;
+        call.audit.approval(&record, "requested");
+        info!(approval = %record.id, hosts = record.hosts.len(), "approval requested");
+        return Err(required(&record, "approval required"));
+    };
+    let unusable = |reason: String| ToolError::ApprovalUnusable {
+        id: id.to_string(),
+        reason,
+    };
+    let current = approvals.get(id).await.map_err(|e| match e {
+        ApprovalError::Mesh(m) => ToolError::Mesh(m),
+        other => unusable(other.to_string()),
+    })?;
+    if current.user != user {
+        return Err(unusable(format!(
+            "it was requested by {}, not by you",
+            current.user
+        )));
+    }
+    if current.request_hash != hash {
+        return Err(unusable(
+            "it was granted for a different call: the tool, arguments, target hosts, run-as \
+             account or policy changed since. Call without `approval_id` to request a new approval"
+                .to_string(),
+        ));
+    }
+    match current.state {
+        ApprovalState::Approved => {}
+        ApprovalState::Pending => {
+            return Err(required(
+                &current,
+                "approval still pending: ask an approver to run `execmeshctl approve`",
+            ));
+        }
+        ApprovalState::Denied => {
+            return Err(unusable(format!(
+                "{} denied it: {}",
+                current.decided_by.as_deref().unwrap_or("an approver"),
+                current.reason.as_deref().unwrap_or("no reason given")
+            )));
+        }
+        ApprovalState::Used => {
+            return Err(unusable(
+                "it was used already; an approval runs its call once".to_string(),
+            ));
+        }
+        ApprovalState::Expired => {
+            return Err(unusable(
+                "it expired; call without `approval_id` to request a new approval".to_string(),
+            ));
+        }
+    }
+    // Spend it: only one of two concurrent re-calls gets past this compare-and-set.
+    let spent = approvals
+        .transition(id, |record, now| match record.effective_state(now) {
+            ApprovalState::Approved => {
+                record.state = ApprovalState::Used;
+                record.used_at_ms = Some(now);
+                Ok(())
+            }
+            state => Err(ApprovalError::AlreadyDecided {
+                id: id.to_string(),
+                state,
+            }),
+        })
+        .await
+        .map_err(|e| match e {
+            ApprovalError::Mesh(m) => ToolError::Mesh(m),
+            other => unusable(other.to_string()),
+        })?;
+    call.audit.approval(&spent, "used");
+    Ok(())
+}
+
+/// Whether `rule` covers the call: always when it names no hosts, else when its selector
+/// matches one of the call's hosts. A rule whose selector does not parse covers every host:
+/// a typo must not waive an approval.
+fn covers(rule: &ApprovalRule, hosts: &[(&Token, Option<&HostRecord>)], groups: &Groups) -> bool {
+    let Some(text) = &rule.hosts else {
+        return true;
+    };
+    let Ok(selector) = Selector::parse(text, groups) else {
+        tracing::warn!(selector = %text, "approval rule selector does not parse; it covers every host");
+        return true;
+    };
+    let now = execmesh_proto::now_ms();
+    hosts.iter().any(|(host, record)| {
+        selector.matches(&Candidate {
+            host: host.as_str(),
+            facts: record.and_then(|r| r.facts.as_ref()),
+            state: state_of(record.and_then(|r| r.presence.as_ref()), now),
+        })
+    })
+}
+
+/// sha256 over the call's identity-bearing parts, each length-prefixed so no two different
+/// calls share an encoding. Arguments are hashed in canonical JSON (keys sorted).
+pub fn request_hash(
+    tool: &str,
+    args: &JsonObject,
+    hosts: &[String],
+    user: &str,
+    run_as: Option<&str>,
+    policy_version: &str,
+) -> String {
+    let mut args = args.clone();
+    args.remove(ARG);
+    let canonical = canonical(&Value::Object(args)).to_string();
+    let mut hasher = Sha256::new();
+    for part in [
+        tool,
+        canonical.as_str(),
+        &hosts.join(","),
+        user,
+        run_as.unwrap_or(""),
+        policy_version,
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `value` with every object's keys in sorted order.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, Value> =
+                map.iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().map(|(k, v)| (k.clone(), v)).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The result a held call returns: not an error, so the model reads it as "wait".
+fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
+    let structured = serde_json::json!({
+        "approval_required": true,
+        "approval_id": record.id,
+        "state": record.state,
+        "summary": record.summary,
+        "hosts": record.hosts,
+        "expires_at_ms": record.expires_at_ms,
+    });
+    let minutes = record
+        .expires_at_ms
+        .saturating_sub(execmesh_proto::now_ms())
+        .div_ceil(60_000);
+    let text = format!(
+        "{headline}: {summary}. Approval id {id}. A teammate approves it with `execmeshctl approve \
+         {id}` (you cannot approve your own request); then call this tool again with the same \
+         arguments and \"approval_id\": \"{id}\". It expires in {minutes} min.",
+        summary = record.summary,
+        id = record.id,
+    );
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = Some(structured);
+    ToolError::ApprovalRequired {
+        id: record.id.clone(),
+        result: Box::new(result),
+    }
+}
+
+fn store_error(e: ApprovalError) -> ToolError {
+    ToolError::Mesh(e.to_string())
+}
+
+/// The audit body of an approval step.
+pub fn audit_body(record: &ApprovalRecord, step: &str) -> pb::audit_event::Body {
+    match step {
+        "requested" => pb::audit_event::Body::ApprovalRequested(pb::ApprovalRequested {
+            approval_id: record.id.clone(),
+            summary: record.summary.clone(),
+            hosts: record.hosts.clone(),
+            request_hash: record.request_hash.clone(),
+            expires_at_ms: record.expires_at_ms,
+        }),
+        _ => pb::audit_event::Body::ApprovalDecided(pb::ApprovalDecided {
+            approval_id: record.id.clone(),
+            decision: step.to_string(),
+            by: record.decided_by.clone().unwrap_or_default(),
+            reason: record.reason.clone().unwrap_or_default(),
+            requested_by: record.user.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(json: Value) -> JsonObject {
+        match json {
+            Value::Object(map) => map,
+            _ => JsonObject::new(),
+        }
+    }
+
+    #[test]
+    fn hash_ignores_key_order_and_the_approval_id() {
+        let hosts = vec!["db-1".to_string()];
+        let a = request_hash(
+            "bash",
+            &args(serde_json::json!({"host": "db-1", "cmd": "rm x", "env": {"A": "1", "B": "2"}})),
+            &hosts,
+            "alice",
+            Some("alice"),
+            "v1",
+        );
+        let b = request_hash(
+            "bash",
+            &args(
+                serde_json::json!({"env": {"B": "2", "A": "1"}, "cmd": "rm x", "host": "db-1", "approval_id": "apr-0000000000000001"}),
+            ),
+            &hosts,
+            "alice",
+            Some("alice"),
+            "v1",
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn hash_changes_with_every_bound_part() {
+        let hosts = vec!["db-1".to_string()];
+        let base = args(serde_json::json!({"host": "db-1", "cmd": "rm x"}));
+        let h = |tool: &str, a: &JsonObject, hosts: &[String], user: &str, run_as, v: &str| {
+            request_hash(tool, a, hosts, user, run_as, v)
+        };
+        let reference = h("bash", &base, &hosts, "alice", Some("alice"), "v1");
+        let other_args = args(serde_json::json!({"host": "db-1", "cmd": "rm y"}));
+        for changed in [
+            h("file", &base, &hosts, "alice", Some("alice"), "v1"),
+            h("bash", &other_args, &hosts, "alice", Some("alice"), "v1"),
+            h(
+                "bash",
+                &base,
+                &["db-2".to_string()],
+                "alice",
+                Some("alice"),
+                "v1",
+            ),
+            h("bash", &base, &hosts, "bob", Some("alice"), "v1"),
+            h("bash", &base, &hosts, "alice", Some("root"), "v1"),
+            h("bash", &base, &hosts, "alice", None, "v1"),
+            h("bash", &base, &hosts, "alice", Some("alice"), "v2"),
+        ] {
+            assert_ne!(changed, reference);
+        }
+    }
+
+    #[test]
+    fn ids_are_checked_before_they_become_keys() {
+        assert!(is_id(&new_id()));
+        for bad in [
+            "apr-",
+            "apr-0123",
+            "apr-0123456789ABCDEF",
+            "apr-01234567.9abcdef",
+            "x",
+            "apr-0123456789abcdef0",
+        ] {
+            assert!(!is_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pending_and_approved_records_expire() {
+        let record = ApprovalRecord {
+            id: new_id(),
+            state: ApprovalState::Approved,
+            tool: "bash".into(),
+            action: None,
+            hosts: vec![],
+            user: "alice".into(),
+            run_as: None,
+            summary: String::new(),
+            arguments: Value::Null,
+            request_hash: String::new(),
+            policy_version: String::new(),
+            rules: vec![],
+            requested_at_ms: 0,
+            expires_at_ms: 100,
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+            used_at_ms: None,
+        };
+        assert_eq!(record.effective_state(99), ApprovalState::Approved);
+        assert_eq!(record.effective_state(100), ApprovalState::Expired);
+        let used = ApprovalRecord {
+            state: ApprovalState::Used,
+            ..record
+        };
+        assert_eq!(used.effective_state(1000), ApprovalState::Used);
+    }
+}

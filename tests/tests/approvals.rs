@@ -1,0 +1,298 @@
+//! Approvals end to end: a call the policy marks is held with an approval id, a teammate (never
+//! the requester) approves or denies it, and the approval runs exactly the call it was granted
+//! for, once, before it expires.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use execmesh_gateway::approvals::{ApprovalError, ApprovalState, Approvals};
+use execmesh_gateway::audit::Audit;
+use execmesh_proto::Token;
+use execmesh_tests::{Gateway, Nats, NodeAgent, ToolOutput, eventually};
+
+const POLICY: &str = r#"
+[groups.oncall]
+tier = "dangerous"
+hosts = ["*"]
+
+[users.alice]
+groups = ["oncall"]
+
+[users.bob]
+groups = ["oncall"]
+
+# Any command on a database host waits for a teammate.
+[[approvals]]
+tool = "bash"
+hosts = "role=db"
+
+[[approvals]]
+tool = "file"
+action = "delete"
+"#;
+
+/// The approvals store as an approver's tools reach it (the admin API serves the same calls).
+async fn store(nats: &Nats, ttl: Duration) -> Approvals {
+    let tenant = Token::parse("tenant", "default").expect("tenant");
+    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1).expect("audit");
+    Approvals::open(&nats.jetstream().await, tenant, 1, ttl, Arc::new(audit))
+        .await
+        .expect("open mesh_approvals")
+}
+
+/// The approval id of a held call, after checking it is held (and not an error).
+#[track_caller]
+fn held(out: &ToolOutput) -> String {
+    assert!(
+        !out.is_error(),
+        "a held call is not an error: {}",
+        out.text()
+    );
+    let s = out.structured();
+    assert_eq!(s["approval_required"], json!(true), "{}", out.text());
+    assert!(
+        out.text().contains("execmeshctl approve"),
+        "the text says how to get it approved: {}",
+        out.text()
+    );
+    s["approval_id"]
+        .as_str()
+        .expect("an approval id")
+        .to_string()
+}
+
+#[track_caller]
+fn unusable(out: &ToolOutput, needle: &str) {
+    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
+    assert_eq!(
+        out.structured()["error"]["code"],
+        json!("approval_unusable"),
+        "{}",
+        out.text()
+    );
+    assert!(
+        out.text().contains(needle),
+        "{needle:?} not in: {}",
+        out.text()
+    );
+}
+
+fn with_approval(args: &Value, id: &str) -> Value {
+    let mut args = args.clone();
+    args["approval_id"] = json!(id);
+    args
+}
+
+#[tokio::test]
+async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
+    let nats = Nats::start().await;
+    let db = NodeAgent::new(&nats, "db-1")
+        .label("role", "db")
+        .start()
+        .await;
+    let web = NodeAgent::new(&nats, "web-1")
+        .label("role", "web")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let approvals = store(&nats, Duration::from_secs(900)).await;
+    let alice = gw.client("alice").await;
+    let bob = gw.client("bob").await;
+
+    // Not covered by a rule: runs at once.
+    let out = alice
+        .call("bash", json!({"host": web.host(), "cmd": "echo hi"}))
+        .await;
+    assert_eq!(out.structured()["output"], json!("hi\n"), "{}", out.text());
+
+    let marker = db.dir().join("ran");
+    let args = json!({"host": db.host(), "cmd": format!("touch {} && echo ran", marker.display())});
+    let id = held(&alice.call("bash", args.clone()).await);
+    assert!(!marker.exists(), "a held call must not run");
+    let record = approvals.get(&id).await.expect("the record");
+    assert_eq!(record.state, ApprovalState::Pending);
+    assert_eq!(record.user, "alice");
+    assert_eq!(record.hosts, ["db-1"]);
+    assert!(record.summary.contains("db-1"), "{}", record.summary);
+    assert_eq!(record.arguments["cmd"], args["cmd"]);
+
+    // Still pending: the re-call is held again, nothing runs.
+    let again = alice.call("bash", with_approval(&args, &id)).await;
+    assert_eq!(held(&again), id);
+    assert_eq!(again.structured()["state"], json!("pending"));
+    assert!(!marker.exists());
+
+    // The requester cannot approve their own request.
+    match approvals.approve(&id, "alice").await {
+        Err(ApprovalError::SelfApproval { user, .. }) => assert_eq!(user, "alice"),
+        other => panic!("self-approval must be refused, got {other:?}"),
+    }
+    let approved = approvals.approve(&id, "bob").await.expect("bob approves");
+    assert_eq!(approved.state, ApprovalState::Approved);
+    assert_eq!(approved.decided_by.as_deref(), Some("bob"));
+    assert!(matches!(
+        approvals.approve(&id, "bob").await,
+        Err(ApprovalError::AlreadyDecided {
+            state: ApprovalState::Approved,
+            ..
+        })
+    ));
+
+    // Changed arguments, or another user, cannot spend it.
+    let changed = json!({"host": db.host(), "cmd": "rm -rf /var/lib/db", "approval_id": id});
+    unusable(&alice.call("bash", changed).await, "different call");
+    unusable(
+        &bob.call("bash", with_approval(&args, &id)).await,
+        "requested by alice",
+    );
+    assert!(!marker.exists());
+
+    // The call it was granted for runs, once.
+    let out = alice.call("bash", with_approval(&args, &id)).await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["output"], json!("ran\n"), "{}", out.text());
+    assert!(marker.exists());
+    unusable(
+        &alice.call("bash", with_approval(&args, &id)).await,
+        "used already",
+    );
+    let spent = approvals.get(&id).await.expect("the record");
+    assert_eq!(spent.state, ApprovalState::Used);
+    assert!(spent.used_at_ms.is_some());
+
+    // A denial carries its reason back to the requester.
+    let id = held(&alice.call("bash", args.clone()).await);
+    assert!(matches!(
+        approvals.deny(&id, "bob", "  ").await,
+        Err(ApprovalError::MissingReason)
+    ));
+    approvals
+        .deny(&id, "bob", "not during the backup window")
+        .await
+        .expect("bob denies");
+    unusable(
+        &alice.call("bash", with_approval(&args, &id)).await,
+        "bob denied it: not during the backup window",
+    );
+
+    // Unknown and malformed ids are named.
+    unusable(
+        &alice
+            .call("bash", with_approval(&args, "apr-0000000000000000"))
+            .await,
+        "no approval",
+    );
+    unusable(
+        &alice.call("bash", with_approval(&args, "../../x")).await,
+        "not an approval id",
+    );
+    let listed = approvals.list().await.expect("list");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0].state, ApprovalState::Denied, "newest first");
+}
+
+#[tokio::test]
+async fn an_approval_expires_unused_and_cannot_be_decided_late() {
+    let nats = Nats::start().await;
+    let db = NodeAgent::new(&nats, "db-1")
+        .label("role", "db")
+        .start()
+        .await;
+    let ttl = Duration::from_secs(2);
+    let gw = Gateway::new(&nats)
+        .policy(POLICY)
+        .configure(|c| c.approval_ttl = ttl)
+        .start()
+        .await;
+    let approvals = store(&nats, ttl).await;
+    let alice = gw.client("alice").await;
+    let args = json!({"host": db.host(), "cmd": "echo late"});
+
+    // Approved, but not used in time.
+    let used_late = held(&alice.call("bash", args.clone()).await);
+    approvals.approve(&used_late, "bob").await.expect("approve");
+    // Never decided.
+    let decided_late = held(&alice.call("bash", args.clone()).await);
+    eventually(Duration::from_secs(15), || async {
+        let used = approvals.get(&used_late).await.ok()?;
+        let decided = approvals.get(&decided_late).await.ok()?;
+        (used.state == ApprovalState::Expired && decided.state == ApprovalState::Expired)
+            .then_some(())
+    })
+    .await;
+
+    unusable(
+        &alice.call("bash", with_approval(&args, &used_late)).await,
+        "expired",
+    );
+    assert!(matches!(
+        approvals.approve(&decided_late, "bob").await,
+        Err(ApprovalError::Expired { .. })
+    ));
+}
+
+#[tokio::test]
+async fn rules_hold_only_the_calls_they_cover_fan_outs_included() {
+    let nats = Nats::start().await;
+    let db = NodeAgent::new(&nats, "db-1")
+        .label("role", "db")
+        .start()
+        .await;
+    let root = tempfile::tempdir().expect("a file root for web-1");
+    let web = NodeAgent::new(&nats, "web-1")
+        .label("role", "web")
+        .arg("--file-root", root.path())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let approvals = store(&nats, Duration::from_secs(900)).await;
+    let alice = gw.client("alice").await;
+
+    // The gated tools say they take an approval id.
+    let tools = alice.list_tools().await;
+    for name in ["bash", "file", "grep", "facts", "job"] {
+        let tool = tools.iter().find(|t| t.name == name).expect(name);
+        assert!(
+            tool.input_schema["properties"]["approval_id"].is_object(),
+            "{name} lacks approval_id"
+        );
+    }
+
+    // A fan-out that reaches a database host is held as a whole; one that does not runs.
+    let all = json!({"hosts": "*", "cmd": "echo fleet"});
+    let out = alice.call("bash", all.clone()).await;
+    let id = held(&out);
+    assert_eq!(out.structured()["hosts"], json!(["db-1", "web-1"]));
+    let out = alice
+        .call("bash", json!({"hosts": "role=web", "cmd": "echo web"}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["counts"]["ok"], json!(1), "{}", out.text());
+
+    approvals.approve(&id, "bob").await.expect("approve");
+    let out = alice.call("bash", with_approval(&all, &id)).await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["counts"]["ok"], json!(2), "{}", out.text());
+
+    // `file` delete is held on any host; reads are not.
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, "x").expect("write");
+    let delete =
+        json!({"host": web.host(), "action": "delete", "path": victim.display().to_string()});
+    let id = held(&alice.call("file", delete.clone()).await);
+    assert!(victim.exists());
+    let out = alice
+        .call(
+            "file",
+            json!({"host": web.host(), "action": "stat", "path": victim.display().to_string()}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    approvals.approve(&id, "bob").await.expect("approve");
+    let out = alice.call("file", with_approval(&delete, &id)).await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert!(!victim.exists(), "the approved delete ran");
+    drop(db);
+}
