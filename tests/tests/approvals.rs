@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use execmesh_gateway::approvals::{ApprovalError, ApprovalState, Approvals};
 use execmesh_gateway::audit::Audit;
 use execmesh_proto::Token;
-use execmesh_tests::{Gateway, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, ToolOutput, eventually};
 
 const POLICY: &str = r#"
 [groups.oncall]
@@ -97,6 +97,7 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
         .start()
         .await;
     let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let sink = AuditSink::new(&nats).sqlite().start().await;
     let approvals = store(&nats, Duration::from_secs(900)).await;
     let alice = gw.client("alice").await;
     let bob = gw.client("bob").await;
@@ -191,6 +192,40 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
     let listed = approvals.list().await.expect("list");
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert_eq!(listed[0].state, ApprovalState::Denied, "newest first");
+
+    // Every step is in the audit trail: two requests, then approved, used and denied.
+    let steps = eventually(Duration::from_secs(30), || async {
+        // Two publishers (the gateway, the approver's side): ordered by event time.
+        let mut records = sink.export(&[]);
+        records.sort_by_key(|r| r["time_ms"].as_u64());
+        let steps: Vec<(String, String, String)> = records
+            .iter()
+            .filter(|r| {
+                r["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("approval-"))
+            })
+            .map(|r| {
+                let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (text("kind"), text("outcome"), text("user"))
+            })
+            .collect();
+        (steps.len() >= 5).then_some(steps)
+    })
+    .await;
+    let step = |kind: &str, outcome: &str, user: &str| {
+        (kind.to_string(), outcome.to_string(), user.to_string())
+    };
+    assert_eq!(
+        steps,
+        [
+            step("approval-requested", "requested", "alice"),
+            step("approval-decided", "approved", "bob"),
+            step("approval-decided", "used", "alice"),
+            step("approval-requested", "requested", "alice"),
+            step("approval-decided", "denied", "bob"),
+        ]
+    );
 }
 
 #[tokio::test]
