@@ -213,6 +213,23 @@ pub const AUDIT_QUERY_ALL_TENANTS: &str = "mesh.v1.*.svc.audit.query";
 /// What an audit-sink subscribes to for verify requests of every tenant.
 pub const AUDIT_VERIFY_ALL_TENANTS: &str = "mesh.v1.*.svc.audit.verify";
 
+/// Inbox prefix (where replies to its requests arrive) of every gateway replica. Each identity
+/// has an inbox prefix of its own, so NATS permissions can let it read its own replies only: a
+/// shared `_INBOX.>` would let one agent read the replies meant for another.
+pub const GATEWAY_INBOX: &str = "_INBOX.gateway";
+/// Inbox prefix of every audit-sink.
+pub const AUDIT_SINK_INBOX: &str = "_INBOX.audit-sink";
+
+/// Inbox prefix of the agent of `host`: `_INBOX.agent.<tenant>.<host>`.
+pub fn agent_inbox(tenant: &Token, host: &Token) -> String {
+    format!("_INBOX.agent.{tenant}.{host}")
+}
+
+/// Inbox prefix of the SSH relay run by `user`: `_INBOX.relay.<tenant>.<user>`.
+pub fn relay_inbox(tenant: &Token, user: &Token) -> String {
+    format!("_INBOX.relay.{tenant}.{user}")
+}
+
 /// The tenant token of a `mesh.v1.<tenant>.…` subject.
 pub fn tenant_of(subject: &str) -> Result<Token, TokenError> {
     let tenant = subject
