@@ -113,6 +113,9 @@ async fn running_jobs(node: &Node) -> Result<(Vec<Leftover>, HashSet<String>), B
     let consumer = store
         .stream
         .create_consumer(push::OrderedConfig {
+            // A named consumer is created on `…CONSUMER.CREATE.<stream>.<name>.<filter>`, which
+            // NATS permissions can restrict to this host's keys; an unnamed one could not be.
+            name: Some(format!("recovery-{}-{}", node.host(), node.instance)),
             deliver_subject: node.client.new_inbox(),
             description: Some(format!("execmesh recovery of {}", node.host())),
             filter_subject: filter,
