@@ -120,6 +120,12 @@ pub struct Settings {
     /// CA certificate for NATS over TLS (turns TLS on).
     #[arg(long, global = true, env = "EXECMESH_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a NATS server that verifies clients; needs nats_tls_key.
+    #[arg(long, global = true, env = "EXECMESH_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of nats_tls_cert.
+    #[arg(long, global = true, env = "EXECMESH_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
     /// `sqlite` (one file, the default) or `postgres`.
     #[arg(long, global = true, env = "EXECMESH_AUDIT_STORE")]
     pub store: Option<String>,
@@ -170,6 +176,8 @@ pub struct Config {
     pub nats_creds: Option<PathBuf>,
     pub nats_nkey_seed: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key presented to a server that verifies clients.
+    pub nats_tls_client: Option<NatsClientCert>,
     /// Where the records are stored.
     pub store: StoreConfig,
     /// Most events per transaction.
@@ -186,6 +194,15 @@ pub struct Config {
     pub log_json: bool,
 }
 
+/// The PEM files of the sink's client certificate for NATS.
+#[derive(Debug, Clone)]
+pub struct NatsClientCert {
+    /// The certificate (chain, leaf first).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
 /// Exclusive bounds of the numeric settings.
 const MAX_BATCH: usize = 10_000;
 const MAX_LINGER_MS: u64 = 10_000;
@@ -200,6 +217,7 @@ impl Config {
             nats_creds: None,
             nats_nkey_seed: None,
             nats_tls_ca: None,
+            nats_tls_client: None,
             store,
             batch_size: 1000,
             batch_linger: Duration::from_millis(20),
@@ -244,6 +262,12 @@ impl Config {
         config.nats_creds = pick.nats_creds;
         config.nats_nkey_seed = pick.nats_nkey_seed;
         config.nats_tls_ca = pick.nats_tls_ca;
+        match (pick.nats_tls_cert, pick.nats_tls_key) {
+            (Some(cert), Some(key)) => config.nats_tls_client = Some(NatsClientCert { cert, key }),
+            (None, None) => {}
+            _ => problems
+                .push("nats_tls_cert and nats_tls_key go together: give both or neither".into()),
+        }
         if let Some(v) = pick.batch_size {
             config.batch_size = v;
         }
@@ -389,6 +413,8 @@ impl Settings {
             nats_creds,
             nats_nkey_seed,
             nats_tls_ca,
+            nats_tls_cert,
+            nats_tls_key,
             store,
             sqlite_path,
             postgres_url,
@@ -449,6 +475,28 @@ mod tests {
         };
         let err = Config::load(&cli).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn a_nats_client_certificate_needs_its_key() {
+        let cli = Settings {
+            nats_tls_cert: Some("/etc/execmesh/sink.pem".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&cli).unwrap_err().to_string();
+        assert!(
+            err.contains("nats_tls_cert and nats_tls_key go together"),
+            "{err}"
+        );
+        let cli = Settings {
+            nats_tls_key: Some("/etc/execmesh/sink-key.pem".into()),
+            ..cli
+        };
+        let client = Config::load(&cli)
+            .unwrap()
+            .nats_tls_client
+            .expect("both given");
+        assert_eq!(client.key, PathBuf::from("/etc/execmesh/sink-key.pem"));
     }
 
     #[test]

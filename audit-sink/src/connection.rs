@@ -32,9 +32,11 @@ pub async fn connect(config: &Config) -> Result<Client, SinkError> {
             .map_err(|e| failed(format!("nkey seed {}: {e}", path.display())))?;
         options = options.nkey(seed.trim().to_string());
     }
-    if let Some(ca) = &config.nats_tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
+    let client_cert = config
+        .nats_tls_client
+        .as_ref()
+        .map(|c| (c.cert.as_path(), c.key.as_path()));
+    options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
     options
         .name("execmesh-audit-sink")
         .max_reconnects(None)

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod config;
 mod connection;
 mod consumer;
+pub mod nats_tls;
 pub mod record;
 pub mod service;
 pub mod store;
@@ -28,6 +29,9 @@ pub enum SinkError {
     Store(#[from] StoreError),
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
+    /// A TLS file for NATS cannot be used.
+    #[error(transparent)]
+    NatsTls(#[from] nats_tls::NatsTlsError),
     #[error("cannot create or open {what}: {source}")]
     Provision {
         what: String,

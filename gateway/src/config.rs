@@ -100,6 +100,12 @@ pub struct Settings {
     /// CA certificate for NATS over TLS (enables TLS).
     #[arg(long, env = "EXECMESH_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a NATS server that verifies clients; needs `nats_tls_key`.
+    #[arg(long, env = "EXECMESH_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `nats_tls_cert`.
+    #[arg(long, env = "EXECMESH_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
     /// Address to serve MCP on [default: 127.0.0.1:8420].
     #[arg(long, env = "EXECMESH_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -209,6 +215,8 @@ pub struct Config {
     pub nats_creds: Option<PathBuf>,
     pub nats_nkey_seed: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate and key presented to a NATS server that verifies clients.
+    pub nats_tls_client: Option<TlsFiles>,
     /// Where `main` binds; `run` takes an already bound listener.
     pub listen: SocketAddr,
     /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
@@ -253,7 +261,7 @@ pub struct Config {
     pub audit_redact_patterns: Vec<String>,
 }
 
-/// The PEM files the gateway serves HTTPS with.
+/// A PEM certificate chain and its key: what the gateway serves HTTPS with, or presents to NATS.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     /// Certificate chain, leaf first.
@@ -283,6 +291,7 @@ impl Config {
             nats_creds: None,
             nats_nkey_seed: None,
             nats_tls_ca: None,
+            nats_tls_client: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
             tls: None,
             exec_signing_key: key_file.with_file_name("exec-signing.key"),
@@ -328,6 +337,17 @@ impl Config {
         config.nats_creds = pick.nats_creds;
         config.nats_nkey_seed = pick.nats_nkey_seed;
         config.nats_tls_ca = pick.nats_tls_ca;
+        match (pick.nats_tls_cert, pick.nats_tls_key) {
+            (Some(cert), Some(key)) => config.nats_tls_client = Some(TlsFiles { cert, key }),
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError {
+                    problems: vec![
+                        "nats_tls_cert and nats_tls_key go together: give both or neither".into(),
+                    ],
+                });
+            }
+        }
         if let Some(v) = pick.listen {
             config.listen = v;
         }
@@ -494,6 +514,8 @@ impl Settings {
             nats_creds,
             nats_nkey_seed,
             nats_tls_ca,
+            nats_tls_cert,
+            nats_tls_key,
             listen,
             tls_cert,
             tls_key,

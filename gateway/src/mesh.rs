@@ -39,6 +39,9 @@ pub enum MeshError {
     /// A `multi_last` direct get matched more subjects than the server answers at once.
     #[error("direct get on {stream} matches more subjects than the server returns at once")]
     TooManyResults { stream: String },
+    /// A TLS file for NATS cannot be used.
+    #[error(transparent)]
+    NatsTls(#[from] crate::nats_tls::NatsTlsError),
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -154,9 +157,11 @@ impl Mesh {
             let seed = std::fs::read_to_string(path).map_err(connect_err)?;
             options = options.nkey(seed.trim().to_string());
         }
-        if let Some(ca) = &config.nats_tls_ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
+        let client_cert = config
+            .nats_tls_client
+            .as_ref()
+            .map(|c| (c.cert.as_path(), c.key.as_path()));
+        options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
         let client = options
             .connect(config.nats_url.as_str())
             .await

@@ -38,6 +38,15 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_NATS_TLS_CA", value_name = "PATH")]
     pub nats_tls_ca: Option<String>,
 
+    /// Client certificate (PEM) to present to NATS, for a server that verifies clients
+    /// (`verify: true`); needs `--nats-tls-key`.
+    #[arg(long, env = "EXECMESH_NATS_TLS_CERT", value_name = "PATH")]
+    pub nats_tls_cert: Option<String>,
+
+    /// Private key (PEM) of `--nats-tls-cert`.
+    #[arg(long, env = "EXECMESH_NATS_TLS_KEY", value_name = "PATH")]
+    pub nats_tls_key: Option<String>,
+
     /// Refuse to talk to NATS without TLS. [default: false]
     #[arg(long, env = "EXECMESH_NATS_TLS_REQUIRED", value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true")]

@@ -41,6 +41,10 @@ pub struct Config {
     pub nats_nkey_seed: Option<PathBuf>,
     /// CA certificate that verifies the server; setting it turns TLS on.
     pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate presented to a server that verifies clients; goes with `nats_tls_key`.
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Private key of `nats_tls_cert`.
+    pub nats_tls_key: Option<PathBuf>,
     /// Refuse plain-text connections.
     pub nats_tls_required: bool,
     /// Tenant of this host.
@@ -160,6 +164,8 @@ impl Default for Config {
             nats_creds: None,
             nats_nkey_seed: None,
             nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             nats_tls_required: false,
             tenant: default_tenant(),
             host_id: default_host_id(),
@@ -247,6 +253,8 @@ impl Config {
             nats_creds: l.get_opt("nats_creds", "--nats-creds", &c.nats_creds),
             nats_nkey_seed: l.get_opt("nats_nkey_seed", "--nats-nkey-seed", &c.nats_nkey_seed),
             nats_tls_ca: l.get_opt("nats_tls_ca", "--nats-tls-ca", &c.nats_tls_ca),
+            nats_tls_cert: l.get_opt("nats_tls_cert", "--nats-tls-cert", &c.nats_tls_cert),
+            nats_tls_key: l.get_opt("nats_tls_key", "--nats-tls-key", &c.nats_tls_key),
             nats_tls_required: l.get(
                 "nats_tls_required",
                 "--nats-tls-required",
@@ -428,12 +436,17 @@ impl Config {
             ("nats_creds", &self.nats_creds),
             ("nats_nkey_seed", &self.nats_nkey_seed),
             ("nats_tls_ca", &self.nats_tls_ca),
+            ("nats_tls_cert", &self.nats_tls_cert),
+            ("nats_tls_key", &self.nats_tls_key),
         ] {
             if let Some(path) = path
                 && !path.is_file()
             {
                 p.push(format!("{key}: {} is not a readable file", path.display()));
             }
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            p.push("nats_tls_cert and nats_tls_key go together: give both or neither".into());
         }
         let mut range = |key: &str, value: u64, min: u64, max: u64| {
             if value < min || value > max {
@@ -650,6 +663,8 @@ const KNOWN_KEYS: &[&str] = &[
     "nats_creds",
     "nats_nkey_seed",
     "nats_tls_ca",
+    "nats_tls_cert",
+    "nats_tls_key",
     "nats_tls_required",
     "tenant",
     "host_id",
@@ -1068,6 +1083,22 @@ mod tests {
             panic!("expected Invalid, got {text}");
         };
         assert_eq!(problems.len(), 6, "{problems:#?}");
+    }
+
+    #[test]
+    fn a_nats_client_certificate_needs_its_key_and_both_must_exist() {
+        let err = Config {
+            nats_tls_cert: Some("/nonexistent/client.pem".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("nats_tls_cert and nats_tls_key go together")
+                && err.contains("nats_tls_cert: /nonexistent/client.pem is not a readable file"),
+            "{err}"
+        );
     }
 
     #[test]

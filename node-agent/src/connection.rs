@@ -39,9 +39,11 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         })?;
         options = options.nkey(seed.trim().to_string());
     }
-    if let Some(ca) = &config.nats_tls_ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
+    let client_cert = config
+        .nats_tls_cert
+        .as_deref()
+        .zip(config.nats_tls_key.as_deref());
+    options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
     if config.nats_tls_required {
         options = options.require_tls(true);
     }

@@ -21,6 +21,10 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
+    /// A TLS file for NATS cannot be used.
+    #[error(transparent)]
+    NatsTls(#[from] crate::nats_tls::NatsTlsError),
+
     /// The first connection failed (the agent does not retry at start).
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
