@@ -33,6 +33,8 @@ const TAIL: usize = 60;
 pub struct NodeAgent {
     /// URL of the test's nats-server.
     nats_url: String,
+    /// The server's TLS files, when it runs in TLS mode.
+    nats_tls: Option<crate::NatsTls>,
     /// The host id (a subject token).
     host: String,
     /// `--label k=v`, in order.
@@ -71,6 +73,7 @@ impl NodeAgent {
     pub fn new(nats: &Nats, host: &str) -> Self {
         Self {
             nats_url: nats.url(),
+            nats_tls: nats.tls().cloned(),
             host: host.to_string(),
             labels: Vec::new(),
             args: Vec::new(),
@@ -127,7 +130,7 @@ impl NodeAgent {
             .prefix(&format!("execmesh-agent-{}-", self.host))
             .tempdir()
             .expect("create a temp dir for the node-agent");
-        let js = jetstream::new(crate::nats::connect(&self.nats_url).await);
+        let js = jetstream::new(crate::nats::connect(&self.nats_url, self.nats_tls.as_ref()).await);
         let mut agent = RunningAgent {
             spec: self,
             dir,
@@ -158,6 +161,9 @@ impl NodeAgent {
             .arg(&self.nats_url)
             .arg("--host-id")
             .arg(&self.host);
+        if let Some(tls) = &self.nats_tls {
+            command.args(tls.flags());
+        }
         for (key, value) in &self.labels {
             command.arg("--label").arg(format!("{key}={value}"));
         }

@@ -46,6 +46,8 @@ pub enum Backend {
 pub struct AuditSink {
     /// URL of the test's nats-server.
     nats_url: String,
+    /// The server's TLS files, when it runs in TLS mode.
+    nats_tls: Option<crate::NatsTls>,
     backend: Backend,
     /// Further command-line arguments, in order.
     args: Vec<String>,
@@ -72,6 +74,7 @@ impl AuditSink {
     pub fn new(nats: &Nats) -> Self {
         Self {
             nats_url: nats.url(),
+            nats_tls: nats.tls().cloned(),
             backend: Backend::Sqlite,
             args: Vec::new(),
         }
@@ -109,7 +112,7 @@ impl AuditSink {
             .prefix("execmesh-audit-")
             .tempdir()
             .expect("create a temp dir for the audit-sink");
-        let client = crate::nats::connect(&self.nats_url).await;
+        let client = crate::nats::connect(&self.nats_url, self.nats_tls.as_ref()).await;
         let mut sink = RunningAudit {
             process: None,
             spec: self,
@@ -363,6 +366,9 @@ impl AuditSink {
             .current_dir(dir)
             .arg("--nats-url")
             .arg(&self.nats_url);
+        if let Some(tls) = &self.nats_tls {
+            command.args(tls.flags());
+        }
         match &self.backend {
             Backend::Sqlite => command
                 .args(["--store", "sqlite", "--sqlite-path"])

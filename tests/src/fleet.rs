@@ -25,6 +25,8 @@ type ConfigChange = Box<dyn Fn(&mut Config) + Send + Sync>;
 /// How to build the fleet.
 pub struct Fleet {
     nats_url: String,
+    /// The server's TLS files, when it runs in TLS mode.
+    nats_tls: Option<crate::NatsTls>,
     /// The test mesh's gateway key, which every simulated agent trusts.
     gateway_key: String,
     prefix: String,
@@ -51,6 +53,7 @@ impl Fleet {
     pub fn new(nats: &Nats, prefix: &str, count: usize) -> Self {
         Self {
             nats_url: nats.url(),
+            nats_tls: nats.tls().cloned(),
             gateway_key: nats.mesh_public_key().to_string(),
             prefix: prefix.to_string(),
             count,
@@ -85,6 +88,11 @@ impl Fleet {
             let mut config = Config::new(&self.nats_url, &host)
                 .unwrap_or_else(|e| panic!("config for simulated host {host}: {e}"));
             config.warm_shells = 0;
+            if let Some(tls) = &self.nats_tls {
+                config.nats_tls_ca = Some(tls.ca.clone());
+                config.nats_tls_cert = tls.client.as_ref().map(|c| c.cert.clone());
+                config.nats_tls_key = tls.client.as_ref().map(|c| c.key.clone());
+            }
             config.gateway_keys = vec![self.gateway_key.clone()];
             config.heartbeat_interval_ms = self.heartbeat.as_millis() as u64;
             config.facts_interval_secs = self.facts_interval.as_secs();

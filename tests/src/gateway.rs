@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use execmesh_gateway::auth::{Audience, MCP_SCOPE, SigningKey, TokenSpec};
+use execmesh_gateway::config::TlsFiles;
 use execmesh_gateway::tier::Tier;
 use execmesh_gateway::{Config, GatewayError};
 use serde_json::Value;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::Nats;
+use crate::certificates::TestCa;
 use crate::client::{McpClient, post_raw};
 
 /// How long a started gateway may take to answer its first HTTP request.
@@ -64,7 +66,8 @@ pub struct RunningGateway {
     audience: Audience,
     /// The policy file, if it has one.
     policy_file: Option<PathBuf>,
-    /// With HTTPS: the self-signed certificate (PEM) clients must trust.
+    /// With HTTPS: the certificate of the test CA that signed the gateway's (PEM), which clients
+    /// must trust.
     certificate: Option<String>,
     /// Holds a fresh key file; removed on drop (after the task is cancelled).
     _dir: TempDir,
@@ -80,6 +83,11 @@ impl Gateway {
             config: Config {
                 // The test mesh's command key, which its agents trust.
                 exec_signing_key: nats.mesh_signing_key(),
+                nats_tls_ca: nats.tls_ca().map(Path::to_path_buf),
+                nats_tls_client: nats.tls_client_cert().map(|c| TlsFiles {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                }),
                 ..Config::new(&nats.url(), PathBuf::new())
             },
             key_file: None,
@@ -99,7 +107,7 @@ impl Gateway {
         self
     }
 
-    /// Serves HTTPS with a self-signed certificate for 127.0.0.1 (see
+    /// Serves HTTPS with a certificate for 127.0.0.1 from a test CA (see
     /// [`RunningGateway::certificate`] and [`RunningGateway::http_client`]).
     pub fn https(mut self) -> Self {
         self.https = true;
@@ -186,20 +194,15 @@ impl Gateway {
         };
         config.policy_file = policy_file.clone();
         let certificate = self.https.then(|| {
-            let cert = rcgen::generate_simple_self_signed(vec![
-                "127.0.0.1".to_string(),
-                "localhost".to_string(),
-            ])
-            .expect("generate a test certificate");
-            let pem = cert.cert.pem();
-            let files = execmesh_gateway::config::TlsFiles {
-                cert: dir.path().join("tls.crt"),
-                key: dir.path().join("tls.key"),
-            };
-            std::fs::write(&files.cert, &pem).expect("write the test certificate");
-            std::fs::write(&files.key, cert.key_pair.serialize_pem()).expect("write the test key");
-            config.tls = Some(files);
-            pem
+            let ca = TestCa::new("execmesh test gateway CA");
+            let files = ca
+                .server(&["127.0.0.1", "localhost"])
+                .write(dir.path(), "tls");
+            config.tls = Some(TlsFiles {
+                cert: files.cert,
+                key: files.key,
+            });
+            ca.pem()
         });
         let audience = config.audience(addr);
 
@@ -230,7 +233,8 @@ impl RunningGateway {
         format!("{}/mcp", self.base_url())
     }
 
-    /// With HTTPS, the gateway's self-signed certificate (PEM), for clients to trust.
+    /// With HTTPS, the certificate of the test CA that signed the gateway's (PEM), for clients to
+    /// trust.
     pub fn certificate(&self) -> Option<&str> {
         self.certificate.as_deref()
     }

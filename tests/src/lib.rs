@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod audit_sink;
+pub mod certificates;
 pub mod client;
 pub mod eventually;
 pub mod fleet;
@@ -38,7 +39,7 @@ pub use client::{McpClient, ToolOutput, post_raw};
 pub use eventually::eventually;
 pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
-pub use nats::Nats;
+pub use nats::{Nats, NatsTls};
 pub use postgres::Postgres;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

@@ -1,5 +1,6 @@
-//! A real nats-server with JetStream for one test: started on a free port with a temp store, killed and cleaned up on drop.
+//! A real nats-server with JetStream for one test: started on a free port with a temp store (and, if asked, TLS with a test CA), killed and cleaned up on drop.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -11,6 +12,7 @@ use execmesh_gateway::signer::Signer;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
+use crate::certificates::{PemFiles, TestCa};
 use crate::process::{ChildProcess, log_tail};
 
 /// Oldest nats-server execmesh works with (per-message TTL, KV per-key TTL, batch direct get).
@@ -23,6 +25,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 const LISTENING: &str = "Listening for client connections on ";
 /// The log line written once everything, JetStream included, is up.
 const READY: &str = "Server is ready";
+/// The log line that names the monitoring port (`-m -1` picks a free one).
+const MONITORING: &str = "Starting http monitor on ";
+/// How long a client may take to complete its TLS handshake with the server, in seconds. The
+/// server's default (0.5 s) is too short for a loaded test machine.
+const TLS_TIMEOUT_SECS: u32 = 5;
 /// File name of the test mesh's exec signing key in the server's temp dir.
 const MESH_SIGNING_KEY: &str = "mesh-signing.key";
 
@@ -49,6 +56,21 @@ pub struct Nats {
     args: Vec<String>,
     /// The public half of [`Nats::mesh_signing_key`], as agents' `gateway_keys` take it.
     mesh_public_key: String,
+    /// In TLS mode, what clients need to connect; every client is then required to use TLS.
+    tls: Option<NatsTls>,
+    /// Serve the monitoring endpoint (`-m`), on `monitor_port` once the first start chose it.
+    monitor: bool,
+    monitor_port: Option<u16>,
+}
+
+/// What a client needs to reach a server in TLS mode ([`NatsBuilder::tls`]): the test CA that
+/// signed the server's certificate and, when the server verifies clients, a client certificate.
+#[derive(Debug, Clone)]
+pub struct NatsTls {
+    /// The test CA's certificate (PEM), which signed the server's certificate.
+    pub ca: PathBuf,
+    /// A client certificate the CA signed; `Some` only when the server verifies clients.
+    pub client: Option<PemFiles>,
 }
 
 /// Options for a [`Nats`] server beyond the defaults.
@@ -58,6 +80,10 @@ pub struct NatsBuilder {
     config: Option<String>,
     /// Extra command-line arguments.
     args: Vec<String>,
+    /// TLS mode: `Some(verify_clients)`.
+    tls: Option<bool>,
+    /// Serve the monitoring endpoint.
+    monitor: bool,
 }
 
 // === impl NatsBuilder ===
@@ -76,6 +102,29 @@ impl NatsBuilder {
         self
     }
 
+    /// Accepts only TLS connections, with a server certificate for 127.0.0.1 and localhost
+    /// signed by a CA made for this server (see [`Nats::tls`]). The harness's own connections and
+    /// the agents, gateways and sinks started on this server use it by themselves. Combines with
+    /// [`NatsBuilder::config`]: the `tls` block is appended to the given text.
+    pub fn tls(mut self) -> Self {
+        self.tls = Some(self.tls.unwrap_or(false));
+        self
+    }
+
+    /// TLS mode in which the server also requires a client certificate signed by its CA
+    /// (`verify: true`); the harness gives its services one ([`NatsTls::client`]).
+    pub fn tls_verify_clients(mut self) -> Self {
+        self.tls = Some(true);
+        self
+    }
+
+    /// Serves the monitoring endpoint (`/varz`, `/connz`, …) on a free loopback port
+    /// ([`Nats::monitor_url`]).
+    pub fn monitor(mut self) -> Self {
+        self.monitor = true;
+        self
+    }
+
     /// Starts the server and waits until it is ready.
     pub async fn start(self) -> Nats {
         crate::init_tracing();
@@ -84,7 +133,12 @@ impl NatsBuilder {
             .tempdir()
             .expect("create a temp dir for nats-server");
         let mut args = self.args;
-        if let Some(text) = self.config {
+        let tls = self.tls.map(|verify| make_tls(dir.path(), verify));
+        let config = match (self.config, &tls) {
+            (config, Some((_, block))) => Some(format!("{}\n{block}", config.unwrap_or_default())),
+            (config, None) => config,
+        };
+        if let Some(text) = config {
             let path = dir.path().join("nats.conf");
             std::fs::write(&path, text).expect("write nats.conf");
             args.push("-c".into());
@@ -101,11 +155,19 @@ impl NatsBuilder {
             starts: AtomicUsize::new(0),
             args,
             mesh_public_key: signer.public_key_base64(),
+            tls: tls.map(|(client, _)| client),
+            monitor: self.monitor,
+            monitor_port: None,
         };
-        let (child, port) = nats.spawn(None).await;
-        nats.port = port;
+        let (child, ports) = nats.spawn(None).await;
+        nats.port = ports.client;
+        nats.monitor_port = ports.monitor;
         *nats.server.get_mut() = Some(child);
-        tracing::debug!(port, "nats-server ready");
+        tracing::debug!(
+            port = nats.port,
+            tls = nats.tls.is_some(),
+            "nats-server ready"
+        );
         nats
     }
 }
@@ -123,7 +185,7 @@ impl Nats {
         NatsBuilder::default()
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (also in TLS mode: clients given the CA upgrade to TLS).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -131,6 +193,27 @@ impl Nats {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// In TLS mode, the files clients need; `None` for a plain-text server.
+    pub fn tls(&self) -> Option<&NatsTls> {
+        self.tls.as_ref()
+    }
+
+    /// In TLS mode, the CA (PEM file) that signed the server's certificate.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca.as_path())
+    }
+
+    /// When the server verifies clients, a client certificate and key it accepts.
+    pub fn tls_client_cert(&self) -> Option<&PemFiles> {
+        self.tls.as_ref().and_then(|tls| tls.client.as_ref())
+    }
+
+    /// With [`NatsBuilder::monitor`], `http://127.0.0.1:<port>` of the monitoring endpoint.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.monitor_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// The key file with which gateways of this test sign requests to agents (by default:
@@ -159,9 +242,10 @@ impl Nats {
         log_tail(&self.log_path(), lines)
     }
 
-    /// A new client connection. It reconnects quickly (at most 250 ms apart) after a restart.
+    /// A new client connection (over TLS in TLS mode). It reconnects quickly (at most 250 ms
+    /// apart) after a restart.
     pub async fn client(&self) -> async_nats::Client {
-        connect(&self.url()).await
+        connect(&self.url(), self.tls.as_ref()).await
     }
 
     /// A JetStream context over a new client connection.
@@ -202,7 +286,11 @@ impl Nats {
         {
             tracing::warn!("nats-server ignored SIGTERM for {STOP_GRACE:?}; killed it");
         }
-        let (child, _) = self.spawn(Some(self.port)).await;
+        let ports = Ports {
+            client: self.port,
+            monitor: self.monitor_port,
+        };
+        let (child, _) = self.spawn(Some(ports)).await;
         *server = Some(child);
     }
 
@@ -210,21 +298,27 @@ impl Nats {
         self.dir.path().join(format!("nats-{start}.log"))
     }
 
-    /// Spawns the server (on `port`, or a free port) and waits for it to report readiness.
-    async fn spawn(&self, port: Option<u16>) -> (ChildProcess, u16) {
+    /// Spawns the server (on `ports`, or free ports) and waits for it to report readiness.
+    async fn spawn(&self, ports: Option<Ports>) -> (ChildProcess, Ports) {
         let start = self.starts.fetch_add(1, Ordering::SeqCst) + 1;
         let log = self.log_file(start);
-        let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
+        let port_arg = |port: Option<u16>| port.map_or_else(|| "-1".to_string(), |p| p.to_string());
         let mut command = Command::new(nats_server_binary());
         command
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port_arg(ports.map(|p| p.client))])
+            .args(["-js", "-sd"])
             .arg(self.store_dir())
             .args(&self.args);
+        if self.monitor {
+            command
+                .arg("-m")
+                .arg(port_arg(ports.and_then(|p| p.monitor)));
+        }
         let mut child = ChildProcess::spawn("nats-server", command, &log)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_binary().display()));
         let bound = wait_ready(&mut child).await;
-        if let Some(port) = port {
-            assert_eq!(bound, port, "nats-server came back on another port");
+        if let Some(ports) = ports {
+            assert_eq!(bound, ports, "nats-server came back on other ports");
         }
         (child, bound)
     }
@@ -237,9 +331,77 @@ impl Drop for Nats {
     }
 }
 
-/// Connects to `url` with a reconnect delay short enough for restart tests.
-pub(crate) async fn connect(url: &str) -> async_nats::Client {
-    async_nats::ConnectOptions::new()
+/// The ports a server listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ports {
+    client: u16,
+    monitor: Option<u16>,
+}
+
+// === impl NatsTls ===
+
+impl NatsTls {
+    /// `options` with this CA trusted, the client certificate (if any) presented, and TLS
+    /// required.
+    pub fn options(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let options = options
+            .add_root_certificates(self.ca.clone())
+            .require_tls(true);
+        match &self.client {
+            Some(client) => options.add_client_certificate(client.cert.clone(), client.key.clone()),
+            None => options,
+        }
+    }
+
+    /// The flags the agent and audit-sink binaries take for these files (`--nats-tls-ca`, and
+    /// `--nats-tls-cert` / `--nats-tls-key` with a client certificate).
+    pub fn flags(&self) -> Vec<OsString> {
+        let mut flags = vec!["--nats-tls-ca".into(), self.ca.clone().into_os_string()];
+        if let Some(client) = &self.client {
+            flags.extend([
+                "--nats-tls-cert".into(),
+                client.cert.clone().into_os_string(),
+                "--nats-tls-key".into(),
+                client.key.clone().into_os_string(),
+            ]);
+        }
+        flags
+    }
+}
+
+/// Makes the test CA, the server's certificate (and a client certificate when `verify`) under
+/// `<dir>/tls`, and returns what clients need with the server's `tls` config block.
+fn make_tls(dir: &Path, verify: bool) -> (NatsTls, String) {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir(&tls_dir).expect("create the TLS dir of nats-server");
+    let ca = TestCa::new("execmesh test NATS CA");
+    let ca_file = ca.write(&tls_dir, "ca");
+    let server = ca
+        .server(&["127.0.0.1", "localhost"])
+        .write(&tls_dir, "server");
+    let client = verify.then(|| ca.client("execmesh-tests").write(&tls_dir, "client"));
+    let block = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n  timeout: {TLS_TIMEOUT_SECS}\n}}\n",
+        server.cert.display(),
+        server.key.display(),
+        ca_file.display(),
+    );
+    let tls = NatsTls {
+        ca: ca_file,
+        client,
+    };
+    (tls, block)
+}
+
+/// Connects to `url` (with `tls` when the server is in TLS mode) with a reconnect delay short
+/// enough for restart tests.
+pub(crate) async fn connect(url: &str, tls: Option<&NatsTls>) -> async_nats::Client {
+    let options = async_nats::ConnectOptions::new();
+    let options = match tls {
+        Some(tls) => tls.options(options),
+        None => options,
+    };
+    options
         .name("execmesh-tests")
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 25).min(250)))
         .connect(url)
@@ -248,19 +410,24 @@ pub(crate) async fn connect(url: &str) -> async_nats::Client {
 }
 
 /// Waits for the "Listening for client connections" and "Server is ready" log lines and returns
-/// the port.
-async fn wait_ready(child: &mut ChildProcess) -> u16 {
+/// the ports.
+async fn wait_ready(child: &mut ChildProcess) -> Ports {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     loop {
         let text = std::fs::read_to_string(child.log_path()).unwrap_or_default();
-        let port = text.lines().find_map(|line| {
-            let (_, addr) = line.split_once(LISTENING)?;
-            addr.trim().rsplit_once(':')?.1.parse::<u16>().ok()
-        });
-        if let Some(port) = port
+        let port_after = |marker: &str| {
+            text.lines().find_map(|line| {
+                let (_, addr) = line.split_once(marker)?;
+                addr.trim().rsplit_once(':')?.1.parse::<u16>().ok()
+            })
+        };
+        if let Some(client) = port_after(LISTENING)
             && text.contains(READY)
         {
-            return port;
+            return Ports {
+                client,
+                monitor: port_after(MONITORING),
+            };
         }
         if let Some(status) = child.exited() {
             panic!(
