@@ -3,6 +3,8 @@
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, ServerError};
 use tracing::{debug, info, warn};
 
+use execmesh_proto::subject;
+
 use crate::config::Config;
 use crate::error::AgentError;
 
@@ -51,6 +53,9 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
     let host = config.host_id.clone();
     options
         .name(format!("execmesh-node-agent {host}"))
+        // Replies to this agent's requests (JetStream acks, direct gets) arrive under a prefix
+        // of its own, which its NATS permissions allow it to read, and no other agent's.
+        .custom_inbox_prefix(subject::agent_inbox(&config.tenant, &host))
         .max_reconnects(None)
         .event_callback(move |event| {
             let host = host.clone();
@@ -67,11 +72,11 @@ fn log_event(host: &execmesh_proto::Token, event: Event) {
     match event {
         Event::Connected => info!(host = %host, "connected to NATS"),
         Event::Disconnected => warn!(host = %host, "disconnected from NATS; reconnecting"),
-        Event::ServerError(ServerError::Other(msg))
-            if msg.to_ascii_lowercase().contains("permissions violation") =>
-        {
-            warn!(host = %host, error = %msg, "NATS refused an operation for permissions")
-        }
+        Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
+            Some((operation, subject)) => warn!(host = %host, operation, subject, error = %msg,
+                "NATS refused an operation for permissions (this agent's NATS user does not allow it)"),
+            None => warn!(host = %host, error = %msg, "NATS server error"),
+        },
         Event::ServerError(e) => warn!(host = %host, error = %e, "NATS server error"),
         Event::ClientError(e) => warn!(host = %host, error = %e, "NATS client error"),
         Event::SlowConsumer(sid) => {
@@ -80,5 +85,42 @@ fn log_event(host: &execmesh_proto::Token, event: Event) {
         Event::LameDuckMode => warn!(host = %host, "NATS server entered lame duck mode"),
         Event::Draining => debug!(host = %host, "NATS connection draining"),
         Event::Closed => info!(host = %host, "NATS connection closed"),
+    }
+}
+
+/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
+/// as (`publish` | `subscribe`, subject).
+fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
+    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
+    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
+        ("publish", rest)
+    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
+        ("subscribe", rest)
+    } else {
+        ("other", rest)
+    };
+    let subject = rest.trim().trim_matches('"');
+    Some((operation, subject.split('"').next().unwrap_or(subject)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permission_violation;
+
+    #[test]
+    fn permission_violations_name_the_operation_and_subject() {
+        assert_eq!(
+            permission_violation(
+                r#"Permissions Violation for Publish to "mesh.v1.default.out.web-2.x""#
+            ),
+            Some(("publish", "mesh.v1.default.out.web-2.x"))
+        );
+        assert_eq!(
+            permission_violation(
+                r#"Permissions Violation for Subscription to "mesh.v1.default.host.web-2.>" using queue "q""#
+            ),
+            Some(("subscribe", "mesh.v1.default.host.web-2.>"))
+        );
+        assert_eq!(permission_violation("Stale Connection"), None);
     }
 }
