@@ -15,7 +15,7 @@ use prost::Message as _;
 use serde::Serialize;
 use tracing::warn;
 
-use execmesh_proto::jetstream::{FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
+use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 
@@ -107,6 +107,82 @@ pub struct HostRecord {
     pub presence: Option<pb::Presence>,
 }
 
+/// Creates the stream and buckets the agents write when they are missing (with the default
+/// retention), and leaves existing ones as they are. In a secured mesh agents may only look them
+/// up, so the gateway, which may create them, does it before any agent needs them. (AUDIT and
+/// the gateway's own buckets are created where they are used.)
+async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        MeshError::Nats(format!("cannot create {what}: {e}"))
+    };
+    js.get_or_create_stream(layout::out_stream(
+        layout::DEFAULT_OUTPUT_RETENTION,
+        replicas,
+    ))
+    .await
+    .map_err(|e| failed(layout::OUT_STREAM, &e))?;
+    for bucket in [
+        layout::presence_bucket(replicas),
+        layout::facts_bucket(replicas),
+        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, replicas),
+    ] {
+        let name = bucket.bucket.clone();
+        // Opened first: creating a bucket that exists with another configuration fails.
+        if js.get_key_value(&name).await.is_err()
+            && let Err(create) = js.create_key_value(bucket).await
+            && js.get_key_value(&name).await.is_err()
+        {
+            return Err(failed(&format!("KV bucket {name}"), &create));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a direct-get answer holds a planted record: one that was itself the answer to a
+/// JetStream request whose requester named this subject as the reply subject (nats-server does
+/// not check reply subjects against permissions, so any identity allowed a direct get can do
+/// this; docs/security.md). Such a record was stored with the `Nats-Stream` header of the answer
+/// it was, and the server adds its own when it answers: a genuine record has one.
+fn is_planted(headers: &Option<HeaderMap>) -> bool {
+    headers
+        .as_ref()
+        .is_some_and(|h| h.get_all(NATS_STREAM).count() > 1)
+}
+
+/// The header naming the stream a direct-get answer came from (added by the server).
+const NATS_STREAM: &str = "Nats-Stream";
+
+/// Logs one connection event. A publish or subscription refused for permissions reaches the
+/// client only here, so it is logged with the subject: otherwise a misconfigured NATS account
+/// would look like agents that do not answer.
+fn log_event(event: async_nats::Event) {
+    use async_nats::{Event, ServerError};
+    match event {
+        Event::Connected => tracing::info!("NATS connected"),
+        Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
+            Some((operation, subject)) => warn!(operation, subject, error = %msg,
+                "NATS refused an operation for permissions (the gateway's NATS user does not allow it)"),
+            None => warn!(error = %msg, "NATS server error"),
+        },
+        other => warn!(event = %other, "NATS connection event"),
+    }
+}
+
+/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
+/// as (`publish` | `subscribe`, subject).
+fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
+    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
+    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
+        ("publish", rest)
+    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
+        ("subscribe", rest)
+    } else {
+        ("other", rest)
+    };
+    let subject = rest.trim().trim_matches('"');
+    Some((operation, subject.split('"').next().unwrap_or(subject)))
+}
+
 /// How long a direct get may take before the gateway gives up.
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading a whole large bucket through a watch may take.
@@ -136,16 +212,11 @@ impl Mesh {
                        "signing requests to agents with this key (agents list it in gateway_keys)");
         let mut options = async_nats::ConnectOptions::new()
             .name("execmesh-gateway")
+            // Replies (agents' answers, JetStream API responses) arrive under the gateways' own
+            // prefix, the only inbox their NATS permissions let them read.
+            .custom_inbox_prefix(subject::GATEWAY_INBOX)
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match &event {
-                    async_nats::Event::ServerError(e) if e.to_string().contains("Permissions") => {
-                        warn!(error = %e, "NATS permission violation")
-                    }
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    other => warn!(event = %other, "NATS connection event"),
-                }
-            });
+            .event_callback(|event| async move { log_event(event) });
         let connect_err = |e: std::io::Error| MeshError::Connect {
             url: config.nats_url.clone(),
             source: async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e),
@@ -170,6 +241,7 @@ impl Mesh {
                 source,
             })?;
         let js = jetstream::new(client.clone());
+        provision(&js, config.kv_replicas).await?;
         Ok(Self {
             client,
             js,
@@ -271,6 +343,15 @@ impl Mesh {
             let seq = header(headers::NATS_SEQUENCE)
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| MeshError::Nats("direct get reply without Nats-Sequence".into()))?;
+            if is_planted(&msg.headers) {
+                // Skipped, like a tombstone: what it claims is not what its subject's owner said.
+                warn!(stream, seq, planted_from = %header(headers::NATS_SUBJECT).unwrap_or_default(),
+                      "ignoring a record planted through a JetStream reply subject");
+                if single {
+                    break;
+                }
+                continue;
+            }
             out.push(StoredMsg {
                 seq,
                 subject: header(headers::NATS_SUBJECT).unwrap_or_default(),
