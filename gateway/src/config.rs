@@ -40,6 +40,22 @@ pub enum Command {
     /// Manage the users of the policy file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write the nats-server configuration of a secured mesh from an inventory of hosts: one
+    /// NATS user (nkey) per identity — gateway, audit-sink, each agent, each SSH relay — allowed
+    /// only its own subjects and keys, and one seed file per identity (kept when they exist).
+    NatsConfig {
+        /// The inventory (TOML: `tenant`, `hosts`, optional `[[relays]]`, `audit_consumer`,
+        /// `[server]`); see deploy/nats/inventory.example.toml.
+        #[arg(long)]
+        inventory: PathBuf,
+        /// Directory to write `nats.conf` and `seeds/<identity>.nk` into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Make a new key for this identity (`agent-web-1`, `gateway`, …), e.g. after a host's
+        /// seed leaked; repeat for several. Other seeds in the directory are kept.
+        #[arg(long = "rotate")]
+        rotate: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod mesh;
+pub mod nats_config;
 pub mod nats_tls;
 pub mod oauth;
 pub mod paging;
