@@ -25,6 +25,7 @@ pub mod eventually;
 pub mod fleet;
 pub mod gateway;
 pub mod nats;
+pub mod nats_accounts;
 pub mod oauth;
 pub mod postgres;
 pub mod presence;
