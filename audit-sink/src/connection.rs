@@ -36,7 +36,7 @@ pub async fn connect(config: &Config) -> Result<Client, SinkError> {
         .nats_tls_client
         .as_ref()
         .map(|c| (c.cert.as_path(), c.key.as_path()));
-    options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+    options = execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
     options
         .name("execmesh-audit-sink")
         // Replies (JetStream API responses, pulled batches) arrive under the sinks' own prefix,

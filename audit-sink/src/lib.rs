@@ -8,7 +8,6 @@ pub mod chain;
 pub mod config;
 mod connection;
 mod consumer;
-pub mod nats_tls;
 pub mod record;
 pub mod service;
 pub mod store;
@@ -31,7 +30,7 @@ pub enum SinkError {
     Connect { url: String, reason: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] nats_tls::NatsTlsError),
+    NatsTls(#[from] execmesh_proto::nats_tls::NatsTlsError),
     #[error("cannot create or open {what}: {source}")]
     Provision {
         what: String,

@@ -4,16 +4,17 @@
 //! replica is interchangeable: job state and output live in JetStream, tokens verify with the
 //! shared key file.
 
+pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod ctl;
 pub mod error;
 pub mod fanout;
 pub mod mesh;
 pub mod nats_config;
-pub mod nats_tls;
 pub mod oauth;
 pub mod paging;
 pub mod policy;

@@ -41,7 +41,7 @@ pub enum MeshError {
     TooManyResults { stream: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] crate::nats_tls::NatsTlsError),
+    NatsTls(#[from] execmesh_proto::nats_tls::NatsTlsError),
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -232,7 +232,8 @@ impl Mesh {
             .nats_tls_client
             .as_ref()
             .map(|c| (c.cert.as_path(), c.key.as_path()));
-        options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+        options =
+            execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
         let client = options
             .connect(config.nats_url.as_str())
             .await

@@ -45,7 +45,7 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         .nats_tls_cert
         .as_deref()
         .zip(config.nats_tls_key.as_deref());
-    options = crate::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+    options = execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
     if config.nats_tls_required {
         options = options.require_tls(true);
     }

@@ -19,7 +19,6 @@ mod grep;
 pub mod guard;
 mod job;
 mod lines;
-pub mod nats_tls;
 mod node;
 mod output;
 mod presence;

@@ -1,10 +1,12 @@
-//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers.
+//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers,
+//! and how a NATS connection's TLS files are checked.
 //!
-//! Nothing here acts; it names and validates. The gateway, the node-agent and the tests share these
+//! Nothing here acts on the mesh; it names and validates. The gateway, the node-agent and the tests share these
 //! definitions so that a subject or a bucket is spelled in exactly one place.
 
 pub mod headers;
 pub mod jetstream;
+pub mod nats_tls;
 pub mod signing;
 pub mod subject;
 

@@ -1,4 +1,4 @@
-//! The TLS files of the agent's NATS connection, read and checked before async-nats is given them, so a bad one is named.
+//! The TLS files of a NATS connection (gateway, agent, audit-sink alike), read and checked before async-nats is given them, so a bad one is named.
 
 use std::path::{Path, PathBuf};
 
