@@ -5,6 +5,7 @@
 
 use std::io::Read;
 
+use crate::admin::auth::ADMIN_SCOPE;
 use crate::auth::{MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
 use crate::config::Config;
 use crate::policy::{self, NewUser, Policy};
@@ -25,14 +26,18 @@ pub enum CommandError {
 
 /// `token mint`: a bearer token for `user` valid for `ttl`, for headless clients and CI. With a
 /// policy the user must exist in it, and the token's tier is the user's (or lower with `tier`);
-/// without one (development mode) the token is `dangerous` unless capped.
+/// without one (development mode) the token is `dangerous` unless capped. `scopes` says what it
+/// may be used for: `mcp` (the MCP endpoint) and/or `admin` (the admin API).
 pub fn mint(
     config: &Config,
     user: &str,
     ttl: &str,
     tier: Option<&str>,
+    scopes: &[String],
 ) -> Result<String, CommandError> {
     let ttl = parse_ttl(ttl).map_err(|e| CommandError::Usage(format!("invalid --ttl: {e}")))?;
+    let scope =
+        token_scope(scopes).map_err(|e| CommandError::Usage(format!("invalid --scope: {e}")))?;
     let cap = tier
         .map(|t| t.parse::<Tier>())
         .transpose()
@@ -51,11 +56,31 @@ pub fn mint(
     let spec = TokenSpec {
         user,
         ttl,
-        scope: MCP_SCOPE,
+        scope: &scope,
         tier,
         client_id: None,
     };
     Ok(key.issue(&config.audience(config.listen), &spec)?.token)
+}
+
+/// The `scope` claim of a minted token: the scopes asked for (`mcp` when none), each one this
+/// gateway knows, space-separated, without repeats.
+pub fn token_scope(scopes: &[String]) -> Result<String, String> {
+    let mut claim: Vec<&str> = Vec::new();
+    for scope in scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if scope != MCP_SCOPE && scope != ADMIN_SCOPE {
+            return Err(format!(
+                "unknown scope `{scope}`; the scopes are `{MCP_SCOPE}` and `{ADMIN_SCOPE}`"
+            ));
+        }
+        if !claim.contains(&scope) {
+            claim.push(scope);
+        }
+    }
+    if claim.is_empty() {
+        claim.push(MCP_SCOPE);
+    }
+    Ok(claim.join(" "))
 }
 
 /// What `user add` did.
@@ -120,4 +145,19 @@ pub fn add_user(
         generated_password: generated,
         tier,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_scopes_default_to_mcp_and_only_known_ones_are_minted() {
+        let scopes =
+            |list: &[&str]| token_scope(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(scopes(&[]).unwrap(), "mcp");
+        assert_eq!(scopes(&["admin"]).unwrap(), "admin");
+        assert_eq!(scopes(&["admin", " mcp", "admin"]).unwrap(), "admin mcp");
+        assert!(scopes(&["mcp", "root"]).unwrap_err().contains("`root`"));
+    }
 }

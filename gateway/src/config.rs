@@ -93,6 +93,10 @@ pub enum TokenCommand {
         /// Cap the token's tier below the user's (readonly, standard, dangerous).
         #[arg(long)]
         tier: Option<String>,
+        /// What the token may be used for: `mcp` (the MCP endpoint), `admin` (the gRPC admin
+        /// API). Repeat or separate with commas for both.
+        #[arg(long = "scope", value_delimiter = ',', default_value = "mcp")]
+        scopes: Vec<String>,
     },
 }
 
@@ -132,6 +136,20 @@ pub struct Settings {
     /// PEM private key of `tls_cert`.
     #[arg(long, env = "EXECMESH_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Address to serve the gRPC admin API on; `off` (or empty) disables it
+    /// [default: 127.0.0.1:8421]. Without `admin_tls_cert` it must be a loopback address.
+    #[arg(long, env = "EXECMESH_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// PEM certificate chain (leaf first) the admin API serves TLS with; needs `admin_tls_key`.
+    #[arg(long, env = "EXECMESH_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of `admin_tls_cert`.
+    #[arg(long, env = "EXECMESH_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, admin clients must present a certificate it signed
+    /// (mTLS). Needs `admin_tls_cert`.
+    #[arg(long, env = "EXECMESH_ADMIN_CLIENT_CA")]
+    pub admin_client_ca: Option<PathBuf>,
     /// File with the Ed25519 token key (base64 seed; created on first start)
     /// [default: .execmesh/gateway.key]. Every replica must use the same key.
     #[arg(long, env = "EXECMESH_KEY_FILE")]
@@ -237,6 +255,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Where `run` binds the gRPC admin API; `None`: not served. [`Config::load`] defaults to
+    /// [`DEFAULT_ADMIN_ADDR`]; [`Config::new`] (tests, embedding) leaves it off.
+    pub admin_addr: Option<SocketAddr>,
+    /// Certificate and key the admin API serves TLS with; `None`: plaintext, loopback only.
+    pub admin_tls: Option<TlsFiles>,
+    /// CA that admin clients' certificates must chain to (mTLS); `None`: no client certificates.
+    pub admin_client_ca: Option<PathBuf>,
     /// The Ed25519 token key file, shared by every replica.
     pub key_file: PathBuf,
     /// The Ed25519 key file that signs requests to agents, shared by every replica.
@@ -286,6 +311,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// Where the admin API listens unless configured otherwise.
+pub const DEFAULT_ADMIN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8421);
+
 /// Hard ceilings on what a caller may ask of one page.
 pub const PAGE_LINES_CEILING: usize = 10_000;
 pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
@@ -310,6 +339,9 @@ impl Config {
             nats_tls_client: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
             tls: None,
+            admin_addr: None,
+            admin_tls: None,
+            admin_client_ca: None,
             exec_signing_key: key_file.with_file_name("exec-signing.key"),
             key_file,
             public_names: Vec::new(),
@@ -386,6 +418,27 @@ impl Config {
                 });
             }
         }
+        config.admin_addr = match pick.admin_addr.as_deref().map(str::trim) {
+            None => Some(DEFAULT_ADMIN_ADDR),
+            Some("" | "off") => None,
+            Some(text) => Some(text.parse().map_err(|e| ConfigError {
+                problems: vec![format!(
+                    "admin_addr `{text}` is not an address (host:port, or `off`): {e}"
+                )],
+            })?),
+        };
+        match (pick.admin_tls_cert, pick.admin_tls_key) {
+            (Some(cert), Some(key)) => config.admin_tls = Some(TlsFiles { cert, key }),
+            (None, None) => {}
+            _ => {
+                return Err(ConfigError {
+                    problems: vec![
+                        "admin_tls_cert and admin_tls_key go together: give both or neither".into(),
+                    ],
+                });
+            }
+        }
+        config.admin_client_ca = pick.admin_client_ca;
         config.policy_file = pick.policy_file;
         if let Some(v) = pick.access_token_ttl_secs {
             config.access_token_ttl = Duration::from_secs(v);
@@ -489,6 +542,22 @@ impl Config {
         if let Err(e) = crate::audit::Redactor::new(&self.audit_redact_patterns) {
             problems.push(e.to_string());
         }
+        if let Some(addr) = self.admin_addr
+            && self.admin_tls.is_none()
+            && !addr.ip().is_loopback()
+        {
+            problems.push(format!(
+                "admin_addr {addr} is not a loopback address: serving the admin API beyond this \
+                 machine needs TLS (set admin_tls_cert and admin_tls_key)"
+            ));
+        }
+        if self.admin_client_ca.is_some() && self.admin_tls.is_none() {
+            problems.push(
+                "admin_client_ca needs admin_tls_cert and admin_tls_key: client certificates \
+                 are only checked over TLS"
+                    .to_string(),
+            );
+        }
         if !(1..=5).contains(&self.kv_replicas) {
             problems.push("kv_replicas must be 1..=5".to_string());
         }
@@ -535,6 +604,10 @@ impl Settings {
             listen,
             tls_cert,
             tls_key,
+            admin_addr,
+            admin_tls_cert,
+            admin_tls_key,
+            admin_client_ca,
             key_file,
             exec_signing_key,
             public_names,
@@ -618,6 +691,63 @@ mod tests {
         assert!(config.tls.is_some());
         let audience = config.audience("127.0.0.1:8420".parse().unwrap());
         assert_eq!(audience.resource, "https://127.0.0.1:8420/mcp");
+    }
+
+    #[test]
+    fn the_admin_api_listens_on_loopback_by_default_and_off_disables_it() {
+        let config = Config::load(&Settings::default()).unwrap();
+        assert_eq!(config.admin_addr, Some(DEFAULT_ADMIN_ADDR));
+        assert_eq!(Config::new("nats://x:4222", "k".into()).admin_addr, None);
+        for off in ["off", ""] {
+            let cli = Settings {
+                admin_addr: Some(off.into()),
+                ..Default::default()
+            };
+            assert_eq!(Config::load(&cli).unwrap().admin_addr, None, "{off:?}");
+        }
+        let cli = Settings {
+            admin_addr: Some("localhost:8421".into()),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(&cli)
+                .unwrap_err()
+                .to_string()
+                .contains("admin_addr `localhost:8421`")
+        );
+    }
+
+    #[test]
+    fn a_non_loopback_admin_api_needs_tls_and_a_client_ca_needs_tls() {
+        let cli = Settings {
+            admin_addr: Some("0.0.0.0:8421".into()),
+            admin_client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let err = Config::load(&cli).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.problems[0].contains("admin_addr 0.0.0.0:8421"), "{err}");
+        assert!(err.problems[0].contains("admin_tls_cert"), "{err}");
+        assert!(err.problems[1].contains("admin_client_ca"), "{err}");
+        let cli = Settings {
+            admin_addr: Some("0.0.0.0:8421".into()),
+            admin_tls_cert: Some("admin.crt".into()),
+            admin_tls_key: Some("admin.key".into()),
+            admin_client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap();
+        assert!(config.admin_tls.is_some() && config.admin_client_ca.is_some());
+        let cli = Settings {
+            admin_tls_cert: Some("admin.crt".into()),
+            ..Default::default()
+        };
+        assert!(
+            Config::load(&cli)
+                .unwrap_err()
+                .to_string()
+                .contains("admin_tls_cert and admin_tls_key go together")
+        );
     }
 
     #[test]

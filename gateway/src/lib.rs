@@ -27,7 +27,7 @@ pub mod tools;
 pub mod trace;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{run, run_with_admin};
 
 /// Why the gateway could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,8 @@ pub enum GatewayError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Approvals(#[from] approvals::ApprovalError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -18,15 +18,18 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Token(TokenCommand::Mint { user, ttl, tier }) => {
-            match commands::mint(&config, &user, &ttl, tier.as_deref()) {
-                Ok(token) => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => failed("cannot mint token", &e),
+        Command::Token(TokenCommand::Mint {
+            user,
+            ttl,
+            tier,
+            scopes,
+        }) => match commands::mint(&config, &user, &ttl, tier.as_deref(), &scopes) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => failed("cannot mint token", &e),
+        },
         Command::User(UserCommand::Add {
             name,
             tier,

@@ -190,10 +190,26 @@ fn challenge_response(status: StatusCode, body: String, challenge: &str) -> Resp
 /// How long the audit events of the last calls may take to be published at shutdown.
 const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Connects to NATS and serves until `shutdown` is cancelled.
+/// Connects to NATS and serves until `shutdown` is cancelled: MCP on `listener`, and the admin
+/// API on `admin_addr` when one is configured (bound here, before anything else starts).
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), crate::GatewayError> {
+    let admin = match config.admin_addr {
+        Some(addr) => Some(crate::admin::bind(addr).await?),
+        None => None,
+    };
+    run_with_admin(config, listener, admin, shutdown).await
+}
+
+/// [`run`] with the admin API's listener already bound (`None`: no admin API), whatever
+/// `admin_addr` says; tests bind `127.0.0.1:0` and read the port back.
+pub async fn run_with_admin(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    admin_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::GatewayError> {
     let key = SigningKey::load_or_create(&config.key_file)?;
@@ -230,6 +246,18 @@ pub async fn run(
         approvals,
     });
     let app = router(state.clone(), shutdown.clone());
+    // The admin API serves next to MCP and stops with it; a failure of either stops both.
+    let admin = admin_listener.map(|admin_listener| {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = crate::admin::serve(state, admin_listener, shutdown.clone()).await;
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        })
+    });
     match &state.config.tls {
         Some(files) => {
             let tls = crate::tls::server_config(&files.cert, &files.key)?;
@@ -242,7 +270,7 @@ pub async fn run(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(crate::GatewayError::Serve)?;
         }
@@ -252,9 +280,17 @@ pub async fn run(
                 listener,
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(crate::GatewayError::Serve)?;
+        }
+    }
+    if let Some(admin) = admin {
+        // MCP stopped (shutdown, or it failed): make sure the admin API stops too.
+        shutdown.cancel();
+        match admin.await {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(error = %e, "the admin API task failed"),
         }
     }
     state.audit.close(AUDIT_FLUSH).await;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::Nats;
+use crate::admin::{AdminMode, AdminPki};
 use crate::certificates::TestCa;
 use crate::client::{McpClient, post_raw};
 
@@ -42,6 +43,8 @@ pub struct Gateway {
     policy: Option<PolicySource>,
     /// Serve HTTPS with a certificate made for 127.0.0.1 at start.
     https: bool,
+    /// Serve the admin API on a loopback port, and how.
+    admin: Option<AdminMode>,
 }
 
 /// Where a test gateway's policy comes from.
@@ -69,6 +72,10 @@ pub struct RunningGateway {
     /// With HTTPS: the certificate of the test CA that signed the gateway's (PEM), which clients
     /// must trust.
     certificate: Option<String>,
+    /// Where the admin API listens, if it is served.
+    admin_addr: Option<SocketAddr>,
+    /// The admin API's certificates, when it serves TLS.
+    admin_pki: Option<AdminPki>,
     /// Holds a fresh key file; removed on drop (after the task is cancelled).
     _dir: TempDir,
 }
@@ -93,6 +100,7 @@ impl Gateway {
             key_file: None,
             policy: None,
             https: false,
+            admin: None,
         }
     }
 
@@ -111,6 +119,21 @@ impl Gateway {
     /// [`RunningGateway::certificate`] and [`RunningGateway::http_client`]).
     pub fn https(mut self) -> Self {
         self.https = true;
+        self
+    }
+
+    /// Serves the admin API (gRPC) in plaintext on a loopback port (see
+    /// [`RunningGateway::admin_client`]).
+    pub fn admin(mut self) -> Self {
+        self.admin = Some(AdminMode::Plain);
+        self
+    }
+
+    /// Serves the admin API as `mode` says: over TLS with a certificate of a fresh test CA
+    /// ([`RunningGateway::admin_pki`]), and with [`AdminMode::Mtls`] requiring client
+    /// certificates that CA signed.
+    pub fn admin_mode(mut self, mode: AdminMode) -> Self {
+        self.admin = Some(mode);
         self
     }
 
@@ -205,9 +228,42 @@ impl Gateway {
             ca.pem()
         });
         let audience = config.audience(addr);
+        let (admin_listener, admin_pki) = match self.admin {
+            None => (None, None),
+            Some(mode) => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1:0 for the admin API");
+                let pki = (mode != AdminMode::Plain).then(|| {
+                    let pki = AdminPki::generate();
+                    let write = |name: &str, pem: &str| {
+                        let path = dir.path().join(name);
+                        std::fs::write(&path, pem).expect("write a test admin certificate");
+                        path
+                    };
+                    config.admin_tls = Some(execmesh_gateway::config::TlsFiles {
+                        cert: write("admin.crt", &pki.server.cert),
+                        key: write("admin.key", &pki.server.key),
+                    });
+                    if mode == AdminMode::Mtls {
+                        config.admin_client_ca = Some(write("admin-ca.crt", &pki.ca));
+                    }
+                    pki
+                });
+                (Some(listener), pki)
+            }
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"));
 
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(execmesh_gateway::run(config, listener, shutdown.clone()));
+        let task = tokio::spawn(execmesh_gateway::run_with_admin(
+            config,
+            listener,
+            admin_listener,
+            shutdown.clone(),
+        ));
         let mut gateway = RunningGateway {
             addr,
             key,
@@ -217,6 +273,8 @@ impl Gateway {
             audience,
             policy_file,
             certificate,
+            admin_addr,
+            admin_pki,
             _dir: dir,
         };
         gateway.wait_serving().await;
@@ -257,6 +315,16 @@ impl RunningGateway {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin API listens, if the gateway serves it ([`Gateway::admin`]).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The admin API's test certificates, when it serves TLS.
+    pub fn admin_pki(&self) -> Option<&AdminPki> {
+        self.admin_pki.as_ref()
     }
 
     /// The signing key file (pass it to [`Gateway::key_file`] for another replica).

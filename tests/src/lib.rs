@@ -17,6 +17,7 @@
 //! test panics. Set `EXECMESH_TEST_LOG` (an `EnvFilter`, e.g. `execmesh=debug`) for more logs from
 //! the in-process services; it is passed on to spawned agents as `EXECMESH_LOG`.
 
+pub mod admin;
 pub mod agent;
 pub mod audit_sink;
 pub mod certificates;
@@ -34,6 +35,7 @@ pub mod process;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+pub use admin::{AdminClient, AdminMode, AdminPki};
 pub use agent::{NodeAgent, RunningAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
 pub use client::{McpClient, ToolOutput, post_raw};

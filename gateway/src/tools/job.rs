@@ -305,6 +305,19 @@ pub async fn kill_on(
     host: &Token,
     job: &Token,
 ) -> Result<pb::JobStatus, ToolError> {
+    kill_with_grace(state, identity, trace, host, job, 0).await
+}
+
+/// [`kill_on`] with the time between SIGTERM and SIGKILL in milliseconds (0: the agent's
+/// default), as the admin API's `JobsService.Kill` asks for it.
+pub async fn kill_with_grace(
+    state: &AppState,
+    identity: &Identity,
+    trace: &TraceContext,
+    host: &Token,
+    job: &Token,
+    grace_ms: u64,
+) -> Result<pb::JobStatus, ToolError> {
     let request = pb::ControlRequest {
         tenant: state.mesh.tenant.to_string(),
         host: host.to_string(),
@@ -314,7 +327,7 @@ pub async fn kill_on(
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
         tier: crate::signer::tier(identity.tier) as i32,
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
-            grace_ms: 0,
+            grace_ms,
         })),
         ..Default::default()
     };

@@ -1,0 +1,401 @@
+//! JobsService: every job's status from `mesh_jobs`, kills through the same signed, audited path
+//! as the MCP `job` tool, and tails of MESH_OUT as server streams that end with the job.
+
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use rmcp::model::CallToolResult;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use execmesh_proto::{Token, pb, subject};
+
+use super::{Admin, AdminStream, error};
+use crate::auth::Identity;
+use crate::paging::{self, Cursor, PageLimits};
+use crate::tools::job::kill_with_grace;
+use crate::trace::TraceContext;
+
+/// Jobs a List returns when the request names no limit.
+const DEFAULT_LIMIT: usize = 100;
+/// Most jobs one List returns.
+const MAX_LIMIT: usize = 10_000;
+/// A tail that is caught up re-reads at least this often, even without a wake-up: output may
+/// arrive where the gateway may not subscribe, and a dead agent writes no exit record.
+const TAIL_POLL: Duration = Duration::from_secs(1);
+/// A job whose status says it ended but whose exit record has not arrived after this long is
+/// ended by its status (the agent died between writing the two).
+const EXIT_RECORD_GRACE: Duration = Duration::from_secs(5);
+
+/// The JobsService implementation.
+pub struct JobsApi {
+    admin: Admin,
+}
+
+impl JobsApi {
+    pub fn new(admin: Admin) -> Self {
+        Self { admin }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::jobs_service_server::JobsService for JobsApi {
+    async fn list(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.admin
+            .unary("JobsService.List", request, |_, req| async move {
+                let mesh = &self.admin.state.mesh;
+                let state_filter = pb::JobState::try_from(req.state).map_err(|_| {
+                    Status::invalid_argument(format!("unknown job state {}", req.state))
+                })?;
+                let mut jobs = if req.group.is_empty() {
+                    mesh.jobs().await.map_err(error::mesh)?
+                } else {
+                    let group = Token::parse("job id", &req.group)
+                        .map_err(|e| error::bad_id("group id", &req.group, e))?;
+                    mesh.group_jobs(&group).await.map_err(error::mesh)?
+                };
+                jobs.retain(|j| {
+                    (req.host.is_empty() || j.host == req.host)
+                        && (req.user.is_empty() || j.user == req.user)
+                });
+                // A job still RUNNING on a host without a heartbeat is lost; settle those
+                // before filtering by state (one presence read for all of them).
+                if jobs.iter().any(|j| j.state() == pb::JobState::Running) {
+                    let present = mesh.present_hosts().await.map_err(error::mesh)?;
+                    for job in jobs.iter_mut() {
+                        let orphan = job.state() == pb::JobState::Running
+                            && !present.iter().any(|h| h.as_str() == job.host);
+                        if orphan {
+                            *job = mesh
+                                .settle_orphan(std::mem::take(job))
+                                .await
+                                .map_err(error::mesh)?;
+                        }
+                    }
+                }
+                if state_filter != pb::JobState::Unspecified {
+                    jobs.retain(|j| j.state() == state_filter);
+                }
+                jobs.sort_by(|a, b| {
+                    b.started_at_ms
+                        .cmp(&a.started_at_ms)
+                        .then_with(|| a.host.cmp(&b.host))
+                });
+                let limit = match req.limit {
+                    0 => DEFAULT_LIMIT,
+                    n => (n as usize).min(MAX_LIMIT),
+                };
+                let truncated = jobs.len() > limit;
+                jobs.truncate(limit);
+                Ok(pb::ListJobsResponse { jobs, truncated })
+            })
+            .await
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        self.admin
+            .unary("JobsService.Get", request, |_, req| async move {
+                let jobs = self.find(&req.job_id, &req.host).await?;
+                Ok(pb::GetJobResponse { jobs })
+            })
+            .await
+    }
+
+    async fn kill(
+        &self,
+        request: Request<pb::KillJobRequest>,
+    ) -> Result<Response<pb::KillJobResponse>, Status> {
+        self.admin
+            .unary("JobsService.Kill", request, |caller, req| async move {
+                let mut found = self.find(&req.job_id, &req.host).await?;
+                if found.len() == 1 {
+                    // One job: its failure is the call's failure.
+                    let status = self
+                        .kill_one(&caller, found.remove(0), req.grace_ms)
+                        .await?;
+                    return Ok(pb::KillJobResponse { jobs: vec![status] });
+                }
+                // A group: every host gets its status; one that could not be killed says why.
+                let kills = found.into_iter().map(|status| {
+                    let caller = &caller;
+                    async move {
+                        match self.kill_one(caller, status.clone(), req.grace_ms).await {
+                            Ok(killed) => killed,
+                            Err(failed) => pb::JobStatus {
+                                reason: format!("kill failed: {}", failed.message()),
+                                ..status
+                            },
+                        }
+                    }
+                });
+                let jobs = futures::future::join_all(kills).await;
+                Ok(pb::KillJobResponse { jobs })
+            })
+            .await
+    }
+
+    type TailStream = AdminStream<pb::TailJobResponse>;
+
+    async fn tail(
+        &self,
+        request: Request<pb::TailJobRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        self.admin
+            .unary("JobsService.Tail", request, |_, req| async move {
+                let mesh = &self.admin.state.mesh;
+                let cursor = if req.cursor.is_empty() {
+                    let mut found = self.find(&req.job_id, &req.host).await?;
+                    let status = match found.len() {
+                        1 => found.remove(0),
+                        n => {
+                            return Err(Status::failed_precondition(format!(
+                                "job `{}` is a fan-out group that ran on {n} hosts; set `host` \
+                                 to tail one of them",
+                                req.job_id
+                            )));
+                        }
+                    };
+                    let (host, job) = ids(&status)?;
+                    if req.tail_lines > 0 {
+                        paging::tail(mesh, host, job, u64::from(req.tail_lines))
+                            .await
+                            .map_err(error::mesh)?
+                    } else {
+                        Cursor::start(host, job)
+                    }
+                } else {
+                    let cursor = Cursor::decode(&req.cursor).map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "bad cursor: {e}. Pass the `cursor` of the last TailJobResponse \
+                             unchanged, or omit it to start at the beginning"
+                        ))
+                    })?;
+                    if !req.job_id.is_empty() && req.job_id != cursor.job.as_str() {
+                        return Err(Status::invalid_argument(format!(
+                            "the cursor belongs to job {}, not to job {}",
+                            cursor.job, req.job_id
+                        )));
+                    }
+                    if mesh
+                        .job_status(&cursor.host, &cursor.job)
+                        .await
+                        .map_err(error::mesh)?
+                        .is_none()
+                    {
+                        return Err(unknown_job(cursor.job.as_str()));
+                    }
+                    cursor
+                };
+                let tail = Tail {
+                    admin: self.admin.clone(),
+                    cursor,
+                };
+                Ok(self.admin.stream(move |tx| tail.run(tx)))
+            })
+            .await
+    }
+}
+
+// === impl JobsApi ===
+
+impl JobsApi {
+    /// The job `job_id` on `host`, or on every host that ran it (a fan-out group), sorted by
+    /// host, with jobs of hosts that stopped heartbeating settled as lost.
+    async fn find(&self, job_id: &str, host: &str) -> Result<Vec<pb::JobStatus>, Status> {
+        let mesh = &self.admin.state.mesh;
+        if job_id.is_empty() {
+            return Err(Status::invalid_argument("`job_id` is required"));
+        }
+        let job = Token::parse("job id", job_id).map_err(|e| error::bad_id("job id", job_id, e))?;
+        let mut found = if host.is_empty() {
+            mesh.group_jobs(&job).await.map_err(error::mesh)?
+        } else {
+            let host =
+                Token::parse("host id", host).map_err(|e| error::bad_id("host id", host, e))?;
+            match mesh.job_status(&host, &job).await.map_err(error::mesh)? {
+                Some(status) => vec![status],
+                None => {
+                    return Err(Status::not_found(format!(
+                        "host {host} has no job `{job}`; JobsService.List with `host` shows its jobs"
+                    )));
+                }
+            }
+        };
+        if found.is_empty() {
+            return Err(unknown_job(job_id));
+        }
+        found.sort_by(|a, b| a.host.cmp(&b.host));
+        let mut settled = Vec::with_capacity(found.len());
+        for status in found {
+            settled.push(mesh.settle_orphan(status).await.map_err(error::mesh)?);
+        }
+        Ok(settled)
+    }
+
+    /// Kills one job if it still runs, with the caller's identity (signed by the gateway,
+    /// tier-checked by the agent), audited like the `job` tool's kill.
+    async fn kill_one(
+        &self,
+        caller: &Identity,
+        status: pb::JobStatus,
+        grace_ms: u64,
+    ) -> Result<pb::JobStatus, Status> {
+        if status.state() != pb::JobState::Running {
+            return Ok(status);
+        }
+        let (host, job) = ids(&status)?;
+        let state = &self.admin.state;
+        let trace = TraceContext::continue_or_start(None);
+        let mut args = serde_json::Map::new();
+        args.insert("action".into(), json!("kill"));
+        args.insert("job".into(), json!(job.as_str()));
+        args.insert("host".into(), json!(host.as_str()));
+        args.insert("via".into(), json!("admin-api"));
+        let audit = state
+            .audit
+            .call("job", caller.user.as_str(), &trace.trace_id, &args);
+        let started = Instant::now();
+        let result = kill_with_grace(state, caller, &trace, &host, &job, grace_ms).await;
+        audit.dispatched(&host, &job, "kill", started.elapsed(), &result);
+        match result {
+            Ok(killed) => {
+                audit.finish(&Ok(CallToolResult::success(Vec::new())));
+                Ok(killed)
+            }
+            Err(e) => {
+                let status = error::tool(&e);
+                audit.finish(&Err(e));
+                Err(status)
+            }
+        }
+    }
+}
+
+/// One tail: pages of output from `cursor` until the exit record.
+struct Tail {
+    admin: Admin,
+    cursor: Cursor,
+}
+
+// === impl Tail ===
+
+impl Tail {
+    async fn run(self, tx: mpsc::Sender<Result<pb::TailJobResponse, Status>>) {
+        let state = &self.admin.state;
+        let mesh = &state.mesh;
+        let limits = PageLimits {
+            max_lines: state.config.page_max_lines,
+            max_bytes: state.config.page_max_bytes,
+            max_line_bytes: state.config.max_line_bytes,
+        };
+        // Wake-ups: the agent's output records as they are published (subscribed before the
+        // first read, so none falls between a read and the wait).
+        let subject = subject::out(&mesh.tenant, &self.cursor.host, &self.cursor.job);
+        let mut wake = match mesh.client.subscribe(subject).await {
+            Ok(subscription) => Some(subscription),
+            Err(e) => {
+                debug!(error = %e, "no output subscription; tail polls");
+                None
+            }
+        };
+        let mut cursor = self.cursor.clone();
+        let mut index = 0u64;
+        let mut ended_since: Option<Instant> = None;
+        loop {
+            let page = match paging::read(mesh, cursor.clone(), limits).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(error::mesh(e))).await;
+                    return;
+                }
+            };
+            cursor = page.next.clone();
+            if page.lines > 0 {
+                let chunk = pb::OutputChunk {
+                    index,
+                    stream: pb::OutputStream::Unspecified as i32,
+                    first_line: page.first_line,
+                    line_count: page.lines as u32,
+                    data: page.text.into_bytes(),
+                };
+                index += 1;
+                let message = pb::TailJobResponse {
+                    body: Some(pb::tail_job_response::Body::Chunk(chunk)),
+                    cursor: cursor.encode(),
+                };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(exit) = page.exit {
+                let _ = tx.send(Ok(exit_message(exit, &cursor))).await;
+                return;
+            }
+            if !page.caught_up {
+                continue;
+            }
+            // Caught up: a job whose agent died never writes its exit record; its status ends
+            // the tail instead.
+            let status = match mesh.job_status(&cursor.host, &cursor.job).await {
+                Ok(Some(status)) => mesh.settle_orphan(status).await,
+                Ok(None) => Ok(pb::JobStatus::default()),
+                Err(e) => Err(e),
+            };
+            match status {
+                Ok(status) if status.state() == pb::JobState::Lost => {
+                    let _ = tx.send(Ok(exit_message(status, &cursor))).await;
+                    return;
+                }
+                Ok(status) if status.state() != pb::JobState::Running => {
+                    let since = *ended_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= EXIT_RECORD_GRACE {
+                        let _ = tx.send(Ok(exit_message(status, &cursor))).await;
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(error::mesh(e))).await;
+                    return;
+                }
+            }
+            match wake.as_mut() {
+                Some(subscription) => {
+                    let _ = tokio::time::timeout(TAIL_POLL, subscription.next()).await;
+                    // Take whatever else arrived meanwhile; the next read covers it all.
+                    while let Some(Some(_)) = subscription.next().now_or_never() {}
+                }
+                None => tokio::time::sleep(TAIL_POLL).await,
+            }
+        }
+    }
+}
+
+fn exit_message(status: pb::JobStatus, cursor: &Cursor) -> pb::TailJobResponse {
+    pb::TailJobResponse {
+        body: Some(pb::tail_job_response::Body::Exit(status)),
+        cursor: cursor.encode(),
+    }
+}
+
+fn ids(status: &pb::JobStatus) -> Result<(Token, Token), Status> {
+    let host = Token::parse("host id", &status.host)
+        .map_err(|e| Status::internal(format!("stored job has a bad host id: {e}")))?;
+    let job = Token::parse("job id", &status.job_id)
+        .map_err(|e| Status::internal(format!("stored job has a bad job id: {e}")))?;
+    Ok((host, job))
+}
+
+fn unknown_job(job: &str) -> Status {
+    Status::not_found(format!(
+        "unknown job `{job}`: no host has a job with this id; JobsService.List shows the jobs"
+    ))
+}

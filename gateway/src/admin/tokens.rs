@@ -1,0 +1,220 @@
+//! TokensService: mints bearer tokens like `execmesh-gateway token mint`, revokes them through
+//! the revocation list every replica reads (`mesh_revoked`), and lists the revocations in force.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use execmesh_proto::jetstream::REVOKED_BUCKET;
+use execmesh_proto::pb;
+
+use super::Admin;
+use crate::auth::{MAX_TTL, TokenSpec};
+use crate::commands::token_scope;
+use crate::tier::Tier;
+
+/// Lifetime of a minted token when the request names none, as `token mint` defaults.
+const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The TokensService implementation.
+pub struct TokensApi {
+    admin: Admin,
+}
+
+impl TokensApi {
+    pub fn new(admin: Admin) -> Self {
+        Self { admin }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tokens_service_server::TokensService for TokensApi {
+    async fn mint(
+        &self,
+        request: Request<pb::MintTokenRequest>,
+    ) -> Result<Response<pb::MintTokenResponse>, Status> {
+        self.admin
+            .unary("TokensService.Mint", request, |caller, req| async move {
+                let state = &self.admin.state;
+                let scope = token_scope(&req.scopes).map_err(Status::invalid_argument)?;
+                let ttl = match req.ttl_secs {
+                    0 => DEFAULT_TTL,
+                    secs => Duration::from_secs(secs),
+                };
+                if ttl > MAX_TTL {
+                    return Err(Status::invalid_argument(format!(
+                        "ttl_secs {} is longer than the longest token lifetime ({} s, 366 days)",
+                        req.ttl_secs,
+                        MAX_TTL.as_secs()
+                    )));
+                }
+                let cap = match pb::Tier::try_from(req.tier) {
+                    Ok(pb::Tier::Unspecified) => None,
+                    Ok(pb::Tier::Readonly) => Some(Tier::Readonly),
+                    Ok(pb::Tier::Standard) => Some(Tier::Standard),
+                    Ok(pb::Tier::Dangerous) => Some(Tier::Dangerous),
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown tier {}",
+                            req.tier
+                        )));
+                    }
+                };
+                let grant = state.policy.current().grant(&req.user).ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "user `{}` is not in the policy; add it with `execmesh-gateway user add {}`",
+                        req.user, req.user
+                    ))
+                })?;
+                let tier = cap.map_or(grant.tier, |cap| cap.min(grant.tier));
+                let spec = TokenSpec {
+                    user: &req.user,
+                    ttl,
+                    scope: &scope,
+                    tier,
+                    client_id: None,
+                };
+                let issued = state
+                    .key
+                    .issue(&state.audience, &spec)
+                    .map_err(|e| Status::invalid_argument(format!("cannot mint the token: {e}")))?;
+                info!(for_user = %req.user, jti = %issued.jti, scope = %scope, by = %caller.user, "token minted");
+                Ok(pb::MintTokenResponse {
+                    token: issued.token,
+                    token_id: issued.jti,
+                    user: req.user,
+                    scopes: scope.split(' ').map(str::to_string).collect(),
+                    tier: crate::signer::tier(tier) as i32,
+                    expires_at_ms: issued.expires_at * 1000,
+                })
+            })
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.admin
+            .unary("TokensService.Revoke", request, |caller, req| async move {
+                let state = &self.admin.state;
+                let (jti, expires_at) = match req.target {
+                    Some(pb::revoke_token_request::Target::Token(token)) => {
+                        let identity =
+                            state
+                                .key
+                                .verify(token.trim(), &state.audience)
+                                .map_err(|e| {
+                                    Status::invalid_argument(format!(
+                                        "cannot revoke that token: {e} (an expired token needs no \
+                                     revocation; revoke by token_id otherwise)"
+                                    ))
+                                })?;
+                        (identity.token_id, identity.expires_at)
+                    }
+                    Some(pb::revoke_token_request::Target::TokenId(id)) => {
+                        let id = id.trim().to_string();
+                        if !is_token_id(&id) {
+                            return Err(Status::invalid_argument(format!(
+                                "`{id}` is not a token id (the `jti` of a token: letters, digits, \
+                                 `-` and `_`)"
+                            )));
+                        }
+                        // The token's expiry is not known from its id: keep the revocation as
+                        // long as any token can live.
+                        let until = execmesh_proto::now_ms() / 1000 + MAX_TTL.as_secs();
+                        (id, until)
+                    }
+                    None => {
+                        return Err(Status::invalid_argument(
+                            "say which token: set `token_id` or `token`",
+                        ));
+                    }
+                };
+                state
+                    .oauth
+                    .revocations
+                    .revoke(&jti, expires_at)
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "cannot write the revocation list ({e}); try again shortly"
+                        ))
+                    })?;
+                info!(jti = %jti, by = %caller.user, "token revoked");
+                Ok(pb::RevokeTokenResponse {
+                    token_id: jti,
+                    expires_at_ms: expires_at * 1000,
+                })
+            })
+            .await
+    }
+
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        self.admin
+            .unary(
+                "TokensService.ListRevocations",
+                request,
+                |_, _| async move {
+                    let unavailable = |e: &dyn std::fmt::Display| {
+                        Status::unavailable(format!(
+                            "cannot read the revocation list ({e}); try again shortly"
+                        ))
+                    };
+                    let bucket = self
+                        .admin
+                        .state
+                        .mesh
+                        .js
+                        .get_key_value(REVOKED_BUCKET)
+                        .await
+                        .map_err(|e| unavailable(&e))?;
+                    let mut keys = bucket.keys().await.map_err(|e| unavailable(&e))?;
+                    let now_secs = execmesh_proto::now_ms() / 1000;
+                    let mut revocations = Vec::new();
+                    while let Some(key) = keys.next().await {
+                        let key = key.map_err(|e| unavailable(&e))?;
+                        let Some(entry) = bucket.entry(&key).await.map_err(|e| unavailable(&e))?
+                        else {
+                            continue;
+                        };
+                        // Expired keys leave an empty marker behind.
+                        if entry.operation != kv::Operation::Put || entry.value.is_empty() {
+                            continue;
+                        }
+                        let Ok(expires_at) = serde_json::from_slice::<u64>(&entry.value) else {
+                            continue;
+                        };
+                        if expires_at <= now_secs {
+                            continue;
+                        }
+                        revocations.push(pb::Revocation {
+                            token_id: key,
+                            expires_at_ms: expires_at * 1000,
+                            revoked_at_ms: (entry.created.unix_timestamp_nanos() / 1_000_000).max(0)
+                                as u64,
+                        });
+                    }
+                    revocations.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+                    Ok(pb::ListRevocationsResponse { revocations })
+                },
+            )
+            .await
+    }
+}
+
+/// Whether `id` can be a token id: the characters the revocation list keys by (the ids this
+/// gateway issues are URL-safe base64).
+fn is_token_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 200
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+}

@@ -1,0 +1,242 @@
+//! The admin API from a test: test certificates (a CA, the gateway's server certificate, client certificates), and tonic clients of the five `execmesh.v1` services with a bearer token.
+//!
+//! ```no_run
+//! # async fn scenario(nats: &execmesh_tests::Nats) {
+//! # use execmesh_tests::Gateway;
+//! # use execmesh_proto::pb;
+//! let gw = Gateway::new(nats).admin().start().await;
+//! let mut admin = gw.admin_client("root").await;
+//! let hosts = admin.hosts.list(pb::ListHostsRequest::default()).await.unwrap();
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use execmesh_gateway::tier::Tier;
+use execmesh_proto::pb;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Request, Status};
+
+use crate::RunningGateway;
+
+/// Lifetime of admin tokens minted by [`RunningGateway::mint_admin`].
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How long a test client may take to connect to the admin API.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a test gateway serves its admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminMode {
+    /// Plaintext on loopback.
+    Plain,
+    /// TLS with a certificate signed by the test CA.
+    Tls,
+    /// TLS, and client certificates signed by the test CA required.
+    Mtls,
+}
+
+/// A certificate (PEM) and its private key (PEM).
+#[derive(Debug, Clone)]
+pub struct CertifiedKey {
+    pub cert: String,
+    pub key: String,
+}
+
+/// The certificates of a test admin API: a CA, the server's certificate for `localhost` and
+/// `127.0.0.1`, and a client certificate, all signed by the CA.
+#[derive(Debug, Clone)]
+pub struct AdminPki {
+    /// The CA certificate (PEM) clients trust and the server checks client certificates with.
+    pub ca: String,
+    pub server: CertifiedKey,
+    /// A client certificate the CA signed (accepted under mTLS).
+    pub client: CertifiedKey,
+}
+
+// === impl AdminPki ===
+
+impl AdminPki {
+    /// A fresh CA with a server and a client certificate.
+    pub fn generate() -> Self {
+        let (ca, ca_key) = certificate_authority("execmesh test admin CA");
+        let server = leaf(
+            &ca,
+            &ca_key,
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = leaf(
+            &ca,
+            &ca_key,
+            &["admin-client"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        Self {
+            ca: ca.pem(),
+            server,
+            client,
+        }
+    }
+
+    /// A client certificate from another CA, which this gateway must refuse.
+    pub fn foreign_client() -> CertifiedKey {
+        let (ca, ca_key) = certificate_authority("some other CA");
+        leaf(
+            &ca,
+            &ca_key,
+            &["intruder"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+}
+
+fn certificate_authority(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("generate a CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).expect("self-sign the CA");
+    (cert, key)
+}
+
+fn leaf(
+    ca: &rcgen::Certificate,
+    ca_key: &KeyPair,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> CertifiedKey {
+    let key = KeyPair::generate().expect("generate a key");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("certificate parameters");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, &names[0]);
+    params.extended_key_usages = vec![usage];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let cert = params
+        .signed_by(&key, ca, ca_key)
+        .expect("sign a certificate with the CA");
+    CertifiedKey {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+/// Puts `authorization: Bearer <token>` on every request (nothing without a token).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that carries a bearer token.
+pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+/// Clients of the five admin services over one connection, with one token.
+pub struct AdminClient {
+    pub hosts: pb::hosts_service_client::HostsServiceClient<AuthedChannel>,
+    pub jobs: pb::jobs_service_client::JobsServiceClient<AuthedChannel>,
+    pub approvals: pb::approvals_service_client::ApprovalsServiceClient<AuthedChannel>,
+    pub audit: pb::audit_service_client::AuditServiceClient<AuthedChannel>,
+    pub tokens: pb::tokens_service_client::TokensServiceClient<AuthedChannel>,
+}
+
+// === impl AdminClient ===
+
+impl AdminClient {
+    /// Clients on `channel` that send `token` (none: no `authorization` metadata).
+    pub fn new(channel: Channel, token: Option<&str>) -> Self {
+        let bearer = Bearer(token.map(|t| {
+            format!("Bearer {t}")
+                .parse()
+                .expect("a token is valid metadata")
+        }));
+        let authed = || InterceptedService::new(channel.clone(), bearer.clone());
+        Self {
+            hosts: pb::hosts_service_client::HostsServiceClient::new(authed()),
+            jobs: pb::jobs_service_client::JobsServiceClient::new(authed()),
+            approvals: pb::approvals_service_client::ApprovalsServiceClient::new(authed()),
+            audit: pb::audit_service_client::AuditServiceClient::new(authed()),
+            tokens: pb::tokens_service_client::TokensServiceClient::new(authed()),
+        }
+    }
+}
+
+// === impl RunningGateway ===
+
+impl RunningGateway {
+    /// A bearer token for `user` with the `admin` scope (and `mcp`), valid for an hour.
+    pub fn mint_admin(&self, user: &str) -> String {
+        self.issue(user, TOKEN_TTL, "mcp admin", Tier::Dangerous)
+    }
+
+    /// A channel to the admin API: over TLS trusting the test CA when it serves TLS, with the
+    /// test client certificate when it requires one.
+    pub async fn admin_channel(&self) -> Result<Channel, tonic::transport::Error> {
+        let client = self.admin_pki().map(|pki| pki.client.clone());
+        self.admin_channel_with(client.as_ref()).await
+    }
+
+    /// A channel to the admin API presenting `client` (or no certificate with `None`).
+    pub async fn admin_channel_with(
+        &self,
+        client: Option<&CertifiedKey>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let addr = self
+            .admin_addr()
+            .expect("the gateway serves no admin API: start it with .admin()");
+        let endpoint = match self.admin_pki() {
+            None => Channel::from_shared(format!("http://{addr}"))
+                .expect("a valid admin URL")
+                .connect_timeout(CONNECT_TIMEOUT),
+            Some(pki) => {
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&pki.ca))
+                    .domain_name("localhost");
+                if let Some(client) = client {
+                    tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
+                }
+                Channel::from_shared(format!("https://{addr}"))
+                    .expect("a valid admin URL")
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tls_config(tls)?
+            }
+        };
+        endpoint.connect().await
+    }
+
+    /// Admin clients authenticated as `user` with an admin-scoped token.
+    pub async fn admin_client(&self, user: &str) -> AdminClient {
+        let token = self.mint_admin(user);
+        self.admin_client_with_token(Some(&token)).await
+    }
+
+    /// Admin clients sending `token` as it is (or none).
+    pub async fn admin_client_with_token(&self, token: Option<&str>) -> AdminClient {
+        let channel = self
+            .admin_channel()
+            .await
+            .unwrap_or_else(|e| panic!("connect to the admin API: {e:?}"));
+        AdminClient::new(channel, token)
+    }
+}
