@@ -8,34 +8,24 @@
 //! in the queue, and only a full queue drops events (counted and logged), never a tool call.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishAckFuture};
-use bytes::Bytes;
-use prost::Message as _;
 use regex::Regex;
 use rmcp::model::{CallToolResult, JsonObject};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
 
+use execmesh_proto::Token;
+use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
-use execmesh_proto::{Token, headers, jetstream as layout};
 
 use crate::error::ToolError;
 
-/// Events waiting to be published; beyond this, new events are dropped (and counted).
+/// Events waiting to be published; beyond this, new events are dropped (and counted). A
+/// fan-out records one event per host, hence twice the agent's queue.
 const QUEUE: usize = 16_384;
 /// Publishes awaiting their acknowledgement at once.
 const WINDOW: usize = 256;
-/// First and longest pause before a failed publish (or stream creation) is tried again.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Longest string kept whole in an argument summary.
 const MAX_VALUE_CHARS: usize = 256;
 /// Items kept of an array in an argument summary.
@@ -95,18 +85,12 @@ pub struct Redactor {
 
 /// The gateway's audit publisher, shared by every call.
 pub struct Audit {
-    /// The publisher task's queue.
-    queue: mpsc::Sender<Outgoing>,
+    /// Publishes in the background.
+    publisher: Publisher,
     tenant: Token,
     /// This gateway process, in every event (`source_instance`).
     instance: String,
     redactor: Redactor,
-    /// Events dropped because the queue was full.
-    dropped: AtomicU64,
-    /// The publisher task, taken by [`Audit::close`].
-    task: Mutex<Option<JoinHandle<()>>>,
-    /// Tells the task to publish what is queued and stop.
-    closing: CancellationToken,
 }
 
 /// One call's audit trail.
@@ -118,13 +102,6 @@ pub struct CallAudit<'a> {
     started: Instant,
     /// Hosts dispatched to so far, in order (fan-out dispatches concurrently).
     hosts: Mutex<Vec<String>>,
-}
-
-/// An event ready to publish.
-struct Outgoing {
-    subject: String,
-    id: String,
-    payload: Bytes,
 }
 
 // === impl Redactor ===
@@ -268,22 +245,11 @@ impl Audit {
         replicas: usize,
     ) -> Result<Audit, PatternError> {
         let redactor = Redactor::new(patterns)?;
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let closing = CancellationToken::new();
-        let task = tokio::spawn(publish(
-            jetstream::new(client),
-            rx,
-            replicas,
-            closing.clone(),
-        ));
         Ok(Audit {
-            queue,
+            publisher: Publisher::start(client, replicas, QUEUE, WINDOW),
             tenant,
             instance: format!("{:016x}", rand::random::<u64>()),
             redactor,
-            dropped: AtomicU64::new(0),
-            task: Mutex::new(Some(task)),
-            closing,
         })
     }
 
@@ -294,7 +260,7 @@ impl Audit {
 
     /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.publisher.dropped()
     }
 
     /// Opens the audit trail of a call and records that it was received.
@@ -349,33 +315,13 @@ impl Audit {
 
     /// Stops taking events and waits up to `grace` for those queued to be published.
     pub async fn close(&self, grace: Duration) {
-        self.closing.cancel();
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        let Some(mut task) = task else { return };
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
-            task.abort();
-            let left = self.queue.max_capacity() - self.queue.capacity();
-            warn!(events = left, "audit events not published at shutdown");
-        }
+        self.publisher.close(grace).await;
     }
 
     fn send(&self, event: pb::AuditEvent) {
         let kind = audit_kind::of(event.body.as_ref());
-        let outgoing = Outgoing {
-            subject: subject::audit_gateway(&self.tenant, kind),
-            id: event.id.clone(),
-            payload: Bytes::from(event.encode_to_vec()),
-        };
-        if self.queue.try_send(outgoing).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // Once per power of two, so a long outage does not flood the log.
-            if dropped.is_power_of_two() {
-                error!(
-                    dropped,
-                    kind, "audit queue full: events dropped (is NATS reachable?)"
-                );
-            }
-        }
+        self.publisher
+            .send(subject::audit_gateway(&self.tenant, kind), &event);
     }
 }
 
@@ -585,82 +531,6 @@ pub fn request_name(body: &pb::exec_request::Body) -> String {
         #[allow(unreachable_patterns)]
         _ => "other".to_string(),
     }
-}
-
-/// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
-/// [`WINDOW`], each retried with its own id until acknowledged. Once `closing` fires it takes no
-/// new events and ends when the queue is empty.
-async fn publish(
-    js: jetstream::Context,
-    mut rx: mpsc::Receiver<Outgoing>,
-    replicas: usize,
-    closing: CancellationToken,
-) {
-    let mut delay = RETRY_FIRST;
-    loop {
-        match js
-            .get_or_create_stream(layout::audit_stream(replicas))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => {
-                warn!(error = %e, "cannot create the AUDIT stream yet; audit events wait");
-                tokio::select! {
-                    _ = closing.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(RETRY_MAX);
-            }
-        }
-    }
-    let mut batch = Vec::with_capacity(WINDOW);
-    loop {
-        let received = tokio::select! {
-            received = rx.recv_many(&mut batch, WINDOW) => received,
-            _ = closing.cancelled(), if !rx.is_closed() => {
-                // Queued events can still be received; new ones are refused.
-                rx.close();
-                continue;
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
-        let mut delay = RETRY_FIRST;
-        while !pending.is_empty() {
-            let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
-                Vec::with_capacity(pending.len());
-            for event in pending.drain(..) {
-                let mut h = HeaderMap::new();
-                h.insert(headers::MSG_ID, event.id.as_str());
-                let sent = js
-                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
-                    .await
-                    .map_err(|e| e.to_string());
-                acks.push((event, sent));
-            }
-            for (event, sent) in acks {
-                let acked = match sent {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = acked {
-                    debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
-                    pending.push(event);
-                }
-            }
-            if !pending.is_empty() {
-                warn!(
-                    events = pending.len(),
-                    "audit events not acknowledged; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
-            }
-        }
-    }
-    info!("audit publisher stopped");
 }
 
 #[cfg(test)]

@@ -6,22 +6,13 @@
 //! When the audit-sink is down events wait in the stream; when NATS is unreachable they wait in
 //! a bounded queue, and only a full queue drops events (counted and logged).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishAckFuture};
-use bytes::Bytes;
+use execmesh_proto::Token;
+use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
 use execmesh_proto::subject::{self, audit_kind};
-use execmesh_proto::{Token, headers, jetstream as layout};
 use nix::unistd::{getegid, geteuid};
-use prost::Message as _;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
 
 use crate::runas::Account;
 
@@ -29,23 +20,14 @@ use crate::runas::Account;
 const QUEUE: usize = 8192;
 /// Publishes awaiting their acknowledgement at once.
 const WINDOW: usize = 128;
-/// First and longest pause before a failed publish (or stream creation) is tried again.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The agent's audit publisher.
 pub struct Audit {
-    queue: mpsc::Sender<Outgoing>,
+    publisher: Publisher,
     tenant: Token,
     host: Token,
     /// This agent run, in every event (`source_instance`).
     instance: String,
-    /// Events dropped because the queue was full.
-    dropped: AtomicU64,
-    /// The publisher task, taken by [`Audit::close`].
-    task: Mutex<Option<JoinHandle<()>>>,
-    /// Tells the task to publish what is queued and stop.
-    closing: CancellationToken,
 }
 
 /// The file change a request asks for, noted before it runs: what [`Audit::file_changed`]
@@ -65,12 +47,6 @@ pub struct Origin<'a> {
     pub trace_id: &'a str,
 }
 
-struct Outgoing {
-    subject: String,
-    id: String,
-    payload: Bytes,
-}
-
 // === impl Audit ===
 
 impl Audit {
@@ -83,22 +59,11 @@ impl Audit {
         instance: String,
         replicas: usize,
     ) -> Audit {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let closing = CancellationToken::new();
-        let task = tokio::spawn(publish(
-            jetstream::new(client),
-            rx,
-            replicas,
-            closing.clone(),
-        ));
         Audit {
-            queue,
+            publisher: Publisher::start(client, replicas, QUEUE, WINDOW),
             tenant,
             host,
             instance,
-            dropped: AtomicU64::new(0),
-            task: Mutex::new(Some(task)),
-            closing,
         }
     }
 
@@ -176,14 +141,7 @@ impl Audit {
 
     /// Stops taking events and waits up to `grace` for those queued to be published.
     pub async fn close(&self, grace: Duration) {
-        self.closing.cancel();
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        let Some(mut task) = task else { return };
-        if tokio::time::timeout(grace, &mut task).await.is_err() {
-            task.abort();
-            let left = self.queue.max_capacity() - self.queue.capacity();
-            warn!(events = left, "audit events not published at shutdown");
-        }
+        self.publisher.close(grace).await;
     }
 
     fn emit(&self, origin: Origin<'_>, outcome: &str, body: Body) {
@@ -203,21 +161,8 @@ impl Audit {
             outcome: outcome.to_string(),
             body: Some(body),
         };
-        let outgoing = Outgoing {
-            subject: subject::audit_agent(&self.tenant, &self.host, kind),
-            id: event.id.clone(),
-            payload: Bytes::from(event.encode_to_vec()),
-        };
-        if self.queue.try_send(outgoing).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // Once per power of two, so a long outage does not flood the log.
-            if dropped.is_power_of_two() {
-                error!(
-                    dropped,
-                    kind, "audit queue full: events dropped (is NATS reachable?)"
-                );
-            }
-        }
+        self.publisher
+            .send(subject::audit_agent(&self.tenant, &self.host, kind), &event);
     }
 }
 
@@ -249,82 +194,6 @@ impl FileChange {
             _ => None,
         }
     }
-}
-
-/// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
-/// [`WINDOW`], each retried with its own id until acknowledged. Once `closing` fires it takes no
-/// new events and ends when the queue is empty.
-async fn publish(
-    js: jetstream::Context,
-    mut rx: mpsc::Receiver<Outgoing>,
-    replicas: usize,
-    closing: CancellationToken,
-) {
-    let mut delay = RETRY_FIRST;
-    loop {
-        match js
-            .get_or_create_stream(layout::audit_stream(replicas))
-            .await
-        {
-            Ok(_) => break,
-            Err(e) => {
-                warn!(error = %e, "cannot create the AUDIT stream yet; audit events wait");
-                tokio::select! {
-                    _ = closing.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(RETRY_MAX);
-            }
-        }
-    }
-    let mut batch = Vec::with_capacity(WINDOW);
-    loop {
-        let received = tokio::select! {
-            received = rx.recv_many(&mut batch, WINDOW) => received,
-            _ = closing.cancelled(), if !rx.is_closed() => {
-                // Queued events can still be received; new ones are refused.
-                rx.close();
-                continue;
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
-        let mut delay = RETRY_FIRST;
-        while !pending.is_empty() {
-            let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
-                Vec::with_capacity(pending.len());
-            for event in pending.drain(..) {
-                let mut h = HeaderMap::new();
-                h.insert(headers::MSG_ID, event.id.as_str());
-                let sent = js
-                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
-                    .await
-                    .map_err(|e| e.to_string());
-                acks.push((event, sent));
-            }
-            for (event, sent) in acks {
-                let acked = match sent {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = acked {
-                    debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
-                    pending.push(event);
-                }
-            }
-            if !pending.is_empty() {
-                warn!(
-                    events = pending.len(),
-                    "audit events not acknowledged; retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
-            }
-        }
-    }
-    info!("audit publisher stopped");
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
-//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers,
-//! and how a NATS connection's TLS files are checked.
+//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers.
 //!
-//! Nothing here acts on the mesh; it names and validates. The gateway, the node-agent and the tests share these
-//! definitions so that a subject or a bucket is spelled in exactly one place.
+//! The contract names and validates; the gateway, the node-agent and the tests share these
+//! definitions so that a subject or a bucket is spelled in exactly one place. Two pieces of
+//! plumbing every process needs live here too, so they are written once: the TLS file checks of a
+//! NATS connection (`nats_tls`) and the background audit publisher (`audit_publisher`).
 
+pub mod audit_publisher;
 pub mod headers;
 pub mod jetstream;
 pub mod nats_tls;

@@ -1,0 +1,189 @@
+//! The acknowledged audit publisher the gateway and the agents share: a bounded queue and one task that publishes each event to AUDIT, retried under its own id until JetStream acknowledges it.
+//!
+//! A caller never waits for the audit trail: [`Publisher::send`] only queues. When the
+//! audit-sink is down the events wait in the stream; when NATS itself is unreachable they wait in
+//! the queue, and only a full queue drops events (counted and logged).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::subject::audit_kind;
+use crate::{headers, jetstream as layout, pb};
+
+/// First and longest pause before a failed publish (or stream creation) is tried again.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Publishes audit events in the background.
+pub struct Publisher {
+    queue: mpsc::Sender<Outgoing>,
+    /// Events dropped because the queue was full.
+    dropped: AtomicU64,
+    /// The publisher task, taken by [`Publisher::close`].
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Tells the task to publish what is queued and stop.
+    closing: CancellationToken,
+}
+
+/// An event ready to publish.
+struct Outgoing {
+    subject: String,
+    id: String,
+    payload: Bytes,
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// Starts the publisher task on `client`. The task makes sure the AUDIT stream exists (creating
+    /// it with `replicas` if missing, retrying while NATS is unreachable) before its first publish.
+    /// At most `queue` events wait (beyond, new ones are dropped and counted); at most `window`
+    /// publishes await their acknowledgement at once.
+    pub fn start(
+        client: async_nats::Client,
+        replicas: usize,
+        queue: usize,
+        window: usize,
+    ) -> Publisher {
+        let (queue, rx) = mpsc::channel(queue.max(1));
+        let closing = CancellationToken::new();
+        let task = tokio::spawn(publish(
+            jetstream::new(client),
+            rx,
+            replicas,
+            window.max(1),
+            closing.clone(),
+        ));
+        Publisher {
+            queue,
+            dropped: AtomicU64::new(0),
+            task: Mutex::new(Some(task)),
+            closing,
+        }
+    }
+
+    /// Queues `event` for `subject`, with its id as `Nats-Msg-Id`. A full queue drops it (and
+    /// counts it), never blocks.
+    pub fn send(&self, subject: String, event: &pb::AuditEvent) {
+        let kind = audit_kind::of(event.body.as_ref());
+        let outgoing = Outgoing {
+            subject,
+            id: event.id.clone(),
+            payload: Bytes::from(event.encode_to_vec()),
+        };
+        if self.queue.try_send(outgoing).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Once per power of two, so a long outage does not flood the log.
+            if dropped.is_power_of_two() {
+                error!(
+                    dropped,
+                    kind, "audit queue full: events dropped (is NATS reachable?)"
+                );
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking events and waits up to `grace` for those queued to be published.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.cancel();
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let Some(mut task) = task else { return };
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+            let left = self.queue.max_capacity() - self.queue.capacity();
+            warn!(events = left, "audit events not published at shutdown");
+        }
+    }
+}
+
+/// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
+/// `window`, each retried with its own id until acknowledged. Once `closing` fires it takes no
+/// new events and ends when the queue is empty.
+async fn publish(
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Outgoing>,
+    replicas: usize,
+    window: usize,
+    closing: CancellationToken,
+) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        match js
+            .get_or_create_stream(layout::audit_stream(replicas))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) => {
+                warn!(error = %e, "cannot open or create the AUDIT stream yet; audit events wait");
+                tokio::select! {
+                    _ = closing.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    let mut batch = Vec::with_capacity(window);
+    loop {
+        let received = tokio::select! {
+            received = rx.recv_many(&mut batch, window) => received,
+            _ = closing.cancelled(), if !rx.is_closed() => {
+                // Queued events can still be received; new ones are refused.
+                rx.close();
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
+        let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
+        let mut delay = RETRY_FIRST;
+        while !pending.is_empty() {
+            let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
+                Vec::with_capacity(pending.len());
+            for event in pending.drain(..) {
+                let mut h = HeaderMap::new();
+                h.insert(headers::MSG_ID, event.id.as_str());
+                let sent = js
+                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                acks.push((event, sent));
+            }
+            for (event, sent) in acks {
+                let acked = match sent {
+                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = acked {
+                    debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
+                    pending.push(event);
+                }
+            }
+            if !pending.is_empty() {
+                warn!(
+                    events = pending.len(),
+                    "audit events not acknowledged; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    info!("audit publisher stopped");
+}
