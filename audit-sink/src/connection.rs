@@ -36,7 +36,11 @@ pub async fn connect(config: &Config) -> Result<Client, SinkError> {
         .nats_tls_client
         .as_ref()
         .map(|c| (c.cert.as_path(), c.key.as_path()));
-    options = execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+    options = execmesh_proto::nats_connection::apply_tls(
+        options,
+        config.nats_tls_ca.as_deref(),
+        client_cert,
+    )?;
     options
         .name("execmesh-audit-sink")
         // Replies (JetStream API responses, pulled batches) arrive under the sinks' own prefix,
@@ -53,11 +57,13 @@ fn log_event(event: Event) {
     match event {
         Event::Connected => info!("connected to NATS"),
         Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
-        Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
-            Some((operation, subject)) => warn!(operation, subject, error = %msg,
+        Event::ServerError(ServerError::Other(msg)) => {
+            match execmesh_proto::nats_connection::permission_violation(&msg) {
+                Some((operation, subject)) => warn!(operation, subject, error = %msg,
                 "NATS refused an operation for permissions (the sink's NATS user does not allow it)"),
-            None => warn!(error = %msg, "NATS server error"),
-        },
+                None => warn!(error = %msg, "NATS server error"),
+            }
+        }
         Event::ServerError(e) => warn!(error = %e, "NATS server error"),
         Event::ClientError(e) => warn!(error = %e, "NATS client error"),
         Event::SlowConsumer(sid) => warn!(sid, "NATS slow consumer: messages were dropped"),
@@ -65,19 +71,4 @@ fn log_event(event: Event) {
         Event::Draining => debug!("NATS connection draining"),
         Event::Closed => info!("NATS connection closed"),
     }
-}
-
-/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
-/// as (`publish` | `subscribe`, subject).
-fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
-    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
-    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
-        ("publish", rest)
-    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
-        ("subscribe", rest)
-    } else {
-        ("other", rest)
-    };
-    let subject = rest.trim().trim_matches('"');
-    Some((operation, subject.split('"').next().unwrap_or(subject)))
 }

@@ -41,7 +41,7 @@ pub enum MeshError {
     TooManyResults { stream: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_tls::NatsTlsError),
+    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -159,28 +159,15 @@ fn log_event(event: async_nats::Event) {
     use async_nats::{Event, ServerError};
     match event {
         Event::Connected => tracing::info!("NATS connected"),
-        Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
-            Some((operation, subject)) => warn!(operation, subject, error = %msg,
+        Event::ServerError(ServerError::Other(msg)) => {
+            match execmesh_proto::nats_connection::permission_violation(&msg) {
+                Some((operation, subject)) => warn!(operation, subject, error = %msg,
                 "NATS refused an operation for permissions (the gateway's NATS user does not allow it)"),
-            None => warn!(error = %msg, "NATS server error"),
-        },
+                None => warn!(error = %msg, "NATS server error"),
+            }
+        }
         other => warn!(event = %other, "NATS connection event"),
     }
-}
-
-/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
-/// as (`publish` | `subscribe`, subject).
-fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
-    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
-    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
-        ("publish", rest)
-    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
-        ("subscribe", rest)
-    } else {
-        ("other", rest)
-    };
-    let subject = rest.trim().trim_matches('"');
-    Some((operation, subject.split('"').next().unwrap_or(subject)))
 }
 
 /// How long a direct get may take before the gateway gives up.
@@ -232,8 +219,11 @@ impl Mesh {
             .nats_tls_client
             .as_ref()
             .map(|c| (c.cert.as_path(), c.key.as_path()));
-        options =
-            execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+        options = execmesh_proto::nats_connection::apply_tls(
+            options,
+            config.nats_tls_ca.as_deref(),
+            client_cert,
+        )?;
         let client = options
             .connect(config.nats_url.as_str())
             .await

@@ -45,7 +45,11 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         .nats_tls_cert
         .as_deref()
         .zip(config.nats_tls_key.as_deref());
-    options = execmesh_proto::nats_tls::apply(options, config.nats_tls_ca.as_deref(), client_cert)?;
+    options = execmesh_proto::nats_connection::apply_tls(
+        options,
+        config.nats_tls_ca.as_deref(),
+        client_cert,
+    )?;
     if config.nats_tls_required {
         options = options.require_tls(true);
     }
@@ -72,11 +76,13 @@ fn log_event(host: &execmesh_proto::Token, event: Event) {
     match event {
         Event::Connected => info!(host = %host, "connected to NATS"),
         Event::Disconnected => warn!(host = %host, "disconnected from NATS; reconnecting"),
-        Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
-            Some((operation, subject)) => warn!(host = %host, operation, subject, error = %msg,
+        Event::ServerError(ServerError::Other(msg)) => {
+            match execmesh_proto::nats_connection::permission_violation(&msg) {
+                Some((operation, subject)) => warn!(host = %host, operation, subject, error = %msg,
                 "NATS refused an operation for permissions (this agent's NATS user does not allow it)"),
-            None => warn!(host = %host, error = %msg, "NATS server error"),
-        },
+                None => warn!(host = %host, error = %msg, "NATS server error"),
+            }
+        }
         Event::ServerError(e) => warn!(host = %host, error = %e, "NATS server error"),
         Event::ClientError(e) => warn!(host = %host, error = %e, "NATS client error"),
         Event::SlowConsumer(sid) => {
@@ -85,42 +91,5 @@ fn log_event(host: &execmesh_proto::Token, event: Event) {
         Event::LameDuckMode => warn!(host = %host, "NATS server entered lame duck mode"),
         Event::Draining => debug!(host = %host, "NATS connection draining"),
         Event::Closed => info!(host = %host, "NATS connection closed"),
-    }
-}
-
-/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
-/// as (`publish` | `subscribe`, subject).
-fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
-    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
-    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
-        ("publish", rest)
-    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
-        ("subscribe", rest)
-    } else {
-        ("other", rest)
-    };
-    let subject = rest.trim().trim_matches('"');
-    Some((operation, subject.split('"').next().unwrap_or(subject)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::permission_violation;
-
-    #[test]
-    fn permission_violations_name_the_operation_and_subject() {
-        assert_eq!(
-            permission_violation(
-                r#"Permissions Violation for Publish to "mesh.v1.default.out.web-2.x""#
-            ),
-            Some(("publish", "mesh.v1.default.out.web-2.x"))
-        );
-        assert_eq!(
-            permission_violation(
-                r#"Permissions Violation for Subscription to "mesh.v1.default.host.web-2.>" using queue "q""#
-            ),
-            Some(("subscribe", "mesh.v1.default.host.web-2.>"))
-        );
-        assert_eq!(permission_violation("Stale Connection"), None);
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! The contract names and validates; the gateway, the node-agent and the tests share these
 //! definitions so that a subject or a bucket is spelled in exactly one place. Two pieces of
-//! plumbing every process needs live here too, so they are written once: the TLS file checks of a
-//! NATS connection (`nats_tls`) and the background audit publisher (`audit_publisher`).
+//! plumbing every process needs live here too, so they are written once: the checks of a NATS
+//! connection's TLS files and the reading of its permission errors (`nats_connection`), and the
+//! background audit publisher (`audit_publisher`).
 
 pub mod audit_publisher;
 pub mod headers;
 pub mod jetstream;
-pub mod nats_tls;
+pub mod nats_connection;
 pub mod signing;
 pub mod subject;
 
