@@ -51,6 +51,9 @@ pub async fn subscribe(node: &Node) -> Result<Subscriptions, AgentError> {
     })
 }
 
+/// Longest wait for the server to take an unsubscribe at shutdown.
+const UNSUBSCRIBE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Serves requests until `node.stopping`, then refuses new work while running jobs drain (kill
 /// requests are still served), kills what outlives the grace period, and returns.
 pub async fn serve(node: Arc<Node>, mut subs: Subscriptions) {
@@ -78,7 +81,12 @@ pub async fn serve(node: Arc<Node>, mut subs: Subscriptions) {
         running = node.registry.len(),
         "shutting down: taking no new jobs"
     );
-    if let Err(e) = subs.exec.drain().await {
+    // Unsubscribing is a message to the server: with NATS unreachable it would wait for the
+    // reconnect, so it is skipped (the server drops the subscriptions with the connection).
+    let online = node.client.connection_state() == async_nats::connection::State::Connected;
+    if !online {
+        warn!("NATS is unreachable: stopping without unsubscribing or saying goodbye");
+    } else if let Ok(Err(e)) = tokio::time::timeout(UNSUBSCRIBE_LIMIT, subs.exec.drain()).await {
         warn!(error = %e, "unsubscribing from requests failed");
     }
     let drain = drain_jobs(&node);
@@ -97,7 +105,9 @@ pub async fn serve(node: Arc<Node>, mut subs: Subscriptions) {
             },
         }
     }
-    if let Err(e) = subs.ctl.unsubscribe().await {
+    if online
+        && let Ok(Err(e)) = tokio::time::timeout(UNSUBSCRIBE_LIMIT, subs.ctl.unsubscribe()).await
+    {
         debug!(error = %e, "unsubscribing from control failed");
     }
 }

@@ -160,15 +160,27 @@ pub async fn run_with_ready(
     let _ = beats.await;
     let _ = sweeper.await;
     let _ = facts.await;
-    match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
-        Err(_) => warn!("removing the presence key timed out"),
+    // With NATS unreachable there is no one to say goodbye to: the presence key expires by its
+    // TTL, and the last audit events are given up at once (the log says how many), so the
+    // agent stops promptly instead of waiting out each farewell's limit.
+    let online = client.connection_state() == async_nats::connection::State::Connected;
+    if online {
+        match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
+            Err(_) => warn!("removing the presence key timed out"),
+        }
     }
-    // Job and file events of the last moments go out before the connection does; with NATS
-    // unreachable they are given up soon, so the agent still stops within its unit's timeout.
-    node.audit.close(AUDIT_FLUSH_LIMIT).await;
-    let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
+    // Job and file events of the last moments go out before the connection does.
+    let grace = if online {
+        AUDIT_FLUSH_LIMIT
+    } else {
+        Duration::from_millis(100)
+    };
+    node.audit.close(grace).await;
+    if online {
+        let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
+    }
     info!(host = %node.host(), "node-agent stopped");
     Ok(())
 }

@@ -103,7 +103,12 @@ impl Heartbeat {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            match self.beat().await {
+            // A beat waiting on an unreachable NATS must not hold up a stop.
+            let beat = tokio::select! {
+                _ = stop.cancelled() => return,
+                beat = self.beat() => beat,
+            };
+            match beat {
                 Ok(()) => {
                     if failing {
                         warn!(key = %self.key, "heartbeat written again");

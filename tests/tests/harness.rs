@@ -137,6 +137,29 @@ async fn agent_stop_removes_its_presence() {
 }
 
 #[tokio::test]
+async fn an_agent_stops_promptly_on_sigterm_while_nats_is_down() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    nats.kill().await;
+
+    // Nothing can be said goodbye to: the agent gives up its farewells instead of hanging.
+    let started = std::time::Instant::now();
+    let status = agent.stop().await;
+
+    assert!(status.success(), "graceful exit, got {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        agent.log_tail(50).contains("NATS is unreachable"),
+        "{}",
+        agent.log_tail(50)
+    );
+}
+
+#[tokio::test]
 async fn agent_restart_after_kill_waits_for_a_new_instance() {
     let nats = Nats::start().await;
     let mut agent = NodeAgent::new(&nats, "web-1").start().await;
