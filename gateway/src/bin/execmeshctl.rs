@@ -1,0 +1,7 @@
+//! `execmeshctl`: the operator's command-line client of the gateway's gRPC admin API.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    execmesh_gateway::ctl::run(std::env::args_os())
+}

@@ -1,0 +1,259 @@
+//! `execmeshctl hosts`: the fleet by selector, and `hosts watch`, presence changes as they happen.
+
+use serde_json::{Value, json};
+
+use execmesh_proto::{now_ms, pb};
+
+use super::connect::Admin;
+use super::table::{self, Table};
+use super::{CtlError, enum_word, print, print_json};
+
+/// `hosts [SELECTOR]`: a table of the matching hosts and a count by state, or the response as
+/// JSON.
+pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(), CtlError> {
+    let request = admin.unary(pb::ListHostsRequest { selector });
+    let response = admin
+        .hosts
+        .list(request)
+        .await
+        .map_err(|s| admin.fail(s))?
+        .into_inner();
+    if json {
+        return print_json(
+            &json!({
+                "hosts": response.hosts.iter().map(host_json).collect::<Vec<_>>(),
+                "online": response.online,
+                "stale": response.stale,
+                "offline": response.offline,
+            }),
+            false,
+        );
+    }
+    let now = now_ms();
+    let mut table = Table::new(&[
+        "HOST",
+        "STATE",
+        "HEARTBEAT",
+        "JOBS",
+        "OS",
+        "CPUS",
+        "MEMORY",
+        "LOAD",
+        "LABELS",
+    ]);
+    for host in &response.hosts {
+        let facts = host.facts.as_ref();
+        table.row(vec![
+            host.host.clone(),
+            state_word(host.state),
+            table::ago(host.last_heartbeat_ms, now),
+            host.presence
+                .as_ref()
+                .map(|p| p.running_jobs.to_string())
+                .unwrap_or_else(|| "-".into()),
+            facts.map(os).unwrap_or_else(|| "-".into()),
+            facts
+                .filter(|f| f.cpus > 0)
+                .map(|f| f.cpus.to_string())
+                .unwrap_or_else(|| "-".into()),
+            facts
+                .filter(|f| f.memory_bytes > 0)
+                .map(|f| table::bytes(f.memory_bytes))
+                .unwrap_or_else(|| "-".into()),
+            facts
+                .filter(|f| f.collected_at_ms > 0)
+                .map(|f| format!("{:.2}", f.load1))
+                .unwrap_or_else(|| "-".into()),
+            labels(host),
+        ]);
+    }
+    let count = response.hosts.len();
+    let summary = format!(
+        "{count} host{}: {} online, {} stale, {} offline\n",
+        if count == 1 { "" } else { "s" },
+        response.online,
+        response.stale,
+        response.offline
+    );
+    if table.is_empty() {
+        return print(&summary);
+    }
+    print(&format!("{}\n{summary}", table.render()))
+}
+
+/// `hosts watch`: one line per presence change until interrupted (JSON lines with --json).
+pub async fn watch(
+    admin: &mut Admin,
+    selector: String,
+    include_initial: bool,
+    json: bool,
+) -> Result<(), CtlError> {
+    let request = admin.stream(pb::WatchHostsRequest {
+        selector,
+        include_initial,
+    });
+    let mut stream = admin
+        .hosts
+        .watch(request)
+        .await
+        .map_err(|s| admin.fail(s))?
+        .into_inner();
+    if !json {
+        // Lines arrive one by one, so the columns have fixed widths instead of measured ones.
+        print(&format!(
+            "{:<20}  {:<16}  {:<17}  {}\n",
+            "TIME", "HOST", "STATE", "DETAIL"
+        ))?;
+    }
+    loop {
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                return Err(CtlError::Connect {
+                    url: admin.settings.url.clone(),
+                    reason: "the gateway ended the watch (shutting down?); watch again".into(),
+                });
+            }
+            Err(status) => return Err(admin.fail(status)),
+        };
+        if json {
+            print_json(&event_json(&event), true)?;
+            continue;
+        }
+        let change = if event.initial {
+            state_word(event.state)
+        } else {
+            format!(
+                "{} → {}",
+                state_word(event.previous),
+                state_word(event.state)
+            )
+        };
+        let detail = match (&event.detail, event.initial) {
+            (Some(host), true) => format!("(at start) {}", labels(host)),
+            (Some(host), false) => labels(host),
+            (None, _) => String::new(),
+        };
+        print(&format!(
+            "{:<20}  {:<16}  {:<17}  {}\n",
+            table::timestamp(event.time_ms),
+            event.host,
+            change,
+            detail.trim_end()
+        ))?;
+    }
+}
+
+/// A host state as a word (`online`, `stale`, `offline`; `new` for an unknown previous state).
+fn state_word(state: i32) -> String {
+    match pb::HostState::try_from(state) {
+        Ok(pb::HostState::Unspecified) => "new".into(),
+        Ok(s) => enum_word(s.as_str_name(), "HOST_STATE_"),
+        Err(_) => format!("state {state}"),
+    }
+}
+
+fn state_json(state: i32) -> String {
+    pb::HostState::try_from(state)
+        .map(|s| enum_word(s.as_str_name(), "HOST_STATE_"))
+        .unwrap_or_else(|_| state.to_string())
+}
+
+/// `role=web,env=prod`, sorted by key.
+fn labels(host: &pb::Host) -> String {
+    let mut labels: Vec<_> = host.labels.iter().collect();
+    labels.sort();
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `debian 12`, else the OS line, clipped.
+fn os(facts: &pb::HostFacts) -> String {
+    let text = if !facts.os_id.is_empty() {
+        format!("{} {}", facts.os_id, facts.os_version)
+    } else {
+        facts.os.clone()
+    };
+    table::or_dash(&table::clip(text.trim(), 24))
+}
+
+/// A host as JSON: proto field names, enum values as words.
+pub fn host_json(host: &pb::Host) -> Value {
+    json!({
+        "host": host.host,
+        "state": state_json(host.state),
+        "labels": host.labels,
+        "last_heartbeat_ms": host.last_heartbeat_ms,
+        "presence": host.presence.as_ref().map(presence_json),
+        "facts": host.facts.as_ref().map(facts_json),
+    })
+}
+
+fn event_json(event: &pb::HostEvent) -> Value {
+    json!({
+        "host": event.host,
+        "state": state_json(event.state),
+        "previous": state_json(event.previous),
+        "time_ms": event.time_ms,
+        "initial": event.initial,
+        "detail": event.detail.as_ref().map(host_json),
+    })
+}
+
+fn presence_json(p: &pb::Presence) -> Value {
+    json!({
+        "host": p.host,
+        "agent_instance": p.agent_instance,
+        "started_at_ms": p.started_at_ms,
+        "heartbeat_at_ms": p.heartbeat_at_ms,
+        "heartbeat_interval_ms": p.heartbeat_interval_ms,
+        "running_jobs": p.running_jobs,
+        "max_jobs": p.max_jobs,
+        "version": p.version,
+    })
+}
+
+fn facts_json(f: &pb::HostFacts) -> Value {
+    json!({
+        "host": f.host,
+        "labels": f.labels,
+        "hostname": f.hostname,
+        "os": f.os,
+        "os_id": f.os_id,
+        "os_version": f.os_version,
+        "kernel": f.kernel,
+        "arch": f.arch,
+        "cpus": f.cpus,
+        "memory_bytes": f.memory_bytes,
+        "memory_available_bytes": f.memory_available_bytes,
+        "swap_total_bytes": f.swap_total_bytes,
+        "swap_free_bytes": f.swap_free_bytes,
+        "uptime_secs": f.uptime_secs,
+        "load1": f.load1,
+        "load5": f.load5,
+        "load15": f.load15,
+        "disks": f.disks.iter().map(|d| json!({
+            "mount": d.mount,
+            "device": d.device,
+            "fs_type": d.fs_type,
+            "total_bytes": d.total_bytes,
+            "used_bytes": d.used_bytes,
+            "available_bytes": d.available_bytes,
+        })).collect::<Vec<_>>(),
+        "ip_addresses": f.ip_addresses,
+        "listening_ports": f.listening_ports.iter().map(|p| json!({
+            "protocol": p.protocol,
+            "address": p.address,
+            "port": p.port,
+        })).collect::<Vec<_>>(),
+        "services": f.services,
+        "package_count": f.package_count,
+        "package_manager": f.package_manager,
+        "collected_at_ms": f.collected_at_ms,
+        "interval_secs": f.interval_secs,
+        "agent_version": f.agent_version,
+    })
+}
