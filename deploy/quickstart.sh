@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # Brings up a working execmesh on this machine: NATS with JetStream, the audit-sink (SQLite in
-# .execmesh/audit.db), the gateway on 127.0.0.1:8420 and N node-agents; on the first run creates
+# .execmesh/audit.db), the gateway on 127.0.0.1:8420 (its gRPC admin API for execmeshctl on
+# 127.0.0.1:8421) and N node-agents; on the first run creates
 # the policy (.execmesh/policy.toml) with you as its first user and prints your password once
 # (only its argon2 hash is kept); prints the MCP URL, a bearer token and ready client lines;
 # writes .execmesh/quickstart.json; stays in the foreground and stops everything on Ctrl-C/SIGTERM.
 #
-#   deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
+#   deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
 set -euo pipefail
 
 agents=1
 port=8420
+admin_port=8421
 nats_port=4222
 usage() {
   cat <<USAGE
-usage: deploy/quickstart.sh [--agents N] [--port PORT] [--nats-port PORT]
+usage: deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
 
 Starts NATS (JetStream, state under .execmesh/), the execmesh gateway (MCP on 127.0.0.1:PORT,
-default 8420) and N node-agents (default 1) for this machine, then prints how to connect an MCP
-client. Ctrl-C stops everything it started.
+default 8420; the admin API for execmeshctl on 127.0.0.1:ADMIN-PORT, default 8421) and N
+node-agents (default 1) for this machine, then prints how to connect an MCP client. Ctrl-C stops
+everything it started.
 USAGE
 }
 while [ $# -gt 0 ]; do
   case "$1" in
     --agents) agents="${2:?--agents needs a number}"; shift 2 ;;
     --port) port="${2:?--port needs a number}"; shift 2 ;;
+    --admin-port) admin_port="${2:?--admin-port needs a number}"; shift 2 ;;
     --nats-port) nats_port="${2:?--nats-port needs a number}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 64 ;;
@@ -38,9 +42,9 @@ state="$root/.execmesh"
 mkdir -p "$state/logs" "$state/nats"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$port" "$nats_port"; do
+for p in "$port" "$admin_port" "$nats_port"; do
   if port_busy "$p"; then
-    echo "port $p on 127.0.0.1 is already in use (another quickstart running?); pick another with --port / --nats-port" >&2
+    echo "port $p on 127.0.0.1 is already in use (another quickstart running?); pick another with --port / --admin-port / --nats-port" >&2
     exit 1
   fi
 done
@@ -101,6 +105,8 @@ done
 user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
 [ -n "$user" ] || user="operator"
 mcp_url="http://127.0.0.1:$port/mcp"
+# The gRPC admin API (execmeshctl): plaintext, so loopback only.
+admin_addr="127.0.0.1:$admin_port"
 # Who may do what: on the first run, one group that may do everything everywhere and you in it,
 # with a generated password shown once. Later runs keep the file (and your password).
 policy=(--policy-file "$state/policy.toml" --public-url "$mcp_url")
@@ -118,13 +124,18 @@ POLICY
 fi
 
 "$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" "${policy[@]}" \
+  --admin-addr "$admin_addr" \
   --key-file "$state/gateway.key" --exec-signing-key "$state/exec-signing.key" \
   >"$state/logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for 30 "the gateway (see $state/logs/gateway.log)" port_busy "$port"
+wait_for 30 "the gateway's admin API (see $state/logs/gateway.log)" port_busy "$admin_port"
 
 token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" "${policy[@]}" \
   token mint --user "$user" --ttl 30d)"
+# execmeshctl finds this one in .execmesh/quickstart.json when run from this checkout.
+admin_token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" "${policy[@]}" \
+  token mint --user "$user" --ttl 30d --scope admin)"
 if [ -n "$password" ]; then
   sign_in="user $user, password $password   (shown once: note it now; only its hash is stored)"
 else
@@ -132,12 +143,15 @@ else
 fi
 
 hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
-cat >"$state/quickstart.json" <<JSON
+# It holds tokens: readable by you only, from its first byte.
+(umask 077; cat >"$state/quickstart.json") <<JSON
 {
   "mcp_url": "$mcp_url",
   "token": "$token",
   "user": "$user",
   "nats_url": "$nats_url",
+  "admin_addr": "$admin_addr",
+  "admin_token": "$admin_token",
   "hosts": $hosts_json,
   "audit_db": "$state/audit.db",
   "logs": "$state/logs"
@@ -154,6 +168,7 @@ execmesh is up.
   token:    $token   (user $user, valid 30 days)
   hosts:    ${hosts[*]}
   NATS:     $nats_url (JetStream state in $state/nats)
+  admin:    http://$admin_addr   (gRPC; from this checkout: $bin/execmeshctl hosts)
   audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/
 
