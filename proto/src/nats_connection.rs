@@ -1,4 +1,4 @@
-//! The TLS files of a NATS connection (gateway, agent, audit-sink alike), read and checked before async-nats is given them, so a bad one is named.
+//! What the gateway, the agents and the audit-sink share about their NATS connections: TLS files read and checked before async-nats is given them (so a bad one is named), and the server's permission errors read back into an operation and a subject.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ pub struct NatsTlsError {
 /// server that verifies clients; either one makes TLS required. async-nats reads the files only
 /// when it connects and reports a bad one without its name (or as a failed handshake), so each
 /// is read here first.
-pub fn apply(
+pub fn apply_tls(
     mut options: ConnectOptions,
     ca: Option<&Path>,
     client: Option<(&Path, &Path)>,
@@ -79,6 +79,22 @@ fn check_ca(path: &Path) -> Result<(), NatsTlsError> {
     Ok(())
 }
 
+/// Reads the server's `Permissions Violation for Publish to "<subject>"` (or `Subscription to`)
+/// as (`publish` | `subscribe`, subject). A publish refused for permissions reaches a client only
+/// as this error on its event callback, so each process logs it with the subject.
+pub fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
+    let rest = msg.trim().strip_prefix("Permissions Violation for ")?;
+    let (operation, rest) = if let Some(rest) = rest.strip_prefix("Publish to ") {
+        ("publish", rest)
+    } else if let Some(rest) = rest.strip_prefix("Subscription to ") {
+        ("subscribe", rest)
+    } else {
+        ("other", rest)
+    };
+    let subject = rest.trim().trim_matches('"');
+    Some((operation, subject.split('"').next().unwrap_or(subject)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,7 +107,7 @@ mod tests {
         let missing = dir.path().join("missing.pem");
         let options = ConnectOptions::new;
 
-        let err = apply(options(), Some(&garbage), None)
+        let err = apply_tls(options(), Some(&garbage), None)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -101,7 +117,7 @@ mod tests {
                 garbage.display()
             )
         );
-        let err = apply(options(), Some(&missing), None)
+        let err = apply_tls(options(), Some(&missing), None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -110,12 +126,29 @@ mod tests {
                 && err.contains("No such file"),
             "{err}"
         );
-        let err = apply(options(), None, Some((&missing, &garbage)))
+        let err = apply_tls(options(), None, Some((&missing, &garbage)))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("nats_tls_cert") && err.contains("missing.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn permission_violations_name_the_operation_and_subject() {
+        assert_eq!(
+            permission_violation(
+                r#"Permissions Violation for Publish to "mesh.v1.default.out.web-2.x""#
+            ),
+            Some(("publish", "mesh.v1.default.out.web-2.x"))
+        );
+        assert_eq!(
+            permission_violation(
+                r#"Permissions Violation for Subscription to "mesh.v1.default.host.web-2.>" using queue "q""#
+            ),
+            Some(("subscribe", "mesh.v1.default.host.web-2.>"))
+        );
+        assert_eq!(permission_violation("Stale Connection"), None);
     }
 }
