@@ -1,6 +1,6 @@
 //! Audit events as the sink stores and shows them: a stream message becomes a [`Row`], a stored row becomes a protobuf record or a JSON line.
 
-use execmesh_proto::pb::{self, audit_event::Body};
+use execmesh_proto::pb;
 use execmesh_proto::subject::{self, AUDIT_GATEWAY_SOURCE, audit_kind};
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -113,7 +113,7 @@ impl Stored {
         let row = &self.row;
         let event = pb::AuditEvent::decode(row.payload.as_slice()).ok();
         let detail = match &event {
-            Some(event) => body_json(event.body.as_ref()),
+            Some(event) => execmesh_proto::audit_json::body(event.body.as_ref()),
             None => json!({ "payload_hex": hex::encode(&row.payload) }),
         };
         json!({
@@ -138,71 +138,6 @@ impl Stored {
     }
 }
 
-/// The body of an event as JSON, with enum values by name.
-fn body_json(body: Option<&Body>) -> Value {
-    match body {
-        Some(Body::CallReceived(b)) => json!({
-            // The summary is JSON text; shown as JSON when it parses.
-            "args": serde_json::from_str::<Value>(&b.args).unwrap_or_else(|_| Value::String(b.args.clone())),
-            "hosts": b.hosts,
-            "action": b.action,
-        }),
-        Some(Body::CallDenied(b)) => json!({ "reason": b.reason, "by": b.by, "code": b.code }),
-        Some(Body::CallDispatched(b)) => json!({
-            "request": b.request,
-            "error": b.error,
-            "duration_ms": b.duration_ms,
-        }),
-        Some(Body::CallCompleted(b)) => json!({
-            "status": b.status,
-            "error_code": b.error_code,
-            "error": b.error,
-            "duration_ms": b.duration_ms,
-            "hosts": b.hosts,
-        }),
-        Some(Body::JobStarted(b)) => json!({
-            "pid": b.pid,
-            "uid": b.uid,
-            "gid": b.gid,
-            "cwd": b.cwd,
-            "title": b.title,
-        }),
-        Some(Body::JobFinished(b)) => json!({
-            "state": b.state().as_str_name().trim_start_matches("JOB_STATE_").to_lowercase(),
-            "exit_code": b.exit_code,
-            "signal": b.signal,
-            "duration_ms": b.duration_ms,
-            "output_bytes": b.output_bytes,
-            "output_lines": b.output_lines,
-            "dropped_bytes": b.dropped_bytes,
-            "reason": b.reason,
-        }),
-        Some(Body::FileChanged(b)) => json!({
-            "action": b.action,
-            "path": b.path,
-            "to": b.to,
-            "size": b.size,
-            "sha256": b.sha256,
-            "detail": b.detail,
-        }),
-        Some(Body::ApprovalRequested(b)) => json!({
-            "approval_id": b.approval_id,
-            "summary": b.summary,
-            "hosts": b.hosts,
-            "request_hash": b.request_hash,
-            "expires_at_ms": b.expires_at_ms,
-        }),
-        Some(Body::ApprovalDecided(b)) => json!({
-            "approval_id": b.approval_id,
-            "decision": b.decision,
-            "by": b.by,
-            "reason": b.reason,
-            "requested_by": b.requested_by,
-        }),
-        None => Value::Null,
-    }
-}
-
 /// `2026-05-01T12:00:00.123Z`.
 pub fn rfc3339(ms: u64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
@@ -218,6 +153,7 @@ pub fn rfc3339(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execmesh_proto::pb::audit_event::Body;
 
     fn event(source: pb::AuditSource, host: &str) -> pb::AuditEvent {
         pb::AuditEvent {

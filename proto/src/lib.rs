@@ -1,11 +1,13 @@
 //! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers.
 //!
 //! The contract names and validates; the gateway, the node-agent and the tests share these
-//! definitions so that a subject or a bucket is spelled in exactly one place. Two pieces of
-//! plumbing every process needs live here too, so they are written once: the checks of a NATS
-//! connection's TLS files and the reading of its permission errors (`nats_connection`), and the
-//! background audit publisher (`audit_publisher`).
+//! definitions so that a subject or a bucket is spelled in exactly one place. Pieces of plumbing
+//! several processes need live here too, so they are written once: the checks of a NATS
+//! connection's TLS files and the reading of its permission errors (`nats_connection`), the
+//! background audit publisher (`audit_publisher`), and the JSON shape of audit events
+//! (`audit_json`).
 
+pub mod audit_json;
 pub mod audit_publisher;
 pub mod headers;
 pub mod jetstream;

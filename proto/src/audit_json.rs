@@ -1,0 +1,70 @@
+//! The JSON shape of audit event bodies, written once so the audit-sink's `export --jsonl` and `execmeshctl audit` print the same `detail` for the same event.
+
+use serde_json::{Value, json};
+
+use crate::pb::audit_event::Body;
+
+/// The body of an event as JSON, with enum values by name.
+pub fn body(body: Option<&Body>) -> Value {
+    match body {
+        Some(Body::CallReceived(b)) => json!({
+            // The summary is JSON text; shown as JSON when it parses.
+            "args": serde_json::from_str::<Value>(&b.args).unwrap_or_else(|_| Value::String(b.args.clone())),
+            "hosts": b.hosts,
+            "action": b.action,
+        }),
+        Some(Body::CallDenied(b)) => json!({ "reason": b.reason, "by": b.by, "code": b.code }),
+        Some(Body::CallDispatched(b)) => json!({
+            "request": b.request,
+            "error": b.error,
+            "duration_ms": b.duration_ms,
+        }),
+        Some(Body::CallCompleted(b)) => json!({
+            "status": b.status,
+            "error_code": b.error_code,
+            "error": b.error,
+            "duration_ms": b.duration_ms,
+            "hosts": b.hosts,
+        }),
+        Some(Body::JobStarted(b)) => json!({
+            "pid": b.pid,
+            "uid": b.uid,
+            "gid": b.gid,
+            "cwd": b.cwd,
+            "title": b.title,
+        }),
+        Some(Body::JobFinished(b)) => json!({
+            "state": b.state().as_str_name().trim_start_matches("JOB_STATE_").to_lowercase(),
+            "exit_code": b.exit_code,
+            "signal": b.signal,
+            "duration_ms": b.duration_ms,
+            "output_bytes": b.output_bytes,
+            "output_lines": b.output_lines,
+            "dropped_bytes": b.dropped_bytes,
+            "reason": b.reason,
+        }),
+        Some(Body::FileChanged(b)) => json!({
+            "action": b.action,
+            "path": b.path,
+            "to": b.to,
+            "size": b.size,
+            "sha256": b.sha256,
+            "detail": b.detail,
+        }),
+        Some(Body::ApprovalRequested(b)) => json!({
+            "approval_id": b.approval_id,
+            "summary": b.summary,
+            "hosts": b.hosts,
+            "request_hash": b.request_hash,
+            "expires_at_ms": b.expires_at_ms,
+        }),
+        Some(Body::ApprovalDecided(b)) => json!({
+            "approval_id": b.approval_id,
+            "decision": b.decision,
+            "by": b.by,
+            "reason": b.reason,
+            "requested_by": b.requested_by,
+        }),
+        None => Value::Null,
+    }
+}
