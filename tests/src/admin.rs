@@ -26,6 +26,24 @@ use tonic::{Request, Status};
 
 use crate::RunningGateway;
 
+/// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere, and every
+/// `bash` call held for a teammate's approval.
+pub const TEAM_POLICY: &str = r#"
+[groups.ops]
+tier = "dangerous"
+hosts = ["*"]
+
+[users.alice]
+groups = ["ops"]
+
+[users.bob]
+groups = ["ops"]
+
+# Every command waits for a teammate.
+[[approvals]]
+tool = "bash"
+"#;
+
 /// Lifetime of admin tokens minted by [`RunningGateway::mint_admin`].
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How long a test client may take to connect to the admin API.

@@ -10,27 +10,12 @@ use tonic::{Code, Status, Streaming};
 
 use execmesh_proto::pb;
 use execmesh_tests::admin::AdminClient;
+use execmesh_tests::admin::TEAM_POLICY;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, eventually};
 
 /// How long a test waits for one streamed message or a condition.
 const WAIT: Duration = Duration::from_secs(20);
-
-const POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-# Every command waits for a teammate.
-[[approvals]]
-tool = "bash"
-"#;
 
 /// The next message of a server stream, within [`WAIT`].
 async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
@@ -446,7 +431,11 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
 async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_approval_is_refused() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
     let alice_mcp = gw.client("alice").await;
     let mut alice = gw.admin_client("alice").await;
     let mut bob = gw.admin_client("bob").await;
@@ -702,7 +691,11 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
 #[tokio::test]
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
     let mut alice = gw.admin_client("alice").await;
 
     let minted = alice
@@ -841,7 +834,11 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
 #[tokio::test]
 async fn a_missing_invalid_or_non_admin_token_is_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
     let list = pb::ListHostsRequest::default();
 
     let mut anonymous = gw.admin_client_with_token(None).await;

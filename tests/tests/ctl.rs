@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+use execmesh_tests::admin::TEAM_POLICY;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
     AdminMode, AuditSink, Gateway, Nats, NodeAgent, RunningGateway, ToolOutput, eventually,
@@ -19,22 +20,6 @@ use execmesh_tests::{
 
 /// How long one command or one streamed line may take.
 const WAIT: Duration = Duration::from_secs(30);
-
-const POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-# Every command waits for a teammate.
-[[approvals]]
-tool = "bash"
-"#;
 
 /// What one run of `execmeshctl` did.
 #[derive(Debug)]
@@ -511,7 +496,11 @@ async fn job_tail_prints_a_running_jobs_output_to_its_end() {
 async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
     let alice_mcp = gw.client("alice").await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
     let bob = Ctl::new(&gw, &gw.mint_admin("bob"));
@@ -858,7 +847,11 @@ async fn audit_is_searched_exported_and_verified() {
 #[tokio::test]
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
 
     let minted = alice
@@ -940,7 +933,11 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
 #[tokio::test]
 async fn refusals_and_unreachable_gateways_get_words_and_exit_codes() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(TEAM_POLICY)
+        .admin()
+        .start()
+        .await;
 
     Ctl::new(&gw, "not-a-token").run(&["hosts"]).await.fails(
         1,
