@@ -83,9 +83,11 @@ impl Nats {
             .path()
             .join(format!("nats-server_{}.ports", child.id()));
         for _ in 0..400 {
-            if let Ok(text) = std::fs::read_to_string(&file) {
-                let v: serde_json::Value = serde_json::from_str(&text)?;
-                let url = v["nats"][0].as_str().context("ports file")?;
+            // The server may be caught halfway through writing the file: read it again then.
+            if let Ok(text) = std::fs::read_to_string(&file)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                && let Some(url) = v["nats"][0].as_str()
+            {
                 let port = url.rsplit(':').next().context("port")?.parse()?;
                 return Ok((child, port));
             }
