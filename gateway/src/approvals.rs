@@ -402,6 +402,21 @@ pub struct Request<'a> {
     pub summary: String,
 }
 
+impl<'a> Request<'a> {
+    /// The request of a fan-out over resolved `targets`.
+    pub fn for_targets(
+        targets: &'a crate::fanout::Targets,
+        action: Option<&'a str>,
+        summary: String,
+    ) -> Self {
+        Self {
+            action,
+            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
+            summary,
+        }
+    }
+}
+
 /// [`gate`] for calls that name their hosts by id: the hosts' records are read only when a rule
 /// could hold the call.
 pub async fn gate_hosts(

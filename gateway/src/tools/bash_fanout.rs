@@ -117,15 +117,15 @@ pub async fn call(
     }
     crate::approvals::gate(
         call,
-        crate::approvals::Request {
-            action: None,
-            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
-            summary: format!(
+        crate::approvals::Request::for_targets(
+            &targets,
+            None,
+            format!(
                 "bash `{}` on {} host(s) matching `{selector}`",
                 params.cmd,
                 targets.hosts.len()
             ),
-        },
+        ),
     )
     .await?;
     let total = targets.len();

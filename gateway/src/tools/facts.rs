@@ -137,14 +137,14 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     };
     crate::approvals::gate(
         call,
-        crate::approvals::Request {
-            action: Some(action_name),
-            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
-            summary: format!(
+        crate::approvals::Request::for_targets(
+            &targets,
+            Some(action_name),
+            format!(
                 "facts {action_name} on {} host(s) matching `{selector}`",
                 targets.hosts.len()
             ),
-        },
+        ),
     )
     .await?;
     let now = execmesh_proto::now_ms();
@@ -176,10 +176,7 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     };
     let text = render(&summary, &hosts);
     let result = FactsResult {
-        action: match action {
-            FactsAction::Get => "get".into(),
-            FactsAction::Refresh => "refresh".into(),
-        },
+        action: action_name.into(),
         selector,
         summary,
         hosts,

@@ -244,17 +244,17 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     }
     crate::approvals::gate(
         call,
-        crate::approvals::Request {
-            action: None,
-            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
-            summary: format!(
+        crate::approvals::Request::for_targets(
+            &targets,
+            None,
+            format!(
                 "grep `{}` in {} on {} host(s) matching `{}`",
                 params.pattern,
                 paths.join(" "),
                 targets.hosts.len(),
                 params.hosts
             ),
-        },
+        ),
     )
     .await?;
     let total = targets.len();
