@@ -397,3 +397,68 @@ async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
     let (code, _) = run(gateway(&["token", "mint", "--user", "nobody"]), "").await;
     assert_eq!(code, Some(64), "no tokens for users outside the policy");
 }
+
+#[tokio::test]
+async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_checked_or_sent() {
+    let nats = Nats::start().await;
+    let root = tempfile::tempdir().expect("temp dir");
+    let _agent = NodeAgent::new(&nats, "web-1")
+        .arg("--file-root", root.path())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let carol = gw.client("carol").await;
+
+    // carol is readonly: a write in disguise must not get past the gateway's tier check.
+    let marker = root.path().join("written-by-carol.txt");
+    for action in [
+        json!({"write": null}),
+        json!({"append": {}}),
+        json!(["write"]),
+    ] {
+        let out = carol
+            .call(
+                "file",
+                json!({"host": "web-1", "action": action, "path": marker, "content": "x\n"}),
+            )
+            .await;
+        assert_refused(&out, "invalid_arguments", "`action`");
+        assert!(!marker.exists(), "the disguised write ran");
+    }
+    let out = carol
+        .call(
+            "job",
+            json!({"action": {"kill": null}, "job": "x-12345678"}),
+        )
+        .await;
+    assert_refused(&out, "invalid_arguments", "`action`");
+    let out = carol
+        .call(
+            "facts",
+            json!({"action": {"refresh": null}, "hosts": "web-1"}),
+        )
+        .await;
+    assert_refused(&out, "invalid_arguments", "`action`");
+    let out = carol
+        .call(
+            "grep",
+            json!({"hosts": "web-1", "pattern": "x", "mode": {"count": null}}),
+        )
+        .await;
+    assert_refused(&out, "invalid_arguments", "`mode`");
+    // The documented shape still works within the tier, and is refused outside it.
+    let out = carol
+        .call(
+            "file",
+            json!({"host": "web-1", "action": "write", "path": marker, "content": "x\n"}),
+        )
+        .await;
+    assert_refused(&out, "tier", "needs tier standard");
+    let out = carol
+        .call(
+            "file",
+            json!({"host": "web-1", "action": "list", "path": root.path()}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+}

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +11,7 @@ use execmesh_proto::{Token, pb};
 
 use super::bash_fanout::FanoutResult;
 use super::job::{JobView, outcome, view};
-use super::{Call, dispatch, parse_args, seconds, structured};
+use super::{Call, dispatch, seconds, structured};
 use crate::error::ToolError;
 use crate::fanout::Amount;
 use crate::paging::{self, Cursor, PageLimits};
@@ -116,8 +116,7 @@ pub fn definition() -> Tool {
     )
 }
 
-pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
-    let params: BashParams = parse_args("bash", args)?;
+pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult, ToolError> {
     validate(&params)?;
     let host = match (&params.host, &params.hosts) {
         (Some(host), None) => host.clone(),

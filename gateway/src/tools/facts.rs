@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +12,7 @@ use execmesh_proto::{Token, pb};
 
 use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
-use super::{Call, dispatch, parse_args, structured};
+use super::{Call, dispatch, structured};
 use crate::error::ToolError;
 use crate::fanout::{self, HostStatus, Outcome, Plan, ResolveError, Targets};
 use crate::mesh::HostRecord;
@@ -31,11 +31,23 @@ pub enum FactsAction {
     Refresh,
 }
 
+// === impl FactsAction ===
+
+impl FactsAction {
+    /// The action's name, as the schema and the tier table write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactsAction::Get => "get",
+            FactsAction::Refresh => "refresh",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FactsParams {
     /// get (default) or refresh.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::args::optional_name")]
     pub action: Option<FactsAction>,
     /// Which hosts: a selector (default `*`); see `hosts`.
     #[serde(default)]
@@ -114,8 +126,7 @@ pub fn definition() -> Tool {
     )
 }
 
-pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
-    let params: FactsParams = parse_args("facts", args)?;
+pub async fn call(call: &Call<'_>, params: FactsParams) -> Result<CallToolResult, ToolError> {
     let action = params.action.unwrap_or(FactsAction::Get);
     let selector = params.hosts.unwrap_or_else(|| "*".to_string());
     let config = &call.state.config;
@@ -131,10 +142,7 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
         ResolveError::Mesh(e) => ToolError::from(e),
         other => ToolError::invalid("facts", other.to_string()),
     })?;
-    let action_name = match action {
-        FactsAction::Get => "get",
-        FactsAction::Refresh => "refresh",
-    };
+    let action_name = action.as_str();
     crate::approvals::gate(
         call,
         crate::approvals::Request::for_targets(

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use execmesh_proto::{Token, pb};
 
-use super::{Call, dispatch, parse_args, structured};
+use super::{Call, dispatch, structured};
 use crate::error::{ToolError, ToolError as E};
 
 /// Largest content one `write`/`append` call carries (a NATS message holds about 1 MiB).
@@ -48,6 +48,25 @@ pub enum FileAction {
     Copy,
 }
 
+// === impl FileAction ===
+
+impl FileAction {
+    /// The action's name, as the schema and the tier table write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileAction::Read => "read",
+            FileAction::Stat => "stat",
+            FileAction::List => "list",
+            FileAction::Grep => "grep",
+            FileAction::Write => "write",
+            FileAction::Append => "append",
+            FileAction::Move => "move",
+            FileAction::Delete => "delete",
+            FileAction::Copy => "copy",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
@@ -60,6 +79,7 @@ pub enum Encoding {
 pub struct FileParams {
     /// The host id (see `hosts`); for `copy`, the source host.
     pub host: String,
+    #[serde(deserialize_with = "super::args::name")]
     pub action: FileAction,
     /// Absolute path on the host. Not needed for `read` with a `cursor`.
     #[serde(default)]
@@ -68,7 +88,7 @@ pub struct FileParams {
     #[serde(default)]
     pub cursor: Option<String>,
     /// `read`: `text` (default; binary files are refused) or `base64` (raw bytes).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::args::optional_name")]
     pub encoding: Option<Encoding>,
     /// `read`: most lines per page (default 1000).
     #[serde(default)]
@@ -232,12 +252,11 @@ pub fn definition() -> Tool {
     )
 }
 
-pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
-    let params: FileParams = parse_args("file", args)?;
+pub async fn call(call: &Call<'_>, params: FileParams) -> Result<CallToolResult, ToolError> {
     let host =
         Token::parse("host id", &params.host).map_err(|e| E::invalid("file", e.to_string()))?;
     super::reach::check(call, &host).await?;
-    let action = action_name(params.action);
+    let action = params.action.as_str();
     // A copy is held for both ends; every other action names one host.
     let to_host = match (params.action, &params.to_host) {
         (FileAction::Copy, Some(h)) => {
@@ -247,7 +266,7 @@ pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, T
     };
     let mut hosts = vec![&host];
     hosts.extend(to_host.as_ref().filter(|to| **to != host));
-    crate::approvals::gate_hosts(call, Some(&action), &hosts, || {
+    crate::approvals::gate_hosts(call, Some(action), &hosts, || {
         let path = params.path.as_deref().unwrap_or("(cursor)");
         match (params.action, &params.to) {
             (FileAction::Copy, Some(to)) => format!(
@@ -270,7 +289,7 @@ fn path_arg(params: &FileParams, name: &str, value: Option<&String>) -> Result<S
     let path = value.ok_or_else(|| {
         E::invalid(
             "file",
-            format!("action `{}` needs `{name}`", action_name(params.action)),
+            format!("action `{}` needs `{name}`", params.action.as_str()),
         )
     })?;
     if !path.starts_with('/') {
@@ -283,13 +302,6 @@ fn path_arg(params: &FileParams, name: &str, value: Option<&String>) -> Result<S
         return Err(E::invalid("file", format!("`{name}` contains a NUL byte")));
     }
     Ok(path.clone())
-}
-
-fn action_name(action: FileAction) -> String {
-    serde_json::to_value(action)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 async fn send_file(
@@ -362,7 +374,7 @@ async fn single(
     };
     let mut result = FileResult {
         host: host.to_string(),
-        action: action_name(params.action),
+        action: params.action.as_str().to_string(),
         path,
         ..Default::default()
     };
@@ -498,7 +510,7 @@ fn content(params: &FileParams) -> Result<Vec<u8>, ToolError> {
     let text = params.content.as_ref().ok_or_else(|| {
         E::invalid(
             "file",
-            format!("action `{}` needs `content`", action_name(params.action)),
+            format!("action `{}` needs `content`", params.action.as_str()),
         )
     })?;
     let bytes = match params.encoding.unwrap_or(Encoding::Text) {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use execmesh_proto::{Token, pb};
 
 use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
-use super::{Call, dispatch, parse_args, seconds, structured};
+use super::{Call, dispatch, seconds, structured};
 use crate::error::ToolError;
 use crate::fanout::{self, Amount, HostStatus, Outcome, Plan, ResolveError, Targets};
 
@@ -72,7 +72,7 @@ pub struct GrepParams {
     #[serde(default)]
     pub max_matches: Option<u32>,
     /// matches (default), count (per file) or files (names only).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::args::optional_name")]
     pub mode: Option<GrepMode>,
     /// Group every matching line across hosts after replacing numbers, hex, UUIDs, IPs and
     /// timestamps with placeholders; list the rarest groups first with their hosts. Use it to
@@ -193,8 +193,7 @@ pub fn definition() -> Tool {
     )
 }
 
-pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
-    let params: GrepParams = parse_args("grep", args)?;
+pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult, ToolError> {
     if params.pattern.is_empty() {
         return Err(ToolError::invalid("grep", "`pattern` is empty"));
     }

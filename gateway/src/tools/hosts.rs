@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use execmesh_proto::pb;
 
-use super::{Call, parse_args, structured};
+use super::{Call, structured};
 use crate::error::ToolError;
 use crate::fanout::{ResolveError, Targets};
 use crate::mesh::HostRecord;
@@ -76,9 +76,8 @@ pub fn definition() -> Tool {
 
 pub async fn call(
     call: &Call<'_>,
-    args: JsonObject,
+    params: HostsParams,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
-    let params: HostsParams = parse_args("hosts", args)?;
     let selector = params.selector.unwrap_or_else(|| "*".to_string());
     let reach = super::bash_fanout::reach_of(call);
     let config = &call.state.config;

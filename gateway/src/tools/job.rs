@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb, subject};
 
-use super::{Call, parse_args, seconds, structured};
+use super::{Call, seconds, structured};
 use crate::auth::Identity;
 use crate::error::ToolError;
 use crate::paging::{self, Cursor, CursorError, Page, PageLimits};
@@ -33,9 +33,24 @@ pub enum JobAction {
     Kill,
 }
 
+// === impl JobAction ===
+
+impl JobAction {
+    /// The action's name, as the schema and the tier table write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobAction::Poll => "poll",
+            JobAction::List => "list",
+            JobAction::Wait => "wait",
+            JobAction::Kill => "kill",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {
+    #[serde(deserialize_with = "super::args::name")]
     pub action: JobAction,
     /// The job id (as returned by `bash`). Not needed for `poll` with a cursor, nor for `list`.
     #[serde(default)]
@@ -133,8 +148,7 @@ pub fn definition() -> Tool {
     )
 }
 
-pub async fn call(call: &Call<'_>, args: JsonObject) -> Result<CallToolResult, ToolError> {
-    let params: JobParams = parse_args("job", args)?;
+pub async fn call(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
     match params.action {
         JobAction::Poll => poll(call, params).await,
         JobAction::List => list(call, params).await,

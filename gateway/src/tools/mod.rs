@@ -4,6 +4,7 @@
 //! verified identity from the request's extensions, opens a span with the trace id, runs the
 //! tool, and turns a [`ToolError`] into an `isError` result.
 
+mod args;
 mod bash;
 mod bash_fanout;
 mod dispatch;
@@ -26,13 +27,13 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span};
 
 use crate::auth::Identity;
 use crate::error::ToolError;
 use crate::server::AppState;
 use crate::trace::TraceContext;
+use args::Params;
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
@@ -191,18 +192,17 @@ impl ServerHandler for Handler {
             if let Some(e) = approval_error {
                 return Err(e);
             }
-            if crate::tier::is_known_tool(&tool) {
-                crate::tier::check(&tool, &args, identity.tier)?;
-            }
-            match tool.as_str() {
-                "hosts" => hosts::call(&call, args).await,
-                "bash" => bash::call(&call, args).await,
-                "job" => job::call(&call, args).await,
-                "file" => file::call(&call, args).await,
-                "grep" => grep::call(&call, args).await,
-                "facts" => facts::call(&call, args).await,
-                "whoami" => whoami::call(&call, args).await,
-                other => Err(ToolError::UnknownTool(other.to_string())),
+            // Parsed once: the tier check and the tool read the same typed value.
+            let params = Params::parse(&tool, args)?;
+            crate::tier::check(&tool, params.action(), identity.tier)?;
+            match params {
+                Params::Hosts(p) => hosts::call(&call, p).await,
+                Params::Bash(p) => bash::call(&call, p).await,
+                Params::Job(p) => job::call(&call, p).await,
+                Params::File(p) => file::call(&call, p).await,
+                Params::Grep(p) => grep::call(&call, p).await,
+                Params::Facts(p) => facts::call(&call, p).await,
+                Params::Whoami(p) => whoami::call(&call, p).await,
             }
         }
         .instrument(span.clone())
@@ -224,12 +224,6 @@ impl ServerHandler for Handler {
         };
         Ok(result.into())
     }
-}
-
-/// Parses a tool's arguments into its parameter type, naming the problem on failure.
-pub fn parse_args<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolError> {
-    serde_json::from_value(serde_json::Value::Object(args))
-        .map_err(|e| ToolError::invalid(tool, e.to_string()))
 }
 
 /// A result with text blocks for people and models and the same data as `structuredContent`.

@@ -1,10 +1,10 @@
 //! `whoami`: who the caller is to this gateway, what they may reach, and which relays serve them.
 
-use rmcp::model::{JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Call, parse_args, structured};
+use super::{Call, structured};
 use crate::error::ToolError;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -47,9 +47,8 @@ pub fn definition() -> Tool {
 
 pub async fn call(
     call: &Call<'_>,
-    args: JsonObject,
+    _params: WhoamiParams,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
-    let _: WhoamiParams = parse_args("whoami", args)?;
     let identity = call.identity;
     let result = WhoamiResult {
         user: identity.user.to_string(),
