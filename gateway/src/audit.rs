@@ -102,6 +102,9 @@ pub struct CallAudit<'a> {
     started: Instant,
     /// Hosts dispatched to so far, in order (fan-out dispatches concurrently).
     hosts: Mutex<Vec<String>>,
+    /// Hosts whose agent refused the call by its own policy, with the agent's code (`guard`,
+    /// `tier`, `run_as`, …): their denial is recorded with that code when the call ends.
+    node_denials: Mutex<Vec<(String, String)>>,
 }
 
 // === impl Redactor ===
@@ -272,6 +275,7 @@ impl Audit {
             trace_id: trace_id.to_string(),
             started: Instant::now(),
             hosts: Mutex::new(Vec::new()),
+            node_denials: Mutex::new(Vec::new()),
         };
         call.emit(
             "",
@@ -360,6 +364,12 @@ impl CallAudit<'_> {
         if let Ok(mut hosts) = self.hosts.lock() {
             hosts.push(host.to_string());
         }
+        if let Err(e) = result
+            && let Some((_, code)) = e.node_denial()
+            && let Ok(mut denials) = self.node_denials.lock()
+        {
+            denials.push((host.to_string(), code.to_string()));
+        }
         let (outcome, error) = match result {
             Ok(_) => ("ok", String::new()),
             Err(e @ ToolError::OfflineHost { .. }) => ("offline", e.to_string()),
@@ -398,20 +408,26 @@ impl CallAudit<'_> {
         );
     }
 
-    /// Records how the call ended: `denied` when policy refused it, else `completed` (after a
-    /// `denied` for each host of a fan-out that was refused).
+    /// Records how the call ended: `denied` when policy refused it (the gateway's, or the
+    /// host's own: tier cap, run-as, CommandGuard, roots), else `completed` (after a `denied`
+    /// for each host of a fan-out that was refused).
     pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
         let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
+        let node_denials = self
+            .node_denials
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         if let Ok(r) = result {
             for (host, reason) in denied_hosts(r) {
-                // A host that was asked refused by its own policy; one never asked was outside
-                // the caller's reach.
-                let by = if hosts.contains(&host) {
-                    host.as_str()
-                } else {
-                    "gateway"
+                // A host that was asked refused by its own policy, with its code; one never
+                // asked was outside the caller's reach.
+                let (by, code) = match node_denials.iter().find(|(h, _)| *h == host) {
+                    Some((_, code)) => (host.as_str(), code.as_str()),
+                    None if hosts.contains(&host) => (host.as_str(), "denied"),
+                    None => ("gateway", "denied"),
                 };
-                self.denied(&host, by, "denied", &reason);
+                self.denied(&host, by, code, &reason);
             }
         }
         let elapsed = self.started.elapsed().as_millis() as u64;
@@ -495,12 +511,9 @@ fn denial(e: &ToolError) -> Option<(&str, &str)> {
     match e {
         ToolError::Tier(_) => Some(("gateway", "tier")),
         ToolError::Denied { .. } => Some(("gateway", "denied")),
-        ToolError::Refused { host, code, .. }
-            if matches!(code.as_str(), "denied" | "outside_roots") =>
-        {
-            Some((host.as_str(), code.as_str()))
-        }
-        _ => None,
+        other => other
+            .node_denial()
+            .map(|(host, code)| (host.as_str(), code)),
     }
 }
 

@@ -109,6 +109,15 @@ impl ToolError {
         }
     }
 
+    /// The host and the agent's code when this is a host refusing the call by its own policy
+    /// (tier cap, run-as, CommandGuard, denied paths): a denied call, audited as one.
+    pub fn node_denial(&self) -> Option<(&Token, &str)> {
+        match self {
+            Self::Refused { host, code, .. } if is_node_denial(code) => Some((host, code.as_str())),
+            _ => None,
+        }
+    }
+
     /// Maps an agent's refusal.
     pub fn refused(host: &Token, error: pb::ExecError) -> Self {
         let code = error
@@ -156,6 +165,15 @@ impl From<DispatchError> for ToolError {
             }
         }
     }
+}
+
+/// Whether an agent's refusal code is its own policy refusing the call (not a failure): the
+/// host's tier cap, its run-as mapping, its CommandGuard, its denied paths or allowed roots.
+pub fn is_node_denial(code: &str) -> bool {
+    matches!(
+        code,
+        "denied" | "tier" | "run_as" | "guard" | "outside_roots"
+    )
 }
 
 fn known_hosts(known: &[String]) -> String {

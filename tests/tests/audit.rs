@@ -42,6 +42,7 @@ on_both_stores!(
     nothing_is_lost_or_duplicated_when_the_sink_is_killed_mid_stream,
     verify_names_a_record_altered_or_removed_in_the_database,
     queries_and_exports_filter_by_every_field_and_page_by_cursor,
+    a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule,
 );
 
 /// The store a scenario runs on; holds the PostgreSQL server, if any, for the test's length.
@@ -889,4 +890,139 @@ groups = ["readers"]
         .map(|r| r.kind)
         .collect();
     assert_eq!(kinds, ["call-received", "call-denied"]);
+}
+
+/// The one `call-denied` event of `user`, once stored, and the kinds of its trace in order.
+async fn denial_of(
+    sink: &execmesh_tests::RunningAudit,
+    user: &str,
+    trace_len: usize,
+) -> (pb::AuditEvent, pb::CallDenied, Vec<String>) {
+    let denied = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                user: user.into(),
+                kind: audit_kind::CALL_DENIED.into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() == 1).then(|| r[0].event.clone().expect("a decodable event"))
+    })
+    .await;
+    let Some(Body::CallDenied(body)) = denied.body.clone() else {
+        panic!("a call-denied body: {denied:?}")
+    };
+    let kinds = trace_events(sink, &denied.trace_id, trace_len)
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.event
+                .as_ref()
+                .is_some_and(|e| e.source == source_of("gateway"))
+        })
+        .map(|r| r.kind)
+        .collect();
+    (denied, body, kinds)
+}
+
+async fn a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let _guarded = NodeAgent::new(&nats, "web-1").start().await;
+    let _guarded_too = NodeAgent::new(&nats, "web-2").start().await;
+    let _capped = NodeAgent::new(&nats, "db-1")
+        .arg("--max-tier", "readonly")
+        .start()
+        .await;
+    let _mapped = NodeAgent::new(&nats, "app-1")
+        .arg("--run-as", "alice=daemon")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    // Harmless even if it ran: there is no such device.
+    let mkfs = "mkfs.ext4 /nonexistent/execmesh-guard";
+
+    // The CommandGuard of web-1 refuses: a denied call, by web-1, naming the rule.
+    let out = gw
+        .client("gina")
+        .await
+        .call("bash", json!({"host": "web-1", "cmd": mkfs}))
+        .await;
+    assert!(out.is_error(), "{}", out.text());
+    let (denied, body, kinds) = denial_of(&sink, "gina", 3).await;
+    assert_eq!(denied.outcome, "denied");
+    assert_eq!(denied.host, "web-1");
+    assert_eq!((body.by.as_str(), body.code.as_str()), ("web-1", "guard"));
+    assert!(body.reason.contains("rule mkfs"), "{}", body.reason);
+    assert_eq!(kinds, ["call-received", "call-dispatched", "call-denied"]);
+
+    // db-1 caps the tier at readonly.
+    let out = gw
+        .client("tess")
+        .await
+        .call("bash", json!({"host": "db-1", "cmd": "true"}))
+        .await;
+    assert!(out.is_error(), "{}", out.text());
+    let (_, body, _) = denial_of(&sink, "tess", 3).await;
+    assert_eq!((body.by.as_str(), body.code.as_str()), ("db-1", "tier"));
+    assert!(
+        body.reason.contains("needs tier standard"),
+        "{}",
+        body.reason
+    );
+
+    // app-1 maps alice only: rudi has no account there.
+    let out = gw
+        .client("rudi")
+        .await
+        .call("bash", json!({"host": "app-1", "cmd": "true"}))
+        .await;
+    assert!(out.is_error(), "{}", out.text());
+    let (_, body, _) = denial_of(&sink, "rudi", 3).await;
+    assert_eq!((body.by.as_str(), body.code.as_str()), ("app-1", "run_as"));
+
+    // In a fan-out, each refusing host is `denied` with its own call-denied, then the call
+    // completes.
+    let out = gw
+        .client("fran")
+        .await
+        .call("bash", json!({"hosts": "web-*", "cmd": mkfs}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let statuses: Vec<&str> = out.structured()["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .filter_map(|h| h["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["denied", "denied"], "{}", out.text());
+    let denials = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                user: "fran".into(),
+                kind: audit_kind::CALL_DENIED.into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() == 2).then_some(r)
+    })
+    .await;
+    let mut by_host: Vec<(String, String, String)> = denials
+        .iter()
+        .filter_map(|r| {
+            let e = r.event.as_ref()?;
+            let Some(Body::CallDenied(d)) = &e.body else {
+                return None;
+            };
+            Some((e.host.clone(), d.by.clone(), d.code.clone()))
+        })
+        .collect();
+    by_host.sort();
+    assert_eq!(
+        by_host,
+        [
+            ("web-1".into(), "web-1".into(), "guard".into()),
+            ("web-2".into(), "web-2".into(), "guard".into()),
+        ]
+    );
 }

@@ -290,16 +290,11 @@ pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
         ToolError::OfflineHost { .. } | ToolError::UnknownHost { .. } => HostStatus::Offline,
         ToolError::HostTimeout { .. } => HostStatus::Timeout,
         ToolError::Denied { .. } | ToolError::Tier(_) => HostStatus::Denied,
+        // The host's own policy refused (tier cap, run-as, CommandGuard, roots), or it does not
+        // accept the request's signature, or the run-as account lacks the permission.
         ToolError::Refused { code, .. }
-            if matches!(
-                code.as_str(),
-                "denied"
-                    | "tier"
-                    | "run_as"
-                    | "unauthenticated"
-                    | "outside_roots"
-                    | "permission_denied"
-            ) =>
+            if crate::error::is_node_denial(code)
+                || matches!(code.as_str(), "unauthenticated" | "permission_denied") =>
         {
             HostStatus::Denied
         }
