@@ -65,6 +65,12 @@ pub fn body(body: Option<&Body>) -> Value {
             "reason": b.reason,
             "requested_by": b.requested_by,
         }),
+        Some(Body::JobAccessed(b)) => json!({
+            "owners": b.owners,
+            "action": b.action,
+            "via": b.via,
+            "jobs": b.jobs,
+        }),
         None => Value::Null,
     }
 }

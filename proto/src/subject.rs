@@ -155,11 +155,12 @@ pub mod audit_kind {
     pub const FILE_CHANGED: &str = "file-changed";
     pub const APPROVAL_REQUESTED: &str = "approval-requested";
     pub const APPROVAL_DECIDED: &str = "approval-decided";
+    pub const JOB_ACCESSED: &str = "job-accessed";
     /// An event without a body (from a newer publisher this build does not know).
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -169,6 +170,7 @@ pub mod audit_kind {
         FILE_CHANGED,
         APPROVAL_REQUESTED,
         APPROVAL_DECIDED,
+        JOB_ACCESSED,
     ];
 
     /// The kind of an event body.
@@ -183,6 +185,7 @@ pub mod audit_kind {
             Some(Body::FileChanged(_)) => FILE_CHANGED,
             Some(Body::ApprovalRequested(_)) => APPROVAL_REQUESTED,
             Some(Body::ApprovalDecided(_)) => APPROVAL_DECIDED,
+            Some(Body::JobAccessed(_)) => JOB_ACCESSED,
             None => UNKNOWN,
         }
     }

@@ -297,6 +297,13 @@ fn summary(body: Option<&Body>) -> String {
             };
             format!("{} {} by {}{reason}", b.decision, b.approval_id, b.by)
         }
+        Some(Body::JobAccessed(b)) => format!(
+            "operator {} of {} job(s) of {} via {}",
+            b.action,
+            b.jobs,
+            b.owners.join(", "),
+            b.via
+        ),
         None => String::new(),
     }
 }
