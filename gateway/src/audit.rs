@@ -93,6 +93,28 @@ pub struct Audit {
     redactor: Redactor,
 }
 
+/// A use of operator rights on other users' jobs, as [`Audit::job_accessed`] records it.
+#[derive(Debug)]
+pub struct JobAccessed<'a> {
+    /// The user who used the rights.
+    pub operator: &'a str,
+    /// The trace of the call (empty for admin RPCs, which have none).
+    pub trace_id: &'a str,
+    /// `job`, or the admin RPC (`JobsService.Get`).
+    pub tool: &'a str,
+    /// The job and its host, when the use was about one job.
+    pub host: &'a str,
+    pub job: &'a str,
+    /// Whose jobs.
+    pub owners: Vec<String>,
+    /// `poll`, `wait`, `kill`, `list`, `get`, `tail`.
+    pub action: &'a str,
+    /// `mcp` or `admin-api`.
+    pub via: &'a str,
+    /// How many jobs of others the use covered.
+    pub jobs: usize,
+}
+
 /// One call's audit trail.
 pub struct CallAudit<'a> {
     audit: &'a Audit,
@@ -317,6 +339,30 @@ impl Audit {
         });
     }
 
+    /// Records a use of operator rights on other users' jobs (see [`crate::job_access`]).
+    pub fn job_accessed(&self, used: JobAccessed<'_>) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: used.trace_id.to_string(),
+            user: used.operator.to_string(),
+            host: used.host.to_string(),
+            job_id: used.job.to_string(),
+            tool: used.tool.to_string(),
+            outcome: used.action.to_string(),
+            body: Some(Body::JobAccessed(pb::JobAccessed {
+                owners: used.owners,
+                action: used.action.to_string(),
+                via: used.via.to_string(),
+                jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
+            })),
+        });
+    }
+
     /// Stops taking events and waits up to `grace` for those queued to be published.
     pub async fn close(&self, grace: Duration) {
         self.publisher.close(grace).await;
@@ -511,6 +557,7 @@ fn denial(e: &ToolError) -> Option<(&str, &str)> {
     match e {
         ToolError::Tier(_) => Some(("gateway", "tier")),
         ToolError::Denied { .. } => Some(("gateway", "denied")),
+        ToolError::NotOperator { .. } => Some(("gateway", "not_operator")),
         other => other
             .node_denial()
             .map(|(host, code)| (host.as_str(), code)),

@@ -289,6 +289,17 @@ impl SigningKey {
         file.sync_all().map_err(err)
     }
 
+    /// A 32-byte secret for `purpose` derived from the key (HMAC-SHA256 of the purpose under the
+    /// seed), for other values every replica must agree on (job cursors); the key itself never
+    /// leaves this type, and secrets of different purposes are unrelated.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.key.to_bytes());
+        let tag = ring::hmac::sign(&key, purpose.as_bytes());
+        let mut secret = [0u8; 32];
+        secret.copy_from_slice(tag.as_ref());
+        secret
+    }
+
     /// Signs an access token for `audience` as `spec` says.
     pub fn issue(&self, audience: &Audience, spec: &TokenSpec<'_>) -> Result<Issued, AuthError> {
         let user = Token::parse("user", spec.user)?;

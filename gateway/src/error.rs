@@ -54,6 +54,11 @@ pub enum ToolError {
     /// The host is outside the hosts the caller may reach.
     #[error("denied: host {host} is outside the hosts you may reach ({reach})")]
     Denied { host: String, reach: String },
+    /// The call acts on other users' jobs, which needs operator rights the caller lacks.
+    #[error(
+        "denied: to {action} you need operator rights (the policy's `operators`); without them you see your own jobs only"
+    )]
+    NotOperator { action: String },
     /// Not a failure: the policy holds the call until a teammate approves it. The client sees
     /// `result`, a normal (non-error) result with the approval id.
     #[error("approval {id} required before this call runs")]
@@ -81,6 +86,7 @@ impl ToolError {
             Self::Mesh(_) => "unavailable",
             Self::Tier(_) => "tier",
             Self::Denied { .. } => "denied",
+            Self::NotOperator { .. } => "not_operator",
             Self::ApprovalRequired { .. } => "approval_required",
             Self::ApprovalUnusable { .. } => "approval_unusable",
         }

@@ -4,6 +4,10 @@
 //! the page at line 1,900,000 is one batch direct get from that sequence, the same cost as the
 //! first page, on any gateway replica. Tail reads find their start with a binary search over
 //! sequences (log₂ of the job's record count in direct gets).
+//!
+//! Clients get cursors sealed with a MAC ([`CursorKey`]) over the position and the user they were
+//! issued to, so a cursor cannot be forged, altered to name another job, or replayed by another
+//! user; any replica opens it, since the key derives from the token key they all share.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +23,9 @@ const BATCH_RECORDS: usize = 32;
 
 /// A position in a job's output: the record at `seq` (or the next one of the job after it),
 /// with its first `skip` lines already read.
+///
+/// Clients only ever see it sealed ([`CursorKey::seal`]): bound to the user it was issued to, its
+/// host and its job, so it cannot be replayed by another user or pointed at another job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub host: Token,
@@ -30,10 +37,74 @@ pub struct Cursor {
 /// Why a cursor could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
-    #[error("the cursor is not one this gateway issued (it must be passed back unchanged)")]
+    /// Garbage, an altered cursor, one issued to another user or by a gateway with another key:
+    /// one answer for all, so a cursor tells nothing about jobs the caller may not see.
+    #[error("the cursor is not one this gateway issued to you (it must be passed back unchanged)")]
     Malformed,
     #[error("the cursor belongs to job {cursor_job}, not to job {job}")]
     OtherJob { cursor_job: Token, job: Token },
+}
+
+/// The key that seals cursors: HMAC-SHA256 with a secret derived from the gateway's token key,
+/// which every replica shares, so a cursor issued by one replica opens on any other.
+pub struct CursorKey {
+    key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey(..)")
+    }
+}
+
+/// The version tag of sealed cursors; cursors of earlier versions (unsealed) are refused.
+const CURSOR_VERSION: &str = "2";
+
+// === impl CursorKey ===
+
+impl CursorKey {
+    /// A key from `secret` (32 bytes derived for this purpose only, see
+    /// [`crate::auth::SigningKey::derive_secret`]) for the cursors of `tenant`.
+    pub fn new(secret: &[u8], tenant: &Token) -> Self {
+        let mut material = secret.to_vec();
+        material.extend_from_slice(tenant.as_str().as_bytes());
+        Self {
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &material),
+        }
+    }
+
+    /// The opaque text handed to `user`: the position, then a MAC over it and the user.
+    pub fn seal(&self, cursor: &Cursor, user: &Token) -> String {
+        let plain = cursor.plain();
+        let tag = ring::hmac::sign(&self.key, &signed_bytes(user, &plain));
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(plain),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    /// The cursor `text` names, if this key sealed it for `user`. Everything else (garbage, an
+    /// altered position, another user's cursor) is [`CursorError::Malformed`].
+    pub fn open(&self, text: &str, user: &Token) -> Result<Cursor, CursorError> {
+        let (plain, tag) = text.trim().split_once('.').ok_or(CursorError::Malformed)?;
+        let plain = URL_SAFE_NO_PAD
+            .decode(plain)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(CursorError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| CursorError::Malformed)?;
+        ring::hmac::verify(&self.key, &signed_bytes(user, &plain), &tag)
+            .map_err(|_| CursorError::Malformed)?;
+        Cursor::parse(&plain)
+    }
+}
+
+/// What a cursor's MAC covers: a purpose tag, the user it was issued to and the position.
+fn signed_bytes(user: &Token, plain: &str) -> Vec<u8> {
+    format!("execmesh job cursor\n{user}\n{plain}").into_bytes()
 }
 
 // === impl Cursor ===
@@ -49,19 +120,17 @@ impl Cursor {
         }
     }
 
-    /// The opaque text handed to clients.
-    pub fn encode(&self) -> String {
-        let plain = format!("1:{}:{}:{}:{}", self.host, self.job, self.seq, self.skip);
-        URL_SAFE_NO_PAD.encode(plain)
+    /// The position as text, before it is sealed.
+    fn plain(&self) -> String {
+        format!(
+            "{CURSOR_VERSION}:{}:{}:{}:{}",
+            self.host, self.job, self.seq, self.skip
+        )
     }
 
-    pub fn decode(text: &str) -> Result<Self, CursorError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(text.trim())
-            .map_err(|_| CursorError::Malformed)?;
-        let plain = String::from_utf8(bytes).map_err(|_| CursorError::Malformed)?;
+    fn parse(plain: &str) -> Result<Self, CursorError> {
         let mut parts = plain.split(':');
-        let (Some("1"), Some(host), Some(job), Some(seq), Some(skip), None) = (
+        let (Some(CURSOR_VERSION), Some(host), Some(job), Some(seq), Some(skip), None) = (
             parts.next(),
             parts.next(),
             parts.next(),
@@ -306,17 +375,50 @@ mod tests {
         }
     }
 
+    fn key() -> CursorKey {
+        CursorKey::new(&[7; 32], &Token::parse("tenant", "default").unwrap())
+    }
+
+    fn user(name: &str) -> Token {
+        Token::parse("user", name).unwrap()
+    }
+
     #[test]
-    fn cursor_round_trips_and_refuses_garbage() {
+    fn cursor_round_trips_for_its_user_and_refuses_garbage() {
+        let (key, alice) = (key(), user("alice"));
         let c = cursor();
-        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        assert_eq!(key.open(&key.seal(&c, &alice), &alice).unwrap(), c);
         for bad in [
             "",
             "!!!",
             "MTox",
-            &URL_SAFE_NO_PAD.encode("1:web-1:job:x:0"),
+            &URL_SAFE_NO_PAD.encode("1:web-1:build-x1:1:0"),
+            &format!("{}.AAAA", URL_SAFE_NO_PAD.encode("2:web-1:build-x1:1:0")),
         ] {
-            assert!(Cursor::decode(bad).is_err(), "{bad} accepted");
+            assert!(key.open(bad, &alice).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn a_cursor_opens_only_for_its_user_with_its_key_and_unaltered() {
+        let (key, alice) = (key(), user("alice"));
+        let sealed = key.seal(&cursor(), &alice);
+        assert!(matches!(
+            key.open(&sealed, &user("bob")),
+            Err(CursorError::Malformed)
+        ));
+        let other_key = CursorKey::new(&[8; 32], &Token::parse("tenant", "default").unwrap());
+        assert!(other_key.open(&sealed, &alice).is_err(), "another key");
+        let other_tenant = CursorKey::new(&[7; 32], &Token::parse("tenant", "acme").unwrap());
+        assert!(
+            other_tenant.open(&sealed, &alice).is_err(),
+            "another tenant"
+        );
+        // The same MAC with the position moved to another job or sequence.
+        let (_, tag) = sealed.split_once('.').unwrap();
+        for plain in ["2:web-1:other-x1:1900000:17", "2:web-1:build-x1:1:0"] {
+            let moved = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(plain));
+            assert!(key.open(&moved, &alice).is_err(), "{plain} accepted");
         }
     }
 

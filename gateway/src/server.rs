@@ -38,6 +38,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::Audit>,
     /// Calls held for a teammate's approval, and the decisions.
     pub approvals: crate::approvals::Approvals,
+    /// Seals the job cursors handed to clients (derived from `key`, so every replica agrees).
+    pub cursors: crate::paging::CursorKey,
 }
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
@@ -187,6 +189,9 @@ fn challenge_response(status: StatusCode, body: String, challenge: &str) -> Resp
     response
 }
 
+/// What the job cursors' secret is derived for (see [`SigningKey::derive_secret`]).
+const CURSOR_PURPOSE: &str = "execmesh job cursors v2";
+
 /// How long the audit events of the last calls may take to be published at shutdown.
 const AUDIT_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -234,6 +239,7 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
+    let cursors = crate::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
         config,
@@ -244,6 +250,7 @@ pub async fn run_with_admin(
         oauth,
         audit,
         approvals,
+        cursors,
     });
     let app = router(state.clone(), shutdown.clone());
     // The admin API serves next to MCP and stops with it; a failure of either stops both.

@@ -428,6 +428,159 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
 }
 
 #[tokio::test]
+async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
+    let nats = Nats::start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats)
+        .policy(
+            r#"
+operators = ["olive"]
+
+[groups.ops]
+tier = "dangerous"
+hosts = ["*"]
+
+[users.alice]
+groups = ["ops"]
+
+[users.bob]
+groups = ["ops"]
+
+[users.olive]
+groups = ["ops"]
+"#,
+        )
+        .admin()
+        .start()
+        .await;
+    let job = background(&gw, "bob", "web-1", "sleep 300").await;
+    let mut alice = gw.admin_client("alice").await;
+    let nosuch = "nosuch-abcdefgh";
+    let not_found = |status: Status, id: &str| {
+        assert_eq!(status.code(), Code::NotFound, "{status:?}");
+        status.message().replace(id, "<id>")
+    };
+    let unknown = not_found(
+        alice
+            .jobs
+            .get(pb::GetJobRequest {
+                job_id: nosuch.into(),
+                host: String::new(),
+            })
+            .await
+            .expect_err("an unknown job"),
+        nosuch,
+    );
+
+    // To alice (admin scope, dangerous, no operator rights) bob's job does not exist.
+    let listed = alice
+        .jobs
+        .list(pb::ListJobsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.jobs.iter().all(|j| j.user == "alice"), "{listed:?}");
+    assert_code(
+        alice
+            .jobs
+            .list(pb::ListJobsRequest {
+                user: "bob".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+        "operator rights",
+    );
+    let got = alice
+        .jobs
+        .get(pb::GetJobRequest {
+            job_id: job.clone(),
+            host: String::new(),
+        })
+        .await
+        .expect_err("bob's job is unknown to alice");
+    assert_eq!(not_found(got, &job), unknown);
+    let killed = alice
+        .jobs
+        .kill(pb::KillJobRequest {
+            job_id: job.clone(),
+            host: String::new(),
+            grace_ms: 0,
+        })
+        .await
+        .expect_err("alice cannot kill bob's job");
+    assert_eq!(not_found(killed, &job), unknown);
+    let tailed = alice
+        .jobs
+        .tail(pb::TailJobRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("alice cannot tail bob's job");
+    assert_eq!(not_found(tailed, &job), unknown);
+
+    // olive is an operator: she sees, tails and kills it.
+    let mut olive = gw.admin_client("olive").await;
+    let listed = olive
+        .jobs
+        .list(pb::ListJobsRequest {
+            user: "bob".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 1, "{listed:?}");
+    let mut tail = olive
+        .jobs
+        .tail(pb::TailJobRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("an operator tails bob's job")
+        .into_inner();
+    let killed = olive
+        .jobs
+        .kill(pb::KillJobRequest {
+            job_id: job.clone(),
+            host: "web-1".into(),
+            grace_ms: 200,
+        })
+        .await
+        .expect("an operator kills bob's job")
+        .into_inner();
+    assert_eq!(killed.jobs[0].state(), pb::JobState::Killed, "{killed:?}");
+    // The tail ends with the exit; its cursor is olive's, and opens for nobody else.
+    let cursor = loop {
+        let message = next(&mut tail).await.expect("the tail ends with the exit");
+        if let Some(pb::tail_job_response::Body::Exit(_)) = message.body {
+            break message.cursor;
+        }
+    };
+    assert_code(
+        alice
+            .jobs
+            .tail(pb::TailJobRequest {
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "bad cursor",
+    );
+    olive
+        .jobs
+        .tail(pb::TailJobRequest {
+            cursor,
+            ..Default::default()
+        })
+        .await
+        .expect("olive resumes with her own cursor");
+}
+
+#[tokio::test]
 async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_approval_is_refused() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;

@@ -43,6 +43,7 @@ on_both_stores!(
     verify_names_a_record_altered_or_removed_in_the_database,
     queries_and_exports_filter_by_every_field_and_page_by_cursor,
     a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule,
+    every_use_of_operator_rights_on_another_users_job_is_audited,
 );
 
 /// The store a scenario runs on; holds the PostgreSQL server, if any, for the test's length.
@@ -1025,4 +1026,135 @@ async fn a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule(store: 
             ("web-2".into(), "web-2".into(), "guard".into()),
         ]
     );
+}
+
+async fn every_use_of_operator_rights_on_another_users_job_is_audited(store: Store) {
+    let nats = Nats::start().await;
+    let sink = store.sink(&nats).start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats)
+        .admin()
+        .policy(
+            r#"
+operators = ["olive"]
+
+[groups.devs]
+tier = "standard"
+hosts = ["*"]
+
+[users.bob]
+groups = ["devs"]
+
+[users.olive]
+groups = ["devs"]
+"#,
+        )
+        .start()
+        .await;
+    let bob = gw.client("bob").await;
+    let out = bob
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "sleep 300", "bg": true}),
+        )
+        .await;
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    // bob following his own job is no use of operator rights.
+    bob.call("job", json!({"action": "poll", "job": job})).await;
+
+    let olive = gw.client("olive").await;
+    for args in [
+        json!({"action": "poll", "job": job}),
+        json!({"action": "list", "user": "bob"}),
+        json!({"action": "kill", "job": job}),
+    ] {
+        let out = olive.call("job", args).await;
+        assert!(!out.is_error(), "{}", out.text());
+    }
+    let mut admin = gw.admin_client("olive").await;
+    admin
+        .jobs
+        .get(pb::GetJobRequest {
+            job_id: job.clone(),
+            host: String::new(),
+        })
+        .await
+        .expect("an operator gets bob's job");
+
+    let records = eventually(WAIT, || async {
+        let r = sink
+            .query_all(pb::AuditQuery {
+                kind: audit_kind::JOB_ACCESSED.into(),
+                ..Default::default()
+            })
+            .await;
+        (r.len() >= 4).then_some(r)
+    })
+    .await;
+    let uses: Vec<(String, String, String, Vec<String>, String, String)> = records
+        .iter()
+        .filter_map(|r| {
+            let e = r.event.as_ref()?;
+            let Some(Body::JobAccessed(a)) = &e.body else {
+                return None;
+            };
+            Some((
+                e.user.clone(),
+                e.outcome.clone(),
+                e.job_id.clone(),
+                a.owners.clone(),
+                a.action.clone(),
+                a.via.clone(),
+            ))
+        })
+        .collect();
+    let bob_only = vec!["bob".to_string()];
+    assert_eq!(
+        uses,
+        [
+            (
+                "olive".into(),
+                "poll".into(),
+                job.clone(),
+                bob_only.clone(),
+                "poll".into(),
+                "mcp".into()
+            ),
+            (
+                "olive".into(),
+                "list".into(),
+                job.clone(),
+                bob_only.clone(),
+                "list".into(),
+                "mcp".into()
+            ),
+            (
+                "olive".into(),
+                "kill".into(),
+                job.clone(),
+                bob_only.clone(),
+                "kill".into(),
+                "mcp".into()
+            ),
+            (
+                "olive".into(),
+                "get".into(),
+                job.clone(),
+                bob_only.clone(),
+                "get".into(),
+                "admin-api".into()
+            ),
+        ]
+    );
+    let mine = sink
+        .query_all(pb::AuditQuery {
+            user: "bob".into(),
+            kind: audit_kind::JOB_ACCESSED.into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(mine.is_empty(), "{}", describe(&mine));
 }

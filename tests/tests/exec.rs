@@ -437,6 +437,67 @@ async fn unknown_job_and_bad_cursor_are_clear_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_past_the_end_of_a_finished_job_answers_done() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo one; sleep 1; echo two", "bg": true}),
+        )
+        .await;
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    // A cursor issued while the job ran, after everything it had written.
+    let cursor = eventually(Duration::from_secs(10), || async {
+        let out = client
+            .call("job", json!({"action": "poll", "job": job}))
+            .await;
+        (out.structured()["output"] == json!("one\n") && out.structured()["done"] == json!(false))
+            .then(|| out.structured()["next_cursor"].as_str().map(String::from))
+            .flatten()
+    })
+    .await;
+    let out = client
+        .call("job", json!({"action": "wait", "job": job, "timeout": 20}))
+        .await;
+    assert_eq!(
+        out.structured()["job"]["state"],
+        json!("exited"),
+        "{}",
+        out.text()
+    );
+    // The job's output leaves MESH_OUT (as retention removes it): the cursor now points past
+    // everything that is stored, and the job is over.
+    let subject = format!("mesh.v1.default.out.web-1.{job}");
+    nats.jetstream()
+        .await
+        .get_stream("MESH_OUT")
+        .await
+        .expect("the output stream")
+        .purge()
+        .filter(subject)
+        .await
+        .expect("purge the job's output");
+    let out = client
+        .call(
+            "job",
+            json!({"action": "poll", "job": job, "cursor": cursor}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let s = out.structured();
+    assert_eq!(s["done"], json!(true), "{}", out.text());
+    assert_eq!(s["next_cursor"], Value::Null, "{}", out.text());
+    assert_eq!(s["job"]["state"], json!("exited"));
+    assert!(!out.text().contains("still running"), "{}", out.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_started_on_one_replica_pages_on_another() {
     let nats = Nats::start().await;
     let _agent = NodeAgent::new(&nats, "web-1").start().await;

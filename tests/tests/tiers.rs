@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use execmesh_gateway::tier::Tier;
@@ -228,9 +230,12 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
         .as_str()
         .expect("a job id")
         .to_string();
+    // The job is alice's: to bob it does not exist (saying it is on a host he may not reach
+    // would tell him it does).
     for action in ["poll", "wait"] {
         let out = bob.call("job", json!({"action": action, "job": job})).await;
-        assert_refused(&out, "denied", "db-1");
+        assert_refused(&out, "unknown_job", &job);
+        assert!(!out.text().contains("db-1"), "{}", out.text());
     }
 }
 
@@ -396,6 +401,255 @@ async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
     assert_eq!(out.structured()["tier"], json!("standard"));
     let (code, _) = run(gateway(&["token", "mint", "--user", "nobody"]), "").await;
     assert_eq!(code, Some(64), "no tokens for users outside the policy");
+}
+
+/// Two developers, a lead with operator rights and a `dangerous` user without them, on `web-*`.
+const OWNERS_POLICY: &str = r#"
+operators = ["@leads"]
+
+[groups.devs]
+tier = "standard"
+hosts = ["web-*"]
+
+[groups.leads]
+tier = "standard"
+hosts = ["web-*"]
+
+[users.alice]
+groups = ["devs"]
+
+[users.bob]
+groups = ["devs"]
+
+[users.dora]
+groups = ["devs"]
+tier = "dangerous"
+
+[users.olive]
+groups = ["leads"]
+"#;
+
+/// Runs `cmd` on `host` as `client` and returns the job id (`bg` to return at once).
+async fn job_of(client: &McpClient, host: &str, cmd: &str, bg: bool) -> String {
+    let out = client
+        .call("bash", json!({"host": host, "cmd": cmd, "bg": bg}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    out.structured()["job"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
+        .to_string()
+}
+
+/// The ids of the jobs a `job list` result shows.
+fn listed(out: &ToolOutput) -> Vec<String> {
+    assert!(!out.is_error(), "{}", out.text());
+    out.structured()["jobs"]
+        .as_array()
+        .expect("a job list")
+        .iter()
+        .filter_map(|j| j["job"].as_str().map(String::from))
+        .collect()
+}
+
+/// The refusal text with the job id replaced, so two refusals about different ids compare.
+fn without_id(out: &ToolOutput, id: &str) -> String {
+    out.text().replace(id, "<id>")
+}
+
+#[tokio::test]
+async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_exist() {
+    let nats = Nats::start().await;
+    let _web1 = NodeAgent::new(&nats, "web-1").start().await;
+    let _web2 = NodeAgent::new(&nats, "web-2").start().await;
+    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let bob = gw.client("bob").await;
+    let sleeper = job_of(&bob, "web-1", "sleep 300", true).await;
+    let finished = job_of(&bob, "web-1", "echo secret-output", false).await;
+    let fanout = bob
+        .call("bash", json!({"hosts": "web-*", "cmd": "echo fan"}))
+        .await;
+    let group = fanout.structured()["group"]
+        .as_str()
+        .expect("a group id")
+        .to_string();
+
+    // What anyone is told about an id no host knows.
+    let alice = gw.client("alice").await;
+    let nosuch = "nosuch-abcdefgh";
+    let unknown = alice
+        .call("job", json!({"action": "poll", "job": nosuch}))
+        .await;
+    assert_refused(&unknown, "unknown_job", nosuch);
+    let unknown = without_id(&unknown, nosuch);
+
+    for who in ["alice", "dora"] {
+        let client = gw.client(who).await;
+        for job in [&sleeper, &finished, &group] {
+            for args in [
+                json!({"action": "poll", "job": job}),
+                json!({"action": "poll", "job": job, "host": "web-1"}),
+                json!({"action": "poll", "job": job, "tail": 5}),
+                json!({"action": "wait", "job": job, "timeout": 1}),
+                json!({"action": "kill", "job": job}),
+                json!({"action": "kill", "job": job, "host": "web-1"}),
+            ] {
+                let out = client.call("job", args.clone()).await;
+                assert_refused(&out, "unknown_job", job);
+                assert_eq!(without_id(&out, job), unknown, "{who} {args}");
+            }
+        }
+        let mine = listed(&client.call("job", json!({"action": "list"})).await);
+        assert!(
+            !mine.contains(&sleeper) && !mine.contains(&finished) && !mine.contains(&group),
+            "{who} lists bob's jobs: {mine:?}"
+        );
+        let grouped = listed(
+            &client
+                .call("job", json!({"action": "list", "job": group}))
+                .await,
+        );
+        assert!(grouped.is_empty(), "{who} lists bob's group: {grouped:?}");
+        for user in ["bob", "*"] {
+            let out = client
+                .call("job", json!({"action": "list", "user": user}))
+                .await;
+            assert_refused(&out, "not_operator", "operator rights");
+        }
+    }
+    // Nobody but bob stopped his job.
+    let out = bob
+        .call("job", json!({"action": "poll", "job": sleeper}))
+        .await;
+    assert_eq!(
+        out.structured()["job"]["state"],
+        json!("running"),
+        "{}",
+        out.text()
+    );
+    let mine = listed(&bob.call("job", json!({"action": "list"})).await);
+    assert!(
+        mine.contains(&sleeper) && mine.contains(&finished),
+        "{mine:?}"
+    );
+    bob.call("job", json!({"action": "kill", "job": sleeper}))
+        .await;
+}
+
+#[tokio::test]
+async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
+    let nats = Nats::start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let bob = gw.client("bob").await;
+    let alice = gw.client("alice").await;
+    let secret = job_of(&bob, "web-1", "echo secret-output", false).await;
+    let running = job_of(&bob, "web-1", "echo first; sleep 300", true).await;
+    let cursor = eventually(Duration::from_secs(10), || async {
+        let out = bob
+            .call("job", json!({"action": "poll", "job": running}))
+            .await;
+        (out.structured()["lines"] == json!(1))
+            .then(|| out.structured()["next_cursor"].as_str().map(String::from))
+            .flatten()
+    })
+    .await;
+    let garbage = alice
+        .call("job", json!({"action": "poll", "cursor": "garbage"}))
+        .await;
+    assert_refused(&garbage, "bad_cursor", "not one this gateway issued");
+
+    // bob's own cursor, replayed by alice: the same answer as garbage.
+    let out = alice
+        .call("job", json!({"action": "poll", "cursor": cursor}))
+        .await;
+    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    assert_eq!(out.text(), garbage.text());
+    // A cursor made up to name bob's finished job: his output stays his.
+    let forged = URL_SAFE_NO_PAD.encode(format!("1:web-1:{secret}:1:0"));
+    let out = alice
+        .call("job", json!({"action": "poll", "cursor": forged}))
+        .await;
+    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    assert!(!out.text().contains("secret-output"), "{}", out.text());
+    // bob's cursor moved to his other job does not open for bob either.
+    let (plain, tag) = cursor.split_once('.').unwrap_or((cursor.as_str(), ""));
+    let plain = String::from_utf8(URL_SAFE_NO_PAD.decode(plain).unwrap_or_default())
+        .unwrap_or_default()
+        .replace(&running, &secret);
+    let moved = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(plain));
+    let out = bob
+        .call("job", json!({"action": "poll", "cursor": moved}))
+        .await;
+    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    // Unchanged, it still works for bob.
+    let out = bob
+        .call("job", json!({"action": "poll", "cursor": cursor}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["done"], json!(false));
+    bob.call("job", json!({"action": "kill", "job": running}))
+        .await;
+}
+
+#[tokio::test]
+async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
+    let nats = Nats::start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let _db = NodeAgent::new(&nats, "db-1").start().await;
+    let gw = Gateway::new(&nats)
+        .policy(&format!(
+            "{OWNERS_POLICY}\n[users.root]\ntier = \"dangerous\"\nhosts = [\"*\"]\n"
+        ))
+        .start()
+        .await;
+    let bob = gw.client("bob").await;
+    let olive = gw.client("olive").await;
+    let sleeper = job_of(&bob, "web-1", "echo started; sleep 300", true).await;
+    let finished = job_of(&bob, "web-1", "echo bobs-output", false).await;
+
+    let out = olive
+        .call("job", json!({"action": "poll", "job": finished}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["output"], json!("bobs-output\n"));
+    assert_eq!(out.structured()["job"]["user"], json!("bob"));
+    let me = olive.call("whoami", json!({})).await;
+    assert_eq!(me.structured()["operator"], json!(true), "{}", me.text());
+    let of_bob = listed(
+        &olive
+            .call("job", json!({"action": "list", "user": "bob"}))
+            .await,
+    );
+    assert_eq!(of_bob, [finished.clone(), sleeper.clone()], "newest first");
+    let everyone = listed(
+        &olive
+            .call("job", json!({"action": "list", "user": "*"}))
+            .await,
+    );
+    assert!(everyone.contains(&sleeper), "{everyone:?}");
+    assert!(
+        listed(&olive.call("job", json!({"action": "list"})).await).is_empty(),
+        "by default an operator lists their own jobs"
+    );
+    let out = olive
+        .call("job", json!({"action": "kill", "job": sleeper}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(
+        out.structured()["job"]["state"],
+        json!("killed"),
+        "{}",
+        out.text()
+    );
+
+    // Operator rights do not widen reach: a job on db-1 is named, but denied.
+    let root = gw.client("root").await;
+    let on_db = job_of(&root, "db-1", "echo db", false).await;
+    let out = olive
+        .call("job", json!({"action": "poll", "job": on_db}))
+        .await;
+    assert_refused(&out, "denied", "db-1");
 }
 
 #[tokio::test]

@@ -37,7 +37,9 @@ pub fn tool(e: &ToolError) -> Status {
         }
         ToolError::OfflineHost { .. } | ToolError::Mesh(_) => Status::unavailable(message),
         ToolError::HostTimeout { .. } => Status::deadline_exceeded(message),
-        ToolError::Tier(_) | ToolError::Denied { .. } => Status::permission_denied(message),
+        ToolError::Tier(_) | ToolError::Denied { .. } | ToolError::NotOperator { .. } => {
+            Status::permission_denied(message)
+        }
         // The agent's refusal: its code says whose move it is.
         ToolError::Refused { code, .. } => match code.as_str() {
             "tier" | "denied" | "permission_denied" | "run_as" | "guard" | "unauthenticated" => {

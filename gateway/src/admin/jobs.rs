@@ -1,5 +1,9 @@
-//! JobsService: every job's status from `mesh_jobs`, kills through the same signed, audited path
-//! as the MCP `job` tool, and tails of MESH_OUT as server streams that end with the job.
+//! JobsService: job statuses from `mesh_jobs`, kills through the same signed, audited path as
+//! the MCP `job` tool, and tails of MESH_OUT as server streams that end with the job.
+//!
+//! An admin-scoped token does not make its holder an operator: a caller sees their own jobs, and
+//! other users' only with operator rights in the policy (`operators`), audited per use; other
+//! jobs are NOT_FOUND in the same words as ids no host knows.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +18,7 @@ use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
 use crate::auth::Identity;
+use crate::job_access::{JobAccess, Via};
 use crate::paging::{self, Cursor, PageLimits};
 use crate::tools::job::kill_with_grace;
 use crate::trace::TraceContext;
@@ -47,8 +52,15 @@ impl pb::jobs_service_server::JobsService for JobsApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.admin
-            .unary("JobsService.List", request, |_, req| async move {
+            .unary("JobsService.List", request, |caller, req| async move {
                 let mesh = &self.admin.state.mesh;
+                let access = self.access(&caller);
+                if !req.user.is_empty() && req.user != caller.user.as_str() && !access.is_operator()
+                {
+                    return Err(error::tool(&crate::error::ToolError::NotOperator {
+                        action: "list other users' jobs".into(),
+                    }));
+                }
                 let state_filter = pb::JobState::try_from(req.state).map_err(|_| {
                     Status::invalid_argument(format!("unknown job state {}", req.state))
                 })?;
@@ -60,7 +72,8 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                     mesh.group_jobs(&group).await.map_err(error::mesh)?
                 };
                 jobs.retain(|j| {
-                    (req.host.is_empty() || j.host == req.host)
+                    access.sees(j)
+                        && (req.host.is_empty() || j.host == req.host)
                         && (req.user.is_empty() || j.user == req.user)
                 });
                 // A job still RUNNING on a host without a heartbeat is lost; settle those
@@ -92,6 +105,7 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                 };
                 let truncated = jobs.len() > limit;
                 jobs.truncate(limit);
+                self.audit_use(&access, "JobsService.List", "list", &jobs);
                 Ok(pb::ListJobsResponse { jobs, truncated })
             })
             .await
@@ -102,8 +116,10 @@ impl pb::jobs_service_server::JobsService for JobsApi {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         self.admin
-            .unary("JobsService.Get", request, |_, req| async move {
-                let jobs = self.find(&req.job_id, &req.host).await?;
+            .unary("JobsService.Get", request, |caller, req| async move {
+                let access = self.access(&caller);
+                let jobs = self.find(&access, &req.job_id, &req.host).await?;
+                self.audit_use(&access, "JobsService.Get", "get", &jobs);
                 Ok(pb::GetJobResponse { jobs })
             })
             .await
@@ -115,19 +131,23 @@ impl pb::jobs_service_server::JobsService for JobsApi {
     ) -> Result<Response<pb::KillJobResponse>, Status> {
         self.admin
             .unary("JobsService.Kill", request, |caller, req| async move {
-                let mut found = self.find(&req.job_id, &req.host).await?;
+                let access = self.access(&caller);
+                let mut found = self.find(&access, &req.job_id, &req.host).await?;
                 if found.len() == 1 {
                     // One job: its failure is the call's failure.
                     let status = self
-                        .kill_one(&caller, found.remove(0), req.grace_ms)
+                        .kill_one(&caller, &access, found.remove(0), req.grace_ms)
                         .await?;
                     return Ok(pb::KillJobResponse { jobs: vec![status] });
                 }
                 // A group: every host gets its status; one that could not be killed says why.
                 let kills = found.into_iter().map(|status| {
-                    let caller = &caller;
+                    let (caller, access) = (&caller, &access);
                     async move {
-                        match self.kill_one(caller, status.clone(), req.grace_ms).await {
+                        match self
+                            .kill_one(caller, access, status.clone(), req.grace_ms)
+                            .await
+                        {
                             Ok(killed) => killed,
                             Err(failed) => pb::JobStatus {
                                 reason: format!("kill failed: {}", failed.message()),
@@ -149,10 +169,11 @@ impl pb::jobs_service_server::JobsService for JobsApi {
         request: Request<pb::TailJobRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         self.admin
-            .unary("JobsService.Tail", request, |_, req| async move {
+            .unary("JobsService.Tail", request, |caller, req| async move {
                 let mesh = &self.admin.state.mesh;
-                let cursor = if req.cursor.is_empty() {
-                    let mut found = self.find(&req.job_id, &req.host).await?;
+                let access = self.access(&caller);
+                let (cursor, status) = if req.cursor.is_empty() {
+                    let mut found = self.find(&access, &req.job_id, &req.host).await?;
                     let status = match found.len() {
                         1 => found.remove(0),
                         n => {
@@ -164,38 +185,45 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                         }
                     };
                     let (host, job) = ids(&status)?;
-                    if req.tail_lines > 0 {
+                    let cursor = if req.tail_lines > 0 {
                         paging::tail(mesh, host, job, u64::from(req.tail_lines))
                             .await
                             .map_err(error::mesh)?
                     } else {
                         Cursor::start(host, job)
-                    }
+                    };
+                    (cursor, status)
                 } else {
-                    let cursor = Cursor::decode(&req.cursor).map_err(|e| {
-                        Status::invalid_argument(format!(
-                            "bad cursor: {e}. Pass the `cursor` of the last TailJobResponse \
+                    // Sealed for this caller, like the MCP `job` tool's cursors.
+                    let cursor = self
+                        .admin
+                        .state
+                        .cursors
+                        .open(&req.cursor, &caller.user)
+                        .map_err(|e| {
+                            Status::invalid_argument(format!(
+                                "bad cursor: {e}. Pass the `cursor` of the last TailJobResponse \
                              unchanged, or omit it to start at the beginning"
-                        ))
-                    })?;
+                            ))
+                        })?;
                     if !req.job_id.is_empty() && req.job_id != cursor.job.as_str() {
                         return Err(Status::invalid_argument(format!(
                             "the cursor belongs to job {}, not to job {}",
                             cursor.job, req.job_id
                         )));
                     }
-                    if mesh
+                    let status = mesh
                         .job_status(&cursor.host, &cursor.job)
                         .await
                         .map_err(error::mesh)?
-                        .is_none()
-                    {
-                        return Err(unknown_job(cursor.job.as_str()));
-                    }
-                    cursor
+                        .filter(|s| access.sees(s))
+                        .ok_or_else(|| unknown_job(cursor.job.as_str()))?;
+                    (cursor, status)
                 };
+                self.audit_use(&access, "JobsService.Tail", "tail", [&status]);
                 let tail = Tail {
                     admin: self.admin.clone(),
+                    user: caller.user.clone(),
                     cursor,
                 };
                 Ok(self.admin.stream(move |tx| tail.run(tx)))
@@ -207,20 +235,53 @@ impl pb::jobs_service_server::JobsService for JobsApi {
 // === impl JobsApi ===
 
 impl JobsApi {
-    /// The job `job_id` on `host`, or on every host that ran it (a fan-out group), sorted by
-    /// host, with jobs of hosts that stopped heartbeating settled as lost.
-    async fn find(&self, job_id: &str, host: &str) -> Result<Vec<pb::JobStatus>, Status> {
+    /// The caller's rights over jobs under the policy in force.
+    fn access(&self, caller: &Identity) -> JobAccess {
+        JobAccess::new(&self.admin.state.policy.current(), &caller.user)
+    }
+
+    /// Records a use of operator rights on `jobs` (nothing for the caller's own). Admin RPCs
+    /// carry no trace.
+    fn audit_use<'a>(
+        &self,
+        access: &JobAccess,
+        rpc: &str,
+        action: &str,
+        jobs: impl IntoIterator<Item = &'a pb::JobStatus>,
+    ) {
+        access.audit_use(
+            &self.admin.state.audit,
+            "",
+            rpc,
+            Via::AdminApi,
+            action,
+            jobs,
+        );
+    }
+
+    /// The job `job_id` on `host`, or on every host that ran it (a fan-out group), that the
+    /// caller may see, sorted by host, with jobs of hosts that stopped heartbeating settled as
+    /// lost. Jobs the caller may not see are not found, like ids no host knows.
+    async fn find(
+        &self,
+        access: &JobAccess,
+        job_id: &str,
+        host: &str,
+    ) -> Result<Vec<pb::JobStatus>, Status> {
         let mesh = &self.admin.state.mesh;
         if job_id.is_empty() {
             return Err(Status::invalid_argument("`job_id` is required"));
         }
         let job = Token::parse("job id", job_id).map_err(|e| error::bad_id("job id", job_id, e))?;
         let mut found = if host.is_empty() {
-            mesh.group_jobs(&job).await.map_err(error::mesh)?
+            let mut group = mesh.group_jobs(&job).await.map_err(error::mesh)?;
+            group.retain(|s| access.sees(s));
+            group
         } else {
             let host =
                 Token::parse("host id", host).map_err(|e| error::bad_id("host id", host, e))?;
-            match mesh.job_status(&host, &job).await.map_err(error::mesh)? {
+            let status = mesh.job_status(&host, &job).await.map_err(error::mesh)?;
+            match status.filter(|s| access.sees(s)) {
                 Some(status) => vec![status],
                 None => {
                     return Err(Status::not_found(format!(
@@ -245,15 +306,26 @@ impl JobsApi {
     async fn kill_one(
         &self,
         caller: &Identity,
+        access: &JobAccess,
         status: pb::JobStatus,
         grace_ms: u64,
     ) -> Result<pb::JobStatus, Status> {
         if status.state() != pb::JobState::Running {
+            // Nothing to stop: the caller is shown how it ended.
+            self.audit_use(access, "JobsService.Kill", "get", [&status]);
             return Ok(status);
         }
         let (host, job) = ids(&status)?;
         let state = &self.admin.state;
         let trace = TraceContext::continue_or_start(None);
+        access.audit_use(
+            &state.audit,
+            &trace.trace_id,
+            "JobsService.Kill",
+            Via::AdminApi,
+            "kill",
+            [&status],
+        );
         let mut args = serde_json::Map::new();
         args.insert("action".into(), json!("kill"));
         args.insert("job".into(), json!(job.as_str()));
@@ -282,12 +354,19 @@ impl JobsApi {
 /// One tail: pages of output from `cursor` until the exit record.
 struct Tail {
     admin: Admin,
+    /// The caller, whom the cursors sent back are sealed for.
+    user: Token,
     cursor: Cursor,
 }
 
 // === impl Tail ===
 
 impl Tail {
+    /// `cursor` as the caller gets it back.
+    fn seal(&self, cursor: &Cursor) -> String {
+        self.admin.state.cursors.seal(cursor, &self.user)
+    }
+
     async fn run(self, tx: mpsc::Sender<Result<pb::TailJobResponse, Status>>) {
         let state = &self.admin.state;
         let mesh = &state.mesh;
@@ -329,14 +408,14 @@ impl Tail {
                 index += 1;
                 let message = pb::TailJobResponse {
                     body: Some(pb::tail_job_response::Body::Chunk(chunk)),
-                    cursor: cursor.encode(),
+                    cursor: self.seal(&cursor),
                 };
                 if tx.send(Ok(message)).await.is_err() {
                     return;
                 }
             }
             if let Some(exit) = page.exit {
-                let _ = tx.send(Ok(exit_message(exit, &cursor))).await;
+                let _ = tx.send(Ok(exit_message(exit, self.seal(&cursor)))).await;
                 return;
             }
             if !page.caught_up {
@@ -351,13 +430,13 @@ impl Tail {
             };
             match status {
                 Ok(status) if status.state() == pb::JobState::Lost => {
-                    let _ = tx.send(Ok(exit_message(status, &cursor))).await;
+                    let _ = tx.send(Ok(exit_message(status, self.seal(&cursor)))).await;
                     return;
                 }
                 Ok(status) if status.state() != pb::JobState::Running => {
                     let since = *ended_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= EXIT_RECORD_GRACE {
-                        let _ = tx.send(Ok(exit_message(status, &cursor))).await;
+                        let _ = tx.send(Ok(exit_message(status, self.seal(&cursor)))).await;
                         return;
                     }
                 }
@@ -379,10 +458,10 @@ impl Tail {
     }
 }
 
-fn exit_message(status: pb::JobStatus, cursor: &Cursor) -> pb::TailJobResponse {
+fn exit_message(status: pb::JobStatus, cursor: String) -> pb::TailJobResponse {
     pb::TailJobResponse {
         body: Some(pb::tail_job_response::Body::Exit(status)),
-        cursor: cursor.encode(),
+        cursor,
     }
 }
 

@@ -2,6 +2,9 @@
 //! run-as hints, read from one TOML file that is identical on every gateway replica.
 //!
 //! ```toml
+//! operators = ["alice", "@oncall"]   # may see, follow and kill other users' jobs (audited);
+//!                                    # top-level keys come before the first [table]
+//!
 //! [groups.ops]
 //! tier = "standard"          # readonly < standard < dangerous
 //! hosts = ["*"]              # selectors of the hosts the group may reach
@@ -22,7 +25,13 @@
 //! `readonly`. Their reach is the union of their own `hosts` and their groups' `hosts`; a user
 //! with neither reaches no host. Their run-as hint is their own `run_as`, else the first of their
 //! groups (in the order listed) that has one. Without a policy file the gateway runs in
-//! development mode: every holder of a valid token is `dangerous` and reaches every host.
+//! development mode: every holder of a valid token is `dangerous`, reaches every host and is an
+//! operator.
+//!
+//! A job belongs to the user who started it: everyone else is told it does not exist. The users
+//! `operators` names (by name, or `@group` for every member of a group) may see, follow and kill
+//! other users' jobs too, within their tier and reach, and every such use is audited. No tier
+//! implies it: `dangerous` is about what a user may do on hosts, not whose work they may read.
 
 mod edit;
 pub mod password;
@@ -77,6 +86,9 @@ struct PolicyFile {
     groups: BTreeMap<String, GroupEntry>,
     #[serde(default)]
     approvals: Vec<ApprovalRule>,
+    /// Users (`alice`) and groups (`@oncall`) with operator rights over other users' jobs.
+    #[serde(default)]
+    operators: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -175,6 +187,8 @@ pub struct Policy {
     users: BTreeMap<Token, User>,
     groups: BTreeMap<String, Group>,
     approvals: Vec<ApprovalRule>,
+    /// Who has operator rights over other users' jobs: user names and `@group`s, as written.
+    operators: Vec<String>,
     /// sha256 (hex) of the file's bytes; binds approvals to the policy they were granted under.
     version: String,
     /// No policy file: everyone is `dangerous` and reaches `*`.
@@ -190,6 +204,7 @@ impl Policy {
             users: BTreeMap::new(),
             groups: BTreeMap::new(),
             approvals: Vec::new(),
+            operators: Vec::new(),
             version: "development".to_string(),
             development: true,
         }
@@ -301,6 +316,18 @@ impl Policy {
                 check_hosts(std::slice::from_ref(hosts), &what, &mut problems);
             }
         }
+        for entry in &file.operators {
+            match entry.strip_prefix('@') {
+                Some(group) if !groups.contains_key(group) => {
+                    problems.push(format!("operators: group `{group}` is not defined"))
+                }
+                Some(_) => {}
+                None if !users.keys().any(|u| u.as_str() == entry) => problems.push(format!(
+                    "operators: user `{entry}` is not defined (name a group as `@group`)"
+                )),
+                None => {}
+            }
+        }
         if !problems.is_empty() {
             return Err(PolicyError::Invalid {
                 path: path.to_path_buf(),
@@ -311,6 +338,7 @@ impl Policy {
             users,
             groups,
             approvals: file.approvals,
+            operators: file.operators,
             version: hex(&Sha256::digest(text.as_bytes())),
             development: false,
         })
@@ -384,6 +412,24 @@ impl Policy {
     /// Selectors of the hosts `name` may reach; empty for unknown users.
     pub fn reach(&self, name: &str) -> Vec<String> {
         self.grant(name).map(|g| g.reach).unwrap_or_default()
+    }
+
+    /// Whether `name` has operator rights over other users' jobs: named in `operators`, or a
+    /// member of a group named there as `@group`. Everyone in development mode; no one the
+    /// policy does not know.
+    pub fn is_operator(&self, name: &str) -> bool {
+        if self.development {
+            return true;
+        }
+        let Some(user) = self.user(name) else {
+            return false;
+        };
+        self.operators
+            .iter()
+            .any(|entry| match entry.strip_prefix('@') {
+                Some(group) => user.groups.iter().any(|g| g == group),
+                None => entry == name,
+            })
     }
 
     /// The approval rules, in file order.
@@ -496,6 +542,28 @@ mod tests {
         tool = "bash"
         hosts = "role=db"
     "#;
+
+    #[test]
+    fn operators_are_named_users_and_members_of_named_groups_and_no_tier_implies_it() {
+        let policy = parse(&format!("operators = [\"carol\", \"@ops\"]\n{POLICY}")).unwrap();
+        assert!(policy.is_operator("carol"), "named");
+        assert!(policy.is_operator("bob"), "a member of ops");
+        assert!(policy.is_operator("alice"), "a member of ops");
+        assert!(!policy.is_operator("dave"));
+        assert!(!policy.is_operator("eve"), "not in the policy");
+        let plain = parse(POLICY).unwrap();
+        assert_eq!(plain.grant("alice").unwrap().tier, Tier::Dangerous);
+        assert!(
+            !plain.is_operator("alice"),
+            "the dangerous tier is not operator rights"
+        );
+        assert!(Policy::development().is_operator("anyone"));
+        let err = parse(&format!("operators = [\"zed\", \"@nope\"]\n{POLICY}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user `zed` is not defined"), "{err}");
+        assert!(err.contains("group `nope` is not defined"), "{err}");
+    }
 
     #[test]
     fn tier_is_the_users_own_else_the_highest_of_the_groups_else_readonly() {

@@ -214,7 +214,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
                 )
                 .await?;
                 let more = page.exit.is_none();
-                let next = more.then(|| page.next.encode());
+                let next = more.then(|| state.cursors.seal(&page.next, &call.identity.user));
                 (page.text, page.lines, next, more)
             }
         };

@@ -167,7 +167,7 @@ pub async fn call(
     let hosts: Vec<HostRun> = report
         .outcomes
         .iter()
-        .map(|o| host_run(o, &group))
+        .map(|o| host_run(call, o, &group))
         .collect();
     let result = FanoutResult {
         selector: selector.to_string(),
@@ -303,7 +303,7 @@ pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
     Outcome::new(host, status, error.to_string())
 }
 
-fn host_run(o: &Outcome<Ran>, group: &Token) -> HostRun {
+fn host_run(call: &Call<'_>, o: &Outcome<Ran>, group: &Token) -> HostRun {
     let mut run = HostRun {
         host: o.host.to_string(),
         status: o.status,
@@ -324,7 +324,8 @@ fn host_run(o: &Outcome<Ran>, group: &Token) -> HostRun {
         match &ran.output {
             Some(text) => run.output = Some(text.clone()),
             None if v.lines > 0 => {
-                run.next_cursor = Some(Cursor::start(o.host.clone(), group.clone()).encode());
+                let start = Cursor::start(o.host.clone(), group.clone());
+                run.next_cursor = Some(call.state.cursors.seal(&start, &call.identity.user));
             }
             None => run.output = Some(String::new()),
         }

@@ -11,6 +11,7 @@ use execmesh_proto::{Token, pb, subject};
 use super::{Call, seconds, structured};
 use crate::auth::Identity;
 use crate::error::ToolError;
+use crate::job_access::{JobAccess, Via};
 use crate::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::server::AppState;
 use crate::trace::TraceContext;
@@ -25,7 +26,7 @@ const KILL_VALIDITY: Duration = Duration::from_secs(30);
 pub enum JobAction {
     /// Read a page of output: from the start, from `cursor`, or the last `tail` lines.
     Poll,
-    /// List your recent jobs, newest first.
+    /// List your recent jobs, newest first (an operator: also other users', see `user`).
     List,
     /// Wait until the job ends (or `timeout` passes) and show how it ended.
     Wait,
@@ -77,6 +78,10 @@ pub struct JobParams {
     /// `list`: most jobs to return (default 20, at most 200).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// `list`: whose jobs (default: yours). Another user's name, or `*` for everyone's, needs
+    /// operator rights in the policy; other users' jobs are otherwise unknown to you.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, JsonSchema)]
@@ -139,7 +144,9 @@ pub fn definition() -> Tool {
         "Follow jobs started by `bash`. action=poll reads a page of output (pass `next_cursor` \
          back as `cursor` to continue; `tail: N` reads the last N lines), list shows your recent \
          jobs, wait blocks until a job ends, kill stops one (SIGTERM to its process group, then \
-         SIGKILL). Confirm with the user before killing a job.",
+         SIGKILL). Jobs are their user's: other users' jobs are unknown to you unless the \
+         policy makes you an operator (then `user` in list). Confirm with the user before \
+         killing a job.",
         ToolAnnotations::new()
             .read_only(false)
             .destructive(true)
@@ -149,19 +156,44 @@ pub fn definition() -> Tool {
 }
 
 pub async fn call(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
+    // Decided once per call, from the policy in force now.
+    let access = JobAccess::new(&call.state.policy.current(), &call.identity.user);
     match params.action {
-        JobAction::Poll => poll(call, params).await,
-        JobAction::List => list(call, params).await,
-        JobAction::Wait => wait(call, params).await,
-        JobAction::Kill => kill(call, params).await,
+        JobAction::Poll => poll(call, &access, params).await,
+        JobAction::List => list(call, &access, params).await,
+        JobAction::Wait => wait(call, &access, params).await,
+        JobAction::Kill => kill(call, &access, params).await,
     }
 }
 
-async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
+/// Records a use of operator rights on `jobs` (nothing for the caller's own).
+fn audit_use<'a>(
+    call: &Call<'_>,
+    access: &JobAccess,
+    action: JobAction,
+    jobs: impl IntoIterator<Item = &'a pb::JobStatus>,
+) {
+    access.audit_use(
+        &call.state.audit,
+        &call.trace.trace_id,
+        "job",
+        Via::Mcp,
+        action.as_str(),
+        jobs,
+    );
+}
+
+async fn poll(
+    call: &Call<'_>,
+    access: &JobAccess,
+    params: JobParams,
+) -> Result<CallToolResult, ToolError> {
     let limits = limits(call, &params)?;
     let (cursor, status) = match &params.cursor {
         Some(text) => {
-            let cursor = Cursor::decode(text)?;
+            // Sealed for this caller: another user's cursor, or one moved to another job,
+            // does not open.
+            let cursor = call.state.cursors.open(text, &call.identity.user)?;
             if let Some(job) = &params.job
                 && job != cursor.job.as_str()
             {
@@ -172,17 +204,27 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
                 }
                 .into());
             }
-            super::reach::check(call, &cursor.host).await?;
+            // Rights are those of now: an operator whose rights were withdrawn since the
+            // cursor was issued is told the job is unknown.
             let status = call
                 .state
                 .mesh
                 .job_status(&cursor.host, &cursor.job)
                 .await?
+                .filter(|s| access.sees(s))
                 .ok_or_else(|| ToolError::UnknownJob(cursor.job.to_string()))?;
+            super::reach::check(call, &cursor.host).await?;
             (cursor, call.state.mesh.settle_orphan(status).await?)
         }
         None => {
-            let status = find(call, params.job.as_deref(), params.host.as_deref(), "poll").await?;
+            let status = find(
+                call,
+                access,
+                params.job.as_deref(),
+                params.host.as_deref(),
+                "poll",
+            )
+            .await?;
             let (host, job) = ids(&status)?;
             super::reach::check(call, &host).await?;
             let cursor = match params.tail {
@@ -192,16 +234,46 @@ async fn poll(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
             (cursor, status)
         }
     };
+    audit_use(call, access, JobAction::Poll, [&status]);
     let page = paging::read(&call.state.mesh, cursor, limits).await?;
-    render_page("poll", status, page)
+    render_page(call, "poll", status, page)
 }
 
-async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
-    if let Some(group) = group_of(call, params.job.as_deref()).await? {
-        let group = group
+/// Whose jobs a `list` shows.
+enum Whose<'a> {
+    Mine,
+    User(&'a str),
+    Everyone,
+}
+
+async fn list(
+    call: &Call<'_>,
+    access: &JobAccess,
+    params: JobParams,
+) -> Result<CallToolResult, ToolError> {
+    let whose = match params.user.as_deref().map(str::trim) {
+        None => Whose::Mine,
+        Some(user) if user == call.identity.user.as_str() => Whose::Mine,
+        Some("*") => Whose::Everyone,
+        Some(user) => Whose::User(user),
+    };
+    if !matches!(whose, Whose::Mine) && !access.is_operator() {
+        return Err(ToolError::NotOperator {
+            action: "list other users' jobs".into(),
+        });
+    }
+    let wanted = |j: &pb::JobStatus| match whose {
+        Whose::Mine => access.owns(j),
+        Whose::User(user) => j.user == user,
+        Whose::Everyone => access.sees(j),
+    };
+    if let Some(group) = group_of(call, access, params.job.as_deref()).await? {
+        let group: Vec<pb::JobStatus> = group
             .into_iter()
             .filter(|s| params.host.as_deref().is_none_or(|h| s.host == h))
+            .filter(|s| params.user.is_none() || wanted(s))
             .collect();
+        audit_use(call, access, JobAction::List, &group);
         return render_group(call, "list", group);
     }
     let limit = params.limit.unwrap_or(20).clamp(1, 200);
@@ -211,16 +283,28 @@ async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
         .jobs()
         .await?
         .into_iter()
-        .filter(|j| j.user == call.identity.user.as_str())
+        .filter(wanted)
         .filter(|j| params.host.as_deref().is_none_or(|h| j.host == h))
         .collect();
     jobs.sort_by_key(|j| std::cmp::Reverse(j.started_at_ms));
     let total = jobs.len();
-    let jobs: Vec<JobView> = jobs.iter().take(limit).map(view).collect();
-    let mut text = format!("{} of your {total} job(s), newest first\n", jobs.len());
+    jobs.truncate(limit);
+    audit_use(call, access, JobAction::List, &jobs);
+    let jobs: Vec<JobView> = jobs.iter().map(view).collect();
+    let of = match whose {
+        Whose::Mine => "your".to_string(),
+        Whose::User(user) => format!("{user}'s"),
+        Whose::Everyone => "everyone's".to_string(),
+    };
+    let mut text = format!("{} of {of} {total} job(s), newest first\n", jobs.len());
     for j in &jobs {
+        let owner = if j.user == call.identity.user.as_str() {
+            String::new()
+        } else {
+            format!(" ({})", j.user)
+        };
         text.push_str(&format!(
-            "- {} on {} [{}] {}\n",
+            "- {} on {}{owner} [{}] {}\n",
             j.job,
             j.host,
             outcome(j),
@@ -235,11 +319,23 @@ async fn list(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
     structured(&result, vec![text])
 }
 
-async fn wait(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
+async fn wait(
+    call: &Call<'_>,
+    access: &JobAccess,
+    params: JobParams,
+) -> Result<CallToolResult, ToolError> {
     let timeout = seconds("job", "timeout", params.timeout.unwrap_or(30.0), 600.0)?;
-    let mut status = find(call, params.job.as_deref(), params.host.as_deref(), "wait").await?;
+    let mut status = find(
+        call,
+        access,
+        params.job.as_deref(),
+        params.host.as_deref(),
+        "wait",
+    )
+    .await?;
     let (host, job) = ids(&status)?;
     super::reach::check(call, &host).await?;
+    audit_use(call, access, JobAction::Wait, [&status]);
     // Wait in slices so a job whose agent died (no heartbeat) is noticed and reported lost
     // instead of being waited on until the timeout.
     let deadline = tokio::time::Instant::now() + timeout;
@@ -282,19 +378,31 @@ async fn wait(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, Tool
     structured(&result, vec![text])
 }
 
-async fn kill(call: &Call<'_>, params: JobParams) -> Result<CallToolResult, ToolError> {
+async fn kill(
+    call: &Call<'_>,
+    access: &JobAccess,
+    params: JobParams,
+) -> Result<CallToolResult, ToolError> {
     if params.host.is_none()
-        && let Some(group) = group_of(call, params.job.as_deref()).await?
+        && let Some(group) = group_of(call, access, params.job.as_deref()).await?
     {
-        return kill_group(call, group).await;
+        return kill_group(call, access, group).await;
     }
-    let status = find(call, params.job.as_deref(), params.host.as_deref(), "kill").await?;
+    let status = find(
+        call,
+        access,
+        params.job.as_deref(),
+        params.host.as_deref(),
+        "kill",
+    )
+    .await?;
     let (host, job) = ids(&status)?;
     super::reach::check(call, &host).await?;
     crate::approvals::gate_hosts(call, Some("kill"), &[&host], || {
         format!("job kill {job} on {host}")
     })
     .await?;
+    audit_use(call, access, JobAction::Kill, [&status]);
     let status = if status.state() == pb::JobState::Running {
         kill_on(call.state, call.identity, call.trace, &host, &job).await?
     } else {
@@ -363,10 +471,11 @@ pub async fn kill_with_grace(
     }
 }
 
-/// The statuses of a fan-out group: `job` names a job id that ran on more than one host.
-/// `None` for a single-host job (or an unknown id, which `find` reports).
+/// The statuses of a fan-out group the caller may see: `job` names a job id that ran on more
+/// than one host. `None` for a single-host job (or an unknown id, which `find` reports).
 async fn group_of(
     call: &Call<'_>,
+    access: &JobAccess,
     job: Option<&str>,
 ) -> Result<Option<Vec<pb::JobStatus>>, ToolError> {
     let Some(job) = job else { return Ok(None) };
@@ -379,7 +488,7 @@ async fn group_of(
         .group_jobs(&token)
         .await?
         .into_iter()
-        .filter(|s| s.user == call.identity.user.as_str())
+        .filter(|s| access.sees(s))
         .collect();
     if statuses.len() < 2 {
         return Ok(None);
@@ -395,6 +504,7 @@ async fn group_of(
 /// `kill` of a fan-out group: every host still running the job is asked to stop it.
 async fn kill_group(
     call: &Call<'_>,
+    access: &JobAccess,
     group: Vec<pb::JobStatus>,
 ) -> Result<CallToolResult, ToolError> {
     let running: Vec<(Token, Token)> = group
@@ -409,6 +519,12 @@ async fn kill_group(
         })
         .await?;
     }
+    audit_use(
+        call,
+        access,
+        JobAction::Kill,
+        group.iter().filter(|s| s.state() == pb::JobState::Running),
+    );
     let kills = group.into_iter().map(|status| async move {
         if status.state() != pb::JobState::Running {
             return status;
@@ -461,10 +577,9 @@ fn render_group(
             "- {} [{}] output: poll with cursor \"{}\"\n",
             j.host,
             outcome(j),
-            cursor.encode()
+            call.state.cursors.seal(&cursor, &call.identity.user)
         ));
     }
-    let _ = call;
     let result = JobResult {
         action: action.to_string(),
         jobs: Some(jobs),
@@ -473,14 +588,19 @@ fn render_group(
     structured(&result, vec![text])
 }
 
-/// Renders a page of output with the job's status, for `poll` and for `bash`.
-pub fn render_page(
+/// Renders a page of output with the job's status, read before the page, for `poll`.
+fn render_page(
+    call: &Call<'_>,
     action: &str,
     status: pb::JobStatus,
     page: Page,
 ) -> Result<CallToolResult, ToolError> {
-    // A lost job has no exit record when its agent died; its status ends it.
-    let done = page.exit.is_some() || (page.caught_up && status.state() == pb::JobState::Lost);
+    // The exit record ends the output. Without one, a page that read everything stored ends it
+    // too once the status (read before the page) says the job ended: an agent stores all of a
+    // job's output before its final status, so nothing more can come. That covers a lost job
+    // (its agent died before writing an exit record), a cursor already past the exit record,
+    // and output that retention removed.
+    let done = page.exit.is_some() || (page.caught_up && status.state() != pb::JobState::Running);
     let view = view(&page.exit.clone().unwrap_or(status));
     let range = if page.lines == 0 {
         "no new lines".to_string()
@@ -491,7 +611,7 @@ pub fn render_page(
             page.first_line + page.lines as u64
         )
     };
-    let next = (!done).then(|| page.next.encode());
+    let next = (!done).then(|| call.state.cursors.seal(&page.next, &call.identity.user));
     let footer = match &next {
         None => format!(
             "{range} of job {} on {}; end of output: {}",
@@ -551,10 +671,13 @@ fn limits(call: &Call<'_>, params: &JobParams) -> Result<PageLimits, ToolError> 
     })
 }
 
-/// Finds a job by id: on `host` when given, else across the mesh. A fan-out group id names
-/// one job per host, so without `host` it is ambiguous and the caller is told which hosts ran it.
+/// Finds a job the caller may see by id: on `host` when given, else across the mesh. A fan-out
+/// group id names one job per host, so without `host` it is ambiguous and the caller is told
+/// which hosts ran it. A job the caller may not see is unknown, in the same words as an id no
+/// host knows.
 async fn find(
     call: &Call<'_>,
+    access: &JobAccess,
     job: Option<&str>,
     host: Option<&str>,
     action: &str,
@@ -566,10 +689,21 @@ async fn find(
         Some(host) => {
             let host = Token::parse("host id", host)
                 .map_err(|e| ToolError::invalid("job", e.to_string()))?;
-            call.state.mesh.job_status(&host, &token).await?
+            call.state
+                .mesh
+                .job_status(&host, &token)
+                .await?
+                .filter(|s| access.sees(s))
         }
         None => {
-            let mut all = call.state.mesh.group_jobs(&token).await?;
+            let mut all: Vec<pb::JobStatus> = call
+                .state
+                .mesh
+                .group_jobs(&token)
+                .await?
+                .into_iter()
+                .filter(|s| access.sees(s))
+                .collect();
             if all.len() > 1 {
                 let hosts: Vec<String> = all.iter().map(|s| s.host.clone()).collect();
                 return Err(ToolError::invalid(

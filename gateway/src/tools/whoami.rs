@@ -24,6 +24,9 @@ pub struct WhoamiResult {
     pub reachable_hosts: Vec<String>,
     /// The unix account the policy maps the caller to, if any (the host's agent decides).
     pub run_as: Option<String>,
+    /// Whether the policy names the caller an operator, who may see, follow and kill other
+    /// users' jobs (every such use is audited).
+    pub operator: bool,
     /// Version (sha256) of the policy in force, or `development` without a policy file.
     pub policy_version: String,
     /// SSH relays serving this user.
@@ -50,6 +53,7 @@ pub async fn call(
     _params: WhoamiParams,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
     let identity = call.identity;
+    let policy = call.state.policy.current();
     let result = WhoamiResult {
         user: identity.user.to_string(),
         token_expires_at: identity.expires_at,
@@ -57,7 +61,8 @@ pub async fn call(
         groups: identity.groups.clone(),
         reachable_hosts: identity.reach.clone(),
         run_as: identity.run_as.clone(),
-        policy_version: call.state.policy.current().version().to_string(),
+        operator: policy.is_operator(identity.user.as_str()),
+        policy_version: policy.version().to_string(),
         relays: Vec::new(),
         tenant: call.state.mesh.tenant.to_string(),
         gateway_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -76,8 +81,13 @@ pub async fn call(
     } else {
         format!(", groups {}", result.groups.join(", "))
     };
+    let operator = if result.operator {
+        ", operator (may follow other users' jobs)"
+    } else {
+        ""
+    };
     let text = format!(
-        "user {} (tenant {}), tier {}{groups}, may reach {reach}; token expires in {} min; no SSH relays",
+        "user {} (tenant {}), tier {}{groups}{operator}, may reach {reach}; token expires in {} min; no SSH relays",
         result.user,
         result.tenant,
         result.tier,
