@@ -801,6 +801,51 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_production_allowlist_is_valid_and_holds() {
+        let doc = include_str!("../../../docs/security.md");
+        let start = doc
+            .find("```toml\n[guard]\nmode = \"allowlist\"")
+            .expect("the allowlist example in docs/security.md");
+        let block = &doc[start + "```toml\n".len()..];
+        let block = &block[..block.find("```").expect("closed")];
+        let table: toml::Table = toml::from_str(block).expect("the example is TOML");
+        let mut config = GuardConfig::default();
+        let problems = config.read_toml(&table["guard"], "docs/security.md");
+        assert!(
+            problems.is_empty() && config.problems().is_empty(),
+            "{problems:?}"
+        );
+        let guard = Guard::new(&config);
+        for allowed in [
+            "journalctl -u nginx --since today | grep -i error | sort | uniq -c | sort -rn | head -n 20",
+            "tail -n 200 /var/log/nginx/error.log | grep -i 502 | wc -l",
+            "grep -i upstream /var/log/nginx/error.log",
+            "df -h; free -m; uptime",
+            "sudo systemctl restart nginx",
+        ] {
+            assert!(
+                guard.check(allowed).is_ok(),
+                "{allowed}: {:?}",
+                guard.check(allowed)
+            );
+        }
+        for refused in [
+            "grep -i root /etc/shadow",
+            "grep -i root /etc/shadow /var/log/nginx/error.log",
+            "tail -n 5 /var/log/nginx/../../../etc/shadow",
+            "systemctl stop nginx",
+            "bash -c uptime",
+            "df -h > /etc/motd",
+        ] {
+            assert_eq!(
+                guard.check(refused).map_err(|e| e.rule().to_string()),
+                Err("allowlist".into()),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn guard_settings_are_checked() {
         let mut config = GuardConfig::default();
         let value: toml::Value = toml::from_str::<toml::Table>(

@@ -592,7 +592,14 @@ impl Walker {
                     self.functions.insert(name.clone(), function.body.clone());
                 }
                 let ast::FunctionBody(body, redirects) = &function.body;
-                self.compound(body, &body_ctx)?;
+                // The body may run with any arguments: here they are not known.
+                self.positional.push(Positional {
+                    zero: None,
+                    args: None,
+                });
+                let walked = self.compound(body, &body_ctx);
+                self.positional.pop();
+                walked?;
                 if let Some(redirects) = redirects {
                     self.bare_redirects(&redirects.0, &function.to_string(), ctx)?;
                 }
@@ -1395,10 +1402,20 @@ impl Walker {
                     }
                     self.assign(assignment, value.clone(), stdin, ctx)?;
                 }
+                // bash evaluates a subscript in a name `declare`, `typeset` and `local` are given
+                // at run time (`declare "$x=1"`); `export` and `readonly` do not.
+                let evaluates = matches!(name, "declare" | "typeset" | "local");
                 for arg in args {
-                    let text = arg.shown();
-                    if !text.starts_with(['-', '+']) && !text.contains('=') {
-                        self.variable_name(arg, name, ctx)?;
+                    match arg {
+                        Field::Static(text)
+                            if !text.starts_with(['-', '+']) && !text.contains('=') =>
+                        {
+                            self.variable_name(arg, name, ctx)?;
+                        }
+                        Field::Dynamic(d) if evaluates && name_is_dynamic(d) => {
+                            self.variable_name(arg, name, ctx)?;
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -2435,6 +2452,18 @@ fn glue(prefix: Field, substitution: Field) -> Field {
         splits: false,
         content: sub.content,
     })
+}
+
+/// Whether the name part (before `=`) of a `declare` argument is only known at run time.
+fn name_is_dynamic(word: &Dyn) -> bool {
+    for part in &word.parts {
+        match part {
+            Piece::Text(text) if text.contains('=') => return false,
+            Piece::Text(_) => {}
+            Piece::Unknown { .. } => return true,
+        }
+    }
+    false
 }
 
 /// `"$@"` and `"${a[@]}"` make one word per element; `"$*"` joins them.
