@@ -422,13 +422,7 @@ impl Guard {
 
 /// A command shortened for messages.
 fn short(text: &str) -> String {
-    const MAX: usize = 120;
-    let text = text.trim();
-    if text.chars().count() <= MAX {
-        text.to_string()
-    } else {
-        format!("{}…", text.chars().take(MAX).collect::<String>())
-    }
+    walk::shortened(text, 120)
 }
 
 #[cfg(test)]

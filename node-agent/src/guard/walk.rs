@@ -2796,12 +2796,16 @@ fn home_of(user: &str) -> Option<String> {
 
 /// A command shortened for messages.
 fn short(text: &str) -> String {
-    const MAX: usize = 80;
-    let text = text.trim();
-    if text.chars().count() <= MAX {
-        text.to_string()
+    shortened(text, 80)
+}
+
+/// `text` on one line (runs of white space made one space), cut to `max` characters.
+pub fn shortened(text: &str, max: usize) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max {
+        line
     } else {
-        format!("{}…", text.chars().take(MAX).collect::<String>())
+        format!("{}…", line.chars().take(max).collect::<String>())
     }
 }
 
