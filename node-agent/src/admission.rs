@@ -11,11 +11,46 @@ use execmesh_proto::pb;
 use tracing::info;
 
 use crate::config::Config;
-use crate::guard::Guard;
-use crate::request::{self, KillSpec, Order, Refusal};
+use crate::guard::{Guard, Job};
+use crate::request::{self, KillSpec, Order, Refusal, RunSpec};
 use crate::runas::{Account, RunAs};
 use crate::signature::Verifier;
 use crate::tier::{self, Tier};
+
+/// The command of `spec` as its job will run it: the request's environment, the variables the
+/// job's shell starts with (the account's login variables, which win, or the agent's own
+/// `HOME` and `SHELL`), and its working directory (the agent's own when the request names
+/// none and no account is mapped).
+fn guard_job(spec: &RunSpec) -> Job<'_> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.sort();
+    let known = match &spec.account {
+        Some(account) => account
+            .login_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        None => ["HOME", "SHELL"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+            .collect(),
+    };
+    let cwd = spec
+        .cwd
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .map(|p| p.display().to_string());
+    Job {
+        command: &spec.cmd,
+        env,
+        known,
+        cwd,
+    }
+}
 
 /// The host's admission rules, built once at start from the configuration.
 pub struct Admission {
@@ -75,7 +110,7 @@ impl Admission {
                     spec.cwd = spec.account.as_ref().map(Account::default_cwd);
                 }
                 self.guard
-                    .check(&spec.cmd)
+                    .check_job(&guard_job(spec))
                     .map_err(|e| Guard::refusal(host, &e))?;
             }
             Order::File(spec) => {

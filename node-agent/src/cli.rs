@@ -226,6 +226,51 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_LOG_JSON", value_name = "BOOL",
           num_args = 0..=1, default_missing_value = "true")]
     pub log_json: Option<String>,
+
+    /// A tool to run instead of the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Tools of the `execmesh-node-agent` binary besides the agent itself.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// The host's CommandGuard.
+    #[command(subcommand)]
+    Guard(GuardCommand),
+}
+
+/// `execmesh-node-agent guard …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum GuardCommand {
+    /// Says whether this host's CommandGuard would refuse COMMAND, and by which rule.
+    ///
+    /// Reads the agent's configuration like the agent does (the file, then `EXECMESH_…`
+    /// variables). Exit code 0: allowed; 1: refused; 2: bad usage or configuration.
+    /// Example: `execmesh-node-agent guard check -- 'rm -rf "$DIR/"'`.
+    Check(GuardCheck),
+}
+
+/// The arguments of `guard check`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuardCheck {
+    /// The agent's TOML configuration. [default: `--config` or EXECMESH_AGENT_CONFIG, else
+    /// /etc/execmesh/node-agent.toml when it exists]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// The directory the command would start in; relative paths are judged against it.
+    /// [default: not known]
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
+    /// An environment variable the request would set; repeat the flag for more.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+
+    /// The command, as the `bash` tool would send it (several words are joined with spaces).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[cfg(test)]
@@ -253,5 +298,33 @@ mod tests {
         assert_eq!(cli.labels, ["role=web", "dc=fra"]);
         assert_eq!(cli.log_json.as_deref(), Some("true"));
         assert_eq!(cli.nats_tls_required.as_deref(), Some("false"));
+    }
+
+    #[test]
+    fn guard_check_takes_a_command_after_dashes() {
+        let cli = Cli::try_parse_from([
+            "execmesh-node-agent",
+            "guard",
+            "check",
+            "--config",
+            "/etc/agent.toml",
+            "--env",
+            "A=1",
+            "--",
+            "rm",
+            "-rf",
+            "/",
+        ])
+        .expect("parses");
+        let Some(Command::Guard(GuardCommand::Check(check))) = cli.command else {
+            panic!("expected guard check, got {:?}", cli.command);
+        };
+        assert_eq!(
+            check.config.as_deref(),
+            Some(std::path::Path::new("/etc/agent.toml"))
+        );
+        assert_eq!(check.env, ["A=1"]);
+        assert_eq!(check.command, ["rm", "-rf", "/"]);
+        assert!(Cli::try_parse_from(["execmesh-node-agent", "guard", "check"]).is_err());
     }
 }

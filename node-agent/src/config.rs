@@ -62,7 +62,8 @@ pub struct Config {
     /// MCP user (or `*` for every other user) → the unix accounts it may run as, the first being
     /// its default. Empty: everything runs as the agent's own account (development only).
     pub run_as: BTreeMap<String, Vec<String>>,
-    /// The CommandGuard: on or off, extra deny rules, default rules switched off.
+    /// The CommandGuard: on or off, deny-list or allowlist mode, extra deny rules, default
+    /// rules switched off, allowed commands.
     pub guard: GuardConfig,
     /// Most jobs running at once.
     pub max_jobs: usize,
@@ -826,41 +827,12 @@ impl Layers {
         mapping
     }
 
-    /// `[guard]`: `enabled`, `deny` and `disable`; `--guard-enabled` wins over `enabled`.
+    /// `[guard]` (see [`GuardConfig::read_toml`]); `--guard-enabled` wins over `enabled`.
     fn guard(&mut self, cli_enabled: &Option<String>, default: GuardConfig) -> GuardConfig {
         let mut guard = default;
         let file = self.file_name();
-        match self.file.get("guard").cloned() {
-            None => {}
-            Some(toml::Value::Table(t)) => {
-                for (key, value) in t {
-                    match (key.as_str(), value) {
-                        ("enabled", toml::Value::Boolean(b)) => guard.enabled = b,
-                        ("deny" | "disable", toml::Value::Array(items)) => {
-                            let list: Option<Vec<String>> = items
-                                .iter()
-                                .map(|i| i.as_str().map(str::to_string))
-                                .collect();
-                            match list {
-                                Some(list) if key == "deny" => guard.deny = list,
-                                Some(list) => guard.disable = list,
-                                None => self.problems.push(format!(
-                                    "guard.{key} (in {file}): expected a list of strings"
-                                )),
-                            }
-                        }
-                        (known @ ("enabled" | "deny" | "disable"), other) => self.problems.push(
-                            format!("guard.{known} = {other} (in {file}): wrong type"),
-                        ),
-                        (unknown, _) => self
-                            .problems
-                            .push(format!("unknown key `guard.{unknown}` in {file}")),
-                    }
-                }
-            }
-            Some(other) => self.problems.push(format!(
-                "guard = {other} (in {file}): expected a table such as `[guard]` / `deny = [\"iptables -F\"]`"
-            )),
+        if let Some(value) = self.file.get("guard").cloned() {
+            self.problems.extend(guard.read_toml(&value, &file));
         }
         if let Some(raw) = cli_enabled {
             match bool::from_text(raw) {

@@ -17,6 +17,7 @@ mod facts;
 pub mod files;
 mod grep;
 pub mod guard;
+pub mod guard_check;
 mod job;
 mod lines;
 mod node;

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use execmesh_node_agent::{Cli, Config, telemetry};
+use execmesh_node_agent::cli::{Command, GuardCommand};
+use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -15,13 +16,24 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
+            return if !e.use_stderr() {
                 ExitCode::SUCCESS // --help, --version
+            } else if guard_tool() {
+                ExitCode::from(guard_check::USAGE)
+            } else {
+                ExitCode::from(EXIT_USAGE)
             };
         }
     };
+    if let Some(Command::Guard(GuardCommand::Check(check))) = cli.command.clone() {
+        let code = guard_check::run(
+            cli,
+            &check,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        );
+        return ExitCode::from(code);
+    }
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => {
@@ -62,6 +74,15 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Whether the command line asks for the `guard` tool, whose usage errors exit 2 (as its
+/// documentation promises) rather than 64.
+fn guard_tool() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "guard")
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.

@@ -532,6 +532,63 @@ fn bad_usage_exits_64() {
 }
 
 #[test]
+fn guard_check_says_whether_the_hosts_guard_refuses_a_command_by_its_exit_code() {
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        config.path(),
+        "host_id = \"db-1\"\n[guard]\ndeny = [\"iptables -F\"]\n",
+    )
+    .expect("write the config");
+    let check = |args: &[&str]| {
+        let out = agent_binary()
+            .args(["guard", "check", "--config"])
+            .arg(config.path())
+            .args(args)
+            .env_remove("EXECMESH_AGENT_CONFIG")
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = check(&["--", "cd / && rm --recur *"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("refused by rule recursive-delete:"),
+        "{out}"
+    );
+    let (code, out, _) = check(&["--", "iptables", "--flush"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("host rule `iptables -F`"), "{out}");
+    let (code, out, _) = check(&["--env", "LD_PRELOAD=/tmp/x.so", "--", "ls"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("`LD_PRELOAD`"), "{out}");
+    let (code, out, _) = check(&["--cwd", "/srv/app", "--", "rm", "-rf", "*"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("allowed") && out.contains("db-1"), "{out}");
+    // No command, an unknown flag, a bad configuration: usage errors.
+    let (code, _, err) = check(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = check(&["--colour", "--", "ls"]);
+    assert_eq!(code, Some(2), "{err}");
+    let out = agent_binary()
+        .args([
+            "guard",
+            "check",
+            "--config",
+            "/nonexistent/agent.toml",
+            "--",
+            "ls",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
+}
+
+#[test]
 fn bad_configuration_exits_64_naming_every_bad_value() {
     let out = agent_binary()
         .args([

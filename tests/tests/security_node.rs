@@ -336,3 +336,132 @@ async fn the_guard_refuses_a_denied_command_through_the_gateway_naming_the_rule(
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["output"], "rm -rf /\nlisted\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_refuses_indirect_interpreters_piped_code_and_dangerous_env_before_anything_runs()
+{
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let marker = tempfile::tempdir().expect("temp dir");
+    let touched = marker.path().join("ran");
+    let touch = format!("touch {}", touched.display());
+    // Harmless even if they ran: the device does not exist, the marker only records a run.
+    let mkfs = "mkfs.ext4 /nonexistent/execmesh-guard";
+
+    for (cmd, needles) in [
+        (
+            format!("$SHELL -c '{touch}; {mkfs}'"),
+            vec!["rule mkfs", "-c", mkfs],
+        ),
+        (
+            format!("bash +x -c '{touch}; {mkfs}'"),
+            vec!["rule mkfs", "bash -c"],
+        ),
+        (
+            format!("echo '{touch}; {mkfs}' | source /dev/stdin"),
+            vec!["rule mkfs", "source"],
+        ),
+        (
+            format!("alias go='{mkfs}'; {touch}; go"),
+            vec!["rule mkfs", "alias go"],
+        ),
+        (
+            format!("{touch}; cat /dev/null | sh"),
+            vec!["rule unchecked-code", "sh (reading its input)"],
+        ),
+        (
+            format!("{touch}; [[ 1 -eq 'x[$({mkfs})]' ]]"),
+            vec!["rule mkfs", "arithmetic"],
+        ),
+        // `find .. -maxdepth 0 -delete` from /tmp could only try to remove `/` itself.
+        (
+            format!("{touch}; cd /tmp && find ../ -maxdepth 0 -delete"),
+            vec!["rule recursive-delete", "find -delete"],
+        ),
+    ] {
+        let out = client
+            .call("bash", json!({"host": "web-1", "cmd": cmd}))
+            .await;
+        let mut needles = needles;
+        needles.extend(["web-1", "CommandGuard"]);
+        refused(&out, &needles);
+    }
+
+    // A request variable the shell runs before the command: refused, naming it.
+    let script = marker.path().join("bash_env.sh");
+    std::fs::write(&script, format!("{touch}\n")).expect("write the BASH_ENV file");
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "true", "env": {"BASH_ENV": script.display().to_string()}}),
+        )
+        .await;
+    refused(&out, &["web-1", "rule dangerous-env", "`BASH_ENV`"]);
+    assert!(!touched.exists(), "a refused command ran");
+
+    // Ordinary commands and variables still run.
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo \"$GREETING\" | tr a-z A-Z; kill -0 $$ && echo alive", "env": {"GREETING": "hi"}}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["output"], "HI\nalive\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowlist_host_runs_only_its_listed_commands() {
+    let nats = Nats::start().await;
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        config.path(),
+        "[guard]\nmode = \"allowlist\"\nallow = [\"echo ...\", \"tr a-z A-Z\", \"uname -s\"]\n",
+    )
+    .expect("write the agent config");
+    let _agent = NodeAgent::new(&nats, "web-1")
+        .arg("--config", config.path())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let marker = tempfile::tempdir().expect("temp dir");
+    let touched = marker.path().join("ran");
+
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo allowed | tr a-z A-Z; uname -s"}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert!(
+        out.structured()["output"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("ALLOWED\n")),
+        "{}",
+        out.text()
+    );
+
+    for (cmd, needle) in [
+        (
+            format!("echo hi; touch {}", touched.display()),
+            "`touch` is not in this host's allowlist",
+        ),
+        ("uname -a".to_string(), "no allowed pattern for `uname`"),
+        (
+            format!("sh -c 'touch {}'", touched.display()),
+            "runs text as shell code",
+        ),
+        (format!("echo hi > {}", touched.display()), "redirection"),
+        ("$UNAME -s".to_string(), "only known at run time"),
+    ] {
+        let out = client
+            .call("bash", json!({"host": "web-1", "cmd": cmd}))
+            .await;
+        refused(&out, &["web-1", "rule allowlist", needle]);
+    }
+    assert!(!touched.exists(), "a refused command ran");
+}
