@@ -155,11 +155,14 @@ pub mod audit_kind {
     pub const FILE_CHANGED: &str = "file-changed";
     pub const APPROVAL_REQUESTED: &str = "approval-requested";
     pub const APPROVAL_DECIDED: &str = "approval-decided";
+    pub const TOKEN_MINTED: &str = "token-minted";
+    pub const TOKEN_REVOKED: &str = "token-revoked";
+    pub const AUTH_FAILED: &str = "auth-failed";
     /// An event without a body (from a newer publisher this build does not know).
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 12] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -169,6 +172,9 @@ pub mod audit_kind {
         FILE_CHANGED,
         APPROVAL_REQUESTED,
         APPROVAL_DECIDED,
+        TOKEN_MINTED,
+        TOKEN_REVOKED,
+        AUTH_FAILED,
     ];
 
     /// The kind of an event body.
@@ -183,6 +189,9 @@ pub mod audit_kind {
             Some(Body::FileChanged(_)) => FILE_CHANGED,
             Some(Body::ApprovalRequested(_)) => APPROVAL_REQUESTED,
             Some(Body::ApprovalDecided(_)) => APPROVAL_DECIDED,
+            Some(Body::TokenMinted(_)) => TOKEN_MINTED,
+            Some(Body::TokenRevoked(_)) => TOKEN_REVOKED,
+            Some(Body::AuthFailed(_)) => AUTH_FAILED,
             None => UNKNOWN,
         }
     }
