@@ -212,7 +212,8 @@ pub async fn run_with_admin(
     admin_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::GatewayError> {
-    let key = SigningKey::load_or_create(&config.key_file)?;
+    let key =
+        SigningKey::load_or_create(&config.key_file)?.with_max_lifetime(config.max_token_lifetime);
     let policy = Arc::new(LivePolicy::load(config.policy_file.as_deref())?);
     let mesh = Mesh::connect(&config).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;

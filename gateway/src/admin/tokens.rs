@@ -12,7 +12,7 @@ use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_proto::pb;
 
 use super::Admin;
-use crate::auth::{MAX_TTL, TokenSpec};
+use crate::auth::TokenSpec;
 use crate::commands::token_scope;
 use crate::tier::Tier;
 
@@ -40,15 +40,18 @@ impl pb::tokens_service_server::TokensService for TokensApi {
             .unary("TokensService.Mint", request, |caller, req| async move {
                 let state = &self.admin.state;
                 let scope = token_scope(&req.scopes).map_err(Status::invalid_argument)?;
+                let max = state.key.max_lifetime();
                 let ttl = match req.ttl_secs {
-                    0 => DEFAULT_TTL,
+                    0 => DEFAULT_TTL.min(max),
                     secs => Duration::from_secs(secs),
                 };
-                if ttl > MAX_TTL {
+                if ttl > max {
                     return Err(Status::invalid_argument(format!(
-                        "ttl_secs {} is longer than the longest token lifetime ({} s, 366 days)",
+                        "ttl_secs {} is longer than the longest token lifetime this gateway \
+                         allows ({} s, {} days; max_token_lifetime_secs)",
                         req.ttl_secs,
-                        MAX_TTL.as_secs()
+                        max.as_secs(),
+                        max.as_secs() / 86400
                     )));
                 }
                 let cap = match pb::Tier::try_from(req.tier) {
@@ -124,8 +127,9 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                             )));
                         }
                         // The token's expiry is not known from its id: keep the revocation as
-                        // long as any token can live.
-                        let until = execmesh_proto::now_ms() / 1000 + MAX_TTL.as_secs();
+                        // long as any token this gateway accepts can live.
+                        let until =
+                            execmesh_proto::now_ms() / 1000 + state.key.max_lifetime().as_secs();
                         (id, until)
                     }
                     None => {
