@@ -13,6 +13,7 @@ pub mod config;
 pub mod ctl;
 pub mod error;
 pub mod fanout;
+pub mod listener;
 pub mod mesh;
 pub mod nats_config;
 pub mod oauth;

@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -259,33 +258,20 @@ pub async fn run_with_admin(
             result
         })
     });
-    match &state.config.tls {
-        Some(files) => {
-            let tls = crate::tls::server_config(&files.cert, &files.key)?;
-            let listener = crate::tls::TlsListener::new(listener, tls)
-                .map_err(crate::GatewayError::Serve)?
-                // `tap_io` makes the peer address available as `ConnectInfo` like plain TCP.
-                .tap_io(|_| {});
-            info!(addr = %addr, "serving MCP at https://{addr}/mcp");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(crate::GatewayError::Serve)?;
-        }
-        None => {
-            info!(addr = %addr, "serving MCP at http://{addr}/mcp");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(crate::GatewayError::Serve)?;
-        }
-    }
+    let tls = match &state.config.tls {
+        Some(files) => Some(crate::tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let limits = crate::listener::Limits::of(&state.config);
+    info!(
+        addr = %addr,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        max_connections_per_address = limits.max_per_address,
+        "serving MCP at {scheme}://{addr}/mcp"
+    );
+    crate::listener::serve(listener, tls, app, limits, shutdown.clone()).await;
     if let Some(admin) = admin {
         // MCP stopped (shutdown, or it failed): make sure the admin API stops too.
         shutdown.cancel();
