@@ -8,6 +8,7 @@ pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod auth;
+pub mod auth_failures;
 pub mod commands;
 pub mod config;
 pub mod ctl;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
+use crate::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::oauth::OAuth;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::Audit>,
     /// Calls held for a teammate's approval, and the decisions.
     pub approvals: crate::approvals::Approvals,
+    /// Refused bearer tokens, audited coalesced.
+    pub auth_failures: Arc<AuthFailures>,
 }
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
@@ -75,11 +78,17 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
 }
 
 /// Verifies the bearer token and puts the caller's [`crate::auth::Identity`] into the request.
+/// An invalid token is audited (coalesced, see [`crate::auth_failures`]); a missing one is not:
+/// it is how every OAuth client discovers the authorization server.
 async fn require_bearer(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -91,10 +100,20 @@ async fn require_bearer(
     let Some(token) = token else {
         return unauthorized(&state, None);
     };
+    let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {
+        state.auth_failures.record(&Failure {
+            endpoint: Endpoint::Mcp,
+            addr,
+            refusal,
+            user,
+            token_id,
+        });
+    };
     let identity = match state.key.verify(token.trim(), &state.audience) {
         Ok(identity) => identity,
         Err(e) => {
             debug!(error = %e, "bearer token refused");
+            failed(Refusal::Token(&e), None, None);
             return unauthorized(&state, Some(&e));
         }
     };
@@ -102,6 +121,11 @@ async fn require_bearer(
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
+            failed(
+                Refusal::Token(&AuthError::Revoked),
+                Some(identity.user.as_str()),
+                Some(&identity.token_id),
+            );
             return unauthorized(&state, Some(&AuthError::Revoked));
         }
         Err(e) => {
@@ -120,6 +144,11 @@ async fn require_bearer(
     let policy = state.policy.current();
     let Some(grant) = policy.grant(identity.user.as_str()) else {
         debug!(user = %identity.user, "token of a user the policy does not know");
+        failed(
+            Refusal::UnknownUser,
+            Some(identity.user.as_str()),
+            Some(&identity.token_id),
+        );
         return unauthorized_challenge(
             &state,
             Some(&format!(
@@ -234,6 +263,9 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
+    let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
+    // Publishes the pending counts at shutdown, before the audit publisher is closed below.
+    let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
         config,
@@ -244,6 +276,7 @@ pub async fn run_with_admin(
         oauth,
         audit,
         approvals,
+        auth_failures,
     });
     let app = router(state.clone(), shutdown.clone());
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
@@ -279,6 +312,10 @@ pub async fn run_with_admin(
             Ok(result) => result?,
             Err(e) => tracing::error!(error = %e, "the admin API task failed"),
         }
+    }
+    shutdown.cancel();
+    if let Err(e) = auth_failures_task.await {
+        tracing::error!(error = %e, "the auth-failure audit task failed");
     }
     state.audit.close(AUDIT_FLUSH).await;
     info!("gateway stopped");
