@@ -3,10 +3,15 @@
 //! A marked call first returns an "approval required" result (not an error) with an approval id;
 //! the record, in the `mesh_approvals` bucket under `<tenant>.<id>`, binds a sha256 of the tool,
 //! the arguments, the resolved hosts, the user, the run-as account and the policy version. An
-//! approver (an admin-API caller other than the requester) approves or denies it; the requester
-//! re-calls with the same arguments plus `approval_id`, and the gateway runs the call only if
-//! the hash still matches, the approval is unexpired, and it can move the record from `approved`
-//! to `used` (a compare-and-set, so two replicas cannot both spend one approval).
+//! approver approves or denies it; the requester re-calls with the same arguments plus
+//! `approval_id`, and the gateway runs the call only if the hash still matches, the approval is
+//! unexpired, and it can move the record from `approved` to `used` (a compare-and-set, so two
+//! replicas cannot both spend one approval).
+//!
+//! Who may decide is checked against the policy in force at decision time ([`Authority`]): the
+//! approver is the person the admin token names, must be in the policy's `[approvers]` (nobody
+//! is, when it is not set), must not be the requester, and must hold the tier the held call
+//! needs and reach every host it resolved to.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,10 +32,13 @@ use execmesh_proto::jetstream as layout;
 use execmesh_proto::{Token, pb};
 
 use crate::audit::Audit;
+use crate::auth::Identity;
 use crate::error::ToolError;
-use crate::mesh::HostRecord;
-use crate::policy::ApprovalRule;
+use crate::fanout::Reach;
+use crate::mesh::{HostRecord, Mesh};
+use crate::policy::{ApprovalRule, Policy};
 use crate::selector::{Candidate, Groups, Selector};
+use crate::tier::{self, Tier};
 use crate::tools::Call;
 use crate::tools::hosts::state_of;
 
@@ -129,6 +137,43 @@ pub enum ApprovalError {
     NotFound { id: String },
     #[error("approval `{id}` was requested by {user}, who may not approve their own request")]
     SelfApproval { id: String, user: String },
+    #[error(
+        "approval `{id}` cannot be decided by anyone: the policy names no approvers (add \
+         [approvers] with users = [...] or groups = [...] to it)"
+    )]
+    NoApprovers { id: String },
+    #[error(
+        "{user} may not decide approval `{id}`: {user} is not an approver (the policy's \
+         [approvers]: {approvers})"
+    )]
+    NotApprover {
+        id: String,
+        user: String,
+        approvers: String,
+    },
+    #[error(
+        "{user} may not decide approval `{id}`: it holds a `{tool}`{} call, which needs tier \
+         {needed}, and {user} acts with tier {have}",
+        action_suffix(.action)
+    )]
+    ApproverTier {
+        id: String,
+        user: String,
+        tool: String,
+        action: Option<String>,
+        needed: Tier,
+        have: Tier,
+    },
+    #[error(
+        "{user} may not decide approval `{id}`: its host {host} is outside {user}'s reach \
+         ({reach})"
+    )]
+    ApproverReach {
+        id: String,
+        user: String,
+        host: String,
+        reach: String,
+    },
     #[error("approval `{id}` is already {state}")]
     AlreadyDecided { id: String, state: ApprovalState },
     #[error("approval `{id}` expired before it was decided")]
@@ -139,6 +184,108 @@ pub enum ApprovalError {
     MissingReason,
     #[error("the approvals store is unavailable: {0}")]
     Mesh(String),
+}
+
+fn action_suffix(action: &Option<String>) -> String {
+    match action {
+        Some(action) => format!(" {action}"),
+        None => String::new(),
+    }
+}
+
+impl ApprovalError {
+    /// Whether the error says the caller may not decide (as opposed to a state or store error).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::SelfApproval { .. }
+                | Self::NoApprovers { .. }
+                | Self::NotApprover { .. }
+                | Self::ApproverTier { .. }
+                | Self::ApproverReach { .. }
+        )
+    }
+}
+
+/// What a decision is checked against, at the time it is made: the policy in force, the named
+/// host groups selectors use, and the mesh (whose facts the approver's reach selectors match).
+pub struct Authority<'a> {
+    pub policy: &'a Policy,
+    pub groups: &'a Groups,
+    pub mesh: &'a Mesh,
+}
+
+// === impl Authority ===
+
+impl Authority<'_> {
+    /// `Ok` when `approver` may decide `record`: named by `[approvers]`, not the requester,
+    /// acting with the tier the held call needs, and reaching every one of its hosts.
+    pub async fn check(
+        &self,
+        record: &ApprovalRecord,
+        approver: &Identity,
+    ) -> Result<(), ApprovalError> {
+        let id = &record.id;
+        let user = approver.user.as_str();
+        if record.user == user {
+            return Err(ApprovalError::SelfApproval {
+                id: id.clone(),
+                user: user.to_string(),
+            });
+        }
+        let Some(approvers) = self.policy.approvers() else {
+            return Err(ApprovalError::NoApprovers { id: id.clone() });
+        };
+        if !self.policy.is_approver(user) {
+            return Err(ApprovalError::NotApprover {
+                id: id.clone(),
+                user: user.to_string(),
+                approvers: approvers.describe(),
+            });
+        }
+        let needed = tier::required(&record.tool, record.action.as_deref());
+        if approver.tier < needed {
+            return Err(ApprovalError::ApproverTier {
+                id: id.clone(),
+                user: user.to_string(),
+                tool: record.tool.clone(),
+                action: record.action.clone(),
+                needed,
+                have: approver.tier,
+            });
+        }
+        if approver.reach.iter().any(|s| s.trim() == "*") {
+            return Ok(());
+        }
+        let reach = Reach::of(&approver.reach, self.groups);
+        let now = execmesh_proto::now_ms();
+        for host in &record.hosts {
+            // Host ids in a record were validated when it was made; a record that was
+            // tampered with names no host anyone reaches.
+            let known = match Token::parse("host", host) {
+                Ok(token) => self
+                    .mesh
+                    .host(&token)
+                    .await
+                    .map_err(|e| ApprovalError::Mesh(e.to_string()))?,
+                Err(_) => None,
+            };
+            let candidate = Candidate {
+                host,
+                facts: known.as_ref().and_then(|r| r.facts.as_ref()),
+                state: state_of(known.as_ref().and_then(|r| r.presence.as_ref()), now),
+            };
+            if !reach.allows(&candidate) {
+                return Err(ApprovalError::ApproverReach {
+                    id: id.clone(),
+                    user: user.to_string(),
+                    host: host.clone(),
+                    reach: reach.text.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The approvals of one tenant, in `mesh_approvals`.
@@ -228,24 +375,36 @@ impl Approvals {
         Ok(record.with_effective_state(execmesh_proto::now_ms()))
     }
 
-    /// Approves a pending request. The approver must not be the requester.
-    pub async fn approve(&self, id: &str, approver: &str) -> Result<ApprovalRecord, ApprovalError> {
-        self.decide(id, approver, ApprovalState::Approved, None)
+    /// Approves a pending request as `approver`, if `authority` lets them decide it.
+    pub async fn approve(
+        &self,
+        id: &str,
+        approver: &Identity,
+        authority: &Authority<'_>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        self.decide(id, approver, authority, ApprovalState::Approved, None)
             .await
     }
 
-    /// Denies a pending request, saying why.
+    /// Denies a pending request as `approver`, saying why, if `authority` lets them decide it.
     pub async fn deny(
         &self,
         id: &str,
-        approver: &str,
+        approver: &Identity,
+        authority: &Authority<'_>,
         reason: &str,
     ) -> Result<ApprovalRecord, ApprovalError> {
         if reason.trim().is_empty() {
             return Err(ApprovalError::MissingReason);
         }
-        self.decide(id, approver, ApprovalState::Denied, Some(reason.trim()))
-            .await
+        self.decide(
+            id,
+            approver,
+            authority,
+            ApprovalState::Denied,
+            Some(reason.trim()),
+        )
+        .await
     }
 
     /// Every change to the tenant's approvals from now on (new requests, decisions, uses).
@@ -276,10 +435,28 @@ impl Approvals {
     async fn decide(
         &self,
         id: &str,
-        approver: &str,
+        approver: &Identity,
+        authority: &Authority<'_>,
         to: ApprovalState,
         reason: Option<&str>,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        // Who may decide is checked on the stored record (its tool, action and hosts never
+        // change); the state is checked first so a late decision says so, and again below.
+        let current = self.get(id).await?;
+        match current.state {
+            ApprovalState::Pending => {}
+            ApprovalState::Expired => {
+                return Err(ApprovalError::Expired { id: id.to_string() });
+            }
+            state => {
+                return Err(ApprovalError::AlreadyDecided {
+                    id: id.to_string(),
+                    state,
+                });
+            }
+        }
+        authority.check(&current, approver).await?;
+        let approver = approver.user.as_str();
         let record = self
             .transition(id, |record, now| {
                 match record.effective_state(now) {
@@ -648,9 +825,10 @@ fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
         .saturating_sub(execmesh_proto::now_ms())
         .div_ceil(60_000);
     let text = format!(
-        "{headline}: {summary}. Approval id {id}. A teammate approves it with `execmeshctl approve \
-         {id}` (you cannot approve your own request); then call this tool again with the same \
-         arguments and \"approval_id\": \"{id}\". It expires in {minutes} min.",
+        "{headline}: {summary}. Approval id {id}. An approver the policy names approves it with \
+         `execmeshctl approve {id}` (you cannot approve your own request); then call this tool \
+         again with the same arguments and \"approval_id\": \"{id}\". It expires in {minutes} \
+         min.",
         summary = record.summary,
         id = record.id,
     );

@@ -363,6 +363,58 @@ impl Audit {
         });
     }
 
+    /// Records a token minted through the admin API (`by` minted it; the token is not in the
+    /// event, only its id).
+    pub fn token_minted(&self, by: &str, minted: pb::TokenMinted) {
+        self.outside_call(by, "minted", Body::TokenMinted(minted));
+    }
+
+    /// Records a token put on the revocation list through the admin API by `by`.
+    pub fn token_revoked(&self, by: &str, revoked: pb::TokenRevoked) {
+        self.outside_call(by, "revoked", Body::TokenRevoked(revoked));
+    }
+
+    /// Records that the admin API refused `user` a request by policy: `rpc` names it, `reason`
+    /// says why (as the caller was told).
+    pub fn admin_denied(&self, user: &str, rpc: &str, reason: &str) {
+        self.outside_call(
+            user,
+            "denied",
+            Body::CallDenied(pb::CallDenied {
+                reason: self.redactor.text(&format!("{rpc}: {reason}")),
+                by: "gateway".to_string(),
+                code: "permission_denied".to_string(),
+            }),
+        );
+    }
+
+    /// Records refused bearer tokens, as [`crate::auth_failures`] coalesced them; `user` is the
+    /// token's subject where its signature verified.
+    pub fn auth_failed(&self, user: &str, failed: pb::AuthFailed) {
+        let outcome = failed.code.clone();
+        self.outside_call(user, &outcome, Body::AuthFailed(failed));
+    }
+
+    /// Publishes an event of a step taken outside any tool call (the admin API, the bearer
+    /// check): no trace, host, job or tool.
+    fn outside_call(&self, user: &str, outcome: &str, body: Body) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: String::new(),
+            user: user.to_string(),
+            host: String::new(),
+            job_id: String::new(),
+            tool: String::new(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        });
+    }
+
     /// Stops taking events and waits up to `grace` for those queued to be published.
     pub async fn close(&self, grace: Duration) {
         self.publisher.close(grace).await;

@@ -19,8 +19,15 @@ use crate::tier::Tier;
 
 /// The scope a token needs to use `/mcp`.
 pub const MCP_SCOPE: &str = "mcp";
-/// Longest lifetime `token mint` accepts.
-pub const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+/// Longest lifetime (`exp - iat`) a token may have unless `max_token_lifetime_secs` says
+/// otherwise: long enough for a quarter's CI token (and the quickstart's 30-day ones), short
+/// enough that a forgotten token does not live for years.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The most `max_token_lifetime_secs` may be set to.
+pub const LONGEST_MAX_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+/// How far a token's `iat` and `nbf` may lie in the future of this replica's clock: replicas
+/// and minting hosts keep their clocks within this of each other (NTP does far better).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Why a key could not be loaded or a token could not be minted or verified.
 #[derive(Debug, thiserror::Error)]
@@ -39,20 +46,56 @@ pub enum AuthError {
     BadKey { path: String },
     #[error("invalid user name: {0}")]
     BadUser(#[from] execmesh_proto::TokenError),
-    #[error("token lifetime must be between 1 second and {} days", MAX_TTL.as_secs() / 86400)]
-    BadTtl,
+    #[error(
+        "token lifetime {asked_secs} s is not between 1 second and the longest this gateway \
+         allows, {max_secs} s ({} days; max_token_lifetime_secs)",
+        .max_secs / 86400
+    )]
+    BadTtl { asked_secs: u64, max_secs: u64 },
     #[error("the token is malformed")]
     Malformed,
     #[error("the token's signature does not verify with this gateway's key")]
     BadSignature,
     #[error("the token expired {0} seconds ago")]
     Expired(u64),
+    #[error("the token is not valid yet: its nbf is {0} seconds in the future")]
+    NotYetValid(u64),
+    #[error(
+        "the token claims to be issued {0} seconds in the future (iat); the clocks of the \
+         gateway and of whoever minted it disagree, or it was forged with the key"
+    )]
+    IssuedInFuture(u64),
+    #[error(
+        "the token lives {lifetime_secs} s (exp - iat), longer than this gateway allows \
+         ({max_secs} s; max_token_lifetime_secs)"
+    )]
+    LifetimeTooLong { lifetime_secs: u64, max_secs: u64 },
     #[error("the token was issued by `{0}`, not by this gateway")]
     WrongIssuer(String),
     #[error("the token was issued for `{0}`, not for this resource")]
     WrongAudience(String),
     #[error("the token was revoked")]
     Revoked,
+}
+
+impl AuthError {
+    /// One word for the audit trail's `auth-failed` events and their outcome.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::ReadKey { .. } | Self::WriteKey { .. } | Self::BadKey { .. } => "key",
+            Self::BadUser(_) => "bad_user",
+            Self::BadTtl { .. } => "bad_ttl",
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::Expired(_) => "expired",
+            Self::NotYetValid(_) => "not_yet_valid",
+            Self::IssuedInFuture(_) => "issued_in_future",
+            Self::LifetimeTooLong { .. } => "lifetime_too_long",
+            Self::WrongIssuer(_) => "wrong_issuer",
+            Self::WrongAudience(_) => "wrong_audience",
+            Self::Revoked => "revoked",
+        }
+    }
 }
 
 /// Who issues tokens and for which resource: the authorization server's issuer identifier and
@@ -196,6 +239,9 @@ struct Claims {
     aud: String,
     iat: u64,
     exp: u64,
+    /// Not before (unix seconds); this gateway does not set it, but honours it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
     jti: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
@@ -205,10 +251,13 @@ struct Claims {
     client_id: Option<String>,
 }
 
-/// The gateway's token key. Cloning shares nothing mutable.
+/// The gateway's token key, and the longest lifetime it signs and accepts. Cloning shares
+/// nothing mutable.
 #[derive(Clone)]
 pub struct SigningKey {
     key: ed25519_dalek::SigningKey,
+    /// Tokens living longer (`exp - iat`) are neither issued nor accepted.
+    max_lifetime: Duration,
 }
 
 impl fmt::Debug for SigningKey {
@@ -229,7 +278,20 @@ impl SigningKey {
         let seed: [u8; 32] = rand::random();
         Self {
             key: ed25519_dalek::SigningKey::from_bytes(&seed),
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
+    }
+
+    /// The same key, issuing and accepting tokens that live at most `max` (the gateway's
+    /// `max_token_lifetime_secs`).
+    pub fn with_max_lifetime(mut self, max: Duration) -> Self {
+        self.max_lifetime = max;
+        self
+    }
+
+    /// The longest lifetime this key issues and accepts.
+    pub fn max_lifetime(&self) -> Duration {
+        self.max_lifetime
     }
 
     /// Loads the key from `path`, creating it (mode 0600, parent directories too) if it does
@@ -266,6 +328,7 @@ impl SigningKey {
         let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         Ok(Self {
             key: ed25519_dalek::SigningKey::from_bytes(&seed),
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         })
     }
 
@@ -303,8 +366,11 @@ impl SigningKey {
     /// Signs an access token for `audience` as `spec` says.
     pub fn issue(&self, audience: &Audience, spec: &TokenSpec<'_>) -> Result<Issued, AuthError> {
         let user = Token::parse("user", spec.user)?;
-        if spec.ttl.is_zero() || spec.ttl > MAX_TTL {
-            return Err(AuthError::BadTtl);
+        if spec.ttl.is_zero() || spec.ttl > self.max_lifetime {
+            return Err(AuthError::BadTtl {
+                asked_secs: spec.ttl.as_secs(),
+                max_secs: self.max_lifetime.as_secs(),
+            });
         }
         let now = now_secs();
         let jti: [u8; 12] = rand::random();
@@ -314,6 +380,7 @@ impl SigningKey {
             aud: audience.resource.clone(),
             iat: now,
             exp: now + spec.ttl.as_secs().max(1),
+            nbf: None,
             jti: URL_SAFE_NO_PAD.encode(jti),
             scope: Some(spec.scope.to_string()),
             tier: Some(spec.tier),
@@ -334,8 +401,10 @@ impl SigningKey {
         })
     }
 
-    /// Verifies a token's signature, issuer, audience and expiry. The identity's tier is the
-    /// token's; the caller narrows it with the policy ([`Identity::with_grant`]).
+    /// Verifies a token's signature, issuer, audience and times: not expired, not before its
+    /// `nbf`, not issued in the future (beyond [`CLOCK_SKEW`]), and not living longer than this
+    /// key's maximum lifetime. The identity's tier is the token's; the caller narrows it with the
+    /// policy ([`Identity::with_grant`]).
     pub fn verify(&self, token: &str, audience: &Audience) -> Result<Identity, AuthError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
@@ -375,6 +444,26 @@ impl SigningKey {
         let now = now_secs();
         if claims.exp <= now {
             return Err(AuthError::Expired(now - claims.exp));
+        }
+        let skew = CLOCK_SKEW.as_secs();
+        if let Some(nbf) = claims.nbf
+            && nbf > now + skew
+        {
+            return Err(AuthError::NotYetValid(nbf - now));
+        }
+        if claims.iat > now + skew {
+            return Err(AuthError::IssuedInFuture(claims.iat - now));
+        }
+        // A token whose iat is after its exp is malformed, whatever its lifetime.
+        let lifetime = claims
+            .exp
+            .checked_sub(claims.iat)
+            .ok_or(AuthError::Malformed)?;
+        if lifetime > self.max_lifetime.as_secs() {
+            return Err(AuthError::LifetimeTooLong {
+                lifetime_secs: lifetime,
+                max_secs: self.max_lifetime.as_secs(),
+            });
         }
         Ok(Identity {
             user: Token::parse("user", &claims.sub).map_err(|_| AuthError::Malformed)?,
@@ -474,6 +563,90 @@ mod tests {
         for bad in ["", "a.b", "a.b.c.d", "x.y.z"] {
             assert!(key.verify(bad, &audience()).is_err(), "{bad} accepted");
         }
+    }
+
+    /// A token with `claims` as given, signed with `key`: what someone holding the key (or a
+    /// minting host with a wrong clock) could make.
+    fn signed(key: &SigningKey, claims: serde_json::Value) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","typ":"at+jwt"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+        let input = format!("{header}.{payload}");
+        let signature = key.key.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    }
+
+    fn claims(iat: u64, exp: u64) -> serde_json::Value {
+        serde_json::json!({
+            "iss": "http://127.0.0.1:8420",
+            "sub": "alice",
+            "aud": "http://127.0.0.1:8420/mcp",
+            "iat": iat,
+            "exp": exp,
+            "jti": "j1",
+            "scope": "mcp",
+        })
+    }
+
+    #[test]
+    fn future_nbf_future_iat_and_long_lifetimes_are_refused() {
+        let key = SigningKey::generate();
+        let now = now_secs();
+        let day = 86400;
+        assert!(
+            key.verify(&signed(&key, claims(now, now + 60)), &audience())
+                .is_ok()
+        );
+        // Within the skew a clock a little ahead is fine.
+        assert!(
+            key.verify(&signed(&key, claims(now + 30, now + 90)), &audience())
+                .is_ok()
+        );
+        let mut nbf = claims(now, now + 600);
+        nbf["nbf"] = serde_json::json!(now + 300);
+        assert!(matches!(
+            key.verify(&signed(&key, nbf), &audience()),
+            Err(AuthError::NotYetValid(s)) if s >= 299
+        ));
+        assert!(matches!(
+            key.verify(&signed(&key, claims(now + 3600, now + 7200)), &audience()),
+            Err(AuthError::IssuedInFuture(s)) if s >= 3599
+        ));
+        let long = signed(&key, claims(now, now + 400 * day));
+        assert!(matches!(
+            key.verify(&long, &audience()),
+            Err(AuthError::LifetimeTooLong { max_secs, .. }) if max_secs == 90 * day
+        ));
+        // A configured maximum is honoured both ways.
+        let short = key.clone().with_max_lifetime(Duration::from_secs(3600));
+        assert!(matches!(
+            short.verify(&signed(&key, claims(now, now + 7200)), &audience()),
+            Err(AuthError::LifetimeTooLong { .. })
+        ));
+        let spec = TokenSpec {
+            user: "alice",
+            ttl: Duration::from_secs(7200),
+            scope: MCP_SCOPE,
+            tier: Tier::Standard,
+            client_id: None,
+        };
+        let err = short.issue(&audience(), &spec).unwrap_err();
+        assert!(matches!(
+            err,
+            AuthError::BadTtl {
+                asked_secs: 7200,
+                max_secs: 3600
+            }
+        ));
+        assert!(err.to_string().contains("max_token_lifetime_secs"), "{err}");
+        // The quickstart's 30-day tokens are within the default.
+        assert!(
+            key.verify(&signed(&key, claims(now, now + 30 * day)), &audience())
+                .is_ok()
+        );
+        assert!(matches!(
+            key.verify(&signed(&key, claims(now, now - 1)), &audience()),
+            Err(AuthError::Expired(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::tier::Tier;
 pub enum CommandError {
     #[error("{0}")]
     Usage(String),
+    /// The policy does not allow what was asked (a tier above the user's).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
@@ -24,24 +27,63 @@ pub enum CommandError {
     Stdin(std::io::Error),
 }
 
-/// `token mint`: a bearer token for `user` valid for `ttl`, for headless clients and CI. With a
-/// policy the user must exist in it, and the token's tier is the user's (or lower with `tier`);
-/// without one (development mode) the token is `dangerous` unless capped. `scopes` says what it
-/// may be used for: `mcp` (the MCP endpoint) and/or `admin` (the admin API).
+/// A token `token mint` made, and what it says.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// The bearer token.
+    pub token: String,
+    /// Its id (`jti`), the key of a revocation.
+    pub token_id: String,
+    /// The user it speaks for.
+    pub user: String,
+    /// Its tier cap.
+    pub tier: Tier,
+    /// The resource it is for (the gateway's `public_url`).
+    pub resource: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// `token mint`: a bearer token for `user` valid for `ttl`, for headless clients and CI, signed
+/// with the key of the gateway `config` describes and naming its issuer and audience. With a
+/// policy the user must exist in it and the token's tier is the user's, or `tier` when that is
+/// not above it (above it is refused, never silently lowered); without one (development mode)
+/// the token is `dangerous` unless capped. `scopes` says what it may be used for: `mcp` (the MCP
+/// endpoint) and/or `admin` (the admin API). The key must exist: a key made here would match no
+/// gateway.
 pub fn mint(
     config: &Config,
     user: &str,
     ttl: &str,
     tier: Option<&str>,
     scopes: &[String],
-) -> Result<String, CommandError> {
+) -> Result<Minted, CommandError> {
     let ttl = parse_ttl(ttl).map_err(|e| CommandError::Usage(format!("invalid --ttl: {e}")))?;
+    let max = config.max_token_lifetime;
+    if ttl.is_zero() || ttl > max {
+        return Err(CommandError::Usage(format!(
+            "invalid --ttl: {} s is not between 1 s and the longest lifetime this gateway \
+             accepts, {} s ({} days; max_token_lifetime_secs)",
+            ttl.as_secs(),
+            max.as_secs(),
+            max.as_secs() / 86400
+        )));
+    }
     let scope =
         token_scope(scopes).map_err(|e| CommandError::Usage(format!("invalid --scope: {e}")))?;
-    let cap = tier
+    let asked = tier
         .map(|t| t.parse::<Tier>())
         .transpose()
         .map_err(|e| CommandError::Usage(format!("invalid --tier: {e}")))?;
+    if !config.audience_explicit {
+        return Err(CommandError::Usage(
+            "which gateway is the token for? Give that gateway's settings: its `--config FILE`, \
+             or `--public-url URL` as it has it (without a public_url, the `--listen ADDR` it \
+             serves on, and `--tls-cert`/`--tls-key` when it serves HTTPS). A token names its \
+             gateway's issuer and audience, and no other gateway accepts it"
+                .to_string(),
+        ));
+    }
     let policy = match &config.policy_file {
         Some(path) => Policy::load(path)?,
         None => Policy::development(),
@@ -51,8 +93,19 @@ pub fn mint(
             "user `{user}` is not in the policy; add it with `execmesh-gateway user add {user}`"
         ))
     })?;
-    let tier = cap.map_or(grant.tier, |cap| cap.min(grant.tier));
-    let key = SigningKey::load_or_create(&config.key_file)?;
+    let tier = match asked {
+        None => grant.tier,
+        Some(asked) if asked <= grant.tier => asked,
+        Some(asked) => {
+            return Err(CommandError::Refused(format!(
+                "--tier {asked} is above the tier of user `{user}` in the policy ({}); a token \
+                 can only lower it",
+                grant.tier
+            )));
+        }
+    };
+    let key = SigningKey::load(&config.key_file)?.with_max_lifetime(max);
+    let audience = config.audience(config.listen);
     let spec = TokenSpec {
         user,
         ttl,
@@ -60,7 +113,15 @@ pub fn mint(
         tier,
         client_id: None,
     };
-    Ok(key.issue(&config.audience(config.listen), &spec)?.token)
+    let issued = key.issue(&audience, &spec)?;
+    Ok(Minted {
+        token: issued.token,
+        token_id: issued.jti,
+        user: user.to_string(),
+        tier,
+        resource: audience.resource,
+        expires_at: issued.expires_at,
+    })
 }
 
 /// The `scope` claim of a minted token: the scopes asked for (`mcp` when none), each one this
@@ -159,5 +220,64 @@ mod tests {
         assert_eq!(scopes(&["admin"]).unwrap(), "admin");
         assert_eq!(scopes(&["admin", " mcp", "admin"]).unwrap(), "admin mcp");
         assert!(scopes(&["mcp", "root"]).unwrap_err().contains("`root`"));
+    }
+
+    /// A gateway configuration with a key and a policy where bob is `standard`.
+    fn gateway(dir: &std::path::Path) -> Config {
+        let key = dir.join("gateway.key");
+        SigningKey::load_or_create(&key).unwrap();
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, "[users.bob]\ntier = \"standard\"\n").unwrap();
+        let mut config = Config::new("nats://127.0.0.1:4222", key);
+        config.policy_file = Some(policy);
+        config.public_url = Some("https://gw.example.com/mcp".into());
+        config.audience_explicit = true;
+        config
+    }
+
+    #[test]
+    fn a_tier_above_the_users_is_an_error_not_a_downgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = gateway(dir.path());
+        let err = mint(&config, "bob", "1h", Some("dangerous"), &[]).unwrap_err();
+        assert!(matches!(err, CommandError::Refused(_)), "{err:?}");
+        let text = err.to_string();
+        for needle in ["dangerous", "`bob`", "standard"] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        let minted = mint(&config, "bob", "1h", Some("readonly"), &[]).unwrap();
+        assert_eq!(minted.tier, Tier::Readonly);
+        assert_eq!(
+            mint(&config, "bob", "1h", None, &[]).unwrap().tier,
+            Tier::Standard
+        );
+    }
+
+    #[test]
+    fn the_token_names_the_configured_gateway_and_lives_no_longer_than_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = gateway(dir.path());
+        let minted = mint(&config, "bob", "30d", None, &[]).unwrap();
+        assert_eq!(minted.resource, "https://gw.example.com/mcp");
+        let key = SigningKey::load(&config.key_file).unwrap();
+        let audience = crate::auth::Audience::parse("https://gw.example.com/mcp").unwrap();
+        assert!(key.verify(&minted.token, &audience).is_ok());
+        let err = mint(&config, "bob", "400d", None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_token_lifetime_secs"), "{err}");
+        config.max_token_lifetime = std::time::Duration::from_secs(3600);
+        assert!(mint(&config, "bob", "2h", None, &[]).is_err());
+        // Without public_url or listen the command does not guess.
+        config.audience_explicit = false;
+        let err = mint(&config, "bob", "1h", None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--public-url"), "{err}");
+        // A missing key is an error, not a fresh key no gateway knows.
+        let mut config = gateway(dir.path());
+        config.key_file = dir.path().join("missing.key");
+        assert!(mint(&config, "bob", "1h", None, &[]).is_err());
+        assert!(!config.key_file.exists());
     }
 }

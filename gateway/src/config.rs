@@ -82,15 +82,19 @@ pub enum UserCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a new bearer token for USER, signed with the gateway key (created if missing).
+    /// Print a new bearer token for USER, signed with the key of the gateway that will verify
+    /// it. Give that gateway's settings (its `--config FILE`, or the same `--key-file` and
+    /// `--public-url`; without a public_url, its `--listen` and TLS files), so the token names
+    /// the issuer and audience it serves: without `public_url` or `listen` the command refuses
+    /// to guess.
     Mint {
         /// The user the token speaks for: lower-case letters, digits and `-`.
         #[arg(long)]
         user: String,
-        /// Lifetime, e.g. 30m, 12h, 30d (at most 366d).
+        /// Lifetime, e.g. 30m, 12h, 30d (at most max_token_lifetime_secs, 90d by default).
         #[arg(long, default_value = "12h")]
         ttl: String,
-        /// Cap the token's tier below the user's (readonly, standard, dangerous).
+        /// A tier at or below the user's (readonly, standard, dangerous); above it is an error.
         #[arg(long)]
         tier: Option<String>,
         /// What the token may be used for: `mcp` (the MCP endpoint), `admin` (the gRPC admin
@@ -181,6 +185,22 @@ pub struct Settings {
     /// Lifetime of OAuth refresh tokens, in seconds [default: 2592000 (30 days)].
     #[arg(long, env = "EXECMESH_REFRESH_TOKEN_TTL_SECS")]
     pub refresh_token_ttl_secs: Option<u64>,
+    /// Longest lifetime (exp - iat) of a bearer token this gateway mints or accepts, in seconds
+    /// [default: 7776000 (90 days)].
+    #[arg(long, env = "EXECMESH_MAX_TOKEN_LIFETIME_SECS")]
+    pub max_token_lifetime_secs: Option<u64>,
+    /// How long a client may take to send a request's headers (counted from its first byte, or
+    /// from the connection's start) and to complete a TLS handshake, in seconds [default: 10].
+    #[arg(long, env = "EXECMESH_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// How long a connection may stay open with no request in flight before the gateway closes
+    /// it, in seconds [default: 60].
+    #[arg(long, env = "EXECMESH_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Most connections one client address may hold open to the MCP listener at once; 0 for no
+    /// cap [default: 128].
+    #[arg(long, env = "EXECMESH_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
     /// JetStream replicas of the KV buckets the gateway creates (`mesh_oauth`, `mesh_revoked`)
     /// [default: 1].
     #[arg(long, env = "EXECMESH_KV_REPLICAS")]
@@ -278,6 +298,17 @@ pub struct Config {
     pub access_token_ttl: Duration,
     /// Lifetime of OAuth refresh tokens (each refresh rotates the token and restarts it).
     pub refresh_token_ttl: Duration,
+    /// Longest lifetime of a bearer token this gateway mints or accepts.
+    pub max_token_lifetime: Duration,
+    /// Whether `public_url` or `listen` came from the configuration rather than the defaults:
+    /// `token mint` refuses to guess which gateway a token is for.
+    pub audience_explicit: bool,
+    /// How long a client may take to send a request's headers, and a TLS handshake.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Most connections open at once per client address; 0: no cap.
+    pub max_connections_per_address: usize,
     /// Replicas of the buckets the gateway creates.
     pub kv_replicas: usize,
     /// How long an approval request (and an approval) stays usable.
@@ -350,6 +381,11 @@ impl Config {
             policy_file: None,
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_token_lifetime: crate::auth::DEFAULT_MAX_LIFETIME,
+            audience_explicit: false,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_address: 128,
             kv_replicas: 1,
             approval_ttl: crate::approvals::DEFAULT_TTL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
@@ -396,6 +432,8 @@ impl Config {
                 });
             }
         }
+        config.audience_explicit =
+            pick.listen.is_some() || pick.public_url.as_deref().is_some_and(|u| !u.is_empty());
         if let Some(v) = pick.listen {
             config.listen = v;
         }
@@ -445,6 +483,18 @@ impl Config {
         }
         if let Some(v) = pick.refresh_token_ttl_secs {
             config.refresh_token_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.max_token_lifetime_secs {
+            config.max_token_lifetime = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.header_read_timeout_secs {
+            config.header_read_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.idle_timeout_secs {
+            config.idle_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.max_connections_per_address {
+            config.max_connections_per_address = v;
         }
         if let Some(v) = pick.kv_replicas {
             config.kv_replicas = v;
@@ -539,6 +589,32 @@ impl Config {
         {
             problems.push("refresh_token_ttl_secs must be 60..=31622400".to_string());
         }
+        if !(Duration::from_secs(3600)..=crate::auth::LONGEST_MAX_LIFETIME)
+            .contains(&self.max_token_lifetime)
+        {
+            problems.push(format!(
+                "max_token_lifetime_secs must be 3600..={}",
+                crate::auth::LONGEST_MAX_LIFETIME.as_secs()
+            ));
+        } else if self.max_token_lifetime < self.access_token_ttl {
+            problems.push(
+                "max_token_lifetime_secs must be at least access_token_ttl_secs, or the \
+                 gateway's own OAuth access tokens would be refused"
+                    .to_string(),
+            );
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.header_read_timeout)
+        {
+            problems.push("header_read_timeout_secs must be 1..=300".to_string());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&self.idle_timeout) {
+            problems.push("idle_timeout_secs must be 1..=3600".to_string());
+        }
+        if self.max_connections_per_address > 1_000_000 {
+            problems.push(
+                "max_connections_per_address must be at most 1000000 (0: no cap)".to_string(),
+            );
+        }
         if let Err(e) = crate::audit::Redactor::new(&self.audit_redact_patterns) {
             problems.push(e.to_string());
         }
@@ -616,6 +692,10 @@ impl Settings {
             policy_file,
             access_token_ttl_secs,
             refresh_token_ttl_secs,
+            max_token_lifetime_secs,
+            header_read_timeout_secs,
+            idle_timeout_secs,
+            max_connections_per_address,
             kv_replicas,
             approval_ttl_secs,
             tenant,
@@ -748,6 +828,38 @@ mod tests {
                 .to_string()
                 .contains("admin_tls_cert and admin_tls_key go together")
         );
+    }
+
+    #[test]
+    fn token_lifetime_and_connection_limits_are_checked() {
+        let config = Config::load(&Settings::default()).unwrap();
+        assert_eq!(config.max_token_lifetime.as_secs(), 90 * 86400);
+        assert_eq!(config.header_read_timeout.as_secs(), 10);
+        assert_eq!(config.idle_timeout.as_secs(), 60);
+        assert_eq!(config.max_connections_per_address, 128);
+        assert!(!config.audience_explicit);
+        let cli = Settings {
+            max_token_lifetime_secs: Some(400 * 86400),
+            header_read_timeout_secs: Some(0),
+            idle_timeout_secs: Some(7200),
+            ..Default::default()
+        };
+        let err = Config::load(&cli).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.problems[0].contains("max_token_lifetime_secs"), "{err}");
+        assert!(
+            err.problems[1].contains("header_read_timeout_secs"),
+            "{err}"
+        );
+        assert!(err.problems[2].contains("idle_timeout_secs"), "{err}");
+        let cli = Settings {
+            public_url: Some("https://gw.example.com/mcp".into()),
+            max_connections_per_address: Some(0),
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap();
+        assert!(config.audience_explicit);
+        assert_eq!(config.max_connections_per_address, 0);
     }
 
     #[test]

@@ -24,8 +24,13 @@ fn main() -> ExitCode {
             tier,
             scopes,
         }) => match commands::mint(&config, &user, &ttl, tier.as_deref(), &scopes) {
-            Ok(token) => {
-                println!("{token}");
+            Ok(minted) => {
+                // The token alone on stdout, so `TOKEN=$(execmesh-gateway token mint ...)` works.
+                println!("{}", minted.token);
+                eprintln!(
+                    "token {} for {} (tier {}) at {}, expires at unix time {}",
+                    minted.token_id, minted.user, minted.tier, minted.resource, minted.expires_at
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => failed("cannot mint token", &e),

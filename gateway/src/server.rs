@@ -5,17 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
+use crate::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::config::Config;
 use crate::mesh::Mesh;
 use crate::oauth::OAuth;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub approvals: crate::approvals::Approvals,
     /// Seals the job cursors handed to clients (derived from `key`, so every replica agrees).
     pub cursors: crate::paging::CursorKey,
+    /// Refused bearer tokens, audited coalesced.
+    pub auth_failures: Arc<AuthFailures>,
 }
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
@@ -78,11 +80,17 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
 }
 
 /// Verifies the bearer token and puts the caller's [`crate::auth::Identity`] into the request.
+/// An invalid token is audited (coalesced, see [`crate::auth_failures`]); a missing one is not:
+/// it is how every OAuth client discovers the authorization server.
 async fn require_bearer(
     State(state): State<Arc<AppState>>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -94,10 +102,20 @@ async fn require_bearer(
     let Some(token) = token else {
         return unauthorized(&state, None);
     };
+    let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {
+        state.auth_failures.record(&Failure {
+            endpoint: Endpoint::Mcp,
+            addr,
+            refusal,
+            user,
+            token_id,
+        });
+    };
     let identity = match state.key.verify(token.trim(), &state.audience) {
         Ok(identity) => identity,
         Err(e) => {
             debug!(error = %e, "bearer token refused");
+            failed(Refusal::Token(&e), None, None);
             return unauthorized(&state, Some(&e));
         }
     };
@@ -105,6 +123,11 @@ async fn require_bearer(
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
+            failed(
+                Refusal::Token(&AuthError::Revoked),
+                Some(identity.user.as_str()),
+                Some(&identity.token_id),
+            );
             return unauthorized(&state, Some(&AuthError::Revoked));
         }
         Err(e) => {
@@ -123,6 +146,11 @@ async fn require_bearer(
     let policy = state.policy.current();
     let Some(grant) = policy.grant(identity.user.as_str()) else {
         debug!(user = %identity.user, "token of a user the policy does not know");
+        failed(
+            Refusal::UnknownUser,
+            Some(identity.user.as_str()),
+            Some(&identity.token_id),
+        );
         return unauthorized_challenge(
             &state,
             Some(&format!(
@@ -217,7 +245,8 @@ pub async fn run_with_admin(
     admin_listener: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), crate::GatewayError> {
-    let key = SigningKey::load_or_create(&config.key_file)?;
+    let key =
+        SigningKey::load_or_create(&config.key_file)?.with_max_lifetime(config.max_token_lifetime);
     let policy = Arc::new(LivePolicy::load(config.policy_file.as_deref())?);
     let mesh = Mesh::connect(&config).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
@@ -240,6 +269,9 @@ pub async fn run_with_admin(
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     let cursors = crate::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
+    let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
+    // Publishes the pending counts at shutdown, before the audit publisher is closed below.
+    let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
         config,
@@ -251,6 +283,7 @@ pub async fn run_with_admin(
         audit,
         approvals,
         cursors,
+        auth_failures,
     });
     let app = router(state.clone(), shutdown.clone());
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
@@ -265,33 +298,20 @@ pub async fn run_with_admin(
             result
         })
     });
-    match &state.config.tls {
-        Some(files) => {
-            let tls = crate::tls::server_config(&files.cert, &files.key)?;
-            let listener = crate::tls::TlsListener::new(listener, tls)
-                .map_err(crate::GatewayError::Serve)?
-                // `tap_io` makes the peer address available as `ConnectInfo` like plain TCP.
-                .tap_io(|_| {});
-            info!(addr = %addr, "serving MCP at https://{addr}/mcp");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(crate::GatewayError::Serve)?;
-        }
-        None => {
-            info!(addr = %addr, "serving MCP at http://{addr}/mcp");
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(crate::GatewayError::Serve)?;
-        }
-    }
+    let tls = match &state.config.tls {
+        Some(files) => Some(crate::tls::server_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let limits = crate::listener::Limits::of(&state.config);
+    info!(
+        addr = %addr,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        max_connections_per_address = limits.max_per_address,
+        "serving MCP at {scheme}://{addr}/mcp"
+    );
+    crate::listener::serve(listener, tls, app, limits, shutdown.clone()).await;
     if let Some(admin) = admin {
         // MCP stopped (shutdown, or it failed): make sure the admin API stops too.
         shutdown.cancel();
@@ -299,6 +319,10 @@ pub async fn run_with_admin(
             Ok(result) => result?,
             Err(e) => tracing::error!(error = %e, "the admin API task failed"),
         }
+    }
+    shutdown.cancel();
+    if let Err(e) = auth_failures_task.await {
+        tracing::error!(error = %e, "the auth-failure audit task failed");
     }
     state.audit.close(AUDIT_FLUSH).await;
     info!("gateway stopped");

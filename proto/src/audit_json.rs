@@ -71,6 +71,31 @@ pub fn body(body: Option<&Body>) -> Value {
             "via": b.via,
             "jobs": b.jobs,
         }),
+        Some(Body::TokenMinted(b)) => json!({
+            "token_id": b.token_id,
+            "for_user": b.for_user,
+            "scopes": b.scopes,
+            "tier": b.tier,
+            "expires_at_ms": b.expires_at_ms,
+            "by": b.by,
+            "grounds": b.grounds,
+        }),
+        Some(Body::TokenRevoked(b)) => json!({
+            "token_id": b.token_id,
+            "for_user": b.for_user,
+            "kept_until_ms": b.kept_until_ms,
+            "by": b.by,
+        }),
+        Some(Body::AuthFailed(b)) => json!({
+            "code": b.code,
+            "reason": b.reason,
+            "client_addr": b.client_addr,
+            "endpoint": b.endpoint,
+            "count": b.count,
+            "first_ms": b.first_ms,
+            "last_ms": b.last_ms,
+            "token_id": b.token_id,
+        }),
         None => Value::Null,
     }
 }

@@ -156,11 +156,14 @@ pub mod audit_kind {
     pub const APPROVAL_REQUESTED: &str = "approval-requested";
     pub const APPROVAL_DECIDED: &str = "approval-decided";
     pub const JOB_ACCESSED: &str = "job-accessed";
+    pub const TOKEN_MINTED: &str = "token-minted";
+    pub const TOKEN_REVOKED: &str = "token-revoked";
+    pub const AUTH_FAILED: &str = "auth-failed";
     /// An event without a body (from a newer publisher this build does not know).
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 13] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -171,6 +174,9 @@ pub mod audit_kind {
         APPROVAL_REQUESTED,
         APPROVAL_DECIDED,
         JOB_ACCESSED,
+        TOKEN_MINTED,
+        TOKEN_REVOKED,
+        AUTH_FAILED,
     ];
 
     /// The kind of an event body.
@@ -186,6 +192,9 @@ pub mod audit_kind {
             Some(Body::ApprovalRequested(_)) => APPROVAL_REQUESTED,
             Some(Body::ApprovalDecided(_)) => APPROVAL_DECIDED,
             Some(Body::JobAccessed(_)) => JOB_ACCESSED,
+            Some(Body::TokenMinted(_)) => TOKEN_MINTED,
+            Some(Body::TokenRevoked(_)) => TOKEN_REVOKED,
+            Some(Body::AuthFailed(_)) => AUTH_FAILED,
             None => UNKNOWN,
         }
     }

@@ -26,8 +26,9 @@ use tonic::{Request, Status};
 
 use crate::RunningGateway;
 
-/// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere, and every
-/// `bash` call held for a teammate's approval.
+/// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere and both
+/// approvers, and every `bash` call held for a teammate's approval. Nobody is a token admin: each
+/// mints tokens through the admin API for themselves only.
 pub const TEAM_POLICY: &str = r#"
 [groups.ops]
 tier = "dangerous"
@@ -42,6 +43,10 @@ groups = ["ops"]
 # Every command waits for a teammate.
 [[approvals]]
 tool = "bash"
+
+# Either may release the other's commands (never their own).
+[approvers]
+groups = ["ops"]
 "#;
 
 /// Lifetime of admin tokens minted by [`RunningGateway::mint_admin`].

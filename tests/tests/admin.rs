@@ -844,8 +844,11 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
 #[tokio::test]
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
+    // alice mints for bob: the policy must name her a token admin.
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(&format!(
+            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
+        ))
         .admin()
         .start()
         .await;
@@ -1222,5 +1225,416 @@ async fn token_mint_with_scope_admin_makes_a_token_the_admin_api_accepts() {
         admin.hosts.list(pb::ListHostsRequest::default()).await,
         Code::PermissionDenied,
         "admin",
+    );
+}
+
+/// A policy with a token admin (root), a readonly user (carol) and an approver of every tier
+/// and reach, for the minting and approving rules.
+const AUTHZ_POLICY: &str = r#"
+[groups.ops]
+tier = "dangerous"
+hosts = ["*"]
+
+[users.alice]
+groups = ["ops"]
+
+[users.bob]
+groups = ["ops"]
+
+[users.root]
+groups = ["ops"]
+
+[users.erin]
+groups = ["ops"]
+
+[users.carol]
+tier = "readonly"
+hosts = ["*"]
+
+[users.dave]
+tier = "dangerous"
+hosts = ["web-*"]
+
+[[approvals]]
+tool = "bash"
+
+# erin is not an approver; carol and dave are, but lack the tier or the reach of db-1.
+[approvers]
+users = ["alice", "bob", "carol", "dave"]
+
+[token_admins]
+users = ["root"]
+"#;
+
+/// The audit records of `kind`, once at least `count` are stored.
+async fn audited(admin: &AdminClient, kind: &str, count: usize) -> Vec<pb::AuditEvent> {
+    eventually(WAIT, || {
+        let mut audit = admin.audit.clone();
+        let query = pb::AuditQuery {
+            kind: kind.into(),
+            limit: 1000,
+            ..Default::default()
+        };
+        async move {
+            let page = audit.query(query).await.ok()?.into_inner();
+            (page.records.len() >= count).then(|| {
+                page.records
+                    .into_iter()
+                    .filter_map(|r| r.event)
+                    .collect::<Vec<_>>()
+            })
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unless_token_admin() {
+    let nats = Nats::start().await;
+    let _sink = AuditSink::new(&nats).sqlite().start().await;
+    let gw = Gateway::new(&nats)
+        .policy(AUTHZ_POLICY)
+        .admin()
+        .start()
+        .await;
+    let mut alice = gw.admin_client("alice").await;
+    let mut carol = gw.admin_client("carol").await;
+    let mut root = gw.admin_client("root").await;
+    let mint = |user: &str, tier: pb::Tier, scopes: &[&str]| pb::MintTokenRequest {
+        user: user.into(),
+        ttl_secs: 600,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        tier: tier as i32,
+    };
+
+    // A requester cannot make a teammate's token to approve their own request with it.
+    let refused = assert_code(
+        alice
+            .tokens
+            .mint(mint("bob", pb::Tier::Unspecified, &["admin"]))
+            .await,
+        Code::PermissionDenied,
+        "alice may not mint a token for bob",
+    );
+    assert!(refused.message().contains("[token_admins]"), "{refused:?}");
+    // A readonly user holding an admin token cannot mint a dangerous one, even for herself.
+    let refused = assert_code(
+        carol
+            .tokens
+            .mint(mint("carol", pb::Tier::Dangerous, &["mcp"]))
+            .await,
+        Code::PermissionDenied,
+        "dangerous",
+    );
+    assert!(refused.message().contains("(readonly)"), "{refused:?}");
+    let own = carol
+        .tokens
+        .mint(mint("", pb::Tier::Unspecified, &["mcp"]))
+        .await
+        .expect("carol mints for herself")
+        .into_inner();
+    assert_eq!(
+        (own.user.as_str(), own.tier()),
+        ("carol", pb::Tier::Readonly)
+    );
+    // Nor with a scope the minting token lacks.
+    let admin_only = gw.issue(
+        "alice",
+        Duration::from_secs(600),
+        "admin",
+        execmesh_gateway::tier::Tier::Dangerous,
+    );
+    let mut narrow = gw.admin_client_with_token(Some(&admin_only)).await;
+    assert_code(
+        narrow
+            .tokens
+            .mint(mint("alice", pb::Tier::Unspecified, &["mcp"]))
+            .await,
+        Code::PermissionDenied,
+        "`mcp` scope",
+    );
+    // Nor above the tier the minting token carries.
+    let capped = gw.issue(
+        "alice",
+        Duration::from_secs(600),
+        "mcp admin",
+        execmesh_gateway::tier::Tier::Standard,
+    );
+    let mut capped = gw.admin_client_with_token(Some(&capped)).await;
+    assert_code(
+        capped
+            .tokens
+            .mint(mint("alice", pb::Tier::Dangerous, &["mcp"]))
+            .await,
+        Code::PermissionDenied,
+        "above the tier alice acts with (standard)",
+    );
+    let alices = alice
+        .tokens
+        .mint(mint("alice", pb::Tier::Standard, &["admin"]))
+        .await
+        .expect("alice mints for herself")
+        .into_inner();
+    assert_eq!(alices.tier(), pb::Tier::Standard);
+
+    // A token admin mints for others, never above their tier in the policy.
+    assert_code(
+        root.tokens
+            .mint(mint("carol", pb::Tier::Standard, &["mcp"]))
+            .await,
+        Code::PermissionDenied,
+        "carol's tier in the policy (readonly)",
+    );
+    let bobs = root
+        .tokens
+        .mint(mint("bob", pb::Tier::Dangerous, &["admin"]))
+        .await
+        .expect("a token admin mints for bob")
+        .into_inner();
+    assert_eq!(
+        (bobs.user.as_str(), bobs.tier()),
+        ("bob", pb::Tier::Dangerous)
+    );
+    root.tokens
+        .revoke(pb::RevokeTokenRequest {
+            target: Some(pb::revoke_token_request::Target::Token(bobs.token.clone())),
+        })
+        .await
+        .expect("revoke bob's token");
+
+    // Every mint and revoke is audited: who, for whom, tier, scopes, id, expiry; never the token.
+    let minted = audited(&root, "token-minted", 3).await;
+    let summary: Vec<(String, String, String, String)> = minted
+        .iter()
+        .map(|e| match &e.body {
+            Some(pb::audit_event::Body::TokenMinted(m)) => {
+                assert!(m.expires_at_ms > 0 && !m.token_id.is_empty(), "{m:?}");
+                (
+                    e.user.clone(),
+                    m.for_user.clone(),
+                    m.tier.clone(),
+                    m.grounds.clone(),
+                )
+            }
+            other => panic!("not a token-minted body: {other:?}"),
+        })
+        .collect();
+    for expected in [
+        ("carol", "carol", "readonly", "self"),
+        ("alice", "alice", "standard", "self"),
+        ("root", "bob", "dangerous", "token_admin"),
+    ] {
+        let expected = (
+            expected.0.to_string(),
+            expected.1.to_string(),
+            expected.2.to_string(),
+            expected.3.to_string(),
+        );
+        assert!(
+            summary.contains(&expected),
+            "{expected:?} not in {summary:?}"
+        );
+    }
+    let bob_minted = minted
+        .iter()
+        .find_map(|e| match &e.body {
+            Some(pb::audit_event::Body::TokenMinted(m)) if m.for_user == "bob" => Some(m.clone()),
+            _ => None,
+        })
+        .expect("bob's mint");
+    assert_eq!(bob_minted.token_id, bobs.token_id);
+    assert_eq!(bob_minted.scopes, ["admin"]);
+    assert_eq!(bob_minted.expires_at_ms, bobs.expires_at_ms);
+    let revoked = audited(&root, "token-revoked", 1).await;
+    match &revoked[0].body {
+        Some(pb::audit_event::Body::TokenRevoked(r)) => {
+            assert_eq!(
+                (r.token_id.as_str(), r.for_user.as_str(), r.by.as_str()),
+                (bobs.token_id.as_str(), "bob", "root")
+            );
+        }
+        other => panic!("not a token-revoked body: {other:?}"),
+    }
+    // The refusals are audited too, naming the RPC.
+    let denied = audited(&root, "call-denied", 5).await;
+    assert!(
+        denied.iter().any(|e| e.user == "alice"
+            && matches!(&e.body, Some(pb::audit_event::Body::CallDenied(d))
+                if d.reason.contains("TokensService.Mint") && d.reason.contains("for bob"))),
+        "{denied:?}"
+    );
+    let everything = format!("{minted:?}{revoked:?}{denied:?}");
+    for token in [&own.token, &alices.token, &bobs.token] {
+        assert!(
+            !everything.contains(token.as_str()),
+            "a token reached the audit trail"
+        );
+    }
+}
+
+#[tokio::test]
+async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_never_the_requester() {
+    let nats = Nats::start().await;
+    let _db = NodeAgent::new(&nats, "db-1").start().await;
+    let gw = Gateway::new(&nats)
+        .policy(AUTHZ_POLICY)
+        .admin()
+        .start()
+        .await;
+    let alice_mcp = gw.client("alice").await;
+    let args = json!({"host": "db-1", "cmd": "echo released"});
+    let held = alice_mcp.call("bash", args.clone()).await;
+    let id = held.structured()["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("held: {}", held.text()))
+        .to_string();
+    let approve = |id: &str| pb::ApproveRequest { id: id.into() };
+
+    let mut alice = gw.admin_client("alice").await;
+    assert_code(
+        alice.approvals.approve(approve(&id)).await,
+        Code::PermissionDenied,
+        "may not approve their own request",
+    );
+    let mut erin = gw.admin_client("erin").await;
+    assert_code(
+        erin.approvals.approve(approve(&id)).await,
+        Code::PermissionDenied,
+        "erin is not an approver",
+    );
+    let mut carol = gw.admin_client("carol").await;
+    let refused = assert_code(
+        carol.approvals.approve(approve(&id)).await,
+        Code::PermissionDenied,
+        "needs tier standard",
+    );
+    assert!(
+        refused.message().contains("carol acts with tier readonly"),
+        "{refused:?}"
+    );
+    let mut dave = gw.admin_client("dave").await;
+    let refused = assert_code(
+        dave.approvals
+            .deny(pb::DenyRequest {
+                id: id.clone(),
+                reason: "no".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "host db-1 is outside dave's reach",
+    );
+    assert!(refused.message().contains("web-*"), "{refused:?}");
+
+    let mut bob = gw.admin_client("bob").await;
+    let approved = bob
+        .approvals
+        .approve(approve(&id))
+        .await
+        .expect("bob may approve")
+        .into_inner()
+        .approval
+        .expect("approval");
+    assert_eq!(approved.decided_by, "bob");
+    let mut with_id = args.clone();
+    with_id["approval_id"] = json!(id);
+    let ran = alice_mcp.call("bash", with_id).await;
+    assert_eq!(
+        ran.structured()["output"],
+        json!("released\n"),
+        "{}",
+        ran.text()
+    );
+
+    // The policy in force at decision time decides: without [approvers], nobody approves.
+    let second = alice_mcp.call("bash", args.clone()).await;
+    let second = second.structured()["approval_id"]
+        .as_str()
+        .expect("a second approval id")
+        .to_string();
+    let version = |out: &execmesh_tests::ToolOutput| {
+        out.structured()["policy_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let before = version(&alice_mcp.call("whoami", json!({})).await);
+    let path = gw.policy_path().expect("a policy file");
+    let without = AUTHZ_POLICY.replace(
+        "[approvers]\nusers = [\"alice\", \"bob\", \"carol\", \"dave\"]\n",
+        "",
+    );
+    assert_ne!(without, AUTHZ_POLICY);
+    std::fs::write(path, without).expect("rewrite the policy");
+    eventually(WAIT, || async {
+        version(&alice_mcp.call("whoami", json!({})).await) != before
+    })
+    .await;
+    assert_code(
+        bob.approvals.approve(approve(&second)).await,
+        Code::PermissionDenied,
+        "names no approvers",
+    );
+}
+
+#[tokio::test]
+async fn token_mint_refuses_a_tier_above_the_users_a_ttl_past_the_maximum_and_a_guessed_gateway() {
+    let nats = Nats::start().await;
+    // A gateway with a public URL: the README's old command minted for 127.0.0.1:8420 instead.
+    let gw = Gateway::new(&nats)
+        .policy(AUTHZ_POLICY)
+        .configure(|c| c.public_url = Some("https://mesh.example.com/mcp".into()))
+        .start()
+        .await;
+    let policy = gw.policy_path().expect("a policy file");
+    let mint = |settings: &[&str], args: &[&str]| {
+        let mut command = tokio::process::Command::new(workspace_binary("execmesh-gateway"));
+        command
+            .arg("--key-file")
+            .arg(gw.key_file())
+            .arg("--policy-file")
+            .arg(policy)
+            .args(settings)
+            .args(["token", "mint"])
+            .args(args);
+        async move {
+            command
+                .output()
+                .await
+                .expect("run execmesh-gateway token mint")
+        }
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+
+    // Without the gateway's public URL (or listen address) it does not guess.
+    let out = mint(&[], &["--user", "carol"]).await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(text(&out.stderr).contains("--public-url"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    let public = ["--public-url", "https://mesh.example.com/mcp"];
+    let out = mint(&public, &["--user", "carol"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("https://mesh.example.com/mcp"),
+        "{out:?}"
+    );
+    let token = text(&out.stdout).trim().to_string();
+    assert_eq!(gw.post_raw(Some(&token), list.clone()).await.status(), 200);
+
+    // Above the user's tier: an error naming the user and both tiers, not a quiet downgrade.
+    let out = mint(&public, &["--user", "carol", "--tier", "dangerous"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = text(&out.stderr);
+    for needle in ["`carol`", "dangerous", "readonly"] {
+        assert!(stderr.contains(needle), "{needle} not in {stderr}");
+    }
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // Longer than the gateway accepts (90 days unless configured).
+    let out = mint(&public, &["--user", "carol", "--ttl", "200d"]).await;
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("max_token_lifetime_secs"),
+        "{out:?}"
     );
 }

@@ -1,16 +1,18 @@
-//! Approvals end to end: a call the policy marks is held with an approval id, a teammate (never
-//! the requester) approves or denies it, and the approval runs exactly the call it was granted
-//! for, once, before it expires.
+//! Approvals end to end: a call the policy marks is held with an approval id, an approver the
+//! policy names (never the requester) approves or denies it through the admin API, and the
+//! approval runs exactly the call it was granted for, once, before it expires.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use execmesh_gateway::approvals::{ApprovalError, ApprovalState, Approvals};
+use tonic::Code;
+
+use execmesh_gateway::approvals::{ApprovalState, Approvals};
 use execmesh_gateway::audit::Audit;
-use execmesh_proto::Token;
-use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_proto::{Token, pb};
+use execmesh_tests::{AdminClient, AuditSink, Gateway, Nats, NodeAgent, ToolOutput, eventually};
 
 const POLICY: &str = r#"
 [groups.oncall]
@@ -31,9 +33,44 @@ hosts = "role=db"
 [[approvals]]
 tool = "file"
 action = "delete"
+
+# Anyone on call may release a teammate's call (never their own).
+[approvers]
+groups = ["oncall"]
 "#;
 
-/// The approvals store as an approver's tools reach it (the admin API serves the same calls).
+/// Approves `id` through the admin API as the user `admin` speaks for.
+async fn approve(admin: &AdminClient, id: &str) -> Result<pb::Approval, tonic::Status> {
+    let mut approvals = admin.approvals.clone();
+    approvals
+        .approve(pb::ApproveRequest { id: id.into() })
+        .await
+        .map(|r| r.into_inner().approval.expect("an approval"))
+}
+
+/// Denies `id` through the admin API as the user `admin` speaks for.
+async fn deny(admin: &AdminClient, id: &str, reason: &str) -> Result<pb::Approval, tonic::Status> {
+    let mut approvals = admin.approvals.clone();
+    approvals
+        .deny(pb::DenyRequest {
+            id: id.into(),
+            reason: reason.into(),
+        })
+        .await
+        .map(|r| r.into_inner().approval.expect("an approval"))
+}
+
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
+    let status = result.expect_err("the decision must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{needle:?} not in {status:?}"
+    );
+}
+
+/// The approvals store as the gateway keeps it (read here; decided through the admin API).
 async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
     let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1).expect("audit");
@@ -96,11 +133,13 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
         .label("role", "web")
         .start()
         .await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
     let sink = AuditSink::new(&nats).sqlite().start().await;
     let approvals = store(&nats, Duration::from_secs(900)).await;
     let alice = gw.client("alice").await;
     let bob = gw.client("bob").await;
+    let alice_admin = gw.admin_client("alice").await;
+    let bob_admin = gw.admin_client("bob").await;
 
     // Not covered by a rule: runs at once.
     let out = alice
@@ -126,20 +165,19 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
     assert!(!marker.exists());
 
     // The requester cannot approve their own request.
-    match approvals.approve(&id, "alice").await {
-        Err(ApprovalError::SelfApproval { user, .. }) => assert_eq!(user, "alice"),
-        other => panic!("self-approval must be refused, got {other:?}"),
-    }
-    let approved = approvals.approve(&id, "bob").await.expect("bob approves");
-    assert_eq!(approved.state, ApprovalState::Approved);
-    assert_eq!(approved.decided_by.as_deref(), Some("bob"));
-    assert!(matches!(
-        approvals.approve(&id, "bob").await,
-        Err(ApprovalError::AlreadyDecided {
-            state: ApprovalState::Approved,
-            ..
-        })
-    ));
+    refused(
+        approve(&alice_admin, &id).await,
+        Code::PermissionDenied,
+        "alice, who may not approve their own request",
+    );
+    let approved = approve(&bob_admin, &id).await.expect("bob approves");
+    assert_eq!(approved.state(), pb::ApprovalState::Approved);
+    assert_eq!(approved.decided_by, "bob");
+    refused(
+        approve(&bob_admin, &id).await,
+        Code::FailedPrecondition,
+        "already approved",
+    );
 
     // Changed arguments, or another user, cannot spend it.
     let changed = json!({"host": db.host(), "cmd": "rm -rf /var/lib/db", "approval_id": id});
@@ -165,12 +203,12 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
 
     // A denial carries its reason back to the requester.
     let id = held(&alice.call("bash", args.clone()).await);
-    assert!(matches!(
-        approvals.deny(&id, "bob", "  ").await,
-        Err(ApprovalError::MissingReason)
-    ));
-    approvals
-        .deny(&id, "bob", "not during the backup window")
+    refused(
+        deny(&bob_admin, &id, "  ").await,
+        Code::InvalidArgument,
+        "needs a reason",
+    );
+    deny(&bob_admin, &id, "not during the backup window")
         .await
         .expect("bob denies");
     unusable(
@@ -239,15 +277,17 @@ async fn an_approval_expires_unused_and_cannot_be_decided_late() {
     let gw = Gateway::new(&nats)
         .policy(POLICY)
         .configure(|c| c.approval_ttl = ttl)
+        .admin()
         .start()
         .await;
     let approvals = store(&nats, ttl).await;
     let alice = gw.client("alice").await;
+    let bob_admin = gw.admin_client("bob").await;
     let args = json!({"host": db.host(), "cmd": "echo late"});
 
     // Approved, but not used in time.
     let used_late = held(&alice.call("bash", args.clone()).await);
-    approvals.approve(&used_late, "bob").await.expect("approve");
+    approve(&bob_admin, &used_late).await.expect("approve");
     // Never decided.
     let decided_late = held(&alice.call("bash", args.clone()).await);
     eventually(Duration::from_secs(15), || async {
@@ -262,10 +302,11 @@ async fn an_approval_expires_unused_and_cannot_be_decided_late() {
         &alice.call("bash", with_approval(&args, &used_late)).await,
         "expired",
     );
-    assert!(matches!(
-        approvals.approve(&decided_late, "bob").await,
-        Err(ApprovalError::Expired { .. })
-    ));
+    refused(
+        approve(&bob_admin, &decided_late).await,
+        Code::FailedPrecondition,
+        "expired",
+    );
 }
 
 #[tokio::test]
@@ -281,9 +322,9 @@ async fn rules_hold_only_the_calls_they_cover_fan_outs_included() {
         .arg("--file-root", root.path())
         .start()
         .await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
-    let approvals = store(&nats, Duration::from_secs(900)).await;
+    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
     let alice = gw.client("alice").await;
+    let bob_admin = gw.admin_client("bob").await;
 
     // The gated tools say they take an approval id.
     let tools = alice.list_tools().await;
@@ -306,7 +347,7 @@ async fn rules_hold_only_the_calls_they_cover_fan_outs_included() {
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["counts"]["ok"], json!(1), "{}", out.text());
 
-    approvals.approve(&id, "bob").await.expect("approve");
+    approve(&bob_admin, &id).await.expect("approve");
     let out = alice.call("bash", with_approval(&all, &id)).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["counts"]["ok"], json!(2), "{}", out.text());
@@ -325,7 +366,7 @@ async fn rules_hold_only_the_calls_they_cover_fan_outs_included() {
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    approvals.approve(&id, "bob").await.expect("approve");
+    approve(&bob_admin, &id).await.expect("approve");
     let out = alice.call("file", with_approval(&delete, &id)).await;
     assert!(!out.is_error(), "{}", out.text());
     assert!(!victim.exists(), "the approved delete ran");

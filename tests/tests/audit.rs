@@ -1157,4 +1157,128 @@ groups = ["devs"]
         })
         .await;
     assert!(mine.is_empty(), "{}", describe(&mine));
+/// The `auth-failed` events stored, once there are at least `count`.
+async fn auth_failures(sink: &execmesh_tests::RunningAudit, count: usize) -> Vec<pb::AuditEvent> {
+    eventually(Duration::from_secs(30), || async {
+        let records = sink
+            .query_all(pb::AuditQuery {
+                kind: audit_kind::AUTH_FAILED.into(),
+                ..Default::default()
+            })
+            .await;
+        (records.len() >= count).then(|| records.into_iter().filter_map(|r| r.event).collect())
+    })
+    .await
+}
+
+fn failed(event: &pb::AuditEvent) -> &pb::AuthFailed {
+    match &event.body {
+        Some(Body::AuthFailed(f)) => f,
+        other => panic!("not an auth-failed body: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tokens_are_audited_coalesced_per_address_and_reason_never_with_the_token() {
+    let nats = Nats::start().await;
+    let sink = AuditSink::new(&nats).sqlite().start().await;
+    let mut gw = Gateway::new(&nats)
+        .policy("[users.alice]\ntier = \"standard\"\nhosts = [\"*\"]\n")
+        .admin()
+        .start()
+        .await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+    // A real token with its signature altered: the signature no longer verifies.
+    let valid = gw.mint("alice");
+    let cut = valid.rfind('.').expect("a JWT") + 10;
+    let flipped = if &valid[cut..cut + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{flipped}{}", &valid[..cut], &valid[cut + 1..]);
+    // A flood of the same bad token from one address.
+    for _ in 0..20 {
+        assert_eq!(gw.post_raw(Some(&forged), list.clone()).await.status(), 401);
+    }
+    // A valid token of a user the policy does not know, and a bad one at the admin API.
+    let stranger = gw.mint("mallory");
+    assert_eq!(
+        gw.post_raw(Some(&stranger), list.clone()).await.status(),
+        401
+    );
+    let mut admin = gw.admin_client_with_token(Some(&forged)).await;
+    assert_eq!(
+        admin
+            .hosts
+            .list(pb::ListHostsRequest::default())
+            .await
+            .expect_err("refused")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    // A missing token is how OAuth clients discover the server: not audited.
+    assert_eq!(gw.post_raw(None, list.clone()).await.status(), 401);
+
+    // One event per (endpoint, address, reason) at once; the other 19 are only counted.
+    let events = auth_failures(&sink, 3).await;
+    let mut seen: Vec<(String, String, String, u64)> = events
+        .iter()
+        .map(|e| {
+            let f = failed(e);
+            (
+                f.endpoint.clone(),
+                f.code.clone(),
+                f.client_addr.clone(),
+                f.count,
+            )
+        })
+        .collect();
+    seen.sort();
+    let row = |endpoint: &str, code: &str| {
+        (
+            endpoint.to_string(),
+            code.to_string(),
+            "127.0.0.1".to_string(),
+            1,
+        )
+    };
+    assert_eq!(
+        seen,
+        [
+            row("admin", "bad_signature"),
+            row("mcp", "bad_signature"),
+            row("mcp", "unknown_user"),
+        ]
+    );
+    let unknown = events
+        .iter()
+        .find(|e| failed(e).code == "unknown_user")
+        .expect("the unknown user's event");
+    assert_eq!(unknown.user, "mallory");
+    assert_eq!(unknown.outcome, "unknown_user");
+    assert!(!failed(unknown).token_id.is_empty());
+
+    // The counts of the window are published when it closes, or when the gateway stops.
+    gw.stop().await;
+    let events = auth_failures(&sink, 4).await;
+    let counted: Vec<&pb::AuthFailed> = events.iter().map(failed).filter(|f| f.count > 1).collect();
+    assert_eq!(counted.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            counted[0].endpoint.as_str(),
+            counted[0].code.as_str(),
+            counted[0].count
+        ),
+        ("mcp", "bad_signature", 19)
+    );
+    assert!(counted[0].first_ms <= counted[0].last_ms);
+    let stored = format!("{:?}", sink.export(&[]));
+    for token in [&forged, &valid, &stranger] {
+        let signature = token.rsplit('.').next().expect("a signature");
+        assert!(
+            !stored.contains(signature),
+            "a token reached the audit trail"
+        );
+    }
 }

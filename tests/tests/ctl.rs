@@ -847,8 +847,11 @@ async fn audit_is_searched_exported_and_verified() {
 #[tokio::test]
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
+    // alice mints for bob: the policy must name her a token admin.
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(&format!(
+            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
+        ))
         .admin()
         .start()
         .await;
@@ -928,6 +931,96 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
         .collect();
     assert!(ids.contains(&mcp_id.as_str()), "{listed}");
     assert_eq!(ids.len(), 2);
+}
+
+#[tokio::test]
+async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_audited() {
+    let nats = Nats::start().await;
+    let _db = NodeAgent::new(&nats, "db-1").start().await;
+    let _sink = AuditSink::new(&nats).sqlite().start().await;
+    // bob approves; carol is an approver without the tier; erin is no approver.
+    let policy = format!(
+        "{}\n[users.carol]\ntier = \"readonly\"\nhosts = [\"*\"]\n\n\
+         [users.erin]\ngroups = [\"ops\"]\n",
+        TEAM_POLICY.replace(
+            "[approvers]\ngroups = [\"ops\"]\n",
+            "[approvers]\nusers = [\"alice\", \"bob\", \"carol\"]\n"
+        )
+    );
+    let gw = Gateway::new(&nats).policy(&policy).admin().start().await;
+    let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
+    let carol = Ctl::new(&gw, &gw.mint_admin("carol"));
+    let erin = Ctl::new(&gw, &gw.mint_admin("erin"));
+
+    // Minting: for yourself only, never above your tier.
+    alice
+        .run(&["token", "mint", "--user", "bob", "--scope", "admin"])
+        .await
+        .fails(
+            1,
+            &[
+                "permission denied",
+                "alice may not mint a token for bob",
+                "[token_admins]",
+            ],
+        );
+    carol
+        .run(&["token", "mint", "--tier", "dangerous"])
+        .await
+        .fails(1, &["permission denied", "dangerous", "(readonly)"]);
+    let own = carol.run(&["token", "mint", "--json"]).await.ok().json();
+    assert_eq!(
+        (&own["user"], &own["tier"]),
+        (&json!("carol"), &json!("readonly"))
+    );
+
+    // Deciding: named approvers with the tier the call needs, never the requester.
+    let id = held(
+        &gw.client("alice")
+            .await
+            .call("bash", json!({"host": "db-1", "cmd": "echo held"}))
+            .await,
+    );
+    erin.run(&["approve", &id])
+        .await
+        .fails(1, &["permission denied", "erin is not an approver"]);
+    carol
+        .run(&["deny", &id, "--reason", "no"])
+        .await
+        .fails(1, &["permission denied", "needs tier standard", "readonly"]);
+    alice
+        .run(&["approve", &id])
+        .await
+        .fails(1, &["permission denied", "own request"]);
+    let bob = Ctl::new(&gw, &gw.mint_admin("bob"));
+    let approved = bob.run(&["approve", &id, "--json"]).await.ok().json();
+    assert_eq!(approved["approval"]["decided_by"], json!("bob"));
+
+    // The mint is in the audit trail, with its id and never the token.
+    let audit = eventually(WAIT, || async {
+        let out = alice
+            .run(&["audit", "--kind", "token-minted", "--json"])
+            .await;
+        (out.code == 0 && out.stdout.contains(own["token_id"].as_str().unwrap_or("-")))
+            .then_some(out)
+    })
+    .await;
+    let records = audit.json()["records"].clone();
+    let minted = records
+        .as_array()
+        .expect("records")
+        .iter()
+        .find(|r| r["detail"]["token_id"] == own["token_id"])
+        .unwrap_or_else(|| panic!("carol's mint in {records}"));
+    assert_eq!(minted["user"], json!("carol"));
+    assert_eq!(minted["detail"]["for_user"], json!("carol"));
+    assert_eq!(minted["detail"]["tier"], json!("readonly"));
+    assert_eq!(minted["detail"]["scopes"], json!(["mcp"]));
+    let token = own["token"].as_str().expect("a token");
+    assert!(
+        !audit.stdout.contains(token),
+        "the token reached the audit trail"
+    );
 }
 
 #[tokio::test]

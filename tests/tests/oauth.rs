@@ -592,3 +592,49 @@ async fn registration_refuses_unsafe_redirect_uris() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["token_endpoint_auth_method"], json!("none"));
 }
+
+#[tokio::test]
+async fn tokens_from_the_future_not_yet_valid_or_living_too_long_are_refused() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .policy(&policy())
+        .configure(|c| c.max_token_lifetime = Duration::from_secs(30 * 86400))
+        .start()
+        .await;
+    let now = execmesh_proto::now_ms() / 1000;
+    let audience = gw.audience().clone();
+    let claims = |iat: u64, exp: u64| {
+        json!({
+            "iss": audience.issuer,
+            "sub": "alice",
+            "aud": audience.resource,
+            "iat": iat,
+            "exp": exp,
+            "jti": format!("handmade-{iat}-{exp}"),
+            "scope": "mcp",
+            "tier": "standard",
+        })
+    };
+    // Hand-made, well-formed and in the window: accepted, so the refusals below are the claims'.
+    let fine = gw.sign_claims(&claims(now, now + 600));
+    assert_eq!(list_status(&gw, &fine).await.0, 200);
+    // The quickstart's 30-day tokens are within the maximum.
+    let month = gw.sign_claims(&claims(now, now + 30 * 86400));
+    assert_eq!(list_status(&gw, &month).await.0, 200);
+
+    let future = gw.sign_claims(&claims(now + 3600, now + 7200));
+    let mut not_yet = claims(now, now + 7200);
+    not_yet["nbf"] = json!(now + 3600);
+    let not_yet = gw.sign_claims(&not_yet);
+    let forever = gw.sign_claims(&claims(now, now + 400 * 86400));
+    for (token, needle) in [
+        (future, "issued 3"),
+        (not_yet, "not valid yet"),
+        (forever, "longer than this gateway allows"),
+    ] {
+        let (status, challenge) = list_status(&gw, &token).await;
+        assert_eq!(status, 401, "{needle}: {challenge}");
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+        assert!(challenge.contains(needle), "{needle} not in {challenge}");
+    }
+}

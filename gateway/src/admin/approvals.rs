@@ -1,5 +1,6 @@
 //! ApprovalsService: the gRPC face of the approvals store (`crate::approvals`): list, get,
-//! approve and deny as the calling admin, and a watch of every change.
+//! approve and deny as the person the admin token names (checked against the policy's
+//! `[approvers]`, the held call's tier and hosts, at decision time), and a watch of every change.
 
 use futures::StreamExt;
 use tonic::{Request, Response, Status};
@@ -7,7 +8,7 @@ use tonic::{Request, Response, Status};
 use execmesh_proto::pb;
 
 use super::{Admin, AdminStream, error};
-use crate::approvals::{ApprovalRecord, ApprovalState};
+use crate::approvals::{ApprovalRecord, ApprovalState, Authority};
 
 /// Approvals a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -82,11 +83,16 @@ impl pb::approvals_service_server::ApprovalsService for ApprovalsApi {
                 "ApprovalsService.Approve",
                 request,
                 |caller, req| async move {
-                    let record = self
-                        .admin
-                        .state
+                    let state = &self.admin.state;
+                    let policy = state.policy.current();
+                    let authority = Authority {
+                        policy: &policy,
+                        groups: &state.config.groups,
+                        mesh: &state.mesh,
+                    };
+                    let record = state
                         .approvals
-                        .approve(req.id.trim(), caller.user.as_str())
+                        .approve(req.id.trim(), &caller, &authority)
                         .await
                         .map_err(error::approval)?;
                     tracing::info!(approval = %record.id, requester = %record.user, "approved");
@@ -104,11 +110,16 @@ impl pb::approvals_service_server::ApprovalsService for ApprovalsApi {
     ) -> Result<Response<pb::DenyResponse>, Status> {
         self.admin
             .unary("ApprovalsService.Deny", request, |caller, req| async move {
-                let record = self
-                    .admin
-                    .state
+                let state = &self.admin.state;
+                let policy = state.policy.current();
+                let authority = Authority {
+                    policy: &policy,
+                    groups: &state.config.groups,
+                    mesh: &state.mesh,
+                };
+                let record = state
                     .approvals
-                    .deny(req.id.trim(), caller.user.as_str(), &req.reason)
+                    .deny(req.id.trim(), &caller, &authority, &req.reason)
                     .await
                     .map_err(error::approval)?;
                 tracing::info!(approval = %record.id, requester = %record.user, "denied");

@@ -4,7 +4,8 @@
 use tonic::{Request, Status};
 use tracing::{debug, warn};
 
-use crate::auth::Identity;
+use crate::auth::{AuthError, Identity};
+use crate::auth_failures::{Endpoint, Failure, Refusal};
 use crate::server::AppState;
 
 /// The scope a token needs to use the admin API.
@@ -14,8 +15,19 @@ pub const ADMIN_SCOPE: &str = "admin";
 ///
 /// Missing or invalid tokens (bad signature, expired, revoked, another gateway's, a user no
 /// longer in the policy) are UNAUTHENTICATED; a valid token without the `admin` scope is
-/// PERMISSION_DENIED, with how to get one.
+/// PERMISSION_DENIED, with how to get one. Invalid tokens are audited like `/mcp`'s (coalesced,
+/// see [`crate::auth_failures`]); a missing one is not.
 pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Identity, Status> {
+    let addr = request.remote_addr().map(|a| a.ip());
+    let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {
+        state.auth_failures.record(&Failure {
+            endpoint: Endpoint::Admin,
+            addr,
+            refusal,
+            user,
+            token_id,
+        });
+    };
     let token = request
         .metadata()
         .get("authorization")
@@ -34,12 +46,18 @@ pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Iden
     };
     let identity = state.key.verify(token, &state.audience).map_err(|e| {
         debug!(error = %e, "admin bearer token refused");
+        failed(Refusal::Token(&e), None, None);
         Status::unauthenticated(format!("invalid bearer token: {e}"))
     })?;
     match state.oauth.revocations.is_revoked(&identity.token_id).await {
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked admin token refused");
+            failed(
+                Refusal::Token(&AuthError::Revoked),
+                Some(identity.user.as_str()),
+                Some(&identity.token_id),
+            );
             return Err(Status::unauthenticated(
                 "invalid bearer token: the token was revoked",
             ));
@@ -61,6 +79,11 @@ pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Iden
     }
     let policy = state.policy.current();
     let Some(grant) = policy.grant(identity.user.as_str()) else {
+        failed(
+            Refusal::UnknownUser,
+            Some(identity.user.as_str()),
+            Some(&identity.token_id),
+        );
         return Err(Status::unauthenticated(format!(
             "user {} is not in this gateway's policy",
             identity.user

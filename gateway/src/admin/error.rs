@@ -64,8 +64,12 @@ pub fn approval(e: ApprovalError) -> Status {
             "{message}; ApprovalsService.List shows the approvals"
         )),
         ApprovalError::SelfApproval { .. } => {
-            Status::permission_denied(format!("{message}; another admin must decide it"))
+            Status::permission_denied(format!("{message}; another approver must decide it"))
         }
+        ApprovalError::NoApprovers { .. }
+        | ApprovalError::NotApprover { .. }
+        | ApprovalError::ApproverTier { .. }
+        | ApprovalError::ApproverReach { .. } => Status::permission_denied(message),
         ApprovalError::AlreadyDecided { .. } | ApprovalError::Expired { .. } => {
             Status::failed_precondition(message)
         }

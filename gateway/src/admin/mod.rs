@@ -2,7 +2,8 @@
 //! with gRPC health and server reflection, over TLS (optionally mTLS) or plaintext on loopback.
 //!
 //! Every RPC of the five services authorizes its caller first (an `admin`-scoped bearer token,
-//! see [`auth`]) and runs in a span naming the RPC and the user. Health and reflection answer
+//! see [`auth`]) and runs in a span naming the RPC and the user; a refusal by policy
+//! (PERMISSION_DENIED) is audited as a `call-denied` event naming the RPC. Health and reflection answer
 //! without a token, so `grpcurl` can discover the services. Server streams (watches, tails,
 //! exports) end when the gateway shuts down, so a graceful shutdown is not held up by them.
 
@@ -92,11 +93,19 @@ impl Admin {
         async move {
             let caller = auth::authorize(&self.state, &request).await?;
             tracing::Span::current().record("user", caller.user.as_str());
+            let user = caller.user.clone();
             let result = handle(caller, request.into_inner()).await;
             match &result {
                 Ok(_) => debug!("admin call answered"),
                 Err(status) => {
-                    info!(code = ?status.code(), message = status.message(), "admin call failed")
+                    info!(code = ?status.code(), message = status.message(), "admin call failed");
+                    // A refusal by policy (minting above one's tier, deciding without being an
+                    // approver) is an audited step like a denied tool call.
+                    if status.code() == tonic::Code::PermissionDenied {
+                        self.state
+                            .audit
+                            .admin_denied(user.as_str(), rpc, status.message());
+                    }
                 }
             }
             result.map(Response::new)

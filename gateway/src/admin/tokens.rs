@@ -1,5 +1,13 @@
-//! TokensService: mints bearer tokens like `execmesh-gateway token mint`, revokes them through
-//! the revocation list every replica reads (`mesh_revoked`), and lists the revocations in force.
+//! TokensService: mints bearer tokens, revokes them through the revocation list every replica
+//! reads (`mesh_revoked`), and lists the revocations in force. Every mint and revoke is audited
+//! (`token-minted`, `token-revoked`), with the token's id, never the token.
+//!
+//! Minting through the API is for yourself: the caller's own user, never above the tier the
+//! caller acts with, never with a scope the caller's token lacks. A user the policy's
+//! `[token_admins]` names may also mint for other users of the policy, never above the tier the
+//! policy gives that user. Anything else is PERMISSION_DENIED, naming the user, the tier or scope
+//! and why; a tier above the ceiling is refused, never silently lowered. (Minting with the key
+//! file, `execmesh-gateway token mint`, is the key holder's act and not bound by this.)
 
 use std::time::Duration;
 
@@ -12,8 +20,9 @@ use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_proto::pb;
 
 use super::Admin;
-use crate::auth::{MAX_TTL, TokenSpec};
+use crate::auth::{Identity, TokenSpec};
 use crate::commands::token_scope;
+use crate::policy::Policy;
 use crate::tier::Tier;
 
 /// Lifetime of a minted token when the request names none, as `token mint` defaults.
@@ -30,6 +39,61 @@ impl TokensApi {
     }
 }
 
+/// Why the caller may mint a token for its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grounds {
+    /// For themselves.
+    Own,
+    /// For another user, as a token admin.
+    TokenAdmin,
+}
+
+impl Grounds {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Own => "self",
+            Self::TokenAdmin => "token_admin",
+        }
+    }
+}
+
+/// What a mint request may have, given who asks: the grounds and the highest tier. Refusals
+/// are PERMISSION_DENIED naming the user and why.
+fn entitlement(
+    policy: &Policy,
+    caller: &Identity,
+    user: &str,
+    scope: &str,
+) -> Result<(Grounds, Tier), Status> {
+    let me = caller.user.as_str();
+    let grant = policy.grant(user).ok_or_else(|| {
+        Status::failed_precondition(format!(
+            "user `{user}` is not in the policy; add it with `execmesh-gateway user add {user}`"
+        ))
+    })?;
+    if user == me {
+        // Never more than the minting token itself carries.
+        if let Some(missing) = scope.split(' ').find(|s| !caller.has_scope(s)) {
+            return Err(Status::permission_denied(format!(
+                "{me} may not mint a token with the `{missing}` scope: the token {me} calls with \
+                 lacks it, and a token minted through the API has only scopes the minting token \
+                 has (yours: {})",
+                caller.scopes.join(" ")
+            )));
+        }
+        return Ok((Grounds::Own, caller.tier));
+    }
+    if policy.is_token_admin(me) {
+        return Ok((Grounds::TokenAdmin, grant.tier));
+    }
+    Err(Status::permission_denied(format!(
+        "{me} may not mint a token for {user}: through the admin API a user mints tokens only \
+         for themselves, unless the policy's [token_admins] names them (token admins: {}); the \
+         key holder can run `execmesh-gateway token mint --user {user}` on the gateway",
+        policy.token_admins().describe()
+    )))
+}
+
 #[tonic::async_trait]
 impl pb::tokens_service_server::TokensService for TokensApi {
     async fn mint(
@@ -40,18 +104,21 @@ impl pb::tokens_service_server::TokensService for TokensApi {
             .unary("TokensService.Mint", request, |caller, req| async move {
                 let state = &self.admin.state;
                 let scope = token_scope(&req.scopes).map_err(Status::invalid_argument)?;
+                let max = state.key.max_lifetime();
                 let ttl = match req.ttl_secs {
-                    0 => DEFAULT_TTL,
+                    0 => DEFAULT_TTL.min(max),
                     secs => Duration::from_secs(secs),
                 };
-                if ttl > MAX_TTL {
+                if ttl > max {
                     return Err(Status::invalid_argument(format!(
-                        "ttl_secs {} is longer than the longest token lifetime ({} s, 366 days)",
+                        "ttl_secs {} is longer than the longest token lifetime this gateway \
+                         allows ({} s, {} days; max_token_lifetime_secs)",
                         req.ttl_secs,
-                        MAX_TTL.as_secs()
+                        max.as_secs(),
+                        max.as_secs() / 86400
                     )));
                 }
-                let cap = match pb::Tier::try_from(req.tier) {
+                let asked = match pb::Tier::try_from(req.tier) {
                     Ok(pb::Tier::Unspecified) => None,
                     Ok(pb::Tier::Readonly) => Some(Tier::Readonly),
                     Ok(pb::Tier::Standard) => Some(Tier::Standard),
@@ -63,15 +130,30 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                         )));
                     }
                 };
-                let grant = state.policy.current().grant(&req.user).ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "user `{}` is not in the policy; add it with `execmesh-gateway user add {}`",
-                        req.user, req.user
-                    ))
-                })?;
-                let tier = cap.map_or(grant.tier, |cap| cap.min(grant.tier));
+                // No user: the caller's own token.
+                let user = match req.user.trim() {
+                    "" => caller.user.to_string(),
+                    user => user.to_string(),
+                };
+                let policy = state.policy.current();
+                let (grounds, ceiling) = entitlement(&policy, &caller, &user, &scope)?;
+                let tier = match asked {
+                    None => ceiling,
+                    Some(asked) if asked <= ceiling => asked,
+                    Some(asked) => {
+                        let whose = match grounds {
+                            Grounds::Own => format!("the tier {} acts with", caller.user),
+                            Grounds::TokenAdmin => format!("{user}'s tier in the policy"),
+                        };
+                        return Err(Status::permission_denied(format!(
+                            "{} may not mint a {asked} token for {user}: {asked} is above {whose} \
+                             ({ceiling}); ask for {ceiling} or lower",
+                            caller.user
+                        )));
+                    }
+                };
                 let spec = TokenSpec {
-                    user: &req.user,
+                    user: &user,
                     ttl,
                     scope: &scope,
                     tier,
@@ -81,12 +163,25 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     .key
                     .issue(&state.audience, &spec)
                     .map_err(|e| Status::invalid_argument(format!("cannot mint the token: {e}")))?;
-                info!(for_user = %req.user, jti = %issued.jti, scope = %scope, by = %caller.user, "token minted");
+                let scopes: Vec<String> = scope.split(' ').map(str::to_string).collect();
+                state.audit.token_minted(
+                    caller.user.as_str(),
+                    pb::TokenMinted {
+                        token_id: issued.jti.clone(),
+                        for_user: user.clone(),
+                        scopes: scopes.clone(),
+                        tier: tier.to_string(),
+                        expires_at_ms: issued.expires_at * 1000,
+                        by: caller.user.to_string(),
+                        grounds: grounds.as_str().to_string(),
+                    },
+                );
+                info!(for_user = %user, jti = %issued.jti, scope = %scope, tier = %tier, by = %caller.user, grounds = grounds.as_str(), "token minted");
                 Ok(pb::MintTokenResponse {
                     token: issued.token,
                     token_id: issued.jti,
-                    user: req.user,
-                    scopes: scope.split(' ').map(str::to_string).collect(),
+                    user,
+                    scopes,
                     tier: crate::signer::tier(tier) as i32,
                     expires_at_ms: issued.expires_at * 1000,
                 })
@@ -101,7 +196,7 @@ impl pb::tokens_service_server::TokensService for TokensApi {
         self.admin
             .unary("TokensService.Revoke", request, |caller, req| async move {
                 let state = &self.admin.state;
-                let (jti, expires_at) = match req.target {
+                let (jti, expires_at, for_user) = match req.target {
                     Some(pb::revoke_token_request::Target::Token(token)) => {
                         let identity =
                             state
@@ -113,7 +208,11 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                                      revocation; revoke by token_id otherwise)"
                                     ))
                                 })?;
-                        (identity.token_id, identity.expires_at)
+                        (
+                            identity.token_id,
+                            identity.expires_at,
+                            identity.user.to_string(),
+                        )
                     }
                     Some(pb::revoke_token_request::Target::TokenId(id)) => {
                         let id = id.trim().to_string();
@@ -124,9 +223,10 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                             )));
                         }
                         // The token's expiry is not known from its id: keep the revocation as
-                        // long as any token can live.
-                        let until = execmesh_proto::now_ms() / 1000 + MAX_TTL.as_secs();
-                        (id, until)
+                        // long as any token this gateway accepts can live.
+                        let until =
+                            execmesh_proto::now_ms() / 1000 + state.key.max_lifetime().as_secs();
+                        (id, until, String::new())
                     }
                     None => {
                         return Err(Status::invalid_argument(
@@ -144,6 +244,15 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                             "cannot write the revocation list ({e}); try again shortly"
                         ))
                     })?;
+                state.audit.token_revoked(
+                    caller.user.as_str(),
+                    pb::TokenRevoked {
+                        token_id: jti.clone(),
+                        for_user,
+                        kept_until_ms: expires_at * 1000,
+                        by: caller.user.to_string(),
+                    },
+                );
                 info!(jti = %jti, by = %caller.user, "token revoked");
                 Ok(pb::RevokeTokenResponse {
                     token_id: jti,

@@ -304,6 +304,32 @@ fn summary(body: Option<&Body>) -> String {
             b.owners.join(", "),
             b.via
         ),
+        Some(Body::TokenMinted(b)) => format!(
+            "{} for {} by {} ({}), scopes {}, tier {}, expires {}",
+            b.token_id,
+            b.for_user,
+            b.by,
+            b.grounds,
+            b.scopes.join(" "),
+            b.tier,
+            table::timestamp(b.expires_at_ms)
+        ),
+        Some(Body::TokenRevoked(b)) => {
+            let whose = if b.for_user.is_empty() {
+                String::new()
+            } else {
+                format!(" of {}", b.for_user)
+            };
+            format!("{}{whose} by {}", b.token_id, b.by)
+        }
+        Some(Body::AuthFailed(b)) => {
+            let times = if b.count > 1 {
+                format!(" ×{}", b.count)
+            } else {
+                String::new()
+            };
+            format!("{} from {}{times}: {}", b.endpoint, b.client_addr, b.reason)
+        }
         None => String::new(),
     }
 }

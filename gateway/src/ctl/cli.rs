@@ -131,16 +131,19 @@ pub enum Command {
     /// Approve a pending request (as the user of your token); the requester then repeats the
     /// call with its approval_id.
     #[command(
-        long_about = "Approves a pending request as the user of your token. Nobody may approve \
-                      their own request. The requester repeats the same call with \
-                      `approval_id` set, once, before the approval expires.",
+        long_about = "Approves a pending request as the user of your token, who must be named \
+                      in the policy's [approvers], must hold the tier the held call needs and \
+                      reach every host it targets, and may never approve their own request. \
+                      The requester repeats the same call with `approval_id` set, once, before \
+                      the approval expires.",
         after_help = "Example:\n  execmeshctl approve apr-1f2e3d4c5b6a7980"
     )]
     Approve {
         /// The approval id (`apr-…`), as `execmeshctl approvals` lists it.
         id: String,
     },
-    /// Deny a pending request with a reason the requester sees.
+    /// Deny a pending request with a reason the requester sees (who may deny is decided like
+    /// `approve`).
     #[command(
         after_help = "Example:\n  execmeshctl deny apr-1f2e3d4c5b6a7980 --reason 'not during the freeze'"
     )]
@@ -374,26 +377,33 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Mint a bearer token for a user of the policy; prints the token (details on stderr).
+    /// Mint a bearer token (for yourself, or for another user as a token admin); prints the
+    /// token (details on stderr).
     #[command(
-        long_about = "Mints a bearer token for a user of the gateway's policy, with that user's \
-                      tier (or lower with --tier). The token is printed once on stdout; its id \
-                      (to revoke it), scopes and expiry go to stderr (all of it with --json).",
-        after_help = "Examples:\n  execmeshctl token mint --user ci-bot --ttl 12h --tier readonly\n  \
-                      TOKEN=$(execmeshctl token mint --user bob --scope admin --ttl 1h)"
+        long_about = "Mints a bearer token. Without --user it is for the user of your token, \
+                      never above the tier you act with and only with scopes your token has. \
+                      For another user of the policy you must be named in the policy's \
+                      [token_admins]; the token then has at most that user's tier. A tier above \
+                      the ceiling is refused, not lowered. The token is printed once on stdout; \
+                      its id (to revoke it), scopes and expiry go to stderr (all of it with \
+                      --json). Every mint is audited (`token-minted`).",
+        after_help = "Examples:\n  execmeshctl token mint --scope admin --ttl 1h\n  \
+                      execmeshctl token mint --user ci-bot --ttl 12h --tier readonly   # token admins"
     )]
     Mint {
-        /// The user the token speaks for.
-        #[arg(long)]
+        /// The user the token speaks for [default: the user of your token].
+        #[arg(long, default_value = "")]
         user: String,
-        /// Lifetime: 30m, 12h, 30d (at most 366d) [default: 12h].
+        /// Lifetime: 30m, 12h, 30d (at most the gateway's max_token_lifetime_secs, 90d by
+        /// default) [default: 12h].
         #[arg(long)]
         ttl: Option<String>,
         /// What the token may be used for: mcp, admin (repeat or separate with commas)
         /// [default: mcp].
         #[arg(long = "scope", value_delimiter = ',')]
         scopes: Vec<String>,
-        /// Cap the token's tier below the user's: readonly, standard, dangerous.
+        /// A tier at or below the ceiling: readonly, standard, dangerous [default: the
+        /// ceiling].
         #[arg(long)]
         tier: Option<String>,
     },

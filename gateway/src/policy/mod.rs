@@ -19,6 +19,13 @@
 //! tool = "file"
 //! action = "delete"          # optional
 //! hosts = "role=db"          # optional selector
+//!
+//! [approvers]                # who may decide approvals (nobody when absent)
+//! users = ["alice"]
+//! groups = ["leads"]
+//!
+//! [token_admins]             # who may mint tokens for other users through the admin API
+//! users = ["root"]
 //! ```
 //!
 //! A user's tier is their own `tier` if set, else the highest tier among their groups, else
@@ -32,6 +39,12 @@
 //! `operators` names (by name, or `@group` for every member of a group) may see, follow and kill
 //! other users' jobs too, within their tier and reach, and every such use is audited. No tier
 //! implies it: `dangerous` is about what a user may do on hosts, not whose work they may read.
+//! development mode: every holder of a valid token is `dangerous` and reaches every host.
+//!
+//! An approver must also hold the tier and reach the held call needs, and is never the
+//! requester (see `crate::approvals`). Without `[approvers]` no one may approve: a policy that
+//! holds calls must say who releases them. Without `[token_admins]` a caller of the admin API
+//! mints tokens only for themselves (see `crate::admin::tokens`).
 
 mod edit;
 pub mod password;
@@ -89,6 +102,10 @@ struct PolicyFile {
     /// Users (`alice`) and groups (`@oncall`) with operator rights over other users' jobs.
     #[serde(default)]
     operators: Vec<String>,
+    #[serde(default)]
+    approvers: Option<Members>,
+    #[serde(default)]
+    token_admins: Option<Members>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +147,43 @@ pub struct ApprovalRule {
     /// A selector of the hosts the rule covers; every host when absent.
     #[serde(default)]
     pub hosts: Option<String>,
+}
+
+/// The holders of a role the policy hands out by name (`[approvers]`, `[token_admins]`): the
+/// users listed, and every member of the groups listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Members {
+    /// User names; each must be defined under `[users]`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names; each must be defined under `[groups]`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Members {
+    /// Whether `user` is listed, or is in a listed group.
+    pub fn includes(&self, user: &User) -> bool {
+        self.users.iter().any(|u| u == user.name.as_str())
+            || user.groups.iter().any(|g| self.groups.contains(g))
+    }
+
+    /// The members as written, for messages: `users alice, bob; groups leads`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.users.is_empty() {
+            parts.push(format!("users {}", self.users.join(", ")));
+        }
+        if !self.groups.is_empty() {
+            parts.push(format!("groups {}", self.groups.join(", ")));
+        }
+        if parts.is_empty() {
+            "nobody".to_string()
+        } else {
+            parts.join("; ")
+        }
+    }
 }
 
 /// Tools whose calls an approval rule can hold (the others only read the registry).
@@ -189,6 +243,10 @@ pub struct Policy {
     approvals: Vec<ApprovalRule>,
     /// Who has operator rights over other users' jobs: user names and `@group`s, as written.
     operators: Vec<String>,
+    /// Who may decide approvals; `None` (not set): nobody.
+    approvers: Option<Members>,
+    /// Who may mint tokens for other users through the admin API.
+    token_admins: Members,
     /// sha256 (hex) of the file's bytes; binds approvals to the policy they were granted under.
     version: String,
     /// No policy file: everyone is `dangerous` and reaches `*`.
@@ -205,6 +263,8 @@ impl Policy {
             groups: BTreeMap::new(),
             approvals: Vec::new(),
             operators: Vec::new(),
+            approvers: None,
+            token_admins: Members::default(),
             version: "development".to_string(),
             development: true,
         }
@@ -326,6 +386,24 @@ impl Policy {
                     "operators: user `{entry}` is not defined (name a group as `@group`)"
                 )),
                 None => {}
+        for (what, members) in [
+            ("approvers", file.approvers.as_ref()),
+            ("token_admins", file.token_admins.as_ref()),
+        ] {
+            let Some(members) = members else { continue };
+            for user in &members.users {
+                if !users.keys().any(|k: &Token| k.as_str() == user) {
+                    problems.push(format!(
+                        "{what} names user `{user}`, who is not defined under [users]"
+                    ));
+                }
+            }
+            for group in &members.groups {
+                if !groups.contains_key(group) {
+                    problems.push(format!(
+                        "{what} names group `{group}`, which is not defined under [groups]"
+                    ));
+                }
             }
         }
         if !problems.is_empty() {
@@ -339,6 +417,8 @@ impl Policy {
             groups,
             approvals: file.approvals,
             operators: file.operators,
+            approvers: file.approvers,
+            token_admins: file.token_admins.unwrap_or_default(),
             version: hex(&Sha256::digest(text.as_bytes())),
             development: false,
         })
@@ -435,6 +515,55 @@ impl Policy {
     /// The approval rules, in file order.
     pub fn approvals(&self) -> &[ApprovalRule] {
         &self.approvals
+    }
+
+    /// Who may decide approvals as the policy says (`None`: the policy does not say, and
+    /// nobody may).
+    pub fn approvers(&self) -> Option<&Members> {
+        self.approvers.as_ref()
+    }
+
+    /// Whether `name` is a user of the policy whom `[approvers]` names (directly or by group).
+    /// The tier, reach and "never the requester" checks come on top (`crate::approvals`).
+    pub fn is_approver(&self, name: &str) -> bool {
+        match (&self.approvers, self.user(name)) {
+            (Some(members), Some(user)) => members.includes(user),
+            _ => false,
+        }
+    }
+
+    /// Who may mint tokens for other users through the admin API.
+    pub fn token_admins(&self) -> &Members {
+        &self.token_admins
+    }
+
+    /// Whether `name` is a user of the policy whom `[token_admins]` names (directly or by
+    /// group). Never in development mode, which has no users.
+    pub fn is_token_admin(&self, name: &str) -> bool {
+        self.user(name)
+            .is_some_and(|user| self.token_admins.includes(user))
+    }
+
+    /// What is legal but probably not meant, for the log at load: approval rules with no one
+    /// named to decide them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.approvals.is_empty() {
+            match &self.approvers {
+                None => warnings.push(
+                    "the policy holds calls for approval ([[approvals]]) but names no approvers:                      nobody can approve them until [approvers] lists users or groups"
+                        .to_string(),
+                ),
+                Some(members) if members.users.is_empty() && members.groups.is_empty() => {
+                    warnings.push(
+                        "[approvers] is empty: nobody can approve the calls [[approvals]] holds"
+                            .to_string(),
+                    )
+                }
+                Some(_) => {}
+            }
+        }
+        warnings
     }
 
     /// The rules that could cover a call of `tool` with `action`, before host selectors are
@@ -610,6 +739,59 @@ mod tests {
         assert_eq!(policy.approval_rules_for("file", Some("read")).count(), 0);
         let bash: Vec<_> = policy.approval_rules_for("bash", None).collect();
         assert_eq!(bash[0].hosts.as_deref(), Some("role=db"));
+    }
+
+    #[test]
+    fn approvers_and_token_admins_are_named_users_and_group_members() {
+        let policy = parse(&format!(
+            "{POLICY}\n[approvers]\nusers = [\"bob\"]\ngroups = [\"oncall\"]\n\n\
+             [token_admins]\ngroups = [\"contractors\"]\n"
+        ))
+        .unwrap();
+        assert!(policy.is_approver("bob"));
+        assert!(policy.is_approver("alice"), "alice is in oncall");
+        assert!(!policy.is_approver("carol"));
+        assert!(!policy.is_approver("eve"), "not a user of the policy");
+        assert!(policy.is_token_admin("carol"));
+        assert!(!policy.is_token_admin("alice"));
+        assert!(policy.warnings().is_empty());
+    }
+
+    #[test]
+    fn without_approvers_nobody_approves_and_the_load_warns() {
+        let policy = parse(POLICY).unwrap();
+        assert_eq!(policy.approvers(), None);
+        assert!(!policy.is_approver("alice"));
+        assert!(!policy.is_token_admin("alice"));
+        assert!(policy.warnings()[0].contains("names no approvers"));
+        let empty = parse(&format!("{POLICY}\n[approvers]\n")).unwrap();
+        assert!(!empty.is_approver("alice"));
+        assert!(empty.warnings()[0].contains("[approvers] is empty"));
+        let dev = Policy::development();
+        assert!(!dev.is_approver("anyone") && !dev.is_token_admin("anyone"));
+    }
+
+    #[test]
+    fn approvers_and_token_admins_must_name_defined_users_and_groups() {
+        let err = parse(&format!(
+            "{POLICY}\n[approvers]\nusers = [\"zed\"]\ngroups = [\"nobody\"]\n\n\
+             [token_admins]\nusers = [\"yan\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "approvers names user `zed`",
+            "approvers names group `nobody`",
+            "token_admins names user `yan`",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+        assert!(
+            parse("[approvers]\nuser = [\"x\"]\n")
+                .unwrap_err()
+                .to_string()
+                .contains("user")
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl LivePolicy {
             users = policy.users().count(),
             "policy loaded"
         );
+        warn_about(&policy, path);
         Ok(Self {
             path: Some(path.to_path_buf()),
             current: RwLock::new(Arc::new(policy)),
@@ -96,6 +97,7 @@ impl LivePolicy {
                 users = policy.users().count(),
                 "policy reloaded"
             );
+            warn_about(&policy, path);
         }
         match self.current.write() {
             Ok(mut guard) => *guard = Arc::new(policy),
@@ -141,6 +143,13 @@ impl LivePolicy {
                 );
             }
         }
+    }
+}
+
+/// Logs what the policy allows but probably does not mean (see [`Policy::warnings`]).
+fn warn_about(policy: &Policy, path: &Path) {
+    for warning in policy.warnings() {
+        warn!(path = %path.display(), warning = %warning, "policy warning");
     }
 }
 
