@@ -1157,6 +1157,8 @@ groups = ["devs"]
         })
         .await;
     assert!(mine.is_empty(), "{}", describe(&mine));
+}
+
 /// The `auth-failed` events stored, once there are at least `count`.
 async fn auth_failures(sink: &execmesh_tests::RunningAudit, count: usize) -> Vec<pb::AuditEvent> {
     eventually(Duration::from_secs(30), || async {

@@ -386,6 +386,8 @@ impl Policy {
                     "operators: user `{entry}` is not defined (name a group as `@group`)"
                 )),
                 None => {}
+            }
+        }
         for (what, members) in [
             ("approvers", file.approvers.as_ref()),
             ("token_admins", file.token_admins.as_ref()),
