@@ -217,16 +217,17 @@ pub async fn run_with_admin(
     let mesh = Mesh::connect(&config).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
-    let oauth = OAuth::open(&mesh.js, config.kv_replicas).await?;
+    let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
     let audit = crate::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
         config.kv_replicas,
+        mesh.records.key().cloned(),
     )?;
     let audit = Arc::new(audit);
     let approvals = crate::approvals::Approvals::open(
-        &mesh.js,
+        &mesh,
         mesh.tenant.clone(),
         config.kv_replicas,
         config.approval_ttl,
@@ -234,6 +235,9 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
+    if let Some(identities) = mesh.records.trust() {
+        tokio::spawn(identities.clone().watch(shutdown.clone()));
+    }
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
         config,

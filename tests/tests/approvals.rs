@@ -36,8 +36,10 @@ action = "delete"
 /// The approvals store as an approver's tools reach it (the admin API serves the same calls).
 async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
-    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1).expect("audit");
-    Approvals::open(&nats.jetstream().await, tenant, 1, ttl, Arc::new(audit))
+    let mesh = Gateway::new(nats).mesh().await;
+    let signer = mesh.records.key().cloned();
+    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1, signer).expect("audit");
+    Approvals::open(&mesh, tenant, 1, ttl, Arc::new(audit))
         .await
         .expect("open mesh_approvals")
 }
