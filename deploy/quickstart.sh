@@ -260,7 +260,7 @@ execmesh is up.
   hosts:    ${hosts[*]}   (jobs run as $jobs_as)
   NATS:     $nats_url (one NATS user per identity, no anonymous access; seeds in $seeds)
   admin:    http://$admin_addr   (gRPC; from this checkout: $bin/execmeshctl hosts)
-  audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db --identities-file $identities verify)
+  audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/
 
 Connect Claude Code (it opens the login page in your browser: OAuth 2.1):
