@@ -31,7 +31,7 @@ use crate::jetstream::{
     APPROVALS_BUCKET, FACTS_BUCKET, JOBS_BUCKET, OAUTH_BUCKET, PRESENCE_BUCKET, REVOKED_BUCKET,
 };
 use crate::signing::{RecordSignatureError, SignedRecord, VerifyingKey, nkey_public_key};
-use crate::subject::{self, AUDIT_GATEWAY_SOURCE};
+use crate::subject::AUDIT_GATEWAY_SOURCE;
 use crate::{Token, headers};
 
 /// The file name `nats-config` writes next to `nats.conf`.
@@ -682,19 +682,6 @@ pub fn is_planted(headers: Option<&HeaderMap>) -> bool {
         .into_iter()
         .any(|name| h.get_all(name).count() > 1)
     })
-}
-
-/// The `$KV.<bucket>.<key>` subject of a KV key.
-pub fn kv_subject(bucket: &str, key: &str) -> String {
-    format!("$KV.{bucket}.{key}")
-}
-
-/// Host id of the `<tenant>.<host>[.<job>]` key of a host bucket, when it parses.
-pub fn host_of_key(key: &str) -> Option<Token> {
-    subject::parse_host_key(key)
-        .map(|(_, host)| host)
-        .or_else(|_| subject::parse_job_key(key).map(|(_, host, _)| host))
-        .ok()
 }
 
 #[cfg(test)]
