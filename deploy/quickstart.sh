@@ -1,26 +1,42 @@
 #!/usr/bin/env bash
-# Brings up a working execmesh on this machine: NATS with JetStream, the audit-sink (SQLite in
+# Brings up a working, secured execmesh on this machine: NATS with JetStream and one NATS user per
+# identity (gateway, audit-sink, each agent; no anonymous access), the audit-sink (SQLite in
 # .execmesh/audit.db), the gateway on 127.0.0.1:8420 (its gRPC admin API for execmeshctl on
-# 127.0.0.1:8421) and N node-agents; on the first run creates
-# the policy (.execmesh/policy.toml) with you as its first user and prints your password once
-# (only its argon2 hash is kept); prints the MCP URL, a bearer token and ready client lines;
-# writes .execmesh/quickstart.json; stays in the foreground and stops everything on Ctrl-C/SIGTERM.
+# 127.0.0.1:8421) and N node-agents. Every service connects with its own seed and signs what it
+# writes; the gateway and the sink check every record against the identities file. As root,
+# jobs run as the unprivileged account `execmesh-run` (created if missing), which cannot read
+# the state directory; as anyone else, jobs run as you (the script says what that means).
+# On the first run it creates the policy (.execmesh/policy.toml) with you as its first user and
+# prints your password once (only its argon2 hash is kept); prints the MCP URL, a bearer token
+# and ready client lines; writes .execmesh/quickstart.json; stays in the foreground and stops
+# everything on Ctrl-C/SIGTERM.
 #
 #   deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
+#                        [--state-dir DIR] [--bin-dir DIR]
 set -euo pipefail
 
 agents=1
 port=8420
 admin_port=8421
 nats_port=4222
+state=""
+bin="${EXECMESH_BIN_DIR:-}"
+# The account jobs run as when this script runs as root.
+run_account="execmesh-run"
 usage() {
   cat <<USAGE
 usage: deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
+                            [--state-dir DIR] [--bin-dir DIR]
 
-Starts NATS (JetStream, state under .execmesh/), the execmesh gateway (MCP on 127.0.0.1:PORT,
-default 8420; the admin API for execmeshctl on 127.0.0.1:ADMIN-PORT, default 8421) and N
-node-agents (default 1) for this machine, then prints how to connect an MCP client. Ctrl-C stops
-everything it started.
+Starts NATS (JetStream, one NATS user per identity, state under the state directory), the
+execmesh gateway (MCP on 127.0.0.1:PORT, default 8420; the admin API for execmeshctl on
+127.0.0.1:ADMIN-PORT, default 8421), the audit-sink and N node-agents (default 1) for this
+machine, then prints how to connect an MCP client. Ctrl-C stops everything it started.
+
+  --state-dir DIR  keys, seeds, policy, NATS and audit data (default: .execmesh in the checkout);
+                   made private (0700), kept across runs
+  --bin-dir DIR    use the execmesh binaries in DIR (also EXECMESH_BIN_DIR) instead of building
+                   release binaries
 USAGE
 }
 while [ $# -gt 0 ]; do
@@ -29,6 +45,8 @@ while [ $# -gt 0 ]; do
     --port) port="${2:?--port needs a number}"; shift 2 ;;
     --admin-port) admin_port="${2:?--admin-port needs a number}"; shift 2 ;;
     --nats-port) nats_port="${2:?--nats-port needs a number}"; shift 2 ;;
+    --state-dir) state="${2:?--state-dir needs a directory}"; shift 2 ;;
+    --bin-dir) bin="${2:?--bin-dir needs a directory}"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 64 ;;
   esac
@@ -38,7 +56,13 @@ case "$agents" in ''|*[!0-9]*) echo "--agents must be a number" >&2; exit 64 ;; 
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-state="$root/.execmesh"
+[ -n "$state" ] || state="$root/.execmesh"
+# Everything in it is secret to you (seeds, keys, tokens, password hashes): private from the
+# first byte, and kept so.
+umask 077
+mkdir -p "$state"
+state="$(cd "$state" && pwd)"
+chmod 700 "$state"
 mkdir -p "$state/logs" "$state/nats"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -51,16 +75,51 @@ done
 
 nats_server="$(bash deploy/install-nats.sh)"
 
-echo "building release binaries (first build takes a few minutes)..." >&2
-cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent -p execmesh-audit-sink
-bin="${CARGO_TARGET_DIR:-$root/target}/release"
+if [ -z "$bin" ]; then
+  echo "building release binaries (first build takes a few minutes)..." >&2
+  cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent -p execmesh-audit-sink
+  bin="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
+bin="$(cd "$bin" && pwd)"
+for b in execmesh-gateway execmesh-node-agent execmesh-audit-sink; do
+  [ -x "$bin/$b" ] || { echo "no $b in $bin (--bin-dir)" >&2; exit 64; }
+done
+
+# Who jobs run as. Only root can switch accounts; anyone else's jobs run as themselves.
+run_as=()
+if [ "$(id -u)" -eq 0 ]; then
+  if ! id -u "$run_account" >/dev/null 2>&1; then
+    if ! command -v useradd >/dev/null; then
+      echo "cannot create the account $run_account that jobs run as: no useradd on this machine" >&2
+      exit 1
+    fi
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+      --comment "execmesh jobs (quickstart)" "$run_account"
+    echo "created the unprivileged account $run_account: every job runs as it" >&2
+  fi
+  # Every MCP user's jobs run as that account; warm shells would start as root, so none.
+  run_as=(--run-as "*=$run_account" --warm-shells 0)
+  jobs_as="$run_account (unprivileged; it cannot read $state)"
+else
+  jobs_as="$(id -un) (you)"
+  cat >&2 <<WARN
+
+WARNING: this quickstart is not running as root, so it cannot run jobs as another account.
+Every command an MCP client runs here runs as $(id -un), with your files and rights, and can
+read $state: the NATS seeds, the gateway's token and command keys, and the tokens in
+quickstart.json. Whoever can call the MCP endpoint can therefore become any execmesh identity.
+For the safe setup, run it as root (sudo deploy/quickstart.sh): jobs then run as the
+unprivileged account $run_account, which cannot read $state.
+
+WARN
+fi
 
 pids=()
 cleanup() {
   trap - INT TERM EXIT
   echo >&2
   echo "stopping execmesh..." >&2
-  # Agents first (they clean up their presence), then the gateway, then NATS.
+  # Agents first (they clean up their presence), then the gateway, the sink, then NATS.
   for ((i=${#pids[@]}-1; i>=0; i--)); do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   echo "stopped." >&2
@@ -76,31 +135,53 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   done
 }
 
+base_host="$(hostname | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' -e 's/--*/-/g' -e 's/^-//' -e 's/-$//' | cut -c1-50)"
+[ -n "$base_host" ] || base_host="localhost"
+[ "$base_host" != "gateway" ] || base_host="gateway-host"
+hosts=()
+for ((i=1; i<=agents; i++)); do
+  if [ "$agents" -eq 1 ]; then hosts+=("$base_host"); else hosts+=("$base_host-$i"); fi
+done
+
+# NATS with one user per identity: the inventory of this run's hosts, turned into the server
+# configuration, the public identities file and one seed per identity (kept across runs, so
+# keys stay the same). No anonymous access.
+nats_dir="$state/nats"
+hosts_toml=$(printf '"%s", ' "${hosts[@]}"); hosts_toml="[${hosts_toml%, }]"
+cat >"$nats_dir/inventory.toml" <<INVENTORY
+# Written by deploy/quickstart.sh for this run's hosts.
+tenant = "default"
+hosts = $hosts_toml
+
+[server]
+listen = "127.0.0.1:$nats_port"
+server_name = "execmesh-quickstart"
+store_dir = "$nats_dir/jetstream"
+max_file_store = "2GB"
+http = ""
+INVENTORY
+"$bin/execmesh-gateway" nats-config --inventory "$nats_dir/inventory.toml" --out "$nats_dir" \
+  >"$state/logs/nats-config.log" 2>&1 || {
+  echo "nats-config failed:" >&2; cat "$state/logs/nats-config.log" >&2; exit 1; }
+seeds="$nats_dir/seeds"
+identities="$nats_dir/identities.toml"
+
 nats_url="nats://127.0.0.1:$nats_port"
-"$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats" >"$state/logs/nats.log" 2>&1 &
+"$nats_server" -c "$nats_dir/nats.conf" >"$state/logs/nats.log" 2>&1 &
 pids+=($!)
 wait_for 20 "nats-server (see $state/logs/nats.log)" port_busy "$nats_port"
 
-# The audit trail: every call, dispatch, job and file change, stored once in a hash chain. Started
-# right after NATS, so it is stopped right before it and stores the last events first.
+# The audit trail: every call, dispatch, job and file change, stored once in a hash chain, with
+# who signed each event. Started right after NATS, so it is stopped right before it and stores
+# the last events first.
 "$bin/execmesh-audit-sink" --nats-url "$nats_url" --sqlite-path "$state/audit.db" \
+  --nats-nkey-seed "$seeds/audit-sink.nk" --identities-file "$identities" \
   >"$state/logs/audit-sink.log" 2>&1 &
 pids+=($!)
 
-base_host="$(hostname | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' -e 's/--*/-/g' -e 's/^-//' -e 's/-$//' | cut -c1-50)"
-[ -n "$base_host" ] || base_host="localhost"
 # The key that signs every request to the agents: made once, its public half trusted by each agent.
 gateway_key="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" \
   --exec-signing-key "$state/exec-signing.key" exec-key 2>/dev/null)"
-
-hosts=()
-for ((i=1; i<=agents; i++)); do
-  if [ "$agents" -eq 1 ]; then host="$base_host"; else host="$base_host-$i"; fi
-  hosts+=("$host")
-  "$bin/execmesh-node-agent" --nats-url "$nats_url" --host-id "$host" --label "quickstart=true" \
-    --gateway-key "$gateway_key" >"$state/logs/agent-$host.log" 2>&1 &
-  pids+=($!)
-done
 
 user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
 [ -n "$user" ] || user="operator"
@@ -123,13 +204,22 @@ POLICY
   password="$("$bin/execmesh-gateway" "${policy[@]}" user add "$user" --group admins)"
 fi
 
+# The gateway before the agents: it creates the stream and buckets they may only open.
 "$bin/execmesh-gateway" --nats-url "$nats_url" --listen "127.0.0.1:$port" "${policy[@]}" \
   --admin-addr "$admin_addr" \
+  --nats-nkey-seed "$seeds/gateway.nk" --identities-file "$identities" \
   --key-file "$state/gateway.key" --exec-signing-key "$state/exec-signing.key" \
   >"$state/logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for 30 "the gateway (see $state/logs/gateway.log)" port_busy "$port"
 wait_for 30 "the gateway's admin API (see $state/logs/gateway.log)" port_busy "$admin_port"
+
+for host in "${hosts[@]}"; do
+  "$bin/execmesh-node-agent" --nats-url "$nats_url" --host-id "$host" --label "quickstart=true" \
+    --gateway-key "$gateway_key" --nats-nkey-seed "$seeds/agent-$host.nk" ${run_as[@]+"${run_as[@]}"} \
+    >"$state/logs/agent-$host.log" 2>&1 &
+  pids+=($!)
+done
 
 token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" "${policy[@]}" \
   token mint --user "$user" --ttl 30d)"
@@ -143,8 +233,8 @@ else
 fi
 
 hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
-# It holds tokens: readable by you only, from its first byte.
-(umask 077; cat >"$state/quickstart.json") <<JSON
+# It holds tokens: readable by you only, from its first byte (umask 077).
+cat >"$state/quickstart.json" <<JSON
 {
   "mcp_url": "$mcp_url",
   "token": "$token",
@@ -153,6 +243,7 @@ hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
   "admin_addr": "$admin_addr",
   "admin_token": "$admin_token",
   "hosts": $hosts_json,
+  "jobs_run_as": "$jobs_as",
   "audit_db": "$state/audit.db",
   "logs": "$state/logs"
 }
@@ -166,8 +257,8 @@ execmesh is up.
   sign in:  $sign_in
   policy:   $state/policy.toml
   token:    $token   (user $user, valid 30 days)
-  hosts:    ${hosts[*]}
-  NATS:     $nats_url (JetStream state in $state/nats)
+  hosts:    ${hosts[*]}   (jobs run as $jobs_as)
+  NATS:     $nats_url (one NATS user per identity, no anonymous access; seeds in $seeds)
   admin:    http://$admin_addr   (gRPC; from this checkout: $bin/execmeshctl hosts)
   audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/

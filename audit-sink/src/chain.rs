@@ -6,8 +6,13 @@
 //!                ‖ field(event_id) ‖ field(tenant) ‖ field(source) ‖ field(kind)
 //!                ‖ field(user) ‖ field(host) ‖ field(job_id) ‖ field(tool)
 //!                ‖ field(trace_id) ‖ field(outcome) ‖ field(payload)
+//!                ‖ field(signer)                        (only when signer is not empty)
 //! field(bytes)   = u32be(len(bytes)) ‖ bytes            (strings as UTF-8)
 //! ```
+//!
+//! `signer` is the identity whose key signed the event, as checked on arrival (empty when no
+//! known key did, or nothing was checked). Records stored before signers were recorded hash as
+//! they always did; a signer added to, removed from or changed in a record changes its hash.
 //!
 //! `prev_hash` is the previous record's 32-byte hash (stored as 64 lower-case hex digits). Every
 //! column of a row is covered, so changing any value of a stored record, deleting or inserting a
@@ -41,6 +46,10 @@ pub struct Row {
     pub outcome: String,
     /// The event exactly as it was published (protobuf `AuditEvent`).
     pub payload: Vec<u8>,
+    /// The identity (`gateway`, `agent-web-1`, …) whose key signed the event, checked against
+    /// the identities file when it arrived; empty when no known key signed it (or the sink
+    /// checked nothing).
+    pub signer: String,
 }
 
 /// The hash (hex) of `row` chained to `prev_hash` (hex). A `prev_hash` that is not 64 hex
@@ -68,6 +77,9 @@ pub fn link(prev_hash: &str, row: &Row) -> String {
         field(&mut hasher, text.as_bytes());
     }
     field(&mut hasher, &row.payload);
+    if !row.signer.is_empty() {
+        field(&mut hasher, row.signer.as_bytes());
+    }
     hex::encode(hasher.finalize())
 }
 
@@ -175,6 +187,7 @@ mod tests {
             trace_id: "t".into(),
             outcome: String::new(),
             payload: vec![1, 2, 3],
+            signer: String::new(),
         }
     }
 
@@ -215,6 +228,22 @@ mod tests {
         bytes.extend(3u32.to_be_bytes());
         bytes.extend([1, 2, 3]);
         assert_eq!(link(GENESIS, &r), hex::encode(Sha256::digest(&bytes)));
+    }
+
+    #[test]
+    fn the_signer_is_covered_and_unsigned_rows_hash_as_before() {
+        let unsigned = row(1, "alice");
+        let mut signed = unsigned.clone();
+        signed.signer = "agent-web-1".into();
+        let before = link(GENESIS, &unsigned);
+        assert_ne!(before, link(GENESIS, &signed));
+        let mut other = signed.clone();
+        other.signer = "gateway".into();
+        assert_ne!(link(GENESIS, &signed), link(GENESIS, &other));
+        // A record stored as signed and then stripped of its signer no longer matches its hash.
+        let mut v = Verifier::default();
+        let hash = link(GENESIS, &signed);
+        assert!(v.check(&unsigned, GENESIS, &hash).is_err());
     }
 
     #[test]

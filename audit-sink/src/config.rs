@@ -25,7 +25,12 @@ duplicates anything. Each record's hash is sha256(previous hash ‖ the record's
 are served on mesh.v1.<tenant>.svc.audit.query and chain checks on mesh.v1.<tenant>.svc.audit.verify.
 
 `verify` recomputes the chain from the store and names the first record that does not verify \
-(exit 1). `export --jsonl` writes the records matching its filters as JSON lines.
+(exit 1); with an intact chain it lists the events no key of the identities file signed (exit 2). \
+`export --jsonl` writes the records matching its filters as JSON lines.
+
+With identities_file (written by `execmesh-gateway nats-config`) every event's signature is checked \
+as it arrives and its signer stored with it (and covered by the chain); an event that no listed \
+identity entitled to its subject signed is stored with no signer and logged.
 
 Every setting can come from the TOML file given with --config (same name, snake_case), from its \
 EXECMESH_* environment variable, or from the flag, which wins. Invalid values stop the program \
@@ -49,7 +54,8 @@ pub struct Cli {
 pub enum Command {
     /// Consume AUDIT into the store and answer queries over NATS (the default).
     Serve,
-    /// Recompute the hash chain; print the first record that does not verify and exit 1.
+    /// Recompute the hash chain; print the first record that does not verify and exit 1, or,
+    /// with the chain intact, the events no known key signed and exit 2.
     Verify,
     /// Write the records matching the filters, oldest first, one JSON object per line.
     Export(Box<ExportArgs>),
@@ -117,6 +123,11 @@ pub struct Settings {
     /// File holding an nkey seed for NATS.
     #[arg(long, global = true, env = "EXECMESH_NATS_NKEY_SEED")]
     pub nats_nkey_seed: Option<PathBuf>,
+    /// The mesh's public identities file (`identities.toml`, written by nats-config): each
+    /// event's signature is checked on arrival and its signer stored; `verify` reports events
+    /// no known key signed. Reread when it changes. Without it nothing is checked.
+    #[arg(long, global = true, env = "EXECMESH_IDENTITIES_FILE")]
+    pub identities_file: Option<PathBuf>,
     /// CA certificate for NATS over TLS (turns TLS on).
     #[arg(long, global = true, env = "EXECMESH_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
@@ -175,6 +186,8 @@ pub struct Config {
     pub nats_url: String,
     pub nats_creds: Option<PathBuf>,
     pub nats_nkey_seed: Option<PathBuf>,
+    /// The identities event signatures are checked against; `None`: not checked (development).
+    pub identities_file: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate and key presented to a server that verifies clients.
     pub nats_tls_client: Option<NatsClientCert>,
@@ -216,6 +229,7 @@ impl Config {
             nats_url: nats_url.to_string(),
             nats_creds: None,
             nats_nkey_seed: None,
+            identities_file: None,
             nats_tls_ca: None,
             nats_tls_client: None,
             store,
@@ -261,6 +275,7 @@ impl Config {
         );
         config.nats_creds = pick.nats_creds;
         config.nats_nkey_seed = pick.nats_nkey_seed;
+        config.identities_file = pick.identities_file;
         config.nats_tls_ca = pick.nats_tls_ca;
         match (pick.nats_tls_cert, pick.nats_tls_key) {
             (Some(cert), Some(key)) => config.nats_tls_client = Some(NatsClientCert { cert, key }),
@@ -412,6 +427,7 @@ impl Settings {
             nats_url,
             nats_creds,
             nats_nkey_seed,
+            identities_file,
             nats_tls_ca,
             nats_tls_cert,
             nats_tls_key,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
+use execmesh_proto::identities::{LiveIdentities, Rejections};
 use execmesh_proto::{headers, jetstream as layout};
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
@@ -37,6 +38,11 @@ pub struct Consumer {
     store: Arc<Store>,
     batch_size: usize,
     linger: Duration,
+    /// The identities each event's signature is checked against; `None`: nothing is checked
+    /// and every event is stored without a signer.
+    identities: Option<Arc<LiveIdentities>>,
+    /// Rate-limited warnings about events no known key signed.
+    rejections: Rejections,
 }
 
 /// Creates the AUDIT stream if it is missing; an existing one is used as it is.
@@ -60,6 +66,7 @@ impl Consumer {
         stream: &stream::Stream,
         store: Arc<Store>,
         config: &Config,
+        identities: Option<Arc<LiveIdentities>>,
     ) -> Result<Consumer, SinkError> {
         let name = config.consumer.clone();
         let consumer = stream
@@ -86,6 +93,8 @@ impl Consumer {
             store,
             batch_size: config.batch_size,
             linger: config.batch_linger,
+            identities,
+            rejections: Rejections::default(),
         })
     }
 
@@ -159,7 +168,10 @@ impl Consumer {
                     .and_then(|h| h.get(headers::MSG_ID))
                     .map(|v| v.as_str());
                 let stream_seq = msg.info().map_or(0, |i| i.stream_sequence);
-                row_from_message(msg.subject.as_str(), msg_id, stream_seq, &msg.payload)
+                let mut row =
+                    row_from_message(msg.subject.as_str(), msg_id, stream_seq, &msg.payload);
+                row.signer = self.signer(msg);
+                row
             })
             .collect();
         let store = async {
@@ -211,6 +223,29 @@ impl Consumer {
             }
         }
         Some(appended.stored)
+    }
+}
+
+impl Consumer {
+    /// The identity whose key signed `msg`, checked against the identities file; empty (and
+    /// logged) when no listed identity entitled to its subject did, or nothing is checked.
+    fn signer(&self, msg: &jetstream::Message) -> String {
+        let Some(identities) = &self.identities else {
+            return String::new();
+        };
+        let subject = msg.subject.as_str();
+        match identities.check(subject, msg.headers.as_ref(), &msg.payload) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.rejections.note(
+                    "audit event (stored without a signer)",
+                    subject,
+                    e.reason(),
+                    &e,
+                );
+                String::new()
+            }
+        }
     }
 }
 

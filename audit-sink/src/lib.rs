@@ -15,8 +15,9 @@ pub mod store;
 use std::io::Write;
 use std::sync::Arc;
 
+use execmesh_proto::identities::{LiveIdentities, OPEN_MESH_WARNING};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Cli, Command, Config, ConfigError};
 pub use store::{Filter, Store, StoreConfig, StoreError, VerifyReport};
@@ -42,6 +43,9 @@ pub enum SinkError {
     Write(#[from] std::io::Error),
     #[error("there is no audit store at {0} (check --sqlite-path / --config)")]
     NoStore(std::path::PathBuf),
+    /// The identities file cannot be used.
+    #[error(transparent)]
+    Identities(#[from] execmesh_proto::identities::IdentitiesError),
 }
 
 /// Runs the sink until `shutdown` is cancelled: the batch in hand is committed and acknowledged,
@@ -49,11 +53,26 @@ pub enum SinkError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SinkError> {
     info!(store = %store_name(&config.store), nats_url = %config.nats_url,
           consumer = %config.consumer, "audit-sink starting");
+    let identities = match &config.identities_file {
+        Some(path) => {
+            let live = Arc::new(LiveIdentities::load(path)?);
+            tokio::spawn(Arc::clone(&live).watch(shutdown.clone()));
+            Some(live)
+        }
+        None => {
+            warn!(
+                "{OPEN_MESH_WARNING} (This audit-sink stores every event without a signer; \
+                   `verify` reports them all.)"
+            );
+            None
+        }
+    };
     let store = Arc::new(Store::open(&config.store).await?);
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = consumer::ensure_stream(&js, config.replicas).await?;
-    let consumer = consumer::Consumer::create(&stream, Arc::clone(&store), &config).await?;
+    let consumer =
+        consumer::Consumer::create(&stream, Arc::clone(&store), &config, identities).await?;
     let service =
         service::Service::start(&client, Arc::clone(&store), config.query_max_limit).await?;
     info!("ready: consuming AUDIT and answering audit queries");

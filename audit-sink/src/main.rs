@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 const EXIT_USAGE: u8 = 64;
 /// `verify`: the chain does not verify.
 const EXIT_BROKEN: u8 = 1;
+/// `verify`: the chain is intact, but some events were signed by no known key.
+const EXIT_UNSIGNED: u8 = 2;
 /// The store or NATS failed (sysexits `EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -80,13 +82,34 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Prints the chain's state; exit 0 when intact, 1 naming the first bad record.
+/// Prints the chain's state; exit 0 when intact and every event was signed by a known key,
+/// 1 naming the first bad record, 2 naming the events no known key signed.
 async fn verify(config: &Config) -> ExitCode {
     match execmesh_audit_sink::verify(config).await {
         Ok(report) => match report.broken {
-            None => {
+            None if report.unsigned > 0 => {
                 println!(
                     "chain intact: {} records; head seq {} hash {}",
+                    report.records, report.head_seq, report.head_hash
+                );
+                let more = report.unsigned - report.unsigned_ids.len() as u64;
+                println!(
+                    "{} events were signed by no key of the identities file (planted under \
+                     another identity's subject, or stored while the sink checked no \
+                     signatures): {}{}",
+                    report.unsigned,
+                    report.unsigned_ids.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                );
+                ExitCode::from(EXIT_UNSIGNED)
+            }
+            None => {
+                println!(
+                    "chain intact: {} records, each signed by a known key; head seq {} hash {}",
                     report.records, report.head_seq, report.head_hash
                 );
                 ExitCode::SUCCESS

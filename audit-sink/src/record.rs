@@ -54,6 +54,7 @@ pub fn row_from_message(
             trace_id: String::new(),
             outcome: String::new(),
             payload: payload.to_vec(),
+            signer: String::new(),
         };
     };
     let source = source_name(source_token, event.source());
@@ -80,6 +81,7 @@ pub fn row_from_message(
         trace_id: event.trace_id,
         outcome: event.outcome,
         payload: payload.to_vec(),
+        signer: String::new(),
     }
 }
 
@@ -104,6 +106,7 @@ impl Stored {
             prev_hash: self.prev_hash.clone(),
             hash: self.hash.clone(),
             event: pb::AuditEvent::decode(self.row.payload.as_slice()).ok(),
+            signer: self.row.signer.clone(),
         }
     }
 
@@ -132,6 +135,7 @@ impl Stored {
             "trace_id": row.trace_id,
             "outcome": row.outcome,
             "detail": detail,
+            "signer": row.signer,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
         })

@@ -235,6 +235,8 @@ async fn verify(store: &Store) -> pb::AuditVerifyReply {
             first_bad_seq: report.broken.as_ref().map_or(0, |b| b.seq),
             problem: report.broken.map(|b| b.problem).unwrap_or_default(),
             error: String::new(),
+            unsigned_events: report.unsigned,
+            unsigned_event_ids: report.unsigned_ids,
         },
         Err(e) => pb::AuditVerifyReply {
             error: format!("the audit store failed: {e}"),

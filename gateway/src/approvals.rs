@@ -18,7 +18,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -29,13 +30,14 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use execmesh_proto::jetstream as layout;
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::{Token, pb};
 
 use crate::audit::Audit;
 use crate::auth::Identity;
 use crate::error::ToolError;
 use crate::fanout::Reach;
-use crate::mesh::{HostRecord, Mesh};
+use crate::mesh::{HostRecord, Mesh, WatchFrom};
 use crate::policy::{ApprovalRule, Policy};
 use crate::selector::{Candidate, Groups, Selector};
 use crate::tier::{self, Tier};
@@ -288,9 +290,13 @@ impl Authority<'_> {
     }
 }
 
-/// The approvals of one tenant, in `mesh_approvals`.
+/// The approvals of one tenant, in `mesh_approvals`. Records are signed as the gateway and
+/// read back through the mesh's checks: one the gateway did not sign (flipped to `approved` by
+/// someone else) is treated as absent.
 #[derive(Clone)]
 pub struct Approvals {
+    /// Checked reads and signed writes.
+    mesh: Mesh,
     kv: kv::Store,
     tenant: Token,
     ttl: Duration,
@@ -303,12 +309,13 @@ pub struct Approvals {
 impl Approvals {
     /// Creates the bucket if missing (otherwise uses it as it is) and opens it.
     pub async fn open(
-        js: &jetstream::Context,
+        mesh: &Mesh,
         tenant: Token,
         replicas: usize,
         ttl: Duration,
         audit: Arc<Audit>,
     ) -> Result<Self, ApprovalError> {
+        let js = &mesh.js;
         let config = layout::approvals_bucket(replicas);
         let name = config.bucket.clone();
         let kv = match js.create_key_value(config).await {
@@ -323,6 +330,7 @@ impl Approvals {
             }
         };
         Ok(Self {
+            mesh: mesh.clone(),
             kv,
             tenant,
             ttl,
@@ -412,14 +420,19 @@ impl Approvals {
         &self,
     ) -> Result<BoxStream<'static, Result<ApprovalRecord, ApprovalError>>, ApprovalError> {
         let watch = self
-            .kv
-            .watch(format!("{}.>", self.tenant))
+            .mesh
+            .watch_kv(
+                layout::APPROVALS_BUCKET,
+                &format!("{}.>", self.tenant),
+                WatchFrom::New,
+            )
             .await
             .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
-        let stream = watch.filter_map(|entry| async move {
+        let stream = watch.changes.filter_map(|entry| async move {
             match entry {
                 Err(e) => Some(Err(ApprovalError::Mesh(e.to_string()))),
-                Ok(entry) if entry.operation != kv::Operation::Put => None,
+                // Deletions, and records the gateway did not sign.
+                Ok(entry) if !entry.is_value() => None,
                 Ok(entry) => Some(
                     serde_json::from_slice::<ApprovalRecord>(&entry.value)
                         .map(|r| r.with_effective_state(execmesh_proto::now_ms()))
@@ -500,12 +513,22 @@ impl Approvals {
             let now = execmesh_proto::now_ms();
             change(&mut record, now)?;
             let bytes = encode(&record)?;
-            match self.kv.update(self.key(id), bytes, revision).await {
+            let written = kv_write::write(
+                &self.mesh.js,
+                &self.kv,
+                &self.key(id),
+                bytes,
+                HeaderMap::new(),
+                Expect::Revision(revision),
+                self.mesh.records.key(),
+            )
+            .await;
+            match written {
                 Ok(_) => {
                     info!(approval = %id, state = %record.state, user = %record.user, "approval changed");
                     return Ok(record);
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(KvWriteError::WrongRevision { .. }) => continue,
                 Err(e) => return Err(ApprovalError::Mesh(e.to_string())),
             }
         }
@@ -515,10 +538,16 @@ impl Approvals {
     }
 
     async fn create(&self, record: &ApprovalRecord) -> Result<(), ApprovalError> {
-        self.kv
-            .create(self.key(&record.id), encode(record)?)
-            .await
-            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+        kv_write::create(
+            &self.mesh.js,
+            &self.kv,
+            &self.key(&record.id),
+            encode(record)?,
+            HeaderMap::new(),
+            self.mesh.records.key(),
+        )
+        .await
+        .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
         Ok(())
     }
 
@@ -526,19 +555,20 @@ impl Approvals {
         if !is_id(id) {
             return Err(ApprovalError::InvalidId(id.to_string()));
         }
+        // Read through the mesh's checks: a record the gateway did not sign is no approval.
         let entry = self
-            .kv
-            .entry(self.key(id))
+            .mesh
+            .kv_get(layout::APPROVALS_BUCKET, &self.key(id))
             .await
             .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
         match entry {
-            Some(entry) if entry.operation == kv::Operation::Put => {
-                let record = serde_json::from_slice(&entry.value).map_err(|e| {
+            Some(entry) => {
+                let record = serde_json::from_slice(&entry.payload).map_err(|e| {
                     ApprovalError::Mesh(format!("approval `{id}` is unreadable: {e}"))
                 })?;
-                Ok((record, entry.revision))
+                Ok((record, entry.seq))
             }
-            _ => Err(ApprovalError::NotFound { id: id.to_string() }),
+            None => Err(ApprovalError::NotFound { id: id.to_string() }),
         }
     }
 

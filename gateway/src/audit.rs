@@ -262,16 +262,19 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 
 impl Audit {
     /// Starts the publisher task on `client`. The task creates the AUDIT stream (with `replicas`)
-    /// if it is missing, retrying while NATS is unreachable, before its first publish.
+    /// if it is missing, retrying while NATS is unreachable, before its first publish. Events
+    /// are signed with `signer` (the gateway identity's key) when there is one, so the audit-sink
+    /// can tell them from events planted under the gateway's subjects.
     pub fn start(
         client: async_nats::Client,
         tenant: Token,
         patterns: &[String],
         replicas: usize,
+        signer: Option<execmesh_proto::signing::RecordKey>,
     ) -> Result<Audit, PatternError> {
         let redactor = Redactor::new(patterns)?;
         Ok(Audit {
-            publisher: Publisher::start(client, replicas, QUEUE, WINDOW),
+            publisher: Publisher::start(client, replicas, QUEUE, WINDOW, signer),
             tenant,
             instance: format!("{:016x}", rand::random::<u64>()),
             redactor,

@@ -118,9 +118,15 @@ pub struct Settings {
     /// NATS credentials file (.creds) for this gateway.
     #[arg(long, env = "EXECMESH_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
-    /// File holding this gateway's NATS nkey seed.
+    /// File holding this gateway's NATS nkey seed; the gateway also signs its records
+    /// (approvals, revocations, OAuth grants, audit events) with it.
     #[arg(long, env = "EXECMESH_NATS_NKEY_SEED")]
     pub nats_nkey_seed: Option<PathBuf>,
+    /// The mesh's public identities file (`identities.toml`, written by `nats-config`): every
+    /// record read from JetStream must be signed by the identity entitled to it, or it is
+    /// ignored. Reread when it changes. Without it (development) records are not checked.
+    #[arg(long, env = "EXECMESH_IDENTITIES_FILE")]
+    pub identities_file: Option<PathBuf>,
     /// CA certificate for NATS over TLS (enables TLS).
     #[arg(long, env = "EXECMESH_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
@@ -268,6 +274,8 @@ pub struct Config {
     pub nats_url: String,
     pub nats_creds: Option<PathBuf>,
     pub nats_nkey_seed: Option<PathBuf>,
+    /// The identities file records are checked against; `None`: development, unchecked.
+    pub identities_file: Option<PathBuf>,
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate and key presented to a NATS server that verifies clients.
     pub nats_tls_client: Option<TlsFiles>,
@@ -366,6 +374,7 @@ impl Config {
             nats_url: nats_url.to_string(),
             nats_creds: None,
             nats_nkey_seed: None,
+            identities_file: None,
             nats_tls_ca: None,
             nats_tls_client: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
@@ -420,6 +429,7 @@ impl Config {
         }
         config.nats_creds = pick.nats_creds;
         config.nats_nkey_seed = pick.nats_nkey_seed;
+        config.identities_file = pick.identities_file;
         config.nats_tls_ca = pick.nats_tls_ca;
         match (pick.nats_tls_cert, pick.nats_tls_key) {
             (Some(cert), Some(key)) => config.nats_tls_client = Some(TlsFiles { cert, key }),
@@ -634,6 +644,16 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.identities_file.is_some()
+            && self.nats_nkey_seed.is_none()
+            && self.nats_creds.is_none()
+        {
+            problems.push(
+                "identities_file needs nats_nkey_seed (or nats_creds): the gateway signs its own \
+                 records (approvals, revocations, audit events) with its NATS seed"
+                    .to_string(),
+            );
+        }
         if !(1..=5).contains(&self.kv_replicas) {
             problems.push("kv_replicas must be 1..=5".to_string());
         }
@@ -674,6 +694,7 @@ impl Settings {
             nats_url,
             nats_creds,
             nats_nkey_seed,
+            identities_file,
             nats_tls_ca,
             nats_tls_cert,
             nats_tls_key,

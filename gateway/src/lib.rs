@@ -21,6 +21,7 @@ pub mod nats_config;
 pub mod oauth;
 pub mod paging;
 pub mod policy;
+pub mod records;
 pub mod selector;
 pub mod server;
 pub mod signer;

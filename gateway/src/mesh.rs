@@ -8,18 +8,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use prost::Message as _;
 use serde::Serialize;
 use tracing::warn;
 
 use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 
 use crate::config::Config;
+use crate::records::{Records, RecordsError, Rejection};
 use crate::signer::{Signer, SignerError};
 
 /// A failure talking to NATS or reading the mesh's streams.
@@ -45,6 +48,9 @@ pub enum MeshError {
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
+    /// The gateway's record key or its identities file cannot be used.
+    #[error(transparent)]
+    Records(#[from] RecordsError),
 }
 
 /// How a request to an agent failed.
@@ -70,16 +76,75 @@ pub struct StoredMsg {
     pub headers: Option<HeaderMap>,
     /// Messages matching the request after this one (server's `Nats-Num-Pending`).
     pub pending: u64,
+    /// Why the record is ignored (its subject's owner did not write it); its payload is then
+    /// empty and it counts as a tombstone.
+    pub rejected: Option<Rejection>,
 }
 
 impl StoredMsg {
-    /// True for KV delete/purge markers and TTL expiry markers.
+    /// True for KV delete/purge markers, TTL expiry markers and rejected records: nothing to
+    /// read there.
     pub fn is_tombstone(&self) -> bool {
-        let Some(headers) = &self.headers else {
-            return false;
-        };
-        headers.get("KV-Operation").is_some() || headers.get("Nats-Marker-Reason").is_some()
+        self.rejected.is_some() || is_marker(self.headers.as_ref())
     }
+}
+
+/// Whether the headers are those of a KV delete or purge marker or a TTL expiry marker.
+fn is_marker(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
+        h.get(headers::KV_OPERATION).is_some() || h.get("Nats-Marker-Reason").is_some()
+    })
+}
+
+/// The KV operation a stored message stands for.
+fn operation_of(headers: Option<&HeaderMap>) -> kv::Operation {
+    let Some(h) = headers else {
+        return kv::Operation::Put;
+    };
+    match h.get(headers::KV_OPERATION).map(|v| v.as_str()) {
+        Some("DEL") => kv::Operation::Delete,
+        Some(_) => kv::Operation::Purge,
+        None if h.get("Nats-Marker-Reason").is_some() => kv::Operation::Purge,
+        None => kv::Operation::Put,
+    }
+}
+
+/// Where a watch of a bucket starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFrom {
+    /// The current value of every matching key, then every change.
+    LastPerKey,
+    /// Only changes from now on.
+    New,
+}
+
+/// One value or change of a KV key seen by a watch, checked like every record the gateway reads.
+#[derive(Debug, Clone)]
+pub struct KvChange {
+    /// The key (without the bucket's subject prefix).
+    pub key: String,
+    pub value: Bytes,
+    /// The stream sequence of this value.
+    pub revision: u64,
+    pub operation: kv::Operation,
+    /// Values the watch has still to deliver of those stored when it was read (0: caught up).
+    pub pending: u64,
+    /// Why this change is ignored: not its key's owner's (its value is then empty).
+    pub rejected: Option<Rejection>,
+}
+
+impl KvChange {
+    /// A value to use: a put its owner signed, not a deletion or a rejected record.
+    pub fn is_value(&self) -> bool {
+        self.operation == kv::Operation::Put && self.rejected.is_none() && !self.value.is_empty()
+    }
+}
+
+/// A running watch: every change of the matching keys, checked.
+pub struct KvWatch {
+    /// Values stored when the watch started (what a `LastPerKey` watch delivers first).
+    pub initial: u64,
+    pub changes: BoxStream<'static, Result<KvChange, MeshError>>,
 }
 
 /// A JetStream direct-get request (`$JS.API.DIRECT.GET.<stream>`), as the server reads it.
@@ -105,6 +170,21 @@ pub struct HostRecord {
     pub host: Token,
     pub facts: Option<pb::HostFacts>,
     pub presence: Option<pb::Presence>,
+    /// Why the host's facts or heartbeat were ignored, when they were: not signed by its
+    /// agent's key (an agent without its seed, or a forgery). The host then shows `unverified`.
+    pub unverified: Option<String>,
+}
+
+impl HostRecord {
+    /// A host known only by its id.
+    pub fn new(host: Token) -> Self {
+        Self {
+            host,
+            facts: None,
+            presence: None,
+            unverified: None,
+        }
+    }
 }
 
 /// Creates the stream and buckets the agents write when they are missing (with the default
@@ -138,20 +218,6 @@ async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshE
     Ok(())
 }
 
-/// Whether a direct-get answer holds a planted record: one that was itself the answer to a
-/// JetStream request whose requester named this subject as the reply subject (nats-server does
-/// not check reply subjects against permissions, so any identity allowed a direct get can do
-/// this; docs/security.md). Such a record was stored with the `Nats-Stream` header of the answer
-/// it was, and the server adds its own when it answers: a genuine record has one.
-fn is_planted(headers: &Option<HeaderMap>) -> bool {
-    headers
-        .as_ref()
-        .is_some_and(|h| h.get_all(NATS_STREAM).count() > 1)
-}
-
-/// The header naming the stream a direct-get answer came from (added by the server).
-const NATS_STREAM: &str = "Nats-Stream";
-
 /// Logs one connection event. A publish or subscription refused for permissions reaches the
 /// client only here, so it is logged with the subject: otherwise a misconfigured NATS account
 /// would look like agents that do not answer.
@@ -183,6 +249,8 @@ pub struct Mesh {
     pub tenant: Token,
     /// Signs every request sent to an agent; agents refuse unsigned ones.
     pub signer: Arc<Signer>,
+    /// Signs the records the gateway writes and checks every record it reads.
+    pub records: Arc<Records>,
 }
 
 // === impl Mesh ===
@@ -194,6 +262,14 @@ impl Mesh {
         let tenant =
             Token::parse("tenant", &config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
         let signer = Arc::new(Signer::load_or_create(&config.exec_signing_key)?);
+        let seed = config
+            .nats_nkey_seed
+            .as_ref()
+            .or(config.nats_creds.as_ref());
+        let records = Arc::new(Records::load(
+            seed.map(|p| p.as_path()),
+            config.identities_file.as_deref(),
+        )?);
         tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
                        path = %config.exec_signing_key.display(),
                        "signing requests to agents with this key (agents list it in gateway_keys)");
@@ -238,6 +314,7 @@ impl Mesh {
             js,
             tenant,
             signer,
+            records,
         })
     }
 
@@ -301,7 +378,7 @@ impl Mesh {
             .await
             .map_err(|e| MeshError::Nats(e.to_string()))?;
         let single = request.batch.is_none() && request.multi_last.is_none();
-        let mut out = Vec::new();
+        let mut out: Vec<StoredMsg> = Vec::new();
         loop {
             let msg = match tokio::time::timeout(JS_TIMEOUT, sub.next()).await {
                 Ok(Some(msg)) => msg,
@@ -331,26 +408,50 @@ impl Mesh {
                     .and_then(|h| h.get(name))
                     .map(|v| v.as_str().to_string())
             };
-            let seq = header(headers::NATS_SEQUENCE)
-                .and_then(|s| s.parse().ok())
+            // A planted record carries a second `Nats-Sequence` of the requester's choosing; the
+            // server's own is the smallest one not before where this answer can be (answers come
+            // in stream order), so paging neither jumps ahead nor goes back because of it.
+            let floor = out.last().map_or(request.seq.unwrap_or(0), |m| m.seq + 1);
+            let seq = msg
+                .headers
+                .as_ref()
+                .and_then(|h| {
+                    let all: Vec<u64> = h
+                        .get_all(headers::NATS_SEQUENCE)
+                        .filter_map(|v| v.as_str().parse().ok())
+                        .collect();
+                    all.iter()
+                        .copied()
+                        .filter(|s| *s >= floor)
+                        .min()
+                        .or_else(|| all.iter().copied().max())
+                })
                 .ok_or_else(|| MeshError::Nats("direct get reply without Nats-Sequence".into()))?;
-            if is_planted(&msg.headers) {
-                // Skipped, like a tombstone: what it claims is not what its subject's owner said.
-                warn!(stream, seq, planted_from = %header(headers::NATS_SUBJECT).unwrap_or_default(),
-                      "ignoring a record planted through a JetStream reply subject");
-                if single {
-                    break;
-                }
-                continue;
-            }
+            let subject = header(headers::NATS_SUBJECT).unwrap_or_default();
+            // A record its subject's owner did not write is kept as a tombstone (its sequence
+            // still counts for paging), with its payload dropped so nothing reads it.
+            let rejected = if is_marker(msg.headers.as_ref())
+                && !execmesh_proto::identities::is_planted(msg.headers.as_ref())
+            {
+                None
+            } else {
+                self.records
+                    .check_answer(stream, &subject, msg.headers.as_ref(), &msg.payload)
+                    .err()
+            };
             out.push(StoredMsg {
                 seq,
-                subject: header(headers::NATS_SUBJECT).unwrap_or_default(),
+                subject,
                 pending: header(headers::NATS_NUM_PENDING)
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
-                payload: msg.payload,
+                payload: if rejected.is_some() {
+                    Bytes::new()
+                } else {
+                    msg.payload
+                },
                 headers: msg.headers,
+                rejected,
             });
             if single {
                 break;
@@ -360,12 +461,28 @@ impl Mesh {
         Ok(out)
     }
 
-    /// The latest value of every key under `prefix` in a KV bucket, tombstones skipped.
+    /// The latest value of every key under `prefix` in a KV bucket, tombstones and rejected
+    /// records skipped.
     async fn kv_last_values(
         &self,
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Bytes)>, MeshError> {
+        Ok(self
+            .kv_last_entries(bucket, prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value.ok()?)))
+            .collect())
+    }
+
+    /// The latest value of every key under `prefix` in a KV bucket: the value, or why it is
+    /// ignored (not its key's owner's). Tombstones are left out.
+    async fn kv_last_entries(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
         let subject_prefix = format!("$KV.{bucket}.");
         let request = DirectGet {
             multi_last: Some(vec![format!("{subject_prefix}{prefix}>")]),
@@ -385,10 +502,13 @@ impl Mesh {
         };
         Ok(msgs
             .into_iter()
-            .filter(|m| !m.is_tombstone() && !m.payload.is_empty())
             .filter_map(|m| {
                 let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
-                Some((key, m.payload))
+                match m.rejected {
+                    Some(rejection) => Some((key, Err(rejection))),
+                    None if is_marker(m.headers.as_ref()) || m.payload.is_empty() => None,
+                    None => Some((key, Ok(m.payload))),
+                }
             })
             .collect())
     }
@@ -400,26 +520,22 @@ impl Mesh {
         &self,
         bucket: &str,
         filter: &str,
-    ) -> Result<Vec<(String, Bytes)>, MeshError> {
-        let kv = self
-            .js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
-        let mut watch = kv
-            .watch_with_history(filter)
-            .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
+    ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
+        let mut watch = self.watch_kv(bucket, filter, WatchFrom::LastPerKey).await?;
         let mut values = Vec::new();
+        if watch.initial == 0 {
+            return Ok(values);
+        }
         let read = async {
-            while let Some(entry) = watch.next().await {
-                let entry = entry.map_err(|e| MeshError::Nats(e.to_string()))?;
-                if entry.operation == async_nats::jetstream::kv::Operation::Put
-                    && !entry.value.is_empty()
-                {
-                    values.push((entry.key.clone(), entry.value.clone()));
+            while let Some(change) = watch.changes.next().await {
+                let change = change?;
+                let pending = change.pending;
+                match change.rejected {
+                    Some(rejection) => values.push((change.key, Err(rejection))),
+                    None if change.is_value() => values.push((change.key, Ok(change.value))),
+                    None => {}
                 }
-                if entry.delta == 0 {
+                if pending == 0 {
                     break;
                 }
             }
@@ -429,6 +545,79 @@ impl Mesh {
             .await
             .map_err(|_| MeshError::Timeout(STREAMED_TIMEOUT))??;
         Ok(values)
+    }
+
+    /// Watches the keys of `bucket` matching `filter` (a key pattern with `*`/`>`) through an
+    /// ordered consumer, checking every value like a direct get does: values their key's owner
+    /// did not sign come as rejected changes (async-nats's KV watch gives no headers to check).
+    pub async fn watch_kv(
+        &self,
+        bucket: &str,
+        filter: &str,
+        from: WatchFrom,
+    ) -> Result<KvWatch, MeshError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        let nats = |e: &dyn std::fmt::Display| MeshError::Nats(e.to_string());
+        let stream = self
+            .js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| nats(&e))?;
+        let prefix = format!("$KV.{bucket}.");
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some(format!("execmesh gateway watch of {bucket}")),
+                filter_subject: format!("{prefix}{filter}"),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: match from {
+                    WatchFrom::LastPerKey => DeliverPolicy::LastPerSubject,
+                    WatchFrom::New => DeliverPolicy::New,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let initial = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let records = self.records.clone();
+        let what = format!("KV_{bucket}");
+        let changes = messages.map(move |message| {
+            let message = message.map_err(|e| MeshError::Nats(e.to_string()))?;
+            let info = message.info().map_err(|e| MeshError::Nats(e.to_string()))?;
+            let (revision, pending) = (info.stream_sequence, info.pending);
+            let subject = message.subject.as_str();
+            let key = subject.strip_prefix(&prefix).unwrap_or(subject).to_string();
+            let operation = operation_of(message.headers.as_ref());
+            let rejected = match operation {
+                kv::Operation::Put => records
+                    .check_delivered(&what, subject, message.headers.as_ref(), &message.payload)
+                    .err(),
+                // Markers are unsigned (the server writes TTL markers); a planted one counts
+                // for nothing, like any planted record.
+                _ => message
+                    .headers
+                    .as_ref()
+                    .filter(|h| h.get(headers::NATS_STREAM).is_some())
+                    .map(|_| Rejection::Planted),
+            };
+            Ok(KvChange {
+                key,
+                value: if rejected.is_some() {
+                    Bytes::new()
+                } else {
+                    message.payload.clone()
+                },
+                revision,
+                operation,
+                pending,
+                rejected,
+            })
+        });
+        Ok(KvWatch {
+            initial,
+            changes: changes.boxed(),
+        })
     }
 
     /// The latest value of one KV key, if any.
@@ -444,12 +633,13 @@ impl Mesh {
         Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
     }
 
-    /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id.
+    /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id. A
+    /// host whose records its agent did not sign is listed with the reason, without them.
     pub async fn hosts(&self) -> Result<BTreeMap<Token, HostRecord>, MeshError> {
         let prefix = format!("{}.", self.tenant);
         let (facts, presence) = tokio::try_join!(
-            self.kv_last_values(FACTS_BUCKET, &prefix),
-            self.kv_last_values(PRESENCE_BUCKET, &prefix)
+            self.kv_last_entries(FACTS_BUCKET, &prefix),
+            self.kv_last_entries(PRESENCE_BUCKET, &prefix)
         )?;
         let mut hosts: BTreeMap<Token, HostRecord> = BTreeMap::new();
         fn record<'a>(
@@ -457,20 +647,29 @@ impl Mesh {
             key: &str,
         ) -> Option<&'a mut HostRecord> {
             let (_, host) = subject::parse_host_key(key).ok()?;
-            Some(hosts.entry(host.clone()).or_insert_with(|| HostRecord {
-                host,
-                facts: None,
-                presence: None,
-            }))
+            Some(
+                hosts
+                    .entry(host.clone())
+                    .or_insert_with(|| HostRecord::new(host)),
+            )
         }
         for (key, value) in facts {
             if let Some(r) = record(&mut hosts, &key) {
-                r.facts = pb::HostFacts::decode(value).ok();
+                match value {
+                    Ok(value) => r.facts = pb::HostFacts::decode(value).ok(),
+                    Err(rejected) => r.unverified = Some(format!("facts {rejected}")),
+                }
             }
         }
         for (key, value) in presence {
             if let Some(r) = record(&mut hosts, &key) {
-                r.presence = pb::Presence::decode(value).ok();
+                match value {
+                    Ok(value) => r.presence = pb::Presence::decode(value).ok(),
+                    Err(rejected) => {
+                        r.unverified
+                            .get_or_insert_with(|| format!("heartbeat {rejected}"));
+                    }
+                }
             }
         }
         Ok(hosts)
@@ -507,7 +706,7 @@ impl Mesh {
                 .kv_last_values_streamed(JOBS_BUCKET, &format!("{}.*.{job}", self.tenant))
                 .await?
                 .into_iter()
-                .map(|(_, v)| v)
+                .filter_map(|(_, v)| v.ok())
                 .collect(),
             Err(e) => return Err(e),
         };
@@ -520,18 +719,40 @@ impl Mesh {
     /// One host's registration and presence; `None` if the mesh never heard of it.
     pub async fn host(&self, host: &Token) -> Result<Option<HostRecord>, MeshError> {
         let key = subject::host_key(&self.tenant, host);
-        let (facts, presence) = tokio::try_join!(
-            self.kv_get(FACTS_BUCKET, &key),
-            self.kv_get(PRESENCE_BUCKET, &key)
-        )?;
+        let get = |bucket: &'static str| {
+            let request = DirectGet {
+                last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+                ..Default::default()
+            };
+            async move {
+                let msg = self
+                    .direct_get(&format!("KV_{bucket}"), &request)
+                    .await?
+                    .pop();
+                Ok::<_, MeshError>(msg.filter(|m| {
+                    m.rejected.is_some() || !(is_marker(m.headers.as_ref()) || m.payload.is_empty())
+                }))
+            }
+        };
+        let (facts, presence) = tokio::try_join!(get(FACTS_BUCKET), get(PRESENCE_BUCKET))?;
         if facts.is_none() && presence.is_none() {
             return Ok(None);
         }
-        Ok(Some(HostRecord {
-            host: host.clone(),
-            facts: facts.and_then(|m| pb::HostFacts::decode(m.payload).ok()),
-            presence: presence.and_then(|m| pb::Presence::decode(m.payload).ok()),
-        }))
+        let mut record = HostRecord::new(host.clone());
+        for (what, msg) in [("facts", &facts), ("heartbeat", &presence)] {
+            if let Some(rejected) = msg.as_ref().and_then(|m| m.rejected.as_ref()) {
+                record
+                    .unverified
+                    .get_or_insert_with(|| format!("{what} {rejected}"));
+            }
+        }
+        record.facts = facts
+            .filter(|m| m.rejected.is_none())
+            .and_then(|m| pb::HostFacts::decode(m.payload).ok());
+        record.presence = presence
+            .filter(|m| m.rejected.is_none())
+            .and_then(|m| pb::Presence::decode(m.payload).ok());
+        Ok(Some(record))
     }
 
     /// The status of a job, if known.
@@ -590,16 +811,27 @@ impl Mesh {
             .get_key_value(JOBS_BUCKET)
             .await
             .map_err(|e| MeshError::Nats(e.to_string()))?;
-        match kv
-            .update(&job_key, lost.encode_to_vec().into(), current.seq)
-            .await
+        // Signed as the gateway, which the identities file entitles to settle job statuses.
+        match kv_write::write(
+            &self.js,
+            &kv,
+            &job_key,
+            lost.encode_to_vec().into(),
+            HeaderMap::new(),
+            Expect::Revision(current.seq),
+            self.records.key(),
+        )
+        .await
         {
             Ok(_) => {
                 warn!(host = %host, job = %job, "job marked lost: its agent is gone");
                 Ok(lost)
             }
             // Someone (the agent, another replica) wrote first: theirs stands.
-            Err(_) => Ok(self.job_status(&host, &job).await?.unwrap_or(lost)),
+            Err(KvWriteError::WrongRevision { .. }) => {
+                Ok(self.job_status(&host, &job).await?.unwrap_or(lost))
+            }
+            Err(e) => Err(MeshError::Nats(e.to_string())),
         }
     }
 
@@ -630,28 +862,26 @@ impl Mesh {
     }
 
     /// Waits until the job leaves RUNNING or `timeout` passes; returns the last status seen.
+    /// Statuses the job's host did not sign are skipped, like in every other read.
     pub async fn wait_job(
         &self,
         host: &Token,
         job: &Token,
         timeout: Duration,
     ) -> Result<Option<pb::JobStatus>, MeshError> {
-        let kv = self
-            .js
-            .get_key_value(JOBS_BUCKET)
-            .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
         let key = subject::job_key(&self.tenant, host, job);
-        let mut watch = kv
-            .watch_with_history(&key)
-            .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut watch = self
+            .watch_kv(JOBS_BUCKET, &key, WatchFrom::LastPerKey)
+            .await?;
         let mut last = None;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match tokio::time::timeout_at(deadline, watch.next()).await {
-                Ok(Some(Ok(entry))) => {
-                    if let Ok(status) = pb::JobStatus::decode(entry.value) {
+            match tokio::time::timeout_at(deadline, watch.changes.next()).await {
+                Ok(Some(Ok(change))) => {
+                    if !change.is_value() {
+                        continue;
+                    }
+                    if let Ok(status) = pb::JobStatus::decode(change.value) {
                         let done = status.state() != pb::JobState::Running;
                         last = Some(status);
                         if done {
@@ -659,7 +889,7 @@ impl Mesh {
                         }
                     }
                 }
-                Ok(Some(Err(e))) => return Err(MeshError::Nats(e.to_string())),
+                Ok(Some(Err(e))) => return Err(e),
                 Ok(None) | Err(_) => return Ok(last),
             }
         }

@@ -19,6 +19,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use execmesh_proto::identities::IdentitiesDoc;
 use execmesh_proto::jetstream::{
     AUDIT_CONSUMER, AUDIT_STREAM, FACTS_BUCKET, JOBS_BUCKET, OUT_STREAM, PRESENCE_BUCKET,
 };
@@ -29,6 +30,9 @@ use serde::Deserialize;
 pub const ACCOUNT: &str = "MESH";
 /// The configuration file written into the output directory.
 pub const CONFIG_FILE: &str = "nats.conf";
+/// The public identities file written into the output directory (the gateway's and the
+/// audit-sink's `identities_file`).
+pub use execmesh_proto::identities::IDENTITIES_FILE;
 /// The directory (inside the output directory) holding one seed file per identity.
 pub const SEEDS_DIR: &str = "seeds";
 /// How long an agent may take to answer a request and still be allowed to: a fan-out `bash` may
@@ -657,6 +661,8 @@ pub struct Written {
 pub struct Generated {
     /// `<out>/nats.conf`.
     pub config_file: PathBuf,
+    /// `<out>/identities.toml`: every identity's public key, for `identities_file`.
+    pub identities_file: PathBuf,
     /// The configuration as written, to extend (tests add a harness user).
     pub config: ServerConfig,
     /// Every identity, gateway first.
@@ -734,11 +740,52 @@ pub fn generate(
     };
     let config_file = out.join(CONFIG_FILE);
     write_file(&config_file, config.render().as_bytes(), 0o644)?;
+    let identities_file = out.join(IDENTITIES_FILE);
+    write_file(
+        &identities_file,
+        identities_doc(inventory, &written)
+            .render(source)
+            .as_bytes(),
+        0o644,
+    )?;
     Ok(Generated {
         config_file,
+        identities_file,
         config,
         identities: written,
     })
+}
+
+/// The public identities file's content: every identity's public key, by role.
+fn identities_doc(inventory: &Inventory, written: &[Written]) -> IdentitiesDoc {
+    let key = |name: &str| {
+        written
+            .iter()
+            .find(|w| w.identity.name == name)
+            .map(|w| w.public_key.clone())
+            .unwrap_or_default()
+    };
+    IdentitiesDoc {
+        tenant: inventory.tenant.to_string(),
+        gateway: key("gateway"),
+        audit_sink: key("audit-sink"),
+        agents: inventory
+            .hosts
+            .iter()
+            .map(|h| (h.to_string(), key(&format!("agent-{h}"))))
+            .collect(),
+        relays: inventory
+            .relays
+            .iter()
+            .map(|r| {
+                let targets = r.targets.iter().map(Token::to_string).collect();
+                (
+                    r.user.to_string(),
+                    (key(&format!("relay-{}", r.user)), targets),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// The public key of the user seed in `path`, or `None` if there is no such file.
@@ -820,6 +867,11 @@ pub fn summary(generated: &Generated) -> String {
             w.seed_file.display()
         );
     }
+    let _ = writeln!(
+        out,
+        "wrote {} (public keys: the gateway's and the audit-sink's `identities_file`)",
+        generated.identities_file.display()
+    );
     let _ = writeln!(
         out,
         "Give each service its seed file (`nats_nkey_seed`; agents: seeds/agent-<host>.nk), then \
@@ -932,6 +984,20 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{}", w.seed_file.display());
             let seed = std::fs::read_to_string(&w.seed_file).expect("seed");
             assert!(!text.contains(seed.trim()), "a seed leaked into the config");
+        }
+
+        // The public identities file names every identity's key, and no seed.
+        let text = std::fs::read_to_string(&generated.identities_file).expect("identities");
+        let identities =
+            execmesh_proto::identities::Identities::parse(&text).expect("the identities parse");
+        for w in &generated.identities {
+            let listed = identities.by_key(&w.public_key).expect("listed");
+            assert_eq!(listed.name, w.identity.name);
+            let seed = std::fs::read_to_string(&w.seed_file).expect("seed");
+            assert!(
+                !text.contains(seed.trim()),
+                "a seed leaked into the identities"
+            );
         }
 
         // Generating again keeps every key; rotating replaces only the one named.

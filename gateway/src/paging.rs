@@ -211,6 +211,12 @@ pub async fn read(mesh: &Mesh, cursor: Cursor, limits: PageLimits) -> Result<Pag
             return Ok(page);
         };
         for msg in batch {
+            if msg.rejected.is_some() {
+                // Not written by the job's host (planted): skipped, and paging goes on past it.
+                seq = msg.seq + 1;
+                skip = 0;
+                continue;
+            }
             match decode(&msg)? {
                 pb::output_record::Body::Exit(exit) => {
                     page.exit = Some(exit.status.unwrap_or_default());
@@ -277,7 +283,8 @@ pub async fn tail(mesh: &Mesh, host: Token, job: Token, lines: u64) -> Result<Cu
             },
         )
         .await?;
-    let Some(last) = last.into_iter().next() else {
+    // A last record its host did not write (planted): read from the start instead.
+    let Some(last) = last.into_iter().next().filter(|m| m.rejected.is_none()) else {
         return Ok(start);
     };
     let total = match decode(&last)? {
@@ -305,6 +312,8 @@ pub async fn tail(mesh: &Mesh, host: Token, job: Token, lines: u64) -> Result<Cu
                 .into_iter()
                 .next();
             match msg {
+                // Planted: counts as the end, so the search settles on a real chunk before it.
+                Some(msg) if msg.rejected.is_some() => Ok(Some((msg.seq, None))),
                 Some(msg) => match decode(&msg)? {
                     pb::output_record::Body::Chunk(c) => Ok(Some((msg.seq, Some(c.first_line)))),
                     pb::output_record::Body::Exit(_) => Ok(Some((msg.seq, None))),

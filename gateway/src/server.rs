@@ -251,16 +251,17 @@ pub async fn run_with_admin(
     let mesh = Mesh::connect(&config).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
-    let oauth = OAuth::open(&mesh.js, config.kv_replicas).await?;
+    let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
     let audit = crate::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
         config.kv_replicas,
+        mesh.records.key().cloned(),
     )?;
     let audit = Arc::new(audit);
     let approvals = crate::approvals::Approvals::open(
-        &mesh.js,
+        &mesh,
         mesh.tenant.clone(),
         config.kv_replicas,
         config.approval_ttl,
@@ -272,6 +273,9 @@ pub async fn run_with_admin(
     let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
     // Publishes the pending counts at shutdown, before the audit publisher is closed below.
     let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));
+    if let Some(identities) = mesh.records.trust() {
+        tokio::spawn(identities.clone().watch(shutdown.clone()));
+    }
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
     let state = Arc::new(AppState {
         config,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use execmesh_proto::Token;
 use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::subject::{self, audit_kind};
 use nix::unistd::{getegid, geteuid};
 
@@ -51,16 +52,18 @@ pub struct Origin<'a> {
 
 impl Audit {
     /// Starts the publisher task. It creates the AUDIT stream (with `replicas`) if it is missing
-    /// before its first publish, retrying while NATS is unreachable.
+    /// before its first publish, retrying while NATS is unreachable. Events are signed with
+    /// `signer`, the agent's identity key, when it has one.
     pub fn start(
         client: async_nats::Client,
         tenant: Token,
         host: Token,
         instance: String,
         replicas: usize,
+        signer: Option<RecordKey>,
     ) -> Audit {
         Audit {
-            publisher: Publisher::start(client, replicas, QUEUE, WINDOW),
+            publisher: Publisher::start(client, replicas, QUEUE, WINDOW, signer),
             tenant,
             host,
             instance,

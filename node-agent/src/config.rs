@@ -1085,14 +1085,21 @@ mod tests {
     }
 
     #[test]
-    fn the_example_file_loads_to_the_defaults() {
+    fn the_example_file_loads_to_the_defaults_with_every_user_mapped_to_an_unprivileged_account() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/node-agent.example.toml");
         let config = Config::load(Cli {
             config: Some(path.into()),
             ..Cli::default()
         })
         .expect("the example is valid");
-        assert_eq!(config, Config::default());
+        // The safe setup is the example's: nobody's jobs run as the agent's own account (root
+        // under the systemd unit), and warm shells, which would, are off.
+        let expected = Config {
+            run_as: [("*".to_string(), vec!["execmesh-run".to_string()])].into(),
+            warm_shells: 0,
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub enum AgentError {
         source: std::io::Error,
     },
 
+    /// The NATS seed cannot sign records (not an nkey user seed).
+    #[error("cannot sign records with the NATS seed: {0}")]
+    RecordKey(#[from] execmesh_proto::signing::RecordKeyError),
+
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
     NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),

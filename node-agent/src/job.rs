@@ -111,7 +111,7 @@ pub async fn start(
     // no second write is needed to record it.
     let warm = node.warm.take(&spawn_spec);
     status.pid = warm.as_ref().map_or(0, |(shell, _)| shell.pid());
-    let mut record = match StatusRecord::create(&node.jobs_kv, node.job_key(&job), &status).await {
+    let mut record = match StatusRecord::create(node, node.job_key(&job), &status).await {
         Ok(record) => record,
         Err(e) => {
             if let Some((shell, _)) = warm {
@@ -131,6 +131,7 @@ pub async fn start(
         js: node.js.clone(),
         subject: node.out_subject(&job),
         stop: node.hard_stop.clone(),
+        signer: node.record_key.clone(),
     };
     let (spawned, pid_recorded) = match warm {
         Some((shell, script)) => match start_warm(node, &spawn_spec, shell, &script).await {

@@ -41,6 +41,7 @@ mod warm;
 use std::sync::Arc;
 use std::time::Duration;
 
+use execmesh_proto::signing::RecordKey;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -70,6 +71,28 @@ pub struct Ready {
     pub instance: String,
 }
 
+/// The key this agent signs its records with: the one of its NATS seed (`nats_nkey_seed`, or
+/// the seed in `nats_creds`). Without one the agent still runs, but says plainly what that means.
+fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, AgentError> {
+    let Some(path) = config
+        .nats_nkey_seed
+        .as_ref()
+        .or(config.nats_creds.as_ref())
+    else {
+        warn!(host = %config.host_id,
+              "NO NATS SEED: this agent's records (output, job statuses, heartbeats, facts, audit \
+               events) go out unsigned. A gateway that checks signatures (`identities_file`) \
+               ignores them and lists this host as `unverified`; one that does not check cannot \
+               tell them from records anyone who reaches NATS could write. Set `nats_nkey_seed` \
+               to this host's seed from `execmesh-gateway nats-config`.");
+        return Ok(None);
+    };
+    let key = RecordKey::load(path)?;
+    info!(host = %config.host_id, signer = key.public_key(),
+          "signing this agent's records with the key of its NATS seed");
+    Ok(Some(Arc::new(key)))
+}
+
 /// Runs the agent until `shutdown` is cancelled, then drains: no new jobs, running jobs get
 /// `shutdown_grace_ms` to finish before they are killed, the presence key is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -89,6 +112,7 @@ pub async fn run_with_ready(
     info!(host = %config.host_id, tenant = %config.tenant, instance = %instance,
           nats_url = %config.nats_url, version = AGENT_VERSION, "node-agent starting");
 
+    let record_key = record_key(&config)?;
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mesh = provision::provision(&js, &config).await?;
@@ -99,6 +123,7 @@ pub async fn run_with_ready(
         mesh.jobs.clone(),
         mesh.facts.clone(),
         shutdown,
+        record_key,
     ));
 
     let recovered = recovery::recover(&node).await?;
@@ -123,6 +148,7 @@ pub async fn run_with_ready(
         &instance,
         started_at_ms,
         Arc::clone(&node.permits),
+        node.record_key.clone(),
     ));
     // Subscribe before the first heartbeat: once the heartbeat is acknowledged, the server has
     // processed the subscriptions too, so a host that shows online can be reached.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{Token, subject};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,11 @@ pub struct Node {
     pub facts: Arc<Facts>,
     /// Publishes job and file events to AUDIT.
     pub audit: Audit,
+    /// Signs every record this agent writes (output, job statuses, heartbeats, facts, audit
+    /// events) as its identity, so a gateway that trusts the identities file can tell them from
+    /// records planted by others. `None` without a NATS seed: records go out unsigned, and such
+    /// a gateway ignores them.
+    pub record_key: Option<Arc<RecordKey>>,
 }
 
 // === impl Node ===
@@ -64,10 +70,16 @@ impl Node {
         jobs_kv: kv::Store,
         facts_kv: kv::Store,
         stopping: CancellationToken,
+        record_key: Option<Arc<RecordKey>>,
     ) -> Self {
         let js = jetstream::new(client.clone());
         let files = Arc::new(Files::new(&config));
-        let facts = Arc::new(Facts::new(facts_kv, &config));
+        let facts = Arc::new(Facts::new(
+            js.clone(),
+            facts_kv,
+            &config,
+            record_key.clone(),
+        ));
         let warm = Arc::new(WarmPool::new(
             &config.shell,
             config.host_id.clone(),
@@ -80,8 +92,10 @@ impl Node {
             config.host_id.clone(),
             instance.clone(),
             config.replicas,
+            record_key.as_deref().cloned(),
         );
         Self {
+            record_key,
             audit,
             admission: Admission::new(&config),
             warm,

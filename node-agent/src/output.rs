@@ -8,10 +8,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use execmesh_proto::pb::{self, OutputStream};
+use execmesh_proto::signing::RecordKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::mpsc;
@@ -36,6 +38,8 @@ pub struct Sink {
     pub subject: String,
     /// Gives up retrying publishes.
     pub stop: CancellationToken,
+    /// Signs every record as this agent (`None`: unsigned, see `Node::record_key`).
+    pub signer: Option<Arc<RecordKey>>,
 }
 
 /// How a job's output was stored.
@@ -223,7 +227,15 @@ async fn publish_chunk(sink: Sink, chunk: Chunk) -> Result<(), GaveUp> {
             data: chunk.data,
         })),
     };
-    publish_acked(&sink.js, &sink.subject, &msg_id, &record, &sink.stop).await
+    publish_acked(
+        &sink.js,
+        &sink.subject,
+        &msg_id,
+        &record,
+        sink.signer.as_deref(),
+        &sink.stop,
+    )
+    .await
 }
 
 /// Publishes the job's last record, `<job>.exit`, carrying its final status.
@@ -234,5 +246,13 @@ pub async fn publish_exit(sink: &Sink, status: &pb::JobStatus) -> Result<(), Gav
         })),
     };
     let msg_id = format!("{}.exit", sink.subject);
-    publish_acked(&sink.js, &sink.subject, &msg_id, &record, &sink.stop).await
+    publish_acked(
+        &sink.js,
+        &sink.subject,
+        &msg_id,
+        &record,
+        sink.signer.as_deref(),
+        &sink.stop,
+    )
+    .await
 }

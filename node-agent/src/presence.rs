@@ -3,6 +3,7 @@
 //! async-nats 0.51 has no KV put with a TTL, so a heartbeat is a JetStream publish to the
 //! bucket's subject with a `Nats-TTL` header; the server expires the key three heartbeats later
 //! and leaves a delete marker, so a host that dies shows offline without anyone cleaning up.
+//! Each heartbeat is signed as this agent (TTL included), so nobody else can keep it online.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{headers, pb, subject};
 use prost::Message as _;
 use tokio::sync::Semaphore;
@@ -35,6 +37,8 @@ pub struct Heartbeat {
     record: pb::Presence,
     /// Job permits; the running count is what is taken from them.
     permits: Arc<Semaphore>,
+    /// Signs each heartbeat as this agent (`None`: unsigned).
+    signer: Option<Arc<RecordKey>>,
 }
 
 // === impl Heartbeat ===
@@ -47,6 +51,7 @@ impl Heartbeat {
         instance: &str,
         started_at_ms: u64,
         permits: Arc<Semaphore>,
+        signer: Option<Arc<RecordKey>>,
     ) -> Self {
         let key = subject::host_key(&config.tenant, &config.host_id);
         let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
@@ -69,6 +74,7 @@ impl Heartbeat {
                 version: AGENT_VERSION.to_string(),
             },
             permits,
+            signer,
         }
     }
 
@@ -80,13 +86,13 @@ impl Heartbeat {
         record.running_jobs = record.max_jobs.saturating_sub(free);
         let mut headers = HeaderMap::new();
         headers.insert(headers::TTL, self.ttl.as_str());
+        let payload = Bytes::from(record.encode_to_vec());
+        if let Some(signer) = &self.signer {
+            signer.sign(&self.subject, &mut headers, &payload);
+        }
         let ack = self
             .js
-            .publish_with_headers(
-                self.subject.clone(),
-                headers,
-                Bytes::from(record.encode_to_vec()),
-            )
+            .publish_with_headers(self.subject.clone(), headers, payload)
             .await?;
         ack.await?;
         Ok(())

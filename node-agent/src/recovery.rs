@@ -90,8 +90,9 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
             js: node.js.clone(),
             subject: node.out_subject(&job),
             stop: stop.clone(),
+            signer: node.record_key.clone(),
         };
-        let mut record = StatusRecord::at(&node.jobs_kv, key, revision);
+        let mut record = StatusRecord::at(node, key, revision);
         let store = async {
             output::publish_exit(&sink, &status).await.is_ok()
                 && record.update(&status, &stop).await.is_ok()

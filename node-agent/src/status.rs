@@ -1,13 +1,22 @@
-//! A job's status record in KV `mesh_jobs`: created once, then updated with compare-and-set.
+//! A job's status record in KV `mesh_jobs`: created once, then updated with compare-and-set, each write signed as this agent.
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use std::sync::Arc;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+};
 use bytes::Bytes;
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::pb;
+use execmesh_proto::signing::RecordKey;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::error::BoxError;
+use crate::node::Node;
 use crate::retry::{Backoff, GaveUp};
 
 /// Why the first write of a status failed.
@@ -23,9 +32,12 @@ pub enum CreateStatusError {
 /// The status key of one job and the revision this agent last wrote.
 #[derive(Debug)]
 pub struct StatusRecord {
+    js: jetstream::Context,
     kv: kv::Store,
     key: String,
     revision: u64,
+    /// Signs each write as this agent (`Node::record_key`).
+    signer: Option<Arc<RecordKey>>,
 }
 
 // === impl StatusRecord ===
@@ -34,16 +46,18 @@ impl StatusRecord {
     /// Writes the first status; refuses if the key holds one already, so a replayed request
     /// cannot start its job twice.
     pub async fn create(
-        kv: &kv::Store,
+        node: &Node,
         key: String,
         status: &pb::JobStatus,
     ) -> Result<Self, CreateStatusError> {
         let value = Bytes::from(status.encode_to_vec());
-        let revision = match kv.create(&key, value.clone()).await {
+        let kv = &node.jobs_kv;
+        let signer = node.record_key.as_deref();
+        let created =
+            kv_write::create(&node.js, kv, &key, value.clone(), HeaderMap::new(), signer).await;
+        let revision = match created {
             Ok(revision) => revision,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                return Err(CreateStatusError::Exists);
-            }
+            Err(KvWriteError::Exists { .. }) => return Err(CreateStatusError::Exists),
             // The write may have landed with only its ack lost: then it is ours to continue.
             Err(e) => match kv.entry(&key).await {
                 Ok(Some(entry)) if entry.operation == Operation::Put && entry.value == value => {
@@ -52,19 +66,17 @@ impl StatusRecord {
                 _ => return Err(CreateStatusError::Write(Box::new(e))),
             },
         };
-        Ok(Self {
-            kv: kv.clone(),
-            key,
-            revision,
-        })
+        Ok(Self::at(node, key, revision))
     }
 
     /// A record whose current revision is known (recovery read it).
-    pub fn at(kv: &kv::Store, key: String, revision: u64) -> Self {
+    pub fn at(node: &Node, key: String, revision: u64) -> Self {
         Self {
-            kv: kv.clone(),
+            js: node.js.clone(),
+            kv: node.jobs_kv.clone(),
             key,
             revision,
+            signer: node.record_key.clone(),
         }
     }
 
@@ -80,16 +92,22 @@ impl StatusRecord {
         let value = Bytes::from(status.encode_to_vec());
         let mut backoff = Backoff::default();
         loop {
-            match self
-                .kv
-                .update(&self.key, value.clone(), self.revision)
-                .await
-            {
+            let written = kv_write::write(
+                &self.js,
+                &self.kv,
+                &self.key,
+                value.clone(),
+                HeaderMap::new(),
+                Expect::Revision(self.revision),
+                self.signer.as_deref(),
+            )
+            .await;
+            match written {
                 Ok(revision) => {
                     self.revision = revision;
                     return Ok(());
                 }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                Err(KvWriteError::WrongRevision { .. }) => {
                     match self.kv.entry(&self.key).await {
                         // A retry of a write that did land (its ack was lost).
                         Ok(Some(entry))

@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::signing::RecordKey;
 use crate::subject::audit_kind;
-use crate::{headers, jetstream as layout, pb};
+use crate::{jetstream as layout, pb};
 
 /// First and longest pause before a failed publish (or stream creation) is tried again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -27,6 +28,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Publishes audit events in the background.
 pub struct Publisher {
     queue: mpsc::Sender<Outgoing>,
+    /// Signs each event as the publishing identity (so the audit-sink can tell who wrote it);
+    /// `None`: events go out unsigned.
+    signer: Option<RecordKey>,
     /// Events dropped because the queue was full.
     dropped: AtomicU64,
     /// The publisher task, taken by [`Publisher::close`].
@@ -39,6 +43,8 @@ pub struct Publisher {
 struct Outgoing {
     subject: String,
     id: String,
+    /// `Nats-Msg-Id` and, when signed, the signature headers.
+    headers: HeaderMap,
     payload: Bytes,
 }
 
@@ -48,12 +54,14 @@ impl Publisher {
     /// Starts the publisher task on `client`. The task makes sure the AUDIT stream exists (creating
     /// it with `replicas` if missing, retrying while NATS is unreachable) before its first publish.
     /// At most `queue` events wait (beyond, new ones are dropped and counted); at most `window`
-    /// publishes await their acknowledgement at once.
+    /// publishes await their acknowledgement at once. Each event is signed with `signer` (the
+    /// identity key of the publishing service) when one is given.
     pub fn start(
         client: async_nats::Client,
         replicas: usize,
         queue: usize,
         window: usize,
+        signer: Option<RecordKey>,
     ) -> Publisher {
         let (queue, rx) = mpsc::channel(queue.max(1));
         let closing = CancellationToken::new();
@@ -66,6 +74,7 @@ impl Publisher {
         ));
         Publisher {
             queue,
+            signer,
             dropped: AtomicU64::new(0),
             task: Mutex::new(Some(task)),
             closing,
@@ -76,10 +85,17 @@ impl Publisher {
     /// counts it), never blocks.
     pub fn send(&self, subject: String, event: &pb::AuditEvent) {
         let kind = audit_kind::of(event.body.as_ref());
+        let payload = Bytes::from(event.encode_to_vec());
+        let mut headers = HeaderMap::new();
+        headers.insert(crate::headers::MSG_ID, event.id.as_str());
+        if let Some(signer) = &self.signer {
+            signer.sign(&subject, &mut headers, &payload);
+        }
         let outgoing = Outgoing {
             subject,
             id: event.id.clone(),
-            payload: Bytes::from(event.encode_to_vec()),
+            headers,
+            payload,
         };
         if self.queue.try_send(outgoing).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -157,10 +173,12 @@ async fn publish(
             let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
                 Vec::with_capacity(pending.len());
             for event in pending.drain(..) {
-                let mut h = HeaderMap::new();
-                h.insert(headers::MSG_ID, event.id.as_str());
                 let sent = js
-                    .publish_with_headers(event.subject.clone(), h, event.payload.clone())
+                    .publish_with_headers(
+                        event.subject.clone(),
+                        event.headers.clone(),
+                        event.payload.clone(),
+                    )
                     .await
                     .map_err(|e| e.to_string());
                 acks.push((event, sent));

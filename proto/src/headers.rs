@@ -15,3 +15,17 @@ pub const NATS_SEQUENCE: &str = "Nats-Sequence";
 pub const NATS_NUM_PENDING: &str = "Nats-Num-Pending";
 /// Set by the server on direct-get replies: the subject the message was stored on.
 pub const NATS_SUBJECT: &str = "Nats-Subject";
+/// Set by the server on direct-get replies: the stream the message was read from. A stored
+/// record that already carries one was itself the answer to a JetStream request (a record
+/// planted through a reply subject): the answer to its direct get then carries two.
+pub const NATS_STREAM: &str = "Nats-Stream";
+
+/// KV delete and purge markers (`DEL`, `PURGE`).
+pub const KV_OPERATION: &str = "KV-Operation";
+
+/// Signed records (`signing::record`): the public nkey (`U…`) of the identity that signed the
+/// record.
+pub const SIGNER: &str = "Execmesh-Signer";
+/// Signed records: the Ed25519 signature, standard base64, over the bytes
+/// `signing::record_message` defines.
+pub const SIGNATURE: &str = "Execmesh-Signature";

@@ -45,6 +45,9 @@ pub struct NodeAgent {
     envs: Vec<(String, String)>,
     /// `--gateway-key` values: the test mesh's key unless a test says otherwise.
     gateway_keys: Vec<String>,
+    /// `--nats-nkey-seed`: the seed the agent connects and signs its records with (the test
+    /// mesh's identity of its host unless a test says otherwise); `None`: no seed.
+    nkey_seed: Option<PathBuf>,
     /// How long [`NodeAgent::start`] waits for the first heartbeat.
     ready_timeout: Duration,
 }
@@ -79,8 +82,21 @@ impl NodeAgent {
             args: Vec::new(),
             envs: Vec::new(),
             gateway_keys: vec![nats.mesh_public_key().to_string()],
+            nkey_seed: Some(nats.identities().seed_file(&format!("agent-{host}"))),
             ready_timeout: READY_TIMEOUT,
         }
+    }
+
+    /// Connects and signs with the seed at `path` instead of the test mesh's for this host.
+    pub fn nkey_seed(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nkey_seed = Some(path.into());
+        self
+    }
+
+    /// Runs without any NATS seed: the agent's records go out unsigned.
+    pub fn unsigned(mut self) -> Self {
+        self.nkey_seed = None;
+        self
     }
 
     /// Trusts these gateway keys (base64 keys or key files) instead of the test mesh's; an
@@ -169,6 +185,9 @@ impl NodeAgent {
         }
         for key in &self.gateway_keys {
             command.arg("--gateway-key").arg(key);
+        }
+        if let Some(seed) = &self.nkey_seed {
+            command.arg("--nats-nkey-seed").arg(seed);
         }
         command.args(&self.args);
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));

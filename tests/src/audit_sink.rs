@@ -49,6 +49,10 @@ pub struct AuditSink {
     /// The server's TLS files, when it runs in TLS mode.
     nats_tls: Option<crate::NatsTls>,
     backend: Backend,
+    /// `--nats-nkey-seed` (the test mesh's audit-sink identity unless a test says otherwise).
+    nkey_seed: Option<PathBuf>,
+    /// `--identities-file`: the identities event signatures are checked against.
+    identities_file: Option<PathBuf>,
     /// Further command-line arguments, in order.
     args: Vec<String>,
 }
@@ -76,8 +80,23 @@ impl AuditSink {
             nats_url: nats.url(),
             nats_tls: nats.tls().cloned(),
             backend: Backend::Sqlite,
+            nkey_seed: Some(nats.identities().seed_file("audit-sink")),
+            identities_file: Some(nats.identities().identities_file()),
             args: Vec::new(),
         }
+    }
+
+    /// Connects with the seed at `path` instead of the test mesh's audit-sink identity.
+    pub fn nkey_seed(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nkey_seed = Some(path.into());
+        self
+    }
+
+    /// Checks event signatures against the identities file at `path` instead of the test
+    /// mesh's; `None` checks nothing.
+    pub fn identities_file(mut self, path: Option<PathBuf>) -> Self {
+        self.identities_file = path;
+        self
     }
 
     /// Stores in a SQLite file (the default).
@@ -368,6 +387,12 @@ impl AuditSink {
             .arg(&self.nats_url);
         if let Some(tls) = &self.nats_tls {
             command.args(tls.flags());
+        }
+        if let Some(seed) = &self.nkey_seed {
+            command.arg("--nats-nkey-seed").arg(seed);
+        }
+        if let Some(file) = &self.identities_file {
+            command.arg("--identities-file").arg(file);
         }
         match &self.backend {
             Backend::Sqlite => command

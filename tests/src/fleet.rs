@@ -6,6 +6,8 @@
 //! thousand idle bash processes would measure the machine, not the mesh) and heartbeats are
 //! slower than the default, so the fleet's own upkeep does not drown the measurement.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -34,6 +36,9 @@ pub struct Fleet {
     heartbeat: Duration,
     facts_interval: Duration,
     configure: Option<ConfigChange>,
+    /// Each host's seed in the test mesh's identities: every simulated agent signs its records
+    /// as its host, like a real one.
+    seeds: HashMap<String, PathBuf>,
 }
 
 /// A running fleet; every agent is stopped when it is dropped.
@@ -51,7 +56,19 @@ pub struct RunningFleet {
 impl Fleet {
     /// `count` hosts named `<prefix>-1` … `<prefix>-<count>` on `nats`.
     pub fn new(nats: &Nats, prefix: &str, count: usize) -> Self {
+        let hosts: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i}")).collect();
+        // One rewrite of the identities file for the whole fleet.
+        nats.identities()
+            .add_agents(hosts.iter().map(String::as_str));
+        let seeds = hosts
+            .into_iter()
+            .map(|host| {
+                let seed = nats.identities().seed_file(&format!("agent-{host}"));
+                (host, seed)
+            })
+            .collect();
         Self {
+            seeds,
             nats_url: nats.url(),
             nats_tls: nats.tls().cloned(),
             gateway_key: nats.mesh_public_key().to_string(),
@@ -94,6 +111,7 @@ impl Fleet {
                 config.nats_tls_key = tls.client.as_ref().map(|c| c.key.clone());
             }
             config.gateway_keys = vec![self.gateway_key.clone()];
+            config.nats_nkey_seed = self.seeds.get(&host).cloned();
             config.heartbeat_interval_ms = self.heartbeat.as_millis() as u64;
             config.facts_interval_secs = self.facts_interval.as_secs();
             if let Some(change) = &self.configure {

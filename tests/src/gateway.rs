@@ -95,6 +95,10 @@ impl Gateway {
                     cert: c.cert.clone(),
                     key: c.key.clone(),
                 }),
+                // The test mesh's gateway identity: it signs what it writes and checks what it
+                // reads against the mesh's identities file, as a secured gateway does.
+                nats_nkey_seed: Some(nats.identities().seed_file("gateway")),
+                identities_file: Some(nats.identities().identities_file()),
                 ..Config::new(&nats.url(), PathBuf::new())
             },
             key_file: None,
@@ -181,6 +185,15 @@ impl Gateway {
     pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
         self
+    }
+
+    /// The mesh as this gateway would reach it (its NATS connection, its record key and the
+    /// identities it trusts), without serving anything: for tests of the core's stores.
+    pub async fn mesh(self) -> execmesh_gateway::mesh::Mesh {
+        crate::init_tracing();
+        execmesh_gateway::mesh::Mesh::connect(&self.config)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the mesh: {e}"))
     }
 
     /// Binds `127.0.0.1:0`, spawns `execmesh_gateway::run` on a task and waits until it answers

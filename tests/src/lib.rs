@@ -25,6 +25,7 @@ pub mod client;
 pub mod eventually;
 pub mod fleet;
 pub mod gateway;
+pub mod identities;
 pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use tokio::sync::Mutex;
 
 use crate::certificates::{PemFiles, TestCa};
+use crate::identities::MeshIdentities;
 use crate::process::{ChildProcess, log_tail};
 
 /// Oldest nats-server execmesh works with (per-message TTL, KV per-key TTL, batch direct get).
@@ -61,6 +62,9 @@ pub struct Nats {
     /// Serve the monitoring endpoint (`-m`), on `monitor_port` once the first start chose it.
     monitor: bool,
     monitor_port: Option<u16>,
+    /// The test mesh's identities: the seeds its services sign records with and the file its
+    /// gateways and sinks check records against.
+    identities: MeshIdentities,
 }
 
 /// What a client needs to reach a server in TLS mode ([`NatsBuilder::tls`]): the test CA that
@@ -148,6 +152,7 @@ impl NatsBuilder {
         // before the first gateway signs with it.
         let signer = Signer::load_or_create(&dir.path().join(MESH_SIGNING_KEY))
             .expect("create the mesh's exec signing key");
+        let identities = MeshIdentities::create(&dir.path().join("identities"));
         let mut nats = Nats {
             port: 0,
             dir,
@@ -158,6 +163,7 @@ impl NatsBuilder {
             tls: tls.map(|(client, _)| client),
             monitor: self.monitor,
             monitor_port: None,
+            identities,
         };
         let (child, ports) = nats.spawn(None).await;
         nats.port = ports.client;
@@ -225,6 +231,12 @@ impl Nats {
     /// The public half of [`Nats::mesh_signing_key`] (base64), as an agent's `--gateway-key`.
     pub fn mesh_public_key(&self) -> &str {
         &self.mesh_public_key
+    }
+
+    /// The test mesh's identities (seeds and the identities file): the harness's agents,
+    /// gateways and sinks use them unless a test gives them others.
+    pub fn identities(&self) -> &MeshIdentities {
+        &self.identities
     }
 
     /// The JetStream store directory; it outlives restarts.

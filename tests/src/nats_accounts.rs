@@ -48,6 +48,8 @@ pub struct Identified {
     pub client: Client,
     /// The identity's inbox prefix (replies to its requests arrive under it).
     pub inbox: String,
+    /// The identity's signing key (the key of its seed), to sign records as it.
+    pub key: execmesh_proto::signing::RecordKey,
     /// The text of every `Permissions Violation …` error, in order.
     violations: mpsc::UnboundedReceiver<String>,
 }
@@ -114,20 +116,39 @@ impl SecuredMesh {
         &self.written(identity).public_key
     }
 
-    /// The agent of `host`, authenticating with its own seed.
+    /// The agent of `host`, authenticating (and signing its records) with its own seed.
     pub fn agent(&self, nats: &Nats, host: &str) -> NodeAgent {
-        NodeAgent::new(nats, host).arg("--nats-nkey-seed", self.seed_file(&format!("agent-{host}")))
+        NodeAgent::new(nats, host).nkey_seed(self.seed_file(&format!("agent-{host}")))
     }
 
-    /// A gateway authenticating with the gateway seed.
+    /// A gateway authenticating with the gateway seed and checking records against the
+    /// generated identities file.
     pub fn gateway(&self, nats: &Nats) -> Gateway {
         let seed = self.seed_file("gateway");
-        Gateway::new(nats).configure(|c| c.nats_nkey_seed = Some(seed))
+        let identities = self.identities_file();
+        Gateway::new(nats).configure(|c| {
+            c.nats_nkey_seed = Some(seed);
+            c.identities_file = Some(identities);
+        })
     }
 
-    /// An audit-sink authenticating with the audit-sink seed.
+    /// An audit-sink authenticating with the audit-sink seed and checking event signatures
+    /// against the generated identities file.
     pub fn audit_sink(&self, nats: &Nats) -> AuditSink {
-        AuditSink::new(nats).arg("--nats-nkey-seed", self.seed_file("audit-sink").display())
+        AuditSink::new(nats)
+            .nkey_seed(self.seed_file("audit-sink"))
+            .identities_file(Some(self.identities_file()))
+    }
+
+    /// The generated public identities file (`identities.toml`).
+    pub fn identities_file(&self) -> PathBuf {
+        self.generated.identities_file.clone()
+    }
+
+    /// The signing key of `identity`, to sign records as it (or as someone who stole its seed).
+    pub fn record_key(&self, identity: &str) -> execmesh_proto::signing::RecordKey {
+        execmesh_proto::signing::RecordKey::load(&self.seed_file(identity))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Connects to `nats` as `identity`, with its seed and inbox prefix, as its service would
@@ -156,6 +177,8 @@ impl SecuredMesh {
         Identified {
             client,
             inbox: written.identity.inbox.clone(),
+            key: execmesh_proto::signing::RecordKey::from_seed(seed.trim())
+                .unwrap_or_else(|e| panic!("{e}")),
             violations,
         }
     }

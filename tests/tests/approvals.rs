@@ -73,8 +73,10 @@ fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, nee
 /// The approvals store as the gateway keeps it (read here; decided through the admin API).
 async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
-    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1).expect("audit");
-    Approvals::open(&nats.jetstream().await, tenant, 1, ttl, Arc::new(audit))
+    let mesh = Gateway::new(nats).mesh().await;
+    let signer = mesh.records.key().cloned();
+    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1, signer).expect("audit");
+    Approvals::open(&mesh, tenant, 1, ttl, Arc::new(audit))
         .await
         .expect("open mesh_approvals")
 }

@@ -132,8 +132,17 @@ async fn publish(nats: &Nats, events: &[pb::AuditEvent], msg_id: bool) {
         if msg_id {
             h.insert(headers::MSG_ID, event.id.as_str());
         }
+        // Signed as the publisher the subject names, as the gateway and the agents sign theirs.
+        let payload = Bytes::from(event.encode_to_vec());
+        let signer = match pb::AuditSource::try_from(event.source) {
+            Ok(pb::AuditSource::Agent) => format!("agent-{}", event.host),
+            _ => "gateway".to_string(),
+        };
+        nats.identities()
+            .record_key(&signer)
+            .sign(&subject, &mut h, &payload);
         let ack = js
-            .publish_with_headers(subject, h, Bytes::from(event.encode_to_vec()))
+            .publish_with_headers(subject, h, payload)
             .await
             .expect("publish an audit event");
         acks.push(ack);

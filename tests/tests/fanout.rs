@@ -732,23 +732,35 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     use prost::Message as _;
 
     let nats = Nats::start().await;
-    // The agent provisions the buckets; 1,100 more hosts registered once and long gone.
+    // The agent provisions the buckets; 1,100 more hosts registered once and long gone, each
+    // registration signed by its own agent's key, as agents write them.
     let _agent = NodeAgent::new(&nats, "alive-1").start().await;
     let js = nats.jetstream().await;
     let facts = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
-    let puts = (1..=1100).map(|i| {
+    let ghosts: Vec<String> = (1..=1100).map(|i| format!("ghost-{i}")).collect();
+    nats.identities()
+        .add_agents(ghosts.iter().map(String::as_str));
+    let puts = ghosts.into_iter().map(|host| {
         let facts = facts.clone();
+        let js = js.clone();
+        let key = nats.identities().record_key(&format!("agent-{host}"));
         async move {
-            let host = format!("ghost-{i}");
             let pack = pb::HostFacts {
                 host: host.clone(),
                 collected_at_ms: 1,
                 ..Default::default()
             };
-            facts
-                .put(format!("default.{host}"), pack.encode_to_vec().into())
-                .await
-                .expect("put facts");
+            execmesh_proto::kv_write::write(
+                &js,
+                &facts,
+                &format!("default.{host}"),
+                pack.encode_to_vec().into(),
+                async_nats::HeaderMap::new(),
+                execmesh_proto::kv_write::Expect::Any,
+                Some(&key),
+            )
+            .await
+            .expect("put facts");
         }
     });
     join_all(puts).await;

@@ -17,7 +17,10 @@ use crate::record::Stored;
 
 /// The table and its columns, in the order every `SELECT` returns them.
 pub(crate) const COLUMNS: &str = "seq, event_id, time_ms, tenant, source, kind, user_name, host, \
-                                  job_id, tool, trace_id, outcome, payload, prev_hash, hash";
+                                  job_id, tool, trace_id, outcome, payload, prev_hash, hash, \
+                                  signer";
+/// Ids of events signed by no known key that `verify` names (it counts them all).
+pub const UNSIGNED_IDS_SHOWN: usize = 100;
 /// Records read per round while verifying.
 pub(crate) const VERIFY_CHUNK: usize = 5000;
 /// Records one query page may hold, whatever the caller asks.
@@ -115,6 +118,10 @@ pub struct VerifyReport {
     pub head_hash: String,
     /// The first record that does not verify; `None` when the chain is intact.
     pub broken: Option<Broken>,
+    /// Records (of those that verify) whose event no key of the identities file signed.
+    pub unsigned: u64,
+    /// The ids of the first [`UNSIGNED_IDS_SHOWN`] of them, in chain order.
+    pub unsigned_ids: Vec<String>,
 }
 
 /// A parameter of a generated query.
@@ -177,6 +184,7 @@ impl Store {
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut verifier = Verifier::default();
         let mut after = 0u64;
+        let (mut unsigned, mut unsigned_ids) = (0u64, Vec::new());
         loop {
             let chunk = match self {
                 Store::Sqlite(s) => s.range(after, VERIFY_CHUNK).await?,
@@ -192,7 +200,15 @@ impl Store {
                         head_seq,
                         head_hash: head_hash.to_string(),
                         broken: Some(broken),
+                        unsigned,
+                        unsigned_ids,
                     });
+                }
+                if stored.row.signer.is_empty() {
+                    unsigned += 1;
+                    if unsigned_ids.len() < UNSIGNED_IDS_SHOWN {
+                        unsigned_ids.push(stored.row.event_id.clone());
+                    }
                 }
             }
             if chunk.len() < VERIFY_CHUNK {
@@ -205,6 +221,8 @@ impl Store {
             head_seq,
             head_hash: head_hash.to_string(),
             broken: None,
+            unsigned,
+            unsigned_ids,
         })
     }
 }
@@ -310,6 +328,7 @@ mod tests {
             trace_id: String::new(),
             outcome: String::new(),
             payload: Vec::new(),
+            signer: String::new(),
         }
     }
 

@@ -34,8 +34,11 @@ CREATE TABLE IF NOT EXISTS audit_events (
     outcome    TEXT   NOT NULL,
     payload    BYTEA  NOT NULL,
     prev_hash  TEXT   NOT NULL,
-    hash       TEXT   NOT NULL
+    hash       TEXT   NOT NULL,
+    signer     TEXT   NOT NULL DEFAULT ''
 );
+-- Stores created before signers were recorded: their rows keep an empty signer.
+ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS signer TEXT NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS audit_events_time  ON audit_events (time_ms);
 CREATE INDEX IF NOT EXISTS audit_events_trace ON audit_events (trace_id);
 CREATE INDEX IF NOT EXISTS audit_events_job   ON audit_events (job_id);
@@ -44,10 +47,10 @@ CREATE INDEX IF NOT EXISTS audit_events_host  ON audit_events (host, time_ms);
 ";
 
 const INSERT: &str = "INSERT INTO audit_events (seq, event_id, time_ms, tenant, source, kind, \
-     user_name, host, job_id, tool, trace_id, outcome, payload, prev_hash, hash) \
+     user_name, host, job_id, tool, trace_id, outcome, payload, prev_hash, hash, signer) \
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
      $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-     $13::bytea[], $14::text[], $15::text[]) \
+     $13::bytea[], $14::text[], $15::text[], $16::text[]) \
      ON CONFLICT (event_id) DO NOTHING";
 
 /// A PostgreSQL store.
@@ -212,6 +215,7 @@ async fn append(client: &mut Client, rows: Vec<Row>) -> Result<Appended, StoreEr
                     &payloads,
                     &prevs,
                     &hashes,
+                    &text(|r| &r.signer),
                 ],
             )
             .await?;
@@ -249,6 +253,7 @@ fn stored(r: &tokio_postgres::Row) -> Result<Stored, StoreError> {
             trace_id: r.try_get(10)?,
             outcome: r.try_get(11)?,
             payload: r.try_get(12)?,
+            signer: r.try_get(15)?,
         },
         prev_hash: r.try_get(13)?,
         hash: r.try_get(14)?,

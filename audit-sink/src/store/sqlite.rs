@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS audit_events (
     outcome    TEXT    NOT NULL,
     payload    BLOB    NOT NULL,
     prev_hash  TEXT    NOT NULL,
-    hash       TEXT    NOT NULL
+    hash       TEXT    NOT NULL,
+    signer     TEXT    NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS audit_events_time  ON audit_events (time_ms);
 CREATE INDEX IF NOT EXISTS audit_events_trace ON audit_events (trace_id);
@@ -41,9 +42,21 @@ CREATE INDEX IF NOT EXISTS audit_events_host  ON audit_events (host, time_ms);
 ";
 
 const INSERT: &str = "INSERT INTO audit_events (seq, event_id, time_ms, tenant, source, kind, \
-     user_name, host, job_id, tool, trace_id, outcome, payload, prev_hash, hash) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+     user_name, host, job_id, tool, trace_id, outcome, payload, prev_hash, hash, signer) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT (event_id) DO NOTHING";
+
+/// Adds the `signer` column to a store created before signers were recorded (its rows keep
+/// an empty signer, which hashes as they always did).
+fn add_signer_column(conn: &Connection) -> Result<(), StoreError> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('audit_events') WHERE name = 'signer'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE audit_events ADD COLUMN signer TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
 
 /// How long a connection waits for another process's write lock (a second sink on the same
 /// file, an operator's `sqlite3` session) before the batch fails and is retried.
@@ -74,6 +87,7 @@ impl SqliteStore {
             writer.pragma_update(None, "journal_mode", "WAL")?;
             writer.pragma_update(None, "synchronous", "FULL")?;
             writer.execute_batch(SCHEMA)?;
+            add_signer_column(&writer)?;
             let reader = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             Ok(SqliteStore {
                 writer: Arc::new(Mutex::new(writer)),
@@ -131,6 +145,7 @@ impl SqliteStore {
                         r.payload,
                         s.prev_hash,
                         s.hash,
+                        r.signer,
                     ])?;
                     if inserted != 1 {
                         // Impossible under the write lock; never leave a gap in the chain.
@@ -229,6 +244,7 @@ fn select(
                 trace_id: r.get(10)?,
                 outcome: r.get(11)?,
                 payload: r.get(12)?,
+                signer: r.get(15)?,
             },
             prev_hash: r.get(13)?,
             hash: r.get(14)?,

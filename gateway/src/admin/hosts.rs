@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::debug;
@@ -16,7 +16,7 @@ use prost::Message as _;
 
 use super::{Admin, AdminStream, error};
 use crate::fanout::{Reach, Targets};
-use crate::mesh::HostRecord;
+use crate::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
 use crate::selector::{Candidate, Selector};
 use crate::tools::hosts::state_of;
 
@@ -115,16 +115,17 @@ impl pb::hosts_service_server::HostsService for HostsApi {
                             ))
                         })?;
                 // The watch opens before the snapshot is read, so no change falls between them.
-                let bucket = state
+                // Heartbeats the host's agent did not sign are ignored, like in every read.
+                let changes = state
                     .mesh
-                    .js
-                    .get_key_value(PRESENCE_BUCKET)
+                    .watch_kv(
+                        PRESENCE_BUCKET,
+                        &format!("{}.>", state.mesh.tenant),
+                        WatchFrom::New,
+                    )
                     .await
-                    .map_err(|e| mesh_unavailable(&e))?;
-                let changes = bucket
-                    .watch(format!("{}.>", state.mesh.tenant))
-                    .await
-                    .map_err(|e| mesh_unavailable(&e))?;
+                    .map_err(error::mesh)?
+                    .changes;
                 let snapshot = state.mesh.hosts().await.map_err(error::mesh)?;
                 let watcher = Watcher {
                     admin: self.admin.clone(),
@@ -154,7 +155,7 @@ struct Watcher {
 impl Watcher {
     async fn run(
         mut self,
-        mut changes: kv::Watch,
+        mut changes: BoxStream<'static, Result<KvChange, MeshError>>,
         include_initial: bool,
         tx: mpsc::Sender<Result<pb::HostEvent, Status>>,
     ) {
@@ -180,7 +181,7 @@ impl Watcher {
                         None => continue,
                     },
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(mesh_unavailable(&e))).await;
+                        let _ = tx.send(Err(error::mesh(e))).await;
                         return;
                     }
                     None => {
@@ -214,10 +215,15 @@ impl Watcher {
     }
 
     /// Applies one presence change to the host's record; returns its id.
-    async fn apply(&mut self, entry: kv::Entry) -> Option<Token> {
+    async fn apply(&mut self, entry: KvChange) -> Option<Token> {
         let (_, id) = subject::parse_host_key(&entry.key).ok()?;
+        if entry.rejected.is_some() {
+            // Not the host's agent's: no change at all.
+            return None;
+        }
         // A delete, a purge or a TTL expiry marker: the heartbeat is gone.
-        let presence = (entry.operation == kv::Operation::Put && !entry.value.is_empty())
+        let presence = entry
+            .is_value()
             .then(|| pb::Presence::decode(entry.value).ok())
             .flatten();
         let coming_back = presence.is_some()
@@ -236,11 +242,10 @@ impl Watcher {
                 Err(e) => debug!(host = %id, error = %e, "host registration not readable"),
             }
         }
-        let record = self.hosts.entry(id.clone()).or_insert_with(|| HostRecord {
-            host: id.clone(),
-            facts: None,
-            presence: None,
-        });
+        let record = self
+            .hosts
+            .entry(id.clone())
+            .or_insert_with(|| HostRecord::new(id.clone()));
         record.presence = presence;
         Some(id)
     }
@@ -313,10 +318,4 @@ fn non_empty_or_all(selector: &str) -> &str {
     } else {
         selector
     }
-}
-
-fn mesh_unavailable(e: &dyn std::fmt::Display) -> Status {
-    Status::unavailable(format!(
-        "cannot watch the hosts' presence ({e}); try again shortly"
-    ))
 }

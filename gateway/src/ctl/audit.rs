@@ -187,8 +187,8 @@ async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError
     }
 }
 
-/// `audit verify`: exit 0 with the chain's head when intact, else 1 naming the first bad
-/// record.
+/// `audit verify`: exit 0 with the chain's head when intact and every event was signed by a
+/// known key; else 1 naming the first bad record, or the events no known key signed.
 async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::AuditVerifyRequest {});
     let reply = admin
@@ -212,6 +212,8 @@ async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
                 "head_hash": reply.head_hash,
                 "first_bad_seq": reply.first_bad_seq,
                 "problem": reply.problem,
+                "unsigned_events": reply.unsigned_events,
+                "unsigned_event_ids": reply.unsigned_event_ids,
             }),
             false,
         )?;
@@ -221,7 +223,20 @@ async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
             reply.records, reply.head_seq, reply.head_hash
         ))?;
     }
-    if reply.ok {
+    if reply.ok && reply.unsigned_events > 0 {
+        let shown = reply.unsigned_event_ids.len() as u64;
+        let more = if reply.unsigned_events > shown {
+            format!(" and {} more", reply.unsigned_events - shown)
+        } else {
+            String::new()
+        };
+        Err(CtlError::Failed(format!(
+            "{} audit events were signed by no known key (planted under another identity's \
+             subject, or stored while the audit-sink checked no signatures): {}{more}",
+            reply.unsigned_events,
+            reply.unsigned_event_ids.join(", ")
+        )))
+    } else if reply.ok {
         Ok(())
     } else {
         Err(CtlError::Failed(format!(

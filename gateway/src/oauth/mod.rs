@@ -76,11 +76,8 @@ pub struct OAuth {
 
 impl OAuth {
     /// Opens (creating if missing) the KV buckets and sets up the limiters.
-    pub async fn open(
-        js: &async_nats::jetstream::Context,
-        replicas: usize,
-    ) -> Result<Self, StoreError> {
-        let store = Store::open(js, replicas).await?;
+    pub async fn open(mesh: &crate::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
+        let store = Store::open(mesh, replicas).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(5))

@@ -5,6 +5,13 @@
 //! Keys: `code.<sha256>`, `refresh.<sha256>`, `used.<sha256>`, `family.<id>`,
 //! `family-revoked.<id>`, `client.<id>`. Secrets never appear in keys or values, only their
 //! sha256.
+//!
+//! Every record is signed as the gateway and read back through the checks of `Mesh`: a grant
+//! nobody but the gateway may write (a code, a refresh token, a client) that the gateway did not
+//! sign is treated as absent. Marks whose absence would grant something (a revoked token, a
+//! revoked family, a used code) are the other way round: any record at all under such a key
+//! counts, signed or not, because NATS cannot stop a stolen credential from planting one that
+//! erases the real mark (docs/security.md), and the gateway never deletes them itself.
 
 use std::time::Duration;
 
@@ -17,6 +24,9 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use execmesh_proto::jetstream as layout;
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
+
+use crate::mesh::{DirectGet, Mesh};
 
 /// A KV operation failed (NATS unreachable, a corrupt record).
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +90,22 @@ pub struct RegisteredClient {
 /// Handles on `mesh_oauth` and `mesh_revoked`.
 #[derive(Clone)]
 pub struct Store {
-    js: jetstream::Context,
+    /// Reads (checked) and signs through the mesh.
+    mesh: Mesh,
     oauth: kv::Store,
     revoked: kv::Store,
+}
+
+/// What one key holds, as read.
+enum Held {
+    /// No record at all.
+    Nothing,
+    /// A delete, purge or expiry marker.
+    Gone,
+    /// A value the gateway signed (any value in development).
+    Value(Bytes),
+    /// A record the gateway did not write (logged where it was read).
+    Rejected,
 }
 
 /// sha256 of a secret, hex: what keys name instead of the secret.
@@ -97,11 +120,11 @@ pub fn digest(secret: &str) -> String {
 
 impl Store {
     /// Creates the buckets if missing (otherwise uses them as they are) and opens them.
-    pub async fn open(js: &jetstream::Context, replicas: usize) -> Result<Self, StoreError> {
-        let oauth = bucket(js, layout::oauth_bucket(replicas)).await?;
-        let revoked = bucket(js, layout::revoked_bucket(replicas)).await?;
+    pub async fn open(mesh: &Mesh, replicas: usize) -> Result<Self, StoreError> {
+        let oauth = bucket(&mesh.js, layout::oauth_bucket(replicas)).await?;
+        let revoked = bucket(&mesh.js, layout::revoked_bucket(replicas)).await?;
         Ok(Self {
-            js: js.clone(),
+            mesh: mesh.clone(),
             oauth,
             revoked,
         })
@@ -172,21 +195,19 @@ impl Store {
             .await
     }
 
+    /// Whether the family is revoked: any record under its mark counts (see the module docs).
     pub async fn family_revoked(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .get::<bool>(&self.oauth, &format!("family-revoked.{id}"))
-            .await?
-            .unwrap_or(false))
+        let held = self
+            .read(&self.oauth, &format!("family-revoked.{id}"))
+            .await?;
+        Ok(!matches!(held, Held::Nothing))
     }
 
     pub async fn put_client(&self, client: &RegisteredClient) -> Result<(), StoreError> {
         let key = format!("client.{}", client.client_id);
         let value = encode(&key, client)?;
-        self.oauth
-            .put(&key, value)
+        self.write(&self.oauth, &key, value, HeaderMap::new(), Expect::Any)
             .await
-            .map_err(|e| kv_err("put", &key, e))
-            .map(|_| ())
     }
 
     pub async fn client(&self, client_id: &str) -> Result<Option<RegisteredClient>, StoreError> {
@@ -208,23 +229,52 @@ impl Store {
             .await
     }
 
-    /// Whether `jti` is on the revocation list.
+    /// Whether `jti` is on the revocation list: any record under its key counts, signed or not
+    /// (see the module docs). The gateway never deletes a revocation; it expires with the
+    /// token, after which the token is refused as expired anyway.
     pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
         if !is_key_safe(jti) {
             return Ok(false);
         }
-        Ok(self.get::<u64>(&self.revoked, jti).await?.is_some())
+        let held = self.read(&self.revoked, jti).await?;
+        if matches!(held, Held::Rejected) {
+            tracing::warn!(
+                jti,
+                "a record the gateway did not sign sits on a token's revocation key: the token stays refused"
+            );
+        }
+        Ok(!matches!(held, Held::Nothing))
     }
 
+    /// The latest record under `key`, checked: see [`Held`].
+    async fn read(&self, store: &kv::Store, key: &str) -> Result<Held, StoreError> {
+        let request = DirectGet {
+            last_by_subj: Some(format!("$KV.{}.{key}", store.name)),
+            ..Default::default()
+        };
+        let msg = self
+            .mesh
+            .direct_get(&store.stream_name, &request)
+            .await
+            .map_err(|e| kv_err("get", key, e))?
+            .pop();
+        Ok(match msg {
+            None => Held::Nothing,
+            Some(m) if m.rejected.is_some() => Held::Rejected,
+            // An expired key leaves an empty marker behind.
+            Some(m) if m.is_tombstone() || m.payload.is_empty() => Held::Gone,
+            Some(m) => Held::Value(m.payload),
+        })
+    }
+
+    /// The value under `key` if the gateway wrote it.
     async fn get<T: DeserializeOwned>(
         &self,
         store: &kv::Store,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        match store.get(key).await {
-            // An expired key leaves an empty marker behind.
-            Ok(Some(bytes)) if bytes.is_empty() => Ok(None),
-            Ok(Some(bytes)) => {
+        match self.read(store, key).await? {
+            Held::Value(bytes) => {
                 serde_json::from_slice(&bytes)
                     .map(Some)
                     .map_err(|e| StoreError::Corrupt {
@@ -232,12 +282,35 @@ impl Store {
                         reason: e.to_string(),
                     })
             }
-            Ok(None) => Ok(None),
-            Err(e) => Err(kv_err("get", key, e)),
+            Held::Nothing | Held::Gone | Held::Rejected => Ok(None),
         }
     }
 
-    /// Creates `key` with a TTL. `false` if it exists already.
+    /// Writes `value` under `key`, signed as the gateway, if the key is as `expect` says.
+    async fn write(
+        &self,
+        store: &kv::Store,
+        key: &str,
+        value: Bytes,
+        headers: HeaderMap,
+        expect: Expect,
+    ) -> Result<(), StoreError> {
+        kv_write::write(
+            &self.mesh.js,
+            store,
+            key,
+            value,
+            headers,
+            expect,
+            self.mesh.records.key(),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| kv_err("put", key, e))
+    }
+
+    /// Creates `key` with a TTL, signed as the gateway. `false` if any record is there already
+    /// (a mark that something was used must not be overwritten, whoever wrote it).
     async fn create<T: Serialize>(
         &self,
         store: &kv::Store,
@@ -246,18 +319,23 @@ impl Store {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let bytes = encode(key, value)?;
-        match store
-            .create_with_ttl(key, bytes, ttl.max(Duration::from_secs(1)))
-            .await
+        match kv_write::create(
+            &self.mesh.js,
+            store,
+            key,
+            bytes,
+            ttl_header(ttl),
+            self.mesh.records.key(),
+        )
+        .await
         {
             Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(KvWriteError::Exists { .. }) => Ok(false),
             Err(e) => Err(kv_err("create", key, e)),
         }
     }
 
-    /// A put with a per-key TTL (async-nats has none): a JetStream publish to the key's subject
-    /// with a `Nats-TTL` header, acknowledged.
+    /// A put with a per-key TTL (a `Nats-TTL` header), signed as the gateway.
     async fn put_with_ttl<T: Serialize>(
         &self,
         store: &kv::Store,
@@ -266,20 +344,19 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let bytes = encode(key, value)?;
-        let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            execmesh_proto::headers::TTL,
-            format!("{}s", ttl.as_secs().max(1)).as_str(),
-        );
-        let ack = self
-            .js
-            .publish_with_headers(format!("{prefix}{key}"), headers, bytes)
+        self.write(store, key, bytes, ttl_header(ttl), Expect::Any)
             .await
-            .map_err(|e| kv_err("put", key, e))?;
-        ack.await.map_err(|e| kv_err("put", key, e))?;
-        Ok(())
     }
+}
+
+/// The `Nats-TTL` header of a key that lives `ttl` (at least a second).
+fn ttl_header(ttl: Duration) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        execmesh_proto::headers::TTL,
+        format!("{}s", ttl.as_secs().max(1)).as_str(),
+    );
+    headers
 }
 
 /// Characters a KV key may hold (client ids and jtis we issued are within them).

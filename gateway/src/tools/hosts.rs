@@ -36,13 +36,19 @@ pub struct HostsResult {
     pub online: usize,
     pub stale: usize,
     pub offline: usize,
+    /// Hosts whose records are not signed by their agent's key (see `unverified` of each).
+    pub unverified: usize,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HostView {
     pub host: String,
-    /// `online` (heartbeat current), `stale` (heartbeat late) or `offline` (no agent connected).
+    /// `online` (heartbeat current), `stale` (heartbeat late), `offline` (no agent connected) or
+    /// `unverified` (its heartbeat is not signed by the host's agent key, so it is ignored).
     pub state: String,
+    /// Why the host's facts or heartbeat are ignored: not signed by its agent's key (an agent
+    /// running without its NATS seed, or records forged by someone else).
+    pub unverified: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// Seconds since the last heartbeat, when one is known.
     pub last_seen_secs: Option<u64>,
@@ -102,6 +108,7 @@ pub async fn call(
         online: count("online"),
         stale: count("stale"),
         offline: count("offline"),
+        unverified: count("unverified"),
         hosts,
     };
     let mut text = format!(
@@ -111,6 +118,13 @@ pub async fn call(
         result.stale,
         result.offline
     );
+    if result.unverified > 0 {
+        text.push_str(&format!(
+            "{} host(s) unverified: their records are not signed by their agent's key and are \
+             ignored (an agent without its NATS seed, or forged records)\n",
+            result.unverified
+        ));
+    }
     if !result.denied.is_empty() {
         text.push_str(&format!(
             "{} more match but are outside the hosts you may reach (a fan-out reports them denied): {}\n",
@@ -125,8 +139,13 @@ pub async fn call(
             .map(|s| format!(", seen {s}s ago"))
             .unwrap_or_default();
         let os = h.os.clone().unwrap_or_default();
+        let why = h
+            .unverified
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "- {} [{}{}] {} {}\n",
+            "- {} [{}{why}{}] {} {}\n",
             h.host,
             h.state,
             seen,
@@ -160,7 +179,12 @@ fn view(r: &HostRecord, now: u64) -> HostView {
     let facts = r.facts.as_ref();
     HostView {
         host: r.host.to_string(),
-        state: state_of(r.presence.as_ref(), now).to_string(),
+        state: match (&r.presence, &r.unverified) {
+            (None, Some(_)) => "unverified",
+            (presence, _) => state_of(presence.as_ref(), now),
+        }
+        .to_string(),
+        unverified: r.unverified.clone(),
         labels: facts
             .map(|f| f.labels.clone().into_iter().collect())
             .unwrap_or_default(),

@@ -9,8 +9,11 @@ mod sources;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{pb, subject};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -29,12 +32,16 @@ pub enum FactsError {
     Collect(#[from] tokio::task::JoinError),
     /// The pack was collected but `mesh_facts` did not take it.
     #[error("storing the facts in mesh_facts failed: {0}")]
-    Store(#[from] kv::PutError),
+    Store(#[from] KvWriteError),
 }
 
 /// Collects, stores and serves this host's fact pack.
 pub struct Facts {
+    js: jetstream::Context,
     store: kv::Store,
+    /// Signs each stored pack as this agent (`None`: unsigned): the labels in it decide who may
+    /// reach the host, so nobody else may write them.
+    signer: Option<Arc<RecordKey>>,
     /// `<tenant>.<host>`.
     key: String,
     /// What the agent itself contributes to every pack: host, labels, version, interval.
@@ -49,7 +56,12 @@ pub struct Facts {
 // === impl Facts ===
 
 impl Facts {
-    pub fn new(store: kv::Store, config: &Config) -> Facts {
+    pub fn new(
+        js: jetstream::Context,
+        store: kv::Store,
+        config: &Config,
+        signer: Option<Arc<RecordKey>>,
+    ) -> Facts {
         let identity = pb::HostFacts {
             host: config.host_id.to_string(),
             labels: config
@@ -62,7 +74,9 @@ impl Facts {
             ..Default::default()
         };
         Facts {
+            js,
             store,
+            signer,
             key: subject::host_key(&config.tenant, &config.host_id),
             current: Mutex::new(identity.clone()),
             identity,
@@ -84,9 +98,16 @@ impl Facts {
         let _turn = self.collecting.lock().await;
         let identity = self.identity.clone();
         let facts = tokio::task::spawn_blocking(move || collect(identity)).await?;
-        self.store
-            .put(&self.key, Bytes::from(facts.encode_to_vec()))
-            .await?;
+        kv_write::write(
+            &self.js,
+            &self.store,
+            &self.key,
+            Bytes::from(facts.encode_to_vec()),
+            HeaderMap::new(),
+            Expect::Any,
+            self.signer.as_deref(),
+        )
+        .await?;
         match self.current.lock() {
             Ok(mut current) => *current = facts.clone(),
             Err(poisoned) => *poisoned.into_inner() = facts.clone(),

@@ -1,0 +1,135 @@
+//! The identities of a test mesh: a seed per identity (gateway, audit-sink, each agent) and the public identities file listing their keys, so the agents, gateways and sinks the harness starts sign and check their records as a secured mesh does, even on a server without NATS accounts.
+//!
+//! ```no_run
+//! # async fn scenario() {
+//! # use execmesh_tests::Nats;
+//! let nats = Nats::start().await;
+//! let seed = nats.identities().seed_file("agent-web-1"); // made on first use, file rewritten
+//! let key = nats.identities().record_key("gateway"); // to sign a record as the gateway
+//! # }
+//! ```
+//!
+//! Agent identities are made on demand (the first `NodeAgent::new` for a host); the identities
+//! file is then rewritten (a new file renamed over the old one), and a gateway or sink that meets
+//! a signer it does not know yet reads it again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use execmesh_proto::identities::{IDENTITIES_FILE, IdentitiesDoc};
+use execmesh_proto::signing::RecordKey;
+
+/// The test mesh's identities, in a directory of the server's temp dir.
+#[derive(Debug)]
+pub struct MeshIdentities {
+    dir: PathBuf,
+    /// Identity name → its seed (the text written to `<dir>/<name>.nk`).
+    seeds: Mutex<BTreeMap<String, String>>,
+}
+
+// === impl MeshIdentities ===
+
+impl MeshIdentities {
+    /// The gateway's and the audit-sink's identities in `dir` (created), and the file.
+    pub(crate) fn create(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("create the test mesh's identities dir");
+        let identities = Self {
+            dir: dir.to_path_buf(),
+            seeds: Mutex::new(BTreeMap::new()),
+        };
+        identities.add(["gateway".to_string(), "audit-sink".to_string()]);
+        identities
+    }
+
+    /// The public identities file (`identities_file` of the gateways and sinks).
+    pub fn identities_file(&self) -> PathBuf {
+        self.dir.join(IDENTITIES_FILE)
+    }
+
+    /// The seed file of `identity` (`gateway`, `audit-sink`, `agent-<host>`), made (and the
+    /// identities file rewritten) if the identity is new.
+    pub fn seed_file(&self, identity: &str) -> PathBuf {
+        self.add([identity.to_string()]);
+        self.dir.join(format!("{identity}.nk"))
+    }
+
+    /// Makes the agent identities of `hosts` at once (one rewrite of the file), for fleets.
+    pub fn add_agents<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        self.add(hosts.into_iter().map(|h| format!("agent-{h}")));
+    }
+
+    /// The signing key of `identity` (made if new), to sign records as it.
+    pub fn record_key(&self, identity: &str) -> RecordKey {
+        let path = self.seed_file(identity);
+        RecordKey::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn add(&self, names: impl IntoIterator<Item = String>) {
+        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut changed = false;
+        for name in names {
+            if seeds.contains_key(&name) {
+                continue;
+            }
+            assert!(
+                name == "gateway" || name == "audit-sink" || name.starts_with("agent-"),
+                "unknown kind of identity `{name}`"
+            );
+            let seed = nkeys::KeyPair::new_user()
+                .seed()
+                .expect("a new user key has a seed");
+            write_atomically(&self.dir.join(format!("{name}.nk")), &format!("{seed}\n"));
+            seeds.insert(name, seed);
+            changed = true;
+        }
+        if changed {
+            write_atomically(&self.identities_file(), &render(&seeds));
+        }
+    }
+}
+
+/// The identities file for `seeds`.
+fn render(seeds: &BTreeMap<String, String>) -> String {
+    let public = |seed: &str| {
+        nkeys::KeyPair::from_seed(seed)
+            .expect("a seed made by the harness")
+            .public_key()
+    };
+    let mut doc = IdentitiesDoc {
+        tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
+        ..Default::default()
+    };
+    for (name, seed) in seeds {
+        match name.as_str() {
+            "gateway" => doc.gateway = public(seed),
+            "audit-sink" => doc.audit_sink = public(seed),
+            agent => {
+                let host = agent.trim_start_matches("agent-").to_string();
+                doc.agents.insert(host, public(seed));
+            }
+        }
+    }
+    doc.render("the test harness")
+}
+
+/// Writes `text` to a new file renamed over `path`: a reader sees the old file or the new one,
+/// and the new inode tells a polling reader that it changed.
+fn write_atomically(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
+        file.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    }
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+}
