@@ -4,14 +4,16 @@
 //! definitions so that a subject or a bucket is spelled in exactly one place. Pieces of plumbing
 //! several processes need live here too, so they are written once: the checks of a NATS
 //! connection's TLS files and the reading of its permission errors (`nats_connection`), the
-//! background audit publisher (`audit_publisher`), and the JSON shape of audit events
-//! (`audit_json`).
+//! background audit publisher (`audit_publisher`), the JSON shape of audit events
+//! (`audit_json`), and the one redactor of secrets that every process applies before it stores
+//! or shows a command, an argument or (optionally) output (`redact`).
 
 pub mod audit_json;
 pub mod audit_publisher;
 pub mod headers;
 pub mod jetstream;
 pub mod nats_connection;
+pub mod redact;
 pub mod signing;
 pub mod subject;
 
