@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, subject};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::error;
 
 use crate::admission::Admission;
 use crate::audit::Audit;
@@ -52,6 +54,9 @@ pub struct Node {
     pub facts: Arc<Facts>,
     /// Publishes job and file events to AUDIT.
     pub audit: Audit,
+    /// Redacts secrets from what is stored or shown of a request (the command in `mesh_jobs`,
+    /// audit fields, logs) and, with `output_redaction`, from output.
+    pub redactor: Arc<Redactor>,
 }
 
 // === impl Node ===
@@ -74,12 +79,19 @@ impl Node {
             instance.clone(),
             config.warm_shells,
         ));
+        // The patterns were checked with the rest of the configuration; were one bad after all,
+        // the built-in rules still apply.
+        let redactor = Arc::new(Redactor::new(&config.redact_patterns).unwrap_or_else(|e| {
+            error!(error = %e, "redact_patterns: using the built-in rules only");
+            Redactor::builtin().clone()
+        }));
         let audit = Audit::start(
             client.clone(),
             config.tenant.clone(),
             config.host_id.clone(),
             instance.clone(),
             config.replicas,
+            Arc::clone(&redactor),
         );
         Self {
             audit,
@@ -99,6 +111,7 @@ impl Node {
             handlers: TaskTracker::new(),
             files,
             facts,
+            redactor,
         }
     }
 
