@@ -92,7 +92,8 @@ enum Take {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
     Any,
-    /// The group named `name` is a secret name ([`is_secret_name`]).
+    /// The group named `name` (or the name the match starts with) is a secret name
+    /// ([`is_secret_name`]).
     SecretName,
     /// As [`Check::SecretName`], for an option: the match starts a word (at the start, or after
     /// whitespace, a quote or a parenthesis), so `some-thing` is not an option `-thing`.
@@ -153,7 +154,7 @@ const RULES: &[Spec] = &[
     // `export TOKEN=x`, `--password=x`, `"api_key": "x"`, `password: x`, `pass:x`, `?token=x`.
     Spec(
         "secret-assignment",
-        r#"(?i)(?P<name>[a-z0-9_.-]*[a-z0-9_])"?[ \t]*[:=][ \t]*"#,
+        r#"(?i)[a-z0-9_.-]*[a-z0-9_]"?[ \t]*[:=][ \t]*"#,
         Take::WordAfter,
         Check::SecretName,
     ),
@@ -161,7 +162,7 @@ const RULES: &[Spec] = &[
     // `-storepass x`.
     Spec(
         "secret-option",
-        r#"(?i)--?(?P<name>[a-z][a-z0-9_.-]*)[ \t]+"#,
+        r#"(?i)--?[a-z][a-z0-9_.-]*[ \t]+"#,
         Take::WordAfter,
         Check::SecretOption,
     ),
@@ -617,6 +618,9 @@ struct Rule {
     regex: Regex,
     take: Take,
     check: Check,
+    /// Whether the pattern has groups to read. Those that match often (every `name=`) have
+    /// none, so they are found by the fast engines without capturing.
+    captures: bool,
 }
 
 static BUILTIN: LazyLock<Redactor> = LazyLock::new(|| {
@@ -634,18 +638,22 @@ impl Redactor {
         for Spec(name, pattern, take, check) in RULES {
             // ASCII word boundaries: the lazy DFA keeps them on any input, Unicode ones not.
             let pattern = pattern.replace(r"\b", r"(?-u:\b)");
+            let regex = compile(&pattern).map_err(|e| PatternError {
+                pattern: format!("{name}: {}", e.pattern),
+                source: e.source,
+            })?;
             rules.push(Rule {
-                regex: compile(&pattern).map_err(|e| PatternError {
-                    pattern: format!("{name}: {}", e.pattern),
-                    source: e.source,
-                })?,
+                captures: regex.captures_len() > 1,
+                regex,
                 take: *take,
                 check: *check,
             });
         }
         for pattern in extra {
+            let regex = compile(pattern)?;
             rules.push(Rule {
-                regex: compile(pattern)?,
+                captures: regex.captures_len() > 1,
+                regex,
                 take: Take::Group,
                 check: Check::Any,
             });
@@ -729,9 +737,15 @@ impl Redactor {
     fn spans(&self, data: &[u8]) -> Vec<Range<usize>> {
         let mut spans = Vec::new();
         for rule in &self.rules {
-            for caps in rule.regex.captures_iter(data) {
-                if let Some(span) = rule.secret(data, &caps) {
-                    spans.push(span);
+            if rule.captures {
+                for caps in rule.regex.captures_iter(data) {
+                    if let Some(whole) = caps.get(0) {
+                        spans.extend(rule.secret(data, whole.range(), Some(&caps)));
+                    }
+                }
+            } else {
+                for m in rule.regex.find_iter(data) {
+                    spans.extend(rule.secret(data, m.range(), None));
                 }
             }
         }
@@ -797,20 +811,24 @@ fn compile(pattern: &str) -> Result<Regex, PatternError> {
 
 impl Rule {
     /// The span of `data` this match says is secret, if any.
-    fn secret(&self, data: &[u8], caps: &Captures<'_>) -> Option<Range<usize>> {
-        let whole = caps.get(0)?;
+    /// The span of `data` this match (`whole`, with its groups when the rule reads them)
+    /// says is secret, if any.
+    fn secret(
+        &self,
+        data: &[u8],
+        whole: Range<usize>,
+        caps: Option<&Captures<'_>>,
+    ) -> Option<Range<usize>> {
+        let group = |name: &str| caps.and_then(|c| c.name(name));
         let span = match self.take {
-            Take::Group => match caps.name("secret") {
-                Some(m) => m.range(),
-                None => whole.range(),
-            },
-            Take::WordAfter => word_at(data, whole.end())?,
+            Take::Group => group("secret").map_or(whole.clone(), |m| m.range()),
+            Take::WordAfter => word_at(data, whole.end)?,
             Take::UserPassAfter => {
-                let word = word_at(data, whole.end())?;
+                let word = word_at(data, whole.end)?;
                 let colon = data[word.clone()].iter().position(|&b| b == b':')?;
                 word.start + colon + 1..word.end
             }
-            Take::HtpasswdArgs => htpasswd_secret(data, caps.name("args")?.range())?,
+            Take::HtpasswdArgs => htpasswd_secret(data, group("args")?.range())?,
         };
         let span = if matches!(self.take, Take::Group | Take::HtpasswdArgs) {
             unquote(data, span)
@@ -824,16 +842,17 @@ impl Rule {
         let ok = match self.check {
             Check::Any => true,
             Check::SecretOption
-                if whole.start() > 0
+                if whole.start > 0
                     && !matches!(
-                        data[whole.start() - 1],
+                        data[whole.start - 1],
                         b' ' | b'\t' | b'\n' | b'\'' | b'"' | b'('
                     ) =>
             {
                 false
             }
             Check::SecretName | Check::SecretOption => {
-                let name = caps.name("name").map_or(&[][..], |m| m.as_bytes());
+                let name = group("name")
+                    .map_or_else(|| leading_name(&data[whole.clone()]), |m| m.as_bytes());
                 match secret_name_strength(name) {
                     Some(Strength::Strong) => true,
                     Some(Strength::Weak) => !looks_like_path(value) && value.len() > 3,
@@ -845,6 +864,17 @@ impl Rule {
         };
         ok.then_some(span)
     }
+}
+
+/// The name a match starts with, without leading dashes: `--api-key ` → `api-key`,
+/// `DB_PASS=` → `DB_PASS`.
+fn leading_name(matched: &[u8]) -> &[u8] {
+    let start = matched.iter().take_while(|&&b| b == b'-').count();
+    let len = matched[start..]
+        .iter()
+        .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        .count();
+    &matched[start..start + len]
 }
 
 /// The shell word starting at `at`: the inside of a quoted string (to its closing quote, or
