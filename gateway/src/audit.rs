@@ -10,9 +10,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use regex::Regex;
 use rmcp::model::{CallToolResult, JsonObject};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use execmesh_proto::Token;
 use execmesh_proto::audit_publisher::Publisher;
@@ -21,67 +20,15 @@ use execmesh_proto::subject::{self, audit_kind};
 
 use crate::error::ToolError;
 
+pub use execmesh_proto::redact::{PatternError, Redactor};
+
 /// Events waiting to be published; beyond this, new events are dropped (and counted). A
 /// fan-out records one event per host, hence twice the agent's queue.
 const QUEUE: usize = 16_384;
 /// Publishes awaiting their acknowledgement at once.
 const WINDOW: usize = 256;
-/// Longest string kept whole in an argument summary.
-const MAX_VALUE_CHARS: usize = 256;
-/// Items kept of an array in an argument summary.
+/// Hosts kept of a list in an event.
 const MAX_ITEMS: usize = 32;
-/// Longest argument summary.
-const MAX_SUMMARY_BYTES: usize = 8 * 1024;
-/// What replaces a secret.
-pub const REDACTED: &str = "[redacted]";
-
-/// Argument names whose values are secrets whatever they look like.
-const SECRET_KEYS: &str = r"(?i)(passw|passwd|secret|token|api[_-]?key|apikey|credential|private[_-]?key|cookie|authorization|bearer)";
-
-/// Patterns redacted wherever they appear in a string argument (a command line, a path). Where
-/// a pattern has a group named `secret`, only that group is replaced, so the summary still
-/// says what kind of secret was there (`password=[redacted]`).
-pub const DEFAULT_PATTERNS: &[&str] = &[
-    // HTTP credentials: `Authorization: Bearer x`, `-H 'Authorization: Basic x'`.
-    r#"(?i)\b(?:proxy-)?authorization\s*[:=]\s*(?:(?:bearer|basic|token|digest)\s+)?(?P<secret>[^\s'"]+)"#,
-    r"(?i)\b(?:bearer|basic)\s+(?P<secret>[A-Za-z0-9._~+/=-]{8,})",
-    // `password=x`, `API_TOKEN=x cmd`, `--client-secret=x`, `"token": "x"`.
-    r#"(?i)(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)[a-z0-9_-]*"?\s*[=:]\s*(?P<secret>"[^"]*"|'[^']*'|[^\s'"&;,)]+)"#,
-    // `--password x`, `--token x`.
-    r"(?i)--(?:passw(?:or)?d|token|secret|api-key|access-key|client-secret)\s+(?P<secret>[^\s-]\S*)",
-    // `sshpass -p x`, `mysql -px`.
-    r"(?i)\bsshpass\s+-p\s*(?P<secret>\S+)",
-    r"(?i)\bmysql(?:dump|admin)?\b[^|;&\n]*?\s-p(?P<secret>[^\s-]\S*)",
-    // Credentials in URLs: `https://user:pass@host`.
-    r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]+)@",
-    // Private keys.
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
-    // Well-known token shapes: AWS, GitHub, Slack, JWTs, `sk-…` API keys.
-    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-    r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
-    r"\bgithub_pat_[A-Za-z0-9_]{22,}\b",
-    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",
-    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}\b",
-    r"\bsk-[A-Za-z0-9_-]{20,}",
-];
-
-/// A redaction pattern that does not compile.
-#[derive(Debug, thiserror::Error)]
-#[error("redaction pattern `{pattern}`: {source}")]
-pub struct PatternError {
-    pub pattern: String,
-    pub source: regex::Error,
-}
-
-/// Replaces secrets in tool arguments before they are recorded.
-#[derive(Debug, Clone)]
-pub struct Redactor {
-    /// [`DEFAULT_PATTERNS`] and the configured ones.
-    patterns: Vec<Regex>,
-    /// Names of arguments whose values are always secret.
-    secret_keys: Regex,
-}
 
 /// The gateway's audit publisher, shared by every call.
 pub struct Audit {
@@ -127,135 +74,6 @@ pub struct CallAudit<'a> {
     /// Hosts whose agent refused the call by its own policy, with the agent's code (`guard`,
     /// `tier`, `run_as`, …): their denial is recorded with that code when the call ends.
     node_denials: Mutex<Vec<(String, String)>>,
-}
-
-// === impl Redactor ===
-
-impl Redactor {
-    /// The default patterns plus `extra` (regular expressions; a group named `secret` limits
-    /// the replacement to that group).
-    pub fn new(extra: &[String]) -> Result<Redactor, PatternError> {
-        let compile = |pattern: &str| {
-            Regex::new(pattern).map_err(|source| PatternError {
-                pattern: pattern.to_string(),
-                source,
-            })
-        };
-        let patterns = DEFAULT_PATTERNS
-            .iter()
-            .copied()
-            .chain(extra.iter().map(String::as_str))
-            .map(compile)
-            .collect::<Result<_, _>>()?;
-        Ok(Redactor {
-            patterns,
-            secret_keys: compile(SECRET_KEYS)?,
-        })
-    }
-
-    /// `text` with every match of a pattern replaced by [`REDACTED`].
-    pub fn text(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for pattern in &self.patterns {
-            if !pattern.is_match(&out) {
-                continue;
-            }
-            out = pattern
-                .replace_all(&out, |caps: &regex::Captures<'_>| {
-                    let whole = caps.get(0).map_or("", |m| m.as_str());
-                    match (caps.get(0), caps.name("secret")) {
-                        (Some(m), Some(secret)) => {
-                            let (start, end) =
-                                (secret.start() - m.start(), secret.end() - m.start());
-                            format!("{}{REDACTED}{}", &whole[..start], &whole[end..])
-                        }
-                        _ => REDACTED.to_string(),
-                    }
-                })
-                .into_owned();
-        }
-        out
-    }
-
-    /// The arguments of a call as a JSON summary: secret-named arguments and every `env` value
-    /// replaced, file content reduced to its length, patterns redacted in every string, long
-    /// strings and arrays shortened, the whole capped at 8 KiB.
-    pub fn args(&self, args: &JsonObject) -> String {
-        let summary = Value::Object(self.object(args));
-        let mut text = summary.to_string();
-        if text.len() > MAX_SUMMARY_BYTES {
-            let cut = floor_char_boundary(&text, MAX_SUMMARY_BYTES);
-            text = serde_json::json!({ "truncated": &text[..cut] }).to_string();
-        }
-        text
-    }
-
-    /// The arguments redacted as for [`Redactor::args`], as JSON (not size-capped): what an
-    /// approver is shown.
-    pub fn args_value(&self, args: &JsonObject) -> Value {
-        Value::Object(self.object(args))
-    }
-
-    fn object(&self, args: &Map<String, Value>) -> Map<String, Value> {
-        args.iter()
-            .map(|(key, value)| {
-                let value = if self.secret_keys.is_match(key) {
-                    Value::String(REDACTED.to_string())
-                } else if key == "env" {
-                    match value {
-                        Value::Object(env) => Value::Object(
-                            env.keys()
-                                .map(|k| (k.clone(), Value::String(REDACTED.to_string())))
-                                .collect(),
-                        ),
-                        _ => Value::String(REDACTED.to_string()),
-                    }
-                } else if matches!(key.as_str(), "content" | "data") {
-                    match value {
-                        Value::String(s) => Value::String(format!("[{} bytes]", s.len())),
-                        _ => Value::String("[content]".to_string()),
-                    }
-                } else {
-                    self.value(value)
-                };
-                (key.clone(), value)
-            })
-            .collect()
-    }
-
-    fn value(&self, value: &Value) -> Value {
-        match value {
-            Value::String(s) => Value::String(shorten(&self.text(s))),
-            Value::Array(items) => {
-                let mut out: Vec<Value> = items
-                    .iter()
-                    .take(MAX_ITEMS)
-                    .map(|v| self.value(v))
-                    .collect();
-                if items.len() > MAX_ITEMS {
-                    out.push(Value::String(format!("[{} more]", items.len() - MAX_ITEMS)));
-                }
-                Value::Array(out)
-            }
-            Value::Object(map) => Value::Object(self.object(map)),
-            other => other.clone(),
-        }
-    }
-}
-
-/// `s` cut to [`MAX_VALUE_CHARS`] characters, saying how much was left out.
-fn shorten(s: &str) -> String {
-    match s.char_indices().nth(MAX_VALUE_CHARS) {
-        None => s.to_string(),
-        Some((cut, _)) => format!("{}…[+{} bytes]", &s[..cut], s.len() - cut),
-    }
-}
-
-fn floor_char_boundary(s: &str, at: usize) -> usize {
-    (0..=at.min(s.len()))
-        .rev()
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(0)
 }
 
 // === impl Audit ===
@@ -484,7 +302,8 @@ impl CallAudit<'_> {
             outcome,
             Body::CallDispatched(pb::CallDispatched {
                 request: request.to_string(),
-                error,
+                // A host's refusal may quote the command (the guard names what it refused).
+                error: self.audit.redactor.text(&error),
                 duration_ms: elapsed.as_millis() as u64,
             }),
         );
@@ -645,79 +464,5 @@ pub fn request_name(body: &pb::exec_request::Body) -> String {
         }
         #[allow(unreachable_patterns)]
         _ => "other".to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn redactor() -> Redactor {
-        Redactor::new(&[r"corp-[0-9]{6}".to_string()]).unwrap()
-    }
-
-    #[test]
-    fn secrets_in_command_lines_are_redacted() {
-        let r = redactor();
-        let cases = [
-            (
-                r#"curl -H "Authorization: Bearer abcdef123456" https://x"#,
-                r#"curl -H "Authorization: Bearer [redacted]" https://x"#,
-            ),
-            (
-                "mysql -u root --password=hunter2 db",
-                "mysql -u root --password=[redacted] db",
-            ),
-            (
-                "API_TOKEN=s3cr3t ./deploy.sh",
-                "API_TOKEN=[redacted] ./deploy.sh",
-            ),
-            ("login --token abc123def", "login --token [redacted]"),
-            (
-                "git clone https://bob:pa55w0rd@git.example.com/r.git",
-                "git clone https://bob:[redacted]@git.example.com/r.git",
-            ),
-            (
-                "export AWS_KEY=AKIAABCDEFGHIJKLMNOP",
-                "export AWS_KEY=[redacted]",
-            ),
-            ("echo AKIAABCDEFGHIJKLMNOP", "echo [redacted]"),
-            (
-                "sshpass -p hunter2 ssh host",
-                "sshpass -p [redacted] ssh host",
-            ),
-            ("use corp-123456 here", "use [redacted] here"),
-            ("ls -la /var/log", "ls -la /var/log"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(r.text(input), expected, "{input}");
-        }
-    }
-
-    #[test]
-    fn argument_summaries_drop_env_values_content_and_secret_keys() {
-        let r = redactor();
-        let args = serde_json::json!({
-            "host": "web-1",
-            "cmd": "PGPASSWORD=x psql",
-            "env": {"API_KEY": "k1", "HOME": "/root"},
-            "password": "p",
-            "content": "line one\nline two\n",
-            "long": "y".repeat(1000),
-        });
-        let summary: Value = serde_json::from_str(&r.args(args.as_object().unwrap())).unwrap();
-        assert_eq!(summary["host"], "web-1");
-        assert_eq!(summary["cmd"], "PGPASSWORD=[redacted] psql");
-        assert_eq!(summary["env"]["API_KEY"], REDACTED);
-        assert_eq!(summary["env"]["HOME"], REDACTED);
-        assert_eq!(summary["password"], REDACTED);
-        assert_eq!(summary["content"], "[18 bytes]");
-        assert!(summary["long"].as_str().unwrap().ends_with("…[+744 bytes]"));
-    }
-
-    #[test]
-    fn a_bad_pattern_is_named() {
-        let err = Redactor::new(&["(unclosed".to_string()]).unwrap_err();
-        assert!(err.to_string().contains("(unclosed"));
     }
 }

@@ -2,16 +2,19 @@
 //!
 //! Events go to `mesh.v1.<tenant>.audit.<host>.<kind>` with the event id as `Nats-Msg-Id`; each
 //! is retried until JetStream acknowledges it. They carry no command text, environment or file
-//! content: the gateway records the (redacted) arguments, the agent what it did with them.
+//! content: the gateway records the (redacted) arguments, the agent what it did with them; the
+//! free text they do carry (title, directory, paths, reasons) goes through the redactor.
 //! When the audit-sink is down events wait in the stream; when NATS is unreachable they wait in
 //! a bounded queue, and only a full queue drops events (counted and logged).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use execmesh_proto::Token;
 use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
 use execmesh_proto::signing::RecordKey;
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::subject::{self, audit_kind};
 use nix::unistd::{getegid, geteuid};
 
@@ -29,6 +32,8 @@ pub struct Audit {
     host: Token,
     /// This agent run, in every event (`source_instance`).
     instance: String,
+    /// Applied to every free-text field.
+    redactor: Arc<Redactor>,
 }
 
 /// The file change a request asks for, noted before it runs: what [`Audit::file_changed`]
@@ -61,12 +66,14 @@ impl Audit {
         instance: String,
         replicas: usize,
         signer: Option<RecordKey>,
+        redactor: Arc<Redactor>,
     ) -> Audit {
         Audit {
             publisher: Publisher::start(client, replicas, QUEUE, WINDOW, signer),
             tenant,
             host,
             instance,
+            redactor,
         }
     }
 
@@ -83,8 +90,8 @@ impl Audit {
                 pid: status.pid,
                 uid,
                 gid,
-                cwd: status.cwd.clone(),
-                title: status.title.clone(),
+                cwd: self.redactor.text(&status.cwd),
+                title: self.redactor.text(&status.title),
             }),
         );
     }
@@ -111,7 +118,7 @@ impl Audit {
                 output_bytes: status.bytes,
                 output_lines: status.lines,
                 dropped_bytes: status.dropped_bytes,
-                reason: status.reason.clone(),
+                reason: self.redactor.text(&status.reason),
             }),
         );
     }
@@ -133,11 +140,13 @@ impl Audit {
             "ok",
             Body::FileChanged(pb::FileChanged {
                 action: change.action.to_string(),
-                path: if path.is_empty() { change.path } else { path },
-                to: change.to,
+                path: self
+                    .redactor
+                    .text(if path.is_empty() { &change.path } else { &path }),
+                to: self.redactor.text(&change.to),
                 size,
                 sha256,
-                detail,
+                detail: self.redactor.text(&detail),
             }),
         );
     }

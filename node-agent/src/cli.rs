@@ -179,6 +179,13 @@ pub struct Cli {
     )]
     pub file_roots: Vec<String>,
 
+    /// Let the `file` tool read and change regular files with more than one hard link. Off, such
+    /// a file is refused: a hard link inside a root can name a file outside every root.
+    /// [default: false]
+    #[arg(long, env = "EXECMESH_FILE_ALLOW_HARDLINKS", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub file_allow_hardlinks: Option<String>,
+
     /// Most bytes one file read returns (a page of text or raw bytes); replies are also kept
     /// under the NATS max payload. [default: 1048576]
     #[arg(long, env = "EXECMESH_FILE_MAX_READ_BYTES", value_name = "BYTES")]
@@ -216,6 +223,24 @@ pub struct Cli {
     /// also stay under the NATS max payload. [default: 524288]
     #[arg(long, env = "EXECMESH_GREP_MAX_REPLY_BYTES", value_name = "BYTES")]
     pub grep_max_reply_bytes: Option<String>,
+
+    /// Redact secrets (passwords, tokens, keys, random-looking strings) from job output before
+    /// it leaves this host, line by line; off, output is published as the job wrote it.
+    /// [default: false]
+    #[arg(long, env = "EXECMESH_OUTPUT_REDACTION", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true")]
+    pub output_redaction: Option<String>,
+
+    /// A regular expression redacted on top of the built-in rules, from the commands stored in
+    /// `mesh_jobs` and (with --output-redaction) from output; a group named `secret` limits the
+    /// redaction to it. Repeat the flag; in the environment, one pattern per line.
+    #[arg(
+        long = "redact-pattern",
+        env = "EXECMESH_REDACT_PATTERNS",
+        value_name = "REGEX",
+        value_delimiter = '\n'
+    )]
+    pub redact_patterns: Vec<String>,
 
     /// Log filter (tracing `EnvFilter` syntax, e.g. `info,execmesh_node_agent=debug`).
     /// [default: info]

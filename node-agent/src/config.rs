@@ -95,6 +95,9 @@ pub struct Config {
     /// Directories the file tool may read and change; canonicalised at start, where a missing
     /// one is skipped with a warning.
     pub file_roots: Vec<PathBuf>,
+    /// Whether the file tool reads and changes regular files with more than one hard link
+    /// (off: refused, since a hard link inside a root can name a file outside them).
+    pub file_allow_hardlinks: bool,
     /// Most bytes one file read returns (a text page or raw bytes).
     pub file_max_read_bytes: u64,
     /// Most bytes one file write or append carries.
@@ -115,6 +118,11 @@ pub struct Config {
     /// Most bytes of results (matches, file counts, digest groups) in one grep reply; replies
     /// also stay under the NATS max payload.
     pub grep_max_reply_bytes: u64,
+    /// Redact secrets from job output before it is published (line by line).
+    pub output_redaction: bool,
+    /// Regular expressions redacted on top of the built-in rules (from stored commands, and
+    /// from output with `output_redaction`).
+    pub redact_patterns: Vec<String>,
     /// Log filter in `tracing_subscriber::EnvFilter` syntax.
     pub log: String,
     /// Log JSON lines instead of text.
@@ -189,6 +197,7 @@ impl Default for Config {
             warm_shells: 2,
             replicas: 1,
             file_roots: DEFAULT_ROOTS.iter().map(PathBuf::from).collect(),
+            file_allow_hardlinks: false,
             file_max_read_bytes: 1024 * 1024,
             file_max_write_bytes: 64 * 1024 * 1024,
             file_max_copy_bytes: 1024 * 1024 * 1024,
@@ -197,6 +206,8 @@ impl Default for Config {
             grep_max_matches: 10_000,
             grep_timeout_secs: 30,
             grep_max_reply_bytes: 512 * 1024,
+            output_redaction: false,
+            redact_patterns: Vec::new(),
             log: "info".to_string(),
             log_json: false,
         }
@@ -333,6 +344,12 @@ impl Config {
             ),
             replicas: l.get("replicas", "--replicas", &c.replicas, d.replicas),
             file_roots: l.paths("file_roots", &c.file_roots, d.file_roots),
+            file_allow_hardlinks: l.get(
+                "file_allow_hardlinks",
+                "--file-allow-hardlinks",
+                &c.file_allow_hardlinks,
+                d.file_allow_hardlinks,
+            ),
             file_max_read_bytes: l.get(
                 "file_max_read_bytes",
                 "--file-max-read-bytes",
@@ -381,6 +398,13 @@ impl Config {
                 &c.grep_max_reply_bytes,
                 d.grep_max_reply_bytes,
             ),
+            output_redaction: l.get(
+                "output_redaction",
+                "--output-redaction",
+                &c.output_redaction,
+                d.output_redaction,
+            ),
+            redact_patterns: l.patterns("redact_patterns", &c.redact_patterns),
             log: l.get("log", "--log", &c.log, d.log),
             log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
         };
@@ -547,6 +571,9 @@ impl Config {
                 p.push(format!("label `{k}`: {e}"));
             }
         }
+        if let Err(e) = execmesh_proto::redact::Redactor::new(&self.redact_patterns) {
+            p.push(format!("redact_patterns: {e}"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             p.push(format!("log: `{}`: {e}", self.log));
         }
@@ -688,6 +715,7 @@ const KNOWN_KEYS: &[&str] = &[
     "warm_shells",
     "replicas",
     "file_roots",
+    "file_allow_hardlinks",
     "file_max_read_bytes",
     "file_max_write_bytes",
     "file_max_copy_bytes",
@@ -696,6 +724,8 @@ const KNOWN_KEYS: &[&str] = &[
     "grep_max_matches",
     "grep_timeout_secs",
     "grep_max_reply_bytes",
+    "output_redaction",
+    "redact_patterns",
     "log",
     "log_json",
 ];
@@ -775,6 +805,39 @@ impl Layers {
             .into_iter()
             .map(|p| p.to_string_lossy().into_owned())
             .collect()
+    }
+
+    /// A list of regular expressions, kept exactly as written (no trimming): the flag
+    /// (repeated, or one per line in the environment) wins over the file's array of strings.
+    fn patterns(&mut self, key: &str, cli: &[String]) -> Vec<String> {
+        if !cli.is_empty() {
+            return cli.iter().filter(|s| !s.is_empty()).cloned().collect();
+        }
+        match self.file.get(key) {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                let mut patterns = Vec::new();
+                for item in items {
+                    match item.as_str() {
+                        Some(s) if !s.is_empty() => patterns.push(s.to_string()),
+                        _ => {
+                            let file = self.file_name();
+                            self.problems.push(format!(
+                                "{key}: {item} (in {file}): expected a non-empty regular expression string"
+                            ));
+                        }
+                    }
+                }
+                patterns
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "{key} = {other} (in {file}): expected an array of regular expression strings"
+                ));
+                Vec::new()
+            }
+        }
     }
 
     /// `[run_as]`: `user = "account"` or `user = ["account", …]`; then `--run-as user=account`
@@ -1002,6 +1065,42 @@ mod tests {
         assert_eq!(config.tenant.as_str(), "default");
         assert_eq!(config.chunk_bytes, 16 * 1024);
         assert_eq!(config.presence_ttl(), Duration::from_secs(6));
+    }
+
+    #[test]
+    fn redaction_and_hard_link_settings_load_and_a_bad_pattern_is_named() {
+        let config = load(
+            "output_redaction = true\nfile_allow_hardlinks = true\nredact_patterns = [\"corp-[0-9]{6}\", \" spaced (?P<secret>x)\"]\n",
+            Cli::default(),
+        )
+        .expect("valid");
+        assert!(config.output_redaction);
+        assert!(config.file_allow_hardlinks);
+        assert_eq!(
+            config.redact_patterns,
+            ["corp-[0-9]{6}", " spaced (?P<secret>x)"]
+        );
+        let defaults = Config::default();
+        assert!(!defaults.output_redaction && !defaults.file_allow_hardlinks);
+
+        let err = load("redact_patterns = [\"(unclosed\"]\n", Cli::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redact_patterns") && err.contains("(unclosed"),
+            "{err}"
+        );
+        let config = load(
+            "",
+            Cli {
+                output_redaction: Some("true".into()),
+                redact_patterns: vec!["a,b{1,2}".into()],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert!(config.output_redaction);
+        assert_eq!(config.redact_patterns, ["a,b{1,2}"]);
     }
 
     #[test]

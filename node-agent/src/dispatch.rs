@@ -219,7 +219,9 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
     ) {
         Ok(order) => order,
         Err(refusal) => {
-            warn!(subject = %msg.subject, reason = %refusal.message, "request refused");
+            // A guard refusal quotes the command: the log gets it redacted.
+            warn!(subject = %msg.subject, reason = %node.redactor.text(&refusal.message),
+                  "request refused");
             return exec_error(&refusal);
         }
     };
@@ -417,7 +419,8 @@ async fn serve_file(
 async fn run(node: &Arc<Node>, spec: request::RunSpec) -> pb::ExecReply {
     let host = node.host();
     let refused = |refusal: Refusal| {
-        warn!(code = refusal.code.as_str_name(), reason = %refusal.message, "request refused");
+        warn!(code = refusal.code.as_str_name(), reason = %node.redactor.text(&refusal.message),
+              "request refused");
         exec_error(&refusal)
     };
     if node.stopping.is_cancelled() {

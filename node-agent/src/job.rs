@@ -66,13 +66,15 @@ pub async fn start(
         )
         .ok_or_else(exists)?;
 
+    // The status is kept for days and shown to operators: it holds the command redacted, never
+    // as it was sent (the child gets the original).
     let mut status = pb::JobStatus {
         job_id: job.to_string(),
         tenant: node.tenant().to_string(),
         host: host.to_string(),
         user: spec.user.to_string(),
-        cmd: spec.cmd.clone(),
-        title: spec.title.clone(),
+        cmd: node.redactor.text(&spec.cmd),
+        title: node.redactor.text(&spec.title),
         state: JobState::Running as i32,
         started_at_ms: execmesh_proto::now_ms(),
         trace_id: spec.trace_id.clone(),
@@ -80,7 +82,7 @@ pub async fn start(
         cwd: spec
             .cwd
             .as_ref()
-            .map(|c| c.display().to_string())
+            .map(|c| node.redactor.text(&c.display().to_string()))
             .unwrap_or_default(),
         run_as: runas::name_of(spec.account.as_ref()),
         uid: spec
@@ -266,7 +268,7 @@ impl JobTask {
         let pid = child.id().unwrap_or(0);
         let deadline = Instant::now() + spec.timeout;
         status.pid = pid;
-        info!(pid, cmd = %spec.cmd, "job started");
+        info!(pid, cmd = %status.cmd, "job started");
         node.audit.job_started(&status, spec.account.as_ref());
 
         let max_payload = node.client.server_info().max_payload;
@@ -285,6 +287,9 @@ impl JobTask {
                 coalesce: node.config.coalesce(),
                 inline_max,
             },
+            node.config
+                .output_redaction
+                .then(|| Arc::clone(&node.redactor)),
         );
 
         // Store the pid while the child already runs; the reply for `bg` waits for it.

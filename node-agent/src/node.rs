@@ -5,10 +5,12 @@ use std::sync::Arc;
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
 use execmesh_proto::signing::RecordKey;
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, subject};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::error;
 
 use crate::admission::Admission;
 use crate::audit::Audit;
@@ -58,6 +60,9 @@ pub struct Node {
     /// records planted by others. `None` without a NATS seed: records go out unsigned, and such
     /// a gateway ignores them.
     pub record_key: Option<Arc<RecordKey>>,
+    /// Redacts secrets from what is stored or shown of a request (the command in `mesh_jobs`,
+    /// audit fields, logs) and, with `output_redaction`, from output.
+    pub redactor: Arc<Redactor>,
 }
 
 // === impl Node ===
@@ -86,6 +91,12 @@ impl Node {
             instance.clone(),
             config.warm_shells,
         ));
+        // The patterns were checked with the rest of the configuration; were one bad after all,
+        // the built-in rules still apply.
+        let redactor = Arc::new(Redactor::new(&config.redact_patterns).unwrap_or_else(|e| {
+            error!(error = %e, "redact_patterns: using the built-in rules only");
+            Redactor::builtin().clone()
+        }));
         let audit = Audit::start(
             client.clone(),
             config.tenant.clone(),
@@ -93,6 +104,7 @@ impl Node {
             instance.clone(),
             config.replicas,
             record_key.as_deref().cloned(),
+            Arc::clone(&redactor),
         );
         Self {
             record_key,
@@ -113,6 +125,7 @@ impl Node {
             handlers: TaskTracker::new(),
             files,
             facts,
+            redactor,
         }
     }
 

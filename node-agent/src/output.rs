@@ -5,7 +5,14 @@
 //! reading, and the child blocks on its next write: output is delayed, never lost. The coalescer
 //! publishes one chunk at a time and awaits its ack before the next (stream order = line order,
 //! even across a NATS restart); while an ack is pending, more output gathers in the next chunk.
+//!
+//! With `output_redaction` the readers redact every piece before it leaves them. A piece holds
+//! whole lines (a line longer than `chunk_bytes` comes in `chunk_bytes` parts), so a secret
+//! within one line — or within one part of an overlong line — is always seen whole; a secret
+//! that spans lines (a private key) is seen whole when its lines arrive in one read, and line
+//! by line otherwise.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +21,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use execmesh_proto::pb::{self, OutputStream};
 use execmesh_proto::signing::RecordKey;
+use execmesh_proto::redact::Redactor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::mpsc;
@@ -23,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
 use crate::chunker::{Chunk, Chunker, Totals};
-use crate::lines::{LineSplitter, Piece};
+use crate::lines::{LineSplitter, Piece, count_newlines};
 use crate::publish::publish_acked;
 use crate::retry::GaveUp;
 
@@ -71,25 +79,34 @@ pub struct Limits {
 // === impl Output ===
 
 impl Output {
-    /// Starts the readers and the coalescer.
+    /// Starts the readers and the coalescer; with a `redactor`, every piece is redacted before
+    /// it is chunked.
     pub fn start(
         sink: Sink,
         stdout: Option<ChildStdout>,
         stderr: Option<ChildStderr>,
         limits: Limits,
+        redactor: Option<Arc<Redactor>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
         let mut readers = JoinSet::new();
         if let Some(stdout) = stdout {
-            let tx = tx.clone();
-            readers.spawn(
-                read_stream(stdout, OutputStream::Stdout, limits.chunk_bytes, tx).in_current_span(),
-            );
+            let reader = Reader {
+                stream: OutputStream::Stdout,
+                chunk_bytes: limits.chunk_bytes,
+                redactor: redactor.clone(),
+                tx: tx.clone(),
+            };
+            readers.spawn(reader.read(stdout).in_current_span());
         }
         if let Some(stderr) = stderr {
-            readers.spawn(
-                read_stream(stderr, OutputStream::Stderr, limits.chunk_bytes, tx).in_current_span(),
-            );
+            let reader = Reader {
+                stream: OutputStream::Stderr,
+                chunk_bytes: limits.chunk_bytes,
+                redactor,
+                tx,
+            };
+            readers.spawn(reader.read(stderr).in_current_span());
         }
         let chunker = Chunker::new(limits.chunk_bytes, limits.cap, limits.inline_max);
         let pump = tokio::spawn(pump(rx, chunker, sink, limits.coalesce).in_current_span());
@@ -120,37 +137,74 @@ impl Output {
     }
 }
 
-/// Reads one stream into lines until EOF and sends them to the coalescer.
-async fn read_stream<R: AsyncRead + Unpin>(
-    mut src: R,
+/// One stream's reader: splits it into lines, redacts them if asked, sends them on.
+struct Reader {
     stream: OutputStream,
     chunk_bytes: usize,
+    redactor: Option<Arc<Redactor>>,
     tx: mpsc::Sender<(OutputStream, Piece)>,
-) {
-    let mut splitter = LineSplitter::new(chunk_bytes);
-    let mut pieces = Vec::new();
-    loop {
-        let buf = splitter.buffer();
-        buf.reserve(chunk_bytes);
-        match src.read_buf(buf).await {
-            Ok(0) => break,
-            Ok(_) => {
-                splitter.take(&mut pieces);
-                for piece in pieces.drain(..) {
-                    if tx.send((stream, piece)).await.is_err() {
-                        return;
+}
+
+impl Reader {
+    /// Reads the stream into lines until EOF and sends them to the coalescer.
+    async fn read<R: AsyncRead + Unpin>(self, mut src: R) {
+        let mut splitter = LineSplitter::new(self.chunk_bytes);
+        let mut pieces = Vec::new();
+        loop {
+            let buf = splitter.buffer();
+            buf.reserve(self.chunk_bytes);
+            match src.read_buf(buf).await {
+                Ok(0) => break,
+                Ok(_) => {
+                    splitter.take(&mut pieces);
+                    for piece in pieces.drain(..) {
+                        if !self.send(piece).await {
+                            return;
+                        }
                     }
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                warn!(stream = stream.as_str_name(), error = %e, "reading job output failed");
-                break;
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(stream = self.stream.as_str_name(), error = %e, "reading job output failed");
+                    break;
+                }
             }
         }
+        if let Some(piece) = splitter.finish() {
+            self.send(piece).await;
+        }
     }
-    if let Some(piece) = splitter.finish() {
-        let _ = tx.send((stream, piece)).await;
+
+    /// Sends one piece (redacted, when asked); false once the coalescer is gone.
+    async fn send(&self, piece: Piece) -> bool {
+        let piece = match &self.redactor {
+            Some(redactor) => redact_piece(redactor, piece),
+            None => piece,
+        };
+        self.tx.send((self.stream, piece)).await.is_ok()
+    }
+}
+
+/// `piece` with its secrets redacted. The lines are counted again (a private key block becomes
+/// one marker), and a piece that ended a line still does: whole-line pieces stay whole lines.
+pub fn redact_piece(redactor: &Redactor, piece: Piece) -> Piece {
+    let redacted = match redactor.bytes(&piece.data) {
+        Cow::Borrowed(_) => return piece,
+        Cow::Owned(data) => data,
+    };
+    let mut data = redacted;
+    if piece.data.ends_with(b"\n") && !data.ends_with(b"\n") {
+        data.push(b'\n');
+    }
+    let newlines = count_newlines(&data);
+    let lines = if data.ends_with(b"\n") {
+        newlines
+    } else {
+        newlines + 1
+    };
+    Piece {
+        data: data.into(),
+        lines: u32::try_from(lines).unwrap_or(u32::MAX).max(1),
     }
 }
 
@@ -255,4 +309,39 @@ pub async fn publish_exit(sink: &Sink, status: &pb::JobStatus) -> Result<(), Gav
         &sink.stop,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(text: &str, lines: u32) -> Piece {
+        Piece {
+            data: text.to_string().into(),
+            lines,
+        }
+    }
+
+    #[test]
+    fn redacted_pieces_keep_their_lines_whole_and_counted() {
+        let r = Redactor::builtin();
+        let p = redact_piece(r, piece("ok\nDB_PASS=hunter2 ./run\nbye\n", 3));
+        assert_eq!(&p.data[..], b"ok\nDB_PASS=[redacted] ./run\nbye\n");
+        assert_eq!(p.lines, 3);
+
+        // A key block becomes one line; the piece still ends its last line.
+        let key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n";
+        let p = redact_piece(r, piece(key, 2));
+        assert_eq!(&p.data[..], b"-----BEGIN PRIVATE KEY-----[redacted]\n");
+        assert_eq!(p.lines, 1);
+
+        // A cut part of a long line, or an unterminated last line, stays one line.
+        let p = redact_piece(r, piece("token=abc123", 1));
+        assert_eq!((&p.data[..], p.lines), (&b"token=[redacted]"[..], 1));
+
+        // Nothing to redact: the very same bytes.
+        let original = piece("plain\n", 1);
+        let p = redact_piece(r, original.clone());
+        assert_eq!(p, original);
+    }
 }

@@ -14,6 +14,7 @@
 //! Only an agent running as root can switch accounts; one that is not refuses mappings to any
 //! account but its own.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
@@ -299,6 +300,22 @@ pub struct FsCredentials {
     saved_groups: Vec<libc::gid_t>,
 }
 
+/// The filesystem ids of a thread that acts as an account: the agent's own and the account's.
+#[derive(Debug, Clone, Copy)]
+struct Acting {
+    agent: (u32, u32),
+    account: (u32, u32),
+}
+
+thread_local! {
+    /// Set while this thread holds [`FsCredentials`], for [`as_agent`].
+    static ACTING: Cell<Option<Acting>> = const { Cell::new(None) };
+}
+
+/// While alive, the thread has its own (the agent's) filesystem ids back; on drop it acts as
+/// the account again.
+struct AgentIds(Acting);
+
 // === impl FsCredentials ===
 
 impl FsCredentials {
@@ -328,12 +345,55 @@ impl FsCredentials {
                 format!("cannot take on the file-system ids of {}", account.name),
             ));
         }
+        ACTING.set(Some(Acting {
+            agent: (saved.saved_uid, saved.saved_gid),
+            account: (account.uid, account.gid),
+        }));
         Ok(saved)
+    }
+}
+
+/// The filesystem uid and gid this thread acts with: an account's while it holds
+/// [`FsCredentials`], the agent's otherwise.
+pub fn fs_ids() -> (u32, u32) {
+    (current_fsuid(), current_fsgid())
+}
+
+/// Runs `f` with the agent's own filesystem ids when this thread acts as an account (unchanged
+/// otherwise). For the one thing an account cannot do itself and the agent does for it on a
+/// descriptor already open: giving a replaced file's owner back to its replacement.
+pub fn as_agent<T>(f: impl FnOnce() -> T) -> T {
+    let Some(acting) = ACTING.get() else {
+        return f();
+    };
+    // SAFETY: plain syscalls on integers.
+    unsafe {
+        libc::setfsuid(acting.agent.0);
+        libc::setfsgid(acting.agent.1);
+    }
+    let _back = AgentIds(acting);
+    f()
+}
+
+impl Drop for AgentIds {
+    fn drop(&mut self) {
+        // SAFETY: plain syscalls on integers.
+        unsafe {
+            libc::setfsgid(self.0.account.1);
+            libc::setfsuid(self.0.account.0);
+        }
+        if current_fsuid() != self.0.account.0 {
+            error!(
+                uid = self.0.account.0,
+                "could not switch a file worker back to its account"
+            );
+        }
     }
 }
 
 impl Drop for FsCredentials {
     fn drop(&mut self) {
+        ACTING.set(None);
         // SAFETY: plain syscalls on integers.
         unsafe {
             libc::setfsuid(self.saved_uid);

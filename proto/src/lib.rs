@@ -5,8 +5,9 @@
 //! several processes need live here too, so they are written once: the checks of a NATS
 //! connection's TLS files and the reading of its permission errors (`nats_connection`), the
 //! background audit publisher (`audit_publisher`), the JSON shape of audit events
-//! (`audit_json`), and the identities file with the check of signed records against it
-//! (`identities`).
+//! (`audit_json`), the identities file with the check of signed records against it
+//! (`identities`), and the one redactor of secrets that every process applies before it stores
+//! or shows a command, an argument or (optionally) output (`redact`).
 
 pub mod audit_json;
 pub mod audit_publisher;
@@ -15,6 +16,7 @@ pub mod identities;
 pub mod jetstream;
 pub mod kv_write;
 pub mod nats_connection;
+pub mod redact;
 pub mod signing;
 pub mod subject;
 

@@ -763,6 +763,114 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
     );
 }
 
+/// A command with the secret forms an earlier redaction missed, each secret marked `SECRET`,
+/// inside a function that is never called (so nothing real runs).
+const MISSED_FORMS: &str = "f() { curl -u a:pwSECRET1 x; DB_PASS=pwSECRET2 m; \
+     redis-cli -a pwSECRET3 ping; docker login -p pwSECRET4 r; openssl rsa -passin pass:pwSECRET5; \
+     echo pwSECRET6 | sudo -S true; htpasswd -b h u pwSECRET7; }; echo done";
+
+/// What must remain of [`MISSED_FORMS`] wherever it is recorded or shown (the argument summary
+/// keeps 256 characters of it, enough for all of them).
+const MISSED_FORMS_KEPT: &[&str] = &[
+    "curl -u a:[redacted] x",
+    "DB_PASS=[redacted] m",
+    "redis-cli -a [redacted] ping",
+    "docker login -p [redacted] r",
+    "-passin pass:[redacted];",
+    "echo [redacted] | sudo -S true",
+    "htpasswd -b h u [redacted];",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
+    let nats = Nats::start().await;
+    let sink = Store::sqlite().await.sink(&nats).start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call("bash", json!({"host": "web-1", "cmd": MISSED_FORMS}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(out.structured()["output"], "done\n");
+    assert!(
+        !out.text().contains("SECRET") && !out.structured().to_string().contains("SECRET"),
+        "the bash result shows a secret: {}",
+        out.structured()
+    );
+    let trace = out.structured()["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    let records = trace_events(&sink, &trace, 5).await;
+
+    // The gateway's argument summary keeps the command readable, secrets replaced.
+    let Some(Body::CallReceived(received)) = &one(&records, audit_kind::CALL_RECEIVED).body else {
+        unreachable!()
+    };
+    let args: serde_json::Value =
+        serde_json::from_str(&received.args).expect("the summary is JSON");
+    let summary = args["cmd"].as_str().expect("the command");
+    for kept in MISSED_FORMS_KEPT {
+        assert!(summary.contains(kept), "{kept:?} in {summary}");
+    }
+
+    // No event in the stream carries a secret, the agent's included.
+    let js = nats.jetstream().await;
+    let mut audit = js.get_stream("AUDIT").await.expect("AUDIT exists");
+    let last = audit.info().await.expect("stream info").state.last_sequence;
+    for seq in 1..=last {
+        let msg = audit.get_raw_message(seq).await.expect("a stored event");
+        let text = String::from_utf8_lossy(&msg.payload);
+        assert!(
+            !text.contains("SECRET"),
+            "event {seq} leaks a secret: {text}"
+        );
+    }
+
+    // The job's status record, kept for days, never held the command as sent.
+    let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
+    let key = format!("default.web-1.{job}");
+    let mut history = jobs.history(&key).await.expect("the record's history");
+    let mut revisions = 0;
+    while let Some(entry) = futures::StreamExt::next(&mut history).await {
+        let entry = entry.expect("a revision");
+        let raw = String::from_utf8_lossy(&entry.value);
+        assert!(
+            !raw.contains("SECRET"),
+            "revision {} leaks: {raw}",
+            entry.revision
+        );
+        revisions += 1;
+        let status = pb::JobStatus::decode(entry.value).expect("a job status");
+        for kept in MISSED_FORMS_KEPT {
+            assert!(status.cmd.contains(kept), "{kept:?} in {}", status.cmd);
+        }
+    }
+    assert!(revisions >= 1, "no status record under {key}");
+
+    // Nor did the exit record in MESH_OUT, which carries the final status.
+    let mut out_stream = js.get_stream("MESH_OUT").await.expect("MESH_OUT exists");
+    let last = out_stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    for seq in 1..=last {
+        let msg = out_stream.get_raw_message(seq).await.expect("a record");
+        let text = String::from_utf8_lossy(&msg.payload);
+        assert!(
+            !text.contains("SECRET"),
+            "output record {seq} leaks: {text}"
+        );
+    }
+}
+
 async fn tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_returns(
     store: Store,
 ) {

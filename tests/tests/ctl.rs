@@ -425,6 +425,96 @@ async fn jobs_are_listed_got_and_killed_as_tables_and_json() {
         .fails(1, &["not found", "nope-00000000"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshctl() {
+    use prost::Message as _;
+    let nats = Nats::start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).admin().start().await;
+    let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
+    let alice = gw.client("alice").await;
+
+    // A job run now: its agent stores the command redacted.
+    let out = alice
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "MYSQL_PWD=newSECRET true", "title": "with token=titleSECRET"}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    let fresh = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    assert!(
+        !fresh.contains("secret"),
+        "the job id names a secret: {fresh}"
+    );
+    // A job recorded by an agent from before redaction: shown redacted all the same.
+    let planted = "migrate-00000001";
+    let old = execmesh_proto::pb::JobStatus {
+        job_id: planted.into(),
+        tenant: "default".into(),
+        host: "web-1".into(),
+        user: "alice".into(),
+        cmd: "DB_PASS=oldSECRET ./migrate".into(),
+        state: execmesh_proto::pb::JobState::Exited as i32,
+        exit_code: Some(0),
+        started_at_ms: execmesh_proto::now_ms(),
+        ended_at_ms: execmesh_proto::now_ms(),
+        ..Default::default()
+    };
+    nats.jetstream()
+        .await
+        .get_key_value("mesh_jobs")
+        .await
+        .expect("mesh_jobs")
+        .put(
+            format!("default.web-1.{planted}"),
+            old.encode_to_vec().into(),
+        )
+        .await
+        .expect("planted");
+
+    let shown = |what: &str, text: &str| {
+        assert!(!text.contains("SECRET"), "{what} shows a secret: {text}");
+    };
+    let listed = alice
+        .call("job", json!({"action": "list", "host": "web-1"}))
+        .await;
+    assert!(!listed.is_error(), "{}", listed.text());
+    shown("job list", &listed.text());
+    shown("job list", &listed.structured().to_string());
+    assert!(
+        listed.text().contains("DB_PASS=[redacted] ./migrate"),
+        "{}",
+        listed.text()
+    );
+    assert!(
+        listed.text().contains("MYSQL_PWD=[redacted] true"),
+        "{}",
+        listed.text()
+    );
+
+    let table = ctl.run(&["jobs"]).await.ok();
+    shown("execmeshctl jobs", &table.stdout);
+    assert_eq!(
+        table.row(planted).last().map(String::as_str),
+        Some("DB_PASS=[redacted] ./migrate")
+    );
+    let json = ctl.run(&["jobs", "--json"]).await.ok();
+    shown("execmeshctl jobs --json", &json.stdout);
+    for job in [planted, fresh.as_str()] {
+        let detail = ctl.run(&["job", "get", job]).await.ok();
+        shown("execmeshctl job get", &detail.stdout);
+        let got = ctl.run(&["job", "get", job, "--json"]).await.ok();
+        shown("execmeshctl job get --json", &got.stdout);
+    }
+    let got = ctl.run(&["job", "get", &fresh, "--json"]).await.ok().json();
+    assert_eq!(got["jobs"][0]["cmd"], json!("MYSQL_PWD=[redacted] true"));
+    assert_eq!(got["jobs"][0]["title"], json!("with token=[redacted]"));
+}
+
 #[tokio::test]
 async fn job_tail_prints_a_running_jobs_output_to_its_end() {
     let nats = Nats::start().await;

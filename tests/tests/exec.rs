@@ -773,3 +773,90 @@ async fn oversized_requests_and_expired_tokens_are_refused() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host() {
+    let nats = Nats::start().await;
+    // Small chunks, so the secrets of the long job fall on every side of chunk boundaries.
+    let _vault = NodeAgent::new(&nats, "vault-1")
+        .arg("--output-redaction", "true")
+        .arg("--redact-pattern", "corp-[0-9]{6}")
+        .arg("--chunk-bytes", "1024")
+        .start()
+        .await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+
+    // Secrets made at run time, so they exist only in the output (the command never spells
+    // the marker `SECRET`).
+    let secrets = "s=$(printf 'SEC%s' RET); echo \"DB_PASSWORD=hunter2$s\"; echo \"Authorization: Bearer abc123$s\"; \
+                   echo ok; echo corp-123456; \
+                   printf -- '-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkq%s\\n-----END PRIVATE KEY-----\\n' $s; \
+                   echo after";
+    let out = client
+        .call("bash", json!({"host": "vault-1", "cmd": secrets}))
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    assert_eq!(
+        out.structured()["output"],
+        "DB_PASSWORD=[redacted]\nAuthorization: Bearer [redacted]\nok\n[redacted]\n\
+         -----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\nafter\n"
+    );
+    let job = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    let (paged, _) = read_all(&client, &job, None).await;
+    assert_eq!(paged[0], "DB_PASSWORD=[redacted]");
+    assert!(paged.iter().all(|l| !l.contains("SECRET")), "{paged:?}");
+
+    // A long job: thousands of chunks' worth of lines, each with a secret.
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "vault-1", "cmd": "s=$(printf 'SEC%s' RET); for i in $(seq 1 3000); do echo \"line $i token=t0k${i}$s\"; done", "bg": true}),
+        )
+        .await;
+    let long = out.structured()["job"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    let (lines, _) = read_all(&client, &long, None).await;
+    let expected: Vec<String> = (1..=3000)
+        .map(|i| format!("line {i} token=[redacted]"))
+        .collect();
+    assert!(
+        lines == expected,
+        "lines redacted, in order, none lost: {lines:?}"
+    );
+
+    // Nothing of it reached MESH_OUT unredacted.
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream("MESH_OUT").await.expect("MESH_OUT exists");
+    let last = stream
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .last_sequence;
+    let mut chunks = 0;
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.expect("a record");
+        if msg.subject.contains(".out.vault-1.") {
+            chunks += 1;
+            let text = String::from_utf8_lossy(&msg.payload);
+            assert!(!text.contains("SECRET"), "record {seq} leaks: {text}");
+        }
+    }
+    assert!(chunks > 50, "the long job spans many chunks: {chunks}");
+
+    // Redaction is the host's choice: without it, output is published as written.
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "s=$(printf 'SEC%s' RET); echo token=abc$s"}),
+        )
+        .await;
+    assert_eq!(out.structured()["output"], "token=abcSECRET\n");
+}

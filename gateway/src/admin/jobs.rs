@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 use tracing::debug;
 
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
@@ -105,6 +106,8 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                 };
                 let truncated = jobs.len() > limit;
                 jobs.truncate(limit);
+                let redactor = self.admin.state.audit.redactor();
+                jobs.iter_mut().for_each(|job| redactor.job_status(job));
                 self.audit_use(&access, "JobsService.List", "list", &jobs);
                 Ok(pb::ListJobsResponse { jobs, truncated })
             })
@@ -296,7 +299,10 @@ impl JobsApi {
         found.sort_by(|a, b| a.host.cmp(&b.host));
         let mut settled = Vec::with_capacity(found.len());
         for status in found {
-            settled.push(mesh.settle_orphan(status).await.map_err(error::mesh)?);
+            let mut status = mesh.settle_orphan(status).await.map_err(error::mesh)?;
+            // Agents store the command redacted; a record from an older agent is redacted here.
+            self.admin.state.audit.redactor().job_status(&mut status);
+            settled.push(status);
         }
         Ok(settled)
     }
@@ -458,7 +464,8 @@ impl Tail {
     }
 }
 
-fn exit_message(status: pb::JobStatus, cursor: String) -> pb::TailJobResponse {
+fn exit_message(mut status: pb::JobStatus, cursor: String) -> pb::TailJobResponse {
+    Redactor::builtin().job_status(&mut status);
     pb::TailJobResponse {
         body: Some(pb::tail_job_response::Body::Exit(status)),
         cursor,

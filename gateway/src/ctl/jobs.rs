@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{now_ms, pb};
 
 use super::cli::{JobCommand, JobFilters};
@@ -241,6 +242,7 @@ async fn tail(
 
 /// One line saying how a job ended: `exit 0 after 3.2s on web-1 (job echo-ab12cd34)`.
 fn ending(job: &pb::JobStatus) -> String {
+    let job = &shown(job);
     let took = if job.ended_at_ms >= job.started_at_ms && job.started_at_ms > 0 {
         format!(
             " after {}",
@@ -269,6 +271,7 @@ fn jobs_table(jobs: &[pb::JobStatus]) -> Table {
         "JOB", "HOST", "USER", "STATE", "EXIT", "STARTED", "DURATION", "CMD",
     ]);
     for job in jobs {
+        let job = &shown(job);
         table.row(vec![
             job.job_id.clone(),
             job.host.clone(),
@@ -281,6 +284,14 @@ fn jobs_table(jobs: &[pb::JobStatus]) -> Table {
         ]);
     }
     table
+}
+
+/// `job` as it may be shown: the gateway redacts what it serves, and so does this client, for
+/// gateways and records from before redaction.
+fn shown(job: &pb::JobStatus) -> pb::JobStatus {
+    let mut job = job.clone();
+    Redactor::builtin().job_status(&mut job);
+    job
 }
 
 fn exit_cell(job: &pb::JobStatus) -> String {
@@ -306,6 +317,7 @@ fn run_time(job: &pb::JobStatus, now: u64) -> String {
 
 /// A job as `field: value` lines.
 fn job_detail(job: &pb::JobStatus, now: u64) -> String {
+    let job = &shown(job);
     let mut fields: Vec<(&str, String)> = vec![
         ("job", job.job_id.clone()),
         ("host", job.host.clone()),
@@ -387,6 +399,7 @@ pub fn state_word(state: i32) -> String {
 
 /// A job as JSON: proto field names, the state as a word.
 pub fn job_json(job: &pb::JobStatus) -> Value {
+    let job = &shown(job);
     json!({
         "job_id": job.job_id,
         "host": job.host,

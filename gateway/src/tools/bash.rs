@@ -7,6 +7,7 @@ use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
 use super::bash_fanout::FanoutResult;
@@ -315,13 +316,16 @@ fn fits(output: &[u8], limits: &PageLimits) -> bool {
 /// `<title>-<random>`: the title (or the command's first word) made subject-safe, then 8
 /// random base32 characters so ids never collide.
 pub fn job_id(title: Option<&str>, cmd: &str) -> Token {
+    // The id travels in subjects, keys and audit events unredacted: it is named after the
+    // command, never after a leading assignment (`DB_PASS=… ./migrate`) or anything secret.
     let first_word = cmd
         .split_whitespace()
-        .next()
+        .find(|w| !is_assignment(w))
         .map(|w| w.rsplit('/').next().unwrap_or(w))
+        .filter(|w| Redactor::builtin().text(w) == *w)
         .unwrap_or("job");
     let base = title
-        .and_then(|t| Token::sanitize(t, 24))
+        .and_then(|t| Token::sanitize(&Redactor::builtin().text(t), 24))
         .or_else(|| Token::sanitize(first_word, 24))
         .map(|t| t.to_string())
         .unwrap_or_else(|| "job".to_string());
@@ -330,6 +334,15 @@ pub fn job_id(title: Option<&str>, cmd: &str) -> Token {
     // back to a plain id rather than panic if that ever changes.
     Token::parse("job id", &format!("{base}-{random}")).unwrap_or_else(|_| {
         Token::sanitize(&format!("job-{random}"), 63).unwrap_or_else(|| job_id(None, "job"))
+    })
+}
+
+/// Whether a word of a command line is a variable assignment (`NAME=value`).
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     })
 }
 
@@ -346,6 +359,10 @@ mod tests {
         let id = job_id(None, "   ");
         assert!(id.as_str().starts_with("job-"), "{id}");
         assert_ne!(job_id(None, "x"), job_id(None, "x"));
+        let id = job_id(None, "DB_PASS=hunter2 ./migrate.sh");
+        assert!(id.as_str().starts_with("migrate-sh-"), "{id}");
+        let id = job_id(None, "ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789 x");
+        assert!(id.as_str().starts_with("job-"), "{id}");
     }
 
     #[test]

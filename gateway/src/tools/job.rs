@@ -6,6 +6,7 @@ use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Call, seconds, structured};
@@ -744,13 +745,15 @@ pub fn state_name(state: pb::JobState) -> &'static str {
 
 pub fn view(s: &pb::JobStatus) -> JobView {
     let ended = (s.ended_at_ms > 0).then_some(s.ended_at_ms);
+    // Agents store the command redacted; a record from an older agent is redacted here.
+    let redact = Redactor::builtin();
     JobView {
         job: s.job_id.clone(),
         host: s.host.clone(),
         state: state_name(s.state()).to_string(),
         user: s.user.clone(),
-        cmd: s.cmd.clone(),
-        title: s.title.clone(),
+        cmd: redact.text(&s.cmd),
+        title: redact.text(&s.title),
         pid: (s.pid > 0).then_some(s.pid),
         exit_code: s.exit_code,
         signal: (!s.signal.is_empty()).then(|| s.signal.clone()),
@@ -762,7 +765,7 @@ pub fn view(s: &pb::JobStatus) -> JobView {
         lines: s.lines,
         bytes: s.bytes,
         dropped_bytes: s.dropped_bytes,
-        reason: (!s.reason.is_empty()).then(|| s.reason.clone()),
+        reason: (!s.reason.is_empty()).then(|| redact.text(&s.reason)),
         trace_id: s.trace_id.clone(),
     }
 }

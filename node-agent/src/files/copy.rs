@@ -18,7 +18,7 @@ use super::Files;
 use super::error::FileError;
 use super::read::{identity, read_at, regular_file};
 use super::roots::{Final, Parents};
-use super::write::{DEFAULT_MODE, Temp};
+use super::write::{DEFAULT_MODE, Keep, Temp};
 
 /// Largest chunk read or written at once.
 pub const MAX_CHUNK_BYTES: u32 = 512 * 1024;
@@ -156,11 +156,12 @@ pub fn chunk_write(
             return Err(FileError::is_a_directory(raw, ""));
         }
         Some(_) if !req.overwrite => return Err(FileError::already_exists(raw)),
-        Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => Some(st),
+        Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+            Some(Keep::of(&files.roots, &temp.place, st)?)
+        }
         _ => None,
     };
-    let mode = keep.map_or(DEFAULT_MODE, |st| st.st_mode & 0o7777);
-    temp.finish(mode, keep.map(|st| (st.st_uid, st.st_gid)))?;
+    temp.finish(DEFAULT_MODE, keep)?;
     let path = temp.place.path();
     temp.commit(req.overwrite)?;
     Ok(pb::FileChunkWriteReply {

@@ -56,6 +56,41 @@ pub enum FileError {
     #[error("{path} is not empty")]
     NotEmpty { path: String },
 
+    /// A write asked for a mode with the setuid, setgid or sticky bit: the file tool never sets
+    /// them (a setuid file written by one account runs as another).
+    #[error(
+        "{path}: mode {mode:04o} has the {bits} bit set; the file tool does not create setuid, \
+         setgid or sticky files (use a mode of at most 0777)"
+    )]
+    SpecialMode {
+        path: String,
+        mode: u32,
+        /// The offending bits in words (`setuid`, `setgid and sticky`, …).
+        bits: String,
+    },
+
+    /// A regular file with more than one hard link: another of its names may lie outside the
+    /// allowed roots, so it is neither read nor changed (the host's `file_allow_hardlinks`
+    /// allows it).
+    #[error(
+        "{path} has {links} hard links; one of them may lie outside the allowed roots, so the \
+         file tool neither reads nor changes it (a host allows it with file_allow_hardlinks)"
+    )]
+    HardLinked { path: String, links: u64 },
+
+    /// Replacing the file would give it a new owner: the file keeps its owner or is left alone.
+    #[error(
+        "{path} belongs to uid {uid} (gid {gid}) and {reason}; replacing it would make it \
+         another user's, so it was left as it is"
+    )]
+    OwnerNotKept {
+        path: String,
+        uid: u32,
+        gid: u32,
+        /// Why the owner cannot be kept.
+        reason: &'static str,
+    },
+
     /// A request that cannot be carried out as asked; `reason` says why.
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
@@ -85,6 +120,9 @@ impl FileError {
             FileError::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             FileError::ChecksumMismatch { .. } => ErrorCode::ChecksumMismatch,
             FileError::NotEmpty { .. } => ErrorCode::NotEmpty,
+            FileError::SpecialMode { .. } => ErrorCode::Invalid,
+            FileError::HardLinked { .. } => ErrorCode::PermissionDenied,
+            FileError::OwnerNotKept { .. } => ErrorCode::PermissionDenied,
             FileError::Invalid { .. } => ErrorCode::Invalid,
             FileError::Io { .. } => ErrorCode::Internal,
         }

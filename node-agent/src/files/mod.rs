@@ -102,7 +102,8 @@ impl Files {
     /// The file tool for `config`: its roots are canonicalised now (missing ones are skipped
     /// with a warning).
     pub fn new(config: &Config) -> Files {
-        Files::with(Roots::new(&config.file_roots), config.file_limits())
+        let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
+        Files::with(roots, config.file_limits())
     }
 
     /// The file tool over `roots` with `limits`.

@@ -419,6 +419,38 @@ mod tests {
     }
 
     #[test]
+    fn a_hard_link_to_a_file_outside_the_roots_is_not_read_unless_the_host_allows_it() {
+        let fx = Fixture::new();
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("secret");
+        std::fs::write(&secret, "outside the roots\n").unwrap();
+        std::fs::hard_link(&secret, fx.abs("link")).unwrap();
+        let err = read(&fx.files, req(fx.path("link")), &budget()).unwrap_err();
+        assert_eq!(err.code(), pb::ErrorCode::PermissionDenied, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&fx.path("link")) && message.contains("2 hard links"),
+            "{message}"
+        );
+        let err = super::super::copy::chunk_read(
+            &fx.files,
+            pb::FileChunkRead {
+                path: fx.path("link"),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), pb::ErrorCode::PermissionDenied, "{err}");
+
+        let allowing = super::super::Files::with(
+            super::super::Roots::new(std::slice::from_ref(&fx.root)).allowing_hardlinks(true),
+            super::super::fixture::limits(),
+        );
+        let reply = read(&allowing, req(fx.path("link")), &budget()).unwrap();
+        assert_eq!(reply.text, "outside the roots\n");
+    }
+
+    #[test]
     fn directories_and_fifos_are_not_read() {
         let fx = Fixture::new();
         std::fs::create_dir(fx.abs("d")).unwrap();

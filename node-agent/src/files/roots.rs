@@ -7,6 +7,12 @@
 //! Because the disk can change between the check and the use, files and directories are then
 //! opened with `O_NOFOLLOW` and the opened descriptor's real path (`/proc/self/fd/<fd>`) is
 //! checked again; later steps work relative to descriptors, not paths.
+//!
+//! A hard link is the one name a path check cannot see through: `/srv/app/x` may be another
+//! name of `/etc/y`. Unless the host allows it (`file_allow_hardlinks`), a regular file with
+//! more than one link is neither read (read, copy, grep) nor changed (write, append, the target
+//! of a copy, a move across file systems). Its metadata stays visible (stat, list), and a move
+//! within a file system or a delete acts on the name only, never on the other names.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -32,6 +38,8 @@ const MAX_PATH_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Roots {
     roots: Vec<PathBuf>,
+    /// Whether regular files with more than one hard link may be read and changed.
+    allow_hardlinks: bool,
 }
 
 /// A verified directory: an open descriptor and the real path it had when it was checked.
@@ -103,7 +111,36 @@ impl Roots {
                                 "file root cannot be resolved; skipped"),
             }
         }
-        Roots { roots }
+        Roots {
+            roots,
+            allow_hardlinks: false,
+        }
+    }
+
+    /// These roots, allowing (or not) regular files with several hard links.
+    pub fn allowing_hardlinks(self, allow: bool) -> Roots {
+        Roots {
+            allow_hardlinks: allow,
+            ..self
+        }
+    }
+
+    /// Refuses a regular file with more than one hard link, unless the host allows them.
+    /// `links` is `nlink_t`, whose width differs between targets.
+    pub fn check_links(
+        &self,
+        raw: &str,
+        mode: u32,
+        links: impl Into<u64>,
+    ) -> Result<(), FileError> {
+        let links = links.into();
+        if !self.allow_hardlinks && mode & libc::S_IFMT == libc::S_IFREG && links > 1 {
+            return Err(FileError::HardLinked {
+                path: raw.to_string(),
+                links,
+            });
+        }
+        Ok(())
     }
 
     /// The canonical roots.
@@ -225,6 +262,9 @@ impl Roots {
         let fd = nix::fcntl::open(real, flags, Mode::empty())
             .map_err(|e| FileError::errno(raw, "opening", e))?;
         self.verify(fd.as_fd(), raw)?;
+        let st = nix::sys::stat::fstat(&fd)
+            .map_err(|e| FileError::errno(raw, "reading the status", e))?;
+        self.check_links(raw, st.st_mode, st.st_nlink)?;
         Ok(File::from(fd))
     }
 
@@ -426,6 +466,7 @@ mod tests {
     fn containment_is_by_component_not_by_string_prefix() {
         let roots = Roots {
             roots: vec![PathBuf::from("/tmp")],
+            allow_hardlinks: false,
         };
         assert!(roots.contains(Path::new("/tmp")));
         assert!(roots.contains(Path::new("/tmp/a/b")));

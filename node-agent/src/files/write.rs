@@ -4,12 +4,21 @@
 //! owner of the file it replaces, and is renamed over it; the directory is fsynced after. A
 //! reader sees the old file or the new one, never a mix. Everything after the path check works
 //! through the verified directory's descriptor.
+//!
+//! Keeping the owner: a file written as a run-as account would belong to the account. When the
+//! replaced file belongs to someone else, the account must be allowed to write that file in
+//! place (then it could have given it the same content anyway); the agent then gives the new
+//! file the old owner and group with its own rights, and drops setuid and setgid bits as the
+//! kernel does when such a writer writes. Otherwise the file is left alone with an error: a
+//! replace never changes a file's owner. Modes with setuid, setgid or sticky bits are never
+//! set on request.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use execmesh_proto::pb;
@@ -44,13 +53,14 @@ pub fn write(files: &Files, req: pb::FileWrite) -> Result<pb::FileWriteReply, Fi
             files.limits.max_write_bytes,
         ));
     }
-    if let Some(mode) = req.mode
-        && mode > 0o7777
-    {
-        return Err(FileError::invalid(
-            raw,
-            format!("mode {mode:o} has bits beyond 7777"),
-        ));
+    if let Some(mode) = req.mode {
+        if mode > 0o7777 {
+            return Err(FileError::invalid(
+                raw,
+                format!("mode {mode:o} has bits beyond 7777"),
+            ));
+        }
+        refuse_special_mode(raw, mode)?;
     }
     let place = files
         .roots
@@ -72,15 +82,15 @@ fn replace(
         Some(st) if is_dir(st) => {
             return Err(FileError::is_a_directory(&place.shown, ""));
         }
-        Some(st) if is_regular(st) => Some(st),
+        Some(st) if is_regular(st) => Some(Keep::of(roots, &place, st)?),
         // A symlink here dangles (a live one was followed): it is replaced by the file.
         _ => None,
     };
-    let mode = keep.map_or(req.mode.unwrap_or(DEFAULT_MODE), |st| st.st_mode & 0o7777);
+    let mode = req.mode.unwrap_or(DEFAULT_MODE);
     let path = place.path();
     let mut temp = Temp::create(roots, place)?;
     temp.fill(&req.content)?;
-    temp.finish(mode, keep.map(|st| (st.st_uid, st.st_gid)))?;
+    temp.finish(mode, keep)?;
     temp.commit(true)?;
     Ok(pb::FileWriteReply {
         path: path.display().to_string(),
@@ -112,6 +122,7 @@ fn append(
     if !meta.is_file() {
         return Err(FileError::invalid(&shown, "is not a regular file"));
     }
+    files.roots.check_links(&shown, meta.mode(), meta.nlink())?;
     let created = existing.is_none();
     if created {
         // The umask does not decide the mode of a file the caller asked for.
@@ -275,24 +286,18 @@ impl Temp {
             .map_err(|e| FileError::io(&self.place.shown, "writing", e))
     }
 
-    /// Sets the final mode and (when the agent may) owner, and fsyncs the data.
-    pub fn finish(&mut self, mode: u32, owner: Option<(u32, u32)>) -> Result<(), FileError> {
+    /// Sets the final mode — or, replacing a file, its owner, group and mode ([`Keep`]) — and
+    /// fsyncs the data. `mode` is for a new file.
+    pub fn finish(&mut self, mode: u32, keep: Option<Keep>) -> Result<(), FileError> {
         let shown = &self.place.shown;
-        if let Some((uid, gid)) = owner {
-            // Keeping another user's ownership needs privileges; without them the file
-            // belongs to the agent's user, as any file it creates.
-            match nix::unistd::fchown(
-                &self.file,
-                Some(Uid::from_raw(uid)),
-                Some(Gid::from_raw(gid)),
-            ) {
-                Ok(()) | Err(Errno::EPERM) => {}
-                Err(e) => return Err(FileError::errno(shown, "setting the owner", e)),
+        match keep {
+            Some(keep) => keep.apply(&self.file, shown)?,
+            None => {
+                // The umask does not decide the mode of a file the caller asked for.
+                nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(mode))
+                    .map_err(|e| FileError::errno(shown, "setting the mode", e))?;
             }
         }
-        // After chown, which may clear set-id bits.
-        nix::sys::stat::fchmod(&self.file, Mode::from_bits_truncate(mode))
-            .map_err(|e| FileError::errno(shown, "setting the mode", e))?;
         self.file
             .sync_all()
             .map_err(|e| FileError::io(shown, "syncing", e))
@@ -326,6 +331,110 @@ impl Drop for Temp {
     }
 }
 
+/// The owner, group and mode a replacement takes from the file it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl Keep {
+    /// What a replacement of the regular file `st` at `place` keeps, if the writer (this
+    /// thread's filesystem ids) may replace it without changing its owner: a file of its own,
+    /// or one it may write in place. A file with several hard links is refused first.
+    pub fn of(roots: &Roots, place: &Place, st: &FileStat) -> Result<Keep, FileError> {
+        roots.check_links(&place.shown, st.st_mode, st.st_nlink)?;
+        let (fsuid, _) = crate::runas::fs_ids();
+        let mut mode = st.st_mode & 0o7777;
+        if st.st_uid != fsuid && fsuid != 0 {
+            match nix::fcntl::openat(
+                &place.dir.fd,
+                place.name.as_os_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_NOCTTY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                // A running program (ETXTBSY) or a leased file (EWOULDBLOCK) passed the
+                // permission check before the kernel said no.
+                Ok(_) | Err(Errno::ETXTBSY) | Err(Errno::EWOULDBLOCK) => {}
+                Err(Errno::EACCES | Errno::EPERM | Errno::EROFS) => {
+                    return Err(FileError::OwnerNotKept {
+                        path: place.shown.clone(),
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                        reason: "this account may not write it",
+                    });
+                }
+                Err(e) => return Err(FileError::errno(&place.shown, "opening", e)),
+            }
+        }
+        if fsuid != 0 {
+            // As the kernel does when anyone but root writes to a set-id file.
+            mode &= !0o6000;
+        }
+        Ok(Keep {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode,
+        })
+    }
+
+    /// Gives `file` (a temp file this thread created) the kept owner, group and mode. Only the
+    /// agent may give a file away: it does so with its own rights, on the open descriptor.
+    fn apply(self, file: &File, shown: &str) -> Result<(), FileError> {
+        let st = nix::sys::stat::fstat(file)
+            .map_err(|e| FileError::errno(shown, "reading the status", e))?;
+        let give = (st.st_uid, st.st_gid) != (self.uid, self.gid);
+        let set = || -> Result<(), FileError> {
+            if give {
+                nix::unistd::fchown(
+                    file,
+                    Some(Uid::from_raw(self.uid)),
+                    Some(Gid::from_raw(self.gid)),
+                )
+                .map_err(|e| match e {
+                    Errno::EPERM => FileError::OwnerNotKept {
+                        path: shown.to_string(),
+                        uid: self.uid,
+                        gid: self.gid,
+                        reason: "the agent is not allowed to give files to that owner (it does not run as root)",
+                    },
+                    e => FileError::errno(shown, "setting the owner", e),
+                })?;
+            }
+            // After chown, which clears set-id bits.
+            nix::sys::stat::fchmod(file, Mode::from_bits_truncate(self.mode))
+                .map_err(|e| FileError::errno(shown, "setting the mode", e))
+        };
+        if give {
+            crate::runas::as_agent(set)
+        } else {
+            set()
+        }
+    }
+}
+
+/// Refuses setuid, setgid and sticky bits in a requested mode, naming them.
+fn refuse_special_mode(raw: &str, mode: u32) -> Result<(), FileError> {
+    let bits: Vec<&str> = [(0o4000, "setuid"), (0o2000, "setgid"), (0o1000, "sticky")]
+        .into_iter()
+        .filter(|(bit, _)| mode & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+    if bits.is_empty() {
+        return Ok(());
+    }
+    Err(FileError::SpecialMode {
+        path: raw.to_string(),
+        mode,
+        bits: bits.join(" and "),
+    })
+}
+
 /// Moves a regular file to another file system: copy to a temp file beside the destination,
 /// fsync, rename into place, then remove the source.
 fn move_across(
@@ -348,10 +457,12 @@ fn move_across(
     if !overwrite && to.lstat()?.is_some() {
         return Err(FileError::already_exists(&to.shown));
     }
+    // A rename keeps the owner; the copy does too, on the same terms as a replace.
+    let keep = Keep::of(roots, &from, st)?;
     let mut source = from.open(roots, OFlag::O_RDONLY, Mode::empty())?;
     let mut temp = Temp::create(roots, to)?;
     io::copy(&mut source, &mut temp.file).map_err(|e| FileError::io(&from.shown, "copying", e))?;
-    temp.finish(st.st_mode & 0o7777, Some((st.st_uid, st.st_gid)))?;
+    temp.finish(DEFAULT_MODE, Some(keep))?;
     temp.commit(overwrite)?;
     nix::unistd::unlinkat(
         &from.dir.fd,
@@ -599,6 +710,134 @@ mod tests {
         symlink("/etc/hostname", fx.abs("host")).unwrap();
         let err = write(&fx.files, write_req(fx.path("host"), b"x")).unwrap_err();
         assert!(matches!(err, FileError::OutsideRoots { .. }), "{err}");
+    }
+
+    #[test]
+    fn modes_with_setuid_setgid_or_sticky_bits_are_refused_naming_the_mode() {
+        let fx = Fixture::new();
+        for (mode, append, bit) in [
+            (0o4755, false, "setuid"),
+            (0o2755, false, "setgid"),
+            (0o1644, true, "sticky"),
+            (0o6755, true, "setuid and setgid"),
+        ] {
+            let mut req = write_req(fx.path("special"), b"#!/bin/sh\n");
+            req.mode = Some(mode);
+            req.append = append;
+            let err = write(&fx.files, req).unwrap_err();
+            assert_eq!(err.code(), pb::ErrorCode::Invalid, "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("{mode:04o}")) && message.contains(bit),
+                "{mode:o}: {message}"
+            );
+            assert!(!fx.exists("special"), "{mode:o} created the file");
+        }
+        let mut req = write_req(fx.path("plain"), b"x");
+        req.mode = Some(0o750);
+        write(&fx.files, req).unwrap();
+        assert_eq!(mode_of(&fx.abs("plain")), 0o750);
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_the_roots_is_not_changed() {
+        let fx = Fixture::new();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("target");
+        std::fs::write(&target, "original\n").unwrap();
+        std::fs::hard_link(&target, fx.abs("link")).unwrap();
+        for append in [false, true] {
+            let mut req = write_req(fx.path("link"), b"changed\n");
+            req.append = append;
+            let err = write(&fx.files, req).unwrap_err();
+            assert_eq!(err.code(), pb::ErrorCode::PermissionDenied, "{err}");
+            assert!(err.to_string().contains("hard links"), "{err}");
+        }
+        assert_eq!(contents(&target), b"original\n");
+        assert_eq!(contents(&fx.abs("link")), b"original\n");
+        assert!(leftovers(&fx, "").is_empty());
+    }
+
+    /// Runs `f` on a thread acting as the `nobody` account, as a run-as request does.
+    fn as_nobody<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        let nobody = crate::runas::Account::lookup("nobody").expect("nobody exists");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _as = crate::runas::FsCredentials::assume(&nobody).expect("switch");
+                f()
+            })
+            .join()
+            .expect("thread")
+        })
+    }
+
+    fn owner_of(path: &Path) -> (u32, u32) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.uid(), meta.gid())
+    }
+
+    #[test]
+    fn a_replace_as_an_account_keeps_the_owner_group_and_mode_of_the_file() {
+        if !nix::unistd::geteuid().is_root() {
+            // Switching accounts needs root; the tests run as root.
+            return;
+        }
+        let fx = Fixture::new();
+        // A directory the account may write in, holding files of root and of another user
+        // that the account may write to.
+        std::fs::set_permissions(&fx.root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let of_root = fx.write("root.conf", "old\n");
+        std::fs::set_permissions(&of_root, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let of_other = fx.write("other.conf", "old\n");
+        std::os::unix::fs::chown(&of_other, Some(4242), Some(4343)).unwrap();
+        std::fs::set_permissions(&of_other, std::fs::Permissions::from_mode(0o4777)).unwrap();
+
+        as_nobody(|| {
+            write(&fx.files, write_req(fx.path("root.conf"), b"new\n")).unwrap();
+            write(&fx.files, write_req(fx.path("other.conf"), b"new\n")).unwrap();
+        });
+        assert_eq!(contents(&of_root), b"new\n");
+        assert_eq!(owner_of(&of_root), (0, 0));
+        assert_eq!(mode_of(&of_root), 0o666);
+        assert_eq!(contents(&of_other), b"new\n");
+        assert_eq!(owner_of(&of_other), (4242, 4343));
+        // The account wrote it: a setuid bit would run its content as the owner.
+        assert_eq!(mode_of(&of_other), 0o777);
+        assert!(leftovers(&fx, "").is_empty());
+
+        // The agent itself (root) keeps everything, set-id bits included.
+        std::fs::set_permissions(&of_other, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        write(&fx.files, write_req(fx.path("other.conf"), b"newer\n")).unwrap();
+        assert_eq!(owner_of(&of_other), (4242, 4343));
+        assert_eq!(mode_of(&of_other), 0o4755);
+    }
+
+    #[test]
+    fn a_replace_as_an_account_of_a_file_it_may_not_write_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let fx = Fixture::new();
+        std::fs::set_permissions(&fx.root, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let of_root = fx.write("root.conf", "old\n");
+        std::fs::set_permissions(&of_root, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let err =
+            as_nobody(|| write(&fx.files, write_req(fx.path("root.conf"), b"new\n")).unwrap_err());
+        assert_eq!(err.code(), pb::ErrorCode::PermissionDenied, "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&fx.path("root.conf")) && message.contains("uid 0"),
+            "{message}"
+        );
+        assert_eq!(contents(&of_root), b"old\n");
+        assert_eq!(owner_of(&of_root), (0, 0));
+        assert!(leftovers(&fx, "").is_empty());
+        // A new file is the account's, as always.
+        as_nobody(|| write(&fx.files, write_req(fx.path("mine"), b"x")).unwrap());
+        let nobody = crate::runas::Account::lookup("nobody").unwrap();
+        assert_eq!(owner_of(&fx.abs("mine")).0, nobody.uid);
     }
 
     #[test]
