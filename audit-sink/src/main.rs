@@ -1,5 +1,6 @@
 //! The `execmesh-audit-sink` binary: command line, configuration, logging, runtime, signals; the work is in the library.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -189,7 +190,10 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: redirected to a file or the journal, escape
+        // codes would litter every line.
+        .with_ansi(std::io::stderr().is_terminal());
     if config.log_json {
         builder.json().flatten_event(true).init();
     } else {

@@ -160,6 +160,18 @@ async fn an_agent_stops_promptly_on_sigterm_while_nats_is_down() {
 }
 
 #[tokio::test]
+async fn logs_written_to_a_file_carry_no_colour_escapes() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    agent.stop().await;
+
+    // The agent's stderr is a file here, as under systemd or a redirect: plain text lines.
+    let log = agent.log_tail(200);
+    assert!(log.contains("INFO"), "the agent logged nothing: {log}");
+    assert!(!log.contains('\u{1b}'), "colour escapes in the log: {log:?}");
+}
+
+#[tokio::test]
 async fn agent_restart_after_kill_waits_for_a_new_instance() {
     let nats = Nats::start().await;
     let mut agent = NodeAgent::new(&nats, "web-1").start().await;
