@@ -194,7 +194,7 @@ policy=(--policy-file "$state/policy.toml" --public-url "$mcp_url")
 password=""
 if [ ! -f "$state/policy.toml" ]; then
   cat >"$state/policy.toml" <<'POLICY'
-# execmesh policy: who may do what (README "Policy"). The gateway reloads it on change.
+# execmesh policy: who may do what (docs/configuration.md, "Policy"). The gateway reloads it on change.
 
 [groups.admins]
 tier = "dangerous"

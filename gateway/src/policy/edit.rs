@@ -25,7 +25,7 @@ pub struct NewUser {
 /// What a new policy file starts with.
 const HEADER: &str = "\
 # execmesh policy: who may do what. Keep it identical on every gateway replica;
-# a running gateway reloads it on change and on SIGHUP. See README \"Policy\".
+# a running gateway reloads it on change and on SIGHUP. See docs/configuration.md, \"Policy\".
 
 ";
 
