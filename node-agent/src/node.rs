@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
-use execmesh_proto::signing::RecordKey;
 use execmesh_proto::redact::Redactor;
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{Token, subject};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;

@@ -168,7 +168,10 @@ async fn logs_written_to_a_file_carry_no_colour_escapes() {
     // The agent's stderr is a file here, as under systemd or a redirect: plain text lines.
     let log = agent.log_tail(200);
     assert!(log.contains("INFO"), "the agent logged nothing: {log}");
-    assert!(!log.contains('\u{1b}'), "colour escapes in the log: {log:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour escapes in the log: {log:?}"
+    );
 }
 
 #[tokio::test]
