@@ -77,11 +77,12 @@ nats_server="$(bash deploy/install-nats.sh)"
 
 if [ -z "$bin" ]; then
   echo "building release binaries (first build takes a few minutes)..." >&2
-  cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent -p execmesh-audit-sink
+  cargo build --release --quiet -p execmesh-gateway -p execmesh-node-agent -p execmesh-audit-sink \
+    -p execmeshctl
   bin="${CARGO_TARGET_DIR:-$root/target}/release"
 fi
 bin="$(cd "$bin" && pwd)"
-for b in execmesh-gateway execmesh-node-agent execmesh-audit-sink; do
+for b in execmesh-gateway execmesh-node-agent execmesh-audit-sink execmeshctl; do
   [ -x "$bin/$b" ] || { echo "no $b in $bin (--bin-dir)" >&2; exit 64; }
 done
 
@@ -160,7 +161,7 @@ store_dir = "$nats_dir/jetstream"
 max_file_store = "2GB"
 http = ""
 INVENTORY
-"$bin/execmesh-gateway" nats-config --inventory "$nats_dir/inventory.toml" --out "$nats_dir" \
+"$bin/execmeshctl" nats-config --inventory "$nats_dir/inventory.toml" --out "$nats_dir" \
   >"$state/logs/nats-config.log" 2>&1 || {
   echo "nats-config failed:" >&2; cat "$state/logs/nats-config.log" >&2; exit 1; }
 seeds="$nats_dir/seeds"

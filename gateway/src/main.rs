@@ -78,26 +78,8 @@ fn main() -> ExitCode {
             inventory,
             out,
             rotate,
-        } => nats_config(&inventory, &out, &rotate),
+        } => execmeshctl::nats_config::run(&inventory, &out, &rotate),
         Command::Serve => serve(config),
-    }
-}
-
-/// `nats-config`: writes the configuration and seeds, prints what it wrote.
-fn nats_config(inventory: &std::path::Path, out: &std::path::Path, rotate: &[String]) -> ExitCode {
-    use execmesh_gateway::nats_config::{self, Inventory};
-    let result = Inventory::load(inventory).and_then(|parsed| {
-        nats_config::generate(&parsed, &inventory.display().to_string(), out, rotate)
-    });
-    match result {
-        Ok(generated) => {
-            print!("{}", nats_config::summary(&generated));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cannot write the NATS configuration: {e}");
-            ExitCode::from(if e.is_usage() { 64 } else { 1 })
-        }
     }
 }
 

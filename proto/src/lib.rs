@@ -1,4 +1,5 @@
-//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers.
+//! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers,
+//! and the NATS permissions of each identity (`permissions`).
 //!
 //! The contract names and validates; the gateway, the node-agent and the tests share these
 //! definitions so that a subject or a bucket is spelled in exactly one place. Pieces of plumbing
@@ -16,6 +17,7 @@ pub mod identities;
 pub mod jetstream;
 pub mod kv_write;
 pub mod nats_connection;
+pub mod permissions;
 pub mod redact;
 pub mod signing;
 pub mod subject;

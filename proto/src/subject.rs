@@ -242,6 +242,120 @@ pub fn relay_inbox(tenant: &Token, user: &Token) -> String {
     format!("_INBOX.relay.{tenant}.{user}")
 }
 
+// === wildcards ===
+//
+// What NATS permissions and subscriptions name: a subject with `*` (one token) or `>` (the rest).
+
+/// One token, any value.
+pub const ANY: &str = "*";
+
+/// `<prefix>.>`: every subject under `prefix` (an inbox prefix, a subject root).
+pub fn under(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
+/// `mesh.v1.<tenant>.host.<host>.>`: every request to the agent of `host` (exec of any user, ctl).
+pub fn host_all(tenant: &Token, host: &Token) -> String {
+    under(&format!("{ROOT}.{tenant}.host.{host}"))
+}
+
+/// `mesh.v1.<tenant>.out.<host>.>`: the output records of every job of `host`.
+pub fn out_of_host(tenant: &Token, host: &Token) -> String {
+    under(&format!("{ROOT}.{tenant}.out.{host}"))
+}
+
+/// `mesh.v1.<tenant>.audit.<source>.>`: every audit event published under `source` (a host id).
+pub fn audit_of_source(tenant: &Token, source: &Token) -> String {
+    under(&format!("{ROOT}.{tenant}.audit.{source}"))
+}
+
+/// `mesh.v1.*.svc.audit.>`: the audit services (query, verify) of every tenant.
+pub const AUDIT_SERVICES_ALL_TENANTS: &str = "mesh.v1.*.svc.audit.>";
+
+/// `$SRV.>`: NATS micro service discovery (PING, INFO, STATS) of every service.
+pub const SERVICE_DISCOVERY_ALL: &str = "$SRV.>";
+
+// === KV ===
+//
+// A KV bucket `b` is the stream `KV_b`; its key `k` is the subject `$KV.b.k`.
+
+/// `KV_<bucket>`: the stream that holds a bucket.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// `$KV.<bucket>.`: what every key's subject in `bucket` starts with.
+pub fn kv_prefix(bucket: &str) -> String {
+    format!("$KV.{bucket}.")
+}
+
+/// `$KV.<bucket>.<key>`: the subject a key is written (and signed) on; `key` may hold wildcards.
+pub fn kv(bucket: &str, key: &str) -> String {
+    format!("{}{key}", kv_prefix(bucket))
+}
+
+/// `$KV.>`: every key of every bucket.
+pub const KV_ALL: &str = "$KV.>";
+
+/// `<tenant>.<host>.*`: the `mesh_jobs` keys of every job of `host`.
+pub fn job_keys_of_host(tenant: &Token, host: &Token) -> String {
+    format!("{tenant}.{host}.{ANY}")
+}
+
+// === the JetStream API ===
+
+/// `$JS.API.>`: every JetStream API call.
+pub const JS_API_ALL: &str = "$JS.API.>";
+/// `$JS.ACK.>`: acknowledgements of every consumer.
+pub const JS_ACK_ALL: &str = "$JS.ACK.>";
+/// `$JS.FC.>`: flow-control replies of every push consumer.
+pub const JS_FLOW_CONTROL_ALL: &str = "$JS.FC.>";
+
+/// `$JS.API.STREAM.INFO.<stream>`: look a stream up.
+pub fn js_stream_info(stream: &str) -> String {
+    format!("$JS.API.STREAM.INFO.{stream}")
+}
+
+/// `$JS.API.STREAM.CREATE.<stream>`: create a stream.
+pub fn js_stream_create(stream: &str) -> String {
+    format!("$JS.API.STREAM.CREATE.{stream}")
+}
+
+/// `$JS.API.DIRECT.GET.<stream>`: a direct get with the request in the body (batches, `multi_last`).
+pub fn js_direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// `$JS.API.DIRECT.GET.<stream>.<subject>`: the last message on `subject`, the subject in the
+/// API subject itself, so permissions can narrow it.
+pub fn js_direct_get_last(stream: &str, subject: &str) -> String {
+    format!("{}.{subject}", js_direct_get(stream))
+}
+
+/// `$JS.API.CONSUMER.INFO.<stream>.<consumer>`: look a consumer up.
+pub fn js_consumer_info(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+}
+
+/// `$JS.API.CONSUMER.CREATE.<stream>.<consumer>[.<filter>]`: create a named consumer; with a
+/// filter subject in the API subject, the server checks it against the request.
+pub fn js_consumer_create(stream: &str, consumer: &str, filter: Option<&str>) -> String {
+    match filter {
+        None => format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}"),
+        Some(filter) => format!("$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{filter}"),
+    }
+}
+
+/// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`: pull messages from a consumer.
+pub fn js_consumer_next(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// `$JS.ACK.<stream>.<consumer>.>`: acknowledgements of the messages of one consumer.
+pub fn js_acks(stream: &str, consumer: &str) -> String {
+    under(&format!("$JS.ACK.{stream}.{consumer}"))
+}
+
 /// The tenant token of a `mesh.v1.<tenant>.…` subject.
 pub fn tenant_of(subject: &str) -> Result<Token, TokenError> {
     let tenant = subject
@@ -352,5 +466,32 @@ mod tests {
             parse_host_key(&host_key(&tenant, &host)).unwrap(),
             (tenant, host)
         );
+    }
+
+    #[test]
+    fn wildcards_and_jetstream_subjects() {
+        let tenant = Token::parse("tenant", DEFAULT_TENANT).unwrap();
+        let host = Token::parse("host id", "web-1").unwrap();
+        assert_eq!(host_all(&tenant, &host), "mesh.v1.default.host.web-1.>");
+        assert_eq!(out_of_host(&tenant, &host), "mesh.v1.default.out.web-1.>");
+        assert_eq!(
+            audit_of_source(&tenant, &host),
+            "mesh.v1.default.audit.web-1.>"
+        );
+        assert_eq!(
+            AUDIT_SERVICES_ALL_TENANTS,
+            under(&format!("{ROOT}.{ANY}.svc.audit"))
+        );
+        let jobs = kv("mesh_jobs", &job_keys_of_host(&tenant, &host));
+        assert_eq!(jobs, "$KV.mesh_jobs.default.web-1.*");
+        assert_eq!(
+            js_direct_get_last(&kv_stream("mesh_jobs"), &jobs),
+            "$JS.API.DIRECT.GET.KV_mesh_jobs.$KV.mesh_jobs.default.web-1.*"
+        );
+        assert_eq!(
+            js_consumer_create("AUDIT", "audit-sink", None),
+            "$JS.API.CONSUMER.CREATE.AUDIT.audit-sink"
+        );
+        assert_eq!(js_acks("AUDIT", "audit-sink"), "$JS.ACK.AUDIT.audit-sink.>");
     }
 }

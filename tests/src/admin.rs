@@ -1,4 +1,4 @@
-//! The admin API from a test: test certificates (a CA, the gateway's server certificate, client certificates), and tonic clients of the five `execmesh.v1` services with a bearer token.
+//! The admin API from a test: test certificates (a CA, the gateway's server certificate, client certificates), and channels to a test gateway for `execmeshctl`'s admin client (the five `execmesh.v1` services with a bearer token).
 //!
 //! ```no_run
 //! # async fn scenario(nats: &execmesh_tests::Nats) {
@@ -13,16 +13,15 @@
 use std::time::Duration;
 
 use execmesh_gateway::tier::Tier;
-use execmesh_proto::pb;
+use execmeshctl::admin_client::{self, ClientTls, ConnectError};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
 };
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Request, Status};
+use tonic::transport::Channel;
+
+/// The admin client the scenarios use: `execmeshctl`'s own.
+pub use execmeshctl::admin_client::AdminClient;
 
 use crate::RunningGateway;
 
@@ -157,54 +156,6 @@ fn leaf(
     }
 }
 
-/// Puts `authorization: Bearer <token>` on every request (nothing without a token).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel that carries a bearer token.
-pub type AuthedChannel = InterceptedService<Channel, Bearer>;
-
-/// Clients of the five admin services over one connection, with one token.
-pub struct AdminClient {
-    pub hosts: pb::hosts_service_client::HostsServiceClient<AuthedChannel>,
-    pub jobs: pb::jobs_service_client::JobsServiceClient<AuthedChannel>,
-    pub approvals: pb::approvals_service_client::ApprovalsServiceClient<AuthedChannel>,
-    pub audit: pb::audit_service_client::AuditServiceClient<AuthedChannel>,
-    pub tokens: pb::tokens_service_client::TokensServiceClient<AuthedChannel>,
-}
-
-// === impl AdminClient ===
-
-impl AdminClient {
-    /// Clients on `channel` that send `token` (none: no `authorization` metadata).
-    pub fn new(channel: Channel, token: Option<&str>) -> Self {
-        let bearer = Bearer(token.map(|t| {
-            format!("Bearer {t}")
-                .parse()
-                .expect("a token is valid metadata")
-        }));
-        let authed = || InterceptedService::new(channel.clone(), bearer.clone());
-        Self {
-            hosts: pb::hosts_service_client::HostsServiceClient::new(authed()),
-            jobs: pb::jobs_service_client::JobsServiceClient::new(authed()),
-            approvals: pb::approvals_service_client::ApprovalsServiceClient::new(authed()),
-            audit: pb::audit_service_client::AuditServiceClient::new(authed()),
-            tokens: pb::tokens_service_client::TokensServiceClient::new(authed()),
-        }
-    }
-}
-
 // === impl RunningGateway ===
 
 impl RunningGateway {
@@ -215,7 +166,7 @@ impl RunningGateway {
 
     /// A channel to the admin API: over TLS trusting the test CA when it serves TLS, with the
     /// test client certificate when it requires one.
-    pub async fn admin_channel(&self) -> Result<Channel, tonic::transport::Error> {
+    pub async fn admin_channel(&self) -> Result<Channel, ConnectError> {
         let client = self.admin_pki().map(|pki| pki.client.clone());
         self.admin_channel_with(client.as_ref()).await
     }
@@ -224,28 +175,22 @@ impl RunningGateway {
     pub async fn admin_channel_with(
         &self,
         client: Option<&CertifiedKey>,
-    ) -> Result<Channel, tonic::transport::Error> {
+    ) -> Result<Channel, ConnectError> {
         let addr = self
             .admin_addr()
             .expect("the gateway serves no admin API: start it with .admin()");
-        let endpoint = match self.admin_pki() {
-            None => Channel::from_shared(format!("http://{addr}"))
-                .expect("a valid admin URL")
-                .connect_timeout(CONNECT_TIMEOUT),
+        match self.admin_pki() {
+            None => admin_client::connect(&format!("http://{addr}"), None, CONNECT_TIMEOUT).await,
             Some(pki) => {
-                let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&pki.ca))
-                    .domain_name("localhost");
-                if let Some(client) = client {
-                    tls = tls.identity(Identity::from_pem(&client.cert, &client.key));
-                }
-                Channel::from_shared(format!("https://{addr}"))
-                    .expect("a valid admin URL")
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tls_config(tls)?
+                let tls = ClientTls {
+                    ca: Some(pki.ca.clone().into_bytes()),
+                    identity: client
+                        .map(|c| (c.cert.clone().into_bytes(), c.key.clone().into_bytes())),
+                    domain: Some("localhost".into()),
+                };
+                admin_client::connect(&format!("https://{addr}"), Some(&tls), CONNECT_TIMEOUT).await
             }
-        };
-        endpoint.connect().await
+        }
     }
 
     /// Admin clients authenticated as `user` with an admin-scoped token.

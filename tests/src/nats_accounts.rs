@@ -1,4 +1,4 @@
-//! A secured test mesh: the NATS accounts `execmesh-gateway nats-config` generates for a test inventory, its services on their own credentials, and connections as any identity.
+//! A secured test mesh: the NATS accounts `execmeshctl nats-config` generates for a test inventory, its services on their own credentials, and connections as any identity.
 //!
 //! ```no_run
 //! # async fn scenario() {
@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::{Client, Event, ServerError};
-use execmesh_gateway::nats_config::{self, Generated, Inventory, User, UserAuth};
+use execmeshctl::nats_config::{self, Generated, Inventory, User, UserAuth};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 

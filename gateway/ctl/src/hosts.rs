@@ -4,15 +4,16 @@ use serde_json::{Value, json};
 
 use execmesh_proto::{now_ms, pb};
 
-use super::connect::Admin;
-use super::table::{self, Table};
-use super::{CtlError, enum_word, print, print_json};
+use crate::connect::Admin;
+use crate::table::{self, Table};
+use crate::{CtlError, enum_word, print, print_json};
 
 /// `hosts [SELECTOR]`: a table of the matching hosts and a count by state, or the response as
 /// JSON.
 pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ListHostsRequest { selector });
     let response = admin
+        .client
         .hosts
         .list(request)
         .await
@@ -93,6 +94,7 @@ pub async fn watch(
         include_initial,
     });
     let mut stream = admin
+        .client
         .hosts
         .watch(request)
         .await

@@ -4,10 +4,10 @@ use serde_json::json;
 
 use execmesh_proto::{now_ms, pb};
 
-use super::cli::TokenCommand;
-use super::connect::{Admin, Settings};
-use super::table::{self, Table};
-use super::{CtlError, enum_word, print, print_json};
+use crate::cli::TokenCommand;
+use crate::connect::{Admin, Settings};
+use crate::table::{self, Table};
+use crate::{CtlError, enum_word, print, print_json};
 
 /// Dispatches `token mint`, `token revoke` and `token revocations`.
 pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Result<(), CtlError> {
@@ -20,17 +20,16 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
         } => {
             let ttl_secs = match ttl {
                 None => 0,
-                Some(text) => crate::auth::parse_ttl(&text)
+                Some(text) => crate::duration::parse(&text)
                     .map_err(|e| CtlError::Usage(format!("--ttl: {e}")))?
                     .as_secs()
                     .max(1),
             };
             let tier = match tier {
                 None => pb::Tier::Unspecified,
-                Some(text) => match text.parse::<crate::tier::Tier>() {
-                    Ok(tier) => crate::signer::tier(tier),
-                    Err(e) => return Err(CtlError::Usage(format!("--tier: {e}"))),
-                },
+                Some(text) => {
+                    parse_tier(&text).map_err(|e| CtlError::Usage(format!("--tier: {e}")))?
+                }
             };
             let request = pb::MintTokenRequest {
                 user,
@@ -59,6 +58,18 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
     }
 }
 
+/// A tier as `--tier` spells it (the gateway's policy and `token mint` spell it the same way).
+fn parse_tier(text: &str) -> Result<pb::Tier, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "readonly" | "read-only" | "read_only" => Ok(pb::Tier::Readonly),
+        "standard" => Ok(pb::Tier::Standard),
+        "dangerous" => Ok(pb::Tier::Dangerous),
+        _ => Err(format!(
+            "unknown tier `{text}`: the tiers are readonly, standard and dangerous"
+        )),
+    }
+}
+
 async fn mint(
     admin: &mut Admin,
     request: pb::MintTokenRequest,
@@ -66,6 +77,7 @@ async fn mint(
 ) -> Result<(), CtlError> {
     let request = admin.unary(request);
     let minted = admin
+        .client
         .tokens
         .mint(request)
         .await
@@ -110,6 +122,7 @@ async fn revoke(
         target: Some(target),
     });
     let revoked = admin
+        .client
         .tokens
         .revoke(request)
         .await
@@ -135,6 +148,7 @@ async fn revoke(
 async fn revocations(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ListRevocationsRequest {});
     let response = admin
+        .client
         .tokens
         .list_revocations(request)
         .await

@@ -6,10 +6,10 @@ use serde_json::{Value, json};
 use execmesh_proto::pb;
 use execmesh_proto::pb::audit_event::Body;
 
-use super::cli::{AuditCommand, AuditFilters, AuditPage};
-use super::connect::{Admin, Settings};
-use super::table::{self, Table};
-use super::{CtlError, enum_word, print, print_json};
+use crate::cli::{AuditCommand, AuditFilters, AuditPage};
+use crate::connect::{Admin, Settings};
+use crate::table::{self, Table};
+use crate::{CtlError, enum_word, print, print_json};
 
 /// Records per page while exporting.
 const EXPORT_PAGE: u32 = 500;
@@ -76,7 +76,7 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
     let text = text.trim();
     if text.starts_with(|c: char| c.is_ascii_digit()) && !text.contains('-') && !text.contains(':')
     {
-        let back = crate::auth::parse_ttl(text)
+        let back = crate::duration::parse(text)
             .map_err(|e| format!("{e}; or give a time such as 2026-05-01T12:00:00Z"))?;
         return Ok(now_ms.saturating_sub(back.as_millis() as u64));
     }
@@ -99,6 +99,7 @@ async fn search(
 ) -> Result<(), CtlError> {
     let request = admin.unary(query);
     let page = admin
+        .client
         .audit
         .query(request)
         .await
@@ -173,6 +174,7 @@ fn filter_args(filters: &AuditFilters) -> Vec<String> {
 async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError> {
     let request = admin.stream(query);
     let mut stream = admin
+        .client
         .audit
         .export(request)
         .await
@@ -192,6 +194,7 @@ async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError
 async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::AuditVerifyRequest {});
     let reply = admin
+        .client
         .audit
         .verify(request)
         .await

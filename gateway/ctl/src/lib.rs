@@ -1,15 +1,25 @@
 //! `execmeshctl`: the operator's command-line client of the gateway's gRPC admin API.
 //!
-//! [`run`] parses the command line, connects (see [`connect`]) and runs one command group's
-//! function, which prints a table ([`table`]) or JSON. Failures become [`CtlError`]s, whose
-//! exit codes scripts can rely on: 0 done, 1 the gateway said no, 2 usage, 3 cannot connect.
+//! [`run`] parses the command line, connects (see [`connect`], over [`admin_client`]) and runs
+//! one command group's function, which prints a table ([`table`]) or JSON. Failures become
+//! [`CtlError`]s, whose exit codes scripts can rely on: 0 done, 1 the gateway said no, 2 usage,
+//! 3 cannot connect.
+//!
+//! `execmeshctl nats-config` ([`nats_config`]) writes a secured mesh's NATS configuration and
+//! needs no connection at all.
+//!
+//! No server stack is linked: the admin API's generated clients (`execmesh-proto`) over tonic's
+//! channel are all it needs.
 
+pub mod admin_client;
 pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod connect;
+pub mod duration;
 pub mod hosts;
 pub mod jobs;
+pub mod nats_config;
 pub mod table;
 pub mod tokens;
 
@@ -20,7 +30,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use serde_json::Value;
 
-use cli::{Cli, Command, HostsCommand};
+use cli::{Cli, Command, Connection, HostsCommand, TopCommand};
 use connect::Settings;
 
 /// Why a command failed; each kind has its exit code.
@@ -74,6 +84,13 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    let command = match cli.command {
+        // Files only: no runtime, and no connection settings to resolve (or to be wrong).
+        TopCommand::NatsConfig(args) => {
+            return nats_config::run(&args.inventory, &args.out, &args.rotate);
+        }
+        TopCommand::Admin(command) => command,
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -84,7 +101,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(cli)) {
+    match runtime.block_on(execute(&cli.connection, command, cli.json)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match &e {
@@ -97,11 +114,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
 }
 
 /// Connects and runs one command.
-async fn execute(cli: Cli) -> Result<(), CtlError> {
-    let settings = Settings::resolve(&cli.connection)?;
+async fn execute(connection: &Connection, command: Command, json: bool) -> Result<(), CtlError> {
+    let settings = Settings::resolve(connection)?;
     // Arguments are checked before connecting, so a typo is a usage error whatever the gateway.
-    let command = cli.command;
-    let json = cli.json;
     match command {
         Command::Hosts { selector, watch } => match watch {
             None => {

@@ -1,4 +1,4 @@
-//! `execmesh-gateway nats-config`: the nats-server configuration of a secured mesh, one NATS user (nkey) per identity allowed only what that identity does.
+//! `execmeshctl nats-config` (also `execmesh-gateway nats-config`): the nats-server configuration of a secured mesh, one NATS user (nkey) per identity allowed only what that identity does.
 //!
 //! From an inventory (tenant, host ids, optional SSH relays) it writes `nats.conf` — one account
 //! `MESH` with JetStream, and in it the gateway, the audit-sink and every agent as an nkey user
@@ -6,23 +6,19 @@
 //! Seeds already in the output directory are kept, so adding a host changes no other key;
 //! `--rotate` replaces chosen ones. The configuration holds public keys only.
 //!
-//! What each identity may do is decided here, in [`agent_permissions`], [`gateway_permissions`],
-//! [`audit_sink_permissions`] and [`relay_permissions`]: an agent subscribes to its own host's
-//! subjects and its own inbox, and publishes its own output, audit events and KV keys, plus the
-//! few JetStream API calls it makes, each narrowed to its own keys where the API subject names
-//! them. Every identity has an inbox prefix of its own (`execmesh_proto::subject`), so none can
-//! read replies meant for another.
+//! What each identity may do is contract, decided in `execmesh_proto::permissions`; this module
+//! lists the identities of an inventory, renders the configuration and keeps the seeds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use execmesh_proto::identities::IdentitiesDoc;
-use execmesh_proto::jetstream::{
-    AUDIT_CONSUMER, AUDIT_STREAM, FACTS_BUCKET, JOBS_BUCKET, OUT_STREAM, PRESENCE_BUCKET,
-};
+use execmesh_proto::jetstream::AUDIT_CONSUMER;
+use execmesh_proto::permissions::{self, Permissions};
 use execmesh_proto::{Token, subject};
 use serde::Deserialize;
 
@@ -35,10 +31,6 @@ pub const CONFIG_FILE: &str = "nats.conf";
 pub use execmesh_proto::identities::IDENTITIES_FILE;
 /// The directory (inside the output directory) holding one seed file per identity.
 pub const SEEDS_DIR: &str = "seeds";
-/// How long an agent may take to answer a request and still be allowed to: a fan-out `bash` may
-/// wait a day for its command (the gateway caps `timeout` at 24 h), and the server's default
-/// (2 minutes) would silently drop later answers.
-const AGENT_RESPONSE_WINDOW: &str = "25h";
 /// A host id that would let its agent publish audit events as the gateway (`audit.gateway.*`).
 const RESERVED_HOST: &str = subject::AUDIT_GATEWAY_SOURCE;
 
@@ -288,145 +280,6 @@ impl Inventory {
     }
 }
 
-// === permissions ===
-
-/// What one NATS user may publish and subscribe to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Permissions {
-    /// Subjects it may publish to (wildcards allowed); everything else is refused.
-    pub publish: Vec<String>,
-    /// Subjects it may subscribe to; everything else is refused.
-    pub subscribe: Vec<String>,
-    /// Whether (and how long) it may answer requests it received, once each, whatever their
-    /// reply subject: how agents and the audit-sink reply without a right to publish to others'
-    /// inboxes.
-    pub responses: Option<Responses>,
-}
-
-/// `allow_responses`: one answer per request received, within `expires`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Responses {
-    pub max: u32,
-    pub expires: String,
-}
-
-/// The agent of `host`: its own request subjects and inbox; its own output, audit events and KV
-/// keys; stream lookups (to open its buckets); reads of its own job statuses and a consumer over
-/// them only (recovery at start); answers to the requests it receives.
-///
-/// No stream or bucket creation: in a secured mesh the gateway creates them. Stream lookups
-/// (`STREAM.INFO`) cannot be narrowed further and can list the subjects in a stream — key names
-/// such as other hosts' ids and job ids, never values.
-pub fn agent_permissions(tenant: &Token, host: &Token) -> Permissions {
-    let root = subject::ROOT;
-    let mut publish = vec![
-        format!("{root}.{tenant}.out.{host}.>"),
-        format!("{root}.{tenant}.audit.{host}.>"),
-        format!("$KV.{PRESENCE_BUCKET}.{tenant}.{host}"),
-        format!("$KV.{FACTS_BUCKET}.{tenant}.{host}"),
-        format!("$KV.{JOBS_BUCKET}.{tenant}.{host}.*"),
-    ];
-    publish.extend(stream_lookups());
-    publish.extend([
-        format!("$JS.API.DIRECT.GET.KV_{JOBS_BUCKET}.$KV.{JOBS_BUCKET}.{tenant}.{host}.*"),
-        format!("$JS.API.CONSUMER.CREATE.KV_{JOBS_BUCKET}.*.$KV.{JOBS_BUCKET}.{tenant}.{host}.*"),
-    ]);
-    Permissions {
-        publish,
-        subscribe: vec![
-            format!("{root}.{tenant}.host.{host}.>"),
-            format!("{}.>", subject::agent_inbox(tenant, host)),
-        ],
-        responses: Some(Responses {
-            max: 1,
-            expires: AGENT_RESPONSE_WINDOW.into(),
-        }),
-    }
-}
-
-/// The gateway: it addresses every host, reads and writes every bucket and stream, creates
-/// them, and reads its own inbox. Trusted with the mesh; what protects hosts from it is the
-/// agents' own checks (signed requests, tier cap, run-as).
-pub fn gateway_permissions() -> Permissions {
-    Permissions {
-        publish: vec![
-            format!("{}.>", subject::ROOT),
-            "$JS.API.>".into(),
-            "$KV.>".into(),
-            "$JS.ACK.>".into(),
-            "$JS.FC.>".into(),
-        ],
-        subscribe: vec![format!("{}.>", subject::GATEWAY_INBOX)],
-        responses: None,
-    }
-}
-
-/// The audit-sink: AUDIT (look up, create when missing), its durable consumer `consumer` (look
-/// up, create, pull, acknowledge), the audit query service of every tenant and its NATS micro
-/// discovery (`$SRV`), answers to those requests, its own inbox.
-pub fn audit_sink_permissions(consumer: &str) -> Permissions {
-    Permissions {
-        publish: vec![
-            format!("$JS.API.STREAM.INFO.{AUDIT_STREAM}"),
-            format!("$JS.API.STREAM.CREATE.{AUDIT_STREAM}"),
-            format!("$JS.API.CONSUMER.INFO.{AUDIT_STREAM}.{consumer}"),
-            format!("$JS.API.CONSUMER.CREATE.{AUDIT_STREAM}.{consumer}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{AUDIT_STREAM}.{consumer}"),
-            format!("$JS.ACK.{AUDIT_STREAM}.{consumer}.>"),
-        ],
-        subscribe: vec![
-            format!("{}.*.svc.audit.>", subject::ROOT),
-            "$SRV.>".into(),
-            format!("{}.>", subject::AUDIT_SINK_INBOX),
-        ],
-        responses: Some(Responses {
-            max: 1,
-            expires: "2m".into(),
-        }),
-    }
-}
-
-/// The SSH relay of `user` (DESIGN §8): only `user`'s requests to each target, and for each
-/// target the output, audit events and job statuses an agent of it would write.
-pub fn relay_permissions(tenant: &Token, user: &Token, targets: &[Token]) -> Permissions {
-    let root = subject::ROOT;
-    let mut publish = Vec::new();
-    let mut subscribe = Vec::new();
-    for target in targets {
-        subscribe.push(format!("{root}.{tenant}.host.{target}.exec.{user}"));
-        publish.extend([
-            format!("{root}.{tenant}.out.{target}.>"),
-            format!("{root}.{tenant}.audit.{target}.>"),
-            format!("$KV.{JOBS_BUCKET}.{tenant}.{target}.*"),
-            format!("$JS.API.DIRECT.GET.KV_{JOBS_BUCKET}.$KV.{JOBS_BUCKET}.{tenant}.{target}.*"),
-        ]);
-    }
-    publish.extend(stream_lookups());
-    subscribe.push(format!("{}.>", subject::relay_inbox(tenant, user)));
-    Permissions {
-        publish,
-        subscribe,
-        responses: Some(Responses {
-            max: 1,
-            expires: AGENT_RESPONSE_WINDOW.into(),
-        }),
-    }
-}
-
-/// `STREAM.INFO` of the streams an agent opens: MESH_OUT, AUDIT and the three host buckets.
-fn stream_lookups() -> Vec<String> {
-    [
-        OUT_STREAM.to_string(),
-        AUDIT_STREAM.to_string(),
-        format!("KV_{PRESENCE_BUCKET}"),
-        format!("KV_{FACTS_BUCKET}"),
-        format!("KV_{JOBS_BUCKET}"),
-    ]
-    .into_iter()
-    .map(|stream| format!("$JS.API.STREAM.INFO.{stream}"))
-    .collect()
-}
-
 // === identities ===
 
 /// One NATS user of the mesh.
@@ -454,14 +307,14 @@ pub fn identities(inventory: &Inventory) -> Vec<Identity> {
             description: "every gateway replica".into(),
             setting: "execmesh-gateway: nats_nkey_seed",
             inbox: subject::GATEWAY_INBOX.into(),
-            permissions: gateway_permissions(),
+            permissions: permissions::gateway(),
         },
         Identity {
             name: "audit-sink".into(),
             description: format!("every audit-sink (consumer `{}`)", inventory.audit_consumer),
             setting: "execmesh-audit-sink: nats_nkey_seed",
             inbox: subject::AUDIT_SINK_INBOX.into(),
-            permissions: audit_sink_permissions(&inventory.audit_consumer),
+            permissions: permissions::audit_sink(&inventory.audit_consumer),
         },
     ];
     out.extend(inventory.hosts.iter().map(|host| Identity {
@@ -469,7 +322,7 @@ pub fn identities(inventory: &Inventory) -> Vec<Identity> {
         description: format!("the node-agent of host {host} (tenant {tenant})"),
         setting: "execmesh-node-agent: nats_nkey_seed",
         inbox: subject::agent_inbox(tenant, host),
-        permissions: agent_permissions(tenant, host),
+        permissions: permissions::agent(tenant, host),
     }));
     out.extend(inventory.relays.iter().map(|relay| {
         let targets: Vec<&str> = relay.targets.iter().map(Token::as_str).collect();
@@ -482,7 +335,7 @@ pub fn identities(inventory: &Inventory) -> Vec<Identity> {
             ),
             setting: "execmesh-node-agent relay: nats_nkey_seed",
             inbox: subject::relay_inbox(tenant, &relay.user),
-            permissions: relay_permissions(tenant, &relay.user, &relay.targets),
+            permissions: permissions::relay(tenant, &relay.user, &relay.targets),
         }
     }));
     out
@@ -724,7 +577,7 @@ pub fn generate(
                 "execmesh NATS server configuration for tenant `{}`.",
                 inventory.tenant
             ),
-            format!("Generated by `execmesh-gateway nats-config` from {source}: regenerate it"),
+            format!("Generated by `execmeshctl nats-config` from {source}: regenerate it"),
             "instead of editing it. Public keys only; each identity's seed is in seeds/.".into(),
         ],
         server: inventory.server.clone(),
@@ -842,6 +695,24 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NatsConfigErro
     std::fs::rename(&tmp, path).map_err(fail)
 }
 
+/// `nats-config` (of `execmeshctl` and of `execmesh-gateway`): writes the configuration and
+/// seeds for the inventory at `inventory` into `out`, prints what it wrote. Exit 64 when the
+/// inventory or `rotate` is wrong (nothing is written), 1 when writing fails.
+pub fn run(inventory: &Path, out: &Path, rotate: &[String]) -> ExitCode {
+    let result = Inventory::load(inventory)
+        .and_then(|parsed| generate(&parsed, &inventory.display().to_string(), out, rotate));
+    match result {
+        Ok(generated) => {
+            print!("{}", summary(&generated));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write the NATS configuration: {e}");
+            ExitCode::from(if e.is_usage() { 64 } else { 1 })
+        }
+    }
+}
+
 /// The summary `nats-config` prints: each identity, its key, its seed file and where it goes.
 pub fn summary(generated: &Generated) -> String {
     let mut out = format!("wrote {}\n", generated.config_file.display());
@@ -885,10 +756,6 @@ pub fn summary(generated: &Generated) -> String {
 mod tests {
     use super::*;
 
-    fn token(kind: &'static str, s: &str) -> Token {
-        Token::parse(kind, s).expect("a valid token")
-    }
-
     #[test]
     fn inventory_problems_are_all_named() {
         let problems = Inventory::parse(
@@ -920,28 +787,6 @@ mod tests {
         assert!(
             Inventory::parse("hosts = [\"a\"]\nhsots = 1").is_err(),
             "unknown keys are refused"
-        );
-    }
-
-    #[test]
-    fn an_agent_may_only_touch_its_own_subjects_and_keys() {
-        let p = agent_permissions(&token("tenant", "default"), &token("host id", "web-1"));
-        let own = |s: &String| s.contains(".web-1") || s.starts_with("$JS.API.STREAM.INFO.");
-        assert!(p.publish.iter().all(own), "{:?}", p.publish);
-        assert!(p.subscribe.iter().all(own), "{:?}", p.subscribe);
-        assert!(
-            !p.publish
-                .iter()
-                .chain(&p.subscribe)
-                .any(|s| s == ">" || s.starts_with("_INBOX.>") || s.contains("STREAM.CREATE")),
-            "{p:?}"
-        );
-        assert_eq!(
-            p.subscribe,
-            [
-                "mesh.v1.default.host.web-1.>",
-                "_INBOX.agent.default.web-1.>"
-            ]
         );
     }
 

@@ -35,7 +35,49 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: TopCommand,
+}
+
+/// Every command: those of the admin API, and `nats-config`, which needs no connection.
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// A command of the admin API.
+    #[command(flatten)]
+    Admin(Command),
+    /// Write the nats-server configuration of a secured mesh, its identities file and one
+    /// seed per identity, from an inventory (no connection to the admin API).
+    #[command(
+        long_about = "Writes OUT/nats.conf (one NATS user per identity, allowed only what that \
+                      identity does), OUT/identities.toml (every identity's public key, the \
+                      gateway's and the audit-sink's identities_file) and OUT/seeds/<identity>.nk \
+                      (mode 0600) from an inventory. Seeds already in OUT are kept, so adding a \
+                      host changes no other key; --rotate replaces chosen ones. The same as \
+                      `execmesh-gateway nats-config`.\n\n\
+                      Exit codes: 0 written, 64 the inventory or --rotate is wrong (nothing \
+                      written), 1 writing failed.",
+        after_help = "Examples:\n  execmeshctl nats-config --inventory inventory.toml --out /etc/nats/execmesh\n  \
+                      execmeshctl nats-config --inventory inventory.toml --out /etc/nats/execmesh \
+                      --rotate agent-web-1"
+    )]
+    NatsConfig(NatsConfigArgs),
+}
+
+/// `nats-config`: the inventory to read, where to write, which seeds to replace.
+#[derive(Debug, Clone, Args)]
+pub struct NatsConfigArgs {
+    /// The inventory (TOML: `tenant`, `hosts`, optional `[[relays]]`, `audit_consumer`,
+    /// `[server]`); see deploy/nats/inventory.example.toml.
+    #[arg(long)]
+    pub inventory: PathBuf,
+    /// Directory to write `nats.conf` and `seeds/<identity>.nk` into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Make a new key for this identity (`agent-web-1`, `gateway`, …), e.g. after a host's
+    /// seed leaked; repeat for several. Other seeds in the directory are kept.
+    #[arg(long = "rotate")]
+    pub rotate: Vec<String>,
 }
 
 /// Where the admin API is and how to authenticate to it. Flags win over the environment, which
@@ -79,6 +121,7 @@ pub struct Connection {
     pub timeout: u64,
 }
 
+/// The commands of the admin API.
 // Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]

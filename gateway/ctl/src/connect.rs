@@ -7,16 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 
-use execmesh_proto::pb;
-
-use super::CtlError;
-use super::cli::Connection;
+use crate::CtlError;
+use crate::admin_client::{self, AdminClient, Bearer, ClientTls, ConnectError};
+use crate::cli::Connection;
 
 /// Where the admin API listens unless told otherwise (the gateway's default `admin_addr`).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8421";
@@ -138,47 +133,40 @@ impl Settings {
     /// Connects to the admin API (TCP, TLS) now, so an unreachable gateway is reported before
     /// any request is made.
     pub async fn connect(self) -> Result<Admin, CtlError> {
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| CtlError::Usage(format!("--addr {}: {e}", self.url)))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if self.url.starts_with("https://") {
-            // tonic builds its rustls configuration with the process-wide provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let mut tls = ClientTlsConfig::new();
-            tls = match &self.ca {
-                Some(ca) => tls.ca_certificate(Certificate::from_pem(read_pem(ca, "--ca")?)),
-                None => tls.with_native_roots(),
+        let bearer = Bearer::new(self.token.as_deref()).map_err(|_| {
+            CtlError::Usage(format!(
+                "the token from {} holds characters a token cannot have",
+                self.token_source.as_deref().unwrap_or("the settings")
+            ))
+        })?;
+        let tls = if self.url.starts_with("https://") {
+            let identity = match &self.identity {
+                Some((cert, key)) => Some((read_pem(cert, "--cert")?, read_pem(key, "--key")?)),
+                None => None,
             };
-            if let Some((cert, key)) = &self.identity {
-                tls = tls.identity(Identity::from_pem(
-                    read_pem(cert, "--cert")?,
-                    read_pem(key, "--key")?,
-                ));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| CtlError::Usage(format!("TLS settings: {}", chain(&e))))?;
-        }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| connect_error(&self.url, &e))?;
-        let bearer = match &self.token {
-            None => Bearer(None),
-            Some(token) => Bearer(Some(format!("Bearer {token}").parse().map_err(|_| {
-                CtlError::Usage(format!(
-                    "the token from {} holds characters a token cannot have",
-                    self.token_source.as_deref().unwrap_or("the settings")
-                ))
-            })?)),
+            Some(ClientTls {
+                ca: self
+                    .ca
+                    .as_deref()
+                    .map(|ca| read_pem(ca, "--ca"))
+                    .transpose()?,
+                identity,
+                domain: None,
+            })
+        } else {
+            None
         };
-        let authed = || InterceptedService::new(channel.clone(), bearer.clone());
+        let channel = admin_client::connect(&self.url, tls.as_ref(), CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Url { url, source } => {
+                    CtlError::Usage(format!("--addr {url}: {source}"))
+                }
+                ConnectError::Tls(e) => CtlError::Usage(format!("TLS settings: {}", chain(&e))),
+                ConnectError::Connect(e) => connect_error(&self.url, &e),
+            })?;
         Ok(Admin {
-            hosts: pb::hosts_service_client::HostsServiceClient::new(authed()),
-            jobs: pb::jobs_service_client::JobsServiceClient::new(authed()),
-            approvals: pb::approvals_service_client::ApprovalsServiceClient::new(authed()),
-            audit: pb::audit_service_client::AuditServiceClient::new(authed()),
-            tokens: pb::tokens_service_client::TokensServiceClient::new(authed()),
+            client: AdminClient::with_bearer(channel, bearer),
             settings: self,
         })
     }
@@ -409,38 +397,10 @@ fn tls_hint(detail: &str) -> String {
     format!("TLS failed: {detail} ({hint})")
 }
 
-// === Bearer ===
-
-/// Puts `authorization: Bearer <token>` on every request (nothing without a token).
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel that carries the bearer token.
-pub type Authed = InterceptedService<Channel, Bearer>;
-
-/// Clients of the five admin services over one connection, and the settings they came from.
+/// The admin API's clients and the settings they were made with.
 pub struct Admin {
-    /// HostsService: list, get, watch.
-    pub hosts: pb::hosts_service_client::HostsServiceClient<Authed>,
-    /// JobsService: list, get, kill, tail.
-    pub jobs: pb::jobs_service_client::JobsServiceClient<Authed>,
-    /// ApprovalsService: list, get, approve, deny, watch.
-    pub approvals: pb::approvals_service_client::ApprovalsServiceClient<Authed>,
-    /// AuditService: query, export, verify.
-    pub audit: pb::audit_service_client::AuditServiceClient<Authed>,
-    /// TokensService: mint, revoke, list revocations.
-    pub tokens: pb::tokens_service_client::TokensServiceClient<Authed>,
+    /// The five services over one connection, with the token.
+    pub client: AdminClient,
     /// What the connection was made with, for requests' timeouts and error messages.
     pub settings: Settings,
 }

@@ -6,10 +6,10 @@ use serde_json::{Value, json};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::{now_ms, pb};
 
-use super::cli::{JobCommand, JobFilters};
-use super::connect::{Admin, Settings};
-use super::table::{self, Table};
-use super::{CtlError, enum_name, enum_word, print, print_bytes, print_json};
+use crate::cli::{JobCommand, JobFilters};
+use crate::connect::{Admin, Settings};
+use crate::table::{self, Table};
+use crate::{CtlError, enum_name, enum_word, print, print_bytes, print_json};
 
 /// What `job tail --exit-code` exits with when the job ended without an exit code of its own
 /// (killed by a signal, timed out, lost, failed to start).
@@ -48,6 +48,7 @@ pub async fn list(
     let limit = request.limit;
     let request = admin.unary(request);
     let response = admin
+        .client
         .jobs
         .list(request)
         .await
@@ -101,7 +102,7 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
         JobCommand::Kill { id, host, grace } => {
             let grace_ms = match grace {
                 None => 0,
-                Some(text) => crate::auth::parse_ttl(&text)
+                Some(text) => crate::duration::parse(&text)
                     .map_err(|e| CtlError::Usage(format!("--grace: {e}")))?
                     .as_millis() as u64,
             };
@@ -114,6 +115,7 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
 async fn get(admin: &mut Admin, job_id: String, host: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::GetJobRequest { job_id, host });
     let response = admin
+        .client
         .jobs
         .get(request)
         .await
@@ -143,6 +145,7 @@ async fn kill(
         grace_ms,
     });
     let response = admin
+        .client
         .jobs
         .kill(request)
         .await
@@ -167,6 +170,7 @@ async fn tail(
     let job = request.job_id.clone();
     let request = admin.stream(request);
     let mut stream = admin
+        .client
         .jobs
         .tail(request)
         .await

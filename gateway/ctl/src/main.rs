@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    execmesh_gateway::ctl::run(std::env::args_os())
+    execmeshctl::run(std::env::args_os())
 }

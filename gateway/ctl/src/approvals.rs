@@ -5,10 +5,10 @@ use serde_json::{Value, json};
 
 use execmesh_proto::{now_ms, pb};
 
-use super::cli::{ApprovalFilters, ApprovalsCommand};
-use super::connect::{Admin, Settings};
-use super::table::{self, Table};
-use super::{CtlError, enum_name, enum_word, print, print_json};
+use crate::cli::{ApprovalFilters, ApprovalsCommand};
+use crate::connect::{Admin, Settings};
+use crate::table::{self, Table};
+use crate::{CtlError, enum_name, enum_word, print, print_json};
 
 /// `approvals [--all|--state S]` or `approvals watch`.
 pub async fn run_list(
@@ -61,6 +61,7 @@ async fn list(
         limit,
     });
     let response = admin
+        .client
         .approvals
         .list(request)
         .await
@@ -111,6 +112,7 @@ async fn list(
 pub async fn get(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::GetApprovalRequest { id });
     let approval = admin
+        .client
         .approvals
         .get(request)
         .await
@@ -128,6 +130,7 @@ pub async fn get(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlErr
 pub async fn approve(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ApproveRequest { id });
     let approval = admin
+        .client
         .approvals
         .approve(request)
         .await
@@ -158,6 +161,7 @@ pub async fn deny(
 ) -> Result<(), CtlError> {
     let request = admin.unary(pb::DenyRequest { id, reason });
     let approval = admin
+        .client
         .approvals
         .deny(request)
         .await
@@ -186,6 +190,7 @@ async fn watch_approvals(
         state: state as i32,
     });
     let mut stream = admin
+        .client
         .approvals
         .watch(request)
         .await

@@ -1,0 +1,41 @@
+//! Durations as operators type them (`90s`, `30m`, `12h`, `7d`; a bare number is seconds).
+
+use std::time::Duration;
+
+/// Parses `text` as a number with an optional unit `s`, `m`, `h` or `d` (default `s`); the
+/// error says what a duration looks like. The gateway reads `token mint --ttl` the same way.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 12h or 7d"))?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{text}`: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * unit_secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_bare_seconds() {
+        assert_eq!(parse("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse(" 7d "), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse("1w").expect_err("no weeks").contains("unit must be"));
+        assert!(
+            parse("soon")
+                .expect_err("no number")
+                .contains("not a duration")
+        );
+    }
+}
