@@ -26,6 +26,7 @@ pub mod options;
 pub mod path;
 pub mod rules;
 pub mod walk;
+pub mod word;
 
 use std::fmt;
 
