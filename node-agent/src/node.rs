@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_nats::Client;
 use async_nats::jetstream::{self, kv};
-use execmesh_proto::signing::RecordKey;
 use execmesh_proto::redact::Redactor;
+use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{Token, subject};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::facts::Facts;
-use crate::files::Files;
+use crate::files::{Files, Roots};
 use crate::registry::Registry;
 use crate::warm::WarmPool;
 
@@ -78,7 +78,9 @@ impl Node {
         record_key: Option<Arc<RecordKey>>,
     ) -> Self {
         let js = jetstream::new(client.clone());
-        let files = Arc::new(Files::new(&config));
+        // The roots are canonicalised now (missing ones are skipped with a warning).
+        let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
+        let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(
             js.clone(),
             facts_kv,

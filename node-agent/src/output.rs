@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use execmesh_proto::pb::{self, OutputStream};
-use execmesh_proto::signing::RecordKey;
 use execmesh_proto::redact::Redactor;
+use execmesh_proto::signing::RecordKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::mpsc;

@@ -318,4 +318,3 @@ pub fn escapes(s: &str, echo_style: bool) -> (String, bool) {
     }
     (out, false)
 }
-
