@@ -121,6 +121,7 @@ fn spawn_ctl(node: &Arc<Node>, msg: Message) {
     });
 }
 
+/// Answers a request that arrives while the running jobs drain: the agent no longer reads it.
 async fn refuse_shutting_down(node: &Node, msg: Message) {
     let reply = exec_error(&Refusal::shutting_down(node.host(), NewWork::Jobs));
     send_reply(node, msg.reply, reply.encode_to_vec()).await;

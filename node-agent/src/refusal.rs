@@ -59,3 +59,35 @@ impl Refusal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopping_host_names_what_it_no_longer_takes() {
+        let host = Token::parse("host id", "web-1").expect("token");
+        let r = Refusal::shutting_down(&host, NewWork::Jobs);
+        assert_eq!(r.code, ErrorCode::ShuttingDown);
+        assert_eq!(
+            r.message,
+            "host web-1 is shutting down and takes no new jobs"
+        );
+        let r = Refusal::shutting_down(&host, NewWork::Requests);
+        assert_eq!(
+            r.message,
+            "host web-1 is shutting down and takes no new requests"
+        );
+    }
+
+    #[test]
+    fn a_reply_over_the_max_payload_says_its_size_and_what_to_ask_for() {
+        let host = Token::parse("host id", "web-1").expect("token");
+        let r = Refusal::too_large(&host, 2_000, 1_000, "ask for less");
+        assert_eq!(r.code, ErrorCode::TooLarge);
+        assert_eq!(
+            r.message,
+            "host web-1: the reply would be 2000 bytes, over the NATS max payload of 1000; ask for less"
+        );
+    }
+}
