@@ -12,7 +12,8 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::guard::{Guard, Job};
-use crate::request::{self, KillSpec, Order, Refusal, RunSpec};
+use crate::refusal::Refusal;
+use crate::request::{self, KillSpec, Order, RunSpec};
 use crate::runas::{Account, RunAs};
 use crate::signature::Verifier;
 use crate::tier::{self, Tier};

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use execmesh_proto::pb::{self, ErrorCode, GrepMode};
 
 use crate::digest::{self, Digest};
+use crate::files::search::{self, Hits, Query, Search, Walked};
 use crate::files::{Files, clamp};
-use crate::search::{self, Hits, Query, Search, Walked};
 
 /// Longest line kept whole when the request names no limit.
 pub const DEFAULT_MAX_LINE_BYTES: u32 = 1024;

@@ -16,7 +16,7 @@ use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::facts::Facts;
-use crate::files::Files;
+use crate::files::{Files, Roots};
 use crate::registry::Registry;
 use crate::warm::WarmPool;
 
@@ -78,7 +78,9 @@ impl Node {
         record_key: Option<Arc<RecordKey>>,
     ) -> Self {
         let js = jetstream::new(client.clone());
-        let files = Arc::new(Files::new(&config));
+        // The roots are canonicalised now (missing ones are skipped with a warning).
+        let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
+        let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(
             js.clone(),
             facts_kv,

@@ -24,6 +24,16 @@ pub struct Finished {
     pub inline: Option<Vec<u8>>,
 }
 
+/// Waits until the job behind `done` has ended; `None` if its task is gone without saying.
+pub async fn wait_finished(
+    done: &mut watch::Receiver<Option<Arc<Finished>>>,
+) -> Option<Arc<Finished>> {
+    done.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|finished| finished.clone())
+}
+
 /// What others hold of a running job.
 #[derive(Debug, Clone)]
 pub struct JobHandle {

@@ -9,6 +9,7 @@ use execmesh_proto::pb::{self, ErrorCode};
 use execmesh_proto::{Token, TokenError, headers};
 
 use crate::config::Config;
+use crate::refusal::Refusal;
 use crate::runas::Account;
 
 /// Longest command accepted: Linux refuses a single exec argument longer than this (128 KiB).
@@ -21,29 +22,6 @@ pub const MAX_CWD_BYTES: usize = 4096;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest grace period a kill request may ask for.
 pub const MAX_KILL_GRACE: Duration = Duration::from_secs(3600);
-
-/// A request the agent will not act on, with the code and sentence for the reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn to_pb(&self) -> pb::ExecError {
-        pb::ExecError {
-            code: self.code as i32,
-            message: self.message.clone(),
-        }
-    }
-}
 
 /// A validated request to run a command.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ use execmesh_proto::pb::ErrorCode;
 use nix::unistd::{Gid, User, geteuid, getgrouplist};
 use tracing::{error, warn};
 
-use crate::request::Refusal;
+use crate::refusal::Refusal;
 
 /// The key of the mapping entry that covers every user not listed.
 pub const ANY_USER: &str = "*";

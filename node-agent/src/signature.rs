@@ -26,7 +26,7 @@ use execmesh_proto::signing::{
 };
 use tracing::warn;
 
-use crate::request::Refusal;
+use crate::refusal::Refusal;
 
 /// Latest expiry a request may carry, counted from its arrival. The gateway gives its requests
 /// 30 s; the slack covers clock skew between gateway and agent.

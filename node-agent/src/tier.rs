@@ -9,7 +9,7 @@ use std::str::FromStr;
 use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, exec_request, file_request};
 
-use crate::request::Refusal;
+use crate::refusal::Refusal;
 
 /// How much a request may change on this host. Ordered: `Readonly < Standard < Dangerous`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -4,8 +4,8 @@ use execmesh_proto::pb;
 
 use super::clamp;
 use super::error::FileError;
+use super::search::{self, Hits, Query, Search, Walked};
 use super::{Budget, Files};
-use crate::search::{self, Hits, Query, Search, Walked};
 
 /// Matches returned when the request names no limit.
 pub const DEFAULT_MAX_MATCHES: u32 = 1000;

@@ -11,6 +11,7 @@ mod grep;
 mod list;
 mod read;
 mod roots;
+pub(crate) mod search;
 mod stat;
 mod write;
 
@@ -22,8 +23,6 @@ use execmesh_proto::pb::{self, file_reply, file_request};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
-use crate::config::Config;
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
 pub use error::FileError;
@@ -99,13 +98,6 @@ impl Budget {
 // === impl Files ===
 
 impl Files {
-    /// The file tool for `config`: its roots are canonicalised now (missing ones are skipped
-    /// with a warning).
-    pub fn new(config: &Config) -> Files {
-        let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
-        Files::with(roots, config.file_limits())
-    }
-
     /// The file tool over `roots` with `limits`.
     pub fn with(roots: Roots, limits: Limits) -> Files {
         Files {

@@ -23,7 +23,8 @@
 use super::env;
 use super::glob::{check_glob, glob_match, has_extglob};
 use super::path::View;
-use super::walk::{Carrier, Field, Invocation, Walked, basename};
+use super::walk::Walked;
+use super::word::{Carrier, Field, Invocation, basename};
 
 /// Directories where a program called by its path is the program an entry names.
 const SYSTEM_BIN_DIRS: &[&str] = &[

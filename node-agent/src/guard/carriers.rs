@@ -22,68 +22,7 @@
 
 use super::foreign;
 use super::options::{Spec, long_matches};
-use super::walk::{Carrier, Dyn, Field, Invocation, Piece, Stdin, basename};
-
-/// How text read by a carrier is laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// A shell script.
-    Shell,
-    /// A crontab: each line's command after the schedule.
-    Crontab,
-}
-
-/// What a carrier runs.
-#[derive(Debug, Clone)]
-pub enum Carried {
-    /// A command given as words.
-    Command {
-        fields: Vec<Field>,
-        label: String,
-        /// The directory it runs in, when the carrier changes it (`env -C`, `sudo -D`).
-        cwd: Option<Field>,
-        /// Variables the carrier sets for it (`env NAME=VALUE`).
-        assigns: Vec<(String, Field)>,
-    },
-    /// Shell text, with its positional parameters (`$0`, then `$1` …) when it gets its own.
-    Text {
-        text: Field,
-        label: String,
-        args: Option<(Option<Field>, Vec<Field>)>,
-        /// It may not be shell at all (a command of unknown name): what does not parse is
-        /// skipped.
-        lenient: bool,
-        /// What it reads, when not the carrier's own standard input.
-        stdin: Option<Stdin>,
-    },
-    /// A script read from a file; checked when the file is the standard input or a process
-    /// substitution.
-    File {
-        file: Field,
-        label: String,
-        args: Option<(Option<Field>, Vec<Field>)>,
-    },
-    /// A script read from the command's standard input.
-    Stdin {
-        label: String,
-        format: Format,
-        lenient: bool,
-    },
-    /// Something that runs code the guard cannot read; why, in words.
-    Unchecked(String),
-}
-
-// === impl Carried ===
-
-impl Carried {
-    /// The kind of carrier a command that carries this is.
-    pub fn kind(&self) -> Carrier {
-        match self {
-            Carried::Command { .. } => Carrier::Command,
-            _ => Carrier::Code,
-        }
-    }
-}
+use super::word::{Carried, Dyn, Field, Format, Invocation, Piece, Stdin, ansi_c, basename};
 
 /// Shells whose `-c`, script operand and standard input are read as shell text.
 pub const SHELLS: &[&str] = &[
@@ -1307,7 +1246,7 @@ fn xargs(args: &[Field], stdin: &Stdin) -> Vec<Carried> {
                 .map(str::to_string)
                 .collect()
         } else if let Some(delim) = parsed.value("d").and_then(Field::known) {
-            let delim = super::walk::ansi_c(delim);
+            let delim = ansi_c(delim);
             text.split(delim.as_str())
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)

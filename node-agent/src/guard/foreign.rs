@@ -7,8 +7,7 @@
 //! guard cannot read. Everything else the code does — files it deletes through the language's
 //! own functions, for instance — is outside what the guard sees.
 
-use super::carriers::Carried;
-use super::walk::{Field, Stdin};
+use super::word::{Carried, Field, Stdin};
 
 /// Calls that run their text through a shell.
 const SHELL_CALLS: &[&str] = &[

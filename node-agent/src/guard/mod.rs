@@ -26,13 +26,14 @@ pub mod options;
 pub mod path;
 pub mod rules;
 pub mod walk;
+pub mod word;
 
 use std::fmt;
 
 use execmesh_proto::Token;
 use execmesh_proto::pb::ErrorCode;
 
-use crate::request::Refusal;
+use crate::refusal::Refusal;
 use allow::{Allowlist, Entry};
 use rules::{DEFAULT_RULES, Pattern, Rule};
 use walk::{Start, WalkError};

@@ -11,7 +11,7 @@
 //! and `--recursive`), otherwise by its long name. Options the spec does not know are kept
 //! with a leading `?` so that rules can still look at them.
 
-use super::walk::Field;
+use super::word::Field;
 
 /// How an option takes a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! guard judges what is written, the account's permissions judge the rest.
 
 use super::glob::{globs_intersect, is_glob, matches_everything};
-use super::walk::{Field, Piece};
+use super::word::{Field, Invocation, Piece};
 
 /// Top-level directories whose recursive delete (or chmod/chown) is denied, besides `/`.
 pub const SYSTEM_DIRS: &[&str] = &[
@@ -185,6 +185,16 @@ fn is_proc_process(stack: &[String]) -> bool {
             proc == "proc" && pid_like(pid) && task == "task" && pid_like(tid)
         }
         _ => false,
+    }
+}
+
+// === impl Invocation ===
+
+// Kept with the path logic it calls, so that the word types stay below `path`.
+impl Invocation {
+    /// The paths `field` may name, judged from where this command runs.
+    pub fn views(&self, field: &Field) -> Vec<View> {
+        views(field, &self.cwd, &self.links)
     }
 }
 

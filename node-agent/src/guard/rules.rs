@@ -45,7 +45,7 @@ use super::carriers::{CP, MV, find_scope};
 use super::glob::{check_glob, glob_match, globs_intersect, is_glob};
 use super::options::{Spec, long_matches};
 use super::path::{View, is_disk, power_file, protected};
-use super::walk::{Field, Invocation, Piece, basename};
+use super::word::{Field, Invocation, Piece, basename};
 
 /// Ids of the default rules, in the order they are checked.
 pub const DEFAULT_RULES: &[&str] = &[

@@ -19,7 +19,7 @@ use grep_searcher::{
 use ignore::WalkBuilder;
 use ignore::overrides::{Override, OverrideBuilder};
 
-use crate::files::{FileError, Roots, stays_inside};
+use super::{FileError, Roots, stays_inside};
 
 /// Most context lines before and after a match.
 pub const MAX_CONTEXT: u32 = 100;
