@@ -1,6 +1,6 @@
 //! A node-agent's share of a fan-out grep against a real nats-server: modes, caps, context, globs, refusals, the digest, reply budgets, several agents in one process.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 
@@ -474,7 +474,8 @@ async fn two_agents_in_one_process_serve_their_own_roots_and_spare_each_others_j
         "sim-b's stop killed sim-a's job"
     );
     a.agent.stop().await;
-    support::eventually("sim-a's job ends with its agent", || {
+    // sim-a's job ends with its agent.
+    support::eventually(support::WAIT, || async {
         processes_of("sleeper-1").is_empty()
     })
     .await;
