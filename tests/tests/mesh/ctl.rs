@@ -464,17 +464,20 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
         ended_at_ms: execmesh_proto::now_ms(),
         ..Default::default()
     };
-    nats.jetstream()
-        .await
-        .get_key_value("mesh_jobs")
-        .await
-        .expect("mesh_jobs")
-        .put(
-            format!("default.web-1.{planted}"),
-            old.encode_to_vec().into(),
-        )
-        .await
-        .expect("planted");
+    // Signed by web-1's agent, as agents write job records: an unsigned one would be ignored.
+    let js = nats.jetstream().await;
+    let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
+    execmesh_proto::kv_write::write(
+        &js,
+        &jobs,
+        &format!("default.web-1.{planted}"),
+        old.encode_to_vec().into(),
+        async_nats::HeaderMap::new(),
+        execmesh_proto::kv_write::Expect::Any,
+        Some(&nats.identities().record_key("agent-web-1")),
+    )
+    .await
+    .expect("planted");
 
     let shown = |what: &str, text: &str| {
         assert!(!text.contains("SECRET"), "{what} shows a secret: {text}");
