@@ -23,7 +23,8 @@ use tokio::time::timeout;
 use crate::support;
 
 use support::{
-    Agent, Nats, WAIT, config, error_reply, eventually, exec, exec_raw, sign, tenant, tok,
+    Agent, Nats, WAIT, config, error_reply, eventually, exec, exec_raw, processes_of, sign, tenant,
+    tok,
 };
 
 fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
@@ -163,23 +164,6 @@ async fn plant_running_status(client: &async_nats::Client, host: &Token, job: &s
     )
     .await
     .expect("put");
-}
-
-/// Pids of processes whose environment names `job`.
-fn processes_of(job: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_JOB={job}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
 }
 
 fn state(status: &pb::JobStatus) -> JobState {

@@ -9,7 +9,7 @@ use execmesh_node_agent::Config;
 use execmesh_proto::pb::{self, ErrorCode, GrepMode, JobState};
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
-use support::{Agent, Nats, code, error_reply, exec, request, tenant, tok};
+use support::{Agent, Nats, code, error_reply, exec, processes_of, request, tenant, tok};
 
 /// An agent whose only file root is a fresh temp dir, and a client.
 struct Host {
@@ -375,23 +375,6 @@ async fn a_huge_result_stays_under_the_reply_budget_and_counts_everything() {
     assert_eq!(reply.digest.len(), 1);
     assert_eq!(reply.digest[0].lines, 3000);
     host.agent.stop().await;
-}
-
-/// Pids of processes whose environment names `job`.
-fn processes_of(job: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_JOB={job}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,6 +167,23 @@ pub fn code(e: &pb::ExecError) -> ErrorCode {
     ErrorCode::try_from(e.code).expect("known code")
 }
 
+/// Pids of processes whose environment names `job`.
+pub fn processes_of(job: &str) -> Vec<u32> {
+    let needle = format!("EXECMESH_JOB={job}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|v| v == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// Unwraps one enum variant or panics naming it.
 #[macro_export]
 macro_rules! expect {
