@@ -20,9 +20,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit_sink;
-pub mod certificates;
 pub mod client;
-pub mod eventually;
 pub mod fleet;
 pub mod gateway;
 pub mod identities;
@@ -40,7 +38,7 @@ pub use admin::{AdminClient, AdminMode, AdminPki};
 pub use agent::{NodeAgent, RunningAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
 pub use client::{McpClient, ToolOutput, post_raw};
-pub use eventually::eventually;
+pub use execmesh_nats_server::{certificates, eventually};
 pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
 pub use nats::{Nats, NatsTls};

@@ -13,7 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 // === harness ===
 
-mod support;
+use crate::support;
 
 use support::{Nats, code};
 

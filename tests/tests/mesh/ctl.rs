@@ -464,7 +464,7 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
         ended_at_ms: execmesh_proto::now_ms(),
         ..Default::default()
     };
-    // Signed by web-1's own agent key, as that agent would have written it.
+    // Signed by web-1's agent, as agents write job records: an unsigned one would be ignored.
     let js = nats.jetstream().await;
     let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
     execmesh_proto::kv_write::write(

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -19,9 +20,12 @@ use tokio::time::timeout;
 
 // === harness ===
 
-mod support;
+use crate::support;
 
-use support::{Agent, Nats, config, error_reply, eventually, exec, exec_raw, sign, tenant, tok};
+use support::{
+    Agent, Nats, WAIT, config, error_reply, eventually, exec, exec_raw, processes_of, sign, tenant,
+    tok,
+};
 
 fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
     pb::ExecRequest {
@@ -162,23 +166,6 @@ async fn plant_running_status(client: &async_nats::Client, host: &Token, job: &s
     .expect("put");
 }
 
-/// Pids of processes whose environment names `job`.
-fn processes_of(job: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_JOB={job}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
-}
-
 fn state(status: &pb::JobStatus) -> JobState {
     JobState::try_from(status.state).expect("known state")
 }
@@ -276,7 +263,8 @@ async fn a_timeout_kills_the_whole_process_group() {
     assert_eq!(state(&status), JobState::TimedOut, "{status:?}");
     assert_eq!(status.reason, "timed out after 500ms");
     assert_eq!(status.signal, "SIGTERM");
-    eventually("the group is gone", || processes_of("slow-1").is_empty()).await;
+    // The group is gone.
+    eventually(WAIT, || async { processes_of("slow-1").is_empty() }).await;
     agent.stop().await;
 }
 
@@ -294,7 +282,7 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     assert!(running.pid > 1);
     assert_eq!(reply.inline_output, None);
     // The trap is set once the shell runs `sleep`.
-    eventually("the job sleeps", || {
+    eventually(WAIT, || async {
         processes_of("stubborn-1").iter().any(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
         })
@@ -308,10 +296,8 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     assert_eq!(state(&killed), JobState::Killed);
     assert_eq!(killed.signal, "SIGKILL");
     assert_eq!(killed.reason, "killed on request of bob");
-    eventually("the group is gone", || {
-        processes_of("stubborn-1").is_empty()
-    })
-    .await;
+    // The group is gone.
+    eventually(WAIT, || async { processes_of("stubborn-1").is_empty() }).await;
 
     // Killing it again reports how it ended; an unknown job is named.
     match kill(&client, &agent.host, "stubborn-1", 0).await.body {
@@ -489,7 +475,7 @@ async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
-    let mut nats = Nats::start().await;
+    let nats = Nats::start().await;
     let agent = Agent::start(config(&nats, "web-1")).await;
     let host = agent.host.clone();
     {
@@ -497,11 +483,21 @@ async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
         let mut run = cmd("for i in $(seq 1 80); do echo line-$i; sleep 0.025; done");
         run.bg = true;
         run_reply(exec(&client, run_request(&host, "steady-1", run)).await);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The server goes down while the job is writing: once its first records are stored.
+        let js = jetstream::new(client.clone());
+        eventually(WAIT, || async {
+            let mut stream = js.get_stream(layout::OUT_STREAM).await.ok()?;
+            let stored = stream.info().await.ok()?.state.messages;
+            (stored > 0).then_some(())
+        })
+        .await;
     }
     // Down for longer than the publish ack timeout (5 s): acks are missed and the same records
-    // are published again; the duplicate window must store each once.
-    nats.restart(Duration::from_secs(6)).await;
+    // are published again; the duplicate window must store each once. The outage itself is
+    // what is tested, so it is a fixed time, not a condition.
+    nats.kill().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    nats.restart().await;
 
     let client = nats.client().await;
     let (chunks, exit) = timeout(Duration::from_secs(60), records(&client, &host, "steady-1"))
@@ -636,14 +632,7 @@ async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stop
         kv.get(&key).await.ok().flatten()
     };
     let wait_presence = async |want: bool, within: Duration| {
-        let deadline = tokio::time::Instant::now() + within;
-        while presence().await.is_some() != want {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "presence {want} not reached"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(within, || async { presence().await.is_some() == want }).await;
     };
 
     let mut agent = start();
@@ -726,10 +715,8 @@ async fn warm_agent(nats: &Nats, shells: usize) -> Agent {
     })
     .await;
     let instance = agent.ready.instance.clone();
-    eventually("the warm shells are up", || {
-        warm_shells_of(&instance).len() == shells
-    })
-    .await;
+    // The warm shells are up.
+    eventually(WAIT, || async { warm_shells_of(&instance).len() == shells }).await;
     agent
 }
 
@@ -785,10 +772,8 @@ async fn a_warm_shell_runs_a_job_like_bash_c() {
     assert!(e.message.contains("/nonexistent/warm"), "{e:?}");
 
     let instance = agent.ready.instance.clone();
-    eventually("the pool is refilled", || {
-        warm_shells_of(&instance).len() == 2
-    })
-    .await;
+    // The pool is refilled.
+    eventually(WAIT, || async { warm_shells_of(&instance).len() == 2 }).await;
     agent.stop().await;
     assert!(
         warm_shells_of(&instance).is_empty(),
@@ -819,7 +804,8 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
         pids.push(status.pid);
     }
     assert_ne!(pids[0], pids[1], "each job has a shell of its own");
-    eventually("both jobs sleep", || {
+    // Both jobs sleep.
+    eventually(WAIT, || async {
         ["pair-1", "pair-2"].iter().all(|job| {
             processes_of(job).iter().any(|pid| {
                 std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
@@ -833,11 +819,13 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
         other => panic!("expected a status, got {other:?}"),
     };
     assert_eq!(state(&killed), JobState::Killed);
-    eventually("the killed job's group is gone", || !group_alive(pids[0])).await;
+    // The killed job's group is gone.
+    eventually(WAIT, || async { !group_alive(pids[0]) }).await;
     assert!(processes_of("pair-1").is_empty());
     assert!(group_alive(pids[1]), "the other job runs on");
     kill(&client, &agent.host, "pair-2", 200).await;
-    eventually("the second group is gone", || !group_alive(pids[1])).await;
+    // The second group is gone.
+    eventually(WAIT, || async { !group_alive(pids[1]) }).await;
     agent.stop().await;
 }
 
@@ -931,67 +919,61 @@ async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart()
     let host = tok("host id", "bin-2");
     let mut agent = start();
     // Ready once it answers; retry while it starts.
-    let mut reply = None;
-    for attempt in 0..100 {
+    let attempts = AtomicUsize::new(0);
+    let (job, reply) = eventually(Duration::from_secs(20), || async {
+        let attempt = attempts.fetch_add(1, Ordering::Relaxed);
         let mut run = cmd("setsid sleep 300 & sleep 300");
         run.bg = true;
         let subject = subject::exec(&tenant(), &host, &tok("user", "alice"));
         let req = run_request(&host, &format!("orphan-{attempt}"), run);
-        match timeout(
+        let msg = timeout(
             Duration::from_secs(2),
             client.request(subject, sign(req).into()),
         )
         .await
-        {
-            Ok(Ok(msg)) => {
-                reply = Some((
-                    format!("orphan-{attempt}"),
-                    run_reply(pb::ExecReply::decode(msg.payload.as_ref()).expect("reply")),
-                ));
-                break;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let (job, reply) = reply.expect("the agent answered");
-    let mut pgid = reply.status.expect("status").pid;
+        .ok()?
+        .ok()?;
+        Some((
+            format!("orphan-{attempt}"),
+            run_reply(pb::ExecReply::decode(msg.payload.as_ref()).expect("reply")),
+        ))
+    })
+    .await;
     // The first answer may have come before the pool was filled; use a job a warm shell runs.
-    let mut job = job;
-    for attempt in 0..100 {
+    let first = (job, reply.status.expect("status").pid);
+    let current = std::sync::Mutex::new(first);
+    let attempts = AtomicUsize::new(0);
+    let (job, pgid) = eventually(Duration::from_secs(10), || async {
+        let (job, pgid) = current.lock().expect("current job").clone();
         if is_warm_shell(pgid) {
-            break;
+            return Some((job, pgid));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let attempt = attempts.fetch_add(1, Ordering::Relaxed);
         let mut run = cmd("setsid sleep 300 & sleep 300");
         run.bg = true;
-        job = format!("warm-orphan-{attempt}");
+        let job = format!("warm-orphan-{attempt}");
         let reply = run_reply(exec(&client, run_request(&host, &job, run)).await);
-        pgid = reply.status.expect("status").pid;
-    }
+        *current.lock().expect("current job") = (job, reply.status.expect("status").pid);
+        None
+    })
+    .await;
     assert!(is_warm_shell(pgid), "no job got a warm shell");
-    eventually("the job sleeps", || processes_of(&job).len() >= 2).await;
+    // The job sleeps.
+    eventually(WAIT, || async { processes_of(&job).len() >= 2 }).await;
 
     agent.kill().expect("SIGKILL");
     agent.wait().expect("reaped");
     let mut agent = start();
-    eventually("the job's group is gone", || !group_alive(pgid)).await;
-    eventually("no process of the job is left", || {
-        processes_of(&job).is_empty()
+    // The job's group is gone, and no process of the job is left.
+    eventually(WAIT, || async { !group_alive(pgid) }).await;
+    eventually(WAIT, || async { processes_of(&job).is_empty() }).await;
+    // The job is marked lost.
+    eventually(Duration::from_secs(10), || async {
+        job_status(&client, &host, &job)
+            .await
+            .is_some_and(|s| state(&s) == JobState::Lost)
     })
     .await;
-    let lost = async {
-        loop {
-            if let Some(s) = job_status(&client, &host, &job).await
-                && state(&s) == JobState::Lost
-            {
-                return s;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    timeout(Duration::from_secs(10), lost)
-        .await
-        .expect("the job is marked lost");
     agent.kill().expect("SIGKILL");
     agent.wait().expect("reaped");
 }

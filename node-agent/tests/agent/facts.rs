@@ -1,6 +1,6 @@
 //! The host's fact pack against a real nats-server: collected at start into `mesh_facts`, served cached or refreshed, collected again every interval.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use execmesh_node_agent::Config;
 use execmesh_proto::pb;
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
-use support::{Agent, Nats, exec, request, tenant};
+use support::{Agent, Nats, WAIT, eventually, exec, request, tenant};
 
 async fn facts_bucket(client: &async_nats::Client) -> kv::Store {
     jetstream::new(client.clone())
@@ -89,9 +89,9 @@ async fn the_fact_pack_is_stored_at_start_with_sensible_values_and_labels() {
         facts
             .listening_ports
             .iter()
-            .any(|p| p.protocol.starts_with("tcp") && p.port == u32::from(nats.port)),
+            .any(|p| p.protocol.starts_with("tcp") && p.port == u32::from(nats.port())),
         "port {} missing from {:?}",
-        nats.port,
+        nats.port(),
         facts.listening_ports
     );
     assert_eq!(facts.package_manager.is_empty(), facts.package_count == 0);
@@ -108,7 +108,11 @@ async fn a_refresh_collects_anew_and_stores_the_new_pack() {
     let client = nats.client().await;
     let bucket = facts_bucket(&client).await;
     let first = stored(&bucket, &agent).await;
-    tokio::time::sleep(Duration::from_millis(20)).await; // the clock moves on for the next stamp
+    // The clock moves on for the next stamp.
+    eventually(WAIT, || async {
+        execmesh_proto::now_ms() > first.collected_at_ms
+    })
+    .await;
     let fresh = ask(&client, &agent, true).await;
     assert!(
         fresh.collected_at_ms > first.collected_at_ms,
@@ -132,17 +136,18 @@ async fn facts_are_collected_again_every_interval() {
     let client = nats.client().await;
     let bucket = facts_bucket(&client).await;
     let first = stored(&bucket, &agent).await;
-    let mut stamps = vec![first.collected_at_ms];
-    for _ in 0..100 {
+    let stamps = std::sync::Mutex::new(vec![first.collected_at_ms]);
+    // Two more collections within 5 s.
+    eventually(Duration::from_secs(5), || async {
         let now = stored(&bucket, &agent).await.collected_at_ms;
+        let mut stamps = stamps.lock().expect("stamps");
         if now != *stamps.last().expect("a stamp") {
             stamps.push(now);
         }
-        if stamps.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        stamps.len() == 3
+    })
+    .await;
+    let stamps = stamps.into_inner().expect("stamps");
     assert_eq!(
         stamps.len(),
         3,

@@ -34,11 +34,12 @@ impl<T> Outcome for Option<T> {
 /// itself hangs is cut off at the deadline too.
 ///
 /// ```no_run
-/// # async fn scenario(nats: &execmesh_tests::Nats) {
+/// # async fn scenario(nats: &execmesh_nats_server::NatsServer) {
 /// # use std::time::Duration;
-/// # use execmesh_tests::eventually;
-/// let presence = eventually(Duration::from_secs(5), || nats.presence("web-1")).await;
-/// eventually(Duration::from_secs(5), || async { nats.presence("web-1").await.is_none() }).await;
+/// # use execmesh_nats_server::eventually;
+/// let log = nats.log_path();
+/// let text = eventually(Duration::from_secs(5), || async { std::fs::read_to_string(&log).ok() }).await;
+/// eventually(Duration::from_secs(5), || async { nats.pid().await.is_none() }).await;
 /// # }
 /// ```
 #[track_caller]

@@ -1,15 +1,9 @@
-//! The node-agent tests' harness: a real nats-server in a temp store, agents run in this process, request helpers.
-//!
-//! The server binary is taken from `NATS_SERVER_BIN`, the workspace's `.tools/nats/bin` (where
-//! `tests/run.sh` installs it) or `PATH`; without one the tests fail and say how to install it.
-//! Each test binary uses part of it.
-#![allow(dead_code)]
+//! The node-agent tests' harness: agents run in this process on a real nats-server (the shared `execmesh-nats-server`), request helpers.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use execmesh_node_agent::{Config, Ready};
 use execmesh_proto::pb::{self, ErrorCode};
 use execmesh_proto::signing::{self, SignedRequest, SigningKey};
@@ -20,110 +14,10 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
-/// A nats-server with JetStream in a temp store, killed (and the store removed) on drop.
-pub struct Nats {
-    child: Child,
-    pub port: u16,
-    store: tempfile::TempDir,
-    bin: PathBuf,
-}
+pub use execmesh_nats_server::{NatsServer as Nats, eventually};
 
-fn server_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return Some(p.into());
-    }
-    // Where `tests/run.sh` installs it.
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/nats/bin/nats-server");
-    if local.is_file() {
-        return Some(local);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nats-server"))
-            .find(|p| p.is_file())
-    })
-}
-
-// === impl Nats ===
-
-impl Nats {
-    /// Starts a server on a free loopback port. A missing server is a broken setup, not a
-    /// reason to skip: run tests/run.sh, which installs it.
-    pub async fn start() -> Nats {
-        let bin = server_binary()
-            .expect("nats-server not found: run tests/run.sh (installs it into .tools/nats)");
-        let store = tempfile::tempdir().expect("temp dir");
-        let (child, port) = Self::spawn(&bin, &store, None)
-            .await
-            .expect("nats-server starts");
-        Nats {
-            child,
-            port,
-            store,
-            bin,
-        }
-    }
-
-    async fn spawn(
-        bin: &PathBuf,
-        store: &tempfile::TempDir,
-        port: Option<u16>,
-    ) -> Result<(Child, u16)> {
-        let ports = tempfile::tempdir()?;
-        let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(store.path().join("js"))
-            .arg("--ports_file_dir")
-            .arg(ports.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let file = ports
-            .path()
-            .join(format!("nats-server_{}.ports", child.id()));
-        for _ in 0..400 {
-            // The server may be caught halfway through writing the file: read it again then.
-            if let Ok(text) = std::fs::read_to_string(&file)
-                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                && let Some(url) = v["nats"][0].as_str()
-            {
-                let port = url.rsplit(':').next().context("port")?.parse()?;
-                return Ok((child, port));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        bail!("nats-server wrote no ports file")
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server, waits `down`, and starts it again on the same port and store.
-    pub async fn restart(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        tokio::time::sleep(down).await;
-        let (child, _) = Self::spawn(&self.bin, &self.store, Some(self.port))
-            .await
-            .expect("nats-server restarts");
-        self.child = child;
-    }
-
-    pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("client connects")
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a condition a test waits for may take to hold.
+pub const WAIT: Duration = Duration::from_secs(5);
 
 /// An agent running in this process (as `execmesh_node_agent::run` runs it in the binary).
 pub struct Agent {
@@ -273,15 +167,21 @@ pub fn code(e: &pb::ExecError) -> ErrorCode {
     ErrorCode::try_from(e.code).expect("known code")
 }
 
-/// Polls `check` every 25 ms for up to 5 s.
-pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not happen within 5 s");
+/// Pids of processes whose environment names `job`.
+pub fn processes_of(job: &str) -> Vec<u32> {
+    let needle = format!("EXECMESH_JOB={job}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|v| v == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
 }
 
 /// Unwraps one enum variant or panics naming it.

@@ -10,7 +10,7 @@ use rcgen::{
 /// A certificate authority made for one test; nothing outside the test trusts it.
 ///
 /// ```no_run
-/// # use execmesh_tests::certificates::TestCa;
+/// # use execmesh_nats_server::certificates::TestCa;
 /// # let dir = std::path::Path::new("/tmp");
 /// let ca = TestCa::new("execmesh test CA");
 /// let server = ca.server(&["127.0.0.1", "localhost"]).write(dir, "server");

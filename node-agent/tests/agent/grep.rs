@@ -1,6 +1,6 @@
 //! A node-agent's share of a fan-out grep against a real nats-server: modes, caps, context, globs, refusals, the digest, reply budgets, several agents in one process.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use execmesh_node_agent::Config;
 use execmesh_proto::pb::{self, ErrorCode, GrepMode, JobState};
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
-use support::{Agent, Nats, code, error_reply, exec, request, tenant, tok};
+use support::{Agent, Nats, code, error_reply, exec, processes_of, request, tenant, tok};
 
 /// An agent whose only file root is a fresh temp dir, and a client.
 struct Host {
@@ -377,23 +377,6 @@ async fn a_huge_result_stays_under_the_reply_budget_and_counts_everything() {
     host.agent.stop().await;
 }
 
-/// Pids of processes whose environment names `job`.
-fn processes_of(job: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_JOB={job}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_agents_in_one_process_serve_their_own_roots_and_spare_each_others_jobs() {
     let nats = Nats::start().await;
@@ -474,7 +457,8 @@ async fn two_agents_in_one_process_serve_their_own_roots_and_spare_each_others_j
         "sim-b's stop killed sim-a's job"
     );
     a.agent.stop().await;
-    support::eventually("sim-a's job ends with its agent", || {
+    // sim-a's job ends with its agent.
+    support::eventually(support::WAIT, || async {
         processes_of("sleeper-1").is_empty()
     })
     .await;

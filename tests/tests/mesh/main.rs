@@ -1,0 +1,20 @@
+//! The end-to-end scenarios of execmesh, one module per area, in one test binary: the gateway, the
+//! agents and the harness are linked once, and the scenarios of every area share the test threads.
+//!
+//! Each scenario starts its own nats-server, agents, gateways and sinks on free ports and temp
+//! dirs (the harness in `execmesh_tests`), so scenarios of different modules run side by side.
+
+mod admin;
+mod approvals;
+mod audit;
+mod ctl;
+mod exec;
+mod fanout;
+mod file;
+mod harness;
+mod https;
+mod nats_security;
+mod nats_tls;
+mod oauth;
+mod security_node;
+mod tiers;
