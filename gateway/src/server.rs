@@ -14,12 +14,12 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
-use crate::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::config::Config;
-use crate::mesh::Mesh;
+use crate::core::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
+use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
+use crate::core::mesh::Mesh;
+use crate::core::policy::LivePolicy;
 use crate::oauth::OAuth;
-use crate::policy::LivePolicy;
 use crate::tools::Handler;
 
 /// What every request handler shares: read-only after start.
@@ -35,11 +35,11 @@ pub struct AppState {
     /// The authorization server: its KV store, revocation list and rate limits.
     pub oauth: OAuth,
     /// Publishes the audit events of every call.
-    pub audit: Arc<crate::audit::Audit>,
+    pub audit: Arc<crate::core::audit::Audit>,
     /// Calls held for a teammate's approval, and the decisions.
-    pub approvals: crate::approvals::Approvals,
+    pub approvals: crate::core::approvals::Approvals,
     /// Seals the job cursors handed to clients (derived from `key`, so every replica agrees).
-    pub cursors: crate::paging::CursorKey,
+    pub cursors: crate::core::paging::CursorKey,
     /// Refused bearer tokens, audited coalesced.
     pub auth_failures: Arc<AuthFailures>,
 }
@@ -79,8 +79,8 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
         .merge(crate::oauth::routes(&state).with_state(state.clone()))
 }
 
-/// Verifies the bearer token and puts the caller's [`crate::auth::Identity`] into the request.
-/// An invalid token is audited (coalesced, see [`crate::auth_failures`]); a missing one is not:
+/// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the request.
+/// An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is not:
 /// it is how every OAuth client discovers the authorization server.
 async fn require_bearer(
     State(state): State<Arc<AppState>>,
@@ -252,7 +252,7 @@ pub async fn run_with_admin(
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
-    let audit = crate::audit::Audit::start(
+    let audit = crate::core::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
@@ -260,7 +260,7 @@ pub async fn run_with_admin(
         mesh.records.key().cloned(),
     )?;
     let audit = Arc::new(audit);
-    let approvals = crate::approvals::Approvals::open(
+    let approvals = crate::core::approvals::Approvals::open(
         &mesh,
         mesh.tenant.clone(),
         config.kv_replicas,
@@ -269,7 +269,8 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
-    let cursors = crate::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
+    let cursors =
+        crate::core::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
     let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
     // Publishes the pending counts at shutdown, before the audit publisher is closed below.
     let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use execmesh_gateway::signer::Signer;
+use execmesh_gateway::core::signer::Signer;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 

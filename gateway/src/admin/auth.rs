@@ -4,8 +4,8 @@
 use tonic::{Request, Status};
 use tracing::{debug, warn};
 
-use crate::auth::{AuthError, Identity};
-use crate::auth_failures::{Endpoint, Failure, Refusal};
+use crate::core::auth::{AuthError, Identity};
+use crate::core::auth_failures::{Endpoint, Failure, Refusal};
 use crate::server::AppState;
 
 /// The scope a token needs to use the admin API.
@@ -16,7 +16,7 @@ pub const ADMIN_SCOPE: &str = "admin";
 /// Missing or invalid tokens (bad signature, expired, revoked, another gateway's, a user no
 /// longer in the policy) are UNAUTHENTICATED; a valid token without the `admin` scope is
 /// PERMISSION_DENIED, with how to get one. Invalid tokens are audited like `/mcp`'s (coalesced,
-/// see [`crate::auth_failures`]); a missing one is not.
+/// see [`crate::core::auth_failures`]); a missing one is not.
 pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Identity, Status> {
     let addr = request.remote_addr().map(|a| a.ip());
     let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {

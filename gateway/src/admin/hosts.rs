@@ -15,9 +15,9 @@ use execmesh_proto::{Token, pb, subject};
 use prost::Message as _;
 
 use super::{Admin, AdminStream, error};
-use crate::fanout::{Reach, Targets};
-use crate::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
-use crate::selector::{Candidate, Selector};
+use crate::core::fanout::{Reach, Targets};
+use crate::core::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
+use crate::core::selector::{Candidate, Selector};
 use crate::tools::hosts::state_of;
 
 /// How often a watch re-checks heartbeats for hosts turning stale (no KV change marks that).

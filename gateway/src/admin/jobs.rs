@@ -18,11 +18,11 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
-use crate::auth::Identity;
-use crate::job_access::{JobAccess, Via};
-use crate::paging::{self, Cursor, PageLimits};
+use crate::core::auth::Identity;
+use crate::core::job_access::{JobAccess, Via};
+use crate::core::paging::{self, Cursor, PageLimits};
+use crate::core::trace::TraceContext;
 use crate::tools::job::kill_with_grace;
-use crate::trace::TraceContext;
 
 /// Jobs a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -58,7 +58,7 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                 let access = self.access(&caller);
                 if !req.user.is_empty() && req.user != caller.user.as_str() && !access.is_operator()
                 {
-                    return Err(error::tool(&crate::error::ToolError::NotOperator {
+                    return Err(error::tool(&crate::core::error::ToolError::NotOperator {
                         action: "list other users' jobs".into(),
                     }));
                 }

@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use execmesh_proto::pb;
 
-use crate::auth::Identity;
+use crate::core::auth::Identity;
 use crate::server::AppState;
 
 /// Messages a server stream may have queued for a slow client before its producer waits.

@@ -101,7 +101,7 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
         JobCommand::Kill { id, host, grace } => {
             let grace_ms = match grace {
                 None => 0,
-                Some(text) => crate::auth::parse_ttl(&text)
+                Some(text) => crate::core::auth::parse_ttl(&text)
                     .map_err(|e| CtlError::Usage(format!("--grace: {e}")))?
                     .as_millis() as u64,
             };

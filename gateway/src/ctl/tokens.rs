@@ -20,15 +20,15 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
         } => {
             let ttl_secs = match ttl {
                 None => 0,
-                Some(text) => crate::auth::parse_ttl(&text)
+                Some(text) => crate::core::auth::parse_ttl(&text)
                     .map_err(|e| CtlError::Usage(format!("--ttl: {e}")))?
                     .as_secs()
                     .max(1),
             };
             let tier = match tier {
                 None => pb::Tier::Unspecified,
-                Some(text) => match text.parse::<crate::tier::Tier>() {
-                    Ok(tier) => crate::signer::tier(tier),
+                Some(text) => match text.parse::<crate::core::tier::Tier>() {
+                    Ok(tier) => crate::core::signer::tier(tier),
                     Err(e) => return Err(CtlError::Usage(format!("--tier: {e}"))),
                 },
             };

@@ -20,8 +20,8 @@ use super::client::{self, ClientInfo};
 use super::login::{self, LoginPage};
 use super::store::CodeGrant;
 use super::{CODE_TTL, ClientAddr, SCOPES_SUPPORTED, now_secs, random_secret};
-use crate::auth::MCP_SCOPE;
-use crate::policy::password;
+use crate::core::auth::MCP_SCOPE;
+use crate::core::policy::password;
 use crate::server::AppState;
 
 /// A checked authorization request.

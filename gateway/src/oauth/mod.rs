@@ -44,7 +44,7 @@ pub use revocation::Revocations;
 pub use store::{Store, StoreError};
 
 /// Scopes this server grants. `mcp` is what `/mcp` requires.
-pub const SCOPES_SUPPORTED: &[&str] = &[crate::auth::MCP_SCOPE];
+pub const SCOPES_SUPPORTED: &[&str] = &[crate::core::auth::MCP_SCOPE];
 /// How long an authorization code may wait for its exchange.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Failed logins per user per window before the user is held back.
@@ -76,7 +76,7 @@ pub struct OAuth {
 
 impl OAuth {
     /// Opens (creating if missing) the KV buckets and sets up the limiters.
-    pub async fn open(mesh: &crate::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
+    pub async fn open(mesh: &crate::core::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
         let store = Store::open(mesh, replicas).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -26,7 +26,7 @@ use tracing::debug;
 use execmesh_proto::jetstream as layout;
 use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 
-use crate::mesh::{DirectGet, Mesh};
+use crate::core::mesh::{DirectGet, Mesh};
 
 /// A KV operation failed (NATS unreachable, a corrupt record).
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use super::store::{CodeGrant, Family, RefreshGrant, StoreError};
 use super::{error_json, no_store, now_secs, random_secret};
-use crate::auth::TokenSpec;
+use crate::core::auth::TokenSpec;
 use crate::server::AppState;
 
 /// A `/token` error: the OAuth error code and a description.

@@ -14,7 +14,7 @@ use super::grep::GrepParams;
 use super::hosts::HostsParams;
 use super::job::JobParams;
 use super::whoami::WhoamiParams;
-use crate::error::ToolError;
+use crate::core::error::ToolError;
 
 /// The parameters of one call, by tool.
 #[derive(Debug)]
@@ -105,7 +105,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::tier::{self, Tier};
+    use crate::core::tier::{self, Tier};
 
     fn object(value: Value) -> JsonObject {
         match value {
@@ -259,7 +259,7 @@ mod tests {
                 .unwrap_or_default();
             for (name, property) in &properties {
                 // The handler takes `approval_id` out before the tool's parser sees the call.
-                if name == crate::approvals::ARG {
+                if name == crate::core::approvals::ARG {
                     continue;
                 }
                 let mut args = required_args(tool);

@@ -13,9 +13,9 @@ use execmesh_proto::{Token, pb};
 use super::bash_fanout::FanoutResult;
 use super::job::{JobView, outcome, view};
 use super::{Call, dispatch, seconds, structured};
-use crate::error::ToolError;
-use crate::fanout::Amount;
-use crate::paging::{self, Cursor, PageLimits};
+use crate::core::error::ToolError;
+use crate::core::fanout::Amount;
+use crate::core::paging::{self, Cursor, PageLimits};
 
 /// Longest command line accepted.
 const MAX_CMD_BYTES: usize = 64 * 1024;
@@ -147,7 +147,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let host =
         Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
     super::reach::check(call, &host).await?;
-    crate::approvals::gate_hosts(call, None, &[&host], || {
+    crate::core::approvals::gate_hosts(call, None, &[&host], || {
         format!("bash `{}` on {host}", params.cmd)
     })
     .await?;

@@ -13,9 +13,9 @@ use super::bash::BashParams;
 use super::job::{outcome, view};
 use super::progress::{self, McpProgress};
 use super::{Call, dispatch, seconds};
-use crate::error::ToolError;
-use crate::fanout::{self, HostStatus, Outcome, Plan, Reach, Targets};
-use crate::paging::Cursor;
+use crate::core::error::ToolError;
+use crate::core::fanout::{self, HostStatus, Outcome, Plan, Reach, Targets};
+use crate::core::paging::Cursor;
 
 /// Per-host timeout of a fan-out command when the call names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,9 +115,9 @@ pub async fn call(
             ),
         ));
     }
-    crate::approvals::gate(
+    crate::core::approvals::gate(
         call,
-        crate::approvals::Request::for_targets(
+        crate::core::approvals::Request::for_targets(
             &targets,
             None,
             format!(
@@ -293,7 +293,7 @@ pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
         // The host's own policy refused (tier cap, run-as, CommandGuard, roots), or it does not
         // accept the request's signature, or the run-as account lacks the permission.
         ToolError::Refused { code, .. }
-            if crate::error::is_node_denial(code)
+            if crate::core::error::is_node_denial(code)
                 || matches!(code.as_str(), "unauthenticated" | "permission_denied") =>
         {
             HostStatus::Denied

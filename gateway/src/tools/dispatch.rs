@@ -6,8 +6,8 @@ use std::time::Duration;
 use execmesh_proto::{Token, pb, subject};
 
 use super::Call;
-use crate::error::ToolError;
-use crate::mesh::DispatchError;
+use crate::core::error::ToolError;
+use crate::core::mesh::DispatchError;
 
 /// How long a request stays valid for the agent after it is sent.
 const REQUEST_VALIDITY: Duration = Duration::from_secs(30);
@@ -21,7 +21,10 @@ pub async fn send(
     body: pb::exec_request::Body,
     wait: Duration,
 ) -> Result<pb::exec_reply::Body, ToolError> {
-    let (request, started) = (crate::audit::request_name(&body), std::time::Instant::now());
+    let (request, started) = (
+        crate::core::audit::request_name(&body),
+        std::time::Instant::now(),
+    );
     let result = exchange(call, host, id, body, wait).await;
     (call.audit).dispatched(host, id, &request, started.elapsed(), &result);
     result
@@ -47,7 +50,7 @@ async fn exchange(
         expires_at_ms: execmesh_proto::now_ms() + REQUEST_VALIDITY.as_millis() as u64,
         trace_id: call.trace.trace_id.clone(),
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
-        tier: crate::signer::tier(call.identity.tier) as i32,
+        tier: crate::core::signer::tier(call.identity.tier) as i32,
         run_as: call.identity.run_as.clone().unwrap_or_default(),
         body: Some(body),
         ..Default::default()

@@ -13,9 +13,9 @@ use execmesh_proto::{Token, pb};
 use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
 use super::{Call, dispatch, structured};
-use crate::error::ToolError;
-use crate::fanout::{self, HostStatus, Outcome, Plan, ResolveError, Targets};
-use crate::mesh::HostRecord;
+use crate::core::error::ToolError;
+use crate::core::fanout::{self, HostStatus, Outcome, Plan, ResolveError, Targets};
+use crate::core::mesh::HostRecord;
 
 /// How long one host may take to collect its facts on `refresh`.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -143,9 +143,9 @@ pub async fn call(call: &Call<'_>, params: FactsParams) -> Result<CallToolResult
         other => ToolError::invalid("facts", other.to_string()),
     })?;
     let action_name = action.as_str();
-    crate::approvals::gate(
+    crate::core::approvals::gate(
         call,
-        crate::approvals::Request::for_targets(
+        crate::core::approvals::Request::for_targets(
             &targets,
             Some(action_name),
             format!(

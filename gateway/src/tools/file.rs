@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use execmesh_proto::{Token, pb};
 
 use super::{Call, dispatch, structured};
-use crate::error::{ToolError, ToolError as E};
+use crate::core::error::{ToolError, ToolError as E};
 
 /// Largest content one `write`/`append` call carries (a NATS message holds about 1 MiB).
 pub const MAX_WRITE_BYTES: usize = 768 * 1024;
@@ -266,7 +266,7 @@ pub async fn call(call: &Call<'_>, params: FileParams) -> Result<CallToolResult,
     };
     let mut hosts = vec![&host];
     hosts.extend(to_host.as_ref().filter(|to| **to != host));
-    crate::approvals::gate_hosts(call, Some(action), &hosts, || {
+    crate::core::approvals::gate_hosts(call, Some(action), &hosts, || {
         let path = params.path.as_deref().unwrap_or("(cursor)");
         match (params.action, &params.to) {
             (FileAction::Copy, Some(to)) => format!(

@@ -14,8 +14,8 @@ use execmesh_proto::{Token, pb};
 use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
 use super::{Call, dispatch, seconds, structured};
-use crate::error::ToolError;
-use crate::fanout::{self, Amount, HostStatus, Outcome, Plan, ResolveError, Targets};
+use crate::core::error::ToolError;
+use crate::core::fanout::{self, Amount, HostStatus, Outcome, Plan, ResolveError, Targets};
 
 /// Per-host timeout when the call names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -241,9 +241,9 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
             ),
         ));
     }
-    crate::approvals::gate(
+    crate::core::approvals::gate(
         call,
-        crate::approvals::Request::for_targets(
+        crate::core::approvals::Request::for_targets(
             &targets,
             None,
             format!(

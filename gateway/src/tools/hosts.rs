@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use execmesh_proto::pb;
 
 use super::{Call, structured};
-use crate::error::ToolError;
-use crate::fanout::{ResolveError, Targets};
-use crate::mesh::HostRecord;
+use crate::core::error::ToolError;
+use crate::core::fanout::{ResolveError, Targets};
+use crate::core::mesh::HostRecord;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

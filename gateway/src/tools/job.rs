@@ -10,12 +10,12 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Call, seconds, structured};
-use crate::auth::Identity;
-use crate::error::ToolError;
-use crate::job_access::{JobAccess, Via};
-use crate::paging::{self, Cursor, CursorError, Page, PageLimits};
+use crate::core::auth::Identity;
+use crate::core::error::ToolError;
+use crate::core::job_access::{JobAccess, Via};
+use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
+use crate::core::trace::TraceContext;
 use crate::server::AppState;
-use crate::trace::TraceContext;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
@@ -399,7 +399,7 @@ async fn kill(
     .await?;
     let (host, job) = ids(&status)?;
     super::reach::check(call, &host).await?;
-    crate::approvals::gate_hosts(call, Some("kill"), &[&host], || {
+    crate::core::approvals::gate_hosts(call, Some("kill"), &[&host], || {
         format!("job kill {job} on {host}")
     })
     .await?;
@@ -448,7 +448,7 @@ pub async fn kill_with_grace(
         user: identity.user.to_string(),
         expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
-        tier: crate::signer::tier(identity.tier) as i32,
+        tier: crate::core::signer::tier(identity.tier) as i32,
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
             grace_ms,
         })),
@@ -515,7 +515,7 @@ async fn kill_group(
         .collect();
     let hosts: Vec<&Token> = running.iter().map(|(host, _)| host).collect();
     if let Some((_, job)) = running.first() {
-        crate::approvals::gate_hosts(call, Some("kill"), &hosts, || {
+        crate::core::approvals::gate_hosts(call, Some("kill"), &hosts, || {
             format!("job kill {job} on {} host(s)", hosts.len())
         })
         .await?;

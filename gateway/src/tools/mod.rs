@@ -29,10 +29,10 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Serialize;
 use tracing::{Instrument, info, info_span};
 
-use crate::auth::Identity;
-use crate::error::ToolError;
+use crate::core::auth::Identity;
+use crate::core::error::ToolError;
+use crate::core::trace::TraceContext;
 use crate::server::AppState;
-use crate::trace::TraceContext;
 use args::Params;
 
 /// What a tool needs to serve one call.
@@ -42,7 +42,7 @@ pub struct Call<'a> {
     /// The call's arguments without `approval_id`, as the client sent them: what an approval
     /// is bound to.
     pub args: &'a JsonObject,
-    /// The approval the caller presents, if any (see [`crate::approvals`]).
+    /// The approval the caller presents, if any (see [`crate::core::approvals`]).
     pub approval_id: Option<&'a str>,
     /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
     /// fan-out jobs) can keep it.
@@ -53,7 +53,7 @@ pub struct Call<'a> {
     /// and its cancellation token (cancelled when the client goes away).
     pub context: &'a RequestContext<RoleServer>,
     /// The call's audit trail: `dispatch::send` records each host request in it.
-    pub audit: &'a crate::audit::CallAudit<'a>,
+    pub audit: &'a crate::core::audit::CallAudit<'a>,
 }
 
 const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a fleet of servers. \
@@ -78,7 +78,7 @@ pub fn definitions() -> Vec<Tool> {
         whoami::definition(),
     ];
     for tool in &mut tools {
-        if crate::policy::GATED_TOOLS.contains(&tool.name.as_ref()) {
+        if crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref()) {
             with_approval_id(tool);
         }
     }
@@ -91,7 +91,7 @@ fn with_approval_id(tool: &mut Tool) {
     let mut schema = (*tool.input_schema).clone();
     if let Some(serde_json::Value::Object(properties)) = schema.get_mut("properties") {
         properties.insert(
-            crate::approvals::ARG.to_string(),
+            crate::core::approvals::ARG.to_string(),
             serde_json::json!({
                 "type": "string",
                 "description": "Only when a previous call of this tool answered `approval_required`: \
@@ -135,7 +135,7 @@ impl ServerHandler for Handler {
             .and_then(|p| p.extensions.get::<Identity>())
             .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
         // The list depends on the caller's tier: private, so no cache shares it between users.
-        let tools = crate::tier::tools_for(definitions(), identity.tier);
+        let tools = crate::core::tier::tools_for(definitions(), identity.tier);
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
 
@@ -162,7 +162,7 @@ impl ServerHandler for Handler {
             host = tracing::field::Empty
         );
         let mut args = request.arguments.unwrap_or_default();
-        let approval_id = args.remove(crate::approvals::ARG);
+        let approval_id = args.remove(crate::core::approvals::ARG);
         // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
         let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
         let (approval_id, approval_error) = match &approval_id {
@@ -194,7 +194,7 @@ impl ServerHandler for Handler {
             }
             // Parsed once: the tier check and the tool read the same typed value.
             let params = Params::parse(&tool, args)?;
-            crate::tier::check(&tool, params.action(), identity.tier)?;
+            crate::core::tier::check(&tool, params.action(), identity.tier)?;
             match params {
                 Params::Hosts(p) => hosts::call(&call, p).await,
                 Params::Bash(p) => bash::call(&call, p).await,

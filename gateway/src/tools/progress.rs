@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use execmesh_proto::Token;
 
-use crate::fanout::{HostStatus, Progress};
+use crate::core::fanout::{HostStatus, Progress};
 
 /// Least time between two notifications; the last one (everything answered) always goes out.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -97,6 +97,6 @@ async fn forward(
 pub fn reporter(progress: &Option<McpProgress>) -> &dyn Progress {
     match progress {
         Some(p) => p,
-        None => &crate::fanout::NoProgress,
+        None => &crate::core::fanout::NoProgress,
     }
 }

@@ -6,9 +6,9 @@ use execmesh_proto::Token;
 
 use super::Call;
 use super::hosts::state_of;
-use crate::error::ToolError;
-use crate::fanout::Reach;
-use crate::selector::Candidate;
+use crate::core::error::ToolError;
+use crate::core::fanout::Reach;
+use crate::core::selector::Candidate;
 
 /// `Ok` when the caller may reach `host`. Costs one KV read unless the caller reaches `*`.
 pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {

@@ -22,8 +22,8 @@ use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 
 use crate::config::Config;
-use crate::records::{Records, RecordsError, Rejection};
-use crate::signer::{Signer, SignerError};
+use crate::core::records::{Records, RecordsError, Rejection};
+use crate::core::signer::{Signer, SignerError};
 
 /// A failure talking to NATS or reading the mesh's streams.
 #[derive(Debug, thiserror::Error)]

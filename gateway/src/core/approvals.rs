@@ -33,14 +33,14 @@ use execmesh_proto::jetstream as layout;
 use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::{Token, pb};
 
-use crate::audit::Audit;
-use crate::auth::Identity;
-use crate::error::ToolError;
-use crate::fanout::Reach;
-use crate::mesh::{HostRecord, Mesh, WatchFrom};
-use crate::policy::{ApprovalRule, Policy};
-use crate::selector::{Candidate, Groups, Selector};
-use crate::tier::{self, Tier};
+use crate::core::audit::Audit;
+use crate::core::auth::Identity;
+use crate::core::error::ToolError;
+use crate::core::fanout::Reach;
+use crate::core::mesh::{HostRecord, Mesh, WatchFrom};
+use crate::core::policy::{ApprovalRule, Policy};
+use crate::core::selector::{Candidate, Groups, Selector};
+use crate::core::tier::{self, Tier};
 use crate::tools::Call;
 use crate::tools::hosts::state_of;
 
@@ -612,7 +612,7 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     /// The request of a fan-out over resolved `targets`.
     pub fn for_targets(
-        targets: &'a crate::fanout::Targets,
+        targets: &'a crate::core::fanout::Targets,
         action: Option<&'a str>,
         summary: String,
     ) -> Self {

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use execmesh_proto::pb;
 
-use crate::audit::Audit;
-use crate::auth::AuthError;
+use crate::core::audit::Audit;
+use crate::core::auth::AuthError;
 
 /// How long one window of counting lasts.
 pub const WINDOW: Duration = Duration::from_secs(60);

@@ -18,7 +18,7 @@ use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
 
-use crate::error::ToolError;
+use crate::core::error::ToolError;
 
 pub use execmesh_proto::redact::{PatternError, Redactor};
 
@@ -139,7 +139,11 @@ impl Audit {
 
     /// Records an approver's decision on `record` (made outside any tool call, through the
     /// admin API): the requester's trace is not known here, so the event carries none.
-    pub fn approval_decided(&self, record: &crate::approvals::ApprovalRecord, approver: &str) {
+    pub fn approval_decided(
+        &self,
+        record: &crate::core::approvals::ApprovalRecord,
+        approver: &str,
+    ) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
             id: execmesh_proto::audit_event_id(time_ms, rand::random()),
@@ -153,14 +157,14 @@ impl Audit {
             job_id: String::new(),
             tool: record.tool.clone(),
             outcome: record.state.to_string(),
-            body: Some(crate::approvals::audit_body(
+            body: Some(crate::core::approvals::audit_body(
                 record,
                 &record.state.to_string(),
             )),
         });
     }
 
-    /// Records a use of operator rights on other users' jobs (see [`crate::job_access`]).
+    /// Records a use of operator rights on other users' jobs (see [`crate::core::job_access`]).
     pub fn job_accessed(&self, used: JobAccessed<'_>) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
@@ -209,7 +213,7 @@ impl Audit {
         );
     }
 
-    /// Records refused bearer tokens, as [`crate::auth_failures`] coalesced them; `user` is the
+    /// Records refused bearer tokens, as [`crate::core::auth_failures`] coalesced them; `user` is the
     /// token's subject where its signature verified.
     pub fn auth_failed(&self, user: &str, failed: pb::AuthFailed) {
         let outcome = failed.code.clone();
@@ -310,8 +314,13 @@ impl CallAudit<'_> {
     }
 
     /// Records an approval step of this call: `requested` or `used`.
-    pub fn approval(&self, record: &crate::approvals::ApprovalRecord, step: &str) {
-        self.emit("", "", step, crate::approvals::audit_body(record, step));
+    pub fn approval(&self, record: &crate::core::approvals::ApprovalRecord, step: &str) {
+        self.emit(
+            "",
+            "",
+            step,
+            crate::core::approvals::audit_body(record, step),
+        );
     }
 
     /// Records that policy refused the call (or `host`'s part of it).

@@ -5,8 +5,8 @@
 
 use execmesh_proto::{Token, pb};
 
-use crate::audit::Audit;
-use crate::policy::Policy;
+use crate::core::audit::Audit;
+use crate::core::policy::Policy;
 
 /// One caller's rights over jobs, from the policy in force when their request arrived.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl JobAccess {
             [one] => (one.host.as_str(), one.job_id.as_str()),
             _ => ("", ""),
         };
-        audit.job_accessed(crate::audit::JobAccessed {
+        audit.job_accessed(crate::core::audit::JobAccessed {
             operator: self.user.as_str(),
             trace_id,
             tool,

@@ -182,7 +182,7 @@ mod tests {
         assert_ne!(second, first);
         assert_eq!(
             live.current().grant("alice").unwrap().tier,
-            crate::tier::Tier::Dangerous
+            crate::core::tier::Tier::Dangerous
         );
     }
 }

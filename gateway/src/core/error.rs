@@ -8,8 +8,8 @@ use tracing::warn;
 
 use execmesh_proto::{Token, pb};
 
-use crate::mesh::{DispatchError, MeshError};
-use crate::paging::CursorError;
+use crate::core::mesh::{DispatchError, MeshError};
+use crate::core::paging::CursorError;
 
 /// Why a tool call could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum ToolError {
     Mesh(String),
     /// The call needs a higher guard tier than the caller's.
     #[error(transparent)]
-    Tier(#[from] crate::tier::TierError),
+    Tier(#[from] crate::core::tier::TierError),
     /// The host is outside the hosts the caller may reach.
     #[error("denied: host {host} is outside the hosts you may reach ({reach})")]
     Denied { host: String, reach: String },

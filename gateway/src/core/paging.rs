@@ -16,7 +16,7 @@ use prost::Message as _;
 use execmesh_proto::jetstream::OUT_STREAM;
 use execmesh_proto::{Token, pb, subject};
 
-use crate::mesh::{DirectGet, Mesh, MeshError, StoredMsg};
+use crate::core::mesh::{DirectGet, Mesh, MeshError, StoredMsg};
 
 /// Records asked for per direct get; the byte cap below usually ends the batch first.
 const BATCH_RECORDS: usize = 32;
@@ -64,7 +64,7 @@ const CURSOR_VERSION: &str = "2";
 
 impl CursorKey {
     /// A key from `secret` (32 bytes derived for this purpose only, see
-    /// [`crate::auth::SigningKey::derive_secret`]) for the cursors of `tenant`.
+    /// [`crate::core::auth::SigningKey::derive_secret`]) for the cursors of `tenant`.
     pub fn new(secret: &[u8], tenant: &Token) -> Self {
         let mut material = secret.to_vec();
         material.extend_from_slice(tenant.as_str().as_bytes());

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use execmesh_proto::pb;
 use execmesh_proto::signing::{self, SignedRequest, SigningKey, VerifyingKey};
 
-use crate::tier::Tier;
+use crate::core::tier::Tier;
 
 /// Random bytes in each request's nonce.
 const NONCE_BYTES: usize = 16;

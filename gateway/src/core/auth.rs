@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::Token;
 
-use crate::tier::Tier;
+use crate::core::tier::Tier;
 
 /// The scope a token needs to use `/mcp`.
 pub const MCP_SCOPE: &str = "mcp";
@@ -218,7 +218,7 @@ pub struct Identity {
 impl Identity {
     /// Narrows the token's identity to what the policy grants now: the lower of the two tiers,
     /// and the policy's groups, reach and run-as.
-    pub fn with_grant(mut self, grant: &crate::policy::Grant) -> Self {
+    pub fn with_grant(mut self, grant: &crate::core::policy::Grant) -> Self {
         self.tier = self.tier.min(grant.tier);
         self.groups = grant.groups.clone();
         self.reach = grant.reach.clone();

@@ -42,7 +42,7 @@
 //! development mode: every holder of a valid token is `dangerous` and reaches every host.
 //!
 //! An approver must also hold the tier and reach the held call needs, and is never the
-//! requester (see `crate::approvals`). Without `[approvers]` no one may approve: a policy that
+//! requester (see `crate::core::approvals`). Without `[approvers]` no one may approve: a policy that
 //! holds calls must say who releases them. Without `[token_admins]` a caller of the admin API
 //! mints tokens only for themselves (see `crate::admin::tokens`).
 
@@ -58,7 +58,7 @@ use sha2::{Digest, Sha256};
 
 use execmesh_proto::Token;
 
-use crate::tier::{self, Tier};
+use crate::core::tier::{self, Tier};
 
 pub use edit::{NewUser, add_user};
 pub use store::LivePolicy;
@@ -526,7 +526,7 @@ impl Policy {
     }
 
     /// Whether `name` is a user of the policy whom `[approvers]` names (directly or by group).
-    /// The tier, reach and "never the requester" checks come on top (`crate::approvals`).
+    /// The tier, reach and "never the requester" checks come on top (`crate::core::approvals`).
     pub fn is_approver(&self, name: &str) -> bool {
         match (&self.approvers, self.user(name)) {
             (Some(members), Some(user)) => members.includes(user),

@@ -8,7 +8,7 @@ use std::path::Path;
 use toml_edit::{Array, DocumentMut, Item, Table, value};
 
 use super::{Policy, PolicyError, password};
-use crate::tier::Tier;
+use crate::core::tier::Tier;
 
 /// A user to add (or, with `replace`, to change).
 #[derive(Debug, Clone)]

@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use execmesh_proto::Token;
 
-use crate::mesh::{HostRecord, Mesh};
-use crate::selector::{Candidate, Groups, Selector, SelectorError};
+use crate::core::mesh::{HostRecord, Mesh};
+use crate::core::selector::{Candidate, Groups, Selector, SelectorError};
 use crate::tools::hosts::state_of;
 
 /// How often presence is re-read while requests are in flight.
@@ -167,7 +167,7 @@ pub enum ResolveError {
         max: usize,
     },
     #[error(transparent)]
-    Mesh(#[from] crate::mesh::MeshError),
+    Mesh(#[from] crate::core::mesh::MeshError),
 }
 
 /// The hosts a caller may reach, from the policy's selectors (`None`: every host).
