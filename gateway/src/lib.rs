@@ -10,11 +10,11 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod listener;
+pub mod mcp;
 pub mod nats_config;
 pub mod oauth;
 pub mod server;
 pub mod tls;
-pub mod tools;
 
 pub use config::Config;
 pub use server::{run, run_with_admin};

@@ -19,8 +19,8 @@ use crate::core::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
 use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::core::mesh::Mesh;
 use crate::core::policy::LivePolicy;
+use crate::mcp::Handler;
 use crate::oauth::OAuth;
-use crate::tools::Handler;
 
 /// What every request handler shares: read-only after start.
 pub struct AppState {

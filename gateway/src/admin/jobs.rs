@@ -19,10 +19,9 @@ use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
 use crate::core::auth::Identity;
-use crate::core::job_access::{JobAccess, Via};
+use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, PageLimits};
 use crate::core::trace::TraceContext;
-use crate::tools::job::kill_with_grace;
 
 /// Jobs a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -341,7 +340,10 @@ impl JobsApi {
             .audit
             .call("job", caller.user.as_str(), &trace.trace_id, &args);
         let started = Instant::now();
-        let result = kill_with_grace(state, caller, &trace, &host, &job, grace_ms).await;
+        let timeout = state.config.request_timeout;
+        let result =
+            crate::core::jobs::kill(&state.mesh, timeout, caller, &trace, &host, &job, grace_ms)
+                .await;
         audit.dispatched(&host, &job, "kill", started.elapsed(), &result);
         match result {
             Ok(killed) => {

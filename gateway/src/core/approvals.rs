@@ -37,12 +37,12 @@ use crate::core::audit::Audit;
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
+use crate::core::hosts::HostState;
 use crate::core::mesh::{HostRecord, Mesh, WatchFrom};
 use crate::core::policy::{ApprovalRule, Policy};
 use crate::core::selector::{Candidate, Groups, Selector};
 use crate::core::tier::{self, Tier};
-use crate::tools::Call;
-use crate::tools::hosts::state_of;
+use crate::mcp::Call;
 
 /// How long a request waits for a decision, and an approval for its use, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -275,7 +275,7 @@ impl Authority<'_> {
             let candidate = Candidate {
                 host,
                 facts: known.as_ref().and_then(|r| r.facts.as_ref()),
-                state: state_of(known.as_ref().and_then(|r| r.presence.as_ref()), now),
+                state: HostState::of(known.as_ref().and_then(|r| r.presence.as_ref()), now),
             };
             if !reach.allows(&candidate) {
                 return Err(ApprovalError::ApproverReach {
@@ -790,7 +790,7 @@ fn covers(rule: &ApprovalRule, hosts: &[(&Token, Option<&HostRecord>)], groups: 
         selector.matches(&Candidate {
             host: host.as_str(),
             facts: record.and_then(|r| r.facts.as_ref()),
-            state: state_of(record.and_then(|r| r.presence.as_ref()), now),
+            state: HostState::of(record.and_then(|r| r.presence.as_ref()), now),
         })
     })
 }

@@ -164,7 +164,7 @@ impl Audit {
         });
     }
 
-    /// Records a use of operator rights on other users' jobs (see [`crate::core::job_access`]).
+    /// Records a use of operator rights on other users' jobs (see [`crate::core::jobs::access`]).
     pub fn job_accessed(&self, used: JobAccessed<'_>) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use execmesh_proto::Token;
 
+use crate::core::hosts::HostState;
 use crate::core::mesh::{HostRecord, Mesh};
 use crate::core::selector::{Candidate, Groups, Selector, SelectorError};
-use crate::tools::hosts::state_of;
 
 /// How often presence is re-read while requests are in flight.
 const PRESENCE_CHECK: Duration = Duration::from_secs(2);
@@ -247,7 +247,7 @@ impl Targets {
             let candidate = Candidate {
                 host: id.as_str(),
                 facts: record.facts.as_ref(),
-                state: state_of(record.presence.as_ref(), now),
+                state: HostState::of(record.presence.as_ref(), now),
             };
             if !parsed.matches(&candidate) {
                 continue;

@@ -24,6 +24,8 @@ use std::fmt;
 
 use execmesh_proto::pb;
 
+use crate::core::hosts::HostState;
+
 /// Fact names a selector can match, with what they read.
 pub const FACT_KEYS: &[(&str, &str)] = &[
     ("host", "the host id"),
@@ -131,8 +133,8 @@ pub type Groups = BTreeMap<String, String>;
 pub struct Candidate<'a> {
     pub host: &'a str,
     pub facts: Option<&'a pb::HostFacts>,
-    /// `online`, `stale` or `offline`.
-    pub state: &'a str,
+    /// From the heartbeat: online, stale or offline.
+    pub state: HostState,
 }
 
 // === impl Selector ===
@@ -747,7 +749,7 @@ mod tests {
                     selector.matches(&Candidate {
                         host,
                         facts: Some(f),
-                        state: "online",
+                        state: HostState::Online,
                     })
                 })
                 .map(|(h, _)| *h)

@@ -186,7 +186,7 @@ pub fn required(tool: &str, action: Option<&str>) -> Tier {
 }
 
 /// Checks that a caller of tier `have` may call `tool` with `action`: the action of the call's
-/// parsed arguments (`crate::tools` parses them once, so this check and the tool read the
+/// parsed arguments (the MCP face parses them once, so this check and the tool read the
 /// same value).
 pub fn check(tool: &str, action: Option<&str>, have: Tier) -> Result<(), TierError> {
     let needed = required(tool, action);
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn readonly_list_hides_bash_and_narrows_action_enums() {
-        let tools = tools_for(crate::tools::definitions(), Readonly);
+        let tools = tools_for(crate::mcp::definitions(), Readonly);
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         assert!(!names.contains(&"bash"), "{names:?}");
         assert!(
@@ -414,13 +414,13 @@ mod tests {
             assert_eq!(action_values(facts), ["get"]);
         }
 
-        let tools = tools_for(crate::tools::definitions(), Standard);
+        let tools = tools_for(crate::mcp::definitions(), Standard);
         let file = tools.iter().find(|t| t.name == "file").unwrap();
         assert_eq!(
             action_values(file),
             ["read", "stat", "list", "grep", "write", "append"]
         );
-        let all = tools_for(crate::tools::definitions(), Dangerous);
-        assert_eq!(all.len(), crate::tools::definitions().len());
+        let all = tools_for(crate::mcp::definitions(), Dangerous);
+        assert_eq!(all.len(), crate::mcp::definitions().len());
     }
 }

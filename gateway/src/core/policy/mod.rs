@@ -42,9 +42,9 @@
 //! development mode: every holder of a valid token is `dangerous` and reaches every host.
 //!
 //! An approver must also hold the tier and reach the held call needs, and is never the
-//! requester (see `crate::core::approvals`). Without `[approvers]` no one may approve: a policy that
+//! requester (see the approvals module). Without `[approvers]` no one may approve: a policy that
 //! holds calls must say who releases them. Without `[token_admins]` a caller of the admin API
-//! mints tokens only for themselves (see `crate::admin::tokens`).
+//! mints tokens only for themselves (see the admin API's token service).
 
 mod edit;
 pub mod password;

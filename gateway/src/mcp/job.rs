@@ -7,20 +7,18 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use execmesh_proto::redact::Redactor;
-use execmesh_proto::{Token, pb, subject};
+use execmesh_proto::{Token, pb};
 
 use super::{Call, seconds, structured};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
-use crate::core::job_access::{JobAccess, Via};
+use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::core::trace::TraceContext;
 use crate::server::AppState;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
-/// How long a kill request stays valid for the agent after it is sent.
-const KILL_VALIDITY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -428,48 +426,8 @@ pub async fn kill_on(
     host: &Token,
     job: &Token,
 ) -> Result<pb::JobStatus, ToolError> {
-    kill_with_grace(state, identity, trace, host, job, 0).await
-}
-
-/// [`kill_on`] with the time between SIGTERM and SIGKILL in milliseconds (0: the agent's
-/// default), as the admin API's `JobsService.Kill` asks for it.
-pub async fn kill_with_grace(
-    state: &AppState,
-    identity: &Identity,
-    trace: &TraceContext,
-    host: &Token,
-    job: &Token,
-    grace_ms: u64,
-) -> Result<pb::JobStatus, ToolError> {
-    let request = pb::ControlRequest {
-        tenant: state.mesh.tenant.to_string(),
-        host: host.to_string(),
-        job_id: job.to_string(),
-        user: identity.user.to_string(),
-        expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
-        // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
-        tier: crate::core::signer::tier(identity.tier) as i32,
-        body: Some(pb::control_request::Body::Kill(pb::KillRequest {
-            grace_ms,
-        })),
-        ..Default::default()
-    };
-    let reply: pb::ControlReply = state
-        .mesh
-        .request(
-            host,
-            subject::ctl(&state.mesh.tenant, host),
-            &request,
-            Some(&trace.traceparent()),
-            state.config.request_timeout + Duration::from_secs(10),
-        )
-        .await
-        .map_err(ToolError::from)?;
-    match reply.body {
-        Some(pb::control_reply::Body::Status(status)) => Ok(status),
-        Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
-        None => Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
-    }
+    let timeout = state.config.request_timeout;
+    crate::core::jobs::kill(&state.mesh, timeout, identity, trace, host, job, 0).await
 }
 
 /// The statuses of a fan-out group the caller may see: `job` names a job id that ran on more

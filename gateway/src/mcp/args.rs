@@ -116,7 +116,7 @@ mod tests {
 
     /// The schema of `tool`, with `$defs` for resolving references.
     fn schema(tool: &str) -> Value {
-        let tool = crate::tools::definitions()
+        let tool = crate::mcp::definitions()
             .into_iter()
             .find(|t| t.name == tool)
             .unwrap_or_else(|| panic!("{tool} is defined"));

@@ -247,7 +247,7 @@ async fn refresh(call: &Call<'_>, targets: Targets, now: u64) -> (Vec<HostFactsV
 }
 
 fn from_record(record: &HostRecord, now: u64) -> HostFactsView {
-    let state = super::hosts::state_of(record.presence.as_ref(), now);
+    let state = crate::core::hosts::HostState::of(record.presence.as_ref(), now);
     let mut view = match &record.facts {
         Some(facts) => from_facts(&record.host, facts, now),
         None => HostFactsView {

@@ -5,9 +5,9 @@
 use execmesh_proto::Token;
 
 use super::Call;
-use super::hosts::state_of;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
+use crate::core::hosts::HostState;
 use crate::core::selector::Candidate;
 
 /// `Ok` when the caller may reach `host`. Costs one KV read unless the caller reaches `*`.
@@ -22,7 +22,7 @@ pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {
     let candidate = Candidate {
         host: host.as_str(),
         facts: record.as_ref().and_then(|r| r.facts.as_ref()),
-        state: state_of(record.as_ref().and_then(|r| r.presence.as_ref()), now),
+        state: HostState::of(record.as_ref().and_then(|r| r.presence.as_ref()), now),
     };
     if reach.allows(&candidate) {
         Ok(())

@@ -7,11 +7,10 @@ use rmcp::model::{Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use execmesh_proto::pb;
-
 use super::{Call, structured};
 use crate::core::error::ToolError;
 use crate::core::fanout::{ResolveError, Targets};
+use crate::core::hosts::HostState;
 use crate::core::mesh::HostRecord;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -101,14 +100,14 @@ pub async fn call(
     })?;
     let now = execmesh_proto::now_ms();
     let hosts: Vec<HostView> = targets.hosts.values().map(|r| view(r, now)).collect();
-    let count = |s: &str| hosts.iter().filter(|h| h.state == s).count();
+    let count = |s: HostState| hosts.iter().filter(|h| h.state == s.as_str()).count();
     let result = HostsResult {
         selector: selector.clone(),
         denied: targets.denied.iter().map(|h| h.to_string()).collect(),
-        online: count("online"),
-        stale: count("stale"),
-        offline: count("offline"),
-        unverified: count("unverified"),
+        online: count(HostState::Online),
+        stale: count(HostState::Stale),
+        offline: count(HostState::Offline),
+        unverified: count(HostState::Unverified),
         hosts,
     };
     let mut text = format!(
@@ -160,30 +159,11 @@ pub async fn call(
     structured(&result, vec![text])
 }
 
-/// The state of a host from its heartbeat: late by more than two intervals is stale.
-pub fn state_of(presence: Option<&pb::Presence>, now_ms: u64) -> &'static str {
-    match presence {
-        None => "offline",
-        Some(p) => {
-            let interval = p.heartbeat_interval_ms.max(500);
-            if now_ms.saturating_sub(p.heartbeat_at_ms) > 2 * interval + 1000 {
-                "stale"
-            } else {
-                "online"
-            }
-        }
-    }
-}
-
 fn view(r: &HostRecord, now: u64) -> HostView {
     let facts = r.facts.as_ref();
     HostView {
         host: r.host.to_string(),
-        state: match (&r.presence, &r.unverified) {
-            (None, Some(_)) => "unverified",
-            (presence, _) => state_of(presence.as_ref(), now),
-        }
-        .to_string(),
+        state: HostState::of_record(r, now).to_string(),
         unverified: r.unverified.clone(),
         labels: facts
             .map(|f| f.labels.clone().into_iter().collect())
@@ -206,22 +186,5 @@ fn view(r: &HostRecord, now: u64) -> HostView {
         facts_age_secs: facts
             .filter(|f| f.collected_at_ms > 0)
             .map(|f| now.saturating_sub(f.collected_at_ms) / 1000),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn late_heartbeat_is_stale() {
-        let p = pb::Presence {
-            heartbeat_at_ms: 10_000,
-            heartbeat_interval_ms: 2000,
-            ..Default::default()
-        };
-        assert_eq!(state_of(Some(&p), 11_000), "online");
-        assert_eq!(state_of(Some(&p), 20_000), "stale");
-        assert_eq!(state_of(None, 20_000), "offline");
     }
 }
