@@ -5,9 +5,8 @@
 
 use std::io::Read;
 
-use crate::admin::auth::ADMIN_SCOPE;
 use crate::config::Config;
-use crate::core::auth::{MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
+use crate::core::auth::{ADMIN_SCOPE, MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
 use crate::core::policy::{self, NewUser, Policy};
 use crate::core::tier::Tier;
 

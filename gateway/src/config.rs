@@ -359,6 +359,22 @@ pub const PAGE_LINES_CEILING: usize = 10_000;
 pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
 
 impl Config {
+    /// What connecting to the mesh needs of this configuration.
+    pub fn mesh(&self) -> crate::core::mesh::MeshSettings<'_> {
+        crate::core::mesh::MeshSettings {
+            nats_url: &self.nats_url,
+            nats_creds: self.nats_creds.as_deref(),
+            nats_nkey_seed: self.nats_nkey_seed.as_deref(),
+            identities_file: self.identities_file.as_deref(),
+            nats_tls_ca: self.nats_tls_ca.as_deref(),
+            nats_tls_client: (self.nats_tls_client.as_ref())
+                .map(|c| (c.cert.as_path(), c.key.as_path())),
+            tenant: &self.tenant,
+            exec_signing_key: &self.exec_signing_key,
+            kv_replicas: self.kv_replicas,
+        }
+    }
+
     /// The issuer and resource of this gateway's tokens: from `public_url`, else
     /// `http://<addr>/mcp` (127.0.0.1 when `addr` is unspecified), `addr` being where it listens.
     pub fn audience(&self, addr: SocketAddr) -> crate::core::auth::Audience {

@@ -248,7 +248,7 @@ pub async fn run_with_admin(
     let key =
         SigningKey::load_or_create(&config.key_file)?.with_max_lifetime(config.max_token_lifetime);
     let policy = Arc::new(LivePolicy::load(config.policy_file.as_deref())?);
-    let mesh = Mesh::connect(&config).await?;
+    let mesh = Mesh::connect(&config.mesh()).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;

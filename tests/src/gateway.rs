@@ -191,7 +191,7 @@ impl Gateway {
     /// identities it trusts), without serving anything: for tests of the core's stores.
     pub async fn mesh(self) -> execmesh_gateway::core::mesh::Mesh {
         crate::init_tracing();
-        execmesh_gateway::core::mesh::Mesh::connect(&self.config)
+        execmesh_gateway::core::mesh::Mesh::connect(&self.config.mesh())
             .await
             .unwrap_or_else(|e| panic!("cannot reach the mesh: {e}"))
     }

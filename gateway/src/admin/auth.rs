@@ -4,12 +4,10 @@
 use tonic::{Request, Status};
 use tracing::{debug, warn};
 
+use crate::core::auth::ADMIN_SCOPE;
 use crate::core::auth::{AuthError, Identity};
 use crate::core::auth_failures::{Endpoint, Failure, Refusal};
 use crate::server::AppState;
-
-/// The scope a token needs to use the admin API.
-pub const ADMIN_SCOPE: &str = "admin";
 
 /// The caller of an admin RPC, narrowed by the policy (tier, groups) like an `/mcp` caller.
 ///

@@ -31,18 +31,18 @@ use tracing::{debug, info};
 
 use execmesh_proto::jetstream as layout;
 use execmesh_proto::kv_write::{self, Expect, KvWriteError};
+use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
-use crate::core::audit::Audit;
+use crate::core::audit::{Audit, CallAudit};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
 use crate::core::hosts::HostState;
 use crate::core::mesh::{HostRecord, Mesh, WatchFrom};
-use crate::core::policy::{ApprovalRule, Policy};
+use crate::core::policy::{ApprovalRule, LivePolicy, Policy};
 use crate::core::selector::{Candidate, Groups, Selector};
 use crate::core::tier::{self, Tier};
-use crate::mcp::Call;
 
 /// How long a request waits for a decision, and an approval for its use, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -497,7 +497,9 @@ impl Approvals {
                 Ok(())
             })
             .await?;
-        self.audit.approval_decided(&record, approver);
+        let outcome = record.state.to_string();
+        let body = audit_body(&record, &outcome);
+        (self.audit).approval_decided(&record.tool, &outcome, body, approver);
         Ok(record)
     }
 
@@ -624,15 +626,35 @@ impl<'a> Request<'a> {
     }
 }
 
+/// A call as the gate sees it, and the services the gate checks it with.
+pub struct Gate<'a> {
+    /// The tool called.
+    pub tool: &'a str,
+    /// The call's arguments without `approval_id`: what an approval is bound to.
+    pub args: &'a JsonObject,
+    /// The approval the caller presents, if any.
+    pub approval_id: Option<&'a str>,
+    pub identity: &'a Identity,
+    /// The call's audit trail: the gate records `requested` and `used` in it.
+    pub audit: &'a CallAudit<'a>,
+    pub mesh: &'a Mesh,
+    pub policy: &'a LivePolicy,
+    /// Named groups the rules' selectors may use.
+    pub groups: &'a Groups,
+    pub approvals: &'a Approvals,
+    /// Redacts the summary and arguments an approver is shown.
+    pub redactor: &'a Redactor,
+}
+
 /// [`gate`] for calls that name their hosts by id: the hosts' records are read only when a rule
 /// could hold the call.
 pub async fn gate_hosts(
-    call: &Call<'_>,
+    call: &Gate<'_>,
     action: Option<&str>,
     hosts: &[&Token],
     summary: impl FnOnce() -> String,
 ) -> Result<(), ToolError> {
-    let policy = call.state.policy.current();
+    let policy = call.policy.current();
     if policy
         .approval_rules_for(call.tool, action)
         .next()
@@ -642,7 +664,7 @@ pub async fn gate_hosts(
     }
     let mut records = Vec::with_capacity(hosts.len());
     for host in hosts {
-        records.push(call.state.mesh.host(host).await?);
+        records.push(call.mesh.host(host).await?);
     }
     let request = Request {
         action,
@@ -660,10 +682,10 @@ pub async fn gate_hosts(
 /// matched, or it carries a valid approval, now spent). [`ToolError::ApprovalRequired`]: the
 /// call is held (a new request, or one still pending), which the client sees as a normal
 /// result. Another error: the approval it carries cannot be used.
-pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError> {
+pub async fn gate(call: &Gate<'_>, request: Request<'_>) -> Result<(), ToolError> {
     let tool = call.tool;
-    let policy = call.state.policy.current();
-    let groups = &call.state.config.groups;
+    let policy = call.policy.current();
+    let groups = &call.groups;
     let rules: Vec<&ApprovalRule> = policy
         .approval_rules_for(tool, request.action)
         .filter(|rule| covers(rule, &request.hosts, groups))
@@ -671,7 +693,7 @@ pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError
     if rules.is_empty() {
         return Ok(());
     }
-    let approvals = &call.state.approvals;
+    let approvals = &call.approvals;
     let mut hosts: Vec<String> = request.hosts.iter().map(|(h, _)| h.to_string()).collect();
     hosts.sort();
     hosts.dedup();
@@ -688,8 +710,8 @@ pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError
             hosts,
             user: user.to_string(),
             run_as: run_as.map(str::to_string),
-            summary: call.state.audit.redactor().text(&request.summary),
-            arguments: call.state.audit.redactor().args_value(call.args),
+            summary: call.redactor.text(&request.summary),
+            arguments: call.redactor.args_value(call.args),
             request_hash: hash,
             policy_version: policy.version().to_string(),
             rules: rules.iter().map(|r| r.to_string()).collect(),
@@ -701,7 +723,8 @@ pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError
             used_at_ms: None,
         };
         approvals.create(&record).await.map_err(store_error)?;
-        call.audit.approval(&record, "requested");
+        call.audit
+            .approval("requested", audit_body(&record, "requested"));
         info!(approval = %record.id, hosts = record.hosts.len(), "approval requested");
         return Err(required(&record, "approval required"));
     };
@@ -770,7 +793,7 @@ pub async fn gate(call: &Call<'_>, request: Request<'_>) -> Result<(), ToolError
             ApprovalError::Mesh(m) => ToolError::Mesh(m),
             other => unusable(other.to_string()),
         })?;
-    call.audit.approval(&spent, "used");
+    call.audit.approval("used", audit_body(&spent, "used"));
     Ok(())
 }
 

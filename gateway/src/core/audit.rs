@@ -139,11 +139,8 @@ impl Audit {
 
     /// Records an approver's decision on `record` (made outside any tool call, through the
     /// admin API): the requester's trace is not known here, so the event carries none.
-    pub fn approval_decided(
-        &self,
-        record: &crate::core::approvals::ApprovalRecord,
-        approver: &str,
-    ) {
+    /// `tool` is the held call's tool, `outcome` the decision, `body` the approval's record.
+    pub fn approval_decided(&self, tool: &str, outcome: &str, body: Body, approver: &str) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
             id: execmesh_proto::audit_event_id(time_ms, rand::random()),
@@ -155,16 +152,13 @@ impl Audit {
             user: approver.to_string(),
             host: String::new(),
             job_id: String::new(),
-            tool: record.tool.clone(),
-            outcome: record.state.to_string(),
-            body: Some(crate::core::approvals::audit_body(
-                record,
-                &record.state.to_string(),
-            )),
+            tool: tool.to_string(),
+            outcome: outcome.to_string(),
+            body: Some(body),
         });
     }
 
-    /// Records a use of operator rights on other users' jobs (see [`crate::core::jobs::access`]).
+    /// Records a use of operator rights on other users' jobs (see the jobs' access rules).
     pub fn job_accessed(&self, used: JobAccessed<'_>) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
@@ -213,7 +207,7 @@ impl Audit {
         );
     }
 
-    /// Records refused bearer tokens, as [`crate::core::auth_failures`] coalesced them; `user` is the
+    /// Records refused bearer tokens, as the auth-failure record coalesced them; `user` is the
     /// token's subject where its signature verified.
     pub fn auth_failed(&self, user: &str, failed: pb::AuthFailed) {
         let outcome = failed.code.clone();
@@ -313,14 +307,10 @@ impl CallAudit<'_> {
         );
     }
 
-    /// Records an approval step of this call: `requested` or `used`.
-    pub fn approval(&self, record: &crate::core::approvals::ApprovalRecord, step: &str) {
-        self.emit(
-            "",
-            "",
-            step,
-            crate::core::approvals::audit_body(record, step),
-        );
+    /// Records an approval step of this call: `requested` or `used`, with the approval's
+    /// record as `body`.
+    pub fn approval(&self, step: &str, body: Body) {
+        self.emit("", "", step, body);
     }
 
     /// Records that policy refused the call (or `host`'s part of it).

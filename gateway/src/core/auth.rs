@@ -19,6 +19,8 @@ use crate::core::tier::Tier;
 
 /// The scope a token needs to use `/mcp`.
 pub const MCP_SCOPE: &str = "mcp";
+/// The scope a token needs to use the admin API.
+pub const ADMIN_SCOPE: &str = "admin";
 /// Longest lifetime (`exp - iat`) a token may have unless `max_token_lifetime_secs` says
 /// otherwise: long enough for a quarter's CI token (and the quickstart's 30-day ones), short
 /// enough that a forgotten token does not live for years.

@@ -4,6 +4,7 @@
 //! Everything here is stateless: any replica reads the same streams and buckets.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,6 @@ use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 
-use crate::config::Config;
 use crate::core::records::{Records, RecordsError, Rejection};
 use crate::core::signer::{Signer, SignerError};
 
@@ -253,23 +253,35 @@ pub struct Mesh {
     pub records: Arc<Records>,
 }
 
+/// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
+/// authenticate and verify it, the tenant, the key requests are signed with, and the identities
+/// file records are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshSettings<'a> {
+    pub nats_url: &'a str,
+    pub nats_creds: Option<&'a Path>,
+    pub nats_nkey_seed: Option<&'a Path>,
+    pub identities_file: Option<&'a Path>,
+    pub nats_tls_ca: Option<&'a Path>,
+    /// Certificate and key of the client certificate NATS may ask for.
+    pub nats_tls_client: Option<(&'a Path, &'a Path)>,
+    pub tenant: &'a str,
+    pub exec_signing_key: &'a Path,
+    /// Replicas of the buckets and streams created at start.
+    pub kv_replicas: usize,
+}
+
 // === impl Mesh ===
 
 impl Mesh {
     /// Connects to NATS as configured. Fails fast if the server cannot be reached at start;
     /// afterwards the client reconnects on its own.
-    pub async fn connect(config: &Config) -> Result<Self, MeshError> {
+    pub async fn connect(config: &MeshSettings<'_>) -> Result<Self, MeshError> {
         let tenant =
-            Token::parse("tenant", &config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
-        let signer = Arc::new(Signer::load_or_create(&config.exec_signing_key)?);
-        let seed = config
-            .nats_nkey_seed
-            .as_ref()
-            .or(config.nats_creds.as_ref());
-        let records = Arc::new(Records::load(
-            seed.map(|p| p.as_path()),
-            config.identities_file.as_deref(),
-        )?);
+            Token::parse("tenant", config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let signer = Arc::new(Signer::load_or_create(config.exec_signing_key)?);
+        let seed = config.nats_nkey_seed.or(config.nats_creds);
+        let records = Arc::new(Records::load(seed, config.identities_file)?);
         tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
                        path = %config.exec_signing_key.display(),
                        "signing requests to agents with this key (agents list it in gateway_keys)");
@@ -281,32 +293,29 @@ impl Mesh {
             .max_reconnects(None)
             .event_callback(|event| async move { log_event(event) });
         let connect_err = |e: std::io::Error| MeshError::Connect {
-            url: config.nats_url.clone(),
+            url: config.nats_url.to_string(),
             source: async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e),
         };
-        if let Some(path) = &config.nats_creds {
+        if let Some(path) = config.nats_creds {
             options = options.credentials_file(path).await.map_err(connect_err)?;
         }
-        if let Some(path) = &config.nats_nkey_seed {
+        if let Some(path) = config.nats_nkey_seed {
             let seed = std::fs::read_to_string(path).map_err(connect_err)?;
             options = options.nkey(seed.trim().to_string());
         }
-        let client_cert = config
-            .nats_tls_client
-            .as_ref()
-            .map(|c| (c.cert.as_path(), c.key.as_path()));
         options = execmesh_proto::nats_connection::apply_tls(
             options,
-            config.nats_tls_ca.as_deref(),
-            client_cert,
+            config.nats_tls_ca,
+            config.nats_tls_client,
         )?;
-        let client = options
-            .connect(config.nats_url.as_str())
-            .await
-            .map_err(|source| MeshError::Connect {
-                url: config.nats_url.clone(),
-                source,
-            })?;
+        let client =
+            options
+                .connect(config.nats_url)
+                .await
+                .map_err(|source| MeshError::Connect {
+                    url: config.nats_url.to_string(),
+                    source,
+                })?;
         let js = jetstream::new(client.clone());
         provision(&js, config.kv_replicas).await?;
         Ok(Self {

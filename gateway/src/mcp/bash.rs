@@ -147,7 +147,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let host =
         Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
     super::reach::check(call, &host).await?;
-    crate::core::approvals::gate_hosts(call, None, &[&host], || {
+    crate::core::approvals::gate_hosts(&call.gate(), None, &[&host], || {
         format!("bash `{}` on {host}", params.cmd)
     })
     .await?;

@@ -116,7 +116,7 @@ pub async fn call(
         ));
     }
     crate::core::approvals::gate(
-        call,
+        &call.gate(),
         crate::core::approvals::Request::for_targets(
             &targets,
             None,

@@ -144,7 +144,7 @@ pub async fn call(call: &Call<'_>, params: FactsParams) -> Result<CallToolResult
     })?;
     let action_name = action.as_str();
     crate::core::approvals::gate(
-        call,
+        &call.gate(),
         crate::core::approvals::Request::for_targets(
             &targets,
             Some(action_name),

@@ -266,7 +266,7 @@ pub async fn call(call: &Call<'_>, params: FileParams) -> Result<CallToolResult,
     };
     let mut hosts = vec![&host];
     hosts.extend(to_host.as_ref().filter(|to| **to != host));
-    crate::core::approvals::gate_hosts(call, Some(action), &hosts, || {
+    crate::core::approvals::gate_hosts(&call.gate(), Some(action), &hosts, || {
         let path = params.path.as_deref().unwrap_or("(cursor)");
         match (params.action, &params.to) {
             (FileAction::Copy, Some(to)) => format!(

@@ -242,7 +242,7 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         ));
     }
     crate::core::approvals::gate(
-        call,
+        &call.gate(),
         crate::core::approvals::Request::for_targets(
             &targets,
             None,

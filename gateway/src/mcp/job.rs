@@ -397,7 +397,7 @@ async fn kill(
     .await?;
     let (host, job) = ids(&status)?;
     super::reach::check(call, &host).await?;
-    crate::core::approvals::gate_hosts(call, Some("kill"), &[&host], || {
+    crate::core::approvals::gate_hosts(&call.gate(), Some("kill"), &[&host], || {
         format!("job kill {job} on {host}")
     })
     .await?;
@@ -473,7 +473,7 @@ async fn kill_group(
         .collect();
     let hosts: Vec<&Token> = running.iter().map(|(host, _)| host).collect();
     if let Some((_, job)) = running.first() {
-        crate::core::approvals::gate_hosts(call, Some("kill"), &hosts, || {
+        crate::core::approvals::gate_hosts(&call.gate(), Some("kill"), &hosts, || {
             format!("job kill {job} on {} host(s)", hosts.len())
         })
         .await?;

@@ -29,6 +29,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::Serialize;
 use tracing::{Instrument, info, info_span};
 
+use crate::core::approvals;
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::trace::TraceContext;
@@ -54,6 +55,26 @@ pub struct Call<'a> {
     pub context: &'a RequestContext<RoleServer>,
     /// The call's audit trail: `dispatch::send` records each host request in it.
     pub audit: &'a crate::core::audit::CallAudit<'a>,
+}
+
+// === impl Call ===
+
+impl Call<'_> {
+    /// The call as the approval gate sees it.
+    pub fn gate(&self) -> approvals::Gate<'_> {
+        approvals::Gate {
+            tool: self.tool,
+            args: self.args,
+            approval_id: self.approval_id,
+            identity: self.identity,
+            audit: self.audit,
+            mesh: &self.state.mesh,
+            policy: &self.state.policy,
+            groups: &self.state.config.groups,
+            approvals: &self.state.approvals,
+            redactor: self.state.audit.redactor(),
+        }
+    }
 }
 
 const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a fleet of servers. \
