@@ -14,6 +14,7 @@ pub mod mcp;
 pub mod nats_config;
 pub mod oauth;
 pub mod server;
+pub mod state;
 pub mod tls;
 
 pub use config::Config;

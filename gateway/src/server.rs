@@ -15,37 +15,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Config;
-use crate::core::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
+use crate::core::auth::{AuthError, MCP_SCOPE, SigningKey};
 use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::core::mesh::Mesh;
 use crate::core::policy::LivePolicy;
+use crate::core::revocation::Revocations;
 use crate::mcp::Handler;
-use crate::oauth::OAuth;
-
-/// What every request handler shares: read-only after start.
-pub struct AppState {
-    pub config: Config,
-    pub mesh: Mesh,
-    /// Verifies bearer tokens.
-    pub key: SigningKey,
-    /// The issuer and resource every token must name.
-    pub audience: Audience,
-    /// Users, groups, tiers and reach; reloaded in place.
-    pub policy: Arc<LivePolicy>,
-    /// The authorization server: its KV store, revocation list and rate limits.
-    pub oauth: OAuth,
-    /// Publishes the audit events of every call.
-    pub audit: Arc<crate::core::audit::Audit>,
-    /// Calls held for a teammate's approval, and the decisions.
-    pub approvals: crate::core::approvals::Approvals,
-    /// Seals the job cursors handed to clients (derived from `key`, so every replica agrees).
-    pub cursors: crate::core::paging::CursorKey,
-    /// Refused bearer tokens, audited coalesced.
-    pub auth_failures: Arc<AuthFailures>,
-}
+use crate::oauth::{OAuth, OAuthState};
+use crate::state::AppState;
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
-pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
+pub fn router(state: Arc<AppState>, oauth: Arc<OAuthState>, shutdown: CancellationToken) -> Router {
     let config = &state.config;
     let mut allowed_hosts = vec![
         "localhost".to_string(),
@@ -76,7 +56,7 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
             require_bearer,
         ))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::oauth::routes(&state).with_state(state.clone()))
+        .merge(crate::oauth::routes(&oauth).with_state(oauth.clone()))
 }
 
 /// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the request.
@@ -119,7 +99,7 @@ async fn require_bearer(
             return unauthorized(&state, Some(&e));
         }
     };
-    match state.oauth.revocations.is_revoked(&identity.token_id).await {
+    match state.revocations.is_revoked(&identity.token_id).await {
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
@@ -252,6 +232,7 @@ pub async fn run_with_admin(
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
+    let revocations = Revocations::new(oauth.store.clone());
     let audit = crate::core::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
@@ -284,13 +265,17 @@ pub async fn run_with_admin(
         key,
         audience,
         policy,
-        oauth,
         audit,
         approvals,
         cursors,
         auth_failures,
+        revocations,
     });
-    let app = router(state.clone(), shutdown.clone());
+    let oauth = Arc::new(OAuthState {
+        app: state.clone(),
+        oauth,
+    });
+    let app = router(state.clone(), oauth, shutdown.clone());
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
     let admin = admin_listener.map(|admin_listener| {
         let state = state.clone();

@@ -7,7 +7,7 @@ use tracing::{debug, warn};
 use crate::core::auth::ADMIN_SCOPE;
 use crate::core::auth::{AuthError, Identity};
 use crate::core::auth_failures::{Endpoint, Failure, Refusal};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The caller of an admin RPC, narrowed by the policy (tier, groups) like an `/mcp` caller.
 ///
@@ -47,7 +47,7 @@ pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Iden
         failed(Refusal::Token(&e), None, None);
         Status::unauthenticated(format!("invalid bearer token: {e}"))
     })?;
-    match state.oauth.revocations.is_revoked(&identity.token_id).await {
+    match state.revocations.is_revoked(&identity.token_id).await {
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked admin token refused");

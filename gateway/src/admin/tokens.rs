@@ -235,7 +235,6 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     }
                 };
                 state
-                    .oauth
                     .revocations
                     .revoke(&jti, expires_at)
                     .await

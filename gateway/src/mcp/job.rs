@@ -15,7 +15,7 @@ use crate::core::error::ToolError;
 use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::core::trace::TraceContext;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);

@@ -33,7 +33,7 @@ use crate::core::approvals;
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::trace::TraceContext;
-use crate::server::AppState;
+use crate::state::AppState;
 use args::Params;
 
 /// What a tool needs to serve one call.

@@ -526,7 +526,7 @@ impl Policy {
     }
 
     /// Whether `name` is a user of the policy whom `[approvers]` names (directly or by group).
-    /// The tier, reach and "never the requester" checks come on top (`crate::core::approvals`).
+    /// The tier, reach and "never the requester" checks come on top (the approvals module).
     pub fn is_approver(&self, name: &str) -> bool {
         match (&self.approvers, self.user(name)) {
             (Some(members), Some(user)) => members.includes(user),

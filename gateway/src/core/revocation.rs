@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::store::{Store, StoreError};
+use crate::core::token_store::{Store, StoreError};
 
 /// How long one answer about a token is trusted. Bounds how late another replica notices a
 /// revocation.
