@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use execmesh_proto::Token;
 
+use crate::core::error::ToolError;
 use crate::core::hosts::HostState;
 use crate::core::mesh::{HostRecord, Mesh};
 use crate::core::selector::{Candidate, Groups, Selector, SelectorError};
@@ -494,6 +495,25 @@ where
         abandoned,
         peak_in_flight: peak,
     }
+}
+
+/// The fan-out status of a request that failed before a job result came back.
+pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
+    let status = match &error {
+        ToolError::OfflineHost { .. } | ToolError::UnknownHost { .. } => HostStatus::Offline,
+        ToolError::HostTimeout { .. } => HostStatus::Timeout,
+        ToolError::Denied { .. } | ToolError::Tier(_) => HostStatus::Denied,
+        // The host's own policy refused (tier cap, run-as, CommandGuard, roots), or it does not
+        // accept the request's signature, or the run-as account lacks the permission.
+        ToolError::Refused { code, .. }
+            if crate::core::error::is_node_denial(code)
+                || matches!(code.as_str(), "unauthenticated" | "permission_denied") =>
+        {
+            HostStatus::Denied
+        }
+        _ => HostStatus::Error,
+    };
+    Outcome::new(host, status, error.to_string())
 }
 
 #[cfg(test)]

@@ -4,8 +4,7 @@
 //! an invalid-arguments error naming the field.
 
 use rmcp::model::JsonObject;
-use serde::de::{DeserializeOwned, IntoDeserializer};
-use serde::{Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
 
 use super::bash::BashParams;
 use super::facts::{FactsAction, FactsParams};
@@ -70,30 +69,6 @@ fn parse<T: DeserializeOwned>(tool: &str, args: JsonObject) -> Result<T, ToolErr
             ToolError::invalid(tool, format!("`{path}`: {reason}"))
         }
     })
-}
-
-/// Deserializes a unit-only enum from its name and nothing else. serde's derive also accepts a
-/// one-key map (`{"write": null}`) for a unit variant; the schemas document a string, and a
-/// value read one way by the parser and another by a check is how a check is skipped.
-pub fn name<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: DeserializeOwned,
-{
-    let name = String::deserialize(deserializer)?;
-    T::deserialize(name.into_deserializer())
-}
-
-/// [`name`] for an optional field (`null` or absent is `None`).
-pub fn optional_name<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: DeserializeOwned,
-{
-    match Option::<String>::deserialize(deserializer)? {
-        None => Ok(None),
-        Some(name) => T::deserialize(name.into_deserializer()).map(Some),
-    }
 }
 
 #[cfg(test)]

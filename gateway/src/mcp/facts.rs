@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
-use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
 use super::{Call, dispatch, structured};
 use crate::core::error::ToolError;
@@ -47,7 +46,7 @@ impl FactsAction {
 #[serde(deny_unknown_fields)]
 pub struct FactsParams {
     /// get (default) or refresh.
-    #[serde(default, deserialize_with = "super::args::optional_name")]
+    #[serde(default, deserialize_with = "super::strict::optional_name")]
     pub action: Option<FactsAction>,
     /// Which hosts: a selector (default `*`); see `hosts`.
     #[serde(default)]
@@ -134,7 +133,7 @@ pub async fn call(call: &Call<'_>, params: FactsParams) -> Result<CallToolResult
         &call.state.mesh,
         &selector,
         &config.groups,
-        &reach_of(call),
+        &super::reach::of(call),
         config.fanout_max_hosts,
     )
     .await
@@ -216,7 +215,7 @@ async fn refresh(call: &Call<'_>, targets: Targets, now: u64) -> (Vec<HostFactsV
                     let reason = format!("host {host} sent no facts");
                     Outcome::new(host, HostStatus::Error, reason)
                 }
-                Err(e) => classify(host, e),
+                Err(e) => fanout::classify(host, e),
             }
         },
     )

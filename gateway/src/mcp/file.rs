@@ -79,7 +79,7 @@ pub enum Encoding {
 pub struct FileParams {
     /// The host id (see `hosts`); for `copy`, the source host.
     pub host: String,
-    #[serde(deserialize_with = "super::args::name")]
+    #[serde(deserialize_with = "super::strict::name")]
     pub action: FileAction,
     /// Absolute path on the host. Not needed for `read` with a `cursor`.
     #[serde(default)]
@@ -88,7 +88,7 @@ pub struct FileParams {
     #[serde(default)]
     pub cursor: Option<String>,
     /// `read`: `text` (default; binary files are refused) or `base64` (raw bytes).
-    #[serde(default, deserialize_with = "super::args::optional_name")]
+    #[serde(default, deserialize_with = "super::strict::optional_name")]
     pub encoding: Option<Encoding>,
     /// `read`: most lines per page (default 1000).
     #[serde(default)]

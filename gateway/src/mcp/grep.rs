@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
-use super::bash_fanout::{classify, reach_of};
 use super::progress::{self, McpProgress};
 use super::{Call, dispatch, seconds, structured};
 use crate::core::error::ToolError;
@@ -72,7 +71,7 @@ pub struct GrepParams {
     #[serde(default)]
     pub max_matches: Option<u32>,
     /// matches (default), count (per file) or files (names only).
-    #[serde(default, deserialize_with = "super::args::optional_name")]
+    #[serde(default, deserialize_with = "super::strict::optional_name")]
     pub mode: Option<GrepMode>,
     /// Group every matching line across hosts after replacing numbers, hex, UUIDs, IPs and
     /// timestamps with placeholders; list the rarest groups first with their hosts. Use it to
@@ -224,7 +223,7 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         &call.state.mesh,
         &params.hosts,
         &config.groups,
-        &reach_of(call),
+        &super::reach::of(call),
         config.fanout_max_hosts,
     )
     .await
@@ -397,7 +396,7 @@ async fn search(
             let reason = format!("host {host} answered a grep request with something else");
             Outcome::new(host, HostStatus::Error, reason)
         }
-        Err(e) => classify(host, e),
+        Err(e) => fanout::classify(host, e),
     }
 }
 

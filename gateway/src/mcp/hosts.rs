@@ -84,7 +84,7 @@ pub async fn call(
     params: HostsParams,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
     let selector = params.selector.unwrap_or_else(|| "*".to_string());
-    let reach = super::bash_fanout::reach_of(call);
+    let reach = super::reach::of(call);
     let config = &call.state.config;
     let targets = Targets::resolve(
         &call.state.mesh,

@@ -50,7 +50,7 @@ impl JobAction {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobParams {
-    #[serde(deserialize_with = "super::args::name")]
+    #[serde(deserialize_with = "super::strict::name")]
     pub action: JobAction,
     /// The job id (as returned by `bash`). Not needed for `poll` with a cursor, nor for `list`.
     #[serde(default)]

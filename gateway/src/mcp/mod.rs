@@ -6,7 +6,6 @@
 
 mod args;
 mod bash;
-mod bash_fanout;
 mod dispatch;
 mod facts;
 mod file;
@@ -15,6 +14,7 @@ pub mod hosts;
 pub(crate) mod job;
 mod progress;
 mod reach;
+mod strict;
 mod whoami;
 
 use std::sync::Arc;

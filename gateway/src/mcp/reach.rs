@@ -10,6 +10,11 @@ use crate::core::fanout::Reach;
 use crate::core::hosts::HostState;
 use crate::core::selector::Candidate;
 
+/// The caller's reach, from the policy (every host without one).
+pub fn of(call: &Call<'_>) -> Reach {
+    Reach::of(&call.identity.reach, &call.state.config.groups)
+}
+
 /// `Ok` when the caller may reach `host`. Costs one KV read unless the caller reaches `*`.
 pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {
     let selectors = &call.identity.reach;

@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use execmesh_proto::{Token, pb};
 
-use super::bash::BashParams;
-use super::job::{outcome, view};
-use super::progress::{self, McpProgress};
-use super::{Call, dispatch, seconds};
+use super::BashParams;
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, HostStatus, Outcome, Plan, Reach, Targets};
+use crate::core::fanout::{self, HostStatus, Outcome, Plan, Targets};
 use crate::core::paging::Cursor;
+use crate::mcp::job::{outcome, view};
+use crate::mcp::progress::{self, McpProgress};
+use crate::mcp::{Call, dispatch, seconds};
 
 /// Per-host timeout of a fan-out command when the call names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,7 +94,7 @@ pub async fn call(
         Some(t) => seconds("bash", "timeout", t, 86400.0)?,
         None => DEFAULT_TIMEOUT,
     };
-    let reach = reach_of(call);
+    let reach = crate::mcp::reach::of(call);
     let targets = Targets::resolve(
         &call.state.mesh,
         selector,
@@ -130,7 +130,7 @@ pub async fn call(
     .await?;
     let total = targets.len();
     let plan = plan(call, params, total)?;
-    let group = super::bash::job_id(params.title.as_deref(), &params.cmd);
+    let group = super::job_id(params.title.as_deref(), &params.cmd);
     let inline_share = (INLINE_BUDGET / total).clamp(MIN_INLINE_SHARE, config.page_max_bytes);
     let body = pb::RunRequest {
         cmd: params.cmd.clone(),
@@ -181,11 +181,6 @@ pub async fn call(
     Ok((result, text))
 }
 
-/// The caller's reach, from the policy (every host without one).
-pub fn reach_of(call: &Call<'_>) -> Reach {
-    Reach::of(&call.identity.reach, &call.state.config.groups)
-}
-
 /// The window and failure limit of a fan-out over `total` hosts.
 fn plan(call: &Call<'_>, params: &BashParams, total: usize) -> Result<Plan, ToolError> {
     let window = match &params.batch {
@@ -231,7 +226,7 @@ async fn run_on(
             let reason = format!("host {host} answered a run request with something else");
             return Outcome::new(host, HostStatus::Error, reason);
         }
-        Err(e) => return classify(host, e),
+        Err(e) => return fanout::classify(host, e),
     };
     let mut status = run.status.unwrap_or_default();
     // An agent that answered before the job ended (an older agent, a capped window): follow
@@ -282,25 +277,6 @@ fn job_outcome(host: &Token, status: &pb::JobStatus) -> (HostStatus, String) {
             (HostStatus::Error, told)
         }
     }
-}
-
-/// The fan-out status of a request that failed before a job result came back.
-pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
-    let status = match &error {
-        ToolError::OfflineHost { .. } | ToolError::UnknownHost { .. } => HostStatus::Offline,
-        ToolError::HostTimeout { .. } => HostStatus::Timeout,
-        ToolError::Denied { .. } | ToolError::Tier(_) => HostStatus::Denied,
-        // The host's own policy refused (tier cap, run-as, CommandGuard, roots), or it does not
-        // accept the request's signature, or the run-as account lacks the permission.
-        ToolError::Refused { code, .. }
-            if crate::core::error::is_node_denial(code)
-                || matches!(code.as_str(), "unauthenticated" | "permission_denied") =>
-        {
-            HostStatus::Denied
-        }
-        _ => HostStatus::Error,
-    };
-    Outcome::new(host, status, error.to_string())
 }
 
 fn host_run(call: &Call<'_>, o: &Outcome<Ran>, group: &Token) -> HostRun {
@@ -411,7 +387,8 @@ fn stop_abandoned(call: &Call<'_>, hosts: &[Token], group: &Token) {
     let group = group.clone();
     tokio::spawn(async move {
         for host in hosts {
-            if let Err(e) = super::job::kill_on(&state, &identity, &trace, &host, &group).await {
+            if let Err(e) = crate::mcp::job::kill_on(&state, &identity, &trace, &host, &group).await
+            {
                 tracing::warn!(host = %host, job = %group, error = %e, "could not stop an abandoned fan-out job");
             }
         }

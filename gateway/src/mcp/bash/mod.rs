@@ -1,5 +1,7 @@
 //! `bash`: run a command on one host as a job; short jobs answer inline, long ones by job id.
 
+mod fanout;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
-use super::bash_fanout::FanoutResult;
-use super::job::{JobView, outcome, view};
-use super::{Call, dispatch, seconds, structured};
 use crate::core::error::ToolError;
 use crate::core::fanout::Amount;
 use crate::core::paging::{self, Cursor, PageLimits};
+use crate::mcp::job::{JobView, outcome, view};
+use crate::mcp::{Call, dispatch, seconds, structured};
+use fanout::FanoutResult;
 
 /// Longest command line accepted.
 const MAX_CMD_BYTES: usize = 64 * 1024;
@@ -99,7 +101,7 @@ pub struct RunResult {
 }
 
 pub fn definition() -> Tool {
-    super::tool::<BashParams, BashResult>(
+    crate::mcp::tool::<BashParams, BashResult>(
         "bash",
         "Run a command",
         "Run a shell command on one host (`host`) or on every host a selector matches (`hosts`). \
@@ -122,7 +124,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let host = match (&params.host, &params.hosts) {
         (Some(host), None) => host.clone(),
         (None, Some(selector)) => {
-            let (result, text) = super::bash_fanout::call(call, &params, selector).await?;
+            let (result, text) = fanout::call(call, &params, selector).await?;
             let result = BashResult {
                 run: None,
                 fanout: Some(result),
@@ -146,7 +148,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let config = &state.config;
     let host =
         Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
-    super::reach::check(call, &host).await?;
+    crate::mcp::reach::check(call, &host).await?;
     crate::core::approvals::gate_hosts(&call.gate(), None, &[&host], || {
         format!("bash `{}` on {host}", params.cmd)
     })
