@@ -5,11 +5,10 @@
 
 use std::io::Read;
 
-use crate::admin::auth::ADMIN_SCOPE;
-use crate::auth::{MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
 use crate::config::Config;
-use crate::policy::{self, NewUser, Policy};
-use crate::tier::Tier;
+use crate::core::auth::{ADMIN_SCOPE, MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
+use crate::core::policy::{self, NewUser, Policy};
+use crate::core::tier::Tier;
 
 /// Why a subcommand failed. `Usage` errors exit 64 (a bad argument), others 1.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +21,7 @@ pub enum CommandError {
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
     #[error(transparent)]
-    Auth(#[from] crate::auth::AuthError),
+    Auth(#[from] crate::core::auth::AuthError),
     #[error("cannot read the password from standard input: {0}")]
     Stdin(std::io::Error),
 }
@@ -260,7 +259,7 @@ mod tests {
         let minted = mint(&config, "bob", "30d", None, &[]).unwrap();
         assert_eq!(minted.resource, "https://gw.example.com/mcp");
         let key = SigningKey::load(&config.key_file).unwrap();
-        let audience = crate::auth::Audience::parse("https://gw.example.com/mcp").unwrap();
+        let audience = crate::core::auth::Audience::parse("https://gw.example.com/mcp").unwrap();
         assert!(key.verify(&minted.token, &audience).is_ok());
         let err = mint(&config, "bob", "400d", None, &[])
             .unwrap_err()

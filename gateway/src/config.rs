@@ -359,13 +359,29 @@ pub const PAGE_LINES_CEILING: usize = 10_000;
 pub const PAGE_BYTES_CEILING: usize = 1024 * 1024;
 
 impl Config {
+    /// What connecting to the mesh needs of this configuration.
+    pub fn mesh(&self) -> crate::core::mesh::MeshSettings<'_> {
+        crate::core::mesh::MeshSettings {
+            nats_url: &self.nats_url,
+            nats_creds: self.nats_creds.as_deref(),
+            nats_nkey_seed: self.nats_nkey_seed.as_deref(),
+            identities_file: self.identities_file.as_deref(),
+            nats_tls_ca: self.nats_tls_ca.as_deref(),
+            nats_tls_client: (self.nats_tls_client.as_ref())
+                .map(|c| (c.cert.as_path(), c.key.as_path())),
+            tenant: &self.tenant,
+            exec_signing_key: &self.exec_signing_key,
+            kv_replicas: self.kv_replicas,
+        }
+    }
+
     /// The issuer and resource of this gateway's tokens: from `public_url`, else
     /// `http://<addr>/mcp` (127.0.0.1 when `addr` is unspecified), `addr` being where it listens.
-    pub fn audience(&self, addr: SocketAddr) -> crate::auth::Audience {
+    pub fn audience(&self, addr: SocketAddr) -> crate::core::auth::Audience {
         self.public_url
             .as_deref()
-            .and_then(|url| crate::auth::Audience::parse(url).ok())
-            .unwrap_or_else(|| crate::auth::Audience::for_listen(addr, self.tls.is_some()))
+            .and_then(|url| crate::core::auth::Audience::parse(url).ok())
+            .unwrap_or_else(|| crate::core::auth::Audience::for_listen(addr, self.tls.is_some()))
     }
 
     /// A configuration with defaults, for tests and embedding.
@@ -390,13 +406,13 @@ impl Config {
             policy_file: None,
             access_token_ttl: Duration::from_secs(900),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_token_lifetime: crate::auth::DEFAULT_MAX_LIFETIME,
+            max_token_lifetime: crate::core::auth::DEFAULT_MAX_LIFETIME,
             audience_explicit: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections_per_address: 128,
             kv_replicas: 1,
-            approval_ttl: crate::approvals::DEFAULT_TTL,
+            approval_ttl: crate::core::approvals::DEFAULT_TTL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
             inline_window: Duration::from_secs(2),
             page_max_lines: 1000,
@@ -575,7 +591,7 @@ impl Config {
         if self.inline_window > Duration::from_secs(600) {
             problems.push("inline_window_ms must be at most 600000".to_string());
         }
-        if let Err(e) = crate::selector::Selector::check_groups(&self.groups) {
+        if let Err(e) = crate::core::selector::Selector::check_groups(&self.groups) {
             problems.push(e.to_string());
         }
         if !(1..=10_000).contains(&self.fanout_window) {
@@ -585,7 +601,7 @@ impl Config {
             problems.push("fanout_max_hosts must be 1..=100000".to_string());
         }
         if let Some(url) = &self.public_url
-            && let Err(e) = crate::auth::Audience::parse(url)
+            && let Err(e) = crate::core::auth::Audience::parse(url)
         {
             problems.push(format!("public_url: {e}"));
         }
@@ -599,12 +615,12 @@ impl Config {
         {
             problems.push("refresh_token_ttl_secs must be 60..=31622400".to_string());
         }
-        if !(Duration::from_secs(3600)..=crate::auth::LONGEST_MAX_LIFETIME)
+        if !(Duration::from_secs(3600)..=crate::core::auth::LONGEST_MAX_LIFETIME)
             .contains(&self.max_token_lifetime)
         {
             problems.push(format!(
                 "max_token_lifetime_secs must be 3600..={}",
-                crate::auth::LONGEST_MAX_LIFETIME.as_secs()
+                crate::core::auth::LONGEST_MAX_LIFETIME.as_secs()
             ));
         } else if self.max_token_lifetime < self.access_token_ttl {
             problems.push(
@@ -625,7 +641,7 @@ impl Config {
                 "max_connections_per_address must be at most 1000000 (0: no cap)".to_string(),
             );
         }
-        if let Err(e) = crate::audit::Redactor::new(&self.audit_redact_patterns) {
+        if let Err(e) = crate::core::audit::Redactor::new(&self.audit_redact_patterns) {
             problems.push(e.to_string());
         }
         if let Some(addr) = self.admin_addr

@@ -5,28 +5,15 @@
 //! shared key file.
 
 pub mod admin;
-pub mod approvals;
-pub mod audit;
-pub mod auth;
-pub mod auth_failures;
 pub mod commands;
 pub mod config;
-pub mod error;
-pub mod fanout;
-pub mod job_access;
+pub mod core;
 pub mod listener;
-pub mod mesh;
+pub mod mcp;
 pub mod oauth;
-pub mod paging;
-pub mod policy;
-pub mod records;
-pub mod selector;
 pub mod server;
-pub mod signer;
-pub mod tier;
+pub mod state;
 pub mod tls;
-pub mod tools;
-pub mod trace;
 
 pub use config::Config;
 pub use server::{run, run_with_admin};
@@ -35,19 +22,19 @@ pub use server::{run, run_with_admin};
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(transparent)]
-    Audit(#[from] audit::PatternError),
+    Audit(#[from] crate::core::audit::PatternError),
     #[error(transparent)]
-    Auth(#[from] auth::AuthError),
+    Auth(#[from] crate::core::auth::AuthError),
     #[error(transparent)]
-    Mesh(#[from] mesh::MeshError),
+    Mesh(#[from] crate::core::mesh::MeshError),
     #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
+    Policy(#[from] crate::core::policy::PolicyError),
     #[error(transparent)]
     OAuth(#[from] oauth::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
-    Approvals(#[from] approvals::ApprovalError),
+    Approvals(#[from] crate::core::approvals::ApprovalError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error("HTTP server failed: {0}")]

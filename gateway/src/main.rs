@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             }
         }
         Command::ExecKey => {
-            match execmesh_gateway::signer::Signer::load_or_create(&config.exec_signing_key) {
+            match execmesh_gateway::core::signer::Signer::load_or_create(&config.exec_signing_key) {
                 Ok(signer) => {
                     println!("{}", signer.public_key_base64());
                     eprintln!(

@@ -14,38 +14,18 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::{Audience, AuthError, MCP_SCOPE, SigningKey};
-use crate::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::config::Config;
-use crate::mesh::Mesh;
-use crate::oauth::OAuth;
-use crate::policy::LivePolicy;
-use crate::tools::Handler;
-
-/// What every request handler shares: read-only after start.
-pub struct AppState {
-    pub config: Config,
-    pub mesh: Mesh,
-    /// Verifies bearer tokens.
-    pub key: SigningKey,
-    /// The issuer and resource every token must name.
-    pub audience: Audience,
-    /// Users, groups, tiers and reach; reloaded in place.
-    pub policy: Arc<LivePolicy>,
-    /// The authorization server: its KV store, revocation list and rate limits.
-    pub oauth: OAuth,
-    /// Publishes the audit events of every call.
-    pub audit: Arc<crate::audit::Audit>,
-    /// Calls held for a teammate's approval, and the decisions.
-    pub approvals: crate::approvals::Approvals,
-    /// Seals the job cursors handed to clients (derived from `key`, so every replica agrees).
-    pub cursors: crate::paging::CursorKey,
-    /// Refused bearer tokens, audited coalesced.
-    pub auth_failures: Arc<AuthFailures>,
-}
+use crate::core::auth::{AuthError, MCP_SCOPE, SigningKey};
+use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
+use crate::core::mesh::Mesh;
+use crate::core::policy::LivePolicy;
+use crate::core::revocation::Revocations;
+use crate::mcp::Handler;
+use crate::oauth::{OAuth, OAuthState};
+use crate::state::AppState;
 
 /// The router: `/mcp`, the OAuth endpoints and `/healthz`.
-pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
+pub fn router(state: Arc<AppState>, oauth: Arc<OAuthState>, shutdown: CancellationToken) -> Router {
     let config = &state.config;
     let mut allowed_hosts = vec![
         "localhost".to_string(),
@@ -76,11 +56,11 @@ pub fn router(state: Arc<AppState>, shutdown: CancellationToken) -> Router {
             require_bearer,
         ))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .merge(crate::oauth::routes(&state).with_state(state.clone()))
+        .merge(crate::oauth::routes(&oauth).with_state(oauth.clone()))
 }
 
-/// Verifies the bearer token and puts the caller's [`crate::auth::Identity`] into the request.
-/// An invalid token is audited (coalesced, see [`crate::auth_failures`]); a missing one is not:
+/// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the request.
+/// An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is not:
 /// it is how every OAuth client discovers the authorization server.
 async fn require_bearer(
     State(state): State<Arc<AppState>>,
@@ -119,7 +99,7 @@ async fn require_bearer(
             return unauthorized(&state, Some(&e));
         }
     };
-    match state.oauth.revocations.is_revoked(&identity.token_id).await {
+    match state.revocations.is_revoked(&identity.token_id).await {
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
@@ -248,11 +228,12 @@ pub async fn run_with_admin(
     let key =
         SigningKey::load_or_create(&config.key_file)?.with_max_lifetime(config.max_token_lifetime);
     let policy = Arc::new(LivePolicy::load(config.policy_file.as_deref())?);
-    let mesh = Mesh::connect(&config).await?;
+    let mesh = Mesh::connect(&config.mesh()).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
-    let audit = crate::audit::Audit::start(
+    let revocations = Revocations::new(oauth.store.clone());
+    let audit = crate::core::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
@@ -260,7 +241,7 @@ pub async fn run_with_admin(
         mesh.records.key().cloned(),
     )?;
     let audit = Arc::new(audit);
-    let approvals = crate::approvals::Approvals::open(
+    let approvals = crate::core::approvals::Approvals::open(
         &mesh,
         mesh.tenant.clone(),
         config.kv_replicas,
@@ -269,7 +250,8 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
-    let cursors = crate::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
+    let cursors =
+        crate::core::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
     let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
     // Publishes the pending counts at shutdown, before the audit publisher is closed below.
     let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));
@@ -283,13 +265,17 @@ pub async fn run_with_admin(
         key,
         audience,
         policy,
-        oauth,
         audit,
         approvals,
         cursors,
         auth_failures,
+        revocations,
     });
-    let app = router(state.clone(), shutdown.clone());
+    let oauth = Arc::new(OAuthState {
+        app: state.clone(),
+        oauth,
+    });
+    let app = router(state.clone(), oauth, shutdown.clone());
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
     let admin = admin_listener.map(|admin_listener| {
         let state = state.clone();

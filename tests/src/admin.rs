@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use execmesh_gateway::tier::Tier;
+use execmesh_gateway::core::tier::Tier;
 use execmeshctl::admin_client::{self, ClientTls, ConnectError};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,

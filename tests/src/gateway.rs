@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use execmesh_gateway::auth::{Audience, MCP_SCOPE, SigningKey, TokenSpec};
 use execmesh_gateway::config::TlsFiles;
-use execmesh_gateway::tier::Tier;
+use execmesh_gateway::core::auth::{Audience, MCP_SCOPE, SigningKey, TokenSpec};
+use execmesh_gateway::core::tier::Tier;
 use execmesh_gateway::{Config, GatewayError};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -141,7 +141,7 @@ impl Gateway {
         self
     }
 
-    /// Enforces the policy `text` (TOML, see `execmesh_gateway::policy`), written to a file in
+    /// Enforces the policy `text` (TOML, see `execmesh_gateway::core::policy`), written to a file in
     /// the gateway's temp dir. Without a policy the gateway runs in development mode.
     pub fn policy(mut self, text: &str) -> Self {
         self.policy = Some(PolicySource::Text(text.to_string()));
@@ -189,9 +189,9 @@ impl Gateway {
 
     /// The mesh as this gateway would reach it (its NATS connection, its record key and the
     /// identities it trusts), without serving anything: for tests of the core's stores.
-    pub async fn mesh(self) -> execmesh_gateway::mesh::Mesh {
+    pub async fn mesh(self) -> execmesh_gateway::core::mesh::Mesh {
         crate::init_tracing();
-        execmesh_gateway::mesh::Mesh::connect(&self.config)
+        execmesh_gateway::core::mesh::Mesh::connect(&self.config.mesh())
             .await
             .unwrap_or_else(|e| panic!("cannot reach the mesh: {e}"))
     }

@@ -3,7 +3,7 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 
-use execmesh_gateway::signer::Signer;
+use execmesh_gateway::core::signer::Signer;
 use execmesh_nats_server::{NatsServer, NatsServerBuilder};
 
 use crate::identities::MeshIdentities;

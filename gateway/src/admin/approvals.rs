@@ -1,4 +1,4 @@
-//! ApprovalsService: the gRPC face of the approvals store (`crate::approvals`): list, get,
+//! ApprovalsService: the gRPC face of the approvals store (`crate::core::approvals`): list, get,
 //! approve and deny as the person the admin token names (checked against the policy's
 //! `[approvers]`, the held call's tier and hosts, at decision time), and a watch of every change.
 
@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use execmesh_proto::pb;
 
 use super::{Admin, AdminStream, error};
-use crate::approvals::{ApprovalRecord, ApprovalState, Authority};
+use crate::core::approvals::{ApprovalRecord, ApprovalState, Authority};
 
 /// Approvals a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;

@@ -4,19 +4,17 @@
 use tonic::{Request, Status};
 use tracing::{debug, warn};
 
-use crate::auth::{AuthError, Identity};
-use crate::auth_failures::{Endpoint, Failure, Refusal};
-use crate::server::AppState;
-
-/// The scope a token needs to use the admin API.
-pub const ADMIN_SCOPE: &str = "admin";
+use crate::core::auth::ADMIN_SCOPE;
+use crate::core::auth::{AuthError, Identity};
+use crate::core::auth_failures::{Endpoint, Failure, Refusal};
+use crate::state::AppState;
 
 /// The caller of an admin RPC, narrowed by the policy (tier, groups) like an `/mcp` caller.
 ///
 /// Missing or invalid tokens (bad signature, expired, revoked, another gateway's, a user no
 /// longer in the policy) are UNAUTHENTICATED; a valid token without the `admin` scope is
 /// PERMISSION_DENIED, with how to get one. Invalid tokens are audited like `/mcp`'s (coalesced,
-/// see [`crate::auth_failures`]); a missing one is not.
+/// see [`crate::core::auth_failures`]); a missing one is not.
 pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Identity, Status> {
     let addr = request.remote_addr().map(|a| a.ip());
     let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {
@@ -49,7 +47,7 @@ pub async fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<Iden
         failed(Refusal::Token(&e), None, None);
         Status::unauthenticated(format!("invalid bearer token: {e}"))
     })?;
-    match state.oauth.revocations.is_revoked(&identity.token_id).await {
+    match state.revocations.is_revoked(&identity.token_id).await {
         Ok(false) => {}
         Ok(true) => {
             debug!(user = %identity.user, jti = %identity.token_id, "revoked admin token refused");

@@ -4,10 +4,10 @@
 use tonic::Status;
 use tracing::warn;
 
-use crate::approvals::ApprovalError;
-use crate::error::ToolError;
-use crate::fanout::ResolveError;
-use crate::mesh::MeshError;
+use crate::core::approvals::ApprovalError;
+use crate::core::error::ToolError;
+use crate::core::fanout::ResolveError;
+use crate::core::mesh::MeshError;
 
 /// NATS or JetStream failed: the mesh is unavailable, try again.
 pub fn mesh(e: MeshError) -> Status {

@@ -15,10 +15,10 @@ use execmesh_proto::{Token, pb, subject};
 use prost::Message as _;
 
 use super::{Admin, AdminStream, error};
-use crate::fanout::{Reach, Targets};
-use crate::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
-use crate::selector::{Candidate, Selector};
-use crate::tools::hosts::state_of;
+use crate::core::fanout::{Reach, Targets};
+use crate::core::hosts::HostState;
+use crate::core::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
+use crate::core::selector::{Candidate, Selector};
 
 /// How often a watch re-checks heartbeats for hosts turning stale (no KV change marks that).
 const STALE_CHECK: Duration = Duration::from_secs(1);
@@ -267,7 +267,7 @@ impl Watcher {
         let candidate = Candidate {
             host: id.as_str(),
             facts: record.facts.as_ref(),
-            state: state_of(record.presence.as_ref(), now),
+            state: HostState::of(record.presence.as_ref(), now),
         };
         if !self.selector.matches(&candidate) {
             return None;
@@ -305,10 +305,10 @@ pub fn host(record: &HostRecord, now: u64) -> pb::Host {
 
 /// The state of a host from its heartbeat, by the same rule as the MCP `hosts` tool.
 fn host_state(presence: Option<&pb::Presence>, now: u64) -> pb::HostState {
-    match state_of(presence, now) {
-        "online" => pb::HostState::Online,
-        "stale" => pb::HostState::Stale,
-        _ => pb::HostState::Offline,
+    match HostState::of(presence, now) {
+        HostState::Online => pb::HostState::Online,
+        HostState::Stale => pb::HostState::Stale,
+        HostState::Offline | HostState::Unverified => pb::HostState::Offline,
     }
 }
 

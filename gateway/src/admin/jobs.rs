@@ -18,11 +18,10 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
-use crate::auth::Identity;
-use crate::job_access::{JobAccess, Via};
-use crate::paging::{self, Cursor, PageLimits};
-use crate::tools::job::kill_with_grace;
-use crate::trace::TraceContext;
+use crate::core::auth::Identity;
+use crate::core::jobs::access::{JobAccess, Via};
+use crate::core::paging::{self, Cursor, PageLimits};
+use crate::core::trace::TraceContext;
 
 /// Jobs a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -58,7 +57,7 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                 let access = self.access(&caller);
                 if !req.user.is_empty() && req.user != caller.user.as_str() && !access.is_operator()
                 {
-                    return Err(error::tool(&crate::error::ToolError::NotOperator {
+                    return Err(error::tool(&crate::core::error::ToolError::NotOperator {
                         action: "list other users' jobs".into(),
                     }));
                 }
@@ -341,7 +340,10 @@ impl JobsApi {
             .audit
             .call("job", caller.user.as_str(), &trace.trace_id, &args);
         let started = Instant::now();
-        let result = kill_with_grace(state, caller, &trace, &host, &job, grace_ms).await;
+        let timeout = state.config.request_timeout;
+        let result =
+            crate::core::jobs::kill(&state.mesh, timeout, caller, &trace, &host, &job, grace_ms)
+                .await;
         audit.dispatched(&host, &job, "kill", started.elapsed(), &result);
         match result {
             Ok(killed) => {

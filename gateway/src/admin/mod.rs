@@ -31,8 +31,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use execmesh_proto::pb;
 
-use crate::auth::Identity;
-use crate::server::AppState;
+use crate::core::auth::Identity;
+use crate::state::AppState;
 
 /// Messages a server stream may have queued for a slow client before its producer waits.
 const STREAM_BUFFER: usize = 64;
@@ -68,7 +68,7 @@ pub type AdminStream<T> = BoxStream<'static, Result<T, Status>>;
 /// What every admin service shares: the gateway's state and its shutdown.
 #[derive(Clone)]
 pub struct Admin {
-    /// The same state `/mcp` uses: mesh, keys, policy, OAuth store, audit, approvals.
+    /// The state every face shares: mesh, keys, policy, revocation list, audit, approvals.
     pub state: Arc<AppState>,
     /// Cancelled when the gateway stops; ends every server stream.
     pub shutdown: CancellationToken,

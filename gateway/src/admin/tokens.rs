@@ -20,10 +20,10 @@ use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_proto::pb;
 
 use super::Admin;
-use crate::auth::{Identity, TokenSpec};
 use crate::commands::token_scope;
-use crate::policy::Policy;
-use crate::tier::Tier;
+use crate::core::auth::{Identity, TokenSpec};
+use crate::core::policy::Policy;
+use crate::core::tier::Tier;
 
 /// Lifetime of a minted token when the request names none, as `token mint` defaults.
 const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -182,7 +182,7 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     token_id: issued.jti,
                     user,
                     scopes,
-                    tier: crate::signer::tier(tier) as i32,
+                    tier: crate::core::signer::tier(tier) as i32,
                     expires_at_ms: issued.expires_at * 1000,
                 })
             })
@@ -235,7 +235,6 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     }
                 };
                 state
-                    .oauth
                     .revocations
                     .revoke(&jti, expires_at)
                     .await

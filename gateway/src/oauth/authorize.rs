@@ -16,13 +16,13 @@ use axum::response::{IntoResponse, Response};
 use tracing::{info, warn};
 use url::Url;
 
+use super::OAuthState;
 use super::client::{self, ClientInfo};
 use super::login::{self, LoginPage};
-use super::store::CodeGrant;
 use super::{CODE_TTL, ClientAddr, SCOPES_SUPPORTED, now_secs, random_secret};
-use crate::auth::MCP_SCOPE;
-use crate::policy::password;
-use crate::server::AppState;
+use crate::core::auth::MCP_SCOPE;
+use crate::core::policy::password;
+use crate::core::token_store::CodeGrant;
 
 /// A checked authorization request.
 struct Request {
@@ -48,7 +48,7 @@ enum Refusal {
 }
 
 /// GET `/authorize`: the login page for a valid request.
-pub async fn show(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> Response {
+pub async fn show(State(state): State<Arc<OAuthState>>, RawQuery(query): RawQuery) -> Response {
     let params = match parse_params(query.as_deref().unwrap_or_default().as_bytes()) {
         Ok(params) => params,
         Err(e) => return login::error(StatusCode::BAD_REQUEST, &e),
@@ -61,7 +61,7 @@ pub async fn show(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery)
 
 /// POST `/authorize`: the login form.
 pub async fn submit(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<OAuthState>>,
     ClientAddr(address): ClientAddr,
     body: Bytes,
 ) -> Response {
@@ -113,7 +113,7 @@ pub async fn submit(
             wait,
         );
     }
-    let policy = state.policy.current();
+    let policy = state.app.policy.current();
     let hash = policy.user(&username).and_then(|u| u.password_hash.clone());
     // argon2 takes tens of milliseconds of CPU: off the async workers. Unknown users are
     // checked against a dummy hash, so the time taken does not tell who exists.
@@ -160,13 +160,13 @@ pub async fn submit(
         &[
             ("code", Some(code.as_str())),
             ("state", request.state.as_deref()),
-            ("iss", Some(state.audience.issuer.as_str())),
+            ("iss", Some(state.app.audience.issuer.as_str())),
         ],
     )
 }
 
 /// Checks everything about the request except the password.
-async fn check(state: &AppState, params: &BTreeMap<String, String>) -> Result<Request, Refusal> {
+async fn check(state: &OAuthState, params: &BTreeMap<String, String>) -> Result<Request, Refusal> {
     let get = |name: &str| {
         params
             .get(name)
@@ -243,16 +243,16 @@ async fn check(state: &AppState, params: &BTreeMap<String, String>) -> Result<Re
         ));
     }
     let resource = match get("resource") {
-        None => state.audience.resource.clone(),
-        Some(r) if r.trim_end_matches('/') == state.audience.resource => {
-            state.audience.resource.clone()
+        None => state.app.audience.resource.clone(),
+        Some(r) if r.trim_end_matches('/') == state.app.audience.resource => {
+            state.app.audience.resource.clone()
         }
         Some(r) => {
             return Err(back(
                 "invalid_target",
                 format!(
                     "resource `{r}` is not served here; this server issues tokens for {}",
-                    state.audience.resource
+                    state.app.audience.resource
                 ),
             ));
         }
@@ -313,7 +313,7 @@ fn form(request: &Request, status: StatusCode, username: &str, error: Option<&st
     )
 }
 
-fn refuse(state: &AppState, refusal: Refusal) -> Response {
+fn refuse(state: &OAuthState, refusal: Refusal) -> Response {
     match refusal {
         Refusal::Page(status, message) => login::error(status, &message),
         Refusal::Redirect {
@@ -327,7 +327,7 @@ fn refuse(state: &AppState, refusal: Refusal) -> Response {
                 ("error", Some(error)),
                 ("error_description", Some(description.as_str())),
                 ("state", client_state.as_deref()),
-                ("iss", Some(state.audience.issuer.as_str())),
+                ("iss", Some(state.app.audience.issuer.as_str())),
             ],
         ),
     }

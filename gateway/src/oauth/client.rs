@@ -10,7 +10,7 @@ use serde::Deserialize;
 use url::{Host, Url};
 
 use super::OAuth;
-use super::store::StoreError;
+use crate::core::token_store::StoreError;
 
 /// Largest client metadata document read.
 const MAX_DOCUMENT_BYTES: usize = 64 * 1024;

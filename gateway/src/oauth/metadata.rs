@@ -7,12 +7,12 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use super::OAuthState;
 use super::SCOPES_SUPPORTED;
-use crate::server::AppState;
 
 /// `/.well-known/oauth-protected-resource[/mcp]`.
-pub async fn protected_resource(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let audience = &state.audience;
+pub async fn protected_resource(State(state): State<Arc<OAuthState>>) -> Json<Value> {
+    let audience = &state.app.audience;
     Json(json!({
         "resource": audience.resource,
         "authorization_servers": [audience.issuer],
@@ -23,8 +23,8 @@ pub async fn protected_resource(State(state): State<Arc<AppState>>) -> Json<Valu
 }
 
 /// `/.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`.
-pub async fn authorization_server(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(document(&state.audience.issuer))
+pub async fn authorization_server(State(state): State<Arc<OAuthState>>) -> Json<Value> {
+    Json(document(&state.app.audience.issuer))
 }
 
 /// The authorization server metadata of `issuer`.

@@ -22,8 +22,6 @@ mod login;
 mod metadata;
 pub mod ratelimit;
 mod register;
-pub mod revocation;
-pub mod store;
 mod token;
 
 use std::net::SocketAddr;
@@ -37,14 +35,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
+pub use crate::core::token_store::{Store, StoreError};
 pub use ratelimit::RateLimiter;
-pub use revocation::Revocations;
-pub use store::{Store, StoreError};
 
 /// Scopes this server grants. `mcp` is what `/mcp` requires.
-pub const SCOPES_SUPPORTED: &[&str] = &[crate::auth::MCP_SCOPE];
+pub const SCOPES_SUPPORTED: &[&str] = &[crate::core::auth::MCP_SCOPE];
 /// How long an authorization code may wait for its exchange.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Failed logins per user per window before the user is held back.
@@ -56,12 +53,16 @@ pub const REGISTRATIONS_PER_ADDRESS: u32 = 20;
 /// The window of the limits above.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
+/// What the OAuth endpoints read: the state every face shares and the authorization server's own.
+pub struct OAuthState {
+    pub app: Arc<AppState>,
+    pub oauth: OAuth,
+}
+
 /// The authorization server's shared state on one replica.
 pub struct OAuth {
     /// Codes, refresh tokens, families, clients.
     pub store: Store,
-    /// The revocation list as `/mcp` checks it.
-    pub revocations: Revocations,
     /// Failed logins per user.
     pub failures_per_user: RateLimiter,
     /// Login attempts per client address.
@@ -76,7 +77,7 @@ pub struct OAuth {
 
 impl OAuth {
     /// Opens (creating if missing) the KV buckets and sets up the limiters.
-    pub async fn open(mesh: &crate::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
+    pub async fn open(mesh: &crate::core::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
         let store = Store::open(mesh, replicas).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -87,7 +88,6 @@ impl OAuth {
                 reason: e.to_string(),
             })?;
         Ok(Self {
-            revocations: Revocations::new(store.clone()),
             store,
             failures_per_user: RateLimiter::new(LOGIN_FAILURES_PER_USER, RATE_WINDOW),
             logins_per_address: RateLimiter::new(LOGINS_PER_ADDRESS, RATE_WINDOW),
@@ -98,8 +98,8 @@ impl OAuth {
 }
 
 /// The OAuth routes, to merge into the gateway's router.
-pub fn routes(state: &AppState) -> Router<Arc<AppState>> {
-    let resource_path = state.audience.resource_path().to_string();
+pub fn routes(state: &OAuthState) -> Router<Arc<OAuthState>> {
+    let resource_path = state.app.audience.resource_path().to_string();
     let mut router = Router::new()
         .route(
             "/.well-known/oauth-protected-resource",

@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::OAuthState;
 use super::client::check_redirect_uri;
-use super::store::RegisteredClient;
 use super::{ClientAddr, error_json, no_store, now_secs, random_secret, too_many};
-use crate::server::AppState;
+use crate::core::token_store::RegisteredClient;
 
 /// Most redirect URIs one client may register.
 const MAX_REDIRECT_URIS: usize = 10;
@@ -36,7 +36,7 @@ struct RegistrationRequest {
 
 /// POST `/register`.
 pub async fn register(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<OAuthState>>,
     ClientAddr(address): ClientAddr,
     body: Bytes,
 ) -> Response {

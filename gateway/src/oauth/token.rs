@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use super::store::{CodeGrant, Family, RefreshGrant, StoreError};
+use super::OAuthState;
 use super::{error_json, no_store, now_secs, random_secret};
-use crate::auth::TokenSpec;
-use crate::server::AppState;
+use crate::core::auth::TokenSpec;
+use crate::core::token_store::{CodeGrant, Family, RefreshGrant, StoreError};
 
 /// A `/token` error: the OAuth error code and a description.
 struct TokenError {
@@ -74,7 +74,7 @@ impl From<StoreError> for TokenError {
 
 /// POST `/token`.
 pub async fn token(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<OAuthState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -105,7 +105,7 @@ pub async fn token(
 }
 
 async fn authorization_code(
-    state: &AppState,
+    state: &OAuthState,
     client_id: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<Response, TokenError> {
@@ -143,7 +143,7 @@ async fn authorization_code(
 }
 
 async fn refresh(
-    state: &AppState,
+    state: &OAuthState,
     client_id: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<Response, TokenError> {
@@ -159,7 +159,7 @@ async fn refresh(
             "the refresh token was issued to another client",
         ));
     }
-    let ttl = state.config.refresh_token_ttl;
+    let ttl = state.app.config.refresh_token_ttl;
     if !store.mark_used(token, ttl).await? {
         warn!(user = %grant.user, client = %client_id, "rotated refresh token reused; revoking its family");
         revoke_family(state, &grant.family).await?;
@@ -194,19 +194,20 @@ async fn refresh(
 /// Issues an access token and a new refresh token in `family`, for a user the policy still
 /// knows, with the tier the policy grants now.
 async fn issue(
-    state: &AppState,
+    state: &OAuthState,
     family_id: &str,
     user: &str,
     client_id: &str,
     scope: &str,
 ) -> Result<Response, TokenError> {
     let grant = state
+        .app
         .policy
         .current()
         .grant(user)
         .ok_or_else(|| TokenError::grant(format!("user {user} is no longer in the policy")))?;
-    let access_ttl = state.config.access_token_ttl;
-    let refresh_ttl = state.config.refresh_token_ttl;
+    let access_ttl = state.app.config.access_token_ttl;
+    let refresh_ttl = state.app.config.refresh_token_ttl;
     let spec = TokenSpec {
         user,
         ttl: access_ttl,
@@ -214,10 +215,14 @@ async fn issue(
         tier: grant.tier,
         client_id: Some(client_id),
     };
-    let access = state.key.issue(&state.audience, &spec).map_err(|e| {
-        warn!(error = %e, "cannot sign an access token");
-        TokenError::grant(format!("cannot issue a token: {e}"))
-    })?;
+    let access = state
+        .app
+        .key
+        .issue(&state.app.audience, &spec)
+        .map_err(|e| {
+            warn!(error = %e, "cannot sign an access token");
+            TokenError::grant(format!("cannot issue a token: {e}"))
+        })?;
     let store = &state.oauth.store;
     let now = now_secs();
     let mut family = store.family(family_id).await?.unwrap_or(Family {
@@ -234,7 +239,7 @@ async fn issue(
         client_id: client_id.to_string(),
         user: user.to_string(),
         scope: scope.to_string(),
-        resource: state.audience.resource.clone(),
+        resource: state.app.audience.resource.clone(),
         expires_at: now + refresh_ttl.as_secs(),
     };
     store
@@ -253,15 +258,15 @@ async fn issue(
 }
 
 /// Stops a family: no more refreshes, and its live access tokens are revoked everywhere.
-async fn revoke_family(state: &AppState, family_id: &str) -> Result<(), StoreError> {
+async fn revoke_family(state: &OAuthState, family_id: &str) -> Result<(), StoreError> {
     let store = &state.oauth.store;
     store
-        .revoke_family(family_id, state.config.refresh_token_ttl)
+        .revoke_family(family_id, state.app.config.refresh_token_ttl)
         .await?;
     if let Some(family) = store.family(family_id).await? {
         let now = now_secs();
         for (jti, exp) in family.access.iter().filter(|(_, exp)| *exp > now) {
-            state.oauth.revocations.revoke(jti, *exp).await?;
+            state.app.revocations.revoke(jti, *exp).await?;
         }
     }
     Ok(())
@@ -270,7 +275,7 @@ async fn revoke_family(state: &AppState, family_id: &str) -> Result<(), StoreErr
 /// POST `/revoke` (RFC 7009): a refresh token revokes its family, an access token itself. The
 /// answer is 200 whether or not the token was known.
 pub async fn revoke(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<OAuthState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -291,10 +296,10 @@ pub async fn revoke(
             }
             return Ok(());
         }
-        if let Ok(identity) = state.key.verify(token, &state.audience) {
+        if let Ok(identity) = state.app.key.verify(token, &state.app.audience) {
             info!(user = %identity.user, jti = %identity.token_id, "access token revoked");
             state
-                .oauth
+                .app
                 .revocations
                 .revoke(&identity.token_id, identity.expires_at)
                 .await?;
@@ -325,7 +330,7 @@ fn pkce_matches(verifier: &str, challenge: &str) -> bool {
 
 /// A `resource` on the token request must be the one the grant is for (RFC 8707).
 fn check_resource(
-    state: &AppState,
+    state: &OAuthState,
     params: &BTreeMap<String, String>,
     granted: &str,
 ) -> Result<(), TokenError> {
@@ -334,7 +339,7 @@ fn check_resource(
             "invalid_target",
             format!(
                 "resource `{r}` is not the one this grant is for ({})",
-                state.audience.resource
+                state.app.audience.resource
             ),
         )),
         _ => Ok(()),

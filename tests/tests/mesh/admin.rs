@@ -1342,7 +1342,7 @@ async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unles
         "alice",
         Duration::from_secs(600),
         "admin",
-        execmesh_gateway::tier::Tier::Dangerous,
+        execmesh_gateway::core::tier::Tier::Dangerous,
     );
     let mut narrow = gw.admin_client_with_token(Some(&admin_only)).await;
     assert_code(
@@ -1358,7 +1358,7 @@ async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unles
         "alice",
         Duration::from_secs(600),
         "mcp admin",
-        execmesh_gateway::tier::Tier::Standard,
+        execmesh_gateway::core::tier::Tier::Standard,
     );
     let mut capped = gw.admin_client_with_token(Some(&capped)).await;
     assert_code(

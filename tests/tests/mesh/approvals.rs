@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 
 use tonic::Code;
 
-use execmesh_gateway::approvals::{ApprovalState, Approvals};
-use execmesh_gateway::audit::Audit;
+use execmesh_gateway::core::approvals::{ApprovalState, Approvals};
+use execmesh_gateway::core::audit::Audit;
 use execmesh_proto::{Token, pb};
 use execmesh_tests::{AdminClient, AuditSink, Gateway, Nats, NodeAgent, ToolOutput, eventually};
 

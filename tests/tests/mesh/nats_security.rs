@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
-use execmesh_gateway::signer::Signer;
+use execmesh_gateway::core::signer::Signer;
 use execmesh_proto::pb;
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;

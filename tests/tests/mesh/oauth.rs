@@ -10,8 +10,8 @@ use rmcp::model::CallToolRequestParams;
 use rmcp::transport::auth::AuthorizationManager;
 use serde_json::{Value, json};
 
-use execmesh_gateway::policy::password;
-use execmesh_gateway::tier::Tier;
+use execmesh_gateway::core::policy::password;
+use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::oauth::{self, Browser, LoginOutcome, REDIRECT_URI};
 use execmesh_tests::{Gateway, Nats, RunningGateway, eventually};
 

@@ -7,7 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use execmesh_gateway::signer::Signer;
+use execmesh_gateway::core::signer::Signer;
 use execmesh_proto::pb::{self, ErrorCode};
 use execmesh_proto::signing::SigningKey;
 use execmesh_proto::{Token, subject};

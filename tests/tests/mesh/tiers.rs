@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
-use execmesh_gateway::tier::Tier;
+use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
 
@@ -369,9 +369,10 @@ async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
         !text.contains("hunter2") && !text.contains(&generated),
         "{text}"
     );
-    let parsed = execmesh_gateway::policy::Policy::parse(&text, &policy).expect("a valid policy");
+    let parsed =
+        execmesh_gateway::core::policy::Policy::parse(&text, &policy).expect("a valid policy");
     let dave = parsed.user("dave").expect("dave");
-    assert!(execmesh_gateway::policy::password::verify(
+    assert!(execmesh_gateway::core::policy::password::verify(
         dave.password_hash.as_deref(),
         "hunter2-but-longer"
     ));

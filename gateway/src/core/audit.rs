@@ -1,0 +1,467 @@
+//! Audit events of tool calls: built per call, redacted, and published to AUDIT by a background task, so a call never waits for the audit trail.
+//!
+//! Each call gets a [`CallAudit`]: `received` when it enters, `dispatched` per host request,
+//! and `denied` or `completed` when it ends, all with the call's trace id. Events go into a
+//! bounded queue; one task publishes them to `mesh.v1.<tenant>.audit.gateway.<kind>` with the
+//! event id as `Nats-Msg-Id` and retries each until JetStream acknowledges it. When the
+//! audit-sink is down the events wait in the stream; when NATS itself is unreachable they wait
+//! in the queue, and only a full queue drops events (counted and logged), never a tool call.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolResult, JsonObject};
+use serde_json::Value;
+
+use execmesh_proto::Token;
+use execmesh_proto::audit_publisher::Publisher;
+use execmesh_proto::pb::{self, audit_event::Body};
+use execmesh_proto::subject::{self, audit_kind};
+
+use crate::core::error::ToolError;
+
+pub use execmesh_proto::redact::{PatternError, Redactor};
+
+/// Events waiting to be published; beyond this, new events are dropped (and counted). A
+/// fan-out records one event per host, hence twice the agent's queue.
+const QUEUE: usize = 16_384;
+/// Publishes awaiting their acknowledgement at once.
+const WINDOW: usize = 256;
+/// Hosts kept of a list in an event.
+const MAX_ITEMS: usize = 32;
+
+/// The gateway's audit publisher, shared by every call.
+pub struct Audit {
+    /// Publishes in the background.
+    publisher: Publisher,
+    tenant: Token,
+    /// This gateway process, in every event (`source_instance`).
+    instance: String,
+    redactor: Redactor,
+}
+
+/// A use of operator rights on other users' jobs, as [`Audit::job_accessed`] records it.
+#[derive(Debug)]
+pub struct JobAccessed<'a> {
+    /// The user who used the rights.
+    pub operator: &'a str,
+    /// The trace of the call (empty for admin RPCs, which have none).
+    pub trace_id: &'a str,
+    /// `job`, or the admin RPC (`JobsService.Get`).
+    pub tool: &'a str,
+    /// The job and its host, when the use was about one job.
+    pub host: &'a str,
+    pub job: &'a str,
+    /// Whose jobs.
+    pub owners: Vec<String>,
+    /// `poll`, `wait`, `kill`, `list`, `get`, `tail`.
+    pub action: &'a str,
+    /// `mcp` or `admin-api`.
+    pub via: &'a str,
+    /// How many jobs of others the use covered.
+    pub jobs: usize,
+}
+
+/// One call's audit trail.
+pub struct CallAudit<'a> {
+    audit: &'a Audit,
+    tool: String,
+    user: String,
+    trace_id: String,
+    started: Instant,
+    /// Hosts dispatched to so far, in order (fan-out dispatches concurrently).
+    hosts: Mutex<Vec<String>>,
+    /// Hosts whose agent refused the call by its own policy, with the agent's code (`guard`,
+    /// `tier`, `run_as`, …): their denial is recorded with that code when the call ends.
+    node_denials: Mutex<Vec<(String, String)>>,
+}
+
+// === impl Audit ===
+
+impl Audit {
+    /// Starts the publisher task on `client`. The task creates the AUDIT stream (with `replicas`)
+    /// if it is missing, retrying while NATS is unreachable, before its first publish. Events
+    /// are signed with `signer` (the gateway identity's key) when there is one, so the audit-sink
+    /// can tell them from events planted under the gateway's subjects.
+    pub fn start(
+        client: async_nats::Client,
+        tenant: Token,
+        patterns: &[String],
+        replicas: usize,
+        signer: Option<execmesh_proto::signing::RecordKey>,
+    ) -> Result<Audit, PatternError> {
+        let redactor = Redactor::new(patterns)?;
+        Ok(Audit {
+            publisher: Publisher::start(client, replicas, QUEUE, WINDOW, signer),
+            tenant,
+            instance: format!("{:016x}", rand::random::<u64>()),
+            redactor,
+        })
+    }
+
+    /// The redactor (for tools that record more than their arguments).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.publisher.dropped()
+    }
+
+    /// Opens the audit trail of a call and records that it was received.
+    pub fn call(&self, tool: &str, user: &str, trace_id: &str, args: &JsonObject) -> CallAudit<'_> {
+        let call = CallAudit {
+            audit: self,
+            tool: tool.to_string(),
+            user: user.to_string(),
+            trace_id: trace_id.to_string(),
+            started: Instant::now(),
+            hosts: Mutex::new(Vec::new()),
+            node_denials: Mutex::new(Vec::new()),
+        };
+        call.emit(
+            "",
+            "",
+            "",
+            Body::CallReceived(pb::CallReceived {
+                args: self.redactor.args(args),
+                hosts: named_hosts(args),
+                action: args
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+        );
+        call
+    }
+
+    /// Records an approver's decision on `record` (made outside any tool call, through the
+    /// admin API): the requester's trace is not known here, so the event carries none.
+    /// `tool` is the held call's tool, `outcome` the decision, `body` the approval's record.
+    pub fn approval_decided(&self, tool: &str, outcome: &str, body: Body, approver: &str) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: String::new(),
+            user: approver.to_string(),
+            host: String::new(),
+            job_id: String::new(),
+            tool: tool.to_string(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        });
+    }
+
+    /// Records a use of operator rights on other users' jobs (see the jobs' access rules).
+    pub fn job_accessed(&self, used: JobAccessed<'_>) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: used.trace_id.to_string(),
+            user: used.operator.to_string(),
+            host: used.host.to_string(),
+            job_id: used.job.to_string(),
+            tool: used.tool.to_string(),
+            outcome: used.action.to_string(),
+            body: Some(Body::JobAccessed(pb::JobAccessed {
+                owners: used.owners,
+                action: used.action.to_string(),
+                via: used.via.to_string(),
+                jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
+            })),
+        });
+    }
+
+    /// Records a token minted through the admin API (`by` minted it; the token is not in the
+    /// event, only its id).
+    pub fn token_minted(&self, by: &str, minted: pb::TokenMinted) {
+        self.outside_call(by, "minted", Body::TokenMinted(minted));
+    }
+
+    /// Records a token put on the revocation list through the admin API by `by`.
+    pub fn token_revoked(&self, by: &str, revoked: pb::TokenRevoked) {
+        self.outside_call(by, "revoked", Body::TokenRevoked(revoked));
+    }
+
+    /// Records that the admin API refused `user` a request by policy: `rpc` names it, `reason`
+    /// says why (as the caller was told).
+    pub fn admin_denied(&self, user: &str, rpc: &str, reason: &str) {
+        self.outside_call(
+            user,
+            "denied",
+            Body::CallDenied(pb::CallDenied {
+                reason: self.redactor.text(&format!("{rpc}: {reason}")),
+                by: "gateway".to_string(),
+                code: "permission_denied".to_string(),
+            }),
+        );
+    }
+
+    /// Records refused bearer tokens, as the auth-failure record coalesced them; `user` is the
+    /// token's subject where its signature verified.
+    pub fn auth_failed(&self, user: &str, failed: pb::AuthFailed) {
+        let outcome = failed.code.clone();
+        self.outside_call(user, &outcome, Body::AuthFailed(failed));
+    }
+
+    /// Publishes an event of a step taken outside any tool call (the admin API, the bearer
+    /// check): no trace, host, job or tool.
+    fn outside_call(&self, user: &str, outcome: &str, body: Body) {
+        let time_ms = execmesh_proto::now_ms();
+        self.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.instance.clone(),
+            trace_id: String::new(),
+            user: user.to_string(),
+            host: String::new(),
+            job_id: String::new(),
+            tool: String::new(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        });
+    }
+
+    /// Stops taking events and waits up to `grace` for those queued to be published.
+    pub async fn close(&self, grace: Duration) {
+        self.publisher.close(grace).await;
+    }
+
+    fn send(&self, event: pb::AuditEvent) {
+        let kind = audit_kind::of(event.body.as_ref());
+        self.publisher
+            .send(subject::audit_gateway(&self.tenant, kind), &event);
+    }
+}
+
+/// The hosts a call's arguments name: `host`, `hosts` (a list or a selector), `to_host`,
+/// `selector`.
+fn named_hosts(args: &JsonObject) -> Vec<String> {
+    let mut hosts = Vec::new();
+    for key in ["host", "hosts", "to_host", "selector"] {
+        match args.get(key) {
+            Some(Value::String(s)) => hosts.push(s.clone()),
+            Some(Value::Array(items)) => hosts.extend(
+                items
+                    .iter()
+                    .take(MAX_ITEMS)
+                    .filter_map(Value::as_str)
+                    .map(str::to_string),
+            ),
+            _ => {}
+        }
+    }
+    hosts
+}
+
+// === impl CallAudit ===
+
+impl CallAudit<'_> {
+    /// Records one request to `host`'s agent and how it went.
+    pub fn dispatched<T>(
+        &self,
+        host: &Token,
+        job: &Token,
+        request: &str,
+        elapsed: Duration,
+        result: &Result<T, ToolError>,
+    ) {
+        if let Ok(mut hosts) = self.hosts.lock() {
+            hosts.push(host.to_string());
+        }
+        if let Err(e) = result
+            && let Some((_, code)) = e.node_denial()
+            && let Ok(mut denials) = self.node_denials.lock()
+        {
+            denials.push((host.to_string(), code.to_string()));
+        }
+        let (outcome, error) = match result {
+            Ok(_) => ("ok", String::new()),
+            Err(e @ ToolError::OfflineHost { .. }) => ("offline", e.to_string()),
+            Err(e @ ToolError::HostTimeout { .. }) => ("timeout", e.to_string()),
+            Err(e @ ToolError::Refused { .. }) => ("refused", e.to_string()),
+            Err(e) => ("error", e.to_string()),
+        };
+        self.emit(
+            host.as_str(),
+            job.as_str(),
+            outcome,
+            Body::CallDispatched(pb::CallDispatched {
+                request: request.to_string(),
+                // A host's refusal may quote the command (the guard names what it refused).
+                error: self.audit.redactor.text(&error),
+                duration_ms: elapsed.as_millis() as u64,
+            }),
+        );
+    }
+
+    /// Records an approval step of this call: `requested` or `used`, with the approval's
+    /// record as `body`.
+    pub fn approval(&self, step: &str, body: Body) {
+        self.emit("", "", step, body);
+    }
+
+    /// Records that policy refused the call (or `host`'s part of it).
+    pub fn denied(&self, host: &str, by: &str, code: &str, reason: &str) {
+        self.emit(
+            host,
+            "",
+            "denied",
+            Body::CallDenied(pb::CallDenied {
+                reason: self.audit.redactor.text(reason),
+                by: by.to_string(),
+                code: code.to_string(),
+            }),
+        );
+    }
+
+    /// Records how the call ended: `denied` when policy refused it (the gateway's, or the
+    /// host's own: tier cap, run-as, CommandGuard, roots), else `completed` (after a `denied`
+    /// for each host of a fan-out that was refused).
+    pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
+        let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
+        let node_denials = self
+            .node_denials
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        if let Ok(r) = result {
+            for (host, reason) in denied_hosts(r) {
+                // A host that was asked refused by its own policy, with its code; one never
+                // asked was outside the caller's reach.
+                let (by, code) = match node_denials.iter().find(|(h, _)| *h == host) {
+                    Some((_, code)) => (host.as_str(), code.as_str()),
+                    None if hosts.contains(&host) => (host.as_str(), "denied"),
+                    None => ("gateway", "denied"),
+                };
+                self.denied(&host, by, code, &reason);
+            }
+        }
+        let elapsed = self.started.elapsed().as_millis() as u64;
+        let (status, code, message) = match result {
+            Ok(r) if r.is_error == Some(true) => {
+                let code = r
+                    .structured_content
+                    .as_ref()
+                    .and_then(|s| s["error"]["code"].as_str())
+                    .unwrap_or("error");
+                ("error", code.to_string(), String::new())
+            }
+            Ok(_) => ("ok", String::new(), String::new()),
+            // Held for approval: not a failure; the approval-requested event says the rest.
+            Err(ToolError::ApprovalRequired { .. }) => {
+                ("held", "approval_required".to_string(), String::new())
+            }
+            Err(e) => {
+                if let Some((by, code)) = denial(e) {
+                    self.denied(by, by, code, &e.to_string());
+                    return;
+                }
+                let code = match e {
+                    ToolError::Refused { code, .. } => code.clone(),
+                    other => other.code().to_string(),
+                };
+                ("error", code, e.to_string())
+            }
+        };
+        self.emit(
+            "",
+            "",
+            status,
+            Body::CallCompleted(pb::CallCompleted {
+                status: status.to_string(),
+                error_code: code,
+                error: self.audit.redactor.text(&message),
+                duration_ms: elapsed,
+                hosts,
+            }),
+        );
+    }
+
+    fn emit(&self, host: &str, job: &str, outcome: &str, body: Body) {
+        let time_ms = execmesh_proto::now_ms();
+        self.audit.send(pb::AuditEvent {
+            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            time_ms,
+            tenant: self.audit.tenant.to_string(),
+            source: pb::AuditSource::Gateway as i32,
+            source_instance: self.audit.instance.clone(),
+            trace_id: self.trace_id.clone(),
+            user: self.user.clone(),
+            host: host.to_string(),
+            job_id: job.to_string(),
+            tool: self.tool.clone(),
+            outcome: outcome.to_string(),
+            body: Some(body),
+        });
+    }
+}
+
+/// The hosts a fan-out result reports `denied` (`hosts: [{host, status, reason}]`), with why.
+fn denied_hosts(result: &CallToolResult) -> Vec<(String, String)> {
+    let Some(Value::Array(hosts)) = result.structured_content.as_ref().map(|s| &s["hosts"]) else {
+        return Vec::new();
+    };
+    hosts
+        .iter()
+        .filter(|h| h["status"] == "denied")
+        .filter_map(|h| {
+            let host = h["host"].as_str()?.to_string();
+            Some((host, h["reason"].as_str().unwrap_or_default().to_string()))
+        })
+        .collect()
+}
+
+/// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for
+/// failures that are not policy decisions.
+fn denial(e: &ToolError) -> Option<(&str, &str)> {
+    match e {
+        ToolError::Tier(_) => Some(("gateway", "tier")),
+        ToolError::Denied { .. } => Some(("gateway", "denied")),
+        ToolError::NotOperator { .. } => Some(("gateway", "not_operator")),
+        other => other
+            .node_denial()
+            .map(|(host, code)| (host.as_str(), code)),
+    }
+}
+
+/// The name of an agent request for the audit trail: `run`, `file.write`, `grep`, `facts`.
+pub fn request_name(body: &pb::exec_request::Body) -> String {
+    use pb::exec_request::Body as B;
+    use pb::file_request::Op;
+    match body {
+        B::Run(_) => "run".to_string(),
+        B::Grep(_) => "grep".to_string(),
+        B::Facts(_) => "facts".to_string(),
+        B::File(file) => {
+            let op = match &file.op {
+                Some(Op::Read(_)) => "read",
+                Some(Op::Stat(_)) => "stat",
+                Some(Op::List(_)) => "list",
+                Some(Op::Grep(_)) => "grep",
+                Some(Op::Write(w)) if w.append => "append",
+                Some(Op::Write(_)) => "write",
+                Some(Op::Move(_)) => "move",
+                Some(Op::Delete(_)) => "delete",
+                Some(Op::ChunkRead(_)) => "chunk_read",
+                Some(Op::ChunkWrite(_)) => "chunk_write",
+                None => "none",
+            };
+            format!("file.{op}")
+        }
+        #[allow(unreachable_patterns)]
+        _ => "other".to_string(),
+    }
+}

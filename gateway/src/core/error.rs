@@ -1,0 +1,216 @@
+//! The one place where domain errors become MCP tool results a model can act on.
+//!
+//! Internals (NATS error chains, stream sequences) are logged here once and summarised for the
+//! caller; every message names the host or job it is about and, where there is one, the next step.
+
+use rmcp::model::{CallToolResult, ContentBlock};
+use tracing::warn;
+
+use execmesh_proto::{Token, pb};
+
+use crate::core::mesh::{DispatchError, MeshError};
+use crate::core::paging::CursorError;
+
+/// Why a tool call could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("invalid arguments for `{tool}`: {reason}")]
+    InvalidArguments { tool: String, reason: String },
+    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts and whoami")]
+    UnknownTool(String),
+    #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
+    UnknownHost { host: String, known: Vec<String> },
+    #[error("host {host} is offline: its agent is not connected{}", last_seen(*.last_seen_ms))]
+    OfflineHost {
+        host: Token,
+        last_seen_ms: Option<u64>,
+    },
+    #[error("host {host} did not answer within {secs:.1} s; its agent may be overloaded, hung or gone{}", job_hint(.job))]
+    HostTimeout {
+        host: Token,
+        secs: f64,
+        /// The job the request was to start, if any: it may exist.
+        job: Option<Token>,
+    },
+    #[error("host {host} refused the request: {message}")]
+    Refused {
+        host: Token,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "unknown job `{0}`: no host has a job with this id (ids look like `title-abc12def`; `job` with action `list` shows yours)"
+    )]
+    UnknownJob(String),
+    #[error(
+        "bad cursor: {0}. Pass the `next_cursor` of the previous page unchanged, or omit it to start at the beginning"
+    )]
+    BadCursor(#[from] CursorError),
+    #[error("the mesh is unavailable right now ({0}); try again shortly")]
+    Mesh(String),
+    /// The call needs a higher guard tier than the caller's.
+    #[error(transparent)]
+    Tier(#[from] crate::core::tier::TierError),
+    /// The host is outside the hosts the caller may reach.
+    #[error("denied: host {host} is outside the hosts you may reach ({reach})")]
+    Denied { host: String, reach: String },
+    /// The call acts on other users' jobs, which needs operator rights the caller lacks.
+    #[error(
+        "denied: to {action} you need operator rights (the policy's `operators`); without them you see your own jobs only"
+    )]
+    NotOperator { action: String },
+    /// Not a failure: the policy holds the call until a teammate approves it. The client sees
+    /// `result`, a normal (non-error) result with the approval id.
+    #[error("approval {id} required before this call runs")]
+    ApprovalRequired {
+        id: String,
+        result: Box<CallToolResult>,
+    },
+    /// The call carries an approval that cannot be used for it.
+    #[error("approval {id} cannot be used: {reason}")]
+    ApprovalUnusable { id: String, reason: String },
+}
+
+impl ToolError {
+    /// A short machine-readable code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidArguments { .. } => "invalid_arguments",
+            Self::UnknownTool(_) => "unknown_tool",
+            Self::UnknownHost { .. } => "unknown_host",
+            Self::OfflineHost { .. } => "offline",
+            Self::HostTimeout { .. } => "timeout",
+            Self::Refused { .. } => "refused",
+            Self::UnknownJob(_) => "unknown_job",
+            Self::BadCursor(_) => "bad_cursor",
+            Self::Mesh(_) => "unavailable",
+            Self::Tier(_) => "tier",
+            Self::Denied { .. } => "denied",
+            Self::NotOperator { .. } => "not_operator",
+            Self::ApprovalRequired { .. } => "approval_required",
+            Self::ApprovalUnusable { .. } => "approval_unusable",
+        }
+    }
+
+    /// The `isError` result the client sees.
+    pub fn into_result(self) -> CallToolResult {
+        if let Self::ApprovalRequired { result, .. } = self {
+            return *result;
+        }
+        let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
+        let code = match &self {
+            Self::Refused { code, .. } => code.clone(),
+            other => other.code().to_string(),
+        };
+        result.structured_content = Some(serde_json::json!({
+            "error": { "code": code, "message": self.to_string() }
+        }));
+        result
+    }
+
+    pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
+        Self::InvalidArguments {
+            tool: tool.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The host and the agent's code when this is a host refusing the call by its own policy
+    /// (tier cap, run-as, CommandGuard, denied paths): a denied call, audited as one.
+    pub fn node_denial(&self) -> Option<(&Token, &str)> {
+        match self {
+            Self::Refused { host, code, .. } if is_node_denial(code) => Some((host, code.as_str())),
+            _ => None,
+        }
+    }
+
+    /// Maps an agent's refusal.
+    pub fn refused(host: &Token, error: pb::ExecError) -> Self {
+        let code = error
+            .code()
+            .as_str_name()
+            .trim_start_matches("ERROR_CODE_")
+            .to_lowercase();
+        if error.code() == pb::ErrorCode::UnknownJob {
+            return Self::UnknownJob(error.message);
+        }
+        Self::Refused {
+            host: host.clone(),
+            code,
+            message: error.message,
+        }
+    }
+}
+
+impl From<MeshError> for ToolError {
+    fn from(e: MeshError) -> Self {
+        warn!(error = %e, "mesh read failed");
+        match e {
+            MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
+            MeshError::Corrupt { .. } => Self::Mesh("a stored record could not be read".into()),
+            _ => Self::Mesh("NATS is not reachable".into()),
+        }
+    }
+}
+
+impl From<DispatchError> for ToolError {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::NoResponders(host) => Self::OfflineHost {
+                host,
+                last_seen_ms: None,
+            },
+            DispatchError::TimedOut { host, after } => Self::HostTimeout {
+                host,
+                secs: after.as_secs_f64(),
+                job: None,
+            },
+            other => {
+                warn!(error = %other, "dispatch failed");
+                Self::Mesh(other.to_string())
+            }
+        }
+    }
+}
+
+/// Whether an agent's refusal code is its own policy refusing the call (not a failure): the
+/// host's tier cap, its run-as mapping, its CommandGuard, its denied paths or allowed roots.
+pub fn is_node_denial(code: &str) -> bool {
+    matches!(
+        code,
+        "denied" | "tier" | "run_as" | "guard" | "outside_roots"
+    )
+}
+
+fn known_hosts(known: &[String]) -> String {
+    if known.is_empty() {
+        "; no hosts are registered yet".to_string()
+    } else {
+        let more = if known.len() > 10 {
+            format!(" and {} more", known.len() - 10)
+        } else {
+            String::new()
+        };
+        let list: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+        format!("; known hosts: {}{more}", list.join(", "))
+    }
+}
+
+fn job_hint(job: &Option<Token>) -> String {
+    match job {
+        Some(job) => {
+            format!("; the job may have started: check `job` action \"poll\" with job \"{job}\"")
+        }
+        None => String::new(),
+    }
+}
+
+fn last_seen(ms: Option<u64>) -> String {
+    match ms {
+        Some(ms) => {
+            let ago = execmesh_proto::now_ms().saturating_sub(ms) / 1000;
+            format!(" (last seen {ago} s ago)")
+        }
+        None => String::new(),
+    }
+}

@@ -1,0 +1,58 @@
+//! Jobs on hosts as the domain acts on them: who may see or act on a job ([`access`]) and asking
+//! a host's agent to kill one.
+
+pub mod access;
+
+use std::time::Duration;
+
+use execmesh_proto::{Token, pb, subject};
+
+use crate::core::auth::Identity;
+use crate::core::error::ToolError;
+use crate::core::mesh::Mesh;
+use crate::core::trace::TraceContext;
+
+/// How long a kill request stays valid for the agent after it is sent.
+const KILL_VALIDITY: Duration = Duration::from_secs(30);
+
+/// Asks `host`'s agent to kill `job` (SIGTERM to its process group, SIGKILL after `grace_ms`
+/// milliseconds; 0: the agent's default) and returns the status it reports. The reply is
+/// awaited up to `request_timeout` plus the ten seconds a kill may take.
+pub async fn kill(
+    mesh: &Mesh,
+    request_timeout: Duration,
+    identity: &Identity,
+    trace: &TraceContext,
+    host: &Token,
+    job: &Token,
+    grace_ms: u64,
+) -> Result<pb::JobStatus, ToolError> {
+    let request = pb::ControlRequest {
+        tenant: mesh.tenant.to_string(),
+        host: host.to_string(),
+        job_id: job.to_string(),
+        user: identity.user.to_string(),
+        expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
+        // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
+        tier: crate::core::signer::tier(identity.tier) as i32,
+        body: Some(pb::control_request::Body::Kill(pb::KillRequest {
+            grace_ms,
+        })),
+        ..Default::default()
+    };
+    let reply: pb::ControlReply = mesh
+        .request(
+            host,
+            subject::ctl(&mesh.tenant, host),
+            &request,
+            Some(&trace.traceparent()),
+            request_timeout + Duration::from_secs(10),
+        )
+        .await
+        .map_err(ToolError::from)?;
+    match reply.body {
+        Some(pb::control_reply::Body::Status(status)) => Ok(status),
+        Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
+        None => Err(ToolError::Mesh(format!("host {host} sent an empty reply"))),
+    }
+}

@@ -1,0 +1,906 @@
+//! The gateway's view of the mesh over NATS: request/reply to agents, JetStream direct gets,
+//! and reads of the presence, facts and jobs buckets.
+//!
+//! Everything here is stateless: any replica reads the same streams and buckets.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prost::Message as _;
+use serde::Serialize;
+use tracing::warn;
+
+use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
+use execmesh_proto::kv_write::{self, Expect, KvWriteError};
+use execmesh_proto::signing::SignedRequest;
+use execmesh_proto::{Token, headers, pb, subject};
+
+use crate::core::records::{Records, RecordsError, Rejection};
+use crate::core::signer::{Signer, SignerError};
+
+/// A failure talking to NATS or reading the mesh's streams.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS request failed: {0}")]
+    Nats(String),
+    #[error("JetStream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("stored record at sequence {seq} is not readable: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    /// A `multi_last` direct get matched more subjects than the server answers at once.
+    #[error("direct get on {stream} matches more subjects than the server returns at once")]
+    TooManyResults { stream: String },
+    /// A TLS file for NATS cannot be used.
+    #[error(transparent)]
+    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    /// The command key that signs requests to agents cannot be loaded.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// The gateway's record key or its identities file cannot be used.
+    #[error(transparent)]
+    Records(#[from] RecordsError),
+}
+
+/// How a request to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// Nobody subscribes to the host's subject: the agent is not running.
+    #[error("no agent answers for host {0}")]
+    NoResponders(Token),
+    #[error("host {host} did not answer within {after:?}")]
+    TimedOut { host: Token, after: Duration },
+    #[error("the reply from host {host} is malformed: {reason}")]
+    BadReply { host: Token, reason: String },
+    #[error("NATS request to host {host} failed: {reason}")]
+    Nats { host: Token, reason: String },
+}
+
+/// One message returned by a JetStream direct get.
+#[derive(Debug, Clone)]
+pub struct StoredMsg {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+    pub headers: Option<HeaderMap>,
+    /// Messages matching the request after this one (server's `Nats-Num-Pending`).
+    pub pending: u64,
+    /// Why the record is ignored (its subject's owner did not write it); its payload is then
+    /// empty and it counts as a tombstone.
+    pub rejected: Option<Rejection>,
+}
+
+impl StoredMsg {
+    /// True for KV delete/purge markers, TTL expiry markers and rejected records: nothing to
+    /// read there.
+    pub fn is_tombstone(&self) -> bool {
+        self.rejected.is_some() || is_marker(self.headers.as_ref())
+    }
+}
+
+/// Whether the headers are those of a KV delete or purge marker or a TTL expiry marker.
+fn is_marker(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|h| {
+        h.get(headers::KV_OPERATION).is_some() || h.get("Nats-Marker-Reason").is_some()
+    })
+}
+
+/// The KV operation a stored message stands for.
+fn operation_of(headers: Option<&HeaderMap>) -> kv::Operation {
+    let Some(h) = headers else {
+        return kv::Operation::Put;
+    };
+    match h.get(headers::KV_OPERATION).map(|v| v.as_str()) {
+        Some("DEL") => kv::Operation::Delete,
+        Some(_) => kv::Operation::Purge,
+        None if h.get("Nats-Marker-Reason").is_some() => kv::Operation::Purge,
+        None => kv::Operation::Put,
+    }
+}
+
+/// Where a watch of a bucket starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchFrom {
+    /// The current value of every matching key, then every change.
+    LastPerKey,
+    /// Only changes from now on.
+    New,
+}
+
+/// One value or change of a KV key seen by a watch, checked like every record the gateway reads.
+#[derive(Debug, Clone)]
+pub struct KvChange {
+    /// The key (without the bucket's subject prefix).
+    pub key: String,
+    pub value: Bytes,
+    /// The stream sequence of this value.
+    pub revision: u64,
+    pub operation: kv::Operation,
+    /// Values the watch has still to deliver of those stored when it was read (0: caught up).
+    pub pending: u64,
+    /// Why this change is ignored: not its key's owner's (its value is then empty).
+    pub rejected: Option<Rejection>,
+}
+
+impl KvChange {
+    /// A value to use: a put its owner signed, not a deletion or a rejected record.
+    pub fn is_value(&self) -> bool {
+        self.operation == kv::Operation::Put && self.rejected.is_none() && !self.value.is_empty()
+    }
+}
+
+/// A running watch: every change of the matching keys, checked.
+pub struct KvWatch {
+    /// Values stored when the watch started (what a `LastPerKey` watch delivers first).
+    pub initial: u64,
+    pub changes: BoxStream<'static, Result<KvChange, MeshError>>,
+}
+
+/// A JetStream direct-get request (`$JS.API.DIRECT.GET.<stream>`), as the server reads it.
+#[derive(Debug, Default, Serialize)]
+pub struct DirectGet {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_by_subj: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_last: Option<Vec<String>>,
+}
+
+/// What the gateway knows of one host.
+#[derive(Debug, Clone)]
+pub struct HostRecord {
+    pub host: Token,
+    pub facts: Option<pb::HostFacts>,
+    pub presence: Option<pb::Presence>,
+    /// Why the host's facts or heartbeat were ignored, when they were: not signed by its
+    /// agent's key (an agent without its seed, or a forgery). The host then shows `unverified`.
+    pub unverified: Option<String>,
+}
+
+impl HostRecord {
+    /// A host known only by its id.
+    pub fn new(host: Token) -> Self {
+        Self {
+            host,
+            facts: None,
+            presence: None,
+            unverified: None,
+        }
+    }
+}
+
+/// Creates the stream and buckets the agents write when they are missing (with the default
+/// retention), and leaves existing ones as they are. In a secured mesh agents may only look them
+/// up, so the gateway, which may create them, does it before any agent needs them. (AUDIT and
+/// the gateway's own buckets are created where they are used.)
+async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshError> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        MeshError::Nats(format!("cannot create {what}: {e}"))
+    };
+    js.get_or_create_stream(layout::out_stream(
+        layout::DEFAULT_OUTPUT_RETENTION,
+        replicas,
+    ))
+    .await
+    .map_err(|e| failed(layout::OUT_STREAM, &e))?;
+    for bucket in [
+        layout::presence_bucket(replicas),
+        layout::facts_bucket(replicas),
+        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, replicas),
+    ] {
+        let name = bucket.bucket.clone();
+        // Opened first: creating a bucket that exists with another configuration fails.
+        if js.get_key_value(&name).await.is_err()
+            && let Err(create) = js.create_key_value(bucket).await
+            && js.get_key_value(&name).await.is_err()
+        {
+            return Err(failed(&format!("KV bucket {name}"), &create));
+        }
+    }
+    Ok(())
+}
+
+/// Logs one connection event. A publish or subscription refused for permissions reaches the
+/// client only here, so it is logged with the subject: otherwise a misconfigured NATS account
+/// would look like agents that do not answer.
+fn log_event(event: async_nats::Event) {
+    use async_nats::{Event, ServerError};
+    match event {
+        Event::Connected => tracing::info!("NATS connected"),
+        Event::ServerError(ServerError::Other(msg)) => {
+            match execmesh_proto::nats_connection::permission_violation(&msg) {
+                Some((operation, subject)) => warn!(operation, subject, error = %msg,
+                "NATS refused an operation for permissions (the gateway's NATS user does not allow it)"),
+                None => warn!(error = %msg, "NATS server error"),
+            }
+        }
+        other => warn!(event = %other, "NATS connection event"),
+    }
+}
+
+/// How long a direct get may take before the gateway gives up.
+const JS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading a whole large bucket through a watch may take.
+const STREAMED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The gateway's NATS connection and the names it needs.
+#[derive(Clone)]
+pub struct Mesh {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub tenant: Token,
+    /// Signs every request sent to an agent; agents refuse unsigned ones.
+    pub signer: Arc<Signer>,
+    /// Signs the records the gateway writes and checks every record it reads.
+    pub records: Arc<Records>,
+}
+
+/// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
+/// authenticate and verify it, the tenant, the key requests are signed with, and the identities
+/// file records are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshSettings<'a> {
+    pub nats_url: &'a str,
+    pub nats_creds: Option<&'a Path>,
+    pub nats_nkey_seed: Option<&'a Path>,
+    pub identities_file: Option<&'a Path>,
+    pub nats_tls_ca: Option<&'a Path>,
+    /// Certificate and key of the client certificate NATS may ask for.
+    pub nats_tls_client: Option<(&'a Path, &'a Path)>,
+    pub tenant: &'a str,
+    pub exec_signing_key: &'a Path,
+    /// Replicas of the buckets and streams created at start.
+    pub kv_replicas: usize,
+}
+
+// === impl Mesh ===
+
+impl Mesh {
+    /// Connects to NATS as configured. Fails fast if the server cannot be reached at start;
+    /// afterwards the client reconnects on its own.
+    pub async fn connect(config: &MeshSettings<'_>) -> Result<Self, MeshError> {
+        let tenant =
+            Token::parse("tenant", config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let signer = Arc::new(Signer::load_or_create(config.exec_signing_key)?);
+        let seed = config.nats_nkey_seed.or(config.nats_creds);
+        let records = Arc::new(Records::load(seed, config.identities_file)?);
+        tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
+                       path = %config.exec_signing_key.display(),
+                       "signing requests to agents with this key (agents list it in gateway_keys)");
+        let mut options = async_nats::ConnectOptions::new()
+            .name("execmesh-gateway")
+            // Replies (agents' answers, JetStream API responses) arrive under the gateways' own
+            // prefix, the only inbox their NATS permissions let them read.
+            .custom_inbox_prefix(subject::GATEWAY_INBOX)
+            .max_reconnects(None)
+            .event_callback(|event| async move { log_event(event) });
+        let connect_err = |e: std::io::Error| MeshError::Connect {
+            url: config.nats_url.to_string(),
+            source: async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e),
+        };
+        if let Some(path) = config.nats_creds {
+            options = options.credentials_file(path).await.map_err(connect_err)?;
+        }
+        if let Some(path) = config.nats_nkey_seed {
+            let seed = std::fs::read_to_string(path).map_err(connect_err)?;
+            options = options.nkey(seed.trim().to_string());
+        }
+        options = execmesh_proto::nats_connection::apply_tls(
+            options,
+            config.nats_tls_ca,
+            config.nats_tls_client,
+        )?;
+        let client =
+            options
+                .connect(config.nats_url)
+                .await
+                .map_err(|source| MeshError::Connect {
+                    url: config.nats_url.to_string(),
+                    source,
+                })?;
+        let js = jetstream::new(client.clone());
+        provision(&js, config.kv_replicas).await?;
+        Ok(Self {
+            client,
+            js,
+            tenant,
+            signer,
+            records,
+        })
+    }
+
+    /// Signs a request to an agent (with a fresh nonce), sends it to `subject` and decodes the
+    /// protobuf reply. The caller sets everything else the agent checks: host, user, tier,
+    /// run-as, expiry.
+    pub async fn request<Req: SignedRequest + Clone, Rep: prost::Message + Default>(
+        &self,
+        host: &Token,
+        subject: String,
+        request: &Req,
+        traceparent: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Rep, DispatchError> {
+        let mut headers = HeaderMap::new();
+        if let Some(tp) = traceparent {
+            headers.insert(headers::TRACEPARENT, tp);
+        }
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(self.signer.sign(request.clone())))
+            .headers(headers)
+            .timeout(Some(timeout));
+        let reply = self
+            .client
+            .send_request(subject, request)
+            .await
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    DispatchError::NoResponders(host.clone())
+                }
+                async_nats::RequestErrorKind::TimedOut => DispatchError::TimedOut {
+                    host: host.clone(),
+                    after: timeout,
+                },
+                _ => DispatchError::Nats {
+                    host: host.clone(),
+                    reason: e.to_string(),
+                },
+            })?;
+        Rep::decode(reply.payload).map_err(|e| DispatchError::BadReply {
+            host: host.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Runs one direct get and collects every message up to the server's end-of-batch.
+    pub async fn direct_get(
+        &self,
+        stream: &str,
+        request: &DirectGet,
+    ) -> Result<Vec<StoredMsg>, MeshError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let body = serde_json::to_vec(request).map_err(|e| MeshError::Nats(e.to_string()))?;
+        self.client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        let single = request.batch.is_none() && request.multi_last.is_none();
+        let mut out: Vec<StoredMsg> = Vec::new();
+        loop {
+            let msg = match tokio::time::timeout(JS_TIMEOUT, sub.next()).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(MeshError::Nats("subscription closed".into())),
+                Err(_) => return Err(MeshError::Timeout(JS_TIMEOUT)),
+            };
+            if let Some(status) = msg.status {
+                match status.as_u16() {
+                    // 204: end of batch; 404: nothing (more) matches.
+                    204 | 404 => break,
+                    413 => {
+                        return Err(MeshError::TooManyResults {
+                            stream: stream.to_string(),
+                        });
+                    }
+                    code => {
+                        return Err(MeshError::Nats(format!(
+                            "direct get on {stream} answered {code} {}",
+                            msg.description.unwrap_or_default()
+                        )));
+                    }
+                }
+            }
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            // A planted record carries a second `Nats-Sequence` of the requester's choosing; the
+            // server's own is the smallest one not before where this answer can be (answers come
+            // in stream order), so paging neither jumps ahead nor goes back because of it.
+            let floor = out.last().map_or(request.seq.unwrap_or(0), |m| m.seq + 1);
+            let seq = msg
+                .headers
+                .as_ref()
+                .and_then(|h| {
+                    let all: Vec<u64> = h
+                        .get_all(headers::NATS_SEQUENCE)
+                        .filter_map(|v| v.as_str().parse().ok())
+                        .collect();
+                    all.iter()
+                        .copied()
+                        .filter(|s| *s >= floor)
+                        .min()
+                        .or_else(|| all.iter().copied().max())
+                })
+                .ok_or_else(|| MeshError::Nats("direct get reply without Nats-Sequence".into()))?;
+            let subject = header(headers::NATS_SUBJECT).unwrap_or_default();
+            // A record its subject's owner did not write is kept as a tombstone (its sequence
+            // still counts for paging), with its payload dropped so nothing reads it.
+            let rejected = if is_marker(msg.headers.as_ref())
+                && !execmesh_proto::identities::is_planted(msg.headers.as_ref())
+            {
+                None
+            } else {
+                self.records
+                    .check_answer(stream, &subject, msg.headers.as_ref(), &msg.payload)
+                    .err()
+            };
+            out.push(StoredMsg {
+                seq,
+                subject,
+                pending: header(headers::NATS_NUM_PENDING)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                payload: if rejected.is_some() {
+                    Bytes::new()
+                } else {
+                    msg.payload
+                },
+                headers: msg.headers,
+                rejected,
+            });
+            if single {
+                break;
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        Ok(out)
+    }
+
+    /// The latest value of every key under `prefix` in a KV bucket, tombstones and rejected
+    /// records skipped.
+    async fn kv_last_values(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Bytes)>, MeshError> {
+        Ok(self
+            .kv_last_entries(bucket, prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value.ok()?)))
+            .collect())
+    }
+
+    /// The latest value of every key under `prefix` in a KV bucket: the value, or why it is
+    /// ignored (not its key's owner's). Tombstones are left out.
+    async fn kv_last_entries(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
+        let subject_prefix = format!("$KV.{bucket}.");
+        let request = DirectGet {
+            multi_last: Some(vec![format!("{subject_prefix}{prefix}>")]),
+            batch: Some(100_000),
+            ..Default::default()
+        };
+        let msgs = match self.direct_get(&format!("KV_{bucket}"), &request).await {
+            Ok(msgs) => msgs,
+            // Past the server's per-request limit (1,024 subjects), read the latest values
+            // with an ordered consumer instead: slower to start, no limit.
+            Err(MeshError::TooManyResults { .. }) => {
+                return self
+                    .kv_last_values_streamed(bucket, &format!("{prefix}>"))
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
+                match m.rejected {
+                    Some(rejection) => Some((key, Err(rejection))),
+                    None if is_marker(m.headers.as_ref()) || m.payload.is_empty() => None,
+                    None => Some((key, Ok(m.payload))),
+                }
+            })
+            .collect())
+    }
+
+    /// For more keys than one direct get returns: the last value of every key matching
+    /// `filter` (a key pattern with `*`/`>`), through a watch that ends when it has delivered
+    /// every current key.
+    async fn kv_last_values_streamed(
+        &self,
+        bucket: &str,
+        filter: &str,
+    ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
+        let mut watch = self.watch_kv(bucket, filter, WatchFrom::LastPerKey).await?;
+        let mut values = Vec::new();
+        if watch.initial == 0 {
+            return Ok(values);
+        }
+        let read = async {
+            while let Some(change) = watch.changes.next().await {
+                let change = change?;
+                let pending = change.pending;
+                match change.rejected {
+                    Some(rejection) => values.push((change.key, Err(rejection))),
+                    None if change.is_value() => values.push((change.key, Ok(change.value))),
+                    None => {}
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok::<(), MeshError>(())
+        };
+        tokio::time::timeout(STREAMED_TIMEOUT, read)
+            .await
+            .map_err(|_| MeshError::Timeout(STREAMED_TIMEOUT))??;
+        Ok(values)
+    }
+
+    /// Watches the keys of `bucket` matching `filter` (a key pattern with `*`/`>`) through an
+    /// ordered consumer, checking every value like a direct get does: values their key's owner
+    /// did not sign come as rejected changes (async-nats's KV watch gives no headers to check).
+    pub async fn watch_kv(
+        &self,
+        bucket: &str,
+        filter: &str,
+        from: WatchFrom,
+    ) -> Result<KvWatch, MeshError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        let nats = |e: &dyn std::fmt::Display| MeshError::Nats(e.to_string());
+        let stream = self
+            .js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| nats(&e))?;
+        let prefix = format!("$KV.{bucket}.");
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some(format!("execmesh gateway watch of {bucket}")),
+                filter_subject: format!("{prefix}{filter}"),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: match from {
+                    WatchFrom::LastPerKey => DeliverPolicy::LastPerSubject,
+                    WatchFrom::New => DeliverPolicy::New,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let initial = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let records = self.records.clone();
+        let what = format!("KV_{bucket}");
+        let changes = messages.map(move |message| {
+            let message = message.map_err(|e| MeshError::Nats(e.to_string()))?;
+            let info = message.info().map_err(|e| MeshError::Nats(e.to_string()))?;
+            let (revision, pending) = (info.stream_sequence, info.pending);
+            let subject = message.subject.as_str();
+            let key = subject.strip_prefix(&prefix).unwrap_or(subject).to_string();
+            let operation = operation_of(message.headers.as_ref());
+            let rejected = match operation {
+                kv::Operation::Put => records
+                    .check_delivered(&what, subject, message.headers.as_ref(), &message.payload)
+                    .err(),
+                // Markers are unsigned (the server writes TTL markers); a planted one counts
+                // for nothing, like any planted record.
+                _ => message
+                    .headers
+                    .as_ref()
+                    .filter(|h| h.get(headers::NATS_STREAM).is_some())
+                    .map(|_| Rejection::Planted),
+            };
+            Ok(KvChange {
+                key,
+                value: if rejected.is_some() {
+                    Bytes::new()
+                } else {
+                    message.payload.clone()
+                },
+                revision,
+                operation,
+                pending,
+                rejected,
+            })
+        });
+        Ok(KvWatch {
+            initial,
+            changes: changes.boxed(),
+        })
+    }
+
+    /// The latest value of one KV key, if any.
+    pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
+        let request = DirectGet {
+            last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+            ..Default::default()
+        };
+        let msg = self
+            .direct_get(&format!("KV_{bucket}"), &request)
+            .await?
+            .pop();
+        Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
+    }
+
+    /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id. A
+    /// host whose records its agent did not sign is listed with the reason, without them.
+    pub async fn hosts(&self) -> Result<BTreeMap<Token, HostRecord>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        let (facts, presence) = tokio::try_join!(
+            self.kv_last_entries(FACTS_BUCKET, &prefix),
+            self.kv_last_entries(PRESENCE_BUCKET, &prefix)
+        )?;
+        let mut hosts: BTreeMap<Token, HostRecord> = BTreeMap::new();
+        fn record<'a>(
+            hosts: &'a mut BTreeMap<Token, HostRecord>,
+            key: &str,
+        ) -> Option<&'a mut HostRecord> {
+            let (_, host) = subject::parse_host_key(key).ok()?;
+            Some(
+                hosts
+                    .entry(host.clone())
+                    .or_insert_with(|| HostRecord::new(host)),
+            )
+        }
+        for (key, value) in facts {
+            if let Some(r) = record(&mut hosts, &key) {
+                match value {
+                    Ok(value) => r.facts = pb::HostFacts::decode(value).ok(),
+                    Err(rejected) => r.unverified = Some(format!("facts {rejected}")),
+                }
+            }
+        }
+        for (key, value) in presence {
+            if let Some(r) = record(&mut hosts, &key) {
+                match value {
+                    Ok(value) => r.presence = pb::Presence::decode(value).ok(),
+                    Err(rejected) => {
+                        r.unverified
+                            .get_or_insert_with(|| format!("heartbeat {rejected}"));
+                    }
+                }
+            }
+        }
+        Ok(hosts)
+    }
+
+    /// The hosts whose agent currently heartbeats (their presence key has not expired).
+    pub async fn present_hosts(&self) -> Result<std::collections::BTreeSet<Token>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        Ok(self
+            .kv_last_values(PRESENCE_BUCKET, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| subject::parse_host_key(&key).ok().map(|(_, host)| host))
+            .collect())
+    }
+
+    /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
+    pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
+        let request = DirectGet {
+            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
+            batch: Some(100_000),
+            ..Default::default()
+        };
+        let payloads: Vec<Bytes> = match self
+            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .await
+        {
+            Ok(msgs) => msgs
+                .into_iter()
+                .filter(|m| !m.is_tombstone())
+                .map(|m| m.payload)
+                .collect(),
+            Err(MeshError::TooManyResults { .. }) => self
+                .kv_last_values_streamed(JOBS_BUCKET, &format!("{}.*.{job}", self.tenant))
+                .await?
+                .into_iter()
+                .filter_map(|(_, v)| v.ok())
+                .collect(),
+            Err(e) => return Err(e),
+        };
+        Ok(payloads
+            .into_iter()
+            .filter_map(|p| pb::JobStatus::decode(p).ok())
+            .collect())
+    }
+
+    /// One host's registration and presence; `None` if the mesh never heard of it.
+    pub async fn host(&self, host: &Token) -> Result<Option<HostRecord>, MeshError> {
+        let key = subject::host_key(&self.tenant, host);
+        let get = |bucket: &'static str| {
+            let request = DirectGet {
+                last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+                ..Default::default()
+            };
+            async move {
+                let msg = self
+                    .direct_get(&format!("KV_{bucket}"), &request)
+                    .await?
+                    .pop();
+                Ok::<_, MeshError>(msg.filter(|m| {
+                    m.rejected.is_some() || !(is_marker(m.headers.as_ref()) || m.payload.is_empty())
+                }))
+            }
+        };
+        let (facts, presence) = tokio::try_join!(get(FACTS_BUCKET), get(PRESENCE_BUCKET))?;
+        if facts.is_none() && presence.is_none() {
+            return Ok(None);
+        }
+        let mut record = HostRecord::new(host.clone());
+        for (what, msg) in [("facts", &facts), ("heartbeat", &presence)] {
+            if let Some(rejected) = msg.as_ref().and_then(|m| m.rejected.as_ref()) {
+                record
+                    .unverified
+                    .get_or_insert_with(|| format!("{what} {rejected}"));
+            }
+        }
+        record.facts = facts
+            .filter(|m| m.rejected.is_none())
+            .and_then(|m| pb::HostFacts::decode(m.payload).ok());
+        record.presence = presence
+            .filter(|m| m.rejected.is_none())
+            .and_then(|m| pb::Presence::decode(m.payload).ok());
+        Ok(Some(record))
+    }
+
+    /// The status of a job, if known.
+    pub async fn job_status(
+        &self,
+        host: &Token,
+        job: &Token,
+    ) -> Result<Option<pb::JobStatus>, MeshError> {
+        let key = subject::job_key(&self.tenant, host, job);
+        match self.kv_get(JOBS_BUCKET, &key).await? {
+            Some(msg) => pb::JobStatus::decode(msg.payload.clone())
+                .map(Some)
+                .map_err(|e| MeshError::Corrupt {
+                    seq: msg.seq,
+                    reason: e.to_string(),
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// A RUNNING job whose host has no heartbeat any more (its presence expired) is lost: its
+    /// agent died and nobody will finish its status. Records that (compare-and-set, so an agent
+    /// that writes meanwhile wins) and returns the status as it now stands.
+    pub async fn settle_orphan(&self, status: pb::JobStatus) -> Result<pb::JobStatus, MeshError> {
+        if status.state() != pb::JobState::Running {
+            return Ok(status);
+        }
+        let (Ok(host), Ok(job)) = (
+            Token::parse("host id", &status.host),
+            Token::parse("job id", &status.job_id),
+        ) else {
+            return Ok(status);
+        };
+        let key = subject::host_key(&self.tenant, &host);
+        if self.kv_get(PRESENCE_BUCKET, &key).await?.is_some() {
+            return Ok(status);
+        }
+        let job_key = subject::job_key(&self.tenant, &host, &job);
+        let Some(current) = self.kv_get(JOBS_BUCKET, &job_key).await? else {
+            return Ok(status);
+        };
+        let mut lost =
+            pb::JobStatus::decode(current.payload.clone()).map_err(|e| MeshError::Corrupt {
+                seq: current.seq,
+                reason: e.to_string(),
+            })?;
+        if lost.state() != pb::JobState::Running {
+            return Ok(lost);
+        }
+        lost.state = pb::JobState::Lost as i32;
+        lost.ended_at_ms = execmesh_proto::now_ms();
+        lost.reason =
+            format!("the agent of host {host} stopped sending heartbeats while the job ran");
+        let kv = self
+            .js
+            .get_key_value(JOBS_BUCKET)
+            .await
+            .map_err(|e| MeshError::Nats(e.to_string()))?;
+        // Signed as the gateway, which the identities file entitles to settle job statuses.
+        match kv_write::write(
+            &self.js,
+            &kv,
+            &job_key,
+            lost.encode_to_vec().into(),
+            HeaderMap::new(),
+            Expect::Revision(current.seq),
+            self.records.key(),
+        )
+        .await
+        {
+            Ok(_) => {
+                warn!(host = %host, job = %job, "job marked lost: its agent is gone");
+                Ok(lost)
+            }
+            // Someone (the agent, another replica) wrote first: theirs stands.
+            Err(KvWriteError::WrongRevision { .. }) => {
+                Ok(self.job_status(&host, &job).await?.unwrap_or(lost))
+            }
+            Err(e) => Err(MeshError::Nats(e.to_string())),
+        }
+    }
+
+    /// Finds the host that ran `job` (job ids are unique across the mesh).
+    pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
+        let request = DirectGet {
+            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
+            batch: Some(16),
+            ..Default::default()
+        };
+        let msgs = self
+            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| !m.is_tombstone())
+            .find_map(|m| pb::JobStatus::decode(m.payload).ok()))
+    }
+
+    /// Every job status of the tenant (latest value per job).
+    pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        let values = self.kv_last_values(JOBS_BUCKET, &prefix).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(_, v)| pb::JobStatus::decode(v).ok())
+            .collect())
+    }
+
+    /// Waits until the job leaves RUNNING or `timeout` passes; returns the last status seen.
+    /// Statuses the job's host did not sign are skipped, like in every other read.
+    pub async fn wait_job(
+        &self,
+        host: &Token,
+        job: &Token,
+        timeout: Duration,
+    ) -> Result<Option<pb::JobStatus>, MeshError> {
+        let key = subject::job_key(&self.tenant, host, job);
+        let mut watch = self
+            .watch_kv(JOBS_BUCKET, &key, WatchFrom::LastPerKey)
+            .await?;
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, watch.changes.next()).await {
+                Ok(Some(Ok(change))) => {
+                    if !change.is_value() {
+                        continue;
+                    }
+                    if let Ok(status) = pb::JobStatus::decode(change.value) {
+                        let done = status.state() != pb::JobState::Running;
+                        last = Some(status);
+                        if done {
+                            return Ok(last);
+                        }
+                    }
+                }
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) | Err(_) => return Ok(last),
+            }
+        }
+    }
+}

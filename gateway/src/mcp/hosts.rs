@@ -1,0 +1,190 @@
+//! `hosts`: which servers a selector matches (the dry run of a fan-out), whether each is online,
+//! and what it is.
+
+use std::collections::BTreeMap;
+
+use rmcp::model::{Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Call, structured};
+use crate::core::error::ToolError;
+use crate::core::fanout::{ResolveError, Targets};
+use crate::core::hosts::HostState;
+use crate::core::mesh::HostRecord;
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostsParams {
+    /// Which hosts to show (default `*`): host globs (`web-*`, `db-?`), `key=value` on labels and
+    /// facts (`role=web`, `os_id=debian*`, `service=nginx*`, `cpus>=8`), `@group`, combined with
+    /// `and`, `or`, `not` and parentheses. The same selector in `bash`/`grep` `hosts` targets
+    /// exactly these hosts.
+    #[serde(default)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostsResult {
+    /// The selector as given.
+    pub selector: String,
+    /// The matching hosts, sorted by id.
+    pub hosts: Vec<HostView>,
+    /// Matching hosts outside the hosts you may reach: a fan-out reports them `denied`.
+    pub denied: Vec<String>,
+    pub online: usize,
+    pub stale: usize,
+    pub offline: usize,
+    /// Hosts whose records are not signed by their agent's key (see `unverified` of each).
+    pub unverified: usize,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostView {
+    pub host: String,
+    /// `online` (heartbeat current), `stale` (heartbeat late), `offline` (no agent connected) or
+    /// `unverified` (its heartbeat is not signed by the host's agent key, so it is ignored).
+    pub state: String,
+    /// Why the host's facts or heartbeat are ignored: not signed by its agent's key (an agent
+    /// running without its NATS seed, or records forged by someone else).
+    pub unverified: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Seconds since the last heartbeat, when one is known.
+    pub last_seen_secs: Option<u64>,
+    pub running_jobs: Option<u32>,
+    pub os: Option<String>,
+    pub kernel: Option<String>,
+    pub arch: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory_mb: Option<u64>,
+    /// 1-minute load average, when facts are known.
+    pub load1: Option<f64>,
+    /// Seconds since the facts were collected.
+    pub facts_age_secs: Option<u64>,
+}
+
+pub fn definition() -> Tool {
+    super::tool::<HostsParams, HostsResult>(
+        "hosts",
+        "List hosts",
+        "Resolve a host selector: the matching hosts with their state (online, stale, offline), \
+         labels, last heartbeat, running jobs and platform. It is the dry run of a fan-out: \
+         `bash`/`grep`/`facts` with the same `hosts` selector target exactly these hosts. \
+         Selectors: host globs (`web-*`), `key=value` on labels and facts (`role=web`, \
+         `os_id=debian`, `cpus>=8`), `@group`, with `and`/`or`/`not`/parentheses; `*` is all.",
+        ToolAnnotations::new()
+            .read_only(true)
+            .idempotent(true)
+            .open_world(false),
+    )
+}
+
+pub async fn call(
+    call: &Call<'_>,
+    params: HostsParams,
+) -> Result<rmcp::model::CallToolResult, ToolError> {
+    let selector = params.selector.unwrap_or_else(|| "*".to_string());
+    let reach = super::reach::of(call);
+    let config = &call.state.config;
+    let targets = Targets::resolve(
+        &call.state.mesh,
+        &selector,
+        &config.groups,
+        &reach,
+        usize::MAX,
+    )
+    .await
+    .map_err(|e| match e {
+        ResolveError::Mesh(e) => ToolError::from(e),
+        other => ToolError::invalid("hosts", other.to_string()),
+    })?;
+    let now = execmesh_proto::now_ms();
+    let hosts: Vec<HostView> = targets.hosts.values().map(|r| view(r, now)).collect();
+    let count = |s: HostState| hosts.iter().filter(|h| h.state == s.as_str()).count();
+    let result = HostsResult {
+        selector: selector.clone(),
+        denied: targets.denied.iter().map(|h| h.to_string()).collect(),
+        online: count(HostState::Online),
+        stale: count(HostState::Stale),
+        offline: count(HostState::Offline),
+        unverified: count(HostState::Unverified),
+        hosts,
+    };
+    let mut text = format!(
+        "{} host(s) match `{selector}`: {} online, {} stale, {} offline\n",
+        result.hosts.len(),
+        result.online,
+        result.stale,
+        result.offline
+    );
+    if result.unverified > 0 {
+        text.push_str(&format!(
+            "{} host(s) unverified: their records are not signed by their agent's key and are \
+             ignored (an agent without its NATS seed, or forged records)\n",
+            result.unverified
+        ));
+    }
+    if !result.denied.is_empty() {
+        text.push_str(&format!(
+            "{} more match but are outside the hosts you may reach (a fan-out reports them denied): {}\n",
+            result.denied.len(),
+            result.denied.join(", ")
+        ));
+    }
+    for h in &result.hosts {
+        let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let seen = h
+            .last_seen_secs
+            .map(|s| format!(", seen {s}s ago"))
+            .unwrap_or_default();
+        let os = h.os.clone().unwrap_or_default();
+        let why = h
+            .unverified
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "- {} [{}{why}{}] {} {}\n",
+            h.host,
+            h.state,
+            seen,
+            os,
+            if labels.is_empty() {
+                String::new()
+            } else {
+                format!("({})", labels.join(", "))
+            }
+        ));
+    }
+    structured(&result, vec![text])
+}
+
+fn view(r: &HostRecord, now: u64) -> HostView {
+    let facts = r.facts.as_ref();
+    HostView {
+        host: r.host.to_string(),
+        state: HostState::of_record(r, now).to_string(),
+        unverified: r.unverified.clone(),
+        labels: facts
+            .map(|f| f.labels.clone().into_iter().collect())
+            .unwrap_or_default(),
+        last_seen_secs: r
+            .presence
+            .as_ref()
+            .map(|p| now.saturating_sub(p.heartbeat_at_ms) / 1000),
+        running_jobs: r.presence.as_ref().map(|p| p.running_jobs),
+        os: facts.map(|f| f.os.clone()).filter(|s| !s.is_empty()),
+        kernel: facts.map(|f| f.kernel.clone()).filter(|s| !s.is_empty()),
+        arch: facts.map(|f| f.arch.clone()).filter(|s| !s.is_empty()),
+        cpus: facts.map(|f| f.cpus).filter(|c| *c > 0),
+        memory_mb: facts
+            .map(|f| f.memory_bytes / (1024 * 1024))
+            .filter(|m| *m > 0),
+        load1: facts
+            .filter(|f| f.collected_at_ms > 0 && f.uptime_secs > 0)
+            .map(|f| f.load1),
+        facts_age_secs: facts
+            .filter(|f| f.collected_at_ms > 0)
+            .map(|f| now.saturating_sub(f.collected_at_ms) / 1000),
+    }
+}

@@ -1,0 +1,289 @@
+//! The MCP tool surface: tool definitions and the per-request handler that dispatches calls.
+//!
+//! The handler is created per HTTP request (the server is stateless); it reads the caller's
+//! verified identity from the request's extensions, opens a span with the trace id, runs the
+//! tool, and turns a [`ToolError`] into an `isError` result.
+
+mod args;
+mod bash;
+mod dispatch;
+mod facts;
+mod file;
+mod grep;
+pub mod hosts;
+pub(crate) mod job;
+mod progress;
+mod reach;
+mod strict;
+mod whoami;
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
+    Implementation, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::Serialize;
+use tracing::{Instrument, info, info_span};
+
+use crate::core::approvals;
+use crate::core::auth::Identity;
+use crate::core::error::ToolError;
+use crate::core::trace::TraceContext;
+use crate::state::AppState;
+use args::Params;
+
+/// What a tool needs to serve one call.
+pub struct Call<'a> {
+    /// The tool called.
+    pub tool: &'a str,
+    /// The call's arguments without `approval_id`, as the client sent them: what an approval
+    /// is bound to.
+    pub args: &'a JsonObject,
+    /// The approval the caller presents, if any (see [`crate::core::approvals`]).
+    pub approval_id: Option<&'a str>,
+    /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
+    /// fan-out jobs) can keep it.
+    pub state: &'a Arc<AppState>,
+    pub identity: &'a Identity,
+    pub trace: &'a TraceContext,
+    /// The MCP request: its peer (for progress notifications), its `_meta` (progress token)
+    /// and its cancellation token (cancelled when the client goes away).
+    pub context: &'a RequestContext<RoleServer>,
+    /// The call's audit trail: `dispatch::send` records each host request in it.
+    pub audit: &'a crate::core::audit::CallAudit<'a>,
+}
+
+// === impl Call ===
+
+impl Call<'_> {
+    /// The call as the approval gate sees it.
+    pub fn gate(&self) -> approvals::Gate<'_> {
+        approvals::Gate {
+            tool: self.tool,
+            args: self.args,
+            approval_id: self.approval_id,
+            identity: self.identity,
+            audit: self.audit,
+            mesh: &self.state.mesh,
+            policy: &self.state.policy,
+            groups: &self.state.config.groups,
+            approvals: &self.state.approvals,
+            redactor: self.state.audit.redactor(),
+        }
+    }
+}
+
+const INSTRUCTIONS: &str = "execmesh runs commands and supervises jobs on a fleet of servers. \
+Start with `hosts` to see which servers exist and are online; it also resolves selectors \
+(`web-*`, `role=db and not @canary`, `os_id=debian`). `bash` runs a command on one `host` (short \
+commands return their output at once, long ones return a job id: page its output with `job` \
+action `poll`, passing `next_cursor` back, `wait` for it, or `kill` it) or on every host a \
+`hosts` selector matches, with one status per host. A non-zero exit code is a normal result, not \
+an error. `grep` searches files on many hosts at once; `digest: true` shows which lines are \
+unusual across the fleet. `facts` describes hosts (OS, memory, disks, services, ports). `file` \
+reads (paged), lists, greps, writes and copies files within the directories each host allows.";
+
+/// Every tool, in the order clients list them.
+pub fn definitions() -> Vec<Tool> {
+    let mut tools = vec![
+        hosts::definition(),
+        bash::definition(),
+        job::definition(),
+        file::definition(),
+        grep::definition(),
+        facts::definition(),
+        whoami::definition(),
+    ];
+    for tool in &mut tools {
+        if crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref()) {
+            with_approval_id(tool);
+        }
+    }
+    tools
+}
+
+/// Adds the optional `approval_id` argument to a tool that policy can hold for approval. The
+/// handler takes it out before the tool parses its arguments, so it is declared here once.
+fn with_approval_id(tool: &mut Tool) {
+    let mut schema = (*tool.input_schema).clone();
+    if let Some(serde_json::Value::Object(properties)) = schema.get_mut("properties") {
+        properties.insert(
+            crate::core::approvals::ARG.to_string(),
+            serde_json::json!({
+                "type": "string",
+                "description": "Only when a previous call of this tool answered `approval_required`: \
+                    its `approval_id`, once a teammate has approved it. Repeat the arguments of \
+                    that call unchanged; the approval is spent by this call."
+            }),
+        );
+    }
+    tool.input_schema = Arc::new(schema);
+}
+
+/// The MCP server handler for one request.
+#[derive(Clone)]
+pub struct Handler {
+    state: Arc<AppState>,
+}
+
+impl Handler {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+impl ServerHandler for Handler {
+    fn get_info(&self) -> ServerConfig {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("execmesh", env!("CARGO_PKG_VERSION")).with_title("execmesh"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let identity = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Identity>())
+            .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
+        // The list depends on the caller's tier: private, so no cache shares it between users.
+        let tools = crate::core::tier::tools_for(definitions(), identity.tier);
+        Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let parts = context.extensions.get::<http::request::Parts>();
+        let identity = parts
+            .and_then(|p| p.extensions.get::<Identity>())
+            .cloned()
+            .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
+        let traceparent = parts
+            .and_then(|p| p.headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok());
+        let trace = TraceContext::continue_or_start(traceparent);
+        let tool = request.name.to_string();
+        let span = info_span!(
+            "tool_call",
+            tool = %tool,
+            user = %identity.user,
+            trace_id = %trace.trace_id,
+            host = tracing::field::Empty
+        );
+        let mut args = request.arguments.unwrap_or_default();
+        let approval_id = args.remove(crate::core::approvals::ARG);
+        // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
+        let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
+        let (approval_id, approval_error) = match &approval_id {
+            None | Some(serde_json::Value::Null) => (None, None),
+            Some(serde_json::Value::String(id)) => (Some(id.as_str()), None),
+            Some(_) => (
+                None,
+                Some(ToolError::invalid(
+                    &tool,
+                    "`approval_id` must be the string id an approval-required result gave",
+                )),
+            ),
+        };
+        let call_args = args.clone();
+        let call = Call {
+            tool: &tool,
+            args: &call_args,
+            approval_id,
+            state: &self.state,
+            identity: &identity,
+            trace: &trace,
+            context: &context,
+            audit: &audit,
+        };
+        let started = std::time::Instant::now();
+        let result = async {
+            if let Some(e) = approval_error {
+                return Err(e);
+            }
+            // Parsed once: the tier check and the tool read the same typed value.
+            let params = Params::parse(&tool, args)?;
+            crate::core::tier::check(&tool, params.action(), identity.tier)?;
+            match params {
+                Params::Hosts(p) => hosts::call(&call, p).await,
+                Params::Bash(p) => bash::call(&call, p).await,
+                Params::Job(p) => job::call(&call, p).await,
+                Params::File(p) => file::call(&call, p).await,
+                Params::Grep(p) => grep::call(&call, p).await,
+                Params::Facts(p) => facts::call(&call, p).await,
+                Params::Whoami(p) => whoami::call(&call, p).await,
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        audit.finish(&result);
+        let _enter = span.enter();
+        let result = match result {
+            Ok(result) => {
+                info!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "tool call done"
+                );
+                result
+            }
+            Err(e) => {
+                info!(error = %e, code = e.code(), "tool call refused");
+                e.into_result()
+            }
+        };
+        Ok(result.into())
+    }
+}
+
+/// A result with text blocks for people and models and the same data as `structuredContent`.
+pub fn structured<T: Serialize>(value: &T, text: Vec<String>) -> Result<CallToolResult, ToolError> {
+    let structured = serde_json::to_value(value).map_err(|e| ToolError::Mesh(e.to_string()))?;
+    let mut result = CallToolResult::success(text.into_iter().map(ContentBlock::text).collect());
+    result.structured_content = Some(structured);
+    Ok(result)
+}
+
+/// Builds a tool definition from its parameter and output types.
+pub fn tool<P: rmcp::schemars::JsonSchema + 'static, O: rmcp::schemars::JsonSchema + 'static>(
+    name: &'static str,
+    title: &str,
+    description: &'static str,
+    annotations: rmcp::model::ToolAnnotations,
+) -> Tool {
+    Tool::new(
+        name,
+        description,
+        rmcp::handler::server::common::schema_for_type::<P>(),
+    )
+    .with_title(title)
+    .with_raw_output_schema(rmcp::handler::server::common::schema_for_output::<O>())
+    .with_annotations(annotations)
+}
+
+/// A number of seconds from a tool argument, checked against bounds.
+pub fn seconds(
+    tool: &str,
+    name: &str,
+    value: f64,
+    max: f64,
+) -> Result<std::time::Duration, ToolError> {
+    if !value.is_finite() || value < 0.0 || value > max {
+        return Err(ToolError::invalid(
+            tool,
+            format!("`{name}` must be between 0 and {max} seconds"),
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
