@@ -2,19 +2,28 @@
 //! messages an operator can act on; internals are logged, not sent.
 
 use tonic::Status;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::core::approvals::ApprovalError;
 use crate::core::error::ToolError;
 use crate::core::fanout::ResolveError;
-use crate::core::mesh::MeshError;
+use crate::core::mesh::{MeshError, MeshErrorKind};
 
-/// NATS or JetStream failed: the mesh is unavailable, try again.
+/// NATS or JetStream failed: the mesh is unavailable, try again. A bug of the gateway (or a
+/// server breaking the protocol) is an internal error instead: logged, not worth a retry.
 pub fn mesh(e: MeshError) -> Status {
-    warn!(error = %e, "admin call: mesh unavailable");
-    Status::unavailable(format!(
-        "the mesh is unavailable right now ({e}); try again shortly"
-    ))
+    match e.kind() {
+        MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => {
+            warn!(error = %e, "admin call: mesh unavailable");
+            Status::unavailable(format!(
+                "the mesh is unavailable right now ({e}); try again shortly"
+            ))
+        }
+        MeshErrorKind::Internal | MeshErrorKind::Setup => {
+            error!(error = %e, "admin call: internal error reading the mesh");
+            Status::internal(ToolError::Internal("reading the mesh failed".into()).to_string())
+        }
+    }
 }
 
 /// A selector that does not parse is the caller's to fix; the mesh failing is not.
@@ -36,6 +45,7 @@ pub fn tool(e: &ToolError) -> Status {
             Status::not_found(message)
         }
         ToolError::OfflineHost { .. } | ToolError::Mesh(_) => Status::unavailable(message),
+        ToolError::Internal(_) => Status::internal(message),
         ToolError::HostTimeout { .. } => Status::deadline_exceeded(message),
         ToolError::Tier(_) | ToolError::Denied { .. } | ToolError::NotOperator { .. } => {
             Status::permission_denied(message)
@@ -86,4 +96,46 @@ pub fn approval(e: ApprovalError) -> Status {
 /// An id the caller sent that is not a subject-safe token.
 pub fn bad_id(what: &str, value: &str, e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("`{value}` is not a valid {what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn an_internal_mesh_error_is_an_internal_status() {
+        for e in [
+            MeshError::Internal("cannot encode a direct get".into()),
+            MeshError::Protocol("direct get reply without Nats-Sequence".into()),
+        ] {
+            let status = mesh(e);
+            assert_eq!(status.code(), Code::Internal, "{status:?}");
+            assert!(
+                status
+                    .message()
+                    .starts_with("internal error in the gateway; it was logged: "),
+                "{status:?}"
+            );
+            assert!(!status.message().contains("unavailable"), "{status:?}");
+        }
+        let status = resolve(ResolveError::Mesh(MeshError::Internal("bug".into())));
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        let status = tool(&ToolError::Internal(
+            "the result could not be encoded".into(),
+        ));
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+
+    #[test]
+    fn a_transport_failure_is_unavailable() {
+        let status = mesh(MeshError::Unavailable {
+            what: "watch of mesh_presence".into(),
+            reason: "connection closed".into(),
+        });
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("try again shortly"), "{status:?}");
+        let status = tool(&ToolError::Mesh("NATS is not reachable".into()));
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
 }

@@ -4,11 +4,11 @@
 //! caller; every message names the host or job it is about and, where there is one, the next step.
 
 use rmcp::model::{CallToolResult, ContentBlock};
-use tracing::warn;
+use tracing::{error, warn};
 
 use execmesh_proto::{Token, pb};
 
-use crate::core::mesh::{DispatchError, MeshError};
+use crate::core::mesh::{DispatchError, MeshError, MeshErrorKind};
 use crate::core::paging::CursorError;
 
 /// Why a tool call could not do what was asked.
@@ -46,8 +46,13 @@ pub enum ToolError {
         "bad cursor: {0}. Pass the `next_cursor` of the previous page unchanged, or omit it to start at the beginning"
     )]
     BadCursor(#[from] CursorError),
+    /// NATS or an agent's transport failed: trying again shortly may work.
     #[error("the mesh is unavailable right now ({0}); try again shortly")]
     Mesh(String),
+    /// A bug or broken invariant in the gateway (or a server breaking the protocol): logged
+    /// with its detail where it was made, summarised here; retrying does not help.
+    #[error("internal error in the gateway; it was logged: {0}")]
+    Internal(String),
     /// The call needs a higher guard tier than the caller's.
     #[error(transparent)]
     Tier(#[from] crate::core::tier::TierError),
@@ -84,6 +89,7 @@ impl ToolError {
             Self::UnknownJob(_) => "unknown_job",
             Self::BadCursor(_) => "bad_cursor",
             Self::Mesh(_) => "unavailable",
+            Self::Internal(_) => "internal",
             Self::Tier(_) => "tier",
             Self::Denied { .. } => "denied",
             Self::NotOperator { .. } => "not_operator",
@@ -106,6 +112,13 @@ impl ToolError {
             "error": { "code": code, "message": self.to_string() }
         }));
         result
+    }
+
+    /// An internal error: logs `detail` as an error and tells the caller `summary`.
+    pub fn internal(summary: impl Into<String>, detail: &dyn std::fmt::Display) -> Self {
+        let summary = summary.into();
+        error!(error = %detail, "internal error: {summary}");
+        Self::Internal(summary)
     }
 
     pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
@@ -144,11 +157,20 @@ impl ToolError {
 
 impl From<MeshError> for ToolError {
     fn from(e: MeshError) -> Self {
-        warn!(error = %e, "mesh read failed");
-        match e {
-            MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
-            MeshError::Corrupt { .. } => Self::Mesh("a stored record could not be read".into()),
-            _ => Self::Mesh("NATS is not reachable".into()),
+        match e.kind() {
+            MeshErrorKind::Internal | MeshErrorKind::Setup => {
+                Self::internal("reading the mesh failed", &e)
+            }
+            MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => {
+                warn!(error = %e, "mesh read failed");
+                match e {
+                    MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
+                    MeshError::Corrupt { .. } => {
+                        Self::Mesh("a stored record could not be read".into())
+                    }
+                    _ => Self::Mesh("NATS is not reachable".into()),
+                }
+            }
         }
     }
 }
@@ -212,5 +234,55 @@ fn last_seen(ms: Option<u64>) -> String {
             format!(" (last seen {ago} s ago)")
         }
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn internal_errors() -> Vec<MeshError> {
+        vec![
+            MeshError::Internal("cannot encode a direct get".into()),
+            MeshError::Protocol("direct get reply without Nats-Sequence".into()),
+        ]
+    }
+
+    #[test]
+    fn an_internal_mesh_error_is_not_reported_as_unavailable() {
+        for e in internal_errors() {
+            assert!(!e.is_unavailable(), "{e}");
+            let tool = ToolError::from(e);
+            assert!(matches!(tool, ToolError::Internal(_)), "{tool:?}");
+            assert_eq!(tool.code(), "internal");
+            let text = tool.to_string();
+            assert!(
+                text.starts_with("internal error in the gateway; it was logged: "),
+                "{text}"
+            );
+            assert!(!text.contains("unavailable"), "{text}");
+            assert!(!text.contains("try again"), "{text}");
+            let result = tool.into_result();
+            assert_eq!(result.is_error, Some(true));
+            let code = &result.structured_content.unwrap()["error"]["code"];
+            assert_eq!(code, "internal");
+        }
+    }
+
+    #[test]
+    fn a_transport_failure_is_reported_as_unavailable() {
+        for e in [
+            MeshError::Unavailable {
+                what: "direct get on KV_mesh_jobs".into(),
+                reason: "subscription closed".into(),
+            },
+            MeshError::Timeout(std::time::Duration::from_secs(5)),
+        ] {
+            assert!(e.is_unavailable(), "{e}");
+            let tool = ToolError::from(e);
+            assert!(matches!(tool, ToolError::Mesh(_)), "{tool:?}");
+            assert_eq!(tool.code(), "unavailable");
+            assert!(tool.to_string().contains("try again shortly"));
+        }
     }
 }
