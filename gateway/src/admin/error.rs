@@ -51,15 +51,21 @@ pub fn tool(e: &ToolError) -> Status {
             Status::permission_denied(message)
         }
         // The agent's refusal: its code says whose move it is.
-        ToolError::Refused { code, .. } => match code.as_str() {
-            "tier" | "denied" | "permission_denied" | "run_as" | "guard" | "unauthenticated" => {
-                Status::permission_denied(message)
+        ToolError::Refused { code, .. } => {
+            use execmesh_proto::pb::ErrorCode as C;
+            match code {
+                C::Tier
+                | C::Denied
+                | C::PermissionDenied
+                | C::RunAs
+                | C::Guard
+                | C::Unauthenticated => Status::permission_denied(message),
+                C::Busy | C::ShuttingDown => Status::unavailable(message),
+                C::NotFound => Status::not_found(message),
+                C::Invalid => Status::invalid_argument(message),
+                _ => Status::failed_precondition(message),
             }
-            "busy" | "shutting_down" => Status::unavailable(message),
-            "not_found" => Status::not_found(message),
-            "invalid" => Status::invalid_argument(message),
-            _ => Status::failed_precondition(message),
-        },
+        }
         ToolError::ApprovalRequired { .. } | ToolError::ApprovalUnusable { .. } => {
             Status::failed_precondition(message)
         }
@@ -137,5 +143,39 @@ mod tests {
         assert!(status.message().contains("try again shortly"), "{status:?}");
         let status = tool(&ToolError::Mesh("NATS is not reachable".into()));
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+
+    #[test]
+    fn an_agents_refusal_code_picks_the_status() {
+        use execmesh_proto::pb::{ErrorCode as C, ExecError};
+        let host = execmesh_proto::Token::parse("host id", "web-1").unwrap();
+        let status_of = |code: i32| {
+            let e = ToolError::refused(
+                &host,
+                ExecError {
+                    code,
+                    message: "no".into(),
+                },
+            );
+            tool(&e).code()
+        };
+        for code in [
+            C::Tier,
+            C::Denied,
+            C::PermissionDenied,
+            C::RunAs,
+            C::Guard,
+            C::Unauthenticated,
+        ] {
+            assert_eq!(status_of(code as i32), Code::PermissionDenied, "{code:?}");
+        }
+        assert_eq!(status_of(C::Busy as i32), Code::Unavailable);
+        assert_eq!(status_of(C::ShuttingDown as i32), Code::Unavailable);
+        assert_eq!(status_of(C::NotFound as i32), Code::NotFound);
+        assert_eq!(status_of(C::Invalid as i32), Code::InvalidArgument);
+        assert_eq!(status_of(C::OutsideRoots as i32), Code::FailedPrecondition);
+        assert_eq!(status_of(C::TooLarge as i32), Code::FailedPrecondition);
+        // A code from a newer agent.
+        assert_eq!(status_of(999), Code::FailedPrecondition);
     }
 }

@@ -35,7 +35,9 @@ pub enum ToolError {
     #[error("host {host} refused the request: {message}")]
     Refused {
         host: Token,
-        code: String,
+        /// The agent's code as it came on the wire (`UNSPECIFIED` for a code this gateway does
+        /// not know yet).
+        code: pb::ErrorCode,
         message: String,
     },
     #[error(
@@ -105,7 +107,7 @@ impl ToolError {
         }
         let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
         let code = match &self {
-            Self::Refused { code, .. } => code.clone(),
+            Self::Refused { code, .. } => code_name(*code),
             other => other.code().to_string(),
         };
         result.structured_content = Some(serde_json::json!({
@@ -130,21 +132,17 @@ impl ToolError {
 
     /// The host and the agent's code when this is a host refusing the call by its own policy
     /// (tier cap, run-as, CommandGuard, denied paths): a denied call, audited as one.
-    pub fn node_denial(&self) -> Option<(&Token, &str)> {
+    pub fn node_denial(&self) -> Option<(&Token, pb::ErrorCode)> {
         match self {
-            Self::Refused { host, code, .. } if is_node_denial(code) => Some((host, code.as_str())),
+            Self::Refused { host, code, .. } if is_node_denial(*code) => Some((host, *code)),
             _ => None,
         }
     }
 
     /// Maps an agent's refusal.
     pub fn refused(host: &Token, error: pb::ExecError) -> Self {
-        let code = error
-            .code()
-            .as_str_name()
-            .trim_start_matches("ERROR_CODE_")
-            .to_lowercase();
-        if error.code() == pb::ErrorCode::UnknownJob {
+        let code = error.code();
+        if code == pb::ErrorCode::UnknownJob {
             return Self::UnknownJob(error.message);
         }
         Self::Refused {
@@ -197,11 +195,20 @@ impl From<DispatchError> for ToolError {
 
 /// Whether an agent's refusal code is its own policy refusing the call (not a failure): the
 /// host's tier cap, its run-as mapping, its CommandGuard, its denied paths or allowed roots.
-pub fn is_node_denial(code: &str) -> bool {
+pub fn is_node_denial(code: pb::ErrorCode) -> bool {
+    use pb::ErrorCode as C;
     matches!(
         code,
-        "denied" | "tier" | "run_as" | "guard" | "outside_roots"
+        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots
     )
+}
+
+/// An agent's refusal code as structured results and the audit trail spell it: its protobuf
+/// name without the prefix, lowercased (`tier`, `run_as`, `outside_roots`).
+pub fn code_name(code: pb::ErrorCode) -> String {
+    code.as_str_name()
+        .trim_start_matches("ERROR_CODE_")
+        .to_lowercase()
 }
 
 fn known_hosts(known: &[String]) -> String {
@@ -284,5 +291,35 @@ mod tests {
             assert_eq!(tool.code(), "unavailable");
             assert!(tool.to_string().contains("try again shortly"));
         }
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_agents_code_by_its_wire_name() {
+        let host = Token::parse("host id", "web-1").unwrap();
+        let refused = |code: pb::ErrorCode| {
+            ToolError::refused(
+                &host,
+                pb::ExecError {
+                    code: code as i32,
+                    message: "refused by rule `rm`".into(),
+                },
+            )
+        };
+        let e = refused(pb::ErrorCode::OutsideRoots);
+        assert_eq!(
+            e.to_string(),
+            "host web-1 refused the request: refused by rule `rm`"
+        );
+        assert_eq!(e.node_denial(), Some((&host, pb::ErrorCode::OutsideRoots)));
+        let result = e.into_result();
+        let code = &result.structured_content.unwrap()["error"]["code"];
+        assert_eq!(code, "outside_roots");
+        assert_eq!(code_name(pb::ErrorCode::RunAs), "run_as");
+        assert_eq!(code_name(pb::ErrorCode::IsADirectory), "is_a_directory");
+        assert!(refused(pb::ErrorCode::Busy).node_denial().is_none());
+        assert!(matches!(
+            refused(pb::ErrorCode::UnknownJob),
+            ToolError::UnknownJob(_)
+        ));
     }
 }
