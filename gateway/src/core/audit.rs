@@ -18,7 +18,7 @@ use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
 
-use crate::core::error::ToolError;
+use crate::core::error::{ToolError, code_name};
 
 pub use execmesh_proto::redact::{PatternError, Redactor};
 
@@ -285,7 +285,7 @@ impl CallAudit<'_> {
             && let Some((_, code)) = e.node_denial()
             && let Ok(mut denials) = self.node_denials.lock()
         {
-            denials.push((host.to_string(), code.to_string()));
+            denials.push((host.to_string(), code_name(code)));
         }
         let (outcome, error) = match result {
             Ok(_) => ("ok", String::new()),
@@ -366,11 +366,11 @@ impl CallAudit<'_> {
             }
             Err(e) => {
                 if let Some((by, code)) = denial(e) {
-                    self.denied(by, by, code, &e.to_string());
+                    self.denied(by, by, &code, &e.to_string());
                     return;
                 }
                 let code = match e {
-                    ToolError::Refused { code, .. } => code.clone(),
+                    ToolError::Refused { code, .. } => code_name(*code),
                     other => other.code().to_string(),
                 };
                 ("error", code, e.to_string())
@@ -426,14 +426,14 @@ fn denied_hosts(result: &CallToolResult) -> Vec<(String, String)> {
 
 /// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for
 /// failures that are not policy decisions.
-fn denial(e: &ToolError) -> Option<(&str, &str)> {
+fn denial(e: &ToolError) -> Option<(&str, String)> {
     match e {
-        ToolError::Tier(_) => Some(("gateway", "tier")),
-        ToolError::Denied { .. } => Some(("gateway", "denied")),
-        ToolError::NotOperator { .. } => Some(("gateway", "not_operator")),
+        ToolError::Tier(_) => Some(("gateway", "tier".into())),
+        ToolError::Denied { .. } => Some(("gateway", "denied".into())),
+        ToolError::NotOperator { .. } => Some(("gateway", "not_operator".into())),
         other => other
             .node_denial()
-            .map(|(host, code)| (host.as_str(), code)),
+            .map(|(host, code)| (host.as_str(), code_name(code))),
     }
 }
 

@@ -4,11 +4,11 @@
 //! caller; every message names the host or job it is about and, where there is one, the next step.
 
 use rmcp::model::{CallToolResult, ContentBlock};
-use tracing::warn;
+use tracing::{error, warn};
 
 use execmesh_proto::{Token, pb};
 
-use crate::core::mesh::{DispatchError, MeshError};
+use crate::core::mesh::{DispatchError, MeshError, MeshErrorKind};
 use crate::core::paging::CursorError;
 
 /// Why a tool call could not do what was asked.
@@ -35,7 +35,9 @@ pub enum ToolError {
     #[error("host {host} refused the request: {message}")]
     Refused {
         host: Token,
-        code: String,
+        /// The agent's code as it came on the wire (`UNSPECIFIED` for a code this gateway does
+        /// not know yet).
+        code: pb::ErrorCode,
         message: String,
     },
     #[error(
@@ -46,8 +48,13 @@ pub enum ToolError {
         "bad cursor: {0}. Pass the `next_cursor` of the previous page unchanged, or omit it to start at the beginning"
     )]
     BadCursor(#[from] CursorError),
+    /// NATS or an agent's transport failed: trying again shortly may work.
     #[error("the mesh is unavailable right now ({0}); try again shortly")]
     Mesh(String),
+    /// A bug or broken invariant in the gateway (or a server breaking the protocol): logged
+    /// with its detail where it was made, summarised here; retrying does not help.
+    #[error("internal error in the gateway; it was logged: {0}")]
+    Internal(String),
     /// The call needs a higher guard tier than the caller's.
     #[error(transparent)]
     Tier(#[from] crate::core::tier::TierError),
@@ -84,6 +91,7 @@ impl ToolError {
             Self::UnknownJob(_) => "unknown_job",
             Self::BadCursor(_) => "bad_cursor",
             Self::Mesh(_) => "unavailable",
+            Self::Internal(_) => "internal",
             Self::Tier(_) => "tier",
             Self::Denied { .. } => "denied",
             Self::NotOperator { .. } => "not_operator",
@@ -99,13 +107,20 @@ impl ToolError {
         }
         let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
         let code = match &self {
-            Self::Refused { code, .. } => code.clone(),
+            Self::Refused { code, .. } => code_name(*code),
             other => other.code().to_string(),
         };
         result.structured_content = Some(serde_json::json!({
             "error": { "code": code, "message": self.to_string() }
         }));
         result
+    }
+
+    /// An internal error: logs `detail` as an error and tells the caller `summary`.
+    pub fn internal(summary: impl Into<String>, detail: &dyn std::fmt::Display) -> Self {
+        let summary = summary.into();
+        error!(error = %detail, "internal error: {summary}");
+        Self::Internal(summary)
     }
 
     pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
@@ -117,21 +132,17 @@ impl ToolError {
 
     /// The host and the agent's code when this is a host refusing the call by its own policy
     /// (tier cap, run-as, CommandGuard, denied paths): a denied call, audited as one.
-    pub fn node_denial(&self) -> Option<(&Token, &str)> {
+    pub fn node_denial(&self) -> Option<(&Token, pb::ErrorCode)> {
         match self {
-            Self::Refused { host, code, .. } if is_node_denial(code) => Some((host, code.as_str())),
+            Self::Refused { host, code, .. } if is_node_denial(*code) => Some((host, *code)),
             _ => None,
         }
     }
 
     /// Maps an agent's refusal.
     pub fn refused(host: &Token, error: pb::ExecError) -> Self {
-        let code = error
-            .code()
-            .as_str_name()
-            .trim_start_matches("ERROR_CODE_")
-            .to_lowercase();
-        if error.code() == pb::ErrorCode::UnknownJob {
+        let code = error.code();
+        if code == pb::ErrorCode::UnknownJob {
             return Self::UnknownJob(error.message);
         }
         Self::Refused {
@@ -144,11 +155,20 @@ impl ToolError {
 
 impl From<MeshError> for ToolError {
     fn from(e: MeshError) -> Self {
-        warn!(error = %e, "mesh read failed");
-        match e {
-            MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
-            MeshError::Corrupt { .. } => Self::Mesh("a stored record could not be read".into()),
-            _ => Self::Mesh("NATS is not reachable".into()),
+        match e.kind() {
+            MeshErrorKind::Internal | MeshErrorKind::Setup => {
+                Self::internal("reading the mesh failed", &e)
+            }
+            MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => {
+                warn!(error = %e, "mesh read failed");
+                match e {
+                    MeshError::Timeout(_) => Self::Mesh("JetStream did not answer in time".into()),
+                    MeshError::Corrupt { .. } => {
+                        Self::Mesh("a stored record could not be read".into())
+                    }
+                    _ => Self::Mesh("NATS is not reachable".into()),
+                }
+            }
         }
     }
 }
@@ -175,11 +195,20 @@ impl From<DispatchError> for ToolError {
 
 /// Whether an agent's refusal code is its own policy refusing the call (not a failure): the
 /// host's tier cap, its run-as mapping, its CommandGuard, its denied paths or allowed roots.
-pub fn is_node_denial(code: &str) -> bool {
+pub fn is_node_denial(code: pb::ErrorCode) -> bool {
+    use pb::ErrorCode as C;
     matches!(
         code,
-        "denied" | "tier" | "run_as" | "guard" | "outside_roots"
+        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots
     )
+}
+
+/// An agent's refusal code as structured results and the audit trail spell it: its protobuf
+/// name without the prefix, lowercased (`tier`, `run_as`, `outside_roots`).
+pub fn code_name(code: pb::ErrorCode) -> String {
+    code.as_str_name()
+        .trim_start_matches("ERROR_CODE_")
+        .to_lowercase()
 }
 
 fn known_hosts(known: &[String]) -> String {
@@ -212,5 +241,85 @@ fn last_seen(ms: Option<u64>) -> String {
             format!(" (last seen {ago} s ago)")
         }
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn internal_errors() -> Vec<MeshError> {
+        vec![
+            MeshError::Internal("cannot encode a direct get".into()),
+            MeshError::Protocol("direct get reply without Nats-Sequence".into()),
+        ]
+    }
+
+    #[test]
+    fn an_internal_mesh_error_is_not_reported_as_unavailable() {
+        for e in internal_errors() {
+            assert!(!e.is_unavailable(), "{e}");
+            let tool = ToolError::from(e);
+            assert!(matches!(tool, ToolError::Internal(_)), "{tool:?}");
+            assert_eq!(tool.code(), "internal");
+            let text = tool.to_string();
+            assert!(
+                text.starts_with("internal error in the gateway; it was logged: "),
+                "{text}"
+            );
+            assert!(!text.contains("unavailable"), "{text}");
+            assert!(!text.contains("try again"), "{text}");
+            let result = tool.into_result();
+            assert_eq!(result.is_error, Some(true));
+            let code = &result.structured_content.unwrap()["error"]["code"];
+            assert_eq!(code, "internal");
+        }
+    }
+
+    #[test]
+    fn a_transport_failure_is_reported_as_unavailable() {
+        for e in [
+            MeshError::Unavailable {
+                what: "direct get on KV_mesh_jobs".into(),
+                reason: "subscription closed".into(),
+            },
+            MeshError::Timeout(std::time::Duration::from_secs(5)),
+        ] {
+            assert!(e.is_unavailable(), "{e}");
+            let tool = ToolError::from(e);
+            assert!(matches!(tool, ToolError::Mesh(_)), "{tool:?}");
+            assert_eq!(tool.code(), "unavailable");
+            assert!(tool.to_string().contains("try again shortly"));
+        }
+    }
+
+    #[test]
+    fn a_refusal_keeps_the_agents_code_by_its_wire_name() {
+        let host = Token::parse("host id", "web-1").unwrap();
+        let refused = |code: pb::ErrorCode| {
+            ToolError::refused(
+                &host,
+                pb::ExecError {
+                    code: code as i32,
+                    message: "refused by rule `rm`".into(),
+                },
+            )
+        };
+        let e = refused(pb::ErrorCode::OutsideRoots);
+        assert_eq!(
+            e.to_string(),
+            "host web-1 refused the request: refused by rule `rm`"
+        );
+        assert_eq!(e.node_denial(), Some((&host, pb::ErrorCode::OutsideRoots)));
+        let result = e.into_result();
+        let code = &result.structured_content.unwrap()["error"]["code"];
+        assert_eq!(code, "outside_roots");
+        assert_eq!(code_name(pb::ErrorCode::RunAs), "run_as");
+        assert_eq!(code_name(pb::ErrorCode::IsADirectory), "is_a_directory");
+        assert!(refused(pb::ErrorCode::Busy).node_denial().is_none());
+        assert!(matches!(
+            refused(pb::ErrorCode::UnknownJob),
+            ToolError::UnknownJob(_)
+        ));
     }
 }

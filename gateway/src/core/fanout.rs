@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use execmesh_proto::Token;
+use execmesh_proto::{Token, pb};
 
 use crate::core::error::ToolError;
 use crate::core::hosts::HostState;
@@ -506,8 +506,11 @@ pub fn classify<T>(host: Token, error: ToolError) -> Outcome<T> {
         // The host's own policy refused (tier cap, run-as, CommandGuard, roots), or it does not
         // accept the request's signature, or the run-as account lacks the permission.
         ToolError::Refused { code, .. }
-            if crate::core::error::is_node_denial(code)
-                || matches!(code.as_str(), "unauthenticated" | "permission_denied") =>
+            if crate::core::error::is_node_denial(*code)
+                || matches!(
+                    code,
+                    pb::ErrorCode::Unauthenticated | pb::ErrorCode::PermissionDenied
+                ) =>
         {
             HostStatus::Denied
         }

@@ -33,8 +33,21 @@ pub enum MeshError {
         url: String,
         source: async_nats::ConnectError,
     },
-    #[error("NATS request failed: {0}")]
-    Nats(String),
+    /// NATS or JetStream failed to carry or answer a request (connection lost, stream or
+    /// bucket not reachable): the mesh is unavailable, and trying again may work.
+    #[error("NATS request failed: {what}: {reason}")]
+    Unavailable { what: String, reason: String },
+    /// The server answered something the NATS protocol does not allow (a direct get reply
+    /// without its sequence, a delivery without JetStream metadata).
+    #[error("NATS answered against the protocol: {0}")]
+    Protocol(String),
+    /// A bug or broken invariant in the gateway itself (a request it cannot encode): retrying
+    /// does not help.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// The configured tenant is not a subject-safe token.
+    #[error("invalid tenant: {0}")]
+    Tenant(#[source] execmesh_proto::subject::TokenError),
     #[error("JetStream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("stored record at sequence {seq} is not readable: {reason}")]
@@ -51,6 +64,51 @@ pub enum MeshError {
     /// The gateway's record key or its identities file cannot be used.
     #[error(transparent)]
     Records(#[from] RecordsError),
+}
+
+/// What kind of failure a [`MeshError`] is, for callers that answer each kind differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshErrorKind {
+    /// NATS is unreachable, slow or refused the request: try again shortly.
+    Unavailable,
+    /// A stored record cannot be read.
+    Corrupt,
+    /// The server broke the protocol or the gateway broke its own invariants: not the
+    /// caller's to fix, and not solved by retrying.
+    Internal,
+    /// The gateway's configuration (tenant, TLS files, keys, identities) cannot be used.
+    Setup,
+}
+
+impl MeshError {
+    /// Which kind of failure this is.
+    pub fn kind(&self) -> MeshErrorKind {
+        match self {
+            Self::Connect { .. } | Self::Unavailable { .. } | Self::Timeout(_) => {
+                MeshErrorKind::Unavailable
+            }
+            Self::Corrupt { .. } => MeshErrorKind::Corrupt,
+            // A too-large direct get is handled where it can happen; one that escapes is a bug.
+            Self::Protocol(_) | Self::Internal(_) | Self::TooManyResults { .. } => {
+                MeshErrorKind::Internal
+            }
+            Self::Tenant(_) | Self::NatsTls(_) | Self::Signer(_) | Self::Records(_) => {
+                MeshErrorKind::Setup
+            }
+        }
+    }
+
+    /// Whether trying again later may work (NATS unreachable or slow).
+    pub fn is_unavailable(&self) -> bool {
+        self.kind() == MeshErrorKind::Unavailable
+    }
+
+    fn unavailable(what: impl Into<String>, reason: &dyn std::fmt::Display) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// How a request to an agent failed.
@@ -192,9 +250,8 @@ impl HostRecord {
 /// up, so the gateway, which may create them, does it before any agent needs them. (AUDIT and
 /// the gateway's own buckets are created where they are used.)
 async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshError> {
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        MeshError::Nats(format!("cannot create {what}: {e}"))
-    };
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| MeshError::unavailable(format!("create {what}"), e);
     js.get_or_create_stream(layout::out_stream(
         layout::DEFAULT_OUTPUT_RETENTION,
         replicas,
@@ -277,8 +334,7 @@ impl Mesh {
     /// Connects to NATS as configured. Fails fast if the server cannot be reached at start;
     /// afterwards the client reconnects on its own.
     pub async fn connect(config: &MeshSettings<'_>) -> Result<Self, MeshError> {
-        let tenant =
-            Token::parse("tenant", config.tenant).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let tenant = Token::parse("tenant", config.tenant).map_err(MeshError::Tenant)?;
         let signer = Arc::new(Signer::load_or_create(config.exec_signing_key)?);
         let seed = config.nats_nkey_seed.or(config.nats_creds);
         let records = Arc::new(Records::load(seed, config.identities_file)?);
@@ -376,22 +432,27 @@ impl Mesh {
         request: &DirectGet,
     ) -> Result<Vec<StoredMsg>, MeshError> {
         let inbox = self.client.new_inbox();
-        let mut sub = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
-        let body = serde_json::to_vec(request).map_err(|e| MeshError::Nats(e.to_string()))?;
+        let mut sub = self.client.subscribe(inbox.clone()).await.map_err(|e| {
+            MeshError::unavailable(format!("subscribe for a direct get on {stream}"), &e)
+        })?;
+        let body = serde_json::to_vec(request).map_err(|e| {
+            MeshError::Internal(format!("cannot encode a direct get on {stream}: {e}"))
+        })?;
         self.client
             .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
             .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
+            .map_err(|e| MeshError::unavailable(format!("direct get on {stream}"), &e))?;
         let single = request.batch.is_none() && request.multi_last.is_none();
         let mut out: Vec<StoredMsg> = Vec::new();
         loop {
             let msg = match tokio::time::timeout(JS_TIMEOUT, sub.next()).await {
                 Ok(Some(msg)) => msg,
-                Ok(None) => return Err(MeshError::Nats("subscription closed".into())),
+                Ok(None) => {
+                    return Err(MeshError::unavailable(
+                        format!("direct get on {stream}"),
+                        &"subscription closed",
+                    ));
+                }
                 Err(_) => return Err(MeshError::Timeout(JS_TIMEOUT)),
             };
             if let Some(status) = msg.status {
@@ -404,10 +465,10 @@ impl Mesh {
                         });
                     }
                     code => {
-                        return Err(MeshError::Nats(format!(
-                            "direct get on {stream} answered {code} {}",
-                            msg.description.unwrap_or_default()
-                        )));
+                        return Err(MeshError::unavailable(
+                            format!("direct get on {stream}"),
+                            &format!("answered {code} {}", msg.description.unwrap_or_default()),
+                        ));
                     }
                 }
             }
@@ -435,7 +496,11 @@ impl Mesh {
                         .min()
                         .or_else(|| all.iter().copied().max())
                 })
-                .ok_or_else(|| MeshError::Nats("direct get reply without Nats-Sequence".into()))?;
+                .ok_or_else(|| {
+                    MeshError::Protocol(format!(
+                        "direct get reply on {stream} without Nats-Sequence"
+                    ))
+                })?;
             let subject = header(headers::NATS_SUBJECT).unwrap_or_default();
             // A record its subject's owner did not write is kept as a tombstone (its sequence
             // still counts for paging), with its payload dropped so nothing reads it.
@@ -566,7 +631,8 @@ impl Mesh {
         from: WatchFrom,
     ) -> Result<KvWatch, MeshError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
-        let nats = |e: &dyn std::fmt::Display| MeshError::Nats(e.to_string());
+        let nats =
+            |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {bucket}"), e);
         let stream = self
             .js
             .get_stream(format!("KV_{bucket}"))
@@ -592,8 +658,11 @@ impl Mesh {
         let records = self.records.clone();
         let what = format!("KV_{bucket}");
         let changes = messages.map(move |message| {
-            let message = message.map_err(|e| MeshError::Nats(e.to_string()))?;
-            let info = message.info().map_err(|e| MeshError::Nats(e.to_string()))?;
+            let message =
+                message.map_err(|e| MeshError::unavailable(format!("watch of {what}"), &e))?;
+            let info = message.info().map_err(|e| {
+                MeshError::Protocol(format!("watch of {what} delivered without metadata: {e}"))
+            })?;
             let (revision, pending) = (info.stream_sequence, info.pending);
             let subject = message.subject.as_str();
             let key = subject.strip_prefix(&prefix).unwrap_or(subject).to_string();
@@ -819,7 +888,7 @@ impl Mesh {
             .js
             .get_key_value(JOBS_BUCKET)
             .await
-            .map_err(|e| MeshError::Nats(e.to_string()))?;
+            .map_err(|e| MeshError::unavailable(format!("open {JOBS_BUCKET}"), &e))?;
         // Signed as the gateway, which the identities file entitles to settle job statuses.
         match kv_write::write(
             &self.js,
@@ -840,7 +909,7 @@ impl Mesh {
             Err(KvWriteError::WrongRevision { .. }) => {
                 Ok(self.job_status(&host, &job).await?.unwrap_or(lost))
             }
-            Err(e) => Err(MeshError::Nats(e.to_string())),
+            Err(e) => Err(MeshError::unavailable(format!("settle job {job}"), &e)),
         }
     }
 

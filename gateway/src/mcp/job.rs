@@ -115,7 +115,9 @@ pub struct JobView {
     pub job: String,
     pub host: String,
     /// running, exited, timed_out, killed, lost or failed.
-    pub state: String,
+    #[serde(serialize_with = "serialize_state")]
+    #[schemars(with = "String")]
+    pub state: pb::JobState,
     pub user: String,
     pub cmd: String,
     pub title: String,
@@ -517,9 +519,9 @@ fn render_group(
 ) -> Result<CallToolResult, ToolError> {
     let jobs: Vec<JobView> = statuses.iter().map(view).collect();
     let group = jobs.first().map(|j| j.job.clone()).unwrap_or_default();
-    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
     for j in &jobs {
-        *counts.entry(j.state.clone()).or_default() += 1;
+        *counts.entry(state_name(j.state)).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let mut text = format!(
@@ -701,6 +703,11 @@ pub fn state_name(state: pb::JobState) -> &'static str {
     }
 }
 
+/// A job's state as tools spell it (see [`state_name`]).
+fn serialize_state<S: serde::Serializer>(state: &pb::JobState, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state_name(*state))
+}
+
 pub fn view(s: &pb::JobStatus) -> JobView {
     let ended = (s.ended_at_ms > 0).then_some(s.ended_at_ms);
     // Agents store the command redacted; a record from an older agent is redacted here.
@@ -708,7 +715,7 @@ pub fn view(s: &pb::JobStatus) -> JobView {
     JobView {
         job: s.job_id.clone(),
         host: s.host.clone(),
-        state: state_name(s.state()).to_string(),
+        state: s.state(),
         user: s.user.clone(),
         cmd: redact.text(&s.cmd),
         title: redact.text(&s.title),
@@ -736,22 +743,24 @@ pub fn outcome(j: &JobView) -> String {
         .as_deref()
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
-    match j.state.as_str() {
-        "running" => format!("running for {took}"),
-        "exited" => match (&j.exit_code, &j.signal) {
+    match j.state {
+        pb::JobState::Running => format!("running for {took}"),
+        pb::JobState::Exited => match (&j.exit_code, &j.signal) {
             (Some(code), _) => format!("exit {code} after {took}"),
             (None, Some(sig)) => format!("ended by {sig} after {took}"),
             _ => format!("ended after {took}"),
         },
-        "killed" => format!(
+        pb::JobState::Killed => format!(
             "killed{} after {took}{reason}",
             j.signal
                 .as_deref()
                 .map(|s| format!(" by {s}"))
                 .unwrap_or_default()
         ),
-        "timed_out" => format!("timed out after {took}{reason}"),
-        other => format!("{other} after {took}{reason}"),
+        pb::JobState::TimedOut => format!("timed out after {took}{reason}"),
+        other @ (pb::JobState::Lost | pb::JobState::Failed | pb::JobState::Unspecified) => {
+            format!("{} after {took}{reason}", state_name(other))
+        }
     }
 }
 
@@ -770,5 +779,39 @@ fn clip(s: &str, n: usize) -> String {
         s.to_string()
     } else {
         format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: pb::JobState) -> pb::JobStatus {
+        pb::JobStatus {
+            job_id: "build-abc12def".into(),
+            host: "web-1".into(),
+            state: state as i32,
+            started_at_ms: 1_000,
+            ended_at_ms: 1_012,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_job_state_is_shown_by_its_tool_name() {
+        let v = view(&status(pb::JobState::TimedOut));
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["state"], "timed_out");
+        assert_eq!(outcome(&v), "timed out after 12 ms");
+        let v = view(&status(pb::JobState::Running));
+        assert_eq!(outcome(&v), "running for 12 ms");
+        let v = view(&status(pb::JobState::Lost));
+        assert_eq!(outcome(&v), "lost after 12 ms");
+        // A state from a newer agent.
+        let mut newer = status(pb::JobState::Running);
+        newer.state = 99;
+        let v = view(&newer);
+        assert_eq!(serde_json::to_value(&v).unwrap()["state"], "unknown");
+        assert_eq!(outcome(&v), "unknown after 12 ms");
     }
 }

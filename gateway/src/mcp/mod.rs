@@ -249,7 +249,8 @@ impl ServerHandler for Handler {
 
 /// A result with text blocks for people and models and the same data as `structuredContent`.
 pub fn structured<T: Serialize>(value: &T, text: Vec<String>) -> Result<CallToolResult, ToolError> {
-    let structured = serde_json::to_value(value).map_err(|e| ToolError::Mesh(e.to_string()))?;
+    let structured = serde_json::to_value(value)
+        .map_err(|e| ToolError::internal("the result could not be encoded", &e))?;
     let mut result = CallToolResult::success(text.into_iter().map(ContentBlock::text).collect());
     result.structured_content = Some(structured);
     Ok(result)

@@ -15,7 +15,7 @@ use execmesh_proto::{Token, pb};
 use crate::core::error::ToolError;
 use crate::core::fanout::Amount;
 use crate::core::paging::{self, Cursor, PageLimits};
-use crate::mcp::job::{JobView, outcome, view};
+use crate::mcp::job::{JobView, outcome, state_name, view};
 use crate::mcp::{Call, dispatch, seconds, structured};
 use fanout::FanoutResult;
 
@@ -242,7 +242,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let result = RunResult {
         host: host.to_string(),
         job: job.to_string(),
-        state: status.state.clone(),
+        state: state_name(status.state).to_string(),
         exit_code: status.exit_code,
         signal: status.signal.clone(),
         duration_ms: status.duration_ms,
