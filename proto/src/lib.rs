@@ -1,5 +1,5 @@
 //! The contract between execmesh processes: protobuf types, NATS subjects, JetStream layout, headers,
-//! and the NATS permissions of each identity (`permissions`).
+//! the guard tiers (`tier`), and the NATS permissions of each identity (`permissions`).
 //!
 //! The contract names and validates; the gateway, the node-agent and the tests share these
 //! definitions so that a subject or a bucket is spelled in exactly one place. Pieces of plumbing
@@ -21,6 +21,7 @@ pub mod permissions;
 pub mod redact;
 pub mod signing;
 pub mod subject;
+pub mod tier;
 
 /// Generated protobuf types (`execmesh.v1`), and the admin API's gRPC clients and servers
 /// (`pb::hosts_service_client::HostsServiceClient`, `pb::hosts_service_server::HostsService`, …).
@@ -34,6 +35,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/execmesh_descriptor.bin"));
 
 pub use subject::{Token, TokenError};
+pub use tier::{Tier, UnknownTier};
 
 /// Milliseconds since the Unix epoch, the time unit of every timestamp in the protocol.
 pub fn now_ms() -> u64 {
