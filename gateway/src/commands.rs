@@ -200,7 +200,8 @@ pub fn add_user(
         replace,
     };
     let policy = policy::add_user(path, &user)?;
-    let tier = policy.grant(name).map(|g| g.tier).unwrap_or_default();
+    // A user the new policy does not grant (it cannot happen for one just added) looks only.
+    let tier = policy.grant(name).map(|g| g.tier).unwrap_or(Tier::Readonly);
     Ok(Added {
         generated_password: generated,
         tier,

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use execmesh_proto::{now_ms, pb};
+use execmesh_proto::{Tier, now_ms, pb};
 
 use crate::cli::TokenCommand;
 use crate::connect::{Admin, Settings};
@@ -25,11 +25,13 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
                     .as_secs()
                     .max(1),
             };
+            // No --tier: the gateway gives the token its ceiling.
             let tier = match tier {
                 None => pb::Tier::Unspecified,
-                Some(text) => {
-                    parse_tier(&text).map_err(|e| CtlError::Usage(format!("--tier: {e}")))?
-                }
+                Some(text) => text
+                    .parse::<Tier>()
+                    .map_err(|e| CtlError::Usage(format!("--tier: {e}")))?
+                    .to_wire(),
             };
             let request = pb::MintTokenRequest {
                 user,
@@ -55,18 +57,6 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
             let mut admin = settings.connect().await?;
             revocations(&mut admin, json).await
         }
-    }
-}
-
-/// A tier as `--tier` spells it (the gateway's policy and `token mint` spell it the same way).
-fn parse_tier(text: &str) -> Result<pb::Tier, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "readonly" | "read-only" | "read_only" => Ok(pb::Tier::Readonly),
-        "standard" => Ok(pb::Tier::Standard),
-        "dangerous" => Ok(pb::Tier::Dangerous),
-        _ => Err(format!(
-            "unknown tier `{text}`: the tiers are readonly, standard and dangerous"
-        )),
     }
 }
 

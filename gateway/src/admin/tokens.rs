@@ -118,12 +118,10 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                         max.as_secs() / 86400
                     )));
                 }
-                let asked = match pb::Tier::try_from(req.tier) {
-                    Ok(pb::Tier::Unspecified) => None,
-                    Ok(pb::Tier::Readonly) => Some(Tier::Readonly),
-                    Ok(pb::Tier::Standard) => Some(Tier::Standard),
-                    Ok(pb::Tier::Dangerous) => Some(Tier::Dangerous),
-                    Err(_) => {
+                let asked = match Tier::from_wire(req.tier) {
+                    Some(tier) => Some(tier),
+                    None if req.tier == pb::Tier::Unspecified as i32 => None,
+                    None => {
                         return Err(Status::invalid_argument(format!(
                             "unknown tier {}",
                             req.tier
@@ -182,7 +180,7 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     token_id: issued.jti,
                     user,
                     scopes,
-                    tier: crate::core::signer::tier(tier) as i32,
+                    tier: tier.to_wire() as i32,
                     expires_at_ms: issued.expires_at * 1000,
                 })
             })

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use execmesh_proto::pb;
 use execmesh_proto::signing::{self, SignedRequest, SigningKey, VerifyingKey};
-
-use crate::core::tier::Tier;
 
 /// Random bytes in each request's nonce.
 const NONCE_BYTES: usize = 16;
@@ -152,20 +149,12 @@ pub fn public_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The wire form of a caller's tier.
-pub fn tier(tier: Tier) -> pb::Tier {
-    match tier {
-        Tier::Readonly => pb::Tier::Readonly,
-        Tier::Standard => pb::Tier::Standard,
-        Tier::Dangerous => pb::Tier::Dangerous,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
 
     use super::*;
+    use execmesh_proto::pb;
 
     #[test]
     fn the_key_file_is_created_once_with_its_public_half_beside_it() {
@@ -198,7 +187,7 @@ mod tests {
         let signer = Signer::new(SigningKey::from_bytes(&[3; 32]));
         let request = pb::ExecRequest {
             host: "web-1".into(),
-            tier: tier(Tier::Standard) as i32,
+            tier: execmesh_proto::Tier::Standard.to_wire() as i32,
             ..Default::default()
         };
         let one = signer.sign(request.clone());

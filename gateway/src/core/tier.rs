@@ -4,32 +4,10 @@
 //! Every check of a tier goes through here: the MCP layer (`tools/list` and `tools/call`), the
 //! fan-out code and the signing hook, so one edit of [`TOOLS`] changes all of them.
 
-use std::fmt;
-use std::str::FromStr;
-
 use rmcp::model::{JsonObject, Tool};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// How much a caller may change on a host. Ordered: `Readonly < Standard < Dangerous`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    /// Look only: list hosts, read files and output, grep, facts.
-    #[default]
-    Readonly,
-    /// Also run commands, kill jobs, write and append files, refresh facts.
-    Standard,
-    /// Also move, delete and copy files.
-    Dangerous,
-}
-
-/// A tier name that is not one of `readonly`, `standard`, `dangerous`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown tier `{0}`: the tiers are readonly, standard and dangerous")]
-pub struct UnknownTier(pub String);
+pub use execmesh_proto::tier::{Tier, UnknownTier};
 
 /// Why a call is outside the caller's tier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,41 +104,6 @@ fn entry(tool: &str) -> Option<&'static ToolTiers> {
 /// Whether `tool` is in the table.
 pub fn is_known_tool(tool: &str) -> bool {
     entry(tool).is_some()
-}
-
-// === impl Tier ===
-
-impl Tier {
-    /// Every tier, lowest first.
-    pub const ALL: [Tier; 3] = [Readonly, Standard, Dangerous];
-
-    /// The tier's name as written in policies and tokens.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Readonly => "readonly",
-            Standard => "standard",
-            Dangerous => "dangerous",
-        }
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Tier {
-    type Err = UnknownTier;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "readonly" | "read-only" | "read_only" => Ok(Readonly),
-            "standard" => Ok(Standard),
-            "dangerous" => Ok(Dangerous),
-            _ => Err(UnknownTier(s.to_string())),
-        }
-    }
 }
 
 /// The tier a call of `tool` with `action` needs. Unknown tools and unlisted actions need

@@ -50,7 +50,7 @@ async fn exchange(
         expires_at_ms: execmesh_proto::now_ms() + REQUEST_VALIDITY.as_millis() as u64,
         trace_id: call.trace.trace_id.clone(),
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
-        tier: crate::core::signer::tier(call.identity.tier) as i32,
+        tier: call.identity.tier.to_wire() as i32,
         run_as: call.identity.run_as.clone().unwrap_or_default(),
         body: Some(body),
         ..Default::default()

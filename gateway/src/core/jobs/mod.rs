@@ -34,7 +34,7 @@ pub async fn kill(
         user: identity.user.to_string(),
         expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
-        tier: crate::core::signer::tier(identity.tier) as i32,
+        tier: identity.tier.to_wire() as i32,
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
             grace_ms,
         })),
