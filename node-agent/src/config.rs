@@ -58,6 +58,8 @@ pub struct Config {
     /// `<exec_signing_key>.pub`). Without any, every request is refused as unsigned.
     pub gateway_keys: Vec<String>,
     /// The highest tier any request acts with on this host, whatever the gateway says.
+    /// Unset: dangerous, so a host limits nothing beyond what the gateway's policy grants unless
+    /// its owner lowers it.
     pub max_tier: Tier,
     /// MCP user (or `*` for every other user) → the unix accounts it may run as, the first being
     /// its default. Empty: everything runs as the agent's own account (development only).
@@ -180,7 +182,7 @@ impl Default for Config {
             host_id: default_host_id(),
             labels: BTreeMap::new(),
             gateway_keys: Vec::new(),
-            max_tier: Tier::default(),
+            max_tier: Tier::Dangerous,
             run_as: BTreeMap::new(),
             guard: GuardConfig::default(),
             max_jobs: 64,
@@ -1025,7 +1027,7 @@ impl Setting for String {
 impl Setting for Tier {
     fn from_text(s: &str) -> Result<Self, String> {
         s.parse()
-            .map_err(|e: crate::tier::UnknownTier| e.to_string())
+            .map_err(|e: execmesh_proto::UnknownTier| e.to_string())
     }
     fn from_toml(v: &toml::Value) -> Result<Self, String> {
         String::from_toml(v).and_then(|s| Self::from_text(&s))
@@ -1065,6 +1067,8 @@ mod tests {
         assert_eq!(config.tenant.as_str(), "default");
         assert_eq!(config.chunk_bytes, 16 * 1024);
         assert_eq!(config.presence_ttl(), Duration::from_secs(6));
+        // Unset, the host caps nothing the gateway grants.
+        assert_eq!(config.max_tier, Tier::Dangerous);
     }
 
     #[test]

@@ -3,73 +3,12 @@
 //! A request carries the caller's tier, signed by the gateway. The agent acts with the lower of
 //! that and its `max_tier`, whatever the gateway says, and refuses an operation that needs more.
 
-use std::fmt;
-use std::str::FromStr;
-
 use execmesh_proto::Token;
-use execmesh_proto::pb::{self, ErrorCode, exec_request, file_request};
+use execmesh_proto::pb::{ErrorCode, exec_request, file_request};
 
 use crate::refusal::Refusal;
 
-/// How much a request may change on this host. Ordered: `Readonly < Standard < Dangerous`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum Tier {
-    /// Look only: file read, stat, list and grep, fan-out grep, facts.
-    Readonly,
-    /// Also run commands, kill jobs, write and append files, refresh facts.
-    Standard,
-    /// Also move, delete and copy files onto the host. The default cap: a host limits nothing
-    /// beyond what the gateway's policy grants unless its owner lowers `max_tier`.
-    #[default]
-    Dangerous,
-}
-
-/// A tier name other than `readonly`, `standard`, `dangerous`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown tier `{0}`: the tiers are readonly, standard and dangerous")]
-pub struct UnknownTier(pub String);
-
-// === impl Tier ===
-
-impl Tier {
-    /// The tier as written in configuration and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Readonly => "readonly",
-            Tier::Standard => "standard",
-            Tier::Dangerous => "dangerous",
-        }
-    }
-
-    /// The tier of a request's `tier` field; `None` for TIER_UNSPECIFIED and unknown values.
-    pub fn from_wire(value: i32) -> Option<Tier> {
-        match pb::Tier::try_from(value).ok()? {
-            pb::Tier::Unspecified => None,
-            pb::Tier::Readonly => Some(Tier::Readonly),
-            pb::Tier::Standard => Some(Tier::Standard),
-            pb::Tier::Dangerous => Some(Tier::Dangerous),
-        }
-    }
-}
-
-impl fmt::Display for Tier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Tier {
-    type Err = UnknownTier;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "readonly" => Ok(Tier::Readonly),
-            "standard" => Ok(Tier::Standard),
-            "dangerous" => Ok(Tier::Dangerous),
-            _ => Err(UnknownTier(s.to_string())),
-        }
-    }
-}
+pub use execmesh_proto::tier::Tier;
 
 /// The tier a kill needs.
 pub const KILL: (Tier, &str) = (Tier::Standard, "killing a job");
@@ -133,6 +72,7 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use execmesh_proto::pb;
 
     fn host() -> Token {
         Token::parse("host id", "web-1").expect("token")
@@ -151,7 +91,6 @@ mod tests {
         assert!(Tier::Readonly < Tier::Standard && Tier::Standard < Tier::Dangerous);
         assert_eq!("Standard".parse::<Tier>(), Ok(Tier::Standard));
         assert!("root".parse::<Tier>().is_err());
-        assert_eq!(Tier::default(), Tier::Dangerous);
     }
 
     #[test]
