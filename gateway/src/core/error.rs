@@ -123,6 +123,12 @@ impl ToolError {
         Self::Internal(summary)
     }
 
+    /// An agent broke the protocol (an empty or undecodable reply): not a transport failure,
+    /// so not "unavailable"; logged and reported as internal, naming the host.
+    pub fn bad_reply(host: &Token, reason: &dyn std::fmt::Display) -> Self {
+        Self::internal(format!("host {host} broke the protocol: {reason}"), reason)
+    }
+
     pub fn invalid(tool: &str, reason: impl Into<String>) -> Self {
         Self::InvalidArguments {
             tool: tool.to_string(),
@@ -185,6 +191,7 @@ impl From<DispatchError> for ToolError {
                 secs: after.as_secs_f64(),
                 job: None,
             },
+            DispatchError::BadReply { host, reason } => Self::bad_reply(&host, &reason),
             other => {
                 warn!(error = %other, "dispatch failed");
                 Self::Mesh(other.to_string())
@@ -274,6 +281,40 @@ mod tests {
             let code = &result.structured_content.unwrap()["error"]["code"];
             assert_eq!(code, "internal");
         }
+    }
+
+    fn assert_internal_naming(tool: &ToolError, host: &str) {
+        assert!(matches!(tool, ToolError::Internal(_)), "{tool:?}");
+        assert_eq!(tool.code(), "internal");
+        let text = tool.to_string();
+        assert!(text.contains(&format!("host {host} ")), "{text}");
+        assert!(!text.contains("unavailable"), "{text}");
+        assert!(!text.contains("try again"), "{text}");
+    }
+
+    #[test]
+    fn an_agent_breaking_the_protocol_is_internal_and_names_the_host() {
+        let host = Token::parse("host id", "web-1").unwrap();
+        let tool = ToolError::from(DispatchError::BadReply {
+            host: host.clone(),
+            reason: "invalid wire type".into(),
+        });
+        assert_internal_naming(&tool, "web-1");
+        assert!(tool.to_string().contains("invalid wire type"));
+        let tool = ToolError::bad_reply(&host, &"an empty reply");
+        assert_internal_naming(&tool, "web-1");
+        assert!(tool.to_string().contains("an empty reply"));
+    }
+
+    #[test]
+    fn a_transport_failure_of_a_dispatch_is_reported_as_unavailable() {
+        let host = Token::parse("host id", "web-1").unwrap();
+        let tool = ToolError::from(DispatchError::Nats {
+            host,
+            reason: "connection closed".into(),
+        });
+        assert!(matches!(tool, ToolError::Mesh(_)), "{tool:?}");
+        assert_eq!(tool.code(), "unavailable");
     }
 
     #[test]
