@@ -530,10 +530,7 @@ fn render_group(
         counts.join(", ")
     );
     for j in &jobs {
-        let cursor = Cursor::start(
-            Token::parse("host id", &j.host).map_err(|e| ToolError::Mesh(e.to_string()))?,
-            Token::parse("job id", &j.job).map_err(|e| ToolError::Mesh(e.to_string()))?,
-        );
+        let cursor = Cursor::start(stored_id("host id", &j.host)?, stored_id("job id", &j.job)?);
         text.push_str(&format!(
             "- {} [{}] output: poll with cursor \"{}\"\n",
             j.host,
@@ -685,9 +682,18 @@ async fn find(
 }
 
 fn ids(status: &pb::JobStatus) -> Result<(Token, Token), ToolError> {
-    let host = Token::parse("host id", &status.host).map_err(|e| ToolError::Mesh(e.to_string()))?;
-    let job = Token::parse("job id", &status.job_id).map_err(|e| ToolError::Mesh(e.to_string()))?;
-    Ok((host, job))
+    Ok((
+        stored_id("host id", &status.host)?,
+        stored_id("job id", &status.job_id)?,
+    ))
+}
+
+/// An id read from a stored job status. One that does not parse is corrupt or foreign data,
+/// not a transport failure: an internal error (logged), never "the mesh is unavailable".
+fn stored_id(what: &'static str, value: &str) -> Result<Token, ToolError> {
+    Token::parse(what, value).map_err(|e| {
+        ToolError::internal(format!("a stored job status has an unreadable {what}"), &e)
+    })
 }
 
 /// The tool-facing name of a job state.
@@ -785,6 +791,25 @@ fn clip(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_status_with_unreadable_ids_is_internal_not_unavailable() {
+        let mut bad_host = status(pb::JobState::Running);
+        bad_host.host = "web 1/*".into();
+        let mut bad_job = status(pb::JobState::Running);
+        bad_job.job_id = String::new();
+        for (s, what) in [(bad_host, "host id"), (bad_job, "job id")] {
+            let e = ids(&s).unwrap_err();
+            assert!(matches!(e, ToolError::Internal(_)), "{e:?}");
+            assert_eq!(e.code(), "internal");
+            let text = e.to_string();
+            assert!(text.contains(what), "{text}");
+            assert!(!text.contains("unavailable"), "{text}");
+        }
+        let (host, job) = ids(&status(pb::JobState::Running)).unwrap();
+        assert_eq!(host.as_str(), "web-1");
+        assert_eq!(job.as_str(), "build-abc12def");
+    }
 
     fn status(state: pb::JobState) -> pb::JobStatus {
         pb::JobStatus {
