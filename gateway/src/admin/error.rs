@@ -96,6 +96,10 @@ pub fn approval(e: ApprovalError) -> Status {
             warn!(error = %message, "admin call: approvals store unavailable");
             Status::unavailable(format!("{message}; try again shortly"))
         }
+        ApprovalError::Internal(_) => {
+            error!(error = %message, "admin call: approvals store failed");
+            Status::internal(message)
+        }
     }
 }
 
@@ -131,6 +135,16 @@ mod tests {
             "the result could not be encoded".into(),
         ));
         assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+
+    #[test]
+    fn an_unreadable_approval_is_an_internal_status() {
+        let status = approval(ApprovalError::Internal(
+            "approval `apr-1` is unreadable".into(),
+        ));
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        let status = approval(ApprovalError::Mesh("NATS is not reachable".into()));
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
 use crate::core::hosts::HostState;
-use crate::core::mesh::{HostRecord, Mesh, WatchFrom};
+use crate::core::mesh::{HostRecord, Mesh, MeshError, MeshErrorKind, WatchFrom};
 use crate::core::policy::{ApprovalRule, LivePolicy, Policy};
 use crate::core::selector::{Candidate, Groups, Selector};
 use crate::core::tier::{self, Tier};
@@ -186,6 +186,10 @@ pub enum ApprovalError {
     MissingReason,
     #[error("the approvals store is unavailable: {0}")]
     Mesh(String),
+    /// A record the gateway cannot encode, or a stored (signed) record it cannot decode: a bug
+    /// or corrupt data, not a transport failure; retrying does not help.
+    #[error("an approval record cannot be read or written: {0}")]
+    Internal(String),
 }
 
 fn action_suffix(action: &Option<String>) -> String {
@@ -196,6 +200,15 @@ fn action_suffix(action: &Option<String>) -> String {
 }
 
 impl ApprovalError {
+    /// A failure of the mesh under the store, by its kind: only transport failures (and
+    /// unreadable stored records, as the mesh reports them) are "unavailable".
+    fn mesh(e: MeshError) -> Self {
+        match e.kind() {
+            MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => Self::Mesh(e.to_string()),
+            MeshErrorKind::Internal | MeshErrorKind::Setup => Self::Internal(e.to_string()),
+        }
+    }
+
     /// Whether the error says the caller may not decide (as opposed to a state or store error).
     pub fn is_refusal(&self) -> bool {
         matches!(
@@ -265,11 +278,7 @@ impl Authority<'_> {
             // Host ids in a record were validated when it was made; a record that was
             // tampered with names no host anyone reaches.
             let known = match Token::parse("host", host) {
-                Ok(token) => self
-                    .mesh
-                    .host(&token)
-                    .await
-                    .map_err(|e| ApprovalError::Mesh(e.to_string()))?,
+                Ok(token) => self.mesh.host(&token).await.map_err(ApprovalError::mesh)?,
                 Err(_) => None,
             };
             let candidate = Candidate {
@@ -427,18 +436,15 @@ impl Approvals {
                 WatchFrom::New,
             )
             .await
-            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+            .map_err(ApprovalError::mesh)?;
         let stream = watch.changes.filter_map(|entry| async move {
             match entry {
-                Err(e) => Some(Err(ApprovalError::Mesh(e.to_string()))),
+                Err(e) => Some(Err(ApprovalError::mesh(e))),
                 // Deletions, and records the gateway did not sign.
                 Ok(entry) if !entry.is_value() => None,
                 Ok(entry) => Some(
-                    serde_json::from_slice::<ApprovalRecord>(&entry.value)
-                        .map(|r| r.with_effective_state(execmesh_proto::now_ms()))
-                        .map_err(|e| {
-                            ApprovalError::Mesh(format!("record `{}` unreadable: {e}", entry.key))
-                        }),
+                    decode(&format!("record `{}`", entry.key), &entry.value)
+                        .map(|r| r.with_effective_state(execmesh_proto::now_ms())),
                 ),
             }
         });
@@ -562,12 +568,10 @@ impl Approvals {
             .mesh
             .kv_get(layout::APPROVALS_BUCKET, &self.key(id))
             .await
-            .map_err(|e| ApprovalError::Mesh(e.to_string()))?;
+            .map_err(ApprovalError::mesh)?;
         match entry {
             Some(entry) => {
-                let record = serde_json::from_slice(&entry.payload).map_err(|e| {
-                    ApprovalError::Mesh(format!("approval `{id}` is unreadable: {e}"))
-                })?;
+                let record = decode(&format!("approval `{id}`"), &entry.payload)?;
                 Ok((record, entry.seq))
             }
             None => Err(ApprovalError::NotFound { id: id.to_string() }),
@@ -580,9 +584,16 @@ impl Approvals {
 }
 
 fn encode(record: &ApprovalRecord) -> Result<Bytes, ApprovalError> {
-    serde_json::to_vec(record)
-        .map(Bytes::from)
-        .map_err(|e| ApprovalError::Mesh(e.to_string()))
+    serde_json::to_vec(record).map(Bytes::from).map_err(|e| {
+        ApprovalError::Internal(format!("cannot encode approval `{}`: {e}", record.id))
+    })
+}
+
+/// A stored record the gateway signed but cannot parse: corrupt or from an incompatible
+/// version, which is not the store being unavailable.
+fn decode(what: &str, bytes: &[u8]) -> Result<ApprovalRecord, ApprovalError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApprovalError::Internal(format!("{what} is unreadable: {e}")))
 }
 
 /// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
@@ -734,6 +745,7 @@ pub async fn gate(call: &Gate<'_>, request: Request<'_>) -> Result<(), ToolError
     };
     let current = approvals.get(id).await.map_err(|e| match e {
         ApprovalError::Mesh(m) => ToolError::Mesh(m),
+        e @ ApprovalError::Internal(_) => store_error(e),
         other => unusable(other.to_string()),
     })?;
     if current.user != user {
@@ -791,6 +803,7 @@ pub async fn gate(call: &Gate<'_>, request: Request<'_>) -> Result<(), ToolError
         .await
         .map_err(|e| match e {
             ApprovalError::Mesh(m) => ToolError::Mesh(m),
+            e @ ApprovalError::Internal(_) => store_error(e),
             other => unusable(other.to_string()),
         })?;
     call.audit.approval("used", audit_body(&spent, "used"));
@@ -894,7 +907,10 @@ fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
 }
 
 fn store_error(e: ApprovalError) -> ToolError {
-    ToolError::Mesh(e.to_string())
+    match e {
+        ApprovalError::Internal(_) => ToolError::internal("the approvals store failed", &e),
+        other => ToolError::Mesh(other.to_string()),
+    }
 }
 
 /// The audit body of an approval step.
@@ -920,6 +936,29 @@ pub fn audit_body(record: &ApprovalRecord, step: &str) -> pb::audit_event::Body 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_stored_approval_is_internal_not_unavailable() {
+        let e = decode("approval `apr-0123456789abcdef`", b"{not json").unwrap_err();
+        assert!(matches!(e, ApprovalError::Internal(_)), "{e:?}");
+        assert!(!e.to_string().contains("unavailable"), "{e}");
+        let tool = store_error(e);
+        assert!(matches!(tool, ToolError::Internal(_)), "{tool:?}");
+        assert_eq!(tool.code(), "internal");
+        assert!(!tool.to_string().contains("unavailable"), "{tool}");
+    }
+
+    #[test]
+    fn a_mesh_failure_under_the_store_keeps_its_kind() {
+        let internal = ApprovalError::mesh(MeshError::Internal("cannot encode".into()));
+        assert!(
+            matches!(internal, ApprovalError::Internal(_)),
+            "{internal:?}"
+        );
+        let down = ApprovalError::mesh(MeshError::Timeout(Duration::from_secs(5)));
+        assert!(matches!(down, ApprovalError::Mesh(_)), "{down:?}");
+        assert_eq!(store_error(down).code(), "unavailable");
+    }
 
     fn args(json: Value) -> JsonObject {
         match json {
