@@ -81,7 +81,7 @@ async fn exchange(
     match reply.body {
         Some(pb::exec_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
         Some(body) => Ok(body),
-        None => Err(ToolError::bad_reply(host, &"an empty reply")),
+        None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
     }
 }
 

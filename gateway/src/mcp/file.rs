@@ -315,9 +315,10 @@ async fn send_file(
         pb::exec_reply::Body::File(pb::FileReply {
             result: Some(result),
         }) => Ok(result),
-        _ => Err(E::Mesh(format!(
-            "host {host} answered a file request with something else"
-        ))),
+        _ => Err(E::bad_reply(
+            host,
+            &"it answered a file request with something else",
+        )),
     }
 }
 

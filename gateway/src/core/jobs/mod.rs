@@ -53,6 +53,6 @@ pub async fn kill(
     match reply.body {
         Some(pb::control_reply::Body::Status(status)) => Ok(status),
         Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
-        None => Err(ToolError::bad_reply(host, &"an empty reply")),
+        None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
     }
 }

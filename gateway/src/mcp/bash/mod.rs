@@ -188,9 +188,10 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     {
         pb::exec_reply::Body::Run(run) => run,
         _ => {
-            return Err(ToolError::Mesh(format!(
-                "host {host} answered a run request with something else"
-            )));
+            return Err(ToolError::bad_reply(
+                &host,
+                &"it answered a run request with something else",
+            ));
         }
     };
     let status = run.status.unwrap_or_default();
