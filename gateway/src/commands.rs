@@ -6,7 +6,7 @@
 use std::io::Read;
 
 use crate::config::Config;
-use crate::core::auth::{ADMIN_SCOPE, MCP_SCOPE, SigningKey, TokenSpec, parse_ttl};
+use crate::core::auth::{ADMIN_SCOPE, MCP_SCOPE, SigningKey, TokenSpec};
 use crate::core::policy::{self, NewUser, Policy};
 use crate::core::tier::Tier;
 
@@ -57,7 +57,8 @@ pub fn mint(
     tier: Option<&str>,
     scopes: &[String],
 ) -> Result<Minted, CommandError> {
-    let ttl = parse_ttl(ttl).map_err(|e| CommandError::Usage(format!("invalid --ttl: {e}")))?;
+    let ttl = execmesh_proto::duration::parse(ttl)
+        .map_err(|e| CommandError::Usage(format!("invalid --ttl: {e}")))?;
     let max = config.max_token_lifetime;
     if ttl.is_zero() || ttl > max {
         return Err(CommandError::Usage(format!(

@@ -8,10 +8,12 @@
 //! background audit publisher (`audit_publisher`), the JSON shape of audit events
 //! (`audit_json`), the identities file with the check of signed records against it
 //! (`identities`), and the one redactor of secrets that every process applies before it stores
-//! or shows a command, an argument or (optionally) output (`redact`).
+//! or shows a command, an argument or (optionally) output (`redact`), and the reading of
+//! durations operators type (`duration`).
 
 pub mod audit_json;
 pub mod audit_publisher;
+pub mod duration;
 pub mod headers;
 pub mod identities;
 pub mod jetstream;

@@ -76,7 +76,7 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
     let text = text.trim();
     if text.starts_with(|c: char| c.is_ascii_digit()) && !text.contains('-') && !text.contains(':')
     {
-        let back = crate::duration::parse(text)
+        let back = execmesh_proto::duration::parse(text)
             .map_err(|e| format!("{e}; or give a time such as 2026-05-01T12:00:00Z"))?;
         return Ok(now_ms.saturating_sub(back.as_millis() as u64));
     }

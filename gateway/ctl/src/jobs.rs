@@ -102,7 +102,7 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
         JobCommand::Kill { id, host, grace } => {
             let grace_ms = match grace {
                 None => 0,
-                Some(text) => crate::duration::parse(&text)
+                Some(text) => execmesh_proto::duration::parse(&text)
                     .map_err(|e| CtlError::Usage(format!("--grace: {e}")))?
                     .as_millis() as u64,
             };

@@ -16,7 +16,6 @@ pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod connect;
-pub mod duration;
 pub mod hosts;
 pub mod jobs;
 pub mod nats_config;

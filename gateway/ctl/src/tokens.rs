@@ -20,7 +20,7 @@ pub async fn run(settings: Settings, command: TokenCommand, json: bool) -> Resul
         } => {
             let ttl_secs = match ttl {
                 None => 0,
-                Some(text) => crate::duration::parse(&text)
+                Some(text) => execmesh_proto::duration::parse(&text)
                     .map_err(|e| CtlError::Usage(format!("--ttl: {e}")))?
                     .as_secs()
                     .max(1),

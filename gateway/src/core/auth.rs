@@ -493,26 +493,6 @@ fn header_len(token: &str) -> usize {
     token.rfind('.').unwrap_or(0)
 }
 
-/// Parses a duration such as `30s`, `15m`, `12h`, `7d` (a bare number is seconds).
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))
-        .unwrap_or((text, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 30s, 15m, 12h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("`{text}`: unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -697,14 +677,5 @@ mod tests {
         assert!(Audience::parse("https://x/mcp?a=b").is_err());
         let l = Audience::for_listen("0.0.0.0:8420".parse().unwrap(), false);
         assert_eq!(l.resource, "http://127.0.0.1:8420/mcp");
-    }
-
-    #[test]
-    fn ttl_parsing() {
-        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_ttl("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_ttl("7d").unwrap(), Duration::from_secs(7 * 86400));
-        assert!(parse_ttl("7w").is_err());
-        assert!(parse_ttl("soon").is_err());
     }
 }
