@@ -8,7 +8,7 @@ use execmesh_proto::{now_ms, pb};
 use crate::cli::{ApprovalFilters, ApprovalsCommand};
 use crate::connect::{Admin, Settings};
 use crate::table::{self, Table};
-use crate::{CtlError, enum_name, enum_word, print, print_json};
+use crate::{CtlError, enum_name, enum_word, print, print_json, print_json_line};
 
 /// `approvals [--all|--state S]` or `approvals watch`.
 pub async fn run_list(
@@ -60,20 +60,12 @@ async fn list(
         state: state as i32,
         limit,
     });
-    let response = admin
-        .client
-        .approvals
-        .list(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.approvals.list(request).await;
+    let response = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "approvals": response.approvals.iter().map(approval_json).collect::<Vec<_>>(),
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "approvals": response.approvals.iter().map(approval_json).collect::<Vec<_>>(),
+        }));
     }
     if response.approvals.is_empty() {
         return print(if state == pb::ApprovalState::Pending {
@@ -111,45 +103,26 @@ async fn list(
 /// `approval get ID`: every field, the arguments pretty-printed.
 pub async fn get(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::GetApprovalRequest { id });
-    let approval = admin
-        .client
-        .approvals
-        .get(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner()
-        .approval
-        .unwrap_or_default();
-    if json {
-        return print_json(&json!({ "approval": approval_json(&approval) }), false);
-    }
-    print(&detail(&approval, now_ms()))
+    let reply = admin.client.approvals.get(request).await;
+    print_approval(admin.answer(reply)?.approval, json, |a| detail(a, now_ms()))
 }
 
 /// `approve ID`.
 pub async fn approve(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ApproveRequest { id });
-    let approval = admin
-        .client
-        .approvals
-        .approve(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner()
-        .approval
-        .unwrap_or_default();
-    if json {
-        return print_json(&json!({ "approval": approval_json(&approval) }), false);
-    }
-    print(&format!(
-        "approved {} for {}: {}\n{} may now repeat the call with approval_id {} (it expires {}).\n",
-        approval.id,
-        approval.user,
-        approval.summary,
-        approval.user,
-        approval.id,
-        table::ago(approval.expires_at_ms, now_ms()),
-    ))
+    let reply = admin.client.approvals.approve(request).await;
+    print_approval(admin.answer(reply)?.approval, json, |a| {
+        format!(
+            "approved {} for {}: {}\n{} may now repeat the call with approval_id {} (it expires \
+             {}).\n",
+            a.id,
+            a.user,
+            a.summary,
+            a.user,
+            a.id,
+            table::ago(a.expires_at_ms, now_ms()),
+        )
+    })
 }
 
 /// `deny ID --reason ...`.
@@ -160,22 +133,26 @@ pub async fn deny(
     json: bool,
 ) -> Result<(), CtlError> {
     let request = admin.unary(pb::DenyRequest { id, reason });
-    let approval = admin
-        .client
-        .approvals
-        .deny(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner()
-        .approval
-        .unwrap_or_default();
+    let reply = admin.client.approvals.deny(request).await;
+    print_approval(admin.answer(reply)?.approval, json, |a| {
+        format!(
+            "denied {} for {}: {}\nreason (shown to {}): {}\n",
+            a.id, a.user, a.summary, a.user, a.reason
+        )
+    })
+}
+
+/// Prints the approval a call answered with: `{"approval": …}` with `--json`, else `text` of it.
+fn print_approval(
+    approval: Option<pb::Approval>,
+    json: bool,
+    text: impl FnOnce(&pb::Approval) -> String,
+) -> Result<(), CtlError> {
+    let approval = approval.unwrap_or_default();
     if json {
-        return print_json(&json!({ "approval": approval_json(&approval) }), false);
+        return print_json(&json!({ "approval": approval_json(&approval) }));
     }
-    print(&format!(
-        "denied {} for {}: {}\nreason (shown to {}): {}\n",
-        approval.id, approval.user, approval.summary, approval.user, approval.reason
-    ))
+    print(&text(&approval))
 }
 
 /// `approvals watch`: one line per request or decision until interrupted.
@@ -189,13 +166,8 @@ async fn watch_approvals(
         include_initial,
         state: state as i32,
     });
-    let mut stream = admin
-        .client
-        .approvals
-        .watch(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.approvals.watch(request).await;
+    let mut stream = admin.answer(reply)?;
     if !json {
         print(&format!(
             "{:<20}  {:<22}  {:<9}  {:<12}  {}\n",
@@ -203,26 +175,14 @@ async fn watch_approvals(
         ))?;
     }
     loop {
-        let event = match stream.message().await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
-                return Err(CtlError::Connect {
-                    url: admin.settings.url.clone(),
-                    reason: "the gateway ended the watch (shutting down?); watch again".into(),
-                });
-            }
-            Err(status) => return Err(admin.fail(status)),
-        };
+        let event = admin.next_event(&mut stream).await?;
         let approval = event.approval.unwrap_or_default();
         if json {
-            print_json(
-                &json!({
-                    "approval": approval_json(&approval),
-                    "time_ms": event.time_ms,
-                    "initial": event.initial,
-                }),
-                true,
-            )?;
+            print_json_line(&json!({
+                "approval": approval_json(&approval),
+                "time_ms": event.time_ms,
+                "initial": event.initial,
+            }))?;
             continue;
         }
         let who = match pb::ApprovalState::try_from(approval.state) {
@@ -270,13 +230,7 @@ fn decided(a: &pb::Approval) -> String {
 }
 
 fn detail(a: &pb::Approval, now: u64) -> String {
-    let at = |ms: u64| {
-        if ms == 0 {
-            "-".to_string()
-        } else {
-            format!("{} ({})", table::timestamp(ms), table::ago(ms, now))
-        }
-    };
+    let at = |ms: u64| table::when(ms, now);
     let tool = if a.action.is_empty() {
         a.tool.clone()
     } else {
@@ -304,11 +258,7 @@ fn detail(a: &pb::Approval, now: u64) -> String {
     }
     fields.push(("policy", a.policy_version.clone()));
     fields.push(("request hash", a.request_hash.clone()));
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    let mut text: String = fields
-        .iter()
-        .map(|(k, v)| format!("{:<width$} {}\n", format!("{k}:"), v.replace('\n', " ")))
-        .collect();
+    let mut text = table::fields(&fields);
     let arguments = serde_json::from_str::<Value>(&a.arguments_json)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())

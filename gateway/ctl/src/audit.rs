@@ -9,7 +9,7 @@ use execmesh_proto::pb::audit_event::Body;
 use crate::cli::{AuditCommand, AuditFilters, AuditPage};
 use crate::connect::{Admin, Settings};
 use crate::table::{self, Table};
-use crate::{CtlError, enum_word, print, print_json};
+use crate::{CtlError, enum_word, print, print_json, print_json_line};
 
 /// Records per page while exporting.
 const EXPORT_PAGE: u32 = 500;
@@ -98,22 +98,14 @@ async fn search(
     json: bool,
 ) -> Result<(), CtlError> {
     let request = admin.unary(query);
-    let page = admin
-        .client
-        .audit
-        .query(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.audit.query(request).await;
+    let page = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
-                "next_cursor": page.next_cursor,
-                "head_seq": page.head_seq,
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+            "head_seq": page.head_seq,
+        }));
     }
     if page.records.is_empty() {
         return print(&format!(
@@ -173,33 +165,20 @@ fn filter_args(filters: &AuditFilters) -> Vec<String> {
 /// `audit export`: every matching record, oldest first, one JSON object per line.
 async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError> {
     let request = admin.stream(query);
-    let mut stream = admin
-        .client
-        .audit
-        .export(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
-    loop {
-        match stream.message().await {
-            Ok(Some(record)) => print_json(&record_json(&record), true)?,
-            Ok(None) => return Ok(()),
-            Err(status) => return Err(admin.fail(status)),
-        }
+    let reply = admin.client.audit.export(request).await;
+    let mut stream = admin.answer(reply)?;
+    while let Some(record) = admin.next(&mut stream).await? {
+        print_json_line(&record_json(&record))?;
     }
+    Ok(())
 }
 
 /// `audit verify`: exit 0 with the chain's head when intact and every event was signed by a
 /// known key; else 1 naming the first bad record, or the events no known key signed.
 async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::AuditVerifyRequest {});
-    let reply = admin
-        .client
-        .audit
-        .verify(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.audit.verify(request).await;
+    let reply = admin.answer(reply)?;
     if !reply.error.is_empty() {
         return Err(CtlError::Refused(format!(
             "the audit-sink cannot read its store: {}",
@@ -207,19 +186,16 @@ async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
         )));
     }
     if json {
-        print_json(
-            &json!({
-                "ok": reply.ok,
-                "records": reply.records,
-                "head_seq": reply.head_seq,
-                "head_hash": reply.head_hash,
-                "first_bad_seq": reply.first_bad_seq,
-                "problem": reply.problem,
-                "unsigned_events": reply.unsigned_events,
-                "unsigned_event_ids": reply.unsigned_event_ids,
-            }),
-            false,
-        )?;
+        print_json(&json!({
+            "ok": reply.ok,
+            "records": reply.records,
+            "head_seq": reply.head_seq,
+            "head_hash": reply.head_hash,
+            "first_bad_seq": reply.first_bad_seq,
+            "problem": reply.problem,
+            "unsigned_events": reply.unsigned_events,
+            "unsigned_event_ids": reply.unsigned_event_ids,
+        }))?;
     } else if reply.ok {
         print(&format!(
             "audit chain intact: {} records, head seq {} hash {}\n",
@@ -253,36 +229,20 @@ async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
 fn summary(body: Option<&Body>) -> String {
     match body {
         Some(Body::CallReceived(b)) => {
-            let action = if b.action.is_empty() {
-                String::new()
-            } else {
-                format!("{} ", b.action)
-            };
+            let action = table::optional("", &b.action, " ");
             format!("{action}{}", b.args)
         }
         Some(Body::CallDenied(b)) => format!("{} by {}: {}", b.code, b.by, b.reason),
         Some(Body::CallDispatched(b)) => {
-            let error = if b.error.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", b.error)
-            };
+            let error = table::optional(": ", &b.error, "");
             format!("{} in {}{error}", b.request, table::duration(b.duration_ms))
         }
         Some(Body::CallCompleted(b)) => {
-            let error = if b.error.is_empty() {
-                String::new()
-            } else {
-                format!(" {}: {}", b.error_code, b.error)
-            };
+            let error = table::optional(&format!(" {}: ", b.error_code), &b.error, "");
             format!("{} in {}{error}", b.status, table::duration(b.duration_ms))
         }
         Some(Body::JobStarted(b)) => {
-            let cwd = if b.cwd.is_empty() {
-                String::new()
-            } else {
-                format!(" in {}", b.cwd)
-            };
+            let cwd = table::optional(" in ", &b.cwd, "");
             format!("pid {} uid {}{cwd}", b.pid, b.uid)
         }
         Some(Body::JobFinished(b)) => {
@@ -299,20 +259,12 @@ fn summary(body: Option<&Body>) -> String {
             )
         }
         Some(Body::FileChanged(b)) => {
-            let to = if b.to.is_empty() {
-                String::new()
-            } else {
-                format!(" → {}", b.to)
-            };
+            let to = table::optional(" → ", &b.to, "");
             format!("{} {}{to}", b.action, b.path)
         }
         Some(Body::ApprovalRequested(b)) => format!("{}: {}", b.approval_id, b.summary),
         Some(Body::ApprovalDecided(b)) => {
-            let reason = if b.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", b.reason)
-            };
+            let reason = table::optional(": ", &b.reason, "");
             format!("{} {} by {}{reason}", b.decision, b.approval_id, b.by)
         }
         Some(Body::JobAccessed(b)) => format!(
@@ -333,11 +285,7 @@ fn summary(body: Option<&Body>) -> String {
             table::timestamp(b.expires_at_ms)
         ),
         Some(Body::TokenRevoked(b)) => {
-            let whose = if b.for_user.is_empty() {
-                String::new()
-            } else {
-                format!(" of {}", b.for_user)
-            };
+            let whose = table::optional(" of ", &b.for_user, "");
             format!("{}{whose} by {}", b.token_id, b.by)
         }
         Some(Body::AuthFailed(b)) => {

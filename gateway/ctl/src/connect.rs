@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::CtlError;
 use crate::admin_client::{self, AdminClient, Bearer, ClientTls, ConnectError};
@@ -424,6 +424,36 @@ impl Admin {
     /// exits 3.
     pub fn fail(&self, status: Status) -> CtlError {
         failure(&self.settings, status)
+    }
+
+    /// What a call made with [`Admin::unary`] or [`Admin::stream`] answered, or its failure in
+    /// words.
+    pub fn answer<R>(&self, reply: Result<Response<R>, Status>) -> Result<R, CtlError> {
+        reply.map(Response::into_inner).map_err(|s| self.fail(s))
+    }
+
+    /// The next message of a server stream; `None` once the gateway ends it.
+    pub async fn next<T>(&self, stream: &mut Streaming<T>) -> Result<Option<T>, CtlError> {
+        stream.message().await.map_err(|s| self.fail(s))
+    }
+
+    /// The next event of a watch. Only the operator ends a watch, so the gateway ending it is a
+    /// lost connection (exit 3).
+    pub async fn next_event<T>(&self, stream: &mut Streaming<T>) -> Result<T, CtlError> {
+        match self.next(stream).await? {
+            Some(event) => Ok(event),
+            None => {
+                Err(self.ended("the gateway ended the watch (shutting down?); watch again".into()))
+            }
+        }
+    }
+
+    /// The gateway ended a stream before its end, for `reason` (exit 3).
+    pub fn ended(&self, reason: String) -> CtlError {
+        CtlError::Connect {
+            url: self.settings.url.clone(),
+            reason,
+        }
     }
 }
 

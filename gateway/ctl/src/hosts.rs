@@ -6,29 +6,21 @@ use execmesh_proto::{now_ms, pb};
 
 use crate::connect::Admin;
 use crate::table::{self, Table};
-use crate::{CtlError, enum_word, print, print_json};
+use crate::{CtlError, enum_word, print, print_json, print_json_line};
 
 /// `hosts [SELECTOR]`: a table of the matching hosts and a count by state, or the response as
 /// JSON.
 pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ListHostsRequest { selector });
-    let response = admin
-        .client
-        .hosts
-        .list(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.hosts.list(request).await;
+    let response = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "hosts": response.hosts.iter().map(host_json).collect::<Vec<_>>(),
-                "online": response.online,
-                "stale": response.stale,
-                "offline": response.offline,
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "hosts": response.hosts.iter().map(host_json).collect::<Vec<_>>(),
+            "online": response.online,
+            "stale": response.stale,
+            "offline": response.offline,
+        }));
     }
     let now = now_ms();
     let mut table = Table::new(&[
@@ -93,13 +85,8 @@ pub async fn watch(
         selector,
         include_initial,
     });
-    let mut stream = admin
-        .client
-        .hosts
-        .watch(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.hosts.watch(request).await;
+    let mut stream = admin.answer(reply)?;
     if !json {
         // Lines arrive one by one, so the columns have fixed widths instead of measured ones.
         print(&format!(
@@ -108,18 +95,9 @@ pub async fn watch(
         ))?;
     }
     loop {
-        let event = match stream.message().await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
-                return Err(CtlError::Connect {
-                    url: admin.settings.url.clone(),
-                    reason: "the gateway ended the watch (shutting down?); watch again".into(),
-                });
-            }
-            Err(status) => return Err(admin.fail(status)),
-        };
+        let event = admin.next_event(&mut stream).await?;
         if json {
-            print_json(&event_json(&event), true)?;
+            print_json_line(&event_json(&event))?;
             continue;
         }
         let change = if event.initial {

@@ -9,7 +9,7 @@ use execmesh_proto::{now_ms, pb};
 use crate::cli::{JobCommand, JobFilters};
 use crate::connect::{Admin, Settings};
 use crate::table::{self, Table};
-use crate::{CtlError, enum_name, enum_word, print, print_bytes, print_json};
+use crate::{CtlError, enum_name, enum_word, print, print_bytes, print_json, print_json_line};
 
 /// What `job tail --exit-code` exits with when the job ended without an exit code of its own
 /// (killed by a signal, timed out, lost, failed to start).
@@ -47,21 +47,13 @@ pub async fn list(
 ) -> Result<(), CtlError> {
     let limit = request.limit;
     let request = admin.unary(request);
-    let response = admin
-        .client
-        .jobs
-        .list(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.jobs.list(request).await;
+    let response = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>(),
-                "truncated": response.truncated,
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "truncated": response.truncated,
+        }));
     }
     if response.jobs.is_empty() {
         return print("no jobs match\n");
@@ -114,22 +106,13 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
 
 async fn get(admin: &mut Admin, job_id: String, host: String, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::GetJobRequest { job_id, host });
-    let response = admin
-        .client
-        .jobs
-        .get(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
-    if json {
-        return print_json(
-            &json!({ "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>() }),
-            false,
-        );
-    }
-    let now = now_ms();
-    let blocks: Vec<String> = response.jobs.iter().map(|j| job_detail(j, now)).collect();
-    print(&blocks.join("\n"))
+    let reply = admin.client.jobs.get(request).await;
+    let response = admin.answer(reply)?;
+    print_jobs(&response.jobs, json, |jobs| {
+        let now = now_ms();
+        let blocks: Vec<String> = jobs.iter().map(|j| job_detail(j, now)).collect();
+        blocks.join("\n")
+    })
 }
 
 async fn kill(
@@ -144,20 +127,21 @@ async fn kill(
         host,
         grace_ms,
     });
-    let response = admin
-        .client
-        .jobs
-        .kill(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.jobs.kill(request).await;
+    let response = admin.answer(reply)?;
+    print_jobs(&response.jobs, json, |jobs| jobs_table(jobs).render())
+}
+
+/// Prints the jobs a call answered with: `{"jobs": […]}` with `--json`, else `text` of them.
+fn print_jobs(
+    jobs: &[pb::JobStatus],
+    json: bool,
+    text: impl FnOnce(&[pb::JobStatus]) -> String,
+) -> Result<(), CtlError> {
     if json {
-        return print_json(
-            &json!({ "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>() }),
-            false,
-        );
+        return print_json(&json!({ "jobs": jobs.iter().map(job_json).collect::<Vec<_>>() }));
     }
-    print(&jobs_table(&response.jobs).render())
+    print(&text(jobs))
 }
 
 /// `job tail`: the output as it comes, raw on stdout; how the job ended on stderr.
@@ -169,62 +153,39 @@ async fn tail(
 ) -> Result<(), CtlError> {
     let job = request.job_id.clone();
     let request = admin.stream(request);
-    let mut stream = admin
-        .client
-        .jobs
-        .tail(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.jobs.tail(request).await;
+    let mut stream = admin.answer(reply)?;
     let mut last_cursor = String::new();
     loop {
-        let message = match stream.message().await {
-            Ok(Some(message)) => message,
-            Ok(None) => {
-                let resume = if last_cursor.is_empty() {
-                    String::new()
-                } else {
-                    format!("; resume with --cursor {last_cursor}")
-                };
-                return Err(CtlError::Connect {
-                    url: admin.settings.url.clone(),
-                    reason: format!(
-                        "the gateway ended the tail of {job} before the job ended (shutting \
-                         down?){resume}"
-                    ),
-                });
-            }
-            Err(status) => return Err(admin.fail(status)),
+        let Some(message) = admin.next(&mut stream).await? else {
+            let resume = table::optional("; resume with --cursor ", &last_cursor, "");
+            return Err(admin.ended(format!(
+                "the gateway ended the tail of {job} before the job ended (shutting down?){resume}"
+            )));
         };
         last_cursor = message.cursor.clone();
         match message.body {
             Some(pb::tail_job_response::Body::Chunk(chunk)) => {
                 if json {
-                    print_json(
-                        &json!({
-                            "type": "output",
-                            "index": chunk.index,
-                            "first_line": chunk.first_line,
-                            "line_count": chunk.line_count,
-                            "data": String::from_utf8_lossy(&chunk.data),
-                            "cursor": message.cursor,
-                        }),
-                        true,
-                    )?;
+                    print_json_line(&json!({
+                        "type": "output",
+                        "index": chunk.index,
+                        "first_line": chunk.first_line,
+                        "line_count": chunk.line_count,
+                        "data": String::from_utf8_lossy(&chunk.data),
+                        "cursor": message.cursor,
+                    }))?;
                 } else {
                     print_bytes(&chunk.data)?;
                 }
             }
             Some(pb::tail_job_response::Body::Exit(status)) => {
                 if json {
-                    print_json(
-                        &json!({
-                            "type": "exit",
-                            "job": job_json(&status),
-                            "cursor": message.cursor,
-                        }),
-                        true,
-                    )?;
+                    print_json_line(&json!({
+                        "type": "exit",
+                        "job": job_json(&status),
+                        "cursor": message.cursor,
+                    }))?;
                 } else {
                     eprintln!("{}", ending(&status));
                 }
@@ -261,11 +222,7 @@ fn ending(job: &pb::JobStatus) -> String {
         (_, Some(code)) => format!("{} (exit {code})", state_word(job.state)),
         _ => state_word(job.state),
     };
-    let reason = if job.reason.is_empty() {
-        String::new()
-    } else {
-        format!(": {}", job.reason)
-    };
+    let reason = table::optional(": ", &job.reason, "");
     format!("{how}{took} on {} (job {}){reason}", job.host, job.job_id)
 }
 
@@ -345,27 +302,9 @@ fn job_detail(job: &pb::JobStatus, now: u64) -> String {
             "-".into()
         },
     ));
-    fields.push((
-        "started",
-        if job.started_at_ms > 0 {
-            format!(
-                "{} ({})",
-                table::timestamp(job.started_at_ms),
-                table::ago(job.started_at_ms, now)
-            )
-        } else {
-            "-".into()
-        },
-    ));
+    fields.push(("started", table::when(job.started_at_ms, now)));
     if job.ended_at_ms > 0 {
-        fields.push((
-            "ended",
-            format!(
-                "{} ({})",
-                table::timestamp(job.ended_at_ms),
-                table::ago(job.ended_at_ms, now)
-            ),
-        ));
+        fields.push(("ended", table::when(job.ended_at_ms, now)));
     }
     fields.push(("duration", run_time(job, now)));
     fields.push((
@@ -387,11 +326,7 @@ fn job_detail(job: &pb::JobStatus, now: u64) -> String {
     if !job.trace_id.is_empty() {
         fields.push(("trace", job.trace_id.clone()));
     }
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    fields
-        .iter()
-        .map(|(k, v)| format!("{:<width$} {}\n", format!("{k}:"), v.replace('\n', " ")))
-        .collect()
+    table::fields(&fields)
 }
 
 /// A job state as a word (`running`, `exited`, `timed_out`, …).

@@ -187,14 +187,18 @@ pub fn print_bytes(bytes: &[u8]) -> Result<(), CtlError> {
         .map_err(output_error)
 }
 
-/// Prints one JSON document: pretty for a single answer, one line for an item of a stream.
-pub fn print_json(value: &Value, line: bool) -> Result<(), CtlError> {
-    let text = if line {
-        serde_json::to_string(value)
-    } else {
-        serde_json::to_string_pretty(value)
-    }
-    .map_err(|e| CtlError::Output(std::io::Error::other(e)))?;
+/// Prints one answer as a pretty JSON document.
+pub fn print_json(value: &Value) -> Result<(), CtlError> {
+    print_json_text(serde_json::to_string_pretty(value))
+}
+
+/// Prints one item of a stream as a line of JSON.
+pub fn print_json_line(value: &Value) -> Result<(), CtlError> {
+    print_json_text(serde_json::to_string(value))
+}
+
+fn print_json_text(text: serde_json::Result<String>) -> Result<(), CtlError> {
+    let text = text.map_err(|e| CtlError::Output(std::io::Error::other(e)))?;
     print(&format!("{text}\n"))
 }
 

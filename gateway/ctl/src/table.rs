@@ -59,6 +59,15 @@ impl Table {
     }
 }
 
+/// `key: value` lines with the values aligned, each value on one line (a detail view).
+pub fn fields(fields: &[(&str, String)]) -> String {
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    fields
+        .iter()
+        .map(|(k, v)| format!("{:<width$} {}\n", format!("{k}:"), v.replace('\n', " ")))
+        .collect()
+}
+
 /// Display width of a cell: characters, which is right for the ASCII and the few symbols the
 /// tables use.
 fn width(text: &str) -> usize {
@@ -80,6 +89,16 @@ pub fn clip(text: &str, max: usize) -> String {
     let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+/// An optional part of a line: `value` between `before` and `after` when it is set, else
+/// nothing (`optional(": ", reason, "")`).
+pub fn optional(before: &str, value: &str, after: &str) -> String {
+    if value.is_empty() {
+        String::new()
+    } else {
+        format!("{before}{value}{after}")
+    }
 }
 
 /// `-` for an empty value.
@@ -161,6 +180,15 @@ pub fn timestamp(ms: u64) -> String {
     };
     time.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| ms.to_string())
+}
+
+/// When `ms` was, absolutely and relatively to `now_ms`: `2026-05-01T12:00:03Z (3m ago)`; `-`
+/// for 0 (never).
+pub fn when(ms: u64, now_ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    format!("{} ({})", timestamp(ms), ago(ms, now_ms))
 }
 
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds, for JSON next to the `_ms` value.

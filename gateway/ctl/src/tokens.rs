@@ -66,26 +66,18 @@ async fn mint(
     json: bool,
 ) -> Result<(), CtlError> {
     let request = admin.unary(request);
-    let minted = admin
-        .client
-        .tokens
-        .mint(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.tokens.mint(request).await;
+    let minted = admin.answer(reply)?;
     let tier = tier_word(minted.tier);
     if json {
-        return print_json(
-            &json!({
-                "token": minted.token,
-                "token_id": minted.token_id,
-                "user": minted.user,
-                "scopes": minted.scopes,
-                "tier": tier,
-                "expires_at_ms": minted.expires_at_ms,
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "token": minted.token,
+            "token_id": minted.token_id,
+            "user": minted.user,
+            "scopes": minted.scopes,
+            "tier": tier,
+            "expires_at_ms": minted.expires_at_ms,
+        }));
     }
     // The token alone on stdout, so `TOKEN=$(execmeshctl token mint ...)` works; the rest is
     // for the person at the terminal.
@@ -111,21 +103,13 @@ async fn revoke(
     let request = admin.unary(pb::RevokeTokenRequest {
         target: Some(target),
     });
-    let revoked = admin
-        .client
-        .tokens
-        .revoke(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.tokens.revoke(request).await;
+    let revoked = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "token_id": revoked.token_id,
-                "expires_at_ms": revoked.expires_at_ms,
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "token_id": revoked.token_id,
+            "expires_at_ms": revoked.expires_at_ms,
+        }));
     }
     print(&format!(
         "revoked token {}: every gateway refuses it within about a second (kept on the list \
@@ -137,24 +121,16 @@ async fn revoke(
 
 async fn revocations(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
     let request = admin.unary(pb::ListRevocationsRequest {});
-    let response = admin
-        .client
-        .tokens
-        .list_revocations(request)
-        .await
-        .map_err(|s| admin.fail(s))?
-        .into_inner();
+    let reply = admin.client.tokens.list_revocations(request).await;
+    let response = admin.answer(reply)?;
     if json {
-        return print_json(
-            &json!({
-                "revocations": response.revocations.iter().map(|r| json!({
-                    "token_id": r.token_id,
-                    "revoked_at_ms": r.revoked_at_ms,
-                    "expires_at_ms": r.expires_at_ms,
-                })).collect::<Vec<_>>(),
-            }),
-            false,
-        );
+        return print_json(&json!({
+            "revocations": response.revocations.iter().map(|r| json!({
+                "token_id": r.token_id,
+                "revoked_at_ms": r.revoked_at_ms,
+                "expires_at_ms": r.expires_at_ms,
+            })).collect::<Vec<_>>(),
+        }));
     }
     if response.revocations.is_empty() {
         return print("no revocations in force\n");
