@@ -94,67 +94,48 @@ pub fn audit_stream(replicas: usize) -> stream::Config {
 /// `mesh_presence`: one heartbeat per host; keys expire by per-message TTL.
 pub fn presence_bucket(replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: PRESENCE_BUCKET.to_string(),
-        description: "execmesh host heartbeats".to_string(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
         // Enables per-message TTL on the bucket's stream and leaves a delete marker when a
         // heartbeat expires, so watchers see a host go away.
         limit_markers: Some(Duration::from_secs(60)),
-        ..Default::default()
+        ..bucket(PRESENCE_BUCKET, "execmesh host heartbeats", replicas)
     }
 }
 
 /// `mesh_facts`: the host's registration and fact pack.
 pub fn facts_bucket(replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: FACTS_BUCKET.to_string(),
-        description: "execmesh host registrations and facts".to_string(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
-    }
+    bucket(
+        FACTS_BUCKET,
+        "execmesh host registrations and facts",
+        replicas,
+    )
 }
 
 /// `mesh_jobs`: job statuses, updated with compare-and-set.
 pub fn jobs_bucket(retention: Duration, replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: JOBS_BUCKET.to_string(),
-        description: "execmesh job statuses".to_string(),
-        history: 1,
         max_age: retention,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        ..Default::default()
+        ..bucket(JOBS_BUCKET, "execmesh job statuses", replicas)
     }
 }
 
 /// `mesh_oauth`: the gateway's OAuth grants; each key carries its own TTL.
 pub fn oauth_bucket(replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: OAUTH_BUCKET.to_string(),
-        description: "execmesh OAuth codes, refresh tokens and clients".to_string(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
         // Enables per-message TTL (codes live a minute, refresh tokens weeks).
         limit_markers: Some(Duration::from_secs(60)),
-        ..Default::default()
+        ..bucket(
+            OAUTH_BUCKET,
+            "execmesh OAuth codes, refresh tokens and clients",
+            replicas,
+        )
     }
 }
 
 /// `mesh_revoked`: revoked token ids, each expiring with the token it revokes.
 pub fn revoked_bucket(replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: REVOKED_BUCKET.to_string(),
-        description: "execmesh revoked access tokens".to_string(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
         limit_markers: Some(Duration::from_secs(60)),
-        ..Default::default()
+        ..bucket(REVOKED_BUCKET, "execmesh revoked access tokens", replicas)
     }
 }
 
@@ -162,10 +143,22 @@ pub fn revoked_bucket(replicas: usize) -> kv::Config {
 /// record carries its own decision trail, and the audit stream has every step).
 pub fn approvals_bucket(replicas: usize) -> kv::Config {
     kv::Config {
-        bucket: APPROVALS_BUCKET.to_string(),
-        description: "execmesh approval requests and decisions".to_string(),
-        history: 1,
         max_age: APPROVALS_RETENTION,
+        ..bucket(
+            APPROVALS_BUCKET,
+            "execmesh approval requests and decisions",
+            replicas,
+        )
+    }
+}
+
+/// A bucket as the mesh keeps them all: one value per key (history 1), on file, `replicas`
+/// copies.
+fn bucket(name: &str, description: &str, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: name.to_string(),
+        description: description.to_string(),
+        history: 1,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()

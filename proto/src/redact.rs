@@ -440,17 +440,9 @@ const RULES: &[Spec] = &[
     ),
 ];
 
-/// Name segments that make a name secret wherever they stand (`DB_PASS`, `x-auth-token`).
+/// Name segments that make a name secret wherever they stand (`x-auth`, `SESSION_COOKIE`),
+/// besides the [`STRONG_SEGMENTS`] (`DB_PASS`, `x-auth-token`), which make it strongly secret.
 const SECRET_SEGMENTS: &[&str] = &[
-    "pass",
-    "passwd",
-    "password",
-    "passphrase",
-    "pwd",
-    "pw",
-    "pswd",
-    "secret",
-    "token",
     "auth",
     "apikey",
     "cookie",

@@ -53,49 +53,38 @@ pub trait SignedRequest: prost::Message + Sized {
     fn set_nonce(&mut self, nonce: Vec<u8>);
 }
 
-impl SignedRequest for pb::ExecRequest {
-    const DOMAIN: &'static [u8] = b"execmesh.v1.ExecRequest\0";
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn set_key_id(&mut self, id: String) {
-        self.key_id = id;
-    }
-    fn signature(&self) -> &[u8] {
-        &self.signature
-    }
-    fn clear_signature(&mut self) {
-        self.signature.clear();
-    }
-    fn nonce(&self) -> &[u8] {
-        &self.nonce
-    }
-    fn set_nonce(&mut self, nonce: Vec<u8>) {
-        self.nonce = nonce;
-    }
+/// Implements [`SignedRequest`] for request messages, each with `key_id`, `signature` and
+/// `nonce` fields, signed under its own domain.
+macro_rules! signed_request {
+    ($($message:ty => $domain:literal),+ $(,)?) => {$(
+        impl SignedRequest for $message {
+            const DOMAIN: &'static [u8] = $domain;
+            fn key_id(&self) -> &str {
+                &self.key_id
+            }
+            fn set_key_id(&mut self, id: String) {
+                self.key_id = id;
+            }
+            fn signature(&self) -> &[u8] {
+                &self.signature
+            }
+            fn clear_signature(&mut self) {
+                self.signature.clear();
+            }
+            fn nonce(&self) -> &[u8] {
+                &self.nonce
+            }
+            fn set_nonce(&mut self, nonce: Vec<u8>) {
+                self.nonce = nonce;
+            }
+        }
+    )+};
 }
 
-impl SignedRequest for pb::ControlRequest {
-    const DOMAIN: &'static [u8] = b"execmesh.v1.ControlRequest\0";
-    fn key_id(&self) -> &str {
-        &self.key_id
-    }
-    fn set_key_id(&mut self, id: String) {
-        self.key_id = id;
-    }
-    fn signature(&self) -> &[u8] {
-        &self.signature
-    }
-    fn clear_signature(&mut self) {
-        self.signature.clear();
-    }
-    fn nonce(&self) -> &[u8] {
-        &self.nonce
-    }
-    fn set_nonce(&mut self, nonce: Vec<u8>) {
-        self.nonce = nonce;
-    }
-}
+signed_request!(
+    pb::ExecRequest => b"execmesh.v1.ExecRequest\0",
+    pb::ControlRequest => b"execmesh.v1.ControlRequest\0",
+);
 
 /// Why a payload's signature could not be checked or did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
