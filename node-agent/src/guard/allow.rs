@@ -21,7 +21,7 @@
 //! variables a request may not set (`PATH`, `LD_PRELOAD`, `BASH_ENV`, …) are refused.
 
 use super::env;
-use super::glob::{check_glob, glob_match, has_extglob};
+use super::glob::{command_globs, glob_match, has_extglob};
 use super::path::View;
 use super::walk::Walked;
 use super::word::{Carrier, Field, Invocation, basename};
@@ -71,14 +71,7 @@ pub struct Allowlist {
 impl Entry {
     /// Parses an entry; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Entry, String> {
-        let mut words = text.split_whitespace();
-        let name = words
-            .next()
-            .ok_or_else(|| "an entry names at least a command".to_string())?;
-        let args: Vec<String> = words.map(str::to_string).collect();
-        for glob in std::iter::once(name).chain(args.iter().map(String::as_str)) {
-            check_glob(glob).map_err(|e| format!("`{glob}`: {e}"))?;
-        }
+        let (name, args) = command_globs(text, "an entry names at least a command")?;
         if name == "..." {
             return Err("the command name must be a program, not `...`".into());
         }

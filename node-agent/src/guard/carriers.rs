@@ -22,36 +22,14 @@
 
 use super::foreign;
 use super::options::{Spec, long_matches};
-use super::word::{Carried, Dyn, Field, Format, Invocation, Piece, Stdin, ansi_c, basename};
+use super::word::{
+    Carried, Dyn, Field, Format, Invocation, Piece, Stdin, ansi_c, basename, shown_words,
+};
 
 /// Shells whose `-c`, script operand and standard input are read as shell text.
 pub const SHELLS: &[&str] = &[
     "sh", "bash", "dash", "zsh", "ksh", "ksh93", "mksh", "lksh", "pdksh", "ash", "rbash", "yash",
     "posh", "csh", "tcsh", "fish",
-];
-
-/// Variables whose value common tools run as a command (`GIT_SSH_COMMAND=…`).
-pub const COMMAND_VARIABLES: &[&str] = &[
-    "GIT_SSH_COMMAND",
-    "GIT_SSH",
-    "GIT_PAGER",
-    "GIT_EDITOR",
-    "GIT_EXTERNAL_DIFF",
-    "GIT_ASKPASS",
-    "GIT_PROXY_COMMAND",
-    "SSH_ASKPASS",
-    "SUDO_ASKPASS",
-    "PAGER",
-    "MANPAGER",
-    "SYSTEMD_PAGER",
-    "EDITOR",
-    "VISUAL",
-    "SUDO_EDITOR",
-    "SYSTEMD_EDITOR",
-    "LESSOPEN",
-    "LESSCLOSE",
-    "RSYNC_RSH",
-    "BROWSER",
 ];
 
 /// Git settings whose value is a command.
@@ -1046,11 +1024,7 @@ pub fn join_fields(fields: &[Field]) -> Field {
         }
     }
     Field::Dynamic(Dyn {
-        shown: fields
-            .iter()
-            .map(Field::shown)
-            .collect::<Vec<_>>()
-            .join(" "),
+        shown: shown_words(fields),
         parts,
         splits: false,
         content: None,

@@ -17,6 +17,34 @@ pub struct Group {
     pub why: &'static str,
 }
 
+/// Variables whose value common tools run as a command (`GIT_SSH_COMMAND=…`): refused in a
+/// request's env, and walked as the command they carry where the command text sets them.
+pub const COMMAND_VARIABLES: &[&str] = &[
+    "GIT_SSH_COMMAND",
+    "GIT_SSH",
+    "GIT_PAGER",
+    "GIT_EDITOR",
+    "GIT_EXTERNAL_DIFF",
+    "GIT_ASKPASS",
+    "GIT_PROXY_COMMAND",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "PAGER",
+    "MANPAGER",
+    "SYSTEMD_PAGER",
+    "EDITOR",
+    "VISUAL",
+    "SUDO_EDITOR",
+    "SYSTEMD_EDITOR",
+    "LESSOPEN",
+    "LESSCLOSE",
+    "RSYNC_RSH",
+    "BROWSER",
+];
+
+/// Why a request may not set a variable a common tool acts on.
+const TOOL_RUNS_IT: &str = "a common tool runs the command it names";
+
 /// The refused names, by reason.
 pub const DANGEROUS: &[Group] = &[
     Group {
@@ -79,33 +107,17 @@ pub const DANGEROUS: &[Group] = &[
         why: "an interpreter loads code it names before the program",
     },
     Group {
+        names: COMMAND_VARIABLES,
+        why: TOOL_RUNS_IT,
+    },
+    Group {
         names: &[
-            "GIT_SSH",
-            "GIT_SSH_COMMAND",
             "GIT_EXEC_PATH",
-            "GIT_PAGER",
-            "GIT_EDITOR",
-            "GIT_EXTERNAL_DIFF",
-            "GIT_ASKPASS",
             "GIT_CONFIG_*",
-            "GIT_PROXY_COMMAND",
-            "PAGER",
-            "MANPAGER",
-            "SYSTEMD_PAGER",
-            "EDITOR",
-            "VISUAL",
-            "SUDO_EDITOR",
-            "SYSTEMD_EDITOR",
-            "SSH_ASKPASS",
-            "SUDO_ASKPASS",
-            "LESSOPEN",
-            "LESSCLOSE",
-            "BROWSER",
-            "RSYNC_RSH",
             "RSYNC_CONNECT_PROG",
             "TAR_OPTIONS",
         ],
-        why: "a common tool runs the command it names",
+        why: TOOL_RUNS_IT,
     },
 ];
 

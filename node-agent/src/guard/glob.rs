@@ -230,6 +230,18 @@ fn bracket(chars: &[char], at: usize) -> Option<(Set, usize)> {
     ))
 }
 
+/// The words of a command written as globs (a host rule, an allowlist entry): the command
+/// name and the argument globs, each checked. `empty` is the error for a text without words.
+pub fn command_globs<'a>(text: &'a str, empty: &str) -> Result<(&'a str, Vec<String>), String> {
+    let mut words = text.split_whitespace();
+    let name = words.next().ok_or_else(|| empty.to_string())?;
+    let args: Vec<String> = words.map(str::to_string).collect();
+    for glob in std::iter::once(name).chain(args.iter().map(String::as_str)) {
+        check_glob(glob).map_err(|e| format!("`{glob}`: {e}"))?;
+    }
+    Ok((name, args))
+}
+
 /// Checks that brackets in a glob are closed.
 pub fn check_glob(glob: &str) -> Result<(), String> {
     let chars: Vec<char> = glob.chars().collect();

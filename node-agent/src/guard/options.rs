@@ -154,100 +154,94 @@ impl Spec {
         };
         let mut i = 0;
         while i < args.len() {
-            let arg = match &args[i] {
-                Field::Static(s) => s.as_str(),
+            match &args[i] {
+                // A run-time word is an operand; one that may start with `-` may be any option.
                 Field::Dynamic(d) => {
-                    // A run-time word that may start with `-` may be any option.
                     if d.may_start_with('-') {
                         parsed.maybe_more = true;
                     }
-                    if !self.permute {
-                        parsed.rest = i;
-                        parsed.operands.extend(i..args.len());
+                }
+                Field::Static(arg) => {
+                    let arg = arg.as_str();
+                    if arg == "--" {
+                        parsed.rest = (i + 1).min(args.len());
+                        parsed.operands.extend(i + 1..args.len());
                         return parsed;
                     }
-                    parsed.operands.push(i);
-                    i += 1;
-                    continue;
-                }
-            };
-            if arg == "--" {
-                parsed.rest = (i + 1).min(args.len());
-                parsed.operands.extend(i + 1..args.len());
-                return parsed;
-            }
-            let plus = plus_options && arg.len() > 1 && arg.starts_with('+');
-            if let Some(long) = arg.strip_prefix("--") {
-                let (name, attached) = match long.split_once('=') {
-                    Some((n, v)) => (n, Some(v)),
-                    None => (long, None),
-                };
-                match self.long(name) {
-                    Ok((result, takes)) => {
-                        let value = match (takes, attached) {
-                            (Takes::No, _) => None,
-                            (_, Some(v)) => Some(Field::Static(v.to_string())),
-                            (Takes::Required, None) => {
-                                i += 1;
-                                args.get(i).cloned()
-                            }
-                            (Takes::Optional, None) => None,
+                    let plus = plus_options && arg.len() > 1 && arg.starts_with('+');
+                    if let Some(long) = arg.strip_prefix("--") {
+                        let (name, attached) = match long.split_once('=') {
+                            Some((n, v)) => (n, Some(v)),
+                            None => (long, None),
                         };
-                        parsed.options.push(Found {
-                            name: result,
-                            value,
-                            plus: false,
-                        });
-                    }
-                    Err(_) => parsed.options.push(Found {
-                        name: format!("?{name}"),
-                        value: attached.map(|v| Field::Static(v.to_string())),
-                        plus: false,
-                    }),
-                }
-                i += 1;
-                continue;
-            }
-            if (arg.starts_with('-') || plus) && arg.len() > 1 {
-                let cluster: Vec<char> = arg[1..].chars().collect();
-                let mut k = 0;
-                while k < cluster.len() {
-                    let c = cluster[k];
-                    match self.short_takes(c) {
-                        Some(Takes::No) | None => {
-                            let known = self.short_takes(c).is_some();
-                            parsed.options.push(Found {
-                                name: if known {
-                                    c.to_string()
-                                } else {
-                                    format!("?{c}")
-                                },
-                                value: None,
-                                plus,
-                            });
-                            k += 1;
+                        match self.long(name) {
+                            Ok((result, takes)) => {
+                                let value = match (takes, attached) {
+                                    (Takes::No, _) => None,
+                                    (_, Some(v)) => Some(Field::Static(v.to_string())),
+                                    (Takes::Required, None) => {
+                                        i += 1;
+                                        args.get(i).cloned()
+                                    }
+                                    (Takes::Optional, None) => None,
+                                };
+                                parsed.options.push(Found {
+                                    name: result,
+                                    value,
+                                    plus: false,
+                                });
+                            }
+                            Err(_) => parsed.options.push(Found {
+                                name: format!("?{name}"),
+                                value: attached.map(|v| Field::Static(v.to_string())),
+                                plus: false,
+                            }),
                         }
-                        Some(takes) => {
-                            let attached: String = cluster[k + 1..].iter().collect();
-                            let value = if !attached.is_empty() {
-                                Some(Field::Static(attached))
-                            } else if takes == Takes::Required {
-                                i += 1;
-                                args.get(i).cloned()
-                            } else {
-                                None
-                            };
-                            parsed.options.push(Found {
-                                name: c.to_string(),
-                                value,
-                                plus,
-                            });
-                            k = cluster.len();
+                        i += 1;
+                        continue;
+                    }
+                    if (arg.starts_with('-') || plus) && arg.len() > 1 {
+                        let cluster: Vec<char> = arg[1..].chars().collect();
+                        let mut k = 0;
+                        while k < cluster.len() {
+                            let c = cluster[k];
+                            match self.short_takes(c) {
+                                Some(Takes::No) | None => {
+                                    let known = self.short_takes(c).is_some();
+                                    parsed.options.push(Found {
+                                        name: if known {
+                                            c.to_string()
+                                        } else {
+                                            format!("?{c}")
+                                        },
+                                        value: None,
+                                        plus,
+                                    });
+                                    k += 1;
+                                }
+                                Some(takes) => {
+                                    let attached: String = cluster[k + 1..].iter().collect();
+                                    let value = if !attached.is_empty() {
+                                        Some(Field::Static(attached))
+                                    } else if takes == Takes::Required {
+                                        i += 1;
+                                        args.get(i).cloned()
+                                    } else {
+                                        None
+                                    };
+                                    parsed.options.push(Found {
+                                        name: c.to_string(),
+                                        value,
+                                        plus,
+                                    });
+                                    k = cluster.len();
+                                }
+                            }
                         }
+                        i += 1;
+                        continue;
                     }
                 }
-                i += 1;
-                continue;
             }
             // An operand.
             if !self.permute {

@@ -42,7 +42,7 @@
 //! not (otherwise every `"$cmd"` would be refused).
 
 use super::carriers::{CP, MV, find_scope};
-use super::glob::{check_glob, glob_match, globs_intersect, is_glob};
+use super::glob::{command_globs, glob_match, globs_intersect, is_glob};
 use super::options::{Spec, long_matches};
 use super::path::{View, is_disk, power_file, protected};
 use super::word::{Field, Invocation, Piece, basename};
@@ -95,14 +95,7 @@ pub struct Pattern {
 impl Pattern {
     /// Parses a host rule; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Pattern, String> {
-        let mut words = text.split_whitespace();
-        let name = words
-            .next()
-            .ok_or_else(|| "a rule names at least a command".to_string())?;
-        let args: Vec<String> = words.map(str::to_string).collect();
-        for glob in std::iter::once(name).chain(args.iter().map(String::as_str)) {
-            check_glob(glob).map_err(|e| format!("`{glob}`: {e}"))?;
-        }
+        let (name, args) = command_globs(text, "a rule names at least a command")?;
         Ok(Pattern {
             text: text.split_whitespace().collect::<Vec<_>>().join(" "),
             name: name.to_string(),

@@ -29,10 +29,11 @@ use brush_parser::word::{self, BraceExpressionMember, BraceExpressionOrText, Wor
 use brush_parser::{Parser, ParserOptions};
 
 use super::carriers;
+use super::env;
 use super::path;
 use super::word::{
     Carried, Carrier, Dyn, Field, Format, Invocation, Piece, Redirect, Stdin, ansi_c, basename,
-    escapes,
+    escapes, shown_words,
 };
 
 /// Deepest nesting of carriers and substitutions followed; deeper programs are refused.
@@ -1024,11 +1025,7 @@ impl Walker {
                     self.cwd = self.cd_targets(&dir);
                 }
                 let invocation = Invocation {
-                    text: fields
-                        .iter()
-                        .map(Field::shown)
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                    text: shown_words(&fields),
                     fields,
                     redirects: Vec::new(),
                     assignments: assigns.clone(),
@@ -1478,6 +1475,18 @@ impl Walker {
 
     /// The known values of scalar variable `name` (`None` entries: unknown ones); `None` if
     /// it was never set.
+    /// Every element of every alternative value of `name` that is known.
+    fn known_elements(&self, name: &str) -> Vec<String> {
+        self.vars
+            .get(name)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     fn var_values(&self, name: &str) -> Option<Vec<Option<String>>> {
         self.vars.get(name).map(|value| {
             value
@@ -1711,7 +1720,7 @@ impl Walker {
                     };
                     self.stdin_script(&content, &label, Format::Shell, None, false, ctx)?;
                 }
-                _ if carriers::COMMAND_VARIABLES.contains(&name) => {
+                _ if env::COMMAND_VARIABLES.contains(&name) => {
                     if let Field::Static(text) = field {
                         let inner = ctx.nested(label.clone())?.lenient();
                         self.program(text.trim_start_matches('|'), &inner)?;
@@ -1772,15 +1781,7 @@ impl Walker {
             .map(str::to_string)
             .collect();
         for name in names {
-            let values: Vec<String> = self
-                .vars
-                .get(&name)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .flatten()
-                .cloned()
-                .collect();
+            let values = self.known_elements(&name);
             for value in values {
                 if value.contains('[')
                     && (value.contains("$(") || value.contains('`'))
@@ -1829,16 +1830,7 @@ impl Walker {
                 .into_iter()
                 .map(|parts| split_fields(parts, ifs.as_deref()))
                 .collect();
-            let mut next = Vec::new();
-            for prefix in &result {
-                for fields in &expanded {
-                    if next.len() >= MAX_COMBINATIONS {
-                        break;
-                    }
-                    next.push([prefix.clone(), fields.clone()].concat());
-                }
-            }
-            result = next;
+            result = extend_each(&result, &expanded);
         }
         Ok(result)
     }
@@ -1881,16 +1873,7 @@ impl Walker {
         let mut alternatives: Vec<Vec<Part>> = vec![Vec::new()];
         for piece in pieces {
             let options = self.piece_value(&piece.piece, quoted, ctx)?;
-            let mut next = Vec::new();
-            for prefix in &alternatives {
-                for option in &options {
-                    if next.len() >= MAX_COMBINATIONS {
-                        break;
-                    }
-                    next.push([prefix.clone(), option.clone()].concat());
-                }
-            }
-            alternatives = next;
+            alternatives = extend_each(&alternatives, &options);
         }
         Ok(alternatives)
     }
@@ -2109,15 +2092,7 @@ impl Walker {
         if indirect {
             // `${!x}`: the value of `x` names a variable, subscript included.
             if let word::Parameter::Named(name) = parameter {
-                let values: Vec<String> = self
-                    .vars
-                    .get(name)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .flatten()
-                    .cloned()
-                    .collect();
+                let values = self.known_elements(name);
                 for value in values {
                     self.variable_name(&Field::Static(value), "${!…}", ctx)?;
                 }
@@ -2507,20 +2482,27 @@ fn split_fields(parts: Vec<Part>, ifs: Option<&str>) -> Vec<Field> {
 fn combinations(words: Vec<Vec<Vec<Field>>>) -> Vec<Vec<Field>> {
     let mut result: Vec<Vec<Field>> = vec![Vec::new()];
     for alternatives in words {
-        let mut next = Vec::new();
-        for prefix in &result {
-            for fields in &alternatives {
-                if next.len() >= MAX_COMBINATIONS {
-                    break;
-                }
-                next.push([prefix.clone(), fields.clone()].concat());
-            }
-        }
+        let next = extend_each(&result, &alternatives);
         if !next.is_empty() {
             result = next;
         }
     }
     result
+}
+
+/// Each of `prefixes` extended by each of `options` in turn (prefix-major), up to
+/// [`MAX_COMBINATIONS`].
+fn extend_each<T: Clone>(prefixes: &[Vec<T>], options: &[Vec<T>]) -> Vec<Vec<T>> {
+    let mut next = Vec::new();
+    for prefix in prefixes {
+        for option in options {
+            if next.len() >= MAX_COMBINATIONS {
+                break;
+            }
+            next.push([prefix.clone(), option.clone()].concat());
+        }
+    }
+    next
 }
 
 /// The name of the only command of `list` when it is a bare word (`true`, `:`).

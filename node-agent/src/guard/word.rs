@@ -103,6 +103,15 @@ impl Field {
     }
 }
 
+/// Fields as shown in messages: each [`Field::shown`], separated by spaces.
+pub fn shown_words(fields: &[Field]) -> String {
+    fields
+        .iter()
+        .map(Field::shown)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// What a command reads on its standard input, as far as it is known.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Stdin {
