@@ -50,6 +50,24 @@ pub struct Sink {
     pub signer: Option<Arc<RecordKey>>,
 }
 
+// === impl Sink ===
+
+impl Sink {
+    /// Publishes one record of the job as `msg_id` (signed when the agent signs), retrying
+    /// until it is acknowledged or the sink is stopped.
+    async fn publish(&self, msg_id: &str, record: &pb::OutputRecord) -> Result<(), GaveUp> {
+        publish_acked(
+            &self.js,
+            &self.subject,
+            msg_id,
+            record,
+            self.signer.as_deref(),
+            &self.stop,
+        )
+        .await
+    }
+}
+
 /// How a job's output was stored.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -281,15 +299,7 @@ async fn publish_chunk(sink: Sink, chunk: Chunk) -> Result<(), GaveUp> {
             data: chunk.data,
         })),
     };
-    publish_acked(
-        &sink.js,
-        &sink.subject,
-        &msg_id,
-        &record,
-        sink.signer.as_deref(),
-        &sink.stop,
-    )
-    .await
+    sink.publish(&msg_id, &record).await
 }
 
 /// Publishes the job's last record, `<job>.exit`, carrying its final status.
@@ -300,15 +310,7 @@ pub async fn publish_exit(sink: &Sink, status: &pb::JobStatus) -> Result<(), Gav
         })),
     };
     let msg_id = format!("{}.exit", sink.subject);
-    publish_acked(
-        &sink.js,
-        &sink.subject,
-        &msg_id,
-        &record,
-        sink.signer.as_deref(),
-        &sink.stop,
-    )
-    .await
+    sink.publish(&msg_id, &record).await
 }
 
 #[cfg(test)]

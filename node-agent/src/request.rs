@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use execmesh_proto::pb::{self, ErrorCode};
-use execmesh_proto::{Token, TokenError, headers};
+use execmesh_proto::{Token, headers};
 
 use crate::config::Config;
 use crate::refusal::Refusal;
@@ -120,23 +120,36 @@ pub fn run_spec(
     }
 }
 
+/// Refuses a request this host cannot take as it is: `what` is wrong with it.
+fn invalid(host: &Token, what: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"))
+}
+
+/// A token of the request (`kind` names it in the refusal).
+fn token(host: &Token, kind: &'static str, value: &str) -> Result<Token, Refusal> {
+    Token::parse(kind, value).map_err(|e| invalid(host, e))
+}
+
 /// Refuses a request addressed to another host or tenant: subjects route by host, so this
 /// catches a mis-built or replayed request rather than a routing mistake.
 fn addressed_here(config: &Config, host: &str, tenant: &str) -> Result<(), Refusal> {
     let this = &config.host_id;
-    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {this}: {what}"));
-    let req_host = Token::parse("host id", host).map_err(|e| invalid(e.to_string()))?;
+    let req_host = token(this, "host id", host)?;
     if req_host != *this {
-        return Err(invalid(format!(
-            "the request is addressed to host {req_host}"
-        )));
+        return Err(invalid(
+            this,
+            format!("the request is addressed to host {req_host}"),
+        ));
     }
-    let tenant = Token::parse("tenant", tenant).map_err(|e| invalid(e.to_string()))?;
+    let tenant = token(this, "tenant", tenant)?;
     if tenant != config.tenant {
-        return Err(invalid(format!(
-            "the request is for tenant {tenant}, this host serves tenant {}",
-            config.tenant
-        )));
+        return Err(invalid(
+            this,
+            format!(
+                "the request is for tenant {tenant}, this host serves tenant {}",
+                config.tenant
+            ),
+        ));
     }
     Ok(())
 }
@@ -177,18 +190,15 @@ pub fn order(
     now_ms: u64,
 ) -> Result<Order, Refusal> {
     let host = &config.host_id;
-    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"));
-    let token = |kind: &'static str, value: &str| {
-        Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
-    };
 
     addressed_here(config, &req.host, &req.tenant)?;
-    let job = token("job id", &req.job_id)?;
-    let user = token("user", &req.user)?;
+    let job = token(host, "job id", &req.job_id)?;
+    let user = token(host, "user", &req.user)?;
     if user.as_str() != subject_user {
-        return Err(invalid(format!(
-            "the request names user {user} but came on the subject of user {subject_user}"
-        )));
+        return Err(invalid(
+            host,
+            format!("the request names user {user} but came on the subject of user {subject_user}"),
+        ));
     }
     check_expiry(config, req.expires_at_ms, job.as_str(), now_ms)?;
     let trace_id = if is_trace_id(&req.trace_id) {
@@ -203,7 +213,7 @@ pub fn order(
         Some(pb::exec_request::Body::Run(run)) => run,
         Some(pb::exec_request::Body::File(request)) => {
             if request.op.is_none() {
-                return Err(invalid("the file request names no operation".into()));
+                return Err(invalid(host, "the file request names no operation"));
             }
             return Ok(Order::File(FileSpec {
                 job,
@@ -233,37 +243,45 @@ pub fn order(
         }
         None => {
             return Err(invalid(
-                "the request has no body this agent understands".into(),
+                host,
+                "the request has no body this agent understands",
             ));
         }
     };
 
     if run.cmd.trim().is_empty() {
-        return Err(invalid("the command is empty".into()));
+        return Err(invalid(host, "the command is empty"));
     }
     if run.cmd.len() > MAX_CMD_BYTES {
-        return Err(invalid(format!(
-            "the command is {} bytes long; the most is {MAX_CMD_BYTES}",
-            run.cmd.len()
-        )));
+        return Err(invalid(
+            host,
+            format!(
+                "the command is {} bytes long; the most is {MAX_CMD_BYTES}",
+                run.cmd.len()
+            ),
+        ));
     }
     if run.cmd.contains('\0') {
-        return Err(invalid("the command contains a NUL byte".into()));
+        return Err(invalid(host, "the command contains a NUL byte"));
     }
     if run.title.len() > MAX_TITLE_BYTES {
-        return Err(invalid(format!(
-            "the title is longer than {MAX_TITLE_BYTES} bytes"
-        )));
+        return Err(invalid(
+            host,
+            format!("the title is longer than {MAX_TITLE_BYTES} bytes"),
+        ));
     }
     if run.cwd.len() > MAX_CWD_BYTES || run.cwd.contains('\0') {
-        return Err(invalid("the working directory is not a usable path".into()));
+        return Err(invalid(host, "the working directory is not a usable path"));
     }
     for (key, value) in &run.env {
         if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
-            return Err(invalid(format!(
-                "environment variable `{}` is not valid (empty, `=` or NUL)",
-                key.escape_debug()
-            )));
+            return Err(invalid(
+                host,
+                format!(
+                    "environment variable `{}` is not valid (empty, `=` or NUL)",
+                    key.escape_debug()
+                ),
+            ));
         }
     }
 
@@ -292,15 +310,12 @@ pub fn order(
 /// Checks a ControlRequest against this host.
 pub fn kill_spec(req: pb::ControlRequest, config: &Config) -> Result<KillSpec, Refusal> {
     let host = &config.host_id;
-    let invalid = |what: String| Refusal::new(ErrorCode::Invalid, format!("host {host}: {what}"));
-    let token = |kind: &'static str, value: &str| {
-        Token::parse(kind, value).map_err(|e: TokenError| invalid(e.to_string()))
-    };
     addressed_here(config, &req.host, &req.tenant)?;
-    let job = token("job id", &req.job_id)?;
+    let job = token(host, "job id", &req.job_id)?;
     let Some(pb::control_request::Body::Kill(kill)) = req.body else {
         return Err(invalid(
-            "the control request has no body this agent understands".into(),
+            host,
+            "the control request has no body this agent understands",
         ));
     };
     let grace = if kill.grace_ms == 0 {
@@ -309,7 +324,7 @@ pub fn kill_spec(req: pb::ControlRequest, config: &Config) -> Result<KillSpec, R
         Duration::from_millis(kill.grace_ms).min(MAX_KILL_GRACE)
     };
     if !req.user.is_empty() {
-        token("user", &req.user)?;
+        token(host, "user", &req.user)?;
     }
     Ok(KillSpec {
         job,
