@@ -604,17 +604,8 @@ impl Walker {
             }
         }
         if !files.is_empty() {
-            self.out.invocations.push(Invocation {
-                fields: Vec::new(),
-                redirects: files,
-                assignments: Vec::new(),
-                text: text.to_string(),
-                via: ctx.via.clone(),
-                cwd: self.cwd.clone(),
-                links: self.links.clone(),
-                carries: None,
-                function: false,
-            });
+            let invocation = self.invocation(Vec::new(), files, Vec::new(), text.to_string(), ctx);
+            self.out.invocations.push(invocation);
         }
         Ok(stdin)
     }
@@ -783,17 +774,9 @@ impl Walker {
                 self.assign(assignment, value.clone(), &stdin, ctx)?;
             }
             if !redirects.is_empty() || !assignments.is_empty() {
-                self.out.invocations.push(Invocation {
-                    fields: Vec::new(),
-                    redirects,
-                    assignments,
-                    text: simple.to_string(),
-                    via: ctx.via.clone(),
-                    cwd: self.cwd.clone(),
-                    links: self.links.clone(),
-                    carries: None,
-                    function: false,
-                });
+                let invocation =
+                    self.invocation(Vec::new(), redirects, assignments, simple.to_string(), ctx);
+                self.out.invocations.push(invocation);
             }
             return Ok(Some(String::new()));
         }
@@ -805,17 +788,13 @@ impl Walker {
 
         let mut output = None;
         for (n, fields) in combinations(words).into_iter().enumerate() {
-            let invocation = Invocation {
+            let invocation = self.invocation(
                 fields,
-                redirects: redirects.clone(),
-                assignments: assignments.clone(),
-                text: simple.to_string(),
-                via: ctx.via.clone(),
-                cwd: self.cwd.clone(),
-                links: self.links.clone(),
-                carries: None,
-                function: false,
-            };
+                redirects.clone(),
+                assignments.clone(),
+                simple.to_string(),
+                ctx,
+            );
             let printed = self.with_vars(&assignments, |w| {
                 w.run(invocation, &stdin, &declared, Some(simple), ctx)
             })?;
@@ -1001,6 +980,29 @@ impl Walker {
         Ok(printed)
     }
 
+    /// A command found where the walk is now: in its working directory and links, reached
+    /// through `ctx`'s carriers; what it carries is found when it is run.
+    fn invocation(
+        &self,
+        fields: Vec<Field>,
+        redirects: Vec<Redirect>,
+        assignments: Vec<(String, Field)>,
+        text: String,
+        ctx: &Ctx,
+    ) -> Invocation {
+        Invocation {
+            fields,
+            redirects,
+            assignments,
+            text,
+            via: ctx.via.clone(),
+            cwd: self.cwd.clone(),
+            links: self.links.clone(),
+            carries: None,
+            function: false,
+        }
+    }
+
     /// Walks what a carrier runs.
     fn carried(
         &mut self,
@@ -1024,17 +1026,8 @@ impl Walker {
                 if let Some(dir) = cwd {
                     self.cwd = self.cd_targets(&dir);
                 }
-                let invocation = Invocation {
-                    text: shown_words(&fields),
-                    fields,
-                    redirects: Vec::new(),
-                    assignments: assigns.clone(),
-                    via: inner.via.clone(),
-                    cwd: self.cwd.clone(),
-                    links: self.links.clone(),
-                    carries: None,
-                    function: false,
-                };
+                let text = shown_words(&fields);
+                let invocation = self.invocation(fields, Vec::new(), assigns.clone(), text, &inner);
                 let result =
                     self.with_vars(&assigns, |w| w.run(invocation, stdin, &[], None, &inner));
                 self.cwd = saved_cwd;
