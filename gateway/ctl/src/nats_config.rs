@@ -205,24 +205,14 @@ impl Inventory {
             "tenant".into(),
             file.tenant.as_deref().unwrap_or(subject::DEFAULT_TENANT),
         );
-        let hosts: Vec<Token> = file
-            .hosts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, host)| token("host id", format!("hosts[{i}]"), host))
-            .collect();
+        let hosts = host_ids(&mut token, "hosts", &file.hosts);
         let relays: Vec<Relay> = file
             .relays
             .iter()
             .enumerate()
             .filter_map(|(i, relay)| {
                 let user = token("user", format!("relays[{i}].user"), &relay.user);
-                let targets: Vec<Token> = relay
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, t)| token("host id", format!("relays[{i}].targets[{j}]"), t))
-                    .collect();
+                let targets = host_ids(&mut token, &format!("relays[{i}].targets"), &relay.targets);
                 Some(Relay {
                     user: user?,
                     targets,
@@ -750,6 +740,20 @@ pub fn summary(generated: &Generated) -> String {
         generated.config_file.display()
     );
     out
+}
+
+/// The host ids listed at `at` in the inventory, each checked by `token` (which names a bad one
+/// as a problem at `at[i]`).
+fn host_ids(
+    token: &mut impl FnMut(&'static str, String, &str) -> Option<Token>,
+    at: &str,
+    values: &[String],
+) -> Vec<Token> {
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, value)| token("host id", format!("{at}[{i}]"), value))
+        .collect()
 }
 
 #[cfg(test)]
