@@ -23,30 +23,25 @@ use tonic::transport::Channel;
 /// The admin client the scenarios use: `execmeshctl`'s own.
 pub use execmeshctl::admin_client::AdminClient;
 
-use crate::RunningGateway;
+use crate::{Policy, RunningGateway};
 
 /// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere and both
 /// approvers, and every `bash` call held for a teammate's approval. Nobody is a token admin: each
 /// mints tokens through the admin API for themselves only.
-pub const TEAM_POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-# Every command waits for a teammate.
+pub fn team_policy() -> Policy {
+    Policy::new()
+        .group("ops", Tier::Dangerous, &["*"], &["alice", "bob"])
+        .toml(
+            r#"# Every command waits for a teammate.
 [[approvals]]
 tool = "bash"
 
 # Either may release the other's commands (never their own).
 [approvers]
 groups = ["ops"]
-"#;
+"#,
+        )
+}
 
 /// Lifetime of admin tokens minted by [`RunningGateway::mint_admin`].
 const TOKEN_TTL: Duration = Duration::from_secs(3600);

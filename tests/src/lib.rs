@@ -27,6 +27,7 @@ pub mod identities;
 pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;
+pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
@@ -42,6 +43,7 @@ pub use execmesh_nats_server::{certificates, eventually};
 pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
 pub use nats::{Nats, NatsTls};
+pub use policy::Policy;
 pub use postgres::Postgres;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

@@ -7,6 +7,7 @@ use execmesh_gateway::core::signer::Signer;
 use execmesh_nats_server::{NatsServer, NatsServerBuilder};
 
 use crate::identities::MeshIdentities;
+use crate::{NodeAgent, RunningAgent};
 
 pub use execmesh_nats_server::{NatsTls, connect, nats_server_binary};
 
@@ -114,6 +115,17 @@ impl Nats {
     /// gateways and sinks use them unless a test gives them others.
     pub fn identities(&self) -> &MeshIdentities {
         &self.identities
+    }
+
+    /// Starts a node-agent for `host` on this server with `labels` (key, value), as a
+    /// deployment would; returns once its presence is written. [`NodeAgent`] builds any other.
+    pub async fn agent(&self, host: &str, labels: &[(&str, &str)]) -> RunningAgent {
+        let agent = labels
+            .iter()
+            .fold(NodeAgent::new(self, host), |agent, (key, value)| {
+                agent.label(key, value)
+            });
+        agent.start().await
     }
 }
 

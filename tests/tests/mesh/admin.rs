@@ -8,11 +8,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::{Code, Status, Streaming};
 
+use execmesh_proto::Tier;
 use execmesh_proto::pb;
 use execmesh_tests::admin::AdminClient;
-use execmesh_tests::admin::TEAM_POLICY;
+use execmesh_tests::admin::team_policy;
 use execmesh_tests::process::workspace_binary;
-use execmesh_tests::{AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, eventually};
+use execmesh_tests::{
+    AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, Policy, eventually,
+};
 
 /// How long a test waits for one streamed message or a condition.
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,24 +47,13 @@ async fn background(
     host: &str,
     cmd: &str,
 ) -> String {
-    let out = gw
-        .client(user)
-        .await
-        .call("bash", json!({"host": host, "cmd": cmd, "bg": true}))
-        .await;
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
+    gw.client(user).await.bash_bg(host, cmd).await
 }
 
 #[tokio::test]
 async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
     let nats = Nats::start().await;
-    let _web = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
+    let _web = nats.agent("web-1", &[("role", "web")]).await;
     let gw = Gateway::new(&nats).admin().start().await;
     let mut admin = gw.admin_client("root").await;
 
@@ -146,10 +138,7 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
         (first.host.as_str(), first.state()),
         ("web-1", pb::HostState::Online)
     );
-    let mut db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let mut db = nats.agent("db-1", &[("role", "db")]).await;
     let came = next(&mut watch).await.expect("db-1 coming online");
     assert_eq!(
         (came.host.as_str(), came.state(), came.initial),
@@ -294,15 +283,8 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats).admin().start().await;
     let mut admin = gw.admin_client("root").await;
-    let done = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "db-1", "cmd": "echo done"}))
-        .await;
-    let done = done.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let done = gw.client("carol").await.bash("db-1", "echo done").await;
+    let done = done.job_id();
     let sleeper = background(&gw, "dave", "web-1", "sleep 300").await;
 
     let list = |host: &str, user: &str, state: pb::JobState| pb::ListJobsRequest {
@@ -432,24 +414,12 @@ async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
     let nats = Nats::start().await;
     let _web = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(
-            r#"
-operators = ["olive"]
-
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.olive]
-groups = ["ops"]
-"#,
-        )
+        .policy(Policy::new().operators(&["olive"]).group(
+            "ops",
+            Tier::Dangerous,
+            &["*"],
+            &["alice", "bob", "olive"],
+        ))
         .admin()
         .start()
         .await;
@@ -585,7 +555,7 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(team_policy())
         .admin()
         .start()
         .await;
@@ -702,9 +672,7 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
     );
 
     // A denial needs a reason, and the requester's call stays refused.
-    let second = alice_mcp
-        .call("bash", json!({"host": "db-1", "cmd": "echo no"}))
-        .await;
+    let second = alice_mcp.bash("db-1", "echo no").await;
     let second = second.structured()["approval_id"]
         .as_str()
         .expect("a second approval id")
@@ -767,15 +735,8 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
     );
 
     let _sink = AuditSink::new(&nats).sqlite().start().await;
-    let out = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": "echo audited"}))
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let out = gw.client("carol").await.bash("web-1", "echo audited").await;
+    let job = out.job_id();
     let records = eventually(WAIT, || {
         let mut audit = admin.audit.clone();
         let query = pb::AuditQuery {
@@ -846,9 +807,7 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
     // alice mints for bob: the policy must name her a token admin.
     let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
-        ))
+        .policy(team_policy().toml("[token_admins]\nusers = [\"alice\"]\n"))
         .admin()
         .start()
         .await;
@@ -991,7 +950,7 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
 async fn a_missing_invalid_or_non_admin_token_is_refused() {
     let nats = Nats::start().await;
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(team_policy())
         .admin()
         .start()
         .await;
@@ -1230,32 +1189,18 @@ async fn token_mint_with_scope_admin_makes_a_token_the_admin_api_accepts() {
 
 /// A policy with a token admin (root), a readonly user (carol) and an approver of every tier
 /// and reach, for the minting and approving rules.
-const AUTHZ_POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.root]
-groups = ["ops"]
-
-[users.erin]
-groups = ["ops"]
-
-[users.carol]
-tier = "readonly"
-hosts = ["*"]
-
-[users.dave]
-tier = "dangerous"
-hosts = ["web-*"]
-
-[[approvals]]
+fn authz_policy() -> Policy {
+    Policy::new()
+        .group(
+            "ops",
+            Tier::Dangerous,
+            &["*"],
+            &["alice", "bob", "root", "erin"],
+        )
+        .user("carol", Tier::Readonly, &["*"])
+        .user("dave", Tier::Dangerous, &["web-*"])
+        .toml(
+            r#"[[approvals]]
 tool = "bash"
 
 # erin is not an approver; carol and dave are, but lack the tier or the reach of db-1.
@@ -1264,7 +1209,9 @@ users = ["alice", "bob", "carol", "dave"]
 
 [token_admins]
 users = ["root"]
-"#;
+"#,
+        )
+}
 
 /// The audit records of `kind`, once at least `count` are stored.
 async fn audited(admin: &AdminClient, kind: &str, count: usize) -> Vec<pb::AuditEvent> {
@@ -1293,7 +1240,7 @@ async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unles
     let nats = Nats::start().await;
     let _sink = AuditSink::new(&nats).sqlite().start().await;
     let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
+        .policy(authz_policy())
         .admin()
         .start()
         .await;
@@ -1477,7 +1424,7 @@ async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_neve
     let nats = Nats::start().await;
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
+        .policy(authz_policy())
         .admin()
         .start()
         .await;
@@ -1559,11 +1506,12 @@ async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_neve
     };
     let before = version(&alice_mcp.call("whoami", json!({})).await);
     let path = gw.policy_path().expect("a policy file");
-    let without = AUTHZ_POLICY.replace(
+    let authz = authz_policy().to_string();
+    let without = authz.replace(
         "[approvers]\nusers = [\"alice\", \"bob\", \"carol\", \"dave\"]\n",
         "",
     );
-    assert_ne!(without, AUTHZ_POLICY);
+    assert_ne!(without, authz);
     std::fs::write(path, without).expect("rewrite the policy");
     eventually(WAIT, || async {
         version(&alice_mcp.call("whoami", json!({})).await) != before
@@ -1581,7 +1529,7 @@ async fn token_mint_refuses_a_tier_above_the_users_a_ttl_past_the_maximum_and_a_
     let nats = Nats::start().await;
     // A gateway with a public URL: the README's old command minted for 127.0.0.1:8420 instead.
     let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
+        .policy(authz_policy())
         .configure(|c| c.public_url = Some("https://mesh.example.com/mcp".into()))
         .start()
         .await;

@@ -12,7 +12,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use execmesh_tests::admin::TEAM_POLICY;
+use execmesh_proto::Tier;
+use execmesh_tests::admin::team_policy;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
     AdminMode, AuditSink, Gateway, Nats, NodeAgent, RunningGateway, ToolOutput, eventually,
@@ -199,15 +200,7 @@ async fn json_line_where(
 
 /// Starts `cmd` in the background on `host` as `user`; its job id.
 async fn background(gw: &RunningGateway, user: &str, host: &str, cmd: &str) -> String {
-    let out = gw
-        .client(user)
-        .await
-        .call("bash", json!({"host": host, "cmd": cmd, "bg": true}))
-        .await;
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
+    gw.client(user).await.bash_bg(host, cmd).await
 }
 
 /// The approval id of a held MCP call.
@@ -229,14 +222,8 @@ fn held(out: &ToolOutput) -> String {
 #[tokio::test]
 async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
     let nats = Nats::start().await;
-    let _web = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
-    let _db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let _web = nats.agent("web-1", &[("role", "web")]).await;
+    let _db = nats.agent("db-1", &[("role", "db")]).await;
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
 
@@ -302,10 +289,7 @@ async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
         "{header}"
     );
 
-    let _cache = NodeAgent::new(&nats, "cache-1")
-        .label("role", "cache")
-        .start()
-        .await;
+    let _cache = nats.agent("cache-1", &[("role", "cache")]).await;
     let online = json_line_where(&mut json_lines, |e| e["host"] == json!("cache-1")).await;
     assert_eq!(
         (
@@ -332,15 +316,8 @@ async fn jobs_are_listed_got_and_killed_as_tables_and_json() {
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
     let sleeper = background(&gw, "alice", "web-1", "sleep 300").await;
-    let quick = gw
-        .client("bob")
-        .await
-        .call("bash", json!({"host": "db-1", "cmd": "echo quick"}))
-        .await;
-    let quick = quick.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let quick = gw.client("bob").await.bash("db-1", "echo quick").await;
+    let quick = quick.job_id();
 
     let out = ctl.run(&["jobs"]).await.ok();
     let (header, _) = out.table();
@@ -442,10 +419,7 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let fresh = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let fresh = out.job_id();
     assert!(
         !fresh.contains("secret"),
         "the job id names a secret: {fresh}"
@@ -590,7 +564,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(team_policy())
         .admin()
         .start()
         .await;
@@ -758,11 +732,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
         header.starts_with("TIME") && header.contains("SUMMARY"),
         "{header}"
     );
-    let third = held(
-        &alice_mcp
-            .call("bash", json!({"host": "db-1", "cmd": "echo third"}))
-            .await,
-    );
+    let third = held(&alice_mcp.bash("db-1", "echo third").await);
     let line = next_line(&mut lines).await;
     assert!(
         line.contains(&third) && line.contains("pending") && line.contains("alice"),
@@ -773,11 +743,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let approved = bob.run(&["approve", &third, "--json"]).await.ok().json();
     assert_eq!(approved["approval"]["state"], json!("approved"));
     assert_eq!(approved["approval"]["decided_by"], json!("bob"));
-    let fourth = held(
-        &alice_mcp
-            .call("bash", json!({"host": "db-1", "cmd": "echo fourth"}))
-            .await,
-    );
+    let fourth = held(&alice_mcp.bash("db-1", "echo fourth").await);
     let denied = bob
         .run(&["deny", &fourth, "--reason", "use the runbook"])
         .await
@@ -800,15 +766,8 @@ async fn audit_is_searched_exported_and_verified() {
     let _sink = AuditSink::new(&nats).sqlite().start().await;
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
-    let out = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": "echo audited"}))
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let out = gw.client("carol").await.bash("web-1", "echo audited").await;
+    let job = out.job_id();
 
     let page = eventually(WAIT, || async {
         let page = ctl
@@ -942,9 +901,7 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
     // alice mints for bob: the policy must name her a token admin.
     let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
-        ))
+        .policy(team_policy().toml("[token_admins]\nusers = [\"alice\"]\n"))
         .admin()
         .start()
         .await;
@@ -1032,14 +989,14 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let _sink = AuditSink::new(&nats).sqlite().start().await;
     // bob approves; carol is an approver without the tier; erin is no approver.
-    let policy = format!(
-        "{}\n[users.carol]\ntier = \"readonly\"\nhosts = [\"*\"]\n\n\
-         [users.erin]\ngroups = [\"ops\"]\n",
-        TEAM_POLICY.replace(
+    let policy = team_policy()
+        .user("carol", Tier::Readonly, &["*"])
+        .member_of("erin", &["ops"])
+        .to_string()
+        .replace(
             "[approvers]\ngroups = [\"ops\"]\n",
-            "[approvers]\nusers = [\"alice\", \"bob\", \"carol\"]\n"
-        )
-    );
+            "[approvers]\nusers = [\"alice\", \"bob\", \"carol\"]\n",
+        );
     let gw = Gateway::new(&nats).policy(&policy).admin().start().await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
     let carol = Ctl::new(&gw, &gw.mint_admin("carol"));
@@ -1068,12 +1025,7 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
     );
 
     // Deciding: named approvers with the tier the call needs, never the requester.
-    let id = held(
-        &gw.client("alice")
-            .await
-            .call("bash", json!({"host": "db-1", "cmd": "echo held"}))
-            .await,
-    );
+    let id = held(&gw.client("alice").await.bash("db-1", "echo held").await);
     erin.run(&["approve", &id])
         .await
         .fails(1, &["permission denied", "erin is not an approver"]);
@@ -1120,7 +1072,7 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
 async fn refusals_and_unreachable_gateways_get_words_and_exit_codes() {
     let nats = Nats::start().await;
     let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
+        .policy(team_policy())
         .admin()
         .start()
         .await;

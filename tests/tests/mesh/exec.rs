@@ -127,9 +127,7 @@ async fn echo_round_trip() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
-        .await;
+    let out = client.bash("web-1", "echo hi").await;
     assert!(!out.is_error(), "{}", out.text());
     let s = out.structured();
     assert_eq!(s["output"], "hi\n");
@@ -150,10 +148,7 @@ async fn nonzero_exit_is_a_result_not_an_error() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo out; echo oops >&2; exit 3"}),
-        )
+        .bash("web-1", "echo out; echo oops >&2; exit 3")
         .await;
     assert!(
         !out.is_error(),
@@ -174,14 +169,8 @@ async fn nonzero_exit_is_a_result_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_and_whoami_describe_the_mesh_and_the_caller() {
     let nats = Nats::start().await;
-    let _a = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
-    let _b = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let _a = nats.agent("web-1", &[("role", "web")]).await;
+    let _b = nats.agent("db-1", &[("role", "db")]).await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let out = client.call("hosts", json!({})).await;
@@ -238,9 +227,7 @@ async fn tail_page_and_page_caps() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "seq 1 50000"}))
-        .await;
+    let out = client.bash("web-1", "seq 1 50000").await;
     let job = out.structured()["job"].as_str().unwrap().to_string();
     let tail = client
         .call("job", json!({"action": "poll", "job": job, "tail": 10}))
@@ -267,10 +254,7 @@ async fn tail_page_and_page_caps() {
     assert!(bytes <= 1024 && bytes > 900, "{bytes}");
     // A long line is clamped with a visible marker.
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "head -c 10000 /dev/zero | tr '\\0' x; echo"}),
-        )
+        .bash("web-1", "head -c 10000 /dev/zero | tr '\\0' x; echo")
         .await;
     let text = out.structured()["output"].as_str().unwrap().to_string();
     assert!(
@@ -287,9 +271,7 @@ async fn inline_window_versus_bg() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let cmd = "sleep 0.5; echo done";
-    let inline = client
-        .call("bash", json!({"host": "web-1", "cmd": cmd}))
-        .await;
+    let inline = client.bash("web-1", cmd).await;
     assert_eq!(inline.structured()["state"], "exited", "{}", inline.text());
     assert_eq!(inline.structured()["output"], "done\n");
 
@@ -369,9 +351,7 @@ async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
     agent.stop().await;
 
     let started = Instant::now();
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "true"}))
-        .await;
+    let out = client.bash("web-1", "true").await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -386,9 +366,7 @@ async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
     let hosts = client.call("hosts", json!({})).await;
     assert_eq!(hosts.structured()["hosts"][0]["state"], "offline");
 
-    let out = client
-        .call("bash", json!({"host": "nope-9", "cmd": "true"}))
-        .await;
+    let out = client.bash("nope-9", "true").await;
     assert!(out.is_error());
     assert!(
         out.text().contains("unknown host `nope-9`") && out.text().contains("web-1"),
@@ -396,9 +374,7 @@ async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
         out.text()
     );
 
-    let out = client
-        .call("bash", json!({"host": "Bad.Host", "cmd": "true"}))
-        .await;
+    let out = client.bash("Bad.Host", "true").await;
     assert_refused(&out, "Bad.Host");
 }
 
@@ -442,16 +418,7 @@ async fn a_cursor_past_the_end_of_a_finished_job_answers_done() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo one; sleep 1; echo two", "bg": true}),
-        )
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = client.bash_bg("web-1", "echo one; sleep 1; echo two").await;
     // A cursor issued while the job ran, after everything it had written.
     let cursor = eventually(Duration::from_secs(10), || async {
         let out = client
@@ -685,9 +652,7 @@ async fn legacy_and_current_protocol_clients_both_work() {
         gw.legacy_client("alice", "2025-11-25").await,
     ] {
         let version = client.protocol_version().to_string();
-        let out = client
-            .call("bash", json!({"host": "web-1", "cmd": "echo $((6*7))"}))
-            .await;
+        let out = client.bash("web-1", "echo $((6*7))").await;
         assert_eq!(out.structured()["output"], "42\n", "protocol {version}");
         let value: Value = out.structured().clone();
         assert_eq!(value["exit_code"], 0);
@@ -794,19 +759,14 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
                    echo ok; echo corp-123456; \
                    printf -- '-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkq%s\\n-----END PRIVATE KEY-----\\n' $s; \
                    echo after";
-    let out = client
-        .call("bash", json!({"host": "vault-1", "cmd": secrets}))
-        .await;
+    let out = client.bash("vault-1", secrets).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(
         out.structured()["output"],
         "DB_PASSWORD=[redacted]\nAuthorization: Bearer [redacted]\nok\n[redacted]\n\
          -----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\nafter\n"
     );
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     let (paged, _) = read_all(&client, &job, None).await;
     assert_eq!(paged[0], "DB_PASSWORD=[redacted]");
     assert!(paged.iter().all(|l| !l.contains("SECRET")), "{paged:?}");
@@ -818,10 +778,7 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
             json!({"host": "vault-1", "cmd": "s=$(printf 'SEC%s' RET); for i in $(seq 1 3000); do echo \"line $i token=t0k${i}$s\"; done", "bg": true}),
         )
         .await;
-    let long = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let long = out.job_id();
     let (lines, _) = read_all(&client, &long, None).await;
     let expected: Vec<String> = (1..=3000)
         .map(|i| format!("line {i} token=[redacted]"))
@@ -853,10 +810,7 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
 
     // Redaction is the host's choice: without it, output is published as written.
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "s=$(printf 'SEC%s' RET); echo token=abc$s"}),
-        )
+        .bash("web-1", "s=$(printf 'SEC%s' RET); echo token=abc$s")
         .await;
     assert_eq!(out.structured()["output"], "token=abcSECRET\n");
 }

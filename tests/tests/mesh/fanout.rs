@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningAgent, eventually};
+use execmesh_proto::Tier;
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, eventually};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
 async fn fleet(
@@ -691,16 +692,7 @@ async fn hosts_outside_the_callers_reach_are_denied_and_never_contacted() {
     })
     .await;
     let gw = Gateway::new(&nats)
-        .policy(
-            r#"
-[groups.devs]
-tier = "standard"
-hosts = ["env=dev"]
-
-[users.dana]
-groups = ["devs"]
-"#,
-        )
+        .policy(Policy::new().group("devs", Tier::Standard, &["env=dev"], &["dana"]))
         .start()
         .await;
     let client = gw.client("dana").await;

@@ -13,27 +13,16 @@ use serde_json::{Value, json};
 use execmesh_gateway::core::policy::password;
 use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::oauth::{self, Browser, LoginOutcome, REDIRECT_URI};
-use execmesh_tests::{Gateway, Nats, RunningGateway, eventually};
+use execmesh_tests::{Gateway, Nats, Policy, RunningGateway, eventually};
 
 const PASSWORD: &str = "correct horse battery staple";
 
 /// alice (standard, every host) with a password; bob without one.
-fn policy() -> String {
+fn policy() -> Policy {
     let hash = password::hash(PASSWORD).expect("hash a password");
-    format!(
-        r#"
-[groups.ops]
-tier = "standard"
-hosts = ["*"]
-
-[users.alice]
-password_hash = "{hash}"
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-"#
-    )
+    Policy::new()
+        .group("ops", Tier::Standard, &["*"], &["alice", "bob"])
+        .password_hash("alice", &hash)
 }
 
 fn http() -> reqwest::Client {
@@ -163,7 +152,7 @@ async fn tokens(manager: &AuthorizationManager) -> (String, String, String) {
 #[tokio::test]
 async fn discovery_documents_name_the_resource_and_the_authorization_server() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let base = gw.base_url();
     for path in [
         "/.well-known/oauth-protected-resource",
@@ -217,7 +206,7 @@ async fn an_oauth_client_signs_in_headlessly_and_calls_tools_refreshing_its_toke
     // Access tokens shorter than rmcp's 30 s refresh margin: the client refreshes (and the
     // refresh token rotates) before every request.
     let gw = Gateway::new(&nats)
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.access_token_ttl = Duration::from_secs(10))
         .start()
         .await;
@@ -251,7 +240,7 @@ async fn an_oauth_client_signs_in_headlessly_and_calls_tools_refreshing_its_toke
 #[tokio::test]
 async fn a_reused_refresh_token_revokes_the_whole_login() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let manager = signed_in(&gw).await;
     let (client_id, _, first_refresh) = tokens(&manager).await;
 
@@ -282,7 +271,7 @@ async fn a_reused_refresh_token_revokes_the_whole_login() {
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let (_, client) = register(&gw, &[REDIRECT_URI]).await;
     let client_id = client["client_id"].as_str().expect("a client id");
     let (_, challenge) = oauth::pkce();
@@ -319,7 +308,7 @@ async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
 #[tokio::test]
 async fn logins_from_one_address_are_rate_limited() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let (_, client) = register(&gw, &[REDIRECT_URI]).await;
     let client_id = client["client_id"].as_str().expect("a client id");
     let (_, challenge) = oauth::pkce();
@@ -347,7 +336,7 @@ async fn logins_from_one_address_are_rate_limited() {
 #[tokio::test]
 async fn pkce_and_resource_mismatches_are_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let token_url = format!("{}/token", gw.base_url());
     let (_, client) = register(&gw, &[REDIRECT_URI]).await;
     let client_id = client["client_id"].as_str().expect("a client id");
@@ -465,11 +454,11 @@ async fn pkce_and_resource_mismatches_are_refused() {
 #[tokio::test]
 async fn tokens_bound_to_another_resource_or_without_the_mcp_scope_are_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     // Same key, another public URL: its tokens name another audience.
     let elsewhere = Gateway::new(&nats)
         .key_file(gw.key_file())
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.public_url = Some("https://elsewhere.example/mcp".into()))
         .start()
         .await;
@@ -491,7 +480,7 @@ async fn tokens_bound_to_another_resource_or_without_the_mcp_scope_are_refused()
 #[tokio::test]
 async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
     let nats = Nats::start().await;
-    let one = Gateway::new(&nats).policy(&policy()).start().await;
+    let one = Gateway::new(&nats).policy(policy()).start().await;
     // A second replica behind the same public URL, with the same key and policy.
     let two = Gateway::new(&nats).replica_of(&one).start().await;
 
@@ -526,7 +515,7 @@ async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
 #[tokio::test]
 async fn a_client_id_metadata_document_identifies_the_client() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     // The client's metadata, served on loopback (https in real life; http is accepted from
     // loopback only).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -578,7 +567,7 @@ async fn a_client_id_metadata_document_identifies_the_client() {
 #[tokio::test]
 async fn registration_refuses_unsafe_redirect_uris() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     for uri in [
         "http://evil.example/cb",
         "javascript:alert(1)",
@@ -597,7 +586,7 @@ async fn registration_refuses_unsafe_redirect_uris() {
 async fn tokens_from_the_future_not_yet_valid_or_living_too_long_are_refused() {
     let nats = Nats::start().await;
     let gw = Gateway::new(&nats)
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.max_token_lifetime = Duration::from_secs(30 * 86400))
         .start()
         .await;

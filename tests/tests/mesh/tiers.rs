@@ -9,70 +9,14 @@ use serde_json::{Value, json};
 
 use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::process::workspace_binary;
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, ToolOutput, eventually};
 
-const POLICY: &str = r#"
-[groups.ops]
-tier = "standard"
-hosts = ["web-*"]
-
-[groups.oncall]
-tier = "dangerous"
-hosts = ["*"]
-
-[groups.contractors]
-tier = "readonly"
-hosts = ["web-*"]
-
-[users.alice]
-groups = ["oncall"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.carol]
-groups = ["contractors"]
-"#;
-
-/// The names of the tools a client sees.
-async fn tool_names(client: &McpClient) -> Vec<String> {
-    client
-        .list_tools()
-        .await
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect()
-}
-
-/// The values the `action` property of a tool's input schema allows.
-async fn actions(client: &McpClient, tool: &str) -> Vec<String> {
-    let tools = client.list_tools().await;
-    let tool = tools
-        .iter()
-        .find(|t| t.name == tool)
-        .unwrap_or_else(|| panic!("{tool} is not listed"));
-    let schema = Value::Object((*tool.input_schema).clone());
-    let mut out = Vec::new();
-    collect(&schema["properties"]["action"], &schema, &mut out);
-    out
-}
-
-/// Every string an `enum`/`const` under `value` allows, following local `$ref`s.
-fn collect(value: &Value, schema: &Value, out: &mut Vec<String>) {
-    if let Some(name) = value["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
-        collect(&schema["$defs"][name], schema, out);
-    }
-    for v in value["enum"].as_array().into_iter().flatten() {
-        out.extend(v.as_str().map(String::from));
-    }
-    if let Some(c) = value["const"].as_str() {
-        out.push(c.to_string());
-    }
-    for key in ["oneOf", "anyOf"] {
-        for variant in value[key].as_array().into_iter().flatten() {
-            collect(variant, schema, out);
-        }
-    }
+/// alice is `dangerous` everywhere, bob `standard` and carol `readonly` on `web-*`.
+fn policy() -> Policy {
+    Policy::new()
+        .group("ops", Tier::Standard, &["web-*"], &["bob"])
+        .group("oncall", Tier::Dangerous, &["*"], &["alice"])
+        .group("contractors", Tier::Readonly, &["web-*"], &["carol"])
 }
 
 /// Asserts a refusal (`isError`) whose structured error code is `code` and whose text has
@@ -96,12 +40,12 @@ fn assert_refused(out: &ToolOutput, code: &str, needle: &str) {
 #[tokio::test]
 async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
 
     // alice is `dangerous`: every tool, every action.
     let alice = gw.client("alice").await;
-    let everything = tool_names(&alice).await;
-    let all = actions(&alice, "file").await;
+    let everything = alice.tool_names().await;
+    let all = alice.actions("file").await;
     for action in ["move", "delete", "copy"] {
         assert!(
             all.contains(&action.to_string()),
@@ -113,30 +57,30 @@ async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
     let carol = gw.client("carol").await;
     let mut expected = everything.clone();
     expected.retain(|t| t != "bash");
-    assert_eq!(tool_names(&carol).await, expected);
+    assert_eq!(carol.tool_names().await, expected);
     assert_eq!(
-        actions(&carol, "file").await,
+        carol.actions("file").await,
         ["read", "stat", "list", "grep"]
     );
-    assert_eq!(actions(&carol, "job").await, ["poll", "list", "wait"]);
+    assert_eq!(carol.actions("job").await, ["poll", "list", "wait"]);
     if everything.contains(&"facts".to_string()) {
-        assert_eq!(actions(&carol, "facts").await, ["get"]);
+        assert_eq!(carol.actions("facts").await, ["get"]);
     }
 
     // bob is `standard`: bash, and writes but no moves or deletes.
     let bob = gw.client("bob").await;
-    assert_eq!(tool_names(&bob).await, everything);
+    assert_eq!(bob.tool_names().await, everything);
     assert_eq!(
-        actions(&bob, "file").await,
+        bob.actions("file").await,
         ["read", "stat", "list", "grep", "write", "append"]
     );
-    assert_eq!(actions(&bob, "job").await, ["poll", "list", "wait", "kill"]);
+    assert_eq!(bob.actions("job").await, ["poll", "list", "wait", "kill"]);
 }
 
 #[tokio::test]
 async fn tools_list_is_marked_private() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let token = gw.mint("carol");
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     let reply: Value = gw
@@ -156,7 +100,7 @@ async fn tools_list_is_marked_private() {
 async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
     let nats = Nats::start().await;
     let agent = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
 
     let carol = gw.client("carol").await;
     let out = carol
@@ -194,7 +138,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
     let nats = Nats::start().await;
     let web = NodeAgent::new(&nats, "web-1").start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let bob = gw.client("bob").await;
 
     let marker = db.dir().join("touched");
@@ -226,10 +170,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     // The job is alice's: to bob it does not exist (saying it is on a host he may not reach
     // would tell him it does).
     for action in ["poll", "wait"] {
@@ -242,7 +183,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
 #[tokio::test]
 async fn whoami_reports_the_policy_tier_groups_and_reach() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let out = gw.client("bob").await.call("whoami", json!({})).await;
     let s = out.structured();
     assert_eq!(s["user"], json!("bob"));
@@ -255,10 +196,10 @@ async fn whoami_reports_the_policy_tier_groups_and_reach() {
 #[tokio::test]
 async fn a_token_tier_caps_the_policy_tier() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let token = gw.issue("alice", Duration::from_secs(600), "mcp", Tier::Readonly);
     let client = McpClient::new(&gw.url(), &token).await;
-    assert!(!tool_names(&client).await.contains(&"bash".to_string()));
+    assert!(!client.tool_names().await.contains(&"bash".to_string()));
     let out = client.call("whoami", json!({})).await;
     assert_eq!(out.structured()["tier"], json!("readonly"));
 }
@@ -266,7 +207,7 @@ async fn a_token_tier_caps_the_policy_tier() {
 #[tokio::test]
 async fn users_missing_from_the_policy_are_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     let response = gw.post_raw(Some(&gw.mint("mallory")), list).await;
     assert_eq!(response.status(), 401);
@@ -287,7 +228,7 @@ async fn without_a_policy_every_user_is_dangerous_and_reaches_everything() {
 #[tokio::test]
 async fn policy_changes_apply_without_restart() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let path = gw.policy_path().expect("a policy file").to_path_buf();
     let client = gw.client("carol").await;
     let tier = || async {
@@ -298,17 +239,14 @@ async fn policy_changes_apply_without_restart() {
     assert_eq!(tier().await.as_deref(), Some("readonly"));
 
     // Written in place as an editor would: the gateway notices the change by itself.
-    let promoted = POLICY.replace(
-        "[users.carol]\ngroups = [\"contractors\"]",
-        "[users.carol]\ngroups = [\"contractors\"]\ntier = \"standard\"",
-    );
-    assert_ne!(promoted, POLICY);
+    let promoted = policy().tier_of("carol", Tier::Standard).to_string();
+    assert_ne!(promoted, policy().to_string());
     std::fs::write(&path, &promoted).expect("rewrite the policy");
     eventually(Duration::from_secs(10), || async {
         tier().await.as_deref() == Some("standard")
     })
     .await;
-    assert!(tool_names(&client).await.contains(&"bash".to_string()));
+    assert!(client.tool_names().await.contains(&"bash".to_string()));
 }
 
 #[tokio::test]
@@ -405,30 +343,18 @@ async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
 }
 
 /// Two developers, a lead with operator rights and a `dangerous` user without them, on `web-*`.
-const OWNERS_POLICY: &str = r#"
-operators = ["@leads"]
-
-[groups.devs]
-tier = "standard"
-hosts = ["web-*"]
-
-[groups.leads]
-tier = "standard"
-hosts = ["web-*"]
-
-[users.alice]
-groups = ["devs"]
-
-[users.bob]
-groups = ["devs"]
-
-[users.dora]
-groups = ["devs"]
-tier = "dangerous"
-
-[users.olive]
-groups = ["leads"]
-"#;
+fn owners_policy() -> Policy {
+    Policy::new()
+        .operators(&["@leads"])
+        .group(
+            "devs",
+            Tier::Standard,
+            &["web-*"],
+            &["alice", "bob", "dora"],
+        )
+        .group("leads", Tier::Standard, &["web-*"], &["olive"])
+        .tier_of("dora", Tier::Dangerous)
+}
 
 /// Runs `cmd` on `host` as `client` and returns the job id (`bg` to return at once).
 async fn job_of(client: &McpClient, host: &str, cmd: &str, bg: bool) -> String {
@@ -436,10 +362,7 @@ async fn job_of(client: &McpClient, host: &str, cmd: &str, bg: bool) -> String {
         .call("bash", json!({"host": host, "cmd": cmd, "bg": bg}))
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
+    out.job_id()
 }
 
 /// The ids of the jobs a `job list` result shows.
@@ -463,7 +386,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
     let nats = Nats::start().await;
     let _web1 = NodeAgent::new(&nats, "web-1").start().await;
     let _web2 = NodeAgent::new(&nats, "web-2").start().await;
-    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(owners_policy()).start().await;
     let bob = gw.client("bob").await;
     let sleeper = job_of(&bob, "web-1", "sleep 300", true).await;
     let finished = job_of(&bob, "web-1", "echo secret-output", false).await;
@@ -541,7 +464,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
 async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let nats = Nats::start().await;
     let _web = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(owners_policy()).start().await;
     let bob = gw.client("bob").await;
     let alice = gw.client("alice").await;
     let secret = job_of(&bob, "web-1", "echo secret-output", false).await;
@@ -599,9 +522,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     let _web = NodeAgent::new(&nats, "web-1").start().await;
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{OWNERS_POLICY}\n[users.root]\ntier = \"dangerous\"\nhosts = [\"*\"]\n"
-        ))
+        .policy(owners_policy().user("root", Tier::Dangerous, &["*"]))
         .start()
         .await;
     let bob = gw.client("bob").await;
@@ -661,7 +582,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
         .arg("--file-root", root.path())
         .start()
         .await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let carol = gw.client("carol").await;
 
     // carol is readonly: a write in disguise must not get past the gateway's tier check.
