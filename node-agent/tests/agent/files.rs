@@ -6,7 +6,6 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use execmesh_node_agent::Config;
 use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, file_reply, file_request::Op};
 use sha2::{Digest as _, Sha256};
@@ -29,11 +28,8 @@ struct Agent {
 impl Agent {
     async fn start(nats: &Nats, host: &str) -> Agent {
         let (root_dir, root) = support::temp_root();
-        let config = Config {
-            file_roots: vec![root.clone()],
-            ..support::config(nats, host)
-        };
-        let agent = support::Agent::start(config).await;
+        let agent =
+            support::Agent::start_with(nats, host, |c| c.file_roots = vec![root.clone()]).await;
         Agent {
             host: agent.host.clone(),
             agent,

@@ -5,7 +5,6 @@ use crate::support;
 use std::path::PathBuf;
 
 use async_nats::jetstream;
-use execmesh_node_agent::Config;
 use execmesh_proto::pb::{self, ErrorCode, GrepMode, JobState};
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
@@ -22,10 +21,9 @@ struct Host {
 impl Host {
     async fn start(nats: &Nats, host: &str) -> Host {
         let (root_dir, root) = support::temp_root();
-        let agent = Agent::start(Config {
-            file_roots: vec![root.clone()],
-            warm_shells: 0,
-            ..support::config(nats, host)
+        let agent = Agent::start_with(nats, host, |c| {
+            c.file_roots = vec![root.clone()];
+            c.warm_shells = 0;
         })
         .await;
         Host {
