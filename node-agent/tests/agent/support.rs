@@ -81,6 +81,48 @@ impl Agent {
     }
 }
 
+/// An agent whose only file root is a fresh temp dir, and a client of its server: what the
+/// file and grep scenarios run against.
+pub struct RootedAgent {
+    pub agent: Agent,
+    /// The file root, as a canonical path.
+    pub root: PathBuf,
+    /// Removes the root when the scenario ends.
+    _root_dir: tempfile::TempDir,
+    pub client: async_nats::Client,
+}
+
+// === impl RootedAgent ===
+
+impl RootedAgent {
+    /// Starts the agent `host` on `nats` with a fresh file root, its test [`config`] changed
+    /// further by `change`.
+    pub async fn start_with(nats: &Nats, host: &str, change: impl FnOnce(&mut Config)) -> Self {
+        let (root_dir, root) = temp_root();
+        let agent = Agent::start_with(nats, host, |c| {
+            c.file_roots = vec![root.clone()];
+            change(c);
+        })
+        .await;
+        RootedAgent {
+            agent,
+            root,
+            _root_dir: root_dir,
+            client: nats.client().await,
+        }
+    }
+
+    /// `root/rel` as a request path.
+    pub fn path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    /// Stops the agent cleanly.
+    pub async fn stop(self) {
+        self.agent.stop().await;
+    }
+}
+
 /// A fresh nats-server, the agent `host` on it with the test [`config`], and a client of the
 /// server: the setup most scenarios start from.
 pub async fn start_node(host: &str) -> (Nats, Agent, async_nats::Client) {
