@@ -197,6 +197,12 @@ impl McpClient {
         out.job_id()
     }
 
+    /// Calls the `job` tool with `action` (poll, wait, kill) on `job`, with no other argument.
+    pub async fn job(&self, action: &str, job: &str) -> ToolOutput {
+        self.call("job", json!({"action": action, "job": job}))
+            .await
+    }
+
     /// Calls tool `name` with `arguments` (a JSON object).
     pub async fn try_call(&self, name: &str, arguments: Value) -> Result<ToolOutput, ServiceError> {
         let Value::Object(arguments) = arguments else {
@@ -300,6 +306,61 @@ impl ToolOutput {
             .to_string()
     }
 
+    /// The approval id of a call held for approval. Panics unless it was held: not an error,
+    /// `approval_required` set.
+    #[track_caller]
+    pub fn approval_id(&self) -> String {
+        assert!(
+            !self.is_error(),
+            "a held call is not an error: {}",
+            self.text()
+        );
+        let s = self.structured();
+        assert_eq!(s["approval_required"], json!(true), "{}", self.text());
+        s["approval_id"]
+            .as_str()
+            .expect("an approval id")
+            .to_string()
+    }
+
+    /// Asserts a refusal (`isError`) whose text has `needle`.
+    #[track_caller]
+    pub fn assert_refused(&self, needle: &str) {
+        assert!(self.is_error(), "expected a refusal, got: {}", self.text());
+        assert!(
+            self.text().contains(needle),
+            "{needle:?} not in: {}",
+            self.text()
+        );
+    }
+
+    /// Asserts a refusal (`isError`) with the structured error code `code` whose text has
+    /// `needle`.
+    #[track_caller]
+    pub fn assert_refused_as(&self, code: &str, needle: &str) {
+        assert!(self.is_error(), "expected a refusal, got: {}", self.text());
+        assert_eq!(
+            self.structured()["error"]["code"],
+            json!(code),
+            "{}",
+            self.text()
+        );
+        self.assert_refused(needle);
+    }
+
+    /// Asserts the result's text has `needle`, showing the text when not.
+    #[track_caller]
+    pub fn assert_text_has(&self, needle: &str) {
+        let text = self.text();
+        assert!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+
+    /// Asserts `structuredContent[field]` is `expected`, showing the result's text when not.
+    #[track_caller]
+    pub fn assert_field(&self, field: &str, expected: impl Into<Value>) {
+        assert_eq!(self.structured()[field], expected.into(), "{}", self.text());
+    }
+
     /// Whether the server flagged the result as a tool error (`isError`).
     pub fn is_error(&self) -> bool {
         self.result.is_error.unwrap_or(false)
@@ -314,6 +375,14 @@ impl ToolOutput {
     pub fn into_raw(self) -> CallToolResult {
         self.result
     }
+}
+
+/// The arguments `args` of a held call again, naming the approval `id` it waits for: how a
+/// client re-sends a call once it is approved.
+pub fn with_approval(args: &Value, id: &str) -> Value {
+    let mut args = args.clone();
+    args["approval_id"] = json!(id);
+    args
 }
 
 /// POSTs a JSON-RPC `body` to `url` the way an MCP client would (JSON and SSE accepted), with an

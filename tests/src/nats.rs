@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 
+use async_nats::jetstream::message::StreamMessage;
 use execmesh_gateway::core::signer::Signer;
 use execmesh_nats_server::{NatsServer, NatsServerBuilder};
 
@@ -115,6 +116,23 @@ impl Nats {
     /// gateways and sinks use them unless a test gives them others.
     pub fn identities(&self) -> &MeshIdentities {
         &self.identities
+    }
+
+    /// Every message `stream` holds, first to last: what reached the server, for scenarios
+    /// that check nothing secret did.
+    pub async fn stored_messages(&self, stream: &str) -> Vec<StreamMessage> {
+        let js = self.jetstream().await;
+        let mut handle = js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("{stream} exists: {e}"));
+        let info = handle.info().await.expect("stream info");
+        let mut messages = Vec::new();
+        for seq in 1..=info.state.last_sequence {
+            let message = handle.get_raw_message(seq).await;
+            messages.push(message.unwrap_or_else(|e| panic!("{stream} holds {seq}: {e}")));
+        }
+        messages
     }
 
     /// Starts a node-agent for `host` on this server with `labels` (key, value), as a

@@ -100,6 +100,12 @@ impl Policy {
         self
     }
 
+    /// Lets `users` mint tokens for other users (`[token_admins]`).
+    pub fn token_admins(self, users: &[&str]) -> Self {
+        let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+        self.toml(&format!("[token_admins]\nusers = {}\n", list(&users)))
+    }
+
     /// Appends `toml` as it is: approval rules, approvers, token admins.
     pub fn toml(mut self, toml: &str) -> Self {
         self.extra.push('\n');

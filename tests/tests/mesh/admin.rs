@@ -10,11 +10,12 @@ use tonic::{Code, Status, Streaming};
 
 use execmesh_proto::Tier;
 use execmesh_proto::pb;
-use execmesh_tests::admin::AdminClient;
-use execmesh_tests::admin::team_policy;
+use execmesh_tests::admin::{
+    AdminClient, admin_gateway, assert_status as assert_code, get_job, team_policy,
+};
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
-    AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, Policy, eventually,
+    AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, Policy, eventually, with_approval,
 };
 
 /// How long a test waits for one streamed message or a condition.
@@ -26,18 +27,6 @@ async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
         .await
         .expect("a stream message within the wait")
         .expect("a stream message, not an error")
-}
-
-#[track_caller]
-fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) -> Status {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{needle:?} not in {:?}",
-        status.message()
-    );
-    status
 }
 
 /// Starts `cmd` in the background on `host` as `user` and returns its job id.
@@ -336,10 +325,7 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
 
     let got = admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: done.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&done))
         .await
         .expect("get")
         .into_inner();
@@ -372,10 +358,7 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
     assert_eq!(killed.jobs[0].state(), pb::JobState::Killed, "{killed:?}");
     let after = admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: sleeper.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&sleeper))
         .await
         .expect("get")
         .into_inner();
@@ -433,10 +416,7 @@ async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
     let unknown = not_found(
         alice
             .jobs
-            .get(pb::GetJobRequest {
-                job_id: nosuch.into(),
-                host: String::new(),
-            })
+            .get(get_job(nosuch))
             .await
             .expect_err("an unknown job"),
         nosuch,
@@ -463,10 +443,7 @@ async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
     );
     let got = alice
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: job.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&job))
         .await
         .expect_err("bob's job is unknown to alice");
     assert_eq!(not_found(got, &job), unknown);
@@ -554,11 +531,7 @@ async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
 async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_approval_is_refused() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats)
-        .policy(team_policy())
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
     let alice_mcp = gw.client("alice").await;
     let mut alice = gw.admin_client("alice").await;
     let mut bob = gw.admin_client("bob").await;
@@ -573,17 +546,7 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
     let args =
         json!({"host": "db-1", "cmd": format!("touch {} && echo approved", marker.display())});
     let held = alice_mcp.call("bash", args.clone()).await;
-    assert!(!held.is_error(), "{}", held.text());
-    assert_eq!(
-        held.structured()["approval_required"],
-        json!(true),
-        "{}",
-        held.text()
-    );
-    let id = held.structured()["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string();
+    let id = held.approval_id();
 
     let requested = next(&mut watch).await.expect("the request is watched");
     let requested = requested.approval.expect("an approval");
@@ -642,16 +605,9 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
         pb::ApprovalState::Approved
     );
 
-    let mut with_id = args.clone();
-    with_id["approval_id"] = json!(id);
-    let ran = alice_mcp.call("bash", with_id).await;
+    let ran = alice_mcp.call("bash", with_approval(&args, &id)).await;
     assert!(!ran.is_error(), "{}", ran.text());
-    assert_eq!(
-        ran.structured()["output"],
-        json!("approved\n"),
-        "{}",
-        ran.text()
-    );
+    ran.assert_field("output", json!("approved\n"));
     assert!(marker.exists());
     let used = bob
         .approvals
@@ -806,11 +762,7 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
     // alice mints for bob: the policy must name her a token admin.
-    let gw = Gateway::new(&nats)
-        .policy(team_policy().toml("[token_admins]\nusers = [\"alice\"]\n"))
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy().token_admins(&["alice"])).await;
     let mut alice = gw.admin_client("alice").await;
 
     let minted = alice
@@ -949,11 +901,7 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
 #[tokio::test]
 async fn a_missing_invalid_or_non_admin_token_is_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats)
-        .policy(team_policy())
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
     let list = pb::ListHostsRequest::default();
 
     let mut anonymous = gw.admin_client_with_token(None).await;
@@ -1239,11 +1187,7 @@ async fn audited(admin: &AdminClient, kind: &str, count: usize) -> Vec<pb::Audit
 async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unless_token_admin() {
     let nats = Nats::start().await;
     let _sink = AuditSink::new(&nats).sqlite().start().await;
-    let gw = Gateway::new(&nats)
-        .policy(authz_policy())
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, authz_policy()).await;
     let mut alice = gw.admin_client("alice").await;
     let mut carol = gw.admin_client("carol").await;
     let mut root = gw.admin_client("root").await;
@@ -1423,11 +1367,7 @@ async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unles
 async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_never_the_requester() {
     let nats = Nats::start().await;
     let _db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats)
-        .policy(authz_policy())
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, authz_policy()).await;
     let alice_mcp = gw.client("alice").await;
     let args = json!({"host": "db-1", "cmd": "echo released"});
     let held = alice_mcp.call("bash", args.clone()).await;
@@ -1482,15 +1422,8 @@ async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_neve
         .approval
         .expect("approval");
     assert_eq!(approved.decided_by, "bob");
-    let mut with_id = args.clone();
-    with_id["approval_id"] = json!(id);
-    let ran = alice_mcp.call("bash", with_id).await;
-    assert_eq!(
-        ran.structured()["output"],
-        json!("released\n"),
-        "{}",
-        ran.text()
-    );
+    let ran = alice_mcp.call("bash", with_approval(&args, &id)).await;
+    ran.assert_field("output", json!("released\n"));
 
     // The policy in force at decision time decides: without [approvers], nobody approves.
     let second = alice_mcp.call("bash", args.clone()).await;

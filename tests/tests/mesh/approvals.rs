@@ -5,15 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use tonic::Code;
 
 use execmesh_gateway::core::approvals::{ApprovalState, Approvals};
 use execmesh_gateway::core::audit::Audit;
 use execmesh_proto::{Tier, Token, pb};
+use execmesh_tests::admin::assert_status as refused;
 use execmesh_tests::{
-    AdminClient, AuditSink, Gateway, Nats, NodeAgent, Policy, ToolOutput, eventually,
+    AdminClient, AuditSink, Gateway, Nats, NodeAgent, Policy, ToolOutput, eventually, with_approval,
 };
 
 /// alice and bob on call (`dangerous` everywhere), approving each other's calls on database
@@ -59,16 +60,6 @@ async fn deny(admin: &AdminClient, id: &str, reason: &str) -> Result<pb::Approva
         .map(|r| r.into_inner().approval.expect("an approval"))
 }
 
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("the decision must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{needle:?} not in {status:?}"
-    );
-}
-
 /// The approvals store as the gateway keeps it (read here; decided through the admin API).
 async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
@@ -83,44 +74,19 @@ async fn store(nats: &Nats, ttl: Duration) -> Approvals {
 /// The approval id of a held call, after checking it is held (and not an error).
 #[track_caller]
 fn held(out: &ToolOutput) -> String {
-    assert!(
-        !out.is_error(),
-        "a held call is not an error: {}",
-        out.text()
-    );
-    let s = out.structured();
-    assert_eq!(s["approval_required"], json!(true), "{}", out.text());
+    let id = out.approval_id();
     assert!(
         out.text().contains("execmeshctl approve"),
         "the text says how to get it approved: {}",
         out.text()
     );
-    s["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string()
+    id
 }
 
+/// Asserts the call was refused because the approval it names cannot be used.
 #[track_caller]
 fn unusable(out: &ToolOutput, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert_eq!(
-        out.structured()["error"]["code"],
-        json!("approval_unusable"),
-        "{}",
-        out.text()
-    );
-    assert!(
-        out.text().contains(needle),
-        "{needle:?} not in: {}",
-        out.text()
-    );
-}
-
-fn with_approval(args: &Value, id: &str) -> Value {
-    let mut args = args.clone();
-    args["approval_id"] = json!(id);
-    args
+    out.assert_refused_as("approval_unusable", needle);
 }
 
 #[tokio::test]

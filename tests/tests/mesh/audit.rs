@@ -13,6 +13,7 @@ use execmesh_proto::subject::{self, audit_kind};
 use execmesh_proto::{Tier, Token, headers};
 use prost::Message as _;
 
+use execmesh_tests::admin::get_job;
 use execmesh_tests::audit_sink::Backend;
 use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, Policy, Postgres, eventually};
 use serde_json::json;
@@ -709,17 +710,8 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
     let records = trace_events(&sink, &trace, 5).await;
 
     // Nothing secret ever reached the stream, let alone the store.
-    let js = nats.jetstream().await;
-    let mut stream = js.get_stream("AUDIT").await.expect("AUDIT exists");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    for seq in 1..=last {
-        let msg = stream.get_raw_message(seq).await.expect("a stored event");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("AUDIT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "event {seq} leaks a secret: {text}"
@@ -808,12 +800,8 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     }
 
     // No event in the stream carries a secret, the agent's included.
-    let js = nats.jetstream().await;
-    let mut audit = js.get_stream("AUDIT").await.expect("AUDIT exists");
-    let last = audit.info().await.expect("stream info").state.last_sequence;
-    for seq in 1..=last {
-        let msg = audit.get_raw_message(seq).await.expect("a stored event");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("AUDIT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "event {seq} leaks a secret: {text}"
@@ -821,6 +809,7 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     }
 
     // The job's status record, kept for days, never held the command as sent.
+    let js = nats.jetstream().await;
     let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
     let key = format!("default.web-1.{job}");
     let mut history = jobs.history(&key).await.expect("the record's history");
@@ -842,16 +831,8 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     assert!(revisions >= 1, "no status record under {key}");
 
     // Nor did the exit record in MESH_OUT, which carries the final status.
-    let mut out_stream = js.get_stream("MESH_OUT").await.expect("MESH_OUT exists");
-    let last = out_stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    for seq in 1..=last {
-        let msg = out_stream.get_raw_message(seq).await.expect("a record");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("MESH_OUT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "output record {seq} leaks: {text}"
@@ -1116,7 +1097,7 @@ async fn every_use_of_operator_rights_on_another_users_job_is_audited(store: Sto
     let bob = gw.client("bob").await;
     let job = bob.bash_bg("web-1", "sleep 300").await;
     // bob following his own job is no use of operator rights.
-    bob.call("job", json!({"action": "poll", "job": job})).await;
+    bob.job("poll", &job).await;
 
     let olive = gw.client("olive").await;
     for args in [
@@ -1130,10 +1111,7 @@ async fn every_use_of_operator_rights_on_another_users_job_is_audited(store: Sto
     let mut admin = gw.admin_client("olive").await;
     admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: job.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&job))
         .await
         .expect("an operator gets bob's job");
 

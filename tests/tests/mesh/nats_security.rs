@@ -22,7 +22,7 @@ use execmesh_tests::nats_accounts::{Identified, SecuredMesh};
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
     Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, RunningAudit, eventually,
-    workspace_path,
+    with_approval, workspace_path,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -135,9 +135,7 @@ async fn every_identity_on_its_own_credentials_runs_the_whole_mesh() {
         .call("job", json!({"action": "wait", "job": job, "timeout": 20}))
         .await;
     assert!(!waited.is_error(), "{}", waited.text());
-    let page = client
-        .call("job", json!({"action": "poll", "job": job}))
-        .await;
+    let page = client.job("poll", &job).await;
     assert_eq!(page.structured()["output"], "1\n2\n3\n", "{}", page.text());
 
     let hosts = client.call("hosts", json!({})).await;
@@ -649,16 +647,7 @@ async fn an_approval_flipped_through_a_jetstream_reply_does_not_run() {
     let marker = s.agents[1].dir().join("ran");
     let args = json!({"host": "web-2", "cmd": format!("touch {}", marker.display())});
     let held = alice.call("bash", args.clone()).await;
-    assert_eq!(
-        held.structured()["approval_required"],
-        json!(true),
-        "{}",
-        held.text()
-    );
-    let id = held.structured()["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string();
+    let id = held.approval_id();
 
     // The real record, as stored, turned into an approval by bob.
     let admin = s.nats.jetstream().await;
@@ -690,9 +679,7 @@ async fn an_approval_flipped_through_a_jetstream_reply_does_not_run() {
     .await;
     landed(&s.nats, "KV_mesh_approvals", &target, &forged).await;
 
-    let mut again = args.clone();
-    again["approval_id"] = json!(id);
-    let out = alice.call("bash", again).await;
+    let out = alice.call("bash", with_approval(&args, &id)).await;
     assert!(
         !marker.exists(),
         "the held command ran on a planted approval"
@@ -878,15 +865,8 @@ async fn planted_output_exit_and_status_of_a_running_job_are_ignored() {
         "a planted exit was taken: {}",
         waited.text()
     );
-    let page = client
-        .call("job", json!({"action": "poll", "job": job}))
-        .await;
-    assert_eq!(
-        page.structured()["output"],
-        "real-1\nreal-2\n",
-        "{}",
-        page.text()
-    );
+    let page = client.job("poll", &job).await;
+    page.assert_field("output", "real-1\nreal-2\n");
 }
 
 /// An audit event planted under the gateway's subject through a JetStream reply is stored (the
@@ -997,11 +977,7 @@ async fn an_agent_without_its_seed_is_listed_unverified_with_the_reason() {
         why.contains("not signed") || why.contains("unsigned"),
         "{why}"
     );
-    assert!(
-        hosts.text().contains("web-9 [unverified"),
-        "{}",
-        hosts.text()
-    );
+    hosts.assert_text_has("web-9 [unverified");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,13 @@ fn policy() -> Policy {
         .password_hash("alice", &hash)
 }
 
+/// A nats-server and a gateway enforcing [`policy`].
+async fn gateway() -> (Nats, RunningGateway) {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    (nats, gw)
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -45,6 +52,26 @@ async fn post_form(url: &str, fields: &[(&str, &str)]) -> (u16, Value) {
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
+}
+
+/// Redeems the authorization `code` of `client_id` with `verifier` at the token endpoint, for a
+/// token bound to `resource` (the gateway's own without one).
+async fn redeem(
+    gw: &RunningGateway,
+    client_id: &str,
+    code: &str,
+    verifier: &str,
+    resource: Option<&str>,
+) -> (u16, Value) {
+    let mut fields = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT_URI),
+        ("client_id", client_id),
+        ("code_verifier", verifier),
+    ];
+    fields.extend(resource.map(|resource| ("resource", resource)));
+    post_form(&format!("{}/token", gw.base_url()), &fields).await
 }
 
 /// The status of `tools/list` with `token`, and the challenge of a refusal.
@@ -76,6 +103,14 @@ async fn register(gw: &RunningGateway, redirect_uris: &[&str]) -> (u16, Value) {
         .expect("POST /register");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The sign-in page of an authorization request by a newly registered client (with PKCE).
+async fn sign_in_url(gw: &RunningGateway) -> String {
+    let (_, client) = register(gw, &[REDIRECT_URI]).await;
+    let client_id = client["client_id"].as_str().expect("a client id");
+    let (_, challenge) = oauth::pkce();
+    authorize_url(gw, client_id, &challenge, &[])
 }
 
 /// An authorization URL for `client_id` with the PKCE `challenge`, plus `extra` parameters
@@ -151,8 +186,7 @@ async fn tokens(manager: &AuthorizationManager) -> (String, String, String) {
 
 #[tokio::test]
 async fn discovery_documents_name_the_resource_and_the_authorization_server() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let (_nats, gw) = gateway().await;
     let base = gw.base_url();
     for path in [
         "/.well-known/oauth-protected-resource",
@@ -239,8 +273,7 @@ async fn an_oauth_client_signs_in_headlessly_and_calls_tools_refreshing_its_toke
 
 #[tokio::test]
 async fn a_reused_refresh_token_revokes_the_whole_login() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let (_nats, gw) = gateway().await;
     let manager = signed_in(&gw).await;
     let (client_id, _, first_refresh) = tokens(&manager).await;
 
@@ -270,12 +303,8 @@ async fn a_reused_refresh_token_revokes_the_whole_login() {
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
-    let (_, client) = register(&gw, &[REDIRECT_URI]).await;
-    let client_id = client["client_id"].as_str().expect("a client id");
-    let (_, challenge) = oauth::pkce();
-    let url = authorize_url(&gw, client_id, &challenge, &[]);
+    let (_nats, gw) = gateway().await;
+    let url = sign_in_url(&gw).await;
     let browser = Browser::new();
 
     for user in ["alice", "nobody", "bob"] {
@@ -307,12 +336,8 @@ async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
 
 #[tokio::test]
 async fn logins_from_one_address_are_rate_limited() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
-    let (_, client) = register(&gw, &[REDIRECT_URI]).await;
-    let client_id = client["client_id"].as_str().expect("a client id");
-    let (_, challenge) = oauth::pkce();
-    let url = authorize_url(&gw, client_id, &challenge, &[]);
+    let (_nats, gw) = gateway().await;
+    let url = sign_in_url(&gw).await;
     let browser = Browser::new();
     // Different (unknown) users each time: only the per-address limit can stop them.
     let mut limited = None;
@@ -335,9 +360,7 @@ async fn logins_from_one_address_are_rate_limited() {
 
 #[tokio::test]
 async fn pkce_and_resource_mismatches_are_refused() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
-    let token_url = format!("{}/token", gw.base_url());
+    let (_nats, gw) = gateway().await;
     let (_, client) = register(&gw, &[REDIRECT_URI]).await;
     let client_id = client["client_id"].as_str().expect("a client id");
     let browser = Browser::new();
@@ -395,25 +418,8 @@ async fn pkce_and_resource_mismatches_are_refused() {
     // A wrong verifier burns the code.
     let code = code_for(&gw, client_id, &challenge).await;
     let (wrong, _) = oauth::pkce();
-    let exchange = |verifier: String, resource: String| {
-        let code = code.clone();
-        let token_url = token_url.clone();
-        async move {
-            post_form(
-                &token_url,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", REDIRECT_URI),
-                    ("client_id", client_id),
-                    ("code_verifier", &verifier),
-                    ("resource", &resource),
-                ],
-            )
-            .await
-        }
-    };
-    let (status, body) = exchange(wrong, gw.url()).await;
+    let resource = gw.url();
+    let (status, body) = redeem(&gw, client_id, &code, &wrong, Some(&resource)).await;
     assert_eq!(
         (status, body["error"].clone()),
         (400, json!("invalid_grant")),
@@ -426,24 +432,13 @@ async fn pkce_and_resource_mismatches_are_refused() {
             .contains("PKCE"),
         "{body}"
     );
-    let (status, body) = exchange(verifier.clone(), gw.url()).await;
+    let (status, body) = redeem(&gw, client_id, &code, &verifier, Some(&resource)).await;
     assert_eq!(status, 400, "a code is redeemed at most once: {body}");
 
     // The right verifier, but a token for another resource.
     let (verifier, challenge) = oauth::pkce();
     let code = code_for(&gw, client_id, &challenge).await;
-    let (status, body) = post_form(
-        &token_url,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("client_id", client_id),
-            ("code_verifier", &verifier),
-            ("resource", other),
-        ],
-    )
-    .await;
+    let (status, body) = redeem(&gw, client_id, &code, &verifier, Some(other)).await;
     assert_eq!(
         (status, body["error"].clone()),
         (400, json!("invalid_target")),
@@ -453,8 +448,7 @@ async fn pkce_and_resource_mismatches_are_refused() {
 
 #[tokio::test]
 async fn tokens_bound_to_another_resource_or_without_the_mcp_scope_are_refused() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let (nats, gw) = gateway().await;
     // Same key, another public URL: its tokens name another audience.
     let elsewhere = Gateway::new(&nats)
         .key_file(gw.key_file())
@@ -514,8 +508,7 @@ async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
 
 #[tokio::test]
 async fn a_client_id_metadata_document_identifies_the_client() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let (_nats, gw) = gateway().await;
     // The client's metadata, served on loopback (https in real life; http is accepted from
     // loopback only).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -546,17 +539,7 @@ async fn a_client_id_metadata_document_identifies_the_client() {
         .await;
     assert!(page.is_ok(), "{page:?}");
     let code = code_for(&gw, &client_id, &challenge).await;
-    let (status, body) = post_form(
-        &format!("{}/token", gw.base_url()),
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
+    let (status, body) = redeem(&gw, &client_id, &code, &verifier, None).await;
     assert_eq!(status, 200, "{body}");
     let access = body["access_token"].as_str().expect("an access token");
     assert_eq!(claims(access)["client_id"], json!(client_id));
@@ -566,8 +549,7 @@ async fn a_client_id_metadata_document_identifies_the_client() {
 
 #[tokio::test]
 async fn registration_refuses_unsafe_redirect_uris() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let (_nats, gw) = gateway().await;
     for uri in [
         "http://evil.example/cb",
         "javascript:alert(1)",

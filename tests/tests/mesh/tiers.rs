@@ -19,24 +19,6 @@ fn policy() -> Policy {
         .group("contractors", Tier::Readonly, &["web-*"], &["carol"])
 }
 
-/// Asserts a refusal (`isError`) whose structured error code is `code` and whose text has
-/// `needle`.
-#[track_caller]
-fn assert_refused(out: &ToolOutput, code: &str, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert_eq!(
-        out.structured()["error"]["code"],
-        json!(code),
-        "{}",
-        out.text()
-    );
-    assert!(
-        out.text().contains(needle),
-        "{needle:?} not in: {}",
-        out.text()
-    );
-}
-
 #[tokio::test]
 async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
     let nats = Nats::start().await;
@@ -106,16 +88,10 @@ async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
     let out = carol
         .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
         .await;
-    assert_refused(&out, "tier", "needs tier standard");
-    assert!(
-        out.text().contains("your tier is readonly"),
-        "{}",
-        out.text()
-    );
-    let out = carol
-        .call("job", json!({"action": "kill", "job": "x-12345678"}))
-        .await;
-    assert_refused(&out, "tier", "needs tier standard");
+    out.assert_refused_as("tier", "needs tier standard");
+    out.assert_text_has("your tier is readonly");
+    let out = carol.job("kill", "x-12345678").await;
+    out.assert_refused_as("tier", "needs tier standard");
 
     let bob = gw.client("bob").await;
     let out = bob
@@ -124,7 +100,7 @@ async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
             json!({"host": agent.host(), "action": "delete", "path": "/tmp/x"}),
         )
         .await;
-    assert_refused(&out, "tier", "needs tier dangerous");
+    out.assert_refused_as("tier", "needs tier dangerous");
     // Within the tier the call goes through.
     let out = bob
         .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
@@ -146,7 +122,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
     let out = bob
         .call("bash", json!({"host": db.host(), "cmd": cmd}))
         .await;
-    assert_refused(&out, "denied", "db-1");
+    out.assert_refused_as("denied", "db-1");
     assert!(!marker.exists(), "the denied command ran");
     let out = bob
         .call(
@@ -154,7 +130,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
             json!({"host": db.host(), "action": "stat", "path": "/tmp"}),
         )
         .await;
-    assert_refused(&out, "denied", "db-1");
+    out.assert_refused_as("denied", "db-1");
 
     let out = bob
         .call("bash", json!({"host": web.host(), "cmd": "echo ok"}))
@@ -174,8 +150,8 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
     // The job is alice's: to bob it does not exist (saying it is on a host he may not reach
     // would tell him it does).
     for action in ["poll", "wait"] {
-        let out = bob.call("job", json!({"action": action, "job": job})).await;
-        assert_refused(&out, "unknown_job", &job);
+        let out = bob.job(action, &job).await;
+        out.assert_refused_as("unknown_job", &job);
         assert!(!out.text().contains("db-1"), "{}", out.text());
     }
 }
@@ -401,10 +377,8 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
     // What anyone is told about an id no host knows.
     let alice = gw.client("alice").await;
     let nosuch = "nosuch-abcdefgh";
-    let unknown = alice
-        .call("job", json!({"action": "poll", "job": nosuch}))
-        .await;
-    assert_refused(&unknown, "unknown_job", nosuch);
+    let unknown = alice.job("poll", nosuch).await;
+    unknown.assert_refused_as("unknown_job", nosuch);
     let unknown = without_id(&unknown, nosuch);
 
     for who in ["alice", "dora"] {
@@ -419,7 +393,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
                 json!({"action": "kill", "job": job, "host": "web-1"}),
             ] {
                 let out = client.call("job", args.clone()).await;
-                assert_refused(&out, "unknown_job", job);
+                out.assert_refused_as("unknown_job", job);
                 assert_eq!(without_id(&out, job), unknown, "{who} {args}");
             }
         }
@@ -428,23 +402,17 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
             !mine.contains(&sleeper) && !mine.contains(&finished) && !mine.contains(&group),
             "{who} lists bob's jobs: {mine:?}"
         );
-        let grouped = listed(
-            &client
-                .call("job", json!({"action": "list", "job": group}))
-                .await,
-        );
+        let grouped = listed(&client.job("list", &group).await);
         assert!(grouped.is_empty(), "{who} lists bob's group: {grouped:?}");
         for user in ["bob", "*"] {
             let out = client
                 .call("job", json!({"action": "list", "user": user}))
                 .await;
-            assert_refused(&out, "not_operator", "operator rights");
+            out.assert_refused_as("not_operator", "operator rights");
         }
     }
     // Nobody but bob stopped his job.
-    let out = bob
-        .call("job", json!({"action": "poll", "job": sleeper}))
-        .await;
+    let out = bob.job("poll", &sleeper).await;
     assert_eq!(
         out.structured()["job"]["state"],
         json!("running"),
@@ -456,8 +424,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
         mine.contains(&sleeper) && mine.contains(&finished),
         "{mine:?}"
     );
-    bob.call("job", json!({"action": "kill", "job": sleeper}))
-        .await;
+    bob.job("kill", &sleeper).await;
 }
 
 #[tokio::test]
@@ -470,9 +437,7 @@ async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let secret = job_of(&bob, "web-1", "echo secret-output", false).await;
     let running = job_of(&bob, "web-1", "echo first; sleep 300", true).await;
     let cursor = eventually(Duration::from_secs(10), || async {
-        let out = bob
-            .call("job", json!({"action": "poll", "job": running}))
-            .await;
+        let out = bob.job("poll", &running).await;
         (out.structured()["lines"] == json!(1))
             .then(|| out.structured()["next_cursor"].as_str().map(String::from))
             .flatten()
@@ -481,20 +446,20 @@ async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let garbage = alice
         .call("job", json!({"action": "poll", "cursor": "garbage"}))
         .await;
-    assert_refused(&garbage, "bad_cursor", "not one this gateway issued");
+    garbage.assert_refused_as("bad_cursor", "not one this gateway issued");
 
     // bob's own cursor, replayed by alice: the same answer as garbage.
     let out = alice
         .call("job", json!({"action": "poll", "cursor": cursor}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     assert_eq!(out.text(), garbage.text());
     // A cursor made up to name bob's finished job: his output stays his.
     let forged = URL_SAFE_NO_PAD.encode(format!("1:web-1:{secret}:1:0"));
     let out = alice
         .call("job", json!({"action": "poll", "cursor": forged}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     assert!(!out.text().contains("secret-output"), "{}", out.text());
     // bob's cursor moved to his other job does not open for bob either.
     let (plain, tag) = cursor.split_once('.').unwrap_or((cursor.as_str(), ""));
@@ -505,15 +470,14 @@ async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let out = bob
         .call("job", json!({"action": "poll", "cursor": moved}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     // Unchanged, it still works for bob.
     let out = bob
         .call("job", json!({"action": "poll", "cursor": cursor}))
         .await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["done"], json!(false));
-    bob.call("job", json!({"action": "kill", "job": running}))
-        .await;
+    bob.job("kill", &running).await;
 }
 
 #[tokio::test]
@@ -530,9 +494,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     let sleeper = job_of(&bob, "web-1", "echo started; sleep 300", true).await;
     let finished = job_of(&bob, "web-1", "echo bobs-output", false).await;
 
-    let out = olive
-        .call("job", json!({"action": "poll", "job": finished}))
-        .await;
+    let out = olive.job("poll", &finished).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["output"], json!("bobs-output\n"));
     assert_eq!(out.structured()["job"]["user"], json!("bob"));
@@ -554,9 +516,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
         listed(&olive.call("job", json!({"action": "list"})).await).is_empty(),
         "by default an operator lists their own jobs"
     );
-    let out = olive
-        .call("job", json!({"action": "kill", "job": sleeper}))
-        .await;
+    let out = olive.job("kill", &sleeper).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(
         out.structured()["job"]["state"],
@@ -568,10 +528,8 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     // Operator rights do not widen reach: a job on db-1 is named, but denied.
     let root = gw.client("root").await;
     let on_db = job_of(&root, "db-1", "echo db", false).await;
-    let out = olive
-        .call("job", json!({"action": "poll", "job": on_db}))
-        .await;
-    assert_refused(&out, "denied", "db-1");
+    let out = olive.job("poll", &on_db).await;
+    out.assert_refused_as("denied", "db-1");
 }
 
 #[tokio::test]
@@ -598,7 +556,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
                 json!({"host": "web-1", "action": action, "path": marker, "content": "x\n"}),
             )
             .await;
-        assert_refused(&out, "invalid_arguments", "`action`");
+        out.assert_refused_as("invalid_arguments", "`action`");
         assert!(!marker.exists(), "the disguised write ran");
     }
     let out = carol
@@ -607,21 +565,21 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
             json!({"action": {"kill": null}, "job": "x-12345678"}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`action`");
+    out.assert_refused_as("invalid_arguments", "`action`");
     let out = carol
         .call(
             "facts",
             json!({"action": {"refresh": null}, "hosts": "web-1"}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`action`");
+    out.assert_refused_as("invalid_arguments", "`action`");
     let out = carol
         .call(
             "grep",
             json!({"hosts": "web-1", "pattern": "x", "mode": {"count": null}}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`mode`");
+    out.assert_refused_as("invalid_arguments", "`mode`");
     // The documented shape still works within the tier, and is refused outside it.
     let out = carol
         .call(
@@ -629,7 +587,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
             json!({"host": "web-1", "action": "write", "path": marker, "content": "x\n"}),
         )
         .await;
-    assert_refused(&out, "tier", "needs tier standard");
+    out.assert_refused_as("tier", "needs tier standard");
     let out = carol
         .call(
             "file",
