@@ -23,30 +23,60 @@ use tonic::transport::Channel;
 /// The admin client the scenarios use: `execmeshctl`'s own.
 pub use execmeshctl::admin_client::AdminClient;
 
-use crate::RunningGateway;
+use crate::{Policy, RunningGateway};
 
 /// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere and both
 /// approvers, and every `bash` call held for a teammate's approval. Nobody is a token admin: each
 /// mints tokens through the admin API for themselves only.
-pub const TEAM_POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-# Every command waits for a teammate.
+pub fn team_policy() -> Policy {
+    Policy::new()
+        .group("ops", Tier::Dangerous, &["*"], &["alice", "bob"])
+        .toml(
+            r#"# Every command waits for a teammate.
 [[approvals]]
 tool = "bash"
 
 # Either may release the other's commands (never their own).
 [approvers]
 groups = ["ops"]
-"#;
+"#,
+        )
+}
+
+/// Asserts an admin call failed with `code` and a message that has `needle`; returns the
+/// status for further checks.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) -> tonic::Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(needle),
+        "{needle:?} not in {:?}",
+        status.message()
+    );
+    status
+}
+
+/// A gateway on `nats` serving the admin API and enforcing `policy` (see [`team_policy`]).
+pub async fn admin_gateway(nats: &crate::Nats, policy: impl std::fmt::Display) -> RunningGateway {
+    crate::Gateway::new(nats)
+        .policy(policy)
+        .admin()
+        .start()
+        .await
+}
+
+/// A `GetJob` request for job `id`, on whichever host ran it.
+pub fn get_job(id: &str) -> execmesh_proto::pb::GetJobRequest {
+    execmesh_proto::pb::GetJobRequest {
+        job_id: id.to_string(),
+        host: String::new(),
+    }
+}
 
 /// Lifetime of admin tokens minted by [`RunningGateway::mint_admin`].
 const TOKEN_TTL: Duration = Duration::from_secs(3600);

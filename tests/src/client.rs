@@ -14,7 +14,7 @@ use rmcp::service::{
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How long one request may take before the client gives up (see [`McpClient::with_timeout`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,6 +156,24 @@ impl McpClient {
         self.timed(self.service.list_all_tools()).await
     }
 
+    /// The names of the tools the server lists for this user, in its order.
+    pub async fn tool_names(&self) -> Vec<String> {
+        let tools = self.list_tools().await;
+        tools.iter().map(|t| t.name.to_string()).collect()
+    }
+
+    /// The values the `action` property of `tool`'s input schema allows, in schema order: what
+    /// this user's tier narrows the tool to. Panics when `tool` is not listed.
+    pub async fn actions(&self, tool: &str) -> Vec<String> {
+        let tools = self.list_tools().await;
+        let listed = tools
+            .iter()
+            .find(|t| t.name == tool)
+            .unwrap_or_else(|| panic!("{tool} is not listed"));
+        let schema = Value::Object((*listed.input_schema).clone());
+        allowed_strings(&schema["properties"]["action"], &schema)
+    }
+
     /// Calls tool `name` with `arguments` (a JSON object). Panics on a transport or protocol
     /// error; a tool-level failure comes back as a [`ToolOutput`] with `is_error()`.
     pub async fn call(&self, name: &str, arguments: Value) -> ToolOutput {
@@ -163,6 +181,26 @@ impl McpClient {
         self.try_call(name, arguments)
             .await
             .unwrap_or_else(|e| panic!("tools/call {name} {shown} failed: {e}"))
+    }
+
+    /// Runs `cmd` on `host` through the `bash` tool, waiting for it as the tool does.
+    pub async fn bash(&self, host: &str, cmd: &str) -> ToolOutput {
+        self.call("bash", json!({"host": host, "cmd": cmd})).await
+    }
+
+    /// Starts `cmd` on `host` in the background (`bash` with `bg`) and returns its job id.
+    /// Panics when the call is refused.
+    pub async fn bash_bg(&self, host: &str, cmd: &str) -> String {
+        let out = self
+            .call("bash", json!({"host": host, "cmd": cmd, "bg": true}))
+            .await;
+        out.job_id()
+    }
+
+    /// Calls the `job` tool with `action` (poll, wait, kill) on `job`, with no other argument.
+    pub async fn job(&self, action: &str, job: &str) -> ToolOutput {
+        self.call("job", json!({"action": action, "job": job}))
+            .await
     }
 
     /// Calls tool `name` with `arguments` (a JSON object).
@@ -259,6 +297,70 @@ impl ToolOutput {
         })
     }
 
+    /// The id of the job the result names (`structuredContent.job`). Panics with the result's
+    /// text when it names none, as a refusal does.
+    pub fn job_id(&self) -> String {
+        self.structured()["job"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a job id: {}", self.text()))
+            .to_string()
+    }
+
+    /// The approval id of a call held for approval. Panics unless it was held: not an error,
+    /// `approval_required` set.
+    #[track_caller]
+    pub fn approval_id(&self) -> String {
+        assert!(
+            !self.is_error(),
+            "a held call is not an error: {}",
+            self.text()
+        );
+        let s = self.structured();
+        assert_eq!(s["approval_required"], json!(true), "{}", self.text());
+        s["approval_id"]
+            .as_str()
+            .expect("an approval id")
+            .to_string()
+    }
+
+    /// Asserts a refusal (`isError`) whose text has `needle`.
+    #[track_caller]
+    pub fn assert_refused(&self, needle: &str) {
+        assert!(self.is_error(), "expected a refusal, got: {}", self.text());
+        assert!(
+            self.text().contains(needle),
+            "{needle:?} not in: {}",
+            self.text()
+        );
+    }
+
+    /// Asserts a refusal (`isError`) with the structured error code `code` whose text has
+    /// `needle`.
+    #[track_caller]
+    pub fn assert_refused_as(&self, code: &str, needle: &str) {
+        assert!(self.is_error(), "expected a refusal, got: {}", self.text());
+        assert_eq!(
+            self.structured()["error"]["code"],
+            json!(code),
+            "{}",
+            self.text()
+        );
+        self.assert_refused(needle);
+    }
+
+    /// Asserts the result's text has `needle`, showing the text when not.
+    #[track_caller]
+    pub fn assert_text_has(&self, needle: &str) {
+        let text = self.text();
+        assert!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+
+    /// Asserts `structuredContent[field]` is `expected`, showing the result's text when not.
+    #[track_caller]
+    pub fn assert_field(&self, field: &str, expected: impl Into<Value>) {
+        assert_eq!(self.structured()[field], expected.into(), "{}", self.text());
+    }
+
     /// Whether the server flagged the result as a tool error (`isError`).
     pub fn is_error(&self) -> bool {
         self.result.is_error.unwrap_or(false)
@@ -273,6 +375,14 @@ impl ToolOutput {
     pub fn into_raw(self) -> CallToolResult {
         self.result
     }
+}
+
+/// The arguments `args` of a held call again, naming the approval `id` it waits for: how a
+/// client re-sends a call once it is approved.
+pub fn with_approval(args: &Value, id: &str) -> Value {
+    let mut args = args.clone();
+    args["approval_id"] = json!(id);
+    args
 }
 
 /// POSTs a JSON-RPC `body` to `url` the way an MCP client would (JSON and SSE accepted), with an
@@ -294,4 +404,29 @@ pub async fn post_raw(url: &str, token: Option<&str>, body: Value) -> reqwest::R
         .send()
         .await
         .unwrap_or_else(|e| panic!("POST {url} failed: {e}"))
+}
+
+/// Every string an `enum` or `const` at `value` allows, following local `$ref`s into `schema`'s
+/// `$defs` and the variants of `oneOf`/`anyOf`, in that order.
+fn allowed_strings(value: &Value, schema: &Value) -> Vec<String> {
+    let referenced = value["$ref"]
+        .as_str()
+        .and_then(|r| r.rsplit('/').next())
+        .map(|name| allowed_strings(&schema["$defs"][name], schema))
+        .unwrap_or_default();
+    let listed = value["enum"].as_array().into_iter().flatten();
+    let constant = value.get("const").into_iter();
+    let strings = listed
+        .chain(constant)
+        .filter_map(Value::as_str)
+        .map(String::from);
+    let variants = ["oneOf", "anyOf"]
+        .into_iter()
+        .flat_map(|key| value[key].as_array().into_iter().flatten())
+        .flat_map(|variant| allowed_strings(variant, schema));
+    referenced
+        .into_iter()
+        .chain(strings)
+        .chain(variants)
+        .collect()
 }

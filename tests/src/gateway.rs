@@ -141,9 +141,9 @@ impl Gateway {
         self
     }
 
-    /// Enforces the policy `text` (TOML, see `execmesh_gateway::core::policy`), written to a file in
-    /// the gateway's temp dir. Without a policy the gateway runs in development mode.
-    pub fn policy(mut self, text: &str) -> Self {
+    /// Enforces the policy `text` (TOML, see `execmesh_gateway::core::policy`, or a
+    /// [`Policy`](crate::policy::Policy)), written to a file in the gateway's temp dir. Without a policy the gateway runs in development mode.
+    pub fn policy(mut self, text: impl std::fmt::Display) -> Self {
         self.policy = Some(PolicySource::Text(text.to_string()));
         self
     }

@@ -133,3 +133,19 @@ fn write_atomically(path: &Path, text: &str) {
     }
     std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
 }
+
+/// Writes `value` under `key` of `store` signed with `signer`, whatever the key holds now: how a
+/// scenario plants a record as the identity that would write it (an agent's job record or facts).
+pub async fn put_signed(
+    js: &async_nats::jetstream::Context,
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    value: Vec<u8>,
+    signer: &RecordKey,
+) {
+    let headers = async_nats::HeaderMap::new();
+    let any = execmesh_proto::kv_write::Expect::Any;
+    execmesh_proto::kv_write::write(js, store, key, value.into(), headers, any, Some(signer))
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+}

@@ -27,6 +27,7 @@ pub mod identities;
 pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;
+pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
@@ -37,11 +38,12 @@ use std::sync::Once;
 pub use admin::{AdminClient, AdminMode, AdminPki};
 pub use agent::{NodeAgent, RunningAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
-pub use client::{McpClient, ToolOutput, post_raw};
+pub use client::{McpClient, ToolOutput, post_raw, with_approval};
 pub use execmesh_nats_server::{certificates, eventually};
 pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
 pub use nats::{Nats, NatsTls};
+pub use policy::Policy;
 pub use postgres::Postgres;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).

@@ -3,10 +3,12 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 
+use async_nats::jetstream::message::StreamMessage;
 use execmesh_gateway::core::signer::Signer;
 use execmesh_nats_server::{NatsServer, NatsServerBuilder};
 
 use crate::identities::MeshIdentities;
+use crate::{NodeAgent, RunningAgent};
 
 pub use execmesh_nats_server::{NatsTls, connect, nats_server_binary};
 
@@ -114,6 +116,34 @@ impl Nats {
     /// gateways and sinks use them unless a test gives them others.
     pub fn identities(&self) -> &MeshIdentities {
         &self.identities
+    }
+
+    /// Every message `stream` holds, first to last: what reached the server, for scenarios
+    /// that check nothing secret did.
+    pub async fn stored_messages(&self, stream: &str) -> Vec<StreamMessage> {
+        let js = self.jetstream().await;
+        let mut handle = js
+            .get_stream(stream)
+            .await
+            .unwrap_or_else(|e| panic!("{stream} exists: {e}"));
+        let info = handle.info().await.expect("stream info");
+        let mut messages = Vec::new();
+        for seq in 1..=info.state.last_sequence {
+            let message = handle.get_raw_message(seq).await;
+            messages.push(message.unwrap_or_else(|e| panic!("{stream} holds {seq}: {e}")));
+        }
+        messages
+    }
+
+    /// Starts a node-agent for `host` on this server with `labels` (key, value), as a
+    /// deployment would; returns once its presence is written. [`NodeAgent`] builds any other.
+    pub async fn agent(&self, host: &str, labels: &[(&str, &str)]) -> RunningAgent {
+        let agent = labels
+            .iter()
+            .fold(NodeAgent::new(self, host), |agent, (key, value)| {
+                agent.label(key, value)
+            });
+        agent.start().await
     }
 }
 

@@ -73,11 +73,8 @@ impl PostgresBuilder {
         hand_over(&run);
 
         let log = dir.path().join("initdb.log");
-        let mut initdb = as_server_user(&bin.join("initdb"));
+        let mut initdb = cluster_command(&bin.join("initdb"), dir.path(), &data);
         initdb
-            .current_dir(dir.path())
-            .arg("-D")
-            .arg(&data)
             .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C"])
             .args(["--no-sync", "--no-instructions"]);
         let mut child = ChildProcess::spawn("initdb", initdb, &log)
@@ -92,11 +89,8 @@ impl PostgresBuilder {
         }
 
         let log = dir.path().join("postgres.log");
-        let mut postgres = as_server_user(&bin.join("postgres"));
+        let mut postgres = cluster_command(&bin.join("postgres"), dir.path(), &data);
         postgres
-            .current_dir(dir.path())
-            .arg("-D")
-            .arg(&data)
             .arg("-k")
             .arg(&run)
             .args(["-p", &SOCKET_PORT.to_string()])
@@ -177,20 +171,7 @@ impl Postgres {
                 return;
             }
             let server = self.server.as_mut().expect("the server was just started");
-            if let Some(status) = server.exited() {
-                panic!(
-                    "postgres exited ({status}) before it was ready; log {}:\n{}",
-                    server.log_path().display(),
-                    server.log_tail(40)
-                );
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "postgres not ready within {START_TIMEOUT:?}; log {}:\n{}",
-                    server.log_path().display(),
-                    server.log_tail(40)
-                );
-            }
+            server.check_starting(deadline, START_TIMEOUT);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -277,6 +258,13 @@ fn hand_over(path: &Path) {
 }
 
 /// `program`, run as the server user when the tests run as root.
+/// `program` (initdb, postgres) run as the server user in `dir` on the cluster in `data`.
+fn cluster_command(program: &Path, dir: &Path, data: &Path) -> Command {
+    let mut command = as_server_user(program);
+    command.current_dir(dir).arg("-D").arg(data);
+    command
+}
+
 fn as_server_user(program: &Path) -> Command {
     match server_user() {
         Some(_) => {

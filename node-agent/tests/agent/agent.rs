@@ -27,17 +27,11 @@ use support::{
     tok,
 };
 
+/// A [`support::request`] to run `run`, at the `standard` tier a `bash` call needs.
 fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
     pb::ExecRequest {
-        tenant: "default".into(),
-        host: host.to_string(),
-        job_id: job.into(),
-        user: "alice".into(),
-        expires_at_ms: execmesh_proto::now_ms() + 30_000,
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         tier: pb::Tier::Standard as i32,
-        body: Some(pb::exec_request::Body::Run(run)),
-        ..Default::default()
+        ..support::request(host, job, pb::exec_request::Body::Run(run))
     }
 }
 
@@ -48,6 +42,16 @@ fn cmd(cmd: &str) -> pb::RunRequest {
         inline_max_bytes: 64 * 1024,
         ..Default::default()
     }
+}
+
+/// Runs `run` as job `job` on `host` and returns its run reply (panics on an error reply).
+async fn run_job(
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+    run: pb::RunRequest,
+) -> pb::RunReply {
+    run_reply(exec(client, run_request(host, job, run)).await)
 }
 
 fn run_reply(reply: pb::ExecReply) -> pb::RunReply {
@@ -83,6 +87,44 @@ async fn kill(
     .expect("reply in time")
     .expect("request");
     pb::ControlReply::decode(msg.payload.as_ref()).expect("ControlReply")
+}
+
+/// The job status a control request answered with (panics on an error reply).
+fn status_reply(reply: pb::ControlReply) -> pb::JobStatus {
+    match reply.body {
+        Some(pb::control_reply::Body::Status(status)) => status,
+        other => panic!("expected a status, got {other:?}"),
+    }
+}
+
+/// A fresh server on which an agent run for `host` provisioned the buckets and stopped, a
+/// client of it and the host id: what an agent restarting after a crash finds.
+async fn provisioned(host: &str) -> (Nats, async_nats::Client, Token) {
+    let nats = Nats::start().await;
+    Agent::start(config(&nats, host)).await.stop().await;
+    let client = nats.client().await;
+    (nats, client, tok("host id", host))
+}
+
+/// Starts the agent for `host` again and returns it with the status it recovered `job` to,
+/// which must be `lost`.
+async fn restart_and_find_lost(
+    nats: &Nats,
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+) -> (Agent, pb::JobStatus) {
+    let agent = Agent::start(config(nats, host.as_str())).await;
+    let lost = job_status(client, host, job).await.expect("status");
+    assert_eq!(state(&lost), JobState::Lost);
+    (agent, lost)
+}
+
+/// Whether a process of `job` runs `sleep` (the job's shell has reached it).
+fn sleeping(job: &str) -> bool {
+    processes_of(job).iter().any(|pid| {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
+    })
 }
 
 /// Every record of a job in MESH_OUT, up to and including its exit record.
@@ -174,17 +216,9 @@ fn state(status: &pb::JobStatus) -> JobState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_command_replies_inline_and_streams_chunks_then_an_exit_record() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("web-1").await;
 
-    let reply = run_reply(
-        exec(
-            &client,
-            run_request(&agent.host, "hello-1", cmd("echo hi; echo there")),
-        )
-        .await,
-    );
+    let reply = run_job(&client, &agent.host, "hello-1", cmd("echo hi; echo there")).await;
     let status = reply.status.expect("status");
     assert_eq!(state(&status), JobState::Exited);
     assert_eq!(status.exit_code, Some(0));
@@ -218,12 +252,10 @@ async fn a_short_command_replies_inline_and_streams_chunks_then_an_exit_record()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_lines_from_both_streams_arrive_complete_numbered_and_in_order() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("web-1").await;
 
     let script = "seq 1 200000; seq 1 1000 >&2; printf 'no newline'";
-    let reply = run_reply(exec(&client, run_request(&agent.host, "seq-1", cmd(script))).await);
+    let reply = run_job(&client, &agent.host, "seq-1", cmd(script)).await;
     let status = reply.status.expect("status");
     assert_eq!(state(&status), JobState::Exited, "{status:?}");
     assert_eq!(status.lines, 201_001);
@@ -252,13 +284,11 @@ async fn many_lines_from_both_streams_arrive_complete_numbered_and_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_kills_the_whole_process_group() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("web-1").await;
 
     let mut run = cmd("sleep 300 & sleep 300");
     run.timeout_ms = 500;
-    let reply = run_reply(exec(&client, run_request(&agent.host, "slow-1", run)).await);
+    let reply = run_job(&client, &agent.host, "slow-1", run).await;
     let status = reply.status.expect("status");
     assert_eq!(state(&status), JobState::TimedOut, "{status:?}");
     assert_eq!(status.reason, "timed out after 500ms");
@@ -270,29 +300,19 @@ async fn a_timeout_kills_the_whole_process_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("web-1").await;
 
     let mut run = cmd("trap '' TERM; echo started; sleep 300");
     run.bg = true;
-    let reply = run_reply(exec(&client, run_request(&agent.host, "stubborn-1", run)).await);
+    let reply = run_job(&client, &agent.host, "stubborn-1", run).await;
     let running = reply.status.expect("status");
     assert_eq!(state(&running), JobState::Running);
     assert!(running.pid > 1);
     assert_eq!(reply.inline_output, None);
     // The trap is set once the shell runs `sleep`.
-    eventually(WAIT, || async {
-        processes_of("stubborn-1").iter().any(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
-        })
-    })
-    .await;
+    eventually(WAIT, || async { sleeping("stubborn-1") }).await;
 
-    let killed = match kill(&client, &agent.host, "stubborn-1", 200).await.body {
-        Some(pb::control_reply::Body::Status(s)) => s,
-        other => panic!("expected a status, got {other:?}"),
-    };
+    let killed = status_reply(kill(&client, &agent.host, "stubborn-1", 200).await);
     assert_eq!(state(&killed), JobState::Killed);
     assert_eq!(killed.signal, "SIGKILL");
     assert_eq!(killed.reason, "killed on request of bob");
@@ -300,10 +320,10 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     eventually(WAIT, || async { processes_of("stubborn-1").is_empty() }).await;
 
     // Killing it again reports how it ended; an unknown job is named.
-    match kill(&client, &agent.host, "stubborn-1", 0).await.body {
-        Some(pb::control_reply::Body::Status(s)) => assert_eq!(s, killed),
-        other => panic!("expected a status, got {other:?}"),
-    }
+    assert_eq!(
+        status_reply(kill(&client, &agent.host, "stubborn-1", 0).await),
+        killed
+    );
     match kill(&client, &agent.host, "nope-1", 0).await.body {
         Some(pb::control_reply::Body::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UnknownJob as i32);
@@ -323,13 +343,7 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(Config {
-        max_jobs: 1,
-        ..config(&nats, "web-1")
-    })
-    .await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node_with("web-1", |c| c.max_jobs = 1).await;
     let host = agent.host.clone();
 
     let e = error_reply(exec_raw(&client, &host, "alice", b"\xff\xff\xff".to_vec()).await);
@@ -355,39 +369,28 @@ async fn bad_requests_are_refused_with_a_reason_naming_the_host() {
     let failed = job_status(&client, &host, "cwd-1").await.expect("status");
     assert_eq!(state(&failed), JobState::Failed);
 
-    run_reply(exec(&client, run_request(&host, "once-1", cmd("true"))).await);
+    run_job(&client, &host, "once-1", cmd("true")).await;
     let e = error_reply(exec(&client, run_request(&host, "once-1", cmd("true"))).await);
     assert_eq!(e.code, ErrorCode::Invalid as i32);
     assert!(e.message.contains("already exists"), "{e:?}");
 
     let mut run = cmd("sleep 300");
     run.bg = true;
-    run_reply(exec(&client, run_request(&host, "hog-1", run)).await);
+    run_job(&client, &host, "hog-1", run).await;
     let e = error_reply(exec(&client, run_request(&host, "more-1", cmd("true"))).await);
     assert_eq!(e.code, ErrorCode::Busy as i32);
     assert_eq!(e.message, "host web-1 runs its maximum of 1 jobs");
     kill(&client, &host, "hog-1", 100).await;
-    run_reply(exec(&client, run_request(&host, "more-1", cmd("true"))).await);
+    run_job(&client, &host, "more-1", cmd("true")).await;
     agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_past_the_cap_is_counted_dropped_and_marked() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(Config {
-        max_output_bytes_per_job: 1000,
-        ..config(&nats, "web-1")
-    })
-    .await;
-    let client = nats.client().await;
+    let (_nats, agent, client) =
+        support::start_node_with("web-1", |c| c.max_output_bytes_per_job = 1000).await;
 
-    let reply = run_reply(
-        exec(
-            &client,
-            run_request(&agent.host, "loud-1", cmd("seq 1 10000")),
-        )
-        .await,
-    );
+    let reply = run_job(&client, &agent.host, "loud-1", cmd("seq 1 10000")).await;
     let status = reply.status.expect("status");
     assert_eq!(state(&status), JobState::Exited);
     let total: u64 = (1..=10000u64).map(|i| i.to_string().len() as u64 + 1).sum();
@@ -407,14 +410,12 @@ async fn output_past_the_cap_is_counted_dropped_and_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_kills_running_jobs_and_withdraws_presence() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("web-1").await;
     let host = agent.host.clone();
 
     let mut run = cmd("sleep 300");
     run.bg = true;
-    run_reply(exec(&client, run_request(&host, "long-1", run)).await);
+    run_job(&client, &host, "long-1", run).await;
     agent.stop().await;
 
     let status = job_status(&client, &host, "long-1").await.expect("status");
@@ -437,11 +438,7 @@ async fn graceful_shutdown_kills_running_jobs_and_withdraws_presence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes() {
-    let nats = Nats::start().await;
-    // A first run provisions the buckets.
-    Agent::start(config(&nats, "web-1")).await.stop().await;
-    let client = nats.client().await;
-    let host = tok("host id", "web-1");
+    let (nats, client, host) = provisioned("web-1").await;
 
     // What a crashed agent leaves: a RUNNING status and a process carrying the job id.
     let mut orphan = Command::new("/bin/sh")
@@ -454,11 +451,7 @@ async fn a_restarted_agent_marks_unfinished_jobs_lost_and_kills_their_processes(
         .expect("orphan starts");
     plant_running_status(&client, &host, "crashed-1", orphan.id()).await;
 
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let lost = job_status(&client, &host, "crashed-1")
-        .await
-        .expect("status");
-    assert_eq!(state(&lost), JobState::Lost);
+    let (agent, lost) = restart_and_find_lost(&nats, &client, &host, "crashed-1").await;
     assert_eq!(
         lost.reason,
         format!(
@@ -482,7 +475,7 @@ async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
         let client = nats.client().await;
         let mut run = cmd("for i in $(seq 1 80); do echo line-$i; sleep 0.025; done");
         run.bg = true;
-        run_reply(exec(&client, run_request(&host, "steady-1", run)).await);
+        run_job(&client, &host, "steady-1", run).await;
         // The server goes down while the job is writing: once its first records are stored.
         let js = jetstream::new(client.clone());
         eventually(WAIT, || async {
@@ -516,6 +509,19 @@ async fn output_survives_a_nats_restart_without_loss_or_duplicates() {
 
 fn agent_binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_execmesh-node-agent"))
+}
+
+/// Starts the agent binary as `host` on `nats` with `args` besides, logging warnings only and
+/// with its output discarded.
+fn spawn_agent(nats: &Nats, host: &str, args: &[&str]) -> std::process::Child {
+    agent_binary()
+        .args(["--nats-url", &nats.url(), "--host-id", host])
+        .args(args)
+        .env("EXECMESH_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent starts")
 }
 
 #[test]
@@ -609,22 +615,7 @@ fn bad_configuration_exits_64_naming_every_bad_value() {
 async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stops_it_cleanly() {
     let nats = Nats::start().await;
     let client = nats.client().await;
-    let start = || {
-        agent_binary()
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--host-id",
-                "bin-1",
-                "--heartbeat-interval-ms",
-                "300",
-            ])
-            .env("EXECMESH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts")
-    };
+    let start = || spawn_agent(&nats, "bin-1", &["--heartbeat-interval-ms", "300"]);
     let key = subject::host_key(&tenant(), &tok("host id", "bin-1"));
     let presence = async || -> Option<bytes::Bytes> {
         let js = jetstream::new(client.clone());
@@ -664,19 +655,7 @@ async fn a_killed_agent_goes_offline_when_its_heartbeat_expires_and_sigterm_stop
 
 /// Pids of the warm shells (idle or running a job) started by the agent run `instance`.
 fn warm_shells_of(instance: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_WARM={instance}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
+    support::processes_with_env(&format!("EXECMESH_WARM={instance}"))
 }
 
 /// Whether `pid` is a warm shell (its command line is the boot script that closes fd 3).
@@ -738,7 +717,7 @@ async fn a_warm_shell_runs_a_job_like_bash_c() {
     ));
     run.cwd = cwd.display().to_string();
     run.env = HashMap::from([("GREETING".to_string(), "it's \"me\" $HOME".to_string())]);
-    let reply = run_reply(exec(&client, run_request(&agent.host, "warm-1", run)).await);
+    let reply = run_job(&client, &agent.host, "warm-1", run).await;
     let status = reply.status.expect("status");
     assert_eq!(state(&status), JobState::Exited, "{status:?}");
     assert_eq!(status.exit_code, Some(3));
@@ -755,13 +734,7 @@ async fn a_warm_shell_runs_a_job_like_bash_c() {
     assert_eq!(lines.last(), Some(&"oops"), "{text}");
 
     // A syntax error exits 2, as `bash -c` does.
-    let reply = run_reply(
-        exec(
-            &client,
-            run_request(&agent.host, "syntax-1", cmd("echo a; if")),
-        )
-        .await,
-    );
+    let reply = run_job(&client, &agent.host, "syntax-1", cmd("echo a; if")).await;
     assert_eq!(reply.status.expect("status").exit_code, Some(2));
 
     // A working directory that cannot be entered is refused, naming it, and the shell survives.
@@ -791,7 +764,7 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
     for job in ["pair-1", "pair-2"] {
         let mut run = cmd("trap '' TERM; sleep 300 & sleep 300");
         run.bg = true;
-        let reply = run_reply(exec(&client, run_request(&agent.host, job, run)).await);
+        let reply = run_job(&client, &agent.host, job, run).await;
         let status = reply.status.expect("status");
         assert_eq!(state(&status), JobState::Running);
         assert!(
@@ -806,18 +779,11 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
     assert_ne!(pids[0], pids[1], "each job has a shell of its own");
     // Both jobs sleep.
     eventually(WAIT, || async {
-        ["pair-1", "pair-2"].iter().all(|job| {
-            processes_of(job).iter().any(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep"))
-            })
-        })
+        ["pair-1", "pair-2"].iter().all(|job| sleeping(job))
     })
     .await;
 
-    let killed = match kill(&client, &agent.host, "pair-1", 200).await.body {
-        Some(pb::control_reply::Body::Status(s)) => s,
-        other => panic!("expected a status, got {other:?}"),
-    };
+    let killed = status_reply(kill(&client, &agent.host, "pair-1", 200).await);
     assert_eq!(state(&killed), JobState::Killed);
     // The killed job's group is gone.
     eventually(WAIT, || async { !group_alive(pids[0]) }).await;
@@ -831,24 +797,14 @@ async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_warm_shells_every_job_starts_its_own_shell() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(Config {
-        warm_shells: 0,
-        ..config(&nats, "web-1")
-    })
+    let (_nats, agent, client) = support::start_node_with("web-1", |c| c.warm_shells = 0).await;
+    let reply = run_job(
+        &client,
+        &agent.host,
+        "cold-1",
+        cmd("grep -qF 'exec 3<&''-' /proc/$$/cmdline && echo warm; echo $EXECMESH_JOB; exit 4"),
+    )
     .await;
-    let client = nats.client().await;
-    let reply = run_reply(
-        exec(
-            &client,
-            run_request(
-                &agent.host,
-                "cold-1",
-                cmd("grep -qF 'exec 3<&''-' /proc/$$/cmdline && echo warm; echo $EXECMESH_JOB; exit 4"),
-            ),
-        )
-        .await,
-    );
     let status = reply.status.expect("status");
     assert_eq!(status.exit_code, Some(4));
     assert_eq!(reply.inline_output.as_deref(), Some(&b"cold-1\n"[..]));
@@ -858,10 +814,7 @@ async fn without_warm_shells_every_job_starts_its_own_shell() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
-    let nats = Nats::start().await;
-    Agent::start(config(&nats, "web-1")).await.stop().await;
-    let client = nats.client().await;
-    let host = tok("host id", "web-1");
+    let (nats, client, host) = provisioned("web-1").await;
 
     // A warm shell that outlived its agent: its environment at exec names the agent run, not
     // the job (the job id was exported later). A process with another run's marker at another
@@ -878,11 +831,7 @@ async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
     let mut bystander = spawn("cafe");
     plant_running_status(&client, &host, "warm-crashed-1", shell.id()).await;
 
-    let agent = Agent::start(config(&nats, "web-1")).await;
-    let lost = job_status(&client, &host, "warm-crashed-1")
-        .await
-        .expect("status");
-    assert_eq!(state(&lost), JobState::Lost);
+    let (agent, _lost) = restart_and_find_lost(&nats, &client, &host, "warm-crashed-1").await;
     let exit = shell.wait().expect("reaped");
     assert!(!exit.success(), "the leftover warm shell was killed");
     assert!(
@@ -898,23 +847,13 @@ async fn recovery_kills_the_warm_shell_of_a_leftover_job_by_its_marker() {
 async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart() {
     let nats = Nats::start().await;
     let client = nats.client().await;
+    let gateway_key = support::gateway_public_key();
     let start = || {
-        agent_binary()
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--host-id",
-                "bin-2",
-                "--warm-shells",
-                "2",
-                "--gateway-key",
-                &support::gateway_public_key(),
-            ])
-            .env("EXECMESH_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("agent starts")
+        spawn_agent(
+            &nats,
+            "bin-2",
+            &["--warm-shells", "2", "--gateway-key", &gateway_key],
+        )
     };
     let host = tok("host id", "bin-2");
     let mut agent = start();
@@ -952,7 +891,7 @@ async fn a_sigkilled_agent_leaves_no_process_of_a_warm_shell_job_after_restart()
         let mut run = cmd("setsid sleep 300 & sleep 300");
         run.bg = true;
         let job = format!("warm-orphan-{attempt}");
-        let reply = run_reply(exec(&client, run_request(&host, &job, run)).await);
+        let reply = run_job(&client, &host, &job, run).await;
         *current.lock().expect("current job") = (job, reply.status.expect("status").pid);
         None
     })

@@ -5,7 +5,6 @@ use crate::support;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use execmesh_node_agent::Config;
 use execmesh_proto::pb;
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
@@ -39,11 +38,9 @@ async fn ask(client: &async_nats::Client, agent: &Agent, refresh: bool) -> pb::H
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fact_pack_is_stored_at_start_with_sensible_values_and_labels() {
     let nats = Nats::start().await;
-    let mut config = support::config(&nats, "facts-1");
-    config.labels.insert("role".into(), "web".into());
-    let agent = Agent::start(Config {
-        facts_interval_secs: 600,
-        ..config
+    let agent = Agent::start_with(&nats, "facts-1", |c| {
+        c.labels.insert("role".into(), "web".into());
+        c.facts_interval_secs = 600;
     })
     .await;
     let client = nats.client().await;
@@ -103,9 +100,7 @@ async fn the_fact_pack_is_stored_at_start_with_sensible_values_and_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_collects_anew_and_stores_the_new_pack() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(support::config(&nats, "facts-2")).await;
-    let client = nats.client().await;
+    let (_nats, agent, client) = support::start_node("facts-2").await;
     let bucket = facts_bucket(&client).await;
     let first = stored(&bucket, &agent).await;
     // The clock moves on for the next stamp.
@@ -127,13 +122,8 @@ async fn a_refresh_collects_anew_and_stores_the_new_pack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_are_collected_again_every_interval() {
-    let nats = Nats::start().await;
-    let agent = Agent::start(Config {
-        facts_interval_secs: 1,
-        ..support::config(&nats, "facts-3")
-    })
-    .await;
-    let client = nats.client().await;
+    let (_nats, agent, client) =
+        support::start_node_with("facts-3", |c| c.facts_interval_secs = 1).await;
     let bucket = facts_bucket(&client).await;
     let first = stored(&bucket, &agent).await;
     let stamps = std::sync::Mutex::new(vec![first.collected_at_ms]);

@@ -3,11 +3,9 @@
 //! The harness (a real nats-server, agents in this process) is in `support`.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::ops::Deref;
 use std::time::{Duration, Instant};
 
-use execmesh_node_agent::Config;
-use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, file_reply, file_request::Op};
 use sha2::{Digest as _, Sha256};
 
@@ -17,39 +15,25 @@ use crate::support;
 
 use support::{Nats, code};
 
-/// An agent running in this process whose only file root is a fresh temp dir.
-struct Agent {
-    agent: support::Agent,
-    host: Token,
-    root: PathBuf,
-    _root_dir: tempfile::TempDir,
-    client: async_nats::Client,
+/// The agent under test (an agent whose only file root is a fresh temp dir), with the file
+/// operations of these scenarios.
+struct Agent(support::RootedAgent);
+
+impl Deref for Agent {
+    type Target = support::RootedAgent;
+
+    fn deref(&self) -> &support::RootedAgent {
+        &self.0
+    }
 }
 
 impl Agent {
     async fn start(nats: &Nats, host: &str) -> Agent {
-        let (root_dir, root) = support::temp_root();
-        let config = Config {
-            file_roots: vec![root.clone()],
-            ..support::config(nats, host)
-        };
-        let agent = support::Agent::start(config).await;
-        Agent {
-            host: agent.host.clone(),
-            agent,
-            root,
-            _root_dir: root_dir,
-            client: nats.client().await,
-        }
+        Agent(support::RootedAgent::start_with(nats, host, |_| {}).await)
     }
 
     async fn stop(self) {
-        self.agent.stop().await;
-    }
-
-    /// `root/rel` as a request path.
-    fn path(&self, rel: &str) -> String {
-        self.root.join(rel).display().to_string()
+        self.0.stop().await;
     }
 
     /// Sends one file operation as `user` (on `user`'s subject) and returns the reply.
@@ -57,7 +41,7 @@ impl Agent {
         let req = pb::ExecRequest {
             tier: pb::Tier::Dangerous as i32,
             tenant: "default".into(),
-            host: self.host.to_string(),
+            host: self.agent.host.to_string(),
             job_id: format!("file-{:08x}", rand::random::<u32>()),
             user: user.into(),
             expires_at_ms: execmesh_proto::now_ms() + 30_000,
@@ -71,7 +55,13 @@ impl Agent {
     }
 
     async fn send(&self, subject_user: &str, req: pb::ExecRequest) -> pb::ExecReply {
-        support::exec_raw(&self.client, &self.host, subject_user, support::sign(req)).await
+        support::exec_raw(
+            &self.client,
+            &self.agent.host,
+            subject_user,
+            support::sign(req),
+        )
+        .await
     }
 
     async fn ok(&self, op: Op) -> file_reply::Result {

@@ -2,42 +2,34 @@
 
 use crate::support;
 
-use std::path::PathBuf;
+use std::ops::Deref;
 
 use async_nats::jetstream;
-use execmesh_node_agent::Config;
 use execmesh_proto::pb::{self, ErrorCode, GrepMode, JobState};
 use execmesh_proto::{jetstream as layout, subject};
 use prost::Message as _;
-use support::{Agent, Nats, code, error_reply, exec, processes_of, request, tenant, tok};
+use support::{Nats, code, error_reply, exec, processes_of, request, tenant, tok};
 
-/// An agent whose only file root is a fresh temp dir, and a client.
-struct Host {
-    agent: Agent,
-    root: PathBuf,
-    _root_dir: tempfile::TempDir,
-    client: async_nats::Client,
+/// The agent under test (an agent whose only file root is a fresh temp dir), with the grep
+/// requests of these scenarios.
+struct Host(support::RootedAgent);
+
+impl Deref for Host {
+    type Target = support::RootedAgent;
+
+    fn deref(&self) -> &support::RootedAgent {
+        &self.0
+    }
 }
 
 impl Host {
+    /// Starts `host` on `nats`, without warm shells.
     async fn start(nats: &Nats, host: &str) -> Host {
-        let (root_dir, root) = support::temp_root();
-        let agent = Agent::start(Config {
-            file_roots: vec![root.clone()],
-            warm_shells: 0,
-            ..support::config(nats, host)
-        })
-        .await;
-        Host {
-            agent,
-            root,
-            _root_dir: root_dir,
-            client: nats.client().await,
-        }
+        Host(support::RootedAgent::start_with(nats, host, |c| c.warm_shells = 0).await)
     }
 
-    fn path(&self, rel: &str) -> String {
-        self.root.join(rel).display().to_string()
+    async fn stop(self) {
+        self.0.stop().await;
     }
 
     fn write(&self, rel: &str, text: impl AsRef<[u8]>) {
@@ -209,7 +201,7 @@ async fn grep_modes_caps_context_globs_and_case_answer_over_nats() {
         "{}",
         long.matches[0].text
     );
-    host.agent.stop().await;
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +263,7 @@ async fn paths_outside_the_roots_are_refused_and_missing_ones_reported() {
         assert_eq!(code(&e), ErrorCode::Invalid, "{}", e.message);
         assert!(e.message.contains("grep-2"), "{}", e.message);
     }
-    host.agent.stop().await;
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +335,7 @@ async fn the_digest_groups_every_matching_line_by_shape_rarest_first() {
     assert_eq!(capped.digest.len(), 1);
     assert_eq!(capped.digest[0].key, "<ts> ERROR segfault at <hex>");
     assert_eq!(capped.digest_groups_total, 3);
-    host.agent.stop().await;
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +366,7 @@ async fn a_huge_result_stays_under_the_reply_budget_and_counts_everything() {
     );
     assert_eq!(reply.digest.len(), 1);
     assert_eq!(reply.digest[0].lines, 3000);
-    host.agent.stop().await;
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,12 +443,12 @@ async fn two_agents_in_one_process_serve_their_own_roots_and_spare_each_others_j
     );
     assert_eq!(code(&e), ErrorCode::OutsideRoots);
 
-    b.agent.stop().await;
+    b.stop().await;
     assert!(
         !processes_of("sleeper-1").is_empty(),
         "sim-b's stop killed sim-a's job"
     );
-    a.agent.stop().await;
+    a.stop().await;
     // sim-a's job ends with its agent.
     support::eventually(support::WAIT, || async {
         processes_of("sleeper-1").is_empty()

@@ -63,6 +63,13 @@ impl Agent {
         }
     }
 
+    /// Starts an agent for `host` on `nats` with the test [`config`] changed by `change`.
+    pub async fn start_with(nats: &Nats, host: &str, change: impl FnOnce(&mut Config)) -> Agent {
+        let mut config = config(nats, host);
+        change(&mut config);
+        Agent::start(config).await
+    }
+
     /// Cancels the agent and waits for a clean stop.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -72,6 +79,65 @@ impl Agent {
             .expect("agent task")
             .expect("agent run");
     }
+}
+
+/// An agent whose only file root is a fresh temp dir, and a client of its server: what the
+/// file and grep scenarios run against.
+pub struct RootedAgent {
+    pub agent: Agent,
+    /// The file root, as a canonical path.
+    pub root: PathBuf,
+    /// Removes the root when the scenario ends.
+    _root_dir: tempfile::TempDir,
+    pub client: async_nats::Client,
+}
+
+// === impl RootedAgent ===
+
+impl RootedAgent {
+    /// Starts the agent `host` on `nats` with a fresh file root, its test [`config`] changed
+    /// further by `change`.
+    pub async fn start_with(nats: &Nats, host: &str, change: impl FnOnce(&mut Config)) -> Self {
+        let (root_dir, root) = temp_root();
+        let agent = Agent::start_with(nats, host, |c| {
+            c.file_roots = vec![root.clone()];
+            change(c);
+        })
+        .await;
+        RootedAgent {
+            agent,
+            root,
+            _root_dir: root_dir,
+            client: nats.client().await,
+        }
+    }
+
+    /// `root/rel` as a request path.
+    pub fn path(&self, rel: &str) -> String {
+        self.root.join(rel).display().to_string()
+    }
+
+    /// Stops the agent cleanly.
+    pub async fn stop(self) {
+        self.agent.stop().await;
+    }
+}
+
+/// A fresh nats-server, the agent `host` on it with the test [`config`], and a client of the
+/// server: the setup most scenarios start from.
+pub async fn start_node(host: &str) -> (Nats, Agent, async_nats::Client) {
+    start_node_with(host, |_| {}).await
+}
+
+/// [`start_node`] with the agent's configuration changed by `change`.
+pub async fn start_node_with(
+    host: &str,
+    change: impl FnOnce(&mut Config),
+) -> (Nats, Agent, async_nats::Client) {
+    let nats = Nats::start().await;
+    let agent = Agent::start_with(&nats, host, change).await;
+    let client = nats.client().await;
+    (nats, agent, client)
 }
 
 /// A test configuration: short heartbeats and grace periods; trusts the test gateway key.
@@ -169,7 +235,11 @@ pub fn code(e: &pb::ExecError) -> ErrorCode {
 
 /// Pids of processes whose environment names `job`.
 pub fn processes_of(job: &str) -> Vec<u32> {
-    let needle = format!("EXECMESH_JOB={job}");
+    processes_with_env(&format!("EXECMESH_JOB={job}"))
+}
+
+/// Pids of processes whose environment holds `needle` (`KEY=value`) as one entry.
+pub fn processes_with_env(needle: &str) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()

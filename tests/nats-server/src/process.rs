@@ -47,6 +47,27 @@ impl ChildProcess {
         })
     }
 
+    /// Panics with the tail of the log when the process has exited, or `deadline` has passed,
+    /// while a caller waits for it to be ready (`timeout` says how long it was given).
+    pub fn check_starting(&mut self, deadline: tokio::time::Instant, timeout: Duration) {
+        if let Some(status) = self.exited() {
+            panic!(
+                "{} exited ({status}) before it was ready; log {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{} not ready within {timeout:?}; log {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(40)
+            );
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

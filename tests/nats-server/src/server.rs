@@ -318,20 +318,7 @@ async fn wait_ready(child: &mut ChildProcess, ports_dir: &Path, monitor: bool) -
         if ready && let Some(ports) = read_ports_file(ports_dir, &suffix, monitor) {
             return ports;
         }
-        if let Some(status) = child.exited() {
-            panic!(
-                "nats-server exited ({status}) before it was ready; log {}:\n{}",
-                child.log_path().display(),
-                child.log_tail(40)
-            );
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!(
-                "nats-server not ready within {START_TIMEOUT:?}; log {}:\n{}",
-                child.log_path().display(),
-                child.log_tail(40)
-            );
-        }
+        child.check_starting(deadline, START_TIMEOUT);
         tokio::time::sleep(START_POLL).await;
     }
 }

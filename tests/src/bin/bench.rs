@@ -13,13 +13,14 @@
 //!
 //!   cargo build --release --workspace --bins && target/release/execmesh-bench [SCENARIO…]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent};
+use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway};
 
 #[path = "bench/audit.rs"]
 mod audit;
@@ -65,33 +66,42 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let mut report = json!({ "machine": machine() });
-        if wants("roundtrip") {
-            report["roundtrip"] = roundtrip().await?;
-        }
-        if wants("paging") {
-            report["paging"] = paging().await?;
-        }
-        if wants("memory") {
-            report["memory"] = memory().await?;
-        }
-        if wants("file-read") {
-            report["file_read"] = file_read().await?;
-        }
-        if wants("copy") {
-            report["copy"] = copy().await?;
-        }
-        if wants("fanout") {
-            report["fanout"] = fanout().await?;
-        }
-        if wants("scale") {
-            report["scale"] = scale().await?;
-        }
-        if wants("audit") {
-            report["audit"] = audit::audit().await?;
+        for scenario in SCENARIOS.into_iter().filter(|s| wants(s)) {
+            // Figures are keyed like JSON fields: `file-read` reports as `file_read`.
+            report[scenario.replace('-', "_")] = run(scenario).await?;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
     })
+}
+
+/// Runs the scenario `name`, one of [`SCENARIOS`].
+async fn run(name: &str) -> anyhow::Result<Value> {
+    match name {
+        "roundtrip" => roundtrip().await,
+        "paging" => paging().await,
+        "memory" => memory().await,
+        "file-read" => file_read().await,
+        "copy" => copy().await,
+        "fanout" => fanout().await,
+        "scale" => scale().await,
+        "audit" => audit::audit().await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
+
+/// A node-agent for `host` whose file root is `root`.
+async fn agent_with_root(nats: &Nats, host: &str, root: &Path) -> RunningAgent {
+    NodeAgent::new(nats, host)
+        .arg("--file-root", root)
+        .start()
+        .await
+}
+
+/// A client of `gw` as the user `bench`, allowing each call `timeout` (large files and fleets
+/// take long).
+async fn bench_client(gw: &RunningGateway, timeout: Duration) -> McpClient {
+    gw.client("bench").await.with_timeout(timeout)
 }
 
 fn machine() -> Value {
@@ -326,10 +336,7 @@ fn write_text_file(path: &std::path::Path, bytes: u64) -> anyhow::Result<u64> {
 async fn file_read() -> anyhow::Result<Value> {
     let nats = Nats::start().await;
     let root = tempfile::tempdir()?;
-    let _agent = NodeAgent::new(&nats, "bench-1")
-        .arg("--file-root", root.path())
-        .start()
-        .await;
+    let _agent = agent_with_root(&nats, "bench-1", root.path()).await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("bench").await;
     let path = root.path().join("big.log");
@@ -371,19 +378,10 @@ async fn file_read() -> anyhow::Result<Value> {
 async fn copy() -> anyhow::Result<Value> {
     let nats = Nats::start().await;
     let (root_a, root_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    let _a = NodeAgent::new(&nats, "bench-1")
-        .arg("--file-root", root_a.path())
-        .start()
-        .await;
-    let _b = NodeAgent::new(&nats, "bench-2")
-        .arg("--file-root", root_b.path())
-        .start()
-        .await;
+    let _a = agent_with_root(&nats, "bench-1", root_a.path()).await;
+    let _b = agent_with_root(&nats, "bench-2", root_b.path()).await;
     let gw = Gateway::new(&nats).start().await;
-    let client = gw
-        .client("bench")
-        .await
-        .with_timeout(Duration::from_secs(600));
+    let client = bench_client(&gw, Duration::from_secs(600)).await;
     let src = root_a.path().join("data.log");
     write_text_file(&src, FILE_BYTES)?;
     let dst = root_b.path().join("data.log");
@@ -579,9 +577,7 @@ async fn fanout() -> anyhow::Result<Value> {
             .start()
             .await;
         let gw = Gateway::new(&nats).start().await;
-        let client = McpClient::new(&gw.url(), &gw.mint("bench"))
-            .await
-            .with_timeout(Duration::from_secs(120));
+        let client = bench_client(&gw, Duration::from_secs(120)).await;
         let mut entry = json!({
             "hosts": hosts,
             "fleet_startup_s": (fleet.startup.as_secs_f64() * 10.0).round() / 10.0,
@@ -617,9 +613,7 @@ async fn scale() -> anyhow::Result<Value> {
         .start()
         .await;
     let gw = Gateway::new(&nats).start().await;
-    let client = McpClient::new(&gw.url(), &gw.mint("bench"))
-        .await
-        .with_timeout(Duration::from_secs(120));
+    let client = bench_client(&gw, Duration::from_secs(120)).await;
     let mut samples = Vec::new();
     let mut online = 0;
     for _ in 0..5 {

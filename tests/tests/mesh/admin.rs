@@ -8,11 +8,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::{Code, Status, Streaming};
 
+use execmesh_proto::Tier;
 use execmesh_proto::pb;
-use execmesh_tests::admin::AdminClient;
-use execmesh_tests::admin::TEAM_POLICY;
+use execmesh_tests::admin::{
+    AdminClient, admin_gateway, assert_status as assert_code, get_job, team_policy,
+};
 use execmesh_tests::process::workspace_binary;
-use execmesh_tests::{AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, eventually};
+use execmesh_tests::{
+    AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, Policy, eventually, with_approval,
+};
 
 /// How long a test waits for one streamed message or a condition.
 const WAIT: Duration = Duration::from_secs(20);
@@ -25,18 +29,6 @@ async fn next<T>(stream: &mut Streaming<T>) -> Option<T> {
         .expect("a stream message, not an error")
 }
 
-#[track_caller]
-fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, needle: &str) -> Status {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{needle:?} not in {:?}",
-        status.message()
-    );
-    status
-}
-
 /// Starts `cmd` in the background on `host` as `user` and returns its job id.
 async fn background(
     gw: &execmesh_tests::RunningGateway,
@@ -44,24 +36,13 @@ async fn background(
     host: &str,
     cmd: &str,
 ) -> String {
-    let out = gw
-        .client(user)
-        .await
-        .call("bash", json!({"host": host, "cmd": cmd, "bg": true}))
-        .await;
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
+    gw.client(user).await.bash_bg(host, cmd).await
 }
 
 #[tokio::test]
 async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
     let nats = Nats::start().await;
-    let _web = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
+    let _web = nats.agent("web-1", &[("role", "web")]).await;
     let gw = Gateway::new(&nats).admin().start().await;
     let mut admin = gw.admin_client("root").await;
 
@@ -146,10 +127,7 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
         (first.host.as_str(), first.state()),
         ("web-1", pb::HostState::Online)
     );
-    let mut db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let mut db = nats.agent("db-1", &[("role", "db")]).await;
     let came = next(&mut watch).await.expect("db-1 coming online");
     assert_eq!(
         (came.host.as_str(), came.state(), came.initial),
@@ -294,15 +272,8 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats).admin().start().await;
     let mut admin = gw.admin_client("root").await;
-    let done = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "db-1", "cmd": "echo done"}))
-        .await;
-    let done = done.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let done = gw.client("carol").await.bash("db-1", "echo done").await;
+    let done = done.job_id();
     let sleeper = background(&gw, "dave", "web-1", "sleep 300").await;
 
     let list = |host: &str, user: &str, state: pb::JobState| pb::ListJobsRequest {
@@ -354,10 +325,7 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
 
     let got = admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: done.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&done))
         .await
         .expect("get")
         .into_inner();
@@ -390,10 +358,7 @@ async fn jobs_are_listed_with_filters_got_and_killed() {
     assert_eq!(killed.jobs[0].state(), pb::JobState::Killed, "{killed:?}");
     let after = admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: sleeper.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&sleeper))
         .await
         .expect("get")
         .into_inner();
@@ -432,24 +397,12 @@ async fn an_admin_token_grants_no_other_users_jobs_without_operator_rights() {
     let nats = Nats::start().await;
     let _web = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(
-            r#"
-operators = ["olive"]
-
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.olive]
-groups = ["ops"]
-"#,
-        )
+        .policy(Policy::new().operators(&["olive"]).group(
+            "ops",
+            Tier::Dangerous,
+            &["*"],
+            &["alice", "bob", "olive"],
+        ))
         .admin()
         .start()
         .await;
@@ -463,10 +416,7 @@ groups = ["ops"]
     let unknown = not_found(
         alice
             .jobs
-            .get(pb::GetJobRequest {
-                job_id: nosuch.into(),
-                host: String::new(),
-            })
+            .get(get_job(nosuch))
             .await
             .expect_err("an unknown job"),
         nosuch,
@@ -493,10 +443,7 @@ groups = ["ops"]
     );
     let got = alice
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: job.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&job))
         .await
         .expect_err("bob's job is unknown to alice");
     assert_eq!(not_found(got, &job), unknown);
@@ -584,11 +531,7 @@ groups = ["ops"]
 async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_approval_is_refused() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
     let alice_mcp = gw.client("alice").await;
     let mut alice = gw.admin_client("alice").await;
     let mut bob = gw.admin_client("bob").await;
@@ -603,17 +546,7 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
     let args =
         json!({"host": "db-1", "cmd": format!("touch {} && echo approved", marker.display())});
     let held = alice_mcp.call("bash", args.clone()).await;
-    assert!(!held.is_error(), "{}", held.text());
-    assert_eq!(
-        held.structured()["approval_required"],
-        json!(true),
-        "{}",
-        held.text()
-    );
-    let id = held.structured()["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string();
+    let id = held.approval_id();
 
     let requested = next(&mut watch).await.expect("the request is watched");
     let requested = requested.approval.expect("an approval");
@@ -672,16 +605,9 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
         pb::ApprovalState::Approved
     );
 
-    let mut with_id = args.clone();
-    with_id["approval_id"] = json!(id);
-    let ran = alice_mcp.call("bash", with_id).await;
+    let ran = alice_mcp.call("bash", with_approval(&args, &id)).await;
     assert!(!ran.is_error(), "{}", ran.text());
-    assert_eq!(
-        ran.structured()["output"],
-        json!("approved\n"),
-        "{}",
-        ran.text()
-    );
+    ran.assert_field("output", json!("approved\n"));
     assert!(marker.exists());
     let used = bob
         .approvals
@@ -702,9 +628,7 @@ async fn an_approval_decided_through_the_api_unblocks_the_held_call_and_self_app
     );
 
     // A denial needs a reason, and the requester's call stays refused.
-    let second = alice_mcp
-        .call("bash", json!({"host": "db-1", "cmd": "echo no"}))
-        .await;
+    let second = alice_mcp.bash("db-1", "echo no").await;
     let second = second.structured()["approval_id"]
         .as_str()
         .expect("a second approval id")
@@ -767,15 +691,8 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
     );
 
     let _sink = AuditSink::new(&nats).sqlite().start().await;
-    let out = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": "echo audited"}))
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let out = gw.client("carol").await.bash("web-1", "echo audited").await;
+    let job = out.job_id();
     let records = eventually(WAIT, || {
         let mut audit = admin.audit.clone();
         let query = pb::AuditQuery {
@@ -845,13 +762,7 @@ async fn audit_is_queried_exported_and_verified_through_the_sink() {
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
     // alice mints for bob: the policy must name her a token admin.
-    let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
-        ))
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy().token_admins(&["alice"])).await;
     let mut alice = gw.admin_client("alice").await;
 
     let minted = alice
@@ -990,11 +901,7 @@ async fn tokens_are_minted_revoked_and_revocations_listed() {
 #[tokio::test]
 async fn a_missing_invalid_or_non_admin_token_is_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
     let list = pb::ListHostsRequest::default();
 
     let mut anonymous = gw.admin_client_with_token(None).await;
@@ -1230,32 +1137,18 @@ async fn token_mint_with_scope_admin_makes_a_token_the_admin_api_accepts() {
 
 /// A policy with a token admin (root), a readonly user (carol) and an approver of every tier
 /// and reach, for the minting and approving rules.
-const AUTHZ_POLICY: &str = r#"
-[groups.ops]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.root]
-groups = ["ops"]
-
-[users.erin]
-groups = ["ops"]
-
-[users.carol]
-tier = "readonly"
-hosts = ["*"]
-
-[users.dave]
-tier = "dangerous"
-hosts = ["web-*"]
-
-[[approvals]]
+fn authz_policy() -> Policy {
+    Policy::new()
+        .group(
+            "ops",
+            Tier::Dangerous,
+            &["*"],
+            &["alice", "bob", "root", "erin"],
+        )
+        .user("carol", Tier::Readonly, &["*"])
+        .user("dave", Tier::Dangerous, &["web-*"])
+        .toml(
+            r#"[[approvals]]
 tool = "bash"
 
 # erin is not an approver; carol and dave are, but lack the tier or the reach of db-1.
@@ -1264,7 +1157,9 @@ users = ["alice", "bob", "carol", "dave"]
 
 [token_admins]
 users = ["root"]
-"#;
+"#,
+        )
+}
 
 /// The audit records of `kind`, once at least `count` are stored.
 async fn audited(admin: &AdminClient, kind: &str, count: usize) -> Vec<pb::AuditEvent> {
@@ -1292,11 +1187,7 @@ async fn audited(admin: &AdminClient, kind: &str, count: usize) -> Vec<pb::Audit
 async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unless_token_admin() {
     let nats = Nats::start().await;
     let _sink = AuditSink::new(&nats).sqlite().start().await;
-    let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, authz_policy()).await;
     let mut alice = gw.admin_client("alice").await;
     let mut carol = gw.admin_client("carol").await;
     let mut root = gw.admin_client("root").await;
@@ -1476,11 +1367,7 @@ async fn the_admin_api_mints_only_for_yourself_within_your_tier_and_scopes_unles
 async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_never_the_requester() {
     let nats = Nats::start().await;
     let _db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, authz_policy()).await;
     let alice_mcp = gw.client("alice").await;
     let args = json!({"host": "db-1", "cmd": "echo released"});
     let held = alice_mcp.call("bash", args.clone()).await;
@@ -1535,15 +1422,8 @@ async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_neve
         .approval
         .expect("approval");
     assert_eq!(approved.decided_by, "bob");
-    let mut with_id = args.clone();
-    with_id["approval_id"] = json!(id);
-    let ran = alice_mcp.call("bash", with_id).await;
-    assert_eq!(
-        ran.structured()["output"],
-        json!("released\n"),
-        "{}",
-        ran.text()
-    );
+    let ran = alice_mcp.call("bash", with_approval(&args, &id)).await;
+    ran.assert_field("output", json!("released\n"));
 
     // The policy in force at decision time decides: without [approvers], nobody approves.
     let second = alice_mcp.call("bash", args.clone()).await;
@@ -1559,11 +1439,12 @@ async fn approvers_must_be_named_hold_the_tier_and_reach_the_call_needs_and_neve
     };
     let before = version(&alice_mcp.call("whoami", json!({})).await);
     let path = gw.policy_path().expect("a policy file");
-    let without = AUTHZ_POLICY.replace(
+    let authz = authz_policy().to_string();
+    let without = authz.replace(
         "[approvers]\nusers = [\"alice\", \"bob\", \"carol\", \"dave\"]\n",
         "",
     );
-    assert_ne!(without, AUTHZ_POLICY);
+    assert_ne!(without, authz);
     std::fs::write(path, without).expect("rewrite the policy");
     eventually(WAIT, || async {
         version(&alice_mcp.call("whoami", json!({})).await) != before
@@ -1581,7 +1462,7 @@ async fn token_mint_refuses_a_tier_above_the_users_a_ttl_past_the_maximum_and_a_
     let nats = Nats::start().await;
     // A gateway with a public URL: the README's old command minted for 127.0.0.1:8420 instead.
     let gw = Gateway::new(&nats)
-        .policy(AUTHZ_POLICY)
+        .policy(authz_policy())
         .configure(|c| c.public_url = Some("https://mesh.example.com/mcp".into()))
         .start()
         .await;

@@ -5,27 +5,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use tonic::Code;
 
 use execmesh_gateway::core::approvals::{ApprovalState, Approvals};
 use execmesh_gateway::core::audit::Audit;
-use execmesh_proto::{Token, pb};
-use execmesh_tests::{AdminClient, AuditSink, Gateway, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_proto::{Tier, Token, pb};
+use execmesh_tests::admin::assert_status as refused;
+use execmesh_tests::{
+    AdminClient, AuditSink, Gateway, Nats, NodeAgent, Policy, ToolOutput, eventually, with_approval,
+};
 
-const POLICY: &str = r#"
-[groups.oncall]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["oncall"]
-
-[users.bob]
-groups = ["oncall"]
-
-# Any command on a database host waits for a teammate.
+/// alice and bob on call (`dangerous` everywhere), approving each other's calls on database
+/// hosts and file deletes.
+fn policy() -> Policy {
+    Policy::new()
+        .group("oncall", Tier::Dangerous, &["*"], &["alice", "bob"])
+        .toml(
+            r#"# Any command on a database host waits for a teammate.
 [[approvals]]
 tool = "bash"
 hosts = "role=db"
@@ -37,7 +35,9 @@ action = "delete"
 # Anyone on call may release a teammate's call (never their own).
 [approvers]
 groups = ["oncall"]
-"#;
+"#,
+        )
+}
 
 /// Approves `id` through the admin API as the user `admin` speaks for.
 async fn approve(admin: &AdminClient, id: &str) -> Result<pb::Approval, tonic::Status> {
@@ -60,16 +60,6 @@ async fn deny(admin: &AdminClient, id: &str, reason: &str) -> Result<pb::Approva
         .map(|r| r.into_inner().approval.expect("an approval"))
 }
 
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, needle: &str) {
-    let status = result.expect_err("the decision must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(needle),
-        "{needle:?} not in {status:?}"
-    );
-}
-
 /// The approvals store as the gateway keeps it (read here; decided through the admin API).
 async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
@@ -84,58 +74,27 @@ async fn store(nats: &Nats, ttl: Duration) -> Approvals {
 /// The approval id of a held call, after checking it is held (and not an error).
 #[track_caller]
 fn held(out: &ToolOutput) -> String {
-    assert!(
-        !out.is_error(),
-        "a held call is not an error: {}",
-        out.text()
-    );
-    let s = out.structured();
-    assert_eq!(s["approval_required"], json!(true), "{}", out.text());
+    let id = out.approval_id();
     assert!(
         out.text().contains("execmeshctl approve"),
         "the text says how to get it approved: {}",
         out.text()
     );
-    s["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string()
+    id
 }
 
+/// Asserts the call was refused because the approval it names cannot be used.
 #[track_caller]
 fn unusable(out: &ToolOutput, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert_eq!(
-        out.structured()["error"]["code"],
-        json!("approval_unusable"),
-        "{}",
-        out.text()
-    );
-    assert!(
-        out.text().contains(needle),
-        "{needle:?} not in: {}",
-        out.text()
-    );
-}
-
-fn with_approval(args: &Value, id: &str) -> Value {
-    let mut args = args.clone();
-    args["approval_id"] = json!(id);
-    args
+    out.assert_refused_as("approval_unusable", needle);
 }
 
 #[tokio::test]
 async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
     let nats = Nats::start().await;
-    let db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
-    let web = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let db = nats.agent("db-1", &[("role", "db")]).await;
+    let web = nats.agent("web-1", &[("role", "web")]).await;
+    let gw = Gateway::new(&nats).policy(policy()).admin().start().await;
     let sink = AuditSink::new(&nats).sqlite().start().await;
     let approvals = store(&nats, Duration::from_secs(900)).await;
     let alice = gw.client("alice").await;
@@ -271,13 +230,10 @@ async fn a_marked_call_waits_for_a_teammates_approval_and_runs_exactly_once() {
 #[tokio::test]
 async fn an_approval_expires_unused_and_cannot_be_decided_late() {
     let nats = Nats::start().await;
-    let db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let db = nats.agent("db-1", &[("role", "db")]).await;
     let ttl = Duration::from_secs(2);
     let gw = Gateway::new(&nats)
-        .policy(POLICY)
+        .policy(policy())
         .configure(|c| c.approval_ttl = ttl)
         .admin()
         .start()
@@ -314,17 +270,14 @@ async fn an_approval_expires_unused_and_cannot_be_decided_late() {
 #[tokio::test]
 async fn rules_hold_only_the_calls_they_cover_fan_outs_included() {
     let nats = Nats::start().await;
-    let db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let db = nats.agent("db-1", &[("role", "db")]).await;
     let root = tempfile::tempdir().expect("a file root for web-1");
     let web = NodeAgent::new(&nats, "web-1")
         .label("role", "web")
         .arg("--file-root", root.path())
         .start()
         .await;
-    let gw = Gateway::new(&nats).policy(POLICY).admin().start().await;
+    let gw = Gateway::new(&nats).policy(policy()).admin().start().await;
     let alice = gw.client("alice").await;
     let bob_admin = gw.admin_client("bob").await;
 

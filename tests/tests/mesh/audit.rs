@@ -10,11 +10,12 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
-use execmesh_proto::{Token, headers};
+use execmesh_proto::{Tier, Token, headers};
 use prost::Message as _;
 
+use execmesh_tests::admin::get_job;
 use execmesh_tests::audit_sink::Backend;
-use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, Postgres, eventually};
+use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, Policy, Postgres, eventually};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -503,18 +504,13 @@ async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: S
     let client = gw.client("alice").await;
 
     // 1. A command.
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
-        .await;
+    let out = client.bash("web-1", "echo hi").await;
     assert!(!out.is_error(), "{}", out.text());
     let trace = out.structured()["trace_id"]
         .as_str()
         .expect("a trace id")
         .to_string();
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     let records = trace_events(&sink, &trace, 5).await;
     let kinds = |source: &str| -> Vec<String> {
         records
@@ -595,9 +591,7 @@ async fn a_sequence_of_tool_calls_is_recorded_in_order_by_trace_and_job(store: S
     }
 
     // 2. A failing command, 3. a file write, 4. a write outside the host's roots (denied).
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "exit 3"}))
-        .await;
+    let out = client.bash("web-1", "exit 3").await;
     let failing = out.structured()["trace_id"]
         .as_str()
         .expect("a trace id")
@@ -716,17 +710,8 @@ async fn secrets_are_redacted_before_events_are_published(store: Store) {
     let records = trace_events(&sink, &trace, 5).await;
 
     // Nothing secret ever reached the stream, let alone the store.
-    let js = nats.jetstream().await;
-    let mut stream = js.get_stream("AUDIT").await.expect("AUDIT exists");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    for seq in 1..=last {
-        let msg = stream.get_raw_message(seq).await.expect("a stored event");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("AUDIT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "event {seq} leaks a secret: {text}"
@@ -788,9 +773,7 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": MISSED_FORMS}))
-        .await;
+    let out = client.bash("web-1", MISSED_FORMS).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["output"], "done\n");
     assert!(
@@ -802,10 +785,7 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
         .as_str()
         .expect("a trace id")
         .to_string();
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     let records = trace_events(&sink, &trace, 5).await;
 
     // The gateway's argument summary keeps the command readable, secrets replaced.
@@ -820,12 +800,8 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     }
 
     // No event in the stream carries a secret, the agent's included.
-    let js = nats.jetstream().await;
-    let mut audit = js.get_stream("AUDIT").await.expect("AUDIT exists");
-    let last = audit.info().await.expect("stream info").state.last_sequence;
-    for seq in 1..=last {
-        let msg = audit.get_raw_message(seq).await.expect("a stored event");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("AUDIT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "event {seq} leaks a secret: {text}"
@@ -833,6 +809,7 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     }
 
     // The job's status record, kept for days, never held the command as sent.
+    let js = nats.jetstream().await;
     let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
     let key = format!("default.web-1.{job}");
     let mut history = jobs.history(&key).await.expect("the record's history");
@@ -854,16 +831,8 @@ async fn secrets_the_audit_missed_reach_no_event_job_record_or_exit_record() {
     assert!(revisions >= 1, "no status record under {key}");
 
     // Nor did the exit record in MESH_OUT, which carries the final status.
-    let mut out_stream = js.get_stream("MESH_OUT").await.expect("MESH_OUT exists");
-    let last = out_stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
-    for seq in 1..=last {
-        let msg = out_stream.get_raw_message(seq).await.expect("a record");
-        let text = String::from_utf8_lossy(&msg.payload);
+    for msg in nats.stored_messages("MESH_OUT").await {
+        let (seq, text) = (msg.sequence, String::from_utf8_lossy(&msg.payload));
         assert!(
             !text.contains("SECRET"),
             "output record {seq} leaks: {text}"
@@ -915,31 +884,13 @@ async fn tool_calls_work_while_the_sink_is_down_and_their_events_arrive_when_it_
 async fn a_fan_out_is_recorded_per_host_and_policy_denials_name_who_refused(store: Store) {
     let nats = Nats::start().await;
     let sink = store.sink(&nats).start().await;
-    let _prod = NodeAgent::new(&nats, "web-1")
-        .label("env", "prod")
-        .start()
-        .await;
-    let _dev = NodeAgent::new(&nats, "web-2")
-        .label("env", "dev")
-        .start()
-        .await;
+    let _prod = nats.agent("web-1", &[("env", "prod")]).await;
+    let _dev = nats.agent("web-2", &[("env", "dev")]).await;
     let gw = Gateway::new(&nats)
         .policy(
-            r#"
-[groups.devs]
-tier = "standard"
-hosts = ["env=dev"]
-
-[groups.readers]
-tier = "readonly"
-hosts = ["*"]
-
-[users.dana]
-groups = ["devs"]
-
-[users.rita]
-groups = ["readers"]
-"#,
+            Policy::new()
+                .group("devs", Tier::Standard, &["env=dev"], &["dana"])
+                .group("readers", Tier::Readonly, &["*"], &["rita"]),
         )
         .start()
         .await;
@@ -981,11 +932,7 @@ groups = ["readers"]
     assert_eq!(c.hosts, ["web-2"]);
 
     // rita's tier does not allow commands: the call is denied before anything is sent.
-    let out = gw
-        .client("rita")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": "true"}))
-        .await;
+    let out = gw.client("rita").await.bash("web-1", "true").await;
     assert!(out.is_error());
     let denied = eventually(WAIT, || async {
         let r = sink
@@ -1061,11 +1008,7 @@ async fn a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule(store: 
     let mkfs = "mkfs.ext4 /nonexistent/execmesh-guard";
 
     // The CommandGuard of web-1 refuses: a denied call, by web-1, naming the rule.
-    let out = gw
-        .client("gina")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": mkfs}))
-        .await;
+    let out = gw.client("gina").await.bash("web-1", mkfs).await;
     assert!(out.is_error(), "{}", out.text());
     let (denied, body, kinds) = denial_of(&sink, "gina", 3).await;
     assert_eq!(denied.outcome, "denied");
@@ -1075,11 +1018,7 @@ async fn a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule(store: 
     assert_eq!(kinds, ["call-received", "call-dispatched", "call-denied"]);
 
     // db-1 caps the tier at readonly.
-    let out = gw
-        .client("tess")
-        .await
-        .call("bash", json!({"host": "db-1", "cmd": "true"}))
-        .await;
+    let out = gw.client("tess").await.bash("db-1", "true").await;
     assert!(out.is_error(), "{}", out.text());
     let (_, body, _) = denial_of(&sink, "tess", 3).await;
     assert_eq!((body.by.as_str(), body.code.as_str()), ("db-1", "tier"));
@@ -1090,11 +1029,7 @@ async fn a_hosts_own_refusal_is_audited_as_a_denied_call_naming_its_rule(store: 
     );
 
     // app-1 maps alice only: rudi has no account there.
-    let out = gw
-        .client("rudi")
-        .await
-        .call("bash", json!({"host": "app-1", "cmd": "true"}))
-        .await;
+    let out = gw.client("rudi").await.bash("app-1", "true").await;
     assert!(out.is_error(), "{}", out.text());
     let (_, body, _) = denial_of(&sink, "rudi", 3).await;
     assert_eq!((body.by.as_str(), body.code.as_str()), ("app-1", "run_as"));
@@ -1151,36 +1086,18 @@ async fn every_use_of_operator_rights_on_another_users_job_is_audited(store: Sto
     let _web = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats)
         .admin()
-        .policy(
-            r#"
-operators = ["olive"]
-
-[groups.devs]
-tier = "standard"
-hosts = ["*"]
-
-[users.bob]
-groups = ["devs"]
-
-[users.olive]
-groups = ["devs"]
-"#,
-        )
+        .policy(Policy::new().operators(&["olive"]).group(
+            "devs",
+            Tier::Standard,
+            &["*"],
+            &["bob", "olive"],
+        ))
         .start()
         .await;
     let bob = gw.client("bob").await;
-    let out = bob
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "sleep 300", "bg": true}),
-        )
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = bob.bash_bg("web-1", "sleep 300").await;
     // bob following his own job is no use of operator rights.
-    bob.call("job", json!({"action": "poll", "job": job})).await;
+    bob.job("poll", &job).await;
 
     let olive = gw.client("olive").await;
     for args in [
@@ -1194,10 +1111,7 @@ groups = ["devs"]
     let mut admin = gw.admin_client("olive").await;
     admin
         .jobs
-        .get(pb::GetJobRequest {
-            job_id: job.clone(),
-            host: String::new(),
-        })
+        .get(get_job(&job))
         .await
         .expect("an operator gets bob's job");
 

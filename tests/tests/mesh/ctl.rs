@@ -12,10 +12,12 @@ use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use execmesh_tests::admin::TEAM_POLICY;
+use execmesh_proto::Tier;
+use execmesh_tests::admin::{admin_gateway, team_policy};
+use execmesh_tests::identities::put_signed;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
-    AdminMode, AuditSink, Gateway, Nats, NodeAgent, RunningGateway, ToolOutput, eventually,
+    AdminMode, AuditSink, Gateway, Nats, NodeAgent, RunningGateway, eventually, with_approval,
 };
 
 /// How long one command or one streamed line may take.
@@ -199,44 +201,14 @@ async fn json_line_where(
 
 /// Starts `cmd` in the background on `host` as `user`; its job id.
 async fn background(gw: &RunningGateway, user: &str, host: &str, cmd: &str) -> String {
-    let out = gw
-        .client(user)
-        .await
-        .call("bash", json!({"host": host, "cmd": cmd, "bg": true}))
-        .await;
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
-}
-
-/// The approval id of a held MCP call.
-#[track_caller]
-fn held(out: &ToolOutput) -> String {
-    assert!(!out.is_error(), "{}", out.text());
-    assert_eq!(
-        out.structured()["approval_required"],
-        json!(true),
-        "{}",
-        out.text()
-    );
-    out.structured()["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string()
+    gw.client(user).await.bash_bg(host, cmd).await
 }
 
 #[tokio::test]
 async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
     let nats = Nats::start().await;
-    let _web = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
-    let _db = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let _web = nats.agent("web-1", &[("role", "web")]).await;
+    let _db = nats.agent("db-1", &[("role", "db")]).await;
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
 
@@ -302,10 +274,7 @@ async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
         "{header}"
     );
 
-    let _cache = NodeAgent::new(&nats, "cache-1")
-        .label("role", "cache")
-        .start()
-        .await;
+    let _cache = nats.agent("cache-1", &[("role", "cache")]).await;
     let online = json_line_where(&mut json_lines, |e| e["host"] == json!("cache-1")).await;
     assert_eq!(
         (
@@ -332,15 +301,8 @@ async fn jobs_are_listed_got_and_killed_as_tables_and_json() {
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
     let sleeper = background(&gw, "alice", "web-1", "sleep 300").await;
-    let quick = gw
-        .client("bob")
-        .await
-        .call("bash", json!({"host": "db-1", "cmd": "echo quick"}))
-        .await;
-    let quick = quick.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let quick = gw.client("bob").await.bash("db-1", "echo quick").await;
+    let quick = quick.job_id();
 
     let out = ctl.run(&["jobs"]).await.ok();
     let (header, _) = out.table();
@@ -442,10 +404,7 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let fresh = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let fresh = out.job_id();
     assert!(
         !fresh.contains("secret"),
         "the job id names a secret: {fresh}"
@@ -467,17 +426,9 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
     // Signed by web-1's agent, as agents write job records: an unsigned one would be ignored.
     let js = nats.jetstream().await;
     let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
-    execmesh_proto::kv_write::write(
-        &js,
-        &jobs,
-        &format!("default.web-1.{planted}"),
-        old.encode_to_vec().into(),
-        async_nats::HeaderMap::new(),
-        execmesh_proto::kv_write::Expect::Any,
-        Some(&nats.identities().record_key("agent-web-1")),
-    )
-    .await
-    .expect("planted");
+    let signer = nats.identities().record_key("agent-web-1");
+    let key = format!("default.web-1.{planted}");
+    put_signed(&js, &jobs, &key, old.encode_to_vec(), &signer).await;
 
     let shown = |what: &str, text: &str| {
         assert!(!text.contains("SECRET"), "{what} shows a secret: {text}");
@@ -488,16 +439,8 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
     assert!(!listed.is_error(), "{}", listed.text());
     shown("job list", &listed.text());
     shown("job list", &listed.structured().to_string());
-    assert!(
-        listed.text().contains("DB_PASS=[redacted] ./migrate"),
-        "{}",
-        listed.text()
-    );
-    assert!(
-        listed.text().contains("MYSQL_PWD=[redacted] true"),
-        "{}",
-        listed.text()
-    );
+    listed.assert_text_has("DB_PASS=[redacted] ./migrate");
+    listed.assert_text_has("MYSQL_PWD=[redacted] true");
 
     let table = ctl.run(&["jobs"]).await.ok();
     shown("execmeshctl jobs", &table.stdout);
@@ -589,11 +532,7 @@ async fn job_tail_prints_a_running_jobs_output_to_its_end() {
 async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let nats = Nats::start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
     let alice_mcp = gw.client("alice").await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
     let bob = Ctl::new(&gw, &gw.mint_admin("bob"));
@@ -602,7 +541,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let marker = db.dir().join("approved-ran");
     let args =
         json!({"host": "db-1", "cmd": format!("touch {} && echo approved", marker.display())});
-    let id = held(&alice_mcp.call("bash", args.clone()).await);
+    let id = alice_mcp.call("bash", args.clone()).await.approval_id();
 
     let requested = json_line_where(&mut watched, |e| e["approval"]["id"] == json!(id)).await;
     assert_eq!(
@@ -676,16 +615,9 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
         "a change, not the state at the start"
     );
 
-    let mut with_id = args.clone();
-    with_id["approval_id"] = json!(id);
-    let ran = alice_mcp.call("bash", with_id).await;
+    let ran = alice_mcp.call("bash", with_approval(&args, &id)).await;
     assert!(!ran.is_error(), "{}", ran.text());
-    assert_eq!(
-        ran.structured()["output"],
-        json!("approved\n"),
-        "{}",
-        ran.text()
-    );
+    ran.assert_field("output", json!("approved\n"));
     assert!(marker.exists());
     bob.run(&["approve", &id])
         .await
@@ -693,7 +625,10 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
 
     // A denial's reason reaches the caller.
     let second_args = json!({"host": "db-1", "cmd": "echo no"});
-    let second = held(&alice_mcp.call("bash", second_args.clone()).await);
+    let second = alice_mcp
+        .call("bash", second_args.clone())
+        .await
+        .approval_id();
     bob.run(&["deny", &second, "--reason", " "])
         .await
         .fails(2, &["--reason"]);
@@ -710,9 +645,9 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
         .json();
     assert_eq!(denied["approval"]["state"], json!("denied"));
     assert_eq!(denied["approval"]["reason"], json!("not during the freeze"));
-    let mut with_second = second_args.clone();
-    with_second["approval_id"] = json!(second);
-    let refused = alice_mcp.call("bash", with_second).await;
+    let refused = alice_mcp
+        .call("bash", with_approval(&second_args, &second))
+        .await;
     assert!(refused.is_error(), "{}", refused.text());
     assert!(
         refused
@@ -758,11 +693,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
         header.starts_with("TIME") && header.contains("SUMMARY"),
         "{header}"
     );
-    let third = held(
-        &alice_mcp
-            .call("bash", json!({"host": "db-1", "cmd": "echo third"}))
-            .await,
-    );
+    let third = alice_mcp.bash("db-1", "echo third").await.approval_id();
     let line = next_line(&mut lines).await;
     assert!(
         line.contains(&third) && line.contains("pending") && line.contains("alice"),
@@ -773,11 +704,7 @@ async fn approvals_decided_with_execmeshctl_unblock_or_refuse_the_held_call() {
     let approved = bob.run(&["approve", &third, "--json"]).await.ok().json();
     assert_eq!(approved["approval"]["state"], json!("approved"));
     assert_eq!(approved["approval"]["decided_by"], json!("bob"));
-    let fourth = held(
-        &alice_mcp
-            .call("bash", json!({"host": "db-1", "cmd": "echo fourth"}))
-            .await,
-    );
+    let fourth = alice_mcp.bash("db-1", "echo fourth").await.approval_id();
     let denied = bob
         .run(&["deny", &fourth, "--reason", "use the runbook"])
         .await
@@ -800,15 +727,8 @@ async fn audit_is_searched_exported_and_verified() {
     let _sink = AuditSink::new(&nats).sqlite().start().await;
     let gw = Gateway::new(&nats).admin().start().await;
     let ctl = Ctl::new(&gw, &gw.mint_admin("root"));
-    let out = gw
-        .client("carol")
-        .await
-        .call("bash", json!({"host": "web-1", "cmd": "echo audited"}))
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("job id")
-        .to_string();
+    let out = gw.client("carol").await.bash("web-1", "echo audited").await;
+    let job = out.job_id();
 
     let page = eventually(WAIT, || async {
         let page = ctl
@@ -941,13 +861,7 @@ async fn audit_is_searched_exported_and_verified() {
 async fn tokens_are_minted_revoked_and_revocations_listed() {
     let nats = Nats::start().await;
     // alice mints for bob: the policy must name her a token admin.
-    let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{TEAM_POLICY}\n[token_admins]\nusers = [\"alice\"]\n"
-        ))
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy().token_admins(&["alice"])).await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
 
     let minted = alice
@@ -1032,15 +946,15 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let _sink = AuditSink::new(&nats).sqlite().start().await;
     // bob approves; carol is an approver without the tier; erin is no approver.
-    let policy = format!(
-        "{}\n[users.carol]\ntier = \"readonly\"\nhosts = [\"*\"]\n\n\
-         [users.erin]\ngroups = [\"ops\"]\n",
-        TEAM_POLICY.replace(
+    let policy = team_policy()
+        .user("carol", Tier::Readonly, &["*"])
+        .member_of("erin", &["ops"])
+        .to_string()
+        .replace(
             "[approvers]\ngroups = [\"ops\"]\n",
-            "[approvers]\nusers = [\"alice\", \"bob\", \"carol\"]\n"
-        )
-    );
-    let gw = Gateway::new(&nats).policy(&policy).admin().start().await;
+            "[approvers]\nusers = [\"alice\", \"bob\", \"carol\"]\n",
+        );
+    let gw = admin_gateway(&nats, &policy).await;
     let alice = Ctl::new(&gw, &gw.mint_admin("alice"));
     let carol = Ctl::new(&gw, &gw.mint_admin("carol"));
     let erin = Ctl::new(&gw, &gw.mint_admin("erin"));
@@ -1068,12 +982,12 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
     );
 
     // Deciding: named approvers with the tier the call needs, never the requester.
-    let id = held(
-        &gw.client("alice")
-            .await
-            .call("bash", json!({"host": "db-1", "cmd": "echo held"}))
-            .await,
-    );
+    let id = gw
+        .client("alice")
+        .await
+        .bash("db-1", "echo held")
+        .await
+        .approval_id();
     erin.run(&["approve", &id])
         .await
         .fails(1, &["permission denied", "erin is not an approver"]);
@@ -1119,11 +1033,7 @@ async fn token_mint_approve_and_deny_print_who_may_not_and_why_and_mints_are_aud
 #[tokio::test]
 async fn refusals_and_unreachable_gateways_get_words_and_exit_codes() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats)
-        .policy(TEAM_POLICY)
-        .admin()
-        .start()
-        .await;
+    let gw = admin_gateway(&nats, team_policy()).await;
 
     Ctl::new(&gw, "not-a-token").run(&["hosts"]).await.fails(
         1,

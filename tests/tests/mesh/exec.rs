@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
 
 /// Pages a job from its start (or `cursor`) to its end and returns every line.
 async fn read_all(client: &McpClient, job: &str, cursor: Option<String>) -> (Vec<String>, usize) {
@@ -54,17 +54,6 @@ fn group_alive(pgid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
             .is_some_and(|pgrp| pgrp == pgid.to_string())
     })
-}
-
-/// Asserts that a tool call was refused (`isError`) with a message containing `needle`.
-#[track_caller]
-fn assert_refused(out: &ToolOutput, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert!(
-        out.text().contains(needle),
-        "`{needle}` not in: {}",
-        out.text()
-    );
 }
 
 fn numbers(from: u64, to: u64) -> Vec<String> {
@@ -127,9 +116,7 @@ async fn echo_round_trip() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "echo hi"}))
-        .await;
+    let out = client.bash("web-1", "echo hi").await;
     assert!(!out.is_error(), "{}", out.text());
     let s = out.structured();
     assert_eq!(s["output"], "hi\n");
@@ -150,10 +137,7 @@ async fn nonzero_exit_is_a_result_not_an_error() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo out; echo oops >&2; exit 3"}),
-        )
+        .bash("web-1", "echo out; echo oops >&2; exit 3")
         .await;
     assert!(
         !out.is_error(),
@@ -174,14 +158,8 @@ async fn nonzero_exit_is_a_result_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_and_whoami_describe_the_mesh_and_the_caller() {
     let nats = Nats::start().await;
-    let _a = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
-    let _b = NodeAgent::new(&nats, "db-1")
-        .label("role", "db")
-        .start()
-        .await;
+    let _a = nats.agent("web-1", &[("role", "web")]).await;
+    let _b = nats.agent("db-1", &[("role", "db")]).await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let out = client.call("hosts", json!({})).await;
@@ -238,10 +216,8 @@ async fn tail_page_and_page_caps() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "seq 1 50000"}))
-        .await;
-    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let out = client.bash("web-1", "seq 1 50000").await;
+    let job = out.job_id();
     let tail = client
         .call("job", json!({"action": "poll", "job": job, "tail": 10}))
         .await;
@@ -267,10 +243,7 @@ async fn tail_page_and_page_caps() {
     assert!(bytes <= 1024 && bytes > 900, "{bytes}");
     // A long line is clamped with a visible marker.
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "head -c 10000 /dev/zero | tr '\\0' x; echo"}),
-        )
+        .bash("web-1", "head -c 10000 /dev/zero | tr '\\0' x; echo")
         .await;
     let text = out.structured()["output"].as_str().unwrap().to_string();
     assert!(
@@ -287,9 +260,7 @@ async fn inline_window_versus_bg() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let cmd = "sleep 0.5; echo done";
-    let inline = client
-        .call("bash", json!({"host": "web-1", "cmd": cmd}))
-        .await;
+    let inline = client.bash("web-1", cmd).await;
     assert_eq!(inline.structured()["state"], "exited", "{}", inline.text());
     assert_eq!(inline.structured()["output"], "done\n");
 
@@ -342,9 +313,7 @@ async fn kill_leaves_no_process_of_the_group() {
     let pgid = s["status"]["pid"].as_u64().unwrap() as u32;
     assert!(group_alive(pgid));
     let job = s["job"].as_str().unwrap();
-    let killed = client
-        .call("job", json!({"action": "kill", "job": job}))
-        .await;
+    let killed = client.job("kill", job).await;
     assert!(!killed.is_error(), "{}", killed.text());
     assert_eq!(
         killed.structured()["job"]["state"],
@@ -354,9 +323,7 @@ async fn kill_leaves_no_process_of_the_group() {
     );
     eventually(Duration::from_secs(10), || async { !group_alive(pgid) }).await;
     // Killing it again reports how it ended instead of failing.
-    let again = client
-        .call("job", json!({"action": "kill", "job": job}))
-        .await;
+    let again = client.job("kill", job).await;
     assert_eq!(again.structured()["job"]["state"], "killed");
 }
 
@@ -369,37 +336,25 @@ async fn offline_and_unknown_hosts_are_reported_at_once_by_name() {
     agent.stop().await;
 
     let started = Instant::now();
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "true"}))
-        .await;
+    let out = client.bash("web-1", "true").await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "took {:?}",
         started.elapsed()
     );
     assert!(out.is_error());
-    assert!(
-        out.text().contains("web-1") && out.text().contains("offline"),
-        "{}",
-        out.text()
-    );
+    out.assert_text_has("web-1");
+    out.assert_text_has("offline");
     let hosts = client.call("hosts", json!({})).await;
     assert_eq!(hosts.structured()["hosts"][0]["state"], "offline");
 
-    let out = client
-        .call("bash", json!({"host": "nope-9", "cmd": "true"}))
-        .await;
+    let out = client.bash("nope-9", "true").await;
     assert!(out.is_error());
-    assert!(
-        out.text().contains("unknown host `nope-9`") && out.text().contains("web-1"),
-        "{}",
-        out.text()
-    );
+    out.assert_text_has("unknown host `nope-9`");
+    out.assert_text_has("web-1");
 
-    let out = client
-        .call("bash", json!({"host": "Bad.Host", "cmd": "true"}))
-        .await;
-    assert_refused(&out, "Bad.Host");
+    let out = client.bash("Bad.Host", "true").await;
+    out.assert_refused("Bad.Host");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,31 +364,25 @@ async fn unknown_job_and_bad_cursor_are_clear_errors() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     for action in ["poll", "wait", "kill"] {
-        let out = client
-            .call("job", json!({"action": action, "job": "nope-abcdefgh"}))
-            .await;
+        let out = client.job(action, "nope-abcdefgh").await;
         assert!(out.is_error(), "{action}");
-        assert!(
-            out.text().contains("unknown job `nope-abcdefgh`"),
-            "{}",
-            out.text()
-        );
+        out.assert_text_has("unknown job `nope-abcdefgh`");
     }
     let out = client
         .call("job", json!({"action": "poll", "cursor": "not-a-cursor"}))
         .await;
-    assert_refused(&out, "bad cursor");
+    out.assert_refused("bad cursor");
     let out = client.call("job", json!({"action": "explode"})).await;
-    assert_refused(&out, "invalid arguments for `job`");
+    out.assert_refused("invalid arguments for `job`");
     let out = client.call("bash", json!({"host": "web-1"})).await;
-    assert_refused(&out, "cmd");
+    out.assert_refused("cmd");
     let out = client
         .call(
             "bash",
             json!({"host": "web-1", "cmd": "true", "cwd": "/does/not/exist"}),
         )
         .await;
-    assert_refused(&out, "/does/not/exist");
+    out.assert_refused("/does/not/exist");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,21 +391,10 @@ async fn a_cursor_past_the_end_of_a_finished_job_answers_done() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo one; sleep 1; echo two", "bg": true}),
-        )
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = client.bash_bg("web-1", "echo one; sleep 1; echo two").await;
     // A cursor issued while the job ran, after everything it had written.
     let cursor = eventually(Duration::from_secs(10), || async {
-        let out = client
-            .call("job", json!({"action": "poll", "job": job}))
-            .await;
+        let out = client.job("poll", &job).await;
         (out.structured()["output"] == json!("one\n") && out.structured()["done"] == json!(false))
             .then(|| out.structured()["next_cursor"].as_str().map(String::from))
             .flatten()
@@ -506,13 +444,9 @@ async fn a_job_started_on_one_replica_pages_on_another() {
     let token = one.mint("alice");
     let c1 = McpClient::new(&one.url(), &token).await;
     let c2 = McpClient::new(&two.url(), &token).await;
-    let out = c1
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "seq 1 3000; sleep 0.3; seq 3001 6000", "bg": true}),
-        )
+    let job = c1
+        .bash_bg("web-1", "seq 1 3000; sleep 0.3; seq 3001 6000")
         .await;
-    let job = out.structured()["job"].as_str().unwrap().to_string();
     let (lines, _) = read_all(&c2, &job, None).await;
     assert!(lines == numbers(1, 6000));
     let listed = c2.call("job", json!({"action": "list"})).await;
@@ -535,9 +469,7 @@ async fn agent_restart_marks_its_running_job_lost_and_leaves_no_orphans() {
     agent.kill_hard().await;
     agent.restart().await;
     let status = eventually(Duration::from_secs(10), || async {
-        let out = client
-            .call("job", json!({"action": "poll", "job": job}))
-            .await;
+        let out = client.job("poll", &job).await;
         (out.structured()["job"]["state"] == "lost").then(|| out.structured().clone())
     })
     .await;
@@ -572,10 +504,7 @@ async fn nats_restart_mid_job_loses_no_acknowledged_output() {
     let client = gw.client("alice").await;
     // 30,000 lines over about three seconds.
     let cmd = "for i in $(seq 1 30); do seq $(( (i-1)*1000+1 )) $(( i*1000 )); sleep 0.1; done";
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": cmd, "bg": true}))
-        .await;
-    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let job = client.bash_bg("web-1", cmd).await;
     // Restart once some output is stored.
     eventually(Duration::from_secs(10), || async {
         let out = client
@@ -685,9 +614,7 @@ async fn legacy_and_current_protocol_clients_both_work() {
         gw.legacy_client("alice", "2025-11-25").await,
     ] {
         let version = client.protocol_version().to_string();
-        let out = client
-            .call("bash", json!({"host": "web-1", "cmd": "echo $((6*7))"}))
-            .await;
+        let out = client.bash("web-1", "echo $((6*7))").await;
         assert_eq!(out.structured()["output"], "42\n", "protocol {version}");
         let value: Value = out.structured().clone();
         assert_eq!(value["exit_code"], 0);
@@ -703,17 +630,9 @@ async fn a_job_whose_agent_dies_is_reported_lost_once_its_heartbeat_expires() {
         .await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo before; sleep 1000", "bg": true}),
-        )
-        .await;
-    let job = out.structured()["job"].as_str().unwrap().to_string();
+    let job = client.bash_bg("web-1", "echo before; sleep 1000").await;
     eventually(Duration::from_secs(10), || async {
-        let out = client
-            .call("job", json!({"action": "poll", "job": job}))
-            .await;
+        let out = client.job("poll", &job).await;
         out.structured()["lines"] == 1
     })
     .await;
@@ -735,9 +654,7 @@ async fn a_job_whose_agent_dies_is_reported_lost_once_its_heartbeat_expires() {
         waited.text()
     );
     assert!(waited.text().contains("web-1"), "{}", waited.text());
-    let polled = client
-        .call("job", json!({"action": "poll", "job": job}))
-        .await;
+    let polled = client.job("poll", &job).await;
     assert_eq!(polled.structured()["done"], true);
     assert_eq!(polled.structured()["output"], "before\n");
     // The job's `sleep` outlived its agent; the agent's next start kills it.
@@ -794,19 +711,14 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
                    echo ok; echo corp-123456; \
                    printf -- '-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkq%s\\n-----END PRIVATE KEY-----\\n' $s; \
                    echo after";
-    let out = client
-        .call("bash", json!({"host": "vault-1", "cmd": secrets}))
-        .await;
+    let out = client.bash("vault-1", secrets).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(
         out.structured()["output"],
         "DB_PASSWORD=[redacted]\nAuthorization: Bearer [redacted]\nok\n[redacted]\n\
          -----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\nafter\n"
     );
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     let (paged, _) = read_all(&client, &job, None).await;
     assert_eq!(paged[0], "DB_PASSWORD=[redacted]");
     assert!(paged.iter().all(|l| !l.contains("SECRET")), "{paged:?}");
@@ -818,10 +730,7 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
             json!({"host": "vault-1", "cmd": "s=$(printf 'SEC%s' RET); for i in $(seq 1 3000); do echo \"line $i token=t0k${i}$s\"; done", "bg": true}),
         )
         .await;
-    let long = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let long = out.job_id();
     let (lines, _) = read_all(&client, &long, None).await;
     let expected: Vec<String> = (1..=3000)
         .map(|i| format!("line {i} token=[redacted]"))
@@ -832,31 +741,23 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
     );
 
     // Nothing of it reached MESH_OUT unredacted.
-    let js = nats.jetstream().await;
-    let mut stream = js.get_stream("MESH_OUT").await.expect("MESH_OUT exists");
-    let last = stream
-        .info()
-        .await
-        .expect("stream info")
-        .state
-        .last_sequence;
     let mut chunks = 0;
-    for seq in 1..=last {
-        let msg = stream.get_raw_message(seq).await.expect("a record");
+    for msg in nats.stored_messages("MESH_OUT").await {
         if msg.subject.contains(".out.vault-1.") {
             chunks += 1;
             let text = String::from_utf8_lossy(&msg.payload);
-            assert!(!text.contains("SECRET"), "record {seq} leaks: {text}");
+            assert!(
+                !text.contains("SECRET"),
+                "record {} leaks: {text}",
+                msg.sequence
+            );
         }
     }
     assert!(chunks > 50, "the long job spans many chunks: {chunks}");
 
     // Redaction is the host's choice: without it, output is published as written.
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "s=$(printf 'SEC%s' RET); echo token=abc$s"}),
-        )
+        .bash("web-1", "s=$(printf 'SEC%s' RET); echo token=abc$s")
         .await;
     assert_eq!(out.structured()["output"], "token=abcSECRET\n");
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningAgent, eventually};
+use execmesh_proto::Tier;
+use execmesh_tests::identities::put_signed;
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, eventually};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
 async fn fleet(
@@ -296,20 +298,12 @@ async fn a_group_is_listed_polled_per_host_and_killed_as_one() {
     // The group shows in the user's jobs: one job id, three hosts.
     let group = running_group(&client, 3).await;
     assert!(group.starts_with("soak-"), "{group}");
-    let listed = client
-        .call("job", json!({"action": "list", "job": group}))
-        .await;
+    let listed = client.job("list", &group).await;
     assert_eq!(listed.structured()["jobs"].as_array().unwrap().len(), 3);
     // Polling a group needs the host; with it, that host's output.
-    let ambiguous = client
-        .call("job", json!({"action": "poll", "job": group}))
-        .await;
+    let ambiguous = client.job("poll", &group).await;
     assert!(ambiguous.is_error());
-    assert!(
-        ambiguous.text().contains("pass `host`"),
-        "{}",
-        ambiguous.text()
-    );
+    ambiguous.assert_text_has("pass `host`");
     eventually(Duration::from_secs(10), || async {
         let out = client
             .call(
@@ -321,9 +315,7 @@ async fn a_group_is_listed_polled_per_host_and_killed_as_one() {
     })
     .await;
     // Kill the group: every host's job ends, and the fan-out reports each host.
-    let killed = client
-        .call("job", json!({"action": "kill", "job": group}))
-        .await;
+    let killed = client.job("kill", &group).await;
     let states: Vec<&str> = killed.structured()["jobs"]
         .as_array()
         .unwrap()
@@ -389,9 +381,7 @@ async fn a_client_that_goes_away_cancels_the_work_on_the_nodes() {
     call.abort();
     let _ = call.await;
     eventually(Duration::from_secs(20), || async {
-        let out = client
-            .call("job", json!({"action": "list", "job": group}))
-            .await;
+        let out = client.job("list", &group).await;
         let jobs = out.structured()["jobs"]
             .as_array()
             .cloned()
@@ -553,11 +543,7 @@ async fn grep_across_hosts_with_modes_caps_and_a_digest() {
     );
     assert_eq!(digest[1]["lines"], 500);
     assert_eq!(digest[1]["host_count"], 5);
-    assert!(
-        out.text().contains("digest: 2 distinct line pattern(s)"),
-        "{}",
-        out.text()
-    );
+    out.assert_text_has("digest: 2 distinct line pattern(s)");
 
     // Searching only one host's directory tells the hosts apart in the digest.
     let out = client
@@ -691,16 +677,7 @@ async fn hosts_outside_the_callers_reach_are_denied_and_never_contacted() {
     })
     .await;
     let gw = Gateway::new(&nats)
-        .policy(
-            r#"
-[groups.devs]
-tier = "standard"
-hosts = ["env=dev"]
-
-[users.dana]
-groups = ["devs"]
-"#,
-        )
+        .policy(Policy::new().group("devs", Tier::Standard, &["env=dev"], &["dana"]))
         .start()
         .await;
     let client = gw.client("dana").await;
@@ -750,17 +727,8 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
                 collected_at_ms: 1,
                 ..Default::default()
             };
-            execmesh_proto::kv_write::write(
-                &js,
-                &facts,
-                &format!("default.{host}"),
-                pack.encode_to_vec().into(),
-                async_nats::HeaderMap::new(),
-                execmesh_proto::kv_write::Expect::Any,
-                Some(&key),
-            )
-            .await
-            .expect("put facts");
+            let entry = format!("default.{host}");
+            put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
         }
     });
     join_all(puts).await;
@@ -781,12 +749,7 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     let out = client
         .call("bash", json!({"hosts": "*", "cmd": "echo here"}))
         .await;
-    assert_eq!(
-        out.structured()["summary"],
-        "1101 host(s): 1 ok, 1100 offline",
-        "{}",
-        out.text()
-    );
+    out.assert_field("summary", "1101 host(s): 1 ok, 1100 offline");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",

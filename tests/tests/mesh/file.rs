@@ -34,12 +34,7 @@ fn ok(out: &ToolOutput) -> &Value {
 
 #[track_caller]
 fn refused(out: &ToolOutput, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert!(
-        out.text().contains(needle),
-        "`{needle}` not in: {}",
-        out.text()
-    );
+    out.assert_refused(needle);
 }
 
 fn sha256_of(path: &Path) -> String {
@@ -216,14 +211,14 @@ async fn paths_outside_the_roots_are_refused() {
     for path in &attempts {
         for action in ["read", "stat", "list"] {
             let out = file(&c, json!({"host": "web-1", "action": action, "path": path})).await;
-            refused(&out, "outside");
+            out.assert_refused("outside");
         }
         let out = file(
             &c,
             json!({"host": "web-1", "action": "write", "path": path, "content": "x"}),
         )
         .await;
-        refused(&out, "outside");
+        out.assert_refused("outside");
     }
     refused(
         &file(
@@ -319,5 +314,5 @@ async fn a_50_mb_copy_between_two_agents_keeps_its_sha256() {
         json!({"host": "web-1", "action": "copy", "path": src, "to_host": "web-2", "to": dst}),
     )
     .await;
-    refused(&again, "exists");
+    again.assert_refused("exists");
 }

@@ -97,10 +97,7 @@ async fn nats_drop_kills_the_server_and_removes_its_store() {
 #[tokio::test]
 async fn agent_is_ready_once_its_presence_is_written() {
     let nats = Nats::start().await;
-    let agent = NodeAgent::new(&nats, "web-1")
-        .label("role", "web")
-        .start()
-        .await;
+    let agent = nats.agent("web-1", &[("role", "web")]).await;
 
     assert_eq!(agent.host(), "web-1");
     let js = nats.jetstream().await;

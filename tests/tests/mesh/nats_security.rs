@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use bytes::Bytes;
 use execmesh_gateway::core::signer::Signer;
-use execmesh_proto::pb;
+use execmesh_proto::{Tier, pb};
 use futures::{FutureExt as _, StreamExt as _};
 use prost::Message as _;
 use serde_json::json;
@@ -21,7 +21,8 @@ use execmesh_tests::nats::nats_server_binary;
 use execmesh_tests::nats_accounts::{Identified, SecuredMesh};
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
-    Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningAudit, eventually, workspace_path,
+    Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, RunningAudit, eventually,
+    with_approval, workspace_path,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -96,7 +97,7 @@ async fn secured() -> Secured {
 
 /// [`secured`] with a policy (development mode without one). web-1 is labelled `role=web`,
 /// web-2 `role=db`.
-async fn secured_with(policy: Option<&str>) -> Secured {
+async fn secured_with(policy: Option<Policy>) -> Secured {
     let mesh = SecuredMesh::generate(&["web-1", "web-2"]);
     let nats = mesh.start_nats().await;
     // The gateway first: it creates the streams and buckets the agents may only open.
@@ -129,23 +130,12 @@ async fn every_identity_on_its_own_credentials_runs_the_whole_mesh() {
         assert_eq!(output, format!("hello from {host}\n"));
     }
     // A job that outlives the inline window: paged from MESH_OUT, status from mesh_jobs.
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-2", "cmd": "sleep 0.3; seq 1 3", "bg": true}),
-        )
-        .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = client.bash_bg("web-2", "sleep 0.3; seq 1 3").await;
     let waited = client
         .call("job", json!({"action": "wait", "job": job, "timeout": 20}))
         .await;
     assert!(!waited.is_error(), "{}", waited.text());
-    let page = client
-        .call("job", json!({"action": "poll", "job": job}))
-        .await;
+    let page = client.job("poll", &job).await;
     assert_eq!(page.structured()["output"], "1\n2\n3\n", "{}", page.text());
 
     let hosts = client.call("hosts", json!({})).await;
@@ -535,14 +525,10 @@ async fn landed_any(
     .await
 }
 
-const WEB_ONLY: &str = r#"
-[groups.web]
-tier = "standard"
-hosts = ["role=web"]
-
-[users.alice]
-groups = ["web"]
-"#;
+/// alice, `standard` on the hosts labelled `role=web`.
+fn web_only() -> Policy {
+    Policy::new().group("web", Tier::Standard, &["role=web"], &["alice"])
+}
 
 /// Labels decide reach (`role=web`): a host relabelled by someone other than its agent would
 /// let a user reach it. web-2 (`role=db`) gets facts saying `role=web` planted by web-1's
@@ -552,7 +538,7 @@ groups = ["web"]
 /// fleets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_relabelled_by_another_identity_does_not_widen_reach() {
-    let s = secured_with(Some(WEB_ONLY)).await;
+    let s = secured_with(Some(web_only())).await;
     let client = s.gw.client("alice").await;
     let admin = s.nats.jetstream().await;
     let facts = admin.get_key_value("mesh_facts").await.expect("mesh_facts");
@@ -570,9 +556,7 @@ async fn a_host_relabelled_by_another_identity_does_not_widen_reach() {
         }
     });
     futures::future::join_all(ghosts).await;
-    let out = client
-        .call("bash", json!({"host": "web-2", "cmd": "echo reached"}))
-        .await;
+    let out = client.bash("web-2", "echo reached").await;
     assert!(
         out.is_error(),
         "web-2 is outside alice's reach: {}",
@@ -598,9 +582,7 @@ async fn a_host_relabelled_by_another_identity_does_not_widen_reach() {
     .await;
     landed(&s.nats, "KV_mesh_facts", target, &forged).await;
 
-    let out = client
-        .call("bash", json!({"host": "web-2", "cmd": "echo reached"}))
-        .await;
+    let out = client.bash("web-2", "echo reached").await;
     assert!(
         out.is_error() && !out.text().contains("reached\n"),
         "planted labels widened alice's reach: {}",
@@ -648,42 +630,24 @@ async fn a_host_relabelled_by_another_identity_does_not_widen_reach() {
     );
 }
 
-const APPROVED_BY_BOB: &str = r#"
-[groups.oncall]
-tier = "dangerous"
-hosts = ["*"]
-
-[users.alice]
-groups = ["oncall"]
-
-[users.bob]
-groups = ["oncall"]
-
-[[approvals]]
-tool = "bash"
-hosts = "role=db"
-"#;
+/// alice and bob on call, every command on a database host held for a teammate.
+fn approved_by_bob() -> Policy {
+    Policy::new()
+        .group("oncall", Tier::Dangerous, &["*"], &["alice", "bob"])
+        .toml("[[approvals]]\ntool = \"bash\"\nhosts = \"role=db\"\n")
+}
 
 /// An approval record flipped to `approved` by someone other than a gateway (planted through a
 /// JetStream reply subject, with the exact request hash) is not an approval: the held call does
 /// not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_flipped_through_a_jetstream_reply_does_not_run() {
-    let s = secured_with(Some(APPROVED_BY_BOB)).await;
+    let s = secured_with(Some(approved_by_bob())).await;
     let alice = s.gw.client("alice").await;
     let marker = s.agents[1].dir().join("ran");
     let args = json!({"host": "web-2", "cmd": format!("touch {}", marker.display())});
     let held = alice.call("bash", args.clone()).await;
-    assert_eq!(
-        held.structured()["approval_required"],
-        json!(true),
-        "{}",
-        held.text()
-    );
-    let id = held.structured()["approval_id"]
-        .as_str()
-        .expect("an approval id")
-        .to_string();
+    let id = held.approval_id();
 
     // The real record, as stored, turned into an approval by bob.
     let admin = s.nats.jetstream().await;
@@ -715,9 +679,7 @@ async fn an_approval_flipped_through_a_jetstream_reply_does_not_run() {
     .await;
     landed(&s.nats, "KV_mesh_approvals", &target, &forged).await;
 
-    let mut again = args.clone();
-    again["approval_id"] = json!(id);
-    let out = alice.call("bash", again).await;
+    let out = alice.call("bash", with_approval(&args, &id)).await;
     assert!(
         !marker.exists(),
         "the held command ran on a planted approval"
@@ -806,10 +768,7 @@ async fn planted_output_exit_and_status_of_a_running_job_are_ignored() {
     let out = client
         .call("bash", json!({"host": "web-2", "cmd": cmd, "bg": true}))
         .await;
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
 
     // alice waits for her job; the wait watches its status (a consumer on KV_mesh_jobs).
     let admin = s.nats.jetstream().await;
@@ -906,15 +865,8 @@ async fn planted_output_exit_and_status_of_a_running_job_are_ignored() {
         "a planted exit was taken: {}",
         waited.text()
     );
-    let page = client
-        .call("job", json!({"action": "poll", "job": job}))
-        .await;
-    assert_eq!(
-        page.structured()["output"],
-        "real-1\nreal-2\n",
-        "{}",
-        page.text()
-    );
+    let page = client.job("poll", &job).await;
+    page.assert_field("output", "real-1\nreal-2\n");
 }
 
 /// An audit event planted under the gateway's subject through a JetStream reply is stored (the
@@ -1025,11 +977,7 @@ async fn an_agent_without_its_seed_is_listed_unverified_with_the_reason() {
         why.contains("not signed") || why.contains("unsigned"),
         "{why}"
     );
-    assert!(
-        hosts.text().contains("web-9 [unverified"),
-        "{}",
-        hosts.text()
-    );
+    hosts.assert_text_has("web-9 [unverified");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,12 +28,7 @@ async fn echo(client: &McpClient, host: &str, words: &str) {
         )
         .await;
     assert!(!out.is_error(), "bash failed: {}", out.text());
-    assert_eq!(
-        out.structured()["output"],
-        format!("{words}\n"),
-        "{}",
-        out.text()
-    );
+    out.assert_field("output", format!("{words}\n"));
 }
 
 /// Starts `seq 1 <n>` and pages it from the inline answer to the end; returns every line.

@@ -13,27 +13,23 @@ use serde_json::{Value, json};
 use execmesh_gateway::core::policy::password;
 use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::oauth::{self, Browser, LoginOutcome, REDIRECT_URI};
-use execmesh_tests::{Gateway, Nats, RunningGateway, eventually};
+use execmesh_tests::{Gateway, Nats, Policy, RunningGateway, eventually};
 
 const PASSWORD: &str = "correct horse battery staple";
 
 /// alice (standard, every host) with a password; bob without one.
-fn policy() -> String {
+fn policy() -> Policy {
     let hash = password::hash(PASSWORD).expect("hash a password");
-    format!(
-        r#"
-[groups.ops]
-tier = "standard"
-hosts = ["*"]
+    Policy::new()
+        .group("ops", Tier::Standard, &["*"], &["alice", "bob"])
+        .password_hash("alice", &hash)
+}
 
-[users.alice]
-password_hash = "{hash}"
-groups = ["ops"]
-
-[users.bob]
-groups = ["ops"]
-"#
-    )
+/// A nats-server and a gateway enforcing [`policy`].
+async fn gateway() -> (Nats, RunningGateway) {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    (nats, gw)
 }
 
 fn http() -> reqwest::Client {
@@ -56,6 +52,26 @@ async fn post_form(url: &str, fields: &[(&str, &str)]) -> (u16, Value) {
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Value::Null);
     (status, body)
+}
+
+/// Redeems the authorization `code` of `client_id` with `verifier` at the token endpoint, for a
+/// token bound to `resource` (the gateway's own without one).
+async fn redeem(
+    gw: &RunningGateway,
+    client_id: &str,
+    code: &str,
+    verifier: &str,
+    resource: Option<&str>,
+) -> (u16, Value) {
+    let mut fields = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT_URI),
+        ("client_id", client_id),
+        ("code_verifier", verifier),
+    ];
+    fields.extend(resource.map(|resource| ("resource", resource)));
+    post_form(&format!("{}/token", gw.base_url()), &fields).await
 }
 
 /// The status of `tools/list` with `token`, and the challenge of a refusal.
@@ -87,6 +103,14 @@ async fn register(gw: &RunningGateway, redirect_uris: &[&str]) -> (u16, Value) {
         .expect("POST /register");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The sign-in page of an authorization request by a newly registered client (with PKCE).
+async fn sign_in_url(gw: &RunningGateway) -> String {
+    let (_, client) = register(gw, &[REDIRECT_URI]).await;
+    let client_id = client["client_id"].as_str().expect("a client id");
+    let (_, challenge) = oauth::pkce();
+    authorize_url(gw, client_id, &challenge, &[])
 }
 
 /// An authorization URL for `client_id` with the PKCE `challenge`, plus `extra` parameters
@@ -162,8 +186,7 @@ async fn tokens(manager: &AuthorizationManager) -> (String, String, String) {
 
 #[tokio::test]
 async fn discovery_documents_name_the_resource_and_the_authorization_server() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let (_nats, gw) = gateway().await;
     let base = gw.base_url();
     for path in [
         "/.well-known/oauth-protected-resource",
@@ -217,7 +240,7 @@ async fn an_oauth_client_signs_in_headlessly_and_calls_tools_refreshing_its_toke
     // Access tokens shorter than rmcp's 30 s refresh margin: the client refreshes (and the
     // refresh token rotates) before every request.
     let gw = Gateway::new(&nats)
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.access_token_ttl = Duration::from_secs(10))
         .start()
         .await;
@@ -250,8 +273,7 @@ async fn an_oauth_client_signs_in_headlessly_and_calls_tools_refreshing_its_toke
 
 #[tokio::test]
 async fn a_reused_refresh_token_revokes_the_whole_login() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let (_nats, gw) = gateway().await;
     let manager = signed_in(&gw).await;
     let (client_id, _, first_refresh) = tokens(&manager).await;
 
@@ -281,12 +303,8 @@ async fn a_reused_refresh_token_revokes_the_whole_login() {
 
 #[tokio::test]
 async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
-    let (_, client) = register(&gw, &[REDIRECT_URI]).await;
-    let client_id = client["client_id"].as_str().expect("a client id");
-    let (_, challenge) = oauth::pkce();
-    let url = authorize_url(&gw, client_id, &challenge, &[]);
+    let (_nats, gw) = gateway().await;
+    let url = sign_in_url(&gw).await;
     let browser = Browser::new();
 
     for user in ["alice", "nobody", "bob"] {
@@ -318,12 +336,8 @@ async fn a_wrong_password_is_refused_and_repeated_failures_are_rate_limited() {
 
 #[tokio::test]
 async fn logins_from_one_address_are_rate_limited() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
-    let (_, client) = register(&gw, &[REDIRECT_URI]).await;
-    let client_id = client["client_id"].as_str().expect("a client id");
-    let (_, challenge) = oauth::pkce();
-    let url = authorize_url(&gw, client_id, &challenge, &[]);
+    let (_nats, gw) = gateway().await;
+    let url = sign_in_url(&gw).await;
     let browser = Browser::new();
     // Different (unknown) users each time: only the per-address limit can stop them.
     let mut limited = None;
@@ -346,9 +360,7 @@ async fn logins_from_one_address_are_rate_limited() {
 
 #[tokio::test]
 async fn pkce_and_resource_mismatches_are_refused() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
-    let token_url = format!("{}/token", gw.base_url());
+    let (_nats, gw) = gateway().await;
     let (_, client) = register(&gw, &[REDIRECT_URI]).await;
     let client_id = client["client_id"].as_str().expect("a client id");
     let browser = Browser::new();
@@ -406,25 +418,8 @@ async fn pkce_and_resource_mismatches_are_refused() {
     // A wrong verifier burns the code.
     let code = code_for(&gw, client_id, &challenge).await;
     let (wrong, _) = oauth::pkce();
-    let exchange = |verifier: String, resource: String| {
-        let code = code.clone();
-        let token_url = token_url.clone();
-        async move {
-            post_form(
-                &token_url,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", REDIRECT_URI),
-                    ("client_id", client_id),
-                    ("code_verifier", &verifier),
-                    ("resource", &resource),
-                ],
-            )
-            .await
-        }
-    };
-    let (status, body) = exchange(wrong, gw.url()).await;
+    let resource = gw.url();
+    let (status, body) = redeem(&gw, client_id, &code, &wrong, Some(&resource)).await;
     assert_eq!(
         (status, body["error"].clone()),
         (400, json!("invalid_grant")),
@@ -437,24 +432,13 @@ async fn pkce_and_resource_mismatches_are_refused() {
             .contains("PKCE"),
         "{body}"
     );
-    let (status, body) = exchange(verifier.clone(), gw.url()).await;
+    let (status, body) = redeem(&gw, client_id, &code, &verifier, Some(&resource)).await;
     assert_eq!(status, 400, "a code is redeemed at most once: {body}");
 
     // The right verifier, but a token for another resource.
     let (verifier, challenge) = oauth::pkce();
     let code = code_for(&gw, client_id, &challenge).await;
-    let (status, body) = post_form(
-        &token_url,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("client_id", client_id),
-            ("code_verifier", &verifier),
-            ("resource", other),
-        ],
-    )
-    .await;
+    let (status, body) = redeem(&gw, client_id, &code, &verifier, Some(other)).await;
     assert_eq!(
         (status, body["error"].clone()),
         (400, json!("invalid_target")),
@@ -464,12 +448,11 @@ async fn pkce_and_resource_mismatches_are_refused() {
 
 #[tokio::test]
 async fn tokens_bound_to_another_resource_or_without_the_mcp_scope_are_refused() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let (nats, gw) = gateway().await;
     // Same key, another public URL: its tokens name another audience.
     let elsewhere = Gateway::new(&nats)
         .key_file(gw.key_file())
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.public_url = Some("https://elsewhere.example/mcp".into()))
         .start()
         .await;
@@ -491,7 +474,7 @@ async fn tokens_bound_to_another_resource_or_without_the_mcp_scope_are_refused()
 #[tokio::test]
 async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
     let nats = Nats::start().await;
-    let one = Gateway::new(&nats).policy(&policy()).start().await;
+    let one = Gateway::new(&nats).policy(policy()).start().await;
     // A second replica behind the same public URL, with the same key and policy.
     let two = Gateway::new(&nats).replica_of(&one).start().await;
 
@@ -525,8 +508,7 @@ async fn expired_and_revoked_tokens_are_refused_by_another_replica() {
 
 #[tokio::test]
 async fn a_client_id_metadata_document_identifies_the_client() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let (_nats, gw) = gateway().await;
     // The client's metadata, served on loopback (https in real life; http is accepted from
     // loopback only).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -557,17 +539,7 @@ async fn a_client_id_metadata_document_identifies_the_client() {
         .await;
     assert!(page.is_ok(), "{page:?}");
     let code = code_for(&gw, &client_id, &challenge).await;
-    let (status, body) = post_form(
-        &format!("{}/token", gw.base_url()),
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", REDIRECT_URI),
-            ("client_id", &client_id),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
+    let (status, body) = redeem(&gw, &client_id, &code, &verifier, None).await;
     assert_eq!(status, 200, "{body}");
     let access = body["access_token"].as_str().expect("an access token");
     assert_eq!(claims(access)["client_id"], json!(client_id));
@@ -577,8 +549,7 @@ async fn a_client_id_metadata_document_identifies_the_client() {
 
 #[tokio::test]
 async fn registration_refuses_unsafe_redirect_uris() {
-    let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(&policy()).start().await;
+    let (_nats, gw) = gateway().await;
     for uri in [
         "http://evil.example/cb",
         "javascript:alert(1)",
@@ -597,7 +568,7 @@ async fn registration_refuses_unsafe_redirect_uris() {
 async fn tokens_from_the_future_not_yet_valid_or_living_too_long_are_refused() {
     let nats = Nats::start().await;
     let gw = Gateway::new(&nats)
-        .policy(&policy())
+        .policy(policy())
         .configure(|c| c.max_token_lifetime = Duration::from_secs(30 * 86400))
         .start()
         .await;

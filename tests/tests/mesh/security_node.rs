@@ -177,9 +177,7 @@ async fn the_host_caps_the_tier_whatever_the_gateway_says() {
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
 
-    let out = client
-        .call("bash", json!({"host": "db-1", "cmd": "echo hi"}))
-        .await;
+    let out = client.bash("db-1", "echo hi").await;
     refused(&out, &["db-1", "needs tier standard", "at most readonly"]);
     let out = client
         .call(
@@ -232,10 +230,7 @@ async fn commands_and_files_run_as_the_mapped_account_and_unmapped_users_are_ref
     let alice = gw.client("alice").await;
 
     let out = alice
-        .call(
-            "bash",
-            json!({"host": "app-1", "cmd": "id -u; id -g; echo $HOME; echo $USER; pwd"}),
-        )
+        .bash("app-1", "id -u; id -g; echo $HOME; echo $USER; pwd")
         .await;
     if !geteuid().is_root() {
         // An agent that is not root can only run as itself.
@@ -279,9 +274,7 @@ async fn commands_and_files_run_as_the_mapped_account_and_unmapped_users_are_ref
 
     // bob has no account on this host.
     let bob = gw.client("bob").await;
-    let out = bob
-        .call("bash", json!({"host": "app-1", "cmd": "id -u"}))
-        .await;
+    let out = bob.bash("app-1", "id -u").await;
     refused(&out, &["app-1", "user bob", "no unix account"]);
 }
 
@@ -300,9 +293,9 @@ async fn the_guard_refuses_a_denied_command_through_the_gateway_naming_the_rule(
 
     // Harmless even if it ran: there is no such device.
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo start; sh -c 'mkfs.ext4 /nonexistent/execmesh-guard'"}),
+        .bash(
+            "web-1",
+            "echo start; sh -c 'mkfs.ext4 /nonexistent/execmesh-guard'",
         )
         .await;
     refused(
@@ -315,23 +308,16 @@ async fn the_guard_refuses_a_denied_command_through_the_gateway_naming_the_rule(
             "sh -c",
         ],
     );
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "sudo -n iptables -t nat -F"}),
-        )
-        .await;
+    let out = client.bash("web-1", "sudo -n iptables -t nat -F").await;
     refused(&out, &["host rule `iptables -F`"]);
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo 'if then'; if"}),
-        )
-        .await;
+    let out = client.bash("web-1", "echo 'if then'; if").await;
     refused(&out, &["does not parse"]);
 
     let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "echo \"rm -rf /\"; ls -la / >/dev/null && echo listed"}))
+        .bash(
+            "web-1",
+            "echo \"rm -rf /\"; ls -la / >/dev/null && echo listed",
+        )
         .await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["output"], "rm -rf /\nlisted\n");
@@ -381,9 +367,7 @@ async fn the_guard_refuses_indirect_interpreters_piped_code_and_dangerous_env_be
             vec!["rule recursive-delete", "find -delete"],
         ),
     ] {
-        let out = client
-            .call("bash", json!({"host": "web-1", "cmd": cmd}))
-            .await;
+        let out = client.bash("web-1", &cmd).await;
         let mut needles = needles;
         needles.extend(["web-1", "CommandGuard"]);
         refused(&out, &needles);
@@ -431,10 +415,7 @@ async fn an_allowlist_host_runs_only_its_listed_commands() {
     let touched = marker.path().join("ran");
 
     let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "echo allowed | tr a-z A-Z; uname -s"}),
-        )
+        .bash("web-1", "echo allowed | tr a-z A-Z; uname -s")
         .await;
     assert!(!out.is_error(), "{}", out.text());
     assert!(
@@ -458,9 +439,7 @@ async fn an_allowlist_host_runs_only_its_listed_commands() {
         (format!("echo hi > {}", touched.display()), "redirection"),
         ("$UNAME -s".to_string(), "only known at run time"),
     ] {
-        let out = client
-            .call("bash", json!({"host": "web-1", "cmd": cmd}))
-            .await;
+        let out = client.bash("web-1", &cmd).await;
         refused(&out, &["web-1", "rule allowlist", needle]);
     }
     assert!(!touched.exists(), "a refused command ran");

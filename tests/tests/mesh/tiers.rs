@@ -9,99 +9,25 @@ use serde_json::{Value, json};
 
 use execmesh_gateway::core::tier::Tier;
 use execmesh_tests::process::workspace_binary;
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, ToolOutput, eventually};
 
-const POLICY: &str = r#"
-[groups.ops]
-tier = "standard"
-hosts = ["web-*"]
-
-[groups.oncall]
-tier = "dangerous"
-hosts = ["*"]
-
-[groups.contractors]
-tier = "readonly"
-hosts = ["web-*"]
-
-[users.alice]
-groups = ["oncall"]
-
-[users.bob]
-groups = ["ops"]
-
-[users.carol]
-groups = ["contractors"]
-"#;
-
-/// The names of the tools a client sees.
-async fn tool_names(client: &McpClient) -> Vec<String> {
-    client
-        .list_tools()
-        .await
-        .iter()
-        .map(|t| t.name.to_string())
-        .collect()
-}
-
-/// The values the `action` property of a tool's input schema allows.
-async fn actions(client: &McpClient, tool: &str) -> Vec<String> {
-    let tools = client.list_tools().await;
-    let tool = tools
-        .iter()
-        .find(|t| t.name == tool)
-        .unwrap_or_else(|| panic!("{tool} is not listed"));
-    let schema = Value::Object((*tool.input_schema).clone());
-    let mut out = Vec::new();
-    collect(&schema["properties"]["action"], &schema, &mut out);
-    out
-}
-
-/// Every string an `enum`/`const` under `value` allows, following local `$ref`s.
-fn collect(value: &Value, schema: &Value, out: &mut Vec<String>) {
-    if let Some(name) = value["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
-        collect(&schema["$defs"][name], schema, out);
-    }
-    for v in value["enum"].as_array().into_iter().flatten() {
-        out.extend(v.as_str().map(String::from));
-    }
-    if let Some(c) = value["const"].as_str() {
-        out.push(c.to_string());
-    }
-    for key in ["oneOf", "anyOf"] {
-        for variant in value[key].as_array().into_iter().flatten() {
-            collect(variant, schema, out);
-        }
-    }
-}
-
-/// Asserts a refusal (`isError`) whose structured error code is `code` and whose text has
-/// `needle`.
-#[track_caller]
-fn assert_refused(out: &ToolOutput, code: &str, needle: &str) {
-    assert!(out.is_error(), "expected a refusal, got: {}", out.text());
-    assert_eq!(
-        out.structured()["error"]["code"],
-        json!(code),
-        "{}",
-        out.text()
-    );
-    assert!(
-        out.text().contains(needle),
-        "{needle:?} not in: {}",
-        out.text()
-    );
+/// alice is `dangerous` everywhere, bob `standard` and carol `readonly` on `web-*`.
+fn policy() -> Policy {
+    Policy::new()
+        .group("ops", Tier::Standard, &["web-*"], &["bob"])
+        .group("oncall", Tier::Dangerous, &["*"], &["alice"])
+        .group("contractors", Tier::Readonly, &["web-*"], &["carol"])
 }
 
 #[tokio::test]
 async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
 
     // alice is `dangerous`: every tool, every action.
     let alice = gw.client("alice").await;
-    let everything = tool_names(&alice).await;
-    let all = actions(&alice, "file").await;
+    let everything = alice.tool_names().await;
+    let all = alice.actions("file").await;
     for action in ["move", "delete", "copy"] {
         assert!(
             all.contains(&action.to_string()),
@@ -113,30 +39,30 @@ async fn tools_list_is_filtered_per_tier_with_narrowed_action_enums() {
     let carol = gw.client("carol").await;
     let mut expected = everything.clone();
     expected.retain(|t| t != "bash");
-    assert_eq!(tool_names(&carol).await, expected);
+    assert_eq!(carol.tool_names().await, expected);
     assert_eq!(
-        actions(&carol, "file").await,
+        carol.actions("file").await,
         ["read", "stat", "list", "grep"]
     );
-    assert_eq!(actions(&carol, "job").await, ["poll", "list", "wait"]);
+    assert_eq!(carol.actions("job").await, ["poll", "list", "wait"]);
     if everything.contains(&"facts".to_string()) {
-        assert_eq!(actions(&carol, "facts").await, ["get"]);
+        assert_eq!(carol.actions("facts").await, ["get"]);
     }
 
     // bob is `standard`: bash, and writes but no moves or deletes.
     let bob = gw.client("bob").await;
-    assert_eq!(tool_names(&bob).await, everything);
+    assert_eq!(bob.tool_names().await, everything);
     assert_eq!(
-        actions(&bob, "file").await,
+        bob.actions("file").await,
         ["read", "stat", "list", "grep", "write", "append"]
     );
-    assert_eq!(actions(&bob, "job").await, ["poll", "list", "wait", "kill"]);
+    assert_eq!(bob.actions("job").await, ["poll", "list", "wait", "kill"]);
 }
 
 #[tokio::test]
 async fn tools_list_is_marked_private() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let token = gw.mint("carol");
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     let reply: Value = gw
@@ -156,22 +82,16 @@ async fn tools_list_is_marked_private() {
 async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
     let nats = Nats::start().await;
     let agent = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
 
     let carol = gw.client("carol").await;
     let out = carol
         .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
         .await;
-    assert_refused(&out, "tier", "needs tier standard");
-    assert!(
-        out.text().contains("your tier is readonly"),
-        "{}",
-        out.text()
-    );
-    let out = carol
-        .call("job", json!({"action": "kill", "job": "x-12345678"}))
-        .await;
-    assert_refused(&out, "tier", "needs tier standard");
+    out.assert_refused_as("tier", "needs tier standard");
+    out.assert_text_has("your tier is readonly");
+    let out = carol.job("kill", "x-12345678").await;
+    out.assert_refused_as("tier", "needs tier standard");
 
     let bob = gw.client("bob").await;
     let out = bob
@@ -180,7 +100,7 @@ async fn calls_outside_the_tier_are_refused_naming_the_tier_needed() {
             json!({"host": agent.host(), "action": "delete", "path": "/tmp/x"}),
         )
         .await;
-    assert_refused(&out, "tier", "needs tier dangerous");
+    out.assert_refused_as("tier", "needs tier dangerous");
     // Within the tier the call goes through.
     let out = bob
         .call("bash", json!({"host": agent.host(), "cmd": "echo hi"}))
@@ -194,7 +114,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
     let nats = Nats::start().await;
     let web = NodeAgent::new(&nats, "web-1").start().await;
     let db = NodeAgent::new(&nats, "db-1").start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let bob = gw.client("bob").await;
 
     let marker = db.dir().join("touched");
@@ -202,7 +122,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
     let out = bob
         .call("bash", json!({"host": db.host(), "cmd": cmd}))
         .await;
-    assert_refused(&out, "denied", "db-1");
+    out.assert_refused_as("denied", "db-1");
     assert!(!marker.exists(), "the denied command ran");
     let out = bob
         .call(
@@ -210,7 +130,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
             json!({"host": db.host(), "action": "stat", "path": "/tmp"}),
         )
         .await;
-    assert_refused(&out, "denied", "db-1");
+    out.assert_refused_as("denied", "db-1");
 
     let out = bob
         .call("bash", json!({"host": web.host(), "cmd": "echo ok"}))
@@ -226,15 +146,12 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    let job = out.structured()["job"]
-        .as_str()
-        .expect("a job id")
-        .to_string();
+    let job = out.job_id();
     // The job is alice's: to bob it does not exist (saying it is on a host he may not reach
     // would tell him it does).
     for action in ["poll", "wait"] {
-        let out = bob.call("job", json!({"action": action, "job": job})).await;
-        assert_refused(&out, "unknown_job", &job);
+        let out = bob.job(action, &job).await;
+        out.assert_refused_as("unknown_job", &job);
         assert!(!out.text().contains("db-1"), "{}", out.text());
     }
 }
@@ -242,7 +159,7 @@ async fn a_host_outside_the_reach_is_denied_and_never_contacted() {
 #[tokio::test]
 async fn whoami_reports_the_policy_tier_groups_and_reach() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let out = gw.client("bob").await.call("whoami", json!({})).await;
     let s = out.structured();
     assert_eq!(s["user"], json!("bob"));
@@ -255,10 +172,10 @@ async fn whoami_reports_the_policy_tier_groups_and_reach() {
 #[tokio::test]
 async fn a_token_tier_caps_the_policy_tier() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let token = gw.issue("alice", Duration::from_secs(600), "mcp", Tier::Readonly);
     let client = McpClient::new(&gw.url(), &token).await;
-    assert!(!tool_names(&client).await.contains(&"bash".to_string()));
+    assert!(!client.tool_names().await.contains(&"bash".to_string()));
     let out = client.call("whoami", json!({})).await;
     assert_eq!(out.structured()["tier"], json!("readonly"));
 }
@@ -266,7 +183,7 @@ async fn a_token_tier_caps_the_policy_tier() {
 #[tokio::test]
 async fn users_missing_from_the_policy_are_refused() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
     let response = gw.post_raw(Some(&gw.mint("mallory")), list).await;
     assert_eq!(response.status(), 401);
@@ -287,7 +204,7 @@ async fn without_a_policy_every_user_is_dangerous_and_reaches_everything() {
 #[tokio::test]
 async fn policy_changes_apply_without_restart() {
     let nats = Nats::start().await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let path = gw.policy_path().expect("a policy file").to_path_buf();
     let client = gw.client("carol").await;
     let tier = || async {
@@ -298,17 +215,14 @@ async fn policy_changes_apply_without_restart() {
     assert_eq!(tier().await.as_deref(), Some("readonly"));
 
     // Written in place as an editor would: the gateway notices the change by itself.
-    let promoted = POLICY.replace(
-        "[users.carol]\ngroups = [\"contractors\"]",
-        "[users.carol]\ngroups = [\"contractors\"]\ntier = \"standard\"",
-    );
-    assert_ne!(promoted, POLICY);
+    let promoted = policy().tier_of("carol", Tier::Standard).to_string();
+    assert_ne!(promoted, policy().to_string());
     std::fs::write(&path, &promoted).expect("rewrite the policy");
     eventually(Duration::from_secs(10), || async {
         tier().await.as_deref() == Some("standard")
     })
     .await;
-    assert!(tool_names(&client).await.contains(&"bash".to_string()));
+    assert!(client.tool_names().await.contains(&"bash".to_string()));
 }
 
 #[tokio::test]
@@ -405,30 +319,18 @@ async fn user_add_writes_the_policy_and_token_mint_speaks_for_its_users_only() {
 }
 
 /// Two developers, a lead with operator rights and a `dangerous` user without them, on `web-*`.
-const OWNERS_POLICY: &str = r#"
-operators = ["@leads"]
-
-[groups.devs]
-tier = "standard"
-hosts = ["web-*"]
-
-[groups.leads]
-tier = "standard"
-hosts = ["web-*"]
-
-[users.alice]
-groups = ["devs"]
-
-[users.bob]
-groups = ["devs"]
-
-[users.dora]
-groups = ["devs"]
-tier = "dangerous"
-
-[users.olive]
-groups = ["leads"]
-"#;
+fn owners_policy() -> Policy {
+    Policy::new()
+        .operators(&["@leads"])
+        .group(
+            "devs",
+            Tier::Standard,
+            &["web-*"],
+            &["alice", "bob", "dora"],
+        )
+        .group("leads", Tier::Standard, &["web-*"], &["olive"])
+        .tier_of("dora", Tier::Dangerous)
+}
 
 /// Runs `cmd` on `host` as `client` and returns the job id (`bg` to return at once).
 async fn job_of(client: &McpClient, host: &str, cmd: &str, bg: bool) -> String {
@@ -436,10 +338,7 @@ async fn job_of(client: &McpClient, host: &str, cmd: &str, bg: bool) -> String {
         .call("bash", json!({"host": host, "cmd": cmd, "bg": bg}))
         .await;
     assert!(!out.is_error(), "{}", out.text());
-    out.structured()["job"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a job id: {}", out.text()))
-        .to_string()
+    out.job_id()
 }
 
 /// The ids of the jobs a `job list` result shows.
@@ -463,7 +362,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
     let nats = Nats::start().await;
     let _web1 = NodeAgent::new(&nats, "web-1").start().await;
     let _web2 = NodeAgent::new(&nats, "web-2").start().await;
-    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(owners_policy()).start().await;
     let bob = gw.client("bob").await;
     let sleeper = job_of(&bob, "web-1", "sleep 300", true).await;
     let finished = job_of(&bob, "web-1", "echo secret-output", false).await;
@@ -478,10 +377,8 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
     // What anyone is told about an id no host knows.
     let alice = gw.client("alice").await;
     let nosuch = "nosuch-abcdefgh";
-    let unknown = alice
-        .call("job", json!({"action": "poll", "job": nosuch}))
-        .await;
-    assert_refused(&unknown, "unknown_job", nosuch);
+    let unknown = alice.job("poll", nosuch).await;
+    unknown.assert_refused_as("unknown_job", nosuch);
     let unknown = without_id(&unknown, nosuch);
 
     for who in ["alice", "dora"] {
@@ -496,7 +393,7 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
                 json!({"action": "kill", "job": job, "host": "web-1"}),
             ] {
                 let out = client.call("job", args.clone()).await;
-                assert_refused(&out, "unknown_job", job);
+                out.assert_refused_as("unknown_job", job);
                 assert_eq!(without_id(&out, job), unknown, "{who} {args}");
             }
         }
@@ -505,23 +402,17 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
             !mine.contains(&sleeper) && !mine.contains(&finished) && !mine.contains(&group),
             "{who} lists bob's jobs: {mine:?}"
         );
-        let grouped = listed(
-            &client
-                .call("job", json!({"action": "list", "job": group}))
-                .await,
-        );
+        let grouped = listed(&client.job("list", &group).await);
         assert!(grouped.is_empty(), "{who} lists bob's group: {grouped:?}");
         for user in ["bob", "*"] {
             let out = client
                 .call("job", json!({"action": "list", "user": user}))
                 .await;
-            assert_refused(&out, "not_operator", "operator rights");
+            out.assert_refused_as("not_operator", "operator rights");
         }
     }
     // Nobody but bob stopped his job.
-    let out = bob
-        .call("job", json!({"action": "poll", "job": sleeper}))
-        .await;
+    let out = bob.job("poll", &sleeper).await;
     assert_eq!(
         out.structured()["job"]["state"],
         json!("running"),
@@ -533,23 +424,20 @@ async fn another_users_job_is_unknown_to_them_in_every_action_as_if_it_did_not_e
         mine.contains(&sleeper) && mine.contains(&finished),
         "{mine:?}"
     );
-    bob.call("job", json!({"action": "kill", "job": sleeper}))
-        .await;
+    bob.job("kill", &sleeper).await;
 }
 
 #[tokio::test]
 async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let nats = Nats::start().await;
     let _web = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).policy(OWNERS_POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(owners_policy()).start().await;
     let bob = gw.client("bob").await;
     let alice = gw.client("alice").await;
     let secret = job_of(&bob, "web-1", "echo secret-output", false).await;
     let running = job_of(&bob, "web-1", "echo first; sleep 300", true).await;
     let cursor = eventually(Duration::from_secs(10), || async {
-        let out = bob
-            .call("job", json!({"action": "poll", "job": running}))
-            .await;
+        let out = bob.job("poll", &running).await;
         (out.structured()["lines"] == json!(1))
             .then(|| out.structured()["next_cursor"].as_str().map(String::from))
             .flatten()
@@ -558,20 +446,20 @@ async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let garbage = alice
         .call("job", json!({"action": "poll", "cursor": "garbage"}))
         .await;
-    assert_refused(&garbage, "bad_cursor", "not one this gateway issued");
+    garbage.assert_refused_as("bad_cursor", "not one this gateway issued");
 
     // bob's own cursor, replayed by alice: the same answer as garbage.
     let out = alice
         .call("job", json!({"action": "poll", "cursor": cursor}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     assert_eq!(out.text(), garbage.text());
     // A cursor made up to name bob's finished job: his output stays his.
     let forged = URL_SAFE_NO_PAD.encode(format!("1:web-1:{secret}:1:0"));
     let out = alice
         .call("job", json!({"action": "poll", "cursor": forged}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     assert!(!out.text().contains("secret-output"), "{}", out.text());
     // bob's cursor moved to his other job does not open for bob either.
     let (plain, tag) = cursor.split_once('.').unwrap_or((cursor.as_str(), ""));
@@ -582,15 +470,14 @@ async fn cursors_open_only_for_the_user_and_the_job_they_were_issued_for() {
     let out = bob
         .call("job", json!({"action": "poll", "cursor": moved}))
         .await;
-    assert_refused(&out, "bad_cursor", "not one this gateway issued");
+    out.assert_refused_as("bad_cursor", "not one this gateway issued");
     // Unchanged, it still works for bob.
     let out = bob
         .call("job", json!({"action": "poll", "cursor": cursor}))
         .await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["done"], json!(false));
-    bob.call("job", json!({"action": "kill", "job": running}))
-        .await;
+    bob.job("kill", &running).await;
 }
 
 #[tokio::test]
@@ -599,9 +486,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     let _web = NodeAgent::new(&nats, "web-1").start().await;
     let _db = NodeAgent::new(&nats, "db-1").start().await;
     let gw = Gateway::new(&nats)
-        .policy(&format!(
-            "{OWNERS_POLICY}\n[users.root]\ntier = \"dangerous\"\nhosts = [\"*\"]\n"
-        ))
+        .policy(owners_policy().user("root", Tier::Dangerous, &["*"]))
         .start()
         .await;
     let bob = gw.client("bob").await;
@@ -609,9 +494,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     let sleeper = job_of(&bob, "web-1", "echo started; sleep 300", true).await;
     let finished = job_of(&bob, "web-1", "echo bobs-output", false).await;
 
-    let out = olive
-        .call("job", json!({"action": "poll", "job": finished}))
-        .await;
+    let out = olive.job("poll", &finished).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(out.structured()["output"], json!("bobs-output\n"));
     assert_eq!(out.structured()["job"]["user"], json!("bob"));
@@ -633,9 +516,7 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
         listed(&olive.call("job", json!({"action": "list"})).await).is_empty(),
         "by default an operator lists their own jobs"
     );
-    let out = olive
-        .call("job", json!({"action": "kill", "job": sleeper}))
-        .await;
+    let out = olive.job("kill", &sleeper).await;
     assert!(!out.is_error(), "{}", out.text());
     assert_eq!(
         out.structured()["job"]["state"],
@@ -647,10 +528,8 @@ async fn operators_follow_list_and_kill_other_users_jobs_within_their_reach() {
     // Operator rights do not widen reach: a job on db-1 is named, but denied.
     let root = gw.client("root").await;
     let on_db = job_of(&root, "db-1", "echo db", false).await;
-    let out = olive
-        .call("job", json!({"action": "poll", "job": on_db}))
-        .await;
-    assert_refused(&out, "denied", "db-1");
+    let out = olive.job("poll", &on_db).await;
+    out.assert_refused_as("denied", "db-1");
 }
 
 #[tokio::test]
@@ -661,7 +540,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
         .arg("--file-root", root.path())
         .start()
         .await;
-    let gw = Gateway::new(&nats).policy(POLICY).start().await;
+    let gw = Gateway::new(&nats).policy(policy()).start().await;
     let carol = gw.client("carol").await;
 
     // carol is readonly: a write in disguise must not get past the gateway's tier check.
@@ -677,7 +556,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
                 json!({"host": "web-1", "action": action, "path": marker, "content": "x\n"}),
             )
             .await;
-        assert_refused(&out, "invalid_arguments", "`action`");
+        out.assert_refused_as("invalid_arguments", "`action`");
         assert!(!marker.exists(), "the disguised write ran");
     }
     let out = carol
@@ -686,21 +565,21 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
             json!({"action": {"kill": null}, "job": "x-12345678"}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`action`");
+    out.assert_refused_as("invalid_arguments", "`action`");
     let out = carol
         .call(
             "facts",
             json!({"action": {"refresh": null}, "hosts": "web-1"}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`action`");
+    out.assert_refused_as("invalid_arguments", "`action`");
     let out = carol
         .call(
             "grep",
             json!({"hosts": "web-1", "pattern": "x", "mode": {"count": null}}),
         )
         .await;
-    assert_refused(&out, "invalid_arguments", "`mode`");
+    out.assert_refused_as("invalid_arguments", "`mode`");
     // The documented shape still works within the tier, and is refused outside it.
     let out = carol
         .call(
@@ -708,7 +587,7 @@ async fn an_action_in_any_other_shape_than_its_name_is_refused_before_it_is_chec
             json!({"host": "web-1", "action": "write", "path": marker, "content": "x\n"}),
         )
         .await;
-    assert_refused(&out, "tier", "needs tier standard");
+    out.assert_refused_as("tier", "needs tier standard");
     let out = carol
         .call(
             "file",
