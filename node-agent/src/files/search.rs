@@ -1,4 +1,4 @@
-//! The one searcher over files inside the allowed roots (ripgrep's crates, never a shell): the file tool's grep and the fan-out grep both drive it.
+//! The searcher over files inside the allowed roots (ripgrep's crates, never a shell) that grep drives.
 //!
 //! A [`Search`] walks a file or a directory tree in path order, opens every file through the
 //! roots' checks, and reports matching lines and their context to a [`Hits`], which decides what
@@ -55,14 +55,12 @@ pub trait Hits {
     /// The file's search ended. `binary` when a NUL byte was found: the file was searched only
     /// up to it (not at all when it sits in the first 64 KiB, before any match is reported).
     fn close(&mut self, binary: bool);
-    /// Whether the walk should stop before the next file (a cap was reached).
-    fn full(&self) -> bool;
 }
 
 /// How a walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Walked {
-    /// Every file was searched, or [`Hits::full`] stopped the walk.
+    /// Every file was searched.
     Done,
     /// The deadline passed; what was found so far was reported.
     TimedOut,
@@ -153,9 +151,6 @@ impl<'r> Search<'r> {
             };
             if !entry.file_type().is_some_and(|t| t.is_file()) {
                 continue;
-            }
-            if hits.full() {
-                break;
             }
             if self.file(entry.path(), hits) == Walked::TimedOut {
                 return Ok(Walked::TimedOut);
@@ -295,9 +290,6 @@ mod tests {
         }
         fn close(&mut self, binary: bool) {
             self.0.push(format!("close:{binary}"));
-        }
-        fn full(&self) -> bool {
-            false
         }
     }
 
