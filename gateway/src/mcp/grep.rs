@@ -11,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
-use super::progress::{self, McpProgress};
 use super::{Call, dispatch, seconds, structured};
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, Amount, HostStatus, Outcome, Plan, ResolveError, Targets};
+use crate::core::fanout::{self, Amount, HostStatus, Outcome, Plan};
 
 /// Per-host timeout when the call names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,27 +230,7 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         None => DEFAULT_TIMEOUT,
     };
     let config = &call.state.config;
-    let targets = Targets::resolve(
-        &call.state.mesh,
-        &params.hosts,
-        &config.groups,
-        &super::reach::of(call),
-        config.fanout_max_hosts,
-    )
-    .await
-    .map_err(|e| match e {
-        ResolveError::Mesh(e) => ToolError::from(e),
-        other => ToolError::invalid("grep", other.to_string()),
-    })?;
-    if targets.is_empty() {
-        return Err(ToolError::invalid(
-            "grep",
-            format!(
-                "selector `{}` matches no host you may reach; `hosts` shows what a selector matches",
-                params.hosts
-            ),
-        ));
-    }
+    let targets = super::fleet::some_targets(call, "grep", &params.hosts).await?;
     crate::core::approvals::gate(
         &call.gate(),
         crate::core::approvals::Request::for_targets(
@@ -314,29 +293,19 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         max_failures: None,
         cancel: call.context.ct.clone(),
     };
-    let progress = McpProgress::for_request(call.context, "hosts searched");
-    let report = fanout::run(
-        &call.state.mesh,
-        targets,
-        &plan,
-        progress::reporter(&progress),
-        |host| {
-            let request = request.clone();
-            async move {
-                search(
-                    call,
-                    host,
-                    request,
-                    timeout + call.state.config.request_timeout,
-                )
-                .await
-            }
-        },
-    )
+    let report = super::fleet::run(call, targets, &plan, "hosts searched", |host| {
+        let request = request.clone();
+        async move {
+            search(
+                call,
+                host,
+                request,
+                timeout + call.state.config.request_timeout,
+            )
+            .await
+        }
+    })
     .await;
-    if let Some(p) = progress {
-        p.finish().await;
-    }
 
     let total_matches: u64 = report
         .outcomes
