@@ -268,25 +268,25 @@ impl Hits for Found {
         self.attach_after = false;
     }
 
-    fn matched(&mut self, line_number: u64, line: &[u8]) -> bool {
+    fn matched(&mut self, line_number: u64, line: &[u8]) {
         self.reply.total_matches += 1;
         self.file_matches += 1;
         if let Some(digest) = &mut self.digest {
             digest.add(search::trim_terminator(line));
         }
         if self.mode != GrepMode::Matches {
-            return true;
+            return;
         }
         self.attach_after = false;
         if self.cut.is_some() {
             self.before.clear();
-            return true;
+            return;
         }
         if self.reply.matches.len() >= self.max_results {
             let max = self.max_results;
             self.cut(|| format!("max_matches {max} reached"));
             self.before.clear();
-            return true;
+            return;
         }
         let text = self.line(line);
         let before = std::mem::take(&mut self.before);
@@ -296,7 +296,7 @@ impl Hits for Found {
             + before.iter().map(|l| l.len() + 2).sum::<usize>();
         if self.bytes + size > self.max_bytes {
             self.budget_cut();
-            return true;
+            return;
         }
         self.bytes += size;
         self.reply.matches.push(pb::GrepMatch {
@@ -307,32 +307,29 @@ impl Hits for Found {
             after: Vec::new(),
         });
         self.attach_after = true;
-        true
     }
 
-    fn before(&mut self, line: &[u8]) -> bool {
+    fn before(&mut self, line: &[u8]) {
         if self.cut.is_none() {
             let text = self.line(line);
             self.before.push(text);
         }
-        true
     }
 
-    fn after(&mut self, line: &[u8]) -> bool {
+    fn after(&mut self, line: &[u8]) {
         if !self.attach_after {
-            return true;
+            return;
         }
         let text = self.line(line);
         if self.bytes + text.len() + 2 > self.max_bytes {
             self.attach_after = false;
             self.budget_cut();
-            return true;
+            return;
         }
         if let Some(last) = self.reply.matches.last_mut() {
             self.bytes += text.len() + 2;
             last.after.push(text);
         }
-        true
     }
 
     fn close(&mut self, binary: bool) {
