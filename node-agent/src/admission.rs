@@ -117,11 +117,11 @@ impl Admission {
             Order::File(spec) => {
                 spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;
             }
-            // Fan-out grep and facts act as the agent, but a user without an account on this
-            // host is refused for them too.
             Order::Grep(spec) => {
-                self.run_as.resolve(host, &spec.user, &run_as)?;
+                spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;
             }
+            // Facts act as the agent, but a user without an account on this host is refused
+            // for them too.
             Order::Facts(spec) => {
                 self.run_as.resolve(host, &spec.user, &run_as)?;
             }

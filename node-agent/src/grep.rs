@@ -1,4 +1,4 @@
-//! This host's share of a fan-out `grep`: several paths inside the roots, three result modes, caps, and the digest of every matching line.
+//! Grep on this host — a share of a fan-out `grep`, or the `file` tool's grep of one path: several paths inside the roots, three result modes, caps, and the digest of every matching line.
 //!
 //! Every path is checked like a file-tool path; one that fails goes to `path_errors` and the
 //! others are still searched (a request where every path fails is refused, naming each). Paths
@@ -15,7 +15,7 @@ use execmesh_proto::pb::{self, ErrorCode, GrepMode};
 
 use crate::digest::{self, Digest};
 use crate::files::search::{self, Hits, Query, Search, Walked};
-use crate::files::{Files, clamp};
+use crate::files::{FileError, Files, clamp};
 
 /// Longest line kept whole when the request names no limit.
 pub const DEFAULT_MAX_LINE_BYTES: u32 = 1024;
@@ -49,6 +49,9 @@ pub enum GrepError {
     /// The request cannot be carried out as asked (pattern, glob, mode, too many paths).
     #[error("{0}")]
     Invalid(String),
+    /// The search could not run as the request's account, or its worker failed.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Not one of the paths could be searched; each problem names its path.
     #[error("no path could be searched: {}", problems.join("; "))]
     NoPath {
@@ -65,6 +68,7 @@ impl GrepError {
     pub fn code(&self) -> ErrorCode {
         match self {
             GrepError::Invalid(_) => ErrorCode::Invalid,
+            GrepError::File(e) => e.code(),
             GrepError::NoPath { code, .. } => *code,
         }
     }
@@ -114,7 +118,7 @@ pub fn grep(
             0
         },
         globs: &req.globs,
-        hidden: false,
+        hidden: req.hidden,
     };
     let mut search = Search::new(files.roots(), &query, deadline).map_err(invalid)?;
 
@@ -264,25 +268,25 @@ impl Hits for Found {
         self.attach_after = false;
     }
 
-    fn matched(&mut self, line_number: u64, line: &[u8]) -> bool {
+    fn matched(&mut self, line_number: u64, line: &[u8]) {
         self.reply.total_matches += 1;
         self.file_matches += 1;
         if let Some(digest) = &mut self.digest {
             digest.add(search::trim_terminator(line));
         }
         if self.mode != GrepMode::Matches {
-            return true;
+            return;
         }
         self.attach_after = false;
         if self.cut.is_some() {
             self.before.clear();
-            return true;
+            return;
         }
         if self.reply.matches.len() >= self.max_results {
             let max = self.max_results;
             self.cut(|| format!("max_matches {max} reached"));
             self.before.clear();
-            return true;
+            return;
         }
         let text = self.line(line);
         let before = std::mem::take(&mut self.before);
@@ -292,7 +296,7 @@ impl Hits for Found {
             + before.iter().map(|l| l.len() + 2).sum::<usize>();
         if self.bytes + size > self.max_bytes {
             self.budget_cut();
-            return true;
+            return;
         }
         self.bytes += size;
         self.reply.matches.push(pb::GrepMatch {
@@ -303,32 +307,29 @@ impl Hits for Found {
             after: Vec::new(),
         });
         self.attach_after = true;
-        true
     }
 
-    fn before(&mut self, line: &[u8]) -> bool {
+    fn before(&mut self, line: &[u8]) {
         if self.cut.is_none() {
             let text = self.line(line);
             self.before.push(text);
         }
-        true
     }
 
-    fn after(&mut self, line: &[u8]) -> bool {
+    fn after(&mut self, line: &[u8]) {
         if !self.attach_after {
-            return true;
+            return;
         }
         let text = self.line(line);
         if self.bytes + text.len() + 2 > self.max_bytes {
             self.attach_after = false;
             self.budget_cut();
-            return true;
+            return;
         }
         if let Some(last) = self.reply.matches.last_mut() {
             self.bytes += text.len() + 2;
             last.after.push(text);
         }
-        true
     }
 
     fn close(&mut self, binary: bool) {
@@ -360,49 +361,24 @@ impl Hits for Found {
             count: self.file_matches,
         });
     }
-
-    fn full(&self) -> bool {
-        // Every matching line is counted, so the walk goes on past the caps.
-        false
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::{Limits, Roots};
-
-    struct Fixture {
-        files: Files,
-        root: PathBuf,
-        _dir: tempfile::TempDir,
-    }
+    use crate::files::fixture::Fixture;
+    use std::os::unix::fs::symlink;
 
     fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        let write = |rel: &str, text: &str| {
-            let path = root.join(rel);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, text).unwrap();
-        };
-        write(
+        let fx = Fixture::new();
+        fx.write(
             "app/a.log",
             "start\nERROR db timeout after 31ms\nok\nERROR db timeout after 45ms\nend\n",
         );
-        write("app/b.log", "ERROR disk /dev/sda1 full\nfine\n");
-        write("app/c.txt", "ERROR in text\n");
-        write("other/d.log", "nothing here\n");
-        let limits = Limits {
-            max_read_bytes: 1 << 20,
-            max_write_bytes: 1 << 20,
-            max_copy_bytes: 1 << 20,
-        };
-        Fixture {
-            files: Files::with(Roots::new(std::slice::from_ref(&root)), limits),
-            root,
-            _dir: dir,
-        }
+        fx.write("app/b.log", "ERROR disk /dev/sda1 full\nfine\n");
+        fx.write("app/c.txt", "ERROR in text\n");
+        fx.write("other/d.log", "nothing here\n");
+        fx
     }
 
     fn limits() -> GrepLimits {
@@ -415,10 +391,6 @@ mod tests {
     }
 
     impl Fixture {
-        fn path(&self, rel: &str) -> String {
-            self.root.join(rel).display().to_string()
-        }
-
         fn run(&self, req: pb::GrepRequest) -> Result<pb::GrepReply, GrepError> {
             let deadline = Instant::now() + Duration::from_secs(30);
             grep(&self.files, &limits(), req, 1 << 20, deadline)
@@ -585,5 +557,138 @@ mod tests {
             (m.line, &m.before[..], &m.after[..]),
             (2, &["start".to_string()][..], &["ok".to_string()][..])
         );
+    }
+
+    /// A search for `pattern` under the whole root (a grep of one path, as the file tool sends).
+    fn request(fx: &Fixture, pattern: &str) -> pb::GrepRequest {
+        pb::GrepRequest {
+            paths: vec![fx.path("")],
+            pattern: pattern.into(),
+            ..Default::default()
+        }
+    }
+
+    fn hits(reply: &pb::GrepReply) -> Vec<(String, u64, String)> {
+        reply
+            .matches
+            .iter()
+            .map(|m| {
+                let rel = m.path.rsplit('/').next().unwrap_or_default().to_string();
+                (rel, m.line, m.text.clone())
+            })
+            .collect()
+    }
+
+    fn logs() -> Fixture {
+        let fx = Fixture::new();
+        fx.write("b.log", "ok\nERROR disk full\nok\n");
+        fx.write("a.log", "Error: one\nfine\nerror two\n");
+        fx.write("sub/c.txt", "error in txt\n");
+        fx.write(".hidden.log", "error hidden\n");
+        let mut bin = b"error before nul\n".to_vec();
+        bin.push(0);
+        fx.write("blob.bin", bin);
+        fx
+    }
+
+    #[test]
+    fn regex_search_is_sorted_by_path_and_skips_binary_files() {
+        let fx = logs();
+        let reply = fx.run(request(&fx, "error|ERROR")).unwrap();
+        assert_eq!(
+            hits(&reply),
+            [
+                ("a.log".into(), 3, "error two".into()),
+                ("b.log".into(), 2, "ERROR disk full".into()),
+                ("c.txt".into(), 1, "error in txt".into()),
+            ]
+        );
+        assert_eq!(reply.binary_skipped, 1);
+        assert_eq!((reply.files_searched, reply.files_matched), (3, 3));
+        assert!(!reply.truncated);
+    }
+
+    #[test]
+    fn ignore_case_fixed_strings_hidden_and_globs() {
+        let fx = logs();
+        let mut req = request(&fx, "error");
+        req.ignore_case = true;
+        req.globs = vec!["*.log".into()];
+        let reply = fx.run(req.clone()).unwrap();
+        assert_eq!(reply.matches.len(), 3);
+        assert!(reply.matches.iter().all(|m| m.path.ends_with(".log")));
+        req.hidden = true;
+        assert_eq!(fx.run(req).unwrap().matches.len(), 4);
+
+        fx.write("re.txt", "a.b\naxb\n");
+        let mut req = request(&fx, "a.b");
+        req.globs = vec!["re.txt".into()];
+        assert_eq!(fx.run(req.clone()).unwrap().matches.len(), 2);
+        req.fixed = true;
+        let reply = fx.run(req).unwrap();
+        assert_eq!(hits(&reply), [("re.txt".into(), 1, "a.b".into())]);
+    }
+
+    #[test]
+    fn context_lines_come_before_and_after_each_match() {
+        let fx = Fixture::new();
+        fx.write("f", "1\n2\nhit a\n4\n5\n6\n7\nhit b\n9\n");
+        let mut req = request(&fx, "hit");
+        req.paths = vec![fx.path("f")];
+        req.context = 2;
+        let reply = fx.run(req).unwrap();
+        let [a, b] = &reply.matches[..] else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            (a.line, a.before.clone(), a.after.clone()),
+            (
+                3,
+                vec!["1".to_string(), "2".into()],
+                vec!["4".to_string(), "5".into()]
+            )
+        );
+        assert_eq!(
+            (b.line, b.before.clone(), b.after.clone()),
+            (8, vec!["6".to_string(), "7".into()], vec!["9".to_string()])
+        );
+    }
+
+    #[test]
+    fn max_matches_truncates_and_long_lines_are_clamped() {
+        let fx = Fixture::new();
+        let lines: String = (0..50)
+            .map(|i| format!("match {i} {}\n", "y".repeat(200)))
+            .collect();
+        fx.write("many", lines);
+        let mut req = request(&fx, "match");
+        req.max_matches = 10;
+        req.max_line_bytes = 20;
+        let reply = fx.run(req).unwrap();
+        assert_eq!(reply.matches.len(), 10);
+        assert!(reply.truncated);
+        assert!(
+            reply.matches[0].text.contains("[line clamped:"),
+            "{}",
+            reply.matches[0].text
+        );
+        assert!(reply.matches[0].text.starts_with("match 0 yyyy"));
+    }
+
+    #[test]
+    fn symlinks_out_of_the_roots_are_not_searched_and_bad_patterns_are_invalid() {
+        let fx = Fixture::new();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "needle\n").unwrap();
+        symlink(outside.path(), fx.abs("out")).unwrap();
+        symlink(outside.path().join("secret"), fx.abs("secret-link")).unwrap();
+        let reply = fx.run(request(&fx, "needle")).unwrap();
+        assert!(reply.matches.is_empty(), "{reply:?}");
+        let mut req = request(&fx, "needle");
+        req.paths = vec![fx.path("out")];
+        assert_eq!(fx.run(req).unwrap_err().code(), ErrorCode::OutsideRoots);
+        let err = fx.run(request(&fx, "(unclosed")).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Invalid, "{err}");
+        assert!(err.to_string().contains("regex"), "{err}");
     }
 }

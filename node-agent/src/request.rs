@@ -58,7 +58,7 @@ pub struct FileSpec {
     pub account: Option<Account>,
 }
 
-/// A validated fan-out grep share. Its paths, pattern and globs are checked by the search.
+/// A validated grep. Its paths, pattern and globs are checked by the search.
 #[derive(Debug, Clone)]
 pub struct GrepSpec {
     pub job: Token,
@@ -68,6 +68,8 @@ pub struct GrepSpec {
     /// Unix milliseconds after which the caller no longer waits: the search stops then.
     pub expires_at_ms: u64,
     pub request: pb::GrepRequest,
+    /// The account the search acts as; `None`: the agent's own. Set by admission.
+    pub account: Option<Account>,
 }
 
 /// A validated request for the host's fact pack.
@@ -231,6 +233,7 @@ pub fn order(
                 trace_id,
                 expires_at_ms: req.expires_at_ms,
                 request,
+                account: None,
             }));
         }
         Some(pb::exec_request::Body::Facts(facts)) => {

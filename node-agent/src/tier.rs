@@ -22,7 +22,6 @@ pub fn needed(body: Option<&exec_request::Body>) -> (Tier, &'static str) {
             Some(Op::Read(_) | Op::ChunkRead(_)) => (Tier::Readonly, "reading a file"),
             Some(Op::Stat(_)) => (Tier::Readonly, "a file stat"),
             Some(Op::List(_)) => (Tier::Readonly, "listing a directory"),
-            Some(Op::Grep(_)) => (Tier::Readonly, "searching files"),
             Some(Op::Write(w)) if w.append => (Tier::Standard, "appending to a file"),
             Some(Op::Write(_)) => (Tier::Standard, "writing a file"),
             Some(Op::Move(_)) => (Tier::Dangerous, "moving a file"),
@@ -99,7 +98,6 @@ mod tests {
         let cases = [
             (run(), Tier::Standard),
             (file(Op::Read(Default::default())), Tier::Readonly),
-            (file(Op::Grep(Default::default())), Tier::Readonly),
             (file(Op::Write(Default::default())), Tier::Standard),
             (file(Op::Move(Default::default())), Tier::Dangerous),
             (file(Op::Delete(Default::default())), Tier::Dangerous),

@@ -450,7 +450,6 @@ pub fn request_name(body: &pb::exec_request::Body) -> String {
                 Some(Op::Read(_)) => "read",
                 Some(Op::Stat(_)) => "stat",
                 Some(Op::List(_)) => "list",
-                Some(Op::Grep(_)) => "grep",
                 Some(Op::Write(w)) if w.append => "append",
                 Some(Op::Write(_)) => "write",
                 Some(Op::Move(_)) => "move",

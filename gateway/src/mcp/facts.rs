@@ -10,10 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
-use super::progress::{self, McpProgress};
 use super::{Call, dispatch, structured};
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, HostStatus, Outcome, Plan, ResolveError, Targets};
+use crate::core::fanout::{self, HostStatus, Outcome, Plan, Targets};
 use crate::core::mesh::HostRecord;
 
 /// How long one host may take to collect its facts on `refresh`.
@@ -128,19 +127,7 @@ pub fn definition() -> Tool {
 pub async fn call(call: &Call<'_>, params: FactsParams) -> Result<CallToolResult, ToolError> {
     let action = params.action.unwrap_or(FactsAction::Get);
     let selector = params.hosts.unwrap_or_else(|| "*".to_string());
-    let config = &call.state.config;
-    let targets = Targets::resolve(
-        &call.state.mesh,
-        &selector,
-        &config.groups,
-        &super::reach::of(call),
-        config.fanout_max_hosts,
-    )
-    .await
-    .map_err(|e| match e {
-        ResolveError::Mesh(e) => ToolError::from(e),
-        other => ToolError::invalid("facts", other.to_string()),
-    })?;
+    let targets = super::fleet::targets(call, "facts", &selector).await?;
     let action_name = action.as_str();
     crate::core::approvals::gate(
         &call.gate(),
@@ -197,32 +184,22 @@ async fn refresh(call: &Call<'_>, targets: Targets, now: u64) -> (Vec<HostFactsV
         max_failures: None,
         cancel: call.context.ct.clone(),
     };
-    let progress = McpProgress::for_request(call.context, "hosts refreshed");
-    let report = fanout::run(
-        &call.state.mesh,
-        targets,
-        &plan,
-        progress::reporter(&progress),
-        |host| async move {
-            let id = dispatch::request_id("facts");
-            let body = pb::exec_request::Body::Facts(pb::FactsRequest { refresh: true });
-            let wait = REFRESH_TIMEOUT + call.state.config.request_timeout;
-            match dispatch::send(call, &host, &id, body, wait).await {
-                Ok(pb::exec_reply::Body::Facts(pb::FactsReply { facts: Some(facts) })) => {
-                    Outcome::new(host, HostStatus::Ok, "facts collected").with_value(facts)
-                }
-                Ok(_) => {
-                    let reason = format!("host {host} sent no facts");
-                    Outcome::new(host, HostStatus::Error, reason)
-                }
-                Err(e) => fanout::classify(host, e),
+    let report = super::fleet::run(call, targets, &plan, "hosts refreshed", |host| async move {
+        let id = dispatch::request_id("facts");
+        let body = pb::exec_request::Body::Facts(pb::FactsRequest { refresh: true });
+        let wait = REFRESH_TIMEOUT + call.state.config.request_timeout;
+        match dispatch::send(call, &host, &id, body, wait).await {
+            Ok(pb::exec_reply::Body::Facts(pb::FactsReply { facts: Some(facts) })) => {
+                Outcome::new(host, HostStatus::Ok, "facts collected").with_value(facts)
             }
-        },
-    )
+            Ok(_) => {
+                let reason = format!("host {host} sent no facts");
+                Outcome::new(host, HostStatus::Error, reason)
+            }
+            Err(e) => fanout::classify(host, e),
+        }
+    })
     .await;
-    if let Some(p) = progress {
-        p.finish().await;
-    }
     let summary = report.summary();
     let hosts = report
         .outcomes

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use execmesh_proto::{Token, pb};
 
+use super::grep::MatchView;
 use super::{Call, dispatch, structured};
 use crate::core::error::{ToolError, ToolError as E};
 
@@ -24,6 +25,8 @@ const RAW_DEFAULT: u32 = 256 * 1024;
 const RAW_CEILING: u32 = 768 * 1024;
 /// How long a file request (a grep over a large tree) may take.
 const FILE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Matches a `grep` returns when the call names no limit.
+const DEFAULT_GREP_MATCHES: u32 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -222,17 +225,6 @@ pub struct EntryView {
     pub symlink_target: Option<String>,
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct MatchView {
-    pub path: String,
-    pub line: u64,
-    pub text: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub before: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub after: Vec<String>,
-}
-
 pub fn definition() -> Tool {
     super::tool::<FileParams, FileResult>(
         "file",
@@ -280,6 +272,7 @@ pub async fn call(call: &Call<'_>, params: FileParams) -> Result<CallToolResult,
     match params.action {
         FileAction::Read => read(call, &host, &params).await,
         FileAction::Copy => copy(call, &host, &params).await,
+        FileAction::Grep => grep(call, &host, &params).await,
         _ => single(call, &host, &params).await,
     }
 }
@@ -322,7 +315,7 @@ async fn send_file(
     }
 }
 
-/// stat, list, grep, write, append, move, delete: one request, one reply.
+/// stat, list, write, append, move, delete: one request, one reply.
 async fn single(
     call: &Call<'_>,
     host: &Token,
@@ -338,21 +331,6 @@ async fn single(
             max_depth: params.max_depth.unwrap_or(0),
             max_entries: params.max_entries.unwrap_or(0),
             hidden: params.hidden.unwrap_or(false),
-        }),
-        FileAction::Grep => Op::Grep(pb::FileGrep {
-            path: path.clone(),
-            pattern: params
-                .pattern
-                .clone()
-                .filter(|p| !p.is_empty())
-                .ok_or_else(|| E::invalid("file", "action `grep` needs a non-empty `pattern`"))?,
-            fixed: params.fixed.unwrap_or(false),
-            ignore_case: params.ignore_case.unwrap_or(false),
-            context: params.context.unwrap_or(0).min(100),
-            max_matches: params.max_matches.unwrap_or(0),
-            globs: params.globs.clone().unwrap_or_default(),
-            hidden: params.hidden.unwrap_or(false),
-            max_line_bytes: call.state.config.max_line_bytes as u32,
         }),
         FileAction::Write | FileAction::Append => Op::Write(pb::FileWrite {
             path: path.clone(),
@@ -371,7 +349,7 @@ async fn single(
             path: path.clone(),
             recursive: params.recursive.unwrap_or(false),
         }),
-        FileAction::Read | FileAction::Copy => unreachable_action()?,
+        FileAction::Read | FileAction::Copy | FileAction::Grep => unreachable_action()?,
     };
     let mut result = FileResult {
         host: host.to_string(),
@@ -434,43 +412,6 @@ async fn single(
             result.entries = Some(entries);
             text
         }
-        pb::file_reply::Result::Grep(g) => {
-            let matches: Vec<MatchView> = g
-                .matches
-                .into_iter()
-                .map(|m| MatchView {
-                    path: m.path,
-                    line: m.line,
-                    text: m.text,
-                    before: m.before,
-                    after: m.after,
-                })
-                .collect();
-            let mut text = format!(
-                "{} match(es) in {} of {} file(s) searched under {} on {host}{}\n",
-                matches.len(),
-                g.files_matched,
-                g.files_searched,
-                result.path,
-                if g.truncated {
-                    " (cut at max_matches)"
-                } else {
-                    ""
-                }
-            );
-            for m in &matches {
-                text.push_str(&format!(
-                    "{}:{}: {}\n",
-                    m.path,
-                    m.line,
-                    m.text.trim_end_matches('\n')
-                ));
-            }
-            result.truncated = Some(g.truncated);
-            result.files_searched = Some(g.files_searched);
-            result.matches = Some(matches);
-            text
-        }
         pb::file_reply::Result::Write(w) => {
             let verb = if params.action == FileAction::Append {
                 "appended to"
@@ -501,9 +442,69 @@ async fn single(
     structured(&result, vec![text])
 }
 
+/// `grep`: a grep of one path, sent as the `grep` tool sends its requests (the host's grep
+/// limits, roots and run-as account apply alike), shown as the file tool shows matches.
+async fn grep(
+    call: &Call<'_>,
+    host: &Token,
+    params: &FileParams,
+) -> Result<CallToolResult, ToolError> {
+    let path = path_arg(params, "path", params.path.as_ref())?;
+    let request = pb::GrepRequest {
+        paths: vec![path.clone()],
+        pattern: params
+            .pattern
+            .clone()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| E::invalid("file", "action `grep` needs a non-empty `pattern`"))?,
+        fixed: params.fixed.unwrap_or(false),
+        ignore_case: params.ignore_case.unwrap_or(false),
+        context: params.context.unwrap_or(0).min(100),
+        max_matches: params
+            .max_matches
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_GREP_MATCHES),
+        globs: params.globs.clone().unwrap_or_default(),
+        hidden: params.hidden.unwrap_or(false),
+        max_line_bytes: call.state.config.max_line_bytes as u32,
+        ..Default::default()
+    };
+    let g = super::grep::send(call, host, request, FILE_TIMEOUT).await?;
+    let matches: Vec<MatchView> = g.matches.into_iter().map(MatchView::from).collect();
+    let mut text = format!(
+        "{} match(es) in {} of {} file(s) searched under {path} on {host}{}\n",
+        matches.len(),
+        g.files_matched,
+        g.files_searched,
+        if g.truncated {
+            " (cut at max_matches)"
+        } else {
+            ""
+        }
+    );
+    for m in &matches {
+        text.push_str(&format!(
+            "{}:{}: {}\n",
+            m.path,
+            m.line,
+            m.text.trim_end_matches('\n')
+        ));
+    }
+    let result = FileResult {
+        host: host.to_string(),
+        action: params.action.as_str().to_string(),
+        path,
+        truncated: Some(g.truncated),
+        files_searched: Some(g.files_searched),
+        matches: Some(matches),
+        ..Default::default()
+    };
+    structured(&result, vec![text])
+}
+
 fn unreachable_action() -> Result<pb::file_request::Op, ToolError> {
     Err(E::Mesh(
-        "internal: read and copy are handled elsewhere".into(),
+        "internal: read, copy and grep are handled elsewhere".into(),
     ))
 }
 

@@ -11,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use execmesh_proto::{Token, pb};
 
-use super::progress::{self, McpProgress};
 use super::{Call, dispatch, seconds, structured};
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, Amount, HostStatus, Outcome, Plan, ResolveError, Targets};
+use crate::core::fanout::{self, Amount, HostStatus, Outcome, Plan};
 
 /// Per-host timeout when the call names none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,6 +148,18 @@ pub struct MatchView {
     pub after: Vec<String>,
 }
 
+impl From<pb::GrepMatch> for MatchView {
+    fn from(m: pb::GrepMatch) -> MatchView {
+        MatchView {
+            path: m.path,
+            line: m.line,
+            text: m.text,
+            before: m.before,
+            after: m.after,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct FileCount {
     pub path: String,
@@ -219,27 +230,7 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         None => DEFAULT_TIMEOUT,
     };
     let config = &call.state.config;
-    let targets = Targets::resolve(
-        &call.state.mesh,
-        &params.hosts,
-        &config.groups,
-        &super::reach::of(call),
-        config.fanout_max_hosts,
-    )
-    .await
-    .map_err(|e| match e {
-        ResolveError::Mesh(e) => ToolError::from(e),
-        other => ToolError::invalid("grep", other.to_string()),
-    })?;
-    if targets.is_empty() {
-        return Err(ToolError::invalid(
-            "grep",
-            format!(
-                "selector `{}` matches no host you may reach; `hosts` shows what a selector matches",
-                params.hosts
-            ),
-        ));
-    }
+    let targets = super::fleet::some_targets(call, "grep", &params.hosts).await?;
     crate::core::approvals::gate(
         &call.gate(),
         crate::core::approvals::Request::for_targets(
@@ -295,35 +286,26 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
         // common elsewhere still merge.
         max_groups: (max_groups * 5).clamp(100, 1000) as u32,
         max_line_bytes: config.max_line_bytes as u32,
+        hidden: false,
     };
     let plan = Plan {
         window,
         max_failures: None,
         cancel: call.context.ct.clone(),
     };
-    let progress = McpProgress::for_request(call.context, "hosts searched");
-    let report = fanout::run(
-        &call.state.mesh,
-        targets,
-        &plan,
-        progress::reporter(&progress),
-        |host| {
-            let request = request.clone();
-            async move {
-                search(
-                    call,
-                    host,
-                    request,
-                    timeout + call.state.config.request_timeout,
-                )
-                .await
-            }
-        },
-    )
+    let report = super::fleet::run(call, targets, &plan, "hosts searched", |host| {
+        let request = request.clone();
+        async move {
+            search(
+                call,
+                host,
+                request,
+                timeout + call.state.config.request_timeout,
+            )
+            .await
+        }
+    })
     .await;
-    if let Some(p) = progress {
-        p.finish().await;
-    }
 
     let total_matches: u64 = report
         .outcomes
@@ -359,45 +341,46 @@ pub async fn call(call: &Call<'_>, params: GrepParams) -> Result<CallToolResult,
     structured(&result, vec![text])
 }
 
+/// Sends one grep to `host` and waits up to `wait` for its reply: the one way a grep travels,
+/// for a fan-out's host and for the `file` tool's grep of one path alike.
+pub(super) async fn send(
+    call: &Call<'_>,
+    host: &Token,
+    request: pb::GrepRequest,
+    wait: Duration,
+) -> Result<pb::GrepReply, ToolError> {
+    let id = dispatch::request_id("grep");
+    match dispatch::send(call, host, &id, pb::exec_request::Body::Grep(request), wait).await? {
+        pb::exec_reply::Body::Grep(reply) => Ok(reply),
+        _ => Err(ToolError::bad_reply(
+            host,
+            &"it answered a grep request with something else",
+        )),
+    }
+}
+
+/// One host's share of a fan-out grep, as its outcome.
 async fn search(
     call: &Call<'_>,
     host: Token,
     request: pb::GrepRequest,
     wait: Duration,
 ) -> Outcome<pb::GrepReply> {
-    let id = dispatch::request_id("grep");
-    match dispatch::send(
-        call,
-        &host,
-        &id,
-        pb::exec_request::Body::Grep(request),
-        wait,
-    )
-    .await
-    {
-        Ok(pb::exec_reply::Body::Grep(reply)) => {
-            let reason = if reply.path_errors.is_empty() {
-                format!(
-                    "{} match(es) in {} of {} file(s)",
-                    reply.total_matches, reply.files_matched, reply.files_searched
-                )
-            } else {
-                format!(
-                    "{} match(es) in {} of {} file(s); {} path(s) not searched",
-                    reply.total_matches,
-                    reply.files_matched,
-                    reply.files_searched,
-                    reply.path_errors.len()
-                )
-            };
-            Outcome::new(host, HostStatus::Ok, reason).with_value(reply)
-        }
-        Ok(_) => {
-            let reason = format!("host {host} answered a grep request with something else");
-            Outcome::new(host, HostStatus::Error, reason)
-        }
-        Err(e) => fanout::classify(host, e),
+    let reply = match send(call, &host, request, wait).await {
+        Ok(reply) => reply,
+        Err(e) => return fanout::classify(host, e),
+    };
+    let mut reason = format!(
+        "{} match(es) in {} of {} file(s)",
+        reply.total_matches, reply.files_matched, reply.files_searched
+    );
+    if !reply.path_errors.is_empty() {
+        reason.push_str(&format!(
+            "; {} path(s) not searched",
+            reply.path_errors.len()
+        ));
     }
+    Outcome::new(host, HostStatus::Ok, reason).with_value(reply)
 }
 
 fn host_grep(o: Outcome<pb::GrepReply>) -> HostGrep {
@@ -415,17 +398,7 @@ fn host_grep(o: Outcome<pb::GrepReply>) -> HostGrep {
         view.truncated_reason = Some(reply.truncated_reason).filter(|r| !r.is_empty());
         view.digest_lines_ungrouped = reply.digest_lines_ungrouped;
         view.path_errors = reply.path_errors;
-        view.matches = reply
-            .matches
-            .into_iter()
-            .map(|m| MatchView {
-                path: m.path,
-                line: m.line,
-                text: m.text,
-                before: m.before,
-                after: m.after,
-            })
-            .collect();
+        view.matches = reply.matches.into_iter().map(MatchView::from).collect();
         view.files = reply
             .files
             .into_iter()

@@ -9,6 +9,7 @@ mod bash;
 mod dispatch;
 mod facts;
 mod file;
+mod fleet;
 mod grep;
 pub mod hosts;
 pub(crate) mod job;

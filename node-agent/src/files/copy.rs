@@ -16,7 +16,7 @@ use tracing::info;
 
 use super::Files;
 use super::error::FileError;
-use super::read::{identity, read_at, regular_file};
+use super::read::{identity, open_regular, read_at};
 use super::roots::{Final, Parents};
 use super::write::{DEFAULT_MODE, Keep, Temp};
 
@@ -40,12 +40,7 @@ pub fn chunk_read(
         0 => MAX_CHUNK_BYTES,
         n => n.min(MAX_CHUNK_BYTES),
     } as usize;
-    let real = files.roots.resolve(raw)?;
-    let file = files.roots.open_file(&real, raw)?;
-    let meta = file
-        .metadata()
-        .map_err(|e| FileError::io(raw, "reading the status", e))?;
-    regular_file(raw, &meta)?;
+    let (real, file, meta) = open_regular(files, raw)?;
     let data = read_at(&file, req.offset, len).map_err(|e| FileError::io(raw, "reading", e))?;
     Ok(pb::FileChunkReadReply {
         path: real.display().to_string(),

@@ -1,4 +1,4 @@
-//! The `file` tool on this host: reads, stat, listings, search, writes, moves, deletes and chunked copies, all inside the allowed roots.
+//! The `file` tool on this host: reads, stat, listings, writes, moves, deletes and chunked copies, all inside the allowed roots (and the roots and workers a grep uses).
 //!
 //! Every operation is blocking file-system work: [`Files::serve`] runs it on the blocking pool,
 //! a few at a time, so a flood of searches cannot take every thread. Every path goes through
@@ -7,7 +7,6 @@
 pub(crate) mod clamp;
 mod copy;
 mod error;
-mod grep;
 mod list;
 mod read;
 mod roots;
@@ -23,6 +22,8 @@ use execmesh_proto::pb::{self, file_reply, file_request};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
+
+use crate::runas::{Account, FsCredentials};
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
 pub use error::FileError;
@@ -113,21 +114,38 @@ impl Files {
         &self.roots
     }
 
-    /// Runs one request on the blocking pool, once a worker permit is free.
-    pub async fn serve(
+    /// Runs `work` on a file worker ([`Files::run_blocking`]), acting as `account` when it is
+    /// not the agent's own: the kernel checks access as the account and new files belong to it.
+    /// Every request that touches files (file operations and greps) goes through here.
+    pub async fn run_as<T, E>(
         self: &Arc<Self>,
-        request: pb::FileRequest,
-        budget: Budget,
-    ) -> Result<pb::FileReply, FileError> {
-        self.run_blocking(move |files| files.handle(request, &budget))
-            .await
-            .unwrap_or_else(|e| {
-                Err(FileError::Io {
-                    path: String::new(),
-                    op: "the file task",
-                    source: e,
-                })
+        account: Option<Account>,
+        work: impl FnOnce(&Files) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<FileError> + Send + 'static,
+    {
+        let io_error = |op, source| {
+            E::from(FileError::Io {
+                path: String::new(),
+                op,
+                source,
             })
+        };
+        let account = account.filter(Account::switches);
+        self.run_blocking(move |files| {
+            let _as = match &account {
+                Some(account) => Some(
+                    FsCredentials::assume(account)
+                        .map_err(|e| io_error("taking on the run-as account", e))?,
+                ),
+                None => None,
+            };
+            work(files)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io_error("the file task", e)))
     }
 
     /// Runs `work` on the blocking pool once one of the [`FILE_WORKERS`] permits is free, so
@@ -167,7 +185,6 @@ impl Files {
             Op::Read(req) => Reply::Read(read::read(self, req, budget)?),
             Op::Stat(req) => Reply::Stat(stat::stat(self, req)?),
             Op::List(req) => Reply::List(list::list(self, req, budget)?),
-            Op::Grep(req) => Reply::Grep(grep::grep(self, req, budget)?),
             Op::Write(req) => Reply::Write(write::write(self, req)?),
             Op::Move(req) => Reply::Change(write::rename(self, req)?),
             Op::Delete(req) => Reply::Change(write::delete(self, req)?),
@@ -213,7 +230,6 @@ pub fn op_name(request: &pb::FileRequest) -> &'static str {
         Some(Op::Read(_)) => "read",
         Some(Op::Stat(_)) => "stat",
         Some(Op::List(_)) => "list",
-        Some(Op::Grep(_)) => "grep",
         Some(Op::Write(w)) if w.append => "append",
         Some(Op::Write(_)) => "write",
         Some(Op::Move(_)) => "move",
@@ -231,7 +247,6 @@ pub fn op_path(request: &pb::FileRequest) -> &str {
         Some(Op::Read(r)) => &r.path,
         Some(Op::Stat(r)) => &r.path,
         Some(Op::List(r)) => &r.path,
-        Some(Op::Grep(r)) => &r.path,
         Some(Op::Write(r)) => &r.path,
         Some(Op::Move(r)) => &r.from,
         Some(Op::Delete(r)) => &r.path,
@@ -241,9 +256,9 @@ pub fn op_path(request: &pb::FileRequest) -> &str {
     }
 }
 
-/// Test fixtures shared by the operations' unit tests.
+/// Test fixtures shared by the operations' and grep's unit tests.
 #[cfg(test)]
-mod fixture {
+pub(crate) mod fixture {
     use std::path::{Path, PathBuf};
 
     use super::*;

@@ -7,6 +7,7 @@
 use std::fs::{File, Metadata};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
 
 use execmesh_proto::pb;
 
@@ -56,12 +57,7 @@ pub fn read(
     budget: &Budget,
 ) -> Result<pb::FileReadReply, FileError> {
     let raw = req.path.as_str();
-    let real = files.roots.resolve(raw)?;
-    let file = files.roots.open_file(&real, raw)?;
-    let meta = file
-        .metadata()
-        .map_err(|e| FileError::io(raw, "reading the status", e))?;
-    regular_file(raw, &meta)?;
+    let (real, file, meta) = open_regular(files, raw)?;
     let cap = files
         .limits
         .max_read_bytes
@@ -137,8 +133,20 @@ pub fn read(
     Ok(reply)
 }
 
+/// Opens `raw` for reading through the roots' checks: its real path, the file and its status.
 /// Refuses what is not a regular file (directories, FIFOs, devices, sockets).
-pub fn regular_file(raw: &str, meta: &Metadata) -> Result<(), FileError> {
+pub fn open_regular(files: &Files, raw: &str) -> Result<(PathBuf, File, Metadata), FileError> {
+    let real = files.roots.resolve(raw)?;
+    let file = files.roots.open_file(&real, raw)?;
+    let meta = file
+        .metadata()
+        .map_err(|e| FileError::io(raw, "reading the status", e))?;
+    regular_file(raw, &meta)?;
+    Ok((real, file, meta))
+}
+
+/// Refuses what is not a regular file (directories, FIFOs, devices, sockets).
+fn regular_file(raw: &str, meta: &Metadata) -> Result<(), FileError> {
     if meta.is_dir() {
         return Err(FileError::is_a_directory(raw, "; list it instead"));
     }

@@ -449,6 +449,19 @@ mod tests {
         Roots::new(&[dir.to_path_buf()])
     }
 
+    /// A temp dir holding `root` (the only allowed root, with an empty `sub`) and a directory
+    /// outside it, for swapping `sub` for a symlink out.
+    fn swap_fixture() -> (tempfile::TempDir, PathBuf, PathBuf, Roots) {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        let root = base.join("root");
+        let outside_dir = base.join("outside");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::create_dir(&outside_dir).unwrap();
+        let roots = roots_at(&root);
+        (tmp, root, outside_dir, roots)
+    }
+
     #[test]
     fn normalisation_folds_dots_and_refuses_relative_paths() {
         assert_eq!(normalize("/tmp/./a/../b").unwrap(), PathBuf::from("/tmp/b"));
@@ -577,15 +590,9 @@ mod tests {
 
     #[test]
     fn a_component_swapped_after_the_check_is_caught_when_opening() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = fs::canonicalize(tmp.path()).unwrap();
-        let root = base.join("root");
-        let outside_dir = base.join("outside");
-        fs::create_dir_all(root.join("sub")).unwrap();
-        fs::create_dir(&outside_dir).unwrap();
+        let (_tmp, root, outside_dir, roots) = swap_fixture();
         fs::write(root.join("sub/file"), "inside").unwrap();
         fs::write(outside_dir.join("file"), "outside").unwrap();
-        let roots = roots_at(&root);
 
         let raw = format!("{}/sub/file", root.display());
         let real = roots.resolve(&raw).expect("inside before the swap");
@@ -609,13 +616,7 @@ mod tests {
 
     #[test]
     fn a_place_whose_directory_is_swapped_is_refused_when_opened() {
-        let tmp = tempfile::tempdir().unwrap();
-        let base = fs::canonicalize(tmp.path()).unwrap();
-        let root = base.join("root");
-        let outside_dir = base.join("outside");
-        fs::create_dir_all(root.join("sub")).unwrap();
-        fs::create_dir(&outside_dir).unwrap();
-        let roots = roots_at(&root);
+        let (_tmp, root, outside_dir, roots) = swap_fixture();
         let raw = format!("{}/sub/new", root.display());
         let place = roots.place(&raw, Final::Follow, Parents::Offer).unwrap();
         // The place holds the directory open: swapping its path changes nothing for it.

@@ -1,4 +1,4 @@
-//! The one searcher over files inside the allowed roots (ripgrep's crates, never a shell): the file tool's grep and the fan-out grep both drive it.
+//! The searcher over files inside the allowed roots (ripgrep's crates, never a shell) that grep drives.
 //!
 //! A [`Search`] walks a file or a directory tree in path order, opens every file through the
 //! roots' checks, and reports matching lines and their context to a [`Hits`], which decides what
@@ -46,23 +46,22 @@ pub struct Query<'a> {
 pub trait Hits {
     /// A file is about to be searched; `path` is its real path as shown in replies.
     fn open(&mut self, path: &str);
-    /// A matching line, numbered from 1. Returning false stops this file's search.
-    fn matched(&mut self, line_number: u64, line: &[u8]) -> bool;
-    /// A context line before the next match. Returning false stops this file's search.
-    fn before(&mut self, line: &[u8]) -> bool;
-    /// A context line after the last match. Returning false stops this file's search.
-    fn after(&mut self, line: &[u8]) -> bool;
+    /// A matching line, numbered from 1. Every matching line is reported, past any cap, so
+    /// the receiver can count them all.
+    fn matched(&mut self, line_number: u64, line: &[u8]);
+    /// A context line before the next match.
+    fn before(&mut self, line: &[u8]);
+    /// A context line after the last match.
+    fn after(&mut self, line: &[u8]);
     /// The file's search ended. `binary` when a NUL byte was found: the file was searched only
     /// up to it (not at all when it sits in the first 64 KiB, before any match is reported).
     fn close(&mut self, binary: bool);
-    /// Whether the walk should stop before the next file (a cap was reached).
-    fn full(&self) -> bool;
 }
 
 /// How a walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Walked {
-    /// Every file was searched, or [`Hits::full`] stopped the walk.
+    /// Every file was searched.
     Done,
     /// The deadline passed; what was found so far was reported.
     TimedOut,
@@ -154,9 +153,6 @@ impl<'r> Search<'r> {
             if !entry.file_type().is_some_and(|t| t.is_file()) {
                 continue;
             }
-            if hits.full() {
-                break;
-            }
             if self.file(entry.path(), hits) == Walked::TimedOut {
                 return Ok(Walked::TimedOut);
             }
@@ -239,17 +235,18 @@ impl<H: Hits> Sink for FileSink<'_, H> {
     type Error = io::Error;
 
     fn matched(&mut self, _: &Searcher, mat: &SinkMatch<'_>) -> Result<bool, Self::Error> {
-        Ok(self
-            .hits
-            .matched(mat.line_number().unwrap_or(0), mat.bytes()))
+        self.hits
+            .matched(mat.line_number().unwrap_or(0), mat.bytes());
+        Ok(true)
     }
 
     fn context(&mut self, _: &Searcher, ctx: &SinkContext<'_>) -> Result<bool, Self::Error> {
-        Ok(match ctx.kind() {
+        match ctx.kind() {
             SinkContextKind::Before => self.hits.before(ctx.bytes()),
             SinkContextKind::After => self.hits.after(ctx.bytes()),
-            SinkContextKind::Other => true,
-        })
+            SinkContextKind::Other => {}
+        }
+        Ok(true)
     }
 
     fn binary_data(&mut self, _: &Searcher, _offset: u64) -> Result<bool, Self::Error> {
@@ -278,26 +275,20 @@ mod tests {
             let name = path.rsplit('/').next().unwrap_or_default();
             self.0.push(format!("open:{name}"));
         }
-        fn matched(&mut self, n: u64, line: &[u8]) -> bool {
+        fn matched(&mut self, n: u64, line: &[u8]) {
             let text = String::from_utf8_lossy(trim_terminator(line));
             self.0.push(format!("match:{n}:{text}"));
-            true
         }
-        fn before(&mut self, line: &[u8]) -> bool {
+        fn before(&mut self, line: &[u8]) {
             let text = String::from_utf8_lossy(trim_terminator(line));
             self.0.push(format!("before:{text}"));
-            true
         }
-        fn after(&mut self, line: &[u8]) -> bool {
+        fn after(&mut self, line: &[u8]) {
             let text = String::from_utf8_lossy(trim_terminator(line));
             self.0.push(format!("after:{text}"));
-            true
         }
         fn close(&mut self, binary: bool) {
             self.0.push(format!("close:{binary}"));
-        }
-        fn full(&self) -> bool {
-            false
         }
     }
 

@@ -11,8 +11,9 @@ pub mod grep;
 pub mod run;
 
 use execmesh_proto::Token;
-use execmesh_proto::pb;
+use execmesh_proto::pb::{self, ErrorCode};
 use prost::Message as _;
+use tracing::{debug, info, warn};
 
 use crate::refusal::Refusal;
 
@@ -43,4 +44,37 @@ pub fn within_payload(
         return Err(Refusal::too_large(host, len, max_payload, ask));
     }
     Ok(reply)
+}
+
+/// The reply carrying `body` when it fits the server's `max_payload`; otherwise the refusal
+/// saying so (`ask` says what to ask for instead). `what` names the request kind in the log.
+pub fn answer(
+    host: &Token,
+    body: pb::exec_reply::Body,
+    max_payload: usize,
+    what: &str,
+    ask: &str,
+) -> pb::ExecReply {
+    let reply = pb::ExecReply { body: Some(body) };
+    match within_payload(host, reply, max_payload, ask) {
+        Ok(reply) => {
+            debug!("{what} answered");
+            reply
+        }
+        Err(refusal) => {
+            warn!(reason = %refusal.message, "{what} reply over the max payload");
+            exec_error(&refusal)
+        }
+    }
+}
+
+/// The reply refusing a request of kind `what` on `host` with `code`, for the reason `why`.
+pub fn refuse(
+    host: &Token,
+    code: ErrorCode,
+    why: &dyn std::fmt::Display,
+    what: &str,
+) -> pb::ExecReply {
+    info!(code = code.as_str_name(), reason = %why, "{what} refused");
+    exec_error(&Refusal::new(code, format!("host {host}: {why}")))
 }

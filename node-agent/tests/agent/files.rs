@@ -73,6 +73,16 @@ impl Agent {
         }
     }
 
+    /// Sends a grep (the file tool's search is a grep of one path) and returns its reply.
+    async fn grep(&self, req: pb::GrepRequest) -> pb::GrepReply {
+        let job = format!("file-{:08x}", rand::random::<u32>());
+        let req = support::request(&self.host, &job, pb::exec_request::Body::Grep(req));
+        match support::exec(&self.client, req).await.body {
+            Some(pb::exec_reply::Body::Grep(reply)) => reply,
+            other => panic!("expected a grep reply, got {other:?}"),
+        }
+    }
+
     async fn refused(&self, op: Op) -> pb::ExecError {
         match self.call_as("alice", "alice", op).await.body {
             Some(pb::exec_reply::Body::Error(e)) => e,
@@ -162,16 +172,15 @@ async fn every_file_operation_answers_over_nats() {
     );
 
     let g = agent
-        .ok(Op::Grep(pb::FileGrep {
-            path: agent.path(""),
+        .grep(pb::GrepRequest {
+            paths: vec![agent.path("")],
             pattern: "error [12]".into(),
             ignore_case: true,
             context: 1,
             globs: vec!["*.log".into()],
             ..Default::default()
-        }))
+        })
         .await;
-    let g = expect!(g, file_reply::Result::Grep);
     assert_eq!(g.matches.len(), 2);
     assert!(g.matches[0].path.ends_with("etc/n1.log"));
     assert_eq!(
@@ -401,15 +410,14 @@ async fn replies_stay_under_the_max_payload() {
     let line = format!("match {}\n", "y".repeat(3000));
     std::fs::write(agent.root.join("many.log"), line.repeat(2000)).expect("write");
     let g = agent
-        .ok(Op::Grep(pb::FileGrep {
-            path: agent.path("many.log"),
+        .grep(pb::GrepRequest {
+            paths: vec![agent.path("many.log")],
             pattern: "match".into(),
             max_matches: 100_000,
             max_line_bytes: 100_000,
             ..Default::default()
-        }))
+        })
         .await;
-    let g = expect!(g, file_reply::Result::Grep);
     assert!(g.truncated);
     assert!(!g.matches.is_empty() && g.matches.len() < 2000);
     agent.stop().await;

@@ -11,10 +11,9 @@ use execmesh_proto::{Token, pb};
 
 use super::BashParams;
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, HostStatus, Outcome, Plan, Targets};
+use crate::core::fanout::{self, HostStatus, Outcome, Plan};
 use crate::core::paging::Cursor;
 use crate::mcp::job::{outcome, view};
-use crate::mcp::progress::{self, McpProgress};
 use crate::mcp::{Call, dispatch, seconds};
 
 /// Per-host timeout of a fan-out command when the call names none.
@@ -94,27 +93,7 @@ pub async fn call(
         Some(t) => seconds("bash", "timeout", t, 86400.0)?,
         None => DEFAULT_TIMEOUT,
     };
-    let reach = crate::mcp::reach::of(call);
-    let targets = Targets::resolve(
-        &call.state.mesh,
-        selector,
-        &config.groups,
-        &reach,
-        config.fanout_max_hosts,
-    )
-    .await
-    .map_err(|e| match e {
-        fanout::ResolveError::Mesh(e) => ToolError::from(e),
-        other => ToolError::invalid("bash", other.to_string()),
-    })?;
-    if targets.is_empty() {
-        return Err(ToolError::invalid(
-            "bash",
-            format!(
-                "selector `{selector}` matches no host you may reach; `hosts` shows what a selector matches"
-            ),
-        ));
-    }
+    let targets = crate::mcp::fleet::some_targets(call, "bash", selector).await?;
     crate::core::approvals::gate(
         &call.gate(),
         crate::core::approvals::Request::for_targets(
@@ -145,22 +124,12 @@ pub async fn call(
         inline_max_bytes: inline_share as u64,
     };
     let wait = timeout + Duration::from_secs(2) + config.request_timeout;
-    let progress = McpProgress::for_request(call.context, "hosts answered");
-    let report = fanout::run(
-        &call.state.mesh,
-        targets,
-        &plan,
-        progress::reporter(&progress),
-        |host| {
-            let body = body.clone();
-            let group = group.clone();
-            async move { run_on(call, host, &group, body, wait).await }
-        },
-    )
+    let report = crate::mcp::fleet::run(call, targets, &plan, "hosts answered", |host| {
+        let body = body.clone();
+        let group = group.clone();
+        async move { run_on(call, host, &group, body, wait).await }
+    })
     .await;
-    if let Some(p) = progress {
-        p.finish().await;
-    }
     if !report.abandoned.is_empty() {
         stop_abandoned(call, &report.abandoned, &group);
     }
