@@ -76,7 +76,7 @@ impl Agent {
     /// Sends a grep (the file tool's search is a grep of one path) and returns its reply.
     async fn grep(&self, req: pb::GrepRequest) -> pb::GrepReply {
         let job = format!("file-{:08x}", rand::random::<u32>());
-        let req = support::request(&self.host, &job, pb::exec_request::Body::Grep(req));
+        let req = support::request(&self.agent.host, &job, pb::exec_request::Body::Grep(req));
         match support::exec(&self.client, req).await.body {
             Some(pb::exec_reply::Body::Grep(reply)) => reply,
             other => panic!("expected a grep reply, got {other:?}"),
