@@ -23,9 +23,8 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
@@ -642,7 +641,7 @@ pub struct Gate<'a> {
     /// The tool called.
     pub tool: &'a str,
     /// The call's arguments without `approval_id`: what an approval is bound to.
-    pub args: &'a JsonObject,
+    pub args: &'a Map<String, Value>,
     /// The approval the caller presents, if any.
     pub approval_id: Option<&'a str>,
     pub identity: &'a Identity,
@@ -835,7 +834,7 @@ fn covers(rule: &ApprovalRule, hosts: &[(&Token, Option<&HostRecord>)], groups: 
 /// calls share an encoding. Arguments are hashed in canonical JSON (keys sorted).
 pub fn request_hash(
     tool: &str,
-    args: &JsonObject,
+    args: &Map<String, Value>,
     hosts: &[String],
     user: &str,
     run_as: Option<&str>,
@@ -878,7 +877,7 @@ fn canonical(value: &Value) -> Value {
 
 /// The result a held call returns: not an error, so the model reads it as "wait".
 fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
-    let structured = serde_json::json!({
+    let details = serde_json::json!({
         "approval_required": true,
         "approval_id": record.id,
         "state": record.state,
@@ -898,11 +897,10 @@ fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
         summary = record.summary,
         id = record.id,
     );
-    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-    result.structured_content = Some(structured);
     ToolError::ApprovalRequired {
         id: record.id.clone(),
-        result: Box::new(result),
+        text,
+        details: Box::new(details),
     }
 }
 
@@ -960,10 +958,10 @@ mod tests {
         assert_eq!(store_error(down).code(), "unavailable");
     }
 
-    fn args(json: Value) -> JsonObject {
+    fn args(json: Value) -> Map<String, Value> {
         match json {
             Value::Object(map) => map,
-            _ => JsonObject::new(),
+            _ => Map::new(),
         }
     }
 
@@ -995,9 +993,10 @@ mod tests {
     fn hash_changes_with_every_bound_part() {
         let hosts = vec!["db-1".to_string()];
         let base = args(serde_json::json!({"host": "db-1", "cmd": "rm x"}));
-        let h = |tool: &str, a: &JsonObject, hosts: &[String], user: &str, run_as, v: &str| {
-            request_hash(tool, a, hosts, user, run_as, v)
-        };
+        let h =
+            |tool: &str, a: &Map<String, Value>, hosts: &[String], user: &str, run_as, v: &str| {
+                request_hash(tool, a, hosts, user, run_as, v)
+            };
         let reference = h("bash", &base, &hosts, "alice", Some("alice"), "v1");
         let other_args = args(serde_json::json!({"host": "db-1", "cmd": "rm y"}));
         for changed in [

@@ -10,8 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolResult, JsonObject};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use execmesh_proto::Token;
 use execmesh_proto::audit_publisher::Publisher;
@@ -62,6 +61,16 @@ pub struct JobAccessed<'a> {
     pub jobs: usize,
 }
 
+/// What the audit trail records of a call its tool answered (an `isError` result included):
+/// each face reads it off its own kind of result.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The error code of an error result; `None` when the call succeeded.
+    pub error_code: Option<String>,
+    /// The hosts a fan-out result reports `denied`, with why.
+    pub denied_hosts: Vec<(String, String)>,
+}
+
 /// One call's audit trail.
 pub struct CallAudit<'a> {
     audit: &'a Audit,
@@ -110,7 +119,13 @@ impl Audit {
     }
 
     /// Opens the audit trail of a call and records that it was received.
-    pub fn call(&self, tool: &str, user: &str, trace_id: &str, args: &JsonObject) -> CallAudit<'_> {
+    pub fn call(
+        &self,
+        tool: &str,
+        user: &str,
+        trace_id: &str,
+        args: &Map<String, Value>,
+    ) -> CallAudit<'_> {
         let call = CallAudit {
             audit: self,
             tool: tool.to_string(),
@@ -248,7 +263,7 @@ impl Audit {
 
 /// The hosts a call's arguments name: `host`, `hosts` (a list or a selector), `to_host`,
 /// `selector`.
-fn named_hosts(args: &JsonObject) -> Vec<String> {
+fn named_hosts(args: &Map<String, Value>) -> Vec<String> {
     let mut hosts = Vec::new();
     for key in ["host", "hosts", "to_host", "selector"] {
         match args.get(key) {
@@ -330,35 +345,31 @@ impl CallAudit<'_> {
     /// Records how the call ended: `denied` when policy refused it (the gateway's, or the
     /// host's own: tier cap, run-as, CommandGuard, roots), else `completed` (after a `denied`
     /// for each host of a fan-out that was refused).
-    pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
+    pub fn finish(&self, result: Result<Answer, &ToolError>) {
         let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
         let node_denials = self
             .node_denials
             .lock()
             .map(|d| d.clone())
             .unwrap_or_default();
-        if let Ok(r) = result {
-            for (host, reason) in denied_hosts(r) {
+        if let Ok(answer) = &result {
+            for (host, reason) in &answer.denied_hosts {
                 // A host that was asked refused by its own policy, with its code; one never
                 // asked was outside the caller's reach.
-                let (by, code) = match node_denials.iter().find(|(h, _)| *h == host) {
+                let (by, code) = match node_denials.iter().find(|(h, _)| h == host) {
                     Some((_, code)) => (host.as_str(), code.as_str()),
-                    None if hosts.contains(&host) => (host.as_str(), "denied"),
+                    None if hosts.contains(host) => (host.as_str(), "denied"),
                     None => ("gateway", "denied"),
                 };
-                self.denied(&host, by, code, &reason);
+                self.denied(host, by, code, reason);
             }
         }
         let elapsed = self.started.elapsed().as_millis() as u64;
         let (status, code, message) = match result {
-            Ok(r) if r.is_error == Some(true) => {
-                let code = r
-                    .structured_content
-                    .as_ref()
-                    .and_then(|s| s["error"]["code"].as_str())
-                    .unwrap_or("error");
-                ("error", code.to_string(), String::new())
-            }
+            Ok(Answer {
+                error_code: Some(code),
+                ..
+            }) => ("error", code, String::new()),
             Ok(_) => ("ok", String::new(), String::new()),
             // Held for approval: not a failure; the approval-requested event says the rest.
             Err(ToolError::ApprovalRequired { .. }) => {
@@ -369,11 +380,7 @@ impl CallAudit<'_> {
                     self.denied(by, by, &code, &e.to_string());
                     return;
                 }
-                let code = match e {
-                    ToolError::Refused { code, .. } => code_name(*code),
-                    other => other.code().to_string(),
-                };
-                ("error", code, e.to_string())
+                ("error", e.reported_code(), e.to_string())
             }
         };
         self.emit(
@@ -407,21 +414,6 @@ impl CallAudit<'_> {
             body: Some(body),
         });
     }
-}
-
-/// The hosts a fan-out result reports `denied` (`hosts: [{host, status, reason}]`), with why.
-fn denied_hosts(result: &CallToolResult) -> Vec<(String, String)> {
-    let Some(Value::Array(hosts)) = result.structured_content.as_ref().map(|s| &s["hosts"]) else {
-        return Vec::new();
-    };
-    hosts
-        .iter()
-        .filter(|h| h["status"] == "denied")
-        .filter_map(|h| {
-            let host = h["host"].as_str()?.to_string();
-            Some((host, h["reason"].as_str().unwrap_or_default().to_string()))
-        })
-        .collect()
 }
 
 /// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for

@@ -14,19 +14,20 @@ pub mod hosts;
 pub(crate) mod job;
 mod progress;
 mod reach;
+mod result;
 mod strict;
+mod tool_list;
 mod whoami;
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
-    Implementation, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
+    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use serde::Serialize;
 use tracing::{Instrument, info, info_span};
 
 use crate::core::approvals;
@@ -35,6 +36,7 @@ use crate::core::error::ToolError;
 use crate::core::trace::TraceContext;
 use crate::state::AppState;
 use args::Params;
+pub use result::structured;
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
@@ -156,7 +158,7 @@ impl ServerHandler for Handler {
             .and_then(|p| p.extensions.get::<Identity>())
             .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
         // The list depends on the caller's tier: private, so no cache shares it between users.
-        let tools = crate::core::tier::tools_for(definitions(), identity.tier);
+        let tools = tool_list::for_tier(definitions(), identity.tier);
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
 
@@ -228,9 +230,9 @@ impl ServerHandler for Handler {
         }
         .instrument(span.clone())
         .await;
-        audit.finish(&result);
+        audit.finish(result.as_ref().map(result::answer));
         let _enter = span.enter();
-        let result = match result {
+        let result: CallToolResult = match result {
             Ok(result) => {
                 info!(
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -240,20 +242,11 @@ impl ServerHandler for Handler {
             }
             Err(e) => {
                 info!(error = %e, code = e.code(), "tool call refused");
-                e.into_result()
+                CallToolResult::from(e)
             }
         };
         Ok(result.into())
     }
-}
-
-/// A result with text blocks for people and models and the same data as `structuredContent`.
-pub fn structured<T: Serialize>(value: &T, text: Vec<String>) -> Result<CallToolResult, ToolError> {
-    let structured = serde_json::to_value(value)
-        .map_err(|e| ToolError::internal("the result could not be encoded", &e))?;
-    let mut result = CallToolResult::success(text.into_iter().map(ContentBlock::text).collect());
-    result.structured_content = Some(structured);
-    Ok(result)
 }
 
 /// Builds a tool definition from its parameter and output types.
