@@ -7,6 +7,8 @@ pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod auth_failures;
+pub mod bearer;
+pub mod dispatch;
 pub mod error;
 pub mod fanout;
 pub mod hosts;

@@ -9,13 +9,12 @@ use serde::{Deserialize, Serialize};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
-use super::{Call, seconds, structured};
+use super::{Call, McpState, seconds, structured};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::core::trace::TraceContext;
-use crate::state::AppState;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
@@ -422,7 +421,7 @@ async fn kill(
 /// Asks `host`'s agent to kill `job` (SIGTERM to its process group, SIGKILL after the grace
 /// period) and returns the status it reports.
 pub async fn kill_on(
-    state: &AppState,
+    state: &McpState,
     identity: &Identity,
     trace: &TraceContext,
     host: &Token,

@@ -30,13 +30,33 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tracing::{Instrument, info, info_span};
 
-use crate::core::approvals;
+use crate::config::Config;
+use crate::core::approvals::{self, Approvals};
+use crate::core::audit::Audit;
 use crate::core::auth::Identity;
+use crate::core::dispatch::Dispatcher;
 use crate::core::error::ToolError;
+use crate::core::mesh::Mesh;
+use crate::core::paging::CursorKey;
+use crate::core::policy::LivePolicy;
 use crate::core::trace::TraceContext;
-use crate::state::AppState;
 use args::Params;
 pub use result::structured;
+
+/// What the tools read and act through: the configuration and the core services, nothing of
+/// the other faces (no token keys, no OAuth store).
+pub struct McpState {
+    pub config: Arc<Config>,
+    pub mesh: Mesh,
+    /// Users, groups, tiers and reach; reloaded in place.
+    pub policy: Arc<LivePolicy>,
+    /// Opens the audit trail of every call.
+    pub audit: Arc<Audit>,
+    /// Calls held for a teammate's approval.
+    pub approvals: Approvals,
+    /// Seals the job cursors handed to clients.
+    pub cursors: CursorKey,
+}
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
@@ -49,7 +69,7 @@ pub struct Call<'a> {
     pub approval_id: Option<&'a str>,
     /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
     /// fan-out jobs) can keep it.
-    pub state: &'a Arc<AppState>,
+    pub state: &'a Arc<McpState>,
     pub identity: &'a Identity,
     pub trace: &'a TraceContext,
     /// The MCP request: its peer (for progress notifications), its `_meta` (progress token)
@@ -75,6 +95,16 @@ impl Call<'_> {
             groups: &self.state.config.groups,
             approvals: &self.state.approvals,
             redactor: self.state.audit.redactor(),
+        }
+    }
+
+    /// Sends this call's requests to hosts.
+    pub fn dispatcher(&self) -> Dispatcher<'_> {
+        Dispatcher {
+            mesh: &self.state.mesh,
+            identity: self.identity,
+            trace: self.trace,
+            audit: self.audit,
         }
     }
 }
@@ -129,11 +159,11 @@ fn with_approval_id(tool: &mut Tool) {
 /// The MCP server handler for one request.
 #[derive(Clone)]
 pub struct Handler {
-    state: Arc<AppState>,
+    state: Arc<McpState>,
 }
 
 impl Handler {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<McpState>) -> Self {
         Self { state }
     }
 }

@@ -113,7 +113,7 @@ pub async fn submit(
             wait,
         );
     }
-    let policy = state.app.policy.current();
+    let policy = state.policy.current();
     let hash = policy.user(&username).and_then(|u| u.password_hash.clone());
     // argon2 takes tens of milliseconds of CPU: off the async workers. Unknown users are
     // checked against a dummy hash, so the time taken does not tell who exists.
@@ -160,7 +160,7 @@ pub async fn submit(
         &[
             ("code", Some(code.as_str())),
             ("state", request.state.as_deref()),
-            ("iss", Some(state.app.audience.issuer.as_str())),
+            ("iss", Some(state.audience.issuer.as_str())),
         ],
     )
 }
@@ -243,16 +243,16 @@ async fn check(state: &OAuthState, params: &BTreeMap<String, String>) -> Result<
         ));
     }
     let resource = match get("resource") {
-        None => state.app.audience.resource.clone(),
-        Some(r) if r.trim_end_matches('/') == state.app.audience.resource => {
-            state.app.audience.resource.clone()
+        None => state.audience.resource.clone(),
+        Some(r) if r.trim_end_matches('/') == state.audience.resource => {
+            state.audience.resource.clone()
         }
         Some(r) => {
             return Err(back(
                 "invalid_target",
                 format!(
                     "resource `{r}` is not served here; this server issues tokens for {}",
-                    state.app.audience.resource
+                    state.audience.resource
                 ),
             ));
         }
@@ -327,7 +327,7 @@ fn refuse(state: &OAuthState, refusal: Refusal) -> Response {
                 ("error", Some(error)),
                 ("error_description", Some(description.as_str())),
                 ("state", client_state.as_deref()),
-                ("iss", Some(state.app.audience.issuer.as_str())),
+                ("iss", Some(state.audience.issuer.as_str())),
             ],
         ),
     }
