@@ -461,34 +461,12 @@ impl Approvals {
         // Who may decide is checked on the stored record (its tool, action and hosts never
         // change); the state is checked first so a late decision says so, and again below.
         let current = self.get(id).await?;
-        match current.state {
-            ApprovalState::Pending => {}
-            ApprovalState::Expired => {
-                return Err(ApprovalError::Expired { id: id.to_string() });
-            }
-            state => {
-                return Err(ApprovalError::AlreadyDecided {
-                    id: id.to_string(),
-                    state,
-                });
-            }
-        }
+        still_pending(id, current.state)?;
         authority.check(&current, approver).await?;
         let approver = approver.user.as_str();
         let record = self
             .transition(id, |record, now| {
-                match record.effective_state(now) {
-                    ApprovalState::Pending => {}
-                    ApprovalState::Expired => {
-                        return Err(ApprovalError::Expired { id: id.to_string() });
-                    }
-                    state => {
-                        return Err(ApprovalError::AlreadyDecided {
-                            id: id.to_string(),
-                            state,
-                        });
-                    }
-                }
+                still_pending(id, record.effective_state(now))?;
                 if record.user == approver {
                     return Err(ApprovalError::SelfApproval {
                         id: id.to_string(),
@@ -596,6 +574,18 @@ fn decode(what: &str, bytes: &[u8]) -> Result<ApprovalRecord, ApprovalError> {
 }
 
 /// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
+/// `Ok` while approval `id` in `state` may still be decided.
+fn still_pending(id: &str, state: ApprovalState) -> Result<(), ApprovalError> {
+    match state {
+        ApprovalState::Pending => Ok(()),
+        ApprovalState::Expired => Err(ApprovalError::Expired { id: id.to_string() }),
+        state => Err(ApprovalError::AlreadyDecided {
+            id: id.to_string(),
+            state,
+        }),
+    }
+}
+
 fn is_id(id: &str) -> bool {
     id.strip_prefix("apr-").is_some_and(|hex| {
         hex.len() == 16

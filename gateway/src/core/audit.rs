@@ -71,6 +71,17 @@ pub struct Answer {
     pub denied_hosts: Vec<(String, String)>,
 }
 
+/// Whom and what an event is about; empty where it is about nothing of the kind (the admin
+/// API's steps have no trace, host, job or tool).
+#[derive(Default)]
+struct About<'a> {
+    trace_id: &'a str,
+    user: &'a str,
+    host: &'a str,
+    job: &'a str,
+    tool: &'a str,
+}
+
 /// One call's audit trail.
 pub struct CallAudit<'a> {
     audit: &'a Audit,
@@ -156,45 +167,30 @@ impl Audit {
     /// admin API): the requester's trace is not known here, so the event carries none.
     /// `tool` is the held call's tool, `outcome` the decision, `body` the approval's record.
     pub fn approval_decided(&self, tool: &str, outcome: &str, body: Body, approver: &str) {
-        let time_ms = execmesh_proto::now_ms();
-        self.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.instance.clone(),
-            trace_id: String::new(),
-            user: approver.to_string(),
-            host: String::new(),
-            job_id: String::new(),
-            tool: tool.to_string(),
-            outcome: outcome.to_string(),
-            body: Some(body),
-        });
+        let about = About {
+            user: approver,
+            tool,
+            ..About::default()
+        };
+        self.publish(&about, outcome, body);
     }
 
     /// Records a use of operator rights on other users' jobs (see the jobs' access rules).
     pub fn job_accessed(&self, used: JobAccessed<'_>) {
-        let time_ms = execmesh_proto::now_ms();
-        self.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.instance.clone(),
-            trace_id: used.trace_id.to_string(),
-            user: used.operator.to_string(),
-            host: used.host.to_string(),
-            job_id: used.job.to_string(),
-            tool: used.tool.to_string(),
-            outcome: used.action.to_string(),
-            body: Some(Body::JobAccessed(pb::JobAccessed {
-                owners: used.owners,
-                action: used.action.to_string(),
-                via: used.via.to_string(),
-                jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
-            })),
+        let about = About {
+            trace_id: used.trace_id,
+            user: used.operator,
+            host: used.host,
+            job: used.job,
+            tool: used.tool,
+        };
+        let body = Body::JobAccessed(pb::JobAccessed {
+            owners: used.owners,
+            action: used.action.to_string(),
+            via: used.via.to_string(),
+            jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
         });
+        self.publish(&about, used.action, body);
     }
 
     /// Records a token minted through the admin API (`by` minted it; the token is not in the
@@ -232,6 +228,16 @@ impl Audit {
     /// Publishes an event of a step taken outside any tool call (the admin API, the bearer
     /// check): no trace, host, job or tool.
     fn outside_call(&self, user: &str, outcome: &str, body: Body) {
+        let about = About {
+            user,
+            ..About::default()
+        };
+        self.publish(&about, outcome, body);
+    }
+
+    /// Publishes an event with `outcome` and `body` about `about`, stamped with a new id, the
+    /// time, the tenant and this gateway process.
+    fn publish(&self, about: &About<'_>, outcome: &str, body: Body) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
             id: execmesh_proto::audit_event_id(time_ms, rand::random()),
@@ -239,11 +245,11 @@ impl Audit {
             tenant: self.tenant.to_string(),
             source: pb::AuditSource::Gateway as i32,
             source_instance: self.instance.clone(),
-            trace_id: String::new(),
-            user: user.to_string(),
-            host: String::new(),
-            job_id: String::new(),
-            tool: String::new(),
+            trace_id: about.trace_id.to_string(),
+            user: about.user.to_string(),
+            host: about.host.to_string(),
+            job_id: about.job.to_string(),
+            tool: about.tool.to_string(),
             outcome: outcome.to_string(),
             body: Some(body),
         });
@@ -398,21 +404,14 @@ impl CallAudit<'_> {
     }
 
     fn emit(&self, host: &str, job: &str, outcome: &str, body: Body) {
-        let time_ms = execmesh_proto::now_ms();
-        self.audit.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.audit.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.audit.instance.clone(),
-            trace_id: self.trace_id.clone(),
-            user: self.user.clone(),
-            host: host.to_string(),
-            job_id: job.to_string(),
-            tool: self.tool.clone(),
-            outcome: outcome.to_string(),
-            body: Some(body),
-        });
+        let about = About {
+            trace_id: &self.trace_id,
+            user: &self.user,
+            host,
+            job,
+            tool: &self.tool,
+        };
+        self.audit.publish(&about, outcome, body);
     }
 }
 

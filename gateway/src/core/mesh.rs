@@ -766,14 +766,7 @@ impl Mesh {
 
     /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
     pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
-        let request = DirectGet {
-            multi_last: Some(vec![subject::kv(
-                JOBS_BUCKET,
-                &subject::job_keys_of_id(&self.tenant, job),
-            )]),
-            batch: Some(100_000),
-            ..Default::default()
-        };
+        let request = self.hosts_of_job(job, 100_000);
         let payloads: Vec<Bytes> = match self
             .direct_get(&subject::kv_stream(JOBS_BUCKET), &request)
             .await
@@ -916,16 +909,21 @@ impl Mesh {
         }
     }
 
-    /// Finds the host that ran `job` (job ids are unique across the mesh).
-    pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
-        let request = DirectGet {
+    /// A direct get of the statuses of `job` on every host, up to `batch` of them.
+    fn hosts_of_job(&self, job: &Token, batch: usize) -> DirectGet {
+        DirectGet {
             multi_last: Some(vec![subject::kv(
                 JOBS_BUCKET,
                 &subject::job_keys_of_id(&self.tenant, job),
             )]),
-            batch: Some(16),
+            batch: Some(batch),
             ..Default::default()
-        };
+        }
+    }
+
+    /// Finds the host that ran `job` (job ids are unique across the mesh).
+    pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
+        let request = self.hosts_of_job(job, 16);
         let msgs = self
             .direct_get(&subject::kv_stream(JOBS_BUCKET), &request)
             .await?;

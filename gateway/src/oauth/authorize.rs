@@ -81,37 +81,24 @@ pub async fn submit(
     let username = username.to_ascii_lowercase();
     let password = params.get("password").cloned().unwrap_or_default();
     let oauth = &state.oauth;
+    // The sign-in form again, held back for `wait`, saying `why`.
+    let held_back = |why: &str, wait: std::time::Duration| {
+        let message = format!("{why} Try again in {} s.", wait.as_secs().max(1));
+        let page = form(
+            &request,
+            StatusCode::TOO_MANY_REQUESTS,
+            &username,
+            Some(&message),
+        );
+        with_retry_after(page, wait)
+    };
     if let Err(wait) = oauth.logins_per_address.hit(&address) {
         warn!(address = %address, "login attempts from this address are rate-limited");
-        let message = format!(
-            "Too many sign-in attempts from your address. Try again in {} s.",
-            wait.as_secs().max(1)
-        );
-        return with_retry_after(
-            form(
-                &request,
-                StatusCode::TOO_MANY_REQUESTS,
-                &username,
-                Some(&message),
-            ),
-            wait,
-        );
+        return held_back("Too many sign-in attempts from your address.", wait);
     }
     if let Err(wait) = oauth.failures_per_user.check(&username) {
         warn!(user = %username, address = %address, "logins of this user are rate-limited");
-        let message = format!(
-            "Too many failed sign-ins for this user. Try again in {} s.",
-            wait.as_secs().max(1)
-        );
-        return with_retry_after(
-            form(
-                &request,
-                StatusCode::TOO_MANY_REQUESTS,
-                &username,
-                Some(&message),
-            ),
-            wait,
-        );
+        return held_back("Too many failed sign-ins for this user.", wait);
     }
     let policy = state.policy.current();
     let hash = policy.user(&username).and_then(|u| u.password_hash.clone());
