@@ -13,6 +13,7 @@ pub mod error;
 pub mod fanout;
 pub mod hosts;
 pub mod jobs;
+pub mod key_file;
 pub mod mesh;
 pub mod paging;
 pub mod policy;
