@@ -12,28 +12,34 @@ use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::config::Config;
 use crate::core::auth::{AuthError, MCP_SCOPE, SigningKey};
-use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
+use crate::core::auth_failures::{AuthFailures, Endpoint};
+use crate::core::bearer::{Bearer, BearerRefusal};
 use crate::core::mesh::Mesh;
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
-use crate::mcp::Handler;
+use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
-use crate::state::AppState;
+use crate::state::Services;
 
-/// The router: `/mcp`, the OAuth endpoints and `/healthz`.
-pub fn router(state: Arc<AppState>, oauth: Arc<OAuthState>, shutdown: CancellationToken) -> Router {
-    let config = &state.config;
+/// The router: `/mcp` behind the bearer check, the OAuth endpoints and `/healthz`.
+pub fn router(
+    mcp: Arc<McpState>,
+    bearer: Arc<Bearer>,
+    oauth: Arc<OAuthState>,
+    shutdown: CancellationToken,
+) -> Router {
+    let config = &mcp.config;
     let mut allowed_hosts = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
     allowed_hosts.extend(config.public_names.iter().cloned());
-    allowed_hosts.push(state.audience.host());
+    allowed_hosts.push(bearer.audience.host());
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -43,18 +49,14 @@ pub fn router(state: Arc<AppState>, oauth: Arc<OAuthState>, shutdown: Cancellati
         .enforce_origin_validation()
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_cancellation_token(shutdown.child_token());
-    let handler_state = state.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(Handler::new(handler_state.clone())),
+        move || Ok(Handler::new(mcp.clone())),
         Arc::new(NeverSessionManager::default()),
         mcp_config,
     );
     Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_bearer,
-        ))
+        .layer(middleware::from_fn_with_state(bearer, require_bearer))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .merge(crate::oauth::routes(&oauth).with_state(oauth.clone()))
 }
@@ -63,7 +65,7 @@ pub fn router(state: Arc<AppState>, oauth: Arc<OAuthState>, shutdown: Cancellati
 /// An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is not:
 /// it is how every OAuth client discovers the authorization server.
 async fn require_bearer(
-    State(state): State<Arc<AppState>>,
+    State(bearer): State<Arc<Bearer>>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -80,87 +82,45 @@ async fn require_bearer(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let Some(token) = token else {
-        return unauthorized(&state, None);
+        return unauthorized(&bearer, None);
     };
-    let failed = |refusal: Refusal<'_>, user: Option<&str>, token_id: Option<&str>| {
-        state.auth_failures.record(&Failure {
-            endpoint: Endpoint::Mcp,
-            addr,
-            refusal,
-            user,
-            token_id,
-        });
-    };
-    let identity = match state.key.verify(token.trim(), &state.audience) {
-        Ok(identity) => identity,
-        Err(e) => {
-            debug!(error = %e, "bearer token refused");
-            failed(Refusal::Token(&e), None, None);
-            return unauthorized(&state, Some(&e));
+    match bearer.check(token, Endpoint::Mcp, addr).await {
+        Ok(identity) => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
         }
-    };
-    match state.revocations.is_revoked(&identity.token_id).await {
-        Ok(false) => {}
-        Ok(true) => {
-            debug!(user = %identity.user, jti = %identity.token_id, "revoked token refused");
-            failed(
-                Refusal::Token(&AuthError::Revoked),
-                Some(identity.user.as_str()),
-                Some(&identity.token_id),
-            );
-            return unauthorized(&state, Some(&AuthError::Revoked));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the revocation list; refusing the token");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the gateway cannot check token revocation right now; try again\n",
-            )
-                .into_response();
-        }
+        Err(BearerRefusal::Invalid(e)) => unauthorized(&bearer, Some(&e)),
+        Err(BearerRefusal::RevocationUnknown) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway cannot check token revocation right now; try again\n",
+        )
+            .into_response(),
+        Err(BearerRefusal::MissingScope { .. }) => insufficient_scope(&bearer),
+        Err(BearerRefusal::UnknownUser { user }) => unauthorized_challenge(
+            &bearer,
+            Some(&format!("user {user} is not in this gateway's policy")),
+        ),
     }
-    if !identity.has_scope(MCP_SCOPE) {
-        debug!(user = %identity.user, "bearer token lacks the mcp scope");
-        return insufficient_scope(&state);
-    }
-    let policy = state.policy.current();
-    let Some(grant) = policy.grant(identity.user.as_str()) else {
-        debug!(user = %identity.user, "token of a user the policy does not know");
-        failed(
-            Refusal::UnknownUser,
-            Some(identity.user.as_str()),
-            Some(&identity.token_id),
-        );
-        return unauthorized_challenge(
-            &state,
-            Some(&format!(
-                "user {} is not in this gateway's policy",
-                identity.user
-            )),
-        );
-    };
-    request.extensions_mut().insert(identity.with_grant(&grant));
-    next.run(request).await
 }
 
-fn unauthorized(state: &AppState, error: Option<&AuthError>) -> Response {
-    unauthorized_challenge(state, error.map(|e| e.to_string()).as_deref())
+fn unauthorized(bearer: &Bearer, error: Option<&AuthError>) -> Response {
+    unauthorized_challenge(bearer, error.map(|e| e.to_string()).as_deref())
 }
 
 /// Where clients find this resource's OAuth metadata (RFC 9728 §5.1).
-fn resource_metadata(state: &AppState) -> String {
+fn resource_metadata(bearer: &Bearer) -> String {
     format!(
         "{}/.well-known/oauth-protected-resource{}",
-        state.audience.issuer,
-        state.audience.resource_path()
+        bearer.audience.issuer,
+        bearer.audience.resource_path()
     )
 }
 
 /// 403 for a valid token without the `mcp` scope (RFC 6750 §3.1).
-fn insufficient_scope(state: &AppState) -> Response {
+fn insufficient_scope(bearer: &Bearer) -> Response {
     let challenge = format!(
         r#"Bearer error="insufficient_scope", scope="{MCP_SCOPE}", resource_metadata="{}", error_description="the token lacks the {MCP_SCOPE} scope""#,
-        resource_metadata(state)
+        resource_metadata(bearer)
     );
     challenge_response(
         StatusCode::FORBIDDEN,
@@ -171,8 +131,8 @@ fn insufficient_scope(state: &AppState) -> Response {
 
 /// 401 with a `WWW-Authenticate` challenge (RFC 6750, RFC 9728 §5.1): where to find the
 /// authorization server, which scope to ask for, and what was wrong with the token.
-fn unauthorized_challenge(state: &AppState, error: Option<&str>) -> Response {
-    let metadata = resource_metadata(state);
+fn unauthorized_challenge(bearer: &Bearer, error: Option<&str>) -> Response {
+    let metadata = resource_metadata(bearer);
     let challenge = match error {
         None => format!(r#"Bearer resource_metadata="{metadata}", scope="{MCP_SCOPE}""#),
         Some(description) => format!(
@@ -232,7 +192,7 @@ pub async fn run_with_admin(
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
-    let revocations = Revocations::new(oauth.store.clone());
+    let revocations = Arc::new(Revocations::new(oauth.store.clone()));
     let audit = crate::core::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),
@@ -259,26 +219,31 @@ pub async fn run_with_admin(
         tokio::spawn(identities.clone().watch(shutdown.clone()));
     }
     info!(resource = %audience.resource, issuer = %audience.issuer, "OAuth resource");
-    let state = Arc::new(AppState {
-        config,
+    let services = Services {
+        config: Arc::new(config),
         mesh,
-        key,
-        audience,
+        bearer: Arc::new(Bearer {
+            key,
+            audience,
+            revocations: revocations.clone(),
+            policy: policy.clone(),
+            failures: auth_failures,
+        }),
         policy,
         audit,
         approvals,
         cursors,
-        auth_failures,
         revocations,
-    });
-    let oauth = Arc::new(OAuthState {
-        app: state.clone(),
-        oauth,
-    });
-    let app = router(state.clone(), oauth, shutdown.clone());
+    };
+    let app = router(
+        services.mcp(),
+        services.bearer.clone(),
+        services.oauth(oauth),
+        shutdown.clone(),
+    );
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
     let admin = admin_listener.map(|admin_listener| {
-        let state = state.clone();
+        let state = services.admin();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let result = crate::admin::serve(state, admin_listener, shutdown.clone()).await;
@@ -288,12 +253,12 @@ pub async fn run_with_admin(
             result
         })
     });
-    let tls = match &state.config.tls {
+    let tls = match &services.config.tls {
         Some(files) => Some(crate::tls::server_config(&files.cert, &files.key)?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let limits = crate::listener::Limits::of(&state.config);
+    let limits = crate::listener::Limits::of(&services.config);
     info!(
         addr = %addr,
         header_read_timeout = ?limits.header_read_timeout,
@@ -314,7 +279,7 @@ pub async fn run_with_admin(
     if let Err(e) = auth_failures_task.await {
         tracing::error!(error = %e, "the auth-failure audit task failed");
     }
-    state.audit.close(AUDIT_FLUSH).await;
+    services.audit.close(AUDIT_FLUSH).await;
     info!("gateway stopped");
     Ok(())
 }

@@ -302,6 +302,12 @@ pub fn job_keys_of_host(tenant: &Token, host: &Token) -> String {
     format!("{tenant}.{host}.{ANY}")
 }
 
+/// `<tenant>.*.<job>`: the `mesh_jobs` keys of job `job` on every host (a fan-out gives all
+/// its hosts the same job id).
+pub fn job_keys_of_id(tenant: &Token, job: &Token) -> String {
+    format!("{tenant}.{ANY}.{job}")
+}
+
 // === the JetStream API ===
 
 /// `$JS.API.>`: every JetStream API call.
@@ -493,5 +499,19 @@ mod tests {
             "$JS.API.CONSUMER.CREATE.AUDIT.audit-sink"
         );
         assert_eq!(js_acks("AUDIT", "audit-sink"), "$JS.ACK.AUDIT.audit-sink.>");
+    }
+
+    #[test]
+    fn kv_subjects_follow_the_bucket_layout() {
+        let tenant = Token::parse("tenant", "acme").unwrap();
+        let job = Token::parse("job id", "build-abc12def").unwrap();
+        assert_eq!(kv_stream("mesh_jobs"), "KV_mesh_jobs");
+        assert_eq!(kv_prefix("mesh_jobs"), "$KV.mesh_jobs.");
+        assert_eq!(kv("mesh_oauth", "code.x1"), "$KV.mesh_oauth.code.x1");
+        assert_eq!(job_keys_of_id(&tenant, &job), "acme.*.build-abc12def");
+        assert_eq!(
+            kv("mesh_jobs", &job_keys_of_id(&tenant, &job)),
+            "$KV.mesh_jobs.acme.*.build-abc12def"
+        );
     }
 }

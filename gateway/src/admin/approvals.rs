@@ -9,6 +9,7 @@ use execmesh_proto::pb;
 
 use super::{Admin, AdminStream, error};
 use crate::core::approvals::{ApprovalRecord, ApprovalState, Authority};
+use crate::core::auth::Identity;
 
 /// Approvals a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
@@ -21,6 +22,34 @@ pub struct ApprovalsApi {
 impl ApprovalsApi {
     pub fn new(admin: Admin) -> Self {
         Self { admin }
+    }
+
+    /// Decides approval `id` as `caller`, if the policy lets them: `deny` `None` approves it,
+    /// `Some(reason)` denies it. Returns the record as it now stands.
+    async fn decide(
+        &self,
+        caller: &Identity,
+        id: &str,
+        deny: Option<&str>,
+    ) -> Result<pb::Approval, Status> {
+        let state = &self.admin.state;
+        let policy = state.policy.current();
+        let authority = Authority {
+            policy: &policy,
+            groups: &state.config.groups,
+            mesh: &state.mesh,
+        };
+        let (id, approvals) = (id.trim(), &state.approvals);
+        let (decided, decision) = match deny {
+            None => (approvals.approve(id, caller, &authority).await, "approved"),
+            Some(reason) => (
+                approvals.deny(id, caller, &authority, reason).await,
+                "denied",
+            ),
+        };
+        let record = decided.map_err(error::approval)?;
+        tracing::info!(approval = %record.id, requester = %record.user, "{decision}");
+        Ok(approval(&record))
     }
 }
 
@@ -83,21 +112,8 @@ impl pb::approvals_service_server::ApprovalsService for ApprovalsApi {
                 "ApprovalsService.Approve",
                 request,
                 |caller, req| async move {
-                    let state = &self.admin.state;
-                    let policy = state.policy.current();
-                    let authority = Authority {
-                        policy: &policy,
-                        groups: &state.config.groups,
-                        mesh: &state.mesh,
-                    };
-                    let record = state
-                        .approvals
-                        .approve(req.id.trim(), &caller, &authority)
-                        .await
-                        .map_err(error::approval)?;
-                    tracing::info!(approval = %record.id, requester = %record.user, "approved");
                     Ok(pb::ApproveResponse {
-                        approval: Some(approval(&record)),
+                        approval: Some(self.decide(&caller, &req.id, None).await?),
                     })
                 },
             )
@@ -110,21 +126,9 @@ impl pb::approvals_service_server::ApprovalsService for ApprovalsApi {
     ) -> Result<Response<pb::DenyResponse>, Status> {
         self.admin
             .unary("ApprovalsService.Deny", request, |caller, req| async move {
-                let state = &self.admin.state;
-                let policy = state.policy.current();
-                let authority = Authority {
-                    policy: &policy,
-                    groups: &state.config.groups,
-                    mesh: &state.mesh,
-                };
-                let record = state
-                    .approvals
-                    .deny(req.id.trim(), &caller, &authority, &req.reason)
-                    .await
-                    .map_err(error::approval)?;
-                tracing::info!(approval = %record.id, requester = %record.user, "denied");
+                let approval = self.decide(&caller, &req.id, Some(&req.reason)).await?;
                 Ok(pb::DenyResponse {
-                    approval: Some(approval(&record)),
+                    approval: Some(approval),
                 })
             })
             .await

@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use rmcp::model::CallToolResult;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -18,6 +17,7 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb, subject};
 
 use super::{Admin, AdminStream, error};
+use crate::core::audit::Answer;
 use crate::core::auth::Identity;
 use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, PageLimits};
@@ -347,12 +347,12 @@ impl JobsApi {
         audit.dispatched(&host, &job, "kill", started.elapsed(), &result);
         match result {
             Ok(killed) => {
-                audit.finish(&Ok(CallToolResult::success(Vec::new())));
+                audit.finish(Ok(Answer::default()));
                 Ok(killed)
             }
             Err(e) => {
                 let status = error::tool(&e);
-                audit.finish(&Err(e));
+                audit.finish(Err(&e));
                 Err(status)
             }
         }

@@ -31,8 +31,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use execmesh_proto::pb;
 
-use crate::core::auth::Identity;
-use crate::state::AppState;
+use crate::config::Config;
+use crate::core::approvals::Approvals;
+use crate::core::audit::Audit;
+use crate::core::auth::{Audience, Identity, SigningKey};
+use crate::core::bearer::Bearer;
+use crate::core::mesh::Mesh;
+use crate::core::paging::CursorKey;
+use crate::core::policy::LivePolicy;
+use crate::core::revocation::Revocations;
 
 /// Messages a server stream may have queued for a slow client before its producer waits.
 const STREAM_BUFFER: usize = 64;
@@ -65,11 +72,32 @@ pub enum AdminError {
 /// A server stream's messages: a producer task feeds it through a bounded channel.
 pub type AdminStream<T> = BoxStream<'static, Result<T, Status>>;
 
-/// What every admin service shares: the gateway's state and its shutdown.
+/// What the admin API reads and acts through: the configuration and the core services.
+pub struct AdminState {
+    pub config: Arc<Config>,
+    pub mesh: Mesh,
+    /// Checks the bearer token of every RPC.
+    pub bearer: Arc<Bearer>,
+    /// Issues and verifies the tokens TokensService mints and revokes.
+    pub key: SigningKey,
+    /// The issuer and resource every token names.
+    pub audience: Audience,
+    /// Users, groups, tiers, approvers and operators; reloaded in place.
+    pub policy: Arc<LivePolicy>,
+    /// Records admin steps (mints, revocations, decisions, refusals).
+    pub audit: Arc<Audit>,
+    /// Calls held for approval, decided here.
+    pub approvals: Approvals,
+    /// Seals the job cursors of tails.
+    pub cursors: CursorKey,
+    /// Revoked token ids, which TokensService adds to.
+    pub revocations: Arc<Revocations>,
+}
+
+/// What every admin service shares: the admin state and the gateway's shutdown.
 #[derive(Clone)]
 pub struct Admin {
-    /// The state every face shares: mesh, keys, policy, revocation list, audit, approvals.
-    pub state: Arc<AppState>,
+    pub state: Arc<AdminState>,
     /// Cancelled when the gateway stops; ends every server stream.
     pub shutdown: CancellationToken,
 }
@@ -91,7 +119,7 @@ impl Admin {
     {
         let span = info_span!("admin", rpc, user = tracing::field::Empty);
         async move {
-            let caller = auth::authorize(&self.state, &request).await?;
+            let caller = auth::authorize(&self.state.bearer, &request).await?;
             tracing::Span::current().record("user", caller.user.as_str());
             let user = caller.user.clone();
             let result = handle(caller, request.into_inner()).await;
@@ -154,7 +182,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 /// configured (client certificates required when `admin_client_ca` is), else plaintext (the
 /// configuration allows that on loopback only).
 pub async fn serve(
-    state: Arc<AppState>,
+    state: Arc<AdminState>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AdminError> {

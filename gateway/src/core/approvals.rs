@@ -23,9 +23,8 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
@@ -462,34 +461,12 @@ impl Approvals {
         // Who may decide is checked on the stored record (its tool, action and hosts never
         // change); the state is checked first so a late decision says so, and again below.
         let current = self.get(id).await?;
-        match current.state {
-            ApprovalState::Pending => {}
-            ApprovalState::Expired => {
-                return Err(ApprovalError::Expired { id: id.to_string() });
-            }
-            state => {
-                return Err(ApprovalError::AlreadyDecided {
-                    id: id.to_string(),
-                    state,
-                });
-            }
-        }
+        still_pending(id, current.state)?;
         authority.check(&current, approver).await?;
         let approver = approver.user.as_str();
         let record = self
             .transition(id, |record, now| {
-                match record.effective_state(now) {
-                    ApprovalState::Pending => {}
-                    ApprovalState::Expired => {
-                        return Err(ApprovalError::Expired { id: id.to_string() });
-                    }
-                    state => {
-                        return Err(ApprovalError::AlreadyDecided {
-                            id: id.to_string(),
-                            state,
-                        });
-                    }
-                }
+                still_pending(id, record.effective_state(now))?;
                 if record.user == approver {
                     return Err(ApprovalError::SelfApproval {
                         id: id.to_string(),
@@ -597,6 +574,18 @@ fn decode(what: &str, bytes: &[u8]) -> Result<ApprovalRecord, ApprovalError> {
 }
 
 /// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
+/// `Ok` while approval `id` in `state` may still be decided.
+fn still_pending(id: &str, state: ApprovalState) -> Result<(), ApprovalError> {
+    match state {
+        ApprovalState::Pending => Ok(()),
+        ApprovalState::Expired => Err(ApprovalError::Expired { id: id.to_string() }),
+        state => Err(ApprovalError::AlreadyDecided {
+            id: id.to_string(),
+            state,
+        }),
+    }
+}
+
 fn is_id(id: &str) -> bool {
     id.strip_prefix("apr-").is_some_and(|hex| {
         hex.len() == 16
@@ -642,7 +631,7 @@ pub struct Gate<'a> {
     /// The tool called.
     pub tool: &'a str,
     /// The call's arguments without `approval_id`: what an approval is bound to.
-    pub args: &'a JsonObject,
+    pub args: &'a Map<String, Value>,
     /// The approval the caller presents, if any.
     pub approval_id: Option<&'a str>,
     pub identity: &'a Identity,
@@ -835,7 +824,7 @@ fn covers(rule: &ApprovalRule, hosts: &[(&Token, Option<&HostRecord>)], groups: 
 /// calls share an encoding. Arguments are hashed in canonical JSON (keys sorted).
 pub fn request_hash(
     tool: &str,
-    args: &JsonObject,
+    args: &Map<String, Value>,
     hosts: &[String],
     user: &str,
     run_as: Option<&str>,
@@ -878,7 +867,7 @@ fn canonical(value: &Value) -> Value {
 
 /// The result a held call returns: not an error, so the model reads it as "wait".
 fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
-    let structured = serde_json::json!({
+    let details = serde_json::json!({
         "approval_required": true,
         "approval_id": record.id,
         "state": record.state,
@@ -898,11 +887,10 @@ fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
         summary = record.summary,
         id = record.id,
     );
-    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-    result.structured_content = Some(structured);
     ToolError::ApprovalRequired {
         id: record.id.clone(),
-        result: Box::new(result),
+        text,
+        details: Box::new(details),
     }
 }
 
@@ -960,10 +948,10 @@ mod tests {
         assert_eq!(store_error(down).code(), "unavailable");
     }
 
-    fn args(json: Value) -> JsonObject {
+    fn args(json: Value) -> Map<String, Value> {
         match json {
             Value::Object(map) => map,
-            _ => JsonObject::new(),
+            _ => Map::new(),
         }
     }
 
@@ -995,9 +983,10 @@ mod tests {
     fn hash_changes_with_every_bound_part() {
         let hosts = vec!["db-1".to_string()];
         let base = args(serde_json::json!({"host": "db-1", "cmd": "rm x"}));
-        let h = |tool: &str, a: &JsonObject, hosts: &[String], user: &str, run_as, v: &str| {
-            request_hash(tool, a, hosts, user, run_as, v)
-        };
+        let h =
+            |tool: &str, a: &Map<String, Value>, hosts: &[String], user: &str, run_as, v: &str| {
+                request_hash(tool, a, hosts, user, run_as, v)
+            };
         let reference = h("bash", &base, &hosts, "alice", Some("alice"), "v1");
         let other_args = args(serde_json::json!({"host": "db-1", "cmd": "rm y"}));
         for changed in [

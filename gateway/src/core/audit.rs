@@ -10,8 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolResult, JsonObject};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use execmesh_proto::Token;
 use execmesh_proto::audit_publisher::Publisher;
@@ -62,6 +61,27 @@ pub struct JobAccessed<'a> {
     pub jobs: usize,
 }
 
+/// What the audit trail records of a call its tool answered (an `isError` result included):
+/// each face reads it off its own kind of result.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// The error code of an error result; `None` when the call succeeded.
+    pub error_code: Option<String>,
+    /// The hosts a fan-out result reports `denied`, with why.
+    pub denied_hosts: Vec<(String, String)>,
+}
+
+/// Whom and what an event is about; empty where it is about nothing of the kind (the admin
+/// API's steps have no trace, host, job or tool).
+#[derive(Default)]
+struct About<'a> {
+    trace_id: &'a str,
+    user: &'a str,
+    host: &'a str,
+    job: &'a str,
+    tool: &'a str,
+}
+
 /// One call's audit trail.
 pub struct CallAudit<'a> {
     audit: &'a Audit,
@@ -110,7 +130,13 @@ impl Audit {
     }
 
     /// Opens the audit trail of a call and records that it was received.
-    pub fn call(&self, tool: &str, user: &str, trace_id: &str, args: &JsonObject) -> CallAudit<'_> {
+    pub fn call(
+        &self,
+        tool: &str,
+        user: &str,
+        trace_id: &str,
+        args: &Map<String, Value>,
+    ) -> CallAudit<'_> {
         let call = CallAudit {
             audit: self,
             tool: tool.to_string(),
@@ -141,45 +167,30 @@ impl Audit {
     /// admin API): the requester's trace is not known here, so the event carries none.
     /// `tool` is the held call's tool, `outcome` the decision, `body` the approval's record.
     pub fn approval_decided(&self, tool: &str, outcome: &str, body: Body, approver: &str) {
-        let time_ms = execmesh_proto::now_ms();
-        self.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.instance.clone(),
-            trace_id: String::new(),
-            user: approver.to_string(),
-            host: String::new(),
-            job_id: String::new(),
-            tool: tool.to_string(),
-            outcome: outcome.to_string(),
-            body: Some(body),
-        });
+        let about = About {
+            user: approver,
+            tool,
+            ..About::default()
+        };
+        self.publish(&about, outcome, body);
     }
 
     /// Records a use of operator rights on other users' jobs (see the jobs' access rules).
     pub fn job_accessed(&self, used: JobAccessed<'_>) {
-        let time_ms = execmesh_proto::now_ms();
-        self.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.instance.clone(),
-            trace_id: used.trace_id.to_string(),
-            user: used.operator.to_string(),
-            host: used.host.to_string(),
-            job_id: used.job.to_string(),
-            tool: used.tool.to_string(),
-            outcome: used.action.to_string(),
-            body: Some(Body::JobAccessed(pb::JobAccessed {
-                owners: used.owners,
-                action: used.action.to_string(),
-                via: used.via.to_string(),
-                jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
-            })),
+        let about = About {
+            trace_id: used.trace_id,
+            user: used.operator,
+            host: used.host,
+            job: used.job,
+            tool: used.tool,
+        };
+        let body = Body::JobAccessed(pb::JobAccessed {
+            owners: used.owners,
+            action: used.action.to_string(),
+            via: used.via.to_string(),
+            jobs: u32::try_from(used.jobs).unwrap_or(u32::MAX),
         });
+        self.publish(&about, used.action, body);
     }
 
     /// Records a token minted through the admin API (`by` minted it; the token is not in the
@@ -217,6 +228,16 @@ impl Audit {
     /// Publishes an event of a step taken outside any tool call (the admin API, the bearer
     /// check): no trace, host, job or tool.
     fn outside_call(&self, user: &str, outcome: &str, body: Body) {
+        let about = About {
+            user,
+            ..About::default()
+        };
+        self.publish(&about, outcome, body);
+    }
+
+    /// Publishes an event with `outcome` and `body` about `about`, stamped with a new id, the
+    /// time, the tenant and this gateway process.
+    fn publish(&self, about: &About<'_>, outcome: &str, body: Body) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
             id: execmesh_proto::audit_event_id(time_ms, rand::random()),
@@ -224,11 +245,11 @@ impl Audit {
             tenant: self.tenant.to_string(),
             source: pb::AuditSource::Gateway as i32,
             source_instance: self.instance.clone(),
-            trace_id: String::new(),
-            user: user.to_string(),
-            host: String::new(),
-            job_id: String::new(),
-            tool: String::new(),
+            trace_id: about.trace_id.to_string(),
+            user: about.user.to_string(),
+            host: about.host.to_string(),
+            job_id: about.job.to_string(),
+            tool: about.tool.to_string(),
             outcome: outcome.to_string(),
             body: Some(body),
         });
@@ -248,7 +269,7 @@ impl Audit {
 
 /// The hosts a call's arguments name: `host`, `hosts` (a list or a selector), `to_host`,
 /// `selector`.
-fn named_hosts(args: &JsonObject) -> Vec<String> {
+fn named_hosts(args: &Map<String, Value>) -> Vec<String> {
     let mut hosts = Vec::new();
     for key in ["host", "hosts", "to_host", "selector"] {
         match args.get(key) {
@@ -330,35 +351,31 @@ impl CallAudit<'_> {
     /// Records how the call ended: `denied` when policy refused it (the gateway's, or the
     /// host's own: tier cap, run-as, CommandGuard, roots), else `completed` (after a `denied`
     /// for each host of a fan-out that was refused).
-    pub fn finish(&self, result: &Result<CallToolResult, ToolError>) {
+    pub fn finish(&self, result: Result<Answer, &ToolError>) {
         let hosts = self.hosts.lock().map(|h| h.clone()).unwrap_or_default();
         let node_denials = self
             .node_denials
             .lock()
             .map(|d| d.clone())
             .unwrap_or_default();
-        if let Ok(r) = result {
-            for (host, reason) in denied_hosts(r) {
+        if let Ok(answer) = &result {
+            for (host, reason) in &answer.denied_hosts {
                 // A host that was asked refused by its own policy, with its code; one never
                 // asked was outside the caller's reach.
-                let (by, code) = match node_denials.iter().find(|(h, _)| *h == host) {
+                let (by, code) = match node_denials.iter().find(|(h, _)| h == host) {
                     Some((_, code)) => (host.as_str(), code.as_str()),
-                    None if hosts.contains(&host) => (host.as_str(), "denied"),
+                    None if hosts.contains(host) => (host.as_str(), "denied"),
                     None => ("gateway", "denied"),
                 };
-                self.denied(&host, by, code, &reason);
+                self.denied(host, by, code, reason);
             }
         }
         let elapsed = self.started.elapsed().as_millis() as u64;
         let (status, code, message) = match result {
-            Ok(r) if r.is_error == Some(true) => {
-                let code = r
-                    .structured_content
-                    .as_ref()
-                    .and_then(|s| s["error"]["code"].as_str())
-                    .unwrap_or("error");
-                ("error", code.to_string(), String::new())
-            }
+            Ok(Answer {
+                error_code: Some(code),
+                ..
+            }) => ("error", code, String::new()),
             Ok(_) => ("ok", String::new(), String::new()),
             // Held for approval: not a failure; the approval-requested event says the rest.
             Err(ToolError::ApprovalRequired { .. }) => {
@@ -369,11 +386,7 @@ impl CallAudit<'_> {
                     self.denied(by, by, &code, &e.to_string());
                     return;
                 }
-                let code = match e {
-                    ToolError::Refused { code, .. } => code_name(*code),
-                    other => other.code().to_string(),
-                };
-                ("error", code, e.to_string())
+                ("error", e.reported_code(), e.to_string())
             }
         };
         self.emit(
@@ -391,37 +404,15 @@ impl CallAudit<'_> {
     }
 
     fn emit(&self, host: &str, job: &str, outcome: &str, body: Body) {
-        let time_ms = execmesh_proto::now_ms();
-        self.audit.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
-            time_ms,
-            tenant: self.audit.tenant.to_string(),
-            source: pb::AuditSource::Gateway as i32,
-            source_instance: self.audit.instance.clone(),
-            trace_id: self.trace_id.clone(),
-            user: self.user.clone(),
-            host: host.to_string(),
-            job_id: job.to_string(),
-            tool: self.tool.clone(),
-            outcome: outcome.to_string(),
-            body: Some(body),
-        });
+        let about = About {
+            trace_id: &self.trace_id,
+            user: &self.user,
+            host,
+            job,
+            tool: &self.tool,
+        };
+        self.audit.publish(&about, outcome, body);
     }
-}
-
-/// The hosts a fan-out result reports `denied` (`hosts: [{host, status, reason}]`), with why.
-fn denied_hosts(result: &CallToolResult) -> Vec<(String, String)> {
-    let Some(Value::Array(hosts)) = result.structured_content.as_ref().map(|s| &s["hosts"]) else {
-        return Vec::new();
-    };
-    hosts
-        .iter()
-        .filter(|h| h["status"] == "denied")
-        .filter_map(|h| {
-            let host = h["host"].as_str()?.to_string();
-            Some((host, h["reason"].as_str().unwrap_or_default().to_string()))
-        })
-        .collect()
 }
 
 /// Who refused a call by policy, and the code: `(host or "gateway", code)`; `None` for

@@ -335,23 +335,12 @@ impl SigningKey {
     }
 
     fn write(&self, path: &Path) -> Result<(), AuthError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let err = |source| AuthError::WriteKey {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(err)?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
-        writeln!(file, "{}", STANDARD.encode(self.key.to_bytes())).map_err(err)?;
-        file.sync_all().map_err(err)
+        crate::core::key_file::write_new(path, &self.key.to_bytes()).map_err(|source| {
+            AuthError::WriteKey {
+                path: path.display().to_string(),
+                source,
+            }
+        })
     }
 
     /// A 32-byte secret for `purpose` derived from the key (HMAC-SHA256 of the purpose under the

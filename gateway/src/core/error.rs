@@ -1,9 +1,10 @@
-//! The one place where domain errors become MCP tool results a model can act on.
+//! Why a tool call could not do what was asked: the domain's errors as a caller is told them.
 //!
 //! Internals (NATS error chains, stream sequences) are logged here once and summarised for the
 //! caller; every message names the host or job it is about and, where there is one, the next step.
+//! Each face turns a [`ToolError`] into its own answer (an MCP tool result, a gRPC status).
 
-use rmcp::model::{CallToolResult, ContentBlock};
+use serde_json::Value;
 use tracing::{error, warn};
 
 use execmesh_proto::{Token, pb};
@@ -67,11 +68,13 @@ pub enum ToolError {
     )]
     NotOperator { action: String },
     /// Not a failure: the policy holds the call until a teammate approves it. The client sees
-    /// `result`, a normal (non-error) result with the approval id.
+    /// a normal (non-error) result: `text` for the model, `details` (the approval id, its state,
+    /// summary, hosts and expiry) as structured data.
     #[error("approval {id} required before this call runs")]
     ApprovalRequired {
         id: String,
-        result: Box<CallToolResult>,
+        text: String,
+        details: Box<Value>,
     },
     /// The call carries an approval that cannot be used for it.
     #[error("approval {id} cannot be used: {reason}")]
@@ -100,20 +103,13 @@ impl ToolError {
         }
     }
 
-    /// The `isError` result the client sees.
-    pub fn into_result(self) -> CallToolResult {
-        if let Self::ApprovalRequired { result, .. } = self {
-            return *result;
-        }
-        let mut result = CallToolResult::error(vec![ContentBlock::text(self.to_string())]);
-        let code = match &self {
+    /// The code a client and the audit trail are given: [`Self::code`], except that a host's
+    /// refusal keeps the agent's own code by its wire name (`guard`, `run_as`, `outside_roots`).
+    pub fn reported_code(&self) -> String {
+        match self {
             Self::Refused { code, .. } => code_name(*code),
             other => other.code().to_string(),
-        };
-        result.structured_content = Some(serde_json::json!({
-            "error": { "code": code, "message": self.to_string() }
-        }));
-        result
+        }
     }
 
     /// An internal error: logs `detail` as an error and tells the caller `summary`.
@@ -276,10 +272,7 @@ mod tests {
             );
             assert!(!text.contains("unavailable"), "{text}");
             assert!(!text.contains("try again"), "{text}");
-            let result = tool.into_result();
-            assert_eq!(result.is_error, Some(true));
-            let code = &result.structured_content.unwrap()["error"]["code"];
-            assert_eq!(code, "internal");
+            assert_eq!(tool.reported_code(), "internal");
         }
     }
 
@@ -352,9 +345,7 @@ mod tests {
             "host web-1 refused the request: refused by rule `rm`"
         );
         assert_eq!(e.node_denial(), Some((&host, pb::ErrorCode::OutsideRoots)));
-        let result = e.into_result();
-        let code = &result.structured_content.unwrap()["error"]["code"];
-        assert_eq!(code, "outside_roots");
+        assert_eq!(e.reported_code(), "outside_roots");
         assert_eq!(code_name(pb::ErrorCode::RunAs), "run_as");
         assert_eq!(code_name(pb::ErrorCode::IsADirectory), "is_a_directory");
         assert!(refused(pb::ErrorCode::Busy).node_denial().is_none());

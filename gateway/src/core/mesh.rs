@@ -557,13 +557,13 @@ impl Mesh {
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
-        let subject_prefix = format!("$KV.{bucket}.");
+        let subject_prefix = subject::kv_prefix(bucket);
         let request = DirectGet {
             multi_last: Some(vec![format!("{subject_prefix}{prefix}>")]),
             batch: Some(100_000),
             ..Default::default()
         };
-        let msgs = match self.direct_get(&format!("KV_{bucket}"), &request).await {
+        let msgs = match self.direct_get(&subject::kv_stream(bucket), &request).await {
             Ok(msgs) => msgs,
             // Past the server's per-request limit (1,024 subjects), read the latest values
             // with an ordered consumer instead: slower to start, no limit.
@@ -635,10 +635,10 @@ impl Mesh {
             |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {bucket}"), e);
         let stream = self
             .js
-            .get_stream(format!("KV_{bucket}"))
+            .get_stream(subject::kv_stream(bucket))
             .await
             .map_err(|e| nats(&e))?;
-        let prefix = format!("$KV.{bucket}.");
+        let prefix = subject::kv_prefix(bucket);
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
@@ -656,7 +656,7 @@ impl Mesh {
         let initial = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(|e| nats(&e))?;
         let records = self.records.clone();
-        let what = format!("KV_{bucket}");
+        let what = subject::kv_stream(bucket);
         let changes = messages.map(move |message| {
             let message =
                 message.map_err(|e| MeshError::unavailable(format!("watch of {what}"), &e))?;
@@ -701,11 +701,11 @@ impl Mesh {
     /// The latest value of one KV key, if any.
     pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
         let request = DirectGet {
-            last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+            last_by_subj: Some(subject::kv(bucket, key)),
             ..Default::default()
         };
         let msg = self
-            .direct_get(&format!("KV_{bucket}"), &request)
+            .direct_get(&subject::kv_stream(bucket), &request)
             .await?
             .pop();
         Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
@@ -766,13 +766,9 @@ impl Mesh {
 
     /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
     pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
-        let request = DirectGet {
-            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
-            batch: Some(100_000),
-            ..Default::default()
-        };
+        let request = self.hosts_of_job(job, 100_000);
         let payloads: Vec<Bytes> = match self
-            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .direct_get(&subject::kv_stream(JOBS_BUCKET), &request)
             .await
         {
             Ok(msgs) => msgs
@@ -781,7 +777,7 @@ impl Mesh {
                 .map(|m| m.payload)
                 .collect(),
             Err(MeshError::TooManyResults { .. }) => self
-                .kv_last_values_streamed(JOBS_BUCKET, &format!("{}.*.{job}", self.tenant))
+                .kv_last_values_streamed(JOBS_BUCKET, &subject::job_keys_of_id(&self.tenant, job))
                 .await?
                 .into_iter()
                 .filter_map(|(_, v)| v.ok())
@@ -799,12 +795,12 @@ impl Mesh {
         let key = subject::host_key(&self.tenant, host);
         let get = |bucket: &'static str| {
             let request = DirectGet {
-                last_by_subj: Some(format!("$KV.{bucket}.{key}")),
+                last_by_subj: Some(subject::kv(bucket, &key)),
                 ..Default::default()
             };
             async move {
                 let msg = self
-                    .direct_get(&format!("KV_{bucket}"), &request)
+                    .direct_get(&subject::kv_stream(bucket), &request)
                     .await?
                     .pop();
                 Ok::<_, MeshError>(msg.filter(|m| {
@@ -913,15 +909,23 @@ impl Mesh {
         }
     }
 
+    /// A direct get of the statuses of `job` on every host, up to `batch` of them.
+    fn hosts_of_job(&self, job: &Token, batch: usize) -> DirectGet {
+        DirectGet {
+            multi_last: Some(vec![subject::kv(
+                JOBS_BUCKET,
+                &subject::job_keys_of_id(&self.tenant, job),
+            )]),
+            batch: Some(batch),
+            ..Default::default()
+        }
+    }
+
     /// Finds the host that ran `job` (job ids are unique across the mesh).
     pub async fn find_job(&self, job: &Token) -> Result<Option<pb::JobStatus>, MeshError> {
-        let request = DirectGet {
-            multi_last: Some(vec![format!("$KV.{JOBS_BUCKET}.{}.*.{job}", self.tenant)]),
-            batch: Some(16),
-            ..Default::default()
-        };
+        let request = self.hosts_of_job(job, 16);
         let msgs = self
-            .direct_get(&format!("KV_{JOBS_BUCKET}"), &request)
+            .direct_get(&subject::kv_stream(JOBS_BUCKET), &request)
             .await?;
         Ok(msgs
             .into_iter()

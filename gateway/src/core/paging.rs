@@ -47,6 +47,7 @@ pub enum CursorError {
 
 /// The key that seals cursors: HMAC-SHA256 with a secret derived from the gateway's token key,
 /// which every replica shares, so a cursor issued by one replica opens on any other.
+#[derive(Clone)]
 pub struct CursorKey {
     key: ring::hmac::Key,
 }

@@ -8,8 +8,6 @@
 //! What exactly is signed is defined in `execmesh_proto::signing`.
 
 use std::fmt;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -90,21 +88,12 @@ impl Signer {
     }
 
     fn write_seed(&self, path: &Path) -> Result<(), SignerError> {
-        let err = |source| SignerError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(err)?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
-        writeln!(file, "{}", STANDARD.encode(self.key.to_bytes())).map_err(err)?;
-        file.sync_all().map_err(err)
+        crate::core::key_file::write_new(path, &self.key.to_bytes()).map_err(|source| {
+            SignerError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 
     /// Writes the public key for agents, unless the file already holds it. A failure is only

@@ -25,6 +25,7 @@ use tracing::debug;
 
 use execmesh_proto::jetstream as layout;
 use execmesh_proto::kv_write::{self, Expect, KvWriteError};
+use execmesh_proto::subject;
 
 use crate::core::mesh::{DirectGet, Mesh};
 
@@ -249,7 +250,7 @@ impl Store {
     /// The latest record under `key`, checked: see [`Held`].
     async fn read(&self, store: &kv::Store, key: &str) -> Result<Held, StoreError> {
         let request = DirectGet {
-            last_by_subj: Some(format!("$KV.{}.{key}", store.name)),
+            last_by_subj: Some(subject::kv(&store.name, key)),
             ..Default::default()
         };
         let msg = self

@@ -223,15 +223,19 @@ mod tests {
         }
     }
 
+    /// The properties of a tool's input schema (`whoami` takes no arguments: none).
+    fn properties(schema: &Value) -> serde_json::Map<String, Value> {
+        schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     #[test]
     fn every_documented_property_is_accepted_in_its_documented_type() {
         for tool in TOOLS {
             let schema = schema(tool);
-            // `whoami` takes no arguments: its schema has no properties.
-            let properties = schema["properties"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
+            let properties = properties(&schema);
             for (name, property) in &properties {
                 // The handler takes `approval_id` out before the tool's parser sees the call.
                 if name == crate::core::approvals::ARG {
@@ -250,11 +254,7 @@ mod tests {
     fn every_enum_property_takes_its_name_only() {
         for tool in TOOLS {
             let schema = schema(tool);
-            // `whoami` takes no arguments: its schema has no properties.
-            let properties = schema["properties"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
+            let properties = properties(&schema);
             for (name, property) in &properties {
                 let Some(value) = enum_values(property, &schema).into_iter().next() else {
                     continue;

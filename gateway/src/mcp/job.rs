@@ -9,13 +9,12 @@ use serde::{Deserialize, Serialize};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
-use super::{Call, seconds, structured};
+use super::{Call, McpState, seconds, structured};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::core::trace::TraceContext;
-use crate::state::AppState;
 
 /// How often `wait` checks that the job's host still heartbeats.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
@@ -218,16 +217,7 @@ async fn poll(
             (cursor, call.state.mesh.settle_orphan(status).await?)
         }
         None => {
-            let status = find(
-                call,
-                access,
-                params.job.as_deref(),
-                params.host.as_deref(),
-                "poll",
-            )
-            .await?;
-            let (host, job) = ids(&status)?;
-            super::reach::check(call, &host).await?;
+            let (status, host, job) = find_reachable(call, access, &params, "poll").await?;
             let cursor = match params.tail {
                 Some(n) => paging::tail(&call.state.mesh, host, job, n).await?,
                 None => Cursor::start(host, job),
@@ -326,16 +316,7 @@ async fn wait(
     params: JobParams,
 ) -> Result<CallToolResult, ToolError> {
     let timeout = seconds("job", "timeout", params.timeout.unwrap_or(30.0), 600.0)?;
-    let mut status = find(
-        call,
-        access,
-        params.job.as_deref(),
-        params.host.as_deref(),
-        "wait",
-    )
-    .await?;
-    let (host, job) = ids(&status)?;
-    super::reach::check(call, &host).await?;
+    let (mut status, host, job) = find_reachable(call, access, &params, "wait").await?;
     audit_use(call, access, JobAction::Wait, [&status]);
     // Wait in slices so a job whose agent died (no heartbeat) is noticed and reported lost
     // instead of being waited on until the timeout.
@@ -389,16 +370,7 @@ async fn kill(
     {
         return kill_group(call, access, group).await;
     }
-    let status = find(
-        call,
-        access,
-        params.job.as_deref(),
-        params.host.as_deref(),
-        "kill",
-    )
-    .await?;
-    let (host, job) = ids(&status)?;
-    super::reach::check(call, &host).await?;
+    let (status, host, job) = find_reachable(call, access, &params, "kill").await?;
     crate::core::approvals::gate_hosts(&call.gate(), Some("kill"), &[&host], || {
         format!("job kill {job} on {host}")
     })
@@ -422,7 +394,7 @@ async fn kill(
 /// Asks `host`'s agent to kill `job` (SIGTERM to its process group, SIGKILL after the grace
 /// period) and returns the status it reports.
 pub async fn kill_on(
-    state: &AppState,
+    state: &McpState,
     identity: &Identity,
     trace: &TraceContext,
     host: &Token,
@@ -627,6 +599,27 @@ fn limits(call: &Call<'_>, params: &JobParams) -> Result<PageLimits, ToolError> 
         max_bytes,
         max_line_bytes: config.max_line_bytes,
     })
+}
+
+/// [`find`] with the job's `job` and `host` arguments, and its ids: a job on a host outside the
+/// caller's reach is refused.
+async fn find_reachable(
+    call: &Call<'_>,
+    access: &JobAccess,
+    params: &JobParams,
+    action: &str,
+) -> Result<(pb::JobStatus, Token, Token), ToolError> {
+    let status = find(
+        call,
+        access,
+        params.job.as_deref(),
+        params.host.as_deref(),
+        action,
+    )
+    .await?;
+    let (host, job) = ids(&status)?;
+    super::reach::check(call, &host).await?;
+    Ok((status, host, job))
 }
 
 /// Finds a job the caller may see by id: on `host` when given, else across the mesh. A fan-out

@@ -15,27 +15,49 @@ pub mod hosts;
 pub(crate) mod job;
 mod progress;
 mod reach;
+mod result;
 mod strict;
+mod tool_list;
 mod whoami;
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock,
-    Implementation, InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
+    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use serde::Serialize;
 use tracing::{Instrument, info, info_span};
 
-use crate::core::approvals;
+use crate::config::Config;
+use crate::core::approvals::{self, Approvals};
+use crate::core::audit::Audit;
 use crate::core::auth::Identity;
+use crate::core::dispatch::Dispatcher;
 use crate::core::error::ToolError;
+use crate::core::mesh::Mesh;
+use crate::core::paging::CursorKey;
+use crate::core::policy::LivePolicy;
 use crate::core::trace::TraceContext;
-use crate::state::AppState;
 use args::Params;
+pub use result::structured;
+
+/// What the tools read and act through: the configuration and the core services, nothing of
+/// the other faces (no token keys, no OAuth store).
+pub struct McpState {
+    pub config: Arc<Config>,
+    pub mesh: Mesh,
+    /// Users, groups, tiers and reach; reloaded in place.
+    pub policy: Arc<LivePolicy>,
+    /// Opens the audit trail of every call.
+    pub audit: Arc<Audit>,
+    /// Calls held for a teammate's approval.
+    pub approvals: Approvals,
+    /// Seals the job cursors handed to clients.
+    pub cursors: CursorKey,
+}
 
 /// What a tool needs to serve one call.
 pub struct Call<'a> {
@@ -48,7 +70,7 @@ pub struct Call<'a> {
     pub approval_id: Option<&'a str>,
     /// Shared by every call; an `Arc` so work that outlives the call (stopping abandoned
     /// fan-out jobs) can keep it.
-    pub state: &'a Arc<AppState>,
+    pub state: &'a Arc<McpState>,
     pub identity: &'a Identity,
     pub trace: &'a TraceContext,
     /// The MCP request: its peer (for progress notifications), its `_meta` (progress token)
@@ -74,6 +96,16 @@ impl Call<'_> {
             groups: &self.state.config.groups,
             approvals: &self.state.approvals,
             redactor: self.state.audit.redactor(),
+        }
+    }
+
+    /// Sends this call's requests to hosts.
+    pub fn dispatcher(&self) -> Dispatcher<'_> {
+        Dispatcher {
+            mesh: &self.state.mesh,
+            identity: self.identity,
+            trace: self.trace,
+            audit: self.audit,
         }
     }
 }
@@ -128,11 +160,11 @@ fn with_approval_id(tool: &mut Tool) {
 /// The MCP server handler for one request.
 #[derive(Clone)]
 pub struct Handler {
-    state: Arc<AppState>,
+    state: Arc<McpState>,
 }
 
 impl Handler {
-    pub fn new(state: Arc<AppState>) -> Self {
+    pub fn new(state: Arc<McpState>) -> Self {
         Self { state }
     }
 }
@@ -157,7 +189,7 @@ impl ServerHandler for Handler {
             .and_then(|p| p.extensions.get::<Identity>())
             .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
         // The list depends on the caller's tier: private, so no cache shares it between users.
-        let tools = crate::core::tier::tools_for(definitions(), identity.tier);
+        let tools = tool_list::for_tier(definitions(), identity.tier);
         Ok(ListToolsResult::with_all_items(tools).with_cache_scope(CacheScope::Private))
     }
 
@@ -229,9 +261,9 @@ impl ServerHandler for Handler {
         }
         .instrument(span.clone())
         .await;
-        audit.finish(&result);
+        audit.finish(result.as_ref().map(result::answer));
         let _enter = span.enter();
-        let result = match result {
+        let result: CallToolResult = match result {
             Ok(result) => {
                 info!(
                     elapsed_us = started.elapsed().as_micros() as u64,
@@ -241,20 +273,11 @@ impl ServerHandler for Handler {
             }
             Err(e) => {
                 info!(error = %e, code = e.code(), "tool call refused");
-                e.into_result()
+                CallToolResult::from(e)
             }
         };
         Ok(result.into())
     }
-}
-
-/// A result with text blocks for people and models and the same data as `structuredContent`.
-pub fn structured<T: Serialize>(value: &T, text: Vec<String>) -> Result<CallToolResult, ToolError> {
-    let structured = serde_json::to_value(value)
-        .map_err(|e| ToolError::internal("the result could not be encoded", &e))?;
-    let mut result = CallToolResult::success(text.into_iter().map(ContentBlock::text).collect());
-    result.structured_content = Some(structured);
-    Ok(result)
 }
 
 /// Builds a tool definition from its parameter and output types.

@@ -81,39 +81,26 @@ pub async fn submit(
     let username = username.to_ascii_lowercase();
     let password = params.get("password").cloned().unwrap_or_default();
     let oauth = &state.oauth;
+    // The sign-in form again, held back for `wait`, saying `why`.
+    let held_back = |why: &str, wait: std::time::Duration| {
+        let message = format!("{why} Try again in {} s.", wait.as_secs().max(1));
+        let page = form(
+            &request,
+            StatusCode::TOO_MANY_REQUESTS,
+            &username,
+            Some(&message),
+        );
+        with_retry_after(page, wait)
+    };
     if let Err(wait) = oauth.logins_per_address.hit(&address) {
         warn!(address = %address, "login attempts from this address are rate-limited");
-        let message = format!(
-            "Too many sign-in attempts from your address. Try again in {} s.",
-            wait.as_secs().max(1)
-        );
-        return with_retry_after(
-            form(
-                &request,
-                StatusCode::TOO_MANY_REQUESTS,
-                &username,
-                Some(&message),
-            ),
-            wait,
-        );
+        return held_back("Too many sign-in attempts from your address.", wait);
     }
     if let Err(wait) = oauth.failures_per_user.check(&username) {
         warn!(user = %username, address = %address, "logins of this user are rate-limited");
-        let message = format!(
-            "Too many failed sign-ins for this user. Try again in {} s.",
-            wait.as_secs().max(1)
-        );
-        return with_retry_after(
-            form(
-                &request,
-                StatusCode::TOO_MANY_REQUESTS,
-                &username,
-                Some(&message),
-            ),
-            wait,
-        );
+        return held_back("Too many failed sign-ins for this user.", wait);
     }
-    let policy = state.app.policy.current();
+    let policy = state.policy.current();
     let hash = policy.user(&username).and_then(|u| u.password_hash.clone());
     // argon2 takes tens of milliseconds of CPU: off the async workers. Unknown users are
     // checked against a dummy hash, so the time taken does not tell who exists.
@@ -160,7 +147,7 @@ pub async fn submit(
         &[
             ("code", Some(code.as_str())),
             ("state", request.state.as_deref()),
-            ("iss", Some(state.app.audience.issuer.as_str())),
+            ("iss", Some(state.audience.issuer.as_str())),
         ],
     )
 }
@@ -243,16 +230,16 @@ async fn check(state: &OAuthState, params: &BTreeMap<String, String>) -> Result<
         ));
     }
     let resource = match get("resource") {
-        None => state.app.audience.resource.clone(),
-        Some(r) if r.trim_end_matches('/') == state.app.audience.resource => {
-            state.app.audience.resource.clone()
+        None => state.audience.resource.clone(),
+        Some(r) if r.trim_end_matches('/') == state.audience.resource => {
+            state.audience.resource.clone()
         }
         Some(r) => {
             return Err(back(
                 "invalid_target",
                 format!(
                     "resource `{r}` is not served here; this server issues tokens for {}",
-                    state.app.audience.resource
+                    state.audience.resource
                 ),
             ));
         }
@@ -327,7 +314,7 @@ fn refuse(state: &OAuthState, refusal: Refusal) -> Response {
                 ("error", Some(error)),
                 ("error_description", Some(description.as_str())),
                 ("state", client_state.as_deref()),
-                ("iss", Some(state.app.audience.issuer.as_str())),
+                ("iss", Some(state.audience.issuer.as_str())),
             ],
         ),
     }

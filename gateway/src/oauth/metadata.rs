@@ -12,7 +12,7 @@ use super::SCOPES_SUPPORTED;
 
 /// `/.well-known/oauth-protected-resource[/mcp]`.
 pub async fn protected_resource(State(state): State<Arc<OAuthState>>) -> Json<Value> {
-    let audience = &state.app.audience;
+    let audience = &state.audience;
     Json(json!({
         "resource": audience.resource,
         "authorization_servers": [audience.issuer],
@@ -24,7 +24,7 @@ pub async fn protected_resource(State(state): State<Arc<OAuthState>>) -> Json<Va
 
 /// `/.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`.
 pub async fn authorization_server(State(state): State<Arc<OAuthState>>) -> Json<Value> {
-    Json(document(&state.app.audience.issuer))
+    Json(document(&state.audience.issuer))
 }
 
 /// The authorization server metadata of `issuer`.

@@ -35,7 +35,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::core::auth::{Audience, SigningKey};
+use crate::core::policy::LivePolicy;
+use crate::core::revocation::Revocations;
 
 pub use crate::core::token_store::{Store, StoreError};
 pub use ratelimit::RateLimiter;
@@ -53,9 +55,21 @@ pub const REGISTRATIONS_PER_ADDRESS: u32 = 20;
 /// The window of the limits above.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
-/// What the OAuth endpoints read: the state every face shares and the authorization server's own.
+/// What the OAuth endpoints read: the core services they issue tokens with, and the
+/// authorization server's own state.
 pub struct OAuthState {
-    pub app: Arc<AppState>,
+    /// Signs the access tokens issued (and verifies those presented for revocation).
+    pub key: SigningKey,
+    /// The issuer and resource every token names.
+    pub audience: Audience,
+    /// Who may sign in, with which scopes.
+    pub policy: Arc<LivePolicy>,
+    /// Revoked token ids, which revocation and refresh-token reuse add to.
+    pub revocations: Arc<Revocations>,
+    /// Lifetime of the access tokens issued.
+    pub access_token_ttl: Duration,
+    /// Lifetime of the refresh tokens issued (and of a revoked family's record).
+    pub refresh_token_ttl: Duration,
     pub oauth: OAuth,
 }
 
@@ -99,7 +113,7 @@ impl OAuth {
 
 /// The OAuth routes, to merge into the gateway's router.
 pub fn routes(state: &OAuthState) -> Router<Arc<OAuthState>> {
-    let resource_path = state.app.audience.resource_path().to_string();
+    let resource_path = state.audience.resource_path().to_string();
     let mut router = Router::new()
         .route(
             "/.well-known/oauth-protected-resource",

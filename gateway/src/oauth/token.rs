@@ -159,7 +159,7 @@ async fn refresh(
             "the refresh token was issued to another client",
         ));
     }
-    let ttl = state.app.config.refresh_token_ttl;
+    let ttl = state.refresh_token_ttl;
     if !store.mark_used(token, ttl).await? {
         warn!(user = %grant.user, client = %client_id, "rotated refresh token reused; revoking its family");
         revoke_family(state, &grant.family).await?;
@@ -201,13 +201,12 @@ async fn issue(
     scope: &str,
 ) -> Result<Response, TokenError> {
     let grant = state
-        .app
         .policy
         .current()
         .grant(user)
         .ok_or_else(|| TokenError::grant(format!("user {user} is no longer in the policy")))?;
-    let access_ttl = state.app.config.access_token_ttl;
-    let refresh_ttl = state.app.config.refresh_token_ttl;
+    let access_ttl = state.access_token_ttl;
+    let refresh_ttl = state.refresh_token_ttl;
     let spec = TokenSpec {
         user,
         ttl: access_ttl,
@@ -215,14 +214,10 @@ async fn issue(
         tier: grant.tier,
         client_id: Some(client_id),
     };
-    let access = state
-        .app
-        .key
-        .issue(&state.app.audience, &spec)
-        .map_err(|e| {
-            warn!(error = %e, "cannot sign an access token");
-            TokenError::grant(format!("cannot issue a token: {e}"))
-        })?;
+    let access = state.key.issue(&state.audience, &spec).map_err(|e| {
+        warn!(error = %e, "cannot sign an access token");
+        TokenError::grant(format!("cannot issue a token: {e}"))
+    })?;
     let store = &state.oauth.store;
     let now = now_secs();
     let mut family = store.family(family_id).await?.unwrap_or(Family {
@@ -239,7 +234,7 @@ async fn issue(
         client_id: client_id.to_string(),
         user: user.to_string(),
         scope: scope.to_string(),
-        resource: state.app.audience.resource.clone(),
+        resource: state.audience.resource.clone(),
         expires_at: now + refresh_ttl.as_secs(),
     };
     store
@@ -261,12 +256,12 @@ async fn issue(
 async fn revoke_family(state: &OAuthState, family_id: &str) -> Result<(), StoreError> {
     let store = &state.oauth.store;
     store
-        .revoke_family(family_id, state.app.config.refresh_token_ttl)
+        .revoke_family(family_id, state.refresh_token_ttl)
         .await?;
     if let Some(family) = store.family(family_id).await? {
         let now = now_secs();
         for (jti, exp) in family.access.iter().filter(|(_, exp)| *exp > now) {
-            state.app.revocations.revoke(jti, *exp).await?;
+            state.revocations.revoke(jti, *exp).await?;
         }
     }
     Ok(())
@@ -296,10 +291,9 @@ pub async fn revoke(
             }
             return Ok(());
         }
-        if let Ok(identity) = state.app.key.verify(token, &state.app.audience) {
+        if let Ok(identity) = state.key.verify(token, &state.audience) {
             info!(user = %identity.user, jti = %identity.token_id, "access token revoked");
             state
-                .app
                 .revocations
                 .revoke(&identity.token_id, identity.expires_at)
                 .await?;
@@ -339,7 +333,7 @@ fn check_resource(
             "invalid_target",
             format!(
                 "resource `{r}` is not the one this grant is for ({})",
-                state.app.audience.resource
+                state.audience.resource
             ),
         )),
         _ => Ok(()),

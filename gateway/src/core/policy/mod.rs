@@ -775,30 +775,36 @@ mod tests {
 
     #[test]
     fn approvers_and_token_admins_must_name_defined_users_and_groups() {
-        let err = parse(&format!(
+        let err = refusal(&format!(
             "{POLICY}\n[approvers]\nusers = [\"zed\"]\ngroups = [\"nobody\"]\n\n\
              [token_admins]\nusers = [\"yan\"]\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        for needle in [
-            "approvers names user `zed`",
-            "approvers names group `nobody`",
-            "token_admins names user `yan`",
-        ] {
+        ));
+        assert_names(
+            &err,
+            &[
+                "approvers names user `zed`",
+                "approvers names group `nobody`",
+                "token_admins names user `yan`",
+            ],
+        );
+        assert!(refusal("[approvers]\nuser = [\"x\"]\n").contains("user"));
+    }
+
+    /// Why the policy `text` is refused.
+    fn refusal(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    /// Asserts that `err` names each of `needles`.
+    fn assert_names(err: &str, needles: &[&str]) {
+        for needle in needles {
             assert!(err.contains(needle), "{needle} missing from: {err}");
         }
-        assert!(
-            parse("[approvers]\nuser = [\"x\"]\n")
-                .unwrap_err()
-                .to_string()
-                .contains("user")
-        );
     }
 
     #[test]
     fn every_problem_is_named() {
-        let err = parse(
+        let err = refusal(
             r#"
             [groups.ops]
             tier = "root"
@@ -811,24 +817,18 @@ mod tests {
             tool = "file"
             action = "shred"
             "#,
-        )
-        .unwrap_err()
-        .to_string();
-        for needle in [
-            "unknown tier `root`",
-            "Bad.Name",
-            "group `nope`, which is not defined",
-            "password_hash",
-            "run_as `Root`",
-            "no action `shred`",
-        ] {
-            assert!(err.contains(needle), "{needle} missing from: {err}");
-        }
-        assert!(
-            parse("[users.x]\npasword_hash = \"\"\n")
-                .unwrap_err()
-                .to_string()
-                .contains("pasword_hash")
         );
+        assert_names(
+            &err,
+            &[
+                "unknown tier `root`",
+                "Bad.Name",
+                "group `nope`, which is not defined",
+                "password_hash",
+                "run_as `Root`",
+                "no action `shred`",
+            ],
+        );
+        assert!(refusal("[users.x]\npasword_hash = \"\"\n").contains("pasword_hash"));
     }
 }
