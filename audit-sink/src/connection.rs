@@ -36,7 +36,7 @@ pub async fn connect(config: &Config) -> Result<Client, SinkError> {
         .nats_tls_client
         .as_ref()
         .map(|c| (c.cert.as_path(), c.key.as_path()));
-    options = execmesh_proto::nats_connection::apply_tls(
+    options = execmesh_runtime::nats_connection::apply_tls(
         options,
         config.nats_tls_ca.as_deref(),
         client_cert,
@@ -58,7 +58,7 @@ fn log_event(event: Event) {
         Event::Connected => info!("connected to NATS"),
         Event::Disconnected => warn!("disconnected from NATS; reconnecting"),
         Event::ServerError(ServerError::Other(msg)) => {
-            match execmesh_proto::nats_connection::permission_violation(&msg) {
+            match execmesh_runtime::nats_connection::permission_violation(&msg) {
                 Some((operation, subject)) => warn!(operation, subject, error = %msg,
                 "NATS refused an operation for permissions (the sink's NATS user does not allow it)"),
                 None => warn!(error = %msg, "NATS server error"),

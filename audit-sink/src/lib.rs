@@ -31,7 +31,7 @@ pub enum SinkError {
     Connect { url: String, reason: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    NatsTls(#[from] execmesh_runtime::nats_connection::NatsTlsError),
     #[error("cannot create or open {what}: {source}")]
     Provision {
         what: String,

@@ -45,7 +45,7 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         .nats_tls_cert
         .as_deref()
         .zip(config.nats_tls_key.as_deref());
-    options = execmesh_proto::nats_connection::apply_tls(
+    options = execmesh_runtime::nats_connection::apply_tls(
         options,
         config.nats_tls_ca.as_deref(),
         client_cert,
@@ -77,7 +77,7 @@ fn log_event(host: &execmesh_proto::Token, event: Event) {
         Event::Connected => info!(host = %host, "connected to NATS"),
         Event::Disconnected => warn!(host = %host, "disconnected from NATS; reconnecting"),
         Event::ServerError(ServerError::Other(msg)) => {
-            match execmesh_proto::nats_connection::permission_violation(&msg) {
+            match execmesh_runtime::nats_connection::permission_violation(&msg) {
                 Some((operation, subject)) => warn!(host = %host, operation, subject, error = %msg,
                 "NATS refused an operation for permissions (this agent's NATS user does not allow it)"),
                 None => warn!(host = %host, error = %msg, "NATS server error"),

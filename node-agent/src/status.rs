@@ -8,9 +8,9 @@ use async_nats::jetstream::{
     kv::{self, Operation},
 };
 use bytes::Bytes;
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::pb;
 use execmesh_proto::signing::RecordKey;
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;

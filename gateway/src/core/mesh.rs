@@ -18,9 +18,9 @@ use serde::Serialize;
 use tracing::warn;
 
 use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
 use crate::core::records::{Records, RecordsError, Rejection};
 use crate::core::signer::{Signer, SignerError};
@@ -57,7 +57,7 @@ pub enum MeshError {
     TooManyResults { stream: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    NatsTls(#[from] execmesh_runtime::nats_connection::NatsTlsError),
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -283,7 +283,7 @@ fn log_event(event: async_nats::Event) {
     match event {
         Event::Connected => tracing::info!("NATS connected"),
         Event::ServerError(ServerError::Other(msg)) => {
-            match execmesh_proto::nats_connection::permission_violation(&msg) {
+            match execmesh_runtime::nats_connection::permission_violation(&msg) {
                 Some((operation, subject)) => warn!(operation, subject, error = %msg,
                 "NATS refused an operation for permissions (the gateway's NATS user does not allow it)"),
                 None => warn!(error = %msg, "NATS server error"),
@@ -359,7 +359,7 @@ impl Mesh {
             let seed = std::fs::read_to_string(path).map_err(connect_err)?;
             options = options.nkey(seed.trim().to_string());
         }
-        options = execmesh_proto::nats_connection::apply_tls(
+        options = execmesh_runtime::nats_connection::apply_tls(
             options,
             config.nats_tls_ca,
             config.nats_tls_client,

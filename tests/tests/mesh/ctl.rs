@@ -467,13 +467,13 @@ async fn commands_are_shown_redacted_by_the_job_tool_the_admin_api_and_execmeshc
     // Signed by web-1's agent, as agents write job records: an unsigned one would be ignored.
     let js = nats.jetstream().await;
     let jobs = js.get_key_value("mesh_jobs").await.expect("mesh_jobs");
-    execmesh_proto::kv_write::write(
+    execmesh_runtime::kv_write::write(
         &js,
         &jobs,
         &format!("default.web-1.{planted}"),
         old.encode_to_vec().into(),
         async_nats::HeaderMap::new(),
-        execmesh_proto::kv_write::Expect::Any,
+        execmesh_runtime::kv_write::Expect::Any,
         Some(&nats.identities().record_key("agent-web-1")),
     )
     .await

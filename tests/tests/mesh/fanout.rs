@@ -750,13 +750,13 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
                 collected_at_ms: 1,
                 ..Default::default()
             };
-            execmesh_proto::kv_write::write(
+            execmesh_runtime::kv_write::write(
                 &js,
                 &facts,
                 &format!("default.{host}"),
                 pack.encode_to_vec().into(),
                 async_nats::HeaderMap::new(),
-                execmesh_proto::kv_write::Expect::Any,
+                execmesh_runtime::kv_write::Expect::Any,
                 Some(&key),
             )
             .await

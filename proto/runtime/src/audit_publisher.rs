@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::signing::RecordKey;
-use crate::subject::audit_kind;
-use crate::{jetstream as layout, pb};
+use execmesh_proto::signing::RecordKey;
+use execmesh_proto::subject::audit_kind;
+use execmesh_proto::{jetstream as layout, pb};
 
 /// First and longest pause before a failed publish (or stream creation) is tried again.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -87,7 +87,7 @@ impl Publisher {
         let kind = audit_kind::of(event.body.as_ref());
         let payload = Bytes::from(event.encode_to_vec());
         let mut headers = HeaderMap::new();
-        headers.insert(crate::headers::MSG_ID, event.id.as_str());
+        headers.insert(execmesh_proto::headers::MSG_ID, event.id.as_str());
         if let Some(signer) = &self.signer {
             signer.sign(&subject, &mut headers, &payload);
         }
