@@ -223,6 +223,19 @@ const MAX_LINGER_MS: u64 = 10_000;
 // === impl Config ===
 
 impl Config {
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
+        execmesh_runtime::nats_connection::NatsTarget {
+            url: &self.nats_url,
+            creds: self.nats_creds.as_deref(),
+            nkey_seed: self.nats_nkey_seed.as_deref(),
+            tls_ca: self.nats_tls_ca.as_deref(),
+            tls_client: (self.nats_tls_client.as_ref())
+                .map(|c| (c.cert.as_path(), c.key.as_path())),
+            tls_required: false,
+        }
+    }
+
     /// A configuration with defaults, for tests and embedding.
     pub fn new(nats_url: &str, store: StoreConfig) -> Self {
         Self {

@@ -362,13 +362,16 @@ impl Config {
     /// What connecting to the mesh needs of this configuration.
     pub fn mesh(&self) -> crate::core::mesh::MeshSettings<'_> {
         crate::core::mesh::MeshSettings {
-            nats_url: &self.nats_url,
-            nats_creds: self.nats_creds.as_deref(),
-            nats_nkey_seed: self.nats_nkey_seed.as_deref(),
+            nats: execmesh_runtime::nats_connection::NatsTarget {
+                url: &self.nats_url,
+                creds: self.nats_creds.as_deref(),
+                nkey_seed: self.nats_nkey_seed.as_deref(),
+                tls_ca: self.nats_tls_ca.as_deref(),
+                tls_client: (self.nats_tls_client.as_ref())
+                    .map(|c| (c.cert.as_path(), c.key.as_path())),
+                tls_required: false,
+            },
             identities_file: self.identities_file.as_deref(),
-            nats_tls_ca: self.nats_tls_ca.as_deref(),
-            nats_tls_client: (self.nats_tls_client.as_ref())
-                .map(|c| (c.cert.as_path(), c.key.as_path())),
             tenant: &self.tenant,
             exec_signing_key: &self.exec_signing_key,
             kv_replicas: self.kv_replicas,

@@ -582,6 +582,21 @@ impl Config {
         p
     }
 
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
+        execmesh_runtime::nats_connection::NatsTarget {
+            url: &self.nats_url,
+            creds: self.nats_creds.as_deref(),
+            nkey_seed: self.nats_nkey_seed.as_deref(),
+            tls_ca: self.nats_tls_ca.as_deref(),
+            tls_client: self
+                .nats_tls_cert
+                .as_deref()
+                .zip(self.nats_tls_key.as_deref()),
+            tls_required: self.nats_tls_required,
+        }
+    }
+
     /// The configured server URLs, split at commas.
     pub fn nats_urls(&self) -> impl Iterator<Item = &str> {
         self.nats_url
