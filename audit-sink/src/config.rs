@@ -362,7 +362,7 @@ impl Config {
         {
             problems.push("sqlite_path is empty".to_string());
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+        if let Err(e) = execmesh_runtime::logging::check_filter(&self.log) {
             problems.push(format!("log `{}`: {e}", self.log));
         }
         if problems.is_empty() {

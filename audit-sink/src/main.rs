@@ -1,6 +1,5 @@
 //! The `execmesh-audit-sink` binary: command line, configuration, logging, runtime, signals; the work is in the library.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -46,7 +45,7 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    init_tracing(&config);
+    execmesh_runtime::logging::init(&config.log, config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,21 +181,4 @@ fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
         std::process::exit(130);
     });
     Ok(())
-}
-
-/// Logs to stderr: the configured filter, text or JSON lines.
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: redirected to a file or the journal, escape
-        // codes would litter every line.
-        .with_ansi(std::io::stderr().is_terminal());
-    if config.log_json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
 }

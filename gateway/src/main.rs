@@ -1,6 +1,5 @@
 //! `execmesh-gateway`: serve MCP, mint a token, or add a user to the policy.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -92,7 +91,9 @@ fn failed(what: &str, e: &CommandError) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_tracing(config.log_json);
+    // The gateway's filter comes from the environment only.
+    let filter = std::env::var("EXECMESH_LOG").unwrap_or_else(|_| "info".to_string());
+    execmesh_runtime::logging::init(&filter, config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,20 +138,4 @@ async fn signal(shutdown: CancellationToken) {
         _ = int.recv() => {}
     }
     shutdown.cancel();
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EXECMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: redirected to a file or the journal, escape
-        // codes would litter every line.
-        .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

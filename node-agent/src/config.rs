@@ -576,7 +576,7 @@ impl Config {
         if let Err(e) = execmesh_proto::redact::Redactor::new(&self.redact_patterns) {
             p.push(format!("redact_patterns: {e}"));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+        if let Err(e) = execmesh_runtime::logging::check_filter(&self.log) {
             p.push(format!("log: `{}`: {e}", self.log));
         }
         p

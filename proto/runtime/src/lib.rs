@@ -1,7 +1,7 @@
-//! The plumbing the gateway, the node-agents and the audit-sink share, written once: the checks
-//! of a NATS connection's TLS files and the reading of its permission errors
-//! (`nats_connection`), capped exponential backoff (`backoff`), the background audit publisher
-//! (`audit_publisher`) and KV writes that carry headers (`kv_write`).
+//! The plumbing the gateway, the node-agents and the audit-sink share, written once: the NATS
+//! connection with its TLS file checks and connection-event logging (`nats_connection`), capped
+//! exponential backoff (`backoff`), the background audit publisher (`audit_publisher`), KV
+//! writes that carry headers (`kv_write`) and the logging setup (`logging`).
 //!
 //! The contract these speak (subjects, streams, headers, signing) is `execmesh-proto`; this
 //! package holds what runs.
@@ -9,4 +9,5 @@
 pub mod audit_publisher;
 pub mod backoff;
 pub mod kv_write;
+pub mod logging;
 pub mod nats_connection;
