@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use execmesh_audit_sink::{Cli, Command, Config};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a bad command line or configuration (sysexits `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+use execmesh_runtime::config::{self, EXIT_USAGE};
+
 /// `verify`: the chain does not verify.
 const EXIT_BROKEN: u8 = 1;
 /// `verify`: the chain is intact, but some events were signed by no known key.
@@ -16,23 +15,13 @@ const EXIT_UNSIGNED: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match config::parse_cli() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS // --help, --version
-            };
-        }
+        Err(exit) => return exit,
     };
     let config = match Config::load(&cli.settings) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return config::invalid(&e),
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let filter = match &command {

@@ -701,14 +701,8 @@ fn read_file(path: &Path, problems: &mut Vec<String>) -> Result<Settings, Config
 impl Settings {
     /// Each key from `over` when set there, else from `under`.
     fn merge(over: Self, under: Self) -> Self {
-        macro_rules! pick {
-            ($($field:ident),*) => { Self {
-                config: over.config,
-                nats: over.nats.or(under.nats),
-                $($field: over.$field.or(under.$field)),*
-            } };
-        }
-        pick!(
+        execmesh_runtime::layered!(
+            over over under:
             identities_file,
             listen,
             tls_cert,

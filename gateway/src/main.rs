@@ -2,20 +2,20 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use execmesh_runtime::config;
 use tokio_util::sync::CancellationToken;
 
 use execmesh_gateway::commands::{self, CommandError};
 use execmesh_gateway::config::{Cli, Command, Config, TokenCommand, UserCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match config::parse_cli() {
+        Ok(cli) => cli,
+        Err(exit) => return exit,
+    };
     let config = match Config::load(&cli.settings) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(64);
-        }
+        Err(e) => return config::invalid(&e),
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(TokenCommand::Mint {
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
 fn failed(what: &str, e: &CommandError) -> ExitCode {
     eprintln!("{what}: {e}");
     match e {
-        CommandError::Usage(_) => ExitCode::from(64),
+        CommandError::Usage(_) => ExitCode::from(config::EXIT_USAGE),
         _ => ExitCode::from(1),
     }
 }

@@ -8,8 +8,7 @@ use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a bad command line or configuration (sysexits `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+use execmesh_runtime::config::{self, EXIT_USAGE};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -36,10 +35,7 @@ fn main() -> ExitCode {
     }
     let config = match Config::load(cli) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return config::invalid(&e),
     };
     telemetry::init(&config);
 

@@ -6,11 +6,31 @@
 
 use std::fmt;
 use std::path::Path;
+use std::process::ExitCode;
 
 use serde::de::DeserializeOwned;
 
 /// Exit code of a bad command line or configuration (sysexits `EX_USAGE`).
 pub const EXIT_USAGE: u8 = 64;
+
+/// Parses the command line, or says how to exit: `--help` and `--version` print and exit 0, a
+/// bad command line prints clap's message and exits [`EXIT_USAGE`].
+pub fn parse_cli<P: clap::Parser>() -> Result<P, ExitCode> {
+    P::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Reports a configuration that cannot be used, every problem named, and gives the exit code.
+pub fn invalid(error: &dyn fmt::Display) -> ExitCode {
+    eprintln!("invalid configuration: {error}");
+    ExitCode::from(EXIT_USAGE)
+}
 
 /// Why a configuration is unusable: every problem, one sentence each, not just the first.
 #[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +75,20 @@ impl fmt::Display for Rendered<'_> {
             }
         }
     }
+}
+
+/// The settings whose every key comes from `over` when set there, else from `under` (flags and
+/// environment over the file): `config`, the flag naming the file, from `over`; the flattened
+/// NATS settings key by key; then each listed key. Written in the settings' own `impl`.
+#[macro_export]
+macro_rules! layered {
+    ($over:ident over $under:ident: $($field:ident),* $(,)?) => {
+        Self {
+            config: $over.config,
+            nats: $over.nats.or($under.nats),
+            $($field: $over.$field.or($under.$field)),*
+        }
+    };
 }
 
 /// The keys a settings struct takes from a file: the ids of its flags (clap names each after
