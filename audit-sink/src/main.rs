@@ -6,6 +6,7 @@ use execmesh_audit_sink::{Cli, Command, Config};
 use tokio_util::sync::CancellationToken;
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
+use execmesh_runtime::signals;
 
 /// `verify`: the chain does not verify.
 const EXIT_BROKEN: u8 = 1;
@@ -15,13 +16,9 @@ const EXIT_UNSIGNED: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli: Cli = match config::parse_cli() {
-        Ok(cli) => cli,
+    let (cli, config) = match config::parse_and_load(|cli: &Cli| Config::load(&cli.settings)) {
+        Ok(loaded) => loaded,
         Err(exit) => return exit,
-    };
-    let config = match Config::load(&cli.settings) {
-        Ok(config) => config,
-        Err(e) => return config::invalid(&e),
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let filter = match &command {
@@ -57,7 +54,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     let shutdown = CancellationToken::new();
-    if let Err(e) = watch_signals(shutdown.clone()) {
+    if let Err(e) = signals::watch(shutdown.clone(), "exiting without finishing the batch") {
         eprintln!("cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
@@ -149,25 +146,4 @@ async fn export(
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without finishing the batch");
-        std::process::exit(130);
-    });
-    Ok(())
 }

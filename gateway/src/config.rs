@@ -890,6 +890,30 @@ mod tests {
     }
 
     #[test]
+    fn every_bad_certificate_pair_and_address_is_named_at_once() {
+        let mut cli = Settings {
+            tls_cert: Some("gw.crt".into()),
+            admin_tls_key: Some("admin.key".into()),
+            admin_addr: Some("nowhere".into()),
+            ..Default::default()
+        };
+        cli.nats.nats_tls_cert = Some("nats.crt".into());
+        let err = Config::load(&cli).unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        for needle in [
+            "nats_tls_cert and",
+            "tls_cert and",
+            "admin_tls_cert and",
+            "admin_addr",
+        ] {
+            assert!(
+                err.to_string().contains(needle),
+                "`{needle}` missing: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gw.toml");

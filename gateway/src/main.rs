@@ -9,13 +9,9 @@ use execmesh_gateway::commands::{self, CommandError};
 use execmesh_gateway::config::{Cli, Command, Config, TokenCommand, UserCommand};
 
 fn main() -> ExitCode {
-    let cli: Cli = match config::parse_cli() {
-        Ok(cli) => cli,
+    let (cli, config) = match config::parse_and_load(|cli: &Cli| Config::load(&cli.settings)) {
+        Ok(loaded) => loaded,
         Err(exit) => return exit,
-    };
-    let config = match Config::load(&cli.settings) {
-        Ok(config) => config,
-        Err(e) => return config::invalid(&e),
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(TokenCommand::Mint {

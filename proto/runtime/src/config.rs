@@ -26,6 +26,18 @@ pub fn parse_cli<P: clap::Parser>() -> Result<P, ExitCode> {
     })
 }
 
+/// Parses the command line and loads the configuration with `load`, or says how to exit: as
+/// [`parse_cli`], then a configuration that cannot be used is reported by [`invalid`].
+pub fn parse_and_load<P: clap::Parser, C, E: fmt::Display>(
+    load: impl FnOnce(&P) -> Result<C, E>,
+) -> Result<(P, C), ExitCode> {
+    let cli = parse_cli::<P>()?;
+    match load(&cli) {
+        Ok(config) => Ok((cli, config)),
+        Err(e) => Err(invalid(&e)),
+    }
+}
+
 /// Reports a configuration that cannot be used, every problem named, and gives the exit code.
 pub fn invalid(error: &dyn fmt::Display) -> ExitCode {
     eprintln!("invalid configuration: {error}");
