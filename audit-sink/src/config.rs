@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use execmesh_runtime::nats_settings::NatsSettings;
+
 use crate::store::{Filter, StoreConfig};
 
 /// Command line of `execmesh-audit-sink`.
@@ -106,37 +108,23 @@ pub struct FilterArgs {
     pub kind: Option<String>,
 }
 
-/// Every configurable key. All optional here; [`Config`] holds the resolved values.
+/// Every configurable key. All optional here; [`Config`] holds the resolved values. Unknown keys
+/// in the file are refused by [`Config::load`], naming them.
 #[derive(Debug, Default, Clone, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Path of a TOML file with any of these keys.
     #[arg(long, global = true, env = "EXECMESH_AUDIT_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// NATS server URL(s), comma separated [default: nats://127.0.0.1:4222].
-    #[arg(long, global = true, env = "EXECMESH_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file (.creds).
-    #[arg(long, global = true, env = "EXECMESH_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// File holding an nkey seed for NATS.
-    #[arg(long, global = true, env = "EXECMESH_NATS_NKEY_SEED")]
-    pub nats_nkey_seed: Option<PathBuf>,
+    /// Where NATS is and how to authenticate to it and verify it.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nats: NatsSettings,
     /// The mesh's public identities file (`identities.toml`, written by nats-config): each
     /// event's signature is checked on arrival and its signer stored; `verify` reports events
     /// no known key signed. Reread when it changes. Without it nothing is checked.
     #[arg(long, global = true, env = "EXECMESH_IDENTITIES_FILE")]
     pub identities_file: Option<PathBuf>,
-    /// CA certificate for NATS over TLS (turns TLS on).
-    #[arg(long, global = true, env = "EXECMESH_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for a NATS server that verifies clients; needs nats_tls_key.
-    #[arg(long, global = true, env = "EXECMESH_NATS_TLS_CERT")]
-    pub nats_tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of nats_tls_cert.
-    #[arg(long, global = true, env = "EXECMESH_NATS_TLS_KEY")]
-    pub nats_tls_key: Option<PathBuf>,
     /// `sqlite` (one file, the default) or `postgres`.
     #[arg(long, global = true, env = "EXECMESH_AUDIT_STORE")]
     pub store: Option<String>,
@@ -173,11 +161,7 @@ pub struct Settings {
 }
 
 /// Why the configuration is unusable. Every problem is listed, not just the first.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .problems.join("; "))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
+pub use execmesh_runtime::config::ConfigError;
 
 /// The resolved configuration of one audit-sink.
 #[derive(Debug, Clone)]
@@ -191,6 +175,8 @@ pub struct Config {
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate and key presented to a server that verifies clients.
     pub nats_tls_client: Option<NatsClientCert>,
+    /// Refuse a NATS server that does not speak TLS.
+    pub nats_tls_required: bool,
     /// Where the records are stored.
     pub store: StoreConfig,
     /// Most events per transaction.
@@ -223,6 +209,19 @@ const MAX_LINGER_MS: u64 = 10_000;
 // === impl Config ===
 
 impl Config {
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
+        execmesh_runtime::nats_connection::NatsTarget {
+            url: &self.nats_url,
+            creds: self.nats_creds.as_deref(),
+            nkey_seed: self.nats_nkey_seed.as_deref(),
+            tls_ca: self.nats_tls_ca.as_deref(),
+            tls_client: (self.nats_tls_client.as_ref())
+                .map(|c| (c.cert.as_path(), c.key.as_path())),
+            tls_required: self.nats_tls_required,
+        }
+    }
+
     /// A configuration with defaults, for tests and embedding.
     pub fn new(nats_url: &str, store: StoreConfig) -> Self {
         Self {
@@ -232,6 +231,7 @@ impl Config {
             identities_file: None,
             nats_tls_ca: None,
             nats_tls_client: None,
+            nats_tls_required: false,
             store,
             batch_size: 1000,
             batch_linger: Duration::from_millis(20),
@@ -245,12 +245,12 @@ impl Config {
 
     /// Resolves flags/env over the config file over defaults.
     pub fn load(cli: &Settings) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
         let file = match &cli.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_file(path, &mut problems)?,
             None => Settings::default(),
         };
         let pick = Settings::merge(cli.clone(), file);
-        let mut problems = Vec::new();
         let store = match pick.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreConfig::Sqlite(
                 pick.sqlite_path
@@ -269,20 +269,18 @@ impl Config {
                 StoreConfig::Sqlite(PathBuf::new())
             }
         };
-        let mut config = Self::new(
-            pick.nats_url.as_deref().unwrap_or("nats://127.0.0.1:4222"),
-            store,
-        );
-        config.nats_creds = pick.nats_creds;
-        config.nats_nkey_seed = pick.nats_nkey_seed;
-        config.identities_file = pick.identities_file;
-        config.nats_tls_ca = pick.nats_tls_ca;
-        match (pick.nats_tls_cert, pick.nats_tls_key) {
-            (Some(cert), Some(key)) => config.nats_tls_client = Some(NatsClientCert { cert, key }),
-            (None, None) => {}
-            _ => problems
-                .push("nats_tls_cert and nats_tls_key go together: give both or neither".into()),
+        let mut config = Self::new(&pick.nats.url(), store);
+        match pick.nats.tls_client() {
+            Ok(client) => {
+                config.nats_tls_client = client.map(|(cert, key)| NatsClientCert { cert, key })
+            }
+            Err(problem) => problems.push(problem),
         }
+        config.nats_creds = pick.nats.nats_creds;
+        config.nats_nkey_seed = pick.nats.nats_nkey_seed;
+        config.nats_tls_ca = pick.nats.nats_tls_ca;
+        config.nats_tls_required = pick.nats.nats_tls_required.unwrap_or(false);
+        config.identities_file = pick.identities_file;
         if let Some(v) = pick.batch_size {
             config.batch_size = v;
         }
@@ -305,11 +303,7 @@ impl Config {
         if let Err(e) = config.validate() {
             problems.extend(e.problems);
         }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError { problems })
-        }
+        ConfigError::or_ok(problems, config)
     }
 
     /// Checks every value and reports all problems at once.
@@ -349,7 +343,7 @@ impl Config {
         {
             problems.push("sqlite_path is empty".to_string());
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+        if let Err(e) = execmesh_runtime::logging::check_filter(&self.log) {
             problems.push(format!("log `{}`: {e}", self.log));
         }
         if problems.is_empty() {
@@ -408,29 +402,17 @@ pub fn parse_time(value: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-fn read_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        problems: vec![format!("cannot read config file {}: {e}", path.display())],
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        problems: vec![format!("config file {}: {e}", path.display())],
-    })
+/// The settings of the config file at `path`, every bad or unknown key a problem.
+fn read_file(path: &Path, problems: &mut Vec<String>) -> Result<Settings, ConfigError> {
+    execmesh_runtime::config::read_file(path, &[], problems)
 }
 
 impl Settings {
     /// Each key from `over` when set there, else from `under`.
     fn merge(over: Self, under: Self) -> Self {
-        macro_rules! pick {
-            ($($field:ident),*) => { Self { config: over.config, $($field: over.$field.or(under.$field)),* } };
-        }
-        pick!(
-            nats_url,
-            nats_creds,
-            nats_nkey_seed,
+        execmesh_runtime::layered!(
+            over over under:
             identities_file,
-            nats_tls_ca,
-            nats_tls_cert,
-            nats_tls_key,
             store,
             sqlite_path,
             postgres_url,
@@ -495,19 +477,14 @@ mod tests {
 
     #[test]
     fn a_nats_client_certificate_needs_its_key() {
-        let cli = Settings {
-            nats_tls_cert: Some("/etc/execmesh/sink.pem".into()),
-            ..Default::default()
-        };
+        let mut cli = Settings::default();
+        cli.nats.nats_tls_cert = Some("/etc/execmesh/sink.pem".into());
         let err = Config::load(&cli).unwrap_err().to_string();
         assert!(
             err.contains("nats_tls_cert and nats_tls_key go together"),
             "{err}"
         );
-        let cli = Settings {
-            nats_tls_key: Some("/etc/execmesh/sink-key.pem".into()),
-            ..cli
-        };
+        cli.nats.nats_tls_key = Some("/etc/execmesh/sink-key.pem".into());
         let client = Config::load(&cli)
             .unwrap()
             .nats_tls_client

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use execmesh_proto::identities::{LiveIdentities, Rejections};
 use execmesh_proto::{headers, jetstream as layout};
+use execmesh_runtime::backoff::Backoff;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -175,7 +176,7 @@ impl Consumer {
             })
             .collect();
         let store = async {
-            let mut delay = RETRY_FIRST;
+            let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
             loop {
                 match self.store.append(rows.clone()).await {
                     Ok(appended) => return Some(appended),
@@ -184,8 +185,9 @@ impl Consumer {
                         if shutdown.is_cancelled() {
                             return None;
                         }
-                        pause(shutdown, delay).await;
-                        delay = (delay * 2).min(RETRY_MAX);
+                        // A shutdown during the pause still gets one more attempt: the batch in
+                        // hand is committed if the store takes it.
+                        let _ = backoff.wait(shutdown).await;
                     }
                 }
             }

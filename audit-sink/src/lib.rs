@@ -27,11 +27,9 @@ pub use store::{Filter, Store, StoreConfig, StoreError, VerifyReport};
 pub enum SinkError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    /// A TLS file for NATS cannot be used.
+    /// The first NATS connection failed: the URL or the file and the reason.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    Nats(#[from] execmesh_runtime::nats_connection::ConnectError),
     #[error("cannot create or open {what}: {source}")]
     Provision {
         what: String,

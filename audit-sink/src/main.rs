@@ -1,14 +1,13 @@
 //! The `execmesh-audit-sink` binary: command line, configuration, logging, runtime, signals; the work is in the library.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
 use execmesh_audit_sink::{Cli, Command, Config};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a bad command line or configuration (sysexits `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+use execmesh_runtime::config::{self, EXIT_USAGE};
+use execmesh_runtime::signals;
+
 /// `verify`: the chain does not verify.
 const EXIT_BROKEN: u8 = 1;
 /// `verify`: the chain is intact, but some events were signed by no known key.
@@ -17,23 +16,9 @@ const EXIT_UNSIGNED: u8 = 2;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS // --help, --version
-            };
-        }
-    };
-    let config = match Config::load(&cli.settings) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let (cli, config) = match config::parse_and_load(|cli: &Cli| Config::load(&cli.settings)) {
+        Ok(loaded) => loaded,
+        Err(exit) => return exit,
     };
     let command = cli.command.unwrap_or(Command::Serve);
     let filter = match &command {
@@ -46,7 +31,7 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    init_tracing(&config);
+    execmesh_runtime::logging::init(&config.log, config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,7 +54,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     let shutdown = CancellationToken::new();
-    if let Err(e) = watch_signals(shutdown.clone()) {
+    if let Err(e) = signals::watch(shutdown.clone(), "exiting without finishing the batch") {
         eprintln!("cannot install signal handlers: {e}");
         return ExitCode::FAILURE;
     }
@@ -160,43 +145,5 @@ async fn export(
             eprintln!("execmesh-audit-sink export: {e}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
-    }
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without finishing the batch");
-        std::process::exit(130);
-    });
-    Ok(())
-}
-
-/// Logs to stderr: the configured filter, text or JSON lines.
-fn init_tracing(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: redirected to a file or the journal, escape
-        // codes would litter every line.
-        .with_ansi(std::io::stderr().is_terminal());
-    if config.log_json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
     }
 }

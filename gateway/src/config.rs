@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use execmesh_proto::Token;
+use execmesh_runtime::config;
+use execmesh_runtime::nats_settings::NatsSettings;
 
 /// Command line of `execmesh-gateway`.
 #[derive(Debug, Parser)]
@@ -104,38 +106,24 @@ pub enum TokenCommand {
     },
 }
 
-/// Every configurable key. All optional here; [`Config`] holds the resolved values.
+/// Every configurable key. All optional here; [`Config`] holds the resolved values. Unknown keys
+/// in the file are refused by [`Config::load`], naming them.
 #[derive(Debug, Default, Clone, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Path of a TOML file with any of these keys.
     #[arg(long, env = "EXECMESH_GATEWAY_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// NATS server URL [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "EXECMESH_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// NATS credentials file (.creds) for this gateway.
-    #[arg(long, env = "EXECMESH_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// File holding this gateway's NATS nkey seed; the gateway also signs its records
-    /// (approvals, revocations, OAuth grants, audit events) with it.
-    #[arg(long, env = "EXECMESH_NATS_NKEY_SEED")]
-    pub nats_nkey_seed: Option<PathBuf>,
+    /// Where NATS is and how to authenticate to it and verify it (the gateway signs its records
+    /// — approvals, revocations, OAuth grants, audit events — with its nkey seed).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub nats: NatsSettings,
     /// The mesh's public identities file (`identities.toml`, written by `nats-config`): every
     /// record read from JetStream must be signed by the identity entitled to it, or it is
     /// ignored. Reread when it changes. Without it (development) records are not checked.
     #[arg(long, env = "EXECMESH_IDENTITIES_FILE")]
     pub identities_file: Option<PathBuf>,
-    /// CA certificate for NATS over TLS (enables TLS).
-    #[arg(long, env = "EXECMESH_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for a NATS server that verifies clients; needs `nats_tls_key`.
-    #[arg(long, env = "EXECMESH_NATS_TLS_CERT")]
-    pub nats_tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of `nats_tls_cert`.
-    #[arg(long, env = "EXECMESH_NATS_TLS_KEY")]
-    pub nats_tls_key: Option<PathBuf>,
     /// Address to serve MCP on [default: 127.0.0.1:8420].
     #[arg(long, env = "EXECMESH_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -261,11 +249,7 @@ pub struct Settings {
 }
 
 /// Why the configuration is unusable. Every problem is listed, not just the first.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .problems.join("; "))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
+pub use execmesh_runtime::config::ConfigError;
 
 /// The resolved configuration of one gateway.
 #[derive(Debug, Clone)]
@@ -279,6 +263,8 @@ pub struct Config {
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate and key presented to a NATS server that verifies clients.
     pub nats_tls_client: Option<TlsFiles>,
+    /// Refuse a NATS server that does not speak TLS.
+    pub nats_tls_required: bool,
     /// Where `main` binds; `run` takes an already bound listener.
     pub listen: SocketAddr,
     /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
@@ -362,13 +348,16 @@ impl Config {
     /// What connecting to the mesh needs of this configuration.
     pub fn mesh(&self) -> crate::core::mesh::MeshSettings<'_> {
         crate::core::mesh::MeshSettings {
-            nats_url: &self.nats_url,
-            nats_creds: self.nats_creds.as_deref(),
-            nats_nkey_seed: self.nats_nkey_seed.as_deref(),
+            nats: execmesh_runtime::nats_connection::NatsTarget {
+                url: &self.nats_url,
+                creds: self.nats_creds.as_deref(),
+                nkey_seed: self.nats_nkey_seed.as_deref(),
+                tls_ca: self.nats_tls_ca.as_deref(),
+                tls_client: (self.nats_tls_client.as_ref())
+                    .map(|c| (c.cert.as_path(), c.key.as_path())),
+                tls_required: self.nats_tls_required,
+            },
             identities_file: self.identities_file.as_deref(),
-            nats_tls_ca: self.nats_tls_ca.as_deref(),
-            nats_tls_client: (self.nats_tls_client.as_ref())
-                .map(|c| (c.cert.as_path(), c.key.as_path())),
             tenant: &self.tenant,
             exec_signing_key: &self.exec_signing_key,
             kv_replicas: self.kv_replicas,
@@ -393,6 +382,7 @@ impl Config {
             identities_file: None,
             nats_tls_ca: None,
             nats_tls_client: None,
+            nats_tls_required: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
             tls: None,
             admin_addr: None,
@@ -430,34 +420,29 @@ impl Config {
 
     /// Resolves flags/env over the config file over defaults.
     pub fn load(cli: &Settings) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
         let file = match &cli.config {
-            Some(path) => read_file(path)?,
+            Some(path) => read_file(path, &mut problems)?,
             None => Settings::default(),
         };
         let pick = Settings::merge(cli.clone(), file);
         let mut config = Self::new(
-            pick.nats_url.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+            &pick.nats.url(),
             pick.key_file
                 .unwrap_or_else(|| PathBuf::from(".execmesh/gateway.key")),
         );
         if let Some(path) = pick.exec_signing_key {
             config.exec_signing_key = path;
         }
-        config.nats_creds = pick.nats_creds;
-        config.nats_nkey_seed = pick.nats_nkey_seed;
-        config.identities_file = pick.identities_file;
-        config.nats_tls_ca = pick.nats_tls_ca;
-        match (pick.nats_tls_cert, pick.nats_tls_key) {
-            (Some(cert), Some(key)) => config.nats_tls_client = Some(TlsFiles { cert, key }),
-            (None, None) => {}
-            _ => {
-                return Err(ConfigError {
-                    problems: vec![
-                        "nats_tls_cert and nats_tls_key go together: give both or neither".into(),
-                    ],
-                });
-            }
+        match pick.nats.tls_client() {
+            Ok(client) => config.nats_tls_client = client.map(|(cert, key)| TlsFiles { cert, key }),
+            Err(problem) => problems.push(problem),
         }
+        config.nats_creds = pick.nats.nats_creds;
+        config.nats_nkey_seed = pick.nats.nats_nkey_seed;
+        config.nats_tls_ca = pick.nats.nats_tls_ca;
+        config.nats_tls_required = pick.nats.nats_tls_required.unwrap_or(false);
+        config.identities_file = pick.identities_file;
         config.audience_explicit =
             pick.listen.is_some() || pick.public_url.as_deref().is_some_and(|u| !u.is_empty());
         if let Some(v) = pick.listen {
@@ -473,35 +458,32 @@ impl Config {
             config.tenant = v;
         }
         config.public_url = pick.public_url.filter(|s| !s.is_empty());
-        match (pick.tls_cert, pick.tls_key) {
-            (Some(cert), Some(key)) => config.tls = Some(TlsFiles { cert, key }),
-            (None, None) => {}
-            _ => {
-                return Err(ConfigError {
-                    problems: vec!["tls_cert and tls_key go together: give both or neither".into()],
-                });
-            }
-        }
+        config.tls = pair(
+            "tls_cert",
+            "tls_key",
+            pick.tls_cert,
+            pick.tls_key,
+            &mut problems,
+        );
         config.admin_addr = match pick.admin_addr.as_deref().map(str::trim) {
             None => Some(DEFAULT_ADMIN_ADDR),
             Some("" | "off") => None,
-            Some(text) => Some(text.parse().map_err(|e| ConfigError {
-                problems: vec![format!(
-                    "admin_addr `{text}` is not an address (host:port, or `off`): {e}"
-                )],
-            })?),
+            Some(text) => text
+                .parse()
+                .map_err(|e| {
+                    problems.push(format!(
+                        "admin_addr `{text}` is not an address (host:port, or `off`): {e}"
+                    ))
+                })
+                .ok(),
         };
-        match (pick.admin_tls_cert, pick.admin_tls_key) {
-            (Some(cert), Some(key)) => config.admin_tls = Some(TlsFiles { cert, key }),
-            (None, None) => {}
-            _ => {
-                return Err(ConfigError {
-                    problems: vec![
-                        "admin_tls_cert and admin_tls_key go together: give both or neither".into(),
-                    ],
-                });
-            }
-        }
+        config.admin_tls = pair(
+            "admin_tls_cert",
+            "admin_tls_key",
+            pick.admin_tls_cert,
+            pick.admin_tls_key,
+            &mut problems,
+        );
         config.admin_client_ca = pick.admin_client_ca;
         config.policy_file = pick.policy_file;
         if let Some(v) = pick.access_token_ttl_secs {
@@ -559,8 +541,10 @@ impl Config {
         if let Some(v) = pick.audit_redact_patterns {
             config.audit_redact_patterns = v.into_iter().filter(|p| !p.is_empty()).collect();
         }
-        config.validate()?;
-        Ok(config)
+        if let Err(e) = config.validate() {
+            problems.extend(e.problems);
+        }
+        ConfigError::or_ok(problems, config)
     }
 
     /// Checks every value and reports all problems at once.
@@ -683,37 +667,43 @@ impl Config {
                 ));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
+        ConfigError::or_ok(problems, ())
+    }
+}
+
+/// A certificate and its key, which go together: both, neither, or a problem.
+fn pair(
+    cert_key: &str,
+    key_key: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    problems: &mut Vec<String>,
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (None, None) => None,
+        _ => {
+            problems.push(format!(
+                "{cert_key} and {key_key} go together: give both or neither"
+            ));
+            None
         }
     }
 }
 
-fn read_file(path: &Path) -> Result<Settings, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        problems: vec![format!("cannot read config file {}: {e}", path.display())],
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        problems: vec![format!("config file {}: {e}", path.display())],
-    })
+/// The settings of the config file at `path`, every bad or unknown key a problem. Only a file
+/// that cannot be read or parsed at all stops the loading here.
+fn read_file(path: &Path, problems: &mut Vec<String>) -> Result<Settings, ConfigError> {
+    // `groups` has no flag: only a file can set it.
+    config::read_file(path, &["groups"], problems)
 }
 
 impl Settings {
     /// Each key from `over` when set there, else from `under`.
     fn merge(over: Self, under: Self) -> Self {
-        macro_rules! pick {
-            ($($field:ident),*) => { Self { config: over.config, $($field: over.$field.or(under.$field)),* } };
-        }
-        pick!(
-            nats_url,
-            nats_creds,
-            nats_nkey_seed,
+        execmesh_runtime::layered!(
+            over over under:
             identities_file,
-            nats_tls_ca,
-            nats_tls_cert,
-            nats_tls_key,
             listen,
             tls_cert,
             tls_key,
@@ -897,6 +887,30 @@ mod tests {
         let config = Config::load(&cli).unwrap();
         assert!(config.audience_explicit);
         assert_eq!(config.max_connections_per_address, 0);
+    }
+
+    #[test]
+    fn every_bad_certificate_pair_and_address_is_named_at_once() {
+        let mut cli = Settings {
+            tls_cert: Some("gw.crt".into()),
+            admin_tls_key: Some("admin.key".into()),
+            admin_addr: Some("nowhere".into()),
+            ..Default::default()
+        };
+        cli.nats.nats_tls_cert = Some("nats.crt".into());
+        let err = Config::load(&cli).unwrap_err();
+        assert_eq!(err.problems.len(), 4, "{err}");
+        for needle in [
+            "nats_tls_cert and",
+            "tls_cert and",
+            "admin_tls_cert and",
+            "admin_addr",
+        ] {
+            assert!(
+                err.to_string().contains(needle),
+                "`{needle}` missing: {err}"
+            );
+        }
     }
 
     #[test]

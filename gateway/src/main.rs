@@ -1,22 +1,17 @@
 //! `execmesh-gateway`: serve MCP, mint a token, or add a user to the policy.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
-use clap::Parser;
+use execmesh_runtime::config;
 use tokio_util::sync::CancellationToken;
 
 use execmesh_gateway::commands::{self, CommandError};
 use execmesh_gateway::config::{Cli, Command, Config, TokenCommand, UserCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(&cli.settings) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(64);
-        }
+    let (cli, config) = match config::parse_and_load(|cli: &Cli| Config::load(&cli.settings)) {
+        Ok(loaded) => loaded,
+        Err(exit) => return exit,
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(TokenCommand::Mint {
@@ -86,13 +81,15 @@ fn main() -> ExitCode {
 fn failed(what: &str, e: &CommandError) -> ExitCode {
     eprintln!("{what}: {e}");
     match e {
-        CommandError::Usage(_) => ExitCode::from(64),
+        CommandError::Usage(_) => ExitCode::from(config::EXIT_USAGE),
         _ => ExitCode::from(1),
     }
 }
 
 fn serve(config: Config) -> ExitCode {
-    init_tracing(config.log_json);
+    // The gateway's filter comes from the environment only.
+    let filter = std::env::var("EXECMESH_LOG").unwrap_or_else(|_| "info".to_string());
+    execmesh_runtime::logging::init(&filter, config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,20 +134,4 @@ async fn signal(shutdown: CancellationToken) {
         _ = int.recv() => {}
     }
     shutdown.cancel();
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EXECMESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: redirected to a file or the journal, escape
-        // codes would litter every line.
-        .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use execmesh_proto::Token;
-use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::signing::RecordKey;
 use execmesh_proto::subject::{self, audit_kind};
+use execmesh_runtime::audit_publisher::Publisher;
 use nix::unistd::{getegid, geteuid};
 
 use crate::runas::Account;

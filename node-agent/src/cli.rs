@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use execmesh_runtime::nats_settings::NatsSettings;
 
 /// `execmesh-node-agent`: executes requests for this host and streams their output into JetStream.
 ///
@@ -21,36 +22,9 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_AGENT_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// NATS server URL; several URLs separated by commas are tried in turn.
-    /// [default: nats://127.0.0.1:4222]
-    #[arg(long, env = "EXECMESH_NATS_URL", value_name = "URL")]
-    pub nats_url: Option<String>,
-
-    /// Credentials file (JWT + nkey seed, `.creds`) to authenticate to NATS with.
-    #[arg(long, env = "EXECMESH_NATS_CREDS", value_name = "PATH")]
-    pub nats_creds: Option<String>,
-
-    /// File holding an nkey seed (`SU…`) to authenticate to NATS with.
-    #[arg(long, env = "EXECMESH_NATS_NKEY_SEED", value_name = "PATH")]
-    pub nats_nkey_seed: Option<String>,
-
-    /// CA certificate (PEM) to verify the NATS server with; setting it turns TLS on.
-    #[arg(long, env = "EXECMESH_NATS_TLS_CA", value_name = "PATH")]
-    pub nats_tls_ca: Option<String>,
-
-    /// Client certificate (PEM) to present to NATS, for a server that verifies clients
-    /// (`verify: true`); needs `--nats-tls-key`.
-    #[arg(long, env = "EXECMESH_NATS_TLS_CERT", value_name = "PATH")]
-    pub nats_tls_cert: Option<String>,
-
-    /// Private key (PEM) of `--nats-tls-cert`.
-    #[arg(long, env = "EXECMESH_NATS_TLS_KEY", value_name = "PATH")]
-    pub nats_tls_key: Option<String>,
-
-    /// Refuse to talk to NATS without TLS. [default: false]
-    #[arg(long, env = "EXECMESH_NATS_TLS_REQUIRED", value_name = "BOOL",
-          num_args = 0..=1, default_missing_value = "true")]
-    pub nats_tls_required: Option<String>,
+    /// Where NATS is and how to authenticate to it and verify it.
+    #[command(flatten)]
+    pub nats: NatsSettings,
 
     /// Tenant this host belongs to (`[a-z0-9-]{1,63}`). [default: default]
     #[arg(long, env = "EXECMESH_TENANT", value_name = "TOKEN")]
@@ -322,7 +296,7 @@ mod tests {
         .expect("parses");
         assert_eq!(cli.labels, ["role=web", "dc=fra"]);
         assert_eq!(cli.log_json.as_deref(), Some("true"));
-        assert_eq!(cli.nats_tls_required.as_deref(), Some("false"));
+        assert_eq!(cli.nats.nats_tls_required, Some(false));
     }
 
     #[test]

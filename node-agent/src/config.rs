@@ -1,12 +1,13 @@
 //! The node-agent's typed configuration: defaults, the TOML file, flag/environment overrides, checks.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
 use execmesh_proto::{Token, jetstream};
+use execmesh_runtime::config::Rendered;
+use execmesh_runtime::nats_settings::NatsSettings;
 
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
@@ -147,31 +148,14 @@ pub enum ConfigError {
         source: toml::de::Error,
     },
     /// Values that are out of range, of the wrong type, or unknown keys; one sentence each.
-    #[error("{}", Problems(problems))]
+    #[error("{}", Rendered(problems))]
     Invalid { problems: Vec<String> },
-}
-
-struct Problems<'a>(&'a [String]);
-
-impl fmt::Display for Problems<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            [one] => f.write_str(one),
-            many => {
-                write!(f, "{} bad values:", many.len())?;
-                for p in many {
-                    write!(f, "\n  - {p}")?;
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_url: execmesh_runtime::nats_settings::DEFAULT_NATS_URL.to_string(),
             nats_creds: None,
             nats_nkey_seed: None,
             nats_tls_ca: None,
@@ -262,19 +246,15 @@ impl Config {
 
         let tenant_s: String = l.get("tenant", "--tenant", &c.tenant, d.tenant.to_string());
         let host_s: Option<String> = l.get_opt("host_id", "--host-id", &c.host_id);
+        let nats = c.nats.clone().or(l.nats());
         let mut config = Config {
-            nats_url: l.get("nats_url", "--nats-url", &c.nats_url, d.nats_url),
-            nats_creds: l.get_opt("nats_creds", "--nats-creds", &c.nats_creds),
-            nats_nkey_seed: l.get_opt("nats_nkey_seed", "--nats-nkey-seed", &c.nats_nkey_seed),
-            nats_tls_ca: l.get_opt("nats_tls_ca", "--nats-tls-ca", &c.nats_tls_ca),
-            nats_tls_cert: l.get_opt("nats_tls_cert", "--nats-tls-cert", &c.nats_tls_cert),
-            nats_tls_key: l.get_opt("nats_tls_key", "--nats-tls-key", &c.nats_tls_key),
-            nats_tls_required: l.get(
-                "nats_tls_required",
-                "--nats-tls-required",
-                &c.nats_tls_required,
-                d.nats_tls_required,
-            ),
+            nats_url: nats.url(),
+            nats_creds: nats.nats_creds,
+            nats_nkey_seed: nats.nats_nkey_seed,
+            nats_tls_ca: nats.nats_tls_ca,
+            nats_tls_cert: nats.nats_tls_cert,
+            nats_tls_key: nats.nats_tls_key,
+            nats_tls_required: nats.nats_tls_required.unwrap_or(d.nats_tls_required),
             tenant: d.tenant.clone(),
             host_id: d.host_id.clone(),
             labels: BTreeMap::new(),
@@ -576,10 +556,25 @@ impl Config {
         if let Err(e) = execmesh_proto::redact::Redactor::new(&self.redact_patterns) {
             p.push(format!("redact_patterns: {e}"));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+        if let Err(e) = execmesh_runtime::logging::check_filter(&self.log) {
             p.push(format!("log: `{}`: {e}", self.log));
         }
         p
+    }
+
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
+        execmesh_runtime::nats_connection::NatsTarget {
+            url: &self.nats_url,
+            creds: self.nats_creds.as_deref(),
+            nkey_seed: self.nats_nkey_seed.as_deref(),
+            tls_ca: self.nats_tls_ca.as_deref(),
+            tls_client: self
+                .nats_tls_cert
+                .as_deref()
+                .zip(self.nats_tls_key.as_deref()),
+            tls_required: self.nats_tls_required,
+        }
     }
 
     /// The configured server URLs, split at commas.
@@ -688,14 +683,8 @@ struct Layers {
     problems: Vec<String>,
 }
 
+/// The file's keys besides the NATS ones (those are [`NatsSettings`]'s).
 const KNOWN_KEYS: &[&str] = &[
-    "nats_url",
-    "nats_creds",
-    "nats_nkey_seed",
-    "nats_tls_ca",
-    "nats_tls_cert",
-    "nats_tls_key",
-    "nats_tls_required",
     "tenant",
     "host_id",
     "labels",
@@ -733,6 +722,18 @@ const KNOWN_KEYS: &[&str] = &[
 ];
 
 impl Layers {
+    /// The NATS keys of the file, read (and checked) as the one [`NatsSettings`] every service
+    /// shares.
+    fn nats(&mut self) -> NatsSettings {
+        let keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+        let table = (self.file.iter())
+            .filter(|(key, _)| keys.contains(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let file = PathBuf::from(self.file_name());
+        execmesh_runtime::config::from_table(table, &keys, &file, &mut self.problems)
+    }
+
     fn get<T: Setting>(&mut self, key: &str, flag: &str, cli: &Option<String>, default: T) -> T {
         self.get_opt(key, flag, cli).unwrap_or(default)
     }
@@ -950,10 +951,11 @@ impl Layers {
     }
 
     fn check_unknown_keys(&mut self) {
+        let nats_keys = execmesh_runtime::config::keys_of::<NatsSettings>();
         let unknown: Vec<String> = self
             .file
             .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !nats_keys.contains(k))
             .cloned()
             .collect();
         for key in unknown {

@@ -27,7 +27,7 @@ pub enum AgentError {
 
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    NatsTls(#[from] execmesh_runtime::nats_connection::NatsTlsError),
 
     /// The first connection failed (the agent does not retry at start).
     #[error("cannot connect to NATS at {url}: {source}")]

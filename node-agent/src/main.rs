@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use execmesh_node_agent::cli::{Command, GuardCommand};
 use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-/// Exit code for a bad command line or configuration (sysexits `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+use execmesh_runtime::config::{self, EXIT_USAGE};
+use execmesh_runtime::signals;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -36,10 +35,7 @@ fn main() -> ExitCode {
     }
     let config = match Config::load(cli) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return config::invalid(&e),
     };
     telemetry::init(&config);
 
@@ -61,7 +57,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        if let Err(e) = watch_signals(shutdown.clone()) {
+        if let Err(e) = signals::watch(shutdown.clone(), "exiting without draining") {
             eprintln!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
@@ -83,24 +79,4 @@ fn guard_tool() -> bool {
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "guard")
-}
-
-/// Cancels `shutdown` on the first SIGTERM or SIGINT; a second one exits at once.
-fn watch_signals(shutdown: CancellationToken) -> std::io::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
-        shutdown.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::warn!("second signal: exiting without draining");
-        std::process::exit(130);
-    });
-    Ok(())
 }

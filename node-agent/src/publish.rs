@@ -9,7 +9,7 @@ use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::retry::{Backoff, GaveUp};
+use crate::retry::{self, GaveUp};
 
 /// Publishes `record` on `subject` with `Nats-Msg-Id: msg_id`, signed with `signer` when the
 /// agent has a key, and waits for the ack. A failed publish or a missing ack is retried with the
@@ -29,7 +29,7 @@ pub async fn publish_acked(
     if let Some(signer) = signer {
         signer.sign(subject, &mut signed, &payload);
     }
-    let mut backoff = Backoff::default();
+    let mut backoff = retry::backoff();
     loop {
         let headers = signed.clone();
         let attempt = async {

@@ -1,8 +1,9 @@
-//! Capped exponential backoff for NATS writes that must eventually succeed.
+//! The agent's retries of NATS writes that must eventually succeed: 50 ms doubling to 1 s, given up only when the agent stops.
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+pub use execmesh_runtime::backoff::Backoff;
+use execmesh_runtime::backoff::Stopped;
 
 const FIRST: Duration = Duration::from_millis(50);
 const MAX: Duration = Duration::from_secs(1);
@@ -12,51 +13,29 @@ const MAX: Duration = Duration::from_secs(1);
 #[error("gave up: the agent is stopping")]
 pub struct GaveUp;
 
-/// 50 ms, doubling to 1 s.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    /// Failed attempts so far.
-    pub attempts: u32,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            next: FIRST,
-            attempts: 0,
-        }
+impl From<Stopped> for GaveUp {
+    fn from(_: Stopped) -> Self {
+        GaveUp
     }
 }
 
-impl Backoff {
-    /// Sleeps before the next attempt; `Err(GaveUp)` if `stop` fires first.
-    pub async fn wait(&mut self, stop: &CancellationToken) -> Result<(), GaveUp> {
-        self.attempts += 1;
-        let delay = self.next;
-        self.next = (self.next * 2).min(MAX);
-        tokio::select! {
-            _ = stop.cancelled() => Err(GaveUp),
-            _ = tokio::time::sleep(delay) => Ok(()),
-        }
-    }
+/// The backoff of one write: 50 ms, doubling to 1 s.
+pub fn backoff() -> Backoff {
+    Backoff::new(FIRST, MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     #[tokio::test(start_paused = true)]
     async fn delays_double_up_to_one_second() {
+        let mut b = backoff();
+        let delays: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000]);
         let stop = CancellationToken::new();
-        let mut b = Backoff::default();
-        let start = tokio::time::Instant::now();
-        for _ in 0..7 {
-            b.wait(&stop).await.expect("not stopped");
-        }
-        // 50 + 100 + 200 + 400 + 800 + 1000 + 1000 ms
-        assert_eq!(start.elapsed(), Duration::from_millis(3550));
         stop.cancel();
-        assert_eq!(b.wait(&stop).await, Err(GaveUp));
+        assert_eq!(b.wait(&stop).await.map_err(GaveUp::from), Err(GaveUp));
     }
 }

@@ -8,16 +8,16 @@ use async_nats::jetstream::{
     kv::{self, Operation},
 };
 use bytes::Bytes;
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::pb;
 use execmesh_proto::signing::RecordKey;
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::error::BoxError;
 use crate::node::Node;
-use crate::retry::{Backoff, GaveUp};
+use crate::retry::{self, GaveUp};
 
 /// Why the first write of a status failed.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ impl StatusRecord {
         stop: &CancellationToken,
     ) -> Result<(), GaveUp> {
         let value = Bytes::from(status.encode_to_vec());
-        let mut backoff = Backoff::default();
+        let mut backoff = retry::backoff();
         loop {
             let written = kv_write::write(
                 &self.js,

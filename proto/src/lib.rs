@@ -2,23 +2,18 @@
 //! the guard tiers (`tier`), and the NATS permissions of each identity (`permissions`).
 //!
 //! The contract names and validates; the gateway, the node-agent and the tests share these
-//! definitions so that a subject or a bucket is spelled in exactly one place. Pieces of plumbing
-//! several processes need live here too, so they are written once: the checks of a NATS
-//! connection's TLS files and the reading of its permission errors (`nats_connection`), the
-//! background audit publisher (`audit_publisher`), the JSON shape of audit events
-//! (`audit_json`), the identities file with the check of signed records against it
-//! (`identities`), and the one redactor of secrets that every process applies before it stores
-//! or shows a command, an argument or (optionally) output (`redact`), and the reading of
-//! durations operators type (`duration`).
+//! definitions so that a subject or a bucket is spelled in exactly one place. It also holds the
+//! JSON shape of audit events (`audit_json`), the identities file with the check of signed
+//! records against it (`identities`), the one redactor of secrets that every process applies
+//! before it stores or shows a command, an argument or (optionally) output (`redact`), and the
+//! reading of durations operators type (`duration`). What runs (connections, the audit
+//! publisher, KV writes) is in `execmesh-runtime`.
 
 pub mod audit_json;
-pub mod audit_publisher;
 pub mod duration;
 pub mod headers;
 pub mod identities;
 pub mod jetstream;
-pub mod kv_write;
-pub mod nats_connection;
 pub mod permissions;
 pub mod redact;
 pub mod signing;

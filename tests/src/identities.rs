@@ -144,8 +144,8 @@ pub async fn put_signed(
     signer: &RecordKey,
 ) {
     let headers = async_nats::HeaderMap::new();
-    let any = execmesh_proto::kv_write::Expect::Any;
-    execmesh_proto::kv_write::write(js, store, key, value.into(), headers, any, Some(signer))
+    let any = execmesh_runtime::kv_write::Expect::Any;
+    execmesh_runtime::kv_write::write(js, store, key, value.into(), headers, any, Some(signer))
         .await
         .unwrap_or_else(|e| panic!("put {key}: {e}"));
 }

@@ -29,9 +29,9 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
 use execmesh_proto::jetstream as layout;
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
 use crate::core::audit::{Audit, CallAudit};
 use crate::core::auth::Identity;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use execmesh_proto::Token;
-use execmesh_proto::audit_publisher::Publisher;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
+use execmesh_runtime::audit_publisher::Publisher;
 
 use crate::core::error::{ToolError, code_name};
 

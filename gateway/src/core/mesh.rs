@@ -18,9 +18,10 @@ use serde::Serialize;
 use tracing::warn;
 
 use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
+use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError, NatsTarget};
 
 use crate::core::records::{Records, RecordsError, Rejection};
 use crate::core::signer::{Signer, SignerError};
@@ -57,7 +58,7 @@ pub enum MeshError {
     TooManyResults { stream: String },
     /// A TLS file for NATS cannot be used.
     #[error(transparent)]
-    NatsTls(#[from] execmesh_proto::nats_connection::NatsTlsError),
+    NatsTls(#[from] execmesh_runtime::nats_connection::NatsTlsError),
     /// The command key that signs requests to agents cannot be loaded.
     #[error(transparent)]
     Signer(#[from] SignerError),
@@ -275,24 +276,6 @@ async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshE
     Ok(())
 }
 
-/// Logs one connection event. A publish or subscription refused for permissions reaches the
-/// client only here, so it is logged with the subject: otherwise a misconfigured NATS account
-/// would look like agents that do not answer.
-fn log_event(event: async_nats::Event) {
-    use async_nats::{Event, ServerError};
-    match event {
-        Event::Connected => tracing::info!("NATS connected"),
-        Event::ServerError(ServerError::Other(msg)) => {
-            match execmesh_proto::nats_connection::permission_violation(&msg) {
-                Some((operation, subject)) => warn!(operation, subject, error = %msg,
-                "NATS refused an operation for permissions (the gateway's NATS user does not allow it)"),
-                None => warn!(error = %msg, "NATS server error"),
-            }
-        }
-        other => warn!(event = %other, "NATS connection event"),
-    }
-}
-
 /// How long a direct get may take before the gateway gives up.
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading a whole large bucket through a watch may take.
@@ -315,13 +298,9 @@ pub struct Mesh {
 /// file records are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct MeshSettings<'a> {
-    pub nats_url: &'a str,
-    pub nats_creds: Option<&'a Path>,
-    pub nats_nkey_seed: Option<&'a Path>,
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub nats: NatsTarget<'a>,
     pub identities_file: Option<&'a Path>,
-    pub nats_tls_ca: Option<&'a Path>,
-    /// Certificate and key of the client certificate NATS may ask for.
-    pub nats_tls_client: Option<(&'a Path, &'a Path)>,
     pub tenant: &'a str,
     pub exec_signing_key: &'a Path,
     /// Replicas of the buckets and streams created at start.
@@ -336,42 +315,32 @@ impl Mesh {
     pub async fn connect(config: &MeshSettings<'_>) -> Result<Self, MeshError> {
         let tenant = Token::parse("tenant", config.tenant).map_err(MeshError::Tenant)?;
         let signer = Arc::new(Signer::load_or_create(config.exec_signing_key)?);
-        let seed = config.nats_nkey_seed.or(config.nats_creds);
+        let seed = config.nats.nkey_seed.or(config.nats.creds);
         let records = Arc::new(Records::load(seed, config.identities_file)?);
         tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
                        path = %config.exec_signing_key.display(),
                        "signing requests to agents with this key (agents list it in gateway_keys)");
-        let mut options = async_nats::ConnectOptions::new()
-            .name("execmesh-gateway")
+        let who = ConnectAs {
+            name: "execmesh-gateway".to_string(),
             // Replies (agents' answers, JetStream API responses) arrive under the gateways' own
             // prefix, the only inbox their NATS permissions let them read.
-            .custom_inbox_prefix(subject::GATEWAY_INBOX)
-            .max_reconnects(None)
-            .event_callback(|event| async move { log_event(event) });
-        let connect_err = |e: std::io::Error| MeshError::Connect {
-            url: config.nats_url.to_string(),
-            source: async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e),
+            inbox_prefix: subject::GATEWAY_INBOX.to_string(),
+            host: None,
+            user: "the gateway's NATS user",
         };
-        if let Some(path) = config.nats_creds {
-            options = options.credentials_file(path).await.map_err(connect_err)?;
-        }
-        if let Some(path) = config.nats_nkey_seed {
-            let seed = std::fs::read_to_string(path).map_err(connect_err)?;
-            options = options.nkey(seed.trim().to_string());
-        }
-        options = execmesh_proto::nats_connection::apply_tls(
-            options,
-            config.nats_tls_ca,
-            config.nats_tls_client,
-        )?;
-        let client =
-            options
-                .connect(config.nats_url)
-                .await
-                .map_err(|source| MeshError::Connect {
-                    url: config.nats_url.to_string(),
-                    source,
-                })?;
+        let client = nats_connection::connect(&config.nats, who)
+            .await
+            .map_err(|e| match e {
+                ConnectError::Connect { url, source } => MeshError::Connect { url, source },
+                ConnectError::Credentials { path, source } => MeshError::Connect {
+                    url: config.nats.url.to_string(),
+                    source: async_nats::ConnectError::with_source(
+                        async_nats::ConnectErrorKind::Io,
+                        std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+                    ),
+                },
+                ConnectError::Tls(e) => MeshError::NatsTls(e),
+            })?;
         let js = jetstream::new(client.clone());
         provision(&js, config.kv_replicas).await?;
         Ok(Self {

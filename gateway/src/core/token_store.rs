@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use execmesh_proto::jetstream as layout;
-use execmesh_proto::kv_write::{self, Expect, KvWriteError};
 use execmesh_proto::subject;
+use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
 use crate::core::mesh::{DirectGet, Mesh};
 

@@ -17,13 +17,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::signing::RecordKey;
-use crate::subject::audit_kind;
-use crate::{jetstream as layout, pb};
+use crate::backoff::Backoff;
+use execmesh_proto::signing::RecordKey;
+use execmesh_proto::subject::audit_kind;
+use execmesh_proto::{jetstream as layout, pb};
 
-/// First and longest pause before a failed publish (or stream creation) is tried again.
-const RETRY_FIRST: Duration = Duration::from_millis(50);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Pauses before a failed publish (or stream creation) is tried again: 50 ms doubling to 2 s.
+fn retry() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+}
 
 /// Publishes audit events in the background.
 pub struct Publisher {
@@ -87,7 +89,7 @@ impl Publisher {
         let kind = audit_kind::of(event.body.as_ref());
         let payload = Bytes::from(event.encode_to_vec());
         let mut headers = HeaderMap::new();
-        headers.insert(crate::headers::MSG_ID, event.id.as_str());
+        headers.insert(execmesh_proto::headers::MSG_ID, event.id.as_str());
         if let Some(signer) = &self.signer {
             signer.sign(&subject, &mut headers, &payload);
         }
@@ -137,7 +139,7 @@ async fn publish(
     window: usize,
     closing: CancellationToken,
 ) {
-    let mut delay = RETRY_FIRST;
+    let mut backoff = retry();
     loop {
         match js
             .get_or_create_stream(layout::audit_stream(replicas))
@@ -146,11 +148,9 @@ async fn publish(
             Ok(_) => break,
             Err(e) => {
                 warn!(error = %e, "cannot open or create the AUDIT stream yet; audit events wait");
-                tokio::select! {
-                    _ = closing.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                if backoff.wait(&closing).await.is_err() {
+                    return;
                 }
-                delay = (delay * 2).min(RETRY_MAX);
             }
         }
     }
@@ -168,7 +168,7 @@ async fn publish(
             break;
         }
         let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
-        let mut delay = RETRY_FIRST;
+        let mut backoff = retry();
         while !pending.is_empty() {
             let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
                 Vec::with_capacity(pending.len());
@@ -198,8 +198,9 @@ async fn publish(
                     events = pending.len(),
                     "audit events not acknowledged; retrying"
                 );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
+                // Not cut short by closing: queued events are still published, within the
+                // grace `close` gives.
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -10,7 +10,7 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
-use crate::signing::RecordKey;
+use execmesh_proto::signing::RecordKey;
 
 /// The header of a compare-and-set: the revision the key must be at.
 const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
