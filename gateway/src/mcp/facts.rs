@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -117,10 +117,7 @@ pub fn definition() -> Tool {
          CPUs, memory, disks and usage, uptime, load, IP addresses, listening ports, running \
          services and package count, with when they were collected. action `refresh` asks \
          the hosts to collect them now.",
-        ToolAnnotations::new()
-            .read_only(true)
-            .idempotent(true)
-            .open_world(false),
+        super::reads(false),
     )
 }
 

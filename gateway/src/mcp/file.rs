@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -236,11 +236,7 @@ pub fn definition() -> Tool {
          (directories need recursive=true) and copy (to another host, sha256-verified) change \
          things. Paths are absolute. Confirm with the user before writing, moving, deleting or \
          copying over files.",
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(false)
-            .open_world(false),
+        super::acts(false),
     )
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -196,10 +196,7 @@ pub fn definition() -> Tool {
          every host. `digest: true` groups matching lines across hosts after normalising numbers, \
          ids and timestamps, rarest first, to show what is unusual. mode `count` or `files` \
          returns only per-file counts or file names.",
-        ToolAnnotations::new()
-            .read_only(true)
-            .idempotent(true)
-            .open_world(true),
+        super::reads(true),
     )
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rmcp::model::{Tool, ToolAnnotations};
+use rmcp::model::Tool;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -72,10 +72,7 @@ pub fn definition() -> Tool {
          `bash`/`grep`/`facts` with the same `hosts` selector target exactly these hosts. \
          Selectors: host globs (`web-*`), `key=value` on labels and facts (`role=web`, \
          `os_id=debian`, `cpus>=8`), `@group`, with `and`/`or`/`not`/parentheses; `*` is all.",
-        ToolAnnotations::new()
-            .read_only(true)
-            .idempotent(true)
-            .open_world(false),
+        super::reads(false),
     )
 }
 

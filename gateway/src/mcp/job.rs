@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -147,11 +147,7 @@ pub fn definition() -> Tool {
          SIGKILL). Jobs are their user's: other users' jobs are unknown to you unless the \
          policy makes you an operator (then `user` in list). Confirm with the user before \
          killing a job.",
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(false)
-            .open_world(false),
+        super::acts(false),
     )
 }
 

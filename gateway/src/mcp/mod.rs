@@ -280,6 +280,25 @@ impl ServerHandler for Handler {
     }
 }
 
+/// The annotations of a tool that only reads: idempotent; `open_world` when what it reads lies
+/// beyond the mesh's own records (the hosts' files).
+pub fn reads(open_world: bool) -> rmcp::model::ToolAnnotations {
+    rmcp::model::ToolAnnotations::new()
+        .read_only(true)
+        .idempotent(true)
+        .open_world(open_world)
+}
+
+/// The annotations of a tool that acts on hosts (runs, writes, kills): destructive and not
+/// idempotent; `open_world` when what it runs may reach beyond the mesh.
+pub fn acts(open_world: bool) -> rmcp::model::ToolAnnotations {
+    rmcp::model::ToolAnnotations::new()
+        .read_only(false)
+        .destructive(true)
+        .idempotent(false)
+        .open_world(open_world)
+}
+
 /// Builds a tool definition from its parameter and output types.
 pub fn tool<P: rmcp::schemars::JsonSchema + 'static, O: rmcp::schemars::JsonSchema + 'static>(
     name: &'static str,

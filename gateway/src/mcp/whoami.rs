@@ -1,6 +1,6 @@
 //! `whoami`: who the caller is to this gateway, what they may reach, and which relays serve them.
 
-use rmcp::model::{Tool, ToolAnnotations};
+use rmcp::model::Tool;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -41,10 +41,7 @@ pub fn definition() -> Tool {
         "whoami",
         "Who am I",
         "Show the caller's identity, token expiry, guard tier, reachable hosts and relay status.",
-        ToolAnnotations::new()
-            .read_only(true)
-            .idempotent(true)
-            .open_world(false),
+        super::reads(false),
     )
 }
 

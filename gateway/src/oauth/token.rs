@@ -27,7 +27,7 @@ use crate::core::auth::TokenSpec;
 use crate::core::token_store::{CodeGrant, Family, RefreshGrant, StoreError};
 
 /// A `/token` error: the OAuth error code and a description.
-struct TokenError {
+pub struct TokenError {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -77,15 +77,9 @@ pub async fn token(
     State(state): State<Arc<OAuthState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let params = match form(&body) {
-        Ok(params) => params,
-        Err(e) => return e.into_response(),
-    };
-    let client_id = match client_id(&headers, &params) {
-        Ok(id) => id,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, TokenError> {
+    let params = form(&body)?;
+    let client_id = client_id(&headers, &params)?;
     let result = match params.get("grant_type").map(String::as_str) {
         Some("authorization_code") => authorization_code(&state, &client_id, &params).await,
         Some("refresh_token") => refresh(&state, &client_id, &params).await,
@@ -95,13 +89,9 @@ pub async fn token(
         )),
         None => Err(TokenError::new("invalid_request", "grant_type is missing")),
     };
-    match result {
-        Ok(response) => response,
-        Err(e) => {
-            info!(client = %client_id, error = e.error, reason = %e.description, "token request refused");
-            e.into_response()
-        }
-    }
+    result.inspect_err(|e| {
+        info!(client = %client_id, error = e.error, reason = %e.description, "token request refused");
+    })
 }
 
 async fn authorization_code(
@@ -273,15 +263,9 @@ pub async fn revoke(
     State(state): State<Arc<OAuthState>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let params = match form(&body) {
-        Ok(params) => params,
-        Err(e) => return e.into_response(),
-    };
-    let token = match required(&params, "token") {
-        Ok(token) => token,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, TokenError> {
+    let params = form(&body)?;
+    let token = required(&params, "token")?;
     let client = client_id(&headers, &params).ok();
     let result: Result<(), StoreError> = async {
         if let Some(grant) = state.oauth.store.refresh(token).await? {
@@ -301,14 +285,10 @@ pub async fn revoke(
         Ok(())
     }
     .await;
-    match result {
-        Ok(()) => {
-            let mut response = StatusCode::OK.into_response();
-            no_store(response.headers_mut());
-            response
-        }
-        Err(e) => TokenError::unavailable(e).into_response(),
-    }
+    result.map_err(TokenError::unavailable)?;
+    let mut response = StatusCode::OK.into_response();
+    no_store(response.headers_mut());
+    Ok(response)
 }
 
 /// S256: BASE64URL(SHA256(verifier)) equals the challenge, compared in constant time. The

@@ -5,7 +5,7 @@ mod fanout;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -111,11 +111,7 @@ pub fn definition() -> Tool {
          once, `max_failures` stops early), waits for each up to `timeout`, and returns every \
          host once with its status and output (identical outputs grouped). A non-zero exit code \
          is a normal result. Confirm with the user before running commands that change hosts.",
-        ToolAnnotations::new()
-            .read_only(false)
-            .destructive(true)
-            .idempotent(false)
-            .open_world(true),
+        crate::mcp::acts(true),
     )
 }
 
