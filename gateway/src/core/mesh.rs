@@ -23,7 +23,7 @@ use execmesh_proto::{Token, headers, pb, subject};
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError, NatsTarget};
 
-use crate::core::records::{Records, RecordsError, Rejection};
+use crate::core::records::{Records, RecordsError, Rejection, Stored};
 use crate::core::signer::{Signer, SignerError};
 
 /// A failure talking to NATS or reading the mesh's streams.
@@ -479,7 +479,14 @@ impl Mesh {
                 None
             } else {
                 self.records
-                    .check_answer(stream, &subject, msg.headers.as_ref(), &msg.payload)
+                    .check_answer(
+                        stream,
+                        Stored {
+                            subject: &subject,
+                            headers: msg.headers.as_ref(),
+                            payload: &msg.payload,
+                        },
+                    )
                     .err()
             };
             out.push(StoredMsg {
@@ -638,7 +645,14 @@ impl Mesh {
             let operation = operation_of(message.headers.as_ref());
             let rejected = match operation {
                 kv::Operation::Put => records
-                    .check_delivered(&what, subject, message.headers.as_ref(), &message.payload)
+                    .check_delivered(
+                        &what,
+                        Stored {
+                            subject,
+                            headers: message.headers.as_ref(),
+                            payload: &message.payload,
+                        },
+                    )
                     .err(),
                 // Markers are unsigned (the server writes TTL markers); a planted one counts
                 // for nothing, like any planted record.

@@ -165,42 +165,30 @@ impl Records {
         }
     }
 
-    /// Checks a record stored on `subject`, read as `what` (`job status`, `facts`, …): `Ok`
-    /// when its subject's owner signed it (or in development). A rejection is logged here.
-    pub fn check(
-        &self,
-        what: &str,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-    ) -> Result<(), Rejection> {
+    /// Checks a stored record, read as `what` (`job status`, `facts`, …): `Ok` when its
+    /// subject's owner signed it (or in development). A rejection is logged here.
+    pub fn check(&self, what: &str, stored: Stored<'_>) -> Result<(), Rejection> {
         let Some(trust) = &self.trust else {
             return Ok(());
         };
-        let mut verdict = self.verify(&trust.current(), subject, headers, payload);
+        let mut verdict = self.verify(&trust.current(), stored);
         if matches!(verdict, Err(RecordError::UnknownSigner { .. })) {
             // A host added since the file was read: read it again if it changed.
             trust.reload_if_changed();
-            verdict = self.verify(&trust.current(), subject, headers, payload);
+            verdict = self.verify(&trust.current(), stored);
         }
         match verdict {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.rejections.note(what, subject, e.reason(), &e);
+                self.rejections.note(what, stored.subject, e.reason(), &e);
                 Err(Rejection::Record(e))
             }
         }
     }
 
-    fn verify(
-        &self,
-        identities: &Identities,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-    ) -> Result<(), RecordError> {
-        let record = SignedRecord::read(subject, headers, payload)?;
-        let identity = identities.entitled_signer(subject, &record.signer)?;
+    fn verify(&self, identities: &Identities, stored: Stored<'_>) -> Result<(), RecordError> {
+        let record = SignedRecord::read(stored.subject, stored.headers, stored.payload)?;
+        let identity = identities.entitled_signer(stored.subject, &record.signer)?;
         let digest = record.digest();
         if self.verified.lock().is_ok_and(|v| v.contains(&digest)) {
             return Ok(());
@@ -217,37 +205,40 @@ impl Records {
 
     /// Checks a record delivered by a consumer (a watch): one stored with the stream headers of
     /// a direct-get answer was planted, whatever else it carries; otherwise [`Records::check`].
-    pub fn check_delivered(
-        &self,
-        what: &str,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
-    ) -> Result<(), Rejection> {
-        if headers.is_some_and(|h| h.get(headers::NATS_STREAM).is_some()) {
-            self.rejections
-                .note(what, subject, "planted", &Rejection::Planted);
-            return Err(Rejection::Planted);
-        }
-        self.check(what, subject, headers, payload)
+    pub fn check_delivered(&self, what: &str, stored: Stored<'_>) -> Result<(), Rejection> {
+        let planted = stored
+            .headers
+            .is_some_and(|h| h.get(headers::NATS_STREAM).is_some());
+        self.check_unless_planted(what, planted, stored)
     }
 
     /// Checks a record answered by a direct get: planted (its answer headers appear twice), or
     /// [`Records::check`] on the subject the server names.
-    pub fn check_answer(
+    pub fn check_answer(&self, what: &str, stored: Stored<'_>) -> Result<(), Rejection> {
+        self.check_unless_planted(what, is_planted(stored.headers), stored)
+    }
+
+    fn check_unless_planted(
         &self,
         what: &str,
-        subject: &str,
-        headers: Option<&HeaderMap>,
-        payload: &[u8],
+        planted: bool,
+        stored: Stored<'_>,
     ) -> Result<(), Rejection> {
-        if is_planted(headers) {
+        if planted {
             self.rejections
-                .note(what, subject, "planted", &Rejection::Planted);
+                .note(what, stored.subject, "planted", &Rejection::Planted);
             return Err(Rejection::Planted);
         }
-        self.check(what, subject, headers, payload)
+        self.check(what, stored)
     }
+}
+
+/// A record as JetStream holds it: the subject it is stored on, its headers and its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub subject: &'a str,
+    pub headers: Option<&'a HeaderMap>,
+    pub payload: &'a [u8],
 }
 
 fn gateway_key(identities: &Identities) -> Option<String> {
@@ -262,6 +253,18 @@ fn gateway_key(identities: &Identities) -> Option<String> {
 mod tests {
     use super::*;
     use execmesh_proto::identities::IdentitiesDoc;
+
+    fn stored<'a>(
+        subject: &'a str,
+        headers: Option<&'a HeaderMap>,
+        payload: &'a [u8],
+    ) -> Stored<'a> {
+        Stored {
+            subject,
+            headers,
+            payload,
+        }
+    }
 
     fn seed() -> String {
         nkeys::KeyPair::new_user().seed().expect("a seed")
@@ -295,26 +298,36 @@ mod tests {
         let mut h = HeaderMap::new();
         agent.sign(subject, &mut h, b"facts");
         records
-            .check("facts", subject, Some(&h), b"facts")
+            .check("facts", stored(subject, Some(&h), b"facts"))
             .expect("the agent's own facts");
         records
-            .check("facts", subject, Some(&h), b"facts")
+            .check("facts", stored(subject, Some(&h), b"facts"))
             .expect("again, from the cache");
         assert!(records.verified.lock().expect("lock").len() == 1);
         assert!(
             records
-                .check("facts", subject, Some(&h), b"forged")
+                .check("facts", stored(subject, Some(&h), b"forged"))
                 .is_err()
         );
-        assert!(records.check("facts", subject, None, b"facts").is_err());
+        assert!(
+            records
+                .check("facts", stored(subject, None, b"facts"))
+                .is_err()
+        );
         // The gateway's own writes verify as the gateway's.
         let mut own = HeaderMap::new();
         records.sign("$KV.mesh_revoked.jti", &mut own, b"1");
         records
-            .check("revocation", "$KV.mesh_revoked.jti", Some(&own), b"1")
+            .check(
+                "revocation",
+                stored("$KV.mesh_revoked.jti", Some(&own), b"1"),
+            )
             .expect("the gateway's own revocation");
         let err = records
-            .check("facts", "$KV.mesh_facts.default.web-1", Some(&own), b"1")
+            .check(
+                "facts",
+                stored("$KV.mesh_facts.default.web-1", Some(&own), b"1"),
+            )
             .expect_err("the gateway may not write facts");
         assert!(err.to_string().contains("gateway"), "{err}");
     }
@@ -332,7 +345,7 @@ mod tests {
         // Development: nothing is checked.
         let open = Records::load(None, None).expect("development");
         assert!(
-            open.check("facts", "$KV.mesh_facts.default.x", None, b"")
+            open.check("facts", stored("$KV.mesh_facts.default.x", None, b""))
                 .is_ok()
         );
     }
