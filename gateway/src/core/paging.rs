@@ -130,15 +130,8 @@ impl Cursor {
     }
 
     fn parse(plain: &str) -> Result<Self, CursorError> {
-        let mut parts = plain.split(':');
-        let (Some(CURSOR_VERSION), Some(host), Some(job), Some(seq), Some(skip), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let parts: Vec<&str> = plain.split(':').collect();
+        let [CURSOR_VERSION, host, job, seq, skip] = parts[..] else {
             return Err(CursorError::Malformed);
         };
         Ok(Self {

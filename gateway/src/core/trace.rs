@@ -39,14 +39,8 @@ impl fmt::Display for TraceContext {
 
 /// The trace id of a valid version-00 `traceparent`.
 pub fn parse_trace_id(value: &str) -> Option<String> {
-    let mut parts = value.trim().split('-');
-    let (Some("00"), Some(trace), Some(span), Some(flags), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let parts: Vec<&str> = value.trim().split('-').collect();
+    let ["00", trace, span, flags] = parts[..] else {
         return None;
     };
     let is_hex = |s: &str, n: usize| {
