@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use execmesh_node_agent::cli::{Command, GuardCommand};
 use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
-use tokio_util::sync::CancellationToken;
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
 use execmesh_runtime::signals;
@@ -55,21 +54,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        if let Err(e) = signals::watch(shutdown.clone(), "exiting without draining") {
-            eprintln!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-        match execmesh_node_agent::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "node-agent failed");
-                eprintln!("execmesh-node-agent: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    runtime.block_on(signals::serve(
+        "node-agent",
+        "exiting without draining",
+        ExitCode::FAILURE,
+        |shutdown| execmesh_node_agent::run(config, shutdown),
+    ))
 }
 
 /// Whether the command line asks for the `guard` tool, whose usage errors exit 2 (as its
