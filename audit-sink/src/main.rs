@@ -31,17 +31,11 @@ fn main() -> ExitCode {
         _ => None,
     };
     execmesh_runtime::logging::init(&config.log, config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match signals::runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
+            Ok(runtime) => runtime,
+            Err(exit) => return exit,
+        };
     runtime.block_on(async move {
         match command {
             Command::Serve => serve(config).await,

@@ -41,18 +41,14 @@ fn main() -> ExitCode {
     // Two workers carry the agent. The blocking pool runs file operations (at most
     // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
     // start on demand and end when idle.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
-        .thread_name("execmesh-agent")
-        .enable_all()
-        .build()
-    {
+    let runtime = match signals::runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
+            .thread_name("execmesh-agent"),
+    ) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(exit) => return exit,
     };
     runtime.block_on(signals::serve(
         "node-agent",

@@ -1,9 +1,18 @@
-//! Shutdown on signals: the first SIGTERM or SIGINT cancels the service's shutdown token, a second one exits at once.
+//! Running a service: its async runtime, and shutdown on signals (the first SIGTERM or SIGINT
+//! cancels the service's shutdown token, a second one exits at once).
 
 use std::fmt::Display;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+
+/// Builds the async runtime from `builder`, or says why it cannot start (exit 1).
+pub fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
 
 /// Runs the service `name` (`node-agent`, `audit-sink`) under [`watch`] until `run` returns:
 /// success, or `failed` once its error is logged and printed as `execmesh-<name>: <error>`.
