@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use execmesh_audit_sink::{Cli, Command, Config};
-use tokio_util::sync::CancellationToken;
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
 use execmesh_runtime::signals;
@@ -32,17 +31,11 @@ fn main() -> ExitCode {
         _ => None,
     };
     execmesh_runtime::logging::init(&config.log, config.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let runtime =
+        match signals::runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
+            Ok(runtime) => runtime,
+            Err(exit) => return exit,
+        };
     runtime.block_on(async move {
         match command {
             Command::Serve => serve(config).await,
@@ -53,19 +46,13 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let shutdown = CancellationToken::new();
-    if let Err(e) = signals::watch(shutdown.clone(), "exiting without finishing the batch") {
-        eprintln!("cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
-    match execmesh_audit_sink::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "audit-sink failed");
-            eprintln!("execmesh-audit-sink: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-    }
+    signals::serve(
+        "audit-sink",
+        "exiting without finishing the batch",
+        ExitCode::from(EXIT_UNAVAILABLE),
+        |shutdown| execmesh_audit_sink::run(config, shutdown),
+    )
+    .await
 }
 
 /// Prints the chain's state; exit 0 when intact and every event was signed by a known key,

@@ -104,20 +104,27 @@ pub async fn serve(node: Arc<Node>, mut subs: Subscriptions) {
 }
 
 fn spawn_exec(node: &Arc<Node>, msg: Message) {
-    let node2 = Arc::clone(node);
-    node.handlers.spawn(async move {
-        let reply_to = msg.reply.clone();
-        let reply = exec(&node2, msg).await;
-        send_reply(&node2, reply_to, reply.encode_to_vec()).await;
-    });
+    spawn_answer(node, msg, |node, msg| async move { exec(&node, msg).await });
 }
 
 fn spawn_ctl(node: &Arc<Node>, msg: Message) {
+    spawn_answer(
+        node,
+        msg,
+        |node, msg| async move { control(&node, msg).await },
+    );
+}
+
+/// Answers `msg` on a handler task: `answer` builds the reply, which goes to the reply subject.
+fn spawn_answer<F>(node: &Arc<Node>, msg: Message, answer: impl FnOnce(Arc<Node>, Message) -> F)
+where
+    F: Future<Output: prost::Message> + Send + 'static,
+{
+    let reply_to = msg.reply.clone();
+    let reply = answer(Arc::clone(node), msg);
     let node2 = Arc::clone(node);
     node.handlers.spawn(async move {
-        let reply_to = msg.reply.clone();
-        let reply = control(&node2, msg).await;
-        send_reply(&node2, reply_to, reply.encode_to_vec()).await;
+        send_reply(&node2, reply_to, reply.await.encode_to_vec()).await;
     });
 }
 

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use execmesh_node_agent::cli::{Command, GuardCommand};
 use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
-use tokio_util::sync::CancellationToken;
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
 use execmesh_runtime::signals;
@@ -42,34 +41,21 @@ fn main() -> ExitCode {
     // Two workers carry the agent. The blocking pool runs file operations (at most
     // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
     // start on demand and end when idle.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
-        .thread_name("execmesh-agent")
-        .enable_all()
-        .build()
-    {
+    let runtime = match signals::runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
+            .thread_name("execmesh-agent"),
+    ) {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(exit) => return exit,
     };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        if let Err(e) = signals::watch(shutdown.clone(), "exiting without draining") {
-            eprintln!("cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-        match execmesh_node_agent::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "node-agent failed");
-                eprintln!("execmesh-node-agent: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    runtime.block_on(signals::serve(
+        "node-agent",
+        "exiting without draining",
+        ExitCode::FAILURE,
+        |shutdown| execmesh_node_agent::run(config, shutdown),
+    ))
 }
 
 /// Whether the command line asks for the `guard` tool, whose usage errors exit 2 (as its

@@ -10,16 +10,12 @@ use tempfile::TempDir;
 
 use crate::Nats;
 use crate::presence::read_presence;
-use crate::process::{ChildProcess, workspace_binary};
+use crate::process::{ServiceProcess, service_command};
 
 /// Name of the agent binary in the cargo target directory.
 pub const AGENT_BINARY: &str = "execmesh-node-agent";
 /// Default time an agent may take from spawn to its first acknowledged heartbeat.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a SIGTERM'd agent may take to drain and exit.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-/// Log lines shown when an agent fails.
-const TAIL: usize = 60;
 
 /// How to run one node-agent: its host id, labels and extra flags.
 ///
@@ -55,8 +51,8 @@ pub struct NodeAgent {
 /// A node-agent process started by [`NodeAgent::start`]; killed on drop. Its temp dir (working
 /// directory and logs) is removed then too, unless the test is failing: then it is kept and named.
 pub struct RunningAgent {
-    /// The process; `None` after stop or kill.
-    process: Option<ChildProcess>,
+    /// The process.
+    process: ServiceProcess,
     /// How it was started, so a restart repeats it exactly.
     spec: NodeAgent,
     /// Working directory of the agent and home of its log files (one per start).
@@ -148,9 +144,9 @@ impl NodeAgent {
             .expect("create a temp dir for the node-agent");
         let js = jetstream::new(crate::nats::connect(&self.nats_url, self.nats_tls.as_ref()).await);
         let mut agent = RunningAgent {
+            process: ServiceProcess::new(format!("node-agent {}", self.host)),
             spec: self,
             dir,
-            process: None,
             starts: 0,
             presence: pb::Presence::default(),
             js,
@@ -160,19 +156,8 @@ impl NodeAgent {
     }
 
     fn command(&self, cwd: &Path) -> Command {
-        let mut command = Command::new(workspace_binary(AGENT_BINARY));
-        // Every flag has an EXECMESH_* environment twin: a developer's shell must not leak in.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("EXECMESH_") {
-                command.env_remove(key);
-            }
-        }
-        // The test's own log filter, if any, is the agent's too (its `--log` / EXECMESH_LOG).
-        if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
-            command.env("EXECMESH_LOG", filter);
-        }
+        let mut command = service_command(AGENT_BINARY, cwd);
         command
-            .current_dir(cwd)
             .arg("--nats-url")
             .arg(&self.nats_url)
             .arg("--host-id")
@@ -205,10 +190,7 @@ impl RunningAgent {
 
     /// The pid of the running agent. Panics if it is stopped.
     pub fn pid(&self) -> u32 {
-        self.process
-            .as_ref()
-            .map(ChildProcess::pid)
-            .unwrap_or_else(|| panic!("node-agent {} is not running", self.spec.host))
+        self.process.pid()
     }
 
     /// The agent's working directory (a temp dir; a place for its config files).
@@ -238,28 +220,18 @@ impl RunningAgent {
 
     /// The exit status if the agent has exited by itself (or was stopped).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.process.as_mut().and_then(ChildProcess::exited)
+        self.process.exited()
     }
 
     /// Kills the agent with SIGKILL and reaps it. Its presence key stays until its TTL expires.
     pub async fn kill_hard(&mut self) -> ExitStatus {
-        let mut process = self.take_process();
-        process.kill().await
+        self.process.kill_hard().await
     }
 
     /// SIGTERM, and waits for a graceful exit. Panics (after a SIGKILL) if the agent does not
     /// exit within 10 s.
     pub async fn stop(&mut self) -> ExitStatus {
-        let mut process = self.take_process();
-        match process.terminate(STOP_GRACE).await {
-            Ok(status) => status,
-            Err(_) => panic!(
-                "node-agent {} did not exit within {STOP_GRACE:?} of SIGTERM; log {}:\n{}",
-                self.spec.host,
-                self.log_path().display(),
-                self.log_tail(TAIL)
-            ),
-        }
+        self.process.stop(&self.log_path()).await
     }
 
     /// Starts the agent again with the same arguments (stopping it gracefully first if it runs)
@@ -267,16 +239,10 @@ impl RunningAgent {
     /// [`RunningAgent::kill_hard`], when the old process's presence key is still there: readiness
     /// is a heartbeat with a new `agent_instance`.
     pub async fn restart(&mut self) {
-        if self.process.is_some() {
+        if self.process.is_running() {
             self.stop().await;
         }
         self.launch().await;
-    }
-
-    fn take_process(&mut self) -> ChildProcess {
-        self.process
-            .take()
-            .unwrap_or_else(|| panic!("node-agent {} is not running", self.spec.host))
     }
 
     /// Spawns the agent and waits for a heartbeat from an instance other than any present before.
@@ -288,9 +254,7 @@ impl RunningAgent {
         self.starts += 1;
         let log = self.log_path();
         let command = self.spec.command(self.dir.path());
-        let process = ChildProcess::spawn(format!("node-agent {host}"), command, &log)
-            .unwrap_or_else(|e| panic!("cannot start node-agent {host}: {e}"));
-        let process = self.process.insert(process);
+        self.process.spawn(command, &log);
 
         let deadline = tokio::time::Instant::now() + self.spec.ready_timeout;
         loop {
@@ -301,20 +265,11 @@ impl RunningAgent {
                 self.presence = presence;
                 return;
             }
-            if let Some(status) = process.exited() {
-                panic!(
-                    "node-agent {host} exited ({status}) before it was ready; log {}:\n{}",
-                    log.display(),
-                    process.log_tail(TAIL)
-                );
-            }
+            self.process.assert_alive(&log);
             if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "node-agent {host} wrote no presence within {:?}; log {}:\n{}",
-                    self.spec.ready_timeout,
-                    log.display(),
-                    process.log_tail(TAIL)
-                );
+                let timeout = self.spec.ready_timeout;
+                self.process
+                    .not_ready(format_args!("wrote no presence within {timeout:?}"), &log);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -323,7 +278,7 @@ impl RunningAgent {
 
 impl Drop for RunningAgent {
     fn drop(&mut self) {
-        drop(self.process.take());
+        self.process.discard();
         if std::thread::panicking() {
             // A failing test keeps the agent's logs for inspection.
             self.dir.disable_cleanup(true);

@@ -10,19 +10,15 @@ use prost::Message as _;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::process::{ChildProcess, workspace_binary};
+use crate::process::{ServiceProcess, service_command};
 use crate::{Nats, Postgres};
 
 /// Name of the sink binary in the cargo target directory.
 pub const SINK_BINARY: &str = "execmesh-audit-sink";
 /// How long a sink may take from spawn to its first answered query.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a SIGTERM'd sink may take to finish its batch and exit.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long one query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Log lines shown when the sink fails.
-const TAIL: usize = 60;
 
 /// Where a sink stores its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +56,8 @@ pub struct AuditSink {
 /// An audit-sink process started by [`AuditSink::start`]; killed on drop. Its temp dir (the
 /// SQLite file and the logs) goes too, unless the test is failing: then it is kept and named.
 pub struct RunningAudit {
-    /// The process; `None` after stop or kill.
-    process: Option<ChildProcess>,
+    /// The process.
+    process: ServiceProcess,
     spec: AuditSink,
     dir: TempDir,
     /// Starts so far (one log file per start).
@@ -133,7 +129,7 @@ impl AuditSink {
             .expect("create a temp dir for the audit-sink");
         let client = crate::nats::connect(&self.nats_url, self.nats_tls.as_ref()).await;
         let mut sink = RunningAudit {
-            process: None,
+            process: ServiceProcess::new("audit-sink"),
             spec: self,
             dir,
             starts: 0,
@@ -172,36 +168,24 @@ impl RunningAudit {
 
     /// The pid of the running sink. Panics if it is stopped.
     pub fn pid(&self) -> u32 {
-        self.process
-            .as_ref()
-            .map(ChildProcess::pid)
-            .expect("the audit-sink is not running")
+        self.process.pid()
     }
 
     /// SIGKILL and reap: whatever the sink had not committed and acknowledged is redelivered
     /// to the next start.
     pub async fn kill_hard(&mut self) -> ExitStatus {
-        let mut process = self.process.take().expect("the audit-sink is not running");
-        process.kill().await
+        self.process.kill_hard().await
     }
 
     /// SIGTERM, and waits for a graceful exit.
     pub async fn stop(&mut self) -> ExitStatus {
-        let mut process = self.process.take().expect("the audit-sink is not running");
-        match process.terminate(STOP_GRACE).await {
-            Ok(status) => status,
-            Err(_) => panic!(
-                "audit-sink did not exit within {STOP_GRACE:?} of SIGTERM; log {}:\n{}",
-                self.log_path().display(),
-                self.log_tail(TAIL)
-            ),
-        }
+        self.process.stop(&self.log_path()).await
     }
 
     /// Starts the sink again with the same store (stopping it gracefully first if it runs) and
     /// waits until it answers queries.
     pub async fn restart(&mut self) {
-        if self.process.is_some() {
+        if self.process.is_running() {
             self.stop().await;
         }
         self.launch().await;
@@ -337,9 +321,7 @@ impl RunningAudit {
         let log = self.log_path();
         let mut command = self.spec.command(self.dir.path());
         command.arg("serve");
-        let process = ChildProcess::spawn("audit-sink", command, &log)
-            .unwrap_or_else(|e| panic!("cannot start the audit-sink: {e}"));
-        self.process = Some(process);
+        self.process.spawn(command, &log);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             let probe = pb::AuditQuery {
@@ -349,19 +331,11 @@ impl RunningAudit {
             if self.try_query(probe).await.is_ok() {
                 return;
             }
-            let process = self.process.as_mut().expect("just started");
-            if let Some(status) = process.exited() {
-                panic!(
-                    "audit-sink exited ({status}) before it was ready; log {}:\n{}",
-                    log.display(),
-                    process.log_tail(TAIL)
-                );
-            }
+            self.process.assert_alive(&log);
             if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "audit-sink did not answer a query within {READY_TIMEOUT:?}; log {}:\n{}",
-                    log.display(),
-                    process.log_tail(TAIL)
+                self.process.not_ready(
+                    format_args!("did not answer a query within {READY_TIMEOUT:?}"),
+                    &log,
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -372,19 +346,8 @@ impl RunningAudit {
 impl AuditSink {
     /// The sink binary with NATS and store settings (and no inherited `EXECMESH_*`).
     fn command(&self, dir: &std::path::Path) -> Command {
-        let mut command = Command::new(workspace_binary(SINK_BINARY));
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("EXECMESH_") {
-                command.env_remove(key);
-            }
-        }
-        if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
-            command.env("EXECMESH_LOG", filter);
-        }
-        command
-            .current_dir(dir)
-            .arg("--nats-url")
-            .arg(&self.nats_url);
+        let mut command = service_command(SINK_BINARY, dir);
+        command.arg("--nats-url").arg(&self.nats_url);
         if let Some(tls) = &self.nats_tls {
             command.args(tls.flags());
         }
@@ -409,7 +372,7 @@ impl AuditSink {
 
 impl Drop for RunningAudit {
     fn drop(&mut self) {
-        drop(self.process.take());
+        self.process.discard();
         if std::thread::panicking() {
             self.dir.disable_cleanup(true);
             eprintln!("audit-sink: files kept in {}", self.dir.path().display());

@@ -1,8 +1,135 @@
-//! The workspace's binaries the scenarios spawn; child processes themselves are the nats-server package's.
+//! The workspace's binaries the scenarios spawn, and the service process slot the agent and
+//! sink wrappers share (start, graceful stop, hard kill); child processes themselves are the
+//! nats-server package's.
 
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 pub use execmesh_nats_server::process::{ChildProcess, log_tail};
+
+/// How long a SIGTERM'd service may take to drain and exit.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Log lines shown when a service fails.
+pub const TAIL: usize = 60;
+
+/// A workspace binary run in `cwd`, with no inherited `EXECMESH_*`: every flag has an
+/// environment twin, and a developer's shell must not leak in. The test's own log filter, if
+/// any, is the service's too (its `--log` / `EXECMESH_LOG`).
+pub fn service_command(binary: &str, cwd: &Path) -> Command {
+    let mut command = Command::new(workspace_binary(binary));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("EXECMESH_") {
+            command.env_remove(key);
+        }
+    }
+    if let Ok(filter) = std::env::var("EXECMESH_TEST_LOG") {
+        command.env("EXECMESH_LOG", filter);
+    }
+    command.current_dir(cwd);
+    command
+}
+
+/// The process of one service a scenario runs (`node-agent web-1`, `audit-sink`): `None`
+/// after stop or kill; killed on drop.
+pub struct ServiceProcess {
+    /// The service as messages name it.
+    name: String,
+    process: Option<ChildProcess>,
+}
+
+impl ServiceProcess {
+    /// A slot for `name`, not started yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            process: None,
+        }
+    }
+
+    /// Spawns `command` logging to `log`. Panics if it cannot start.
+    pub fn spawn(&mut self, command: Command, log: &Path) {
+        let process = ChildProcess::spawn(self.name.clone(), command, log)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.process = Some(process);
+    }
+
+    /// Whether a process is there (started and neither stopped nor killed).
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// The pid of the running process. Panics if it is stopped.
+    pub fn pid(&self) -> u32 {
+        self.running().pid()
+    }
+
+    /// The exit status if the process has exited by itself (or was stopped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.as_mut().and_then(ChildProcess::exited)
+    }
+
+    /// Panics with the tail of `log` if the process, still starting, has exited already.
+    pub fn assert_alive(&mut self, log: &Path) {
+        let name = self.name.clone();
+        let process = self.process.as_mut().expect("just started");
+        if let Some(status) = process.exited() {
+            panic!(
+                "{name} exited ({status}) before it was ready; log {}:\n{}",
+                log.display(),
+                process.log_tail(TAIL)
+            );
+        }
+    }
+
+    /// Panics: the process did not become ready, as `why` says; with the tail of `log`.
+    pub fn not_ready(&self, why: fmt::Arguments<'_>, log: &Path) -> ! {
+        panic!(
+            "{} {why}; log {}:\n{}",
+            self.name,
+            log.display(),
+            self.running().log_tail(TAIL)
+        )
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill_hard(&mut self) -> ExitStatus {
+        self.take().kill().await
+    }
+
+    /// SIGTERM, and waits for a graceful exit. Panics (after a SIGKILL) with the tail of `log`
+    /// if the process does not exit within 10 s.
+    pub async fn stop(&mut self, log: &Path) -> ExitStatus {
+        let mut process = self.take();
+        match process.terminate(STOP_GRACE).await {
+            Ok(status) => status,
+            Err(_) => panic!(
+                "{} did not exit within {STOP_GRACE:?} of SIGTERM; log {}:\n{}",
+                self.name,
+                log.display(),
+                log_tail(log, TAIL)
+            ),
+        }
+    }
+
+    /// Kills the process now (as dropping it would), if it runs.
+    pub fn discard(&mut self) {
+        drop(self.process.take());
+    }
+
+    fn running(&self) -> &ChildProcess {
+        self.process
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    fn take(&mut self) -> ChildProcess {
+        self.process
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+}
 
 /// Path of a workspace binary (`execmesh-node-agent`, …) built by `cargo build --workspace --bins`.
 ///
