@@ -196,7 +196,7 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
         }
         Order::File(spec) => {
             let span = info_span!("file", host = %host, job = %spec.job, user = %spec.user,
-                                  op = files::op_name(&spec.request),
+                                  op = spec.request.op_name(),
                                   path = %files::op_path(&spec.request),
                                   trace_id = %spec.trace_id);
             handler::file::handle(node, spec).instrument(span).await

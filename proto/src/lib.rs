@@ -27,6 +27,26 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/execmesh.v1.rs"));
 }
 
+impl pb::FileRequest {
+    /// The name of the file operation (`read`, `append`, `chunk_write`, …), as the gateway's
+    /// audit trail (`file.<name>`) and the agent's logs show it.
+    pub fn op_name(&self) -> &'static str {
+        use pb::file_request::Op;
+        match &self.op {
+            Some(Op::Read(_)) => "read",
+            Some(Op::Stat(_)) => "stat",
+            Some(Op::List(_)) => "list",
+            Some(Op::Write(w)) if w.append => "append",
+            Some(Op::Write(_)) => "write",
+            Some(Op::Move(_)) => "move",
+            Some(Op::Delete(_)) => "delete",
+            Some(Op::ChunkRead(_)) => "chunk_read",
+            Some(Op::ChunkWrite(_)) => "chunk_write",
+            None => "none",
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every `execmesh.v1` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/execmesh_descriptor.bin"));

@@ -431,26 +431,11 @@ fn denial(e: &ToolError) -> Option<(&str, String)> {
 /// The name of an agent request for the audit trail: `run`, `file.write`, `grep`, `facts`.
 pub fn request_name(body: &pb::exec_request::Body) -> String {
     use pb::exec_request::Body as B;
-    use pb::file_request::Op;
     match body {
         B::Run(_) => "run".to_string(),
         B::Grep(_) => "grep".to_string(),
         B::Facts(_) => "facts".to_string(),
-        B::File(file) => {
-            let op = match &file.op {
-                Some(Op::Read(_)) => "read",
-                Some(Op::Stat(_)) => "stat",
-                Some(Op::List(_)) => "list",
-                Some(Op::Write(w)) if w.append => "append",
-                Some(Op::Write(_)) => "write",
-                Some(Op::Move(_)) => "move",
-                Some(Op::Delete(_)) => "delete",
-                Some(Op::ChunkRead(_)) => "chunk_read",
-                Some(Op::ChunkWrite(_)) => "chunk_write",
-                None => "none",
-            };
-            format!("file.{op}")
-        }
+        B::File(file) => format!("file.{}", file.op_name()),
         #[allow(unreachable_patterns)]
         _ => "other".to_string(),
     }

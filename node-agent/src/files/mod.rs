@@ -223,23 +223,6 @@ impl Files {
     }
 }
 
-/// The name of a request's operation, for logs.
-pub fn op_name(request: &pb::FileRequest) -> &'static str {
-    use file_request::Op;
-    match &request.op {
-        Some(Op::Read(_)) => "read",
-        Some(Op::Stat(_)) => "stat",
-        Some(Op::List(_)) => "list",
-        Some(Op::Write(w)) if w.append => "append",
-        Some(Op::Write(_)) => "write",
-        Some(Op::Move(_)) => "move",
-        Some(Op::Delete(_)) => "delete",
-        Some(Op::ChunkRead(_)) => "chunk_read",
-        Some(Op::ChunkWrite(_)) => "chunk_write",
-        None => "none",
-    }
-}
-
 /// The main path a request names, for logs.
 pub fn op_path(request: &pb::FileRequest) -> &str {
     use file_request::Op;
