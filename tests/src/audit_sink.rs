@@ -171,6 +171,11 @@ impl RunningAudit {
         self.process.pid()
     }
 
+    /// The exit status if the sink has exited by itself (or was stopped).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.exited()
+    }
+
     /// SIGKILL and reap: whatever the sink had not committed and acknowledged is redelivered
     /// to the next start.
     pub async fn kill_hard(&mut self) -> ExitStatus {

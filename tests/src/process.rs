@@ -131,6 +131,28 @@ impl ServiceProcess {
     }
 }
 
+/// The pids of every live process started for `job`: those carrying `EXECMESH_JOB=<job>` in
+/// their environment, which the agent sets for a job's command and which its children inherit,
+/// also those that left the job's process group (`setsid`).
+pub fn job_processes(job: &str) -> Vec<u32> {
+    let needle = format!("EXECMESH_JOB={job}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            // A process that exits meanwhile (or is not ours to read) is not counted.
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
 /// Path of a workspace binary (`execmesh-node-agent`, …) built by `cargo build --workspace --bins`.
 ///
 /// `EXECMESH_BIN_DIR` wins when set; otherwise the binary sits next to the running test

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use execmesh_tests::process::job_processes;
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
 
 /// Pages a job from its start (or `cursor`) to its end and returns every line.
@@ -482,18 +483,9 @@ async fn agent_restart_marks_its_running_job_lost_and_leaves_no_orphans() {
     );
 }
 
-/// Whether a process carrying `EXECMESH_JOB=<job>` in its environment is alive.
+/// Whether a process of `job` is alive (see [`job_processes`]).
 fn job_processes_exist(job: &str) -> bool {
-    let needle = format!("EXECMESH_JOB={job}");
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            std::fs::read(e.path().join("environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                .unwrap_or(false)
-        })
+    !job_processes(job).is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
