@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit_sink;
+pub mod chaos;
 pub mod client;
 pub mod fleet;
 pub mod gateway;

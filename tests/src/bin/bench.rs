@@ -8,8 +8,12 @@
 //! tool), `copy` (a 100 MB file copied host to host, MB/s), `fanout` (`grep` over 100 and 1,000
 //! simulated hosts and `bash true` over 100, p50/p99) and `scale` (10,000 simulated hosts
 //! connected to one nats-server, `hosts "*"` resolved), `audit` (events/s the audit-sink persists
-//! with the hash chain, SQLite and PostgreSQL). Simulated hosts are real node-agents
-//! run in this process, each with its own NATS connection. Build release binaries first:
+//! with the hash chain, SQLite and PostgreSQL), `chaos` (the fault scenarios of
+//! `execmesh_tests::chaos` at full size: NATS, an agent, a gateway replica and the audit-sink
+//! killed with SIGKILL mid-work, NATS away while idle; lines lost, audit rows lost or
+//! duplicated, orphans and settling times; it fails naming any promise that broke). Simulated
+//! hosts are real node-agents run in this process, each with its own NATS connection. Build
+//! release binaries first (`chaos` measures correctness more than speed: a debug build does):
 //!
 //!   cargo build --release --workspace --bins && target/release/execmesh-bench [SCENARIO…]
 
@@ -24,8 +28,10 @@ use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent, RunningAgent, R
 
 #[path = "bench/audit.rs"]
 mod audit;
+#[path = "bench/chaos.rs"]
+mod chaos;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "roundtrip",
     "paging",
     "memory",
@@ -34,6 +40,7 @@ const SCENARIOS: [&str; 8] = [
     "fanout",
     "scale",
     "audit",
+    "chaos",
 ];
 /// Calls per measured fan-out size.
 const FANOUT_CALLS: usize = 50;
@@ -48,9 +55,11 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit]\n\n\
+            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
-             measured figures as JSON. With no scenario, runs all. Needs release binaries: \
+             measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
+             a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
+             a job's state is lost or a process orphaned. Needs release binaries: \
              cargo build --release --workspace --bins"
         );
         return Ok(());
@@ -86,6 +95,7 @@ async fn run(name: &str) -> anyhow::Result<Value> {
         "fanout" => fanout().await,
         "scale" => scale().await,
         "audit" => audit::audit().await,
+        "chaos" => chaos::chaos().await,
         other => bail!("unknown scenario {other}"),
     }
 }

@@ -7,6 +7,7 @@
 mod admin;
 mod approvals;
 mod audit;
+mod chaos;
 mod ctl;
 mod exec;
 mod fanout;

@@ -1,0 +1,987 @@
+//! Fault scenarios run against a real mesh: each kills a part with SIGKILL (or takes NATS away), measures how the mesh settles, returns its figures and checks the promises that must survive.
+//!
+//! The scenarios are written once and run at two sizes: [`Size::CI`] by the `chaos` module of
+//! the scenario binary (`tests/tests/mesh/chaos.rs`), [`Size::FULL`] by `execmesh-bench chaos`.
+//! Each returns its figures when every invariant holds, or [`Broken`] naming the ones that did
+//! not, with the figures.
+//!
+//! A new fault is a [`Scenario`] variant, a function here returning its figures through
+//! [`Invariants::finish`], a size in [`Size`] if it needs one, and a line in the test module.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use execmesh_nats_server::eventually::Outcome;
+use execmesh_proto::jetstream::AUDIT_STREAM;
+use execmesh_proto::pb;
+use prost::Message as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::process::job_processes;
+use crate::{AuditSink, Gateway, McpClient, Nats, NodeAgent, RunningAudit};
+
+/// The host every scenario runs its commands on.
+const HOST: &str = "chaos-1";
+/// The user every scenario calls as (the gateways run without a policy).
+const USER: &str = "ops";
+/// Chunks a paced job prints its lines in, [`PACE`] apart: the job runs for about
+/// `CHUNKS × PACE`, long enough for faults to land while it prints.
+const CHUNKS: u64 = 100;
+/// The pause between two chunks of a paced job, in seconds as `sleep` takes it.
+const PACE: &str = "0.05";
+/// How often a settling condition is checked again.
+const POLL: Duration = Duration::from_millis(20);
+/// Longest any one state may take to settle before the scenario reports it broken.
+const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+/// Longest a client waits for one call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One fault scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// nats-server killed (SIGKILL) and restarted on its store while a job prints: no line lost,
+    /// repeated or reordered.
+    NatsKillMidJob,
+    /// A node-agent killed while its jobs run: the jobs are reported `lost` within a few
+    /// heartbeats, and the restarted agent leaves none of their processes alive.
+    AgentKill,
+    /// A gateway replica killed while a job it started runs: another replica pages the whole job.
+    ReplicaKill,
+    /// The audit-sink killed and restarted again and again while tool calls go on: every call
+    /// answers, every audit event is stored once, and the hash chain verifies.
+    SinkKillCycles,
+    /// nats-server killed while the mesh is idle and restarted after an outage: calls, host
+    /// state and the audit trail recover without restarting any service.
+    NatsOutageIdle,
+}
+
+/// How big each scenario runs.
+#[derive(Debug, Clone)]
+pub struct Size {
+    /// Lines the job of [`Scenario::NatsKillMidJob`] prints.
+    pub job_lines: u64,
+    /// nats-server kills during that job.
+    pub nats_kills: usize,
+    /// How long nats-server stays down at each kill during that job.
+    pub nats_down: Duration,
+    /// Jobs running on the agent of [`Scenario::AgentKill`] when it is killed.
+    pub agent_jobs: usize,
+    /// The heartbeat interval of that agent.
+    pub heartbeat: Duration,
+    /// Lines the job of [`Scenario::ReplicaKill`] prints.
+    pub replica_lines: u64,
+    /// Tool calls made during [`Scenario::SinkKillCycles`].
+    pub calls: usize,
+    /// Clients making them concurrently.
+    pub clients: usize,
+    /// Sink kills among those calls.
+    pub sink_kills: usize,
+    /// How long nats-server stays away in [`Scenario::NatsOutageIdle`].
+    pub outage: Duration,
+}
+
+/// The invariants a scenario found broken, with its figures.
+#[derive(Debug)]
+pub struct Broken {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Each invariant that did not hold.
+    pub violations: Vec<Violation>,
+    /// The scenario's figures as measured.
+    pub figures: Value,
+}
+
+/// One invariant that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant, as a promise ("no line lost").
+    pub invariant: &'static str,
+    /// What was found instead.
+    pub found: String,
+}
+
+/// The invariants of one scenario, checked as it goes.
+#[derive(Debug, Default)]
+pub struct Invariants {
+    violations: Vec<Violation>,
+}
+
+/// How the numbered lines `1..=expected` a job printed came back when paged.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineTally {
+    /// Lines the job printed.
+    pub expected: u64,
+    /// Lines paged back.
+    pub seen: u64,
+    /// Numbers that never came back.
+    pub lost: u64,
+    /// Lines that came back more than once (or were not the job's).
+    pub duplicated: u64,
+    /// Whether every line came back in the order printed.
+    pub in_order: bool,
+}
+
+/// Figures of [`Scenario::NatsKillMidJob`].
+#[derive(Debug, Serialize)]
+pub struct NatsKillFigures {
+    /// The job's lines, printed and paged back.
+    pub lines: LineTally,
+    /// nats-server kills.
+    pub kills: usize,
+    /// Lines stored when each kill came, all while the job ran.
+    pub lines_stored_at_kills: Vec<u64>,
+    /// How long nats-server stayed down each time.
+    pub down_ms: u64,
+    /// How long each restart took until the server was ready (JetStream store recovered).
+    pub server_restart_ms: Vec<u64>,
+    /// From the last restart until the job was seen exited.
+    pub settle_ms: u64,
+    /// The job's exit code.
+    pub exit_code: Option<i64>,
+}
+
+/// Figures of [`Scenario::AgentKill`].
+#[derive(Debug, Serialize)]
+pub struct AgentKillFigures {
+    /// Jobs running when the agent was killed.
+    pub jobs: usize,
+    /// The agent's heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// How long its presence outlives its last heartbeat.
+    pub presence_ttl_ms: u64,
+    /// From the kill until a `job wait` answered `lost`.
+    pub lost_after_ms: u64,
+    /// The same, in heartbeats.
+    pub lost_after_heartbeats: f64,
+    /// Processes of the jobs alive after the kill (they outlive their agent).
+    pub processes_left_by_kill: usize,
+    /// From the restarted agent's first heartbeat until none of them was left.
+    pub orphan_cleanup_ms: Option<u64>,
+    /// Processes of the jobs alive at the end.
+    pub orphans: usize,
+    /// Jobs whose state is `lost` at the end.
+    pub jobs_lost: usize,
+}
+
+/// Figures of [`Scenario::ReplicaKill`].
+#[derive(Debug, Serialize)]
+pub struct ReplicaKillFigures {
+    /// The job's lines, started through the killed replica and paged back through the other.
+    pub lines: LineTally,
+    /// Lines stored when the replica was killed, while the job ran.
+    pub lines_stored_at_kill: u64,
+    /// From the kill until the other replica served a page of the job.
+    pub first_page_on_replica_ms: u64,
+    /// Whether the killed replica refused connections afterwards.
+    pub killed_replica_gone: bool,
+    /// The job's state at the end, as the surviving replica reports it.
+    pub job_state: String,
+}
+
+/// Figures of [`Scenario::SinkKillCycles`].
+#[derive(Debug, Serialize)]
+pub struct SinkKillFigures {
+    /// Tool calls made.
+    pub calls: usize,
+    /// Clients making them concurrently.
+    pub clients: usize,
+    /// Calls that failed or answered wrongly.
+    pub call_errors: usize,
+    /// Sink kills (each followed by a restart) while the calls went on.
+    pub sink_kills: usize,
+    /// The audit rows.
+    pub audit: AuditTally,
+    /// Whether `execmesh-audit-sink verify` found the hash chain intact.
+    pub chain_ok: bool,
+    /// From the last call until the store held every event.
+    pub settle_ms: Option<u64>,
+}
+
+/// Audit events published to `AUDIT` and rows the sink stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditTally {
+    /// Distinct events in the `AUDIT` stream.
+    pub expected: usize,
+    /// Rows in the store.
+    pub stored: usize,
+    /// Rows stored more than once (same event id).
+    pub duplicated: usize,
+    /// Events never stored.
+    pub missing: usize,
+}
+
+/// Figures of [`Scenario::NatsOutageIdle`].
+#[derive(Debug, Serialize)]
+pub struct NatsOutageFigures {
+    /// How long nats-server stayed away.
+    pub outage_ms: u64,
+    /// How long its restart took until it was ready.
+    pub server_restart_ms: u64,
+    /// From the restart until a `bash` call answered.
+    pub first_call_ms: Option<u64>,
+    /// From the restart until `hosts` said the host is online.
+    pub host_online_ms: Option<u64>,
+    /// From the restart until the audit trail held the first answered call's events.
+    pub audit_flowing_ms: Option<u64>,
+    /// Whether the agent, the gateway and the sink all rode out the outage without a restart.
+    pub services_survived: bool,
+}
+
+// === impl Scenario ===
+
+impl Scenario {
+    /// Every scenario, in the order `execmesh-bench chaos` runs them.
+    pub const ALL: [Scenario; 5] = [
+        Scenario::NatsKillMidJob,
+        Scenario::AgentKill,
+        Scenario::ReplicaKill,
+        Scenario::SinkKillCycles,
+        Scenario::NatsOutageIdle,
+    ];
+
+    /// The scenario's name in reports (a JSON key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::NatsKillMidJob => "nats_kill_mid_job",
+            Scenario::AgentKill => "agent_kill",
+            Scenario::ReplicaKill => "replica_kill",
+            Scenario::SinkKillCycles => "sink_kill_cycles",
+            Scenario::NatsOutageIdle => "nats_outage_idle",
+        }
+    }
+
+    /// Runs the scenario at `size`: its figures as JSON, or what broke.
+    pub async fn run(self, size: &Size) -> Result<Value, Broken> {
+        match self {
+            Scenario::NatsKillMidJob => nats_kill_mid_job(size).await.map(figures),
+            Scenario::AgentKill => agent_kill(size).await.map(figures),
+            Scenario::ReplicaKill => replica_kill(size).await.map(figures),
+            Scenario::SinkKillCycles => sink_kill_cycles(size).await.map(figures),
+            Scenario::NatsOutageIdle => nats_outage_idle(size).await.map(figures),
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+// === impl Size ===
+
+impl Size {
+    /// Small enough for the test suite on two cores (all five in well under a minute).
+    pub const CI: Size = Size {
+        job_lines: 30_000,
+        nats_kills: 1,
+        nats_down: Duration::from_millis(300),
+        agent_jobs: 3,
+        heartbeat: Duration::from_millis(300),
+        replica_lines: 20_000,
+        calls: 60,
+        clients: 4,
+        sink_kills: 2,
+        outage: Duration::from_secs(1),
+    };
+
+    /// The sizes the fault-injection run of the mesh's promises used.
+    pub const FULL: Size = Size {
+        job_lines: 500_000,
+        nats_kills: 2,
+        nats_down: Duration::from_secs(1),
+        agent_jobs: 20,
+        heartbeat: Duration::from_millis(500),
+        replica_lines: 200_000,
+        calls: 2000,
+        clients: 16,
+        sink_kills: 6,
+        outage: Duration::from_secs(5),
+    };
+}
+
+// === impl Broken ===
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "chaos scenario {} broke its promises:", self.scenario)?;
+        for v in &self.violations {
+            writeln!(f, "  - {}: {}", v.invariant, v.found)?;
+        }
+        let figures = serde_json::to_string_pretty(&self.figures).unwrap_or_default();
+        write!(f, "figures: {figures}")
+    }
+}
+
+impl std::error::Error for Broken {}
+
+// === impl Invariants ===
+
+impl Invariants {
+    /// `invariant` holds when `found` is `expected`.
+    pub fn equal<T: PartialEq + fmt::Debug>(
+        &mut self,
+        invariant: &'static str,
+        expected: T,
+        found: T,
+    ) {
+        if expected != found {
+            self.broken(invariant, format!("expected {expected:?}, found {found:?}"));
+        }
+    }
+
+    /// `invariant` holds when `holds`; `found` says what was seen otherwise.
+    pub fn holds(&mut self, invariant: &'static str, holds: bool, found: impl fmt::Display) {
+        if !holds {
+            self.broken(invariant, found.to_string());
+        }
+    }
+
+    /// `invariant` holds when something settled (`took` is `Some`) within `bound`.
+    pub fn settled(&mut self, invariant: &'static str, took: Option<Duration>, bound: Duration) {
+        match took {
+            Some(took) if took <= bound => {}
+            Some(took) => self.broken(invariant, format!("took {took:?}, bound {bound:?}")),
+            None => self.broken(invariant, format!("did not settle within {SETTLE_LIMIT:?}")),
+        }
+    }
+
+    /// The line tally is perfect: every line once, in order.
+    pub fn every_line_once(&mut self, lines: &LineTally) {
+        self.equal("no line lost", 0, lines.lost);
+        self.equal("no line repeated", 0, lines.duplicated);
+        self.holds("lines in the order printed", lines.in_order, "out of order");
+        self.equal("every line paged back", lines.expected, lines.seen);
+    }
+
+    fn broken(&mut self, invariant: &'static str, found: String) {
+        self.violations.push(Violation { invariant, found });
+    }
+
+    /// The scenario's figures if every invariant held, [`Broken`] otherwise.
+    pub fn finish<F: Serialize>(self, scenario: Scenario, figures: F) -> Result<F, Broken> {
+        if self.violations.is_empty() {
+            return Ok(figures);
+        }
+        Err(Broken {
+            scenario,
+            violations: self.violations,
+            figures: self::figures(figures),
+        })
+    }
+}
+
+// === impl LineTally ===
+
+impl LineTally {
+    /// Tallies `lines` against the numbers `1..=expected`, one per line.
+    pub fn of(expected: u64, lines: &[String]) -> LineTally {
+        let mut seen_count = vec![0u32; expected as usize + 1];
+        let mut duplicated = 0;
+        let mut in_order = true;
+        let mut last = 0u64;
+        for line in lines {
+            match line.parse::<u64>() {
+                Ok(n) if (1..=expected).contains(&n) => {
+                    in_order &= n > last;
+                    last = n;
+                    seen_count[n as usize] += 1;
+                    if seen_count[n as usize] > 1 {
+                        duplicated += 1;
+                    }
+                }
+                _ => duplicated += 1,
+            }
+        }
+        let lost = seen_count[1..].iter().filter(|&&c| c == 0).count() as u64;
+        LineTally {
+            expected,
+            seen: lines.len() as u64,
+            lost,
+            duplicated,
+            in_order,
+        }
+    }
+}
+
+// === the scenarios ===
+
+/// nats-server is killed with SIGKILL `size.nats_kills` times while a job prints
+/// `size.job_lines` numbered lines, each time restarted on its port and store after
+/// `size.nats_down`. Every line comes back once, in order, and the job ends `exited 0`.
+pub async fn nats_kill_mid_job(size: &Size) -> Result<NatsKillFigures, Broken> {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let job = client.bash_bg(HOST, &paced_job(size.job_lines)).await;
+
+    let mut invariants = Invariants::default();
+    let mut lines_stored_at_kills = Vec::new();
+    let mut server_restart_ms = Vec::new();
+    for kill in 1..=size.nats_kills {
+        let mark = size.job_lines * kill as u64 / (size.nats_kills as u64 + 1);
+        let progress = settle(|| async {
+            let p = progress(&client, &job).await?;
+            (p.lines >= mark || !p.running).then_some(p)
+        })
+        .await;
+        let Some((progress, _)) = progress else {
+            invariants.broken("the job prints", format!("fewer than {mark} lines stored"));
+            break;
+        };
+        invariants.holds(
+            "each kill lands while the job runs",
+            progress.running,
+            format_args!("the job had ended before kill {kill}"),
+        );
+        lines_stored_at_kills.push(progress.lines);
+        nats.kill().await;
+        tokio::time::sleep(size.nats_down).await;
+        let started = Instant::now();
+        nats.restart().await;
+        server_restart_ms.push(ms(started.elapsed()));
+    }
+
+    let ended = settle(|| async {
+        let out = client
+            .try_call("job", json!({"action": "wait", "job": job, "timeout": 5}))
+            .await
+            .ok()?;
+        let job = out.structured()["job"].clone();
+        (job["state"] == "exited").then_some(job)
+    })
+    .await;
+    // The wait for the end starts right after the last restart.
+    let settle_ms = ended
+        .as_ref()
+        .map_or(ms(SETTLE_LIMIT), |(_, took)| ms(*took));
+    invariants.holds(
+        "the job ends exited",
+        ended.is_some(),
+        "not exited (see settle_ms)",
+    );
+    let exit_code = ended
+        .as_ref()
+        .and_then(|(job, _)| job["exit_code"].as_i64());
+    invariants.equal("the job exits 0", Some(0), exit_code);
+    let lines = LineTally::of(size.job_lines, &job_lines(&client, &job).await);
+    invariants.every_line_once(&lines);
+    invariants.finish(
+        Scenario::NatsKillMidJob,
+        NatsKillFigures {
+            lines,
+            kills: size.nats_kills,
+            lines_stored_at_kills,
+            down_ms: ms(size.nats_down),
+            server_restart_ms,
+            settle_ms,
+            exit_code,
+        },
+    )
+}
+
+/// A node-agent running `size.agent_jobs` jobs (each with a child that left the job's process
+/// group) is killed with SIGKILL. The gateway reports the jobs `lost` within a few heartbeats;
+/// once the agent is restarted, no process of them is left.
+pub async fn agent_kill(size: &Size) -> Result<AgentKillFigures, Broken> {
+    let nats = Nats::start().await;
+    let heartbeat_ms = ms(size.heartbeat);
+    let mut agent = NodeAgent::new(&nats, HOST)
+        .arg("--heartbeat-interval-ms", heartbeat_ms.to_string())
+        .start()
+        .await;
+    let presence_ttl = {
+        let mut config = execmesh_node_agent::config::Config::new(&nats.url(), HOST)
+            .expect("an agent configuration");
+        config.heartbeat_interval_ms = heartbeat_ms;
+        config.presence_ttl()
+    };
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let mut jobs = Vec::new();
+    for _ in 0..size.agent_jobs {
+        jobs.push(client.bash_bg(HOST, "setsid sleep 1000 & sleep 1000").await);
+    }
+    // Both processes of each job run before the kill.
+    let mut invariants = Invariants::default();
+    let started = settle(|| async { jobs.iter().all(|j| job_processes(j).len() >= 2) }).await;
+    invariants.holds("the jobs start", started.is_some(), "not every job started");
+
+    agent.kill_hard().await;
+    let lost = settle(|| async {
+        let out = client
+            .try_call(
+                "job",
+                json!({"action": "wait", "job": jobs[0], "timeout": 5}),
+            )
+            .await
+            .ok()?;
+        (out.structured()["job"]["state"] == "lost").then_some(())
+    })
+    .await;
+    // The wait starts right after the kill.
+    let lost_after = lost.map(|((), took)| took);
+    let processes_left_by_kill = count_processes(&jobs);
+
+    agent.restart().await;
+    let cleanup = settle(|| async { count_processes(&jobs) == 0 }).await;
+    let orphans = count_processes(&jobs);
+    // A broken run must not leave its orphans to the next test: they go now, by pid.
+    for pid in jobs.iter().flat_map(|job| job_processes(job)) {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let mut jobs_lost = 0;
+    for job in &jobs {
+        let out = client.job("poll", job).await;
+        if out.structured()["job"]["state"] == "lost" && out.structured()["done"] == true {
+            jobs_lost += 1;
+        }
+    }
+
+    // The dead agent's presence expires after its TTL (three heartbeats, in whole seconds);
+    // the server's expiry sweep and the gateway's look add to that, hence the gross bound.
+    invariants.settled(
+        "jobs of a killed agent are reported lost within the presence TTL + 5 s",
+        lost_after,
+        presence_ttl + Duration::from_secs(5),
+    );
+    invariants.equal("no orphan process after the restart", 0, orphans);
+    invariants.equal("every job ends lost", jobs.len(), jobs_lost);
+    invariants.holds(
+        "the jobs' processes outlive the killed agent until it restarts",
+        processes_left_by_kill > 0,
+        "none was left: the kill did not land while the jobs ran",
+    );
+    invariants.finish(
+        Scenario::AgentKill,
+        AgentKillFigures {
+            jobs: jobs.len(),
+            heartbeat_ms,
+            presence_ttl_ms: ms(presence_ttl),
+            lost_after_ms: lost_after.map_or(ms(SETTLE_LIMIT), ms),
+            lost_after_heartbeats: lost_after.map_or(f64::NAN, |d| {
+                (d.as_secs_f64() / size.heartbeat.as_secs_f64() * 10.0).round() / 10.0
+            }),
+            processes_left_by_kill,
+            orphan_cleanup_ms: cleanup.map(|(_, took)| ms(took)),
+            orphans,
+            jobs_lost,
+        },
+    )
+}
+
+/// A job started through one gateway replica prints `size.replica_lines` lines; the replica is
+/// killed while it runs. Another replica (same key, no state shared but JetStream) pages the whole
+/// job and sees it end.
+pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let mut doomed = Gateway::new(&nats).own_runtime().start().await;
+    let survivor = Gateway::new(&nats).replica_of(&doomed).start().await;
+    let token = doomed.mint(USER);
+    let first = McpClient::new(&doomed.url(), &token)
+        .await
+        .with_timeout(Duration::from_secs(2));
+    let second = McpClient::new(&survivor.url(), &token)
+        .await
+        .with_timeout(CALL_TIMEOUT);
+    let job = first.bash_bg(HOST, &paced_job(size.replica_lines)).await;
+
+    let mut invariants = Invariants::default();
+    let mark = size.replica_lines / 4;
+    let at_kill = settle(|| async {
+        let p = progress(&first, &job).await?;
+        (p.lines >= mark || !p.running).then_some(p)
+    })
+    .await
+    .map(|(p, _)| p);
+    invariants.holds(
+        "the kill lands while the job runs",
+        at_kill.as_ref().is_some_and(|p| p.running),
+        "the job had ended (or printed nothing) before the kill",
+    );
+    doomed.kill();
+    let first_page = settle(|| async { progress(&second, &job).await }).await;
+    let first_page_ms = first_page.map(|(_, took)| ms(took));
+    let gone = settle(|| async { first.try_call("whoami", json!({})).await.is_err() }).await;
+    invariants.holds(
+        "the killed replica is gone",
+        gone.is_some(),
+        "it still answers",
+    );
+
+    let ended = settle(|| async {
+        let out = second
+            .try_call("job", json!({"action": "wait", "job": job, "timeout": 5}))
+            .await
+            .ok()?;
+        let state = out.structured()["job"]["state"].as_str()?.to_string();
+        (state != "running").then_some(state)
+    })
+    .await;
+    let job_state = ended.map_or_else(|| "running".to_string(), |(state, _)| state);
+    invariants.equal("the job ends exited", "exited", job_state.as_str());
+    invariants.holds(
+        "the other replica serves the job",
+        first_page_ms.is_some(),
+        "no page",
+    );
+    let lines = LineTally::of(size.replica_lines, &job_lines(&second, &job).await);
+    invariants.every_line_once(&lines);
+    invariants.finish(
+        Scenario::ReplicaKill,
+        ReplicaKillFigures {
+            lines,
+            lines_stored_at_kill: at_kill.map_or(0, |p| p.lines),
+            first_page_on_replica_ms: first_page_ms.unwrap_or(ms(SETTLE_LIMIT)),
+            killed_replica_gone: gone.is_some(),
+            job_state,
+        },
+    )
+}
+
+/// `size.clients` clients make `size.calls` `bash` calls while the audit-sink is killed with
+/// SIGKILL `size.sink_kills` times, spread over the calls, and restarted each time. Every call
+/// answers; afterwards the store holds every event of the `AUDIT` stream exactly once and its
+/// hash chain verifies.
+pub async fn sink_kill_cycles(size: &Size) -> Result<SinkKillFigures, Broken> {
+    let nats = Nats::start().await;
+    let mut sink = AuditSink::new(&nats).start().await;
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint(USER);
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for c in 0..size.clients {
+        let client = McpClient::new(&gw.url(), &token)
+            .await
+            .with_timeout(CALL_TIMEOUT);
+        let (done, errors) = (done.clone(), errors.clone());
+        let calls: Vec<usize> = (c..size.calls).step_by(size.clients).collect();
+        callers.push(tokio::spawn(async move {
+            for n in calls {
+                let expected = format!("call-{n}\n");
+                let args = json!({"host": HOST, "cmd": format!("echo call-{n}")});
+                let ok = match client.try_call("bash", args).await {
+                    Ok(out) => !out.is_error() && out.structured()["output"] == expected,
+                    Err(_) => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut kills = 0;
+    for kill in 1..=size.sink_kills {
+        let mark = size.calls * kill / (size.sink_kills + 1);
+        if settle(|| async { done.load(Ordering::Relaxed) >= mark })
+            .await
+            .is_none()
+        {
+            break;
+        }
+        sink.kill_hard().await;
+        kills += 1;
+        sink.restart().await;
+    }
+    for caller in callers {
+        if caller.await.is_err() {
+            errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let calls_ended = Instant::now();
+
+    // Settled when the store holds as many rows as the stream holds events (events of the
+    // last calls may still be on their way to the stream: its length is read each time).
+    let settled = settle(|| async { sink.head_seq().await >= audit_stream_len(&nats).await }).await;
+    let settle_ms = settled.map(|_| ms(calls_ended.elapsed()));
+    let audit = audit_tally(&nats, &sink).await;
+    let (status, verify) = sink.verify();
+    let chain_ok = status.success();
+
+    let mut invariants = Invariants::default();
+    let call_errors = errors.load(Ordering::Relaxed);
+    invariants.equal("every call answers while the sink is down", 0, call_errors);
+    invariants.equal(
+        "the sink is killed during the calls",
+        size.sink_kills,
+        kills,
+    );
+    invariants.equal("no audit event lost", 0, audit.missing);
+    invariants.equal("no audit row stored twice", 0, audit.duplicated);
+    invariants.equal("every event stored", audit.expected, audit.stored);
+    invariants.holds("the hash chain verifies", chain_ok, verify.trim());
+    invariants.finish(
+        Scenario::SinkKillCycles,
+        SinkKillFigures {
+            calls: size.calls,
+            clients: size.clients,
+            call_errors,
+            sink_kills: kills,
+            audit,
+            chain_ok,
+            settle_ms,
+        },
+    )
+}
+
+/// With an agent, a gateway and the sink idle, nats-server is killed with SIGKILL and comes back
+/// on its port and store after `size.outage`. Without restarting any of them, calls answer
+/// again, the host is online again and audit events reach the store again.
+pub async fn nats_outage_idle(size: &Size) -> Result<NatsOutageFigures, Broken> {
+    let nats = Nats::start().await;
+    let mut sink = AuditSink::new(&nats).start().await;
+    let mut agent = NodeAgent::new(&nats, HOST)
+        .arg("--heartbeat-interval-ms", "300")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(Duration::from_secs(5));
+    let agent_instance = agent.instance().to_string();
+    client.bash(HOST, "true").await;
+
+    nats.kill().await;
+    tokio::time::sleep(size.outage).await;
+    let started = Instant::now();
+    nats.restart().await;
+    let restarted = Instant::now();
+    let server_restart_ms = ms(started.elapsed());
+
+    let answered = settle(|| async {
+        let out = client
+            .try_call("bash", json!({"host": HOST, "cmd": "echo back"}))
+            .await;
+        let out = out.ok()?;
+        let trace = out.structured()["trace_id"].as_str()?.to_string();
+        (out.structured()["output"] == "back\n").then_some(trace)
+    })
+    .await;
+    let first_call_ms = answered.as_ref().map(|_| ms(restarted.elapsed()));
+    let online = settle(|| async {
+        let out = client
+            .try_call("hosts", json!({"selector": HOST}))
+            .await
+            .ok()?;
+        (out.structured()["online"] == 1).then_some(())
+    })
+    .await;
+    let host_online_ms = online.map(|_| ms(restarted.elapsed()));
+    let audit_flowing_ms = match &answered {
+        Some((trace, _)) => {
+            let query = pb::AuditQuery {
+                trace_id: trace.clone(),
+                ..Default::default()
+            };
+            let stored = settle(|| async {
+                let page = sink.try_query(query.clone()).await.ok()?;
+                (!page.records.is_empty()).then_some(())
+            })
+            .await;
+            stored.map(|_| ms(restarted.elapsed()))
+        }
+        None => None,
+    };
+    let services_survived = agent.exited().is_none()
+        && sink.exited().is_none()
+        && agent
+            .presence()
+            .await
+            .is_some_and(|p| p.agent_instance == agent_instance);
+
+    let mut invariants = Invariants::default();
+    let bound = Duration::from_secs(30);
+    invariants.settled(
+        "calls answer again after the outage",
+        first_call_ms.map(Duration::from_millis),
+        bound,
+    );
+    invariants.settled(
+        "the host is online again",
+        host_online_ms.map(Duration::from_millis),
+        bound,
+    );
+    invariants.settled(
+        "audit events reach the store again",
+        audit_flowing_ms.map(Duration::from_millis),
+        bound,
+    );
+    invariants.holds(
+        "no service restarts",
+        services_survived,
+        "a service exited or the agent is a new instance",
+    );
+    invariants.finish(
+        Scenario::NatsOutageIdle,
+        NatsOutageFigures {
+            outage_ms: ms(size.outage),
+            server_restart_ms,
+            first_call_ms,
+            host_online_ms,
+            audit_flowing_ms,
+            services_survived,
+        },
+    )
+}
+
+// === what the scenarios share ===
+
+/// How far a job has got, from a one-line tail page.
+struct Progress {
+    /// Lines stored so far.
+    lines: u64,
+    /// Whether the job still runs.
+    running: bool,
+}
+
+/// The job's progress, or `None` if the gateway cannot say now (NATS restarting).
+async fn progress(client: &McpClient, job: &str) -> Option<Progress> {
+    let args = json!({"action": "poll", "job": job, "tail": 1, "max_lines": 1});
+    let out = client.try_call("job", args).await.ok()?;
+    let s = out.structured();
+    if out.is_error() {
+        return None;
+    }
+    let lines = s["first_line"].as_u64().unwrap_or(0) + s["lines"].as_u64().unwrap_or(0);
+    Some(Progress {
+        lines,
+        running: s["job"]["state"] == "running",
+    })
+}
+
+/// A job printing the numbers `1..=lines`, one per line, in [`CHUNKS`] chunks [`PACE`] apart.
+fn paced_job(lines: u64) -> String {
+    let per = lines / CHUNKS;
+    let rest = lines - per * CHUNKS;
+    format!(
+        "for i in $(seq 0 {}); do seq $(( i*{per}+1 )) $(( (i+1)*{per} )); sleep {PACE}; done; \
+         seq {} {lines}",
+        CHUNKS - 1,
+        lines - rest + 1
+    )
+}
+
+/// Every line of a finished job, paged from its start in the largest pages.
+async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let mut args =
+            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let out = client.call("job", args).await;
+        let s = out.structured();
+        lines.extend(
+            s["output"]
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string),
+        );
+        if s["done"] == true {
+            break;
+        }
+        match s["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    lines
+}
+
+/// Checks `condition` every 20 ms until it returns `Some` (or `true`), for at most
+/// [`SETTLE_LIMIT`]: its value and how long that took, or `None`. Unlike `eventually`, not
+/// settling is a figure here, not a panic.
+async fn settle<F, Fut, T>(mut condition: F) -> Option<(T, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Outcome<Value = T>,
+{
+    let started = Instant::now();
+    loop {
+        let remaining = SETTLE_LIMIT.saturating_sub(started.elapsed());
+        if let Ok(outcome) = tokio::time::timeout(remaining, condition()).await
+            && let Some(value) = outcome.settled()
+        {
+            return Some((value, started.elapsed()));
+        }
+        if started.elapsed() >= SETTLE_LIMIT {
+            return None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How many processes of `jobs` are alive.
+fn count_processes(jobs: &[String]) -> usize {
+    jobs.iter().map(|job| job_processes(job).len()).sum()
+}
+
+/// Messages in the `AUDIT` stream now.
+async fn audit_stream_len(nats: &Nats) -> u64 {
+    let js = nats.jetstream().await;
+    let mut stream = js
+        .get_stream(AUDIT_STREAM)
+        .await
+        .unwrap_or_else(|e| panic!("{AUDIT_STREAM} exists: {e}"));
+    stream
+        .info()
+        .await
+        .expect("AUDIT stream info")
+        .state
+        .messages
+}
+
+/// The events of the `AUDIT` stream against the rows of the store.
+async fn audit_tally(nats: &Nats, sink: &RunningAudit) -> AuditTally {
+    let published: BTreeSet<String> = nats
+        .stored_messages(AUDIT_STREAM)
+        .await
+        .into_iter()
+        .map(|m| {
+            pb::AuditEvent::decode(m.payload)
+                .expect("AUDIT holds AuditEvents")
+                .id
+        })
+        .collect();
+    let rows: Vec<String> = sink
+        .query_all(pb::AuditQuery::default())
+        .await
+        .into_iter()
+        .map(|r| r.event.map(|e| e.id).unwrap_or_default())
+        .collect();
+    let distinct: BTreeSet<&String> = rows.iter().collect();
+    AuditTally {
+        expected: published.len(),
+        stored: rows.len(),
+        duplicated: rows.len() - distinct.len(),
+        missing: published.iter().filter(|id| !distinct.contains(id)).count(),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// A scenario's figures as JSON.
+fn figures<F: Serialize>(figures: F) -> Value {
+    serde_json::to_value(figures).expect("figures serialize")
+}

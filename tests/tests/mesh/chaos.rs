@@ -1,0 +1,41 @@
+//! The fault scenarios of `execmesh_tests::chaos` at the size of the test suite: parts of the mesh killed with SIGKILL mid-work, and the promises that must hold afterwards.
+//!
+//! `execmesh-bench chaos` runs the same scenarios at full size and prints their figures. A new
+//! fault scenario gets a line here once it is in `chaos::Scenario`.
+
+use execmesh_tests::chaos::{Scenario, Size};
+
+/// Runs `scenario` at the test suite's size and prints its figures; panics naming every broken
+/// promise, with the figures.
+async fn holds(scenario: Scenario) {
+    match scenario.run(&Size::CI).await {
+        // The figures go to the test's captured output (shown with `--nocapture`).
+        Ok(figures) => println!("{scenario}: {figures}"),
+        Err(broken) => panic!("{broken}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_kill_mid_job_loses_no_line() {
+    holds(Scenario::NatsKillMidJob).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_kill_reports_its_jobs_lost_and_its_restart_leaves_no_orphan() {
+    holds(Scenario::AgentKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replicas_job_pages_to_the_end_on_another_replica() {
+    holds(Scenario::ReplicaKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_kills_during_calls_leave_every_audit_row_once_and_the_chain_intact() {
+    holds(Scenario::SinkKillCycles).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_recovers_from_a_nats_outage_while_idle_without_restarts() {
+    holds(Scenario::NatsOutageIdle).await;
+}
