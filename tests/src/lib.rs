@@ -63,14 +63,33 @@ pub fn workspace_path(relative: &str) -> PathBuf {
 /// (default `warn`), written through the test harness's captured output. The harness calls it
 /// when it starts anything; tests may call it too.
 pub fn init_tracing() {
+    install_tracing(|filter| {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init()
+    });
+}
+
+/// Like [`init_tracing`], but the logs go to stderr: for programs whose stdout is their report
+/// (the benchmark program). Call it before anything else logs.
+pub fn init_tracing_to_stderr() {
+    install_tracing(|filter| {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init()
+    });
+}
+
+/// Installs the subscriber `install` builds around the `EXECMESH_TEST_LOG` filter, once per
+/// process.
+fn install_tracing<E>(install: impl FnOnce(tracing_subscriber::EnvFilter) -> Result<(), E>) {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_env("EXECMESH_TEST_LOG")
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
         // Another subscriber may already be installed (a test's own); keep that one.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        let _ = install(filter);
     });
 }

@@ -69,6 +69,8 @@ fn main() -> anyhow::Result<()> {
             bail!("unknown scenario `{a}` ({})", SCENARIOS.join(", "));
         }
     }
+    // Logs (the expected reconnect warnings of `chaos`, say) go to stderr: stdout is the report.
+    execmesh_tests::init_tracing_to_stderr();
     let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
