@@ -139,8 +139,10 @@ pub struct NatsKillFigures {
     pub down_ms: u64,
     /// How long each restart took until the server was ready (JetStream store recovered).
     pub server_restart_ms: Vec<u64>,
-    /// From the last restart until the job was seen exited.
+    /// From the last restart until the job was seen ended.
     pub settle_ms: u64,
+    /// The job's state at the end.
+    pub job_state: String,
     /// The job's exit code.
     pub exit_code: Option<i64>,
 }
@@ -426,12 +428,7 @@ pub async fn nats_kill_mid_job(size: &Size) -> Result<NatsKillFigures, Broken> {
     let mut server_restart_ms = Vec::new();
     for kill in 1..=size.nats_kills {
         let mark = size.job_lines * kill as u64 / (size.nats_kills as u64 + 1);
-        let progress = settle(|| async {
-            let p = progress(&client, &job).await?;
-            (p.lines >= mark || !p.running).then_some(p)
-        })
-        .await;
-        let Some((progress, _)) = progress else {
+        let Some(progress) = reached(&client, &job, mark).await else {
             invariants.broken("the job prints", format!("fewer than {mark} lines stored"));
             break;
         };
@@ -448,24 +445,13 @@ pub async fn nats_kill_mid_job(size: &Size) -> Result<NatsKillFigures, Broken> {
         server_restart_ms.push(ms(started.elapsed()));
     }
 
-    let ended = settle(|| async {
-        let out = client
-            .try_call("job", json!({"action": "wait", "job": job, "timeout": 5}))
-            .await
-            .ok()?;
-        let job = out.structured()["job"].clone();
-        (job["state"] == "exited").then_some(job)
-    })
-    .await;
     // The wait for the end starts right after the last restart.
+    let ended = job_end(&client, &job).await;
     let settle_ms = ended
         .as_ref()
         .map_or(ms(SETTLE_LIMIT), |(_, took)| ms(*took));
-    invariants.holds(
-        "the job ends exited",
-        ended.is_some(),
-        "not exited (see settle_ms)",
-    );
+    let job_state = state_of(ended.as_ref());
+    invariants.equal("the job ends exited", "exited", job_state.as_str());
     let exit_code = ended
         .as_ref()
         .and_then(|(job, _)| job["exit_code"].as_i64());
@@ -481,6 +467,7 @@ pub async fn nats_kill_mid_job(size: &Size) -> Result<NatsKillFigures, Broken> {
             down_ms: ms(size.nats_down),
             server_restart_ms,
             settle_ms,
+            job_state,
             exit_code,
         },
     )
@@ -600,12 +587,7 @@ pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
 
     let mut invariants = Invariants::default();
     let mark = size.replica_lines / 4;
-    let at_kill = settle(|| async {
-        let p = progress(&first, &job).await?;
-        (p.lines >= mark || !p.running).then_some(p)
-    })
-    .await
-    .map(|(p, _)| p);
+    let at_kill = reached(&first, &job, mark).await;
     invariants.holds(
         "the kill lands while the job runs",
         at_kill.as_ref().is_some_and(|p| p.running),
@@ -621,16 +603,7 @@ pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
         "it still answers",
     );
 
-    let ended = settle(|| async {
-        let out = second
-            .try_call("job", json!({"action": "wait", "job": job, "timeout": 5}))
-            .await
-            .ok()?;
-        let state = out.structured()["job"]["state"].as_str()?.to_string();
-        (state != "running").then_some(state)
-    })
-    .await;
-    let job_state = ended.map_or_else(|| "running".to_string(), |(state, _)| state);
+    let job_state = state_of(job_end(&second, &job).await.as_ref());
     invariants.equal("the job ends exited", "exited", job_state.as_str());
     invariants.holds(
         "the other replica serves the job",
@@ -861,6 +834,37 @@ async fn progress(client: &McpClient, job: &str) -> Option<Progress> {
         lines,
         running: s["job"]["state"] == "running",
     })
+}
+
+/// The job's status (the `job` of a `wait` answer) once it no longer runs, and how long that
+/// took; `None` if it still ran after [`SETTLE_LIMIT`].
+async fn job_end(client: &McpClient, job: &str) -> Option<(Value, Duration)> {
+    settle(|| async {
+        let args = json!({"action": "wait", "job": job, "timeout": 5});
+        let out = client.try_call("job", args).await.ok()?;
+        let status = out.structured()["job"].clone();
+        (status["state"].is_string() && status["state"] != "running").then_some(status)
+    })
+    .await
+}
+
+/// The state of an ended job, `running` if it did not end.
+fn state_of(ended: Option<&(Value, Duration)>) -> String {
+    ended
+        .and_then(|(status, _)| status["state"].as_str())
+        .unwrap_or("running")
+        .to_string()
+}
+
+/// The job's progress once it has stored `mark` lines or ended; `None` if neither happened
+/// within [`SETTLE_LIMIT`].
+async fn reached(client: &McpClient, job: &str, mark: u64) -> Option<Progress> {
+    let reached = settle(|| async {
+        let p = progress(client, job).await?;
+        (p.lines >= mark || !p.running).then_some(p)
+    })
+    .await;
+    reached.map(|(p, _)| p)
 }
 
 /// A job printing the numbers `1..=lines`, one per line, in [`CHUNKS`] chunks [`PACE`] apart.
