@@ -294,7 +294,7 @@ impl Size {
 
     /// The sizes the fault-injection run of the mesh's promises used.
     pub const FULL: Size = Size {
-        job_lines: 500_000,
+        job_lines: 2_000_000,
         nats_kills: 2,
         nats_down: Duration::from_secs(1),
         agent_jobs: 20,
