@@ -50,7 +50,8 @@ pub enum Scenario {
     /// A node-agent killed while its jobs run: the jobs are reported `lost` within a few
     /// heartbeats, and the restarted agent leaves none of their processes alive.
     AgentKill,
-    /// A gateway replica killed while a job it started runs: another replica pages the whole job.
+    /// A gateway replica killed (SIGKILL) while a job it started runs: another replica pages the
+    /// whole job.
     ReplicaKill,
     /// The audit-sink killed and restarted again and again while tool calls go on: every call
     /// answers, every audit event is stored once, and the hash chain verifies.
@@ -568,16 +569,16 @@ pub async fn agent_kill(size: &Size) -> Result<AgentKillFigures, Broken> {
     )
 }
 
-/// A job started through one gateway replica prints `size.replica_lines` lines; the replica is
-/// killed while it runs. Another replica (same key, no state shared but JetStream) pages the whole
+/// A job started through one gateway replica (the real binary) prints `size.replica_lines` lines;
+/// the replica is killed with SIGKILL while it runs. Another replica (same key, no state shared but JetStream) pages the whole
 /// job and sees it end.
 pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
     let nats = Nats::start().await;
     let _agent = NodeAgent::new(&nats, HOST).start().await;
-    let mut doomed = Gateway::new(&nats).own_runtime().start().await;
-    let survivor = Gateway::new(&nats).replica_of(&doomed).start().await;
-    let token = doomed.mint(USER);
-    let first = McpClient::new(&doomed.url(), &token)
+    let survivor = Gateway::new(&nats).start().await;
+    let mut doomed = survivor.spawn_replica(&nats).await;
+    let token = survivor.mint(USER);
+    let first = McpClient::new(doomed.url(), &token)
         .await
         .with_timeout(Duration::from_secs(2));
     let second = McpClient::new(&survivor.url(), &token)
@@ -593,7 +594,7 @@ pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
         at_kill.as_ref().is_some_and(|p| p.running),
         "the job had ended (or printed nothing) before the kill",
     );
-    doomed.kill();
+    doomed.kill_hard().await;
     let first_page = settle(|| async { progress(&second, &job).await }).await;
     let first_page_ms = first_page.map(|(_, took)| ms(took));
     let gone = settle(|| async { first.try_call("whoami", json!({})).await.is_err() }).await;

@@ -45,8 +45,6 @@ pub struct Gateway {
     https: bool,
     /// Serve the admin API on a loopback port, and how.
     admin: Option<AdminMode>,
-    /// Run on a runtime of its own, so that [`RunningGateway::kill`] can take it down at once.
-    own_runtime: bool,
 }
 
 /// Where a test gateway's policy comes from.
@@ -78,8 +76,6 @@ pub struct RunningGateway {
     admin_addr: Option<SocketAddr>,
     /// The admin API's certificates, when it serves TLS.
     admin_pki: Option<AdminPki>,
-    /// The runtime every task of this gateway runs on, with [`Gateway::own_runtime`].
-    runtime: Option<tokio::runtime::Runtime>,
     /// Holds a fresh key file; removed on drop (after the task is cancelled).
     _dir: TempDir,
 }
@@ -109,7 +105,6 @@ impl Gateway {
             policy: None,
             https: false,
             admin: None,
-            own_runtime: false,
         }
     }
 
@@ -143,13 +138,6 @@ impl Gateway {
     /// certificates that CA signed.
     pub fn admin_mode(mut self, mode: AdminMode) -> Self {
         self.admin = Some(mode);
-        self
-    }
-
-    /// Runs the gateway, and every task it spawns, on a runtime of its own (one worker thread),
-    /// so that [`RunningGateway::kill`] can take all of it down at once, as a crash would.
-    pub fn own_runtime(mut self) -> Self {
-        self.own_runtime = true;
         self
     }
 
@@ -283,32 +271,12 @@ impl Gateway {
             .map(|l| l.local_addr().expect("a bound listener has an address"));
 
         let shutdown = CancellationToken::new();
-        let runtime = self.own_runtime.then(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("test-gateway")
-                .enable_all()
-                .build()
-                .expect("a runtime for the gateway")
-        });
-        let task = match &runtime {
-            Some(runtime) => {
-                // The listeners move to the gateway's own runtime, so they go down with it.
-                let _entered = runtime.enter();
-                runtime.spawn(execmesh_gateway::run_with_admin(
-                    config,
-                    rehome(listener),
-                    admin_listener.map(rehome),
-                    shutdown.clone(),
-                ))
-            }
-            None => tokio::spawn(execmesh_gateway::run_with_admin(
-                config,
-                listener,
-                admin_listener,
-                shutdown.clone(),
-            )),
-        };
+        let task = tokio::spawn(execmesh_gateway::run_with_admin(
+            config,
+            listener,
+            admin_listener,
+            shutdown.clone(),
+        ));
         let mut gateway = RunningGateway {
             addr,
             key,
@@ -320,7 +288,6 @@ impl Gateway {
             certificate,
             admin_addr,
             admin_pki,
-            runtime,
             _dir: dir,
         };
         gateway.wait_serving().await;
@@ -459,18 +426,6 @@ impl RunningGateway {
         post_raw(&self.url(), token, body).await
     }
 
-    /// Takes the gateway down at once, every task it spawned included, with no drain and no
-    /// goodbye: what clients, NATS and the other replicas see of a replica killed with SIGKILL.
-    /// Its address refuses connections shortly after. Needs [`Gateway::own_runtime`].
-    pub fn kill(&mut self) {
-        let runtime = self
-            .runtime
-            .take()
-            .unwrap_or_else(|| panic!("gateway {}: kill needs Gateway::own_runtime", self.addr));
-        self.task = None;
-        runtime.shutdown_background();
-    }
-
     /// Cancels the gateway and waits for `run` to return. Panics if it returned an error or did
     /// not finish within 10 s.
     pub async fn stop(&mut self) {
@@ -483,10 +438,6 @@ impl RunningGateway {
             Ok(Ok(Err(e))) => panic!("gateway {} failed: {e}", self.addr),
             Ok(Err(e)) => panic!("gateway {} task failed: {e}", self.addr),
             Err(_) => panic!("gateway {} did not stop within {STOP_TIMEOUT:?}", self.addr),
-        }
-        if let Some(runtime) = self.runtime.take() {
-            // `run` has returned; whatever it left behind goes with its runtime.
-            runtime.shutdown_background();
         }
     }
 
@@ -529,18 +480,5 @@ impl Drop for RunningGateway {
             // gateway task outlives the handle that owns it.
             task.abort();
         }
-        if let Some(runtime) = self.runtime.take() {
-            // A runtime cannot be dropped (which blocks) inside the test's own runtime.
-            runtime.shutdown_background();
-        }
     }
-}
-
-/// The same listening socket, registered with the runtime entered now instead of the one that
-/// bound it.
-fn rehome(listener: tokio::net::TcpListener) -> tokio::net::TcpListener {
-    let listener = listener
-        .into_std()
-        .expect("a bound listener converts to std");
-    tokio::net::TcpListener::from_std(listener).expect("register the listener with the runtime")
 }
