@@ -195,8 +195,10 @@ pub struct SinkKillFigures {
     pub clients: usize,
     /// Calls that failed or answered wrongly.
     pub call_errors: usize,
-    /// Sink kills (each followed by a restart) while the calls went on.
+    /// Sink kills, each followed by a restart, spread over the calls.
     pub sink_kills: usize,
+    /// Those that came before the last call had answered.
+    pub kills_during_calls: usize,
     /// The audit rows.
     pub audit: AuditTally,
     /// Whether `execmesh-audit-sink verify` found the hash chain intact.
@@ -660,7 +662,7 @@ pub async fn sink_kill_cycles(size: &Size) -> Result<SinkKillFigures, Broken> {
             }
         }));
     }
-    let mut kills = 0;
+    let (mut kills, mut kills_during_calls) = (0, 0);
     for kill in 1..=size.sink_kills {
         let mark = size.calls * kill / (size.sink_kills + 1);
         if settle(|| async { done.load(Ordering::Relaxed) >= mark })
@@ -668,6 +670,9 @@ pub async fn sink_kill_cycles(size: &Size) -> Result<SinkKillFigures, Broken> {
             .is_none()
         {
             break;
+        }
+        if done.load(Ordering::Relaxed) < size.calls {
+            kills_during_calls += 1;
         }
         sink.kill_hard().await;
         kills += 1;
@@ -692,9 +697,14 @@ pub async fn sink_kill_cycles(size: &Size) -> Result<SinkKillFigures, Broken> {
     let call_errors = errors.load(Ordering::Relaxed);
     invariants.equal("every call answers while the sink is down", 0, call_errors);
     invariants.equal(
-        "the sink is killed during the calls",
+        "the sink is killed as often as asked",
         size.sink_kills,
         kills,
+    );
+    invariants.holds(
+        "the sink is killed while calls go on",
+        kills_during_calls > 0,
+        "every kill came after the last call",
     );
     invariants.equal("no audit event lost", 0, audit.missing);
     invariants.equal("no audit row stored twice", 0, audit.duplicated);
@@ -707,6 +717,7 @@ pub async fn sink_kill_cycles(size: &Size) -> Result<SinkKillFigures, Broken> {
             clients: size.clients,
             call_errors,
             sink_kills: kills,
+            kills_during_calls,
             audit,
             chain_ok,
             settle_ms,
