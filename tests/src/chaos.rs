@@ -1001,3 +1001,47 @@ fn ms(d: Duration) -> u64 {
 fn figures<F: Serialize>(figures: F) -> Value {
     serde_json::to_value(figures).expect("figures serialize")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Invariants, LineTally, Scenario};
+
+    fn lines(numbers: &[&str]) -> Vec<String> {
+        numbers.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_tally_counts_lost_repeated_foreign_and_reordered_lines() {
+        let perfect = LineTally::of(3, &lines(&["1", "2", "3"]));
+        assert_eq!(
+            (
+                perfect.seen,
+                perfect.lost,
+                perfect.duplicated,
+                perfect.in_order
+            ),
+            (3, 0, 0, true)
+        );
+        // 4 never came, 3 came twice, `x` is not the job's, 2 came after 3.
+        let broken = LineTally::of(4, &lines(&["1", "3", "2", "3", "x"]));
+        assert_eq!(
+            (broken.seen, broken.lost, broken.duplicated, broken.in_order),
+            (5, 1, 2, false)
+        );
+    }
+
+    #[test]
+    fn a_broken_promise_is_named_with_the_figures() {
+        let mut invariants = Invariants::default();
+        invariants.every_line_once(&LineTally::of(2, &lines(&["2", "1"])));
+        let broken = invariants
+            .finish(Scenario::NatsKillMidJob, "figures")
+            .expect_err("out of order is broken");
+        let named: Vec<&str> = broken.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(named, ["lines in the order printed"]);
+        let text = broken.to_string();
+        assert!(text.contains("nats_kill_mid_job"), "{text}");
+        assert!(text.contains("figures"), "{text}");
+        assert!(Invariants::default().finish(Scenario::AgentKill, 1).is_ok());
+    }
+}
