@@ -43,6 +43,9 @@ impl RunningGateway {
             .arg(nats.url())
             .arg("--listen")
             .arg("127.0.0.1:0")
+            // Its default admin port is fixed (8421): scenarios side by side would collide.
+            .arg("--admin-addr")
+            .arg("off")
             .arg("--key-file")
             .arg(self.key_file())
             .arg("--public-url")
