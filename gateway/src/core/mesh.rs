@@ -253,16 +253,18 @@ impl HostRecord {
 async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshError> {
     let failed =
         |what: &str, e: &dyn std::fmt::Display| MeshError::unavailable(format!("create {what}"), e);
+    let limits = layout::StoreLimits::default();
     js.get_or_create_stream(layout::out_stream(
         layout::DEFAULT_OUTPUT_RETENTION,
+        &limits,
         replicas,
     ))
     .await
     .map_err(|e| failed(layout::OUT_STREAM, &e))?;
     for bucket in [
-        layout::presence_bucket(replicas),
-        layout::facts_bucket(replicas),
-        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, replicas),
+        layout::presence_bucket(&limits, replicas),
+        layout::facts_bucket(&limits, replicas),
+        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, &limits, replicas),
     ] {
         let name = bucket.bucket.clone();
         // Opened first: creating a bucket that exists with another configuration fails.
