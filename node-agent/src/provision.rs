@@ -59,7 +59,7 @@ pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh,
     .await?;
     // Off the start path: where the agent may not change streams, a refused update takes a
     // request timeout each, and the agent works with the limits as they are meanwhile.
-    tokio::spawn(bound(js.clone(), limits).in_current_span());
+    tokio::spawn(bound(js.clone(), limits, config.replicas).in_current_span());
     Ok(Mesh {
         presence,
         facts,
@@ -81,7 +81,15 @@ fn bounded_streams() -> [String; 5] {
 
 /// Sets the byte limit of each of [`bounded_streams`] that exists to its share of `limits`,
 /// leaving the rest of its configuration (age, replicas, an operator's edits) as it is.
-async fn bound(js: jetstream::Context, limits: layout::StoreLimits) {
+async fn bound(js: jetstream::Context, limits: layout::StoreLimits, replicas: usize) {
+    // AUDIT is opened by the agent's audit publisher, perhaps not yet: created here first, so
+    // it starts with this budget's share rather than the default's.
+    if let Err(e) = js
+        .get_or_create_stream(layout::audit_stream(&limits, replicas))
+        .await
+    {
+        debug!(stream = layout::AUDIT_STREAM, error = %e, "AUDIT not opened yet");
+    }
     for name in bounded_streams() {
         let Some(wanted) = limits.of_stream(&name) else {
             continue;

@@ -63,7 +63,7 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// gets 8 GiB (about thirty jobs that each hit the default 256 MiB per-job cap).
 pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 /// The smallest budget: below it the small buckets' floors would leave MESH_OUT almost nothing.
-pub const MIN_STORE_BUDGET_BYTES: u64 = 32 * 1024 * 1024;
+pub const MIN_STORE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 /// The least a bucket gets, however small the budget: room for thousands of records.
 const MIN_BUCKET_BYTES: u64 = 1024 * 1024;
 
