@@ -51,12 +51,15 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     replicas: usize,
 ) -> Result<stream::Stream, SinkError> {
-    js.get_or_create_stream(layout::audit_stream(replicas))
-        .await
-        .map_err(|e| SinkError::Provision {
-            what: format!("stream {}", layout::AUDIT_STREAM),
-            source: Box::new(e),
-        })
+    js.get_or_create_stream(layout::audit_stream(
+        &layout::StoreLimits::default(),
+        replicas,
+    ))
+    .await
+    .map_err(|e| SinkError::Provision {
+        what: format!("stream {}", layout::AUDIT_STREAM),
+        source: Box::new(e),
+    })
 }
 
 // === impl Consumer ===

@@ -199,6 +199,10 @@ pub struct Settings {
     /// [default: 1].
     #[arg(long, env = "EXECMESH_KV_REPLICAS")]
     pub kv_replicas: Option<usize>,
+    /// The disk the mesh's JetStream store may use; the streams and buckets the gateway creates
+    /// get their share of it (give the agents the same) [default: 10737418240].
+    #[arg(long, env = "EXECMESH_JETSTREAM_BUDGET_BYTES")]
+    pub jetstream_budget_bytes: Option<u64>,
     /// How long a call held for approval waits for a decision, and an approval for its use,
     /// in seconds [default: 900].
     #[arg(long, env = "EXECMESH_APPROVAL_TTL_SECS")]
@@ -305,6 +309,8 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// Replicas of the buckets the gateway creates.
     pub kv_replicas: usize,
+    /// The JetStream disk budget the streams and buckets the gateway creates are bounded by.
+    pub jetstream_budget_bytes: u64,
     /// How long an approval request (and an approval) stays usable.
     pub approval_ttl: Duration,
     pub tenant: String,
@@ -361,6 +367,9 @@ impl Config {
             tenant: &self.tenant,
             exec_signing_key: &self.exec_signing_key,
             kv_replicas: self.kv_replicas,
+            store_limits: execmesh_proto::jetstream::StoreLimits::from_budget(
+                self.jetstream_budget_bytes,
+            ),
         }
     }
 
@@ -402,6 +411,7 @@ impl Config {
             idle_timeout: Duration::from_secs(60),
             max_connections_per_address: 128,
             kv_replicas: 1,
+            jetstream_budget_bytes: execmesh_proto::jetstream::DEFAULT_STORE_BUDGET_BYTES,
             approval_ttl: crate::core::approvals::DEFAULT_TTL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
             inline_window: Duration::from_secs(2),
@@ -506,6 +516,9 @@ impl Config {
         }
         if let Some(v) = pick.kv_replicas {
             config.kv_replicas = v;
+        }
+        if let Some(v) = pick.jetstream_budget_bytes {
+            config.jetstream_budget_bytes = v;
         }
         if let Some(v) = pick.approval_ttl_secs {
             config.approval_ttl = Duration::from_secs(v);
@@ -657,6 +670,12 @@ impl Config {
         if !(1..=5).contains(&self.kv_replicas) {
             problems.push("kv_replicas must be 1..=5".to_string());
         }
+        if self.jetstream_budget_bytes < execmesh_proto::jetstream::MIN_STORE_BUDGET_BYTES {
+            problems.push(format!(
+                "jetstream_budget_bytes must be at least {} (16 MiB)",
+                execmesh_proto::jetstream::MIN_STORE_BUDGET_BYTES
+            ));
+        }
         for origin in &self.allowed_origins {
             if !(origin.starts_with("http://")
                 || origin.starts_with("https://")
@@ -724,6 +743,7 @@ impl Settings {
             idle_timeout_secs,
             max_connections_per_address,
             kv_replicas,
+            jetstream_budget_bytes,
             approval_ttl_secs,
             tenant,
             inline_window_ms,
@@ -764,6 +784,31 @@ mod tests {
         assert_eq!(config.page_max_lines, 70);
         assert_eq!(config.tenant, "acme");
         assert_eq!(config.page_max_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn the_jetstream_budget_bounds_what_the_gateway_creates_and_is_checked() {
+        use execmesh_proto::jetstream::StoreLimits;
+        let config = Config::load(&Settings::default()).unwrap();
+        assert_eq!(config.mesh().store_limits, StoreLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, "jetstream_budget_bytes = 1073741824\n").unwrap();
+        let config = Config::load(&Settings {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.mesh().store_limits,
+            StoreLimits::from_budget(1024 * 1024 * 1024)
+        );
+        let err = Config::load(&Settings {
+            jetstream_budget_bytes: Some(1000),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("jetstream_budget_bytes"), "{err}");
     }
 
     #[test]

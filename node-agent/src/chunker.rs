@@ -1,10 +1,10 @@
-//! Coalesces a job's lines into numbered output chunks of one stream each, under the byte cap.
+//! Coalesces a job's lines into numbered output chunks of one stream each, under the byte cap and the quotas.
 //!
 //! Pure bookkeeping, no I/O or clocks: the output task decides when to [`Chunker::flush`].
 
 use std::collections::VecDeque;
 
-use execmesh_proto::pb::OutputStream;
+use execmesh_proto::pb::{OutputLimit, OutputStream};
 
 use crate::lines::{Piece, count_newlines};
 
@@ -27,8 +27,10 @@ pub struct Totals {
     pub bytes: u64,
     /// Lines in chunks.
     pub lines: u64,
-    /// Bytes read past the cap and dropped.
+    /// Bytes read past the cap (or a quota) and dropped.
     pub dropped_bytes: u64,
+    /// The limit that cut the output off, once one did.
+    pub dropped_by: Option<OutputLimit>,
     /// Chunks made.
     pub chunks: u64,
 }
@@ -40,8 +42,8 @@ pub struct Chunker {
     chunk_bytes: usize,
     /// Bytes of output kept per job.
     cap: u64,
-    /// Set once the cap was reached: everything after is counted and dropped.
-    capped: bool,
+    /// Set once the cap or a quota was reached: everything after is counted and dropped.
+    cut: bool,
     next_index: u64,
     totals: Totals,
     /// The chunk being filled.
@@ -62,6 +64,14 @@ struct Open {
     data: Vec<u8>,
 }
 
+/// What a quota lets one piece keep, and the marker written where it cuts the output off.
+#[derive(Debug, Clone, Copy)]
+pub struct QuotaRoom<'a> {
+    pub room: u64,
+    pub limit: OutputLimit,
+    pub marker: &'a str,
+}
+
 /// The line the agent writes into the output where the cap cut it off.
 pub fn cap_marker(cap: u64) -> String {
     format!(
@@ -77,7 +87,7 @@ impl Chunker {
         Self {
             chunk_bytes: chunk_bytes.max(1),
             cap,
-            capped: false,
+            cut: false,
             next_index: 0,
             totals: Totals::default(),
             open: None,
@@ -87,20 +97,33 @@ impl Chunker {
         }
     }
 
-    /// Adds a piece of `stream`, sealing chunks as they fill up or the stream changes.
-    pub fn push(&mut self, stream: OutputStream, piece: Piece) {
+    /// Adds a piece of `stream`, sealing chunks as they fill up or the stream changes; with a
+    /// `quota`, the piece keeps at most `quota.room` bytes. Returns the bytes of the piece kept:
+    /// past the cap or the quota, the output is cut off with the limit's marker line
+    /// (`quota.marker` for a quota) and everything after is counted and dropped.
+    pub fn push(
+        &mut self,
+        stream: OutputStream,
+        piece: Piece,
+        quota: Option<QuotaRoom<'_>>,
+    ) -> u64 {
         let len = piece.data.len() as u64;
-        if self.capped {
+        if self.cut {
             self.totals.dropped_bytes += len;
-            return;
+            return 0;
         }
-        let room = self.cap.saturating_sub(self.totals.bytes);
+        let cap_room = self.cap.saturating_sub(self.totals.bytes);
+        let (room, limit) = match quota {
+            Some(q) if q.room < cap_room => (q.room, Some(q)),
+            _ => (cap_room, None),
+        };
         if len <= room {
             self.append(stream, piece);
-            return;
+            return len;
         }
         // Keep the whole lines that still fit, then the marker, then nothing more.
-        self.capped = true;
+        self.cut = true;
+        self.totals.dropped_by = Some(limit.map_or(OutputLimit::JobCap, |q| q.limit));
         let keep = if piece.lines > 1 {
             whole_lines_within(&piece.data, room as usize)
         } else {
@@ -121,13 +144,20 @@ impl Chunker {
             self.append(stream, kept);
         }
         self.totals.dropped_bytes += dropped_len;
+        let marker = limit.map_or_else(|| cap_marker(self.cap), |q| q.marker.to_string());
         self.append(
             OutputStream::Agent,
             Piece {
-                data: cap_marker(self.cap).into(),
+                data: marker.into(),
                 lines: 1,
             },
         );
+        len - dropped_len
+    }
+
+    /// Whether the output was cut off: nothing more is kept.
+    pub fn is_cut(&self) -> bool {
+        self.cut
     }
 
     /// Seals the open chunk (its time is up, or the output ended).
@@ -286,9 +316,9 @@ mod tests {
     #[test]
     fn a_stream_change_starts_a_new_chunk_and_lines_count_across_streams() {
         let mut c = Chunker::new(1024, u64::MAX, None);
-        c.push(Stdout, piece("a\nb\n"));
-        c.push(Stderr, piece("e\n"));
-        c.push(Stdout, piece("c\n"));
+        c.push(Stdout, piece("a\nb\n"), None);
+        c.push(Stderr, piece("e\n"), None);
+        c.push(Stdout, piece("c\n"), None);
         assert_eq!(
             drain(&mut c),
             [
@@ -304,7 +334,7 @@ mod tests {
     #[test]
     fn a_full_chunk_is_sealed_at_a_line_end() {
         let mut c = Chunker::new(8, u64::MAX, None);
-        c.push(Stdout, piece("aaa\nbbb\nccc\n"));
+        c.push(Stdout, piece("aaa\nbbb\nccc\n"), None);
         assert!(c.has_sealed(), "the first 8 bytes make a full chunk");
         assert_eq!(
             drain(&mut c),
@@ -318,8 +348,8 @@ mod tests {
     #[test]
     fn pieces_coalesce_until_flushed() {
         let mut c = Chunker::new(100, u64::MAX, None);
-        c.push(Stdout, piece("a\n"));
-        c.push(Stdout, piece("b\n"));
+        c.push(Stdout, piece("a\n"), None);
+        c.push(Stdout, piece("b\n"), None);
         assert!(!c.has_sealed());
         assert_eq!(c.open_len(), 4);
         assert_eq!(drain(&mut c), [(0, Stdout, 0, 2, "a\nb\n".into())]);
@@ -327,17 +357,41 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_smaller_than_the_cap_cuts_with_its_own_marker_and_limit() {
+        let mut c = Chunker::new(100, 1000, None);
+        let quota = |room| {
+            Some(QuotaRoom {
+                room,
+                limit: OutputLimit::UserQuota,
+                marker: "[quota]\n",
+            })
+        };
+        assert_eq!(c.push(Stdout, piece("ab\n"), quota(10)), 3);
+        assert_eq!(c.push(Stdout, piece("cd\nef\n"), quota(4)), 3);
+        assert_eq!(c.push(Stdout, piece("gh\n"), quota(100)), 0);
+        let chunks = drain(&mut c);
+        assert_eq!(chunks[0], (0, Stdout, 0, 2, "ab\ncd\n".into()));
+        assert_eq!(chunks[1], (1, Agent, 2, 1, "[quota]\n".into()));
+        let t = c.totals();
+        assert_eq!(
+            (t.dropped_bytes, t.dropped_by),
+            (3 + 3, Some(OutputLimit::UserQuota))
+        );
+    }
+
+    #[test]
     fn output_past_the_cap_is_counted_dropped_and_marked_once() {
         let mut c = Chunker::new(100, 5, Some(1000));
-        c.push(Stdout, piece("ab\ncd\nef\n"));
-        c.push(Stdout, piece("gh\n"));
-        c.push(Stderr, piece("ij\n"));
+        c.push(Stdout, piece("ab\ncd\nef\n"), None);
+        c.push(Stdout, piece("gh\n"), None);
+        c.push(Stderr, piece("ij\n"), None);
         let chunks = drain(&mut c);
         assert_eq!(chunks[0], (0, Stdout, 0, 1, "ab\n".into()));
         assert_eq!(chunks[1], (1, Agent, 1, 1, cap_marker(5)));
         assert_eq!(chunks.len(), 2);
         let t = c.totals();
         assert_eq!(t.dropped_bytes, 6 + 3 + 3);
+        assert_eq!(t.dropped_by, Some(OutputLimit::JobCap));
         assert_eq!(t.lines, 2);
         assert_eq!(t.bytes, 3 + cap_marker(5).len() as u64);
         let inline = c.take_inline().expect("fits");
@@ -350,21 +404,21 @@ mod tests {
     #[test]
     fn inline_copy_keeps_line_order_and_gives_up_past_its_limit() {
         let mut c = Chunker::new(100, u64::MAX, Some(6));
-        c.push(Stdout, piece("a\n"));
-        c.push(Stderr, piece("b\n"));
+        c.push(Stdout, piece("a\n"), None);
+        c.push(Stderr, piece("b\n"), None);
         assert_eq!(c.take_inline().as_deref(), Some(&b"a\nb\n"[..]));
 
         let mut c = Chunker::new(100, u64::MAX, Some(3));
-        c.push(Stdout, piece("a\n"));
-        c.push(Stderr, piece("b\n"));
+        c.push(Stdout, piece("a\n"), None);
+        c.push(Stderr, piece("b\n"), None);
         assert_eq!(c.take_inline(), None);
     }
 
     #[test]
     fn an_overlong_single_line_gets_a_chunk_of_its_own() {
         let mut c = Chunker::new(4, u64::MAX, None);
-        c.push(Stdout, piece("x\n"));
-        c.push(Stdout, piece("abcd\n"));
+        c.push(Stdout, piece("x\n"), None);
+        c.push(Stdout, piece("abcd\n"), None);
         assert_eq!(
             drain(&mut c),
             [
@@ -386,7 +440,7 @@ mod tests {
             s.take(&mut pieces);
             pieces.extend(s.finish());
             for p in pieces {
-                c.push(Stdout, p);
+                c.push(Stdout, p, None);
             }
         }
         let chunks = drain(&mut c);

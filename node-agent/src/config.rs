@@ -82,6 +82,14 @@ pub struct Config {
     pub job_retention_secs: u64,
     /// Output bytes kept per job; the rest is counted and dropped.
     pub max_output_bytes_per_job: u64,
+    /// Output bytes one user's jobs may keep in MESH_OUT from this host within the output
+    /// retention; past it their output is counted and dropped.
+    pub max_output_bytes_per_user: u64,
+    /// Output bytes all jobs on this host may keep in MESH_OUT within the output retention.
+    pub max_output_bytes_per_host: u64,
+    /// The disk the mesh's JetStream store may use, shared out between its streams and buckets
+    /// ([`jetstream::StoreLimits`]); the agent bounds each stream it opens by its share.
+    pub jetstream_budget_bytes: u64,
     /// Target chunk size (and longest line before it is cut).
     pub chunk_bytes: usize,
     /// Longest wait before pending output is published.
@@ -176,6 +184,9 @@ impl Default for Config {
             output_retention_secs: jetstream::DEFAULT_OUTPUT_RETENTION.as_secs(),
             job_retention_secs: jetstream::DEFAULT_JOB_RETENTION.as_secs(),
             max_output_bytes_per_job: 256 * 1024 * 1024,
+            max_output_bytes_per_user: 1024 * 1024 * 1024,
+            max_output_bytes_per_host: 4 * 1024 * 1024 * 1024,
+            jetstream_budget_bytes: jetstream::DEFAULT_STORE_BUDGET_BYTES,
             chunk_bytes: 16 * 1024,
             coalesce_ms: 20,
             shutdown_grace_ms: 10_000,
@@ -298,6 +309,24 @@ impl Config {
                 "--max-output-bytes-per-job",
                 &c.max_output_bytes_per_job,
                 d.max_output_bytes_per_job,
+            ),
+            max_output_bytes_per_user: l.get(
+                "max_output_bytes_per_user",
+                "--max-output-bytes-per-user",
+                &c.max_output_bytes_per_user,
+                d.max_output_bytes_per_user,
+            ),
+            max_output_bytes_per_host: l.get(
+                "max_output_bytes_per_host",
+                "--max-output-bytes-per-host",
+                &c.max_output_bytes_per_host,
+                d.max_output_bytes_per_host,
+            ),
+            jetstream_budget_bytes: l.get(
+                "jetstream_budget_bytes",
+                "--jetstream-budget-bytes",
+                &c.jetstream_budget_bytes,
+                d.jetstream_budget_bytes,
             ),
             chunk_bytes: l.get(
                 "chunk_bytes",
@@ -488,6 +517,24 @@ impl Config {
             u64::MAX,
         );
         range(
+            "max_output_bytes_per_user",
+            self.max_output_bytes_per_user,
+            1,
+            u64::MAX,
+        );
+        range(
+            "max_output_bytes_per_host",
+            self.max_output_bytes_per_host,
+            1,
+            u64::MAX,
+        );
+        range(
+            "jetstream_budget_bytes",
+            self.jetstream_budget_bytes,
+            jetstream::MIN_STORE_BUDGET_BYTES,
+            i64::MAX as u64,
+        );
+        range(
             "chunk_bytes",
             self.chunk_bytes as u64,
             MIN_CHUNK_BYTES as u64,
@@ -606,6 +653,11 @@ impl Config {
         Duration::from_millis(self.kill_grace_ms)
     }
 
+    /// The byte limits of the mesh's streams and buckets, from [`Config::jetstream_budget_bytes`].
+    pub fn store_limits(&self) -> jetstream::StoreLimits {
+        jetstream::StoreLimits::from_budget(self.jetstream_budget_bytes)
+    }
+
     /// [`Config::coalesce_ms`] as a duration.
     pub fn coalesce(&self) -> Duration {
         Duration::from_millis(self.coalesce_ms)
@@ -699,6 +751,9 @@ const KNOWN_KEYS: &[&str] = &[
     "output_retention_secs",
     "job_retention_secs",
     "max_output_bytes_per_job",
+    "max_output_bytes_per_user",
+    "max_output_bytes_per_host",
+    "jetstream_budget_bytes",
     "chunk_bytes",
     "coalesce_ms",
     "shutdown_grace_ms",
@@ -1071,6 +1126,46 @@ mod tests {
         assert_eq!(config.presence_ttl(), Duration::from_secs(6));
         // Unset, the host caps nothing the gateway grants.
         assert_eq!(config.max_tier, Tier::Dangerous);
+    }
+
+    #[test]
+    fn the_jetstream_budget_and_output_quotas_come_from_the_file_and_flags_and_are_checked() {
+        let d = Config::default();
+        assert_eq!(d.store_limits(), jetstream::StoreLimits::default());
+        assert_eq!(d.max_output_bytes_per_user, 1024 * 1024 * 1024);
+        assert_eq!(d.max_output_bytes_per_host, 4 * 1024 * 1024 * 1024);
+
+        let config = load(
+            "jetstream_budget_bytes = 1073741824\nmax_output_bytes_per_user = 5000\n",
+            Cli {
+                max_output_bytes_per_host: Some("9000".into()),
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(
+            config.store_limits(),
+            jetstream::StoreLimits::from_budget(1024 * 1024 * 1024)
+        );
+        assert_eq!(
+            config.store_limits().out_bytes,
+            1024 * 1024 * 1024 - 1024 * 1024 * 1024 / 100 * 20
+        );
+        assert_eq!(config.max_output_bytes_per_user, 5000);
+        assert_eq!(config.max_output_bytes_per_host, 9000);
+
+        // A budget too small to share out, and a quota of nothing, are named.
+        let err = load(
+            "jetstream_budget_bytes = 1000\nmax_output_bytes_per_user = 0\n",
+            Cli::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("jetstream_budget_bytes: 1000 is outside")
+                && err.contains("max_output_bytes_per_user: 0 is outside"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use execmesh_proto::pb::{self, ErrorCode, JobState};
+use execmesh_proto::pb::{self, ErrorCode, JobState, OutputLimit};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
@@ -291,6 +291,10 @@ impl JobTask {
             node.config
                 .output_redaction
                 .then(|| Arc::clone(&node.redactor)),
+            output::Charge {
+                quotas: Arc::clone(&node.quotas),
+                user: status.user.clone(),
+            },
         );
 
         // Store the pid while the child already runs; the reply for `bg` waits for it.
@@ -360,6 +364,8 @@ fn final_status(
     status.bytes = report.totals.bytes;
     status.lines = report.totals.lines;
     status.dropped_bytes = report.totals.dropped_bytes;
+    let dropped_by = report.totals.dropped_by.unwrap_or(OutputLimit::Unspecified);
+    status.dropped_by = dropped_by as i32;
     if let Some(exit) = &end.exit {
         status.exit_code = exit.code();
         status.signal = process::signal_name(exit).unwrap_or_default();
@@ -382,10 +388,24 @@ fn final_status(
     status.state = state as i32;
     status.reason = reason;
     if status.dropped_bytes > 0 {
-        let note = format!(
-            "output cap of {} bytes reached; {} bytes dropped",
-            node.config.max_output_bytes_per_job, status.dropped_bytes
-        );
+        node.quotas.dropped(dropped_by, status.dropped_bytes);
+        let note = match dropped_by {
+            OutputLimit::UserQuota => format!(
+                "output quota of {} bytes for user {} on this host reached; {} bytes dropped",
+                node.quotas.limit_bytes(dropped_by),
+                status.user,
+                status.dropped_bytes
+            ),
+            OutputLimit::HostQuota => format!(
+                "output quota of {} bytes for this host reached; {} bytes dropped",
+                node.quotas.limit_bytes(dropped_by),
+                status.dropped_bytes
+            ),
+            OutputLimit::JobCap | OutputLimit::Unspecified => format!(
+                "output cap of {} bytes reached; {} bytes dropped",
+                node.config.max_output_bytes_per_job, status.dropped_bytes
+            ),
+        };
         status.reason = if status.reason.is_empty() {
             note
         } else {

@@ -28,6 +28,7 @@ mod presence;
 mod process;
 mod provision;
 mod publish;
+mod quota;
 mod recovery;
 pub mod refusal;
 mod registry;
@@ -143,15 +144,7 @@ pub async fn run_with_ready(
             what: "facts",
             source: Box::new(e),
         })?;
-    let heartbeat = Arc::new(Heartbeat::new(
-        js,
-        mesh.presence.clone(),
-        &node.config,
-        &instance,
-        started_at_ms,
-        Arc::clone(&node.permits),
-        node.record_key.clone(),
-    ));
+    let heartbeat = Arc::new(Heartbeat::new(&node, mesh.presence.clone(), started_at_ms));
     // Subscribe before the first heartbeat: once the heartbeat is acknowledged, the server has
     // processed the subscriptions too, so a host that shows online can be reached.
     let subscriptions = dispatch::subscribe(&node).await?;

@@ -17,6 +17,7 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::facts::Facts;
 use crate::files::{Files, Roots};
+use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::warm::WarmPool;
 
@@ -60,6 +61,8 @@ pub struct Node {
     /// records planted by others. `None` without a NATS seed: records go out unsigned, and such
     /// a gateway ignores them.
     pub record_key: Option<Arc<RecordKey>>,
+    /// The per-user and per-host output quotas every job's output counts against.
+    pub quotas: Arc<Quotas>,
     /// Redacts secrets from what is stored or shown of a request (the command in `mesh_jobs`,
     /// audit fields, logs) and, with `output_redaction`, from output.
     pub redactor: Arc<Redactor>,
@@ -108,8 +111,14 @@ impl Node {
             record_key.as_deref().cloned(),
             Arc::clone(&redactor),
         );
+        let quotas = Arc::new(Quotas::new(
+            config.max_output_bytes_per_user,
+            config.max_output_bytes_per_host,
+            std::time::Duration::from_secs(config.output_retention_secs),
+        ));
         Self {
             record_key,
+            quotas,
             audit,
             admission: Admission::new(&config),
             warm,

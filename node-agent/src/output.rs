@@ -30,9 +30,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
-use crate::chunker::{Chunk, Chunker, Totals};
+use crate::chunker::{Chunk, Chunker, QuotaRoom, Totals};
 use crate::lines::{LineSplitter, Piece, count_newlines};
 use crate::publish::publish_acked;
+use crate::quota::Quotas;
 use crate::retry::GaveUp;
 
 /// Lines in flight between the readers and the coalescer, per job.
@@ -78,6 +79,38 @@ pub struct Report {
     pub complete: bool,
 }
 
+/// The quotas a job's output counts against, and the user it counts for.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub quotas: Arc<Quotas>,
+    pub user: String,
+}
+
+// === impl Charge ===
+
+impl Charge {
+    /// Chunks `piece` within what the user's and the host's quotas have left, and gives back
+    /// what the chunker did not keep of it.
+    fn push(&self, chunker: &mut Chunker, stream: OutputStream, piece: Piece) {
+        if chunker.is_cut() {
+            chunker.push(stream, piece, None);
+            return;
+        }
+        let grant = self.quotas.take(&self.user, piece.data.len() as u64);
+        let marker = grant
+            .short_by
+            .map(|limit| (limit, self.quotas.marker(limit, &self.user)));
+        let room = marker.as_ref().map(|(limit, marker)| QuotaRoom {
+            room: grant.bytes,
+            limit: *limit,
+            marker,
+        });
+        let kept = chunker.push(stream, piece, room);
+        self.quotas
+            .give_back(&self.user, grant.bytes.saturating_sub(kept));
+    }
+}
+
 /// The running output pipeline of one job.
 pub struct Output {
     readers: JoinSet<()>,
@@ -98,13 +131,14 @@ pub struct Limits {
 
 impl Output {
     /// Starts the readers and the coalescer; with a `redactor`, every piece is redacted before
-    /// it is chunked.
+    /// it is chunked, and what is kept counts against `charge`'s quotas.
     pub fn start(
         sink: Sink,
         stdout: Option<ChildStdout>,
         stderr: Option<ChildStderr>,
         limits: Limits,
         redactor: Option<Arc<Redactor>>,
+        charge: Charge,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
         let mut readers = JoinSet::new();
@@ -127,7 +161,7 @@ impl Output {
             readers.spawn(reader.read(stderr).in_current_span());
         }
         let chunker = Chunker::new(limits.chunk_bytes, limits.cap, limits.inline_max);
-        let pump = tokio::spawn(pump(rx, chunker, sink, limits.coalesce).in_current_span());
+        let pump = tokio::spawn(pump(rx, chunker, charge, sink, limits.coalesce).in_current_span());
         Self { readers, pump }
     }
 
@@ -232,6 +266,7 @@ type Publishing = Pin<Box<dyn Future<Output = Result<(), GaveUp>> + Send>>;
 async fn pump(
     mut rx: mpsc::Receiver<(OutputStream, Piece)>,
     mut chunker: Chunker,
+    charge: Charge,
     sink: Sink,
     coalesce: Duration,
 ) -> Report {
@@ -255,7 +290,7 @@ async fn pump(
         tokio::select! {
             piece = rx.recv(), if !input_done && !chunker.has_sealed() => match piece {
                 Some((stream, piece)) => {
-                    chunker.push(stream, piece);
+                    charge.push(&mut chunker, stream, piece);
                     if chunker.open_len() == 0 {
                         deadline = None;
                     } else if deadline.is_none() {

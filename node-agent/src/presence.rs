@@ -4,13 +4,17 @@
 //! bucket's subject with a `Nats-TTL` header; the server expires the key three heartbeats later
 //! and leaves a delete marker, so a host that dies shows offline without anyone cleaning up.
 //! Each heartbeat is signed as this agent (TTL included), so nobody else can keep it online.
+//! It carries the host's output usage ([`pb::OutputUsage`]): its quotas, and MESH_OUT's fill,
+//! looked up every [`STREAM_CHECK_BEATS`] beats rather than every one (one JetStream API call
+//! per host and half minute at the default interval).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use execmesh_proto::jetstream::OUT_STREAM;
 use execmesh_proto::signing::RecordKey;
 use execmesh_proto::{headers, pb, subject};
 use prost::Message as _;
@@ -18,9 +22,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::config::Config;
 use crate::error::BoxError;
 use crate::facts::AGENT_VERSION;
+use crate::node::Node;
+use crate::quota::Quotas;
+
+/// Every how many beats the heartbeat looks up MESH_OUT's fill.
+const STREAM_CHECK_BEATS: u32 = 15;
 
 /// Publishes the agent's heartbeat.
 pub struct Heartbeat {
@@ -37,6 +45,10 @@ pub struct Heartbeat {
     record: pb::Presence,
     /// Job permits; the running count is what is taken from them.
     permits: Arc<Semaphore>,
+    /// The output quotas, reported in every beat.
+    quotas: Arc<Quotas>,
+    /// MESH_OUT's bytes and byte limit as last looked up (zeros until then).
+    stream_fill: Mutex<(u64, u64)>,
     /// Signs each heartbeat as this agent (`None`: unsigned).
     signer: Option<Arc<RecordKey>>,
 }
@@ -44,20 +56,14 @@ pub struct Heartbeat {
 // === impl Heartbeat ===
 
 impl Heartbeat {
-    pub fn new(
-        js: jetstream::Context,
-        store: kv::Store,
-        config: &Config,
-        instance: &str,
-        started_at_ms: u64,
-        permits: Arc<Semaphore>,
-        signer: Option<Arc<RecordKey>>,
-    ) -> Self {
+    /// The heartbeat of `node`'s agent, which started at `started_at_ms`, into `store`.
+    pub fn new(node: &Node, store: kv::Store, started_at_ms: u64) -> Self {
+        let config = &node.config;
         let key = subject::host_key(&config.tenant, &config.host_id);
         let prefix = store.put_prefix.as_deref().unwrap_or(&store.prefix);
         let subject = format!("{prefix}{key}");
         Self {
-            js,
+            js: node.js.clone(),
             store,
             key,
             subject,
@@ -65,16 +71,19 @@ impl Heartbeat {
             interval: config.heartbeat_interval(),
             record: pb::Presence {
                 host: config.host_id.to_string(),
-                agent_instance: instance.to_string(),
+                agent_instance: node.instance.clone(),
                 started_at_ms,
                 heartbeat_at_ms: 0,
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
                 running_jobs: 0,
                 max_jobs: u32::try_from(config.max_jobs).unwrap_or(u32::MAX),
                 version: AGENT_VERSION.to_string(),
+                output: None,
             },
-            permits,
-            signer,
+            permits: Arc::clone(&node.permits),
+            quotas: Arc::clone(&node.quotas),
+            stream_fill: Mutex::new((0, 0)),
+            signer: node.record_key.clone(),
         }
     }
 
@@ -84,6 +93,10 @@ impl Heartbeat {
         record.heartbeat_at_ms = execmesh_proto::now_ms();
         let free = self.permits.available_permits() as u32;
         record.running_jobs = record.max_jobs.saturating_sub(free);
+        let mut output = self.quotas.usage();
+        (output.stream_bytes, output.stream_max_bytes) =
+            *self.stream_fill.lock().unwrap_or_else(|e| e.into_inner());
+        record.output = Some(output);
         let mut headers = HeaderMap::new();
         headers.insert(headers::TTL, self.ttl.as_str());
         let payload = Bytes::from(record.encode_to_vec());
@@ -104,11 +117,19 @@ impl Heartbeat {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is immediate; the first beat was already sent
         let mut failing = false;
+        let mut beats = 0u32;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
+            if beats.is_multiple_of(STREAM_CHECK_BEATS) {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    () = self.check_stream() => {}
+                }
+            }
+            beats = beats.wrapping_add(1);
             // A beat waiting on an unreachable NATS must not hold up a stop.
             let beat = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -127,6 +148,38 @@ impl Heartbeat {
                     warn!(key = %self.key, error = %e, "heartbeat failed");
                 }
             }
+        }
+    }
+
+    /// Looks up MESH_OUT's bytes and byte limit for the next beats; a failed lookup keeps the
+    /// last values (the heartbeat matters more than the figure).
+    async fn check_stream(&self) {
+        let info = async {
+            let mut stream = self.js.get_stream(OUT_STREAM).await?;
+            let info = stream.info().await?;
+            Ok::<_, BoxError>((
+                info.state.bytes,
+                u64::try_from(info.config.max_bytes).unwrap_or(0),
+            ))
+        };
+        match info.await {
+            Ok(fill) => {
+                let usage = pb::OutputUsage {
+                    stream_bytes: fill.0,
+                    stream_max_bytes: fill.1,
+                    ..Default::default()
+                };
+                if usage.stream_full() {
+                    warn!(
+                        stream = OUT_STREAM,
+                        bytes = fill.0,
+                        max_bytes = fill.1,
+                        "MESH_OUT is full: the oldest output is evicted for new output"
+                    );
+                }
+                *self.stream_fill.lock().unwrap_or_else(|e| e.into_inner()) = fill;
+            }
+            Err(e) => debug!(stream = OUT_STREAM, error = %e, "MESH_OUT not looked up"),
         }
     }
 

@@ -2,17 +2,20 @@
 //!
 //! Whoever starts first provisions: the gateway creates every stream and bucket of the mesh at
 //! start, and an agent that finds one missing (a development mesh whose agent came up first)
-//! creates it with its own retention settings. Existing ones are used as they are. In a secured
-//! mesh an agent's NATS user may only look streams up, not create them: there the gateway must
-//! have started once before the agents. The definitions live in `execmesh_proto::jetstream`,
-//! shared with the gateway and the tests.
+//! creates it with its own retention settings. Existing ones are used as they are, except for
+//! their byte limit: the agent brings the limit of every stream it opens to its budget's share
+//! ([`layout::StoreLimits`]), so a stream created unbounded by an older execmesh, or by a gateway
+//! with the default budget, gets the configured bound. In a secured mesh an agent's NATS user may
+//! only look streams up, not create or change them: there the gateway must have started once
+//! before the agents, and the limits are the gateway's (a refused change is logged). The
+//! definitions live in `execmesh_proto::jetstream`, shared with the gateway and the tests.
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::GetStreamErrorKind;
-use async_nats::jetstream::{self, ErrorCode, kv};
+use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+use async_nats::jetstream::{self, ErrorCode, kv, stream};
 use execmesh_proto::jetstream as layout;
-use tracing::{debug, info};
+use tracing::{Instrument as _, debug, info, warn};
 
 use crate::config::Config;
 use crate::error::AgentError;
@@ -30,8 +33,10 @@ pub struct Mesh {
 
 /// Makes sure the stream and buckets exist and opens them.
 pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh, AgentError> {
+    let limits = config.store_limits();
     let out = layout::out_stream(
         Duration::from_secs(config.output_retention_secs),
+        &limits,
         config.replicas,
     );
     if !exists(js, layout::OUT_STREAM).await? {
@@ -41,21 +46,85 @@ pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh,
             .map_err(|e| missing(format!("stream {}", layout::OUT_STREAM), e))?;
     }
 
-    let presence = bucket(js, layout::presence_bucket(config.replicas)).await?;
-    let facts = bucket(js, layout::facts_bucket(config.replicas)).await?;
+    let presence = bucket(js, layout::presence_bucket(&limits, config.replicas)).await?;
+    let facts = bucket(js, layout::facts_bucket(&limits, config.replicas)).await?;
     let jobs = bucket(
         js,
         layout::jobs_bucket(
             Duration::from_secs(config.job_retention_secs),
+            &limits,
             config.replicas,
         ),
     )
     .await?;
+    // Off the start path: where the agent may not change streams, a refused update takes a
+    // request timeout each, and the agent works with the limits as they are meanwhile.
+    tokio::spawn(bound(js.clone(), limits, config.replicas).in_current_span());
     Ok(Mesh {
         presence,
         facts,
         jobs,
     })
+}
+
+/// The streams whose byte limit the agent keeps at its budget's share: those it opens (and
+/// its NATS user may look up). The gateway's own buckets are created bounded by the gateway.
+fn bounded_streams() -> [String; 5] {
+    [
+        layout::OUT_STREAM.to_string(),
+        layout::AUDIT_STREAM.to_string(),
+        format!("KV_{}", layout::PRESENCE_BUCKET),
+        format!("KV_{}", layout::FACTS_BUCKET),
+        format!("KV_{}", layout::JOBS_BUCKET),
+    ]
+}
+
+/// Sets the byte limit of each of [`bounded_streams`] that exists to its share of `limits`,
+/// leaving the rest of its configuration (age, replicas, an operator's edits) as it is.
+async fn bound(js: jetstream::Context, limits: layout::StoreLimits, replicas: usize) {
+    // AUDIT is opened by the agent's audit publisher, perhaps not yet: created here first, so
+    // it starts with this budget's share rather than the default's.
+    if let Err(e) = js
+        .get_or_create_stream(layout::audit_stream(&limits, replicas))
+        .await
+    {
+        debug!(stream = layout::AUDIT_STREAM, error = %e, "AUDIT not opened yet");
+    }
+    for name in bounded_streams() {
+        let Some(wanted) = limits.of_stream(&name) else {
+            continue;
+        };
+        match set_max_bytes(&js, &name, wanted).await {
+            Ok(Some(old)) => {
+                info!(stream = %name, old_max_bytes = old, max_bytes = wanted, "stream byte limit set");
+            }
+            Ok(None) => {}
+            Err(e) => warn!(
+                stream = %name, max_bytes = wanted, error = %e,
+                "cannot set the stream's byte limit; it keeps its old one (in a secured mesh \
+                 set it with `nats stream edit --max-bytes`)"
+            ),
+        }
+    }
+}
+
+/// Changes the byte limit of the stream `name` to `wanted`; `Some(old limit)` when it changed,
+/// `None` when it was already `wanted` or the stream does not exist.
+async fn set_max_bytes(
+    js: &jetstream::Context,
+    name: &str,
+    wanted: i64,
+) -> Result<Option<i64>, Box<dyn std::error::Error + Send + Sync>> {
+    let Some(mut stream) = lookup(js, name).await? else {
+        return Ok(None);
+    };
+    let mut config = stream.info().await?.config.clone();
+    if config.max_bytes == wanted {
+        return Ok(None);
+    }
+    let old = std::mem::replace(&mut config.max_bytes, wanted);
+    js.update_stream(config).await?;
+    Ok(Some(old))
 }
 
 /// Opens the bucket, creating it first when it does not exist. A create that fails is followed
@@ -85,18 +154,29 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
 /// Whether the stream `name` exists. Only "not found" is `false`: a lookup the server refuses
 /// or does not answer is an error, so the agent does not go on to a create that cannot work.
 async fn exists(js: &jetstream::Context, name: &str) -> Result<bool, AgentError> {
+    match lookup(js, name).await {
+        Ok(found) => Ok(found.is_some()),
+        Err(e) => Err(AgentError::Provision {
+            what: format!("stream {name} (looking it up)"),
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// The stream `name`, `None` when the server says it does not exist.
+async fn lookup(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Stream>, GetStreamError> {
     match js.get_stream(name).await {
-        Ok(_) => Ok(true),
+        Ok(stream) => Ok(Some(stream)),
         Err(e) => match e.kind() {
             GetStreamErrorKind::JetStream(err)
                 if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
             {
-                Ok(false)
+                Ok(None)
             }
-            _ => Err(AgentError::Provision {
-                what: format!("stream {name} (looking it up)"),
-                source: Box::new(e),
-            }),
+            _ => Err(e),
         },
     }
 }

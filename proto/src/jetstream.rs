@@ -1,8 +1,12 @@
 //! The JetStream streams and KV buckets of the mesh, with their configurations.
 //!
-//! The node-agent provisions these at start-up (create if missing, otherwise use as they are),
-//! so a fresh NATS server works without a separate setup step; the gateway only reads and writes.
-//! The definitions live here so both sides, and the tests, agree on names and limits.
+//! The node-agent provisions these at start-up (create if missing, and bring their byte limits
+//! to its configured [`StoreLimits`]), so a fresh NATS server works without a separate setup
+//! step. The definitions live here so every service, and the tests, agree on names and limits.
+//!
+//! Every stream and bucket is bounded in bytes and age: MESH_OUT discards its oldest records
+//! when full (output is the only thing a user can make grow at will), and it has a share of the
+//! budget of its own, so it can never take the disk from heartbeats, KV or AUDIT.
 
 use std::time::Duration;
 
@@ -55,14 +59,92 @@ pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
 /// Window in which a retried publish with the same `Nats-Msg-Id` is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// The MESH_OUT stream: file storage, direct get enabled (paging reads through it).
-pub fn out_stream(retention: Duration, replicas: usize) -> stream::Config {
+/// The JetStream disk budget of a mesh when its operator names none: 10 GiB, of which MESH_OUT
+/// gets 8 GiB (about thirty jobs that each hit the default 256 MiB per-job cap).
+pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// The smallest budget: below it the small buckets' floors would leave MESH_OUT almost nothing.
+pub const MIN_STORE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
+/// The least a bucket gets, however small the budget: room for thousands of records.
+const MIN_BUCKET_BYTES: u64 = 1024 * 1024;
+
+/// The byte limits of every stream and bucket of the mesh, derived from one disk budget: what
+/// an operator knows is the disk JetStream may use, not the mix of what is stored in it. AUDIT
+/// gets 10 %, `mesh_jobs` 5 %, each of the five small buckets (presence, facts, OAuth, revoked
+/// tokens, approvals) 1 % (at least 1 MiB), and MESH_OUT the rest (80 %). Each is a limit of its
+/// own stream, so output filling MESH_OUT evicts only older output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// MESH_OUT: the rest of the budget. Full: its oldest records are discarded.
+    pub out_bytes: i64,
+    /// AUDIT. Full: its oldest events are discarded (the audit-sink stores each within
+    /// seconds; only a sink down for long loses events to this, as it does to the age limit).
+    pub audit_bytes: i64,
+    /// `mesh_jobs`. Full: new statuses are refused (KV buckets discard new values), which
+    /// at 5 % of the budget takes hundreds of thousands of statuses inside the retention.
+    pub jobs_bytes: i64,
+    /// Each of `mesh_presence`, `mesh_facts`, `mesh_oauth`, `mesh_revoked`, `mesh_approvals`:
+    /// one small record per host, grant or approval.
+    pub small_bucket_bytes: i64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self::from_budget(DEFAULT_STORE_BUDGET_BYTES)
+    }
+}
+
+// === impl StoreLimits ===
+
+impl StoreLimits {
+    /// The limits for a budget of `budget` bytes (raised to [`MIN_STORE_BUDGET_BYTES`]).
+    pub fn from_budget(budget: u64) -> Self {
+        let budget = budget.max(MIN_STORE_BUDGET_BYTES);
+        let percent = |p: u64| budget / 100 * p;
+        let audit = percent(10);
+        let jobs = percent(5).max(MIN_BUCKET_BYTES);
+        let small = percent(1).max(MIN_BUCKET_BYTES);
+        let out = budget.saturating_sub(audit + jobs + 5 * small);
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+        Self {
+            out_bytes: bytes(out),
+            audit_bytes: bytes(audit),
+            jobs_bytes: bytes(jobs),
+            small_bucket_bytes: bytes(small),
+        }
+    }
+
+    /// The byte limit of the stream `name` (a KV bucket's is `KV_<bucket>`), `None` for a
+    /// stream that is not the mesh's.
+    pub fn of_stream(&self, name: &str) -> Option<i64> {
+        let bucket = name.strip_prefix("KV_");
+        match (name, bucket) {
+            (OUT_STREAM, _) => Some(self.out_bytes),
+            (AUDIT_STREAM, _) => Some(self.audit_bytes),
+            (_, Some(JOBS_BUCKET)) => Some(self.jobs_bytes),
+            (
+                _,
+                Some(
+                    PRESENCE_BUCKET | FACTS_BUCKET | OAUTH_BUCKET | REVOKED_BUCKET
+                    | APPROVALS_BUCKET,
+                ),
+            ) => Some(self.small_bucket_bytes),
+            _ => None,
+        }
+    }
+}
+
+/// The MESH_OUT stream: file storage, direct get enabled (paging reads through it), bounded by
+/// `limits.out_bytes`; when full the oldest records go first, so new output (and whatever else
+/// the server stores) is never refused for it.
+pub fn out_stream(retention: Duration, limits: &StoreLimits, replicas: usize) -> stream::Config {
     stream::Config {
         name: OUT_STREAM.to_string(),
         description: Some("execmesh job output records".to_string()),
         subjects: vec![OUT_SUBJECTS.to_string()],
         storage: stream::StorageType::File,
         max_age: retention,
+        max_bytes: limits.out_bytes,
+        discard: stream::DiscardPolicy::Old,
         max_message_size: MAX_RECORD_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         allow_direct: true,
@@ -74,9 +156,10 @@ pub fn out_stream(retention: Duration, replicas: usize) -> stream::Config {
 /// The AUDIT stream: file storage, [`AUDIT_RETENTION`], duplicate window for retried publishes.
 ///
 /// Whoever starts first (gateway, agent or audit-sink) creates it with exactly this
-/// configuration, and nobody changes an existing one, so every process asks for the same stream
-/// and an operator's later edits (`nats stream edit AUDIT --max-age 30d`) stay.
-pub fn audit_stream(replicas: usize) -> stream::Config {
+/// configuration; afterwards only its byte limit is changed (by an agent, to its budget's
+/// share), so an operator's later edits of anything else (`nats stream edit AUDIT --max-age
+/// 30d`) stay.
+pub fn audit_stream(limits: &StoreLimits, replicas: usize) -> stream::Config {
     stream::Config {
         name: AUDIT_STREAM.to_string(),
         description: Some("execmesh audit events".to_string()),
@@ -84,6 +167,8 @@ pub fn audit_stream(replicas: usize) -> stream::Config {
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         max_age: AUDIT_RETENTION,
+        max_bytes: limits.audit_bytes,
+        discard: stream::DiscardPolicy::Old,
         max_message_size: MAX_AUDIT_EVENT_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: replicas,
@@ -92,75 +177,133 @@ pub fn audit_stream(replicas: usize) -> stream::Config {
 }
 
 /// `mesh_presence`: one heartbeat per host; keys expire by per-message TTL.
-pub fn presence_bucket(replicas: usize) -> kv::Config {
+pub fn presence_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     kv::Config {
         // Enables per-message TTL on the bucket's stream and leaves a delete marker when a
         // heartbeat expires, so watchers see a host go away.
         limit_markers: Some(Duration::from_secs(60)),
-        ..bucket(PRESENCE_BUCKET, "execmesh host heartbeats", replicas)
+        ..bucket(
+            PRESENCE_BUCKET,
+            "execmesh host heartbeats",
+            limits.small_bucket_bytes,
+            replicas,
+        )
     }
 }
 
 /// `mesh_facts`: the host's registration and fact pack.
-pub fn facts_bucket(replicas: usize) -> kv::Config {
+pub fn facts_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     bucket(
         FACTS_BUCKET,
         "execmesh host registrations and facts",
+        limits.small_bucket_bytes,
         replicas,
     )
 }
 
 /// `mesh_jobs`: job statuses, updated with compare-and-set.
-pub fn jobs_bucket(retention: Duration, replicas: usize) -> kv::Config {
+pub fn jobs_bucket(retention: Duration, limits: &StoreLimits, replicas: usize) -> kv::Config {
     kv::Config {
         max_age: retention,
-        ..bucket(JOBS_BUCKET, "execmesh job statuses", replicas)
+        ..bucket(
+            JOBS_BUCKET,
+            "execmesh job statuses",
+            limits.jobs_bytes,
+            replicas,
+        )
     }
 }
 
 /// `mesh_oauth`: the gateway's OAuth grants; each key carries its own TTL.
-pub fn oauth_bucket(replicas: usize) -> kv::Config {
+pub fn oauth_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     kv::Config {
         // Enables per-message TTL (codes live a minute, refresh tokens weeks).
         limit_markers: Some(Duration::from_secs(60)),
         ..bucket(
             OAUTH_BUCKET,
             "execmesh OAuth codes, refresh tokens and clients",
+            limits.small_bucket_bytes,
             replicas,
         )
     }
 }
 
 /// `mesh_revoked`: revoked token ids, each expiring with the token it revokes.
-pub fn revoked_bucket(replicas: usize) -> kv::Config {
+pub fn revoked_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     kv::Config {
         limit_markers: Some(Duration::from_secs(60)),
-        ..bucket(REVOKED_BUCKET, "execmesh revoked access tokens", replicas)
-    }
-}
-
-/// `mesh_approvals`: approval records, changed by compare-and-set (history 1 is enough: the
-/// record carries its own decision trail, and the audit stream has every step).
-pub fn approvals_bucket(replicas: usize) -> kv::Config {
-    kv::Config {
-        max_age: APPROVALS_RETENTION,
         ..bucket(
-            APPROVALS_BUCKET,
-            "execmesh approval requests and decisions",
+            REVOKED_BUCKET,
+            "execmesh revoked access tokens",
+            limits.small_bucket_bytes,
             replicas,
         )
     }
 }
 
-/// A bucket as the mesh keeps them all: one value per key (history 1), on file, `replicas`
-/// copies.
-fn bucket(name: &str, description: &str, replicas: usize) -> kv::Config {
+/// `mesh_approvals`: approval records, changed by compare-and-set (history 1 is enough: the
+/// record carries its own decision trail, and the audit stream has every step).
+pub fn approvals_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
+    kv::Config {
+        max_age: APPROVALS_RETENTION,
+        ..bucket(
+            APPROVALS_BUCKET,
+            "execmesh approval requests and decisions",
+            limits.small_bucket_bytes,
+            replicas,
+        )
+    }
+}
+
+/// A bucket as the mesh keeps them all: one value per key (history 1), on file, at most
+/// `max_bytes`, `replicas` copies.
+fn bucket(name: &str, description: &str, max_bytes: i64, replicas: usize) -> kv::Config {
     kv::Config {
         bucket: name.to_string(),
         description: description.to_string(),
         history: 1,
+        max_bytes,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_is_shared_out_with_every_stream_and_bucket_bounded() {
+        let l = StoreLimits::from_budget(DEFAULT_STORE_BUDGET_BYTES);
+        let total = l.out_bytes + l.audit_bytes + l.jobs_bytes + 5 * l.small_bucket_bytes;
+        assert!(total <= DEFAULT_STORE_BUDGET_BYTES as i64);
+        assert_eq!(l.audit_bytes, DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 10);
+        assert!(l.out_bytes >= DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 80);
+
+        // The smallest budget still gives every bucket its floor and MESH_OUT the most.
+        let small = StoreLimits::from_budget(0);
+        assert_eq!(small, StoreLimits::from_budget(MIN_STORE_BUDGET_BYTES));
+        assert_eq!(small.small_bucket_bytes, MIN_BUCKET_BYTES as i64);
+        assert!(small.out_bytes > small.audit_bytes + small.jobs_bytes);
+
+        let out = out_stream(DEFAULT_OUTPUT_RETENTION, &l, 1);
+        assert_eq!(
+            (out.max_bytes, out.discard),
+            (l.out_bytes, stream::DiscardPolicy::Old)
+        );
+        assert_eq!(audit_stream(&l, 1).max_bytes, l.audit_bytes);
+        assert_eq!(l.of_stream("KV_mesh_jobs"), Some(l.jobs_bytes));
+        assert_eq!(l.of_stream("KV_mesh_presence"), Some(l.small_bucket_bytes));
+        assert_eq!(l.of_stream("KV_other"), None);
+        for bucket in [
+            presence_bucket(&l, 1),
+            facts_bucket(&l, 1),
+            oauth_bucket(&l, 1),
+            revoked_bucket(&l, 1),
+            approvals_bucket(&l, 1),
+        ] {
+            assert_eq!(bucket.max_bytes, l.small_bucket_bytes, "{}", bucket.bucket);
+        }
     }
 }

@@ -47,6 +47,37 @@ impl pb::FileRequest {
     }
 }
 
+impl pb::OutputUsage {
+    /// MESH_OUT is at its byte limit (within 1 %): new output evicts the oldest.
+    pub fn stream_full(&self) -> bool {
+        self.stream_max_bytes > 0
+            && self
+                .stream_bytes
+                .saturating_add(self.stream_max_bytes / 100)
+                >= self.stream_max_bytes
+    }
+
+    /// The host's output quota is used up.
+    pub fn host_quota_reached(&self) -> bool {
+        self.host_quota_bytes > 0 && self.host_bytes >= self.host_quota_bytes
+    }
+
+    /// The output limits reached now, in words for a listing; empty when none is.
+    pub fn reached(&self) -> Vec<String> {
+        let mut reached = Vec::new();
+        if !self.users_at_quota.is_empty() {
+            reached.push(format!("user quota ({})", self.users_at_quota.join(", ")));
+        }
+        if self.host_quota_reached() {
+            reached.push("host quota".to_string());
+        }
+        if self.stream_full() {
+            reached.push("MESH_OUT full, the oldest output is evicted".to_string());
+        }
+        reached
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every `execmesh.v1` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/execmesh_descriptor.bin"));

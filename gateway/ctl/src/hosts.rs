@@ -71,7 +71,13 @@ pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(),
     if table.is_empty() {
         return print(&summary);
     }
-    print(&format!("{}\n{summary}", table.render()))
+    // Output limits reached, one line per host, under the table where on-call reads.
+    let limits: String = (response.hosts.iter())
+        .filter_map(|h| Some((&h.host, h.presence.as_ref()?.output.as_ref()?.reached())))
+        .filter(|(_, reached)| !reached.is_empty())
+        .map(|(host, reached)| format!("{host}: output limits reached: {}\n", reached.join("; ")))
+        .collect();
+    print(&format!("{}\n{summary}{limits}", table.render()))
 }
 
 /// `hosts watch`: one line per presence change until interrupted (JSON lines with --json).
@@ -193,6 +199,23 @@ fn presence_json(p: &pb::Presence) -> Value {
         "running_jobs": p.running_jobs,
         "max_jobs": p.max_jobs,
         "version": p.version,
+        "output": p.output.as_ref().map(output_json),
+    })
+}
+
+fn output_json(o: &pb::OutputUsage) -> Value {
+    json!({
+        "host_bytes": o.host_bytes,
+        "host_quota_bytes": o.host_quota_bytes,
+        "user_quota_bytes": o.user_quota_bytes,
+        "window_secs": o.window_secs,
+        "users_at_quota": o.users_at_quota,
+        "dropped_job_cap_bytes": o.dropped_job_cap_bytes,
+        "dropped_user_quota_bytes": o.dropped_user_quota_bytes,
+        "dropped_host_quota_bytes": o.dropped_host_quota_bytes,
+        "stream_bytes": o.stream_bytes,
+        "stream_max_bytes": o.stream_max_bytes,
+        "reached": o.reached(),
     })
 }
 

@@ -324,7 +324,7 @@ impl Approvals {
         audit: Arc<Audit>,
     ) -> Result<Self, ApprovalError> {
         let js = &mesh.js;
-        let config = layout::approvals_bucket(replicas);
+        let config = layout::approvals_bucket(&mesh.limits, replicas);
         let name = config.bucket.clone();
         let kv = match js.create_key_value(config).await {
             Ok(kv) => kv,

@@ -247,22 +247,27 @@ impl HostRecord {
 }
 
 /// Creates the stream and buckets the agents write when they are missing (with the default
-/// retention), and leaves existing ones as they are. In a secured mesh agents may only look them
+/// retention and `limits`), and leaves existing ones as they are (agents set their byte limits). In a secured mesh agents may only look them
 /// up, so the gateway, which may create them, does it before any agent needs them. (AUDIT and
 /// the gateway's own buckets are created where they are used.)
-async fn provision(js: &jetstream::Context, replicas: usize) -> Result<(), MeshError> {
+async fn provision(
+    js: &jetstream::Context,
+    replicas: usize,
+    limits: &layout::StoreLimits,
+) -> Result<(), MeshError> {
     let failed =
         |what: &str, e: &dyn std::fmt::Display| MeshError::unavailable(format!("create {what}"), e);
     js.get_or_create_stream(layout::out_stream(
         layout::DEFAULT_OUTPUT_RETENTION,
+        limits,
         replicas,
     ))
     .await
     .map_err(|e| failed(layout::OUT_STREAM, &e))?;
     for bucket in [
-        layout::presence_bucket(replicas),
-        layout::facts_bucket(replicas),
-        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, replicas),
+        layout::presence_bucket(limits, replicas),
+        layout::facts_bucket(limits, replicas),
+        layout::jobs_bucket(layout::DEFAULT_JOB_RETENTION, limits, replicas),
     ] {
         let name = bucket.bucket.clone();
         // Opened first: creating a bucket that exists with another configuration fails.
@@ -291,6 +296,8 @@ pub struct Mesh {
     pub signer: Arc<Signer>,
     /// Signs the records the gateway writes and checks every record it reads.
     pub records: Arc<Records>,
+    /// Byte limits of the streams and buckets the gateway creates.
+    pub limits: layout::StoreLimits,
 }
 
 /// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
@@ -305,6 +312,8 @@ pub struct MeshSettings<'a> {
     pub exec_signing_key: &'a Path,
     /// Replicas of the buckets and streams created at start.
     pub kv_replicas: usize,
+    /// Byte limits of the streams and buckets the gateway creates.
+    pub store_limits: layout::StoreLimits,
 }
 
 // === impl Mesh ===
@@ -342,13 +351,14 @@ impl Mesh {
                 ConnectError::Tls(e) => MeshError::NatsTls(e),
             })?;
         let js = jetstream::new(client.clone());
-        provision(&js, config.kv_replicas).await?;
+        provision(&js, config.kv_replicas, &config.store_limits).await?;
         Ok(Self {
             client,
             js,
             tenant,
             signer,
             records,
+            limits: config.store_limits,
         })
     }
 

@@ -169,6 +169,9 @@ pub struct Page {
     pub exit: Option<pb::JobStatus>,
     /// Everything stored so far was read (the job may still be writing).
     pub caught_up: bool,
+    /// Output before `first_line` that the cursor asked for is no longer stored: MESH_OUT
+    /// evicted it (its byte limit, or age). The page starts at the oldest line still there.
+    pub evicted: bool,
 }
 
 /// Reads forward from `cursor`.
@@ -182,6 +185,7 @@ pub async fn read(mesh: &Mesh, cursor: Cursor, limits: PageLimits) -> Result<Pag
         next: cursor.clone(),
         exit: None,
         caught_up: false,
+        evicted: false,
     };
     let mut seq = cursor.seq.max(1);
     let mut skip = cursor.skip as usize;
@@ -224,6 +228,15 @@ pub async fn read(mesh: &Mesh, cursor: Cursor, limits: PageLimits) -> Result<Pag
                 }
                 pb::output_record::Body::Chunk(chunk) => {
                     if first {
+                        // A cursor into a record that is gone resumes at the oldest one left,
+                        // from its start; a cursor at the start finds line 0 gone.
+                        if skip > 0 && msg.seq != cursor.seq {
+                            skip = 0;
+                            page.evicted = true;
+                        }
+                        if cursor.seq <= 1 && cursor.skip == 0 && chunk.first_line > 0 {
+                            page.evicted = true;
+                        }
                         page.first_line = chunk.first_line + skip as u64;
                         first = false;
                     }
@@ -435,6 +448,7 @@ mod tests {
             next: cursor(),
             exit: None,
             caught_up: false,
+            evicted: false,
         };
         let line = format!("{}\n", "é".repeat(100));
         push_line(&mut page, line.as_bytes(), 81);

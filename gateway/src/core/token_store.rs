@@ -122,8 +122,8 @@ pub fn digest(secret: &str) -> String {
 impl Store {
     /// Creates the buckets if missing (otherwise uses them as they are) and opens them.
     pub async fn open(mesh: &Mesh, replicas: usize) -> Result<Self, StoreError> {
-        let oauth = bucket(&mesh.js, layout::oauth_bucket(replicas)).await?;
-        let revoked = bucket(&mesh.js, layout::revoked_bucket(replicas)).await?;
+        let oauth = bucket(&mesh.js, layout::oauth_bucket(&mesh.limits, replicas)).await?;
+        let revoked = bucket(&mesh.js, layout::revoked_bucket(&mesh.limits, replicas)).await?;
         Ok(Self {
             mesh: mesh.clone(),
             oauth,

@@ -61,6 +61,23 @@ pub struct HostView {
     pub load1: Option<f64>,
     /// Seconds since the facts were collected.
     pub facts_age_secs: Option<u64>,
+    /// The host's output limits, when one is reached or output was dropped.
+    pub output: Option<OutputLimitsView>,
+}
+
+/// Output limits of one host, from its heartbeat.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OutputLimitsView {
+    /// Users whose output quota on this host is used up now.
+    pub users_at_quota: Vec<String>,
+    /// The host's output quota is used up now.
+    pub host_quota_reached: bool,
+    /// MESH_OUT is at its byte limit: new output evicts the oldest.
+    pub stream_full: bool,
+    /// Output bytes dropped on the host since its agent started, past job caps and quotas.
+    pub dropped_bytes: u64,
+    /// The limits reached now, in words.
+    pub reached: Vec<String>,
 }
 
 pub fn definition() -> Tool {
@@ -152,6 +169,12 @@ pub async fn call(
                 format!("({})", labels.join(", "))
             }
         ));
+        if let Some(reached) = h.output.as_ref().filter(|o| !o.reached.is_empty()) {
+            text.push_str(&format!(
+                "  output limits reached: {}\n",
+                reached.reached.join("; ")
+            ));
+        }
     }
     structured(&result, vec![text])
 }
@@ -183,5 +206,24 @@ fn view(r: &HostRecord, now: u64) -> HostView {
         facts_age_secs: facts
             .filter(|f| f.collected_at_ms > 0)
             .map(|f| now.saturating_sub(f.collected_at_ms) / 1000),
+        output: r
+            .presence
+            .as_ref()
+            .and_then(|p| p.output.as_ref())
+            .map(|o| OutputLimitsView {
+                users_at_quota: o.users_at_quota.clone(),
+                host_quota_reached: o.host_quota_reached(),
+                stream_full: o.stream_full(),
+                dropped_bytes: o.dropped_job_cap_bytes
+                    + o.dropped_user_quota_bytes
+                    + o.dropped_host_quota_bytes,
+                reached: o.reached(),
+            })
+            .filter(|o| {
+                !o.users_at_quota.is_empty()
+                    || o.host_quota_reached
+                    || o.stream_full
+                    || o.dropped_bytes > 0
+            }),
     }
 }

@@ -538,19 +538,28 @@ fn render_page(
         )
     };
     let next = (!done).then(|| call.state.cursors.seal(&page.next, &call.identity.user));
+    let evicted = if page.evicted {
+        format!(
+            "output before line {} is no longer stored (MESH_OUT evicted it: the stream's byte \
+             limit or age); ",
+            page.first_line + 1
+        )
+    } else {
+        String::new()
+    };
     let footer = match &next {
         None => format!(
-            "{range} of job {} on {}; end of output: {}",
+            "{evicted}{range} of job {} on {}; end of output: {}",
             view.job,
             view.host,
             outcome(&view)
         ),
         Some(cursor) if page.caught_up => format!(
-            "{range} of job {} on {} (still running); poll again later with cursor \"{cursor}\"",
+            "{evicted}{range} of job {} on {} (still running); poll again later with cursor \"{cursor}\"",
             view.job, view.host
         ),
         Some(cursor) => format!(
-            "{range} of job {} on {}; more output: poll with cursor \"{cursor}\"",
+            "{evicted}{range} of job {} on {}; more output: poll with cursor \"{cursor}\"",
             view.job, view.host
         ),
     };

@@ -28,14 +28,14 @@ use support::{
 };
 
 /// A [`support::request`] to run `run`, at the `standard` tier a `bash` call needs.
-fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
+pub(crate) fn run_request(host: &Token, job: &str, run: pb::RunRequest) -> pb::ExecRequest {
     pb::ExecRequest {
         tier: pb::Tier::Standard as i32,
         ..support::request(host, job, pb::exec_request::Body::Run(run))
     }
 }
 
-fn cmd(cmd: &str) -> pb::RunRequest {
+pub(crate) fn cmd(cmd: &str) -> pb::RunRequest {
     pb::RunRequest {
         cmd: cmd.into(),
         inline_window_ms: 5_000,
@@ -45,7 +45,7 @@ fn cmd(cmd: &str) -> pb::RunRequest {
 }
 
 /// Runs `run` as job `job` on `host` and returns its run reply (panics on an error reply).
-async fn run_job(
+pub(crate) async fn run_job(
     client: &async_nats::Client,
     host: &Token,
     job: &str,
@@ -128,7 +128,7 @@ fn sleeping(job: &str) -> bool {
 }
 
 /// Every record of a job in MESH_OUT, up to and including its exit record.
-async fn records(
+pub(crate) async fn records(
     client: &async_nats::Client,
     host: &Token,
     job: &str,
@@ -161,7 +161,7 @@ async fn records(
 }
 
 /// Checks numbering (index and first_line without gaps) and returns the concatenated data.
-fn check_chunks(chunks: &[pb::OutputChunk]) -> Vec<u8> {
+pub(crate) fn check_chunks(chunks: &[pb::OutputChunk]) -> Vec<u8> {
     let mut next_line = 0;
     let mut data = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
@@ -173,7 +173,11 @@ fn check_chunks(chunks: &[pb::OutputChunk]) -> Vec<u8> {
     data
 }
 
-async fn job_status(client: &async_nats::Client, host: &Token, job: &str) -> Option<pb::JobStatus> {
+pub(crate) async fn job_status(
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+) -> Option<pb::JobStatus> {
     let js = jetstream::new(client.clone());
     let kv = js
         .get_key_value(layout::JOBS_BUCKET)
@@ -208,7 +212,7 @@ async fn plant_running_status(client: &async_nats::Client, host: &Token, job: &s
     .expect("put");
 }
 
-fn state(status: &pb::JobStatus) -> JobState {
+pub(crate) fn state(status: &pb::JobStatus) -> JobState {
     JobState::try_from(status.state).expect("known state")
 }
 

@@ -9,3 +9,4 @@ mod agent;
 mod facts;
 mod files;
 mod grep;
+mod limits;

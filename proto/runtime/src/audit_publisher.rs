@@ -142,7 +142,10 @@ async fn publish(
     let mut backoff = retry();
     loop {
         match js
-            .get_or_create_stream(layout::audit_stream(replicas))
+            .get_or_create_stream(layout::audit_stream(
+                &layout::StoreLimits::default(),
+                replicas,
+            ))
             .await
         {
             Ok(_) => break,

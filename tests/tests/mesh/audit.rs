@@ -115,9 +115,12 @@ fn event(n: u64, kind: &str) -> pb::AuditEvent {
 /// retrying after the duplicate window), leaving the dedupe to the sink.
 async fn publish(nats: &Nats, events: &[pb::AuditEvent], msg_id: bool) {
     let js = nats.jetstream().await;
-    js.get_or_create_stream(execmesh_proto::jetstream::audit_stream(1))
-        .await
-        .expect("create AUDIT");
+    js.get_or_create_stream(execmesh_proto::jetstream::audit_stream(
+        &Default::default(),
+        1,
+    ))
+    .await
+    .expect("create AUDIT");
     let mut acks = Vec::with_capacity(events.len());
     for event in events {
         let tenant = Token::parse("tenant", &event.tenant).expect("a tenant token");

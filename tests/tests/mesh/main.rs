@@ -14,6 +14,7 @@ mod fanout;
 mod file;
 mod harness;
 mod https;
+mod limits;
 mod nats_security;
 mod nats_tls;
 mod oauth;

@@ -77,7 +77,7 @@ async fn run(pg: Option<&Postgres>) -> anyhow::Result<Value> {
 /// Publishes [`EVENTS`] call-received events with a typical redacted argument summary.
 async fn backlog(nats: &Nats) -> anyhow::Result<()> {
     let js = nats.jetstream().await;
-    js.get_or_create_stream(layout::audit_stream(1))
+    js.get_or_create_stream(layout::audit_stream(&layout::StoreLimits::default(), 1))
         .await
         .context("create AUDIT")?;
     let tenant = Token::parse("tenant", subject::DEFAULT_TENANT)?;
