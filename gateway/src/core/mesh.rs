@@ -812,6 +812,52 @@ impl Mesh {
         })
     }
 
+    /// The hosts whose heartbeat goes away from now on (expired by its TTL, or withdrawn by a
+    /// stopping agent), as the markers in `mesh_presence` say, one item per marker.
+    ///
+    /// Every heartbeat of the fleet passes this watch, so it is as cheap as a watch can be: the
+    /// consumer delivers headers only and nothing is verified. A marker someone planted costs a
+    /// check, no more: whoever acts on a departure re-reads the presence with its checks.
+    pub async fn presence_departures(
+        &self,
+    ) -> Result<BoxStream<'static, Result<Token, MeshError>>, MeshError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        let what = subject::kv_stream(PRESENCE_BUCKET);
+        let nats =
+            |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {what}"), e);
+        let stream = self.js.get_stream(&what).await.map_err(|e| nats(&e))?;
+        let prefix = subject::kv_prefix(PRESENCE_BUCKET);
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("execmesh gateway watch of departing hosts".to_string()),
+                filter_subject: format!("{prefix}{}.*", self.tenant),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::New,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let departures = messages.filter_map(move |message| {
+            let departed = match message {
+                Err(e) => Some(Err(MeshError::unavailable(
+                    format!("watch of {}", subject::kv_stream(PRESENCE_BUCKET)),
+                    &e,
+                ))),
+                Ok(message) if is_marker(message.headers.as_ref()) => message
+                    .subject
+                    .strip_prefix(&prefix)
+                    .and_then(|key| subject::parse_host_key(key).ok())
+                    .map(|(_, host)| Ok(host)),
+                Ok(_) => None,
+            };
+            std::future::ready(departed)
+        });
+        Ok(departures.boxed())
+    }
+
     /// The latest value of one KV key, if any.
     pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
         let request = DirectGet {

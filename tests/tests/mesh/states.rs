@@ -77,8 +77,13 @@ async fn a_job_whose_agent_is_killed_ends_once_in_the_audit_trail_as_lost() {
     let pid = started(&sink, &job).await;
 
     agent.kill_hard().await;
+    let killed_at = std::time::Instant::now();
     // Nobody reads the job: the gateways notice the expired heartbeat by themselves.
     let end = finished(&sink, &job).await;
+    println!(
+        "job-finished (lost) stored {} ms after the kill (heartbeat 300 ms, TTL 1 s)",
+        killed_at.elapsed().as_millis()
+    );
     assert_eq!(end.outcome, "lost", "{end:?}");
     assert_eq!(end.source, pb::AuditSource::Gateway as i32, "{end:?}");
     assert_eq!((end.user.as_str(), end.host.as_str()), ("alice", "web-1"));
@@ -254,6 +259,10 @@ async fn an_offline_host_is_last_seen_at_its_last_heartbeat_not_its_facts() {
         };
         // Gross bounds: within a heartbeat or two of the kill (the TTL rounds to a second).
         let web1 = last("web-1");
+        println!(
+            "web-1 last heartbeat {} ms before its kill",
+            killed_at as i64 - web1 as i64
+        );
         assert!(
             web1 + 2000 >= killed_at && web1 <= killed_at + 500,
             "web-1 last heartbeat {web1}, killed at {killed_at}"

@@ -18,12 +18,11 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use execmesh_proto::jetstream::PRESENCE_BUCKET;
-use execmesh_proto::{Token, pb, subject};
+use execmesh_proto::{Token, pb};
 use execmesh_runtime::backoff::Backoff;
 
 use crate::core::audit::Audit;
-use crate::core::mesh::{Mesh, MeshError, WatchFrom};
+use crate::core::mesh::{Mesh, MeshError};
 
 /// Whether a job in `status` is lost: it still says RUNNING while its host has no heartbeat.
 pub fn is_lost(status: &pb::JobStatus, host_present: bool) -> bool {
@@ -110,27 +109,15 @@ pub async fn run(mesh: Mesh, audit: Arc<Audit>, shutdown: CancellationToken) {
 
 /// One watch of `mesh_presence`, opened before the sweep so no expiry falls between the two.
 async fn settle_while_watching(mesh: &Mesh, audit: &Audit) -> Result<(), MeshError> {
-    let filter = format!("{}.*", mesh.tenant);
-    let mut watch = mesh
-        .watch_kv(PRESENCE_BUCKET, &filter, WatchFrom::New)
-        .await?;
+    let mut departures = mesh.presence_departures().await?;
     let settled = settle_all(mesh, audit, mesh.jobs().await?).await?;
     let lost = settled
         .iter()
         .filter(|s| s.state() == pb::JobState::Lost)
         .count();
     info!(jobs = settled.len(), lost, "job states settled");
-    while let Some(change) = watch.changes.next().await {
-        let change = change?;
-        // A new heartbeat, or a marker someone other than the server or the agent planted.
-        if change.operation == async_nats::jetstream::kv::Operation::Put
-            || change.rejected.is_some()
-        {
-            continue;
-        }
-        let Ok((_, host)) = subject::parse_host_key(&change.key) else {
-            continue;
-        };
+    while let Some(host) = departures.next().await {
+        let host = host?;
         debug!(host = %host, "heartbeat gone; settling the host's jobs");
         settle_all(mesh, audit, mesh.host_jobs(&host).await?).await?;
     }
