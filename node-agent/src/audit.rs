@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use execmesh_proto::Token;
-use execmesh_proto::pb::{self, JobState, audit_event::Body, file_reply, file_request};
+use execmesh_proto::pb::{self, audit_event::Body, file_reply, file_request};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::signing::RecordKey;
 use execmesh_proto::subject::{self, audit_kind};
+use execmesh_proto::{Token, job_end};
 use execmesh_runtime::audit_publisher::Publisher;
 use nix::unistd::{getegid, geteuid};
 
@@ -96,29 +96,36 @@ impl Audit {
         );
     }
 
-    /// A job ended (or failed to start), as its final status says.
+    /// A job ended (or failed to start, or was found unfinished after a restart), as its final
+    /// status says. The event id is the job's own ([`job_end::event_id`]), so the job ends in
+    /// the trail once whoever settles it and however often this is retried.
     pub fn job_finished(&self, status: &pb::JobStatus) {
-        let state = status.state();
-        let outcome = match state {
-            JobState::Exited if status.exit_code == Some(0) => "ok",
-            JobState::Exited => "exit_nonzero",
-            JobState::TimedOut => "timed_out",
-            JobState::Killed => "killed",
-            JobState::Lost => "lost",
-            JobState::Failed | JobState::Running | JobState::Unspecified => "failed",
-        };
+        let id = job_end::event_id(
+            self.tenant.as_str(),
+            self.host.as_str(),
+            &status.job_id,
+            status.started_at_ms,
+        );
+        self.emit_as(
+            Some(id),
+            origin(status),
+            job_end::outcome(status),
+            Body::JobFinished(job_end::finished(status, &self.redactor)),
+        );
+    }
+
+    /// Processes `pids` of a job whose status says it ended LOST were found and killed (they
+    /// outlived their agent, and a gateway settled the job in the meantime).
+    pub fn orphan_killed(&self, status: &pb::JobStatus, pids: Vec<u32>) {
         self.emit(
             origin(status),
-            outcome,
-            Body::JobFinished(pb::JobFinished {
-                state: status.state,
-                exit_code: status.exit_code,
-                signal: status.signal.clone(),
-                duration_ms: status.ended_at_ms.saturating_sub(status.started_at_ms),
-                output_bytes: status.bytes,
-                output_lines: status.lines,
-                dropped_bytes: status.dropped_bytes,
-                reason: self.redactor.text(&status.reason),
+            "killed",
+            Body::OrphanKilled(pb::OrphanKilled {
+                pids,
+                reason: format!(
+                    "left over from job {} (marked lost) when agent instance {} started",
+                    status.job_id, self.instance
+                ),
             }),
         );
     }
@@ -157,10 +164,15 @@ impl Audit {
     }
 
     fn emit(&self, origin: Origin<'_>, outcome: &str, body: Body) {
+        self.emit_as(None, origin, outcome, body);
+    }
+
+    /// Publishes an event with the id `id`, or a new one.
+    fn emit_as(&self, id: Option<String>, origin: Origin<'_>, outcome: &str, body: Body) {
         let kind = audit_kind::of(Some(&body));
         let time_ms = execmesh_proto::now_ms();
         let event = pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            id: id.unwrap_or_else(|| execmesh_proto::audit_event_id(time_ms, rand::random())),
             time_ms,
             tenant: self.tenant.to_string(),
             source: pb::AuditSource::Agent as i32,

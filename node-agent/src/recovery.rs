@@ -47,7 +47,7 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
     // Jobs already marked lost (by a gateway, after this host's heartbeat expired) may still
     // have processes: they are killed too, only their statuses stay as they are.
     let mut ids: HashSet<String> = leftovers.iter().map(|l| l.job.to_string()).collect();
-    ids.extend(lost);
+    ids.extend(lost.keys().cloned());
     let shells: HashMap<u32, (String, String)> = leftovers
         .iter()
         .filter(|l| l.status.pid > 1 && !l.status.agent_instance.is_empty())
@@ -93,22 +93,47 @@ pub async fn recover(node: &Node) -> Result<usize, AgentError> {
             signer: node.record_key.clone(),
         };
         let mut record = StatusRecord::at(node, key, revision);
+        // Compare-and-set from the RUNNING status read above: if a gateway settled the job
+        // meanwhile, its write (and its audit event) stands and this run records nothing.
         let store = async {
-            output::publish_exit(&sink, &status).await.is_ok()
-                && record.update(&status, &stop).await.is_ok()
+            output::publish_exit(&sink, &status).await.ok()?;
+            record.settle(&status, &stop).await.ok()
         };
         match timeout(STEP_LIMIT, store).await {
-            Ok(true) => info!(job = %job, pid = status.pid, killed = ?pids,
-                              reason = %status.reason, "marked job of an earlier run lost"),
+            Ok(Some(true)) => {
+                node.audit.job_finished(&status);
+                info!(job = %job, pid = status.pid, killed = ?pids,
+                      reason = %status.reason, "marked job of an earlier run lost");
+            }
+            Ok(Some(false)) => info!(job = %job, pid = status.pid, killed = ?pids,
+                                     "job of an earlier run was already settled by a gateway"),
             _ => warn!(job = %job, "could not mark the job of an earlier run lost"),
         }
+    }
+    // Processes of jobs a gateway had already settled as lost: their end is audited; the
+    // cleanup is recorded too, since such a process ran unsupervised until now.
+    for (job, status) in &lost {
+        let pids: Vec<u32> = killed
+            .iter()
+            .filter(|(_, j)| j == job)
+            .filter_map(|(pid, _)| u32::try_from(*pid).ok())
+            .collect();
+        if pids.is_empty() {
+            continue;
+        }
+        warn!(job = %job, pids = ?pids, user = %status.user,
+              "killed leftover processes of a job already marked lost");
+        node.audit.orphan_killed(status, pids);
     }
     Ok(count)
 }
 
-/// The RUNNING statuses under `<tenant>.<host>.*`, read with an ordered consumer filtered to this
-/// host (listing every key of the bucket would read the whole fleet's jobs).
-async fn running_jobs(node: &Node) -> Result<(Vec<Leftover>, HashSet<String>), BoxError> {
+/// The RUNNING statuses under `<tenant>.<host>.*` (and the LOST ones, by job id), read with an
+/// ordered consumer filtered to this host (listing every key of the bucket would read the whole
+/// fleet's jobs).
+async fn running_jobs(
+    node: &Node,
+) -> Result<(Vec<Leftover>, HashMap<String, pb::JobStatus>), BoxError> {
     let store: &kv::Store = &node.jobs_kv;
     let filter = format!("{}{}.{}.*", store.prefix, node.tenant(), node.host());
     let consumer = store
@@ -126,7 +151,7 @@ async fn running_jobs(node: &Node) -> Result<(Vec<Leftover>, HashSet<String>), B
         })
         .await?;
     let mut leftovers = Vec::new();
-    let mut lost = HashSet::new();
+    let mut lost = HashMap::new();
     if consumer.cached_info().num_pending == 0 {
         return Ok((leftovers, lost));
     }
@@ -162,7 +187,7 @@ async fn running_jobs(node: &Node) -> Result<(Vec<Leftover>, HashSet<String>), B
                     });
                 }
                 (Ok(status), Ok((_, _, job))) if status.state == JobState::Lost as i32 => {
-                    lost.insert(job.to_string());
+                    lost.insert(job.to_string(), status);
                 }
                 (Ok(_), Ok(_)) => {}
                 (status, job) => {

@@ -92,47 +92,83 @@ impl StatusRecord {
         let value = Bytes::from(status.encode_to_vec());
         let mut backoff = retry::backoff();
         loop {
-            let written = kv_write::write(
-                &self.js,
-                &self.kv,
-                &self.key,
-                value.clone(),
-                HeaderMap::new(),
-                Expect::Revision(self.revision),
-                self.signer.as_deref(),
-            )
-            .await;
-            match written {
-                Ok(revision) => {
-                    self.revision = revision;
-                    return Ok(());
+            match self.attempt(&value).await {
+                Attempt::Stored => return Ok(()),
+                Attempt::Changed(found) => {
+                    warn!(key = %self.key, expected = self.revision, found,
+                          "job status was changed by someone else; overwriting");
+                    self.revision = found;
                 }
-                Err(KvWriteError::WrongRevision { .. }) => {
-                    match self.kv.entry(&self.key).await {
-                        // A retry of a write that did land (its ack was lost).
-                        Ok(Some(entry))
-                            if entry.operation == Operation::Put && entry.value == value =>
-                        {
-                            self.revision = entry.revision;
-                            return Ok(());
-                        }
-                        Ok(entry) => {
-                            let found = entry.as_ref().map_or(0, |e| e.revision);
-                            warn!(key = %self.key, expected = self.revision, found,
-                                  "job status was changed by someone else; overwriting");
-                            self.revision = found;
-                        }
-                        Err(e) => {
-                            warn!(key = %self.key, error = %e, "reading job status failed; retrying");
-                        }
-                    }
-                }
-                Err(e) => {
-                    warn!(key = %self.key, attempt = backoff.attempts + 1, error = %e,
-                          "writing job status failed; retrying");
-                }
+                Attempt::Failed => {}
             }
             backoff.wait(stop).await?;
         }
     }
+
+    /// Replaces the status only if it is still the one at the revision this agent read (a
+    /// compare-and-set, retried while NATS fails until `stop` fires). `Ok(false)`: someone
+    /// else changed it first (a gateway settled the job), and their write stands. The writer
+    /// that wins is the one that records how the job ended.
+    pub async fn settle(
+        &mut self,
+        status: &pb::JobStatus,
+        stop: &CancellationToken,
+    ) -> Result<bool, GaveUp> {
+        let value = Bytes::from(status.encode_to_vec());
+        let mut backoff = retry::backoff();
+        loop {
+            match self.attempt(&value).await {
+                Attempt::Stored => return Ok(true),
+                Attempt::Changed(_) => return Ok(false),
+                Attempt::Failed => {}
+            }
+            backoff.wait(stop).await?;
+        }
+    }
+
+    /// One compare-and-set of `value` at this record's revision.
+    async fn attempt(&mut self, value: &Bytes) -> Attempt {
+        let written = kv_write::write(
+            &self.js,
+            &self.kv,
+            &self.key,
+            value.clone(),
+            HeaderMap::new(),
+            Expect::Revision(self.revision),
+            self.signer.as_deref(),
+        )
+        .await;
+        match written {
+            Ok(revision) => {
+                self.revision = revision;
+                Attempt::Stored
+            }
+            Err(KvWriteError::WrongRevision { .. }) => match self.kv.entry(&self.key).await {
+                // A retry of a write that did land (its ack was lost).
+                Ok(Some(entry)) if entry.operation == Operation::Put && entry.value == *value => {
+                    self.revision = entry.revision;
+                    Attempt::Stored
+                }
+                Ok(entry) => Attempt::Changed(entry.as_ref().map_or(0, |e| e.revision)),
+                Err(e) => {
+                    warn!(key = %self.key, error = %e, "reading job status failed; retrying");
+                    Attempt::Failed
+                }
+            },
+            Err(e) => {
+                warn!(key = %self.key, error = %e, "writing job status failed; retrying");
+                Attempt::Failed
+            }
+        }
+    }
+}
+
+/// How one compare-and-set of a status went.
+enum Attempt {
+    /// The value is stored (now or by an earlier try whose ack was lost).
+    Stored,
+    /// Someone else wrote the record; its revision now (0: deleted).
+    Changed(u64),
+    /// NATS failed; worth another try.
+    Failed,
 }

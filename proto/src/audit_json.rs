@@ -51,6 +51,7 @@ pub fn body(body: Option<&Body>) -> Value {
             "sha256": b.sha256,
             "detail": b.detail,
         }),
+        Some(Body::OrphanKilled(b)) => json!({ "pids": b.pids, "reason": b.reason }),
         Some(Body::ApprovalRequested(b)) => json!({
             "approval_id": b.approval_id,
             "summary": b.summary,

@@ -15,6 +15,8 @@ pub const NATS_SEQUENCE: &str = "Nats-Sequence";
 pub const NATS_NUM_PENDING: &str = "Nats-Num-Pending";
 /// Set by the server on direct-get replies: the subject the message was stored on.
 pub const NATS_SUBJECT: &str = "Nats-Subject";
+/// When a message returned by a direct get was stored (RFC 3339, UTC).
+pub const NATS_TIME_STAMP: &str = "Nats-Time-Stamp";
 /// Set by the server on direct-get replies: the stream the message was read from. A stored
 /// record that already carries one was itself the answer to a JetStream request (a record
 /// planted through a reply subject): the answer to its direct get then carries two.

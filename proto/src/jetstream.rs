@@ -176,12 +176,17 @@ pub fn audit_stream(limits: &StoreLimits, replicas: usize) -> stream::Config {
     }
 }
 
+/// How long the marker of an expired heartbeat stays in `mesh_presence`: how long an offline
+/// host's "last seen" stays known.
+pub const PRESENCE_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// `mesh_presence`: one heartbeat per host; keys expire by per-message TTL.
 pub fn presence_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     kv::Config {
         // Enables per-message TTL on the bucket's stream and leaves a delete marker when a
-        // heartbeat expires, so watchers see a host go away.
-        limit_markers: Some(Duration::from_secs(60)),
+        // heartbeat expires, so watchers see a host go away; the marker is kept for a week, as
+        // the record of when the host was last seen (one small message per vanished host).
+        limit_markers: Some(PRESENCE_MARKER_TTL),
         ..bucket(
             PRESENCE_BUCKET,
             "execmesh host heartbeats",

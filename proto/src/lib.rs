@@ -6,14 +6,15 @@
 //! JSON shape of audit events (`audit_json`), the identities file with the check of signed
 //! records against it (`identities`), the one redactor of secrets that every process applies
 //! before it stores or shows a command, an argument or (optionally) output (`redact`), and the
-//! reading of durations operators type (`duration`). What runs (connections, the audit
-//! publisher, KV writes) is in `execmesh-runtime`.
+//! reading of durations operators type (`duration`), and how a job's end is audited (`job_end`).
+//! What runs (connections, the audit publisher, KV writes) is in `execmesh-runtime`.
 
 pub mod audit_json;
 pub mod duration;
 pub mod headers;
 pub mod identities;
 pub mod jetstream;
+pub mod job_end;
 pub mod permissions;
 pub mod redact;
 pub mod signing;

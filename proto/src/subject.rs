@@ -153,6 +153,7 @@ pub mod audit_kind {
     pub const JOB_STARTED: &str = "job-started";
     pub const JOB_FINISHED: &str = "job-finished";
     pub const FILE_CHANGED: &str = "file-changed";
+    pub const ORPHAN_KILLED: &str = "orphan-killed";
     pub const APPROVAL_REQUESTED: &str = "approval-requested";
     pub const APPROVAL_DECIDED: &str = "approval-decided";
     pub const JOB_ACCESSED: &str = "job-accessed";
@@ -163,7 +164,7 @@ pub mod audit_kind {
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -171,6 +172,7 @@ pub mod audit_kind {
         JOB_STARTED,
         JOB_FINISHED,
         FILE_CHANGED,
+        ORPHAN_KILLED,
         APPROVAL_REQUESTED,
         APPROVAL_DECIDED,
         JOB_ACCESSED,
@@ -189,6 +191,7 @@ pub mod audit_kind {
             Some(Body::JobStarted(_)) => JOB_STARTED,
             Some(Body::JobFinished(_)) => JOB_FINISHED,
             Some(Body::FileChanged(_)) => FILE_CHANGED,
+            Some(Body::OrphanKilled(_)) => ORPHAN_KILLED,
             Some(Body::ApprovalRequested(_)) => APPROVAL_REQUESTED,
             Some(Body::ApprovalDecided(_)) => APPROVAL_DECIDED,
             Some(Body::JobAccessed(_)) => JOB_ACCESSED,

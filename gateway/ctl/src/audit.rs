@@ -262,6 +262,10 @@ fn summary(body: Option<&Body>) -> String {
             let to = table::optional(" → ", &b.to, "");
             format!("{} {}{to}", b.action, b.path)
         }
+        Some(Body::OrphanKilled(b)) => {
+            let pids: Vec<String> = b.pids.iter().map(u32::to_string).collect();
+            format!("killed pid {}: {}", pids.join(", "), b.reason)
+        }
         Some(Body::ApprovalRequested(b)) => format!("{}: {}", b.approval_id, b.summary),
         Some(Body::ApprovalDecided(b)) => {
             let reason = table::optional(": ", &b.reason, "");

@@ -380,7 +380,8 @@ pub struct AuditFilters {
     #[arg(long)]
     pub tool: Option<String>,
     /// Only events of this kind: call-received, call-denied, call-dispatched, call-completed,
-    /// job-started, job-finished, file-changed, approval-requested, approval-decided.
+    /// job-started, job-finished, file-changed, orphan-killed, approval-requested,
+    /// approval-decided.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only events with this outcome (ok, error, denied, exit_nonzero, killed, …).

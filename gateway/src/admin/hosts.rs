@@ -221,6 +221,7 @@ impl Watcher {
             // Not the host's agent's: no change at all.
             return None;
         }
+        let departed = entry.departure();
         // A delete, a purge or a TTL expiry marker: the heartbeat is gone.
         let presence = entry
             .is_value()
@@ -247,6 +248,7 @@ impl Watcher {
             .entry(id.clone())
             .or_insert_with(|| HostRecord::new(id.clone()));
         record.presence = presence;
+        record.departed = departed;
         Some(id)
     }
 
@@ -293,11 +295,7 @@ pub fn host(record: &HostRecord, now: u64) -> pb::Host {
             .as_ref()
             .map(|f| f.labels.clone())
             .unwrap_or_default(),
-        last_heartbeat_ms: record
-            .presence
-            .as_ref()
-            .map(|p| p.heartbeat_at_ms)
-            .unwrap_or(0),
+        last_heartbeat_ms: record.last_heartbeat_ms().unwrap_or(0),
         presence: record.presence.clone(),
         facts: record.facts.clone(),
     }

@@ -20,6 +20,7 @@ use super::{Admin, AdminStream, error};
 use crate::core::audit::Answer;
 use crate::core::auth::Identity;
 use crate::core::jobs::access::{JobAccess, Via};
+use crate::core::jobs::state;
 use crate::core::paging::{self, Cursor, PageLimits};
 use crate::core::trace::TraceContext;
 
@@ -76,21 +77,11 @@ impl pb::jobs_service_server::JobsService for JobsApi {
                         && (req.host.is_empty() || j.host == req.host)
                         && (req.user.is_empty() || j.user == req.user)
                 });
-                // A job still RUNNING on a host without a heartbeat is lost; settle those
-                // before filtering by state (one presence read for all of them).
-                if jobs.iter().any(|j| j.state() == pb::JobState::Running) {
-                    let present = mesh.present_hosts().await.map_err(error::mesh)?;
-                    for job in jobs.iter_mut() {
-                        let orphan = job.state() == pb::JobState::Running
-                            && !present.iter().any(|h| h.as_str() == job.host);
-                        if orphan {
-                            *job = mesh
-                                .settle_orphan(std::mem::take(job))
-                                .await
-                                .map_err(error::mesh)?;
-                        }
-                    }
-                }
+                // Settled before filtering by state, by the rule every reader applies.
+                let audit = &self.admin.state.audit;
+                let mut jobs = state::settle_all(mesh, audit, jobs)
+                    .await
+                    .map_err(error::mesh)?;
                 if state_filter != pb::JobState::Unspecified {
                     jobs.retain(|j| j.state() == state_filter);
                 }
@@ -296,13 +287,14 @@ impl JobsApi {
             return Err(unknown_job(job_id));
         }
         found.sort_by(|a, b| a.host.cmp(&b.host));
-        let mut settled = Vec::with_capacity(found.len());
-        for status in found {
-            let mut status = mesh.settle_orphan(status).await.map_err(error::mesh)?;
-            // Agents store the command redacted; a record from an older agent is redacted here.
-            self.admin.state.audit.redactor().job_status(&mut status);
-            settled.push(status);
-        }
+        let audit = &self.admin.state.audit;
+        let mut settled = state::settle_all(mesh, audit, found)
+            .await
+            .map_err(error::mesh)?;
+        // Agents store the command redacted; a record from an older agent is redacted here.
+        settled
+            .iter_mut()
+            .for_each(|status| audit.redactor().job_status(status));
         Ok(settled)
     }
 
@@ -432,7 +424,7 @@ impl Tail {
             // Caught up: a job whose agent died never writes its exit record; its status ends
             // the tail instead.
             let status = match mesh.job_status(&cursor.host, &cursor.job).await {
-                Ok(Some(status)) => mesh.settle_orphan(status).await,
+                Ok(Some(status)) => state::settle(mesh, &self.admin.state.audit, status).await,
                 Ok(None) => Ok(pb::JobStatus::default()),
                 Err(e) => Err(e),
             };

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use execmesh_proto::Token;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::{self, audit_kind};
+use execmesh_proto::{Token, job_end};
 use execmesh_runtime::audit_publisher::Publisher;
 
 use crate::core::error::{ToolError, code_name};
@@ -193,6 +193,28 @@ impl Audit {
         self.publish(&about, used.action, body);
     }
 
+    /// Records the end of a job this gateway settled (its host's heartbeat expired while it
+    /// ran, so the gateway won the compare-and-set that marked it lost). The event is the job's
+    /// own `job-finished` with the job's id ([`job_end::event_id`]), the same id its agent would
+    /// use, so the job ends in the trail once whoever settles it.
+    pub fn job_settled(&self, status: &pb::JobStatus) {
+        let about = About {
+            trace_id: &status.trace_id,
+            user: &status.user,
+            host: &status.host,
+            job: &status.job_id,
+            tool: "",
+        };
+        let id = job_end::event_id(
+            self.tenant.as_str(),
+            &status.host,
+            &status.job_id,
+            status.started_at_ms,
+        );
+        let body = Body::JobFinished(job_end::finished(status, &self.redactor));
+        self.publish_as(Some(id), &about, job_end::outcome(status), body);
+    }
+
     /// Records a token minted through the admin API (`by` minted it; the token is not in the
     /// event, only its id).
     pub fn token_minted(&self, by: &str, minted: pb::TokenMinted) {
@@ -238,9 +260,14 @@ impl Audit {
     /// Publishes an event with `outcome` and `body` about `about`, stamped with a new id, the
     /// time, the tenant and this gateway process.
     fn publish(&self, about: &About<'_>, outcome: &str, body: Body) {
+        self.publish_as(None, about, outcome, body);
+    }
+
+    /// [`Audit::publish`] with the event id `id` instead of a new one.
+    fn publish_as(&self, id: Option<String>, about: &About<'_>, outcome: &str, body: Body) {
         let time_ms = execmesh_proto::now_ms();
         self.send(pb::AuditEvent {
-            id: execmesh_proto::audit_event_id(time_ms, rand::random()),
+            id: id.unwrap_or_else(|| execmesh_proto::audit_event_id(time_ms, rand::random())),
             time_ms,
             tenant: self.tenant.to_string(),
             source: pb::AuditSource::Gateway as i32,

@@ -107,10 +107,8 @@ impl Dispatcher<'_> {
     async fn offline_or_unknown(&self, host: Token) -> ToolError {
         match self.mesh.host(&host).await {
             Ok(Some(record)) => ToolError::OfflineHost {
-                last_seen_ms: record
-                    .presence
-                    .map(|p| p.heartbeat_at_ms)
-                    .or(record.facts.map(|f| f.collected_at_ms)),
+                // The last heartbeat, not the age of the facts (collected far less often).
+                last_seen_ms: record.last_heartbeat_ms(),
                 host,
             },
             Ok(None) => {

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use prost::Message as _;
 use serde::Serialize;
-use tracing::warn;
 
 use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESENCE_BUCKET};
 use execmesh_proto::signing::SignedRequest;
@@ -186,6 +185,8 @@ pub struct KvChange {
     /// The stream sequence of this value.
     pub revision: u64,
     pub operation: kv::Operation,
+    /// When the server stored this change, in ms since the epoch.
+    pub stored_at_ms: u64,
     /// Values the watch has still to deliver of those stored when it was read (0: caught up).
     pub pending: u64,
     /// Why this change is ignored: not its key's owner's (its value is then empty).
@@ -193,6 +194,14 @@ pub struct KvChange {
 }
 
 impl KvChange {
+    /// The departure a deletion or expiry stands for; `None` for a value or a rejected change.
+    pub fn departure(&self) -> Option<Departure> {
+        (self.operation != kv::Operation::Put && self.rejected.is_none()).then_some(Departure {
+            at_ms: self.stored_at_ms,
+            expired: self.operation != kv::Operation::Delete,
+        })
+    }
+
     /// A value to use: a put its owner signed, not a deletion or a rejected record.
     pub fn is_value(&self) -> bool {
         self.operation == kv::Operation::Put && self.rejected.is_none() && !self.value.is_empty()
@@ -223,6 +232,15 @@ pub struct DirectGet {
     pub multi_last: Option<Vec<String>>,
 }
 
+/// A job status after [`Mesh::mark_lost`].
+#[derive(Debug, Clone)]
+pub struct Settled {
+    /// The status as it now stands: LOST, or what another writer stored first.
+    pub status: pb::JobStatus,
+    /// This call wrote the LOST status (won the compare-and-set).
+    pub by_us: bool,
+}
+
 /// What the gateway knows of one host.
 #[derive(Debug, Clone)]
 pub struct HostRecord {
@@ -232,6 +250,19 @@ pub struct HostRecord {
     /// Why the host's facts or heartbeat were ignored, when they were: not signed by its
     /// agent's key (an agent without its seed, or a forgery). The host then shows `unverified`.
     pub unverified: Option<String>,
+    /// How the host's last heartbeat went away, when it has none now and the marker is still
+    /// stored: the source of "last seen" for an offline host.
+    pub departed: Option<Departure>,
+}
+
+/// A heartbeat that is gone: the marker the server (TTL expiry) or the agent (withdrawal at a
+/// graceful stop) left in `mesh_presence` in its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    /// When the marker was stored, in ms since the epoch (its `Nats-Time-Stamp`).
+    pub at_ms: u64,
+    /// The server expired the heartbeat (its TTL ran out); `false`: the agent withdrew it.
+    pub expired: bool,
 }
 
 impl HostRecord {
@@ -242,8 +273,80 @@ impl HostRecord {
             facts: None,
             presence: None,
             unverified: None,
+            departed: None,
         }
     }
+
+    /// When the host's last heartbeat was written, if that is known: the live heartbeat's time,
+    /// or else read off the marker that replaced it.
+    ///
+    /// Heartbeats expire by TTL, so an offline host has no heartbeat record left. What survives
+    /// is the marker: stored by the server in JetStream (so every replica reads it, also after
+    /// a gateway restart), stamped with the expiry time, which is the last heartbeat's time plus
+    /// the TTL the agent states in its registration. That costs the agent nothing per beat (the
+    /// alternative, rewriting its registration on every beat, would double the heartbeat
+    /// traffic of a large fleet). A withdrawn heartbeat's marker is stamped when the agent
+    /// stopped, right after its last beat. Without either (the marker aged out, see
+    /// `execmesh_proto::jetstream::PRESENCE_MARKER_TTL`) "last seen" is unknown, never the age of the facts.
+    pub fn last_heartbeat_ms(&self) -> Option<u64> {
+        if let Some(presence) = &self.presence {
+            return Some(presence.heartbeat_at_ms);
+        }
+        let departed = self.departed?;
+        if !departed.expired {
+            return Some(departed.at_ms);
+        }
+        // An agent too old to state its TTL: the expiry time is the best bound there is.
+        let ttl = self.facts.as_ref().map_or(0, |f| f.presence_ttl_ms);
+        Some(departed.at_ms.saturating_sub(ttl))
+    }
+}
+
+/// The latest record of one KV key as a listing reads it.
+enum KvLast {
+    Value(Bytes),
+    /// Not its key's owner's.
+    Rejected(Rejection),
+    /// A delete, purge or TTL-expiry marker.
+    Gone(Departure),
+}
+
+impl Departure {
+    /// The departure a marker stands for; `None` for a value or a marker without a time.
+    fn of_marker(headers: Option<&HeaderMap>) -> Option<Self> {
+        let h = headers.filter(|h| is_marker(Some(h)))?;
+        let at_ms = h
+            .get(headers::NATS_TIME_STAMP)
+            .and_then(|v| nats_time_ms(v.as_str()))?;
+        Some(Self {
+            at_ms,
+            expired: h.get(headers::KV_OPERATION).is_none(),
+        })
+    }
+}
+
+/// Milliseconds since the epoch of a JetStream timestamp (`2026-12-02T07:32:28.123456789Z`,
+/// RFC 3339 in UTC as the server writes it).
+fn nats_time_ms(text: &str) -> Option<u64> {
+    let (date, time) = text.trim().split_once('T')?;
+    let time = time.strip_suffix('Z')?;
+    let number = |s: &str| s.parse::<i64>().ok();
+    let mut d = date.splitn(3, '-');
+    let (y, m, day) = (number(d.next()?)?, number(d.next()?)?, number(d.next()?)?);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':');
+    let (h, min, sec) = (number(t.next()?)?, number(t.next()?)?, number(t.next()?)?);
+    let ms = match fraction.get(..fraction.len().min(3)) {
+        Some("") | None => 0,
+        Some(digits) => number(&format!("{digits:0<3}"))?,
+    };
+    // Days since the epoch of a civil date (H. Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    u64::try_from((days * 86_400 + h * 3_600 + min * 60 + sec) * 1_000 + ms).ok()
 }
 
 /// Creates the stream and buckets the agents write when they are missing (with the default
@@ -543,6 +646,24 @@ impl Mesh {
         bucket: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
+        Ok(self
+            .kv_last_records(bucket, prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, last)| match last {
+                KvLast::Value(value) => Some((key, Ok(value))),
+                KvLast::Rejected(rejection) => Some((key, Err(rejection))),
+                KvLast::Gone(_) => None,
+            })
+            .collect())
+    }
+
+    /// The latest record of every key under `prefix` in a KV bucket, markers included.
+    async fn kv_last_records(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, KvLast)>, MeshError> {
         let subject_prefix = subject::kv_prefix(bucket);
         let request = DirectGet {
             multi_last: Some(vec![format!("{subject_prefix}{prefix}>")]),
@@ -564,23 +685,27 @@ impl Mesh {
             .into_iter()
             .filter_map(|m| {
                 let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
-                match m.rejected {
-                    Some(rejection) => Some((key, Err(rejection))),
-                    None if is_marker(m.headers.as_ref()) || m.payload.is_empty() => None,
-                    None => Some((key, Ok(m.payload))),
-                }
+                let last = match m.rejected {
+                    Some(rejection) => KvLast::Rejected(rejection),
+                    None if is_marker(m.headers.as_ref()) => {
+                        KvLast::Gone(Departure::of_marker(m.headers.as_ref())?)
+                    }
+                    None if m.payload.is_empty() => return None,
+                    None => KvLast::Value(m.payload),
+                };
+                Some((key, last))
             })
             .collect())
     }
 
-    /// For more keys than one direct get returns: the last value of every key matching
+    /// For more keys than one direct get returns: the last record of every key matching
     /// `filter` (a key pattern with `*`/`>`), through a watch that ends when it has delivered
     /// every current key.
     async fn kv_last_values_streamed(
         &self,
         bucket: &str,
         filter: &str,
-    ) -> Result<Vec<(String, Result<Bytes, Rejection>)>, MeshError> {
+    ) -> Result<Vec<(String, KvLast)>, MeshError> {
         let mut watch = self.watch_kv(bucket, filter, WatchFrom::LastPerKey).await?;
         let mut values = Vec::new();
         if watch.initial == 0 {
@@ -590,10 +715,14 @@ impl Mesh {
             while let Some(change) = watch.changes.next().await {
                 let change = change?;
                 let pending = change.pending;
-                match change.rejected {
-                    Some(rejection) => values.push((change.key, Err(rejection))),
-                    None if change.is_value() => values.push((change.key, Ok(change.value))),
-                    None => {}
+                let last = match (change.rejected.clone(), change.departure()) {
+                    (Some(rejection), _) => Some(KvLast::Rejected(rejection)),
+                    (None, Some(departure)) => Some(KvLast::Gone(departure)),
+                    (None, None) if change.is_value() => Some(KvLast::Value(change.value)),
+                    (None, None) => None,
+                };
+                if let Some(last) = last {
+                    values.push((change.key, last));
                 }
                 if pending == 0 {
                     break;
@@ -681,6 +810,8 @@ impl Mesh {
                 },
                 revision,
                 operation,
+                stored_at_ms: u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                    .unwrap_or(0),
                 pending,
                 rejected,
             })
@@ -689,6 +820,52 @@ impl Mesh {
             initial,
             changes: changes.boxed(),
         })
+    }
+
+    /// The hosts whose heartbeat goes away from now on (expired by its TTL, or withdrawn by a
+    /// stopping agent), as the markers in `mesh_presence` say, one item per marker.
+    ///
+    /// Every heartbeat of the fleet passes this watch, so it is as cheap as a watch can be: the
+    /// consumer delivers headers only and nothing is verified. A marker someone planted costs a
+    /// check, no more: whoever acts on a departure re-reads the presence with its checks.
+    pub async fn presence_departures(
+        &self,
+    ) -> Result<BoxStream<'static, Result<Token, MeshError>>, MeshError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        let what = subject::kv_stream(PRESENCE_BUCKET);
+        let nats =
+            |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {what}"), e);
+        let stream = self.js.get_stream(&what).await.map_err(|e| nats(&e))?;
+        let prefix = subject::kv_prefix(PRESENCE_BUCKET);
+        let consumer = stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                description: Some("execmesh gateway watch of departing hosts".to_string()),
+                filter_subject: format!("{prefix}{}.*", self.tenant),
+                replay_policy: ReplayPolicy::Instant,
+                deliver_policy: DeliverPolicy::New,
+                headers_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let departures = messages.filter_map(move |message| {
+            let departed = match message {
+                Err(e) => Some(Err(MeshError::unavailable(
+                    format!("watch of {}", subject::kv_stream(PRESENCE_BUCKET)),
+                    &e,
+                ))),
+                Ok(message) if is_marker(message.headers.as_ref()) => message
+                    .subject
+                    .strip_prefix(&prefix)
+                    .and_then(|key| subject::parse_host_key(key).ok())
+                    .map(|(_, host)| Ok(host)),
+                Ok(_) => None,
+            };
+            std::future::ready(departed)
+        });
+        Ok(departures.boxed())
     }
 
     /// The latest value of one KV key, if any.
@@ -710,7 +887,7 @@ impl Mesh {
         let prefix = format!("{}.", self.tenant);
         let (facts, presence) = tokio::try_join!(
             self.kv_last_entries(FACTS_BUCKET, &prefix),
-            self.kv_last_entries(PRESENCE_BUCKET, &prefix)
+            self.kv_last_records(PRESENCE_BUCKET, &prefix)
         )?;
         let mut hosts: BTreeMap<Token, HostRecord> = BTreeMap::new();
         fn record<'a>(
@@ -732,11 +909,22 @@ impl Mesh {
                 }
             }
         }
-        for (key, value) in presence {
-            if let Some(r) = record(&mut hosts, &key) {
-                match value {
-                    Ok(value) => r.presence = pb::Presence::decode(value).ok(),
-                    Err(rejected) => {
+        for (key, last) in presence {
+            match last {
+                // A marker tells when a registered host was last seen; alone it lists nothing.
+                KvLast::Gone(departure) => {
+                    let host = subject::parse_host_key(&key).ok().map(|(_, host)| host);
+                    if let Some(r) = host.and_then(|host| hosts.get_mut(&host)) {
+                        r.departed = Some(departure);
+                    }
+                }
+                KvLast::Value(value) => {
+                    if let Some(r) = record(&mut hosts, &key) {
+                        r.presence = pb::Presence::decode(value).ok();
+                    }
+                }
+                KvLast::Rejected(rejected) => {
+                    if let Some(r) = record(&mut hosts, &key) {
                         r.unverified
                             .get_or_insert_with(|| format!("heartbeat {rejected}"));
                     }
@@ -757,6 +945,12 @@ impl Mesh {
             .collect())
     }
 
+    /// Whether `host`'s agent currently heartbeats (its presence key has not expired).
+    pub async fn is_present(&self, host: &Token) -> Result<bool, MeshError> {
+        let key = subject::host_key(&self.tenant, host);
+        Ok(self.kv_get(PRESENCE_BUCKET, &key).await?.is_some())
+    }
+
     /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
     pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
         let request = self.hosts_of_job(job, 100_000);
@@ -773,7 +967,10 @@ impl Mesh {
                 .kv_last_values_streamed(JOBS_BUCKET, &subject::job_keys_of_id(&self.tenant, job))
                 .await?
                 .into_iter()
-                .filter_map(|(_, v)| v.ok())
+                .filter_map(|(_, last)| match last {
+                    KvLast::Value(value) => Some(value),
+                    KvLast::Rejected(_) | KvLast::Gone(_) => None,
+                })
                 .collect(),
             Err(e) => return Err(e),
         };
@@ -796,12 +993,20 @@ impl Mesh {
                     .direct_get(&subject::kv_stream(bucket), &request)
                     .await?
                     .pop();
-                Ok::<_, MeshError>(msg.filter(|m| {
-                    m.rejected.is_some() || !(is_marker(m.headers.as_ref()) || m.payload.is_empty())
-                }))
+                Ok::<_, MeshError>(msg)
             }
         };
         let (facts, presence) = tokio::try_join!(get(FACTS_BUCKET), get(PRESENCE_BUCKET))?;
+        let departed = presence
+            .as_ref()
+            .filter(|m| m.rejected.is_none())
+            .and_then(|m| Departure::of_marker(m.headers.as_ref()));
+        let stored = |msg: Option<StoredMsg>| {
+            msg.filter(|m| {
+                m.rejected.is_some() || !(is_marker(m.headers.as_ref()) || m.payload.is_empty())
+            })
+        };
+        let (facts, presence) = (stored(facts), stored(presence));
         if facts.is_none() && presence.is_none() {
             return Ok(None);
         }
@@ -819,6 +1024,7 @@ impl Mesh {
         record.presence = presence
             .filter(|m| m.rejected.is_none())
             .and_then(|m| pb::Presence::decode(m.payload).ok());
+        record.departed = departed;
         Ok(Some(record))
     }
 
@@ -840,26 +1046,24 @@ impl Mesh {
         }
     }
 
-    /// A RUNNING job whose host has no heartbeat any more (its presence expired) is lost: its
-    /// agent died and nobody will finish its status. Records that (compare-and-set, so an agent
-    /// that writes meanwhile wins) and returns the status as it now stands.
-    pub async fn settle_orphan(&self, status: pb::JobStatus) -> Result<pb::JobStatus, MeshError> {
-        if status.state() != pb::JobState::Running {
-            return Ok(status);
-        }
+    /// Marks `status` (a RUNNING job whose host stopped heartbeating, as
+    /// [`crate::core::jobs::state`] decides) LOST with compare-and-set on the stored status, so
+    /// an agent or another replica that wrote meanwhile wins. Returns the status as it now
+    /// stands and whether this call is the one that settled it (and so records its end).
+    pub async fn mark_lost(&self, status: pb::JobStatus) -> Result<Settled, MeshError> {
+        let unchanged = |status| Settled {
+            status,
+            by_us: false,
+        };
         let (Ok(host), Ok(job)) = (
             Token::parse("host id", &status.host),
             Token::parse("job id", &status.job_id),
         ) else {
-            return Ok(status);
+            return Ok(unchanged(status));
         };
-        let key = subject::host_key(&self.tenant, &host);
-        if self.kv_get(PRESENCE_BUCKET, &key).await?.is_some() {
-            return Ok(status);
-        }
         let job_key = subject::job_key(&self.tenant, &host, &job);
         let Some(current) = self.kv_get(JOBS_BUCKET, &job_key).await? else {
-            return Ok(status);
+            return Ok(unchanged(status));
         };
         let mut lost =
             pb::JobStatus::decode(current.payload.clone()).map_err(|e| MeshError::Corrupt {
@@ -867,7 +1071,7 @@ impl Mesh {
                 reason: e.to_string(),
             })?;
         if lost.state() != pb::JobState::Running {
-            return Ok(lost);
+            return Ok(unchanged(lost));
         }
         lost.state = pb::JobState::Lost as i32;
         lost.ended_at_ms = execmesh_proto::now_ms();
@@ -890,16 +1094,31 @@ impl Mesh {
         )
         .await
         {
-            Ok(_) => {
-                warn!(host = %host, job = %job, "job marked lost: its agent is gone");
-                Ok(lost)
-            }
+            Ok(_) => Ok(Settled {
+                status: lost,
+                by_us: true,
+            }),
             // Someone (the agent, another replica) wrote first: theirs stands.
-            Err(KvWriteError::WrongRevision { .. }) => {
-                Ok(self.job_status(&host, &job).await?.unwrap_or(lost))
-            }
+            Err(KvWriteError::WrongRevision { .. }) => Ok(unchanged(
+                self.job_status(&host, &job).await?.unwrap_or(lost),
+            )),
             Err(e) => Err(MeshError::unavailable(format!("settle job {job}"), &e)),
         }
+    }
+
+    /// The statuses of every job of `host` (latest value per job).
+    pub async fn host_jobs(&self, host: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
+        self.statuses_under(&format!("{}.{host}.", self.tenant))
+            .await
+    }
+
+    /// The readable job statuses whose keys start with `prefix` (latest value per job).
+    async fn statuses_under(&self, prefix: &str) -> Result<Vec<pb::JobStatus>, MeshError> {
+        let values = self.kv_last_values(JOBS_BUCKET, prefix).await?;
+        Ok(values
+            .into_iter()
+            .filter_map(|(_, v)| pb::JobStatus::decode(v).ok())
+            .collect())
     }
 
     /// A direct get of the statuses of `job` on every host, up to `batch` of them.
@@ -928,12 +1147,7 @@ impl Mesh {
 
     /// Every job status of the tenant (latest value per job).
     pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, MeshError> {
-        let prefix = format!("{}.", self.tenant);
-        let values = self.kv_last_values(JOBS_BUCKET, &prefix).await?;
-        Ok(values
-            .into_iter()
-            .filter_map(|(_, v)| pb::JobStatus::decode(v).ok())
-            .collect())
+        self.statuses_under(&format!("{}.", self.tenant)).await
     }
 
     /// Waits until the job leaves RUNNING or `timeout` passes; returns the last status seen.
@@ -967,6 +1181,32 @@ impl Mesh {
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(None) | Err(_) => return Ok(last),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nats_time_ms;
+
+    #[test]
+    fn jetstream_timestamps_read_as_epoch_milliseconds() {
+        assert_eq!(
+            nats_time_ms("2026-12-02T07:32:28.123456789Z"),
+            Some(1_796_196_748_123)
+        );
+        assert_eq!(nats_time_ms("2000-02-29T23:59:59Z"), Some(951_868_799_000));
+        assert_eq!(
+            nats_time_ms("2026-12-02T07:32:28.5Z"),
+            Some(1_796_196_748_500)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-12-02 07:32:28Z",
+            "2026-12-02T07:32:28+01:00",
+        ] {
+            assert_eq!(nats_time_ms(bad), None, "{bad}");
         }
     }
 }

@@ -430,9 +430,13 @@ mod tests {
             other_tenant.open(&sealed, &alice).is_err(),
             "another tenant"
         );
-        // The same MAC with the position moved to another job or sequence.
+        // The same MAC with the position moved to another host, job or sequence.
         let (_, tag) = sealed.split_once('.').unwrap();
-        for plain in ["2:web-1:other-x1:1900000:17", "2:web-1:build-x1:1:0"] {
+        for plain in [
+            "2:web-2:build-x1:1900000:17",
+            "2:web-1:other-x1:1900000:17",
+            "2:web-1:build-x1:1:0",
+        ] {
             let moved = format!("{}.{tag}", URL_SAFE_NO_PAD.encode(plain));
             assert!(key.open(&moved, &alice).is_err(), "{plain} accepted");
         }

@@ -49,7 +49,8 @@ pub struct HostView {
     /// running without its NATS seed, or records forged by someone else).
     pub unverified: Option<String>,
     pub labels: BTreeMap<String, String>,
-    /// Seconds since the last heartbeat, when one is known.
+    /// Seconds since the last heartbeat, when one is known: also for an offline host, read off
+    /// the marker its expired heartbeat left.
     pub last_seen_secs: Option<u64>,
     pub running_jobs: Option<u32>,
     pub os: Option<String>,
@@ -189,9 +190,8 @@ fn view(r: &HostRecord, now: u64) -> HostView {
             .map(|f| f.labels.clone().into_iter().collect())
             .unwrap_or_default(),
         last_seen_secs: r
-            .presence
-            .as_ref()
-            .map(|p| now.saturating_sub(p.heartbeat_at_ms) / 1000),
+            .last_heartbeat_ms()
+            .map(|at| now.saturating_sub(at) / 1000),
         running_jobs: r.presence.as_ref().map(|p| p.running_jobs),
         os: facts.map(|f| f.os.clone()).filter(|s| !s.is_empty()),
         kernel: facts.map(|f| f.kernel.clone()).filter(|s| !s.is_empty()),

@@ -13,6 +13,7 @@ use super::{Call, McpState, seconds, structured};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::jobs::access::{JobAccess, Via};
+use crate::core::jobs::state;
 use crate::core::paging::{self, Cursor, CursorError, Page, PageLimits};
 use crate::core::trace::TraceContext;
 
@@ -210,7 +211,7 @@ async fn poll(
                 .filter(|s| access.sees(s))
                 .ok_or_else(|| ToolError::UnknownJob(cursor.job.to_string()))?;
             super::reach::check(call, &cursor.host).await?;
-            (cursor, call.state.mesh.settle_orphan(status).await?)
+            (cursor, settle(call, status).await?)
         }
         None => {
             let (status, host, job) = find_reachable(call, access, &params, "poll").await?;
@@ -276,6 +277,8 @@ async fn list(
     jobs.sort_by_key(|j| std::cmp::Reverse(j.started_at_ms));
     let total = jobs.len();
     jobs.truncate(limit);
+    // Shown by the rule every reader applies: running on a host that stopped heartbeating is lost.
+    let jobs = state::settle_all(&call.state.mesh, &call.state.audit, jobs).await?;
     audit_use(call, access, JobAction::List, &jobs);
     let jobs: Vec<JobView> = jobs.iter().map(view).collect();
     let of = match whose {
@@ -326,7 +329,7 @@ async fn wait(
         if let Some(newer) = call.state.mesh.wait_job(&host, &job, slice).await? {
             status = newer;
         }
-        status = call.state.mesh.settle_orphan(status).await?;
+        status = settle(call, status).await?;
     }
     let view = view(&status);
     let mut text = if status.state() == pb::JobState::Running {
@@ -423,11 +426,9 @@ async fn group_of(
         return Ok(None);
     }
     statuses.sort_by(|a, b| a.host.cmp(&b.host));
-    let mut settled = Vec::with_capacity(statuses.len());
-    for status in statuses {
-        settled.push(call.state.mesh.settle_orphan(status).await?);
-    }
-    Ok(Some(settled))
+    Ok(Some(
+        state::settle_all(&call.state.mesh, &call.state.audit, statuses).await?,
+    ))
 }
 
 /// `kill` of a fan-out group: every host still running the job is asked to stop it.
@@ -676,7 +677,12 @@ async fn find(
         }
     }
     .ok_or_else(|| ToolError::UnknownJob(job.to_string()))?;
-    Ok(call.state.mesh.settle_orphan(status).await?)
+    settle(call, status).await
+}
+
+/// `status` by the rule every reader applies ([`state::settle`]).
+async fn settle(call: &Call<'_>, status: pb::JobStatus) -> Result<pb::JobStatus, ToolError> {
+    Ok(state::settle(&call.state.mesh, &call.state.audit, status).await?)
 }
 
 fn ids(status: &pb::JobStatus) -> Result<(Token, Token), ToolError> {

@@ -71,6 +71,8 @@ impl Facts {
                 .collect(),
             agent_version: AGENT_VERSION.to_string(),
             interval_secs: config.facts_interval_secs,
+            // Lets a gateway tell when the last heartbeat was from its expiry marker.
+            presence_ttl_ms: config.presence_ttl().as_millis() as u64,
             ..Default::default()
         };
         Facts {

@@ -19,4 +19,5 @@ mod nats_security;
 mod nats_tls;
 mod oauth;
 mod security_node;
+mod states;
 mod tiers;

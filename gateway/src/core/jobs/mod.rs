@@ -1,7 +1,8 @@
-//! Jobs on hosts as the domain acts on them: who may see or act on a job ([`access`]) and asking
-//! a host's agent to kill one.
+//! Jobs on hosts as the domain acts on them: who may see or act on a job ([`access`]), the one
+//! rule for the state every reader shows ([`state`]), and asking a host's agent to kill one.
 
 pub mod access;
+pub mod state;
 
 use std::time::Duration;
 
