@@ -1,0 +1,228 @@
+//! NATS away and requests the gateway refuses itself: fast JSON-RPC errors with `Retry-After`, the revocation list trusted for a bounded staleness, parse errors the JSON-RPC way.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use execmesh_gateway::mcp::envelope::{INVALID_REQUEST, PARSE_ERROR, Rejection, UNAVAILABLE};
+use execmesh_proto::jetstream::REVOKED_BUCKET;
+use execmesh_tests::{Gateway, Nats, RunningGateway, eventually};
+use serde_json::{Value, json};
+
+fn list() -> Value {
+    json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {}})
+}
+
+fn bash(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "bash", "arguments": {"host": "web-1", "cmd": "echo hi"}}})
+}
+
+/// The status, `Retry-After` and JSON body of a response.
+async fn read(response: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
+/// The reason a JSON-RPC error body gives, typed.
+fn reason(body: &Value) -> Option<Rejection> {
+    serde_json::from_value(body["error"]["data"]["reason"].clone()).ok()
+}
+
+/// Revokes `token` by writing its id into the revocation bucket, as any replica does.
+async fn revoke(nats: &Nats, token: &str) {
+    let claims = token.split('.').nth(1).expect("a JWT");
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .expect("base64url claims"),
+    )
+    .expect("JSON claims");
+    let jti = claims["jti"].as_str().expect("a jti");
+    let kv = nats
+        .jetstream()
+        .await
+        .get_key_value(REVOKED_BUCKET)
+        .await
+        .expect("the revocation bucket");
+    kv.put(jti, "4102444800".into()).await.expect("revoke");
+}
+
+/// POSTs `body` as is with `content_type`.
+async fn post_bytes(
+    gw: &RunningGateway,
+    token: &str,
+    content_type: &str,
+    body: &str,
+) -> reqwest::Response {
+    gw.http_client()
+        .post(gw.url())
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", content_type)
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /mcp")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_away_fails_calls_fast_with_a_json_rpc_error_and_retry_after() {
+    let nats = Nats::start().await;
+    let _agent = nats.agent("web-1", &[]).await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint("alice");
+    let revoked = gw.mint("alice");
+    revoke(&nats, &revoked).await;
+    eventually(Duration::from_secs(5), || async {
+        gw.post_raw(Some(&revoked), list()).await.status() == 401
+    })
+    .await;
+    assert_eq!(gw.post_raw(Some(&token), bash(1)).await.status(), 200);
+
+    nats.stop().await;
+    // The first calls may still find the connection up; once it is down, each call is refused
+    // within the gateway's wait (2 s by default), not the 10 s of a NATS request.
+    let (took, (status, retry_after, body)) = eventually(Duration::from_secs(20), || async {
+        let started = Instant::now();
+        let answer = read(gw.post_raw(Some(&token), bash(7)).await).await;
+        (answer.0 == 503).then(|| (started.elapsed(), answer))
+    })
+    .await;
+    eprintln!("a tool call with NATS away was refused after {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["error"]["code"], UNAVAILABLE);
+    assert_eq!(reason(&body), Some(Rejection::MeshUnreachable));
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("unreachable") && message.contains("NATS"),
+        "{message}"
+    );
+
+    // Within the staleness the gateway allows (60 s by default), its copy of the revocation
+    // list still answers: a valid token lists tools, the revoked one stays refused.
+    assert_eq!(gw.post_raw(Some(&token), list()).await.status(), 200);
+    assert_eq!(gw.post_raw(Some(&revoked), list()).await.status(), 401);
+
+    nats.restart().await;
+    eventually(Duration::from_secs(20), || async {
+        gw.post_raw(Some(&token), bash(8)).await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_once_the_revocation_list_is_staler_than_allowed() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.revocation_max_staleness = Duration::from_secs(1))
+        .start()
+        .await;
+    let token = gw.mint("alice");
+    assert_eq!(gw.post_raw(Some(&token), list()).await.status(), 200);
+
+    nats.stop().await;
+    let (status, retry_after, body) = eventually(Duration::from_secs(20), || async {
+        let answer = read(gw.post_raw(Some(&token), list()).await).await;
+        (answer.0 == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(retry_after.as_deref(), Some("5"));
+    assert_eq!(body["id"], 3);
+    assert_eq!(reason(&body), Some(Rejection::RevocationUnknown));
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("revocation"), "{message}");
+
+    // Back once NATS is: the watch catches up and the list is current again.
+    nats.restart().await;
+    eventually(Duration::from_secs(20), || async {
+        gw.post_raw(Some(&token), list()).await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_a_parse_error_and_a_wrong_content_type_is_415() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint("alice");
+
+    let (status, retry_after, body) = read(
+        post_bytes(
+            &gw,
+            &token,
+            "application/json",
+            "{\"jsonrpc\": \"2.0\", \"id\": 1,",
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(retry_after, None);
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], Value::Null);
+    assert_eq!(body["error"]["code"], PARSE_ERROR);
+    assert_eq!(reason(&body), Some(Rejection::ParseError));
+
+    let (status, _, body) = read(
+        post_bytes(
+            &gw,
+            &token,
+            "application/json",
+            r#"{"jsonrpc": "2.0", "id": 4, "nonsense": true}"#,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["id"], 4);
+    assert_eq!(body["error"]["code"], INVALID_REQUEST);
+
+    let response = post_bytes(&gw, &token, "text/plain", &list().to_string()).await;
+    assert_eq!(response.status(), 415);
+    // A bad body from someone without a token is still told to sign in first.
+    let response = gw
+        .http_client()
+        .post(gw.url())
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("POST /mcp");
+    assert_eq!(response.status(), 401);
+    // And well-formed requests still work.
+    assert_eq!(gw.post_raw(Some(&token), list()).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_bash_timeout_is_refused_with_its_meaning() {
+    let nats = Nats::start().await;
+    let _agent = nats.agent("web-1", &[]).await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    for args in [
+        json!({"host": "web-1", "cmd": "echo hi", "timeout": 0}),
+        json!({"hosts": "web-*", "cmd": "echo hi", "timeout": 0}),
+    ] {
+        let out = client.call("bash", args).await;
+        out.assert_refused("`timeout` must be more than 0 seconds");
+    }
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "web-1", "cmd": "echo hi", "timeout": 0.5}),
+        )
+        .await;
+    assert!(!out.is_error(), "{}", out.text());
+    out.assert_text_has("hi\n");
+}
