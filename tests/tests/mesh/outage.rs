@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use execmesh_gateway::mcp::envelope::{INVALID_REQUEST, PARSE_ERROR, Rejection, UNAVAILABLE};
 use execmesh_proto::jetstream::REVOKED_BUCKET;
-use execmesh_tests::{Gateway, Nats, RunningGateway, eventually};
+use execmesh_tests::{Gateway, Nats, NodeAgent, RunningGateway, eventually};
 use serde_json::{Value, json};
 
 fn list() -> Value {
@@ -225,4 +225,30 @@ async fn a_zero_bash_timeout_is_refused_with_its_meaning() {
         .await;
     assert!(!out.is_error(), "{}", out.text());
     out.assert_text_has("hi\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nats_reconnect_attempt_is_logged_once() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    nats.stop().await;
+    eventually(Duration::from_secs(15), || async {
+        agent
+            .log_tail(1000)
+            .matches("NATS reconnect attempt failed")
+            .count()
+            >= 3
+    })
+    .await;
+    nats.restart().await;
+    eventually(Duration::from_secs(20), || async {
+        agent.log_tail(1000).matches("connected to NATS").count() >= 2
+    })
+    .await;
+    agent.stop().await;
+
+    // The service's own line per event, not async-nats' `event: …` copy beside it.
+    let log = agent.log_tail(1000);
+    assert!(!log.contains("event: "), "{log}");
+    assert_eq!(log.matches("disconnected from NATS").count(), 1, "{log}");
 }
