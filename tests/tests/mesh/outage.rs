@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use execmesh_gateway::mcp::envelope::{INVALID_REQUEST, PARSE_ERROR, Rejection, UNAVAILABLE};
 use execmesh_proto::jetstream::REVOKED_BUCKET;
-use execmesh_tests::{Gateway, Nats, NodeAgent, RunningGateway, eventually};
+use execmesh_tests::process::workspace_binary;
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningGateway, eventually};
 use serde_json::{Value, json};
 
 fn list() -> Value {
@@ -251,4 +252,97 @@ async fn each_nats_reconnect_attempt_is_logged_once() {
     let log = agent.log_tail(1000);
     assert!(!log.contains("event: "), "{log}");
     assert_eq!(log.matches("disconnected from NATS").count(), 1, "{log}");
+}
+
+/// The gateway's log file, read whole.
+fn read_log(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_call_is_one_info_line_in_the_gateways_log_and_a_gone_client_no_error() {
+    let nats = Nats::start().await;
+    let _agent = nats.agent("web-1", &[]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let key = dir.path().join("gateway.key");
+    let log = dir.path().join("gateway.log");
+    // The gateway binary as deployed, its stderr a file, its filter the default.
+    let mut gateway = tokio::process::Command::new(workspace_binary("execmesh-gateway"))
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "off",
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--exec-signing-key")
+        .arg(nats.mesh_signing_key())
+        .env_remove("EXECMESH_LOG")
+        .stderr(std::fs::File::create(&log).expect("create the log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start execmesh-gateway");
+    let url = eventually(Duration::from_secs(20), || async {
+        let text = read_log(&log);
+        let (_, rest) = text.split_once("serving MCP at ")?;
+        rest.split_whitespace().next().map(str::to_string)
+    })
+    .await;
+    let minted = tokio::process::Command::new(workspace_binary("execmesh-gateway"))
+        .arg("--key-file")
+        .arg(&key)
+        .args(["--public-url", &url, "token", "mint", "--user", "alice"])
+        .output()
+        .await
+        .expect("token mint");
+    let token = String::from_utf8_lossy(&minted.stdout).trim().to_string();
+    let served = read_log(&log).lines().count();
+
+    let client = McpClient::new(&url, &token).await;
+    for _ in 0..3 {
+        let out = client.bash("web-1", "echo hi").await;
+        assert!(!out.is_error(), "{}", out.text());
+        out.assert_text_has("hi\n");
+    }
+    // A client that gives up mid-call and goes away.
+    let impatient = McpClient::new(&url, &token)
+        .await
+        .with_timeout(Duration::from_millis(300));
+    assert!(
+        impatient
+            .try_call("bash", json!({"host": "web-1", "cmd": "sleep 2"}))
+            .await
+            .is_err()
+    );
+    drop(impatient);
+    eventually(Duration::from_secs(15), || async {
+        read_log(&log).matches("tool call").count() >= 4
+    })
+    .await;
+    gateway.kill().await.expect("stop the gateway");
+
+    let text = read_log(&log);
+    let calls: Vec<&str> = text.lines().skip(served).collect();
+    let tool_lines: Vec<&&str> = calls.iter().filter(|l| l.contains("tool call")).collect();
+    assert_eq!(tool_lines.len(), 4, "{text}");
+    for line in &tool_lines {
+        for field in [
+            "INFO",
+            "tool=bash",
+            "user=alice",
+            "trace_id=",
+            "hosts=",
+            "outcome=",
+            "duration_ms=",
+        ] {
+            assert!(line.contains(field), "{field} not in {line}");
+        }
+    }
+    // Four calls, four lines: nothing else at INFO (no rmcp request dumps), no ERROR.
+    assert_eq!(calls.len(), 4, "{text}");
+    assert!(!text.contains("InitializeRequestParams"), "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
 }
