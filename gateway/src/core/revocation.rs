@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(250);
 /// How long the gateway waits at start for the first complete copy before serving.
 const FIRST_LOAD: Duration = Duration::from_secs(10);
+/// How long a new watch may take to deliver the list before it is opened again (the records
+/// it was told of may have expired before it began).
+const CATCH_UP: Duration = Duration::from_secs(5);
 /// Entries beyond which expired tokens are swept from the copy.
 const SWEEP_AT: usize = 10_000;
 
@@ -134,6 +137,7 @@ impl Revocations {
                 }
             };
             let mut tick = tokio::time::interval(TICK);
+            let opened = Instant::now();
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -150,6 +154,10 @@ impl Revocations {
                         None => break,
                     },
                     _ = tick.tick() => {}
+                }
+                if !caught_up && opened.elapsed() > CATCH_UP {
+                    debug!("the revocation watch did not catch up; opening it again");
+                    break;
                 }
                 if caught_up && client.connection_state() == State::Connected {
                     self.confirm_current();
