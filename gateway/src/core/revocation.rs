@@ -184,7 +184,12 @@ impl Revocations {
             let now = execmesh_proto::now_ms() / 1000;
             revoked.retain(|_, expires| expires.is_none_or(|at| at >= now));
         }
-        revoked.insert(entry.key.clone(), expires_at);
+        // A delete or expiry marker after the record keeps its expiry, so the sweep can drop
+        // it once the token is expired anyway.
+        revoked
+            .entry(entry.key.clone())
+            .and_modify(|known| *known = known.or(expires_at))
+            .or_insert(expires_at);
     }
 
     fn confirm_current(&self) {
