@@ -228,6 +228,15 @@ pub struct Settings {
     /// Largest accepted MCP request body, in bytes [default: 4194304].
     #[arg(long, env = "EXECMESH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// How long a tool call waits for a lost NATS connection to come back before it is refused
+    /// (HTTP 503, JSON-RPC error, `Retry-After`), in ms [default: 2000].
+    #[arg(long, env = "EXECMESH_MESH_UNREACHABLE_WAIT_MS")]
+    pub mesh_unreachable_wait_ms: Option<u64>,
+    /// How long the gateway trusts its copy of the token revocation list once NATS is
+    /// unreachable; after that every token is refused (503) until NATS is back, in seconds
+    /// [default: 60].
+    #[arg(long, env = "EXECMESH_REVOCATION_MAX_STALENESS_SECS")]
+    pub revocation_max_staleness_secs: Option<u64>,
     /// Log as JSON lines.
     #[arg(long, env = "EXECMESH_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -322,6 +331,10 @@ pub struct Config {
     /// Added to a request's own wait when waiting for an agent's reply.
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    /// How long a tool call waits for a lost NATS connection before it is refused.
+    pub mesh_unreachable_wait: Duration,
+    /// How long the revocation list's copy is trusted once it cannot be kept current.
+    pub revocation_max_staleness: Duration,
     pub log_json: bool,
     /// Named host groups (`@name` in selectors), as selector text; checked at load.
     pub groups: BTreeMap<String, String>,
@@ -420,6 +433,8 @@ impl Config {
             max_line_bytes: 4096,
             request_timeout: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
+            mesh_unreachable_wait: Duration::from_secs(2),
+            revocation_max_staleness: crate::core::revocation::DEFAULT_MAX_STALENESS,
             log_json: false,
             groups: BTreeMap::new(),
             fanout_window: 256,
@@ -540,6 +555,12 @@ impl Config {
         }
         if let Some(v) = pick.max_body_bytes {
             config.max_body_bytes = v;
+        }
+        if let Some(v) = pick.mesh_unreachable_wait_ms {
+            config.mesh_unreachable_wait = Duration::from_millis(v);
+        }
+        if let Some(v) = pick.revocation_max_staleness_secs {
+            config.revocation_max_staleness = Duration::from_secs(v);
         }
         config.log_json = pick.log_json.unwrap_or(false);
         if let Some(v) = pick.groups {
@@ -752,6 +773,8 @@ impl Settings {
             max_line_bytes,
             request_timeout_ms,
             max_body_bytes,
+            mesh_unreachable_wait_ms,
+            revocation_max_staleness_secs,
             log_json,
             groups,
             fanout_window,

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
@@ -21,6 +22,7 @@ use crate::core::bearer::{Bearer, BearerRefusal};
 use crate::core::mesh::Mesh;
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
+use crate::mcp::envelope::{self, Refused, Rejection};
 use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
 use crate::state::Services;
@@ -49,6 +51,12 @@ pub fn router(
         .enforce_origin_validation()
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_cancellation_token(shutdown.child_token());
+    let gate = Arc::new(Gate {
+        bearer,
+        nats: mcp.mesh.client.clone(),
+        max_body_bytes: config.max_body_bytes,
+        mesh_wait: config.mesh_unreachable_wait,
+    });
     let mcp = StreamableHttpService::new(
         move || Ok(Handler::new(mcp.clone())),
         Arc::new(NeverSessionManager::default()),
@@ -56,19 +64,28 @@ pub fn router(
     );
     Router::new()
         .nest_service("/mcp", mcp)
-        .layer(middleware::from_fn_with_state(bearer, require_bearer))
+        .layer(middleware::from_fn_with_state(gate, guard_mcp))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .merge(crate::oauth::routes(&oauth).with_state(oauth.clone()))
 }
 
-/// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the request.
-/// An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is not:
-/// it is how every OAuth client discovers the authorization server.
-async fn require_bearer(
-    State(bearer): State<Arc<Bearer>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// What the `/mcp` middleware reads.
+struct Gate {
+    bearer: Arc<Bearer>,
+    /// The mesh's connection, whose state says whether a tool call can be served.
+    nats: async_nats::Client,
+    /// Largest accepted request body.
+    max_body_bytes: usize,
+    /// How long a tool call waits for a lost NATS connection before it is refused.
+    mesh_wait: std::time::Duration,
+}
+
+/// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the
+/// request, then answers what rmcp would not word the JSON-RPC way (see [`envelope`]). An
+/// invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is
+/// not: it is how every OAuth client discovers the authorization server.
+async fn guard_mcp(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    let bearer = &gate.bearer;
     let addr = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -82,25 +99,59 @@ async fn require_bearer(
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let Some(token) = token else {
-        return unauthorized(&bearer, None);
+        return unauthorized(bearer, None);
     };
-    match bearer.check(token, Endpoint::Mcp, addr).await {
-        Ok(identity) => {
-            request.extensions_mut().insert(identity);
-            next.run(request).await
+    let identity = match bearer.check(token, Endpoint::Mcp, addr).await {
+        Ok(identity) => identity,
+        Err(BearerRefusal::Invalid(e)) => return unauthorized(bearer, Some(&e)),
+        Err(BearerRefusal::RevocationUnknown(e)) => {
+            let id = match envelope::read(request.into_body(), gate.max_body_bytes).await {
+                Ok(body) => envelope::parse(&body).map_or(serde_json::Value::Null, |m| m.id),
+                Err(_) => serde_json::Value::Null,
+            };
+            return Refused {
+                rejection: Rejection::RevocationUnknown,
+                id,
+                message: format!(
+                    "cannot check token revocation: {e}; retry in {} s",
+                    envelope::RETRY_AFTER.as_secs()
+                ),
+            }
+            .into_response();
         }
-        Err(BearerRefusal::Invalid(e)) => unauthorized(&bearer, Some(&e)),
-        Err(BearerRefusal::RevocationUnknown) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the gateway cannot check token revocation right now; try again\n",
-        )
-            .into_response(),
-        Err(BearerRefusal::MissingScope { .. }) => insufficient_scope(&bearer),
-        Err(BearerRefusal::UnknownUser { user }) => unauthorized_challenge(
-            &bearer,
-            Some(&format!("user {user} is not in this gateway's policy")),
-        ),
-    }
+        Err(BearerRefusal::MissingScope { .. }) => return insufficient_scope(bearer),
+        Err(BearerRefusal::UnknownUser { user }) => {
+            return unauthorized_challenge(
+                bearer,
+                Some(&format!("user {user} is not in this gateway's policy")),
+            );
+        }
+    };
+    // Anything but a JSON POST is rmcp's to answer (405, 406, 415), logged here.
+    let mut request = if request.method() == Method::POST && envelope::is_json(request.headers()) {
+        let (parts, body) = request.into_parts();
+        let body = match envelope::read(body, gate.max_body_bytes).await {
+            Ok(body) => body,
+            Err(refused) => return refused.into_response(),
+        };
+        let message = match envelope::parse(&body) {
+            Ok(message) => message,
+            Err(refused) => return refused.into_response(),
+        };
+        if envelope::needs_mesh(message.method.as_deref())
+            && let Err(refused) =
+                envelope::mesh_reachable(&gate.nats, gate.mesh_wait, &message.id).await
+        {
+            return refused.into_response();
+        }
+        Request::from_parts(parts, Body::from(body))
+    } else {
+        request
+    };
+    request.extensions_mut().insert(identity);
+    let response = next.run(request).await;
+    envelope::log_refused(response.status());
+    response
 }
 
 fn unauthorized(bearer: &Bearer, error: Option<&AuthError>) -> Response {
@@ -192,7 +243,13 @@ pub async fn run_with_admin(
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
     let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
-    let revocations = Arc::new(Revocations::new(oauth.store.clone()));
+    let revocations = Arc::new(Revocations::new(
+        oauth.store.clone(),
+        config.revocation_max_staleness,
+    ));
+    revocations
+        .start(mesh.client.clone(), shutdown.clone())
+        .await;
     let audit = crate::core::audit::Audit::start(
         mesh.client.clone(),
         mesh.tenant.clone(),

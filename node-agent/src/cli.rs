@@ -136,6 +136,11 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_COALESCE_MS", value_name = "MS")]
     pub coalesce_ms: Option<String>,
 
+    /// Most often a running job's status is rewritten with its progress (bytes, lines, last
+    /// output time), and only when it changed. [default: 2000]
+    #[arg(long, env = "EXECMESH_PROGRESS_INTERVAL_MS", value_name = "MS")]
+    pub progress_interval_ms: Option<String>,
+
     /// On SIGTERM/SIGINT, how long running jobs may finish before they are killed.
     /// [default: 10000]
     #[arg(long, env = "EXECMESH_SHUTDOWN_GRACE_MS", value_name = "MS")]

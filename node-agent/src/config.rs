@@ -94,6 +94,10 @@ pub struct Config {
     pub chunk_bytes: usize,
     /// Longest wait before pending output is published.
     pub coalesce_ms: u64,
+    /// Shortest time between two progress writes of a running job's status: output is
+    /// counted as it is published, and the status rewritten at most this often, only when
+    /// the counts changed (a status write per chunk would double the KV traffic of output).
+    pub progress_interval_ms: u64,
     /// How long running jobs may finish after a shutdown signal before they are killed.
     pub shutdown_grace_ms: u64,
     /// Shell that runs each command as `<shell> -c <cmd>`.
@@ -189,6 +193,7 @@ impl Default for Config {
             jetstream_budget_bytes: jetstream::DEFAULT_STORE_BUDGET_BYTES,
             chunk_bytes: 16 * 1024,
             coalesce_ms: 20,
+            progress_interval_ms: 2000,
             shutdown_grace_ms: 10_000,
             shell: PathBuf::from("/bin/bash"),
             warm_shells: 2,
@@ -339,6 +344,12 @@ impl Config {
                 "--coalesce-ms",
                 &c.coalesce_ms,
                 d.coalesce_ms,
+            ),
+            progress_interval_ms: l.get(
+                "progress_interval_ms",
+                "--progress-interval-ms",
+                &c.progress_interval_ms,
+                d.progress_interval_ms,
             ),
             shutdown_grace_ms: l.get(
                 "shutdown_grace_ms",
@@ -541,6 +552,12 @@ impl Config {
             MAX_CHUNK_BYTES as u64,
         );
         range("coalesce_ms", self.coalesce_ms, 0, 10_000);
+        range(
+            "progress_interval_ms",
+            self.progress_interval_ms,
+            100,
+            600_000,
+        );
         range("shutdown_grace_ms", self.shutdown_grace_ms, 0, 3_600_000);
         range("replicas", self.replicas as u64, 1, 5);
         range(
@@ -663,6 +680,11 @@ impl Config {
         Duration::from_millis(self.coalesce_ms)
     }
 
+    /// [`Config::progress_interval_ms`] as a duration.
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
+    }
+
     /// The file tool's limits.
     pub fn file_limits(&self) -> Limits {
         Limits {
@@ -756,6 +778,7 @@ const KNOWN_KEYS: &[&str] = &[
     "jetstream_budget_bytes",
     "chunk_bytes",
     "coalesce_ms",
+    "progress_interval_ms",
     "shutdown_grace_ms",
     "shell",
     "warm_shells",

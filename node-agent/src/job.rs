@@ -9,10 +9,11 @@ use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, info, warn};
 
 use crate::node::Node;
-use crate::output::{self, Limits, Output, Sink};
+use crate::output::{self, Limits, Output, Progress, Sink};
 use crate::process::{self, SpawnError, SpawnSpec, signal_group};
 use crate::refusal::Refusal;
 use crate::registry::{Finished, JobHandle, KillOrder, Registered};
@@ -297,15 +298,30 @@ impl JobTask {
             },
         );
 
-        // Store the pid while the child already runs; the reply for `bg` waits for it.
+        // Store the pid while the child already runs; the reply for `bg` waits for it. Then,
+        // while the job runs, its progress.
         let running = status.clone();
+        let progress = output.progress();
+        let supervised = CancellationToken::new();
         let announce = async {
             if !pid_recorded {
                 let _ = record.update(&running, &node.hard_stop).await;
             }
-            let _ = running_tx.send(running);
+            let _ = running_tx.send(running.clone());
+            report_progress(
+                &mut record,
+                running,
+                progress,
+                node.config.progress_interval(),
+                &supervised,
+            )
+            .await;
         };
-        let supervise = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output);
+        let supervise = async {
+            let end = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output).await;
+            supervised.cancel();
+            end
+        };
         let ((), end) = tokio::join!(announce, supervise);
 
         let report = output.finish().await;
@@ -352,6 +368,36 @@ impl JobTask {
     }
 }
 
+/// Rewrites a running job's status with its output so far, when it changed and at most once
+/// per `interval`, until `ended`: a write per chunk would double the KV traffic of a chatty
+/// job. A write still retrying when the job ends is given up; the final status replaces it.
+async fn report_progress(
+    record: &mut StatusRecord,
+    mut shown: pb::JobStatus,
+    mut progress: watch::Receiver<Progress>,
+    interval: Duration,
+    ended: &CancellationToken,
+) {
+    let mut next_write = Instant::now();
+    loop {
+        tokio::select! {
+            () = ended.cancelled() => return,
+            changed = progress.changed() => if changed.is_err() { return },
+        }
+        tokio::select! {
+            () = ended.cancelled() => return,
+            () = sleep_until(next_write) => {}
+        }
+        let now = *progress.borrow_and_update();
+        shown.bytes = now.bytes;
+        shown.lines = now.lines;
+        shown.dropped_bytes = now.dropped_bytes;
+        shown.last_output_at_ms = now.last_output_at_ms;
+        let _ = record.update(&shown, ended).await;
+        next_write = Instant::now() + interval;
+    }
+}
+
 /// The status a job ended with.
 fn final_status(
     mut status: pb::JobStatus,
@@ -366,6 +412,7 @@ fn final_status(
     status.dropped_bytes = report.totals.dropped_bytes;
     let dropped_by = report.totals.dropped_by.unwrap_or(OutputLimit::Unspecified);
     status.dropped_by = dropped_by as i32;
+    status.last_output_at_ms = report.last_output_at_ms;
     if let Some(exit) = &end.exit {
         status.exit_code = exit.code();
         status.signal = process::signal_name(exit).unwrap_or_default();

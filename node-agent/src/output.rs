@@ -24,7 +24,7 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::signing::RecordKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -77,6 +77,8 @@ pub struct Report {
     pub inline: Option<Vec<u8>>,
     /// False when publishing was abandoned at shutdown: MESH_OUT lacks some of the output.
     pub complete: bool,
+    /// When the job last wrote output (unix ms); 0 if it wrote none.
+    pub last_output_at_ms: u64,
 }
 
 /// The quotas a job's output counts against, and the user it counts for.
@@ -115,6 +117,20 @@ impl Charge {
 pub struct Output {
     readers: JoinSet<()>,
     pump: JoinHandle<Report>,
+    /// The output stored so far, updated as each chunk is acked.
+    progress: watch::Receiver<Progress>,
+}
+
+/// How much of a running job's output is stored, for its status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes and lines in acked chunks (as [`Totals`] counts them).
+    pub bytes: u64,
+    pub lines: u64,
+    /// Bytes read past the cap and dropped.
+    pub dropped_bytes: u64,
+    /// When the job last wrote output (unix ms); 0 before its first.
+    pub last_output_at_ms: u64,
 }
 
 /// Settings of one job's pipeline.
@@ -161,8 +177,20 @@ impl Output {
             readers.spawn(reader.read(stderr).in_current_span());
         }
         let chunker = Chunker::new(limits.chunk_bytes, limits.cap, limits.inline_max);
-        let pump = tokio::spawn(pump(rx, chunker, charge, sink, limits.coalesce).in_current_span());
-        Self { readers, pump }
+        let (progress_tx, progress) = watch::channel(Progress::default());
+        let pump = tokio::spawn(
+            pump(rx, chunker, charge, sink, limits.coalesce, progress_tx).in_current_span(),
+        );
+        Self {
+            readers,
+            pump,
+            progress,
+        }
+    }
+
+    /// The output stored so far, changed as each chunk is acked.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
     }
 
     /// Resolves when both streams reached EOF (every process holding them exited or closed
@@ -269,8 +297,10 @@ async fn pump(
     charge: Charge,
     sink: Sink,
     coalesce: Duration,
+    progress: watch::Sender<Progress>,
 ) -> Report {
     let mut input_done = false;
+    let mut last_output_at_ms = 0;
     // When the open chunk must be published even if it is not full.
     let mut deadline: Option<Instant> = None;
     let mut inflight: Option<Publishing> = None;
@@ -290,6 +320,7 @@ async fn pump(
         tokio::select! {
             piece = rx.recv(), if !input_done && !chunker.has_sealed() => match piece {
                 Some((stream, piece)) => {
+                    last_output_at_ms = execmesh_proto::now_ms();
                     charge.push(&mut chunker, stream, piece);
                     if chunker.open_len() == 0 {
                         deadline = None;
@@ -309,6 +340,13 @@ async fn pump(
                 if result.is_err() {
                     break false;
                 }
+                let totals = chunker.totals();
+                progress.send_replace(Progress {
+                    bytes: totals.bytes,
+                    lines: totals.lines,
+                    dropped_bytes: totals.dropped_bytes,
+                    last_output_at_ms,
+                });
             },
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)),
                 if inflight.is_none() && deadline.is_some() && chunker.open_len() > 0 => {}
@@ -318,6 +356,7 @@ async fn pump(
         totals: chunker.totals(),
         inline: chunker.take_inline(),
         complete,
+        last_output_at_ms,
     }
 }
 

@@ -320,6 +320,9 @@ fn job_detail(job: &pb::JobStatus, now: u64) -> String {
             }
         ),
     ));
+    if job.last_output_at_ms > 0 {
+        fields.push(("last output", table::when(job.last_output_at_ms, now)));
+    }
     if !job.reason.is_empty() {
         fields.push(("reason", job.reason.clone()));
     }
@@ -354,6 +357,7 @@ pub fn job_json(job: &pb::JobStatus) -> Value {
         "bytes": job.bytes,
         "lines": job.lines,
         "dropped_bytes": job.dropped_bytes,
+        "last_output_at_ms": job.last_output_at_ms,
         "trace_id": job.trace_id,
         "agent_instance": job.agent_instance,
         "reason": job.reason,

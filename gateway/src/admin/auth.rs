@@ -38,9 +38,9 @@ pub async fn authorize<T>(bearer: &Bearer, request: &Request<T>) -> Result<Ident
             BearerRefusal::Invalid(e) => {
                 Status::unauthenticated(format!("invalid bearer token: {e}"))
             }
-            BearerRefusal::RevocationUnknown => Status::unavailable(
-                "the gateway cannot check token revocation right now; try again",
-            ),
+            BearerRefusal::RevocationUnknown(e) => Status::unavailable(format!(
+                "the gateway cannot check token revocation right now ({e}); try again"
+            )),
             BearerRefusal::MissingScope { user } => Status::permission_denied(format!(
                 "the token of {user} lacks the `{ADMIN_SCOPE}` scope the admin API needs; mint \
                  one with `execmesh-gateway token mint --user {user} --scope {ADMIN_SCOPE}` (or \

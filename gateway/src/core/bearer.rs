@@ -6,12 +6,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::core::auth::{ADMIN_SCOPE, Audience, AuthError, Identity, MCP_SCOPE, SigningKey};
 use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::core::policy::LivePolicy;
-use crate::core::revocation::Revocations;
+use crate::core::revocation::{RevocationUnknown, Revocations};
 
 /// What the bearer check reads: the key and audience tokens must verify against, the
 /// revocation list, the policy, and the record of refused tokens.
@@ -33,8 +33,9 @@ pub struct Bearer {
 pub enum BearerRefusal {
     /// It did not verify, or it was revoked.
     Invalid(AuthError),
-    /// The revocation list cannot be read: refused rather than risk honouring a revoked token.
-    RevocationUnknown,
+    /// The revocation list cannot be trusted (NATS away too long): refused rather than risk
+    /// honouring a revoked token.
+    RevocationUnknown(RevocationUnknown),
     /// A valid token of `user` without the scope the endpoint needs.
     MissingScope { user: String },
     /// A valid token of a user the policy does not have.
@@ -77,7 +78,7 @@ impl Bearer {
                 return Err(BearerRefusal::Invalid(e));
             }
         };
-        match self.revocations.is_revoked(&identity.token_id).await {
+        match self.revocations.is_revoked(&identity.token_id) {
             Ok(false) => {}
             Ok(true) => {
                 debug!(?endpoint, user = %identity.user, jti = %identity.token_id, "revoked token refused");
@@ -85,8 +86,9 @@ impl Bearer {
                 return Err(BearerRefusal::Invalid(AuthError::Revoked));
             }
             Err(e) => {
-                warn!(?endpoint, error = %e, "cannot read the revocation list; refusing the token");
-                return Err(BearerRefusal::RevocationUnknown);
+                // Each face logs its refusals (rate-limited): an outage would repeat this per call.
+                debug!(?endpoint, user = %identity.user, error = %e, "token refused: the revocation list cannot be trusted");
+                return Err(BearerRefusal::RevocationUnknown(e));
             }
         }
         let user = identity.user.to_string();

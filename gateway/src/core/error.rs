@@ -82,6 +82,15 @@ pub enum ToolError {
 }
 
 impl ToolError {
+    /// Whether the call was refused for what the client sent (its arguments, its cursor, the
+    /// tool's name), rather than for the mesh's state or the caller's rights.
+    pub fn is_clients_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidArguments { .. } | Self::UnknownTool(_) | Self::BadCursor(_)
+        )
+    }
+
     /// A short machine-readable code for the error.
     pub fn code(&self) -> &'static str {
         match self {

@@ -230,21 +230,23 @@ impl Store {
             .await
     }
 
-    /// Whether `jti` is on the revocation list: any record under its key counts, signed or not
-    /// (see the module docs). The gateway never deletes a revocation; it expires with the
-    /// token, after which the token is refused as expired anyway.
-    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        if !is_key_safe(jti) {
-            return Ok(false);
-        }
-        let held = self.read(&self.revoked, jti).await?;
-        if matches!(held, Held::Rejected) {
-            tracing::warn!(
-                jti,
-                "a record the gateway did not sign sits on a token's revocation key: the token stays refused"
-            );
-        }
-        Ok(!matches!(held, Held::Nothing))
+    /// Every record of the revocation list, the latest per token first, then each new one as
+    /// it is written: what [`crate::core::revocation::Revocations`] keeps its copy current
+    /// with. Also says whether the list held no record when the watch began (then nothing
+    /// arrives to say the copy is complete).
+    pub async fn watch_revoked(&self) -> Result<(kv::Watch, bool), StoreError> {
+        let held = self
+            .revoked
+            .status()
+            .await
+            .map_err(|e| kv_err("status", ">", e))?
+            .values();
+        let watch = self
+            .revoked
+            .watch_with_history(">")
+            .await
+            .map_err(|e| kv_err("watch", ">", e))?;
+        Ok((watch, held == 0))
     }
 
     /// The latest record under `key`, checked: see [`Held`].

@@ -129,11 +129,14 @@ pub struct JobView {
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub duration_ms: u64,
-    /// Output lines and bytes stored so far (final once the job ended).
+    /// Output lines and bytes stored so far (final once the job ended; while it runs, updated
+    /// every few seconds when they change).
     pub lines: u64,
     pub bytes: u64,
     /// Output bytes dropped past the per-job cap.
     pub dropped_bytes: u64,
+    /// When the job last wrote output (unix ms), if it has.
+    pub last_output_at_ms: Option<u64>,
     pub reason: Option<String>,
     pub trace_id: String,
 }
@@ -740,6 +743,7 @@ pub fn view(s: &pb::JobStatus) -> JobView {
         lines: s.lines,
         bytes: s.bytes,
         dropped_bytes: s.dropped_bytes,
+        last_output_at_ms: (s.last_output_at_ms > 0).then_some(s.last_output_at_ms),
         reason: (!s.reason.is_empty()).then(|| redact.text(&s.reason)),
         trace_id: s.trace_id.clone(),
     }
@@ -754,6 +758,10 @@ pub fn outcome(j: &JobView) -> String {
         .map(|r| format!(" ({r})"))
         .unwrap_or_default();
     match j.state {
+        pb::JobState::Running if j.lines > 0 || j.bytes > 0 => format!(
+            "running for {took}, {} lines ({} bytes) of output so far",
+            j.lines, j.bytes
+        ),
         pb::JobState::Running => format!("running for {took}"),
         pb::JobState::Exited => match (&j.exit_code, &j.signal) {
             (Some(code), _) => format!("exit {code} after {took}"),
@@ -834,6 +842,12 @@ mod tests {
         assert_eq!(outcome(&v), "timed out after 12 ms");
         let v = view(&status(pb::JobState::Running));
         assert_eq!(outcome(&v), "running for 12 ms");
+        let mut printing = status(pb::JobState::Running);
+        (printing.lines, printing.bytes) = (3, 42);
+        assert_eq!(
+            outcome(&view(&printing)),
+            "running for 12 ms, 3 lines (42 bytes) of output so far"
+        );
         let v = view(&status(pb::JobState::Lost));
         assert_eq!(outcome(&v), "lost after 12 ms");
         // A state from a newer agent.

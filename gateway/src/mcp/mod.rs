@@ -7,6 +7,7 @@
 mod args;
 mod bash;
 mod dispatch;
+pub mod envelope;
 mod facts;
 mod file;
 mod fleet;
@@ -29,7 +30,7 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
 use crate::core::approvals::{self, Approvals};
@@ -43,6 +44,12 @@ use crate::core::policy::LivePolicy;
 use crate::core::trace::TraceContext;
 use args::Params;
 pub use result::structured;
+
+/// Calls refused for their arguments or cursor, logged at WARN: at most this many a minute.
+static REJECTED_CALLS: std::sync::LazyLock<execmesh_runtime::logging::Throttle> =
+    std::sync::LazyLock::new(|| {
+        execmesh_runtime::logging::Throttle::new(20, std::time::Duration::from_secs(60))
+    });
 
 /// What the tools read and act through: the configuration and the core services, nothing of
 /// the other faces (no token keys, no OAuth store).
@@ -263,16 +270,31 @@ impl ServerHandler for Handler {
         .await;
         audit.finish(result.as_ref().map(result::answer));
         let _enter = span.enter();
+        // One INFO line per call; a call refused for what the client sent is a WARN (rate-limited:
+        // a client can repeat it at will).
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let hosts = ["host", "hosts"]
+            .iter()
+            .find_map(|key| call_args.get(*key).and_then(|v| v.as_str()))
+            .unwrap_or("-");
         let result: CallToolResult = match result {
             Ok(result) => {
-                info!(
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "tool call done"
-                );
+                let outcome = if result.is_error == Some(true) {
+                    "error"
+                } else {
+                    "ok"
+                };
+                info!(hosts, outcome, duration_ms, "tool call");
                 result
             }
+            Err(e) if e.is_clients_fault() => {
+                if let Some(held_back) = REJECTED_CALLS.admit() {
+                    warn!(hosts, outcome = e.code(), duration_ms, held_back, error = %e, "tool call rejected");
+                }
+                CallToolResult::from(e)
+            }
             Err(e) => {
-                info!(error = %e, code = e.code(), "tool call refused");
+                info!(hosts, outcome = e.code(), duration_ms, error = %e, "tool call");
                 CallToolResult::from(e)
             }
         };
@@ -330,4 +352,24 @@ pub fn seconds(
         ));
     }
     Ok(std::time::Duration::from_secs_f64(value))
+}
+
+/// A time limit from a tool argument: like [`seconds`], but at least a millisecond, since the
+/// wire reads a zero limit as "the host's default", which a caller who wrote 0 did not mean.
+pub fn limit_seconds(
+    tool: &str,
+    name: &str,
+    value: f64,
+    max: f64,
+) -> Result<std::time::Duration, ToolError> {
+    let limit = seconds(tool, name, value, max)?;
+    if limit < std::time::Duration::from_millis(1) {
+        return Err(ToolError::invalid(
+            tool,
+            format!(
+                "`{name}` must be more than 0 seconds (at least 0.001); leave it out for the host's default"
+            ),
+        ));
+    }
+    Ok(limit)
 }

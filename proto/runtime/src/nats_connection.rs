@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use async_nats::rustls::RootCertStore;
 use async_nats::rustls::pki_types::pem::PemObject;
 use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use async_nats::{Client, ConnectOptions, Event, ServerAddr, ServerError};
+use async_nats::{Client, ClientError, ConnectOptions, Event, ServerAddr, ServerError};
 use tracing::{debug, info, warn};
 
 /// Where NATS is and how a service authenticates to it and verifies it: the resolved NATS
@@ -135,6 +135,10 @@ fn log_event(host: Option<&str>, user: &str, event: Event) {
             None => warn!(host, error = %msg, "NATS server error"),
         },
         Event::ServerError(e) => warn!(host, error = %e, "NATS server error"),
+        // async-nats reports each failed connection attempt this way, once per attempt.
+        Event::ClientError(ClientError::Other(e)) => {
+            warn!(host, error = %e, "NATS reconnect attempt failed")
+        }
         Event::ClientError(e) => warn!(host, error = %e, "NATS client error"),
         Event::SlowConsumer(sid) => warn!(host, sid, "NATS slow consumer: messages were dropped"),
         Event::LameDuckMode => warn!(host, "NATS server entered lame duck mode"),

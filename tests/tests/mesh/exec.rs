@@ -753,3 +753,40 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
         .await;
     assert_eq!(out.structured()["output"], "token=abcSECRET\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_shows_its_output_so_far_in_poll_and_list() {
+    let nats = Nats::start().await;
+    let _agent = nats.agent("web-1", &[]).await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let job = client
+        .bash_bg("web-1", "echo one; echo two; sleep 60")
+        .await;
+
+    // The status says what is stored while the job still runs (a write every few seconds at
+    // most), not bytes=0 lines=0 until it ends.
+    let polled = eventually(Duration::from_secs(10), || async {
+        let out = client
+            .call("job", json!({"action": "poll", "job": job, "tail": 10}))
+            .await;
+        let status = out.structured()["job"].clone();
+        (status["lines"] == 2).then_some(status)
+    })
+    .await;
+    assert_eq!(polled["state"], "running", "{polled}");
+    assert_eq!(polled["bytes"], 8, "{polled}");
+    assert!(
+        polled["last_output_at_ms"].as_u64().is_some_and(|t| t > 0),
+        "{polled}"
+    );
+    let listed = client.call("job", json!({"action": "list"})).await;
+    let mine = listed.structured()["jobs"]
+        .as_array()
+        .and_then(|jobs| jobs.iter().find(|j| j["job"] == job.as_str()).cloned())
+        .unwrap_or_default();
+    assert_eq!(mine["state"], "running", "{}", listed.text());
+    assert_eq!(mine["lines"], 2, "{}", listed.text());
+    listed.assert_text_has("2 lines (8 bytes) of output so far");
+    client.job("kill", &job).await;
+}

@@ -18,6 +18,7 @@ mod limits;
 mod nats_security;
 mod nats_tls;
 mod oauth;
+mod outage;
 mod security_node;
 mod states;
 mod tiers;

@@ -14,7 +14,7 @@ use crate::core::error::ToolError;
 use crate::core::fanout::{self, HostStatus, Outcome, Plan};
 use crate::core::paging::Cursor;
 use crate::mcp::job::{outcome, view};
-use crate::mcp::{Call, dispatch, seconds};
+use crate::mcp::{Call, dispatch, limit_seconds};
 
 /// Per-host timeout of a fan-out command when the call names none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -90,7 +90,7 @@ pub async fn call(
         ));
     }
     let timeout = match params.timeout {
-        Some(t) => seconds("bash", "timeout", t, 86400.0)?,
+        Some(t) => limit_seconds("bash", "timeout", t, 86400.0)?,
         None => DEFAULT_TIMEOUT,
     };
     let targets = crate::mcp::fleet::some_targets(call, "bash", selector).await?;

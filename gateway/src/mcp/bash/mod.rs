@@ -16,7 +16,7 @@ use crate::core::error::ToolError;
 use crate::core::fanout::Amount;
 use crate::core::paging::{self, Cursor, PageLimits};
 use crate::mcp::job::{JobView, outcome, state_name, view};
-use crate::mcp::{Call, dispatch, seconds, structured};
+use crate::mcp::{Call, dispatch, limit_seconds, seconds, structured};
 use fanout::FanoutResult;
 
 /// Longest command line accepted.
@@ -48,8 +48,8 @@ pub struct BashParams {
     /// Working directory (default: the agent's).
     #[serde(default)]
     pub cwd: Option<String>,
-    /// Seconds after which the job is killed (default: the host's, normally 3600; for a fan-out
-    /// 60 per host).
+    /// Seconds after which the job is killed, more than 0 (default: the host's, normally 3600;
+    /// for a fan-out 60 per host).
     #[serde(default)]
     pub timeout: Option<f64>,
     /// Return at once with the job id instead of waiting.
@@ -157,7 +157,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     };
     let timeout = params
         .timeout
-        .map(|t| seconds("bash", "timeout", t, 30.0 * 86400.0))
+        .map(|t| limit_seconds("bash", "timeout", t, 30.0 * 86400.0))
         .transpose()?;
     let max_lines = params.max_lines.unwrap_or(config.page_max_lines);
     if !(1..=crate::config::PAGE_LINES_CEILING).contains(&max_lines) {
