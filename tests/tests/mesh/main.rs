@@ -16,5 +16,6 @@ mod https;
 mod nats_security;
 mod nats_tls;
 mod oauth;
+mod outcomes;
 mod security_node;
 mod tiers;
