@@ -17,5 +17,6 @@ mod nats_security;
 mod nats_tls;
 mod oauth;
 mod outcomes;
+mod protocol;
 mod security_node;
 mod tiers;
