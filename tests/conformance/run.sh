@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the official MCP conformance suite's server scenarios that need no fixture tools against a
 # test gateway (a nats-server with JetStream and the gateway in development mode, on free ports
-# in a temp dir), and fails when any check fails.
+# in a temp dir), and `authorization-server-metadata-endpoint` against its OAuth authorization
+# server, and fails when a check fails that expected-failures.yaml does not list.
 #
-#   tests/conformance/run.sh [SCENARIO ...]     # default: the no-fixture scenarios below
+#   tests/conformance/run.sh [SCENARIO ...]     # default: the no-fixture scenarios below, and
+#                                               # the authorization server's metadata
 #
 # Node and the suite are pinned and installed from the npm registry into the project-local,
 # git-ignored .tools/conformance (as deploy/install-nats.sh installs nats-server). The gateway's
@@ -87,6 +89,15 @@ for scenario in "${SCENARIOS[@]}"; do
     failed+=("$scenario")
   fi
 done
+if [ "$#" -eq 0 ]; then
+  # The gateway's own OAuth authorization server (metadata at its issuer, RFC 8414).
+  echo "== authorization-server-metadata-endpoint" >&2
+  if ! "$node" "$suite" authorization --url "http://127.0.0.1:$gateway_port" \
+    --scenario authorization-server-metadata-endpoint; then
+    failed+=(authorization-server-metadata-endpoint)
+  fi
+  SCENARIOS+=(authorization-server-metadata-endpoint)
+fi
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "conformance: failed: ${failed[*]}" >&2
   exit 1
