@@ -4,7 +4,7 @@
 #   tests/run.sh                      # the whole suite
 #   tests/run.sh -p execmesh-tests    # extra arguments go to `cargo test`
 #
-# Works from any directory and needs nothing but a Rust toolchain and python3 (for pip).
+# Works from any directory and needs nothing but a Rust toolchain, python3 (for pip) and npm.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,3 +38,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/execmesh-target}"
 cargo build --workspace --bins
 # Every test binary runs even after a failure, so one run reports every failing test.
 cargo test --workspace --no-fail-fast "$@"
+
+# The official MCP conformance suite (pinned, with a pinned Node, both from npm into .tools/) against
+# a test gateway: the server scenarios that need no fixture tools.
+bash tests/conformance/run.sh

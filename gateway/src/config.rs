@@ -698,13 +698,8 @@ impl Config {
             ));
         }
         for origin in &self.allowed_origins {
-            if !(origin.starts_with("http://")
-                || origin.starts_with("https://")
-                || origin == "null")
-            {
-                problems.push(format!(
-                    "allowed origin `{origin}` must start with http:// or https://"
-                ));
+            if let Err(e) = crate::origin::check_allowed(origin) {
+                problems.push(e);
             }
         }
         ConfigError::or_ok(problems, ())

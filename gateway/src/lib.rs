@@ -11,6 +11,7 @@ pub mod core;
 pub mod listener;
 pub mod mcp;
 pub mod oauth;
+pub mod origin;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -25,9 +25,10 @@ use crate::core::revocation::Revocations;
 use crate::mcp::envelope::{self, Refused, Rejection};
 use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
+use crate::origin::OriginPolicy;
 use crate::state::Services;
 
-/// The router: `/mcp` behind the bearer check, the OAuth endpoints and `/healthz`.
+/// The router: `/mcp` behind the Origin and bearer checks, the OAuth endpoints and `/healthz`.
 pub fn router(
     mcp: Arc<McpState>,
     bearer: Arc<Bearer>,
@@ -35,6 +36,11 @@ pub fn router(
     shutdown: CancellationToken,
 ) -> Router {
     let config = &mcp.config;
+    let origins = Arc::new(OriginPolicy::new(
+        config.tls.is_some(),
+        &bearer.audience.issuer,
+        &config.allowed_origins,
+    ));
     let mut allowed_hosts = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -47,8 +53,9 @@ pub fn router(
         .with_json_response(true)
         .with_sse_keep_alive(None)
         .with_allowed_hosts(allowed_hosts)
-        .with_allowed_origins(config.allowed_origins.clone())
-        .enforce_origin_validation()
+        // `Origin` is checked by `origin::check` in front of the bearer check: a same-origin
+        // page needs the request's own `Host`, which the transport's fixed list cannot say.
+        .disable_allowed_origins()
         .with_max_request_body_bytes(config.max_body_bytes)
         .with_cancellation_token(shutdown.child_token());
     let gate = Arc::new(Gate {
@@ -65,6 +72,10 @@ pub fn router(
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(gate, guard_mcp))
+        .layer(middleware::from_fn_with_state(
+            origins,
+            crate::origin::check,
+        ))
         .route("/healthz", axum::routing::get(|| async { "ok\n" }))
         .merge(crate::oauth::routes(&oauth).with_state(oauth.clone()))
 }

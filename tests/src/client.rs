@@ -1,5 +1,6 @@
 //! An MCP client over Streamable HTTP with a bearer token, as an AI agent would connect to the gateway.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceExt};
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 /// How long one request may take before the client gives up (see [`McpClient::with_timeout`]).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,7 +31,15 @@ pub struct McpClient {
     service: RunningService<RoleClient, Recorder>,
     /// Limit for each request.
     timeout: Duration,
+    /// The `outputSchema` of every tool the server lists for this client's user, compiled:
+    /// fetched with the first result that has `structuredContent` (see [`OutputSchemas`]).
+    schemas: OnceCell<OutputSchemas>,
 }
+
+/// Every listed tool's declared `outputSchema` as a JSON Schema (2020-12) validator, by tool
+/// name. Every `structuredContent` a [`McpClient`] receives is checked against its tool's, as
+/// strict clients (the official Python SDK) do, so no result shape can drift from its schema.
+struct OutputSchemas(HashMap<String, jsonschema::Validator>);
 
 /// The client side of the connection: announces the client and records the progress
 /// notifications the server sends.
@@ -122,6 +132,7 @@ impl McpClient {
         Ok(McpClient {
             service,
             timeout: REQUEST_TIMEOUT,
+            schemas: OnceCell::new(),
         })
     }
 
@@ -210,7 +221,33 @@ impl McpClient {
         };
         let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
         let result = self.timed(self.service.call_tool(params)).await?;
+        self.check_output(name, &result).await;
         Ok(ToolOutput { result })
+    }
+
+    /// Fails the test when `result`'s `structuredContent` does not fit the `outputSchema` the
+    /// server declared for `tool`, naming the tool, the outcome and what does not fit. A tool
+    /// this user is not listed (a refusal by tier) has no schema to hold it to.
+    async fn check_output(&self, tool: &str, result: &CallToolResult) {
+        let Some(structured) = &result.structured_content else {
+            return;
+        };
+        let schemas =
+            self.schemas
+                .get_or_init(|| async {
+                    let tools = self.try_list_tools().await.unwrap_or_else(|e| {
+                        panic!("tools/list (for the output schemas) failed: {e}")
+                    });
+                    OutputSchemas::of(&tools)
+                })
+                .await;
+        if let Err(problems) = schemas.check(tool, structured) {
+            let outcome = outcome(result);
+            panic!(
+                "tool {tool}: the {outcome} result's structuredContent does not fit the tool's \
+                 outputSchema: {problems}\nstructuredContent: {structured}"
+            );
+        }
     }
 
     /// Calls tool `name` (rmcp's client asks for progress on every request) and returns the
@@ -234,6 +271,7 @@ impl McpClient {
             .timed(self.service.call_tool(params))
             .await
             .unwrap_or_else(|e| panic!("tools/call {name} with progress failed: {e}"));
+        self.check_output(name, &result).await;
         // Notifications are handled on the client's own task, so the last ones may still be on
         // their way when the result is in: wait (boundedly) for the final one, which the
         // gateway always sends (progress == total).
@@ -271,6 +309,60 @@ impl McpClient {
                 timeout: self.timeout,
             }),
         }
+    }
+}
+
+// === impl OutputSchemas ===
+
+impl OutputSchemas {
+    /// The validators of `tools`' output schemas. Panics on a schema that is not valid JSON
+    /// Schema: the server declared something no client can check against.
+    fn of(tools: &[Tool]) -> Self {
+        let validators = tools
+            .iter()
+            .filter_map(|tool| {
+                let schema = Value::Object((**tool.output_schema.as_ref()?).clone());
+                let validator = jsonschema::draft202012::new(&schema).unwrap_or_else(|e| {
+                    panic!(
+                        "tool {}: its outputSchema is not JSON Schema: {e}",
+                        tool.name
+                    )
+                });
+                Some((tool.name.to_string(), validator))
+            })
+            .collect();
+        Self(validators)
+    }
+
+    /// Checks `structured` against `tool`'s schema; every problem, one per line, when it does
+    /// not fit.
+    fn check(&self, tool: &str, structured: &Value) -> Result<(), String> {
+        let Some(validator) = self.0.get(tool) else {
+            return Ok(());
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(structured)
+            .map(|e| format!("at `{}`: {e}", e.instance_path()))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// What kind of result `result` is, for messages: `ok`, `held` (approval required) or
+/// `error <code>`.
+fn outcome(result: &CallToolResult) -> String {
+    let structured = result.structured_content.as_ref();
+    if result.is_error == Some(true) {
+        let code = structured.and_then(|s| s["error"]["code"].as_str());
+        return format!("error {}", code.unwrap_or("(no code)"));
+    }
+    match structured {
+        Some(s) if s["approval_required"] == json!(true) => "held".to_string(),
+        _ => "ok".to_string(),
     }
 }
 

@@ -139,8 +139,14 @@ pub fn definitions() -> Vec<Tool> {
         whoami::definition(),
     ];
     for tool in &mut tools {
-        if crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref()) {
+        let gated = crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref());
+        if gated {
             with_approval_id(tool);
+        }
+        // Every outcome's `structuredContent` (held, refused) fits the schema, as strict
+        // clients check.
+        if let Some(own) = &tool.output_schema {
+            tool.output_schema = Some(result::with_outcomes(own, gated));
         }
     }
     tools

@@ -1,10 +1,14 @@
 //! The MCP boundary of a tool call's outcome: a [`ToolError`] becomes the result a model can
 //! act on (an `isError` result naming its code, or the normal result of a call held for
-//! approval), and a finished result becomes what the audit trail records of it.
+//! approval), every tool's `outputSchema` declares each of those shapes, and a finished result
+//! becomes what the audit trail records of it.
 
-use rmcp::model::{CallToolResult, ContentBlock};
+use std::sync::Arc;
+
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject};
+use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
 use crate::core::audit::Answer;
 use crate::core::error::ToolError;
@@ -17,12 +21,92 @@ impl From<ToolError> for CallToolResult {
             result.structured_content = Some(*details);
             return result;
         }
+        let refusal = Refusal {
+            error: RefusalReason {
+                code: e.reported_code(),
+                message: e.to_string(),
+            },
+        };
         let mut result = CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
-        result.structured_content = Some(serde_json::json!({
-            "error": { "code": e.reported_code(), "message": e.to_string() }
-        }));
+        result.structured_content = serde_json::to_value(refusal).ok();
         result
     }
+}
+
+/// The `structuredContent` of a refused call (`isError: true`), whatever the tool.
+#[derive(Debug, Serialize, JsonSchema)]
+struct Refusal {
+    error: RefusalReason,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Serialize, JsonSchema)]
+struct RefusalReason {
+    /// What went wrong, for programs: invalid_arguments, unknown_host, offline, timeout,
+    /// unknown_job, bad_cursor, unavailable, internal, tier, denied, not_operator,
+    /// approval_unusable, or a host's own refusal (guard, run_as, outside_roots, …).
+    code: String,
+    /// What went wrong and what to do, for people and models.
+    message: String,
+}
+
+/// The `structuredContent` of a call held for approval (not an error): what
+/// [`crate::core::approvals`] answers, declared here so every gated tool's schema admits it.
+#[derive(Debug, Serialize, JsonSchema)]
+#[allow(dead_code)] // only its schema is used; the approvals store writes the value
+struct HeldForApproval {
+    /// Always true: tells this shape from the tool's own result.
+    #[schemars(extend("const" = true))]
+    approval_required: bool,
+    /// Pass it back as `approval_id`, with the same arguments, once it is approved.
+    approval_id: String,
+    /// pending (waiting for an approver), approved, denied, used or expired.
+    state: String,
+    /// The call in one line: tool, arguments, hosts.
+    summary: String,
+    /// The host ids the call resolved to, which the approval is bound to.
+    hosts: Vec<String>,
+    /// When the approval request expires (Unix ms).
+    expires_at_ms: u64,
+}
+
+/// `own`, a tool's result schema, extended to every outcome a call of the tool can have: its
+/// own result, a refusal (`isError`), and for a tool the policy can hold (`gated`), a call held
+/// for approval. One `anyOf` at the root, whose variants' definitions share the root `$defs`.
+pub fn with_outcomes(own: &JsonObject, gated: bool) -> Arc<JsonObject> {
+    let mut defs = Map::new();
+    let mut root = Map::new();
+    let mut own = own.clone();
+    if let Some(dialect) = own.remove("$schema") {
+        root.insert("$schema".into(), dialect);
+    }
+    let mut variants = vec![hoist(own, &mut defs)];
+    let mut add = |name: &str, schema: Arc<JsonObject>, defs: &mut Map<String, Value>| {
+        let mut schema = (*schema).clone();
+        schema.remove("$schema");
+        let body = hoist(schema, defs);
+        defs.insert(name.into(), body);
+        variants.push(json!({ "$ref": format!("#/$defs/{name}") }));
+    };
+    if gated {
+        let held = rmcp::handler::server::common::schema_for_output::<HeldForApproval>();
+        add("HeldForApproval", held, &mut defs);
+    }
+    let refusal = rmcp::handler::server::common::schema_for_output::<Refusal>();
+    add("Refusal", refusal, &mut defs);
+    root.insert("type".into(), json!("object"));
+    root.insert("anyOf".into(), Value::Array(variants));
+    root.insert("$defs".into(), Value::Object(defs));
+    Arc::new(root)
+}
+
+/// `schema` without its `$defs`, which move into `defs` (every schema here refers to them as
+/// `#/$defs/<name>`, the root's).
+fn hoist(mut schema: JsonObject, defs: &mut Map<String, Value>) -> Value {
+    if let Some(Value::Object(own)) = schema.remove("$defs") {
+        defs.extend(own);
+    }
+    Value::Object(schema)
 }
 
 /// A result with text blocks for people and models and the same data as `structuredContent`.

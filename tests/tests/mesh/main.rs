@@ -19,6 +19,8 @@ mod nats_security;
 mod nats_tls;
 mod oauth;
 mod outage;
+mod outcomes;
+mod protocol;
 mod security_node;
 mod states;
 mod tiers;
