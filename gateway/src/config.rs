@@ -200,7 +200,7 @@ pub struct Settings {
     #[arg(long, env = "EXECMESH_KV_REPLICAS")]
     pub kv_replicas: Option<usize>,
     /// The disk the mesh's JetStream store may use; the streams and buckets the gateway creates
-    /// get their share of it (give the agents the same) [default: 10737418240].
+    /// get their share of it (give the agents the same) [default: 2147483648].
     #[arg(long, env = "EXECMESH_JETSTREAM_BUDGET_BYTES")]
     pub jetstream_budget_bytes: Option<u64>,
     /// How long a call held for approval waits for a decision, and an approval for its use,

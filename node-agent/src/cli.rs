@@ -111,18 +111,18 @@ pub struct Cli {
     pub max_output_bytes_per_job: Option<String>,
 
     /// Output bytes one user's jobs may keep in MESH_OUT from this host within the output
-    /// retention; past it their output is counted, dropped and marked. [default: 1073741824]
+    /// retention; past it their output is counted, dropped and marked. [default: 536870912]
     #[arg(long, env = "EXECMESH_MAX_OUTPUT_BYTES_PER_USER", value_name = "BYTES")]
     pub max_output_bytes_per_user: Option<String>,
 
     /// Output bytes all jobs on this host may keep in MESH_OUT within the output retention.
-    /// [default: 4294967296]
+    /// [default: 1073741824]
     #[arg(long, env = "EXECMESH_MAX_OUTPUT_BYTES_PER_HOST", value_name = "BYTES")]
     pub max_output_bytes_per_host: Option<String>,
 
     /// The disk the mesh's JetStream store may use. MESH_OUT gets 80 %, AUDIT 10 %, `mesh_jobs`
     /// 5 %, each small bucket 1 %; the agent sets each stream's byte limit to its share.
-    /// [default: 10737418240]
+    /// [default: 2147483648]
     #[arg(long, env = "EXECMESH_JETSTREAM_BUDGET_BYTES", value_name = "BYTES")]
     pub jetstream_budget_bytes: Option<String>,
 

@@ -188,8 +188,8 @@ impl Default for Config {
             output_retention_secs: jetstream::DEFAULT_OUTPUT_RETENTION.as_secs(),
             job_retention_secs: jetstream::DEFAULT_JOB_RETENTION.as_secs(),
             max_output_bytes_per_job: 256 * 1024 * 1024,
-            max_output_bytes_per_user: 1024 * 1024 * 1024,
-            max_output_bytes_per_host: 4 * 1024 * 1024 * 1024,
+            max_output_bytes_per_user: 512 * 1024 * 1024,
+            max_output_bytes_per_host: 1024 * 1024 * 1024,
             jetstream_budget_bytes: jetstream::DEFAULT_STORE_BUDGET_BYTES,
             chunk_bytes: 16 * 1024,
             coalesce_ms: 20,
@@ -1155,8 +1155,8 @@ mod tests {
     fn the_jetstream_budget_and_output_quotas_come_from_the_file_and_flags_and_are_checked() {
         let d = Config::default();
         assert_eq!(d.store_limits(), jetstream::StoreLimits::default());
-        assert_eq!(d.max_output_bytes_per_user, 1024 * 1024 * 1024);
-        assert_eq!(d.max_output_bytes_per_host, 4 * 1024 * 1024 * 1024);
+        assert_eq!(d.max_output_bytes_per_user, 512 * 1024 * 1024);
+        assert_eq!(d.max_output_bytes_per_host, 1024 * 1024 * 1024);
 
         let config = load(
             "jetstream_budget_bytes = 1073741824\nmax_output_bytes_per_user = 5000\n",

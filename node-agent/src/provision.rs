@@ -187,7 +187,8 @@ fn missing(what: String, e: impl std::error::Error + Send + Sync + 'static) -> A
     AgentError::Provision {
         what: format!(
             "{what}: it does not exist and this agent could not create it (in a secured mesh \
-             the gateway creates it: start the gateway once first)"
+             the gateway creates it: start the gateway once first; when the server says its storage\
+             resources are exceeded, lower jetstream_budget_bytes or raise its max_file_store)"
         ),
         source: Box::new(e),
     }

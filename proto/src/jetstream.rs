@@ -59,9 +59,12 @@ pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
 /// Window in which a retried publish with the same `Nats-Msg-Id` is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// The JetStream disk budget of a mesh when its operator names none: 10 GiB, of which MESH_OUT
-/// gets 8 GiB (about thirty jobs that each hit the default 256 MiB per-job cap).
-pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// The JetStream disk budget of a mesh when its operator names none: 2 GiB, of which MESH_OUT
+/// gets 1.6 GiB (six jobs that each hit the default 256 MiB per-job cap). Small on purpose:
+/// nats-server reserves every stream's byte limit against its store (by default 75 % of the disk
+/// free when it starts) and refuses a stream it cannot reserve, so a larger default would keep a
+/// mesh on a small machine from starting. A fleet names its budget.
+pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// The smallest budget: below it the small buckets' floors would leave MESH_OUT almost nothing.
 pub const MIN_STORE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 /// The least a bucket gets, however small the budget: room for thousands of records.
