@@ -138,6 +138,12 @@ async fn an_agent_stops_promptly_on_sigterm_while_nats_is_down() {
     let nats = Nats::start().await;
     let mut agent = NodeAgent::new(&nats, "web-1").start().await;
     nats.kill().await;
+    // The premise is an agent that knows NATS is down: SIGTERM sent before it noticed the
+    // connection drop would find it still "connected".
+    eventually(Duration::from_secs(5), || async {
+        agent.log_tail(50).contains("disconnected from NATS")
+    })
+    .await;
 
     // Nothing can be said goodbye to: the agent gives up its farewells instead of hanging.
     let started = std::time::Instant::now();
