@@ -498,6 +498,23 @@ pub async fn post_raw(url: &str, token: Option<&str>, body: Value) -> reqwest::R
         .unwrap_or_else(|e| panic!("POST {url} failed: {e}"))
 }
 
+/// The status, `Retry-After` and JSON body (`null` if it is not JSON) of a raw response.
+pub async fn read_answer(response: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
+/// The reason a JSON-RPC error body from the gateway gives, typed.
+pub fn rejection_of(body: &Value) -> Option<execmesh_gateway::mcp::envelope::Rejection> {
+    serde_json::from_value(body["error"]["data"]["reason"].clone()).ok()
+}
+
 /// Every string an `enum` or `const` at `value` allows, following local `$ref`s into `schema`'s
 /// `$defs` and the variants of `oneOf`/`anyOf`, in that order.
 fn allowed_strings(value: &Value, schema: &Value) -> Vec<String> {

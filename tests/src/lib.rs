@@ -40,7 +40,7 @@ use std::sync::Once;
 pub use admin::{AdminClient, AdminMode, AdminPki};
 pub use agent::{NodeAgent, RunningAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
-pub use client::{McpClient, ToolOutput, post_raw, with_approval};
+pub use client::{McpClient, ToolOutput, post_raw, read_answer, rejection_of, with_approval};
 pub use execmesh_nats_server::{certificates, eventually};
 pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};

@@ -6,7 +6,9 @@ use base64::Engine as _;
 use execmesh_gateway::mcp::envelope::{INVALID_REQUEST, PARSE_ERROR, Rejection, UNAVAILABLE};
 use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_tests::process::workspace_binary;
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningGateway, eventually};
+use execmesh_tests::{
+    Gateway, McpClient, Nats, NodeAgent, RunningGateway, eventually, read_answer, rejection_of,
+};
 use serde_json::{Value, json};
 
 fn list() -> Value {
@@ -16,23 +18,6 @@ fn list() -> Value {
 fn bash(id: u64) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "bash", "arguments": {"host": "web-1", "cmd": "echo hi"}}})
-}
-
-/// The status, `Retry-After` and JSON body of a response.
-async fn read(response: reqwest::Response) -> (u16, Option<String>, Value) {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, retry_after, body)
-}
-
-/// The reason a JSON-RPC error body gives, typed.
-fn reason(body: &Value) -> Option<Rejection> {
-    serde_json::from_value(body["error"]["data"]["reason"].clone()).ok()
 }
 
 /// Revokes `token` by writing its id into the revocation bucket, as any replica does.
@@ -91,7 +76,7 @@ async fn nats_away_fails_calls_fast_with_a_json_rpc_error_and_retry_after() {
     // within the gateway's wait (2 s by default), not the 10 s of a NATS request.
     let (took, (status, retry_after, body)) = eventually(Duration::from_secs(20), || async {
         let started = Instant::now();
-        let answer = read(gw.post_raw(Some(&token), bash(7)).await).await;
+        let answer = read_answer(gw.post_raw(Some(&token), bash(7)).await).await;
         (answer.0 == 503).then(|| (started.elapsed(), answer))
     })
     .await;
@@ -102,7 +87,7 @@ async fn nats_away_fails_calls_fast_with_a_json_rpc_error_and_retry_after() {
     assert_eq!(body["jsonrpc"], "2.0");
     assert_eq!(body["id"], 7);
     assert_eq!(body["error"]["code"], UNAVAILABLE);
-    assert_eq!(reason(&body), Some(Rejection::MeshUnreachable));
+    assert_eq!(rejection_of(&body), Some(Rejection::MeshUnreachable));
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("unreachable") && message.contains("NATS"),
@@ -133,14 +118,14 @@ async fn tokens_are_refused_once_the_revocation_list_is_staler_than_allowed() {
 
     nats.stop().await;
     let (status, retry_after, body) = eventually(Duration::from_secs(20), || async {
-        let answer = read(gw.post_raw(Some(&token), list()).await).await;
+        let answer = read_answer(gw.post_raw(Some(&token), list()).await).await;
         (answer.0 == 503).then_some(answer)
     })
     .await;
     assert_eq!(status, 503);
     assert_eq!(retry_after.as_deref(), Some("5"));
     assert_eq!(body["id"], 3);
-    assert_eq!(reason(&body), Some(Rejection::RevocationUnknown));
+    assert_eq!(rejection_of(&body), Some(Rejection::RevocationUnknown));
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("revocation"), "{message}");
 
@@ -158,7 +143,7 @@ async fn malformed_json_is_a_parse_error_and_a_wrong_content_type_is_415() {
     let gw = Gateway::new(&nats).start().await;
     let token = gw.mint("alice");
 
-    let (status, retry_after, body) = read(
+    let (status, retry_after, body) = read_answer(
         post_bytes(
             &gw,
             &token,
@@ -173,9 +158,9 @@ async fn malformed_json_is_a_parse_error_and_a_wrong_content_type_is_415() {
     assert_eq!(body["jsonrpc"], "2.0");
     assert_eq!(body["id"], Value::Null);
     assert_eq!(body["error"]["code"], PARSE_ERROR);
-    assert_eq!(reason(&body), Some(Rejection::ParseError));
+    assert_eq!(rejection_of(&body), Some(Rejection::ParseError));
 
-    let (status, _, body) = read(
+    let (status, _, body) = read_answer(
         post_bytes(
             &gw,
             &token,
