@@ -12,18 +12,23 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use execmesh_gateway::mcp::envelope::{Rejection, UNAVAILABLE};
 use execmesh_nats_server::eventually::Outcome;
-use execmesh_proto::jetstream::AUDIT_STREAM;
+use execmesh_proto::jetstream::{AUDIT_STREAM, MIN_STORE_BUDGET_BYTES, OUT_STREAM, StoreLimits};
 use execmesh_proto::pb;
 use prost::Message as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::process::job_processes;
-use crate::{AuditSink, Gateway, McpClient, Nats, NodeAgent, RunningAudit};
+use crate::{
+    AuditSink, Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningAudit, read_answer,
+    rejection_of,
+};
 
 /// The host every scenario runs its commands on.
 const HOST: &str = "chaos-1";
@@ -40,6 +45,11 @@ const POLL: Duration = Duration::from_millis(20);
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
 /// Longest a client waits for one call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The gateway's `mesh_unreachable_wait_ms` in [`Scenario::NatsAwayDuringCalls`]: shorter than
+/// the default so the scenario's outage holds many refusals at either size.
+const MESH_WAIT: Duration = Duration::from_secs(1);
+/// Bytes of each numbered line a flooding job prints (`seq -f '%099g'` and its newline).
+const FLOOD_LINE: u64 = 100;
 
 /// One fault scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +69,13 @@ pub enum Scenario {
     /// nats-server killed while the mesh is idle and restarted after an outage: calls, host
     /// state and the audit trail recover without restarting any service.
     NatsOutageIdle,
+    /// A job floods output past its user's quota and past MESH_OUT's size on an agent with the
+    /// smallest JetStream budget: the job runs to its end, its dropped output is counted, the
+    /// stream stays within its limit, heartbeats go on, and the next job is stored whole.
+    DiskQuota,
+    /// nats-server killed while clients call: every call answers within a bound (refused with
+    /// HTTP 503 or a tool error, never a hang), and calls answer again once it is back.
+    NatsAwayDuringCalls,
 }
 
 /// How big each scenario runs.
@@ -84,6 +101,14 @@ pub struct Size {
     pub sink_kills: usize,
     /// How long nats-server stays away in [`Scenario::NatsOutageIdle`].
     pub outage: Duration,
+    /// How long it stays away in [`Scenario::NatsAwayDuringCalls`], whose calls come from
+    /// `clients` clients.
+    pub calls_outage: Duration,
+    /// Bytes the job of [`Scenario::DiskQuota`] prints: more than MESH_OUT holds at the
+    /// smallest budget (8.4 MiB).
+    pub flood_bytes: u64,
+    /// The per-user output quota of that agent.
+    pub user_quota: u64,
 }
 
 /// The invariants a scenario found broken, with its figures.
@@ -237,16 +262,72 @@ pub struct NatsOutageFigures {
     pub services_survived: bool,
 }
 
+/// Figures of [`Scenario::DiskQuota`].
+#[derive(Debug, Serialize)]
+pub struct DiskQuotaFigures {
+    /// Bytes the job printed.
+    pub written_bytes: u64,
+    /// Of those, bytes stored (the job's status, less the marker line).
+    pub kept_bytes: u64,
+    /// Bytes dropped past the quota, as the job's status counts them.
+    pub dropped_bytes: u64,
+    /// The per-user quota.
+    pub user_quota_bytes: u64,
+    /// MESH_OUT's bytes at the end, and its byte limit.
+    pub stream_bytes: u64,
+    pub stream_max_bytes: u64,
+    /// The agent's heartbeat interval, and the longest gap between two heartbeats seen
+    /// while the job ran.
+    pub heartbeat_ms: u64,
+    pub max_heartbeat_gap_ms: u64,
+    /// Heartbeats seen while the job ran.
+    pub heartbeats: usize,
+    /// From the start of the job until it was seen ended.
+    pub job_ms: u64,
+    /// The job's state and exit code.
+    pub job_state: String,
+    pub exit_code: Option<i64>,
+    /// From the next job's start until the audit store held its events.
+    pub next_job_audited_ms: Option<u64>,
+}
+
+/// Figures of [`Scenario::NatsAwayDuringCalls`].
+#[derive(Debug, Serialize)]
+pub struct NatsAwayCallsFigures {
+    /// Clients calling at once.
+    pub clients: usize,
+    /// How long nats-server stayed away.
+    pub outage_ms: u64,
+    /// The gateway's `mesh_unreachable_wait_ms`, and the bound every call must answer within.
+    pub mesh_wait_ms: u64,
+    pub bound_ms: u64,
+    /// Calls made in all, and those sent while nats-server was away.
+    pub calls: usize,
+    pub calls_during_outage: usize,
+    /// Of those, refused with HTTP 503 (`mesh_unreachable`) or answered with a tool error.
+    pub refused: usize,
+    pub tool_errors: usize,
+    /// Calls that answered otherwise, or not at all within the client's timeout.
+    pub wrong: usize,
+    /// The slowest answer to a call sent while nats-server was away, and of all calls.
+    pub slowest_during_outage_ms: u64,
+    pub slowest_ms: u64,
+    /// From the restart until a call sent after it answered.
+    pub first_success_ms: Option<u64>,
+}
+
 // === impl Scenario ===
 
 impl Scenario {
     /// Every scenario, in the order `execmesh-bench chaos` runs them.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::NatsKillMidJob,
         Scenario::AgentKill,
         Scenario::ReplicaKill,
         Scenario::SinkKillCycles,
         Scenario::NatsOutageIdle,
+        Scenario::DiskQuota,
+        Scenario::NatsAwayDuringCalls,
     ];
 
     /// The scenario's name in reports (a JSON key).
@@ -257,6 +338,8 @@ impl Scenario {
             Scenario::ReplicaKill => "replica_kill",
             Scenario::SinkKillCycles => "sink_kill_cycles",
             Scenario::NatsOutageIdle => "nats_outage_idle",
+            Scenario::DiskQuota => "disk_quota",
+            Scenario::NatsAwayDuringCalls => "nats_away_during_calls",
         }
     }
 
@@ -268,6 +351,8 @@ impl Scenario {
             Scenario::ReplicaKill => replica_kill(size).await.map(figures),
             Scenario::SinkKillCycles => sink_kill_cycles(size).await.map(figures),
             Scenario::NatsOutageIdle => nats_outage_idle(size).await.map(figures),
+            Scenario::DiskQuota => disk_quota(size).await.map(figures),
+            Scenario::NatsAwayDuringCalls => nats_away_during_calls(size).await.map(figures),
         }
     }
 }
@@ -281,7 +366,7 @@ impl fmt::Display for Scenario {
 // === impl Size ===
 
 impl Size {
-    /// Small enough for the test suite on two cores (all five in well under a minute).
+    /// Small enough for the test suite on two cores (all seven in about a minute).
     pub const CI: Size = Size {
         job_lines: 30_000,
         nats_kills: 1,
@@ -293,6 +378,9 @@ impl Size {
         clients: 4,
         sink_kills: 2,
         outage: Duration::from_secs(1),
+        calls_outage: Duration::from_secs(3),
+        flood_bytes: 20 << 20,
+        user_quota: 1 << 20,
     };
 
     /// The sizes the fault-injection run of the mesh's promises used.
@@ -307,6 +395,9 @@ impl Size {
         clients: 16,
         sink_kills: 6,
         outage: Duration::from_secs(5),
+        calls_outage: Duration::from_secs(10),
+        flood_bytes: 64 << 20,
+        user_quota: 4 << 20,
     };
 }
 
@@ -767,18 +858,9 @@ pub async fn nats_outage_idle(size: &Size) -> Result<NatsOutageFigures, Broken> 
     .await;
     let host_online_ms = online.map(|_| ms(restarted.elapsed()));
     let audit_flowing_ms = match &answered {
-        Some((trace, _)) => {
-            let query = pb::AuditQuery {
-                trace_id: trace.clone(),
-                ..Default::default()
-            };
-            let stored = settle(|| async {
-                let page = sink.try_query(query.clone()).await.ok()?;
-                (!page.records.is_empty()).then_some(())
-            })
-            .await;
-            stored.map(|_| ms(restarted.elapsed()))
-        }
+        Some((trace, _)) => audit_stored(&sink, trace)
+            .await
+            .then(|| ms(restarted.elapsed())),
         None => None,
     };
     let services_survived = agent.exited().is_none()
@@ -823,7 +905,359 @@ pub async fn nats_outage_idle(size: &Size) -> Result<NatsOutageFigures, Broken> 
     )
 }
 
+/// On an agent with the smallest JetStream budget and a per-user quota of `size.user_quota`, a
+/// job prints `size.flood_bytes` (more than MESH_OUT holds). The job runs to its end; its status
+/// counts what was dropped, kept and dropped add up to what it printed, its stored output ends
+/// with the quota's marker; MESH_OUT stays within its limit; heartbeats go on at their interval;
+/// and another user's job afterwards is stored whole and audited.
+pub async fn disk_quota(size: &Size) -> Result<DiskQuotaFigures, Broken> {
+    let heartbeat = Duration::from_millis(300);
+    let nats = Nats::start().await;
+    let sink = AuditSink::new(&nats).start().await;
+    let agent = NodeAgent::new(&nats, HOST)
+        .arg(
+            "--jetstream-budget-bytes",
+            MIN_STORE_BUDGET_BYTES.to_string(),
+        )
+        .arg("--max-output-bytes-per-user", size.user_quota.to_string())
+        .arg("--heartbeat-interval-ms", ms(heartbeat).to_string())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let stream_max_bytes = StoreLimits::from_budget(MIN_STORE_BUDGET_BYTES).out_bytes as u64;
+
+    let lines = size.flood_bytes / FLOOD_LINE;
+    let written_bytes = lines * FLOOD_LINE;
+    let started = Instant::now();
+    let job = client
+        .bash_bg(HOST, &format!("seq -f '%099g' 1 {lines}"))
+        .await;
+    let job_ended = AtomicBool::new(false);
+    let (ended, beats) = tokio::join!(
+        async {
+            let ended = job_end(&client, &job).await;
+            job_ended.store(true, Ordering::Relaxed);
+            ended
+        },
+        heartbeats_until(&agent, &job_ended),
+    );
+    let job_ms = ms(started.elapsed());
+    let job_state = state_of(ended.as_ref());
+    let status = ended.map(|(status, _)| status).unwrap_or_default();
+    let exit_code = status["exit_code"].as_i64();
+    let dropped_bytes = status["dropped_bytes"].as_u64().unwrap_or(0);
+    let output = job_lines(&client, &job).await.join("\n");
+    let marker = output
+        .rfind("[execmesh: output quota")
+        .map_or("", |at| &output[at..]);
+    // The status counts the stored marker line (and its newline) with the job's output.
+    let stored_bytes = status["bytes"].as_u64().unwrap_or(0);
+    let kept_bytes = stored_bytes.saturating_sub(marker.len() as u64 + 1);
+    let stream_bytes = stream_bytes(&nats, OUT_STREAM).await;
+    let gaps = beats.windows(2).map(|w| w[1].saturating_sub(w[0]));
+    let max_heartbeat_gap_ms = gaps.max().unwrap_or(ms(SETTLE_LIMIT));
+
+    // Another user's job afterwards is stored whole, and its audit events reach the store.
+    let next = gw.client("ops-next").await.with_timeout(CALL_TIMEOUT);
+    let next_started = Instant::now();
+    let out = next
+        .try_call("bash", json!({"host": HOST, "cmd": "seq 1 3"}))
+        .await
+        .ok();
+    let next_output = out.as_ref().map(|o| o.structured()["output"].clone());
+    let next_trace = out
+        .as_ref()
+        .and_then(|o| o.structured()["trace_id"].as_str().map(str::to_string));
+    let next_job_audited_ms = match &next_trace {
+        Some(trace) => audit_stored(&sink, trace)
+            .await
+            .then(|| ms(next_started.elapsed())),
+        None => None,
+    };
+    let online = next
+        .try_call("hosts", json!({"selector": HOST}))
+        .await
+        .is_ok_and(|o| o.structured()["online"] == 1);
+
+    let mut invariants = Invariants::default();
+    invariants.holds(
+        "the job prints more than MESH_OUT holds",
+        written_bytes > stream_max_bytes,
+        format_args!("{written_bytes} bytes against a limit of {stream_max_bytes}"),
+    );
+    invariants.equal("the job runs to its end", "exited", job_state.as_str());
+    invariants.equal("the job exits 0", Some(0), exit_code);
+    invariants.holds(
+        "the status says why output was dropped",
+        status["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("output quota of {}", size.user_quota))),
+        format_args!("reason {}", status["reason"]),
+    );
+    invariants.equal(
+        "kept and dropped add up to what the job printed",
+        written_bytes,
+        kept_bytes + dropped_bytes,
+    );
+    invariants.holds(
+        "no more is kept than the quota",
+        kept_bytes <= size.user_quota,
+        format_args!("{kept_bytes} bytes kept"),
+    );
+    invariants.holds(
+        "the output ends with the quota's marker",
+        marker.ends_with("further output is counted and dropped]"),
+        format_args!("output ends {:?}", output.lines().last()),
+    );
+    invariants.holds(
+        "MESH_OUT stays within its limit",
+        stream_bytes <= stream_max_bytes,
+        format_args!("{stream_bytes} bytes against a limit of {stream_max_bytes}"),
+    );
+    invariants.holds(
+        "heartbeats go on while the job floods",
+        max_heartbeat_gap_ms < ms(heartbeat) * 3,
+        format_args!("a gap of {max_heartbeat_gap_ms} ms"),
+    );
+    invariants.holds("the host stays online", online, "hosts says it is not");
+    invariants.equal(
+        "the next job is stored whole",
+        Some(json!("1\n2\n3\n")),
+        next_output,
+    );
+    invariants.settled(
+        "the next job is audited",
+        next_job_audited_ms.map(Duration::from_millis),
+        Duration::from_secs(30),
+    );
+    invariants.finish(
+        Scenario::DiskQuota,
+        DiskQuotaFigures {
+            written_bytes,
+            kept_bytes,
+            dropped_bytes,
+            user_quota_bytes: size.user_quota,
+            stream_bytes,
+            stream_max_bytes,
+            heartbeat_ms: ms(heartbeat),
+            max_heartbeat_gap_ms,
+            heartbeats: beats.len(),
+            job_ms,
+            job_state,
+            exit_code,
+            next_job_audited_ms,
+        },
+    )
+}
+
+/// How one raw `tools/call` answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// The call's output, as asked.
+    Answered,
+    /// HTTP 503 with the JSON-RPC error `mesh_unreachable` and `Retry-After`.
+    Refused,
+    /// A tool result marked as an error.
+    ToolError,
+    /// Anything else, or no answer within the client's timeout.
+    Wrong,
+}
+
+/// One call of [`nats_away_during_calls`]: when it was sent, how long it took, how it answered.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    sent: Instant,
+    took: Duration,
+    answer: Answer,
+}
+
+/// `size.clients` clients call `bash` one call after another while nats-server is killed with
+/// SIGKILL and restarted on its store after `size.outage`. Every call sent while it is away
+/// answers within twice the gateway's `mesh_unreachable_wait_ms` and a second, refused (HTTP
+/// 503) or with a tool error; every call answers as one of those or as asked; and calls answer
+/// as asked again after the restart.
+pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures, Broken> {
+    let bound = MESH_WAIT * 2 + Duration::from_secs(1);
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| {
+            c.mesh_unreachable_wait = MESH_WAIT;
+            // A call in flight when NATS goes waits this long for its reply; shorter than the
+            // default so the clients are calling again while NATS is still away.
+            c.request_timeout = MESH_WAIT;
+        })
+        .start()
+        .await;
+    let token = gw.mint(USER);
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..size.clients {
+        let (http, url, token) = (gw.http_client(), gw.url(), token.clone());
+        let (calls, stop) = (calls.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            let mut id = c as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sent = Instant::now();
+                let answer = raw_bash(&http, &url, &token, id).await;
+                let call = Call {
+                    sent,
+                    took: sent.elapsed(),
+                    answer,
+                };
+                calls.lock().expect("calls").push(call);
+            }
+        }));
+    }
+    let answered_since = |since: Instant| {
+        let calls = calls.clone();
+        move || {
+            let calls = calls.clone();
+            async move {
+                let calls = calls.lock().expect("calls");
+                calls
+                    .iter()
+                    .any(|c| c.sent >= since && c.answer == Answer::Answered)
+            }
+        }
+    };
+    let warm = settle(answered_since(Instant::now())).await;
+
+    let killed = Instant::now();
+    nats.kill().await;
+    tokio::time::sleep(size.calls_outage).await;
+    nats.restart().await;
+    let restarted = Instant::now();
+    let back = settle(answered_since(restarted)).await;
+    let first_success_ms = back.map(|(_, took)| ms(took));
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let _ = caller.await;
+    }
+
+    let calls = std::mem::take(&mut *calls.lock().expect("calls"));
+    let during: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.sent >= killed && c.sent < restarted)
+        .collect();
+    let count = |answer: Answer| during.iter().filter(|c| c.answer == answer).count();
+    let slowest = |calls: &mut dyn Iterator<Item = &Call>| calls.map(|c| c.took).max();
+    let slowest_during = slowest(&mut during.iter().copied()).unwrap_or_default();
+    let slowest_all = slowest(&mut calls.iter()).unwrap_or_default();
+    let wrong = calls.iter().filter(|c| c.answer == Answer::Wrong).count();
+    let refused = count(Answer::Refused);
+    let tool_errors = count(Answer::ToolError);
+
+    let mut invariants = Invariants::default();
+    invariants.holds(
+        "calls answer before the outage",
+        warm.is_some(),
+        "no call answered",
+    );
+    invariants.holds(
+        "calls fail fast while NATS is away",
+        refused + tool_errors > 0,
+        format_args!("none of {} calls was refused", during.len()),
+    );
+    invariants.holds(
+        "every call during the outage answers within the bound",
+        slowest_during < bound,
+        format_args!("the slowest took {slowest_during:?}, bound {bound:?}"),
+    );
+    invariants.equal(
+        "every call answers, is refused or is a tool error",
+        0,
+        wrong,
+    );
+    invariants.settled(
+        "calls answer again after the restart",
+        first_success_ms.map(Duration::from_millis),
+        Duration::from_secs(30),
+    );
+    invariants.finish(
+        Scenario::NatsAwayDuringCalls,
+        NatsAwayCallsFigures {
+            clients: size.clients,
+            outage_ms: ms(size.calls_outage),
+            mesh_wait_ms: ms(MESH_WAIT),
+            bound_ms: ms(bound),
+            calls: calls.len(),
+            calls_during_outage: during.len(),
+            refused,
+            tool_errors,
+            wrong,
+            slowest_during_outage_ms: ms(slowest_during),
+            slowest_ms: ms(slowest_all),
+            first_success_ms,
+        },
+    )
+}
+
 // === what the scenarios share ===
+
+/// Calls `bash` (`echo ok`) with a bare JSON-RPC request, as a client without a session would,
+/// and says how it answered.
+async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> Answer {
+    let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "bash", "arguments": {"host": HOST, "cmd": "echo ok"}}});
+    let sent = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(token)
+        .json(&request)
+        .timeout(CALL_TIMEOUT)
+        .send()
+        .await;
+    let Ok(response) = sent else {
+        return Answer::Wrong;
+    };
+    let (status, retry_after, body) = read_answer(response).await;
+    let result = &body["result"];
+    match status {
+        503 if body["error"]["code"] == UNAVAILABLE
+            && rejection_of(&body) == Some(Rejection::MeshUnreachable)
+            && retry_after.is_some() =>
+        {
+            Answer::Refused
+        }
+        200 if result["isError"] == true => Answer::ToolError,
+        200 if result["structuredContent"]["output"] == "ok\n" => Answer::Answered,
+        _ => Answer::Wrong,
+    }
+}
+
+/// The heartbeat times (unix ms) the agent's presence showed, each once, sampled every
+/// [`POLL`] until `done` and four were seen.
+async fn heartbeats_until(agent: &RunningAgent, done: &AtomicBool) -> Vec<u64> {
+    let mut beats: Vec<u64> = Vec::new();
+    // At least a few beats, however soon the job ends.
+    while !done.load(Ordering::Relaxed) || beats.len() < 4 {
+        if let Some(p) = agent.presence().await
+            && beats.last() != Some(&p.heartbeat_at_ms)
+        {
+            beats.push(p.heartbeat_at_ms);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    beats
+}
+
+/// Whether the store holds an audit event of `trace` within [`SETTLE_LIMIT`].
+async fn audit_stored(sink: &RunningAudit, trace: &str) -> bool {
+    let query = pb::AuditQuery {
+        trace_id: trace.to_string(),
+        ..Default::default()
+    };
+    settle(|| async {
+        let page = sink.try_query(query.clone()).await.ok()?;
+        (!page.records.is_empty()).then_some(())
+    })
+    .await
+    .is_some()
+}
 
 /// How far a job has got, from a one-line tail page.
 struct Progress {
@@ -949,6 +1383,16 @@ where
 /// How many processes of `jobs` are alive.
 fn count_processes(jobs: &[String]) -> usize {
     jobs.iter().map(|job| job_processes(job).len()).sum()
+}
+
+/// Bytes stored in `stream` now.
+async fn stream_bytes(nats: &Nats, stream: &str) -> u64 {
+    let js = nats.jetstream().await;
+    let mut stream = js
+        .get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("{stream} exists: {e}"));
+    stream.info().await.expect("stream info").state.bytes
 }
 
 /// Messages in the `AUDIT` stream now.

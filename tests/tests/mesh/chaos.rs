@@ -39,3 +39,13 @@ async fn sink_kills_during_calls_leave_every_audit_row_once_and_the_chain_intact
 async fn the_mesh_recovers_from_a_nats_outage_while_idle_without_restarts() {
     holds(Scenario::NatsOutageIdle).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_past_the_quota_and_the_stream_is_dropped_counted_and_harmless() {
+    holds(Scenario::DiskQuota).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_while_nats_is_away_fail_fast_and_answer_again_after() {
+    holds(Scenario::NatsAwayDuringCalls).await;
+}
