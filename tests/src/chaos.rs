@@ -1,4 +1,4 @@
-//! Fault scenarios run against a real mesh: each kills a part with SIGKILL (or takes NATS away), measures how the mesh settles, returns its figures and checks the promises that must survive.
+//! Fault scenarios run against a real mesh: each kills a part with SIGKILL (or takes NATS away, or floods output past its limits), measures how the mesh settles, returns its figures and checks the promises that must survive.
 //!
 //! The scenarios are written once and run at two sizes: [`Size::CI`] by the `chaos` module of
 //! the scenario binary (`tests/tests/mesh/chaos.rs`), [`Size::FULL`] by `execmesh-bench chaos`.
@@ -43,6 +43,9 @@ const PACE: &str = "0.05";
 const POLL: Duration = Duration::from_millis(20);
 /// Longest any one state may take to settle before the scenario reports it broken.
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+/// Longest the mesh may take to work again after a fault has passed (calls answer, events
+/// are audited).
+const RECOVERY: Duration = Duration::from_secs(30);
 /// Longest a client waits for one call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The gateway's `mesh_unreachable_wait_ms` in [`Scenario::NatsAwayDuringCalls`]: shorter than
@@ -871,7 +874,7 @@ pub async fn nats_outage_idle(size: &Size) -> Result<NatsOutageFigures, Broken> 
             .is_some_and(|p| p.agent_instance == agent_instance);
 
     let mut invariants = Invariants::default();
-    let bound = Duration::from_secs(30);
+    let bound = RECOVERY;
     invariants.settled(
         "calls answer again after the outage",
         first_call_ms.map(Duration::from_millis),
@@ -1029,7 +1032,7 @@ pub async fn disk_quota(size: &Size) -> Result<DiskQuotaFigures, Broken> {
     invariants.settled(
         "the next job is audited",
         next_job_audited_ms.map(Duration::from_millis),
-        Duration::from_secs(30),
+        RECOVERY,
     );
     invariants.finish(
         Scenario::DiskQuota,
@@ -1175,7 +1178,7 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
     invariants.settled(
         "calls answer again after the restart",
         first_success_ms.map(Duration::from_millis),
-        Duration::from_secs(30),
+        RECOVERY,
     );
     invariants.finish(
         Scenario::NatsAwayDuringCalls,

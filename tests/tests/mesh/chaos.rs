@@ -1,4 +1,4 @@
-//! The fault scenarios of `execmesh_tests::chaos` at the size of the test suite: parts of the mesh killed with SIGKILL mid-work, and the promises that must hold afterwards.
+//! The fault scenarios of `execmesh_tests::chaos` at the size of the test suite: parts of the mesh killed with SIGKILL mid-work or flooded past their limits, and the promises that must hold afterwards.
 //!
 //! `execmesh-bench chaos` runs the same scenarios at full size and prints their figures. A new
 //! fault scenario gets a line here once it is in `chaos::Scenario`.
