@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 
 use execmesh_gateway::mcp::envelope::{Rejection, UNAVAILABLE};
 use execmesh_nats_server::eventually::Outcome;
-use execmesh_proto::jetstream::{AUDIT_STREAM, MIN_STORE_BUDGET_BYTES, OUT_STREAM, StoreLimits};
+use execmesh_proto::jetstream::{
+    AUDIT_STREAM, JOBS_BUCKET, MIN_STORE_BUDGET_BYTES, OUT_STREAM, StoreLimits,
+};
 use execmesh_proto::pb;
+use execmesh_proto::subject::{DEFAULT_TENANT, job_key};
 use prost::Message as _;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -953,6 +956,7 @@ pub async fn disk_quota(size: &Size) -> Result<DiskQuotaFigures, Broken> {
     let job_state = state_of(ended.as_ref());
     let status = ended.map(|(status, _)| status).unwrap_or_default();
     let exit_code = status["exit_code"].as_i64();
+    let dropped_by = dropped_by(&nats, &job).await;
     let dropped_bytes = status["dropped_bytes"].as_u64().unwrap_or(0);
     let output = job_lines(&client, &job).await.join("\n");
     let marker = output
@@ -995,6 +999,11 @@ pub async fn disk_quota(size: &Size) -> Result<DiskQuotaFigures, Broken> {
     );
     invariants.equal("the job runs to its end", "exited", job_state.as_str());
     invariants.equal("the job exits 0", Some(0), exit_code);
+    invariants.equal(
+        "the status names the quota that dropped output",
+        Some(pb::OutputLimit::UserQuota),
+        dropped_by,
+    );
     invariants.holds(
         "the status says why output was dropped",
         status["reason"]
@@ -1391,6 +1400,26 @@ where
 /// How many processes of `jobs` are alive.
 fn count_processes(jobs: &[String]) -> usize {
     jobs.iter().map(|job| job_processes(job).len()).sum()
+}
+
+/// The limit that cut `job`'s output off on [`HOST`], as its status in `mesh_jobs` names it
+/// (the tools show only its reason in words).
+async fn dropped_by(nats: &Nats, job: &str) -> Option<pb::OutputLimit> {
+    let token = |kind, value| execmesh_proto::subject::Token::parse(kind, value).ok();
+    let key = job_key(
+        &token("tenant", DEFAULT_TENANT)?,
+        &token("host id", HOST)?,
+        &token("job id", job)?,
+    );
+    let kv = nats
+        .jetstream()
+        .await
+        .get_key_value(JOBS_BUCKET)
+        .await
+        .ok()?;
+    let value = kv.get(&key).await.ok()??;
+    let status = pb::JobStatus::decode(value).ok()?;
+    pb::OutputLimit::try_from(status.dropped_by).ok()
 }
 
 /// Bytes stored in `stream` now.
