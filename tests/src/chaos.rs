@@ -54,6 +54,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The gateway's `mesh_unreachable_wait_ms` in [`Scenario::NatsAwayDuringCalls`]: shorter than
 /// the default so the scenario's outage holds many refusals at either size.
 const MESH_WAIT: Duration = Duration::from_secs(1);
+/// The gateway's `request_timeout_ms` there: shorter than the default so the clients are
+/// calling again soon after NATS went away.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of each numbered line a flooding job prints (`seq -f '%099g'` and its newline).
 const FLOOD_LINE: u64 = 100;
 
@@ -1089,12 +1092,15 @@ struct Call {
 }
 
 /// `size.clients` clients call `bash` one call after another while nats-server is killed with
-/// SIGKILL and restarted on its store after `size.outage`. Every call sent while it is away
-/// answers within twice the gateway's `mesh_unreachable_wait_ms` and a second, refused (HTTP
-/// 503) or with a tool error; every call answers as one of those or as asked; and calls answer
+/// SIGKILL and restarted on its store after `size.calls_outage`. Every call sent while it is
+/// away answers within the gateway's `request_timeout_ms`, twice its `mesh_unreachable_wait_ms`
+/// and a second, refused (HTTP 503), with a tool error or, sent just before the restart, as
+/// asked; every call answers as one of those or as asked; and calls answer
 /// as asked again after the restart.
 pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures, Broken> {
-    let bound = MESH_WAIT * 2 + Duration::from_secs(1);
+    // A call sent as NATS dies finds the connection still up: it waits for its reply
+    // (`request_timeout`) before it waits for the connection to come back.
+    let bound = REQUEST_TIMEOUT + MESH_WAIT * 2 + Duration::from_secs(1);
     let nats = Nats::start().await;
     let _agent = NodeAgent::new(&nats, HOST).start().await;
     let gw = Gateway::new(&nats)
@@ -1102,7 +1108,7 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
             c.mesh_unreachable_wait = MESH_WAIT;
             // A call in flight when NATS goes waits this long for its reply; shorter than the
             // default so the clients are calling again while NATS is still away.
-            c.request_timeout = MESH_WAIT;
+            c.request_timeout = REQUEST_TIMEOUT;
         })
         .start()
         .await;
