@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::audit_kind;
+use execmesh_tests::process::job_processes;
 use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, RunningAudit, eventually};
 use serde_json::json;
 
@@ -177,6 +178,11 @@ async fn every_reader_says_lost_for_a_job_whose_agent_died() {
     let polled = client.job("poll", &job).await;
     assert_eq!(polled.structured()["job"]["state"], "lost");
     assert_eq!(polled.structured()["done"], true);
+
+    // The job's `sleep` outlived its agent; the restarted agent kills it, so the test leaves
+    // no process behind on the machine.
+    agent.restart().await;
+    eventually(WAIT, || async { job_processes(&job).is_empty() }).await;
 }
 
 /// The MCP `hosts` entry of `host`.
