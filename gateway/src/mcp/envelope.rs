@@ -154,7 +154,9 @@ pub fn parse(body: &[u8]) -> Result<Message, Refused> {
         message: format!("parse error: the body is not JSON ({e})"),
     })?;
     let id = value.get("id").cloned().unwrap_or(Value::Null);
-    if let Err(e) = serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(body) {
+    // Checked on the parsed tree, not the text again: the body is read once here (rmcp
+    // parses it once more, for itself).
+    if let Err(e) = <rmcp::model::ClientJsonRpcMessage as serde::Deserialize>::deserialize(&value) {
         return Err(Refused {
             rejection: Rejection::InvalidRequest,
             id,
