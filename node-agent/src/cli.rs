@@ -44,6 +44,18 @@ pub struct Cli {
     )]
     pub labels: Vec<String>,
 
+    /// Pins a runbook: NAME=HASH (the `sha256:…` that `execmeshctl runbooks` shows); repeat
+    /// the flag for more. With any pin, this host runs only pinned runbooks, each only at its
+    /// pinned hash (an edited runbook is refused until its new hash is pinned); without pins it
+    /// runs whatever runbook the gateway signs. In the environment: comma-separated.
+    #[arg(
+        long = "runbook-pin",
+        env = "EXECMESH_RUNBOOK_PINS",
+        value_name = "NAME=HASH",
+        value_delimiter = ','
+    )]
+    pub runbook_pins: Vec<String>,
+
     /// A gateway public key this host trusts (base64 Ed25519, as in the gateway's
     /// `exec-signing.key.pub`), or a file of such keys, one per line; repeat the flag for more.
     /// Only requests signed by one of them are acted on; without any, every request is refused.

@@ -68,6 +68,9 @@ pub struct Config {
     /// The CommandGuard: on or off, deny-list or allowlist mode, extra deny rules, default
     /// rules switched off, allowed commands.
     pub guard: GuardConfig,
+    /// Runbook name → the one hash (`sha256:…`) this host runs it at. Empty: every runbook the
+    /// gateway signs runs; otherwise only these, at these hashes (`[runbook_pins]`).
+    pub runbook_pins: BTreeMap<String, String>,
     /// Most jobs running at once.
     pub max_jobs: usize,
     /// Timeout of a job whose request names none.
@@ -181,6 +184,7 @@ impl Default for Config {
             max_tier: Tier::Dangerous,
             run_as: BTreeMap::new(),
             guard: GuardConfig::default(),
+            runbook_pins: BTreeMap::new(),
             max_jobs: 64,
             default_timeout_secs: 3600,
             kill_grace_ms: 5000,
@@ -278,6 +282,7 @@ impl Config {
             max_tier: l.get("max_tier", "--max-tier", &c.max_tier, d.max_tier),
             run_as: BTreeMap::new(),
             guard: d.guard.clone(),
+            runbook_pins: BTreeMap::new(),
             max_jobs: l.get("max_jobs", "--max-jobs", &c.max_jobs, d.max_jobs),
             default_timeout_secs: l.get(
                 "default_timeout_secs",
@@ -442,6 +447,7 @@ impl Config {
             }
         }
         config.labels = l.labels(&cli.labels);
+        config.runbook_pins = l.runbook_pins(&cli.runbook_pins);
         config.run_as = l.run_as(&cli.run_as);
         config.guard = l.guard(&cli.guard_enabled, d.guard);
         l.check_unknown_keys();
@@ -766,6 +772,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_tier",
     "run_as",
     "guard",
+    "runbook_pins",
     "max_jobs",
     "default_timeout_secs",
     "kill_grace_ms",
@@ -1026,6 +1033,54 @@ impl Layers {
             }
         }
         labels
+    }
+
+    /// `[runbook_pins]` (`name = "sha256:…"`) and `--runbook-pin NAME=HASH`, which win.
+    fn runbook_pins(&mut self, cli: &[String]) -> BTreeMap<String, String> {
+        let mut pins = BTreeMap::new();
+        match self.file.get("runbook_pins") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::String(s) => {
+                            pins.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            let file = self.file_name();
+                            self.problems.push(format!(
+                                "runbook_pins.{k} = {other} (in {file}): a pin is the runbook's hash, a string `sha256:…`"
+                            ));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "runbook_pins = {other} (in {file}): expected a table such as `[runbook_pins]` / `disk-usage = \"sha256:…\"`"
+                ));
+            }
+        }
+        for pair in cli {
+            match pair.split_once('=') {
+                Some((k, v)) => {
+                    pins.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                None => self.problems.push(format!(
+                    "runbook pin `{pair}` (from --runbook-pin or EXECMESH_RUNBOOK_PINS): expected NAME=HASH"
+                )),
+            }
+        }
+        for (name, hash) in &pins {
+            let hex = hash.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.problems.push(format!(
+                    "runbook pin `{name}`: `{hash}` is not a runbook hash (`sha256:` and 64 hex digits, as `execmeshctl runbooks` shows)"
+                ));
+            }
+        }
+        pins
     }
 
     fn check_unknown_keys(&mut self) {

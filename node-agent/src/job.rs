@@ -105,6 +105,7 @@ pub async fn start(
     let spawn_spec = SpawnSpec {
         shell: &node.config.shell,
         cmd: &spec.cmd,
+        argv: &spec.argv,
         cwd: spec.cwd.as_deref(),
         env: &env,
         job: &job,

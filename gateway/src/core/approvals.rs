@@ -257,7 +257,14 @@ impl Authority<'_> {
                 approvers: approvers.describe(),
             });
         }
-        let needed = tier::required(&record.tool, record.action.as_deref());
+        // A held runbook needs the runbook's own tier (its name is the record's action).
+        let needed = match (record.tool.as_str(), record.action.as_deref()) {
+            ("runbook", Some(name)) => self
+                .policy
+                .runbook(name)
+                .map_or(Tier::Dangerous, |rb| rb.tier),
+            (tool, action) => tier::required(tool, action),
+        };
         if approver.tier < needed {
             return Err(ApprovalError::ApproverTier {
                 id: id.clone(),

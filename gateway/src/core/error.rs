@@ -17,7 +17,9 @@ use crate::core::paging::CursorError;
 pub enum ToolError {
     #[error("invalid arguments for `{tool}`: {reason}")]
     InvalidArguments { tool: String, reason: String },
-    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts and whoami")]
+    #[error(
+        "unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts, whoami and runbook"
+    )]
     UnknownTool(String),
     #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
     UnknownHost { host: String, known: Vec<String> },
@@ -211,7 +213,7 @@ pub fn is_node_denial(code: pb::ErrorCode) -> bool {
     use pb::ErrorCode as C;
     matches!(
         code,
-        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots
+        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots | C::RunbookNotPinned
     )
 }
 

@@ -19,6 +19,7 @@ pub mod paging;
 pub mod policy;
 pub mod records;
 pub mod revocation;
+pub mod runbooks;
 pub mod selector;
 pub mod signer;
 pub mod tier;

@@ -17,6 +17,7 @@ pub(crate) mod job;
 mod progress;
 mod reach;
 mod result;
+mod runbook;
 mod strict;
 mod tool_list;
 mod whoami;
@@ -125,7 +126,9 @@ action `poll`, passing `next_cursor` back, `wait` for it, or `kill` it) or on ev
 `hosts` selector matches, with one status per host. A non-zero exit code is a normal result, not \
 an error. `grep` searches files on many hosts at once; `digest: true` shows which lines are \
 unusual across the fleet. `facts` describes hosts (OS, memory, disks, services, ports). `file` \
-reads (paged), lists, greps, writes and copies files within the directories each host allows.";
+reads (paged), lists, greps, writes and copies files within the directories each host allows. \
+`runbook` lists and runs the operator's reviewed operations with typed parameters, also where \
+your tier does not allow `bash`.";
 
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
@@ -137,6 +140,7 @@ pub fn definitions() -> Vec<Tool> {
         grep::definition(),
         facts::definition(),
         whoami::definition(),
+        runbook::definition(),
     ];
     for tool in &mut tools {
         let gated = crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref());
@@ -270,6 +274,7 @@ impl ServerHandler for Handler {
                 Params::Grep(p) => grep::call(&call, p).await,
                 Params::Facts(p) => facts::call(&call, p).await,
                 Params::Whoami(p) => whoami::call(&call, p).await,
+                Params::Runbook(p) => runbook::call(&call, p).await,
             }
         }
         .instrument(span.clone())

@@ -21,6 +21,7 @@ mod oauth;
 mod outage;
 mod outcomes;
 mod protocol;
+mod runbooks;
 mod security_node;
 mod states;
 mod tiers;
