@@ -756,6 +756,22 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         })
 }
 
+/// How a table of strings (`[labels]`, `[runbook_pins]`) is named in problems.
+struct TableNames {
+    /// The file's key.
+    key: &'static str,
+    /// What a value must be.
+    values: &'static str,
+    /// What the table looks like.
+    example: &'static str,
+    /// One pair of the flag, in words.
+    item: &'static str,
+    /// The flag and variable that give pairs.
+    source: &'static str,
+    /// The shape of a pair.
+    form: &'static str,
+}
+
 /// The file layer under the flag/environment layer, collecting problems as keys are read.
 struct Layers {
     file: toml::Table,
@@ -997,81 +1013,32 @@ impl Layers {
     }
 
     fn labels(&mut self, cli: &[String]) -> BTreeMap<String, String> {
-        let mut labels = BTreeMap::new();
-        match self.file.get("labels") {
-            None => {}
-            Some(toml::Value::Table(t)) => {
-                for (k, v) in t {
-                    match v {
-                        toml::Value::String(s) => {
-                            labels.insert(k.clone(), s.clone());
-                        }
-                        other => {
-                            let file = self.file_name();
-                            self.problems.push(format!(
-                                "labels.{k} = {other} (in {file}): label values are strings"
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                let file = self.file_name();
-                self.problems.push(format!(
-                    "labels = {other} (in {file}): expected a table such as `[labels]` / `role = \"web\"`"
-                ));
-            }
-        }
-        for pair in cli {
-            match pair.split_once('=') {
-                Some((k, v)) => {
-                    labels.insert(k.trim().to_string(), v.trim().to_string());
-                }
-                None => self.problems.push(format!(
-                    "label `{pair}` (from --label or EXECMESH_LABELS): expected KEY=VALUE"
-                )),
-            }
-        }
-        labels
+        self.string_table(
+            cli,
+            &TableNames {
+                key: "labels",
+                values: "label values are strings",
+                example: "`[labels]` / `role = \"web\"`",
+                item: "label",
+                source: "--label or EXECMESH_LABELS",
+                form: "KEY=VALUE",
+            },
+        )
     }
 
     /// `[runbook_pins]` (`name = "sha256:…"`) and `--runbook-pin NAME=HASH`, which win.
     fn runbook_pins(&mut self, cli: &[String]) -> BTreeMap<String, String> {
-        let mut pins = BTreeMap::new();
-        match self.file.get("runbook_pins") {
-            None => {}
-            Some(toml::Value::Table(t)) => {
-                for (k, v) in t {
-                    match v {
-                        toml::Value::String(s) => {
-                            pins.insert(k.clone(), s.clone());
-                        }
-                        other => {
-                            let file = self.file_name();
-                            self.problems.push(format!(
-                                "runbook_pins.{k} = {other} (in {file}): a pin is the runbook's hash, a string `sha256:…`"
-                            ));
-                        }
-                    }
-                }
-            }
-            Some(other) => {
-                let file = self.file_name();
-                self.problems.push(format!(
-                    "runbook_pins = {other} (in {file}): expected a table such as `[runbook_pins]` / `disk-usage = \"sha256:…\"`"
-                ));
-            }
-        }
-        for pair in cli {
-            match pair.split_once('=') {
-                Some((k, v)) => {
-                    pins.insert(k.trim().to_string(), v.trim().to_string());
-                }
-                None => self.problems.push(format!(
-                    "runbook pin `{pair}` (from --runbook-pin or EXECMESH_RUNBOOK_PINS): expected NAME=HASH"
-                )),
-            }
-        }
+        let pins = self.string_table(
+            cli,
+            &TableNames {
+                key: "runbook_pins",
+                values: "a pin is the runbook's hash, a string `sha256:…`",
+                example: "`[runbook_pins]` / `disk-usage = \"sha256:…\"`",
+                item: "runbook pin",
+                source: "--runbook-pin or EXECMESH_RUNBOOK_PINS",
+                form: "NAME=HASH",
+            },
+        );
         for (name, hash) in &pins {
             let hex = hash.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -1081,6 +1048,54 @@ impl Layers {
             }
         }
         pins
+    }
+
+    /// A table of strings in the file, then `KEY=VALUE` pairs from the command line or
+    /// environment (`cli`), which win; `names` words the problems.
+    fn string_table(&mut self, cli: &[String], names: &TableNames) -> BTreeMap<String, String> {
+        let TableNames {
+            key,
+            values,
+            example,
+            item,
+            source,
+            form,
+        } = names;
+        let mut table = BTreeMap::new();
+        match self.file.get(*key) {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (k, v) in t {
+                    match v {
+                        toml::Value::String(s) => {
+                            table.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            let file = self.file_name();
+                            self.problems
+                                .push(format!("{key}.{k} = {other} (in {file}): {values}"));
+                        }
+                    }
+                }
+            }
+            Some(other) => {
+                let file = self.file_name();
+                self.problems.push(format!(
+                    "{key} = {other} (in {file}): expected a table such as {example}"
+                ));
+            }
+        }
+        for pair in cli {
+            match pair.split_once('=') {
+                Some((k, v)) => {
+                    table.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                None => self
+                    .problems
+                    .push(format!("{item} `{pair}` (from {source}): expected {form}")),
+            }
+        }
+        table
     }
 
     fn check_unknown_keys(&mut self) {
@@ -1475,6 +1490,33 @@ mod tests {
             "guard.colour",
             "guard_enabled",
         ] {
+            assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+        }
+    }
+
+    #[test]
+    fn runbook_pins_load_from_the_file_and_flags_and_a_bad_hash_is_named() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let config = load(
+            &format!("[runbook_pins]\ndisk-usage = \"{hash}\"\n"),
+            Cli {
+                runbook_pins: vec![format!("cert-expiry={hash}")],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.runbook_pins.len(), 2);
+        assert_eq!(config.runbook_pins["disk-usage"], hash);
+        let err = load(
+            "[runbook_pins]\ndisk-usage = \"md5:abc\"\nother = 3\n",
+            Cli {
+                runbook_pins: vec!["no-equals".into()],
+                ..Cli::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["md5:abc", "runbook_pins.other", "no-equals"] {
             assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
         }
     }

@@ -67,6 +67,11 @@ tier = "readonly"
 hosts = "role=web"
 "#;
 
+/// The arguments of `runbook` action `run` of `name` on one `host`.
+fn run_on(host: &str, name: &str, params: Value) -> Value {
+    json!({"action": "run", "name": name, "host": host, "params": params})
+}
+
 /// The policy of these scenarios: `sam` is readonly on web hosts, `ops` standard everywhere.
 fn policy() -> Policy {
     Policy::new()
@@ -115,7 +120,7 @@ async fn a_readonly_user_runs_a_readonly_runbook_on_its_hosts_and_is_refused_bas
     let out = sam
         .call(
             "runbook",
-            json!({"action": "run", "name": "echo-text", "host": web.host(), "params": {"text": "hello"}}),
+            run_on(web.host(), "echo-text", json!({"text": "hello"})),
         )
         .await;
     assert!(!out.is_error(), "{}", out.text());
@@ -131,7 +136,7 @@ async fn a_readonly_user_runs_a_readonly_runbook_on_its_hosts_and_is_refused_bas
     // Outside sam's reach, outside the runbook's hosts, above sam's tier: refused, nothing sent.
     sam.call(
         "runbook",
-        json!({"action": "run", "name": "echo-text", "host": db.host(), "params": {"text": "x"}}),
+        run_on(db.host(), "echo-text", json!({"text": "x"})),
     )
     .await
     .assert_refused_as("denied", "db-1");
@@ -158,7 +163,7 @@ async fn a_readonly_user_runs_a_readonly_runbook_on_its_hosts_and_is_refused_bas
     let marker = "/tmp/execmesh-runbook-tier-marker";
     sam.call(
         "runbook",
-        json!({"action": "run", "name": "touch-tmp", "host": web.host(), "params": {"path": marker}}),
+        run_on(web.host(), "touch-tmp", json!({"path": marker})),
     )
     .await
     .assert_refused_as("tier", "runbook `touch-tmp` needs tier standard");
@@ -184,7 +189,7 @@ async fn breakout_values_are_refused_by_type_and_a_permissive_one_reaches_no_she
     let sam = gw.client("sam").await;
     let marker = tempfile::tempdir().expect("temp dir");
     let touched = marker.path().join("x");
-    let run = |params: Value, name: &str| json!({"action": "run", "name": name, "host": web.host(), "params": params});
+    let run = |params: Value, name: &str| run_on(web.host(), name, params);
 
     let cases = [
         (
@@ -320,7 +325,11 @@ async fn an_approval_marked_runbook_is_held_until_approved_and_then_runs_once() 
         .start()
         .await;
     let sam = gw.client("sam").await;
-    let args = json!({"action": "run", "name": "careful", "host": web.host(), "params": {"text": "approved ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"}});
+    let args = run_on(
+        web.host(),
+        "careful",
+        json!({"text": "approved ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789"}),
+    );
     let held = sam.call("runbook", args.clone()).await;
     let id = held.approval_id();
     assert!(
@@ -420,7 +429,7 @@ async fn an_edited_runbook_file_changes_its_hash_and_is_picked_up_on_reload() {
         .await
         .call(
             "runbook",
-            json!({"action": "run", "name": "echo-text", "host": web.host(), "params": {"text": "hi"}}),
+            run_on(web.host(), "echo-text", json!({"text": "hi"})),
         )
         .await;
     assert_eq!(
@@ -455,7 +464,13 @@ async fn a_host_that_pins_runbooks_refuses_a_hash_it_cannot_match() {
         .arg("--runbook-pin", format!("echo-text={hash}"))
         .start()
         .await;
-    let run = |name: &str| json!({"action": "run", "name": name, "host": web.host(), "params": if name == "echo-text" { json!({"text": "pinned"}) } else { json!({}) }});
+    let run = |name: &str| {
+        let params = match name {
+            "echo-text" => json!({"text": "pinned"}),
+            _ => json!({}),
+        };
+        run_on(web.host(), name, params)
+    };
 
     let out = sam.call("runbook", run("echo-text")).await;
     assert_eq!(
@@ -500,7 +515,7 @@ async fn the_agent_refuses_a_runbook_request_whose_argv_was_altered_in_flight() 
         .await
         .call(
             "runbook",
-            json!({"action": "run", "name": "echo-text", "host": web.host(), "params": {"text": "genuine"}}),
+            run_on(web.host(), "echo-text", json!({"text": "genuine"})),
         )
         .await;
     assert_eq!(
@@ -585,7 +600,7 @@ async fn the_starter_catalogue_runs_for_real_where_this_machine_can() {
     assert_eq!(names.len(), 7, "{names:?}");
     let gw = gw.start().await;
     let ops = gw.client("ops").await;
-    let run = |name: &str, params: Value| json!({"action": "run", "name": name, "host": web.host(), "params": params});
+    let run = |name: &str, params: Value| run_on(web.host(), name, params);
 
     let out = ops
         .call("runbook", run("disk-usage", json!({"path": "/tmp"})))
@@ -635,4 +650,68 @@ async fn the_starter_catalogue_runs_for_real_where_this_machine_can() {
             out.text()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execmeshctl_lists_the_runbooks_a_user_may_run_with_their_hashes() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .policy(policy())
+        .runbook("echo-text", ECHO)
+        .runbook("touch-tmp", TOUCH)
+        .admin()
+        .start()
+        .await;
+    let addr = format!("http://{}", gw.admin_addr().expect("the admin API"));
+    let home = tempfile::tempdir().expect("a temp home");
+    let ctl = async |user: &str, json: bool| {
+        let mut command =
+            tokio::process::Command::new(execmesh_tests::process::workspace_binary("execmeshctl"));
+        command
+            .args(["runbooks", "--addr", &addr, "--token"])
+            .arg(gw.issue(user, Duration::from_secs(600), "mcp admin", Tier::Standard))
+            .env_clear()
+            .env("HOME", home.path())
+            .current_dir(home.path());
+        if json {
+            command.arg("--json");
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+            .await
+            .expect("execmeshctl answers in time")
+            .expect("run execmeshctl");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let listed = ctl("sam", true).await;
+    let listed: Value = serde_json::from_str(&listed).expect("JSON");
+    let names: Vec<&str> = listed["runbooks"]
+        .as_array()
+        .expect("runbooks")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["echo-text"], "readonly sam sees what sam may run");
+    assert_eq!(listed["runbooks"][0]["tier"], json!("readonly"));
+    assert_eq!(
+        listed["runbooks"][0]["params"]["properties"]["text"]["type"],
+        json!("string")
+    );
+    let hash = listed["runbooks"][0]["hash"].as_str().expect("a hash");
+    assert!(hash.starts_with("sha256:"), "{hash}");
+
+    let table = ctl("ops", false).await;
+    let header = table.lines().next().expect("a header");
+    for column in ["NAME", "TIER", "HOSTS", "APPROVAL", "RUNS", "HASH"] {
+        assert!(header.contains(column), "{table}");
+    }
+    let touch = table
+        .lines()
+        .find(|l| l.starts_with("touch-tmp"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        touch.contains("standard") && touch.contains("touch {path}"),
+        "{touch}"
+    );
+    assert!(table.contains(hash), "{table}");
 }
