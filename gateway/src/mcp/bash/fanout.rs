@@ -1,5 +1,6 @@
-//! `bash` with `hosts`: one command on every host a selector matches, each host ending with one
-//! status, small outputs inline and large ones paged per host under the call's group id.
+//! `bash` (and `runbook`) with `hosts`: one command on every host a selector matches, each host
+//! ending with one status, small outputs inline and large ones paged per host under the call's
+//! group id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! `bash`: run a command on one host as a job; short jobs answer inline, long ones by job id.
+//! Its run path ([`launch`]: one host or a fan-out) is also the one `runbook` runs through.
 
 mod fanout;
 
