@@ -23,4 +23,5 @@ mod outcomes;
 mod protocol;
 mod security_node;
 mod states;
+mod telemetry;
 mod tiers;
