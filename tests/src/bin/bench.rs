@@ -196,16 +196,7 @@ async fn roundtrip() -> anyhow::Result<Value> {
     let clients = Arc::new(clients);
     let mesh = measure(move |i| {
         let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
-        async move {
-            let out = client
-                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
-                .await
-                .context("bash call")?;
-            if out.structured()["exit_code"] != 0 {
-                bail!("unexpected result: {}", out.text());
-            }
-            Ok(())
-        }
+        async move { bash_true(&client, "bench-1").await }
     })
     .await?;
     let peer = peer::measure().await?;
@@ -219,6 +210,18 @@ async fn roundtrip() -> anyhow::Result<Value> {
         "p50_ratio_mesh_over_peer": (ratio * 100.0).round() / 100.0,
         "concurrent_throughput_mesh_over_peer": (speedup * 100.0).round() / 100.0,
     }))
+}
+
+/// One `bash true` on `host`, which must exit 0.
+async fn bash_true(client: &McpClient, host: &str) -> anyhow::Result<()> {
+    let out = client
+        .try_call("bash", json!({"host": host, "cmd": "true"}))
+        .await
+        .context("bash call")?;
+    if out.structured()["exit_code"] != 0 {
+        bail!("unexpected result: {}", out.text());
+    }
+    Ok(())
 }
 
 /// `roundtrip`'s calls through the gateway and agent binaries, with trace export off and then on
@@ -251,16 +254,7 @@ async fn telemetry() -> anyhow::Result<Value> {
         report[key] = measure(move |i| {
             let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
             let host = host.clone();
-            async move {
-                let out = client
-                    .try_call("bash", json!({"host": host.as_str(), "cmd": "true"}))
-                    .await
-                    .context("bash call")?;
-                if out.structured()["exit_code"] != 0 {
-                    bail!("unexpected result: {}", out.text());
-                }
-                Ok(())
-            }
+            async move { bash_true(&client, &host).await }
         })
         .await?;
     }
