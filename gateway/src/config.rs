@@ -11,6 +11,7 @@ use serde::Deserialize;
 use execmesh_proto::Token;
 use execmesh_runtime::config;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 /// Command line of `execmesh-gateway`.
 #[derive(Debug, Parser)]
@@ -119,6 +120,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub nats: NatsSettings,
+    /// Where traces are exported (OTLP), if anywhere.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telemetry: TelemetrySettings,
     /// The mesh's public identities file (`identities.toml`, written by `nats-config`): every
     /// record read from JetStream must be signed by the identity entitled to it, or it is
     /// ignored. Reread when it changes. Without it (development) records are not checked.
@@ -336,6 +341,10 @@ pub struct Config {
     /// How long the revocation list's copy is trusted once it cannot be kept current.
     pub revocation_max_staleness: Duration,
     pub log_json: bool,
+    /// Where traces are exported; `None`: they are not.
+    pub telemetry: Option<Export>,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsAt,
     /// Named host groups (`@name` in selectors), as selector text; checked at load.
     pub groups: BTreeMap<String, String>,
     /// Default sliding window of a fan-out: hosts contacted at once.
@@ -436,6 +445,8 @@ impl Config {
             mesh_unreachable_wait: Duration::from_secs(2),
             revocation_max_staleness: crate::core::revocation::DEFAULT_MAX_STALENESS,
             log_json: false,
+            telemetry: None,
+            metrics: MetricsAt::Shared,
             groups: BTreeMap::new(),
             fanout_window: 256,
             fanout_max_hosts: 10_000,
@@ -563,6 +574,8 @@ impl Config {
             config.revocation_max_staleness = Duration::from_secs(v);
         }
         config.log_json = pick.log_json.unwrap_or(false);
+        config.telemetry = (pick.telemetry).resolve(|key| std::env::var(key).ok(), &mut problems);
+        config.metrics = (pick.telemetry).metrics(MetricsAt::Shared, &mut problems);
         if let Some(v) = pick.groups {
             config.groups = v;
         }

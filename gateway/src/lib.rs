@@ -38,6 +38,8 @@ pub enum GatewayError {
     Approvals(#[from] crate::core::approvals::ApprovalError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Metrics(#[from] execmesh_runtime::metrics::MetricsError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::TelemetrySettings;
 
 /// `execmesh-node-agent`: executes requests for this host and streams their output into JetStream.
 ///
@@ -25,6 +26,10 @@ pub struct Cli {
     /// Where NATS is and how to authenticate to it and verify it.
     #[command(flatten)]
     pub nats: NatsSettings,
+
+    /// Where traces are exported (OTLP), if anywhere.
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
 
     /// Tenant this host belongs to (`[a-z0-9-]{1,63}`). [default: default]
     #[arg(long, env = "EXECMESH_TENANT", value_name = "TOKEN")]

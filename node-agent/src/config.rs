@@ -8,6 +8,7 @@ use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
 use execmesh_proto::{Token, jetstream};
 use execmesh_runtime::config::Rendered;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
@@ -145,6 +146,10 @@ pub struct Config {
     pub log: String,
     /// Log JSON lines instead of text.
     pub log_json: bool,
+    /// Where traces are exported; `None`: they are not.
+    pub telemetry: Option<Export>,
+    /// Where `/metrics` is served (nowhere by default).
+    pub metrics: MetricsAt,
 }
 
 /// Why a configuration cannot be used. [`ConfigError::Invalid`] lists every bad value at once.
@@ -216,6 +221,8 @@ impl Default for Config {
             redact_patterns: Vec::new(),
             log: "info".to_string(),
             log_json: false,
+            telemetry: None,
+            metrics: MetricsAt::Off,
         }
     }
 }
@@ -266,7 +273,7 @@ impl Config {
 
         let tenant_s: String = l.get("tenant", "--tenant", &c.tenant, d.tenant.to_string());
         let host_s: Option<String> = l.get_opt("host_id", "--host-id", &c.host_id);
-        let nats = c.nats.clone().or(l.nats());
+        let nats = c.nats.clone().or(l.shared());
         let mut config = Config {
             nats_url: nats.url(),
             nats_creds: nats.nats_creds,
@@ -434,7 +441,12 @@ impl Config {
             redact_patterns: l.patterns("redact_patterns", &c.redact_patterns),
             log: l.get("log", "--log", &c.log, d.log),
             log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
+            telemetry: None,
+            metrics: MetricsAt::Off,
         };
+        let telemetry: TelemetrySettings = c.telemetry.clone().or(l.shared());
+        config.telemetry = telemetry.resolve(|key| std::env::var(key).ok(), &mut l.problems);
+        config.metrics = telemetry.metrics(MetricsAt::Off, &mut l.problems);
 
         match Token::parse("tenant", &tenant_s) {
             Ok(t) => config.tenant = t,
@@ -823,10 +835,10 @@ const KNOWN_KEYS: &[&str] = &[
 ];
 
 impl Layers {
-    /// The NATS keys of the file, read (and checked) as the one [`NatsSettings`] every service
-    /// shares.
-    fn nats(&mut self) -> NatsSettings {
-        let keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+    /// The keys of the file that settings every service shares (the NATS ones, the telemetry
+    /// ones) declare, read (and checked) as those settings.
+    fn shared<S: clap::Args + serde::de::DeserializeOwned + Default>(&mut self) -> S {
+        let keys = execmesh_runtime::config::keys_of::<S>();
         let table = (self.file.iter())
             .filter(|(key, _)| keys.contains(key))
             .map(|(key, value)| (key.clone(), value.clone()))
@@ -1099,11 +1111,12 @@ impl Layers {
     }
 
     fn check_unknown_keys(&mut self) {
-        let nats_keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+        let mut shared_keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+        shared_keys.extend(execmesh_runtime::config::keys_of::<TelemetrySettings>());
         let unknown: Vec<String> = self
             .file
             .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !nats_keys.contains(k))
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !shared_keys.contains(k))
             .cloned()
             .collect();
         for key in unknown {

@@ -36,8 +36,6 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return config::invalid(&e),
     };
-    telemetry::init(&config);
-
     // Two workers carry the agent. The blocking pool runs file operations (at most
     // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
     // start on demand and end when idle.
@@ -50,12 +48,23 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(exit) => return exit,
     };
-    runtime.block_on(signals::serve(
+    // The span exporter runs on the runtime, so it is set up inside it.
+    let telemetry = match runtime.block_on(async { telemetry::init(&config) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("execmesh-node-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(signals::serve(
         "node-agent",
         "exiting without draining",
         ExitCode::FAILURE,
         |shutdown| execmesh_node_agent::run(config, shutdown),
-    ))
+    ));
+    // Flushed on the runtime, which still runs its workers.
+    telemetry.shutdown();
+    code
 }
 
 /// Whether the command line asks for the `guard` tool, whose usage errors exit 2 (as its

@@ -57,6 +57,7 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        crate::metrics::running(-1);
         self.registry.lock().remove(&self.job);
     }
 }
@@ -75,6 +76,7 @@ impl Registry {
             return None;
         }
         jobs.insert(job.clone(), handle);
+        crate::metrics::running(1);
         Some(Registered {
             registry: Arc::clone(self),
             job,

@@ -29,10 +29,12 @@ pub mod identities;
 pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;
+pub mod otlp;
 pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod scrape;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -46,6 +48,7 @@ pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
 pub use gateway_process::GatewayProcess;
 pub use nats::{Nats, NatsTls};
+pub use otlp::OtlpReceiver;
 pub use policy::Policy;
 pub use postgres::Postgres;
 

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use execmesh_proto::{Token, pb, subject};
 
 use crate::core::audit::{CallAudit, request_name};
@@ -41,8 +43,31 @@ impl Dispatcher<'_> {
         // A `run` request starts job `id`: a timeout names it, since it may have started.
         let job = matches!(body, pb::exec_request::Body::Run(_)).then(|| id.clone());
         let request = self.request(host, id, body);
-        let result = self.exchange(host, request, job, wait).await;
-        (self.audit).dispatched(host, id, &name, started.elapsed(), &result);
+        tracing::Span::current().record("host", host.as_str());
+        // One span per host asked (a fan-out has one per host), with how it went; the agent's
+        // span is its child.
+        let span = tracing::info_span!(
+            "dispatch",
+            host = %host,
+            request = %name,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(host, request, job, wait)
+            .instrument(span.clone())
+            .await;
+        crate::core::metrics::host_request(result.as_ref().map_or_else(ToolError::code, |_| "ok"));
+        match &result {
+            Ok(_) => span.record("outcome", "ok"),
+            Err(e) => {
+                span.record("outcome", e.code());
+                span.record("reason", e.to_string());
+                span.record("otel.status_code", "ERROR")
+            }
+        };
+        span.in_scope(|| (self.audit).dispatched(host, id, &name, started.elapsed(), &result));
         result
     }
 
@@ -72,13 +97,14 @@ impl Dispatcher<'_> {
         wait: Duration,
     ) -> Result<pb::exec_reply::Body, ToolError> {
         let mesh = self.mesh;
-        tracing::Span::current().record("host", host.as_str());
+        // Sent from within the host's `dispatch` span: the agent's span becomes its child.
+        let span = tracing::Span::current();
         let reply: pb::ExecReply = match mesh
             .request(
                 host,
                 subject::exec(&mesh.tenant, host, &self.identity.user),
                 &request,
-                Some(&self.trace.traceparent()),
+                Some(&self.trace.traceparent_in(&span)),
                 wait,
             )
             .await

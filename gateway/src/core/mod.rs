@@ -1,5 +1,5 @@
 //! The gateway's domain beneath its faces: mesh access and checked records, hosts, jobs, paging,
-//! dispatch, fan-out, selectors, policy, tiers, approvals, audit, tokens and identities.
+//! dispatch, fan-out, selectors, policy, tiers, approvals, audit, tokens and identities, and the metrics they count.
 //!
 //! Nothing here imports a face (`mcp`, `oauth`, `admin`) or the composition that serves them.
 
@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod key_file;
 pub mod mesh;
+pub mod metrics;
 pub mod paging;
 pub mod policy;
 pub mod records;

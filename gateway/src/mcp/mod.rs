@@ -130,6 +130,14 @@ reads (paged), lists, greps, writes and copies files within the directories each
 `runbook` lists and runs the operator's reviewed operations with typed parameters, also where \
 your tier does not allow `bash`.";
 
+/// The names of the tools served: the only tool names metrics are labelled with.
+static SERVED: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    definitions()
+        .into_iter()
+        .map(|tool| tool.name.to_string())
+        .collect()
+});
+
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
     let mut tools = vec![
@@ -220,22 +228,30 @@ impl ServerHandler for Handler {
             .and_then(|p| p.extensions.get::<Identity>())
             .cloned()
             .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
-        let traceparent = parts
-            .and_then(|p| p.headers.get("traceparent"))
-            .and_then(|v| v.to_str().ok());
-        let trace = TraceContext::continue_or_start(traceparent);
         let tool = request.name.to_string();
         let span = info_span!(
             "tool_call",
             tool = %tool,
             user = %identity.user,
-            trace_id = %trace.trace_id,
-            host = tracing::field::Empty
+            trace_id = tracing::field::Empty,
+            host = tracing::field::Empty,
+            trace.carrier = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
         );
+        // `_meta` (SEP-414) wins over the HTTP headers: see `core::trace`.
+        let meta = (request.meta.as_ref().map(|m| &m.0.0)).or(Some(&context.meta.0.0));
+        let (trace, carrier) = TraceContext::of_call(&span, meta, parts.map(|p| &p.headers));
+        span.record("trace_id", trace.trace_id.as_str());
+        span.record("trace.carrier", carrier.as_str());
         let mut args = request.arguments.unwrap_or_default();
         let approval_id = args.remove(crate::core::approvals::ARG);
-        // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
-        let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
+        // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the
+        // end; each event made in the call's span, whose child the audit-sink's storing is.
+        let audit = span.in_scope(|| {
+            (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args)
+        });
         let (approval_id, approval_error) = match &approval_id {
             None | Some(serde_json::Value::Null) => (None, None),
             Some(serde_json::Value::String(id)) => (Some(id.as_str()), None),
@@ -279,11 +295,23 @@ impl ServerHandler for Handler {
         }
         .instrument(span.clone())
         .await;
-        audit.finish(result.as_ref().map(result::answer));
         let _enter = span.enter();
+        audit.finish(result.as_ref().map(result::answer));
         // One INFO line per call; a call refused for what the client sent is a WARN (rate-limited:
         // a client can repeat it at will).
         let duration_ms = started.elapsed().as_millis() as u64;
+        // Labelled by tool only for the tools served: a name a client made up is `unknown`.
+        let label = if SERVED.contains(&tool) {
+            tool.as_str()
+        } else {
+            "unknown"
+        };
+        let outcome = match &result {
+            Ok(r) if r.is_error == Some(true) => "error",
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        crate::core::metrics::call(label, outcome, started.elapsed());
         let hosts = ["host", "hosts"]
             .iter()
             .find_map(|key| call_args.get(*key).and_then(|v| v.as_str()))
@@ -295,21 +323,35 @@ impl ServerHandler for Handler {
                 } else {
                     "ok"
                 };
+                span.record("outcome", outcome);
                 info!(hosts, outcome, duration_ms, "tool call");
                 result
             }
             Err(e) if e.is_clients_fault() => {
+                failed_in(&span, &e);
                 if let Some(held_back) = REJECTED_CALLS.admit() {
                     warn!(hosts, outcome = e.code(), duration_ms, held_back, error = %e, "tool call rejected");
                 }
                 CallToolResult::from(e)
             }
             Err(e) => {
+                failed_in(&span, &e);
                 info!(hosts, outcome = e.code(), duration_ms, error = %e, "tool call");
                 CallToolResult::from(e)
             }
         };
         Ok(result.into())
+    }
+}
+
+/// Records on a call's `span` how it ended without a result: the outcome and, when it failed,
+/// the reason (a denied call's is what an operator looks for) and an error status.
+fn failed_in(span: &tracing::Span, e: &ToolError) {
+    span.record("outcome", e.code());
+    // A call held for approval has not failed.
+    if !matches!(e, ToolError::ApprovalRequired { .. }) {
+        span.record("reason", e.to_string());
+        span.record("otel.status_code", "ERROR");
     }
 }
 

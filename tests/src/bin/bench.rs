@@ -2,7 +2,8 @@
 //!
 //! Scenarios (all by default, or name them): `roundtrip` (sequential `bash true` calls over HTTP,
 //! p50/p90/p99, and calls/s with 16 concurrent clients, next to a single-host peer: an MCP shell
-//! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
+//! server that runs the command in-process), `telemetry` (the same calls through the gateway and
+//! agent binaries with trace export off, then on to an OTLP receiver in this process), `paging` (a 2,000,000-line job: first and last page;
 //! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
 //! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
 //! tool), `copy` (a 100 MB file copied host to host, MB/s), `fanout` (`grep` over 100 and 1,000
@@ -31,8 +32,9 @@ mod audit;
 #[path = "bench/chaos.rs"]
 mod chaos;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "roundtrip",
+    "telemetry",
     "paging",
     "memory",
     "file-read",
@@ -55,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos]\n\n\
+            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
              a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
@@ -90,6 +92,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(name: &str) -> anyhow::Result<Value> {
     match name {
         "roundtrip" => roundtrip().await,
+        "telemetry" => telemetry().await,
         "paging" => paging().await,
         "memory" => memory().await,
         "file-read" => file_read().await,
@@ -193,16 +196,7 @@ async fn roundtrip() -> anyhow::Result<Value> {
     let clients = Arc::new(clients);
     let mesh = measure(move |i| {
         let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
-        async move {
-            let out = client
-                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
-                .await
-                .context("bash call")?;
-            if out.structured()["exit_code"] != 0 {
-                bail!("unexpected result: {}", out.text());
-            }
-            Ok(())
-        }
+        async move { bash_true(&client, "bench-1").await }
     })
     .await?;
     let peer = peer::measure().await?;
@@ -216,6 +210,56 @@ async fn roundtrip() -> anyhow::Result<Value> {
         "p50_ratio_mesh_over_peer": (ratio * 100.0).round() / 100.0,
         "concurrent_throughput_mesh_over_peer": (speedup * 100.0).round() / 100.0,
     }))
+}
+
+/// One `bash true` on `host`, which must exit 0.
+async fn bash_true(client: &McpClient, host: &str) -> anyhow::Result<()> {
+    let out = client
+        .try_call("bash", json!({"host": host, "cmd": "true"}))
+        .await
+        .context("bash call")?;
+    if out.structured()["exit_code"] != 0 {
+        bail!("unexpected result: {}", out.text());
+    }
+    Ok(())
+}
+
+/// `roundtrip`'s calls through the gateway and agent binaries, with trace export off and then on
+/// (both exporting over gRPC to an OTLP receiver in this process), in one run.
+async fn telemetry() -> anyhow::Result<Value> {
+    let otlp = execmesh_tests::OtlpReceiver::start().await;
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint("bench");
+    let mut report = json!({
+        "what": "bash `true` through MCP client -> gateway binary -> NATS -> agent binary, trace export off vs on",
+    });
+    for (key, export) in [("off", false), ("on", true)] {
+        let host = format!("bench-{key}");
+        let mut agent = NodeAgent::new(&nats, &host);
+        let mut args = Vec::new();
+        if export {
+            agent = agent.arg("--otlp-endpoint", otlp.grpc_url());
+            args = vec!["--otlp-endpoint".to_string(), otlp.grpc_url()];
+        }
+        let _agent = agent.start().await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let replica = gw.spawn_replica_with(&nats, &args).await;
+        let mut clients = Vec::new();
+        for _ in 0..CONCURRENT_CLIENTS {
+            clients.push(Arc::new(McpClient::new(replica.url(), &token).await));
+        }
+        let clients = Arc::new(clients);
+        let host = Arc::new(host);
+        report[key] = measure(move |i| {
+            let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
+            let host = host.clone();
+            async move { bash_true(&client, &host).await }
+        })
+        .await?;
+    }
+    report["spans_received"] = json!(otlp.spans().len());
+    Ok(report)
 }
 
 /// Pages a job from its start to its end; returns (lines, per-page durations).

@@ -24,4 +24,5 @@ mod protocol;
 mod runbooks;
 mod security_node;
 mod states;
+mod telemetry;
 mod tiers;
