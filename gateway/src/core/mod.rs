@@ -1,5 +1,5 @@
 //! The gateway's domain beneath its faces: mesh access and checked records, hosts, jobs, paging,
-//! dispatch, fan-out, selectors, policy, tiers, approvals, audit, tokens and identities.
+//! dispatch, fan-out, selectors, policy, tiers, approvals, MCP tasks, audit, tokens and identities.
 //!
 //! Nothing here imports a face (`mcp`, `oauth`, `admin`) or the composition that serves them.
 
@@ -21,6 +21,7 @@ pub mod records;
 pub mod revocation;
 pub mod selector;
 pub mod signer;
+pub mod tasks;
 pub mod tier;
 pub mod token_store;
 pub mod trace;
