@@ -33,6 +33,7 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -48,6 +49,7 @@ pub use gateway_process::GatewayProcess;
 pub use nats::{Nats, NatsTls};
 pub use policy::Policy;
 pub use postgres::Postgres;
+pub use tasks::TaskHandle;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {
