@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rmcp::model::{CallToolResponse, TaskStatus};
+use rmcp::model::{CallToolResponse, ClientCapabilities, TaskStatus};
 use serde_json::json;
 
 use execmesh_tests::process::{job_processes, jobs_running};
@@ -264,6 +264,33 @@ async fn a_finished_task_is_forgotten_when_its_ttl_is_up() {
     .await;
     assert_eq!(error_code(&gone), Some(INVALID_PARAMS), "{gone}");
     assert!(gone.to_string().contains("unknown task"), "{gone}");
+}
+
+/// A 2025 client declares its capabilities in `initialize`, which a stateless server does not
+/// keep: its calls answer with plain results, never a task it might not expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_client_gets_plain_results() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let capabilities = ClientCapabilities::builder().enable_tasks().build();
+    let token = gw.mint("alice");
+    let client =
+        McpClient::connect_declaring(&gw.url(), Some(&token), Some("2025-11-25"), capabilities)
+            .await
+            .expect("a 2025-11-25 client connects");
+    match client
+        .call_once("bash", json!({"host": "web-1", "cmd": "echo legacy"}))
+        .await
+    {
+        Ok(CallToolResponse::Complete(result)) => {
+            assert_eq!(
+                result.structured_content.expect("structured")["output"],
+                "legacy\n"
+            )
+        }
+        other => panic!("a legacy client got {other:?}"),
+    }
 }
 
 /// The server says it serves the Tasks extension.
