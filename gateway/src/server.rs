@@ -283,6 +283,13 @@ pub async fn run_with_admin(
         audit.clone(),
     )
     .await?;
+    let tasks = crate::core::tasks::Tasks::open(
+        &mesh,
+        config.kv_replicas,
+        config.task_ttl,
+        config.task_poll_interval,
+    )
+    .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     let cursors =
         crate::core::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
@@ -312,6 +319,7 @@ pub async fn run_with_admin(
         policy,
         audit,
         approvals,
+        tasks,
         cursors,
         revocations,
     };

@@ -437,6 +437,12 @@ impl RunningGateway {
         McpClient::new(&self.url(), &self.mint(user)).await
     }
 
+    /// An MCP client (newest protocol) authenticated as `user` that declares the Tasks
+    /// extension on its requests.
+    pub async fn task_client(&self, user: &str) -> McpClient {
+        McpClient::with_tasks(&self.url(), &self.mint(user)).await
+    }
+
     /// An MCP client authenticated as `user` that uses the `initialize` handshake of `version`.
     pub async fn legacy_client(&self, user: &str, version: &str) -> McpClient {
         McpClient::legacy(&self.url(), &self.mint(user), version).await

@@ -35,6 +35,7 @@ pub mod postgres;
 pub mod presence;
 pub mod process;
 pub mod scrape;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -51,6 +52,7 @@ pub use nats::{Nats, NatsTls};
 pub use otlp::OtlpReceiver;
 pub use policy::Policy;
 pub use postgres::Postgres;
+pub use tasks::TaskHandle;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {

@@ -12,6 +12,7 @@ use crate::core::audit::{CallAudit, request_name};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::mesh::{DispatchError, Mesh};
+use crate::core::tasks::TaskJobs;
 use crate::core::trace::TraceContext;
 
 /// How long a request stays valid for the agent after it is sent.
@@ -25,6 +26,9 @@ pub struct Dispatcher<'a> {
     pub trace: &'a TraceContext,
     /// Each request to a host is recorded in it, with how it went.
     pub audit: &'a CallAudit<'a>,
+    /// The jobs of the MCP task the call runs as, if it does: each job is added before its
+    /// host is asked to start it, so cancelling the task can stop it wherever it runs.
+    pub jobs: Option<&'a TaskJobs>,
 }
 
 // === impl Dispatcher ===
@@ -42,6 +46,9 @@ impl Dispatcher<'_> {
         let (name, started) = (request_name(&body), Instant::now());
         // A `run` request starts job `id`: a timeout names it, since it may have started.
         let job = matches!(body, pb::exec_request::Body::Run(_)).then(|| id.clone());
+        if let (Some(jobs), Some(job)) = (self.jobs, &job) {
+            jobs.started(host, job).await;
+        }
         let request = self.request(host, id, body);
         tracing::Span::current().record("host", host.as_str());
         // One span per host asked (a fan-out has one per host), with how it went; the agent's

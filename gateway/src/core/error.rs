@@ -4,7 +4,6 @@
 //! caller; every message names the host or job it is about and, where there is one, the next step.
 //! Each face turns a [`ToolError`] into its own answer (an MCP tool result, a gRPC status).
 
-use serde_json::Value;
 use tracing::{error, warn};
 
 use execmesh_proto::{Token, pb};
@@ -76,7 +75,7 @@ pub enum ToolError {
     ApprovalRequired {
         id: String,
         text: String,
-        details: Box<Value>,
+        details: Box<crate::core::approvals::Held>,
     },
     /// The call carries an approval that cannot be used for it.
     #[error("approval {id} cannot be used: {reason}")]

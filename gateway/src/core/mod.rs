@@ -1,5 +1,6 @@
 //! The gateway's domain beneath its faces: mesh access and checked records, hosts, jobs, paging,
-//! dispatch, fan-out, selectors, policy, tiers, approvals, audit, tokens and identities, and the metrics they count.
+//! dispatch, fan-out, selectors, policy, tiers, approvals, runbooks, MCP tasks, audit, tokens and
+//! identities, and the metrics they count.
 //!
 //! Nothing here imports a face (`mcp`, `oauth`, `admin`) or the composition that serves them.
 
@@ -23,6 +24,7 @@ pub mod revocation;
 pub mod runbooks;
 pub mod selector;
 pub mod signer;
+pub mod tasks;
 pub mod tier;
 pub mod token_store;
 pub mod trace;

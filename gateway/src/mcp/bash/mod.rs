@@ -24,6 +24,8 @@ use fanout::FanoutResult;
 const MAX_CMD_BYTES: usize = 64 * 1024;
 /// Most environment variables one call may set.
 const MAX_ENV: usize = 128;
+/// The longest `wait`.
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -207,7 +209,10 @@ pub async fn launch(
     let bg = launch.bg.unwrap_or(false);
     let window = match (bg, launch.wait) {
         (true, _) => Duration::ZERO,
-        (false, Some(w)) => seconds(tool, "wait", w, 600.0)?,
+        (false, Some(w)) => seconds(tool, "wait", w, MAX_WAIT.as_secs_f64())?,
+        // A task has no client waiting on the call: it waits for the job as long as `wait`
+        // may, so its result is the job's end rather than a job id to follow.
+        (false, None) if call.jobs.is_some() => MAX_WAIT,
         (false, None) => config.inline_window,
     };
     let timeout = launch
