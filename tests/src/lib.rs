@@ -33,6 +33,7 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod roundtrip;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

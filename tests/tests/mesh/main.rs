@@ -20,6 +20,7 @@ mod nats_tls;
 mod oauth;
 mod outage;
 mod outcomes;
+mod perf_guard;
 mod protocol;
 mod security_node;
 mod states;
