@@ -11,6 +11,7 @@ mod chaos;
 mod ctl;
 mod exec;
 mod fanout;
+mod fast_reply;
 mod file;
 mod harness;
 mod https;
