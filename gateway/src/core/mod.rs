@@ -26,3 +26,4 @@ pub mod tier;
 pub mod token_store;
 pub mod trace;
 pub mod unstored;
+pub mod verified_tokens;
