@@ -124,7 +124,7 @@ pub async fn start(
         Record::Pending
     } else {
         match StatusRecord::create(node, node.job_key(&job), &status).await {
-            Ok(record) => Record::Stored(record),
+            Ok(record) => Record::Stored(Box::new(record)),
             Err(e) => {
                 if let Some((shell, _)) = warm {
                     node.warm.put_back(shell);
@@ -224,8 +224,9 @@ async fn start_warm(
 
 /// A job's status record in `mesh_jobs`.
 enum Record {
-    /// Created before the spawn (the request did not name this agent instance).
-    Stored(StatusRecord),
+    /// Created before the spawn (the request did not name this agent instance). Boxed: a
+    /// record holds its NATS handles.
+    Stored(Box<StatusRecord>),
     /// Not written yet: the job task creates it while the job runs.
     Pending,
 }
@@ -247,7 +248,7 @@ impl Record {
                 if update {
                     let _ = record.update(status, &node.hard_stop).await;
                 }
-                Some(record)
+                Some(*record)
             }
             Record::Pending => {
                 StatusRecord::create_running(node, node.job_key(job), status, &node.hard_stop)

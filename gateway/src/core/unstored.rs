@@ -98,7 +98,7 @@ mod tests {
         let (job, a, b) = (token("job-1"), token("web-1"), token("web-2"));
         unstored.note(&a, &job);
         unstored.note(&b, &job);
-        assert_eq!(unstored.take(&job, Some(&a)), [a.clone()]);
+        assert_eq!(unstored.take(&job, Some(&a)), std::slice::from_ref(&a));
         assert!(unstored.take(&job, Some(&a)).is_empty());
         assert_eq!(unstored.take(&job, None), [b]);
         assert!(unstored.take(&job, None).is_empty());
