@@ -315,6 +315,7 @@ pub async fn run_with_admin(
             revocations: revocations.clone(),
             policy: policy.clone(),
             failures: auth_failures,
+            verified: Default::default(),
         }),
         policy,
         audit,

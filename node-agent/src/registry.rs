@@ -38,7 +38,8 @@ pub async fn wait_finished(
 #[derive(Debug, Clone)]
 pub struct JobHandle {
     pub kill: mpsc::Sender<KillOrder>,
-    /// `None` while running; the final record once status and exit record are stored.
+    /// `None` while running; the final record once the job ended and (unless the reply carries
+    /// the whole output, see `job::start`) its status and exit record are stored.
     pub done: watch::Receiver<Option<Arc<Finished>>>,
 }
 

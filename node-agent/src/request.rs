@@ -61,6 +61,9 @@ pub struct RunSpec {
     pub title: String,
     /// W3C trace id (32 lower-case hex) of the tool call, or empty.
     pub trace_id: String,
+    /// The agent instance the request names (`ExecRequest.agent_instance`), or empty: when it
+    /// is this agent's own, the job starts before its status is stored.
+    pub agent_instance: String,
     /// The account the job runs as; `None`: the agent's own (no `[run_as]` mapping). Set by
     /// admission after the mapping is consulted.
     pub account: Option<Account>,
@@ -332,6 +335,7 @@ pub fn order(
         inline_max_bytes: run.inline_max_bytes,
         title: run.title,
         trace_id,
+        agent_instance: req.agent_instance,
         account: None,
     }))
 }

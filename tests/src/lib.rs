@@ -34,6 +34,7 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod roundtrip;
 pub mod scrape;
 pub mod tasks;
 

@@ -90,6 +90,7 @@ impl Dispatcher<'_> {
             // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
             tier: self.identity.tier.to_wire() as i32,
             run_as: self.identity.run_as.clone().unwrap_or_default(),
+            agent_instance: self.mesh.instances.of(host),
             body: Some(body),
             ..Default::default()
         }
@@ -131,7 +132,18 @@ impl Dispatcher<'_> {
         };
         match reply.body {
             Some(pb::exec_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
-            Some(body) => Ok(body),
+            Some(body) => {
+                if let (pb::exec_reply::Body::Run(run), Some(job)) = (&body, &job)
+                    && let Some(status) = &run.status
+                {
+                    mesh.instances.learn(host, &status.agent_instance);
+                    // The agent may answer a job's end before it stored it.
+                    if status.state() != pb::JobState::Running {
+                        mesh.unstored.note(host, job);
+                    }
+                }
+                Ok(body)
+            }
             None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
         }
     }

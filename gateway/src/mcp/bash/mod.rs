@@ -264,6 +264,8 @@ pub async fn launch(
                 (text, lines, None, false)
             }
             _ => {
+                // A job that ended may not be stored yet when its reply arrives.
+                state.mesh.wait_stored(&job, Some(&host)).await;
                 let page = paging::read(
                     &state.mesh,
                     Cursor::start(host.clone(), job.clone()),
