@@ -1,6 +1,6 @@
 //! End-to-end: an agent answers a short job as soon as it exits, before its status and exit record are stored, and a caller reading the job right after the reply still sees all of it.
 
-use execmesh_tests::{Gateway, Nats, NodeAgent};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway};
 use serde_json::json;
 
 /// Calls made back to back: each read races the agent's stores of the job before it.
@@ -8,14 +8,7 @@ const ROUNDS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_read_right_after_its_reply_shows_its_end_and_all_its_output() {
-    let nats = Nats::start().await;
-    let _agent = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
-    // The first reply tells the gateway the agent's instance; the calls after it name it.
-    client
-        .call("bash", json!({"host": "web-1", "cmd": "true"}))
-        .await;
+    let (_mesh, client) = mesh_past_its_first_reply().await;
 
     for round in 0..ROUNDS {
         let out = client
@@ -42,13 +35,7 @@ async fn a_job_read_right_after_its_reply_shows_its_end_and_all_its_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_longer_than_a_page_is_paged_whole_right_after_the_reply() {
-    let nats = Nats::start().await;
-    let _agent = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
-    client
-        .call("bash", json!({"host": "web-1", "cmd": "true"}))
-        .await;
+    let (_mesh, client) = mesh_past_its_first_reply().await;
 
     for _ in 0..ROUNDS {
         // Six lines do not fit a page of two: the first page comes from MESH_OUT.
@@ -79,4 +66,18 @@ async fn output_longer_than_a_page_is_paged_whole_right_after_the_reply() {
         }
         assert_eq!(text, "1\n2\n3\n4\n5\n6\n");
     }
+}
+
+/// A mesh with one agent, `web-1`, and alice's client after one call: the first reply tells the
+/// gateway the agent's instance, so the calls after it name it and take the short path.
+async fn mesh_past_its_first_reply() -> ((RunningGateway, RunningAgent, Nats), McpClient) {
+    let nats = Nats::start().await;
+    let agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    client
+        .call("bash", json!({"host": "web-1", "cmd": "true"}))
+        .await;
+    // Dropped in this order, as locals would be: the gateway, the agent, then NATS.
+    ((gw, agent, nats), client)
 }
