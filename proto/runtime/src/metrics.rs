@@ -1,4 +1,4 @@
-//! Prometheus metrics of every service: the process's one registry, the text exposition `/metrics` serves (on a listener of its own, or merged into a service's router), and the metric every service shares (NATS reconnects).
+//! Prometheus metrics of every service: the process's one registry, the text exposition `/metrics` serves (on a listener of its own, or merged into a service's router), and the metric every service shares (NATS reconnections).
 //!
 //! Metrics are registered once per process by the module that updates them (a `LazyLock` of its
 //! own metrics that registers them on first use); labels are small closed sets (tools, outcomes,
@@ -78,12 +78,13 @@ pub enum MetricsError {
     },
 }
 
-/// Lost NATS connections, each of which starts a reconnect: `execmesh_nats_reconnects_total`.
+/// NATS connections lost and made again, counted when the connection is back:
+/// `execmesh_nats_reconnects_total`.
 pub static NATS_RECONNECTS: LazyLock<Counter> = LazyLock::new(|| {
     let counter = Counter::default();
     register(
         "nats_reconnects",
-        "NATS connections lost (each starts a reconnect)",
+        "NATS connections lost and made again (counted once connected again)",
         counter.clone(),
     );
     counter

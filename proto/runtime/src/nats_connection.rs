@@ -1,6 +1,8 @@
 //! The NATS connection every service opens, written once: authentication, TLS files read and checked before async-nats is given them (so a bad one is named), reconnects, and the logging of connection events, with the server's permission errors read back into an operation and a subject.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_nats::rustls::RootCertStore;
 use async_nats::rustls::pki_types::pem::PemObject;
@@ -104,17 +106,46 @@ pub async fn connect(target: &NatsTarget<'_>, who: ConnectAs) -> Result<Client, 
         host,
         user,
     } = who;
+    let reconnects = Reconnects::default();
     options
         .name(name)
         .custom_inbox_prefix(inbox_prefix)
         .max_reconnects(None)
         .event_callback(move |event| {
             let host = host.clone();
+            if reconnects.reconnected(&event) {
+                crate::metrics::NATS_RECONNECTS.inc();
+            }
             async move { log_event(host.as_deref(), user, event) }
         })
         .connect(addrs)
         .await
         .map_err(|source| ConnectError::Connect { url, source })
+}
+
+/// Tells a reconnection from the first connection: async-nats reports `Connected` for both, so
+/// a `Connected` counts only when a `Disconnected` came before it. A connection that is lost and
+/// never comes back is no reconnect; one that needed many attempts is one.
+#[derive(Debug, Clone, Default)]
+struct Reconnects {
+    /// The connection was lost and has not come back yet.
+    lost: Arc<AtomicBool>,
+}
+
+// === impl Reconnects ===
+
+impl Reconnects {
+    /// Whether `event` completes a reconnection.
+    fn reconnected(&self, event: &Event) -> bool {
+        match event {
+            Event::Disconnected => {
+                self.lost.store(true, Ordering::Relaxed);
+                false
+            }
+            Event::Connected => self.lost.swap(false, Ordering::Relaxed),
+            _ => false,
+        }
+    }
 }
 
 /// Logs one connection event. A publish or subscription refused for permissions reaches the
@@ -123,10 +154,7 @@ pub async fn connect(target: &NatsTarget<'_>, who: ConnectAs) -> Result<Client, 
 fn log_event(host: Option<&str>, user: &str, event: Event) {
     match event {
         Event::Connected => info!(host, "connected to NATS"),
-        Event::Disconnected => {
-            crate::metrics::NATS_RECONNECTS.inc();
-            warn!(host, "disconnected from NATS; reconnecting")
-        }
+        Event::Disconnected => warn!(host, "disconnected from NATS; reconnecting"),
         Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
             Some((operation, subject)) => warn!(
                 host,
@@ -241,6 +269,20 @@ pub fn permission_violation(msg: &str) -> Option<(&'static str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_connection_that_comes_back_counts_as_a_reconnect() {
+        let reconnects = Reconnects::default();
+        assert!(
+            !reconnects.reconnected(&Event::Connected),
+            "the first connection"
+        );
+        assert!(!reconnects.reconnected(&Event::Disconnected));
+        // Failed attempts while away are no reconnects.
+        assert!(!reconnects.reconnected(&Event::ClientError(ClientError::Other("refused".into()))));
+        assert!(reconnects.reconnected(&Event::Connected));
+        assert!(!reconnects.reconnected(&Event::Connected), "counted once");
+    }
 
     #[test]
     fn unusable_tls_files_are_named_with_their_key_and_reason() {
