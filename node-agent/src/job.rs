@@ -11,7 +11,7 @@ use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, info, warn};
+use tracing::{Instrument, Span, info, info_span, warn};
 
 use crate::node::Node;
 use crate::output::{self, Limits, Output, Progress, Sink};
@@ -376,7 +376,7 @@ impl JobTask {
             let report = output.finish().await;
             let status = final_status(status, &spec, &node, &end, &report);
             info!(
-                state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
+                state = state_name(status.state),
                 exit_code = ?status.exit_code,
                 signal = %status.signal,
                 bytes = status.bytes,
@@ -410,13 +410,22 @@ impl JobTask {
                 None => Err(GaveUp),
             }
         };
-        let (exit, stored) = tokio::join!(output::publish_exit(&sink, &status), update);
-        if exit.is_err() {
-            warn!("exit record abandoned at shutdown");
-        }
-        if stored.is_err() {
-            warn!("final status abandoned at shutdown; the next agent start marks the job lost");
-        }
+        // The job's exit is a span of its own under the job's: storing its end, which a caller
+        // waiting for the job (or the reply, for output paged from MESH_OUT) waits on.
+        let span = info_span!("exit", state = state_name(status.state),
+                              exit_code = status.exit_code, signal = %status.signal);
+        let publish = async {
+            let (exit, stored) = tokio::join!(output::publish_exit(&sink, &status), update);
+            if exit.is_err() {
+                warn!("exit record abandoned at shutdown");
+            }
+            if stored.is_err() {
+                warn!(
+                    "final status abandoned at shutdown; the next agent start marks the job lost"
+                );
+            }
+        };
+        publish.instrument(span).await;
         if permit.is_some() {
             tell_finished(&mut permit, &done_tx, status, inline);
         }
@@ -615,6 +624,11 @@ fn signal(pgid: u32, signal: Signal) {
     if let Err(e) = signal_group(pgid, signal) {
         warn!(pgid, signal = signal.as_str(), error = %e, "signalling the job's process group failed");
     }
+}
+
+/// A job state's name (`EXITED`, `KILLED`, …), as logs and spans show it.
+fn state_name(state: i32) -> &'static str {
+    JobState::try_from(state).map_or("?", |s| s.as_str_name())
 }
 
 /// `5s`, `1.5s`, `250ms`.

@@ -28,7 +28,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, warn};
+use tracing::field::Empty;
+use tracing::{Instrument, info_span, warn};
 
 use crate::chunker::{Chunk, Chunker, QuotaRoom, Totals};
 use crate::lines::{LineSplitter, Piece, count_newlines};
@@ -178,8 +179,18 @@ impl Output {
         }
         let chunker = Chunker::new(limits.chunk_bytes, limits.cap, limits.inline_max);
         let (progress_tx, progress) = watch::channel(Progress::default());
+        // Publishing is a span of its own under the job's: a trace shows how long the output
+        // took to be stored, apart from how long the command ran.
+        let span = info_span!(
+            "output",
+            chunks = Empty,
+            bytes = Empty,
+            lines = Empty,
+            dropped_bytes = Empty,
+            complete = Empty
+        );
         let pump = tokio::spawn(
-            pump(rx, chunker, charge, sink, limits.coalesce, progress_tx).in_current_span(),
+            pump(rx, chunker, charge, sink, limits.coalesce, progress_tx).instrument(span),
         );
         Self {
             readers,
@@ -304,6 +315,8 @@ async fn pump(
     // When the open chunk must be published even if it is not full.
     let mut deadline: Option<Instant> = None;
     let mut inflight: Option<Publishing> = None;
+    // Chunks acked, for the span.
+    let mut published = 0u64;
     let complete = loop {
         if inflight.is_none() {
             let due = input_done || deadline.is_some_and(|d| d <= Instant::now());
@@ -340,6 +353,7 @@ async fn pump(
                 if result.is_err() {
                     break false;
                 }
+                published += 1;
                 let totals = chunker.totals();
                 progress.send_replace(Progress {
                     bytes: totals.bytes,
@@ -352,6 +366,13 @@ async fn pump(
                 if inflight.is_none() && deadline.is_some() && chunker.open_len() > 0 => {}
         }
     };
+    let totals = chunker.totals();
+    let span = tracing::Span::current();
+    span.record("chunks", published);
+    span.record("bytes", totals.bytes);
+    span.record("lines", totals.lines);
+    span.record("dropped_bytes", totals.dropped_bytes);
+    span.record("complete", complete);
     Report {
         totals: chunker.totals(),
         inline: chunker.take_inline(),

@@ -100,7 +100,9 @@ async fn a_traced_bash_call_is_one_trace_from_the_client_span_through_agent_and_
             ]
             .iter()
             .all(|service| spans.iter().any(|s| s.service == *service))
-                && spans.iter().any(|s| s.name == "exec_request")
+                && ["exec_request", "output", "exit"]
+                    .iter()
+                    .all(|name| spans.iter().any(|s| s.name == *name))
         })
         .await;
     let call = one(&spans, "execmesh-gateway", "tool_call");
@@ -126,6 +128,25 @@ async fn a_traced_bash_call_is_one_trace_from_the_client_span_through_agent_and_
     );
     let job = one(&spans, "execmesh-node-agent", "job");
     assert_eq!(job.parent_span_id, request.span_id);
+    // The job's output publishing and its exit are spans of their own under the job's.
+    let output = one(&spans, "execmesh-node-agent", "output");
+    assert_eq!(output.parent_span_id, job.span_id, "{}", tree(&spans));
+    assert_eq!(
+        (
+            output.attr("bytes"),
+            output.attr("lines"),
+            output.attr("complete")
+        ),
+        ("7", "1", "true"),
+        "{output:?}"
+    );
+    let exit = one(&spans, "execmesh-node-agent", "exit");
+    assert_eq!(exit.parent_span_id, job.span_id, "{}", tree(&spans));
+    assert_eq!(
+        (exit.attr("state"), exit.attr("exit_code")),
+        ("JOB_STATE_EXITED", "0"),
+        "{exit:?}"
+    );
     let stored: Vec<_> = spans
         .iter()
         .filter(|s| s.service == "execmesh-audit-sink")
