@@ -291,6 +291,7 @@ pub async fn run_with_admin(
     )
     .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
+    tokio::spawn(approvals.clone().count_pending(shutdown.clone()));
     let cursors =
         crate::core::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
     let auth_failures = Arc::new(AuthFailures::new(audit.clone()));

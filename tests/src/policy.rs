@@ -106,6 +106,16 @@ impl Policy {
         self.toml(&format!("[token_admins]\nusers = {}\n", list(&users)))
     }
 
+    /// Holds every `tool` call on hosts matching `hosts` for a decision by a member of the
+    /// `approvers` groups (one `[[approvals]]` rule and the `[approvers]` table: use it once).
+    pub fn approved_by(self, tool: &str, hosts: &str, approvers: &[&str]) -> Self {
+        let groups: Vec<String> = approvers.iter().map(|g| g.to_string()).collect();
+        self.toml(&format!(
+            "[[approvals]]\ntool = \"{tool}\"\nhosts = \"{hosts}\"\n\n[approvers]\ngroups = {}\n",
+            list(&groups)
+        ))
+    }
+
     /// Appends `toml` as it is: approval rules, approvers, token admins.
     pub fn toml(mut self, toml: &str) -> Self {
         self.extra.push('\n');

@@ -567,6 +567,101 @@ impl Approvals {
     }
 }
 
+/// How often the pending-approvals gauge is recomputed without a change: a pending request
+/// expires by the clock, with no write to the bucket that a watch would see.
+const PENDING_RECOUNT: Duration = Duration::from_secs(5);
+/// How long the gauge's watch waits before it starts again after it failed.
+const PENDING_REWATCH: Duration = Duration::from_secs(2);
+
+/// The tenant's pending approval requests as a watch of the bucket sees them: each key with the
+/// time it expires, for the `execmesh_approvals_pending` gauge.
+#[derive(Debug, Default)]
+struct PendingTally {
+    expires_at_ms: std::collections::HashMap<String, u64>,
+}
+
+// === impl PendingTally ===
+
+impl PendingTally {
+    /// Takes in one change of key `key`: a pending record counts until it expires; a decided,
+    /// used or removed one no longer does.
+    fn change(&mut self, key: &str, record: Option<&ApprovalRecord>) {
+        match record {
+            Some(record) if record.state == ApprovalState::Pending => {
+                self.expires_at_ms
+                    .insert(key.to_string(), record.expires_at_ms);
+            }
+            _ => {
+                self.expires_at_ms.remove(key);
+            }
+        }
+    }
+
+    /// Requests still pending at `now_ms`; the expired ones are forgotten.
+    fn count(&mut self, now_ms: u64) -> usize {
+        self.expires_at_ms.retain(|_, expires| now_ms < *expires);
+        self.expires_at_ms.len()
+    }
+}
+
+impl Approvals {
+    /// Keeps the `execmesh_approvals_pending` gauge at the tenant's pending requests, from a
+    /// watch of the bucket (every replica reports the whole tenant's count), until `shutdown`.
+    pub async fn count_pending(self, shutdown: tokio_util::sync::CancellationToken) {
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                () = self.tally_pending() => {}
+                () = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(PENDING_REWATCH) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One watch of the bucket feeding the gauge; returns when the watch fails or ends.
+    async fn tally_pending(&self) {
+        let filter = format!("{}.>", self.tenant);
+        let mut watch = match (self.mesh)
+            .watch_kv(layout::APPROVALS_BUCKET, &filter, WatchFrom::LastPerKey)
+            .await
+        {
+            Ok(watch) => watch,
+            Err(e) => {
+                debug!(error = %e, "cannot watch the approvals for the pending gauge");
+                return;
+            }
+        };
+        let mut tally = PendingTally::default();
+        let mut recount = tokio::time::interval(PENDING_RECOUNT);
+        loop {
+            tokio::select! {
+                change = watch.changes.next() => match change {
+                    Some(Ok(change)) => {
+                        let record = change
+                            .is_value()
+                            .then(|| decode(&change.key, &change.value).ok())
+                            .flatten();
+                        tally.change(&change.key, record.as_ref());
+                        // Counted once the values stored when the watch began are all in.
+                        if change.pending > 0 {
+                            continue;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        debug!(error = %e, "the approvals watch for the pending gauge failed");
+                        return;
+                    }
+                    None => return,
+                },
+                _ = recount.tick() => {}
+            }
+            crate::core::metrics::approvals_pending(tally.count(execmesh_proto::now_ms()));
+        }
+    }
+}
+
 fn encode(record: &ApprovalRecord) -> Result<Bytes, ApprovalError> {
     serde_json::to_vec(record).map(Bytes::from).map_err(|e| {
         ApprovalError::Internal(format!("cannot encode approval `{}`: {e}", record.id))
@@ -1057,8 +1152,41 @@ mod tests {
     }
 
     #[test]
+    fn the_pending_tally_counts_undecided_unexpired_requests() {
+        let record = |state, expires_at_ms| ApprovalRecord {
+            state,
+            expires_at_ms,
+            ..sample_record()
+        };
+        let mut tally = PendingTally::default();
+        tally.change("t.apr-1", Some(&record(ApprovalState::Pending, 2_000)));
+        tally.change("t.apr-2", Some(&record(ApprovalState::Pending, 5_000)));
+        tally.change("t.apr-3", Some(&record(ApprovalState::Approved, 5_000)));
+        assert_eq!(tally.count(1_000), 2);
+        // Decided, removed, expired: no longer pending.
+        tally.change("t.apr-2", Some(&record(ApprovalState::Denied, 5_000)));
+        assert_eq!(tally.count(1_000), 1);
+        assert_eq!(tally.count(2_000), 0, "apr-1 expired");
+        tally.change("t.apr-4", Some(&record(ApprovalState::Pending, 9_000)));
+        tally.change("t.apr-4", None);
+        assert_eq!(tally.count(3_000), 0);
+    }
+
+    #[test]
     fn pending_and_approved_records_expire() {
-        let record = ApprovalRecord {
+        let record = sample_record();
+        assert_eq!(record.effective_state(99), ApprovalState::Approved);
+        assert_eq!(record.effective_state(100), ApprovalState::Expired);
+        let used = ApprovalRecord {
+            state: ApprovalState::Used,
+            ..record
+        };
+        assert_eq!(used.effective_state(1000), ApprovalState::Used);
+    }
+
+    /// An approved request of alice's that expires at 100 ms.
+    fn sample_record() -> ApprovalRecord {
+        ApprovalRecord {
             id: new_id(),
             state: ApprovalState::Approved,
             tool: "bash".into(),
@@ -1077,13 +1205,6 @@ mod tests {
             decided_at_ms: None,
             reason: None,
             used_at_ms: None,
-        };
-        assert_eq!(record.effective_state(99), ApprovalState::Approved);
-        assert_eq!(record.effective_state(100), ApprovalState::Expired);
-        let used = ApprovalRecord {
-            state: ApprovalState::Used,
-            ..record
-        };
-        assert_eq!(used.effective_state(1000), ApprovalState::Used);
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! The gateway's Prometheus metrics: tool calls by tool and outcome and their latency, requests to hosts by outcome (each host of a fan-out counts once), and refused tokens by endpoint and reason. Registered in the process's registry (`execmesh_runtime::metrics`) on first use.
+//! The gateway's Prometheus metrics: tool calls by tool and outcome and their latency, requests to hosts by outcome (each host of a fan-out counts once), refused tokens by endpoint and reason, and the approval requests waiting for a decision. Registered in the process's registry (`execmesh_runtime::metrics`) on first use.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use execmesh_runtime::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
 /// A tool call's labels: the tool (a tool the gateway serves, or `unknown`) and its outcome
@@ -43,6 +44,7 @@ struct Metrics {
     latency: Family<ToolLabel, Histogram, fn() -> Histogram>,
     host_requests: Family<OutcomeLabel, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
+    approvals_pending: Gauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -51,6 +53,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         latency: Family::new_with_constructor(latency),
         host_requests: Family::default(),
         auth_failures: Family::default(),
+        approvals_pending: Gauge::default(),
     };
     register(
         "tool_calls",
@@ -71,6 +74,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "auth_failures",
         "Refused bearer tokens by endpoint (mcp, admin) and reason",
         metrics.auth_failures.clone(),
+    );
+    register(
+        "approvals_pending",
+        "Approval requests of the tenant waiting for a decision (every replica counts them all)",
+        metrics.approvals_pending.clone(),
     );
     metrics
 });
@@ -106,4 +114,11 @@ pub fn auth_failure(endpoint: &'static str, reason: &'static str) {
         .auth_failures
         .get_or_create(&AuthLabels { endpoint, reason })
         .inc();
+}
+
+/// Sets the tenant's approval requests waiting for a decision.
+pub fn approvals_pending(count: usize) {
+    METRICS
+        .approvals_pending
+        .set(i64::try_from(count).unwrap_or(i64::MAX));
 }
