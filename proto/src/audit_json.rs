@@ -97,6 +97,12 @@ pub fn body(body: Option<&Body>) -> Value {
             "last_ms": b.last_ms,
             "token_id": b.token_id,
         }),
+        Some(Body::TaskCancelled(b)) => json!({
+            "task_id": b.task_id,
+            "hosts": b.hosts,
+            "jobs": b.jobs,
+            "stopped": b.stopped,
+        }),
         None => Value::Null,
     }
 }

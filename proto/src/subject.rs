@@ -160,11 +160,12 @@ pub mod audit_kind {
     pub const TOKEN_MINTED: &str = "token-minted";
     pub const TOKEN_REVOKED: &str = "token-revoked";
     pub const AUTH_FAILED: &str = "auth-failed";
+    pub const TASK_CANCELLED: &str = "task-cancelled";
     /// An event without a body (from a newer publisher this build does not know).
     pub const UNKNOWN: &str = "unknown";
 
     /// Every kind this build knows.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         CALL_RECEIVED,
         CALL_DENIED,
         CALL_DISPATCHED,
@@ -179,6 +180,7 @@ pub mod audit_kind {
         TOKEN_MINTED,
         TOKEN_REVOKED,
         AUTH_FAILED,
+        TASK_CANCELLED,
     ];
 
     /// The kind of an event body.
@@ -198,6 +200,7 @@ pub mod audit_kind {
             Some(Body::TokenMinted(_)) => TOKEN_MINTED,
             Some(Body::TokenRevoked(_)) => TOKEN_REVOKED,
             Some(Body::AuthFailed(_)) => AUTH_FAILED,
+            Some(Body::TaskCancelled(_)) => TASK_CANCELLED,
             None => UNKNOWN,
         }
     }

@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, GetTaskParams,
-    GetTaskResult, TaskPayload, TaskStatus,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities,
+    ElicitationCapability, GetTaskParams, GetTaskResult, InputRequests, InputResponses,
+    TaskPayload, TaskStatus, UpdateTaskParams, UrlElicitationCapability,
 };
 use rmcp::service::ServiceError;
 use serde_json::Value;
@@ -29,6 +30,59 @@ pub struct TaskHandle {
 // === impl McpClient ===
 
 impl McpClient {
+    /// Connects with the newest protocol, declaring the Tasks extension and URL-mode
+    /// elicitation: a task held for approval asks this client for input inside the task.
+    /// Panics if the connection fails.
+    pub async fn with_tasks_and_elicitation(url: &str, token: &str) -> McpClient {
+        let mut capabilities = ClientCapabilities::builder().enable_tasks().build();
+        capabilities.elicitation =
+            Some(ElicitationCapability::new().with_url(UrlElicitationCapability::new()));
+        Self::connect_declaring(url, Some(token), None, capabilities)
+            .await
+            .unwrap_or_else(|e| panic!("MCP client (tasks, elicitation) cannot connect: {e}"))
+    }
+
+    /// Polls `task` until it asks for input (`input_required`), for at most `within`, and
+    /// returns what it asks with its status message. Panics when it ends first.
+    pub async fn task_input(
+        &self,
+        task: &TaskHandle,
+        within: Duration,
+    ) -> (InputRequests, Option<String>) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let got = self
+                .get_task(task)
+                .await
+                .unwrap_or_else(|e| panic!("tasks/get {} failed: {e}", task.id));
+            if let TaskPayload::InputRequired { input_requests } = &got.task.payload {
+                return (input_requests.clone(), got.task.task.status_message.clone());
+            }
+            assert_eq!(
+                got.task.status(),
+                TaskStatus::Working,
+                "task {} ended before asking for input: {got:?}",
+                task.id
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task {} asked for no input within {within:?}",
+                task.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `tasks/update` of `task` with `responses` to what it asked.
+    pub async fn answer_task(
+        &self,
+        task: &TaskHandle,
+        responses: InputResponses,
+    ) -> Result<(), ServiceError> {
+        let params = UpdateTaskParams::new(task.id.clone(), responses);
+        self.timed(self.service().update_task(params)).await
+    }
+
     /// Calls tool `name` and returns the answer as it came: a result, or a task when the server
     /// made one (the client must have declared the extension, see [`McpClient::with_tasks`]).
     pub async fn call_once(

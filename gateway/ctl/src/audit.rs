@@ -300,6 +300,17 @@ fn summary(body: Option<&Body>) -> String {
             };
             format!("{} from {}{times}: {}", b.endpoint, b.client_addr, b.reason)
         }
+        Some(Body::TaskCancelled(b)) => {
+            let hosts = if b.hosts.is_empty() {
+                "no host".to_string()
+            } else {
+                b.hosts.join(", ")
+            };
+            format!(
+                "{}: {} of {} job(s) stopped on {hosts}",
+                b.task_id, b.stopped, b.jobs
+            )
+        }
         None => String::new(),
     }
 }

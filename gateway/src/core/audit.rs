@@ -61,6 +61,19 @@ pub struct JobAccessed<'a> {
     pub jobs: usize,
 }
 
+/// A task cancel as [`Audit::task_cancelled`] records it.
+#[derive(Debug, Default)]
+pub struct TaskCancel {
+    /// The task's id.
+    pub task_id: String,
+    /// The hosts asked to stop a job of the task, sorted, each once.
+    pub hosts: Vec<String>,
+    /// Jobs asked to stop.
+    pub jobs: usize,
+    /// Jobs their host confirmed stopped.
+    pub stopped: usize,
+}
+
 /// What the audit trail records of a call its tool answered (an `isError` result included):
 /// each face reads it off its own kind of result.
 #[derive(Debug, Default)]
@@ -245,6 +258,25 @@ impl Audit {
     pub fn auth_failed(&self, user: &str, failed: pb::AuthFailed) {
         let outcome = failed.code.clone();
         self.outside_call(user, &outcome, Body::AuthFailed(failed));
+    }
+
+    /// Records that `user` cancelled their task `task` (of `tool`) under the cancel's trace
+    /// `trace_id`, with the jobs it asked to stop: `hosts` asked, `jobs` in all, `stopped`
+    /// confirmed by their host.
+    pub fn task_cancelled(&self, trace_id: &str, user: &str, tool: &str, cancel: TaskCancel) {
+        let about = About {
+            trace_id,
+            user,
+            tool,
+            ..About::default()
+        };
+        let body = Body::TaskCancelled(pb::TaskCancelled {
+            task_id: cancel.task_id,
+            hosts: cancel.hosts,
+            jobs: u32::try_from(cancel.jobs).unwrap_or(u32::MAX),
+            stopped: u32::try_from(cancel.stopped).unwrap_or(u32::MAX),
+        });
+        self.publish(&about, "cancelled", body);
     }
 
     /// Publishes an event of a step taken outside any tool call (the admin API, the bearer

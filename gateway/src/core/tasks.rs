@@ -35,13 +35,15 @@ const CAS_ATTEMPTS: usize = 8;
 /// Largest record stored: NATS refuses messages over its `max_payload` (1 MiB by default).
 pub const MAX_RECORD_BYTES: usize = 900 * 1024;
 
-/// Where a task stands (the extension's statuses the mesh uses: none of its calls asks the
-/// client for input while it runs).
+/// Where a task stands, as the extension names its statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// The call runs.
     Working,
+    /// The call waits for the client: a call held for approval shows the approval to the user
+    /// (the record's `input_requests`) and continues once it is decided.
+    InputRequired,
     /// The call ended with a tool result (`isError` ones included).
     Completed,
     /// The call ended with a protocol error (the replica running it stopped, and it had
@@ -54,7 +56,7 @@ pub enum TaskState {
 impl TaskState {
     /// Whether the task can change no more.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Working)
+        !matches!(self, Self::Working | Self::InputRequired)
     }
 }
 
@@ -93,13 +95,20 @@ pub struct TaskRecord {
     pub result: Option<Value>,
     /// `failed`: the JSON-RPC error object.
     pub error: Option<Value>,
+    /// `input_required`: what the client is asked (the extension's `inputRequests`, as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_requests: Option<Value>,
+    /// The client's answers to `input_requests` (`tasks/update`'s `inputResponses`, as JSON),
+    /// for the replica running the call to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_responses: Option<Value>,
 }
 
 impl TaskRecord {
     /// Whether the replica running the task stopped without settling it: still working, its
     /// lease run out.
     pub fn orphaned(&self, now_ms: u64) -> bool {
-        self.state == TaskState::Working && now_ms > self.lease_until_ms
+        !self.state.is_terminal() && now_ms > self.lease_until_ms
     }
 
     /// When the bucket forgets the task.
@@ -287,6 +296,8 @@ impl Tasks {
             jobs: Vec::new(),
             result: None,
             error: None,
+            input_requests: None,
+            input_responses: None,
         };
         let (bytes, headers) = self.encode(&record, now)?;
         kv_write::create(
@@ -351,6 +362,8 @@ impl Tasks {
                     record.jobs.push(job.clone());
                 }
             }
+            record.input_requests = None;
+            record.input_responses = None;
             match &ending {
                 Ending::Completed(result) => {
                     record.state = TaskState::Completed;
@@ -377,6 +390,61 @@ impl Tasks {
             }
             record.state = TaskState::Cancelled;
             record.status_message = Some(format!("cancelled by {user}"));
+            true
+        })
+        .await
+    }
+
+    /// Asks the client for input: a working task becomes `input_required` with `requests` (the
+    /// extension's `inputRequests`) and `message`, until [`Self::resume`] or its end.
+    pub async fn ask(
+        &self,
+        id: &str,
+        user: &str,
+        message: &str,
+        requests: Value,
+    ) -> Result<TaskRecord, TaskError> {
+        self.transition(id, user, |record, _| {
+            if record.state != TaskState::Working {
+                return false;
+            }
+            record.state = TaskState::InputRequired;
+            record.status_message = Some(message.to_string());
+            record.input_requests = Some(requests.clone());
+            record.input_responses = None;
+            true
+        })
+        .await
+    }
+
+    /// Stores the client's answers to a task's outstanding input requests (`tasks/update`);
+    /// answers to a task that asks nothing (any more) are ignored, as the extension says.
+    pub async fn answer(
+        &self,
+        id: &str,
+        user: &str,
+        responses: Value,
+    ) -> Result<TaskRecord, TaskError> {
+        self.transition(id, user, |record, _| {
+            if record.state != TaskState::InputRequired {
+                return false;
+            }
+            record.input_responses = Some(responses.clone());
+            true
+        })
+        .await
+    }
+
+    /// Back to work after the input came: an `input_required` task is `working` again.
+    pub async fn resume(&self, id: &str, user: &str) -> Result<TaskRecord, TaskError> {
+        self.transition(id, user, |record, _| {
+            if record.state != TaskState::InputRequired {
+                return false;
+            }
+            record.state = TaskState::Working;
+            record.status_message = Some(format!("`{}` is running", record.tool));
+            record.input_requests = None;
+            record.input_responses = None;
             true
         })
         .await
@@ -557,9 +625,19 @@ mod tests {
             jobs: Vec::new(),
             result: None,
             error: None,
+            input_requests: None,
+            input_responses: None,
         };
         assert!(!record.orphaned(11_000));
         assert!(record.orphaned(11_001));
+        let asking = TaskRecord {
+            state: TaskState::InputRequired,
+            ..record.clone()
+        };
+        assert!(
+            asking.orphaned(11_001),
+            "a task waiting for input is run too"
+        );
         let done = TaskRecord {
             state: TaskState::Completed,
             ..record.clone()

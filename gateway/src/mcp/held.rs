@@ -26,8 +26,8 @@ use crate::core::auth::Identity;
 
 /// How long a retry waits for the approval to be decided before it asks the client again.
 const DECISION_WAIT: Duration = Duration::from_secs(20);
-/// How often a waiting retry reads the approval.
-const DECISION_POLL: Duration = Duration::from_millis(200);
+/// How often a waiting retry (or task) reads the approval.
+pub const DECISION_POLL: Duration = Duration::from_millis(200);
 
 /// Whether the client can be shown a held call: it declared URL-mode elicitation, and speaks a
 /// protocol with `input_required` results.
@@ -53,9 +53,7 @@ pub async fn call(
 ) -> Result<CallToolResponse, McpError> {
     let retry = request.request_state.take();
     let responses = request.input_responses.take().unwrap_or_default();
-    let declined = responses
-        .values()
-        .any(|answer| answer.get("action").and_then(Value::as_str) != Some("accept"));
+    let declined = declined(&responses.into_iter().collect());
     if let Some(id) = &retry {
         if !approvals::is_id(id) {
             return Err(McpError::invalid_params(
@@ -66,8 +64,7 @@ pub async fn call(
         if !declined {
             wait_for_decision(state, id).await;
         }
-        let args = request.arguments.get_or_insert_with(Default::default);
-        args.insert(approvals::ARG.into(), Value::String(id.clone()));
+        with_approval(&mut request, id);
     }
     let ran = super::run(state, request, context, identity, None).await;
     match ran.held {
@@ -81,16 +78,20 @@ pub async fn call(
     }
 }
 
+/// Adds approval `id` to the call's arguments, as a client's re-call carries it: the approval
+/// gate then checks it and uses it.
+pub fn with_approval(request: &mut CallToolRequestParams, id: &str) {
+    let args = request.arguments.get_or_insert_with(Default::default);
+    args.insert(approvals::ARG.into(), Value::String(id.to_string()));
+}
+
 /// Waits (at most [`DECISION_WAIT`]) until approval `id` is no longer pending, so a retry
 /// answers with the call's result as soon as an approver decides.
 async fn wait_for_decision(state: &McpState, id: &str) {
     let deadline = tokio::time::Instant::now() + DECISION_WAIT;
     loop {
-        match state.approvals.get(id).await {
-            Ok(record) if record.state != ApprovalState::Pending => return,
-            // Unknown, unreadable: the gate says why when the call runs.
-            Err(_) => return,
-            Ok(_) => {}
+        if decided(state, id).await {
+            return;
         }
         if tokio::time::Instant::now() >= deadline {
             return;
@@ -99,13 +100,31 @@ async fn wait_for_decision(state: &McpState, id: &str) {
     }
 }
 
-/// The `input_required` answer for a held call: one URL-mode elicitation saying what waits,
-/// for whom, until when, and linking the approval's page; the approval id as `requestState`.
+/// Whether approval `id` is no longer pending: decided, expired, or unreadable (the gate says
+/// why when the call runs with it).
+pub async fn decided(state: &McpState, id: &str) -> bool {
+    !matches!(state.approvals.get(id).await, Ok(record) if record.state == ApprovalState::Pending)
+}
+
+/// The `input_required` answer for a held call: its [`input_requests`], with the approval id
+/// as `requestState`.
 fn input_required(
     state: &McpState,
     context: &RequestContext<RoleServer>,
     held: &Held,
 ) -> InputRequiredResult {
+    let (requests, _) = input_requests(state, context, held);
+    InputRequiredResult::new(Some(requests), Some(held.approval_id.clone()))
+}
+
+/// What a held call asks of the client: one URL-mode elicitation saying what waits, for whom,
+/// until when, and linking the approval's page; with its message, which a task also shows as
+/// its status.
+pub fn input_requests(
+    state: &McpState,
+    context: &RequestContext<RoleServer>,
+    held: &Held,
+) -> (InputRequests, String) {
     let id = &held.approval_id;
     let policy = state.policy.current();
     let approvers = policy
@@ -124,7 +143,7 @@ fn input_required(
     );
     let params = ElicitRequestParams::UrlElicitationParams {
         meta: None,
-        message,
+        message: message.clone(),
         url: approval_url(state, context, id),
         elicitation_id: id.clone(),
     };
@@ -133,7 +152,15 @@ fn input_required(
         format!("approval-{id}"),
         InputRequest::Elicitation(ElicitRequest::new(params)),
     );
-    InputRequiredResult::new(Some(requests), Some(id.clone()))
+    (requests, message)
+}
+
+/// Whether the client's answers to a held call's elicitation turn it down: any answer other
+/// than `accept` (the user declined to look, or cancelled).
+pub fn declined(responses: &serde_json::Map<String, Value>) -> bool {
+    responses
+        .values()
+        .any(|answer| answer.get("action").and_then(Value::as_str) != Some("accept"))
 }
 
 /// The approval's page: under the gateway's `public_url`, else the origin the request came to.

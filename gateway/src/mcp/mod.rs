@@ -264,7 +264,13 @@ impl ServerHandler for Handler {
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let identity = identity_of(&context)?;
-        tasks::update(&self.state, &request.task_id, &identity).await
+        tasks::update(
+            &self.state,
+            &request.task_id,
+            &identity,
+            request.input_responses,
+        )
+        .await
     }
 
     async fn cancel_task(

@@ -7,13 +7,16 @@
 //! the task's lease, and its result (whatever it is: output, refusal, held for approval) is
 //! stored in the task. If this replica dies meanwhile, the next replica asked settles the task
 //! from the jobs the call had started.
+//!
+//! A call held for approval, for a client that declared URL-mode elicitation, asks for input
+//! inside its task (`input_required`, the approval's link) and continues once it is decided.
 
 use std::sync::Arc;
 
 use futures::future::join_all;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CreateTaskResult, DetailedTask, GetTaskResult,
-    JsonObject, RequestMetaObject, Task, TaskPayload, TaskStatus,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CreateTaskResult, DetailedTask,
+    GetTaskResult, InputResponses, JsonObject, RequestMetaObject, Task, TaskPayload, TaskStatus,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer};
@@ -24,6 +27,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use execmesh_proto::{Token, pb};
 
 use super::McpState;
+use crate::core::approvals::{ApprovalState, Held};
+use crate::core::audit::TaskCancel;
 use crate::core::auth::Identity;
 use crate::core::tasks::{
     Ending, LEASE, TaskError, TaskJob, TaskJobs, TaskRecord, TaskState, iso8601,
@@ -60,102 +65,205 @@ pub async fn start(
         .create(identity.user.as_str(), &request.name)
         .await
         .map_err(protocol_error)?;
+    // Read before the request's metadata is dropped below: it carries the client's capabilities.
+    let shows_held = super::held::shown_to(&context);
     // The call outlives the HTTP request that made it: it gets a cancellation of its own
     // (tasks/cancel), and no progress token (the extension sends no progress for tasks).
     let mut detached = context;
     detached.ct = CancellationToken::new();
     detached.meta = RequestMetaObject::default();
     let span = info_span!("task", task = %record.id, tool = %request.name, user = %identity.user);
-    tokio::spawn(
-        drive(
-            state.clone(),
-            record.id.clone(),
-            request,
-            detached,
-            identity,
-        )
-        .instrument(span),
-    );
+    let runner = Runner {
+        state: state.clone(),
+        id: record.id.clone(),
+        identity,
+        jobs: TaskJobs::default(),
+        context: detached,
+    };
+    tokio::spawn(runner.drive(request, shows_held).instrument(span));
     Ok(CallToolResponse::Task(CreateTaskResult::new(task_of(
         &record,
     ))))
 }
 
-/// Runs the call of task `id` to its end, renewing the lease meanwhile, and stores its result.
-/// A cancel seen at a renewal stops the call's work: the fan-out stops starting hosts and its
-/// jobs are killed.
-async fn drive(
+/// The call of one task, run on this replica: it renews the task's lease meanwhile and stores
+/// the call's result at its end.
+struct Runner {
     state: Arc<McpState>,
     id: String,
-    request: CallToolRequestParams,
-    context: RequestContext<RoleServer>,
     identity: Identity,
-) {
-    let jobs = TaskJobs::default();
-    let user = identity.user.to_string();
-    let cancel = context.ct.clone();
-    let call = async {
-        super::run(&state, request, &context, &identity, Some(&jobs))
-            .await
-            .result
-    };
-    tokio::pin!(call);
-    let mut renewals = tokio::time::interval(LEASE / 3);
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break result,
-            // A job just started is stored at once: a cancel elsewhere must find it.
-            _ = async { tokio::select! { _ = renewals.tick() => {}, _ = jobs.added() => {} } } => {
-                let snapshot = jobs.snapshot();
-                let stop = match state.tasks.renew(&id, &user, &snapshot).await {
-                    Ok(record) => {
-                        jobs.stored(snapshot.len());
-                        record.state == TaskState::Cancelled
-                    }
-                    // Expired (or purged): nobody can ask for the result any more.
-                    Err(TaskError::NotFound(_)) => true,
-                    Err(e) => {
-                        warn!(error = %e, "task lease not renewed");
-                        false
-                    }
-                };
-                if stop && !cancel.is_cancelled() {
-                    info!("task cancelled: stopping its work");
-                    cancel.cancel();
-                    stop_jobs(&state, &identity, &jobs.snapshot()).await;
+    /// The jobs the call started, copied into the record as they start.
+    jobs: TaskJobs,
+    /// The call's context; its cancellation stops the call's work (tasks/cancel).
+    context: RequestContext<RoleServer>,
+}
+
+// === impl Runner ===
+
+impl Runner {
+    /// Runs the call to its end and stores its result. A call held for approval, for a client
+    /// that can show it (`shows_held`), asks for input inside the task: the task shows the
+    /// approval's link as `input_required` and, once the approval is decided, runs the call
+    /// with it, so the client never sends the call again.
+    async fn drive(self, request: CallToolRequestParams, shows_held: bool) {
+        let run = |request| {
+            super::run(
+                &self.state,
+                request,
+                &self.context,
+                &self.identity,
+                Some(&self.jobs),
+            )
+        };
+        let mut ran = self.leased(run(request.clone())).await;
+        let pending = ran
+            .held
+            .take()
+            .filter(|held| shows_held && held.state == ApprovalState::Pending);
+        if let Some(held) = pending
+            && self.await_approval(&held).await
+        {
+            let mut request = request;
+            super::held::with_approval(&mut request, &held.approval_id);
+            if let Err(e) = self.state.tasks.resume(&self.id, self.user()).await {
+                warn!(error = %e, "task not marked working again");
+            }
+            ran = self.leased(run(request)).await;
+        }
+        self.settle(ran.result).await;
+    }
+
+    fn user(&self) -> &str {
+        self.identity.user.as_str()
+    }
+
+    /// Runs `work` while renewing the task's lease (at once when a job was added: a cancel
+    /// elsewhere must find it), and returns its output.
+    async fn leased<F: Future>(&self, work: F) -> F::Output {
+        tokio::pin!(work);
+        let mut renewals = tokio::time::interval(LEASE / 3);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = async { tokio::select! { _ = renewals.tick() => {}, _ = self.jobs.added() => {} } } => {
+                    self.renew().await;
                 }
             }
         }
-    };
-    let ending = match serde_json::to_value(&result) {
-        Ok(value) => Ending::Completed(value),
-        Err(e) => failure(format!("the result could not be encoded: {e}")),
-    };
-    let finished = state
-        .tasks
-        .finish(&id, &user, &jobs.snapshot(), ending)
-        .await;
-    let finished = match finished {
-        // Too large for a record: the task says so, and the jobs' output stays readable.
-        Err(TaskError::Internal(reason)) => {
-            let result = super::result::refusal(
-                "result_too_large".into(),
-                format!(
-                    "the call finished, but its result is too large to keep in a task ({reason}); \
-                     read the jobs' output with `job` or call again without a task"
-                ),
-            );
-            let ending = Ending::Completed(serde_json::to_value(&result).unwrap_or(Value::Null));
-            state
-                .tasks
-                .finish(&id, &user, &jobs.snapshot(), ending)
-                .await
+    }
+
+    /// Renews the lease and records the jobs started so far; returns the record as it now
+    /// stands. A cancel seen here stops the call's work: the fan-out stops starting hosts and
+    /// its jobs are killed.
+    async fn renew(&self) -> Option<TaskRecord> {
+        let snapshot = self.jobs.snapshot();
+        let (record, stop) = match self
+            .state
+            .tasks
+            .renew(&self.id, self.user(), &snapshot)
+            .await
+        {
+            Ok(record) => {
+                self.jobs.stored(snapshot.len());
+                let cancelled = record.state == TaskState::Cancelled;
+                (Some(record), cancelled)
+            }
+            // Expired (or purged): nobody can ask for the result any more.
+            Err(TaskError::NotFound(_)) => (None, true),
+            Err(e) => {
+                warn!(error = %e, "task lease not renewed");
+                (None, false)
+            }
+        };
+        let cancel = &self.context.ct;
+        if stop && !cancel.is_cancelled() {
+            info!("task cancelled: stopping its work");
+            cancel.cancel();
+            let trace = TraceContext::continue_or_start(None);
+            stop_jobs(&self.state, &self.identity, &trace, &self.jobs.snapshot()).await;
         }
-        other => other,
-    };
-    match finished {
-        Ok(record) => info!(state = ?record.state, "task settled"),
-        Err(e) => warn!(error = %e, "task result not stored"),
+        record
+    }
+
+    /// Shows held call `held` inside the task (`input_required`, the approval's link) and waits
+    /// until the approval is decided (or expires): true. False when the user declined to look
+    /// (`tasks/update`), the task was cancelled or ended, or it could not be asked.
+    async fn await_approval(&self, held: &Held) -> bool {
+        let (requests, message) = super::held::input_requests(&self.state, &self.context, held);
+        let Ok(requests) = serde_json::to_value(&requests) else {
+            return false;
+        };
+        if let Err(e) = self
+            .state
+            .tasks
+            .ask(&self.id, self.user(), &message, requests)
+            .await
+        {
+            warn!(error = %e, "held call not shown in its task");
+            return false;
+        }
+        info!(approval = %held.approval_id, "held call shown in its task");
+        let mut renewals = tokio::time::interval(LEASE / 3);
+        loop {
+            tokio::select! {
+                _ = renewals.tick() => match self.renew().await {
+                    Some(record) if record.state == TaskState::InputRequired => {
+                        if let Some(Value::Object(responses)) = &record.input_responses
+                            && super::held::declined(responses)
+                        {
+                            info!(approval = %held.approval_id, "the user declined the held call");
+                            return false;
+                        }
+                    }
+                    // Cancelled, or settled by another replica.
+                    Some(_) => return false,
+                    None if self.context.ct.is_cancelled() => return false,
+                    None => {}
+                },
+                () = tokio::time::sleep(super::held::DECISION_POLL) => {
+                    if super::held::decided(&self.state, &held.approval_id).await {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores the call's `result` in the task: completed (a task cancelled meanwhile stays
+    /// cancelled).
+    async fn settle(&self, result: CallToolResult) {
+        let (state, id, user) = (&self.state, &self.id, self.user());
+        let ending = match serde_json::to_value(&result) {
+            Ok(value) => Ending::Completed(value),
+            Err(e) => failure(format!("the result could not be encoded: {e}")),
+        };
+        let finished = state
+            .tasks
+            .finish(id, user, &self.jobs.snapshot(), ending)
+            .await;
+        let finished = match finished {
+            // Too large for a record: the task says so, and the jobs' output stays readable.
+            Err(TaskError::Internal(reason)) => {
+                let result = super::result::refusal(
+                    "result_too_large".into(),
+                    format!(
+                        "the call finished, but its result is too large to keep in a task ({reason}); \
+                         read the jobs' output with `job` or call again without a task"
+                    ),
+                );
+                let ending =
+                    Ending::Completed(serde_json::to_value(&result).unwrap_or(Value::Null));
+                state
+                    .tasks
+                    .finish(id, user, &self.jobs.snapshot(), ending)
+                    .await
+            }
+            other => other,
+        };
+        match finished {
+            Ok(record) => info!(state = ?record.state, "task settled"),
+            Err(e) => warn!(error = %e, "task result not stored"),
+        }
     }
 }
 
@@ -173,12 +281,19 @@ pub async fn get(
     Ok(GetTaskResult::new(detailed(&record)))
 }
 
-/// `tasks/update`: the mesh's tasks never ask for input, so there is nothing outstanding and
-/// every response is ignored, as the extension says; an unknown task is still an error.
-pub async fn update(state: &Arc<McpState>, id: &str, identity: &Identity) -> Result<(), McpError> {
+/// `tasks/update`: the client's answers to what a task asks (the approval of a held call),
+/// stored for the replica running it; answers to a task that asks nothing are ignored, as the
+/// extension says. An unknown task is an error.
+pub async fn update(
+    state: &Arc<McpState>,
+    id: &str,
+    identity: &Identity,
+    responses: InputResponses,
+) -> Result<(), McpError> {
+    let responses: JsonObject = responses.into_iter().collect();
     state
         .tasks
-        .get(id, identity.user.as_str())
+        .answer(id, identity.user.as_str(), Value::Object(responses))
         .await
         .map_err(protocol_error)?;
     Ok(())
@@ -194,7 +309,19 @@ pub async fn cancel(state: &Arc<McpState>, id: &str, identity: &Identity) -> Res
         .map_err(protocol_error)?;
     if record.state == TaskState::Cancelled {
         info!(task = %id, jobs = record.jobs.len(), "task cancelled");
-        stop_jobs(state, identity, &record.jobs).await;
+        let trace = TraceContext::continue_or_start(None);
+        let stopped = stop_jobs(state, identity, &trace, &record.jobs).await;
+        let mut hosts: Vec<String> = record.jobs.iter().map(|j| j.host.clone()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        let cancel = TaskCancel {
+            task_id: record.id.clone(),
+            hosts,
+            jobs: record.jobs.len(),
+            stopped,
+        };
+        let user = identity.user.as_str();
+        (state.audit).task_cancelled(&trace.trace_id, user, &record.tool, cancel);
     }
     Ok(())
 }
@@ -262,36 +389,45 @@ async fn statuses(state: &McpState, jobs: &[TaskJob]) -> Result<Vec<pb::JobStatu
 }
 
 /// Asks every host of `jobs` to kill its job (SIGTERM to the process group, then SIGKILL), at
-/// once; a job that already ended or a host that does not answer is logged, not fatal.
-async fn stop_jobs(state: &McpState, identity: &Identity, jobs: &[TaskJob]) {
-    let trace = TraceContext::continue_or_start(None);
-    let kills = jobs.iter().map(|job| {
-        let trace = &trace;
-        async move {
-            let (Ok(host), Ok(id)) = (
-                Token::parse("host id", &job.host),
-                Token::parse("job id", &job.job),
-            ) else {
-                return;
-            };
-            let timeout = state.config.request_timeout;
-            match crate::core::jobs::kill(&state.mesh, timeout, identity, trace, &host, &id, 0)
-                .await
-            {
-                Ok(status) => {
-                    debug!(host = %host, job = %id, state = ?status.state(), "task job stopped")
-                }
-                Err(e) => warn!(host = %host, job = %id, error = %e, "could not stop a task's job"),
+/// once, under `trace`; a job that already ended or a host that does not answer is logged, not
+/// fatal. Returns how many jobs their host confirmed stopped (or ended already).
+async fn stop_jobs(
+    state: &McpState,
+    identity: &Identity,
+    trace: &TraceContext,
+    jobs: &[TaskJob],
+) -> usize {
+    let kills = jobs.iter().map(|job| async move {
+        let (Ok(host), Ok(id)) = (
+            Token::parse("host id", &job.host),
+            Token::parse("job id", &job.job),
+        ) else {
+            return false;
+        };
+        let timeout = state.config.request_timeout;
+        match crate::core::jobs::kill(&state.mesh, timeout, identity, trace, &host, &id, 0).await {
+            Ok(status) => {
+                debug!(host = %host, job = %id, state = ?status.state(), "task job stopped");
+                true
+            }
+            Err(e) => {
+                warn!(host = %host, job = %id, error = %e, "could not stop a task's job");
+                false
             }
         }
     });
-    join_all(kills).await;
+    join_all(kills)
+        .await
+        .into_iter()
+        .filter(|&stopped| stopped)
+        .count()
 }
 
 /// The task as the extension shows it, without its payload.
 fn task_of(record: &TaskRecord) -> Task {
     let status = match record.state {
         TaskState::Working => TaskStatus::Working,
+        TaskState::InputRequired => TaskStatus::InputRequired,
         TaskState::Completed => TaskStatus::Completed,
         TaskState::Failed => TaskStatus::Failed,
         TaskState::Cancelled => TaskStatus::Cancelled,
@@ -318,6 +454,13 @@ fn detailed(record: &TaskRecord) -> DetailedTask {
     };
     let payload = match record.state {
         TaskState::Working => TaskPayload::Working,
+        TaskState::InputRequired => TaskPayload::InputRequired {
+            input_requests: record
+                .input_requests
+                .clone()
+                .and_then(|requests| serde_json::from_value(requests).ok())
+                .unwrap_or_default(),
+        },
         TaskState::Completed => TaskPayload::Completed {
             result: object(&record.result),
         },
@@ -382,6 +525,8 @@ mod tests {
             jobs: Vec::new(),
             result: Some(json!({"content": [], "isError": false})),
             error: None,
+            input_requests: None,
+            input_responses: None,
         };
         let wire = serde_json::to_value(GetTaskResult::new(detailed(&record))).unwrap();
         assert_eq!(wire["status"], "completed");

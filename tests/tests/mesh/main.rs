@@ -27,6 +27,8 @@ mod protocol;
 mod runbooks;
 mod security_node;
 mod states;
+mod task_approvals;
 mod tasks;
 mod telemetry;
+mod telemetry_gauges;
 mod tiers;
