@@ -25,6 +25,25 @@ pub use execmeshctl::admin_client::AdminClient;
 
 use crate::{Policy, RunningGateway};
 
+/// Approves approval `id` through `admin` (an approver's client) and returns the approval,
+/// checked `approved`. Panics when the admin API refuses.
+pub async fn approve(admin: &AdminClient, id: &str) -> execmesh_proto::pb::Approval {
+    use execmesh_proto::pb;
+    let mut approvals = admin.approvals.clone();
+    let approved = approvals
+        .approve(pb::ApproveRequest { id: id.to_string() })
+        .await
+        .unwrap_or_else(|e| panic!("approving {id}: {e}"))
+        .into_inner();
+    let approval = approved.approval.expect("an approval");
+    assert_eq!(
+        approval.state(),
+        pb::ApprovalState::Approved,
+        "{approval:?}"
+    );
+    approval
+}
+
 /// A team policy for operator scenarios: alice and bob, both `dangerous` everywhere and both
 /// approvers, and every `bash` call held for a teammate's approval. Nobody is a token admin: each
 /// mints tokens through the admin API for themselves only.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use rmcp::model::ElicitRequestParams;
 use serde_json::json;
 
-use execmesh_proto::{Tier, pb};
+use execmesh_proto::Tier;
+use execmesh_tests::admin::approve;
 use execmesh_tests::{Gateway, McpClient, Nats, Policy, eventually};
 
 /// alice and bob on call; any command on a database host waits for a teammate.
@@ -65,16 +66,7 @@ async fn a_held_call_is_shown_as_a_link_and_continues_once_approved() {
             format!("{}/console/approvals/{id}", gw.base_url()),
             "the link"
         );
-        let mut approvals = bob_admin.approvals.clone();
-        let approved = approvals
-            .approve(pb::ApproveRequest { id: id.clone() })
-            .await
-            .expect("bob approves")
-            .into_inner();
-        assert_eq!(
-            approved.approval.expect("an approval").state(),
-            pb::ApprovalState::Approved
-        );
+        approve(&bob_admin, &id).await;
         id
     };
     let (out, id) = tokio::join!(call, approve);

@@ -11,6 +11,7 @@ use serde_json::json;
 use execmesh_proto::pb::audit_event::Body;
 use execmesh_proto::subject::audit_kind;
 use execmesh_proto::{Tier, pb};
+use execmesh_tests::admin::approve;
 use execmesh_tests::process::{job_processes, jobs_running};
 use execmesh_tests::{AuditSink, Gateway, McpClient, Nats, Policy, eventually};
 
@@ -42,7 +43,7 @@ async fn a_held_task_asks_for_input_and_runs_once_approved_or_ends_held_when_dec
     let db = nats.agent("db-1", &[("role", "db")]).await;
     let gw = Gateway::new(&nats).policy(policy()).admin().start().await;
     let alice = McpClient::with_tasks_and_elicitation(&gw.url(), &gw.mint("alice")).await;
-    let mut approvals = gw.admin_client("bob").await.approvals.clone();
+    let bob = gw.admin_client("bob").await;
     let marker = db.dir().join("ran");
     let cmd = format!("touch {} && echo ran", marker.display());
 
@@ -81,15 +82,7 @@ async fn a_held_task_asks_for_input_and_runs_once_approved_or_ends_held_when_dec
         .expect("tasks/update");
 
     // bob approves: the task runs the call with the approval and completes with its output.
-    let approved = approvals
-        .approve(pb::ApproveRequest { id: id.clone() })
-        .await
-        .expect("bob approves")
-        .into_inner();
-    assert_eq!(
-        approved.approval.expect("an approval").state(),
-        pb::ApprovalState::Approved
-    );
+    approve(&bob, &id).await;
     let out = alice.task_result(&task, Duration::from_secs(30)).await;
     assert!(!out.is_error(), "{}", out.text());
     out.assert_field("output", "ran\n");

@@ -11,7 +11,8 @@ use execmesh_proto::{Tier, pb};
 use execmesh_tests::otlp::{ReceivedSpan, call_traced, tree};
 use execmesh_tests::scrape::{Scrape, metrics_url};
 use execmesh_tests::{
-    AuditSink, Gateway, McpClient, Nats, NodeAgent, OtlpReceiver, Policy, RunningAgent, eventually,
+    AuditSink, Gateway, GatewayProcess, McpClient, Nats, NodeAgent, OtlpReceiver, Policy,
+    RunningAgent, RunningAudit, RunningGateway, eventually,
 };
 
 /// The client's span that the calls of these scenarios continue.
@@ -256,8 +257,20 @@ async fn meta_trace_context_wins_over_the_header_and_fan_out_and_denials_have_th
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_of_every_service_move_by_exactly_the_calls_made() {
+/// A mesh whose three kinds of service serve `/metrics`: an audit-sink, agent `web-1` and a
+/// gateway process (beside the in-process gateway that mints tokens).
+pub struct Metered {
+    pub nats: Nats,
+    pub sink: RunningAudit,
+    pub agent: RunningAgent,
+    pub gw: RunningGateway,
+    pub process: GatewayProcess,
+    /// `/metrics` of the gateway process, the agent and the sink.
+    pub urls: [String; 3],
+}
+
+/// Starts a [`Metered`] mesh.
+pub async fn metered() -> Metered {
     let nats = Nats::start().await;
     let sink = AuditSink::new(&nats)
         .arg("--metrics-listen", "127.0.0.1:0")
@@ -271,9 +284,31 @@ async fn metrics_of_every_service_move_by_exactly_the_calls_made() {
     let gw = Gateway::new(&nats).start().await;
     let process = gw.spawn_replica(&nats).await;
     // The gateway serves /metrics on its MCP listener; the others where they logged.
-    let gateway_metrics = process.url().replace("/mcp", "/metrics");
-    let agent_metrics = metrics_url(&agent.log_path()).await;
-    let sink_metrics = metrics_url(&sink.log_path()).await;
+    let urls = [
+        process.url().replace("/mcp", "/metrics"),
+        metrics_url(&agent.log_path()).await,
+        metrics_url(&sink.log_path()).await,
+    ];
+    Metered {
+        nats,
+        sink,
+        agent,
+        gw,
+        process,
+        urls,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_of_every_service_move_by_exactly_the_calls_made() {
+    let Metered {
+        nats: _nats,
+        sink,
+        agent: _agent,
+        gw,
+        process,
+        urls: [gateway_metrics, agent_metrics, sink_metrics],
+    } = metered().await;
     let client = McpClient::new(process.url(), &gw.mint("alice")).await;
     let (gw0, agent0) = (
         Scrape::get(&gateway_metrics).await,

@@ -8,10 +8,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use execmesh_proto::pb;
-use execmesh_tests::scrape::{Scrape, metrics_url};
-use execmesh_tests::{AuditSink, Gateway, McpClient, Nats, NodeAgent, eventually};
+use execmesh_tests::scrape::Scrape;
+use execmesh_tests::{Gateway, McpClient, Nats, eventually};
 
 use crate::task_approvals::policy;
+use crate::telemetry::{Metered, metered};
 
 const PENDING: &str = "execmesh_approvals_pending";
 const RECONNECTS: &str = "execmesh_nats_reconnects_total";
@@ -63,23 +64,14 @@ async fn the_pending_approvals_gauge_follows_requests_and_decisions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_counts_a_nats_reconnect_once_it_is_connected_again() {
-    let nats = Nats::start().await;
-    let sink = AuditSink::new(&nats)
-        .arg("--metrics-listen", "127.0.0.1:0")
-        .start()
-        .await;
-    let agent = NodeAgent::new(&nats, "web-1")
-        .arg("--warm-shells", "0")
-        .arg("--metrics-listen", "127.0.0.1:0")
-        .start()
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let process = gw.spawn_replica(&nats).await;
-    let urls = [
-        process.url().replace("/mcp", "/metrics"),
-        metrics_url(&agent.log_path()).await,
-        metrics_url(&sink.log_path()).await,
-    ];
+    let Metered {
+        nats,
+        sink: _sink,
+        agent,
+        gw,
+        process,
+        urls,
+    } = metered().await;
     for url in &urls {
         assert_eq!(Scrape::get(url).await.value(RECONNECTS), 0.0, "{url}");
     }
