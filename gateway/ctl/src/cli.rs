@@ -468,9 +468,26 @@ pub enum TokenCommand {
     )]
     Revoke {
         /// A token id (`jti`, as `token mint` printed it) or a whole token.
+        // Ids are base64url: one in 64 starts with `-`, which must not read as a flag.
+        #[arg(allow_hyphen_values = true)]
         target: String,
     },
     /// The revoked token ids in force (until the tokens would have expired).
     #[command(after_help = "Example:\n  execmeshctl token revocations")]
     Revocations,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_id_that_starts_with_a_hyphen_is_revoked_not_read_as_a_flag() {
+        let cli = Cli::try_parse_from(["execmeshctl", "token", "revoke", "-h3xQ9aZ"])
+            .expect("a hyphen-leading token id parses");
+        let TopCommand::Admin(Command::Token(TokenCommand::Revoke { target })) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(target, "-h3xQ9aZ");
+    }
 }
