@@ -16,11 +16,14 @@ use tracing::warn;
 static REGISTRY: LazyLock<Mutex<Registry>> =
     LazyLock::new(|| Mutex::new(Registry::with_prefix("execmesh")));
 
-/// Registers `metric` as `execmesh_<name>` (counters get `_total`) with its `help`.
-pub fn register(name: &str, help: &str, metric: impl Metric) {
+/// Registers `metric` as `execmesh_<name>` (counters get `_total`) with its `help`, and hands
+/// it back: a metric is a handle on shared state, so the caller keeps the copy it updates and
+/// declares each metric (name, help and kind) in one expression.
+pub fn register<M: Metric + Clone>(name: &str, help: &str, metric: M) -> M {
     if let Ok(mut registry) = REGISTRY.lock() {
-        registry.register(name, help, metric);
+        registry.register(name, help, metric.clone());
     }
+    metric
 }
 
 /// The registry in the Prometheus text format (`/metrics`'s body).
@@ -80,13 +83,11 @@ pub enum MetricsError {
 
 /// Lost NATS connections, each of which starts a reconnect: `execmesh_nats_reconnects_total`.
 pub static NATS_RECONNECTS: LazyLock<Counter> = LazyLock::new(|| {
-    let counter = Counter::default();
     register(
         "nats_reconnects",
         "NATS connections lost (each starts a reconnect)",
-        counter.clone(),
-    );
-    counter
+        Counter::default(),
+    )
 });
 
 #[cfg(test)]
