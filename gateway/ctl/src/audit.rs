@@ -316,7 +316,7 @@ pub fn record_json(record: &pb::AuditRecord) -> Value {
     json!({
         "seq": record.seq,
         "id": event.id,
-        "time": table::timestamp_ms(event.time_ms),
+        "time": execmesh_proto::audit_json::time(event.time_ms),
         "time_ms": event.time_ms,
         "tenant": event.tenant,
         "source": source,
