@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::nats_settings::{DEFAULT_NATS_URL, NatsConfig, NatsSettings};
 use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 use crate::store::{Filter, StoreConfig};
@@ -171,17 +171,10 @@ pub use execmesh_runtime::config::ConfigError;
 /// The resolved configuration of one audit-sink.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// NATS server URL(s).
-    pub nats_url: String,
-    pub nats_creds: Option<PathBuf>,
-    pub nats_nkey_seed: Option<PathBuf>,
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub nats: NatsConfig,
     /// The identities event signatures are checked against; `None`: not checked (development).
     pub identities_file: Option<PathBuf>,
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate and key presented to a server that verifies clients.
-    pub nats_tls_client: Option<NatsClientCert>,
-    /// Refuse a NATS server that does not speak TLS.
-    pub nats_tls_required: bool,
     /// Where the records are stored.
     pub store: StoreConfig,
     /// Most events per transaction.
@@ -202,15 +195,6 @@ pub struct Config {
     pub metrics: MetricsAt,
 }
 
-/// The PEM files of the sink's client certificate for NATS.
-#[derive(Debug, Clone)]
-pub struct NatsClientCert {
-    /// The certificate (chain, leaf first).
-    pub cert: PathBuf,
-    /// Its private key.
-    pub key: PathBuf,
-}
-
 /// Exclusive bounds of the numeric settings.
 const MAX_BATCH: usize = 10_000;
 const MAX_LINGER_MS: u64 = 10_000;
@@ -218,29 +202,11 @@ const MAX_LINGER_MS: u64 = 10_000;
 // === impl Config ===
 
 impl Config {
-    /// Where NATS is and how to authenticate to it and verify it.
-    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
-        execmesh_runtime::nats_connection::NatsTarget {
-            url: &self.nats_url,
-            creds: self.nats_creds.as_deref(),
-            nkey_seed: self.nats_nkey_seed.as_deref(),
-            tls_ca: self.nats_tls_ca.as_deref(),
-            tls_client: (self.nats_tls_client.as_ref())
-                .map(|c| (c.cert.as_path(), c.key.as_path())),
-            tls_required: self.nats_tls_required,
-        }
-    }
-
     /// A configuration with defaults, for tests and embedding.
     pub fn new(nats_url: &str, store: StoreConfig) -> Self {
         Self {
-            nats_url: nats_url.to_string(),
-            nats_creds: None,
-            nats_nkey_seed: None,
+            nats: NatsConfig::new(nats_url),
             identities_file: None,
-            nats_tls_ca: None,
-            nats_tls_client: None,
-            nats_tls_required: false,
             store,
             batch_size: 1000,
             batch_linger: Duration::from_millis(20),
@@ -280,17 +246,10 @@ impl Config {
                 StoreConfig::Sqlite(PathBuf::new())
             }
         };
-        let mut config = Self::new(&pick.nats.url(), store);
-        match pick.nats.tls_client() {
-            Ok(client) => {
-                config.nats_tls_client = client.map(|(cert, key)| NatsClientCert { cert, key })
-            }
-            Err(problem) => problems.push(problem),
-        }
-        config.nats_creds = pick.nats.nats_creds;
-        config.nats_nkey_seed = pick.nats.nats_nkey_seed;
-        config.nats_tls_ca = pick.nats.nats_tls_ca;
-        config.nats_tls_required = pick.nats.nats_tls_required.unwrap_or(false);
+        let mut config = Self {
+            nats: pick.nats.resolve(),
+            ..Self::new(DEFAULT_NATS_URL, store)
+        };
         config.identities_file = pick.identities_file;
         if let Some(v) = pick.batch_size {
             config.batch_size = v;
@@ -322,9 +281,10 @@ impl Config {
     /// Checks every value and reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if !self.nats_url.contains(':') {
-            problems.push(format!("nats_url `{}` is not a URL", self.nats_url));
+        if !self.nats.url.contains(':') {
+            problems.push(format!("nats_url `{}` is not a URL", self.nats.url));
         }
+        self.nats.check_tls_pair(&mut problems);
         if !(1..=MAX_BATCH).contains(&self.batch_size) {
             problems.push(format!("batch_size must be 1..={MAX_BATCH}"));
         }
@@ -498,11 +458,9 @@ mod tests {
             "{err}"
         );
         cli.nats.nats_tls_key = Some("/etc/execmesh/sink-key.pem".into());
-        let client = Config::load(&cli)
-            .unwrap()
-            .nats_tls_client
-            .expect("both given");
-        assert_eq!(client.key, PathBuf::from("/etc/execmesh/sink-key.pem"));
+        let nats = Config::load(&cli).unwrap().nats;
+        let (_, key) = nats.tls_client().expect("both given");
+        assert_eq!(key, Path::new("/etc/execmesh/sink-key.pem"));
     }
 
     #[test]

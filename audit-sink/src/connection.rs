@@ -17,5 +17,5 @@ pub async fn connect(config: &Config) -> Result<Client, ConnectError> {
         host: None,
         user: "the sink's NATS user",
     };
-    nats_connection::connect(&config.nats(), who).await
+    nats_connection::connect(&config.nats, who).await
 }

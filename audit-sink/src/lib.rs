@@ -53,7 +53,7 @@ pub enum SinkError {
 /// Runs the sink until `shutdown` is cancelled: the batch in hand is committed and acknowledged,
 /// answers in flight are sent, then it returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), SinkError> {
-    info!(store = %store_name(&config.store), nats_url = %config.nats_url,
+    info!(store = %store_name(&config.store), nats_url = %config.nats.url,
           consumer = %config.consumer, "audit-sink starting");
     let identities = match &config.identities_file {
         Some(path) => {

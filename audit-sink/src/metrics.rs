@@ -14,34 +14,27 @@ struct Metrics {
     lag: Gauge<f64, AtomicU64>,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let metrics = Metrics {
-        stored: Counter::default(),
-        duplicates: Counter::default(),
-        store_failures: Counter::default(),
-        lag: Gauge::default(),
-    };
-    register(
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    stored: register(
         "audit_events_stored",
         "Audit events appended to the store",
-        metrics.stored.clone(),
-    );
-    register(
+        Counter::default(),
+    ),
+    duplicates: register(
         "audit_duplicates",
         "Audit events delivered again and skipped (already stored)",
-        metrics.duplicates.clone(),
-    );
-    register(
+        Counter::default(),
+    ),
+    store_failures: register(
         "audit_store_failures",
         "Attempts to store a batch that the store refused (each is retried)",
-        metrics.store_failures.clone(),
-    );
-    register(
+        Counter::default(),
+    ),
+    lag: register(
         "audit_lag_seconds",
         "Age of the oldest event of the last committed batch when it was committed",
-        metrics.lag.clone(),
-    );
-    metrics
+        Gauge::default(),
+    ),
 });
 
 /// A batch was committed: `stored` new events, `duplicates` skipped, the oldest made at

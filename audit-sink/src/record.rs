@@ -122,7 +122,7 @@ impl Stored {
         json!({
             "seq": row.seq,
             "id": row.event_id,
-            "time": rfc3339(row.time_ms),
+            "time": execmesh_proto::audit_json::time(row.time_ms),
             "time_ms": row.time_ms,
             "tenant": row.tenant,
             "source": row.source,
@@ -140,18 +140,6 @@ impl Stored {
             "hash": self.hash,
         })
     }
-}
-
-/// `2026-05-01T12:00:00.123Z`.
-pub fn rfc3339(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }
 
 #[cfg(test)]

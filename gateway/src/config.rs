@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use execmesh_proto::Token;
 use execmesh_runtime::config;
-use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::nats_settings::{DEFAULT_NATS_URL, NatsConfig, NatsSettings};
 use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 /// Command line of `execmesh-gateway`.
@@ -279,17 +279,10 @@ pub use execmesh_runtime::config::ConfigError;
 /// The resolved configuration of one gateway.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// NATS server URL.
-    pub nats_url: String,
-    pub nats_creds: Option<PathBuf>,
-    pub nats_nkey_seed: Option<PathBuf>,
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub nats: NatsConfig,
     /// The identities file records are checked against; `None`: development, unchecked.
     pub identities_file: Option<PathBuf>,
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate and key presented to a NATS server that verifies clients.
-    pub nats_tls_client: Option<TlsFiles>,
-    /// Refuse a NATS server that does not speak TLS.
-    pub nats_tls_required: bool,
     /// Where `main` binds; `run` takes an already bound listener.
     pub listen: SocketAddr,
     /// Certificate and key to serve HTTPS with; `None`: plain HTTP.
@@ -387,15 +380,7 @@ impl Config {
     /// What connecting to the mesh needs of this configuration.
     pub fn mesh(&self) -> crate::core::mesh::MeshSettings<'_> {
         crate::core::mesh::MeshSettings {
-            nats: execmesh_runtime::nats_connection::NatsTarget {
-                url: &self.nats_url,
-                creds: self.nats_creds.as_deref(),
-                nkey_seed: self.nats_nkey_seed.as_deref(),
-                tls_ca: self.nats_tls_ca.as_deref(),
-                tls_client: (self.nats_tls_client.as_ref())
-                    .map(|c| (c.cert.as_path(), c.key.as_path())),
-                tls_required: self.nats_tls_required,
-            },
+            nats: &self.nats,
             identities_file: self.identities_file.as_deref(),
             tenant: &self.tenant,
             exec_signing_key: &self.exec_signing_key,
@@ -418,13 +403,8 @@ impl Config {
     /// A configuration with defaults, for tests and embedding.
     pub fn new(nats_url: &str, key_file: PathBuf) -> Self {
         Self {
-            nats_url: nats_url.to_string(),
-            nats_creds: None,
-            nats_nkey_seed: None,
+            nats: NatsConfig::new(nats_url),
             identities_file: None,
-            nats_tls_ca: None,
-            nats_tls_client: None,
-            nats_tls_required: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 8420)),
             tls: None,
             admin_addr: None,
@@ -475,22 +455,14 @@ impl Config {
             None => Settings::default(),
         };
         let pick = Settings::merge(cli.clone(), file);
-        let mut config = Self::new(
-            &pick.nats.url(),
-            pick.key_file
-                .unwrap_or_else(|| PathBuf::from(".execmesh/gateway.key")),
-        );
+        let key_file = (pick.key_file).unwrap_or_else(|| PathBuf::from(".execmesh/gateway.key"));
+        let mut config = Self {
+            nats: pick.nats.resolve(),
+            ..Self::new(DEFAULT_NATS_URL, key_file)
+        };
         if let Some(path) = pick.exec_signing_key {
             config.exec_signing_key = path;
         }
-        match pick.nats.tls_client() {
-            Ok(client) => config.nats_tls_client = client.map(|(cert, key)| TlsFiles { cert, key }),
-            Err(problem) => problems.push(problem),
-        }
-        config.nats_creds = pick.nats.nats_creds;
-        config.nats_nkey_seed = pick.nats.nats_nkey_seed;
-        config.nats_tls_ca = pick.nats.nats_tls_ca;
-        config.nats_tls_required = pick.nats.nats_tls_required.unwrap_or(false);
         config.identities_file = pick.identities_file;
         config.audience_explicit =
             pick.listen.is_some() || pick.public_url.as_deref().is_some_and(|u| !u.is_empty());
@@ -616,9 +588,10 @@ impl Config {
     /// Checks every value and reports all problems at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if !self.nats_url.contains("://") && !self.nats_url.contains(':') {
-            problems.push(format!("nats_url `{}` is not a URL", self.nats_url));
+        if !self.nats.url.contains("://") && !self.nats.url.contains(':') {
+            problems.push(format!("nats_url `{}` is not a URL", self.nats.url));
         }
+        self.nats.check_tls_pair(&mut problems);
         if let Err(e) = Token::parse("tenant", &self.tenant) {
             problems.push(e.to_string());
         }
@@ -721,8 +694,8 @@ impl Config {
             );
         }
         if self.identities_file.is_some()
-            && self.nats_nkey_seed.is_none()
-            && self.nats_creds.is_none()
+            && self.nats.nkey_seed.is_none()
+            && self.nats.creds.is_none()
         {
             problems.push(
                 "identities_file needs nats_nkey_seed (or nats_creds): the gateway signs its own \
@@ -842,7 +815,7 @@ mod tests {
             ..Default::default()
         };
         let config = Config::load(&cli).unwrap();
-        assert_eq!(config.nats_url, "nats://10.0.0.1:4222");
+        assert_eq!(config.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(config.page_max_lines, 70);
         assert_eq!(config.tenant, "acme");
         assert_eq!(config.page_max_bytes, 64 * 1024);

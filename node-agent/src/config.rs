@@ -7,7 +7,7 @@ use std::time::Duration;
 use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
 use execmesh_proto::{Token, jetstream};
 use execmesh_runtime::config::Rendered;
-use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::nats_settings::{NatsConfig, NatsSettings};
 use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 use crate::cli::Cli;
@@ -35,20 +35,8 @@ pub const MIN_CHUNK_BYTES: usize = 1024;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// NATS server URL, or several separated by commas.
-    pub nats_url: String,
-    /// `.creds` file (user JWT and nkey seed) to authenticate with.
-    pub nats_creds: Option<PathBuf>,
-    /// File with an nkey seed to authenticate with.
-    pub nats_nkey_seed: Option<PathBuf>,
-    /// CA certificate that verifies the server; setting it turns TLS on.
-    pub nats_tls_ca: Option<PathBuf>,
-    /// Client certificate presented to a server that verifies clients; goes with `nats_tls_key`.
-    pub nats_tls_cert: Option<PathBuf>,
-    /// Private key of `nats_tls_cert`.
-    pub nats_tls_key: Option<PathBuf>,
-    /// Refuse plain-text connections.
-    pub nats_tls_required: bool,
+    /// Where NATS is and how to authenticate to it and verify it.
+    pub nats: NatsConfig,
     /// Tenant of this host.
     pub tenant: Token,
     /// This host's id in subjects and keys.
@@ -175,13 +163,7 @@ pub enum ConfigError {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            nats_url: execmesh_runtime::nats_settings::DEFAULT_NATS_URL.to_string(),
-            nats_creds: None,
-            nats_nkey_seed: None,
-            nats_tls_ca: None,
-            nats_tls_cert: None,
-            nats_tls_key: None,
-            nats_tls_required: false,
+            nats: NatsConfig::default(),
             tenant: default_tenant(),
             host_id: default_host_id(),
             labels: BTreeMap::new(),
@@ -249,7 +231,7 @@ impl Config {
             problems: vec![format!("host_id: {e}")],
         })?;
         Ok(Config {
-            nats_url: nats_url.to_string(),
+            nats: NatsConfig::new(nats_url),
             host_id,
             ..Config::default()
         })
@@ -275,13 +257,7 @@ impl Config {
         let host_s: Option<String> = l.get_opt("host_id", "--host-id", &c.host_id);
         let nats = c.nats.clone().or(l.shared());
         let mut config = Config {
-            nats_url: nats.url(),
-            nats_creds: nats.nats_creds,
-            nats_nkey_seed: nats.nats_nkey_seed,
-            nats_tls_ca: nats.nats_tls_ca,
-            nats_tls_cert: nats.nats_tls_cert,
-            nats_tls_key: nats.nats_tls_key,
-            nats_tls_required: nats.nats_tls_required.unwrap_or(d.nats_tls_required),
+            nats: nats.resolve(),
             tenant: d.tenant.clone(),
             host_id: d.host_id.clone(),
             labels: BTreeMap::new(),
@@ -486,23 +462,23 @@ impl Config {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if self.nats_url.trim().is_empty() {
+        if self.nats.url.trim().is_empty() {
             p.push("nats_url: is empty".to_string());
         }
-        for url in self.nats_urls() {
+        for url in self.nats.urls() {
             if let Err(e) = url.parse::<async_nats::ServerAddr>() {
                 p.push(format!("nats_url: `{url}`: {e}"));
             }
         }
-        if self.nats_creds.is_some() && self.nats_nkey_seed.is_some() {
+        if self.nats.creds.is_some() && self.nats.nkey_seed.is_some() {
             p.push("nats_creds and nats_nkey_seed: give one way to authenticate, not both".into());
         }
         for (key, path) in [
-            ("nats_creds", &self.nats_creds),
-            ("nats_nkey_seed", &self.nats_nkey_seed),
-            ("nats_tls_ca", &self.nats_tls_ca),
-            ("nats_tls_cert", &self.nats_tls_cert),
-            ("nats_tls_key", &self.nats_tls_key),
+            ("nats_creds", &self.nats.creds),
+            ("nats_nkey_seed", &self.nats.nkey_seed),
+            ("nats_tls_ca", &self.nats.tls_ca),
+            ("nats_tls_cert", &self.nats.tls_cert),
+            ("nats_tls_key", &self.nats.tls_key),
         ] {
             if let Some(path) = path
                 && !path.is_file()
@@ -510,9 +486,7 @@ impl Config {
                 p.push(format!("{key}: {} is not a readable file", path.display()));
             }
         }
-        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
-            p.push("nats_tls_cert and nats_tls_key go together: give both or neither".into());
-        }
+        self.nats.check_tls_pair(&mut p);
         let mut range = |key: &str, value: u64, min: u64, max: u64| {
             if value < min || value > max {
                 p.push(format!("{key}: {value} is outside {min}..={max}"));
@@ -642,29 +616,6 @@ impl Config {
             p.push(format!("log: `{}`: {e}", self.log));
         }
         p
-    }
-
-    /// Where NATS is and how to authenticate to it and verify it.
-    pub fn nats(&self) -> execmesh_runtime::nats_connection::NatsTarget<'_> {
-        execmesh_runtime::nats_connection::NatsTarget {
-            url: &self.nats_url,
-            creds: self.nats_creds.as_deref(),
-            nkey_seed: self.nats_nkey_seed.as_deref(),
-            tls_ca: self.nats_tls_ca.as_deref(),
-            tls_client: self
-                .nats_tls_cert
-                .as_deref()
-                .zip(self.nats_tls_key.as_deref()),
-            tls_required: self.nats_tls_required,
-        }
-    }
-
-    /// The configured server URLs, split at commas.
-    pub fn nats_urls(&self) -> impl Iterator<Item = &str> {
-        self.nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
     }
 
     /// [`Config::heartbeat_interval_ms`] as a duration.
@@ -1367,7 +1318,10 @@ mod tests {
     #[test]
     fn a_nats_client_certificate_needs_its_key_and_both_must_exist() {
         let err = Config {
-            nats_tls_cert: Some("/nonexistent/client.pem".into()),
+            nats: NatsConfig {
+                tls_cert: Some("/nonexistent/client.pem".into()),
+                ..NatsConfig::default()
+            },
             ..Config::default()
         }
         .validate()

@@ -20,7 +20,7 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         host: Some(host.to_string()),
         user: "this agent's NATS user",
     };
-    nats_connection::connect(&config.nats(), who)
+    nats_connection::connect(&config.nats, who)
         .await
         .map_err(|e| match e {
             ConnectError::Connect { url, source } => AgentError::Connect { url, source },

@@ -78,11 +78,7 @@ pub struct Ready {
 /// The key this agent signs its records with: the one of its NATS seed (`nats_nkey_seed`, or
 /// the seed in `nats_creds`). Without one the agent still runs, but says plainly what that means.
 fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, AgentError> {
-    let Some(path) = config
-        .nats_nkey_seed
-        .as_ref()
-        .or(config.nats_creds.as_ref())
-    else {
+    let Some(path) = (config.nats.nkey_seed.as_ref()).or(config.nats.creds.as_ref()) else {
         warn!(host = %config.host_id,
               "NO NATS SEED: this agent's records (output, job statuses, heartbeats, facts, audit \
                events) go out unsigned. A gateway that checks signatures (`identities_file`) \
@@ -114,7 +110,7 @@ pub async fn run_with_ready(
     let instance = format!("{:016x}", rand::random::<u64>());
     let started_at_ms = execmesh_proto::now_ms();
     info!(host = %config.host_id, tenant = %config.tenant, instance = %instance,
-          nats_url = %config.nats_url, version = AGENT_VERSION, "node-agent starting");
+          nats_url = %config.nats.url, version = AGENT_VERSION, "node-agent starting");
 
     let record_key = record_key(&config)?;
     if let execmesh_runtime::telemetry::MetricsAt::Listen(addr) = config.metrics {

@@ -19,22 +19,17 @@ struct Metrics {
     output_bytes: Family<StreamLabel, Counter>,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let metrics = Metrics {
-        running: Gauge::default(),
-        output_bytes: Family::default(),
-    };
-    register(
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    running: register(
         "jobs_running",
         "Jobs running on this host now",
-        metrics.running.clone(),
-    );
-    register(
+        Gauge::default(),
+    ),
+    output_bytes: register(
         "output_bytes",
         "Bytes of job output published to MESH_OUT, by stream",
-        metrics.output_bytes.clone(),
-    );
-    metrics
+        Family::default(),
+    ),
 });
 
 /// A job started (`1`) or ended (`-1`).

@@ -4,6 +4,20 @@ use serde_json::{Value, json};
 
 use crate::pb::audit_event::Body;
 
+/// An event's `time`: unix milliseconds as RFC 3339 in UTC with milliseconds
+/// (`2026-05-01T12:00:00.123Z`), printed next to the `time_ms` value; the bare number when the
+/// time cannot be represented.
+pub fn time(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// The body of an event as JSON, with enum values by name.
 pub fn body(body: Option<&Body>) -> Value {
     match body {

@@ -273,6 +273,24 @@ impl McpClient {
             .await
     }
 
+    /// Waits up to `timeout_secs` for `job` (the `job` tool's `wait`) and returns the answer.
+    /// Panics, showing the answer, unless the job has exited by then.
+    pub async fn wait_exited(&self, job: &str, timeout_secs: u64) -> ToolOutput {
+        let waited = self
+            .call(
+                "job",
+                json!({"action": "wait", "job": job, "timeout": timeout_secs}),
+            )
+            .await;
+        assert_eq!(
+            waited.structured()["job"]["state"],
+            "exited",
+            "{}",
+            waited.text()
+        );
+        waited
+    }
+
     /// Calls tool `name` with `arguments` (a JSON object).
     pub async fn try_call(&self, name: &str, arguments: Value) -> Result<ToolOutput, ServiceError> {
         let Value::Object(arguments) = arguments else {

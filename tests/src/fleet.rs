@@ -106,12 +106,12 @@ impl Fleet {
                 .unwrap_or_else(|e| panic!("config for simulated host {host}: {e}"));
             config.warm_shells = 0;
             if let Some(tls) = &self.nats_tls {
-                config.nats_tls_ca = Some(tls.ca.clone());
-                config.nats_tls_cert = tls.client.as_ref().map(|c| c.cert.clone());
-                config.nats_tls_key = tls.client.as_ref().map(|c| c.key.clone());
+                config.nats.tls_ca = Some(tls.ca.clone());
+                config.nats.tls_cert = tls.client.as_ref().map(|c| c.cert.clone());
+                config.nats.tls_key = tls.client.as_ref().map(|c| c.key.clone());
             }
             config.gateway_keys = vec![self.gateway_key.clone()];
-            config.nats_nkey_seed = self.seeds.get(&host).cloned();
+            config.nats.nkey_seed = self.seeds.get(&host).cloned();
             config.heartbeat_interval_ms = self.heartbeat.as_millis() as u64;
             config.facts_interval_secs = self.facts_interval.as_secs();
             if let Some(change) = &self.configure {

@@ -8,6 +8,7 @@ use execmesh_gateway::config::TlsFiles;
 use execmesh_gateway::core::auth::{Audience, MCP_SCOPE, SigningKey, TokenSpec};
 use execmesh_gateway::core::tier::Tier;
 use execmesh_gateway::{Config, GatewayError};
+use execmesh_runtime::nats_settings::NatsConfig;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -92,14 +93,15 @@ impl Gateway {
             config: Config {
                 // The test mesh's command key, which its agents trust.
                 exec_signing_key: nats.mesh_signing_key(),
-                nats_tls_ca: nats.tls_ca().map(Path::to_path_buf),
-                nats_tls_client: nats.tls_client_cert().map(|c| TlsFiles {
-                    cert: c.cert.clone(),
-                    key: c.key.clone(),
-                }),
-                // The test mesh's gateway identity: it signs what it writes and checks what it
-                // reads against the mesh's identities file, as a secured gateway does.
-                nats_nkey_seed: Some(nats.identities().seed_file("gateway")),
+                nats: NatsConfig {
+                    tls_ca: nats.tls_ca().map(Path::to_path_buf),
+                    tls_cert: nats.tls_client_cert().map(|c| c.cert.clone()),
+                    tls_key: nats.tls_client_cert().map(|c| c.key.clone()),
+                    // The test mesh's gateway identity: it signs what it writes and checks what
+                    // it reads against the mesh's identities file, as a secured gateway does.
+                    nkey_seed: Some(nats.identities().seed_file("gateway")),
+                    ..NatsConfig::new(&nats.url())
+                },
                 identities_file: Some(nats.identities().identities_file()),
                 ..Config::new(&nats.url(), PathBuf::new())
             },

@@ -127,7 +127,7 @@ impl SecuredMesh {
         let seed = self.seed_file("gateway");
         let identities = self.identities_file();
         Gateway::new(nats).configure(|c| {
-            c.nats_nkey_seed = Some(seed);
+            c.nats.nkey_seed = Some(seed);
             c.identities_file = Some(identities);
         })
     }

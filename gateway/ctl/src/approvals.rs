@@ -56,12 +56,15 @@ async fn list(
     limit: u32,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(pb::ListApprovalsRequest {
-        state: state as i32,
-        limit,
-    });
-    let reply = admin.client.approvals.list(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(
+            pb::ListApprovalsRequest {
+                state: state as i32,
+                limit,
+            },
+            async |c, r| c.approvals.list(r).await,
+        )
+        .await?;
     if json {
         return print_json(&json!({
             "approvals": response.approvals.iter().map(approval_json).collect::<Vec<_>>(),
@@ -102,16 +105,22 @@ async fn list(
 
 /// `approval get ID`: every field, the arguments pretty-printed.
 pub async fn get(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::GetApprovalRequest { id });
-    let reply = admin.client.approvals.get(request).await;
-    print_approval(admin.answer(reply)?.approval, json, |a| detail(a, now_ms()))
+    let answer = admin
+        .call(pb::GetApprovalRequest { id }, async |c, r| {
+            c.approvals.get(r).await
+        })
+        .await?;
+    print_approval(answer.approval, json, |a| detail(a, now_ms()))
 }
 
 /// `approve ID`.
 pub async fn approve(admin: &mut Admin, id: String, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::ApproveRequest { id });
-    let reply = admin.client.approvals.approve(request).await;
-    print_approval(admin.answer(reply)?.approval, json, |a| {
+    let answer = admin
+        .call(pb::ApproveRequest { id }, async |c, r| {
+            c.approvals.approve(r).await
+        })
+        .await?;
+    print_approval(answer.approval, json, |a| {
         format!(
             "approved {} for {}: {}\n{} may now repeat the call with approval_id {} (it expires \
              {}).\n",
@@ -132,9 +141,12 @@ pub async fn deny(
     reason: String,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(pb::DenyRequest { id, reason });
-    let reply = admin.client.approvals.deny(request).await;
-    print_approval(admin.answer(reply)?.approval, json, |a| {
+    let answer = admin
+        .call(pb::DenyRequest { id, reason }, async |c, r| {
+            c.approvals.deny(r).await
+        })
+        .await?;
+    print_approval(answer.approval, json, |a| {
         format!(
             "denied {} for {}: {}\nreason (shown to {}): {}\n",
             a.id, a.user, a.summary, a.user, a.reason
@@ -162,12 +174,15 @@ async fn watch_approvals(
     include_initial: bool,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.stream(pb::WatchApprovalsRequest {
-        include_initial,
-        state: state as i32,
-    });
-    let reply = admin.client.approvals.watch(request).await;
-    let mut stream = admin.answer(reply)?;
+    let mut stream = admin
+        .open(
+            pb::WatchApprovalsRequest {
+                include_initial,
+                state: state as i32,
+            },
+            async |c, r| c.approvals.watch(r).await,
+        )
+        .await?;
     if !json {
         print(&format!(
             "{:<20}  {:<22}  {:<9}  {:<12}  {}\n",

@@ -97,9 +97,9 @@ async fn search(
     filters: &AuditFilters,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(query);
-    let reply = admin.client.audit.query(request).await;
-    let page = admin.answer(reply)?;
+    let page = admin
+        .call(query, async |c, r| c.audit.query(r).await)
+        .await?;
     if json {
         return print_json(&json!({
             "records": page.records.iter().map(record_json).collect::<Vec<_>>(),
@@ -164,9 +164,9 @@ fn filter_args(filters: &AuditFilters) -> Vec<String> {
 
 /// `audit export`: every matching record, oldest first, one JSON object per line.
 async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError> {
-    let request = admin.stream(query);
-    let reply = admin.client.audit.export(request).await;
-    let mut stream = admin.answer(reply)?;
+    let mut stream = admin
+        .open(query, async |c, r| c.audit.export(r).await)
+        .await?;
     while let Some(record) = admin.next(&mut stream).await? {
         print_json_line(&record_json(&record))?;
     }
@@ -176,9 +176,11 @@ async fn export(admin: &mut Admin, query: pb::AuditQuery) -> Result<(), CtlError
 /// `audit verify`: exit 0 with the chain's head when intact and every event was signed by a
 /// known key; else 1 naming the first bad record, or the events no known key signed.
 async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::AuditVerifyRequest {});
-    let reply = admin.client.audit.verify(request).await;
-    let reply = admin.answer(reply)?;
+    let reply = admin
+        .call(pb::AuditVerifyRequest {}, async |c, r| {
+            c.audit.verify(r).await
+        })
+        .await?;
     if !reply.error.is_empty() {
         return Err(CtlError::Refused(format!(
             "the audit-sink cannot read its store: {}",
@@ -327,7 +329,7 @@ pub fn record_json(record: &pb::AuditRecord) -> Value {
     json!({
         "seq": record.seq,
         "id": event.id,
-        "time": table::timestamp_ms(event.time_ms),
+        "time": execmesh_proto::audit_json::time(event.time_ms),
         "time_ms": event.time_ms,
         "tenant": event.tenant,
         "source": source,

@@ -408,16 +408,29 @@ pub struct Admin {
 // === impl Admin ===
 
 impl Admin {
-    /// A unary request carrying `message`, limited to the configured timeout.
-    pub fn unary<T>(&self, message: T) -> Request<T> {
+    /// Makes one unary `call` carrying `message` (limited to the configured timeout) and
+    /// returns the answer, or the failure in words: every command asks the gateway this way,
+    /// e.g. `admin.call(request, async |c, r| c.hosts.list(r).await)`.
+    pub async fn call<Q, A>(
+        &mut self,
+        message: Q,
+        call: impl AsyncFnOnce(&mut AdminClient, Request<Q>) -> Result<Response<A>, Status>,
+    ) -> Result<A, CtlError> {
         let mut request = Request::new(message);
         request.set_timeout(self.settings.timeout);
-        request
+        let reply = call(&mut self.client, request).await;
+        self.answer(reply)
     }
 
-    /// A request that opens a server stream (no time limit: watches run until Ctrl-C).
-    pub fn stream<T>(&self, message: T) -> Request<T> {
-        Request::new(message)
+    /// Opens a server stream with `open` carrying `message`, with no time limit (watches run
+    /// until Ctrl-C), and returns the stream, or the failure in words.
+    pub async fn open<Q, S>(
+        &mut self,
+        message: Q,
+        open: impl AsyncFnOnce(&mut AdminClient, Request<Q>) -> Result<Response<S>, Status>,
+    ) -> Result<S, CtlError> {
+        let reply = open(&mut self.client, Request::new(message)).await;
+        self.answer(reply)
     }
 
     /// A failed call in words: the gateway's refusals exit 1, a connection lost on the way
@@ -428,7 +441,7 @@ impl Admin {
 
     /// What a call made with [`Admin::unary`] or [`Admin::stream`] answered, or its failure in
     /// words.
-    pub fn answer<R>(&self, reply: Result<Response<R>, Status>) -> Result<R, CtlError> {
+    fn answer<R>(&self, reply: Result<Response<R>, Status>) -> Result<R, CtlError> {
         reply.map(Response::into_inner).map_err(|s| self.fail(s))
     }
 

@@ -11,9 +11,11 @@ use crate::{CtlError, enum_word, print, print_json, print_json_line};
 /// `hosts [SELECTOR]`: a table of the matching hosts and a count by state, or the response as
 /// JSON.
 pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::ListHostsRequest { selector });
-    let reply = admin.client.hosts.list(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(pb::ListHostsRequest { selector }, async |c, r| {
+            c.hosts.list(r).await
+        })
+        .await?;
     if json {
         return print_json(&json!({
             "hosts": response.hosts.iter().map(host_json).collect::<Vec<_>>(),
@@ -87,12 +89,15 @@ pub async fn watch(
     include_initial: bool,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.stream(pb::WatchHostsRequest {
-        selector,
-        include_initial,
-    });
-    let reply = admin.client.hosts.watch(request).await;
-    let mut stream = admin.answer(reply)?;
+    let mut stream = admin
+        .open(
+            pb::WatchHostsRequest {
+                selector,
+                include_initial,
+            },
+            async |c, r| c.hosts.watch(r).await,
+        )
+        .await?;
     if !json {
         // Lines arrive one by one, so the columns have fixed widths instead of measured ones.
         print(&format!(

@@ -46,9 +46,9 @@ pub async fn list(
     json: bool,
 ) -> Result<(), CtlError> {
     let limit = request.limit;
-    let request = admin.unary(request);
-    let reply = admin.client.jobs.list(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(request, async |c, r| c.jobs.list(r).await)
+        .await?;
     if json {
         return print_json(&json!({
             "jobs": response.jobs.iter().map(job_json).collect::<Vec<_>>(),
@@ -105,9 +105,11 @@ pub async fn run(settings: Settings, command: JobCommand, json: bool) -> Result<
 }
 
 async fn get(admin: &mut Admin, job_id: String, host: String, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::GetJobRequest { job_id, host });
-    let reply = admin.client.jobs.get(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(pb::GetJobRequest { job_id, host }, async |c, r| {
+            c.jobs.get(r).await
+        })
+        .await?;
     print_jobs(&response.jobs, json, |jobs| {
         let now = now_ms();
         let blocks: Vec<String> = jobs.iter().map(|j| job_detail(j, now)).collect();
@@ -122,13 +124,16 @@ async fn kill(
     grace_ms: u64,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(pb::KillJobRequest {
-        job_id,
-        host,
-        grace_ms,
-    });
-    let reply = admin.client.jobs.kill(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(
+            pb::KillJobRequest {
+                job_id,
+                host,
+                grace_ms,
+            },
+            async |c, r| c.jobs.kill(r).await,
+        )
+        .await?;
     print_jobs(&response.jobs, json, |jobs| jobs_table(jobs).render())
 }
 
@@ -152,9 +157,9 @@ async fn tail(
     json: bool,
 ) -> Result<(), CtlError> {
     let job = request.job_id.clone();
-    let request = admin.stream(request);
-    let reply = admin.client.jobs.tail(request).await;
-    let mut stream = admin.answer(reply)?;
+    let mut stream = admin
+        .open(request, async |c, r| c.jobs.tail(r).await)
+        .await?;
     let mut last_cursor = String::new();
     loop {
         let Some(message) = admin.next(&mut stream).await? else {

@@ -11,9 +11,11 @@ use crate::{CtlError, enum_word, print, print_json};
 /// `runbooks`: a table of name, tier, hosts, approval, command and hash, or JSON with each
 /// runbook's parameter schema.
 pub async fn list(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::ListRunbooksRequest {});
-    let reply = admin.client.runbooks.list(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(pb::ListRunbooksRequest {}, async |c, r| {
+            c.runbooks.list(r).await
+        })
+        .await?;
     if json {
         return print_json(&json!({
             "runbooks": response.runbooks.iter().map(runbook_json).collect::<Vec<_>>(),

@@ -191,18 +191,6 @@ pub fn when(ms: u64, now_ms: u64) -> String {
     format!("{} ({})", timestamp(ms), ago(ms, now_ms))
 }
 
-/// Unix milliseconds as RFC 3339 in UTC with milliseconds, for JSON next to the `_ms` value.
-pub fn timestamp_ms(ms: u64) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,9 +65,9 @@ async fn mint(
     request: pb::MintTokenRequest,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(request);
-    let reply = admin.client.tokens.mint(request).await;
-    let minted = admin.answer(reply)?;
+    let minted = admin
+        .call(request, async |c, r| c.tokens.mint(r).await)
+        .await?;
     let tier = tier_word(minted.tier);
     if json {
         return print_json(&json!({
@@ -100,11 +100,14 @@ async fn revoke(
     target: pb::revoke_token_request::Target,
     json: bool,
 ) -> Result<(), CtlError> {
-    let request = admin.unary(pb::RevokeTokenRequest {
-        target: Some(target),
-    });
-    let reply = admin.client.tokens.revoke(request).await;
-    let revoked = admin.answer(reply)?;
+    let revoked = admin
+        .call(
+            pb::RevokeTokenRequest {
+                target: Some(target),
+            },
+            async |c, r| c.tokens.revoke(r).await,
+        )
+        .await?;
     if json {
         return print_json(&json!({
             "token_id": revoked.token_id,
@@ -120,9 +123,11 @@ async fn revoke(
 }
 
 async fn revocations(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
-    let request = admin.unary(pb::ListRevocationsRequest {});
-    let reply = admin.client.tokens.list_revocations(request).await;
-    let response = admin.answer(reply)?;
+    let response = admin
+        .call(pb::ListRevocationsRequest {}, async |c, r| {
+            c.tokens.list_revocations(r).await
+        })
+        .await?;
     if json {
         return print_json(&json!({
             "revocations": response.revocations.iter().map(|r| json!({

@@ -75,7 +75,7 @@ pub enum ToolError {
     ApprovalRequired {
         id: String,
         text: String,
-        details: Box<crate::core::approvals::Held>,
+        details: Box<crate::core::held::Held>,
     },
     /// The call carries an approval that cannot be used for it.
     #[error("approval {id} cannot be used: {reason}")]

@@ -20,7 +20,8 @@ use execmesh_proto::jetstream::{self as layout, FACTS_BUCKET, JOBS_BUCKET, PRESE
 use execmesh_proto::signing::SignedRequest;
 use execmesh_proto::{Token, headers, pb, subject};
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
-use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError, NatsTarget};
+use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
+use execmesh_runtime::nats_settings::NatsConfig;
 
 use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
@@ -415,7 +416,7 @@ pub struct Mesh {
 #[derive(Debug, Clone, Copy)]
 pub struct MeshSettings<'a> {
     /// Where NATS is and how to authenticate to it and verify it.
-    pub nats: NatsTarget<'a>,
+    pub nats: &'a NatsConfig,
     pub identities_file: Option<&'a Path>,
     pub tenant: &'a str,
     pub exec_signing_key: &'a Path,
@@ -433,7 +434,7 @@ impl Mesh {
     pub async fn connect(config: &MeshSettings<'_>) -> Result<Self, MeshError> {
         let tenant = Token::parse("tenant", config.tenant).map_err(MeshError::Tenant)?;
         let signer = Arc::new(Signer::load_or_create(config.exec_signing_key)?);
-        let seed = config.nats.nkey_seed.or(config.nats.creds);
+        let seed = (config.nats.nkey_seed.as_deref()).or(config.nats.creds.as_deref());
         let records = Arc::new(Records::load(seed, config.identities_file)?);
         tracing::info!(key_id = signer.key_id(), public_key = %signer.public_key_base64(),
                        path = %config.exec_signing_key.display(),
@@ -446,12 +447,12 @@ impl Mesh {
             host: None,
             user: "the gateway's NATS user",
         };
-        let client = nats_connection::connect(&config.nats, who)
+        let client = nats_connection::connect(config.nats, who)
             .await
             .map_err(|e| match e {
                 ConnectError::Connect { url, source } => MeshError::Connect { url, source },
                 ConnectError::Credentials { path, source } => MeshError::Connect {
-                    url: config.nats.url.to_string(),
+                    url: config.nats.url.clone(),
                     source: async_nats::ConnectError::with_source(
                         async_nats::ConnectErrorKind::Io,
                         std::io::Error::new(source.kind(), format!("{}: {source}", path.display())),

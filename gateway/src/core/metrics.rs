@@ -47,40 +47,32 @@ struct Metrics {
     approvals_pending: Gauge,
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let metrics = Metrics {
-        calls: Family::default(),
-        latency: Family::new_with_constructor(latency),
-        host_requests: Family::default(),
-        auth_failures: Family::default(),
-        approvals_pending: Gauge::default(),
-    };
-    register(
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    calls: register(
         "tool_calls",
         "MCP tool calls by tool and outcome (ok, error, or the refusal's code)",
-        metrics.calls.clone(),
-    );
-    register(
+        Family::default(),
+    ),
+    latency: register(
         "tool_call_duration_seconds",
         "Time from a tool call's arrival to its answer",
-        metrics.latency.clone(),
-    );
-    register(
+        Family::new_with_constructor(latency),
+    ),
+    host_requests: register(
         "host_requests",
         "Requests sent to hosts by outcome; each host of a fan-out counts once",
-        metrics.host_requests.clone(),
-    );
-    register(
+        Family::default(),
+    ),
+    auth_failures: register(
         "auth_failures",
         "Refused bearer tokens by endpoint (mcp, admin) and reason",
-        metrics.auth_failures.clone(),
-    );
-    register(
+        Family::default(),
+    ),
+    approvals_pending: register(
         "approvals_pending",
         "Approval requests of the tenant waiting for a decision (every replica counts them all)",
-        metrics.approvals_pending.clone(),
-    );
-    metrics
+        Gauge::default(),
+    ),
 });
 
 /// Counts one tool call of `tool` (already bounded by the caller to the tools served, or

@@ -12,6 +12,7 @@ pub mod bearer;
 pub mod dispatch;
 pub mod error;
 pub mod fanout;
+pub mod held;
 pub mod hosts;
 pub mod instances;
 pub mod jobs;

@@ -16,11 +16,14 @@ use tracing::warn;
 static REGISTRY: LazyLock<Mutex<Registry>> =
     LazyLock::new(|| Mutex::new(Registry::with_prefix("execmesh")));
 
-/// Registers `metric` as `execmesh_<name>` (counters get `_total`) with its `help`.
-pub fn register(name: &str, help: &str, metric: impl Metric) {
+/// Registers `metric` as `execmesh_<name>` (counters get `_total`) with its `help`, and hands
+/// it back: a metric is a handle on shared state, so the caller keeps the copy it updates and
+/// declares each metric (name, help and kind) in one expression.
+pub fn register<M: Metric + Clone>(name: &str, help: &str, metric: M) -> M {
     if let Ok(mut registry) = REGISTRY.lock() {
-        registry.register(name, help, metric);
+        registry.register(name, help, metric.clone());
     }
+    metric
 }
 
 /// The registry in the Prometheus text format (`/metrics`'s body).
@@ -81,13 +84,11 @@ pub enum MetricsError {
 /// NATS connections lost and made again, counted when the connection is back:
 /// `execmesh_nats_reconnects_total`.
 pub static NATS_RECONNECTS: LazyLock<Counter> = LazyLock::new(|| {
-    let counter = Counter::default();
     register(
         "nats_reconnects",
         "NATS connections lost and made again (counted once connected again)",
-        counter.clone(),
-    );
-    counter
+        Counter::default(),
+    )
 });
 
 #[cfg(test)]

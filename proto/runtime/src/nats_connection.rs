@@ -10,23 +10,7 @@ use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use async_nats::{Client, ClientError, ConnectOptions, Event, ServerAddr, ServerError};
 use tracing::{debug, info, warn};
 
-/// Where NATS is and how a service authenticates to it and verifies it: the resolved NATS
-/// settings of one service, borrowed from its configuration.
-#[derive(Debug, Clone, Copy)]
-pub struct NatsTarget<'a> {
-    /// One server URL, or several separated by commas (tried in turn).
-    pub url: &'a str,
-    /// `.creds` file (user JWT and nkey seed).
-    pub creds: Option<&'a Path>,
-    /// File holding an nkey seed.
-    pub nkey_seed: Option<&'a Path>,
-    /// CA certificate that verifies the server; setting it turns TLS on.
-    pub tls_ca: Option<&'a Path>,
-    /// Certificate and key presented to a server that verifies clients.
-    pub tls_client: Option<(&'a Path, &'a Path)>,
-    /// Refuse a server that does not speak TLS.
-    pub tls_required: bool,
-}
+use crate::nats_settings::NatsConfig;
 
 /// What differs between the services that connect: how the server shows the connection, where
 /// its replies arrive, and how its log lines name it.
@@ -67,12 +51,10 @@ pub enum ConnectError {
 /// Connects once, failing fast with the URL or the file in the error: a wrong address or
 /// credential should stop a service at start, not leave it retrying quietly. After that first
 /// connection the client reconnects forever, logging each connection event.
-pub async fn connect(target: &NatsTarget<'_>, who: ConnectAs) -> Result<Client, ConnectError> {
-    let url = target.url.to_string();
-    let addrs = url
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
+pub async fn connect(target: &NatsConfig, who: ConnectAs) -> Result<Client, ConnectError> {
+    let url = target.url.clone();
+    let addrs = target
+        .urls()
         .map(|u| u.parse::<ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConnectError::Connect {
@@ -86,17 +68,17 @@ pub async fn connect(target: &NatsTarget<'_>, who: ConnectAs) -> Result<Client, 
         let path = path.to_path_buf();
         move |source| ConnectError::Credentials { path, source }
     };
-    let mut options = match target.creds {
+    let mut options = match target.creds.as_deref() {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
             .map_err(credentials(path))?,
         None => ConnectOptions::new(),
     };
-    if let Some(path) = target.nkey_seed {
+    if let Some(path) = target.nkey_seed.as_deref() {
         let seed = std::fs::read_to_string(path).map_err(credentials(path))?;
         options = options.nkey(seed.trim().to_string());
     }
-    options = apply_tls(options, target.tls_ca, target.tls_client)?;
+    options = apply_tls(options, target.tls_ca.as_deref(), target.tls_client())?;
     if target.tls_required {
         options = options.require_tls(true);
     }

@@ -1,6 +1,6 @@
 //! The NATS settings every service takes, declared once: one flag, one `EXECMESH_…` variable and one config-file key each, flattened into each service's settings.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Where NATS is when no `nats_url` is given.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -70,20 +70,81 @@ impl NatsSettings {
         }
     }
 
-    /// The server URL(s), or the default.
-    pub fn url(&self) -> String {
-        self.nats_url
-            .clone()
-            .unwrap_or_else(|| DEFAULT_NATS_URL.to_string())
+    /// The settings resolved to the values a service connects with: the default URL where none
+    /// is given, plain text allowed unless TLS is required.
+    pub fn resolve(self) -> NatsConfig {
+        NatsConfig {
+            url: self
+                .nats_url
+                .unwrap_or_else(|| DEFAULT_NATS_URL.to_string()),
+            creds: self.nats_creds,
+            nkey_seed: self.nats_nkey_seed,
+            tls_ca: self.nats_tls_ca,
+            tls_cert: self.nats_tls_cert,
+            tls_key: self.nats_tls_key,
+            tls_required: self.nats_tls_required.unwrap_or(false),
+        }
+    }
+}
+
+/// Where NATS is and how a service authenticates to it and verifies it, resolved: the part of
+/// every service's configuration that [`crate::nats_connection::connect`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// NATS server URL, or several separated by commas (tried in turn).
+    pub url: String,
+    /// `.creds` file (user JWT and nkey seed) to authenticate with.
+    pub creds: Option<PathBuf>,
+    /// File with an nkey seed to authenticate with (services also sign their records with it).
+    pub nkey_seed: Option<PathBuf>,
+    /// CA certificate that verifies the server; setting it turns TLS on.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate presented to a server that verifies clients; goes with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Refuse a server that does not speak TLS.
+    pub tls_required: bool,
+}
+
+// === impl NatsConfig ===
+
+impl NatsConfig {
+    /// `url` with no credentials and no TLS: a development mesh, or the start of a test's
+    /// configuration.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            creds: None,
+            nkey_seed: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+        }
     }
 
-    /// The client certificate and its key: both or neither, else the problem.
-    pub fn tls_client(&self) -> Result<Option<(PathBuf, PathBuf)>, String> {
-        match (&self.nats_tls_cert, &self.nats_tls_key) {
-            (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
-            (None, None) => Ok(None),
-            _ => Err(TLS_PAIR.to_string()),
+    /// The configured server URLs, split at commas.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+
+    /// The client certificate and its key, when both are given.
+    pub fn tls_client(&self) -> Option<(&Path, &Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
+    }
+
+    /// Adds [`TLS_PAIR`] to `problems` when only one of the certificate and its key is given.
+    pub fn check_tls_pair(&self, problems: &mut Vec<String>) {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems.push(TLS_PAIR.to_string());
         }
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self::new(DEFAULT_NATS_URL)
     }
 }
 

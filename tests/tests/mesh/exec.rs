@@ -286,15 +286,7 @@ async fn inline_window_versus_bg() {
         .await;
     assert_eq!(short_wait.structured()["state"], "running");
 
-    let waited = client
-        .call("job", json!({"action": "wait", "job": job, "timeout": 10}))
-        .await;
-    assert_eq!(
-        waited.structured()["job"]["state"],
-        "exited",
-        "{}",
-        waited.text()
-    );
+    let waited = client.wait_exited(job, 10).await;
     assert_eq!(waited.structured()["job"]["exit_code"], 0);
     assert_eq!(waited.structured()["output"], "done\n");
 }
@@ -403,15 +395,7 @@ async fn a_cursor_past_the_end_of_a_finished_job_answers_done() {
             .flatten()
     })
     .await;
-    let out = client
-        .call("job", json!({"action": "wait", "job": job, "timeout": 20}))
-        .await;
-    assert_eq!(
-        out.structured()["job"]["state"],
-        json!("exited"),
-        "{}",
-        out.text()
-    );
+    client.wait_exited(&job, 20).await;
     // The job's output leaves MESH_OUT (as retention removes it): the cursor now points past
     // everything that is stored, and the job is over.
     let subject = format!("mesh.v1.default.out.web-1.{job}");

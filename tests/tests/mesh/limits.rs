@@ -27,15 +27,7 @@ async fn a_job_whose_oldest_output_was_evicted_pages_from_what_is_left_and_says_
     let job = client
         .bash_bg("web-1", &format!("seq -f '%099g' 1 {lines}"))
         .await;
-    let waited = client
-        .call("job", json!({"action": "wait", "job": job, "timeout": 120}))
-        .await;
-    assert_eq!(
-        waited.structured()["job"]["state"],
-        "exited",
-        "{}",
-        waited.text()
-    );
+    client.wait_exited(&job, 120).await;
 
     // Paging from the start gets the oldest line still stored, and says what is gone.
     let page = client.job("poll", &job).await;

@@ -164,7 +164,7 @@ async fn the_mesh_round_trips_through_a_tls_only_server_on_tls_connections() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     // A `tls://` URL works as well as `nats://` with a CA.
     let gw = Gateway::new(&nats)
-        .configure(|c| c.nats_url = c.nats_url.replacen("nats://", "tls://", 1))
+        .configure(|c| c.nats.url = c.nats.url.replacen("nats://", "tls://", 1))
         .start()
         .await;
     let client = gw.client("alice").await;
@@ -360,7 +360,7 @@ async fn a_tls_file_that_cannot_be_used_stops_each_service_naming_the_file_and_t
 
     let mut config = execmesh_gateway::Config::new(&url, dir.path().join("gateway.key"));
     config.exec_signing_key = nats.mesh_signing_key();
-    config.nats_tls_ca = Some(garbage.clone());
+    config.nats.tls_ca = Some(garbage.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
