@@ -101,6 +101,7 @@ impl Gateway {
                 // reads against the mesh's identities file, as a secured gateway does.
                 nats_nkey_seed: Some(nats.identities().seed_file("gateway")),
                 identities_file: Some(nats.identities().identities_file()),
+                kv_replicas: nats.replicas(),
                 ..Config::new(&nats.url(), PathBuf::new())
             },
             key_file: None,
