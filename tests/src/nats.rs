@@ -41,7 +41,8 @@ pub struct Nats {
 
 /// One server, or the nodes of a cluster.
 enum Servers {
-    One(NatsServer),
+    // Boxed: a server is many times the size of a cluster's list of them.
+    One(Box<NatsServer>),
     Cluster(NatsCluster),
 }
 
@@ -96,7 +97,7 @@ impl NatsBuilder {
     pub async fn start(self) -> Nats {
         crate::init_tracing();
         let servers = match self.1 {
-            None => Servers::One(self.0.start().await),
+            None => Servers::One(Box::new(self.0.start().await)),
             Some(nodes) => Servers::Cluster(NatsCluster::start(self.0, nodes).await),
         };
         let server = servers.first();
