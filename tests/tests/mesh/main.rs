@@ -19,6 +19,7 @@ mod https;
 mod limits;
 mod nats_security;
 mod nats_tls;
+mod nats_versions;
 mod oauth;
 mod outage;
 mod outcomes;

@@ -1,0 +1,442 @@
+//! The fault scenarios of a mesh on a 3-node JetStream cluster at R3: the meta leader and the output stream's leader killed under a job a client pages, every node restarted in turn under calls, and an agent whose node dies.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::Context;
+use execmesh_proto::jetstream::OUT_STREAM;
+use serde::Serialize;
+use serde_json::json;
+
+use super::{
+    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, POLL, RECOVERY, Scenario,
+    Size, USER, job_end, ms, paced_job_with, raw_bash, reached, settle, state_of,
+};
+use crate::{Gateway, McpClient, Nats, NodeAgent};
+
+/// Nodes of the cluster.
+const NODES: usize = 3;
+/// The pause between two chunks of the job under the leader kills: the job prints for about
+/// 15 s, long enough for both kills, their elections and a restart to land while it runs.
+const CLUSTER_PACE: &str = "0.15";
+/// Longest one page call may take before the pager counts it failed and asks again.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a call may take while nodes restart: an answer or a clear refusal, never a hang.
+const ROLLING_BOUND: Duration = Duration::from_secs(20);
+
+/// Figures of [`Scenario::ClusterLeaderKill`].
+#[derive(Debug, Serialize)]
+pub struct ClusterLeaderFigures {
+    /// The job's lines, paged by a client while the leaders died.
+    pub lines: LineTally,
+    /// Lines stored when the meta leader was killed, and when the stream leader was.
+    pub lines_at_meta_kill: u64,
+    pub lines_at_stream_kill: u64,
+    /// Whether the stream leader killed was also the meta leader then.
+    pub stream_leader_was_meta_leader: bool,
+    /// From the meta leader's kill until the other nodes agreed on a new one.
+    pub meta_election_ms: u64,
+    /// From the stream leader's kill until MESH_OUT had a new leader.
+    pub stream_election_ms: u64,
+    /// From each kill until a page sent after it was answered: the pause the client saw.
+    pub pause_after_meta_kill_ms: u64,
+    pub pause_after_stream_kill_ms: u64,
+    /// Page calls answered, and those that failed (timed out or refused) and were asked again.
+    pub pages: usize,
+    pub failed_pages: usize,
+    /// The slowest page call.
+    pub slowest_page_ms: u64,
+    /// The job's state at the end.
+    pub job_state: String,
+}
+
+/// Figures of [`Scenario::ClusterRollingRestart`].
+#[derive(Debug, Serialize)]
+pub struct ClusterRollingFigures {
+    /// Clients calling at once.
+    pub clients: usize,
+    /// How long each node's restart took until the cluster had a meta leader again.
+    pub restart_ms: Vec<u64>,
+    /// Calls made, answered as asked, refused (HTTP 503, retryable) and tool errors.
+    pub calls: usize,
+    pub answered: usize,
+    pub refused: usize,
+    pub tool_errors: usize,
+    /// Calls that answered otherwise or not within the bound.
+    pub wrong: usize,
+    /// The slowest call, and the bound every call must answer within.
+    pub slowest_ms: u64,
+    pub bound_ms: u64,
+}
+
+/// Figures of [`Scenario::ClusterAgentFailover`].
+#[derive(Debug, Serialize)]
+pub struct ClusterAgentFailoverFigures {
+    /// From the kill of the only node the agent was given until a command ran on it again.
+    pub first_call_ms: Option<u64>,
+    /// Whether the agent rode it out in the same process.
+    pub agent_survived: bool,
+}
+
+/// A job printing `size.cluster_lines` numbered lines is paged from its start by a client while
+/// the JetStream meta leader is killed with SIGKILL (and restarted once a new one is elected),
+/// then MESH_OUT's leader. Every line comes back once, in order; pages answer again after each
+/// kill, the pause measured.
+pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Broken> {
+    let nats = Nats::builder().cluster(NODES).start().await;
+    let cluster = nats.cluster().expect("a cluster was asked for");
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let job = client
+        .bash_bg(HOST, &paced_job_with(size.cluster_lines, CLUSTER_PACE))
+        .await;
+    let pager = gw.client(USER).await.with_timeout(PAGE_TIMEOUT);
+    let following = tokio::spawn(follow(pager, job.clone()));
+
+    let mut invariants = Invariants::default();
+    let at_meta = reached(&client, &job, size.cluster_lines / 5).await;
+    invariants.holds(
+        "the meta leader's kill lands while the job runs",
+        at_meta.as_ref().is_some_and(|p| p.running),
+        "the job had ended (or printed nothing) before it",
+    );
+    let meta = cluster.wait_for_meta_leader(None).await;
+    let meta_killed = Instant::now();
+    cluster.node(&meta).kill().await;
+    cluster.wait_for_meta_leader(Some(&meta)).await;
+    let meta_election = meta_killed.elapsed();
+    cluster.node(&meta).restart().await;
+    replicas_current(&nats).await;
+
+    let at_stream = reached(&client, &job, size.cluster_lines / 2).await;
+    invariants.holds(
+        "the stream leader's kill lands while the job runs",
+        at_stream.as_ref().is_some_and(|p| p.running),
+        "the job had ended before it",
+    );
+    let js = nats.jetstream().await;
+    let leader = stream_leader(&js).await;
+    let now_meta = cluster.wait_for_meta_leader(None).await;
+    let stream_killed = Instant::now();
+    cluster.node(&leader).kill().await;
+    let elected = settle(|| async {
+        stream_leader_now(&js)
+            .await
+            .filter(|now| *now != leader)
+            .map(|_| ())
+    })
+    .await;
+    let stream_election = stream_killed.elapsed();
+    invariants.holds(
+        "MESH_OUT elects a new leader",
+        elected.is_some(),
+        "no new leader",
+    );
+    cluster.node(&leader).restart().await;
+
+    let job_state = state_of(job_end(&client, &job).await.as_ref());
+    invariants.equal("the job ends exited", "exited", job_state.as_str());
+    let followed = following.await.expect("the pager does not panic");
+    let pause = |kill: Instant| {
+        followed
+            .answered
+            .iter()
+            .find(|(sent, _)| *sent >= kill)
+            .map(|(_, answered)| answered.duration_since(kill))
+    };
+    let (pause_meta, pause_stream) = (pause(meta_killed), pause(stream_killed));
+    invariants.settled(
+        "pages resume after the meta leader's kill",
+        pause_meta,
+        RECOVERY,
+    );
+    invariants.settled(
+        "pages resume after the stream leader's kill",
+        pause_stream,
+        RECOVERY,
+    );
+    let lines = LineTally::of(size.cluster_lines, &followed.lines);
+    invariants.every_line_once(&lines);
+    invariants.finish(
+        Scenario::ClusterLeaderKill,
+        ClusterLeaderFigures {
+            lines,
+            lines_at_meta_kill: at_meta.map_or(0, |p| p.lines),
+            lines_at_stream_kill: at_stream.map_or(0, |p| p.lines),
+            stream_leader_was_meta_leader: leader == now_meta,
+            meta_election_ms: ms(meta_election),
+            stream_election_ms: ms(stream_election),
+            pause_after_meta_kill_ms: pause_meta.map_or(ms(RECOVERY), ms),
+            pause_after_stream_kill_ms: pause_stream.map_or(ms(RECOVERY), ms),
+            pages: followed.answered.len(),
+            failed_pages: followed.failed,
+            slowest_page_ms: ms(followed.slowest),
+            job_state,
+        },
+    )
+}
+
+/// `size.clients` clients call `bash` without pause while every node of the cluster is
+/// restarted in turn (SIGTERM, start, a meta leader again). Every call answers as asked or is
+/// refused with a retryable error within a bound; none hangs; calls answer after the last restart.
+pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigures, Broken> {
+    let nats = Nats::builder().cluster(NODES).start().await;
+    let cluster = nats.cluster().expect("a cluster was asked for");
+    let _agent = NodeAgent::new(&nats, HOST).start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let token = gw.mint(USER);
+    let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..size.clients {
+        let (http, url, token) = (gw.http_client(), gw.url(), token.clone());
+        let (calls, stop) = (calls.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            let mut id = c as u64 * 1_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                id += 1;
+                let sent = Instant::now();
+                let answer = raw_bash(&http, &url, &token, id).await;
+                let took = sent.elapsed();
+                calls
+                    .lock()
+                    .expect("calls")
+                    .push(Call { sent, took, answer });
+            }
+        }));
+    }
+    let answered_since = |since: Instant| {
+        let calls = calls.clone();
+        move || {
+            let calls = calls.clone();
+            async move {
+                let calls = calls.lock().expect("calls");
+                calls
+                    .iter()
+                    .any(|c| c.sent >= since && c.answer == Answer::Answered)
+            }
+        }
+    };
+
+    let mut invariants = Invariants::default();
+    let warm = settle(answered_since(Instant::now())).await;
+    invariants.holds(
+        "calls answer before the restarts",
+        warm.is_some(),
+        "no call answered",
+    );
+    let mut restart_ms = Vec::new();
+    for node in cluster.nodes() {
+        let started = Instant::now();
+        node.restart().await;
+        cluster.wait_for_meta_leader(None).await;
+        restart_ms.push(ms(started.elapsed()));
+        replicas_current(&nats).await;
+    }
+    let last = Instant::now();
+    let back = settle(answered_since(last)).await;
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        let _ = caller.await;
+    }
+    invariants.settled(
+        "calls answer after the last restart",
+        back.map(|(_, took)| took),
+        RECOVERY,
+    );
+
+    let calls = std::mem::take(&mut *calls.lock().expect("calls"));
+    let count = |answer: Answer| calls.iter().filter(|c| c.answer == answer).count();
+    let slowest = calls.iter().map(|c| c.took).max().unwrap_or_default();
+    let wrong = count(Answer::Wrong);
+    invariants.equal(
+        "every call answers, is refused or is a tool error",
+        0,
+        wrong,
+    );
+    invariants.holds(
+        "no call hangs",
+        slowest < ROLLING_BOUND,
+        format_args!("the slowest took {slowest:?}, bound {ROLLING_BOUND:?}"),
+    );
+    invariants.finish(
+        Scenario::ClusterRollingRestart,
+        ClusterRollingFigures {
+            clients: size.clients,
+            restart_ms,
+            calls: calls.len(),
+            answered: count(Answer::Answered),
+            refused: count(Answer::Refused),
+            tool_errors: count(Answer::ToolError),
+            wrong,
+            slowest_ms: ms(slowest),
+            bound_ms: ms(ROLLING_BOUND),
+        },
+    )
+}
+
+/// An agent given the URL of one node only is left without it (SIGKILL): it reconnects to a
+/// node it learned from the cluster, and commands run on it again without a restart.
+pub async fn cluster_agent_failover(_size: &Size) -> Result<ClusterAgentFailoverFigures, Broken> {
+    let nats = Nats::builder().cluster(NODES).start().await;
+    let cluster = nats.cluster().expect("a cluster was asked for");
+    let only = &cluster.nodes()[0];
+    let mut agent = NodeAgent::new(&nats, HOST)
+        .nats_url(only.url())
+        .start()
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client(USER).await.with_timeout(Duration::from_secs(10));
+    let mut invariants = Invariants::default();
+    let before = client
+        .try_call("bash", json!({"host": HOST, "cmd": "echo ok"}))
+        .await;
+    let before = match before {
+        Ok(out) => out.structured()["output"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => e.to_string(),
+    };
+    invariants.holds(
+        "a command runs before the kill",
+        before == "ok\n",
+        format_args!("it answered {before:?}"),
+    );
+
+    let pid = agent.pid();
+    let killed = Instant::now();
+    only.kill().await;
+    let ran = settle(|| async {
+        let out = client
+            .try_call("bash", json!({"host": HOST, "cmd": "echo ok"}))
+            .await
+            .ok()?;
+        (out.structured()["output"] == "ok\n").then_some(())
+    })
+    .await;
+    let first_call = ran.map(|_| killed.elapsed());
+    invariants.settled("a command runs on the agent again", first_call, RECOVERY);
+    let agent_survived = agent.exited().is_none() && agent.pid() == pid;
+    invariants.holds(
+        "the agent rides out its node's death",
+        agent_survived,
+        "it exited",
+    );
+    only.restart().await;
+    invariants.finish(
+        Scenario::ClusterAgentFailover,
+        ClusterAgentFailoverFigures {
+            first_call_ms: first_call.map(ms),
+            agent_survived,
+        },
+    )
+}
+
+/// What a client paging a job from its start saw.
+struct Followed {
+    /// Every line, in the order paged.
+    lines: Vec<String>,
+    /// When each answered page was sent and when it answered.
+    answered: Vec<(Instant, Instant)>,
+    /// Page calls that failed (timed out, refused, a tool error) and were asked again.
+    failed: usize,
+    /// The slowest page call.
+    slowest: Duration,
+}
+
+/// Pages `job` from its start until it is done, asking again (same cursor) when a page fails,
+/// for at most the settle limit.
+async fn follow(client: McpClient, job: String) -> Followed {
+    let mut followed = Followed {
+        lines: Vec::new(),
+        answered: Vec::new(),
+        failed: 0,
+        slowest: Duration::ZERO,
+    };
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + super::SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let mut args =
+            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let sent = Instant::now();
+        let answer = client.try_call("job", args).await;
+        followed.slowest = followed.slowest.max(sent.elapsed());
+        let out = match answer {
+            Ok(out) if !out.is_error() => out,
+            _ => {
+                followed.failed += 1;
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        followed.answered.push((sent, Instant::now()));
+        let s = out.structured();
+        let page = s["output"].as_str().unwrap_or_default();
+        followed.lines.extend(page.lines().map(str::to_string));
+        if s["done"] == true {
+            break;
+        }
+        if let Some(next) = s["next_cursor"].as_str() {
+            cursor = Some(next.to_string());
+        }
+        if page.is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    followed
+}
+
+/// The name of MESH_OUT's leader once it has one.
+async fn stream_leader(js: &Context) -> String {
+    settle(|| stream_leader_now(js))
+        .await
+        .map(|(leader, _)| leader)
+        .expect("MESH_OUT has a leader")
+}
+
+/// MESH_OUT's leader as the cluster reports it now, `None` while it has none.
+async fn stream_leader_now(js: &Context) -> Option<String> {
+    let info = tokio::time::timeout(Duration::from_secs(5), async {
+        js.get_stream(OUT_STREAM)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()
+            .cloned()
+    })
+    .await
+    .ok()??;
+    info.cluster
+        .as_ref()?
+        .leader
+        .clone()
+        .filter(|l| !l.is_empty())
+}
+
+/// Waits until every replica of MESH_OUT is current again (a restarted node has caught up), so
+/// the next fault does not meet a stream already short of a copy.
+async fn replicas_current(nats: &Nats) {
+    let js = nats.jetstream().await;
+    settle(|| async {
+        let info = js
+            .get_stream(OUT_STREAM)
+            .await
+            .ok()?
+            .info()
+            .await
+            .ok()?
+            .clone();
+        let cluster = info.cluster.as_ref()?;
+        let current = cluster.replicas.len() + 1 == NODES
+            && cluster.replicas.iter().all(|r| r.current && !r.offline);
+        current.then_some(())
+    })
+    .await;
+}
