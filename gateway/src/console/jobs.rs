@@ -159,12 +159,8 @@ pub async fn show(
     Query(at): Query<At>,
 ) -> Response {
     let access = access(&state, &session);
-    let status = match find(&state, &session, &access, &host, &job).await {
-        Ok(status) => status,
-        Err(refused) => return refused,
-    };
-    let (host, job) = match ids(&status, &session) {
-        Ok(ids) => ids,
+    let (status, host, job) = match find(&state, &session, &access, &host, &job).await {
+        Ok(found) => found,
         Err(refused) => return refused,
     };
     let mesh = &state.mesh;
@@ -257,12 +253,9 @@ pub async fn output(
     Query(at): Query<At>,
 ) -> Response {
     let access = access(&state, &session);
-    let status = match find(&state, &session, &access, &host, &job).await {
-        Ok(status) => status,
-        Err(refused) => return refused,
-    };
-    let (host, job) = match ids(&status, &session) {
-        Ok(ids) => ids,
+    // Found first: a job the person may not see is unknown, whatever the cursor says.
+    let (_, host, job) = match find(&state, &session, &access, &host, &job).await {
+        Ok(found) => found,
         Err(refused) => return refused,
     };
     let cursor = match open(&state, &session, &at.cursor, &host, &job) {
@@ -303,8 +296,8 @@ pub async fn kill(
         return refused;
     }
     let access = access(&state, &session);
-    let status = match find(&state, &session, &access, &host, &job).await {
-        Ok(status) => status,
+    let (status, _, _) = match find(&state, &session, &access, &host, &job).await {
+        Ok(found) => found,
         Err(refused) => return refused,
     };
     let me = &session.identity;
@@ -355,15 +348,15 @@ fn may_kill(session: &Session) -> Result<(), String> {
     Ok(())
 }
 
-/// The job `job` on `host`, settled, if the signed-in person may see it; otherwise 404 in the
-/// same words as for ids no host knows.
+/// The job `job` on `host`, settled, with its ids, if the signed-in person may see it;
+/// otherwise 404 in the same words as for ids no host knows.
 async fn find(
     state: &ConsoleState,
     session: &Session,
     access: &JobAccess,
     host: &str,
     job: &str,
-) -> Result<pb::JobStatus, Response> {
+) -> Result<(pb::JobStatus, Token, Token), Response> {
     let unknown = || {
         page::error(
             StatusCode::NOT_FOUND,
@@ -385,7 +378,7 @@ async fn find(
         .await
         .map_err(|e| unavailable(session, &e.to_string()))?;
     state.audit.redactor().job_status(&mut status);
-    Ok(status)
+    Ok((status, host_id, job_id))
 }
 
 /// Opens a cursor sealed for the signed-in person, which must point into `host`/`job`.
@@ -419,22 +412,6 @@ fn limits(state: &ConsoleState) -> PageLimits {
         max_lines: state.config.page_max_lines,
         max_bytes: state.config.page_max_bytes,
         max_line_bytes: state.config.max_line_bytes,
-    }
-}
-
-/// The ids of a stored job, or the page saying its record is broken.
-fn ids(status: &pb::JobStatus, session: &Session) -> Result<(Token, Token), Response> {
-    match (
-        Token::parse("host id", &status.host),
-        Token::parse("job id", &status.job_id),
-    ) {
-        (Ok(host), Ok(job)) => Ok((host, job)),
-        _ => Err(page::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Broken job record",
-            "The stored job has a bad host or job id.",
-            Some(session),
-        )),
     }
 }
 

@@ -8,6 +8,10 @@
 //! (content security policy); every form carries a CSRF token bound to the session; every
 //! request passes the same `Host` and `Origin` checks as `/mcp`.
 
+// A refusal is answered with its page: the `Err` of the handlers' helpers is that response,
+// sent at once and never kept, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 mod approvals;
 mod assets;
 mod audit;
