@@ -187,6 +187,7 @@ gateway_key="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" \
 user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
 [ -n "$user" ] || user="operator"
 mcp_url="http://127.0.0.1:$port/mcp"
+console_url="http://127.0.0.1:$port/console"
 # The gRPC admin API (execmeshctl): plaintext, so loopback only.
 admin_addr="127.0.0.1:$admin_port"
 # Who may do what: on the first run, one group that may do everything everywhere and you in it,
@@ -238,6 +239,7 @@ hosts_json=$(printf '"%s",' "${hosts[@]}"); hosts_json="[${hosts_json%,}]"
 cat >"$state/quickstart.json" <<JSON
 {
   "mcp_url": "$mcp_url",
+  "console_url": "$console_url",
   "token": "$token",
   "user": "$user",
   "nats_url": "$nats_url",
@@ -255,6 +257,7 @@ cat <<TEXT
 
 execmesh is up.
   MCP URL:  $mcp_url
+  console:  $console_url   (approvals, jobs with live output; sign in as below)
   sign in:  $sign_in
   policy:   $state/policy.toml
   token:    $token   (user $user, valid 30 days)

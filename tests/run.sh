@@ -33,6 +33,20 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v in
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
 
+# Chromium and its WebDriver server, for the console scenarios (a real browser, headless):
+# Debian's packages, whose versions match each other.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if ! command -v apt-get >/dev/null; then
+        echo "tests/run.sh: the console tests need chromium and chromedriver; install them" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "installing chromium and chromium-driver (apt) for the console tests" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
+
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/execmesh-target}"
 
 # Scenario tests spawn the real binaries (execmesh-node-agent, …), which `cargo test` does not

@@ -212,6 +212,14 @@ pub struct Settings {
     /// in seconds [default: 900].
     #[arg(long, env = "EXECMESH_APPROVAL_TTL_SECS")]
     pub approval_ttl_secs: Option<u64>,
+    /// Where each new approval request is announced: an incoming-webhook URL (Slack or
+    /// anything that takes Slack's JSON), sent a message with a link to the request's console
+    /// page [default: none].
+    #[arg(long, env = "EXECMESH_APPROVAL_WEBHOOK_URL")]
+    pub approval_webhook_url: Option<String>,
+    /// How long a console sign-in lasts, in seconds [default: 3600].
+    #[arg(long, env = "EXECMESH_CONSOLE_SESSION_TTL_SECS")]
+    pub console_session_ttl_secs: Option<u64>,
     /// How long an MCP task (a `tools/call` a client let run as a task) is kept after it is
     /// created, its result included, in seconds [default: 3600].
     #[arg(long, env = "EXECMESH_TASK_TTL_SECS")]
@@ -327,6 +335,10 @@ pub struct Config {
     pub jetstream_budget_bytes: u64,
     /// How long an approval request (and an approval) stays usable.
     pub approval_ttl: Duration,
+    /// Where new approval requests are announced (Slack-compatible JSON); `None`: nowhere.
+    pub approval_webhook_url: Option<String>,
+    /// How long a console sign-in lasts.
+    pub console_session_ttl: Duration,
     /// How long an MCP task is kept after it is created.
     pub task_ttl: Duration,
     /// The poll interval tasks suggest to clients.
@@ -426,6 +438,8 @@ impl Config {
             kv_replicas: 1,
             jetstream_budget_bytes: execmesh_proto::jetstream::DEFAULT_STORE_BUDGET_BYTES,
             approval_ttl: crate::core::approvals::DEFAULT_TTL,
+            approval_webhook_url: None,
+            console_session_ttl: Duration::from_secs(3600),
             task_ttl: crate::core::tasks::DEFAULT_TTL,
             task_poll_interval: crate::core::tasks::DEFAULT_POLL_INTERVAL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
@@ -534,6 +548,10 @@ impl Config {
         if let Some(v) = pick.approval_ttl_secs {
             config.approval_ttl = Duration::from_secs(v);
         }
+        config.approval_webhook_url = pick.approval_webhook_url.filter(|s| !s.is_empty());
+        if let Some(v) = pick.console_session_ttl_secs {
+            config.console_session_ttl = Duration::from_secs(v);
+        }
         if let Some(v) = pick.task_ttl_secs {
             config.task_ttl = Duration::from_secs(v);
         }
@@ -610,6 +628,20 @@ impl Config {
             || self.approval_ttl > Duration::from_secs(7 * 24 * 3600)
         {
             problems.push("approval_ttl_secs must be 1..=604800".to_string());
+        }
+        if let Some(url) = &self.approval_webhook_url {
+            match url::Url::parse(url) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(_) => problems.push(format!(
+                    "approval_webhook_url `{url}` must start with https:// or http://"
+                )),
+                Err(e) => problems.push(format!("approval_webhook_url `{url}`: {e}")),
+            }
+        }
+        if !(Duration::from_secs(60)..=Duration::from_secs(24 * 3600))
+            .contains(&self.console_session_ttl)
+        {
+            problems.push("console_session_ttl_secs must be 60..=86400".to_string());
         }
         if self.task_ttl < Duration::from_secs(1)
             || self.task_ttl > Duration::from_secs(7 * 24 * 3600)
@@ -776,6 +808,8 @@ impl Settings {
             kv_replicas,
             jetstream_budget_bytes,
             approval_ttl_secs,
+            approval_webhook_url,
+            console_session_ttl_secs,
             task_ttl_secs,
             task_poll_interval_ms,
             tenant,

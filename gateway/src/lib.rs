@@ -5,8 +5,10 @@
 //! shared key file.
 
 pub mod admin;
+pub mod client_addr;
 pub mod commands;
 pub mod config;
+pub mod console;
 pub mod core;
 pub mod listener;
 pub mod mcp;
@@ -40,6 +42,8 @@ pub enum GatewayError {
     Tasks(#[from] crate::core::tasks::TaskError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Webhook(#[from] crate::core::webhook::WebhookError),
     #[error(transparent)]
     Metrics(#[from] execmesh_runtime::metrics::MetricsError),
     #[error("HTTP server failed: {0}")]

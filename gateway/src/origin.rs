@@ -1,5 +1,6 @@
-//! Which browser origins may call `/mcp`: the gateway's own origin, its public URL's, and those
-//! the configuration lists (DNS rebinding and cross-site requests are refused with 403).
+//! Which browser origins may call `/mcp` (and the console): the gateway's own origin, its public
+//! URL's, and those the configuration lists (DNS rebinding and cross-site requests are refused
+//! with 403); and which `Host` names the gateway answers to.
 //!
 //! A request without `Origin` (every non-browser client) passes. One whose `Origin` is the
 //! origin it was sent to (scheme, host and port of its `Host`, as a same-origin page sends) or
@@ -99,6 +100,49 @@ pub async fn check(
         "Forbidden: this Origin may not call /mcp; list it in allowed_origins\n",
     )
         .into_response()
+}
+
+/// The names (or `name:port`) the gateway accepts in `Host`: loopback, the configured
+/// `public_names`, and the host of its public URL. `/mcp` hands the list to its transport; the
+/// console checks it with [`host_allowed`].
+pub fn allowed_hosts(
+    public_names: &[String],
+    audience: &crate::core::auth::Audience,
+) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    hosts.extend(public_names.iter().cloned());
+    hosts.push(audience.host());
+    hosts
+}
+
+/// Whether `host` (a `Host` header: `name[:port]`) is one of `allowed` (entries without a port
+/// allow any port), as the MCP transport decides it.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let Some(host) = authority(host) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .filter_map(|entry| authority(entry))
+        .any(|(name, port)| name == host.0 && port.is_none_or(|p| host.1 == Some(p)))
+}
+
+/// A host name (lower-case, without IPv6 brackets) and its port, if any.
+fn authority(text: &str) -> Option<(String, Option<u16>)> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let (name, port) = match http::uri::Authority::try_from(text) {
+        Ok(authority) => (authority.host().to_string(), authority.port_u16()),
+        Err(_) => (text.to_string(), None),
+    };
+    let name = name.trim_matches(['[', ']']).to_ascii_lowercase();
+    Some((name, port))
 }
 
 /// Why an `allowed_origins` entry is not an origin, if it is not.
@@ -259,6 +303,27 @@ mod tests {
         ] {
             let e = check_allowed(bad).expect_err(bad);
             assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn hosts_match_by_name_and_by_port_when_the_entry_has_one() {
+        let allowed = [
+            "localhost".to_string(),
+            "::1".to_string(),
+            "gw.example.com:8443".to_string(),
+        ];
+        for (host, accepted) in [
+            ("localhost:8420", true),
+            ("LOCALHOST", true),
+            ("[::1]:8420", true),
+            ("gw.example.com:8443", true),
+            ("gw.example.com:8444", false),
+            ("gw.example.com", false),
+            ("evil.example.net:8420", false),
+            ("", false),
+        ] {
+            assert_eq!(host_allowed(host, &allowed), accepted, "{host}");
         }
     }
 

@@ -1,5 +1,5 @@
 //! The HTTP server: `/mcp` (stateless Streamable HTTP behind bearer auth), the OAuth
-//! authorization server's endpoints, and `/healthz`.
+//! authorization server's endpoints, the web console at `/console`, and `/healthz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::core::bearer::{Bearer, BearerRefusal};
 use crate::core::mesh::Mesh;
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
+use crate::core::webhook::ApprovalWebhook;
 use crate::mcp::envelope::{self, Refused, Rejection};
 use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
@@ -42,13 +43,7 @@ pub fn router(
         &bearer.audience.issuer,
         &config.allowed_origins,
     ));
-    let mut allowed_hosts = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    allowed_hosts.extend(config.public_names.iter().cloned());
-    allowed_hosts.push(bearer.audience.host());
+    let allowed_hosts = crate::origin::allowed_hosts(&config.public_names, &bearer.audience);
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -259,7 +254,8 @@ pub async fn run_with_admin(
     let mesh = Mesh::connect(&config.mesh()).await?;
     let addr = listener.local_addr().map_err(crate::GatewayError::Serve)?;
     let audience = config.audience(addr);
-    let oauth = OAuth::open(&mesh, config.kv_replicas).await?;
+    let sign_in = Arc::new(crate::core::sign_in::SignIn::default());
+    let oauth = OAuth::open(&mesh, config.kv_replicas, sign_in.clone()).await?;
     let revocations = Arc::new(Revocations::new(
         oauth.store.clone(),
         config.revocation_max_staleness,
@@ -282,7 +278,11 @@ pub async fn run_with_admin(
         config.approval_ttl,
         audit.clone(),
     )
-    .await?;
+    .await?
+    .with_webhook(match &config.approval_webhook_url {
+        Some(url) => Some(ApprovalWebhook::new(url, &audience.issuer)?),
+        None => None,
+    });
     let tasks = crate::core::tasks::Tasks::open(
         &mesh,
         config.kv_replicas,
@@ -324,13 +324,15 @@ pub async fn run_with_admin(
         tasks,
         cursors,
         revocations,
+        sign_in,
     };
     let mut app = router(
         services.mcp(),
         services.bearer.clone(),
         services.oauth(oauth),
         shutdown.clone(),
-    );
+    )
+    .merge(crate::console::routes(services.console()));
     if services.config.metrics == MetricsAt::Shared {
         app = app.merge(execmesh_runtime::metrics::router());
     }

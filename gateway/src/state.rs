@@ -1,11 +1,13 @@
 //! The composition of the faces: the core services the gateway builds once at start, and the
-//! part of them each face is given. The MCP tools, the admin API, the OAuth server and the
-//! bearer check in front of `/mcp` each get a state of their own holding only what they use.
+//! part of them each face is given. The MCP tools, the admin API, the OAuth server, the web
+//! console and the bearer check in front of `/mcp` each get a state of their own holding only
+//! what they use.
 
 use std::sync::Arc;
 
 use crate::admin::AdminState;
 use crate::config::Config;
+use crate::console::{CSRF_PURPOSE, ConsoleState, CsrfKey};
 use crate::core::approvals::Approvals;
 use crate::core::audit::Audit;
 use crate::core::bearer::Bearer;
@@ -13,6 +15,7 @@ use crate::core::mesh::Mesh;
 use crate::core::paging::CursorKey;
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
+use crate::core::sign_in::SignIn;
 use crate::core::tasks::Tasks;
 use crate::mcp::McpState;
 use crate::oauth::{OAuth, OAuthState};
@@ -37,6 +40,9 @@ pub struct Services {
     /// Revoked token ids, as `/mcp` and the admin API check them and the OAuth and admin faces
     /// add to them.
     pub revocations: Arc<Revocations>,
+    /// The password check of the login forms (OAuth's and the console's), with their shared
+    /// rate limits.
+    pub sign_in: Arc<SignIn>,
 }
 
 // === impl Services ===
@@ -68,6 +74,31 @@ impl Services {
             approvals: self.approvals.clone(),
             cursors: self.cursors.clone(),
             revocations: self.revocations.clone(),
+        })
+    }
+
+    /// What the console's pages read and act through.
+    pub fn console(&self) -> Arc<ConsoleState> {
+        let config = &self.config;
+        let audience = &self.bearer.audience;
+        Arc::new(ConsoleState {
+            config: config.clone(),
+            mesh: self.mesh.clone(),
+            bearer: self.bearer.clone(),
+            policy: self.policy.clone(),
+            audit: self.audit.clone(),
+            approvals: self.approvals.clone(),
+            cursors: self.cursors.clone(),
+            revocations: self.revocations.clone(),
+            sign_in: self.sign_in.clone(),
+            csrf_key: CsrfKey::new(&self.bearer.key.derive_secret(CSRF_PURPOSE)),
+            origins: crate::origin::OriginPolicy::new(
+                config.tls.is_some(),
+                &audience.issuer,
+                &config.allowed_origins,
+            ),
+            allowed_hosts: crate::origin::allowed_hosts(&config.public_names, audience),
+            https: config.tls.is_some() || audience.issuer.starts_with("https://"),
         })
     }
 

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod agent;
 pub mod audit_sink;
+pub mod browser;
 pub mod chaos;
 pub mod client;
 pub mod fleet;
@@ -44,6 +45,7 @@ use std::sync::Once;
 pub use admin::{AdminClient, AdminMode, AdminPki};
 pub use agent::{NodeAgent, RunningAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
+pub use browser::Browser;
 pub use client::{McpClient, ToolOutput, post_raw, read_answer, rejection_of, with_approval};
 pub use execmesh_nats_server::{certificates, eventually};
 pub use fleet::{Fleet, RunningFleet};

@@ -228,7 +228,7 @@ async fn verify(admin: &mut Admin, json: bool) -> Result<(), CtlError> {
 }
 
 /// One line about an event's body for the table.
-fn summary(body: Option<&Body>) -> String {
+pub fn summary(body: Option<&Body>) -> String {
     match body {
         Some(Body::CallReceived(b)) => {
             let action = table::optional("", &b.action, " ");

@@ -5,35 +5,23 @@
 //! other users' only with operator rights in the policy (`operators`), audited per use; other
 //! jobs are NOT_FOUND in the same words as ids no host knows.
 
-use std::time::{Duration, Instant};
-
-use futures::{FutureExt, StreamExt};
-use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
-use tracing::debug;
 
 use execmesh_proto::redact::Redactor;
-use execmesh_proto::{Token, pb, subject};
+use execmesh_proto::{Token, pb};
 
 use super::{Admin, AdminStream, error};
-use crate::core::audit::Answer;
 use crate::core::auth::Identity;
 use crate::core::jobs::access::{JobAccess, Via};
+use crate::core::jobs::follow::{Followed, follow};
 use crate::core::jobs::state;
 use crate::core::paging::{self, Cursor, PageLimits};
-use crate::core::trace::TraceContext;
 
 /// Jobs a List returns when the request names no limit.
 const DEFAULT_LIMIT: usize = 100;
 /// Most jobs one List returns.
 const MAX_LIMIT: usize = 10_000;
-/// A tail that is caught up re-reads at least this often, even without a wake-up: output may
-/// arrive where the gateway may not subscribe, and a dead agent writes no exit record.
-const TAIL_POLL: Duration = Duration::from_secs(1);
-/// A job whose status says it ended but whose exit record has not arrived after this long is
-/// ended by its status (the agent died between writing the two).
-const EXIT_RECORD_GRACE: Duration = Duration::from_secs(5);
 
 /// The JobsService implementation.
 pub struct JobsApi {
@@ -312,42 +300,20 @@ impl JobsApi {
             self.audit_use(access, "JobsService.Kill", "get", [&status]);
             return Ok(status);
         }
-        let (host, job) = ids(&status)?;
         let state = &self.admin.state;
-        let trace = TraceContext::continue_or_start(None);
-        access.audit_use(
+        crate::core::jobs::kill_audited(
+            &state.mesh,
             &state.audit,
-            &trace.trace_id,
-            "JobsService.Kill",
+            state.config.request_timeout,
+            caller,
+            access,
             Via::AdminApi,
-            "kill",
-            [&status],
-        );
-        let mut args = serde_json::Map::new();
-        args.insert("action".into(), json!("kill"));
-        args.insert("job".into(), json!(job.as_str()));
-        args.insert("host".into(), json!(host.as_str()));
-        args.insert("via".into(), json!("admin-api"));
-        let audit = state
-            .audit
-            .call("job", caller.user.as_str(), &trace.trace_id, &args);
-        let started = Instant::now();
-        let timeout = state.config.request_timeout;
-        let result =
-            crate::core::jobs::kill(&state.mesh, timeout, caller, &trace, &host, &job, grace_ms)
-                .await;
-        audit.dispatched(&host, &job, "kill", started.elapsed(), &result);
-        match result {
-            Ok(killed) => {
-                audit.finish(Ok(Answer::default()));
-                Ok(killed)
-            }
-            Err(e) => {
-                let status = error::tool(&e);
-                audit.finish(Err(&e));
-                Err(status)
-            }
-        }
+            "JobsService.Kill",
+            &status,
+            grace_ms,
+        )
+        .await
+        .map_err(|e| error::tool(&e))
     }
 }
 
@@ -369,92 +335,49 @@ impl Tail {
 
     async fn run(self, tx: mpsc::Sender<Result<pb::TailJobResponse, Status>>) {
         let state = &self.admin.state;
-        let mesh = &state.mesh;
         let limits = PageLimits {
             max_lines: state.config.page_max_lines,
             max_bytes: state.config.page_max_bytes,
             max_line_bytes: state.config.max_line_bytes,
         };
-        // Wake-ups: the agent's output records as they are published (subscribed before the
-        // first read, so none falls between a read and the wait).
-        let subject = subject::out(&mesh.tenant, &self.cursor.host, &self.cursor.job);
-        let mut wake = match mesh.client.subscribe(subject).await {
-            Ok(subscription) => Some(subscription),
-            Err(e) => {
-                debug!(error = %e, "no output subscription; tail polls");
-                None
+        let (pages_tx, mut pages) = mpsc::channel(2);
+        let follow = follow(
+            &state.mesh,
+            &state.audit,
+            self.cursor.clone(),
+            limits,
+            pages_tx,
+        );
+        let forward = async {
+            let mut index = 0u64;
+            while let Some(item) = pages.recv().await {
+                let message = match item {
+                    Ok(Followed::Page(page)) => {
+                        let chunk = pb::OutputChunk {
+                            index,
+                            stream: pb::OutputStream::Unspecified as i32,
+                            first_line: page.first_line,
+                            line_count: page.lines as u32,
+                            data: page.text.into_bytes(),
+                        };
+                        index += 1;
+                        Ok(pb::TailJobResponse {
+                            body: Some(pb::tail_job_response::Body::Chunk(chunk)),
+                            cursor: self.seal(&page.next),
+                        })
+                    }
+                    Ok(Followed::End { status, cursor }) => {
+                        Ok(exit_message(status, self.seal(&cursor)))
+                    }
+                    Err(e) => Err(error::mesh(e)),
+                };
+                if tx.send(message).await.is_err() {
+                    // The client went away: dropping the receiver ends the follow.
+                    return;
+                }
             }
         };
-        let mut cursor = self.cursor.clone();
-        let mut index = 0u64;
-        let mut ended_since: Option<Instant> = None;
-        loop {
-            let page = match paging::read(mesh, cursor.clone(), limits).await {
-                Ok(page) => page,
-                Err(e) => {
-                    let _ = tx.send(Err(error::mesh(e))).await;
-                    return;
-                }
-            };
-            cursor = page.next.clone();
-            if page.lines > 0 {
-                let chunk = pb::OutputChunk {
-                    index,
-                    stream: pb::OutputStream::Unspecified as i32,
-                    first_line: page.first_line,
-                    line_count: page.lines as u32,
-                    data: page.text.into_bytes(),
-                };
-                index += 1;
-                let message = pb::TailJobResponse {
-                    body: Some(pb::tail_job_response::Body::Chunk(chunk)),
-                    cursor: self.seal(&cursor),
-                };
-                if tx.send(Ok(message)).await.is_err() {
-                    return;
-                }
-            }
-            if let Some(exit) = page.exit {
-                let _ = tx.send(Ok(exit_message(exit, self.seal(&cursor)))).await;
-                return;
-            }
-            if !page.caught_up {
-                continue;
-            }
-            // Caught up: a job whose agent died never writes its exit record; its status ends
-            // the tail instead.
-            let status = match mesh.job_status(&cursor.host, &cursor.job).await {
-                Ok(Some(status)) => state::settle(mesh, &self.admin.state.audit, status).await,
-                Ok(None) => Ok(pb::JobStatus::default()),
-                Err(e) => Err(e),
-            };
-            match status {
-                Ok(status) if status.state() == pb::JobState::Lost => {
-                    let _ = tx.send(Ok(exit_message(status, self.seal(&cursor)))).await;
-                    return;
-                }
-                Ok(status) if status.state() != pb::JobState::Running => {
-                    let since = *ended_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= EXIT_RECORD_GRACE {
-                        let _ = tx.send(Ok(exit_message(status, self.seal(&cursor)))).await;
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(error::mesh(e))).await;
-                    return;
-                }
-            }
-            match wake.as_mut() {
-                Some(subscription) => {
-                    let _ = tokio::time::timeout(TAIL_POLL, subscription.next()).await;
-                    // Take whatever else arrived meanwhile; the next read covers it all.
-                    while let Some(Some(_)) = subscription.next().now_or_never() {}
-                }
-                None => tokio::time::sleep(TAIL_POLL).await,
-            }
-        }
+        tokio::join!(follow, forward);
     }
 }
 

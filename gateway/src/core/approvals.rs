@@ -42,6 +42,7 @@ use crate::core::mesh::{HostRecord, Mesh, MeshError, MeshErrorKind, WatchFrom};
 use crate::core::policy::{ApprovalRule, LivePolicy, Policy};
 use crate::core::selector::{Candidate, Groups, Selector};
 use crate::core::tier::{self, Tier};
+use crate::core::webhook::ApprovalWebhook;
 
 /// How long a request waits for a decision, and an approval for its use, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -289,6 +290,8 @@ pub struct Approvals {
     ttl: Duration,
     /// Decisions are audited here (requests and uses through the call's own trail).
     audit: Arc<Audit>,
+    /// Where new requests are announced, if anywhere.
+    webhook: Option<ApprovalWebhook>,
 }
 
 // === impl Approvals ===
@@ -322,7 +325,14 @@ impl Approvals {
             tenant,
             ttl,
             audit,
+            webhook: None,
         })
+    }
+
+    /// The same store, announcing each new request to `webhook`.
+    pub fn with_webhook(mut self, webhook: Option<ApprovalWebhook>) -> Self {
+        self.webhook = webhook;
+        self
     }
 
     /// How long a request waits for a decision.
@@ -797,6 +807,9 @@ pub async fn gate(call: &Gate<'_>, request: Request<'_>) -> Result<(), ToolError
             used_at_ms: None,
         };
         approvals.create(&record).await.map_err(store_error)?;
+        if let Some(webhook) = &approvals.webhook {
+            webhook.announce(&record);
+        }
         call.audit
             .approval("requested", audit_body(&record, "requested"));
         info!(approval = %record.id, hosts = record.hosts.len(), "approval requested");

@@ -21,6 +21,9 @@ use crate::core::tier::Tier;
 pub const MCP_SCOPE: &str = "mcp";
 /// The scope a token needs to use the admin API.
 pub const ADMIN_SCOPE: &str = "admin";
+/// The only scope of a console session: a session cookie is a token that `/mcp` and the admin
+/// API refuse.
+pub const CONSOLE_SCOPE: &str = "console";
 /// Longest lifetime (`exp - iat`) a token may have unless `max_token_lifetime_secs` says
 /// otherwise: long enough for a quarter's CI token (and the quickstart's 30-day ones), short
 /// enough that a forgotten token does not live for years.

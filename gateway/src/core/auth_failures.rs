@@ -35,6 +35,8 @@ pub enum Endpoint {
     Mcp,
     /// The gRPC admin API (UNAUTHENTICATED).
     Admin,
+    /// The web console's session cookie (back to the sign-in page).
+    Console,
 }
 
 impl Endpoint {
@@ -42,6 +44,7 @@ impl Endpoint {
         match self {
             Self::Mcp => "mcp",
             Self::Admin => "admin",
+            Self::Console => "console",
         }
     }
 }

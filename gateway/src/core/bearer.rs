@@ -1,4 +1,4 @@
-//! The bearer check of `/mcp` and the admin API: a token verified (signature, issuer, audience,
+//! The bearer check of `/mcp`, the admin API and the console's sessions: a token verified (signature, issuer, audience,
 //! expiry), not revoked, carrying the scope the endpoint needs, for a user of the policy in
 //! force, who gets the policy's grant. Invalid tokens are audited (coalesced, see
 //! [`crate::core::auth_failures`]); each face words a refusal for its own protocol.
@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tracing::debug;
 
-use crate::core::auth::{ADMIN_SCOPE, Audience, AuthError, Identity, MCP_SCOPE, SigningKey};
+use crate::core::auth::{
+    ADMIN_SCOPE, Audience, AuthError, CONSOLE_SCOPE, Identity, MCP_SCOPE, SigningKey,
+};
 use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::{RevocationUnknown, Revocations};
@@ -50,6 +52,7 @@ pub fn scope_of(endpoint: Endpoint) -> &'static str {
     match endpoint {
         Endpoint::Mcp => MCP_SCOPE,
         Endpoint::Admin => ADMIN_SCOPE,
+        Endpoint::Console => CONSOLE_SCOPE,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod audit_query;
 pub mod auth;
 pub mod auth_failures;
 pub mod bearer;
@@ -21,10 +22,12 @@ pub mod mesh;
 pub mod metrics;
 pub mod paging;
 pub mod policy;
+pub mod ratelimit;
 pub mod records;
 pub mod revocation;
 pub mod runbooks;
 pub mod selector;
+pub mod sign_in;
 pub mod signer;
 pub mod tasks;
 pub mod tier;
@@ -32,3 +35,4 @@ pub mod token_store;
 pub mod trace;
 pub mod unstored;
 pub mod verified_tokens;
+pub mod webhook;

@@ -22,7 +22,8 @@ use tracing::info;
 
 use super::McpState;
 use crate::core::approvals::{self, ApprovalState, Held};
-use crate::core::auth::Identity;
+use crate::core::auth::{Audience, Identity};
+use crate::core::webhook;
 
 /// How long a retry waits for the approval to be decided before it asks the client again.
 const DECISION_WAIT: Duration = Duration::from_secs(20);
@@ -163,10 +164,12 @@ pub fn declined(responses: &serde_json::Map<String, Value>) -> bool {
         .any(|answer| answer.get("action").and_then(Value::as_str) != Some("accept"))
 }
 
-/// The approval's page: under the gateway's `public_url`, else the origin the request came to.
+/// The approval's console page: under the origin of the gateway's `public_url` (which names
+/// `/mcp`, not the origin's root), else the origin the request came to.
 fn approval_url(state: &McpState, context: &RequestContext<RoleServer>, id: &str) -> String {
-    let base = match &state.config.public_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
+    let public = (state.config.public_url.as_deref()).and_then(|url| Audience::parse(url).ok());
+    let base = match public {
+        Some(audience) => audience.issuer,
         None => {
             let host = context
                 .extensions
@@ -182,5 +185,5 @@ fn approval_url(state: &McpState, context: &RequestContext<RoleServer>, id: &str
             format!("{scheme}://{host}")
         }
     };
-    format!("{base}/console/approvals/{id}")
+    webhook::page_url(&base, id)
 }

@@ -21,7 +21,7 @@ use super::client::{self, ClientInfo};
 use super::login::{self, LoginPage};
 use super::{CODE_TTL, ClientAddr, SCOPES_SUPPORTED, now_secs, random_secret};
 use crate::core::auth::MCP_SCOPE;
-use crate::core::policy::password;
+use crate::core::sign_in::SignInRefusal;
 use crate::core::token_store::CodeGrant;
 
 /// A checked authorization request.
@@ -92,31 +92,24 @@ pub async fn submit(
         );
         with_retry_after(page, wait)
     };
-    if let Err(wait) = oauth.logins_per_address.hit(&address) {
-        warn!(address = %address, "login attempts from this address are rate-limited");
-        return held_back("Too many sign-in attempts from your address.", wait);
-    }
-    if let Err(wait) = oauth.failures_per_user.check(&username) {
-        warn!(user = %username, address = %address, "logins of this user are rate-limited");
-        return held_back("Too many failed sign-ins for this user.", wait);
-    }
     let policy = state.policy.current();
-    let hash = policy.user(&username).and_then(|u| u.password_hash.clone());
-    // argon2 takes tens of milliseconds of CPU: off the async workers. Unknown users are
-    // checked against a dummy hash, so the time taken does not tell who exists.
-    let verified =
-        tokio::task::spawn_blocking(move || password::verify(hash.as_deref(), &password))
-            .await
-            .unwrap_or(false);
-    if !verified || policy.grant(&username).is_none() {
-        let _ = oauth.failures_per_user.hit(&username);
-        info!(user = %username, address = %address, "login refused: wrong user name or password");
-        return form(
-            &request,
-            StatusCode::UNAUTHORIZED,
-            &username,
-            Some("Wrong user name or password."),
-        );
+    match oauth
+        .sign_in
+        .check(&policy, &username, password, &address)
+        .await
+    {
+        Ok(()) => {}
+        Err(refusal @ (SignInRefusal::AddressLimited(wait) | SignInRefusal::UserLimited(wait))) => {
+            return held_back(&refusal.to_string(), wait);
+        }
+        Err(refusal @ SignInRefusal::Wrong) => {
+            return form(
+                &request,
+                StatusCode::UNAUTHORIZED,
+                &username,
+                Some(&refusal.to_string()),
+            );
+        }
     }
     let code = random_secret();
     let grant = CodeGrant {

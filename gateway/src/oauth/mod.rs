@@ -20,39 +20,34 @@ mod authorize;
 mod client;
 mod login;
 mod metadata;
-pub mod ratelimit;
 mod register;
 mod token;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+pub use crate::client_addr::ClientAddr;
 use crate::core::auth::{Audience, SigningKey};
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
+use crate::core::sign_in::SignIn;
 
+pub use crate::core::ratelimit::RateLimiter;
 pub use crate::core::token_store::{Store, StoreError};
-pub use ratelimit::RateLimiter;
 
 /// Scopes this server grants. `mcp` is what `/mcp` requires.
 pub const SCOPES_SUPPORTED: &[&str] = &[crate::core::auth::MCP_SCOPE];
 /// How long an authorization code may wait for its exchange.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
-/// Failed logins per user per window before the user is held back.
-pub const LOGIN_FAILURES_PER_USER: u32 = 5;
-/// Login attempts per client address per window.
-pub const LOGINS_PER_ADDRESS: u32 = 20;
 /// Client registrations per client address per window.
 pub const REGISTRATIONS_PER_ADDRESS: u32 = 20;
-/// The window of the limits above.
+/// The window of the registration limit.
 pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the OAuth endpoints read: the core services they issue tokens with, and the
@@ -77,10 +72,8 @@ pub struct OAuthState {
 pub struct OAuth {
     /// Codes, refresh tokens, families, clients.
     pub store: Store,
-    /// Failed logins per user.
-    pub failures_per_user: RateLimiter,
-    /// Login attempts per client address.
-    pub logins_per_address: RateLimiter,
+    /// The password check of the login page, shared with the console's.
+    pub sign_in: Arc<SignIn>,
     /// Registrations per client address.
     pub registrations_per_address: RateLimiter,
     /// Fetches client ID metadata documents: no redirects, short timeout.
@@ -91,7 +84,11 @@ pub struct OAuth {
 
 impl OAuth {
     /// Opens (creating if missing) the KV buckets and sets up the limiters.
-    pub async fn open(mesh: &crate::core::mesh::Mesh, replicas: usize) -> Result<Self, StoreError> {
+    pub async fn open(
+        mesh: &crate::core::mesh::Mesh,
+        replicas: usize,
+        sign_in: Arc<SignIn>,
+    ) -> Result<Self, StoreError> {
         let store = Store::open(mesh, replicas).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -103,8 +100,7 @@ impl OAuth {
             })?;
         Ok(Self {
             store,
-            failures_per_user: RateLimiter::new(LOGIN_FAILURES_PER_USER, RATE_WINDOW),
-            logins_per_address: RateLimiter::new(LOGINS_PER_ADDRESS, RATE_WINDOW),
+            sign_in,
             registrations_per_address: RateLimiter::new(REGISTRATIONS_PER_ADDRESS, RATE_WINDOW),
             http,
         })
@@ -144,27 +140,6 @@ pub fn routes(state: &OAuthState) -> Router<Arc<OAuthState>> {
         );
     }
     router
-}
-
-/// The client's address as the socket saw it (`unknown` in handler tests without a socket).
-#[derive(Debug, Clone)]
-pub struct ClientAddr(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip().to_string())
-                .unwrap_or_else(|| "unknown".to_string()),
-        ))
-    }
 }
 
 /// Headers every response carrying secrets or a login form gets.

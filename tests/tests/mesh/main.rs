@@ -8,6 +8,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod chaos;
+mod console;
 mod ctl;
 mod exec;
 mod fanout;

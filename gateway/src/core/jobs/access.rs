@@ -24,6 +24,8 @@ pub enum Via {
     Mcp,
     /// The admin API's JobsService (and so `execmeshctl jobs`).
     AdminApi,
+    /// The web console's Jobs page.
+    Console,
 }
 
 // === impl JobAccess ===
@@ -102,6 +104,7 @@ impl Via {
         match self {
             Via::Mcp => "mcp",
             Via::AdminApi => "admin-api",
+            Via::Console => "console",
         }
     }
 }

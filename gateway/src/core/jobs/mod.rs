@@ -1,15 +1,21 @@
 //! Jobs on hosts as the domain acts on them: who may see or act on a job ([`access`]), the one
-//! rule for the state every reader shows ([`state`]), and asking a host's agent to kill one.
+//! rule for the state every reader shows ([`state`]), following a job's output to its end
+//! ([`follow`]), and asking a host's agent to kill one.
 
 pub mod access;
+pub mod follow;
 pub mod state;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
 
 use execmesh_proto::{Token, pb, subject};
 
+use crate::core::audit::{Answer, Audit};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
+use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::mesh::Mesh;
 use crate::core::trace::TraceContext;
 
@@ -55,5 +61,48 @@ pub async fn kill(
         Some(pb::control_reply::Body::Status(status)) => Ok(status),
         Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
         None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
+    }
+}
+
+/// Kills the running job `status` describes as `caller` (signed by the gateway, tier-checked by
+/// the agent), in the audit trail as a `job kill` call made `via` a face, with operator rights
+/// recorded when the job is someone else's. `rpc` names the operation for that record.
+#[allow(clippy::too_many_arguments)]
+pub async fn kill_audited(
+    mesh: &Mesh,
+    audit: &Audit,
+    request_timeout: Duration,
+    caller: &Identity,
+    access: &JobAccess,
+    via: Via,
+    rpc: &str,
+    status: &pb::JobStatus,
+    grace_ms: u64,
+) -> Result<pb::JobStatus, ToolError> {
+    let bad = |what: &str, e: execmesh_proto::TokenError| {
+        ToolError::Internal(format!("stored job has a bad {what}: {e}"))
+    };
+    let host = Token::parse("host id", &status.host).map_err(|e| bad("host id", e))?;
+    let job = Token::parse("job id", &status.job_id).map_err(|e| bad("job id", e))?;
+    let trace = TraceContext::continue_or_start(None);
+    access.audit_use(audit, &trace.trace_id, rpc, via, "kill", [status]);
+    let mut args = serde_json::Map::new();
+    args.insert("action".into(), json!("kill"));
+    args.insert("job".into(), json!(job.as_str()));
+    args.insert("host".into(), json!(host.as_str()));
+    args.insert("via".into(), json!(via.as_str()));
+    let call = audit.call("job", caller.user.as_str(), &trace.trace_id, &args);
+    let started = Instant::now();
+    let result = kill(mesh, request_timeout, caller, &trace, &host, &job, grace_ms).await;
+    call.dispatched(&host, &job, "kill", started.elapsed(), &result);
+    match result {
+        Ok(killed) => {
+            call.finish(Ok(Answer::default()));
+            Ok(killed)
+        }
+        Err(e) => {
+            call.finish(Err(&e));
+            Err(e)
+        }
     }
 }

@@ -1,0 +1,122 @@
+//! The Hosts page: the hosts a selector resolves to within the signed-in person's reach (every
+//! reachable host by default), with their state, labels, a facts summary and their running
+//! jobs; the selector box is the dry run the `hosts` tool is, by the same resolution.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use maud::html;
+use serde::Deserialize;
+
+use execmesh_proto::pb;
+
+use super::ConsoleState;
+use super::page::{self, Section};
+use super::session::Session;
+use crate::core::fanout::{Reach, Targets};
+use crate::core::hosts::HostState;
+use crate::core::jobs::access::JobAccess;
+
+/// Most hosts one page lists.
+const MAX_HOSTS: usize = 2000;
+
+/// The selector box.
+#[derive(Debug, Default, Deserialize)]
+pub struct Selected {
+    #[serde(default)]
+    selector: String,
+}
+
+/// GET `/console/hosts?selector=…`.
+pub async fn list(
+    State(state): State<Arc<ConsoleState>>,
+    session: Session,
+    Query(selected): Query<Selected>,
+) -> Response {
+    let selector = match selected.selector.trim() {
+        "" => "*",
+        text => text,
+    };
+    let groups = &state.config.groups;
+    let reach = Reach::of(&session.identity.reach, groups);
+    let resolved = Targets::resolve(&state.mesh, selector, groups, &reach, MAX_HOSTS).await;
+    let (targets, error) = match resolved {
+        Ok(targets) => (Some(targets), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    // Running jobs per host, of those the person may see.
+    let access = JobAccess::new(&state.policy.current(), &session.identity.user);
+    let mut running: BTreeMap<String, usize> = BTreeMap::new();
+    if let Ok(jobs) = state.mesh.jobs().await {
+        for job in jobs.iter().filter(|j| access.sees(j)) {
+            if job.state() == pb::JobState::Running {
+                *running.entry(job.host.clone()).or_default() += 1;
+            }
+        }
+    }
+    let now = execmesh_proto::now_ms();
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = html! {
+        form.inline method="get" action="/console/hosts" role="search" {
+            label { "Selector " input #selector type="search" name="selector" value=(selector) size="40"; }
+            button type="submit" { "Resolve" }
+            span.muted { "e.g. " code { "web-*" } ", " code { "role=db and not @prod" } ", " code { "*" } }
+        }
+        @if let Some(error) = &error {
+            p.error role="alert" #selector-error { (error) }
+        }
+        @if let Some(targets) = &targets {
+            p #resolved {
+                (targets.hosts.len()) " host(s) match within your reach"
+                @if !targets.denied.is_empty() {
+                    "; " (targets.denied.len()) " more match outside it"
+                }
+                "."
+            }
+            table #hosts {
+                thead { tr {
+                    th scope="col" { "Host" } th scope="col" { "State" } th scope="col" { "Labels" }
+                    th scope="col" { "System" } th scope="col" { "Last heartbeat" } th scope="col" { "Running jobs" }
+                } }
+                tbody {
+                    @for (id, record) in &targets.hosts {
+                        @let facts = record.facts.as_ref();
+                        tr data-host=(id) {
+                            td { (id) }
+                            td { span.state { (HostState::of_record(record, now).as_str()) }
+                                 @if let Some(why) = &record.unverified { br; span.muted { (why) } } }
+                            td { @if let Some(facts) = facts {
+                                @for (key, value) in &facts.labels { code { (key) "=" (value) } " " }
+                            } }
+                            td { @if let Some(facts) = facts {
+                                (facts.os) " · " (facts.kernel) " · " (facts.cpus) " CPU · "
+                                (facts.memory_bytes / (1024 * 1024)) " MiB"
+                            } }
+                            td { @match record.last_heartbeat_ms() {
+                                Some(at) => { (page::span(now.saturating_sub(at))) " ago" }
+                                None => { "never" }
+                            } }
+                            td {
+                                @let count = running.get(id.as_str()).copied().unwrap_or(0);
+                                @if count > 0 {
+                                    a href={ "/console/jobs?state=running&host=" (id) } { (count) }
+                                } @else { "0" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page::respond(
+        status,
+        page::frame(Section::Hosts, "Hosts", Some(&session), body),
+    )
+}
