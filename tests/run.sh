@@ -14,7 +14,19 @@ cd "$root"
 # the harness finds it. Debian's nats-server is too old (per-message TTL needs >= 2.12.6).
 bash deploy/install-nats.sh >/dev/null
 
-# The SSH relay tests will need openssh-server (sshd): install it here when they land.
+# The SSH relay tests start a real sshd per test (with the ssh client and ssh-keygen): install
+# openssh-server (it brings the client) when sshd is missing.
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v pgrep >/dev/null; then
+    if ! command -v apt-get >/dev/null; then
+        echo "tests/run.sh: the SSH relay tests need openssh-server (sshd, ssh, ssh-keygen) and procps; install them" >&2
+        exit 1
+    fi
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "installing openssh-server (apt) for the SSH relay tests" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends openssh-server openssh-client procps >/dev/null
+fi
 
 # PostgreSQL, the audit-sink's second store: each audit test starts its own server from the
 # package's binaries (Debian keeps them in /usr/lib/postgresql/<version>/bin); the cluster the

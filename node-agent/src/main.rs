@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use execmesh_node_agent::cli::{Command, GuardCommand};
+use execmesh_node_agent::relay::{self, RelayConfig};
 use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
@@ -32,6 +33,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(code);
     }
+    if let Some(Command::Relay(relay)) = cli.command.clone() {
+        return run_relay(cli, &relay.config);
+    }
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => return config::invalid(&e),
@@ -55,6 +59,29 @@ fn main() -> ExitCode {
         "exiting without draining",
         ExitCode::FAILURE,
         |shutdown| execmesh_node_agent::run(config, shutdown),
+    ))
+}
+
+/// `execmesh-node-agent relay --config <file>`: the same runtime and signals as the agent.
+fn run_relay(cli: Cli, path: &std::path::Path) -> ExitCode {
+    let config = match RelayConfig::load(cli, path) {
+        Ok(config) => config,
+        Err(e) => return config::invalid(&e),
+    };
+    telemetry::init(&config.agent);
+    let runtime = match signals::runtime(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("execmesh-relay"),
+    ) {
+        Ok(runtime) => runtime,
+        Err(exit) => return exit,
+    };
+    runtime.block_on(signals::serve(
+        "relay",
+        "exiting without draining",
+        ExitCode::FAILURE,
+        |shutdown| relay::run(config, shutdown),
     ))
 }
 

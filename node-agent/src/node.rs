@@ -15,6 +15,7 @@ use tracing::error;
 use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::executor::Executor;
 use crate::facts::Facts;
 use crate::files::{Files, Roots};
 use crate::quota::Quotas;
@@ -63,6 +64,8 @@ pub struct Node {
     pub record_key: Option<Arc<RecordKey>>,
     /// The per-user and per-host output quotas every job's output counts against.
     pub quotas: Arc<Quotas>,
+    /// Where jobs run: local children, or (relay mode) remote shells over SSH.
+    pub executor: Executor,
     /// Redacts secrets from what is stored or shown of a request (the command in `mesh_jobs`,
     /// audit fields, logs) and, with `output_redaction`, from output.
     pub redactor: Arc<Redactor>,
@@ -79,6 +82,7 @@ impl Node {
         facts_kv: kv::Store,
         stopping: CancellationToken,
         record_key: Option<Arc<RecordKey>>,
+        executor: Executor,
     ) -> Self {
         let js = jetstream::new(client.clone());
         // The roots are canonicalised now (missing ones are skipped with a warning).
@@ -89,6 +93,7 @@ impl Node {
             facts_kv,
             &config,
             record_key.clone(),
+            executor.clone(),
         ));
         let warm = Arc::new(WarmPool::new(
             &config.shell,
@@ -136,6 +141,7 @@ impl Node {
             handlers: TaskTracker::new(),
             files,
             facts,
+            executor,
             redactor,
         }
     }

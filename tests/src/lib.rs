@@ -33,6 +33,8 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod relay;
+pub mod sshd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

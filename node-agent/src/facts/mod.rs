@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::executor::Executor;
 
 /// The agent's version, published in facts and heartbeats.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -51,6 +52,8 @@ pub struct Facts {
     current: Mutex<pb::HostFacts>,
     /// Held while a collection runs, so refreshes do not pile up collections.
     collecting: tokio::sync::Mutex<()>,
+    /// Where the facts come from: this machine, or (relay mode) the SSH target's fixed probe.
+    executor: Executor,
 }
 
 // === impl Facts ===
@@ -61,6 +64,7 @@ impl Facts {
         store: kv::Store,
         config: &Config,
         signer: Option<Arc<RecordKey>>,
+        executor: Executor,
     ) -> Facts {
         let identity = pb::HostFacts {
             host: config.host_id.to_string(),
@@ -84,6 +88,7 @@ impl Facts {
             identity,
             interval: config.facts_interval(),
             collecting: tokio::sync::Mutex::new(()),
+            executor,
         }
     }
 
@@ -99,7 +104,10 @@ impl Facts {
     pub async fn refresh(&self) -> Result<pb::HostFacts, FactsError> {
         let _turn = self.collecting.lock().await;
         let identity = self.identity.clone();
-        let facts = tokio::task::spawn_blocking(move || collect(identity)).await?;
+        let facts = match &self.executor {
+            Executor::Local => tokio::task::spawn_blocking(move || collect(identity)).await?,
+            Executor::Ssh(target) => target.facts(identity).await,
+        };
         kv_write::write(
             &self.js,
             &self.store,

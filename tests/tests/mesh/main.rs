@@ -21,6 +21,7 @@ mod oauth;
 mod outage;
 mod outcomes;
 mod protocol;
+mod relay;
 mod security_node;
 mod states;
 mod tiers;

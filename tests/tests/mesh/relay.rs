@@ -1,0 +1,362 @@
+//! End-to-end: SSH targets served by a user's relay (`execmesh-node-agent relay`) against a real sshd — commands, paging, kill and timeout of the remote process group, presence and its reasons, per-user routing, NATS permissions, fan-out next to an agent host.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use execmesh_tests::nats_accounts::SecuredMesh;
+use execmesh_tests::relay::Relay;
+use execmesh_tests::sshd::Sshd;
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
+
+/// The pids of remote process group `pgid`, read over a connection of the test's own.
+fn remote_group(sshd: &Sshd, pgid: u64) -> Vec<String> {
+    sshd.ssh(&format!("pgrep -g {pgid} || true"))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Pages `job` from its start to its end and returns every line.
+async fn page_all(client: &McpClient, job: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "paging {job} did not finish");
+        let mut args = json!({"action": "poll", "job": job});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let out = client.call("job", args).await;
+        assert!(!out.is_error(), "poll failed: {}", out.text());
+        let s = out.structured();
+        lines.extend(
+            s["output"]
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_string),
+        );
+        if s["done"] == json!(true) {
+            return lines;
+        }
+        if s["lines"] == json!(0) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cursor = Some(
+            s["next_cursor"]
+                .as_str()
+                .expect("a page before the end has a cursor")
+                .to_string(),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_runs_commands_on_its_ssh_target_with_exit_codes_and_facts() {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .label("role", "legacy")
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+
+    let out = client
+        .bash(
+            "box-1",
+            "echo \"hi from $EXECMESH_HOST\"; echo oops >&2; exit 3",
+        )
+        .await;
+    let s = out.structured();
+    assert_eq!(s["state"], "exited", "{}", out.text());
+    assert_eq!(s["exit_code"], 3, "{}", out.text());
+    let output = s["output"].as_str().unwrap_or_default();
+    assert!(output.contains("hi from box-1\n"), "{output}");
+    assert!(output.contains("oops\n"), "{output}");
+
+    // The working directory is entered on the target; a missing one is refused by name.
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "box-1", "cmd": "pwd", "cwd": "/tmp"}),
+        )
+        .await;
+    assert_eq!(out.structured()["output"], "/tmp\n", "{}", out.text());
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "box-1", "cmd": "pwd", "cwd": "/no/such/dir"}),
+        )
+        .await;
+    assert!(out.is_error(), "{}", out.text());
+    assert!(out.text().contains("/no/such/dir"), "{}", out.text());
+
+    // The fact pack comes from the target's probe and names the relay's user.
+    let facts = relay.facts("box-1").await.expect("the relay wrote facts");
+    assert_eq!(facts.relay_user, "alice");
+    assert!(facts.relay_offline_reason.is_empty());
+    assert!(!facts.kernel.is_empty() && facts.cpus > 0, "{facts:?}");
+    assert_eq!(facts.labels["role"], "legacy");
+    let hosts = client
+        .call("hosts", json!({"selector": "role=legacy"}))
+        .await;
+    assert!(hosts.text().contains("box-1"), "{}", hosts.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200k_line_relay_job_pages_every_line_once_in_order() {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let job = client.bash_bg("box-1", "seq 1 200000").await;
+    let lines = page_all(&client, &job).await;
+    assert_eq!(lines.len(), 200_000);
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == (i + 1).to_string()),
+        "lines out of order or changed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_and_timeout_stop_the_whole_remote_process_group() {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .setting("kill_grace_ms = 500")
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "box-1", "cmd": "trap '' TERM; sleep 1000 & sleep 1000 & echo started; wait", "wait": 0.5}),
+        )
+        .await;
+    let s = out.structured();
+    assert_eq!(s["state"], "running", "{}", out.text());
+    let pgid = s["status"]["pid"].as_u64().expect("a remote pid");
+    assert!(pgid > 1);
+    let job = s["job"].as_str().expect("a job id").to_string();
+    assert!(
+        remote_group(&sshd, pgid).len() >= 3,
+        "the shell and both sleeps run on the target"
+    );
+    let killed = client
+        .call("job", json!({"action": "kill", "job": job}))
+        .await;
+    assert!(!killed.is_error(), "{}", killed.text());
+    assert_eq!(
+        killed.structured()["job"]["state"],
+        "killed",
+        "{}",
+        killed.text()
+    );
+    eventually(Duration::from_secs(10), || async {
+        remote_group(&sshd, pgid).is_empty()
+    })
+    .await;
+
+    let out = client
+        .call(
+            "bash",
+            json!({"host": "box-1", "cmd": "sleep 1000 & sleep 1000", "timeout": 1}),
+        )
+        .await;
+    let s = out.structured();
+    assert_eq!(s["state"], "timed_out", "{}", out.text());
+    let pgid = s["status"]["pid"].as_u64().expect("a remote pid");
+    eventually(Duration::from_secs(10), || async {
+        remote_group(&sshd, pgid).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_key_mismatch_and_a_wrong_key_show_the_target_offline_with_the_reason() {
+    let nats = Nats::start().await;
+    let impostor = Sshd::start().await;
+    impostor.forget_host_key();
+    let locked = Sshd::start().await;
+    locked.use_wrong_user_key();
+    let relay = Relay::new(&nats, "alice")
+        .target("box-1", &impostor)
+        .target("box-2", &locked)
+        .expect_offline()
+        .start(&nats)
+        .await;
+    let reason = |id: &'static str| {
+        let relay = &relay;
+        async move {
+            relay
+                .facts(id)
+                .await
+                .map(|f| f.relay_offline_reason)
+                .unwrap_or_default()
+        }
+    };
+    assert!(
+        reason("box-1").await.starts_with("host key mismatch"),
+        "{}",
+        reason("box-1").await
+    );
+    assert!(
+        reason("box-2").await.starts_with("auth failed"),
+        "{}",
+        reason("box-2").await
+    );
+    assert!(relay.presence("box-1").await.is_none());
+    assert!(relay.presence("box-2").await.is_none());
+
+    // A call reaches the relay, which refuses it at once with the reason.
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let started = Instant::now();
+    let out = client.bash("box-1", "true").await;
+    assert!(out.is_error(), "{}", out.text());
+    assert!(out.text().contains("host key mismatch"), "{}", out.text());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_callers_relay_a_call_fails_at_once_naming_target_user_and_remedy() {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let mut relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+
+    // Bob is not served by alice's relay: NATS has no responder on his subject.
+    let bob = gw.client("bob").await;
+    let started = Instant::now();
+    let out = bob.bash("box-1", "echo hi").await;
+    assert!(out.is_error(), "{}", out.text());
+    let text = out.text();
+    for needle in ["box-1", "bob", "execmesh-node-agent relay"] {
+        assert!(text.contains(needle), "{needle} not in {text}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Alice's own relay killed: her target goes offline and her calls fail at once too.
+    let alice = gw.client("alice").await;
+    assert_eq!(
+        alice.bash("box-1", "echo hi").await.structured()["output"],
+        "hi\n"
+    );
+    relay.kill_hard().await;
+    let started = Instant::now();
+    let out = alice.bash("box-1", "echo hi").await;
+    assert!(out.is_error(), "{}", out.text());
+    assert!(out.text().contains("alice"), "{}", out.text());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    eventually(Duration::from_secs(10), || async {
+        relay.presence("box-1").await.is_none()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relays_nats_identity_reaches_only_its_users_subjects() {
+    let mesh = SecuredMesh::generate_with_relays(&["web-1"], &[("alice", &["box-1"])]);
+    let nats = mesh.start_nats().await;
+    let mut alice = mesh.connect_as(&nats, "relay-alice").await;
+
+    // Its own subjects are allowed: no violation is reported for them.
+    let _own = alice
+        .client
+        .subscribe("mesh.v1.default.host.box-1.exec.alice")
+        .await
+        .expect("subscribe");
+    // Bob's requests and kills, every user's, another target's, and the host-wide control
+    // subject are refused.
+    for subject in [
+        "mesh.v1.default.host.box-1.exec.bob",
+        "mesh.v1.default.host.box-1.exec.*",
+        "mesh.v1.default.host.box-1.ctl",
+        "mesh.v1.default.host.box-1.ctl.bob",
+        "mesh.v1.default.host.web-1.exec.alice",
+    ] {
+        let _sub = alice.client.subscribe(subject).await.expect("subscribe");
+        let refusal = alice.refused(subject).await;
+        assert!(refusal.contains(subject), "{refusal}");
+    }
+    // It may not write another host's presence either.
+    alice
+        .client
+        .publish("$KV.mesh_presence.default.web-1", "x".into())
+        .await
+        .expect("publish");
+    alice.refused("$KV.mesh_presence.default.web-1").await;
+    assert!(
+        alice.pending_violations().is_empty()
+            || alice
+                .pending_violations()
+                .iter()
+                .all(|v| !v.contains("exec.alice\"")),
+        "its own subject was refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_over_an_agent_host_and_relay_targets_gives_one_honest_status_each() {
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .start(&nats)
+        .await;
+    let _bobs = Relay::new(&nats, "bob")
+        .target("box-3", &sshd)
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let out = client
+        .call(
+            "bash",
+            json!({"hosts": "web-1 or box-*", "cmd": "echo \"on $EXECMESH_HOST\""}),
+        )
+        .await;
+    let s = out.structured();
+    let results = s["hosts"].as_array().expect("one result per host");
+    assert_eq!(results.len(), 3, "{}", out.text());
+    let status_of = |host: &str| {
+        results
+            .iter()
+            .find(|r| r["host"] == host)
+            .unwrap_or_else(|| panic!("no result for {host}: {}", out.text()))
+            .clone()
+    };
+    for host in ["web-1", "box-1"] {
+        let r = status_of(host);
+        assert_eq!(r["status"], "ok", "{r}");
+        assert!(
+            r["output"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("on {host}")),
+            "{r}"
+        );
+    }
+    // Bob's target is online (his relay serves it) but not for alice: offline, with the reason.
+    let r = status_of("box-3");
+    assert_eq!(r["status"], "offline", "{r}");
+    assert!(r.to_string().contains("alice"), "{r}");
+}
