@@ -42,24 +42,9 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config);
 
-    // Two workers carry the agent. The blocking pool runs file operations (at most
-    // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
-    // start on demand and end when idle.
-    let runtime = match signals::runtime(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
-            .thread_name("execmesh-agent"),
-    ) {
-        Ok(runtime) => runtime,
-        Err(exit) => return exit,
-    };
-    runtime.block_on(signals::serve(
-        "node-agent",
-        "exiting without draining",
-        ExitCode::FAILURE,
-        |shutdown| execmesh_node_agent::run(config, shutdown),
-    ))
+    serve("node-agent", "execmesh-agent", |shutdown| {
+        execmesh_node_agent::run(config, shutdown)
+    })
 }
 
 /// `execmesh-node-agent relay --config <file>`: the same runtime and signals as the agent.
@@ -69,19 +54,35 @@ fn run_relay(cli: Cli, path: &std::path::Path) -> ExitCode {
         Err(e) => return config::invalid(&e),
     };
     telemetry::init(&config.agent);
+    serve("relay", "execmesh-relay", |shutdown| {
+        relay::run(config, shutdown)
+    })
+}
+
+/// Runs `service` (its threads named `threads`) until a signal stops it (drained), or a second
+/// one (at once).
+fn serve<F, Fut>(name: &'static str, threads: &str, service: F) -> ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), execmesh_node_agent::AgentError>>,
+{
+    // Two workers carry the agent. The blocking pool runs file operations (at most
+    // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
+    // start on demand and end when idle.
     let runtime = match signals::runtime(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
-            .thread_name("execmesh-relay"),
+            .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
+            .thread_name(threads),
     ) {
         Ok(runtime) => runtime,
         Err(exit) => return exit,
     };
     runtime.block_on(signals::serve(
-        "relay",
+        name,
         "exiting without draining",
         ExitCode::FAILURE,
-        |shutdown| relay::run(config, shutdown),
+        service,
     ))
 }
 

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::executor::Executor;
 use crate::facts::Facts;
 use crate::files::{Files, Roots};
+use crate::provision::Mesh;
 use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::warm::WarmPool;
@@ -78,8 +79,7 @@ impl Node {
         config: Config,
         instance: String,
         client: Client,
-        jobs_kv: kv::Store,
-        facts_kv: kv::Store,
+        mesh: &Mesh,
         stopping: CancellationToken,
         record_key: Option<Arc<RecordKey>>,
         executor: Executor,
@@ -90,7 +90,7 @@ impl Node {
         let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(
             js.clone(),
-            facts_kv,
+            mesh.facts.clone(),
             &config,
             record_key.clone(),
             executor.clone(),
@@ -132,7 +132,7 @@ impl Node {
             instance,
             client,
             js,
-            jobs_kv,
+            jobs_kv: mesh.jobs.clone(),
             registry: Arc::new(Registry::default()),
             stopping,
             kill_all: CancellationToken::new(),

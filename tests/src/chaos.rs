@@ -1349,7 +1349,7 @@ fn paced_job(lines: u64) -> String {
 }
 
 /// Every line of a finished job, paged from its start in the largest pages.
-async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
+pub async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut cursor: Option<String> = None;
     let deadline = Instant::now() + SETTLE_LIMIT;

@@ -185,15 +185,23 @@ impl RunningRelay {
             .arg("relay")
             .arg("--config")
             .arg(self.dir.path().join("relay.toml"));
+        let ids: Vec<String> = self.spec.targets.iter().map(|t| t.id.clone()).collect();
+        // A heartbeat of an earlier start may still be there (after a kill): readiness is one
+        // from a new instance.
+        let mut earlier = Vec::new();
+        for id in &ids {
+            earlier.push(read_presence(&self.js, id).await.map(|p| p.agent_instance));
+        }
         let log = self.log_path();
         self.process.spawn(command, &log);
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let ids: Vec<String> = self.spec.targets.iter().map(|t| t.id.clone()).collect();
         loop {
             let mut ready = true;
-            for id in &ids {
+            for (id, earlier) in ids.iter().zip(&earlier) {
                 ready &= if self.spec.expect_online {
-                    read_presence(&self.js, id).await.is_some()
+                    read_presence(&self.js, id)
+                        .await
+                        .is_some_and(|p| earlier.as_deref() != Some(p.agent_instance.as_str()))
                 } else {
                     self.facts(id)
                         .await
@@ -230,6 +238,15 @@ impl RunningRelay {
     /// The live heartbeat of `target`.
     pub async fn presence(&self, target: &str) -> Option<pb::Presence> {
         read_presence(&self.js, target).await
+    }
+
+    /// Starts the relay again with the same file (stopping it first if it runs) and waits until
+    /// its targets show a heartbeat of the new instance.
+    pub async fn restart(&mut self) {
+        if self.process.is_running() {
+            self.stop().await;
+        }
+        self.launch().await;
     }
 
     /// Kills the relay with SIGKILL.

@@ -3,10 +3,10 @@
 //! The master is the system's `ssh` in ControlMaster mode, started through the `openssh`
 //! crate with the relay user's own ssh config, agent and keys, `BatchMode` (never a prompt)
 //! and strict host key checking unless the target's configuration accepts new keys. Every job
-//! is one more session over that master: `sh -c <script>`, where the script reports the
-//! shell's pid and `exec`s the job's shell. sshd starts each session's command as a session
-//! leader (setsid), so that pid is the job's remote process group; stopping a job signals the
-//! group with `kill -- -<pid>` over another session of the same master.
+//! is one more session over that master: `sh -c <script>`, where the script reports its
+//! process group and `exec`s the job's shell. sshd starts each session's command as a session
+//! leader (setsid), so that group holds the login shell and everything the job starts; stopping
+//! a job signals the group with `kill -- -<pgid>` over another session of the same master.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt as _;
@@ -439,7 +439,7 @@ async fn read_pid<R: tokio::io::AsyncBufRead + Unpin>(stderr: &mut R) -> io::Res
 }
 
 /// The script the remote login shell runs for a job: enter the working directory, report the
-/// pid (the session's process group), set the job's environment, and become the job's shell.
+/// session's process group, set the job's environment, and become the job's shell.
 /// Every value is single-quoted; environment names that are not shell names are left out.
 pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str) -> String {
     let mut script = String::new();
@@ -449,7 +449,13 @@ pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str) -> String {
             quote(&cwd.to_string_lossy())
         ));
     }
-    script.push_str(&format!("echo \"{PID_MARK}$$\" >&2\n"));
+    // The group sshd made for the session (its leader is the login shell, which may or may not
+    // have exec'd this one): from /proc where there is one, else from ps, else this shell's pid.
+    script.push_str(&format!(
+        "pg=$$; if [ -r /proc/$$/stat ]; then read -r _ _ _ _ pg _ < /proc/$$/stat; \
+         else pg=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' '); fi\n\
+         echo \"{PID_MARK}${{pg:-$$}}\" >&2\n"
+    ));
     script.push_str(&format!(
         "export {JOB_ENV}={} {HOST_ENV}={}",
         quote(spec.job.as_str()),
