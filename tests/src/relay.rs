@@ -4,7 +4,7 @@
 //! # async fn scenario(nats: &execmesh_tests::Nats) {
 //! # use execmesh_tests::{relay::Relay, sshd::Sshd};
 //! let sshd = Sshd::start().await;
-//! let relay = Relay::new(nats, "alice").target("box-1", &sshd).start().await;
+//! let relay = Relay::new(nats, "alice").target("box-1", &sshd).start(nats).await;
 //! # }
 //! ```
 

@@ -40,8 +40,11 @@ const PROBE_MAX_BYTES: u64 = 256 * 1024;
 
 /// What the remote script prints on stderr before the job's shell starts.
 const PID_MARK: &str = "execmesh-pid ";
-/// What it prints instead when the working directory cannot be entered.
+/// What the remote script prints instead when the working directory cannot be entered.
 const CWD_MARK: &str = "execmesh-cwd-failed";
+/// Environment variable marking every process a relay's job starts on a target:
+/// `<user>.<target>`. A relay that starts again finds what an earlier run left by it.
+pub const RELAY_ENV: &str = "EXECMESH_RELAY";
 
 /// How one target is configured.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +152,9 @@ pub struct SshTarget {
     session: Mutex<Option<Arc<Session>>>,
     /// Online, or offline with the reason.
     state: watch::Sender<TargetState>,
+    /// Whether the processes an earlier run of this relay left on the target were swept (on
+    /// the first connection only: later ones find this run's own jobs).
+    swept: std::sync::atomic::AtomicBool,
 }
 
 // === impl SshTarget ===
@@ -164,6 +170,7 @@ impl SshTarget {
             relay_user,
             session: Mutex::new(None),
             state,
+            swept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -203,6 +210,10 @@ impl SshTarget {
         }
         match builder.connect(&self.spec.destination).await {
             Ok(session) => {
+                // Before any job of this run can start on the target.
+                if !self.swept.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    self.sweep(&session).await;
+                }
                 self.set_session(Some(Arc::new(session)));
                 self.state.send_replace(TargetState::Online);
                 info!(target = %self.id(), destination = %self.spec.destination,
@@ -221,6 +232,37 @@ impl SshTarget {
                 Err(state)
             }
         }
+    }
+
+    /// Kills what jobs of an earlier run of this relay left running on the target: processes
+    /// of the login user whose environment carries this relay's [`RELAY_ENV`] marker.
+    async fn sweep(&self, session: &Session) {
+        let marker = format!("{RELAY_ENV}={}", self.marker());
+        let script = format!(
+            "n=0; for f in /proc/[0-9]*/environ; do \
+               if tr '\\0' '\\n' < \"$f\" 2>/dev/null | grep -qx {}; then \
+                 p=${{f#/proc/}}; kill -KILL \"${{p%/environ}}\" 2>/dev/null && n=$((n+1)); \
+               fi; \
+             done; echo $n",
+            quote(&marker)
+        );
+        let swept = session.command("sh").arg("-c").arg(script).output().await;
+        match swept {
+            Ok(out) => {
+                let killed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if killed != "0" {
+                    warn!(target = %self.id(), killed = %killed,
+                          "killed processes an earlier run of this relay left on the target");
+                }
+            }
+            Err(e) => warn!(target = %self.id(), error = %error_text(&e),
+                            "could not look for processes an earlier run left on the target"),
+        }
+    }
+
+    /// `<user>.<target>`: the value of [`RELAY_ENV`] in this relay's jobs on this target.
+    fn marker(&self) -> String {
+        format!("{}.{}", self.relay_user, self.id())
     }
 
     /// Whether the master connection is still alive; marks the target offline when not.
@@ -272,7 +314,7 @@ impl SshTarget {
     /// Starts the job of `spec` on the target and waits until its shell reported its pid.
     pub async fn spawn(self: &Arc<Self>, spec: &SpawnSpec<'_>) -> Result<RemoteJob, SpawnError> {
         let session = self.session().ok_or_else(|| self.offline())?;
-        let script = remote_script(spec, &self.spec.shell);
+        let script = remote_script(spec, &self.spec.shell, &self.marker());
         let remote = |reason: String| SpawnError::Remote {
             target: self.id().to_string(),
             reason,
@@ -441,7 +483,7 @@ async fn read_pid<R: tokio::io::AsyncBufRead + Unpin>(stderr: &mut R) -> io::Res
 /// The script the remote login shell runs for a job: enter the working directory, report the
 /// session's process group, set the job's environment, and become the job's shell.
 /// Every value is single-quoted; environment names that are not shell names are left out.
-pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str) -> String {
+pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str, relay: &str) -> String {
     let mut script = String::new();
     if let Some(cwd) = spec.cwd {
         script.push_str(&format!(
@@ -457,9 +499,10 @@ pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str) -> String {
          echo \"{PID_MARK}${{pg:-$$}}\" >&2\n"
     ));
     script.push_str(&format!(
-        "export {JOB_ENV}={} {HOST_ENV}={}",
+        "export {JOB_ENV}={} {HOST_ENV}={} {RELAY_ENV}={}",
         quote(spec.job.as_str()),
-        quote(spec.host.as_str())
+        quote(spec.host.as_str()),
+        quote(relay)
     ));
     let mut names: Vec<&String> = spec.env.keys().filter(|k| is_shell_name(k)).collect();
     names.sort();
@@ -597,7 +640,8 @@ mod tests {
             host: &host,
             account: None,
         };
-        let script = remote_script(&spec, "/bin/bash");
+        let script = remote_script(&spec, "/bin/bash", "alice.h-1");
+        assert!(script.contains("EXECMESH_RELAY='alice.h-1'"), "{script}");
         assert!(script.contains("cd -- '/tmp/o'\\''k'"), "{script}");
         assert!(script.contains("GREETING='it'\\''s $HOME'"), "{script}");
         assert!(!script.contains("bad name"), "{script}");

@@ -6,9 +6,37 @@ use serde_json::json;
 
 use execmesh_tests::chaos::job_lines;
 use execmesh_tests::nats_accounts::SecuredMesh;
-use execmesh_tests::relay::Relay;
+use execmesh_tests::relay::{Relay, RunningRelay};
 use execmesh_tests::sshd::Sshd;
-use execmesh_tests::{Gateway, Nats, NodeAgent, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, RunningGateway, eventually};
+
+/// Alice's relay serving `box-1` on a fresh sshd (`configure` adds to it), a gateway, and
+/// alice's client: the start of most scenarios here. Scenarios bind every field (`_name` for
+/// the unused ones), so that nothing is dropped before the scenario ends.
+struct Scene {
+    client: McpClient,
+    gw: RunningGateway,
+    relay: RunningRelay,
+    sshd: Sshd,
+    _nats: Nats,
+}
+
+async fn scene(configure: impl FnOnce(Relay) -> Relay) -> Scene {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let relay = configure(Relay::new(&nats, "alice").target("box-1", &sshd))
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    Scene {
+        client,
+        gw,
+        relay,
+        sshd,
+        _nats: nats,
+    }
+}
 
 /// The pids of the target's processes whose command line is exactly `cmd`, read over a
 /// connection of the test's own.
@@ -29,15 +57,13 @@ async fn assert_gone(sshd: &Sshd, cmd: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_runs_commands_on_its_ssh_target_with_exit_codes_and_facts() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
-    let relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .label("role", "legacy")
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
+    let Scene {
+        client,
+        relay,
+        gw: _gw,
+        sshd: _sshd,
+        _nats,
+    } = scene(|r| r.label("role", "legacy")).await;
 
     let out = client
         .bash(
@@ -97,16 +123,19 @@ async fn a_relay_runs_commands_on_its_ssh_target_with_exit_codes_and_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
-    let mut relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
+async fn a_restarted_relay_marks_its_unfinished_jobs_lost_and_kills_their_leftovers() {
+    let Scene {
+        client,
+        mut relay,
+        sshd,
+        gw: _gw,
+        _nats,
+    } = scene(|r| r).await;
     let job = client.bash_bg("box-1", "sleep 1719").await;
+    eventually(Duration::from_secs(10), || async {
+        remote_processes(&sshd, "sleep 1719").len() == 1
+    })
+    .await;
     relay.kill_hard().await;
     relay.restart().await;
     let waited = client
@@ -120,20 +149,19 @@ async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
     );
     let again = client.bash("box-1", "echo back").await;
     assert_eq!(again.structured()["output"], "back\n", "{}", again.text());
-    // A relay that died cannot stop what it started (docs/relay.md): the test does.
-    sshd.ssh("pkill -x -f 'sleep 1719' || true");
+    // The new run swept what the killed one left on the target.
+    assert_gone(&sshd, "sleep 1719").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200k_line_relay_job_pages_every_line_once_in_order() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
+    let Scene {
+        client,
+        gw: _gw,
+        relay: _relay,
+        sshd: _sshd,
+        _nats,
+    } = scene(|r| r).await;
     let job = client.bash_bg("box-1", "seq 1 200000").await;
     let lines = job_lines(&client, &job).await;
     assert_eq!(lines.len(), 200_000);
@@ -148,15 +176,13 @@ async fn a_200k_line_relay_job_pages_every_line_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_and_timeout_stop_the_whole_remote_process_group() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .setting("kill_grace_ms = 500")
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = gw.client("alice").await;
+    let Scene {
+        client,
+        sshd,
+        gw: _gw,
+        relay: _relay,
+        _nats,
+    } = scene(|r| r.setting("kill_grace_ms = 500")).await;
 
     let out = client
         .call(
@@ -189,7 +215,7 @@ async fn kill_and_timeout_stop_the_whole_remote_process_group() {
     let out = client
         .call(
             "bash",
-            json!({"host": "box-1", "cmd": "sleep 1718 & sleep 1718", "timeout": 1}),
+            json!({"host": "box-1", "cmd": "sleep 1718 & sleep 1718", "timeout": 1, "wait": 20}),
         )
         .await;
     assert_eq!(out.structured()["state"], "timed_out", "{}", out.text());
@@ -244,13 +270,13 @@ async fn host_key_mismatch_and_a_wrong_key_show_the_target_offline_with_the_reas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_callers_relay_a_call_fails_at_once_naming_target_user_and_remedy() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
-    let mut relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
+    let Scene {
+        client: alice,
+        gw,
+        mut relay,
+        sshd: _sshd,
+        _nats,
+    } = scene(|r| r).await;
 
     // Bob is not served by alice's relay: NATS has no responder on his subject.
     let bob = gw.client("bob").await;
@@ -264,7 +290,6 @@ async fn without_the_callers_relay_a_call_fails_at_once_naming_target_user_and_r
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // Alice's own relay killed: her target goes offline and her calls fail at once too.
-    let alice = gw.client("alice").await;
     assert_eq!(
         alice.bash("box-1", "echo hi").await.structured()["output"],
         "hi\n"
