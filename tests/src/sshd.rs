@@ -208,15 +208,47 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        // Killing the server ends every session it serves, and with them the relay's master.
+        // The listener, and the process of each connection it serves (they would outlive it):
+        // that closes every connection, and with them the relay masters and their sessions.
         if let Some(mut process) = self.process.take() {
+            // Listed before the listener dies: then they would belong to init.
+            let connections = children_of(process.pid());
             process.signal(nix::sys::signal::Signal::SIGKILL);
+            for child in connections {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         if std::thread::panicking() {
             self.dir.disable_cleanup(true);
             eprintln!("sshd: files kept in {}", self.dir.path().display());
         }
     }
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis: state ppid …
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// The user the tests log in as: the one running them.

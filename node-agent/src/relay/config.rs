@@ -50,6 +50,10 @@ pub struct RelayConfig {
     pub user: Token,
     /// The SSH targets, in file order.
     pub targets: Vec<Target>,
+    /// Names this relay among others of the same user (its machine and configuration file):
+    /// the marker its jobs carry on a target, so that a restart finds their leftovers and never
+    /// another relay's jobs.
+    pub relay_id: String,
 }
 
 /// One SSH target of a relay.
@@ -132,6 +136,7 @@ impl RelayConfig {
                 agent,
                 user,
                 targets,
+                relay_id: relay_id(path),
             }),
             _ => Err(ConfigError::Invalid { problems }),
         }
@@ -154,6 +159,18 @@ impl RelayConfig {
             ..self.agent.clone()
         }
     }
+}
+
+/// 12 hex digits of sha256(hostname, canonical path of the file): the same across restarts of
+/// one relay, different for another machine or another file.
+fn relay_id(path: &Path) -> String {
+    use sha2::Digest as _;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = sha2::Sha256::digest(format!("{host}\0{}", file.display()));
+    hex::encode(&digest[..6])
 }
 
 fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Option<Target> {

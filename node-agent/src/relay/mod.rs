@@ -51,7 +51,11 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
 
     let mut served = JoinSet::new();
     for target in &config.targets {
-        let ssh = Arc::new(SshTarget::new(target.ssh.clone(), user.clone()));
+        let ssh = Arc::new(SshTarget::new(
+            target.ssh.clone(),
+            user.clone(),
+            config.relay_id.clone(),
+        ));
         let node = Arc::new(Node::new(
             config.node_config(target),
             instance.clone(),

@@ -43,7 +43,7 @@ const PID_MARK: &str = "execmesh-pid ";
 /// What the remote script prints instead when the working directory cannot be entered.
 const CWD_MARK: &str = "execmesh-cwd-failed";
 /// Environment variable marking every process a relay's job starts on a target:
-/// `<user>.<target>`. A relay that starts again finds what an earlier run left by it.
+/// `<user>.<target>.<relay id>`, so that what a relay's jobs left on a target can be found.
 pub const RELAY_ENV: &str = "EXECMESH_RELAY";
 
 /// How one target is configured.
@@ -148,19 +148,18 @@ pub struct SshTarget {
     pub spec: TargetSpec,
     /// The user whose relay this is (recorded in the target's fact pack).
     pub relay_user: Token,
+    /// Which of that user's relays (`RelayConfig::relay_id`).
+    relay_id: String,
     /// The master connection while it is up.
     session: Mutex<Option<Arc<Session>>>,
     /// Online, or offline with the reason.
     state: watch::Sender<TargetState>,
-    /// Whether the processes an earlier run of this relay left on the target were swept (on
-    /// the first connection only: later ones find this run's own jobs).
-    swept: std::sync::atomic::AtomicBool,
 }
 
 // === impl SshTarget ===
 
 impl SshTarget {
-    pub fn new(spec: TargetSpec, relay_user: Token) -> Self {
+    pub fn new(spec: TargetSpec, relay_user: Token, relay_id: String) -> Self {
         let (state, _) = watch::channel(TargetState::Offline {
             reason: OfflineReason::Connecting,
             detail: String::new(),
@@ -168,9 +167,9 @@ impl SshTarget {
         Self {
             spec,
             relay_user,
+            relay_id,
             session: Mutex::new(None),
             state,
-            swept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -210,10 +209,6 @@ impl SshTarget {
         }
         match builder.connect(&self.spec.destination).await {
             Ok(session) => {
-                // Before any job of this run can start on the target.
-                if !self.swept.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    self.sweep(&session).await;
-                }
                 self.set_session(Some(Arc::new(session)));
                 self.state.send_replace(TargetState::Online);
                 info!(target = %self.id(), destination = %self.spec.destination,
@@ -234,35 +229,10 @@ impl SshTarget {
         }
     }
 
-    /// Kills what jobs of an earlier run of this relay left running on the target: processes
-    /// of the login user whose environment carries this relay's [`RELAY_ENV`] marker.
-    async fn sweep(&self, session: &Session) {
-        let marker = format!("{RELAY_ENV}={}", self.marker());
-        let script = format!(
-            "n=0; for f in /proc/[0-9]*/environ; do \
-               if tr '\\0' '\\n' < \"$f\" 2>/dev/null | grep -qx {}; then \
-                 p=${{f#/proc/}}; kill -KILL \"${{p%/environ}}\" 2>/dev/null && n=$((n+1)); \
-               fi; \
-             done; echo $n",
-            quote(&marker)
-        );
-        let swept = session.command("sh").arg("-c").arg(script).output().await;
-        match swept {
-            Ok(out) => {
-                let killed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if killed != "0" {
-                    warn!(target = %self.id(), killed = %killed,
-                          "killed processes an earlier run of this relay left on the target");
-                }
-            }
-            Err(e) => warn!(target = %self.id(), error = %error_text(&e),
-                            "could not look for processes an earlier run left on the target"),
-        }
-    }
-
-    /// `<user>.<target>`: the value of [`RELAY_ENV`] in this relay's jobs on this target.
+    /// `<user>.<target>.<relay id>`: the value of [`RELAY_ENV`] in this relay's jobs on this
+    /// target.
     fn marker(&self) -> String {
-        format!("{}.{}", self.relay_user, self.id())
+        format!("{}.{}.{}", self.relay_user, self.id(), self.relay_id)
     }
 
     /// Whether the master connection is still alive; marks the target offline when not.

@@ -123,7 +123,7 @@ async fn a_relay_runs_commands_on_its_ssh_target_with_exit_codes_and_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_relay_marks_its_unfinished_jobs_lost_and_kills_their_leftovers() {
+async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
     let Scene {
         client,
         mut relay,
@@ -149,8 +149,8 @@ async fn a_restarted_relay_marks_its_unfinished_jobs_lost_and_kills_their_leftov
     );
     let again = client.bash("box-1", "echo back").await;
     assert_eq!(again.structured()["output"], "back\n", "{}", again.text());
-    // The new run swept what the killed one left on the target.
-    assert_gone(&sshd, "sleep 1719").await;
+    // A relay that died cannot stop what it started (docs/relay.md): the test does.
+    sshd.ssh("pkill -x -f 'sleep 1719' || true");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
