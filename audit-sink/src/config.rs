@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 use crate::store::{Filter, StoreConfig};
 
@@ -120,6 +121,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub nats: NatsSettings,
+    /// Where traces are exported (OTLP), if anywhere.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telemetry: TelemetrySettings,
     /// The mesh's public identities file (`identities.toml`, written by nats-config): each
     /// event's signature is checked on arrival and its signer stored; `verify` reports events
     /// no known key signed. Reread when it changes. Without it nothing is checked.
@@ -191,6 +196,10 @@ pub struct Config {
     pub query_max_limit: usize,
     pub log: String,
     pub log_json: bool,
+    /// Where traces are exported; `None`: they are not.
+    pub telemetry: Option<Export>,
+    /// Where `/metrics` is served (nowhere by default).
+    pub metrics: MetricsAt,
 }
 
 /// The PEM files of the sink's client certificate for NATS.
@@ -240,6 +249,8 @@ impl Config {
             query_max_limit: 1000,
             log: "info".to_string(),
             log_json: false,
+            telemetry: None,
+            metrics: MetricsAt::Off,
         }
     }
 
@@ -300,6 +311,8 @@ impl Config {
             config.log = v;
         }
         config.log_json = pick.log_json.unwrap_or(false);
+        config.telemetry = (pick.telemetry).resolve(|key| std::env::var(key).ok(), &mut problems);
+        config.metrics = (pick.telemetry).metrics(MetricsAt::Off, &mut problems);
         if let Err(e) = config.validate() {
             problems.extend(e.problems);
         }

@@ -11,6 +11,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use execmesh_proto::identities::{LiveIdentities, Rejections};
 use execmesh_proto::{headers, jetstream as layout};
 use execmesh_runtime::backoff::Backoff;
+use execmesh_runtime::telemetry;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
@@ -163,6 +164,9 @@ impl Consumer {
         batch: &[jetstream::Message],
         shutdown: &CancellationToken,
     ) -> Option<usize> {
+        // Each event's storing continues the span it was made in (its `traceparent`): one
+        // span per event, open until the batch is committed.
+        let _stored: Vec<tracing::Span> = batch.iter().filter_map(store_span).collect();
         let rows: Vec<_> = batch
             .iter()
             .map(|msg| {
@@ -184,6 +188,7 @@ impl Consumer {
                 match self.store.append(rows.clone()).await {
                     Ok(appended) => return Some(appended),
                     Err(e) => {
+                        crate::metrics::store_failed();
                         warn!(error = %e, events = rows.len(), "storing a batch failed; retrying");
                         if shutdown.is_cancelled() {
                             return None;
@@ -209,6 +214,11 @@ impl Consumer {
             appended = store => appended?,
             never = keep_alive => never,
         };
+        crate::metrics::committed(
+            appended.stored,
+            appended.duplicates,
+            rows.iter().map(|r| r.time_ms).filter(|t| *t > 0).min(),
+        );
         debug!(
             stored = appended.stored,
             duplicates = appended.duplicates,
@@ -252,6 +262,21 @@ impl Consumer {
             }
         }
     }
+}
+
+/// The span of storing `msg`, a child of the span the event was made in; `None` when spans
+/// are not exported or the event carries no context.
+fn store_span(msg: &jetstream::Message) -> Option<tracing::Span> {
+    if !telemetry::exporting() {
+        return None;
+    }
+    let cx = telemetry::extract(&telemetry::NatsHeaders(msg.headers.as_ref()?));
+    if !telemetry::has_parent(&cx) {
+        return None;
+    }
+    let span = tracing::info_span!("audit_store", subject = %msg.subject);
+    telemetry::continue_from(&span, cx);
+    Some(span)
 }
 
 async fn pause(shutdown: &CancellationToken, delay: Duration) {

@@ -8,6 +8,7 @@ pub mod chain;
 pub mod config;
 mod connection;
 mod consumer;
+mod metrics;
 pub mod record;
 pub mod service;
 pub mod store;
@@ -44,6 +45,9 @@ pub enum SinkError {
     /// The identities file cannot be used.
     #[error(transparent)]
     Identities(#[from] execmesh_proto::identities::IdentitiesError),
+    /// `/metrics` cannot be served where configured.
+    #[error(transparent)]
+    Metrics(#[from] execmesh_runtime::metrics::MetricsError),
 }
 
 /// Runs the sink until `shutdown` is cancelled: the batch in hand is committed and acknowledged,
@@ -65,6 +69,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Sink
             None
         }
     };
+    if let execmesh_runtime::telemetry::MetricsAt::Listen(addr) = config.metrics {
+        let listener = execmesh_runtime::metrics::bind(addr).await?;
+        tokio::spawn(execmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
     let store = Arc::new(Store::open(&config.store).await?);
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use execmesh_audit_sink::{Cli, Command, Config};
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
-use execmesh_runtime::signals;
+use execmesh_runtime::{signals, telemetry};
 
 /// `verify`: the chain does not verify.
 const EXIT_BROKEN: u8 = 1;
@@ -30,19 +30,40 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    execmesh_runtime::logging::init(&config.log, config.log_json);
     let runtime =
         match signals::runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
             Ok(runtime) => runtime,
             Err(exit) => return exit,
         };
-    runtime.block_on(async move {
+    // Spans are exported by the serving sink only; the exporter runs on the runtime, so it is
+    // set up inside it.
+    let traces = matches!(command, Command::Serve).then_some(config.telemetry.as_ref());
+    let telemetry = runtime.block_on(async {
+        telemetry::init(
+            &config.log,
+            config.log_json,
+            traces.flatten(),
+            "execmesh-audit-sink",
+            Vec::new(),
+        )
+    });
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("execmesh-audit-sink: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
         match command {
             Command::Serve => serve(config).await,
             Command::Verify => verify(&config).await,
             Command::Export(args) => export(&config, args, filter.unwrap_or_default()).await,
         }
-    })
+    });
+    // Flushed on the runtime, which still runs its workers.
+    telemetry.shutdown();
+    code
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use execmesh_proto::Token;
 use execmesh_runtime::config;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 /// Command line of `execmesh-gateway`.
 #[derive(Debug, Parser)]
@@ -119,6 +120,10 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(flatten)]
     pub nats: NatsSettings,
+    /// Where traces are exported (OTLP), if anywhere.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub telemetry: TelemetrySettings,
     /// The mesh's public identities file (`identities.toml`, written by `nats-config`): every
     /// record read from JetStream must be signed by the identity entitled to it, or it is
     /// ignored. Reread when it changes. Without it (development) records are not checked.
@@ -207,6 +212,13 @@ pub struct Settings {
     /// in seconds [default: 900].
     #[arg(long, env = "EXECMESH_APPROVAL_TTL_SECS")]
     pub approval_ttl_secs: Option<u64>,
+    /// How long an MCP task (a `tools/call` a client let run as a task) is kept after it is
+    /// created, its result included, in seconds [default: 3600].
+    #[arg(long, env = "EXECMESH_TASK_TTL_SECS")]
+    pub task_ttl_secs: Option<u64>,
+    /// How often clients are asked to poll a task, in ms [default: 1000].
+    #[arg(long, env = "EXECMESH_TASK_POLL_INTERVAL_MS")]
+    pub task_poll_interval_ms: Option<u64>,
     /// Tenant token [default: default].
     #[arg(long, env = "EXECMESH_TENANT")]
     pub tenant: Option<String>,
@@ -322,6 +334,10 @@ pub struct Config {
     pub jetstream_budget_bytes: u64,
     /// How long an approval request (and an approval) stays usable.
     pub approval_ttl: Duration,
+    /// How long an MCP task is kept after it is created.
+    pub task_ttl: Duration,
+    /// The poll interval tasks suggest to clients.
+    pub task_poll_interval: Duration,
     pub tenant: String,
     /// Default inline window of `bash`.
     pub inline_window: Duration,
@@ -336,6 +352,10 @@ pub struct Config {
     /// How long the revocation list's copy is trusted once it cannot be kept current.
     pub revocation_max_staleness: Duration,
     pub log_json: bool,
+    /// Where traces are exported; `None`: they are not.
+    pub telemetry: Option<Export>,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsAt,
     /// Named host groups (`@name` in selectors), as selector text; checked at load.
     pub groups: BTreeMap<String, String>,
     /// Default sliding window of a fan-out: hosts contacted at once.
@@ -426,6 +446,8 @@ impl Config {
             kv_replicas: 1,
             jetstream_budget_bytes: execmesh_proto::jetstream::DEFAULT_STORE_BUDGET_BYTES,
             approval_ttl: crate::core::approvals::DEFAULT_TTL,
+            task_ttl: crate::core::tasks::DEFAULT_TTL,
+            task_poll_interval: crate::core::tasks::DEFAULT_POLL_INTERVAL,
             tenant: execmesh_proto::subject::DEFAULT_TENANT.to_string(),
             inline_window: Duration::from_secs(2),
             page_max_lines: 1000,
@@ -436,6 +458,8 @@ impl Config {
             mesh_unreachable_wait: Duration::from_secs(2),
             revocation_max_staleness: crate::core::revocation::DEFAULT_MAX_STALENESS,
             log_json: false,
+            telemetry: None,
+            metrics: MetricsAt::Shared,
             groups: BTreeMap::new(),
             fanout_window: 256,
             fanout_max_hosts: 10_000,
@@ -538,6 +562,12 @@ impl Config {
         if let Some(v) = pick.approval_ttl_secs {
             config.approval_ttl = Duration::from_secs(v);
         }
+        if let Some(v) = pick.task_ttl_secs {
+            config.task_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.task_poll_interval_ms {
+            config.task_poll_interval = Duration::from_millis(v);
+        }
         if let Some(v) = pick.inline_window_ms {
             config.inline_window = Duration::from_millis(v);
         }
@@ -563,6 +593,8 @@ impl Config {
             config.revocation_max_staleness = Duration::from_secs(v);
         }
         config.log_json = pick.log_json.unwrap_or(false);
+        config.telemetry = (pick.telemetry).resolve(|key| std::env::var(key).ok(), &mut problems);
+        config.metrics = (pick.telemetry).metrics(MetricsAt::Shared, &mut problems);
         if let Some(v) = pick.groups {
             config.groups = v;
         }
@@ -605,6 +637,16 @@ impl Config {
             || self.approval_ttl > Duration::from_secs(7 * 24 * 3600)
         {
             problems.push("approval_ttl_secs must be 1..=604800".to_string());
+        }
+        if self.task_ttl < Duration::from_secs(1)
+            || self.task_ttl > Duration::from_secs(7 * 24 * 3600)
+        {
+            problems.push("task_ttl_secs must be 1..=604800".to_string());
+        }
+        if self.task_poll_interval < Duration::from_millis(100)
+            || self.task_poll_interval > Duration::from_secs(60)
+        {
+            problems.push("task_poll_interval_ms must be 100..=60000".to_string());
         }
         if self.inline_window > Duration::from_secs(600) {
             problems.push("inline_window_ms must be at most 600000".to_string());
@@ -761,6 +803,8 @@ impl Settings {
             kv_replicas,
             jetstream_budget_bytes,
             approval_ttl_secs,
+            task_ttl_secs,
+            task_poll_interval_ms,
             tenant,
             inline_window_ms,
             page_max_lines,

@@ -37,7 +37,11 @@ pub enum GatewayError {
     #[error(transparent)]
     Approvals(#[from] crate::core::approvals::ApprovalError),
     #[error(transparent)]
+    Tasks(#[from] crate::core::tasks::TaskError),
+    #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Metrics(#[from] execmesh_runtime::metrics::MetricsError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use execmesh_runtime::config;
+use execmesh_runtime::{config, telemetry};
 use tokio_util::sync::CancellationToken;
 
 use execmesh_gateway::commands::{self, CommandError};
@@ -87,9 +87,6 @@ fn failed(what: &str, e: &CommandError) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    // The gateway's filter comes from the environment only.
-    let filter = std::env::var("EXECMESH_LOG").unwrap_or_else(|_| "info".to_string());
-    execmesh_runtime::logging::init(&filter, config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,6 +94,26 @@ fn serve(config: Config) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The gateway's filter comes from the environment only. The span exporter runs on the
+    // runtime, so it is set up inside it.
+    let filter = std::env::var("EXECMESH_LOG").unwrap_or_else(|_| "info".to_string());
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::init(
+            &filter,
+            config.log_json,
+            config.telemetry.as_ref(),
+            "execmesh-gateway",
+            Vec::new(),
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("execmesh-gateway: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -110,6 +127,8 @@ fn serve(config: Config) -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    // Flushed on the runtime, which still runs its workers.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

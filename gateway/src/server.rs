@@ -27,6 +27,7 @@ use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
 use crate::origin::OriginPolicy;
 use crate::state::Services;
+use execmesh_runtime::telemetry::MetricsAt;
 
 /// The router: `/mcp` behind the Origin and bearer checks, the OAuth endpoints and `/healthz`.
 pub fn router(
@@ -236,6 +237,11 @@ pub async fn run(
         Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
     };
+    // Bound before anything starts, like the admin API: a taken port is a clear error now.
+    if let MetricsAt::Listen(addr) = config.metrics {
+        let metrics = execmesh_runtime::metrics::bind(addr).await?;
+        tokio::spawn(execmesh_runtime::metrics::serve(metrics, shutdown.clone()));
+    }
     run_with_admin(config, listener, admin, shutdown).await
 }
 
@@ -277,6 +283,13 @@ pub async fn run_with_admin(
         audit.clone(),
     )
     .await?;
+    let tasks = crate::core::tasks::Tasks::open(
+        &mesh,
+        config.kv_replicas,
+        config.task_ttl,
+        config.task_poll_interval,
+    )
+    .await?;
     tokio::spawn(policy.clone().watch(shutdown.clone()));
     let cursors =
         crate::core::paging::CursorKey::new(&key.derive_secret(CURSOR_PURPOSE), &mesh.tenant);
@@ -302,19 +315,24 @@ pub async fn run_with_admin(
             revocations: revocations.clone(),
             policy: policy.clone(),
             failures: auth_failures,
+            verified: Default::default(),
         }),
         policy,
         audit,
         approvals,
+        tasks,
         cursors,
         revocations,
     };
-    let app = router(
+    let mut app = router(
         services.mcp(),
         services.bearer.clone(),
         services.oauth(oauth),
         shutdown.clone(),
     );
+    if services.config.metrics == MetricsAt::Shared {
+        app = app.merge(execmesh_runtime::metrics::router());
+    }
     // The admin API serves next to MCP and stops with it; a failure of either stops both.
     let admin = admin_listener.map(|admin_listener| {
         let state = services.admin();

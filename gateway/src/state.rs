@@ -13,6 +13,7 @@ use crate::core::mesh::Mesh;
 use crate::core::paging::CursorKey;
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
+use crate::core::tasks::Tasks;
 use crate::mcp::McpState;
 use crate::oauth::{OAuth, OAuthState};
 
@@ -28,6 +29,8 @@ pub struct Services {
     pub audit: Arc<Audit>,
     /// Calls held for a teammate's approval, and the decisions.
     pub approvals: Approvals,
+    /// MCP tasks, readable by every replica.
+    pub tasks: Tasks,
     /// Seals the job cursors handed to clients (derived from the token key, so every replica
     /// agrees).
     pub cursors: CursorKey,
@@ -47,6 +50,7 @@ impl Services {
             policy: self.policy.clone(),
             audit: self.audit.clone(),
             approvals: self.approvals.clone(),
+            tasks: self.tasks.clone(),
             cursors: self.cursors.clone(),
         })
     }

@@ -5,12 +5,15 @@
 //! expiry); only a valid, unexpired request spends a place in the replay cache. Then the tier,
 //! the account and — for commands — the guard.
 
+use std::collections::BTreeMap;
+
 use async_nats::HeaderMap;
 use execmesh_proto::Token;
-use execmesh_proto::pb;
+use execmesh_proto::pb::{self, ErrorCode};
 use tracing::info;
 
 use crate::config::Config;
+use crate::files::Roots;
 use crate::guard::{Guard, Job};
 use crate::refusal::Refusal;
 use crate::request::{self, KillSpec, Order, RunSpec};
@@ -61,24 +64,31 @@ pub struct Admission {
     max_tier: Tier,
     run_as: RunAs,
     guard: Guard,
+    /// Runbook name → the hash this host runs it at; empty: any runbook the gateway signs.
+    runbook_pins: BTreeMap<String, String>,
+    /// The file roots: a runbook's `path` parameters must resolve inside them.
+    roots: Roots,
 }
 
 // === impl Admission ===
 
 impl Admission {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, roots: Roots) -> Self {
         let admission = Self {
             host: config.host_id.clone(),
             verifier: Verifier::new(&config.gateway_keys),
             max_tier: config.max_tier,
             run_as: RunAs::new(&config.run_as),
             guard: Guard::new(&config.guard),
+            runbook_pins: config.runbook_pins.clone(),
+            roots,
         };
         info!(
             gateway_keys = ?admission.verifier.key_ids(),
             max_tier = %admission.max_tier,
             run_as = if admission.run_as.is_configured() { "mapped" } else { "the agent's own account" },
             guard = admission.guard.enabled(),
+            runbook_pins = admission.runbook_pins.len(),
             "admission rules"
         );
         admission
@@ -106,6 +116,9 @@ impl Admission {
         tier::admit(host, tier, self.max_tier, needed)?;
         match &mut order {
             Order::Run(spec) => {
+                if let Some(runbook) = &spec.runbook {
+                    self.check_runbook(runbook)?;
+                }
                 spec.account = self.run_as.resolve(host, &spec.user, &run_as)?;
                 if spec.cwd.is_none() {
                     spec.cwd = spec.account.as_ref().map(Account::default_cwd);
@@ -127,6 +140,44 @@ impl Admission {
             }
         }
         Ok(order)
+    }
+
+    /// Refuses a runbook this host does not run: not pinned, or pinned at another hash, when
+    /// the host pins runbooks; or one whose `path` parameters resolve outside the file roots.
+    fn check_runbook(&self, runbook: &pb::RunbookRef) -> Result<(), Refusal> {
+        let host = &self.host;
+        let name = runbook.name.escape_debug();
+        if !self.runbook_pins.is_empty() {
+            match self.runbook_pins.get(&runbook.name) {
+                Some(pinned) if *pinned == runbook.hash => {}
+                Some(pinned) => {
+                    return Err(Refusal::new(
+                        ErrorCode::RunbookNotPinned,
+                        format!(
+                            "host {host}: runbook `{name}` is pinned at {pinned}, and the request \
+                             is for {}: the runbook changed since it was pinned; pin the new hash \
+                             to run it",
+                            runbook.hash.escape_debug()
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(Refusal::new(
+                        ErrorCode::RunbookNotPinned,
+                        format!(
+                            "host {host}: runbook `{name}` is not pinned here; this host runs \
+                             only the runbooks its `runbook_pins` name"
+                        ),
+                    ));
+                }
+            }
+        }
+        for path in &runbook.paths {
+            self.roots.resolve(path).map_err(|e| {
+                Refusal::new(e.code(), format!("host {host}: runbook `{name}`: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Admits a ControlRequest received as `payload` (decoded into `req`).

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::TelemetrySettings;
 
 /// `execmesh-node-agent`: executes requests for this host and streams their output into JetStream.
 ///
@@ -26,6 +27,10 @@ pub struct Cli {
     #[command(flatten)]
     pub nats: NatsSettings,
 
+    /// Where traces are exported (OTLP), if anywhere.
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+
     /// Tenant this host belongs to (`[a-z0-9-]{1,63}`). [default: default]
     #[arg(long, env = "EXECMESH_TENANT", value_name = "TOKEN")]
     pub tenant: Option<String>,
@@ -43,6 +48,18 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub labels: Vec<String>,
+
+    /// Pins a runbook: NAME=HASH (the `sha256:…` that `execmeshctl runbooks` shows); repeat
+    /// the flag for more. With any pin, this host runs only pinned runbooks, each only at its
+    /// pinned hash (an edited runbook is refused until its new hash is pinned); without pins it
+    /// runs whatever runbook the gateway signs. In the environment: comma-separated.
+    #[arg(
+        long = "runbook-pin",
+        env = "EXECMESH_RUNBOOK_PINS",
+        value_name = "NAME=HASH",
+        value_delimiter = ','
+    )]
+    pub runbook_pins: Vec<String>,
 
     /// A gateway public key this host trusts (base64 Ed25519, as in the gateway's
     /// `exec-signing.key.pub`), or a file of such keys, one per line; repeat the flag for more.
@@ -120,7 +137,7 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_MAX_OUTPUT_BYTES_PER_HOST", value_name = "BYTES")]
     pub max_output_bytes_per_host: Option<String>,
 
-    /// The disk the mesh's JetStream store may use. MESH_OUT gets 80 %, AUDIT 10 %, `mesh_jobs`
+    /// The disk the mesh's JetStream store may use. MESH_OUT gets 79 %, AUDIT 10 %, `mesh_jobs`
     /// 5 %, each small bucket 1 %; the agent sets each stream's byte limit to its share.
     /// [default: 2147483648]
     #[arg(long, env = "EXECMESH_JETSTREAM_BUDGET_BYTES", value_name = "BYTES")]

@@ -8,6 +8,7 @@ use execmesh_proto::subject::{DEFAULT_TENANT, MAX_TOKEN_LEN};
 use execmesh_proto::{Token, jetstream};
 use execmesh_runtime::config::Rendered;
 use execmesh_runtime::nats_settings::NatsSettings;
+use execmesh_runtime::telemetry::{Export, MetricsAt, TelemetrySettings};
 
 use crate::cli::Cli;
 use crate::files::{DEFAULT_ROOTS, Limits};
@@ -68,6 +69,9 @@ pub struct Config {
     /// The CommandGuard: on or off, deny-list or allowlist mode, extra deny rules, default
     /// rules switched off, allowed commands.
     pub guard: GuardConfig,
+    /// Runbook name → the one hash (`sha256:…`) this host runs it at. Empty: every runbook the
+    /// gateway signs runs; otherwise only these, at these hashes (`[runbook_pins]`).
+    pub runbook_pins: BTreeMap<String, String>,
     /// Most jobs running at once.
     pub max_jobs: usize,
     /// Timeout of a job whose request names none.
@@ -142,6 +146,10 @@ pub struct Config {
     pub log: String,
     /// Log JSON lines instead of text.
     pub log_json: bool,
+    /// Where traces are exported; `None`: they are not.
+    pub telemetry: Option<Export>,
+    /// Where `/metrics` is served (nowhere by default).
+    pub metrics: MetricsAt,
 }
 
 /// Why a configuration cannot be used. [`ConfigError::Invalid`] lists every bad value at once.
@@ -181,6 +189,7 @@ impl Default for Config {
             max_tier: Tier::Dangerous,
             run_as: BTreeMap::new(),
             guard: GuardConfig::default(),
+            runbook_pins: BTreeMap::new(),
             max_jobs: 64,
             default_timeout_secs: 3600,
             kill_grace_ms: 5000,
@@ -212,6 +221,8 @@ impl Default for Config {
             redact_patterns: Vec::new(),
             log: "info".to_string(),
             log_json: false,
+            telemetry: None,
+            metrics: MetricsAt::Off,
         }
     }
 }
@@ -272,7 +283,7 @@ impl Config {
 
         let tenant_s: String = l.get("tenant", "--tenant", &c.tenant, d.tenant.to_string());
         let host_s: Option<String> = l.get_opt("host_id", "--host-id", &c.host_id);
-        let nats = c.nats.clone().or(l.nats());
+        let nats = c.nats.clone().or(l.shared());
         let mut config = Config {
             nats_url: nats.url(),
             nats_creds: nats.nats_creds,
@@ -288,6 +299,7 @@ impl Config {
             max_tier: l.get("max_tier", "--max-tier", &c.max_tier, d.max_tier),
             run_as: BTreeMap::new(),
             guard: d.guard.clone(),
+            runbook_pins: BTreeMap::new(),
             max_jobs: l.get("max_jobs", "--max-jobs", &c.max_jobs, d.max_jobs),
             default_timeout_secs: l.get(
                 "default_timeout_secs",
@@ -439,7 +451,12 @@ impl Config {
             redact_patterns: l.patterns("redact_patterns", &c.redact_patterns),
             log: l.get("log", "--log", &c.log, d.log),
             log_json: l.get("log_json", "--log-json", &c.log_json, d.log_json),
+            telemetry: None,
+            metrics: MetricsAt::Off,
         };
+        let telemetry: TelemetrySettings = c.telemetry.clone().or(l.shared());
+        config.telemetry = telemetry.resolve(|key| std::env::var(key).ok(), &mut l.problems);
+        config.metrics = telemetry.metrics(MetricsAt::Off, &mut l.problems);
 
         match Token::parse("tenant", &tenant_s) {
             Ok(t) => config.tenant = t,
@@ -452,6 +469,7 @@ impl Config {
             }
         }
         config.labels = l.labels(&cli.labels);
+        config.runbook_pins = l.runbook_pins(&cli.runbook_pins);
         config.run_as = l.run_as(&cli.run_as);
         config.guard = l.guard(&cli.guard_enabled, d.guard);
         l.check_unknown_keys();
@@ -760,6 +778,22 @@ pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         })
 }
 
+/// How a table of strings (`[labels]`, `[runbook_pins]`) is named in problems.
+struct TableNames {
+    /// The file's key.
+    key: &'static str,
+    /// What a value must be.
+    values: &'static str,
+    /// What the table looks like.
+    example: &'static str,
+    /// One pair of the flag, in words.
+    item: &'static str,
+    /// The flag and variable that give pairs.
+    source: &'static str,
+    /// The shape of a pair.
+    form: &'static str,
+}
+
 /// The file layer under the flag/environment layer, collecting problems as keys are read.
 struct Layers {
     file: toml::Table,
@@ -776,6 +810,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_tier",
     "run_as",
     "guard",
+    "runbook_pins",
     "max_jobs",
     "default_timeout_secs",
     "kill_grace_ms",
@@ -810,10 +845,10 @@ const KNOWN_KEYS: &[&str] = &[
 ];
 
 impl Layers {
-    /// The NATS keys of the file, read (and checked) as the one [`NatsSettings`] every service
-    /// shares.
-    fn nats(&mut self) -> NatsSettings {
-        let keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+    /// The keys of the file that settings every service shares (the NATS ones, the telemetry
+    /// ones) declare, read (and checked) as those settings.
+    fn shared<S: clap::Args + serde::de::DeserializeOwned + Default>(&mut self) -> S {
+        let keys = execmesh_runtime::config::keys_of::<S>();
         let table = (self.file.iter())
             .filter(|(key, _)| keys.contains(key))
             .map(|(key, value)| (key.clone(), value.clone()))
@@ -1000,20 +1035,67 @@ impl Layers {
     }
 
     fn labels(&mut self, cli: &[String]) -> BTreeMap<String, String> {
-        let mut labels = BTreeMap::new();
-        match self.file.get("labels") {
+        self.string_table(
+            cli,
+            &TableNames {
+                key: "labels",
+                values: "label values are strings",
+                example: "`[labels]` / `role = \"web\"`",
+                item: "label",
+                source: "--label or EXECMESH_LABELS",
+                form: "KEY=VALUE",
+            },
+        )
+    }
+
+    /// `[runbook_pins]` (`name = "sha256:…"`) and `--runbook-pin NAME=HASH`, which win.
+    fn runbook_pins(&mut self, cli: &[String]) -> BTreeMap<String, String> {
+        let pins = self.string_table(
+            cli,
+            &TableNames {
+                key: "runbook_pins",
+                values: "a pin is the runbook's hash, a string `sha256:…`",
+                example: "`[runbook_pins]` / `disk-usage = \"sha256:…\"`",
+                item: "runbook pin",
+                source: "--runbook-pin or EXECMESH_RUNBOOK_PINS",
+                form: "NAME=HASH",
+            },
+        );
+        for (name, hash) in &pins {
+            let hex = hash.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.problems.push(format!(
+                    "runbook pin `{name}`: `{hash}` is not a runbook hash (`sha256:` and 64 hex digits, as `execmeshctl runbooks` shows)"
+                ));
+            }
+        }
+        pins
+    }
+
+    /// A table of strings in the file, then `KEY=VALUE` pairs from the command line or
+    /// environment (`cli`), which win; `names` words the problems.
+    fn string_table(&mut self, cli: &[String], names: &TableNames) -> BTreeMap<String, String> {
+        let TableNames {
+            key,
+            values,
+            example,
+            item,
+            source,
+            form,
+        } = names;
+        let mut table = BTreeMap::new();
+        match self.file.get(*key) {
             None => {}
             Some(toml::Value::Table(t)) => {
                 for (k, v) in t {
                     match v {
                         toml::Value::String(s) => {
-                            labels.insert(k.clone(), s.clone());
+                            table.insert(k.clone(), s.clone());
                         }
                         other => {
                             let file = self.file_name();
-                            self.problems.push(format!(
-                                "labels.{k} = {other} (in {file}): label values are strings"
-                            ));
+                            self.problems
+                                .push(format!("{key}.{k} = {other} (in {file}): {values}"));
                         }
                     }
                 }
@@ -1021,29 +1103,30 @@ impl Layers {
             Some(other) => {
                 let file = self.file_name();
                 self.problems.push(format!(
-                    "labels = {other} (in {file}): expected a table such as `[labels]` / `role = \"web\"`"
+                    "{key} = {other} (in {file}): expected a table such as {example}"
                 ));
             }
         }
         for pair in cli {
             match pair.split_once('=') {
                 Some((k, v)) => {
-                    labels.insert(k.trim().to_string(), v.trim().to_string());
+                    table.insert(k.trim().to_string(), v.trim().to_string());
                 }
-                None => self.problems.push(format!(
-                    "label `{pair}` (from --label or EXECMESH_LABELS): expected KEY=VALUE"
-                )),
+                None => self
+                    .problems
+                    .push(format!("{item} `{pair}` (from {source}): expected {form}")),
             }
         }
-        labels
+        table
     }
 
     fn check_unknown_keys(&mut self) {
-        let nats_keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+        let mut shared_keys = execmesh_runtime::config::keys_of::<NatsSettings>();
+        shared_keys.extend(execmesh_runtime::config::keys_of::<TelemetrySettings>());
         let unknown: Vec<String> = self
             .file
             .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !nats_keys.contains(k))
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()) && !shared_keys.contains(k))
             .cloned()
             .collect();
         for key in unknown {
@@ -1182,7 +1265,8 @@ mod tests {
         );
         assert_eq!(
             config.store_limits().out_bytes,
-            1024 * 1024 * 1024 - 1024 * 1024 * 1024 / 100 * 20
+            // AUDIT 10 %, mesh_jobs 5 %, six small buckets 1 % each.
+            1024 * 1024 * 1024 - 1024 * 1024 * 1024 / 100 * 21
         );
         assert_eq!(config.max_output_bytes_per_user, 5000);
         assert_eq!(config.max_output_bytes_per_host, 9000);
@@ -1430,6 +1514,33 @@ mod tests {
             "guard.colour",
             "guard_enabled",
         ] {
+            assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
+        }
+    }
+
+    #[test]
+    fn runbook_pins_load_from_the_file_and_flags_and_a_bad_hash_is_named() {
+        let hash = format!("sha256:{}", "ab".repeat(32));
+        let config = load(
+            &format!("[runbook_pins]\ndisk-usage = \"{hash}\"\n"),
+            Cli {
+                runbook_pins: vec![format!("cert-expiry={hash}")],
+                ..Cli::default()
+            },
+        )
+        .expect("valid");
+        assert_eq!(config.runbook_pins.len(), 2);
+        assert_eq!(config.runbook_pins["disk-usage"], hash);
+        let err = load(
+            "[runbook_pins]\ndisk-usage = \"md5:abc\"\nother = 3\n",
+            Cli {
+                runbook_pins: vec!["no-equals".into()],
+                ..Cli::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in ["md5:abc", "runbook_pins.other", "no-equals"] {
             assert!(err.contains(needle), "`{needle}` missing from:\n{err}");
         }
     }

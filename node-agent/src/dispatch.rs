@@ -11,6 +11,8 @@ use futures::StreamExt;
 use prost::Message as _;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use execmesh_runtime::telemetry;
+
 use crate::drain::drain_jobs;
 use crate::error::AgentError;
 use crate::files;
@@ -115,7 +117,23 @@ pub async fn serve(node: Arc<Node>, mut subs: Subscriptions) {
 }
 
 fn spawn_exec(node: &Arc<Node>, msg: Message) {
-    spawn_answer(node, msg, |node, msg| async move { exec(&node, msg).await });
+    // The request's span continues the gateway's (its `traceparent` header): admission, the
+    // handler's span and the audit events it writes are its children.
+    // The trace id on every line logged inside the request, admission included.
+    let trace_id = (msg.headers.as_ref())
+        .and_then(|h| h.get(execmesh_proto::headers::TRACEPARENT))
+        .and_then(|v| crate::request::trace_id_of(v.as_str()))
+        .unwrap_or_default();
+    let span = info_span!("exec_request", host = %node.host(), subject = %msg.subject,
+                          trace_id = %trace_id, refused = tracing::field::Empty,
+                          otel.status_code = tracing::field::Empty);
+    if let Some(headers) = &msg.headers {
+        let cx = telemetry::extract(&telemetry::NatsHeaders(headers));
+        telemetry::continue_from(&span, cx);
+    }
+    spawn_answer(node, msg, |node, msg| {
+        async move { exec(&node, msg).await }.instrument(span)
+    });
 }
 
 fn spawn_ctl(node: &Arc<Node>, msg: Message) {
@@ -194,8 +212,12 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
         Ok(order) => order,
         Err(refusal) => {
             // A guard refusal quotes the command: the log gets it redacted.
+            let reason = node.redactor.text(&refusal.message);
+            tracing::Span::current()
+                .record("refused", refusal.code.as_str_name())
+                .record("otel.status_code", "ERROR");
             warn!(subject = %msg.subject, code = refusal.code.as_str_name(),
-                  reason = %node.redactor.text(&refusal.message), "request refused");
+                  reason = %reason, "request refused");
             return exec_error(&refusal);
         }
     };

@@ -29,6 +29,10 @@ pub enum AgentError {
     #[error(transparent)]
     NatsTls(#[from] execmesh_runtime::nats_connection::NatsTlsError),
 
+    /// `/metrics` cannot be served where configured.
+    #[error(transparent)]
+    Metrics(#[from] execmesh_runtime::metrics::MetricsError),
+
     /// The first connection failed (the agent does not retry at start).
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {

@@ -4,6 +4,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, JobState, OutputLimit};
 use nix::sys::signal::Signal;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
@@ -18,6 +19,7 @@ use crate::process::{self, SpawnError, SpawnSpec};
 use crate::refusal::Refusal;
 use crate::registry::{Finished, JobHandle, KillOrder, Registered};
 use crate::request::RunSpec;
+use crate::retry::GaveUp;
 use crate::runas;
 use crate::status::{CreateStatusError, StatusRecord};
 use crate::warm::{self, WarmShell};
@@ -39,8 +41,11 @@ pub struct Started {
 /// Records the job, spawns its child and leaves it to a job task. Everything that can refuse the
 /// request happens here, before the reply; after this the job runs to its end on its own.
 ///
-/// The first status write happens before the spawn so that a replayed request (same job id)
-/// is refused by the store and can never run its command twice.
+/// A request that names this agent instance was issued after the instance started, so its
+/// replays are refused by the nonce cache (`signature::Verifier`) alone: its job is spawned at
+/// once and the task stores its status meanwhile. Any other request (the first one a gateway
+/// sends, or one captured before the agent restarted) has its status created before the spawn,
+/// so that a replayed job id is refused by the store and can never run its command twice.
 pub async fn start(
     node: &Arc<Node>,
     spec: RunSpec,
@@ -105,6 +110,7 @@ pub async fn start(
     let spawn_spec = SpawnSpec {
         shell: &node.config.shell,
         cmd: &spec.cmd,
+        argv: &spec.argv,
         cwd: spec.cwd.as_deref(),
         env: &env,
         job: &job,
@@ -120,19 +126,23 @@ pub async fn start(
         None
     };
     status.pid = warm.as_ref().map_or(0, |(shell, _)| shell.pid());
-    let mut record = match StatusRecord::create(node, node.job_key(&job), &status).await {
-        Ok(record) => record,
-        Err(e) => {
-            if let Some((shell, _)) = warm {
-                node.warm.put_back(shell);
+    let record = if spec.agent_instance == node.instance {
+        Record::Pending
+    } else {
+        match StatusRecord::create(node, node.job_key(&job), &status).await {
+            Ok(record) => Record::Stored(Box::new(record)),
+            Err(e) => {
+                if let Some((shell, _)) = warm {
+                    node.warm.put_back(shell);
+                }
+                return Err(match e {
+                    CreateStatusError::Exists => exists(),
+                    CreateStatusError::Write(e) => Refusal::new(
+                        ErrorCode::Internal,
+                        format!("host {host}: cannot record the status of job {job}: {e}"),
+                    ),
+                });
             }
-            return Err(match e {
-                CreateStatusError::Exists => exists(),
-                CreateStatusError::Write(e) => Refusal::new(
-                    ErrorCode::Internal,
-                    format!("host {host}: cannot record the status of job {job}: {e}"),
-                ),
-            });
         }
     };
 
@@ -161,7 +171,7 @@ pub async fn start(
             node.audit.job_finished(&status);
             let store = async {
                 let _ = output::publish_exit(&sink, &status).await;
-                let _ = record.update(&status, &node.hard_stop).await;
+                record.write(node, &job, &status, true).await;
             };
             if timeout(FAILED_WRITE_LIMIT, store).await.is_err() {
                 warn!("could not store the status of a job that failed to start");
@@ -218,6 +228,43 @@ async fn start_warm(
     }
 }
 
+/// A job's status record in `mesh_jobs`.
+enum Record {
+    /// Created before the spawn (the request did not name this agent instance). Boxed: a
+    /// record holds its NATS handles.
+    Stored(Box<StatusRecord>),
+    /// Not written yet: the job task creates it while the job runs.
+    Pending,
+}
+
+// === impl Record ===
+
+impl Record {
+    /// Stores `status` as the job's status: creates the record if it is still pending (retried
+    /// until stored), or replaces it when `update`. `None` once the agent stops hard first.
+    async fn write(
+        self,
+        node: &Node,
+        job: &Token,
+        status: &pb::JobStatus,
+        update: bool,
+    ) -> Option<StatusRecord> {
+        match self {
+            Record::Stored(mut record) => {
+                if update {
+                    let _ = record.update(status, &node.hard_stop).await;
+                }
+                Some(*record)
+            }
+            Record::Pending => {
+                StatusRecord::create_running(node, node.job_key(job), status, &node.hard_stop)
+                    .await
+                    .ok()
+            }
+        }
+    }
+}
+
 /// Why a job was stopped by the agent.
 #[derive(Debug)]
 enum Stop {
@@ -243,15 +290,15 @@ struct JobTask {
     status: pb::JobStatus,
     /// The first status write already carried the pid (a warm shell's).
     pid_recorded: bool,
-    record: StatusRecord,
+    record: Record,
     sink: Sink,
     kill_rx: mpsc::Receiver<KillOrder>,
     running_tx: oneshot::Sender<pb::JobStatus>,
     done_tx: watch::Sender<Option<Arc<Finished>>>,
     /// Leaves the registry when the task ends.
     _registered: Registered,
-    /// Frees the job's slot when the task ends: after the child was reaped and its output and
-    /// final status were stored.
+    /// Frees the job's slot when the job's end is told: after the child was reaped and its
+    /// output read, and, unless the reply carries the whole output, its final status stored.
     _permit: OwnedSemaphorePermit,
 }
 
@@ -264,7 +311,7 @@ impl JobTask {
             spec,
             mut status,
             pid_recorded,
-            mut record,
+            record,
             sink,
             mut kill_rx,
             running_tx,
@@ -304,74 +351,98 @@ impl JobTask {
             },
         );
 
-        // Store the pid while the child already runs; the reply for `bg` waits for it. Then,
-        // while the job runs, its progress.
+        // Store the status with the pid while the child already runs (create it, if it was not
+        // before the spawn); the reply for `bg` waits for it. Then, while the job runs, its
+        // progress.
         let running = status.clone();
         let progress = output.progress();
         let supervised = CancellationToken::new();
+        let stored_first = matches!(record, Record::Stored(_));
         let announce = async {
-            if !pid_recorded {
-                let _ = record.update(&running, &node.hard_stop).await;
-            }
+            let mut record = record
+                .write(&node, &spec.job, &running, !pid_recorded)
+                .await;
             let _ = running_tx.send(running.clone());
-            report_progress(
-                &mut record,
-                running,
-                progress,
-                node.config.progress_interval(),
-                &supervised,
-            )
-            .await;
+            if let Some(record) = record.as_mut() {
+                report_progress(
+                    record,
+                    running,
+                    progress,
+                    node.config.progress_interval(),
+                    &supervised,
+                )
+                .await;
+            }
+            record
         };
-        let supervise = async {
+        let mut permit = Some(permit);
+        let ended = async {
             let end = supervise(&node, &mut child, deadline, &mut kill_rx, &mut output).await;
             supervised.cancel();
-            end
+            let report = output.finish().await;
+            let status = final_status(status, &spec, &node, &end, &report);
+            info!(
+                state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
+                exit_code = ?status.exit_code,
+                signal = %status.signal,
+                bytes = status.bytes,
+                lines = status.lines,
+                dropped_bytes = status.dropped_bytes,
+                reason = %status.reason,
+                "job ended"
+            );
+            node.audit.job_finished(&status);
+            if !report.complete {
+                warn!("output publishing was abandoned at shutdown; MESH_OUT lacks some output");
+            }
+            // The reply carries the whole output: it need not wait for the stores below (the
+            // status create may still be on its way). Output that does not fit the reply is
+            // paged from MESH_OUT, so then the reply waits until everything is stored.
+            let mut inline = report.inline;
+            if !stored_first && inline.is_some() {
+                tell_finished(&mut permit, &done_tx, status.clone(), inline.take());
+            }
+            (status, inline)
         };
-        let ((), end) = tokio::join!(announce, supervise);
+        let (mut record, (status, inline)) = tokio::join!(announce, ended);
 
-        let report = output.finish().await;
-        let status = final_status(status, &spec, &node, &end, &report);
-        info!(
-            state = JobState::try_from(status.state).map_or("?", |s| s.as_str_name()),
-            exit_code = ?status.exit_code,
-            signal = %status.signal,
-            bytes = status.bytes,
-            lines = status.lines,
-            dropped_bytes = status.dropped_bytes,
-            reason = %status.reason,
-            "job ended"
-        );
-        node.audit.job_finished(&status);
-        if !report.complete {
-            warn!("output publishing was abandoned at shutdown; MESH_OUT lacks some output");
-        }
         // The exit record and the final status go out together: two round trips in parallel
         // instead of one after the other. The exit record is polled first, so on one connection
         // it is sent (and, on a single server, stored) before the status that says the job
-        // ended; the reply still waits for both, so whoever reads the status after the reply
-        // sees the job's end.
-        let (exit, stored) = tokio::join!(
-            output::publish_exit(&sink, &status),
-            record.update(&status, &node.hard_stop)
-        );
+        // ended; whoever reads the final status sees the whole output stored.
+        let update = async {
+            match record.as_mut() {
+                Some(record) => record.update(&status, &node.hard_stop).await,
+                None => Err(GaveUp),
+            }
+        };
+        let (exit, stored) = tokio::join!(output::publish_exit(&sink, &status), update);
         if exit.is_err() {
             warn!("exit record abandoned at shutdown");
         }
         if stored.is_err() {
             warn!("final status abandoned at shutdown; the next agent start marks the job lost");
         }
-        // Free the job's slot before anyone learns it ended: a caller told "done" (a reply, a
-        // kill's answer) may send the next job at once and must not find the host busy.
-        drop(permit);
-        let _ = done_tx.send(Some(Arc::new(Finished {
-            status,
-            inline: report.inline,
-        })));
+        if permit.is_some() {
+            tell_finished(&mut permit, &done_tx, status, inline);
+        }
         // Only now, off the reply's path, replace the warm shell this job (or another) took.
         tokio::task::yield_now().await;
         node.warm.replenish();
     }
+}
+
+/// Frees the job's slot, then tells whoever waits (the reply, a kill) that the job ended.
+/// The slot goes first: a caller told "done" may send the next job at once and must not find
+/// the host busy.
+fn tell_finished(
+    permit: &mut Option<OwnedSemaphorePermit>,
+    done_tx: &watch::Sender<Option<Arc<Finished>>>,
+    status: pb::JobStatus,
+    inline: Option<Vec<u8>>,
+) {
+    drop(permit.take());
+    let _ = done_tx.send(Some(Arc::new(Finished { status, inline })));
 }
 
 /// Rewrites a running job's status with its output so far, when it changed and at most once

@@ -23,6 +23,7 @@ pub mod guard_check;
 mod handler;
 mod job;
 mod lines;
+mod metrics;
 mod node;
 mod output;
 mod presence;
@@ -118,6 +119,10 @@ pub async fn run_with_ready(
           nats_url = %config.nats_url, version = AGENT_VERSION, "node-agent starting");
 
     let record_key = record_key(&config)?;
+    if let execmesh_runtime::telemetry::MetricsAt::Listen(addr) = config.metrics {
+        let listener = execmesh_runtime::metrics::bind(addr).await?;
+        tokio::spawn(execmesh_runtime::metrics::serve(listener, shutdown.clone()));
+    }
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mesh = provision::provision(&js, &config).await?;

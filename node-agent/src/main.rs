@@ -40,28 +40,27 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return config::invalid(&e),
     };
-    telemetry::init(&config);
-
-    serve("node-agent", "execmesh-agent", |shutdown| {
-        execmesh_node_agent::run(config, shutdown)
+    serve("node-agent", "execmesh-agent", &config, |shutdown| {
+        execmesh_node_agent::run(config.clone(), shutdown)
     })
 }
 
-/// `execmesh-node-agent relay --config <file>`: the same runtime and signals as the agent.
+/// `execmesh-node-agent relay --config <file>`: the same runtime, telemetry and signals as the
+/// agent.
 fn run_relay(cli: Cli, path: &std::path::Path) -> ExitCode {
     let config = match RelayConfig::load(cli, path) {
         Ok(config) => config,
         Err(e) => return config::invalid(&e),
     };
-    telemetry::init(&config.agent);
-    serve("relay", "execmesh-relay", |shutdown| {
+    let agent = config.agent.clone();
+    serve("relay", "execmesh-relay", &agent, |shutdown| {
         relay::run(config, shutdown)
     })
 }
 
-/// Runs `service` (its threads named `threads`) until a signal stops it (drained), or a second
-/// one (at once).
-fn serve<F, Fut>(name: &'static str, threads: &str, service: F) -> ExitCode
+/// Runs `service` (its threads named `threads`, its telemetry set up from `telemetry_of`) until
+/// a signal stops it (drained), or a second one (at once).
+fn serve<F, Fut>(name: &'static str, threads: &str, telemetry_of: &Config, service: F) -> ExitCode
 where
     F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), execmesh_node_agent::AgentError>>,
@@ -78,12 +77,23 @@ where
         Ok(runtime) => runtime,
         Err(exit) => return exit,
     };
-    runtime.block_on(signals::serve(
+    // The span exporter runs on the runtime, so it is set up inside it.
+    let telemetry = match runtime.block_on(async { telemetry::init(telemetry_of) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("execmesh-node-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(signals::serve(
         name,
         "exiting without draining",
         ExitCode::FAILURE,
         service,
-    ))
+    ));
+    // Flushed on the runtime, which still runs its workers.
+    telemetry.shutdown();
+    code
 }
 
 /// Whether the command line asks for the `guard` tool, whose usage errors exit 2 (as its

@@ -87,6 +87,7 @@ impl Node {
         let js = jetstream::new(client.clone());
         // The roots are canonicalised now (missing ones are skipped with a warning).
         let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
+        let admission = Admission::new(&config, roots.clone());
         let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(
             js.clone(),
@@ -125,7 +126,7 @@ impl Node {
             record_key,
             quotas,
             audit,
-            admission: Admission::new(&config),
+            admission,
             warm,
             permits: Arc::new(Semaphore::new(config.max_jobs)),
             config,

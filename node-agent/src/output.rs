@@ -366,6 +366,12 @@ async fn publish_chunk(sink: Sink, chunk: Chunk) -> Result<(), GaveUp> {
     // The subject names tenant, host and job: a fan-out gives every host the same job id, and
     // the stream dedupes by message id across all subjects.
     let msg_id = format!("{}.{}", sink.subject, chunk.index);
+    let stream = match chunk.stream {
+        pb::OutputStream::Stdout => "stdout",
+        pb::OutputStream::Stderr => "stderr",
+        pb::OutputStream::Agent | pb::OutputStream::Unspecified => "agent",
+    };
+    crate::metrics::output(stream, chunk.data.len());
     let record = pb::OutputRecord {
         body: Some(pb::output_record::Body::Chunk(pb::OutputChunk {
             index: chunk.index,

@@ -23,6 +23,9 @@ pub const HOST_ENV: &str = "EXECMESH_HOST";
 pub struct SpawnSpec<'a> {
     pub shell: &'a Path,
     pub cmd: &'a str,
+    /// When not empty, the program and arguments to execute directly instead of
+    /// `<shell> -c <cmd>` (a runbook's argv: no shell ever parses its values).
+    pub argv: &'a [String],
     pub cwd: Option<&'a Path>,
     pub env: &'a HashMap<String, String>,
     pub job: &'a Token,
@@ -64,8 +67,19 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
         check_cwd(cwd)?;
     }
 
-    let mut command = shell_command(spec.shell);
-    command.arg("-c").arg(spec.cmd);
+    let mut command = match spec.argv.split_first() {
+        Some((program, args)) => {
+            let mut command = shell_command(Path::new(program));
+            command.args(args);
+            command
+        }
+        None => {
+            let mut command = shell_command(spec.shell);
+            command.arg("-c").arg(spec.cmd);
+            command
+        }
+    };
+    let program = spec.argv.first().map_or(spec.shell, |p| Path::new(p));
     if switch.is_some() {
         command.env_clear().envs(Account::kept_env());
     }
@@ -79,7 +93,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
                 account
                     .child_credentials(spec.cwd)
                     .map_err(|source| SpawnError::Exec {
-                        shell: spec.shell.to_path_buf(),
+                        shell: program.to_path_buf(),
                         source,
                     })?,
             )
@@ -126,7 +140,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
             }
         }
         _ => SpawnError::Exec {
-            shell: spec.shell.to_path_buf(),
+            shell: program.to_path_buf(),
             source,
         },
     })
@@ -237,6 +251,7 @@ mod tests {
         let spec = SpawnSpec {
             shell: Path::new("/bin/sh"),
             cmd: "echo \"$GREETING $EXECMESH_JOB $EXECMESH_HOST $(ps -o pgid= -p $$ | tr -d ' ') $$\"",
+            argv: &[],
             cwd: Some(Path::new("/")),
             env: &env,
             job: &job,
@@ -253,6 +268,33 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_argv_runs_without_a_shell() {
+        let job = Token::parse("job id", "t-1").expect("token");
+        let host = Token::parse("host id", "h-1").expect("token");
+        let env = HashMap::new();
+        let argv = ["echo".to_string(), "a; echo $(id) `x`\nb".to_string()];
+        let spec = SpawnSpec {
+            shell: Path::new("/bin/sh"),
+            cmd: "ignored",
+            argv: &argv,
+            cwd: None,
+            env: &env,
+            job: &job,
+            host: &host,
+            account: None,
+        };
+        let out = spawn(&spec)
+            .expect("spawns")
+            .wait_with_output()
+            .await
+            .expect("waits");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a; echo $(id) `x`\nb\n"
+        );
+    }
+
     #[test]
     fn a_missing_cwd_is_named() {
         let job = Token::parse("job id", "t-1").expect("token");
@@ -260,6 +302,7 @@ mod tests {
         let spec = SpawnSpec {
             shell: Path::new("/bin/sh"),
             cmd: "true",
+            argv: &[],
             cwd: Some(Path::new("/nonexistent/dir")),
             env: &env,
             job: &job,

@@ -38,7 +38,8 @@ pub async fn wait_finished(
 #[derive(Debug, Clone)]
 pub struct JobHandle {
     pub kill: mpsc::Sender<KillOrder>,
-    /// `None` while running; the final record once status and exit record are stored.
+    /// `None` while running; the final record once the job ended and (unless the reply carries
+    /// the whole output, see `job::start`) its status and exit record are stored.
     pub done: watch::Receiver<Option<Arc<Finished>>>,
 }
 
@@ -57,6 +58,7 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        crate::metrics::running(-1);
         self.registry.lock().remove(&self.job);
     }
 }
@@ -75,6 +77,7 @@ impl Registry {
             return None;
         }
         jobs.insert(job.clone(), handle);
+        crate::metrics::running(1);
         Some(Registered {
             registry: Arc::clone(self),
             job,

@@ -23,12 +23,35 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// Longest grace period a kill request may ask for.
 pub const MAX_KILL_GRACE: Duration = Duration::from_secs(3600);
 
+/// Most argv elements a runbook run may carry (its `argv` and `then_argv` together).
+pub const MAX_ARGV: usize = 1024;
+
+/// Runs a runbook's two steps (`argv`, then `then_argv`) without their words ever being shell
+/// text: `$1` is how many words the first step has, the words follow as positional parameters,
+/// and the first step is run through `eval` of `"${1}" "${2}" …` references only. The job exits
+/// with the first step's code when that is not 0, else with the second's. POSIX sh.
+const THEN_SCRIPT: &str = r#"n=$1; shift
+refs=""; i=1
+while [ "$i" -le "$n" ]; do refs="$refs \"\${$i}\""; i=$((i + 1)); done
+eval "$refs"; first=$?
+shift "$n"
+"$@"; second=$?
+if [ "$first" -ne 0 ]; then exit "$first"; fi
+exit "$second""#;
+
 /// A validated request to run a command.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub job: Token,
     pub user: Token,
+    /// The command line run with `<shell> -c`, or, for an argv run, the argv shell-quoted: what
+    /// the guard checks and the job status shows.
     pub cmd: String,
+    /// When not empty, what is executed directly (no shell parses `cmd`): the request's argv, or
+    /// for a two-step runbook the agent's fixed [`THEN_SCRIPT`] with both steps as its arguments.
+    pub argv: Vec<String>,
+    /// The runbook the run comes from, as the gateway signed it.
+    pub runbook: Option<pb::RunbookRef>,
     pub cwd: Option<PathBuf>,
     pub env: HashMap<String, String>,
     pub timeout: Duration,
@@ -38,6 +61,9 @@ pub struct RunSpec {
     pub title: String,
     /// W3C trace id (32 lower-case hex) of the tool call, or empty.
     pub trace_id: String,
+    /// The agent instance the request names (`ExecRequest.agent_instance`), or empty: when it
+    /// is this agent's own, the job starts before its status is stored.
+    pub agent_instance: String,
     /// The account the job runs as; `None`: the agent's own (no `[run_as]` mapping). Set by
     /// admission after the mapping is consulted.
     pub account: Option<Account>,
@@ -293,11 +319,14 @@ pub fn order(
     } else {
         Duration::from_millis(run.timeout_ms).min(MAX_TIMEOUT)
     };
+    let (cmd, argv) = exec_argv(host, config, run.cmd, run.argv, run.then_argv)?;
 
     Ok(Order::Run(RunSpec {
         job,
         user,
-        cmd: run.cmd,
+        cmd,
+        argv,
+        runbook: run.runbook,
         cwd: (!run.cwd.is_empty()).then(|| PathBuf::from(run.cwd)),
         env: run.env,
         timeout,
@@ -306,8 +335,75 @@ pub fn order(
         inline_max_bytes: run.inline_max_bytes,
         title: run.title,
         trace_id,
+        agent_instance: req.agent_instance,
         account: None,
     }))
+}
+
+/// The text the guard checks and the status shows, and the argv to execute (empty: run `cmd`
+/// with the shell). An argv run's text is built here from its words, whatever `cmd` says.
+fn exec_argv(
+    host: &Token,
+    config: &Config,
+    cmd: String,
+    argv: Vec<String>,
+    then: Vec<String>,
+) -> Result<(String, Vec<String>), Refusal> {
+    if argv.is_empty() {
+        if !then.is_empty() {
+            return Err(invalid(host, "the request has a `then_argv` but no `argv`"));
+        }
+        return Ok((cmd, argv));
+    }
+    let words = argv.len() + then.len();
+    let bytes: usize = argv.iter().chain(&then).map(|w| w.len() + 1).sum();
+    if words > MAX_ARGV || bytes > MAX_CMD_BYTES {
+        return Err(invalid(
+            host,
+            format!(
+                "the argv has {words} words, {bytes} bytes; the most is {MAX_ARGV} words, {MAX_CMD_BYTES} bytes"
+            ),
+        ));
+    }
+    if argv.iter().chain(&then).any(|w| w.contains('\0')) {
+        return Err(invalid(host, "an argv word contains a NUL byte"));
+    }
+    if argv[0].is_empty() || then.first().is_some_and(String::is_empty) {
+        return Err(invalid(host, "the argv names no program"));
+    }
+    if then.is_empty() {
+        return Ok((quote_words(&argv), argv));
+    }
+    let text = format!("{}; {}", quote_words(&argv), quote_words(&then));
+    let mut exec = vec![
+        config.shell.display().to_string(),
+        "-c".to_string(),
+        THEN_SCRIPT.to_string(),
+        "runbook".to_string(),
+        argv.len().to_string(),
+    ];
+    exec.extend(argv);
+    exec.extend(then);
+    Ok((text, exec))
+}
+
+/// `words` as shell words, each single-quoted unless plain: the guard parses this text into
+/// exactly these words, and a listing shows what ran.
+pub fn quote_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Checks a ControlRequest against this host.
@@ -469,6 +565,58 @@ mod tests {
         req.host = "web-2".into();
         let r = order(req, "alice", None, &config(), 1_000).unwrap_err();
         assert_eq!(r.code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn an_argv_run_shows_and_guards_its_words_quoted() {
+        let mut req = request();
+        req.body = Some(pb::exec_request::Body::Run(pb::RunRequest {
+            cmd: "whatever the sender says".into(),
+            argv: vec!["echo".into(), "nginx.service; rm -rf /tmp/x".into()],
+            ..Default::default()
+        }));
+        let spec = run_spec(req, "alice", None, &config(), 1_000).expect("valid");
+        assert_eq!(spec.cmd, "echo 'nginx.service; rm -rf /tmp/x'");
+        assert_eq!(spec.argv, ["echo", "nginx.service; rm -rf /tmp/x"]);
+    }
+
+    #[tokio::test]
+    async fn two_steps_run_in_order_with_their_words_untouched() {
+        let mut req = request();
+        req.body = Some(pb::exec_request::Body::Run(pb::RunRequest {
+            cmd: "x".into(),
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo one \"$0\"; exit 3".into(),
+                "$(id)".into(),
+            ],
+            then_argv: vec![
+                "printf".into(),
+                "%s|".into(),
+                "a b".into(),
+                "${x}".into(),
+                "'".into(),
+            ],
+            ..Default::default()
+        }));
+        let mut config = config();
+        config.shell = "/bin/sh".into();
+        let spec = run_spec(req, "alice", None, &config, 1_000).expect("valid");
+        let out = tokio::process::Command::new(&spec.argv[0])
+            .args(&spec.argv[1..])
+            .output()
+            .await
+            .expect("runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "one $(id)\na b|${x}|'|"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "the first step's failure is the job's"
+        );
     }
 
     #[test]

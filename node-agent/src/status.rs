@@ -13,7 +13,7 @@ use execmesh_proto::signing::RecordKey;
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::error::BoxError;
 use crate::node::Node;
@@ -67,6 +67,34 @@ impl StatusRecord {
             },
         };
         Ok(Self::at(node, key, revision))
+    }
+
+    /// Writes the first status of a job that already runs, retried with backoff until it is
+    /// stored or `stop` fires. Its request named this agent instance, so the nonce cache has
+    /// refused any replay of it; a status already under the key means a gateway used the job
+    /// id twice, and the job that ran is the one recorded: it is logged and written over.
+    pub async fn create_running(
+        node: &Node,
+        key: String,
+        status: &pb::JobStatus,
+        stop: &CancellationToken,
+    ) -> Result<Self, GaveUp> {
+        let mut backoff = retry::backoff();
+        loop {
+            match Self::create(node, key.clone(), status).await {
+                Ok(record) => return Ok(record),
+                Err(CreateStatusError::Exists) => {
+                    error!(key = %key, "a status exists for this job id already; writing over it");
+                    let mut record = Self::at(node, key, 0);
+                    record.update(status, stop).await?;
+                    return Ok(record);
+                }
+                Err(CreateStatusError::Write(e)) => {
+                    warn!(key = %key, error = %e, "storing the status of a running job failed; retrying");
+                }
+            }
+            backoff.wait(stop).await?;
+        }
     }
 
     /// A record whose current revision is known (recovery read it).

@@ -4,7 +4,7 @@
 //! that and its `max_tier`, whatever the gateway says, and refuses an operation that needs more.
 
 use execmesh_proto::Token;
-use execmesh_proto::pb::{ErrorCode, exec_request, file_request};
+use execmesh_proto::pb::{self, ErrorCode, exec_request, file_request};
 
 use crate::refusal::Refusal;
 
@@ -17,6 +17,14 @@ pub const KILL: (Tier, &str) = (Tier::Standard, "killing a job");
 pub fn needed(body: Option<&exec_request::Body>) -> (Tier, &'static str) {
     use file_request::Op;
     match body {
+        // A runbook the gateway signed needs the tier it declares (a lower tier may run a
+        // reviewed operation); one that declares none needs what any command needs.
+        Some(exec_request::Body::Run(pb::RunRequest {
+            runbook: Some(rb), ..
+        })) => match Tier::from_wire(rb.tier) {
+            Some(tier) => (tier, "running this runbook"),
+            None => (Tier::Standard, "running a command"),
+        },
         Some(exec_request::Body::Run(_)) => (Tier::Standard, "running a command"),
         Some(exec_request::Body::File(file)) => match &file.op {
             Some(Op::Read(_) | Op::ChunkRead(_)) => (Tier::Readonly, "reading a file"),
@@ -71,7 +79,6 @@ pub fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use execmesh_proto::pb;
 
     fn host() -> Token {
         Token::parse("host id", "web-1").expect("token")
@@ -117,6 +124,33 @@ mod tests {
             assert_eq!(needed(Some(&body)).0, tier, "{body:?}");
         }
         assert_eq!(KILL.0, Tier::Standard);
+    }
+
+    #[test]
+    fn a_runbook_needs_its_own_tier_and_the_host_cap_still_applies() {
+        let runbook = |tier: pb::Tier| {
+            exec_request::Body::Run(pb::RunRequest {
+                runbook: Some(pb::RunbookRef {
+                    name: "df".into(),
+                    tier: tier as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let readonly = pb::Tier::Readonly as i32;
+        let need = needed(Some(&runbook(pb::Tier::Readonly)));
+        assert_eq!(
+            admit(&host(), readonly, Tier::Readonly, need),
+            Ok(Tier::Readonly)
+        );
+        let need = needed(Some(&runbook(pb::Tier::Standard)));
+        assert!(admit(&host(), readonly, Tier::Dangerous, need).is_err());
+        assert!(admit(&host(), pb::Tier::Standard as i32, Tier::Readonly, need).is_err());
+        assert_eq!(
+            needed(Some(&runbook(pb::Tier::Unspecified))).0,
+            Tier::Standard
+        );
     }
 
     #[test]

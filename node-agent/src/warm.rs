@@ -179,6 +179,7 @@ impl WarmPool {
             || self.closed.is_cancelled()
             || spec.shell != self.shell
             || spec.switches_to().is_some()
+            || !spec.argv.is_empty()
         {
             return None;
         }
@@ -449,6 +450,7 @@ mod tests {
         SpawnSpec {
             shell: Path::new("/bin/bash"),
             cmd,
+            argv: &[],
             cwd,
             env,
             job: &ids.0,

@@ -12,7 +12,7 @@
 //! | `mesh.v1.<tenant>.audit.gateway.<kind>` | the gateway |
 //! | `$KV.mesh_presence.<tenant>.<host>`, `$KV.mesh_facts.<tenant>.<host>` | the agent of `host`, a relay serving `host` |
 //! | `$KV.mesh_jobs.<tenant>.<host>.<job>` | the agent of `host`, a relay serving `host`, the gateway (it marks jobs of dead agents lost) |
-//! | `$KV.mesh_approvals.…`, `$KV.mesh_revoked.…`, `$KV.mesh_oauth.…` | the gateway |
+//! | `$KV.mesh_approvals.…`, `$KV.mesh_revoked.…`, `$KV.mesh_oauth.…`, `$KV.mesh_tasks.…` | the gateway |
 //!
 //! Anything else (another tenant, another bucket) is entitled to nobody.
 
@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::jetstream::{
     APPROVALS_BUCKET, FACTS_BUCKET, JOBS_BUCKET, OAUTH_BUCKET, PRESENCE_BUCKET, REVOKED_BUCKET,
+    TASKS_BUCKET,
 };
 use crate::signing::{RecordSignatureError, SignedRecord, VerifyingKey, nkey_public_key};
 use crate::subject::AUDIT_GATEWAY_SOURCE;
@@ -427,7 +428,8 @@ impl Identities {
             ["$KV", bucket, _, ..]
                 if *bucket == APPROVALS_BUCKET
                     || *bucket == REVOKED_BUCKET
-                    || *bucket == OAUTH_BUCKET =>
+                    || *bucket == OAUTH_BUCKET
+                    || *bucket == TASKS_BUCKET =>
             {
                 Some(Writers::Gateway)
             }
@@ -760,6 +762,7 @@ mod tests {
             (&m.gateway, "$KV.mesh_approvals.default.apr-1", "gateway"),
             (&m.gateway, "$KV.mesh_revoked.abc", "gateway"),
             (&m.gateway, "$KV.mesh_oauth.refresh.abc", "gateway"),
+            (&m.gateway, "$KV.mesh_tasks.default.task-1", "gateway"),
             (
                 &m.gateway,
                 "mesh.v1.default.audit.gateway.call-received",
@@ -794,6 +797,7 @@ mod tests {
             (&m.web1, "$KV.mesh_approvals.default.apr-1"),
             (&m.web1, "$KV.mesh_revoked.abc"),
             (&m.web1, "$KV.mesh_oauth.code.abc"),
+            (&m.web1, "$KV.mesh_tasks.default.task-1"),
             (&m.web1, "mesh.v1.default.audit.gateway.call-received"),
             (&m.web2, "mesh.v1.default.audit.web-1.job-started"),
             (&m.gateway, "$KV.mesh_facts.default.web-1"),

@@ -49,6 +49,12 @@ pub const APPROVALS_BUCKET: &str = "mesh_approvals";
 /// How long an approval record is kept after its last change.
 pub const APPROVALS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// KV bucket of MCP Tasks (`io.modelcontextprotocol/tasks`), keyed `<tenant>.<task id>`: each
+/// task's owner, status, the jobs it started and, once done, its result. Created by the
+/// gateway; every key carries its own TTL (the task's `ttlMs`), so any replica answers for a
+/// task until it expires, whichever replica created it.
+pub const TASKS_BUCKET: &str = "mesh_tasks";
+
 /// How long output is kept by default.
 pub const DEFAULT_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// How long job statuses are kept by default (a little longer than output, so a status
@@ -69,11 +75,14 @@ pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const MIN_STORE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 /// The least a bucket gets, however small the budget: room for thousands of records.
 const MIN_BUCKET_BYTES: u64 = 1024 * 1024;
+/// The buckets that each get a small share: presence, facts, OAuth, revoked tokens, approvals
+/// and tasks.
+const SMALL_BUCKETS: u64 = 6;
 
 /// The byte limits of every stream and bucket of the mesh, derived from one disk budget: what
 /// an operator knows is the disk JetStream may use, not the mix of what is stored in it. AUDIT
 /// gets 10 %, `mesh_jobs` 5 %, each of the five small buckets (presence, facts, OAuth, revoked
-/// tokens, approvals) 1 % (at least 1 MiB), and MESH_OUT the rest (80 %). Each is a limit of its
+/// tokens, approvals, tasks) 1 % (at least 1 MiB), and MESH_OUT the rest (79 %). Each is a limit of its
 /// own stream, so output filling MESH_OUT evicts only older output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreLimits {
@@ -85,8 +94,8 @@ pub struct StoreLimits {
     /// `mesh_jobs`. Full: new statuses are refused (KV buckets discard new values), which
     /// at 5 % of the budget takes hundreds of thousands of statuses inside the retention.
     pub jobs_bytes: i64,
-    /// Each of `mesh_presence`, `mesh_facts`, `mesh_oauth`, `mesh_revoked`, `mesh_approvals`:
-    /// one small record per host, grant or approval.
+    /// Each of `mesh_presence`, `mesh_facts`, `mesh_oauth`, `mesh_revoked`, `mesh_approvals`,
+    /// `mesh_tasks`: one small record per host, grant, approval or task.
     pub small_bucket_bytes: i64,
 }
 
@@ -106,7 +115,7 @@ impl StoreLimits {
         let audit = percent(10);
         let jobs = percent(5).max(MIN_BUCKET_BYTES);
         let small = percent(1).max(MIN_BUCKET_BYTES);
-        let out = budget.saturating_sub(audit + jobs + 5 * small);
+        let out = budget.saturating_sub(audit + jobs + SMALL_BUCKETS * small);
         let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         Self {
             out_bytes: bytes(out),
@@ -128,7 +137,7 @@ impl StoreLimits {
                 _,
                 Some(
                     PRESENCE_BUCKET | FACTS_BUCKET | OAUTH_BUCKET | REVOKED_BUCKET
-                    | APPROVALS_BUCKET,
+                    | APPROVALS_BUCKET | TASKS_BUCKET,
                 ),
             ) => Some(self.small_bucket_bytes),
             _ => None,
@@ -263,6 +272,20 @@ pub fn approvals_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     }
 }
 
+/// `mesh_tasks`: MCP Tasks, changed by compare-and-set; each key expires with its task's TTL
+/// (per-message TTL), leaving a short-lived delete marker.
+pub fn tasks_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
+    kv::Config {
+        limit_markers: Some(Duration::from_secs(60)),
+        ..bucket(
+            TASKS_BUCKET,
+            "execmesh MCP tasks",
+            limits.small_bucket_bytes,
+            replicas,
+        )
+    }
+}
+
 /// A bucket as the mesh keeps them all: one value per key (history 1), on file, at most
 /// `max_bytes`, `replicas` copies.
 fn bucket(name: &str, description: &str, max_bytes: i64, replicas: usize) -> kv::Config {
@@ -284,10 +307,13 @@ mod tests {
     #[test]
     fn a_budget_is_shared_out_with_every_stream_and_bucket_bounded() {
         let l = StoreLimits::from_budget(DEFAULT_STORE_BUDGET_BYTES);
-        let total = l.out_bytes + l.audit_bytes + l.jobs_bytes + 5 * l.small_bucket_bytes;
+        let total = l.out_bytes
+            + l.audit_bytes
+            + l.jobs_bytes
+            + SMALL_BUCKETS as i64 * l.small_bucket_bytes;
         assert!(total <= DEFAULT_STORE_BUDGET_BYTES as i64);
         assert_eq!(l.audit_bytes, DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 10);
-        assert!(l.out_bytes >= DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 80);
+        assert!(l.out_bytes >= DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 79);
 
         // The smallest budget still gives every bucket its floor and MESH_OUT the most.
         let small = StoreLimits::from_budget(0);
@@ -310,6 +336,7 @@ mod tests {
             oauth_bucket(&l, 1),
             revoked_bucket(&l, 1),
             approvals_bucket(&l, 1),
+            tasks_bucket(&l, 1),
         ] {
             assert_eq!(bucket.max_bytes, l.small_bucket_bytes, "{}", bucket.bucket);
         }

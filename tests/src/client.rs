@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use rmcp::ClientHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProgressNotificationParam, ProtocolVersion, Tool,
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams,
+    ElicitResult, ElicitationAction, ElicitationCapability, Implementation,
+    ProgressNotificationParam, ProtocolVersion, Tool, UrlElicitationCapability,
 };
 use rmcp::service::{
-    ClientInitializeError, NotificationContext, RoleClient, RunningService, ServiceError,
+    ClientInitializeError, NotificationContext, RequestContext, RoleClient, RunningService,
+    ServiceError,
 };
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -42,11 +44,13 @@ pub struct McpClient {
 struct OutputSchemas(HashMap<String, jsonschema::Validator>);
 
 /// The client side of the connection: announces the client and records the progress
-/// notifications the server sends.
+/// notifications the server sends, and the elicitations it asks the user (each accepted, as a
+/// user who opened the link would).
 #[derive(Debug, Clone)]
 pub struct Recorder {
     config: ClientConfig,
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    elicitations: Arc<Mutex<Vec<ElicitRequestParams>>>,
 }
 
 impl ClientHandler for Recorder {
@@ -63,13 +67,24 @@ impl ClientHandler for Recorder {
             seen.push(params);
         }
     }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, rmcp::ErrorData> {
+        if let Ok(mut seen) = self.elicitations.lock() {
+            seen.push(request);
+        }
+        Ok(ElicitResult::new(ElicitationAction::Accept))
+    }
 }
 
 /// The result of one `tools/call`.
 #[derive(Debug, Clone)]
 pub struct ToolOutput {
     /// The result as the server sent it.
-    result: CallToolResult,
+    pub(crate) result: CallToolResult,
 }
 
 // === impl McpClient ===
@@ -98,6 +113,49 @@ impl McpClient {
         token: Option<&str>,
         version: Option<&str>,
     ) -> Result<McpClient, ClientInitializeError> {
+        Self::connect_declaring(url, token, version, ClientCapabilities::default()).await
+    }
+
+    /// Connects with the newest protocol, declaring the Tasks extension
+    /// (`io.modelcontextprotocol/tasks`) on every request, as a client that follows long calls as
+    /// tasks does. Panics if the connection fails.
+    pub async fn with_tasks(url: &str, token: &str) -> McpClient {
+        let capabilities = ClientCapabilities::builder().enable_tasks().build();
+        Self::connect_declaring(url, Some(token), None, capabilities)
+            .await
+            .unwrap_or_else(|e| panic!("MCP client (tasks) cannot connect to {url}: {e}"))
+    }
+
+    /// Connects with the newest protocol, declaring URL-mode elicitation, as a client that can
+    /// show its user a link does; every elicitation is recorded (see [`Self::elicitations`])
+    /// and accepted. Panics if the connection fails.
+    pub async fn with_elicitation(url: &str, token: &str) -> McpClient {
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.elicitation =
+            Some(ElicitationCapability::new().with_url(UrlElicitationCapability::new()));
+        Self::connect_declaring(url, Some(token), None, capabilities)
+            .await
+            .unwrap_or_else(|e| panic!("MCP client (elicitation) cannot connect to {url}: {e}"))
+    }
+
+    /// The elicitations the server asked this client's user so far, in order.
+    pub fn elicitations(&self) -> Vec<ElicitRequestParams> {
+        let recorder = self.service.service();
+        recorder
+            .elicitations
+            .lock()
+            .map(|seen| seen.clone())
+            .unwrap_or_default()
+    }
+
+    /// [`Self::connect`], declaring `capabilities` (on every request with the newest protocol,
+    /// in `initialize` with an older one).
+    pub async fn connect_declaring(
+        url: &str,
+        token: Option<&str>,
+        version: Option<&str>,
+        capabilities: ClientCapabilities,
+    ) -> Result<McpClient, ClientInitializeError> {
         let mut transport = StreamableHttpClientTransportConfig::with_uri(url);
         if let Some(token) = token {
             // rmcp adds the `Bearer ` prefix.
@@ -110,13 +168,14 @@ impl McpClient {
             None => ProtocolVersion::LATEST,
         };
         let info = ClientConfig::new(
-            ClientCapabilities::default(),
+            capabilities,
             Implementation::new("execmesh-tests", env!("CARGO_PKG_VERSION")),
         )
         .with_protocol_version(version.clone());
         let info = Recorder {
             config: info,
             progress: Arc::default(),
+            elicitations: Arc::default(),
         };
         let service = if version.has_initialize() {
             info.serve(transport).await?
@@ -228,7 +287,7 @@ impl McpClient {
     /// Fails the test when `result`'s `structuredContent` does not fit the `outputSchema` the
     /// server declared for `tool`, naming the tool, the outcome and what does not fit. A tool
     /// this user is not listed (a refusal by tier) has no schema to hold it to.
-    async fn check_output(&self, tool: &str, result: &CallToolResult) {
+    pub(crate) async fn check_output(&self, tool: &str, result: &CallToolResult) {
         let Some(structured) = &result.structured_content else {
             return;
         };
@@ -299,7 +358,7 @@ impl McpClient {
         let _ = self.service.cancel().await;
     }
 
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         request: impl Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {

@@ -45,6 +45,8 @@ pub struct Gateway {
     https: bool,
     /// Serve the admin API on a loopback port, and how.
     admin: Option<AdminMode>,
+    /// Runbook files (name, TOML) written to `runbooks/` next to the policy file at start.
+    runbooks: Vec<(String, String)>,
 }
 
 /// Where a test gateway's policy comes from.
@@ -105,6 +107,7 @@ impl Gateway {
             policy: None,
             https: false,
             admin: None,
+            runbooks: Vec::new(),
         }
     }
 
@@ -145,6 +148,13 @@ impl Gateway {
     /// [`Policy`](crate::policy::Policy)), written to a file in the gateway's temp dir. Without a policy the gateway runs in development mode.
     pub fn policy(mut self, text: impl std::fmt::Display) -> Self {
         self.policy = Some(PolicySource::Text(text.to_string()));
+        self
+    }
+
+    /// Adds runbook `name` (a runbook file's TOML, see `execmesh_gateway::core::runbooks`),
+    /// written to the `runbooks/` directory next to the policy file at start.
+    pub fn runbook(mut self, name: &str, toml: &str) -> Self {
+        self.runbooks.push((name.to_string(), toml.to_string()));
         self
     }
 
@@ -229,6 +239,17 @@ impl Gateway {
             None => None,
         };
         config.policy_file = policy_file.clone();
+        if !self.runbooks.is_empty() {
+            let policy = policy_file
+                .as_deref()
+                .expect("runbooks come with a policy: give one with `policy`");
+            let dir = execmesh_gateway::core::policy::runbooks_dir(policy);
+            std::fs::create_dir_all(&dir).expect("create the runbooks directory");
+            for (name, toml) in &self.runbooks {
+                std::fs::write(dir.join(format!("{name}.toml")), toml)
+                    .expect("write a test runbook");
+            }
+        }
         let certificate = self.https.then(|| {
             let ca = TestCa::new("execmesh test gateway CA");
             let files = ca
@@ -414,6 +435,12 @@ impl RunningGateway {
     /// An MCP client (newest protocol) authenticated as `user`.
     pub async fn client(&self, user: &str) -> McpClient {
         McpClient::new(&self.url(), &self.mint(user)).await
+    }
+
+    /// An MCP client (newest protocol) authenticated as `user` that declares the Tasks
+    /// extension on its requests.
+    pub async fn task_client(&self, user: &str) -> McpClient {
+        McpClient::with_tasks(&self.url(), &self.mint(user)).await
     }
 
     /// An MCP client authenticated as `user` that uses the `initialize` handshake of `version`.

@@ -32,6 +32,11 @@ impl RunningGateway {
     /// token key, public URL, policy file and exec signing key, the test mesh's gateway
     /// identity) on a free loopback port, and waits until it serves.
     pub async fn spawn_replica(&self, nats: &Nats) -> GatewayProcess {
+        self.spawn_replica_with(nats, &[]).await
+    }
+
+    /// [`spawn_replica`](Self::spawn_replica) with `args` added to its command line.
+    pub async fn spawn_replica_with(&self, nats: &Nats, args: &[&str]) -> GatewayProcess {
         crate::init_tracing();
         let dir = tempfile::Builder::new()
             .prefix("execmesh-gateway-process-")
@@ -62,6 +67,7 @@ impl RunningGateway {
         if let Some(policy) = self.policy_path() {
             command.arg("--policy-file").arg(policy);
         }
+        command.args(args);
         let log = dir.path().join("gateway.log");
         let mut process = ServiceProcess::new("execmesh-gateway replica");
         process.spawn(command, &log);

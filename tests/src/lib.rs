@@ -29,12 +29,16 @@ pub mod identities;
 pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;
+pub mod otlp;
 pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
 pub mod relay;
+pub mod roundtrip;
+pub mod scrape;
 pub mod sshd;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -48,8 +52,10 @@ pub use fleet::{Fleet, RunningFleet};
 pub use gateway::{Gateway, RunningGateway};
 pub use gateway_process::GatewayProcess;
 pub use nats::{Nats, NatsTls};
+pub use otlp::OtlpReceiver;
 pub use policy::Policy;
 pub use postgres::Postgres;
+pub use tasks::TaskHandle;
 
 /// The workspace root (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {

@@ -153,6 +153,34 @@ pub fn job_processes(job: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The jobs (their `EXECMESH_JOB`) of every live process whose command line or environment
+/// contains `marker` (a command run by a warm shell has it in neither its argv: pass it in the
+/// call's `env`): how a test finds the job behind a command it started, before any result names
+/// it.
+pub fn jobs_running(marker: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut jobs: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let marked = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(marker);
+            if !marked(&cmdline) && !marked(&environ) {
+                return None;
+            }
+            environ.split(|b| *b == 0).find_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.strip_prefix("EXECMESH_JOB=").map(str::to_string)
+            })
+        })
+        .collect();
+    jobs.sort();
+    jobs.dedup();
+    jobs
+}
+
 /// Path of a workspace binary (`execmesh-node-agent`, …) built by `cargo build --workspace --bins`.
 ///
 /// `EXECMESH_BIN_DIR` wins when set; otherwise the binary sits next to the running test

@@ -1,4 +1,4 @@
-//! The client of the gateway's gRPC admin API: the channel (plaintext, TLS or mTLS) and the five
+//! The client of the gateway's gRPC admin API: the channel (plaintext, TLS or mTLS) and the six
 //! `execmesh.v1` service clients on it, each request carrying the bearer token.
 //!
 //! `execmeshctl` connects with it, and so do the end-to-end tests, so both speak to the admin API
@@ -138,7 +138,7 @@ impl Interceptor for Bearer {
 /// A channel that carries the bearer token.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// Clients of the five admin services over one channel, with one token.
+/// Clients of the six admin services over one channel, with one token.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
     /// HostsService: list, get, watch.
@@ -151,6 +151,8 @@ pub struct AdminClient {
     pub audit: pb::audit_service_client::AuditServiceClient<Authed>,
     /// TokensService: mint, revoke, list revocations.
     pub tokens: pb::tokens_service_client::TokensServiceClient<Authed>,
+    /// RunbooksService: list.
+    pub runbooks: pb::runbooks_service_client::RunbooksServiceClient<Authed>,
 }
 
 // === impl AdminClient ===
@@ -173,6 +175,7 @@ impl AdminClient {
             approvals: pb::approvals_service_client::ApprovalsServiceClient::new(authed()),
             audit: pb::audit_service_client::AuditServiceClient::new(authed()),
             tokens: pb::tokens_service_client::TokensServiceClient::new(authed()),
+            runbooks: pb::runbooks_service_client::RunbooksServiceClient::new(authed()),
         }
     }
 }

@@ -219,6 +219,15 @@ pub enum Command {
     /// Bearer tokens: mint, revoke, list revocations.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The runbooks you may run (operators: all), with tier, hosts, hash and parameters.
+    #[command(
+        long_about = "The runbooks the gateway's policy defines (in the policy file and the \
+                      runbooks/ directory next to it) that your tier may run; operators see \
+                      every one. HASH is what a host pins in `runbook_pins` to run a runbook \
+                      only as reviewed. --json adds each runbook's parameter schema.",
+        after_help = "Examples:\n  execmeshctl runbooks\n  execmeshctl runbooks --json"
+    )]
+    Runbooks,
 }
 
 #[derive(Debug, Subcommand)]

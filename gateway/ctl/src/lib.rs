@@ -19,6 +19,7 @@ pub mod connect;
 pub mod hosts;
 pub mod jobs;
 pub mod nats_config;
+pub mod runbooks;
 pub mod table;
 pub mod tokens;
 
@@ -168,6 +169,10 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
             command,
         } => audit::run(settings, filters, page, command, json).await,
         Command::Token(command) => tokens::run(settings, command, json).await,
+        Command::Runbooks => {
+            let mut admin = settings.connect().await?;
+            runbooks::list(&mut admin, json).await
+        }
     }
 }
 

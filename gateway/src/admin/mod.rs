@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod hosts;
 pub mod jobs;
+pub mod runbooks;
 pub mod tls;
 pub mod tokens;
 
@@ -45,11 +46,12 @@ use crate::core::revocation::Revocations;
 const STREAM_BUFFER: usize = 64;
 
 /// The gRPC service names the health service reports on.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     pb::hosts_service_server::SERVICE_NAME,
     pb::jobs_service_server::SERVICE_NAME,
     pb::approvals_service_server::SERVICE_NAME,
     pb::audit_service_server::SERVICE_NAME,
+    pb::runbooks_service_server::SERVICE_NAME,
     pb::tokens_service_server::SERVICE_NAME,
 ];
 
@@ -246,6 +248,9 @@ pub async fn serve(
         ))
         .add_service(pb::audit_service_server::AuditServiceServer::new(
             audit::AuditApi::new(admin.clone()),
+        ))
+        .add_service(pb::runbooks_service_server::RunbooksServiceServer::new(
+            runbooks::RunbooksApi::new(admin.clone()),
         ))
         .add_service(pb::tokens_service_server::TokensServiceServer::new(
             tokens::TokensApi::new(admin),

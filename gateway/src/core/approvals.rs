@@ -53,7 +53,7 @@ const CAS_ATTEMPTS: usize = 5;
 const LIST_MAX: usize = 1000;
 
 /// Where an approval stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApprovalState {
     /// Waiting for an approver.
@@ -257,7 +257,14 @@ impl Authority<'_> {
                 approvers: approvers.describe(),
             });
         }
-        let needed = tier::required(&record.tool, record.action.as_deref());
+        // A held runbook needs the runbook's own tier (its name is the record's action).
+        let needed = match (record.tool.as_str(), record.action.as_deref()) {
+            ("runbook", Some(name)) => self
+                .policy
+                .runbook(name)
+                .map_or(Tier::Dangerous, |rb| rb.tier),
+            (tool, action) => tier::required(tool, action),
+        };
         if approver.tier < needed {
             return Err(ApprovalError::ApproverTier {
                 id: id.clone(),
@@ -573,7 +580,6 @@ fn decode(what: &str, bytes: &[u8]) -> Result<ApprovalRecord, ApprovalError> {
         .map_err(|e| ApprovalError::Internal(format!("{what} is unreadable: {e}")))
 }
 
-/// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
 /// `Ok` while approval `id` in `state` may still be decided.
 fn still_pending(id: &str, state: ApprovalState) -> Result<(), ApprovalError> {
     match state {
@@ -586,7 +592,8 @@ fn still_pending(id: &str, state: ApprovalState) -> Result<(), ApprovalError> {
     }
 }
 
-fn is_id(id: &str) -> bool {
+/// Whether `id` looks like an approval id (and is therefore safe as a KV key token).
+pub fn is_id(id: &str) -> bool {
     id.strip_prefix("apr-").is_some_and(|hex| {
         hex.len() == 16
             && hex
@@ -865,16 +872,41 @@ fn canonical(value: &Value) -> Value {
     }
 }
 
+/// What a call held for approval answers as its structured result (not an error): the approval,
+/// where it stands and what it holds. Every gated tool's `outputSchema` admits this shape.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Held {
+    /// Always true: tells this shape from the tool's own result.
+    #[schemars(extend("const" = true))]
+    pub approval_required: bool,
+    /// Pass it back as `approval_id`, with the same arguments, once it is approved.
+    pub approval_id: String,
+    /// pending (waiting for an approver), approved, denied, used or expired.
+    pub state: ApprovalState,
+    /// The call in one line: tool, arguments, hosts.
+    pub summary: String,
+    /// The host ids the call resolved to, which the approval is bound to.
+    pub hosts: Vec<String>,
+    /// When the approval request expires (Unix ms).
+    pub expires_at_ms: u64,
+}
+
+impl Held {
+    /// The held answer for `record`.
+    pub fn of(record: &ApprovalRecord) -> Self {
+        Self {
+            approval_required: true,
+            approval_id: record.id.clone(),
+            state: record.state,
+            summary: record.summary.clone(),
+            hosts: record.hosts.clone(),
+            expires_at_ms: record.expires_at_ms,
+        }
+    }
+}
+
 /// The result a held call returns: not an error, so the model reads it as "wait".
 fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
-    let details = serde_json::json!({
-        "approval_required": true,
-        "approval_id": record.id,
-        "state": record.state,
-        "summary": record.summary,
-        "hosts": record.hosts,
-        "expires_at_ms": record.expires_at_ms,
-    });
     let minutes = record
         .expires_at_ms
         .saturating_sub(execmesh_proto::now_ms())
@@ -890,7 +922,7 @@ fn required(record: &ApprovalRecord, headline: &str) -> ToolError {
     ToolError::ApprovalRequired {
         id: record.id.clone(),
         text,
-        details: Box::new(details),
+        details: Box::new(Held::of(record)),
     }
 }
 

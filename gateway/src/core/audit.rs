@@ -459,6 +459,10 @@ fn denial(e: &ToolError) -> Option<(&str, String)> {
 pub fn request_name(body: &pb::exec_request::Body) -> String {
     use pb::exec_request::Body as B;
     match body {
+        // A runbook's run names the runbook and the hash of the definition that was resolved.
+        B::Run(pb::RunRequest {
+            runbook: Some(rb), ..
+        }) => format!("runbook {} {}", rb.name, rb.hash),
         B::Run(_) => "run".to_string(),
         B::Grep(_) => "grep".to_string(),
         B::Facts(_) => "facts".to_string(),

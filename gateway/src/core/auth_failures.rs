@@ -243,6 +243,7 @@ impl AuthFailures {
 
     /// Records one refused token (published at once if it opens a window, else counted).
     pub fn record(&self, failure: &Failure<'_>) {
+        crate::core::metrics::auth_failure(failure.endpoint.as_str(), failure.refusal.code());
         let events = match self.counts.lock() {
             Ok(mut counts) => counts.record(Instant::now(), execmesh_proto::now_ms(), failure),
             Err(_) => return,

@@ -12,6 +12,7 @@ use crate::core::auth::{ADMIN_SCOPE, Audience, AuthError, Identity, MCP_SCOPE, S
 use crate::core::auth_failures::{AuthFailures, Endpoint, Failure, Refusal};
 use crate::core::policy::LivePolicy;
 use crate::core::revocation::{RevocationUnknown, Revocations};
+use crate::core::verified_tokens::VerifiedTokens;
 
 /// What the bearer check reads: the key and audience tokens must verify against, the
 /// revocation list, the policy, and the record of refused tokens.
@@ -26,6 +27,8 @@ pub struct Bearer {
     pub policy: Arc<LivePolicy>,
     /// Refused bearer tokens, audited coalesced.
     pub failures: Arc<AuthFailures>,
+    /// Tokens whose signature and claims were checked already.
+    pub verified: VerifiedTokens,
 }
 
 /// Why a presented bearer token was refused.
@@ -70,7 +73,12 @@ impl Bearer {
                 token_id: identity.map(|i| i.token_id.as_str()),
             });
         };
-        let identity = match self.key.verify(token.trim(), &self.audience) {
+        let token = token.trim();
+        let now = execmesh_proto::now_ms() / 1000;
+        let verified = self
+            .verified
+            .get_or_verify(token, now, || self.key.verify(token, &self.audience));
+        let identity = match verified {
             Ok(identity) => identity,
             Err(e) => {
                 debug!(?endpoint, error = %e, "bearer token refused");

@@ -4,12 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use execmesh_proto::{Token, pb, subject};
 
 use crate::core::audit::{CallAudit, request_name};
 use crate::core::auth::Identity;
 use crate::core::error::{RelayOffline, ToolError};
 use crate::core::mesh::{DispatchError, Mesh};
+use crate::core::tasks::TaskJobs;
 use crate::core::trace::TraceContext;
 
 /// How long a request stays valid for the agent after it is sent.
@@ -23,6 +26,9 @@ pub struct Dispatcher<'a> {
     pub trace: &'a TraceContext,
     /// Each request to a host is recorded in it, with how it went.
     pub audit: &'a CallAudit<'a>,
+    /// The jobs of the MCP task the call runs as, if it does: each job is added before its
+    /// host is asked to start it, so cancelling the task can stop it wherever it runs.
+    pub jobs: Option<&'a TaskJobs>,
 }
 
 // === impl Dispatcher ===
@@ -40,9 +46,35 @@ impl Dispatcher<'_> {
         let (name, started) = (request_name(&body), Instant::now());
         // A `run` request starts job `id`: a timeout names it, since it may have started.
         let job = matches!(body, pb::exec_request::Body::Run(_)).then(|| id.clone());
+        if let (Some(jobs), Some(job)) = (self.jobs, &job) {
+            jobs.started(host, job).await;
+        }
         let request = self.request(host, id, body);
-        let result = self.exchange(host, request, job, wait).await;
-        (self.audit).dispatched(host, id, &name, started.elapsed(), &result);
+        tracing::Span::current().record("host", host.as_str());
+        // One span per host asked (a fan-out has one per host), with how it went; the agent's
+        // span is its child.
+        let span = tracing::info_span!(
+            "dispatch",
+            host = %host,
+            request = %name,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .exchange(host, request, job, wait)
+            .instrument(span.clone())
+            .await;
+        crate::core::metrics::host_request(result.as_ref().map_or_else(ToolError::code, |_| "ok"));
+        match &result {
+            Ok(_) => span.record("outcome", "ok"),
+            Err(e) => {
+                span.record("outcome", e.code());
+                span.record("reason", e.to_string());
+                span.record("otel.status_code", "ERROR")
+            }
+        };
+        span.in_scope(|| (self.audit).dispatched(host, id, &name, started.elapsed(), &result));
         result
     }
 
@@ -58,6 +90,7 @@ impl Dispatcher<'_> {
             // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
             tier: self.identity.tier.to_wire() as i32,
             run_as: self.identity.run_as.clone().unwrap_or_default(),
+            agent_instance: self.mesh.instances.of(host),
             body: Some(body),
             ..Default::default()
         }
@@ -72,13 +105,14 @@ impl Dispatcher<'_> {
         wait: Duration,
     ) -> Result<pb::exec_reply::Body, ToolError> {
         let mesh = self.mesh;
-        tracing::Span::current().record("host", host.as_str());
+        // Sent from within the host's `dispatch` span: the agent's span becomes its child.
+        let span = tracing::Span::current();
         let reply: pb::ExecReply = match mesh
             .request(
                 host,
                 subject::exec(&mesh.tenant, host, &self.identity.user),
                 &request,
-                Some(&self.trace.traceparent()),
+                Some(&self.trace.traceparent_in(&span)),
                 wait,
             )
             .await
@@ -98,7 +132,18 @@ impl Dispatcher<'_> {
         };
         match reply.body {
             Some(pb::exec_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
-            Some(body) => Ok(body),
+            Some(body) => {
+                if let (pb::exec_reply::Body::Run(run), Some(job)) = (&body, &job)
+                    && let Some(status) = &run.status
+                {
+                    mesh.instances.learn(host, &status.agent_instance);
+                    // The agent may answer a job's end before it stored it.
+                    if status.state() != pb::JobState::Running {
+                        mesh.unstored.note(host, job);
+                    }
+                }
+                Ok(body)
+            }
             None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
         }
     }

@@ -4,7 +4,6 @@
 //! caller; every message names the host or job it is about and, where there is one, the next step.
 //! Each face turns a [`ToolError`] into its own answer (an MCP tool result, a gRPC status).
 
-use serde_json::Value;
 use tracing::{error, warn};
 
 use execmesh_proto::{Token, pb};
@@ -17,7 +16,9 @@ use crate::core::paging::CursorError;
 pub enum ToolError {
     #[error("invalid arguments for `{tool}`: {reason}")]
     InvalidArguments { tool: String, reason: String },
-    #[error("unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts and whoami")]
+    #[error(
+        "unknown tool `{0}`; the tools are hosts, bash, job, file, grep, facts, whoami and runbook"
+    )]
     UnknownTool(String),
     #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
     UnknownHost { host: String, known: Vec<String> },
@@ -77,7 +78,7 @@ pub enum ToolError {
     ApprovalRequired {
         id: String,
         text: String,
-        details: Box<Value>,
+        details: Box<crate::core::approvals::Held>,
     },
     /// The call carries an approval that cannot be used for it.
     #[error("approval {id} cannot be used: {reason}")]
@@ -215,7 +216,7 @@ pub fn is_node_denial(code: pb::ErrorCode) -> bool {
     use pb::ErrorCode as C;
     matches!(
         code,
-        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots
+        C::Denied | C::Tier | C::RunAs | C::Guard | C::OutsideRoots | C::RunbookNotPinned
     )
 }
 

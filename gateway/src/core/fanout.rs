@@ -218,6 +218,31 @@ impl Reach {
         }
     }
 
+    /// This reach narrowed to the hosts `selector` also matches (a runbook's `hosts`): a host
+    /// must be in both. A selector that does not parse narrows to nothing.
+    pub fn narrowed(&self, selector: &str, groups: &Groups) -> Self {
+        let narrow = match Selector::parse(selector, groups) {
+            Ok(sel) => sel,
+            Err(e) => {
+                tracing::warn!(selector = %selector, error = %e, "narrowing selector does not parse; it matches no host");
+                Selector::Or(Vec::new())
+            }
+        };
+        let combined = match &self.selector {
+            None => narrow,
+            Some(own) => Selector::And(vec![own.clone(), narrow]),
+        };
+        Self {
+            selector: Some(combined),
+            text: format!("{}, and only `{selector}`", self.text),
+        }
+    }
+
+    /// Whether every host is allowed (nothing to check per host).
+    pub fn is_everything(&self) -> bool {
+        self.selector.is_none()
+    }
+
     pub fn allows(&self, candidate: &Candidate<'_>) -> bool {
         self.selector.as_ref().is_none_or(|s| s.matches(candidate))
     }

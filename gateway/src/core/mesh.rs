@@ -22,8 +22,10 @@ use execmesh_proto::{Token, headers, pb, subject};
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError, NatsTarget};
 
+use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
 use crate::core::signer::{Signer, SignerError};
+use crate::core::unstored::{STORE_WAIT, UnstoredEnds};
 
 /// A failure talking to NATS or reading the mesh's streams.
 #[derive(Debug, thiserror::Error)]
@@ -401,6 +403,10 @@ pub struct Mesh {
     pub records: Arc<Records>,
     /// Byte limits of the streams and buckets the gateway creates.
     pub limits: layout::StoreLimits,
+    /// The agent instance last heard from per host, named in requests to it.
+    pub instances: Arc<AgentInstances>,
+    /// Jobs answered as ended whose store may still be on its way; readers wait for it.
+    pub unstored: Arc<UnstoredEnds>,
 }
 
 /// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
@@ -462,6 +468,8 @@ impl Mesh {
             signer,
             records,
             limits: config.store_limits,
+            instances: Arc::default(),
+            unstored: Arc::default(),
         })
     }
 
@@ -953,6 +961,7 @@ impl Mesh {
 
     /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.
     pub async fn group_jobs(&self, job: &Token) -> Result<Vec<pb::JobStatus>, MeshError> {
+        self.wait_stored(job, None).await;
         let request = self.hosts_of_job(job, 100_000);
         let payloads: Vec<Bytes> = match self
             .direct_get(&subject::kv_stream(JOBS_BUCKET), &request)
@@ -1034,6 +1043,7 @@ impl Mesh {
         host: &Token,
         job: &Token,
     ) -> Result<Option<pb::JobStatus>, MeshError> {
+        self.wait_stored(job, Some(host)).await;
         let key = subject::job_key(&self.tenant, host, job);
         match self.kv_get(JOBS_BUCKET, &key).await? {
             Some(msg) => pb::JobStatus::decode(msg.payload.clone())
@@ -1148,6 +1158,22 @@ impl Mesh {
     /// Every job status of the tenant (latest value per job).
     pub async fn jobs(&self) -> Result<Vec<pb::JobStatus>, MeshError> {
         self.statuses_under(&format!("{}.", self.tenant)).await
+    }
+
+    /// Waits, up to [`STORE_WAIT`], until the agents that answered `job` (on `host`, when
+    /// given) as ended through this gateway have stored its final status, so that a read right
+    /// after the reply sees the whole job. Nothing to wait for: returns at once.
+    pub async fn wait_stored(&self, job: &Token, host: Option<&Token>) {
+        let hosts = self.unstored.take(job, host);
+        let waits = hosts
+            .iter()
+            .map(|host| self.wait_job(host, job, STORE_WAIT));
+        for (host, waited) in hosts.iter().zip(futures::future::join_all(waits).await) {
+            if let Err(e) = waited {
+                tracing::debug!(host = %host, job = %job, error = %e,
+                                "waiting for a job's status to be stored failed");
+            }
+        }
     }
 
     /// Waits until the job leaves RUNNING or `timeout` passes; returns the last status seen.

@@ -1,5 +1,6 @@
 //! The gateway's domain beneath its faces: mesh access and checked records, hosts, jobs, paging,
-//! dispatch, fan-out, selectors, policy, tiers, approvals, audit, tokens and identities.
+//! dispatch, fan-out, selectors, policy, tiers, approvals, runbooks, MCP tasks, audit, tokens and
+//! identities, and the metrics they count.
 //!
 //! Nothing here imports a face (`mcp`, `oauth`, `admin`) or the composition that serves them.
 
@@ -12,15 +13,21 @@ pub mod dispatch;
 pub mod error;
 pub mod fanout;
 pub mod hosts;
+pub mod instances;
 pub mod jobs;
 pub mod key_file;
 pub mod mesh;
+pub mod metrics;
 pub mod paging;
 pub mod policy;
 pub mod records;
 pub mod revocation;
+pub mod runbooks;
 pub mod selector;
 pub mod signer;
+pub mod tasks;
 pub mod tier;
 pub mod token_store;
 pub mod trace;
+pub mod unstored;
+pub mod verified_tokens;

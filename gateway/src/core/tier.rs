@@ -18,6 +18,14 @@ pub enum TierError {
         needed: Tier,
         have: Tier,
     },
+    #[error(
+        "runbook `{runbook}` needs tier {needed}; your tier is {have}. `runbook` action `list` shows the runbooks you may run"
+    )]
+    Runbook {
+        runbook: String,
+        needed: Tier,
+        have: Tier,
+    },
 }
 
 fn action_suffix(action: &Option<String>) -> String {
@@ -86,6 +94,13 @@ const TOOLS: &[ToolTiers] = &[
             ("copy", Dangerous),
         ],
     },
+    // Listing and running need only readonly here: each runbook's own `tier` is checked when it
+    // is run (see `check_runbook`), so a lower tier may run what policy allows it.
+    ToolTiers {
+        tool: "runbook",
+        base: Readonly,
+        actions: &[("list", Readonly), ("run", Readonly)],
+    },
     ToolTiers {
         tool: "facts",
         base: Readonly,
@@ -135,6 +150,19 @@ pub fn check(tool: &str, action: Option<&str>, have: Tier) -> Result<(), TierErr
         Err(TierError::TooLow {
             tool: tool.to_string(),
             action: action.map(str::to_string),
+            needed,
+            have,
+        })
+    }
+}
+
+/// Checks that a caller of tier `have` may run a runbook that declares tier `needed`.
+pub fn check_runbook(runbook: &str, needed: Tier, have: Tier) -> Result<(), TierError> {
+    if needed <= have {
+        Ok(())
+    } else {
+        Err(TierError::Runbook {
+            runbook: runbook.to_string(),
             needed,
             have,
         })

@@ -327,7 +327,7 @@ impl Store {
             store,
             key,
             bytes,
-            ttl_header(ttl),
+            kv_write::ttl_headers(ttl),
             self.mesh.records.key(),
         )
         .await
@@ -347,19 +347,9 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let bytes = encode(key, value)?;
-        self.write(store, key, bytes, ttl_header(ttl), Expect::Any)
+        self.write(store, key, bytes, kv_write::ttl_headers(ttl), Expect::Any)
             .await
     }
-}
-
-/// The `Nats-TTL` header of a key that lives `ttl` (at least a second).
-fn ttl_header(ttl: Duration) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        execmesh_proto::headers::TTL,
-        format!("{}s", ttl.as_secs().max(1)).as_str(),
-    );
-    headers
 }
 
 /// Characters a KV key may hold (client ids and jtis we issued are within them).

@@ -1,7 +1,39 @@
 //! W3C trace context for a tool call: continued from the client's `traceparent` when it sends
 //! one, otherwise started here, and passed on to the agent in a NATS header.
+//!
+//! A client may send its context in the request's `_meta` (SEP-414) or in HTTP headers; when
+//! `_meta` holds a valid `traceparent` it wins and the headers are not read: `_meta` is what
+//! the MCP client itself wrote for this request, while headers may have been set by a proxy
+//! (or a client library) for the HTTP exchange as a whole.
 
 use std::fmt;
+
+use execmesh_runtime::telemetry::{self, HttpHeaders, JsonMeta};
+use serde_json::{Map, Value};
+use tracing::Span;
+
+/// Where a call's trace context came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// The MCP request's `_meta` (SEP-414).
+    Meta,
+    /// The HTTP request's `traceparent` header.
+    Header,
+    /// Neither carried a valid one: the trace starts here.
+    None,
+}
+
+// === impl Carrier ===
+
+impl Carrier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Header => "header",
+            Self::None => "none",
+        }
+    }
+}
 
 /// The trace a tool call belongs to and this call's own span id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +60,50 @@ impl TraceContext {
     /// The `traceparent` header value for the next hop (sampled).
     pub fn traceparent(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+
+    /// The trace of the call whose span is `span`, continued from `meta` (the request's
+    /// `_meta`) if it holds a valid `traceparent`, else from `headers`; with spans exported,
+    /// `span` becomes the child of the client's span and its ids are the call's.
+    pub fn of_call(
+        span: &Span,
+        meta: Option<&Map<String, Value>>,
+        headers: Option<&http::HeaderMap>,
+    ) -> (Self, Carrier) {
+        let valid = |value: Option<&str>| value.and_then(parse_trace_id).is_some();
+        let meta = meta.filter(|m| valid(m.get("traceparent").and_then(Value::as_str)));
+        let header = headers.filter(|h| valid(h.get("traceparent").and_then(|v| v.to_str().ok())));
+        let (traceparent, carrier) = match (meta, header) {
+            (Some(meta), _) => {
+                telemetry::continue_from(span, telemetry::extract(&JsonMeta(meta)));
+                (
+                    meta.get("traceparent").and_then(Value::as_str),
+                    Carrier::Meta,
+                )
+            }
+            (None, Some(headers)) => {
+                telemetry::continue_from(span, telemetry::extract(&HttpHeaders(headers)));
+                (
+                    headers.get("traceparent").and_then(|v| v.to_str().ok()),
+                    Carrier::Header,
+                )
+            }
+            (None, None) => (None, Carrier::None),
+        };
+        let trace = match telemetry::ids(span) {
+            Some((trace_id, span_id)) => Self { trace_id, span_id },
+            None => Self::continue_or_start(traceparent),
+        };
+        (trace, carrier)
+    }
+
+    /// The `traceparent` for a request sent from within `span`: that span's own when spans are
+    /// exported (the agent's span becomes its child), else the call's.
+    pub fn traceparent_in(&self, span: &Span) -> String {
+        match telemetry::ids(span) {
+            Some((trace_id, span_id)) => format!("00-{trace_id}-{span_id}-01"),
+            None => self.traceparent(),
+        }
     }
 }
 
@@ -80,5 +156,29 @@ mod tests {
             assert_eq!(t.trace_id.len(), 32);
             assert_ne!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         }
+    }
+
+    #[test]
+    fn meta_wins_over_the_header_and_an_invalid_meta_does_not() {
+        let from_meta = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let from_header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", http::HeaderValue::from_static(from_header));
+        let mut meta = Map::new();
+        meta.insert("traceparent".into(), from_meta.into());
+        let span = Span::none();
+        let (t, carrier) = TraceContext::of_call(&span, Some(&meta), Some(&headers));
+        assert_eq!(
+            (t.trace_id.as_str(), carrier),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", Carrier::Meta)
+        );
+        meta.insert("traceparent".into(), "00-bad".into());
+        let (t, carrier) = TraceContext::of_call(&span, Some(&meta), Some(&headers));
+        assert_eq!(
+            (t.trace_id.as_str(), carrier),
+            ("0af7651916cd43dd8448eb211c80319c", Carrier::Header)
+        );
+        let (_, carrier) = TraceContext::of_call(&span, None, None);
+        assert_eq!(carrier, Carrier::None);
     }
 }

@@ -12,6 +12,7 @@ use super::file::FileParams;
 use super::grep::GrepParams;
 use super::hosts::HostsParams;
 use super::job::JobParams;
+use super::runbook::RunbookParams;
 use super::whoami::WhoamiParams;
 use crate::core::error::ToolError;
 
@@ -25,6 +26,7 @@ pub enum Params {
     Grep(GrepParams),
     Facts(FactsParams),
     Whoami(WhoamiParams),
+    Runbook(RunbookParams),
 }
 
 // === impl Params ===
@@ -41,6 +43,7 @@ impl Params {
             "grep" => Params::Grep(parse(tool, args)?),
             "facts" => Params::Facts(parse(tool, args)?),
             "whoami" => Params::Whoami(parse(tool, args)?),
+            "runbook" => Params::Runbook(parse(tool, args)?),
             other => return Err(ToolError::UnknownTool(other.to_string())),
         })
     }
@@ -52,6 +55,7 @@ impl Params {
             Params::Job(p) => Some(p.action.as_str()),
             Params::File(p) => Some(p.action.as_str()),
             Params::Facts(p) => Some(p.action.unwrap_or(FactsAction::Get).as_str()),
+            Params::Runbook(p) => Some(p.action.as_str()),
             Params::Hosts(_) | Params::Bash(_) | Params::Grep(_) | Params::Whoami(_) => None,
         }
     }
@@ -180,7 +184,9 @@ mod tests {
         }
     }
 
-    const TOOLS: [&str; 7] = ["hosts", "bash", "job", "file", "grep", "facts", "whoami"];
+    const TOOLS: [&str; 8] = [
+        "hosts", "bash", "job", "file", "grep", "facts", "whoami", "runbook",
+    ];
 
     #[test]
     fn every_documented_action_parses_with_the_tier_the_table_gives_it() {
@@ -204,7 +210,7 @@ mod tests {
 
     #[test]
     fn an_action_in_any_shape_but_its_name_is_refused_naming_the_field() {
-        for tool in ["job", "file", "facts"] {
+        for tool in ["job", "file", "facts", "runbook"] {
             let schema = schema(tool);
             for action in enum_values(&schema["properties"]["action"], &schema) {
                 for shape in [

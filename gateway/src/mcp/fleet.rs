@@ -7,17 +7,27 @@ use execmesh_proto::Token;
 use super::Call;
 use super::progress::{self, McpProgress};
 use crate::core::error::ToolError;
-use crate::core::fanout::{self, Outcome, Plan, Report, ResolveError, Targets};
+use crate::core::fanout::{self, Outcome, Plan, Reach, Report, ResolveError, Targets};
 
 /// The hosts `selector` matches for the caller of `tool`, those outside their reach kept apart
 /// (reported `denied`, never contacted). A selector that does not parse is the caller's mistake.
 pub async fn targets(call: &Call<'_>, tool: &str, selector: &str) -> Result<Targets, ToolError> {
+    targets_within(call, tool, selector, &super::reach::of(call)).await
+}
+
+/// [`targets`] within `reach` (the caller's, perhaps narrowed by a runbook).
+async fn targets_within(
+    call: &Call<'_>,
+    tool: &str,
+    selector: &str,
+    reach: &Reach,
+) -> Result<Targets, ToolError> {
     let config = &call.state.config;
     Targets::resolve(
         &call.state.mesh,
         selector,
         &config.groups,
-        &super::reach::of(call),
+        reach,
         config.fanout_max_hosts,
     )
     .await
@@ -34,7 +44,17 @@ pub async fn some_targets(
     tool: &str,
     selector: &str,
 ) -> Result<Targets, ToolError> {
-    let targets = targets(call, tool, selector).await?;
+    some_targets_within(call, tool, selector, &super::reach::of(call)).await
+}
+
+/// [`some_targets`] within `reach` (the caller's, perhaps narrowed by a runbook).
+pub async fn some_targets_within(
+    call: &Call<'_>,
+    tool: &str,
+    selector: &str,
+    reach: &Reach,
+) -> Result<Targets, ToolError> {
+    let targets = targets_within(call, tool, selector, reach).await?;
     if targets.is_empty() {
         return Err(ToolError::invalid(
             tool,

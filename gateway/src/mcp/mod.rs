@@ -12,21 +12,24 @@ mod facts;
 mod file;
 mod fleet;
 mod grep;
+mod held;
 pub mod hosts;
 pub(crate) mod job;
 mod progress;
 mod reach;
 mod result;
+mod runbook;
 mod strict;
+mod tasks;
 mod tool_list;
 mod whoami;
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, Implementation,
-    InitializeResult, JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
-    ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+    GetTaskParams, GetTaskResult, Implementation, InitializeResult, JsonObject, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -41,6 +44,7 @@ use crate::core::error::ToolError;
 use crate::core::mesh::Mesh;
 use crate::core::paging::CursorKey;
 use crate::core::policy::LivePolicy;
+use crate::core::tasks::{TaskJobs, Tasks};
 use crate::core::trace::TraceContext;
 use args::Params;
 pub use result::structured;
@@ -62,6 +66,8 @@ pub struct McpState {
     pub audit: Arc<Audit>,
     /// Calls held for a teammate's approval.
     pub approvals: Approvals,
+    /// MCP tasks (`io.modelcontextprotocol/tasks`), stored where every replica reads them.
+    pub tasks: Tasks,
     /// Seals the job cursors handed to clients.
     pub cursors: CursorKey,
 }
@@ -85,6 +91,8 @@ pub struct Call<'a> {
     pub context: &'a RequestContext<RoleServer>,
     /// The call's audit trail: `dispatch::send` records each host request in it.
     pub audit: &'a crate::core::audit::CallAudit<'a>,
+    /// The jobs of the MCP task this call runs as, if it does (see [`tasks`]).
+    pub jobs: Option<&'a TaskJobs>,
 }
 
 // === impl Call ===
@@ -113,6 +121,7 @@ impl Call<'_> {
             identity: self.identity,
             trace: self.trace,
             audit: self.audit,
+            jobs: self.jobs,
         }
     }
 }
@@ -125,7 +134,17 @@ action `poll`, passing `next_cursor` back, `wait` for it, or `kill` it) or on ev
 `hosts` selector matches, with one status per host. A non-zero exit code is a normal result, not \
 an error. `grep` searches files on many hosts at once; `digest: true` shows which lines are \
 unusual across the fleet. `facts` describes hosts (OS, memory, disks, services, ports). `file` \
-reads (paged), lists, greps, writes and copies files within the directories each host allows.";
+reads (paged), lists, greps, writes and copies files within the directories each host allows. \
+`runbook` lists and runs the operator's reviewed operations with typed parameters, also where \
+your tier does not allow `bash`.";
+
+/// The names of the tools served: the only tool names metrics are labelled with.
+static SERVED: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    definitions()
+        .into_iter()
+        .map(|tool| tool.name.to_string())
+        .collect()
+});
 
 /// Every tool, in the order clients list them.
 pub fn definitions() -> Vec<Tool> {
@@ -137,6 +156,7 @@ pub fn definitions() -> Vec<Tool> {
         grep::definition(),
         facts::definition(),
         whoami::definition(),
+        runbook::definition(),
     ];
     for tool in &mut tools {
         let gated = crate::core::policy::GATED_TOOLS.contains(&tool.name.as_ref());
@@ -184,7 +204,12 @@ impl Handler {
 
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        // Tools, and the Tasks extension: long calls may answer with a task any replica serves.
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tasks()
+            .build();
+        InitializeResult::new(capabilities)
             .with_server_info(
                 Implementation::new("execmesh", env!("CARGO_PKG_VERSION")).with_title("execmesh"),
             )
@@ -211,100 +236,202 @@ impl ServerHandler for Handler {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let parts = context.extensions.get::<http::request::Parts>();
-        let identity = parts
-            .and_then(|p| p.extensions.get::<Identity>())
-            .cloned()
-            .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))?;
-        let traceparent = parts
-            .and_then(|p| p.headers.get("traceparent"))
-            .and_then(|v| v.to_str().ok());
-        let trace = TraceContext::continue_or_start(traceparent);
-        let tool = request.name.to_string();
-        let span = info_span!(
-            "tool_call",
-            tool = %tool,
-            user = %identity.user,
-            trace_id = %trace.trace_id,
-            host = tracing::field::Empty
-        );
-        let mut args = request.arguments.unwrap_or_default();
-        let approval_id = args.remove(crate::core::approvals::ARG);
-        // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the end.
-        let audit = (self.state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args);
-        let (approval_id, approval_error) = match &approval_id {
-            None | Some(serde_json::Value::Null) => (None, None),
-            Some(serde_json::Value::String(id)) => (Some(id.as_str()), None),
-            Some(_) => (
-                None,
-                Some(ToolError::invalid(
-                    &tool,
-                    "`approval_id` must be the string id an approval-required result gave",
-                )),
-            ),
-        };
-        let call_args = args.clone();
-        let call = Call {
-            tool: &tool,
-            args: &call_args,
-            approval_id,
-            state: &self.state,
-            identity: &identity,
-            trace: &trace,
-            context: &context,
-            audit: &audit,
-        };
-        let started = std::time::Instant::now();
-        let result = async {
-            if let Some(e) = approval_error {
-                return Err(e);
-            }
-            // Parsed once: the tier check and the tool read the same typed value.
-            let params = Params::parse(&tool, args)?;
-            crate::core::tier::check(&tool, params.action(), identity.tier)?;
-            match params {
-                Params::Hosts(p) => hosts::call(&call, p).await,
-                Params::Bash(p) => bash::call(&call, p).await,
-                Params::Job(p) => job::call(&call, p).await,
-                Params::File(p) => file::call(&call, p).await,
-                Params::Grep(p) => grep::call(&call, p).await,
-                Params::Facts(p) => facts::call(&call, p).await,
-                Params::Whoami(p) => whoami::call(&call, p).await,
-            }
+        let identity = identity_of(&context)?;
+        if tasks::wanted(&context, &request) {
+            return tasks::start(&self.state, request, context, identity).await;
         }
-        .instrument(span.clone())
-        .await;
-        audit.finish(result.as_ref().map(result::answer));
-        let _enter = span.enter();
-        // One INFO line per call; a call refused for what the client sent is a WARN (rate-limited:
-        // a client can repeat it at will).
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let hosts = ["host", "hosts"]
-            .iter()
-            .find_map(|key| call_args.get(*key).and_then(|v| v.as_str()))
-            .unwrap_or("-");
-        let result: CallToolResult = match result {
-            Ok(result) => {
-                let outcome = if result.is_error == Some(true) {
-                    "error"
-                } else {
-                    "ok"
-                };
-                info!(hosts, outcome, duration_ms, "tool call");
-                result
+        if held::shown_to(&context) {
+            return held::call(&self.state, request, &context, &identity).await;
+        }
+        Ok(run(&self.state, request, &context, &identity, None)
+            .await
+            .result
+            .into())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let identity = identity_of(&context)?;
+        tasks::get(&self.state, &request.task_id, &identity).await
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let identity = identity_of(&context)?;
+        tasks::update(&self.state, &request.task_id, &identity).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let identity = identity_of(&context)?;
+        tasks::cancel(&self.state, &request.task_id, &identity).await
+    }
+}
+
+/// The caller's verified identity, which the bearer check put in the request's extensions.
+fn identity_of(context: &RequestContext<RoleServer>) -> Result<Identity, McpError> {
+    context
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|p| p.extensions.get::<Identity>())
+        .cloned()
+        .ok_or_else(|| McpError::invalid_request("request is not authenticated", None))
+}
+
+/// Runs one `tools/call` of `identity` to its result: audited, traced, logged once, every
+/// refusal an `isError` result. `jobs` collects the jobs it starts when it runs as a task.
+async fn run(
+    state: &Arc<McpState>,
+    request: CallToolRequestParams,
+    context: &RequestContext<RoleServer>,
+    identity: &Identity,
+    jobs: Option<&TaskJobs>,
+) -> Ran {
+    let parts = context.extensions.get::<http::request::Parts>();
+    let tool = request.name.to_string();
+    let span = info_span!(
+        "tool_call",
+        tool = %tool,
+        user = %identity.user,
+        trace_id = tracing::field::Empty,
+        host = tracing::field::Empty,
+        trace.carrier = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // `_meta` (SEP-414) wins over the HTTP headers: see `core::trace`.
+    let meta = (request.meta.as_ref().map(|m| &m.0.0)).or(Some(&context.meta.0.0));
+    let (trace, carrier) = TraceContext::of_call(&span, meta, parts.map(|p| &p.headers));
+    span.record("trace_id", trace.trace_id.as_str());
+    span.record("trace.carrier", carrier.as_str());
+    let mut args = request.arguments.unwrap_or_default();
+    let approval_id = args.remove(crate::core::approvals::ARG);
+    // Audited: `received` now, `dispatched` per host request, `completed` or `denied` at the
+    // end; each event made in the call's span, whose child the audit-sink's storing is.
+    let audit =
+        span.in_scope(|| (state.audit).call(&tool, identity.user.as_str(), &trace.trace_id, &args));
+    let (approval_id, approval_error) = match &approval_id {
+        None | Some(serde_json::Value::Null) => (None, None),
+        Some(serde_json::Value::String(id)) => (Some(id.as_str()), None),
+        Some(_) => (
+            None,
+            Some(ToolError::invalid(
+                &tool,
+                "`approval_id` must be the string id an approval-required result gave",
+            )),
+        ),
+    };
+    let call_args = args.clone();
+    let call = Call {
+        tool: &tool,
+        args: &call_args,
+        approval_id,
+        state,
+        identity,
+        trace: &trace,
+        context,
+        audit: &audit,
+        jobs,
+    };
+    let started = std::time::Instant::now();
+    let result = async {
+        if let Some(e) = approval_error {
+            return Err(e);
+        }
+        // Parsed once: the tier check and the tool read the same typed value.
+        let params = Params::parse(&tool, args)?;
+        crate::core::tier::check(&tool, params.action(), identity.tier)?;
+        match params {
+            Params::Hosts(p) => hosts::call(&call, p).await,
+            Params::Bash(p) => bash::call(&call, p).await,
+            Params::Job(p) => job::call(&call, p).await,
+            Params::File(p) => file::call(&call, p).await,
+            Params::Grep(p) => grep::call(&call, p).await,
+            Params::Facts(p) => facts::call(&call, p).await,
+            Params::Whoami(p) => whoami::call(&call, p).await,
+            Params::Runbook(p) => runbook::call(&call, p).await,
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    let _enter = span.enter();
+    audit.finish(result.as_ref().map(result::answer));
+    // One INFO line per call; a call refused for what the client sent is a WARN (rate-limited:
+    // a client can repeat it at will).
+    let duration_ms = started.elapsed().as_millis() as u64;
+    // Labelled by tool only for the tools served: a name a client made up is `unknown`.
+    let label = if SERVED.contains(&tool) {
+        tool.as_str()
+    } else {
+        "unknown"
+    };
+    let outcome = match &result {
+        Ok(r) if r.is_error == Some(true) => "error",
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    crate::core::metrics::call(label, outcome, started.elapsed());
+    let hosts = ["host", "hosts"]
+        .iter()
+        .find_map(|key| call_args.get(*key).and_then(|v| v.as_str()))
+        .unwrap_or("-");
+    let held = match &result {
+        Err(ToolError::ApprovalRequired { details, .. }) => Some((**details).clone()),
+        _ => None,
+    };
+    let result: CallToolResult = match result {
+        Ok(result) => {
+            let outcome = if result.is_error == Some(true) {
+                "error"
+            } else {
+                "ok"
+            };
+            span.record("outcome", outcome);
+            info!(hosts, outcome, duration_ms, "tool call");
+            result
+        }
+        Err(e) if e.is_clients_fault() => {
+            failed_in(&span, &e);
+            if let Some(held_back) = REJECTED_CALLS.admit() {
+                warn!(hosts, outcome = e.code(), duration_ms, held_back, error = %e, "tool call rejected");
             }
-            Err(e) if e.is_clients_fault() => {
-                if let Some(held_back) = REJECTED_CALLS.admit() {
-                    warn!(hosts, outcome = e.code(), duration_ms, held_back, error = %e, "tool call rejected");
-                }
-                CallToolResult::from(e)
-            }
-            Err(e) => {
-                info!(hosts, outcome = e.code(), duration_ms, error = %e, "tool call");
-                CallToolResult::from(e)
-            }
-        };
-        Ok(result.into())
+            CallToolResult::from(e)
+        }
+        Err(e) => {
+            failed_in(&span, &e);
+            info!(hosts, outcome = e.code(), duration_ms, error = %e, "tool call");
+            CallToolResult::from(e)
+        }
+    };
+    Ran { result, held }
+}
+
+/// A `tools/call` run to its end.
+pub(crate) struct Ran {
+    /// The result as a client without more capabilities sees it.
+    pub result: CallToolResult,
+    /// What the call waits for, when the policy held it for approval.
+    pub held: Option<crate::core::approvals::Held>,
+}
+
+/// Records on a call's `span` how it ended without a result: the outcome and, when it failed,
+/// the reason (a denied call's is what an operator looks for) and an error status.
+fn failed_in(span: &tracing::Span, e: &ToolError) {
+    span.record("outcome", e.code());
+    // A call held for approval has not failed.
+    if !matches!(e, ToolError::ApprovalRequired { .. }) {
+        span.record("reason", e.to_string());
+        span.record("otel.status_code", "ERROR");
     }
 }
 

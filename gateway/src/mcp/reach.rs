@@ -17,11 +17,17 @@ pub fn of(call: &Call<'_>) -> Reach {
 
 /// `Ok` when the caller may reach `host`. Costs one KV read unless the caller reaches `*`.
 pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {
-    let selectors = &call.identity.reach;
-    if selectors.iter().any(|s| s.trim() == "*") {
+    if call.identity.reach.iter().any(|s| s.trim() == "*") {
         return Ok(());
     }
-    let reach = Reach::of(selectors, &call.state.config.groups);
+    check_within(call, host, &of(call)).await
+}
+
+/// `Ok` when `reach` (the caller's, perhaps narrowed by a runbook) allows `host`.
+pub async fn check_within(call: &Call<'_>, host: &Token, reach: &Reach) -> Result<(), ToolError> {
+    if reach.is_everything() {
+        return Ok(());
+    }
     let record = call.state.mesh.host(host).await?;
     let now = execmesh_proto::now_ms();
     let candidate = Candidate {
@@ -34,7 +40,7 @@ pub async fn check(call: &Call<'_>, host: &Token) -> Result<(), ToolError> {
     } else {
         Err(ToolError::Denied {
             host: host.to_string(),
-            reach: reach.text,
+            reach: reach.text.clone(),
         })
     }
 }

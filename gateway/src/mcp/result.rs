@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::core::approvals::Held;
 use crate::core::audit::Answer;
 use crate::core::error::ToolError;
 
@@ -18,19 +19,22 @@ impl From<ToolError> for CallToolResult {
     fn from(e: ToolError) -> Self {
         if let ToolError::ApprovalRequired { text, details, .. } = e {
             let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
-            result.structured_content = Some(*details);
+            result.structured_content = serde_json::to_value(*details).ok();
             return result;
         }
-        let refusal = Refusal {
-            error: RefusalReason {
-                code: e.reported_code(),
-                message: e.to_string(),
-            },
-        };
-        let mut result = CallToolResult::error(vec![ContentBlock::text(e.to_string())]);
-        result.structured_content = serde_json::to_value(refusal).ok();
-        result
+        refusal(e.reported_code(), e.to_string())
     }
+}
+
+/// The `isError` result of a call that could not do what was asked, with its `code` and
+/// `message` as the structured [`Refusal`] every tool's schema admits.
+pub fn refusal(code: String, message: String) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
+    let refusal = Refusal {
+        error: RefusalReason { code, message },
+    };
+    result.structured_content = serde_json::to_value(refusal).ok();
+    result
 }
 
 /// The `structuredContent` of a refused call (`isError: true`), whatever the tool.
@@ -44,30 +48,11 @@ struct Refusal {
 struct RefusalReason {
     /// What went wrong, for programs: invalid_arguments, unknown_host, offline, timeout,
     /// unknown_job, bad_cursor, unavailable, internal, tier, denied, not_operator,
-    /// approval_unusable, or a host's own refusal (guard, run_as, outside_roots, …).
+    /// approval_unusable, interrupted (a task whose gateway replica stopped), result_too_large,
+    /// or a host's own refusal (guard, run_as, outside_roots, …).
     code: String,
     /// What went wrong and what to do, for people and models.
     message: String,
-}
-
-/// The `structuredContent` of a call held for approval (not an error): what
-/// [`crate::core::approvals`] answers, declared here so every gated tool's schema admits it.
-#[derive(Debug, Serialize, JsonSchema)]
-#[allow(dead_code)] // only its schema is used; the approvals store writes the value
-struct HeldForApproval {
-    /// Always true: tells this shape from the tool's own result.
-    #[schemars(extend("const" = true))]
-    approval_required: bool,
-    /// Pass it back as `approval_id`, with the same arguments, once it is approved.
-    approval_id: String,
-    /// pending (waiting for an approver), approved, denied, used or expired.
-    state: String,
-    /// The call in one line: tool, arguments, hosts.
-    summary: String,
-    /// The host ids the call resolved to, which the approval is bound to.
-    hosts: Vec<String>,
-    /// When the approval request expires (Unix ms).
-    expires_at_ms: u64,
 }
 
 /// `own`, a tool's result schema, extended to every outcome a call of the tool can have: its
@@ -89,7 +74,7 @@ pub fn with_outcomes(own: &JsonObject, gated: bool) -> Arc<JsonObject> {
         variants.push(json!({ "$ref": format!("#/$defs/{name}") }));
     };
     if gated {
-        let held = rmcp::handler::server::common::schema_for_output::<HeldForApproval>();
+        let held = rmcp::handler::server::common::schema_for_output::<Held>();
         add("HeldForApproval", held, &mut defs);
     }
     let refusal = rmcp::handler::server::common::schema_for_output::<Refusal>();
@@ -186,7 +171,14 @@ mod tests {
         let held = ToolError::ApprovalRequired {
             id: "apr-0123456789abcdef".into(),
             text: "approval required: bash `ls` on web-1".into(),
-            details: Box::new(serde_json::json!({ "approval_id": "apr-0123456789abcdef" })),
+            details: Box::new(Held {
+                approval_required: true,
+                approval_id: "apr-0123456789abcdef".into(),
+                state: crate::core::approvals::ApprovalState::Pending,
+                summary: "bash `ls` on web-1".into(),
+                hosts: vec!["web-1".into()],
+                expires_at_ms: 1,
+            }),
         };
         let result = CallToolResult::from(held);
         assert_ne!(result.is_error, Some(true));

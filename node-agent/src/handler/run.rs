@@ -45,23 +45,24 @@ pub async fn handle(node: &Arc<Node>, spec: RunSpec) -> pb::ExecReply {
         Ok(started) => started,
         Err(refusal) => return refused(refusal),
     };
-    let Ok(running) = (&mut started.running).await else {
-        return exec_error(&Refusal::new(
+    if !bg
+        && !window.is_zero()
+        && let Ok(Some(finished)) =
+            timeout(window, registry::wait_finished(&mut started.done)).await
+    {
+        let max_payload = node.client.server_info().max_payload;
+        let reply = run_reply(finished.status.clone(), finished.inline.clone());
+        // Output over the max payload is left out: the caller pages it instead.
+        return within_payload(host, reply, max_payload, "page the output")
+            .unwrap_or_else(|_| run_reply(finished.status.clone(), None));
+    }
+    // Still running: the reply waits until the RUNNING status is stored, so the job can be
+    // followed (and is settled lost if this agent dies) from the moment the caller hears of it.
+    match (&mut started.running).await {
+        Ok(running) => run_reply(running, None),
+        Err(_) => exec_error(&Refusal::new(
             ErrorCode::Internal,
             format!("host {host}: the job task ended before the job was recorded"),
-        ));
-    };
-    if bg || window.is_zero() {
-        return run_reply(running, None);
-    }
-    match timeout(window, registry::wait_finished(&mut started.done)).await {
-        Ok(Some(finished)) => {
-            let max_payload = node.client.server_info().max_payload;
-            let reply = run_reply(finished.status.clone(), finished.inline.clone());
-            // Output over the max payload is left out: the caller pages it instead.
-            within_payload(host, reply, max_payload, "page the output")
-                .unwrap_or_else(|_| run_reply(finished.status.clone(), None))
-        }
-        _ => run_reply(running, None),
+        )),
     }
 }

@@ -480,11 +480,14 @@ pub fn remote_script(spec: &SpawnSpec<'_>, shell: &str, relay: &str) -> String {
         script.push_str(&format!(" {name}={}", quote(&spec.env[name])));
     }
     script.push('\n');
-    script.push_str(&format!(
-        "exec {} -c {} </dev/null\n",
-        quote(shell),
-        quote(spec.cmd)
-    ));
+    // A runbook's argv is executed as it is, each word quoted: the remote shell never parses
+    // a value (as `process::spawn` execs it locally).
+    let words: Vec<String> = if spec.argv.is_empty() {
+        vec![quote(shell), "-c".to_string(), quote(spec.cmd)]
+    } else {
+        spec.argv.iter().map(|w| quote(w)).collect()
+    };
+    script.push_str(&format!("exec {} </dev/null\n", words.join(" ")));
     script
 }
 
@@ -604,6 +607,7 @@ mod tests {
         let spec = SpawnSpec {
             shell: Path::new("/bin/sh"),
             cmd: "echo 'a' $(id)",
+            argv: &[],
             cwd: Some(Path::new("/tmp/o'k")),
             env: &env,
             job: &job,
@@ -617,6 +621,23 @@ mod tests {
         assert!(!script.contains("bad name"), "{script}");
         assert!(
             script.ends_with("exec '/bin/bash' -c 'echo '\\''a'\\'' $(id)' </dev/null\n"),
+            "{script}"
+        );
+        let argv = [
+            "printf".to_string(),
+            "%s\\n".to_string(),
+            "$(id); rm -rf /".to_string(),
+        ];
+        let script = remote_script(
+            &SpawnSpec {
+                argv: &argv,
+                ..spec
+            },
+            "/bin/bash",
+            "alice.h-1",
+        );
+        assert!(
+            script.ends_with("exec 'printf' '%s\\n' '$(id); rm -rf /' </dev/null\n"),
             "{script}"
         );
     }

@@ -90,6 +90,8 @@ impl Publisher {
         let payload = Bytes::from(event.encode_to_vec());
         let mut headers = HeaderMap::new();
         headers.insert(execmesh_proto::headers::MSG_ID, event.id.as_str());
+        // The span the event was made in: the audit-sink stores it as that span's child.
+        crate::telemetry::inject_nats(&tracing::Span::current(), &mut headers);
         if let Some(signer) = &self.signer {
             signer.sign(&subject, &mut headers, &payload);
         }

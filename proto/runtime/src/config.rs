@@ -98,6 +98,7 @@ macro_rules! layered {
         Self {
             config: $over.config,
             nats: $over.nats.or($under.nats),
+            telemetry: $over.telemetry.or($under.telemetry),
             $($field: $over.$field.or($under.$field)),*
         }
     };

@@ -24,6 +24,17 @@ pub enum Expect {
     Revision(u64),
 }
 
+/// The headers of a write whose key lives `ttl` (a `Nats-TTL` header, at least a second): the
+/// bucket must allow per-message TTLs (its `limit_markers` set).
+pub fn ttl_headers(ttl: std::time::Duration) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        execmesh_proto::headers::TTL,
+        format!("{}s", ttl.as_secs().max(1)).as_str(),
+    );
+    headers
+}
+
 /// Why a KV write did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum KvWriteError {

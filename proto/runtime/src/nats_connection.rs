@@ -123,7 +123,10 @@ pub async fn connect(target: &NatsTarget<'_>, who: ConnectAs) -> Result<Client, 
 fn log_event(host: Option<&str>, user: &str, event: Event) {
     match event {
         Event::Connected => info!(host, "connected to NATS"),
-        Event::Disconnected => warn!(host, "disconnected from NATS; reconnecting"),
+        Event::Disconnected => {
+            crate::metrics::NATS_RECONNECTS.inc();
+            warn!(host, "disconnected from NATS; reconnecting")
+        }
         Event::ServerError(ServerError::Other(msg)) => match permission_violation(&msg) {
             Some((operation, subject)) => warn!(
                 host,

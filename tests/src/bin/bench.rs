@@ -2,7 +2,9 @@
 //!
 //! Scenarios (all by default, or name them): `roundtrip` (sequential `bash true` calls over HTTP,
 //! p50/p90/p99, and calls/s with 16 concurrent clients, next to a single-host peer: an MCP shell
-//! server that runs the command in-process), `paging` (a 2,000,000-line job: first and last page;
+//! server that runs the command in-process; CPU time per call of each process from `/proc`),
+//! `telemetry` (the same calls through the gateway and agent binaries with trace export off, then
+//! on to an OTLP receiver in this process), `paging` (a 2,000,000-line job: first and last page;
 //! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
 //! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
 //! tool), `copy` (a 100 MB file copied host to host, MB/s), `fanout` (`grep` over 100 and 1,000
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use execmesh_tests::roundtrip::{Sizes, percentiles};
 use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway};
 
 #[path = "bench/audit.rs"]
@@ -35,8 +38,9 @@ mod chaos;
 #[path = "bench/relay.rs"]
 mod relay;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "roundtrip",
+    "telemetry",
     "paging",
     "memory",
     "file-read",
@@ -51,16 +55,13 @@ const SCENARIOS: [&str; 10] = [
 const FANOUT_CALLS: usize = 50;
 /// Hosts of the `scale` scenario.
 const SCALE_HOSTS: usize = 10_000;
-const SEQUENTIAL_CALLS: usize = 2000;
 const FILE_BYTES: u64 = 100 * 1000 * 1000;
-const CONCURRENT_CLIENTS: usize = 16;
-const CONCURRENT_CALLS_PER_CLIENT: usize = 250;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay]\n\n\
+            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
              a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
@@ -95,6 +96,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(name: &str) -> anyhow::Result<Value> {
     match name {
         "roundtrip" => roundtrip().await,
+        "telemetry" => telemetry().await,
         "paging" => paging().await,
         "memory" => memory().await,
         "file-read" => file_read().await,
@@ -138,90 +140,47 @@ fn machine() -> Value {
     })
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> Value {
-    samples.sort();
-    let at = |p: f64| {
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i].as_secs_f64() * 1e6
-    };
-    json!({ "calls": samples.len(), "p50_us": at(0.50).round(), "p90_us": at(0.90).round(), "p99_us": at(0.99).round() })
-}
-
-/// Sequential latency and concurrent throughput of `call`.
-async fn measure<F, Fut>(call: F) -> anyhow::Result<Value>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    for i in 0..100 {
-        call(i).await?;
-    }
-    let mut samples = Vec::with_capacity(SEQUENTIAL_CALLS);
-    for i in 0..SEQUENTIAL_CALLS {
-        let started = Instant::now();
-        call(i).await?;
-        samples.push(started.elapsed());
-    }
-    let call = Arc::new(call);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CONCURRENT_CLIENTS {
-        let call = call.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..CONCURRENT_CALLS_PER_CLIENT {
-                call(c * 1000 + i).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let total = CONCURRENT_CLIENTS * CONCURRENT_CALLS_PER_CLIENT;
-    let mut v = percentiles(samples);
-    v["concurrent"] = json!({
-        "clients": CONCURRENT_CLIENTS,
-        "calls": total,
-        "calls_per_sec": (total as f64 / started.elapsed().as_secs_f64()).round(),
-    });
-    Ok(v)
-}
-
+/// `bash true` round trips, mesh and peer, at the benchmark's size.
 async fn roundtrip() -> anyhow::Result<Value> {
+    execmesh_tests::roundtrip::roundtrip(Sizes::BENCH).await
+}
+
+/// `roundtrip`'s calls through the gateway and agent binaries, with trace export off and then on
+/// (both exporting over gRPC to an OTLP receiver in this process), in one run.
+async fn telemetry() -> anyhow::Result<Value> {
+    let otlp = execmesh_tests::OtlpReceiver::start().await;
     let nats = Nats::start().await;
-    let _agent = NodeAgent::new(&nats, "bench-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let token = gw.mint("bench");
-    let mut clients = Vec::new();
-    for _ in 0..CONCURRENT_CLIENTS {
-        clients.push(Arc::new(McpClient::new(&gw.url(), &token).await));
-    }
-    let clients = Arc::new(clients);
-    let mesh = measure(move |i| {
-        let client = clients[i / 1000 % CONCURRENT_CLIENTS].clone();
-        async move {
-            let out = client
-                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
-                .await
-                .context("bash call")?;
-            if out.structured()["exit_code"] != 0 {
-                bail!("unexpected result: {}", out.text());
-            }
-            Ok(())
+    let mut report = json!({
+        "what": "bash `true` through MCP client -> gateway binary -> NATS -> agent binary, trace export off vs on",
+    });
+    for (key, export) in [("off", false), ("on", true)] {
+        let host = format!("bench-{key}");
+        let mut agent = NodeAgent::new(&nats, &host);
+        let mut args = Vec::new();
+        if export {
+            agent = agent.arg("--otlp-endpoint", otlp.grpc_url());
+            args = vec!["--otlp-endpoint".to_string(), otlp.grpc_url()];
         }
-    })
-    .await?;
-    let peer = peer::measure().await?;
-    let ratio = mesh["p50_us"].as_f64().unwrap_or(0.0) / peer["p50_us"].as_f64().unwrap_or(1.0);
-    let speedup = mesh["concurrent"]["calls_per_sec"].as_f64().unwrap_or(0.0)
-        / peer["concurrent"]["calls_per_sec"].as_f64().unwrap_or(1.0);
-    Ok(json!({
-        "what": "bash `true` through MCP client -> gateway -> NATS -> agent -> client, over loopback HTTP",
-        "mesh": mesh,
-        "peer": peer,
-        "p50_ratio_mesh_over_peer": (ratio * 100.0).round() / 100.0,
-        "concurrent_throughput_mesh_over_peer": (speedup * 100.0).round() / 100.0,
-    }))
+        let _agent = agent.start().await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let replica = gw.spawn_replica_with(&nats, &args).await;
+        let mut clients = Vec::new();
+        for _ in 0..Sizes::BENCH.clients {
+            clients.push(Arc::new(McpClient::new(replica.url(), &token).await));
+        }
+        let clients = Arc::new(clients);
+        let host = Arc::new(host);
+        report[key] = execmesh_tests::roundtrip::measure(Sizes::BENCH, move |i| {
+            let client = clients[i / 1000 % Sizes::BENCH.clients].clone();
+            let host = host.clone();
+            async move { execmesh_tests::roundtrip::mesh_call(&client, &host).await }
+        })
+        .await?;
+    }
+    report["spans_received"] = json!(otlp.spans().len());
+    Ok(report)
 }
 
 /// Pages a job from its start to its end; returns (lines, per-page durations).
@@ -421,102 +380,6 @@ async fn copy() -> anyhow::Result<Value> {
 
 /// The single-host peer of DESIGN §11: an MCP server exposing a `bash` tool that runs the
 /// command itself, in-process, served by rmcp over the same HTTP transport.
-mod peer {
-    use std::sync::Arc;
-
-    use rmcp::model::{
-        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, InitializeResult,
-        ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    };
-    use rmcp::service::RequestContext;
-    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
-    use rmcp::transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService,
-    };
-    use rmcp::{ErrorData, RoleServer, ServerHandler};
-    use serde_json::{Value, json};
-
-    use execmesh_tests::McpClient;
-
-    #[derive(Clone)]
-    struct Shell;
-
-    impl ServerHandler for Shell {
-        fn get_info(&self) -> ServerConfig {
-            InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-        }
-
-        async fn list_tools(
-            &self,
-            _: Option<PaginatedRequestParams>,
-            _: RequestContext<RoleServer>,
-        ) -> Result<ListToolsResult, ErrorData> {
-            let schema = json!({"type": "object", "properties": {"cmd": {"type": "string"}}});
-            let Value::Object(schema) = schema else {
-                unreachable!()
-            };
-            Ok(ListToolsResult::with_all_items(vec![Tool::new(
-                "bash",
-                "run a command",
-                Arc::new(schema),
-            )]))
-        }
-
-        async fn call_tool(
-            &self,
-            request: CallToolRequestParams,
-            _: RequestContext<RoleServer>,
-        ) -> Result<CallToolResponse, ErrorData> {
-            let cmd = request
-                .arguments
-                .and_then(|a| a.get("cmd").and_then(|c| c.as_str()).map(String::from))
-                .unwrap_or_default();
-            let out = tokio::process::Command::new("bash")
-                .arg("-c")
-                .arg(&cmd)
-                .output()
-                .await
-                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-            let mut result = CallToolResult::success(vec![ContentBlock::text(
-                String::from_utf8_lossy(&out.stdout),
-            )]);
-            result.structured_content = Some(json!({"exit_code": out.status.code()}));
-            Ok(result.into())
-        }
-    }
-
-    pub async fn measure() -> anyhow::Result<Value> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let service = StreamableHttpService::new(
-            || Ok(Shell),
-            Arc::new(NeverSessionManager::default()),
-            StreamableHttpServerConfig::default()
-                .with_legacy_session_mode(false)
-                .with_json_response(true),
-        );
-        let app = axum::Router::new().nest_service("/mcp", service);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let url = format!("http://{addr}/mcp");
-        let mut clients = Vec::new();
-        for _ in 0..super::CONCURRENT_CLIENTS {
-            clients.push(Arc::new(McpClient::new(&url, "unused").await));
-        }
-        let clients = Arc::new(clients);
-        let mut v = super::measure(move |i| {
-            let client = clients[i / 1000 % super::CONCURRENT_CLIENTS].clone();
-            async move {
-                let out = client.try_call("bash", json!({"cmd": "true"})).await?;
-                anyhow::ensure!(out.structured()["exit_code"] == 0, "peer call failed");
-                Ok(())
-            }
-        })
-        .await?;
-        v["what"] = json!("rmcp Streamable HTTP server that spawns `bash -c` itself");
-        Ok(v)
-    }
-}
-
 /// Writes the log file every simulated host serves: 2,000 lines of ordinary traffic with a few
 /// rare errors, so `grep` has matches and the digest has groups.
 fn fleet_log(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {

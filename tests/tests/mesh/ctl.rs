@@ -1229,6 +1229,7 @@ async fn every_command_explains_itself_with_an_example() {
         &["token", "mint"],
         &["token", "revoke"],
         &["token", "revocations"],
+        &["runbooks"],
     ] {
         let mut args = command.to_vec();
         args.push("--help");

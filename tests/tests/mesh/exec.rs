@@ -69,9 +69,11 @@ async fn tools_are_listed_with_schemas_and_annotations() {
     let names: BTreeSet<String> = tools.iter().map(|t| t.name.to_string()).collect();
     assert_eq!(
         names,
-        ["bash", "facts", "file", "grep", "hosts", "job", "whoami"]
-            .map(String::from)
-            .into()
+        [
+            "bash", "facts", "file", "grep", "hosts", "job", "runbook", "whoami"
+        ]
+        .map(String::from)
+        .into()
     );
     for tool in &tools {
         assert!(

@@ -100,7 +100,13 @@ async fn every_outcome_of_every_tool_fits_its_output_schema() {
     let _web2 = file_root("web-2").label("role", "web").start().await;
     let _db = file_root("db-1").label("role", "db").start().await;
     let _out = nats.agent("out-1", &[("role", "web")]).await;
-    let gw = Gateway::new(&nats).policy(policy()).start().await;
+    let echo = "description = \"echo\"\ncommand = [\"echo\", \"{text}\"]\nparams.text = { type = \"string\", pattern = \"[a-z]+\" }\n";
+    let gw = Gateway::new(&nats)
+        .policy(policy())
+        .runbook("echo", echo)
+        .runbook("held", &format!("{echo}approval = true\n"))
+        .start()
+        .await;
     let c = &gw.client("alice").await;
     let bg = |host: &str| json!({"host": host, "cmd": "sleep 30", "bg": true});
     let running = expect(c, "bash", bg("web-1"), Ok).await.job_id();
@@ -229,7 +235,30 @@ async fn every_outcome_of_every_tool_fits_its_output_schema() {
         (json!({}), Ok),
         (json!({"extra": 1}), Refused("invalid_arguments")),
     ];
+    // One host, a fan-out with a denied host, held, a parameter refused by type, denied.
+    let run = |name: &str, target: Value, text: &str| {
+        let mut args = json!({"action": "run", "name": name, "params": {"text": text}});
+        args.as_object_mut()
+            .expect("an object")
+            .extend(target.as_object().cloned().unwrap_or_default());
+        args
+    };
+    let runbook = vec![
+        (json!({"action": "list"}), Ok),
+        (run("echo", json!({"host": "web-1"}), "hi"), Ok),
+        (run("echo", json!({"hosts": "web-* or out-1"}), "hi"), Ok),
+        (run("held", json!({"host": "web-1"}), "hi"), Held),
+        (
+            run("echo", json!({"host": "web-1"}), "hi; id"),
+            Refused("invalid_arguments"),
+        ),
+        (
+            run("echo", json!({"host": "out-1"}), "hi"),
+            Refused("denied"),
+        ),
+    ];
     for (tool, cases) in [
+        ("runbook", runbook),
         ("hosts", hosts),
         ("bash", bash),
         ("job", job),

@@ -164,6 +164,39 @@ async fn a_replayed_request_is_refused_and_an_expired_one_too() {
     assert!(message.contains("web-2"), "{message}");
 }
 
+/// A request naming the agent's instance runs before its status is stored, its replays refused
+/// by the instance's nonce cache. A restart empties that cache: a request captured before it
+/// names the old instance, so the new one stores first, and the store refuses the job id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_captured_before_an_agent_restart_is_refused_after_it() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1").start().await;
+    let signer = mesh_signer(&nats);
+    let marker = tempfile::tempdir().expect("temp dir");
+    let ran_file = marker.path().join("ran");
+    let cmd = format!("echo ran >> {}", ran_file.display());
+
+    let mut request = run_request("web-1", "captured-1", &cmd);
+    request.agent_instance = agent.instance().to_string();
+    let captured = signer.sign(request);
+    assert_eq!(ran(&publish(&nats, "web-1", captured.clone()).await), "");
+    let (code, _) = refusal(&publish(&nats, "web-1", captured.clone()).await);
+    assert_eq!(code, ErrorCode::Replayed);
+
+    agent.restart().await;
+    let (code, message) = refusal(&publish(&nats, "web-1", captured).await);
+    assert_eq!(code, ErrorCode::Invalid);
+    assert!(
+        message.contains("captured-1") && message.contains("already exists"),
+        "{message}"
+    );
+    let runs = std::fs::read_to_string(&ran_file).expect("the first request ran");
+    assert_eq!(
+        runs, "ran\n",
+        "the captured request ran again after the restart"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_caps_the_tier_whatever_the_gateway_says() {
     let nats = Nats::start().await;

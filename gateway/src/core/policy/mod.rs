@@ -26,6 +26,11 @@
 //!
 //! [token_admins]             # who may mint tokens for other users through the admin API
 //! users = ["root"]
+//!
+//! [runbooks.disk-usage]      # named operations a lower tier may run (see core::runbooks);
+//! description = "df"         # also one `<name>.toml` per runbook in `runbooks/` next to this file
+//! command = ["df", "-hP"]
+//! tier = "readonly"
 //! ```
 //!
 //! A user's tier is their own `tier` if set, else the highest tier among their groups, else
@@ -58,6 +63,7 @@ use sha2::{Digest, Sha256};
 
 use execmesh_proto::Token;
 
+use crate::core::runbooks::{self, Runbook};
 use crate::core::tier::{self, Tier};
 
 pub use edit::{NewUser, add_user};
@@ -106,6 +112,9 @@ struct PolicyFile {
     approvers: Option<Members>,
     #[serde(default)]
     token_admins: Option<Members>,
+    /// Runbooks defined inline, by name (more come from the `runbooks/` directory).
+    #[serde(default)]
+    runbooks: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,7 +196,15 @@ impl Members {
 }
 
 /// Tools whose calls an approval rule can hold (the others only read the registry).
-pub const GATED_TOOLS: [&str; 5] = ["bash", "file", "grep", "facts", "job"];
+pub const GATED_TOOLS: [&str; 6] = ["bash", "file", "grep", "facts", "job", "runbook"];
+
+/// The directory of runbook files that goes with the policy file at `path`: `runbooks/` next
+/// to it.
+pub fn runbooks_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("runbooks")
+}
 
 impl std::fmt::Display for ApprovalRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,7 +264,10 @@ pub struct Policy {
     approvers: Option<Members>,
     /// Who may mint tokens for other users through the admin API.
     token_admins: Members,
-    /// sha256 (hex) of the file's bytes; binds approvals to the policy they were granted under.
+    /// The runbooks of the policy file and of its `runbooks/` directory, by name.
+    runbooks: BTreeMap<String, Runbook>,
+    /// sha256 (hex) of the file's bytes (and of the runbook files, when there are any); binds
+    /// approvals to the policy they were granted under.
     version: String,
     /// No policy file: everyone is `dangerous` and reaches `*`.
     development: bool,
@@ -265,22 +285,38 @@ impl Policy {
             operators: Vec::new(),
             approvers: None,
             token_admins: Members::default(),
+            runbooks: BTreeMap::new(),
             version: "development".to_string(),
             development: true,
         }
     }
 
-    /// Reads and validates the policy at `path`.
+    /// Reads and validates the policy at `path`, with the runbook files of its `runbooks/`
+    /// directory.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, path)
+        let files =
+            runbooks::read_dir(&runbooks_dir(path)).map_err(|problem| PolicyError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec![problem],
+            })?;
+        Self::parse_with_runbooks(&text, path, &files)
     }
 
     /// Parses and validates policy text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PolicyError> {
+        Self::parse_with_runbooks(text, path, &[])
+    }
+
+    /// Parses and validates policy text with runbook `files` (name, path, bytes).
+    fn parse_with_runbooks(
+        text: &str,
+        path: &Path,
+        files: &[(String, PathBuf, Vec<u8>)],
+    ) -> Result<Self, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -348,9 +384,38 @@ impl Policy {
                 },
             );
         }
-        for (i, rule) in file.approvals.iter().enumerate() {
+        let mut runbooks = BTreeMap::new();
+        for (name, table) in file.runbooks {
+            // The hash covers the table as written, re-serialised (the file holds other things).
+            let text = toml::to_string(&table).unwrap_or_default();
+            if let Some(rb) = Runbook::parse(&name, table, text.as_bytes(), "policy", &mut problems)
+            {
+                runbooks.insert(name, rb);
+            }
+        }
+        for (name, file_path, bytes) in files {
+            if runbooks.contains_key(name) {
+                problems.push(format!(
+                    "runbook `{name}` is defined both in the policy and in {}",
+                    file_path.display()
+                ));
+            } else if let Some(rb) = runbooks::parse_file(name, file_path, bytes, &mut problems) {
+                runbooks.insert(name.clone(), rb);
+            }
+        }
+        let mut approvals = file.approvals;
+        for (i, rule) in approvals.iter().enumerate() {
             let what = format!("approvals[{i}]");
-            if !tier::is_known_tool(&rule.tool) {
+            if rule.tool == "runbook" {
+                // A rule on `runbook` names a runbook as its action (or covers them all).
+                if let Some(name) = &rule.action
+                    && !runbooks.contains_key(name)
+                {
+                    problems.push(format!(
+                        "{what}: tool `runbook` action `{name}` names no runbook the policy defines"
+                    ));
+                }
+            } else if !tier::is_known_tool(&rule.tool) {
                 problems.push(format!("{what}: unknown tool `{}`", rule.tool));
             } else if !GATED_TOOLS.contains(&rule.tool.as_str()) {
                 problems.push(format!(
@@ -414,14 +479,40 @@ impl Policy {
                 problems,
             });
         }
+        // A runbook marked `approval = true` is held as if a rule named it.
+        approvals.extend(
+            runbooks
+                .values()
+                .filter(|rb| rb.approval)
+                .map(|rb| ApprovalRule {
+                    tool: "runbook".to_string(),
+                    action: Some(rb.name.to_string()),
+                    hosts: None,
+                }),
+        );
+        let version = if files.is_empty() {
+            hex(&Sha256::digest(text.as_bytes()))
+        } else {
+            let mut hasher = Sha256::new();
+            hasher.update(text.as_bytes());
+            for (name, _, bytes) in files {
+                hasher.update([0]);
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update((bytes.len() as u64).to_be_bytes());
+                hasher.update(bytes);
+            }
+            hex(&hasher.finalize())
+        };
         Ok(Self {
             users,
             groups,
-            approvals: file.approvals,
+            approvals,
             operators: file.operators,
             approvers: file.approvers,
             token_admins: file.token_admins.unwrap_or_default(),
-            version: hex(&Sha256::digest(text.as_bytes())),
+            runbooks,
+            version,
             development: false,
         })
     }
@@ -532,6 +623,21 @@ impl Policy {
             (Some(members), Some(user)) => members.includes(user),
             _ => false,
         }
+    }
+
+    /// Every runbook, by name.
+    pub fn runbooks(&self) -> impl Iterator<Item = &Runbook> {
+        self.runbooks.values()
+    }
+
+    /// The runbooks a caller of tier `have` may run (each runbook's `tier` at most `have`).
+    pub fn runbooks_for(&self, have: Tier) -> impl Iterator<Item = &Runbook> {
+        self.runbooks.values().filter(move |rb| rb.tier <= have)
+    }
+
+    /// The runbook named `name`.
+    pub fn runbook(&self, name: &str) -> Option<&Runbook> {
+        self.runbooks.get(name)
     }
 
     /// Who may mint tokens for other users through the admin API.

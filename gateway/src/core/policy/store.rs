@@ -21,14 +21,18 @@ struct Stamp {
     inode: u64,
 }
 
+/// What identifies the policy file and its runbook files on disk: one [`Stamp`] per file, the
+/// directory's entries in name order.
+type Stamps = Option<Vec<(PathBuf, Stamp)>>;
+
 /// The policy in force, shared by every request of this replica.
 #[derive(Debug)]
 pub struct LivePolicy {
     /// The policy file; `None` in development mode.
     path: Option<PathBuf>,
     current: RwLock<Arc<Policy>>,
-    /// The file as last loaded (or last failed to load), so a poll rereads only on change.
-    stamp: Mutex<Option<Stamp>>,
+    /// The files as last loaded (or last failed to load), so a poll rereads only on change.
+    stamp: Mutex<Stamps>,
 }
 
 // === impl LivePolicy ===
@@ -153,7 +157,22 @@ fn warn_about(policy: &Policy, path: &Path) {
     }
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+/// The stamps of the policy file and of every file in its runbook directory; `None` when the
+/// policy file cannot be read.
+fn stamp(path: &Path) -> Stamps {
+    let mut stamps = vec![(path.to_path_buf(), file_stamp(path)?)];
+    if let Ok(entries) = std::fs::read_dir(super::runbooks_dir(path)) {
+        let mut files: Vec<(PathBuf, Stamp)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| Some((e.path(), file_stamp(&e.path())?)))
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        stamps.extend(files);
+    }
+    Some(stamps)
+}
+
+fn file_stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     Some(Stamp {
@@ -184,5 +203,39 @@ mod tests {
             live.current().grant("alice").unwrap().tier,
             crate::core::tier::Tier::Dangerous
         );
+    }
+
+    #[test]
+    fn runbook_files_load_with_the_policy_and_an_edit_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "[users.alice]\ntier = \"readonly\"\n").unwrap();
+        std::fs::create_dir(dir.path().join("runbooks")).unwrap();
+        let file = dir.path().join("runbooks/df.toml");
+        std::fs::write(&file, "description = \"df\"\ncommand = [\"df\"]\n").unwrap();
+        let live = LivePolicy::load(Some(&path)).unwrap();
+        let (first, hash) = {
+            let policy = live.current();
+            let rb = policy.runbook("df").expect("loaded from the directory");
+            (policy.version().to_string(), rb.hash.clone())
+        };
+        std::fs::write(
+            &file,
+            "description = \"df -h\"\ncommand = [\"df\", \"-h\"]\n",
+        )
+        .unwrap();
+        assert_ne!(
+            stamp(&path),
+            *live.stamp.lock().unwrap(),
+            "the edit is seen"
+        );
+        let second = live.reload().unwrap();
+        assert_ne!(second, first);
+        assert_ne!(live.current().runbook("df").unwrap().hash, hash);
+        // A broken runbook file keeps the policy in force, naming the file.
+        std::fs::write(&file, "description = \"df\"\n").unwrap();
+        let e = live.reload().unwrap_err().to_string();
+        assert!(e.contains("df") && e.contains("command"), "{e}");
+        assert_eq!(live.current().version(), second);
     }
 }

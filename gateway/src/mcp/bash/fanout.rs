@@ -1,5 +1,6 @@
-//! `bash` with `hosts`: one command on every host a selector matches, each host ending with one
-//! status, small outputs inline and large ones paged per host under the call's group id.
+//! `bash` (and `runbook`) with `hosts`: one command on every host a selector matches, each host
+//! ending with one status, small outputs inline and large ones paged per host under the call's
+//! group id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use serde::Serialize;
 
 use execmesh_proto::{Token, pb};
 
-use super::BashParams;
+use super::Launch;
 use crate::core::error::ToolError;
 use crate::core::fanout::{self, HostStatus, Outcome, Plan};
 use crate::core::paging::Cursor;
@@ -75,53 +76,51 @@ struct Ran {
     output: Option<String>,
 }
 
-/// Runs `params.cmd` on every host `selector` matches.
+/// Runs `launch` on every host `selector` matches (within its reach).
 pub async fn call(
     call: &Call<'_>,
-    params: &BashParams,
+    launch: &Launch<'_>,
     selector: &str,
 ) -> Result<(FanoutResult, Vec<String>), ToolError> {
-    let config = &call.state.config;
-    if params.bg == Some(true) || params.wait.is_some() {
+    let (tool, config) = (call.tool, &call.state.config);
+    if launch.bg == Some(true) || launch.wait.is_some() {
         return Err(ToolError::invalid(
-            "bash",
+            tool,
             "`bg` and `wait` apply to one `host`; a fan-out (`hosts`) waits for every host up to \
              `timeout` (default 60 s per host)",
         ));
     }
-    let timeout = match params.timeout {
-        Some(t) => limit_seconds("bash", "timeout", t, 86400.0)?,
+    let timeout = match launch.timeout {
+        Some(t) => limit_seconds(tool, "timeout", t, 86400.0)?,
         None => DEFAULT_TIMEOUT,
     };
-    let targets = crate::mcp::fleet::some_targets(call, "bash", selector).await?;
+    let targets =
+        crate::mcp::fleet::some_targets_within(call, tool, selector, &launch.reach).await?;
     crate::core::approvals::gate(
         &call.gate(),
         crate::core::approvals::Request::for_targets(
             &targets,
-            None,
+            launch.action,
             format!(
-                "bash `{}` on {} host(s) matching `{selector}`",
-                params.cmd,
+                "{} on {} host(s) matching `{selector}`",
+                launch.summary,
                 targets.hosts.len()
             ),
         ),
     )
     .await?;
     let total = targets.len();
-    let plan = plan(call, params, total)?;
-    let group = super::job_id(params.title.as_deref(), &params.cmd);
+    let plan = plan(call, launch, total)?;
+    let group = super::job_id(launch.title, &launch.request.cmd);
     let inline_share = (INLINE_BUDGET / total).clamp(MIN_INLINE_SHARE, config.page_max_bytes);
     let body = pb::RunRequest {
-        cmd: params.cmd.clone(),
-        cwd: params.cwd.clone().unwrap_or_default(),
-        env: params.env.clone().unwrap_or_default().into_iter().collect(),
         timeout_ms: timeout.as_millis() as u64,
         // The agent answers when the job ends (it kills it at `timeout`), so one reply
         // carries the final status.
         inline_window_ms: (timeout + Duration::from_secs(2)).as_millis() as u64,
         bg: false,
-        title: params.title.clone().unwrap_or_default(),
         inline_max_bytes: inline_share as u64,
+        ..launch.request.clone()
     };
     let wait = timeout + Duration::from_secs(2) + config.request_timeout;
     let report = crate::mcp::fleet::run(call, targets, &plan, "hosts answered", |host| {
@@ -151,25 +150,25 @@ pub async fn call(
 }
 
 /// The window and failure limit of a fan-out over `total` hosts.
-fn plan(call: &Call<'_>, params: &BashParams, total: usize) -> Result<Plan, ToolError> {
-    let window = match &params.batch {
+fn plan(call: &Call<'_>, launch: &Launch<'_>, total: usize) -> Result<Plan, ToolError> {
+    let tool = call.tool;
+    let window = match launch.batch {
         Some(amount) => amount
             .resolve("batch", total)
-            .map_err(|e| ToolError::invalid("bash", e))?,
+            .map_err(|e| ToolError::invalid(tool, e))?,
         None => call.state.config.fanout_window,
     };
     if window == 0 {
-        return Err(ToolError::invalid("bash", "`batch` must be at least 1"));
+        return Err(ToolError::invalid(tool, "`batch` must be at least 1"));
     }
-    let max_failures = params
+    let max_failures = launch
         .max_failures
-        .as_ref()
         .map(|a| a.resolve("max_failures", total))
         .transpose()
-        .map_err(|e| ToolError::invalid("bash", e))?;
+        .map_err(|e| ToolError::invalid(tool, e))?;
     if max_failures == Some(0) {
         return Err(ToolError::invalid(
-            "bash",
+            tool,
             "`max_failures` must be at least 1",
         ));
     }

@@ -1,4 +1,5 @@
 //! `bash`: run a command on one host as a job; short jobs answer inline, long ones by job id.
+//! Its run path ([`launch`]: one host or a fan-out) is also the one `runbook` runs through.
 
 mod fanout;
 
@@ -13,7 +14,7 @@ use execmesh_proto::redact::Redactor;
 use execmesh_proto::{Token, pb};
 
 use crate::core::error::ToolError;
-use crate::core::fanout::Amount;
+use crate::core::fanout::{Amount, Reach};
 use crate::core::paging::{self, Cursor, PageLimits};
 use crate::mcp::job::{JobView, outcome, state_name, view};
 use crate::mcp::{Call, dispatch, limit_seconds, seconds, structured};
@@ -23,6 +24,8 @@ use fanout::FanoutResult;
 const MAX_CMD_BYTES: usize = 64 * 1024;
 /// Most environment variables one call may set.
 const MAX_ENV: usize = 128;
+/// The longest `wait`.
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -115,27 +118,81 @@ pub fn definition() -> Tool {
     )
 }
 
+/// One run as `bash` and `runbook` both send it: what every host gets, where, and how long to
+/// wait. Both tools go through [`launch`], so one host and fan-out behave the same for both.
+pub struct Launch<'a> {
+    /// The request each host gets; [`launch`] sets its timing fields.
+    pub request: pb::RunRequest,
+    /// The job id is named after this (`<title>-<random>`), else after `cmd`'s first word.
+    pub title: Option<&'a str>,
+    /// One line for an approver and the log: "bash `df -h`".
+    pub summary: String,
+    /// The action the approval rules see (a runbook's name); `None` for `bash`.
+    pub action: Option<&'a str>,
+    /// The hosts the caller may reach for this run (a runbook narrows the policy's reach).
+    pub reach: Reach,
+    pub host: Option<&'a str>,
+    pub hosts: Option<&'a str>,
+    pub batch: Option<&'a Amount>,
+    pub max_failures: Option<&'a Amount>,
+    pub timeout: Option<f64>,
+    pub bg: Option<bool>,
+    pub wait: Option<f64>,
+    pub max_lines: Option<usize>,
+}
+
 pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult, ToolError> {
     validate(&params)?;
-    let host = match (&params.host, &params.hosts) {
-        (Some(host), None) => host.clone(),
+    let run = Launch {
+        request: pb::RunRequest {
+            cmd: params.cmd.clone(),
+            cwd: params.cwd.clone().unwrap_or_default(),
+            env: params.env.clone().unwrap_or_default().into_iter().collect(),
+            title: params.title.clone().unwrap_or_default(),
+            ..Default::default()
+        },
+        title: params.title.as_deref(),
+        summary: format!("bash `{}`", params.cmd),
+        action: None,
+        reach: crate::mcp::reach::of(call),
+        host: params.host.as_deref(),
+        hosts: params.hosts.as_deref(),
+        batch: params.batch.as_ref(),
+        max_failures: params.max_failures.as_ref(),
+        timeout: params.timeout,
+        bg: params.bg,
+        wait: params.wait,
+        max_lines: params.max_lines,
+    };
+    let (result, text) = launch(call, run).await?;
+    structured(&result, text)
+}
+
+/// Runs `launch` on its one host, or fans it out over its selector: the result and its text.
+pub async fn launch(
+    call: &Call<'_>,
+    launch: Launch<'_>,
+) -> Result<(BashResult, Vec<String>), ToolError> {
+    let tool = call.tool;
+    let host = match (launch.host, launch.hosts) {
+        (Some(host), None) => host,
         (None, Some(selector)) => {
-            let (result, text) = fanout::call(call, &params, selector).await?;
+            let (result, text) = fanout::call(call, &launch, selector).await?;
             let result = BashResult {
                 run: None,
                 fanout: Some(result),
             };
-            return structured(&result, text);
+            return Ok((result, text));
         }
         (Some(_), Some(_)) => {
             return Err(ToolError::invalid(
-                "bash",
+                tool,
                 "give either `host` (one host) or `hosts` (a selector), not both",
             ));
         }
         (None, None) => {
             return Err(ToolError::invalid(
-                "bash",
+                tool,
                 "name where to run: `host` (one host id) or `hosts` (a selector such as `web-*`)",
             ));
         }
@@ -143,42 +200,42 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
     let state = call.state;
     let config = &state.config;
     let host =
-        Token::parse("host id", &host).map_err(|e| ToolError::invalid("bash", e.to_string()))?;
-    crate::mcp::reach::check(call, &host).await?;
-    crate::core::approvals::gate_hosts(&call.gate(), None, &[&host], || {
-        format!("bash `{}` on {host}", params.cmd)
+        Token::parse("host id", host).map_err(|e| ToolError::invalid(tool, e.to_string()))?;
+    crate::mcp::reach::check_within(call, &host, &launch.reach).await?;
+    crate::core::approvals::gate_hosts(&call.gate(), launch.action, &[&host], || {
+        format!("{} on {host}", launch.summary)
     })
     .await?;
-    let bg = params.bg.unwrap_or(false);
-    let window = match (bg, params.wait) {
+    let bg = launch.bg.unwrap_or(false);
+    let window = match (bg, launch.wait) {
         (true, _) => Duration::ZERO,
-        (false, Some(w)) => seconds("bash", "wait", w, 600.0)?,
+        (false, Some(w)) => seconds(tool, "wait", w, MAX_WAIT.as_secs_f64())?,
+        // A task has no client waiting on the call: it waits for the job as long as `wait`
+        // may, so its result is the job's end rather than a job id to follow.
+        (false, None) if call.jobs.is_some() => MAX_WAIT,
         (false, None) => config.inline_window,
     };
-    let timeout = params
+    let timeout = launch
         .timeout
-        .map(|t| limit_seconds("bash", "timeout", t, 30.0 * 86400.0))
+        .map(|t| limit_seconds(tool, "timeout", t, 30.0 * 86400.0))
         .transpose()?;
-    let max_lines = params.max_lines.unwrap_or(config.page_max_lines);
+    let max_lines = launch.max_lines.unwrap_or(config.page_max_lines);
     if !(1..=crate::config::PAGE_LINES_CEILING).contains(&max_lines) {
         return Err(ToolError::invalid(
-            "bash",
+            tool,
             format!(
                 "`max_lines` must be 1..={}",
                 crate::config::PAGE_LINES_CEILING
             ),
         ));
     }
-    let job = job_id(params.title.as_deref(), &params.cmd);
+    let job = job_id(launch.title, &launch.request.cmd);
     let body = pb::exec_request::Body::Run(pb::RunRequest {
-        cmd: params.cmd.clone(),
-        cwd: params.cwd.clone().unwrap_or_default(),
-        env: params.env.clone().unwrap_or_default().into_iter().collect(),
         timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
         inline_window_ms: window.as_millis() as u64,
         bg,
-        title: params.title.clone().unwrap_or_default(),
         inline_max_bytes: config.page_max_bytes as u64,
+        ..launch.request
     });
     let run = match dispatch::send(call, &host, &job, body, window + config.request_timeout).await?
     {
@@ -207,6 +264,8 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
                 (text, lines, None, false)
             }
             _ => {
+                // A job that ended may not be stored yet when its reply arrives.
+                state.mesh.wait_stored(&job, Some(&host)).await;
                 let page = paging::read(
                     &state.mesh,
                     Cursor::start(host.clone(), job.clone()),
@@ -254,7 +313,7 @@ pub async fn call(call: &Call<'_>, params: BashParams) -> Result<CallToolResult,
         run: Some(result),
         fanout: None,
     };
-    structured(&result, vec![output, footer])
+    Ok((result, vec![output, footer]))
 }
 
 fn validate(params: &BashParams) -> Result<(), ToolError> {
