@@ -32,6 +32,8 @@ struct TargetEntry {
     destination: String,
     ssh_config: PathBuf,
     labels: Vec<(String, String)>,
+    /// Extra lines of the target's table (`remote_timeout_ms = 2000`).
+    extra: Vec<String>,
 }
 
 /// How to run one user's relay.
@@ -79,6 +81,7 @@ impl Relay {
             destination: sshd.alias().to_string(),
             ssh_config: sshd.ssh_config(),
             labels: Vec::new(),
+            extra: Vec::new(),
         });
         self
     }
@@ -87,6 +90,14 @@ impl Relay {
     pub fn label(mut self, key: &str, value: &str) -> Self {
         if let Some(t) = self.targets.last_mut() {
             t.labels.push((key.to_string(), value.to_string()));
+        }
+        self
+    }
+
+    /// Adds a line to the last target's table (`remote_timeout_ms = 2000`).
+    pub fn target_setting(mut self, line: &str) -> Self {
+        if let Some(t) = self.targets.last_mut() {
+            t.extra.push(line.to_string());
         }
         self
     }
@@ -136,6 +147,10 @@ impl Relay {
                     .map(|(k, v)| format!("{k} = {}", q(v)))
                     .collect();
                 text.push_str(&format!("labels = {{ {} }}\n", labels.join(", ")));
+            }
+            for line in &t.extra {
+                text.push_str(line);
+                text.push('\n');
             }
         }
         text

@@ -32,6 +32,8 @@ pub struct Sshd {
     dir: TempDir,
     port: u16,
     process: Option<ChildProcess>,
+    /// Sessions run `login_rc` before their command (and so never answer before it ends).
+    login_rc: bool,
 }
 
 // === impl Sshd ===
@@ -39,6 +41,17 @@ pub struct Sshd {
 impl Sshd {
     /// Generates keys and configuration, starts sshd, and waits until a login works.
     pub async fn start() -> Sshd {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Sshd::start`], but every session's shell first runs `rc` (a login shell's startup
+    /// file, through `BASH_ENV`): `sleep 30` makes a target whose login hangs, as a startup file
+    /// waiting on a lock does.
+    pub async fn start_with_login_rc(rc: &str) -> Sshd {
+        Self::start_with(Some(rc)).await
+    }
+
+    async fn start_with(login_rc: Option<&str>) -> Sshd {
         crate::init_tracing();
         let dir = tempfile::Builder::new()
             .prefix("execmesh-sshd-")
@@ -57,14 +70,20 @@ impl Sshd {
             port,
             process: None,
             dir,
+            login_rc: login_rc.is_some(),
         };
+        if let Some(rc) = login_rc {
+            std::fs::write(sshd.path("login_rc"), rc).expect("write the login rc");
+        }
         sshd.write_client_files(&sshd.host_public_key());
         std::fs::write(sshd.dir.path().join("sshd_config"), sshd.server_config())
             .expect("write sshd_config");
         sshd.launch();
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
-            if sshd.try_ssh("true").is_some_and(|o| o.status.success()) {
+            // A login that hangs by design is ready once sshd accepts the key (`-N`: no session).
+            let probe = if sshd.login_rc { None } else { Some("true") };
+            if sshd.try_ssh_with(probe).is_some_and(|o| o.status.success()) {
                 return sshd;
             }
             if let Some(process) = sshd.process.as_mut()
@@ -98,12 +117,21 @@ impl Sshd {
 
     fn server_config(&self) -> String {
         let p = self.dir.path();
+        // The tests log in as the user running them, whose login shell is this machine's. Bash
+        // reads ~/.bashrc when sshd starts it, unless it is a nested shell (SHLVL): SHLVL=1 keeps
+        // the developer's own startup files (a version manager's init, say, which can wait a
+        // minute on a lock) out of the target. `login_rc` stands for a target's own.
+        let mut env = "SHLVL=1".to_string();
+        if self.login_rc {
+            env.push_str(&format!(" BASH_ENV={}", p.join("login_rc").display()));
+        }
         format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {pid}\n\
              AuthorizedKeysFile {authorized}\nPubkeyAuthentication yes\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              StrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n\
-             MaxSessions 100\nMaxStartups 100:30:200\nPrintMotd no\nAcceptEnv none\n",
+             MaxSessions 100\nMaxStartups 100:30:200\nPrintMotd no\nAcceptEnv none\n\
+             SetEnv {env}\n",
             port = self.port,
             host_key = p.join("host_key").display(),
             pid = p.join("sshd.pid").display(),
@@ -177,19 +205,28 @@ impl Sshd {
     }
 
     fn try_ssh(&self, command: &str) -> Option<std::process::Output> {
-        Command::new("ssh")
-            .arg("-F")
+        self.try_ssh_with(Some(command))
+    }
+
+    /// `ssh alias -- command`; without a command, a login that opens no shell: a stdio
+    /// forward to sshd's own port (it prints the banner and ends when stdin does), which
+    /// proves the key was accepted.
+    fn try_ssh_with(&self, command: Option<&str>) -> Option<std::process::Output> {
+        let mut ssh = Command::new("ssh");
+        ssh.arg("-F")
             .arg(self.ssh_config())
             .arg("-o")
             .arg("ControlMaster=no")
             .arg("-o")
-            .arg("ControlPath=none")
-            .arg(self.alias())
-            .arg("--")
-            .arg(command)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .ok()
+            .arg("ControlPath=none");
+        match command {
+            Some(command) => ssh.arg(self.alias()).arg("--").arg(command),
+            None => ssh
+                .arg("-W")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg(self.alias()),
+        };
+        ssh.stdin(std::process::Stdio::null()).output().ok()
     }
 
     /// Runs `command` on the server over a connection of its own and returns its stdout.

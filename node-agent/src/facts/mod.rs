@@ -31,6 +31,9 @@ pub enum FactsError {
     /// The collection task panicked or was cancelled.
     #[error("collecting the facts failed: {0}")]
     Collect(#[from] tokio::task::JoinError),
+    /// A relay's probe of its SSH target did not answer (the message names the target).
+    #[error("{0}")]
+    Probe(String),
     /// The pack was collected but `mesh_facts` did not take it.
     #[error("storing the facts in mesh_facts failed: {0}")]
     Store(#[from] KvWriteError),
@@ -106,8 +109,25 @@ impl Facts {
         let identity = self.identity.clone();
         let facts = match &self.executor {
             Executor::Local => tokio::task::spawn_blocking(move || collect(identity)).await?,
-            Executor::Ssh(target) => target.facts(identity).await,
+            Executor::Ssh(target) => target.facts(identity).await.map_err(FactsError::Probe)?,
         };
+        self.store(facts).await
+    }
+
+    /// Stores what a relay knows of its target without asking it (its identity, user and
+    /// state): written as the target's state changes, so that it never waits on a probe.
+    pub async fn store_identity(&self) -> Result<pb::HostFacts, FactsError> {
+        match &self.executor {
+            Executor::Ssh(target) => {
+                self.store(target.identity_pack(self.identity.clone()))
+                    .await
+            }
+            Executor::Local => self.refresh().await,
+        }
+    }
+
+    /// Stores `facts` in `mesh_facts` and keeps them as the current pack.
+    async fn store(&self, facts: pb::HostFacts) -> Result<pb::HostFacts, FactsError> {
         kv_write::write(
             &self.js,
             &self.store,

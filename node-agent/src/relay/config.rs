@@ -12,16 +12,18 @@
 //! destination = "alice@db1.internal"   # or an alias of ~/.ssh/config
 //! labels = { role = "db" }
 //! max_tier = "readonly"                # this target's own cap (lower wins)
+//! remote_timeout_ms = 20000            # longest a session may take to start, the probe to answer
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use execmesh_proto::Token;
 
 use crate::cli::Cli;
 use crate::config::{Config, ConfigError, read_file};
-use crate::relay::ssh::TargetSpec;
+use crate::relay::ssh::{DEFAULT_REMOTE_TIMEOUT, TargetSpec};
 use crate::tier::Tier;
 
 /// The shell a target runs commands with unless its configuration names another.
@@ -37,6 +39,7 @@ const TARGET_KEYS: &[&str] = &[
     "ssh_config",
     "accept_new_host_key",
     "shell",
+    "remote_timeout_ms",
 ];
 /// Keys of the agent's configuration that mean nothing to a relay (each target has its own).
 const AGENT_ONLY_KEYS: &[&str] = &["host_id", "labels", "run_as", "warm_shells"];
@@ -262,6 +265,16 @@ fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             false
         }
     };
+    let remote_timeout = match table.get("remote_timeout_ms") {
+        None => DEFAULT_REMOTE_TIMEOUT,
+        Some(toml::Value::Integer(ms)) if *ms > 0 => Duration::from_millis(*ms as u64),
+        Some(other) => {
+            problems.push(format!(
+                "{at}.remote_timeout_ms = {other}: expected a positive number of milliseconds"
+            ));
+            DEFAULT_REMOTE_TIMEOUT
+        }
+    };
     let ssh_config = string("ssh_config", problems).map(PathBuf::from);
     let shell = string("shell", problems).unwrap_or_else(|| DEFAULT_REMOTE_SHELL.to_string());
     Some(Target {
@@ -271,6 +284,7 @@ fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             ssh_config,
             accept_new_host_key,
             shell,
+            remote_timeout,
         },
         labels,
         max_tier,

@@ -35,6 +35,8 @@ const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// How long the last writes at shutdown (presence removal, audit) may take per target.
 const FAREWELL_LIMIT: Duration = Duration::from_secs(5);
+/// Longest one write of the target's presence or fact pack may take.
+const WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs the relay until `shutdown`, then drains every target like an agent drains its host.
 pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
@@ -82,7 +84,7 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
 }
 
 /// Serves one target: requests until shutdown (then drains its jobs), while its connection
-/// is watched and its presence written only while the master is up.
+/// is watched (presence written only while the master is up) and its facts kept.
 async fn serve_target(
     node: Arc<Node>,
     ssh: Arc<SshTarget>,
@@ -99,9 +101,13 @@ async fn serve_target(
         )
         .in_current_span(),
     );
+    let keeper = tokio::spawn(
+        keep_facts(Arc::clone(&node), Arc::clone(&ssh), watch_stop.clone()).in_current_span(),
+    );
     dispatch::serve(Arc::clone(&node), subscriptions).await;
     watch_stop.cancel();
     let _ = watcher.await;
+    let _ = keeper.await;
     if matches!(ssh.state(), TargetState::Online) {
         match tokio::time::timeout(FAREWELL_LIMIT, heartbeat.withdraw()).await {
             Ok(Ok(())) => {}
@@ -113,8 +119,10 @@ async fn serve_target(
     ssh.close().await;
 }
 
-/// Keeps the target's master connection up: connects with backoff, records why it is down
-/// in the target's fact pack, beats while it is up and withdraws the heartbeat when it goes.
+/// Keeps the target's master connection up: connects with backoff, and while it is up beats
+/// and checks it every heartbeat interval. Nothing here waits on the target's shell: the
+/// target shows online as soon as its master is up, whatever its login shell does (the facts
+/// probe runs apart, in [`keep_facts`]).
 async fn watch_connection(
     node: Arc<Node>,
     ssh: Arc<SshTarget>,
@@ -123,26 +131,29 @@ async fn watch_connection(
 ) {
     let interval = node.config.heartbeat_interval();
     let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
-    let mut shown: Option<String> = None;
     loop {
+        // Bounded inside (ConnectTimeout and an overall limit).
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
             connected = ssh.connect() => connected,
         };
         if connected.is_err() {
-            record_state(&node, &ssh, &mut shown).await;
+            store_identity(&node).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = sleep(backoff.next_delay()) => continue,
             }
         }
         backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
-        // Facts first: a target that shows online can be selected by its facts.
-        record_state(&node, &ssh, &mut shown).await;
+        // The labels first (one bounded write), so that a target that shows online can be
+        // selected; then the heartbeat.
+        store_identity(&node).await;
         let mut alive = true;
         while alive {
-            if let Err(e) = heartbeat.beat().await {
-                warn!(error = %e, "heartbeat failed");
+            match tokio::time::timeout(WRITE_LIMIT, heartbeat.beat()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+                Err(_) => warn!("heartbeat timed out"),
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -150,22 +161,56 @@ async fn watch_connection(
             }
             alive = ssh.check().await;
         }
-        if let Err(e) = heartbeat.withdraw().await {
-            warn!(error = %e, "removing the presence key failed");
+        match tokio::time::timeout(WRITE_LIMIT, heartbeat.withdraw()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "removing the presence key failed"),
+            Err(_) => warn!("removing the presence key timed out"),
         }
-        record_state(&node, &ssh, &mut shown).await;
+        store_identity(&node).await;
     }
 }
 
-/// Rewrites the target's fact pack when its state changed since `shown` (a probe while
-/// online, the reason while offline).
-async fn record_state(node: &Node, ssh: &SshTarget, shown: &mut Option<String>) {
-    let now = ssh.state().describe();
-    if shown.as_deref() == Some(now.as_str()) {
-        return;
+/// Writes what the relay knows of the target without asking it (identity, user, state),
+/// within [`WRITE_LIMIT`].
+async fn store_identity(node: &Node) {
+    match tokio::time::timeout(WRITE_LIMIT, node.facts.store_identity()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(error = %e, "storing the target's fact pack failed"),
+        Err(_) => warn!("storing the target's fact pack timed out"),
     }
-    match node.facts.refresh().await {
-        Ok(_) => *shown = Some(now),
-        Err(e) => warn!(error = %e, "storing the target's fact pack failed"),
+}
+
+/// Probes the target's facts while it is online: at once when it comes up, then every facts
+/// interval; a probe that fails or does not answer (each is bounded by the target's remote
+/// timeout) is retried with backoff. Offline, it waits for the next state change.
+async fn keep_facts(node: Arc<Node>, ssh: Arc<SshTarget>, stop: CancellationToken) {
+    let mut states = ssh.subscribe();
+    let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+    loop {
+        let online = matches!(*states.borrow_and_update(), TargetState::Online);
+        let wait = if !online {
+            None
+        } else {
+            let probe = node.facts.refresh();
+            match tokio::time::timeout(node.config.facts_interval(), probe).await {
+                Ok(Ok(_)) => {
+                    backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+                    Some(node.config.facts_interval())
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "refreshing the target's facts failed; retrying");
+                    Some(backoff.next_delay())
+                }
+                Err(_) => {
+                    warn!("refreshing the target's facts timed out; retrying");
+                    Some(backoff.next_delay())
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = states.changed() => if changed.is_err() { return },
+            _ = sleep(wait.unwrap_or(Duration::MAX)), if wait.is_some() => {}
+        }
     }
 }

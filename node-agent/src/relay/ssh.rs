@@ -25,18 +25,23 @@ use tracing::{info, warn};
 use crate::output::Pipe;
 use crate::process::{HOST_ENV, JOB_ENV, SpawnError, SpawnSpec};
 
-/// Longest a master connection may take to connect.
+/// Longest the TCP connect and the server's banner may take (ssh's own `ConnectTimeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a whole master connection may take (connect, key exchange, authentication): ssh's
+/// `ConnectTimeout` does not cover a server or an agent that stalls after the banner.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
 /// Keepalive of a master connection: a target that stops answering is noticed within ~3×.
 const SERVER_ALIVE: Duration = Duration::from_secs(5);
-/// Longest a remote shell may take to report its pid.
-const START_LIMIT: Duration = Duration::from_secs(20);
+/// Longest the master may take to answer `ssh -O check` (a local socket round trip).
+const CHECK_LIMIT: Duration = Duration::from_secs(10);
+/// Longest closing a master may take at shutdown.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 /// Lines a login may print on stderr before the pid report (banners, profile noise).
 const START_NOISE_LINES: usize = 64;
-/// Longest the facts probe may take.
-const PROBE_LIMIT: Duration = Duration::from_secs(20);
 /// Most bytes of probe output read.
 const PROBE_MAX_BYTES: u64 = 256 * 1024;
+/// The default of [`TargetSpec::remote_timeout`].
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the remote script prints on stderr before the job's shell starts.
 const PID_MARK: &str = "execmesh-pid ";
@@ -60,6 +65,10 @@ pub struct TargetSpec {
     pub accept_new_host_key: bool,
     /// The remote shell that runs each command as `<shell> -c <cmd>`.
     pub shell: String,
+    /// Longest each remote operation of the relay's own may take: a job's session until its
+    /// shell reported its pid (the login shell and its startup files run first), the facts
+    /// probe, a signal. Nothing the relay sends waits longer.
+    pub remote_timeout: Duration,
 }
 
 /// Why a target is not reachable, as reported per target.
@@ -207,7 +216,18 @@ impl SshTarget {
         if let Some(config) = &self.spec.ssh_config {
             builder.config_file(config);
         }
-        match builder.connect(&self.spec.destination).await {
+        let connected = tokio::time::timeout(CONNECT_LIMIT, builder.connect(&self.spec.destination))
+            .await
+            .unwrap_or_else(|_| {
+                Err(openssh::Error::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connection timed out: no session within {}s (key exchange or authentication stalled)",
+                        CONNECT_LIMIT.as_secs()
+                    ),
+                )))
+            });
+        match connected {
             Ok(session) => {
                 self.set_session(Some(Arc::new(session)));
                 self.state.send_replace(TargetState::Online);
@@ -235,38 +255,54 @@ impl SshTarget {
         format!("{}.{}.{}", self.relay_user, self.id(), self.relay_id)
     }
 
-    /// Whether the master connection is still alive; marks the target offline when not.
+    /// A receiver of the target's state changes.
+    pub fn subscribe(&self) -> watch::Receiver<TargetState> {
+        self.state.subscribe()
+    }
+
+    /// Whether the master connection is still alive; marks the target offline when not (also
+    /// when the master does not answer within [`CHECK_LIMIT`]: a stalled master serves nothing).
     pub async fn check(&self) -> bool {
         let Some(session) = self.session() else {
             return false;
         };
-        match session.check().await {
-            Ok(()) => true,
-            Err(e) => {
-                let text = error_text(&e);
-                let state = TargetState::Offline {
-                    reason: OfflineReason::Disconnected,
-                    detail: last_line(&text),
-                };
-                warn!(target = %self.id(), reason = %state.describe(), "SSH master connection lost");
-                self.set_session(None);
-                self.state.send_replace(state);
-                false
-            }
-        }
+        let detail = match tokio::time::timeout(CHECK_LIMIT, session.check()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => last_line(&error_text(&e)),
+            Err(_) => format!(
+                "the master connection did not answer a check within {}s",
+                CHECK_LIMIT.as_secs()
+            ),
+        };
+        let state = TargetState::Offline {
+            reason: OfflineReason::Disconnected,
+            detail,
+        };
+        warn!(target = %self.id(), reason = %state.describe(), "SSH master connection lost");
+        self.set_session(None);
+        retire(session);
+        self.state.send_replace(state);
+        false
     }
 
-    /// Closes the master connection (at shutdown).
+    /// Closes the master connection (at shutdown), waiting at most [`CLOSE_LIMIT`].
     pub async fn close(&self) {
         let session = self
             .session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(session) = session.and_then(|s| Arc::try_unwrap(s).ok())
-            && let Err(e) = session.close().await
-        {
-            warn!(target = %self.id(), error = %e, "closing the SSH master connection failed");
+        let Some(session) = session else { return };
+        match Arc::try_unwrap(session) {
+            Ok(session) => match tokio::time::timeout(CLOSE_LIMIT, session.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    warn!(target = %self.id(), error = %e, "closing the SSH master connection failed")
+                }
+                Err(_) => warn!(target = %self.id(), "closing the SSH master connection timed out"),
+            },
+            // A job's session still holds it: it closes when the last holder lets go.
+            Err(shared) => retire(shared),
         }
     }
 
@@ -281,8 +317,26 @@ impl SshTarget {
         }
     }
 
-    /// Starts the job of `spec` on the target and waits until its shell reported its pid.
+    /// Starts the job of `spec` on the target and waits (at most the target's remote timeout)
+    /// until its shell reported its pid.
     pub async fn spawn(self: &Arc<Self>, spec: &SpawnSpec<'_>) -> Result<RemoteJob, SpawnError> {
+        let limit = self.spec.remote_timeout;
+        match tokio::time::timeout(limit, self.start(spec)).await {
+            Ok(started) => started,
+            // The local end of the session is dropped (its ssh client killed), which closes the
+            // channel; what the login shell was stuck on is the target's to end.
+            Err(_) => Err(SpawnError::Remote {
+                target: self.id().to_string(),
+                reason: format!(
+                    "the remote shell did not start within {}s (the SSH connection is up; the \
+                     login shell or its startup files, e.g. ~/.bashrc, may be blocking)",
+                    limit.as_secs_f32()
+                ),
+            }),
+        }
+    }
+
+    async fn start(self: &Arc<Self>, spec: &SpawnSpec<'_>) -> Result<RemoteJob, SpawnError> {
         let session = self.session().ok_or_else(|| self.offline())?;
         let script = remote_script(spec, &self.spec.shell, &self.marker());
         let remote = |reason: String| SpawnError::Remote {
@@ -303,10 +357,9 @@ impl SshTarget {
             return Err(remote("the session has no stderr".into()));
         };
         let mut stderr = BufReader::new(stderr);
-        let started = tokio::time::timeout(START_LIMIT, read_pid(&mut stderr)).await;
-        let pid = match started {
-            Ok(Ok(Start::Pid(pid))) => pid,
-            Ok(Ok(Start::CwdFailed)) => {
+        let pid = match read_pid(&mut stderr).await {
+            Ok(Start::Pid(pid)) => pid,
+            Ok(Start::CwdFailed) => {
                 let cwd = spec.cwd.map(PathBuf::from).unwrap_or_default();
                 return Err(SpawnError::Cwd {
                     cwd,
@@ -316,18 +369,12 @@ impl SshTarget {
                     ),
                 });
             }
-            Ok(Ok(Start::Ended)) => {
+            Ok(Start::Ended) => {
                 return Err(remote(
                     "the remote shell ended before the job started".into(),
                 ));
             }
-            Ok(Err(e)) => return Err(remote(format!("reading the session failed: {e}"))),
-            Err(_) => {
-                return Err(remote(format!(
-                    "the remote shell did not start within {}s",
-                    START_LIMIT.as_secs()
-                )));
-            }
+            Err(e) => return Err(remote(format!("reading the session failed: {e}"))),
         };
         let (exit_tx, exit_rx) = oneshot::channel();
         let target = self.id().clone();
@@ -357,8 +404,20 @@ impl SshTarget {
     }
 
     /// Runs `argv` (each word quoted by openssh) over the master and returns its stdout, at
-    /// most `max` bytes.
+    /// most `max` bytes; gives up after the target's remote timeout.
     async fn output(&self, argv: &[&str], max: u64) -> Result<String, String> {
+        let limit = self.spec.remote_timeout;
+        tokio::time::timeout(limit, self.run_fixed(argv, max))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {}s (the login shell or its startup files may be blocking)",
+                    limit.as_secs_f32()
+                ))
+            })
+    }
+
+    async fn run_fixed(&self, argv: &[&str], max: u64) -> Result<String, String> {
         let session = self.session().ok_or_else(|| self.state().describe())?;
         let Some((program, args)) = argv.split_first() else {
             return Ok(String::new());
@@ -396,25 +455,32 @@ impl SshTarget {
             .map(|_| ())
     }
 
-    /// The target's fact pack from a fixed, read-only probe (uname, os-release, CPUs, memory),
-    /// on top of `identity`; while the target is offline, `identity` with the reason.
-    pub async fn facts(&self, identity: pb::HostFacts) -> pb::HostFacts {
-        let mut facts = pb::HostFacts {
+    /// The pack the relay knows without asking the target: `identity`, the relay's user, and
+    /// while the target is offline, the reason.
+    pub fn identity_pack(&self, identity: pb::HostFacts) -> pb::HostFacts {
+        let state = self.state();
+        pb::HostFacts {
             relay_user: self.relay_user.to_string(),
+            relay_offline_reason: state.describe(),
             collected_at_ms: execmesh_proto::now_ms(),
             ..identity
-        };
-        if let TargetState::Offline { .. } = self.state() {
-            facts.relay_offline_reason = self.state().describe();
-            return facts;
         }
-        let probe = self.output(&["sh", "-c", PROBE], PROBE_MAX_BYTES);
-        match tokio::time::timeout(PROBE_LIMIT, probe).await {
-            Ok(Ok(text)) => crate::relay::probe::parse(&text, &mut facts),
-            Ok(Err(e)) => warn!(target = %self.id(), error = %e, "the facts probe failed"),
-            Err(_) => warn!(target = %self.id(), "the facts probe timed out"),
+    }
+
+    /// The target's fact pack from a fixed, read-only probe (uname, os-release, CPUs, memory)
+    /// on top of [`Self::identity_pack`]; offline, the identity pack alone. Fails when the
+    /// probe does not answer within the target's remote timeout.
+    pub async fn facts(&self, identity: pb::HostFacts) -> Result<pb::HostFacts, String> {
+        let mut facts = self.identity_pack(identity);
+        if !facts.relay_offline_reason.is_empty() {
+            return Ok(facts);
         }
-        facts
+        let text = self
+            .output(&["sh", "-c", PROBE], PROBE_MAX_BYTES)
+            .await
+            .map_err(|e| format!("the facts probe on {} failed: {e}", self.id()))?;
+        crate::relay::probe::parse(&text, &mut facts);
+        Ok(facts)
     }
 }
 
@@ -502,6 +568,12 @@ fn is_shell_name(name: &str) -> bool {
 /// `'text'`, with each `'` written as `'\''`.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// Lets go of a master connection off the async threads: dropping openssh's `Session` runs
+/// `ssh -O exit` and waits for it.
+fn retire(session: Arc<Session>) {
+    tokio::task::spawn_blocking(move || drop(session));
 }
 
 fn error_text(e: &openssh::Error) -> String {
