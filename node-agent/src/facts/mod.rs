@@ -4,7 +4,7 @@
 //! pool, one at a time; the pack is kept in memory for `facts` requests that do not ask for a
 //! refresh. The registration (host, labels, agent version) is part of every pack.
 
-mod sources;
+pub(crate) mod sources;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,78 +1,48 @@
 //! Parses the output of the relay's fixed, read-only facts probe into the fact pack an agent would write.
 
+use std::collections::HashMap;
+
 use execmesh_proto::pb;
 
+use crate::facts::sources;
+
 /// Fills `facts` from the probe's sections (`== uname`, `== os-release`, `== cpus`,
-/// `== meminfo`, `== uptime`, `== loadavg`); a missing or odd section leaves its fields unset.
+/// `== meminfo`, `== uptime`, `== loadavg`), each read by the parser the agent uses for the
+/// same file; a missing or odd section leaves its fields unset.
 pub fn parse(text: &str, facts: &mut pb::HostFacts) {
+    let mut sections: HashMap<&str, String> = HashMap::new();
     let mut section = "";
-    let mut pretty = None;
     for line in text.lines() {
         if let Some(name) = line.strip_prefix("== ") {
             section = name.trim();
             continue;
         }
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        match section {
-            "uname" => {
-                let mut words = line.split_whitespace();
-                if let (Some(host), Some(kernel), Some(arch)) =
-                    (words.next(), words.next(), words.next())
-                {
-                    facts.hostname = host.to_string();
-                    facts.kernel = kernel.to_string();
-                    facts.arch = arch.to_string();
-                }
-            }
-            "os-release" => {
-                let Some((key, value)) = line.split_once('=') else {
-                    continue;
-                };
-                let value = value.trim_matches('"').to_string();
-                match key {
-                    "PRETTY_NAME" => pretty = Some(value),
-                    "ID" => facts.os_id = value,
-                    "VERSION_ID" => facts.os_version = value,
-                    _ => {}
-                }
-            }
-            "cpus" => facts.cpus = line.parse().unwrap_or(facts.cpus),
-            "meminfo" => {
-                let mut words = line.split_whitespace();
-                let (Some(key), Some(kib)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let bytes = kib.parse::<u64>().unwrap_or(0).saturating_mul(1024);
-                match key {
-                    "MemTotal:" => facts.memory_bytes = bytes,
-                    "MemAvailable:" => facts.memory_available_bytes = bytes,
-                    "SwapTotal:" => facts.swap_total_bytes = bytes,
-                    "SwapFree:" => facts.swap_free_bytes = bytes,
-                    _ => {}
-                }
-            }
-            "uptime" => {
-                if let Some(secs) = line.split_whitespace().next() {
-                    facts.uptime_secs = secs.parse::<f64>().map_or(0, |s| s as u64);
-                }
-            }
-            "loadavg" => {
-                let loads: Vec<f64> = line
-                    .split_whitespace()
-                    .take(3)
-                    .filter_map(|w| w.parse().ok())
-                    .collect();
-                if let [l1, l5, l15] = loads[..] {
-                    (facts.load1, facts.load5, facts.load15) = (l1, l5, l15);
-                }
-            }
-            _ => {}
-        }
+        let body = sections.entry(section).or_default();
+        body.push_str(line);
+        body.push('\n');
     }
-    facts.os = pretty.unwrap_or_else(|| "linux".to_string());
+    let part = |name: &str| sections.get(name).map_or("", String::as_str);
+
+    let mut uname = part("uname").split_whitespace();
+    if let (Some(host), Some(kernel), Some(arch)) = (uname.next(), uname.next(), uname.next()) {
+        facts.hostname = host.to_string();
+        facts.kernel = kernel.to_string();
+        facts.arch = arch.to_string();
+    }
+    let os = sources::parse_os_release(part("os-release"));
+    facts.os = os.pretty.unwrap_or_else(|| "linux".to_string());
+    facts.os_id = os.id;
+    facts.os_version = os.version;
+    facts.cpus = part("cpus").trim().parse().unwrap_or(facts.cpus);
+    let memory = sources::parse_meminfo(part("meminfo"));
+    facts.memory_bytes = memory.total;
+    facts.memory_available_bytes = memory.available;
+    facts.swap_total_bytes = memory.swap_total;
+    facts.swap_free_bytes = memory.swap_free;
+    facts.uptime_secs = sources::parse_uptime(part("uptime")).unwrap_or(0);
+    if let Some((l1, l5, l15)) = sources::parse_loadavg(part("loadavg")) {
+        (facts.load1, facts.load5, facts.load15) = (l1, l5, l15);
+    }
 }
 
 #[cfg(test)]
