@@ -11,8 +11,12 @@
 # and ready client lines; writes .execmesh/quickstart.json; stays in the foreground and stops
 # everything on Ctrl-C/SIGTERM.
 #
+# With --ssh-demo it also starts an unprivileged sshd on a free loopback port (its own host key,
+# an authorized key made for the demo) and your SSH relay for it: an agentless target `ssh-demo`
+# next to the agent host (docs/relay.md).
+#
 #   deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
-#                        [--state-dir DIR] [--bin-dir DIR]
+#                        [--state-dir DIR] [--bin-dir DIR] [--ssh-demo]
 set -euo pipefail
 
 agents=1
@@ -21,12 +25,13 @@ admin_port=8421
 nats_port=4222
 state=""
 bin="${EXECMESH_BIN_DIR:-}"
+ssh_demo=0
 # The account jobs run as when this script runs as root.
 run_account="execmesh-run"
 usage() {
   cat <<USAGE
 usage: deploy/quickstart.sh [--agents N] [--port PORT] [--admin-port PORT] [--nats-port PORT]
-                            [--state-dir DIR] [--bin-dir DIR]
+                            [--state-dir DIR] [--bin-dir DIR] [--ssh-demo]
 
 Starts NATS (JetStream, one NATS user per identity, state under the state directory), the
 execmesh gateway (MCP on 127.0.0.1:PORT, default 8420; the admin API for execmeshctl on
@@ -37,6 +42,8 @@ machine, then prints how to connect an MCP client. Ctrl-C stops everything it st
                    made private (0700), kept across runs
   --bin-dir DIR    use the execmesh binaries in DIR (also EXECMESH_BIN_DIR) instead of building
                    release binaries
+  --ssh-demo       also start an unprivileged sshd on a free loopback port and your SSH relay
+                   for it: the agentless target `ssh-demo` (needs openssh-server; docs/relay.md)
 USAGE
 }
 while [ $# -gt 0 ]; do
@@ -47,6 +54,7 @@ while [ $# -gt 0 ]; do
     --nats-port) nats_port="${2:?--nats-port needs a number}"; shift 2 ;;
     --state-dir) state="${2:?--state-dir needs a directory}"; shift 2 ;;
     --bin-dir) bin="${2:?--bin-dir needs a directory}"; shift 2 ;;
+    --ssh-demo) ssh_demo=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 64 ;;
   esac
@@ -144,6 +152,9 @@ for ((i=1; i<=agents; i++)); do
   if [ "$agents" -eq 1 ]; then hosts+=("$base_host"); else hosts+=("$base_host-$i"); fi
 done
 
+user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
+[ -n "$user" ] || user="operator"
+
 # NATS with one user per identity: the inventory of this run's hosts, turned into the server
 # configuration, the public identities file and one seed per identity (kept across runs, so
 # keys stay the same). No anonymous access.
@@ -161,6 +172,14 @@ store_dir = "$nats_dir/jetstream"
 max_file_store = "2GB"
 http = ""
 INVENTORY
+if [ "$ssh_demo" -eq 1 ]; then
+  cat >>"$nats_dir/inventory.toml" <<INVENTORY
+
+[[relays]]
+user = "$user"
+targets = ["ssh-demo"]
+INVENTORY
+fi
 "$bin/execmeshctl" nats-config --inventory "$nats_dir/inventory.toml" --out "$nats_dir" \
   >"$state/logs/nats-config.log" 2>&1 || {
   echo "nats-config failed:" >&2; cat "$state/logs/nats-config.log" >&2; exit 1; }
@@ -184,8 +203,6 @@ pids+=($!)
 gateway_key="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" \
   --exec-signing-key "$state/exec-signing.key" exec-key 2>/dev/null)"
 
-user="$(id -un | tr 'A-Z' 'a-z' | sed -e 's/[^a-z0-9-]/-/g' | cut -c1-40)"
-[ -n "$user" ] || user="operator"
 mcp_url="http://127.0.0.1:$port/mcp"
 console_url="http://127.0.0.1:$port/console"
 # The gRPC admin API (execmeshctl): plaintext, so loopback only.
@@ -222,6 +239,66 @@ for host in "${hosts[@]}"; do
     >"$state/logs/agent-$host.log" 2>&1 &
   pids+=($!)
 done
+
+# The SSH demo: an unprivileged sshd on a free loopback port with its own host key and a key
+# made for the demo, your ssh config and known_hosts for it (strict checking), and your relay.
+ssh_line=""
+if [ "$ssh_demo" -eq 1 ]; then
+  sshd_bin="$(command -v sshd || echo /usr/sbin/sshd)"
+  [ -x "$sshd_bin" ] || { echo "--ssh-demo needs sshd (apt-get install openssh-server)" >&2; exit 1; }
+  demo="$state/ssh-demo"
+  mkdir -p "$demo"
+  [ -f "$demo/host_key" ] || ssh-keygen -q -t ed25519 -N "" -C execmesh-demo-host -f "$demo/host_key"
+  [ -f "$demo/user_key" ] || ssh-keygen -q -t ed25519 -N "" -C execmesh-demo-user -f "$demo/user_key"
+  cp "$demo/user_key.pub" "$demo/authorized_keys"
+  # A port the kernel picks now, released for sshd.
+  ssh_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  [ "$(id -u)" -ne 0 ] || mkdir -p /run/sshd
+  cat >"$demo/sshd_config" <<SSHD
+Port $ssh_port
+ListenAddress 127.0.0.1
+HostKey $demo/host_key
+PidFile $demo/sshd.pid
+AuthorizedKeysFile $demo/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PrintMotd no
+SSHD
+  echo "[127.0.0.1]:$ssh_port $(cat "$demo/host_key.pub")" >"$demo/known_hosts"
+  cat >"$demo/ssh_config" <<SSHCONFIG
+Host ssh-demo
+  HostName 127.0.0.1
+  Port $ssh_port
+  User $(id -un)
+  IdentityFile $demo/user_key
+  IdentitiesOnly yes
+  UserKnownHostsFile $demo/known_hosts
+  StrictHostKeyChecking yes
+SSHCONFIG
+  "$sshd_bin" -D -e -f "$demo/sshd_config" >"$state/logs/sshd-demo.log" 2>&1 &
+  pids+=($!)
+  wait_for 20 "the demo sshd (see $state/logs/sshd-demo.log)" port_busy "$ssh_port"
+  cat >"$demo/relay.toml" <<RELAY
+# Your SSH relay for the demo target (docs/relay.md).
+user = "$user"
+nats_url = "$nats_url"
+nats_nkey_seed = "$seeds/relay-$user.nk"
+gateway_keys = ["$gateway_key"]
+
+[[targets]]
+id = "ssh-demo"
+destination = "ssh-demo"
+ssh_config = "$demo/ssh_config"
+labels = { quickstart = "true", kind = "ssh" }
+RELAY
+  "$bin/execmesh-node-agent" relay --config "$demo/relay.toml" >"$state/logs/relay-$user.log" 2>&1 &
+  pids+=($!)
+  ssh_line="  ssh demo: target ssh-demo via your relay (sshd on 127.0.0.1:$ssh_port; $demo/relay.toml)"
+fi
 
 token="$("$bin/execmesh-gateway" --key-file "$state/gateway.key" "${policy[@]}" \
   token mint --user "$user" --ttl 30d)"
@@ -262,7 +339,8 @@ execmesh is up.
   policy:   $state/policy.toml
   token:    $token   (user $user, valid 30 days)
   hosts:    ${hosts[*]}   (jobs run as $jobs_as)
-  NATS:     $nats_url (one NATS user per identity, no anonymous access; seeds in $seeds)
+${ssh_line:+$ssh_line
+}  NATS:     $nats_url (one NATS user per identity, no anonymous access; seeds in $seeds)
   admin:    http://$admin_addr   (gRPC; from this checkout: $bin/execmeshctl hosts)
   audit:    $state/audit.db   (check: $bin/execmesh-audit-sink --sqlite-path $state/audit.db verify)
   logs:     $state/logs/

@@ -16,21 +16,31 @@ cd "$root"
 bash deploy/install-nats.sh >/dev/null
 bash deploy/install-nats.sh minimum >/dev/null
 
-# The SSH relay tests will need openssh-server (sshd): install it here when they land.
+# apt_install WHY PACKAGE...: installs Debian packages the tests need (as root, or with sudo).
+apt_install() {
+    local why="$1"; shift
+    if ! command -v apt-get >/dev/null; then
+        echo "tests/run.sh: $why need $*; install them" >&2
+        exit 1
+    fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    echo "installing $* (apt) for $why" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# The SSH relay tests start a real sshd per test (with the ssh client and ssh-keygen): install
+# openssh-server (it brings the client) when sshd is missing.
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null || ! command -v pgrep >/dev/null; then
+    apt_install "the SSH relay tests" openssh-server openssh-client procps
+fi
 
 # PostgreSQL, the audit-sink's second store: each audit test starts its own server from the
 # package's binaries (Debian keeps them in /usr/lib/postgresql/<version>/bin); the cluster the
 # package may create for itself is not used.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
-    if ! command -v apt-get >/dev/null; then
-        echo "tests/run.sh: the audit tests need PostgreSQL (initdb, postgres); install it" >&2
-        exit 1
-    fi
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    echo "installing PostgreSQL (apt) for the audit tests" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    apt_install "the audit tests" postgresql
 fi
 
 # Chromium and its WebDriver server, for the console scenarios (a real browser, headless):

@@ -275,6 +275,24 @@ pub enum Command {
     /// The host's CommandGuard.
     #[command(subcommand)]
     Guard(GuardCommand),
+    /// Runs as one user's SSH relay: serves that user's requests to SSH targets that run no
+    /// agent, through the user's own ssh config, agent, keys and known_hosts.
+    ///
+    /// The file (TOML) has the agent's shared keys (`nats_url`, `nats_nkey_seed` of the
+    /// `relay-<user>` identity from `nats-config`, `gateway_keys`, `max_tier`, `guard`, limits),
+    /// `user = "<mcp user>"`, and one `[[targets]]` table per target: `id`, `destination`
+    /// (`user@host` or an ssh config alias), `labels`, `max_tier`, `ssh_config`,
+    /// `accept_new_host_key` (default false: strict known_hosts), `shell` (default /bin/bash).
+    /// See docs/relay.md.
+    Relay(RelayArgs),
+}
+
+/// The arguments of `relay`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArgs {
+    /// The relay's TOML configuration.
+    #[arg(long, value_name = "PATH")]
+    pub config: PathBuf,
 }
 
 /// `execmesh-node-agent guard …`.

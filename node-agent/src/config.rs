@@ -245,6 +245,16 @@ impl Config {
             Some(path) => (read_file(path)?, Some(path.clone())),
             None => (toml::Table::new(), None),
         };
+        Self::load_table(cli, file, file_path)
+    }
+
+    /// [`Config::load`] over a TOML table already read from `file_path` (the relay reads its
+    /// file first and passes on the keys it shares with the agent).
+    pub fn load_table(
+        cli: Cli,
+        file: toml::Table,
+        file_path: Option<PathBuf>,
+    ) -> Result<Config, ConfigError> {
         let mut l = Layers {
             file,
             file_path,
@@ -707,7 +717,7 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+pub fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,

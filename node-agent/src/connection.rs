@@ -2,7 +2,7 @@
 
 use async_nats::Client;
 
-use execmesh_proto::subject;
+use execmesh_proto::{Token, subject};
 use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
 
 use crate::config::Config;
@@ -20,6 +20,21 @@ pub async fn connect(config: &Config) -> Result<Client, AgentError> {
         host: Some(host.to_string()),
         user: "this agent's NATS user",
     };
+    connect_as(config, who).await
+}
+
+/// Connects as the SSH relay of `user` (its own inbox, `relay-<user>`'s NATS identity).
+pub async fn connect_relay(config: &Config, user: &Token) -> Result<Client, AgentError> {
+    let who = ConnectAs {
+        name: format!("execmesh-node-agent relay {user}"),
+        inbox_prefix: subject::relay_inbox(&config.tenant, user),
+        host: None,
+        user: "this relay's NATS user",
+    };
+    connect_as(config, who).await
+}
+
+async fn connect_as(config: &Config, who: ConnectAs) -> Result<Client, AgentError> {
     nats_connection::connect(&config.nats, who)
         .await
         .map_err(|e| match e {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::{Message, Subscriber};
 use bytes::Bytes;
 use execmesh_proto::pb::{self, ErrorCode};
-use execmesh_proto::subject;
+use execmesh_proto::{Token, subject};
 use futures::StreamExt;
 use prost::Message as _;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -29,18 +29,29 @@ pub struct Subscriptions {
     ctl: Subscriber,
 }
 
-/// Subscribes to the host's subjects. Messages wait in the subscriptions until [`serve`] runs,
-/// so the agent can subscribe first and announce itself after.
-pub async fn subscribe(node: &Node) -> Result<Subscriptions, AgentError> {
+/// Subscribes to the host's subjects — all users' (an agent), or only `user`'s (a relay).
+/// Messages wait in the subscriptions until [`serve`] runs, so the agent can subscribe first
+/// and announce itself after.
+pub async fn subscribe(node: &Node, user: Option<&Token>) -> Result<Subscriptions, AgentError> {
     let sub = |subject: String| async move {
         node.client
             .subscribe(subject.clone())
             .await
             .map_err(|source| AgentError::Subscribe { subject, source })
     };
+    let (exec, ctl) = match user {
+        None => (
+            subject::exec_all_users(node.tenant(), node.host()),
+            subject::ctl(node.tenant(), node.host()),
+        ),
+        Some(user) => (
+            subject::exec(node.tenant(), node.host(), user),
+            subject::ctl_of_user(node.tenant(), node.host(), user),
+        ),
+    };
     Ok(Subscriptions {
-        exec: sub(subject::exec_all_users(node.tenant(), node.host())).await?,
-        ctl: sub(subject::ctl(node.tenant(), node.host())).await?,
+        exec: sub(exec).await?,
+        ctl: sub(ctl).await?,
     })
 }
 
@@ -210,6 +221,17 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
             return exec_error(&refusal);
         }
     };
+    if !node.executor.is_local() && matches!(order, Order::File(_) | Order::Grep(_)) {
+        // The relay's files and grep over SFTP are not built yet: the relay's own disk is never
+        // served in the target's name.
+        return exec_error(&Refusal::new(
+            ErrorCode::Denied,
+            format!(
+                "host {host} is an SSH target served by a relay: the file and grep tools do not \
+                 reach relay targets yet; use `bash` (cat, ls, grep) on it instead"
+            ),
+        ));
+    }
     match order {
         Order::Run(spec) => {
             let span = info_span!("job", host = %host, job = %spec.job, user = %spec.user,

@@ -7,15 +7,15 @@ use std::time::Duration;
 use execmesh_proto::Token;
 use execmesh_proto::pb::{self, ErrorCode, JobState, OutputLimit};
 use nix::sys::signal::Signal;
-use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, info, info_span, warn};
 
+use crate::executor::JobChild;
 use crate::node::Node;
 use crate::output::{self, Limits, Output, Progress, Sink};
-use crate::process::{self, SpawnError, SpawnSpec, signal_group};
+use crate::process::{self, SpawnError, SpawnSpec};
 use crate::refusal::Refusal;
 use crate::registry::{Finished, JobHandle, KillOrder, Registered};
 use crate::request::RunSpec;
@@ -119,7 +119,12 @@ pub async fn start(
     };
     // A warm shell's pid is known before the job starts, so the first status carries it and
     // no second write is needed to record it.
-    let warm = node.warm.take(&spawn_spec);
+    // Warm shells are local; a relay's jobs start over SSH.
+    let warm = if node.executor.is_local() {
+        node.warm.take(&spawn_spec)
+    } else {
+        None
+    };
     status.pid = warm.as_ref().map_or(0, |(shell, _)| shell.pid());
     let record = if spec.agent_instance == node.instance {
         Record::Pending
@@ -149,11 +154,11 @@ pub async fn start(
     };
     let (spawned, pid_recorded) = match warm {
         Some((shell, script)) => match start_warm(node, &spawn_spec, shell, &script).await {
-            Ok(Some(child)) => (Ok(child), true),
-            Ok(None) => (process::spawn(&spawn_spec), false),
+            Ok(Some(child)) => (Ok(JobChild::local(child)), true),
+            Ok(None) => (node.executor.spawn(&spawn_spec).await, false),
             Err(e) => (Err(e), false),
         },
-        None => (process::spawn(&spawn_spec), false),
+        None => (node.executor.spawn(&spawn_spec).await, false),
     };
     let child = match spawned {
         Ok(child) => child,
@@ -207,7 +212,7 @@ async fn start_warm(
     spec: &SpawnSpec<'_>,
     shell: WarmShell,
     script: &str,
-) -> Result<Option<Child>, SpawnError> {
+) -> Result<Option<tokio::process::Child>, SpawnError> {
     if let Some(cwd) = spec.cwd
         && let Err(e) = warm::check_usable_cwd(cwd)
     {
@@ -300,7 +305,7 @@ struct JobTask {
 // === impl JobTask ===
 
 impl JobTask {
-    async fn run(self, mut child: Child) {
+    async fn run(self, mut child: JobChild) {
         let JobTask {
             node,
             spec,
@@ -314,7 +319,7 @@ impl JobTask {
             _registered,
             _permit: permit,
         } = self;
-        let pid = child.id().unwrap_or(0);
+        let pid = child.pid();
         let deadline = Instant::now() + spec.timeout;
         status.pid = pid;
         info!(pid, cmd = %status.cmd, "job started");
@@ -326,10 +331,11 @@ impl JobTask {
                 .unwrap_or(usize::MAX)
                 .min(max_payload)
         });
+        let (stdout, stderr) = child.take_output();
         let mut output = Output::start(
             sink.clone(),
-            child.stdout.take(),
-            child.stderr.take(),
+            stdout,
+            stderr,
             Limits {
                 chunk_bytes: node.config.chunk_bytes,
                 cap: node.config.max_output_bytes_per_job,
@@ -371,7 +377,7 @@ impl JobTask {
         };
         let mut permit = Some(permit);
         let ended = async {
-            let end = supervise(&node, &mut child, pid, deadline, &mut kill_rx, &mut output).await;
+            let end = supervise(&node, &mut child, deadline, &mut kill_rx, &mut output).await;
             supervised.cancel();
             let report = output.finish().await;
             let status = final_status(status, &spec, &node, &end, &report);
@@ -549,8 +555,7 @@ fn final_status(
 /// the grace period, SIGKILL, and SIGKILL once more after the shell is reaped for stragglers.
 async fn supervise(
     node: &Node,
-    child: &mut Child,
-    pgid: u32,
+    child: &mut JobChild,
     deadline: Instant,
     kill_rx: &mut mpsc::Receiver<KillOrder>,
     output: &mut Output,
@@ -587,12 +592,12 @@ async fn supervise(
         Stop::Kill(order) => order.grace,
     };
     info!(?stop, grace_ms = grace.as_millis() as u64, "stopping job");
-    signal(pgid, Signal::SIGTERM);
+    child.signal_group(Signal::SIGTERM).await;
     if exit.is_none() {
         tokio::select! {
             status = child.wait() => exit = reaped(status),
             _ = sleep(grace) => {
-                signal(pgid, Signal::SIGKILL);
+                child.signal_group(Signal::SIGKILL).await;
                 exit = reaped(child.wait().await);
             }
         }
@@ -602,7 +607,7 @@ async fn supervise(
             _ = sleep(grace) => {}
         }
     }
-    signal(pgid, Signal::SIGKILL);
+    child.signal_group(Signal::SIGKILL).await;
     if timeout(PIPE_LINGER, output.readers_done()).await.is_err() {
         warn!("output pipes still open after the job's group was killed; no longer reading");
         output.abort_readers();
@@ -618,12 +623,6 @@ fn reaped(status: std::io::Result<ExitStatus>) -> Option<ExitStatus> {
     status
         .inspect_err(|e| warn!(error = %e, "waiting for the job's shell failed"))
         .ok()
-}
-
-fn signal(pgid: u32, signal: Signal) {
-    if let Err(e) = signal_group(pgid, signal) {
-        warn!(pgid, signal = signal.as_str(), error = %e, "signalling the job's process group failed");
-    }
 }
 
 /// A job state's name (`EXITED`, `KILLED`, …), as logs and spans show it.

@@ -14,6 +14,7 @@ mod digest;
 mod dispatch;
 mod drain;
 pub mod error;
+mod executor;
 mod facts;
 pub mod files;
 mod grep;
@@ -33,6 +34,7 @@ mod quota;
 mod recovery;
 pub mod refusal;
 mod registry;
+pub mod relay;
 mod request;
 mod retry;
 pub mod runas;
@@ -77,7 +79,7 @@ pub struct Ready {
 
 /// The key this agent signs its records with: the one of its NATS seed (`nats_nkey_seed`, or
 /// the seed in `nats_creds`). Without one the agent still runs, but says plainly what that means.
-fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, AgentError> {
+pub(crate) fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, AgentError> {
     let Some(path) = (config.nats.nkey_seed.as_ref()).or(config.nats.creds.as_ref()) else {
         warn!(host = %config.host_id,
               "NO NATS SEED: this agent's records (output, job statuses, heartbeats, facts, audit \
@@ -124,10 +126,10 @@ pub async fn run_with_ready(
         config,
         instance.clone(),
         client.clone(),
-        mesh.jobs.clone(),
-        mesh.facts.clone(),
+        &mesh,
         shutdown,
         record_key,
+        executor::Executor::Local,
     ));
 
     let recovered = recovery::recover(&node).await?;
@@ -148,7 +150,7 @@ pub async fn run_with_ready(
     let heartbeat = Arc::new(Heartbeat::new(&node, mesh.presence.clone(), started_at_ms));
     // Subscribe before the first heartbeat: once the heartbeat is acknowledged, the server has
     // processed the subscriptions too, so a host that shows online can be reached.
-    let subscriptions = dispatch::subscribe(&node).await?;
+    let subscriptions = dispatch::subscribe(&node, None).await?;
     heartbeat
         .beat()
         .await

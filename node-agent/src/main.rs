@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use execmesh_node_agent::cli::{Command, GuardCommand};
+use execmesh_node_agent::relay::{self, RelayConfig};
 use execmesh_node_agent::{Cli, Config, guard_check, telemetry};
 
 use execmesh_runtime::config::{self, EXIT_USAGE};
@@ -32,10 +33,38 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(code);
     }
+    if let Some(Command::Relay(relay)) = cli.command.clone() {
+        return run_relay(cli, &relay.config);
+    }
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(e) => return config::invalid(&e),
     };
+    serve("node-agent", "execmesh-agent", &config, |shutdown| {
+        execmesh_node_agent::run(config.clone(), shutdown)
+    })
+}
+
+/// `execmesh-node-agent relay --config <file>`: the same runtime, telemetry and signals as the
+/// agent.
+fn run_relay(cli: Cli, path: &std::path::Path) -> ExitCode {
+    let config = match RelayConfig::load(cli, path) {
+        Ok(config) => config,
+        Err(e) => return config::invalid(&e),
+    };
+    let agent = config.agent.clone();
+    serve("relay", "execmesh-relay", &agent, |shutdown| {
+        relay::run(config, shutdown)
+    })
+}
+
+/// Runs `service` (its threads named `threads`, its telemetry set up from `telemetry_of`) until
+/// a signal stops it (drained), or a second one (at once).
+fn serve<F, Fut>(name: &'static str, threads: &str, telemetry_of: &Config, service: F) -> ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), execmesh_node_agent::AgentError>>,
+{
     // Two workers carry the agent. The blocking pool runs file operations (at most
     // `files::FILE_WORKERS` at once) and keeps room beyond them for everything else; its threads
     // start on demand and end when idle.
@@ -43,13 +72,13 @@ fn main() -> ExitCode {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .max_blocking_threads(execmesh_node_agent::files::FILE_WORKERS + 8)
-            .thread_name("execmesh-agent"),
+            .thread_name(threads),
     ) {
         Ok(runtime) => runtime,
         Err(exit) => return exit,
     };
     // The span exporter runs on the runtime, so it is set up inside it.
-    let telemetry = match runtime.block_on(async { telemetry::init(&config) }) {
+    let telemetry = match runtime.block_on(async { telemetry::init(telemetry_of) }) {
         Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("execmesh-node-agent: {e}");
@@ -57,10 +86,10 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(signals::serve(
-        "node-agent",
+        name,
         "exiting without draining",
         ExitCode::FAILURE,
-        |shutdown| execmesh_node_agent::run(config, shutdown),
+        service,
     ));
     // Flushed on the runtime, which still runs its workers.
     telemetry.shutdown();

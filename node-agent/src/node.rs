@@ -15,8 +15,10 @@ use tracing::error;
 use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::executor::Executor;
 use crate::facts::Facts;
 use crate::files::{Files, Roots};
+use crate::provision::Mesh;
 use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::warm::WarmPool;
@@ -63,6 +65,8 @@ pub struct Node {
     pub record_key: Option<Arc<RecordKey>>,
     /// The per-user and per-host output quotas every job's output counts against.
     pub quotas: Arc<Quotas>,
+    /// Where jobs run: local children, or (relay mode) remote shells over SSH.
+    pub executor: Executor,
     /// Redacts secrets from what is stored or shown of a request (the command in `mesh_jobs`,
     /// audit fields, logs) and, with `output_redaction`, from output.
     pub redactor: Arc<Redactor>,
@@ -75,10 +79,10 @@ impl Node {
         config: Config,
         instance: String,
         client: Client,
-        jobs_kv: kv::Store,
-        facts_kv: kv::Store,
+        mesh: &Mesh,
         stopping: CancellationToken,
         record_key: Option<Arc<RecordKey>>,
+        executor: Executor,
     ) -> Self {
         let js = jetstream::new(client.clone());
         // The roots are canonicalised now (missing ones are skipped with a warning).
@@ -87,9 +91,10 @@ impl Node {
         let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(
             js.clone(),
-            facts_kv,
+            mesh.facts.clone(),
             &config,
             record_key.clone(),
+            executor.clone(),
         ));
         let warm = Arc::new(WarmPool::new(
             &config.shell,
@@ -128,7 +133,7 @@ impl Node {
             instance,
             client,
             js,
-            jobs_kv,
+            jobs_kv: mesh.jobs.clone(),
             registry: Arc::new(Registry::default()),
             stopping,
             kill_all: CancellationToken::new(),
@@ -137,6 +142,7 @@ impl Node {
             handlers: TaskTracker::new(),
             files,
             facts,
+            executor,
             redactor,
         }
     }

@@ -23,7 +23,6 @@ use execmesh_proto::pb::{self, OutputStream};
 use execmesh_proto::redact::Redactor;
 use execmesh_proto::signing::RecordKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep_until};
@@ -69,6 +68,9 @@ impl Sink {
         .await
     }
 }
+
+/// One of a job's output streams: a local child's pipe or a remote process's channel.
+pub type Pipe = Box<dyn AsyncRead + Send + Unpin>;
 
 /// How a job's output was stored.
 #[derive(Debug, Default)]
@@ -151,8 +153,8 @@ impl Output {
     /// it is chunked, and what is kept counts against `charge`'s quotas.
     pub fn start(
         sink: Sink,
-        stdout: Option<ChildStdout>,
-        stderr: Option<ChildStderr>,
+        stdout: Option<Pipe>,
+        stderr: Option<Pipe>,
         limits: Limits,
         redactor: Option<Arc<Redactor>>,
         charge: Charge,

@@ -48,6 +48,9 @@ pub enum SpawnError {
     Cwd { cwd: PathBuf, source: io::Error },
     #[error("cannot start {}: {source}", shell.display())]
     Exec { shell: PathBuf, source: io::Error },
+    /// A relay could not start the job's shell on its SSH target.
+    #[error("SSH target {target}: {reason}")]
+    Remote { target: String, reason: String },
 }
 
 /// Starts `<shell> -c <cmd>` as the leader of a new process group (pgid = pid), stdin from

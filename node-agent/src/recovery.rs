@@ -178,6 +178,9 @@ async fn running_jobs(
                 pb::JobStatus::decode(message.payload.as_ref()),
                 subject::parse_job_key(&key),
             ) {
+                // A relay recovers only its own user's jobs: another user's relay may serve
+                // the same target.
+                (Ok(status), Ok(_)) if !node.executor.serves_user(&status.user) => {}
                 (Ok(status), Ok((_, _, job))) if status.state == JobState::Running as i32 => {
                     leftovers.push(Leftover {
                         key,

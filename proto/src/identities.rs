@@ -10,7 +10,7 @@
 //! | `mesh.v1.<tenant>.out.<host>.<job>` | the agent of `host`, a relay serving `host` |
 //! | `mesh.v1.<tenant>.audit.<host>.<kind>` | the agent of `host`, a relay serving `host` |
 //! | `mesh.v1.<tenant>.audit.gateway.<kind>` | the gateway |
-//! | `$KV.mesh_presence.<tenant>.<host>`, `$KV.mesh_facts.<tenant>.<host>` | the agent of `host` |
+//! | `$KV.mesh_presence.<tenant>.<host>`, `$KV.mesh_facts.<tenant>.<host>` | the agent of `host`, a relay serving `host` |
 //! | `$KV.mesh_jobs.<tenant>.<host>.<job>` | the agent of `host`, a relay serving `host`, the gateway (it marks jobs of dead agents lost) |
 //! | `$KV.mesh_approvals.…`, `$KV.mesh_revoked.…`, `$KV.mesh_oauth.…`, `$KV.mesh_tasks.…` | the gateway |
 //!
@@ -127,9 +127,7 @@ impl RecordError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Writers {
     Gateway,
-    /// The agent of the host only (heartbeats, facts).
-    Agent(Token),
-    /// The agent of the host or a relay serving it (output, audit events).
+    /// The agent of the host or a relay serving it (output, audit events, heartbeats, facts).
     Host(Token),
     /// The host's writers, or the gateway (job statuses).
     HostOrGateway(Token),
@@ -421,7 +419,8 @@ impl Identities {
                 if own_tenant(tenant)
                     && (*bucket == PRESENCE_BUCKET || *bucket == FACTS_BUCKET) =>
             {
-                host(h).map(Writers::Agent)
+                // A relay target's heartbeat and fact pack are its relay's to write.
+                host(h).map(Writers::Host)
             }
             ["$KV", bucket, tenant, h, _job] if own_tenant(tenant) && *bucket == JOBS_BUCKET => {
                 host(h).map(Writers::HostOrGateway)
@@ -454,7 +453,6 @@ impl Identities {
         };
         let names = match writers {
             Writers::Gateway => vec!["gateway".to_string()],
-            Writers::Agent(host) => host_writers(host, false),
             Writers::Host(host) => host_writers(host, true),
             Writers::HostOrGateway(host) => {
                 let mut names = host_writers(host, true);
@@ -474,7 +472,6 @@ fn may_write(role: &Role, writers: &Writers) -> bool {
     };
     match writers {
         Writers::Gateway => *role == Role::Gateway,
-        Writers::Agent(host) => *role == Role::Agent(host.clone()),
         Writers::Host(host) => serves(host),
         Writers::HostOrGateway(host) => *role == Role::Gateway || serves(host),
     }
@@ -781,6 +778,14 @@ mod tests {
                 "$KV.mesh_jobs.default.legacy-1.job-1",
                 "relay-alice",
             ),
+            // A relay target is online while its relay's SSH connection is: the relay writes
+            // its heartbeat and fact pack (DESIGN §2).
+            (
+                &m.relay,
+                "$KV.mesh_presence.default.legacy-1",
+                "relay-alice",
+            ),
+            (&m.relay, "$KV.mesh_facts.default.legacy-1", "relay-alice"),
         ];
         for (key, subject, name) in own {
             assert_eq!(check(&m, key, subject), Ok(name), "{subject}");
@@ -798,7 +803,8 @@ mod tests {
             (&m.gateway, "$KV.mesh_facts.default.web-1"),
             (&m.gateway, "mesh.v1.default.out.web-1.job-1"),
             (&m.sink, "mesh.v1.default.audit.gateway.call-received"),
-            (&m.relay, "$KV.mesh_presence.default.legacy-1"),
+            (&m.relay, "$KV.mesh_presence.default.web-1"),
+            (&m.relay, "$KV.mesh_facts.default.web-1"),
             (&m.relay, "mesh.v1.default.out.web-1.job-1"),
         ];
         for (key, subject) in foreign {

@@ -116,8 +116,10 @@ pub fn audit_sink(consumer: &str) -> Permissions {
     }
 }
 
-/// The SSH relay of `user` (DESIGN §8): only `user`'s requests to each target, and for each
-/// target the output, audit events and job statuses an agent of it would write.
+/// The SSH relay of `user` (DESIGN §8): only `user`'s requests and kills for each target, and
+/// for each target what an agent of it would write — output, audit events, job statuses (and
+/// the reads recovery makes of them), its heartbeat and fact pack — so that the target shows
+/// online while the relay's SSH connection to it is up.
 pub fn relay(tenant: &Token, user: &Token, targets: &[Token]) -> Permissions {
     let jobs_stream = subject::kv_stream(JOBS_BUCKET);
     let mut publish = Vec::new();
@@ -125,12 +127,17 @@ pub fn relay(tenant: &Token, user: &Token, targets: &[Token]) -> Permissions {
     for target in targets {
         let target_jobs = subject::kv(JOBS_BUCKET, &subject::job_keys_of_host(tenant, target));
         subscribe.push(subject::exec(tenant, target, user));
+        subscribe.push(subject::ctl_of_user(tenant, target, user));
         let read_target_jobs = subject::js_direct_get_last(&jobs_stream, &target_jobs);
+        let list_target_jobs = subject::js_consumer_create(&jobs_stream, ANY, Some(&target_jobs));
         publish.extend([
             subject::out_of_host(tenant, target),
             subject::audit_of_source(tenant, target),
             target_jobs,
             read_target_jobs,
+            list_target_jobs,
+            subject::kv(PRESENCE_BUCKET, &subject::host_key(tenant, target)),
+            subject::kv(FACTS_BUCKET, &subject::host_key(tenant, target)),
         ]);
     }
     publish.extend(stream_lookups());
@@ -217,17 +224,31 @@ mod tests {
             p.subscribe,
             [
                 "mesh.v1.default.host.db-1.exec.alice",
+                "mesh.v1.default.host.db-1.ctl.alice",
                 "_INBOX.relay.default.alice.>"
             ]
         );
         assert_eq!(
-            p.publish[..4],
+            p.publish[..7],
             [
                 "mesh.v1.default.out.db-1.>",
                 "mesh.v1.default.audit.db-1.>",
                 "$KV.mesh_jobs.default.db-1.*",
                 "$JS.API.DIRECT.GET.KV_mesh_jobs.$KV.mesh_jobs.default.db-1.*",
+                "$JS.API.CONSUMER.CREATE.KV_mesh_jobs.*.$KV.mesh_jobs.default.db-1.*",
+                "$KV.mesh_presence.default.db-1",
+                "$KV.mesh_facts.default.db-1",
             ]
+        );
+        // Nothing of another user's: no wildcard over users, no host-wide control subject.
+        assert!(
+            !p.subscribe
+                .iter()
+                .any(|s| s.ends_with(".>") && s.starts_with("mesh.")
+                    || s.ends_with(".*")
+                    || s.ends_with(".ctl")),
+            "{:?}",
+            p.subscribe
         );
     }
 

@@ -132,6 +132,12 @@ pub fn ctl(tenant: &Token, host: &Token) -> String {
     format!("{ROOT}.{tenant}.host.{host}.ctl")
 }
 
+/// `mesh.v1.<tenant>.host.<host>.ctl.<user>`: control requests (kill) for `user`'s jobs on a
+/// host an SSH relay of `user` serves; the relay may not read the host's other control subjects.
+pub fn ctl_of_user(tenant: &Token, host: &Token, user: &Token) -> String {
+    format!("{ROOT}.{tenant}.host.{host}.ctl.{user}")
+}
+
 /// `mesh.v1.<tenant>.out.<host>.<job>`: a job's output records in MESH_OUT.
 pub fn out(tenant: &Token, host: &Token, job: &Token) -> String {
     format!("{ROOT}.{tenant}.out.{host}.{job}")

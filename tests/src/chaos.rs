@@ -1387,7 +1387,7 @@ fn paced_job_with(lines: u64, pace: &str) -> String {
 }
 
 /// Every line of a finished job, paged from its start in the largest pages.
-async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
+pub async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut cursor: Option<String> = None;
     let deadline = Instant::now() + SETTLE_LIMIT;

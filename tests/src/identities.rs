@@ -26,6 +26,8 @@ pub struct MeshIdentities {
     dir: PathBuf,
     /// Identity name → its seed (the text written to `<dir>/<name>.nk`).
     seeds: Mutex<BTreeMap<String, String>>,
+    /// Relay identity (`relay-<user>`) → the targets it serves.
+    relay_targets: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 // === impl MeshIdentities ===
@@ -37,6 +39,7 @@ impl MeshIdentities {
         let identities = Self {
             dir: dir.to_path_buf(),
             seeds: Mutex::new(BTreeMap::new()),
+            relay_targets: Mutex::new(BTreeMap::new()),
         };
         identities.add(["gateway".to_string(), "audit-sink".to_string()]);
         identities
@@ -52,6 +55,24 @@ impl MeshIdentities {
     pub fn seed_file(&self, identity: &str) -> PathBuf {
         self.add([identity.to_string()]);
         self.dir.join(format!("{identity}.nk"))
+    }
+
+    /// The seed file of the SSH relay of `user` serving `targets` (made, or its targets
+    /// replaced, and the identities file rewritten).
+    pub fn relay_seed_file(&self, user: &str, targets: &[&str]) -> PathBuf {
+        let name = format!("relay-{user}");
+        self.relay_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.clone(),
+                targets.iter().map(|t| t.to_string()).collect(),
+            );
+        self.add([name.clone()]);
+        // The targets may have changed for a known identity: write the file again.
+        let seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        write_atomically(&self.identities_file(), &self.render(&seeds));
+        self.dir.join(format!("{name}.nk"))
     }
 
     /// Makes the agent identities of `hosts` at once (one rewrite of the file), for fleets.
@@ -73,7 +94,10 @@ impl MeshIdentities {
                 continue;
             }
             assert!(
-                name == "gateway" || name == "audit-sink" || name.starts_with("agent-"),
+                name == "gateway"
+                    || name == "audit-sink"
+                    || name.starts_with("agent-")
+                    || name.starts_with("relay-"),
                 "unknown kind of identity `{name}`"
             );
             let seed = nkeys::KeyPair::new_user()
@@ -84,13 +108,23 @@ impl MeshIdentities {
             changed = true;
         }
         if changed {
-            write_atomically(&self.identities_file(), &render(&seeds));
+            write_atomically(&self.identities_file(), &self.render(&seeds));
         }
+    }
+
+    /// The identities file for `seeds`.
+    fn render(&self, seeds: &BTreeMap<String, String>) -> String {
+        let relays = self
+            .relay_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        render(seeds, &relays)
     }
 }
 
-/// The identities file for `seeds`.
-fn render(seeds: &BTreeMap<String, String>) -> String {
+/// The identities file for `seeds`, with the targets of each relay identity.
+fn render(seeds: &BTreeMap<String, String>, relays: &BTreeMap<String, Vec<String>>) -> String {
     let public = |seed: &str| {
         nkeys::KeyPair::from_seed(seed)
             .expect("a seed made by the harness")
@@ -104,6 +138,11 @@ fn render(seeds: &BTreeMap<String, String>) -> String {
         match name.as_str() {
             "gateway" => doc.gateway = public(seed),
             "audit-sink" => doc.audit_sink = public(seed),
+            relay if relay.starts_with("relay-") => {
+                let user = relay.trim_start_matches("relay-").to_string();
+                let targets = relays.get(relay).cloned().unwrap_or_default();
+                doc.relays.insert(user, (public(seed), targets));
+            }
             agent => {
                 let host = agent.trim_start_matches("agent-").to_string();
                 doc.agents.insert(host, public(seed));

@@ -35,8 +35,10 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod relay;
 pub mod roundtrip;
 pub mod scrape;
+pub mod sshd;
 pub mod tasks;
 
 use std::path::{Path, PathBuf};

@@ -59,12 +59,25 @@ pub struct Identified {
 impl SecuredMesh {
     /// Generates the accounts of tenant `default` with an agent identity per host in `hosts`.
     pub fn generate(hosts: &[&str]) -> Self {
+        Self::generate_with_relays(hosts, &[])
+    }
+
+    /// [`SecuredMesh::generate`] plus an SSH relay identity (`relay-<user>`) per `(user,
+    /// targets)` in `relays`.
+    pub fn generate_with_relays(hosts: &[&str], relays: &[(&str, &[&str])]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("execmesh-accounts-")
             .tempdir()
             .expect("create a temp dir for the NATS accounts");
         let list: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
-        let text = format!("tenant = \"default\"\nhosts = [{}]\n", list.join(", "));
+        let mut text = format!("tenant = \"default\"\nhosts = [{}]\n", list.join(", "));
+        for (user, targets) in relays {
+            let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+            text.push_str(&format!(
+                "\n[[relays]]\nuser = {user:?}\ntargets = [{}]\n",
+                targets.join(", ")
+            ));
+        }
         let path = dir.path().join("inventory.toml");
         std::fs::write(&path, &text).expect("write the test inventory");
         let inventory = Inventory::load(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -10,7 +10,7 @@ use execmesh_proto::{Token, pb, subject};
 
 use crate::core::audit::{CallAudit, request_name};
 use crate::core::auth::Identity;
-use crate::core::error::ToolError;
+use crate::core::error::{RelayOffline, ToolError};
 use crate::core::mesh::{DispatchError, Mesh};
 use crate::core::tasks::TaskJobs;
 use crate::core::trace::TraceContext;
@@ -154,6 +154,14 @@ impl Dispatcher<'_> {
             Ok(Some(record)) => ToolError::OfflineHost {
                 // The last heartbeat, not the age of the facts (collected far less often).
                 last_seen_ms: record.last_heartbeat_ms(),
+                relay: record
+                    .facts
+                    .as_ref()
+                    .filter(|f| !f.relay_user.is_empty())
+                    .map(|f| RelayOffline {
+                        user: self.identity.user.clone(),
+                        reason: f.relay_offline_reason.clone(),
+                    }),
                 host,
             },
             Ok(None) => {

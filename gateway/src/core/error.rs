@@ -22,10 +22,13 @@ pub enum ToolError {
     UnknownTool(String),
     #[error("unknown host `{host}`: no agent has ever registered it{}", known_hosts(.known))]
     UnknownHost { host: String, known: Vec<String> },
-    #[error("host {host} is offline: its agent is not connected{}", last_seen(*.last_seen_ms))]
+    #[error("host {host} is offline: {}{}", offline_cause(.relay), last_seen(*.last_seen_ms))]
     OfflineHost {
         host: Token,
         last_seen_ms: Option<u64>,
+        /// Set when the host is an SSH target served by personal relays: nobody else's relay
+        /// can serve the caller, so the message says how to start theirs.
+        relay: Option<RelayOffline>,
     },
     #[error("host {host} did not answer within {secs:.1} s; its agent may be overloaded, hung or gone{}", job_hint(.job))]
     HostTimeout {
@@ -191,6 +194,7 @@ impl From<DispatchError> for ToolError {
             DispatchError::NoResponders(host) => Self::OfflineHost {
                 host,
                 last_seen_ms: None,
+                relay: None,
             },
             DispatchError::TimedOut { host, after } => Self::HostTimeout {
                 host,
@@ -244,6 +248,34 @@ fn job_hint(job: &Option<Token>) -> String {
             format!("; the job may have started: check `job` action \"poll\" with job \"{job}\"")
         }
         None => String::new(),
+    }
+}
+
+/// Why a relay target did not answer the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOffline {
+    /// The caller, whose relay would serve the request.
+    pub user: Token,
+    /// Why the target's SSH connection is down, as the last relay serving it reported.
+    pub reason: String,
+}
+
+fn offline_cause(relay: &Option<RelayOffline>) -> String {
+    match relay {
+        None => "its agent is not connected".to_string(),
+        Some(RelayOffline { user, reason }) => {
+            let why = if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" (the relay reported: {reason})")
+            };
+            format!(
+                "it is an SSH target served by personal relays, and no relay of user {user} \
+                 serves it now{why}; start yours on the machine that holds your SSH keys with \
+                 `execmesh-node-agent relay --config ~/.config/execmesh/relay.toml`, listing \
+                 this host under [[targets]] (see docs/relay.md)"
+            )
+        }
     }
 }
 

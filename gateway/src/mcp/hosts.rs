@@ -48,6 +48,14 @@ pub struct HostView {
     /// Why the host's facts or heartbeat are ignored: not signed by its agent's key (an agent
     /// running without its NATS seed, or records forged by someone else).
     pub unverified: Option<String>,
+    /// `agent` (a node-agent runs on the host) or `relay` (an SSH target that a user's relay
+    /// serves; each user needs a relay of their own to reach it).
+    pub kind: String,
+    /// For a relay target: the user whose relay last registered it.
+    pub relay_user: Option<String>,
+    /// For a relay target whose SSH connection is down: why (unreachable, auth failed, host
+    /// key mismatch), as its relay reported.
+    pub relay_offline_reason: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// Seconds since the last heartbeat, when one is known: also for an offline host, read off
     /// the marker its expired heartbeat left.
@@ -156,10 +164,16 @@ pub async fn call(
         let why = h
             .unverified
             .as_ref()
+            .or(h.relay_offline_reason.as_ref())
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
+        let relay = h
+            .relay_user
+            .as_ref()
+            .map(|u| format!(" via {u}'s SSH relay"))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "- {} [{}{why}{}] {} {}\n",
+            "- {}{relay} [{}{why}{}] {} {}\n",
             h.host,
             h.state,
             seen,
@@ -186,6 +200,18 @@ fn view(r: &HostRecord, now: u64) -> HostView {
         host: r.host.to_string(),
         state: HostState::of_record(r, now).to_string(),
         unverified: r.unverified.clone(),
+        kind: if facts.is_some_and(|f| !f.relay_user.is_empty()) {
+            "relay"
+        } else {
+            "agent"
+        }
+        .to_string(),
+        relay_user: facts
+            .map(|f| f.relay_user.clone())
+            .filter(|u| !u.is_empty()),
+        relay_offline_reason: facts
+            .map(|f| f.relay_offline_reason.clone())
+            .filter(|r| !r.is_empty()),
         labels: facts
             .map(|f| f.labels.clone().into_iter().collect())
             .unwrap_or_default(),

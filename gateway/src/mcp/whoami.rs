@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Call, structured};
 use crate::core::error::ToolError;
+use crate::core::hosts::HostState;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +30,8 @@ pub struct WhoamiResult {
     pub operator: bool,
     /// Version (sha256) of the policy in force, or `development` without a policy file.
     pub policy_version: String,
-    /// SSH relays serving this user.
+    /// The SSH targets this user's relays registered, with their state: `box-1: online`,
+    /// `db-2: offline (auth failed: …)`.
     pub relays: Vec<String>,
     pub tenant: String,
     pub gateway_version: String,
@@ -60,7 +62,7 @@ pub async fn call(
         run_as: identity.run_as.clone(),
         operator: policy.is_operator(identity.user.as_str()),
         policy_version: policy.version().to_string(),
-        relays: Vec::new(),
+        relays: relay_targets(call, identity.user.as_str()).await,
         tenant: call.state.mesh.tenant.to_string(),
         gateway_version: env!("CARGO_PKG_VERSION").to_string(),
         trace_id: call.trace.trace_id.clone(),
@@ -83,12 +85,37 @@ pub async fn call(
     } else {
         ""
     };
+    let relays = if result.relays.is_empty() {
+        "no SSH relays".to_string()
+    } else {
+        format!("SSH relay targets: {}", result.relays.join(", "))
+    };
     let text = format!(
-        "user {} (tenant {}), tier {}{groups}{operator}, may reach {reach}; token expires in {} min; no SSH relays",
+        "user {} (tenant {}), tier {}{groups}{operator}, may reach {reach}; token expires in {} min; {relays}",
         result.user,
         result.tenant,
         result.tier,
         left / 60
     );
     structured(&result, vec![text])
+}
+
+/// The targets `user`'s relays registered (their fact packs name the user), with their state.
+async fn relay_targets(call: &Call<'_>, user: &str) -> Vec<String> {
+    let Ok(hosts) = call.state.mesh.hosts().await else {
+        return Vec::new();
+    };
+    let now = execmesh_proto::now_ms();
+    hosts
+        .values()
+        .filter_map(|r| {
+            let facts = r.facts.as_ref().filter(|f| f.relay_user == user)?;
+            let state = HostState::of_record(r, now);
+            Some(if facts.relay_offline_reason.is_empty() {
+                format!("{}: {state}", r.host)
+            } else {
+                format!("{}: {state} ({})", r.host, facts.relay_offline_reason)
+            })
+        })
+        .collect()
 }

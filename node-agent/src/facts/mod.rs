@@ -4,7 +4,7 @@
 //! pool, one at a time; the pack is kept in memory for `facts` requests that do not ask for a
 //! refresh. The registration (host, labels, agent version) is part of every pack.
 
-mod sources;
+pub(crate) mod sources;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::executor::Executor;
 
 /// The agent's version, published in facts and heartbeats.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -30,6 +31,9 @@ pub enum FactsError {
     /// The collection task panicked or was cancelled.
     #[error("collecting the facts failed: {0}")]
     Collect(#[from] tokio::task::JoinError),
+    /// A relay's probe of its SSH target did not answer (the message names the target).
+    #[error("{0}")]
+    Probe(String),
     /// The pack was collected but `mesh_facts` did not take it.
     #[error("storing the facts in mesh_facts failed: {0}")]
     Store(#[from] KvWriteError),
@@ -51,6 +55,8 @@ pub struct Facts {
     current: Mutex<pb::HostFacts>,
     /// Held while a collection runs, so refreshes do not pile up collections.
     collecting: tokio::sync::Mutex<()>,
+    /// Where the facts come from: this machine, or (relay mode) the SSH target's fixed probe.
+    executor: Executor,
 }
 
 // === impl Facts ===
@@ -61,6 +67,7 @@ impl Facts {
         store: kv::Store,
         config: &Config,
         signer: Option<Arc<RecordKey>>,
+        executor: Executor,
     ) -> Facts {
         let identity = pb::HostFacts {
             host: config.host_id.to_string(),
@@ -84,6 +91,7 @@ impl Facts {
             identity,
             interval: config.facts_interval(),
             collecting: tokio::sync::Mutex::new(()),
+            executor,
         }
     }
 
@@ -99,7 +107,27 @@ impl Facts {
     pub async fn refresh(&self) -> Result<pb::HostFacts, FactsError> {
         let _turn = self.collecting.lock().await;
         let identity = self.identity.clone();
-        let facts = tokio::task::spawn_blocking(move || collect(identity)).await?;
+        let facts = match &self.executor {
+            Executor::Local => tokio::task::spawn_blocking(move || collect(identity)).await?,
+            Executor::Ssh(target) => target.facts(identity).await.map_err(FactsError::Probe)?,
+        };
+        self.store(facts).await
+    }
+
+    /// Stores what a relay knows of its target without asking it (its identity, user and
+    /// state): written as the target's state changes, so that it never waits on a probe.
+    pub async fn store_identity(&self) -> Result<pb::HostFacts, FactsError> {
+        match &self.executor {
+            Executor::Ssh(target) => {
+                self.store(target.identity_pack(self.identity.clone()))
+                    .await
+            }
+            Executor::Local => self.refresh().await,
+        }
+    }
+
+    /// Stores `facts` in `mesh_facts` and keeps them as the current pack.
+    async fn store(&self, facts: pb::HostFacts) -> Result<pb::HostFacts, FactsError> {
         kv_write::write(
             &self.js,
             &self.store,

@@ -13,7 +13,9 @@
 //! with the hash chain, SQLite and PostgreSQL), `chaos` (the fault scenarios of
 //! `execmesh_tests::chaos` at full size: NATS, an agent, a gateway replica and the audit-sink
 //! killed with SIGKILL mid-work, NATS away while idle; lines lost, audit rows lost or
-//! duplicated, orphans and settling times; it fails naming any promise that broke). Simulated
+//! duplicated, orphans and settling times; it fails naming any promise that broke), `relay`
+//! (`bash true` through an SSH relay p50/p99 next to a multiplexed `ssh` round trip to the same
+//! sshd, and a 200,000-line relay job paged end to end; needs sshd). Simulated
 //! hosts are real node-agents run in this process, each with its own NATS connection. Build
 //! release binaries first (`chaos` measures correctness more than speed: a debug build does):
 //!
@@ -33,8 +35,10 @@ use execmesh_tests::{Fleet, Gateway, McpClient, Nats, NodeAgent, RunningAgent, R
 mod audit;
 #[path = "bench/chaos.rs"]
 mod chaos;
+#[path = "bench/relay.rs"]
+mod relay;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "roundtrip",
     "telemetry",
     "paging",
@@ -45,6 +49,7 @@ const SCENARIOS: [&str; 10] = [
     "scale",
     "audit",
     "chaos",
+    "relay",
 ];
 /// Calls per measured fan-out size.
 const FANOUT_CALLS: usize = 50;
@@ -56,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos]\n\n\
+            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
              a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
@@ -100,6 +105,7 @@ async fn run(name: &str) -> anyhow::Result<Value> {
         "scale" => scale().await,
         "audit" => audit::audit().await,
         "chaos" => chaos::chaos().await,
+        "relay" => relay::relay().await,
         other => bail!("unknown scenario {other}"),
     }
 }

@@ -26,6 +26,7 @@ mod outage;
 mod outcomes;
 mod perf_guard;
 mod protocol;
+mod relay;
 mod runbooks;
 mod security_node;
 mod states;

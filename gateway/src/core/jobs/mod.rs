@@ -47,10 +47,19 @@ pub async fn kill(
         })),
         ..Default::default()
     };
+    // A relay target's jobs are its users' relays' to stop: each reads only its own user's
+    // control subject.
+    let relay_target = matches!(mesh.host(host).await,
+        Ok(Some(record)) if record.facts.as_ref().is_some_and(|f| !f.relay_user.is_empty()));
+    let ctl = if relay_target {
+        subject::ctl_of_user(&mesh.tenant, host, &identity.user)
+    } else {
+        subject::ctl(&mesh.tenant, host)
+    };
     let reply: pb::ControlReply = mesh
         .request(
             host,
-            subject::ctl(&mesh.tenant, host),
+            ctl,
             &request,
             Some(&trace.traceparent()),
             request_timeout + Duration::from_secs(10),
