@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use execmesh_proto::{Tier, pb};
 use execmesh_tests::otlp::{ReceivedSpan, call_traced, tree};
+use execmesh_tests::relay::Relay;
 use execmesh_tests::scrape::{Scrape, metrics_url};
+use execmesh_tests::sshd::Sshd;
 use execmesh_tests::{
     AuditSink, Gateway, GatewayProcess, McpClient, Nats, NodeAgent, OtlpReceiver, Policy,
     RunningAgent, RunningAudit, RunningGateway, eventually,
@@ -375,4 +377,66 @@ async fn metrics_of_every_service_move_by_exactly_the_calls_made() {
     })
     .await;
     assert!(stored.value("execmesh_audit_lag_seconds") >= 0.0);
+}
+
+/// A relay is the agent's code behind an SSH session: a call to its target continues the same
+/// trace, the relay's request span under the gateway's host span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_to_a_relay_target_continues_the_trace_through_the_relay() {
+    let otlp = OtlpReceiver::start().await;
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .setting(&format!("otlp_endpoint = {:?}", otlp.grpc_url()))
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let process = gw
+        .spawn_replica_with(&nats, &["--otlp-endpoint", &otlp.grpc_url()])
+        .await;
+    let token = gw.mint("alice");
+
+    let client = traceparent(CLIENT_TRACE, CLIENT_SPAN);
+    let answer = call_traced(
+        process.url(),
+        &token,
+        &[("traceparent", &client)],
+        None,
+        "bash",
+        json!({"host": "box-1", "cmd": "echo relayed"}),
+    )
+    .await;
+    assert_eq!(
+        result(&answer)["structuredContent"]["output"],
+        "relayed\n",
+        "{answer}"
+    );
+    let spans = otlp
+        .trace_when(CLIENT_TRACE, |spans| {
+            ["tool_call", "dispatch", "exec_request", "job", "exit"]
+                .iter()
+                .all(|name| spans.iter().any(|s| s.name == *name))
+        })
+        .await;
+    let call = one(&spans, "execmesh-gateway", "tool_call");
+    assert_eq!(call.parent_span_id, CLIENT_SPAN);
+    let dispatch = one(&spans, "execmesh-gateway", "dispatch");
+    assert_eq!(
+        (dispatch.attr("host"), dispatch.attr("outcome")),
+        ("box-1", "ok")
+    );
+    let request = one(&spans, "execmesh-node-agent", "exec_request");
+    assert_eq!(
+        request.parent_span_id,
+        dispatch.span_id,
+        "the relay continues the host's span:\n{}",
+        tree(&spans)
+    );
+    assert_eq!(request.attr("host"), "box-1", "{request:?}");
+    let job = one(&spans, "execmesh-node-agent", "job");
+    assert_eq!(job.parent_span_id, request.span_id, "{}", tree(&spans));
+    let exit = one(&spans, "execmesh-node-agent", "exit");
+    assert_eq!(exit.parent_span_id, job.span_id, "{}", tree(&spans));
+    println!("trace {CLIENT_TRACE} through a relay:\n{}", tree(&spans));
 }
