@@ -6,7 +6,8 @@
 use std::io::Read;
 
 use crate::config::Config;
-use crate::core::auth::{ADMIN_SCOPE, MCP_SCOPE, SigningKey, TokenSpec};
+use crate::core::auth::{SigningKey, TokenSpec};
+pub use crate::core::minting::token_scope;
 use crate::core::policy::{self, NewUser, Policy};
 use crate::core::tier::Tier;
 
@@ -122,26 +123,6 @@ pub fn mint(
         resource: audience.resource,
         expires_at: issued.expires_at,
     })
-}
-
-/// The `scope` claim of a minted token: the scopes asked for (`mcp` when none), each one this
-/// gateway knows, space-separated, without repeats.
-pub fn token_scope(scopes: &[String]) -> Result<String, String> {
-    let mut claim: Vec<&str> = Vec::new();
-    for scope in scopes.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        if scope != MCP_SCOPE && scope != ADMIN_SCOPE {
-            return Err(format!(
-                "unknown scope `{scope}`; the scopes are `{MCP_SCOPE}` and `{ADMIN_SCOPE}`"
-            ));
-        }
-        if !claim.contains(&scope) {
-            claim.push(scope);
-        }
-    }
-    if claim.is_empty() {
-        claim.push(MCP_SCOPE);
-    }
-    Ok(claim.join(" "))
 }
 
 /// What `user add` did.

@@ -11,22 +11,16 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
-use futures::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_proto::pb;
 
 use super::Admin;
-use crate::commands::token_scope;
-use crate::core::auth::{Identity, TokenSpec};
-use crate::core::policy::Policy;
+use crate::core::auth::TokenSpec;
+use crate::core::minting::{self, MintRefusal};
+use crate::core::revocation;
 use crate::core::tier::Tier;
-
-/// Lifetime of a minted token when the request names none, as `token mint` defaults.
-const DEFAULT_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// The TokensService implementation.
 pub struct TokensApi {
@@ -39,59 +33,13 @@ impl TokensApi {
     }
 }
 
-/// Why the caller may mint a token for its user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Grounds {
-    /// For themselves.
-    Own,
-    /// For another user, as a token admin.
-    TokenAdmin,
-}
-
-impl Grounds {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Own => "self",
-            Self::TokenAdmin => "token_admin",
-        }
+/// A refused mint as a status: an unknown user is a precondition, the rest is the policy's
+/// refusal.
+fn refused(e: MintRefusal) -> Status {
+    match e {
+        MintRefusal::UnknownUser { .. } => Status::failed_precondition(e.to_string()),
+        _ => Status::permission_denied(e.to_string()),
     }
-}
-
-/// What a mint request may have, given who asks: the grounds and the highest tier. Refusals
-/// are PERMISSION_DENIED naming the user and why.
-fn entitlement(
-    policy: &Policy,
-    caller: &Identity,
-    user: &str,
-    scope: &str,
-) -> Result<(Grounds, Tier), Status> {
-    let me = caller.user.as_str();
-    let grant = policy.grant(user).ok_or_else(|| {
-        Status::failed_precondition(format!(
-            "user `{user}` is not in the policy; add it with `execmesh-gateway user add {user}`"
-        ))
-    })?;
-    if user == me {
-        // Never more than the minting token itself carries.
-        if let Some(missing) = scope.split(' ').find(|s| !caller.has_scope(s)) {
-            return Err(Status::permission_denied(format!(
-                "{me} may not mint a token with the `{missing}` scope: the token {me} calls with \
-                 lacks it, and a token minted through the API has only scopes the minting token \
-                 has (yours: {})",
-                caller.scopes.join(" ")
-            )));
-        }
-        return Ok((Grounds::Own, caller.tier));
-    }
-    if policy.is_token_admin(me) {
-        return Ok((Grounds::TokenAdmin, grant.tier));
-    }
-    Err(Status::permission_denied(format!(
-        "{me} may not mint a token for {user}: through the admin API a user mints tokens only \
-         for themselves, unless the policy's [token_admins] names them (token admins: {}); the \
-         key holder can run `execmesh-gateway token mint --user {user}` on the gateway",
-        policy.token_admins().describe()
-    )))
 }
 
 #[tonic::async_trait]
@@ -103,21 +51,11 @@ impl pb::tokens_service_server::TokensService for TokensApi {
         self.admin
             .unary("TokensService.Mint", request, |caller, req| async move {
                 let state = &self.admin.state;
-                let scope = token_scope(&req.scopes).map_err(Status::invalid_argument)?;
-                let max = state.key.max_lifetime();
-                let ttl = match req.ttl_secs {
-                    0 => DEFAULT_TTL.min(max),
-                    secs => Duration::from_secs(secs),
-                };
-                if ttl > max {
-                    return Err(Status::invalid_argument(format!(
-                        "ttl_secs {} is longer than the longest token lifetime this gateway \
-                         allows ({} s, {} days; max_token_lifetime_secs)",
-                        req.ttl_secs,
-                        max.as_secs(),
-                        max.as_secs() / 86400
-                    )));
-                }
+                let scope =
+                    minting::token_scope(&req.scopes).map_err(Status::invalid_argument)?;
+                let asked_ttl = (req.ttl_secs != 0).then(|| Duration::from_secs(req.ttl_secs));
+                let ttl = minting::lifetime(asked_ttl, state.key.max_lifetime())
+                    .map_err(Status::invalid_argument)?;
                 let asked = match Tier::from_wire(req.tier) {
                     Some(tier) => Some(tier),
                     None if req.tier == pb::Tier::Unspecified as i32 => None,
@@ -134,22 +72,10 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     user => user.to_string(),
                 };
                 let policy = state.policy.current();
-                let (grounds, ceiling) = entitlement(&policy, &caller, &user, &scope)?;
-                let tier = match asked {
-                    None => ceiling,
-                    Some(asked) if asked <= ceiling => asked,
-                    Some(asked) => {
-                        let whose = match grounds {
-                            Grounds::Own => format!("the tier {} acts with", caller.user),
-                            Grounds::TokenAdmin => format!("{user}'s tier in the policy"),
-                        };
-                        return Err(Status::permission_denied(format!(
-                            "{} may not mint a {asked} token for {user}: {asked} is above {whose} \
-                             ({ceiling}); ask for {ceiling} or lower",
-                            caller.user
-                        )));
-                    }
-                };
+                let (grounds, ceiling) =
+                    minting::entitlement(&policy, &caller, &user, &scope).map_err(refused)?;
+                let tier = minting::tier_within(caller.user.as_str(), &user, grounds, asked, ceiling)
+                    .map_err(refused)?;
                 let spec = TokenSpec {
                     user: &user,
                     ttl,
@@ -214,7 +140,7 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                     }
                     Some(pb::revoke_token_request::Target::TokenId(id)) => {
                         let id = id.trim().to_string();
-                        if !is_token_id(&id) {
+                        if !minting::is_token_id(&id) {
                             return Err(Status::invalid_argument(format!(
                                 "`{id}` is not a token id (the `jti` of a token: letters, digits, \
                                  `-` and `_`)"
@@ -268,59 +194,16 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                 "TokensService.ListRevocations",
                 request,
                 |_, _| async move {
-                    let unavailable = |e: &dyn std::fmt::Display| {
-                        Status::unavailable(format!(
-                            "cannot read the revocation list ({e}); try again shortly"
-                        ))
-                    };
-                    let bucket = self
-                        .admin
-                        .state
-                        .mesh
-                        .js
-                        .get_key_value(REVOKED_BUCKET)
+                    let revocations = revocation::in_force(&self.admin.state.mesh.js)
                         .await
-                        .map_err(|e| unavailable(&e))?;
-                    let mut keys = bucket.keys().await.map_err(|e| unavailable(&e))?;
-                    let now_secs = execmesh_proto::now_ms() / 1000;
-                    let mut revocations = Vec::new();
-                    while let Some(key) = keys.next().await {
-                        let key = key.map_err(|e| unavailable(&e))?;
-                        let Some(entry) = bucket.entry(&key).await.map_err(|e| unavailable(&e))?
-                        else {
-                            continue;
-                        };
-                        // Expired keys leave an empty marker behind.
-                        if entry.operation != kv::Operation::Put || entry.value.is_empty() {
-                            continue;
-                        }
-                        let Ok(expires_at) = serde_json::from_slice::<u64>(&entry.value) else {
-                            continue;
-                        };
-                        if expires_at <= now_secs {
-                            continue;
-                        }
-                        revocations.push(pb::Revocation {
-                            token_id: key,
-                            expires_at_ms: expires_at * 1000,
-                            revoked_at_ms: (entry.created.unix_timestamp_nanos() / 1_000_000).max(0)
-                                as u64,
-                        });
-                    }
-                    revocations.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+                        .map_err(|e| {
+                            Status::unavailable(format!(
+                                "cannot read the revocation list ({e}); try again shortly"
+                            ))
+                        })?;
                     Ok(pb::ListRevocationsResponse { revocations })
                 },
             )
             .await
     }
-}
-
-/// Whether `id` can be a token id: the characters the revocation list keys by (the ids this
-/// gateway issues are URL-safe base64).
-fn is_token_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 200
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
 }

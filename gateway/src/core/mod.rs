@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod key_file;
 pub mod mesh;
 pub mod metrics;
+pub mod minting;
 pub mod paging;
 pub mod policy;
 pub mod ratelimit;

@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use execmesh_proto::jetstream::REVOKED_BUCKET;
+use execmesh_proto::pb;
 use execmesh_runtime::backoff::Backoff;
 
 use crate::core::token_store::{Store, StoreError};
@@ -31,6 +33,49 @@ const FIRST_LOAD: Duration = Duration::from_secs(10);
 const CATCH_UP: Duration = Duration::from_secs(5);
 /// Entries beyond which expired tokens are swept from the copy.
 const SWEEP_AT: usize = 10_000;
+
+/// Why the revocations in force cannot be listed: the reason NATS gave.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unlisted(String);
+
+/// The revocations in force, read from `mesh_revoked` itself (not this replica's copy), by
+/// token id; expired ones are left out.
+pub async fn in_force(
+    js: &async_nats::jetstream::Context,
+) -> Result<Vec<pb::Revocation>, Unlisted> {
+    let unlisted = |e: &dyn std::fmt::Display| Unlisted(e.to_string());
+    let bucket = js
+        .get_key_value(REVOKED_BUCKET)
+        .await
+        .map_err(|e| unlisted(&e))?;
+    let mut keys = bucket.keys().await.map_err(|e| unlisted(&e))?;
+    let now_secs = execmesh_proto::now_ms() / 1000;
+    let mut revocations = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| unlisted(&e))?;
+        let Some(entry) = bucket.entry(&key).await.map_err(|e| unlisted(&e))? else {
+            continue;
+        };
+        // Expired keys leave an empty marker behind.
+        if entry.operation != kv::Operation::Put || entry.value.is_empty() {
+            continue;
+        }
+        let Ok(expires_at) = serde_json::from_slice::<u64>(&entry.value) else {
+            continue;
+        };
+        if expires_at <= now_secs {
+            continue;
+        }
+        revocations.push(pb::Revocation {
+            token_id: key,
+            expires_at_ms: expires_at * 1000,
+            revoked_at_ms: (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
+        });
+    }
+    revocations.sort_by(|a, b| a.token_id.cmp(&b.token_id));
+    Ok(revocations)
+}
 
 /// Why the revocation list cannot be consulted: the caller refuses the token rather than risk
 /// honouring a revoked one.
