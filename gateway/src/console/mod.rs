@@ -1,5 +1,5 @@
 //! The web console at `/console`, the gateway's face for people: approvals, jobs with live
-//! output, hosts and audit, signed in with a policy user's password, over the same core as the other faces.
+//! output, hosts, audit and tokens, signed in with a policy user's password, over the same core as the other faces.
 //!
 //! Pages are rendered on the server (maud: templates are Rust, checked when the gateway is
 //! compiled, and escape every value) and work without JavaScript for reading and for every
@@ -20,6 +20,7 @@ mod jobs;
 mod login;
 mod page;
 mod session;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -100,6 +101,9 @@ pub fn routes(state: Arc<ConsoleState>) -> Router {
         .route("/console/audit", get(audit::list))
         .route("/console/audit/export", get(audit::export))
         .route("/console/audit/chain", get(audit::chain))
+        .route("/console/tokens", get(tokens::show))
+        .route("/console/tokens/mint", post(tokens::mint))
+        .route("/console/tokens/revoke", post(tokens::revoke))
         .route("/console/assets/{name}", get(assets::serve))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

@@ -16,6 +16,7 @@ pub enum Section {
     Jobs,
     Hosts,
     Audit,
+    Tokens,
     SignIn,
 }
 
@@ -26,6 +27,7 @@ impl Section {
             Self::Jobs => "Jobs",
             Self::Hosts => "Hosts",
             Self::Audit => "Audit",
+            Self::Tokens => "Tokens",
             Self::SignIn => "Sign in",
         }
     }
@@ -36,17 +38,19 @@ impl Section {
             Self::Jobs => "/console/jobs",
             Self::Hosts => "/console/hosts",
             Self::Audit => "/console/audit",
+            Self::Tokens => "/console/tokens",
             Self::SignIn => "/console/login",
         }
     }
 }
 
 /// The sections a signed-in person can open.
-const NAVIGATION: [Section; 4] = [
+const NAVIGATION: [Section; 5] = [
     Section::Approvals,
     Section::Jobs,
     Section::Hosts,
     Section::Audit,
+    Section::Tokens,
 ];
 
 /// A whole page: `title` in the window and as the heading, under `section` of the navigation.

@@ -395,3 +395,95 @@ async fn a_jobs_output_is_followed_live_and_killed_from_its_page_but_not_by_a_re
     carol.close().await;
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_token_admin_mints_and_revokes_a_token_in_the_browser_and_others_cannot() {
+    let nats = Nats::start().await;
+    let gw = Gateway::new(&nats)
+        .policy(policy().token_admins(&["alice"]))
+        .start()
+        .await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+
+    // alice, a token admin, mints a standard token for bob; it is shown once and works on /mcp.
+    let alice = Browser::start().await;
+    alice.sign_in(&gw, "alice", PASSWORD).await;
+    alice.open(&gw, "/console/tokens").await;
+    assert!(alice.has("nav a[href='/console/tokens']").await);
+    alice.fill("#mint-user", "bob").await;
+    alice.click("#mint-tier option[value=standard]").await;
+    alice.fill("#mint-hours", "2").await;
+    alice.click("#mint button").await;
+    let token = alice.text("#minted-token").await;
+    let token_id = alice.text("#minted-id").await;
+    assert!(!token.is_empty() && !token_id.is_empty());
+    assert!(
+        alice
+            .text("#minted")
+            .await
+            .contains("standard token for bob")
+    );
+    assert_eq!(gw.post_raw(Some(&token), list.clone()).await.status(), 200);
+    // Shown once: the page opened again does not have it.
+    alice.open(&gw, "/console/tokens").await;
+    assert!(!alice.has("#minted-token").await);
+
+    // Above bob's tier is refused, not lowered.
+    alice.fill("#mint-user", "carol").await;
+    alice.click("#mint-tier option[value=dangerous]").await;
+    alice.click("#mint button").await;
+    let why = alice.text("#token-error").await;
+    assert!(
+        why.contains("above carol's tier in the policy (readonly)"),
+        "{why}"
+    );
+
+    // alice revokes it by id; /mcp then refuses it.
+    alice.fill("#revoke-id", &token_id).await;
+    alice.click("#revoke button").await;
+    assert!(alice.text("#revoked").await.contains(&token_id));
+    assert!(alice.text("#revocations").await.contains(&token_id));
+    eventually(SHOWN, || async {
+        gw.post_raw(Some(&token), list.clone()).await.status() == 401
+    })
+    .await;
+    screenshot(&alice, "tokens").await;
+
+    // carol is no token admin: no forms, and forged posts with her own CSRF token are refused.
+    let carol = Browser::start().await;
+    carol.sign_in(&gw, "carol", PASSWORD).await;
+    carol.open(&gw, "/console/tokens").await;
+    assert!(carol.has("#not-token-admin").await);
+    assert!(!carol.has("#mint").await && !carol.has("#revoke").await);
+    let cookie = carol.cookie("execmesh_console").await;
+    let csrf = csrf_of(&carol).await;
+    let (status, body) = post_form(
+        &gw,
+        &cookie,
+        "/console/tokens/mint",
+        &[("csrf", &csrf), ("user", "carol"), ("scope_mcp", "on")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("token_admins"), "{body}");
+    let (status, body) = post_form(
+        &gw,
+        &cookie,
+        "/console/tokens/revoke",
+        &[("csrf", &csrf), ("token_id", "abc")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // And alice's forms need her session's CSRF token.
+    let (status, body) = post_form(
+        &gw,
+        &alice.cookie("execmesh_console").await,
+        "/console/tokens/mint",
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    carol.close().await;
+    alice.close().await;
+}
