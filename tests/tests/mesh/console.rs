@@ -3,7 +3,8 @@
 //! going on; nobody approves their own request, whatever they post; forms without the session's
 //! CSRF token are refused; a job's output is followed live and killed from its page, and a
 //! readonly user can do neither; the hosts page resolves selectors; the audit page finds a call
-//! by its trace and shows the chain intact.
+//! by its trace and shows the chain intact; a token admin mints and revokes a token on the
+//! Tokens page, and a user who is not one sees no forms and is refused when she forges a post.
 //!
 //! Set `EXECMESH_CONSOLE_SCREENSHOTS` to a directory (`docs/console`) to keep a screenshot of
 //! each page.
