@@ -82,7 +82,7 @@ pub async fn list(
             }
             table #hosts {
                 thead { tr {
-                    th scope="col" { "Host" } th scope="col" { "State" } th scope="col" { "Labels" }
+                    th scope="col" { "Host" } th scope="col" { "Served by" } th scope="col" { "State" } th scope="col" { "Labels" }
                     th scope="col" { "System" } th scope="col" { "Last heartbeat" } th scope="col" { "Running jobs" }
                 } }
                 tbody {
@@ -90,8 +90,17 @@ pub async fn list(
                         @let facts = record.facts.as_ref();
                         tr data-host=(id) {
                             td { (id) }
+                            // A relay target is served over SSH by one user's relay, for that
+                            // user's calls only.
+                            td.kind { @match record.relay_user() {
+                                Some(user) => { "relay of " (user) }
+                                None => { "agent" }
+                            } }
                             td { span.state { (HostState::of_record(record, now).as_str()) }
-                                 @if let Some(why) = &record.unverified { br; span.muted { (why) } } }
+                                 @if let Some(why) = &record.unverified { br; span.muted { (why) } }
+                                 @if let Some(why) = record.relay_offline_reason() {
+                                     br; span.muted { (why) }
+                                 } }
                             td { @if let Some(facts) = facts {
                                 @for (key, value) in &facts.labels { code { (key) "=" (value) } " " }
                             } }

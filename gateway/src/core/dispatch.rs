@@ -154,14 +154,10 @@ impl Dispatcher<'_> {
             Ok(Some(record)) => ToolError::OfflineHost {
                 // The last heartbeat, not the age of the facts (collected far less often).
                 last_seen_ms: record.last_heartbeat_ms(),
-                relay: record
-                    .facts
-                    .as_ref()
-                    .filter(|f| !f.relay_user.is_empty())
-                    .map(|f| RelayOffline {
-                        user: self.identity.user.clone(),
-                        reason: f.relay_offline_reason.clone(),
-                    }),
+                relay: record.relay_user().map(|_| RelayOffline {
+                    user: self.identity.user.clone(),
+                    reason: record.relay_offline_reason().unwrap_or_default().to_owned(),
+                }),
                 host,
             },
             Ok(None) => {

@@ -280,6 +280,23 @@ impl HostRecord {
         }
     }
 
+    /// The user whose SSH relay serves this host, when it is a relay target (no agent of its
+    /// own): its requests go to that user's subjects only.
+    pub fn relay_user(&self) -> Option<&str> {
+        self.facts
+            .as_ref()
+            .map(|f| f.relay_user.as_str())
+            .filter(|u| !u.is_empty())
+    }
+
+    /// Why the relay serving this host cannot reach it right now, when it said so.
+    pub fn relay_offline_reason(&self) -> Option<&str> {
+        self.facts
+            .as_ref()
+            .map(|f| f.relay_offline_reason.as_str())
+            .filter(|r| !r.is_empty())
+    }
+
     /// When the host's last heartbeat was written, if that is known: the live heartbeat's time,
     /// or else read off the marker that replaced it.
     ///

@@ -200,18 +200,14 @@ fn view(r: &HostRecord, now: u64) -> HostView {
         host: r.host.to_string(),
         state: HostState::of_record(r, now).to_string(),
         unverified: r.unverified.clone(),
-        kind: if facts.is_some_and(|f| !f.relay_user.is_empty()) {
+        kind: if r.relay_user().is_some() {
             "relay"
         } else {
             "agent"
         }
         .to_string(),
-        relay_user: facts
-            .map(|f| f.relay_user.clone())
-            .filter(|u| !u.is_empty()),
-        relay_offline_reason: facts
-            .map(|f| f.relay_offline_reason.clone())
-            .filter(|r| !r.is_empty()),
+        relay_user: r.relay_user().map(str::to_owned),
+        relay_offline_reason: r.relay_offline_reason().map(str::to_owned),
         labels: facts
             .map(|f| f.labels.clone().into_iter().collect())
             .unwrap_or_default(),

@@ -109,12 +109,13 @@ async fn relay_targets(call: &Call<'_>, user: &str) -> Vec<String> {
     hosts
         .values()
         .filter_map(|r| {
-            let facts = r.facts.as_ref().filter(|f| f.relay_user == user)?;
+            if r.relay_user() != Some(user) {
+                return None;
+            }
             let state = HostState::of_record(r, now);
-            Some(if facts.relay_offline_reason.is_empty() {
-                format!("{}: {state}", r.host)
-            } else {
-                format!("{}: {state} ({})", r.host, facts.relay_offline_reason)
+            Some(match r.relay_offline_reason() {
+                None => format!("{}: {state}", r.host),
+                Some(why) => format!("{}: {state} ({why})", r.host),
             })
         })
         .collect()

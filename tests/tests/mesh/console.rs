@@ -4,7 +4,8 @@
 //! CSRF token are refused; a job's output is followed live and killed from its page, and a
 //! readonly user can do neither; the hosts page resolves selectors; the audit page finds a call
 //! by its trace and shows the chain intact; a token admin mints and revokes a token on the
-//! Tokens page, and a user who is not one sees no forms and is refused when she forges a post.
+//! Tokens page, and a user who is not one sees no forms and is refused when she forges a post;
+//! the hosts page names a relay target's owner, and every page's controls have names.
 //!
 //! Set `EXECMESH_CONSOLE_SCREENSHOTS` to a directory (`docs/console`) to keep a screenshot of
 //! each page.
@@ -19,6 +20,8 @@ use serde_json::{Value, json};
 
 use execmesh_gateway::core::policy::password;
 use execmesh_proto::Tier;
+use execmesh_tests::relay::Relay;
+use execmesh_tests::sshd::Sshd;
 use execmesh_tests::{
     AuditSink, Browser, Gateway, Nats, Policy, RunningGateway, eventually, with_approval,
 };
@@ -487,4 +490,63 @@ async fn a_token_admin_mints_and_revokes_a_token_in_the_browser_and_others_canno
     assert!(body.contains("CSRF"), "{body}");
     carol.close().await;
     alice.close().await;
+}
+
+/// The controls of the page open in `browser` that a screen reader could not name: form fields
+/// without a label (or `aria-label`) and buttons without text.
+async fn unnamed_controls(browser: &Browser) -> Vec<String> {
+    let found = browser
+        .client()
+        .execute(
+            r#"const out = [];
+for (const el of document.querySelectorAll('input, select, textarea')) {
+  if (el.type === 'hidden') continue;
+  if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')) out.push(el.outerHTML);
+}
+for (const b of document.querySelectorAll('button')) {
+  if (!b.textContent.trim() && !b.getAttribute('aria-label')) out.push(b.outerHTML);
+}
+return out;"#,
+            vec![],
+        )
+        .await
+        .expect("run the label check");
+    serde_json::from_value(found).expect("a list of strings")
+}
+
+#[tokio::test]
+async fn the_hosts_page_shows_a_relay_targets_owner_and_every_page_names_its_controls() {
+    let nats = Nats::start().await;
+    let _web = nats.agent("web-1", &[("role", "web")]).await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats)
+        .policy(policy().token_admins(&["alice"]))
+        .start()
+        .await;
+
+    let browser = Browser::start().await;
+    browser.sign_in(&gw, "alice", PASSWORD).await;
+    browser.open(&gw, "/console/hosts").await;
+    let relayed = browser.text("tr[data-host='box-1'] td.kind").await;
+    assert_eq!(relayed, "relay of alice");
+    let agent = browser.text("tr[data-host='web-1'] td.kind").await;
+    assert_eq!(agent, "agent");
+
+    // Keyboard and screen-reader basics: every field and button of every page has a name.
+    for page in [
+        "/console/approvals",
+        "/console/jobs",
+        "/console/hosts",
+        "/console/audit",
+        "/console/tokens",
+    ] {
+        browser.open(&gw, page).await;
+        let unnamed = unnamed_controls(&browser).await;
+        assert!(unnamed.is_empty(), "{page}: unnamed controls {unnamed:#?}");
+    }
+    browser.close().await;
 }

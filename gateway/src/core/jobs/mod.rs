@@ -50,7 +50,7 @@ pub async fn kill(
     // A relay target's jobs are its users' relays' to stop: each reads only its own user's
     // control subject.
     let relay_target = matches!(mesh.host(host).await,
-        Ok(Some(record)) if record.facts.as_ref().is_some_and(|f| !f.relay_user.is_empty()));
+        Ok(Some(record)) if record.relay_user().is_some());
     let ctl = if relay_target {
         subject::ctl_of_user(&mesh.tenant, host, &identity.user)
     } else {
