@@ -19,7 +19,7 @@ wanted=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --from) from="$2"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         gateway|node-agent|audit-sink) wanted+=("$1"); shift ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac

@@ -6,7 +6,7 @@
 #   --bin-dir      the built binaries [default: $CARGO_TARGET_DIR/release, else target/release]
 #                  (`cargo build --release --workspace --bins` builds them)
 #   --out          where the packages go [default: the bin dir's ../packages]
-#   --compression  dpkg-deb's compressor [default: xz]; CI packs debug binaries with gzip
+#   --compression  dpkg-deb's compressor [default: xz]; the CI check packs with none (fastest)
 #
 # Writes execmesh-gateway (with execmeshctl), execmesh-node-agent and execmesh-audit-sink,
 # versioned as the workspace (Cargo.toml's [workspace.package] version), and prints their paths.
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) bin_dir="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --compression) compression="$2"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
 done
