@@ -3,7 +3,7 @@
 //! Installing is global to the machine: [`SystemInstall::take`] holds a lock for it across
 //! processes (two suites side by side), clears what an earlier run may have left, and clears
 //! again on drop: the packages purged, `/etc/execmesh` and `/var/lib/execmesh` removed, the
-//! system users deleted.
+//! packages' own system users deleted.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,11 @@ pub const PACKAGES: [&str; 3] = [
     "execmesh-node-agent",
     "execmesh-audit-sink",
 ];
-/// The system users the packages create.
+/// The system users the packages create (unless they exist).
 pub const SYSTEM_USERS: [&str; 3] = ["execmesh", "execmesh-audit", "execmesh-run"];
+/// The users a cleanup removes: the packages' own. `execmesh-run` stays: the quickstart creates
+/// and uses it too, and its scenario may run beside this one (in this suite or another).
+const REMOVED_USERS: [&str; 2] = ["execmesh", "execmesh-audit"];
 /// Where the packages keep configuration and state.
 pub const ETC: &str = "/etc/execmesh";
 pub const STATE: &str = "/var/lib/execmesh";
@@ -207,7 +210,7 @@ fn clear() {
             eprintln!("packages: cannot remove {dir}: {e}");
         }
     }
-    for user in SYSTEM_USERS {
+    for user in REMOVED_USERS {
         if nix::unistd::User::from_name(user).ok().flatten().is_some() {
             let _ = Command::new("userdel").arg(user).status();
         }
