@@ -39,7 +39,7 @@ Every setting can come from the TOML file given with --config (same name, snake_
 EXECMESH_* environment variable, or from the flag, which wins. Invalid values stop the program \
 with exit code 64.",
     after_help = "Examples:
-  execmesh-audit-sink --sqlite-path /var/lib/execmesh/audit.db
+  execmesh-audit-sink --sqlite-path /var/lib/execmesh/audit/audit.db
   execmesh-audit-sink --store postgres --postgres-url 'host=/run/postgresql dbname=audit'
   execmesh-audit-sink --config /etc/execmesh/audit-sink.toml verify
   execmesh-audit-sink export --jsonl --user alice --since 2026-05-01T00:00:00Z > alice.jsonl"
@@ -487,9 +487,14 @@ mod tests {
             ..Default::default()
         };
         let config = Config::load(&cli).unwrap();
+        // The package's /etc/execmesh/audit-sink.toml: the store in the unit's StateDirectory.
         assert_eq!(
             config.store,
-            StoreConfig::Sqlite(PathBuf::from("/var/lib/execmesh-audit/audit.db"))
+            StoreConfig::Sqlite(PathBuf::from("/var/lib/execmesh/audit/audit.db"))
+        );
+        assert_eq!(
+            config.identities_file.as_deref(),
+            Some(Path::new("/etc/execmesh/identities.toml"))
         );
     }
 

@@ -725,16 +725,6 @@ impl Config {
                     .to_string(),
             );
         }
-        if self.identities_file.is_some()
-            && self.nats.nkey_seed.is_none()
-            && self.nats.creds.is_none()
-        {
-            problems.push(
-                "identities_file needs nats_nkey_seed (or nats_creds): the gateway signs its own \
-                 records (approvals, revocations, audit events) with its NATS seed"
-                    .to_string(),
-            );
-        }
         if !(1..=5).contains(&self.kv_replicas) {
             problems.push("kv_replicas must be 1..=5".to_string());
         }
@@ -833,6 +823,35 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_file_is_the_packaged_production_setup() {
+        // gateway.example.toml is /etc/execmesh/gateway.toml of the package; its unit adds the
+        // NATS seed on the command line.
+        let cli = Settings {
+            config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.toml")),
+            nats: NatsSettings {
+                nats_nkey_seed: Some("/run/credentials/execmesh-gateway.service/nats-seed".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let config = Config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.policy_file.as_deref(),
+            Some(Path::new("/etc/execmesh/policy.toml"))
+        );
+        assert_eq!(
+            config.identities_file.as_deref(),
+            Some(Path::new("/etc/execmesh/identities.toml"))
+        );
+        assert!(config.key_file.starts_with("/var/lib/execmesh/gateway"));
+        assert!(
+            config
+                .exec_signing_key
+                .starts_with("/var/lib/execmesh/gateway")
+        );
+    }
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {

@@ -31,6 +31,7 @@ pub mod nats;
 pub mod nats_accounts;
 pub mod oauth;
 pub mod otlp;
+pub mod packages;
 pub mod policy;
 pub mod postgres;
 pub mod presence;
@@ -38,6 +39,7 @@ pub mod process;
 pub mod relay;
 pub mod roundtrip;
 pub mod scrape;
+pub mod service_unit;
 pub mod sshd;
 pub mod tasks;
 

@@ -24,6 +24,7 @@ mod nats_versions;
 mod oauth;
 mod outage;
 mod outcomes;
+mod packages;
 mod perf_guard;
 mod protocol;
 mod relay;

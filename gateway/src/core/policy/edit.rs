@@ -2,7 +2,7 @@
 //! comment and key as it was, and only if the result is a valid policy.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use toml_edit::{Array, DocumentMut, Item, Table, value};
@@ -95,7 +95,9 @@ pub fn add_user(path: &Path, user: &NewUser) -> Result<Policy, PolicyError> {
 
 /// Writes `text` to a temporary file next to `path` and renames it over `path`, so a gateway
 /// polling the file never reads half of it. The file keeps its mode (0600 when new): it holds
-/// password hashes.
+/// password hashes. It keeps its owner and group too: a packaged gateway runs as its own user and
+/// reads a policy that root edits (`root:execmesh`, 0640), which a file renamed into place as
+/// root's would lock it out of.
 fn write_atomically(path: &Path, text: &str) -> Result<(), PolicyError> {
     let err = |source| PolicyError::Write {
         path: path.to_path_buf(),
@@ -106,7 +108,9 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), PolicyError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(err)?;
-    let mode = std::fs::metadata(path)
+    let existing = std::fs::metadata(path).ok();
+    let mode = existing
+        .as_ref()
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0o600);
     let name = path
@@ -123,6 +127,7 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), PolicyError> {
         .map_err(err)?;
     let written = file
         .write_all(text.as_bytes())
+        .and_then(|()| keep_owner(&file, existing.as_ref()))
         .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
         .and_then(|()| file.sync_all())
         .and_then(|()| std::fs::rename(&temp, path));
@@ -131,6 +136,20 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), PolicyError> {
         return Err(err(e));
     }
     Ok(())
+}
+
+/// Gives `file` the owner and group of the file it replaces, when they differ from its own (only
+/// root can give a file away; anyone else editing another's file gets an error, not a silent
+/// change of owner).
+fn keep_owner(file: &std::fs::File, replaced: Option<&std::fs::Metadata>) -> std::io::Result<()> {
+    let Some(replaced) = replaced else {
+        return Ok(());
+    };
+    let own = file.metadata()?;
+    if (own.uid(), own.gid()) == (replaced.uid(), replaced.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(replaced.uid()), Some(replaced.gid()))
 }
 
 #[cfg(test)]
@@ -186,5 +205,31 @@ mod tests {
         let err = add_user(&path, &new_user("Carol", &[], None)).unwrap_err();
         assert!(err.to_string().contains("Carol"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn an_edited_file_keeps_its_owner_group_and_mode() {
+        // A packaged policy is root:execmesh 0640, and root adds a user.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(
+            &path,
+            "[groups.ops]\ntier = \"standard\"\nhosts = [\"*\"]\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // nobody's uid and group, a pair root would not get by default; only root may give the
+        // file away, so elsewhere the owner stays the test's own.
+        let owner = match std::os::unix::fs::chown(&path, Some(65534), Some(65534)) {
+            Ok(()) => (65534, 65534),
+            Err(_) => {
+                let m = std::fs::metadata(&path).unwrap();
+                (m.uid(), m.gid())
+            }
+        };
+        add_user(&path, &new_user("alice", &["ops"], None)).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), owner);
+        assert_eq!(m.permissions().mode() & 0o777, 0o640);
     }
 }

@@ -743,6 +743,17 @@ mod tests {
         Policy::parse(text, Path::new("test.toml"))
     }
 
+    #[test]
+    fn the_example_policy_has_groups_and_no_user() {
+        // policy.example.toml is the package's /etc/execmesh/policy.toml: the first user is
+        // added into one of its groups.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let policy = Policy::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(policy.user("alice").is_none());
+        assert!(policy.grant("alice").is_none());
+    }
+
     const POLICY: &str = r#"
         [groups.ops]
         tier = "standard"
