@@ -58,25 +58,8 @@ pub fn chunk_write(
 ) -> Result<pb::FileChunkWriteReply, FileError> {
     let raw = req.path.as_str();
     let id = req.transfer_id.as_str();
-    if id.is_empty()
-        || id.len() > MAX_TRANSFER_ID
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(FileError::invalid(
-            raw,
-            format!("transfer_id must be 1 to {MAX_TRANSFER_ID} of [A-Za-z0-9._-]"),
-        ));
-    }
-    if req.data.len() > MAX_CHUNK_BYTES as usize {
-        return Err(FileError::too_large(
-            raw,
-            "the chunk",
-            req.data.len() as u64,
-            u64::from(MAX_CHUNK_BYTES),
-        ));
-    }
+    check_transfer_id(raw, id)?;
+    check_chunk(raw, &req.data)?;
     let transfer = files.transfers.get_or_start(files, &req)?;
     let mut t = lock(&transfer);
     if t.temp.is_none() {
@@ -167,7 +150,37 @@ pub fn chunk_write(
     })
 }
 
-fn unknown(raw: &str, id: &str) -> FileError {
+/// Refuses a transfer id that is empty, too long, or more than `[A-Za-z0-9._-]`.
+pub(crate) fn check_transfer_id(raw: &str, id: &str) -> Result<(), FileError> {
+    if id.is_empty()
+        || id.len() > MAX_TRANSFER_ID
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(FileError::invalid(
+            raw,
+            format!("transfer_id must be 1 to {MAX_TRANSFER_ID} of [A-Za-z0-9._-]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a chunk over [`MAX_CHUNK_BYTES`].
+pub(crate) fn check_chunk(raw: &str, data: &[u8]) -> Result<(), FileError> {
+    if data.len() > MAX_CHUNK_BYTES as usize {
+        return Err(FileError::too_large(
+            raw,
+            "the chunk",
+            data.len() as u64,
+            u64::from(MAX_CHUNK_BYTES),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a chunk for a transfer this host does not hold.
+pub(crate) fn unknown(raw: &str, id: &str) -> FileError {
     FileError::invalid(
         raw,
         format!(

@@ -27,6 +27,7 @@ mod outcomes;
 mod perf_guard;
 mod protocol;
 mod relay;
+mod relay_files;
 mod runbooks;
 mod security_node;
 mod states;
