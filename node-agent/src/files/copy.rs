@@ -36,10 +36,7 @@ pub fn chunk_read(
     req: pb::FileChunkRead,
 ) -> Result<pb::FileChunkReadReply, FileError> {
     let raw = req.path.as_str();
-    let len = match req.len {
-        0 => MAX_CHUNK_BYTES,
-        n => n.min(MAX_CHUNK_BYTES),
-    } as usize;
+    let len = chunk_len(req.len);
     let (real, file, meta) = open_regular(files, raw)?;
     let data = read_at(&file, req.offset, len).map_err(|e| FileError::io(raw, "reading", e))?;
     Ok(pb::FileChunkReadReply {
@@ -115,19 +112,7 @@ pub fn chunk_write(
         return Err(unknown(raw, id));
     };
     let actual = hex::encode(t.hasher.clone().finalize());
-    if req.sha256.is_empty() {
-        return Err(FileError::invalid(
-            raw,
-            "the finishing chunk carries no sha256; the copy was discarded",
-        ));
-    }
-    if !actual.eq_ignore_ascii_case(req.sha256.trim()) {
-        return Err(FileError::ChecksumMismatch {
-            path: raw.to_string(),
-            expected: req.sha256.clone(),
-            actual,
-        });
-    }
+    check_sha256(&req, &actual)?;
     let existing = temp.place.lstat()?;
     let keep = match &existing {
         Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
@@ -148,6 +133,34 @@ pub fn chunk_write(
         committed: true,
         sha256: actual,
     })
+}
+
+/// Refuses a finished copy whose sha256 (`actual`) is not the one the finishing chunk names.
+pub(crate) fn check_sha256(req: &pb::FileChunkWrite, actual: &str) -> Result<(), FileError> {
+    let raw = req.path.as_str();
+    if req.sha256.is_empty() {
+        return Err(FileError::invalid(
+            raw,
+            "the finishing chunk carries no sha256; the copy was discarded",
+        ));
+    }
+    if !actual.eq_ignore_ascii_case(req.sha256.trim()) {
+        return Err(FileError::ChecksumMismatch {
+            path: raw.to_string(),
+            expected: req.sha256.clone(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes a `FileChunkRead` of `len` returns at most: [`MAX_CHUNK_BYTES`], which 0 means.
+pub(crate) fn chunk_len(len: u32) -> usize {
+    let len = match len {
+        0 => MAX_CHUNK_BYTES,
+        n => n.min(MAX_CHUNK_BYTES),
+    };
+    len as usize
 }
 
 /// Refuses a transfer id that is empty, too long, or more than `[A-Za-z0-9._-]`.

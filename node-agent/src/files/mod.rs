@@ -26,12 +26,14 @@ use tracing::debug;
 use crate::runas::{Account, FsCredentials};
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
-pub(crate) use copy::{check_chunk, check_transfer_id, unknown as unknown_transfer};
+pub(crate) use copy::{
+    check_chunk, check_sha256, check_transfer_id, chunk_len, unknown as unknown_transfer,
+};
 pub use error::FileError;
 pub(crate) use list::stays_inside;
 pub(crate) use list::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, MAX_DEPTH, MAX_ENTRIES};
 pub(crate) use read::{Source, page_bytes, page_reply};
-pub use roots::{DEFAULT_ROOTS, Roots, normalize};
+pub use roots::{DEFAULT_ROOTS, Final, Parents, Roots, normalize};
 pub(crate) use stat::kind_of_mode;
 pub(crate) use write::{DEFAULT_MODE, check_write, temp_name};
 

@@ -327,6 +327,7 @@ mod tests {
         let config = load(
             "user = \"alice\"\nmax_tier = \"standard\"\n\
              [[targets]]\nid = \"db-1\"\ndestination = \"alice@db1\"\nlabels = { role = \"db\" }\nmax_tier = \"readonly\"\n\
+             file_roots = [\"/srv/db\"]\ngrep_max_bytes = 1024\n\
              [[targets]]\nid = \"box-2\"\n",
         )
         .expect("valid");
@@ -336,9 +337,15 @@ mod tests {
         assert_eq!(db.max_tier, Tier::Readonly);
         assert_eq!(db.labels["role"], "db");
         assert_eq!(db.warm_shells, 0);
+        assert_eq!(db.file_roots, [PathBuf::from("/srv/db")]);
+        assert_eq!(config.targets[0].grep_max_bytes, 1024);
         let other = config.node_config(&config.targets[1]);
         assert_eq!(other.max_tier, Tier::Standard);
         assert_eq!(config.targets[1].ssh.destination, "box-2");
+        // Without file_roots a target gets an agent's default roots (resolved on the target).
+        let defaults: Vec<PathBuf> = DEFAULT_ROOTS.iter().map(PathBuf::from).collect();
+        assert_eq!(other.file_roots, defaults);
+        assert_eq!(config.targets[1].grep_max_bytes, DEFAULT_GREP_MAX_BYTES);
     }
 
     #[test]

@@ -9,9 +9,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use execmesh_tests::quickstart::Quickstart;
-use execmesh_tests::relay::Relay;
+use execmesh_tests::relay::{Relay, RunningRelay};
 use execmesh_tests::sshd::Sshd;
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, ToolOutput, eventually};
+use execmesh_tests::{
+    Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway, ToolOutput, eventually,
+};
 
 /// A temp dir made canonical (the relay reports the target's real paths).
 fn root_dir(prefix: &str) -> (tempfile::TempDir, String) {
@@ -23,9 +25,48 @@ fn root_dir(prefix: &str) -> (tempfile::TempDir, String) {
     (dir, real.display().to_string())
 }
 
-/// The target setting that makes `root` its only file root.
-fn roots_setting(root: &str) -> String {
-    format!("file_roots = [{root:?}]")
+/// A relay serving `box-1` (its only root `target_root`) on a fresh sshd, an agent `web-1`
+/// when `agent_root` is given (its only root), a gateway and alice's client. Every part is
+/// held until the scenario ends.
+struct Scene {
+    c: McpClient,
+    sshd: Sshd,
+    _gw: RunningGateway,
+    _relay: RunningRelay,
+    _agent: Option<RunningAgent>,
+    _nats: Nats,
+}
+
+async fn scene(agent_root: Option<&str>, target_root: &str) -> Scene {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let agent = match agent_root {
+        Some(root) => Some(
+            NodeAgent::new(&nats, "web-1")
+                .arg("--file-root", root)
+                .start()
+                .await,
+        ),
+        None => None,
+    };
+    let relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .target_setting(&format!("file_roots = [{target_root:?}]"))
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.request_timeout = Duration::from_secs(60))
+        .start()
+        .await;
+    let c = gw.client("alice").await;
+    Scene {
+        c,
+        sshd,
+        _gw: gw,
+        _relay: relay,
+        _agent: agent,
+        _nats: nats,
+    }
 }
 
 async fn file(client: &McpClient, args: Value) -> ToolOutput {
@@ -48,37 +89,29 @@ fn sha256_of(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_file_action_works_on_a_relay_target_over_sftp() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
     let (_dir, root) = root_dir("execmesh-relay-files-");
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .target_setting(&roots_setting(&root))
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let c = gw.client("alice").await;
+    let Scene { c, .. } = &scene(None, &root).await;
     let f = format!("{root}/conf/app.conf");
 
     // A missing parent needs create_dirs; then the write lands on the target, atomically.
     let w = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "write", "path": f, "content": "a=1\n"}),
     )
     .await;
     w.assert_refused("create_dirs");
-    let w = file(&c, json!({"host": "box-1", "action": "write", "path": f, "content": "a=1\n", "create_dirs": true, "mode": "0640"})).await;
+    let w = file(c, json!({"host": "box-1", "action": "write", "path": f, "content": "a=1\n", "create_dirs": true, "mode": "0640"})).await;
     assert_eq!(ok(&w)["size"], 4, "{}", w.text());
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "a=1\n");
     let a = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "append", "path": f, "content": "b=2\n"}),
     )
     .await;
     assert_eq!(ok(&a)["size"], 8, "{}", a.text());
     // A replacing write keeps the file's mode and leaves no temp file behind.
     let w = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "write", "path": f, "content": "a=1\nb=2\nc=3\n"}),
     )
     .await;
@@ -88,7 +121,7 @@ async fn every_file_action_works_on_a_relay_target_over_sftp() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["app.conf"], "temp files left: {names:?}");
-    let s = file(&c, json!({"host": "box-1", "action": "stat", "path": f})).await;
+    let s = file(c, json!({"host": "box-1", "action": "stat", "path": f})).await;
     let stat = &ok(&s)["stat"];
     assert_eq!(stat["kind"], "file", "{}", s.text());
     assert_eq!(stat["size"], 12);
@@ -103,7 +136,7 @@ async fn every_file_action_works_on_a_relay_target_over_sftp() {
         if let Some(cur) = &cursor {
             args["cursor"] = json!(cur);
         }
-        let r = file(&c, args).await;
+        let r = file(c, args).await;
         let s = ok(&r);
         pages += 1;
         text.push_str(s["text"].as_str().unwrap());
@@ -119,7 +152,7 @@ async fn every_file_action_works_on_a_relay_target_over_sftp() {
         std::fs::write(format!("{root}/conf/n{i}.log"), format!("line {i}\n")).unwrap();
     }
     let l = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "list", "path": root, "recursive": true}),
     )
     .await;
@@ -144,27 +177,27 @@ async fn every_file_action_works_on_a_relay_target_over_sftp() {
 
     let moved = format!("{root}/moved/app.conf");
     let m = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "move", "path": f, "to": moved, "create_dirs": true}),
     )
     .await;
     ok(&m);
     assert!(!Path::new(&f).exists() && Path::new(&moved).exists());
     file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "delete", "path": format!("{root}/conf")}),
     )
     .await
     .assert_refused("recursive");
     ok(&file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "delete", "path": format!("{root}/conf"), "recursive": true}),
     )
     .await);
     assert!(!Path::new(&format!("{root}/conf")).exists());
     // The root itself is never deleted.
     file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "delete", "path": root, "recursive": true}),
     )
     .await
@@ -174,18 +207,10 @@ async fn every_file_action_works_on_a_relay_target_over_sftp() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
     let (_dir, root) = root_dir("execmesh-relay-root-");
     let (_outside_dir, outside) = root_dir("execmesh-relay-outside-");
     std::fs::write(format!("{outside}/secret"), "s3cret\n").unwrap();
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .target_setting(&roots_setting(&root))
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let c = gw.client("alice").await;
+    let Scene { c, sshd, .. } = &scene(None, &root).await;
 
     // `..` out of the root.
     let dotdot = format!(
@@ -193,7 +218,7 @@ async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() 
         Path::new(&outside).file_name().unwrap().to_string_lossy()
     );
     let r = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "read", "path": dotdot}),
     )
     .await;
@@ -206,7 +231,7 @@ async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() 
     sshd.ssh(&format!("ln -s {outside} {root}/escape"));
     let through = format!("{root}/escape/secret");
     let r = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "read", "path": through}),
     )
     .await;
@@ -217,14 +242,14 @@ async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() 
         r.text()
     );
     let w = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "write", "path": format!("{root}/escape/planted"), "content": "x"}),
     )
     .await;
     w.assert_refused("outside the allowed roots");
     assert!(!Path::new(&format!("{outside}/planted")).exists());
     let l = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "list", "path": format!("{root}/escape")}),
     )
     .await;
@@ -243,14 +268,14 @@ async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() 
     );
     // The link itself lies inside: stat describes it without following it.
     let s = file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "stat", "path": format!("{root}/escape")}),
     )
     .await;
     assert_eq!(ok(&s)["stat"]["kind"], "symlink", "{}", s.text());
     // A path outside every root, named directly.
     file(
-        &c,
+        c,
         json!({"host": "box-1", "action": "read", "path": "/etc/passwd"}),
     )
     .await
@@ -259,24 +284,9 @@ async fn paths_leaving_a_relay_targets_roots_are_refused_naming_host_and_path() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_from_an_agent_to_a_relay_target_and_back_keeps_its_sha256() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
     let (_agent_dir, agent_root) = root_dir("execmesh-copy-agent-");
     let (_target_dir, target_root) = root_dir("execmesh-copy-target-");
-    let _agent = NodeAgent::new(&nats, "web-1")
-        .arg("--file-root", &agent_root)
-        .start()
-        .await;
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .target_setting(&roots_setting(&target_root))
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats)
-        .configure(|c| c.request_timeout = Duration::from_secs(60))
-        .start()
-        .await;
-    let c = gw.client("alice").await;
+    let Scene { c, .. } = &scene(Some(&agent_root), &target_root).await;
 
     // Several chunks' worth of bytes no text file would hold.
     let src = format!("{agent_root}/blob.bin");
@@ -287,18 +297,18 @@ async fn a_copy_from_an_agent_to_a_relay_target_and_back_keeps_its_sha256() {
     let expected = sha256_of(Path::new(&src));
 
     let there = format!("{target_root}/in/blob.bin");
-    let out = file(&c, json!({"host": "web-1", "action": "copy", "path": src, "to_host": "box-1", "to": there, "create_dirs": true})).await;
+    let out = file(c, json!({"host": "web-1", "action": "copy", "path": src, "to_host": "box-1", "to": there, "create_dirs": true})).await;
     assert_eq!(ok(&out)["sha256"], expected, "{}", out.text());
     assert_eq!(sha256_of(Path::new(&there)), expected);
 
     let back = format!("{agent_root}/back/blob.bin");
-    let out = file(&c, json!({"host": "box-1", "action": "copy", "path": there, "to_host": "web-1", "to": back, "create_dirs": true})).await;
+    let out = file(c, json!({"host": "box-1", "action": "copy", "path": there, "to_host": "web-1", "to": back, "create_dirs": true})).await;
     assert_eq!(ok(&out)["sha256"], expected, "{}", out.text());
     assert_eq!(sha256_of(Path::new(&back)), expected);
 
     // An existing destination on the target is kept unless overwrite is asked for.
     let out = file(
-        &c,
+        c,
         json!({"host": "web-1", "action": "copy", "path": src, "to_host": "box-1", "to": there}),
     )
     .await;
@@ -312,8 +322,6 @@ async fn a_copy_from_an_agent_to_a_relay_target_and_back_keeps_its_sha256() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grep_with_a_digest_spans_an_agent_host_and_a_relay_target() {
-    let nats = Nats::start().await;
-    let sshd = Sshd::start().await;
     let (_dir, root) = root_dir("execmesh-relay-grep-");
     for (host, n) in [("web-1", 3), ("box-1", 4)] {
         let dir = format!("{root}/{host}");
@@ -330,17 +338,7 @@ async fn grep_with_a_digest_spans_an_agent_host_and_a_relay_target() {
         std::fs::write(format!("{dir}/app.log"), text).unwrap();
         std::fs::write(format!("{dir}/skip.txt"), "ERROR not a log\n").unwrap();
     }
-    let _agent = NodeAgent::new(&nats, "web-1")
-        .arg("--file-root", &root)
-        .start()
-        .await;
-    let _relay = Relay::new(&nats, "alice")
-        .target("box-1", &sshd)
-        .target_setting(&roots_setting(&root))
-        .start(&nats)
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let c = gw.client("alice").await;
+    let Scene { c, .. } = &scene(Some(&root), &root).await;
 
     // One search over both hosts: each answers for itself, the digest merges them.
     let out = c

@@ -12,8 +12,8 @@ use super::paths::{self, Final, Parents};
 use super::read::mode_of;
 use super::write::Temp;
 use crate::files::{
-    DEFAULT_MODE, FileError, IDLE_TRANSFER, Limits, Roots, check_chunk, check_transfer_id,
-    unknown_transfer,
+    DEFAULT_MODE, FileError, IDLE_TRANSFER, Limits, Roots, check_chunk, check_sha256,
+    check_transfer_id, unknown_transfer,
 };
 use crate::relay::sftp::RemoteFs;
 
@@ -118,18 +118,8 @@ fn finish(
         transfer.temp.discard(fs);
         Err(e)
     };
-    if req.sha256.is_empty() {
-        return refuse(FileError::invalid(
-            raw,
-            "the finishing chunk carries no sha256; the copy was discarded",
-        ));
-    }
-    if !actual.eq_ignore_ascii_case(req.sha256.trim()) {
-        return refuse(FileError::ChecksumMismatch {
-            path: raw.to_string(),
-            expected: req.sha256.clone(),
-            actual,
-        });
+    if let Err(e) = check_sha256(req, &actual) {
+        return refuse(e);
     }
     let existing = match fs.lstat(&transfer.destination) {
         Ok(existing) => existing.map(|m| mode_of(&m)),

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::files::{FileError, Roots, normalize};
+pub use crate::files::{Final, Parents};
 use crate::relay::sftp::RemoteFs;
 
 /// A place on the target: its resolved directory (inside the roots) and a name in it.
@@ -16,35 +17,6 @@ pub struct Place {
     pub name: String,
     /// The path as the caller gave it, for messages.
     pub shown: String,
-}
-
-/// Whether [`place`] follows a final symlink (a write lands in its target) or keeps it (stat,
-/// delete and move act on the link).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Final {
-    Follow,
-    Keep,
-}
-
-/// What [`place`] does about missing parent directories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parents {
-    /// Refuse (the operation acts on what exists).
-    Existing,
-    /// Refuse, naming `create_dirs`.
-    Offer,
-    /// Create them, inside the roots only.
-    Create,
-}
-
-impl Parents {
-    pub fn create_if(create_dirs: bool) -> Parents {
-        if create_dirs {
-            Parents::Create
-        } else {
-            Parents::Offer
-        }
-    }
 }
 
 // === impl Place ===

@@ -7,8 +7,7 @@ use openssh_sftp_client::metadata::MetaData;
 
 use super::paths;
 use crate::files::{
-    Budget, FileError, Limits, MAX_CHUNK_BYTES, Roots, Source as _, kind_of_mode, page_bytes,
-    page_reply,
+    Budget, FileError, Limits, Roots, Source as _, chunk_len, kind_of_mode, page_bytes, page_reply,
 };
 use crate::relay::sftp::{RemoteFile, RemoteFs};
 
@@ -42,10 +41,7 @@ pub fn chunk_read(
     req: pb::FileChunkRead,
 ) -> Result<pb::FileChunkReadReply, FileError> {
     let raw = req.path.as_str();
-    let len = match req.len {
-        0 => MAX_CHUNK_BYTES,
-        n => n.min(MAX_CHUNK_BYTES),
-    } as usize;
+    let len = chunk_len(req.len);
     let (real, meta) = regular(fs, roots, raw)?;
     let file: RemoteFile<'_> = fs.open(&real)?;
     let data = file
