@@ -400,6 +400,52 @@ async fn grep_with_a_digest_spans_an_agent_host_and_a_relay_target() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_grep_stops_at_the_targets_byte_budget_and_says_so() {
+    let (_dir, root) = root_dir("execmesh-relay-budget-");
+    // Two files of 64 KiB, the match in each: a budget of 80 KiB reads the first whole and
+    // stops in the second.
+    for name in ["a.log", "b.log"] {
+        let mut text = "ERROR here\n".to_string();
+        text.push_str(&"x".repeat(64 * 1024));
+        text.push('\n');
+        std::fs::write(format!("{root}/{name}"), text).unwrap();
+    }
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let _relay = Relay::new(&nats, "alice")
+        .target("box-1", &sshd)
+        .target_setting(&format!("file_roots = [{root:?}]"))
+        .target_setting("grep_max_bytes = 81920")
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let c = gw.client("alice").await;
+    let out = c
+        .call(
+            "grep",
+            json!({"hosts": "box-1", "pattern": "ERROR", "paths": [root], "mode": "files"}),
+        )
+        .await;
+    let h = &out.structured()["hosts"][0];
+    assert_eq!(h["status"], "ok", "{}", out.text());
+    assert_eq!(h["truncated"], true, "{}", out.text());
+    assert!(
+        h["truncated_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("byte budget"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(
+        h["files"][0]["path"],
+        format!("{root}/a.log"),
+        "{}",
+        out.text()
+    );
+}
+
 /// `deploy/quickstart.sh --ssh-demo` as a new user runs it: next to the agent host, the
 /// agentless target `ssh-demo` served by the user's relay through the demo sshd, with `bash`
 /// and the file tool working on it.
