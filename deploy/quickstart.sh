@@ -267,6 +267,11 @@ UsePAM no
 StrictModes no
 PermitRootLogin prohibit-password
 PrintMotd no
+# The file tool and grep reach the target over SFTP.
+Subsystem sftp internal-sftp
+# Keeps your interactive shell's startup (a version manager's init, a prompt) out of the demo
+# target's commands: bash skips ~/.bashrc for a nested shell.
+SetEnv SHLVL=1
 SSHD
   echo "[127.0.0.1]:$ssh_port $(cat "$demo/host_key.pub")" >"$demo/known_hosts"
   cat >"$demo/ssh_config" <<SSHCONFIG

@@ -221,17 +221,6 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
             return exec_error(&refusal);
         }
     };
-    if !node.executor.is_local() && matches!(order, Order::File(_) | Order::Grep(_)) {
-        // The relay's files and grep over SFTP are not built yet: the relay's own disk is never
-        // served in the target's name.
-        return exec_error(&Refusal::new(
-            ErrorCode::Denied,
-            format!(
-                "host {host} is an SSH target served by a relay: the file and grep tools do not \
-                 reach relay targets yet; use `bash` (cat, ls, grep) on it instead"
-            ),
-        ));
-    }
     match order {
         Order::Run(spec) => {
             let span = info_span!("job", host = %host, job = %spec.job, user = %spec.user,

@@ -55,6 +55,13 @@ pub enum AgentError {
         source: BoxError,
     },
 
+    /// The relay's directory of ssh control sockets cannot be made.
+    #[error("cannot create the relay's control directory {}: {source}", path.display())]
+    ControlDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
     /// Subscribing to the host's request subjects failed.
     #[error("cannot subscribe to {subject}: {source}")]
     Subscribe {

@@ -10,6 +10,7 @@ use tracing::warn;
 
 use crate::output::Pipe;
 use crate::process::{self, SpawnError, SpawnSpec, signal_group};
+use crate::relay::files::RemoteFiles;
 use crate::relay::ssh::{RemoteJob, SshTarget};
 
 /// How a node starts its jobs.
@@ -17,8 +18,9 @@ use crate::relay::ssh::{RemoteJob, SshTarget};
 pub enum Executor {
     /// A child of the agent on this machine (the node-agent).
     Local,
-    /// A shell on an SSH target, through the relay's master connection to it.
-    Ssh(Arc<SshTarget>),
+    /// A shell on an SSH target, through the relay's master connection to it, and the
+    /// target's files over SFTP on the same connection.
+    Ssh(Arc<SshTarget>, Arc<RemoteFiles>),
 }
 
 // === impl Executor ===
@@ -28,7 +30,7 @@ impl Executor {
     pub async fn spawn(&self, spec: &SpawnSpec<'_>) -> Result<JobChild, SpawnError> {
         match self {
             Executor::Local => process::spawn(spec).map(JobChild::local),
-            Executor::Ssh(target) => target.spawn(spec).await.map(JobChild::Remote),
+            Executor::Ssh(target, _) => target.spawn(spec).await.map(JobChild::Remote),
         }
     }
 
@@ -37,13 +39,21 @@ impl Executor {
     pub fn serves_user(&self, user: &str) -> bool {
         match self {
             Executor::Local => true,
-            Executor::Ssh(target) => target.relay_user.as_str() == user,
+            Executor::Ssh(target, _) => target.relay_user.as_str() == user,
         }
     }
 
     /// Whether jobs run on this machine (warm shells, local leftovers and files apply).
     pub fn is_local(&self) -> bool {
         matches!(self, Executor::Local)
+    }
+
+    /// The SSH target's files, when jobs run on one.
+    pub fn remote_files(&self) -> Option<&Arc<RemoteFiles>> {
+        match self {
+            Executor::Local => None,
+            Executor::Ssh(_, files) => Some(files),
+        }
     }
 }
 

@@ -8,14 +8,14 @@
 //! NUL byte shows up after text matched keeps those matches and is not searched further (as
 //! ripgrep does); one that starts binary is skipped and counted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use execmesh_proto::pb::{self, ErrorCode, GrepMode};
 
 use crate::digest::{self, Digest};
 use crate::files::search::{self, Hits, Query, Search, Walked};
-use crate::files::{FileError, Files, clamp};
+use crate::files::{FileError, Files, Roots, clamp};
 
 /// Longest line kept whole when the request names no limit.
 pub const DEFAULT_MAX_LINE_BYTES: u32 = 1024;
@@ -74,10 +74,60 @@ impl GrepError {
     }
 }
 
+/// Where a grep's paths are resolved and searched: this host's files, or an SSH target's.
+pub trait Tree {
+    /// The roots every path must resolve inside.
+    fn roots(&self) -> &Roots;
+    /// The real path of an existing `raw` inside the roots.
+    fn resolve(&mut self, raw: &str) -> Result<PathBuf, FileError>;
+    /// Searches `real` (a file, or every file below a directory) with `search`.
+    fn search(
+        &mut self,
+        search: &mut Search<'_>,
+        real: &Path,
+        raw: &str,
+        hits: &mut impl Hits,
+    ) -> Result<Walked, FileError>;
+}
+
+/// This host's files.
+struct Local<'f>(&'f Files);
+
+impl Tree for Local<'_> {
+    fn roots(&self) -> &Roots {
+        self.0.roots()
+    }
+
+    fn resolve(&mut self, raw: &str) -> Result<PathBuf, FileError> {
+        self.0.roots().resolve(raw)
+    }
+
+    fn search(
+        &mut self,
+        search: &mut Search<'_>,
+        real: &Path,
+        raw: &str,
+        hits: &mut impl Hits,
+    ) -> Result<Walked, FileError> {
+        search.path(real, raw, hits)
+    }
+}
+
 /// Runs `req` on this thread: resolves the paths, searches them in order until done or
 /// `deadline`, and builds a reply of at most `reply_bytes` of results.
 pub fn grep(
     files: &Files,
+    limits: &GrepLimits,
+    req: pb::GrepRequest,
+    reply_bytes: usize,
+    deadline: Instant,
+) -> Result<pb::GrepReply, GrepError> {
+    grep_in(&mut Local(files), limits, req, reply_bytes, deadline)
+}
+
+/// [`grep`] over any [`Tree`].
+pub fn grep_in(
+    tree: &mut impl Tree,
     limits: &GrepLimits,
     req: pb::GrepRequest,
     reply_bytes: usize,
@@ -120,13 +170,14 @@ pub fn grep(
         globs: &req.globs,
         hidden: req.hidden,
     };
-    let mut search = Search::new(files.roots(), &query, deadline).map_err(invalid)?;
+    let roots = tree.roots().clone();
+    let mut search = Search::new(&roots, &query, deadline).map_err(invalid)?;
 
     let mut path_errors = Vec::new();
     let mut first_code = None;
     let mut targets: Vec<(PathBuf, &str)> = Vec::new();
     for raw in &req.paths {
-        match files.roots().resolve(raw) {
+        match tree.resolve(raw) {
             Ok(real) => targets.push((real, raw)),
             Err(e) => {
                 first_code.get_or_insert(e.code());
@@ -178,12 +229,12 @@ pub fn grep(
         before: Vec::new(),
         attach_after: false,
     };
-    let mut timed_out = false;
+    let mut stopped = Walked::Done;
     for (real, raw) in &kept {
-        match search.path(real, raw, &mut found) {
+        match tree.search(&mut search, real, raw, &mut found) {
             Ok(Walked::Done) => {}
-            Ok(Walked::TimedOut) => {
-                timed_out = true;
+            Ok(walked) => {
+                stopped = walked;
                 break;
             }
             Err(e) => path_errors.push(e.to_string()),
@@ -191,11 +242,19 @@ pub fn grep(
     }
 
     let mut reasons: Vec<String> = found.cut.iter().map(|c| c.to_string()).collect();
-    if timed_out {
-        let ms = started.elapsed().as_millis();
-        reasons.push(format!(
-            "the time limit was reached after {ms} ms; later files were not searched"
-        ));
+    match stopped {
+        Walked::Done => {}
+        Walked::TimedOut => {
+            let ms = started.elapsed().as_millis();
+            reasons.push(format!(
+                "the time limit was reached after {ms} ms; later files were not searched"
+            ));
+        }
+        Walked::BytesSpent => reasons.push(
+            "the byte budget for reading files from the SSH target was spent; later files \
+             were not searched"
+                .into(),
+        ),
     }
     let mut reply = found.reply;
     if let Some(digest) = found.digest {

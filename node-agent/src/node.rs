@@ -86,7 +86,13 @@ impl Node {
     ) -> Self {
         let js = jetstream::new(client.clone());
         // The roots are canonicalised now (missing ones are skipped with a warning).
-        let roots = Roots::new(&config.file_roots).allowing_hardlinks(config.file_allow_hardlinks);
+        // A relay target's roots are on the target (resolved there); none are local.
+        let local_roots: &[std::path::PathBuf] = if executor.is_local() {
+            &config.file_roots
+        } else {
+            &[]
+        };
+        let roots = Roots::new(local_roots).allowing_hardlinks(config.file_allow_hardlinks);
         let admission = Admission::new(&config, roots.clone());
         let files = Arc::new(Files::with(roots, config.file_limits()));
         let facts = Arc::new(Facts::new(

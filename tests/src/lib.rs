@@ -36,6 +36,7 @@ pub mod policy;
 pub mod postgres;
 pub mod presence;
 pub mod process;
+pub mod quickstart;
 pub mod relay;
 pub mod roundtrip;
 pub mod scrape;

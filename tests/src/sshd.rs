@@ -131,7 +131,7 @@ impl Sshd {
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
              StrictModes no\nPermitRootLogin prohibit-password\nLogLevel VERBOSE\n\
              MaxSessions 100\nMaxStartups 100:30:200\nPrintMotd no\nAcceptEnv none\n\
-             SetEnv {env}\n",
+             SetEnv {env}\nSubsystem sftp internal-sftp\n",
             port = self.port,
             host_key = p.join("host_key").display(),
             pid = p.join("sshd.pid").display(),

@@ -109,7 +109,7 @@ impl Facts {
         let identity = self.identity.clone();
         let facts = match &self.executor {
             Executor::Local => tokio::task::spawn_blocking(move || collect(identity)).await?,
-            Executor::Ssh(target) => target.facts(identity).await.map_err(FactsError::Probe)?,
+            Executor::Ssh(target, _) => target.facts(identity).await.map_err(FactsError::Probe)?,
         };
         self.store(facts).await
     }
@@ -118,7 +118,7 @@ impl Facts {
     /// state): written as the target's state changes, so that it never waits on a probe.
     pub async fn store_identity(&self) -> Result<pb::HostFacts, FactsError> {
         match &self.executor {
-            Executor::Ssh(target) => {
+            Executor::Ssh(target, _) => {
                 self.store(target.identity_pack(self.identity.clone()))
                     .await
             }

@@ -36,10 +36,7 @@ pub fn chunk_read(
     req: pb::FileChunkRead,
 ) -> Result<pb::FileChunkReadReply, FileError> {
     let raw = req.path.as_str();
-    let len = match req.len {
-        0 => MAX_CHUNK_BYTES,
-        n => n.min(MAX_CHUNK_BYTES),
-    } as usize;
+    let len = chunk_len(req.len);
     let (real, file, meta) = open_regular(files, raw)?;
     let data = read_at(&file, req.offset, len).map_err(|e| FileError::io(raw, "reading", e))?;
     Ok(pb::FileChunkReadReply {
@@ -58,25 +55,8 @@ pub fn chunk_write(
 ) -> Result<pb::FileChunkWriteReply, FileError> {
     let raw = req.path.as_str();
     let id = req.transfer_id.as_str();
-    if id.is_empty()
-        || id.len() > MAX_TRANSFER_ID
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(FileError::invalid(
-            raw,
-            format!("transfer_id must be 1 to {MAX_TRANSFER_ID} of [A-Za-z0-9._-]"),
-        ));
-    }
-    if req.data.len() > MAX_CHUNK_BYTES as usize {
-        return Err(FileError::too_large(
-            raw,
-            "the chunk",
-            req.data.len() as u64,
-            u64::from(MAX_CHUNK_BYTES),
-        ));
-    }
+    check_transfer_id(raw, id)?;
+    check_chunk(raw, &req.data)?;
     let transfer = files.transfers.get_or_start(files, &req)?;
     let mut t = lock(&transfer);
     if t.temp.is_none() {
@@ -132,19 +112,7 @@ pub fn chunk_write(
         return Err(unknown(raw, id));
     };
     let actual = hex::encode(t.hasher.clone().finalize());
-    if req.sha256.is_empty() {
-        return Err(FileError::invalid(
-            raw,
-            "the finishing chunk carries no sha256; the copy was discarded",
-        ));
-    }
-    if !actual.eq_ignore_ascii_case(req.sha256.trim()) {
-        return Err(FileError::ChecksumMismatch {
-            path: raw.to_string(),
-            expected: req.sha256.clone(),
-            actual,
-        });
-    }
+    check_sha256(&req, &actual)?;
     let existing = temp.place.lstat()?;
     let keep = match &existing {
         Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
@@ -167,7 +135,65 @@ pub fn chunk_write(
     })
 }
 
-fn unknown(raw: &str, id: &str) -> FileError {
+/// Refuses a finished copy whose sha256 (`actual`) is not the one the finishing chunk names.
+pub(crate) fn check_sha256(req: &pb::FileChunkWrite, actual: &str) -> Result<(), FileError> {
+    let raw = req.path.as_str();
+    if req.sha256.is_empty() {
+        return Err(FileError::invalid(
+            raw,
+            "the finishing chunk carries no sha256; the copy was discarded",
+        ));
+    }
+    if !actual.eq_ignore_ascii_case(req.sha256.trim()) {
+        return Err(FileError::ChecksumMismatch {
+            path: raw.to_string(),
+            expected: req.sha256.clone(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The bytes a `FileChunkRead` of `len` returns at most: [`MAX_CHUNK_BYTES`], which 0 means.
+pub(crate) fn chunk_len(len: u32) -> usize {
+    let len = match len {
+        0 => MAX_CHUNK_BYTES,
+        n => n.min(MAX_CHUNK_BYTES),
+    };
+    len as usize
+}
+
+/// Refuses a transfer id that is empty, too long, or more than `[A-Za-z0-9._-]`.
+pub(crate) fn check_transfer_id(raw: &str, id: &str) -> Result<(), FileError> {
+    if id.is_empty()
+        || id.len() > MAX_TRANSFER_ID
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(FileError::invalid(
+            raw,
+            format!("transfer_id must be 1 to {MAX_TRANSFER_ID} of [A-Za-z0-9._-]"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a chunk over [`MAX_CHUNK_BYTES`].
+pub(crate) fn check_chunk(raw: &str, data: &[u8]) -> Result<(), FileError> {
+    if data.len() > MAX_CHUNK_BYTES as usize {
+        return Err(FileError::too_large(
+            raw,
+            "the chunk",
+            data.len() as u64,
+            u64::from(MAX_CHUNK_BYTES),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of a chunk for a transfer this host does not hold.
+pub(crate) fn unknown(raw: &str, id: &str) -> FileError {
     FileError::invalid(
         raw,
         format!(

@@ -26,9 +26,16 @@ use tracing::debug;
 use crate::runas::{Account, FsCredentials};
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
+pub(crate) use copy::{
+    check_chunk, check_sha256, check_transfer_id, chunk_len, unknown as unknown_transfer,
+};
 pub use error::FileError;
 pub(crate) use list::stays_inside;
-pub use roots::{DEFAULT_ROOTS, Roots};
+pub(crate) use list::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, MAX_DEPTH, MAX_ENTRIES};
+pub(crate) use read::{Source, page_bytes, page_reply};
+pub use roots::{DEFAULT_ROOTS, Final, Parents, Roots, normalize};
+pub(crate) use stat::kind_of_mode;
+pub(crate) use write::{DEFAULT_MODE, check_write, temp_name};
 
 /// File operations running at once; more wait for a turn.
 pub const FILE_WORKERS: usize = 8;
@@ -64,7 +71,7 @@ pub struct Budget {
 /// The file tool's state: the roots, the limits, the copies in progress.
 pub struct Files {
     roots: Roots,
-    limits: Limits,
+    pub(crate) limits: Limits,
     /// Copies in progress on this host (the destination side).
     transfers: Transfers,
     /// Bounds concurrent file operations on the blocking pool.
@@ -91,7 +98,7 @@ impl Budget {
         Budget::new(max_payload, Instant::now() + Duration::from_millis(left))
     }
 
-    fn expired(&self) -> bool {
+    pub(crate) fn expired(&self) -> bool {
         Instant::now() >= self.deadline
     }
 }

@@ -58,18 +58,9 @@ pub fn read(
 ) -> Result<pb::FileReadReply, FileError> {
     let raw = req.path.as_str();
     let (real, file, meta) = open_regular(files, raw)?;
-    let cap = files
-        .limits
-        .max_read_bytes
-        .min(budget.reply_bytes as u64)
-        .max(1) as usize;
-    let max_bytes = match req.max_bytes {
-        0 => DEFAULT_MAX_BYTES as usize,
-        n => n as usize,
-    }
-    .min(cap);
+    let max_bytes = page_bytes(&req, &files.limits, budget);
     let size = meta.len();
-    let mut reply = pb::FileReadReply {
+    let reply = pb::FileReadReply {
         path: real.display().to_string(),
         identity: Some(identity(&meta)),
         first_line: req.line,
@@ -77,16 +68,30 @@ pub fn read(
         ..Default::default()
     };
 
+    page_reply(&file, raw, &req, size, max_bytes, reply)
+}
+
+/// The rest of a `FileRead` once the file is open and checked, wherever it lies: raw bytes,
+/// or a text page after the binary and offset checks. `reply` carries the path and identity.
+pub fn page_reply(
+    file: &impl Source,
+    raw: &str,
+    req: &pb::FileRead,
+    size: u64,
+    max_bytes: usize,
+    mut reply: pb::FileReadReply,
+) -> Result<pb::FileReadReply, FileError> {
     if req.raw {
-        let data =
-            read_at(&file, req.offset, max_bytes).map_err(|e| FileError::io(raw, "reading", e))?;
+        let data = file
+            .bytes_at(req.offset, max_bytes)
+            .map_err(|e| FileError::io(raw, "reading", e))?;
         reply.next_offset = req.offset + data.len() as u64;
         reply.eof = reply.next_offset >= size;
         reply.data = data;
         return Ok(reply);
     }
 
-    if is_binary(&file).map_err(|e| FileError::io(raw, "reading", e))? {
+    if is_binary(file).map_err(|e| FileError::io(raw, "reading", e))? {
         return Err(FileError::Binary { path: raw.into() });
     }
     if req.offset > size {
@@ -99,8 +104,9 @@ pub fn read(
         ));
     }
     if req.offset > 0 {
-        let before =
-            read_at(&file, req.offset - 1, 1).map_err(|e| FileError::io(raw, "reading", e))?;
+        let before = file
+            .bytes_at(req.offset - 1, 1)
+            .map_err(|e| FileError::io(raw, "reading", e))?;
         if before != b"\n" {
             return Err(FileError::invalid(
                 raw,
@@ -123,7 +129,7 @@ pub fn read(
         },
     };
     let page =
-        page(&file, req.offset, size, limits).map_err(|e| FileError::io(raw, "reading", e))?;
+        page(file, req.offset, size, limits).map_err(|e| FileError::io(raw, "reading", e))?;
     reply.text = page.text;
     reply.lines = page.lines;
     reply.next_offset = page.next_offset;
@@ -131,6 +137,37 @@ pub fn read(
     reply.eof = page.eof;
     reply.clamped = page.clamped;
     Ok(reply)
+}
+
+/// The most bytes one page may carry: the request's, within the host's read limit and the
+/// reply's byte budget.
+pub fn page_bytes(req: &pb::FileRead, limits: &super::Limits, budget: &Budget) -> usize {
+    let cap = limits.max_read_bytes.min(budget.reply_bytes as u64).max(1) as usize;
+    match req.max_bytes {
+        0 => DEFAULT_MAX_BYTES as usize,
+        n => n as usize,
+    }
+    .min(cap)
+}
+
+/// A file pages are read from: a local file, or one on an SSH target read over SFTP.
+pub trait Source {
+    /// Up to `len` bytes at `offset`, fewer only at the end of the file.
+    fn bytes_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The file's bytes from `offset` on, as a stream.
+    fn stream_from(&self, offset: u64) -> io::Result<impl Read + '_>;
+}
+
+impl Source for File {
+    fn bytes_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        read_at(self, offset, len)
+    }
+
+    fn stream_from(&self, offset: u64) -> io::Result<impl Read + '_> {
+        let mut handle = self;
+        handle.seek(SeekFrom::Start(offset))?;
+        Ok(handle)
+    }
 }
 
 /// Opens `raw` for reading through the roots' checks: its real path, the file and its status.
@@ -175,8 +212,8 @@ pub fn identity(meta: &Metadata) -> pb::FileIdentity {
 }
 
 /// Whether the file has a NUL byte in its first [`BINARY_SNIFF_BYTES`].
-pub fn is_binary(file: &File) -> io::Result<bool> {
-    let head = read_at(file, 0, BINARY_SNIFF_BYTES)?;
+pub fn is_binary(file: &impl Source) -> io::Result<bool> {
+    let head = file.bytes_at(0, BINARY_SNIFF_BYTES)?;
     Ok(memchr::memchr(0, &head).is_some())
 }
 
@@ -199,17 +236,15 @@ pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
 /// The lines from `offset` (a line start) up to `size` (the file's size when it was opened),
 /// within `limits`. A line that does not fit the byte limit ends the page and starts the next;
 /// the first line of a page always fits, clamped if need be.
-pub fn page(file: &File, offset: u64, size: u64, limits: PageLimits) -> io::Result<Page> {
+pub fn page(file: &impl Source, offset: u64, size: u64, limits: PageLimits) -> io::Result<Page> {
     let max_bytes = limits.max_bytes.max(MIN_PAGE_BYTES);
     let max_line_bytes = limits.max_line_bytes.clamp(1, max_bytes);
     // What a line is clamped to when even alone it would not fit the page.
     let fitting = max_bytes - MAX_MARKER_BYTES - 1;
-    let mut handle = file;
-    handle.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::with_capacity(
         READ_BUFFER,
         Counting {
-            inner: handle.take(size.saturating_sub(offset)),
+            inner: file.stream_from(offset)?.take(size.saturating_sub(offset)),
             count: 0,
         },
     );

@@ -117,6 +117,21 @@ impl Roots {
         }
     }
 
+    /// Roots already resolved elsewhere (on an SSH target, by its own `realpath`): canonical,
+    /// existing directories; duplicates are dropped.
+    pub fn resolved(resolved: Vec<PathBuf>) -> Roots {
+        let mut roots: Vec<PathBuf> = Vec::with_capacity(resolved.len());
+        for root in resolved {
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        Roots {
+            roots,
+            allow_hardlinks: false,
+        }
+    }
+
     /// These roots, allowing (or not) regular files with several hard links.
     pub fn allowing_hardlinks(self, allow: bool) -> Roots {
         Roots {

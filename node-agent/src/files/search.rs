@@ -65,6 +65,8 @@ pub enum Walked {
     Done,
     /// The deadline passed; what was found so far was reported.
     TimedOut,
+    /// A remote search read as many bytes as it may; what was found so far was reported.
+    BytesSpent,
 }
 
 /// A compiled query, ready to search paths.
@@ -109,6 +111,16 @@ impl<'r> Search<'r> {
             hidden: query.hidden,
             deadline,
         })
+    }
+
+    /// The query's globs on file names under directories.
+    pub fn globs(&self) -> &[String] {
+        &self.globs
+    }
+
+    /// Whether dot files and dot directories under directories are searched.
+    pub fn hidden(&self) -> bool {
+        self.hidden
     }
 
     /// Whether the deadline has passed.
@@ -173,13 +185,22 @@ impl<'r> Search<'r> {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Walked::Done;
         }
-        hits.open(&shown);
+        self.reader(&shown, file, hits)
+    }
+
+    /// Searches one file's content, read from `reader`, reported under `shown`; the file's
+    /// search ends at the deadline like a walk's.
+    pub fn reader(&mut self, shown: &str, reader: impl Read, hits: &mut impl Hits) -> Walked {
+        if self.expired() {
+            return Walked::TimedOut;
+        }
+        hits.open(shown);
         let mut sink = FileSink {
             hits,
             binary: false,
         };
         let reader = UntilDeadline {
-            inner: file,
+            inner: reader,
             deadline: self.deadline,
         };
         // A read error (or the deadline) ends this file's search with what it found.
@@ -196,7 +217,7 @@ impl<'r> Search<'r> {
 }
 
 /// Include/exclude globs (`*.log`, `!*.gz`) on paths under `root`.
-fn globs_under(root: &Path, globs: &[String]) -> Result<Override, String> {
+pub fn globs_under(root: &Path, globs: &[String]) -> Result<Override, String> {
     let mut builder = OverrideBuilder::new(root);
     for glob in globs {
         builder

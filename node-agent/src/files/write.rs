@@ -28,11 +28,11 @@ use nix::sys::stat::{FileStat, Mode};
 use nix::unistd::{Gid, Uid, UnlinkatFlags};
 use sha2::{Digest, Sha256};
 
-use super::Files;
 use super::error::FileError;
 use super::read::read_at;
 use super::roots::{Final, Parents, Place, Roots};
 use super::stat::kind_of_mode;
+use super::{Files, Limits};
 
 /// Mode of a new file when the request names none.
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -44,13 +44,27 @@ const TEMP_NAME_BYTES: usize = 200;
 /// Answers a `FileWrite`: replaces the file atomically, or appends to it.
 pub fn write(files: &Files, req: pb::FileWrite) -> Result<pb::FileWriteReply, FileError> {
     let raw = req.path.as_str();
+    check_write(&files.limits, &req)?;
+    let place = files
+        .roots
+        .place(raw, Final::Follow, Parents::create_if(req.create_dirs))?;
+    if req.append {
+        append(files, place, &req)
+    } else {
+        replace(&files.roots, place, &req)
+    }
+}
+
+/// Refuses a write over the host's size limit, or with a mode the file tool never sets.
+pub(crate) fn check_write(limits: &Limits, req: &pb::FileWrite) -> Result<(), FileError> {
+    let raw = req.path.as_str();
     let size = req.content.len() as u64;
-    if size > files.limits.max_write_bytes {
+    if size > limits.max_write_bytes {
         return Err(FileError::too_large(
             raw,
             "the content",
             size,
-            files.limits.max_write_bytes,
+            limits.max_write_bytes,
         ));
     }
     if let Some(mode) = req.mode {
@@ -62,14 +76,7 @@ pub fn write(files: &Files, req: pb::FileWrite) -> Result<pb::FileWriteReply, Fi
         }
         refuse_special_mode(raw, mode)?;
     }
-    let place = files
-        .roots
-        .place(raw, Final::Follow, Parents::create_if(req.create_dirs))?;
-    if req.append {
-        append(files, place, &req)
-    } else {
-        replace(&files.roots, place, &req)
-    }
+    Ok(())
 }
 
 fn replace(
@@ -257,11 +264,7 @@ pub struct Temp {
 impl Temp {
     /// Creates the temp file (mode 0600 until [`Temp::finish`]) in the destination's directory.
     pub fn create(roots: &Roots, place: Place) -> Result<Temp, FileError> {
-        let mut name = b".".to_vec();
-        let base = place.name.as_bytes();
-        name.extend_from_slice(&base[..base.len().min(TEMP_NAME_BYTES)]);
-        name.extend_from_slice(format!(".execmesh-{:016x}.tmp", rand::random::<u64>()).as_bytes());
-        let name = OsString::from_vec(name);
+        let name = temp_name(&place.name);
         let fd = nix::fcntl::openat(
             &place.dir.fd,
             name.as_os_str(),
@@ -329,6 +332,16 @@ impl Drop for Temp {
             );
         }
     }
+}
+
+/// A fresh name for a temp file beside `name`: `.<name>.execmesh-<random>.tmp`, hidden, and
+/// never the name of a file a caller asked for.
+pub(crate) fn temp_name(name: &OsStr) -> OsString {
+    let mut temp = b".".to_vec();
+    let base = name.as_bytes();
+    temp.extend_from_slice(&base[..base.len().min(TEMP_NAME_BYTES)]);
+    temp.extend_from_slice(format!(".execmesh-{:016x}.tmp", rand::random::<u64>()).as_bytes());
+    OsString::from_vec(temp)
 }
 
 /// The owner, group and mode a replacement takes from the file it replaces.

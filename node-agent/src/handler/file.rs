@@ -1,4 +1,4 @@
-//! Answers a file operation: runs it on a file worker as the request's account, audits what it changed, and replies with its result.
+//! Answers a file operation: runs it on a file worker as the request's account (or on the relay's SSH target over SFTP), audits what it changed, and replies with its result.
 
 use std::sync::Arc;
 
@@ -18,10 +18,15 @@ pub async fn handle(node: &Arc<Node>, spec: FileSpec) -> pb::ExecReply {
     let budget = Budget::until_expiry(max_payload, spec.expires_at_ms);
     let change = FileChange::of(&spec.request);
     let request = spec.request;
-    let result = node
-        .files
-        .run_as(spec.account, move |files| files.handle(request, &budget))
-        .await;
+    let result = match node.executor.remote_files() {
+        // A relay target's files, over SFTP (the relay's own disk is never served for it).
+        Some(remote) => remote.handle(&node.files, request, budget).await,
+        None => {
+            node.files
+                .run_as(spec.account, move |files| files.handle(request, &budget))
+                .await
+        }
+    };
     match result {
         Ok(result) => {
             if let Some(change) = change {

@@ -27,9 +27,23 @@ pub async fn handle(node: &Arc<Node>, spec: GrepSpec) -> pb::ExecReply {
     let deadline = Instant::now() + left.min(limits.timeout);
     let reply_bytes = Budget::new(max_payload, deadline).reply_bytes;
     let request = spec.request;
-    let work = node.files.run_as(spec.account, move |files| {
-        crate::grep::grep(files, &limits, request, reply_bytes, deadline)
-    });
+    let work = async {
+        match node.executor.remote_files() {
+            // A relay target's files, streamed over SFTP into the same search.
+            Some(remote) => {
+                remote
+                    .grep(&node.files, limits, request, reply_bytes, deadline)
+                    .await
+            }
+            None => {
+                node.files
+                    .run_as(spec.account, move |files| {
+                        crate::grep::grep(files, &limits, request, reply_bytes, deadline)
+                    })
+                    .await
+            }
+        }
+    };
     // Waiting for a worker counts against the request's time too; a search that started
     // returns by itself at the deadline.
     match tokio::time::timeout_at((deadline + GREP_REPLY_MARGIN).into(), work).await {

@@ -13,6 +13,8 @@
 //! labels = { role = "db" }
 //! max_tier = "readonly"                # this target's own cap (lower wins)
 //! remote_timeout_ms = 20000            # longest a session may take to start, the probe to answer
+//! file_roots = ["/srv/db", "/var/log"] # on the target; default: an agent's default roots
+//! grep_max_bytes = 268435456           # most bytes one grep reads from the target (256 MiB)
 //! ```
 
 use std::collections::BTreeMap;
@@ -23,6 +25,8 @@ use execmesh_proto::Token;
 
 use crate::cli::Cli;
 use crate::config::{Config, ConfigError, read_file};
+use crate::files::DEFAULT_ROOTS;
+use crate::relay::files::DEFAULT_GREP_MAX_BYTES;
 use crate::relay::ssh::{DEFAULT_REMOTE_TIMEOUT, TargetSpec};
 use crate::tier::Tier;
 
@@ -40,6 +44,7 @@ const TARGET_KEYS: &[&str] = &[
     "accept_new_host_key",
     "shell",
     "remote_timeout_ms",
+    "grep_max_bytes",
 ];
 /// Keys of the agent's configuration that mean nothing to a relay (each target has its own).
 const AGENT_ONLY_KEYS: &[&str] = &["host_id", "labels", "run_as", "warm_shells"];
@@ -68,8 +73,11 @@ pub struct Target {
     pub labels: BTreeMap<String, String>,
     /// Its own tier cap; the relay's applies too (the lower wins).
     pub max_tier: Option<Tier>,
-    /// Directories the file tool may reach on it.
+    /// Directories the file tool and grep may reach on it, resolved on the target; the
+    /// agent's defaults ([`DEFAULT_ROOTS`]) when the configuration names none.
     pub file_roots: Vec<PathBuf>,
+    /// Most bytes one grep reads from the target over SFTP.
+    pub grep_max_bytes: u64,
 }
 
 // === impl RelayConfig ===
@@ -237,7 +245,7 @@ fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
         Some(other) => problems.push(format!("{at}.labels = {other}: expected a table")),
     }
     let file_roots = match table.get("file_roots") {
-        None => Vec::new(),
+        None => DEFAULT_ROOTS.iter().map(PathBuf::from).collect(),
         Some(toml::Value::Array(roots)) => roots
             .iter()
             .filter_map(|r| match r.as_str() {
@@ -275,6 +283,16 @@ fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
             DEFAULT_REMOTE_TIMEOUT
         }
     };
+    let grep_max_bytes = match table.get("grep_max_bytes") {
+        None => DEFAULT_GREP_MAX_BYTES,
+        Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
+        Some(other) => {
+            problems.push(format!(
+                "{at}.grep_max_bytes = {other}: expected a positive number of bytes"
+            ));
+            DEFAULT_GREP_MAX_BYTES
+        }
+    };
     let ssh_config = string("ssh_config", problems).map(PathBuf::from);
     let shell = string("shell", problems).unwrap_or_else(|| DEFAULT_REMOTE_SHELL.to_string());
     Some(Target {
@@ -289,6 +307,7 @@ fn parse_target(i: usize, item: &toml::Value, problems: &mut Vec<String>) -> Opt
         labels,
         max_tier,
         file_roots,
+        grep_max_bytes,
     })
 }
 
@@ -308,6 +327,7 @@ mod tests {
         let config = load(
             "user = \"alice\"\nmax_tier = \"standard\"\n\
              [[targets]]\nid = \"db-1\"\ndestination = \"alice@db1\"\nlabels = { role = \"db\" }\nmax_tier = \"readonly\"\n\
+             file_roots = [\"/srv/db\"]\ngrep_max_bytes = 1024\n\
              [[targets]]\nid = \"box-2\"\n",
         )
         .expect("valid");
@@ -317,9 +337,15 @@ mod tests {
         assert_eq!(db.max_tier, Tier::Readonly);
         assert_eq!(db.labels["role"], "db");
         assert_eq!(db.warm_shells, 0);
+        assert_eq!(db.file_roots, [PathBuf::from("/srv/db")]);
+        assert_eq!(config.targets[0].grep_max_bytes, 1024);
         let other = config.node_config(&config.targets[1]);
         assert_eq!(other.max_tier, Tier::Standard);
         assert_eq!(config.targets[1].ssh.destination, "box-2");
+        // Without file_roots a target gets an agent's default roots (resolved on the target).
+        let defaults: Vec<PathBuf> = DEFAULT_ROOTS.iter().map(PathBuf::from).collect();
+        assert_eq!(other.file_roots, defaults);
+        assert_eq!(config.targets[1].grep_max_bytes, DEFAULT_GREP_MAX_BYTES);
     }
 
     #[test]

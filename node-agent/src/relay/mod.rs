@@ -9,7 +9,10 @@
 //! only while its master connection is alive; otherwise its fact pack says why it is not.
 
 pub mod config;
+mod control;
+pub mod files;
 mod probe;
+pub mod sftp;
 pub mod ssh;
 
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use crate::error::AgentError;
 use crate::executor::Executor;
 use crate::node::Node;
 use crate::presence::Heartbeat;
+use crate::relay::files::RemoteFiles;
 use crate::relay::ssh::{SshTarget, TargetState};
 use crate::{connection, dispatch, provision, recovery};
 
@@ -51,21 +55,37 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     let js = async_nats::jetstream::new(client.clone());
     let mesh = provision::provision(&js, &config.agent).await?;
 
+    let control_dir = control::directory(user.as_str(), &config.relay_id);
+    control::prepare(&control_dir)
+        .await
+        .map_err(|source| AgentError::ControlDir {
+            path: control_dir.clone(),
+            source,
+        })?;
+
     let mut served = JoinSet::new();
     for target in &config.targets {
         let ssh = Arc::new(SshTarget::new(
             target.ssh.clone(),
             user.clone(),
             config.relay_id.clone(),
+            control_dir.clone(),
+        ));
+        let node_config = config.node_config(target);
+        let files = Arc::new(RemoteFiles::new(
+            Arc::clone(&ssh),
+            node_config.file_roots.clone(),
+            node_config.file_limits(),
+            target.grep_max_bytes,
         ));
         let node = Arc::new(Node::new(
-            config.node_config(target),
+            node_config,
             instance.clone(),
             client.clone(),
             &mesh,
             shutdown.clone(),
             record_key.clone(),
-            Executor::Ssh(Arc::clone(&ssh)),
+            Executor::Ssh(Arc::clone(&ssh), files),
         ));
         let recovered = recovery::recover(&node).await?;
         if recovered > 0 {
@@ -78,6 +98,9 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     }
     info!(user = %user, "relay serving its targets");
     while served.join_next().await.is_some() {}
+    // Every master is closed: the directory is empty unless a close failed (then it stays for
+    // the next start to reap).
+    let _ = std::fs::remove_dir(&control_dir);
     let _ = tokio::time::timeout(FAREWELL_LIMIT, client.flush()).await;
     info!(user = %user, "relay stopped");
     Ok(())

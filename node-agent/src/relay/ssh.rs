@@ -159,6 +159,8 @@ pub struct SshTarget {
     pub relay_user: Token,
     /// Which of that user's relays (`RelayConfig::relay_id`).
     relay_id: String,
+    /// Where the master's control socket lives (the relay's own directory).
+    control_dir: PathBuf,
     /// The master connection while it is up.
     session: Mutex<Option<Arc<Session>>>,
     /// Online, or offline with the reason.
@@ -168,7 +170,12 @@ pub struct SshTarget {
 // === impl SshTarget ===
 
 impl SshTarget {
-    pub fn new(spec: TargetSpec, relay_user: Token, relay_id: String) -> Self {
+    pub fn new(
+        spec: TargetSpec,
+        relay_user: Token,
+        relay_id: String,
+        control_dir: PathBuf,
+    ) -> Self {
         let (state, _) = watch::channel(TargetState::Offline {
             reason: OfflineReason::Connecting,
             detail: String::new(),
@@ -177,6 +184,7 @@ impl SshTarget {
             spec,
             relay_user,
             relay_id,
+            control_dir,
             session: Mutex::new(None),
             state,
         }
@@ -188,6 +196,11 @@ impl SshTarget {
 
     pub fn state(&self) -> TargetState {
         self.state.borrow().clone()
+    }
+
+    /// The master connection while it is up (the SFTP channel runs over it too).
+    pub fn master(&self) -> Option<Arc<Session>> {
+        self.session()
     }
 
     fn session(&self) -> Option<Arc<Session>> {
@@ -212,7 +225,7 @@ impl SshTarget {
             })
             .connect_timeout(CONNECT_TIMEOUT)
             .server_alive_interval(SERVER_ALIVE)
-            .control_directory(std::env::temp_dir());
+            .control_directory(&self.control_dir);
         if let Some(config) = &self.spec.ssh_config {
             builder.config_file(config);
         }

@@ -38,7 +38,7 @@ mod chaos;
 #[path = "bench/relay.rs"]
 mod relay;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "roundtrip",
     "telemetry",
     "paging",
@@ -50,6 +50,7 @@ const SCENARIOS: [&str; 11] = [
     "audit",
     "chaos",
     "relay",
+    "relay-files",
 ];
 /// Calls per measured fan-out size.
 const FANOUT_CALLS: usize = 50;
@@ -61,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!(
-            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay]\n\n\
+            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay] [relay-files]\n\n\
              Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
              measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
              a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
@@ -106,6 +107,7 @@ async fn run(name: &str) -> anyhow::Result<Value> {
         "audit" => audit::audit().await,
         "chaos" => chaos::chaos().await,
         "relay" => relay::relay().await,
+        "relay-files" => relay::relay_files().await,
         other => bail!("unknown scenario {other}"),
     }
 }

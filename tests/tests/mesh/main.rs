@@ -28,6 +28,7 @@ mod packages;
 mod perf_guard;
 mod protocol;
 mod relay;
+mod relay_files;
 mod runbooks;
 mod security_node;
 mod states;

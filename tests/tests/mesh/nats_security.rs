@@ -20,6 +20,7 @@ use serde_json::json;
 use execmesh_tests::nats::nats_server_binary;
 use execmesh_tests::nats_accounts::{Identified, SecuredMesh};
 use execmesh_tests::process::workspace_binary;
+use execmesh_tests::quickstart::Quickstart;
 use execmesh_tests::{
     Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, RunningAudit, eventually,
     with_approval, workspace_path,
@@ -1160,34 +1161,6 @@ fn single_conf_includes_the_generated_accounts_and_passes_the_servers_config_tes
     );
 }
 
-/// `N` free loopback ports, chosen by the kernel (bound, read back, released).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    let ports: Vec<u16> = listeners
-        .iter()
-        .map(|l| l.local_addr().expect("an address").port())
-        .collect();
-    ports.try_into().expect("N ports")
-}
-
-/// The quickstart, running: stopped with SIGTERM (its own clean stop) when dropped, so a
-/// failing test leaves no NATS or agent behind.
-struct Quickstart(execmesh_tests::process::ChildProcess);
-
-impl Drop for Quickstart {
-    fn drop(&mut self) {
-        if self.0.exited().is_none() {
-            self.0.signal(nix::sys::signal::Signal::SIGTERM);
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while self.0.exited().is_none() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
 /// The quickstart as a user runs it (with the debug binaries this test command built): NATS
 /// refuses anonymous clients, a `bash` call through its MCP URL and token works, and the job
 /// can read none of the seeds and keys; as root it runs as the dedicated account. SIGTERM stops
@@ -1195,60 +1168,13 @@ impl Drop for Quickstart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_runs_a_secured_mesh_whose_jobs_cannot_read_its_secrets() {
     use std::os::unix::fs::PermissionsExt as _;
-    let parent = tempfile::Builder::new()
-        .prefix("execmesh-quickstart-")
-        .tempdir()
-        .expect("temp dir");
-    // Traversable by anyone: only the state directory's own mode keeps jobs out of it.
-    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let state = parent.path().join("state");
-    let [port, admin_port, nats_port] = free_ports::<3>();
-    let bin_dir = workspace_binary("execmesh-gateway")
-        .parent()
-        .expect("a bin dir")
-        .to_path_buf();
-    let mut command = Command::new("bash");
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EXECMESH_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .arg(workspace_path("deploy/quickstart.sh"))
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--port", &port.to_string()])
-        .args(["--admin-port", &admin_port.to_string()])
-        .args(["--nats-port", &nats_port.to_string()]);
-    let log = parent.path().join("quickstart.log");
-    let mut quickstart = Quickstart(
-        execmesh_tests::process::ChildProcess::spawn("quickstart", command, &log)
-            .expect("start the quickstart"),
+    let mut quickstart = Quickstart::start(&[]).await;
+    let (state, log, nats_port) = (
+        quickstart.state.clone(),
+        quickstart.log.clone(),
+        quickstart.nats_port,
     );
-    // Up once it has written its details (the agents may still be starting).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let details = loop {
-        if let Some(status) = quickstart.0.exited() {
-            panic!(
-                "the quickstart stopped ({status}):\n{}",
-                quickstart.0.log_tail(80)
-            );
-        }
-        let written = std::fs::read_to_string(state.join("quickstart.json"))
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        if let Some(details) = written {
-            break details;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the quickstart did not come up within 120 s:\n{}",
-            quickstart.0.log_tail(80)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let details = quickstart.details.clone();
     let mcp_url = details["mcp_url"].as_str().expect("mcp_url").to_string();
     let token = details["token"].as_str().expect("token").to_string();
     let host = details["hosts"][0].as_str().expect("a host").to_string();
@@ -1343,16 +1269,15 @@ async fn the_quickstart_runs_a_secured_mesh_whose_jobs_cannot_read_its_secrets()
 
     // SIGTERM: everything it started stops, NATS included.
     let status = quickstart
-        .0
         .terminate(Duration::from_secs(60))
         .await
         .unwrap_or_else(|s| {
             panic!(
                 "the quickstart did not stop on SIGTERM ({s}):\n{}",
-                quickstart.0.log_tail(40)
+                quickstart.log_tail(40)
             )
         });
-    assert!(status.success(), "{status}: {}", quickstart.0.log_tail(40));
+    assert!(status.success(), "{status}: {}", quickstart.log_tail(40));
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", nats_port)).is_err(),
         "NATS still runs after the quickstart stopped"

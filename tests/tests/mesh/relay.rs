@@ -170,6 +170,55 @@ async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
     sshd.ssh("pkill -x -f 'sleep 1719' || true");
 }
 
+/// The pids of the SSH master connections (`ControlPersist=yes`) to `sshd`, from /proc.
+fn masters(sshd: &Sshd) -> Vec<u32> {
+    let config = sshd.ssh_config().display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+                let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+                cmdline.contains("ControlPersist=yes") && cmdline.contains(&config)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_hard_stops_the_masters_it_left_when_it_starts_again() {
+    let Scene {
+        client,
+        mut relay,
+        sshd,
+        gw: _gw,
+        _nats,
+    } = scene(|r| r).await;
+    let before = eventually(Duration::from_secs(10), || async {
+        let m = masters(&sshd);
+        (m.len() == 1).then_some(m)
+    })
+    .await;
+    // SIGKILL: the relay cannot close its master, which persists (ControlPersist) on its own.
+    relay.kill_hard().await;
+    assert_eq!(masters(&sshd), before, "the master outlives a killed relay");
+    relay.restart().await;
+    let after = eventually(Duration::from_secs(10), || async {
+        let m = masters(&sshd);
+        (m.len() == 1 && m != before).then_some(m)
+    })
+    .await;
+    assert_ne!(after, before);
+    let out = client.bash("box-1", "echo back").await;
+    assert_eq!(out.structured()["output"], "back\n", "{}", out.text());
+    // A clean stop closes the master too.
+    relay.stop().await;
+    eventually(Duration::from_secs(10), || async {
+        masters(&sshd).is_empty()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200k_line_relay_job_pages_every_line_once_in_order() {
     let Scene {

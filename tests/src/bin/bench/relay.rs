@@ -1,4 +1,4 @@
-//! `relay`: `bash true` through an SSH relay against a multiplexed `ssh` round trip to the same sshd, in the same run, and a 200,000-line relay job paged end to end.
+//! `relay`: `bash true` through an SSH relay against a multiplexed `ssh` round trip to the same sshd, in the same run, and a 200,000-line relay job paged end to end. `relay-files`: the file tool and grep on a relay target (over SFTP) next to an agent host reading the same files.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,7 +10,14 @@ use execmesh_tests::relay::Relay;
 use execmesh_tests::sshd::Sshd;
 use execmesh_tests::{Gateway, Nats};
 
-use super::{bench_client, finished_job, ms, page_through, percentiles};
+use super::{agent_with_root, bench_client, finished_job, median, ms, page_through, percentiles};
+
+/// Lines of the log searched and paged by `relay-files` (about 10 MB).
+const LOG_LINES: u32 = 200_000;
+/// Bytes of the file copied agent → relay target by `relay-files`.
+const COPY_BYTES: usize = 20 * 1000 * 1000;
+/// Runs of each timed file call.
+const FILE_RUNS: usize = 5;
 
 /// Calls measured on each side.
 const CALLS: usize = 300;
@@ -102,4 +109,92 @@ pub async fn relay() -> anyhow::Result<Value> {
         "p50_ratio_relay_to_ssh": (ratio * 100.0).round() / 100.0,
         "job_200k": { "lines": lines, "pages": pages.len(), "end_to_end_ms": ms(elapsed) },
     }))
+}
+
+/// The file tool and grep on a relay target next to an agent host serving the same directory
+/// (one machine): a grep with a digest over a 200,000-line log, the same log paged to its end,
+/// and a 20 MB copy from the agent to the target.
+pub async fn relay_files() -> anyhow::Result<Value> {
+    let nats = Nats::start().await;
+    let sshd = Sshd::start().await;
+    let dir = tempfile::Builder::new()
+        .prefix("execmesh-bench-relay-files-")
+        .tempdir()?;
+    let root = std::fs::canonicalize(dir.path())?;
+    let log = root.join("app.log");
+    let text: String = (0..LOG_LINES)
+        .map(|i| {
+            format!(
+                "2026-12-02T10:00:00Z INFO request {i} served in {}ms\n",
+                i % 97
+            )
+        })
+        .collect();
+    std::fs::write(&log, text)?;
+    std::fs::write(root.join("blob.bin"), vec![7u8; COPY_BYTES])?;
+    let _agent = agent_with_root(&nats, "bench-agent", &root).await;
+    let _relay = Relay::new(&nats, "bench")
+        .target("bench-1", &sshd)
+        .target_setting(&format!("file_roots = [{:?}]", root.display().to_string()))
+        .start(&nats)
+        .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = bench_client(&gw, Duration::from_secs(300)).await;
+    let path = log.display().to_string();
+
+    let mut report = json!({});
+    for host in ["bench-agent", "bench-1"] {
+        let mut greps = Vec::with_capacity(FILE_RUNS);
+        for _ in 0..FILE_RUNS {
+            let started = Instant::now();
+            let out = client
+                .try_call(
+                    "grep",
+                    json!({"hosts": host, "pattern": "served in 9[0-6]ms", "paths": [path], "digest": true}),
+                )
+                .await?;
+            if out.is_error() || out.structured()["counts"]["ok"] != 1 {
+                bail!("grep on {host} failed: {}", out.text());
+            }
+            greps.push(started.elapsed());
+        }
+        let started = Instant::now();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut args =
+                json!({"host": host, "action": "read", "path": path, "max_lines": 10000});
+            if let Some(c) = &cursor {
+                args["cursor"] = json!(c);
+            }
+            let out = client.try_call("file", args).await?;
+            if out.is_error() {
+                bail!("read on {host} failed: {}", out.text());
+            }
+            pages += 1;
+            let s = out.structured();
+            if s["eof"] == true {
+                break;
+            }
+            cursor = Some(s["next_cursor"].as_str().context("no cursor")?.to_string());
+        }
+        report[host.replace('-', "_")] = json!({
+            "grep_digest_10mb_p50_ms": ms(median(greps)),
+            "read_200k_lines_paged_ms": ms(started.elapsed()),
+            "pages": pages,
+        });
+    }
+    let started = Instant::now();
+    let out = client
+        .try_call(
+            "file",
+            json!({"host": "bench-agent", "action": "copy", "path": root.join("blob.bin"),
+                   "to_host": "bench-1", "to": root.join("copied.bin")}),
+        )
+        .await?;
+    if out.is_error() {
+        bail!("copy to the relay target failed: {}", out.text());
+    }
+    report["copy_20mb_agent_to_relay_ms"] = json!(ms(started.elapsed()));
+    Ok(report)
 }
