@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use crate::process::job_processes;
 
 mod cluster;
+mod stall;
 use crate::{
     AuditSink, Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningAudit, read_answer,
     rejection_of,
@@ -96,6 +97,11 @@ pub enum Scenario {
     ClusterRollingRestart,
     /// The only node an agent was given dies: it reconnects to another node by itself.
     ClusterAgentFailover,
+    /// A node-agent frozen (SIGSTOP) while a client pages its job, past its heartbeat's TTL, as
+    /// a JetStream leader election leaves it: within the gateway's grace its job is not lost;
+    /// past it the job is marked lost, and once the agent goes on the client still pages every
+    /// line to the job's real end.
+    AgentStall,
 }
 
 /// How big each scenario runs.
@@ -129,6 +135,8 @@ pub struct Size {
     pub flood_bytes: u64,
     /// The per-user output quota of that agent.
     pub user_quota: u64,
+    /// Lines the job of [`Scenario::AgentStall`] prints.
+    pub stall_lines: u64,
     /// Lines the job of [`Scenario::ClusterLeaderKill`] prints.
     pub cluster_lines: u64,
 }
@@ -347,7 +355,7 @@ impl Scenario {
     ///
     /// [`Scenario::ClusterRollingRestart`] is not among them yet: a few calls made while a node
     /// restarts still answer neither as asked nor with a retryable refusal (see docs/nats.md).
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::NatsKillMidJob,
         Scenario::AgentKill,
         Scenario::ReplicaKill,
@@ -357,6 +365,7 @@ impl Scenario {
         Scenario::NatsAwayDuringCalls,
         Scenario::ClusterLeaderKill,
         Scenario::ClusterAgentFailover,
+        Scenario::AgentStall,
     ];
 
     /// The scenario's name in reports (a JSON key).
@@ -372,6 +381,7 @@ impl Scenario {
             Scenario::ClusterLeaderKill => "cluster_leader_kill",
             Scenario::ClusterRollingRestart => "cluster_rolling_restart",
             Scenario::ClusterAgentFailover => "cluster_agent_failover",
+            Scenario::AgentStall => "agent_stall",
         }
     }
 
@@ -392,6 +402,7 @@ impl Scenario {
             Scenario::ClusterAgentFailover => {
                 cluster::cluster_agent_failover(size).await.map(figures)
             }
+            Scenario::AgentStall => stall::agent_stall(size).await.map(figures),
         }
     }
 }
@@ -423,6 +434,7 @@ impl Size {
         calls_outage: Duration::from_secs(4),
         flood_bytes: 20 << 20,
         user_quota: 1 << 20,
+        stall_lines: 100_000,
         // The size: paged in 20 pages of 10,000 lines, a few seconds in a debug build.
         cluster_lines: 200_000,
     };
@@ -442,6 +454,7 @@ impl Size {
         calls_outage: Duration::from_secs(10),
         flood_bytes: 64 << 20,
         user_quota: 4 << 20,
+        stall_lines: 1_000_000,
         cluster_lines: 2_000_000,
     };
 }
@@ -622,12 +635,7 @@ pub async fn agent_kill(size: &Size) -> Result<AgentKillFigures, Broken> {
         .arg("--heartbeat-interval-ms", heartbeat_ms.to_string())
         .start()
         .await;
-    let presence_ttl = {
-        let mut config = execmesh_node_agent::config::Config::new(&nats.url(), HOST)
-            .expect("an agent configuration");
-        config.heartbeat_interval_ms = heartbeat_ms;
-        config.presence_ttl()
-    };
+    let presence_ttl = presence_ttl(&nats, heartbeat_ms);
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
     let mut jobs = Vec::new();
@@ -1322,6 +1330,14 @@ struct Progress {
     running: bool,
 }
 
+/// The lifetime of the heartbeat of an agent beating every `heartbeat_ms`, as the agent computes it.
+fn presence_ttl(nats: &Nats, heartbeat_ms: u64) -> Duration {
+    let mut config = execmesh_node_agent::config::Config::new(&nats.url(), HOST)
+        .expect("an agent configuration");
+    config.heartbeat_interval_ms = heartbeat_ms;
+    config.presence_ttl()
+}
+
 /// The job's progress, or `None` if the gateway cannot say now (NATS restarting).
 async fn progress(client: &McpClient, job: &str) -> Option<Progress> {
     let args = json!({"action": "poll", "job": job, "tail": 1, "max_lines": 1});
@@ -1384,6 +1400,67 @@ fn paced_job_with(lines: u64, pace: &str) -> String {
         CHUNKS - 1,
         lines - rest + 1
     )
+}
+
+/// What a client paging a job from its start saw.
+struct Followed {
+    /// Every line, in the order paged.
+    lines: Vec<String>,
+    /// When each answered page was sent and when it answered.
+    answered: Vec<(Instant, Instant)>,
+    /// Page calls that failed (timed out, refused, a tool error) and were asked again.
+    failed: usize,
+    /// The slowest page call.
+    slowest: Duration,
+    /// The job's state on the page that said the output was done.
+    done_state: Option<String>,
+}
+
+/// Pages `job` from its start, as a client following it does, until it is done, asking again (same cursor) when a page fails,
+/// for at most the settle limit.
+async fn follow(client: McpClient, job: String) -> Followed {
+    let mut followed = Followed {
+        lines: Vec::new(),
+        answered: Vec::new(),
+        failed: 0,
+        slowest: Duration::ZERO,
+        done_state: None,
+    };
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let mut args =
+            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
+        if let Some(c) = &cursor {
+            args["cursor"] = json!(c);
+        }
+        let sent = Instant::now();
+        let answer = client.try_call("job", args).await;
+        followed.slowest = followed.slowest.max(sent.elapsed());
+        let out = match answer {
+            Ok(out) if !out.is_error() => out,
+            _ => {
+                followed.failed += 1;
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        followed.answered.push((sent, Instant::now()));
+        let s = out.structured();
+        let page = s["output"].as_str().unwrap_or_default();
+        followed.lines.extend(page.lines().map(str::to_string));
+        if s["done"] == true {
+            followed.done_state = s["job"]["state"].as_str().map(str::to_string);
+            break;
+        }
+        if let Some(next) = s["next_cursor"].as_str() {
+            cursor = Some(next.to_string());
+        }
+        if page.is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    followed
 }
 
 /// Every line of a finished job, paged from its start in the largest pages.

@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, POLL, RECOVERY, Scenario,
-    Size, USER, job_end, ms, paced_job_with, raw_bash, reached, settle, state_of,
+    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
+    USER, follow, job_end, ms, paced_job_with, raw_bash, reached, settle, state_of,
 };
-use crate::{Gateway, McpClient, Nats, NodeAgent};
+use crate::{Gateway, Nats, NodeAgent};
 
 /// Nodes of the cluster.
 const NODES: usize = 3;
@@ -49,6 +49,8 @@ pub struct ClusterLeaderFigures {
     pub slowest_page_ms: u64,
     /// The job's state at the end.
     pub job_state: String,
+    /// The job's state on the page that ended the client's paging.
+    pub paged_until: Option<String>,
 }
 
 /// Figures of [`Scenario::ClusterRollingRestart`].
@@ -174,6 +176,7 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
             failed_pages: followed.failed,
             slowest_page_ms: ms(followed.slowest),
             job_state,
+            paged_until: followed.done_state,
         },
     )
 }
@@ -333,63 +336,6 @@ pub async fn cluster_agent_failover(_size: &Size) -> Result<ClusterAgentFailover
             agent_survived,
         },
     )
-}
-
-/// What a client paging a job from its start saw.
-struct Followed {
-    /// Every line, in the order paged.
-    lines: Vec<String>,
-    /// When each answered page was sent and when it answered.
-    answered: Vec<(Instant, Instant)>,
-    /// Page calls that failed (timed out, refused, a tool error) and were asked again.
-    failed: usize,
-    /// The slowest page call.
-    slowest: Duration,
-}
-
-/// Pages `job` from its start until it is done, asking again (same cursor) when a page fails,
-/// for at most the settle limit.
-async fn follow(client: McpClient, job: String) -> Followed {
-    let mut followed = Followed {
-        lines: Vec::new(),
-        answered: Vec::new(),
-        failed: 0,
-        slowest: Duration::ZERO,
-    };
-    let mut cursor: Option<String> = None;
-    let deadline = Instant::now() + super::SETTLE_LIMIT;
-    while Instant::now() < deadline {
-        let mut args =
-            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
-        if let Some(c) = &cursor {
-            args["cursor"] = json!(c);
-        }
-        let sent = Instant::now();
-        let answer = client.try_call("job", args).await;
-        followed.slowest = followed.slowest.max(sent.elapsed());
-        let out = match answer {
-            Ok(out) if !out.is_error() => out,
-            _ => {
-                followed.failed += 1;
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
-        };
-        followed.answered.push((sent, Instant::now()));
-        let s = out.structured();
-        let page = s["output"].as_str().unwrap_or_default();
-        followed.lines.extend(page.lines().map(str::to_string));
-        if s["done"] == true {
-            break;
-        }
-        if let Some(next) = s["next_cursor"].as_str() {
-            cursor = Some(next.to_string());
-        }
-        if page.is_empty() {
-            tokio::time::sleep(POLL).await;
-        }
-    }
-    followed
 }
 
 /// The name of MESH_OUT's leader once it has one.
