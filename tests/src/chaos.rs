@@ -416,8 +416,8 @@ impl fmt::Display for Scenario {
 // === impl Size ===
 
 impl Size {
-    /// Small enough for the test suite on two cores (the seven single-server scenarios in about
-    /// a minute, the three cluster scenarios in about another).
+    /// Small enough for the test suite on two cores (the eight single-server scenarios in about
+    /// a minute and a half, the cluster scenarios in about another).
     pub const CI: Size = Size {
         job_lines: 30_000,
         nats_kills: 1,
