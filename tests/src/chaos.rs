@@ -1264,6 +1264,17 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
 /// Calls `bash` (`echo ok`) with a bare JSON-RPC request, as a client without a session would,
 /// and says how it answered.
 async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> Answer {
+    raw_bash_told(http, url, token, id).await.0
+}
+
+/// [`raw_bash`], with what came back when it is [`Answer::Wrong`] (HTTP status and body, or the
+/// client's error), for the report.
+async fn raw_bash_told(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: u64,
+) -> (Answer, Option<String>) {
     let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "bash", "arguments": {"host": HOST, "cmd": "echo ok"}}});
     let sent = http
@@ -1274,12 +1285,13 @@ async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> An
         .timeout(CALL_TIMEOUT)
         .send()
         .await;
-    let Ok(response) = sent else {
-        return Answer::Wrong;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return (Answer::Wrong, Some(format!("no answer: {e}"))),
     };
     let (status, retry_after, body) = read_answer(response).await;
     let result = &body["result"];
-    match status {
+    let answer = match status {
         503 if body["error"]["code"] == UNAVAILABLE
             && rejection_of(&body) == Some(Rejection::MeshUnreachable)
             && retry_after.is_some() =>
@@ -1289,7 +1301,12 @@ async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> An
         200 if result["isError"] == true => Answer::ToolError,
         200 if result["structuredContent"]["output"] == "ok\n" => Answer::Answered,
         _ => Answer::Wrong,
-    }
+    };
+    let told = (answer == Answer::Wrong).then(|| {
+        let body = body.to_string();
+        format!("HTTP {status}: {}", body.get(..300).unwrap_or(&body))
+    });
+    (answer, told)
 }
 
 /// The heartbeat times (unix ms) the agent's presence showed, each once, sampled every

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
-    USER, follow, job_end, ms, paced_job_with, raw_bash, reached, settle, state_of,
+    USER, follow, job_end, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
 };
 use crate::{Gateway, Nats, NodeAgent};
 
@@ -24,6 +24,8 @@ const CLUSTER_PACE: &str = "0.15";
 const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a call may take while nodes restart: an answer or a clear refusal, never a hang.
 const ROLLING_BOUND: Duration = Duration::from_secs(20);
+/// Wrong answers kept for the report.
+const WRONG_KEPT: usize = 8;
 
 /// Figures of [`Scenario::ClusterLeaderKill`].
 #[derive(Debug, Serialize)]
@@ -70,6 +72,8 @@ pub struct ClusterRollingFigures {
     /// The slowest call, and the bound every call must answer within.
     pub slowest_ms: u64,
     pub bound_ms: u64,
+    /// What the first wrong answers were.
+    pub wrong_answers: Vec<String>,
 }
 
 /// Figures of [`Scenario::ClusterAgentFailover`].
@@ -191,18 +195,25 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
     let gw = Gateway::new(&nats).start().await;
     let token = gw.mint(USER);
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let wrong_answers: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
     for c in 0..size.clients {
         let (http, url, token) = (gw.http_client(), gw.url(), token.clone());
-        let (calls, stop) = (calls.clone(), stop.clone());
+        let (calls, stop, wrong) = (calls.clone(), stop.clone(), wrong_answers.clone());
         callers.push(tokio::spawn(async move {
             let mut id = c as u64 * 1_000_000;
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 let sent = Instant::now();
-                let answer = raw_bash(&http, &url, &token, id).await;
+                let (answer, told) = raw_bash_told(&http, &url, &token, id).await;
                 let took = sent.elapsed();
+                if let Some(told) = told {
+                    let mut wrong = wrong.lock().expect("wrong answers");
+                    if wrong.len() < WRONG_KEPT {
+                        wrong.push(format!("after {} ms: {told}", ms(took)));
+                    }
+                }
                 calls
                     .lock()
                     .expect("calls")
@@ -276,6 +287,7 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
             wrong,
             slowest_ms: ms(slowest),
             bound_ms: ms(ROLLING_BOUND),
+            wrong_answers: std::mem::take(&mut *wrong_answers.lock().expect("wrong answers")),
         },
     )
 }

@@ -64,3 +64,8 @@ async fn an_agent_whose_node_dies_fails_over_to_another_by_itself() {
 async fn an_agent_silent_past_its_heartbeat_keeps_its_job_and_pages_reach_the_real_end() {
     holds(Scenario::AgentStall).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_cluster_leaves_every_call_answered_or_refused_retryably() {
+    holds(Scenario::ClusterRollingRestart).await;
+}
