@@ -352,10 +352,7 @@ pub struct NatsAwayCallsFigures {
 
 impl Scenario {
     /// Every scenario, in the order `execmesh-bench chaos` runs them.
-    ///
-    /// [`Scenario::ClusterRollingRestart`] is not among them yet: a few calls made while a node
-    /// restarts still answer neither as asked nor with a retryable refusal (see docs/nats.md).
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::NatsKillMidJob,
         Scenario::AgentKill,
         Scenario::ReplicaKill,
@@ -364,6 +361,7 @@ impl Scenario {
         Scenario::DiskQuota,
         Scenario::NatsAwayDuringCalls,
         Scenario::ClusterLeaderKill,
+        Scenario::ClusterRollingRestart,
         Scenario::ClusterAgentFailover,
         Scenario::AgentStall,
     ];
