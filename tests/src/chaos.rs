@@ -1265,14 +1265,14 @@ async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> An
     raw_bash_told(http, url, token, id).await.0
 }
 
-/// [`raw_bash`], with what came back when it is [`Answer::Wrong`] (HTTP status and body, or the
-/// client's error), for the report.
+/// [`raw_bash`], with what came back when it is [`Answer::Wrong`]: the HTTP status and body, or
+/// the client's error.
 async fn raw_bash_told(
     http: &reqwest::Client,
     url: &str,
     token: &str,
     id: u64,
-) -> (Answer, Option<String>) {
+) -> (Answer, Option<(u16, Value)>) {
     let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "bash", "arguments": {"host": HOST, "cmd": "echo ok"}}});
     let sent = http
@@ -1285,7 +1285,7 @@ async fn raw_bash_told(
         .await;
     let response = match sent {
         Ok(response) => response,
-        Err(e) => return (Answer::Wrong, Some(format!("no answer: {e}"))),
+        Err(e) => return (Answer::Wrong, Some((0, json!(format!("no answer: {e}"))))),
     };
     let (status, retry_after, body) = read_answer(response).await;
     let result = &body["result"];
@@ -1300,10 +1300,7 @@ async fn raw_bash_told(
         200 if result["structuredContent"]["output"] == "ok\n" => Answer::Answered,
         _ => Answer::Wrong,
     };
-    let told = (answer == Answer::Wrong).then(|| {
-        let body = body.to_string();
-        format!("HTTP {status}: {}", body.get(..300).unwrap_or(&body))
-    });
+    let told = (answer == Answer::Wrong).then_some((status, body));
     (answer, told)
 }
 

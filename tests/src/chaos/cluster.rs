@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
-    USER, follow, job_end, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
+    USER, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
 };
 use crate::{Gateway, Nats, NodeAgent};
 
@@ -74,6 +74,11 @@ pub struct ClusterRollingFigures {
     pub bound_ms: u64,
     /// What the first wrong answers were.
     pub wrong_answers: Vec<String>,
+    /// Calls answered `running` with a job to follow (their output not stored within the
+    /// inline wait while a node restarted), and how many of those jobs then ended exited with
+    /// their output.
+    pub answered_running: usize,
+    pub running_ended_ok: usize,
 }
 
 /// Figures of [`Scenario::ClusterAgentFailover`].
@@ -196,22 +201,37 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
     let token = gw.mint(USER);
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
     let wrong_answers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let running_jobs: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
     for c in 0..size.clients {
         let (http, url, token) = (gw.http_client(), gw.url(), token.clone());
         let (calls, stop, wrong) = (calls.clone(), stop.clone(), wrong_answers.clone());
+        let running = running_jobs.clone();
         callers.push(tokio::spawn(async move {
             let mut id = c as u64 * 1_000_000;
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 let sent = Instant::now();
-                let (answer, told) = raw_bash_told(&http, &url, &token, id).await;
+                let (mut answer, told) = raw_bash_told(&http, &url, &token, id).await;
                 let took = sent.elapsed();
-                if let Some(told) = told {
-                    let mut wrong = wrong.lock().expect("wrong answers");
-                    if wrong.len() < WRONG_KEPT {
-                        wrong.push(format!("after {} ms: {told}", ms(took)));
+                if let Some((status, body)) = told {
+                    // A call past the inline wait answers with the job to follow: checked below.
+                    let run = &body["result"]["structuredContent"];
+                    if let (200, "running", Some(job)) = (
+                        status,
+                        run["state"].as_str().unwrap_or_default(),
+                        run["job"].as_str(),
+                    ) {
+                        running.lock().expect("running jobs").push(job.to_string());
+                        answer = Answer::Answered;
+                    } else {
+                        let mut wrong = wrong.lock().expect("wrong answers");
+                        if wrong.len() < WRONG_KEPT {
+                            let body = body.to_string();
+                            let body = body.get(..300).unwrap_or(&body);
+                            wrong.push(format!("after {} ms: HTTP {status}: {body}", ms(took)));
+                        }
                     }
                 }
                 calls
@@ -261,6 +281,22 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
         RECOVERY,
     );
 
+    // Each call answered `running` ends as asked: exited, its output whole.
+    let running = std::mem::take(&mut *running_jobs.lock().expect("running jobs"));
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let mut running_ended_ok = 0;
+    for job in &running {
+        let exited = state_of(job_end(&client, job).await.as_ref()) == "exited";
+        if exited && job_lines(&client, job).await == ["ok"] {
+            running_ended_ok += 1;
+        }
+    }
+    invariants.equal(
+        "every call answered running ends exited with its output",
+        running.len(),
+        running_ended_ok,
+    );
+
     let calls = std::mem::take(&mut *calls.lock().expect("calls"));
     let count = |answer: Answer| calls.iter().filter(|c| c.answer == answer).count();
     let slowest = calls.iter().map(|c| c.took).max().unwrap_or_default();
@@ -288,6 +324,8 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
             slowest_ms: ms(slowest),
             bound_ms: ms(ROLLING_BOUND),
             wrong_answers: std::mem::take(&mut *wrong_answers.lock().expect("wrong answers")),
+            answered_running: running.len(),
+            running_ended_ok,
         },
     )
 }
