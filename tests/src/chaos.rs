@@ -1441,11 +1441,7 @@ async fn follow(client: McpClient, job: String) -> Followed {
     let mut cursor: Option<String> = None;
     let deadline = Instant::now() + SETTLE_LIMIT;
     while Instant::now() < deadline {
-        let mut args =
-            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
-        if let Some(c) = &cursor {
-            args["cursor"] = json!(c);
-        }
+        let args = largest_page(&job, cursor.as_deref());
         let sent = Instant::now();
         let answer = client.try_call("job", args).await;
         followed.slowest = followed.slowest.max(sent.elapsed());
@@ -1475,17 +1471,24 @@ async fn follow(client: McpClient, job: String) -> Followed {
     followed
 }
 
+/// The arguments of a `job` poll for the largest page of `job`, from `cursor` (its start
+/// without one).
+fn largest_page(job: &str, cursor: Option<&str>) -> Value {
+    let mut args =
+        json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
+    if let Some(c) = cursor {
+        args["cursor"] = json!(c);
+    }
+    args
+}
+
 /// Every line of a finished job, paged from its start in the largest pages.
 pub async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut cursor: Option<String> = None;
     let deadline = Instant::now() + SETTLE_LIMIT;
     while Instant::now() < deadline {
-        let mut args =
-            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
-        if let Some(c) = &cursor {
-            args["cursor"] = json!(c);
-        }
+        let args = largest_page(job, cursor.as_deref());
         let out = client.call("job", args).await;
         let s = out.structured();
         lines.extend(
