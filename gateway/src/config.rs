@@ -257,6 +257,11 @@ pub struct Settings {
     /// [default: 60].
     #[arg(long, env = "EXECMESH_REVOCATION_MAX_STALENESS_SECS")]
     pub revocation_max_staleness_secs: Option<u64>,
+    /// How long a host whose heartbeat expired has to heartbeat again before its running jobs
+    /// are marked lost, in ms: covers a NATS node's restart or a JetStream leader election,
+    /// after which the server expires heartbeats that could not be stored [default: 3000].
+    #[arg(long, env = "EXECMESH_LOST_GRACE_MS")]
+    pub lost_grace_ms: Option<u64>,
     /// Log as JSON lines.
     #[arg(long, env = "EXECMESH_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -356,6 +361,8 @@ pub struct Config {
     pub mesh_unreachable_wait: Duration,
     /// How long the revocation list's copy is trusted once it cannot be kept current.
     pub revocation_max_staleness: Duration,
+    /// How long a host's heartbeat may stay expired before its running jobs are lost.
+    pub lost_grace: Duration,
     pub log_json: bool,
     /// Where traces are exported; `None`: they are not.
     pub telemetry: Option<Export>,
@@ -397,6 +404,7 @@ impl Config {
             tenant: &self.tenant,
             exec_signing_key: &self.exec_signing_key,
             kv_replicas: self.kv_replicas,
+            lost_grace: self.lost_grace,
             store_limits: execmesh_proto::jetstream::StoreLimits::from_budget(
                 self.jetstream_budget_bytes,
             ),
@@ -451,6 +459,7 @@ impl Config {
             max_body_bytes: 4 * 1024 * 1024,
             mesh_unreachable_wait: Duration::from_secs(2),
             revocation_max_staleness: crate::core::revocation::DEFAULT_MAX_STALENESS,
+            lost_grace: crate::core::jobs::state::DEFAULT_LOST_GRACE,
             log_json: false,
             telemetry: None,
             metrics: MetricsAt::Shared,
@@ -581,6 +590,9 @@ impl Config {
         }
         if let Some(v) = pick.revocation_max_staleness_secs {
             config.revocation_max_staleness = Duration::from_secs(v);
+        }
+        if let Some(v) = pick.lost_grace_ms {
+            config.lost_grace = Duration::from_millis(v);
         }
         config.log_json = pick.log_json.unwrap_or(false);
         config.telemetry = (pick.telemetry).resolve(|key| std::env::var(key).ok(), &mut problems);
@@ -811,6 +823,7 @@ impl Settings {
             max_body_bytes,
             mesh_unreachable_wait_ms,
             revocation_max_staleness_secs,
+            lost_grace_ms,
             log_json,
             groups,
             fanout_window,

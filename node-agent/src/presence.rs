@@ -7,6 +7,12 @@
 //! It carries the host's output usage ([`pb::OutputUsage`]): its quotas, and MESH_OUT's fill,
 //! looked up every [`STREAM_CHECK_BEATS`] beats rather than every one (one JetStream API call
 //! per host and half minute at the default interval).
+//!
+//! A beat that fails is tried again within a second, not an interval later, and a beat whose
+//! ack does not come is given up after an interval (at least a second): when a NATS node dies or
+//! a JetStream cluster elects a new leader for `mesh_presence`, the new leader expires every
+//! heartbeat that could not be stored meanwhile, and the sooner the next beat lands the shorter
+//! the host shows offline (gateways give it `lost_grace_ms` before they mark its jobs lost).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,9 +32,12 @@ use crate::error::BoxError;
 use crate::facts::AGENT_VERSION;
 use crate::node::Node;
 use crate::quota::Quotas;
+use crate::retry;
 
 /// Every how many beats the heartbeat looks up MESH_OUT's fill.
 const STREAM_CHECK_BEATS: u32 = 15;
+/// The shortest time a beat may wait for its ack before it is given up and tried again.
+const ACK_WAIT_MIN: Duration = Duration::from_secs(1);
 
 /// Publishes the agent's heartbeat.
 pub struct Heartbeat {
@@ -111,41 +120,51 @@ impl Heartbeat {
         Ok(())
     }
 
-    /// Beats every interval until `stop`; a failed beat is logged and the next one tried.
+    /// Beats every interval until `stop`; a failed beat is logged and tried again after a
+    /// backoff (50 ms doubling to the interval, at most a second) until one is stored.
     pub async fn run(&self, stop: CancellationToken) {
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is immediate; the first beat was already sent
-        let mut failing = false;
+        // While beats fail: when the next try is due.
+        let mut failing: Option<retry::Backoff> = None;
         let mut beats = 0u32;
+        let ack_wait = self.interval.max(ACK_WAIT_MIN);
         loop {
+            let retry_in = failing.as_mut().map(retry::Backoff::next_delay);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = ticks.tick() => {}
+                _ = ticks.tick(), if retry_in.is_none() => {}
+                _ = tokio::time::sleep(retry_in.unwrap_or_default()), if retry_in.is_some() => {}
             }
-            if beats.is_multiple_of(STREAM_CHECK_BEATS) {
+            if failing.is_none() && beats.is_multiple_of(STREAM_CHECK_BEATS) {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     () = self.check_stream() => {}
                 }
             }
             beats = beats.wrapping_add(1);
-            // A beat waiting on an unreachable NATS must not hold up a stop.
+            // A beat waiting on an unreachable NATS must not hold up a stop, nor the next try.
             let beat = tokio::select! {
                 _ = stop.cancelled() => return,
-                beat = self.beat() => beat,
+                beat = tokio::time::timeout(ack_wait, self.beat()) => beat,
             };
             match beat {
-                Ok(()) => {
-                    if failing {
-                        warn!(key = %self.key, "heartbeat written again");
+                Ok(Ok(())) => {
+                    if let Some(retries) = failing.take() {
+                        warn!(key = %self.key, attempts = retries.attempts + 1, "heartbeat written again");
+                        // The next beat an interval after this one, not after the last tick.
+                        ticks.reset();
                     }
-                    failing = false;
                     debug!(key = %self.key, "heartbeat");
                 }
-                Err(e) => {
-                    failing = true;
+                Ok(Err(e)) => {
                     warn!(key = %self.key, error = %e, "heartbeat failed");
+                    failing.get_or_insert_with(|| retry::backoff_within(self.interval));
+                }
+                Err(_) => {
+                    warn!(key = %self.key, after = ?ack_wait, "heartbeat not acknowledged; trying again");
+                    failing.get_or_insert_with(|| retry::backoff_within(self.interval));
                 }
             }
         }

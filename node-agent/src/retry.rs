@@ -24,6 +24,11 @@ pub fn backoff() -> Backoff {
     Backoff::new(FIRST, MAX)
 }
 
+/// [`backoff`] that never waits longer than `cap`.
+pub fn backoff_within(cap: Duration) -> Backoff {
+    Backoff::new(FIRST.min(cap), MAX.min(cap))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,23 @@ impl RunningAgent {
         self.process.pid()
     }
 
+    /// Freezes the agent (SIGSTOP): it sends nothing, heartbeats included, until [`Self::thaw`];
+    /// its jobs' processes run on. A frozen agent is still killed when dropped.
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen agent go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.pid()).expect("a pid fits an i32");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .unwrap_or_else(|e| panic!("cannot send {signal} to the agent: {e}"));
+    }
+
     /// The agent's working directory (a temp dir; a place for its config files).
     pub fn dir(&self) -> &Path {
         self.dir.path()

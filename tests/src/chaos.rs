@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use crate::process::job_processes;
 
 mod cluster;
+mod stall;
 use crate::{
     AuditSink, Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningAudit, read_answer,
     rejection_of,
@@ -96,6 +97,11 @@ pub enum Scenario {
     ClusterRollingRestart,
     /// The only node an agent was given dies: it reconnects to another node by itself.
     ClusterAgentFailover,
+    /// A node-agent frozen (SIGSTOP) while a client pages its job, past its heartbeat's TTL, as
+    /// a JetStream leader election leaves it: within the gateway's grace its job is not lost;
+    /// past it the job is marked lost, and once the agent goes on the client still pages every
+    /// line to the job's real end.
+    AgentStall,
 }
 
 /// How big each scenario runs.
@@ -129,6 +135,8 @@ pub struct Size {
     pub flood_bytes: u64,
     /// The per-user output quota of that agent.
     pub user_quota: u64,
+    /// Lines the job of [`Scenario::AgentStall`] prints.
+    pub stall_lines: u64,
     /// Lines the job of [`Scenario::ClusterLeaderKill`] prints.
     pub cluster_lines: u64,
 }
@@ -344,10 +352,7 @@ pub struct NatsAwayCallsFigures {
 
 impl Scenario {
     /// Every scenario, in the order `execmesh-bench chaos` runs them.
-    ///
-    /// [`Scenario::ClusterRollingRestart`] is not among them yet: a few calls made while a node
-    /// restarts still answer neither as asked nor with a retryable refusal (see docs/nats.md).
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::NatsKillMidJob,
         Scenario::AgentKill,
         Scenario::ReplicaKill,
@@ -356,7 +361,9 @@ impl Scenario {
         Scenario::DiskQuota,
         Scenario::NatsAwayDuringCalls,
         Scenario::ClusterLeaderKill,
+        Scenario::ClusterRollingRestart,
         Scenario::ClusterAgentFailover,
+        Scenario::AgentStall,
     ];
 
     /// The scenario's name in reports (a JSON key).
@@ -372,6 +379,7 @@ impl Scenario {
             Scenario::ClusterLeaderKill => "cluster_leader_kill",
             Scenario::ClusterRollingRestart => "cluster_rolling_restart",
             Scenario::ClusterAgentFailover => "cluster_agent_failover",
+            Scenario::AgentStall => "agent_stall",
         }
     }
 
@@ -392,6 +400,7 @@ impl Scenario {
             Scenario::ClusterAgentFailover => {
                 cluster::cluster_agent_failover(size).await.map(figures)
             }
+            Scenario::AgentStall => stall::agent_stall(size).await.map(figures),
         }
     }
 }
@@ -405,8 +414,8 @@ impl fmt::Display for Scenario {
 // === impl Size ===
 
 impl Size {
-    /// Small enough for the test suite on two cores (the seven single-server scenarios in about
-    /// a minute, the three cluster scenarios in about another).
+    /// Small enough for the test suite on two cores (the eight single-server scenarios in about
+    /// a minute and a half, the cluster scenarios in about another).
     pub const CI: Size = Size {
         job_lines: 30_000,
         nats_kills: 1,
@@ -423,6 +432,7 @@ impl Size {
         calls_outage: Duration::from_secs(4),
         flood_bytes: 20 << 20,
         user_quota: 1 << 20,
+        stall_lines: 100_000,
         // The size: paged in 20 pages of 10,000 lines, a few seconds in a debug build.
         cluster_lines: 200_000,
     };
@@ -442,6 +452,7 @@ impl Size {
         calls_outage: Duration::from_secs(10),
         flood_bytes: 64 << 20,
         user_quota: 4 << 20,
+        stall_lines: 1_000_000,
         cluster_lines: 2_000_000,
     };
 }
@@ -622,12 +633,7 @@ pub async fn agent_kill(size: &Size) -> Result<AgentKillFigures, Broken> {
         .arg("--heartbeat-interval-ms", heartbeat_ms.to_string())
         .start()
         .await;
-    let presence_ttl = {
-        let mut config = execmesh_node_agent::config::Config::new(&nats.url(), HOST)
-            .expect("an agent configuration");
-        config.heartbeat_interval_ms = heartbeat_ms;
-        config.presence_ttl()
-    };
+    let presence_ttl = presence_ttl(&nats, heartbeat_ms);
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
     let mut jobs = Vec::new();
@@ -1256,6 +1262,17 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
 /// Calls `bash` (`echo ok`) with a bare JSON-RPC request, as a client without a session would,
 /// and says how it answered.
 async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> Answer {
+    raw_bash_told(http, url, token, id).await.0
+}
+
+/// [`raw_bash`], with what came back when it is [`Answer::Wrong`]: the HTTP status and body, or
+/// the client's error.
+async fn raw_bash_told(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: u64,
+) -> (Answer, Option<(u16, Value)>) {
     let request = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "bash", "arguments": {"host": HOST, "cmd": "echo ok"}}});
     let sent = http
@@ -1266,12 +1283,13 @@ async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> An
         .timeout(CALL_TIMEOUT)
         .send()
         .await;
-    let Ok(response) = sent else {
-        return Answer::Wrong;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => return (Answer::Wrong, Some((0, json!(format!("no answer: {e}"))))),
     };
     let (status, retry_after, body) = read_answer(response).await;
     let result = &body["result"];
-    match status {
+    let answer = match status {
         503 if body["error"]["code"] == UNAVAILABLE
             && rejection_of(&body) == Some(Rejection::MeshUnreachable)
             && retry_after.is_some() =>
@@ -1281,7 +1299,9 @@ async fn raw_bash(http: &reqwest::Client, url: &str, token: &str, id: u64) -> An
         200 if result["isError"] == true => Answer::ToolError,
         200 if result["structuredContent"]["output"] == "ok\n" => Answer::Answered,
         _ => Answer::Wrong,
-    }
+    };
+    let told = (answer == Answer::Wrong).then_some((status, body));
+    (answer, told)
 }
 
 /// The heartbeat times (unix ms) the agent's presence showed, each once, sampled every
@@ -1320,6 +1340,14 @@ struct Progress {
     lines: u64,
     /// Whether the job still runs.
     running: bool,
+}
+
+/// The lifetime of the heartbeat of an agent beating every `heartbeat_ms`, as the agent computes it.
+fn presence_ttl(nats: &Nats, heartbeat_ms: u64) -> Duration {
+    let mut config = execmesh_node_agent::config::Config::new(&nats.url(), HOST)
+        .expect("an agent configuration");
+    config.heartbeat_interval_ms = heartbeat_ms;
+    config.presence_ttl()
 }
 
 /// The job's progress, or `None` if the gateway cannot say now (NATS restarting).
@@ -1386,17 +1414,81 @@ fn paced_job_with(lines: u64, pace: &str) -> String {
     )
 }
 
+/// What a client paging a job from its start saw.
+struct Followed {
+    /// Every line, in the order paged.
+    lines: Vec<String>,
+    /// When each answered page was sent and when it answered.
+    answered: Vec<(Instant, Instant)>,
+    /// Page calls that failed (timed out, refused, a tool error) and were asked again.
+    failed: usize,
+    /// The slowest page call.
+    slowest: Duration,
+    /// The job's state on the page that said the output was done.
+    done_state: Option<String>,
+}
+
+/// Pages `job` from its start, as a client following it does, until it is done, asking again (same cursor) when a page fails,
+/// for at most the settle limit.
+async fn follow(client: McpClient, job: String) -> Followed {
+    let mut followed = Followed {
+        lines: Vec::new(),
+        answered: Vec::new(),
+        failed: 0,
+        slowest: Duration::ZERO,
+        done_state: None,
+    };
+    let mut cursor: Option<String> = None;
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while Instant::now() < deadline {
+        let args = largest_page(&job, cursor.as_deref());
+        let sent = Instant::now();
+        let answer = client.try_call("job", args).await;
+        followed.slowest = followed.slowest.max(sent.elapsed());
+        let out = match answer {
+            Ok(out) if !out.is_error() => out,
+            _ => {
+                followed.failed += 1;
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
+        followed.answered.push((sent, Instant::now()));
+        let s = out.structured();
+        let page = s["output"].as_str().unwrap_or_default();
+        followed.lines.extend(page.lines().map(str::to_string));
+        if s["done"] == true {
+            followed.done_state = s["job"]["state"].as_str().map(str::to_string);
+            break;
+        }
+        if let Some(next) = s["next_cursor"].as_str() {
+            cursor = Some(next.to_string());
+        }
+        if page.is_empty() {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    followed
+}
+
+/// The arguments of a `job` poll for the largest page of `job`, from `cursor` (its start
+/// without one).
+fn largest_page(job: &str, cursor: Option<&str>) -> Value {
+    let mut args =
+        json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
+    if let Some(c) = cursor {
+        args["cursor"] = json!(c);
+    }
+    args
+}
+
 /// Every line of a finished job, paged from its start in the largest pages.
 pub async fn job_lines(client: &McpClient, job: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut cursor: Option<String> = None;
     let deadline = Instant::now() + SETTLE_LIMIT;
     while Instant::now() < deadline {
-        let mut args =
-            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
-        if let Some(c) = &cursor {
-            args["cursor"] = json!(c);
-        }
+        let args = largest_page(job, cursor.as_deref());
         let out = client.call("job", args).await;
         let s = out.structured();
         lines.extend(

@@ -258,6 +258,35 @@ pub struct HostRecord {
     pub departed: Option<Departure>,
 }
 
+/// Whether a host's agent heartbeats, as `mesh_presence` says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its heartbeat is current, written by this agent instance (empty if it did not say).
+    Heartbeating { instance: String },
+    /// Its heartbeat expired (or was withdrawn) and nothing has replaced it since.
+    Departed(Departure),
+    /// No heartbeat of its agent is stored: never heard of, the marker aged out, or the last
+    /// record is not its agent's.
+    Unknown,
+}
+
+// === impl Liveness ===
+
+impl Liveness {
+    /// How the last presence record of a host reads.
+    fn of(last: KvLast) -> Self {
+        match last {
+            KvLast::Value(value) => Self::Heartbeating {
+                instance: pb::Presence::decode(value)
+                    .map(|p| p.agent_instance)
+                    .unwrap_or_default(),
+            },
+            KvLast::Gone(departure) => Self::Departed(departure),
+            KvLast::Rejected(_) => Self::Unknown,
+        }
+    }
+}
+
 /// A heartbeat that is gone: the marker the server (TTL expiry) or the agent (withdrawal at a
 /// graceful stop) left in `mesh_presence` in its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +358,21 @@ enum KvLast {
     Rejected(Rejection),
     /// A delete, purge or TTL-expiry marker.
     Gone(Departure),
+}
+
+impl KvLast {
+    /// What the last stored record of a key stands for; `None` for an empty value or a marker
+    /// without a time.
+    fn of(m: StoredMsg) -> Option<Self> {
+        Some(match m.rejected {
+            Some(rejection) => KvLast::Rejected(rejection),
+            None if is_marker(m.headers.as_ref()) => {
+                KvLast::Gone(Departure::of_marker(m.headers.as_ref())?)
+            }
+            None if m.payload.is_empty() => return None,
+            None => KvLast::Value(m.payload),
+        })
+    }
 }
 
 impl Departure {
@@ -425,6 +469,9 @@ pub struct Mesh {
     pub instances: Arc<AgentInstances>,
     /// Jobs answered as ended whose store may still be on its way; readers wait for it.
     pub unstored: Arc<UnstoredEnds>,
+    /// How long a host's heartbeat may stay expired before its running jobs are lost
+    /// (`lost_grace_ms`, see [`crate::core::jobs::state`]).
+    pub lost_grace: Duration,
 }
 
 /// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
@@ -439,6 +486,8 @@ pub struct MeshSettings<'a> {
     pub exec_signing_key: &'a Path,
     /// Replicas of the buckets and streams created at start.
     pub kv_replicas: usize,
+    /// How long a host's heartbeat may stay expired before its running jobs are lost.
+    pub lost_grace: Duration,
     /// Byte limits of the streams and buckets the gateway creates.
     pub store_limits: layout::StoreLimits,
 }
@@ -488,6 +537,7 @@ impl Mesh {
             limits: config.store_limits,
             instances: Arc::default(),
             unstored: Arc::default(),
+            lost_grace: config.lost_grace,
         })
     }
 
@@ -711,15 +761,7 @@ impl Mesh {
             .into_iter()
             .filter_map(|m| {
                 let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
-                let last = match m.rejected {
-                    Some(rejection) => KvLast::Rejected(rejection),
-                    None if is_marker(m.headers.as_ref()) => {
-                        KvLast::Gone(Departure::of_marker(m.headers.as_ref())?)
-                    }
-                    None if m.payload.is_empty() => return None,
-                    None => KvLast::Value(m.payload),
-                };
-                Some((key, last))
+                Some((key, KvLast::of(m)?))
             })
             .collect())
     }
@@ -971,10 +1013,34 @@ impl Mesh {
             .collect())
     }
 
-    /// Whether `host`'s agent currently heartbeats (its presence key has not expired).
-    pub async fn is_present(&self, host: &Token) -> Result<bool, MeshError> {
+    /// Whether `host`'s agent heartbeats now, and if not since when.
+    pub async fn liveness(&self, host: &Token) -> Result<Liveness, MeshError> {
         let key = subject::host_key(&self.tenant, host);
-        Ok(self.kv_get(PRESENCE_BUCKET, &key).await?.is_some())
+        let request = DirectGet {
+            last_by_subj: Some(subject::kv(PRESENCE_BUCKET, &key)),
+            ..Default::default()
+        };
+        let last = self
+            .direct_get(&subject::kv_stream(PRESENCE_BUCKET), &request)
+            .await?
+            .pop();
+        Ok(last
+            .and_then(KvLast::of)
+            .map_or(Liveness::Unknown, Liveness::of))
+    }
+
+    /// [`Mesh::liveness`] of every host with a presence record, with one read.
+    pub async fn liveness_all(&self) -> Result<BTreeMap<Token, Liveness>, MeshError> {
+        let prefix = format!("{}.", self.tenant);
+        Ok(self
+            .kv_last_records(PRESENCE_BUCKET, &prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, last)| {
+                let (_, host) = subject::parse_host_key(&key).ok()?;
+                Some((host, Liveness::of(last)))
+            })
+            .collect())
     }
 
     /// Every host's status of job `job`: a fan-out gives all its hosts the same job id.

@@ -227,7 +227,11 @@ async fn poll(
     };
     audit_use(call, access, JobAction::Poll, [&status]);
     let page = paging::read(&call.state.mesh, cursor, limits).await?;
-    render_page(call, "poll", status, page)
+    // A job marked lost whose agent heartbeats again goes on writing: not the end yet.
+    let more = page.caught_up
+        && page.exit.is_none()
+        && state::may_write_more(&call.state.mesh, &status).await?;
+    render_page(call, "poll", status, page, more)
 }
 
 /// Whose jobs a `list` shows.
@@ -518,19 +522,23 @@ fn render_group(
     structured(&result, vec![text])
 }
 
-/// Renders a page of output with the job's status, read before the page, for `poll`.
+/// Renders a page of output with the job's status, read before the page, for `poll`; `more`:
+/// the status says the job ended, but its agent may still write ([`state::may_write_more`]).
 fn render_page(
     call: &Call<'_>,
     action: &str,
     status: pb::JobStatus,
     page: Page,
+    more: bool,
 ) -> Result<CallToolResult, ToolError> {
     // The exit record ends the output. Without one, a page that read everything stored ends it
     // too once the status (read before the page) says the job ended: an agent stores all of a
     // job's output before its final status, so nothing more can come. That covers a lost job
     // (its agent died before writing an exit record), a cursor already past the exit record,
-    // and output that retention removed.
-    let done = page.exit.is_some() || (page.caught_up && status.state() != pb::JobState::Running);
+    // and output that retention removed. A job marked lost while its agent lived (its
+    // heartbeat lapsed past the grace) is the exception: that agent writes on.
+    let done =
+        page.exit.is_some() || (page.caught_up && status.state() != pb::JobState::Running && !more);
     let view = view(&page.exit.clone().unwrap_or(status));
     let range = if page.lines == 0 {
         "no new lines".to_string()

@@ -13,6 +13,8 @@ use crate::server::{ClusterNode, NatsServer, NatsServerBuilder};
 const CLUSTER_NAME: &str = "execmesh-test";
 /// How long a cluster may take to elect its first meta leader.
 const FORMATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The stream [`NatsCluster::start`] creates and deletes to learn that streams can be placed.
+const PLACEMENT_PROBE: &str = "HARNESS_PLACEMENT_PROBE";
 /// How long one monitoring request may take.
 const MONITOR_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,7 +55,32 @@ impl NatsCluster {
         }
         let cluster = Self { nodes };
         cluster.wait_for_meta_leader(None).await;
+        cluster.wait_for_placement().await;
         cluster
+    }
+
+    /// Waits until the meta leader places a stream on every node: it does so only once it has
+    /// heard from each node's JetStream (until then creating a stream with a replica per node
+    /// fails with "no suitable peers for placement"), some time after the meta group formed.
+    async fn wait_for_placement(&self) {
+        let client = async_nats::connect(self.nodes[0].url())
+            .await
+            .expect("a client connects to the cluster");
+        let js = async_nats::jetstream::new(client);
+        let probe = async_nats::jetstream::stream::Config {
+            name: PLACEMENT_PROBE.to_string(),
+            subjects: vec![format!("{PLACEMENT_PROBE}.>")],
+            num_replicas: self.nodes.len(),
+            ..Default::default()
+        };
+        eventually(FORMATION_TIMEOUT, || async {
+            js.get_or_create_stream(probe.clone())
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        let _ = js.delete_stream(PLACEMENT_PROBE).await;
     }
 
     /// Every node, `n1` first.
@@ -76,23 +103,54 @@ impl NatsCluster {
     }
 
     /// The name of the node the running nodes agree is the JetStream meta leader, waiting (up
-    /// to 30 s) until they agree on one that is not `not`: after a leader is killed, pass its
-    /// name to wait for the next election.
+    /// to 30 s) until they agree on one that is not `not` and the leader counts every other
+    /// running node a current peer: after a leader is killed, pass its name to wait for the next
+    /// election. (Before every node is current, creating an R3 stream fails with "no suitable
+    /// peers for placement".)
     pub async fn wait_for_meta_leader(&self, not: Option<&str>) -> String {
         eventually(FORMATION_TIMEOUT, || async {
             let mut leaders = Vec::new();
+            let mut running = Vec::new();
             for node in &self.nodes {
                 if !node.is_running().await {
                     continue;
                 }
                 leaders.push(meta_leader_seen_by(node).await?);
+                running.push(node);
             }
             let first = leaders.first()?.clone();
             let agreed = leaders.iter().all(|leader| *leader == first);
-            (agreed && Some(first.as_str()) != not && !first.is_empty()).then_some(first)
+            if !agreed || Some(first.as_str()) == not || first.is_empty() {
+                return None;
+            }
+            let leader = running.iter().find(|n| n.name() == Some(first.as_str()))?;
+            let peers: Vec<&str> = running
+                .iter()
+                .filter_map(|n| n.name())
+                .filter(|name| *name != first)
+                .collect();
+            current_peers(leader, &peers).await.then_some(first)
         })
         .await
     }
+}
+
+/// Whether the meta leader `leader` counts each of `peers` a current member of the meta group.
+async fn current_peers(leader: &NatsServer, peers: &[&str]) -> bool {
+    let Some(url) = leader.monitor_url() else {
+        return false;
+    };
+    let Some(jsz) = http_get_json(url.strip_prefix("http://").unwrap_or(&url), "/jsz").await else {
+        return false;
+    };
+    let replicas = jsz["meta_cluster"]["replicas"].as_array();
+    peers.iter().all(|peer| {
+        replicas.is_some_and(|replicas| {
+            replicas
+                .iter()
+                .any(|r| r["name"] == *peer && r["current"] == true && r["offline"] != true)
+        })
+    })
 }
 
 /// The meta leader `node` knows of (`/jsz`'s `meta_cluster.leader`), `None` while it knows none

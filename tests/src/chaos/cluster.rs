@@ -10,10 +10,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, POLL, RECOVERY, Scenario,
-    Size, USER, job_end, ms, paced_job_with, raw_bash, reached, settle, state_of,
+    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
+    USER, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
 };
-use crate::{Gateway, McpClient, Nats, NodeAgent};
+use crate::{Gateway, Nats, NodeAgent};
 
 /// Nodes of the cluster.
 const NODES: usize = 3;
@@ -24,6 +24,8 @@ const CLUSTER_PACE: &str = "0.15";
 const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a call may take while nodes restart: an answer or a clear refusal, never a hang.
 const ROLLING_BOUND: Duration = Duration::from_secs(20);
+/// Wrong answers kept for the report.
+const WRONG_KEPT: usize = 8;
 
 /// Figures of [`Scenario::ClusterLeaderKill`].
 #[derive(Debug, Serialize)]
@@ -49,6 +51,8 @@ pub struct ClusterLeaderFigures {
     pub slowest_page_ms: u64,
     /// The job's state at the end.
     pub job_state: String,
+    /// The job's state on the page that ended the client's paging.
+    pub paged_until: Option<String>,
 }
 
 /// Figures of [`Scenario::ClusterRollingRestart`].
@@ -68,6 +72,13 @@ pub struct ClusterRollingFigures {
     /// The slowest call, and the bound every call must answer within.
     pub slowest_ms: u64,
     pub bound_ms: u64,
+    /// What the first wrong answers were.
+    pub wrong_answers: Vec<String>,
+    /// Calls answered `running` with a job to follow (their output not stored within the
+    /// inline wait while a node restarted), and how many of those jobs then ended exited with
+    /// their output.
+    pub answered_running: usize,
+    pub running_ended_ok: usize,
 }
 
 /// Figures of [`Scenario::ClusterAgentFailover`].
@@ -174,6 +185,7 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
             failed_pages: followed.failed,
             slowest_page_ms: ms(followed.slowest),
             job_state,
+            paged_until: followed.done_state,
         },
     )
 }
@@ -188,18 +200,40 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
     let gw = Gateway::new(&nats).start().await;
     let token = gw.mint(USER);
     let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
+    let wrong_answers: Arc<Mutex<Vec<String>>> = Arc::default();
+    let running_jobs: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
     for c in 0..size.clients {
         let (http, url, token) = (gw.http_client(), gw.url(), token.clone());
-        let (calls, stop) = (calls.clone(), stop.clone());
+        let (calls, stop, wrong) = (calls.clone(), stop.clone(), wrong_answers.clone());
+        let running = running_jobs.clone();
         callers.push(tokio::spawn(async move {
             let mut id = c as u64 * 1_000_000;
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 let sent = Instant::now();
-                let answer = raw_bash(&http, &url, &token, id).await;
+                let (mut answer, told) = raw_bash_told(&http, &url, &token, id).await;
                 let took = sent.elapsed();
+                if let Some((status, body)) = told {
+                    // A call past the inline wait answers with the job to follow: checked below.
+                    let run = &body["result"]["structuredContent"];
+                    if let (200, "running", Some(job)) = (
+                        status,
+                        run["state"].as_str().unwrap_or_default(),
+                        run["job"].as_str(),
+                    ) {
+                        running.lock().expect("running jobs").push(job.to_string());
+                        answer = Answer::Answered;
+                    } else {
+                        let mut wrong = wrong.lock().expect("wrong answers");
+                        if wrong.len() < WRONG_KEPT {
+                            let body = body.to_string();
+                            let body = body.get(..300).unwrap_or(&body);
+                            wrong.push(format!("after {} ms: HTTP {status}: {body}", ms(took)));
+                        }
+                    }
+                }
                 calls
                     .lock()
                     .expect("calls")
@@ -247,6 +281,22 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
         RECOVERY,
     );
 
+    // Each call answered `running` ends as asked: exited, its output whole.
+    let running = std::mem::take(&mut *running_jobs.lock().expect("running jobs"));
+    let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    let mut running_ended_ok = 0;
+    for job in &running {
+        let exited = state_of(job_end(&client, job).await.as_ref()) == "exited";
+        if exited && job_lines(&client, job).await == ["ok"] {
+            running_ended_ok += 1;
+        }
+    }
+    invariants.equal(
+        "every call answered running ends exited with its output",
+        running.len(),
+        running_ended_ok,
+    );
+
     let calls = std::mem::take(&mut *calls.lock().expect("calls"));
     let count = |answer: Answer| calls.iter().filter(|c| c.answer == answer).count();
     let slowest = calls.iter().map(|c| c.took).max().unwrap_or_default();
@@ -273,6 +323,9 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
             wrong,
             slowest_ms: ms(slowest),
             bound_ms: ms(ROLLING_BOUND),
+            wrong_answers: std::mem::take(&mut *wrong_answers.lock().expect("wrong answers")),
+            answered_running: running.len(),
+            running_ended_ok,
         },
     )
 }
@@ -333,63 +386,6 @@ pub async fn cluster_agent_failover(_size: &Size) -> Result<ClusterAgentFailover
             agent_survived,
         },
     )
-}
-
-/// What a client paging a job from its start saw.
-struct Followed {
-    /// Every line, in the order paged.
-    lines: Vec<String>,
-    /// When each answered page was sent and when it answered.
-    answered: Vec<(Instant, Instant)>,
-    /// Page calls that failed (timed out, refused, a tool error) and were asked again.
-    failed: usize,
-    /// The slowest page call.
-    slowest: Duration,
-}
-
-/// Pages `job` from its start until it is done, asking again (same cursor) when a page fails,
-/// for at most the settle limit.
-async fn follow(client: McpClient, job: String) -> Followed {
-    let mut followed = Followed {
-        lines: Vec::new(),
-        answered: Vec::new(),
-        failed: 0,
-        slowest: Duration::ZERO,
-    };
-    let mut cursor: Option<String> = None;
-    let deadline = Instant::now() + super::SETTLE_LIMIT;
-    while Instant::now() < deadline {
-        let mut args =
-            json!({"action": "poll", "job": job, "max_lines": 10_000, "max_bytes": 1_048_576});
-        if let Some(c) = &cursor {
-            args["cursor"] = json!(c);
-        }
-        let sent = Instant::now();
-        let answer = client.try_call("job", args).await;
-        followed.slowest = followed.slowest.max(sent.elapsed());
-        let out = match answer {
-            Ok(out) if !out.is_error() => out,
-            _ => {
-                followed.failed += 1;
-                tokio::time::sleep(POLL).await;
-                continue;
-            }
-        };
-        followed.answered.push((sent, Instant::now()));
-        let s = out.structured();
-        let page = s["output"].as_str().unwrap_or_default();
-        followed.lines.extend(page.lines().map(str::to_string));
-        if s["done"] == true {
-            break;
-        }
-        if let Some(next) = s["next_cursor"].as_str() {
-            cursor = Some(next.to_string());
-        }
-        if page.is_empty() {
-            tokio::time::sleep(POLL).await;
-        }
-    }
-    followed
 }
 
 /// The name of MESH_OUT's leader once it has one.

@@ -50,12 +50,22 @@ async fn calls_while_nats_is_away_fail_fast_and_answer_again_after() {
     holds(Scenario::NatsAwayDuringCalls).await;
 }
 
-// `Scenario::ClusterLeaderKill` (the meta and then MESH_OUT's leader killed under a paged
-// 200,000-line job) is not here yet: in one run MESH_OUT's new leader took 10.1 s to be elected
-// and 10,000 lines written around that kill never reached the stream (docs/nats.md, "A 3-node
-// cluster"). It runs in `execmesh-bench chaos` until that loss is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_cluster_leaders_lose_no_paged_line_and_pages_resume() {
+    holds(Scenario::ClusterLeaderKill).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_whose_node_dies_fails_over_to_another_by_itself() {
     holds(Scenario::ClusterAgentFailover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_silent_past_its_heartbeat_keeps_its_job_and_pages_reach_the_real_end() {
+    holds(Scenario::AgentStall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_cluster_leaves_every_call_answered_or_refused_retryably() {
+    holds(Scenario::ClusterRollingRestart).await;
 }

@@ -84,8 +84,18 @@ pub async fn follow(
         };
         match status {
             Ok(status) if status.state() == pb::JobState::Lost => {
-                let _ = tx.send(Ok(Followed::End { status, cursor })).await;
-                return;
+                // Unless the agent that ran it heartbeats again: then it writes on.
+                match state::may_write_more(mesh, &status).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let _ = tx.send(Ok(Followed::End { status, cursor })).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
             }
             Ok(status) if status.state() != pb::JobState::Running => {
                 let since = *ended_since.get_or_insert_with(Instant::now);
