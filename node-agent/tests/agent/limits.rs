@@ -98,7 +98,6 @@ async fn a_small_budget_bounds_every_stream_and_a_full_mesh_out_evicts_old_outpu
         out.state.first_sequence > 1,
         "the oldest output was evicted"
     );
-    let after_fill = execmesh_proto::now_ms();
 
     // Heartbeats, KV writes and audit events go on, and new output is stored whole.
     let audit_before = stream_info(&js, layout::AUDIT_STREAM)
@@ -123,11 +122,14 @@ async fn a_small_budget_bounds_every_stream_and_a_full_mesh_out_evicts_old_outpu
             .is_some_and(|i| i.state.messages > audit_before)
     })
     .await;
-    // The heartbeat shows the stream full against its limit (looked up every few beats).
+    // The heartbeat shows the stream full against its limit (looked up every few beats). Only a
+    // beat written after the last job's output was stored can count its bytes: one written
+    // between the fill and that job (heartbeats are retried within a second) cannot.
+    let after_job = execmesh_proto::now_ms();
     let usage = eventually(Duration::from_secs(20), || async {
         presence(&client, "web-1")
             .await
-            .filter(|p| p.heartbeat_at_ms > after_fill)
+            .filter(|p| p.heartbeat_at_ms > after_job)
             .and_then(|p| p.output)
             .filter(|o| o.stream_bytes > o.stream_max_bytes / 10 * 9)
     })
