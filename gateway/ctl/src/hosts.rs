@@ -27,6 +27,7 @@ pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(),
     let now = now_ms();
     let mut table = Table::new(&[
         "HOST",
+        "SERVED BY",
         "STATE",
         "HEARTBEAT",
         "JOBS",
@@ -40,6 +41,7 @@ pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(),
         let facts = host.facts.as_ref();
         table.row(vec![
             host.host.clone(),
+            served_by(facts),
             state_word(host.state),
             table::ago(host.last_heartbeat_ms, now),
             host.presence
@@ -162,6 +164,15 @@ fn labels(host: &pb::Host) -> String {
 }
 
 /// `debian 12`, else the OS line, clipped.
+/// `agent`, or `relay of <user>` for a target one user's SSH relay reaches (only that user's
+/// calls go there).
+fn served_by(facts: Option<&pb::HostFacts>) -> String {
+    match facts.map(|f| f.relay_user.as_str()) {
+        Some(user) if !user.is_empty() => format!("relay of {user}"),
+        _ => "agent".into(),
+    }
+}
+
 fn os(facts: &pb::HostFacts) -> String {
     let text = if !facts.os_id.is_empty() {
         format!("{} {}", facts.os_id, facts.os_version)
@@ -263,5 +274,7 @@ fn facts_json(f: &pb::HostFacts) -> Value {
         "collected_at_ms": f.collected_at_ms,
         "interval_secs": f.interval_secs,
         "agent_version": f.agent_version,
+        "relay_user": f.relay_user,
+        "relay_offline_reason": f.relay_offline_reason,
     })
 }

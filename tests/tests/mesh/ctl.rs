@@ -218,6 +218,7 @@ async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
         header,
         [
             "HOST",
+            "SERVED BY",
             "STATE",
             "HEARTBEAT",
             "JOBS",
@@ -233,9 +234,10 @@ async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
         ["db-1", "web-1"]
     );
     let web = out.row("web-1");
-    assert_eq!(web[1], "online");
+    assert_eq!(web[1], "agent");
+    assert_eq!(web[2], "online");
     assert!(
-        web[2] == "just now" || web[2].ends_with("s ago"),
+        web[3] == "just now" || web[3].ends_with("s ago"),
         "a relative heartbeat: {web:?}"
     );
     assert_eq!(web.last().map(String::as_str), Some("role=web"));
