@@ -262,6 +262,15 @@ pub struct Settings {
     /// after which the server expires heartbeats that could not be stored [default: 3000].
     #[arg(long, env = "EXECMESH_LOST_GRACE_MS")]
     pub lost_grace_ms: Option<u64>,
+    /// Watches admin and console clients may hold open on this replica at once (`execmeshctl
+    /// hosts watch`, `approvals watch`, the console's live pages), each a JetStream consumer;
+    /// one more is refused with RESOURCE_EXHAUSTED [default: 64].
+    #[arg(long, env = "EXECMESH_MAX_WATCHES")]
+    pub max_watches: Option<usize>,
+    /// Consumers this replica's calls may hold at once (waits for a job's end, reads of more
+    /// keys than one direct get returns); one more waits up to 10 s for a slot [default: 256].
+    #[arg(long, env = "EXECMESH_MAX_CALL_WATCHES")]
+    pub max_call_watches: Option<usize>,
     /// Log as JSON lines.
     #[arg(long, env = "EXECMESH_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -363,6 +372,10 @@ pub struct Config {
     pub revocation_max_staleness: Duration,
     /// How long a host's heartbeat may stay expired before its running jobs are lost.
     pub lost_grace: Duration,
+    /// Client watches held open at once ([`crate::core::consumers`]).
+    pub max_watches: usize,
+    /// Consumers calls hold at once ([`crate::core::consumers`]).
+    pub max_call_watches: usize,
     pub log_json: bool,
     /// Where traces are exported; `None`: they are not.
     pub telemetry: Option<Export>,
@@ -405,6 +418,8 @@ impl Config {
             exec_signing_key: &self.exec_signing_key,
             kv_replicas: self.kv_replicas,
             lost_grace: self.lost_grace,
+            max_watches: self.max_watches,
+            max_call_watches: self.max_call_watches,
             store_limits: execmesh_proto::jetstream::StoreLimits::from_budget(
                 self.jetstream_budget_bytes,
             ),
@@ -460,6 +475,8 @@ impl Config {
             mesh_unreachable_wait: Duration::from_secs(2),
             revocation_max_staleness: crate::core::revocation::DEFAULT_MAX_STALENESS,
             lost_grace: crate::core::jobs::state::DEFAULT_LOST_GRACE,
+            max_watches: crate::core::consumers::DEFAULT_MAX_WATCHES,
+            max_call_watches: crate::core::consumers::DEFAULT_MAX_CALL_WATCHES,
             log_json: false,
             telemetry: None,
             metrics: MetricsAt::Shared,
@@ -593,6 +610,14 @@ impl Config {
         }
         if let Some(v) = pick.lost_grace_ms {
             config.lost_grace = Duration::from_millis(v);
+        }
+        if let Some(v) = pick.max_watches {
+            config.max_watches = v;
+        }
+        match pick.max_call_watches {
+            Some(0) => problems.push("max_call_watches must be at least 1".to_string()),
+            Some(v) => config.max_call_watches = v,
+            None => {}
         }
         config.log_json = pick.log_json.unwrap_or(false);
         config.telemetry = (pick.telemetry).resolve(|key| std::env::var(key).ok(), &mut problems);
@@ -824,6 +849,8 @@ impl Settings {
             mesh_unreachable_wait_ms,
             revocation_max_staleness_secs,
             lost_grace_ms,
+            max_watches,
+            max_call_watches,
             log_json,
             groups,
             fanout_window,

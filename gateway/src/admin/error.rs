@@ -19,6 +19,7 @@ pub fn mesh(e: MeshError) -> Status {
                 "the mesh is unavailable right now ({e}); try again shortly"
             ))
         }
+        MeshErrorKind::Busy => Status::resource_exhausted(e.to_string()),
         MeshErrorKind::Internal | MeshErrorKind::Setup => {
             error!(error = %e, "admin call: internal error reading the mesh");
             Status::internal(ToolError::Internal("reading the mesh failed".into()).to_string())

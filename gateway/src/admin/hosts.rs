@@ -15,6 +15,7 @@ use execmesh_proto::{Token, pb, subject};
 use prost::Message as _;
 
 use super::{Admin, AdminStream, error};
+use crate::core::consumers::WatchFor;
 use crate::core::fanout::{Reach, Targets};
 use crate::core::hosts::HostState;
 use crate::core::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
@@ -122,6 +123,7 @@ impl pb::hosts_service_server::HostsService for HostsApi {
                         PRESENCE_BUCKET,
                         &format!("{}.>", state.mesh.tenant),
                         WatchFrom::New,
+                        WatchFor::Client("hosts"),
                     )
                     .await
                     .map_err(error::mesh)?

@@ -194,13 +194,14 @@ impl pb::tokens_service_server::TokensService for TokensApi {
                 "TokensService.ListRevocations",
                 request,
                 |_, _| async move {
-                    let revocations = revocation::in_force(&self.admin.state.mesh.js)
-                        .await
-                        .map_err(|e| {
-                            Status::unavailable(format!(
-                                "cannot read the revocation list ({e}); try again shortly"
-                            ))
-                        })?;
+                    let revocations =
+                        revocation::in_force(&self.admin.state.mesh)
+                            .await
+                            .map_err(|e| {
+                                Status::unavailable(format!(
+                                    "cannot read the revocation list ({e}); try again shortly"
+                                ))
+                            })?;
                     Ok(pb::ListRevocationsResponse { revocations })
                 },
             )

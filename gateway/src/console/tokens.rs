@@ -320,7 +320,7 @@ async fn render(
     let policy = state.policy.current();
     let body = if minting::may_manage_tokens(&policy, me) {
         let ceiling = policy.grant(me).map(|g| g.tier).unwrap_or(Tier::Readonly);
-        let revocations = revocation::in_force(&state.mesh.js).await;
+        let revocations = revocation::in_force(&state.mesh).await;
         html! {
             (outcome_markup(outcome.as_ref()))
             h2 { "Mint a token" }

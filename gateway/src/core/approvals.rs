@@ -34,6 +34,7 @@ use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
 use crate::core::audit::{Audit, CallAudit};
 use crate::core::auth::Identity;
+use crate::core::consumers::WatchFor;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
 pub use crate::core::held::{ApprovalState, Held};
@@ -176,7 +177,9 @@ impl ApprovalError {
     /// unreadable stored records, as the mesh reports them) are "unavailable".
     fn mesh(e: MeshError) -> Self {
         match e.kind() {
-            MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => Self::Mesh(e.to_string()),
+            MeshErrorKind::Unavailable | MeshErrorKind::Corrupt | MeshErrorKind::Busy => {
+                Self::Mesh(e.to_string())
+            }
             MeshErrorKind::Internal | MeshErrorKind::Setup => Self::Internal(e.to_string()),
         }
     }
@@ -422,6 +425,7 @@ impl Approvals {
                 layout::APPROVALS_BUCKET,
                 &format!("{}.>", self.tenant),
                 WatchFrom::New,
+                WatchFor::Client("approvals"),
             )
             .await
             .map_err(ApprovalError::mesh)?;
@@ -606,7 +610,12 @@ impl Approvals {
     async fn tally_pending(&self) {
         let filter = format!("{}.>", self.tenant);
         let mut watch = match (self.mesh)
-            .watch_kv(layout::APPROVALS_BUCKET, &filter, WatchFrom::LastPerKey)
+            .watch_kv(
+                layout::APPROVALS_BUCKET,
+                &filter,
+                WatchFrom::LastPerKey,
+                WatchFor::Upkeep("pending-approvals"),
+            )
             .await
         {
             Ok(watch) => watch,

@@ -174,6 +174,7 @@ impl From<MeshError> for ToolError {
             MeshErrorKind::Internal | MeshErrorKind::Setup => {
                 Self::internal("reading the mesh failed", &e)
             }
+            MeshErrorKind::Busy => Self::Mesh(e.to_string()),
             MeshErrorKind::Unavailable | MeshErrorKind::Corrupt => {
                 warn!(error = %e, "mesh read failed");
                 match e {

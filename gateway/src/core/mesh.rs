@@ -23,6 +23,7 @@ use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
 use execmesh_runtime::nats_settings::NatsConfig;
 
+use crate::core::consumers::{Consumers, WatchFor, WatchRefused};
 use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
 use crate::core::signer::{Signer, SignerError};
@@ -67,6 +68,9 @@ pub enum MeshError {
     /// The gateway's record key or its identities file cannot be used.
     #[error(transparent)]
     Records(#[from] RecordsError),
+    /// This replica holds as many consumers of the kind as it may ([`crate::core::consumers`]).
+    #[error(transparent)]
+    Busy(#[from] WatchRefused),
 }
 
 /// What kind of failure a [`MeshError`] is, for callers that answer each kind differently.
@@ -81,6 +85,8 @@ pub enum MeshErrorKind {
     Internal,
     /// The gateway's configuration (tenant, TLS files, keys, identities) cannot be used.
     Setup,
+    /// This replica is at one of its limits (open watches): try again later, or elsewhere.
+    Busy,
 }
 
 impl MeshError {
@@ -98,6 +104,7 @@ impl MeshError {
             Self::Tenant(_) | Self::NatsTls(_) | Self::Signer(_) | Self::Records(_) => {
                 MeshErrorKind::Setup
             }
+            Self::Busy(_) => MeshErrorKind::Busy,
         }
     }
 
@@ -472,6 +479,8 @@ pub struct Mesh {
     /// How long a host's heartbeat may stay expired before its running jobs are lost
     /// (`lost_grace_ms`, see [`crate::core::jobs::state`]).
     pub lost_grace: Duration,
+    /// Names and bounds the consumers this replica creates.
+    pub consumers: Arc<Consumers>,
 }
 
 /// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
@@ -490,6 +499,10 @@ pub struct MeshSettings<'a> {
     pub lost_grace: Duration,
     /// Byte limits of the streams and buckets the gateway creates.
     pub store_limits: layout::StoreLimits,
+    /// Client watches this replica serves at once (`max_watches`).
+    pub max_watches: usize,
+    /// Reads and waits of calls that need a consumer, at once (`max_call_watches`).
+    pub max_call_watches: usize,
 }
 
 // === impl Mesh ===
@@ -538,6 +551,7 @@ impl Mesh {
             instances: Arc::default(),
             unstored: Arc::default(),
             lost_grace: config.lost_grace,
+            consumers: Arc::new(Consumers::new(config.max_watches, config.max_call_watches)),
         })
     }
 
@@ -774,7 +788,14 @@ impl Mesh {
         bucket: &str,
         filter: &str,
     ) -> Result<Vec<(String, KvLast)>, MeshError> {
-        let mut watch = self.watch_kv(bucket, filter, WatchFrom::LastPerKey).await?;
+        let mut watch = self
+            .watch_kv(
+                bucket,
+                filter,
+                WatchFrom::LastPerKey,
+                WatchFor::Call("read"),
+            )
+            .await?;
         let mut values = Vec::new();
         if watch.initial == 0 {
             return Ok(values);
@@ -807,12 +828,16 @@ impl Mesh {
     /// Watches the keys of `bucket` matching `filter` (a key pattern with `*`/`>`) through an
     /// ordered consumer, checking every value like a direct get does: values their key's owner
     /// did not sign come as rejected changes (async-nats's KV watch gives no headers to check).
+    /// The consumer is named and counted as `watch` says ([`crate::core::consumers`]); its slot
+    /// is held until the changes are dropped.
     pub async fn watch_kv(
         &self,
         bucket: &str,
         filter: &str,
         from: WatchFrom,
+        watch: WatchFor,
     ) -> Result<KvWatch, MeshError> {
+        let admitted = self.consumers.admit(watch).await?;
         use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
         let nats =
             |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {bucket}"), e);
@@ -825,6 +850,7 @@ impl Mesh {
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
+                name: Some(admitted.name),
                 description: Some(format!("execmesh gateway watch of {bucket}")),
                 filter_subject: format!("{prefix}{filter}"),
                 replay_policy: ReplayPolicy::Instant,
@@ -840,7 +866,10 @@ impl Mesh {
         let messages = consumer.messages().await.map_err(|e| nats(&e))?;
         let records = self.records.clone();
         let what = subject::kv_stream(bucket);
+        let slot = admitted.slot;
         let changes = messages.map(move |message| {
+            // The slot goes when the changes do.
+            let _slot = &slot;
             let message =
                 message.map_err(|e| MeshError::unavailable(format!("watch of {what}"), &e))?;
             let info = message.info().map_err(|e| {
@@ -905,9 +934,15 @@ impl Mesh {
             |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {what}"), e);
         let stream = self.js.get_stream(&what).await.map_err(|e| nats(&e))?;
         let prefix = subject::kv_prefix(PRESENCE_BUCKET);
+        let name = self
+            .consumers
+            .admit(WatchFor::Upkeep("departures"))
+            .await?
+            .name;
         let consumer = stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
+                name: Some(name),
                 description: Some("execmesh gateway watch of departing hosts".to_string()),
                 filter_subject: format!("{prefix}{}.*", self.tenant),
                 replay_policy: ReplayPolicy::Instant,
@@ -1270,7 +1305,12 @@ impl Mesh {
     ) -> Result<Option<pb::JobStatus>, MeshError> {
         let key = subject::job_key(&self.tenant, host, job);
         let mut watch = self
-            .watch_kv(JOBS_BUCKET, &key, WatchFrom::LastPerKey)
+            .watch_kv(
+                JOBS_BUCKET,
+                &key,
+                WatchFrom::LastPerKey,
+                WatchFor::Call("job-end"),
+            )
             .await?;
         let mut last = None;
         let deadline = tokio::time::Instant::now() + timeout;

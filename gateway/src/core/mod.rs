@@ -10,6 +10,7 @@ pub mod audit_query;
 pub mod auth;
 pub mod auth_failures;
 pub mod bearer;
+pub mod consumers;
 pub mod dispatch;
 pub mod error;
 pub mod fanout;

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::kv;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,8 @@ use execmesh_proto::jetstream::REVOKED_BUCKET;
 use execmesh_proto::pb;
 use execmesh_runtime::backoff::Backoff;
 
+use crate::core::consumers::WatchFor;
+use crate::core::mesh::{KvChange, Mesh, WatchFrom};
 use crate::core::token_store::{Store, StoreError};
 
 /// Default of `revocation_max_staleness_secs`: how long a copy that can no longer be kept
@@ -28,6 +29,8 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(250);
 /// How long the gateway waits at start for the first complete copy before serving.
 const FIRST_LOAD: Duration = Duration::from_secs(10);
+/// How long listing the revocations in force may take.
+const LIST_WAIT: Duration = Duration::from_secs(10);
 /// How long a new watch may take to deliver the list before it is opened again (the records
 /// it was told of may have expired before it began).
 const CATCH_UP: Duration = Duration::from_secs(5);
@@ -40,37 +43,44 @@ const SWEEP_AT: usize = 10_000;
 pub struct Unlisted(String);
 
 /// The revocations in force, read from `mesh_revoked` itself (not this replica's copy), by
-/// token id; expired ones are left out.
-pub async fn in_force(
-    js: &async_nats::jetstream::Context,
-) -> Result<Vec<pb::Revocation>, Unlisted> {
+/// token id; expired ones, and records the gateway did not sign, are left out. Read through a
+/// watch that ends once it has delivered every current key, counted like any call's
+/// ([`crate::core::consumers`]).
+pub async fn in_force(mesh: &Mesh) -> Result<Vec<pb::Revocation>, Unlisted> {
     let unlisted = |e: &dyn std::fmt::Display| Unlisted(e.to_string());
-    let bucket = js
-        .get_key_value(REVOKED_BUCKET)
+    let mut watch = mesh
+        .watch_kv(
+            REVOKED_BUCKET,
+            ">",
+            WatchFrom::LastPerKey,
+            WatchFor::Call("revocations"),
+        )
         .await
         .map_err(|e| unlisted(&e))?;
-    let mut keys = bucket.keys().await.map_err(|e| unlisted(&e))?;
     let now_secs = execmesh_proto::now_ms() / 1000;
     let mut revocations = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(|e| unlisted(&e))?;
-        let Some(entry) = bucket.entry(&key).await.map_err(|e| unlisted(&e))? else {
-            continue;
-        };
+    let mut left = watch.initial;
+    while left > 0 {
+        let change = tokio::time::timeout(LIST_WAIT, watch.changes.next())
+            .await
+            .map_err(|_| Unlisted(format!("the list was not read within {LIST_WAIT:?}")))?
+            .ok_or_else(|| Unlisted("the watch ended early".into()))?
+            .map_err(|e| unlisted(&e))?;
+        left = change.pending;
         // Expired keys leave an empty marker behind.
-        if entry.operation != kv::Operation::Put || entry.value.is_empty() {
+        if !change.is_value() {
             continue;
         }
-        let Ok(expires_at) = serde_json::from_slice::<u64>(&entry.value) else {
+        let Ok(expires_at) = serde_json::from_slice::<u64>(&change.value) else {
             continue;
         };
         if expires_at <= now_secs {
             continue;
         }
         revocations.push(pb::Revocation {
-            token_id: key,
+            token_id: change.key,
             expires_at_ms: expires_at * 1000,
-            revoked_at_ms: (entry.created.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
+            revoked_at_ms: change.stored_at_ms,
         });
     }
     revocations.sort_by(|a, b| a.token_id.cmp(&b.token_id));
@@ -172,7 +182,7 @@ impl Revocations {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let (mut changes, mut caught_up) = match self.store.watch_revoked().await {
-                Ok(opened) => opened,
+                Ok((watch, empty)) => (watch.changes, empty),
                 Err(e) => {
                     debug!(error = %e, "cannot watch the revocation list; retrying");
                     if backoff.wait(&shutdown).await.is_err() {
@@ -189,7 +199,7 @@ impl Revocations {
                     change = changes.next() => match change {
                         Some(Ok(entry)) => {
                             backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
-                            caught_up |= entry.delta == 0;
+                            caught_up |= entry.pending == 0;
                             self.add(&entry);
                         }
                         Some(Err(e)) => {
@@ -220,7 +230,7 @@ impl Revocations {
 
     /// Adds one record of the list to the copy: any record under a token's key counts, a
     /// delete too (see [`crate::core::token_store`]).
-    fn add(&self, entry: &kv::Entry) {
+    fn add(&self, entry: &KvChange) {
         let expires_at = serde_json::from_slice::<u64>(&entry.value).ok();
         let Ok(mut revoked) = self.revoked.lock() else {
             return;

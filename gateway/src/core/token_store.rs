@@ -27,7 +27,8 @@ use execmesh_proto::jetstream as layout;
 use execmesh_proto::subject;
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
-use crate::core::mesh::{DirectGet, Mesh};
+use crate::core::consumers::WatchFor;
+use crate::core::mesh::{DirectGet, KvWatch, Mesh, WatchFrom};
 
 /// A KV operation failed (NATS unreachable, a corrupt record).
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +235,7 @@ impl Store {
     /// it is written: what [`crate::core::revocation::Revocations`] keeps its copy current
     /// with. Also says whether the list held no record when the watch began (then nothing
     /// arrives to say the copy is complete).
-    pub async fn watch_revoked(&self) -> Result<(kv::Watch, bool), StoreError> {
+    pub async fn watch_revoked(&self) -> Result<(KvWatch, bool), StoreError> {
         let held = self
             .revoked
             .status()
@@ -242,8 +243,13 @@ impl Store {
             .map_err(|e| kv_err("status", ">", e))?
             .values();
         let watch = self
-            .revoked
-            .watch_with_history(">")
+            .mesh
+            .watch_kv(
+                &self.revoked.name,
+                ">",
+                WatchFrom::LastPerKey,
+                WatchFor::Upkeep("revoked"),
+            )
             .await
             .map_err(|e| kv_err("watch", ">", e))?;
         Ok((watch, held == 0))

@@ -9,6 +9,7 @@ mod approvals;
 mod audit;
 mod chaos;
 mod console;
+mod consumers;
 mod ctl;
 mod exec;
 mod fanout;

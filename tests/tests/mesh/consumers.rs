@@ -1,0 +1,84 @@
+//! The JetStream consumers a gateway replica creates: each named for its replica and purpose, and
+//! the watches admin clients hold bounded by `max_watches`, one more refused saying which limit.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tonic::Code;
+
+use execmesh_proto::pb;
+use execmesh_tests::admin::assert_status;
+use execmesh_tests::{Gateway, Nats, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn watches_are_named_for_their_replica_and_one_past_max_watches_is_refused_until_one_closes()
+{
+    let nats = Nats::start().await;
+    let _web = nats.agent("web-1", &[]).await;
+    let gw = Gateway::new(&nats)
+        .admin()
+        .configure(|c| c.max_watches = 1)
+        .start()
+        .await;
+    let mut admin = gw.admin_client("root").await;
+    let watch_hosts = || pb::WatchHostsRequest {
+        selector: "*".into(),
+        include_initial: true,
+    };
+
+    let first = admin
+        .hosts
+        .watch(watch_hosts())
+        .await
+        .expect("the first watch is within max_watches")
+        .into_inner();
+
+    // Every consumer on the presence stream is the gateway's and says what it is for: the
+    // replica's own watch of departing hosts and this client's watch.
+    let js = nats.jetstream().await;
+    let names: Vec<String> = js
+        .get_stream("KV_mesh_presence")
+        .await
+        .expect("the presence stream")
+        .consumer_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("gw-")),
+        "every consumer named for its replica: {names:?}"
+    );
+    for purpose in ["-departures-", "-hosts-"] {
+        assert!(
+            names.iter().any(|n| n.contains(purpose)),
+            "a consumer for {purpose}: {names:?}"
+        );
+    }
+
+    // A second watch of any kind is one too many, and the refusal names the limit.
+    assert_status(
+        admin.hosts.watch(watch_hosts()).await,
+        Code::ResourceExhausted,
+        "max_watches",
+    );
+    let approvals = admin
+        .approvals
+        .watch(pb::WatchApprovalsRequest::default())
+        .await;
+    assert!(
+        matches!(&approvals, Err(s) if s.message().contains("max_watches")),
+        "an approvals watch counts against the same limit: {:?}",
+        approvals.as_ref().err()
+    );
+
+    // The client going away frees its slot.
+    drop(first);
+    eventually(WAIT, || {
+        let mut hosts = admin.hosts.clone();
+        async move { hosts.watch(watch_hosts()).await.is_ok() }
+    })
+    .await;
+}
