@@ -77,6 +77,31 @@ pub struct Ready {
     pub instance: String,
 }
 
+/// What an agent checks before it serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Startup {
+    /// Everything: the stream and buckets are created when missing and kept at the budget's byte
+    /// limits, and the jobs an earlier run of this host left behind are ended. What the binary
+    /// does.
+    #[default]
+    Full,
+    /// For simulated fleets of tens of thousands of agents in one process (`execmesh-bench
+    /// scale`): the buckets are opened as they are (one lookup each; nothing created, no byte
+    /// limits kept) and no earlier run is looked for, since a simulated host has none. Requests,
+    /// heartbeats, facts and audit are handled exactly as in [`Startup::Full`]; only the start-up
+    /// checks that would cost the one JetStream API thousands of requests are left out.
+    Light,
+}
+
+/// How [`run_with`] starts the agent.
+#[derive(Debug, Default)]
+pub struct Launch {
+    /// Sent [`Ready`] once the agent serves requests (for tests and embedders that must not
+    /// guess when it is up).
+    pub ready: Option<oneshot::Sender<Ready>>,
+    pub startup: Startup,
+}
+
 /// The key this agent signs its records with: the one of its NATS seed (`nats_nkey_seed`, or
 /// the seed in `nats_creds`). Without one the agent still runs, but says plainly what that means.
 pub(crate) fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, AgentError> {
@@ -98,16 +123,16 @@ pub(crate) fn record_key(config: &Config) -> Result<Option<Arc<RecordKey>>, Agen
 /// Runs the agent until `shutdown` is cancelled, then drains: no new jobs, running jobs get
 /// `shutdown_grace_ms` to finish before they are killed, the presence key is removed.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
-    run_with_ready(config, shutdown, None).await
+    run_with(config, shutdown, Launch::default()).await
 }
 
-/// [`run`], sending [`Ready`] on `ready` once the agent serves requests (for tests and
-/// embedders that must not guess when it is up).
-pub async fn run_with_ready(
+/// [`run`], started as `launch` says.
+pub async fn run_with(
     config: Config,
     shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<Ready>>,
+    launch: Launch,
 ) -> Result<(), AgentError> {
+    let Launch { ready, startup } = launch;
     config.validate()?;
     let instance = format!("{:016x}", rand::random::<u64>());
     let started_at_ms = execmesh_proto::now_ms();
@@ -121,7 +146,10 @@ pub async fn run_with_ready(
     }
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let mesh = provision::provision(&js, &config).await?;
+    let mesh = match startup {
+        Startup::Full => provision::provision(&js, &config).await?,
+        Startup::Light => provision::open(&js).await?,
+    };
     let node = Arc::new(Node::new(
         config,
         instance.clone(),
@@ -132,9 +160,11 @@ pub async fn run_with_ready(
         executor::Executor::Local,
     ));
 
-    let recovered = recovery::recover(&node).await?;
-    if recovered > 0 {
-        info!(recovered, "ended the jobs of an earlier run");
+    if startup == Startup::Full {
+        let recovered = recovery::recover(&node).await?;
+        if recovered > 0 {
+            info!(recovered, "ended the jobs of an earlier run");
+        }
     }
     // After recovery, whose scan of /proc must not meet this run's own shells.
     let warm = tokio::spawn(Arc::clone(&node.warm).run());

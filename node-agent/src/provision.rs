@@ -67,6 +67,29 @@ pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh,
     })
 }
 
+/// Opens the buckets as they are, one lookup each: for [`crate::Startup::Light`], where
+/// whoever set the mesh up has made them already. A missing one is an error, not created.
+pub async fn open(js: &jetstream::Context) -> Result<Mesh, AgentError> {
+    let open = |name: &'static str| async move {
+        js.get_key_value(name)
+            .await
+            .map_err(|e| AgentError::Provision {
+                what: format!("KV bucket {name} (a light start creates nothing)"),
+                source: Box::new(e),
+            })
+    };
+    let (presence, facts, jobs) = tokio::try_join!(
+        open(layout::PRESENCE_BUCKET),
+        open(layout::FACTS_BUCKET),
+        open(layout::JOBS_BUCKET)
+    )?;
+    Ok(Mesh {
+        presence,
+        facts,
+        jobs,
+    })
+}
+
 /// The streams whose byte limit the agent keeps at its budget's share: those it opens (and
 /// its NATS user may look up). The gateway's own buckets are created bounded by the gateway.
 fn bounded_streams() -> [String; 5] {

@@ -4,7 +4,9 @@
 //! Each host runs the node-agent library's `run` exactly as the binary does (same request
 //! handling, same file and grep code); only the process is shared. Warm shells are off (a
 //! thousand idle bash processes would measure the machine, not the mesh) and heartbeats are
-//! slower than the default, so the fleet's own upkeep does not drown the measurement.
+//! slower than the default, so the fleet's own upkeep does not drown the measurement. A
+//! [`Fleet::light`] fleet also skips the start-up checks a real agent makes once
+//! ([`Startup::Light`]), so tens of thousands fit.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,10 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use execmesh_node_agent::config::Config;
+use execmesh_node_agent::{Launch, Startup};
 
 use crate::Nats;
 
-/// Agents started at once while the fleet comes up.
+/// Agents started at once while the fleet comes up, unless [`Fleet::start_concurrency`] says.
 const START_CONCURRENCY: usize = 64;
 
 /// A change applied to every simulated agent's configuration.
@@ -36,6 +39,8 @@ pub struct Fleet {
     heartbeat: Duration,
     facts_interval: Duration,
     configure: Option<ConfigChange>,
+    startup: Startup,
+    start_concurrency: usize,
     /// Each host's seed in the test mesh's identities: every simulated agent signs its records
     /// as its host, like a real one.
     seeds: HashMap<String, PathBuf>,
@@ -77,7 +82,23 @@ impl Fleet {
             heartbeat: Duration::from_secs(10),
             facts_interval: Duration::from_secs(3600),
             configure: None,
+            startup: Startup::Full,
+            start_concurrency: START_CONCURRENCY,
         }
+    }
+
+    /// Starts every agent with [`Startup::Light`]: no bucket is created or bounded and no
+    /// earlier run looked for (the gateway, or the harness's provisioning, makes the buckets
+    /// first); requests are handled as by any agent.
+    pub fn light(mut self) -> Self {
+        self.startup = Startup::Light;
+        self
+    }
+
+    /// How many agents start at once (default 64).
+    pub fn start_concurrency(mut self, agents: usize) -> Self {
+        self.start_concurrency = agents.max(1);
+        self
     }
 
     /// Time between heartbeats of each agent (default 10 s).
@@ -120,8 +141,18 @@ impl Fleet {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let token = shutdown.child_token();
             let task_host = host.clone();
+            let startup = self.startup;
             let task = tokio::spawn(async move {
-                if let Err(e) = execmesh_node_agent::run_with_ready(config, token, Some(tx)).await {
+                if let Err(e) = execmesh_node_agent::run_with(
+                    config,
+                    token,
+                    Launch {
+                        ready: Some(tx),
+                        startup,
+                    },
+                )
+                .await
+                {
                     tracing::error!(host = %task_host, error = %e, "simulated agent failed");
                 }
             });
@@ -131,7 +162,7 @@ impl Fleet {
             let ok = tokio::time::timeout(Duration::from_secs(120), rx).await;
             (host, task, ok)
         })
-        .buffer_unordered(START_CONCURRENCY);
+        .buffer_unordered(self.start_concurrency);
         while let Some((host, task, ok)) = ready.next().await {
             match ok {
                 Ok(Ok(_)) => tasks.push(task),

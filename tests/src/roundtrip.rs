@@ -52,7 +52,7 @@ impl Sizes {
 struct Cpu(BTreeMap<&'static str, f64>);
 
 /// User + system time of `pid` itself, and of its children it reaped, in seconds.
-fn proc_cpu(pid: u32) -> (f64, f64) {
+pub fn proc_cpu(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return (0.0, 0.0);
     };

@@ -46,10 +46,14 @@ impl Agent {
         let shutdown = CancellationToken::new();
         let (tx, rx) = oneshot::channel();
         let host = config.host_id.clone();
-        let task = tokio::spawn(execmesh_node_agent::run_with_ready(
+        let launch = execmesh_node_agent::Launch {
+            ready: Some(tx),
+            ..Default::default()
+        };
+        let task = tokio::spawn(execmesh_node_agent::run_with(
             config,
             shutdown.clone(),
-            Some(tx),
+            launch,
         ));
         let ready = timeout(Duration::from_secs(10), rx)
             .await

@@ -8,8 +8,9 @@
 //! 200,000 lines paged end to end at the default page size), `memory` (node-agent RSS idle and
 //! while streaming 2 M lines), `file-read` (a 100 MB text file paged end to end with the `file`
 //! tool), `copy` (a 100 MB file copied host to host, MB/s), `fanout` (`grep` over 100 and 1,000
-//! simulated hosts and `bash true` over 100, p50/p99) and `scale` (10,000 simulated hosts
-//! connected to one nats-server, `hosts "*"` resolved), `audit` (events/s the audit-sink persists
+//! simulated hosts and `bash true` over 100, p50/p99) and `scale` (`--hosts N` simulated hosts,
+//! 10,000 unless named, in light mode on one nats-server: start-up, the server's RSS and CPU at
+//! rest, heartbeat traffic, `hosts "*"`, `grep` with a digest over 10,000 of them), `audit` (events/s the audit-sink persists
 //! with the hash chain, SQLite and PostgreSQL), `chaos` (the fault scenarios of
 //! `execmesh_tests::chaos` at full size: NATS, an agent, a gateway replica and the audit-sink
 //! killed with SIGKILL mid-work, NATS away while idle; lines lost, audit rows lost or
@@ -37,6 +38,8 @@ mod audit;
 mod chaos;
 #[path = "bench/relay.rs"]
 mod relay;
+#[path = "bench/scale.rs"]
+mod scale;
 
 const SCENARIOS: [&str; 12] = [
     "roundtrip",
@@ -54,28 +57,50 @@ const SCENARIOS: [&str; 12] = [
 ];
 /// Calls per measured fan-out size.
 const FANOUT_CALLS: usize = 50;
-/// Hosts of the `scale` scenario.
-const SCALE_HOSTS: usize = 10_000;
 const FILE_BYTES: u64 = 100 * 1000 * 1000;
 
+/// What the command line asked for besides the scenarios.
+struct Options {
+    /// Simulated hosts of `scale` (`--hosts N`).
+    hosts: usize,
+}
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!(
-            "usage: execmesh-bench [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay] [relay-files]\n\n\
-             Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
-             measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
-             a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
-             a job's state is lost or a process orphaned. Needs release binaries: \
-             cargo build --release --workspace --bins"
-        );
-        return Ok(());
-    }
-    for a in &args {
-        if !SCENARIOS.contains(&a.as_str()) {
-            bail!("unknown scenario `{a}` ({})", SCENARIOS.join(", "));
+    let mut options = Options {
+        hosts: scale::DEFAULT_HOSTS,
+    };
+    let mut scenarios: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                println!(
+                    "usage: execmesh-bench [--hosts N] [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay] [relay-files]\n\n\
+                     Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
+                     measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
+                     a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
+                     a job's state is lost or a process orphaned. Needs release binaries: \
+                     cargo build --release --workspace --bins\n\n\
+                     --hosts N   simulated hosts of `scale` (default {}). Past about 28,000 the \
+                     machine's ephemeral ports run out (every agent holds one loopback connection \
+                     to the same server port): `scale` says so and names the sysctl to raise.",
+                    scale::DEFAULT_HOSTS
+                );
+                return Ok(());
+            }
+            "--hosts" => {
+                let n = args.next().context("--hosts needs a number of hosts")?;
+                options.hosts = n
+                    .parse()
+                    .ok()
+                    .filter(|&n: &usize| n > 0)
+                    .with_context(|| format!("--hosts `{n}`: not a positive number"))?;
+            }
+            _ if SCENARIOS.contains(&a.as_str()) => scenarios.push(a),
+            _ => bail!("unknown scenario `{a}` ({})", SCENARIOS.join(", ")),
         }
     }
+    let args = scenarios;
     // Logs (the expected reconnect warnings of `chaos`, say) go to stderr: stdout is the report.
     execmesh_tests::init_tracing_to_stderr();
     let wants = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
@@ -86,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         let mut report = json!({ "machine": machine() });
         for scenario in SCENARIOS.into_iter().filter(|s| wants(s)) {
             // Figures are keyed like JSON fields: `file-read` reports as `file_read`.
-            report[scenario.replace('-', "_")] = run(scenario).await?;
+            report[scenario.replace('-', "_")] = run(scenario, &options).await?;
         }
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())
@@ -94,7 +119,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs the scenario `name`, one of [`SCENARIOS`].
-async fn run(name: &str) -> anyhow::Result<Value> {
+async fn run(name: &str, options: &Options) -> anyhow::Result<Value> {
     match name {
         "roundtrip" => roundtrip().await,
         "telemetry" => telemetry().await,
@@ -103,7 +128,7 @@ async fn run(name: &str) -> anyhow::Result<Value> {
         "file-read" => file_read().await,
         "copy" => copy().await,
         "fanout" => fanout().await,
-        "scale" => scale().await,
+        "scale" => scale::scale(options.hosts).await,
         "audit" => audit::audit().await,
         "chaos" => chaos::chaos().await,
         "relay" => relay::relay().await,
@@ -419,18 +444,21 @@ fn fleet_log(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(logs)
 }
 
-/// `grep` with a digest over `hosts` simulated hosts: per-call latency.
+/// `grep` with a digest over the `hosts` simulated hosts `selector` names, `calls` times:
+/// per-call latency.
 async fn grep_over(
     client: &McpClient,
     logs: &std::path::Path,
+    selector: &str,
     hosts: usize,
+    calls: usize,
 ) -> anyhow::Result<Value> {
-    let args = json!({"hosts": "*", "pattern": "ERROR", "paths": [logs], "digest": true});
+    let args = json!({"hosts": selector, "pattern": "ERROR", "paths": [logs], "digest": true});
     for _ in 0..3 {
         client.try_call("grep", args.clone()).await?;
     }
-    let mut samples = Vec::with_capacity(FANOUT_CALLS);
-    for _ in 0..FANOUT_CALLS {
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
         let started = Instant::now();
         let out = client.try_call("grep", args.clone()).await?;
         samples.push(started.elapsed());
@@ -464,7 +492,7 @@ async fn fanout() -> anyhow::Result<Value> {
         let mut entry = json!({
             "hosts": hosts,
             "fleet_startup_s": (fleet.startup.as_secs_f64() * 10.0).round() / 10.0,
-            "grep": grep_over(&client, &logs, hosts).await?,
+            "grep": grep_over(&client, &logs, "*", hosts, FANOUT_CALLS).await?,
         });
         if hosts == 100 {
             let mut samples = Vec::new();
@@ -484,55 +512,4 @@ async fn fanout() -> anyhow::Result<Value> {
         fleet.stop().await;
     }
     Ok(report)
-}
-
-async fn scale() -> anyhow::Result<Value> {
-    // One socket per agent here and one per connection in the nats-server (which inherits the
-    // limit), plus room for files, listeners and the gateway.
-    raise_fd_limit(SCALE_HOSTS as u64 + 4096)?;
-    let nats = Nats::start().await;
-    let fleet = Fleet::new(&nats, "sim", SCALE_HOSTS)
-        .heartbeat(Duration::from_secs(30))
-        .start()
-        .await;
-    let gw = Gateway::new(&nats).start().await;
-    let client = bench_client(&gw, Duration::from_secs(120)).await;
-    let mut samples = Vec::new();
-    let mut online = 0;
-    for _ in 0..5 {
-        let started = Instant::now();
-        let out = client.try_call("hosts", json!({"selector": "*"})).await?;
-        samples.push(started.elapsed());
-        online = out.structured()["online"].as_u64().unwrap_or(0);
-        if online != SCALE_HOSTS as u64 {
-            bail!("hosts \"*\" saw {online} of {SCALE_HOSTS} online");
-        }
-    }
-    let alive = fleet.alive();
-    let startup = fleet.startup;
-    fleet.stop().await;
-    Ok(json!({
-        "what": "10,000 simulated hosts (real node-agents in one process, one NATS connection each) \
-                 connected to one nats-server; `hosts \"*\"` resolved",
-        "hosts": SCALE_HOSTS,
-        "connected_and_online": online,
-        "agents_alive_at_end": alive,
-        "fleet_startup_s": (startup.as_secs_f64() * 10.0).round() / 10.0,
-        "hosts_star": percentiles(samples),
-    }))
-}
-
-/// Raises this process's open-file limit (inherited by the nats-server it starts) so thousands
-/// of connections fit.
-fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    let target = want.min(hard);
-    if soft < target {
-        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
-    }
-    if target < want {
-        bail!("open-file limit is {hard}; {want} needed for the scale scenario");
-    }
-    Ok(())
 }
