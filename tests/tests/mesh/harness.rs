@@ -6,6 +6,7 @@ use async_nats::jetstream::stream;
 use execmesh_proto::jetstream::PRESENCE_BUCKET;
 use execmesh_tests::presence::presence_key;
 use execmesh_tests::{Gateway, Nats, NodeAgent, eventually};
+use futures::StreamExt as _;
 use rmcp::model::ProtocolVersion;
 use serde_json::json;
 
@@ -259,4 +260,65 @@ async fn client_speaks_the_newest_and_a_legacy_protocol() {
             tools.iter().map(|t| &t.name).collect::<Vec<_>>()
         );
     }
+}
+
+/// A light simulated fleet (what `execmesh-bench scale` runs by the ten thousand) creates nothing
+/// of the mesh, and once the gateway has, serves calls as real agents do.
+#[tokio::test]
+async fn a_light_simulated_fleet_creates_nothing_and_serves_calls_like_agents() {
+    use execmesh_node_agent::{Config, Launch, Startup};
+    let nats = Nats::start().await;
+
+    // Before any gateway: a light agent refuses to start, naming the bucket, and the server
+    // still holds no stream.
+    let mut config = Config::new(&nats.url(), "lone").expect("config");
+    config.gateway_keys = vec![nats.mesh_public_key().to_string()];
+    config.warm_shells = 0;
+    let launch = Launch {
+        ready: None,
+        startup: Startup::Light,
+    };
+    let refused = tokio::time::timeout(
+        Duration::from_secs(20),
+        execmesh_node_agent::run_with(config, Default::default(), launch),
+    )
+    .await
+    .expect("a light start fails at once")
+    .expect_err("no buckets: a light start must not create them");
+    let refused = refused.to_string();
+    assert!(
+        refused.contains("KV bucket mesh_") && refused.contains("light start creates nothing"),
+        "{refused}"
+    );
+    let js = nats.jetstream().await;
+    let streams: Vec<String> = js
+        .stream_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    assert!(streams.is_empty(), "a light agent created {streams:?}");
+
+    let fleet = execmesh_tests::Fleet::new(&nats, "sim", 20)
+        .light()
+        .heartbeat(Duration::from_secs(1));
+    let gw = Gateway::new(&nats).start().await;
+    let fleet = fleet.start().await;
+    let client = gw.client("alice").await;
+    let hosts = client.call("hosts", json!({"selector": "sim-*"})).await;
+    assert_eq!(hosts.structured()["online"], json!(20), "{}", hosts.text());
+    let ran = client
+        .call(
+            "bash",
+            json!({"hosts": "sim-*", "cmd": "echo from $((1+1))"}),
+        )
+        .await;
+    assert_eq!(
+        ran.structured()["counts"]["ok"],
+        json!(20),
+        "{}",
+        ran.text()
+    );
+    assert!(ran.text().contains("from 2"), "{}", ran.text());
+    assert_eq!(fleet.alive(), 20);
+    fleet.stop().await;
 }
