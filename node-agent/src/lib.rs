@@ -87,9 +87,11 @@ pub enum Startup {
     Full,
     /// For simulated fleets of tens of thousands of agents in one process (`execmesh-bench
     /// scale`): the buckets are opened as they are (one lookup each; nothing created, no byte
-    /// limits kept) and no earlier run is looked for, since a simulated host has none. Requests,
-    /// heartbeats, facts and audit are handled exactly as in [`Startup::Full`]; only the start-up
-    /// checks that would cost the one JetStream API thousands of requests are left out.
+    /// limits kept), no earlier run is looked for (a simulated host has none), and the
+    /// machine's facts are collected once for the whole process, each agent adding its own
+    /// identity. Requests, heartbeats, fact packs and audit are handled exactly as in
+    /// [`Startup::Full`]; only the work that fifty thousand agents sharing one machine would
+    /// repeat for nothing is left out.
     Light,
 }
 
@@ -160,6 +162,9 @@ pub async fn run_with(
         executor::Executor::Local,
     ));
 
+    if startup == Startup::Light {
+        node.facts.share_machine_pack();
+    }
     if startup == Startup::Full {
         let recovered = recovery::recover(&node).await?;
         if recovered > 0 {

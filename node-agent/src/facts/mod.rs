@@ -6,8 +6,9 @@
 
 pub(crate) mod sources;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
@@ -57,6 +58,28 @@ pub struct Facts {
     collecting: tokio::sync::Mutex<()>,
     /// Where the facts come from: this machine, or (relay mode) the SSH target's fixed probe.
     executor: Executor,
+    /// Whether the machine's part of the pack is [`shared_machine_pack`]: set for
+    /// [`crate::Startup::Light`] agents, thousands of which share one machine and process.
+    shared: AtomicBool,
+}
+
+/// The machine's part of the pack for [`crate::Startup::Light`] agents: collected once per
+/// process and again once older than `max_age`. Tens of thousands of simulated agents on one
+/// machine would otherwise each read the same files, and `/proc/net/tcp` grows with their own
+/// connections, so the fleet's start-up would grow with its square.
+fn shared_machine_pack(max_age: Duration) -> pb::HostFacts {
+    static MACHINE: Mutex<Option<(Instant, pb::HostFacts)>> = Mutex::new(None);
+    let mut machine = MACHINE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match &*machine {
+        Some((at, pack)) if at.elapsed() < max_age => pack.clone(),
+        _ => {
+            let pack = collect(pb::HostFacts::default());
+            *machine = Some((Instant::now(), pack.clone()));
+            pack
+        }
+    }
 }
 
 // === impl Facts ===
@@ -92,6 +115,7 @@ impl Facts {
             interval: config.facts_interval(),
             collecting: tokio::sync::Mutex::new(()),
             executor,
+            shared: AtomicBool::new(false),
         }
     }
 
@@ -108,10 +132,21 @@ impl Facts {
         let _turn = self.collecting.lock().await;
         let identity = self.identity.clone();
         let facts = match &self.executor {
+            Executor::Local if self.shared.load(Ordering::Relaxed) => {
+                let interval = self.interval;
+                let machine =
+                    tokio::task::spawn_blocking(move || shared_machine_pack(interval)).await?;
+                with_identity(machine, identity)
+            }
             Executor::Local => tokio::task::spawn_blocking(move || collect(identity)).await?,
             Executor::Ssh(target, _) => target.facts(identity).await.map_err(FactsError::Probe)?,
         };
         self.store(facts).await
+    }
+
+    /// Takes the machine's part of every pack from [`shared_machine_pack`] from now on.
+    pub(crate) fn share_machine_pack(&self) {
+        self.shared.store(true, Ordering::Relaxed);
     }
 
     /// Stores what a relay knows of its target without asking it (its identity, user and
@@ -205,6 +240,20 @@ fn collect(identity: pb::HostFacts) -> pb::HostFacts {
     }
 }
 
+/// `machine` (a pack collected without identity) as the pack of the agent `identity` says.
+fn with_identity(machine: pb::HostFacts, identity: pb::HostFacts) -> pb::HostFacts {
+    pb::HostFacts {
+        host: identity.host,
+        labels: identity.labels,
+        agent_version: identity.agent_version,
+        interval_secs: identity.interval_secs,
+        presence_ttl_ms: identity.presence_ttl_ms,
+        relay_user: identity.relay_user,
+        relay_offline_reason: identity.relay_offline_reason,
+        ..machine
+    }
+}
+
 fn online_cpus() -> u32 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
         .ok()
@@ -221,6 +270,39 @@ fn online_cpus() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_machine_pack_carries_each_agents_own_identity() {
+        let identity = |host: &str| pb::HostFacts {
+            host: host.into(),
+            labels: [("shard".to_string(), host.to_string())].into(),
+            agent_version: AGENT_VERSION.into(),
+            interval_secs: 60,
+            presence_ttl_ms: 3000,
+            ..Default::default()
+        };
+        let machine = shared_machine_pack(Duration::from_secs(60));
+        let again = shared_machine_pack(Duration::from_secs(60));
+        assert_eq!(
+            machine.collected_at_ms, again.collected_at_ms,
+            "collected once"
+        );
+        let (a, b) = (
+            with_identity(machine.clone(), identity("sim-1")),
+            with_identity(machine.clone(), identity("sim-2")),
+        );
+        assert_eq!(
+            (a.host.as_str(), a.labels["shard"].as_str()),
+            ("sim-1", "sim-1")
+        );
+        assert_eq!(
+            (b.host.as_str(), b.labels["shard"].as_str()),
+            ("sim-2", "sim-2")
+        );
+        assert_eq!((a.interval_secs, a.presence_ttl_ms), (60, 3000));
+        assert!(!a.kernel.is_empty() && a.kernel == machine.kernel, "{a:?}");
+        assert_eq!(a.hostname, b.hostname);
+    }
 
     #[test]
     fn a_collection_on_this_machine_has_the_basics_and_keeps_the_identity() {
