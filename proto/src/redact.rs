@@ -616,17 +616,34 @@ struct Rule {
 }
 
 static BUILTIN: LazyLock<Redactor> = LazyLock::new(|| {
-    // The built-in rules are tested to compile; an empty list of extras cannot fail.
-    Redactor::new(&[]).unwrap_or_else(|e| panic!("built-in redaction rules: {e}"))
+    // The built-in rules are tested to compile.
+    Redactor::compile_builtin().unwrap_or_else(|e| panic!("built-in redaction rules: {e}"))
 });
 
 // === impl Redactor ===
 
 impl Redactor {
     /// The built-in rules plus `extra`: regular expressions whose group named `secret` (or the
-    /// whole match, without one) is redacted.
+    /// whole match, without one) is redacted. The built-in rules are compiled once per process
+    /// and shared (a clone shares the compiled programs); only `extra` is compiled here.
     pub fn new(extra: &[String]) -> Result<Redactor, PatternError> {
-        let mut rules = Vec::with_capacity(RULES.len() + extra.len());
+        let mut redactor = BUILTIN.clone();
+        redactor.rules.reserve(extra.len());
+        for pattern in extra {
+            let regex = compile(pattern)?;
+            redactor.rules.push(Rule {
+                captures: regex.captures_len() > 1,
+                regex,
+                take: Take::Group,
+                check: Check::Any,
+            });
+        }
+        Ok(redactor)
+    }
+
+    /// Compiles the built-in rules: once, for [`BUILTIN`].
+    fn compile_builtin() -> Result<Redactor, PatternError> {
+        let mut rules = Vec::with_capacity(RULES.len());
         for Spec(name, pattern, take, check) in RULES {
             // ASCII word boundaries: the lazy DFA keeps them on any input, Unicode ones not.
             let pattern = pattern.replace(r"\b", r"(?-u:\b)");
@@ -639,15 +656,6 @@ impl Redactor {
                 regex,
                 take: *take,
                 check: *check,
-            });
-        }
-        for pattern in extra {
-            let regex = compile(pattern)?;
-            rules.push(Rule {
-                captures: regex.captures_len() > 1,
-                regex,
-                take: Take::Group,
-                check: Check::Any,
             });
         }
         let secret_keys = regex::Regex::new(SECRET_KEYS).map_err(|source| PatternError {
