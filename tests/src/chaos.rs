@@ -1172,26 +1172,14 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
             }
         }));
     }
-    let answered_since = |since: Instant| {
-        let calls = calls.clone();
-        move || {
-            let calls = calls.clone();
-            async move {
-                let calls = calls.lock().expect("calls");
-                calls
-                    .iter()
-                    .any(|c| c.sent >= since && c.answer == Answer::Answered)
-            }
-        }
-    };
-    let warm = settle(answered_since(Instant::now())).await;
+    let warm = answered_since(&calls, Instant::now()).await;
 
     let killed = Instant::now();
     nats.kill().await;
     tokio::time::sleep(size.calls_outage).await;
     nats.restart().await;
     let restarted = Instant::now();
-    let back = settle(answered_since(restarted)).await;
+    let back = answered_since(&calls, restarted).await;
     let first_success_ms = back.map(|(_, took)| ms(took));
     stop.store(true, Ordering::Relaxed);
     for caller in callers {
@@ -1531,6 +1519,18 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits, as [`settle`] does, until one of `calls` sent at or after `since` answered as asked:
+/// how long that took, or `None`.
+async fn answered_since(calls: &Arc<Mutex<Vec<Call>>>, since: Instant) -> Option<((), Duration)> {
+    settle(|| async {
+        let calls = calls.lock().expect("calls");
+        calls
+            .iter()
+            .any(|c| c.sent >= since && c.answer == Answer::Answered)
+    })
+    .await
 }
 
 /// How many processes of `jobs` are alive.
