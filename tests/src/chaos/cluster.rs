@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::{
     Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
-    USER, answered_since, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
+    USER, answered_since, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached,
+    settle, state_of,
 };
 use crate::{Gateway, Nats, NodeAgent};
 
