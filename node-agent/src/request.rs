@@ -250,11 +250,15 @@ pub fn order(
                 return Err(invalid(host, "the file request names no operation"));
             }
             let expires = req.expires_at_ms;
-            return Ok(Order::File(FsSpec::new(job, user, trace_id, expires, request)));
+            return Ok(Order::File(FsSpec::new(
+                job, user, trace_id, expires, request,
+            )));
         }
         Some(pb::exec_request::Body::Grep(request)) => {
             let expires = req.expires_at_ms;
-            return Ok(Order::Grep(FsSpec::new(job, user, trace_id, expires, request)));
+            return Ok(Order::Grep(FsSpec::new(
+                job, user, trace_id, expires, request,
+            )));
         }
         Some(pb::exec_request::Body::Facts(facts)) => {
             return Ok(Order::Facts(FactsSpec {

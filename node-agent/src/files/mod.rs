@@ -26,9 +26,7 @@ use tracing::debug;
 use crate::runas::{Account, FsCredentials};
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
-pub(crate) use copy::{
-    check_chunk_write, check_sha256, chunk_len, unknown as unknown_transfer,
-};
+pub(crate) use copy::{check_chunk_write, check_sha256, chunk_len, unknown as unknown_transfer};
 pub use error::FileError;
 pub(crate) use list::stays_inside;
 pub(crate) use list::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, MAX_DEPTH, MAX_ENTRIES};
@@ -39,9 +37,9 @@ pub(crate) use write::{DEFAULT_MODE, change, check_write, temp_name, unmoved};
 
 /// The operation `request` names, or an invalid-request error when it names none.
 pub(crate) fn operation(request: pb::FileRequest) -> Result<file_request::Op, FileError> {
-    request.op.ok_or_else(|| {
-        FileError::invalid("(no path)", "the file request names no operation")
-    })
+    request
+        .op
+        .ok_or_else(|| FileError::invalid("(no path)", "the file request names no operation"))
 }
 
 /// File operations running at once; more wait for a turn.

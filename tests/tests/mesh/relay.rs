@@ -250,14 +250,13 @@ async fn kill_and_timeout_stop_the_whole_remote_process_group() {
         _nats,
     } = scene(|r| r.setting("kill_grace_ms = 500")).await;
 
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "box-1", "cmd": "trap '' TERM; sleep 1717 & sleep 1717 & echo started; wait", "wait": 0.5}),
+    let s = client
+        .bash_running(
+            "box-1",
+            "trap '' TERM; sleep 1717 & sleep 1717 & echo started; wait",
+            0.5,
         )
         .await;
-    let s = out.structured();
-    assert_eq!(s["state"], "running", "{}", out.text());
     let pgid = s["status"]["pid"].as_u64().expect("a remote pid");
     assert!(pgid > 1);
     let job = s["job"].as_str().expect("a job id").to_string();
@@ -266,16 +265,7 @@ async fn kill_and_timeout_stop_the_whole_remote_process_group() {
         2,
         "both sleeps run on the target"
     );
-    let killed = client
-        .call("job", json!({"action": "kill", "job": job}))
-        .await;
-    assert!(!killed.is_error(), "{}", killed.text());
-    assert_eq!(
-        killed.structured()["job"]["state"],
-        "killed",
-        "{}",
-        killed.text()
-    );
+    client.kill(&job).await;
     assert_gone(&sshd, "sleep 1717").await;
 
     let out = client

@@ -10,8 +10,8 @@ use sha2::{Digest as _, Sha256};
 use super::paths::{self, Final, Parents, Place, refuse_root};
 use super::read::mode_of;
 use crate::files::{
-    DEFAULT_MODE, FileError, Limits, Roots, Source as _, change, check_write, kind_of_mode, temp_name,
-    unmoved,
+    DEFAULT_MODE, FileError, Limits, Roots, Source as _, change, check_write, kind_of_mode,
+    temp_name, unmoved,
 };
 use crate::relay::sftp::RemoteFs;
 
@@ -266,4 +266,3 @@ impl Temp {
         let _ = fs.remove_file(&self.path);
     }
 }
-
