@@ -301,6 +301,12 @@ impl McpClient {
     /// Waits up to `timeout_secs` for `job` (the `job` tool's `wait`) and returns the answer.
     /// Panics, showing the answer, unless the job has exited by then.
     pub async fn wait_exited(&self, job: &str, timeout_secs: u64) -> ToolOutput {
+        self.wait_ended(job, timeout_secs, "exited").await
+    }
+
+    /// Waits up to `timeout_secs` for `job` (the `job` tool's `wait`) and returns the answer.
+    /// Panics, showing the answer, unless the job has ended in `state` (`lost`, …) by then.
+    pub async fn wait_ended(&self, job: &str, timeout_secs: u64, state: &str) -> ToolOutput {
         let waited = self
             .call(
                 "job",
@@ -309,7 +315,7 @@ impl McpClient {
             .await;
         assert_eq!(
             waited.structured()["job"]["state"],
-            "exited",
+            state,
             "{}",
             waited.text()
         );

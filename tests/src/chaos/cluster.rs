@@ -169,8 +169,7 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
         pause_stream,
         RECOVERY,
     );
-    let lines = LineTally::of(size.cluster_lines, &followed.lines);
-    invariants.every_line_once(&lines);
+    let lines = invariants.lines_once(size.cluster_lines, &followed.lines);
     invariants.finish(
         Scenario::ClusterLeaderKill,
         ClusterLeaderFigures {

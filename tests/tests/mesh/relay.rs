@@ -155,15 +155,7 @@ async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
     .await;
     relay.kill_hard().await;
     relay.restart().await;
-    let waited = client
-        .call("job", json!({"action": "wait", "job": job, "timeout": 10}))
-        .await;
-    assert_eq!(
-        waited.structured()["job"]["state"],
-        "lost",
-        "{}",
-        waited.text()
-    );
+    client.wait_ended(&job, 10, "lost").await;
     let again = client.bash("box-1", "echo back").await;
     assert_eq!(again.structured()["output"], "back\n", "{}", again.text());
     // A relay that died cannot stop what it started (docs/relay.md): the test does.
