@@ -316,6 +316,17 @@ impl Found {
         let max = self.max_bytes;
         self.cut(|| format!("results were cut to fit the reply's byte budget of {max} bytes"));
     }
+
+    /// Counts `size` more bytes of results against the reply's budget: `false`, and the search
+    /// cut, when they do not fit.
+    fn spend(&mut self, size: usize) -> bool {
+        if self.bytes + size > self.max_bytes {
+            self.budget_cut();
+            return false;
+        }
+        self.bytes += size;
+        true
+    }
 }
 
 impl Hits for Found {
@@ -353,11 +364,9 @@ impl Hits for Found {
             + self.path.len()
             + text.len()
             + before.iter().map(|l| l.len() + 2).sum::<usize>();
-        if self.bytes + size > self.max_bytes {
-            self.budget_cut();
+        if !self.spend(size) {
             return;
         }
-        self.bytes += size;
         self.reply.matches.push(pb::GrepMatch {
             path: self.path.clone(),
             line: line_number,
@@ -410,11 +419,9 @@ impl Hits for Found {
             return;
         }
         let size = ENTRY_OVERHEAD + self.path.len();
-        if self.bytes + size > self.max_bytes {
-            self.budget_cut();
+        if !self.spend(size) {
             return;
         }
-        self.bytes += size;
         self.reply.files.push(pb::GrepFileCount {
             path: self.path.clone(),
             count: self.file_matches,

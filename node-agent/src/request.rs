@@ -69,33 +69,39 @@ pub struct RunSpec {
     pub account: Option<Account>,
 }
 
-/// A validated file operation. Its paths are checked by the file tool, against the roots.
+/// A validated operation on the host's files: a file request or a grep. Its paths (and a
+/// grep's pattern and globs) are checked where it is served, against the roots.
 #[derive(Debug, Clone)]
-pub struct FileSpec {
+pub struct FsSpec<R> {
     pub job: Token,
     pub user: Token,
     /// W3C trace id (32 lower-case hex) of the tool call, or empty.
     pub trace_id: String,
     /// Unix milliseconds after which the caller no longer waits: searches stop walking then.
     pub expires_at_ms: u64,
-    /// Names an operation (checked).
-    pub request: pb::FileRequest,
+    /// A file request names an operation (checked).
+    pub request: R,
     /// The account the operation acts as; `None`: the agent's own. Set by admission.
     pub account: Option<Account>,
 }
 
-/// A validated grep. Its paths, pattern and globs are checked by the search.
-#[derive(Debug, Clone)]
-pub struct GrepSpec {
-    pub job: Token,
-    pub user: Token,
-    /// W3C trace id (32 lower-case hex) of the tool call, or empty.
-    pub trace_id: String,
-    /// Unix milliseconds after which the caller no longer waits: the search stops then.
-    pub expires_at_ms: u64,
-    pub request: pb::GrepRequest,
-    /// The account the search acts as; `None`: the agent's own. Set by admission.
-    pub account: Option<Account>,
+/// A validated file operation.
+pub type FileSpec = FsSpec<pb::FileRequest>;
+
+/// A validated grep.
+pub type GrepSpec = FsSpec<pb::GrepRequest>;
+
+impl<R> FsSpec<R> {
+    fn new(job: Token, user: Token, trace_id: String, expires_at_ms: u64, request: R) -> Self {
+        FsSpec {
+            job,
+            user,
+            trace_id,
+            expires_at_ms,
+            request,
+            account: None,
+        }
+    }
 }
 
 /// A validated request for the host's fact pack.
@@ -243,24 +249,16 @@ pub fn order(
             if request.op.is_none() {
                 return Err(invalid(host, "the file request names no operation"));
             }
-            return Ok(Order::File(FileSpec {
-                job,
-                user,
-                trace_id,
-                expires_at_ms: req.expires_at_ms,
-                request,
-                account: None,
-            }));
+            let expires = req.expires_at_ms;
+            return Ok(Order::File(FsSpec::new(
+                job, user, trace_id, expires, request,
+            )));
         }
         Some(pb::exec_request::Body::Grep(request)) => {
-            return Ok(Order::Grep(GrepSpec {
-                job,
-                user,
-                trace_id,
-                expires_at_ms: req.expires_at_ms,
-                request,
-                account: None,
-            }));
+            let expires = req.expires_at_ms;
+            return Ok(Order::Grep(FsSpec::new(
+                job, user, trace_id, expires, request,
+            )));
         }
         Some(pb::exec_request::Body::Facts(facts)) => {
             return Ok(Order::Facts(FactsSpec {

@@ -289,12 +289,12 @@ impl RunningAgent {
                 self.presence = presence;
                 return;
             }
-            self.process.assert_alive(&log);
-            if tokio::time::Instant::now() >= deadline {
-                let timeout = self.spec.ready_timeout;
-                self.process
-                    .not_ready(format_args!("wrote no presence within {timeout:?}"), &log);
-            }
+            let timeout = self.spec.ready_timeout;
+            self.process.assert_waiting(
+                deadline,
+                &log,
+                format_args!("wrote no presence within {timeout:?}"),
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -302,16 +302,7 @@ impl RunningAgent {
 
 impl Drop for RunningAgent {
     fn drop(&mut self) {
-        self.process.discard();
-        if std::thread::panicking() {
-            // A failing test keeps the agent's logs for inspection.
-            self.dir.disable_cleanup(true);
-            eprintln!(
-                "node-agent {}: logs kept in {}",
-                self.spec.host,
-                self.dir.path().display()
-            );
-        }
+        self.process.discard_keeping_logs(&mut self.dir);
     }
 }
 

@@ -336,13 +336,11 @@ impl RunningAudit {
             if self.try_query(probe).await.is_ok() {
                 return;
             }
-            self.process.assert_alive(&log);
-            if tokio::time::Instant::now() >= deadline {
-                self.process.not_ready(
-                    format_args!("did not answer a query within {READY_TIMEOUT:?}"),
-                    &log,
-                );
-            }
+            self.process.assert_waiting(
+                deadline,
+                &log,
+                format_args!("did not answer a query within {READY_TIMEOUT:?}"),
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -377,10 +375,6 @@ impl AuditSink {
 
 impl Drop for RunningAudit {
     fn drop(&mut self) {
-        self.process.discard();
-        if std::thread::panicking() {
-            self.dir.disable_cleanup(true);
-            eprintln!("audit-sink: files kept in {}", self.dir.path().display());
-        }
+        self.process.discard_keeping_logs(&mut self.dir);
     }
 }

@@ -503,6 +503,14 @@ impl Invariants {
         }
     }
 
+    /// Tallies `lines` against `1..=expected` and holds [`Invariants::every_line_once`] of
+    /// them: the tally, for the figures.
+    pub fn lines_once(&mut self, expected: u64, lines: &[String]) -> LineTally {
+        let tally = LineTally::of(expected, lines);
+        self.every_line_once(&tally);
+        tally
+    }
+
     /// The line tally is perfect: every line once, in order.
     pub fn every_line_once(&mut self, lines: &LineTally) {
         self.equal("no line lost", 0, lines.lost);
@@ -606,8 +614,7 @@ pub async fn nats_kill_mid_job(size: &Size) -> Result<NatsKillFigures, Broken> {
         .as_ref()
         .and_then(|(job, _)| job["exit_code"].as_i64());
     invariants.equal("the job exits 0", Some(0), exit_code);
-    let lines = LineTally::of(size.job_lines, &job_lines(&client, &job).await);
-    invariants.every_line_once(&lines);
+    let lines = invariants.lines_once(size.job_lines, &job_lines(&client, &job).await);
     invariants.finish(
         Scenario::NatsKillMidJob,
         NatsKillFigures {
@@ -755,8 +762,7 @@ pub async fn replica_kill(size: &Size) -> Result<ReplicaKillFigures, Broken> {
         first_page_ms.is_some(),
         "no page",
     );
-    let lines = LineTally::of(size.replica_lines, &job_lines(&second, &job).await);
-    invariants.every_line_once(&lines);
+    let lines = invariants.lines_once(size.replica_lines, &job_lines(&second, &job).await);
     invariants.finish(
         Scenario::ReplicaKill,
         ReplicaKillFigures {
@@ -1172,26 +1178,14 @@ pub async fn nats_away_during_calls(size: &Size) -> Result<NatsAwayCallsFigures,
             }
         }));
     }
-    let answered_since = |since: Instant| {
-        let calls = calls.clone();
-        move || {
-            let calls = calls.clone();
-            async move {
-                let calls = calls.lock().expect("calls");
-                calls
-                    .iter()
-                    .any(|c| c.sent >= since && c.answer == Answer::Answered)
-            }
-        }
-    };
-    let warm = settle(answered_since(Instant::now())).await;
+    let warm = answered_since(&calls, Instant::now()).await;
 
     let killed = Instant::now();
     nats.kill().await;
     tokio::time::sleep(size.calls_outage).await;
     nats.restart().await;
     let restarted = Instant::now();
-    let back = settle(answered_since(restarted)).await;
+    let back = answered_since(&calls, restarted).await;
     let first_success_ms = back.map(|(_, took)| ms(took));
     stop.store(true, Ordering::Relaxed);
     for caller in callers {
@@ -1531,6 +1525,18 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits, as [`settle`] does, until one of `calls` sent at or after `since` answered as asked:
+/// how long that took, or `None`.
+async fn answered_since(calls: &Arc<Mutex<Vec<Call>>>, since: Instant) -> Option<((), Duration)> {
+    settle(|| async {
+        let calls = calls.lock().expect("calls");
+        calls
+            .iter()
+            .any(|c| c.sent >= since && c.answer == Answer::Answered)
+    })
+    .await
 }
 
 /// How many processes of `jobs` are alive.

@@ -267,6 +267,31 @@ impl McpClient {
         out.job_id()
     }
 
+    /// Runs `cmd` on `host`, waiting `wait` seconds for it, and returns the structured answer.
+    /// Panics, showing the answer, unless the job is still running then.
+    pub async fn bash_running(&self, host: &str, cmd: &str, wait: f64) -> Value {
+        let out = self
+            .call("bash", json!({"host": host, "cmd": cmd, "wait": wait}))
+            .await;
+        let s = out.structured();
+        assert_eq!(s["state"], "running", "{}", out.text());
+        s.clone()
+    }
+
+    /// Kills `job` (the `job` tool's `kill`) and returns the answer. Panics, showing the
+    /// answer, unless the job is reported killed.
+    pub async fn kill(&self, job: &str) -> ToolOutput {
+        let killed = self.job("kill", job).await;
+        assert!(!killed.is_error(), "{}", killed.text());
+        assert_eq!(
+            killed.structured()["job"]["state"],
+            "killed",
+            "{}",
+            killed.text()
+        );
+        killed
+    }
+
     /// Calls the `job` tool with `action` (poll, wait, kill) on `job`, with no other argument.
     pub async fn job(&self, action: &str, job: &str) -> ToolOutput {
         self.call("job", json!({"action": action, "job": job}))
@@ -276,6 +301,12 @@ impl McpClient {
     /// Waits up to `timeout_secs` for `job` (the `job` tool's `wait`) and returns the answer.
     /// Panics, showing the answer, unless the job has exited by then.
     pub async fn wait_exited(&self, job: &str, timeout_secs: u64) -> ToolOutput {
+        self.wait_ended(job, timeout_secs, "exited").await
+    }
+
+    /// Waits up to `timeout_secs` for `job` (the `job` tool's `wait`) and returns the answer.
+    /// Panics, showing the answer, unless the job has ended in `state` (`lost`, …) by then.
+    pub async fn wait_ended(&self, job: &str, timeout_secs: u64, state: &str) -> ToolOutput {
         let waited = self
             .call(
                 "job",
@@ -284,7 +315,7 @@ impl McpClient {
             .await;
         assert_eq!(
             waited.structured()["job"]["state"],
-            "exited",
+            state,
             "{}",
             waited.text()
         );

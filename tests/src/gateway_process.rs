@@ -81,10 +81,11 @@ impl RunningGateway {
             {
                 break url.to_string();
             }
-            process.assert_alive(&log);
-            if tokio::time::Instant::now() >= deadline {
-                process.not_ready(format_args!("did not serve within {READY_TIMEOUT:?}"), &log);
-            }
+            process.assert_waiting(
+                deadline,
+                &log,
+                format_args!("did not serve within {READY_TIMEOUT:?}"),
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         tracing::debug!(%url, "gateway process ready");
@@ -113,10 +114,6 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
-        self.process.discard();
-        if std::thread::panicking() {
-            self.dir.disable_cleanup(true);
-            eprintln!("gateway process: log kept in {}", self.dir.path().display());
-        }
+        self.process.discard_keeping_logs(&mut self.dir);
     }
 }

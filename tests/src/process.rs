@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use tempfile::TempDir;
+
 pub use execmesh_nats_server::process::{ChildProcess, log_tail};
 
 /// How long a SIGTERM'd service may take to drain and exit.
@@ -93,6 +95,20 @@ impl ServiceProcess {
         )
     }
 
+    /// Between two tries of a readiness check: panics with the tail of `log` if the process has
+    /// exited, or as `why` says once `deadline` has passed.
+    pub fn assert_waiting(
+        &mut self,
+        deadline: tokio::time::Instant,
+        log: &Path,
+        why: fmt::Arguments<'_>,
+    ) {
+        self.assert_alive(log);
+        if tokio::time::Instant::now() >= deadline {
+            self.not_ready(why, log);
+        }
+    }
+
     /// SIGKILL and reap.
     pub async fn kill_hard(&mut self) -> ExitStatus {
         self.take().kill().await
@@ -118,6 +134,16 @@ impl ServiceProcess {
         drop(self.process.take());
     }
 
+    /// What the service's owner does when it is dropped: kills the process and, while a test
+    /// is failing, keeps `dir` (the service's logs and files) for inspection and says where.
+    pub fn discard_keeping_logs(&mut self, dir: &mut TempDir) {
+        self.discard();
+        if std::thread::panicking() {
+            dir.disable_cleanup(true);
+            eprintln!("{}: logs kept in {}", self.name, dir.path().display());
+        }
+    }
+
     fn running(&self) -> &ChildProcess {
         self.process
             .as_ref()
@@ -136,15 +162,10 @@ impl ServiceProcess {
 /// also those that left the job's process group (`setsid`).
 pub fn job_processes(job: &str) -> Vec<u32> {
     let needle = format!("EXECMESH_JOB={job}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+    processes()
+        .filter_map(|(pid, dir)| {
             // A process that exits meanwhile (or is not ours to read) is not counted.
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let environ = std::fs::read(dir.join("environ")).ok()?;
             environ
                 .split(|b| *b == 0)
                 .any(|kv| kv == needle.as_bytes())
@@ -158,14 +179,10 @@ pub fn job_processes(job: &str) -> Vec<u32> {
 /// call's `env`): how a test finds the job behind a command it started, before any result names
 /// it.
 pub fn jobs_running(marker: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut jobs: Vec<String> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+    let mut jobs: Vec<String> = processes()
+        .filter_map(|(_, dir)| {
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+            let environ = std::fs::read(dir.join("environ")).ok()?;
             let marked = |bytes: &[u8]| String::from_utf8_lossy(bytes).contains(marker);
             if !marked(&cmdline) && !marked(&environ) {
                 return None;
@@ -179,6 +196,33 @@ pub fn jobs_running(marker: &str) -> Vec<String> {
     jobs.sort();
     jobs.dedup();
     jobs
+}
+
+/// The live children of `parent`, from /proc.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    processes()
+        .filter_map(|(pid, dir)| {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the command's closing parenthesis: state ppid …
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// Every live process: its pid and its directory under /proc (none if /proc cannot be read).
+fn processes() -> impl Iterator<Item = (u32, PathBuf)> {
+    let entries = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    entries.filter_map(|entry| {
+        let pid = entry.file_name().to_str()?.parse().ok()?;
+        Some((pid, entry.path()))
+    })
 }
 
 /// Path of a workspace binary (`execmesh-node-agent`, …) built by `cargo build --workspace --bins`.

@@ -226,13 +226,11 @@ impl RunningRelay {
             if ready {
                 return;
             }
-            self.process.assert_alive(&log);
-            if tokio::time::Instant::now() >= deadline {
-                self.process.not_ready(
-                    format_args!("targets {ids:?} not ready within {READY_TIMEOUT:?}"),
-                    &log,
-                );
-            }
+            self.process.assert_waiting(
+                deadline,
+                &log,
+                format_args!("targets {ids:?} not ready within {READY_TIMEOUT:?}"),
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -278,14 +276,6 @@ impl RunningRelay {
 
 impl Drop for RunningRelay {
     fn drop(&mut self) {
-        self.process.discard();
-        if std::thread::panicking() {
-            self.dir.disable_cleanup(true);
-            eprintln!(
-                "relay {}: logs kept in {}",
-                self.spec.user,
-                self.dir.path().display()
-            );
-        }
+        self.process.discard_keeping_logs(&mut self.dir);
     }
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::process::children_of;
 use crate::{Gateway, McpClient, Nats, NodeAgent};
 
 /// The kernel reports `/proc` times in USER_HZ, 100 per second on every Linux ABI.
@@ -67,24 +68,6 @@ pub fn proc_cpu(pid: u32) -> (f64, f64) {
     (at(11) + at(12), at(13) + at(14))
 }
 
-/// The living children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_string();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
-}
-
 /// The processes whose CPU time a measurement reads.
 #[derive(Debug, Clone, Copy)]
 struct Processes {
@@ -98,7 +81,7 @@ impl Cpu {
     /// children it reaped (spent shells and fresh ones).
     fn mesh(p: Processes) -> Cpu {
         let (agent, reaped) = proc_cpu(p.agent);
-        let living: f64 = children(p.agent)
+        let living: f64 = children_of(p.agent)
             .into_iter()
             .map(|c| {
                 let (own, theirs) = proc_cpu(c);

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::process::ChildProcess;
+use crate::process::{ChildProcess, children_of};
 
 /// Where Debian installs the server (`tests/run.sh` installs openssh-server when missing).
 pub const SSHD_BINARY: &str = "/usr/sbin/sshd";
@@ -252,6 +252,9 @@ impl Drop for Sshd {
             let connections = children_of(process.pid());
             process.signal(nix::sys::signal::Signal::SIGKILL);
             for child in connections {
+                let Ok(child) = i32::try_from(child) else {
+                    continue;
+                };
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(child),
                     nix::sys::signal::Signal::SIGKILL,
@@ -263,29 +266,6 @@ impl Drop for Sshd {
             eprintln!("sshd: files kept in {}", self.dir.path().display());
         }
     }
-}
-
-/// The pids whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // Fields after the command's closing parenthesis: state ppid …
-            let ppid: u32 = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            (ppid == parent).then_some(pid)
-        })
-        .collect()
 }
 
 /// The user the tests log in as: the one running them.

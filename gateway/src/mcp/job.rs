@@ -410,6 +410,16 @@ pub async fn kill_on(
     crate::core::jobs::kill(&state.mesh, timeout, identity, trace, host, job, 0).await
 }
 
+/// The statuses of the jobs with id `job` (one per host it ran on) that the caller may see.
+async fn visible_group(
+    call: &Call<'_>,
+    access: &JobAccess,
+    job: &Token,
+) -> Result<Vec<pb::JobStatus>, ToolError> {
+    let statuses = call.state.mesh.group_jobs(job).await?;
+    Ok(statuses.into_iter().filter(|s| access.sees(s)).collect())
+}
+
 /// The statuses of a fan-out group the caller may see: `job` names a job id that ran on more
 /// than one host. `None` for a single-host job (or an unknown id, which `find` reports).
 async fn group_of(
@@ -421,14 +431,7 @@ async fn group_of(
     let Ok(token) = Token::parse("job id", job) else {
         return Ok(None);
     };
-    let mut statuses: Vec<pb::JobStatus> = call
-        .state
-        .mesh
-        .group_jobs(&token)
-        .await?
-        .into_iter()
-        .filter(|s| access.sees(s))
-        .collect();
+    let mut statuses = visible_group(call, access, &token).await?;
     if statuses.len() < 2 {
         return Ok(None);
     }
@@ -593,29 +596,30 @@ fn limits(call: &Call<'_>, params: &JobParams) -> Result<PageLimits, ToolError> 
     let config = &call.state.config;
     let max_lines = params.max_lines.unwrap_or(config.page_max_lines);
     let max_bytes = params.max_bytes.unwrap_or(config.page_max_bytes);
-    if !(1..=crate::config::PAGE_LINES_CEILING).contains(&max_lines) {
-        return Err(ToolError::invalid(
-            "job",
-            format!(
-                "`max_lines` must be 1..={}",
-                crate::config::PAGE_LINES_CEILING
-            ),
-        ));
-    }
-    if !(1024..=crate::config::PAGE_BYTES_CEILING).contains(&max_bytes) {
-        return Err(ToolError::invalid(
-            "job",
-            format!(
-                "`max_bytes` must be 1024..={}",
-                crate::config::PAGE_BYTES_CEILING
-            ),
-        ));
-    }
+    within("max_lines", max_lines, 1, crate::config::PAGE_LINES_CEILING)?;
+    within(
+        "max_bytes",
+        max_bytes,
+        1024,
+        crate::config::PAGE_BYTES_CEILING,
+    )?;
     Ok(PageLimits {
         max_lines,
         max_bytes,
         max_line_bytes: config.max_line_bytes,
     })
+}
+
+/// Refuses the argument `name` unless `value` is in `low..=high`.
+fn within(name: &str, value: usize, low: usize, high: usize) -> Result<(), ToolError> {
+    if (low..=high).contains(&value) {
+        Ok(())
+    } else {
+        Err(ToolError::invalid(
+            "job",
+            format!("`{name}` must be {low}..={high}"),
+        ))
+    }
 }
 
 /// [`find`] with the job's `job` and `host` arguments, and its ids: a job on a host outside the
@@ -664,14 +668,7 @@ async fn find(
                 .filter(|s| access.sees(s))
         }
         None => {
-            let mut all: Vec<pb::JobStatus> = call
-                .state
-                .mesh
-                .group_jobs(&token)
-                .await?
-                .into_iter()
-                .filter(|s| access.sees(s))
-                .collect();
+            let mut all = visible_group(call, access, &token).await?;
             if all.len() > 1 {
                 let hosts: Vec<String> = all.iter().map(|s| s.host.clone()).collect();
                 return Err(ToolError::invalid(

@@ -53,10 +53,7 @@ pub fn chunk_write(
     files: &Files,
     req: pb::FileChunkWrite,
 ) -> Result<pb::FileChunkWriteReply, FileError> {
-    let raw = req.path.as_str();
-    let id = req.transfer_id.as_str();
-    check_transfer_id(raw, id)?;
-    check_chunk(raw, &req.data)?;
+    let (raw, id) = check_chunk_write(&req)?;
     let transfer = files.transfers.get_or_start(files, &req)?;
     let mut t = lock(&transfer);
     if t.temp.is_none() {
@@ -163,8 +160,17 @@ pub(crate) fn chunk_len(len: u32) -> usize {
     len as usize
 }
 
+/// Checks a chunk's transfer id and size: its path and transfer id as the chunk names them.
+pub(crate) fn check_chunk_write(req: &pb::FileChunkWrite) -> Result<(&str, &str), FileError> {
+    let raw = req.path.as_str();
+    let id = req.transfer_id.as_str();
+    check_transfer_id(raw, id)?;
+    check_chunk(raw, &req.data)?;
+    Ok((raw, id))
+}
+
 /// Refuses a transfer id that is empty, too long, or more than `[A-Za-z0-9._-]`.
-pub(crate) fn check_transfer_id(raw: &str, id: &str) -> Result<(), FileError> {
+fn check_transfer_id(raw: &str, id: &str) -> Result<(), FileError> {
     if id.is_empty()
         || id.len() > MAX_TRANSFER_ID
         || !id
@@ -180,7 +186,7 @@ pub(crate) fn check_transfer_id(raw: &str, id: &str) -> Result<(), FileError> {
 }
 
 /// Refuses a chunk over [`MAX_CHUNK_BYTES`].
-pub(crate) fn check_chunk(raw: &str, data: &[u8]) -> Result<(), FileError> {
+fn check_chunk(raw: &str, data: &[u8]) -> Result<(), FileError> {
     if data.len() > MAX_CHUNK_BYTES as usize {
         return Err(FileError::too_large(
             raw,

@@ -26,16 +26,21 @@ use tracing::debug;
 use crate::runas::{Account, FsCredentials};
 
 pub use copy::{IDLE_TRANSFER, MAX_CHUNK_BYTES, Transfers};
-pub(crate) use copy::{
-    check_chunk, check_sha256, check_transfer_id, chunk_len, unknown as unknown_transfer,
-};
+pub(crate) use copy::{check_chunk_write, check_sha256, chunk_len, unknown as unknown_transfer};
 pub use error::FileError;
 pub(crate) use list::stays_inside;
 pub(crate) use list::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES, MAX_DEPTH, MAX_ENTRIES};
 pub(crate) use read::{Source, page_bytes, page_reply};
 pub use roots::{DEFAULT_ROOTS, Final, Parents, Roots, normalize};
 pub(crate) use stat::kind_of_mode;
-pub(crate) use write::{DEFAULT_MODE, check_write, temp_name};
+pub(crate) use write::{DEFAULT_MODE, change, check_write, temp_name, unmoved};
+
+/// The operation `request` names, or an invalid-request error when it names none.
+pub(crate) fn operation(request: pb::FileRequest) -> Result<file_request::Op, FileError> {
+    request
+        .op
+        .ok_or_else(|| FileError::invalid("(no path)", "the file request names no operation"))
+}
 
 /// File operations running at once; more wait for a turn.
 pub const FILE_WORKERS: usize = 8;
@@ -182,12 +187,7 @@ impl Files {
     ) -> Result<pb::FileReply, FileError> {
         use file_reply::Result as Reply;
         use file_request::Op;
-        let Some(op) = request.op else {
-            return Err(FileError::invalid(
-                "(no path)",
-                "the file request names no operation",
-            ));
-        };
+        let op = operation(request)?;
         let result = match op {
             Op::Read(req) => Reply::Read(read::read(self, req, budget)?),
             Op::Stat(req) => Reply::Stat(stat::stat(self, req)?),

@@ -7,7 +7,7 @@
 use std::fs::{File, Metadata};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use execmesh_proto::pb;
 
@@ -59,28 +59,28 @@ pub fn read(
     let raw = req.path.as_str();
     let (real, file, meta) = open_regular(files, raw)?;
     let max_bytes = page_bytes(&req, &files.limits, budget);
-    let size = meta.len();
-    let reply = pb::FileReadReply {
+    page_reply(&file, &req, &real, identity(&meta), meta.len(), max_bytes)
+}
+
+/// The rest of a `FileRead` once the file is open and checked, wherever it lies: raw bytes,
+/// or a text page after the binary and offset checks. `real` and `identity` are the file's,
+/// `size` its length.
+pub fn page_reply(
+    file: &impl Source,
+    req: &pb::FileRead,
+    real: &Path,
+    identity: pb::FileIdentity,
+    size: u64,
+    max_bytes: usize,
+) -> Result<pb::FileReadReply, FileError> {
+    let raw = req.path.as_str();
+    let mut reply = pb::FileReadReply {
         path: real.display().to_string(),
-        identity: Some(identity(&meta)),
+        identity: Some(identity),
         first_line: req.line,
         next_line: req.line,
         ..Default::default()
     };
-
-    page_reply(&file, raw, &req, size, max_bytes, reply)
-}
-
-/// The rest of a `FileRead` once the file is open and checked, wherever it lies: raw bytes,
-/// or a text page after the binary and offset checks. `reply` carries the path and identity.
-pub fn page_reply(
-    file: &impl Source,
-    raw: &str,
-    req: &pb::FileRead,
-    size: u64,
-    max_bytes: usize,
-    mut reply: pb::FileReadReply,
-) -> Result<pb::FileReadReply, FileError> {
     if req.raw {
         let data = file
             .bytes_at(req.offset, max_bytes)

@@ -300,17 +300,20 @@ impl Roots {
         }
     }
 
-    /// Creates the missing directories of `parent` (lexical, absolute) one by one through
-    /// descriptors, never following a symlink, starting from its deepest existing ancestor,
-    /// which must itself lie inside a root.
-    fn make_dirs(&self, raw: &str, parent: &Path) -> Result<Dir, FileError> {
+    /// The deepest existing ancestor of `parent` (lexical, absolute), as `real` resolves a path
+    /// (`None`: it does not exist), and the names below it that do not exist yet, outermost
+    /// first; refused unless the ancestor and the whole path lie inside a root.
+    pub(crate) fn deepest_existing(
+        &self,
+        raw: &str,
+        parent: &Path,
+        mut real: impl FnMut(&Path) -> Result<Option<PathBuf>, FileError>,
+    ) -> Result<(PathBuf, Vec<OsString>), FileError> {
         let mut missing = Vec::new();
         let mut base = parent;
         let real_base = loop {
-            match fs::canonicalize(base) {
-                Ok(real) => break real,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FileError::io(base, "resolving", e)),
+            if let Some(found) = real(base)? {
+                break found;
             }
             let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
                 return Err(FileError::not_found(raw));
@@ -318,13 +321,27 @@ impl Roots {
             missing.push(name.to_os_string());
             base = up;
         };
+        missing.reverse();
         let mut full = real_base.clone();
-        full.extend(missing.iter().rev());
+        full.extend(&missing);
         if !self.contains(&real_base) || !self.contains(&full) {
             return Err(self.outside(raw, Some(&full)));
         }
+        Ok((real_base, missing))
+    }
+
+    /// Creates the missing directories of `parent` (lexical, absolute) one by one through
+    /// descriptors, never following a symlink, starting from its deepest existing ancestor,
+    /// which must itself lie inside a root.
+    fn make_dirs(&self, raw: &str, parent: &Path) -> Result<Dir, FileError> {
+        let (real_base, missing) =
+            self.deepest_existing(raw, parent, |base| match fs::canonicalize(base) {
+                Ok(real) => Ok(Some(real)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(FileError::io(base, "resolving", e)),
+            })?;
         let mut dir = self.open_dir(&real_base, raw)?;
-        for name in missing.iter().rev() {
+        for name in &missing {
             let path = dir.path.join(name);
             match nix::sys::stat::mkdirat(
                 &dir.fd,

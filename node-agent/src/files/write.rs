@@ -173,10 +173,7 @@ pub fn rename(files: &Files, req: pb::FileMove) -> Result<pb::FileChangeReply, F
     refuse_root(roots, &to)?;
     let (from_path, to_path) = (from.path(), to.path());
     if from_path == to_path {
-        return Ok(change(
-            &to_path,
-            "nothing to do: source and destination are the same",
-        ));
+        return Ok(unmoved(&to_path));
     }
     let renamed = if req.overwrite {
         nix::fcntl::renameat(
@@ -620,7 +617,12 @@ fn rename_error(from: &str, to: &str, e: io::Error) -> FileError {
     }
 }
 
-fn change(path: &Path, detail: &str) -> pb::FileChangeReply {
+/// The answer to a move whose source and destination are one place.
+pub(crate) fn unmoved(path: &Path) -> pb::FileChangeReply {
+    change(path, "nothing to do: source and destination are the same")
+}
+
+pub(crate) fn change(path: &Path, detail: &str) -> pb::FileChangeReply {
     pb::FileChangeReply {
         path: path.display().to_string(),
         detail: detail.to_string(),

@@ -286,24 +286,27 @@ pub fn long_matches(arg: &str, long: &str, min: usize) -> bool {
     name.len() >= min.min(long.len()) && long.starts_with(name)
 }
 
+/// `rm`'s options: the host rules match its `-r`/`--recursive` by meaning.
+pub const RM: Spec = Spec {
+    short: "fiIrRdv",
+    long: &[
+        "force=f",
+        "interactive::",
+        "one-file-system",
+        "no-preserve-root",
+        "preserve-root::",
+        "recursive=r",
+        "dir=d",
+        "verbose=v",
+        "help",
+        "version",
+    ],
+    permute: true,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const RM: Spec = Spec {
-        short: "fiIrRdv",
-        long: &[
-            "force=f",
-            "interactive::",
-            "one-file-system",
-            "no-preserve-root",
-            "preserve-root::",
-            "recursive=r",
-            "dir=d",
-            "verbose=v",
-        ],
-        permute: true,
-    };
 
     fn fields(words: &[&str]) -> Vec<Field> {
         words.iter().map(|w| Field::Static(w.to_string())).collect()

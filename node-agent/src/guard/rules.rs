@@ -43,7 +43,7 @@
 
 use super::carriers::{CP, MV, find_scope};
 use super::glob::{command_globs, glob_match, globs_intersect, is_glob};
-use super::options::{Spec, long_matches};
+use super::options::{RM, Spec, long_matches};
 use super::path::{View, is_disk, power_file, protected};
 use super::word::{Field, Invocation, Piece, basename};
 
@@ -273,23 +273,6 @@ const IPTABLES: Spec = Spec {
         "set-counters=c",
         "ipv4=4",
         "ipv6=6",
-    ],
-    permute: true,
-};
-
-const RM: Spec = Spec {
-    short: "fiIrRdv",
-    long: &[
-        "force=f",
-        "interactive::",
-        "one-file-system",
-        "no-preserve-root",
-        "preserve-root::",
-        "recursive=r",
-        "dir=d",
-        "verbose=v",
-        "help",
-        "version",
     ],
     permute: true,
 };

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::{
     Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
-    USER, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached, settle, state_of,
+    USER, answered_since, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached,
+    settle, state_of,
 };
 use crate::{Gateway, Nats, NodeAgent};
 
@@ -168,8 +169,7 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
         pause_stream,
         RECOVERY,
     );
-    let lines = LineTally::of(size.cluster_lines, &followed.lines);
-    invariants.every_line_once(&lines);
+    let lines = invariants.lines_once(size.cluster_lines, &followed.lines);
     invariants.finish(
         Scenario::ClusterLeaderKill,
         ClusterLeaderFigures {
@@ -241,21 +241,8 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
             }
         }));
     }
-    let answered_since = |since: Instant| {
-        let calls = calls.clone();
-        move || {
-            let calls = calls.clone();
-            async move {
-                let calls = calls.lock().expect("calls");
-                calls
-                    .iter()
-                    .any(|c| c.sent >= since && c.answer == Answer::Answered)
-            }
-        }
-    };
-
     let mut invariants = Invariants::default();
-    let warm = settle(answered_since(Instant::now())).await;
+    let warm = answered_since(&calls, Instant::now()).await;
     invariants.holds(
         "calls answer before the restarts",
         warm.is_some(),
@@ -270,7 +257,7 @@ pub async fn cluster_rolling_restart(size: &Size) -> Result<ClusterRollingFigure
         replicas_current(&nats).await;
     }
     let last = Instant::now();
-    let back = settle(answered_since(last)).await;
+    let back = answered_since(&calls, last).await;
     stop.store(true, Ordering::Relaxed);
     for caller in callers {
         let _ = caller.await;

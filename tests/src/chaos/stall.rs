@@ -96,8 +96,7 @@ pub async fn agent_stall(size: &Size) -> Result<AgentStallFigures, Broken> {
         Some("exited"),
         followed.done_state.as_deref(),
     );
-    let lines = LineTally::of(size.stall_lines, &followed.lines);
-    invariants.every_line_once(&lines);
+    let lines = invariants.lines_once(size.stall_lines, &followed.lines);
 
     let job = client
         .bash_bg(HOST, &paced_job_with(size.stall_lines, STALL_PACE))
@@ -127,8 +126,7 @@ pub async fn agent_stall(size: &Size) -> Result<AgentStallFigures, Broken> {
         Some("exited"),
         after.done_state.as_deref(),
     );
-    let lines_after_lost = LineTally::of(size.stall_lines, &after.lines);
-    invariants.every_line_once(&lines_after_lost);
+    let lines_after_lost = invariants.lines_once(size.stall_lines, &after.lines);
     invariants.finish(
         Scenario::AgentStall,
         AgentStallFigures {

@@ -42,15 +42,7 @@ fn policy() -> Policy {
         .password_hash("alice", &hash)
         .password_hash("bob", &hash)
         .password_hash("carol", &hash)
-        .toml(
-            r#"[[approvals]]
-tool = "bash"
-hosts = "role=db"
-
-[approvers]
-groups = ["oncall"]
-"#,
-        )
+        .approved_by("bash", "role=db", &["oncall"])
 }
 
 /// A chat webhook's receiving end: keeps every JSON body posted to it.

@@ -297,25 +297,17 @@ async fn kill_leaves_no_process_of_the_group() {
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "web-1", "cmd": "trap '' TERM; sleep 1000 & sleep 1000 & echo started; wait", "wait": 0.3}),
+    let s = client
+        .bash_running(
+            "web-1",
+            "trap '' TERM; sleep 1000 & sleep 1000 & echo started; wait",
+            0.3,
         )
         .await;
-    let s = out.structured();
-    assert_eq!(s["state"], "running", "{}", out.text());
     let pgid = s["status"]["pid"].as_u64().unwrap() as u32;
     assert!(group_alive(pgid));
     let job = s["job"].as_str().unwrap();
-    let killed = client.job("kill", job).await;
-    assert!(!killed.is_error(), "{}", killed.text());
-    assert_eq!(
-        killed.structured()["job"]["state"],
-        "killed",
-        "{}",
-        killed.text()
-    );
+    client.kill(job).await;
     eventually(Duration::from_secs(10), || async { !group_alive(pgid) }).await;
     // Killing it again reports how it ended instead of failing.
     let again = client.job("kill", job).await;
@@ -446,11 +438,9 @@ async fn agent_restart_marks_its_running_job_lost_and_leaves_no_orphans() {
     let mut agent = NodeAgent::new(&nats, "web-1").start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let out = client
-        .call("bash", json!({"host": "web-1", "cmd": "setsid sleep 1000 & sleep 1000; echo never", "wait": 0.3}))
+    let s = client
+        .bash_running("web-1", "setsid sleep 1000 & sleep 1000; echo never", 0.3)
         .await;
-    let s = out.structured();
-    assert_eq!(s["state"], "running", "{}", out.text());
     let job = s["job"].as_str().unwrap().to_string();
     let pgid = s["status"]["pid"].as_u64().unwrap() as u32;
     agent.kill_hard().await;

@@ -22,12 +22,12 @@ fn p(root: &tempfile::TempDir, rel: &str) -> String {
     root.path().join(rel).display().to_string()
 }
 
-async fn file(client: &McpClient, args: Value) -> ToolOutput {
+pub(crate) async fn file(client: &McpClient, args: Value) -> ToolOutput {
     client.call("file", args).await
 }
 
 #[track_caller]
-fn ok(out: &ToolOutput) -> &Value {
+pub(crate) fn ok(out: &ToolOutput) -> &Value {
     assert!(!out.is_error(), "file call failed: {}", out.text());
     out.structured()
 }
@@ -37,7 +37,7 @@ fn refused(out: &ToolOutput, needle: &str) {
     out.assert_refused(needle);
 }
 
-fn sha256_of(path: &Path) -> String {
+pub(crate) fn sha256_of(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
         .output()

@@ -8,24 +8,10 @@ use std::time::Duration;
 use rmcp::model::ElicitRequestParams;
 use serde_json::json;
 
-use execmesh_proto::Tier;
 use execmesh_tests::admin::approve;
-use execmesh_tests::{Gateway, McpClient, Nats, Policy, eventually};
+use execmesh_tests::{Gateway, McpClient, Nats, eventually};
 
-/// alice and bob on call; any command on a database host waits for a teammate.
-fn policy() -> Policy {
-    Policy::new()
-        .group("oncall", Tier::Dangerous, &["*"], &["alice", "bob"])
-        .toml(
-            r#"[[approvals]]
-tool = "bash"
-hosts = "role=db"
-
-[approvers]
-groups = ["oncall"]
-"#,
-        )
-}
+use crate::task_approvals::policy;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_is_shown_as_a_link_and_continues_once_approved() {

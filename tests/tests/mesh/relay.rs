@@ -155,15 +155,7 @@ async fn a_restarted_relay_marks_its_unfinished_jobs_lost() {
     .await;
     relay.kill_hard().await;
     relay.restart().await;
-    let waited = client
-        .call("job", json!({"action": "wait", "job": job, "timeout": 10}))
-        .await;
-    assert_eq!(
-        waited.structured()["job"]["state"],
-        "lost",
-        "{}",
-        waited.text()
-    );
+    client.wait_ended(&job, 10, "lost").await;
     let again = client.bash("box-1", "echo back").await;
     assert_eq!(again.structured()["output"], "back\n", "{}", again.text());
     // A relay that died cannot stop what it started (docs/relay.md): the test does.
@@ -250,14 +242,13 @@ async fn kill_and_timeout_stop_the_whole_remote_process_group() {
         _nats,
     } = scene(|r| r.setting("kill_grace_ms = 500")).await;
 
-    let out = client
-        .call(
-            "bash",
-            json!({"host": "box-1", "cmd": "trap '' TERM; sleep 1717 & sleep 1717 & echo started; wait", "wait": 0.5}),
+    let s = client
+        .bash_running(
+            "box-1",
+            "trap '' TERM; sleep 1717 & sleep 1717 & echo started; wait",
+            0.5,
         )
         .await;
-    let s = out.structured();
-    assert_eq!(s["state"], "running", "{}", out.text());
     let pgid = s["status"]["pid"].as_u64().expect("a remote pid");
     assert!(pgid > 1);
     let job = s["job"].as_str().expect("a job id").to_string();
@@ -266,16 +257,7 @@ async fn kill_and_timeout_stop_the_whole_remote_process_group() {
         2,
         "both sleeps run on the target"
     );
-    let killed = client
-        .call("job", json!({"action": "kill", "job": job}))
-        .await;
-    assert!(!killed.is_error(), "{}", killed.text());
-    assert_eq!(
-        killed.structured()["job"]["state"],
-        "killed",
-        "{}",
-        killed.text()
-    );
+    client.kill(&job).await;
     assert_gone(&sshd, "sleep 1717").await;
 
     let out = client

@@ -6,14 +6,16 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use execmesh_tests::quickstart::Quickstart;
 use execmesh_tests::relay::{Relay, RunningRelay};
 use execmesh_tests::sshd::Sshd;
 use execmesh_tests::{
-    Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway, ToolOutput, eventually,
+    Gateway, McpClient, Nats, NodeAgent, RunningAgent, RunningGateway, eventually,
 };
+
+use crate::file::{file, ok, sha256_of};
 
 /// A temp dir made canonical (the relay reports the target's real paths).
 fn root_dir(prefix: &str) -> (tempfile::TempDir, String) {
@@ -67,24 +69,6 @@ async fn scene(agent_root: Option<&str>, target_root: &str) -> Scene {
         _agent: agent,
         _nats: nats,
     }
-}
-
-async fn file(client: &McpClient, args: Value) -> ToolOutput {
-    client.call("file", args).await
-}
-
-#[track_caller]
-fn ok(out: &ToolOutput) -> &Value {
-    assert!(!out.is_error(), "file call failed: {}", out.text());
-    out.structured()
-}
-
-fn sha256_of(path: &Path) -> String {
-    use sha2::Digest as _;
-    format!(
-        "{:x}",
-        sha2::Sha256::digest(std::fs::read(path).expect("read the file to hash"))
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,49 @@ fn one<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a Received
     found[0]
 }
 
+/// A gateway process beside `gw` on `nats` that exports its spans over gRPC to `otlp`.
+async fn exporting_replica(
+    gw: &RunningGateway,
+    nats: &Nats,
+    otlp: &OtlpReceiver,
+) -> GatewayProcess {
+    gw.spawn_replica_with(nats, &["--otlp-endpoint", &otlp.grpc_url()])
+        .await
+}
+
+/// `bash` running `cmd` on `host` at `process` as `token`, continuing the client's span
+/// ([`CLIENT_TRACE`], [`CLIENT_SPAN`]) sent in the `traceparent` header: the JSON-RPC answer.
+async fn traced_bash(process: &GatewayProcess, token: &str, host: &str, cmd: &str) -> Value {
+    let client = traceparent(CLIENT_TRACE, CLIENT_SPAN);
+    call_traced(
+        process.url(),
+        token,
+        &[("traceparent", &client)],
+        None,
+        "bash",
+        json!({"host": host, "cmd": cmd}),
+    )
+    .await
+}
+
+/// The gateway's `dispatch` span to `host` (answered ok) and the `exec_request` span of the
+/// agent or relay serving it, which continues the dispatch span.
+fn dispatched<'a>(spans: &'a [ReceivedSpan], host: &str) -> (&'a ReceivedSpan, &'a ReceivedSpan) {
+    let dispatch = one(spans, "execmesh-gateway", "dispatch");
+    assert_eq!(
+        (dispatch.attr("host"), dispatch.attr("outcome")),
+        (host, "ok")
+    );
+    let request = one(spans, "execmesh-node-agent", "exec_request");
+    assert_eq!(
+        request.parent_span_id,
+        dispatch.span_id,
+        "the agent (or relay) continues the host's span:\n{}",
+        tree(spans)
+    );
+    (dispatch, request)
+}
+
 /// The result of a JSON-RPC `tools/call` answer.
 fn result(answer: &Value) -> &Value {
     assert!(answer["error"].is_null(), "{answer}");
@@ -75,21 +118,10 @@ async fn a_traced_bash_call_is_one_trace_from_the_client_span_through_agent_and_
         .await;
     let _agents = agents(&nats, &otlp, &["dev"]).await;
     let gw = Gateway::new(&nats).start().await;
-    let process = gw
-        .spawn_replica_with(&nats, &["--otlp-endpoint", &otlp.grpc_url()])
-        .await;
+    let process = exporting_replica(&gw, &nats, &otlp).await;
     let token = gw.mint("alice");
 
-    let client = traceparent(CLIENT_TRACE, CLIENT_SPAN);
-    let answer = call_traced(
-        process.url(),
-        &token,
-        &[("traceparent", &client)],
-        None,
-        "bash",
-        json!({"host": "web-1", "cmd": "echo traced"}),
-    )
-    .await;
+    let answer = traced_bash(&process, &token, "web-1", "echo traced").await;
     let out = result(&answer);
     assert_eq!(out["structuredContent"]["output"], "traced\n", "{answer}");
     assert_eq!(out["structuredContent"]["trace_id"], CLIENT_TRACE);
@@ -116,19 +148,8 @@ async fn a_traced_bash_call_is_one_trace_from_the_client_span_through_agent_and_
     assert_eq!(call.attr("tool"), "bash");
     assert_eq!(call.attr("outcome"), "ok");
     assert_eq!(call.attr("trace.carrier"), "header");
-    let dispatch = one(&spans, "execmesh-gateway", "dispatch");
+    let (dispatch, request) = dispatched(&spans, "web-1");
     assert_eq!(dispatch.parent_span_id, call.span_id);
-    assert_eq!(
-        (dispatch.attr("host"), dispatch.attr("outcome")),
-        ("web-1", "ok")
-    );
-    let request = one(&spans, "execmesh-node-agent", "exec_request");
-    assert_eq!(
-        request.parent_span_id,
-        dispatch.span_id,
-        "the agent continues the host's span:\n{}",
-        tree(&spans)
-    );
     let job = one(&spans, "execmesh-node-agent", "job");
     assert_eq!(job.parent_span_id, request.span_id);
     // The job's output publishing and its exit are spans of their own under the job's.
@@ -176,9 +197,7 @@ async fn meta_trace_context_wins_over_the_header_and_fan_out_and_denials_have_th
         .policy(Policy::new().group("devs", Tier::Standard, &["env=dev"], &["dana"]))
         .start()
         .await;
-    let process = gw
-        .spawn_replica_with(&nats, &["--otlp-endpoint", &otlp.grpc_url()])
-        .await;
+    let process = exporting_replica(&gw, &nats, &otlp).await;
     let token = gw.mint("dana");
 
     // `_meta` (SEP-414) and the header both carry a context: `_meta` wins. The fan-out reaches
@@ -228,15 +247,7 @@ async fn meta_trace_context_wins_over_the_header_and_fan_out_and_denials_have_th
     );
 
     // A call denied by the policy: the call's span says why.
-    let answer = call_traced(
-        process.url(),
-        &token,
-        &[("traceparent", &header)],
-        None,
-        "bash",
-        json!({"host": "web-4", "cmd": "true"}),
-    )
-    .await;
+    let answer = traced_bash(&process, &token, "web-4", "true").await;
     assert_eq!(result(&answer)["isError"], true, "{answer}");
     let spans = otlp
         .trace_when(CLIENT_TRACE, |spans| {
@@ -392,21 +403,10 @@ async fn a_call_to_a_relay_target_continues_the_trace_through_the_relay() {
         .start(&nats)
         .await;
     let gw = Gateway::new(&nats).start().await;
-    let process = gw
-        .spawn_replica_with(&nats, &["--otlp-endpoint", &otlp.grpc_url()])
-        .await;
+    let process = exporting_replica(&gw, &nats, &otlp).await;
     let token = gw.mint("alice");
 
-    let client = traceparent(CLIENT_TRACE, CLIENT_SPAN);
-    let answer = call_traced(
-        process.url(),
-        &token,
-        &[("traceparent", &client)],
-        None,
-        "bash",
-        json!({"host": "box-1", "cmd": "echo relayed"}),
-    )
-    .await;
+    let answer = traced_bash(&process, &token, "box-1", "echo relayed").await;
     assert_eq!(
         result(&answer)["structuredContent"]["output"],
         "relayed\n",
@@ -421,18 +421,7 @@ async fn a_call_to_a_relay_target_continues_the_trace_through_the_relay() {
         .await;
     let call = one(&spans, "execmesh-gateway", "tool_call");
     assert_eq!(call.parent_span_id, CLIENT_SPAN);
-    let dispatch = one(&spans, "execmesh-gateway", "dispatch");
-    assert_eq!(
-        (dispatch.attr("host"), dispatch.attr("outcome")),
-        ("box-1", "ok")
-    );
-    let request = one(&spans, "execmesh-node-agent", "exec_request");
-    assert_eq!(
-        request.parent_span_id,
-        dispatch.span_id,
-        "the relay continues the host's span:\n{}",
-        tree(&spans)
-    );
+    let (_, request) = dispatched(&spans, "box-1");
     assert_eq!(request.attr("host"), "box-1", "{request:?}");
     let job = one(&spans, "execmesh-node-agent", "job");
     assert_eq!(job.parent_span_id, request.span_id, "{}", tree(&spans));

@@ -12,8 +12,8 @@ use super::paths::{self, Final, Parents};
 use super::read::mode_of;
 use super::write::Temp;
 use crate::files::{
-    DEFAULT_MODE, FileError, IDLE_TRANSFER, Limits, Roots, check_chunk, check_sha256,
-    check_transfer_id, unknown_transfer,
+    DEFAULT_MODE, FileError, IDLE_TRANSFER, Limits, Roots, check_chunk_write, check_sha256,
+    unknown_transfer,
 };
 use crate::relay::sftp::RemoteFs;
 
@@ -42,10 +42,7 @@ pub fn chunk_write(
     transfers: &Mutex<HashMap<String, Transfer>>,
     req: pb::FileChunkWrite,
 ) -> Result<pb::FileChunkWriteReply, FileError> {
-    let raw = req.path.as_str();
-    let id = req.transfer_id.as_str();
-    check_transfer_id(raw, id)?;
-    check_chunk(raw, &req.data)?;
+    let (raw, id) = check_chunk_write(&req)?;
     sweep(fs, &mut lock(transfers));
     // The transfer is out of the map while its chunk is written: a chunk that fails ends it.
     let taken = lock(transfers).remove(id);

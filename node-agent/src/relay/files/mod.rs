@@ -23,7 +23,7 @@ use openssh::Session;
 use openssh_sftp_client::{Sftp, SftpOptions};
 use tracing::{info, warn};
 
-use crate::files::{Budget, FileError, Files, Limits, Roots};
+use crate::files::{Budget, FileError, Files, Limits, Roots, operation};
 use crate::grep::{GrepError, GrepLimits};
 use crate::relay::sftp::RemoteFs;
 use crate::relay::ssh::SshTarget;
@@ -205,12 +205,7 @@ impl RemoteFiles {
     ) -> Result<pb::FileReply, FileError> {
         use file_reply::Result as Reply;
         use file_request::Op;
-        let Some(op) = request.op else {
-            return Err(FileError::invalid(
-                "(no path)",
-                "the file request names no operation",
-            ));
-        };
+        let op = operation(request)?;
         let limits = &self.limits;
         let result = match op {
             Op::Read(req) => Reply::Read(read::read(fs, roots, limits, req, budget)?),

@@ -114,26 +114,15 @@ fn missing_parent(
 /// Creates the missing directories of `parent` one by one from its deepest existing ancestor,
 /// which must lie inside the roots; each new directory is resolved again and checked.
 fn make_dirs(fs: &RemoteFs, roots: &Roots, raw: &str, parent: &Path) -> Result<PathBuf, FileError> {
-    let mut missing = Vec::new();
-    let mut base = parent;
-    let mut dir = loop {
+    let (mut dir, missing) = roots.deepest_existing(raw, parent, |base| {
         if let Ok(real) = fs.realpath(base)
             && fs.stat(&real)?.is_some()
         {
-            break real;
+            return Ok(Some(real));
         }
-        let (Some(up), Some(name)) = (base.parent(), base.file_name()) else {
-            return Err(FileError::not_found(raw));
-        };
-        missing.push(name.to_os_string());
-        base = up;
-    };
-    let mut full = dir.clone();
-    full.extend(missing.iter().rev());
-    if !roots.contains(&dir) || !roots.contains(&full) {
-        return Err(roots.outside(raw, Some(&full)));
-    }
-    for name in missing.iter().rev() {
+        Ok(None)
+    })?;
+    for name in &missing {
         let path = dir.join(name);
         if let Err(e) = fs.mkdir(&path)
             && fs.lstat(&path)?.is_none()

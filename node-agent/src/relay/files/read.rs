@@ -23,15 +23,8 @@ pub fn read(
     let (real, meta) = regular(fs, roots, raw)?;
     let file = fs.open(&real)?;
     let size = meta.len().unwrap_or(0);
-    let reply = pb::FileReadReply {
-        path: real.display().to_string(),
-        identity: Some(identity(&meta)),
-        first_line: req.line,
-        next_line: req.line,
-        ..Default::default()
-    };
     let max_bytes = page_bytes(&req, limits, budget);
-    page_reply(&file, raw, &req, size, max_bytes, reply)
+    page_reply(&file, &req, &real, identity(&meta), size, max_bytes)
 }
 
 /// Answers a `FileChunkRead`: raw bytes at an offset, for a copy to another host.

@@ -10,7 +10,8 @@ use sha2::{Digest as _, Sha256};
 use super::paths::{self, Final, Parents, Place, refuse_root};
 use super::read::mode_of;
 use crate::files::{
-    DEFAULT_MODE, FileError, Limits, Roots, Source as _, check_write, kind_of_mode, temp_name,
+    DEFAULT_MODE, FileError, Limits, Roots, Source as _, change, check_write, kind_of_mode,
+    temp_name, unmoved,
 };
 use crate::relay::sftp::RemoteFs;
 
@@ -128,10 +129,7 @@ pub fn rename(
     refuse_root(roots, &to)?;
     let (from_path, to_path) = (from.path(), to.path());
     if from_path == to_path {
-        return Ok(change(
-            &to_path,
-            "nothing to do: source and destination are the same",
-        ));
+        return Ok(unmoved(&to_path));
     }
     // SFTP has no rename that refuses an existing destination atomically: checked just before.
     if !req.overwrite && fs.lstat(&to_path)?.is_some() {
@@ -266,12 +264,5 @@ impl Temp {
     /// Removes the temp file (best effort: a failure leaves a hidden `.…execmesh-….tmp`).
     pub fn discard(&self, fs: &RemoteFs) {
         let _ = fs.remove_file(&self.path);
-    }
-}
-
-fn change(path: &Path, detail: &str) -> pb::FileChangeReply {
-    pb::FileChangeReply {
-        path: path.display().to_string(),
-        detail: detail.to_string(),
     }
 }
