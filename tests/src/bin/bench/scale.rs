@@ -157,9 +157,12 @@ fn raise_fd_limit(want: u64) -> anyhow::Result<()> {
     setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard)?;
     if hard < want {
         bail!(
-            "open-file limit is {hard} and cannot be raised (not root); {want} needed for \
-             {} simulated hosts: `ulimit -Hn {want}` as root first",
-            want - 4096
+            "open-file limit is {hard} and cannot be raised here (raising a hard limit needs \
+             CAP_SYS_RESOURCE); {want} needed for {} simulated hosts. The nats-server inherits \
+             the same limit, so one server here holds at most about {hard} connections: run \
+             `--hosts {}` or less, or raise `ulimit -Hn` where that is allowed",
+            want - 4096,
+            hard.saturating_sub(4096)
         );
     }
     Ok(())
