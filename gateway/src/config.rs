@@ -271,6 +271,11 @@ pub struct Settings {
     /// keys than one direct get returns); one more waits up to 10 s for a slot [default: 256].
     #[arg(long, env = "EXECMESH_MAX_CALL_WATCHES")]
     pub max_call_watches: Option<usize>,
+    /// Audit events waiting to be published to NATS; beyond, new events are dropped (counted
+    /// and logged), except a fan-out's per-host events, which wait up to 2 s for room
+    /// [default: 16384].
+    #[arg(long, env = "EXECMESH_AUDIT_QUEUE")]
+    pub audit_queue: Option<usize>,
     /// Log as JSON lines.
     #[arg(long, env = "EXECMESH_LOG_JSON")]
     pub log_json: Option<bool>,
@@ -376,6 +381,8 @@ pub struct Config {
     pub max_watches: usize,
     /// Consumers calls hold at once ([`crate::core::consumers`]).
     pub max_call_watches: usize,
+    /// Audit events waiting to be published ([`crate::core::audit`]).
+    pub audit_queue: usize,
     pub log_json: bool,
     /// Where traces are exported; `None`: they are not.
     pub telemetry: Option<Export>,
@@ -477,6 +484,7 @@ impl Config {
             lost_grace: crate::core::jobs::state::DEFAULT_LOST_GRACE,
             max_watches: crate::core::consumers::DEFAULT_MAX_WATCHES,
             max_call_watches: crate::core::consumers::DEFAULT_MAX_CALL_WATCHES,
+            audit_queue: crate::core::audit::DEFAULT_QUEUE,
             log_json: false,
             telemetry: None,
             metrics: MetricsAt::Shared,
@@ -613,6 +621,11 @@ impl Config {
         }
         if let Some(v) = pick.max_watches {
             config.max_watches = v;
+        }
+        match pick.audit_queue {
+            Some(0) => problems.push("audit_queue must be at least 1".to_string()),
+            Some(v) => config.audit_queue = v,
+            None => {}
         }
         match pick.max_call_watches {
             Some(0) => problems.push("max_call_watches must be at least 1".to_string()),
@@ -851,6 +864,7 @@ impl Settings {
             lost_grace_ms,
             max_watches,
             max_call_watches,
+            audit_queue,
             log_json,
             groups,
             fanout_window,

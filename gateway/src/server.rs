@@ -268,6 +268,7 @@ pub async fn run_with_admin(
         mesh.tenant.clone(),
         &config.audit_redact_patterns,
         config.kv_replicas,
+        config.audit_queue,
         mesh.records.key().cloned(),
     )?;
     let audit = Arc::new(audit);

@@ -21,9 +21,14 @@ use crate::core::error::{ToolError, code_name};
 
 pub use execmesh_proto::redact::{PatternError, Redactor};
 
-/// Events waiting to be published; beyond this, new events are dropped (and counted). A
-/// fan-out records one event per host, hence twice the agent's queue.
-const QUEUE: usize = 16_384;
+/// Events waiting to be published unless `audit_queue` says; beyond this, new events are
+/// dropped (and counted), except a fan-out's per-host events, which wait for room
+/// ([`DISPATCHED_ROOM_WAIT`]). Twice the agent's queue.
+pub const DEFAULT_QUEUE: usize = 16_384;
+/// How long a host's `call-dispatched` event waits for room in a full queue. A fan-out to
+/// thousands of hosts records events faster than they are published: the call then goes at the
+/// publisher's pace rather than lose them. Only with NATS unreachable does the wait run out.
+const DISPATCHED_ROOM_WAIT: Duration = Duration::from_secs(2);
 /// Publishes awaiting their acknowledgement at once.
 const WINDOW: usize = 256;
 /// Hosts kept of a list in an event.
@@ -121,11 +126,12 @@ impl Audit {
         tenant: Token,
         patterns: &[String],
         replicas: usize,
+        queue: usize,
         signer: Option<execmesh_proto::signing::RecordKey>,
     ) -> Result<Audit, PatternError> {
         let redactor = Redactor::new(patterns)?;
         Ok(Audit {
-            publisher: Publisher::start(client, replicas, QUEUE, WINDOW, signer),
+            publisher: Publisher::start(client, replicas, queue, WINDOW, signer),
             tenant,
             instance: format!("{:016x}", rand::random::<u64>()),
             redactor,
@@ -297,8 +303,30 @@ impl Audit {
 
     /// [`Audit::publish`] with the event id `id` instead of a new one.
     fn publish_as(&self, id: Option<String>, about: &About<'_>, outcome: &str, body: Body) {
+        let event = self.event(id, about, outcome, body);
+        self.send(event);
+    }
+
+    /// [`Audit::publish`], waiting up to `wait` for room in a full queue.
+    async fn publish_within(&self, about: &About<'_>, outcome: &str, body: Body, wait: Duration) {
+        let event = self.event(None, about, outcome, body);
+        let kind = audit_kind::of(event.body.as_ref());
+        self.publisher
+            .send_within(subject::audit_gateway(&self.tenant, kind), &event, wait)
+            .await;
+    }
+
+    /// The event with `outcome` and `body` about `about`, stamped with `id` (or a new one), the
+    /// time, the tenant and this gateway process.
+    fn event(
+        &self,
+        id: Option<String>,
+        about: &About<'_>,
+        outcome: &str,
+        body: Body,
+    ) -> pb::AuditEvent {
         let time_ms = execmesh_proto::now_ms();
-        self.send(pb::AuditEvent {
+        pb::AuditEvent {
             id: id.unwrap_or_else(|| execmesh_proto::audit_event_id(time_ms, rand::random())),
             time_ms,
             tenant: self.tenant.to_string(),
@@ -311,7 +339,7 @@ impl Audit {
             tool: about.tool.to_string(),
             outcome: outcome.to_string(),
             body: Some(body),
-        });
+        }
     }
 
     /// Stops taking events and waits up to `grace` for those queued to be published.
@@ -349,8 +377,9 @@ fn named_hosts(args: &Map<String, Value>) -> Vec<String> {
 // === impl CallAudit ===
 
 impl CallAudit<'_> {
-    /// Records one request to `host`'s agent and how it went.
-    pub fn dispatched<T>(
+    /// Records one request to `host`'s agent and how it went. A fan-out records one per host:
+    /// when they come faster than they are published, this waits for room in the queue.
+    pub async fn dispatched<T>(
         &self,
         host: &Token,
         job: &Token,
@@ -374,17 +403,22 @@ impl CallAudit<'_> {
             Err(e @ ToolError::Refused { .. }) => ("refused", e.to_string()),
             Err(e) => ("error", e.to_string()),
         };
-        self.emit(
-            host.as_str(),
-            job.as_str(),
-            outcome,
-            Body::CallDispatched(pb::CallDispatched {
-                request: request.to_string(),
-                // A host's refusal may quote the command (the guard names what it refused).
-                error: self.audit.redactor.text(&error),
-                duration_ms: elapsed.as_millis() as u64,
-            }),
-        );
+        let about = About {
+            trace_id: &self.trace_id,
+            user: &self.user,
+            host: host.as_str(),
+            job: job.as_str(),
+            tool: &self.tool,
+        };
+        let body = Body::CallDispatched(pb::CallDispatched {
+            request: request.to_string(),
+            // A host's refusal may quote the command (the guard names what it refused).
+            error: self.audit.redactor.text(&error),
+            duration_ms: elapsed.as_millis() as u64,
+        });
+        (self.audit)
+            .publish_within(&about, outcome, body, DISPATCHED_ROOM_WAIT)
+            .await;
     }
 
     /// Records an approval step of this call: `requested` or `used`, with the approval's

@@ -74,7 +74,10 @@ impl Dispatcher<'_> {
                 span.record("otel.status_code", "ERROR")
             }
         };
-        span.in_scope(|| (self.audit).dispatched(host, id, &name, started.elapsed(), &result));
+        (self.audit)
+            .dispatched(host, id, &name, started.elapsed(), &result)
+            .instrument(span)
+            .await;
         result
     }
 

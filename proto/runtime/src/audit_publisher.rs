@@ -87,6 +87,40 @@ impl Publisher {
     /// counts it), never blocks.
     pub fn send(&self, subject: String, event: &pb::AuditEvent) {
         let kind = audit_kind::of(event.body.as_ref());
+        if self.queue.try_send(self.outgoing(subject, event)).is_err() {
+            self.count_dropped(kind);
+        }
+    }
+
+    /// [`Publisher::send`], waiting up to `wait` for room in a full queue: for callers that
+    /// make events faster than they can be published (a fan-out to thousands of hosts records
+    /// one per host), which then go at the publisher's pace instead of losing events. Only an
+    /// event that found no room within `wait` (NATS unreachable, say) is dropped and counted.
+    pub async fn send_within(&self, subject: String, event: &pb::AuditEvent, wait: Duration) {
+        let kind = audit_kind::of(event.body.as_ref());
+        let outgoing = self.outgoing(subject, event);
+        if !matches!(
+            tokio::time::timeout(wait, self.queue.send(outgoing)).await,
+            Ok(Ok(()))
+        ) {
+            self.count_dropped(kind);
+        }
+    }
+
+    /// Counts one dropped event, logging once per power of two so a long outage does not flood
+    /// the log.
+    fn count_dropped(&self, kind: &str) {
+        let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if dropped.is_power_of_two() {
+            error!(
+                dropped,
+                kind, "audit queue full: events dropped (is NATS reachable?)"
+            );
+        }
+    }
+
+    /// `event` ready to queue: encoded, with its id, trace context and signature headers.
+    fn outgoing(&self, subject: String, event: &pb::AuditEvent) -> Outgoing {
         let payload = Bytes::from(event.encode_to_vec());
         let mut headers = HeaderMap::new();
         headers.insert(execmesh_proto::headers::MSG_ID, event.id.as_str());
@@ -95,21 +129,11 @@ impl Publisher {
         if let Some(signer) = &self.signer {
             signer.sign(&subject, &mut headers, &payload);
         }
-        let outgoing = Outgoing {
+        Outgoing {
             subject,
             id: event.id.clone(),
             headers,
             payload,
-        };
-        if self.queue.try_send(outgoing).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // Once per power of two, so a long outage does not flood the log.
-            if dropped.is_power_of_two() {
-                error!(
-                    dropped,
-                    kind, "audit queue full: events dropped (is NATS reachable?)"
-                );
-            }
         }
     }
 

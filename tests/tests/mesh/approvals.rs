@@ -65,7 +65,8 @@ async fn store(nats: &Nats, ttl: Duration) -> Approvals {
     let tenant = Token::parse("tenant", "default").expect("tenant");
     let mesh = Gateway::new(nats).mesh().await;
     let signer = mesh.records.key().cloned();
-    let audit = Audit::start(nats.client().await, tenant.clone(), &[], 1, signer).expect("audit");
+    let audit =
+        Audit::start(nats.client().await, tenant.clone(), &[], 1, 16_384, signer).expect("audit");
     Approvals::open(&mesh, tenant, 1, ttl, Arc::new(audit))
         .await
         .expect("open mesh_approvals")

@@ -103,7 +103,8 @@ pub async fn kill_audited(
     let call = audit.call("job", caller.user.as_str(), &trace.trace_id, &args);
     let started = Instant::now();
     let result = kill(mesh, request_timeout, caller, &trace, &host, &job, grace_ms).await;
-    call.dispatched(&host, &job, "kill", started.elapsed(), &result);
+    call.dispatched(&host, &job, "kill", started.elapsed(), &result)
+        .await;
     match result {
         Ok(killed) => {
             call.finish(Ok(Answer::default()));
