@@ -148,13 +148,18 @@ impl Browser {
             .is_ok_and(|found| !found.is_empty())
     }
 
-    /// The text of the element `css` selects.
+    /// The text of the element `css` selects. An element replaced between finding and reading
+    /// it (a page loading after a submit, a live update) is found again.
     pub async fn text(&self, css: &str) -> String {
-        self.find(css)
-            .await
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("cannot read the text of `{css}`: {e}"))
+        const ATTEMPTS: usize = 20;
+        let mut attempt = 1;
+        loop {
+            match self.find(css).await.text().await {
+                Ok(text) => return text,
+                Err(e) if e.is_stale_element_reference() && attempt < ATTEMPTS => attempt += 1,
+                Err(e) => panic!("cannot read the text of `{css}`: {e}"),
+            }
+        }
     }
 
     /// Types `text` into the field `css` selects (after clearing it).

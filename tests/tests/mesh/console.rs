@@ -384,7 +384,11 @@ async fn a_jobs_output_is_followed_live_and_killed_from_its_page_but_not_by_a_re
     screenshot(&browser, "hosts").await;
     browser.fill("#selector", "role=db").await;
     browser.click("form[role=search] button").await;
-    assert!(browser.text("#resolved").await.starts_with("0 host(s)"));
+    // The search loads a new page: the old page's answer may still be read until it has.
+    eventually(SHOWN, || async {
+        browser.text("#resolved").await.starts_with("0 host(s)")
+    })
+    .await;
     browser.fill("#selector", "role=(").await;
     browser.click("form[role=search] button").await;
     assert!(browser.text("#selector-error").await.contains("role=("));
