@@ -310,9 +310,8 @@ impl Audit {
     /// [`Audit::publish`], waiting up to `wait` for room in a full queue.
     async fn publish_within(&self, about: &About<'_>, outcome: &str, body: Body, wait: Duration) {
         let event = self.event(None, about, outcome, body);
-        let kind = audit_kind::of(event.body.as_ref());
         self.publisher
-            .send_within(subject::audit_gateway(&self.tenant, kind), &event, wait)
+            .send_within(self.subject(&event), &event, wait)
             .await;
     }
 
@@ -348,9 +347,12 @@ impl Audit {
     }
 
     fn send(&self, event: pb::AuditEvent) {
-        let kind = audit_kind::of(event.body.as_ref());
-        self.publisher
-            .send(subject::audit_gateway(&self.tenant, kind), &event);
+        self.publisher.send(self.subject(&event), &event);
+    }
+
+    /// The subject `event` is published on: the gateway's, by kind.
+    fn subject(&self, event: &pb::AuditEvent) -> String {
+        subject::audit_gateway(&self.tenant, audit_kind::of(event.body.as_ref()))
     }
 }
 

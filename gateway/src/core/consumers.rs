@@ -119,11 +119,6 @@ impl Consumers {
             slot,
         })
     }
-
-    /// Client watches open now.
-    pub fn open_client_watches(&self) -> usize {
-        self.max_watches - self.clients.available_permits()
-    }
 }
 
 impl Default for Consumers {
@@ -167,7 +162,7 @@ mod tests {
         let consumers = Consumers::new(2, 8);
         let first = consumers.admit(WatchFor::Client("hosts")).await.unwrap();
         let _second = consumers.admit(WatchFor::Client("hosts")).await.unwrap();
-        assert_eq!(consumers.open_client_watches(), 2);
+        assert_eq!(consumers.clients.available_permits(), 0);
         let refused = consumers
             .admit(WatchFor::Client("hosts"))
             .await

@@ -781,39 +781,50 @@ impl Mesh {
     }
 
     /// For more keys than one direct get returns: the last record of every key matching
-    /// `filter` (a key pattern with `*`/`>`), through a watch that ends when it has delivered
-    /// every current key.
+    /// `filter` (a key pattern with `*`/`>`), through [`Mesh::kv_current`].
     async fn kv_last_values_streamed(
         &self,
         bucket: &str,
         filter: &str,
     ) -> Result<Vec<(String, KvLast)>, MeshError> {
-        let mut watch = self
-            .watch_kv(
-                bucket,
-                filter,
-                WatchFrom::LastPerKey,
-                WatchFor::Call("read"),
-            )
+        let changes = self
+            .kv_current(bucket, filter, WatchFor::Call("read"))
             .await?;
-        let mut values = Vec::new();
+        Ok(changes
+            .into_iter()
+            .filter_map(|change| {
+                let last = match (change.rejected.clone(), change.departure()) {
+                    (Some(rejection), _) => KvLast::Rejected(rejection),
+                    (None, Some(departure)) => KvLast::Gone(departure),
+                    (None, None) if change.is_value() => KvLast::Value(change.value),
+                    (None, None) => return None,
+                };
+                Some((change.key, last))
+            })
+            .collect())
+    }
+
+    /// The last change of every key of `bucket` matching `filter`, checked, through a watch
+    /// that ends once it has delivered every current key (within [`STREAMED_TIMEOUT`]).
+    pub async fn kv_current(
+        &self,
+        bucket: &str,
+        filter: &str,
+        watch: WatchFor,
+    ) -> Result<Vec<KvChange>, MeshError> {
+        let mut watch = self
+            .watch_kv(bucket, filter, WatchFrom::LastPerKey, watch)
+            .await?;
+        let mut changes = Vec::new();
         if watch.initial == 0 {
-            return Ok(values);
+            return Ok(changes);
         }
         let read = async {
             while let Some(change) = watch.changes.next().await {
                 let change = change?;
-                let pending = change.pending;
-                let last = match (change.rejected.clone(), change.departure()) {
-                    (Some(rejection), _) => Some(KvLast::Rejected(rejection)),
-                    (None, Some(departure)) => Some(KvLast::Gone(departure)),
-                    (None, None) if change.is_value() => Some(KvLast::Value(change.value)),
-                    (None, None) => None,
-                };
-                if let Some(last) = last {
-                    values.push((change.key, last));
-                }
-                if pending == 0 {
+                let caught_up = change.pending == 0;
+                changes.push(change);
+                if caught_up {
                     break;
                 }
             }
@@ -822,7 +833,7 @@ impl Mesh {
         tokio::time::timeout(STREAMED_TIMEOUT, read)
             .await
             .map_err(|_| MeshError::Timeout(STREAMED_TIMEOUT))??;
-        Ok(values)
+        Ok(changes)
     }
 
     /// Watches the keys of `bucket` matching `filter` (a key pattern with `*`/`>`) through an
@@ -837,8 +848,8 @@ impl Mesh {
         from: WatchFrom,
         watch: WatchFor,
     ) -> Result<KvWatch, MeshError> {
-        let admitted = self.consumers.admit(watch).await?;
         use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+        let admitted = self.consumers.admit(watch).await?;
         let nats =
             |e: &dyn std::fmt::Display| MeshError::unavailable(format!("watch of {bucket}"), e);
         let stream = self

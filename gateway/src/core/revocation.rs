@@ -19,7 +19,7 @@ use execmesh_proto::pb;
 use execmesh_runtime::backoff::Backoff;
 
 use crate::core::consumers::WatchFor;
-use crate::core::mesh::{KvChange, Mesh, WatchFrom};
+use crate::core::mesh::{KvChange, Mesh};
 use crate::core::token_store::{Store, StoreError};
 
 /// Default of `revocation_max_staleness_secs`: how long a copy that can no longer be kept
@@ -29,8 +29,6 @@ pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(250);
 /// How long the gateway waits at start for the first complete copy before serving.
 const FIRST_LOAD: Duration = Duration::from_secs(10);
-/// How long listing the revocations in force may take.
-const LIST_WAIT: Duration = Duration::from_secs(10);
 /// How long a new watch may take to deliver the list before it is opened again (the records
 /// it was told of may have expired before it began).
 const CATCH_UP: Duration = Duration::from_secs(5);
@@ -43,46 +41,26 @@ const SWEEP_AT: usize = 10_000;
 pub struct Unlisted(String);
 
 /// The revocations in force, read from `mesh_revoked` itself (not this replica's copy), by
-/// token id; expired ones, and records the gateway did not sign, are left out. Read through a
-/// watch that ends once it has delivered every current key, counted like any call's
-/// ([`crate::core::consumers`]).
+/// token id; expired ones, and records the gateway did not sign, are left out. Read through
+/// [`Mesh::kv_current`], its consumer counted like any call's ([`crate::core::consumers`]).
 pub async fn in_force(mesh: &Mesh) -> Result<Vec<pb::Revocation>, Unlisted> {
-    let unlisted = |e: &dyn std::fmt::Display| Unlisted(e.to_string());
-    let mut watch = mesh
-        .watch_kv(
-            REVOKED_BUCKET,
-            ">",
-            WatchFrom::LastPerKey,
-            WatchFor::Call("revocations"),
-        )
-        .await
-        .map_err(|e| unlisted(&e))?;
     let now_secs = execmesh_proto::now_ms() / 1000;
-    let mut revocations = Vec::new();
-    let mut left = watch.initial;
-    while left > 0 {
-        let change = tokio::time::timeout(LIST_WAIT, watch.changes.next())
-            .await
-            .map_err(|_| Unlisted(format!("the list was not read within {LIST_WAIT:?}")))?
-            .ok_or_else(|| Unlisted("the watch ended early".into()))?
-            .map_err(|e| unlisted(&e))?;
-        left = change.pending;
+    let mut revocations: Vec<pb::Revocation> = mesh
+        .kv_current(REVOKED_BUCKET, ">", WatchFor::Call("revocations"))
+        .await
+        .map_err(|e| Unlisted(e.to_string()))?
+        .into_iter()
         // Expired keys leave an empty marker behind.
-        if !change.is_value() {
-            continue;
-        }
-        let Ok(expires_at) = serde_json::from_slice::<u64>(&change.value) else {
-            continue;
-        };
-        if expires_at <= now_secs {
-            continue;
-        }
-        revocations.push(pb::Revocation {
-            token_id: change.key,
-            expires_at_ms: expires_at * 1000,
-            revoked_at_ms: change.stored_at_ms,
-        });
-    }
+        .filter(KvChange::is_value)
+        .filter_map(|change| {
+            let expires_at = serde_json::from_slice::<u64>(&change.value).ok()?;
+            (expires_at > now_secs).then(|| pb::Revocation {
+                token_id: change.key,
+                expires_at_ms: expires_at * 1000,
+                revoked_at_ms: change.stored_at_ms,
+            })
+        })
+        .collect();
     revocations.sort_by(|a, b| a.token_id.cmp(&b.token_id));
     Ok(revocations)
 }
