@@ -24,6 +24,7 @@ use crate::core::policy::LivePolicy;
 use crate::core::revocation::Revocations;
 use crate::core::webhook::ApprovalWebhook;
 use crate::mcp::envelope::{self, Refused, Rejection};
+use crate::mcp::listen;
 use crate::mcp::{Handler, McpState};
 use crate::oauth::{OAuth, OAuthState};
 use crate::origin::OriginPolicy;
@@ -59,6 +60,8 @@ pub fn router(
         nats: mcp.mesh.client.clone(),
         max_body_bytes: config.max_body_bytes,
         mesh_wait: config.mesh_unreachable_wait,
+        listen: mcp.clone(),
+        shutdown: shutdown.clone(),
     });
     let mcp = StreamableHttpService::new(
         move || Ok(Handler::new(mcp.clone())),
@@ -85,11 +88,15 @@ struct Gate {
     max_body_bytes: usize,
     /// How long a tool call waits for a lost NATS connection before it is refused.
     mesh_wait: std::time::Duration,
+    /// What `subscriptions/listen` for tasks reads (served here, see [`listen`]).
+    listen: Arc<McpState>,
+    /// Ends task subscriptions when the gateway stops.
+    shutdown: CancellationToken,
 }
 
 /// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the
-/// request, then answers what rmcp would not word the JSON-RPC way (see [`envelope`]). An
-/// invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is
+/// request, then answers what rmcp would not word the JSON-RPC way (see [`envelope`]) and the
+/// `subscriptions/listen` for tasks that rmcp cannot read (see [`listen`]). An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is
 /// not: it is how every OAuth client discovers the authorization server.
 async fn guard_mcp(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let bearer = &gate.bearer;
@@ -150,6 +157,13 @@ async fn guard_mcp(State(gate): State<Arc<Gate>>, request: Request, next: Next) 
                 envelope::mesh_reachable(&gate.nats, gate.mesh_wait, &message.id).await
         {
             return refused.into_response();
+        }
+        if message.method.as_deref() == Some(listen::METHOD)
+            && let Some(wanted) = listen::wanted(&parts.headers, &body)
+        {
+            let state = gate.listen.clone();
+            let shutdown = gate.shutdown.clone();
+            return listen::serve(state, identity, wanted, &parts.headers, shutdown).await;
         }
         Request::from_parts(parts, Body::from(body))
     } else {

@@ -1,16 +1,19 @@
 //! MCP Tasks (`io.modelcontextprotocol/tasks`) from the client's side: a `tools/call` answered
 //! with a task, then polled, cancelled or left to expire, with rmcp's client; every completed
-//! task's result held to its tool's `outputSchema` like any other result.
+//! task's result held to its tool's `outputSchema` like any other result; a task's states
+//! followed on a `subscriptions/listen` stream ([`TaskListen`]).
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ClientCapabilities,
     ElicitationCapability, GetTaskParams, GetTaskResult, InputRequests, InputResponses,
-    TaskPayload, TaskStatus, UpdateTaskParams, UrlElicitationCapability,
+    ServerJsonRpcMessage, TaskPayload, TaskStatus, TaskStatusNotificationParams, UpdateTaskParams,
+    UrlElicitationCapability,
 };
 use rmcp::service::ServiceError;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::client::{McpClient, ToolOutput};
 
@@ -180,5 +183,142 @@ pub fn error_code(e: &ServiceError) -> Option<i32> {
     match e {
         ServiceError::McpError(error) => Some(error.code.0),
         _ => None,
+    }
+}
+
+/// A `subscriptions/listen` stream of task notifications, read as a 2026-07-28 client reads
+/// it: the server-sent events answering one POST, each a JSON-RPC message of MCP. (rmcp's
+/// client has no way to name task ids in a subscription, so this is written out.)
+pub struct TaskListen {
+    response: reqwest::Response,
+    /// Bytes received and not yet read as an event.
+    buffer: Vec<u8>,
+    /// The subscription's id: the request's.
+    pub id: Value,
+}
+
+// === impl TaskListen ===
+
+impl TaskListen {
+    /// POSTs `subscriptions/listen` for `task_ids` to `url` with `token`, declaring the Tasks
+    /// extension when `declare_tasks`. Returns the stream, or the status and JSON body the
+    /// server answered with instead.
+    pub async fn open(
+        url: &str,
+        token: &str,
+        task_ids: &[&str],
+        declare_tasks: bool,
+    ) -> Result<TaskListen, (u16, Value)> {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        let id = json!(format!("listen-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let mut meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+        if declare_tasks {
+            meta["io.modelcontextprotocol/clientCapabilities"] =
+                json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+        }
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "method": "subscriptions/listen",
+            "params": {"_meta": meta, "notifications": {"taskIds": task_ids}},
+        });
+        let response = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "subscriptions/listen")
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST subscriptions/listen to {url} failed: {e}"));
+        let is_stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !is_stream {
+            let status = response.status().as_u16();
+            return Err((status, response.json().await.unwrap_or(Value::Null)));
+        }
+        Ok(TaskListen {
+            response,
+            buffer: Vec::new(),
+            id,
+        })
+    }
+
+    /// The next message on the stream, waiting at most `within`; `None` once the stream has
+    /// ended. Panics when none comes in time, or one is not a JSON-RPC message of MCP tagged
+    /// with this subscription's id.
+    pub async fn next(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                // Lines starting with ':' are keep-alive comments.
+                let data: Vec<&str> = text
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                let message: Value = serde_json::from_str(&data.join("\n"))
+                    .unwrap_or_else(|e| panic!("an event that is not JSON ({e}): {text}"));
+                self.check(&message);
+                return Some(message);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no message on the task subscription within {within:?}"))
+                .unwrap_or_else(|e| panic!("the task subscription failed: {e}"));
+            match chunk {
+                Some(bytes) => self.buffer.extend_from_slice(&bytes),
+                None => {
+                    assert!(
+                        self.buffer.iter().all(|b| b.is_ascii_whitespace()),
+                        "the stream ended inside an event: {}",
+                        String::from_utf8_lossy(&self.buffer)
+                    );
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The next `notifications/tasks` on the stream, with its task's state, waiting at most
+    /// `within`. Panics on anything else.
+    pub async fn next_task(&mut self, within: Duration) -> Value {
+        let message = self
+            .next(within)
+            .await
+            .expect("the stream ended before a task notification");
+        assert_eq!(message["method"], "notifications/tasks", "{message}");
+        message["params"].clone()
+    }
+
+    /// Holds `message` to what every message on a subscription is: one rmcp reads, tagged with
+    /// the subscription's id.
+    fn check(&self, message: &Value) {
+        if let Err(e) = serde_json::from_value::<ServerJsonRpcMessage>(message.clone()) {
+            panic!("not a JSON-RPC message of MCP ({e}): {message}");
+        }
+        let meta = match message.get("params") {
+            Some(params) => &params["_meta"],
+            None => &message["result"]["_meta"],
+        };
+        assert_eq!(
+            meta["io.modelcontextprotocol/subscriptionId"], self.id,
+            "a message without the subscription's id: {message}"
+        );
+        if message["method"] == "notifications/tasks" {
+            let params = message["params"].clone();
+            if let Err(e) = serde_json::from_value::<TaskStatusNotificationParams>(params) {
+                panic!("a task notification rmcp cannot read ({e}): {message}");
+            }
+        }
     }
 }

@@ -22,7 +22,8 @@ use execmesh_proto::Token;
 use execmesh_proto::jetstream as layout;
 use execmesh_runtime::kv_write::{self, Expect, KvWriteError};
 
-use crate::core::mesh::{Mesh, MeshError};
+use crate::core::consumers::WatchFor;
+use crate::core::mesh::{KvWatch, Mesh, MeshError, WatchFrom};
 
 /// How long a task is kept after it is created, by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -319,6 +320,21 @@ impl Tasks {
     pub async fn get(&self, id: &str, user: &str) -> Result<TaskRecord, TaskError> {
         let (record, _) = self.load(id, user).await?;
         Ok(record)
+    }
+
+    /// Every change to the tasks `ids` stored from now on (whose user, the caller, has
+    /// already read them): one consumer, a client's (at most `max_watches` at a time). One
+    /// task is watched by its key, more by their tenant's keys (changes to others' tasks are
+    /// delivered too, and mean nothing to the caller).
+    pub async fn watch(&self, ids: &[String]) -> Result<KvWatch, MeshError> {
+        let filter = match ids {
+            [one] => self.key(one),
+            _ => format!("{}.*", self.tenant),
+        };
+        let purpose = WatchFor::Client("task-listen");
+        (self.mesh)
+            .watch_kv(layout::TASKS_BUCKET, &filter, WatchFrom::New, purpose)
+            .await
     }
 
     /// The owner's renewal while the call runs: extends the lease and copies in the jobs

@@ -15,6 +15,7 @@ mod grep;
 mod held;
 pub mod hosts;
 pub(crate) mod job;
+pub mod listen;
 mod progress;
 mod reach;
 mod result;

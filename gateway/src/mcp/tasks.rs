@@ -273,12 +273,22 @@ pub async fn get(
     id: &str,
     identity: &Identity,
 ) -> Result<GetTaskResult, McpError> {
-    let user = identity.user.as_str();
-    let mut record = state.tasks.get(id, user).await.map_err(protocol_error)?;
+    let task = current(state, id, identity).await.map_err(protocol_error)?;
+    Ok(GetTaskResult::new(task))
+}
+
+/// Task `id` of the caller as `tasks/get` shows it (and `notifications/tasks` sends it),
+/// settled first if the replica running it stopped.
+pub async fn current(
+    state: &Arc<McpState>,
+    id: &str,
+    identity: &Identity,
+) -> Result<DetailedTask, TaskError> {
+    let mut record = state.tasks.get(id, identity.user.as_str()).await?;
     if record.orphaned(execmesh_proto::now_ms()) {
-        record = settle_orphan(state, record).await.map_err(protocol_error)?;
+        record = settle_orphan(state, record).await?;
     }
-    Ok(GetTaskResult::new(detailed(&record)))
+    Ok(detailed(&record))
 }
 
 /// `tasks/update`: the client's answers to what a task asks (the approval of a held call),
@@ -482,7 +492,7 @@ fn failure(message: String) -> Ending {
 
 /// A task operation's failure as the JSON-RPC error the extension prescribes: an unknown (or
 /// another user's, or expired) task is invalid params (-32602), anything else internal.
-fn protocol_error(e: TaskError) -> McpError {
+pub(super) fn protocol_error(e: TaskError) -> McpError {
     match e {
         TaskError::NotFound(_) => McpError::invalid_params(e.to_string(), None),
         TaskError::Unavailable(_) | TaskError::Internal(_) => {

@@ -3,7 +3,9 @@
 //! may call from the gateway's own origin but not from a foreign one.
 
 use rmcp::ServiceError;
-use rmcp::model::{ErrorCode, GetPromptRequestParams, ReadResourceRequestParams};
+use rmcp::model::{
+    ErrorCode, GetPromptRequestParams, ReadResourceRequestParams, SubscriptionFilter,
+};
 use serde_json::{Value, json};
 
 use execmesh_tests::{Gateway, McpClient, Nats};
@@ -57,6 +59,11 @@ async fn methods_of_undeclared_capabilities_are_not_found_on_every_era() {
         // What is declared still works.
         assert!(!client.tool_names().await.is_empty(), "{era}: tools/list");
     }
+    // A subscription to anything but tasks' states (the only notifications served, see
+    // `tasks::a_listening_client_…`) is refused too.
+    let filter = SubscriptionFilter::builder().tools_list_changed().build();
+    let listen = clients[0].service().peer().listen(filter).await.map(|_| ());
+    method_not_found(listen, "subscriptions/listen", "2026-07-28");
 
     // On the wire, for a client that sends the method without asking first.
     let body = json!({"jsonrpc": "2.0", "id": 7, "method": "prompts/list", "params": {}});

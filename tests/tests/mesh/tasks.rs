@@ -1,15 +1,16 @@
 //! MCP Tasks end to end: a client that declares the Tasks extension gets a task for `bash`,
 //! `grep` and `file` `copy`, stored in JetStream so another replica answers for it, also after
 //! the replica that created it died; a task is its user's alone; cancelling it stops its
-//! processes on the host; it is forgotten when its TTL is up.
+//! processes on the host; it is forgotten when its TTL is up; a client following its tasks on
+//! `subscriptions/listen` is sent each state they reach, from any replica.
 
 use std::time::Duration;
 
 use rmcp::model::{CallToolResponse, ClientCapabilities, TaskStatus};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use execmesh_tests::process::{job_processes, jobs_running};
-use execmesh_tests::tasks::error_code;
+use execmesh_tests::tasks::{TaskListen, error_code};
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, eventually};
 
 /// The JSON-RPC code the extension gives an unknown (or another user's, or expired) task.
@@ -305,5 +306,121 @@ async fn the_tasks_extension_is_declared() {
         extensions["extensions"]["io.modelcontextprotocol/tasks"],
         json!({}),
         "{extensions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_client_is_sent_each_state_of_its_own_tasks_from_any_replica() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let nats = Nats::start().await;
+    let _agent = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats).start().await;
+    let replica = gw.spawn_replica(&nats).await;
+    let alice = gw.task_client("alice").await;
+    let bob = gw.task_client("bob").await;
+    let short = alice
+        .call_task(
+            "bash",
+            json!({"host": "web-1", "cmd": "sleep 1; echo done"}),
+        )
+        .await;
+    let long = alice
+        .call_task("bash", long_command("web-1", &unique_marker("task-listen")))
+        .await;
+    let bobs = bob
+        .call_task("bash", json!({"host": "web-1", "cmd": "true"}))
+        .await;
+
+    // Followed on the other replica: acknowledged are alice's two tasks, neither bob's nor an
+    // id that never was.
+    let alices_token = gw.mint("alice");
+    let named = [&*short.id, &*long.id, &*bobs.id, "task-0000000000000000"];
+    let mut listen = TaskListen::open(replica.url(), &alices_token, &named, true)
+        .await
+        .unwrap_or_else(|answer| panic!("no stream: {answer:?}"));
+    let ack = listen.next(WAIT).await.expect("an acknowledgement");
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(
+        ack["params"]["notifications"]["taskIds"],
+        json!([short.id, long.id])
+    );
+
+    // Each task as it stands, then again as it changes, until the short one has completed:
+    // its last state is the one tasks/get gives, result and all.
+    let mut seen: Vec<Value> = Vec::new();
+    let done = loop {
+        let task = listen.next_task(WAIT).await;
+        assert!(
+            task["taskId"] == short.id || task["taskId"] == long.id,
+            "{task}"
+        );
+        seen.push(task.clone());
+        if task["taskId"] == short.id && task["status"] == "completed" {
+            break task;
+        }
+    };
+    assert!(
+        seen.iter()
+            .any(|t| t["taskId"] == long.id && t["status"] == "working"),
+        "the long task's state was not sent: {seen:?}"
+    );
+    assert_eq!(
+        done["result"]["structuredContent"]["output"], "done\n",
+        "{done}"
+    );
+    let got = alice.get_task(&short).await.expect("tasks/get");
+    let mut got = serde_json::to_value(got).expect("a task as JSON");
+    let mut sent = done.clone();
+    for fields in [&mut got, &mut sent] {
+        let fields = fields.as_object_mut().expect("an object");
+        for changing in ["lastUpdatedAt", "resultType", "_meta"] {
+            fields.remove(changing);
+        }
+    }
+    assert_eq!(sent, got, "the notification is not what tasks/get shows");
+
+    // Cancelled on the first replica, the long task's end is sent, and with every task ended
+    // the subscription ends with its request's result.
+    alice.cancel_task(&long).await.expect("tasks/cancel");
+    loop {
+        let task = listen.next_task(WAIT).await;
+        assert_eq!(
+            task["taskId"], long.id,
+            "a task sent again after its end: {task}"
+        );
+        if task["status"] == "cancelled" {
+            break;
+        }
+    }
+    let end = listen.next(WAIT).await.expect("the subscription's end");
+    assert_eq!(end["id"], listen.id, "{end}");
+    assert_eq!(end["result"]["resultType"], "complete", "{end}");
+    assert!(listen.next(WAIT).await.is_none(), "a message after the end");
+
+    // Bob, naming alice's task, is acknowledged nothing, and his stream ends at once.
+    let mut peek = TaskListen::open(&gw.url(), &gw.mint("bob"), &[&long.id], true)
+        .await
+        .unwrap_or_else(|answer| panic!("no stream: {answer:?}"));
+    let ack = peek.next(WAIT).await.expect("an acknowledgement");
+    assert_eq!(
+        ack["params"]["notifications"]["taskIds"],
+        json!([]),
+        "{ack}"
+    );
+    let end = peek.next(WAIT).await.expect("the subscription's end");
+    assert_eq!(end["result"]["resultType"], "complete", "{end}");
+
+    // A client that did not declare the extension is refused the way the extension says.
+    let (status, body) = TaskListen::open(&gw.url(), &alices_token, &[&short.id], false)
+        .await
+        .err()
+        .expect("an undeclared extension refused");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["error"]["code"], -32021, "{body}");
+    let required = &body["error"]["data"]["requiredCapabilities"]["extensions"];
+    assert_eq!(
+        required["io.modelcontextprotocol/tasks"],
+        json!({}),
+        "{body}"
     );
 }
