@@ -210,24 +210,36 @@ async fn a_task_survives_its_replica_and_is_cancelled_from_another() {
     })
     .await;
 
+    // A client follows the task on the other replica meanwhile.
+    let mut listen = TaskListen::open(&gw.url(), &token, &[&task.id], true)
+        .await
+        .unwrap_or_else(|answer| panic!("no stream: {answer:?}"));
+    let ack = listen.next(Duration::from_secs(10)).await.expect("an ack");
+    assert_eq!(ack["params"]["notifications"]["taskIds"], json!([task.id]));
+    let first = listen.next_task(Duration::from_secs(10)).await;
+    assert_eq!(first["status"], "working", "{first}");
+
     // The replica that created the task and runs its call dies.
     replica.kill_hard().await;
 
     // Another replica answers for the task: still working (its job runs on), and once the
-    // dead replica's lease has run out, saying why.
+    // dead replica's lease has run out, saying why. The follower is told first: nobody
+    // asks tasks/get meanwhile, so the note comes from the listening replica's own re-reads,
+    // which settle the orphan as tasks/get would.
+    let told = listen.next_task(Duration::from_secs(30)).await;
+    assert_eq!(told["status"], "working", "{told}");
+    let note = told["statusMessage"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(note.contains("stopped") && note.contains("still"), "{told}");
     let client = gw.task_client("alice").await;
     let got = client
         .get_task(&task)
         .await
         .expect("tasks/get on another replica");
     assert_eq!(got.task.status(), TaskStatus::Working);
-    let note = eventually(Duration::from_secs(20), || async {
-        let got = client.get_task(&task).await.ok()?;
-        let message = got.task.task.status_message.clone()?;
-        message.contains("stopped").then_some(message)
-    })
-    .await;
-    assert!(note.contains("still"), "{note}");
+    assert_eq!(got.task.task.status_message.as_deref(), Some(&*note));
 
     // Cancelled there, the job's whole process group goes.
     client.cancel_task(&task).await.expect("tasks/cancel");
@@ -242,6 +254,10 @@ async fn a_task_survives_its_replica_and_is_cancelled_from_another() {
     assert_eq!(got.task.status(), TaskStatus::Cancelled);
     // Cancelling again is acknowledged and changes nothing.
     client.cancel_task(&task).await.expect("a second cancel");
+    let ended = listen.next_task(Duration::from_secs(10)).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    let end = listen.next(Duration::from_secs(10)).await.expect("the end");
+    assert_eq!(end["result"]["resultType"], "complete", "{end}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,4 +439,13 @@ async fn a_listening_client_is_sent_each_state_of_its_own_tasks_from_any_replica
         json!({}),
         "{body}"
     );
+
+    // One subscription follows at most 100 tasks.
+    let many: Vec<String> = (0..101).map(|n| format!("task-{n:016x}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (_, body) = TaskListen::open(&gw.url(), &alices_token, &many, true)
+        .await
+        .err()
+        .expect("too many tasks refused");
+    assert_eq!(body["error"]["code"], -32602, "{body}");
 }
