@@ -149,7 +149,13 @@ pub async fn run_with(
     let client = connection::connect(&config).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mesh = match startup {
-        Startup::Full => provision::provision(&js, &config).await?,
+        Startup::Full => match provision::provision_once_placed(&js, &config, &shutdown).await? {
+            Some(mesh) => mesh,
+            None => {
+                info!("stopped before the mesh's streams could be placed");
+                return Ok(());
+            }
+        },
         Startup::Light => provision::open(&js).await?,
     };
     let node = Arc::new(Node::new(

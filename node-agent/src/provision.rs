@@ -9,16 +9,30 @@
 //! only look streams up, not create or change them: there the gateway must have started once
 //! before the agents, and the limits are the gateway's (a refused change is logged). The
 //! definitions live in `execmesh_proto::jetstream`, shared with the gateway and the tests.
+//!
+//! A cluster that cannot place the streams yet (still forming, or short of the nodes the
+//! `replicas` setting asks for) is waited for in the process, tried again with a growing pause.
+//! Any other refusal ends the start.
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::{GetStreamError, GetStreamErrorKind};
+use async_nats::jetstream::context::{
+    CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+    GetStreamError, GetStreamErrorKind,
+};
 use async_nats::jetstream::{self, ErrorCode, kv, stream};
 use execmesh_proto::jetstream as layout;
+use execmesh_runtime::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, warn};
 
 use crate::config::Config;
 use crate::error::AgentError;
+
+/// The first wait before provisioning is tried again on a cluster that cannot place the
+/// streams yet; it doubles up to [`PLACEMENT_WAIT_MAX`].
+const PLACEMENT_WAIT_FIRST: Duration = Duration::from_secs(1);
+const PLACEMENT_WAIT_MAX: Duration = Duration::from_secs(15);
 
 /// Handles on the buckets the agent writes.
 #[derive(Clone)]
@@ -32,7 +46,7 @@ pub struct Mesh {
 }
 
 /// Makes sure the stream and buckets exist and opens them.
-pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh, AgentError> {
+async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh, AgentError> {
     let limits = config.store_limits();
     let out = layout::out_stream(
         Duration::from_secs(config.output_retention_secs),
@@ -65,6 +79,83 @@ pub async fn provision(js: &jetstream::Context, config: &Config) -> Result<Mesh,
         facts,
         jobs,
     })
+}
+
+/// [`provision`], tried again for as long as the server cannot place the mesh's streams yet: a
+/// cluster still forming or short of a node ("no suitable peers for placement"), without a
+/// meta leader, or not answering JetStream requests. The agent waits in its process, saying why
+/// at each try, rather than exiting for its unit to start it again; any other failure ends the
+/// start. `None`: `shutdown` came first.
+pub async fn provision_once_placed(
+    js: &jetstream::Context,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Mesh>, AgentError> {
+    let mut backoff = Backoff::new(PLACEMENT_WAIT_FIRST, PLACEMENT_WAIT_MAX);
+    let mut tries: u32 = 1;
+    loop {
+        let error = match provision(js, config).await {
+            Ok(mesh) => {
+                if tries > 1 {
+                    info!(tries, "the mesh's streams are in place");
+                }
+                return Ok(Some(mesh));
+            }
+            Err(e) if waits_for_cluster(&e) => e,
+            Err(e) => return Err(e),
+        };
+        warn!(tries, replicas = config.replicas, error = %error,
+              "NATS cannot place the mesh's streams yet (a cluster forming, or short of the \
+               nodes for `replicas`); trying again");
+        if backoff.wait(shutdown).await.is_err() {
+            return Ok(None);
+        }
+        tries += 1;
+    }
+}
+
+/// Whether `error` says the server cannot place or answer for streams now, rather than refusing
+/// them: a JetStream cluster without the peers for the replicas asked, without a meta leader,
+/// or a JetStream request not answered.
+fn waits_for_cluster(error: &AgentError) -> bool {
+    let AgentError::Provision { source, .. } = error else {
+        return false;
+    };
+    let placement = |e: &jetstream::Error| {
+        let code = e.error_code();
+        code == ErrorCode::CLUSTER_NO_PEERS || code == ErrorCode::CLUSTER_NOT_AVAILABLE
+    };
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(e) = next {
+        if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+            match e.kind() {
+                CreateStreamErrorKind::JetStream(js) if placement(&js) => return true,
+                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<GetStreamError>() {
+            match e.kind() {
+                GetStreamErrorKind::JetStream(js) if placement(&js) => return true,
+                GetStreamErrorKind::Request => return true,
+                _ => {}
+            }
+        }
+        if let Some(e) = e.downcast_ref::<CreateKeyValueError>()
+            && e.kind() == CreateKeyValueErrorKind::TimedOut
+        {
+            return true;
+        }
+        if let Some(e) = e.downcast_ref::<jetstream::Error>()
+            && placement(e)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Opens the buckets as they are, one lookup each: for [`crate::Startup::Light`], where

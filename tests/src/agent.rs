@@ -144,6 +144,12 @@ impl NodeAgent {
     /// Spawns the agent and waits until its presence is in `mesh_presence`, which the agent
     /// writes (acknowledged) before it subscribes for work.
     pub async fn start(self) -> RunningAgent {
+        self.spawn().await.ready().await
+    }
+
+    /// Spawns the agent without waiting for it: for tests that watch it start (its log) before
+    /// [`StartingAgent::ready`].
+    pub async fn spawn(self) -> StartingAgent {
         crate::init_tracing();
         let dir = tempfile::Builder::new()
             .prefix(&format!("execmesh-agent-{}-", self.host))
@@ -158,8 +164,8 @@ impl NodeAgent {
             presence: pb::Presence::default(),
             js,
         };
-        agent.launch().await;
-        agent
+        let previous = agent.spawn_process().await;
+        StartingAgent { agent, previous }
     }
 
     fn command(&self, cwd: &Path) -> Command {
@@ -271,15 +277,27 @@ impl RunningAgent {
 
     /// Spawns the agent and waits for a heartbeat from an instance other than any present before.
     async fn launch(&mut self) {
-        let host = self.spec.host.clone();
-        let previous = read_presence(&self.js, &host)
+        let previous = self.spawn_process().await;
+        self.wait_ready(previous).await;
+    }
+
+    /// Spawns the agent's process; returns the instance whose heartbeat was there before it.
+    async fn spawn_process(&mut self) -> Option<String> {
+        let previous = read_presence(&self.js, &self.spec.host)
             .await
             .map(|p| p.agent_instance);
         self.starts += 1;
         let log = self.log_path();
         let command = self.spec.command(self.dir.path());
         self.process.spawn(command, &log);
+        previous
+    }
 
+    /// Waits for a heartbeat from an instance other than `previous`. Panics when the process
+    /// exits first or none comes within the ready timeout.
+    async fn wait_ready(&mut self, previous: Option<String>) {
+        let host = self.spec.host.clone();
+        let log = self.log_path();
         let deadline = tokio::time::Instant::now() + self.spec.ready_timeout;
         loop {
             if let Some(presence) = read_presence(&self.js, &host).await
@@ -297,6 +315,34 @@ impl RunningAgent {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// An agent spawned by [`NodeAgent::spawn`], not yet known to be up.
+pub struct StartingAgent {
+    agent: RunningAgent,
+    /// The instance whose heartbeat was there before this start.
+    previous: Option<String>,
+}
+
+// === impl StartingAgent ===
+
+impl StartingAgent {
+    /// The log of this start.
+    pub fn log_path(&self) -> PathBuf {
+        self.agent.log_path()
+    }
+
+    /// Whether the process is still running (it has not exited, for whatever reason).
+    pub fn is_running(&self) -> bool {
+        self.agent.process.is_running()
+    }
+
+    /// Waits until the agent has written its heartbeat, as [`NodeAgent::start`] does. Panics
+    /// when the process exits first or none comes within the ready timeout.
+    pub async fn ready(mut self) -> RunningAgent {
+        self.agent.wait_ready(self.previous.take()).await;
+        self.agent
     }
 }
 

@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 pub use admin::{AdminClient, AdminMode, AdminPki};
-pub use agent::{NodeAgent, RunningAgent};
+pub use agent::{NodeAgent, RunningAgent, StartingAgent};
 pub use audit_sink::{AuditSink, RunningAudit};
 pub use browser::Browser;
 pub use client::{McpClient, ToolOutput, post_raw, read_answer, rejection_of, with_approval};

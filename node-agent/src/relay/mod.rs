@@ -53,7 +53,10 @@ pub async fn run(config: RelayConfig, shutdown: CancellationToken) -> Result<(),
     let record_key = crate::record_key(&config.agent)?;
     let client = connection::connect_relay(&config.agent, &user).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let mesh = provision::provision(&js, &config.agent).await?;
+    let Some(mesh) = provision::provision_once_placed(&js, &config.agent, &shutdown).await? else {
+        info!("stopped before the mesh's streams could be placed");
+        return Ok(());
+    };
 
     let control_dir = control::directory(user.as_str(), &config.relay_id);
     control::prepare(&control_dir)

@@ -1,4 +1,4 @@
-//! NATS away and requests the gateway refuses itself: fast JSON-RPC errors with `Retry-After`, the revocation list trusted for a bounded staleness, parse errors the JSON-RPC way.
+//! NATS away and requests the gateway refuses itself: fast JSON-RPC errors with `Retry-After`, the revocation list trusted for a bounded staleness, parse errors the JSON-RPC way; an agent that waits for a cluster to place its streams.
 
 use std::time::{Duration, Instant};
 
@@ -330,4 +330,46 @@ async fn a_tool_call_is_one_info_line_in_the_gateways_log_and_a_gone_client_no_e
     assert_eq!(calls.len(), 4, "{text}");
     assert!(!text.contains("InitializeRequestParams"), "{text}");
     assert!(!text.contains("ERROR"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_before_its_cluster_can_place_streams_waits_and_serves_once_it_can() {
+    let nats = Nats::builder().cluster(3).start().await;
+    let cluster = nats.cluster().expect("a cluster was asked for");
+    // Two of the three nodes down: the one left has no meta leader, and no stream can be
+    // created or even looked up until the others are back.
+    for name in ["n2", "n3"] {
+        cluster.node(name).stop().await;
+    }
+    let mut starting = NodeAgent::new(&nats, "web-1")
+        .ready_timeout(Duration::from_secs(120))
+        .spawn()
+        .await;
+    let log = starting.log_path();
+    let waiting = eventually(Duration::from_secs(60), || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let waits = text
+            .lines()
+            .filter(|line| line.contains("cannot place the mesh's streams yet"))
+            .count();
+        (waits >= 2).then_some(text)
+    })
+    .await;
+    assert!(waiting.contains("tries=2"), "{waiting}");
+    assert!(starting.is_running(), "the agent gave up: {waiting}");
+
+    // Back with its nodes, the cluster elects a leader and places the streams, and the same
+    // agent process comes up (one that had exited would fail `ready`).
+    for name in ["n2", "n3"] {
+        cluster.node(name).restart().await;
+    }
+    let agent = starting.ready().await;
+    let log = std::fs::read_to_string(agent.log_path()).expect("the agent's log");
+    assert!(log.contains("the mesh's streams are in place"), "{log}");
+    let gw = Gateway::new(&nats).start().await;
+    gw.client("alice")
+        .await
+        .bash("web-1", "echo placed")
+        .await
+        .assert_field("output", "placed\n");
 }
