@@ -341,7 +341,7 @@ async fn an_agent_started_before_its_cluster_can_place_streams_waits_and_serves_
     for name in ["n2", "n3"] {
         cluster.node(name).stop().await;
     }
-    let mut starting = NodeAgent::new(&nats, "web-1")
+    let starting = NodeAgent::new(&nats, "web-1")
         .ready_timeout(Duration::from_secs(120))
         .spawn()
         .await;
