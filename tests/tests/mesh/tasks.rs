@@ -330,7 +330,7 @@ async fn a_listening_client_is_sent_each_state_of_its_own_tasks_from_any_replica
     const WAIT: Duration = Duration::from_secs(30);
     let nats = Nats::start().await;
     let _agent = NodeAgent::new(&nats, "web-1").start().await;
-    let gw = Gateway::new(&nats).start().await;
+    let mut gw = Gateway::new(&nats).start().await;
     let replica = gw.spawn_replica(&nats).await;
     let alice = gw.task_client("alice").await;
     let bob = gw.task_client("bob").await;
@@ -448,4 +448,19 @@ async fn a_listening_client_is_sent_each_state_of_its_own_tasks_from_any_replica
         .err()
         .expect("too many tasks refused");
     assert_eq!(body["error"]["code"], -32602, "{body}");
+
+    // A gateway that stops ends its subscriptions with their result: it neither cuts them nor
+    // waits for their tasks to end.
+    let last = alice
+        .call_task("bash", json!({"host": "web-1", "cmd": "sleep 20"}))
+        .await;
+    let mut open = TaskListen::open(&gw.url(), &alices_token, &[&last.id], true)
+        .await
+        .unwrap_or_else(|answer| panic!("no stream: {answer:?}"));
+    open.next(WAIT).await.expect("an acknowledgement");
+    let first = open.next_task(WAIT).await;
+    assert_eq!(first["status"], "working", "{first}");
+    gw.stop().await;
+    let end = open.next(WAIT).await.expect("the subscription's end");
+    assert_eq!(end["result"]["resultType"], "complete", "{end}");
 }
