@@ -1,5 +1,6 @@
 //! The JetStream consumers a gateway replica creates: each named for its replica and purpose, and
-//! the watches admin clients hold bounded by `max_watches`, one more refused saying which limit.
+//! the watches admin clients and task subscriptions hold bounded by `max_watches`, one more
+//! refused saying which limit, and freed when their client goes away.
 
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use tonic::Code;
 
 use execmesh_proto::pb;
 use execmesh_tests::admin::assert_status;
-use execmesh_tests::{Gateway, Nats, eventually};
+use execmesh_tests::tasks::TaskListen;
+use execmesh_tests::{Gateway, Nats, NodeAgent, eventually};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,4 +84,48 @@ async fn watches_are_named_for_their_replica_and_one_past_max_watches_is_refused
         async move { hosts.watch(watch_hosts()).await.is_ok() }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_subscription_is_one_named_watch_refused_past_max_watches_and_freed_when_closed() {
+    let nats = Nats::start().await;
+    let _web = NodeAgent::new(&nats, "web-1").start().await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.max_watches = 1)
+        .start()
+        .await;
+    let alice = gw.task_client("alice").await;
+    let task = alice
+        .call_task("bash", json!({"host": "web-1", "cmd": "sleep 30"}))
+        .await;
+    let (url, token) = (gw.url(), gw.mint("alice"));
+    let ids = [task.id.as_str()];
+    let open = || TaskListen::open(&url, &token, &ids, true);
+
+    let mut first = open().await.unwrap_or_else(|a| panic!("no stream: {a:?}"));
+    first.next(WAIT).await.expect("an acknowledgement");
+    let js = nats.jetstream().await;
+    let names: Vec<String> = js
+        .get_stream("KV_mesh_tasks")
+        .await
+        .expect("the tasks stream")
+        .consumer_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await;
+    assert!(
+        names.len() == 1 && names[0].starts_with("gw-") && names[0].contains("-task-listen-"),
+        "one consumer, named for its replica and purpose: {names:?}"
+    );
+
+    // A second subscription is one watch too many: refused, naming the limit.
+    let (status, body) = open().await.err().expect("a second subscription refused");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["error"]["code"], -32000, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_watches"), "{body}");
+
+    // The client going away frees the slot.
+    drop(first);
+    eventually(WAIT, || async { open().await.is_ok() }).await;
 }
