@@ -27,8 +27,8 @@ pub enum WatchFor {
     /// The replica's own upkeep, one each for its life (departing hosts, the revocation list,
     /// the pending-approvals gauge): a fixed number, not counted.
     Upkeep(&'static str),
-    /// An admin or console client following changes for as long as it stays connected: at
-    /// most `max_watches`; one more is refused.
+    /// An admin, console or MCP client (a task subscription) following changes for as long as
+    /// it stays connected: at most `max_watches`; one more is refused.
     Client(&'static str),
     /// One call's short read or wait: at most `max_call_watches`; one more waits for a slot.
     Call(&'static str),
