@@ -324,19 +324,29 @@ impl McpClient {
 
     /// Calls tool `name` with `arguments` (a JSON object).
     pub async fn try_call(&self, name: &str, arguments: Value) -> Result<ToolOutput, ServiceError> {
+        let result = self.call_unchecked(name, arguments).await?;
+        self.check_output(name, &result).await;
+        Ok(ToolOutput { result })
+    }
+
+    /// Calls tool `name` and returns its result unchecked: for a benchmark that times the call
+    /// alone and holds the result to its schema with [`McpClient::check_output`] afterwards.
+    pub async fn call_unchecked(
+        &self,
+        name: &str,
+        arguments: Value,
+    ) -> Result<CallToolResult, ServiceError> {
         let Value::Object(arguments) = arguments else {
             panic!("tool arguments must be a JSON object, not {arguments}");
         };
         let params = CallToolRequestParams::new(name.to_string()).with_arguments(arguments);
-        let result = self.timed(self.service.call_tool(params)).await?;
-        self.check_output(name, &result).await;
-        Ok(ToolOutput { result })
+        self.timed(self.service.call_tool(params)).await
     }
 
     /// Fails the test when `result`'s `structuredContent` does not fit the `outputSchema` the
     /// server declared for `tool`, naming the tool, the outcome and what does not fit. A tool
     /// this user is not listed (a refusal by tier) has no schema to hold it to.
-    pub(crate) async fn check_output(&self, tool: &str, result: &CallToolResult) {
+    pub async fn check_output(&self, tool: &str, result: &CallToolResult) {
         let Some(structured) = &result.structured_content else {
             return;
         };
