@@ -92,7 +92,7 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
     // Timed: the call as a client makes it (the answer received and parsed). The harness's
     // check of the answer against the tool's output schema, which takes as long again on a
     // listing of thousands, runs after each timing.
-    let mut samples = Vec::new();
+    let (mut samples, mut checks) = (Vec::new(), Vec::new());
     let mut online = 0;
     let mut answer_kb = 0.0;
     for _ in 0..HOSTS_CALLS {
@@ -101,7 +101,9 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
             .call_unchecked("hosts", json!({"selector": "*"}))
             .await?;
         samples.push(started.elapsed());
+        let started = Instant::now();
         client.check_output("hosts", &result).await;
+        checks.push(started.elapsed());
         let structured = result.structured_content.unwrap_or_default();
         online = structured["online"].as_u64().unwrap_or(0);
         if online != hosts as u64 {
@@ -137,6 +139,7 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
         "outbound_kb_per_s_at_rest": round1(delta("out_bytes") / rest_s / 1024.0),
         "hosts_star": percentiles(samples),
         "hosts_star_structured_kb": round1(answer_kb),
+        "hosts_star_schema_check": percentiles(checks),
         "grep_digest": grep,
         "grep_hosts": grep_hosts,
     }))
