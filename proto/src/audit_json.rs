@@ -25,6 +25,7 @@ pub fn body(body: Option<&Body>) -> Value {
             // The summary is JSON text; shown as JSON when it parses.
             "args": serde_json::from_str::<Value>(&b.args).unwrap_or_else(|_| Value::String(b.args.clone())),
             "hosts": b.hosts,
+            "hosts_omitted": b.hosts_omitted,
             "action": b.action,
         }),
         Some(Body::CallDenied(b)) => json!({ "reason": b.reason, "by": b.by, "code": b.code }),
@@ -39,6 +40,7 @@ pub fn body(body: Option<&Body>) -> Value {
             "error": b.error,
             "duration_ms": b.duration_ms,
             "hosts": b.hosts,
+            "hosts_omitted": b.hosts_omitted,
         }),
         Some(Body::JobStarted(b)) => json!({
             "pid": b.pid,
@@ -70,6 +72,7 @@ pub fn body(body: Option<&Body>) -> Value {
             "approval_id": b.approval_id,
             "summary": b.summary,
             "hosts": b.hosts,
+            "hosts_omitted": b.hosts_omitted,
             "request_hash": b.request_hash,
             "expires_at_ms": b.expires_at_ms,
         }),
@@ -114,6 +117,7 @@ pub fn body(body: Option<&Body>) -> Value {
         Some(Body::TaskCancelled(b)) => json!({
             "task_id": b.task_id,
             "hosts": b.hosts,
+            "hosts_omitted": b.hosts_omitted,
             "jobs": b.jobs,
             "stopped": b.stopped,
         }),

@@ -303,10 +303,10 @@ pub fn summary(body: Option<&Body>) -> String {
             format!("{} from {}{times}: {}", b.endpoint, b.client_addr, b.reason)
         }
         Some(Body::TaskCancelled(b)) => {
-            let hosts = if b.hosts.is_empty() {
-                "no host".to_string()
-            } else {
-                b.hosts.join(", ")
+            let hosts = match (b.hosts.is_empty(), b.hosts_omitted) {
+                (true, _) => "no host".to_string(),
+                (false, 0) => b.hosts.join(", "),
+                (false, more) => format!("{} and {more} more", b.hosts.join(", ")),
             };
             format!(
                 "{}: {} of {} job(s) stopped on {hosts}",

@@ -1006,13 +1006,17 @@ fn store_error(e: ApprovalError) -> ToolError {
 /// The audit body of an approval step.
 pub fn audit_body(record: &ApprovalRecord, step: &str) -> pb::audit_event::Body {
     match step {
-        "requested" => pb::audit_event::Body::ApprovalRequested(pb::ApprovalRequested {
-            approval_id: record.id.clone(),
-            summary: record.summary.clone(),
-            hosts: record.hosts.clone(),
-            request_hash: record.request_hash.clone(),
-            expires_at_ms: record.expires_at_ms,
-        }),
+        "requested" => {
+            let (hosts, hosts_omitted) = crate::core::audit::listed(record.hosts.clone());
+            pb::audit_event::Body::ApprovalRequested(pb::ApprovalRequested {
+                approval_id: record.id.clone(),
+                summary: record.summary.clone(),
+                hosts,
+                request_hash: record.request_hash.clone(),
+                expires_at_ms: record.expires_at_ms,
+                hosts_omitted,
+            })
+        }
         _ => pb::audit_event::Body::ApprovalDecided(pb::ApprovalDecided {
             approval_id: record.id.clone(),
             decision: step.to_string(),

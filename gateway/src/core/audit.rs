@@ -165,13 +165,15 @@ impl Audit {
             hosts: Mutex::new(Vec::new()),
             node_denials: Mutex::new(Vec::new()),
         };
+        let (hosts, hosts_omitted) = listed(named_hosts(args));
         call.emit(
             "",
             "",
             "",
             Body::CallReceived(pb::CallReceived {
                 args: self.redactor.args(args),
-                hosts: named_hosts(args),
+                hosts,
+                hosts_omitted,
                 action: args
                     .get("action")
                     .and_then(Value::as_str)
@@ -276,11 +278,13 @@ impl Audit {
             tool,
             ..About::default()
         };
+        let (hosts, hosts_omitted) = listed(cancel.hosts);
         let body = Body::TaskCancelled(pb::TaskCancelled {
             task_id: cancel.task_id,
-            hosts: cancel.hosts,
+            hosts,
             jobs: u32::try_from(cancel.jobs).unwrap_or(u32::MAX),
             stopped: u32::try_from(cancel.stopped).unwrap_or(u32::MAX),
+            hosts_omitted,
         });
         self.publish(&about, "cancelled", body);
     }
@@ -466,6 +470,7 @@ impl CallAudit<'_> {
             }
         }
         let elapsed = self.started.elapsed().as_millis() as u64;
+        let (hosts, hosts_omitted) = listed(hosts);
         let (status, code, message) = match result {
             Ok(Answer {
                 error_code: Some(code),
@@ -493,6 +498,7 @@ impl CallAudit<'_> {
                 error_code: code,
                 error: self.audit.redactor.text(&message),
                 duration_ms: elapsed,
+                hosts_omitted,
                 hosts,
             }),
         );
@@ -523,6 +529,28 @@ fn denial(e: &ToolError) -> Option<(&str, String)> {
     }
 }
 
+/// Most bytes of host names one audit event lists. A call over thousands of hosts would
+/// otherwise make an event past what AUDIT takes (`MAX_AUDIT_EVENT_BYTES`, 64 KiB), which the
+/// stream refuses: the event counts the rest (`hosts_omitted`), and each host's own events
+/// (dispatched, denied) name it.
+pub const LISTED_HOSTS_BYTES: usize = 16 * 1024;
+
+/// `hosts` cut to [`LISTED_HOSTS_BYTES`] of names, and how many were left out.
+pub fn listed(mut hosts: Vec<String>) -> (Vec<String>, u32) {
+    let mut bytes = 0;
+    let kept = hosts
+        .iter()
+        .take_while(|host| {
+            // A name and its field framing.
+            bytes += host.len() + 2;
+            bytes <= LISTED_HOSTS_BYTES
+        })
+        .count();
+    let omitted = hosts.len() - kept;
+    hosts.truncate(kept);
+    (hosts, u32::try_from(omitted).unwrap_or(u32::MAX))
+}
+
 /// The name of an agent request for the audit trail: `run`, `file.write`, `grep`, `facts`.
 pub fn request_name(body: &pb::exec_request::Body) -> String {
     use pb::exec_request::Body as B;
@@ -537,5 +565,43 @@ pub fn request_name(body: &pb::exec_request::Body) -> String {
         B::File(file) => format!("file.{}", file.op_name()),
         #[allow(unreachable_patterns)]
         _ => "other".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_list_is_cut_to_its_byte_budget_and_counts_the_rest() {
+        let few: Vec<String> = (0..10).map(|n| format!("web-{n}")).collect();
+        assert_eq!(listed(few.clone()), (few, 0));
+
+        // 10,000 hosts of 10 bytes: far past the budget, as a fan-out over a large fleet is.
+        let many: Vec<String> = (0..10_000).map(|n| format!("sim-{n:06}")).collect();
+        let (kept, omitted) = listed(many.clone());
+        assert_eq!(kept.len() + omitted as usize, many.len());
+        assert_eq!(kept, many[..kept.len()], "the first ones, in order");
+        let bytes: usize = kept.iter().map(|h| h.len() + 2).sum();
+        assert!(bytes <= LISTED_HOSTS_BYTES, "{bytes}");
+        assert!(
+            bytes + 12 > LISTED_HOSTS_BYTES,
+            "cut no earlier than needed: {bytes}"
+        );
+
+        // The event that carries them fits AUDIT's message limit with room to spare.
+        let event = pb::AuditEvent {
+            body: Some(Body::CallCompleted(pb::CallCompleted {
+                hosts: kept,
+                hosts_omitted: omitted,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let size = prost::Message::encoded_len(&event);
+        assert!(
+            size < execmesh_proto::jetstream::MAX_AUDIT_EVENT_BYTES as usize / 2,
+            "{size}"
+        );
     }
 }

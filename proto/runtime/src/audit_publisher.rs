@@ -87,7 +87,10 @@ impl Publisher {
     /// counts it), never blocks.
     pub fn send(&self, subject: String, event: &pb::AuditEvent) {
         let kind = audit_kind::of(event.body.as_ref());
-        if self.queue.try_send(self.outgoing(subject, event)).is_err() {
+        let Some(outgoing) = self.outgoing(subject, event) else {
+            return;
+        };
+        if self.queue.try_send(outgoing).is_err() {
             self.count_dropped(kind);
         }
     }
@@ -98,7 +101,9 @@ impl Publisher {
     /// event that found no room within `wait` (NATS unreachable, say) is dropped and counted.
     pub async fn send_within(&self, subject: String, event: &pb::AuditEvent, wait: Duration) {
         let kind = audit_kind::of(event.body.as_ref());
-        let outgoing = self.outgoing(subject, event);
+        let Some(outgoing) = self.outgoing(subject, event) else {
+            return;
+        };
         if !matches!(
             tokio::time::timeout(wait, self.queue.send(outgoing)).await,
             Ok(Ok(()))
@@ -120,7 +125,10 @@ impl Publisher {
     }
 
     /// `event` ready to queue: encoded, with its id, trace context and signature headers.
-    fn outgoing(&self, subject: String, event: &pb::AuditEvent) -> Outgoing {
+    /// `None` (logged, and counted dropped) for an event larger than AUDIT takes
+    /// ([`layout::MAX_AUDIT_EVENT_BYTES`]): the stream would refuse it every time, and retried
+    /// it would hold up every event queued after it.
+    fn outgoing(&self, subject: String, event: &pb::AuditEvent) -> Option<Outgoing> {
         let payload = Bytes::from(event.encode_to_vec());
         let mut headers = HeaderMap::new();
         headers.insert(execmesh_proto::headers::MSG_ID, event.id.as_str());
@@ -129,15 +137,25 @@ impl Publisher {
         if let Some(signer) = &self.signer {
             signer.sign(&subject, &mut headers, &payload);
         }
-        Outgoing {
+        let size = payload.len() + header_bytes(&headers);
+        let limit = layout::MAX_AUDIT_EVENT_BYTES as usize;
+        if size > limit {
+            let kind = audit_kind::of(event.body.as_ref());
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            error!(id = %event.id, kind, size, limit,
+                   "audit event larger than the AUDIT stream takes: dropped (a bug: events \
+                    must be bounded)");
+            return None;
+        }
+        Some(Outgoing {
             subject,
             id: event.id.clone(),
             headers,
             payload,
-        }
+        })
     }
 
-    /// Events dropped because the queue was full.
+    /// Events dropped: the queue was full, or one was larger than AUDIT takes.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -153,6 +171,22 @@ impl Publisher {
             warn!(events = left, "audit events not published at shutdown");
         }
     }
+}
+
+/// The bytes `headers` take on the wire (`NATS/1.0` line, `Name: value` lines, blank line), as
+/// the server counts them against a stream's message size limit.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(name, values)| {
+            let name = AsRef::<str>::as_ref(name).len();
+            values
+                .iter()
+                .map(|v| name + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
 }
 
 /// The publisher task: makes sure AUDIT exists, then publishes queued events in windows of
@@ -198,6 +232,7 @@ async fn publish(
         }
         let mut pending: Vec<Outgoing> = std::mem::take(&mut batch);
         let mut backoff = retry();
+        let mut last_error = String::new();
         while !pending.is_empty() {
             let mut acks: Vec<(Outgoing, Result<PublishAckFuture, String>)> =
                 Vec::with_capacity(pending.len());
@@ -219,12 +254,14 @@ async fn publish(
                 };
                 if let Err(e) = acked {
                     debug!(id = %event.id, error = %e, "audit publish not acknowledged; retrying");
+                    last_error = e;
                     pending.push(event);
                 }
             }
             if !pending.is_empty() {
                 warn!(
                     events = pending.len(),
+                    error = %last_error,
                     "audit events not acknowledged; retrying"
                 );
                 // Not cut short by closing: queued events are still published, within the

@@ -1371,3 +1371,46 @@ async fn a_fan_out_faster_than_the_audit_queue_waits_for_it_and_loses_no_host_ev
     eventually(Duration::from_secs(20), stored).await;
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_audit_takes_is_dropped_at_once_and_holds_up_no_other() {
+    use execmesh_runtime::audit_publisher::Publisher;
+    let nats = Nats::start().await;
+    let publisher = Publisher::start(nats.client().await, 1, 16, 8, None);
+    let tenant = Token::parse("tenant", subject::DEFAULT_TENANT).expect("tenant");
+    let subject = subject::audit_gateway(&tenant, "call-received");
+    let event = |id: &str, args: String| pb::AuditEvent {
+        id: id.to_string(),
+        body: Some(Body::CallReceived(pb::CallReceived {
+            args,
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    // Past the stream's 64 KiB a message: AUDIT would refuse it every time it is tried.
+    publisher.send(
+        subject.clone(),
+        &event("evt-too-large", "x".repeat(70 * 1024)),
+    );
+    publisher.send(subject.clone(), &event("evt-after-it", "{}".to_string()));
+
+    let ids = eventually(Duration::from_secs(20), || async {
+        let js = nats.jetstream().await;
+        js.get_stream("AUDIT").await.ok()?;
+        let ids: Vec<String> = nats
+            .stored_messages("AUDIT")
+            .await
+            .iter()
+            .filter_map(|m| pb::AuditEvent::decode(m.payload.clone()).ok())
+            .map(|e| e.id)
+            .collect();
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    assert_eq!(ids, ["evt-after-it"]);
+    assert_eq!(
+        publisher.dropped(),
+        1,
+        "the event too large is counted dropped"
+    );
+}

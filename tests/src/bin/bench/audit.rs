@@ -101,6 +101,7 @@ async fn backlog(nats: &Nats) -> anyhow::Result<()> {
                 ),
                 hosts: vec![format!("web-{}", n % 100)],
                 action: String::new(),
+                hosts_omitted: 0,
             })),
             ..Default::default()
         };
