@@ -15,6 +15,18 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The names of the consumers on `stream`.
+async fn consumer_names(nats: &Nats, stream: &str) -> Vec<String> {
+    let js = nats.jetstream().await;
+    js.get_stream(stream)
+        .await
+        .unwrap_or_else(|e| panic!("no stream {stream}: {e}"))
+        .consumer_names()
+        .filter_map(|n| async move { n.ok() })
+        .collect()
+        .await
+}
+
 #[tokio::test]
 async fn watches_are_named_for_their_replica_and_one_past_max_watches_is_refused_until_one_closes()
 {
@@ -40,15 +52,7 @@ async fn watches_are_named_for_their_replica_and_one_past_max_watches_is_refused
 
     // Every consumer on the presence stream is the gateway's and says what it is for: the
     // replica's own watch of departing hosts and this client's watch.
-    let js = nats.jetstream().await;
-    let names: Vec<String> = js
-        .get_stream("KV_mesh_presence")
-        .await
-        .expect("the presence stream")
-        .consumer_names()
-        .filter_map(|n| async move { n.ok() })
-        .collect()
-        .await;
+    let names = consumer_names(&nats, "KV_mesh_presence").await;
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(
         names.iter().all(|n| n.starts_with("gw-")),
@@ -104,15 +108,7 @@ async fn a_task_subscription_is_one_named_watch_refused_past_max_watches_and_fre
 
     let mut first = open().await.unwrap_or_else(|a| panic!("no stream: {a:?}"));
     first.next(WAIT).await.expect("an acknowledgement");
-    let js = nats.jetstream().await;
-    let names: Vec<String> = js
-        .get_stream("KV_mesh_tasks")
-        .await
-        .expect("the tasks stream")
-        .consumer_names()
-        .filter_map(|n| async move { n.ok() })
-        .collect()
-        .await;
+    let names = consumer_names(&nats, "KV_mesh_tasks").await;
     assert!(
         names.len() == 1 && names[0].starts_with("gw-") && names[0].contains("-task-listen-"),
         "one consumer, named for its replica and purpose: {names:?}"
