@@ -96,8 +96,9 @@ struct Gate {
 
 /// Verifies the bearer token and puts the caller's [`crate::core::auth::Identity`] into the
 /// request, then answers what rmcp would not word the JSON-RPC way (see [`envelope`]) and the
-/// `subscriptions/listen` for tasks that rmcp cannot read (see [`listen`]). An invalid token is audited (coalesced, see [`crate::core::auth_failures`]); a missing one is
-/// not: it is how every OAuth client discovers the authorization server.
+/// `subscriptions/listen` for tasks that rmcp cannot read (see [`listen`]). An invalid token is
+/// audited (coalesced, see [`crate::core::auth_failures`]); a missing one is not: it is how
+/// every OAuth client discovers the authorization server.
 async fn guard_mcp(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let bearer = &gate.bearer;
     let addr = request

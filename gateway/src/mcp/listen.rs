@@ -266,10 +266,9 @@ impl Follower {
                         warn!(task = %task, "a task that cannot be encoded is not sent");
                         continue;
                     };
-                    let mut shown = Value::Object(params.clone());
-                    if let Some(fields) = shown.as_object_mut() {
-                        fields.remove("lastUpdatedAt");
-                    }
+                    let mut shown = params.clone();
+                    shown.remove("lastUpdatedAt");
+                    let shown = Value::Object(shown);
                     if self.shown.get(&task) != Some(&shown) {
                         params.insert("_meta".into(), json!({SUBSCRIPTION_ID: self.subscription}));
                         let notification = json!({
