@@ -12,6 +12,7 @@ use crate::output::Pipe;
 use crate::process::{self, SpawnError, SpawnSpec, signal_group};
 use crate::relay::files::RemoteFiles;
 use crate::relay::ssh::{RemoteJob, SshTarget};
+use crate::vfork;
 
 /// How a node starts its jobs.
 #[derive(Clone)]
@@ -62,6 +63,8 @@ pub enum JobChild {
     /// The leader of a local process group, and its pid (kept: a reaped child has none, and
     /// its group may live on).
     Local(Child, u32),
+    /// A warm shell given its job: a local group leader started without a fork, and its pid.
+    Warm(vfork::Child, u32),
     /// The leader of a remote process group, reached over SSH.
     Remote(RemoteJob),
 }
@@ -75,10 +78,16 @@ impl JobChild {
         JobChild::Local(child, pid)
     }
 
+    /// A warm shell that took its job.
+    pub fn warm(child: vfork::Child) -> Self {
+        let pid = child.id().unwrap_or(0);
+        JobChild::Warm(child, pid)
+    }
+
     /// The shell's pid, which is also its process group id (local or remote).
     pub fn pid(&self) -> u32 {
         match self {
-            JobChild::Local(_, pid) => *pid,
+            JobChild::Local(_, pid) | JobChild::Warm(_, pid) => *pid,
             JobChild::Remote(job) => job.pid(),
         }
     }
@@ -90,6 +99,10 @@ impl JobChild {
                 child.stdout.take().map(|p| Box::new(p) as Pipe),
                 child.stderr.take().map(|p| Box::new(p) as Pipe),
             ),
+            JobChild::Warm(child, _) => (
+                child.stdout.take().map(|p| Box::new(p) as Pipe),
+                child.stderr.take().map(|p| Box::new(p) as Pipe),
+            ),
             JobChild::Remote(job) => job.take_output(),
         }
     }
@@ -98,6 +111,7 @@ impl JobChild {
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         match self {
             JobChild::Local(child, _) => child.wait().await,
+            JobChild::Warm(child, _) => child.wait().await,
             JobChild::Remote(job) => job.wait().await,
         }
     }
@@ -107,7 +121,7 @@ impl JobChild {
     /// returned future runs (it owns what it needs: the job's pipes are not `Sync`).
     pub fn signal_group(&self, signal: Signal) -> impl Future<Output = ()> + Send + 'static {
         let remote = match self {
-            JobChild::Local(_, pgid) => {
+            JobChild::Local(_, pgid) | JobChild::Warm(_, pgid) => {
                 if let Err(e) = signal_group(*pgid, signal) {
                     warn!(pgid = *pgid, signal = signal.as_str(), error = %e,
                           "signalling the job's process group failed");

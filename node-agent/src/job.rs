@@ -22,6 +22,7 @@ use crate::request::RunSpec;
 use crate::retry::GaveUp;
 use crate::runas;
 use crate::status::{CreateStatusError, StatusRecord};
+use crate::vfork;
 use crate::warm::{self, WarmShell};
 
 /// How long pipes may stay open after the job's group was killed (a process that left the group
@@ -154,7 +155,7 @@ pub async fn start(
     };
     let (spawned, pid_recorded) = match warm {
         Some((shell, script)) => match start_warm(node, &spawn_spec, shell, &script).await {
-            Ok(Some(child)) => (Ok(JobChild::local(child)), true),
+            Ok(Some(child)) => (Ok(JobChild::warm(child)), true),
             Ok(None) => (node.executor.spawn(&spawn_spec).await, false),
             Err(e) => (Err(e), false),
         },
@@ -212,7 +213,7 @@ async fn start_warm(
     spec: &SpawnSpec<'_>,
     shell: WarmShell,
     script: &str,
-) -> Result<Option<tokio::process::Child>, SpawnError> {
+) -> Result<Option<vfork::Child>, SpawnError> {
     if let Some(cwd) = spec.cwd
         && let Err(e) = warm::check_usable_cwd(cwd)
     {

@@ -42,6 +42,7 @@ pub mod signature;
 mod status;
 pub mod telemetry;
 pub mod tier;
+mod vfork;
 mod warm;
 
 use std::sync::Arc;

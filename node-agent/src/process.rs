@@ -157,11 +157,17 @@ pub fn shell_command(shell: &Path) -> Command {
         .process_group(0)
         .kill_on_drop(false);
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("EXECMESH_") {
+        if is_agent_setting(&key) {
             command.env_remove(key);
         }
     }
     command
+}
+
+/// Whether an environment variable of the agent's is one of its own settings (`EXECMESH_*`),
+/// which job shells do not inherit.
+pub fn is_agent_setting(key: &std::ffi::OsStr) -> bool {
+    key.as_encoded_bytes().starts_with(b"EXECMESH_")
 }
 
 /// Refuses a working directory that is missing or not a directory, naming it.

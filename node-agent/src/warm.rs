@@ -9,8 +9,9 @@
 //! leader, `return` outside a function is the same error. Idle shells are not jobs: they hold no
 //! job permit and have no status in `mesh_jobs`.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,16 +21,15 @@ use nix::sys::signal::Signal;
 use nix::unistd::{AccessFlags, access};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
-use tokio::process::Child;
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::process::{
-    HOST_ENV, JOB_ENV, SpawnError, SpawnSpec, check_cwd, die_with_agent, shell_command,
-    signal_group,
+    HOST_ENV, JOB_ENV, SpawnError, SpawnSpec, check_cwd, is_agent_setting, signal_group,
 };
+use crate::vfork;
 
 /// Marks a warm shell with the instance id of the agent that started it. `/proc/<pid>/environ`
 /// shows a process's environment *at exec*, and a warm shell only exports `EXECMESH_JOB` once it
@@ -109,7 +109,7 @@ pub struct WarmPool {
 /// An idle shell waiting on fd 3 for its script. Dropping it kills its process group.
 pub struct WarmShell {
     /// `None` once the shell was handed its job.
-    child: Option<Child>,
+    child: Option<vfork::Child>,
     /// The write end of the shell's fd 3.
     script: Option<pipe::Sender>,
 }
@@ -239,30 +239,24 @@ impl WarmPool {
 // === impl WarmShell ===
 
 impl WarmShell {
-    /// Starts `<shell> -c BOOT` with its script pipe on fd 3.
+    /// Starts `<shell> -c BOOT` with its script pipe on fd 3, as every job shell starts (see
+    /// `process::shell_command`) but without copying the agent's memory ([`vfork`]).
     fn spawn(shell: &Path, host: &Token, instance: &str) -> io::Result<Self> {
         let (reader, writer) = io::pipe()?;
-        let reader = above_stdio(OwnedFd::from(reader))?;
-        let mut command = shell_command(shell);
-        command
-            .arg("-c")
-            .arg(BOOT)
-            .env(HOST_ENV, host.as_str())
-            .env(WARM_ENV, instance);
-        let agent = std::process::id();
-        let fd = reader.as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-        // functions may be called: dup2, fcntl, prctl and getppid, no allocation.
-        unsafe {
-            command.pre_exec(move || {
-                script_on_fd3(fd)?;
-                die_with_agent(agent)
-            });
-        }
-        let child = command.spawn()?;
-        // The shell holds its own copy now; ours would keep the pipe open after the writer
-        // closes, and the shell would never see the end of its script.
-        drop(reader);
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| !is_agent_setting(key))
+            .collect();
+        env.push((HOST_ENV.into(), host.as_str().into()));
+        env.push((WARM_ENV.into(), instance.into()));
+        let child = vfork::spawn(vfork::Command {
+            program: shell,
+            args: &[OsStr::new("-c"), OsStr::new(BOOT)],
+            env,
+            // The shell holds its own copy now; ours is closed by the spawn, or it would keep
+            // the pipe open after the writer closes and the shell would never see its end.
+            fd3: reader.into(),
+            die_with: std::process::id(),
+        })?;
         let script = pipe::Sender::from_owned_fd(OwnedFd::from(writer))?;
         Ok(Self {
             child: Some(child),
@@ -272,7 +266,7 @@ impl WarmShell {
 
     /// The shell's pid, which is also its process group id and will be the job's.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().and_then(Child::id).unwrap_or(0)
+        self.child.as_ref().and_then(vfork::Child::id).unwrap_or(0)
     }
 
     fn is_alive(&mut self) -> bool {
@@ -283,7 +277,7 @@ impl WarmShell {
 
     /// Gives the shell its job: writes `script` and closes the pipe, after which the shell runs
     /// it. Returns the shell's child handle, from then on the job's shell.
-    pub async fn start(mut self, script: &str) -> io::Result<Child> {
+    pub async fn start(mut self, script: &str) -> io::Result<vfork::Child> {
         let mut pipe = self
             .script
             .take()
@@ -320,37 +314,6 @@ impl Drop for WarmShell {
             warn!(pid, error = %e, "killing an idle warm shell failed");
         }
     }
-}
-
-/// Moves the pipe's read end above fds 0–2 (an agent started with a closed stdin could get one
-/// of them), where the child's stdio setup would overwrite it.
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor, which we take ownership of below.
-    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if raw == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// In the child: the script pipe becomes fd 3, inherited across exec.
-fn script_on_fd3(fd: i32) -> io::Result<()> {
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory of ours.
-    unsafe {
-        if fd == 3 {
-            // dup2 onto itself keeps close-on-exec set; clear it instead.
-            if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-        } else if libc::dup2(fd, 3) == -1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Refuses a working directory a shell could not change into: missing, not a directory, or not

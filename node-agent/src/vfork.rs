@@ -1,0 +1,461 @@
+//! Starts a warm shell without copying the agent's memory: `clone(CLONE_VM | CLONE_VFORK)` runs the child on a stack of its own until it execs, as `posix_spawn` does, and a pidfd waits for it.
+//!
+//! A `fork` copies the agent's page tables, write-protects every page it has written, and the
+//! child tears the copy down again at exec; measured on the roundtrip benchmark that was about
+//! 1 ms of CPU per job, more than the shell itself spends. `posix_spawn` avoids it but cannot set
+//! `PR_SET_PDEATHSIG` or put a pipe on fd 3, which warm shells need, so the same few steps are
+//! taken here. The child shares the agent's memory until exec: everything it uses is prepared
+//! before the clone, and it only makes system calls (no allocation, no locks, no panics).
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
+
+/// The child's stack until exec: it runs a few system-call wrappers and nothing deeper.
+const CHILD_STACK_BYTES: usize = 64 * 1024;
+
+/// The lowest descriptor a source of the child's stdio or fd 3 may have: above every target, so
+/// that no `dup2` overwrites a source still to be copied.
+const FIRST_FREE_FD: RawFd = 4;
+
+/// The highest signal number on Linux (`_NSIG - 1`).
+const MAX_SIGNAL: libc::c_int = 64;
+
+/// What to start.
+pub struct Command<'a> {
+    pub program: &'a Path,
+    /// Arguments after the program's name (which is `argv[0]`).
+    pub args: &'a [&'a OsStr],
+    /// The child's whole environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Becomes the child's fd 3.
+    pub fd3: OwnedFd,
+    /// The child is killed when the thread that starts it ends, and refuses to run when this
+    /// process (the agent) is not its parent any more.
+    pub die_with: u32,
+}
+
+/// A child started by [`spawn`], leader of its own process group, with its stdout and stderr
+/// piped. Dropping it unreaped leaves a task that reaps it.
+pub struct Child {
+    pid: u32,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    status: Option<ExitStatus>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+}
+
+/// Everything the child reads, laid out before the clone.
+struct ChildArgs {
+    program: CString,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+    /// (source in the agent, target in the child), sources at or above [`FIRST_FREE_FD`].
+    fds: [(RawFd, RawFd); 4],
+    die_with: libc::pid_t,
+    /// The errno of the step that failed in the child, 0 when it reached exec.
+    error: AtomicI32,
+}
+
+/// Starts `command` with stdin from /dev/null, stdout and stderr piped, in a process group of
+/// its own. Must run on a thread that lives as long as the child should (see
+/// [`Command::die_with`]).
+pub fn spawn(command: Command<'_>) -> io::Result<Child> {
+    let program = cstring(command.program.as_os_str())?;
+    let mut strings = Vec::with_capacity(1 + command.args.len());
+    strings.push(program.clone());
+    for arg in command.args {
+        strings.push(cstring(arg)?);
+    }
+    let mut env = Vec::with_capacity(command.env.len());
+    for (key, value) in &command.env {
+        let mut pair = key.as_bytes().to_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        env.push(CString::new(pair).map_err(|_| nul_error())?);
+    }
+
+    let stdin = high(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
+    let (out_read, out_write) = io::pipe()?;
+    let (err_read, err_write) = io::pipe()?;
+    let (out_write, err_write) = (high(out_write.into())?, high(err_write.into())?);
+    let fd3 = high(command.fd3)?;
+
+    let args = ChildArgs {
+        program,
+        argv: null_terminated(&strings),
+        envp: null_terminated(&env),
+        fds: [
+            (stdin.as_raw_fd(), 0),
+            (out_write.as_raw_fd(), 1),
+            (err_write.as_raw_fd(), 2),
+            (fd3.as_raw_fd(), 3),
+        ],
+        die_with: libc::pid_t::try_from(command.die_with).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the agent's pid is out of range",
+            )
+        })?,
+        error: AtomicI32::new(0),
+    };
+    let mut stack = vec![0u8; CHILD_STACK_BYTES];
+    let (pid, pidfd) = clone_child(&args, &mut stack)?;
+    // The child has exec'd or exited: the agent's copies of its ends are closed with these.
+    drop((stdin, out_write, err_write, fd3));
+
+    // SAFETY: the AsyncFd owns the pidfd, which stays open and the same until it is dropped.
+    let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            // Nothing could wait for it: stop it and reap it here.
+            let (pidfd, cause) = e.into_parts();
+            // SAFETY: kill and waitid touch no memory of ours but `info`.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                libc::waitid(
+                    libc::P_PIDFD,
+                    pidfd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED,
+                );
+            }
+            return Err(cause);
+        }
+    };
+    let mut child = Child {
+        pid,
+        pidfd: Some(pidfd),
+        status: None,
+        stdout: Some(pipe::Receiver::from_owned_fd(out_read.into())?),
+        stderr: Some(pipe::Receiver::from_owned_fd(err_read.into())?),
+    };
+    match args.error.load(Ordering::Acquire) {
+        0 => Ok(child),
+        errno => {
+            // The child has exited (with 127): reap it before saying why.
+            let _ = child.reap(0);
+            Err(io::Error::from_raw_os_error(errno))
+        }
+    }
+}
+
+/// Clones the child and waits (the kernel suspends this thread) until it has exec'd or exited.
+/// Every signal is blocked meanwhile so that no handler of the agent's runs on the child's stack.
+fn clone_child(args: &ChildArgs, stack: &mut [u8]) -> io::Result<(u32, OwnedFd)> {
+    // The stack grows down from its end, kept 16-byte aligned.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: `args` and `stack` outlive the child's use of them: with CLONE_VFORK this thread
+    // does not return from clone until the child has exec'd or exited. The child only reads
+    // `args` (and writes its atomic error) and runs on `stack`. The signal masks are this
+    // thread's own and restored before returning.
+    let pid = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut before: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut before);
+        let pid = libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            std::ptr::from_ref(args).cast_mut().cast(),
+            &mut pidfd as *mut libc::c_int,
+        );
+        let cloned = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut());
+        if pid == -1 {
+            return Err(cloned);
+        }
+        pid
+    };
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor, ours alone.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((pid as u32, pidfd))
+}
+
+/// The child until exec. Only system calls: it shares the agent's memory.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` that `clone_child` passed, alive until this exec's or
+    // exits. Every call below is a system-call wrapper that is async-signal-safe.
+    unsafe {
+        let args = &*(arg as *const ChildArgs);
+        // Handlers are the agent's and must not run here; SIGPIPE, which the agent ignores,
+        // is the default again for the shell. Signals are still blocked (see clone_child).
+        // Signals the C library keeps to itself refuse the change, which is fine.
+        for signal in 1..=MAX_SIGNAL {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && (action.sa_sigaction != libc::SIG_IGN || signal == libc::SIGPIPE)
+                && action.sa_sigaction != libc::SIG_DFL
+            {
+                action.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &action, std::ptr::null_mut());
+            }
+        }
+        if libc::setpgid(0, 0) == -1 {
+            fail(args);
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) == -1
+        {
+            fail(args);
+        }
+        if libc::getppid() != args.die_with {
+            *libc::__errno_location() = libc::ESRCH;
+            fail(args);
+        }
+        for &(source, target) in &args.fds {
+            // dup2 clears close-on-exec on the target, so it is inherited.
+            if libc::dup2(source, target) == -1 {
+                fail(args);
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execve(
+            args.program.as_ptr(),
+            args.argv.as_ptr(),
+            args.envp.as_ptr(),
+        );
+        fail(args)
+    }
+}
+
+/// In the child: tells the parent why it gives up (the errno of the last call), and exits.
+///
+/// # Safety
+/// Only in the child of [`clone_child`], right after the call that failed.
+unsafe fn fail(args: &ChildArgs) -> ! {
+    // SAFETY: errno is readable; _exit ends the child without running anything of the agent's.
+    unsafe {
+        args.error
+            .store((*libc::__errno_location()).max(1), Ordering::Release);
+        libc::_exit(127)
+    }
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| nul_error())
+}
+
+fn nul_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "an argument or environment variable holds a NUL byte",
+    )
+}
+
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// `fd`, moved to [`FIRST_FREE_FD`] or above (close-on-exec) when it is lower.
+fn high(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= FIRST_FREE_FD {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC only creates a descriptor, which we take ownership of below.
+    let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_FREE_FD) };
+    if raw == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+// === impl Child ===
+
+impl Child {
+    /// The child's pid, which is also its process group id; `None` once it was reaped (the pid
+    /// may then belong to another process).
+    pub fn id(&self) -> Option<u32> {
+        self.status.is_none().then_some(self.pid)
+    }
+
+    /// Its exit status, reaping it, if it has exited.
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.reap(libc::WNOHANG)
+    }
+
+    /// Waits for it to exit and reaps it. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            let pidfd = self
+                .pidfd
+                .as_ref()
+                .ok_or_else(|| io::Error::other("the child has no pidfd"))?;
+            // A pidfd polls readable once its process has exited.
+            let mut ready = pidfd.readable().await?;
+            ready.clear_ready();
+        }
+    }
+
+    fn reap(&mut self, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        let Some(pidfd) = &self.pidfd else {
+            return Err(io::Error::other("the child has no pidfd"));
+        };
+        // SAFETY: waitid writes only `info`, which is ours and zeroed.
+        let info = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            if libc::waitid(
+                libc::P_PIDFD,
+                pidfd.as_raw_fd() as libc::id_t,
+                &mut info,
+                libc::WEXITED | flags,
+            ) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            info
+        };
+        // SAFETY: for a SIGCHLD-kind siginfo from waitid these fields are set (si_pid is 0
+        // when WNOHANG found the child still running).
+        let (pid, code, value) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let raw = match code {
+            libc::CLD_EXITED => (value & 0xff) << 8,
+            libc::CLD_DUMPED => value | 0x80,
+            _ => value,
+        };
+        let status = ExitStatus::from_raw(raw);
+        self.status = Some(status);
+        Ok(Some(status))
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.status.is_some() || matches!(self.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Still running: whoever dropped it has killed it or left it to its job; reap it when
+        // it ends rather than leave a zombie.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut orphan = Child {
+            pid: self.pid,
+            pidfd: self.pidfd.take(),
+            status: None,
+            stdout: None,
+            stderr: None,
+        };
+        runtime.spawn(async move {
+            let _ = orphan.wait().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    fn sh(script: &str, fd3: OwnedFd) -> io::Result<Child> {
+        let args = [OsStr::new("-c"), OsStr::new(script)];
+        spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: vec![("GREETING".into(), "hello".into())],
+            fd3,
+            die_with: std::process::id(),
+        })
+    }
+
+    async fn read_all(pipe: Option<pipe::Receiver>) -> String {
+        let mut s = String::new();
+        if let Some(mut pipe) = pipe {
+            pipe.read_to_string(&mut s).await.expect("read the pipe");
+        }
+        s
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_its_fds_environment_and_group_and_is_reaped_with_its_status() {
+        let (reader, writer) = io::pipe().expect("pipe");
+        let mut writer = std::fs::File::from(OwnedFd::from(writer));
+        std::io::Write::write_all(&mut writer, b"from fd 3\n").expect("write");
+        drop(writer);
+        let mut child = sh(
+            "echo \"$GREETING $(cat <&3)\"; echo err >&2; \
+             [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ ] || exit 9; \
+             read line || exit 7",
+            reader.into(),
+        )
+        .expect("spawn");
+        let pid = child.id().expect("unreaped");
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let (out, err) = (read_all(out).await, read_all(err).await);
+        let status = child.wait().await.expect("wait");
+        assert_eq!(out, "hello from fd 3\n");
+        assert_eq!(err, "err\n");
+        assert_eq!(
+            status.code(),
+            Some(7),
+            "stdin is /dev/null, and the group its own"
+        );
+        assert_eq!(child.id(), None, "reaped");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "no zombie left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_child_reports_its_signal_and_a_failed_exec_its_error() {
+        let (reader, _writer) = io::pipe().expect("pipe");
+        let mut child = sh("read line <&3", reader.into()).expect("spawn");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "still waits on fd 3"
+        );
+        let pid = child.id().expect("pid");
+        nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("signal its group");
+        let status = child.wait().await.expect("wait");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+
+        let (reader, _writer) = io::pipe().expect("pipe");
+        let missing = spawn(Command {
+            program: Path::new("/nonexistent/shell"),
+            args: &[],
+            env: Vec::new(),
+            fd3: reader.into(),
+            die_with: std::process::id(),
+        });
+        let e = missing.err().expect("no such program");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+}
