@@ -252,12 +252,74 @@ pub async fn roundtrip(sizes: Sizes) -> anyhow::Result<Value> {
     let ratio = |a: &Value, b: &Value| {
         (a.as_f64().unwrap_or(0.0) / b.as_f64().unwrap_or(1.0) * 100.0).round() / 100.0
     };
+    let floors = floors(
+        &nats,
+        &McpClient::new(&peer_url, "unused").await,
+        sizes.sequential,
+    )
+    .await?;
     Ok(json!({
+        "floors": floors,
         "p50_ratio_mesh_over_peer": ratio(&mesh["p50_us"], &peer["p50_us"]),
         "concurrent_throughput_mesh_over_peer": ratio(&mesh["concurrent"]["calls_per_sec"], &peer["concurrent"]["calls_per_sec"]),
         "cpu_per_call_mesh_over_peer": ((mesh_total / peer_total.max(1.0)) * 100.0).round() / 100.0,
         "mesh": mesh,
         "peer": peer,
+    }))
+}
+
+/// What a call pays on this machine for each hop, measured alone and one call at a time (p50),
+/// to compare the mesh's and the peer's figures against: the MCP/HTTP hop both pay (the peer's
+/// `noop` tool, which runs nothing), a NATS request and its reply (a responder in this process,
+/// on a connection of its own), and a fresh `bash -c true` started and reaped (what the peer
+/// adds to the hop; a warm shell starts ahead of time, but its exec costs the same CPU).
+async fn floors(nats: &Nats, peer: &McpClient, calls: usize) -> anyhow::Result<Value> {
+    use futures::StreamExt as _;
+
+    let mut http = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        peer.try_call("noop", json!({})).await?;
+        http.push(started.elapsed());
+    }
+
+    let responder = nats.client().await;
+    let requester = nats.client().await;
+    let subject = "bench.floor";
+    let mut requests = responder.subscribe(subject).await?;
+    let echo = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = responder.publish(reply, request.payload).await;
+            }
+        }
+    });
+    requester.flush().await?;
+    let mut request = Vec::with_capacity(calls);
+    for i in 0..calls + 100 {
+        let started = Instant::now();
+        requester.request(subject, "ping".into()).await?;
+        if i >= 100 {
+            request.push(started.elapsed());
+        }
+    }
+    echo.abort();
+
+    let mut bash = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        let status = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg("true")
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "bash -c true failed: {status}");
+        bash.push(started.elapsed());
+    }
+    Ok(json!({
+        "mcp_http_hop_p50_us": percentiles(http)["p50_us"],
+        "nats_request_reply_p50_us": percentiles(request)["p50_us"],
+        "bash_c_true_spawned_p50_us": percentiles(bash)["p50_us"],
     }))
 }
 
@@ -342,11 +404,11 @@ pub mod peer {
             let Value::Object(schema) = schema else {
                 unreachable!()
             };
-            Ok(ListToolsResult::with_all_items(vec![Tool::new(
-                "bash",
-                "run a command",
-                Arc::new(schema),
-            )]))
+            let schema = Arc::new(schema);
+            Ok(ListToolsResult::with_all_items(vec![
+                Tool::new("bash", "run a command", schema.clone()),
+                Tool::new("noop", "answer at once (the MCP/HTTP hop alone)", schema),
+            ]))
         }
 
         async fn call_tool(
@@ -354,6 +416,11 @@ pub mod peer {
             request: CallToolRequestParams,
             _: RequestContext<RoleServer>,
         ) -> Result<CallToolResponse, ErrorData> {
+            if request.name == "noop" {
+                let mut result = CallToolResult::success(Vec::new());
+                result.structured_content = Some(json!({"exit_code": 0}));
+                return Ok(result.into());
+            }
             let cmd = request
                 .arguments
                 .and_then(|a| a.get("cmd").and_then(|c| c.as_str()).map(String::from))
