@@ -9,7 +9,7 @@ use tokio::process::Child;
 use tracing::warn;
 
 use crate::output::Pipe;
-use crate::process::{self, SpawnError, SpawnSpec, signal_group};
+use crate::process::{self, LocalChild, SpawnError, SpawnSpec, signal_group};
 use crate::relay::files::RemoteFiles;
 use crate::relay::ssh::{RemoteJob, SshTarget};
 use crate::vfork;
@@ -30,7 +30,10 @@ impl Executor {
     /// Starts `spec` where this executor runs jobs.
     pub async fn spawn(&self, spec: &SpawnSpec<'_>) -> Result<JobChild, SpawnError> {
         match self {
-            Executor::Local => process::spawn(spec).map(JobChild::local),
+            Executor::Local => process::spawn(spec).map(|child| match child {
+                LocalChild::Forked(child) => JobChild::local(child),
+                LocalChild::Cloned(child) => JobChild::cloned(child),
+            }),
             Executor::Ssh(target, _) => target.spawn(spec).await.map(JobChild::Remote),
         }
     }
@@ -63,8 +66,8 @@ pub enum JobChild {
     /// The leader of a local process group, and its pid (kept: a reaped child has none, and
     /// its group may live on).
     Local(Child, u32),
-    /// A warm shell given its job: a local group leader started without a fork, and its pid.
-    Warm(vfork::Child, u32),
+    /// The same, started without a fork (a warm shell given its job, or a fresh `<shell> -c`).
+    Cloned(vfork::Child, u32),
     /// The leader of a remote process group, reached over SSH.
     Remote(RemoteJob),
 }
@@ -78,16 +81,16 @@ impl JobChild {
         JobChild::Local(child, pid)
     }
 
-    /// A warm shell that took its job.
-    pub fn warm(child: vfork::Child) -> Self {
+    /// A local child started without a fork.
+    pub fn cloned(child: vfork::Child) -> Self {
         let pid = child.id().unwrap_or(0);
-        JobChild::Warm(child, pid)
+        JobChild::Cloned(child, pid)
     }
 
     /// The shell's pid, which is also its process group id (local or remote).
     pub fn pid(&self) -> u32 {
         match self {
-            JobChild::Local(_, pid) | JobChild::Warm(_, pid) => *pid,
+            JobChild::Local(_, pid) | JobChild::Cloned(_, pid) => *pid,
             JobChild::Remote(job) => job.pid(),
         }
     }
@@ -99,7 +102,7 @@ impl JobChild {
                 child.stdout.take().map(|p| Box::new(p) as Pipe),
                 child.stderr.take().map(|p| Box::new(p) as Pipe),
             ),
-            JobChild::Warm(child, _) => (
+            JobChild::Cloned(child, _) => (
                 child.stdout.take().map(|p| Box::new(p) as Pipe),
                 child.stderr.take().map(|p| Box::new(p) as Pipe),
             ),
@@ -111,7 +114,7 @@ impl JobChild {
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         match self {
             JobChild::Local(child, _) => child.wait().await,
-            JobChild::Warm(child, _) => child.wait().await,
+            JobChild::Cloned(child, _) => child.wait().await,
             JobChild::Remote(job) => job.wait().await,
         }
     }
@@ -121,7 +124,7 @@ impl JobChild {
     /// returned future runs (it owns what it needs: the job's pipes are not `Sync`).
     pub fn signal_group(&self, signal: Signal) -> impl Future<Output = ()> + Send + 'static {
         let remote = match self {
-            JobChild::Local(_, pgid) | JobChild::Warm(_, pgid) => {
+            JobChild::Local(_, pgid) | JobChild::Cloned(_, pgid) => {
                 if let Err(e) = signal_group(*pgid, signal) {
                     warn!(pgid = *pgid, signal = signal.as_str(), error = %e,
                           "signalling the job's process group failed");

@@ -155,7 +155,7 @@ pub async fn start(
     };
     let (spawned, pid_recorded) = match warm {
         Some((shell, script)) => match start_warm(node, &spawn_spec, shell, &script).await {
-            Ok(Some(child)) => (Ok(JobChild::warm(child)), true),
+            Ok(Some(child)) => (Ok(JobChild::cloned(child)), true),
             Ok(None) => (node.executor.spawn(&spawn_spec).await, false),
             Err(e) => (Err(e), false),
         },

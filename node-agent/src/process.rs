@@ -1,6 +1,7 @@
 //! Starts a job's shell in a process group of its own, and signals that group.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use nix::unistd::{Pid, getpgrp};
 use tokio::process::{Child, Command};
 
 use crate::runas::Account;
+use crate::vfork;
 
 /// Environment variable naming the job in every process it starts; recovery finds leftovers by it.
 pub const JOB_ENV: &str = "EXECMESH_JOB";
@@ -59,34 +61,47 @@ pub enum SpawnError {
 /// For another account the child changes its groups, gid and uid before exec, and only then its
 /// working directory (so the directory is checked as the account); it starts from a clean
 /// environment (`PATH`, locale, `TZ` of the agent) instead of the agent's.
-pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<LocalChild, SpawnError> {
     let switch = spec.switches_to();
     if let Some(cwd) = spec.cwd
         && switch.is_none()
     {
         check_cwd(cwd)?;
     }
-
-    let mut command = match spec.argv.split_first() {
-        Some((program, args)) => {
-            let mut command = shell_command(Path::new(program));
-            command.args(args);
-            command
-        }
-        None => {
-            let mut command = shell_command(spec.shell);
-            command.arg("-c").arg(spec.cmd);
-            command
-        }
+    let env = job_env(spec, switch.is_some());
+    let Some((program, args)) = spec.argv.split_first() else {
+        // `<shell> -c <cmd>`, the shell an absolute path: started without a fork.
+        let args = [OsStr::new("-c"), OsStr::new(spec.cmd)];
+        return vfork::spawn(vfork::Command {
+            program: spec.shell,
+            args: &args,
+            env,
+            cwd: spec.cwd,
+            ids: switch.map(|account| vfork::Ids {
+                uid: account.uid,
+                gid: account.gid,
+                groups: &account.groups,
+            }),
+            fd3: None,
+            die_with: std::process::id(),
+        })
+        .map(LocalChild::Cloned)
+        .map_err(|failed| match (failed.step, spec.cwd) {
+            (vfork::Step::Cwd, Some(cwd)) => SpawnError::Cwd {
+                cwd: cwd.to_path_buf(),
+                source: failed.source,
+            },
+            _ => SpawnError::Exec {
+                shell: spec.shell.to_path_buf(),
+                source: failed.source,
+            },
+        });
     };
-    let program = spec.argv.first().map_or(spec.shell, |p| Path::new(p));
-    if switch.is_some() {
-        command.env_clear().envs(Account::kept_env());
-    }
-    command
-        .envs(spec.env)
-        .env(JOB_ENV, spec.job.as_str())
-        .env(HOST_ENV, spec.host.as_str());
+
+    // A runbook's argv: the program may be a bare name, found on `PATH` as `execvp` does.
+    let program = Path::new(program);
+    let mut command = shell_command(program);
+    command.args(args).env_clear().envs(env);
     let credentials = match switch {
         Some(account) => {
             Some(
@@ -119,31 +134,63 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Child, SpawnError> {
             die_with_agent(agent)
         });
     }
-    command.spawn().map_err(|source| match spec.cwd {
-        Some(cwd) if source.kind() == io::ErrorKind::NotFound && !cwd.is_dir() => SpawnError::Cwd {
-            cwd: cwd.to_path_buf(),
-            source,
-        },
-        // The child's chdir, as the account, failed.
-        Some(cwd)
-            if switch.is_some()
-                && matches!(
-                    source.kind(),
-                    io::ErrorKind::PermissionDenied
-                        | io::ErrorKind::NotFound
-                        | io::ErrorKind::NotADirectory
-                ) =>
-        {
-            SpawnError::Cwd {
-                cwd: cwd.to_path_buf(),
-                source,
+    command
+        .spawn()
+        .map(LocalChild::Forked)
+        .map_err(|source| match spec.cwd {
+            Some(cwd) if source.kind() == io::ErrorKind::NotFound && !cwd.is_dir() => {
+                SpawnError::Cwd {
+                    cwd: cwd.to_path_buf(),
+                    source,
+                }
             }
-        }
-        _ => SpawnError::Exec {
-            shell: program.to_path_buf(),
-            source,
-        },
-    })
+            // The child's chdir, as the account, failed.
+            Some(cwd)
+                if switch.is_some()
+                    && matches!(
+                        source.kind(),
+                        io::ErrorKind::PermissionDenied
+                            | io::ErrorKind::NotFound
+                            | io::ErrorKind::NotADirectory
+                    ) =>
+            {
+                SpawnError::Cwd {
+                    cwd: cwd.to_path_buf(),
+                    source,
+                }
+            }
+            _ => SpawnError::Exec {
+                shell: program.to_path_buf(),
+                source,
+            },
+        })
+}
+
+/// A started local job shell: forked (a runbook's argv), or cloned without a fork.
+#[derive(Debug)]
+pub enum LocalChild {
+    Forked(Child),
+    Cloned(vfork::Child),
+}
+
+/// The environment of a job's shell: the agent's without its own `EXECMESH_*` settings (or, for
+/// another account, a clean one: `PATH`, locale, `TZ` of the agent), the request's variables,
+/// and the job's and host's ids.
+fn job_env(spec: &SpawnSpec<'_>, switched: bool) -> Vec<(OsString, OsString)> {
+    let mut env: BTreeMap<OsString, OsString> = if switched {
+        Account::kept_env()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
+    } else {
+        std::env::vars_os()
+            .filter(|(key, _)| !is_agent_setting(key))
+            .collect()
+    };
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    env.insert(JOB_ENV.into(), spec.job.as_str().into());
+    env.insert(HOST_ENV.into(), spec.host.as_str().into());
+    env.into_iter().collect()
 }
 
 /// `<shell>` as every job shell starts: its own process group, stdin from /dev/null, stdout
@@ -166,7 +213,7 @@ pub fn shell_command(shell: &Path) -> Command {
 
 /// Whether an environment variable of the agent's is one of its own settings (`EXECMESH_*`),
 /// which job shells do not inherit.
-pub fn is_agent_setting(key: &std::ffi::OsStr) -> bool {
+pub fn is_agent_setting(key: &OsStr) -> bool {
     key.as_encoded_bytes().starts_with(b"EXECMESH_")
 }
 
@@ -264,9 +311,7 @@ mod tests {
             host: &host,
             account: None,
         };
-        let child = spawn(&spec).expect("spawns");
-        let out = child.wait_with_output().await.expect("waits");
-        let text = String::from_utf8(out.stdout).expect("utf8");
+        let (text, _) = output(spawn(&spec).expect("spawns")).await;
         let fields: Vec<&str> = text.split_whitespace().collect();
         assert_eq!(&fields[..3], ["hi", "t-1", "h-1"]);
         if fields.len() == 5 {
@@ -290,19 +335,33 @@ mod tests {
             host: &host,
             account: None,
         };
-        let out = spawn(&spec)
-            .expect("spawns")
-            .wait_with_output()
-            .await
-            .expect("waits");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "a; echo $(id) `x`\nb\n"
-        );
+        let (out, status) = output(spawn(&spec).expect("spawns")).await;
+        assert_eq!(out, "a; echo $(id) `x`\nb\n");
+        assert!(status.success());
     }
 
-    #[test]
-    fn a_missing_cwd_is_named() {
+    /// A child's stdout and exit status.
+    async fn output(child: LocalChild) -> (String, ExitStatus) {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = String::new();
+        let status = match child {
+            LocalChild::Forked(child) => {
+                let o = child.wait_with_output().await.expect("waits");
+                out = String::from_utf8(o.stdout).expect("utf8");
+                o.status
+            }
+            LocalChild::Cloned(mut child) => {
+                if let Some(mut stdout) = child.stdout.take() {
+                    stdout.read_to_string(&mut out).await.expect("reads");
+                }
+                child.wait().await.expect("waits")
+            }
+        };
+        (out, status)
+    }
+
+    #[tokio::test]
+    async fn a_missing_cwd_is_named() {
         let job = Token::parse("job id", "t-1").expect("token");
         let env = HashMap::new();
         let spec = SpawnSpec {

@@ -1,10 +1,10 @@
-//! Starts a warm shell without copying the agent's memory: `clone(CLONE_VM | CLONE_VFORK)` runs the child on a stack of its own until it execs, as `posix_spawn` does, and a pidfd waits for it.
+//! Starts a job's shell without copying the agent's memory: `clone(CLONE_VM | CLONE_VFORK)` runs the child on a stack of its own until it execs, as `posix_spawn` does, and a pidfd waits for it.
 //!
 //! A `fork` copies the agent's page tables, write-protects every page it has written, and the
 //! child tears the copy down again at exec; measured on the roundtrip benchmark that was about
 //! 1 ms of CPU per job, more than the shell itself spends. `posix_spawn` avoids it but cannot set
-//! `PR_SET_PDEATHSIG` or put a pipe on fd 3, which warm shells need, so the same few steps are
-//! taken here. The child shares the agent's memory until exec: everything it uses is prepared
+//! `PR_SET_PDEATHSIG`, change ids as a run-as account needs, or put a pipe on fd 3 as a warm
+//! shell needs, so the same few steps are taken here. The child shares the agent's memory until exec: everything it uses is prepared
 //! before the clone, and it only makes system calls (no allocation, no locks, no panics).
 
 use std::ffi::{CString, OsStr, OsString};
@@ -27,25 +27,72 @@ const CHILD_STACK_BYTES: usize = 64 * 1024;
 /// that no `dup2` overwrites a source still to be copied.
 const FIRST_FREE_FD: RawFd = 4;
 
+/// [`Step`]s of the child, as it reports them.
+const STEP_SETUP: i32 = 1;
+const STEP_CWD: i32 = 2;
+const STEP_EXEC: i32 = 3;
+
 /// The highest signal number on Linux (`_NSIG - 1`).
 const MAX_SIGNAL: libc::c_int = 64;
 
 /// What to start.
 pub struct Command<'a> {
+    /// An absolute path.
     pub program: &'a Path,
     /// Arguments after the program's name (which is `argv[0]`).
     pub args: &'a [&'a OsStr],
     /// The child's whole environment.
     pub env: Vec<(OsString, OsString)>,
+    /// Changed into after the ids, so that it is checked as the account.
+    pub cwd: Option<&'a Path>,
+    /// The account's ids, taken on before anything else.
+    pub ids: Option<Ids<'a>>,
     /// Becomes the child's fd 3.
-    pub fd3: OwnedFd,
+    pub fd3: Option<OwnedFd>,
     /// The child is killed when the thread that starts it ends, and refuses to run when this
     /// process (the agent) is not its parent any more.
     pub die_with: u32,
 }
 
+/// The ids a child takes on (a run-as account's).
+#[derive(Debug, Clone, Copy)]
+pub struct Ids<'a> {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: &'a [u32],
+}
+
+/// The step at which the child gave up, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct Failed {
+    pub step: Step,
+    pub source: io::Error,
+}
+
+/// A step of starting the child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Before the clone (arguments, pipes, the clone itself).
+    Prepare,
+    /// Taking on the account's ids, the process group or the parent-death signal.
+    Setup,
+    /// Changing into the working directory.
+    Cwd,
+    /// Executing the program.
+    Exec,
+}
+
+impl From<Failed> for io::Error {
+    fn from(failed: Failed) -> io::Error {
+        failed.source
+    }
+}
+
 /// A child started by [`spawn`], leader of its own process group, with its stdout and stderr
 /// piped. Dropping it unreaped leaves a task that reaps it.
+#[derive(Debug)]
 pub struct Child {
     pid: u32,
     pidfd: Option<AsyncFd<OwnedFd>>,
@@ -55,21 +102,47 @@ pub struct Child {
 }
 
 /// Everything the child reads, laid out before the clone.
-struct ChildArgs {
+struct ChildArgs<'a> {
     program: CString,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
-    /// (source in the agent, target in the child), sources at or above [`FIRST_FREE_FD`].
+    /// (source in the agent, target in the child), sources at or above [`FIRST_FREE_FD`];
+    /// a source of -1 is skipped.
     fds: [(RawFd, RawFd); 4],
+    cwd: Option<CString>,
+    /// uid, gid and supplementary groups.
+    ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
     die_with: libc::pid_t,
     /// The errno of the step that failed in the child, 0 when it reached exec.
     error: AtomicI32,
+    /// Which step that was (a [`Step`] as a number).
+    step: AtomicI32,
 }
 
 /// Starts `command` with stdin from /dev/null, stdout and stderr piped, in a process group of
 /// its own. Must run on a thread that lives as long as the child should (see
 /// [`Command::die_with`]).
-pub fn spawn(command: Command<'_>) -> io::Result<Child> {
+pub fn spawn(command: Command<'_>) -> Result<Child, Failed> {
+    let (mut child, outcome) = start(command).map_err(|source| Failed {
+        step: Step::Prepare,
+        source,
+    })?;
+    match outcome {
+        None => Ok(child),
+        Some((step, errno)) => {
+            // The child has exited (with 127): reap it before saying why.
+            let _ = child.reap(0);
+            Err(Failed {
+                step,
+                source: io::Error::from_raw_os_error(errno),
+            })
+        }
+    }
+}
+
+/// Prepares everything, clones the child and takes it in; with the step and errno it gave up
+/// at, when it did.
+fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
     let program = cstring(command.program.as_os_str())?;
     let mut strings = Vec::with_capacity(1 + command.args.len());
     strings.push(program.clone());
@@ -83,12 +156,16 @@ pub fn spawn(command: Command<'_>) -> io::Result<Child> {
         pair.extend_from_slice(value.as_bytes());
         env.push(CString::new(pair).map_err(|_| nul_error())?);
     }
+    let cwd = command
+        .cwd
+        .map(|cwd| cstring(cwd.as_os_str()))
+        .transpose()?;
 
     let stdin = high(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
     let (out_read, out_write) = io::pipe()?;
     let (err_read, err_write) = io::pipe()?;
     let (out_write, err_write) = (high(out_write.into())?, high(err_write.into())?);
-    let fd3 = high(command.fd3)?;
+    let fd3 = command.fd3.map(high).transpose()?;
 
     let args = ChildArgs {
         program,
@@ -98,8 +175,10 @@ pub fn spawn(command: Command<'_>) -> io::Result<Child> {
             (stdin.as_raw_fd(), 0),
             (out_write.as_raw_fd(), 1),
             (err_write.as_raw_fd(), 2),
-            (fd3.as_raw_fd(), 3),
+            (fd3.as_ref().map_or(-1, AsRawFd::as_raw_fd), 3),
         ],
+        cwd,
+        ids: command.ids.map(|ids| (ids.uid, ids.gid, ids.groups)),
         die_with: libc::pid_t::try_from(command.die_with).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -107,6 +186,7 @@ pub fn spawn(command: Command<'_>) -> io::Result<Child> {
             )
         })?,
         error: AtomicI32::new(0),
+        step: AtomicI32::new(0),
     };
     let mut stack = vec![0u8; CHILD_STACK_BYTES];
     let (pid, pidfd) = clone_child(&args, &mut stack)?;
@@ -133,21 +213,25 @@ pub fn spawn(command: Command<'_>) -> io::Result<Child> {
             return Err(cause);
         }
     };
-    let mut child = Child {
+    let child = Child {
         pid,
         pidfd: Some(pidfd),
         status: None,
         stdout: Some(pipe::Receiver::from_owned_fd(out_read.into())?),
         stderr: Some(pipe::Receiver::from_owned_fd(err_read.into())?),
     };
-    match args.error.load(Ordering::Acquire) {
-        0 => Ok(child),
+    let outcome = match args.error.load(Ordering::Acquire) {
+        0 => None,
         errno => {
-            // The child has exited (with 127): reap it before saying why.
-            let _ = child.reap(0);
-            Err(io::Error::from_raw_os_error(errno))
+            let step = match args.step.load(Ordering::Acquire) {
+                STEP_CWD => Step::Cwd,
+                STEP_EXEC => Step::Exec,
+                _ => Step::Setup,
+            };
+            Some((step, errno))
         }
-    }
+    };
+    Ok((child, outcome))
 }
 
 /// Clones the child and waits (the kernel suspends this thread) until it has exec'd or exited.
@@ -204,8 +288,26 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         if libc::setpgid(0, 0) == -1 {
-            fail(args);
+            fail(args, STEP_SETUP);
         }
+        // Groups, gid, uid, in this order: each step needs the privileges the next one drops.
+        // Raw system calls: the C library's wrappers would try to change the ids of every
+        // thread of the agent, whose memory this child shares.
+        if let Some((uid, gid, groups)) = args.ids {
+            if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == -1
+                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) == -1
+                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) == -1
+            {
+                fail(args, STEP_SETUP);
+            }
+            if libc::syscall(libc::SYS_getuid) as libc::uid_t != uid
+                || libc::syscall(libc::SYS_geteuid) as libc::uid_t != uid
+            {
+                *libc::__errno_location() = libc::EPERM;
+                fail(args, STEP_SETUP);
+            }
+        }
+        // After the ids, which would clear it.
         if libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -214,16 +316,21 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             0 as libc::c_ulong,
         ) == -1
         {
-            fail(args);
+            fail(args, STEP_SETUP);
         }
         if libc::getppid() != args.die_with {
             *libc::__errno_location() = libc::ESRCH;
-            fail(args);
+            fail(args, STEP_SETUP);
+        }
+        if let Some(cwd) = &args.cwd
+            && libc::chdir(cwd.as_ptr()) == -1
+        {
+            fail(args, STEP_CWD);
         }
         for &(source, target) in &args.fds {
             // dup2 clears close-on-exec on the target, so it is inherited.
-            if libc::dup2(source, target) == -1 {
-                fail(args);
+            if source >= 0 && libc::dup2(source, target) == -1 {
+                fail(args, STEP_SETUP);
             }
         }
         let mut none: libc::sigset_t = std::mem::zeroed();
@@ -234,7 +341,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             args.argv.as_ptr(),
             args.envp.as_ptr(),
         );
-        fail(args)
+        fail(args, STEP_EXEC)
     }
 }
 
@@ -242,9 +349,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 ///
 /// # Safety
 /// Only in the child of [`clone_child`], right after the call that failed.
-unsafe fn fail(args: &ChildArgs) -> ! {
+unsafe fn fail(args: &ChildArgs, step: i32) -> ! {
     // SAFETY: errno is readable; _exit ends the child without running anything of the agent's.
     unsafe {
+        args.step.store(step, Ordering::Release);
         args.error
             .store((*libc::__errno_location()).max(1), Ordering::Release);
         libc::_exit(127)
@@ -380,13 +488,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt as _;
 
-    fn sh(script: &str, fd3: OwnedFd) -> io::Result<Child> {
+    fn sh(script: &str, fd3: OwnedFd) -> Result<Child, Failed> {
         let args = [OsStr::new("-c"), OsStr::new(script)];
         spawn(Command {
             program: Path::new("/bin/sh"),
             args: &args,
             env: vec![("GREETING".into(), "hello".into())],
-            fd3,
+            cwd: Some(Path::new("/")),
+            ids: None,
+            fd3: Some(fd3),
             die_with: std::process::id(),
         })
     }
@@ -406,7 +516,7 @@ mod tests {
         std::io::Write::write_all(&mut writer, b"from fd 3\n").expect("write");
         drop(writer);
         let mut child = sh(
-            "echo \"$GREETING $(cat <&3)\"; echo err >&2; \
+            "echo \"$GREETING $(cat <&3) in $PWD\"; echo err >&2; \
              [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = $$ ] || exit 9; \
              read line || exit 7",
             reader.into(),
@@ -416,7 +526,7 @@ mod tests {
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let (out, err) = (read_all(out).await, read_all(err).await);
         let status = child.wait().await.expect("wait");
-        assert_eq!(out, "hello from fd 3\n");
+        assert_eq!(out, "hello from fd 3 in /\n");
         assert_eq!(err, "err\n");
         assert_eq!(
             status.code(),
@@ -452,10 +562,81 @@ mod tests {
             program: Path::new("/nonexistent/shell"),
             args: &[],
             env: Vec::new(),
-            fd3: reader.into(),
+            cwd: None,
+            ids: None,
+            fd3: Some(reader.into()),
             die_with: std::process::id(),
         });
-        let e = missing.err().expect("no such program");
-        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        let e = missing.expect_err("no such program");
+        assert_eq!(e.step, Step::Exec);
+        assert_eq!(e.source.kind(), io::ErrorKind::NotFound, "{e}");
+
+        let nowhere = spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &[],
+            env: Vec::new(),
+            cwd: Some(Path::new("/nonexistent/dir")),
+            ids: None,
+            fd3: None,
+            die_with: std::process::id(),
+        });
+        let e = nowhere.expect_err("no such directory");
+        assert_eq!(e.step, Step::Cwd);
+        assert_eq!(e.source.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_child_takes_on_the_accounts_ids_and_only_then_its_directory() {
+        let args = [OsStr::new("-c"), OsStr::new("id -u; id -g; id -G; pwd")];
+        let groups = [65534, 4];
+        let child = spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: Some(Path::new("/")),
+            ids: Some(Ids {
+                uid: 65534,
+                gid: 65534,
+                groups: &groups,
+            }),
+            fd3: None,
+            die_with: std::process::id(),
+        });
+        if !nix::unistd::geteuid().is_root() {
+            let e = child.expect_err("only root changes ids");
+            assert_eq!(
+                (e.step, e.source.raw_os_error()),
+                (Step::Setup, Some(libc::EPERM))
+            );
+            return;
+        }
+        let mut child = child.expect("spawn");
+        let out = read_all(child.stdout.take()).await;
+        assert!(child.wait().await.expect("wait").success());
+        assert_eq!(out, "65534\n65534\n65534 4\n/\n");
+
+        // A directory the account may not enter is refused at that step, not run elsewhere.
+        let private = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(
+            private.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        let e = spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: Vec::new(),
+            cwd: Some(private.path()),
+            ids: Some(Ids {
+                uid: 65534,
+                gid: 65534,
+                groups: &groups,
+            }),
+            fd3: None,
+            die_with: std::process::id(),
+        })
+        .expect_err("not the account's to enter");
+        assert_eq!(e.step, Step::Cwd);
+        assert_eq!(e.source.kind(), io::ErrorKind::PermissionDenied, "{e}");
     }
 }

@@ -252,9 +252,11 @@ impl WarmShell {
             program: shell,
             args: &[OsStr::new("-c"), OsStr::new(BOOT)],
             env,
+            cwd: None,
+            ids: None,
             // The shell holds its own copy now; ours is closed by the spawn, or it would keep
             // the pipe open after the writer closes and the shell would never see its end.
-            fd3: reader.into(),
+            fd3: Some(reader.into()),
             die_with: std::process::id(),
         })?;
         let script = pipe::Sender::from_owned_fd(OwnedFd::from(writer))?;
