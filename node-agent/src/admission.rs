@@ -94,6 +94,12 @@ impl Admission {
         admission
     }
 
+    /// The account warm shells run as, when not the agent's own (see
+    /// [`RunAs::default_account`]).
+    pub fn warm_account(&self) -> Option<Account> {
+        self.run_as.default_account()
+    }
+
     /// Admits an ExecRequest received on `…exec.<subject_user>` as `payload` (decoded into
     /// `req`): the validated order, with the account it runs as.
     pub fn exec(

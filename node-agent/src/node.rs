@@ -107,6 +107,11 @@ impl Node {
             config.host_id.clone(),
             instance.clone(),
             config.warm_shells,
+            if executor.is_local() {
+                admission.warm_account()
+            } else {
+                None
+            },
         ));
         // The patterns were checked with the rest of the configuration; were one bad after all,
         // the built-in rules still apply.

@@ -224,6 +224,17 @@ impl RunAs {
         run_as
     }
 
+    /// The account every user not listed runs as by default (the first of `"*"`), when it is
+    /// another than the agent's and the agent can switch to it: the one warm shells are
+    /// started as. `None` otherwise (without a mapping, jobs run as the agent).
+    pub fn default_account(&self) -> Option<Account> {
+        let name = self.mapping.get(ANY_USER)?.first()?;
+        let account = Account::lookup(name)
+            .inspect_err(|e| warn!(account = %name, error = %e, "warm shells: cannot look up the default account; jobs start their own shells"))
+            .ok()?;
+        (account.switches() && geteuid().is_root()).then_some(account)
+    }
+
     /// Whether a mapping is configured; without one everything runs as the agent.
     pub fn is_configured(&self) -> bool {
         !self.mapping.is_empty()

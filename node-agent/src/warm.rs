@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use crate::process::{
     HOST_ENV, JOB_ENV, SpawnError, SpawnSpec, check_cwd, is_agent_setting, signal_group,
 };
+use crate::runas::Account;
 use crate::vfork;
 
 /// Marks a warm shell with the instance id of the agent that started it. `/proc/<pid>/environ`
@@ -99,6 +100,9 @@ pub struct WarmPool {
     instance: String,
     /// How many idle shells to keep; 0 disables the pool.
     size: usize,
+    /// The account the shells run as, and the directory they start in (its default one), when
+    /// it is not the agent's own: the account most users are mapped to (see [`WarmPool::new`]).
+    account: Option<(Account, PathBuf)>,
     idle: Mutex<Vec<WarmShell>>,
     /// Wakes the refill task when a shell was taken.
     wake: Notify,
@@ -117,12 +121,24 @@ pub struct WarmShell {
 // === impl WarmPool ===
 
 impl WarmPool {
-    pub fn new(shell: &Path, host: Token, instance: String, size: usize) -> Self {
+    /// A pool of `size` shells that run as `account` (another account than the agent's, which
+    /// then starts them in its default directory), or as the agent.
+    pub fn new(
+        shell: &Path,
+        host: Token,
+        instance: String,
+        size: usize,
+        account: Option<Account>,
+    ) -> Self {
         Self {
             shell: shell.to_path_buf(),
             host,
             instance,
             size,
+            account: account.map(|account| {
+                let cwd = account.default_cwd();
+                (account, cwd)
+            }),
             idle: Mutex::new(Vec::new()),
             wake: Notify::new(),
             closed: CancellationToken::new(),
@@ -142,7 +158,7 @@ impl WarmPool {
         }
         loop {
             while !self.closed.is_cancelled() && self.lock().len() < self.size {
-                match WarmShell::spawn(&self.shell, &self.host, &self.instance) {
+                match WarmShell::spawn(&self) {
                     Ok(shell) => {
                         debug!(pid = shell.pid(), "warm shell started");
                         // A shell put back while this one started may have filled the slot;
@@ -172,13 +188,21 @@ impl WarmPool {
 
     /// An idle shell that can run `spec` as `<shell> -c` would, with the script to give it;
     /// `None` when the request needs a shell of its own or none is idle. Asks for a
-    /// replacement. Warm shells run as the agent's account: a job for another account (run-as)
-    /// always starts a fresh shell, which takes on that account's ids before exec.
+    /// replacement. The shells run as one account: a job for another (run-as) starts a fresh
+    /// shell, which takes on that account's ids before exec; so does a job of the pool's
+    /// account (when that is not the agent's) in another directory than the account's default,
+    /// since only a fresh shell can enter it as the account before it runs and refuse the job
+    /// when it cannot.
     pub fn take(&self, spec: &SpawnSpec<'_>) -> Option<(WarmShell, String)> {
+        let same_account = match (spec.switches_to(), &self.account) {
+            (None, None) => true,
+            (Some(account), Some((ours, cwd))) => account == ours && spec.cwd == Some(cwd),
+            _ => false,
+        };
         if self.size == 0
             || self.closed.is_cancelled()
             || spec.shell != self.shell
-            || spec.switches_to().is_some()
+            || !same_account
             || !spec.argv.is_empty()
         {
             return None;
@@ -239,21 +263,36 @@ impl WarmPool {
 // === impl WarmShell ===
 
 impl WarmShell {
-    /// Starts `<shell> -c BOOT` with its script pipe on fd 3, as every job shell starts (see
-    /// `process::shell_command`) but without copying the agent's memory ([`vfork`]).
-    fn spawn(shell: &Path, host: &Token, instance: &str) -> io::Result<Self> {
+    /// Starts `<shell> -c BOOT` of `pool` with its script pipe on fd 3, as a fresh job shell
+    /// starts (see `process::spawn`): for another account with its ids, in its default
+    /// directory and with the clean environment such a job gets.
+    fn spawn(pool: &WarmPool) -> io::Result<Self> {
         let (reader, writer) = io::pipe()?;
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-            .filter(|(key, _)| !is_agent_setting(key))
-            .collect();
-        env.push((HOST_ENV.into(), host.as_str().into()));
-        env.push((WARM_ENV.into(), instance.into()));
+        if let Some((account, _)) = &pool.account {
+            // BOOT opens `/dev/fd/3` anew, which the kernel checks against the pipe's owner.
+            std::os::unix::fs::fchown(&reader, Some(account.uid), Some(account.gid))?;
+        }
+        let mut env: Vec<(OsString, OsString)> = match pool.account {
+            None => std::env::vars_os()
+                .filter(|(key, _)| !is_agent_setting(key))
+                .collect(),
+            Some(_) => Account::kept_env()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        };
+        env.push((HOST_ENV.into(), pool.host.as_str().into()));
+        env.push((WARM_ENV.into(), pool.instance.as_str().into()));
         let child = vfork::spawn(vfork::Command {
-            program: shell,
+            program: &pool.shell,
             args: &[OsStr::new("-c"), OsStr::new(BOOT)],
             env,
-            cwd: None,
-            ids: None,
+            cwd: pool.account.as_ref().map(|(_, cwd)| cwd.as_path()),
+            ids: pool.account.as_ref().map(|(account, _)| vfork::Ids {
+                uid: account.uid,
+                gid: account.gid,
+                groups: &account.groups,
+            }),
             // The shell holds its own copy now; ours is closed by the spawn, or it would keep
             // the pipe open after the writer closes and the shell would never see its end.
             fd3: Some(reader.into()),

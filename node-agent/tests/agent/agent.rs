@@ -758,6 +758,106 @@ async fn a_warm_shell_runs_a_job_like_bash_c() {
     );
 }
 
+/// The uid `pid` runs as.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_the_account_most_users_map_to_take_warm_shells_started_as_that_account() {
+    let nats = Nats::start().await;
+    let daemon = nix::unistd::User::from_name("daemon")
+        .expect("passwd lookup")
+        .expect("the daemon account exists");
+    let home = if daemon.dir.is_dir() {
+        daemon.dir.clone()
+    } else {
+        "/".into()
+    };
+    let agent = Agent::start(Config {
+        warm_shells: 2,
+        run_as: [("*".to_string(), vec!["daemon".to_string()])].into(),
+        guard: GuardConfig {
+            enabled: false,
+            ..GuardConfig::default()
+        },
+        ..config(&nats, "web-1")
+    })
+    .await;
+    let client = nats.client().await;
+    let instance = agent.ready.instance.clone();
+    let probe = concat!(
+        "grep -qF 'exec 3<&''-' /proc/$$/cmdline && echo warm || echo fresh; ",
+        "id -u; id -G; echo \"$HOME|$USER|$PWD|${EXECMESH_WARM-none}|$EXECMESH_JOB\""
+    );
+    if !nix::unistd::geteuid().is_root() {
+        // Only root switches accounts: the job is refused and no shell runs as daemon.
+        let e = error_reply(exec(&client, run_request(&agent.host, "ra-1", cmd(probe))).await);
+        assert_eq!(e.code, ErrorCode::RunAs as i32, "{e:?}");
+        assert!(
+            warm_shells_of(&instance)
+                .iter()
+                .all(|p| uid_of(*p) != Some(daemon.uid.as_raw()))
+        );
+        return;
+    }
+    // The pool's shells run as daemon.
+    eventually(WAIT, || async { warm_shells_of(&instance).len() == 2 }).await;
+    for pid in warm_shells_of(&instance) {
+        assert_eq!(uid_of(pid), Some(daemon.uid.as_raw()), "warm shell {pid}");
+    }
+    let groups = |text: &str| -> String { text.lines().nth(2).unwrap_or("").to_string() };
+
+    // A job in the account's default directory takes one, and runs exactly as a fresh one does.
+    let reply = run_job(&client, &agent.host, "ra-warm", cmd(probe)).await;
+    let warm = String::from_utf8(reply.inline_output.expect("inline")).expect("utf8");
+    let mut run = cmd(probe);
+    run.cwd = home.display().to_string();
+    let reply = run_job(&client, &agent.host, "ra-home", run).await;
+    let also_warm = String::from_utf8(reply.inline_output.expect("inline")).expect("utf8");
+    // Another directory: a fresh shell, which enters it as the account.
+    let mut run = cmd(probe);
+    run.cwd = "/tmp".into();
+    let reply = run_job(&client, &agent.host, "ra-fresh", run).await;
+    let fresh = String::from_utf8(reply.inline_output.expect("inline")).expect("utf8");
+
+    let uid = daemon.uid.to_string();
+    assert_eq!(
+        warm.lines().take(2).collect::<Vec<_>>(),
+        ["warm", uid.as_str()],
+        "{warm}"
+    );
+    assert_eq!(also_warm.lines().next(), Some("warm"), "{also_warm}");
+    assert_eq!(
+        fresh.lines().take(2).collect::<Vec<_>>(),
+        ["fresh", uid.as_str()],
+        "{fresh}"
+    );
+    assert_eq!(
+        groups(&warm),
+        groups(&fresh),
+        "the same supplementary groups"
+    );
+    assert_eq!(
+        warm.lines().nth(3),
+        Some(
+            format!(
+                "{}|daemon|{}|none|ra-warm",
+                daemon.dir.display(),
+                home.display()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        fresh.lines().nth(3),
+        Some(format!("{}|daemon|/tmp|none|ra-fresh", daemon.dir.display()).as_str())
+    );
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_warm_jobs_get_their_own_shells_and_a_kill_empties_the_group() {
     let nats = Nats::start().await;
