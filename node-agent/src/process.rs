@@ -131,7 +131,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<LocalChild, SpawnError> {
             if let Some(credentials) = &credentials {
                 credentials.apply()?;
             }
-            die_with_agent(agent)
+            vfork::die_with_agent(agent)
         });
     }
     command
@@ -230,31 +230,6 @@ pub fn check_cwd(cwd: &Path) -> Result<(), SpawnError> {
             source,
         }),
     }
-}
-
-/// In the child: ask the kernel for SIGKILL when the agent dies, so a crashed agent leaves no
-/// shell behind (grandchildren are found by recovery through [`JOB_ENV`]). The signal follows the
-/// *thread* that forked, which is a runtime worker living as long as the agent. If the agent died
-/// between fork and prctl, the parent is already someone else: give up instead of running.
-pub fn die_with_agent(agent: u32) -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
-    // ours.
-    unsafe {
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        ) == -1
-        {
-            return Err(io::Error::last_os_error());
-        }
-        if libc::getppid() as u32 != agent {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
-    }
-    Ok(())
 }
 
 /// Sends `signal` to process group `pgid`. Refuses group ids that could hit the agent or

@@ -112,7 +112,7 @@ struct ChildArgs<'a> {
     cwd: Option<CString>,
     /// uid, gid and supplementary groups.
     ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
-    die_with: libc::pid_t,
+    die_with: u32,
     /// The errno of the step that failed in the child, 0 when it reached exec.
     error: AtomicI32,
     /// Which step that was (a [`Step`] as a number).
@@ -179,12 +179,7 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
         ],
         cwd,
         ids: command.ids.map(|ids| (ids.uid, ids.gid, ids.groups)),
-        die_with: libc::pid_t::try_from(command.die_with).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the agent's pid is out of range",
-            )
-        })?,
+        die_with: command.die_with,
         error: AtomicI32::new(0),
         step: AtomicI32::new(0),
     };
@@ -308,18 +303,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
         }
         // After the ids, which would clear it.
-        if libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        ) == -1
-        {
-            fail(args, STEP_SETUP);
-        }
-        if libc::getppid() != args.die_with {
-            *libc::__errno_location() = libc::ESRCH;
+        if let Err(e) = die_with_agent(args.die_with) {
+            *libc::__errno_location() = e.raw_os_error().unwrap_or(libc::EINVAL);
             fail(args, STEP_SETUP);
         }
         if let Some(cwd) = &args.cwd
@@ -357,6 +342,32 @@ unsafe fn fail(args: &ChildArgs, step: i32) -> ! {
             .store((*libc::__errno_location()).max(1), Ordering::Release);
         libc::_exit(127)
     }
+}
+
+/// In the child: ask the kernel for SIGKILL when the agent dies, so a crashed agent leaves no
+/// shell behind (grandchildren are found by recovery through their `EXECMESH_JOB`). The signal
+/// follows the *thread* that started the child, which is a runtime worker living as long as the
+/// agent. If the agent died before the prctl, the parent is already someone else: give up
+/// instead of running. Set after any change of ids, which would clear it.
+pub fn die_with_agent(agent: u32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
+    // ours; the errors made here do not allocate.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != agent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 fn cstring(s: &OsStr) -> io::Result<CString> {
@@ -589,19 +600,22 @@ mod tests {
     async fn a_child_takes_on_the_accounts_ids_and_only_then_its_directory() {
         let args = [OsStr::new("-c"), OsStr::new("id -u; id -g; id -G; pwd")];
         let groups = [65534, 4];
-        let child = spawn(Command {
-            program: Path::new("/bin/sh"),
-            args: &args,
-            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-            cwd: Some(Path::new("/")),
-            ids: Some(Ids {
-                uid: 65534,
-                gid: 65534,
-                groups: &groups,
-            }),
-            fd3: None,
-            die_with: std::process::id(),
-        });
+        let as_nobody_in = |cwd| {
+            spawn(Command {
+                program: Path::new("/bin/sh"),
+                args: &args,
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: Some(cwd),
+                ids: Some(Ids {
+                    uid: 65534,
+                    gid: 65534,
+                    groups: &groups,
+                }),
+                fd3: None,
+                die_with: std::process::id(),
+            })
+        };
+        let child = as_nobody_in(Path::new("/"));
         if !nix::unistd::geteuid().is_root() {
             let e = child.expect_err("only root changes ids");
             assert_eq!(
@@ -622,20 +636,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("chmod");
-        let e = spawn(Command {
-            program: Path::new("/bin/sh"),
-            args: &args,
-            env: Vec::new(),
-            cwd: Some(private.path()),
-            ids: Some(Ids {
-                uid: 65534,
-                gid: 65534,
-                groups: &groups,
-            }),
-            fd3: None,
-            die_with: std::process::id(),
-        })
-        .expect_err("not the account's to enter");
+        let e = as_nobody_in(private.path()).expect_err("not the account's to enter");
         assert_eq!(e.step, Step::Cwd);
         assert_eq!(e.source.kind(), io::ErrorKind::PermissionDenied, "{e}");
     }
