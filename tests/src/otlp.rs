@@ -34,6 +34,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// Whether its status is ERROR.
     pub error: bool,
+    /// From its start to its end.
+    pub duration: Duration,
 }
 
 // === impl ReceivedSpan ===
@@ -187,6 +189,10 @@ fn keep(received: &Received, request: ExportTraceServiceRequest) {
                     error: span
                         .status
                         .is_some_and(|s| s.code == StatusCode::Error as i32),
+                    duration: Duration::from_nanos(
+                        span.end_time_unix_nano
+                            .saturating_sub(span.start_time_unix_nano),
+                    ),
                 });
             }
         }

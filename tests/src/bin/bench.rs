@@ -206,8 +206,30 @@ async fn telemetry() -> anyhow::Result<Value> {
         })
         .await?;
     }
-    report["spans_received"] = json!(otlp.spans().len());
+    let spans = otlp.spans();
+    report["spans_received"] = json!(spans.len());
+    report["span_p50_us"] = span_durations(&spans);
     Ok(report)
+}
+
+/// The median duration of each kind of span (`<service> <name>`) with how many there were: the
+/// call's time taken apart, span by span (a parent's time includes its children's).
+fn span_durations(spans: &[execmesh_tests::otlp::ReceivedSpan]) -> Value {
+    let mut by_name: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
+    for span in spans {
+        by_name
+            .entry(format!("{} {}", span.service, span.name))
+            .or_default()
+            .push(span.duration);
+    }
+    by_name
+        .into_iter()
+        .map(|(name, durations)| {
+            let summary = percentiles(durations);
+            (name, json!({"count": summary["calls"], "p50_us": summary["p50_us"], "p90_us": summary["p90_us"]}))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 /// Pages a job from its start to its end; returns (lines, per-page durations).
