@@ -62,6 +62,11 @@ pub enum SpawnError {
 /// working directory (so the directory is checked as the account); it starts from a clean
 /// environment (`PATH`, locale, `TZ` of the agent) instead of the agent's.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<LocalChild, SpawnError> {
+    start(spec, vfork::supported())
+}
+
+/// [`spawn`], the shell form without a fork when `clone` says so.
+fn start(spec: &SpawnSpec<'_>, clone: bool) -> Result<LocalChild, SpawnError> {
     let switch = spec.switches_to();
     if let Some(cwd) = spec.cwd
         && switch.is_none()
@@ -69,11 +74,15 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<LocalChild, SpawnError> {
         check_cwd(cwd)?;
     }
     let env = job_env(spec, switch.is_some());
-    let Some((program, args)) = spec.argv.split_first() else {
+    let shell_args = [OsStr::new("-c"), OsStr::new(spec.cmd)];
+    let (program, args): (&Path, Vec<&OsStr>) = match spec.argv.split_first() {
+        Some((program, args)) => (Path::new(program), args.iter().map(OsStr::new).collect()),
+        None => (spec.shell, shell_args.to_vec()),
+    };
+    if spec.argv.is_empty() && clone {
         // `<shell> -c <cmd>`, the shell an absolute path: started without a fork.
-        let args = [OsStr::new("-c"), OsStr::new(spec.cmd)];
         return vfork::spawn(vfork::Command {
-            program: spec.shell,
+            program,
             args: &args,
             env,
             cwd: spec.cwd,
@@ -92,14 +101,14 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<LocalChild, SpawnError> {
                 source: failed.source,
             },
             _ => SpawnError::Exec {
-                shell: spec.shell.to_path_buf(),
+                shell: program.to_path_buf(),
                 source: failed.source,
             },
         });
-    };
+    }
 
-    // A runbook's argv: the program may be a bare name, found on `PATH` as `execvp` does.
-    let program = Path::new(program);
+    // A runbook's argv (its program may be a bare name, found on `PATH` as `execvp` does), or
+    // any shell on a kernel without pidfds: a fork.
     let mut command = shell_command(program);
     command.args(args).env_clear().envs(env);
     let credentials = match switch {
@@ -286,11 +295,16 @@ mod tests {
             host: &host,
             account: None,
         };
-        let (text, _) = output(spawn(&spec).expect("spawns")).await;
-        let fields: Vec<&str> = text.split_whitespace().collect();
-        assert_eq!(&fields[..3], ["hi", "t-1", "h-1"]);
-        if fields.len() == 5 {
-            assert_eq!(fields[3], fields[4], "pgid equals pid");
+        // Cloned, and forked as on a kernel without pidfds: the same shell.
+        for clone in [true, false] {
+            let child = start(&spec, clone).expect("spawns");
+            assert_eq!(matches!(child, LocalChild::Cloned(_)), clone);
+            let (text, _) = output(child).await;
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            assert_eq!(&fields[..3], ["hi", "t-1", "h-1"]);
+            if fields.len() == 5 {
+                assert_eq!(fields[3], fields[4], "pgid equals pid");
+            }
         }
     }
 
@@ -349,7 +363,9 @@ mod tests {
             host: &job,
             account: None,
         };
-        let err = spawn(&spec).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/dir"), "{err}");
+        for clone in [true, false] {
+            let err = start(&spec, clone).unwrap_err().to_string();
+            assert!(err.contains("/nonexistent/dir"), "{err}");
+        }
     }
 }

@@ -119,8 +119,43 @@ struct ChildArgs<'a> {
     step: AtomicI32,
 }
 
+/// Whether this kernel has what [`spawn`] needs: `CLONE_PIDFD` (Linux 5.2), pidfds that poll
+/// (5.3) and `waitid(P_PIDFD)` (5.4). Probed once, on a pidfd of this process; where it is
+/// missing (an older kernel), callers fork instead, and the agent says so once.
+pub fn supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // SAFETY: pidfd_open and waitid touch no memory of ours but `info`; the descriptor is
+        // ours alone and closed by OwnedFd.
+        let supported = unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0);
+            if fd < 0 {
+                false
+            } else {
+                let fd = OwnedFd::from_raw_fd(fd as RawFd);
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                // Not a child of ours: ECHILD where P_PIDFD is known, EINVAL where it is not.
+                libc::waitid(
+                    libc::P_PIDFD,
+                    fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                ) == 0
+                    || io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+            }
+        };
+        if !supported {
+            tracing::warn!(
+                "this kernel has no pidfds (Linux 5.4 or later has them): job shells are \
+                 forked from the agent, and no warm shells are kept"
+            );
+        }
+        supported
+    })
+}
+
 /// Starts `command` with stdin from /dev/null, stdout and stderr piped, in a process group of
-/// its own. Must run on a thread that lives as long as the child should (see
+/// its own. Only where [`supported`]. Must run on a thread that lives as long as the child should (see
 /// [`Command::die_with`]).
 pub fn spawn(command: Command<'_>) -> Result<Child, Failed> {
     let (mut child, outcome) = start(command).map_err(|source| Failed {
@@ -258,6 +293,19 @@ fn clone_child(args: &ChildArgs, stack: &mut [u8]) -> io::Result<(u32, OwnedFd)>
         }
         pid
     };
+    if pidfd < 0 {
+        // A kernel that ignored CLONE_PIDFD (callers check `supported` first): the child runs
+        // and nothing could wait for it, so stop it and reap it here.
+        // SAFETY: kill and waitpid touch no memory of ours.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel gave no pidfd for the child",
+        ));
+    }
     // SAFETY: CLONE_PIDFD stored a fresh descriptor, ours alone.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok((pid as u32, pidfd))
@@ -518,6 +566,12 @@ mod tests {
             pipe.read_to_string(&mut s).await.expect("read the pipe");
         }
         s
+    }
+
+    #[test]
+    fn this_kernel_has_pidfds() {
+        // The test machines run Linux 6; on them every job shell must take this path.
+        assert!(supported());
     }
 
     #[tokio::test]

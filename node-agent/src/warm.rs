@@ -153,7 +153,9 @@ impl WarmPool {
     /// thread, not on a blocking-pool thread: `PR_SET_PDEATHSIG` fires when the *thread* that
     /// forked the shell ends, and blocking-pool threads end when idle.
     pub async fn run(self: Arc<Self>) {
-        if self.size == 0 {
+        // Without pidfds (an older kernel) every job forks a fresh shell.
+        if self.size == 0 || !vfork::supported() {
+            self.closed.cancel();
             return;
         }
         loop {
