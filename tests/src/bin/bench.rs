@@ -199,17 +199,45 @@ async fn telemetry() -> anyhow::Result<Value> {
         }
         let clients = Arc::new(clients);
         let host = Arc::new(host);
-        report[key] = execmesh_tests::roundtrip::measure(Sizes::BENCH, move |i| {
+        let call = move |i: usize| {
             let client = clients[i / 1000 % Sizes::BENCH.clients].clone();
             let host = host.clone();
             async move { execmesh_tests::roundtrip::mesh_call(&client, &host).await }
-        })
-        .await?;
+        };
+        report[key] = execmesh_tests::roundtrip::measure(Sizes::BENCH, call.clone()).await?;
+        if export {
+            // The call taken apart span by span: calls one at a time, their spans alone (the
+            // concurrent phase's have all arrived first).
+            settled(&otlp).await;
+            let before = otlp.spans().len();
+            let one_at_a_time = Sizes {
+                warmup: 0,
+                sequential: 500,
+                clients: 0,
+                calls_per_client: 0,
+            };
+            execmesh_tests::roundtrip::measure(one_at_a_time, call).await?;
+            settled(&otlp).await;
+            report["span_p50_us_one_call_at_a_time"] = span_durations(&otlp.spans()[before..]);
+        }
     }
-    let spans = otlp.spans();
-    report["spans_received"] = json!(spans.len());
-    report["span_p50_us"] = span_durations(&spans);
+    report["spans_received"] = json!(otlp.spans().len());
     Ok(report)
+}
+
+/// Waits until no span has arrived for longer than the exporters' batch interval (5 s), at most
+/// for [`execmesh_tests::otlp::ARRIVAL`].
+async fn settled(otlp: &execmesh_tests::OtlpReceiver) {
+    let started = Instant::now();
+    let mut seen = otlp.spans().len();
+    while started.elapsed() < execmesh_tests::otlp::ARRIVAL {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let now = otlp.spans().len();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// The median duration of each kind of span (`<service> <name>`) with how many there were: the
