@@ -86,13 +86,8 @@ fn start(spec: &SpawnSpec<'_>, clone: bool) -> Result<LocalChild, SpawnError> {
             args: &args,
             env,
             cwd: spec.cwd,
-            ids: switch.map(|account| vfork::Ids {
-                uid: account.uid,
-                gid: account.gid,
-                groups: &account.groups,
-            }),
+            ids: switch.map(Account::ids),
             fd3: None,
-            die_with: std::process::id(),
         })
         .map(LocalChild::Cloned)
         .map_err(|failed| match (failed.step, spec.cwd) {
@@ -186,44 +181,39 @@ pub enum LocalChild {
 /// another account, a clean one: `PATH`, locale, `TZ` of the agent), the request's variables,
 /// and the job's and host's ids.
 fn job_env(spec: &SpawnSpec<'_>, switched: bool) -> Vec<(OsString, OsString)> {
-    let mut env: BTreeMap<OsString, OsString> = if switched {
-        Account::kept_env()
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect()
-    } else {
-        std::env::vars_os()
-            .filter(|(key, _)| !is_agent_setting(key))
-            .collect()
-    };
+    let mut env: BTreeMap<OsString, OsString> = inherited_env(switched).into_iter().collect();
     env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
     env.insert(JOB_ENV.into(), spec.job.as_str().into());
     env.insert(HOST_ENV.into(), spec.host.as_str().into());
     env.into_iter().collect()
 }
 
-/// `<shell>` as every job shell starts: its own process group, stdin from /dev/null, stdout
-/// and stderr piped, without the agent's `EXECMESH_*` settings, not killed when dropped.
-pub fn shell_command(shell: &Path) -> Command {
-    let mut command = Command::new(shell);
+/// What a job shell keeps of the agent's environment: all but the agent's own `EXECMESH_*`
+/// settings, or for another account only `PATH`, locale and `TZ`.
+pub fn inherited_env(switched: bool) -> Vec<(OsString, OsString)> {
+    if switched {
+        Account::kept_env()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
+    } else {
+        std::env::vars_os()
+            .filter(|(key, _)| !key.as_encoded_bytes().starts_with(b"EXECMESH_"))
+            .collect()
+    }
+}
+
+/// `<program>` as a forked job shell starts: its own process group, stdin from /dev/null,
+/// stdout and stderr piped, not killed when dropped (its environment is set by the caller).
+fn shell_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    for (key, _) in std::env::vars_os() {
-        if is_agent_setting(&key) {
-            command.env_remove(key);
-        }
-    }
     command
-}
-
-/// Whether an environment variable of the agent's is one of its own settings (`EXECMESH_*`),
-/// which job shells do not inherit.
-pub fn is_agent_setting(key: &OsStr) -> bool {
-    key.as_encoded_bytes().starts_with(b"EXECMESH_")
 }
 
 /// Refuses a working directory that is missing or not a directory, naming it.

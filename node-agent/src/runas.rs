@@ -28,6 +28,7 @@ use nix::unistd::{Gid, User, geteuid, getgrouplist};
 use tracing::{error, warn};
 
 use crate::refusal::Refusal;
+use crate::vfork;
 
 /// The key of the mapping entry that covers every user not listed.
 pub const ANY_USER: &str = "*";
@@ -88,6 +89,15 @@ impl Account {
     /// Whether a process acting for this account must change its ids: it is not the agent's.
     pub fn switches(&self) -> bool {
         self.uid != geteuid().as_raw()
+    }
+
+    /// The ids a child of this account takes on.
+    pub fn ids(&self) -> vfork::Ids<'_> {
+        vfork::Ids {
+            uid: self.uid,
+            gid: self.gid,
+            groups: &self.groups,
+        }
     }
 
     /// Where a job starts when its request names no directory: the home directory, or `/` when

@@ -4,8 +4,9 @@
 //! child tears the copy down again at exec; measured on the roundtrip benchmark that was about
 //! 1 ms of CPU per job, more than the shell itself spends. `posix_spawn` avoids it but cannot set
 //! `PR_SET_PDEATHSIG`, change ids as a run-as account needs, or put a pipe on fd 3 as a warm
-//! shell needs, so the same few steps are taken here. The child shares the agent's memory until exec: everything it uses is prepared
-//! before the clone, and it only makes system calls (no allocation, no locks, no panics).
+//! shell needs, so the same few steps are taken here. The child shares the agent's memory until
+//! exec: everything it uses is prepared before the clone, and it only makes system calls (no
+//! allocation, no locks, no panics).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -49,9 +50,6 @@ pub struct Command<'a> {
     pub ids: Option<Ids<'a>>,
     /// Becomes the child's fd 3.
     pub fd3: Option<OwnedFd>,
-    /// The child is killed when the thread that starts it ends, and refuses to run when this
-    /// process (the agent) is not its parent any more.
-    pub die_with: u32,
 }
 
 /// The ids a child takes on (a run-as account's).
@@ -112,6 +110,7 @@ struct ChildArgs<'a> {
     cwd: Option<CString>,
     /// uid, gid and supplementary groups.
     ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
+    /// The agent's pid: the parent the child must have.
     die_with: u32,
     /// The errno of the step that failed in the child, 0 when it reached exec.
     error: AtomicI32,
@@ -155,8 +154,8 @@ pub fn supported() -> bool {
 }
 
 /// Starts `command` with stdin from /dev/null, stdout and stderr piped, in a process group of
-/// its own. Only where [`supported`]. Must run on a thread that lives as long as the child should (see
-/// [`Command::die_with`]).
+/// its own. Only where [`supported`]. The child is killed when the thread that starts it ends
+/// (see [`die_with_agent`]), so this must run on a thread that lives as long as the agent.
 pub fn spawn(command: Command<'_>) -> Result<Child, Failed> {
     let (mut child, outcome) = start(command).map_err(|source| Failed {
         step: Step::Prepare,
@@ -214,7 +213,7 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
         ],
         cwd,
         ids: command.ids.map(|ids| (ids.uid, ids.gid, ids.groups)),
-        die_with: command.die_with,
+        die_with: std::process::id(),
         error: AtomicI32::new(0),
         step: AtomicI32::new(0),
     };
@@ -227,20 +226,8 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
     let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
         Ok(pidfd) => pidfd,
         Err(e) => {
-            // Nothing could wait for it: stop it and reap it here.
-            let (pidfd, cause) = e.into_parts();
-            // SAFETY: kill and waitid touch no memory of ours but `info`.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                libc::waitid(
-                    libc::P_PIDFD,
-                    pidfd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED,
-                );
-            }
-            return Err(cause);
+            stop_unwaitable(pid);
+            return Err(e.into_parts().1);
         }
     };
     let child = Child {
@@ -294,13 +281,8 @@ fn clone_child(args: &ChildArgs, stack: &mut [u8]) -> io::Result<(u32, OwnedFd)>
         pid
     };
     if pidfd < 0 {
-        // A kernel that ignored CLONE_PIDFD (callers check `supported` first): the child runs
-        // and nothing could wait for it, so stop it and reap it here.
-        // SAFETY: kill and waitpid touch no memory of ours.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        // A kernel that ignored CLONE_PIDFD (callers check `supported` first).
+        stop_unwaitable(pid as u32);
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "the kernel gave no pidfd for the child",
@@ -311,10 +293,21 @@ fn clone_child(args: &ChildArgs, stack: &mut [u8]) -> io::Result<(u32, OwnedFd)>
     Ok((pid as u32, pidfd))
 }
 
+/// Kills and reaps a child that nothing could wait for (its pidfd is missing or could not be
+/// registered), rather than leave it running unsupervised.
+fn stop_unwaitable(pid: u32) {
+    let pid = pid as libc::pid_t;
+    // SAFETY: kill and waitpid touch no memory of ours.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
 /// The child until exec. Only system calls: it shares the agent's memory.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `ChildArgs` that `clone_child` passed, alive until this exec's or
-    // exits. Every call below is a system-call wrapper that is async-signal-safe.
+    // SAFETY: `arg` is the `ChildArgs` that `clone_child` passed, alive until this child
+    // execs or exits. Every call below is a system-call wrapper that is async-signal-safe.
     unsafe {
         let args = &*(arg as *const ChildArgs);
         // Handlers are the agent's and must not run here; SIGPIPE, which the agent ignores,
@@ -556,7 +549,6 @@ mod tests {
             cwd: Some(Path::new("/")),
             ids: None,
             fd3: Some(fd3),
-            die_with: std::process::id(),
         })
     }
 
@@ -630,7 +622,6 @@ mod tests {
             cwd: None,
             ids: None,
             fd3: Some(reader.into()),
-            die_with: std::process::id(),
         });
         let e = missing.expect_err("no such program");
         assert_eq!(e.step, Step::Exec);
@@ -643,7 +634,6 @@ mod tests {
             cwd: Some(Path::new("/nonexistent/dir")),
             ids: None,
             fd3: None,
-            die_with: std::process::id(),
         });
         let e = nowhere.expect_err("no such directory");
         assert_eq!(e.step, Step::Cwd);
@@ -666,7 +656,6 @@ mod tests {
                     groups: &groups,
                 }),
                 fd3: None,
-                die_with: std::process::id(),
             })
         };
         let child = as_nobody_in(Path::new("/"));

@@ -9,7 +9,7 @@
 //! leader, `return` outside a function is the same error. Idle shells are not jobs: they hold no
 //! job permit and have no status in `mesh_jobs`.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::process::{
-    HOST_ENV, JOB_ENV, SpawnError, SpawnSpec, check_cwd, is_agent_setting, signal_group,
+    HOST_ENV, JOB_ENV, SpawnError, SpawnSpec, check_cwd, inherited_env, signal_group,
 };
 use crate::runas::Account;
 use crate::vfork;
@@ -274,15 +274,7 @@ impl WarmShell {
             // BOOT opens `/dev/fd/3` anew, which the kernel checks against the pipe's owner.
             std::os::unix::fs::fchown(&reader, Some(account.uid), Some(account.gid))?;
         }
-        let mut env: Vec<(OsString, OsString)> = match pool.account {
-            None => std::env::vars_os()
-                .filter(|(key, _)| !is_agent_setting(key))
-                .collect(),
-            Some(_) => Account::kept_env()
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        };
+        let mut env = inherited_env(pool.account.is_some());
         env.push((HOST_ENV.into(), pool.host.as_str().into()));
         env.push((WARM_ENV.into(), pool.instance.as_str().into()));
         let child = vfork::spawn(vfork::Command {
@@ -290,15 +282,10 @@ impl WarmShell {
             args: &[OsStr::new("-c"), OsStr::new(BOOT)],
             env,
             cwd: pool.account.as_ref().map(|(_, cwd)| cwd.as_path()),
-            ids: pool.account.as_ref().map(|(account, _)| vfork::Ids {
-                uid: account.uid,
-                gid: account.gid,
-                groups: &account.groups,
-            }),
+            ids: pool.account.as_ref().map(|(account, _)| account.ids()),
             // The shell holds its own copy now; ours is closed by the spawn, or it would keep
             // the pipe open after the writer closes and the shell would never see its end.
             fd3: Some(reader.into()),
-            die_with: std::process::id(),
         })?;
         let script = pipe::Sender::from_owned_fd(OwnedFd::from(writer))?;
         Ok(Self {
