@@ -21,11 +21,11 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-/// The child's stack until exec. It runs a few system-call wrappers, but the buffer has no guard
-/// page below it, so it is sized far beyond that: with 64 KiB the debug-built agent tests aborted
-/// about one run in five with a stack overflow reported on a runtime worker, and did not with
-/// 1 MiB (allocated with mmap by malloc at this size; only the pages touched become resident).
-const CHILD_STACK_BYTES: usize = 1024 * 1024;
+/// The child's stack until exec, above a guard page. The child runs a few system-call wrappers
+/// (a few KiB even in a debug build); the rest is margin, reserved but never made resident
+/// unless touched. Should the child ever overrun it, the guard page kills the child alone
+/// instead of letting it write over the agent's memory, which it shares.
+const CHILD_STACK_BYTES: usize = 256 * 1024;
 
 /// The lowest descriptor a source of the child's stdio or fd 3 may have: above every target, so
 /// that no `dup2` overwrites a source still to be copied.
@@ -115,9 +115,10 @@ struct ChildArgs<'a> {
     ids: Option<(libc::uid_t, libc::gid_t, &'a [libc::gid_t])>,
     /// The agent's pid: the parent the child must have.
     die_with: u32,
-    /// The errno of the step that failed in the child, 0 when it reached exec.
+    /// The errno of the step that failed in the child, 0 while none has.
     error: AtomicI32,
-    /// Which step that was (a [`Step`] as a number).
+    /// Which step that was (a [`Step`] as a number); `STEP_EXEC` with no error once the child
+    /// is about to exec, so that a child that ended before (by a signal) is told apart.
     step: AtomicI32,
 }
 
@@ -166,20 +167,17 @@ pub fn spawn(command: Command<'_>) -> Result<Child, Failed> {
     })?;
     match outcome {
         None => Ok(child),
-        Some((step, errno)) => {
-            // The child has exited (with 127): reap it before saying why.
+        Some((step, source)) => {
+            // The child has exited: reap it before saying why.
             let _ = child.reap(0);
-            Err(Failed {
-                step,
-                source: io::Error::from_raw_os_error(errno),
-            })
+            Err(Failed { step, source })
         }
     }
 }
 
-/// Prepares everything, clones the child and takes it in; with the step and errno it gave up
-/// at, when it did.
-fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
+/// Prepares everything, clones the child and takes it in; with the step it gave up at and why,
+/// when it did.
+fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, io::Error)>)> {
     let program = cstring(command.program.as_os_str())?;
     let mut strings = Vec::with_capacity(1 + command.args.len());
     strings.push(program.clone());
@@ -220,10 +218,10 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
         error: AtomicI32::new(0),
         step: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; CHILD_STACK_BYTES];
-    let (pid, pidfd) = clone_child(&args, &mut stack)?;
-    // The child has exec'd or exited: the agent's copies of its ends are closed with these.
-    drop((stdin, out_write, err_write, fd3));
+    let stack = ChildStack::new()?;
+    let (pid, pidfd) = clone_child(&args, &stack)?;
+    // The child has exec'd or exited: the agent's copies of its ends, and its stack, go.
+    drop((stdin, out_write, err_write, fd3, stack));
 
     // SAFETY: the AsyncFd owns the pidfd, which stays open and the same until it is dropped.
     let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
@@ -241,14 +239,19 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
         stderr: Some(pipe::Receiver::from_owned_fd(err_read.into())?),
     };
     let outcome = match args.error.load(Ordering::Acquire) {
-        0 => None,
+        0 if args.step.load(Ordering::Acquire) == STEP_EXEC => None,
+        // Neither exec'd nor said why: a signal ended it (a stack overrun, say).
+        0 => Some((
+            Step::Setup,
+            io::Error::other("the shell was killed before it could start"),
+        )),
         errno => {
             let step = match args.step.load(Ordering::Acquire) {
                 STEP_CWD => Step::Cwd,
                 STEP_EXEC => Step::Exec,
                 _ => Step::Setup,
             };
-            Some((step, errno))
+            Some((step, io::Error::from_raw_os_error(errno)))
         }
     };
     Ok((child, outcome))
@@ -256,9 +259,8 @@ fn start(command: Command<'_>) -> io::Result<(Child, Option<(Step, i32)>)> {
 
 /// Clones the child and waits (the kernel suspends this thread) until it has exec'd or exited.
 /// Every signal is blocked meanwhile so that no handler of the agent's runs on the child's stack.
-fn clone_child(args: &ChildArgs, stack: &mut [u8]) -> io::Result<(u32, OwnedFd)> {
-    // The stack grows down from its end, kept 16-byte aligned.
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+fn clone_child(args: &ChildArgs, stack: &ChildStack) -> io::Result<(u32, OwnedFd)> {
+    let top = stack.top();
     let mut pidfd: libc::c_int = -1;
     // SAFETY: `args` and `stack` outlive the child's use of them: with CLONE_VFORK this thread
     // does not return from clone until the child has exec'd or exited. The child only reads
@@ -304,6 +306,57 @@ fn stop_unwaitable(pid: u32) {
     unsafe {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// The child's stack: [`CHILD_STACK_BYTES`] mapped on their own, with a page below them that
+/// faults when touched.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> io::Result<ChildStack> {
+        // SAFETY: sysconf reads a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = CHILD_STACK_BYTES + page;
+        // SAFETY: a fresh anonymous mapping that no other memory overlaps; only this struct
+        // holds it and unmaps it on drop.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = ChildStack { base, len };
+            // The stack grows down: its lowest page is the guard.
+            if libc::mprotect(base, page, libc::PROT_NONE) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+    }
+
+    /// Where the child's stack pointer starts: the end of the mapping, 16-byte aligned.
+    fn top(&self) -> usize {
+        (self.base as usize + self.len) & !15
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is this struct's own, and the child that ran on it has exec'd
+        // or exited.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
     }
 }
 
@@ -365,6 +418,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        // Tells the parent, if nothing else comes, that the child got this far.
+        args.step.store(STEP_EXEC, Ordering::Release);
         libc::execve(
             args.program.as_ptr(),
             args.argv.as_ptr(),
@@ -641,6 +696,69 @@ mod tests {
         let e = nowhere.expect_err("no such directory");
         assert_eq!(e.step, Step::Cwd);
         assert_eq!(e.source.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn the_childs_stack_has_a_guard_page_below_it() {
+        let stack = ChildStack::new().expect("map a stack");
+        let base = stack.base as usize;
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
+        let perms_at = |addr: usize| {
+            maps.lines().find_map(|line| {
+                let (range, rest) = line.split_once(' ')?;
+                let (lo, hi) = range.split_once('-')?;
+                let (lo, hi) = (
+                    usize::from_str_radix(lo, 16).ok()?,
+                    usize::from_str_radix(hi, 16).ok()?,
+                );
+                (lo <= addr && addr < hi).then(|| rest[..4].to_string())
+            })
+        };
+        assert_eq!(perms_at(base).as_deref(), Some("---p"), "the guard page");
+        assert_eq!(perms_at(stack.top() - 16).as_deref(), Some("rw-p"));
+        assert!(stack.top() - base > CHILD_STACK_BYTES);
+    }
+
+    /// Many children started at once from every worker thread, as a busy agent does: each gets
+    /// its own arguments and output, and the agent (whose memory each child shares until exec)
+    /// is unharmed.
+    #[test]
+    fn children_started_at_once_from_many_threads_each_get_their_own_output() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for task in 0..32 {
+                tasks.spawn(async move {
+                    for round in 0..20 {
+                        let script = format!("echo {task}-{round}; echo e{round} >&2");
+                        let args = [OsStr::new("-c"), OsStr::new(&script)];
+                        let mut child = spawn(Command {
+                            program: Path::new("/bin/sh"),
+                            args: &args,
+                            env: Vec::new(),
+                            cwd: None,
+                            ids: None,
+                            fd3: None,
+                        })
+                        .expect("spawn");
+                        let (out, err) = (child.stdout.take(), child.stderr.take());
+                        let (out, err) = tokio::join!(read_all(out), read_all(err));
+                        assert!(child.wait().await.expect("wait").success());
+                        assert_eq!(
+                            (out, err),
+                            (format!("{task}-{round}\n"), format!("e{round}\n"))
+                        );
+                    }
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.expect("every task finished without a panic");
+            }
+        });
     }
 
     #[tokio::test]
