@@ -391,7 +391,11 @@ async fn two_agents_in_one_process_serve_their_own_roots_and_spare_each_others_j
         panic!("{reply:?}")
     };
     let pid = run.status.expect("status").pid;
-    assert!(!processes_of("sleeper-1").is_empty());
+    // A warm shell takes the job's environment when it runs the command, just after the reply.
+    support::eventually(support::WAIT, || async {
+        !processes_of("sleeper-1").is_empty()
+    })
+    .await;
     let js = jetstream::new(a.client.clone());
     let jobs = js.get_key_value(layout::JOBS_BUCKET).await.expect("bucket");
     let sim_b = tok("host id", "sim-b");
