@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::files::Roots;
 use crate::guard::{Guard, Job};
 use crate::refusal::Refusal;
-use crate::request::{self, KillSpec, Order, RunSpec};
+use crate::request::{self, ControlOrder, ControlSpec, Order, RunSpec};
 use crate::runas::{Account, RunAs};
 use crate::signature::Verifier;
 use crate::tier::{self, Tier};
@@ -193,15 +193,19 @@ impl Admission {
         req: pb::ControlRequest,
         config: &Config,
         now_ms: u64,
-    ) -> Result<KillSpec, Refusal> {
+    ) -> Result<ControlSpec, Refusal> {
         let host = &self.host;
         self.verifier.verify(host, payload, &req)?;
         let (nonce, tier, expires_at_ms) = (req.nonce.clone(), req.tier, req.expires_at_ms);
         request::check_expiry(config, expires_at_ms, &req.job_id, now_ms)?;
-        let spec = request::kill_spec(req, config)?;
+        let spec = request::control_spec(req, config)?;
         self.verifier
             .remember(host, &nonce, expires_at_ms, now_ms)?;
-        tier::admit(host, tier, self.max_tier, tier::KILL)?;
+        let needed = match spec.order {
+            ControlOrder::Kill { .. } => tier::KILL,
+            ControlOrder::Query => tier::QUERY,
+        };
+        tier::admit(host, tier, self.max_tier, needed)?;
         Ok(spec)
     }
 }

@@ -19,7 +19,7 @@ use crate::files;
 use crate::handler::{self, control_error, exec_error};
 use crate::node::Node;
 use crate::refusal::{NewWork, Refusal};
-use crate::request::Order;
+use crate::request::{ControlOrder, Order};
 
 /// The host's request subscriptions.
 pub struct Subscriptions {
@@ -249,7 +249,7 @@ async fn exec(node: &Arc<Node>, msg: Message) -> pb::ExecReply {
     }
 }
 
-/// Answers one ControlRequest: decodes and admits it, then hands it to the kill handler.
+/// Answers one ControlRequest: decodes and admits it, then hands it to the control handler.
 async fn control(node: &Node, msg: Message) -> pb::ControlReply {
     let host = node.host();
     let req = match pb::ControlRequest::decode(msg.payload.as_ref()) {
@@ -272,6 +272,13 @@ async fn control(node: &Node, msg: Message) -> pb::ControlReply {
                 return control_error(&refusal);
             }
         };
-    let span = info_span!("kill", host = %host, job = %spec.job, user = %spec.user);
+    let span = match spec.order {
+        ControlOrder::Kill { .. } => {
+            info_span!("kill", host = %host, job = %spec.job, user = %spec.user)
+        }
+        ControlOrder::Query => {
+            info_span!("query", host = %host, job = %spec.job, user = %spec.user)
+        }
+    };
     handler::control::handle(node, spec).instrument(span).await
 }

@@ -124,13 +124,21 @@ pub enum Order {
     Facts(FactsSpec),
 }
 
-/// A validated request to stop a job.
+/// A validated control request: what to do with which job, on whose behalf.
 #[derive(Debug, Clone)]
-pub struct KillSpec {
+pub struct ControlSpec {
     pub job: Token,
     pub user: String,
-    /// Between SIGTERM and SIGKILL.
-    pub grace: Duration,
+    pub order: ControlOrder,
+}
+
+/// What a control request asks of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOrder {
+    /// Stop it, with this long between SIGTERM and SIGKILL.
+    Kill { grace: Duration },
+    /// Say whether it still runs here.
+    Query,
 }
 
 /// [`order`] for a request that must run a command.
@@ -405,28 +413,33 @@ pub fn quote_words(words: &[String]) -> String {
 }
 
 /// Checks a ControlRequest against this host.
-pub fn kill_spec(req: pb::ControlRequest, config: &Config) -> Result<KillSpec, Refusal> {
+pub fn control_spec(req: pb::ControlRequest, config: &Config) -> Result<ControlSpec, Refusal> {
     let host = &config.host_id;
     addressed_here(config, &req.host, &req.tenant)?;
     let job = token(host, "job id", &req.job_id)?;
-    let Some(pb::control_request::Body::Kill(kill)) = req.body else {
-        return Err(invalid(
-            host,
-            "the control request has no body this agent understands",
-        ));
-    };
-    let grace = if kill.grace_ms == 0 {
-        config.kill_grace()
-    } else {
-        Duration::from_millis(kill.grace_ms).min(MAX_KILL_GRACE)
+    let order = match req.body {
+        Some(pb::control_request::Body::Kill(kill)) => ControlOrder::Kill {
+            grace: if kill.grace_ms == 0 {
+                config.kill_grace()
+            } else {
+                Duration::from_millis(kill.grace_ms).min(MAX_KILL_GRACE)
+            },
+        },
+        Some(pb::control_request::Body::Query(pb::JobQuery {})) => ControlOrder::Query,
+        None => {
+            return Err(invalid(
+                host,
+                "the control request has no body this agent understands",
+            ));
+        }
     };
     if !req.user.is_empty() {
         token(host, "user", &req.user)?;
     }
-    Ok(KillSpec {
+    Ok(ControlSpec {
         job,
         user: req.user,
-        grace,
+        order,
     })
 }
 

@@ -13,6 +13,9 @@ pub use execmesh_proto::tier::Tier;
 /// The tier a kill needs.
 pub const KILL: (Tier, &str) = (Tier::Standard, "killing a job");
 
+/// The tier asking whether a job still runs needs.
+pub const QUERY: (Tier, &str) = (Tier::Readonly, "asking after a job");
+
 /// The tier an ExecRequest's body needs, and what it does in words (for refusals).
 pub fn needed(body: Option<&exec_request::Body>) -> (Tier, &'static str) {
     use file_request::Op;

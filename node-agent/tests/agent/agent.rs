@@ -67,16 +67,31 @@ async fn kill(
     job: &str,
     grace_ms: u64,
 ) -> pb::ControlReply {
+    let kill = pb::control_request::Body::Kill(pb::KillRequest { grace_ms });
+    control(client, host, job, pb::Tier::Standard, kill).await
+}
+
+/// Asks whether `job` still runs, with the lowest tier.
+async fn query(client: &async_nats::Client, host: &Token, job: &str) -> pb::ControlReply {
+    let query = pb::control_request::Body::Query(pb::JobQuery {});
+    control(client, host, job, pb::Tier::Readonly, query).await
+}
+
+async fn control(
+    client: &async_nats::Client,
+    host: &Token,
+    job: &str,
+    tier: pb::Tier,
+    body: pb::control_request::Body,
+) -> pb::ControlReply {
     let req = pb::ControlRequest {
         tenant: "default".into(),
         host: host.to_string(),
         job_id: job.into(),
         user: "bob".into(),
         expires_at_ms: execmesh_proto::now_ms() + 30_000,
-        tier: pb::Tier::Standard as i32,
-        body: Some(pb::control_request::Body::Kill(pb::KillRequest {
-            grace_ms,
-        })),
+        tier: tier as i32,
+        body: Some(body),
         ..Default::default()
     };
     let msg = timeout(
@@ -316,6 +331,15 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     // The trap is set once the shell runs `sleep`.
     eventually(WAIT, || async { sleeping("stubborn-1") }).await;
 
+    // Asked with the lowest tier, the agent says from its own table that this instance runs it.
+    let asked = status_reply(query(&client, &agent.host, "stubborn-1").await);
+    assert_eq!(
+        (state(&asked), asked.job_id.as_str(), asked.host.as_str()),
+        (JobState::Running, "stubborn-1", "web-1")
+    );
+    assert_eq!(asked.agent_instance, running.agent_instance);
+    assert!(!asked.agent_instance.is_empty());
+
     let killed = status_reply(kill(&client, &agent.host, "stubborn-1", 200).await);
     assert_eq!(state(&killed), JobState::Killed);
     assert_eq!(killed.signal, "SIGKILL");
@@ -323,9 +347,13 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     // The group is gone.
     eventually(WAIT, || async { processes_of("stubborn-1").is_empty() }).await;
 
-    // Killing it again reports how it ended; an unknown job is named.
+    // Killing it again, or asking after it, reports how it ended; an unknown job is named.
     assert_eq!(
         status_reply(kill(&client, &agent.host, "stubborn-1", 0).await),
+        killed
+    );
+    assert_eq!(
+        status_reply(query(&client, &agent.host, "stubborn-1").await),
         killed
     );
     match kill(&client, &agent.host, "nope-1", 0).await.body {

@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use execmesh_proto::jetstream::PRESENCE_BUCKET;
 use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::audit_kind;
+use execmesh_tests::presence::presence_key;
 use execmesh_tests::process::job_processes;
 use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, RunningAudit, eventually};
 use serde_json::json;
@@ -183,6 +185,62 @@ async fn every_reader_says_lost_for_a_job_whose_agent_died() {
     // no process behind on the machine.
     agent.restart().await;
     eventually(WAIT, || async { job_processes(&job).is_empty() }).await;
+}
+
+/// A heartbeat that goes missing while its agent lives (JetStream electing leaders back to back
+/// for longer than the grace) does not end the job: asked over core NATS, the agent says it
+/// still runs it, and the job runs to its end with all its output, lost to no reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marked_lost() {
+    let nats = Nats::start().await;
+    let sink = AuditSink::new(&nats).start().await;
+    // A heartbeat stored again only after the job has ended: the gap outlasts the grace.
+    let _agent = NodeAgent::new(&nats, "web-1")
+        .arg("--heartbeat-interval-ms", "20000")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.lost_grace = Duration::from_millis(200))
+        .start()
+        .await;
+    let client = gw.client("alice").await;
+    let job = client
+        .bash_bg(
+            "web-1",
+            "for i in 1 2 3 4 5 6; do echo line $i; sleep 0.5; done",
+        )
+        .await;
+    started(&sink, &job).await;
+
+    // The heartbeat goes away, as when a new stream leader expires it.
+    let presence = nats
+        .jetstream()
+        .await
+        .get_key_value(PRESENCE_BUCKET)
+        .await
+        .expect("the presence bucket");
+    presence
+        .delete(presence_key("web-1"))
+        .await
+        .expect("delete the heartbeat");
+    // Past the grace: by the heartbeat alone, a reader now counts the job lost.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        nats.presence("web-1").await.is_none(),
+        "the heartbeat is gone"
+    );
+    assert_eq!(listed_state(&client, &job).await, "running");
+
+    let waited = client.wait_exited(&job, 30).await;
+    let text = waited.text();
+    assert!(text.contains("line 1") && text.contains("line 6"), "{text}");
+    audit_drained(&sink, &client, "web-1").await;
+    let ends = events(&sink, audit_kind::JOB_FINISHED, &job).await;
+    assert_eq!(
+        ends.iter().map(|e| e.outcome.as_str()).collect::<Vec<_>>(),
+        ["ok"],
+        "{ends:?}"
+    );
 }
 
 /// The MCP `hosts` entry of `host`.

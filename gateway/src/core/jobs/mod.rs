@@ -1,6 +1,6 @@
 //! Jobs on hosts as the domain acts on them: who may see or act on a job ([`access`]), the one
 //! rule for the state every reader shows ([`state`]), following a job's output to its end
-//! ([`follow`]), and asking a host's agent to kill one.
+//! ([`follow`]), and asking a host's agent to kill one or whether one still runs.
 
 pub mod access;
 pub mod follow;
@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use execmesh_proto::tier::Tier;
 use execmesh_proto::{Token, pb, subject};
+use tracing::debug;
 
 use crate::core::audit::{Answer, Audit};
 use crate::core::auth::Identity;
@@ -19,8 +21,8 @@ use crate::core::jobs::access::{JobAccess, Via};
 use crate::core::mesh::Mesh;
 use crate::core::trace::TraceContext;
 
-/// How long a kill request stays valid for the agent after it is sent.
-const KILL_VALIDITY: Duration = Duration::from_secs(30);
+/// How long a control request stays valid for the agent after it is sent.
+const CONTROL_VALIDITY: Duration = Duration::from_secs(30);
 
 /// Asks `host`'s agent to kill `job` (SIGTERM to its process group, SIGKILL after `grace_ms`
 /// milliseconds; 0: the agent's default) and returns the status it reports. The reply is
@@ -39,7 +41,7 @@ pub async fn kill(
         host: host.to_string(),
         job_id: job.to_string(),
         user: identity.user.to_string(),
-        expires_at_ms: execmesh_proto::now_ms() + KILL_VALIDITY.as_millis() as u64,
+        expires_at_ms: execmesh_proto::now_ms() + CONTROL_VALIDITY.as_millis() as u64,
         // The agent caps it at its own `max_tier`; `mesh.request` adds nonce and signature.
         tier: identity.tier.to_wire() as i32,
         body: Some(pb::control_request::Body::Kill(pb::KillRequest {
@@ -47,19 +49,10 @@ pub async fn kill(
         })),
         ..Default::default()
     };
-    // A relay target's jobs are its users' relays' to stop: each reads only its own user's
-    // control subject.
-    let relay_target = matches!(mesh.host(host).await,
-        Ok(Some(record)) if record.relay_user().is_some());
-    let ctl = if relay_target {
-        subject::ctl_of_user(&mesh.tenant, host, &identity.user)
-    } else {
-        subject::ctl(&mesh.tenant, host)
-    };
     let reply: pb::ControlReply = mesh
         .request(
             host,
-            ctl,
+            ctl_subject(mesh, host, &identity.user).await,
             &request,
             Some(&trace.traceparent()),
             request_timeout + Duration::from_secs(10),
@@ -71,6 +64,61 @@ pub async fn kill(
         Some(pb::control_reply::Body::Error(e)) => Err(ToolError::refused(host, e)),
         None => Err(ToolError::bad_reply(host, &"it sent an empty reply")),
     }
+}
+
+/// The control subject of `host` for `user`'s jobs. A relay target's jobs are its users'
+/// relays' to control: each reads only its own user's control subject.
+async fn ctl_subject(mesh: &Mesh, host: &Token, user: &Token) -> String {
+    let relay_target = matches!(mesh.host(host).await,
+        Ok(Some(record)) if record.relay_user().is_some());
+    if relay_target {
+        subject::ctl_of_user(&mesh.tenant, host, user)
+    } else {
+        subject::ctl(&mesh.tenant, host)
+    }
+}
+
+/// How long the agent that runs a job has to answer whether it still does.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the agent instance that started the running job `status` describes says, over core
+/// NATS, that it still runs it. Asked before the job is marked lost for a missing heartbeat:
+/// while JetStream elects a leader no heartbeat can be stored, but the agent still answers. No
+/// answer (no responders, a timeout), an answer from another instance or about another state,
+/// or a refusal (an agent that does not know the query) is `false`: the heartbeat rule stands.
+pub async fn runs_on_its_agent(mesh: &Mesh, status: &pb::JobStatus) -> bool {
+    let (Ok(host), Ok(job), Ok(user)) = (
+        Token::parse("host id", &status.host),
+        Token::parse("job id", &status.job_id),
+        Token::parse("user", &status.user),
+    ) else {
+        return false;
+    };
+    if status.agent_instance.is_empty() {
+        return false;
+    }
+    let request = pb::ControlRequest {
+        tenant: mesh.tenant.to_string(),
+        host: host.to_string(),
+        job_id: job.to_string(),
+        user: user.to_string(),
+        expires_at_ms: execmesh_proto::now_ms() + CONTROL_VALIDITY.as_millis() as u64,
+        tier: Tier::Readonly.to_wire() as i32,
+        body: Some(pb::control_request::Body::Query(pb::JobQuery {})),
+        ..Default::default()
+    };
+    let subject = ctl_subject(mesh, &host, &user).await;
+    let reply: Result<pb::ControlReply, _> = mesh
+        .request(&host, subject, &request, None, QUERY_TIMEOUT)
+        .await;
+    let runs = matches!(&reply,
+        Ok(pb::ControlReply { body: Some(pb::control_reply::Body::Status(now)) })
+            if now.state() == pb::JobState::Running
+                && now.agent_instance == status.agent_instance);
+    debug!(host = %host, job = %job, runs, answer = ?reply.as_ref().map(|r| &r.body),
+           error = reply.as_ref().err().map(tracing::field::display),
+           "asked the agent whether the job still runs");
+    runs
 }
 
 /// Kills the running job `status` describes as `caller` (signed by the gateway, tier-checked by

@@ -10,12 +10,14 @@
 //! restarted agent marking its own unfinished jobs — records the job's `job-finished` event, with
 //! the job's own event id, so the audit trail has it exactly once.
 //!
-//! The grace (`lost_grace_ms`) is there because an expired heartbeat does not always mean a dead
-//! agent. While a JetStream cluster elects a new leader for `mesh_presence` (a node killed or
+//! Before a job is marked, its agent is asked over core NATS whether it still runs it
+//! ([`super::runs_on_its_agent`]); only a job its agent does not vouch for is marked. The grace
+//! (`lost_grace_ms`) is there because an expired heartbeat does not always mean a dead agent. While a JetStream cluster elects a new leader for `mesh_presence` (a node killed or
 //! restarted), no heartbeat can be stored; the new leader then expires every heartbeat that aged
 //! past its TTL meanwhile, at once, and the agents' next beats land a moment later. Without the
 //! grace those agents' running jobs were marked lost, and a client paging such a job was told
-//! its output had ended while the agent went on writing it.
+//! its output had ended while the agent went on writing it. Elections back to back can outlast
+//! the grace, which is why the agent is asked too.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -150,12 +152,18 @@ async fn settle_within(
     })
 }
 
-/// Marks a job lost; the writer that wins logs and audits it.
+/// Marks a job lost, unless its agent answers that it still runs it; the writer that wins logs
+/// and audits it.
 async fn mark(
     mesh: &Mesh,
     audit: &Audit,
     status: pb::JobStatus,
 ) -> Result<pb::JobStatus, MeshError> {
+    if super::runs_on_its_agent(mesh, &status).await {
+        info!(host = %status.host, job = %status.job_id,
+              "heartbeat missing but the agent says the job still runs: not marked lost");
+        return Ok(status);
+    }
     let settled = mesh.mark_lost(status).await?;
     if settled.by_us {
         let s = &settled.status;
