@@ -539,34 +539,8 @@ impl Child {
         let Some(pidfd) = &self.pidfd else {
             return Err(io::Error::other("the child has no pidfd"));
         };
-        // SAFETY: waitid writes only `info`, which is ours and zeroed.
-        let info = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            if libc::waitid(
-                libc::P_PIDFD,
-                pidfd.as_raw_fd() as libc::id_t,
-                &mut info,
-                libc::WEXITED | flags,
-            ) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            info
-        };
-        // SAFETY: for a SIGCHLD-kind siginfo from waitid these fields are set (si_pid is 0
-        // when WNOHANG found the child still running).
-        let (pid, code, value) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-        if pid == 0 {
-            return Ok(None);
-        }
-        let raw = match code {
-            libc::CLD_EXITED => (value & 0xff) << 8,
-            libc::CLD_DUMPED => value | 0x80,
-            _ => value,
-        };
-        let status = ExitStatus::from_raw(raw);
-        self.status = Some(status);
-        Ok(Some(status))
+        self.status = reap(pidfd.get_ref(), flags)?;
+        Ok(self.status)
     }
 }
 
@@ -576,21 +550,54 @@ impl Drop for Child {
             return;
         }
         // Still running: whoever dropped it has killed it or left it to its job; reap it when
-        // it ends rather than leave a zombie.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // it ends rather than leave a zombie. The task holds the pidfd alone, not a Child: a
+        // runtime shutting down drops the task at once, and a Child there would spawn another
+        // from its own drop, again and again until the stack ran out.
+        let (Ok(runtime), Some(pidfd)) = (tokio::runtime::Handle::try_current(), self.pidfd.take())
+        else {
             return;
         };
-        let mut orphan = Child {
-            pid: self.pid,
-            pidfd: self.pidfd.take(),
-            status: None,
-            stdout: None,
-            stderr: None,
-        };
         runtime.spawn(async move {
-            let _ = orphan.wait().await;
+            // A pidfd polls readable once its process has exited.
+            while let Ok(None) = reap(pidfd.get_ref(), libc::WNOHANG) {
+                match pidfd.readable().await {
+                    Ok(mut ready) => ready.clear_ready(),
+                    Err(_) => return,
+                }
+            }
         });
     }
+}
+
+/// Reaps the child behind `pidfd`: its status once it has exited, `None` while it runs (with
+/// `WNOHANG` in `flags`).
+fn reap(pidfd: &OwnedFd, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
+    // SAFETY: waitid writes only `info`, which is ours and zeroed.
+    let info = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        if libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | flags,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        info
+    };
+    // SAFETY: for a SIGCHLD-kind siginfo from waitid these fields are set (si_pid is 0 when
+    // WNOHANG found the child still running).
+    let (pid, code, value) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+    if pid == 0 {
+        return Ok(None);
+    }
+    let raw = match code {
+        libc::CLD_EXITED => (value & 0xff) << 8,
+        libc::CLD_DUMPED => value | 0x80,
+        _ => value,
+    };
+    Ok(Some(ExitStatus::from_raw(raw)))
 }
 
 #[cfg(test)]
@@ -759,6 +766,45 @@ mod tests {
                 done.expect("every task finished without a panic");
             }
         });
+    }
+
+    /// A child dropped while it runs is left to a task that reaps it. A runtime shut down
+    /// meanwhile drops that task at once: before, the task held a Child whose drop spawned the
+    /// next task, recursing until the thread's stack overflowed and the agent aborted.
+    #[test]
+    fn a_runtime_shut_down_with_a_running_child_left_to_reap_stops_cleanly() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let pid = runtime.block_on(async {
+            let args = [OsStr::new("-c"), OsStr::new("exec sleep 30")];
+            let child = spawn(Command {
+                program: Path::new("/bin/sh"),
+                args: &args,
+                env: Vec::new(),
+                cwd: None,
+                ids: None,
+                fd3: None,
+            })
+            .expect("spawn");
+            let pid = child.id().expect("running");
+            drop(child);
+            pid
+        });
+        drop(runtime);
+        // Still ours to stop and reap.
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
+        let reaped = nix::sys::wait::waitpid(pid, None).expect("reap");
+        assert!(
+            matches!(
+                reaped,
+                nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
+            ),
+            "{reaped:?}"
+        );
     }
 
     #[tokio::test]
