@@ -287,6 +287,9 @@ async fn floors(nats: &Nats, peer: &McpClient, calls: usize) -> anyhow::Result<V
     let requester = nats.client().await;
     let subject = "bench.floor";
     let mut requests = responder.subscribe(subject).await?;
+    // The subscription is at the server once the responder's own flush returns: the first
+    // request cannot then find no responder.
+    responder.flush().await?;
     let echo = tokio::spawn(async move {
         while let Some(request) = requests.next().await {
             if let Some(reply) = request.reply {
@@ -294,7 +297,6 @@ async fn floors(nats: &Nats, peer: &McpClient, calls: usize) -> anyhow::Result<V
             }
         }
     });
-    requester.flush().await?;
     let mut request = Vec::with_capacity(calls);
     for i in 0..calls + 100 {
         let started = Instant::now();
