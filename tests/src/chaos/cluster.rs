@@ -10,17 +10,17 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    Answer, Broken, CALL_TIMEOUT, Call, HOST, Invariants, LineTally, RECOVERY, Scenario, Size,
-    USER, answered_since, follow, job_end, job_lines, ms, paced_job_with, raw_bash_told, reached,
-    settle, state_of,
+    Answer, Broken, CALL_TIMEOUT, CHUNKS, Call, HOST, Invariants, LineTally, RECOVERY, Scenario,
+    Size, USER, answered_since, follow, job_end, job_lines, ms, raw_bash_told, reached, settle,
+    state_of,
 };
 use crate::{Gateway, Nats, NodeAgent};
 
 /// Nodes of the cluster.
 const NODES: usize = 3;
-/// The pause between two chunks of the job under the leader kills: the job prints for about
-/// 15 s, long enough for both kills, their elections and a restart to land while it runs.
-const CLUSTER_PACE: &str = "0.15";
+/// The pause between two chunks of the job under the leader kills: it prints for about 7.5 s
+/// before its gate and as long after.
+const CLUSTER_PACE: &str = "0.075";
 /// Longest one page call may take before the pager counts it failed and asks again.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a call may take while nodes restart: an answer or a clear refusal, never a hang.
@@ -101,8 +101,12 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
     let _agent = NodeAgent::new(&nats, HOST).start().await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client(USER).await.with_timeout(CALL_TIMEOUT);
+    // Half way the job waits at a gate, opened once both kills are done: however long the
+    // elections and restarts take, both land while it runs.
+    let gate_dir = tempfile::tempdir().expect("a temp dir for the job's gate");
+    let gate = gate_dir.path().join("open");
     let job = client
-        .bash_bg(HOST, &paced_job_with(size.cluster_lines, CLUSTER_PACE))
+        .bash_bg(HOST, &gated_job(size.cluster_lines, &gate))
         .await;
     let pager = gw.client(USER).await.with_timeout(PAGE_TIMEOUT);
     let following = tokio::spawn(follow(pager, job.clone()));
@@ -147,6 +151,7 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
         "no new leader",
     );
     cluster.node(&leader).restart().await;
+    std::fs::write(&gate, b"").expect("open the job's gate");
 
     let job_state = state_of(job_end(&client, &job).await.as_ref());
     invariants.equal("the job ends exited", "exited", job_state.as_str());
@@ -187,6 +192,25 @@ pub async fn cluster_leader_kill(size: &Size) -> Result<ClusterLeaderFigures, Br
             job_state,
             paged_until: followed.done_state,
         },
+    )
+}
+
+/// A job printing the numbers `1..=lines`, one per line, in [`CHUNKS`] chunks
+/// [`CLUSTER_PACE`] apart, that waits after half of them until `gate` exists.
+fn gated_job(lines: u64, gate: &std::path::Path) -> String {
+    let per = lines / CHUNKS;
+    let chunks = |from: u64, to: u64| {
+        format!(
+            "for i in $(seq {from} {to}); do seq $(( i*{per}+1 )) $(( (i+1)*{per} )); \
+             sleep {CLUSTER_PACE}; done"
+        )
+    };
+    format!(
+        "{}; while [ ! -e '{}' ]; do sleep 0.05; done; {}; seq {} {lines}",
+        chunks(0, CHUNKS / 2 - 1),
+        gate.display(),
+        chunks(CHUNKS / 2, CHUNKS - 1),
+        per * CHUNKS + 1
     )
 }
 
