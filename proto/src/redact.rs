@@ -37,7 +37,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use regex::bytes::{Captures, Regex};
+use regex::bytes::{Captures, Regex, RegexSet};
 use serde_json::{Map, Value};
 
 use crate::pb;
@@ -595,12 +595,22 @@ pub struct PatternError {
     pub source: regex::Error,
 }
 
+/// Longest text whose rules are first picked with one search for all of them
+/// ([`Redactor::prefilter`]): command lines, arguments and job fields, not output chunks.
+const PREFILTER_MAX_BYTES: usize = 4 * 1024;
+
 /// Replaces secrets by [`REDACTED`] in command lines, argument summaries, job records and
 /// output. Cheap to share: build one per process (or use [`Redactor::builtin`]).
 #[derive(Debug, Clone)]
 pub struct Redactor {
     /// The built-in rules and the configured patterns.
     rules: Vec<Rule>,
+    /// Every rule's pattern, in the order of `rules`, as one set: a short text is searched
+    /// once for all of them, and only the rules that match it are run for their spans. Most
+    /// texts (a host id, `true`, a path) match none, and one search costs less than one per
+    /// rule. Long texts (output) go rule by rule: one automaton for every pattern would outgrow
+    /// the lazy DFA's cache on them.
+    prefilter: RegexSet,
     /// Names of JSON arguments whose values are always secret.
     secret_keys: regex::Regex,
 }
@@ -628,6 +638,9 @@ impl Redactor {
     /// and shared (a clone shares the compiled programs); only `extra` is compiled here.
     pub fn new(extra: &[String]) -> Result<Redactor, PatternError> {
         let mut redactor = BUILTIN.clone();
+        if extra.is_empty() {
+            return Ok(redactor);
+        }
         redactor.rules.reserve(extra.len());
         for pattern in extra {
             let regex = compile(pattern)?;
@@ -638,6 +651,7 @@ impl Redactor {
                 check: Check::Any,
             });
         }
+        redactor.prefilter = prefilter(&redactor.rules)?;
         Ok(redactor)
     }
 
@@ -662,7 +676,12 @@ impl Redactor {
             pattern: SECRET_KEYS.to_string(),
             source,
         })?;
-        Ok(Redactor { rules, secret_keys })
+        let prefilter = prefilter(&rules)?;
+        Ok(Redactor {
+            rules,
+            prefilter,
+            secret_keys,
+        })
     }
 
     /// The redactor with the built-in rules only, for places without configuration
@@ -735,8 +754,19 @@ impl Redactor {
 
     /// The spans of `data` to replace, sorted and merged.
     fn spans(&self, data: &[u8]) -> Vec<Range<usize>> {
+        let matching = (data.len() <= PREFILTER_MAX_BYTES).then(|| self.prefilter.matches(data));
+        self.spans_of_rules(data, |rule| {
+            matching.as_ref().is_none_or(|m| m.matched(rule))
+        })
+    }
+
+    /// The spans of `data` found by the rules `runs` lets run (by index), and by entropy.
+    fn spans_of_rules(&self, data: &[u8], runs: impl Fn(usize) -> bool) -> Vec<Range<usize>> {
         let mut spans = Vec::new();
-        for rule in &self.rules {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !runs(index) {
+                continue;
+            }
             if rule.captures {
                 for caps in rule.regex.captures_iter(data) {
                     if let Some(whole) = caps.get(0) {
@@ -798,6 +828,14 @@ impl Redactor {
             other => other.clone(),
         }
     }
+}
+
+/// The rules' patterns as one set, in their order.
+fn prefilter(rules: &[Rule]) -> Result<RegexSet, PatternError> {
+    RegexSet::new(rules.iter().map(|rule| rule.regex.as_str())).map_err(|source| PatternError {
+        pattern: "the set of every redaction pattern".to_string(),
+        source,
+    })
 }
 
 fn compile(pattern: &str) -> Result<Regex, PatternError> {

@@ -483,6 +483,40 @@ fn ordinary_commands_of_the_corpus_stay_unchanged() {
     );
 }
 
+/// Picking the rules to run with one search of the set finds exactly the spans that running
+/// every rule finds.
+#[test]
+fn the_prefilter_finds_the_spans_every_rule_finds() {
+    let configured = Redactor::new(&[r"ticket (?P<secret>T[0-9]+)".to_string()]).unwrap();
+    let inputs = REDACTED_CORPUS
+        .iter()
+        .map(|(input, _)| *input)
+        .chain(ORDINARY_CORPUS.iter().copied())
+        .chain(["ticket T42 and DB_PASS=hunter2x", "true", "", "web-1"]);
+    for redactor in [r(), &configured] {
+        for input in inputs.clone() {
+            let data = input.as_bytes();
+            assert_eq!(
+                redactor.spans(data),
+                redactor.spans_of_rules(data, |_| true),
+                "{input}"
+            );
+        }
+    }
+    // Output-sized text goes rule by rule, with the same result.
+    let long = REDACTED_CORPUS
+        .iter()
+        .map(|(input, _)| *input)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .repeat(8);
+    assert!(long.len() > PREFILTER_MAX_BYTES);
+    assert_eq!(
+        r().spans(long.as_bytes()),
+        r().spans_of_rules(long.as_bytes(), |_| true)
+    );
+}
+
 #[test]
 fn redaction_is_idempotent() {
     for (input, _) in REDACTED_CORPUS {
