@@ -617,6 +617,19 @@ mod tests {
         })
     }
 
+    /// `sh -c script` with nothing else: no environment, directory or fd 3.
+    fn bare_sh(script: &str) -> Result<Child, Failed> {
+        let args = [OsStr::new("-c"), OsStr::new(script)];
+        spawn(Command {
+            program: Path::new("/bin/sh"),
+            args: &args,
+            env: Vec::new(),
+            cwd: None,
+            ids: None,
+            fd3: None,
+        })
+    }
+
     async fn read_all(pipe: Option<pipe::Receiver>) -> String {
         let mut s = String::new();
         if let Some(mut pipe) = pipe {
@@ -742,16 +755,7 @@ mod tests {
                 tasks.spawn(async move {
                     for round in 0..20 {
                         let script = format!("echo {task}-{round}; echo e{round} >&2");
-                        let args = [OsStr::new("-c"), OsStr::new(&script)];
-                        let mut child = spawn(Command {
-                            program: Path::new("/bin/sh"),
-                            args: &args,
-                            env: Vec::new(),
-                            cwd: None,
-                            ids: None,
-                            fd3: None,
-                        })
-                        .expect("spawn");
+                        let mut child = bare_sh(&script).expect("spawn");
                         let (out, err) = (child.stdout.take(), child.stderr.take());
                         let (out, err) = tokio::join!(read_all(out), read_all(err));
                         assert!(child.wait().await.expect("wait").success());
@@ -779,16 +783,7 @@ mod tests {
             .build()
             .expect("runtime");
         let pid = runtime.block_on(async {
-            let args = [OsStr::new("-c"), OsStr::new("exec sleep 30")];
-            let child = spawn(Command {
-                program: Path::new("/bin/sh"),
-                args: &args,
-                env: Vec::new(),
-                cwd: None,
-                ids: None,
-                fd3: None,
-            })
-            .expect("spawn");
+            let child = bare_sh("exec sleep 30").expect("spawn");
             let pid = child.id().expect("running");
             drop(child);
             pid
