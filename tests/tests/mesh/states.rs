@@ -243,6 +243,47 @@ async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marke
     );
 }
 
+/// A frozen agent answers no query, and each of its jobs' queries waits out the timeout: its
+/// jobs are asked after together, so a reader waits about one timeout, not one per job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_of_a_frozen_agent_are_asked_after_together_and_marked_lost() {
+    let nats = Nats::start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1")
+        .arg("--heartbeat-interval-ms", "300")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.lost_grace = Duration::from_millis(200))
+        .start()
+        .await;
+    let client = gw.client("alice").await;
+    let mut jobs = Vec::new();
+    for _ in 0..6 {
+        jobs.push(client.bash_bg("web-1", "sleep 1000").await);
+    }
+    agent.freeze();
+    eventually(WAIT, || async { nats.presence("web-1").await.is_none() }).await;
+    // Past the grace, every reader counts the jobs lost unless the agent vouches for them.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let listed = std::time::Instant::now();
+    for job in &jobs {
+        assert_eq!(listed_state(&client, job).await, "lost");
+    }
+    // A gross bound: one query timeout (1 s) and the reads, where one per job took 6 s.
+    assert!(
+        listed.elapsed() < Duration::from_secs(4),
+        "the jobs were asked after one by one: {:?}",
+        listed.elapsed()
+    );
+    // The restarted agent kills what is left of the jobs, so the test leaves no process behind.
+    agent.thaw();
+    agent.kill_hard().await;
+    agent.restart().await;
+    for job in &jobs {
+        eventually(WAIT, || async { job_processes(job).is_empty() }).await;
+    }
+}
+
 /// The MCP `hosts` entry of `host`.
 async fn host_view(client: &execmesh_tests::McpClient, host: &str) -> serde_json::Value {
     let out = client.call("hosts", json!({})).await;

@@ -78,8 +78,9 @@ async fn ctl_subject(mesh: &Mesh, host: &Token, user: &Token) -> String {
     }
 }
 
-/// How long the agent that runs a job has to answer whether it still does.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the agent that runs a job has to answer whether it still does: a live agent
+/// answers from memory within milliseconds, and a reader of a frozen agent's job waits this long.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the agent instance that started the running job `status` describes says, over core
 /// NATS, that it still runs it. Asked before the job is marked lost for a missing heartbeat:

@@ -133,24 +133,41 @@ async fn settle_within(
     }
     let hosts = mesh.liveness_all().await?;
     let now_ms = execmesh_proto::now_ms();
-    for status in statuses.iter_mut() {
+    let mut lost = Vec::new();
+    for (index, status) in statuses.iter().enumerate() {
         let Ok(host) = Token::parse("host id", &status.host) else {
             continue;
         };
         let liveness = hosts.get(&host).unwrap_or(&Liveness::Unknown);
         if is_lost(status, liveness, now_ms, grace) {
-            *status = mark(mesh, audit, std::mem::take(status)).await?;
+            lost.push(index);
         } else if status.state() == pb::JobState::Running
             && matches!(liveness, Liveness::Departed(_))
         {
             departing.insert(host);
         }
     }
+    // Marked several at a time: each first asks its agent, and a frozen agent takes the whole
+    // query timeout to not answer.
+    let marked: Vec<(usize, Result<pb::JobStatus, MeshError>)> =
+        futures::stream::iter(lost.into_iter().map(|index| {
+            let status = statuses[index].clone();
+            async move { (index, mark(mesh, audit, status).await) }
+        }))
+        .buffer_unordered(MARKED_AT_ONCE)
+        .collect()
+        .await;
+    for (index, status) in marked {
+        statuses[index] = status?;
+    }
     Ok(Settled {
         statuses,
         departing,
     })
 }
+
+/// Jobs [`settle_within`] marks (and so asks the agents of) at once.
+const MARKED_AT_ONCE: usize = 64;
 
 /// Marks a job lost, unless its agent answers that it still runs it; the writer that wins logs
 /// and audits it.
