@@ -1,5 +1,4 @@
-//! The one rule for a job's state, applied by every reader and by the gateway's settler: a job
-//! RUNNING on a host whose heartbeat has been gone for longer than the grace is LOST.
+//! The one rule for a job's state, applied by every reader and by the gateway's settler: a job RUNNING on a host whose heartbeat has been gone for longer than the grace is LOST, unless its agent says it still runs it.
 //!
 //! Readers (the MCP `job` tool, the admin API and so `execmeshctl`) settle what they show with
 //! [`settle`] or [`settle_all`], so they all say the same. Nobody has to read for a lost job to
@@ -11,8 +10,10 @@
 //! the job's own event id, so the audit trail has it exactly once.
 //!
 //! Before a job is marked, its agent is asked over core NATS whether it still runs it
-//! ([`super::runs_on_its_agent`]); only a job its agent does not vouch for is marked. The grace
-//! (`lost_grace_ms`) is there because an expired heartbeat does not always mean a dead agent. While a JetStream cluster elects a new leader for `mesh_presence` (a node killed or
+//! ([`super::runs_on_its_agent`]); only a job its agent does not vouch for is marked.
+//!
+//! The grace (`lost_grace_ms`) is there because an expired heartbeat does not always mean a dead
+//! agent. While a JetStream cluster elects a new leader for `mesh_presence` (a node killed or
 //! restarted), no heartbeat can be stored; the new leader then expires every heartbeat that aged
 //! past its TTL meanwhile, at once, and the agents' next beats land a moment later. Without the
 //! grace those agents' running jobs were marked lost, and a client paging such a job was told
