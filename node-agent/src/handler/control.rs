@@ -1,4 +1,4 @@
-//! Answers control requests: a kill stops the job if it runs here and replies with how it ended; a query says whether it still runs here; either answers a job that does not run here with its stored status.
+//! Answers control requests: a kill stops the job if it runs here and replies with how it ended (a job that does not run here, with its stored status); a query says from this agent's own table whether the job is one of its own.
 
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ fn control_status(status: pb::JobStatus) -> pb::ControlReply {
     }
 }
 
-/// Does what `spec` orders with its job if it runs here; a job that does not run here is
-/// answered with its stored status.
+/// Does what `spec` orders with its job: a kill of a job that does not run here is answered
+/// with its stored status, a query of one with a refusal.
 pub async fn handle(node: &Node, spec: ControlSpec) -> pb::ControlReply {
     let job = &spec.job;
     match (node.registry.get(job), spec.order) {
@@ -43,7 +43,16 @@ pub async fn handle(node: &Node, spec: ControlSpec) -> pb::ControlReply {
                 ..Default::default()
             },
         }),
-        (None, _) => stored(node, job).await,
+        // Only this instance's table answers a query: a stored RUNNING may be a status whose
+        // end was never stored, and would vouch for a job nothing runs.
+        (None, ControlOrder::Query) => control_error(&Refusal::new(
+            ErrorCode::UnknownJob,
+            format!(
+                "job {job} does not run in this agent instance on host {}",
+                node.host()
+            ),
+        )),
+        (None, ControlOrder::Kill { .. }) => stored(node, job).await,
     }
 }
 

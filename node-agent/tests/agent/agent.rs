@@ -347,15 +347,19 @@ async fn a_kill_request_stops_a_background_job_that_ignores_sigterm() {
     // The group is gone.
     eventually(WAIT, || async { processes_of("stubborn-1").is_empty() }).await;
 
-    // Killing it again, or asking after it, reports how it ended; an unknown job is named.
+    // Killing it again reports how it ended; an unknown job is named. Asked after, the ended
+    // job is no longer this agent's own.
     assert_eq!(
         status_reply(kill(&client, &agent.host, "stubborn-1", 0).await),
         killed
     );
-    assert_eq!(
-        status_reply(query(&client, &agent.host, "stubborn-1").await),
-        killed
-    );
+    match query(&client, &agent.host, "stubborn-1").await.body {
+        Some(pb::control_reply::Body::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::UnknownJob as i32, "{e:?}");
+            assert!(e.message.contains("stubborn-1"), "{e:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     match kill(&client, &agent.host, "nope-1", 0).await.body {
         Some(pb::control_reply::Body::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UnknownJob as i32);
