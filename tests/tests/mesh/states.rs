@@ -243,6 +243,47 @@ async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marke
     );
 }
 
+/// A job its agent vouched for while the heartbeat was missing is looked at again: should the
+/// agent die before its heartbeat is back (no new marker then comes), the job still ends lost
+/// without anyone reading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vouched_for_job_is_looked_at_again_and_ends_lost_once_its_agent_dies() {
+    let nats = Nats::start().await;
+    let sink = AuditSink::new(&nats).start().await;
+    let mut agent = NodeAgent::new(&nats, "web-1")
+        .arg("--heartbeat-interval-ms", "20000")
+        .start()
+        .await;
+    let gw = Gateway::new(&nats)
+        .configure(|c| c.lost_grace = Duration::from_millis(200))
+        .start()
+        .await;
+    let client = gw.client("alice").await;
+    let job = client.bash_bg("web-1", "sleep 1000").await;
+    started(&sink, &job).await;
+    let presence = nats
+        .jetstream()
+        .await
+        .get_key_value(PRESENCE_BUCKET)
+        .await
+        .expect("the presence bucket");
+    presence
+        .delete(presence_key("web-1"))
+        .await
+        .expect("delete the heartbeat");
+    // The settler asks a grace after the marker, and the agent vouches for the job; a reader
+    // past the grace is told so too.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(listed_state(&client, &job).await, "running");
+    agent.kill_hard().await;
+    // Nobody reads the job: the settler's next look finds no agent.
+    let end = finished(&sink, &job).await;
+    assert_eq!(end.outcome, "lost", "{end:?}");
+    assert_eq!(end.source, pb::AuditSource::Gateway as i32, "{end:?}");
+    agent.restart().await;
+    eventually(WAIT, || async { job_processes(&job).is_empty() }).await;
+}
+
 /// A frozen agent answers no query, and each of its jobs' queries waits out the timeout: its
 /// jobs are asked after together, so a reader waits about one timeout, not one per job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use crate::core::audit::{Answer, Audit};
 use crate::core::auth::Identity;
 use crate::core::error::ToolError;
 use crate::core::jobs::access::{JobAccess, Via};
-use crate::core::mesh::Mesh;
+use crate::core::mesh::{DispatchError, Mesh};
 use crate::core::trace::TraceContext;
 
 /// How long a control request stays valid for the agent after it is sent.
@@ -82,12 +82,19 @@ async fn ctl_subject(mesh: &Mesh, host: &Token, user: &Token) -> String {
 /// answers from memory within milliseconds, and a reader of a frozen agent's job waits this long.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Whether the agent instance that started the running job `status` describes says, over core
-/// NATS, that it still runs it. Asked before the job is marked lost for a missing heartbeat:
-/// while JetStream elects a leader no heartbeat can be stored, but the agent still answers. No
-/// answer (no responders, a timeout), an answer from another instance or about another state,
-/// or a refusal (an agent that does not know the query) is `false`: the heartbeat rule stands.
-pub async fn runs_on_its_agent(mesh: &Mesh, status: &pb::JobStatus) -> bool {
+/// How long a query stays valid for the agent (and its nonce held in the agent's replay cache).
+const QUERY_VALIDITY: Duration = Duration::from_secs(10);
+
+/// Whether the agent instance that started the running job `status` describes vouches for it
+/// over core NATS: the job is in that instance's table, running or ended with its status still
+/// to store. Asked before the job is marked lost for a missing heartbeat: while JetStream elects
+/// a leader no heartbeat can be stored, but the agent still answers. No answer (no responders, a
+/// timeout), an answer from another instance, or a refusal (the job is not in its table, or an
+/// agent too old to know the query) is `false`: the heartbeat rule stands.
+///
+/// No JetStream read picks the subject: a relay target's jobs are its user's relay's, on its
+/// user's control subject, which is asked when nobody answers on the host's own.
+pub async fn vouched_for_by_its_agent(mesh: &Mesh, status: &pb::JobStatus) -> bool {
     let (Ok(host), Ok(job), Ok(user)) = (
         Token::parse("host id", &status.host),
         Token::parse("job id", &status.job_id),
@@ -103,23 +110,25 @@ pub async fn runs_on_its_agent(mesh: &Mesh, status: &pb::JobStatus) -> bool {
         host: host.to_string(),
         job_id: job.to_string(),
         user: user.to_string(),
-        expires_at_ms: execmesh_proto::now_ms() + CONTROL_VALIDITY.as_millis() as u64,
+        expires_at_ms: execmesh_proto::now_ms() + QUERY_VALIDITY.as_millis() as u64,
         tier: Tier::Readonly.to_wire() as i32,
         body: Some(pb::control_request::Body::Query(pb::JobQuery {})),
         ..Default::default()
     };
-    let subject = ctl_subject(mesh, &host, &user).await;
-    let reply: Result<pb::ControlReply, _> = mesh
-        .request(&host, subject, &request, None, QUERY_TIMEOUT)
-        .await;
-    let runs = matches!(&reply,
+    let ask = |subject| {
+        mesh.request::<_, pb::ControlReply>(&host, subject, &request, None, QUERY_TIMEOUT)
+    };
+    let mut reply = ask(subject::ctl(&mesh.tenant, &host)).await;
+    if matches!(reply, Err(DispatchError::NoResponders(_))) {
+        reply = ask(subject::ctl_of_user(&mesh.tenant, &host, &user)).await;
+    }
+    let vouched = matches!(&reply,
         Ok(pb::ControlReply { body: Some(pb::control_reply::Body::Status(now)) })
-            if now.state() == pb::JobState::Running
-                && now.agent_instance == status.agent_instance);
-    debug!(host = %host, job = %job, runs, answer = ?reply.as_ref().map(|r| &r.body),
+            if now.agent_instance == status.agent_instance);
+    debug!(host = %host, job = %job, vouched, answer = ?reply.as_ref().map(|r| &r.body),
            error = reply.as_ref().err().map(tracing::field::display),
-           "asked the agent whether the job still runs");
-    runs
+           "asked the agent after the job");
+    vouched
 }
 
 /// Kills the running job `status` describes as `caller` (signed by the gateway, tier-checked by

@@ -10,7 +10,7 @@
 //! the job's own event id, so the audit trail has it exactly once.
 //!
 //! Before a job is marked, its agent is asked over core NATS whether it still runs it
-//! ([`super::runs_on_its_agent`]); only a job its agent does not vouch for is marked.
+//! ([`super::vouched_for_by_its_agent`]); only a job its agent does not vouch for is marked.
 //!
 //! The grace (`lost_grace_ms`) is there because an expired heartbeat does not always mean a dead
 //! agent. While a JetStream cluster elects a new leader for `mesh_presence` (a node killed or
@@ -113,7 +113,8 @@ pub async fn settle_all(
 struct Settled {
     /// The statuses, those found lost now so.
     statuses: Vec<pb::JobStatus>,
-    /// Hosts of running jobs whose heartbeat is gone, but for less than the grace.
+    /// Hosts of running jobs whose heartbeat is gone, but for less than the grace or with
+    /// their agent vouching for the job.
     departing: BTreeSet<Token>,
 }
 
@@ -159,7 +160,14 @@ async fn settle_within(
         .collect()
         .await;
     for (index, status) in marked {
-        statuses[index] = status?;
+        let status = status?;
+        // Vouched for by its agent: the host is still gone, and looked at again.
+        if status.state() == pb::JobState::Running
+            && let Ok(host) = Token::parse("host id", &status.host)
+        {
+            departing.insert(host);
+        }
+        statuses[index] = status;
     }
     Ok(Settled {
         statuses,
@@ -177,9 +185,9 @@ async fn mark(
     audit: &Audit,
     status: pb::JobStatus,
 ) -> Result<pb::JobStatus, MeshError> {
-    if super::runs_on_its_agent(mesh, &status).await {
-        info!(host = %status.host, job = %status.job_id,
-              "heartbeat missing but the agent says the job still runs: not marked lost");
+    if super::vouched_for_by_its_agent(mesh, &status).await {
+        debug!(host = %status.host, job = %status.job_id,
+               "heartbeat missing but the agent vouches for the job: not marked lost");
         return Ok(status);
     }
     let settled = mesh.mark_lost(status).await?;
@@ -248,8 +256,13 @@ async fn settle_while_watching(mesh: &Mesh, audit: &Audit) -> Result<(), MeshErr
             }
             Some(host) = due.next(), if !due.is_empty() => {
                 // Gone since at least the grace by this replica's own clock: lost unless the
-                // host heartbeats again.
-                settle_within(mesh, audit, mesh.host_jobs(&host).await?, Duration::ZERO).await?;
+                // host heartbeats again or its agent vouches for the job. A host whose agent
+                // vouched is looked at again a grace later: should that agent die before its
+                // heartbeat is back, no new marker would come.
+                let settled =
+                    settle_within(mesh, audit, mesh.host_jobs(&host).await?, Duration::ZERO)
+                        .await?;
+                due.extend(settled.departing.into_iter().map(after_grace));
             }
         }
     }
