@@ -7,7 +7,9 @@ use execmesh_proto::pb::{self, audit_event::Body};
 use execmesh_proto::subject::audit_kind;
 use execmesh_tests::presence::presence_key;
 use execmesh_tests::process::job_processes;
-use execmesh_tests::{AuditSink, Gateway, Nats, NodeAgent, RunningAudit, eventually};
+use execmesh_tests::{
+    AuditSink, Gateway, Nats, NodeAgent, RunningAgent, RunningAudit, RunningGateway, eventually,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -187,6 +189,43 @@ async fn every_reader_says_lost_for_a_job_whose_agent_died() {
     eventually(WAIT, || async { job_processes(&job).is_empty() }).await;
 }
 
+/// How long the tests of vouched-for jobs let a heartbeat be gone before its jobs count lost.
+const SHORT_GRACE: Duration = Duration::from_millis(200);
+
+/// An agent for `web-1` that stores its heartbeat again only after 20 s: a heartbeat taken away
+/// stays away for the test.
+async fn seldom_beating_agent(nats: &Nats) -> RunningAgent {
+    NodeAgent::new(nats, "web-1")
+        .arg("--heartbeat-interval-ms", "20000")
+        .start()
+        .await
+}
+
+/// A gateway that counts a running job lost [`SHORT_GRACE`] after its host's heartbeat went.
+async fn short_grace_gateway(nats: &Nats) -> RunningGateway {
+    Gateway::new(nats)
+        .configure(|c| c.lost_grace = SHORT_GRACE)
+        .start()
+        .await
+}
+
+/// Takes `host`'s heartbeat away, as a new stream leader expiring it does, and waits past the
+/// grace: by the heartbeat alone, a reader now counts its jobs lost.
+async fn heartbeat_taken_away(nats: &Nats, host: &str) {
+    let presence = nats
+        .jetstream()
+        .await
+        .get_key_value(PRESENCE_BUCKET)
+        .await
+        .expect("the presence bucket");
+    presence
+        .delete(presence_key(host))
+        .await
+        .expect("delete the heartbeat");
+    tokio::time::sleep(3 * SHORT_GRACE).await;
+    assert!(nats.presence(host).await.is_none(), "the heartbeat is gone");
+}
+
 /// A heartbeat that goes missing while its agent lives (JetStream electing leaders back to back
 /// for longer than the grace) does not end the job: asked over core NATS, the agent says it
 /// still runs it, and the job runs to its end with all its output, lost to no reader.
@@ -195,14 +234,8 @@ async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marke
     let nats = Nats::start().await;
     let sink = AuditSink::new(&nats).start().await;
     // A heartbeat stored again only after the job has ended: the gap outlasts the grace.
-    let _agent = NodeAgent::new(&nats, "web-1")
-        .arg("--heartbeat-interval-ms", "20000")
-        .start()
-        .await;
-    let gw = Gateway::new(&nats)
-        .configure(|c| c.lost_grace = Duration::from_millis(200))
-        .start()
-        .await;
+    let _agent = seldom_beating_agent(&nats).await;
+    let gw = short_grace_gateway(&nats).await;
     let client = gw.client("alice").await;
     let job = client
         .bash_bg(
@@ -211,24 +244,7 @@ async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marke
         )
         .await;
     started(&sink, &job).await;
-
-    // The heartbeat goes away, as when a new stream leader expires it.
-    let presence = nats
-        .jetstream()
-        .await
-        .get_key_value(PRESENCE_BUCKET)
-        .await
-        .expect("the presence bucket");
-    presence
-        .delete(presence_key("web-1"))
-        .await
-        .expect("delete the heartbeat");
-    // Past the grace: by the heartbeat alone, a reader now counts the job lost.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        nats.presence("web-1").await.is_none(),
-        "the heartbeat is gone"
-    );
+    heartbeat_taken_away(&nats, "web-1").await;
     assert_eq!(listed_state(&client, &job).await, "running");
 
     let waited = client.wait_exited(&job, 30).await;
@@ -250,30 +266,14 @@ async fn a_job_whose_heartbeat_goes_missing_while_its_agent_runs_it_is_not_marke
 async fn a_vouched_for_job_is_looked_at_again_and_ends_lost_once_its_agent_dies() {
     let nats = Nats::start().await;
     let sink = AuditSink::new(&nats).start().await;
-    let mut agent = NodeAgent::new(&nats, "web-1")
-        .arg("--heartbeat-interval-ms", "20000")
-        .start()
-        .await;
-    let gw = Gateway::new(&nats)
-        .configure(|c| c.lost_grace = Duration::from_millis(200))
-        .start()
-        .await;
+    let mut agent = seldom_beating_agent(&nats).await;
+    let gw = short_grace_gateway(&nats).await;
     let client = gw.client("alice").await;
     let job = client.bash_bg("web-1", "sleep 1000").await;
     started(&sink, &job).await;
-    let presence = nats
-        .jetstream()
-        .await
-        .get_key_value(PRESENCE_BUCKET)
-        .await
-        .expect("the presence bucket");
-    presence
-        .delete(presence_key("web-1"))
-        .await
-        .expect("delete the heartbeat");
     // The settler asks a grace after the marker, and the agent vouches for the job; a reader
     // past the grace is told so too.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    heartbeat_taken_away(&nats, "web-1").await;
     assert_eq!(listed_state(&client, &job).await, "running");
     agent.kill_hard().await;
     // Nobody reads the job: the settler's next look finds no agent.
@@ -293,10 +293,7 @@ async fn the_jobs_of_a_frozen_agent_are_asked_after_together_and_marked_lost() {
         .arg("--heartbeat-interval-ms", "300")
         .start()
         .await;
-    let gw = Gateway::new(&nats)
-        .configure(|c| c.lost_grace = Duration::from_millis(200))
-        .start()
-        .await;
+    let gw = short_grace_gateway(&nats).await;
     let client = gw.client("alice").await;
     let mut jobs = Vec::new();
     for _ in 0..6 {
