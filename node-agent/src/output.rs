@@ -8,9 +8,10 @@
 //!
 //! With `output_redaction` the readers redact every piece before it leaves them. A piece holds
 //! whole lines (a line longer than `chunk_bytes` comes in `chunk_bytes` parts), so a secret
-//! within one line — or within one part of an overlong line — is always seen whole; a secret
-//! that spans lines (a private key) is seen whole when its lines arrive in one read, and line
-//! by line otherwise.
+//! within one line — or within one part of an overlong line — is always seen whole. The one
+//! secret that spans lines, a private key block, is held back from its opening line to its
+//! closing one (bounded in bytes and time, see [`Held`]) and redacted whole, however the reads
+//! fell.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -20,12 +21,12 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use execmesh_proto::pb::{self, OutputStream};
-use execmesh_proto::redact::Redactor;
+use execmesh_proto::redact::{Redactor, ends_inside_private_key};
 use execmesh_proto::signing::RecordKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, info_span, warn};
@@ -243,15 +244,29 @@ impl Reader {
     async fn read<R: AsyncRead + Unpin>(self, mut src: R) {
         let mut splitter = LineSplitter::new(self.chunk_bytes);
         let mut pieces = Vec::new();
+        let mut held = Held::default();
         loop {
             let buf = splitter.buffer();
             buf.reserve(self.chunk_bytes);
-            match src.read_buf(buf).await {
+            let read = match held.until {
+                // `read_buf` is cancel safe: a read cut short by the deadline took nothing.
+                Some(deadline) => match timeout_at(deadline, src.read_buf(buf)).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        if !self.send_all([held.release(), None]).await {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+                None => src.read_buf(buf).await,
+            };
+            match read {
                 Ok(0) => break,
                 Ok(_) => {
                     splitter.take(&mut pieces);
                     for piece in pieces.drain(..) {
-                        if !self.send(piece).await {
+                        if !self.offer(&mut held, piece).await {
                             return;
                         }
                     }
@@ -264,8 +279,27 @@ impl Reader {
             }
         }
         if let Some(piece) = splitter.finish() {
-            self.send(piece).await;
+            self.offer(&mut held, piece).await;
         }
+        self.send_all([held.release(), None]).await;
+    }
+
+    /// Sends `piece` on, or holds it while it leaves a private key block open (only when
+    /// redacting); false once the coalescer is gone.
+    async fn offer(&self, held: &mut Held, piece: Piece) -> bool {
+        if self.redactor.is_none() {
+            return self.send(piece).await;
+        }
+        self.send_all(held.offer(piece, Instant::now())).await
+    }
+
+    async fn send_all(&self, pieces: [Option<Piece>; 2]) -> bool {
+        for piece in pieces.into_iter().flatten() {
+            if !self.send(piece).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Sends one piece (redacted, when asked); false once the coalescer is gone.
@@ -275,6 +309,66 @@ impl Reader {
             None => piece,
         };
         self.tx.send((self.stream, piece)).await.is_ok()
+    }
+}
+
+/// Most output held back while a private key block is open: a PEM RSA key of 8192 bits is
+/// about 6.3 KB. Past it the block is redacted from its opening line to the end of what is held,
+/// and its remaining lines one by one.
+const MAX_HELD_BYTES: usize = 16 * 1024;
+/// Longest a private key block's lines are held back waiting for its closing line: a program
+/// that prints a key writes it at once, and one that prints an opening line alone (a `grep` for
+/// it) is not kept waiting for long.
+const MAX_HOLD: Duration = Duration::from_secs(2);
+
+/// Whole lines held back, while redacting, from a piece that opens a private key block until
+/// the piece that closes it: the block is then redacted as one, whichever reads its lines
+/// arrived in (a shell prints line by line; a read can fall between).
+#[derive(Debug, Default)]
+struct Held {
+    data: Vec<u8>,
+    lines: u32,
+    /// When what is held goes on even if the block is still open.
+    until: Option<Instant>,
+}
+
+// === impl Held ===
+
+impl Held {
+    /// Takes `piece`; gives back what is to be sent now, in order.
+    fn offer(&mut self, piece: Piece, now: Instant) -> [Option<Piece>; 2] {
+        // A cut part of an overlong line, or an unterminated last line, travels alone.
+        let whole_lines = piece.data.ends_with(b"\n");
+        if self.data.is_empty() {
+            if whole_lines && ends_inside_private_key(&piece.data) {
+                self.data.extend_from_slice(&piece.data);
+                self.lines = piece.lines;
+                self.until = Some(now + MAX_HOLD);
+                return [None, None];
+            }
+            return [Some(piece), None];
+        }
+        if !whole_lines {
+            return [self.release(), Some(piece)];
+        }
+        self.data.extend_from_slice(&piece.data);
+        self.lines += piece.lines;
+        if self.data.len() >= MAX_HELD_BYTES || !ends_inside_private_key(&self.data) {
+            return [self.release(), None];
+        }
+        [None, None]
+    }
+
+    /// What is held, as one piece of whole lines.
+    fn release(&mut self) -> Option<Piece> {
+        self.until = None;
+        if self.data.is_empty() {
+            return None;
+        }
+        Some(Piece {
+            data: std::mem::take(&mut self.data).into(),
+            lines: std::mem::take(&mut self.lines),
+        })
     }
 }
 
@@ -448,5 +542,125 @@ mod tests {
         let original = piece("plain\n", 1);
         let p = redact_piece(r, original.clone());
         assert_eq!(p, original);
+    }
+
+    const KEY: [&str; 3] = [
+        "-----BEGIN PRIVATE KEY-----\n",
+        "MIIEvQIBADANBgkq\nhunter2\n",
+        "-----END PRIVATE KEY-----\nafter\n",
+    ];
+
+    /// Feeds `writes` to a reader that redacts, each write read on its own, and returns the
+    /// pieces it sent as (text, lines).
+    async fn read_redacted(writes: &[&str]) -> Vec<(String, u32)> {
+        let (mut write, read) = tokio::io::duplex(64 * 1024);
+        let (tx, mut rx) = mpsc::channel(64);
+        let reader = Reader {
+            stream: OutputStream::Stdout,
+            chunk_bytes: 1024,
+            redactor: Some(Arc::new(Redactor::new(&[]).expect("built-in rules"))),
+            tx,
+        };
+        let reading = tokio::spawn(reader.read(read));
+        for text in writes {
+            tokio::io::AsyncWriteExt::write_all(&mut write, text.as_bytes())
+                .await
+                .expect("duplex write");
+            // Lets the reader take this write alone before the next.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(write);
+        reading.await.expect("reader");
+        let mut pieces = Vec::new();
+        while let Some((_, p)) = rx.recv().await {
+            pieces.push((String::from_utf8_lossy(&p.data).into_owned(), p.lines));
+        }
+        pieces
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_block_read_line_by_line_is_redacted_as_if_read_at_once() {
+        let at_once = read_redacted(&[&KEY.concat()]).await;
+        assert_eq!(
+            at_once,
+            [(
+                "-----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\nafter\n"
+                    .to_string(),
+                2
+            )]
+        );
+        assert_eq!(read_redacted(&KEY).await, at_once);
+
+        // Lines before the block go on at once; a block opened and closed in one read is
+        // not held.
+        let pieces = read_redacted(&[
+            "ok\n",
+            "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+        ])
+        .await;
+        assert_eq!(
+            pieces,
+            [
+                ("ok\n".to_string(), 1),
+                (
+                    "-----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\n".to_string(),
+                    1
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_key_block_is_held_only_so_long() {
+        // Time stands still while the reader waits, so the hold's deadline is what passes.
+        let (mut write, read) = tokio::io::duplex(1024);
+        let (tx, mut rx) = mpsc::channel(64);
+        let reader = Reader {
+            stream: OutputStream::Stdout,
+            chunk_bytes: 1024,
+            redactor: Some(Arc::new(Redactor::new(&[]).expect("built-in rules"))),
+            tx,
+        };
+        let reading = tokio::spawn(reader.read(read));
+        let started = Instant::now();
+        tokio::io::AsyncWriteExt::write_all(&mut write, KEY[0].as_bytes())
+            .await
+            .expect("duplex write");
+        let (_, first) = rx.recv().await.expect("the held line");
+        assert_eq!(&first.data[..], b"-----BEGIN PRIVATE KEY-----[redacted]\n");
+        assert_eq!(started.elapsed(), MAX_HOLD);
+        drop(write);
+        reading.await.expect("reader");
+    }
+
+    #[test]
+    fn held_lines_go_on_at_the_byte_bound_and_before_a_cut_line() {
+        let now = Instant::now();
+        let mut held = Held::default();
+        assert_eq!(held.offer(piece(KEY[0], 1), now), [None, None]);
+        let body = format!("{}\n", "A".repeat(63));
+        let mut released = None;
+        for _ in 0..=MAX_HELD_BYTES / body.len() {
+            let [first, second] = held.offer(piece(&body, 1), now);
+            assert_eq!(second, None);
+            if first.is_some() {
+                released = first;
+                break;
+            }
+        }
+        let released = released.expect("released at the bound");
+        assert!(
+            released.data.len() >= MAX_HELD_BYTES,
+            "{}",
+            released.data.len()
+        );
+        assert_eq!(released.lines as usize, count_newlines(&released.data));
+        assert!(held.until.is_none());
+
+        // A cut part of a long line is never merged: what is held goes first, then it alone.
+        assert_eq!(held.offer(piece(KEY[0], 1), now), [None, None]);
+        let [first, second] = held.offer(piece("AAAA", 1), now);
+        assert_eq!(first, Some(piece(KEY[0], 1)));
+        assert_eq!(second, Some(piece("AAAA", 1)));
     }
 }

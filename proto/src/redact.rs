@@ -115,12 +115,31 @@ macro_rules! cmd {
     };
 }
 
+/// The armour line that opens a private key block.
+macro_rules! key_begin {
+    () => {
+        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    };
+}
+
+/// The armour line that closes a private key block.
+macro_rules! key_end {
+    () => {
+        r"-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
+    };
+}
+
 /// The built-in rules.
 const RULES: &[Spec] = &[
     // Private keys: the body between the armour lines (or to the end when it was cut off).
     Spec(
         "private-key",
-        r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?P<secret>(?s:.)*?)(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\z)",
+        concat!(
+            key_begin!(),
+            r"(?P<secret>(?s:.)*?)(?:",
+            key_end!(),
+            r"|\z)"
+        ),
         Take::Group,
         Check::Any,
     ),
@@ -623,6 +642,24 @@ struct Rule {
     /// Whether the pattern has groups to read. Those that match often (every `name=`) have
     /// none, so they are found by the fast engines without capturing.
     captures: bool,
+}
+
+/// Where private key blocks open and close, for [`ends_inside_private_key`].
+static KEY_ARMOUR: LazyLock<(Regex, Regex)> = LazyLock::new(|| {
+    // Both are literals of this file, tested to compile.
+    let armour = |pattern| compile(pattern).unwrap_or_else(|e| panic!("key armour: {e}"));
+    (armour(key_begin!()), armour(key_end!()))
+});
+
+/// Whether `data` ends inside a private key block: its last opening armour line has no closing
+/// one after it. A block is redacted whole only when it is seen whole, so output read a line at a
+/// time is held back while this holds (see the agent's output readers).
+pub fn ends_inside_private_key(data: &[u8]) -> bool {
+    let (begin, end) = &*KEY_ARMOUR;
+    match begin.find_iter(data).last() {
+        Some(opened) => !end.is_match(&data[opened.end()..]),
+        None => false,
+    }
 }
 
 static BUILTIN: LazyLock<Redactor> = LazyLock::new(|| {

@@ -679,3 +679,25 @@ fn argument_summaries_drop_env_values_content_and_secret_keys() {
     assert_eq!(summary["content"], "[18 bytes]");
     assert!(summary["long"].as_str().unwrap().ends_with("…[+744 bytes]"));
 }
+
+#[test]
+fn text_ends_inside_a_private_key_block_only_after_an_opening_line_left_open() {
+    let inside = [
+        "-----BEGIN PRIVATE KEY-----\n",
+        "ok\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n",
+        "-----BEGIN RSA PRIVATE KEY-----\nx\n-----END RSA PRIVATE KEY-----\n-----BEGIN EC PRIVATE KEY-----\n",
+    ];
+    for text in inside {
+        assert!(ends_inside_private_key(text.as_bytes()), "{text:?}");
+    }
+    let outside = [
+        "",
+        "ok\n",
+        "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN CERTIFICATE-----\nMIIB\n",
+        "x\n-----END PRIVATE KEY-----\n",
+    ];
+    for text in outside {
+        assert!(!ends_inside_private_key(text.as_bytes()), "{text:?}");
+    }
+}

@@ -689,6 +689,20 @@ async fn a_host_with_output_redaction_redacts_output_before_it_leaves_the_host()
     let job = out.job_id();
     let (paged, _) = read_all(&client, &job, None).await;
     assert_eq!(paged[0], "DB_PASSWORD=[redacted]");
+
+    // A key block printed a line at a time, so the agent reads its lines apart: still
+    // redacted whole (the body line is too short and plain for any rule of its own).
+    let out = client
+        .bash(
+            "vault-1",
+            "s=$(printf 'SEC%s' RET); echo '-----BEGIN PRIVATE KEY-----'; sleep 0.2; \
+             echo \"abc$s\"; sleep 0.2; echo '-----END PRIVATE KEY-----'; echo after",
+        )
+        .await;
+    assert_eq!(
+        out.structured()["output"],
+        "-----BEGIN PRIVATE KEY-----[redacted]-----END PRIVATE KEY-----\nafter\n"
+    );
     assert!(paged.iter().all(|l| !l.contains("SECRET")), "{paged:?}");
 
     // A long job: thousands of chunks' worth of lines, each with a secret.
