@@ -313,6 +313,10 @@ pub async fn run_with_admin(
     let auth_failures = Arc::new(AuthFailures::new(audit.clone()));
     // Publishes the pending counts at shutdown, before the audit publisher is closed below.
     let auth_failures_task = tokio::spawn(auth_failures.clone().run(shutdown.clone()));
+    tokio::spawn(crate::core::directory_watch::run(
+        mesh.clone(),
+        shutdown.clone(),
+    ));
     // Ends jobs whose host went away even when nobody reads them (see the rule's module).
     tokio::spawn(crate::core::jobs::state::run(
         mesh.clone(),

@@ -347,6 +347,17 @@ impl Identities {
         self.by_key.values()
     }
 
+    /// Whether these identities grant everything `earlier` granted (identities were only
+    /// added): a record `earlier` accepted is accepted now, and only ones it refused can change.
+    pub fn extend(&self, earlier: &Identities) -> bool {
+        self.tenant == earlier.tenant
+            && earlier.by_key.iter().all(|(key, identity)| {
+                self.by_key
+                    .get(key)
+                    .is_some_and(|now| now.name == identity.name && now.role == identity.role)
+            })
+    }
+
     /// How many identities the file lists.
     pub fn len(&self) -> usize {
         self.by_key.len()
@@ -530,20 +541,15 @@ impl LiveIdentities {
         }
     }
 
-    /// Reads the file again if it changed since it was last read.
+    /// Reads the file again if it changed since it was last read. A caller that comes while
+    /// another reads it waits for the new identities rather than use the old ones.
     pub fn reload_if_changed(&self) {
         let now = stamp(&self.path);
-        let changed = match self.stamp.lock() {
-            Ok(mut last) if *last != now => {
-                *last = now;
-                true
-            }
-            Ok(_) => false,
-            Err(_) => true,
-        };
-        if !changed {
+        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == now {
             return;
         }
+        *last = now;
         match Identities::load(&self.path) {
             Ok(identities) => {
                 info!(path = %self.path.display(), identities = identities.len(), "identities reloaded");
@@ -743,6 +749,54 @@ mod tests {
         m.identities
             .check(subject, Some(&h), b"payload")
             .map(|i| i.name.as_str())
+    }
+
+    #[test]
+    fn identities_extend_earlier_ones_only_when_nothing_was_taken_away() {
+        let m = mesh();
+        let same = Identities::parse(&m.text).expect("parses");
+        assert!(same.extend(&m.identities));
+
+        // A host enrolled: everything granted before still is.
+        let mut doc = IdentitiesDoc {
+            tenant: "default".into(),
+            gateway: m.gateway.public_key().into(),
+            audit_sink: m.sink.public_key().into(),
+            agents: [
+                ("web-1".to_string(), m.web1.public_key().to_string()),
+                ("web-2".to_string(), m.web2.public_key().to_string()),
+                ("web-3".to_string(), key().public_key().to_string()),
+            ]
+            .into(),
+            relays: [(
+                "alice".to_string(),
+                (
+                    m.relay.public_key().to_string(),
+                    vec!["legacy-1".to_string()],
+                ),
+            )]
+            .into(),
+        };
+        let added = Identities::parse(&doc.render("test")).expect("parses");
+        assert!(added.extend(&m.identities));
+        assert!(!m.identities.extend(&added), "web-3 was taken away");
+
+        // A host's key replaced, or a relay's targets changed: not an extension.
+        doc.agents
+            .insert("web-1".to_string(), key().public_key().to_string());
+        let rotated = Identities::parse(&doc.render("test")).expect("parses");
+        assert!(!rotated.extend(&m.identities));
+        doc.agents
+            .insert("web-1".to_string(), m.web1.public_key().to_string());
+        doc.relays.insert(
+            "alice".to_string(),
+            (
+                m.relay.public_key().to_string(),
+                vec!["legacy-2".to_string()],
+            ),
+        );
+        let retargeted = Identities::parse(&doc.render("test")).expect("parses");
+        assert!(!retargeted.extend(&m.identities));
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl MeshIdentities {
         self.add(hosts.into_iter().map(|h| format!("agent-{h}")));
     }
 
+    /// Enrols the agent of `host` with the key of `seed`, made before (records it signed
+    /// meanwhile were refused); the identities file is rewritten.
+    pub fn enrol_agent_with(&self, host: &str, seed: &str) {
+        let name = format!("agent-{host}");
+        let mut seeds = self.seeds.lock().unwrap_or_else(|p| p.into_inner());
+        write_atomically(&self.dir.join(format!("{name}.nk")), &format!("{seed}\n"));
+        seeds.insert(name, seed.to_string());
+        write_atomically(&self.identities_file(), &self.render(&seeds));
+    }
+
     /// The signing key of `identity` (made if new), to sign records as it.
     pub fn record_key(&self, identity: &str) -> RecordKey {
         let path = self.seed_file(identity);

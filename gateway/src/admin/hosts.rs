@@ -2,6 +2,7 @@
 //! `mesh_presence`), and its presence changes as they happen.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,8 +18,9 @@ use prost::Message as _;
 use super::{Admin, AdminStream, error};
 use crate::core::consumers::WatchFor;
 use crate::core::fanout::{Reach, Targets};
+use crate::core::hosts::HostRecord;
 use crate::core::hosts::HostState;
-use crate::core::mesh::{HostRecord, KvChange, MeshError, WatchFrom};
+use crate::core::mesh::{KvChange, MeshError, WatchFrom};
 use crate::core::selector::{Candidate, Selector};
 
 /// How often a watch re-checks heartbeats for hosts turning stale (no KV change marks that).
@@ -147,7 +149,7 @@ impl pb::hosts_service_server::HostsService for HostsApi {
 struct Watcher {
     admin: Admin,
     selector: Selector,
-    hosts: BTreeMap<Token, HostRecord>,
+    hosts: BTreeMap<Token, Arc<HostRecord>>,
     /// The state each host was last seen in (reported or not, whether it matched or not).
     states: BTreeMap<Token, pb::HostState>,
 }
@@ -239,16 +241,17 @@ impl Watcher {
             // so the selector sees its current labels.
             match self.admin.state.mesh.host(&id).await {
                 Ok(Some(record)) => {
-                    self.hosts.insert(id.clone(), record);
+                    self.hosts.insert(id.clone(), Arc::new(record));
                 }
                 Ok(None) => {}
                 Err(e) => debug!(host = %id, error = %e, "host registration not readable"),
             }
         }
-        let record = self
-            .hosts
-            .entry(id.clone())
-            .or_insert_with(|| HostRecord::new(id.clone()));
+        let record = Arc::make_mut(
+            self.hosts
+                .entry(id.clone())
+                .or_insert_with(|| Arc::new(HostRecord::new(id.clone()))),
+        );
         record.presence = presence;
         record.departed = departed;
         Some(id)

@@ -38,8 +38,9 @@ use crate::core::consumers::WatchFor;
 use crate::core::error::ToolError;
 use crate::core::fanout::Reach;
 pub use crate::core::held::{ApprovalState, Held};
+use crate::core::hosts::HostRecord;
 use crate::core::hosts::HostState;
-use crate::core::mesh::{HostRecord, Mesh, MeshError, MeshErrorKind, WatchFrom};
+use crate::core::mesh::{Mesh, MeshError, MeshErrorKind, WatchFrom};
 use crate::core::policy::{ApprovalRule, LivePolicy, Policy};
 use crate::core::selector::{Candidate, Groups, Selector};
 use crate::core::tier::{self, Tier};
@@ -713,7 +714,7 @@ impl<'a> Request<'a> {
     ) -> Self {
         Self {
             action,
-            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(r))).collect(),
+            hosts: targets.hosts.iter().map(|(h, r)| (h, Some(&**r))).collect(),
             summary,
         }
     }

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use execmesh_proto::{Token, pb};
 
 use crate::core::error::ToolError;
+use crate::core::hosts::HostRecord;
 use crate::core::hosts::HostState;
-use crate::core::mesh::{HostRecord, Mesh};
+use crate::core::mesh::Mesh;
 use crate::core::selector::{Candidate, Groups, Selector, SelectorError};
 
 /// How often presence is re-read while requests are in flight.
@@ -148,7 +150,7 @@ pub struct Targets {
     /// The selector as the caller wrote it.
     pub selector: String,
     /// Matching hosts the caller may reach, by id.
-    pub hosts: BTreeMap<Token, HostRecord>,
+    pub hosts: BTreeMap<Token, Arc<HostRecord>>,
     /// Matching hosts outside the caller's reach.
     pub denied: BTreeSet<Token>,
 }

@@ -24,6 +24,8 @@ use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
 use execmesh_runtime::nats_settings::NatsConfig;
 
 use crate::core::consumers::{Consumers, WatchFor, WatchRefused};
+use crate::core::directory::{Applied, Directory};
+use crate::core::hosts::{Departure, HostEntries, HostKey, HostRecord, KvLast};
 use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
 use crate::core::signer::{Signer, SignerError};
@@ -251,20 +253,6 @@ pub struct Settled {
     pub by_us: bool,
 }
 
-/// What the gateway knows of one host.
-#[derive(Debug, Clone)]
-pub struct HostRecord {
-    pub host: Token,
-    pub facts: Option<pb::HostFacts>,
-    pub presence: Option<pb::Presence>,
-    /// Why the host's facts or heartbeat were ignored, when they were: not signed by its
-    /// agent's key (an agent without its seed, or a forgery). The host then shows `unverified`.
-    pub unverified: Option<String>,
-    /// How the host's last heartbeat went away, when it has none now and the marker is still
-    /// stored: the source of "last seen" for an offline host.
-    pub departed: Option<Departure>,
-}
-
 /// Whether a host's agent heartbeats, as `mesh_presence` says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
@@ -294,106 +282,39 @@ impl Liveness {
     }
 }
 
-/// A heartbeat that is gone: the marker the server (TTL expiry) or the agent (withdrawal at a
-/// graceful stop) left in `mesh_presence` in its place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Departure {
-    /// When the marker was stored, in ms since the epoch (its `Nats-Time-Stamp`).
-    pub at_ms: u64,
-    /// The server expired the heartbeat (its TTL ran out); `false`: the agent withdrew it.
-    pub expired: bool,
-}
-
-impl HostRecord {
-    /// A host known only by its id.
-    pub fn new(host: Token) -> Self {
-        Self {
-            host,
-            facts: None,
-            presence: None,
-            unverified: None,
-            departed: None,
+/// What the last stored record of a key stands for; `None` for an empty value or a marker
+/// without a time.
+fn last_of(m: StoredMsg) -> Option<KvLast> {
+    Some(match m.rejected {
+        Some(rejection) => KvLast::Rejected(rejection),
+        None if is_marker(m.headers.as_ref()) => {
+            KvLast::Gone(departure_of_marker(m.headers.as_ref())?)
         }
-    }
-
-    /// The user whose SSH relay serves this host, when it is a relay target (no agent of its
-    /// own): its requests go to that user's subjects only.
-    pub fn relay_user(&self) -> Option<&str> {
-        self.facts
-            .as_ref()
-            .map(|f| f.relay_user.as_str())
-            .filter(|u| !u.is_empty())
-    }
-
-    /// Why the relay serving this host cannot reach it right now, when it said so.
-    pub fn relay_offline_reason(&self) -> Option<&str> {
-        self.facts
-            .as_ref()
-            .map(|f| f.relay_offline_reason.as_str())
-            .filter(|r| !r.is_empty())
-    }
-
-    /// When the host's last heartbeat was written, if that is known: the live heartbeat's time,
-    /// or else read off the marker that replaced it.
-    ///
-    /// Heartbeats expire by TTL, so an offline host has no heartbeat record left. What survives
-    /// is the marker: stored by the server in JetStream (so every replica reads it, also after
-    /// a gateway restart), stamped with the expiry time, which is the last heartbeat's time plus
-    /// the TTL the agent states in its registration. That costs the agent nothing per beat (the
-    /// alternative, rewriting its registration on every beat, would double the heartbeat
-    /// traffic of a large fleet). A withdrawn heartbeat's marker is stamped when the agent
-    /// stopped, right after its last beat. Without either (the marker aged out, see
-    /// `execmesh_proto::jetstream::PRESENCE_MARKER_TTL`) "last seen" is unknown, never the age of the facts.
-    pub fn last_heartbeat_ms(&self) -> Option<u64> {
-        if let Some(presence) = &self.presence {
-            return Some(presence.heartbeat_at_ms);
-        }
-        let departed = self.departed?;
-        if !departed.expired {
-            return Some(departed.at_ms);
-        }
-        // An agent too old to state its TTL: the expiry time is the best bound there is.
-        let ttl = self.facts.as_ref().map_or(0, |f| f.presence_ttl_ms);
-        Some(departed.at_ms.saturating_sub(ttl))
-    }
+        None if m.payload.is_empty() => return None,
+        None => KvLast::Value(m.payload),
+    })
 }
 
-/// The latest record of one KV key as a listing reads it.
-enum KvLast {
-    Value(Bytes),
-    /// Not its key's owner's.
-    Rejected(Rejection),
-    /// A delete, purge or TTL-expiry marker.
-    Gone(Departure),
+/// What a change a watch delivered stands for, as [`last_of`] reads a stored record.
+pub(crate) fn last_of_change(change: KvChange) -> Option<KvLast> {
+    Some(match (change.rejected.clone(), change.departure()) {
+        (Some(rejection), _) => KvLast::Rejected(rejection),
+        (None, Some(departure)) => KvLast::Gone(departure),
+        (None, None) if change.is_value() => KvLast::Value(change.value),
+        (None, None) => return None,
+    })
 }
 
-impl KvLast {
-    /// What the last stored record of a key stands for; `None` for an empty value or a marker
-    /// without a time.
-    fn of(m: StoredMsg) -> Option<Self> {
-        Some(match m.rejected {
-            Some(rejection) => KvLast::Rejected(rejection),
-            None if is_marker(m.headers.as_ref()) => {
-                KvLast::Gone(Departure::of_marker(m.headers.as_ref())?)
-            }
-            None if m.payload.is_empty() => return None,
-            None => KvLast::Value(m.payload),
-        })
-    }
-}
-
-impl Departure {
-    /// The departure a marker stands for; `None` for a value or a marker without a time.
-    fn of_marker(headers: Option<&HeaderMap>) -> Option<Self> {
-        let h = headers.filter(|h| is_marker(Some(h)))?;
-        let at_ms = h
-            .get(headers::NATS_TIME_STAMP)
-            .and_then(|v| nats_time_ms(v.as_str()))?;
-        Some(Self {
-            at_ms,
-            expired: h.get(headers::KV_OPERATION).is_none(),
-        })
-    }
+/// The departure a marker stands for; `None` for a value or a marker without a time.
+fn departure_of_marker(headers: Option<&HeaderMap>) -> Option<Departure> {
+    let h = headers.filter(|h| is_marker(Some(h)))?;
+    let at_ms = h
+        .get(headers::NATS_TIME_STAMP)
+        .and_then(|v| nats_time_ms(v.as_str()))?;
+    Some(Departure {
+        at_ms,
+        expired: h.get(headers::KV_OPERATION).is_none(),
+    })
 }
 
 /// Milliseconds since the epoch of a JetStream timestamp (`2026-12-02T07:32:28.123456789Z`,
@@ -459,6 +380,9 @@ async fn provision(
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading a whole large bucket through a watch may take.
 const STREAMED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a listing waits for the host directory to take the records stored before it, before
+/// it reads them from NATS instead.
+const DIRECTORY_WAIT: Duration = Duration::from_secs(1);
 
 /// The gateway's NATS connection and the names it needs.
 #[derive(Clone)]
@@ -481,6 +405,9 @@ pub struct Mesh {
     pub lost_grace: Duration,
     /// Names and bounds the consumers this replica creates.
     pub consumers: Arc<Consumers>,
+    /// Every host's last facts and heartbeat, kept current by
+    /// [`crate::core::directory_watch`].
+    pub directory: Arc<Directory>,
 }
 
 /// What [`Mesh::connect`] needs of the gateway's configuration: where NATS is and how to
@@ -552,6 +479,7 @@ impl Mesh {
             unstored: Arc::default(),
             lost_grace: config.lost_grace,
             consumers: Arc::new(Consumers::new(config.max_watches, config.max_call_watches)),
+            directory: Arc::default(),
         })
     }
 
@@ -775,7 +703,7 @@ impl Mesh {
             .into_iter()
             .filter_map(|m| {
                 let key = m.subject.strip_prefix(&subject_prefix)?.to_string();
-                Some((key, KvLast::of(m)?))
+                Some((key, last_of(m)?))
             })
             .collect())
     }
@@ -793,13 +721,8 @@ impl Mesh {
         Ok(changes
             .into_iter()
             .filter_map(|change| {
-                let last = match (change.rejected.clone(), change.departure()) {
-                    (Some(rejection), _) => KvLast::Rejected(rejection),
-                    (None, Some(departure)) => KvLast::Gone(departure),
-                    (None, None) if change.is_value() => KvLast::Value(change.value),
-                    (None, None) => return None,
-                };
-                Some((change.key, last))
+                let key = change.key.clone();
+                Some((key, last_of_change(change)?))
             })
             .collect())
     }
@@ -982,6 +905,24 @@ impl Mesh {
         Ok(departures.boxed())
     }
 
+    /// The last record of one KV key and the stream sequence it was stored at (`(0, None)`:
+    /// none, or an empty value), checked as a listing reads it.
+    pub async fn kv_last(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(u64, Option<KvLast>), MeshError> {
+        let request = DirectGet {
+            last_by_subj: Some(subject::kv(bucket, key)),
+            ..Default::default()
+        };
+        let msg = self
+            .direct_get(&subject::kv_stream(bucket), &request)
+            .await?
+            .pop();
+        Ok(msg.map_or((0, None), |m| (m.seq, last_of(m))))
+    }
+
     /// The latest value of one KV key, if any.
     pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
         let request = DirectGet {
@@ -997,55 +938,66 @@ impl Mesh {
 
     /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id. A
     /// host whose records its agent did not sign is listed with the reason, without them.
-    pub async fn hosts(&self) -> Result<BTreeMap<Token, HostRecord>, MeshError> {
+    ///
+    /// From this replica's directory once it is loaded, after it has taken every record stored
+    /// before the call (so a host that registered just before is listed); read from NATS while
+    /// it is not, or when it does not catch up within [`DIRECTORY_WAIT`].
+    pub async fn hosts(&self) -> Result<BTreeMap<Token, Arc<HostRecord>>, MeshError> {
+        // A host enrolled since (the identities file changed) is read from NATS until the
+        // directory has checked its records again.
+        let identities = self.records.trust().map(|trust| {
+            trust.reload_if_changed();
+            trust.current()
+        });
+        if let Some(mark) = self.directory.mark(identities.as_ref()) {
+            let (facts, presence) = tokio::try_join!(
+                self.records_after(FACTS_BUCKET, mark.facts),
+                self.records_after(PRESENCE_BUCKET, mark.presence)
+            )?;
+            if let Some(hosts) = self
+                .directory
+                .listed_once(&mark, facts, presence, DIRECTORY_WAIT)
+                .await
+            {
+                return Ok(hosts);
+            }
+            tracing::debug!("the host directory did not catch up; reading the hosts from NATS");
+        }
+        self.read_hosts().await
+    }
+
+    /// [`Mesh::hosts`] read from NATS: the last record of every key of both buckets.
+    pub async fn read_hosts(&self) -> Result<BTreeMap<Token, Arc<HostRecord>>, MeshError> {
         let prefix = format!("{}.", self.tenant);
         let (facts, presence) = tokio::try_join!(
-            self.kv_last_entries(FACTS_BUCKET, &prefix),
+            self.kv_last_records(FACTS_BUCKET, &prefix),
             self.kv_last_records(PRESENCE_BUCKET, &prefix)
         )?;
-        let mut hosts: BTreeMap<Token, HostRecord> = BTreeMap::new();
-        fn record<'a>(
-            hosts: &'a mut BTreeMap<Token, HostRecord>,
-            key: &str,
-        ) -> Option<&'a mut HostRecord> {
-            let (_, host) = subject::parse_host_key(key).ok()?;
-            Some(
-                hosts
-                    .entry(host.clone())
-                    .or_insert_with(|| HostRecord::new(host)),
-            )
-        }
-        for (key, value) in facts {
-            if let Some(r) = record(&mut hosts, &key) {
-                match value {
-                    Ok(value) => r.facts = pb::HostFacts::decode(value).ok(),
-                    Err(rejected) => r.unverified = Some(format!("facts {rejected}")),
-                }
-            }
+        let mut hosts = HostEntries::default();
+        for (key, last) in facts {
+            hosts.set(&key, HostKey::Facts, Some(last));
         }
         for (key, last) in presence {
-            match last {
-                // A marker tells when a registered host was last seen; alone it lists nothing.
-                KvLast::Gone(departure) => {
-                    let host = subject::parse_host_key(&key).ok().map(|(_, host)| host);
-                    if let Some(r) = host.and_then(|host| hosts.get_mut(&host)) {
-                        r.departed = Some(departure);
-                    }
-                }
-                KvLast::Value(value) => {
-                    if let Some(r) = record(&mut hosts, &key) {
-                        r.presence = pb::Presence::decode(value).ok();
-                    }
-                }
-                KvLast::Rejected(rejected) => {
-                    if let Some(r) = record(&mut hosts, &key) {
-                        r.unverified
-                            .get_or_insert_with(|| format!("heartbeat {rejected}"));
-                    }
-                }
-            }
+            hosts.set(&key, HostKey::Presence, Some(last));
         }
-        Ok(hosts)
+        Ok(hosts.listed())
+    }
+
+    /// How many records the directory's watch of `bucket`, now at `at`, must have taken in
+    /// all to hold every record of the tenant stored so far: one direct get of the first
+    /// record after the last one taken, which says how many more follow it.
+    async fn records_after(&self, bucket: &str, at: Applied) -> Result<u64, MeshError> {
+        let request = DirectGet {
+            seq: Some(at.seq + 1),
+            next_by_subj: Some(format!("{}{}.>", subject::kv_prefix(bucket), self.tenant)),
+            batch: Some(1),
+            ..Default::default()
+        };
+        let first = self
+            .direct_get(&subject::kv_stream(bucket), &request)
+            .await?
+            .pop();
+        Ok(first.map_or(at.count, |m| at.count + 1 + m.pending))
     }
 
     /// The hosts whose agent currently heartbeats (their presence key has not expired).
@@ -1071,7 +1023,7 @@ impl Mesh {
             .await?
             .pop();
         Ok(last
-            .and_then(KvLast::of)
+            .and_then(last_of)
             .map_or(Liveness::Unknown, Liveness::of))
     }
 
@@ -1139,7 +1091,7 @@ impl Mesh {
         let departed = presence
             .as_ref()
             .filter(|m| m.rejected.is_none())
-            .and_then(|m| Departure::of_marker(m.headers.as_ref()));
+            .and_then(|m| departure_of_marker(m.headers.as_ref()));
         let stored = |msg: Option<StoredMsg>| {
             msg.filter(|m| {
                 m.rejected.is_some() || !(is_marker(m.headers.as_ref()) || m.payload.is_empty())

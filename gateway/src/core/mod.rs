@@ -11,6 +11,8 @@ pub mod auth;
 pub mod auth_failures;
 pub mod bearer;
 pub mod consumers;
+pub mod directory;
+pub mod directory_watch;
 pub mod dispatch;
 pub mod error;
 pub mod fanout;

@@ -13,7 +13,7 @@ use execmesh_proto::{Token, pb};
 use super::{Call, dispatch, structured};
 use crate::core::error::ToolError;
 use crate::core::fanout::{self, HostStatus, Outcome, Plan, Targets};
-use crate::core::mesh::HostRecord;
+use crate::core::hosts::HostRecord;
 
 /// How long one host may take to collect its facts on `refresh`.
 const REFRESH_TIMEOUT: Duration = Duration::from_secs(20);

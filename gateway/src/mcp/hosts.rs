@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::{Call, structured};
 use crate::core::error::ToolError;
 use crate::core::fanout::{ResolveError, Targets};
+use crate::core::hosts::HostRecord;
 use crate::core::hosts::HostState;
-use crate::core::mesh::HostRecord;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

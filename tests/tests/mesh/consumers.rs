@@ -51,14 +51,19 @@ async fn watches_are_named_for_their_replica_and_one_past_max_watches_is_refused
         .into_inner();
 
     // Every consumer on the presence stream is the gateway's and says what it is for: the
-    // replica's own watch of departing hosts and this client's watch.
-    let names = consumer_names(&nats, "KV_mesh_presence").await;
-    assert_eq!(names.len(), 2, "{names:?}");
+    // replica's own watches of departing hosts and for its host directory, and this client's
+    // watch.
+    let names = eventually(WAIT, || async {
+        let names = consumer_names(&nats, "KV_mesh_presence").await;
+        (names.len() >= 3).then_some(names)
+    })
+    .await;
+    assert_eq!(names.len(), 3, "{names:?}");
     assert!(
         names.iter().all(|n| n.starts_with("gw-")),
         "every consumer named for its replica: {names:?}"
     );
-    for purpose in ["-departures-", "-hosts-"] {
+    for purpose in ["-departures-", "-directory-presence-", "-hosts-"] {
         assert!(
             names.iter().any(|n| n.contains(purpose)),
             "a consumer for {purpose}: {names:?}"

@@ -755,4 +755,98 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
         "{:?}",
         started.elapsed()
     );
+
+    // Once the gateway's host directory is loaded, a listing reads no record from NATS:
+    // past 1,024 keys a read would need a consumer of each bucket for every call.
+    let advisories = nats.client().await;
+    let created = std::sync::Mutex::new(
+        advisories
+            .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>")
+            .await
+            .expect("subscribe to consumer advisories"),
+    );
+    // The consumers created since last asked, once every advisory sent so far has arrived.
+    let consumers_made = || async {
+        advisories.flush().await.expect("flush");
+        let mut created = created.lock().expect("advisories");
+        let mut names = Vec::new();
+        while let Some(Some(msg)) =
+            futures::FutureExt::now_or_never(futures::StreamExt::next(&mut *created))
+        {
+            names.push(String::from_utf8_lossy(&msg.payload).into_owned());
+        }
+        names
+    };
+    // Listings from the directory: once it is loaded (and again once it has checked what an
+    // identities change may change) a listing makes no consumer.
+    let from_the_directory = |selector: &'static str, count: usize| {
+        let consumers_made = &consumers_made;
+        let client = &client;
+        async move {
+            eventually(Duration::from_secs(20), || async {
+                consumers_made().await;
+                let out = client.call("hosts", json!({"selector": selector})).await;
+                let listed = out.structured()["hosts"].as_array().map(Vec::len);
+                (listed == Some(count) && consumers_made().await.is_empty()).then_some(())
+            })
+            .await;
+        }
+    };
+    from_the_directory("ghost-*", 1100).await;
+
+    // A host registered just before a listing is in it: the listing waits for the directory
+    // to take what was stored before it began.
+    let late: Vec<String> = (1101..=1110).map(|i| format!("ghost-{i}")).collect();
+    nats.identities()
+        .add_agents(late.iter().map(String::as_str));
+    from_the_directory("ghost-*", 1100).await;
+    for host in &late {
+        let key = nats.identities().record_key(&format!("agent-{host}"));
+        let pack = pb::HostFacts {
+            host: host.clone(),
+            collected_at_ms: 1,
+            ..Default::default()
+        };
+        put_signed(
+            &js,
+            &facts,
+            &format!("default.{host}"),
+            pack.encode_to_vec(),
+            &key,
+        )
+        .await;
+        let out = client.call("hosts", json!({"selector": host})).await;
+        assert_eq!(out.structured()["offline"], 1, "{host}: {}", out.text());
+    }
+    let made = consumers_made().await;
+    assert!(made.is_empty(), "listings made consumers: {made:?}");
+
+    // A host whose agent wrote its registration before the host was enrolled is unverified,
+    // and verified as soon as it is enrolled.
+    let early = "ghost-1111";
+    let seed = nkeys::KeyPair::new_user()
+        .seed()
+        .expect("a new key has a seed");
+    let key = execmesh_proto::signing::RecordKey::from_seed(&seed).expect("a record key");
+    let pack = pb::HostFacts {
+        host: early.to_string(),
+        collected_at_ms: 1,
+        ..Default::default()
+    };
+    put_signed(
+        &js,
+        &facts,
+        &format!("default.{early}"),
+        pack.encode_to_vec(),
+        &key,
+    )
+    .await;
+    let out = client.call("hosts", json!({"selector": early})).await;
+    assert_eq!(out.structured()["unverified"], 1, "{}", out.text());
+    nats.identities().enrol_agent_with(early, &seed);
+    let out = client.call("hosts", json!({"selector": early})).await;
+    assert_eq!(out.structured()["offline"], 1, "{}", out.text());
+    from_the_directory("ghost-*", 1111).await;
+    let out = client.call("hosts", json!({"selector": early})).await;
+    assert_eq!(out.structured()["offline"], 1, "{}", out.text());
 }

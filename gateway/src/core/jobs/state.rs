@@ -272,7 +272,7 @@ async fn settle_while_watching(mesh: &Mesh, audit: &Audit) -> Result<(), MeshErr
 mod tests {
     use super::*;
 
-    use crate::core::mesh::Departure;
+    use crate::core::hosts::Departure;
 
     const GRACE: Duration = Duration::from_secs(3);
 
