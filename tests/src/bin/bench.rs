@@ -63,11 +63,14 @@ const FILE_BYTES: u64 = 100 * 1000 * 1000;
 struct Options {
     /// Simulated hosts of `scale` (`--hosts N`).
     hosts: usize,
+    /// Hosts `scale` lists in all (`--registered N`): those past `hosts` registered on paper.
+    registered: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut options = Options {
         hosts: scale::DEFAULT_HOSTS,
+        registered: 0,
     };
     let mut scenarios: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -75,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "-h" | "--help" => {
                 println!(
-                    "usage: execmesh-bench [--hosts N] [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay] [relay-files]\n\n\
+                    "usage: execmesh-bench [--hosts N] [--registered N] [roundtrip] [telemetry] [paging] [memory] [file-read] [copy] [fanout] [scale] [audit] [chaos] [relay] [relay-files]\n\n\
                      Starts a real nats-server, a node-agent and the gateway on loopback and prints the \
                      measured figures as JSON. With no scenario, runs all. `chaos` kills NATS, an agent, \
                      a gateway replica and the audit-sink mid-work and fails if a line, an audit row or \
@@ -83,7 +86,10 @@ fn main() -> anyhow::Result<()> {
                      cargo build --release --workspace --bins\n\n\
                      --hosts N   simulated hosts of `scale` (default {}). Past about 28,000 the \
                      machine's ephemeral ports run out (every agent holds one loopback connection \
-                     to the same server port): `scale` says so and names the sysctl to raise.",
+                     to the same server port): `scale` says so and names the sysctl to raise.\n\n\
+                     --registered N   hosts `scale` lists in all: past the simulated ones, hosts \
+                     registered as records only (signed fact pack and heartbeat, no agent), to \
+                     measure `hosts \"*\"` over more hosts than can connect here.",
                     scale::DEFAULT_HOSTS
                 );
                 return Ok(());
@@ -95,6 +101,14 @@ fn main() -> anyhow::Result<()> {
                     .ok()
                     .filter(|&n: &usize| n > 0)
                     .with_context(|| format!("--hosts `{n}`: not a positive number"))?;
+            }
+            "--registered" => {
+                let n = args
+                    .next()
+                    .context("--registered needs a number of hosts")?;
+                options.registered = n
+                    .parse()
+                    .with_context(|| format!("--registered `{n}`: not a number"))?;
             }
             _ if SCENARIOS.contains(&a.as_str()) => scenarios.push(a),
             _ => bail!("unknown scenario `{a}` ({})", SCENARIOS.join(", ")),
@@ -128,7 +142,7 @@ async fn run(name: &str, options: &Options) -> anyhow::Result<Value> {
         "file-read" => file_read().await,
         "copy" => copy().await,
         "fanout" => fanout().await,
-        "scale" => scale::scale(options.hosts).await,
+        "scale" => scale::scale(options.hosts, options.registered).await,
         "audit" => audit::audit().await,
         "chaos" => chaos::chaos().await,
         "relay" => relay::relay().await,

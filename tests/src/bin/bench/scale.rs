@@ -32,7 +32,9 @@ const START_CONCURRENCY: usize = 256;
 const HOSTS_CALLS: usize = 10;
 const GREP_CALLS: usize = 10;
 
-pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
+/// `registered`: hosts listed in all, when more than the fleet: the rest are registered on
+/// paper (see [`register_on_paper`]).
+pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
     // One socket per agent here and one per connection in the nats-server (which inherits the
     // limit), plus room for files, listeners and the gateway.
     raise_fd_limit(hosts as u64 + 4096)?;
@@ -88,6 +90,11 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
     let nats_rss_mb = rss_kb(nats_pid, "VmRSS:") as f64 / 1024.0;
     let bench_rss_mb = rss_kb(std::process::id(), "VmRSS:") as f64 / 1024.0;
 
+    let paper = registered.saturating_sub(hosts);
+    let paper_took = register_on_paper(&nats, paper).await?;
+    let listed = hosts + paper;
+    let facts_bucket_mb = stream_bytes(&nats, "KV_mesh_facts").await? as f64 / 1e6;
+
     let client = bench_client(&gw, Duration::from_secs(120)).await;
     // Timed: the call as a client makes it (the answer received and parsed). The harness's
     // check of the answer against the tool's output schema, which takes as long again on a
@@ -106,8 +113,8 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
         checks.push(started.elapsed());
         let structured = result.structured_content.unwrap_or_default();
         online = structured["online"].as_u64().unwrap_or(0);
-        if online != hosts as u64 {
-            bail!("hosts \"*\" saw {online} of {hosts} online");
+        if online != listed as u64 {
+            bail!("hosts \"*\" saw {online} of {listed} online");
         }
         answer_kb = serde_json::to_vec(&structured)?.len() as f64 / 1024.0;
     }
@@ -126,7 +133,11 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
             HEARTBEAT.as_secs()
         ),
         "hosts": hosts,
-        "connected_and_online": online,
+        "registered_on_paper": paper,
+        "registered_on_paper_s": round1(paper_took.as_secs_f64()),
+        "hosts_listed": listed,
+        "facts_bucket_mb": round1(facts_bucket_mb),
+        "online_in_listing": online,
         "agents_alive_at_end": alive,
         "fleet_startup_s": round1(startup.as_secs_f64()),
         "start_concurrency": START_CONCURRENCY,
@@ -143,6 +154,68 @@ pub async fn scale(hosts: usize) -> anyhow::Result<Value> {
         "grep_digest": grep,
         "grep_hosts": grep_hosts,
     }))
+}
+
+/// Registers `count` more hosts without agents (`paper-<n>`), as records only: the fact pack of
+/// `sim-1` under each one's name (labelled `shard=paper`, so `grep` does not target them) and a
+/// heartbeat that stays current for ten minutes, each signed by the host's own key as its agent
+/// would. A listing reads them like any host's: it measures `hosts "*"` over more hosts than
+/// this machine can connect. How long it took.
+async fn register_on_paper(nats: &Nats, count: usize) -> anyhow::Result<Duration> {
+    use execmesh_proto::jetstream::{FACTS_BUCKET, PRESENCE_BUCKET};
+    use execmesh_proto::pb;
+    use execmesh_tests::identities::put_signed;
+    use futures::StreamExt as _;
+    use prost::Message as _;
+
+    let started = Instant::now();
+    if count == 0 {
+        return Ok(started.elapsed());
+    }
+    let js = nats.jetstream().await;
+    let facts = js.get_key_value(FACTS_BUCKET).await?;
+    let presence = js.get_key_value(PRESENCE_BUCKET).await?;
+    let template = facts
+        .get("default.sim-1")
+        .await?
+        .context("sim-1's fact pack")?;
+    let template = pb::HostFacts::decode(template)?;
+    let hosts: Vec<String> = (1..=count).map(|i| format!("paper-{i}")).collect();
+    nats.identities()
+        .add_agents(hosts.iter().map(String::as_str));
+    futures::stream::iter(hosts)
+        .map(|host| {
+            let (js, facts, presence) = (js.clone(), facts.clone(), presence.clone());
+            let mut pack = template.clone();
+            async move {
+                let key = nats.identities().record_key(&format!("agent-{host}"));
+                pack.host = host.clone();
+                pack.labels = [("shard".to_string(), "paper".to_string())].into();
+                let entry = format!("default.{host}");
+                put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
+                let beat = pb::Presence {
+                    host: host.clone(),
+                    heartbeat_at_ms: execmesh_proto::now_ms(),
+                    heartbeat_interval_ms: 600_000,
+                    ..Default::default()
+                };
+                put_signed(&js, &presence, &entry, beat.encode_to_vec(), &key).await;
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<()>()
+        .await;
+    eprintln!(
+        "scale: {count} more hosts registered on paper in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(started.elapsed())
+}
+
+/// The bytes `stream` holds.
+async fn stream_bytes(nats: &Nats, stream: &str) -> anyhow::Result<u64> {
+    let mut stream = nats.jetstream().await.get_stream(stream).await?;
+    Ok(stream.info().await?.state.bytes)
 }
 
 /// The server's `/varz` (message and byte counters, connections).
