@@ -137,8 +137,9 @@ pub struct Cli {
     #[arg(long, env = "EXECMESH_MAX_OUTPUT_BYTES_PER_HOST", value_name = "BYTES")]
     pub max_output_bytes_per_host: Option<String>,
 
-    /// The disk the mesh's JetStream store may use. MESH_OUT gets 79 %, AUDIT 10 %, `mesh_jobs`
-    /// 5 %, each small bucket 1 %; the agent sets each stream's byte limit to its share.
+    /// The disk the mesh's JetStream store may use. MESH_OUT gets 75 %, AUDIT 10 %, `mesh_jobs`
+    /// 5 %, `mesh_presence` and `mesh_facts` 3 % each, each other bucket 1 %; the agent sets
+    /// each stream's byte limit to its share.
     /// [default: 2147483648]
     #[arg(long, env = "EXECMESH_JETSTREAM_BUDGET_BYTES", value_name = "BYTES")]
     pub jetstream_budget_bytes: Option<String>,

@@ -1216,8 +1216,8 @@ mod tests {
         );
         assert_eq!(
             config.store_limits().out_bytes,
-            // AUDIT 10 %, mesh_jobs 5 %, six small buckets 1 % each.
-            1024 * 1024 * 1024 - 1024 * 1024 * 1024 / 100 * 21
+            // AUDIT 10 %, mesh_jobs 5 %, two host buckets 3 % each, four small buckets 1 % each.
+            1024 * 1024 * 1024 - 1024 * 1024 * 1024 / 100 * 25
         );
         assert_eq!(config.max_output_bytes_per_user, 5000);
         assert_eq!(config.max_output_bytes_per_host, 9000);

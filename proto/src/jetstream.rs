@@ -66,7 +66,7 @@ pub const MAX_RECORD_BYTES: i32 = 256 * 1024;
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// The JetStream disk budget of a mesh when its operator names none: 2 GiB, of which MESH_OUT
-/// gets 1.6 GiB (six jobs that each hit the default 256 MiB per-job cap). Small on purpose:
+/// gets 1.5 GiB (six jobs that each hit the default 256 MiB per-job cap). Small on purpose:
 /// nats-server reserves every stream's byte limit against its store (by default 75 % of the disk
 /// free when it starts) and refuses a stream it cannot reserve, so a larger default would keep a
 /// mesh on a small machine from starting. A fleet names its budget.
@@ -75,15 +75,17 @@ pub const DEFAULT_STORE_BUDGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 pub const MIN_STORE_BUDGET_BYTES: u64 = 16 * 1024 * 1024;
 /// The least a bucket gets, however small the budget: room for thousands of records.
 const MIN_BUCKET_BYTES: u64 = 1024 * 1024;
-/// The buckets that each get a small share: presence, facts, OAuth, revoked tokens, approvals
-/// and tasks.
-const SMALL_BUCKETS: u64 = 6;
+/// The buckets that each get a small share: OAuth, revoked tokens, approvals and tasks.
+const SMALL_BUCKETS: u64 = 4;
+/// The buckets of one record per host, each with its share: presence and facts.
+const HOST_BUCKETS: u64 = 2;
 
 /// The byte limits of every stream and bucket of the mesh, derived from one disk budget: what
 /// an operator knows is the disk JetStream may use, not the mix of what is stored in it. AUDIT
-/// gets 10 %, `mesh_jobs` 5 %, each of the five small buckets (presence, facts, OAuth, revoked
-/// tokens, approvals, tasks) 1 % (at least 1 MiB), and MESH_OUT the rest (79 %). Each is a limit of its
-/// own stream, so output filling MESH_OUT evicts only older output.
+/// gets 10 %, `mesh_jobs` 5 %, each of the two host buckets (presence, facts) 3 %, each of the
+/// four small buckets (OAuth, revoked tokens, approvals, tasks) 1 % (all at least 1 MiB), and
+/// MESH_OUT the rest (75 %). Each is a limit of its own stream, so output filling MESH_OUT evicts
+/// only older output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreLimits {
     /// MESH_OUT: the rest of the budget. Full: its oldest records are discarded.
@@ -94,8 +96,12 @@ pub struct StoreLimits {
     /// `mesh_jobs`. Full: new statuses are refused (KV buckets discard new values), which
     /// at 5 % of the budget takes hundreds of thousands of statuses inside the retention.
     pub jobs_bytes: i64,
-    /// Each of `mesh_presence`, `mesh_facts`, `mesh_oauth`, `mesh_revoked`, `mesh_approvals`,
-    /// `mesh_tasks`: one small record per host, grant, approval or task.
+    /// Each of `mesh_presence` and `mesh_facts`: one record per host (a fact pack and its
+    /// signature take about 600 bytes, so 3 % of the default budget holds 100,000 hosts). Full:
+    /// a new host's registration is refused.
+    pub host_bucket_bytes: i64,
+    /// Each of `mesh_oauth`, `mesh_revoked`, `mesh_approvals`, `mesh_tasks`: one small record
+    /// per grant, revocation, approval or task.
     pub small_bucket_bytes: i64,
 }
 
@@ -114,13 +120,15 @@ impl StoreLimits {
         let percent = |p: u64| budget / 100 * p;
         let audit = percent(10);
         let jobs = percent(5).max(MIN_BUCKET_BYTES);
+        let host = percent(3).max(MIN_BUCKET_BYTES);
         let small = percent(1).max(MIN_BUCKET_BYTES);
-        let out = budget.saturating_sub(audit + jobs + SMALL_BUCKETS * small);
+        let out = budget.saturating_sub(audit + jobs + HOST_BUCKETS * host + SMALL_BUCKETS * small);
         let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         Self {
             out_bytes: bytes(out),
             audit_bytes: bytes(audit),
             jobs_bytes: bytes(jobs),
+            host_bucket_bytes: bytes(host),
             small_bucket_bytes: bytes(small),
         }
     }
@@ -133,13 +141,10 @@ impl StoreLimits {
             (OUT_STREAM, _) => Some(self.out_bytes),
             (AUDIT_STREAM, _) => Some(self.audit_bytes),
             (_, Some(JOBS_BUCKET)) => Some(self.jobs_bytes),
-            (
-                _,
-                Some(
-                    PRESENCE_BUCKET | FACTS_BUCKET | OAUTH_BUCKET | REVOKED_BUCKET
-                    | APPROVALS_BUCKET | TASKS_BUCKET,
-                ),
-            ) => Some(self.small_bucket_bytes),
+            (_, Some(PRESENCE_BUCKET | FACTS_BUCKET)) => Some(self.host_bucket_bytes),
+            (_, Some(OAUTH_BUCKET | REVOKED_BUCKET | APPROVALS_BUCKET | TASKS_BUCKET)) => {
+                Some(self.small_bucket_bytes)
+            }
             _ => None,
         }
     }
@@ -202,7 +207,7 @@ pub fn presence_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
         ..bucket(
             PRESENCE_BUCKET,
             "execmesh host heartbeats",
-            limits.small_bucket_bytes,
+            limits.host_bucket_bytes,
             replicas,
         )
     }
@@ -213,7 +218,7 @@ pub fn facts_bucket(limits: &StoreLimits, replicas: usize) -> kv::Config {
     bucket(
         FACTS_BUCKET,
         "execmesh host registrations and facts",
-        limits.small_bucket_bytes,
+        limits.host_bucket_bytes,
         replicas,
     )
 }
@@ -310,15 +315,25 @@ mod tests {
         let total = l.out_bytes
             + l.audit_bytes
             + l.jobs_bytes
+            + HOST_BUCKETS as i64 * l.host_bucket_bytes
             + SMALL_BUCKETS as i64 * l.small_bucket_bytes;
         assert!(total <= DEFAULT_STORE_BUDGET_BYTES as i64);
         assert_eq!(l.audit_bytes, DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 10);
-        assert!(l.out_bytes >= DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 79);
+        assert!(l.out_bytes >= DEFAULT_STORE_BUDGET_BYTES as i64 / 100 * 75);
+        // Six jobs at the default per-job cap (256 MiB) fit MESH_OUT.
+        assert!(l.out_bytes >= 6 * 256 * 1024 * 1024, "{}", l.out_bytes);
+        // 50,000 hosts' records (about 600 bytes each) fit the host buckets.
+        assert!(
+            l.host_bucket_bytes >= 50_000 * 600,
+            "{}",
+            l.host_bucket_bytes
+        );
 
         // The smallest budget still gives every bucket its floor and MESH_OUT the most.
         let small = StoreLimits::from_budget(0);
         assert_eq!(small, StoreLimits::from_budget(MIN_STORE_BUDGET_BYTES));
         assert_eq!(small.small_bucket_bytes, MIN_BUCKET_BYTES as i64);
+        assert_eq!(small.host_bucket_bytes, MIN_BUCKET_BYTES as i64);
         assert!(small.out_bytes > small.audit_bytes + small.jobs_bytes);
 
         let out = out_stream(DEFAULT_OUTPUT_RETENTION, &l, 1);
@@ -328,11 +343,13 @@ mod tests {
         );
         assert_eq!(audit_stream(&l, 1).max_bytes, l.audit_bytes);
         assert_eq!(l.of_stream("KV_mesh_jobs"), Some(l.jobs_bytes));
-        assert_eq!(l.of_stream("KV_mesh_presence"), Some(l.small_bucket_bytes));
+        assert_eq!(l.of_stream("KV_mesh_presence"), Some(l.host_bucket_bytes));
+        assert_eq!(l.of_stream("KV_mesh_approvals"), Some(l.small_bucket_bytes));
         assert_eq!(l.of_stream("KV_other"), None);
+        for bucket in [presence_bucket(&l, 1), facts_bucket(&l, 1)] {
+            assert_eq!(bucket.max_bytes, l.host_bucket_bytes, "{}", bucket.bucket);
+        }
         for bucket in [
-            presence_bucket(&l, 1),
-            facts_bucket(&l, 1),
             oauth_bucket(&l, 1),
             revoked_bucket(&l, 1),
             approvals_bucket(&l, 1),
