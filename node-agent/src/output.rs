@@ -550,18 +550,28 @@ mod tests {
         "-----END PRIVATE KEY-----\nafter\n",
     ];
 
-    /// Feeds `writes` to a reader that redacts, each write read on its own, and returns the
-    /// pieces it sent as (text, lines).
-    async fn read_redacted(writes: &[&str]) -> Vec<(String, u32)> {
-        let (mut write, read) = tokio::io::duplex(64 * 1024);
-        let (tx, mut rx) = mpsc::channel(64);
+    /// A reader that redacts, reading what is written to the stream returned, and the pieces
+    /// it sends.
+    fn redacting_reader() -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<(OutputStream, Piece)>,
+        JoinHandle<()>,
+    ) {
+        let (write, read) = tokio::io::duplex(64 * 1024);
+        let (tx, rx) = mpsc::channel(64);
         let reader = Reader {
             stream: OutputStream::Stdout,
             chunk_bytes: 1024,
             redactor: Some(Arc::new(Redactor::new(&[]).expect("built-in rules"))),
             tx,
         };
-        let reading = tokio::spawn(reader.read(read));
+        (write, rx, tokio::spawn(reader.read(read)))
+    }
+
+    /// Feeds `writes` to a reader that redacts, each write read on its own, and returns the
+    /// pieces it sent as (text, lines).
+    async fn read_redacted(writes: &[&str]) -> Vec<(String, u32)> {
+        let (mut write, mut rx, reading) = redacting_reader();
         for text in writes {
             tokio::io::AsyncWriteExt::write_all(&mut write, text.as_bytes())
                 .await
@@ -613,15 +623,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_open_key_block_is_held_only_so_long() {
         // Time stands still while the reader waits, so the hold's deadline is what passes.
-        let (mut write, read) = tokio::io::duplex(1024);
-        let (tx, mut rx) = mpsc::channel(64);
-        let reader = Reader {
-            stream: OutputStream::Stdout,
-            chunk_bytes: 1024,
-            redactor: Some(Arc::new(Redactor::new(&[]).expect("built-in rules"))),
-            tx,
-        };
-        let reading = tokio::spawn(reader.read(read));
+        let (mut write, mut rx, reading) = redacting_reader();
         let started = Instant::now();
         tokio::io::AsyncWriteExt::write_all(&mut write, KEY[0].as_bytes())
             .await

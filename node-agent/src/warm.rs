@@ -110,6 +110,9 @@ pub struct WarmPool {
     closed: CancellationToken,
 }
 
+/// How long a stopping agent waits for its idle shells to exit once killed.
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
+
 /// An idle shell waiting on fd 3 for its script. Dropping it kills its process group.
 pub struct WarmShell {
     /// `None` once the shell was handed its job.
@@ -185,7 +188,7 @@ impl WarmPool {
                 _ = self.closed.cancelled() => break,
             }
         }
-        self.retire_idle();
+        self.retire_idle().await;
     }
 
     /// An idle shell that can run `spec` as `<shell> -c` would, with the script to give it;
@@ -250,15 +253,25 @@ impl WarmPool {
         }
     }
 
-    /// Stops handing out and starting shells, and kills the idle ones.
+    /// Stops handing out and starting shells; [`WarmPool::run`] then kills the idle ones and
+    /// waits for them to exit.
     pub fn close(&self) {
         self.closed.cancel();
-        self.retire_idle();
     }
 
-    fn retire_idle(&self) {
+    /// Kills the idle shells and waits (at most [`RETIRE_WAIT`]) until they have exited, so that
+    /// none outlives an agent that stops.
+    async fn retire_idle(&self) {
         let idle = std::mem::take(&mut *self.lock());
-        drop(idle);
+        let killed: Vec<vfork::Child> = idle.into_iter().filter_map(WarmShell::kill).collect();
+        let exited = async {
+            for mut child in killed {
+                let _ = child.wait().await;
+            }
+        };
+        if tokio::time::timeout(RETIRE_WAIT, exited).await.is_err() {
+            warn!(wait = ?RETIRE_WAIT, "idle warm shells did not exit after SIGKILL");
+        }
     }
 }
 
@@ -333,16 +346,30 @@ impl WarmShell {
     }
 }
 
+impl WarmShell {
+    /// Kills the shell's group; the child, to wait for.
+    fn kill(mut self) -> Option<vfork::Child> {
+        let child = self.child.take()?;
+        kill_group(&child);
+        Some(child)
+    }
+}
+
 impl Drop for WarmShell {
     fn drop(&mut self) {
-        // An idle (or half-started) shell: kill its group while the unreaped child still holds
-        // the pid, so the signal cannot reach a process that reused it.
-        if let Some(child) = &self.child
-            && let Some(pid) = child.id()
-            && let Err(e) = signal_group(pid, Signal::SIGKILL)
-        {
-            warn!(pid, error = %e, "killing an idle warm shell failed");
+        if let Some(child) = &self.child {
+            kill_group(child);
         }
+    }
+}
+
+/// Kills the group of an idle (or half-started) shell while the unreaped child still holds the
+/// pid, so the signal cannot reach a process that reused it.
+fn kill_group(child: &vfork::Child) {
+    if let Some(pid) = child.id()
+        && let Err(e) = signal_group(pid, Signal::SIGKILL)
+    {
+        warn!(pid, error = %e, "killing an idle warm shell failed");
     }
 }
 

@@ -912,28 +912,26 @@ impl Mesh {
         bucket: &str,
         key: &str,
     ) -> Result<(u64, Option<KvLast>), MeshError> {
-        let request = DirectGet {
-            last_by_subj: Some(subject::kv(bucket, key)),
-            ..Default::default()
-        };
-        let msg = self
-            .direct_get(&subject::kv_stream(bucket), &request)
-            .await?
-            .pop();
+        let msg = self.kv_stored(bucket, key).await?;
         Ok(msg.map_or((0, None), |m| (m.seq, last_of(m))))
     }
 
     /// The latest value of one KV key, if any.
     pub async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
+        let msg = self.kv_stored(bucket, key).await?;
+        Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
+    }
+
+    /// The last record stored under one KV key, whatever it is.
+    async fn kv_stored(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
         let request = DirectGet {
             last_by_subj: Some(subject::kv(bucket, key)),
             ..Default::default()
         };
-        let msg = self
+        Ok(self
             .direct_get(&subject::kv_stream(bucket), &request)
             .await?
-            .pop();
-        Ok(msg.filter(|m| !m.is_tombstone() && !m.payload.is_empty()))
+            .pop())
     }
 
     /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id. A

@@ -89,6 +89,10 @@ pub struct OutputLimitsView {
     pub reached: Vec<String>,
 }
 
+/// Hosts described line by line in the text of a listing: a model reads no further, and the
+/// structured result lists every one.
+const MAX_TEXT_HOSTS: usize = 200;
+
 pub fn definition() -> Tool {
     super::tool::<HostsParams, HostsResult>(
         "hosts",
@@ -154,7 +158,7 @@ pub async fn call(
             result.denied.join(", ")
         ));
     }
-    for h in &result.hosts {
+    for h in result.hosts.iter().take(MAX_TEXT_HOSTS) {
         let labels: Vec<String> = h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let seen = h
             .last_seen_secs
@@ -190,6 +194,13 @@ pub async fn call(
                 reached.reached.join("; ")
             ));
         }
+    }
+    if result.hosts.len() > MAX_TEXT_HOSTS {
+        text.push_str(&format!(
+            "… and {} more host(s), listed in the structured result (a narrower selector lists \
+             them here)\n",
+            result.hosts.len() - MAX_TEXT_HOSTS
+        ));
     }
     structured(&result, vec![text])
 }

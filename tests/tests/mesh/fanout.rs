@@ -744,6 +744,10 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     );
     assert_eq!(s["online"], 1);
     assert_eq!(s["offline"], 1100);
+    // The text describes the first 200 and says where the rest are.
+    let text = out.text();
+    assert_eq!(text.lines().filter(|l| l.starts_with("- ")).count(), 200);
+    assert!(text.contains("… and 901 more host(s)"), "{text}");
     // A fan-out over all of them settles every host, the offline ones without waiting.
     let started = Instant::now();
     let out = client
