@@ -717,10 +717,9 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     let ghosts: Vec<String> = (1..=1100).map(|i| format!("ghost-{i}")).collect();
     nats.identities()
         .add_agents(ghosts.iter().map(String::as_str));
-    let puts = ghosts.into_iter().map(|host| {
-        let facts = facts.clone();
-        let js = js.clone();
-        let key = nats.identities().record_key(&format!("agent-{host}"));
+    // A registration of `host` long gone, signed with `key`, as its agent wrote it.
+    let register = |host: String, key: execmesh_proto::signing::RecordKey| {
+        let (js, facts) = (js.clone(), facts.clone());
         async move {
             let pack = pb::HostFacts {
                 host: host.clone(),
@@ -730,6 +729,10 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
             let entry = format!("default.{host}");
             put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
         }
+    };
+    let puts = ghosts.into_iter().map(|host| {
+        let key = nats.identities().record_key(&format!("agent-{host}"));
+        register(host, key)
     });
     join_all(puts).await;
     let gw = Gateway::new(&nats).start().await;
@@ -806,19 +809,7 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     from_the_directory("ghost-*", 1100).await;
     for host in &late {
         let key = nats.identities().record_key(&format!("agent-{host}"));
-        let pack = pb::HostFacts {
-            host: host.clone(),
-            collected_at_ms: 1,
-            ..Default::default()
-        };
-        put_signed(
-            &js,
-            &facts,
-            &format!("default.{host}"),
-            pack.encode_to_vec(),
-            &key,
-        )
-        .await;
+        register(host.clone(), key).await;
         let out = client.call("hosts", json!({"selector": host})).await;
         assert_eq!(out.structured()["offline"], 1, "{host}: {}", out.text());
     }
@@ -832,19 +823,7 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
         .seed()
         .expect("a new key has a seed");
     let key = execmesh_proto::signing::RecordKey::from_seed(&seed).expect("a record key");
-    let pack = pb::HostFacts {
-        host: early.to_string(),
-        collected_at_ms: 1,
-        ..Default::default()
-    };
-    put_signed(
-        &js,
-        &facts,
-        &format!("default.{early}"),
-        pack.encode_to_vec(),
-        &key,
-    )
-    .await;
+    register(early.to_string(), key).await;
     let out = client.call("hosts", json!({"selector": early})).await;
     assert_eq!(out.structured()["unverified"], 1, "{}", out.text());
     nats.identities().enrol_agent_with(early, &seed);
