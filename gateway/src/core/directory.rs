@@ -52,6 +52,8 @@ pub struct Applied {
 #[derive(Debug, Clone, Copy)]
 pub struct Mark {
     generation: u64,
+    /// Hosts (keys of either bucket) the directory holds.
+    pub keys: usize,
     pub facts: Applied,
     pub presence: Applied,
 }
@@ -86,6 +88,7 @@ impl Directory {
         };
         (state.complete && same).then_some(Mark {
             generation: state.generation,
+            keys: state.hosts.len(),
             facts: state.facts,
             presence: state.presence,
         })

@@ -234,6 +234,16 @@ impl HostEntries {
             .set(key, seq, last);
     }
 
+    /// The hosts with a record of either key (listed or not).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no host has a record.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The keys whose last record was ignored (not signed by the key's owner), by host.
     pub fn rejected(&self) -> Vec<(Token, HostKey)> {
         let mut keys = Vec::new();

@@ -380,6 +380,8 @@ async fn provision(
 const JS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long reading a whole large bucket through a watch may take.
 const STREAMED_TIMEOUT: Duration = Duration::from_secs(60);
+/// Keys one direct get answers at most (the server's limit; past it, 413).
+const DIRECT_GET_KEYS: usize = 1024;
 /// How long a listing waits for the host directory to take the records stored before it, before
 /// it reads them from NATS instead.
 const DIRECTORY_WAIT: Duration = Duration::from_secs(1);
@@ -937,9 +939,10 @@ impl Mesh {
     /// Every host registered in `mesh_facts` or present in `mesh_presence`, by host id. A
     /// host whose records its agent did not sign is listed with the reason, without them.
     ///
-    /// From this replica's directory once it is loaded, after it has taken every record stored
-    /// before the call (so a host that registered just before is listed); read from NATS while
-    /// it is not, or when it does not catch up within [`DIRECTORY_WAIT`].
+    /// Past [`DIRECT_GET_KEYS`] hosts, from this replica's directory once it is loaded, after it
+    /// has taken every record stored before the call (so a host that registered just before is
+    /// listed); read from NATS for smaller fleets, while the directory is not loaded, or when it
+    /// does not catch up within [`DIRECTORY_WAIT`].
     pub async fn hosts(&self) -> Result<BTreeMap<Token, Arc<HostRecord>>, MeshError> {
         // A host enrolled since (the identities file changed) is read from NATS until the
         // directory has checked its records again.
@@ -947,7 +950,13 @@ impl Mesh {
             trust.reload_if_changed();
             trust.current()
         });
-        if let Some(mark) = self.directory.mark(identities.as_ref()) {
+        // A fleet that one direct get reads whole is read so: as cheap as the directory's
+        // probes, and read straight from the store.
+        if let Some(mark) = self
+            .directory
+            .mark(identities.as_ref())
+            .filter(|mark| mark.keys > DIRECT_GET_KEYS)
+        {
             let (facts, presence) = tokio::try_join!(
                 self.records_after(FACTS_BUCKET, mark.facts),
                 self.records_after(PRESENCE_BUCKET, mark.presence)
