@@ -97,18 +97,10 @@ async fn follow(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep_until(deadline) => return Err(Reopen::CatchUp(CATCH_UP)),
             change = next(&mut facts_changes), if !facts_loaded => {
-                let change = change?;
-                facts_loaded = change.pending == 0;
-                facts_at.took(change.revision);
-                let key = change.key.clone();
-                hosts.set(&key, HostKey::Facts, last_of_change(change));
+                facts_loaded = load(&mut hosts, &mut facts_at, HostKey::Facts, change?);
             }
             change = next(&mut presence_changes), if !presence_loaded => {
-                let change = change?;
-                presence_loaded = change.pending == 0;
-                presence_at.took(change.revision);
-                let key = change.key.clone();
-                hosts.set(&key, HostKey::Presence, last_of_change(change));
+                presence_loaded = load(&mut hosts, &mut presence_at, HostKey::Presence, change?);
             }
         }
     }
@@ -147,6 +139,16 @@ async fn follow(
         mesh.directory
             .take(key, &kv_key, seq, last_of_change(change));
     }
+}
+
+/// Takes one record into a directory being loaded; whether its watch has now delivered every
+/// record stored when it opened.
+fn load(hosts: &mut HostEntries, at: &mut Applied, key: HostKey, change: KvChange) -> bool {
+    let loaded = change.pending == 0;
+    at.took(change.revision);
+    let (kv_key, seq) = (change.key.clone(), change.revision);
+    hosts.set_at(&kv_key, key, seq, last_of_change(change));
+    loaded
 }
 
 /// Pauses before the watches are opened again after a failure: 250 ms doubling to 5 s.

@@ -70,10 +70,7 @@ async fn listed_state(client: &execmesh_tests::McpClient, job: &str) -> String {
 async fn a_job_whose_agent_is_killed_ends_once_in_the_audit_trail_as_lost() {
     let nats = Nats::start().await;
     let sink = AuditSink::new(&nats).start().await;
-    let mut agent = NodeAgent::new(&nats, "web-1")
-        .arg("--heartbeat-interval-ms", "300")
-        .start()
-        .await;
+    let mut agent = quick_beating_agent(&nats).await;
     // Two replicas race to settle the job; one wins.
     let one = Gateway::new(&nats).start().await;
     let _two = Gateway::new(&nats).replica_of(&one).start().await;
@@ -152,10 +149,7 @@ async fn a_restarted_agent_ends_its_unfinished_job_once_in_the_audit_trail_as_lo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_reader_says_lost_for_a_job_whose_agent_died() {
     let nats = Nats::start().await;
-    let mut agent = NodeAgent::new(&nats, "web-1")
-        .arg("--heartbeat-interval-ms", "300")
-        .start()
-        .await;
+    let mut agent = quick_beating_agent(&nats).await;
     let gw = Gateway::new(&nats).admin().start().await;
     let client = gw.client("alice").await;
     let job = client.bash_bg("web-1", "sleep 1000").await;
@@ -191,6 +185,15 @@ async fn every_reader_says_lost_for_a_job_whose_agent_died() {
 
 /// How long the tests of vouched-for jobs let a heartbeat be gone before its jobs count lost.
 const SHORT_GRACE: Duration = Duration::from_millis(200);
+
+/// An agent for `web-1` beating every 300 ms: its heartbeat expires about a second after it
+/// dies.
+async fn quick_beating_agent(nats: &Nats) -> RunningAgent {
+    NodeAgent::new(nats, "web-1")
+        .arg("--heartbeat-interval-ms", "300")
+        .start()
+        .await
+}
 
 /// An agent for `web-1` that stores its heartbeat again only after 20 s: a heartbeat taken away
 /// stays away for the test.
@@ -289,10 +292,7 @@ async fn a_vouched_for_job_is_looked_at_again_and_ends_lost_once_its_agent_dies(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_jobs_of_a_frozen_agent_are_asked_after_together_and_marked_lost() {
     let nats = Nats::start().await;
-    let mut agent = NodeAgent::new(&nats, "web-1")
-        .arg("--heartbeat-interval-ms", "300")
-        .start()
-        .await;
+    let mut agent = quick_beating_agent(&nats).await;
     let gw = short_grace_gateway(&nats).await;
     let client = gw.client("alice").await;
     let mut jobs = Vec::new();
