@@ -2,6 +2,7 @@
 //! and what it is.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use rmcp::model::Tool;
 use schemars::JsonSchema;
@@ -12,6 +13,7 @@ use crate::core::error::ToolError;
 use crate::core::fanout::{ResolveError, Targets};
 use crate::core::hosts::HostRecord;
 use crate::core::hosts::HostState;
+use execmesh_proto::Token;
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,14 +24,27 @@ pub struct HostsParams {
     /// exactly these hosts.
     #[serde(default)]
     pub selector: Option<String>,
+    /// Most hosts in the answer (default and at most 5,000): a larger fleet is listed page by
+    /// page, `cursor` taking the `next_cursor` of the page before. The counts are always of every
+    /// matching host.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page, unchanged: the listing goes on after it.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HostsResult {
     /// The selector as given.
     pub selector: String,
-    /// The matching hosts, sorted by id.
+    /// How many hosts match, on every page: the counts below are of all of them too.
+    pub total: usize,
+    /// The matching hosts, sorted by id: this page of them (see `limit`).
     pub hosts: Vec<HostView>,
+    /// More hosts match after this page: pass this back as `cursor` for the next one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
     /// Matching hosts outside the hosts you may reach: a fan-out reports them `denied`.
     pub denied: Vec<String>,
     pub online: usize,
@@ -93,6 +108,12 @@ pub struct OutputLimitsView {
 /// structured result lists every one.
 const MAX_TEXT_HOSTS: usize = 200;
 
+/// Hosts in one answer at the most, and by default: a fleet's listing of 5,000 is about 1.6 MB of
+/// structured result; past it the listing is paged, so an answer over 50,000 hosts stays as quick
+/// and as small (a whole listing of 50,000 would pass the 16 MiB that clients such as rmcp's
+/// accept in one HTTP body).
+const MAX_PAGE_HOSTS: usize = 5_000;
+
 pub fn definition() -> Tool {
     super::tool::<HostsParams, HostsResult>(
         "hosts",
@@ -101,7 +122,9 @@ pub fn definition() -> Tool {
          labels, last heartbeat, running jobs and platform. It is the dry run of a fan-out: \
          `bash`/`grep`/`facts` with the same `hosts` selector target exactly these hosts. \
          Selectors: host globs (`web-*`), `key=value` on labels and facts (`role=web`, \
-         `os_id=debian`, `cpus>=8`), `@group`, with `and`/`or`/`not`/parentheses; `*` is all.",
+         `os_id=debian`, `cpus>=8`), `@group`, with `and`/`or`/`not`/parentheses; `*` is all. \
+         Counts are of every match; hosts come up to `limit` (5,000) a page, `next_cursor` \
+         leading to the next.",
         super::reads(false),
     )
 }
@@ -125,24 +148,56 @@ pub async fn call(
         ResolveError::Mesh(e) => ToolError::from(e),
         other => ToolError::invalid("hosts", other.to_string()),
     })?;
+    let limit = params.limit.unwrap_or(MAX_PAGE_HOSTS);
+    if !(1..=MAX_PAGE_HOSTS).contains(&limit) {
+        return Err(ToolError::invalid(
+            "hosts",
+            format!("limit must be 1 to {MAX_PAGE_HOSTS}, not {limit}"),
+        ));
+    }
+    let after = match params.cursor.as_deref() {
+        None => Bound::Unbounded,
+        Some(cursor) => Bound::Excluded(Token::parse("cursor", cursor).map_err(|_| {
+            ToolError::invalid(
+                "hosts",
+                format!(
+                    "cursor {cursor:?} is not one a listing gave: pass `next_cursor` back unchanged"
+                ),
+            )
+        })?),
+    };
     let now = execmesh_proto::now_ms();
-    let hosts: Vec<HostView> = targets.hosts.values().map(|r| view(r, now)).collect();
-    let count = |s: HostState| hosts.iter().filter(|h| h.state == s.as_str()).count();
+    // The counts are of every matching host; only the page is described.
+    let states: Vec<HostState> = targets
+        .hosts
+        .values()
+        .map(|r| HostState::of_record(r, now))
+        .collect();
+    let count = |s: HostState| states.iter().filter(|state| **state == s).count();
+    let mut page = targets.hosts.range((after, Bound::Unbounded));
+    let hosts: Vec<HostView> = page
+        .by_ref()
+        .take(limit)
+        .map(|(_, r)| view(r, now))
+        .collect();
+    let next_cursor = match (page.next(), hosts.last()) {
+        (Some(_), Some(last)) => Some(last.host.clone()),
+        _ => None,
+    };
     let result = HostsResult {
         selector: selector.clone(),
+        total: targets.hosts.len(),
         denied: targets.denied.iter().map(|h| h.to_string()).collect(),
         online: count(HostState::Online),
         stale: count(HostState::Stale),
         offline: count(HostState::Offline),
         unverified: count(HostState::Unverified),
         hosts,
+        next_cursor,
     };
     let mut text = format!(
         "{} host(s) match `{selector}`: {} online, {} stale, {} offline\n",
-        result.hosts.len(),
-        result.online,
-        result.stale,
-        result.offline
+        result.total, result.online, result.stale, result.offline
     );
     if result.unverified > 0 {
         text.push_str(&format!(
@@ -200,6 +255,12 @@ pub async fn call(
             "… and {} more host(s), listed in the structured result (a narrower selector lists \
              them here)\n",
             result.hosts.len() - MAX_TEXT_HOSTS
+        ));
+    }
+    if let Some(next) = &result.next_cursor {
+        text.push_str(&format!(
+            "This page lists {} of them; more follow: pass `cursor` {next:?} for the next page\n",
+            result.hosts.len()
         ));
     }
     structured(&result, vec![text])

@@ -751,6 +751,66 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     let text = out.text();
     assert_eq!(text.lines().filter(|l| l.starts_with("- ")).count(), 200);
     assert!(text.contains("… and 901 more host(s)"), "{text}");
+    assert!(
+        s.get("next_cursor").is_none(),
+        "one page: {}",
+        s["next_cursor"]
+    );
+
+    // Page by page: every host once, in order, the counts of the whole selection on each page.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    for page in 0.. {
+        assert!(page < 3, "three pages of 500 list 1,101 hosts");
+        let mut args = json!({"selector": "*", "limit": 500});
+        if let Some(cursor) = cursor.take() {
+            args["cursor"] = json!(cursor);
+        }
+        let out = client.call("hosts", args).await;
+        let s = out.structured();
+        assert_eq!(
+            (s["total"].clone(), s["online"].clone()),
+            (json!(1101), json!(1))
+        );
+        assert_eq!(s["offline"], 1100);
+        let hosts = s["hosts"].as_array().expect("hosts");
+        paged.extend(
+            hosts
+                .iter()
+                .map(|h| h["host"].as_str().expect("id").to_owned()),
+        );
+        match s["next_cursor"].as_str() {
+            Some(next) => {
+                assert_eq!(hosts.len(), 500);
+                assert_eq!(Some(next), paged.last().map(String::as_str));
+                out.assert_text_has(&format!("pass `cursor` \"{next}\" for the next page"));
+                cursor = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    let mut whole: Vec<String> = s["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .map(|h| h["host"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(paged, whole);
+    whole.dedup();
+    assert_eq!(whole.len(), 1101);
+    for (args, why) in [
+        (json!({"limit": 0}), "limit must be 1 to 5000, not 0"),
+        (json!({"limit": 5001}), "limit must be 1 to 5000, not 5001"),
+        (
+            json!({"cursor": "no such/cursor"}),
+            "is not one a listing gave",
+        ),
+    ] {
+        client
+            .call("hosts", args)
+            .await
+            .assert_refused_as("invalid_arguments", why);
+    }
     // A fan-out over all of them settles every host, the offline ones without waiting.
     let started = Instant::now();
     let out = client
