@@ -4,9 +4,10 @@
 //! instead of every host's records, whatever the fleet's size.
 //!
 //! A listing must not miss what was stored before it began (a host that has just registered),
-//! so it first asks NATS how many records follow the last one the directory took and waits for
-//! the watches to take them ([`crate::core::mesh::Mesh::hosts`]). While the directory is not
-//! complete (loading, a watch failed, the identities changed) listings read NATS as before.
+//! so it first asks NATS for the sequence of the tenant's last record in each bucket and waits
+//! for the watches, which deliver in stream order, to take that far
+//! ([`crate::core::mesh::Mesh::hosts`]). While the directory is not complete (loading, a watch
+//! failed, the identities changed) listings read NATS as before.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,22 +31,19 @@ pub struct Directory {
 struct State {
     /// Both watches delivered every record stored when they opened, and still run.
     complete: bool,
-    /// Counts the directories installed: counts of one mean nothing to the next.
+    /// Counts the directories installed: a listing waits on the one it began with.
     generation: u64,
     hosts: HostEntries,
-    facts: Applied,
-    presence: Applied,
+    taken: Taken,
     /// The identities its records were checked against (`None`: records are not checked).
     checked_against: Option<Arc<Identities>>,
 }
 
-/// How far the watch of one bucket got.
+/// How far the watches got: the stream sequence of the last record each took.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Applied {
-    /// The stream sequence of the last record taken.
-    pub seq: u64,
-    /// The records taken since the watch opened.
-    pub count: u64,
+pub struct Taken {
+    pub facts: u64,
+    pub presence: u64,
 }
 
 /// Where a complete directory stood when a listing began.
@@ -54,17 +52,23 @@ pub struct Mark {
     generation: u64,
     /// Hosts (keys of either bucket) the directory holds.
     pub keys: usize,
-    pub facts: Applied,
-    pub presence: Applied,
 }
 
-// === impl Applied ===
+// === impl Taken ===
 
-impl Applied {
-    /// Counts one record taken, stored at `seq`.
-    pub fn took(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
-        self.count += 1;
+impl Taken {
+    /// Notes a record of the bucket of `key` taken, stored at `seq`.
+    pub fn took(&mut self, key: HostKey, seq: u64) {
+        let at = match key {
+            HostKey::Facts => &mut self.facts,
+            HostKey::Presence => &mut self.presence,
+        };
+        *at = (*at).max(seq);
+    }
+
+    /// Whether every record up to `to` in both buckets was taken.
+    fn reached(&self, to: Taken) -> bool {
+        self.facts >= to.facts && self.presence >= to.presence
     }
 }
 
@@ -89,19 +93,17 @@ impl Directory {
         (state.complete && same).then_some(Mark {
             generation: state.generation,
             keys: state.hosts.len(),
-            facts: state.facts,
-            presence: state.presence,
         })
     }
 
-    /// The listed hosts, once the watches have taken `facts` and `presence` records in all
-    /// (counted as in `mark`); `None` when they did not within `wait`, or the directory was
-    /// installed again or fell incomplete meanwhile.
+    /// The listed hosts, once the watches have taken every record up to `to` (the last stored
+    /// ones: a watch delivers in stream order, so none before is left out, but one replaced
+    /// before its watch delivered it, which it then skips); `None` when they did not within
+    /// `wait`, or the directory was installed again or fell incomplete meanwhile.
     pub async fn listed_once(
         &self,
         mark: &Mark,
-        facts: u64,
-        presence: u64,
+        to: Taken,
         wait: Duration,
     ) -> Option<BTreeMap<Token, Arc<HostRecord>>> {
         let deadline = tokio::time::Instant::now() + wait;
@@ -115,7 +117,7 @@ impl Directory {
                 if !state.complete || state.generation != mark.generation {
                     return None;
                 }
-                if state.facts.count >= facts && state.presence.count >= presence {
+                if state.taken.reached(to) {
                     return Some(state.hosts.listed());
                 }
             }
@@ -128,8 +130,7 @@ impl Directory {
     pub fn install(
         &self,
         hosts: HostEntries,
-        facts: Applied,
-        presence: Applied,
+        taken: Taken,
         checked_against: Option<Arc<Identities>>,
     ) {
         {
@@ -138,8 +139,7 @@ impl Directory {
             state.generation += 1;
             state.complete = true;
             state.hosts = hosts;
-            state.facts = facts;
-            state.presence = presence;
+            state.taken = taken;
         }
         self.advanced.notify_waiters();
     }
@@ -149,10 +149,7 @@ impl Directory {
     pub fn take(&self, key: HostKey, kv_key: &str, seq: u64, last: Option<KvLast>) {
         {
             let mut state = self.state();
-            match key {
-                HostKey::Facts => state.facts.took(seq),
-                HostKey::Presence => state.presence.took(seq),
-            }
+            state.taken.took(key, seq);
             state.hosts.set_at(kv_key, key, seq, last);
         }
         self.advanced.notify_waiters();
@@ -168,7 +165,7 @@ impl Directory {
         self.state().checked_against = identities;
     }
 
-    /// Takes a record of `kv_key` read again (not delivered by the watch, so not counted),
+    /// Takes a record of `kv_key` read again (not delivered by a watch, so it moves no [`Taken`]),
     /// stored at `seq`; passed over when the watch has delivered a later one meanwhile.
     pub fn recheck(&self, key: HostKey, kv_key: &str, seq: u64, last: Option<KvLast>) {
         self.state().hosts.set_at(kv_key, key, seq, last);
@@ -183,5 +180,60 @@ impl Directory {
             state.hosts = HostEntries::default();
         }
         self.advanced.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::hosts::KvLast;
+    use execmesh_proto::pb;
+    use prost::Message as _;
+
+    fn facts(host: &str) -> Option<KvLast> {
+        let pack = pb::HostFacts {
+            host: host.to_string(),
+            ..Default::default()
+        };
+        Some(KvLast::Value(pack.encode_to_vec().into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listing_waits_until_the_watches_took_the_last_stored_records() {
+        let directory = Directory::default();
+        let mut hosts = HostEntries::default();
+        hosts.set_at("default.a", HostKey::Facts, 5, facts("a"));
+        let taken = Taken {
+            facts: 5,
+            presence: 7,
+        };
+        directory.install(hosts, taken, None);
+        let mark = directory.mark(None).expect("complete");
+        let wait = Duration::from_secs(1);
+        let listed = |to| directory.listed_once(&mark, to, wait);
+        assert_eq!(listed(taken).await.map(|h| h.len()), Some(1));
+        // `b` was stored at 9 and the watch has not taken it: no listing without it.
+        let to = Taken {
+            facts: 9,
+            presence: 7,
+        };
+        assert!(listed(to).await.is_none(), "listed before taking `b`");
+        // Records taken of other keys, however many, do not stand in for it.
+        for seq in [6, 8] {
+            directory.take(HostKey::Facts, "default.a", seq, facts("a"));
+        }
+        directory.take(HostKey::Presence, "default.a", 10, None);
+        assert!(listed(to).await.is_none(), "listed before taking `b`");
+        let (hosts, _) = tokio::join!(listed(to), async {
+            directory.take(HostKey::Facts, "default.b", 9, facts("b"));
+        });
+        let hosts = hosts.expect("listed once `b` was taken");
+        assert_eq!(
+            hosts.keys().map(Token::as_str).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        // Installed again meanwhile: the listing reads NATS instead.
+        directory.install(HostEntries::default(), to, None);
+        assert!(listed(to).await.is_none(), "a mark of an earlier directory");
     }
 }

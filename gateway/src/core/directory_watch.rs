@@ -19,7 +19,7 @@ use execmesh_proto::subject;
 use execmesh_runtime::backoff::Backoff;
 
 use crate::core::consumers::WatchFor;
-use crate::core::directory::Applied;
+use crate::core::directory::Taken;
 use crate::core::hosts::{HostEntries, HostKey};
 use crate::core::mesh::{KvChange, Mesh, MeshError, WatchFrom, last_of_change};
 
@@ -89,7 +89,7 @@ async fn follow(
     )?;
     let (mut facts_changes, mut presence_changes) = (facts.changes, presence.changes);
     let mut hosts = HostEntries::default();
-    let (mut facts_at, mut presence_at) = (Applied::default(), Applied::default());
+    let mut taken = Taken::default();
     let (mut facts_loaded, mut presence_loaded) = (facts.initial == 0, presence.initial == 0);
     let deadline = Instant::now() + CATCH_UP;
     while !(facts_loaded && presence_loaded) {
@@ -97,16 +97,15 @@ async fn follow(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep_until(deadline) => return Err(Reopen::CatchUp(CATCH_UP)),
             change = next(&mut facts_changes), if !facts_loaded => {
-                facts_loaded = load(&mut hosts, &mut facts_at, HostKey::Facts, change?);
+                facts_loaded = load(&mut hosts, &mut taken, HostKey::Facts, change?);
             }
             change = next(&mut presence_changes), if !presence_loaded => {
-                presence_loaded = load(&mut hosts, &mut presence_at, HostKey::Presence, change?);
+                presence_loaded = load(&mut hosts, &mut taken, HostKey::Presence, change?);
             }
         }
     }
     let count = hosts.listed().len();
-    mesh.directory
-        .install(hosts, facts_at, presence_at, trusted.clone());
+    mesh.directory.install(hosts, taken, trusted.clone());
     *backoff = retry();
     if !*loaded_once {
         info!(hosts = count, "host directory loaded");
@@ -143,9 +142,9 @@ async fn follow(
 
 /// Takes one record into a directory being loaded; whether its watch has now delivered every
 /// record stored when it opened.
-fn load(hosts: &mut HostEntries, at: &mut Applied, key: HostKey, change: KvChange) -> bool {
+fn load(hosts: &mut HostEntries, taken: &mut Taken, key: HostKey, change: KvChange) -> bool {
     let loaded = change.pending == 0;
-    at.took(change.revision);
+    taken.took(key, change.revision);
     let (kv_key, seq) = (change.key.clone(), change.revision);
     hosts.set_at(&kv_key, key, seq, last_of_change(change));
     loaded

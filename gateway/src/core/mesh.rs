@@ -24,7 +24,7 @@ use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
 use execmesh_runtime::nats_settings::NatsConfig;
 
 use crate::core::consumers::{Consumers, WatchFor, WatchRefused};
-use crate::core::directory::{Applied, Directory};
+use crate::core::directory::{Directory, Taken};
 use crate::core::hosts::{Departure, HostEntries, HostKey, HostRecord, KvLast};
 use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
@@ -958,12 +958,12 @@ impl Mesh {
             .filter(|mark| mark.keys > DIRECT_GET_KEYS)
         {
             let (facts, presence) = tokio::try_join!(
-                self.records_after(FACTS_BUCKET, mark.facts),
-                self.records_after(PRESENCE_BUCKET, mark.presence)
+                self.last_stored(FACTS_BUCKET),
+                self.last_stored(PRESENCE_BUCKET)
             )?;
             if let Some(hosts) = self
                 .directory
-                .listed_once(&mark, facts, presence, DIRECTORY_WAIT)
+                .listed_once(&mark, Taken { facts, presence }, DIRECTORY_WAIT)
                 .await
             {
                 return Ok(hosts);
@@ -990,21 +990,18 @@ impl Mesh {
         Ok(hosts.listed())
     }
 
-    /// How many records the directory's watch of `bucket`, now at `at`, must have taken in
-    /// all to hold every record of the tenant stored so far: one direct get of the first
-    /// record after the last one taken, which says how many more follow it.
-    async fn records_after(&self, bucket: &str, at: Applied) -> Result<u64, MeshError> {
+    /// The stream sequence of the tenant's last record in `bucket` (0: none): one direct get,
+    /// the last message of the tenant's wildcard.
+    async fn last_stored(&self, bucket: &str) -> Result<u64, MeshError> {
         let request = DirectGet {
-            seq: Some(at.seq + 1),
-            next_by_subj: Some(format!("{}{}.>", subject::kv_prefix(bucket), self.tenant)),
-            batch: Some(1),
+            last_by_subj: Some(format!("{}{}.>", subject::kv_prefix(bucket), self.tenant)),
             ..Default::default()
         };
-        let first = self
+        let last = self
             .direct_get(&subject::kv_stream(bucket), &request)
             .await?
             .pop();
-        Ok(first.map_or(at.count, |m| at.count + 1 + m.pending))
+        Ok(last.map_or(0, |m| m.seq))
     }
 
     /// The hosts whose agent currently heartbeats (their presence key has not expired).

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -876,6 +878,50 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     let made = consumers_made().await;
     assert!(made.is_empty(), "listings made consumers: {made:?}");
 
+    // Also while another host rewrites its records as fast as it can: records the watch took
+    // after a listing began and that were replaced before it asked NATS how far to wait must
+    // not stand in for the new host's.
+    let churned: Vec<String> = (1112..=1131).map(|i| format!("ghost-{i}")).collect();
+    nats.identities()
+        .add_agents(churned.iter().map(String::as_str));
+    from_the_directory("ghost-*", 1110).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Eight writers at once.
+    let churn: Vec<_> = (1..=8)
+        .map(|n| {
+            let (stop, js, facts) = (stop.clone(), js.clone(), facts.clone());
+            let host = format!("ghost-{n}");
+            let key = nats.identities().record_key(&format!("agent-{host}"));
+            let pack = pb::HostFacts {
+                host: host.clone(),
+                collected_at_ms: 1,
+                ..Default::default()
+            };
+            tokio::spawn(async move {
+                let mut writes = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let entry = format!("default.{host}");
+                    put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
+                    writes += 1;
+                }
+                writes
+            })
+        })
+        .collect();
+    for host in &churned {
+        let key = nats.identities().record_key(&format!("agent-{host}"));
+        register(host.clone(), key).await;
+        let out = client.call("hosts", json!({"selector": host})).await;
+        assert_eq!(out.structured()["offline"], 1, "{host}: {}", out.text());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes: u64 = join_all(churn)
+        .await
+        .into_iter()
+        .map(|w| w.expect("a writer ran"))
+        .sum();
+    assert!(writes > 20, "the writers wrote {writes} times");
+
     // A host whose agent wrote its registration before the host was enrolled is unverified,
     // and verified as soon as it is enrolled.
     let early = "ghost-1111";
@@ -889,7 +935,7 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     nats.identities().enrol_agent_with(early, &seed);
     let out = client.call("hosts", json!({"selector": early})).await;
     assert_eq!(out.structured()["offline"], 1, "{}", out.text());
-    from_the_directory("ghost-*", 1111).await;
+    from_the_directory("ghost-*", 1131).await;
     let out = client.call("hosts", json!({"selector": early})).await;
     assert_eq!(out.structured()["offline"], 1, "{}", out.text());
 }
