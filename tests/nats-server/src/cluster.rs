@@ -41,16 +41,21 @@ impl NatsCluster {
             node.tls_mode().is_none(),
             "the test cluster runs without TLS (one CA per node would not do)"
         );
-        let routes = free_route_ports(size);
+        // Each route port stays held until its node starts: the nodes started before it take
+        // their client and monitoring ports from the system, which could hand out a route port
+        // released early (the node that needs it then fails with "address already in use").
+        let held = free_route_ports(size);
+        let routes: Vec<u16> = held.iter().map(|(port, _)| *port).collect();
         let mut nodes = Vec::with_capacity(size);
-        for (i, port) in routes.iter().enumerate() {
+        for (i, (port, listener)) in held.into_iter().enumerate() {
             let mut builder = node.clone().monitor();
             builder.cluster = Some(ClusterNode {
                 name: format!("n{}", i + 1),
                 cluster: CLUSTER_NAME.to_string(),
-                port: *port,
+                port,
                 routes: routes.clone(),
             });
+            drop(listener);
             nodes.push(builder.start().await);
         }
         let cluster = Self { nodes };
@@ -188,19 +193,18 @@ async fn http_get_json(addr: &str, path: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
-/// `count` route ports free right now. Routes name their peers' ports before the peers start,
-/// so they cannot be chosen by the server (`-1`) as client ports are; the listeners are closed
-/// just before the nodes bind them.
-fn free_route_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
+/// `count` route ports free right now, each with the listener that holds it. Routes name their
+/// peers' ports before the peers start, so they cannot be chosen by the server (`-1`) as client
+/// ports are; each listener is closed just before its node binds the port.
+fn free_route_ports(count: usize) -> Vec<(u16, TcpListener)> {
+    (0..count)
+        .map(|_| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+            let port = listener
+                .local_addr()
                 .expect("local address of a bound port")
-                .port()
+                .port();
+            (port, listener)
         })
         .collect()
 }
