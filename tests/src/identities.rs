@@ -198,3 +198,27 @@ pub async fn put_signed(
         .await
         .unwrap_or_else(|e| panic!("put {key}: {e}"));
 }
+
+/// Registers `hosts` as hosts long gone (offline): each one's registration, `{host,
+/// collected_at_ms: 1}` in `mesh_facts`, signed by its own agent's key (enrolled here), as its
+/// agent wrote it before it went away. The buckets must exist (an agent or gateway made them).
+pub async fn register_gone_hosts(nats: &crate::Nats, hosts: &[String]) {
+    use execmesh_proto::jetstream::FACTS_BUCKET;
+    use prost::Message as _;
+
+    nats.identities()
+        .add_agents(hosts.iter().map(String::as_str));
+    let js = nats.jetstream().await;
+    let facts = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
+    let puts = hosts.iter().map(|host| {
+        let key = nats.identities().record_key(&format!("agent-{host}"));
+        let pack = execmesh_proto::pb::HostFacts {
+            host: host.clone(),
+            collected_at_ms: 1,
+            ..Default::default()
+        };
+        let (js, facts, entry) = (&js, &facts, format!("default.{host}"));
+        async move { put_signed(js, facts, &entry, pack.encode_to_vec(), &key).await }
+    });
+    futures::future::join_all(puts).await;
+}

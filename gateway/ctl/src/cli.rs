@@ -138,6 +138,11 @@ pub enum Command {
     Hosts {
         /// A selector: `web-*`, `role=db`, `@prod`, `cpus>=8`, combined with and/or/not.
         selector: Option<String>,
+        /// Hosts asked for per request (1 to 5,000): a large fleet is listed in pages, each
+        /// answer well under the 4 MiB a gRPC client accepts.
+        #[arg(long, default_value_t = 1000, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=5000))]
+        page_size: u32,
         #[command(subcommand)]
         watch: Option<HostsCommand>,
     },

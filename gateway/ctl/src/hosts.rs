@@ -10,12 +10,13 @@ use crate::{CtlError, enum_word, print, print_json, print_json_line};
 
 /// `hosts [SELECTOR]`: a table of the matching hosts and a count by state, or the response as
 /// JSON.
-pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(), CtlError> {
-    let response = admin
-        .call(pb::ListHostsRequest { selector }, async |c, r| {
-            c.hosts.list(r).await
-        })
-        .await?;
+pub async fn list(
+    admin: &mut Admin,
+    selector: String,
+    page_size: u32,
+    json: bool,
+) -> Result<(), CtlError> {
+    let response = list_all(admin, selector, page_size).await?;
     if json {
         return print_json(&json!({
             "hosts": response.hosts.iter().map(host_json).collect::<Vec<_>>(),
@@ -82,6 +83,34 @@ pub async fn list(admin: &mut Admin, selector: String, json: bool) -> Result<(),
         .map(|(host, reached)| format!("{host}: output limits reached: {}\n", reached.join("; ")))
         .collect();
     print(&format!("{}\n{summary}{limits}", table.render()))
+}
+
+/// Every matching host, asked for `page_size` at a time: one answer of a large fleet would pass
+/// the 4 MiB a gRPC client accepts. The counts are the last page's (each has all of them).
+async fn list_all(
+    admin: &mut Admin,
+    selector: String,
+    page_size: u32,
+) -> Result<pb::ListHostsResponse, CtlError> {
+    let mut all = pb::ListHostsResponse::default();
+    let mut page_token = String::new();
+    loop {
+        let request = pb::ListHostsRequest {
+            selector: selector.clone(),
+            page_size,
+            page_token,
+        };
+        let mut page = admin
+            .call(request, async |c, r| c.hosts.list(r).await)
+            .await?;
+        all.hosts.append(&mut page.hosts);
+        (all.online, all.stale, all.offline, all.total) =
+            (page.online, page.stale, page.offline, page.total);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `hosts watch`: one line per presence change until interrupted (JSON lines with --json).

@@ -118,10 +118,15 @@ async fn execute(connection: &Connection, command: Command, json: bool) -> Resul
     let settings = Settings::resolve(connection)?;
     // Arguments are checked before connecting, so a typo is a usage error whatever the gateway.
     match command {
-        Command::Hosts { selector, watch } => match watch {
+        Command::Hosts {
+            selector,
+            page_size,
+            watch,
+        } => match watch {
             None => {
                 let mut admin = settings.connect().await?;
-                hosts::list(&mut admin, selector.unwrap_or_default(), json).await
+                let selector = selector.unwrap_or_default();
+                hosts::list(&mut admin, selector, page_size, json).await
             }
             Some(HostsCommand::Watch {
                 selector,

@@ -18,8 +18,7 @@ use prost::Message as _;
 use super::{Admin, AdminStream, error};
 use crate::core::consumers::WatchFor;
 use crate::core::fanout::{Reach, Targets};
-use crate::core::hosts::HostRecord;
-use crate::core::hosts::HostState;
+use crate::core::hosts::{self, HostRecord, HostState, MAX_PAGE_HOSTS};
 use crate::core::mesh::{KvChange, MeshError, WatchFrom};
 use crate::core::selector::{Candidate, Selector};
 
@@ -58,15 +57,35 @@ impl pb::hosts_service_server::HostsService for HostsApi {
                 )
                 .await
                 .map_err(error::resolve)?;
+                let after = match req.page_token.as_str() {
+                    "" => None,
+                    token => Some(Token::parse("page token", token).map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "page_token {token:?} is not one a listing gave: pass \
+                             `next_page_token` unchanged"
+                        ))
+                    })?),
+                };
+                let limit = match req.page_size as usize {
+                    0 => usize::MAX,
+                    size => size.min(MAX_PAGE_HOSTS),
+                };
                 let now = execmesh_proto::now_ms();
-                let hosts: Vec<pb::Host> = targets.hosts.values().map(|r| host(r, now)).collect();
-                let count =
-                    |s: pb::HostState| hosts.iter().filter(|h| h.state() == s).count() as u32;
+                // The counts are of every matching host; the page is what is sent.
+                let states: Vec<pb::HostState> = targets
+                    .hosts
+                    .values()
+                    .map(|r| host_state(r.presence.as_ref(), now))
+                    .collect();
+                let count = |s: pb::HostState| states.iter().filter(|t| **t == s).count() as u32;
+                let (page, next) = hosts::page(&targets.hosts, after, limit);
                 Ok(pb::ListHostsResponse {
                     online: count(pb::HostState::Online),
                     stale: count(pb::HostState::Stale),
                     offline: count(pb::HostState::Offline),
-                    hosts,
+                    total: targets.hosts.len() as u32,
+                    hosts: page.into_iter().map(|r| host(r, now)).collect(),
+                    next_page_token: next.map(|t| t.to_string()).unwrap_or_default(),
                 })
             })
             .await

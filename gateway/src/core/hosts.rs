@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -266,6 +267,29 @@ impl HostEntries {
             .map(|(host, entry)| (host.clone(), entry.record.clone()))
             .collect()
     }
+}
+
+/// Hosts in one page of a listing at the most (the `hosts` tool's default too): a page of 5,000
+/// is about 1.6 MB of JSON, a whole listing of 50,000 would pass the 16 MiB body rmcp's client
+/// accepts, and the 4 MiB a gRPC client accepts by default from about 6,000 hosts on.
+pub const MAX_PAGE_HOSTS: usize = 5_000;
+
+/// One page of a listing sorted by id: up to `limit` hosts after the host `after` (the last one
+/// of the page before, as its cursor names it; it need not be listed any more), and the id to go
+/// on after when more follow.
+pub fn page(
+    hosts: &BTreeMap<Token, Arc<HostRecord>>,
+    after: Option<Token>,
+    limit: usize,
+) -> (Vec<&Arc<HostRecord>>, Option<Token>) {
+    let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut rest = hosts.range((from, Bound::Unbounded));
+    let page: Vec<&Arc<HostRecord>> = rest.by_ref().take(limit).map(|(_, r)| r).collect();
+    let next = match (rest.next(), page.last()) {
+        (Some(_), Some(last)) => Some(last.host.clone()),
+        _ => None,
+    };
+    (page, next)
 }
 
 /// Where a host stands. Selectors match it (`state=online`) by [`HostState::as_str`].

@@ -2,7 +2,6 @@
 //! and what it is.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
 use rmcp::model::Tool;
 use schemars::JsonSchema;
@@ -11,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Call, structured};
 use crate::core::error::ToolError;
 use crate::core::fanout::{ResolveError, Targets};
-use crate::core::hosts::HostRecord;
-use crate::core::hosts::HostState;
+use crate::core::hosts::{self, HostRecord, HostState, MAX_PAGE_HOSTS};
 use execmesh_proto::Token;
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -108,12 +106,6 @@ pub struct OutputLimitsView {
 /// structured result lists every one.
 const MAX_TEXT_HOSTS: usize = 200;
 
-/// Hosts in one answer at the most, and by default: a fleet's listing of 5,000 is about 1.6 MB of
-/// structured result; past it the listing is paged, so an answer over 50,000 hosts stays as quick
-/// and as small (a whole listing of 50,000 would pass the 16 MiB that clients such as rmcp's
-/// accept in one HTTP body).
-const MAX_PAGE_HOSTS: usize = 5_000;
-
 pub fn definition() -> Tool {
     super::tool::<HostsParams, HostsResult>(
         "hosts",
@@ -156,8 +148,8 @@ pub async fn call(
         ));
     }
     let after = match params.cursor.as_deref() {
-        None => Bound::Unbounded,
-        Some(cursor) => Bound::Excluded(Token::parse("cursor", cursor).map_err(|_| {
+        None => None,
+        Some(cursor) => Some(Token::parse("cursor", cursor).map_err(|_| {
             ToolError::invalid(
                 "hosts",
                 format!(
@@ -174,16 +166,8 @@ pub async fn call(
         .map(|r| HostState::of_record(r, now))
         .collect();
     let count = |s: HostState| states.iter().filter(|state| **state == s).count();
-    let mut page = targets.hosts.range((after, Bound::Unbounded));
-    let hosts: Vec<HostView> = page
-        .by_ref()
-        .take(limit)
-        .map(|(_, r)| view(r, now))
-        .collect();
-    let next_cursor = match (page.next(), hosts.last()) {
-        (Some(_), Some(last)) => Some(last.host.clone()),
-        _ => None,
-    };
+    let (page, next) = hosts::page(&targets.hosts, after, limit);
+    let hosts: Vec<HostView> = page.into_iter().map(|r| view(r, now)).collect();
     let result = HostsResult {
         selector: selector.clone(),
         total: targets.hosts.len(),
@@ -193,7 +177,7 @@ pub async fn call(
         offline: count(HostState::Offline),
         unverified: count(HostState::Unverified),
         hosts,
-        next_cursor,
+        next_cursor: next.map(|host| host.to_string()),
     };
     let mut text = format!(
         "{} host(s) match `{selector}`: {} online, {} stale, {} offline\n",

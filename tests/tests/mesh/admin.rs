@@ -13,6 +13,7 @@ use execmesh_proto::pb;
 use execmesh_tests::admin::{
     AdminClient, admin_gateway, assert_status as assert_code, get_job, team_policy,
 };
+use execmesh_tests::identities::register_gone_hosts;
 use execmesh_tests::process::workspace_binary;
 use execmesh_tests::{
     AdminMode, AdminPki, AuditSink, Gateway, Nats, NodeAgent, Policy, eventually, with_approval,
@@ -50,6 +51,7 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
         .hosts
         .list(pb::ListHostsRequest {
             selector: "role=web".into(),
+            ..Default::default()
         })
         .await
         .expect("list hosts")
@@ -65,6 +67,7 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
         .hosts
         .list(pb::ListHostsRequest {
             selector: "role=db".into(),
+            ..Default::default()
         })
         .await
         .expect("list hosts")
@@ -75,6 +78,7 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
             .hosts
             .list(pb::ListHostsRequest {
                 selector: "role=(".into(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,
@@ -109,6 +113,58 @@ async fn hosts_are_listed_by_selector_got_by_id_and_watched_coming_and_going() {
             .await,
         Code::InvalidArgument,
         "host id",
+    );
+
+    // Page by page: the counts of all matching hosts on each page, the hosts once, in order.
+    let gone: Vec<String> = (1..=4).map(|i| format!("gone-{i}")).collect();
+    register_gone_hosts(&nats, &gone).await;
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    for page in 1.. {
+        assert!(page <= 3, "three pages of 2 list 5 hosts");
+        let request = pb::ListHostsRequest {
+            page_size: 2,
+            page_token,
+            ..Default::default()
+        };
+        let listed = admin
+            .hosts
+            .list(request)
+            .await
+            .expect("a page")
+            .into_inner();
+        assert_eq!(
+            (listed.total, listed.online, listed.offline),
+            (5, 1, 4),
+            "{listed:?}"
+        );
+        paged.extend(listed.hosts.iter().map(|h| h.host.clone()));
+        page_token = listed.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+        assert_eq!(listed.hosts.len(), 2);
+        assert_eq!(Some(&page_token), paged.last());
+    }
+    assert_eq!(paged, ["gone-1", "gone-2", "gone-3", "gone-4", "web-1"]);
+    // Unpaged (an older client): every host in one answer.
+    let all = admin
+        .hosts
+        .list(pb::ListHostsRequest::default())
+        .await
+        .expect("every host")
+        .into_inner();
+    assert_eq!((all.hosts.len(), all.next_page_token.as_str()), (5, ""));
+    assert_code(
+        admin
+            .hosts
+            .list(pb::ListHostsRequest {
+                page_token: "no such/token".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page_token",
     );
 
     // The watch reports the fleet as it is, then an agent arriving and leaving.

@@ -246,6 +246,19 @@ async fn hosts_are_listed_as_a_table_and_json_and_watched_coming_online() {
         "{out:#?}"
     );
 
+    // Asked for a host at a time, the same listing: every page's hosts, the counts of all.
+    let paged = ctl.run(&["hosts", "--page-size", "1"]).await.ok();
+    assert_eq!(paged.table().1, rows, "{paged:#?}");
+    assert!(
+        paged
+            .stdout
+            .contains("2 hosts: 2 online, 0 stale, 0 offline"),
+        "{paged:#?}"
+    );
+    ctl.run(&["hosts", "--page-size", "0"])
+        .await
+        .fails(2, &["--page-size", "1..=5000"]);
+
     let listed = ctl.run(&["hosts", "role=web", "--json"]).await.ok().json();
     assert_eq!(listed["online"], json!(1));
     let hosts = listed["hosts"].as_array().expect("hosts");

@@ -11,7 +11,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use execmesh_proto::Tier;
-use execmesh_tests::identities::put_signed;
+use execmesh_tests::identities::{put_signed, register_gone_hosts};
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, eventually};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
@@ -717,8 +717,7 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     let js = nats.jetstream().await;
     let facts = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
     let ghosts: Vec<String> = (1..=1100).map(|i| format!("ghost-{i}")).collect();
-    nats.identities()
-        .add_agents(ghosts.iter().map(String::as_str));
+    register_gone_hosts(&nats, &ghosts).await;
     // A registration of `host` long gone, signed with `key`, as its agent wrote it.
     let register = |host: String, key: execmesh_proto::signing::RecordKey| {
         let (js, facts) = (js.clone(), facts.clone());
@@ -732,11 +731,6 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
             put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
         }
     };
-    let puts = ghosts.into_iter().map(|host| {
-        let key = nats.identities().record_key(&format!("agent-{host}"));
-        register(host, key)
-    });
-    join_all(puts).await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
     let out = client.call("hosts", json!({"selector": "*"})).await;
