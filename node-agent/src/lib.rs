@@ -36,6 +36,7 @@ pub mod refusal;
 mod registry;
 pub mod relay;
 mod request;
+mod residency;
 mod retry;
 pub mod runas;
 pub mod signature;
@@ -51,7 +52,7 @@ use std::time::Duration;
 use execmesh_proto::signing::RecordKey;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use cli::Cli;
 pub use config::{Config, ConfigError};
@@ -103,6 +104,21 @@ pub struct Launch {
     /// guess when it is up).
     pub ready: Option<oneshot::Sender<Ready>>,
     pub startup: Startup,
+}
+
+/// Pages out the binary's start-up code once the agent has settled ([`residency`]): the idle
+/// agent's memory is then what it runs, not all it ran once.
+async fn give_back_startup_pages(stop: CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = tokio::time::sleep(residency::SETTLE) => {}
+    }
+    match tokio::task::spawn_blocking(residency::release_startup_pages).await {
+        Ok(Ok(bytes)) => debug!(bytes, "start-up pages of the binary given back"),
+        // A kernel before 5.4 has no MADV_PAGEOUT: the agent keeps them, as it always did.
+        Ok(Err(e)) => debug!(error = %e, "start-up pages of the binary kept"),
+        Err(e) => debug!(error = %e, "giving back start-up pages did not run"),
+    }
 }
 
 /// The key this agent signs its records with: the one of its NATS seed (`nats_nkey_seed`, or
@@ -213,6 +229,9 @@ pub async fn run_with(
     // Removes abandoned copies while the agent runs, and every unfinished one when it stops.
     let sweeper = tokio::spawn(Arc::clone(&node.files).sweep(beats_stop.clone()));
     let facts = tokio::spawn(Arc::clone(&node.facts).run(beats_stop.clone()));
+    if startup == Startup::Full {
+        tokio::spawn(give_back_startup_pages(beats_stop.clone()));
+    }
     let beats = tokio::spawn({
         let heartbeat = Arc::clone(&heartbeat);
         let stop = beats_stop.clone();
