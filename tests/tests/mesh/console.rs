@@ -532,6 +532,30 @@ async fn the_hosts_page_shows_a_relay_targets_owner_and_every_page_names_its_con
     let agent = browser.text("tr[data-host='web-1'] td.kind").await;
     assert_eq!(agent, "agent");
 
+    // A page at a time: the count of all above each, a link on to the next.
+    browser.open(&gw, "/console/hosts?selector=*&limit=1").await;
+    let resolved = browser.text("#resolved").await;
+    assert!(
+        resolved.starts_with("2 host(s)")
+            && resolved.contains("Listed here: 1, from box-1 to box-1"),
+        "{resolved}"
+    );
+    assert!(!browser.has("tr[data-host='web-1']").await);
+    browser.click("#next-hosts").await;
+    eventually(SHOWN, || async {
+        browser.has("tr[data-host='web-1']").await
+    })
+    .await;
+    assert!(!browser.has("tr[data-host='box-1']").await);
+    assert!(!browser.has("#next-hosts").await && browser.has("#first-hosts").await);
+    browser.open(&gw, "/console/hosts?after=not.a/host").await;
+    assert!(
+        browser
+            .text("#selector-error")
+            .await
+            .contains("not a host to list after")
+    );
+
     // Keyboard and screen-reader basics: every field and button of every page has a name.
     for page in [
         "/console/approvals",
