@@ -126,20 +126,6 @@ pub async fn call(
     params: HostsParams,
 ) -> Result<rmcp::model::CallToolResult, ToolError> {
     let selector = params.selector.unwrap_or_else(|| "*".to_string());
-    let reach = super::reach::of(call);
-    let config = &call.state.config;
-    let targets = Targets::resolve(
-        &call.state.mesh,
-        &selector,
-        &config.groups,
-        &reach,
-        usize::MAX,
-    )
-    .await
-    .map_err(|e| match e {
-        ResolveError::Mesh(e) => ToolError::from(e),
-        other => ToolError::invalid("hosts", other.to_string()),
-    })?;
     let limit = params.limit.unwrap_or(MAX_PAGE_HOSTS);
     if !(1..=MAX_PAGE_HOSTS).contains(&limit) {
         return Err(ToolError::invalid(
@@ -158,6 +144,20 @@ pub async fn call(
             )
         })?),
     };
+    let reach = super::reach::of(call);
+    let config = &call.state.config;
+    let targets = Targets::resolve(
+        &call.state.mesh,
+        &selector,
+        &config.groups,
+        &reach,
+        usize::MAX,
+    )
+    .await
+    .map_err(|e| match e {
+        ResolveError::Mesh(e) => ToolError::from(e),
+        other => ToolError::invalid("hosts", other.to_string()),
+    })?;
     let now = execmesh_proto::now_ms();
     // The counts are of every matching host; only the page is described.
     let states: Vec<HostState> = targets
