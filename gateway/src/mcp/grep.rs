@@ -415,8 +415,10 @@ fn is_zero(n: &u64) -> bool {
 /// Merges every host's digest groups by pattern; rarest (fewest hosts, then fewest lines)
 /// first. Returns the top `max` rows and the number of distinct groups.
 fn merge_digest(outcomes: &[Outcome<pb::GrepReply>], max: usize) -> (Vec<DigestRow>, usize) {
-    struct Merged {
-        hosts: BTreeSet<String>,
+    // Borrowed, not copied: a digest over 10,000 hosts inserts a host into a group some hundred
+    // thousand times.
+    struct Merged<'a> {
+        hosts: BTreeSet<&'a str>,
         lines: u64,
         examples: Vec<Example>,
     }
@@ -431,7 +433,7 @@ fn merge_digest(outcomes: &[Outcome<pb::GrepReply>], max: usize) -> (Vec<DigestR
                 lines: 0,
                 examples: Vec::new(),
             });
-            entry.hosts.insert(outcome.host.to_string());
+            entry.hosts.insert(outcome.host.as_str());
             entry.lines += group.lines;
             if entry.examples.len() < 3
                 && let Some(line) = group.examples.first()
@@ -449,7 +451,7 @@ fn merge_digest(outcomes: &[Outcome<pb::GrepReply>], max: usize) -> (Vec<DigestR
         .map(|(pattern, m)| DigestRow {
             pattern: pattern.to_string(),
             host_count: m.hosts.len(),
-            hosts: m.hosts.into_iter().take(GROUP_HOSTS).collect(),
+            hosts: m.hosts.into_iter().take(GROUP_HOSTS).map(str::to_owned).collect(),
             lines: m.lines,
             examples: m.examples,
         })
