@@ -451,7 +451,12 @@ fn merge_digest(outcomes: &[Outcome<pb::GrepReply>], max: usize) -> (Vec<DigestR
         .map(|(pattern, m)| DigestRow {
             pattern: pattern.to_string(),
             host_count: m.hosts.len(),
-            hosts: m.hosts.into_iter().take(GROUP_HOSTS).map(str::to_owned).collect(),
+            hosts: m
+                .hosts
+                .into_iter()
+                .take(GROUP_HOSTS)
+                .map(str::to_owned)
+                .collect(),
             lines: m.lines,
             examples: m.examples,
         })
