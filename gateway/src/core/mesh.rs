@@ -926,8 +926,13 @@ impl Mesh {
 
     /// The last record stored under one KV key, whatever it is.
     async fn kv_stored(&self, bucket: &str, key: &str) -> Result<Option<StoredMsg>, MeshError> {
+        self.last_on(bucket, subject::kv(bucket, key)).await
+    }
+
+    /// The last record of `bucket` stored on `subject` (a key's, or a wildcard's over keys).
+    async fn last_on(&self, bucket: &str, subject: String) -> Result<Option<StoredMsg>, MeshError> {
         let request = DirectGet {
-            last_by_subj: Some(subject::kv(bucket, key)),
+            last_by_subj: Some(subject),
             ..Default::default()
         };
         Ok(self
@@ -993,14 +998,8 @@ impl Mesh {
     /// The stream sequence of the tenant's last record in `bucket` (0: none): one direct get,
     /// the last message of the tenant's wildcard.
     async fn last_stored(&self, bucket: &str) -> Result<u64, MeshError> {
-        let request = DirectGet {
-            last_by_subj: Some(format!("{}{}.>", subject::kv_prefix(bucket), self.tenant)),
-            ..Default::default()
-        };
-        let last = self
-            .direct_get(&subject::kv_stream(bucket), &request)
-            .await?
-            .pop();
+        let tenant = format!("{}{}.>", subject::kv_prefix(bucket), self.tenant);
+        let last = self.last_on(bucket, tenant).await?;
         Ok(last.map_or(0, |m| m.seq))
     }
 
@@ -1018,14 +1017,7 @@ impl Mesh {
     /// Whether `host`'s agent heartbeats now, and if not since when.
     pub async fn liveness(&self, host: &Token) -> Result<Liveness, MeshError> {
         let key = subject::host_key(&self.tenant, host);
-        let request = DirectGet {
-            last_by_subj: Some(subject::kv(PRESENCE_BUCKET, &key)),
-            ..Default::default()
-        };
-        let last = self
-            .direct_get(&subject::kv_stream(PRESENCE_BUCKET), &request)
-            .await?
-            .pop();
+        let last = self.kv_stored(PRESENCE_BUCKET, &key).await?;
         Ok(last
             .and_then(last_of)
             .map_or(Liveness::Unknown, Liveness::of))

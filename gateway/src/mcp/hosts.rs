@@ -103,7 +103,7 @@ pub struct OutputLimitsView {
 }
 
 /// Hosts described line by line in the text of a listing: a model reads no further, and the
-/// structured result lists every one.
+/// structured result lists every one of the page.
 const MAX_TEXT_HOSTS: usize = 200;
 
 pub fn definition() -> Tool {
