@@ -106,14 +106,18 @@ pub struct Launch {
     pub startup: Startup,
 }
 
-/// Pages out the binary's start-up code once the agent has settled ([`residency`]): the idle
-/// agent's memory is then what it runs, not all it ran once.
+/// Pages out the binary's start-up code and returns the heap start-up freed, once the agent has
+/// settled ([`residency`]): the idle agent's memory is then what it runs, not all it ran once.
 async fn give_back_startup_pages(stop: CancellationToken) {
     tokio::select! {
         () = stop.cancelled() => return,
         () = tokio::time::sleep(residency::SETTLE) => {}
     }
-    match tokio::task::spawn_blocking(residency::release_startup_pages).await {
+    let released = tokio::task::spawn_blocking(|| {
+        residency::release_freed_heap();
+        residency::release_startup_pages()
+    });
+    match released.await {
         Ok(Ok(bytes)) => debug!(bytes, "start-up pages of the binary given back"),
         // A kernel before 5.4 has no MADV_PAGEOUT: the agent keeps them, as it always did.
         Ok(Err(e)) => debug!(error = %e, "start-up pages of the binary kept"),

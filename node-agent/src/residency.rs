@@ -8,6 +8,11 @@
 //! process lives. Those pages are clean and backed by the file, so giving them back costs a page
 //! fault when one is needed again and loses nothing. Only the executable's own read-only mappings
 //! are advised; heap, stacks and relocated data stay as they are.
+//!
+//! Paged out alone, the mappings fill up again faster than the idle agent needs them: each page a
+//! heartbeat touches is read back with the read-ahead window around it (128 KiB), and the kernel
+//! maps every neighbour that read brought in. So the mappings are also marked random-access
+//! (`MADV_RANDOM`): from then on a page is read back alone, when it is touched.
 
 use std::ffi::c_void;
 use std::io;
@@ -17,23 +22,37 @@ use std::path::Path;
 /// fact pack are out by then.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Pages out the read-only mappings of this process's executable (`MADV_PAGEOUT`); the bytes of
-/// the mappings advised.
+/// Pages out the read-only mappings of this process's executable (`MADV_PAGEOUT`) and turns off
+/// read-ahead for them (`MADV_RANDOM`); the bytes of the mappings advised.
 pub fn release_startup_pages() -> io::Result<usize> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut advised = 0;
     for (start, end) in read_only_mappings_of(&maps, &exe) {
         let len = end - start;
-        // SAFETY: the range is a whole mapping of this process, read from /proc/self/maps: a
-        // clean, file-backed, read-only one, which paging out only drops until its next touch.
-        let rc = unsafe { libc::madvise(start as *mut c_void, len, libc::MADV_PAGEOUT) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
+        for advice in [libc::MADV_PAGEOUT, libc::MADV_RANDOM] {
+            // SAFETY: the range is a whole mapping of this process, read from /proc/self/maps: a
+            // clean, file-backed, read-only one, which paging out only drops until its next
+            // touch, and which read-ahead advice does not change at all.
+            let rc = unsafe { libc::madvise(start as *mut c_void, len, advice) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         advised += len;
     }
     Ok(advised)
+}
+
+/// Returns the heap memory that start-up freed to the system (`malloc_trim`): glibc keeps freed
+/// chunks in its arenas for reuse, and an idle agent would carry them resident for good.
+pub fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free chunks of the allocator's own arenas to the kernel;
+    // it takes the arenas' locks and touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The address ranges of the read-only mappings of `exe` in `maps` (the text of
@@ -84,5 +103,26 @@ mod tests {
     fn this_process_pages_out_its_own_executable() {
         let advised = release_startup_pages().expect("madvise MADV_PAGEOUT");
         assert!(advised > 0, "no mapping of the test binary was advised");
+        // Read-ahead is off for them from then on: the kernel lists `rr` (random read) among
+        // each advised mapping's flags.
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read smaps");
+        let exe = std::fs::read_link("/proc/self/exe").expect("read exe link");
+        let advised = read_only_mappings_of(&smaps, &exe);
+        assert!(
+            !advised.is_empty(),
+            "smaps lists no read-only mapping of the test binary"
+        );
+        for (start, _) in advised {
+            let header = format!("{start:08x}-");
+            let flags = smaps
+                .lines()
+                .skip_while(|l| !l.starts_with(&header))
+                .find_map(|l| l.strip_prefix("VmFlags:"))
+                .expect("the mapping's VmFlags line");
+            assert!(
+                flags.split_whitespace().any(|f| f == "rr"),
+                "mapping at {start:x} is not marked random-access: {flags}"
+            );
+        }
     }
 }
