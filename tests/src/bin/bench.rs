@@ -391,12 +391,23 @@ async fn memory() -> anyhow::Result<Value> {
     let idle = json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")});
     tokio::time::sleep(Duration::from_secs(60)).await;
     let later = json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")});
+    // What giving code back costs: the first call after the idle minute pages the request path
+    // in again, the next ones find it resident.
+    let mut after_idle = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        client
+            .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
+            .await?;
+        after_idle.push(ms(t.elapsed()));
+    }
     finished_job(&client, "seq 1 2000000").await?;
     let peak = rss_kb(agent.pid(), "VmHWM:");
     Ok(json!({
         "agent_idle_rss_kb": idle["rss"],
         "agent_idle_kb": idle,
         "agent_idle_a_minute_later_kb": later,
+        "bash_true_ms_first_three_calls_after_idle": after_idle,
         "agent_peak_rss_kb_streaming_2m_lines": peak,
     }))
 }
