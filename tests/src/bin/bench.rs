@@ -401,6 +401,22 @@ async fn memory() -> anyhow::Result<Value> {
             .await?;
         after_idle.push(ms(t.elapsed()));
     }
+    // Then idle again, for a minute and for less: what a call pays after an idle spell, once the
+    // agent has served calls before (the first call of all pays for more than paging).
+    let mut after_idle_again = Vec::new();
+    for idle_s in [60u64, 20, 5] {
+        tokio::time::sleep(Duration::from_secs(idle_s)).await;
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            client
+                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
+                .await?;
+            calls.push(ms(t.elapsed()));
+        }
+        after_idle_again
+            .push(json!({"idle_s": idle_s, "first_ms": calls[0], "second_ms": calls[1]}));
+    }
     finished_job(&client, "seq 1 2000000").await?;
     let peak = rss_kb(agent.pid(), "VmHWM:");
     Ok(json!({
@@ -408,6 +424,7 @@ async fn memory() -> anyhow::Result<Value> {
         "agent_idle_kb": idle,
         "agent_idle_a_minute_later_kb": later,
         "bash_true_ms_first_three_calls_after_idle": after_idle,
+        "bash_true_after_idle_again": after_idle_again,
         "agent_peak_rss_kb_streaming_2m_lines": peak,
     }))
 }
