@@ -377,6 +377,19 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The milliseconds each of `calls` calls of `bash true` on bench-1 took, one after another.
+async fn bash_true_ms(client: &McpClient, calls: usize) -> anyhow::Result<Vec<f64>> {
+    let mut took = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        client
+            .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
+            .await?;
+        took.push(ms(t.elapsed()));
+    }
+    Ok(took)
+}
+
 async fn memory() -> anyhow::Result<Value> {
     let nats = Nats::start().await;
     let agent = NodeAgent::new(&nats, "bench-1").start().await;
@@ -393,27 +406,13 @@ async fn memory() -> anyhow::Result<Value> {
     let later = json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")});
     // What giving code back costs: the first call after the idle minute pages the request path
     // in again, the next ones find it resident.
-    let mut after_idle = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        client
-            .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
-            .await?;
-        after_idle.push(ms(t.elapsed()));
-    }
+    let after_idle = bash_true_ms(&client, 3).await?;
     // Then idle again, for a minute and for less: what a call pays after an idle spell, once the
     // agent has served calls before (the first call of all pays for more than paging).
     let mut after_idle_again = Vec::new();
     for idle_s in [60u64, 20, 5] {
         tokio::time::sleep(Duration::from_secs(idle_s)).await;
-        let mut calls = Vec::new();
-        for _ in 0..2 {
-            let t = Instant::now();
-            client
-                .try_call("bash", json!({"host": "bench-1", "cmd": "true"}))
-                .await?;
-            calls.push(ms(t.elapsed()));
-        }
+        let calls = bash_true_ms(&client, 2).await?;
         after_idle_again
             .push(json!({"idle_s": idle_s, "first_ms": calls[0], "second_ms": calls[1]}));
     }
