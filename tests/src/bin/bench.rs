@@ -399,13 +399,16 @@ async fn memory() -> anyhow::Result<Value> {
     // page in again of the code given back after start-up), with its parts: the binary's and
     // libraries' pages (file) and heap and stacks (anonymous).
     let pid = agent.pid();
-    let at = |field| rss_kb(pid, field);
+    let sample = || {
+        let at = |field| rss_kb(pid, field);
+        json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")})
+    };
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let idle = json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")});
+    let idle = sample();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let later = json!({"rss": at("VmRSS:"), "file": at("RssFile:"), "anon": at("RssAnon:")});
-    // What giving code back costs: the first call after the idle minute pages the request path
-    // in again, the next ones find it resident.
+    let later = sample();
+    // The first calls after the idle minute: the first pages the request path in again (and
+    // pays what the first call of a process pays), the next ones find it resident.
     let after_idle = bash_true_ms(&client, 3).await?;
     // Then idle again, for a minute and for less: what a call pays after an idle spell, once the
     // agent has served calls before (the first call of all pays for more than paging).
