@@ -453,7 +453,15 @@ async fn the_quickstarts_ssh_demo_serves_an_agentless_target_next_to_the_agent()
         "{}",
         out.text()
     );
-    let hosts = client.call("hosts", json!({})).await;
+    // The quickstart returns while its services may still be starting, and its agent and the
+    // relay register independently: under load the relay's target can answer a command before
+    // the agent's own registration is stored. Both are listed once both registered.
+    let hosts = eventually(Duration::from_secs(30), || async {
+        let hosts = client.call("hosts", json!({})).await;
+        let listed = hosts.structured()["hosts"].as_array()?.clone();
+        listed.iter().any(|h| h["kind"] != "relay").then_some(hosts)
+    })
+    .await;
     let listed = hosts.structured()["hosts"]
         .as_array()
         .expect("hosts")
@@ -463,11 +471,6 @@ async fn the_quickstarts_ssh_demo_serves_an_agentless_target_next_to_the_agent()
         .find(|h| h["host"] == "ssh-demo")
         .unwrap_or_else(|| panic!("no ssh-demo in {}", hosts.text()));
     assert_eq!(demo["kind"], "relay", "{}", hosts.text());
-    assert!(
-        listed.iter().any(|h| h["kind"] != "relay"),
-        "the agent host is listed too: {}",
-        hosts.text()
-    );
     // The demo target's files, over SFTP, inside its default roots (/tmp among them).
     let path = quickstart.parent.path().join("demo-note.txt");
     let path = path.display().to_string();
