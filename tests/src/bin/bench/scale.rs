@@ -1,6 +1,7 @@
 //! `scale`: a fleet of simulated hosts (10,000 unless `--hosts` says) on one nats-server, and
 //! what it costs: start-up, the server's memory and CPU at rest, heartbeat traffic, `hosts "*"`
-//! over the whole fleet and `grep` with a digest over 10,000 of it.
+//! over the whole fleet and `grep` with a digest over 10,000 of it, through the gateway in this
+//! process and again through the gateway binary, whose CPU time per call is the gateway's alone.
 //!
 //! The agents are [`Fleet::light`]: real node-agents in this process, each with its own NATS
 //! connection, heartbeat, facts and request handling, that skip the start-up checks a real
@@ -14,7 +15,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use execmesh_tests::roundtrip::{percentiles, proc_cpu};
-use execmesh_tests::{Fleet, Gateway, Nats};
+use execmesh_tests::{Fleet, Gateway, McpClient, Nats};
 
 use super::{bench_client, fleet_log, grep_over, rss_kb};
 
@@ -142,6 +143,24 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
     }
     let grep_hosts = hosts.div_ceil(shards);
     let grep = grep_over(&client, &logs, "shard=0", grep_hosts, GREP_CALLS).await?;
+    // The same calls through the gateway binary, a replica of its own: its CPU time is the
+    // gateway's alone (the in-process gateway shares its process with the simulated fleet).
+    let replica = gw.spawn_replica(&nats).await;
+    let replica_client = McpClient::new(replica.url(), &gw.mint("bench"))
+        .await
+        .with_timeout(Duration::from_secs(120));
+    let (gateway_before, nats_before) = (proc_cpu(replica.pid()), proc_cpu(nats_pid));
+    let mut grep_process =
+        grep_over(&replica_client, &logs, "shard=0", grep_hosts, GREP_CALLS).await?;
+    let (gateway_after, nats_after) = (proc_cpu(replica.pid()), proc_cpu(nats_pid));
+    // `grep_over` makes three warm-up calls before the timed ones.
+    let per_call = |before: (f64, f64), after: (f64, f64)| {
+        let seconds = (after.0 - before.0) / (GREP_CALLS + 3) as f64;
+        (seconds * 1000.0).round() / 1000.0
+    };
+    grep_process["gateway_cpu_s_per_call"] = json!(per_call(gateway_before, gateway_after));
+    grep_process["nats_server_cpu_s_per_call"] = json!(per_call(nats_before, nats_after));
+    drop(replica);
     let alive = fleet.alive();
     let startup = fleet.startup;
     fleet.stop().await;
@@ -152,7 +171,9 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
              connection each, heartbeat every {} s) on one nats-server; the server watched at \
              rest for one heartbeat interval; `hosts \"*\"` over all of them (its first page, \
              and every page); `grep` (pattern \
-             ERROR, digest) over {grep_hosts} of them, one 2,000-line log each",
+             ERROR, digest) over {grep_hosts} of them, one 2,000-line log each, through the gateway \
+             in this process and again through the gateway binary (its CPU time per call is the \
+             gateway's alone)",
             HEARTBEAT.as_secs()
         ),
         "hosts": hosts,
@@ -177,6 +198,7 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
         "hosts_star_all_pages": percentiles(walks),
         "hosts_star_schema_check": percentiles(checks),
         "grep_digest": grep,
+        "grep_digest_via_gateway_process": grep_process,
         "grep_hosts": grep_hosts,
     }))
 }
