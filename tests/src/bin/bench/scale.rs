@@ -160,6 +160,8 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
     };
     grep_process["gateway_cpu_s_per_call"] = json!(per_call(gateway_before, gateway_after));
     grep_process["nats_server_cpu_s_per_call"] = json!(per_call(nats_before, nats_after));
+    grep_process["gateway_peak_rss_mb"] =
+        json!((rss_kb(replica.pid(), "VmHWM:") as f64 / 1024.0).round());
     drop(replica);
     let alive = fleet.alive();
     let startup = fleet.startup;
