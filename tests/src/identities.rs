@@ -222,3 +222,46 @@ pub async fn register_gone_hosts(nats: &crate::Nats, hosts: &[String]) {
     });
     futures::future::join_all(puts).await;
 }
+
+/// Registers `hosts` as present without an agent: each one's fact pack (`facts(host)`) and a
+/// heartbeat that stays current for ten minutes, both signed by the host's own agent key
+/// (enrolled here), as its agent would write them. Lists past what can connect here, or past
+/// one direct get, without a process per host. The buckets must exist.
+pub async fn register_present_hosts(
+    nats: &crate::Nats,
+    hosts: &[String],
+    facts: impl Fn(&str) -> execmesh_proto::pb::HostFacts,
+) {
+    use execmesh_proto::jetstream::{FACTS_BUCKET, PRESENCE_BUCKET};
+    use futures::StreamExt as _;
+    use prost::Message as _;
+
+    nats.identities()
+        .add_agents(hosts.iter().map(String::as_str));
+    let js = nats.jetstream().await;
+    let facts_kv = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
+    let presence = js
+        .get_key_value(PRESENCE_BUCKET)
+        .await
+        .expect("presence bucket");
+    futures::stream::iter(hosts)
+        .map(|host| {
+            let (js, facts_kv, presence) = (&js, &facts_kv, &presence);
+            let pack = facts(host);
+            async move {
+                let key = nats.identities().record_key(&format!("agent-{host}"));
+                let entry = format!("default.{host}");
+                put_signed(js, facts_kv, &entry, pack.encode_to_vec(), &key).await;
+                let beat = execmesh_proto::pb::Presence {
+                    host: host.clone(),
+                    heartbeat_at_ms: execmesh_proto::now_ms(),
+                    heartbeat_interval_ms: 600_000,
+                    ..Default::default()
+                };
+                put_signed(js, presence, &entry, beat.encode_to_vec(), &key).await;
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<()>()
+        .await;
+}

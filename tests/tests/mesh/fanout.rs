@@ -11,7 +11,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use execmesh_proto::Tier;
-use execmesh_tests::identities::{put_signed, register_gone_hosts};
+use execmesh_tests::identities::{put_signed, register_gone_hosts, register_present_hosts};
 use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, eventually};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
@@ -821,25 +821,8 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
 
     // Once the gateway's host directory is loaded, a listing reads no record from NATS:
     // past 1,024 keys a read would need a consumer of each bucket for every call.
-    let advisories = nats.client().await;
-    let created = std::sync::Mutex::new(
-        advisories
-            .subscribe("$JS.EVENT.ADVISORY.CONSUMER.CREATED.>")
-            .await
-            .expect("subscribe to consumer advisories"),
-    );
-    // The consumers created since last asked, once every advisory sent so far has arrived.
-    let consumers_made = || async {
-        advisories.flush().await.expect("flush");
-        let mut created = created.lock().expect("advisories");
-        let mut names = Vec::new();
-        while let Some(Some(msg)) =
-            futures::FutureExt::now_or_never(futures::StreamExt::next(&mut *created))
-        {
-            names.push(String::from_utf8_lossy(&msg.payload).into_owned());
-        }
-        names
-    };
+    let consumers = ConsumersCreated::watch(&nats, ">").await;
+    let consumers_made = || consumers.since();
     // Listings from the directory: once it is loaded (and again once it has checked what an
     // identities change may change) a listing makes no consumer.
     let from_the_directory = |selector: &'static str, count: usize| {
@@ -932,4 +915,101 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     from_the_directory("ghost-*", 1131).await;
     let out = client.call("hosts", json!({"selector": early})).await;
     assert_eq!(out.structured()["offline"], 1, "{}", out.text());
+}
+
+/// The consumers a server creates, as its advisories announce them.
+struct ConsumersCreated {
+    client: async_nats::Client,
+    created: std::sync::Mutex<async_nats::Subscriber>,
+}
+
+impl ConsumersCreated {
+    /// Starts listening for consumers created on the streams `streams` matches (`>`: all).
+    async fn watch(nats: &Nats, streams: &str) -> Self {
+        let client = nats.client().await;
+        let created = client
+            .subscribe(format!("$JS.EVENT.ADVISORY.CONSUMER.CREATED.{streams}"))
+            .await
+            .expect("subscribe to consumer advisories");
+        Self {
+            client,
+            created: std::sync::Mutex::new(created),
+        }
+    }
+
+    /// The consumers created since last asked, once every advisory sent so far has arrived.
+    async fn since(&self) -> Vec<String> {
+        self.client.flush().await.expect("flush");
+        let mut created = self.created.lock().expect("advisories");
+        let mut names = Vec::new();
+        while let Some(Some(msg)) =
+            futures::FutureExt::now_or_never(futures::StreamExt::next(&mut *created))
+        {
+            names.push(String::from_utf8_lossy(&msg.payload).into_owned());
+        }
+        names
+    }
+}
+
+/// Past one direct get of heartbeats, a fan-out notices an agent going away from the host
+/// directory: the agent killed mid-request is `lost`, as in a small fleet, and the checks every
+/// 2 s make no consumer of `mesh_presence` (reading 1,102 heartbeats again took one each time).
+#[tokio::test(flavor = "multi_thread")]
+async fn past_one_direct_get_a_fan_out_notices_a_gone_agent_from_the_directory() {
+    use execmesh_proto::pb;
+
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("started");
+    let mut gone = NodeAgent::new(&nats, "alive-1").start().await;
+    let _stays = NodeAgent::new(&nats, "alive-2").start().await;
+    let present: Vec<String> = (1..=1100).map(|i| format!("paper-{i}")).collect();
+    register_present_hosts(&nats, &present, |host| pb::HostFacts {
+        host: host.to_string(),
+        collected_at_ms: 1,
+        ..Default::default()
+    })
+    .await;
+    let gw = Gateway::new(&nats).start().await;
+    let client = gw.client("alice").await;
+    let consumers = ConsumersCreated::watch(&nats, "KV_mesh_presence.>").await;
+    // The directory serves once a listing of everything makes no consumer of the bucket.
+    eventually(Duration::from_secs(20), || async {
+        consumers.since().await;
+        let out = client.call("hosts", json!({"selector": "*"})).await;
+        let listed = out.structured()["hosts"].as_array().map(Vec::len);
+        (listed == Some(1102) && consumers.since().await.is_empty()).then_some(())
+    })
+    .await;
+
+    let cmd = format!(
+        "case $EXECMESH_HOST in alive-1) touch {}; sleep 60;; *) echo here;; esac",
+        marker.display()
+    );
+    let call = {
+        let client = gw
+            .client("alice")
+            .await
+            .with_timeout(Duration::from_secs(60));
+        tokio::spawn(async move {
+            client
+                .call(
+                    "bash",
+                    json!({"hosts": "alive-*", "cmd": cmd, "timeout": 30}),
+                )
+                .await
+        })
+    };
+    eventually(Duration::from_secs(20), || async { marker.exists() }).await;
+    gone.kill_hard().await;
+    let out = call.await.expect("the call's task");
+    let expected: BTreeMap<String, String> = [("alive-1", "lost"), ("alive-2", "ok")]
+        .map(|(host, status)| (host.to_string(), status.to_string()))
+        .into();
+    assert_eq!(statuses(out.structured()), expected, "{}", out.text());
+    let made = consumers.since().await;
+    assert!(
+        made.is_empty(),
+        "the presence checks made consumers: {made:?}"
+    );
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use execmesh_tests::identities::register_present_hosts;
 use execmesh_tests::roundtrip::{percentiles, proc_cpu};
 use execmesh_tests::{Fleet, Gateway, McpClient, Nats};
 
@@ -211,10 +212,8 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
 /// would. A listing reads them like any host's: it measures `hosts "*"` over more hosts than
 /// this machine can connect. How long it took.
 async fn register_on_paper(nats: &Nats, count: usize) -> anyhow::Result<Duration> {
-    use execmesh_proto::jetstream::{FACTS_BUCKET, PRESENCE_BUCKET};
+    use execmesh_proto::jetstream::FACTS_BUCKET;
     use execmesh_proto::pb;
-    use execmesh_tests::identities::put_signed;
-    use futures::StreamExt as _;
     use prost::Message as _;
 
     let started = Instant::now();
@@ -222,38 +221,21 @@ async fn register_on_paper(nats: &Nats, count: usize) -> anyhow::Result<Duration
         return Ok(started.elapsed());
     }
     let js = nats.jetstream().await;
-    let facts = js.get_key_value(FACTS_BUCKET).await?;
-    let presence = js.get_key_value(PRESENCE_BUCKET).await?;
-    let template = facts
+    let template = js
+        .get_key_value(FACTS_BUCKET)
+        .await?
         .get("default.sim-1")
         .await?
         .context("sim-1's fact pack")?;
     let template = pb::HostFacts::decode(template)?;
     let hosts: Vec<String> = (1..=count).map(|i| format!("paper-{i}")).collect();
-    nats.identities()
-        .add_agents(hosts.iter().map(String::as_str));
-    futures::stream::iter(hosts)
-        .map(|host| {
-            let (js, facts, presence) = (js.clone(), facts.clone(), presence.clone());
-            let mut pack = template.clone();
-            async move {
-                let key = nats.identities().record_key(&format!("agent-{host}"));
-                pack.host = host.clone();
-                pack.labels = [("shard".to_string(), "paper".to_string())].into();
-                let entry = format!("default.{host}");
-                put_signed(&js, &facts, &entry, pack.encode_to_vec(), &key).await;
-                let beat = pb::Presence {
-                    host: host.clone(),
-                    heartbeat_at_ms: execmesh_proto::now_ms(),
-                    heartbeat_interval_ms: 600_000,
-                    ..Default::default()
-                };
-                put_signed(&js, &presence, &entry, beat.encode_to_vec(), &key).await;
-            }
-        })
-        .buffer_unordered(256)
-        .collect::<()>()
-        .await;
+    register_present_hosts(nats, &hosts, |host| {
+        let mut pack = template.clone();
+        pack.host = host.to_string();
+        pack.labels = [("shard".to_string(), "paper".to_string())].into();
+        pack
+    })
+    .await;
     eprintln!(
         "scale: {count} more hosts registered on paper in {:.1} s",
         started.elapsed().as_secs_f64()
