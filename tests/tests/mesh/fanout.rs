@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use execmesh_proto::Tier;
 use execmesh_tests::identities::{put_signed, register_gone_hosts, register_present_hosts};
-use execmesh_tests::{Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, eventually};
+use execmesh_tests::{
+    Gateway, McpClient, Nats, NodeAgent, Policy, RunningAgent, RunningGateway, eventually,
+};
 
 /// Starts `count` agents `<prefix>-1` … `<prefix>-<count>` at once, each labelled by `label`.
 async fn fleet(
@@ -124,17 +126,7 @@ async fn every_host_appears_once_with_its_status() {
          esac",
         marker.display()
     );
-    let call = {
-        let client = gw
-            .client("alice")
-            .await
-            .with_timeout(Duration::from_secs(60));
-        tokio::spawn(async move {
-            client
-                .call("bash", json!({"hosts": "*", "cmd": cmd, "timeout": 8}))
-                .await
-        })
-    };
+    let call = bash_in_background(&gw, json!({"hosts": "*", "cmd": cmd, "timeout": 8})).await;
     // One agent dies while its command runs: lost, noticed from its missing heartbeat.
     eventually(Duration::from_secs(20), || async { marker.exists() }).await;
     agents[4].kill_hard().await;
@@ -283,20 +275,8 @@ async fn a_group_is_listed_polled_per_host_and_killed_as_one() {
     let _agents = fleet(&nats, "g", 3, |_| vec![]).await;
     let gw = Gateway::new(&nats).start().await;
     let client = gw.client("alice").await;
-    let call = {
-        let client = gw
-            .client("alice")
-            .await
-            .with_timeout(Duration::from_secs(60));
-        tokio::spawn(async move {
-            client
-                .call(
-                    "bash",
-                    json!({"hosts": "g-*", "cmd": "echo up; sleep 50", "title": "soak"}),
-                )
-                .await
-        })
-    };
+    let args = json!({"hosts": "g-*", "cmd": "echo up; sleep 50", "title": "soak"});
+    let call = bash_in_background(&gw, args).await;
     // The group shows in the user's jobs: one job id, three hosts.
     let group = running_group(&client, 3).await;
     assert!(group.starts_with("soak-"), "{group}");
@@ -917,6 +897,19 @@ async fn fleets_larger_than_one_direct_get_are_resolved_whole() {
     assert_eq!(out.structured()["offline"], 1, "{}", out.text());
 }
 
+/// Calls `bash` with `args` as alice in the background, on a client of its own that waits a
+/// minute at the most.
+async fn bash_in_background(
+    gw: &RunningGateway,
+    args: Value,
+) -> tokio::task::JoinHandle<execmesh_tests::ToolOutput> {
+    let client = gw
+        .client("alice")
+        .await
+        .with_timeout(Duration::from_secs(60));
+    tokio::spawn(async move { client.call("bash", args).await })
+}
+
 /// The consumers a server creates, as its advisories announce them.
 struct ConsumersCreated {
     client: async_nats::Client,
@@ -986,20 +979,8 @@ async fn past_one_direct_get_a_fan_out_notices_a_gone_agent_from_the_directory()
         "case $EXECMESH_HOST in alive-1) touch {}; sleep 60;; *) echo here;; esac",
         marker.display()
     );
-    let call = {
-        let client = gw
-            .client("alice")
-            .await
-            .with_timeout(Duration::from_secs(60));
-        tokio::spawn(async move {
-            client
-                .call(
-                    "bash",
-                    json!({"hosts": "alive-*", "cmd": cmd, "timeout": 30}),
-                )
-                .await
-        })
-    };
+    let call =
+        bash_in_background(&gw, json!({"hosts": "alive-*", "cmd": cmd, "timeout": 30})).await;
     eventually(Duration::from_secs(20), || async { marker.exists() }).await;
     gone.kill_hard().await;
     let out = call.await.expect("the call's task");
