@@ -24,7 +24,7 @@ use execmesh_runtime::nats_connection::{self, ConnectAs, ConnectError};
 use execmesh_runtime::nats_settings::NatsConfig;
 
 use crate::core::consumers::{Consumers, WatchFor, WatchRefused};
-use crate::core::directory::{Directory, Mark, Taken};
+use crate::core::directory::{Directory, Taken};
 use crate::core::hosts::{Departure, HostEntries, HostKey, HostRecord, KvLast};
 use crate::core::instances::AgentInstances;
 use crate::core::records::{Records, RecordsError, Rejection, Stored};
@@ -949,26 +949,18 @@ impl Mesh {
     /// listed); read from NATS for smaller fleets, while the directory is not loaded, or when it
     /// does not catch up within [`DIRECTORY_WAIT`].
     pub async fn hosts(&self) -> Result<BTreeMap<Token, Arc<HostRecord>>, MeshError> {
-        if let Some(mark) = self.directory_serves() {
-            let (facts, presence) = tokio::try_join!(
-                self.last_stored(FACTS_BUCKET),
-                self.last_stored(PRESENCE_BUCKET)
-            )?;
-            if let Some(hosts) = self
-                .directory
-                .listed_once(&mark, Taken { facts, presence }, DIRECTORY_WAIT)
-                .await
-            {
-                return Ok(hosts);
-            }
-            tracing::debug!("the host directory did not catch up; reading the hosts from NATS");
+        match self.listed_by_directory().await? {
+            Some(hosts) => Ok(hosts),
+            None => self.read_hosts().await,
         }
-        self.read_hosts().await
     }
 
-    /// Where the host directory stands when it serves listings: loaded, checked against the
-    /// identities in force, and past one direct get ([`DIRECT_GET_KEYS`] hosts).
-    fn directory_serves(&self) -> Option<Mark> {
+    /// [`Mesh::hosts`] from this replica's directory, when it serves listings (loaded, checked
+    /// against the identities in force, past one direct get) and takes every record stored
+    /// before the call within [`DIRECTORY_WAIT`]; `None`: read NATS instead.
+    async fn listed_by_directory(
+        &self,
+    ) -> Result<Option<BTreeMap<Token, Arc<HostRecord>>>, MeshError> {
         // A host enrolled since (the identities file changed) is read from NATS until the
         // directory has checked its records again.
         let identities = self.records.trust().map(|trust| {
@@ -977,9 +969,25 @@ impl Mesh {
         });
         // A fleet that one direct get reads whole is read so: as cheap as the directory's
         // probes, and read straight from the store.
-        self.directory
+        let Some(mark) = self
+            .directory
             .mark(identities.as_ref())
             .filter(|mark| mark.keys > DIRECT_GET_KEYS)
+        else {
+            return Ok(None);
+        };
+        let (facts, presence) = tokio::try_join!(
+            self.last_stored(FACTS_BUCKET),
+            self.last_stored(PRESENCE_BUCKET)
+        )?;
+        let hosts = self
+            .directory
+            .listed_once(&mark, Taken { facts, presence }, DIRECTORY_WAIT)
+            .await;
+        if hosts.is_none() {
+            tracing::debug!("the host directory did not catch up; reading the hosts from NATS");
+        }
+        Ok(hosts)
     }
 
     /// [`Mesh::hosts`] read from NATS: the last record of every key of both buckets.
@@ -1012,10 +1020,8 @@ impl Mesh {
         // A fan-out asks every 2 s. Past one direct get, reading every heartbeat again took a
         // consumer of the bucket and a signature check per host each time (a sixth of the
         // gateway's CPU in a 10,000-host `grep`); the directory holds them checked.
-        if self.directory_serves().is_some() {
-            return Ok(self
-                .hosts()
-                .await?
+        if let Some(hosts) = self.listed_by_directory().await? {
+            return Ok(hosts
                 .into_iter()
                 .filter(|(_, record)| record.presence.is_some())
                 .map(|(host, _)| host)
