@@ -106,6 +106,11 @@ impl GatewayProcess {
         self.process.pid()
     }
 
+    /// What the gateway has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
     /// SIGKILL and reap: no drain, no goodbye.
     pub async fn kill_hard(&mut self) {
         self.process.kill_hard().await;

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use execmesh_tests::identities::register_present_hosts;
 use execmesh_tests::roundtrip::{percentiles, proc_cpu};
-use execmesh_tests::{Fleet, Gateway, McpClient, Nats};
+use execmesh_tests::{Fleet, Gateway, McpClient, Nats, eventually};
 
 use super::{bench_client, fleet_log, grep_over, rss_kb};
 
@@ -150,6 +150,13 @@ pub async fn scale(hosts: usize, registered: usize) -> anyhow::Result<Value> {
     let replica_client = McpClient::new(replica.url(), &gw.mint("bench"))
         .await
         .with_timeout(Duration::from_secs(120));
+    // Its CPU is counted from when its host directory is loaded: the load (every record of
+    // both buckets read and checked once) is the replica's start, not a call's cost, and a call
+    // before it reads the hosts from NATS.
+    eventually(Duration::from_secs(120), || async {
+        replica.log().contains("host directory loaded")
+    })
+    .await;
     let (gateway_before, nats_before) = (proc_cpu(replica.pid()), proc_cpu(nats_pid));
     let mut grep_process =
         grep_over(&replica_client, &logs, "shard=0", grep_hosts, GREP_CALLS).await?;
