@@ -203,24 +203,12 @@ pub async fn put_signed(
 /// collected_at_ms: 1}` in `mesh_facts`, signed by its own agent's key (enrolled here), as its
 /// agent wrote it before it went away. The buckets must exist (an agent or gateway made them).
 pub async fn register_gone_hosts(nats: &crate::Nats, hosts: &[String]) {
-    use execmesh_proto::jetstream::FACTS_BUCKET;
-    use prost::Message as _;
-
-    nats.identities()
-        .add_agents(hosts.iter().map(String::as_str));
-    let js = nats.jetstream().await;
-    let facts = js.get_key_value(FACTS_BUCKET).await.expect("facts bucket");
-    let puts = hosts.iter().map(|host| {
-        let key = nats.identities().record_key(&format!("agent-{host}"));
-        let pack = execmesh_proto::pb::HostFacts {
-            host: host.clone(),
-            collected_at_ms: 1,
-            ..Default::default()
-        };
-        let (js, facts, entry) = (&js, &facts, format!("default.{host}"));
-        async move { put_signed(js, facts, &entry, pack.encode_to_vec(), &key).await }
-    });
-    futures::future::join_all(puts).await;
+    let facts = |host: &str| execmesh_proto::pb::HostFacts {
+        host: host.to_string(),
+        collected_at_ms: 1,
+        ..Default::default()
+    };
+    register_hosts(nats, hosts, facts, false).await;
 }
 
 /// Registers `hosts` as present without an agent: each one's fact pack (`facts(host)`) and a
@@ -231,6 +219,17 @@ pub async fn register_present_hosts(
     nats: &crate::Nats,
     hosts: &[String],
     facts: impl Fn(&str) -> execmesh_proto::pb::HostFacts,
+) {
+    register_hosts(nats, hosts, facts, true).await;
+}
+
+/// Enrolls `hosts`' agent keys and writes each one's fact pack, and a heartbeat when
+/// `heartbeat`, signed with its agent's key.
+async fn register_hosts(
+    nats: &crate::Nats,
+    hosts: &[String],
+    facts: impl Fn(&str) -> execmesh_proto::pb::HostFacts,
+    heartbeat: bool,
 ) {
     use execmesh_proto::jetstream::{FACTS_BUCKET, PRESENCE_BUCKET};
     use futures::StreamExt as _;
@@ -252,13 +251,15 @@ pub async fn register_present_hosts(
                 let key = nats.identities().record_key(&format!("agent-{host}"));
                 let entry = format!("default.{host}");
                 put_signed(js, facts_kv, &entry, pack.encode_to_vec(), &key).await;
-                let beat = execmesh_proto::pb::Presence {
-                    host: host.clone(),
-                    heartbeat_at_ms: execmesh_proto::now_ms(),
-                    heartbeat_interval_ms: 600_000,
-                    ..Default::default()
-                };
-                put_signed(js, presence, &entry, beat.encode_to_vec(), &key).await;
+                if heartbeat {
+                    let beat = execmesh_proto::pb::Presence {
+                        host: host.clone(),
+                        heartbeat_at_ms: execmesh_proto::now_ms(),
+                        heartbeat_interval_ms: 600_000,
+                        ..Default::default()
+                    };
+                    put_signed(js, presence, &entry, beat.encode_to_vec(), &key).await;
+                }
             }
         })
         .buffer_unordered(256)
